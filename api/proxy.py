@@ -1,0 +1,546 @@
+"""The proxy's ASGI application: the hot path, outside Django's request cycle.
+
+Per call it does only what metering needs: read the body, resolve the caller from a
+process-local cache (metering.proxy.context), rewrite the model, forward over a pooled
+HTTP client, follow the response for usage, and wait for the ledger's group commit
+before the last byte (non-streaming) or the terminal event (streaming) reaches the client.
+The rest of the service (REST API, admin) is plain Django behind config.asgi.
+"""
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import orjson
+from django.conf import settings
+from django.db import connection
+
+from api import proxy_errors as errors
+from metering.keys import api_key_hash
+from metering.ledger import LedgerWriter
+from metering.models import UsageRecord
+from metering.proxy.adapters import (
+    ENDPOINTS_BY_PATH,
+    Endpoint,
+    InvalidRequest,
+    Outcome,
+    PreparedCall,
+    prepare_call,
+    stream_tracker_for,
+)
+from metering.proxy.context import (
+    ANTHROPIC_DEFAULT_VERSION,
+    CallerContext,
+    RouteInfo,
+    TtlCache,
+    caller_context_load,
+)
+from metering.proxy.sse import SseSplitter
+from metering.usage import TokenUsage
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+REQUEST_ID_HEADER = b"x-reckon-request-id"
+JSON_HEADERS = [(b"content-type", b"application/json")]
+_PASSTHROUGH_RESPONSE_HEADERS = (
+    "x-request-id",
+    "request-id",
+    "retry-after",
+    "openai-processing-ms",
+)
+_FORWARDED_REQUEST_HEADERS = {b"openai-beta": "OpenAI-Beta", b"anthropic-beta": "anthropic-beta"}
+
+Status = UsageRecord.Status
+
+
+class ProxyApp:
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookup")
+        self.callers: TtlCache[str, CallerContext | None] = TtlCache(
+            caller_context_load, ttl=settings.RECKON_AUTH_CACHE_SECONDS, executor=self._lookups
+        )
+        self.ledger = LedgerWriter(
+            max_batch=settings.RECKON_LEDGER_MAX_BATCH, spool_dir=settings.RECKON_LEDGER_SPOOL_DIR
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60),
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    sock_connect=settings.RECKON_UPSTREAM_CONNECT_TIMEOUT,
+                    sock_read=settings.RECKON_UPSTREAM_READ_TIMEOUT,
+                ),
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._session
+
+    async def shutdown(self) -> None:
+        await self.ledger.close()
+        self._lookups.submit(lambda: connection.close()).result()
+        self._lookups.shutdown(wait=True)
+        if self._session is not None:
+            await self._session.close()
+
+    # --- dispatch ----------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        endpoint = ENDPOINTS_BY_PATH.get(path)
+        if endpoint is not None:
+            if scope["method"] != "POST":
+                await _send_error(
+                    send, errors.METHOD_NOT_ALLOWED, "Use POST.", endpoint.anthropic_format
+                )
+                return
+            await self._proxy(scope, receive, send, endpoint)
+        elif path == "/v1/models" and scope["method"] == "GET":
+            await self._models(scope, send)
+        else:
+            await _send_error(
+                send, errors.NOT_FOUND, f"Unknown path {path}.", _wants_anthropic(scope)
+            )
+
+    async def _caller(self, scope: Scope, anthropic: bool, send: Send) -> CallerContext | None:
+        raw_key = _credential(scope["headers"])
+        if not raw_key:
+            message = (
+                "x-api-key header is required"
+                if anthropic
+                else "You didn't provide an API key. Use 'Authorization: Bearer rk_...'."
+            )
+            await _send_error(send, errors.AUTHENTICATION, message, anthropic)
+            return None
+        caller = await self.callers.get(api_key_hash(raw_key))
+        if caller is None or (
+            caller.expires_at is not None and caller.expires_at <= datetime.now(UTC)
+        ):
+            shown = raw_key[:10] + "…" if len(raw_key) > 10 else raw_key
+            message = (
+                "invalid x-api-key"
+                if anthropic
+                else f"Incorrect API key provided: {shown}. The key may be revoked or expired."
+            )
+            await _send_error(send, errors.AUTHENTICATION, message, anthropic)
+            return None
+        return caller
+
+    async def _models(self, scope: Scope, send: Send) -> None:
+        anthropic = _wants_anthropic(scope)
+        caller = await self._caller(scope, anthropic, send)
+        if caller is None:
+            return
+        aliases = sorted(caller.routes)
+        if anthropic:
+            body = {
+                "data": [
+                    {
+                        "type": "model",
+                        "id": a,
+                        "display_name": a,
+                        "created_at": "2025-01-01T00:00:00Z",
+                    }
+                    for a in aliases
+                ],
+                "has_more": False,
+                "first_id": aliases[0] if aliases else None,
+                "last_id": aliases[-1] if aliases else None,
+            }
+        else:
+            body = {
+                "object": "list",
+                "data": [
+                    {"id": a, "object": "model", "created": 0, "owned_by": "reckon"}
+                    for a in aliases
+                ],
+            }
+        await _send_response(send, 200, JSON_HEADERS, orjson.dumps(body))
+
+    # --- the hot path -----------------------------------------------------------------
+
+    async def _proxy(self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
+        started_ns = time.perf_counter_ns()
+        started_at = datetime.now(UTC)
+        anthropic = endpoint.anthropic_format
+        content_type = b""
+        forwarded: dict[str, str] = {}
+        anthropic_version = ANTHROPIC_DEFAULT_VERSION
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = value
+            elif name == b"anthropic-version":
+                anthropic_version = value.decode("latin-1")
+            elif name in _FORWARDED_REQUEST_HEADERS:
+                forwarded[_FORWARDED_REQUEST_HEADERS[name]] = value.decode("latin-1")
+
+        caller = await self._caller(scope, anthropic, send)
+        if caller is None:
+            return
+        body = await _read_body(receive, settings.RECKON_MAX_BODY_BYTES)
+        if body is None:
+            limit = settings.RECKON_MAX_BODY_BYTES
+            await _send_error(
+                send, errors.TOO_LARGE, f"Request body exceeds {limit} bytes.", anthropic
+            )
+            return
+        if not content_type.startswith(b"application/json"):
+            await _send_error(
+                send, errors.UNSUPPORTED_MEDIA, "Content-Type must be application/json.", anthropic
+            )
+            return
+        try:
+            request = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            await _send_error(
+                send, errors.INVALID_REQUEST, f"Malformed JSON body: {exc}", anthropic
+            )
+            return
+        if not isinstance(request, dict):
+            await _send_error(
+                send, errors.INVALID_REQUEST, "The body must be a JSON object.", anthropic
+            )
+            return
+        alias = request.get("model")
+        if not isinstance(alias, str) or not alias:
+            await _send_error(
+                send,
+                errors.INVALID_REQUEST,
+                "'model' is required and must be a string.",
+                anthropic,
+                "model",
+            )
+            return
+        route = caller.routes.get(alias)
+        if route is None:
+            message = f"The model '{alias}' does not exist or you do not have access to it."
+            await _send_error(send, errors.MODEL_NOT_FOUND, message, anthropic, "model")
+            return
+        if route.provider not in endpoint.providers:
+            message = f"The model '{alias}' is not served on this endpoint."
+            await _send_error(send, errors.INVALID_REQUEST, message, anthropic, "model")
+            return
+        if route.credential_missing:
+            message = (
+                f"Route '{alias}' is misconfigured on this server (upstream credential missing)."
+            )
+            await _send_error(send, errors.MISCONFIGURED, message, anthropic)
+            return
+        try:
+            prepared = prepare_call(endpoint, request, route.upstream_model)
+        except InvalidRequest as exc:
+            await _send_error(send, errors.INVALID_REQUEST, exc.message, anthropic, exc.param)
+            return
+
+        call = _Call(self, caller, route, endpoint, prepared, started_at, started_ns)
+        await call.run(receive, send, _upstream_headers(route, anthropic_version, forwarded))
+
+
+class _Call:
+    """One proxied request from upstream call to committed record."""
+
+    __slots__ = (
+        "app",
+        "caller",
+        "route",
+        "endpoint",
+        "prepared",
+        "started_at",
+        "started_ns",
+        "request_id",
+        "ttft_ns",
+        "client_gone",
+        "upstream_status",
+        "drain_deadline",
+    )
+
+    def __init__(
+        self,
+        app: ProxyApp,
+        caller: CallerContext,
+        route: RouteInfo,
+        endpoint: Endpoint,
+        prepared: PreparedCall,
+        started_at: datetime,
+        started_ns: int,
+    ) -> None:
+        self.app = app
+        self.caller = caller
+        self.route = route
+        self.endpoint = endpoint
+        self.prepared = prepared
+        self.started_at = started_at
+        self.started_ns = started_ns
+        self.request_id = uuid.uuid4()
+        self.ttft_ns: int | None = None
+        self.client_gone = False
+        self.upstream_status = 0
+        self.drain_deadline: asyncio.TimerHandle | None = None
+
+    async def run(self, receive: Receive, send: Send, upstream_headers: dict[str, str]) -> None:
+        url = self.route.base_url + self.endpoint.upstream_path
+        anthropic = self.endpoint.anthropic_format
+        try:
+            response = await self.app._client().post(
+                url, data=self.prepared.body, headers=upstream_headers
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            await self.record(
+                Outcome(TokenUsage(), None, "", Status.FAILED, ["upstream_unreachable"])
+            )
+            await _send_error(
+                send,
+                errors.UPSTREAM_UNAVAILABLE,
+                f"The upstream for '{self.route.alias}' could not be reached ({type(exc).__name__}).",
+                anthropic,
+                extra_headers=[(REQUEST_ID_HEADER, str(self.request_id).encode())],
+            )
+            return
+        self.upstream_status = response.status
+        try:
+            is_sse = response.content_type == "text/event-stream"
+            if self.prepared.stream and response.status == 200 and is_sse:
+                await self.relay_stream(response, receive, send)
+            else:
+                await self.relay_whole(response, send)
+        finally:
+            response.release()
+
+    def headers_for(self, response: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
+        headers = [
+            (
+                b"content-type",
+                (response.headers.get("Content-Type") or "application/json").encode(),
+            ),
+            (REQUEST_ID_HEADER, str(self.request_id).encode()),
+        ]
+        for name in _PASSTHROUGH_RESPONSE_HEADERS:
+            value = response.headers.get(name)
+            if value is not None:
+                headers.append((name.encode(), value.encode("latin-1")))
+        return headers
+
+    async def relay_whole(self, response: aiohttp.ClientResponse, send: Send) -> None:
+        try:
+            body = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            await self.record(
+                Outcome(TokenUsage(), None, "", Status.FAILED, ["upstream_read_failed"])
+            )
+            await _send_error(
+                send,
+                errors.UPSTREAM_UNAVAILABLE,
+                f"The upstream response was cut ({type(exc).__name__}).",
+                self.endpoint.anthropic_format,
+            )
+            return
+        if response.status == 200:
+            parsed = _loads_or_none(body)
+            if isinstance(parsed, dict):
+                outcome = self.endpoint.outcome_from_body(parsed, count_text=self.count_text)
+            else:
+                outcome = Outcome(
+                    TokenUsage(), None, "", Status.COMPLETED, ["unparseable_response"]
+                )
+        else:
+            outcome = Outcome(TokenUsage(), None, "", Status.UPSTREAM_ERROR)
+        await self.record(outcome)
+        await _send_response(send, response.status, self.headers_for(response), body)
+
+    async def relay_stream(
+        self, response: aiohttp.ClientResponse, receive: Receive, send: Send
+    ) -> None:
+        headers = self.headers_for(response)
+        headers.append((b"cache-control", b"no-cache"))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        watcher = asyncio.get_running_loop().create_task(self.watch_client(receive, response))
+        tracker = stream_tracker_for(
+            self.endpoint, provider=self.route.provider, hide_usage=self.prepared.hide_usage
+        )
+        splitter = SseSplitter()
+        recorded = False
+        try:
+            async for chunk in response.content.iter_any():
+                out: list[bytes] = []
+                for event in splitter.feed(chunk):
+                    forward = tracker.feed(event)
+                    if self.ttft_ns is None and tracker.first_output_seen:
+                        self.ttft_ns = time.perf_counter_ns()
+                    if tracker.terminal:
+                        if out and not self.client_gone:
+                            await send(
+                                {
+                                    "type": "http.response.body",
+                                    "body": b"".join(out),
+                                    "more_body": True,
+                                }
+                            )
+                        out = []
+                        await self.record(tracker.outcome(completed=True))
+                        recorded = True
+                        if forward is not None and not self.client_gone:
+                            await send(
+                                {"type": "http.response.body", "body": forward, "more_body": True}
+                            )
+                        break
+                    if forward is not None:
+                        out.append(forward)
+                if recorded:
+                    break
+                if out and not self.client_gone:
+                    await send(
+                        {"type": "http.response.body", "body": b"".join(out), "more_body": True}
+                    )
+        except (aiohttp.ClientError, TimeoutError, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and not self.client_gone:
+                raise
+            logger.info("upstream stream for %s ended early: %r", self.request_id, exc)
+        finally:
+            watcher.cancel()
+            if self.drain_deadline is not None:
+                self.drain_deadline.cancel()
+            if not recorded:
+                await self.record(tracker.outcome(completed=False))
+        if not self.client_gone:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def watch_client(self, receive: Receive, response: aiohttp.ClientResponse) -> None:
+        """Notice a client that goes away; keep draining upstream, within a time limit."""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+        self.client_gone = True
+        # Past the drain timeout, closing the upstream ends the read loop as a cut stream.
+        self.drain_deadline = asyncio.get_running_loop().call_later(
+            settings.RECKON_DRAIN_TIMEOUT_SECONDS, response.close
+        )
+
+    @property
+    def count_text(self) -> bool:
+        return self.route.provider == "openai-compatible"
+
+    async def record(self, outcome: Outcome) -> None:
+        now_ns = time.perf_counter_ns()
+        usage = outcome.usage
+        flags = list(usage.flags) + outcome.flags
+        await self.app.ledger.write(
+            {
+                "request_id": self.request_id,
+                "tenant_id": self.caller.tenant_id,
+                "api_key_id": self.caller.api_key_id,
+                "alias": self.route.alias,
+                "provider": self.route.provider,
+                "upstream_model": self.route.upstream_model,
+                "accelerator": self.route.accelerator,
+                "endpoint": self.endpoint.name,
+                "stream": self.prepared.stream,
+                "status": outcome.status,
+                "upstream_status": self.upstream_status,
+                "upstream_response_id": outcome.response_id[:200],
+                "input_tokens": usage.input_tokens,
+                "cached_input_tokens": usage.cached_input_tokens,
+                "cache_write_tokens": usage.cache_write_tokens,
+                "output_tokens": usage.output_tokens,
+                "reasoning_tokens": usage.reasoning_tokens,
+                "reasoning_source": usage.reasoning_source,
+                "flags": flags,
+                "raw_usage": outcome.raw_usage,
+                "client_disconnected": self.client_gone,
+                "ttft_us": None
+                if self.ttft_ns is None
+                else (self.ttft_ns - self.started_ns) // 1000,
+                "latency_us": (now_ns - self.started_ns) // 1000,
+                "started_at": self.started_at,
+                "finished_at": datetime.now(UTC),
+            }
+        )
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def _credential(headers: list[tuple[bytes, bytes]]) -> str:
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        elif name == b"x-api-key" and value:
+            return value.decode("latin-1").strip()
+    return ""
+
+
+def _wants_anthropic(scope: Scope) -> bool:
+    return any(name == b"anthropic-version" or name == b"x-api-key" for name, _ in scope["headers"])
+
+
+def _upstream_headers(
+    route: RouteInfo, anthropic_version: str, forwarded: dict[str, str]
+) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", **forwarded}
+    if route.speaks_anthropic:
+        headers["anthropic-version"] = anthropic_version
+        if route.credential:
+            headers["x-api-key"] = route.credential
+    elif route.credential:
+        headers["Authorization"] = "Bearer " + route.credential
+    return headers
+
+
+def _loads_or_none(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None once it grows past `limit` bytes."""
+    message = await receive()
+    body = message.get("body", b"")
+    if not message.get("more_body"):
+        return body if len(body) <= limit else None
+    parts = [body]
+    size = len(body)
+    while message.get("more_body"):
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def _send_response(
+    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _send_error(
+    send: Send,
+    kind: errors.ProxyErrorKind,
+    message: str,
+    anthropic: bool,
+    param: str | None = None,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    body = errors.error_body(kind, message, anthropic=anthropic, param=param)
+    await _send_response(send, kind.status, JSON_HEADERS + (extra_headers or []), body)

@@ -1,0 +1,73 @@
+from rest_framework import serializers
+
+from metering.models import UsageRecord
+from metering.selectors import GROUPINGS
+
+
+class UsageQuerySerializer(serializers.Serializer):
+    since = serializers.DateTimeField(required=False, help_text="inclusive, ISO 8601")
+    until = serializers.DateTimeField(required=False, help_text="exclusive, ISO 8601")
+    api_key = serializers.IntegerField(required=False, min_value=1)
+    alias = serializers.CharField(required=False, max_length=200)
+
+    def validate(self, attrs):  # type: ignore[no-untyped-def]
+        since, until = attrs.get("since"), attrs.get("until")
+        if since and until and since >= until:
+            raise serializers.ValidationError({"until": "must be after since"})
+        return attrs
+
+
+class UsageSummaryQuerySerializer(UsageQuerySerializer):
+    group_by = serializers.ChoiceField(choices=sorted(GROUPINGS), required=False)
+
+
+class UsageRecordSerializer(serializers.ModelSerializer):
+    api_key_prefix = serializers.CharField(source="api_key.prefix", read_only=True)
+
+    class Meta:
+        model = UsageRecord
+        fields = [
+            "request_id",
+            "started_at",
+            "finished_at",
+            "recorded_at",
+            "api_key_id",
+            "api_key_prefix",
+            "alias",
+            "provider",
+            "upstream_model",
+            "accelerator",
+            "endpoint",
+            "stream",
+            "status",
+            "upstream_status",
+            "upstream_response_id",
+            "input_tokens",
+            "cached_input_tokens",
+            "cache_write_tokens",
+            "output_tokens",
+            "reasoning_tokens",
+            "reasoning_source",
+            "flags",
+            "client_disconnected",
+            "ttft_us",
+            "latency_us",
+        ]
+        read_only_fields = fields
+
+
+class UsageSummaryRowSerializer(serializers.Serializer):
+    alias = serializers.CharField(required=False)
+    api_key_id = serializers.IntegerField(required=False)
+    api_key_prefix = serializers.CharField(required=False)
+    day = serializers.DateField(required=False)
+    requests = serializers.IntegerField()
+    input_tokens = serializers.IntegerField(help_text="uncached input tokens")
+    cached_input_tokens = serializers.IntegerField(help_text="input tokens read from cache")
+    cache_write_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField(help_text="visible output tokens")
+    reasoning_tokens = serializers.IntegerField(help_text="hidden reasoning tokens")
+    total_tokens = serializers.IntegerField()
+    reasoning_share_of_output = serializers.CharField(
+        allow_null=True, help_text="reasoning / (visible output + reasoning), 6 decimals"
+    )

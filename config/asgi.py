@@ -1,0 +1,33 @@
+"""ASGI entry point: the proxy's lean hot path for /v1/*, Django for everything else."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+django_application = get_asgi_application()
+
+from api.proxy import ProxyApp  # noqa: E402 - needs Django set up first
+
+proxy_application = ProxyApp()
+
+
+async def application(scope, receive, send):  # type: ignore[no-untyped-def]
+    kind = scope["type"]
+    if kind == "http" and scope["path"].startswith("/v1/"):
+        await proxy_application(scope, receive, send)
+    elif kind == "lifespan":
+        await _lifespan(receive, send)
+    else:
+        await django_application(scope, receive, send)
+
+
+async def _lifespan(receive, send):  # type: ignore[no-untyped-def]
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await proxy_application.shutdown()
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,109 @@
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from metering.models import ApiKey, Route, Tenant, UsageRecord
+from metering.services import api_key_create, api_key_revoke
+
+
+@admin.register(Tenant)
+class TenantAdmin(admin.ModelAdmin):
+    list_display = ["name", "id", "is_active", "created_at"]
+    list_filter = ["is_active"]
+    search_fields = ["name", "id"]
+    filter_horizontal = ["allowed_routes"]
+    actions = ["issue_api_key"]
+
+    @admin.action(description="Issue a new API key (shown once)")
+    def issue_api_key(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
+        for tenant in queryset:
+            created = api_key_create(tenant=tenant, name="admin")
+            self.message_user(
+                request,
+                f"New key for {tenant.name} (copy it now, it is not shown again): {created.raw_key}",
+                messages.WARNING,
+            )
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = [
+        "prefix",
+        "tenant",
+        "name",
+        "created_at",
+        "last_used_at",
+        "expires_at",
+        "revoked_at",
+    ]
+    list_filter = ["tenant", ("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["prefix", "name", "tenant__name"]
+    readonly_fields = ["prefix", "key_hash", "created_at", "last_used_at", "revoked_at", "tenant"]
+    fields = [
+        "tenant",
+        "name",
+        "prefix",
+        "key_hash",
+        "expires_at",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    ]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # keys are issued from the tenant page, so the raw key can be shown once
+
+    @admin.action(description="Revoke selected keys")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        for api_key in queryset:
+            api_key_revoke(api_key=api_key)
+        self.message_user(request, f"Revoked {queryset.count()} key(s).")
+
+
+@admin.register(Route)
+class RouteAdmin(admin.ModelAdmin):
+    list_display = ["alias", "provider", "base_url", "upstream_model", "accelerator", "is_active"]
+    list_filter = ["provider", "accelerator", "is_active"]
+    search_fields = ["alias", "upstream_model"]
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(admin.ModelAdmin):
+    list_display = [
+        "started_at",
+        "tenant",
+        "alias",
+        "endpoint",
+        "stream",
+        "status",
+        "input_tokens",
+        "cached_input_tokens",
+        "output_tokens",
+        "reasoning_tokens",
+        "reasoning_source",
+        "client_disconnected",
+    ]
+    list_filter = [
+        "status",
+        "endpoint",
+        "stream",
+        "reasoning_source",
+        "provider",
+        "accelerator",
+        "client_disconnected",
+        "tenant",
+    ]
+    search_fields = ["request_id", "upstream_response_id", "alias", "tenant__name"]
+    date_hierarchy = "started_at"
+    list_select_related = ["tenant"]
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False

@@ -1,0 +1,243 @@
+"""The usage ledger's write path: group commit for the proxy's hot path.
+
+Every proxied request hands its record to `LedgerWriter.write()` and waits until the
+transaction holding it has committed; only then does the proxy send the response's last
+byte (for streams, the terminal event). Records that arrive while a transaction is in
+flight wait for the next one, so concurrent requests share commits while each still
+waits for its own: durability at the cost of one commit per batch, not per request.
+
+Idempotent: records are unique per `request_id`; a batch retried after an ambiguous
+failure (e.g. the connection dropped during COMMIT) skips ids already stored.
+
+When the database stays unreachable past the retry budget, the batch is journaled to an
+fsync'd spool file (one JSON object per line) and the request still completes;
+`ledger_replay_spool` (also run at writer start-up) loads spooled records idempotently.
+"""
+
+import asyncio
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from django.db import DatabaseError, connection, transaction
+
+from metering.models import ApiKey, UsageRecord
+
+logger = logging.getLogger(__name__)
+
+# A key's last_used_at is refreshed at most this often (seconds) by one server process.
+LAST_USED_REFRESH_SECONDS = 60.0
+
+_DATETIME_FIELDS = ("started_at", "finished_at")
+
+
+def usage_records_write(records: list[dict[str, Any]], *, touch_keys: Iterable[int] = ()) -> int:
+    """Insert records in one transaction, skipping request ids already stored.
+
+    Returns how many rows were inserted. `touch_keys` are API key ids whose last_used_at
+    moves to now in the same transaction.
+    """
+    request_ids = [r["request_id"] for r in records]
+    with transaction.atomic():
+        existing = set(
+            UsageRecord.objects.filter(request_id__in=request_ids).values_list(
+                "request_id", flat=True
+            )
+        )
+        fresh = [UsageRecord(**r) for r in records if r["request_id"] not in existing]
+        UsageRecord.objects.bulk_create(fresh)
+        after_insert(fresh)
+        keys = sorted(set(touch_keys))
+        if keys:
+            newest = max(r["finished_at"] for r in records)
+            ApiKey.objects.filter(pk__in=keys).update(last_used_at=newest)
+    return len(fresh)
+
+
+# Hooks that run inside the ledger transaction, after the insert (e.g. rollups). Each
+# receives only the rows actually inserted, so a replayed batch is never counted twice.
+_AFTER_INSERT: list[Callable[[list[UsageRecord]], None]] = []
+
+
+def register_after_insert(hook: Callable[[list[UsageRecord]], None]) -> None:
+    if hook not in _AFTER_INSERT:
+        _AFTER_INSERT.append(hook)
+
+
+def after_insert(rows: list[UsageRecord]) -> None:
+    if rows:
+        for hook in _AFTER_INSERT:
+            hook(rows)
+
+
+def _encode(record: dict[str, Any]) -> dict[str, Any]:
+    out = dict(record)
+    out["request_id"] = str(record["request_id"])
+    out["tenant_id"] = str(record["tenant_id"])
+    for name in _DATETIME_FIELDS:
+        out[name] = record[name].isoformat()
+    return out
+
+
+def _decode(line: dict[str, Any]) -> dict[str, Any]:
+    out = dict(line)
+    out["request_id"] = uuid.UUID(line["request_id"])
+    out["tenant_id"] = uuid.UUID(line["tenant_id"])
+    for name in _DATETIME_FIELDS:
+        out[name] = datetime.fromisoformat(line[name])
+    return out
+
+
+def spool_append(spool_dir: Path, records: list[dict[str, Any]]) -> Path:
+    """Journal records durably to the local spool (append + fsync)."""
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    path = spool_dir / f"ledger-{os.getpid()}.jsonl"
+    payload = "".join(json.dumps(_encode(r), separators=(",", ":")) + "\n" for r in records)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, payload.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path
+
+
+def spool_replay(spool_dir: Path) -> int:
+    """Load every spooled record into the ledger; returns rows inserted. Idempotent."""
+    if not spool_dir.exists():
+        return 0
+    inserted = 0
+    for path in sorted(spool_dir.glob("ledger-*.jsonl")):
+        claimed = path.with_suffix(f".replaying-{os.getpid()}")
+        try:
+            path.rename(claimed)  # one replayer per file
+        except FileNotFoundError:
+            continue
+        records = [_decode(json.loads(line)) for line in claimed.read_text().splitlines() if line]
+        for start in range(0, len(records), 500):
+            inserted += usage_records_write(records[start : start + 500])
+        claimed.unlink()
+    return inserted
+
+
+class LedgerWriter:
+    """Group-commits usage records from one event loop through one database connection."""
+
+    def __init__(
+        self,
+        *,
+        max_batch: int,
+        spool_dir: Path,
+        retry_seconds: float = 5.0,
+        write_batch: Callable[..., int] = usage_records_write,
+    ) -> None:
+        self._max_batch = max_batch
+        self._spool_dir = spool_dir
+        self._retry_seconds = retry_seconds
+        self._write_batch = write_batch
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        # One thread, so the batch always uses the same (thread-local) DB connection.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+        self._key_touched: dict[int, float] = {}
+        self._busy = False
+        self.spooled = 0
+
+    async def write(self, record: dict[str, Any]) -> None:
+        """Return once `record` is committed (or durably spooled)."""
+        if self._task is None:
+            self._start()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((record, future))
+        assert self._wakeup is not None
+        self._wakeup.set()
+        await asyncio.shield(future)
+
+    def _start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-writer")
+        self._executor.submit(self._replay_spool)
+
+    def _replay_spool(self) -> None:
+        try:
+            replayed = spool_replay(self._spool_dir)
+            if replayed:
+                logger.warning("replayed %d spooled usage records into the ledger", replayed)
+        except Exception:
+            logger.exception("could not replay the ledger spool; it is kept for the next try")
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                records = [record for record, _ in batch]
+                touch = self._keys_due(records)
+                self._busy = True
+                try:
+                    await loop.run_in_executor(self._executor, self._commit, records, touch)
+                    outcome: BaseException | None = None
+                except BaseException as exc:  # noqa: BLE001 - every waiter must be released
+                    outcome = exc
+                finally:
+                    self._busy = False
+                for _, future in batch:
+                    if not future.done():
+                        if outcome is None:
+                            future.set_result(None)
+                        else:
+                            future.set_exception(outcome)
+
+    def _keys_due(self, records: list[dict[str, Any]]) -> list[int]:
+        now = time.monotonic()
+        due = []
+        for record in records:
+            key_id = record["api_key_id"]
+            if now - self._key_touched.get(key_id, -LAST_USED_REFRESH_SECONDS) >= (
+                LAST_USED_REFRESH_SECONDS
+            ):
+                self._key_touched[key_id] = now
+                due.append(key_id)
+        return due
+
+    def _commit(self, records: list[dict[str, Any]], touch: list[int]) -> None:
+        deadline = time.monotonic() + self._retry_seconds
+        delay = 0.05
+        while True:
+            try:
+                self._write_batch(records, touch_keys=touch)
+                return
+            except DatabaseError:
+                connection.close()  # a broken connection is replaced on the next try
+                if time.monotonic() + delay > deadline:
+                    break
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        path = spool_append(self._spool_dir, records)
+        self.spooled += len(records)
+        logger.error(
+            "ledger database unavailable: %d usage records spooled to %s", len(records), path
+        )
+
+    async def close(self) -> None:
+        """Flush what is pending and stop."""
+        while self._pending or self._busy:
+            await asyncio.sleep(0.005)
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        # Django connections are per thread: close the writer thread's own.
+        self._executor.submit(lambda: connection.close()).result()
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,173 @@
+"""Who uses what: tenants, their API keys, the routes they call, and the usage ledger.
+
+Invariants:
+- an API key is stored only as its SHA-256 digest plus a short visible prefix;
+- a usage record is written once per proxied request (unique `request_id`) and never
+  updated: corrections are new rows elsewhere (billing adjustments), never edits here.
+"""
+
+import uuid
+
+from django.db import models
+from django.db.models import Q
+
+
+class Tenant(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=200, unique=True)
+    is_active = models.BooleanField(default=True)
+    # Aliases this tenant may call; empty means none (an operator grants them).
+    allowed_routes = models.ManyToManyField("Route", blank=True, related_name="tenants")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ApiKey(models.Model):
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="api_keys")
+    name = models.CharField(max_length=200, blank=True)
+    # First characters of the key (e.g. "rk_3xY9aB"), shown so people can tell keys apart.
+    prefix = models.CharField(max_length=16, db_index=True)
+    # SHA-256 hex digest of the whole key; the key itself is never stored.
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    # Null until first use; updated at most about once a minute per server process.
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    # The key stops working at this instant (UTC); null means no expiry.
+    expires_at = models.DateTimeField(null=True, blank=True)
+    # Set once when revoked; a revoked key never works again.
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.tenant})"
+
+
+class Route(models.Model):
+    class Provider(models.TextChoices):
+        OPENAI = "openai", "OpenAI"
+        ANTHROPIC = "anthropic", "Anthropic"
+        OPENAI_COMPATIBLE = "openai-compatible", "OpenAI-compatible (vLLM, SGLang, DeepSeek, ...)"
+
+    # The model name tenants put in their requests.
+    alias = models.CharField(max_length=200, unique=True)
+    provider = models.CharField(max_length=32, choices=Provider.choices)
+    # Upstream base URL including the version segment, e.g. https://api.openai.com/v1
+    base_url = models.URLField(max_length=500)
+    upstream_model = models.CharField(max_length=200)
+    # Name of the environment variable holding the upstream credential (never the value).
+    api_key_env = models.CharField(max_length=200, blank=True)
+    # Accelerator type serving this alias (a label matching billing's accelerator types).
+    accelerator = models.CharField(max_length=100, blank=True)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["alias"]
+
+    def __str__(self) -> str:
+        return self.alias
+
+
+class UsageRecord(models.Model):
+    """One proxied request, exactly once. Token classes are disjoint and additive."""
+
+    class Endpoint(models.TextChoices):
+        CHAT_COMPLETIONS = "chat.completions", "OpenAI chat completions"
+        RESPONSES = "responses", "OpenAI responses"
+        MESSAGES = "messages", "Anthropic messages"
+
+    class Status(models.TextChoices):
+        COMPLETED = "completed", "Completed"
+        # The upstream stream ended without its final usage (cut, timeout): usage is what
+        # was seen, and the record says so.
+        INCOMPLETE = "incomplete", "Incomplete"
+        UPSTREAM_ERROR = "upstream_error", "Upstream error"
+        # The upstream could not be reached or did not answer in time.
+        FAILED = "failed", "Failed"
+
+    class ReasoningSource(models.TextChoices):
+        REPORTED = "reported", "Reported by the provider"
+        DERIVED = "derived", "Derived from provider totals"
+        ESTIMATED = "estimated", "Estimated from text"
+        NONE = "none", "No reasoning"
+
+    id = models.BigAutoField(primary_key=True)
+    # Our id for the request, returned to the caller in the x-reckon-request-id header.
+    request_id = models.UUIDField(unique=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_records")
+    api_key = models.ForeignKey(ApiKey, on_delete=models.PROTECT, related_name="usage_records")
+    # Route facts as they were when the request was served (routes change; records don't).
+    alias = models.CharField(max_length=200)
+    provider = models.CharField(max_length=32)
+    upstream_model = models.CharField(max_length=200)
+    accelerator = models.CharField(max_length=100, blank=True)
+    endpoint = models.CharField(max_length=32, choices=Endpoint.choices)
+    stream = models.BooleanField(default=False)
+    status = models.CharField(max_length=20, choices=Status.choices)
+    # HTTP status the upstream answered with (0 when it could not be reached).
+    upstream_status = models.PositiveSmallIntegerField(default=0)
+    # The upstream's own id for the response (chatcmpl-..., resp_..., msg_...).
+    upstream_response_id = models.CharField(max_length=200, blank=True)
+    # Uncached input tokens only.
+    input_tokens = models.BigIntegerField(default=0)
+    # Input tokens read from the provider's prompt cache.
+    cached_input_tokens = models.BigIntegerField(default=0)
+    # Input tokens written to the provider's prompt cache.
+    cache_write_tokens = models.BigIntegerField(default=0)
+    # Visible output tokens (reasoning excluded).
+    output_tokens = models.BigIntegerField(default=0)
+    # Hidden reasoning/thinking tokens: billed, never shown to the caller.
+    reasoning_tokens = models.BigIntegerField(default=0)
+    reasoning_source = models.CharField(
+        max_length=16, choices=ReasoningSource.choices, default=ReasoningSource.NONE
+    )
+    # Provider invariants this usage broke (e.g. "reasoning_exceeds_output"); such a
+    # record is kept for review and excluded from rating until resolved.
+    flags = models.JSONField(default=list, blank=True)
+    # The provider's usage object exactly as received, for audit and re-derivation.
+    raw_usage = models.JSONField(null=True, blank=True)
+    # True when the caller went away mid-stream and the proxy drained the upstream alone.
+    client_disconnected = models.BooleanField(default=False)
+    # Microseconds from receiving the request to the first output byte/event; null if none.
+    ttft_us = models.BigIntegerField(null=True, blank=True)
+    # Microseconds from receiving the request to the end of the upstream response.
+    latency_us = models.BigIntegerField(default=0)
+    # When the request arrived (UTC). Usage is attributed to billing periods by this time.
+    started_at = models.DateTimeField()
+    # When the proxy finished with the upstream (UTC).
+    finished_at = models.DateTimeField()
+    # When the row was committed (UTC); the cut-off of rollups and invoices.
+    recorded_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        indexes = [
+            models.Index(fields=["tenant", "started_at", "id"], name="usage_tenant_time"),
+            models.Index(fields=["tenant", "alias", "started_at"], name="usage_tenant_alias_time"),
+            models.Index(fields=["api_key", "started_at"], name="usage_key_time"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(input_tokens__gte=0)
+                & Q(cached_input_tokens__gte=0)
+                & Q(cache_write_tokens__gte=0)
+                & Q(output_tokens__gte=0)
+                & Q(reasoning_tokens__gte=0),
+                name="usage_tokens_non_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.alias} {self.status}"
+
+    @property
+    def is_flagged(self) -> bool:
+        return bool(self.flags)

@@ -1,0 +1,359 @@
+"""Provider adapters: what to send upstream, and what a response cost.
+
+One adapter per client-facing endpoint. Each knows its wire format: how to rewrite the
+request for the upstream, how to read usage from a whole response body, and how to follow
+a stream (which events carry usage, which one is terminal, what to hide from the client).
+Token arithmetic itself lives in metering.usage.
+"""
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from metering.models import Route, UsageRecord
+from metering.proxy.sse import SseEvent, format_event
+from metering.usage import (
+    TextCounts,
+    TokenUsage,
+    high_water,
+    merge_anthropic_stream_usage,
+    usage_from_anthropic,
+    usage_from_openai_chat,
+    usage_from_openai_responses,
+)
+
+Status = UsageRecord.Status
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one upstream call consumed, as the proxy observed it."""
+
+    usage: TokenUsage
+    raw_usage: Any
+    response_id: str
+    status: str
+    flags: list[str] = field(default_factory=list)
+
+
+class InvalidRequest(Exception):
+    """The client's request body cannot be forwarded; message is for the client."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+def _text_len(value: Any) -> int:
+    return len(value) if isinstance(value, str) else 0
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+
+
+class StreamTracker:
+    """Follows one upstream SSE stream. `feed` returns the bytes to forward (None drops)."""
+
+    __slots__ = ("terminal", "first_output_seen", "errored", "response_id", "text", "count_text")
+
+    def __init__(self, *, count_text: bool) -> None:
+        self.terminal = False  # the event just fed ends the stream: commit before forwarding
+        self.first_output_seen = False
+        self.errored = False
+        self.response_id = ""
+        self.count_text = count_text
+        self.text = TextCounts()
+
+    def feed(self, event: SseEvent) -> bytes | None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def outcome(self, *, completed: bool) -> Outcome:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _status(self, *, completed: bool) -> str:
+        if self.errored:
+            return Status.UPSTREAM_ERROR
+        return Status.COMPLETED if completed else Status.INCOMPLETE
+
+
+# --- OpenAI chat completions --------------------------------------------------------
+
+
+class ChatStreamTracker(StreamTracker):
+    __slots__ = ("hide_usage", "usage")
+
+    def __init__(self, *, count_text: bool, hide_usage: bool) -> None:
+        super().__init__(count_text=count_text)
+        self.hide_usage = hide_usage  # the client did not ask for usage; we did
+        self.usage: Mapping[str, Any] | None = None
+
+    def feed(self, event: SseEvent) -> bytes | None:
+        data = event.data
+        if data == b"[DONE]":
+            self.terminal = True
+            return event.raw
+        carries_usage = b'"usage"' in data and b'"usage":null' not in data
+        if not (carries_usage or self.count_text or not self.response_id):
+            if not self.first_output_seen and b'"content":"' in data:
+                self.first_output_seen = b'"content":""' not in data
+            return event.raw
+        chunk = _loads(data)
+        if not isinstance(chunk, dict):
+            return event.raw
+        if not self.response_id:
+            self.response_id = str(chunk.get("id") or "")
+        if "error" in chunk and "choices" not in chunk:
+            self.errored = True
+            return event.raw
+        choices = chunk.get("choices")
+        if isinstance(choices, list):
+            self._observe_choices(choices)
+        usage = chunk.get("usage")
+        if not isinstance(usage, dict):
+            return event.raw
+        self.usage = high_water(self.usage, usage)
+        if not self.hide_usage:
+            return event.raw
+        if not choices:  # the extra usage chunk we asked for: hide it
+            return None
+        chunk["usage"] = None  # usage riding on a content chunk (some servers): strip it
+        return format_event(orjson.dumps(chunk), event.event)
+
+    def _observe_choices(self, choices: list[Any]) -> None:
+        for choice in choices:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if not isinstance(delta, dict):
+                continue
+            content = delta.get("content")
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if content or reasoning:
+                self.first_output_seen = True
+            if self.count_text:
+                self.text.visible_chars += _text_len(content)
+                self.text.reasoning_chars += _text_len(reasoning)
+
+    def outcome(self, *, completed: bool) -> Outcome:
+        usage = usage_from_openai_chat(self.usage, self.text if self.count_text else None)
+        return Outcome(usage, self.usage, self.response_id, self._status(completed=completed))
+
+
+def chat_outcome(body: Any, *, count_text: bool) -> Outcome:
+    text = TextCounts()
+    if count_text:
+        for choice in body.get("choices") or []:
+            message = choice.get("message") if isinstance(choice, dict) else None
+            if isinstance(message, dict):
+                text.visible_chars += _text_len(message.get("content"))
+                text.reasoning_chars += _text_len(
+                    message.get("reasoning_content") or message.get("reasoning")
+                )
+    raw = body.get("usage")
+    usage = usage_from_openai_chat(raw, text if count_text else None)
+    return Outcome(usage, raw, str(body.get("id") or ""), Status.COMPLETED)
+
+
+# --- OpenAI responses --------------------------------------------------------------
+
+_RESPONSES_TERMINAL = (b"response.completed", b"response.incomplete", b"response.failed")
+
+
+class ResponsesStreamTracker(StreamTracker):
+    __slots__ = ("usage",)
+
+    def __init__(self, *, count_text: bool) -> None:
+        super().__init__(count_text=count_text)
+        self.usage: Mapping[str, Any] | None = None
+
+    def feed(self, event: SseEvent) -> bytes | None:
+        name = event.event
+        if not name:  # servers that omit the event line: the type is in the data
+            parsed = _loads(event.data)
+            name = str(parsed.get("type", "")).encode() if isinstance(parsed, dict) else b""
+        if name in _RESPONSES_TERMINAL:
+            payload = _loads(event.data)
+            response = payload.get("response") if isinstance(payload, dict) else None
+            if isinstance(response, dict):
+                self.usage = response.get("usage")
+                self.response_id = str(response.get("id") or "")
+                if name == b"response.failed":
+                    self.errored = True
+            self.terminal = True
+        elif name == b"error":
+            self.errored = True
+        elif name.endswith(b".delta"):
+            self.first_output_seen = True
+            if self.count_text:
+                payload = _loads(event.data)
+                delta = _text_len(payload.get("delta")) if isinstance(payload, dict) else 0
+                if b"reasoning" in name:
+                    self.text.reasoning_chars += delta
+                elif name == b"response.output_text.delta":
+                    self.text.visible_chars += delta
+        return event.raw
+
+    def outcome(self, *, completed: bool) -> Outcome:
+        usage = usage_from_openai_responses(self.usage, self.text if self.count_text else None)
+        return Outcome(usage, self.usage, self.response_id, self._status(completed=completed))
+
+
+def responses_outcome(body: Any, *, count_text: bool) -> Outcome:
+    text = TextCounts()
+    if count_text:
+        for item in body.get("output") or []:
+            if not isinstance(item, dict):
+                continue
+            parts = (item.get("content") or []) + (item.get("summary") or [])
+            for part in parts:
+                if not isinstance(part, dict):
+                    continue
+                if item.get("type") == "reasoning":
+                    text.reasoning_chars += _text_len(part.get("text"))
+                elif part.get("type") == "output_text":
+                    text.visible_chars += _text_len(part.get("text"))
+    raw = body.get("usage")
+    usage = usage_from_openai_responses(raw, text if count_text else None)
+    status = Status.UPSTREAM_ERROR if body.get("status") == "failed" else Status.COMPLETED
+    return Outcome(usage, raw, str(body.get("id") or ""), status)
+
+
+# --- Anthropic messages ------------------------------------------------------------
+
+
+class MessagesStreamTracker(StreamTracker):
+    __slots__ = ("start_usage", "delta_usage", "thinking_seen")
+
+    def __init__(self) -> None:
+        super().__init__(count_text=True)
+        self.start_usage: Mapping[str, Any] | None = None
+        self.delta_usage: Mapping[str, Any] | None = None
+        self.thinking_seen = False
+
+    def feed(self, event: SseEvent) -> bytes | None:
+        name = event.event
+        if name == b"content_block_delta":
+            self.first_output_seen = True
+            if self.thinking_seen:  # text counts only matter to estimate thinking
+                payload = _loads(event.data)
+                delta = payload.get("delta") if isinstance(payload, dict) else None
+                if isinstance(delta, dict):
+                    self.text.reasoning_chars += _text_len(delta.get("thinking"))
+                    self.text.visible_chars += _text_len(delta.get("text"))
+        elif name == b"content_block_start":
+            if b'"thinking"' in event.data or b'"redacted_thinking"' in event.data:
+                self.thinking_seen = True
+        elif name == b"message_delta":
+            payload = _loads(event.data)
+            if isinstance(payload, dict) and isinstance(payload.get("usage"), dict):
+                self.delta_usage = payload["usage"]  # cumulative: the last one wins
+        elif name == b"message_start":
+            payload = _loads(event.data)
+            message = payload.get("message") if isinstance(payload, dict) else None
+            if isinstance(message, dict):
+                self.response_id = str(message.get("id") or "")
+                if isinstance(message.get("usage"), dict):
+                    self.start_usage = message["usage"]
+        elif name == b"message_stop":
+            self.terminal = True
+        elif name == b"error":
+            self.errored = True
+        return event.raw
+
+    def outcome(self, *, completed: bool) -> Outcome:
+        raw = merge_anthropic_stream_usage(self.start_usage, self.delta_usage)
+        usage = usage_from_anthropic(raw, self.text if self.thinking_seen else None)
+        return Outcome(usage, raw, self.response_id, self._status(completed=completed))
+
+
+def messages_outcome(body: Any, *, count_text: bool) -> Outcome:
+    text = TextCounts()
+    for block in body.get("content") or []:
+        if isinstance(block, dict):
+            text.reasoning_chars += _text_len(block.get("thinking"))
+            text.visible_chars += _text_len(block.get("text"))
+    raw = body.get("usage")
+    usage = usage_from_anthropic(raw, text)
+    return Outcome(usage, raw, str(body.get("id") or ""), Status.COMPLETED)
+
+
+# --- Endpoints -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    name: str  # UsageRecord.Endpoint value
+    upstream_path: str  # appended to the route's base URL
+    anthropic_format: bool  # errors and auth in Anthropic's shape
+    providers: frozenset[str]  # route providers that can serve it
+    outcome_from_body: Callable[..., Outcome]
+
+
+CHAT = Endpoint(
+    UsageRecord.Endpoint.CHAT_COMPLETIONS,
+    "/chat/completions",
+    False,
+    frozenset({Route.Provider.OPENAI, Route.Provider.OPENAI_COMPATIBLE}),
+    chat_outcome,
+)
+RESPONSES = Endpoint(
+    UsageRecord.Endpoint.RESPONSES,
+    "/responses",
+    False,
+    frozenset({Route.Provider.OPENAI, Route.Provider.OPENAI_COMPATIBLE}),
+    responses_outcome,
+)
+MESSAGES = Endpoint(
+    UsageRecord.Endpoint.MESSAGES,
+    "/messages",
+    True,
+    frozenset({Route.Provider.ANTHROPIC}),
+    messages_outcome,
+)
+
+ENDPOINTS_BY_PATH = {
+    "/v1/chat/completions": CHAT,
+    "/v1/responses": RESPONSES,
+    "/v1/messages": MESSAGES,
+}
+
+
+@dataclass(slots=True)
+class PreparedCall:
+    body: bytes  # the request to send upstream
+    stream: bool
+    hide_usage: bool  # we asked the upstream for stream usage the client did not ask for
+
+
+def prepare_call(endpoint: Endpoint, request: dict[str, Any], upstream_model: str) -> PreparedCall:
+    """Validate the parts of a request the proxy depends on, and rewrite it for upstream."""
+    stream = request.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be a boolean.", "stream")
+    request["model"] = upstream_model
+    hide_usage = False
+    if stream and endpoint is CHAT:
+        options = request.get("stream_options")
+        if options is None:
+            options = {}
+        if not isinstance(options, dict):
+            raise InvalidRequest("'stream_options' must be an object.", "stream_options")
+        if options.get("include_usage") is not True:
+            hide_usage = True
+            request["stream_options"] = {**options, "include_usage": True}
+    return PreparedCall(orjson.dumps(request), stream, hide_usage)
+
+
+def stream_tracker_for(endpoint: Endpoint, *, provider: str, hide_usage: bool) -> StreamTracker:
+    # Only servers that may omit reasoning counts need the text counted to estimate it.
+    count_text = provider == Route.Provider.OPENAI_COMPATIBLE
+    if endpoint is CHAT:
+        return ChatStreamTracker(count_text=count_text, hide_usage=hide_usage)
+    if endpoint is RESPONSES:
+        return ResponsesStreamTracker(count_text=count_text)
+    return MessagesStreamTracker()

@@ -1,0 +1,128 @@
+"""Who is calling and what they may call, cached per server process for a few seconds.
+
+Every server process keeps its own short-lived cache (RECKON_AUTH_CACHE_SECONDS, default
+2 s) and reloads from the database when an entry expires, so a revoked key, a removed
+alias or a changed route takes effect on every process within that bound, without any
+cross-process invalidation channel to lose messages. Unknown keys are cached too (as
+misses), so guessing keys does not turn into database load.
+"""
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Generic, TypeVar
+
+from django.db import close_old_connections
+
+from metering.models import ApiKey, Route
+
+ANTHROPIC_DEFAULT_VERSION = "2023-06-01"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteInfo:
+    alias: str
+    provider: str
+    upstream_model: str
+    accelerator: str
+    base_url: str
+    # The upstream credential, read from the route's environment variable; "" if none.
+    credential: str
+    # True when the route names an environment variable that is not set here.
+    credential_missing: bool
+
+    @property
+    def speaks_anthropic(self) -> bool:
+        return self.provider == Route.Provider.ANTHROPIC
+
+
+@dataclass(frozen=True, slots=True)
+class CallerContext:
+    tenant_id: uuid.UUID
+    api_key_id: int
+    expires_at: datetime | None
+    routes: dict[str, RouteInfo]
+
+
+def route_info_from(route: Route) -> RouteInfo:
+    credential = os.environ.get(route.api_key_env, "") if route.api_key_env else ""
+    return RouteInfo(
+        alias=route.alias,
+        provider=route.provider,
+        upstream_model=route.upstream_model,
+        accelerator=route.accelerator,
+        base_url=route.base_url.rstrip("/"),
+        credential=credential,
+        credential_missing=bool(route.api_key_env) and not credential,
+    )
+
+
+def caller_context_load(key_hash: str) -> CallerContext | None:
+    """The caller behind a key digest, or None for an unknown, revoked or inactive key."""
+    close_old_connections()
+    api_key = (
+        ApiKey.objects.select_related("tenant")
+        .filter(key_hash=key_hash, revoked_at__isnull=True, tenant__is_active=True)
+        .first()
+    )
+    if api_key is None:
+        return None
+    routes = {
+        r.alias: route_info_from(r) for r in api_key.tenant.allowed_routes.filter(is_active=True)
+    }
+    return CallerContext(
+        tenant_id=api_key.tenant_id,
+        api_key_id=api_key.pk,
+        expires_at=api_key.expires_at,
+        routes=routes,
+    )
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class TtlCache(Generic[K, V]):
+    """A process-local cache whose entries live `ttl` seconds; concurrent misses share one load."""
+
+    def __init__(
+        self,
+        loader: Callable[[K], V],
+        *,
+        ttl: float,
+        executor: ThreadPoolExecutor,
+        max_entries: int = 100_000,
+    ) -> None:
+        self._loader = loader
+        self._ttl = ttl
+        self._executor = executor
+        self._max_entries = max_entries
+        self._entries: dict[K, tuple[float, V]] = {}
+        self._loading: dict[K, asyncio.Future[V]] = {}
+
+    async def get(self, key: K) -> V:
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] > time.monotonic():
+            return entry[1]
+        pending = self._loading.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, self._loader, key)
+        self._loading[key] = future
+        try:
+            value = await asyncio.shield(future)
+        finally:
+            self._loading.pop(key, None)
+        if len(self._entries) >= self._max_entries:
+            self._entries.clear()
+        self._entries[key] = (time.monotonic() + self._ttl, value)
+        return value
+
+    def clear(self) -> None:
+        self._entries.clear()

@@ -1,0 +1,65 @@
+"""Incremental server-sent-events framing over raw bytes.
+
+Events are forwarded byte-for-byte unless a tracker rewrites them, so the splitter keeps
+each event's raw block. CRLF framing is normalised to LF (equivalent under the SSE spec).
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class SseEvent:
+    raw: bytes  # the whole event block, terminated by a blank line, ready to forward
+    event: bytes  # the `event:` field, or b"" when absent
+    data: bytes  # the `data:` lines joined by "\n"
+
+
+class SseSplitter:
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> list[SseEvent]:
+        buffer = self._buffer + chunk if self._buffer else chunk
+        if b"\r" in buffer:
+            buffer = buffer.replace(b"\r\n", b"\n")
+            if buffer.endswith(b"\r"):
+                self._buffer = buffer
+                return []
+        events: list[SseEvent] = []
+        start = 0
+        find = buffer.find
+        while True:
+            end = find(b"\n\n", start)
+            if end < 0:
+                break
+            block = buffer[start:end]
+            start = end + 2
+            if block:
+                events.append(parse_block(block))
+        self._buffer = buffer[start:]
+        return events
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes of an unterminated event (a stream cut mid-event leaves them)."""
+        return self._buffer
+
+
+def parse_block(block: bytes) -> SseEvent:
+    event = b""
+    data_lines: list[bytes] = []
+    for line in block.split(b"\n"):
+        if line.startswith(b"data:"):
+            value = line[5:]
+            data_lines.append(value[1:] if value.startswith(b" ") else value)
+        elif line.startswith(b"event:"):
+            event = line[6:].strip()
+    data = data_lines[0] if len(data_lines) == 1 else b"\n".join(data_lines)
+    return SseEvent(raw=block + b"\n\n", event=event, data=data)
+
+
+def format_event(data: bytes, event: bytes = b"") -> bytes:
+    prefix = b"event: " + event + b"\n" if event else b""
+    return prefix + b"data: " + data + b"\n\n"

@@ -1,0 +1,80 @@
+"""Reads on the usage ledger. Functions return querysets or plain data, tenant-scoped."""
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Count, QuerySet, Sum
+from django.db.models.functions import Coalesce, TruncDay
+
+from metering.models import ApiKey, UsageRecord
+
+TOKEN_CLASSES = (
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+)
+SHARE_QUANTUM = Decimal("0.000001")
+GROUPINGS = {"alias": "alias", "api_key": "api_key_id", "day": "day"}
+
+
+@dataclass(frozen=True)
+class UsageFilter:
+    tenant_id: uuid.UUID
+    since: datetime | None = None  # inclusive
+    until: datetime | None = None  # exclusive
+    api_key_id: int | None = None
+    alias: str | None = None
+
+
+def usage_records_for_tenant(*, filters: UsageFilter) -> QuerySet[UsageRecord]:
+    qs = UsageRecord.objects.filter(tenant_id=filters.tenant_id)
+    if filters.since is not None:
+        qs = qs.filter(started_at__gte=filters.since)
+    if filters.until is not None:
+        qs = qs.filter(started_at__lt=filters.until)
+    if filters.api_key_id is not None:
+        qs = qs.filter(api_key_id=filters.api_key_id)
+    if filters.alias:
+        qs = qs.filter(alias=filters.alias)
+    return qs
+
+
+def _with_shares(row: dict[str, Any]) -> dict[str, Any]:
+    output = row["output_tokens"] + row["reasoning_tokens"]
+    total = output + row["input_tokens"] + row["cached_input_tokens"] + row["cache_write_tokens"]
+    row["total_tokens"] = total
+    # Hidden reasoning as a fraction of all output the tenant pays for (exact decimal string).
+    row["reasoning_share_of_output"] = (
+        None
+        if output == 0
+        else str((Decimal(row["reasoning_tokens"]) / Decimal(output)).quantize(SHARE_QUANTUM))
+    )
+    return row
+
+
+def usage_summary(*, filters: UsageFilter, group_by: str | None = None) -> list[dict[str, Any]]:
+    """Token totals per class (and request count), optionally grouped."""
+    qs = usage_records_for_tenant(filters=filters)
+    sums = {name: Coalesce(Sum(name), 0) for name in TOKEN_CLASSES}
+    if group_by is None:
+        row = qs.aggregate(requests=Count("id"), **sums)
+        return [_with_shares(row)]
+    if group_by == "day":
+        qs = qs.annotate(day=TruncDay("started_at"))
+    key = GROUPINGS[group_by]
+    rows = list(qs.values(key).annotate(requests=Count("id"), **sums).order_by(key))
+    if group_by == "api_key":
+        prefixes = dict(
+            ApiKey.objects.filter(pk__in=[r[key] for r in rows]).values_list("pk", "prefix")
+        )
+        for r in rows:
+            r["api_key_prefix"] = prefixes.get(r[key], "")
+    if group_by == "day":
+        for r in rows:
+            r["day"] = r["day"].date().isoformat()
+    return [_with_shares(r) for r in rows]

@@ -1,0 +1,121 @@
+"""Writes on tenants, API keys and routes. The ledger's writes live in metering.ledger."""
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import urlsplit
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from metering.errors import ApplicationError, Conflict, NotFound
+from metering.keys import api_key_generate, api_key_hash, api_key_visible_prefix
+from metering.models import ApiKey, Route, Tenant
+
+
+@dataclass(frozen=True)
+class CreatedApiKey:
+    api_key: ApiKey
+    raw_key: str  # shown once, never stored
+
+
+@transaction.atomic
+def tenant_create(*, name: str) -> Tenant:
+    name = name.strip()
+    if not name:
+        raise ApplicationError("Tenant name must not be empty.")
+    if Tenant.objects.filter(name=name).exists():
+        raise Conflict(f"A tenant named {name!r} already exists.")
+    return Tenant.objects.create(name=name)
+
+
+def tenant_get(*, ref: str) -> Tenant:
+    """A tenant by id or by exact name."""
+    try:
+        return Tenant.objects.get(id=uuid.UUID(ref))
+    except (ValueError, Tenant.DoesNotExist):
+        pass
+    try:
+        return Tenant.objects.get(name=ref)
+    except Tenant.DoesNotExist:
+        raise NotFound(f"No tenant with id or name {ref!r}.") from None
+
+
+@transaction.atomic
+def api_key_create(
+    *, tenant: Tenant, name: str = "", expires_at: datetime | None = None
+) -> CreatedApiKey:
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ApplicationError("expires_at must be in the future.")
+    raw_key = api_key_generate()
+    api_key = ApiKey.objects.create(
+        tenant=tenant,
+        name=name,
+        prefix=api_key_visible_prefix(raw_key),
+        key_hash=api_key_hash(raw_key),
+        expires_at=expires_at,
+    )
+    return CreatedApiKey(api_key=api_key, raw_key=raw_key)
+
+
+@transaction.atomic
+def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
+    """Revoke a key. Idempotent: revoking twice keeps the first revocation time."""
+    ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    api_key.refresh_from_db(fields=["revoked_at"])
+    return api_key
+
+
+def _validate_base_url(base_url: str) -> str:
+    parts = urlsplit(base_url)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ApplicationError(f"base URL must be an http(s) URL, got {base_url!r}.")
+    return base_url.rstrip("/")
+
+
+@transaction.atomic
+def route_set(
+    *,
+    alias: str,
+    provider: str,
+    base_url: str,
+    upstream_model: str,
+    api_key_env: str = "",
+    accelerator: str = "",
+) -> Route:
+    """Create or update the route for an alias (idempotent on the alias)."""
+    if provider not in Route.Provider.values:
+        raise ApplicationError(
+            f"provider must be one of {', '.join(Route.Provider.values)}; got {provider!r}."
+        )
+    if not alias.strip() or not upstream_model.strip():
+        raise ApplicationError("alias and upstream model must not be empty.")
+    if api_key_env and not api_key_env.replace("_", "").isalnum():
+        raise ApplicationError("api_key_env must be an environment variable name.")
+    values = {
+        "provider": provider,
+        "base_url": _validate_base_url(base_url),
+        "upstream_model": upstream_model.strip(),
+        "api_key_env": api_key_env,
+        "accelerator": accelerator,
+        "is_active": True,
+    }
+    try:
+        route, _ = Route.objects.update_or_create(alias=alias.strip(), defaults=values)
+    except IntegrityError as exc:  # a concurrent create of the same alias
+        raise Conflict(f"Route {alias!r} was changed concurrently; try again.") from exc
+    return route
+
+
+@transaction.atomic
+def tenant_allow_routes(*, tenant: Tenant, aliases: list[str]) -> None:
+    routes = list(Route.objects.filter(alias__in=aliases))
+    missing = sorted(set(aliases) - {r.alias for r in routes})
+    if missing:
+        raise NotFound(f"Unknown route alias(es): {', '.join(missing)}.")
+    tenant.allowed_routes.add(*routes)
+
+
+@transaction.atomic
+def tenant_disallow_routes(*, tenant: Tenant, aliases: list[str]) -> None:
+    tenant.allowed_routes.remove(*Route.objects.filter(alias__in=aliases))

@@ -1,0 +1,148 @@
+"""End-to-end fixtures: a real Reckon server process and a real simulator process on
+loopback, sharing the test PostgreSQL database; the official SDKs are the clients."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from django.db import connection
+
+from metering.models import Route, Tenant
+from metering.services import api_key_create, route_set, tenant_allow_routes, tenant_create
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up in {timeout}s")
+
+
+def start(args: list[str], env: dict[str, str], ready_url: str) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env={**os.environ, **env}
+    )
+    wait_until_up(ready_url, process)
+    return process
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def database_url() -> str:
+    s = connection.settings_dict
+    return f"postgres://{s['USER']}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
+
+
+@pytest.fixture(scope="session")
+def simulator_url() -> Iterator[str]:
+    """The simulator at zero delay."""
+    port = free_port()
+    process = start(["run_simulator", "--port", str(port)], {}, f"http://127.0.0.1:{port}/_sim/health")
+    yield f"http://127.0.0.1:{port}"
+    stop(process)
+
+
+@pytest.fixture(scope="session")
+def slow_simulator_url() -> Iterator[str]:
+    """A simulator that spends 5 ms per generated token, for mid-stream behaviour."""
+    port = free_port()
+    process = start(
+        ["run_simulator", "--port", str(port), "--token-delay-ms", "5"],
+        {},
+        f"http://127.0.0.1:{port}/_sim/health",
+    )
+    yield f"http://127.0.0.1:{port}"
+    stop(process)
+
+
+@pytest.fixture(scope="session")
+def reckon_url(django_db_setup, django_db_blocker) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    port = free_port()
+    with django_db_blocker.unblock():
+        url = database_url()
+    env = {
+        "DATABASE_URL": url,
+        "RECKON_AUTH_CACHE_SECONDS": "0.5",
+        "RECKON_DRAIN_TIMEOUT_SECONDS": "20",
+        "PYTHONUNBUFFERED": "1",
+    }
+    process = start(["serve", "--port", str(port)], env, f"http://127.0.0.1:{port}/v1/models")
+    yield f"http://127.0.0.1:{port}"
+    stop(process)
+
+
+@dataclass
+class E2ETenant:
+    tenant: Tenant
+    raw_key: str
+    reckon_url: str
+    simulator_url: str
+
+    @property
+    def openai_base(self) -> str:
+        return self.reckon_url + "/v1"
+
+    def sim_totals(self) -> dict:
+        return httpx.get(self.simulator_url + "/_sim/totals").json()
+
+
+def make_routes(simulator_url: str, slow_url: str | None = None) -> list[Route]:
+    routes = [
+        route_set(alias="reasoner", provider="openai", base_url=simulator_url + "/v1",
+                  upstream_model="sim-reasoner", accelerator="nvidia-h100-sxm"),
+        route_set(alias="thinker", provider="anthropic", base_url=simulator_url + "/v1",
+                  upstream_model="sim-thinker", accelerator="nvidia-h200-sxm"),
+        route_set(alias="vllm-r1", provider="openai-compatible",
+                  base_url=simulator_url + "/quirks/vllm/v1", upstream_model="sim-r1",
+                  accelerator="amd-mi300x"),
+        route_set(alias="deepseek-r1", provider="openai-compatible",
+                  base_url=simulator_url + "/quirks/deepseek/v1", upstream_model="sim-r1"),
+        route_set(alias="llamacpp-r1", provider="openai-compatible",
+                  base_url=simulator_url + "/quirks/llamacpp/v1", upstream_model="sim-r1"),
+        route_set(alias="nonempty-r1", provider="openai-compatible",
+                  base_url=simulator_url + "/quirks/nonempty-choices/v1", upstream_model="sim-r1"),
+    ]
+    if slow_url:
+        routes.append(route_set(alias="slow-reasoner", provider="openai", base_url=slow_url + "/v1",
+                                upstream_model="sim-reasoner"))
+        routes.append(route_set(alias="slow-thinker", provider="anthropic", base_url=slow_url + "/v1",
+                                upstream_model="sim-thinker"))
+    return routes
+
+
+@pytest.fixture
+def e2e(transactional_db, reckon_url, simulator_url, slow_simulator_url) -> E2ETenant:  # type: ignore[no-untyped-def]
+    routes = make_routes(simulator_url, slow_simulator_url)
+    tenant = tenant_create(name="acme")
+    tenant_allow_routes(tenant=tenant, aliases=[r.alias for r in routes])
+    created = api_key_create(tenant=tenant, name="e2e")
+    httpx.post(simulator_url + "/_sim/reset")
+    httpx.post(slow_simulator_url + "/_sim/reset")
+    return E2ETenant(tenant, created.raw_key, reckon_url, simulator_url)

@@ -1,0 +1,124 @@
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from django.db import DatabaseError, IntegrityError, transaction
+
+from metering.ledger import LedgerWriter, spool_replay, usage_records_write
+from metering.models import UsageRecord
+from tests.factories import ApiKeyFactory, UsageRecordFactory
+
+
+def record_for(api_key, **overrides):  # type: ignore[no-untyped-def]
+    now = datetime.now(UTC)
+    values = {
+        "request_id": uuid.uuid4(),
+        "tenant_id": api_key.tenant_id,
+        "api_key_id": api_key.pk,
+        "alias": "reasoner",
+        "provider": "openai",
+        "upstream_model": "sim",
+        "accelerator": "",
+        "endpoint": "chat.completions",
+        "stream": False,
+        "status": "completed",
+        "upstream_status": 200,
+        "upstream_response_id": "chatcmpl-1",
+        "input_tokens": 10,
+        "cached_input_tokens": 0,
+        "cache_write_tokens": 0,
+        "output_tokens": 5,
+        "reasoning_tokens": 50,
+        "reasoning_source": "reported",
+        "flags": [],
+        "raw_usage": {"prompt_tokens": 10},
+        "client_disconnected": False,
+        "ttft_us": None,
+        "latency_us": 1234,
+        "started_at": now,
+        "finished_at": now,
+    }
+    values.update(overrides)
+    return values
+
+
+@pytest.mark.django_db
+def test_write_is_idempotent_per_request_id() -> None:
+    key = ApiKeyFactory()
+    record = record_for(key)
+    assert usage_records_write([record]) == 1
+    assert usage_records_write([record, record_for(key)]) == 1  # the repeat is skipped
+    assert UsageRecord.objects.count() == 2
+
+
+@pytest.mark.django_db
+def test_touches_key_last_used_in_the_same_transaction() -> None:
+    key = ApiKeyFactory()
+    record = record_for(key)
+    usage_records_write([record], touch_keys=[key.pk])
+    key.refresh_from_db()
+    assert key.last_used_at == record["finished_at"]
+
+
+@pytest.mark.django_db
+def test_database_refuses_negative_tokens() -> None:
+    key = ApiKeyFactory()
+    with pytest.raises(IntegrityError), transaction.atomic():
+        usage_records_write([record_for(key, reasoning_tokens=-1)])
+
+
+@pytest.mark.django_db
+def test_usage_records_are_immutable_in_postgresql() -> None:
+    row = UsageRecordFactory()
+    with pytest.raises(DatabaseError, match="immutable"), transaction.atomic():
+        UsageRecord.objects.filter(pk=row.pk).update(reasoning_tokens=0)
+    with pytest.raises(DatabaseError, match="immutable"), transaction.atomic():
+        UsageRecord.objects.filter(pk=row.pk).delete()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_writer_group_commits_concurrent_records(tmp_path: Path) -> None:
+    key = ApiKeyFactory()
+    batches: list[int] = []
+
+    def counting_write(records, *, touch_keys=()):  # type: ignore[no-untyped-def]
+        batches.append(len(records))
+        return usage_records_write(records, touch_keys=touch_keys)
+
+    async def scenario() -> None:
+        writer = LedgerWriter(max_batch=64, spool_dir=tmp_path, write_batch=counting_write)
+        await asyncio.gather(*(writer.write(record_for(key)) for _ in range(200)))
+        await writer.close()
+
+    asyncio.run(scenario())
+    assert UsageRecord.objects.count() == 200
+    assert sum(batches) == 200
+    assert len(batches) < 200 / 4  # commits were shared
+    assert max(batches) <= 64
+
+
+@pytest.mark.django_db(transaction=True)
+def test_writer_spools_when_database_is_down_and_replays_later(tmp_path: Path) -> None:
+    key = ApiKeyFactory()
+
+    def broken_write(records, *, touch_keys=()):  # type: ignore[no-untyped-def]
+        raise DatabaseError("connection refused")
+
+    records = [record_for(key) for _ in range(3)]
+
+    async def scenario() -> None:
+        writer = LedgerWriter(
+            max_batch=64, spool_dir=tmp_path, retry_seconds=0.2, write_batch=broken_write
+        )
+        await asyncio.gather(*(writer.write(r) for r in records))  # completes: spooled durably
+        assert writer.spooled == 3
+        await writer.close()
+
+    asyncio.run(scenario())
+    assert UsageRecord.objects.count() == 0
+    assert spool_replay(tmp_path) == 3
+    assert spool_replay(tmp_path) == 0  # files consumed; a second replay is a no-op
+    stored = set(UsageRecord.objects.values_list("request_id", flat=True))
+    assert stored == {r["request_id"] for r in records}
