@@ -10,7 +10,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import json
+import urllib.error
+import urllib.request
 import pytest
 from django.db import connection
 
@@ -18,6 +20,7 @@ from metering.models import Route, Tenant
 from metering.services import api_key_create, route_set, tenant_allow_routes, tenant_create
 
 ROOT = Path(__file__).resolve().parents[2]
+SIM_KEY_ENV = "RECKON_SIMULATOR_API_KEY"
 
 
 def free_port() -> int:
@@ -26,15 +29,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def http(
+    method: str, url: str, body: object = None, headers: dict | None = None
+) -> tuple[int, dict, object]:
+    """A plain loopback HTTP call: (status, headers, parsed JSON body or raw text)."""
+    data = (
+        body
+        if isinstance(body, bytes)
+        else (json.dumps(body).encode() if body is not None else None)
+    )
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
+            status, raw, hdrs = response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        status, raw, hdrs = exc.code, exc.read(), dict(exc.headers)
+    try:
+        return status, hdrs, json.loads(raw)
+    except ValueError:
+        return status, hdrs, raw.decode()
+
+
 def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{process.args} exited with {process.returncode}")
         try:
-            httpx.get(url, timeout=1)
+            urllib.request.urlopen(url, timeout=1)  # noqa: S310 - loopback
             return
-        except httpx.HTTPError:
+        except urllib.error.HTTPError:
+            return  # it answered
+        except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"{url} did not come up in {timeout}s")
 
@@ -64,7 +90,9 @@ def database_url() -> str:
 def simulator_url() -> Iterator[str]:
     """The simulator at zero delay."""
     port = free_port()
-    process = start(["run_simulator", "--port", str(port)], {}, f"http://127.0.0.1:{port}/_sim/health")
+    process = start(
+        ["run_simulator", "--port", str(port)], {}, f"http://127.0.0.1:{port}/_sim/health"
+    )
     yield f"http://127.0.0.1:{port}"
     stop(process)
 
@@ -92,6 +120,7 @@ def reckon_url(django_db_setup, django_db_blocker) -> Iterator[str]:  # type: ig
         "RECKON_AUTH_CACHE_SECONDS": "0.5",
         "RECKON_DRAIN_TIMEOUT_SECONDS": "20",
         "PYTHONUNBUFFERED": "1",
+        SIM_KEY_ENV: "sim-test-key",
     }
     process = start(["serve", "--port", str(port)], env, f"http://127.0.0.1:{port}/v1/models")
     yield f"http://127.0.0.1:{port}"
@@ -110,30 +139,76 @@ class E2ETenant:
         return self.reckon_url + "/v1"
 
     def sim_totals(self) -> dict:
-        return httpx.get(self.simulator_url + "/_sim/totals").json()
+        return http("GET", self.simulator_url + "/_sim/totals")[2]  # type: ignore[return-value]
 
 
 def make_routes(simulator_url: str, slow_url: str | None = None) -> list[Route]:
     routes = [
-        route_set(alias="reasoner", provider="openai", base_url=simulator_url + "/v1",
-                  upstream_model="sim-reasoner", accelerator="nvidia-h100-sxm"),
-        route_set(alias="thinker", provider="anthropic", base_url=simulator_url + "/v1",
-                  upstream_model="sim-thinker", accelerator="nvidia-h200-sxm"),
-        route_set(alias="vllm-r1", provider="openai-compatible",
-                  base_url=simulator_url + "/quirks/vllm/v1", upstream_model="sim-r1",
-                  accelerator="amd-mi300x"),
-        route_set(alias="deepseek-r1", provider="openai-compatible",
-                  base_url=simulator_url + "/quirks/deepseek/v1", upstream_model="sim-r1"),
-        route_set(alias="llamacpp-r1", provider="openai-compatible",
-                  base_url=simulator_url + "/quirks/llamacpp/v1", upstream_model="sim-r1"),
-        route_set(alias="nonempty-r1", provider="openai-compatible",
-                  base_url=simulator_url + "/quirks/nonempty-choices/v1", upstream_model="sim-r1"),
+        route_set(
+            alias="reasoner",
+            provider="openai",
+            base_url=simulator_url + "/v1",
+            upstream_model="sim-reasoner",
+            api_key_env=SIM_KEY_ENV,
+            accelerator="nvidia-h100-sxm",
+        ),
+        route_set(
+            alias="thinker",
+            provider="anthropic",
+            base_url=simulator_url + "/v1",
+            upstream_model="sim-thinker",
+            api_key_env=SIM_KEY_ENV,
+            accelerator="nvidia-h200-sxm",
+        ),
+        route_set(
+            alias="vllm-r1",
+            provider="openai-compatible",
+            base_url=simulator_url + "/quirks/vllm/v1",
+            upstream_model="sim-r1",
+            api_key_env=SIM_KEY_ENV,
+            accelerator="amd-mi300x",
+        ),
+        route_set(
+            alias="deepseek-r1",
+            provider="openai-compatible",
+            base_url=simulator_url + "/quirks/deepseek/v1",
+            upstream_model="sim-r1",
+            api_key_env=SIM_KEY_ENV,
+        ),
+        route_set(
+            alias="llamacpp-r1",
+            provider="openai-compatible",
+            base_url=simulator_url + "/quirks/llamacpp/v1",
+            upstream_model="sim-r1",
+            api_key_env=SIM_KEY_ENV,
+        ),
+        route_set(
+            alias="nonempty-r1",
+            provider="openai-compatible",
+            base_url=simulator_url + "/quirks/nonempty-choices/v1",
+            upstream_model="sim-r1",
+            api_key_env=SIM_KEY_ENV,
+        ),
     ]
     if slow_url:
-        routes.append(route_set(alias="slow-reasoner", provider="openai", base_url=slow_url + "/v1",
-                                upstream_model="sim-reasoner"))
-        routes.append(route_set(alias="slow-thinker", provider="anthropic", base_url=slow_url + "/v1",
-                                upstream_model="sim-thinker"))
+        routes.append(
+            route_set(
+                alias="slow-reasoner",
+                provider="openai",
+                base_url=slow_url + "/v1",
+                upstream_model="sim-reasoner",
+                api_key_env=SIM_KEY_ENV,
+            )
+        )
+        routes.append(
+            route_set(
+                alias="slow-thinker",
+                provider="anthropic",
+                base_url=slow_url + "/v1",
+                upstream_model="sim-thinker",
+                api_key_env=SIM_KEY_ENV,
+            )
+        )
     return routes
 
 
@@ -143,6 +218,6 @@ def e2e(transactional_db, reckon_url, simulator_url, slow_simulator_url) -> E2ET
     tenant = tenant_create(name="acme")
     tenant_allow_routes(tenant=tenant, aliases=[r.alias for r in routes])
     created = api_key_create(tenant=tenant, name="e2e")
-    httpx.post(simulator_url + "/_sim/reset")
-    httpx.post(slow_simulator_url + "/_sim/reset")
+    http("POST", simulator_url + "/_sim/reset")
+    http("POST", slow_simulator_url + "/_sim/reset")
     return E2ETenant(tenant, created.raw_key, reckon_url, simulator_url)

@@ -17,6 +17,8 @@ from metering.models import Tenant
 from metering.services import api_key_create, route_set, tenant_allow_routes, tenant_create
 
 DEMO_TENANT = "demo"
+# The simulator wants a credential like any provider; routes name this variable.
+SIMULATOR_KEY_ENV = "RECKON_SIMULATOR_API_KEY"
 
 
 class Command(BaseCommand):
@@ -30,6 +32,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):  # type: ignore[no-untyped-def]
         call_command("migrate", verbosity=0)
+        os.environ.setdefault(SIMULATOR_KEY_ENV, "sim-local-key")
         sim_url = f"http://127.0.0.1:{options['simulator_port']}"
         aliases = self._seed_routes(sim_url)
         tenant = Tenant.objects.filter(name=DEMO_TENANT).first() or tenant_create(name=DEMO_TENANT)
@@ -47,7 +50,11 @@ class Command(BaseCommand):
                     f"  Anthropic base URL: {base}",
                     f"  Usage API:          {base}/api/v1/usage/summary",
                     f"  Admin:              {base}/admin/  "
-                    + (f"(user admin, password {admin_password})" if admin_password else "(user admin)"),
+                    + (
+                        f"(user admin, password {admin_password})"
+                        if admin_password
+                        else "(user admin)"
+                    ),
                     "",
                 ]
             )
@@ -55,7 +62,13 @@ class Command(BaseCommand):
         if options["no_serve"]:
             return
         simulator = subprocess.Popen(
-            [sys.executable, "manage.py", "run_simulator", "--port", str(options["simulator_port"])],
+            [
+                sys.executable,
+                "manage.py",
+                "run_simulator",
+                "--port",
+                str(options["simulator_port"]),
+            ],
             cwd=Path(settings.BASE_DIR),
             env=os.environ.copy(),
         )
@@ -70,7 +83,13 @@ class Command(BaseCommand):
         routes = [
             ("sim-reasoner", "openai", sim_url + "/v1", "sim-reasoner", "nvidia-h100-sxm"),
             ("sim-thinker", "anthropic", sim_url + "/v1", "sim-thinker", "nvidia-h200-sxm"),
-            ("sim-vllm-r1", "openai-compatible", sim_url + "/quirks/vllm/v1", "sim-r1", "amd-mi300x"),
+            (
+                "sim-vllm-r1",
+                "openai-compatible",
+                sim_url + "/quirks/vllm/v1",
+                "sim-r1",
+                "amd-mi300x",
+            ),
         ]
         for alias, provider, base_url, upstream, accelerator in routes:
             route_set(
@@ -78,6 +97,7 @@ class Command(BaseCommand):
                 provider=provider,
                 base_url=base_url,
                 upstream_model=upstream,
+                api_key_env=SIMULATOR_KEY_ENV,
                 accelerator=accelerator,
             )
         return [r[0] for r in routes]

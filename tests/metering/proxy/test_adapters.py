@@ -40,7 +40,11 @@ def chat_chunk(content: str | None = None, finish: str | None = None, usage=None
     chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "m", "usage": usage}
     if choices:
         chunk["choices"] = [
-            {"index": 0, "delta": {} if content is None else {"content": content}, "finish_reason": finish}
+            {
+                "index": 0,
+                "delta": {} if content is None else {"content": content},
+                "finish_reason": finish,
+            }
         ]
     else:
         chunk["choices"] = []
@@ -57,7 +61,12 @@ USAGE = {
 
 
 def test_chat_stream_hides_usage_chunk_the_client_did_not_ask_for() -> None:
-    stream = sse(chat_chunk("Hel"), chat_chunk("lo", "stop"), chat_chunk(usage=USAGE, choices=False), b"[DONE]")
+    stream = sse(
+        chat_chunk("Hel"),
+        chat_chunk("lo", "stop"),
+        chat_chunk(usage=USAGE, choices=False),
+        b"[DONE]",
+    )
     tracker = stream_tracker_for(CHAT, provider="openai", hide_usage=True)
     forwarded, terminal_at = run(tracker, stream)
     assert b"prompt_tokens" not in forwarded
@@ -65,7 +74,12 @@ def test_chat_stream_hides_usage_chunk_the_client_did_not_ask_for() -> None:
     assert terminal_at == [3]
     outcome = tracker.outcome(completed=True)
     u = outcome.usage
-    assert (u.input_tokens, u.cached_input_tokens, u.output_tokens, u.reasoning_tokens) == (40, 10, 20, 100)
+    assert (u.input_tokens, u.cached_input_tokens, u.output_tokens, u.reasoning_tokens) == (
+        40,
+        10,
+        20,
+        100,
+    )
     assert outcome.response_id == "chatcmpl-1"
     assert outcome.status == "completed"
 
@@ -113,7 +127,11 @@ def test_chat_reasoning_estimated_from_text_when_not_reported() -> None:
     stream = sse(
         delta(reasoning_content="a" * 300),
         delta(content="b" * 100),
-        {"id": "x", "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 40, "total_tokens": 50}},
+        {
+            "id": "x",
+            "choices": [],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 40, "total_tokens": 50},
+        },
         b"[DONE]",
     )
     tracker = stream_tracker_for(CHAT, provider="openai-compatible", hide_usage=True)
@@ -143,7 +161,11 @@ def test_responses_stream_usage_from_completed_event() -> None:
     stream = sse(
         {"type": "response.created", "sequence_number": 0, "response": {"id": "resp_1"}},
         {"type": "response.output_text.delta", "sequence_number": 1, "delta": "hi"},
-        {"type": "response.completed", "sequence_number": 2, "response": {"id": "resp_1", "usage": usage}},
+        {
+            "type": "response.completed",
+            "sequence_number": 2,
+            "response": {"id": "resp_1", "usage": usage},
+        },
         event_names=names,
     )
     tracker = stream_tracker_for(RESPONSES, provider="openai", hide_usage=False)
@@ -160,10 +182,22 @@ def test_anthropic_stream_takes_last_cumulative_delta_never_sums() -> None:
         "type": "message_start",
         "message": {
             "id": "msg_1",
-            "usage": {"input_tokens": 12, "cache_creation_input_tokens": 100, "cache_read_input_tokens": 200, "output_tokens": 1},
+            "usage": {
+                "input_tokens": 12,
+                "cache_creation_input_tokens": 100,
+                "cache_read_input_tokens": 200,
+                "output_tokens": 1,
+            },
         },
     }
-    names = ["message_start", "content_block_start", "content_block_delta", "message_delta", "message_delta", "message_stop"]
+    names = [
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "message_delta",
+        "message_delta",
+        "message_stop",
+    ]
     stream = sse(
         start,
         {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},

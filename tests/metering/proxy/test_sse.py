@@ -3,9 +3,9 @@ import pytest
 from metering.proxy.sse import SseSplitter, format_event
 
 STREAM = (
-    b"event: message_start\ndata: {\"a\":1}\n\n"
+    b'event: message_start\ndata: {"a":1}\n\n'
     b": keep-alive comment\n\n"
-    b"data: {\"b\":2}\n\n"
+    b'data: {"b":2}\n\n'
     b"data: line1\ndata: line2\n\n"
     b"data: [DONE]\n\n"
 )
@@ -54,8 +54,8 @@ def test_raw_block_round_trips_for_forwarding() -> None:
 
 def test_unterminated_event_stays_pending() -> None:
     splitter = SseSplitter()
-    assert splitter.feed(b"data: {\"x\"") == []
-    assert splitter.pending == b"data: {\"x\""
+    assert splitter.feed(b'data: {"x"') == []
+    assert splitter.pending == b'data: {"x"'
 
 
 def test_format_event() -> None:
