@@ -1,18 +1,18 @@
 """End-to-end fixtures: a real Reckon server process and a real simulator process on
 loopback, sharing the test PostgreSQL database; the official SDKs are the clients."""
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import json
-import urllib.error
-import urllib.request
 import pytest
 from django.db import connection
 
