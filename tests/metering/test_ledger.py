@@ -6,7 +6,14 @@ from pathlib import Path
 import pytest
 from django.db import DatabaseError, IntegrityError, transaction
 
-from metering.ledger import LedgerWriter, spool_replay, usage_records_write
+from metering.ledger import (
+    LedgerWriter,
+    OrmLedgerSink,
+    PostgresLedgerSink,
+    default_sink,
+    spool_replay,
+    usage_records_write,
+)
 from metering.models import UsageRecord
 from tests.factories import ApiKeyFactory, UsageRecordFactory
 
@@ -78,39 +85,76 @@ def test_usage_records_are_immutable_in_postgresql() -> None:
         UsageRecord.objects.filter(pk=row.pk).delete()
 
 
-@pytest.mark.django_db(transaction=True)
-def test_writer_group_commits_concurrent_records(tmp_path: Path) -> None:
-    key = ApiKeyFactory()
-    batches: list[int] = []
+class Counting:
+    """Wraps a real sink and counts the batches it commits."""
 
-    def counting_write(records, *, touch_keys=()):  # type: ignore[no-untyped-def]
-        batches.append(len(records))
-        return usage_records_write(records, touch_keys=touch_keys)
+    def __init__(self, sink) -> None:  # type: ignore[no-untyped-def]
+        self.sink = sink
+        self.concurrency = sink.concurrency
+        self.batches: list[int] = []
+
+    async def write(self, records, touch_keys):  # type: ignore[no-untyped-def]
+        self.batches.append(len(records))
+        await self.sink.write(records, touch_keys)
+
+    async def close(self) -> None:
+        await self.sink.close()
+
+
+def test_postgres_uses_the_single_statement_sink() -> None:
+    assert isinstance(default_sink(), PostgresLedgerSink)
+
+
+@pytest.mark.parametrize("sink_class", ["orm", "postgres"])
+@pytest.mark.django_db(transaction=True)
+def test_writer_group_commits_concurrent_records(tmp_path: Path, sink_class: str) -> None:
+    key = ApiKeyFactory()
+    sink = Counting(OrmLedgerSink() if sink_class == "orm" else default_sink())
+    records = [record_for(key) for _ in range(200)]
 
     async def scenario() -> None:
-        writer = LedgerWriter(max_batch=64, spool_dir=tmp_path, write_batch=counting_write)
-        await asyncio.gather(*(writer.write(record_for(key)) for _ in range(200)))
+        writer = LedgerWriter(max_batch=64, spool_dir=tmp_path, sink=sink)  # type: ignore[arg-type]
+        await asyncio.gather(*(writer.write(r) for r in records))
+        await writer.write(records[0])  # a replayed record is not stored twice
         await writer.close()
 
     asyncio.run(scenario())
     assert UsageRecord.objects.count() == 200
-    assert sum(batches) == 200
-    assert len(batches) < 200 / 4  # commits were shared
-    assert max(batches) <= 64
+    assert sum(sink.batches) == 201
+    assert len(sink.batches) < 200 / 4  # commits were shared
+    assert max(sink.batches) <= 64
+    stored = UsageRecord.objects.get(request_id=records[5]["request_id"])
+    assert (stored.reasoning_tokens, stored.raw_usage, stored.flags) == (
+        50,
+        {"prompt_tokens": 10},
+        [],
+    )
+    assert stored.started_at == records[5]["started_at"]
+    key.refresh_from_db()
+    assert key.last_used_at is not None
 
 
 @pytest.mark.django_db(transaction=True)
 def test_writer_spools_when_database_is_down_and_replays_later(tmp_path: Path) -> None:
     key = ApiKeyFactory()
 
-    def broken_write(records, *, touch_keys=()):  # type: ignore[no-untyped-def]
-        raise DatabaseError("connection refused")
+    class BrokenSink:
+        concurrency = 2
+
+        async def write(self, records, touch_keys):  # type: ignore[no-untyped-def]
+            raise DatabaseError("connection refused")
+
+        async def close(self) -> None:
+            pass
 
     records = [record_for(key) for _ in range(3)]
 
     async def scenario() -> None:
         writer = LedgerWriter(
-            max_batch=64, spool_dir=tmp_path, retry_seconds=0.2, write_batch=broken_write
+            max_batch=64,
+            spool_dir=tmp_path,
+            retry_seconds=0.2,
+            sink=BrokenSink(),  # type: ignore[arg-type]
         )
         await asyncio.gather(*(writer.write(r) for r in records))  # completes: spooled durably
         assert writer.spooled == 3

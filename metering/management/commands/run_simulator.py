@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import uvicorn
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 
 class Command(BaseCommand):
@@ -31,9 +32,17 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            delay_ms = Decimal(options["token_delay_ms"])
+        except InvalidOperation as exc:
+            raise CommandError("--token-delay-ms must be a number") from exc
+        if not delay_ms.is_finite() or delay_ms < 0:
+            raise CommandError("--token-delay-ms must be >= 0")
+        if options["tokens_per_second"] is not None and options["tokens_per_second"] <= 0:
+            raise CommandError("--tokens-per-second must be > 0")
         # The app reads its configuration from the environment so that every uvicorn
         # worker process builds the same simulator.
-        os.environ["RECKON_SIM_TOKEN_DELAY_MS"] = str(options["token_delay_ms"])
+        os.environ["RECKON_SIM_TOKEN_DELAY_MS"] = str(delay_ms)
         if options["tokens_per_second"] is not None:
             os.environ["RECKON_SIM_TOKENS_PER_SECOND"] = str(options["tokens_per_second"])
         else:

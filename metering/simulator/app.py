@@ -1,0 +1,966 @@
+"""The reasoning-model simulator: a raw ASGI 3 app speaking OpenAI and Anthropic wire formats.
+
+It is the upstream of the quick start, the end-to-end tests and the throughput benchmarks
+(where it is also the "direct" baseline), so the hot path is kept lean: no framework,
+orjson, hand-built SSE frames from pre-encoded words, and at zero delay a whole stream is
+written with one `send`.
+
+What is generated is decided by `engine` (deterministic per request body). This module
+only frames it, paces it (`token_delay_s` per generated token, reasoning first) and
+counts it: `/_sim/totals` holds what this process served since start or the last
+`/_sim/reset`. A request counts once its generation finishes, even if the client has
+gone (streams keep "generating" after a disconnect, as an upstream keeps billing) and
+even for `cut-stream` models whose connection is dropped before the usage frame.
+Errors, including the `error-500` / `error-429` fault models, are not counted. Totals are
+per process: run a single worker when reconciling against them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import orjson
+
+from metering.simulator import engine
+from metering.simulator.engine import Generation, InvalidRequest
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Frames = list[tuple[int, bytes]]  # (tokens generated before the frame is due, SSE bytes)
+
+OPENAI = "openai"
+ANTHROPIC = "anthropic"
+CHAT_PATH = "/v1/chat/completions"
+RESPONSES_PATH = "/v1/responses"
+MESSAGES_PATH = "/v1/messages"
+MODELS_PATH = "/v1/models"
+QUIRKS = ("vllm", "deepseek", "nonempty-choices", "llamacpp")
+SIM_MODELS = ("sim-reasoner", "sim-reasoner-mini", "sim-mini-noreason", "sim-thinker")
+FAULT_500 = "error-500"
+FAULT_429 = "error-429"
+FAULT_CUT = "cut-stream"
+DELAY_HEADER = b"x-sim-token-delay-ms"
+# Sleeps shorter than this are folded into the next one, so tiny per-token delays
+# cost one timer per batch of tokens instead of one per token.
+MIN_SLEEP_S = 0.001
+
+_TOTAL_FIELDS = (
+    "requests",
+    "input_tokens",  # uncached input
+    "cached_input_tokens",  # cache reads
+    "cache_write_tokens",
+    "output_tokens",  # visible output only
+    "reasoning_tokens",
+)
+_JSON = (b"content-type", b"application/json")
+_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+_DONE = b"data: [DONE]\n\n"
+_CHOICE_END = b'},"logprobs":null,"finish_reason":null}]'
+_REASONING_DELTA_KEY = {
+    "vllm": b'{"reasoning":',
+    "deepseek": b'{"content":null,"reasoning_content":',
+    "llamacpp": b'{"reasoning_content":',
+}
+_OPENAI_ERROR_TYPES = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    404: ("invalid_request_error", "unknown_url"),
+    405: ("invalid_request_error", None),
+    429: ("requests", "rate_limit_exceeded"),
+    500: ("server_error", None),
+}
+_ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "api_error",
+}
+
+
+class StreamCut(Exception):
+    """Raised after a partial stream so the server drops the connection (cut-stream)."""
+
+
+class _HideStreamCut(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc_info = record.exc_info
+        return not (exc_info and isinstance(exc_info[1], StreamCut))
+
+
+class Totals:
+    """Usage served, overall and per endpoint path (quirk paths are their own endpoint)."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, list[int]] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        self._rows = {
+            path: [0] * len(_TOTAL_FIELDS) for path in (CHAT_PATH, RESPONSES_PATH, MESSAGES_PATH)
+        }
+
+    def add(self, endpoint: str, generation: Generation) -> None:
+        row = self._rows.get(endpoint)
+        if row is None:
+            row = self._rows[endpoint] = [0] * len(_TOTAL_FIELDS)
+        row[0] += 1
+        row[1] += generation.uncached_input_tokens
+        row[2] += generation.cached_tokens
+        row[3] += generation.cache_write_tokens
+        row[4] += generation.visible_tokens
+        row[5] += generation.reasoning_tokens
+
+    def snapshot(self) -> dict[str, Any]:
+        overall = [sum(column) for column in zip(*self._rows.values(), strict=True)]
+        return {
+            **dict(zip(_TOTAL_FIELDS, overall, strict=True)),
+            "by_endpoint": {
+                path: dict(zip(_TOTAL_FIELDS, row, strict=True)) for path, row in self._rows.items()
+            },
+        }
+
+
+class _Request:
+    __slots__ = ("anthropic_version", "authorized", "delay_header", "endpoint", "rid", "wire")
+
+    def __init__(
+        self, endpoint: str, wire: str, headers: list[tuple[bytes, bytes]], rid: str
+    ) -> None:
+        self.endpoint = endpoint
+        self.wire = wire
+        self.rid = rid
+        self.authorized = False
+        self.delay_header: bytes | None = None
+        self.anthropic_version = False
+        for name, value in headers:
+            if name == b"authorization" or name == b"x-api-key":
+                self.authorized = self.authorized or bool(value.strip())
+            elif name == DELAY_HEADER:
+                self.delay_header = value
+            elif name == b"anthropic-version":
+                self.anthropic_version = True
+
+
+class Simulator:
+    """ASGI 3 application. Build it with `create_app`."""
+
+    def __init__(self, *, token_delay_s: float) -> None:
+        self.token_delay_s = token_delay_s
+        self.totals = Totals()
+        self._id_prefix = os.urandom(5).hex()
+        self._ids = itertools.count(1)
+        self._routes: dict[str, tuple[str, Any, str | None, str]] = {
+            CHAT_PATH: ("POST", self._chat_completions, None, OPENAI),
+            RESPONSES_PATH: ("POST", self._responses, None, OPENAI),
+            MESSAGES_PATH: ("POST", self._messages, None, ANTHROPIC),
+            MODELS_PATH: ("GET", self._models, None, OPENAI),
+        }
+        for quirk in QUIRKS:
+            self._routes[f"/quirks/{quirk}{CHAT_PATH}"] = (
+                "POST",
+                self._chat_completions,
+                quirk,
+                OPENAI,
+            )
+            self._routes[f"/quirks/{quirk}{MODELS_PATH}"] = ("GET", self._models, quirk, OPENAI)
+        self._internal: dict[tuple[str, str], Any] = {
+            ("GET", "/_sim/totals"): self._sim_totals,
+            ("POST", "/_sim/reset"): self._sim_reset,
+            ("GET", "/_sim/health"): self._sim_health,
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await _lifespan(receive, send)
+            return
+        path: str = scope["path"]
+        method: str = scope["method"]
+        rid = f"{self._id_prefix}{next(self._ids):010x}"
+        route = self._routes.get(path)
+        if route is None:
+            internal = self._internal.get((method, path))
+            if internal is not None:
+                await internal(send)
+                return
+            wire = ANTHROPIC if path.endswith("/messages") else OPENAI
+            request = _Request(path, wire, [], rid)
+            await _send_error(send, request, 404, f"Invalid URL ({method} {path})")
+            return
+        route_method, handler, quirk, wire = route
+        request = _Request(path, wire, scope["headers"], rid)
+        if method != route_method:
+            await _send_error(
+                send, request, 405, f"Method {method} not allowed for {path}; use {route_method}."
+            )
+            return
+        if not request.authorized:
+            await _send_error(send, request, 401, _missing_key_message(wire))
+            return
+        if route_method == "GET":
+            await handler(send, request, quirk)
+            return
+        raw = await _read_body(receive)
+        if raw is None:
+            return  # the client left before sending its body
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            message = (
+                "We could not parse the JSON body of your request. The body must be a JSON object."
+            )
+            await _send_error(send, request, 400, message)
+            return
+        try:
+            delay = self._delay_for(request)
+        except ValueError as exc:
+            await _send_error(send, request, 400, str(exc))
+            return
+        await handler(send, request, body, quirk, delay)
+
+    # ---- pacing and accounting -------------------------------------------------------
+
+    def _delay_for(self, request: _Request) -> float:
+        if request.delay_header is None:
+            return self.token_delay_s
+        try:
+            milliseconds = Decimal(request.delay_header.decode("ascii"))
+        except (InvalidOperation, UnicodeDecodeError):
+            milliseconds = Decimal(-1)
+        if not milliseconds.is_finite() or milliseconds < 0:
+            raise ValueError("x-sim-token-delay-ms must be a non-negative number of milliseconds.")
+        return float(milliseconds / 1000)
+
+    async def _generate_then_send_json(
+        self,
+        send: Send,
+        request: _Request,
+        generation: Generation,
+        delay: float,
+        build: Callable[[], Any],
+    ) -> None:
+        if delay > 0 and generation.output_tokens:
+            await asyncio.sleep(generation.output_tokens * delay)
+        self.totals.add(request.endpoint, generation)
+        await _send_json(send, request, 200, orjson.dumps(build()))
+
+    async def _stream(
+        self,
+        send: Send,
+        request: _Request,
+        generation: Generation,
+        delay: float,
+        frames: Frames,
+        cut: bool,
+    ) -> None:
+        headers = [*_SSE_HEADERS, *_id_headers(request)]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        pending: list[bytes] = []
+        if delay > 0:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            for due, data in frames:
+                if due:
+                    wait = started + due * delay - loop.time()
+                    if wait >= MIN_SLEEP_S:
+                        if pending:
+                            await send(
+                                {
+                                    "type": "http.response.body",
+                                    "body": b"".join(pending),
+                                    "more_body": True,
+                                }
+                            )
+                            pending = []
+                        await asyncio.sleep(wait)
+                pending.append(data)
+        else:
+            pending = [data for _, data in frames]
+        # Generation is over: count before the last write so a client that has read the
+        # whole stream always finds its request in the totals.
+        self.totals.add(request.endpoint, generation)
+        await send({"type": "http.response.body", "body": b"".join(pending), "more_body": cut})
+        if cut:
+            raise StreamCut(request.rid)
+
+    # ---- OpenAI Chat Completions -----------------------------------------------------
+
+    async def _chat_completions(
+        self, send: Send, request: _Request, body: dict[str, Any], quirk: str | None, delay: float
+    ) -> None:
+        try:
+            generation = engine.plan_chat_completion(
+                body, prompt_cache=quirk not in ("vllm", "llamacpp")
+            )
+        except InvalidRequest as exc:
+            await _send_error(send, request, 400, exc.message, exc.param)
+            return
+        if await _fault(send, request, generation.model):
+            return
+        created = int(time.time())
+        if body.get("stream") is True:
+            options = body.get("stream_options")
+            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            frames, visible_at = _chat_frames(
+                request.rid, created, generation, quirk, include_usage
+            )
+            cut = FAULT_CUT in generation.model
+            if cut:
+                frames = frames[: visible_at + generation.visible_tokens // 2]
+            await self._stream(send, request, generation, delay, frames, cut)
+            return
+
+        def build() -> dict[str, Any]:
+            return {
+                "id": f"chatcmpl-{request.rid}",
+                "object": "chat.completion",
+                "created": created,
+                "model": generation.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": _chat_message(generation, quirk),
+                        "logprobs": None,
+                        "finish_reason": "length" if generation.truncated else "stop",
+                    }
+                ],
+                "usage": _chat_usage(generation, quirk),
+                "service_tier": "default",
+                "system_fingerprint": None,
+            }
+
+        await self._generate_then_send_json(send, request, generation, delay, build)
+
+    # ---- OpenAI Responses --------------------------------------------------------------
+
+    async def _responses(
+        self, send: Send, request: _Request, body: dict[str, Any], quirk: str | None, delay: float
+    ) -> None:
+        try:
+            generation = engine.plan_response(body)
+        except InvalidRequest as exc:
+            await _send_error(send, request, 400, exc.message, exc.param)
+            return
+        if await _fault(send, request, generation.model):
+            return
+        created = int(time.time())
+        if body.get("stream") is True:
+            frames, visible_at = _response_frames(request.rid, created, body, generation)
+            cut = FAULT_CUT in generation.model
+            if cut:
+                frames = frames[: visible_at + generation.visible_tokens // 2]
+            await self._stream(send, request, generation, delay, frames, cut)
+            return
+        await self._generate_then_send_json(
+            send,
+            request,
+            generation,
+            delay,
+            lambda: _response_object(request.rid, created, body, generation, final=True),
+        )
+
+    # ---- Anthropic Messages ------------------------------------------------------------
+
+    async def _messages(
+        self, send: Send, request: _Request, body: dict[str, Any], quirk: str | None, delay: float
+    ) -> None:
+        try:
+            generation = engine.plan_message(body)
+        except InvalidRequest as exc:
+            await _send_error(send, request, 400, exc.message, exc.param)
+            return
+        if await _fault(send, request, generation.model):
+            return
+        omitted = engine.anthropic_thinking_display(body) == "omitted"
+        if body.get("stream") is True:
+            frames, visible_at = _message_frames(request.rid, generation, omitted)
+            cut = FAULT_CUT in generation.model
+            if cut:
+                frames = frames[: visible_at + generation.visible_tokens // 2]
+            await self._stream(send, request, generation, delay, frames, cut)
+            return
+
+        def build() -> dict[str, Any]:
+            content: list[dict[str, Any]] = []
+            if generation.reasoning_tokens:
+                thinking = "" if omitted else generation.reasoning_text
+                content.append(
+                    {"type": "thinking", "thinking": thinking, "signature": generation.signature}
+                )
+            if generation.visible_tokens:
+                content.append({"type": "text", "text": generation.visible_text})
+            return {
+                "id": f"msg_{request.rid}",
+                "type": "message",
+                "role": "assistant",
+                "model": generation.model,
+                "content": content,
+                "stop_reason": "max_tokens" if generation.truncated else "end_turn",
+                "stop_sequence": None,
+                "usage": _anthropic_usage(generation, generation.output_tokens),
+            }
+
+        await self._generate_then_send_json(send, request, generation, delay, build)
+
+    # ---- models and simulator control --------------------------------------------------
+
+    async def _models(self, send: Send, request: _Request, quirk: str | None) -> None:
+        data: list[dict[str, Any]]
+        if request.anthropic_version and quirk is None:
+            data = [
+                {
+                    "type": "model",
+                    "id": model,
+                    "display_name": model,
+                    "created_at": "2025-01-01T00:00:00Z",
+                }
+                for model in SIM_MODELS
+            ]
+            payload = {
+                "data": data,
+                "has_more": False,
+                "first_id": SIM_MODELS[0],
+                "last_id": SIM_MODELS[-1],
+            }
+        else:
+            data = [
+                {
+                    "id": model,
+                    "object": "model",
+                    "created": 1735689600,
+                    "owned_by": "reckon-simulator",
+                }
+                for model in SIM_MODELS
+            ]
+            payload = {"object": "list", "data": data}
+        await _send_json(send, request, 200, orjson.dumps(payload))
+
+    async def _sim_totals(self, send: Send) -> None:
+        await _send_plain_json(send, orjson.dumps(self.totals.snapshot()))
+
+    async def _sim_reset(self, send: Send) -> None:
+        self.totals.reset()
+        await _send_plain_json(send, orjson.dumps(self.totals.snapshot()))
+
+    async def _sim_health(self, send: Send) -> None:
+        await _send_plain_json(send, b'{"status":"ok"}')
+
+
+def create_app(
+    *, token_delay_s: Decimal | str | int = 0, tokens_per_second: int | None = None
+) -> Simulator:
+    """A fresh simulator with its own totals.
+
+    `token_delay_s` is the time to generate one output token (reasoning or visible);
+    `tokens_per_second`, when given, overrides it with 1/tps. Prefill is instantaneous.
+    A request header `x-sim-token-delay-ms` overrides both for that request.
+    """
+    if tokens_per_second is not None:
+        if tokens_per_second <= 0:
+            raise ValueError("tokens_per_second must be positive")
+        delay = 1 / tokens_per_second
+    else:
+        seconds = Decimal(str(token_delay_s))
+        if not seconds.is_finite() or seconds < 0:
+            raise ValueError("token_delay_s must be a non-negative number of seconds")
+        delay = float(seconds)
+    error_logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(existing, _HideStreamCut) for existing in error_logger.filters):
+        error_logger.addFilter(_HideStreamCut())
+    return Simulator(token_delay_s=delay)
+
+
+def create_app_from_env() -> Simulator:
+    """Factory reading RECKON_SIM_TOKEN_DELAY_MS and RECKON_SIM_TOKENS_PER_SECOND."""
+    delay_ms = os.environ.get("RECKON_SIM_TOKEN_DELAY_MS") or "0"
+    tokens_per_second = os.environ.get("RECKON_SIM_TOKENS_PER_SECOND")
+    return create_app(
+        token_delay_s=Decimal(delay_ms) / 1000,
+        tokens_per_second=int(tokens_per_second) if tokens_per_second else None,
+    )
+
+
+# ---- chat completion framing -------------------------------------------------------------
+
+
+def _chat_message(generation: Generation, quirk: str | None) -> dict[str, Any]:
+    text = generation.visible_text
+    if quirk is None or quirk == "nonempty-choices":
+        return {"role": "assistant", "content": text, "refusal": None, "annotations": []}
+    reasoning = generation.reasoning_text if generation.reasoning_tokens else None
+    if quirk == "vllm":
+        return {"role": "assistant", "content": text, "reasoning": reasoning, "tool_calls": []}
+    return {"role": "assistant", "content": text, "reasoning_content": reasoning}
+
+
+def _chat_usage(generation: Generation, quirk: str | None) -> dict[str, Any]:
+    prompt = generation.prompt_tokens
+    completion = generation.output_tokens
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if quirk == "vllm":
+        usage["prompt_tokens_details"] = None
+    elif quirk == "llamacpp":
+        pass
+    elif quirk == "deepseek":
+        usage["prompt_tokens_details"] = {"cached_tokens": generation.cached_tokens}
+        usage["completion_tokens_details"] = {"reasoning_tokens": generation.reasoning_tokens}
+        usage["prompt_cache_hit_tokens"] = generation.cached_tokens
+        usage["prompt_cache_miss_tokens"] = prompt - generation.cached_tokens
+    else:
+        usage["prompt_tokens_details"] = {
+            "cached_tokens": generation.cached_tokens,
+            "audio_tokens": 0,
+        }
+        usage["completion_tokens_details"] = {
+            "reasoning_tokens": generation.reasoning_tokens,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        }
+    return usage
+
+
+def _chat_frames(
+    rid: str, created: int, generation: Generation, quirk: str | None, include_usage: bool
+) -> tuple[Frames, int]:
+    """All SSE frames of a chat stream, and the index of the first visible-content frame."""
+    head = (
+        b'data: {"id":"chatcmpl-%s","object":"chat.completion.chunk","created":%d,"model":%s,'
+        % (
+            rid.encode(),
+            created,
+            orjson.dumps(generation.model),
+        )
+    )
+    head += b'"system_fingerprint":null,"choices":'
+    reasoning = generation.reasoning_tokens
+    visible = generation.visible_tokens
+    total = reasoning + visible
+    prompt = generation.prompt_tokens
+    every_frame_usage = quirk == "vllm" and include_usage
+    tail = b',"usage":null}\n\n' if include_usage else b"}\n\n"
+
+    def usage_tail(completion: int) -> bytes:
+        return b',"usage":{"prompt_tokens":%d,"total_tokens":%d,"completion_tokens":%d}}\n\n' % (
+            prompt,
+            prompt + completion,
+            completion,
+        )
+
+    role_delta = (
+        b'{"role":"assistant","content":"","refusal":null'
+        if quirk in (None, "nonempty-choices")
+        else b'{"role":"assistant","content":""'
+    )
+    frames: Frames = [
+        (
+            0,
+            head
+            + b'[{"index":0,"delta":'
+            + role_delta
+            + _CHOICE_END
+            + (usage_tail(0) if every_frame_usage else tail),
+        )
+    ]
+    done = 0
+    reasoning_key = _REASONING_DELTA_KEY.get(quirk or "")
+    if reasoning_key is not None:
+        for piece in engine.json_pieces(generation.reasoning_start, reasoning):
+            done += 1
+            frame_tail = usage_tail(done) if every_frame_usage else tail
+            frames.append(
+                (
+                    done,
+                    head
+                    + b'[{"index":0,"delta":'
+                    + reasoning_key
+                    + piece
+                    + _CHOICE_END
+                    + frame_tail,
+                )
+            )
+    done = reasoning
+    visible_at = len(frames)
+    content_head = head + b'[{"index":0,"delta":{"content":'
+    if every_frame_usage:
+        for piece in engine.json_pieces(generation.visible_start, visible):
+            done += 1
+            frames.append((done, content_head + piece + _CHOICE_END + usage_tail(done)))
+    else:
+        frames.extend(
+            (reasoning + number, content_head + piece + _CHOICE_END + tail)
+            for number, piece in enumerate(engine.json_pieces(generation.visible_start, visible), 1)
+        )
+    finish = b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":"%s"}]' % (
+        b"length" if generation.truncated else b"stop"
+    )
+    usage_json = orjson.dumps(_chat_usage(generation, quirk))
+    if quirk == "nonempty-choices" and include_usage:
+        frames.append((total, head + finish + b',"usage":' + usage_json + b"}\n\n"))
+    else:
+        frames.append((total, head + finish + (usage_tail(total) if every_frame_usage else tail)))
+        if include_usage:
+            choices = b"null" if quirk == "vllm" else b"[]"
+            frames.append((total, head + choices + b',"usage":' + usage_json + b"}\n\n"))
+    frames.append((total, _DONE))
+    return frames, visible_at
+
+
+# ---- Responses framing -------------------------------------------------------------------
+
+
+def _response_object(
+    rid: str, created: int, body: dict[str, Any], generation: Generation, *, final: bool
+) -> dict[str, Any]:
+    reasoning_config = body.get("reasoning")
+    effort = reasoning_config.get("effort") if isinstance(reasoning_config, dict) else None
+    status = "in_progress"
+    output: list[dict[str, Any]] = []
+    usage = None
+    if final:
+        status = "incomplete" if generation.truncated else "completed"
+        if generation.reasoning_tokens:
+            output.append(_reasoning_item(rid))
+        if generation.visible_tokens:
+            output.append(_output_message(rid, generation.visible_text, status))
+        usage = {
+            "input_tokens": generation.prompt_tokens,
+            "input_tokens_details": {
+                "cached_tokens": generation.cached_tokens,
+                "cache_write_tokens": 0,
+            },
+            "output_tokens": generation.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": generation.reasoning_tokens},
+            "total_tokens": generation.total_tokens,
+        }
+    return {
+        "id": f"resp_{rid}",
+        "object": "response",
+        "created_at": created,
+        "status": status,
+        "background": False,
+        "completed_at": created if status == "completed" else None,
+        "error": None,
+        "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "max_tool_calls": None,
+        "model": generation.model,
+        "output": output,
+        "parallel_tool_calls": body.get("parallel_tool_calls", True),
+        "previous_response_id": body.get("previous_response_id"),
+        "reasoning": {"effort": effort or engine.OPENAI_DEFAULT_EFFORT, "summary": None},
+        "service_tier": "default",
+        "store": body.get("store", True),
+        "temperature": body.get("temperature", 1.0),
+        "text": {"format": {"type": "text"}, "verbosity": "medium"},
+        "tool_choice": body.get("tool_choice", "auto"),
+        "tools": body.get("tools", []),
+        "top_p": body.get("top_p", 1.0),
+        "truncation": body.get("truncation", "disabled"),
+        "usage": usage,
+        "user": body.get("user"),
+        "metadata": body.get("metadata") or {},
+    }
+
+
+def _reasoning_item(rid: str) -> dict[str, Any]:
+    return {"id": f"rs_{rid}", "type": "reasoning", "summary": []}
+
+
+def _output_message(rid: str, text: str | None, status: str) -> dict[str, Any]:
+    content = (
+        []
+        if text is None
+        else [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]
+    )
+    return {
+        "id": f"msg_{rid}",
+        "type": "message",
+        "status": status,
+        "role": "assistant",
+        "content": content,
+    }
+
+
+def _response_frames(
+    rid: str, created: int, body: dict[str, Any], generation: Generation
+) -> tuple[Frames, int]:
+    frames: Frames = []
+    sequence = itertools.count()
+
+    def event(due: int, event_type: str, payload: dict[str, Any]) -> None:
+        data = orjson.dumps({"type": event_type, "sequence_number": next(sequence), **payload})
+        frames.append((due, b"event: " + event_type.encode() + b"\ndata: " + data + b"\n\n"))
+
+    reasoning = generation.reasoning_tokens
+    total = generation.output_tokens
+    start = _response_object(rid, created, body, generation, final=False)
+    event(0, "response.created", {"response": start})
+    event(0, "response.in_progress", {"response": start})
+    output_index = 0
+    if reasoning:
+        event(0, "response.output_item.added", {"output_index": 0, "item": _reasoning_item(rid)})
+        event(
+            reasoning,
+            "response.output_item.done",
+            {"output_index": 0, "item": _reasoning_item(rid)},
+        )
+        output_index = 1
+    visible_at = len(frames)
+    if generation.visible_tokens:
+        item_id = f"msg_{rid}"
+        status = "incomplete" if generation.truncated else "completed"
+        text = generation.visible_text
+        empty_part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        place = {"item_id": item_id, "output_index": output_index, "content_index": 0}
+        event(
+            reasoning,
+            "response.output_item.added",
+            {"output_index": output_index, "item": _output_message(rid, None, "in_progress")},
+        )
+        event(reasoning, "response.content_part.added", {**place, "part": empty_part})
+        visible_at = len(frames)
+        delta_head = b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","sequence_number":'
+        delta_place = b',"item_id":"%s","output_index":%d,"content_index":0,"delta":' % (
+            item_id.encode(),
+            output_index,
+        )
+        for number, piece in enumerate(
+            engine.json_pieces(generation.visible_start, generation.visible_tokens), 1
+        ):
+            frames.append(
+                (
+                    reasoning + number,
+                    b'%s%d%s%s,"logprobs":[]}\n\n'
+                    % (delta_head, next(sequence), delta_place, piece),
+                )
+            )
+        event(total, "response.output_text.done", {**place, "text": text, "logprobs": []})
+        event(total, "response.content_part.done", {**place, "part": {**empty_part, "text": text}})
+        event(
+            total,
+            "response.output_item.done",
+            {"output_index": output_index, "item": _output_message(rid, text, status)},
+        )
+    final = _response_object(rid, created, body, generation, final=True)
+    final_type = "response.incomplete" if generation.truncated else "response.completed"
+    event(total, final_type, {"response": final})
+    return frames, visible_at
+
+
+# ---- Anthropic framing -------------------------------------------------------------------
+
+
+def _anthropic_usage(generation: Generation, output_tokens: int) -> dict[str, Any]:
+    return {
+        "input_tokens": generation.uncached_input_tokens,
+        "cache_creation_input_tokens": generation.cache_write_tokens,
+        "cache_read_input_tokens": generation.cached_tokens,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": generation.cache_write_5m_tokens,
+            "ephemeral_1h_input_tokens": generation.cache_write_1h_tokens,
+        },
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"thinking_tokens": generation.reasoning_tokens},
+        "service_tier": "standard",
+    }
+
+
+def _message_frames(rid: str, generation: Generation, omitted: bool) -> tuple[Frames, int]:
+    frames: Frames = []
+
+    def event(due: int, event_type: str, payload: dict[str, Any]) -> None:
+        data = orjson.dumps({"type": event_type, **payload})
+        frames.append((due, b"event: " + event_type.encode() + b"\ndata: " + data + b"\n\n"))
+
+    reasoning = generation.reasoning_tokens
+    total = generation.output_tokens
+    start_usage = _anthropic_usage(generation, 1)
+    del start_usage["output_tokens_details"]
+    message: dict[str, Any] = {
+        "id": f"msg_{rid}",
+        "type": "message",
+        "role": "assistant",
+        "model": generation.model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": start_usage,
+    }
+    event(0, "message_start", {"message": message})
+    event(0, "ping", {})
+    index = 0
+    if reasoning:
+        event(
+            0,
+            "content_block_start",
+            {"index": 0, "content_block": {"type": "thinking", "thinking": "", "signature": ""}},
+        )
+        if not omitted:
+            thinking_head = (
+                b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+                b'"delta":{"type":"thinking_delta","thinking":'
+            )
+            frames.extend(
+                (number, thinking_head + piece + b"}}\n\n")
+                for number, piece in enumerate(
+                    engine.json_pieces(generation.reasoning_start, reasoning), 1
+                )
+            )
+        event(
+            reasoning,
+            "content_block_delta",
+            {"index": 0, "delta": {"type": "signature_delta", "signature": generation.signature}},
+        )
+        event(reasoning, "content_block_stop", {"index": 0})
+        index = 1
+    visible_at = len(frames)
+    if generation.visible_tokens:
+        event(
+            reasoning,
+            "content_block_start",
+            {"index": index, "content_block": {"type": "text", "text": ""}},
+        )
+        visible_at = len(frames)
+        text_head = (
+            b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
+            b'"delta":{"type":"text_delta","text":' % index
+        )
+        frames.extend(
+            (reasoning + number, text_head + piece + b"}}\n\n")
+            for number, piece in enumerate(
+                engine.json_pieces(generation.visible_start, generation.visible_tokens), 1
+            )
+        )
+        event(total, "content_block_stop", {"index": index})
+    final_usage = _anthropic_usage(generation, total)
+    del final_usage["cache_creation"], final_usage["service_tier"]
+    stop_reason = "max_tokens" if generation.truncated else "end_turn"
+    event(
+        total,
+        "message_delta",
+        {"delta": {"stop_reason": stop_reason, "stop_sequence": None}, "usage": final_usage},
+    )
+    event(total, "message_stop", {})
+    return frames, visible_at
+
+
+# ---- plumbing ----------------------------------------------------------------------------
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        return None
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body"):
+        return body
+    chunks = [body]
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _id_headers(request: _Request) -> list[tuple[bytes, bytes]]:
+    request_id = b"req_" + request.rid.encode()
+    if request.wire == ANTHROPIC:
+        return [(b"x-request-id", request_id), (b"request-id", request_id)]
+    return [(b"x-request-id", request_id)]
+
+
+async def _send_json(
+    send: Send,
+    request: _Request,
+    status: int,
+    body: bytes,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [_JSON, (b"content-length", b"%d" % len(body)), *_id_headers(request)]
+    if extra:
+        headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_plain_json(send: Send, body: bytes) -> None:
+    headers = [_JSON, (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_error(
+    send: Send,
+    request: _Request,
+    status: int,
+    message: str,
+    param: str | None = None,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    if request.wire == ANTHROPIC:
+        payload: dict[str, Any] = {
+            "type": "error",
+            "error": {"type": _ANTHROPIC_ERROR_TYPES[status], "message": message},
+            "request_id": f"req_{request.rid}",
+        }
+    else:
+        error_type, code = _OPENAI_ERROR_TYPES[status]
+        payload = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    await _send_json(send, request, status, orjson.dumps(payload), extra)
+
+
+async def _fault(send: Send, request: _Request, model: str) -> bool:
+    """Serve the error a fault-injection model name asks for; True if one was served."""
+    if FAULT_500 in model:
+        await _send_error(
+            send, request, 500, "The server had an error while processing your request. (simulated)"
+        )
+        return True
+    if FAULT_429 in model:
+        message = "Rate limit reached for requests (simulated)."
+        await _send_error(send, request, 429, message, extra=[(b"retry-after", b"1")])
+        return True
+    return False
+
+
+def _missing_key_message(wire: str) -> str:
+    if wire == ANTHROPIC:
+        return "x-api-key header is required"
+    return (
+        "You didn't provide an API key. You need to provide your API key in an Authorization header "
+        "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+    )
+
+
+app = create_app_from_env()
