@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import orjson
 from django.conf import settings
 from django.db import connection
@@ -41,6 +40,7 @@ from metering.proxy.context import (
     caller_context_load,
 )
 from metering.proxy.sse import SseSplitter
+from metering.proxy.upstream import UpstreamClient, UpstreamError, UpstreamResponse
 from metering.usage import TokenUsage
 
 logger = logging.getLogger(__name__)
@@ -73,29 +73,18 @@ class ProxyApp:
         self.ledger = LedgerWriter(
             max_batch=settings.RECKON_LEDGER_MAX_BATCH, spool_dir=settings.RECKON_LEDGER_SPOOL_DIR
         )
-        self._session: aiohttp.ClientSession | None = None
+        self.upstream = UpstreamClient(
+            connect_timeout=settings.RECKON_UPSTREAM_CONNECT_TIMEOUT,
+            read_timeout=settings.RECKON_UPSTREAM_READ_TIMEOUT,
+        )
 
     # --- lifecycle ---------------------------------------------------------------
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60),
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    sock_connect=settings.RECKON_UPSTREAM_CONNECT_TIMEOUT,
-                    sock_read=settings.RECKON_UPSTREAM_READ_TIMEOUT,
-                ),
-                skip_auto_headers=("User-Agent",),
-            )
-        return self._session
 
     async def shutdown(self) -> None:
         await self.ledger.close()
         self._lookups.submit(lambda: connection.close()).result()
         self._lookups.shutdown(wait=True)
-        if self._session is not None:
-            await self._session.close()
+        await self.upstream.close()
 
     # --- dispatch ----------------------------------------------------------------
 
@@ -295,17 +284,15 @@ class _Call:
         url = self.route.base_url + self.endpoint.upstream_path
         anthropic = self.endpoint.anthropic_format
         try:
-            response = await self.app._client().post(
-                url, data=self.prepared.body, headers=upstream_headers
-            )
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            response = await self.app.upstream.post(url, self.prepared.body, upstream_headers)
+        except UpstreamError as exc:
             await self.record(
                 Outcome(TokenUsage(), None, "", Status.FAILED, ["upstream_unreachable"])
             )
             await _send_error(
                 send,
                 errors.UPSTREAM_UNAVAILABLE,
-                f"The upstream for '{self.route.alias}' could not be reached ({type(exc).__name__}).",
+                f"The upstream for '{self.route.alias}' could not be reached ({exc}).",
                 anthropic,
                 extra_headers=[(REQUEST_ID_HEADER, str(self.request_id).encode())],
             )
@@ -320,11 +307,11 @@ class _Call:
         finally:
             response.release()
 
-    def headers_for(self, response: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
+    def headers_for(self, response: UpstreamResponse) -> list[tuple[bytes, bytes]]:
         headers = [
             (
                 b"content-type",
-                (response.headers.get("Content-Type") or "application/json").encode(),
+                (response.headers.get("content-type") or "application/json").encode(),
             ),
             (REQUEST_ID_HEADER, str(self.request_id).encode()),
         ]
@@ -334,17 +321,17 @@ class _Call:
                 headers.append((name.encode(), value.encode("latin-1")))
         return headers
 
-    async def relay_whole(self, response: aiohttp.ClientResponse, send: Send) -> None:
+    async def relay_whole(self, response: UpstreamResponse, send: Send) -> None:
         try:
             body = await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except UpstreamError as exc:
             await self.record(
                 Outcome(TokenUsage(), None, "", Status.FAILED, ["upstream_read_failed"])
             )
             await _send_error(
                 send,
                 errors.UPSTREAM_UNAVAILABLE,
-                f"The upstream response was cut ({type(exc).__name__}).",
+                f"The upstream response was cut ({exc}).",
                 self.endpoint.anthropic_format,
             )
             return
@@ -361,9 +348,7 @@ class _Call:
         await self.record(outcome)
         await _send_response(send, response.status, self.headers_for(response), body)
 
-    async def relay_stream(
-        self, response: aiohttp.ClientResponse, receive: Receive, send: Send
-    ) -> None:
+    async def relay_stream(self, response: UpstreamResponse, receive: Receive, send: Send) -> None:
         headers = self.headers_for(response)
         headers.append((b"cache-control", b"no-cache"))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -374,7 +359,7 @@ class _Call:
         splitter = SseSplitter()
         recorded = False
         try:
-            async for chunk in response.content.iter_any():
+            async for chunk in response.iter_chunks():
                 out: list[bytes] = []
                 for event in splitter.feed(chunk):
                     forward = tracker.feed(event)
@@ -405,7 +390,7 @@ class _Call:
                     await send(
                         {"type": "http.response.body", "body": b"".join(out), "more_body": True}
                     )
-        except (aiohttp.ClientError, TimeoutError, asyncio.CancelledError) as exc:
+        except (UpstreamError, asyncio.CancelledError) as exc:
             if isinstance(exc, asyncio.CancelledError) and not self.client_gone:
                 raise
             logger.info("upstream stream for %s ended early: %r", self.request_id, exc)
@@ -418,7 +403,7 @@ class _Call:
         if not self.client_gone:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def watch_client(self, receive: Receive, response: aiohttp.ClientResponse) -> None:
+    async def watch_client(self, receive: Receive, response: UpstreamResponse) -> None:
         """Notice a client that goes away; keep draining upstream, within a time limit."""
         while True:
             message = await receive()

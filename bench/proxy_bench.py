@@ -1,10 +1,11 @@
 """Proxy overhead benchmark: the simulator directly vs. through Reckon, in one run.
 
 Prints requests/s at concurrency 32 and latency percentiles at concurrency 1, for
-(a) the simulator directly and (b) Reckon with durable metering on PostgreSQL, plus the
+(a) the simulator directly, (b) Reckon with durable metering on PostgreSQL, and for scale
+(c) the thinnest possible Python pass-through (bench/bare_passthrough.py), plus the
 ratios the targets are stated in. Uses `wrk` (Debian package; installed if missing).
 
-    make bench            # or: .venv/bin/python bench/proxy_bench.py [--duration 10]
+    make bench            # or: .venv/bin/python bench/proxy_bench.py [--duration 5 --rounds 3]
 
 Every request through Reckon must leave exactly one usage record: the run checks the
 ledger against what the simulator served and fails loudly if they differ.
@@ -15,6 +16,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -180,9 +182,16 @@ def get_json(url: str) -> dict:
     return json.loads(urllib.request.urlopen(url).read())
 
 
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds; medians reported"
+    )
     parser.add_argument("--workers", type=int, default=1, help="Reckon server processes")
     parser.add_argument(
         "--database-url",
@@ -191,23 +200,48 @@ def main() -> None:
     args = parser.parse_args()
     binary = ensure_wrk()
     database_url = setup_database(args.database_url)
-    sim_port, reckon_port = free_port(), free_port()
-    sim_url, reckon_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{reckon_port}"
+    ports = {name: free_port() for name in ("sim", "sim_reckon", "bare", "reckon")}
+    url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     env = django_env(database_url)
-    key = seed(database_url, sim_url)
+    key = seed(database_url, url["sim_reckon"])
+    python = [sys.executable]
     procs = [
+        # Two identical simulators: one behind Reckon, one for the direct and bare runs, so
+        # the ledger can be reconciled exactly against what Reckon's upstream served.
         subprocess.Popen(
-            [sys.executable, "manage.py", "run_simulator", "--port", str(sim_port)],
+            [*python, "manage.py", "run_simulator", "--port", str(ports["sim"])], cwd=ROOT, env=env
+        ),
+        subprocess.Popen(
+            [*python, "manage.py", "run_simulator", "--port", str(ports["sim_reckon"])],
             cwd=ROOT,
             env=env,
         ),
         subprocess.Popen(
             [
-                sys.executable,
+                *python,
+                "-m",
+                "uvicorn",
+                "bench.bare_passthrough:app",
+                "--port",
+                str(ports["bare"]),
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env={**env, "RECKON_BARE_UPSTREAM": url["sim"]},
+        ),
+        subprocess.Popen(
+            [
+                *python,
                 "manage.py",
                 "serve",
                 "--port",
-                str(reckon_port),
+                str(ports["reckon"]),
                 "--workers",
                 str(args.workers),
             ],
@@ -216,66 +250,75 @@ def main() -> None:
             stderr=subprocess.DEVNULL,
         ),
     ]
+    targets = {
+        "direct": (url["sim"], "sim-reasoner"),
+        "bare": (url["bare"], "sim-reasoner"),
+        "reckon": (url["reckon"], "bench-reasoner"),
+    }
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {t: {"c32": [], "c1": []} for t in targets}
     try:
-        wait_up(sim_url + "/_sim/health")
-        wait_up(reckon_url + "/v1/models")
+        for name in ("sim", "sim_reckon"):
+            wait_up(url[name] + "/_sim/health")
+        wait_up(url["bare"] + "/")
+        wait_up(url["reckon"] + "/v1/models")
+        for base, model in targets.values():  # warm pools, caches, connections
+            wrk(binary, base, key, model, 8, 2)
+        time.sleep(0.5)
+        urllib.request.urlopen(
+            urllib.request.Request(url["sim_reckon"] + "/_sim/reset", method="POST")
+        )
+        baseline = ledger_totals(database_url)
+        for _ in range(args.rounds):
+            for concurrency in ("c32", "c1"):
+                for target, (base, model) in targets.items():
+                    runs[target][concurrency].append(
+                        wrk(binary, base, key, model, int(concurrency[1:]), args.duration)
+                    )
         time.sleep(1)
-        # warm both paths (connection pools, key cache, DB connections)
-        wrk(binary, sim_url, key, "sim-reasoner", 8, 2)
-        wrk(binary, reckon_url, key, "bench-reasoner", 8, 2)
-        results = {}
-        for name, url, model in (
-            ("direct", sim_url, "sim-reasoner"),
-            ("reckon", reckon_url, "bench-reasoner"),
-        ):
-            if (
-                name == "reckon"
-            ):  # from here on, everything the simulator serves came through Reckon
-                time.sleep(0.5)
-                urllib.request.urlopen(
-                    urllib.request.Request(sim_url + "/_sim/reset", method="POST")
-                )
-                baseline = ledger_totals(database_url)
-            results[name] = {
-                "c32": wrk(binary, url, key, model, 32, args.duration),
-                "c1": wrk(binary, url, key, model, 1, args.duration),
-            }
-        time.sleep(1)
-        served = get_json(sim_url + "/_sim/totals")
+        served = get_json(url["sim_reckon"] + "/_sim/totals")
         after = ledger_totals(database_url)
     finally:
         for p in procs:
             p.terminate()
             p.wait(timeout=30)
 
-    d, r = results["direct"], results["reckon"]
-    ratio = r["c32"]["rps"] / d["c32"]["rps"]
-    added_p50 = r["c1"]["p50_ms"] - d["c1"]["p50_ms"]
-    added_p99 = r["c1"]["p99_ms"] - d["c1"]["p99_ms"]
-    rows, reasoning = after[0] - baseline[0], after[1] - baseline[1]
+    def m(target: str, concurrency: str, field: str) -> float:
+        return median([r[field] for r in runs[target][concurrency]])
+
+    direct_rps = m("direct", "c32", "rps")
     print()
+    print("Proxy benchmark: non-streaming chat completions, simulator at zero delay, wrk -t1,")
     print(
-        f"Proxy benchmark: non-streaming chat completions, simulator at zero delay, wrk -t1, {args.duration}s per run,"
+        f"{args.rounds} interleaved rounds x {args.duration}s per run (medians), Reckon with {args.workers} worker"
     )
     print(
-        f"Reckon with {args.workers} worker process(es), durable metering on PostgreSQL, {os.cpu_count()} cores."
+        f"process(es) and durable metering on PostgreSQL, all on this {os.cpu_count()}-core machine."
     )
-    print(f"{'':24}{'direct':>12}{'via Reckon':>14}{'ratio/added':>14}")
-    print(f"{'req/s at c=32':24}{d['c32']['rps']:>12.0f}{r['c32']['rps']:>14.0f}{ratio:>13.1%} ")
+    print(f"{'':28}{'direct':>10}{'bare proxy':>12}{'Reckon':>10}")
     print(
-        f"{'p50 latency at c=1 (ms)':24}{d['c1']['p50_ms']:>12.3f}{r['c1']['p50_ms']:>14.3f}{added_p50:>+13.3f} "
-    )
-    print(
-        f"{'p99 latency at c=1 (ms)':24}{d['c1']['p99_ms']:>12.3f}{r['c1']['p99_ms']:>14.3f}{added_p99:>+13.3f} "
-    )
-    print(f"{'req/s at c=1':24}{d['c1']['rps']:>12.0f}{r['c1']['rps']:>14.0f}")
-    print(
-        f"targets: throughput >= 35% of direct -> {'MET' if ratio >= 0.35 else 'MISSED'}; "
-        f"added p50 <= 1.5 ms -> {'MET' if added_p50 <= 1.5 else 'MISSED'}"
+        f"{'req/s at c=32':28}{direct_rps:>10.0f}{m('bare', 'c32', 'rps'):>12.0f}{m('reckon', 'c32', 'rps'):>10.0f}"
     )
     print(
-        f"ledger during the Reckon runs: {rows} usage records, {reasoning} reasoning tokens; "
-        f"simulator served {served['requests']} requests, {served['reasoning_tokens']} reasoning tokens."
+        f"{'  share of direct':28}{'100%':>10}{m('bare', 'c32', 'rps') / direct_rps:>12.1%}{m('reckon', 'c32', 'rps') / direct_rps:>10.1%}"
+    )
+    for field, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
+        d = m("direct", "c1", field)
+        print(
+            f"{label + ' latency at c=1 (ms)':28}{d:>10.3f}{m('bare', 'c1', field):>12.3f}{m('reckon', 'c1', field):>10.3f}"
+        )
+        print(
+            f"{'  added over direct (ms)':28}{'':>10}{m('bare', 'c1', field) - d:>+12.3f}{m('reckon', 'c1', field) - d:>+10.3f}"
+        )
+    ratio = m("reckon", "c32", "rps") / direct_rps
+    added_p50 = m("reckon", "c1", "p50_ms") - m("direct", "c1", "p50_ms")
+    print(
+        f"targets: throughput >= 35% of direct -> {'MET' if ratio >= 0.35 else 'MISSED'} ({ratio:.1%}); "
+        f"added p50 <= 1.5 ms -> {'MET' if added_p50 <= 1.5 else 'MISSED'} ({added_p50:+.3f} ms)"
+    )
+    rows, reasoning = after[0] - baseline[0], after[1] - baseline[1]
+    print(
+        f"ledger: {rows} usage records, {reasoning} reasoning tokens; Reckon's upstream served "
+        f"{served['requests']} requests, {served['reasoning_tokens']} reasoning tokens."
     )
     if (rows, reasoning) != (served["requests"], served["reasoning_tokens"]):
         sys.exit("MISMATCH between the ledger and the upstream: a record was lost or counted twice")

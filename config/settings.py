@@ -152,6 +152,8 @@ RECKON_UPSTREAM_CONNECT_TIMEOUT = float(os.environ.get("RECKON_UPSTREAM_CONNECT_
 RECKON_UPSTREAM_READ_TIMEOUT = float(os.environ.get("RECKON_UPSTREAM_READ_TIMEOUT", "600"))
 # Largest number of usage records committed in one ledger transaction.
 RECKON_LEDGER_MAX_BATCH = int(os.environ.get("RECKON_LEDGER_MAX_BATCH", "512"))
+# Ledger batches that may be in flight at once per server process (PostgreSQL).
+RECKON_LEDGER_CONNECTIONS = int(os.environ.get("RECKON_LEDGER_CONNECTIONS", "2"))
 # Where records that could not be committed are journaled (fsync'd) until replayed.
 RECKON_LEDGER_SPOOL_DIR = Path(
     os.environ.get("RECKON_LEDGER_SPOOL_DIR", str(BASE_DIR / "var" / "spool"))

@@ -193,8 +193,9 @@ _PG_COLUMNS: tuple[tuple[str, str], ...] = (
 def _pg_insert_sql() -> str:
     names = ", ".join(name for name, _ in _PG_COLUMNS)
     definitions = ", ".join(f"{name} {kind}" for name, kind in _PG_COLUMNS)
+    # Built from the constant column list above; no input reaches the SQL text.
     return (
-        "WITH inserted AS ("
+        "WITH inserted AS ("  # noqa: S608
         f" INSERT INTO metering_usagerecord ({names}, recorded_at)"
         f" SELECT {names}, now() FROM json_to_recordset(%s::json) AS u({definitions})"
         " ON CONFLICT (request_id) DO NOTHING RETURNING id),"
@@ -218,10 +219,9 @@ def pg_insert_params(records: list[dict[str, Any]], touch_keys: list[int]) -> tu
 class PostgresLedgerSink:
     """Commits batches on a few async connections, so batches can be in flight together."""
 
-    concurrency = 4
-
-    def __init__(self, conninfo: str) -> None:
+    def __init__(self, conninfo: str, *, concurrency: int = 2) -> None:
         self._conninfo = conninfo
+        self.concurrency = concurrency
         self._idle: list[Any] = []
 
     async def write(self, records: list[dict[str, Any]], touch_keys: list[int]) -> None:
@@ -261,7 +261,11 @@ def pg_conninfo(settings_dict: dict[str, Any]) -> str:
 
 def default_sink() -> "OrmLedgerSink | PostgresLedgerSink":
     if connection.vendor == "postgresql" and not _AFTER_INSERT:
-        return PostgresLedgerSink(pg_conninfo(connection.settings_dict))
+        from django.conf import settings
+
+        return PostgresLedgerSink(
+            pg_conninfo(connection.settings_dict), concurrency=settings.RECKON_LEDGER_CONNECTIONS
+        )
     return OrmLedgerSink()
 
 
@@ -295,7 +299,9 @@ class LedgerWriter:
         self._pending.append((record, future))
         assert self._wakeup is not None
         self._wakeup.set()
-        await asyncio.shield(future)
+        # Cancelling the waiter (server shutdown) does not withdraw the record: it stays
+        # in the batch and is committed; only the wait is abandoned.
+        await future
 
     def _start(self) -> None:
         if self._sink is None:

@@ -1,0 +1,351 @@
+"""A lean pooled HTTP/1.1 client for the proxy's upstream calls.
+
+Why not aiohttp or httpx: measured on this machine with the same server and simulator, a
+bare pass-through proxy reached 9.8k req/s with aiohttp's client and 19.4k req/s with
+this one (bench/, README). The proxy needs one thing done fast: POST a body, get status
+and headers, then the body whole or as it streams. Parsing is httptools (llhttp, the
+parser uvicorn uses); everything here is connection pooling, flow control and timeouts.
+
+- Keep-alive pool per (scheme, host, port); idle connections closed by the peer leave
+  the pool as soon as the close is seen.
+- A request that fails on a *reused* connection before a single response byte arrives is
+  retried once on a new connection (the peer closed it while idle, so it never saw the
+  request); anything else fails with UpstreamError and is never retried.
+- Read timeout is an idle timeout: it fires when no byte has arrived for that long.
+- Streaming applies backpressure: reading from the upstream pauses while more than
+  HIGH_WATER bytes wait for the client.
+- Bodies are requested uncompressed (Accept-Encoding: identity).
+"""
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import httptools
+
+HIGH_WATER = 1 << 20
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached, or its response broke off or was malformed."""
+
+
+class UpstreamTimeout(UpstreamError):
+    pass
+
+
+_Target = tuple[str, str, int, str]  # scheme, host, port, path
+
+
+class _Connection(asyncio.Protocol):
+    __slots__ = ("key", "parser", "transport", "response", "closed", "reused", "keep_alive")
+
+    def __init__(self, key: tuple[str, str, int]) -> None:
+        self.key = key
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.response: UpstreamResponse | None = None
+        self.closed = False
+        self.reused = False
+        self.keep_alive = False  # read at headers-complete: llhttp resets it afterwards
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        response = self.response
+        if response is None:  # bytes on an idle connection: not ours to reuse
+            self.abort()
+            return
+        response._activity = response._loop.time()
+        response._received = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            response._fail(UpstreamError(f"malformed upstream response: {exc}"))
+            self.abort()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.response is not None:
+            self.response._lost(exc)
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        assert self.response is not None
+        self.response.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        response = self.response
+        assert response is not None
+        response.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()
+        if not response._headers_ready.done():
+            response._headers_ready.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        assert self.response is not None
+        self.response._feed(body)
+
+    def on_message_complete(self) -> None:
+        assert self.response is not None
+        self.response._complete()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class UpstreamResponse:
+    """Status and headers once awaited from `post`; the body via `read` or `iter_chunks`."""
+
+    __slots__ = (
+        "status",
+        "headers",
+        "_conn",
+        "_loop",
+        "_chunks",
+        "_buffered",
+        "_waiter",
+        "_headers_ready",
+        "_done",
+        "_error",
+        "_activity",
+        "_received",
+        "_timer",
+        "_read_timeout",
+        "_paused",
+        "_pool",
+    )
+
+    def __init__(
+        self,
+        conn: _Connection,
+        loop: asyncio.AbstractEventLoop,
+        read_timeout: float,
+        pool: "UpstreamClient",
+    ) -> None:
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self._conn = conn
+        self._loop = loop
+        self._pool = pool
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._headers_ready: asyncio.Future[None] = loop.create_future()
+        self._done = False
+        self._error: UpstreamError | None = None
+        self._activity = loop.time()
+        self._received = False
+        self._paused = False
+        self._read_timeout = read_timeout
+        self._timer: asyncio.TimerHandle | None = loop.call_later(read_timeout, self._check_idle)
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "").partition(";")[0].strip().lower()
+
+    # fed by the connection
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > HIGH_WATER and not self._paused and self._conn.transport:
+            self._conn.transport.pause_reading()
+            self._paused = True
+        self._wake()
+
+    def _complete(self) -> None:
+        self._done = True
+        self._stop_timer()
+        self._wake()
+
+    def _fail(self, error: UpstreamError) -> None:
+        if self._done or self._error is not None:
+            return
+        self._error = error
+        self._stop_timer()
+        if not self._headers_ready.done():
+            self._headers_ready.set_exception(error)
+            self._headers_ready.exception()  # retrieved: the caller may be gone already
+        self._wake()
+
+    def _lost(self, exc: Exception | None) -> None:
+        self._fail(UpstreamError(f"upstream connection closed ({exc or 'EOF'})"))
+
+    def _check_idle(self) -> None:
+        idle = self._loop.time() - self._activity
+        if idle >= self._read_timeout:
+            self._timer = None
+            self._fail(UpstreamTimeout(f"no data from upstream for {self._read_timeout:g}s"))
+            self._conn.abort()
+        else:
+            self._timer = self._loop.call_later(self._read_timeout - idle, self._check_idle)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    async def _wait(self) -> None:
+        self._waiter = self._loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    # consumer API
+    async def read(self) -> bytes:
+        while not self._done:
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+        body = b"".join(self._chunks)
+        self._chunks.clear()
+        return body
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            if self._chunks:
+                data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+                self._chunks.clear()
+                self._buffered = 0
+                if self._paused and self._conn.transport:
+                    self._paused = False
+                    self._conn.transport.resume_reading()
+                yield data
+                continue
+            if self._done:
+                return
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+
+    def release(self) -> None:
+        """Give the connection back to the pool if the exchange finished cleanly."""
+        self._stop_timer()
+        conn = self._conn
+        conn.response = None
+        if self._done and self._error is None and not conn.closed and conn.keep_alive:
+            self._pool._put(conn)
+        else:
+            conn.abort()
+
+    def close(self) -> None:
+        """Abandon the exchange now (the connection is not reused)."""
+        self._fail(UpstreamError("closed by the proxy"))
+        self._conn.abort()
+
+
+class UpstreamClient:
+    def __init__(
+        self, *, connect_timeout: float, read_timeout: float, max_idle_per_host: int = 512
+    ) -> None:
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._max_idle = max_idle_per_host
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._targets: dict[str, _Target] = {}
+        self._ssl: ssl.SSLContext | None = None
+        self.connects = 0  # new connections opened (a pool that works keeps this small)
+
+    def _target(self, url: str) -> _Target:
+        target = self._targets.get(url)
+        if target is None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise UpstreamError(f"unsupported upstream URL {url!r}")
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            target = (parts.scheme, parts.hostname, port, path)
+            if len(self._targets) < 10_000:
+                self._targets[url] = target
+        return target
+
+    def _put(self, conn: _Connection) -> None:
+        idle = self._idle.setdefault(conn.key, [])
+        if len(idle) < self._max_idle:
+            conn.reused = True
+            idle.append(conn)
+        else:
+            conn.abort()
+
+    async def _connect(self, key: tuple[str, str, int]) -> _Connection:
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        scheme, host, port = key
+        self.connects += 1
+        loop = asyncio.get_running_loop()
+        ssl_context = None
+        if scheme == "https":
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            ssl_context = self._ssl
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _Connection(key),
+                    host,
+                    port,
+                    ssl=ssl_context,
+                    server_hostname=host if ssl_context else None,
+                ),
+                self._connect_timeout,
+            )
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"connecting to {host}:{port} timed out") from exc
+        except OSError as exc:
+            raise UpstreamError(f"cannot connect to {host}:{port}: {exc}") from exc
+        return conn
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> UpstreamResponse:
+        scheme, host, port, path = self._target(url)
+        key = (scheme, host, port)
+        default_port = 443 if scheme == "https" else 80
+        head = [
+            f"POST {path} HTTP/1.1\r\nHost: {host if port == default_port else f'{host}:{port}'}\r\n"
+            f"Content-Length: {len(body)}\r\nAccept-Encoding: identity\r\n"
+        ]
+        for name, value in headers.items():
+            if "\r" in value or "\n" in value:
+                raise UpstreamError(f"invalid value for header {name}")
+            head.append(f"{name}: {value}\r\n")
+        head.append("\r\n")
+        request = "".join(head).encode("latin-1") + body
+        loop = asyncio.get_running_loop()
+        for attempt in (1, 2):
+            conn = await self._connect(key)
+            response = UpstreamResponse(conn, loop, self._read_timeout, self)
+            conn.response = response
+            assert conn.transport is not None
+            conn.transport.write(request)
+            try:
+                await response._headers_ready
+                return response
+            except UpstreamError:
+                stale = conn.reused and not response._received and attempt == 1
+                response._stop_timer()
+                conn.abort()
+                if not stale:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.abort()
+        self._idle.clear()
