@@ -5,6 +5,7 @@ Production sets DATABASE_URL (PostgreSQL), REDIS_URL, CELERY_BROKER_URL and SECR
 """
 
 import os
+import warnings
 from pathlib import Path
 
 import dj_database_url
@@ -167,3 +168,7 @@ RECKON_LEDGER_SPOOL_DIR = Path(
 )
 # Default upstream for the embedded quick start (the built-in simulator).
 RECKON_SIMULATOR_URL = os.environ.get("RECKON_SIMULATOR_URL", "http://127.0.0.1:8100/v1")
+
+# WhiteNoise hands Django's ASGI handler synchronous file iterators for static files (the
+# admin's CSS); harmless, but it would warn on every file.
+warnings.filterwarnings("ignore", message="StreamingHttpResponse must consume synchronous iterators")
