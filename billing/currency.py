@@ -40,9 +40,7 @@ ROUNDING_MODES: frozenset[str] = frozenset(
 )
 
 # ISO 4217 currencies whose minor unit is not 2 digits.
-_ZERO_DECIMAL = (
-    "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF"
-).split()
+_ZERO_DECIMAL = ("BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF").split()
 _THREE_DECIMAL = "BHD IQD JOD KWD LYD OMR TND".split()
 _FOUR_DECIMAL = "CLF UYW".split()
 # ISO 4217 currencies with a 2-digit minor unit (the common case).
@@ -116,6 +114,8 @@ def from_minor(minor: int, currency: str) -> Decimal:
     if isinstance(minor, bool) or not isinstance(minor, int):
         raise TypeError(f"minor units must be int, got {type(minor).__name__}")
     exponent = currency_exponent(currency)
-    return Decimal(minor).scaleb(-exponent, context=_CONTEXT).quantize(
-        Decimal(1).scaleb(-exponent), context=_CONTEXT
+    return (
+        Decimal(minor)
+        .scaleb(-exponent, context=_CONTEXT)
+        .quantize(Decimal(1).scaleb(-exponent), context=_CONTEXT)
     )

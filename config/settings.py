@@ -171,4 +171,6 @@ RECKON_SIMULATOR_URL = os.environ.get("RECKON_SIMULATOR_URL", "http://127.0.0.1:
 
 # WhiteNoise hands Django's ASGI handler synchronous file iterators for static files (the
 # admin's CSS); harmless, but it would warn on every file.
-warnings.filterwarnings("ignore", message="StreamingHttpResponse must consume synchronous iterators")
+warnings.filterwarnings(
+    "ignore", message="StreamingHttpResponse must consume synchronous iterators"
+)

@@ -20,16 +20,18 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 from django.db import DatabaseError, connection, transaction
+from django.db.models import F
+from django.db.models.functions import Greatest
 
-from metering.models import ApiKey, UsageRecord
+from metering.models import ApiKey, UsageRecord, UsageRollup
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +42,10 @@ _DATETIME_FIELDS = ("started_at", "finished_at")
 
 
 def usage_records_write(records: list[dict[str, Any]], *, touch_keys: Iterable[int] = ()) -> int:
-    """Insert records in one transaction, skipping request ids already stored.
+    """Insert records and fold them into rollups in one transaction; skip stored ids.
 
     Returns how many rows were inserted. `touch_keys` are API key ids whose last_used_at
-    moves to now in the same transaction.
+    moves to the newest record's finish time in the same transaction.
     """
     request_ids = [r["request_id"] for r in records]
     with transaction.atomic():
@@ -54,7 +56,7 @@ def usage_records_write(records: list[dict[str, Any]], *, touch_keys: Iterable[i
         )
         fresh = [UsageRecord(**r) for r in records if r["request_id"] not in existing]
         UsageRecord.objects.bulk_create(fresh)
-        after_insert(fresh)
+        usage_rollups_apply(fresh)
         keys = sorted(set(touch_keys))
         if keys:
             newest = max(r["finished_at"] for r in records)
@@ -62,20 +64,43 @@ def usage_records_write(records: list[dict[str, Any]], *, touch_keys: Iterable[i
     return len(fresh)
 
 
-# Hooks that run inside the ledger transaction, after the insert (e.g. rollups). Each
-# receives only the rows actually inserted, so a replayed batch is never counted twice.
-_AFTER_INSERT: list[Callable[[list[UsageRecord]], None]] = []
+ROLLUP_SUMS = (
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+)
 
 
-def register_after_insert(hook: Callable[[list[UsageRecord]], None]) -> None:
-    if hook not in _AFTER_INSERT:
-        _AFTER_INSERT.append(hook)
-
-
-def after_insert(rows: list[UsageRecord]) -> None:
-    if rows:
-        for hook in _AFTER_INSERT:
-            hook(rows)
+def usage_rollups_apply(rows: list[UsageRecord]) -> None:
+    """Fold freshly inserted records into hourly rollups (the ORM twin of PG_INSERT_SQL)."""
+    groups: dict[tuple[Any, str, datetime], dict[str, int]] = {}
+    for row in rows:
+        hour = row.started_at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        totals = groups.setdefault(
+            (row.tenant_id, row.alias, hour),
+            {"requests": 0, "flagged_requests": 0, "last_record_id": 0}
+            | dict.fromkeys(ROLLUP_SUMS, 0),
+        )
+        totals["last_record_id"] = max(totals["last_record_id"], row.pk or 0)
+        if row.flags:
+            totals["flagged_requests"] += 1
+            continue
+        totals["requests"] += 1
+        for name in ROLLUP_SUMS:
+            totals[name] += getattr(row, name)
+    for (tenant_id, alias, hour), totals in sorted(groups.items(), key=lambda g: str(g[0])):
+        last_id = totals.pop("last_record_id")
+        updated = UsageRollup.objects.filter(tenant_id=tenant_id, alias=alias, hour=hour).update(
+            **{name: F(name) + value for name, value in totals.items()},
+            last_record_id=Greatest(F("last_record_id"), last_id),
+            updated_at=datetime.now(UTC),
+        )
+        if not updated:
+            UsageRollup.objects.create(
+                tenant_id=tenant_id, alias=alias, hour=hour, last_record_id=last_id, **totals
+            )
 
 
 def _encode(record: dict[str, Any]) -> dict[str, Any]:
@@ -148,9 +173,6 @@ class OrmLedgerSink:
             connection.close()  # replaced on the next try
             raise
 
-    def run_sync(self, fn: Callable[[], Any]) -> Any:
-        return self._executor.submit(fn).result()
-
     async def close(self) -> None:
         self._executor.submit(lambda: connection.close()).result()
         self._executor.shutdown(wait=True)
@@ -193,15 +215,38 @@ _PG_COLUMNS: tuple[tuple[str, str], ...] = (
 def _pg_insert_sql() -> str:
     names = ", ".join(name for name, _ in _PG_COLUMNS)
     definitions = ", ".join(f"{name} {kind}" for name, kind in _PG_COLUMNS)
-    # Built from the constant column list above; no input reaches the SQL text.
+    rated = "flags = '[]'::jsonb"
+    sums = ", ".join(
+        f"coalesce(sum({name}) FILTER (WHERE {rated}), 0) AS {name}" for name in ROLLUP_SUMS
+    )
+    sum_names = ", ".join(ROLLUP_SUMS)
+    increments = ", ".join(f"{name} = r.{name} + excluded.{name}" for name in ROLLUP_SUMS)
+    # Built from the constant column lists above; no input reaches the SQL text.
     return (
         "WITH inserted AS ("  # noqa: S608
         f" INSERT INTO metering_usagerecord ({names}, recorded_at)"
         f" SELECT {names}, now() FROM json_to_recordset(%s::json) AS u({definitions})"
-        " ON CONFLICT (request_id) DO NOTHING RETURNING id),"
+        " ON CONFLICT (request_id) DO NOTHING"
+        f" RETURNING id, tenant_id, alias, started_at, flags, {sum_names}),"
+        # Only rows actually inserted reach the rollups: a replayed batch adds nothing.
+        " hourly AS ("
+        " SELECT tenant_id, alias, date_trunc('hour', started_at, 'UTC') AS hour,"
+        f" count(*) FILTER (WHERE {rated}) AS requests,"
+        f" count(*) FILTER (WHERE NOT {rated}) AS flagged_requests, {sums}, max(id) AS last_id"
+        " FROM inserted GROUP BY 1, 2, 3 ORDER BY 1, 2, 3),"
+        " rolled AS ("
+        " INSERT INTO metering_usagerollup AS r (tenant_id, alias, hour, requests,"
+        f" flagged_requests, {sum_names}, last_record_id, updated_at)"
+        f" SELECT tenant_id, alias, hour, requests, flagged_requests, {sum_names}, last_id, now()"
+        " FROM hourly ON CONFLICT (tenant_id, alias, hour) DO UPDATE SET"
+        " requests = r.requests + excluded.requests,"
+        f" flagged_requests = r.flagged_requests + excluded.flagged_requests, {increments},"
+        " last_record_id = greatest(r.last_record_id, excluded.last_record_id),"
+        " updated_at = excluded.updated_at RETURNING 1),"
         " touched AS ("
         " UPDATE metering_apikey SET last_used_at = %s WHERE id = ANY(%s::int8[]) RETURNING id)"
-        " SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM touched)"
+        " SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM rolled),"
+        " (SELECT count(*) FROM touched)"
     )
 
 
@@ -260,7 +305,7 @@ def pg_conninfo(settings_dict: dict[str, Any]) -> str:
 
 
 def default_sink() -> "OrmLedgerSink | PostgresLedgerSink":
-    if connection.vendor == "postgresql" and not _AFTER_INSERT:
+    if connection.vendor == "postgresql":
         from django.conf import settings
 
         return PostgresLedgerSink(

@@ -175,3 +175,37 @@ class UsageRecord(models.Model):
     @property
     def is_flagged(self) -> bool:
         return bool(self.flags)
+
+
+class UsageRollup(models.Model):
+    """Rated usage per tenant, alias and UTC hour, kept in the ledger's own transaction.
+
+    Invariant: each row equals the sum of the usage records of its (tenant, alias, hour)
+    that carry no flags (flagged records are held back from rating and only counted in
+    `flagged_requests`). Billing rates periods from these rows, never from raw records.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_rollups")
+    alias = models.CharField(max_length=200)
+    # Start of the UTC hour the requests started in.
+    hour = models.DateTimeField()
+    requests = models.BigIntegerField(default=0)
+    # Records in this hour held back from rating because they broke a provider invariant.
+    flagged_requests = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    cached_input_tokens = models.BigIntegerField(default=0)
+    cache_write_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    reasoning_tokens = models.BigIntegerField(default=0)
+    # Highest usage record id folded in (a cut-off marker for invoices).
+    last_record_id = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "alias", "hour"], name="rollup_unique_hour"),
+        ]
+        indexes = [models.Index(fields=["tenant", "hour"], name="rollup_tenant_hour")]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id} {self.alias} {self.hour:%Y-%m-%d %H}:00"

@@ -23,15 +23,40 @@ def test_tenant_apikey_and_route_commands() -> None:
     stored = ApiKey.objects.get(tenant_id=tenant_id)
     assert stored.key_hash == api_key_hash(raw) and raw not in stored.key_hash
     assert raw.startswith(stored.prefix)
-    run("route_set", "reasoner", "--provider", "openai", "--base-url", "http://127.0.0.1:8100/v1/",
-        "--upstream-model", "sim-reasoner", "--api-key-env", "SIM_KEY", "--accelerator", "nvidia-h100-sxm",
-        "--allow-tenant", "acme")
+    run(
+        "route_set",
+        "reasoner",
+        "--provider",
+        "openai",
+        "--base-url",
+        "http://127.0.0.1:8100/v1/",
+        "--upstream-model",
+        "sim-reasoner",
+        "--api-key-env",
+        "SIM_KEY",
+        "--accelerator",
+        "nvidia-h100-sxm",
+        "--allow-tenant",
+        "acme",
+    )
     route = Route.objects.get(alias="reasoner")
-    assert (route.base_url, route.api_key_env, route.accelerator) == ("http://127.0.0.1:8100/v1", "SIM_KEY", "nvidia-h100-sxm")
+    assert (route.base_url, route.api_key_env, route.accelerator) == (
+        "http://127.0.0.1:8100/v1",
+        "SIM_KEY",
+        "nvidia-h100-sxm",
+    )
     assert list(Tenant.objects.get(pk=tenant_id).allowed_routes.all()) == [route]
     # idempotent on the alias: a second route_set updates in place
-    run("route_set", "reasoner", "--provider", "openai-compatible", "--base-url", "http://10.0.0.1:8000/v1",
-        "--upstream-model", "r1")
+    run(
+        "route_set",
+        "reasoner",
+        "--provider",
+        "openai-compatible",
+        "--base-url",
+        "http://10.0.0.1:8000/v1",
+        "--upstream-model",
+        "r1",
+    )
     assert Route.objects.get(alias="reasoner").provider == "openai-compatible"
 
 
@@ -47,8 +72,28 @@ def test_apikey_create_by_id_and_with_expiry() -> None:
         ("tenant_create", ""),
         ("apikey_create", "nobody"),
         ("apikey_create", "acme2", "--expires-at", "2030-01-01T00:00:00"),
-        ("route_set", "x", "--provider", "openai", "--base-url", "ftp://x", "--upstream-model", "m"),
-        ("route_set", "x", "--provider", "openai", "--base-url", "http://x/v1", "--upstream-model", "m", "--api-key-env", "NOT A VAR"),
+        (
+            "route_set",
+            "x",
+            "--provider",
+            "openai",
+            "--base-url",
+            "ftp://x",
+            "--upstream-model",
+            "m",
+        ),
+        (
+            "route_set",
+            "x",
+            "--provider",
+            "openai",
+            "--base-url",
+            "http://x/v1",
+            "--upstream-model",
+            "m",
+            "--api-key-env",
+            "NOT A VAR",
+        ),
     ],
 )
 def test_bad_arguments_fail_clearly(args: tuple[str, ...]) -> None:

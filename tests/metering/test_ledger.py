@@ -166,3 +166,78 @@ def test_writer_spools_when_database_is_down_and_replays_later(tmp_path: Path) -
     assert spool_replay(tmp_path) == 0  # files consumed; a second replay is a no-op
     stored = set(UsageRecord.objects.values_list("request_id", flat=True))
     assert stored == {r["request_id"] for r in records}
+
+
+def rollups_match_raw_records() -> None:
+    """Every rollup equals the sum of its unflagged raw records; flagged ones are counted apart."""
+    from django.db.models import Count, Max, Q, Sum
+    from django.db.models.functions import TruncHour
+
+    from metering.models import UsageRollup
+
+    rated = Q(flags=[])
+    raw = (
+        UsageRecord.objects.annotate(hour=TruncHour("started_at"))
+        .values("tenant_id", "alias", "hour")
+        .annotate(
+            requests=Count("id", filter=rated),
+            flagged_requests=Count("id", filter=~rated),
+            input_tokens=Sum("input_tokens", filter=rated, default=0),
+            cached_input_tokens=Sum("cached_input_tokens", filter=rated, default=0),
+            cache_write_tokens=Sum("cache_write_tokens", filter=rated, default=0),
+            output_tokens=Sum("output_tokens", filter=rated, default=0),
+            reasoning_tokens=Sum("reasoning_tokens", filter=rated, default=0),
+            last_record_id=Max("id"),
+        )
+    )
+    expected = {(r["tenant_id"], r["alias"], r["hour"]): r for r in raw}
+    rollups = {(r.tenant_id, r.alias, r.hour): r for r in UsageRollup.objects.all()}
+    assert expected.keys() == rollups.keys()
+    for key, row in expected.items():
+        for name in (
+            "requests",
+            "flagged_requests",
+            "input_tokens",
+            "cached_input_tokens",
+            "cache_write_tokens",
+            "output_tokens",
+            "reasoning_tokens",
+            "last_record_id",
+        ):
+            assert getattr(rollups[key], name) == row[name], (key, name)
+
+
+@pytest.mark.parametrize("sink_class", ["orm", "postgres"])
+@pytest.mark.django_db(transaction=True)
+def test_rollups_equal_raw_records_and_ignore_replays(tmp_path: Path, sink_class: str) -> None:
+    from datetime import timedelta
+
+    key, other = ApiKeyFactory(), ApiKeyFactory()
+    t0 = datetime(2026, 11, 3, 9, 59, 59, 999999, tzinfo=UTC)
+    records = [
+        record_for(key, started_at=t0, finished_at=t0),
+        record_for(key, started_at=t0 + timedelta(microseconds=1), finished_at=t0),  # next hour
+        record_for(key, started_at=t0, finished_at=t0, alias="thinker", reasoning_tokens=7),
+        record_for(key, started_at=t0, finished_at=t0, flags=["reasoning_exceeds_output"]),
+        record_for(other, started_at=t0, finished_at=t0, input_tokens=3),
+    ]
+    sink = OrmLedgerSink() if sink_class == "orm" else default_sink()
+
+    async def scenario() -> None:
+        writer = LedgerWriter(max_batch=2, spool_dir=tmp_path, sink=sink)
+        await asyncio.gather(*(writer.write(r) for r in records))
+        await asyncio.gather(*(writer.write(r) for r in records[:3]))  # replays add nothing
+        await writer.close()
+
+    asyncio.run(scenario())
+    rollups_match_raw_records()
+    from metering.models import UsageRollup
+
+    first_hour = UsageRollup.objects.get(
+        tenant=key.tenant, alias="reasoner", hour=t0.replace(minute=0, second=0, microsecond=0)
+    )
+    assert (first_hour.requests, first_hour.flagged_requests, first_hour.reasoning_tokens) == (
+        1,
+        1,
+        50,
+    )
