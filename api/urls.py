@@ -1,10 +1,34 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView
 
-from api import views
+from api import billing_views, views
 
 urlpatterns = [
     path("usage/records", views.UsageRecordListView.as_view(), name="usage-records"),
     path("usage/summary", views.UsageSummaryView.as_view(), name="usage-summary"),
+    path("invoices/upcoming", billing_views.UpcomingInvoiceView.as_view(), name="invoice-upcoming"),
+    path("pricing/quote", billing_views.QuoteView.as_view(), name="pricing-quote"),
+    path("plans", billing_views.PlanListCreateView.as_view(), name="plans"),
+    path(
+        "plans/<int:plan_id>/versions",
+        billing_views.PlanVersionCreateView.as_view(),
+        name="plan-versions",
+    ),
+    path(
+        "plan-versions/<int:version_id>",
+        billing_views.PlanVersionDetailView.as_view(),
+        name="plan-version",
+    ),
+    path(
+        "plan-versions/<int:version_id>/publish",
+        billing_views.PlanVersionPublishView.as_view(),
+        name="plan-version-publish",
+    ),
+    path("subscriptions", billing_views.SubscriptionListCreateView.as_view(), name="subscriptions"),
+    path(
+        "subscriptions/<int:subscription_id>/change-plan",
+        billing_views.SubscriptionChangePlanView.as_view(),
+        name="subscription-change-plan",
+    ),
     path("schema", SpectacularAPIView.as_view(), name="schema"),
 ]

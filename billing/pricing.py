@@ -630,14 +630,17 @@ def rate(plan: PlanVersion, usage: UsageVector) -> RatedInvoice:
     if plan.base_fee > 0:
         description = f"Base fee ({plan.name})" if plan.name else "Base fee"
         lines.append(
-            _fee_line("base_fee", description, plan.base_fee, to_minor(plan.base_fee, currency))
+            _fee_line(
+                "base_fee", description, Decimal(plan.base_fee), to_minor(plan.base_fee, currency)
+            )
         )
     lines.extend(usage_lines)
     if plan.minimum_commitment > 0:
         minimum_minor = to_minor(plan.minimum_commitment, currency)
         true_up_minor = max(0, minimum_minor - sum(line.amount_minor for line in usage_lines))
         if true_up_minor > 0:
-            description = f"Minimum commitment true-up (minimum {_money(plan.minimum_commitment, currency_exponent(currency))})"
+            minimum = _money(Decimal(plan.minimum_commitment), currency_exponent(currency))
+            description = f"Minimum commitment true-up (minimum {minimum})"
             lines.append(
                 _fee_line(
                     "minimum_true_up",

@@ -123,6 +123,9 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "api.authentication.TenantApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
+        # Staff (operators, finance) may also use HTTP Basic with their Django password
+        # (stored hashed), over TLS.
+        "rest_framework.authentication.BasicAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "api.pagination.IdCursorPagination",

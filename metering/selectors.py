@@ -6,10 +6,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, Max, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDay
 
-from metering.models import ApiKey, UsageRecord
+from metering.models import ApiKey, UsageRecord, UsageRollup
 
 TOKEN_CLASSES = (
     "input_tokens",
@@ -78,3 +78,62 @@ def usage_summary(*, filters: UsageFilter, group_by: str | None = None) -> list[
         for r in rows:
             r["day"] = r["day"].date().isoformat()
     return [_with_shares(r) for r in rows]
+
+
+# Pricing's names for the ledger's token classes.
+PRICING_CLASS = {
+    "input_tokens": "input",
+    "cached_input_tokens": "cache_read",
+    "cache_write_tokens": "cache_write",
+    "output_tokens": "output",
+    "reasoning_tokens": "reasoning",
+}
+
+
+def usage_totals_by_alias(
+    *, tenant_id: uuid.UUID, start: datetime, end: datetime
+) -> dict[tuple[str, str], int]:
+    """Rated tokens per (alias, pricing token class) in [start, end), from hourly rollups.
+
+    `start` and `end` must fall on whole UTC hours (rollup granularity).
+    """
+    rows = (
+        UsageRollup.objects.filter(tenant_id=tenant_id, hour__gte=start, hour__lt=end)
+        .values("alias")
+        .annotate(**{name: Sum(name) for name in TOKEN_CLASSES})
+    )
+    totals: dict[tuple[str, str], int] = {}
+    for row in rows:
+        for name in TOKEN_CLASSES:
+            if row[name]:
+                totals[(row["alias"], PRICING_CLASS[name])] = row[name]
+    return totals
+
+
+def usage_totals_all_tenants(
+    *, start: datetime, end: datetime
+) -> dict[uuid.UUID, dict[tuple[str, str], int]]:
+    """The same for every tenant at once (period close, bulk rating)."""
+    rows = (
+        UsageRollup.objects.filter(hour__gte=start, hour__lt=end)
+        .values("tenant_id", "alias")
+        .annotate(**{name: Sum(name) for name in TOKEN_CLASSES})
+        .order_by()
+    )
+    totals: dict[uuid.UUID, dict[tuple[str, str], int]] = {}
+    for row in rows:
+        vector = totals.setdefault(row["tenant_id"], {})
+        for name in TOKEN_CLASSES:
+            if row[name]:
+                vector[(row["alias"], PRICING_CLASS[name])] = row[name]
+    return totals
+
+
+def usage_cutoff(*, tenant_id: uuid.UUID, start: datetime, end: datetime) -> int:
+    """Highest usage record id folded into the tenant's rollups of [start, end)."""
+    return (
+        UsageRollup.objects.filter(tenant_id=tenant_id, hour__gte=start, hour__lt=end).aggregate(
+            last=Max("last_record_id")
+        )["last"]
+        or 0
+    )

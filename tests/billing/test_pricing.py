@@ -12,6 +12,7 @@ from billing.currency import currency_exponent, from_minor, to_minor
 from billing.pricing import (
     CHARGE_MODELS,
     InvalidPlanError,
+    PlanIssue,
     PlanVersion,
     PriceComponent,
     RatedInvoice,
@@ -50,8 +51,12 @@ WORKED_EXAMPLE = [
 ]
 
 
-def component(key: str = "c", token_class: str = "output", charge_model: str = "per_unit", **kwargs) -> PriceComponent:  # type: ignore[no-untyped-def]
-    return PriceComponent(key=key, token_class=token_class, charge_model=charge_model, **kwargs)
+def component(key: str = "c", *args: str, **kwargs: object) -> PriceComponent:
+    """component(key, token_class="output", charge_model="per_unit", **other fields)."""
+    fields: dict[str, object] = {"token_class": "output", "charge_model": "per_unit"}
+    fields.update(zip(("token_class", "charge_model"), args, strict=False))
+    fields.update(kwargs)
+    return PriceComponent(key=key, **fields)  # type: ignore[arg-type]
 
 
 def plan(*components: PriceComponent, currency: str = "USD", **kwargs) -> PlanVersion:  # type: ignore[no-untyped-def]
@@ -71,7 +76,9 @@ def line(invoice: RatedInvoice, key: str) -> RatedLine:
 # --- Worked example ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("units", "grad_exact", "grad_minor", "vol_exact", "vol_minor"), WORKED_EXAMPLE)
+@pytest.mark.parametrize(
+    ("units", "grad_exact", "grad_minor", "vol_exact", "vol_minor"), WORKED_EXAMPLE
+)
 def test_worked_example_charge_functions(
     units: str, grad_exact: str, grad_minor: int, vol_exact: str, vol_minor: int
 ) -> None:
@@ -83,7 +90,9 @@ def test_worked_example_charge_functions(
     assert to_minor(volume, "USD") == vol_minor
 
 
-@pytest.mark.parametrize(("units", "grad_exact", "grad_minor", "vol_exact", "vol_minor"), WORKED_EXAMPLE)
+@pytest.mark.parametrize(
+    ("units", "grad_exact", "grad_minor", "vol_exact", "vol_minor"), WORKED_EXAMPLE
+)
 def test_worked_example_rated_through_a_plan(
     units: str, grad_exact: str, grad_minor: int, vol_exact: str, vol_minor: int
 ) -> None:
@@ -108,7 +117,9 @@ def test_graduated_breakdown_of_the_worked_example() -> None:
     assert amount == D("25.004")
 
 
-def test_graduated_charges_the_first_flat_fee_at_zero_and_stays_in_the_lower_tier_at_a_bound() -> None:
+def test_graduated_charges_the_first_flat_fee_at_zero_and_stays_in_the_lower_tier_at_a_bound() -> (
+    None
+):
     assert charge_graduated(D(0), WORKED_TIERS)[1] == (TierCharge(0, D(0), D("0.010"), D(5), D(5)),)
     assert [t.tier_index for t in charge_graduated(D(1000), WORKED_TIERS)[1]] == [0]
     assert [t.tier_index for t in charge_graduated(D(10000), WORKED_TIERS)[1]] == [0, 1]
@@ -164,7 +175,9 @@ def test_charge_per_unit_directly() -> None:
         ("9999", "1000", 10),
     ],
 )
-def test_charge_package_rounds_partial_packages_up(units: str, package_units: str, packages: int) -> None:
+def test_charge_package_rounds_partial_packages_up(
+    units: str, package_units: str, packages: int
+) -> None:
     amount, (charge,) = charge_package(D(units), D(package_units), D("2.00"))
     assert charge.quantity == packages
     assert charge.unit_price == D("2.00")
@@ -195,7 +208,11 @@ def test_package_component(tokens: int, minor: int) -> None:
 def test_allowance(tokens: int, allowance: int, billable: int, minor: int) -> None:
     priced = component(unit_price=D(2), included_tokens=1_000_000)
     (only,) = rate(plan(priced), usage(m__output=tokens)).lines
-    assert (only.tokens, only.allowance_tokens, only.billable_tokens) == (tokens, allowance, billable)
+    assert (only.tokens, only.allowance_tokens, only.billable_tokens) == (
+        tokens,
+        allowance,
+        billable,
+    )
     assert only.quantity == D(billable) / D(1_000_000)
     assert only.amount_minor == minor
 
@@ -228,9 +245,15 @@ def test_a_scoped_component_beats_the_general_one() -> None:
 
 
 def test_reasoning_folds_into_output_when_no_component_prices_it() -> None:
-    invoice = rate(plan(*ROUTING_COMPONENTS), usage(small__output=1_000_000, small__reasoning=2_000_000))
+    invoice = rate(
+        plan(*ROUTING_COMPONENTS), usage(small__output=1_000_000, small__reasoning=2_000_000)
+    )
     output = line(invoice, "output:all")
-    assert (output.tokens, output.reasoning_tokens, output.billable_tokens) == (3_000_000, 2_000_000, 3_000_000)
+    assert (output.tokens, output.reasoning_tokens, output.billable_tokens) == (
+        3_000_000,
+        2_000_000,
+        3_000_000,
+    )
     assert output.amount_minor == 3000
     assert invoice.unpriced == ()
 
@@ -238,7 +261,8 @@ def test_reasoning_folds_into_output_when_no_component_prices_it() -> None:
 def test_a_reasoning_component_takes_precedence_over_folding() -> None:
     reasoning = component("reasoning:all", "reasoning", unit_price=D(20))
     invoice = rate(
-        plan(*ROUTING_COMPONENTS, reasoning), usage(small__output=1_000_000, small__reasoning=2_000_000)
+        plan(*ROUTING_COMPONENTS, reasoning),
+        usage(small__output=1_000_000, small__reasoning=2_000_000),
     )
     output, priced = line(invoice, "output:all"), line(invoice, "reasoning:all")
     assert (output.tokens, output.reasoning_tokens, output.amount_minor) == (1_000_000, 0, 1000)
@@ -246,14 +270,20 @@ def test_a_reasoning_component_takes_precedence_over_folding() -> None:
 
 
 def test_a_scoped_reasoning_component_only_catches_its_aliases() -> None:
-    reasoning_big = component("reasoning:big", "reasoning", unit_price=D(20), aliases=frozenset({"big"}))
+    reasoning_big = component(
+        "reasoning:big", "reasoning", unit_price=D(20), aliases=frozenset({"big"})
+    )
     invoice = rate(
         plan(*ROUTING_COMPONENTS, reasoning_big),
         usage(big__reasoning=1_000_000, small__reasoning=1_000_000, small__output=1_000_000),
     )
     assert line(invoice, "reasoning:big").tokens == 1_000_000
     output = line(invoice, "output:all")
-    assert (output.tokens, output.reasoning_tokens, output.aliases) == (2_000_000, 1_000_000, ("small",))
+    assert (output.tokens, output.reasoning_tokens, output.aliases) == (
+        2_000_000,
+        1_000_000,
+        ("small",),
+    )
 
 
 def test_reasoning_folds_into_the_scoped_output_component_of_its_alias() -> None:
@@ -299,15 +329,23 @@ def test_a_component_prices_all_its_aliases_as_one_quantity() -> None:
 
 
 def test_one_line_per_component_in_plan_order_even_at_zero_usage() -> None:
-    graduated = component("grad", "input", "graduated", unit_tokens=1000, tiers=WORKED_TIERS)
+    graduated = component("grad", "cache_read", "graduated", unit_tokens=1000, tiers=WORKED_TIERS)
     invoice = rate(plan(graduated, *ROUTING_COMPONENTS), UsageVector({}))
-    assert [each.component_key for each in invoice.lines] == ["grad", "input:all", "input:big", "output:all"]
+    assert [each.component_key for each in invoice.lines] == [
+        "grad",
+        "input:all",
+        "input:big",
+        "output:all",
+    ]
     assert [each.amount_minor for each in invoice.lines] == [500, 0, 0, 0]  # the first flat fee
     assert all(each.kind == "usage" for each in invoice.lines)
 
 
 def test_base_fee_line_comes_first() -> None:
-    invoice = rate(plan(component(unit_price=D(1)), base_fee=D("49.99"), name="Pro"), usage(m__output=1_000_000))
+    invoice = rate(
+        plan(component(unit_price=D(1)), base_fee=D("49.99"), name="Pro"),
+        usage(m__output=1_000_000),
+    )
     base, usage_line = invoice.lines
     assert (base.kind, base.component_key, base.description) == ("base_fee", None, "Base fee (Pro)")
     assert (base.amount_exact, base.amount_minor) == (D("49.99"), 4999)
@@ -340,7 +378,10 @@ def test_minimum_commitment(usage_tokens: int, true_up_minor: int | None) -> Non
     else:
         assert kinds == ["base_fee", "usage", "minimum_true_up"]
         true_up = invoice.lines[-1]
-        assert (true_up.amount_minor, true_up.amount_exact) == (true_up_minor, from_minor(true_up_minor, "USD"))
+        assert (true_up.amount_minor, true_up.amount_exact) == (
+            true_up_minor,
+            from_minor(true_up_minor, "USD"),
+        )
         # The base fee does not count toward the minimum.
         assert invoice.total_minor == 1000 + 5000
 
@@ -406,7 +447,9 @@ def test_a_component_names_its_rounding_mode(rounding: str, minor: int) -> None:
         lambda: charge_graduated(D(1), (Tier(D(10), D(1)),)),
         lambda: charge_volume(D("NaN"), WORKED_TIERS),
         lambda: charge_package(D(1), D(0), D(1)),
-        lambda: volume_cliffs(component(charge_model="volume", tiers=(Tier(D(2), D(1)), Tier(D(1), D(1))))),
+        lambda: volume_cliffs(
+            component(charge_model="volume", tiers=(Tier(D(2), D(1)), Tier(D(1), D(1))))
+        ),
     ],
 )
 def test_charge_functions_refuse_bad_input(call) -> None:  # type: ignore[no-untyped-def]
@@ -428,7 +471,10 @@ def test_usage_vector_is_validated_and_read_only() -> None:
 
 
 def test_usage_vectors_add_key_by_key() -> None:
-    assert (usage(a__input=1, b__output=2) + usage(a__input=3)).tokens == {("a", "input"): 4, ("b", "output"): 2}
+    assert (usage(a__input=1, b__output=2) + usage(a__input=3)).tokens == {
+        ("a", "input"): 4,
+        ("b", "output"): 2,
+    }
 
 
 # --- validate_plan ----------------------------------------------------------------------
@@ -580,7 +626,9 @@ def tier_lists(draw: st.DrawFn) -> tuple[Tier, ...]:
 
 
 @given(quantity=quantities, tiers=tier_lists())
-def test_graduated_total_is_the_sum_of_its_tier_charges(quantity: Decimal, tiers: tuple[Tier, ...]) -> None:
+def test_graduated_total_is_the_sum_of_its_tier_charges(
+    quantity: Decimal, tiers: tuple[Tier, ...]
+) -> None:
     amount, charges = charge_graduated(quantity, tiers)
     assert amount == sum((c.amount for c in charges), D(0))
     assert sum((c.quantity for c in charges), D(0)) == quantity
@@ -589,14 +637,18 @@ def test_graduated_total_is_the_sum_of_its_tier_charges(quantity: Decimal, tiers
 
 
 @given(a=quantities, b=quantities, tiers=tier_lists(), price=prices)
-def test_per_unit_and_graduated_never_decrease(a: Decimal, b: Decimal, tiers: tuple[Tier, ...], price: Decimal) -> None:
+def test_per_unit_and_graduated_never_decrease(
+    a: Decimal, b: Decimal, tiers: tuple[Tier, ...], price: Decimal
+) -> None:
     low, high = min(a, b), max(a, b)
     assert charge_per_unit(low, price)[0] <= charge_per_unit(high, price)[0]
     assert charge_graduated(low, tiers)[0] <= charge_graduated(high, tiers)[0]
 
 
 @given(tiers=tier_lists())
-def test_volume_cliffs_are_exactly_the_boundaries_where_the_total_drops(tiers: tuple[Tier, ...]) -> None:
+def test_volume_cliffs_are_exactly_the_boundaries_where_the_total_drops(
+    tiers: tuple[Tier, ...],
+) -> None:
     volume = component("v", charge_model="volume", tiers=tiers)
     cliffs = {cliff.boundary: cliff for cliff in volume_cliffs(volume)}
     epsilon = D("1e-12")  # far below any drop these prices can produce (>= 1e-6)
@@ -615,7 +667,9 @@ TOKEN_CLASSES_USED = ("input", "cache_read", "cache_write", "output", "reasoning
 
 
 @st.composite
-def price_components(draw: st.DrawFn, key: str, token_class: str, aliases: frozenset[str] | None) -> PriceComponent:
+def price_components(
+    draw: st.DrawFn, key: str, token_class: str, aliases: frozenset[str] | None
+) -> PriceComponent:
     model = draw(st.sampled_from(CHARGE_MODELS))
     return PriceComponent(
         key=key,
@@ -639,7 +693,9 @@ def plans(draw: st.DrawFn) -> PlanVersion:
         if draw(st.booleans()) or token_class == "input":
             components.append(draw(price_components(f"{token_class}:all", token_class, None)))
         if draw(st.booleans()):
-            components.append(draw(price_components(f"{token_class}:big", token_class, frozenset({"big"}))))
+            components.append(
+                draw(price_components(f"{token_class}:big", token_class, frozenset({"big"})))
+            )
     return PlanVersion(
         currency=draw(st.sampled_from(["USD", "JPY", "KWD"])),
         components=tuple(draw(st.permutations(components))),
@@ -654,12 +710,18 @@ usage_vectors = st.dictionaries(usage_keys, st.integers(0, 50_000_000), max_size
 
 @settings(deadline=None)
 @given(plan_version=plans(), vector=usage_vectors)
-def test_each_line_rounds_within_half_a_minor_unit(plan_version: PlanVersion, vector: UsageVector) -> None:
+def test_each_line_rounds_within_half_a_minor_unit(
+    plan_version: PlanVersion, vector: UsageVector
+) -> None:
     invoice = rate(plan_version, vector)
     half = D(1).scaleb(-currency_exponent(plan_version.currency)) / 2
     for each in invoice.lines:
         assert abs(each.amount_exact - from_minor(each.amount_minor, plan_version.currency)) <= half
-    assert invoice.subtotal_minor == invoice.total_minor == sum(each.amount_minor for each in invoice.lines)
+    assert (
+        invoice.subtotal_minor
+        == invoice.total_minor
+        == sum(each.amount_minor for each in invoice.lines)
+    )
     # Every token is either on a line or reported as unpriced.
     priced = sum(each.tokens for each in invoice.lines)
     unpriced = sum(count for _, _, count in invoice.unpriced)
@@ -694,6 +756,11 @@ def test_moving_tokens_between_aliases_of_one_component_keeps_the_amounts(
     # "small" and "other" both route to the general input component: it prices their sum.
     shift = min(shift, small)
     before = rate(plan_version, UsageVector({("small", "input"): small, ("other", "input"): other}))
-    after = rate(plan_version, UsageVector({("small", "input"): small - shift, ("other", "input"): other + shift}))
-    assert [each.amount_exact for each in before.lines] == [each.amount_exact for each in after.lines]
+    after = rate(
+        plan_version,
+        UsageVector({("small", "input"): small - shift, ("other", "input"): other + shift}),
+    )
+    assert [each.amount_exact for each in before.lines] == [
+        each.amount_exact for each in after.lines
+    ]
     assert before.total_minor == after.total_minor

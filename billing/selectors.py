@@ -1,0 +1,82 @@
+"""Reads for billing: plan versions as pricing dataclasses, subscriptions by period."""
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+
+from django.db.models import Prefetch, Q, QuerySet
+
+from billing import pricing
+from billing.models import PlanVersion, PriceComponent, PriceTier, Subscription
+from billing.periods import Period
+
+_PUBLISHED_CACHE: dict[int, pricing.PlanVersion] = {}
+
+
+def plan_version_queryset() -> QuerySet[PlanVersion]:
+    return PlanVersion.objects.select_related("plan").prefetch_related(
+        Prefetch(
+            "components",
+            queryset=PriceComponent.objects.order_by("position", "id").prefetch_related(
+                Prefetch("tiers", queryset=PriceTier.objects.order_by("position"))
+            ),
+        )
+    )
+
+
+def plan_version_pricing(version: PlanVersion) -> pricing.PlanVersion:
+    """The pure pricing view of a stored plan version (cached for published versions,
+    which never change)."""
+    if version.is_published and version.pk in _PUBLISHED_CACHE:
+        return _PUBLISHED_CACHE[version.pk]
+    components = tuple(
+        pricing.PriceComponent(
+            key=str(c.pk),
+            token_class=c.token_class,
+            charge_model=c.charge_model,
+            aliases=frozenset(c.aliases) if c.aliases else None,
+            unit_tokens=c.unit_tokens,
+            unit_price=Decimal(c.unit_price),
+            package_units=Decimal(c.package_units),
+            tiers=tuple(
+                pricing.Tier(
+                    up_to=None if t.up_to is None else Decimal(t.up_to),
+                    unit_price=Decimal(t.unit_price),
+                    flat_fee=Decimal(t.flat_fee),
+                )
+                for t in c.tiers.all()
+            ),
+            included_tokens=c.included_tokens,
+            rounding=c.rounding,
+            description=c.description,
+        )
+        for c in version.components.all()
+    )
+    plan = pricing.PlanVersion(
+        currency=version.currency,
+        components=components,
+        base_fee=Decimal(version.base_fee),
+        minimum_commitment=Decimal(version.minimum_commitment),
+        name=f"{version.plan.name} v{version.version}",
+    )
+    if version.is_published:
+        _PUBLISHED_CACHE[version.pk] = plan
+    return plan
+
+
+def subscriptions_in_period(*, tenant_id: uuid.UUID, period: Period) -> list[Subscription]:
+    return list(
+        Subscription.objects.filter(tenant_id=tenant_id, starts_at__lt=period.end)
+        .filter(Q(ends_at__isnull=True) | Q(ends_at__gt=period.start))
+        .select_related("plan_version")
+        .order_by("starts_at")
+    )
+
+
+def subscription_current(*, tenant_id: uuid.UUID, at: datetime) -> Subscription | None:
+    return (
+        Subscription.objects.filter(tenant_id=tenant_id, starts_at__lte=at)
+        .filter(Q(ends_at__isnull=True) | Q(ends_at__gt=at))
+        .select_related("plan_version__plan")
+        .first()
+    )

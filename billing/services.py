@@ -1,0 +1,246 @@
+"""Writes on plans and subscriptions, and the rating of a tenant's billing period.
+
+Rating reads usage only through metering.selectors (hourly rollups) and prices it with the
+pure engine in billing.pricing; nothing here scans raw usage records.
+"""
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from billing import pricing
+from billing.models import Plan, PlanVersion, PriceComponent, PriceTier, Subscription
+from billing.periods import Period, ceil_hour, period_containing, segments
+from billing.proration import prorate_plan
+from billing.selectors import plan_version_pricing, subscription_current, subscriptions_in_period
+from metering.errors import ApplicationError, Conflict, NotFound
+from metering.models import Tenant
+from metering.selectors import usage_cutoff, usage_totals_by_alias
+
+
+class PlanInvalid(ApplicationError):
+    code = "plan_invalid"
+
+
+# --- plans ---------------------------------------------------------------------------
+
+
+@transaction.atomic
+def plan_create(*, code: str, name: str) -> Plan:
+    if Plan.objects.filter(code=code).exists():
+        raise Conflict(f"A plan with code {code!r} exists.")
+    return Plan.objects.create(code=code, name=name)
+
+
+def _issues_payload(issues: list[pricing.PlanIssue]) -> list[dict[str, Any]]:
+    return [
+        {"severity": i.severity, "code": i.code, "message": i.message, "component": i.component_key}
+        for i in issues
+    ]
+
+
+@transaction.atomic
+def plan_version_create(
+    *,
+    plan: Plan,
+    currency: str,
+    effective_from: datetime,
+    components: list[dict[str, Any]],
+    base_fee: Decimal = Decimal(0),
+    minimum_commitment: Decimal = Decimal(0),
+) -> PlanVersion:
+    """A new draft version with its components and tiers. Errors refuse the draft;
+    warnings (volume cliffs) are reported by `plan_version_issues`."""
+    latest = plan.versions.order_by("-version").first()
+    version = PlanVersion.objects.create(
+        plan=plan,
+        version=(latest.version + 1) if latest else 1,
+        currency=currency.upper(),
+        base_fee=base_fee,
+        minimum_commitment=minimum_commitment,
+        effective_from=effective_from,
+    )
+    for position, spec in enumerate(components):
+        tiers = spec.get("tiers") or []
+        component = PriceComponent.objects.create(
+            plan_version=version,
+            position=position,
+            token_class=spec["token_class"],
+            aliases=sorted(set(spec.get("aliases") or [])),
+            charge_model=spec["charge_model"],
+            unit_tokens=spec.get("unit_tokens", 1_000_000),
+            unit_price=spec.get("unit_price", Decimal(0)),
+            package_units=spec.get("package_units", Decimal(1)),
+            included_tokens=spec.get("included_tokens", 0),
+            rounding=spec.get("rounding", "ROUND_HALF_UP"),
+            description=spec.get("description", ""),
+        )
+        PriceTier.objects.bulk_create(
+            PriceTier(
+                component=component,
+                position=i,
+                up_to=t.get("up_to"),
+                unit_price=t.get("unit_price", Decimal(0)),
+                flat_fee=t.get("flat_fee", Decimal(0)),
+            )
+            for i, t in enumerate(tiers)
+        )
+    errors = [i for i in plan_version_issues(version=version) if i.severity == "error"]
+    if errors:
+        raise PlanInvalid("The plan version is invalid.", {"issues": _issues_payload(errors)})
+    return version
+
+
+def plan_version_issues(*, version: PlanVersion) -> list[pricing.PlanIssue]:
+    fresh = PlanVersion.objects.get(pk=version.pk)  # never a stale prefetch
+    return pricing.validate_plan(plan_version_pricing(fresh))
+
+
+@transaction.atomic
+def plan_version_publish(*, version: PlanVersion) -> PlanVersion:
+    version = PlanVersion.objects.select_for_update().get(pk=version.pk)
+    if version.is_published:
+        return version  # idempotent
+    errors = [i for i in plan_version_issues(version=version) if i.severity == "error"]
+    if errors:
+        raise PlanInvalid("The plan version is invalid.", {"issues": _issues_payload(errors)})
+    version.status = PlanVersion.Status.PUBLISHED
+    version.published_at = timezone.now()
+    version.save(update_fields=["status", "published_at"])
+    return version
+
+
+def ensure_draft(version: PlanVersion) -> None:
+    if version.is_published:
+        raise Conflict("A published plan version is immutable; create a new version instead.")
+
+
+# --- subscriptions -------------------------------------------------------------------
+
+
+@transaction.atomic
+def subscription_create(
+    *, tenant: Tenant, plan_version: PlanVersion, starts_at: datetime, anchor_day: int = 1
+) -> Subscription:
+    """Subscribe a tenant from `starts_at` (rounded up to the next whole UTC hour)."""
+    if not plan_version.is_published:
+        raise ApplicationError("Only a published plan version can be subscribed to.")
+    if not 1 <= anchor_day <= 28:
+        raise ApplicationError("anchor_day must be within 1..28.")
+    starts_at = ceil_hour(starts_at)
+    if starts_at < plan_version.effective_from:
+        raise ApplicationError("The plan version is not effective yet at that time.")
+    Tenant.objects.select_for_update().get(pk=tenant.pk)  # serialize changes per tenant
+    if Subscription.objects.filter(tenant=tenant, ends_at__isnull=True).exists():
+        raise Conflict("The tenant already has an open subscription; change its plan instead.")
+    if Subscription.objects.filter(tenant=tenant, ends_at__gt=starts_at).exists():
+        raise Conflict("The new subscription would overlap an earlier one.")
+    try:
+        return Subscription.objects.create(
+            tenant=tenant, plan_version=plan_version, starts_at=starts_at, anchor_day=anchor_day
+        )
+    except IntegrityError as exc:
+        raise Conflict("The tenant's subscription changed concurrently.") from exc
+
+
+@transaction.atomic
+def subscription_change_plan(
+    *, subscription: Subscription, plan_version: PlanVersion, at: datetime
+) -> Subscription:
+    """Move to another plan version from `at` (rounded up to the next whole UTC hour).
+
+    The current billing period splits into segments, each rated on its own version.
+    """
+    current = Subscription.objects.select_for_update().get(pk=subscription.pk)
+    if current.ends_at is not None:
+        raise Conflict("This subscription has ended; change the tenant's current one.")
+    if not plan_version.is_published:
+        raise ApplicationError("Only a published plan version can be subscribed to.")
+    if plan_version.currency != current.plan_version.currency:
+        raise ApplicationError("A plan change cannot switch currency inside a subscription.")
+    at = ceil_hour(at)
+    if at <= current.starts_at:
+        raise ApplicationError("The change must come after the current subscription starts.")
+    current.ends_at = at
+    current.save(update_fields=["ends_at"])
+    return Subscription.objects.create(
+        tenant_id=current.tenant_id,
+        plan_version=plan_version,
+        starts_at=at,
+        anchor_day=current.anchor_day,
+        previous=current,
+    )
+
+
+# --- rating --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SegmentRating:
+    start: datetime
+    end: datetime
+    subscription_id: int
+    plan_version_id: int
+    share: Decimal  # the segment's exact fraction of the period
+    rated: pricing.RatedInvoice
+
+
+@dataclass(frozen=True)
+class PeriodRating:
+    tenant_id: uuid.UUID
+    period: Period
+    currency: str
+    segments: tuple[SegmentRating, ...]
+    total_minor: int
+    cutoff_record_id: int  # highest usage record included
+
+    @property
+    def lines(self) -> list[pricing.RatedLine]:
+        return [line for s in self.segments for line in s.rated.lines]
+
+
+def period_rate(*, tenant_id: uuid.UUID, period: Period) -> PeriodRating:
+    """Rate a tenant's period from rollups: one rated segment per plan version in force."""
+    subs = subscriptions_in_period(tenant_id=tenant_id, period=period)
+    if not subs:
+        raise NotFound("The tenant has no subscription in that period.")
+    rated: list[SegmentRating] = []
+    for segment in segments(period, [(s.starts_at, s.ends_at, s) for s in subs]):
+        subscription = segment.item
+        share = segment.share_of(period)
+        plan = prorate_plan(plan_version_pricing(subscription.plan_version), share)
+        usage = usage_totals_by_alias(tenant_id=tenant_id, start=segment.start, end=segment.end)
+        rated.append(
+            SegmentRating(
+                start=segment.start,
+                end=segment.end,
+                subscription_id=subscription.pk,
+                plan_version_id=subscription.plan_version_id,
+                share=share,
+                rated=pricing.rate(plan, pricing.UsageVector(usage)),
+            )
+        )
+    return PeriodRating(
+        tenant_id=tenant_id,
+        period=period,
+        currency=rated[0].rated.currency,
+        segments=tuple(rated),
+        total_minor=sum(s.rated.total_minor for s in rated),
+        cutoff_record_id=usage_cutoff(tenant_id=tenant_id, start=period.start, end=period.end),
+    )
+
+
+def invoice_preview(*, tenant_id: uuid.UUID, as_of: datetime | None = None) -> PeriodRating:
+    """The current period's rated lines and totals, live from the rollups."""
+    as_of = as_of or timezone.now()
+    subscription = subscription_current(tenant_id=tenant_id, at=as_of)
+    if subscription is None:
+        raise NotFound("The tenant has no current subscription.")
+    return period_rate(
+        tenant_id=tenant_id, period=period_containing(subscription.anchor_day, as_of)
+    )
