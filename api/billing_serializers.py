@@ -3,6 +3,7 @@
 Money goes out as strings: `amount` in major units rounded as invoiced, `amount_minor` as an
 integer, and `amount_exact` with every decimal the engine kept (never a float)."""
 
+from decimal import Decimal
 from typing import Any
 
 from rest_framework import serializers
@@ -13,6 +14,11 @@ from billing.models import Plan, PlanVersion, PriceComponent, Subscription
 from billing.services import PeriodRating
 
 MONEY = {"max_digits": 38, "decimal_places": 12, "coerce_to_string": True}
+
+
+def exact(value: Decimal) -> str:
+    """A Decimal as plain digits without trailing zeros (never scientific notation)."""
+    return format(value.normalize(), "f")
 
 
 def rated_line_data(line: pricing.RatedLine, currency: str) -> dict[str, Any]:
@@ -26,18 +32,18 @@ def rated_line_data(line: pricing.RatedLine, currency: str) -> dict[str, Any]:
         "reasoning_tokens": line.reasoning_tokens,
         "allowance_tokens": line.allowance_tokens,
         "billable_tokens": line.billable_tokens,
-        "quantity": str(line.quantity),
+        "quantity": exact(line.quantity),
         "tiers": [
             {
                 "tier": t.tier_index,
-                "quantity": str(t.quantity),
-                "unit_price": str(t.unit_price),
-                "flat_fee": str(t.flat_fee),
-                "amount": str(t.amount),
+                "quantity": exact(t.quantity),
+                "unit_price": exact(t.unit_price),
+                "flat_fee": exact(t.flat_fee),
+                "amount": exact(t.amount),
             }
             for t in line.tiers
         ],
-        "amount_exact": str(line.amount_exact),
+        "amount_exact": exact(line.amount_exact),
         "amount_minor": line.amount_minor,
         "amount": str(from_minor(line.amount_minor, currency)),
     }
@@ -67,7 +73,7 @@ def period_rating_data(rating: PeriodRating) -> dict[str, Any]:
                 "end": s.end,
                 "subscription": s.subscription_id,
                 "plan_version": s.plan_version_id,
-                "share_of_period": str(s.share),
+                "share_of_period": exact(s.share),
                 **rated_invoice_data(s.rated),
             }
             for s in rating.segments
