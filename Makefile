@@ -6,7 +6,7 @@ PY := .venv/bin/python
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: setup run test lint bench services
+.PHONY: setup run test lint bench bench-billing services
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -37,3 +37,6 @@ test: setup services
 
 bench: setup services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) bench/proxy_bench.py
+
+bench-billing: setup services
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) bench/billing_bench.py

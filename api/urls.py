@@ -1,7 +1,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView
 
-from api import billing_views, views
+from api import billing_views, invoice_views, views
 
 urlpatterns = [
     path("usage/records", views.UsageRecordListView.as_view(), name="usage-records"),
@@ -29,6 +29,22 @@ urlpatterns = [
         "subscriptions/<int:subscription_id>/change-plan",
         billing_views.SubscriptionChangePlanView.as_view(),
         name="subscription-change-plan",
+    ),
+    path("invoices", invoice_views.InvoiceListView.as_view(), name="invoices"),
+    path("invoices/export.csv", invoice_views.InvoiceExportView.as_view(), name="invoices-export"),
+    path("invoices/<int:invoice_id>", invoice_views.InvoiceDetailView.as_view(), name="invoice"),
+    path(
+        "invoices/<int:invoice_id>/pdf", invoice_views.InvoicePdfView.as_view(), name="invoice-pdf"
+    ),
+    path(
+        "invoices/<int:invoice_id>/recompute",
+        invoice_views.InvoiceRecomputeView.as_view(),
+        name="invoice-recompute",
+    ),
+    path(
+        "invoices/<int:invoice_id>/credit-notes",
+        invoice_views.CreditNoteCreateView.as_view(),
+        name="invoice-credit-notes",
     ),
     path("schema", SpectacularAPIView.as_view(), name="schema"),
 ]

@@ -167,3 +167,188 @@ class Subscription(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tenant} on {self.plan_version} from {self.starts_at:%Y-%m-%d %H:%M}"
+
+
+class InvoiceSequence(models.Model):
+    """Gapless invoice numbers: one row per (issuer prefix, year), locked while a number
+    is taken inside the finalizing transaction, so a rolled-back finalization frees it."""
+
+    prefix = models.CharField(max_length=16)
+    year = models.PositiveIntegerField()
+    last_number = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["prefix", "year"], name="invoice_sequence_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}-{self.year}: {self.last_number}"
+
+
+class Invoice(models.Model):
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        FINALIZED = "finalized", "Finalized"  # immutable from here on
+        PAID = "paid", "Paid"
+        VOID = "void", "Void"
+        UNCOLLECTIBLE = "uncollectible", "Uncollectible"
+
+    tenant = models.ForeignKey("metering.Tenant", on_delete=models.PROTECT, related_name="invoices")
+    # The billing period [period_start, period_end) this invoice bills.
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+    # Gapless per issuer and year, e.g. RK-2026-000042; set once, at finalization.
+    number = models.CharField(max_length=32, unique=True, null=True, blank=True)
+    currency = models.CharField(max_length=3)
+    # Sum of the lines' amount_minor (each line rounded once).
+    subtotal_minor = models.BigIntegerField(default=0)
+    # Taxes are modelled (lines of kind "tax" would add here) and zero for now.
+    tax_minor = models.BigIntegerField(default=0)
+    total_minor = models.BigIntegerField(default=0)
+    issue_date = models.DateField(null=True, blank=True)
+    due_date = models.DateField(null=True, blank=True)
+    # Highest usage record id included in this invoice's own period lines.
+    usage_cutoff_record_id = models.BigIntegerField(default=0)
+    # The invoice this one re-issues after it was voided.
+    replaces = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="replaced_by"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    finalized_at = models.DateTimeField(null=True, blank=True)
+    paid_at = models.DateTimeField(null=True, blank=True)
+    voided_at = models.DateTimeField(null=True, blank=True)
+    # Last failed payment attempt reported by Stripe (the invoice stays finalized).
+    payment_failed_at = models.DateTimeField(null=True, blank=True)
+    stripe_invoice_id = models.CharField(max_length=64, blank=True)
+    # When the invoice was last pushed to Stripe completely (items, invoice, finalize).
+    stripe_synced_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-period_start", "-id"]
+        constraints = [
+            # One live invoice per tenant and period: a voided one may be re-issued.
+            models.UniqueConstraint(
+                fields=["tenant", "period_start"],
+                condition=~Q(status="void"),
+                name="one_live_invoice_per_period",
+            ),
+            models.CheckConstraint(
+                condition=Q(status="draft") | Q(number__isnull=False),
+                name="finalized_invoice_has_number",
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "period_start"], name="invoice_status_period")]
+
+    def __str__(self) -> str:
+        return self.number or f"draft #{self.pk}"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status != self.Status.DRAFT
+
+
+class InvoiceLine(models.Model):
+    class Kind(models.TextChoices):
+        BASE_FEE = "base_fee", "Base fee"
+        USAGE = "usage", "Usage"
+        MINIMUM_TRUE_UP = "minimum_true_up", "Minimum commitment true-up"
+        ADJUSTMENT = "adjustment", "Late usage adjustment"
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
+    position = models.PositiveIntegerField()
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    description = models.CharField(max_length=300)
+    plan_version = models.ForeignKey(PlanVersion, on_delete=models.PROTECT, related_name="+")
+    # The plan segment of the billing period this line rates, [segment_start, segment_end).
+    segment_start = models.DateTimeField()
+    segment_end = models.DateTimeField()
+    # Adjustment lines name the period whose late usage they bill.
+    adjusts_period_start = models.DateTimeField(null=True, blank=True)
+    component_key = models.CharField(max_length=64, blank=True)
+    token_class = models.CharField(max_length=16, blank=True)
+    aliases = models.JSONField(default=list, blank=True)
+    tokens = models.BigIntegerField(default=0)
+    reasoning_tokens = models.BigIntegerField(default=0)
+    allowance_tokens = models.BigIntegerField(default=0)
+    billable_tokens = models.BigIntegerField(default=0)
+    # Billable pricing units (tokens / unit_tokens), exact.
+    quantity = models.DecimalField(**MONEY, default=0)
+    # The engine's tier breakdown: [{tier, quantity, unit_price, flat_fee, amount}], exact strings.
+    tiers = models.JSONField(default=list, blank=True)
+    # Exact amount before rounding, major units.
+    amount_exact = models.DecimalField(**MONEY)
+    # Rounded once (the component's rounding mode), minor units; what is charged.
+    amount_minor = models.BigIntegerField()
+    # Highest usage record id this line's usage includes.
+    usage_cutoff_record_id = models.BigIntegerField(default=0)
+    # Pushed to Stripe as this invoice item.
+    stripe_invoice_item_id = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ["invoice", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["invoice", "position"], name="invoice_line_position"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.invoice} #{self.position} {self.description}"
+
+
+class CreditNote(models.Model):
+    """A correction of a finalized invoice: a new numbered document, never an edit."""
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="credit_notes")
+    # Gapless, separate series, e.g. RKCN-2026-000007.
+    number = models.CharField(max_length=32, unique=True)
+    # Credited amount, minor units of the invoice's currency (> 0).
+    amount_minor = models.BigIntegerField()
+    reason = models.CharField(max_length=300)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount_minor__gt=0), name="credit_note_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return self.number
+
+
+class StripeCustomer(models.Model):
+    tenant = models.OneToOneField(
+        "metering.Tenant", on_delete=models.PROTECT, related_name="stripe_customer"
+    )
+    stripe_customer_id = models.CharField(max_length=64, unique=True)
+    synced_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return self.stripe_customer_id
+
+
+class StripeEvent(models.Model):
+    """Webhook inbox: stored raw, verified, before any processing; processed idempotently."""
+
+    class Status(models.TextChoices):
+        RECEIVED = "received", "Received"
+        PROCESSED = "processed", "Processed"
+        IGNORED = "ignored", "Ignored"
+        FAILED = "failed", "Failed"
+
+    event_id = models.CharField(max_length=100, unique=True)
+    type = models.CharField(max_length=100)
+    # Stripe's `created` of the event (UTC).
+    created = models.DateTimeField()
+    payload = models.JSONField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RECEIVED)
+    error = models.TextField(blank=True)
+    received_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+
+    def __str__(self) -> str:
+        return f"{self.event_id} {self.type}"

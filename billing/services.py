@@ -5,12 +5,14 @@ pure engine in billing.pricing; nothing here scans raw usage records.
 """
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from billing import pricing
@@ -20,7 +22,7 @@ from billing.proration import prorate_plan
 from billing.selectors import plan_version_pricing, subscription_current, subscriptions_in_period
 from metering.errors import ApplicationError, Conflict, NotFound
 from metering.models import Tenant
-from metering.selectors import usage_cutoff, usage_totals_by_alias
+from metering.selectors import usage_cutoff, usage_totals_all_tenants, usage_totals_by_alias
 
 
 class PlanInvalid(ApplicationError):
@@ -204,8 +206,20 @@ class PeriodRating:
         return [line for s in self.segments for line in s.rated.lines]
 
 
-def period_rate(*, tenant_id: uuid.UUID, period: Period) -> PeriodRating:
-    """Rate a tenant's period from rollups: one rated segment per plan version in force."""
+UsageSource = Callable[[uuid.UUID, datetime, datetime], dict[tuple[str, str], int]]
+
+
+def usage_from_rollups(
+    tenant_id: uuid.UUID, start: datetime, end: datetime
+) -> dict[tuple[str, str], int]:
+    return usage_totals_by_alias(tenant_id=tenant_id, start=start, end=end)
+
+
+def period_rate(
+    *, tenant_id: uuid.UUID, period: Period, usage_source: UsageSource = usage_from_rollups
+) -> PeriodRating:
+    """Rate a tenant's period: one rated segment per plan version in force. Usage comes
+    from hourly rollups unless another source is given (recomputation uses raw records)."""
     subs = subscriptions_in_period(tenant_id=tenant_id, period=period)
     if not subs:
         raise NotFound("The tenant has no subscription in that period.")
@@ -214,7 +228,7 @@ def period_rate(*, tenant_id: uuid.UUID, period: Period) -> PeriodRating:
         subscription = segment.item
         share = segment.share_of(period)
         plan = prorate_plan(plan_version_pricing(subscription.plan_version), share)
-        usage = usage_totals_by_alias(tenant_id=tenant_id, start=segment.start, end=segment.end)
+        usage = usage_source(tenant_id, segment.start, segment.end)
         rated.append(
             SegmentRating(
                 start=segment.start,
@@ -244,3 +258,28 @@ def invoice_preview(*, tenant_id: uuid.UUID, as_of: datetime | None = None) -> P
     return period_rate(
         tenant_id=tenant_id, period=period_containing(subscription.anchor_day, as_of)
     )
+
+
+def rate_all_tenants(*, period: Period) -> dict[uuid.UUID, int]:
+    """Total (minor units) of every tenant's period, in bulk: one rollup query for all
+    tenants with a single segment; tenants whose plan changed mid-period are rated one by
+    one (period_rate). Returns tenant id -> total_minor."""
+    subs = list(
+        Subscription.objects.filter(starts_at__lt=period.end)
+        .filter(Q(ends_at__isnull=True) | Q(ends_at__gt=period.start))
+        .select_related("plan_version__plan")
+    )
+    by_tenant: dict[uuid.UUID, list[Subscription]] = {}
+    for subscription in subs:
+        by_tenant.setdefault(subscription.tenant_id, []).append(subscription)
+    usage = usage_totals_all_tenants(start=period.start, end=period.end)
+    totals: dict[uuid.UUID, int] = {}
+    for tenant_id, tenant_subs in by_tenant.items():
+        spans = segments(period, [(s.starts_at, s.ends_at, s) for s in tenant_subs])
+        if len(spans) == 1 and spans[0].start == period.start and spans[0].end == period.end:
+            plan = plan_version_pricing(spans[0].item.plan_version)
+            vector = pricing.UsageVector(usage.get(tenant_id, {}))
+            totals[tenant_id] = pricing.rate(plan, vector).total_minor
+        else:
+            totals[tenant_id] = period_rate(tenant_id=tenant_id, period=period).total_minor
+    return totals

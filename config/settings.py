@@ -177,3 +177,50 @@ RECKON_SIMULATOR_URL = os.environ.get("RECKON_SIMULATOR_URL", "http://127.0.0.1:
 warnings.filterwarnings(
     "ignore", message="StreamingHttpResponse must consume synchronous iterators"
 )
+
+# --- Billing ------------------------------------------------------------------------
+RECKON_INVOICE_PREFIX = os.environ.get("RECKON_INVOICE_PREFIX", "RK")
+RECKON_CREDIT_NOTE_PREFIX = os.environ.get("RECKON_CREDIT_NOTE_PREFIX", "RKCN")
+# Hours after a period ends before it is closed, so late usage still lands on it.
+RECKON_INVOICE_GRACE_HOURS = int(os.environ.get("RECKON_INVOICE_GRACE_HOURS", "24"))
+# Days from issue to due date.
+RECKON_INVOICE_NET_DAYS = int(os.environ.get("RECKON_INVOICE_NET_DAYS", "30"))
+# Finalized periods re-rated at each close to bill usage that arrived after them.
+RECKON_LATE_USAGE_LOOKBACK_PERIODS = int(os.environ.get("RECKON_LATE_USAGE_LOOKBACK_PERIODS", "2"))
+RECKON_SELLER = {
+    "name": os.environ.get("RECKON_SELLER_NAME", "Reckon Inference, Inc."),
+    "address_lines": [
+        line
+        for line in os.environ.get(
+            "RECKON_SELLER_ADDRESS", "1 Market Street|San Francisco, CA 94105|USA"
+        ).split("|")
+        if line
+    ],
+    "tax_id": os.environ.get("RECKON_SELLER_TAX_ID", ""),
+    "email": os.environ.get("RECKON_SELLER_EMAIL", "billing@reckon.example"),
+}
+# Named points where tests inject a crash (billing.invoicing.checkpoint); empty in production.
+RECKON_FAULT_POINTS = frozenset(
+    p for p in os.environ.get("RECKON_FAULT_POINTS", "").split(",") if p
+)
+
+# Stripe: with no API key, invoicing works locally and nothing calls Stripe.
+STRIPE_API_KEY = os.environ.get("STRIPE_API_KEY", "")
+STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
+# Only for tests and local fakes; production uses the SDK's default.
+STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "")
+
+CELERY_BEAT_SCHEDULE = {
+    "close-due-periods": {
+        "task": "billing.tasks.close_due_periods",
+        "schedule": 3600.0,  # hourly; each run replays safely (as_of defaults to now)
+    },
+    "sync-pending-invoices": {
+        "task": "billing.tasks.sync_pending_invoices",
+        "schedule": 600.0,
+    },
+}
+CELERY_TASK_ROUTES = {
+    "billing.tasks.*": {"queue": "billing"},
+    "billing.tasks.process_stripe_event": {"queue": "webhooks"},
+}

@@ -137,3 +137,29 @@ def usage_cutoff(*, tenant_id: uuid.UUID, start: datetime, end: datetime) -> int
         )["last"]
         or 0
     )
+
+
+def usage_totals_from_records(
+    *, tenant_id: uuid.UUID, start: datetime, end: datetime, max_record_id: int
+) -> dict[tuple[str, str], int]:
+    """Rated tokens per (alias, pricing class) straight from the raw ledger: records
+    started in [start, end), with id <= max_record_id, carrying no flags. This is what
+    rollups must agree with; invoices are re-computed from it."""
+    rows = (
+        UsageRecord.objects.filter(
+            tenant_id=tenant_id,
+            started_at__gte=start,
+            started_at__lt=end,
+            id__lte=max_record_id,
+            flags=[],
+        )
+        .values("alias")
+        .annotate(**{name: Sum(name) for name in TOKEN_CLASSES})
+        .order_by()
+    )
+    totals: dict[tuple[str, str], int] = {}
+    for row in rows:
+        for name in TOKEN_CLASSES:
+            if row[name]:
+                totals[(row["alias"], PRICING_CLASS[name])] = row[name]
+    return totals

@@ -1,0 +1,256 @@
+"""REST views for invoices (tenants read their own; finance staff read all), credit
+notes, recomputation, PDF and CSV exports, and the Stripe webhook endpoint."""
+
+from datetime import UTC, datetime
+
+from django.db.models import QuerySet
+from django.http import HttpResponse
+from django.utils.decorators import method_decorator
+from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.generics import ListAPIView
+from rest_framework.permissions import AllowAny, IsAdminUser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from api.authentication import TenantPrincipal
+from billing import tasks
+from billing.documents import invoice_lines_csv, invoice_pdf, invoices_csv
+from billing.invoicing import credit_note_issue, invoice_recompute
+from billing.models import CreditNote, Invoice, InvoiceLine
+from billing.stripe_sync import stripe_event_receive
+
+
+def month_bounds(value: str) -> tuple[datetime, datetime]:
+    try:
+        start = datetime.strptime(value, "%Y-%m").replace(tzinfo=UTC)
+    except ValueError:
+        raise ValidationError({"period": "Use YYYY-MM."}) from None
+    end = start.replace(year=start.year + (start.month == 12), month=start.month % 12 + 1)
+    return start, end
+
+
+def invoices_visible(request: Request) -> QuerySet[Invoice]:
+    qs = Invoice.objects.select_related("tenant").prefetch_related("credit_notes")
+    if isinstance(request.user, TenantPrincipal):
+        return qs.filter(tenant=request.user.tenant)
+    if getattr(request.user, "is_staff", False):
+        if tenant := request.query_params.get("tenant"):
+            qs = qs.filter(tenant_id=tenant)
+        return qs
+    return qs.none()
+
+
+def filter_invoices(request: Request, qs: QuerySet[Invoice]) -> QuerySet[Invoice]:
+    if value := request.query_params.get("status"):
+        if value not in Invoice.Status.values:
+            raise ValidationError({"status": f"One of {', '.join(Invoice.Status.values)}."})
+        qs = qs.filter(status=value)
+    if value := request.query_params.get("period"):
+        start, end = month_bounds(value)
+        qs = qs.filter(period_start__gte=start, period_start__lt=end)
+    return qs
+
+
+class InvoiceLineOutput(serializers.ModelSerializer):
+    class Meta:
+        model = InvoiceLine
+        fields = [
+            "position",
+            "kind",
+            "description",
+            "plan_version",
+            "segment_start",
+            "segment_end",
+            "adjusts_period_start",
+            "component_key",
+            "token_class",
+            "aliases",
+            "tokens",
+            "reasoning_tokens",
+            "allowance_tokens",
+            "billable_tokens",
+            "quantity",
+            "tiers",
+            "amount_exact",
+            "amount_minor",
+            "usage_cutoff_record_id",
+        ]
+
+
+class CreditNoteOutput(serializers.ModelSerializer):
+    class Meta:
+        model = CreditNote
+        fields = ["number", "amount_minor", "reason", "created_at"]
+
+
+class InvoiceOutput(serializers.ModelSerializer):
+    tenant_name = serializers.CharField(source="tenant.name")
+    credit_notes = CreditNoteOutput(many=True)
+
+    class Meta:
+        model = Invoice
+        fields = [
+            "id",
+            "number",
+            "status",
+            "tenant",
+            "tenant_name",
+            "period_start",
+            "period_end",
+            "currency",
+            "subtotal_minor",
+            "tax_minor",
+            "total_minor",
+            "issue_date",
+            "due_date",
+            "usage_cutoff_record_id",
+            "replaces",
+            "finalized_at",
+            "paid_at",
+            "voided_at",
+            "payment_failed_at",
+            "stripe_invoice_id",
+            "credit_notes",
+        ]
+
+
+class InvoiceDetailOutput(InvoiceOutput):
+    lines = InvoiceLineOutput(many=True)
+
+    class Meta(InvoiceOutput.Meta):
+        fields = [*InvoiceOutput.Meta.fields, "lines"]
+
+
+def _invoice(request: Request, invoice_id: int) -> Invoice:
+    invoice = invoices_visible(request).filter(pk=invoice_id).first()
+    if invoice is None:
+        raise NotFound("No such invoice.")
+    return invoice
+
+
+class InvoiceListView(ListAPIView):
+    serializer_class = InvoiceOutput
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("status", str),
+            OpenApiParameter("period", str, description="YYYY-MM"),
+            OpenApiParameter("tenant", str, description="staff only"),
+        ]
+    )
+    def get(self, request: Request, *args, **kwargs) -> Response:  # type: ignore[no-untyped-def]
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self) -> QuerySet[Invoice]:
+        return filter_invoices(self.request, invoices_visible(self.request))
+
+
+class InvoiceDetailView(APIView):
+    @extend_schema(responses=InvoiceDetailOutput)
+    def get(self, request: Request, invoice_id: int) -> Response:
+        invoice = _invoice(request, invoice_id)
+        return Response(InvoiceDetailOutput(invoice).data)
+
+
+class InvoicePdfView(APIView):
+    @extend_schema(responses={(200, "application/pdf"): bytes})
+    def get(self, request: Request, invoice_id: int) -> HttpResponse:
+        invoice = _invoice(request, invoice_id)
+        response = HttpResponse(invoice_pdf(invoice), content_type="application/pdf")
+        name = invoice.number or f"draft-{invoice.pk}"
+        response["Content-Disposition"] = f'attachment; filename="{name}.pdf"'
+        return response
+
+
+class InvoiceExportView(APIView):
+    """CSV of invoices (or, with kind=lines, their lines) for one month of periods."""
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("period", str, required=True, description="YYYY-MM"),
+            OpenApiParameter("kind", str, enum=["invoices", "lines"]),
+        ],
+        responses={(200, "text/csv"): str},
+    )
+    def get(self, request: Request) -> HttpResponse:
+        if not request.query_params.get("period"):
+            raise ValidationError({"period": "Required, YYYY-MM."})
+        invoices = filter_invoices(request, invoices_visible(request)).order_by("number", "id")
+        kind = request.query_params.get("kind", "invoices")
+        if kind not in ("invoices", "lines"):
+            raise ValidationError({"kind": "invoices or lines"})
+        body = invoices_csv(invoices) if kind == "invoices" else invoice_lines_csv(invoices)
+        response = HttpResponse(body, content_type="text/csv")
+        response["Content-Disposition"] = (
+            f'attachment; filename="{kind}-{request.query_params["period"]}.csv"'
+        )
+        return response
+
+
+class InvoiceRecomputeView(APIView):
+    permission_classes = [IsAdminUser]
+
+    def get(self, request: Request, invoice_id: int) -> Response:
+        invoice = _invoice(request, invoice_id)
+        differences = invoice_recompute(invoice=invoice)
+        return Response(
+            {
+                "invoice": invoice.pk,
+                "number": invoice.number,
+                "reproducible": not differences,
+                "differences": [
+                    {
+                        "position": d.position,
+                        "field": d.field,
+                        "invoiced": str(d.invoiced),
+                        "recomputed": str(d.recomputed),
+                    }
+                    for d in differences
+                ],
+            }
+        )
+
+
+class CreditNoteInput(serializers.Serializer):
+    amount_minor = serializers.IntegerField(
+        min_value=1, required=False, help_text="omit for a full credit"
+    )
+    reason = serializers.CharField(max_length=300)
+
+
+class CreditNoteCreateView(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(request=CreditNoteInput, responses=CreditNoteOutput)
+    def post(self, request: Request, invoice_id: int) -> Response:
+        body = CreditNoteInput(data=request.data)
+        body.is_valid(raise_exception=True)
+        note = credit_note_issue(
+            invoice=_invoice(request, invoice_id),
+            reason=body.validated_data["reason"],
+            amount_minor=body.validated_data.get("amount_minor"),
+        )
+        return Response(CreditNoteOutput(note).data, status=status.HTTP_201_CREATED)
+
+
+@method_decorator(csrf_exempt, name="dispatch")
+class StripeWebhookView(APIView):
+    """Stripe calls this; the signature is the authentication."""
+
+    authentication_classes: list = []  # type: ignore[type-arg]
+    permission_classes = [AllowAny]
+
+    @extend_schema(exclude=True)
+    def post(self, request: Request) -> Response:
+        event, created = stripe_event_receive(
+            payload=request.body, signature=request.headers.get("Stripe-Signature", "")
+        )
+        if created or event.status in ("received", "failed"):
+            from django.db import transaction
+
+            transaction.on_commit(lambda: tasks.process_stripe_event.delay(event.pk))
+        return Response({"received": True, "event": event.event_id, "duplicate": not created})

@@ -1,0 +1,223 @@
+"""Rating benchmark: the live invoice preview for one tenant with 10 million usage records
+in its period, and rating every one of 10,000 tenants for a month.
+
+    make bench-billing     # or: .venv/bin/python bench/billing_bench.py [--records 10000000]
+
+Data generation (in PostgreSQL, set-based, into a fresh database `reckon_billing_bench`):
+- one "big" tenant: N usage records (default 10,000,000) spread evenly over the month
+  across 4 aliases, token counts derived from the row number (deterministic), inserted
+  with generate_series; its hourly rollups are then built from those raw rows by the same
+  aggregation the ledger performs on insert, and checked against a raw SUM;
+- 9,999 other tenants: hourly rollup rows only (3 aliases x 30 days at noon), since what
+  rating reads is rollups; every tenant is subscribed to one graduated/per-unit plan.
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DB = "reckon_billing_bench"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--records", type=int, default=10_000_000)
+    parser.add_argument("--tenants", type=int, default=10_000)
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
+    )
+    args = parser.parse_args()
+    server = args.database_url.rsplit("/", 1)[0]
+    subprocess.run(
+        ["psql", server + "/postgres", "-qc", f"DROP DATABASE IF EXISTS {DB}"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(["psql", server + "/postgres", "-qc", f"CREATE DATABASE {DB}"], check=True)
+    os.environ["DATABASE_URL"] = f"{server}/{DB}"
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection
+    from django.test import Client
+
+    from billing.periods import Period
+    from billing.services import (
+        invoice_preview,
+        plan_create,
+        plan_version_create,
+        plan_version_publish,
+        rate_all_tenants,
+    )
+    from metering.services import api_key_create, tenant_create
+
+    call_command("migrate", verbosity=0)
+    start, end = datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
+    plan = plan_create(code="bench", name="Bench")
+    version = plan_version_publish(
+        version=plan_version_create(
+            plan=plan,
+            currency="USD",
+            effective_from=datetime(2026, 1, 1, tzinfo=UTC),
+            base_fee=Decimal(20),
+            components=[
+                {"token_class": "input", "charge_model": "per_unit", "unit_price": Decimal("1.10")},
+                {
+                    "token_class": "cache_read",
+                    "charge_model": "per_unit",
+                    "unit_price": Decimal("0.275"),
+                },
+                {
+                    "token_class": "output",
+                    "charge_model": "per_unit",
+                    "unit_price": Decimal("4.40"),
+                },
+                {
+                    "token_class": "reasoning",
+                    "charge_model": "graduated",
+                    "included_tokens": 1_000_000,
+                    "tiers": [
+                        {"up_to": Decimal(100), "unit_price": Decimal("4.40")},
+                        {"up_to": Decimal(10_000), "unit_price": Decimal("3.50")},
+                        {"up_to": None, "unit_price": Decimal("2.75"), "flat_fee": Decimal(100)},
+                    ],
+                },
+            ],
+        )
+    )
+    big = tenant_create(name="big")
+    key = api_key_create(tenant=big).api_key
+    t = time.perf_counter()
+    with connection.cursor() as cur:
+        # tenants, keys and subscriptions for everyone else, set-based
+        cur.execute(
+            "INSERT INTO metering_tenant (id, name, is_active, created_at)"
+            " SELECT gen_random_uuid(), 'tenant-' || g, true, now() FROM generate_series(2, %s) g",
+            [args.tenants],
+        )
+        cur.execute(
+            "INSERT INTO billing_subscription (tenant_id, plan_version_id, starts_at, anchor_day, created_at)"
+            " SELECT id, %s, %s, 1, now() FROM metering_tenant",
+            [version.pk, datetime(2026, 1, 1, tzinfo=UTC)],
+        )
+        seconds = int((end - start).total_seconds())
+        cur.execute(
+            "INSERT INTO metering_usagerecord (request_id, tenant_id, api_key_id, alias, provider,"
+            " upstream_model, accelerator, endpoint, stream, status, upstream_status, upstream_response_id,"
+            " input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens,"
+            " reasoning_source, flags, raw_usage, client_disconnected, ttft_us, latency_us,"
+            " started_at, finished_at, recorded_at)"
+            " SELECT gen_random_uuid(), %s, %s, (ARRAY['r1','r2','r3','r4'])[g %% 4 + 1], 'openai',"
+            " 'sim', '', 'chat.completions', false, 'completed', 200, '',"
+            " 50 + g %% 400, (g %% 7) * 64, 0, 10 + g %% 90, (g * 7919) %% 2000, 'reported', '[]'::jsonb,"
+            " NULL, false, NULL, 1000,"
+            " %s::timestamptz + make_interval(secs => (g::float8 * %s / %s)),"
+            " %s::timestamptz + make_interval(secs => (g::float8 * %s / %s)), now()"
+            " FROM generate_series(0::bigint, %s - 1) g",
+            [
+                big.pk,
+                key.pk,
+                start,
+                seconds,
+                args.records,
+                start,
+                seconds,
+                args.records,
+                args.records,
+            ],
+        )
+        generated = time.perf_counter() - t
+        cur.execute(
+            "INSERT INTO metering_usagerollup (tenant_id, alias, hour, requests, flagged_requests,"
+            " input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens,"
+            " last_record_id, updated_at)"
+            " SELECT tenant_id, alias, date_trunc('hour', started_at, 'UTC'), count(*), 0, sum(input_tokens),"
+            " sum(cached_input_tokens), sum(cache_write_tokens), sum(output_tokens), sum(reasoning_tokens),"
+            " max(id), now() FROM metering_usagerecord GROUP BY 1, 2, 3"
+        )
+        cur.execute(
+            "INSERT INTO metering_usagerollup (tenant_id, alias, hour, requests, flagged_requests,"
+            " input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens,"
+            " last_record_id, updated_at)"
+            " SELECT t.id, a, %s::timestamptz + make_interval(days => d, hours => 12), 100, 0,"
+            " 40000 + d * 10, 5000, 0, 20000 + d, 90000 + d * 100, 0, now()"
+            " FROM metering_tenant t, unnest(ARRAY['r1','r2','r3']) a, generate_series(0, 29) d"
+            " WHERE t.id <> %s",
+            [start, big.pk],
+        )
+        cur.execute("ANALYZE")
+        prepared = time.perf_counter() - t
+        t = time.perf_counter()
+        cur.execute(
+            "SELECT count(*), sum(reasoning_tokens) FROM metering_usagerecord WHERE tenant_id = %s"
+            " AND started_at >= %s AND started_at < %s",
+            [big.pk, start, end],
+        )
+        raw_count, raw_reasoning = cur.fetchone()
+        raw_scan = time.perf_counter() - t
+        cur.execute(
+            "SELECT sum(requests), sum(reasoning_tokens), count(*) FROM metering_usagerollup WHERE tenant_id = %s",
+            [big.pk],
+        )
+        rolled_requests, rolled_reasoning, rollup_rows = cur.fetchone()
+    assert (raw_count, raw_reasoning) == (rolled_requests, rolled_reasoning), (
+        "rollups disagree with raw records"
+    )
+
+    as_of = datetime(2026, 10, 31, 23, tzinfo=UTC)
+    service_times = []
+    for _ in range(20):
+        t = time.perf_counter()
+        rating = invoice_preview(tenant_id=big.pk, as_of=as_of)
+        service_times.append(time.perf_counter() - t)
+    # the HTTP endpoint, through Django's full stack (no network)
+    from unittest import mock
+
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {api_key_create(tenant=big).raw_key}")
+    http_times = []
+    with mock.patch("django.utils.timezone.now", return_value=as_of):
+        for _ in range(20):
+            t = time.perf_counter()
+            response = client.get("/api/v1/invoices/upcoming")
+            http_times.append(time.perf_counter() - t)
+    assert response.status_code == 200 and response.json()["total_minor"] == rating.total_minor
+
+    t = time.perf_counter()
+    totals = rate_all_tenants(period=Period(start, end))
+    rate_all = time.perf_counter() - t
+    assert len(totals) == args.tenants
+
+    print()
+    print(
+        f"Billing benchmark on this {os.cpu_count()}-core machine (PostgreSQL 15, data: see module docstring)"
+    )
+    print(
+        f"  data: {raw_count:,} usage records for one tenant ({rollup_rows:,} hourly rollup rows), "
+        f"{args.tenants:,} tenants; generated in {generated:.0f}s, ready in {prepared:.0f}s"
+    )
+    print(f"  raw scan of the big tenant's month (for scale only): {raw_scan * 1000:.0f} ms")
+    print(
+        f"  invoice preview, big tenant, service call:  median {statistics.median(service_times) * 1000:.1f} ms,"
+        f" max {max(service_times) * 1000:.1f} ms (target < 100 ms)"
+    )
+    print(
+        f"  invoice preview, big tenant, GET /api/v1/invoices/upcoming: median {statistics.median(http_times) * 1000:.1f} ms,"
+        f" max {max(http_times) * 1000:.1f} ms"
+    )
+    print(f"  rating all {args.tenants:,} tenants for the month: {rate_all:.2f} s (target < 30 s)")
+    print(f"  big tenant's preview total: {rating.total_minor / 100:.2f} {rating.currency}")
+
+
+if __name__ == "__main__":
+    main()
