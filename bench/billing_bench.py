@@ -48,6 +48,7 @@ def main() -> None:
     import django
 
     django.setup()
+    import config.urls  # noqa: F401 - load every module now, not mid-measurement
     from django.core.management import call_command
     from django.db import connection
     from django.test import Client

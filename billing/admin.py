@@ -1,9 +1,22 @@
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.utils.html import format_html_join
 
-from billing.models import Plan, PlanVersion, PriceComponent, PriceTier, Subscription
+from billing import tasks
+from billing.documents import invoice_pdf
+from billing.invoicing import credit_note_issue, invoice_transition, period_close
+from billing.models import (
+    CreditNote,
+    Invoice,
+    InvoiceLine,
+    Plan,
+    PlanVersion,
+    PriceComponent,
+    PriceTier,
+    StripeEvent,
+    Subscription,
+)
 from billing.services import plan_version_issues, plan_version_publish
 from metering.errors import ApplicationError
 
@@ -125,3 +138,121 @@ class SubscriptionAdmin(admin.ModelAdmin):
     list_filter = ["plan_version__plan"]
     search_fields = ["tenant__name"]
     readonly_fields = ["previous"]
+
+
+class InvoiceLineInline(admin.TabularInline):
+    model = InvoiceLine
+    extra = 0
+    can_delete = False
+    fields = [
+        "position",
+        "kind",
+        "description",
+        "plan_version",
+        "token_class",
+        "tokens",
+        "reasoning_tokens",
+        "allowance_tokens",
+        "quantity",
+        "amount_exact",
+        "amount_minor",
+        "adjusts_period_start",
+        "usage_cutoff_record_id",
+    ]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
+
+
+class CreditNoteInline(admin.TabularInline):
+    model = CreditNote
+    extra = 0
+    can_delete = False
+    readonly_fields = ["number", "amount_minor", "reason", "created_at"]
+
+    def has_add_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
+
+
+@admin.register(Invoice)
+class InvoiceAdmin(admin.ModelAdmin):
+    list_display = [
+        "number",
+        "tenant",
+        "period_start",
+        "status",
+        "currency",
+        "total_minor",
+        "issue_date",
+        "stripe_synced_at",
+    ]
+    list_filter = ["status", "currency", "period_start"]
+    search_fields = ["number", "tenant__name", "stripe_invoice_id"]
+    date_hierarchy = "period_start"
+    inlines = [InvoiceLineInline, CreditNoteInline]
+    readonly_fields = [f.name for f in Invoice._meta.fields]
+    actions = ["finalize", "void", "full_credit_note", "resend_to_stripe", "download_pdf"]
+
+    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+        return False
+
+    def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
+
+    def _each(self, request: HttpRequest, queryset: QuerySet[Invoice], action) -> None:  # type: ignore[no-untyped-def]
+        for invoice in queryset:
+            try:
+                action(invoice)
+            except ApplicationError as exc:
+                self.message_user(request, f"{invoice}: {exc.message}", messages.ERROR)
+
+    @admin.action(description="Finalize drafts (close their period now)")
+    def finalize(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
+        self._each(
+            request,
+            queryset.filter(status=Invoice.Status.DRAFT),
+            lambda i: period_close(
+                tenant_id=i.tenant_id,
+                period_start=i.period_start,
+                enforce_grace=False,
+            ),
+        )
+
+    @admin.action(description="Void")
+    def void(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
+        self._each(
+            request, queryset, lambda i: invoice_transition(invoice=i, to=Invoice.Status.VOID)
+        )
+
+    @admin.action(description="Issue a credit note for the remaining amount")
+    def full_credit_note(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
+        self._each(
+            request,
+            queryset,
+            lambda i: credit_note_issue(invoice=i, reason=f"credited by {request.user}"),
+        )
+
+    @admin.action(description="Resend to Stripe")
+    def resend_to_stripe(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
+        for invoice in queryset:
+            tasks.sync_invoice_to_stripe.delay(invoice.pk)
+        self.message_user(request, f"Queued {queryset.count()} invoice(s) for Stripe.")
+
+    @admin.action(description="Download PDF (first selected)")
+    def download_pdf(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> HttpResponse:
+        invoice = queryset.first()
+        assert invoice is not None
+        response = HttpResponse(invoice_pdf(invoice), content_type="application/pdf")
+        response["Content-Disposition"] = (
+            f'attachment; filename="{invoice.number or invoice.pk}.pdf"'
+        )
+        return response
+
+
+@admin.register(StripeEvent)
+class StripeEventAdmin(admin.ModelAdmin):
+    list_display = ["event_id", "type", "status", "created", "received_at", "processed_at"]
+    list_filter = ["status", "type"]
+    search_fields = ["event_id"]
+    readonly_fields = [f.name for f in StripeEvent._meta.fields]

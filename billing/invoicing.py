@@ -172,9 +172,16 @@ def period_for(*, tenant_id: uuid.UUID, period_start: datetime) -> Period:
 
 @transaction.atomic
 def period_close(
-    *, tenant_id: uuid.UUID, period_start: datetime, as_of: datetime | None = None
+    *,
+    tenant_id: uuid.UUID,
+    period_start: datetime,
+    as_of: datetime | None = None,
+    enforce_grace: bool = True,
 ) -> Invoice:
-    """Build and finalize the invoice of one tenant's period. Safe to run twice."""
+    """Build and finalize the invoice of one tenant's period. Safe to run twice.
+
+    An operator may close an ended period before its grace period is over
+    (`enforce_grace=False`); a period that has not ended is never closed."""
     as_of = as_of or timezone.now()
     Tenant.objects.select_for_update().get(pk=tenant_id)  # one close per tenant at a time
     existing = (
@@ -185,8 +192,9 @@ def period_close(
     if existing is not None and existing.is_final:
         return existing
     period = period_for(tenant_id=tenant_id, period_start=period_start)
-    if period.end + timedelta(hours=settings.RECKON_INVOICE_GRACE_HOURS) > as_of:
-        raise NotDue(f"Period {period.label} closes after its grace period.")
+    grace = timedelta(hours=settings.RECKON_INVOICE_GRACE_HOURS if enforce_grace else 0)
+    if period.end + grace > as_of:
+        raise NotDue(f"Period {period.label} closes after its grace period ({grace}).")
     rating = period_rate(tenant_id=tenant_id, period=period)
     voided = (
         Invoice.objects.filter(tenant_id=tenant_id, period_start=period_start, status=Status.VOID)
