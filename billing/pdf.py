@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import cast
 
 from fpdf import FPDF
 from fpdf.enums import XPos, YPos
@@ -281,6 +282,17 @@ class _InvoicePDF(FPDF):
         charset = self.charset
         return "".join(ch if ch == "\n" or ord(ch) in charset else "?" for ch in text)
 
+    def fit(self, text: str, width: float) -> str:
+        """``text`` cut to one line of ``width`` with an ellipsis (for single-line cells)."""
+        text = self.clean(text)
+        room = width - 2 * self.c_margin
+        if self.get_string_width(text) <= room:
+            return text
+        ellipsis = self.clean("…")
+        while text and self.get_string_width(text + ellipsis) > room:
+            text = text[:-1]
+        return text + ellipsis
+
     def use(
         self, style: str = "", size: float = _BODY_PT, colour: tuple[int, int, int] = _INK
     ) -> None:
@@ -288,8 +300,12 @@ class _InvoicePDF(FPDF):
         self.set_text_color(*colour)
 
     def text_height(self, width: float, text: str, line_height: float) -> float:
-        lines = self.multi_cell(
-            width, line_height, self.clean(text), dry_run=True, output="LINES", padding=0
+        # output="LINES" makes multi_cell return the wrapped lines (its type is a union).
+        lines = cast(
+            "list[str]",
+            self.multi_cell(
+                width, line_height, self.clean(text), dry_run=True, output="LINES", padding=0
+            ),
         )
         return max(1, len(lines)) * line_height
 
@@ -324,7 +340,7 @@ class _InvoicePDF(FPDF):
             self.use("", _SMALL_PT, _MUTED)
             self.set_xy(self.l_margin, 8)
             running = f"{doc.title} {doc.number} ({status}) - continued"
-            self.cell(self.epw, 4, self.clean(running), align="R")
+            self.cell(self.epw, 4, self.fit(running, self.epw), align="R")
             self.set_y(self.t_margin)
 
     def footer(self) -> None:
@@ -332,7 +348,7 @@ class _InvoicePDF(FPDF):
         self.set_y(-12)
         self.use("", _SMALL_PT, _MUTED)
         left = f"{doc.title} {doc.number} · {doc.buyer.name}"
-        self.cell(self.epw - 30, 4, self.clean(left), align="L")
+        self.cell(self.epw - 30, 4, self.fit(left, self.epw - 30), align="L")
         self.cell(30, 4, f"Page {self.page_no()}/{self.str_alias_nb_pages}", align="R")
 
 
@@ -366,9 +382,9 @@ def _draw_title(pdf: _InvoicePDF, doc: InvoiceDocument) -> None:
     top = pdf.get_y()
     pdf.use("B", 22)
     pdf.set_xy(pdf.l_margin, top)
-    pdf.cell(110, 10, pdf.clean(doc.title), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.cell(130, 10, pdf.fit(doc.title, 130), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.use("", 11, _MUTED)
-    pdf.cell(110, 6, pdf.clean(f"No. {doc.number}"), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.cell(130, 6, pdf.fit(f"No. {doc.number}", 130), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     below_title = pdf.get_y()
 
     # Status badge, top right: coloured frame with the status in capitals.
@@ -458,14 +474,19 @@ def _draw_row(
     cells: Sequence[_Cell],
     line_height: float,
     *,
+    style: str = "",
+    size: float = _BODY_PT,
+    colour: tuple[int, int, int] = _INK,
     repeat_header: bool,
 ) -> None:
     """One table row whose cells wrap independently; breaks the page before, never inside."""
+    pdf.use(style, size, colour)
     height = _row_height(pdf, cells, line_height)
     if pdf.will_page_break(height):
         pdf.add_page()
         if repeat_header:
             _draw_table_header(pdf)
+        pdf.use(style, size, colour)
     top = pdf.get_y()
     bottom = top
     for offset, width, text, align in cells:
@@ -527,9 +548,10 @@ def _draw_lines(pdf: _InvoicePDF, doc: InvoiceDocument) -> None:
             pdf.add_page()
             _draw_table_header(pdf)
         for style, size, line_height, cells in rows:
-            colour = _MUTED if (style, size) != ("", _BODY_PT) else _INK
-            pdf.use(style, size, colour)
-            _draw_row(pdf, cells, line_height, repeat_header=True)
+            colour = _INK if (style, size) == ("", _BODY_PT) else _MUTED
+            _draw_row(
+                pdf, cells, line_height, style=style, size=size, colour=colour, repeat_header=True
+            )
         y = pdf.get_y() + 1
         pdf.set_draw_color(*_RULE)
         pdf.line(pdf.l_margin, y, pdf.l_margin + pdf.epw, y)
@@ -544,32 +566,30 @@ def _draw_lines(pdf: _InvoicePDF, doc: InvoiceDocument) -> None:
 def _draw_totals(pdf: _InvoicePDF, doc: InvoiceDocument) -> None:
     rows = [("Subtotal", _money(doc, doc.subtotal_minor))]
     rows += [(f"{tax.name} ({tax.rate})", _money(doc, tax.amount_minor)) for tax in doc.taxes]
+    total_label = f"Total {doc.currency.upper()}"
+    total = _money(doc, doc.total_minor)
+    # Money is never cut: the amount column widens for very large totals.
+    pdf.use("B", 11)
+    amount_w = max(_AMOUNT_W, pdf.get_string_width(total) + 2 * pdf.c_margin + 1)
     label_w = 50.0
-    x = pdf.l_margin + pdf.epw - label_w - _AMOUNT_W
-    height = (len(rows) + 1) * 6 + 6
-    if pdf.will_page_break(height):
+    right = pdf.l_margin + pdf.epw
+    x = right - label_w - amount_w
+    if pdf.will_page_break((len(rows) + 1) * 6 + 6):
         pdf.add_page()
     pdf.set_y(pdf.get_y() + 3)
     pdf.use("", _BODY_PT)
     for label, amount in rows:
         pdf.set_x(x)
-        pdf.cell(label_w, 6, pdf.clean(label))
-        pdf.cell(_AMOUNT_W, 6, pdf.clean(amount), align="R", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+        pdf.cell(label_w, 6, pdf.fit(label, label_w))
+        pdf.cell(amount_w, 6, amount, align="R", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     y = pdf.get_y() + 0.5
     pdf.set_draw_color(*_INK)
-    pdf.line(x, y, pdf.l_margin + pdf.epw, y)
+    pdf.line(x, y, right, y)
     pdf.set_y(y + 1)
     pdf.use("B", 11)
     pdf.set_x(x)
-    pdf.cell(label_w, 7, pdf.clean(f"Total {doc.currency.upper()}"))
-    pdf.cell(
-        _AMOUNT_W,
-        7,
-        pdf.clean(_money(doc, doc.total_minor)),
-        align="R",
-        new_x=XPos.LMARGIN,
-        new_y=YPos.NEXT,
-    )
+    pdf.cell(label_w, 7, total_label)
+    pdf.cell(amount_w, 7, total, align="R", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
 
 
 def _draw_notes(pdf: _InvoicePDF, doc: InvoiceDocument) -> None:
@@ -580,9 +600,8 @@ def _draw_notes(pdf: _InvoicePDF, doc: InvoiceDocument) -> None:
         pdf.add_page()
     pdf.set_y(pdf.get_y() + 8)
     pdf.set_y(pdf.block(pdf.l_margin, pdf.get_y(), pdf.epw, "NOTES", 4) + 0.5)
-    pdf.use("", 8, _INK)
     for note in doc.notes:
-        _draw_row(pdf, [(0, pdf.epw, note, "L")], 4.2, repeat_header=False)
+        _draw_row(pdf, [(0, pdf.epw, note, "L")], 4.2, size=8, repeat_header=False)
 
 
 def _check_arithmetic(doc: InvoiceDocument) -> None:

@@ -9,9 +9,15 @@ CMap, exactly as a PDF viewer does for copy and paste.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+import subprocess
+import sys
 from dataclasses import replace
 from datetime import date
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -29,13 +35,6 @@ from billing.pdf import (
 # --- a minimal reader for the uncompressed PDFs fpdf2 writes ----------------------------
 
 _ESCAPES = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"b": b"\b", b"f": b"\f"}
-_TEXT_OPS = re.compile(
-    rb"/(?P<font>[A-Za-z0-9]+)\s+[\d.]+\s+Tf"
-    rb"|\((?P<tj>(?:\\.|[^\\)])*)\)\s*Tj"
-    rb"|\[(?P<tjarray>(?:\\.|[^\\\]])*)\]\s*TJ"
-    rb"|(?P<et>\bET\b)",
-    re.S,
-)
 _ARRAY_STRINGS = re.compile(rb"\(((?:\\.|[^\\)])*)\)", re.S)
 
 
@@ -103,16 +102,35 @@ def _to_unicode(cmap: bytes) -> dict[int, str]:
     return mapping
 
 
-def pdf_pages_text(data: bytes) -> list[str]:
-    """The text of each page, one text object (BT ... ET) per line, in drawing order."""
+class TextRun(NamedTuple):
+    """One text object (BT ... ET) as drawn: its font, size and text."""
+
+    font: str  # BaseFont without the subset tag, e.g. "DejaVuSansBold", "Helvetica"
+    size: float
+    text: str
+
+
+_TEXT_OPS = re.compile(
+    rb"/(?P<font>[A-Za-z0-9]+)\s+(?P<size>[\d.]+)\s+Tf"
+    rb"|\((?P<tj>(?:\\.|[^\\)])*)\)\s*Tj"
+    rb"|\[(?P<tjarray>(?:\\.|[^\\\]])*)\]\s*TJ"
+    rb"|(?P<et>\bET\b)",
+    re.S,
+)
+
+
+def pdf_runs(data: bytes) -> list[list[TextRun]]:
+    """The text runs of each page, in drawing order."""
     objects = _objects(data)
-    cmaps: dict[int, dict[int, str] | None] = {}  # font object -> ToUnicode (None: latin-1)
+    # font object -> (BaseFont, ToUnicode map or None for a latin-1 core font)
+    fonts: dict[int, tuple[str, dict[int, str] | None]] = {}
     for number, (head, _) in objects.items():
-        if b"/Type /Font" in head and b"/DescendantFonts" in head:
-            tounicode = int(re.search(rb"/ToUnicode (\d+) 0 R", head).group(1))  # type: ignore[union-attr]
-            cmaps[number] = _to_unicode(objects[tounicode][1])
-        elif b"/Type /Font" in head and b"/Subtype /Type1" in head:
-            cmaps[number] = None
+        if b"/Type /Font" not in head or b"/FontDescriptor" in head:
+            continue
+        base = re.search(rb"/BaseFont /(?:[A-Z]{6}\+)?([\w-]+)", head).group(1).decode()  # type: ignore[union-attr]
+        tounicode = re.search(rb"/ToUnicode (\d+) 0 R", head)
+        cmap = _to_unicode(objects[int(tounicode.group(1))][1]) if tounicode else None
+        fonts[number] = (base, cmap)
     font_names: dict[bytes, int] = {}
     for head, _ in objects.values():
         for font_dict in re.findall(rb"/Font\s*<<(.*?)>>", head, re.S):
@@ -120,19 +138,20 @@ def pdf_pages_text(data: bytes) -> list[str]:
                 font_names[name] = int(number)
     pages_head = next(head for head, _ in objects.values() if b"/Type /Pages" in head)
     kids = [int(n) for n in re.findall(rb"(\d+) 0 R", pages_head.split(b"/Kids")[1])]
-    texts = []
+    pages = []
     for page in kids:
         contents = int(re.search(rb"/Contents (\d+) 0 R", objects[page][0]).group(1))  # type: ignore[union-attr]
-        cmap: dict[int, str] | None = None
-        chunks: list[str] = []
+        font, size, cmap = "", 0.0, None
+        runs: list[TextRun] = []
         current = ""
         for match in _TEXT_OPS.finditer(objects[contents][1]):
             if match.group("font"):
-                cmap = cmaps[font_names[match.group("font")]]
+                font, cmap = fonts[font_names[match.group("font")]]
+                size = float(match.group("size"))
                 continue
             if match.group("et"):
                 if current:
-                    chunks.append(current)
+                    runs.append(TextRun(font, size, current))
                 current = ""
                 continue
             if match.group("tj") is not None:
@@ -145,8 +164,13 @@ def pdf_pages_text(data: bytes) -> list[str]:
                 else:
                     codes = [int.from_bytes(raw[i : i + 2], "big") for i in range(0, len(raw), 2)]
                     current += "".join(cmap.get(code, "\ufffd") for code in codes)
-        texts.append("\n".join(chunks))
-    return texts
+        pages.append(runs)
+    return pages
+
+
+def pdf_pages_text(data: bytes) -> list[str]:
+    """The text of each page, one text run per line."""
+    return ["\n".join(run.text for run in runs) for runs in pdf_runs(data)]
 
 
 def pdf_text(data: bytes) -> str:
@@ -277,6 +301,26 @@ def test_renders_are_byte_identical() -> None:
     assert render_invoice_pdf(make_doc()) == render_invoice_pdf(make_doc())
     draft = make_doc(status="draft", number="DRAFT", issue_date=None, due_date=None)
     assert render_invoice_pdf(draft) == render_invoice_pdf(draft)
+
+
+def test_renders_are_byte_identical_across_processes() -> None:
+    # A stored invoice re-rendered later, in another worker, must give the same file.
+    script = (
+        "import hashlib, sys; from tests.billing.test_pdf import make_doc, many_lines; "
+        "from billing.pdf import render_invoice_pdf; "
+        "sys.stdout.write(hashlib.sha256(render_invoice_pdf(make_doc(lines=many_lines(60)))).hexdigest())"
+    )
+    root = Path(__file__).resolve().parents[2]
+    elsewhere = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=root,
+        env={**os.environ, "PYTHONHASHSEED": "12345"},  # another set/dict iteration order
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    here = hashlib.sha256(render_invoice_pdf(make_doc(lines=many_lines(60)))).hexdigest()
+    assert elsewhere == here
 
 
 def test_different_documents_give_different_bytes() -> None:
@@ -447,3 +491,44 @@ def test_refuses_totals_that_do_not_add_up() -> None:
         render_invoice_pdf(replace(make_doc(), total_minor=1))
     with pytest.raises(ValueError, match="period"):
         render_invoice_pdf(make_doc(period_end=date(2026, 10, 1)))
+
+
+def test_long_tier_breakdown_continues_on_the_next_page_in_tier_style() -> None:
+    tiers = tuple(
+        TierRow(f"Tier {i}: {i * 1000:,} – {(i + 1) * 1000:,} units", "1000", "0.001", "0", "1")
+        for i in range(1, 91)
+    )
+    lines = (DocumentLine("Reasoning tokens (reasoner)", "90,000 units", 9000, tiers),)
+    pages = pdf_runs(render_invoice_pdf(make_doc(lines=lines), compress=False))
+    assert len(pages) >= 2
+    texts = [run.text for run in pages[1]]
+    assert texts[:4] == [
+        "Invoice RK-2026-000042 (finalized) - continued",
+        "Description",
+        "Quantity",
+        "Amount",
+    ]
+    first_tier = next(run for run in pages[1] if run.text.startswith("Tier "))
+    # The row after the repeated table header keeps the small regular tier style.
+    assert first_tier.size == 7.5
+    assert "Bold" not in first_tier.font
+    labels = [run.text for page in pages for run in page if run.text.startswith("Tier ")]
+    assert labels == [tier.label for tier in tiers]
+
+
+def test_long_buyer_name_is_cut_in_the_footer_but_whole_in_the_address_block() -> None:
+    buyer = replace(BUYER, name="Very Long Customer Name " * 8)
+    runs = pdf_runs(render_invoice_pdf(make_doc(buyer=buyer), compress=False))[0]
+    footer = next(run.text for run in runs if run.text.startswith("Invoice RK-2026-000042 · "))
+    assert footer.endswith(("…", "..."))  # "..." with the latin-1 core font
+    assert len(footer) < len(buyer.name)
+    texts = [run.text for run in runs]
+    name_runs = texts[texts.index("BILL TO") + 1 : texts.index("Storgatan 5")]
+    assert len(name_runs) > 1  # wrapped, not cut
+    assert " ".join(name_runs).split() == buyer.name.split()
+
+
+def test_huge_totals_are_printed_whole() -> None:
+    lines = (DocumentLine("Reasoning tokens (reasoner)", "1 unit", 10**15 + 1),)
+    text = pdf_text(render_invoice_pdf(make_doc(lines=lines), compress=False))
+    assert text.count("USD 10,000,000,000,000.01") >= 2  # subtotal and total, never cut

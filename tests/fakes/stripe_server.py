@@ -31,6 +31,8 @@ prices/products, subscriptions or real payments: ``pay`` always succeeds (use
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import hashlib
 import hmac
@@ -95,9 +97,7 @@ def sign_webhook(payload: bytes | str, secret: str, timestamp: int | None = None
     """
     ts = int(time.time()) if timestamp is None else int(timestamp)
     text = payload.decode("utf-8") if isinstance(payload, bytes | bytearray) else payload
-    digest = hmac.new(
-        secret.encode("utf-8"), f"{ts}.{text}".encode(), hashlib.sha256
-    ).hexdigest()
+    digest = hmac.new(secret.encode("utf-8"), f"{ts}.{text}".encode(), hashlib.sha256).hexdigest()
     return f"t={ts},v1={digest}"
 
 
@@ -137,14 +137,14 @@ class _APIError(Exception):
         status: int,
         message: str,
         *,
-        type: str = "invalid_request_error",  # noqa: A002 - Stripe's field name
+        error_type: str = "invalid_request_error",
         code: str | None = None,
         param: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
-        self.type = type
+        self.type = error_type
         self.code = code
         self.param = param
 
@@ -158,13 +158,13 @@ class _APIError(Exception):
 
 
 def _missing(param: str) -> _APIError:
-    return _APIError(400, f"Missing required param: {param}.", code="parameter_missing", param=param)
+    return _APIError(
+        400, f"Missing required param: {param}.", code="parameter_missing", param=param
+    )
 
 
 def _no_such(kind: str, obj_id: str, *, param: str, status: int = 400) -> _APIError:
-    return _APIError(
-        status, f"No such {kind}: '{obj_id}'", code="resource_missing", param=param
-    )
+    return _APIError(status, f"No such {kind}: '{obj_id}'", code="resource_missing", param=param)
 
 
 def _not_editable(message: str) -> _APIError:
@@ -332,9 +332,7 @@ def _merge_metadata(existing: dict[str, str], value: Any) -> dict[str, str]:
         else:
             merged[key] = val
     if len(merged) > 50:
-        raise _APIError(
-            400, "You can specify up to 50 keys in metadata.", param="metadata"
-        )
+        raise _APIError(400, "You can specify up to 50 keys in metadata.", param="metadata")
     return merged
 
 
@@ -434,7 +432,9 @@ _ROUTES: tuple[_Route, ...] = (
         "InvoiceItemListParams",
         "customer ending_before invoice limit pending starting_after",
     ),
-    _route("GET", "/v1/invoiceitems/{id}", "_retrieve_invoice_item", "InvoiceItemRetrieveParams", ""),
+    _route(
+        "GET", "/v1/invoiceitems/{id}", "_retrieve_invoice_item", "InvoiceItemRetrieveParams", ""
+    ),
     _route(
         "POST",
         "/v1/invoices",
@@ -477,15 +477,16 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like the SDK's requests session expects
     server_version = "FakeStripe/1.0"
     timeout = 30  # idle keep-alive connections eventually release their thread
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
     server: _Server
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
+    def do_GET(self) -> None:
         self._handle("GET")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._handle("POST")
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         self._handle("DELETE")
 
     def _handle(self, method: str) -> None:
@@ -505,7 +506,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # keep test output quiet; everything is in FakeStripe.calls
 
 
@@ -669,13 +670,19 @@ class FakeStripe:
             "Request-Id": request_id,
             "Stripe-Version": headers.get("Stripe-Version") or API_VERSION,
         }
+        if idem_key:
+            extra["Idempotency-Key"] = idem_key
         with self._lock:
             call = RecordedCall(method, path, params, idem_key, request_id=request_id)
             self.calls.append(call)
             failure = self._failures.popleft() if self._failures else None
             if failure is not None and not failure.commit:
                 return self._inject(call, failure, extra)
-            status, payload = self._process(call, headers, body, extra)
+            try:
+                status, payload = self._process(call, headers, body, extra)
+            except Exception as exc:  # a bug in the fake: answer 500 instead of hanging up
+                err = _APIError(500, f"FakeStripe internal error: {exc!r}", error_type="api_error")
+                status, payload = err.status, json.dumps(err.body())
             if failure is not None:
                 return self._inject(call, failure, extra)
             call.status = status
@@ -688,13 +695,14 @@ class FakeStripe:
         call.injected_failure = True
         call.status = failure.status
         extra.pop("Idempotent-Replayed", None)
+        extra.pop("Original-Request", None)
         if failure.status == _DROP_CONNECTION:
             call.response = None
             return None
         err = _APIError(
             failure.status,
             f"Simulated failure injected by FakeStripe.fail_next (HTTP {failure.status}).",
-            type="api_error" if failure.status >= 500 else "invalid_request_error",
+            error_type="api_error" if failure.status >= 500 else "invalid_request_error",
             code="rate_limit" if failure.status == 429 else None,
         )
         call.response = err.body()
@@ -757,10 +765,7 @@ class FakeStripe:
                 "YOUR_SECRET_KEY').",
             )
         scheme, _, token = header.partition(" ")
-        if scheme.lower() == "basic":
-            import base64
-            import binascii
-
+        if scheme.lower() == "basic":  # curl -u sk_test_...:
             try:
                 token = base64.b64decode(token).decode("utf-8").partition(":")[0]
             except (binascii.Error, UnicodeDecodeError):
@@ -773,13 +778,10 @@ class FakeStripe:
         return None
 
     def _route(self, call: RecordedCall) -> tuple[int, dict[str, Any]]:
-        path_matched = False
+        # Like Stripe, an unknown path and a known path with the wrong verb are both 404s.
         for route in _ROUTES:
             m = route.pattern.match(call.path)
-            if not m:
-                continue
-            path_matched = True
-            if route.method != call.method:
+            if not m or route.method != call.method:
                 continue
             allowed = _allowed_params(route.params_class)
             for name in call.params:
@@ -791,16 +793,11 @@ class FakeStripe:
                         param=name,
                     )
             if call.params.get("expand"):
-                raise _APIError(
-                    400, "FakeStripe does not support `expand`.", param="expand"
-                )
-            call.ignored_params = sorted(
-                set(call.params) - route.used - {"expand"}
-            )
+                raise _APIError(400, "FakeStripe does not support `expand`.", param="expand")
+            call.ignored_params = sorted(set(call.params) - route.used - {"expand"})
             handler: Callable[..., dict[str, Any]] = getattr(self, route.handler)
             args = [m.group("id")] if "id" in route.pattern.groupindex else []
             return 200, handler(*args, call.params)
-        del path_matched  # Stripe answers 404 for both unknown paths and unknown methods
         raise _APIError(
             404,
             f"Unrecognized request URL ({call.method}: {call.path}). Please see "
@@ -1008,11 +1005,18 @@ class FakeStripe:
                 "You may only specify one of these parameters: quantity, quantity_decimal.",
                 param="quantity",
             )
+        if amount is not None and (quantity is not None or quantity_dec is not None):
+            raise _APIError(
+                400,
+                "`amount` is the item's total; to bill a quantity pass `unit_amount_decimal` "
+                "with `quantity` (FakeStripe rejects amount + quantity).",
+                param="quantity",
+            )
         if quantity is not None and quantity < 0:
             raise _APIError(400, "This value must be greater than or equal to 0.", param="quantity")
         qty = Decimal(quantity) if quantity is not None else (quantity_dec or Decimal(1))
         if amount is not None:
-            unit = Decimal(amount) / qty if qty else Decimal(amount)
+            unit = Decimal(amount)
             total = amount
         elif unit is not None:
             total = int((unit * qty).quantize(Decimal(1), rounding=ROUND_HALF_UP))
@@ -1023,11 +1027,12 @@ class FakeStripe:
         period = _get_dict(p, "period")
         start = end = now
         if period is not None:
-            start = _get_int(period, "start", required=True) or 0
-            end = _get_int(period, "end", required=True) or 0
+            start = _period_bound(period, "start")
+            end = _period_bound(period, "end")
             if end < start:
                 raise _APIError(
-                    400, "The period end must be greater than or equal to the period start.",
+                    400,
+                    "The period end must be greater than or equal to the period start.",
                     param="period[end]",
                 )
         discountable = _get_bool(p, "discountable")
@@ -1164,9 +1169,9 @@ class FakeStripe:
             "default_tax_rates": [],
             "description": _get_nullable_str(p, "description"),
             "discounts": [],
-            "due_date": due_date if due_date is not None else (
-                now + days * 86400 if days is not None else None
-            ),
+            "due_date": due_date
+            if due_date is not None
+            else (now + days * 86400 if days is not None else None),
             "effective_at": None,
             "ending_balance": None,
             "footer": _get_nullable_str(p, "footer") or cus["invoice_settings"]["footer"],
@@ -1213,7 +1218,7 @@ class FakeStripe:
             "total_excluding_tax": 0,
             "total_pretax_credit_amounts": [],
             "total_taxes": [],
-            "webhooks_delivered_at": now,
+            "webhooks_delivered_at": None,
         }
         self.invoices[inv["id"]] = inv
         if behavior == "include":
@@ -1383,9 +1388,6 @@ class FakeStripe:
         inv["total"] = inv["total_excluding_tax"] = subtotal
         inv["amount_due"] = max(subtotal + inv["starting_balance"], 0)
         inv["amount_remaining"] = inv["amount_due"] - inv["amount_paid"]
-        if inv["period_start"] is not None and lines:
-            inv["period_start"] = min(line["period"]["start"] for line in lines)
-            inv["period_end"] = max(line["period"]["end"] for line in lines)
         cus = self.customers[inv["customer"]]
         inv["customer_address"] = copy.deepcopy(cus["address"])
         inv["customer_email"] = cus["email"]
@@ -1393,6 +1395,17 @@ class FakeStripe:
         inv["customer_phone"] = cus["phone"]
         inv["customer_shipping"] = copy.deepcopy(cus["shipping"])
         inv["customer_tax_exempt"] = cus["tax_exempt"]
+
+
+def _period_bound(period: dict[str, Any], name: str) -> int:
+    try:
+        value = _get_int(period, name, required=True)
+    except _APIError as err:
+        err.param = f"period[{name}]"
+        err.message = err.message.replace(f"param: {name}", f"param: period[{name}]")
+        raise
+    assert value is not None
+    return value
 
 
 def _decimal_str(value: Decimal) -> str:
@@ -1406,9 +1419,7 @@ def _paginate(objects: list[dict[str, Any]], p: dict[str, Any], url: str) -> dic
     if limit is None:
         limit = 10
     if not 1 <= limit <= 100:
-        raise _APIError(
-            400, "This value must be between 1 and 100 (inclusive).", param="limit"
-        )
+        raise _APIError(400, "This value must be between 1 and 100 (inclusive).", param="limit")
     ids = [o["id"] for o in objects]
     after = _get_str(p, "starting_after")
     before = _get_str(p, "ending_before")
