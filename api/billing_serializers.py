@@ -3,22 +3,17 @@
 Money goes out as strings: `amount` in major units rounded as invoiced, `amount_minor` as an
 integer, and `amount_exact` with every decimal the engine kept (never a float)."""
 
-from decimal import Decimal
 from typing import Any
 
 from rest_framework import serializers
 
 from billing import pricing
+from billing.currency import decimal_text as exact
 from billing.currency import from_minor, is_known_currency
 from billing.models import Plan, PlanVersion, PriceComponent, Subscription
 from billing.services import PeriodRating
 
 MONEY = {"max_digits": 38, "decimal_places": 12, "coerce_to_string": True}
-
-
-def exact(value: Decimal) -> str:
-    """A Decimal as plain digits without trailing zeros (never scientific notation)."""
-    return format(value.normalize(), "f")
 
 
 def rated_line_data(line: pricing.RatedLine, currency: str) -> dict[str, Any]:

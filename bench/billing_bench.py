@@ -48,11 +48,11 @@ def main() -> None:
     import django
 
     django.setup()
-    import config.urls  # noqa: F401 - load every module now, not mid-measurement
     from django.core.management import call_command
     from django.db import connection
     from django.test import Client
 
+    import config.urls  # noqa: F401 - load every module now, not mid-measurement
     from billing.periods import Period
     from billing.services import (
         invoice_preview,

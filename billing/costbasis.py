@@ -32,7 +32,7 @@ Invariants
   (rates, prices and counts >= 0; speeds, years > 0; utilization in (0, 1]); anything
   else is a ``ValueError``.
 - Precision: sums and products run in a private 100-digit context that traps
-  ``Inexact``, so they are exact (or raise). Each function performs at most ONE
+  ``Inexact``, so they are exact (or raise). Each returned value comes from at most ONE
   division, in a private 50-significant-digit context with ROUND_HALF_EVEN; a result is
   therefore the exact quotient rounded once to 50 significant digits, and exact whenever
   that quotient terminates within 50 digits. Nothing here quantizes to currency: the
@@ -153,9 +153,14 @@ def _count(value: object, what: str) -> int:
     return value
 
 
+def _missing_fields(values: Iterable[tuple[str, object]]) -> list[str]:
+    """The names of the ``(name, value)`` pairs whose value is ``None``, in order."""
+    return [name for name, value in values if value is None]
+
+
 def _require_present(values: Iterable[tuple[str, object]], accelerator: str) -> None:
     """Raise ``MissingCostData`` naming every field whose value is ``None``."""
-    missing = [name for name, value in values if value is None]
+    missing = _missing_fields(values)
     if missing:
         raise MissingCostData(missing, accelerator)
 
@@ -205,11 +210,14 @@ def load_catalogue(path: Path | None = None) -> list[CatalogueRow]:
     """Every row of the accelerator catalogue, in file order.
 
     ``path`` defaults to the packaged ``billing/data/accelerators.csv``. ``null`` or an
-    empty cell in a numeric column parses to ``None``. A file with other columns, a
-    duplicate or empty key, or an empty source is refused (``ValueError``).
+    empty cell in a numeric column parses to ``None``. A file with other columns, a row
+    with too few or too many cells, a duplicate or empty key, a negative or malformed
+    number, or an empty source is refused (``ValueError``).
     """
     if path is None:
-        text = resources.files("billing.data").joinpath("accelerators.csv").read_text(encoding="utf-8")
+        text = (
+            resources.files("billing.data").joinpath("accelerators.csv").read_text(encoding="utf-8")
+        )
     else:
         text = path.read_text(encoding="utf-8")
     reader = csv.DictReader(io.StringIO(text, newline=""))
@@ -220,6 +228,8 @@ def load_catalogue(path: Path | None = None) -> list[CatalogueRow]:
     for line_number, record in enumerate(reader, start=2):
         key = (record["accelerator"] or "").strip()
         where = f"line {line_number} ({key or 'no key'})"
+        if None in record or None in record.values():  # DictReader's marks for a ragged row
+            raise ValueError(f"{where}: expected {len(CATALOGUE_COLUMNS)} columns")
         if not key:
             raise ValueError(f"{where}: empty accelerator key")
         if key in seen:
@@ -316,7 +326,9 @@ class Throughput:
         _non_negative(self.cache_write_factor, "cache_write_factor")
 
 
-def _per_million(numerator_usd_per_hour: Decimal, tokens_per_s: Decimal, utilization: Decimal) -> Decimal:
+def _per_million(
+    numerator_usd_per_hour: Decimal, tokens_per_s: Decimal, utilization: Decimal
+) -> Decimal:
     with decimal.localcontext(_EXACT):
         numerator = numerator_usd_per_hour * TOKENS_PER_PRICE_UNIT
         denominator = tokens_per_s * SECONDS_PER_HOUR * utilization
@@ -472,6 +484,6 @@ def catalogue_cost_per_million_output(row: CatalogueRow, utilization: Decimal) -
     throughput; ``MissingCostData`` naming whichever of the two is null."""
     hourly, tokens_per_s = row.hourly_usd, row.output_tokens_per_s
     if hourly is None or tokens_per_s is None:
-        _require_present([("hourly_usd", hourly), ("output_tokens_per_s", tokens_per_s)], row.key)
-        raise AssertionError("unreachable")  # _require_present raised
+        fields = [("hourly_usd", hourly), ("output_tokens_per_s", tokens_per_s)]
+        raise MissingCostData(_missing_fields(fields), row.key)
     return cost_per_million(hourly, tokens_per_s, utilization)

@@ -119,3 +119,9 @@ def from_minor(minor: int, currency: str) -> Decimal:
         .scaleb(-exponent, context=_CONTEXT)
         .quantize(Decimal(1).scaleb(-exponent), context=_CONTEXT)
     )
+
+
+def decimal_text(value: Decimal) -> str:
+    """An exact Decimal as plain digits without trailing zeros, never in scientific
+    notation ("4.000000000000" -> "4", "0E-12" -> "0", "61.730" -> "61.73")."""
+    return format(value.normalize(), "f")

@@ -23,7 +23,7 @@ from django.db.models import Q, Sum
 from django.utils import timezone
 
 from billing import pricing
-from billing.currency import from_minor
+from billing.currency import decimal_text, from_minor
 from billing.models import CreditNote, Invoice, InvoiceLine, InvoiceSequence, PlanVersion
 from billing.periods import Period, period_containing
 from billing.proration import prorate_plan
@@ -70,10 +70,10 @@ def _tiers_data(tiers: tuple[pricing.TierCharge, ...]) -> list[dict[str, Any]]:
     return [
         {
             "tier": t.tier_index,
-            "quantity": str(t.quantity),
-            "unit_price": str(t.unit_price),
-            "flat_fee": str(t.flat_fee),
-            "amount": str(t.amount),
+            "quantity": decimal_text(t.quantity),
+            "unit_price": decimal_text(t.unit_price),
+            "flat_fee": decimal_text(t.flat_fee),
+            "amount": decimal_text(t.amount),
         }
         for t in tiers
     ]

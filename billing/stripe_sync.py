@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from billing.invoicing import invoice_record_payment_failure, invoice_transition
+from billing.invoicing import checkpoint, invoice_record_payment_failure, invoice_transition
 from billing.models import Invoice, StripeCustomer, StripeEvent
 from metering.errors import ApplicationError
 from metering.models import Tenant
@@ -111,6 +111,7 @@ def invoice_sync_stripe(*, invoice_id: int) -> Invoice | None:
         )
         line.stripe_invoice_item_id = item.id
         line.save(update_fields=["stripe_invoice_item_id"])
+        checkpoint("stripe_item_pushed")
     remote = client.v1.invoices.retrieve(invoice.stripe_invoice_id)
     if remote.status == "draft":
         client.v1.invoices.finalize_invoice(

@@ -242,7 +242,7 @@ class Simulator:
             milliseconds = Decimal(-1)
         if not milliseconds.is_finite() or milliseconds < 0:
             raise ValueError("x-sim-token-delay-ms must be a non-negative number of milliseconds.")
-        return float(milliseconds / 1000)
+        return float(milliseconds / 1000)  # float-ok: a sleep duration, not money or tokens
 
     async def _generate_then_send_json(
         self,
@@ -476,7 +476,7 @@ def create_app(
         seconds = Decimal(str(token_delay_s))
         if not seconds.is_finite() or seconds < 0:
             raise ValueError("token_delay_s must be a non-negative number of seconds")
-        delay = float(seconds)
+        delay = float(seconds)  # float-ok: a sleep duration
     error_logger = logging.getLogger("uvicorn.error")
     if not any(isinstance(existing, _HideStreamCut) for existing in error_logger.filters):
         error_logger.addFilter(_HideStreamCut())

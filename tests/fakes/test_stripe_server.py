@@ -34,7 +34,7 @@ def client(fake: FakeStripe) -> stripe.StripeClient:
 
 
 def _customer(client: stripe.StripeClient, **params: object) -> stripe.Customer:
-    return client.v1.customers.create({"name": "Acme", **params})  # type: ignore[typeddict-item]
+    return client.v1.customers.create({"name": "Acme", **params})
 
 
 # --------------------------------------------------------------------------- lifecycle
@@ -324,10 +324,10 @@ def test_validation_errors(fake: FakeStripe, client: stripe.StripeClient) -> Non
         client.v1.invoices.create({})
     assert exc.value.code == "parameter_missing" and exc.value.param == "customer"
     with pytest.raises(stripe.InvalidRequestError) as exc:
-        client.v1.invoices.create({"customer": cus.id, "bogus": "1"})  # type: ignore[typeddict-unknown-key]
+        client.v1.invoices.create({"customer": cus.id, "bogus": "1"})
     assert exc.value.code == "parameter_unknown" and exc.value.param == "bogus"
     with pytest.raises(stripe.InvalidRequestError) as exc:
-        client.v1.invoice_items.create({"customer": cus.id, "amount": "ten", "currency": "usd"})  # type: ignore[typeddict-item]
+        client.v1.invoice_items.create({"customer": cus.id, "amount": "ten", "currency": "usd"})
     assert exc.value.code == "parameter_invalid_integer"
     with pytest.raises(stripe.InvalidRequestError):
         client.v1.invoices.create({"customer": cus.id, "days_until_due": 30})
@@ -370,8 +370,8 @@ def test_idempotent_replay_returns_same_object_without_side_effect(
     fake: FakeStripe, client: stripe.StripeClient
 ) -> None:
     params = {"name": "Acme", "metadata": {"tenant_id": "7"}}
-    first = client.v1.customers.create(params, {"idempotency_key": "cust-7"})  # type: ignore[arg-type]
-    again = client.v1.customers.create(params, {"idempotency_key": "cust-7"})  # type: ignore[arg-type]
+    first = client.v1.customers.create(params, {"idempotency_key": "cust-7"})
+    again = client.v1.customers.create(params, {"idempotency_key": "cust-7"})
     assert again.id == first.id
     assert again.to_dict() == first.to_dict()
     assert list(fake.customers) == [first.id]
@@ -387,8 +387,8 @@ def test_idempotent_replay_returns_same_object_without_side_effect(
 
     inv = client.v1.invoices.create({"customer": first.id})
     item_params = {"customer": first.id, "invoice": inv.id, "amount": 10, "currency": "usd"}
-    one = client.v1.invoice_items.create(item_params, {"idempotency_key": "ii-1"})  # type: ignore[arg-type]
-    two = client.v1.invoice_items.create(item_params, {"idempotency_key": "ii-1"})  # type: ignore[arg-type]
+    one = client.v1.invoice_items.create(item_params, {"idempotency_key": "ii-1"})
+    two = client.v1.invoice_items.create(item_params, {"idempotency_key": "ii-1"})
     assert one.id == two.id
     assert len(fake.invoice_items) == 1
     assert fake.invoices[inv.id]["total"] == 10

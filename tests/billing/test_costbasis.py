@@ -1,0 +1,499 @@
+"""The hardware cost basis (billing.costbasis): the reference table, owned and rented
+hourly cost, per-class costs, refusals on missing data, margins, and properties.
+
+Full-precision checks compare against exact rationals (``fractions.Fraction``): every
+function rounds once to 50 significant digits, so its relative error is below 1e-49.
+"""
+
+import decimal
+from decimal import ROUND_HALF_UP, Decimal
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from billing.costbasis import (
+    DEFAULT_POWER_USD_PER_KWH,
+    DEFAULT_PUE,
+    DEFAULT_UTILIZATION,
+    HOURS_PER_YEAR,
+    TOKEN_CLASSES,
+    CatalogueRow,
+    ClassCosts,
+    MarginPolicy,
+    MissingCostData,
+    OwnedCost,
+    RentedCost,
+    Throughput,
+    catalogue_cost_per_million_output,
+    class_costs,
+    cost_per_million,
+    floor_price,
+    floor_prices,
+    gross_margin,
+    hourly_cost,
+    load_catalogue,
+    reasoning_share_of_cost,
+    usage_cost,
+)
+
+REFERENCE_CSV = Path("/work/shared/reference/accelerators.csv")
+PACKAGED_CSV = Path(__file__).resolve().parents[2] / "billing" / "data" / "accelerators.csv"
+ONE_ULP_AT_50 = Fraction(1, 10**49)  # bound on the relative error of one 50-digit rounding
+
+
+def _close(value: Decimal, exact: Fraction) -> bool:
+    """``value`` equals the exact rational up to one rounding to 50 significant digits."""
+    if exact == 0:
+        return value == 0
+    return abs(Fraction(value) - exact) <= abs(exact) * ONE_ULP_AT_50
+
+
+def _d3(value: Decimal) -> Decimal:
+    return value.quantize(Decimal("0.001"), rounding=ROUND_HALF_UP)
+
+
+@pytest.fixture(scope="module")
+def catalogue() -> dict[str, CatalogueRow]:
+    return {row.key: row for row in load_catalogue()}
+
+
+# --- The catalogue ----------------------------------------------------------------------
+
+
+def test_packaged_csv_is_a_byte_for_byte_copy_of_the_reference() -> None:
+    if not REFERENCE_CSV.exists():
+        pytest.skip("reference copy not available on this machine")
+    assert PACKAGED_CSV.read_bytes() == REFERENCE_CSV.read_bytes()
+
+
+def test_catalogue_loads_every_row_with_unique_keys_and_sources() -> None:
+    rows = load_catalogue()
+    data_lines = PACKAGED_CSV.read_text(encoding="utf-8").splitlines()[1:]
+    assert len(rows) == 14 == len(data_lines)
+    keys = [row.key for row in rows]
+    assert len(set(keys)) == len(keys)
+    assert keys[0] == "nvidia-h100-sxm" and keys[-1] == "aws-trainium2"
+    assert all(row.source.strip() for row in rows)
+    assert {row.vendor for row in rows} == {"nvidia", "amd", "intel", "google", "aws"}
+
+
+def test_catalogue_parses_values_and_nulls(catalogue: dict[str, CatalogueRow]) -> None:
+    h100 = catalogue["nvidia-h100-sxm"]
+    assert h100 == CatalogueRow(
+        key="nvidia-h100-sxm",
+        hourly_usd=Decimal("3.49"),
+        tdp_watts=700,
+        memory_gb=80,
+        example_model="llama2-70b MLPerf v5.0 offline (8x DGX H100 31306.8/8)",
+        output_tokens_per_s=Decimal(3913),
+        source=(
+            "price: RunPod Secure via tgarg01/silybench-data 2026-09-25; "
+            "tput: mlcommons inference_results_v5.0 closed/NVIDIA DGX-H100 llama2-70b-99"
+        ),
+    )
+    assert h100.vendor == "nvidia"
+    assert catalogue["aws-trainium2"].hourly_usd == Decimal("2.235")
+    assert catalogue["intel-gaudi3"].hourly_usd is None
+    assert catalogue["nvidia-l4"].output_tokens_per_s is None
+    assert catalogue["nvidia-l4"].example_model == ""
+    assert catalogue["google-tpu-v5e"].tdp_watts is None
+    assert catalogue["google-tpu-v5e"].output_tokens_per_s is None
+
+
+def test_load_catalogue_from_a_path_and_refusals(tmp_path: Path) -> None:
+    header = "accelerator,hourly_usd,tdp_watts,memory_gb,example_model,output_tokens_per_s,source\n"
+    good = tmp_path / "good.csv"
+    good.write_text(header + "amd-x,1.5,,64,m,null,src\n", encoding="utf-8")
+    (row,) = load_catalogue(good)
+    assert row.hourly_usd == Decimal("1.5") and row.tdp_watts is None
+    assert row.output_tokens_per_s is None and row.vendor == "amd"
+
+    for name, body in {
+        "duplicate": header + "a-x,1,1,1,m,1,s\na-x,1,1,1,m,1,s\n",
+        "no_source": header + "a-x,1,1,1,m,1,\n",
+        "bad_number": header + "a-x,abc,1,1,m,1,s\n",
+        "negative": header + "a-x,-1,1,1,m,1,s\n",
+        "bad_header": "key,hourly_usd\na-x,1\n",
+        "short_row": header + "a-x,1,1,1,m,1\n",
+        "long_row": header + "a-x,1,1,1,m,1,s,extra\n",
+    }.items():
+        path = tmp_path / f"{name}.csv"
+        path.write_text(body, encoding="utf-8")
+        with pytest.raises(ValueError):
+            load_catalogue(path)
+
+
+# --- The reference table ----------------------------------------------------------------
+
+REFERENCE_TABLE = [
+    # key, at 100% utilization, at 60%  (cost-basis.md, "Implied cost per 1M output tokens")
+    ("nvidia-h100-sxm", "0.248", "0.413"),
+    ("nvidia-h200-sxm", "0.291", "0.486"),
+    ("nvidia-b200", "0.153", "0.254"),
+    ("amd-mi300x", "0.175", "0.291"),
+    ("amd-mi325x", "0.128", "0.213"),
+]
+
+
+@pytest.mark.parametrize(("key", "full", "sixty"), REFERENCE_TABLE)
+def test_reference_table_of_cost_per_million_output(
+    catalogue: dict[str, CatalogueRow], key: str, full: str, sixty: str
+) -> None:
+    row = catalogue[key]
+    assert _d3(catalogue_cost_per_million_output(row, Decimal(1))) == Decimal(full)
+    assert _d3(catalogue_cost_per_million_output(row, Decimal("0.6"))) == Decimal(sixty)
+    assert _d3(catalogue_cost_per_million_output(row, DEFAULT_UTILIZATION)) == Decimal(sixty)
+
+
+def test_h100_cost_per_million_at_full_precision(catalogue: dict[str, CatalogueRow]) -> None:
+    result = catalogue_cost_per_million_output(catalogue["nvidia-h100-sxm"], Decimal(1))
+    # 3.49 / (3913 * 3600) * 1e6 = 3_490_000 / 14_086_800, rounded once to 50 digits.
+    assert _close(result, Fraction(3_490_000, 14_086_800))
+    assert len(result.as_tuple().digits) == 50
+    # The exact quotient is 0.2477496663543175171082147826333872845500752477496|6635...
+    # (repeating), so the 50th significant digit rounds up.
+    assert result == Decimal("0.24774966635431751710821478263338728455007524774967")
+    with decimal.localcontext(prec=50):
+        assert abs(result * 3913 * 3600 - Decimal("3.49") * 1_000_000) < Decimal("1e-40")
+    at_sixty = cost_per_million(Decimal("3.49"), Decimal(3913), Decimal("0.6"))
+    assert _close(at_sixty, Fraction(3_490_000, 14_086_800) / Fraction(3, 5))
+
+
+def test_cost_per_million_terminating_quotient_is_exact() -> None:
+    # 3.60 $/h at 1000 tok/s, fully busy: 3.6e6 / 3.6e6 = exactly 1.
+    assert cost_per_million(Decimal("3.60"), Decimal(1000), Decimal(1)) == Decimal(1)
+    assert cost_per_million(Decimal("3.60"), Decimal(1000), Decimal("0.5")) == Decimal(2)
+    assert cost_per_million(Decimal(0), Decimal(1000), Decimal("0.5")) == 0
+
+
+def test_cost_per_million_ignores_the_callers_context() -> None:
+    expected = cost_per_million(Decimal("3.49"), Decimal(3913), Decimal("0.6"))
+    with decimal.localcontext(prec=3, rounding=decimal.ROUND_DOWN):
+        assert cost_per_million(Decimal("3.49"), Decimal(3913), Decimal("0.6")) == expected
+
+
+@pytest.mark.parametrize(
+    ("hourly", "tokens_per_s", "utilization"),
+    [
+        (Decimal(1), Decimal(0), Decimal("0.6")),
+        (Decimal(1), Decimal(-5), Decimal("0.6")),
+        (Decimal(1), Decimal(100), Decimal(0)),
+        (Decimal(1), Decimal(100), Decimal("1.01")),
+        (Decimal(-1), Decimal(100), Decimal("0.6")),
+        (Decimal("NaN"), Decimal(100), Decimal("0.6")),
+        (1.5, Decimal(100), Decimal("0.6")),
+        (Decimal(1), Decimal(100), True),
+    ],
+)
+def test_cost_per_million_refuses_bad_inputs(
+    hourly: object, tokens_per_s: object, utilization: object
+) -> None:
+    with pytest.raises(ValueError):
+        cost_per_million(hourly, tokens_per_s, utilization)  # type: ignore[arg-type]
+
+
+# --- Missing data is refused ------------------------------------------------------------
+
+
+def test_gaudi3_without_a_price_refuses(catalogue: dict[str, CatalogueRow]) -> None:
+    row = catalogue["intel-gaudi3"]
+    with pytest.raises(MissingCostData) as caught:
+        catalogue_cost_per_million_output(row, DEFAULT_UTILIZATION)
+    assert caught.value.fields == ("hourly_usd",)
+    assert caught.value.accelerator == "intel-gaudi3"
+    assert "hourly_usd" in str(caught.value) and "intel-gaudi3" in str(caught.value)
+    with pytest.raises(MissingCostData, match="hourly_usd"):
+        hourly_cost(RentedCost(row.hourly_usd), accelerator=row.key)
+
+
+def test_l4_without_throughput_refuses(catalogue: dict[str, CatalogueRow]) -> None:
+    row = catalogue["nvidia-l4"]
+    with pytest.raises(MissingCostData) as caught:
+        catalogue_cost_per_million_output(row, DEFAULT_UTILIZATION)
+    assert caught.value.fields == ("output_tokens_per_s",)
+    assert "output_tokens_per_s" in str(caught.value) and "nvidia-l4" in str(caught.value)
+    assert hourly_cost(RentedCost(row.hourly_usd), accelerator=row.key) == Decimal("0.80")
+
+
+def test_both_missing_are_named_together() -> None:
+    row = CatalogueRow("x-y", None, None, None, "", None, "src")
+    with pytest.raises(MissingCostData) as caught:
+        catalogue_cost_per_million_output(row, Decimal(1))
+    assert caught.value.fields == ("hourly_usd", "output_tokens_per_s")
+
+
+def test_tpu_v5e_tdp_null_matters_only_when_owned(catalogue: dict[str, CatalogueRow]) -> None:
+    row = catalogue["google-tpu-v5e"]
+    assert hourly_cost(RentedCost(row.hourly_usd), accelerator=row.key) == Decimal("1.20")
+    owned = OwnedCost(
+        purchase_price_usd=Decimal(10_000), amortization_years=Decimal(4), tdp_watts=row.tdp_watts
+    )
+    with pytest.raises(MissingCostData) as caught:
+        hourly_cost(owned, accelerator=row.key)
+    assert caught.value.fields == ("tdp_watts",)
+    assert caught.value.accelerator == "google-tpu-v5e"
+
+
+def test_owned_cost_names_every_missing_field() -> None:
+    with pytest.raises(MissingCostData) as caught:
+        hourly_cost(OwnedCost(None, None, None))
+    assert caught.value.fields == ("purchase_price_usd", "amortization_years", "tdp_watts")
+    assert caught.value.accelerator == ""
+    assert isinstance(caught.value, ValueError)
+
+
+# --- Cost per accelerator-hour ----------------------------------------------------------
+
+
+def test_a_700w_part_adds_about_nine_cents_an_hour_of_energy() -> None:
+    assert DEFAULT_PUE == Decimal("1.56") and DEFAULT_POWER_USD_PER_KWH == Decimal("0.08")
+    energy_only = hourly_cost(OwnedCost(Decimal(0), Decimal(1), 700))
+    assert energy_only == Decimal("0.7") * Decimal("1.56") * Decimal("0.08")
+    assert energy_only == Decimal("0.087360")
+    assert energy_only.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP) == Decimal("0.09")
+
+
+def test_owned_cost_worked_example_exact() -> None:
+    # $31,536 over 4 years: 31536 / (4 * 8760) = 0.9 $/h; energy 0.7 * 1.56 * 0.08 =
+    # 0.08736 $/h; other opex 0.15 $/h: 1.13736 $/h exactly.
+    basis = OwnedCost(
+        purchase_price_usd=Decimal(31_536),
+        amortization_years=Decimal(4),
+        tdp_watts=700,
+        other_opex_per_hour=Decimal("0.15"),
+    )
+    assert HOURS_PER_YEAR == 8760
+    assert hourly_cost(basis, accelerator="nvidia-h100-sxm") == Decimal("1.137360")
+
+
+def test_owned_cost_non_terminating_example() -> None:
+    # $30,000 over 4 years at 1000 W, PUE 1.2, $0.10/kWh, $0.05/h opex:
+    # 30000/35040 + 1.0*1.2*0.10 + 0.05, rounded once.
+    basis = OwnedCost(
+        purchase_price_usd=Decimal(30_000),
+        amortization_years=Decimal(4),
+        tdp_watts=1000,
+        power_usd_per_kwh=Decimal("0.10"),
+        pue=Decimal("1.2"),
+        other_opex_per_hour=Decimal("0.05"),
+    )
+    exact = Fraction(30_000, 35_040) + Fraction("0.12") + Fraction("0.05")
+    assert _close(hourly_cost(basis), exact)
+
+
+def test_owned_cost_refuses_zero_years_and_floats() -> None:
+    with pytest.raises(ValueError):
+        hourly_cost(OwnedCost(Decimal(1), Decimal(0), 700))
+    with pytest.raises(ValueError):
+        hourly_cost(OwnedCost(Decimal(1), Decimal(1), 700, pue=1.5))  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        hourly_cost(RentedCost(Decimal(-1)))
+
+
+# --- Per-class costs --------------------------------------------------------------------
+
+
+def test_class_costs_worked_example() -> None:
+    # 3.60 $/h, decode 1000 tok/s, prefill 4000 tok/s, half busy.
+    costs = class_costs(Decimal("3.60"), Throughput(Decimal(1000), Decimal(4000), Decimal("0.5")))
+    assert costs == ClassCosts(
+        input=Decimal("0.5"),
+        cache_read=Decimal("0.05"),
+        cache_write=Decimal("0.625"),
+        output=Decimal(2),
+        reasoning=Decimal(2),
+    )
+    assert list(costs.as_dict()) == list(TOKEN_CLASSES)
+
+
+def test_reasoning_costs_exactly_what_output_costs() -> None:
+    costs = class_costs(Decimal("3.49"), Throughput(Decimal(3913), Decimal(11739)))
+    assert costs.reasoning == costs.output
+    assert costs.output == cost_per_million(Decimal("3.49"), Decimal(3913), DEFAULT_UTILIZATION)
+    assert costs.input == cost_per_million(Decimal("3.49"), Decimal(11739), DEFAULT_UTILIZATION)
+
+
+def test_cache_factors_scale_the_input_cost() -> None:
+    throughput = Throughput(
+        Decimal(3913),
+        Decimal(11739),
+        cache_read_factor=Decimal("0.3"),
+        cache_write_factor=Decimal("1.5"),
+    )
+    costs = class_costs(Decimal("3.49"), throughput)
+    exact_input = Fraction("3.49") * 10**6 / (11739 * 3600 * Fraction("0.6"))
+    assert _close(costs.input, exact_input)
+    assert _close(costs.cache_read, exact_input * Fraction("0.3"))
+    assert _close(costs.cache_write, exact_input * Fraction("1.5"))
+    defaults = class_costs(Decimal("3.49"), Throughput(Decimal(3913), Decimal(11739)))
+    assert _close(defaults.cache_read, exact_input * Fraction("0.1"))
+    assert _close(defaults.cache_write, exact_input * Fraction("1.25"))
+
+
+def test_missing_prefill_is_refused_not_guessed() -> None:
+    with pytest.raises(MissingCostData) as caught:
+        class_costs(Decimal("3.49"), Throughput(Decimal(3913), None), accelerator="nvidia-h100-sxm")
+    assert caught.value.fields == ("prefill_tokens_per_s",)
+    assert caught.value.accelerator == "nvidia-h100-sxm"
+    with pytest.raises(MissingCostData) as both:
+        class_costs(Decimal("3.49"), Throughput(None, None))
+    assert both.value.fields == ("decode_tokens_per_s", "prefill_tokens_per_s")
+
+
+def test_throughput_validates_its_ranges() -> None:
+    with pytest.raises(ValueError):
+        Throughput(Decimal(1), Decimal(1), utilization=Decimal("1.5"))
+    with pytest.raises(ValueError):
+        Throughput(Decimal(0), Decimal(1))
+    with pytest.raises(ValueError):
+        Throughput(Decimal(1), Decimal(1), cache_read_factor=Decimal("-0.1"))
+
+
+# --- Usage ------------------------------------------------------------------------------
+
+WORKED_COSTS = ClassCosts(
+    input=Decimal("0.5"),
+    cache_read=Decimal("0.05"),
+    cache_write=Decimal("0.625"),
+    output=Decimal(2),
+    reasoning=Decimal(2),
+)
+WORKED_TOKENS = {
+    "input": 1_000_000,  # 0.50
+    "cache_read": 2_000_000,  # 0.10
+    "cache_write": 400_000,  # 0.25
+    "output": 300_000,  # 0.60
+    "reasoning": 1_200_000,  # 2.40
+}
+
+
+def test_usage_cost_worked_vector() -> None:
+    assert usage_cost(WORKED_COSTS, WORKED_TOKENS) == Decimal("3.85")
+    assert usage_cost(WORKED_COSTS, {"reasoning": 1}) == Decimal("0.000002")
+    assert usage_cost(WORKED_COSTS, {}) == 0
+
+
+def test_usage_cost_is_exact_at_full_precision() -> None:
+    costs = class_costs(Decimal("3.49"), Throughput(Decimal(3913), Decimal(11739)))
+    tokens = {"input": 123_457, "cache_read": 9_876_543, "output": 31_337, "reasoning": 271_828}
+    exact = sum(Fraction(costs.as_dict()[c]) * n for c, n in tokens.items()) / 10**6
+    assert Fraction(usage_cost(costs, tokens)) == exact
+
+
+def test_reasoning_share_of_cost() -> None:
+    share = reasoning_share_of_cost(WORKED_COSTS, WORKED_TOKENS)
+    assert share is not None
+    assert _close(share, Fraction("2.40") / Fraction("3.85"))  # = 48/77
+    assert share.quantize(Decimal("0.0001")) == Decimal("0.6234")
+    assert reasoning_share_of_cost(WORKED_COSTS, {"reasoning": 5}) == 1
+    assert reasoning_share_of_cost(WORKED_COSTS, {"output": 5}) == 0
+    assert reasoning_share_of_cost(WORKED_COSTS, {}) is None
+    assert reasoning_share_of_cost(WORKED_COSTS, {"input": 0, "reasoning": 0}) is None
+
+
+def test_usage_refuses_unknown_classes_and_bad_counts() -> None:
+    with pytest.raises(ValueError, match="thinking"):
+        usage_cost(WORKED_COSTS, {"thinking": 1})
+    with pytest.raises(ValueError):
+        usage_cost(WORKED_COSTS, {"output": -1})
+    with pytest.raises(ValueError):
+        usage_cost(WORKED_COSTS, {"output": 1.0})  # type: ignore[dict-item]
+
+
+# --- Margin -----------------------------------------------------------------------------
+
+
+def test_floor_price() -> None:
+    assert floor_price(Decimal("0.413"), Decimal(0)) == Decimal("0.413")
+    assert floor_price(Decimal("0.413"), Decimal("0.5")) == Decimal("0.826")
+    assert floor_price(Decimal(3), Decimal("0.25")) == Decimal(4)
+    assert _close(floor_price(Decimal(1), Decimal("0.7")), Fraction(10, 3))
+    for bad in (Decimal(1), Decimal("1.2"), Decimal("-0.1")):
+        with pytest.raises(ValueError):
+            floor_price(Decimal(1), bad)
+
+
+def test_floor_prices_at_minimum_and_target() -> None:
+    hard_floor, list_guide = floor_prices(
+        WORKED_COSTS, MarginPolicy(target_margin=Decimal("0.5"), minimum_margin=Decimal("0.2"))
+    )
+    assert hard_floor == ClassCosts(
+        input=Decimal("0.625"),
+        cache_read=Decimal("0.0625"),
+        cache_write=Decimal("0.78125"),
+        output=Decimal("2.5"),
+        reasoning=Decimal("2.5"),
+    )
+    assert list_guide == ClassCosts(
+        input=Decimal(1),
+        cache_read=Decimal("0.1"),
+        cache_write=Decimal("1.25"),
+        output=Decimal(4),
+        reasoning=Decimal(4),
+    )
+
+
+def test_margin_policy_validates() -> None:
+    MarginPolicy(target_margin=Decimal("0.4"), minimum_margin=Decimal("0.4"))
+    for target, minimum in (("0.3", "0.4"), ("1", "0.2"), ("0.5", "-0.1")):
+        with pytest.raises(ValueError):
+            MarginPolicy(target_margin=Decimal(target), minimum_margin=Decimal(minimum))
+
+
+def test_gross_margin() -> None:
+    assert gross_margin(Decimal(10), Decimal(6)) == Decimal("0.4")
+    assert gross_margin(Decimal(5), Decimal(6)) == Decimal("-0.2")
+    assert gross_margin(Decimal(5), Decimal(0)) == 1
+    assert gross_margin(Decimal(0), Decimal(5)) is None
+    cost = Decimal("0.413")
+    assert gross_margin(floor_price(cost, Decimal("0.35")), cost) == Decimal("0.35")
+
+
+# --- Properties -------------------------------------------------------------------------
+
+positive_rates = st.decimals(min_value=Decimal("0.01"), max_value=Decimal(1000), places=2)
+speeds = st.decimals(min_value=Decimal("0.001"), max_value=Decimal(1_000_000), places=3)
+utilizations = st.decimals(min_value=Decimal("0.0001"), max_value=Decimal(1), places=4)
+costs = st.decimals(min_value=Decimal(0), max_value=Decimal(1_000_000), places=6)
+margins = st.decimals(min_value=Decimal(0), max_value=Decimal("0.9999"), places=4)
+
+
+@given(positive_rates, speeds, speeds, utilizations)
+def test_cost_per_million_decreases_with_speed(
+    hourly: Decimal, a: Decimal, b: Decimal, utilization: Decimal
+) -> None:
+    slow, fast = sorted((a, b))
+    at_slow = cost_per_million(hourly, slow, utilization)
+    at_fast = cost_per_million(hourly, fast, utilization)
+    assert at_slow > at_fast if slow < fast else at_slow == at_fast
+
+
+@given(positive_rates, speeds, utilizations, utilizations)
+def test_cost_per_million_decreases_with_utilization(
+    hourly: Decimal, tokens_per_s: Decimal, a: Decimal, b: Decimal
+) -> None:
+    low, high = sorted((a, b))
+    at_low = cost_per_million(hourly, tokens_per_s, low)
+    at_high = cost_per_million(hourly, tokens_per_s, high)
+    assert at_low > at_high if low < high else at_low == at_high
+
+
+@given(positive_rates, speeds, utilizations)
+def test_cost_per_million_is_the_formula_rounded_once(
+    hourly: Decimal, tokens_per_s: Decimal, utilization: Decimal
+) -> None:
+    exact = Fraction(hourly) * 10**6 / (Fraction(tokens_per_s) * 3600 * Fraction(utilization))
+    assert _close(cost_per_million(hourly, tokens_per_s, utilization), exact)
+
+
+@given(costs, margins)
+def test_floor_price_recovers_the_cost(cost: Decimal, margin: Decimal) -> None:
+    price = floor_price(cost, margin)
+    assert price >= cost
+    recovered = Fraction(price) * (1 - Fraction(margin))
+    assert abs(recovered - Fraction(cost)) <= Fraction(cost) * ONE_ULP_AT_50
+    with decimal.localcontext(prec=50):
+        assert abs(price * (1 - margin) - cost) <= cost * Decimal("1e-48")

@@ -1,0 +1,94 @@
+"""Invoices pushed to Stripe through the real stripe SDK, against a local fake Stripe."""
+
+from datetime import UTC, datetime
+
+import pytest
+
+from billing.invoicing import InjectedFault, period_close
+from billing.models import Invoice, StripeCustomer
+from billing.services import subscription_create
+from billing.stripe_sync import invoice_sync_stripe
+from tests.factories import ApiKeyFactory
+from tests.fakes.stripe_server import FakeStripe
+from tests.scenarios.test_invoicing_stories import SEP, use, version
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(scope="module")
+def fake():  # type: ignore[no-untyped-def]
+    with FakeStripe(api_key="sk_test_reckon") as server:
+        yield server
+
+
+@pytest.fixture
+def stripe_on(fake, settings):  # type: ignore[no-untyped-def]
+    fake.reset()
+    settings.STRIPE_API_KEY = fake.api_key
+    settings.STRIPE_API_BASE = fake.url
+    return fake
+
+
+def closed_invoice() -> Invoice:
+    key = ApiKeyFactory(tenant__name="Acme Reasoning GmbH")
+    subscription_create(
+        tenant=key.tenant, plan_version=version("standard", base="10", output="4.00"), starts_at=SEP
+    )
+    use(key, datetime(2026, 9, 5, tzinfo=UTC), output_tokens=1_000_000, reasoning_tokens=3_000_000)
+    return period_close(
+        tenant_id=key.tenant_id, period_start=SEP, as_of=datetime(2026, 10, 3, tzinfo=UTC)
+    )
+
+
+def test_push_creates_customer_items_and_finalizes(stripe_on) -> None:  # type: ignore[no-untyped-def]
+    invoice = closed_invoice()
+    synced = invoice_sync_stripe(invoice_id=invoice.pk)
+    assert synced is not None and synced.stripe_synced_at is not None
+    remote = stripe_on.invoices[synced.stripe_invoice_id]
+    assert remote["status"] == "open" and remote["auto_advance"] is False
+    assert remote["total"] == invoice.total_minor == 1000 + 400 + 600
+    assert remote["metadata"]["reckon_invoice_id"] == str(invoice.pk)
+    (customer,) = stripe_on.customers.values()
+    assert customer["name"] == "Acme Reasoning GmbH"
+    assert StripeCustomer.objects.get().stripe_customer_id == customer["id"]
+    items = sorted(i["amount"] for i in stripe_on.invoice_items.values())
+    assert items == [400, 600, 1000]  # zero lines are not sent
+    keys = [c.idempotency_key for c in stripe_on.calls if c.method == "POST"]
+    assert (
+        f"reckon-invoice-{invoice.pk}" in keys and f"reckon-invoice-finalize-{invoice.pk}" in keys
+    )
+    calls = len(stripe_on.calls)
+    invoice_sync_stripe(invoice_id=invoice.pk)  # already synced: no call at all
+    assert len(stripe_on.calls) == calls
+
+
+def test_lost_responses_and_dropped_connections_are_retried_with_the_same_keys(stripe_on) -> None:  # type: ignore[no-untyped-def]
+    invoice = closed_invoice()
+    stripe_on.fail_next(1, status=500, commit=True)  # the customer is created, its response lost
+    synced = invoice_sync_stripe(invoice_id=invoice.pk)
+    assert synced is not None and synced.stripe_synced_at is not None
+    replays = [c for c in stripe_on.calls if c.replayed]
+    assert [c.idempotency_key for c in replays] == [f"reckon-customer-{invoice.tenant_id}"]
+    assert len(stripe_on.customers) == 1 and len(stripe_on.invoice_items) == 3
+
+
+def test_push_crashing_mid_way_resumes_without_duplicates(stripe_on, settings) -> None:  # type: ignore[no-untyped-def]
+    invoice = closed_invoice()
+    settings.RECKON_FAULT_POINTS = frozenset({"stripe_item_pushed"})
+    with pytest.raises(InjectedFault):  # the worker dies after the first invoice item
+        invoice_sync_stripe(invoice_id=invoice.pk)
+    assert len(stripe_on.invoice_items) == 1
+    settings.RECKON_FAULT_POINTS = frozenset()
+    synced = invoice_sync_stripe(invoice_id=invoice.pk)
+    assert synced is not None and synced.stripe_synced_at is not None
+    assert len(stripe_on.customers) == 1 and len(stripe_on.invoices) == 1
+    assert len(stripe_on.invoice_items) == 3
+    assert stripe_on.invoices[synced.stripe_invoice_id]["total"] == invoice.total_minor
+
+
+def test_without_a_stripe_key_nothing_calls_stripe(fake, settings) -> None:  # type: ignore[no-untyped-def]
+    fake.reset()
+    settings.STRIPE_API_KEY = ""
+    invoice = closed_invoice()
+    assert invoice_sync_stripe(invoice_id=invoice.pk) is None
+    assert fake.calls == [] and invoice.number == "RK-2026-000001"
