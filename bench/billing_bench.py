@@ -31,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=10_000_000)
     parser.add_argument("--tenants", type=int, default=10_000)
+    parser.add_argument("--skip-close", action="store_true", help="skip the month-close run")
     parser.add_argument(
         "--database-url",
         default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
@@ -110,7 +111,7 @@ def main() -> None:
         cur.execute(
             "INSERT INTO billing_subscription (tenant_id, plan_version_id, starts_at, anchor_day, created_at)"
             " SELECT id, %s, %s, 1, now() FROM metering_tenant",
-            [version.pk, datetime(2026, 1, 1, tzinfo=UTC)],
+            [version.pk, start],
         )
         seconds = int((end - start).total_seconds())
         cur.execute(
@@ -218,6 +219,48 @@ def main() -> None:
     )
     print(f"  rating all {args.tenants:,} tenants for the month: {rate_all:.2f} s (target < 30 s)")
     print(f"  big tenant's preview total: {rating.total_minor / 100:.2f} {rating.currency}")
+    if not args.skip_close:
+        close_month(args, big.pk, rating.total_minor)
+
+
+def close_month(args, big_tenant_id, expected_big_total: int) -> None:  # type: ignore[no-untyped-def]
+    """Issue 4's figure: a real Celery worker (one process, solo pool) on Redis closes the
+    month for every tenant: beat's fan-out, one close task per tenant, each building and
+    finalizing an invoice from rollups."""
+    from billing.models import Invoice
+    from config.celery import app
+
+    broker = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/2")
+    app.conf.broker_url = broker
+    app.conf.task_always_eager = False
+    env = {**os.environ, "CELERY_BROKER_URL": broker, "CELERY_TASK_ALWAYS_EAGER": "false"}
+    with app.connection_for_write() as conn:
+        app.control.purge(connection=conn)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "solo", "-Q",
+         "default,billing,webhooks", "--loglevel", "error", "--without-gossip", "--without-mingle",
+         "--without-heartbeat"],
+        cwd=ROOT, env=env,
+    )
+    try:
+        time.sleep(3)  # worker start-up is not part of the figure
+        t = time.perf_counter()
+        app.send_task("billing.tasks.close_due_periods", kwargs={"as_of": "2026-11-02T01:00:00+00:00"}, queue="billing")
+        while Invoice.objects.filter(status="finalized").count() < args.tenants:
+            if worker.poll() is not None:
+                sys.exit("the worker died")
+            time.sleep(0.5)
+        elapsed = time.perf_counter() - t
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    numbers = set(Invoice.objects.values_list("number", flat=True))
+    assert len(numbers) == args.tenants == Invoice.objects.count(), "one invoice per tenant, numbered"
+    big = Invoice.objects.get(tenant_id=big_tenant_id)
+    assert big.total_minor == expected_big_total, (big.total_minor, expected_big_total)
+    print(f"  closing the month for {args.tenants:,} tenants (one worker process, Redis broker):"
+          f" {elapsed:.1f} s (target < 60 s); {len(numbers):,} invoices, numbers"
+          f" {min(numbers)}..{max(numbers)}; big tenant's invoice = its preview")
 
 
 if __name__ == "__main__":

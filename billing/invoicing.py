@@ -24,14 +24,21 @@ from django.utils import timezone
 
 from billing import pricing
 from billing.currency import decimal_text, from_minor
-from billing.models import CreditNote, Invoice, InvoiceLine, InvoiceSequence, PlanVersion
+from billing.models import (
+    CreditNote,
+    Invoice,
+    InvoiceLine,
+    InvoiceSequence,
+    PlanVersion,
+    Subscription,
+)
 from billing.periods import Period, period_containing
 from billing.proration import prorate_plan
 from billing.selectors import plan_version_pricing, subscriptions_in_period
 from billing.services import PeriodRating, period_rate
 from metering.errors import ApplicationError, Conflict, NotFound
 from metering.models import Tenant
-from metering.selectors import usage_totals_from_records
+from metering.selectors import UsageTotals, usage_recorded_after, usage_totals_from_records
 
 Status = Invoice.Status
 Kind = InvoiceLine.Kind
@@ -54,13 +61,20 @@ def checkpoint(name: str) -> None:
 
 
 def next_number(*, prefix: str, year: int) -> str:
-    """Take the next gapless number; must run inside the transaction that uses it."""
+    """Take the next gapless number in one statement. It must run inside the transaction
+    that uses the number: the row stays locked until that transaction ends, and a
+    rollback gives the number back."""
     assert connection.in_atomic_block, "numbers are taken inside the finalizing transaction"
-    InvoiceSequence.objects.get_or_create(prefix=prefix, year=year)
-    sequence = InvoiceSequence.objects.select_for_update().get(prefix=prefix, year=year)
-    sequence.last_number += 1
-    sequence.save(update_fields=["last_number"])
-    return f"{prefix}-{year}-{sequence.last_number:06d}"
+    table = InvoiceSequence._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (prefix, year, last_number) VALUES (%s, %s, 1)"  # noqa: S608
+            f" ON CONFLICT (prefix, year) DO UPDATE SET last_number = {table}.last_number + 1"
+            " RETURNING last_number",
+            [prefix, year],
+        )
+        (number,) = cursor.fetchone()
+    return f"{prefix}-{year}-{number:06d}"
 
 
 # --- building lines ------------------------------------------------------------------
@@ -120,8 +134,10 @@ def billed_for_period(*, tenant_id: uuid.UUID, period_start: datetime) -> int:
 
 
 def late_usage_adjustments(*, tenant_id: uuid.UUID, before: Period) -> list[InvoiceLine]:
-    """Re-rate the last finalized periods from today's rollups; bill any difference."""
-    earlier = (
+    """Bill usage that reached the last finalized periods after they were invoiced: a
+    period is re-rated from today's rollups only when rollups show records past what was
+    billed for it, and any difference becomes an adjustment line naming the period."""
+    earlier = list(
         Invoice.objects.filter(tenant_id=tenant_id, period_start__lt=before.start)
         .exclude(status__in=[Status.VOID, Status.DRAFT])
         .order_by("-period_start")[: settings.RECKON_LATE_USAGE_LOOKBACK_PERIODS]
@@ -129,6 +145,22 @@ def late_usage_adjustments(*, tenant_id: uuid.UUID, before: Period) -> list[Invo
     lines = []
     for invoice in earlier:
         period = Period(invoice.period_start, invoice.period_end)
+        billed_up_to = max(
+            [invoice.usage_cutoff_record_id]
+            + list(
+                InvoiceLine.objects.filter(
+                    kind=Kind.ADJUSTMENT,
+                    adjusts_period_start=period.start,
+                    invoice__tenant_id=tenant_id,
+                )
+                .exclude(invoice__status=Status.VOID)
+                .values_list("usage_cutoff_record_id", flat=True)
+            )
+        )
+        if not usage_recorded_after(
+            tenant_id=tenant_id, start=period.start, end=period.end, record_id=billed_up_to
+        ):
+            continue
         rating = period_rate(tenant_id=tenant_id, period=period)
         delta = rating.total_minor - billed_for_period(
             tenant_id=tenant_id, period_start=invoice.period_start
@@ -158,16 +190,18 @@ def late_usage_adjustments(*, tenant_id: uuid.UUID, before: Period) -> list[Invo
 # --- period close --------------------------------------------------------------------
 
 
-def period_for(*, tenant_id: uuid.UUID, period_start: datetime) -> Period:
-    subs = subscriptions_in_period(
-        tenant_id=tenant_id, period=Period(period_start, period_start + timedelta(days=1))
-    )
+def period_for(
+    *, tenant_id: uuid.UUID, period_start: datetime
+) -> tuple[Period, list[Subscription]]:
+    """The billing period starting at `period_start`, with the subscriptions covering it."""
+    window = Period(period_start, period_start + timedelta(days=32))
+    subs = subscriptions_in_period(tenant_id=tenant_id, period=window)
     if not subs:
         raise NotFound("The tenant has no subscription at that period start.")
     period = period_containing(subs[0].anchor_day, period_start)
     if period.start != period_start:
         raise ApplicationError(f"{period_start:%Y-%m-%d %H:%M} is not a period start.")
-    return period
+    return period, [s for s in subs if s.starts_at < period.end]
 
 
 @transaction.atomic
@@ -183,56 +217,56 @@ def period_close(
     An operator may close an ended period before its grace period is over
     (`enforce_grace=False`); a period that has not ended is never closed."""
     as_of = as_of or timezone.now()
-    Tenant.objects.select_for_update().get(pk=tenant_id)  # one close per tenant at a time
-    existing = (
-        Invoice.objects.filter(tenant_id=tenant_id, period_start=period_start)
-        .exclude(status=Status.VOID)
-        .first()
-    )
-    if existing is not None and existing.is_final:
-        return existing
-    period = period_for(tenant_id=tenant_id, period_start=period_start)
+    # One close (or plan change) per tenant at a time; the live-invoice constraint backs it.
+    Tenant.objects.select_for_update().filter(pk=tenant_id).values_list("pk").get()
+    same_period = list(Invoice.objects.filter(tenant_id=tenant_id, period_start=period_start))
+    live = next((i for i in same_period if i.status != Status.VOID), None)
+    if live is not None and live.is_final:
+        return live
+    period, subs = period_for(tenant_id=tenant_id, period_start=period_start)
     grace = timedelta(hours=settings.RECKON_INVOICE_GRACE_HOURS if enforce_grace else 0)
     if period.end + grace > as_of:
         raise NotDue(f"Period {period.label} closes after its grace period ({grace}).")
-    rating = period_rate(tenant_id=tenant_id, period=period)
-    voided = (
-        Invoice.objects.filter(tenant_id=tenant_id, period_start=period_start, status=Status.VOID)
-        .filter(replaced_by__isnull=True)
-        .first()
-    )
-    invoice = existing or Invoice.objects.create(
-        tenant_id=tenant_id,
-        period_start=period.start,
-        period_end=period.end,
-        currency=rating.currency,
-        replaces=voided,
-    )
-    invoice.lines.all().delete()  # a draft left by an older version of this code
+    rating = period_rate(tenant_id=tenant_id, period=period, subscriptions=subs)
     lines = _rated_lines(rating) + late_usage_adjustments(tenant_id=tenant_id, before=period)
+    checkpoint("after_lines")
+    subtotal = sum(line.amount_minor for line in lines)
+    issue_date = as_of.date()
+    fields = {
+        "period_end": period.end,
+        "currency": rating.currency,
+        "status": Status.FINALIZED,
+        "number": next_number(prefix=settings.RECKON_INVOICE_PREFIX, year=issue_date.year),
+        "subtotal_minor": subtotal,
+        "tax_minor": 0,
+        "total_minor": subtotal,
+        "issue_date": issue_date,
+        "due_date": issue_date + timedelta(days=settings.RECKON_INVOICE_NET_DAYS),
+        "usage_cutoff_record_id": rating.cutoff_record_id,
+        "finalized_at": as_of,
+    }
+    if live is not None:  # a draft left behind by an earlier version: finish it
+        live.lines.all().delete()
+        for name, value in fields.items():
+            setattr(live, name, value)
+        live.save()
+        invoice = live
+    else:
+        replaced = {i.replaces_id for i in same_period}
+        voided = [i for i in same_period if i.status == Status.VOID and i.pk not in replaced]
+        invoice = Invoice.objects.create(
+            tenant_id=tenant_id,
+            period_start=period.start,
+            replaces=voided[-1] if voided else None,
+            **fields,
+        )
     for position, line in enumerate(lines):
         line.invoice = invoice
         line.position = position
     InvoiceLine.objects.bulk_create(lines)
-    checkpoint("after_lines")
-    invoice.subtotal_minor = sum(line.amount_minor for line in lines)
-    invoice.tax_minor = 0
-    invoice.total_minor = invoice.subtotal_minor + invoice.tax_minor
-    invoice.usage_cutoff_record_id = rating.cutoff_record_id
-    _finalize(invoice, as_of)
     checkpoint("after_finalize")
     _after_commit_sync(invoice)
     return invoice
-
-
-def _finalize(invoice: Invoice, as_of: datetime) -> None:
-    issue_date = as_of.date()
-    invoice.number = next_number(prefix=settings.RECKON_INVOICE_PREFIX, year=issue_date.year)
-    invoice.status = Status.FINALIZED
-    invoice.issue_date = issue_date
-    invoice.due_date = issue_date + timedelta(days=settings.RECKON_INVOICE_NET_DAYS)
-    invoice.finalized_at = as_of
-    invoice.save()
 
 
 def _after_commit_sync(invoice: Invoice) -> None:
@@ -365,7 +399,7 @@ def invoice_recompute(*, invoice: Invoice) -> list[LineDifference]:
             end=end,
             max_record_id=invoice.usage_cutoff_record_id,
         )
-        rated = pricing.rate(plan, pricing.UsageVector(usage)).lines
+        rated = pricing.rate(plan, pricing.UsageVector(usage.tokens)).lines
         if len(rated) != len(lines):
             differences.append(LineDifference(None, "line_count", len(lines), len(rated)))
             continue
@@ -399,7 +433,7 @@ def _recompute_adjustment(invoice: Invoice, line: InvoiceLine) -> list[LineDiffe
         return [LineDifference(line.position, "adjusted_invoice", "present", None)]
     cutoff = line.usage_cutoff_record_id
 
-    def raw(tenant_id: uuid.UUID, start: datetime, end: datetime) -> dict[tuple[str, str], int]:
+    def raw(tenant_id: uuid.UUID, start: datetime, end: datetime) -> UsageTotals:
         return usage_totals_from_records(
             tenant_id=tenant_id, start=start, end=end, max_record_id=cutoff
         )

@@ -22,7 +22,7 @@ from billing.proration import prorate_plan
 from billing.selectors import plan_version_pricing, subscription_current, subscriptions_in_period
 from metering.errors import ApplicationError, Conflict, NotFound
 from metering.models import Tenant
-from metering.selectors import usage_cutoff, usage_totals_all_tenants, usage_totals_by_alias
+from metering.selectors import UsageTotals, usage_totals_all_tenants, usage_totals_by_alias
 
 
 class PlanInvalid(ApplicationError):
@@ -206,29 +206,38 @@ class PeriodRating:
         return [line for s in self.segments for line in s.rated.lines]
 
 
-UsageSource = Callable[[uuid.UUID, datetime, datetime], dict[tuple[str, str], int]]
+UsageSource = Callable[[uuid.UUID, datetime, datetime], UsageTotals]
 
 
-def usage_from_rollups(
-    tenant_id: uuid.UUID, start: datetime, end: datetime
-) -> dict[tuple[str, str], int]:
+def usage_from_rollups(tenant_id: uuid.UUID, start: datetime, end: datetime) -> UsageTotals:
     return usage_totals_by_alias(tenant_id=tenant_id, start=start, end=end)
 
 
 def period_rate(
-    *, tenant_id: uuid.UUID, period: Period, usage_source: UsageSource = usage_from_rollups
+    *,
+    tenant_id: uuid.UUID,
+    period: Period,
+    usage_source: UsageSource = usage_from_rollups,
+    subscriptions: list[Subscription] | None = None,
 ) -> PeriodRating:
     """Rate a tenant's period: one rated segment per plan version in force. Usage comes
-    from hourly rollups unless another source is given (recomputation uses raw records)."""
-    subs = subscriptions_in_period(tenant_id=tenant_id, period=period)
+    from hourly rollups unless another source is given (recomputation uses raw records).
+    `subscriptions` may be passed when the caller has already read them."""
+    subs = (
+        subscriptions
+        if subscriptions is not None
+        else subscriptions_in_period(tenant_id=tenant_id, period=period)
+    )
     if not subs:
         raise NotFound("The tenant has no subscription in that period.")
     rated: list[SegmentRating] = []
+    cutoff = 0
     for segment in segments(period, [(s.starts_at, s.ends_at, s) for s in subs]):
         subscription = segment.item
         share = segment.share_of(period)
         plan = prorate_plan(plan_version_pricing(subscription.plan_version), share)
         usage = usage_source(tenant_id, segment.start, segment.end)
+        cutoff = max(cutoff, usage.cutoff_record_id)
         rated.append(
             SegmentRating(
                 start=segment.start,
@@ -236,7 +245,7 @@ def period_rate(
                 subscription_id=subscription.pk,
                 plan_version_id=subscription.plan_version_id,
                 share=share,
-                rated=pricing.rate(plan, pricing.UsageVector(usage)),
+                rated=pricing.rate(plan, pricing.UsageVector(usage.tokens)),
             )
         )
     return PeriodRating(
@@ -245,7 +254,7 @@ def period_rate(
         currency=rated[0].rated.currency,
         segments=tuple(rated),
         total_minor=sum(s.rated.total_minor for s in rated),
-        cutoff_record_id=usage_cutoff(tenant_id=tenant_id, start=period.start, end=period.end),
+        cutoff_record_id=cutoff,
     )
 
 

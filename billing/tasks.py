@@ -23,8 +23,12 @@ def close_due_periods(as_of: str | None = None) -> int:
     """Fan out: one close_period task per (tenant, period) that is due."""
     when = _when(as_of)
     due = periods_due(as_of=when)
-    for item in due:
-        close_period.delay(str(item.tenant_id), item.period_start.isoformat(), when.isoformat())
+    with close_period.app.producer_or_acquire() as producer:  # one connection for the fan-out
+        for item in due:
+            close_period.apply_async(
+                (str(item.tenant_id), item.period_start.isoformat(), when.isoformat()),
+                producer=producer,
+            )
     return len(due)
 
 

@@ -90,24 +90,47 @@ PRICING_CLASS = {
 }
 
 
-def usage_totals_by_alias(
-    *, tenant_id: uuid.UUID, start: datetime, end: datetime
-) -> dict[tuple[str, str], int]:
-    """Rated tokens per (alias, pricing token class) in [start, end), from hourly rollups.
+@dataclass(frozen=True)
+class UsageTotals:
+    tokens: dict[tuple[str, str], int]  # (alias, pricing token class) -> tokens
+    cutoff_record_id: int  # highest usage record id included (0 when none)
+
+
+def usage_totals_by_alias(*, tenant_id: uuid.UUID, start: datetime, end: datetime) -> UsageTotals:
+    """Rated tokens per (alias, pricing token class) in [start, end), from hourly rollups,
+    with the highest record id they include, in one query.
 
     `start` and `end` must fall on whole UTC hours (rollup granularity).
     """
     rows = (
         UsageRollup.objects.filter(tenant_id=tenant_id, hour__gte=start, hour__lt=end)
         .values("alias")
-        .annotate(**{name: Sum(name) for name in TOKEN_CLASSES})
+        .annotate(last=Max("last_record_id"), **{name: Sum(name) for name in TOKEN_CLASSES})
+        .order_by()
     )
-    totals: dict[tuple[str, str], int] = {}
+    return _totals(rows)
+
+
+def _totals(rows: Any) -> UsageTotals:
+    tokens: dict[tuple[str, str], int] = {}
+    cutoff = 0
     for row in rows:
+        cutoff = max(cutoff, row["last"] or 0)
         for name in TOKEN_CLASSES:
             if row[name]:
-                totals[(row["alias"], PRICING_CLASS[name])] = row[name]
-    return totals
+                tokens[(row["alias"], PRICING_CLASS[name])] = row[name]
+    return UsageTotals(tokens, cutoff)
+
+
+def usage_recorded_after(
+    *, tenant_id: uuid.UUID, start: datetime, end: datetime, record_id: int
+) -> list[datetime]:
+    """Hours in [start, end) whose rollups took in records with ids above `record_id`."""
+    return list(
+        UsageRollup.objects.filter(
+            tenant_id=tenant_id, hour__gte=start, hour__lt=end, last_record_id__gt=record_id
+        ).values_list("hour", flat=True)
+    )
 
 
 def usage_totals_all_tenants(
@@ -129,19 +152,9 @@ def usage_totals_all_tenants(
     return totals
 
 
-def usage_cutoff(*, tenant_id: uuid.UUID, start: datetime, end: datetime) -> int:
-    """Highest usage record id folded into the tenant's rollups of [start, end)."""
-    return (
-        UsageRollup.objects.filter(tenant_id=tenant_id, hour__gte=start, hour__lt=end).aggregate(
-            last=Max("last_record_id")
-        )["last"]
-        or 0
-    )
-
-
 def usage_totals_from_records(
     *, tenant_id: uuid.UUID, start: datetime, end: datetime, max_record_id: int
-) -> dict[tuple[str, str], int]:
+) -> UsageTotals:
     """Rated tokens per (alias, pricing class) straight from the raw ledger: records
     started in [start, end), with id <= max_record_id, carrying no flags. This is what
     rollups must agree with; invoices are re-computed from it."""
@@ -154,12 +167,7 @@ def usage_totals_from_records(
             flags=[],
         )
         .values("alias")
-        .annotate(**{name: Sum(name) for name in TOKEN_CLASSES})
+        .annotate(last=Max("id"), **{name: Sum(name) for name in TOKEN_CLASSES})
         .order_by()
     )
-    totals: dict[tuple[str, str], int] = {}
-    for row in rows:
-        for name in TOKEN_CLASSES:
-            if row[name]:
-                totals[(row["alias"], PRICING_CLASS[name])] = row[name]
-    return totals
+    return _totals(rows)
