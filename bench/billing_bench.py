@@ -237,15 +237,34 @@ def close_month(args, big_tenant_id, expected_big_total: int) -> None:  # type: 
     with app.connection_for_write() as conn:
         app.control.purge(connection=conn)
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "solo", "-Q",
-         "default,billing,webhooks", "--loglevel", "error", "--without-gossip", "--without-mingle",
-         "--without-heartbeat"],
-        cwd=ROOT, env=env,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "--pool",
+            "solo",
+            "-Q",
+            "default,billing,webhooks",
+            "--loglevel",
+            "error",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        cwd=ROOT,
+        env=env,
     )
     try:
         time.sleep(3)  # worker start-up is not part of the figure
         t = time.perf_counter()
-        app.send_task("billing.tasks.close_due_periods", kwargs={"as_of": "2026-11-02T01:00:00+00:00"}, queue="billing")
+        app.send_task(
+            "billing.tasks.close_due_periods",
+            kwargs={"as_of": "2026-11-02T01:00:00+00:00"},
+            queue="billing",
+        )
         while Invoice.objects.filter(status="finalized").count() < args.tenants:
             if worker.poll() is not None:
                 sys.exit("the worker died")
@@ -255,12 +274,16 @@ def close_month(args, big_tenant_id, expected_big_total: int) -> None:  # type: 
         worker.terminate()
         worker.wait(timeout=30)
     numbers = set(Invoice.objects.values_list("number", flat=True))
-    assert len(numbers) == args.tenants == Invoice.objects.count(), "one invoice per tenant, numbered"
+    assert len(numbers) == args.tenants == Invoice.objects.count(), (
+        "one invoice per tenant, numbered"
+    )
     big = Invoice.objects.get(tenant_id=big_tenant_id)
     assert big.total_minor == expected_big_total, (big.total_minor, expected_big_total)
-    print(f"  closing the month for {args.tenants:,} tenants (one worker process, Redis broker):"
-          f" {elapsed:.1f} s (target < 60 s); {len(numbers):,} invoices, numbers"
-          f" {min(numbers)}..{max(numbers)}; big tenant's invoice = its preview")
+    print(
+        f"  closing the month for {args.tenants:,} tenants (one worker process, Redis broker):"
+        f" {elapsed:.1f} s (target < 60 s); {len(numbers):,} invoices, numbers"
+        f" {min(numbers)}..{max(numbers)}; big tenant's invoice = its preview"
+    )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Invariants:
 - every line's amount can be recomputed from the raw ledger (`invoice_recompute`).
 """
 
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,8 +19,8 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
-from django.db.models import Q, Sum
+from django.db import OperationalError, connection, transaction
+from django.db.models import Max, Q, Sum
 from django.utils import timezone
 
 from billing import pricing
@@ -34,14 +35,24 @@ from billing.models import (
 )
 from billing.periods import Period, period_containing
 from billing.proration import prorate_plan
-from billing.selectors import plan_version_pricing, subscriptions_in_period
-from billing.services import PeriodRating, period_rate
+from billing.selectors import plan_version_pricing
+from billing.services import PeriodRating, period_rate, usage_from_rollups
 from metering.errors import ApplicationError, Conflict, NotFound
 from metering.models import Tenant
-from metering.selectors import UsageTotals, usage_recorded_after, usage_totals_from_records
+from metering.selectors import (
+    BilledWindow,
+    UsageTotals,
+    usage_totals_for_tenants,
+    usage_totals_from_records,
+    windows_with_usage_after,
+)
 
 Status = Invoice.Status
 Kind = InvoiceLine.Kind
+
+
+logger = logging.getLogger(__name__)
+NO_USAGE = UsageTotals({}, 0)
 
 
 class NotDue(ApplicationError):
@@ -60,21 +71,26 @@ def checkpoint(name: str) -> None:
 # --- numbering -----------------------------------------------------------------------
 
 
-def next_number(*, prefix: str, year: int) -> str:
-    """Take the next gapless number in one statement. It must run inside the transaction
-    that uses the number: the row stays locked until that transaction ends, and a
-    rollback gives the number back."""
+def next_numbers(*, prefix: str, year: int, count: int) -> list[str]:
+    """Take the next `count` gapless numbers in one statement. It must run inside the
+    transaction that uses them: the sequence row stays locked until that transaction
+    ends, and a rollback gives the numbers back."""
     assert connection.in_atomic_block, "numbers are taken inside the finalizing transaction"
     table = InvoiceSequence._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {table} (prefix, year, last_number) VALUES (%s, %s, 1)"  # noqa: S608
-            f" ON CONFLICT (prefix, year) DO UPDATE SET last_number = {table}.last_number + 1"
+            f"INSERT INTO {table} (prefix, year, last_number) VALUES (%s, %s, %s)"  # noqa: S608
+            f" ON CONFLICT (prefix, year) DO UPDATE SET last_number = {table}.last_number + %s"
             " RETURNING last_number",
-            [prefix, year],
+            [prefix, year, count, count],
         )
-        (number,) = cursor.fetchone()
-    return f"{prefix}-{year}-{number:06d}"
+        (last,) = cursor.fetchone()
+    return [f"{prefix}-{year}-{n:06d}" for n in range(last - count + 1, last + 1)]
+
+
+def next_number(*, prefix: str, year: int) -> str:
+    (number,) = next_numbers(prefix=prefix, year=year, count=1)
+    return number
 
 
 # --- building lines ------------------------------------------------------------------
@@ -133,49 +149,66 @@ def billed_for_period(*, tenant_id: uuid.UUID, period_start: datetime) -> int:
     return total or 0
 
 
-def late_usage_adjustments(*, tenant_id: uuid.UUID, before: Period) -> list[InvoiceLine]:
-    """Bill usage that reached the last finalized periods after they were invoiced: a
-    period is re-rated from today's rollups only when rollups show records past what was
-    billed for it, and any difference becomes an adjustment line naming the period."""
-    earlier = list(
-        Invoice.objects.filter(tenant_id=tenant_id, period_start__lt=before.start)
+def late_usage_adjustments(
+    *, tenant_ids: list[uuid.UUID], before: Period
+) -> dict[uuid.UUID, list[InvoiceLine]]:
+    """Bill usage that reached the tenants' last finalized periods after they were
+    invoiced. One query finds the periods whose rollups took in records past what was
+    billed for them; only those are re-rated, and a difference becomes an adjustment line
+    naming the period."""
+    lookback = settings.RECKON_LATE_USAGE_LOOKBACK_PERIODS
+    earlier: dict[uuid.UUID, list[Invoice]] = {}
+    for invoice in (
+        Invoice.objects.filter(tenant_id__in=tenant_ids, period_start__lt=before.start)
         .exclude(status__in=[Status.VOID, Status.DRAFT])
-        .order_by("-period_start")[: settings.RECKON_LATE_USAGE_LOOKBACK_PERIODS]
-    )
-    lines = []
-    for invoice in earlier:
-        period = Period(invoice.period_start, invoice.period_end)
-        billed_up_to = max(
-            [invoice.usage_cutoff_record_id]
-            + list(
-                InvoiceLine.objects.filter(
-                    kind=Kind.ADJUSTMENT,
-                    adjusts_period_start=period.start,
-                    invoice__tenant_id=tenant_id,
-                )
-                .exclude(invoice__status=Status.VOID)
-                .values_list("usage_cutoff_record_id", flat=True)
-            )
+        .order_by("tenant_id", "-period_start")
+    ):
+        kept = earlier.setdefault(invoice.tenant_id, [])
+        if len(kept) < lookback:
+            kept.append(invoice)
+    candidates = [i for kept in earlier.values() for i in kept]
+    adjusted_up_to = {
+        (row["invoice__tenant_id"], row["adjusts_period_start"]): row["last"]
+        for row in InvoiceLine.objects.filter(
+            kind=Kind.ADJUSTMENT,
+            invoice__tenant_id__in=list(earlier),
+            adjusts_period_start__in={i.period_start for i in candidates},
         )
-        if not usage_recorded_after(
-            tenant_id=tenant_id, start=period.start, end=period.end, record_id=billed_up_to
-        ):
+        .exclude(invoice__status__in=[Status.VOID, Status.DRAFT])
+        .values("invoice__tenant_id", "adjusts_period_start")
+        .annotate(last=Max("usage_cutoff_record_id"))
+        .order_by()
+    }
+    late = windows_with_usage_after(
+        [
+            BilledWindow(
+                i.tenant_id,
+                i.period_start,
+                i.period_end,
+                max(i.usage_cutoff_record_id, adjusted_up_to.get((i.tenant_id, i.period_start), 0)),
+            )
+            for i in candidates
+        ]
+    )
+    lines: dict[uuid.UUID, list[InvoiceLine]] = {}
+    for invoice in candidates:
+        if (invoice.tenant_id, invoice.period_start) not in late:
             continue
-        rating = period_rate(tenant_id=tenant_id, period=period)
+        period = Period(invoice.period_start, invoice.period_end)
+        rating = period_rate(tenant_id=invoice.tenant_id, period=period)
         delta = rating.total_minor - billed_for_period(
-            tenant_id=tenant_id, period_start=invoice.period_start
+            tenant_id=invoice.tenant_id, period_start=invoice.period_start
         )
         if delta == 0:
             continue
-        segment = rating.segments[-1]
-        lines.append(
+        lines.setdefault(invoice.tenant_id, []).append(
             InvoiceLine(
                 kind=Kind.ADJUSTMENT,
                 description=(
                     f"Usage recorded after {invoice.number} was issued, for period "
                     f"{period.start:%Y-%m-%d} to {period.end:%Y-%m-%d}"
                 ),
-                plan_version_id=segment.plan_version_id,
+                plan_version_id=rating.segments[-1].plan_version_id,
                 segment_start=period.start,
                 segment_end=period.end,
                 adjusts_period_start=period.start,
@@ -190,21 +223,6 @@ def late_usage_adjustments(*, tenant_id: uuid.UUID, before: Period) -> list[Invo
 # --- period close --------------------------------------------------------------------
 
 
-def period_for(
-    *, tenant_id: uuid.UUID, period_start: datetime
-) -> tuple[Period, list[Subscription]]:
-    """The billing period starting at `period_start`, with the subscriptions covering it."""
-    window = Period(period_start, period_start + timedelta(days=32))
-    subs = subscriptions_in_period(tenant_id=tenant_id, period=window)
-    if not subs:
-        raise NotFound("The tenant has no subscription at that period start.")
-    period = period_containing(subs[0].anchor_day, period_start)
-    if period.start != period_start:
-        raise ApplicationError(f"{period_start:%Y-%m-%d %H:%M} is not a period start.")
-    return period, [s for s in subs if s.starts_at < period.end]
-
-
-@transaction.atomic
 def period_close(
     *,
     tenant_id: uuid.UUID,
@@ -212,61 +230,179 @@ def period_close(
     as_of: datetime | None = None,
     enforce_grace: bool = True,
 ) -> Invoice:
-    """Build and finalize the invoice of one tenant's period. Safe to run twice.
+    """Build and finalize one tenant's invoice for a period (see `periods_close`)."""
+    (invoice,) = periods_close(
+        tenant_ids=[tenant_id], period_start=period_start, as_of=as_of, enforce_grace=enforce_grace
+    )
+    return invoice
 
-    An operator may close an ended period before its grace period is over
-    (`enforce_grace=False`); a period that has not ended is never closed."""
+
+@transaction.atomic
+def periods_close(
+    *,
+    tenant_ids: list[uuid.UUID],
+    period_start: datetime,
+    as_of: datetime | None = None,
+    enforce_grace: bool = True,
+) -> list[Invoice]:
+    """Build and finalize the invoices of many tenants for the period starting at
+    `period_start`, in ONE transaction, with set-based queries (returned in tenant order).
+
+    Safe to run twice: a tenant whose period already has a finalized invoice gets that
+    invoice back, untouched. A crash anywhere leaves nothing behind, and the numbers
+    taken are given back, so a re-run issues the same numbers. An operator may close an
+    ended period before its grace period is over (`enforce_grace=False`); a period that
+    has not ended is never closed."""
     as_of = as_of or timezone.now()
+    ids = sorted({uuid.UUID(str(t)) for t in tenant_ids})
     # One close (or plan change) per tenant at a time; the live-invoice constraint backs it.
-    Tenant.objects.select_for_update().filter(pk=tenant_id).values_list("pk").get()
-    same_period = list(Invoice.objects.filter(tenant_id=tenant_id, period_start=period_start))
-    live = next((i for i in same_period if i.status != Status.VOID), None)
-    if live is not None and live.is_final:
-        return live
-    period, subs = period_for(tenant_id=tenant_id, period_start=period_start)
+    locked = list(
+        Tenant.objects.select_for_update()
+        .filter(pk__in=ids)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    if len(locked) != len(ids):
+        raise NotFound("Unknown tenant(s): " + ", ".join(str(t) for t in set(ids) - set(locked)))
+    same_period: dict[uuid.UUID, list[Invoice]] = {}
+    for invoice in Invoice.objects.filter(tenant_id__in=ids, period_start=period_start).order_by(
+        "id"
+    ):
+        same_period.setdefault(invoice.tenant_id, []).append(invoice)
+    live = {
+        t: next((i for i in invoices if i.status != Status.VOID), None)
+        for t, invoices in same_period.items()
+    }
+    done = {t: i for t, i in live.items() if i is not None and i.is_final}
+    todo = [t for t in ids if t not in done]
+    if not todo:
+        return [done[t] for t in ids]
+
+    subscriptions: dict[uuid.UUID, list[Subscription]] = {}
+    for s in (
+        Subscription.objects.filter(
+            tenant_id__in=todo, starts_at__lt=period_start + timedelta(days=32)
+        )
+        .filter(Q(ends_at__isnull=True) | Q(ends_at__gt=period_start))
+        .select_related("plan_version__plan")
+        .order_by("starts_at")
+    ):
+        subscriptions.setdefault(s.tenant_id, []).append(s)
+    missing = [t for t in todo if t not in subscriptions]
+    if missing:
+        raise NotFound(f"No subscription at {period_start:%Y-%m-%d} for tenant(s) {missing}.")
+    period = period_containing(subscriptions[todo[0]][0].anchor_day, period_start)
+    for t in todo:
+        if period_containing(subscriptions[t][0].anchor_day, period_start) != period:
+            raise ApplicationError(f"{period_start:%Y-%m-%d %H:%M} is not a period start for {t}.")
     grace = timedelta(hours=settings.RECKON_INVOICE_GRACE_HOURS if enforce_grace else 0)
     if period.end + grace > as_of:
         raise NotDue(f"Period {period.label} closes after its grace period ({grace}).")
-    rating = period_rate(tenant_id=tenant_id, period=period, subscriptions=subs)
-    lines = _rated_lines(rating) + late_usage_adjustments(tenant_id=tenant_id, before=period)
+
+    # Tenants on one plan for the whole period are rated from one bulk usage query.
+    usage = usage_totals_for_tenants(tenant_ids=todo, start=period.start, end=period.end)
+    adjustments = late_usage_adjustments(tenant_ids=todo, before=period)
+    ratings: dict[uuid.UUID, PeriodRating] = {}
+    for t in todo:
+        subs = [s for s in subscriptions[t] if s.starts_at < period.end]
+        whole = (
+            len(subs) == 1
+            and subs[0].starts_at <= period.start
+            and (subs[0].ends_at is None or subs[0].ends_at >= period.end)
+        )
+        ratings[t] = period_rate(
+            tenant_id=t,
+            period=period,
+            subscriptions=subs,
+            usage_source=(lambda tenant, _s, _e: usage.get(tenant, NO_USAGE))
+            if whole
+            else usage_from_rollups,
+        )
+    lines = {t: _rated_lines(ratings[t]) + adjustments.get(t, []) for t in todo}
     checkpoint("after_lines")
-    subtotal = sum(line.amount_minor for line in lines)
+
     issue_date = as_of.date()
-    fields = {
-        "period_end": period.end,
-        "currency": rating.currency,
-        "status": Status.FINALIZED,
-        "number": next_number(prefix=settings.RECKON_INVOICE_PREFIX, year=issue_date.year),
-        "subtotal_minor": subtotal,
-        "tax_minor": 0,
-        "total_minor": subtotal,
-        "issue_date": issue_date,
-        "due_date": issue_date + timedelta(days=settings.RECKON_INVOICE_NET_DAYS),
-        "usage_cutoff_record_id": rating.cutoff_record_id,
-        "finalized_at": as_of,
-    }
-    if live is not None:  # a draft left behind by an earlier version: finish it
-        live.lines.all().delete()
-        for name, value in fields.items():
-            setattr(live, name, value)
-        live.save()
-        invoice = live
-    else:
-        replaced = {i.replaces_id for i in same_period}
-        voided = [i for i in same_period if i.status == Status.VOID and i.pk not in replaced]
-        invoice = Invoice.objects.create(
-            tenant_id=tenant_id,
+    numbers = next_numbers(
+        prefix=settings.RECKON_INVOICE_PREFIX, year=issue_date.year, count=len(todo)
+    )
+    created: list[Invoice] = []
+    for t, number in zip(todo, numbers, strict=True):
+        subtotal = sum(line.amount_minor for line in lines[t])
+        fields = {
+            "period_end": period.end,
+            "currency": ratings[t].currency,
+            "status": Status.FINALIZED,
+            "number": number,
+            "subtotal_minor": subtotal,
+            "tax_minor": 0,
+            "total_minor": subtotal,
+            "issue_date": issue_date,
+            "due_date": issue_date + timedelta(days=settings.RECKON_INVOICE_NET_DAYS),
+            "usage_cutoff_record_id": ratings[t].cutoff_record_id,
+            "finalized_at": as_of,
+        }
+        draft = live.get(t)
+        if draft is not None:  # a draft left behind by an earlier version: finish it
+            draft.lines.all().delete()
+            for name, value in fields.items():
+                setattr(draft, name, value)
+            draft.save()
+            done[t] = draft
+            continue
+        earlier = same_period.get(t, [])
+        replaced = {i.replaces_id for i in earlier}
+        voided = [i for i in earlier if i.status == Status.VOID and i.pk not in replaced]
+        invoice = Invoice(
+            tenant_id=t,
             period_start=period.start,
             replaces=voided[-1] if voided else None,
             **fields,
         )
-    for position, line in enumerate(lines):
-        line.invoice = invoice
-        line.position = position
-    InvoiceLine.objects.bulk_create(lines)
+        created.append(invoice)
+        done[t] = invoice
+    Invoice.objects.bulk_create(created)
+    all_lines = []
+    for t in todo:
+        for position, line in enumerate(lines[t]):
+            line.invoice = done[t]
+            line.position = position
+            all_lines.append(line)
+    InvoiceLine.objects.bulk_create(all_lines)
     checkpoint("after_finalize")
-    _after_commit_sync(invoice)
-    return invoice
+    for t in todo:
+        _after_commit_sync(done[t])
+    return [done[t] for t in ids]
+
+
+class CloseFailed(ApplicationError):
+    code = "period_close_failed"
+
+
+def periods_close_or_each(
+    *, tenant_ids: list[uuid.UUID] | list[str], period_start: datetime, as_of: datetime
+) -> list[Invoice]:
+    """Close a batch in one transaction; if the batch fails, close each tenant on its own,
+    so one broken tenant cannot hold back the others. Raises CloseFailed naming every
+    tenant that still failed (the others are closed and stay closed)."""
+    try:
+        return periods_close(tenant_ids=list(tenant_ids), period_start=period_start, as_of=as_of)
+    except OperationalError:
+        raise  # the database itself: retry the task, not tenant by tenant
+    except Exception:
+        if len(tenant_ids) == 1:
+            raise
+        logger.exception("batch close of %d tenants failed; closing one by one", len(tenant_ids))
+    closed, failed = [], {}
+    for tenant_id in tenant_ids:
+        try:
+            closed.append(period_close(tenant_id=tenant_id, period_start=period_start, as_of=as_of))
+        except OperationalError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded and raised below, loudly
+            failed[str(tenant_id)] = getattr(exc, "message", None) or repr(exc)
+    if failed:
+        raise CloseFailed(f"{len(failed)} tenant(s) could not be closed.", {"failures": failed})
+    return closed
 
 
 def _after_commit_sync(invoice: Invoice) -> None:

@@ -5,6 +5,7 @@ from datetime import datetime
 
 import stripe
 from celery import shared_task
+from django.conf import settings
 from django.db import OperationalError
 from django.utils import timezone
 
@@ -20,16 +21,36 @@ def _when(iso: str | None) -> datetime:
 
 @shared_task(**RELIABLE_TASK)
 def close_due_periods(as_of: str | None = None) -> int:
-    """Fan out: one close_period task per (tenant, period) that is due."""
+    """Fan out the (tenant, period) pairs that are due, in batches of
+    RECKON_CLOSE_BATCH_SIZE tenants per close task (one transaction each)."""
     when = _when(as_of)
-    due = periods_due(as_of=when)
-    with close_period.app.producer_or_acquire() as producer:  # one connection for the fan-out
-        for item in due:
-            close_period.apply_async(
-                (str(item.tenant_id), item.period_start.isoformat(), when.isoformat()),
-                producer=producer,
-            )
-    return len(due)
+    by_period: dict[datetime, list[str]] = {}
+    for item in periods_due(as_of=when):
+        by_period.setdefault(item.period_start, []).append(str(item.tenant_id))
+    size = settings.RECKON_CLOSE_BATCH_SIZE
+    batches = 0
+    with close_periods.app.producer_or_acquire() as producer:  # one connection for the fan-out
+        for period_start, tenants in sorted(by_period.items()):
+            for i in range(0, len(tenants), size):
+                close_periods.apply_async(
+                    (period_start.isoformat(), tenants[i : i + size], when.isoformat()),
+                    producer=producer,
+                )
+                batches += 1
+    return batches
+
+
+@shared_task(autoretry_for=TRANSIENT, **RELIABLE_TASK)
+def close_periods(period_start: str, tenant_ids: list[str], as_of: str | None = None) -> int:
+    from billing.invoicing import periods_close_or_each
+
+    return len(
+        periods_close_or_each(
+            tenant_ids=tenant_ids,
+            period_start=datetime.fromisoformat(period_start),
+            as_of=_when(as_of),
+        )
+    )
 
 
 @shared_task(autoretry_for=TRANSIENT, **RELIABLE_TASK)
@@ -59,8 +80,6 @@ def sync_invoice_to_stripe(invoice_id: int) -> None:
 @shared_task(**RELIABLE_TASK)
 def sync_pending_invoices() -> int:
     """Fan out: push every finalized invoice Stripe has not fully received yet."""
-    from django.conf import settings
-
     from billing.models import Invoice
 
     if not settings.STRIPE_API_KEY:

@@ -190,6 +190,8 @@ RECKON_INVOICE_GRACE_HOURS = int(os.environ.get("RECKON_INVOICE_GRACE_HOURS", "2
 RECKON_INVOICE_NET_DAYS = int(os.environ.get("RECKON_INVOICE_NET_DAYS", "30"))
 # Finalized periods re-rated at each close to bill usage that arrived after them.
 RECKON_LATE_USAGE_LOOKBACK_PERIODS = int(os.environ.get("RECKON_LATE_USAGE_LOOKBACK_PERIODS", "2"))
+# Tenants closed together in one period-close task and transaction.
+RECKON_CLOSE_BATCH_SIZE = int(os.environ.get("RECKON_CLOSE_BATCH_SIZE", "250"))
 RECKON_SELLER = {
     "name": os.environ.get("RECKON_SELLER_NAME", "Reckon Inference, Inc."),
     "address_lines": [

@@ -6,6 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from django.db import connection
 from django.db.models import Count, Max, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDay
 
@@ -122,17 +123,6 @@ def _totals(rows: Any) -> UsageTotals:
     return UsageTotals(tokens, cutoff)
 
 
-def usage_recorded_after(
-    *, tenant_id: uuid.UUID, start: datetime, end: datetime, record_id: int
-) -> list[datetime]:
-    """Hours in [start, end) whose rollups took in records with ids above `record_id`."""
-    return list(
-        UsageRollup.objects.filter(
-            tenant_id=tenant_id, hour__gte=start, hour__lt=end, last_record_id__gt=record_id
-        ).values_list("hour", flat=True)
-    )
-
-
 def usage_totals_all_tenants(
     *, start: datetime, end: datetime
 ) -> dict[uuid.UUID, dict[tuple[str, str], int]]:
@@ -171,3 +161,59 @@ def usage_totals_from_records(
         .order_by()
     )
     return _totals(rows)
+
+
+def usage_totals_for_tenants(
+    *, tenant_ids: list[uuid.UUID], start: datetime, end: datetime
+) -> dict[uuid.UUID, UsageTotals]:
+    """`usage_totals_by_alias` for many tenants in one query (tenants without usage absent)."""
+    rows = (
+        UsageRollup.objects.filter(tenant_id__in=tenant_ids, hour__gte=start, hour__lt=end)
+        .values("tenant_id", "alias")
+        .annotate(last=Max("last_record_id"), **{name: Sum(name) for name in TOKEN_CLASSES})
+        .order_by()
+    )
+    grouped: dict[uuid.UUID, list[dict[str, Any]]] = {}
+    for row in rows:
+        grouped.setdefault(row["tenant_id"], []).append(row)
+    return {tenant_id: _totals(tenant_rows) for tenant_id, tenant_rows in grouped.items()}
+
+
+@dataclass(frozen=True)
+class BilledWindow:
+    tenant_id: uuid.UUID
+    start: datetime
+    end: datetime
+    billed_up_to: int  # highest record id already billed for this window
+
+
+def windows_with_usage_after(windows: list[BilledWindow]) -> set[tuple[uuid.UUID, datetime]]:
+    """The (tenant, start) of every window whose rollups took in a record with an id above
+    what was billed for it: usage that arrived after the window was invoiced."""
+    if not windows:
+        return set()
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT DISTINCT w.tenant_id, w.start FROM unnest(%s::uuid[], %s::timestamptz[],"
+                " %s::timestamptz[], %s::int8[]) AS w(tenant_id, start, stop, billed)"
+                " WHERE EXISTS (SELECT 1 FROM metering_usagerollup r WHERE r.tenant_id = w.tenant_id"
+                " AND r.hour >= w.start AND r.hour < w.stop AND r.last_record_id > w.billed)",
+                [
+                    [w.tenant_id for w in windows],
+                    [w.start for w in windows],
+                    [w.end for w in windows],
+                    [w.billed_up_to for w in windows],
+                ],
+            )
+            return {(tenant_id, start) for tenant_id, start in cursor.fetchall()}
+    return {
+        (w.tenant_id, w.start)
+        for w in windows
+        if UsageRollup.objects.filter(
+            tenant_id=w.tenant_id,
+            hour__gte=w.start,
+            hour__lt=w.end,
+            last_record_id__gt=w.billed_up_to,
+        ).exists()
+    }

@@ -3,7 +3,7 @@ and every invoice is asserted to the minor unit."""
 
 import uuid
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 import time_machine
@@ -245,3 +245,55 @@ def test_recompute_reports_a_tampered_line(customer) -> None:  # type: ignore[no
     assert [(d.position, d.field, d.invoiced, d.recomputed) for d in differences][:1] == [
         (2, "amount_minor", 399, 400)
     ]
+
+
+def test_batch_close_equals_closing_one_by_one() -> None:
+    from billing.invoicing import periods_close
+
+    standard = version("standard", base="10", output="4.00")
+    keys = [ApiKeyFactory() for _ in range(6)]
+    for n, key in enumerate(keys):
+        subscription_create(tenant=key.tenant, plan_version=standard, starts_at=SEP)
+        use(
+            key,
+            at(2026, 9, 2 + n),
+            input_tokens=1_000 * n,
+            output_tokens=333_333 * n,
+            reasoning_tokens=70_001 * n,
+        )
+    alone = [
+        period_close(tenant_id=k.tenant_id, period_start=SEP, as_of=at(2026, 10, 3))
+        for k in keys[:3]
+    ]
+    batch = periods_close(
+        tenant_ids=[k.tenant_id for k in keys], period_start=SEP, as_of=at(2026, 10, 3)
+    )
+    by_tenant = {i.tenant_id: i for i in batch}
+    assert [by_tenant[k.tenant_id].pk for k in keys[:3]] == [
+        i.pk for i in alone
+    ]  # already closed: returned as-is
+    for invoice in batch:
+        key = next(k for k in keys if k.tenant_id == invoice.tenant_id)
+        n = keys.index(key)
+        cents = [
+            Decimal(1_000 * n) / 10_000,
+            Decimal(333_333 * n * 4) / 10_000,
+            Decimal(70_001 * n * 2) / 10_000,
+        ]
+        expected = [1000] + [int(c.quantize(Decimal(1), rounding=ROUND_HALF_UP)) for c in cents]
+        assert [a for _, a in amounts(invoice)] == expected, n
+        assert invoice_recompute(invoice=invoice) == []
+    numbers = sorted(i.number for i in batch)
+    assert numbers == [f"RK-2026-{n:06d}" for n in range(1, 7)]
+
+
+def test_one_broken_tenant_does_not_hold_back_the_batch(customer) -> None:  # type: ignore[no-untyped-def]
+    from billing.invoicing import CloseFailed
+    from metering.models import Tenant
+
+    key, _ = customer
+    orphan = Tenant.objects.create(name="no subscription")
+    with time_machine.travel(at(2026, 10, 3), tick=False), pytest.raises(CloseFailed) as excinfo:
+        tasks.close_periods.delay(SEP.isoformat(), [str(key.tenant_id), str(orphan.pk)]).get()
+    assert list(excinfo.value.extra["failures"]) == [str(orphan.pk)]
+    assert Invoice.objects.get().tenant_id == key.tenant_id
