@@ -20,6 +20,7 @@ from django.conf import settings
 from django.db import connection
 
 from api import proxy_errors as errors
+from metering.costs import serving_cost
 from metering.keys import api_key_hash
 from metering.ledger import LedgerWriter
 from metering.models import UsageRecord
@@ -423,6 +424,18 @@ class _Call:
         now_ns = time.perf_counter_ns()
         usage = outcome.usage
         flags = list(usage.flags) + outcome.flags
+        rates = self.route.cost_rates
+        if rates is None:
+            cost = reasoning_cost = None
+        else:
+            cost, reasoning_cost = serving_cost(
+                rates,
+                input=usage.input_tokens,
+                cache_read=usage.cached_input_tokens,
+                cache_write=usage.cache_write_tokens,
+                output=usage.output_tokens,
+                reasoning=usage.reasoning_tokens,
+            )
         await self.app.ledger.write(
             {
                 "request_id": self.request_id,
@@ -445,6 +458,9 @@ class _Call:
                 "reasoning_source": usage.reasoning_source,
                 "flags": flags,
                 "raw_usage": outcome.raw_usage,
+                "cost_rate_id": self.route.cost_rate_id,
+                "serving_cost_usd": cost,
+                "reasoning_cost_usd": reasoning_cost,
                 "client_disconnected": self.client_gone,
                 "ttft_us": None
                 if self.ttft_ns is None

@@ -1,7 +1,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView
 
-from api import billing_views, invoice_views, views
+from api import billing_views, finance_views, invoice_views, views
 
 urlpatterns = [
     path("usage/records", views.UsageRecordListView.as_view(), name="usage-records"),
@@ -46,5 +46,24 @@ urlpatterns = [
         invoice_views.CreditNoteCreateView.as_view(),
         name="invoice-credit-notes",
     ),
+    path("accelerators", finance_views.AcceleratorListView.as_view(), name="accelerators"),
+    path(
+        "accelerators/<slug:key>/cost-basis",
+        finance_views.CostBasisCreateView.as_view(),
+        name="accelerator-cost-basis",
+    ),
+    path(
+        "accelerators/<slug:key>/margin-policy",
+        finance_views.MarginPolicyCreateView.as_view(),
+        name="accelerator-margin-policy",
+    ),
+    path("deployments", finance_views.DeploymentCreateView.as_view(), name="deployments"),
+    path("finance/margins", finance_views.MarginReportView.as_view(), name="finance-margins"),
+    path(
+        "finance/margins.csv",
+        finance_views.MarginReportCsvView.as_view(),
+        name="finance-margins-csv",
+    ),
+    path("finance/whatif", finance_views.WhatIfView.as_view(), name="finance-whatif"),
     path("schema", SpectacularAPIView.as_view(), name="schema"),
 ]

@@ -10,7 +10,7 @@ Invariants:
   `unit_tokens` tokens (one million unless stated).
 """
 
-from decimal import ROUND_HALF_UP
+from decimal import ROUND_HALF_UP, Decimal
 
 from django.db import models
 from django.db.models import Q
@@ -352,3 +352,151 @@ class StripeEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_id} {self.type}"
+
+
+# --- hardware cost basis ---------------------------------------------------------------
+
+
+class AcceleratorType(models.Model):
+    # Catalogue key, e.g. "nvidia-h100-sxm"; routes and deployments name it.
+    key = models.SlugField(max_length=100, unique=True)
+    vendor = models.CharField(max_length=50)
+    memory_gb = models.PositiveIntegerField(null=True, blank=True)
+    tdp_watts = models.PositiveIntegerField(null=True, blank=True)
+    example_model = models.CharField(max_length=300, blank=True)
+    # Where the catalogue figures come from (kept verbatim from the reference data).
+    source = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["key"]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class CostBasisVersion(models.Model):
+    """What one accelerator-hour costs, from an instant on. Never edited: a change is a
+    new version, so recorded costs and past reports keep the basis they used."""
+
+    class Mode(models.TextChoices):
+        RENTED = "rented", "Rented ($ per accelerator-hour)"
+        OWNED = "owned", "Owned (amortized purchase + power + opex)"
+
+    accelerator = models.ForeignKey(
+        AcceleratorType, on_delete=models.PROTECT, related_name="cost_bases"
+    )
+    version = models.PositiveIntegerField()
+    mode = models.CharField(max_length=10, choices=Mode.choices, default=Mode.RENTED)
+    # Rented: USD per accelerator-hour (null until an operator supplies it).
+    hourly_usd = models.DecimalField(**MONEY, null=True, blank=True)
+    # Owned: purchase price (USD), amortized over this many years.
+    purchase_price_usd = models.DecimalField(**MONEY, null=True, blank=True)
+    amortization_years = models.DecimalField(**MONEY, null=True, blank=True)
+    # Owned: power price (USD per kWh), data-centre PUE, other operating cost per hour.
+    power_usd_per_kwh = models.DecimalField(**MONEY, default=Decimal("0.08"))
+    pue = models.DecimalField(**MONEY, default=Decimal("1.56"))
+    other_opex_per_hour = models.DecimalField(**MONEY, default=0)
+    # In force from this instant (UTC).
+    effective_from = models.DateTimeField()
+    note = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["accelerator", "-version"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["accelerator", "version"], name="cost_basis_version_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.accelerator} v{self.version} ({self.mode})"
+
+
+class Deployment(models.Model):
+    """A model alias served on accelerators of one type, with the throughput it reaches
+    there. Versioned like the cost basis: a change is a new row from an instant on."""
+
+    alias = models.CharField(max_length=200)
+    version = models.PositiveIntegerField()
+    accelerator = models.ForeignKey(
+        AcceleratorType, on_delete=models.PROTECT, related_name="deployments"
+    )
+    # Tokens per second per accelerator: decode (output and reasoning) and prefill (input).
+    decode_tokens_per_s = models.DecimalField(**MONEY, null=True, blank=True)
+    prefill_tokens_per_s = models.DecimalField(**MONEY, null=True, blank=True)
+    # Fraction of the time the fleet is busy, in (0, 1].
+    utilization = models.DecimalField(**MONEY, default=Decimal("0.6"))
+    # A cache-read token costs this fraction of an uncached input token; a cache write this multiple.
+    cache_read_factor = models.DecimalField(**MONEY, default=Decimal("0.1"))
+    cache_write_factor = models.DecimalField(**MONEY, default=Decimal("1.25"))
+    effective_from = models.DateTimeField()
+    calibration = models.ForeignKey(
+        "CalibrationRun",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="deployments",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["alias", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["alias", "version"], name="deployment_version_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.alias} v{self.version} on {self.accelerator}"
+
+
+class MarginPolicy(models.Model):
+    """Target and minimum gross margin for everything served on one accelerator type."""
+
+    accelerator = models.ForeignKey(
+        AcceleratorType, on_delete=models.PROTECT, related_name="margin_policies"
+    )
+    # Fractions in [0, 1): a cost c has floor price c / (1 - minimum) and guide price c / (1 - target).
+    target_margin = models.DecimalField(**MONEY)
+    minimum_margin = models.DecimalField(**MONEY)
+    effective_from = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["accelerator", "-effective_from"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(minimum_margin__gte=0)
+                & Q(minimum_margin__lte=models.F("target_margin"))
+                & Q(target_margin__lt=1),
+                name="margin_policy_bounds",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.accelerator}: target {self.target_margin}, minimum {self.minimum_margin}"
+
+
+class CalibrationRun(models.Model):
+    """A measured throughput run against an OpenAI-compatible server."""
+
+    base_url = models.URLField(max_length=500)
+    model = models.CharField(max_length=200)
+    concurrency = models.PositiveIntegerField()
+    duration_s = models.DecimalField(**MONEY)
+    requests = models.PositiveIntegerField()
+    prompt_tokens = models.BigIntegerField()
+    completion_tokens = models.BigIntegerField()
+    # Aggregate decode tokens per second the server sustained (all streams together).
+    decode_tokens_per_s = models.DecimalField(**MONEY)
+    # Aggregate prefill tokens per second (prompt tokens over time to first token).
+    prefill_tokens_per_s = models.DecimalField(**MONEY, null=True, blank=True)
+    # Median time to first token (milliseconds).
+    ttft_p50_ms = models.DecimalField(**MONEY, null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.model} @ {self.base_url}: {self.decode_tokens_per_s} tok/s"

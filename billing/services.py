@@ -99,8 +99,16 @@ def plan_version_create(
 
 
 def plan_version_issues(*, version: PlanVersion) -> list[pricing.PlanIssue]:
+    """Errors and warnings: the plan's own (tiers, scopes, volume cliffs) and prices below
+    the cost floor of any alias they cover (billing.hardware)."""
+    from billing.hardware import floor_breaches
+
     fresh = PlanVersion.objects.get(pk=version.pk)  # never a stale prefetch
-    return pricing.validate_plan(plan_version_pricing(fresh))
+    plan = plan_version_pricing(fresh)
+    issues = pricing.validate_plan(plan)
+    if not any(i.severity == "error" for i in issues):
+        issues += floor_breaches(plan)
+    return issues
 
 
 @transaction.atomic

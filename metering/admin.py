@@ -2,7 +2,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from metering.models import ApiKey, Route, Tenant, UsageRecord
+from metering.models import ApiKey, Route, ServingCostRate, Tenant, UsageRecord
 from metering.services import api_key_create, api_key_revoke
 
 
@@ -103,6 +103,27 @@ class UsageRecordAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(ServingCostRate)
+class ServingCostRateAdmin(admin.ModelAdmin):
+    list_display = [
+        "alias",
+        "accelerator",
+        "effective_from",
+        "input_usd",
+        "output_usd",
+        "reasoning_usd",
+    ]
+    list_filter = ["accelerator"]
+    search_fields = ["alias"]
+    readonly_fields = [f.name for f in ServingCostRate._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:

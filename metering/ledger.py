@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -70,16 +71,18 @@ ROLLUP_SUMS = (
     "cache_write_tokens",
     "output_tokens",
     "reasoning_tokens",
+    "serving_cost_usd",
+    "reasoning_cost_usd",
 )
 
 
 def usage_rollups_apply(rows: list[UsageRecord]) -> None:
     """Fold freshly inserted records into hourly rollups (the ORM twin of PG_INSERT_SQL)."""
-    groups: dict[tuple[Any, str, datetime], dict[str, int]] = {}
+    groups: dict[tuple[Any, str, str, datetime], dict[str, Any]] = {}
     for row in rows:
         hour = row.started_at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
         totals = groups.setdefault(
-            (row.tenant_id, row.alias, hour),
+            (row.tenant_id, row.alias, row.accelerator, hour),
             {"requests": 0, "flagged_requests": 0, "last_record_id": 0}
             | dict.fromkeys(ROLLUP_SUMS, 0),
         )
@@ -89,22 +92,37 @@ def usage_rollups_apply(rows: list[UsageRecord]) -> None:
             continue
         totals["requests"] += 1
         for name in ROLLUP_SUMS:
-            totals[name] += getattr(row, name)
-    for (tenant_id, alias, hour), totals in sorted(groups.items(), key=lambda g: str(g[0])):
+            totals[name] += getattr(row, name) or 0
+    for (tenant_id, alias, accelerator, hour), totals in sorted(
+        groups.items(), key=lambda g: str(g[0])
+    ):
         last_id = totals.pop("last_record_id")
-        updated = UsageRollup.objects.filter(tenant_id=tenant_id, alias=alias, hour=hour).update(
+        updated = UsageRollup.objects.filter(
+            tenant_id=tenant_id, alias=alias, accelerator=accelerator, hour=hour
+        ).update(
             **{name: F(name) + value for name, value in totals.items()},
             last_record_id=Greatest(F("last_record_id"), last_id),
             updated_at=datetime.now(UTC),
         )
         if not updated:
             UsageRollup.objects.create(
-                tenant_id=tenant_id, alias=alias, hour=hour, last_record_id=last_id, **totals
+                tenant_id=tenant_id,
+                alias=alias,
+                accelerator=accelerator,
+                hour=hour,
+                last_record_id=last_id,
+                **totals,
             )
+
+
+_DECIMAL_FIELDS = ("serving_cost_usd", "reasoning_cost_usd")
 
 
 def _encode(record: dict[str, Any]) -> dict[str, Any]:
     out = dict(record)
+    for name in _DECIMAL_FIELDS:
+        if out.get(name) is not None:
+            out[name] = str(out[name])
     out["request_id"] = str(record["request_id"])
     out["tenant_id"] = str(record["tenant_id"])
     for name in _DATETIME_FIELDS:
@@ -114,6 +132,9 @@ def _encode(record: dict[str, Any]) -> dict[str, Any]:
 
 def _decode(line: dict[str, Any]) -> dict[str, Any]:
     out = dict(line)
+    for name in _DECIMAL_FIELDS:
+        if out.get(name) is not None:
+            out[name] = Decimal(out[name])
     out["request_id"] = uuid.UUID(line["request_id"])
     out["tenant_id"] = uuid.UUID(line["tenant_id"])
     for name in _DATETIME_FIELDS:
@@ -204,6 +225,9 @@ _PG_COLUMNS: tuple[tuple[str, str], ...] = (
     ("reasoning_source", "text"),
     ("flags", "jsonb"),
     ("raw_usage", "jsonb"),
+    ("cost_rate_id", "int8"),
+    ("serving_cost_usd", "numeric"),
+    ("reasoning_cost_usd", "numeric"),
     ("client_disconnected", "bool"),
     ("ttft_us", "int8"),
     ("latency_us", "int8"),
@@ -227,18 +251,18 @@ def _pg_insert_sql() -> str:
         f" INSERT INTO metering_usagerecord ({names}, recorded_at)"
         f" SELECT {names}, now() FROM json_to_recordset(%s::json) AS u({definitions})"
         " ON CONFLICT (request_id) DO NOTHING"
-        f" RETURNING id, tenant_id, alias, started_at, flags, {sum_names}),"
+        f" RETURNING id, tenant_id, alias, accelerator, started_at, flags, {sum_names}),"
         # Only rows actually inserted reach the rollups: a replayed batch adds nothing.
         " hourly AS ("
-        " SELECT tenant_id, alias, date_trunc('hour', started_at, 'UTC') AS hour,"
+        " SELECT tenant_id, alias, accelerator, date_trunc('hour', started_at, 'UTC') AS hour,"
         f" count(*) FILTER (WHERE {rated}) AS requests,"
         f" count(*) FILTER (WHERE NOT {rated}) AS flagged_requests, {sums}, max(id) AS last_id"
-        " FROM inserted GROUP BY 1, 2, 3 ORDER BY 1, 2, 3),"
+        " FROM inserted GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4),"
         " rolled AS ("
-        " INSERT INTO metering_usagerollup AS r (tenant_id, alias, hour, requests,"
+        " INSERT INTO metering_usagerollup AS r (tenant_id, alias, accelerator, hour, requests,"
         f" flagged_requests, {sum_names}, last_record_id, updated_at)"
-        f" SELECT tenant_id, alias, hour, requests, flagged_requests, {sum_names}, last_id, now()"
-        " FROM hourly ON CONFLICT (tenant_id, alias, hour) DO UPDATE SET"
+        f" SELECT tenant_id, alias, accelerator, hour, requests, flagged_requests, {sum_names},"
+        " last_id, now() FROM hourly ON CONFLICT (tenant_id, alias, accelerator, hour) DO UPDATE SET"
         " requests = r.requests + excluded.requests,"
         f" flagged_requests = r.flagged_requests + excluded.flagged_requests, {increments},"
         " last_record_id = greatest(r.last_record_id, excluded.last_record_id),"
@@ -253,9 +277,15 @@ def _pg_insert_sql() -> str:
 PG_INSERT_SQL = _pg_insert_sql()
 
 
+def _json_default(value: Any) -> str:
+    if isinstance(value, Decimal):
+        return str(value)  # exact; json_to_recordset reads it back as numeric
+    raise TypeError(f"cannot serialize {type(value).__name__}")
+
+
 def pg_insert_params(records: list[dict[str, Any]], touch_keys: list[int]) -> tuple[Any, ...]:
     return (
-        orjson.dumps(records).decode(),
+        orjson.dumps(records, default=_json_default).decode(),
         max(r["finished_at"] for r in records),
         touch_keys,
     )

@@ -138,6 +138,21 @@ class UsageRecord(models.Model):
     flags = models.JSONField(default=list, blank=True)
     # The provider's usage object exactly as received, for audit and re-derivation.
     raw_usage = models.JSONField(null=True, blank=True)
+    # The serving cost rate in force when the request was recorded (null: none configured).
+    cost_rate = models.ForeignKey(
+        "ServingCostRate",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        db_index=False,
+        related_name="+",
+    )
+    # Exact USD it cost to serve (all classes at cost_rate); null when no rate applied.
+    serving_cost_usd = models.DecimalField(max_digits=38, decimal_places=18, null=True, blank=True)
+    # The part of serving_cost_usd spent on hidden reasoning tokens.
+    reasoning_cost_usd = models.DecimalField(
+        max_digits=38, decimal_places=18, null=True, blank=True
+    )
     # True when the caller went away mid-stream and the proxy drained the upstream alone.
     client_disconnected = models.BooleanField(default=False)
     # Microseconds from receiving the request to the first output byte/event; null if none.
@@ -187,6 +202,8 @@ class UsageRollup(models.Model):
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_rollups")
     alias = models.CharField(max_length=200)
+    # Accelerator type that served them (an alias may move between types over time).
+    accelerator = models.CharField(max_length=100, blank=True)
     # Start of the UTC hour the requests started in.
     hour = models.DateTimeField()
     requests = models.BigIntegerField(default=0)
@@ -197,15 +214,51 @@ class UsageRollup(models.Model):
     cache_write_tokens = models.BigIntegerField(default=0)
     output_tokens = models.BigIntegerField(default=0)
     reasoning_tokens = models.BigIntegerField(default=0)
+    # Exact USD serving cost of these requests, and the part spent on reasoning.
+    serving_cost_usd = models.DecimalField(max_digits=44, decimal_places=24, default=0)
+    reasoning_cost_usd = models.DecimalField(max_digits=44, decimal_places=24, default=0)
     # Highest usage record id folded in (a cut-off marker for invoices).
     last_record_id = models.BigIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["tenant", "alias", "hour"], name="rollup_unique_hour"),
+            models.UniqueConstraint(
+                fields=["tenant", "alias", "accelerator", "hour"], name="rollup_unique_hour"
+            ),
         ]
         indexes = [models.Index(fields=["tenant", "hour"], name="rollup_tenant_hour")]
 
     def __str__(self) -> str:
         return f"{self.tenant_id} {self.alias} {self.hour:%Y-%m-%d %H}:00"
+
+
+class ServingCostRate(models.Model):
+    """What serving one million tokens of each class costs on an alias, frozen.
+
+    Written by billing (hardware cost basis x deployment throughput) and read by the proxy,
+    which stamps every usage record with the rate in force and the exact cost it implies.
+    A rate never changes: a new cost basis or deployment makes a new row, so history is
+    never rewritten.
+    """
+
+    alias = models.CharField(max_length=200)
+    accelerator = models.CharField(max_length=100)
+    # In force from this instant (UTC) until a later rate for the alias.
+    effective_from = models.DateTimeField()
+    # USD per 1M tokens of each class (exact).
+    input_usd = models.DecimalField(max_digits=38, decimal_places=18)
+    cache_read_usd = models.DecimalField(max_digits=38, decimal_places=18)
+    cache_write_usd = models.DecimalField(max_digits=38, decimal_places=18)
+    output_usd = models.DecimalField(max_digits=38, decimal_places=18)
+    reasoning_usd = models.DecimalField(max_digits=38, decimal_places=18)
+    # Where the figures come from (billing ids and inputs), for audit.
+    source = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["alias", "-effective_from"]
+        indexes = [models.Index(fields=["alias", "effective_from"], name="cost_rate_alias_time")]
+
+    def __str__(self) -> str:
+        return f"{self.alias} on {self.accelerator} from {self.effective_from:%Y-%m-%d %H:%M}"

@@ -217,3 +217,44 @@ def windows_with_usage_after(windows: list[BilledWindow]) -> set[tuple[uuid.UUID
             last_record_id__gt=w.billed_up_to,
         ).exists()
     }
+
+
+@dataclass(frozen=True)
+class ServedTotals:
+    tenant_id: uuid.UUID
+    alias: str
+    accelerator: str
+    tokens: dict[str, int]  # pricing token class -> tokens
+    serving_cost_usd: Decimal
+    reasoning_cost_usd: Decimal
+
+
+def served_totals(
+    *, start: datetime, end: datetime, tenant_id: uuid.UUID | None = None, alias: str | None = None
+) -> list[ServedTotals]:
+    """Rated tokens and exact serving cost per (tenant, alias, accelerator) in [start, end)."""
+    qs = UsageRollup.objects.filter(hour__gte=start, hour__lt=end)
+    if tenant_id is not None:
+        qs = qs.filter(tenant_id=tenant_id)
+    if alias is not None:
+        qs = qs.filter(alias=alias)
+    rows = (
+        qs.values("tenant_id", "alias", "accelerator")
+        .annotate(
+            cost=Sum("serving_cost_usd"),
+            reasoning_cost=Sum("reasoning_cost_usd"),
+            **{name: Sum(name) for name in TOKEN_CLASSES},
+        )
+        .order_by("tenant_id", "alias", "accelerator")
+    )
+    return [
+        ServedTotals(
+            tenant_id=row["tenant_id"],
+            alias=row["alias"],
+            accelerator=row["accelerator"],
+            tokens={PRICING_CLASS[name]: row[name] or 0 for name in TOKEN_CLASSES},
+            serving_cost_usd=row["cost"] or Decimal(0),
+            reasoning_cost_usd=row["reasoning_cost"] or Decimal(0),
+        )
+        for row in rows
+    ]

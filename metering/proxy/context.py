@@ -18,8 +18,10 @@ from datetime import datetime
 from typing import Generic, TypeVar
 
 from django.db import close_old_connections
+from django.utils import timezone
 
-from metering.models import ApiKey, Route
+from metering.costs import Rates
+from metering.models import ApiKey, Route, ServingCostRate
 
 ANTHROPIC_DEFAULT_VERSION = "2023-06-01"
 
@@ -35,6 +37,9 @@ class RouteInfo:
     credential: str
     # True when the route names an environment variable that is not set here.
     credential_missing: bool
+    # The serving cost rate in force for the alias when this was loaded (None: no rate).
+    cost_rate_id: int | None = None
+    cost_rates: Rates | None = None
 
     @property
     def speaks_anthropic(self) -> bool:
@@ -49,9 +54,19 @@ class CallerContext:
     routes: dict[str, RouteInfo]
 
 
-def route_info_from(route: Route) -> RouteInfo:
+def route_info_from(route: Route, rate: ServingCostRate | None = None) -> RouteInfo:
     credential = os.environ.get(route.api_key_env, "") if route.api_key_env else ""
     return RouteInfo(
+        cost_rate_id=rate.pk if rate else None,
+        cost_rates=Rates(
+            rate.input_usd,
+            rate.cache_read_usd,
+            rate.cache_write_usd,
+            rate.output_usd,
+            rate.reasoning_usd,
+        )
+        if rate
+        else None,
         alias=route.alias,
         provider=route.provider,
         upstream_model=route.upstream_model,
@@ -60,6 +75,18 @@ def route_info_from(route: Route) -> RouteInfo:
         credential=credential,
         credential_missing=bool(route.api_key_env) and not credential,
     )
+
+
+def current_cost_rates(aliases: list[str]) -> dict[str, ServingCostRate]:
+    """The latest rate in force now for each alias (at most one query)."""
+    if not aliases:
+        return {}
+    rates: dict[str, ServingCostRate] = {}
+    for rate in ServingCostRate.objects.filter(
+        alias__in=aliases, effective_from__lte=timezone.now()
+    ).order_by("alias", "-effective_from", "-id"):
+        rates.setdefault(rate.alias, rate)
+    return rates
 
 
 def caller_context_load(key_hash: str) -> CallerContext | None:
@@ -72,9 +99,9 @@ def caller_context_load(key_hash: str) -> CallerContext | None:
     )
     if api_key is None:
         return None
-    routes = {
-        r.alias: route_info_from(r) for r in api_key.tenant.allowed_routes.filter(is_active=True)
-    }
+    allowed = list(api_key.tenant.allowed_routes.filter(is_active=True))
+    rates = current_cost_rates([r.alias for r in allowed])
+    routes = {r.alias: route_info_from(r, rates.get(r.alias)) for r in allowed}
     return CallerContext(
         tenant_id=api_key.tenant_id,
         api_key_id=api_key.pk,

@@ -1,0 +1,305 @@
+"""Finance and operator views for the hardware cost basis: catalogue, cost bases,
+deployments, margin policies, margin reports (JSON and CSV) and the what-if."""
+
+import csv
+import io
+from decimal import Decimal
+
+from django.http import HttpResponse
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.exceptions import ValidationError
+from rest_framework.permissions import IsAdminUser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from api.invoice_views import month_bounds
+from billing import costbasis
+from billing.currency import decimal_text
+from billing.hardware import (
+    CannotPrice,
+    accelerator_get,
+    class_costs_of,
+    cost_basis_create,
+    cost_basis_in_force,
+    deployment_set,
+    hourly_cost_of,
+    margin_policy_set,
+)
+from billing.models import AcceleratorType, CostBasisVersion
+from billing.periods import Period
+from billing.reports import GROUPINGS, margin_report, whatif
+
+MONEY = {"max_digits": 38, "decimal_places": 12}
+
+
+def _period(request: Request) -> Period:
+    value = request.query_params.get("period")
+    if not value:
+        raise ValidationError({"period": "Required, YYYY-MM."})
+    return Period(*month_bounds(value))
+
+
+def _opt(value: Decimal | None) -> str | None:
+    return None if value is None else decimal_text(value)
+
+
+class AcceleratorListView(APIView):
+    permission_classes = [IsAdminUser]
+
+    def get(self, request: Request) -> Response:
+        from django.utils import timezone
+
+        now = timezone.now()
+        out = []
+        for accelerator in AcceleratorType.objects.all():
+            basis = cost_basis_in_force(accelerator=accelerator, at=now)
+            try:
+                hourly = _opt(hourly_cost_of(basis)) if basis else None
+                missing: list[str] = []
+            except CannotPrice as exc:
+                hourly, missing = None, exc.extra.get("missing", [])
+            out.append(
+                {
+                    "key": accelerator.key,
+                    "vendor": accelerator.vendor,
+                    "memory_gb": accelerator.memory_gb,
+                    "tdp_watts": accelerator.tdp_watts,
+                    "source": accelerator.source,
+                    "cost_basis_version": basis.version if basis else None,
+                    "mode": basis.mode if basis else None,
+                    "hourly_usd": hourly,
+                    "missing_for_pricing": missing,
+                }
+            )
+        return Response(out)
+
+
+class CostBasisInput(serializers.Serializer):
+    mode = serializers.ChoiceField(choices=CostBasisVersion.Mode.choices)
+    hourly_usd = serializers.DecimalField(**MONEY, required=False, allow_null=True)
+    purchase_price_usd = serializers.DecimalField(**MONEY, required=False, allow_null=True)
+    amortization_years = serializers.DecimalField(**MONEY, required=False, allow_null=True)
+    power_usd_per_kwh = serializers.DecimalField(**MONEY, required=False)
+    pue = serializers.DecimalField(**MONEY, required=False)
+    other_opex_per_hour = serializers.DecimalField(**MONEY, required=False)
+    effective_from = serializers.DateTimeField()
+    note = serializers.CharField(max_length=300, required=False, default="")
+
+
+class CostBasisCreateView(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(request=CostBasisInput)
+    def post(self, request: Request, key: str) -> Response:
+        body = CostBasisInput(data=request.data)
+        body.is_valid(raise_exception=True)
+        version = cost_basis_create(accelerator=accelerator_get(key), **body.validated_data)
+        try:
+            hourly = _opt(hourly_cost_of(version))
+        except CannotPrice:
+            hourly = None
+        return Response(
+            {"accelerator": key, "version": version.version, "hourly_usd": hourly},
+            status=status.HTTP_201_CREATED,
+        )
+
+
+class MarginPolicyInput(serializers.Serializer):
+    target_margin = serializers.DecimalField(**MONEY)
+    minimum_margin = serializers.DecimalField(**MONEY)
+    effective_from = serializers.DateTimeField()
+
+    def validate(self, attrs):  # type: ignore[no-untyped-def]
+        try:
+            costbasis.MarginPolicy(attrs["target_margin"], attrs["minimum_margin"])
+        except ValueError as exc:
+            raise ValidationError({"margins": str(exc)}) from exc
+        return attrs
+
+
+class MarginPolicyCreateView(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(request=MarginPolicyInput)
+    def post(self, request: Request, key: str) -> Response:
+        body = MarginPolicyInput(data=request.data)
+        body.is_valid(raise_exception=True)
+        policy = margin_policy_set(accelerator=accelerator_get(key), **body.validated_data)
+        return Response({"accelerator": key, "id": policy.pk}, status=status.HTTP_201_CREATED)
+
+
+class DeploymentInput(serializers.Serializer):
+    alias = serializers.CharField(max_length=200)
+    accelerator = serializers.CharField(max_length=100)
+    decode_tokens_per_s = serializers.DecimalField(**MONEY, allow_null=True)
+    prefill_tokens_per_s = serializers.DecimalField(**MONEY, allow_null=True)
+    utilization = serializers.DecimalField(**MONEY, default=Decimal("0.6"))
+    cache_read_factor = serializers.DecimalField(**MONEY, default=Decimal("0.1"))
+    cache_write_factor = serializers.DecimalField(**MONEY, default=Decimal("1.25"))
+    effective_from = serializers.DateTimeField()
+
+
+class DeploymentCreateView(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(request=DeploymentInput)
+    def post(self, request: Request) -> Response:
+        body = DeploymentInput(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = dict(body.validated_data)
+        deployment = deployment_set(accelerator=accelerator_get(data.pop("accelerator")), **data)
+        basis = cost_basis_in_force(
+            accelerator=deployment.accelerator, at=deployment.effective_from
+        )
+        costs = class_costs_of(deployment, basis).as_dict() if basis else {}
+        return Response(
+            {
+                "alias": deployment.alias,
+                "version": deployment.version,
+                "cost_per_million_usd": {k: decimal_text(v) for k, v in costs.items()},
+            },
+            status=status.HTTP_201_CREATED,
+        )
+
+
+def _row_data(row) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    return {
+        "key": list(row.key),
+        "revenue_usd": decimal_text(row.revenue_usd),
+        "cost_usd": decimal_text(row.cost_usd),
+        "gross_margin": None
+        if row.gross_margin is None
+        else decimal_text(row.gross_margin.quantize(Decimal("0.000001"))),
+        "reasoning_cost_usd": decimal_text(row.reasoning_cost_usd),
+        "reasoning_share_of_cost": None
+        if row.reasoning_share_of_cost is None
+        else decimal_text(row.reasoning_share_of_cost.quantize(Decimal("0.000001"))),
+        "tokens": dict(row.tokens),
+    }
+
+
+def _group_by(request: Request) -> tuple[str, ...]:
+    value = request.query_params.get("group_by", "tenant,alias,accelerator")
+    groups = tuple(g for g in value.split(",") if g)
+    if not groups or any(g not in GROUPINGS for g in groups):
+        raise ValidationError({"group_by": f"Comma-separated, from {', '.join(GROUPINGS)}."})
+    return groups
+
+
+class MarginReportView(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("period", str, required=True),
+            OpenApiParameter("group_by", str),
+        ]
+    )
+    def get(self, request: Request) -> Response:
+        groups = _group_by(request)
+        rows = margin_report(period=_period(request), group_by=groups)
+        return Response({"group_by": list(groups), "rows": [_row_data(r) for r in rows]})
+
+
+class MarginReportCsvView(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("period", str, required=True),
+            OpenApiParameter("group_by", str),
+        ]
+    )
+    def get(self, request: Request) -> HttpResponse:
+        groups = _group_by(request)
+        rows = margin_report(period=_period(request), group_by=groups)
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(
+            [
+                *groups,
+                "revenue_usd",
+                "cost_usd",
+                "gross_margin",
+                "reasoning_cost_usd",
+                "reasoning_share_of_cost",
+            ]
+        )
+        for r in rows:
+            d = _row_data(r)
+            writer.writerow(
+                [
+                    *r.key,
+                    d["revenue_usd"],
+                    d["cost_usd"],
+                    d["gross_margin"],
+                    d["reasoning_cost_usd"],
+                    d["reasoning_share_of_cost"],
+                ]
+            )
+        response = HttpResponse(out.getvalue(), content_type="text/csv")
+        response["Content-Disposition"] = (
+            f'attachment; filename="margins-{request.query_params["period"]}.csv"'
+        )
+        return response
+
+
+class WhatIfView(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("period", str, required=True),
+            OpenApiParameter("accelerator", str, required=True),
+            OpenApiParameter("tenant", str),
+            OpenApiParameter("alias", str),
+            OpenApiParameter("target_margin", str),
+            OpenApiParameter("minimum_margin", str),
+        ]
+    )
+    def get(self, request: Request) -> Response:
+        q = request.query_params
+        if not q.get("accelerator"):
+            raise ValidationError({"accelerator": "Required."})
+        policy = None
+        if q.get("target_margin") or q.get("minimum_margin"):
+            try:
+                policy = costbasis.MarginPolicy(
+                    Decimal(q.get("target_margin", "0")), Decimal(q.get("minimum_margin", "0"))
+                )
+            except (ValueError, ArithmeticError) as exc:
+                raise ValidationError({"margins": str(exc)}) from exc
+        result = whatif(
+            period=_period(request),
+            accelerator_key=q["accelerator"],
+            tenant_id=q.get("tenant"),
+            alias=q.get("alias"),
+            policy=policy,
+        )
+        return Response(
+            {
+                "scope": result.scope,
+                "tokens": result.tokens,
+                "revenue_usd": decimal_text(result.revenue_usd),
+                "actual": {
+                    "cost_usd": decimal_text(result.actual_cost_usd),
+                    "gross_margin": _opt(result.actual_margin),
+                },
+                "alternative": {
+                    "accelerator": result.alternative_accelerator,
+                    "cost_usd": decimal_text(result.alternative_cost_usd),
+                    "cost_per_million_usd": {
+                        k: decimal_text(v) for k, v in result.alternative_class_costs.items()
+                    },
+                    "gross_margin": _opt(result.alternative_margin),
+                    "floor_revenue_usd": decimal_text(result.floor_revenue_usd),
+                    "target_revenue_usd": decimal_text(result.target_revenue_usd),
+                    "policy": {
+                        "target_margin": decimal_text(result.policy.target_margin),
+                        "minimum_margin": decimal_text(result.policy.minimum_margin),
+                    },
+                },
+            }
+        )

@@ -1,0 +1,323 @@
+"""Hardware cost basis and margins: the catalogue, versioned cost bases and deployments,
+the serving cost rates the proxy stamps on every record, margin policies and the price
+floors that plan validation checks. Arithmetic lives in billing.costbasis (pure).
+
+Invariants:
+- cost bases, deployments and rates are never edited: a change is a new row in force
+  from an instant on, so costs already stamped on records and past reports never move;
+- a rate is published only when every figure it needs is known: a catalogue row with a
+  missing price or throughput refuses to price until an operator supplies it.
+"""
+
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from billing import costbasis, pricing
+from billing.models import (
+    AcceleratorType,
+    CalibrationRun,
+    CostBasisVersion,
+    Deployment,
+    MarginPolicy,
+)
+from metering.errors import ApplicationError, NotFound
+from metering.models import ServingCostRate
+
+SEED_FROM = datetime(2020, 1, 1, tzinfo=UTC)
+RATE_QUANTUM = Decimal("1e-18")  # rates are stored with 18 decimals (rounded half-up once)
+MILLION = Decimal(1_000_000)
+
+
+class CannotPrice(ApplicationError):
+    code = "cost_data_missing"
+
+
+def _opt(value: Any) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
+# --- catalogue and versions ----------------------------------------------------------
+
+
+@transaction.atomic
+def catalogue_load(*, path: Path | None = None) -> int:
+    """Load the accelerator catalogue (idempotent). A type with no cost basis yet gets
+    version 1 (rented, the catalogue's hourly price, possibly unknown)."""
+    created = 0
+    for row in costbasis.load_catalogue(path):
+        accelerator, _ = AcceleratorType.objects.update_or_create(
+            key=row.key,
+            defaults={
+                "vendor": row.vendor,
+                "memory_gb": row.memory_gb,
+                "tdp_watts": row.tdp_watts,
+                "example_model": row.example_model,
+                "source": row.source,
+            },
+        )
+        if not accelerator.cost_bases.exists():
+            CostBasisVersion.objects.create(
+                accelerator=accelerator,
+                version=1,
+                mode=CostBasisVersion.Mode.RENTED,
+                hourly_usd=row.hourly_usd,
+                effective_from=SEED_FROM,
+                note="seed catalogue",
+            )
+            created += 1
+    return created
+
+
+def accelerator_get(key: str) -> AcceleratorType:
+    accelerator = AcceleratorType.objects.filter(key=key).first()
+    if accelerator is None:
+        raise NotFound(f"Unknown accelerator type {key!r}.")
+    return accelerator
+
+
+@transaction.atomic
+def cost_basis_create(
+    *, accelerator: AcceleratorType, effective_from: datetime, **fields: Any
+) -> CostBasisVersion:
+    AcceleratorType.objects.select_for_update().get(pk=accelerator.pk)
+    last = accelerator.cost_bases.aggregate(v=Max("version"))["v"] or 0
+    version = CostBasisVersion.objects.create(
+        accelerator=accelerator, version=last + 1, effective_from=effective_from, **fields
+    )
+    for alias in (
+        Deployment.objects.filter(accelerator=accelerator)
+        .values_list("alias", flat=True)
+        .distinct()
+    ):
+        deployment = deployment_in_force(alias=alias, at=effective_from)
+        if deployment is not None and deployment.accelerator_id == accelerator.pk:
+            cost_rate_publish(alias=alias, at=effective_from)
+    return version
+
+
+@transaction.atomic
+def deployment_set(
+    *,
+    alias: str,
+    accelerator: AcceleratorType,
+    effective_from: datetime,
+    decode_tokens_per_s: Decimal | None,
+    prefill_tokens_per_s: Decimal | None,
+    utilization: Decimal = costbasis.DEFAULT_UTILIZATION,
+    cache_read_factor: Decimal = Decimal("0.1"),
+    cache_write_factor: Decimal = Decimal("1.25"),
+    calibration: CalibrationRun | None = None,
+) -> Deployment:
+    last = Deployment.objects.filter(alias=alias).aggregate(v=Max("version"))["v"] or 0
+    deployment = Deployment.objects.create(
+        alias=alias,
+        version=last + 1,
+        accelerator=accelerator,
+        decode_tokens_per_s=decode_tokens_per_s,
+        prefill_tokens_per_s=prefill_tokens_per_s,
+        utilization=utilization,
+        cache_read_factor=cache_read_factor,
+        cache_write_factor=cache_write_factor,
+        effective_from=effective_from,
+        calibration=calibration,
+    )
+    cost_rate_publish(alias=alias, at=effective_from)
+    return deployment
+
+
+def deployment_in_force(*, alias: str, at: datetime) -> Deployment | None:
+    return (
+        Deployment.objects.filter(alias=alias, effective_from__lte=at)
+        .select_related("accelerator")
+        .order_by("-effective_from", "-version")
+        .first()
+    )
+
+
+def cost_basis_in_force(*, accelerator: AcceleratorType, at: datetime) -> CostBasisVersion | None:
+    return (
+        accelerator.cost_bases.filter(effective_from__lte=at)
+        .order_by("-effective_from", "-version")
+        .first()
+    )
+
+
+def hourly_cost_of(basis: CostBasisVersion) -> Decimal:
+    key = basis.accelerator.key
+    if basis.mode == CostBasisVersion.Mode.RENTED:
+        spec: costbasis.RentedCost | costbasis.OwnedCost = costbasis.RentedCost(
+            _opt(basis.hourly_usd)
+        )
+    else:
+        spec = costbasis.OwnedCost(
+            purchase_price_usd=_opt(basis.purchase_price_usd),
+            amortization_years=_opt(basis.amortization_years),
+            tdp_watts=basis.accelerator.tdp_watts,
+            power_usd_per_kwh=Decimal(basis.power_usd_per_kwh),
+            pue=Decimal(basis.pue),
+            other_opex_per_hour=Decimal(basis.other_opex_per_hour),
+        )
+    try:
+        return costbasis.hourly_cost(spec, accelerator=key)
+    except costbasis.MissingCostData as exc:
+        raise CannotPrice(str(exc), {"accelerator": key, "missing": list(exc.fields)}) from exc
+
+
+def class_costs_of(deployment: Deployment, basis: CostBasisVersion) -> costbasis.ClassCosts:
+    throughput = costbasis.Throughput(
+        decode_tokens_per_s=_opt(deployment.decode_tokens_per_s),
+        prefill_tokens_per_s=_opt(deployment.prefill_tokens_per_s),
+        utilization=Decimal(deployment.utilization),
+        cache_read_factor=Decimal(deployment.cache_read_factor),
+        cache_write_factor=Decimal(deployment.cache_write_factor),
+    )
+    try:
+        return costbasis.class_costs(
+            hourly_cost_of(basis), throughput, accelerator=basis.accelerator.key
+        )
+    except costbasis.MissingCostData as exc:
+        raise CannotPrice(
+            str(exc), {"alias": deployment.alias, "missing": list(exc.fields)}
+        ) from exc
+
+
+@transaction.atomic
+def cost_rate_publish(*, alias: str, at: datetime) -> ServingCostRate:
+    """Freeze the per-class cost of serving `alias` from `at` on (deployment x cost basis)."""
+    deployment = deployment_in_force(alias=alias, at=at)
+    if deployment is None:
+        raise NotFound(f"No deployment of {alias!r} in force at {at:%Y-%m-%d %H:%M}.")
+    basis = cost_basis_in_force(accelerator=deployment.accelerator, at=at)
+    if basis is None:
+        raise CannotPrice(f"No cost basis for {deployment.accelerator.key} at {at:%Y-%m-%d %H:%M}.")
+    costs = class_costs_of(deployment, basis)
+    q = {
+        name: value.quantize(RATE_QUANTUM, rounding=ROUND_HALF_UP)
+        for name, value in costs.as_dict().items()
+    }
+    return ServingCostRate.objects.create(
+        alias=alias,
+        accelerator=deployment.accelerator.key,
+        effective_from=at,
+        input_usd=q["input"],
+        cache_read_usd=q["cache_read"],
+        cache_write_usd=q["cache_write"],
+        output_usd=q["output"],
+        reasoning_usd=q["reasoning"],
+        source={
+            "deployment_id": deployment.pk,
+            "deployment_version": deployment.version,
+            "cost_basis_version_id": basis.pk,
+            "cost_basis_version": basis.version,
+            "hourly_usd": str(hourly_cost_of(basis)),
+            "decode_tokens_per_s": str(deployment.decode_tokens_per_s),
+            "prefill_tokens_per_s": str(deployment.prefill_tokens_per_s),
+            "utilization": str(deployment.utilization),
+        },
+    )
+
+
+@transaction.atomic
+def margin_policy_set(
+    *,
+    accelerator: AcceleratorType,
+    target_margin: Decimal,
+    minimum_margin: Decimal,
+    effective_from: datetime,
+) -> MarginPolicy:
+    costbasis.MarginPolicy(target_margin=target_margin, minimum_margin=minimum_margin)  # validates
+    return MarginPolicy.objects.create(
+        accelerator=accelerator,
+        target_margin=target_margin,
+        minimum_margin=minimum_margin,
+        effective_from=effective_from,
+    )
+
+
+def margin_policy_in_force(*, accelerator_key: str, at: datetime) -> costbasis.MarginPolicy | None:
+    policy = (
+        MarginPolicy.objects.filter(accelerator__key=accelerator_key, effective_from__lte=at)
+        .order_by("-effective_from", "-id")
+        .first()
+    )
+    if policy is None:
+        return None
+    return costbasis.MarginPolicy(Decimal(policy.target_margin), Decimal(policy.minimum_margin))
+
+
+def rate_costs(rate: ServingCostRate) -> costbasis.ClassCosts:
+    return costbasis.ClassCosts(
+        input=rate.input_usd,
+        cache_read=rate.cache_read_usd,
+        cache_write=rate.cache_write_usd,
+        output=rate.output_usd,
+        reasoning=rate.reasoning_usd,
+    )
+
+
+# --- floors --------------------------------------------------------------------------
+
+
+def lowest_price_per_million(component: pricing.PriceComponent) -> Decimal:
+    """The lowest price per 1M tokens a component can charge (its cheapest tier)."""
+    per_unit = MILLION / Decimal(component.unit_tokens)
+    if component.charge_model in ("graduated", "volume"):
+        return (
+            min(t.unit_price for t in component.tiers) * per_unit if component.tiers else Decimal(0)
+        )
+    if component.charge_model == "package":
+        return component.unit_price / component.package_units * per_unit
+    return component.unit_price * per_unit
+
+
+def floor_breaches(
+    plan: pricing.PlanVersion, *, at: datetime | None = None
+) -> list[pricing.PlanIssue]:
+    """A warning for every component priced below the cost floor of an alias it covers."""
+    from metering.proxy.context import current_cost_rates
+
+    at = at or timezone.now()
+    all_aliases = list(ServingCostRate.objects.values_list("alias", flat=True).distinct())
+    rates = current_cost_rates(all_aliases)
+    scoped = {a for c in plan.components if c.aliases for a in c.aliases}
+    issues = []
+    for component in plan.components:
+        classes = [component.token_class]
+        if component.token_class == "output" and not any(
+            c.token_class == "reasoning" for c in plan.components
+        ):
+            classes.append("reasoning")  # reasoning folds into output when not priced itself
+        covered = component.aliases or frozenset(a for a in rates if a not in scoped)
+        price = lowest_price_per_million(component)
+        for alias in sorted(covered):
+            rate = rates.get(alias)
+            if rate is None:
+                continue
+            policy = margin_policy_in_force(accelerator_key=rate.accelerator, at=at)
+            margin = policy.minimum_margin if policy else Decimal(0)
+            for token_class in classes:
+                floor = costbasis.floor_price(rate_costs(rate).as_dict()[token_class], margin)
+                if price < floor:
+                    issues.append(
+                        pricing.PlanIssue(
+                            severity="warning",
+                            code="below_cost_floor",
+                            message=(
+                                f"{token_class} on {alias} ({rate.accelerator}) is priced at "
+                                f"{_usd(price)}/M, below its floor {_usd(floor)}/M at a "
+                                f"{margin:.0%} minimum margin (by {_usd(floor - price)}/M)"
+                            ),
+                            component_key=component.key,
+                        )
+                    )
+    return issues
+
+
+def _usd(value: Decimal) -> str:
+    return f"${value.quantize(Decimal('0.0001'), rounding=ROUND_HALF_UP)}"

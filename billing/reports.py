@@ -1,0 +1,229 @@
+"""Finance reports: revenue as rated, serving cost and gross margin by tenant, alias,
+accelerator type and period, with the share of cost caused by hidden reasoning; and the
+what-if that re-prices a past period on another accelerator type or margin policy.
+
+Revenue is the period's rating (the invoice's figures for a closed period) allocated to
+(tenant, alias, accelerator) in proportion to the tokens each contributed to a line;
+fees that belong to no alias (base fee, minimum true-up) are reported under "(fees)".
+Each line's exact amount is split exactly, the remainder going to the last share.
+Costs are the exact serving costs stamped on the records (summed in rollups).
+"""
+
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from billing import costbasis, pricing
+from billing.hardware import (
+    CannotPrice,
+    accelerator_get,
+    class_costs_of,
+    cost_basis_in_force,
+    deployment_in_force,
+    margin_policy_in_force,
+)
+from billing.models import Deployment
+from billing.periods import Period
+from billing.services import period_rate
+from metering.errors import ApplicationError, NotFound
+from metering.selectors import ServedTotals, served_totals
+
+FEES = "(fees)"
+GROUPINGS = ("tenant", "alias", "accelerator")
+
+
+@dataclass
+class MarginRow:
+    key: tuple[str, ...]
+    revenue_usd: Decimal = Decimal(0)
+    cost_usd: Decimal = Decimal(0)
+    reasoning_cost_usd: Decimal = Decimal(0)
+    tokens: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    @property
+    def gross_margin(self) -> Decimal | None:
+        return costbasis.gross_margin(self.revenue_usd, self.cost_usd)
+
+    @property
+    def reasoning_share_of_cost(self) -> Decimal | None:
+        return None if self.cost_usd == 0 else self.reasoning_cost_usd / self.cost_usd
+
+
+def _line_weights(
+    line: pricing.RatedLine, served: list[ServedTotals]
+) -> list[tuple[ServedTotals, int]]:
+    classes = [line.token_class]
+    if line.reasoning_tokens:
+        classes.append("reasoning")  # reasoning folded into this output line
+    weights = [
+        (s, sum(s.tokens.get(c, 0) for c in classes)) for s in served if s.alias in line.aliases
+    ]
+    return [(s, w) for s, w in weights if w > 0]
+
+
+def _split(amount: Decimal, weights: list[int]) -> list[Decimal]:
+    total = sum(weights)
+    shares = [amount * w / total for w in weights[:-1]]
+    return [*shares, amount - sum(shares, Decimal(0))]
+
+
+def margin_report(
+    *, period: Period, group_by: tuple[str, ...] = ("tenant", "alias", "accelerator")
+) -> list[MarginRow]:
+    bad = [g for g in group_by if g not in GROUPINGS]
+    if bad or not group_by:
+        raise ApplicationError(f"group_by takes {', '.join(GROUPINGS)}.")
+    served = served_totals(start=period.start, end=period.end)
+    by_tenant: dict[uuid.UUID, list[ServedTotals]] = defaultdict(list)
+    for s in served:
+        by_tenant[s.tenant_id].append(s)
+    rows: dict[tuple[str, ...], MarginRow] = {}
+
+    def row_for(tenant_id: uuid.UUID, alias: str, accelerator: str) -> MarginRow:
+        values = {"tenant": str(tenant_id), "alias": alias, "accelerator": accelerator}
+        key = tuple(values[g] for g in group_by)
+        return rows.setdefault(key, MarginRow(key))
+
+    for s in served:
+        row = row_for(s.tenant_id, s.alias, s.accelerator)
+        row.cost_usd += s.serving_cost_usd
+        row.reasoning_cost_usd += s.reasoning_cost_usd
+        for token_class, n in s.tokens.items():
+            row.tokens[token_class] += n
+    from billing.models import Subscription
+
+    tenants = set(
+        Subscription.objects.filter(starts_at__lt=period.end).values_list("tenant_id", flat=True)
+    )
+    for tenant_id in sorted(tenants | set(by_tenant), key=str):
+        try:
+            rating = period_rate(tenant_id=tenant_id, period=period)
+        except NotFound:
+            continue
+        for line in rating.lines:
+            weights = _line_weights(line, by_tenant[tenant_id]) if line.kind == "usage" else []
+            if not weights:
+                if line.amount_exact:
+                    row_for(tenant_id, FEES, FEES).revenue_usd += line.amount_exact
+                continue
+            for (s, _), share in zip(
+                weights, _split(line.amount_exact, [w for _, w in weights]), strict=True
+            ):
+                row_for(tenant_id, s.alias, s.accelerator).revenue_usd += share
+    return sorted(rows.values(), key=lambda r: r.key)
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    scope: str
+    period: Period
+    tokens: dict[str, int]
+    revenue_usd: Decimal  # as rated (allocated to the scope)
+    actual_cost_usd: Decimal  # stamped on the records
+    alternative_accelerator: str
+    alternative_cost_usd: Decimal
+    alternative_class_costs: dict[str, Decimal]  # USD per 1M tokens
+    floor_revenue_usd: Decimal  # alternative cost / (1 - minimum margin)
+    target_revenue_usd: Decimal  # alternative cost / (1 - target margin)
+    actual_margin: Decimal | None
+    alternative_margin: Decimal | None
+    policy: costbasis.MarginPolicy
+
+
+def whatif(
+    *,
+    period: Period,
+    accelerator_key: str,
+    tenant_id: uuid.UUID | None = None,
+    alias: str | None = None,
+    policy: costbasis.MarginPolicy | None = None,
+) -> WhatIf:
+    """Re-price a past period's usage (one tenant, one alias, or both) on another
+    accelerator type and/or margin policy, beside what it actually cost and earned."""
+    accelerator = accelerator_get(accelerator_key)
+    report = margin_report(period=period, group_by=("tenant", "alias", "accelerator"))
+    selected = [
+        r
+        for r in report
+        if r.key[1] != FEES
+        and (tenant_id is None or r.key[0] == str(tenant_id))
+        and (alias is None or r.key[1] == alias)
+    ]
+    if not selected:
+        raise NotFound("No usage in that period for that scope.")
+    tokens: dict[str, int] = defaultdict(int)
+    for r in selected:
+        for token_class, n in r.tokens.items():
+            tokens[token_class] += n
+    alternative = Decimal(0)
+    class_costs: dict[str, Decimal] = {}
+    for alias_name in sorted({r.key[1] for r in selected}):
+        alias_tokens: dict[str, int] = defaultdict(int)
+        for r in selected:
+            if r.key[1] == alias_name:
+                for token_class, n in r.tokens.items():
+                    alias_tokens[token_class] += n
+        costs = _alternative_costs(alias_name, accelerator_key, period.end)
+        class_costs = costs.as_dict()
+        alternative += costbasis.usage_cost(costs, alias_tokens)
+    policy = policy or margin_policy_in_force(accelerator_key=accelerator.key, at=period.end)
+    if policy is None:
+        policy = costbasis.MarginPolicy(Decimal(0), Decimal(0))
+    revenue = sum((r.revenue_usd for r in selected), Decimal(0))
+    actual = sum((r.cost_usd for r in selected), Decimal(0))
+    return WhatIf(
+        scope=f"tenant={tenant_id or '*'} alias={alias or '*'}",
+        period=period,
+        tokens=dict(tokens),
+        revenue_usd=revenue,
+        actual_cost_usd=actual,
+        alternative_accelerator=accelerator.key,
+        alternative_cost_usd=alternative,
+        alternative_class_costs=class_costs,
+        floor_revenue_usd=costbasis.floor_price(alternative, policy.minimum_margin),
+        target_revenue_usd=costbasis.floor_price(alternative, policy.target_margin),
+        actual_margin=costbasis.gross_margin(revenue, actual),
+        alternative_margin=costbasis.gross_margin(revenue, alternative),
+        policy=policy,
+    )
+
+
+def _alternative_costs(alias: str, accelerator_key: str, at: datetime) -> costbasis.ClassCosts:
+    """Per-class cost of serving `alias` on another accelerator type: its own deployment
+    there if one was ever measured, else the current deployment's throughput scaled by the
+    catalogue's decode figures of the two types."""
+    accelerator = accelerator_get(accelerator_key)
+    basis = cost_basis_in_force(accelerator=accelerator, at=at)
+    if basis is None:
+        raise CannotPrice(f"No cost basis for {accelerator_key}.")
+    there = (
+        Deployment.objects.filter(alias=alias, accelerator=accelerator).order_by("-version").first()
+    )
+    if there is not None:
+        return class_costs_of(there, basis)
+    current = deployment_in_force(alias=alias, at=at)
+    if current is None:
+        raise NotFound(f"{alias!r} has no deployment to compare with.")
+    catalogue = {row.key: row for row in costbasis.load_catalogue()}
+    here, target = catalogue.get(current.accelerator.key), catalogue.get(accelerator_key)
+    if not (here and target and here.output_tokens_per_s and target.output_tokens_per_s):
+        raise CannotPrice(
+            f"No throughput of {alias!r} on {accelerator_key}, and the catalogue cannot scale it."
+        )
+    ratio = target.output_tokens_per_s / here.output_tokens_per_s
+    scaled = Deployment(
+        alias=alias,
+        accelerator=accelerator,
+        decode_tokens_per_s=None
+        if current.decode_tokens_per_s is None
+        else current.decode_tokens_per_s * ratio,
+        prefill_tokens_per_s=None
+        if current.prefill_tokens_per_s is None
+        else current.prefill_tokens_per_s * ratio,
+        utilization=current.utilization,
+        cache_read_factor=current.cache_read_factor,
+        cache_write_factor=current.cache_write_factor,
+    )
+    return class_costs_of(scaled, basis)
