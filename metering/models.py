@@ -148,10 +148,10 @@ class UsageRecord(models.Model):
         related_name="+",
     )
     # Exact USD it cost to serve (all classes at cost_rate); null when no rate applied.
-    serving_cost_usd = models.DecimalField(max_digits=38, decimal_places=18, null=True, blank=True)
+    serving_cost_usd = models.DecimalField(max_digits=44, decimal_places=24, null=True, blank=True)
     # The part of serving_cost_usd spent on hidden reasoning tokens.
     reasoning_cost_usd = models.DecimalField(
-        max_digits=38, decimal_places=18, null=True, blank=True
+        max_digits=44, decimal_places=24, null=True, blank=True
     )
     # True when the caller went away mid-stream and the proxy drained the upstream alone.
     client_disconnected = models.BooleanField(default=False)

@@ -1,6 +1,7 @@
 import asyncio
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -187,6 +188,8 @@ def rollups_match_raw_records() -> None:
             cache_write_tokens=Sum("cache_write_tokens", filter=rated, default=0),
             output_tokens=Sum("output_tokens", filter=rated, default=0),
             reasoning_tokens=Sum("reasoning_tokens", filter=rated, default=0),
+            serving_cost_usd=Sum("serving_cost_usd", filter=rated, default=0),
+            reasoning_cost_usd=Sum("reasoning_cost_usd", filter=rated, default=0),
             last_record_id=Max("id"),
         )
     )
@@ -202,6 +205,8 @@ def rollups_match_raw_records() -> None:
             "cache_write_tokens",
             "output_tokens",
             "reasoning_tokens",
+            "serving_cost_usd",
+            "reasoning_cost_usd",
             "last_record_id",
         ):
             assert getattr(rollups[key], name) == row[name], (key, name)
@@ -217,7 +222,15 @@ def test_rollups_equal_raw_records_and_ignore_replays(tmp_path: Path, sink_class
     records = [
         record_for(key, started_at=t0, finished_at=t0),
         record_for(key, started_at=t0 + timedelta(microseconds=1), finished_at=t0),  # next hour
-        record_for(key, started_at=t0, finished_at=t0, alias="thinker", reasoning_tokens=7),
+        record_for(
+            key,
+            started_at=t0,
+            finished_at=t0,
+            alias="thinker",
+            reasoning_tokens=7,
+            serving_cost_usd=Decimal("0.000000123456789012345678"),
+            reasoning_cost_usd=Decimal("0.000000100000000000000001"),
+        ),
         record_for(key, started_at=t0, finished_at=t0, flags=["reasoning_exceeds_output"]),
         record_for(other, started_at=t0, finished_at=t0, input_tokens=3),
     ]

@@ -27,6 +27,11 @@ class Command(BaseCommand):
         parser.add_argument(
             "--accelerator", help="accelerator type of that deployment (default: the current one)"
         )
+        parser.add_argument(
+            "--prefill-tokens-per-s",
+            type=Decimal,
+            help="prefill figure when the server is too fast to measure it and no deployment has one",
+        )
 
     def handle(self, *args, **o):  # type: ignore[no-untyped-def]
         try:
@@ -63,7 +68,8 @@ class Command(BaseCommand):
                 effective_from=now,
                 decode_tokens_per_s=run.decode_tokens_per_s,
                 prefill_tokens_per_s=run.prefill_tokens_per_s
-                or (current.prefill_tokens_per_s if current else None),
+                or (current.prefill_tokens_per_s if current else None)
+                or o["prefill_tokens_per_s"],
                 utilization=current.utilization if current else Decimal("0.6"),
                 calibration=run,
             )
