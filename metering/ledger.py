@@ -259,10 +259,10 @@ def _pg_insert_sql() -> str:
         f" count(*) FILTER (WHERE NOT {rated}) AS flagged_requests, {sums}, max(id) AS last_id"
         " FROM inserted GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4),"
         " rolled AS ("
-        " INSERT INTO metering_usagerollup AS r (tenant_id, alias, accelerator, hour, requests,"
+        " INSERT INTO metering_usagerollup AS r (tenant_id, alias, accelerator, hour, shard, requests,"
         f" flagged_requests, {sum_names}, last_record_id, updated_at)"
-        f" SELECT tenant_id, alias, accelerator, hour, requests, flagged_requests, {sum_names},"
-        " last_id, now() FROM hourly ON CONFLICT (tenant_id, alias, accelerator, hour) DO UPDATE SET"
+        f" SELECT tenant_id, alias, accelerator, hour, %s, requests, flagged_requests, {sum_names},"
+        " last_id, now() FROM hourly ON CONFLICT (tenant_id, alias, accelerator, hour, shard) DO UPDATE SET"
         " requests = r.requests + excluded.requests,"
         f" flagged_requests = r.flagged_requests + excluded.flagged_requests, {increments},"
         " last_record_id = greatest(r.last_record_id, excluded.last_record_id),"
@@ -283,39 +283,55 @@ def _json_default(value: Any) -> str:
     raise TypeError(f"cannot serialize {type(value).__name__}")
 
 
-def pg_insert_params(records: list[dict[str, Any]], touch_keys: list[int]) -> tuple[Any, ...]:
+def pg_insert_params(
+    records: list[dict[str, Any]], touch_keys: list[int], shard: int = 0
+) -> tuple[Any, ...]:
     return (
         orjson.dumps(records, default=_json_default).decode(),
+        shard,
         max(r["finished_at"] for r in records),
         touch_keys,
     )
 
 
+ROLLUP_SHARDS = int(os.environ.get("RECKON_ROLLUP_SHARDS", "16"))
+
+
 class PostgresLedgerSink:
-    """Commits batches on a few async connections, so batches can be in flight together."""
+    """Commits batches on a few async connections, so batches can be in flight together.
+
+    Each connection folds into its own rollup shard, so two batches in flight never wait
+    for each other's row lock on a busy (tenant, alias, hour) rollup."""
 
     def __init__(self, conninfo: str, *, concurrency: int = 2) -> None:
         self._conninfo = conninfo
         self.concurrency = concurrency
-        self._idle: list[Any] = []
+        self._idle: list[tuple[Any, int]] = []
+        self._next_shard = (os.getpid() * 7) % ROLLUP_SHARDS
 
     async def write(self, records: list[dict[str, Any]], touch_keys: list[int]) -> None:
         import psycopg
 
-        conn = self._idle.pop() if self._idle else None
+        conn, shard = self._idle.pop() if self._idle else (None, self._take_shard())
         try:
             if conn is None or conn.closed:
                 conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
-            await conn.execute(PG_INSERT_SQL, pg_insert_params(records, touch_keys))
+            await conn.execute(PG_INSERT_SQL, pg_insert_params(records, touch_keys, shard))
         except psycopg.Error as exc:
             if conn is not None:
                 await conn.close()  # a broken connection is replaced on the next try
             raise DatabaseError(str(exc)) from exc
-        self._idle.append(conn)
+        self._idle.append((conn, shard))
+
+    def _take_shard(self) -> int:
+        shard = self._next_shard
+        self._next_shard = (shard + 1) % ROLLUP_SHARDS
+        return shard
 
     async def close(self) -> None:
         while self._idle:
-            await self._idle.pop().close()
+            conn, _ = self._idle.pop()
+            await conn.close()
 
 
 def pg_conninfo(settings_dict: dict[str, Any]) -> str:

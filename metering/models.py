@@ -206,6 +206,9 @@ class UsageRollup(models.Model):
     accelerator = models.CharField(max_length=100, blank=True)
     # Start of the UTC hour the requests started in.
     hour = models.DateTimeField()
+    # Writers fold into different shards so concurrent ledger batches never wait on each
+    # other's row lock; every reader sums across shards.
+    shard = models.PositiveSmallIntegerField(default=0)
     requests = models.BigIntegerField(default=0)
     # Records in this hour held back from rating because they broke a provider invariant.
     flagged_requests = models.BigIntegerField(default=0)
@@ -224,7 +227,8 @@ class UsageRollup(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["tenant", "alias", "accelerator", "hour"], name="rollup_unique_hour"
+                fields=["tenant", "alias", "accelerator", "hour", "shard"],
+                name="rollup_unique_hour",
             ),
         ]
         indexes = [models.Index(fields=["tenant", "hour"], name="rollup_tenant_hour")]
