@@ -1,6 +1,5 @@
 """Cost basis, serving cost rates, history, floors, reports and what-if, on the database."""
 
-import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -24,11 +23,10 @@ from billing.services import (
     plan_version_issues,
     subscription_create,
 )
-from metering.costs import Rates, serving_cost
-from metering.ledger import usage_records_write
 from metering.models import ServingCostRate, UsageRecord, UsageRollup
 from metering.proxy.context import current_cost_rates
 from tests.factories import ApiKeyFactory
+from tests.usage_helpers import write_usage as record
 
 pytestmark = pytest.mark.django_db
 T0 = datetime(2026, 10, 1, tzinfo=UTC)
@@ -50,64 +48,6 @@ def deploy(accelerator, alias: str = "reasoner", at: datetime = T0):  # type: ig
         prefill_tokens_per_s=Decimal(3913 * 3),
         utilization=Decimal("0.6"),
     )
-
-
-def record(api_key, at: datetime, rate: ServingCostRate | None, **tokens: int) -> dict:  # type: ignore[no-untyped-def,type-arg]
-    values = {
-        k: 0
-        for k in (
-            "input_tokens",
-            "cached_input_tokens",
-            "cache_write_tokens",
-            "output_tokens",
-            "reasoning_tokens",
-        )
-    }
-    values.update(tokens)
-    cost = reasoning_cost = None
-    if rate is not None:
-        cost, reasoning_cost = serving_cost(
-            Rates(
-                rate.input_usd,
-                rate.cache_read_usd,
-                rate.cache_write_usd,
-                rate.output_usd,
-                rate.reasoning_usd,
-            ),
-            input=values["input_tokens"],
-            cache_read=values["cached_input_tokens"],
-            cache_write=values["cache_write_tokens"],
-            output=values["output_tokens"],
-            reasoning=values["reasoning_tokens"],
-        )
-    row = {
-        "request_id": uuid.uuid4(),
-        "tenant_id": api_key.tenant_id,
-        "api_key_id": api_key.pk,
-        "alias": "reasoner",
-        "provider": "openai",
-        "upstream_model": "m",
-        "accelerator": rate.accelerator if rate else "",
-        "endpoint": "chat.completions",
-        "stream": False,
-        "status": "completed",
-        "upstream_status": 200,
-        "upstream_response_id": "",
-        "reasoning_source": "reported",
-        "flags": [],
-        "raw_usage": None,
-        "client_disconnected": False,
-        "ttft_us": None,
-        "latency_us": 1,
-        "started_at": at,
-        "finished_at": at,
-        "cost_rate_id": rate.pk if rate else None,
-        "serving_cost_usd": cost,
-        "reasoning_cost_usd": reasoning_cost,
-        **values,
-    }
-    usage_records_write([row])
-    return row
 
 
 def test_catalogue_loads_with_sources_and_refuses_unpriced_rows(h100) -> None:  # type: ignore[no-untyped-def]

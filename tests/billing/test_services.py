@@ -20,8 +20,8 @@ from billing.services import (
     subscription_create,
 )
 from metering.errors import ApplicationError, Conflict, NotFound
-from metering.ledger import usage_records_write
 from tests.factories import ApiKeyFactory
+from tests.usage_helpers import write_usage  # noqa: F401 - used here and by other tests
 
 pytestmark = pytest.mark.django_db
 
@@ -47,44 +47,6 @@ def published(components=PER_MILLION, **kwargs) -> PlanVersion:  # type: ignore[
         plan=plan, currency="USD", effective_from=T0, components=components, **kwargs
     )
     return plan_version_publish(version=version)
-
-
-def write_usage(api_key, at: datetime, **tokens: int) -> None:  # type: ignore[no-untyped-def]
-    values = dict(
-        input_tokens=0,
-        cached_input_tokens=0,
-        cache_write_tokens=0,
-        output_tokens=0,
-        reasoning_tokens=0,
-    )
-    values.update(tokens)
-    usage_records_write(
-        [
-            {
-                "request_id": uuid.uuid4(),
-                "tenant_id": api_key.tenant_id,
-                "api_key_id": api_key.pk,
-                "alias": "reasoner",
-                "provider": "openai",
-                "upstream_model": "m",
-                "accelerator": "",
-                "endpoint": "chat.completions",
-                "stream": False,
-                "status": "completed",
-                "upstream_status": 200,
-                "upstream_response_id": "",
-                "reasoning_source": "reported",
-                "flags": [],
-                "raw_usage": None,
-                "client_disconnected": False,
-                "ttft_us": None,
-                "latency_us": 1,
-                "started_at": at,
-                "finished_at": at,
-                **values,
-            }
-        ]
-    )
 
 
 def test_publishing_freezes_and_validation_blocks_errors() -> None:

@@ -1,7 +1,6 @@
 """Billing stories across time: the clock moves (time-machine), Celery tasks run eagerly,
 and every invoice is asserted to the minor unit."""
 
-import uuid
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -25,8 +24,8 @@ from billing.services import (
     subscription_create,
 )
 from metering.errors import ApplicationError, Conflict
-from metering.ledger import usage_records_write
 from tests.factories import ApiKeyFactory
+from tests.usage_helpers import write_usage as use
 
 pytestmark = pytest.mark.django_db
 
@@ -53,47 +52,6 @@ def version(code: str, *, base: str, output: str, minimum: str = "0"):  # type: 
         ],
     )
     return plan_version_publish(version=draft)
-
-
-def use(api_key, started_at: datetime, **tokens: int) -> None:  # type: ignore[no-untyped-def]
-    values = {
-        k: 0
-        for k in (
-            "input_tokens",
-            "cached_input_tokens",
-            "cache_write_tokens",
-            "output_tokens",
-            "reasoning_tokens",
-        )
-    }
-    values.update(tokens)
-    usage_records_write(
-        [
-            {
-                "request_id": uuid.uuid4(),
-                "tenant_id": api_key.tenant_id,
-                "api_key_id": api_key.pk,
-                "alias": "reasoner",
-                "provider": "openai",
-                "upstream_model": "m",
-                "accelerator": "",
-                "endpoint": "chat.completions",
-                "stream": False,
-                "status": "completed",
-                "upstream_status": 200,
-                "upstream_response_id": "",
-                "reasoning_source": "reported",
-                "flags": [],
-                "raw_usage": None,
-                "client_disconnected": False,
-                "ttft_us": None,
-                "latency_us": 1,
-                "started_at": started_at,
-                "finished_at": started_at,
-                **values,
-            }
-        ]
-    )
 
 
 def amounts(invoice: Invoice) -> list[tuple[str, int]]:

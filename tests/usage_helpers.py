@@ -1,0 +1,80 @@
+"""Usage records for tests, written through the ledger's own write path."""
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from metering.costs import Rates, serving_cost
+from metering.ledger import usage_records_write
+from metering.models import ApiKey, ServingCostRate
+
+TOKEN_FIELDS = (
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+)
+
+
+def usage_row(
+    api_key: ApiKey,
+    *,
+    started_at: datetime | None = None,
+    rate: ServingCostRate | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """A complete usage record as the proxy hands it to the ledger (costed at `rate`)."""
+    at = started_at or datetime.now(UTC)
+    row: dict[str, Any] = {
+        "request_id": uuid.uuid4(),
+        "tenant_id": api_key.tenant_id,
+        "api_key_id": api_key.pk,
+        "alias": "reasoner",
+        "provider": "openai",
+        "upstream_model": "m",
+        "accelerator": rate.accelerator if rate else "",
+        "endpoint": "chat.completions",
+        "stream": False,
+        "status": "completed",
+        "upstream_status": 200,
+        "upstream_response_id": "",
+        "reasoning_source": "reported",
+        "flags": [],
+        "raw_usage": None,
+        "client_disconnected": False,
+        "ttft_us": None,
+        "latency_us": 1,
+        "started_at": at,
+        "finished_at": at,
+        "cost_rate_id": None,
+        "serving_cost_usd": None,
+        "reasoning_cost_usd": None,
+        **dict.fromkeys(TOKEN_FIELDS, 0),
+    }
+    row.update(overrides)
+    if rate is not None:
+        row["cost_rate_id"] = rate.pk
+        row["serving_cost_usd"], row["reasoning_cost_usd"] = serving_cost(
+            Rates(
+                rate.input_usd,
+                rate.cache_read_usd,
+                rate.cache_write_usd,
+                rate.output_usd,
+                rate.reasoning_usd,
+            ),
+            input=row["input_tokens"],
+            cache_read=row["cached_input_tokens"],
+            cache_write=row["cache_write_tokens"],
+            output=row["output_tokens"],
+            reasoning=row["reasoning_tokens"],
+        )
+    return row
+
+
+def write_usage(
+    api_key: ApiKey, started_at: datetime, rate: ServingCostRate | None = None, **tokens: int
+) -> dict[str, Any]:
+    row = usage_row(api_key, started_at=started_at, rate=rate, **tokens)
+    usage_records_write([row])
+    return row
