@@ -188,6 +188,11 @@ def _group_by(request: Request) -> tuple[str, ...]:
     return groups
 
 
+def _margin_rows(request: Request) -> tuple[tuple[str, ...], list]:  # type: ignore[type-arg]
+    groups = _group_by(request)
+    return groups, margin_report(period=_period(request), group_by=groups)
+
+
 class MarginReportView(APIView):
     permission_classes = [IsAdminUser]
 
@@ -198,8 +203,7 @@ class MarginReportView(APIView):
         ]
     )
     def get(self, request: Request) -> Response:
-        groups = _group_by(request)
-        rows = margin_report(period=_period(request), group_by=groups)
+        groups, rows = _margin_rows(request)
         return Response({"group_by": list(groups), "rows": [_row_data(r) for r in rows]})
 
 
@@ -213,8 +217,7 @@ class MarginReportCsvView(APIView):
         ]
     )
     def get(self, request: Request) -> HttpResponse:
-        groups = _group_by(request)
-        rows = margin_report(period=_period(request), group_by=groups)
+        groups, rows = _margin_rows(request)
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(

@@ -142,74 +142,34 @@ class E2ETenant:
         return http("GET", self.simulator_url + "/_sim/totals")[2]  # type: ignore[return-value]
 
 
+# alias, provider, path under the simulator, upstream model, accelerator
+ROUTES = [
+    ("reasoner", "openai", "/v1", "sim-reasoner", "nvidia-h100-sxm"),
+    ("thinker", "anthropic", "/v1", "sim-thinker", "nvidia-h200-sxm"),
+    ("vllm-r1", "openai-compatible", "/quirks/vllm/v1", "sim-r1", "amd-mi300x"),
+    ("deepseek-r1", "openai-compatible", "/quirks/deepseek/v1", "sim-r1", ""),
+    ("llamacpp-r1", "openai-compatible", "/quirks/llamacpp/v1", "sim-r1", ""),
+    ("nonempty-r1", "openai-compatible", "/quirks/nonempty-choices/v1", "sim-r1", ""),
+]
+SLOW_ROUTES = [
+    ("slow-reasoner", "openai", "/v1", "sim-reasoner", ""),
+    ("slow-thinker", "anthropic", "/v1", "sim-thinker", ""),
+]
+
+
 def make_routes(simulator_url: str, slow_url: str | None = None) -> list[Route]:
-    routes = [
+    table = [(simulator_url, r) for r in ROUTES] + [(slow_url, r) for r in SLOW_ROUTES if slow_url]
+    return [
         route_set(
-            alias="reasoner",
-            provider="openai",
-            base_url=simulator_url + "/v1",
-            upstream_model="sim-reasoner",
+            alias=alias,
+            provider=provider,
+            base_url=base + path,
+            upstream_model=model,
             api_key_env=SIM_KEY_ENV,
-            accelerator="nvidia-h100-sxm",
-        ),
-        route_set(
-            alias="thinker",
-            provider="anthropic",
-            base_url=simulator_url + "/v1",
-            upstream_model="sim-thinker",
-            api_key_env=SIM_KEY_ENV,
-            accelerator="nvidia-h200-sxm",
-        ),
-        route_set(
-            alias="vllm-r1",
-            provider="openai-compatible",
-            base_url=simulator_url + "/quirks/vllm/v1",
-            upstream_model="sim-r1",
-            api_key_env=SIM_KEY_ENV,
-            accelerator="amd-mi300x",
-        ),
-        route_set(
-            alias="deepseek-r1",
-            provider="openai-compatible",
-            base_url=simulator_url + "/quirks/deepseek/v1",
-            upstream_model="sim-r1",
-            api_key_env=SIM_KEY_ENV,
-        ),
-        route_set(
-            alias="llamacpp-r1",
-            provider="openai-compatible",
-            base_url=simulator_url + "/quirks/llamacpp/v1",
-            upstream_model="sim-r1",
-            api_key_env=SIM_KEY_ENV,
-        ),
-        route_set(
-            alias="nonempty-r1",
-            provider="openai-compatible",
-            base_url=simulator_url + "/quirks/nonempty-choices/v1",
-            upstream_model="sim-r1",
-            api_key_env=SIM_KEY_ENV,
-        ),
+            accelerator=accelerator,
+        )
+        for base, (alias, provider, path, model, accelerator) in table
     ]
-    if slow_url:
-        routes.append(
-            route_set(
-                alias="slow-reasoner",
-                provider="openai",
-                base_url=slow_url + "/v1",
-                upstream_model="sim-reasoner",
-                api_key_env=SIM_KEY_ENV,
-            )
-        )
-        routes.append(
-            route_set(
-                alias="slow-thinker",
-                provider="anthropic",
-                base_url=slow_url + "/v1",
-                upstream_model="sim-thinker",
-                api_key_env=SIM_KEY_ENV,
-            )
-        )
-    return routes
 
 
 @pytest.fixture
