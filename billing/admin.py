@@ -149,7 +149,7 @@ class InvoiceLineInline(admin.TabularInline):
     model = InvoiceLine
     extra = 0
     can_delete = False
-    fields = [
+    fields = readonly_fields = (
         "position",
         "kind",
         "description",
@@ -163,8 +163,7 @@ class InvoiceLineInline(admin.TabularInline):
         "amount_minor",
         "adjusts_period_start",
         "usage_cutoff_record_id",
-    ]
-    readonly_fields = fields
+    )
 
     def has_add_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
         return False

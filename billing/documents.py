@@ -7,6 +7,7 @@ import csv
 import io
 from collections.abc import Iterable
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 
@@ -53,7 +54,7 @@ def _line(line: InvoiceLine) -> DocumentLine:
 
 
 def invoice_document(invoice: Invoice) -> InvoiceDocument:
-    seller = settings.RECKON_SELLER
+    seller: dict[str, Any] = settings.RECKON_SELLER
     status = invoice.status
     return InvoiceDocument(
         title="Invoice",

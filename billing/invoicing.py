@@ -13,6 +13,7 @@ Invariants:
 
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -240,7 +241,7 @@ def period_close(
 @transaction.atomic
 def periods_close(
     *,
-    tenant_ids: list[uuid.UUID],
+    tenant_ids: Sequence[uuid.UUID | str],
     period_start: datetime,
     as_of: datetime | None = None,
     enforce_grace: bool = True,
@@ -379,7 +380,7 @@ class CloseFailed(ApplicationError):
 
 
 def periods_close_or_each(
-    *, tenant_ids: list[uuid.UUID] | list[str], period_start: datetime, as_of: datetime
+    *, tenant_ids: Sequence[uuid.UUID | str], period_start: datetime, as_of: datetime
 ) -> list[Invoice]:
     """Close a batch in one transaction; if the batch fails, close each tenant on its own,
     so one broken tenant cannot hold back the others. Raises CloseFailed naming every
@@ -395,7 +396,11 @@ def periods_close_or_each(
     closed, failed = [], {}
     for tenant_id in tenant_ids:
         try:
-            closed.append(period_close(tenant_id=tenant_id, period_start=period_start, as_of=as_of))
+            closed.append(
+                period_close(
+                    tenant_id=uuid.UUID(str(tenant_id)), period_start=period_start, as_of=as_of
+                )
+            )
         except OperationalError:
             raise
         except Exception as exc:  # noqa: BLE001 - recorded and raised below, loudly
@@ -461,7 +466,7 @@ def invoice_transition(*, invoice: Invoice, to: str, at: datetime | None = None)
     invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
     if invoice.status == to:
         return invoice
-    if to not in _ALLOWED.get(invoice.status, set()):
+    if to not in _ALLOWED.get(Status(invoice.status), set()):
         raise Conflict(f"Invoice {invoice} is {invoice.status}; it cannot become {to}.")
     invoice.status = to
     if to == Status.PAID:

@@ -11,11 +11,16 @@ Invariants:
 """
 
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
 from django.db import models
 from django.db.models import Q
 
-MONEY = {"max_digits": 38, "decimal_places": 12}
+
+def money(**options: Any) -> models.DecimalField:  # type: ignore[type-arg]
+    """A Decimal money (or exact ratio) column: 38 digits, 12 decimals; never float."""
+    return models.DecimalField(max_digits=38, decimal_places=12, **options)
+
 
 TOKEN_CLASSES = ("input", "cache_read", "cache_write", "output", "reasoning")
 
@@ -43,9 +48,9 @@ class PlanVersion(models.Model):
     # ISO 4217 code; every amount of this version is in it.
     currency = models.CharField(max_length=3, default="USD")
     # Charged once per billing period (prorated over a partial period segment).
-    base_fee = models.DecimalField(**MONEY, default=0)
+    base_fee = money(default=0)
     # Least a period's usage charges may total; a true-up line bills any shortfall.
-    minimum_commitment = models.DecimalField(**MONEY, default=0)
+    minimum_commitment = money(default=0)
     # Subscriptions may start on this version from this instant (UTC).
     effective_from = models.DateTimeField()
     published_at = models.DateTimeField(null=True, blank=True)
@@ -94,9 +99,9 @@ class PriceComponent(models.Model):
     # Tokens per pricing unit: prices below are per this many tokens.
     unit_tokens = models.PositiveBigIntegerField(default=1_000_000)
     # per_unit: price per pricing unit; package: price per package.
-    unit_price = models.DecimalField(**MONEY, default=0)
+    unit_price = money(default=0)
     # package: pricing units per package (partial packages are billed whole).
-    package_units = models.DecimalField(**MONEY, default=1)
+    package_units = money(default=1)
     # Free tokens per period before this component charges (allowance).
     included_tokens = models.PositiveBigIntegerField(default=0)
     # How this component's line is rounded to the currency's minor unit.
@@ -115,11 +120,11 @@ class PriceTier(models.Model):
     component = models.ForeignKey(PriceComponent, on_delete=models.CASCADE, related_name="tiers")
     position = models.PositiveIntegerField()
     # Inclusive upper bound in pricing units; null on the open last tier.
-    up_to = models.DecimalField(**MONEY, null=True, blank=True)
+    up_to = money(null=True, blank=True)
     # Price per pricing unit inside this tier.
-    unit_price = models.DecimalField(**MONEY, default=0)
+    unit_price = money(default=0)
     # Charged once when the tier is reached.
-    flat_fee = models.DecimalField(**MONEY, default=0)
+    flat_fee = money(default=0)
 
     class Meta:
         ordering = ["component", "position"]
@@ -274,11 +279,11 @@ class InvoiceLine(models.Model):
     allowance_tokens = models.BigIntegerField(default=0)
     billable_tokens = models.BigIntegerField(default=0)
     # Billable pricing units (tokens / unit_tokens), exact.
-    quantity = models.DecimalField(**MONEY, default=0)
+    quantity = money(default=0)
     # The engine's tier breakdown: [{tier, quantity, unit_price, flat_fee, amount}], exact strings.
     tiers = models.JSONField(default=list, blank=True)
     # Exact amount before rounding, major units.
-    amount_exact = models.DecimalField(**MONEY)
+    amount_exact = money()
     # Rounded once (the component's rounding mode), minor units; what is charged.
     amount_minor = models.BigIntegerField()
     # Highest usage record id this line's usage includes.
@@ -388,14 +393,14 @@ class CostBasisVersion(models.Model):
     version = models.PositiveIntegerField()
     mode = models.CharField(max_length=10, choices=Mode.choices, default=Mode.RENTED)
     # Rented: USD per accelerator-hour (null until an operator supplies it).
-    hourly_usd = models.DecimalField(**MONEY, null=True, blank=True)
+    hourly_usd = money(null=True, blank=True)
     # Owned: purchase price (USD), amortized over this many years.
-    purchase_price_usd = models.DecimalField(**MONEY, null=True, blank=True)
-    amortization_years = models.DecimalField(**MONEY, null=True, blank=True)
+    purchase_price_usd = money(null=True, blank=True)
+    amortization_years = money(null=True, blank=True)
     # Owned: power price (USD per kWh), data-centre PUE, other operating cost per hour.
-    power_usd_per_kwh = models.DecimalField(**MONEY, default=Decimal("0.08"))
-    pue = models.DecimalField(**MONEY, default=Decimal("1.56"))
-    other_opex_per_hour = models.DecimalField(**MONEY, default=0)
+    power_usd_per_kwh = money(default=Decimal("0.08"))
+    pue = money(default=Decimal("1.56"))
+    other_opex_per_hour = money(default=0)
     # In force from this instant (UTC).
     effective_from = models.DateTimeField()
     note = models.CharField(max_length=300, blank=True)
@@ -423,13 +428,13 @@ class Deployment(models.Model):
         AcceleratorType, on_delete=models.PROTECT, related_name="deployments"
     )
     # Tokens per second per accelerator: decode (output and reasoning) and prefill (input).
-    decode_tokens_per_s = models.DecimalField(**MONEY, null=True, blank=True)
-    prefill_tokens_per_s = models.DecimalField(**MONEY, null=True, blank=True)
+    decode_tokens_per_s = money(null=True, blank=True)
+    prefill_tokens_per_s = money(null=True, blank=True)
     # Fraction of the time the fleet is busy, in (0, 1].
-    utilization = models.DecimalField(**MONEY, default=Decimal("0.6"))
+    utilization = money(default=Decimal("0.6"))
     # A cache-read token costs this fraction of an uncached input token; a cache write this multiple.
-    cache_read_factor = models.DecimalField(**MONEY, default=Decimal("0.1"))
-    cache_write_factor = models.DecimalField(**MONEY, default=Decimal("1.25"))
+    cache_read_factor = money(default=Decimal("0.1"))
+    cache_write_factor = money(default=Decimal("1.25"))
     effective_from = models.DateTimeField()
     calibration = models.ForeignKey(
         "CalibrationRun",
@@ -457,8 +462,8 @@ class MarginPolicy(models.Model):
         AcceleratorType, on_delete=models.PROTECT, related_name="margin_policies"
     )
     # Fractions in [0, 1): a cost c has floor price c / (1 - minimum) and guide price c / (1 - target).
-    target_margin = models.DecimalField(**MONEY)
-    minimum_margin = models.DecimalField(**MONEY)
+    target_margin = money()
+    minimum_margin = money()
     effective_from = models.DateTimeField()
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -483,16 +488,16 @@ class CalibrationRun(models.Model):
     base_url = models.URLField(max_length=500)
     model = models.CharField(max_length=200)
     concurrency = models.PositiveIntegerField()
-    duration_s = models.DecimalField(**MONEY)
+    duration_s = money()
     requests = models.PositiveIntegerField()
     prompt_tokens = models.BigIntegerField()
     completion_tokens = models.BigIntegerField()
     # Aggregate decode tokens per second the server sustained (all streams together).
-    decode_tokens_per_s = models.DecimalField(**MONEY)
+    decode_tokens_per_s = money()
     # Aggregate prefill tokens per second (prompt tokens over time to first token).
-    prefill_tokens_per_s = models.DecimalField(**MONEY, null=True, blank=True)
+    prefill_tokens_per_s = money(null=True, blank=True)
     # Median time to first token (milliseconds).
-    ttft_p50_ms = models.DecimalField(**MONEY, null=True, blank=True)
+    ttft_p50_ms = money(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

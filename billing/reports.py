@@ -54,7 +54,7 @@ class MarginRow:
 def _line_weights(
     line: pricing.RatedLine, served: list[ServedTotals]
 ) -> list[tuple[ServedTotals, int]]:
-    classes = [line.token_class]
+    classes = [line.token_class or ""]
     if line.reasoning_tokens:
         classes.append("reasoning")  # reasoning folded into this output line
     weights = [

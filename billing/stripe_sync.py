@@ -19,6 +19,7 @@ import stripe
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from stripe._base_address import BaseAddresses
 
 from billing.invoicing import checkpoint, invoice_record_payment_failure, invoice_transition
 from billing.models import Invoice, StripeCustomer, StripeEvent
@@ -37,7 +38,9 @@ class WebhookRejected(ApplicationError):
 def stripe_client() -> stripe.StripeClient | None:
     if not settings.STRIPE_API_KEY:
         return None
-    base = {"api": settings.STRIPE_API_BASE} if settings.STRIPE_API_BASE else None
+    base: BaseAddresses | None = (
+        {"api": settings.STRIPE_API_BASE} if settings.STRIPE_API_BASE else None
+    )
     return stripe.StripeClient(
         settings.STRIPE_API_KEY,
         base_addresses=base,

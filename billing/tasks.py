@@ -1,6 +1,7 @@
 """Celery tasks: each takes ids and ISO dates and calls one service; idempotency lives in
 the services. Periodic tasks only fan out, and take `as_of` so a run can be replayed."""
 
+import uuid
 from datetime import datetime
 
 import stripe
@@ -58,7 +59,9 @@ def close_period(tenant_id: str, period_start: str, as_of: str | None = None) ->
     from billing.invoicing import period_close
 
     invoice = period_close(
-        tenant_id=tenant_id, period_start=datetime.fromisoformat(period_start), as_of=_when(as_of)
+        tenant_id=uuid.UUID(tenant_id),
+        period_start=datetime.fromisoformat(period_start),
+        as_of=_when(as_of),
     )
     return invoice.pk
 

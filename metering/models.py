@@ -7,6 +7,7 @@ Invariants:
 """
 
 import uuid
+from typing import Any
 
 from django.db import models
 from django.db.models import Q
@@ -17,7 +18,9 @@ class Tenant(models.Model):
     name = models.CharField(max_length=200, unique=True)
     is_active = models.BooleanField(default=True)
     # Aliases this tenant may call; empty means none (an operator grants them).
-    allowed_routes = models.ManyToManyField("Route", blank=True, related_name="tenants")
+    allowed_routes: "models.ManyToManyField[Route, Any]" = models.ManyToManyField(
+        "Route", blank=True, related_name="tenants"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
