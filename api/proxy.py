@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -20,6 +21,7 @@ from django.conf import settings
 from django.db import connection
 
 from api import proxy_errors as errors
+from metering.control import NANO, ControlStore, ControlUnavailable, ceil_tokens, to_nano
 from metering.costs import serving_cost
 from metering.keys import api_key_hash
 from metering.ledger import LedgerWriter
@@ -36,10 +38,12 @@ from metering.proxy.adapters import (
 from metering.proxy.context import (
     ANTHROPIC_DEFAULT_VERSION,
     CallerContext,
+    Controls,
     RouteInfo,
     TtlCache,
     caller_context_load,
 )
+from metering.proxy.governance import apply_reasoning_rules, requested_max_output
 from metering.proxy.sse import SseSplitter
 from metering.proxy.upstream import UpstreamClient, UpstreamError, UpstreamResponse
 from metering.usage import TokenUsage
@@ -61,6 +65,7 @@ _PASSTHROUGH_RESPONSE_HEADERS = (
 _FORWARDED_REQUEST_HEADERS = {b"openai-beta": "OpenAI-Beta", b"anthropic-beta": "anthropic-beta"}
 
 Status = UsageRecord.Status
+MILLION = Decimal(1_000_000)
 
 
 class ProxyApp:
@@ -74,6 +79,11 @@ class ProxyApp:
         self.ledger = LedgerWriter(
             max_batch=settings.RECKON_LEDGER_MAX_BATCH, spool_dir=settings.RECKON_LEDGER_SPOOL_DIR
         )
+        self.control = (
+            ControlStore(settings.REDIS_URL, window_s=settings.RECKON_RATE_WINDOW_SECONDS)
+            if settings.REDIS_URL
+            else None
+        )
         self.upstream = UpstreamClient(
             connect_timeout=settings.RECKON_UPSTREAM_CONNECT_TIMEOUT,
             read_timeout=settings.RECKON_UPSTREAM_READ_TIMEOUT,
@@ -86,6 +96,8 @@ class ProxyApp:
         self._lookups.submit(lambda: connection.close()).result()
         self._lookups.shutdown(wait=True)
         await self.upstream.close()
+        if self.control is not None:
+            await self.control.close()
 
     # --- dispatch ----------------------------------------------------------------
 
@@ -230,14 +242,154 @@ class ProxyApp:
             )
             await _send_error(send, errors.MISCONFIGURED, message, anthropic)
             return
+        hold: Hold | None = None
+        controls = caller.controls
+        if controls is not None:
+            if controls.reasoning is not None:
+                refusal = apply_reasoning_rules(endpoint.name, request, controls.reasoning)
+                if refusal:
+                    await _send_error(send, errors.INVALID_REQUEST, refusal, anthropic)
+                    return
+            if controls.spend or controls.rates:
+                hold = await self._admit(
+                    controls, route, endpoint, request, len(body), send, anthropic
+                )
+                if hold is None:
+                    return
         try:
             prepared = prepare_call(endpoint, request, route.upstream_model)
         except InvalidRequest as exc:
+            if hold is not None:
+                await self._release(hold)
             await _send_error(send, errors.INVALID_REQUEST, exc.message, anthropic, exc.param)
             return
 
-        call = _Call(self, caller, route, endpoint, prepared, started_at, started_ns)
+        call = _Call(self, caller, route, endpoint, prepared, started_at, started_ns, hold)
         await call.run(receive, send, _upstream_headers(route, anthropic_version, forwarded))
+
+    async def _admit(
+        self,
+        controls: Controls,
+        route: RouteInfo,
+        endpoint: Endpoint,
+        request: dict[str, Any],
+        body_size: int,
+        send: Send,
+        anthropic: bool,
+    ) -> "Hold | None":
+        """Place the call's hold and count it against its rate windows, or answer the
+        refusal and return None."""
+        prices = route.spend_rates
+        if controls.spend and prices is None:
+            message = (
+                f"Spend limits apply to this key but '{route.alias}' has no price on your plan."
+            )
+            await _send_error(send, errors.SPEND_EXCEEDED, message, anthropic)
+            return None
+        max_out = (
+            requested_max_output(endpoint.name, request)
+            or settings.RECKON_DEFAULT_MAX_OUTPUT_TOKENS
+        )
+        in_tokens = ceil_tokens(body_size)
+        hold_nano = 0
+        if prices is not None:
+            worst_input = max(prices.input, prices.cache_write)
+            worst_output = max(prices.output, prices.reasoning)
+            hold_nano = to_nano((in_tokens * worst_input + max_out * worst_output) / MILLION)
+        hold = Hold(controls.spend, controls.rates, hold_nano, in_tokens + max_out)
+        if self.control is None:
+            if settings.RECKON_CONTROL_FAIL_OPEN:
+                return hold.unchecked()
+            await _send_error(
+                send,
+                errors.CONTROL_UNAVAILABLE,
+                "Spend control is not configured (REDIS_URL).",
+                anthropic,
+            )
+            return None
+        try:
+            admission = await self.control.admit(
+                spend=list(controls.spend),
+                rates=list(controls.rates),
+                hold_nano=hold_nano,
+                est_tokens=hold.est_tokens,
+                load_in_thread=lambda fn: asyncio.get_running_loop().run_in_executor(
+                    self._lookups, fn
+                ),
+            )
+        except ControlUnavailable:
+            logger.error(
+                "spend control store unreachable; failing %s",
+                "open" if settings.RECKON_CONTROL_FAIL_OPEN else "closed",
+            )
+            if settings.RECKON_CONTROL_FAIL_OPEN:
+                return hold.unchecked()
+            await _send_error(
+                send,
+                errors.CONTROL_UNAVAILABLE,
+                "Spend control is unavailable; try again shortly.",
+                anthropic,
+            )
+            return None
+        if admission.allowed:
+            hold.headers = admission.headers
+            return hold
+        if admission.reason == "spend":
+            left = admission.remaining_usd or Decimal(0)
+            message = (
+                f"This call could cost up to ${Decimal(hold_nano) / NANO:.6f} and only ${max(left, Decimal(0)):.6f}"
+                " of your spend limit remains. Lower max_completion_tokens or raise the limit."
+            )
+            await _send_error(
+                send, errors.SPEND_EXCEEDED, message, anthropic, extra_headers=admission.headers
+            )
+        else:
+            kind = (
+                errors.REQUESTS_LIMITED if admission.reason == "requests" else errors.TOKENS_LIMITED
+            )
+            message = (
+                f"Rate limit reached for {admission.reason} per minute. "
+                f"Please try again in {admission.retry_after_s}s."
+            )
+            await _send_error(send, kind, message, anthropic, extra_headers=admission.headers)
+        return None
+
+    async def _release(
+        self, hold: "Hold", actual_nano: int = 0, actual_tokens: int | None = None
+    ) -> None:
+        if self.control is None or hold.checked is False:
+            return
+        delta = (actual_tokens if actual_tokens is not None else 0) - hold.est_tokens
+        try:
+            await self.control.settle(
+                spend=list(hold.spend),
+                rates=list(hold.rates),
+                hold_nano=hold.hold_nano,
+                actual_nano=actual_nano,
+                token_delta=delta,
+            )
+        except ControlUnavailable:
+            logger.error(
+                "could not settle a hold; it stays until the scope is reloaded from the ledger"
+            )
+
+
+class Hold:
+    """A call's admission: its hold and the scopes it was placed on."""
+
+    __slots__ = ("spend", "rates", "hold_nano", "est_tokens", "headers", "checked")
+
+    def __init__(self, spend: Any, rates: Any, hold_nano: int, est_tokens: int) -> None:
+        self.spend = spend
+        self.rates = rates
+        self.hold_nano = hold_nano
+        self.est_tokens = est_tokens
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.checked = True
+
+    def unchecked(self) -> "Hold":
+        self.checked = False
+        return self
 
 
 class _Call:
@@ -256,6 +408,7 @@ class _Call:
         "client_gone",
         "upstream_status",
         "drain_deadline",
+        "hold",
     )
 
     def __init__(
@@ -267,7 +420,9 @@ class _Call:
         prepared: PreparedCall,
         started_at: datetime,
         started_ns: int,
+        hold: "Hold | None" = None,
     ) -> None:
+        self.hold = hold
         self.app = app
         self.caller = caller
         self.route = route
@@ -320,6 +475,8 @@ class _Call:
             value = response.headers.get(name)
             if value is not None:
                 headers.append((name.encode(), value.encode("latin-1")))
+        if self.hold is not None:
+            headers += self.hold.headers
         return headers
 
     async def relay_whole(self, response: UpstreamResponse, send: Send) -> None:
@@ -424,6 +581,15 @@ class _Call:
         now_ns = time.perf_counter_ns()
         usage = outcome.usage
         flags = list(usage.flags) + outcome.flags
+        tokens = {
+            "input": usage.input_tokens,
+            "cache_read": usage.cached_input_tokens,
+            "cache_write": usage.cache_write_tokens,
+            "output": usage.output_tokens,
+            "reasoning": usage.reasoning_tokens,
+        }
+        prices = self.route.spend_rates
+        spend = None if prices is None else serving_cost(prices, **tokens)[0]
         rates = self.route.cost_rates
         if rates is None:
             cost = reasoning_cost = None
@@ -461,6 +627,7 @@ class _Call:
                 "cost_rate_id": self.route.cost_rate_id,
                 "serving_cost_usd": cost,
                 "reasoning_cost_usd": reasoning_cost,
+                "spend_usd": spend,
                 "client_disconnected": self.client_gone,
                 "ttft_us": None
                 if self.ttft_ns is None
@@ -470,6 +637,12 @@ class _Call:
                 "finished_at": datetime.now(UTC),
             }
         )
+        if self.hold is not None:  # the record is durable: now release the hold for actual spend
+            await self.app._release(
+                self.hold,
+                actual_nano=0 if spend is None else to_nano(spend),
+                actual_tokens=sum(tokens.values()),
+            )
 
 
 # --- helpers -------------------------------------------------------------------------

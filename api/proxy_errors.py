@@ -32,6 +32,10 @@ UNSUPPORTED_MEDIA = ProxyErrorKind(
 )
 UPSTREAM_UNAVAILABLE = ProxyErrorKind(502, "api_error", "upstream_unavailable", "api_error")
 MISCONFIGURED = ProxyErrorKind(500, "api_error", "route_misconfigured", "api_error")
+SPEND_EXCEEDED = ProxyErrorKind(429, "insufficient_quota", "insufficient_quota", "billing_error")
+REQUESTS_LIMITED = ProxyErrorKind(429, "requests", "rate_limit_exceeded", "rate_limit_error")
+TOKENS_LIMITED = ProxyErrorKind(429, "tokens", "rate_limit_exceeded", "rate_limit_error")
+CONTROL_UNAVAILABLE = ProxyErrorKind(503, "api_error", "spend_control_unavailable", "api_error")
 
 
 def error_body(

@@ -229,3 +229,12 @@ CELERY_TASK_ROUTES = {
     "billing.tasks.*": {"queue": "billing"},
     "billing.tasks.process_stripe_event": {"queue": "webhooks"},
 }
+
+# --- Spend control ------------------------------------------------------------------
+# When Redis (the shared control store) is unreachable, refuse calls that have spend or
+# rate limits (false, the default) or let them through unchecked (true).
+RECKON_CONTROL_FAIL_OPEN = env_bool("RECKON_CONTROL_FAIL_OPEN", False)
+# Rate-limit window in seconds (limits are per minute at the default 60).
+RECKON_RATE_WINDOW_SECONDS = int(os.environ.get("RECKON_RATE_WINDOW_SECONDS", "60"))
+# Hold size for a call that sets no output cap (tokens of output + reasoning).
+RECKON_DEFAULT_MAX_OUTPUT_TOKENS = int(os.environ.get("RECKON_DEFAULT_MAX_OUTPUT_TOKENS", "32768"))

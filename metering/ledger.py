@@ -73,6 +73,7 @@ ROLLUP_SUMS = (
     "reasoning_tokens",
     "serving_cost_usd",
     "reasoning_cost_usd",
+    "spend_usd",
 )
 
 
@@ -115,7 +116,7 @@ def usage_rollups_apply(rows: list[UsageRecord]) -> None:
             )
 
 
-_DECIMAL_FIELDS = ("serving_cost_usd", "reasoning_cost_usd")
+_DECIMAL_FIELDS = ("serving_cost_usd", "reasoning_cost_usd", "spend_usd")
 
 
 def _encode(record: dict[str, Any]) -> dict[str, Any]:
@@ -228,6 +229,7 @@ _PG_COLUMNS: tuple[tuple[str, str], ...] = (
     ("cost_rate_id", "int8"),
     ("serving_cost_usd", "numeric"),
     ("reasoning_cost_usd", "numeric"),
+    ("spend_usd", "numeric"),
     ("client_disconnected", "bool"),
     ("ttft_us", "int8"),
     ("latency_us", "int8"),

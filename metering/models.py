@@ -152,6 +152,8 @@ class UsageRecord(models.Model):
     )
     # Exact USD it cost to serve (all classes at cost_rate); null when no rate applied.
     serving_cost_usd = models.DecimalField(max_digits=44, decimal_places=24, null=True, blank=True)
+    # What the call spent at the tenant's list prices (spend limits count this).
+    spend_usd = models.DecimalField(max_digits=44, decimal_places=24, null=True, blank=True)
     # The part of serving_cost_usd spent on hidden reasoning tokens.
     reasoning_cost_usd = models.DecimalField(
         max_digits=44, decimal_places=24, null=True, blank=True
@@ -223,6 +225,8 @@ class UsageRollup(models.Model):
     # Exact USD serving cost of these requests, and the part spent on reasoning.
     serving_cost_usd = models.DecimalField(max_digits=44, decimal_places=24, default=0)
     reasoning_cost_usd = models.DecimalField(max_digits=44, decimal_places=24, default=0)
+    # Spend at list price (what spend limits count).
+    spend_usd = models.DecimalField(max_digits=44, decimal_places=24, default=0)
     # Highest usage record id folded in (a cut-off marker for invoices).
     last_record_id = models.BigIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True)
@@ -269,3 +273,80 @@ class ServingCostRate(models.Model):
 
     def __str__(self) -> str:
         return f"{self.alias} on {self.accelerator} from {self.effective_from:%Y-%m-%d %H:%M}"
+
+
+class SpendLimit(models.Model):
+    """A cap on what a tenant (or one of its keys) may spend, at list price.
+
+    Spend is counted at the tenant's plan prices per token class (the highest tier price,
+    allowances not deducted), so a limit is never exceeded by the invoice it protects."""
+
+    class Window(models.TextChoices):
+        MONTH = "month", "Calendar month (UTC)"
+        TOTAL = "total", "All time"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="spend_limits")
+    # Null: the limit covers the whole tenant; otherwise only this key.
+    api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.CASCADE, related_name="spend_limits"
+    )
+    window = models.CharField(max_length=10, choices=Window.choices)
+    # The cap in USD (exact).
+    amount_usd = models.DecimalField(max_digits=38, decimal_places=12)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "api_key", "window"], name="one_limit_per_scope_window"
+            ),
+            models.CheckConstraint(condition=Q(amount_usd__gte=0), name="spend_limit_non_negative"),
+        ]
+
+    def __str__(self) -> str:
+        scope = self.api_key.prefix if self.api_key else "tenant"
+        return f"{self.tenant} {scope} {self.window} {self.amount_usd}"
+
+
+class RateLimit(models.Model):
+    """Requests and tokens per minute for a tenant (or one of its keys), shared by every
+    server process through Redis."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="rate_limits")
+    api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.CASCADE, related_name="rate_limits"
+    )
+    # Null: no limit of that kind.
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "api_key"], name="one_rate_limit_per_scope"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant} {self.api_key or 'tenant'} rpm={self.requests_per_minute} tpm={self.tokens_per_minute}"
+
+
+class ReasoningPolicy(models.Model):
+    """Reasoning governance for one API key: which efforts it may ask for and how many
+    output tokens (reasoning included) one call may spend."""
+
+    class Mode(models.TextChoices):
+        CLAMP = "clamp", "Clamp to the policy"
+        REFUSE = "refuse", "Refuse with an error"
+
+    api_key = models.OneToOneField(
+        ApiKey, on_delete=models.CASCADE, related_name="reasoning_policy"
+    )
+    # Allowed reasoning efforts (e.g. ["minimal", "low"]); empty = any.
+    allowed_efforts = models.JSONField(default=list, blank=True)
+    # Used when a call sets no max_completion_tokens / max_output_tokens (null: none).
+    default_max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    # The most a call may ask for (visible + reasoning); null: no cap.
+    max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    mode = models.CharField(max_length=10, choices=Mode.choices, default=Mode.CLAMP)
+
+    def __str__(self) -> str:
+        return f"reasoning policy of {self.api_key}"

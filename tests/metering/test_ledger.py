@@ -192,6 +192,7 @@ def rollups_match_raw_records() -> None:
             reasoning_tokens=Sum("reasoning_tokens", filter=rated, default=0),
             serving_cost_usd=Sum("serving_cost_usd", filter=rated, default=0),
             reasoning_cost_usd=Sum("reasoning_cost_usd", filter=rated, default=0),
+            spend_usd=Sum("spend_usd", filter=rated, default=0),
             last_record_id=Max("id"),
         )
     )

@@ -1,0 +1,84 @@
+"""Reasoning governance: the efforts a key may ask for and how many output tokens (which
+include reasoning) one call may spend. Pure: rewrites the request dict in place (clamp) or
+returns the reason to refuse.
+
+Where each provider puts the knobs (shared/reference/wire-formats.md):
+- chat completions: `reasoning_effort`, `max_completion_tokens` (legacy `max_tokens`);
+- responses: `reasoning.effort`, `max_output_tokens`;
+- messages: `max_tokens` (required, includes thinking), `thinking.budget_tokens`.
+"""
+
+from typing import Any
+
+from metering.proxy.context import ReasoningRules
+
+EFFORTS = ("minimal", "low", "medium", "high")
+
+
+def _max_field(endpoint: str, request: dict[str, Any]) -> str:
+    if endpoint == "chat.completions":
+        return (
+            "max_tokens"
+            if "max_tokens" in request and "max_completion_tokens" not in request
+            else "max_completion_tokens"
+        )
+    if endpoint == "responses":
+        return "max_output_tokens"
+    return "max_tokens"
+
+
+def requested_max_output(endpoint: str, request: dict[str, Any]) -> int | None:
+    value = request.get(_max_field(endpoint, request))
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _effort(endpoint: str, request: dict[str, Any]) -> str | None:
+    if endpoint == "chat.completions":
+        value = request.get("reasoning_effort")
+    elif endpoint == "responses":
+        reasoning = request.get("reasoning")
+        value = reasoning.get("effort") if isinstance(reasoning, dict) else None
+    else:
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _set_effort(endpoint: str, request: dict[str, Any], effort: str) -> None:
+    if endpoint == "chat.completions":
+        request["reasoning_effort"] = effort
+    else:
+        request["reasoning"] = {**(request.get("reasoning") or {}), "effort": effort}
+
+
+def _allowed_effort(requested: str, allowed: frozenset[str]) -> str:
+    """The strongest allowed effort not above the requested one (else the weakest allowed)."""
+    rank = EFFORTS.index(requested) if requested in EFFORTS else len(EFFORTS)
+    below = [e for e in EFFORTS[: rank + 1] if e in allowed]
+    return below[-1] if below else next(e for e in EFFORTS if e in allowed)
+
+
+def apply_reasoning_rules(
+    endpoint: str, request: dict[str, Any], rules: ReasoningRules
+) -> str | None:
+    """Clamp the request to the rules, or return why it must be refused."""
+    effort = _effort(endpoint, request)
+    if rules.allowed_efforts and effort is not None and effort not in rules.allowed_efforts:
+        if rules.refuse:
+            allowed = ", ".join(e for e in EFFORTS if e in rules.allowed_efforts)
+            return f"reasoning effort '{effort}' is not allowed for this key (allowed: {allowed})."
+        _set_effort(endpoint, request, _allowed_effort(effort, rules.allowed_efforts))
+    name = _max_field(endpoint, request)
+    asked = requested_max_output(endpoint, request)
+    if asked is None and rules.default_max_output_tokens is not None:
+        request[name] = asked = rules.default_max_output_tokens
+    cap = rules.max_output_tokens
+    if cap is not None and (asked is None or asked > cap):
+        if rules.refuse:
+            return f"'{name}' must be at most {cap} for this key (reasoning tokens included)."
+        request[name] = cap
+        thinking = request.get("thinking")
+        if endpoint == "messages" and isinstance(thinking, dict):
+            budget = thinking.get("budget_tokens")
+            if isinstance(budget, int) and budget >= cap:
+                request["thinking"] = {**thinking, "budget_tokens": max(cap - 1, 1)}
+    return None
