@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, DataError, IntegrityError, connection, transaction
 from django.db.models import F
 from django.db.models.functions import Greatest
 
@@ -48,6 +48,7 @@ def usage_records_write(records: list[dict[str, Any]], *, touch_keys: Iterable[i
     Returns how many rows were inserted. `touch_keys` are API key ids whose last_used_at
     moves to the newest record's finish time in the same transaction.
     """
+    records = list({r["request_id"]: r for r in reversed(records)}.values())[::-1]  # first wins
     request_ids = [r["request_id"] for r in records]
     with transaction.atomic():
         existing = set(
@@ -98,8 +99,8 @@ def usage_rollups_apply(rows: list[UsageRecord]) -> None:
         groups.items(), key=lambda g: str(g[0])
     ):
         last_id = totals.pop("last_record_id")
-        updated = UsageRollup.objects.filter(
-            tenant_id=tenant_id, alias=alias, accelerator=accelerator, hour=hour
+        updated = UsageRollup.objects.filter(  # the ORM writer owns shard 0
+            tenant_id=tenant_id, alias=alias, accelerator=accelerator, hour=hour, shard=0
         ).update(
             **{name: F(name) + value for name, value in totals.items()},
             last_record_id=Greatest(F("last_record_id"), last_id),
@@ -111,9 +112,35 @@ def usage_rollups_apply(rows: list[UsageRecord]) -> None:
                 alias=alias,
                 accelerator=accelerator,
                 hour=hour,
+                shard=0,
                 last_record_id=last_id,
                 **totals,
             )
+
+
+_BIGINT_MAX = 2**63 - 1
+_TOKEN_FIELDS = (
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+)
+
+
+def sanitize_record(record: dict[str, Any]) -> dict[str, Any]:
+    """Strip what PostgreSQL cannot store (NUL characters, integers beyond 64 bits)."""
+    out = dict(record)
+    for name, value in record.items():
+        if isinstance(value, str):
+            out[name] = value.replace("\x00", "")
+    broken = [n for n in _TOKEN_FIELDS if not 0 <= out.get(n, 0) <= _BIGINT_MAX]
+    for name in broken:
+        out[name] = 0
+    if broken:  # the costs came from counts that cannot be stored
+        out["serving_cost_usd"] = out["reasoning_cost_usd"] = out["spend_usd"] = None
+    out["raw_usage"] = None
+    return out
 
 
 _DECIMAL_FIELDS = ("serving_cost_usd", "reasoning_cost_usd", "spend_usd")
@@ -163,16 +190,37 @@ def spool_replay(spool_dir: Path) -> int:
         return 0
     inserted = 0
     for path in sorted(spool_dir.glob("ledger-*.jsonl")):
+        owner = int(path.stem.removeprefix("ledger-") or 0)
+        if owner != os.getpid() and _alive(owner):
+            continue  # a live writer may still append to it
         claimed = path.with_suffix(f".replaying-{os.getpid()}")
         try:
             path.rename(claimed)  # one replayer per file
         except FileNotFoundError:
             continue
-        records = [_decode(json.loads(line)) for line in claimed.read_text().splitlines() if line]
-        for start in range(0, len(records), 500):
-            inserted += usage_records_write(records[start : start + 500])
+        try:
+            records = [
+                _decode(json.loads(line)) for line in claimed.read_text().splitlines() if line
+            ]
+            for start in range(0, len(records), 500):
+                inserted += usage_records_write(records[start : start + 500])
+        except BaseException:
+            claimed.rename(path)  # keep it for the next replay (inserts are idempotent)
+            raise
         claimed.unlink()
     return inserted
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class OrmLedgerSink:
@@ -319,6 +367,11 @@ class PostgresLedgerSink:
             if conn is None or conn.closed:
                 conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
             await conn.execute(PG_INSERT_SQL, pg_insert_params(records, touch_keys, shard))
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            self._idle.append((conn, shard))  # the connection is fine; the data is not
+            raise (DataError if isinstance(exc, psycopg.DataError) else IntegrityError)(
+                str(exc)
+            ) from exc
         except psycopg.Error as exc:
             if conn is not None:
                 await conn.close()  # a broken connection is replaced on the next try
@@ -383,6 +436,8 @@ class LedgerWriter:
         self._key_touched: dict[int, float] = {}
         self._busy = 0
         self.spooled = 0
+        self._spool_dirty = False
+        self._last_replay = time.monotonic()
 
     async def write(self, record: dict[str, Any]) -> None:
         """Return once `record` is committed (or durably spooled)."""
@@ -442,6 +497,11 @@ class LedgerWriter:
                         future.set_result(None)
                     else:
                         future.set_exception(outcome)
+            if outcome is None and self._spool_dirty and time.monotonic() - self._last_replay > 30:
+                # the database answers again: load what was spooled while it did not
+                self._spool_dirty = False
+                self._last_replay = time.monotonic()
+                asyncio.get_running_loop().run_in_executor(None, self._replay_spool)
 
     def _keys_due(self, records: list[dict[str, Any]]) -> list[int]:
         now = time.monotonic()
@@ -462,6 +522,16 @@ class LedgerWriter:
             try:
                 await self._sink.write(records, touch)
                 return
+            except (DataError, IntegrityError, TypeError, ValueError):
+                # Something in the batch itself (not the database) is refused: split it so
+                # one bad record cannot take the others down, and quarantine that record.
+                if len(records) == 1:
+                    await self._quarantine(records[0], touch)
+                    return
+                half = len(records) // 2
+                await self._commit(records[:half], touch)
+                await self._commit(records[half:], [])
+                return
             except DatabaseError:
                 if time.monotonic() + delay > deadline:
                     break
@@ -469,9 +539,21 @@ class LedgerWriter:
                 delay = min(delay * 2, 1.0)
         path = spool_append(self._spool_dir, records)
         self.spooled += len(records)
+        self._spool_dirty = True
         logger.error(
             "ledger database unavailable: %d usage records spooled to %s", len(records), path
         )
+
+    async def _quarantine(self, record: dict[str, Any], touch: list[int]) -> None:
+        """Store a record the database refused with its payload made safe and a flag, so
+        the call is still accounted for (and held back from rating) instead of lost."""
+        safe = sanitize_record(record)
+        safe["flags"] = [*safe.get("flags", []), "quarantined_record"]
+        logger.error(
+            "usage record %s refused by the database; stored flagged", record["request_id"]
+        )
+        assert self._sink is not None
+        await self._sink.write([safe], touch)
 
     async def close(self) -> None:
         """Flush what is pending and stop."""

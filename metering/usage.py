@@ -35,6 +35,8 @@ DERIVED = "derived"  # arithmetic on the provider's totals
 ESTIMATED = "estimated"  # split from the text we saw
 NONE = "none"  # no reasoning count and no reasoning text
 
+MAX_COUNT = 2**53
+
 # Flags (stored on the usage record; any flag holds the record back from rating).
 MISSING_USAGE = "missing_usage"
 REASONING_EXCEEDS_OUTPUT = "reasoning_exceeds_output"
@@ -99,8 +101,9 @@ def _count(usage: Mapping[str, Any], path: str, flags: list[str]) -> int | None:
         node = node.get(key)
     if node is None:
         return None
-    # bool is an int subclass; True is not a token count.
-    if type(node) is not int or node < 0:
+    # bool is an int subclass; True is not a token count. Beyond 2^53 no provider is
+    # telling the truth (and beyond 2^63 the ledger could not store it).
+    if type(node) is not int or node < 0 or node > MAX_COUNT:
         _flag(flags, f"invalid_count:{path}")
         return 0
     return node

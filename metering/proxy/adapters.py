@@ -268,7 +268,12 @@ class MessagesStreamTracker(StreamTracker):
     def outcome(self, *, completed: bool) -> Outcome:
         raw = merge_anthropic_stream_usage(self.start_usage, self.delta_usage)
         usage = usage_from_anthropic(raw, self.text if self.thinking_seen else None)
-        return Outcome(usage, raw, self.response_id, self._status(completed=completed))
+        flags = []
+        if self.delta_usage is None and not completed:
+            # cut before the final message_delta: message_start's output count is a
+            # placeholder, not what the upstream generated
+            flags.append("missing_final_usage")
+        return Outcome(usage, raw, self.response_id, self._status(completed=completed), flags)
 
 
 def messages_outcome(body: Any, *, count_text: bool) -> Outcome:

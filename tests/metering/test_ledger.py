@@ -272,3 +272,74 @@ def test_rollups_equal_raw_records_and_ignore_replays(tmp_path: Path, sink_class
         tenant=key.tenant, alias="reasoner", hour=t0.replace(minute=0, second=0, microsecond=0)
     ).aggregate(r=Sum("requests"), f=Sum("flagged_requests"), t=Sum("reasoning_tokens"))
     assert (first_hour["r"], first_hour["f"], first_hour["t"]) == (1, 1, 50)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_orm_path_folds_into_its_own_shard_next_to_postgres_writers(tmp_path: Path) -> None:
+    key = ApiKeyFactory()
+    t0 = datetime(2026, 11, 3, 9, tzinfo=UTC)
+
+    async def scenario() -> None:
+        writer = LedgerWriter(max_batch=1, spool_dir=tmp_path, sink=default_sink())
+        await asyncio.gather(
+            *(writer.write(record_for(key, started_at=t0, finished_at=t0)) for _ in range(6))
+        )
+        await writer.close()
+
+    asyncio.run(scenario())
+    usage_records_write([record_for(key, started_at=t0, finished_at=t0)])  # the spool-replay path
+    rollups_match_raw_records()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_bad_record_does_not_sink_its_batch(tmp_path: Path) -> None:
+    key = ApiKeyFactory()
+    good = record_for(key)
+    huge = record_for(key, output_tokens=2**64)
+    nul = record_for(key, upstream_response_id="chatcmpl-\x00bad")
+
+    async def scenario() -> None:
+        writer = LedgerWriter(max_batch=64, spool_dir=tmp_path, sink=default_sink())
+        await asyncio.gather(writer.write(good), writer.write(huge), writer.write(nul))
+        await writer.close()
+
+    asyncio.run(scenario())
+    stored = {r.request_id: r for r in UsageRecord.objects.all()}
+    assert set(stored) == {good["request_id"], huge["request_id"], nul["request_id"]}
+    assert stored[good["request_id"]].flags == []
+    assert "quarantined_record" in stored[huge["request_id"]].flags
+    assert stored[huge["request_id"]].output_tokens == 0
+    assert stored[nul["request_id"]].upstream_response_id == "chatcmpl-bad"
+
+
+@pytest.mark.django_db
+def test_duplicate_request_id_inside_one_batch_is_stored_once() -> None:
+    key = ApiKeyFactory()
+    record = record_for(key)
+    assert usage_records_write([record, dict(record)]) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_failed_replay_keeps_the_spool_file(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    from metering import ledger
+
+    key = ApiKeyFactory()
+    ledger.spool_append(tmp_path, [record_for(key)])
+    (spooled,) = list(tmp_path.glob("ledger-*.jsonl"))
+    dead = tmp_path / "ledger-999999999.jsonl"  # as if written by a process that has died
+    spooled.rename(dead)
+
+    def down(records, **kwargs):  # type: ignore[no-untyped-def]
+        raise DatabaseError("still down")
+
+    monkeypatch.setattr(ledger, "usage_records_write", down)
+    with pytest.raises(DatabaseError):
+        ledger.spool_replay(tmp_path)
+    assert dead.exists()  # kept for the next try
+    monkeypatch.undo()
+    assert ledger.spool_replay(tmp_path) == 1 and not dead.exists()
+    live = tmp_path / f"ledger-{os.getppid()}.jsonl"  # a live writer's file is left alone
+    live.write_text("")
+    assert ledger.spool_replay(tmp_path) == 0 and live.exists()
