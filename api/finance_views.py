@@ -294,7 +294,8 @@ class WhatIfView(APIView):
                     "accelerator": result.alternative_accelerator,
                     "cost_usd": decimal_text(result.alternative_cost_usd),
                     "cost_per_million_usd": {
-                        k: decimal_text(v) for k, v in result.alternative_class_costs.items()
+                        alias: {k: decimal_text(v) for k, v in costs.items()}
+                        for alias, costs in result.alternative_class_costs.items()
                     },
                     "gross_margin": _opt(result.alternative_margin),
                     "floor_revenue_usd": decimal_text(result.floor_revenue_usd),

@@ -442,13 +442,16 @@ class _Call:
         try:
             response = await self.app.upstream.post(url, self.prepared.body, upstream_headers)
         except UpstreamError as exc:
+            logger.warning(
+                "upstream failure for %s (%s): %s", self.request_id, self.route.alias, exc
+            )
             await self.record(
                 Outcome(TokenUsage(), None, "", Status.FAILED, ["upstream_unreachable"])
             )
             await _send_error(
                 send,
                 errors.UPSTREAM_UNAVAILABLE,
-                f"The upstream for '{self.route.alias}' could not be reached ({exc}).",
+                f"The upstream for '{self.route.alias}' could not be reached (request {self.request_id}).",
                 anthropic,
                 extra_headers=[(REQUEST_ID_HEADER, str(self.request_id).encode())],
             )
@@ -483,13 +486,16 @@ class _Call:
         try:
             body = await response.read()
         except UpstreamError as exc:
+            logger.warning(
+                "upstream failure for %s (%s): %s", self.request_id, self.route.alias, exc
+            )
             await self.record(
                 Outcome(TokenUsage(), None, "", Status.FAILED, ["upstream_read_failed"])
             )
             await _send_error(
                 send,
                 errors.UPSTREAM_UNAVAILABLE,
-                f"The upstream response was cut ({exc}).",
+                f"The upstream response was cut (request {self.request_id}).",
                 self.endpoint.anthropic_format,
             )
             return

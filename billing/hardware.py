@@ -283,8 +283,10 @@ def floor_breaches(
     from metering.proxy.context import current_cost_rates
 
     at = at or timezone.now()
+    if plan.currency.upper() != "USD":
+        return []  # costs are in USD and no exchange rates are kept: floors cover USD plans
     all_aliases = list(ServingCostRate.objects.values_list("alias", flat=True).distinct())
-    rates = current_cost_rates(all_aliases)
+    rates = current_cost_rates(all_aliases, at=at)
     scoped = {a for c in plan.components if c.aliases for a in c.aliases}
     issues = []
     for component in plan.components:

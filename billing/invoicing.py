@@ -31,12 +31,9 @@ from billing.models import (
     Invoice,
     InvoiceLine,
     InvoiceSequence,
-    PlanVersion,
     Subscription,
 )
 from billing.periods import Period, period_containing
-from billing.proration import prorate_plan
-from billing.selectors import plan_version_pricing
 from billing.services import PeriodRating, period_rate, usage_from_rollups
 from metering.errors import ApplicationError, Conflict, NotFound
 from metering.models import Tenant
@@ -53,6 +50,7 @@ Kind = InvoiceLine.Kind
 
 
 logger = logging.getLogger(__name__)
+STORED_PRECISION = Decimal("1e-12")
 NO_USAGE = UsageTotals({}, 0)
 
 
@@ -468,12 +466,33 @@ def invoice_transition(*, invoice: Invoice, to: str, at: datetime | None = None)
         return invoice
     if to not in _ALLOWED.get(Status(invoice.status), set()):
         raise Conflict(f"Invoice {invoice} is {invoice.status}; it cannot become {to}.")
+    if to == Status.VOID:
+        adjusting = (
+            InvoiceLine.objects.filter(
+                kind=Kind.ADJUSTMENT,
+                adjusts_period_start=invoice.period_start,
+                invoice__tenant_id=invoice.tenant_id,
+            )
+            .exclude(invoice__status__in=[Status.VOID, Status.DRAFT])
+            .values_list("invoice__number", flat=True)
+        )
+        later = sorted({n for n in adjusting if n})
+        if later:
+            raise Conflict(
+                f"Later invoices ({', '.join(later)}) bill adjustments for this "
+                "period; re-issuing it would bill that usage twice. Issue a credit note instead."
+            )
     invoice.status = to
     if to == Status.PAID:
         invoice.paid_at = at
     elif to == Status.VOID:
         invoice.voided_at = at
     invoice.save(update_fields=["status", "paid_at", "voided_at"])
+    if to == Status.VOID and invoice.stripe_invoice_id and settings.STRIPE_API_KEY:
+        from billing import tasks
+
+        invoice_id = invoice.pk
+        transaction.on_commit(lambda: tasks.void_invoice_in_stripe.delay(invoice_id))
     return invoice
 
 
@@ -522,37 +541,34 @@ class LineDifference:
 
 def invoice_recompute(*, invoice: Invoice) -> list[LineDifference]:
     """Recompute every line from the raw usage ledger (not rollups) up to the invoice's
-    cut-off, with each line's plan version, and list the differences (none = reproducible)."""
-    period = Period(invoice.period_start, invoice.period_end)
+    cut-off, through the same rating as the close, and list the differences (none =
+    reproducible). Plan versions never change and plan changes cannot reach into an
+    invoiced period, so the segments are the ones the invoice was built from."""
+    cutoff = invoice.usage_cutoff_record_id
+
+    def raw(tenant_id: uuid.UUID, start: datetime, end: datetime) -> UsageTotals:
+        return usage_totals_from_records(
+            tenant_id=tenant_id, start=start, end=end, max_record_id=cutoff
+        )
+
+    rating = period_rate(
+        tenant_id=invoice.tenant_id,
+        period=Period(invoice.period_start, invoice.period_end),
+        usage_source=raw,
+    )
+    fresh = _rated_lines(rating)
     own = [line for line in invoice.lines.order_by("position") if line.kind != Kind.ADJUSTMENT]
     differences: list[LineDifference] = []
-    segments: dict[tuple[datetime, datetime, int], list[InvoiceLine]] = {}
-    for line in own:
-        segments.setdefault(
-            (line.segment_start, line.segment_end, line.plan_version_id), []
-        ).append(line)
-    for (start, end, version_id), lines in segments.items():
-        share = Decimal(int((end - start).total_seconds())) / Decimal(period.seconds())
-        plan = prorate_plan(plan_version_pricing(PlanVersion.objects.get(pk=version_id)), share)
-        usage = usage_totals_from_records(
-            tenant_id=invoice.tenant_id,
-            start=start,
-            end=end,
-            max_record_id=invoice.usage_cutoff_record_id,
-        )
-        rated = pricing.rate(plan, pricing.UsageVector(usage.tokens)).lines
-        if len(rated) != len(lines):
-            differences.append(LineDifference(None, "line_count", len(lines), len(rated)))
-            continue
-        for line, fresh in zip(lines, rated, strict=True):
-            for field, invoiced, recomputed in (
-                ("kind", line.kind, fresh.kind),
-                ("tokens", line.tokens, fresh.tokens),
-                ("amount_exact", Decimal(line.amount_exact), fresh.amount_exact),
-                ("amount_minor", line.amount_minor, fresh.amount_minor),
-            ):
-                if invoiced != recomputed:
-                    differences.append(LineDifference(line.position, field, invoiced, recomputed))
+    if len(own) != len(fresh):
+        differences.append(LineDifference(None, "line_count", len(own), len(fresh)))
+    for line, again in zip(own, fresh, strict=False):
+        for name in ("kind", "plan_version_id", "tokens", "amount_exact", "amount_minor"):
+            invoiced, recomputed = getattr(line, name), getattr(again, name)
+            if name == "amount_exact":  # stored with 12 decimals; a prorated third has more
+                if abs(Decimal(invoiced) - Decimal(recomputed)) <= STORED_PRECISION:
+                    continue
+            if invoiced != recomputed:
+                differences.append(LineDifference(line.position, name, invoiced, recomputed))
     for line in invoice.lines.filter(kind=Kind.ADJUSTMENT).order_by("position"):
         differences += _recompute_adjustment(invoice, line)
     total = sum(line.amount_minor for line in invoice.lines.all())

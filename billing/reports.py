@@ -2,6 +2,10 @@
 accelerator type and period, with the share of cost caused by hidden reasoning; and the
 what-if that re-prices a past period on another accelerator type or margin policy.
 
+Reports cover USD plans (costs are USD; no exchange rates are kept) and calendar months,
+which are the billing periods of subscriptions anchored on day 1; a tenant anchored on
+another day is rated over the month as if it were its period.
+
 Revenue is the period's rating (the invoice's figures for a closed period) allocated to
 (tenant, alias, accelerator) in proportion to the tokens each contributed to a line;
 fees that belong to no alias (base fee, minimum true-up) are reported under "(fees)".
@@ -102,6 +106,8 @@ def margin_report(
             rating = period_rate(tenant_id=tenant_id, period=period)
         except NotFound:
             continue
+        if rating.currency != "USD":
+            continue  # costs are USD and no exchange rates are kept: revenue in USD only
         for line in rating.lines:
             weights = _line_weights(line, by_tenant[tenant_id]) if line.kind == "usage" else []
             if not weights:
@@ -124,7 +130,7 @@ class WhatIf:
     actual_cost_usd: Decimal  # stamped on the records
     alternative_accelerator: str
     alternative_cost_usd: Decimal
-    alternative_class_costs: dict[str, Decimal]  # USD per 1M tokens
+    alternative_class_costs: dict[str, dict[str, Decimal]]  # alias -> USD per 1M tokens
     floor_revenue_usd: Decimal  # alternative cost / (1 - minimum margin)
     target_revenue_usd: Decimal  # alternative cost / (1 - target margin)
     actual_margin: Decimal | None
@@ -158,7 +164,7 @@ def whatif(
         for token_class, n in r.tokens.items():
             tokens[token_class] += n
     alternative = Decimal(0)
-    class_costs: dict[str, Decimal] = {}
+    class_costs: dict[str, dict[str, Decimal]] = {}
     for alias_name in sorted({r.key[1] for r in selected}):
         alias_tokens: dict[str, int] = defaultdict(int)
         for r in selected:
@@ -166,7 +172,7 @@ def whatif(
                 for token_class, n in r.tokens.items():
                     alias_tokens[token_class] += n
         costs = _alternative_costs(alias_name, accelerator_key, period.end)
-        class_costs = costs.as_dict()
+        class_costs[alias_name] = costs.as_dict()
         alternative += costbasis.usage_cost(costs, alias_tokens)
     policy = policy or margin_policy_in_force(accelerator_key=accelerator.key, at=period.end)
     if policy is None:

@@ -4,6 +4,7 @@ Rating reads usage only through metering.selectors (hourly rollups) and prices i
 pure engine in billing.pricing; nothing here scans raw usage records.
 """
 
+import dataclasses
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from billing import pricing
+from billing.currency import to_minor
 from billing.models import Plan, PlanVersion, PriceComponent, PriceTier, Subscription
 from billing.periods import Period, ceil_hour, period_containing, segments
 from billing.proration import prorate_plan
@@ -166,6 +168,7 @@ def subscription_change_plan(
 
     The current billing period splits into segments, each rated on its own version.
     """
+    Tenant.objects.select_for_update().filter(pk=subscription.tenant_id).values_list("pk").get()
     current = Subscription.objects.select_for_update().get(pk=subscription.pk)
     if current.ends_at is not None:
         raise Conflict("This subscription has ended; change the tenant's current one.")
@@ -176,6 +179,20 @@ def subscription_change_plan(
     at = ceil_hour(at)
     if at <= current.starts_at:
         raise ApplicationError("The change must come after the current subscription starts.")
+    from billing.models import Invoice
+
+    invoiced_until = (
+        Invoice.objects.filter(tenant_id=current.tenant_id)
+        .exclude(status__in=[Invoice.Status.VOID, Invoice.Status.DRAFT])
+        .order_by("-period_end")
+        .values_list("period_end", flat=True)
+        .first()
+    )
+    if invoiced_until is not None and at < invoiced_until:
+        raise ApplicationError(
+            f"{at:%Y-%m-%d %H:%M} falls in a period already invoiced (until "
+            f"{invoiced_until:%Y-%m-%d}); a plan change cannot re-price it. Use a credit note."
+        )
     current.ends_at = at
     current.save(update_fields=["ends_at"])
     return Subscription.objects.create(
@@ -256,6 +273,7 @@ def period_rate(
                 rated=pricing.rate(plan, pricing.UsageVector(usage.tokens)),
             )
         )
+    rated = _base_fee_remainder_to_last(rated)
     return PeriodRating(
         tenant_id=tenant_id,
         period=period,
@@ -264,6 +282,35 @@ def period_rate(
         total_minor=sum(s.rated.total_minor for s in rated),
         cutoff_record_id=cutoff,
     )
+
+
+def _base_fee_remainder_to_last(rated: list[SegmentRating]) -> list[SegmentRating]:
+    """A base fee prorated over segments is rounded as a whole: the segments' rounded fees
+    add up to the rounded sum of their exact fees, the last segment taking the remainder."""
+    fees = [
+        (i, j)
+        for i, s in enumerate(rated)
+        for j, line in enumerate(s.rated.lines)
+        if line.kind == "base_fee"
+    ]
+    if len(fees) < 2:
+        return rated
+    currency = rated[0].rated.currency
+    exact = sum((rated[i].rated.lines[j].amount_exact for i, j in fees), Decimal(0))
+    diff = to_minor(exact, currency) - sum(rated[i].rated.lines[j].amount_minor for i, j in fees)
+    if diff == 0:
+        return rated
+    i, j = fees[-1]
+    invoice = rated[i].rated
+    lines = list(invoice.lines)
+    lines[j] = dataclasses.replace(lines[j], amount_minor=lines[j].amount_minor + diff)
+    fixed = dataclasses.replace(
+        invoice,
+        lines=tuple(lines),
+        subtotal_minor=invoice.subtotal_minor + diff,
+        total_minor=invoice.total_minor + diff,
+    )
+    return [*rated[:i], dataclasses.replace(rated[i], rated=fixed), *rated[i + 1 :]]
 
 
 def invoice_preview(*, tenant_id: uuid.UUID, as_of: datetime | None = None) -> PeriodRating:

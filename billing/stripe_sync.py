@@ -71,8 +71,8 @@ def invoice_sync_stripe(*, invoice_id: int) -> Invoice | None:
     """Push a finalized invoice to Stripe and finalize it there. Safe to repeat."""
     client = stripe_client()
     invoice = Invoice.objects.select_related("tenant").get(pk=invoice_id)
-    if client is None or invoice.status == Invoice.Status.DRAFT:
-        return None
+    if client is None or invoice.status != Invoice.Status.FINALIZED:
+        return None  # only a finalized, unpaid, unvoided invoice is sent for collection
     if invoice.stripe_synced_at is not None:
         return invoice
     customer_id = stripe_customer_ensure(client=client, tenant=invoice.tenant)
@@ -164,10 +164,31 @@ _TRANSITIONS = {
 }
 
 
+def invoice_void_in_stripe(*, invoice_id: int) -> None:
+    """Void the Stripe copy of an invoice voided here (idempotent)."""
+    client = stripe_client()
+    invoice = Invoice.objects.get(pk=invoice_id)
+    if client is None or invoice.status != Invoice.Status.VOID or not invoice.stripe_invoice_id:
+        return
+    remote = client.v1.invoices.retrieve(invoice.stripe_invoice_id)
+    if remote.status == "open":
+        client.v1.invoices.void_invoice(
+            invoice.stripe_invoice_id,
+            options={"idempotency_key": f"reckon-invoice-void-{invoice.pk}"},
+        )
+
+
 def _invoice_for(obj: dict[str, Any]) -> Invoice | None:
     reckon_id = (obj.get("metadata") or {}).get("reckon_invoice_id")
     if reckon_id:
-        return Invoice.objects.filter(pk=int(reckon_id)).first()
+        invoice = Invoice.objects.filter(pk=int(reckon_id)).first()
+        if (
+            invoice is not None
+            and invoice.stripe_invoice_id
+            and invoice.stripe_invoice_id != obj.get("id")
+        ):
+            return None  # another Stripe invoice claiming ours (a stray duplicate): ignore it
+        return invoice
     return (
         Invoice.objects.filter(stripe_invoice_id=obj.get("id", ""))
         .exclude(stripe_invoice_id="")

@@ -88,9 +88,9 @@ def sync_pending_invoices() -> int:
     if not settings.STRIPE_API_KEY:
         return 0
     pending = list(
-        Invoice.objects.exclude(status=Invoice.Status.DRAFT)
-        .filter(stripe_synced_at__isnull=True)
-        .values_list("pk", flat=True)
+        Invoice.objects.filter(
+            status=Invoice.Status.FINALIZED, stripe_synced_at__isnull=True
+        ).values_list("pk", flat=True)
     )
     for invoice_id in pending:
         sync_invoice_to_stripe.delay(invoice_id)
@@ -102,3 +102,10 @@ def process_stripe_event(event_pk: int) -> str:
     from billing.stripe_sync import stripe_event_process
 
     return stripe_event_process(event_pk=event_pk).status
+
+
+@shared_task(autoretry_for=STRIPE_TRANSIENT, **RELIABLE_TASK)
+def void_invoice_in_stripe(invoice_id: int) -> None:
+    from billing.stripe_sync import invoice_void_in_stripe
+
+    invoice_void_in_stripe(invoice_id=invoice_id)

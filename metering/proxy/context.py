@@ -112,13 +112,15 @@ def route_info_from(
     )
 
 
-def current_cost_rates(aliases: list[str]) -> dict[str, ServingCostRate]:
-    """The latest rate in force now for each alias (at most one query)."""
+def current_cost_rates(
+    aliases: list[str], at: datetime | None = None
+) -> dict[str, ServingCostRate]:
+    """The latest rate in force at `at` (default now) for each alias (one query)."""
     if not aliases:
         return {}
     rates: dict[str, ServingCostRate] = {}
     for rate in ServingCostRate.objects.filter(
-        alias__in=aliases, effective_from__lte=timezone.now()
+        alias__in=aliases, effective_from__lte=at or timezone.now()
     ).order_by("alias", "-effective_from", "-id"):
         rates.setdefault(rate.alias, rate)
     return rates
@@ -174,14 +176,18 @@ def _spent_loader(
         from django.db.models import Sum
 
         if api_key_id is None:
-            qs = UsageRollup.objects.filter(tenant_id=tenant_id)
+            rollups = UsageRollup.objects.filter(tenant_id=tenant_id)
             if since is not None:
-                qs = qs.filter(hour__gte=since)
+                rollups = rollups.filter(hour__gte=since)
+            total = rollups.aggregate(total=Sum("spend_usd"))["total"]
         else:
-            qs = UsageRecord.objects.filter(tenant_id=tenant_id, api_key_id=api_key_id, flags=[])
+            records = UsageRecord.objects.filter(
+                tenant_id=tenant_id, api_key_id=api_key_id, flags=[]
+            )
             if since is not None:
-                qs = qs.filter(started_at__gte=since)
-        return qs.aggregate(total=Sum("spend_usd"))["total"] or Decimal(0)
+                records = records.filter(started_at__gte=since)
+            total = records.aggregate(total=Sum("spend_usd"))["total"]
+        return total or Decimal(0)
 
     return load
 

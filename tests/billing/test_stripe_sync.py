@@ -92,3 +92,32 @@ def test_without_a_stripe_key_nothing_calls_stripe(fake, settings) -> None:  # t
     invoice = closed_invoice()
     assert invoice_sync_stripe(invoice_id=invoice.pk) is None
     assert fake.calls == [] and invoice.number == "RK-2026-000001"
+
+
+def test_only_finalized_invoices_are_pushed_and_local_voids_reach_stripe(
+    stripe_on, django_capture_on_commit_callbacks
+) -> None:  # type: ignore[no-untyped-def]
+    from billing.invoicing import invoice_transition
+
+    invoice = closed_invoice()
+    voided = invoice_transition(invoice=invoice, to="void")
+    assert invoice_sync_stripe(invoice_id=voided.pk) is None and stripe_on.calls == []
+    second = closed_invoice_for_new_tenant()
+    invoice_sync_stripe(invoice_id=second.pk)
+    with django_capture_on_commit_callbacks(execute=True):
+        invoice_transition(invoice=second, to="void")
+    remote = stripe_on.invoices[Invoice.objects.get(pk=second.pk).stripe_invoice_id]
+    assert remote["status"] == "void"
+
+
+def closed_invoice_for_new_tenant() -> Invoice:
+    from tests.usage_helpers import write_usage
+
+    key = ApiKeyFactory(tenant__name="Second Tenant")
+    subscription_create(
+        tenant=key.tenant, plan_version=version("second", base="10", output="4.00"), starts_at=SEP
+    )
+    write_usage(key, datetime(2026, 9, 5, tzinfo=UTC), output_tokens=1_000_000)
+    return period_close(
+        tenant_id=key.tenant_id, period_start=SEP, as_of=datetime(2026, 10, 3, tzinfo=UTC)
+    )

@@ -255,3 +255,47 @@ def test_one_broken_tenant_does_not_hold_back_the_batch(customer) -> None:  # ty
         tasks.close_periods.delay(SEP.isoformat(), [str(key.tenant_id), str(orphan.pk)]).get()
     assert list(excinfo.value.extra["failures"]) == [str(orphan.pk)]
     assert Invoice.objects.get().tenant_id == key.tenant_id
+
+
+def test_a_period_with_later_adjustments_cannot_be_voided(customer) -> None:  # type: ignore[no-untyped-def]
+    key, _ = customer
+    use(key, at(2026, 9, 3), output_tokens=1_000_000)
+    sep = period_close(tenant_id=key.tenant_id, period_start=SEP, as_of=at(2026, 10, 3))
+    use(key, at(2026, 9, 29), output_tokens=1_000_000)  # late
+    october = period_close(tenant_id=key.tenant_id, period_start=OCT, as_of=at(2026, 11, 3))
+    assert october.lines.filter(kind="adjustment").get().amount_minor == 400
+    with pytest.raises(Conflict, match=october.number):
+        invoice_transition(invoice=sep, to="void")  # re-issuing would bill the late usage twice
+
+
+def test_plan_change_cannot_reach_into_an_invoiced_period(customer) -> None:  # type: ignore[no-untyped-def]
+    key, subscription = customer
+    period_close(tenant_id=key.tenant_id, period_start=SEP, as_of=at(2026, 10, 3))
+    premium = version("premium", base="20", output="8.00")
+    with pytest.raises(ApplicationError, match="already invoiced"):
+        subscription_change_plan(
+            subscription=subscription, plan_version=premium, at=at(2026, 9, 16)
+        )
+    assert (
+        subscription_change_plan(subscription=subscription, plan_version=premium, at=OCT).starts_at
+        == OCT
+    )
+
+
+def test_prorated_base_fee_keeps_its_remainder() -> None:
+    key = ApiKeyFactory()
+    first = subscription_create(
+        tenant=key.tenant, plan_version=version("a", base="10", output="4.00"), starts_at=SEP
+    )
+    second = subscription_change_plan(
+        subscription=first, plan_version=version("b", base="10", output="4.00"), at=at(2026, 9, 11)
+    )
+    subscription_change_plan(
+        subscription=second, plan_version=version("c", base="10", output="4.00"), at=at(2026, 9, 21)
+    )
+    invoice = period_close(tenant_id=key.tenant_id, period_start=SEP, as_of=at(2026, 10, 3))
+    fees = [
+        line.amount_minor for line in invoice.lines.filter(kind="base_fee").order_by("position")
+    ]
+    assert fees == [333, 333, 334] and sum(fees) == 1000  # thirds of $10, remainder on the last
+    assert invoice_recompute(invoice=invoice) == []
