@@ -162,7 +162,10 @@ class ControlStore:
                 await self._load(keys=[scope.key], args=[to_nano(spent), scope.ttl_s])
         except RedisError as exc:
             raise ControlUnavailable(str(exc)) from exc
-        headers = self._headers(rates, code, value if code == 1 else 0, index, est_tokens, reset)
+        # on success the script returns {1, requests used, tokens used} for the first scope
+        headers = self._headers(
+            rates, code, index if code == 1 else 0, value if code == 1 else 0, reset
+        )
         if code == 1:
             return Admission(True, headers=headers)
         if code == -4:
@@ -173,13 +176,7 @@ class ControlStore:
         return Admission(False, reason, headers=headers, retry_after_s=reset)
 
     def _headers(
-        self,
-        rates: list[RateScope],
-        code: int,
-        used_requests: int,
-        index: int,
-        est_tokens: int,
-        reset: int,
+        self, rates: list[RateScope], code: int, used_requests: int, used_tokens: int, reset: int
     ) -> list[tuple[bytes, bytes]]:
         if not rates:
             return []
@@ -193,8 +190,10 @@ class ControlStore:
                 (b"x-ratelimit-reset-requests", f"{reset}s".encode()),
             ]
         if scope.tokens_per_minute:
+            remaining_tokens = max(0, scope.tokens_per_minute - used_tokens) if code == 1 else 0
             out += [
                 (b"x-ratelimit-limit-tokens", str(scope.tokens_per_minute).encode()),
+                (b"x-ratelimit-remaining-tokens", str(remaining_tokens).encode()),
                 (b"x-ratelimit-reset-tokens", f"{reset}s".encode()),
             ]
         if code in (-2, -3):

@@ -120,6 +120,8 @@ def reckon_url(django_db_setup, django_db_blocker) -> Iterator[str]:  # type: ig
         "RECKON_AUTH_CACHE_SECONDS": "0.5",
         "RECKON_DRAIN_TIMEOUT_SECONDS": "20",
         "PYTHONUNBUFFERED": "1",
+        "REDIS_URL": os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
+        "RECKON_RATE_WINDOW_SECONDS": "3",
         SIM_KEY_ENV: "sim-test-key",
     }
     process = start(["serve", "--port", str(port)], env, f"http://127.0.0.1:{port}/v1/models")
