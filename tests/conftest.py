@@ -1,4 +1,13 @@
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
+
+# Property tests check correctness, not speed: on a loaded 2-core CI machine an example may
+# take longer than hypothesis's default 200 ms deadline without anything being wrong.
+hypothesis_settings.register_profile(
+    "reckon", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.load_profile("reckon")
 
 
 @pytest.fixture(autouse=True)
