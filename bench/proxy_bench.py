@@ -118,6 +118,44 @@ def seed(database_url: str, sim_url: str) -> str:
     return out.stdout.strip()
 
 
+CONTROLLED = """
+from datetime import UTC, datetime
+from decimal import Decimal
+from billing.services import plan_create, plan_version_create, plan_version_publish, subscription_create
+from metering.models import RateLimit, ReasoningPolicy, SpendLimit, Route
+from metering.services import api_key_create, tenant_allow_routes, tenant_create
+t0 = datetime(2026, 1, 1, tzinfo=UTC)
+tenant = tenant_create(name="bench-controlled")
+tenant_allow_routes(tenant=tenant, aliases=["bench-reasoner"])
+version = plan_version_publish(version=plan_version_create(plan=plan_create(code="bench", name="Bench"),
+    currency="USD", effective_from=t0, components=[
+        {"token_class": "input", "charge_model": "per_unit", "unit_price": Decimal("1.10")},
+        {"token_class": "output", "charge_model": "per_unit", "unit_price": Decimal("4.40")}]))
+subscription_create(tenant=tenant, plan_version=version, starts_at=t0)
+created = api_key_create(tenant=tenant)
+# limits far above what the run spends: every call pays for admission and settlement
+SpendLimit.objects.create(tenant=tenant, window="month", amount_usd=Decimal("1000000"))
+SpendLimit.objects.create(tenant=tenant, api_key=created.api_key, window="total", amount_usd=Decimal("1000000"))
+RateLimit.objects.create(tenant=tenant, requests_per_minute=2_000_000_000, tokens_per_minute=2_000_000_000)
+RateLimit.objects.create(tenant=tenant, api_key=created.api_key, requests_per_minute=2_000_000_000)
+ReasoningPolicy.objects.create(api_key=created.api_key, max_output_tokens=100000)
+print(created.raw_key)
+"""
+
+
+def seed_controlled(database_url: str) -> str:
+    """A second tenant whose calls go through spend holds, rate limits and governance."""
+    out = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", CONTROLLED],
+        cwd=ROOT,
+        env=django_env(database_url),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
 def wrk(
     binary: str, url: str, key: str, model: str, connections: int, duration: int
 ) -> dict[str, float]:
@@ -204,6 +242,7 @@ def main() -> None:
     url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     env = django_env(database_url)
     key = seed(database_url, url["sim_reckon"])
+    controlled_key = seed_controlled(database_url)
     python = [sys.executable]
     procs = [
         # Two identical simulators: one behind Reckon, one for the direct and bare runs, so
@@ -251,9 +290,10 @@ def main() -> None:
         ),
     ]
     targets = {
-        "direct": (url["sim"], "sim-reasoner"),
-        "bare": (url["bare"], "sim-reasoner"),
-        "reckon": (url["reckon"], "bench-reasoner"),
+        "direct": (url["sim"], "sim-reasoner", key),
+        "bare": (url["bare"], "sim-reasoner", key),
+        "reckon": (url["reckon"], "bench-reasoner", key),
+        "controls": (url["reckon"], "bench-reasoner", controlled_key),
     }
     runs: dict[str, dict[str, list[dict[str, float]]]] = {t: {"c32": [], "c1": []} for t in targets}
     try:
@@ -261,8 +301,8 @@ def main() -> None:
             wait_up(url[name] + "/_sim/health")
         wait_up(url["bare"] + "/")
         wait_up(url["reckon"] + "/v1/models")
-        for base, model in targets.values():  # warm pools, caches, connections
-            wrk(binary, base, key, model, 8, 2)
+        for base, model, target_key in targets.values():  # warm pools, caches, connections
+            wrk(binary, base, target_key, model, 8, 2)
         time.sleep(0.5)
         urllib.request.urlopen(
             urllib.request.Request(url["sim_reckon"] + "/_sim/reset", method="POST")
@@ -270,9 +310,9 @@ def main() -> None:
         baseline = ledger_totals(database_url)
         for _ in range(args.rounds):
             for concurrency in ("c32", "c1"):
-                for target, (base, model) in targets.items():
+                for target, (base, model, target_key) in targets.items():
                     runs[target][concurrency].append(
-                        wrk(binary, base, key, model, int(concurrency[1:]), args.duration)
+                        wrk(binary, base, target_key, model, int(concurrency[1:]), args.duration)
                     )
         time.sleep(1)
         served = get_json(url["sim_reckon"] + "/_sim/totals")
@@ -294,21 +334,28 @@ def main() -> None:
     print(
         f"process(es) and durable metering on PostgreSQL, all on this {os.cpu_count()}-core machine."
     )
-    print(f"{'':28}{'direct':>10}{'bare proxy':>12}{'Reckon':>10}")
-    print(
-        f"{'req/s at c=32':28}{direct_rps:>10.0f}{m('bare', 'c32', 'rps'):>12.0f}{m('reckon', 'c32', 'rps'):>10.0f}"
-    )
-    print(
-        f"{'  share of direct':28}{'100%':>10}{m('bare', 'c32', 'rps') / direct_rps:>12.1%}{m('reckon', 'c32', 'rps') / direct_rps:>10.1%}"
-    )
+    columns = [
+        ("direct", "direct"),
+        ("bare", "bare proxy"),
+        ("reckon", "Reckon"),
+        ("controls", "+controls"),
+    ]
+
+    def row(label: str, values: list[str]) -> None:
+        print(f"{label:28}" + "".join(f"{v:>12}" for v in values))
+
+    row("", [title for _, title in columns])
+    row("req/s at c=32", [f"{m(t, 'c32', 'rps'):.0f}" for t, _ in columns])
+    row("  share of direct", [f"{m(t, 'c32', 'rps') / direct_rps:.1%}" for t, _ in columns])
     for field, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
         d = m("direct", "c1", field)
-        print(
-            f"{label + ' latency at c=1 (ms)':28}{d:>10.3f}{m('bare', 'c1', field):>12.3f}{m('reckon', 'c1', field):>10.3f}"
+        row(f"{label} latency at c=1 (ms)", [f"{m(t, 'c1', field):.3f}" for t, _ in columns])
+        row(
+            "  added over direct (ms)",
+            [""] + [f"{m(t, 'c1', field) - d:+.3f}" for t, _ in columns[1:]],
         )
-        print(
-            f"{'  added over direct (ms)':28}{'':>10}{m('bare', 'c1', field) - d:>+12.3f}{m('reckon', 'c1', field) - d:>+10.3f}"
-        )
+    print("(+controls: the same Reckon with a spend hold, two spend limits, two rate limits and")
+    print(" reasoning governance on every call, all checked in Redis)")
     ratio = m("reckon", "c32", "rps") / direct_rps
     added_p50 = m("reckon", "c1", "p50_ms") - m("direct", "c1", "p50_ms")
     print(
