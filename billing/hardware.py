@@ -264,18 +264,6 @@ def rate_costs(rate: ServingCostRate) -> costbasis.ClassCosts:
 # --- floors --------------------------------------------------------------------------
 
 
-def lowest_price_per_million(component: pricing.PriceComponent) -> Decimal:
-    """The lowest price per 1M tokens a component can charge (its cheapest tier)."""
-    per_unit = MILLION / Decimal(component.unit_tokens)
-    if component.charge_model in ("graduated", "volume"):
-        return (
-            min(t.unit_price for t in component.tiers) * per_unit if component.tiers else Decimal(0)
-        )
-    if component.charge_model == "package":
-        return component.unit_price / component.package_units * per_unit
-    return component.unit_price * per_unit
-
-
 def floor_breaches(
     plan: pricing.PlanVersion, *, at: datetime | None = None
 ) -> list[pricing.PlanIssue]:
@@ -296,7 +284,7 @@ def floor_breaches(
         ):
             classes.append("reasoning")  # reasoning folds into output when not priced itself
         covered = component.aliases or frozenset(a for a in rates if a not in scoped)
-        price = lowest_price_per_million(component)
+        price, _ = pricing.prices_per_million(component)
         for alias in sorted(covered):
             rate = rates.get(alias)
             if rate is None:

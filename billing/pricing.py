@@ -734,3 +734,16 @@ def _money(value: Decimal, exponent: int) -> str:
     step = Decimal(1).scaleb(-exponent)
     rounded = value.quantize(step, context=_EXACT)
     return format(rounded if rounded == value else value.normalize(_EXACT), "f")
+
+
+def prices_per_million(component: PriceComponent) -> tuple[Decimal, Decimal]:
+    """(lowest, highest) price per 1M tokens the component can charge at the margin:
+    its cheapest and dearest tier; per-unit and package have one price."""
+    per_unit = Decimal(1_000_000) / Decimal(component.unit_tokens)
+    if component.charge_model in ("graduated", "volume"):
+        prices = [t.unit_price for t in component.tiers] or [Decimal(0)]
+    elif component.charge_model == "package":
+        prices = [component.unit_price / component.package_units]
+    else:
+        prices = [component.unit_price]
+    return min(prices) * per_unit, max(prices) * per_unit

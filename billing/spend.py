@@ -13,17 +13,7 @@ from billing import pricing
 from billing.selectors import plan_version_pricing, subscription_current
 from metering.costs import Rates
 
-MILLION = Decimal(1_000_000)
 CLASSES = ("input", "cache_read", "cache_write", "output", "reasoning")
-
-
-def highest_price_per_million(component: pricing.PriceComponent) -> Decimal:
-    per_unit = MILLION / Decimal(component.unit_tokens)
-    if component.charge_model in ("graduated", "volume"):
-        return max((t.unit_price for t in component.tiers), default=Decimal(0)) * per_unit
-    if component.charge_model == "package":
-        return component.unit_price / component.package_units * per_unit
-    return component.unit_price * per_unit
 
 
 def _covering(
@@ -47,6 +37,8 @@ def spend_rates_for_tenant(tenant_id: uuid.UUID, aliases: list[str]) -> dict[str
             component = _covering(plan, alias, token_class)
             if component is None and token_class == "reasoning":
                 component = _covering(plan, alias, "output")  # reasoning is billed as output
-            prices[token_class] = highest_price_per_million(component) if component else Decimal(0)
+            prices[token_class] = (
+                pricing.prices_per_million(component)[1] if component else Decimal(0)
+            )
         out[alias] = Rates(**prices)
     return out
