@@ -702,9 +702,23 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
+            await _discard_rest(receive, message, budget=_DISCARD_LIMIT)
             return None
         parts.append(chunk)
     return b"".join(parts)
+
+
+# Past the body limit the rest of the body is read and dropped (up to this much), so the
+# 413 reaches a client that is still sending instead of a connection reset.
+_DISCARD_LIMIT = 64 * 1024 * 1024
+
+
+async def _discard_rest(
+    receive: Receive, message: MutableMapping[str, Any], *, budget: int
+) -> None:
+    while message.get("more_body") and budget > 0:
+        message = await receive()
+        budget -= len(message.get("body", b""))
 
 
 async def _send_response(
