@@ -21,7 +21,16 @@ from django.conf import settings
 from django.db import connection
 
 from api import proxy_errors as errors
-from metering.control import NANO, ControlStore, ControlUnavailable, ceil_tokens, to_nano
+from metering.control import (
+    NANO,
+    BudgetCost,
+    BudgetScope,
+    ControlStore,
+    ControlUnavailable,
+    Grant,
+    ceil_tokens,
+    to_nano,
+)
 from metering.costs import serving_cost
 from metering.keys import api_key_hash
 from metering.ledger import LedgerWriter
@@ -43,7 +52,11 @@ from metering.proxy.context import (
     TtlCache,
     caller_context_load,
 )
-from metering.proxy.governance import apply_reasoning_rules, requested_max_output
+from metering.proxy.governance import (
+    apply_reasoning_rules,
+    requested_max_output,
+    set_max_output,
+)
 from metering.proxy.sse import SseSplitter
 from metering.proxy.upstream import UpstreamClient, UpstreamError, UpstreamResponse
 from metering.usage import TokenUsage
@@ -245,12 +258,12 @@ class ProxyApp:
         hold: Hold | None = None
         controls = caller.controls
         if controls is not None:
-            if controls.reasoning is not None:
-                refusal = apply_reasoning_rules(endpoint.name, request, controls.reasoning)
+            for rules in controls.reasoning:
+                refusal = apply_reasoning_rules(endpoint.name, request, rules)
                 if refusal:
                     await _send_error(send, errors.INVALID_REQUEST, refusal, anthropic)
                     return
-            if controls.spend or controls.rates:
+            if controls.budgets or controls.rates:
                 hold = await self._admit(
                     controls, route, endpoint, request, len(body), send, anthropic
                 )
@@ -277,26 +290,34 @@ class ProxyApp:
         send: Send,
         anthropic: bool,
     ) -> "Hold | None":
-        """Place the call's hold and count it against its rate windows, or answer the
-        refusal and return None."""
+        """Hold the call against its budgets and count it in its rate windows, or answer
+        the refusal and return None. Where the grant is below what the call would
+        otherwise be allowed, the request's output maximum is set to the grant."""
         prices = route.spend_rates
-        if controls.spend and prices is None:
+        if controls.money_budgets and prices is None:
             message = (
                 f"Spend limits apply to this key but '{route.alias}' has no price on your plan."
             )
             await _send_error(send, errors.SPEND_EXCEEDED, message, anthropic)
             return None
-        max_out = (
-            requested_max_output(endpoint.name, request)
-            or settings.RECKON_DEFAULT_MAX_OUTPUT_TOKENS
-        )
+        ceiling = settings.RECKON_HOLD_CEILING_TOKENS
+        plausible = min(route.hold_cap or ceiling, ceiling)
+        asked = requested_max_output(endpoint.name, request)
+        if asked is None:
+            grant = Grant(plausible, ceiling, settings.RECKON_HOLD_SHARE)
+        elif controls.clamp_to_budget:
+            grant = Grant(min(asked, plausible), asked)
+        else:
+            grant = Grant(asked, asked)
         in_tokens = ceil_tokens(body_size)
-        hold_nano = 0
-        if prices is not None:
-            worst_input = max(prices.input, prices.cache_write)
-            worst_output = max(prices.output, prices.reasoning)
-            hold_nano = to_nano((in_tokens * worst_input + max_out * worst_output) / MILLION)
-        hold = Hold(controls.spend, controls.rates, hold_nano, in_tokens + max_out)
+        costs = [_budget_cost(b, prices, in_tokens) for b in controls.budgets]
+        hold = Hold(
+            controls.budgets,
+            controls.rates,
+            costs,
+            in_tokens + grant.out_max,
+            controls.alert_thresholds,
+        )
         if self.control is None:
             if settings.RECKON_CONTROL_FAIL_OPEN:
                 return hold.unchecked()
@@ -309,9 +330,10 @@ class ProxyApp:
             return None
         try:
             admission = await self.control.admit(
-                spend=list(controls.spend),
+                budgets=list(controls.budgets),
+                costs=costs,
+                grant=grant,
                 rates=list(controls.rates),
-                hold_nano=hold_nano,
                 est_tokens=hold.est_tokens,
                 load_in_thread=lambda fn: asyncio.get_running_loop().run_in_executor(
                     self._lookups, fn
@@ -333,13 +355,14 @@ class ProxyApp:
             return None
         if admission.allowed:
             hold.headers = admission.headers
+            if controls.budgets:
+                granted = admission.output_tokens
+                hold.holds = [c.fixed + c.per_token * granted for c in costs]
+                if asked is None or granted < asked:
+                    set_max_output(endpoint.name, request, granted)
             return hold
-        if admission.reason == "spend":
-            left = admission.remaining_usd or Decimal(0)
-            message = (
-                f"This call could cost up to ${Decimal(hold_nano) / NANO:.6f} and only ${max(left, Decimal(0)):.6f}"
-                " of your spend limit remains. Lower max_completion_tokens or raise the limit."
-            )
+        if admission.reason == "budget" and admission.budget is not None:
+            message = _budget_refusal(admission.budget, admission.left, costs, controls, grant)
             await _send_error(
                 send, errors.SPEND_EXCEEDED, message, anthropic, extra_headers=admission.headers
             )
@@ -355,35 +378,114 @@ class ProxyApp:
         return None
 
     async def _release(
-        self, hold: "Hold", actual_nano: int = 0, actual_tokens: int | None = None
+        self,
+        hold: "Hold",
+        *,
+        spend: Decimal | None = None,
+        reasoning_tokens: int = 0,
+        actual_tokens: int | None = None,
+        tenant_id: uuid.UUID | None = None,
     ) -> None:
+        """Settle a hold for what the call used (nothing, when it never reached upstream)."""
         if self.control is None or hold.checked is False:
             return
+        actuals = [
+            reasoning_tokens if b.kind == "reasoning" else (0 if spend is None else to_nano(spend))
+            for b in hold.budgets
+        ]
         delta = (actual_tokens if actual_tokens is not None else 0) - hold.est_tokens
         try:
-            await self.control.settle(
-                spend=list(hold.spend),
+            used = await self.control.settle(
+                budgets=list(hold.budgets),
+                holds=hold.holds,
+                actuals=actuals,
                 rates=list(hold.rates),
-                hold_nano=hold.hold_nano,
-                actual_nano=actual_nano,
                 token_delta=delta,
             )
         except ControlUnavailable:
             logger.error(
-                "could not settle a hold; it stays until the scope is reloaded from the ledger"
+                "could not settle a hold; it stays until the budget is reloaded from the ledger"
             )
+            return
+        if tenant_id is not None and hold.thresholds:
+            for budget, after, actual in zip(hold.budgets, used, actuals, strict=True):
+                if after >= 0 and _crossed(hold.thresholds, budget.limit, after - actual, after):
+                    self._lookups.submit(alerts_check, tenant_id)
+                    break
+
+
+def _budget_cost(budget: BudgetScope, prices: Any, in_tokens: int) -> BudgetCost:
+    if budget.kind == "reasoning":
+        return BudgetCost(0, 1)  # reasoning tokens are at most the output tokens granted
+    worst_input = max(prices.input, prices.cache_write)
+    worst_output = max(prices.output, prices.reasoning)
+    return BudgetCost(to_nano(in_tokens * worst_input / MILLION), to_nano(worst_output / MILLION))
+
+
+def _budget_refusal(
+    budget: BudgetScope, left: int, costs: list[BudgetCost], controls: Controls, grant: Grant
+) -> str:
+    cost = costs[list(controls.budgets).index(budget)]
+    if budget.kind == "reasoning":
+        return (
+            f"The {budget.label} has {max(left, 0)} tokens left and this call may use up to "
+            f"{grant.out_min}. Lower max_completion_tokens or wait for the next month."
+        )
+    need = Decimal(cost.fixed + cost.per_token * grant.out_min) / NANO
+    left_money = max(Decimal(left) / NANO, Decimal(0))
+    return (
+        f"This call could cost up to {need:.6f} and only {left_money:.6f} of your "
+        f"{budget.label} remains. Lower max_completion_tokens or raise the limit."
+    )
+
+
+def _crossed(thresholds: tuple[int, ...], limit: int, before: int, after: int) -> bool:
+    """Did use go from below to at-or-above one of the percentages of `limit`?"""
+    return limit > 0 and any(before * 100 < t * limit <= after * 100 for t in thresholds)
+
+
+def alerts_check(tenant_id: uuid.UUID) -> None:
+    """Ask billing to evaluate the tenant's alerts (a Celery task; durable evaluation runs
+    every few minutes anyway, this only makes a crossing known sooner)."""
+    from config.celery import app
+
+    try:
+        if app.conf.task_always_eager:
+            app.tasks["billing.alerts_evaluate"].delay(str(tenant_id))
+        else:
+            app.send_task("billing.alerts_evaluate", args=[str(tenant_id)])
+    except Exception:  # noqa: BLE001 - the sweep catches up; never fail a call for this
+        logger.exception("could not enqueue the alert evaluation of tenant %s", tenant_id)
 
 
 class Hold:
-    """A call's admission: its hold and the scopes it was placed on."""
+    """A call's admission: its holds and the budgets and rate scopes it was placed on."""
 
-    __slots__ = ("spend", "rates", "hold_nano", "est_tokens", "headers", "checked")
+    __slots__ = (
+        "budgets",
+        "rates",
+        "costs",
+        "holds",
+        "est_tokens",
+        "thresholds",
+        "headers",
+        "checked",
+    )
 
-    def __init__(self, spend: Any, rates: Any, hold_nano: int, est_tokens: int) -> None:
-        self.spend = spend
+    def __init__(
+        self,
+        budgets: tuple[BudgetScope, ...],
+        rates: Any,
+        costs: list[BudgetCost],
+        est_tokens: int,
+        thresholds: tuple[int, ...] = (),
+    ) -> None:
+        self.budgets = budgets
         self.rates = rates
-        self.hold_nano = hold_nano
+        self.costs = costs
+        self.holds: list[int] = [0] * len(budgets)
         self.est_tokens = est_tokens
+        self.thresholds = thresholds
         self.headers: list[tuple[bytes, bytes]] = []
         self.checked = True
 
@@ -643,11 +745,13 @@ class _Call:
                 "finished_at": datetime.now(UTC),
             }
         )
-        if self.hold is not None:  # the record is durable: now release the hold for actual spend
+        if self.hold is not None:  # the record is durable: now release the hold for actual use
             await self.app._release(
                 self.hold,
-                actual_nano=0 if spend is None else to_nano(spend),
+                spend=spend,
+                reasoning_tokens=usage.reasoning_tokens,
                 actual_tokens=sum(tokens.values()),
+                tenant_id=self.caller.tenant_id,
             )
 
 

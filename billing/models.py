@@ -56,6 +56,21 @@ class PlanVersion(models.Model):
     published_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    # Reasoning governance for every key of a subscribed tenant (a key's own policy can
+    # only narrow it). Allowed efforts, e.g. ["low", "medium"]; empty = any.
+    allowed_efforts = models.JSONField(default=list, blank=True)
+    # Output tokens (reasoning included) when a call names none; null: the hold ceiling.
+    default_max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    # The most one call may ask for; null: no cap.
+    max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    # Reasoning tokens the whole tenant may spend per calendar month (UTC); null: no budget.
+    monthly_reasoning_tokens = models.PositiveBigIntegerField(null=True, blank=True)
+    reasoning_mode = models.CharField(
+        max_length=10,
+        choices=[("clamp", "Clamp to the plan"), ("refuse", "Refuse with an error")],
+        default="clamp",
+    )
+
     class Meta:
         ordering = ["plan", "-version"]
         constraints = [
@@ -260,6 +275,7 @@ class InvoiceLine(models.Model):
         USAGE = "usage", "Usage"
         MINIMUM_TRUE_UP = "minimum_true_up", "Minimum commitment true-up"
         ADJUSTMENT = "adjustment", "Late usage adjustment"
+        CREDIT = "credit", "Prepaid credit applied"
 
     invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
     position = models.PositiveIntegerField()
@@ -505,3 +521,130 @@ class CalibrationRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model} @ {self.base_url}: {self.decode_tokens_per_s} tok/s"
+
+
+class BalanceAccount(models.Model):
+    """A tenant's prepaid credit balance, in one currency (the plan's).
+
+    The balance is the sum of its entries: credits (top-ups, grants) are positive,
+    draws on them (consumption by an invoice, expiry) negative, and a voided invoice's
+    consumption is given back by a reversal. Nothing is ever edited; every entry has an
+    idempotency key, so every write can be retried."""
+
+    tenant = models.OneToOneField(
+        "metering.Tenant", on_delete=models.PROTECT, related_name="balance_account"
+    )
+    currency = models.CharField(max_length=3, default="USD")
+    # Refuse calls whose hold the available balance does not cover (prepaid); when false
+    # the balance only pays invoices and alerts, and calls are never refused for it.
+    hard_stop = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"balance of {self.tenant} ({self.currency})"
+
+
+class BalanceEntry(models.Model):
+    class Kind(models.TextChoices):
+        TOP_UP = "top_up", "Top-up"
+        GRANT = "grant", "Grant"
+        CONSUMPTION = "consumption", "Consumed by an invoice"
+        EXPIRY = "expiry", "Expired"
+        REVERSAL = "reversal", "Consumption given back (invoice voided)"
+
+    CREDIT_KINDS = (Kind.TOP_UP, Kind.GRANT)
+
+    account = models.ForeignKey(BalanceAccount, on_delete=models.PROTECT, related_name="entries")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    # Signed, major units of the account's currency, exact: credits > 0, draws < 0.
+    amount = money()
+    # Credits: usable from `effective_at`; grants may expire (null: never).
+    effective_at = models.DateTimeField()
+    expires_at = models.DateTimeField(null=True, blank=True)
+    # Draws and reversals: the credit they act on, and the invoice that caused them.
+    credit = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="draws"
+    )
+    invoice = models.ForeignKey(
+        Invoice, null=True, blank=True, on_delete=models.PROTECT, related_name="balance_entries"
+    )
+    # Unique per write: a retried top-up, close or expiry run writes nothing new.
+    idempotency_key = models.CharField(max_length=200, unique=True)
+    description = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["account", "created_at", "id"]
+        verbose_name_plural = "balance entries"
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(kind__in=["top_up", "grant"], amount__gt=0, credit__isnull=True))
+                | (Q(kind__in=["consumption", "expiry"], amount__lt=0, credit__isnull=False))
+                | Q(kind="reversal", amount__gt=0, credit__isnull=False),
+                name="balance_entry_sign_by_kind",
+            ),
+            models.CheckConstraint(
+                condition=Q(expires_at__isnull=True) | Q(kind="grant"),
+                name="balance_entry_only_grants_expire",
+            ),
+        ]
+        indexes = [models.Index(fields=["account", "kind"], name="balance_entry_kind")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.amount} {self.account.currency}"
+
+
+class WebhookEndpoint(models.Model):
+    """Where a tenant's alerts are delivered, signed with `secret` (HMAC-SHA256)."""
+
+    tenant = models.OneToOneField(
+        "metering.Tenant", on_delete=models.CASCADE, related_name="webhook_endpoint"
+    )
+    url = models.URLField(max_length=500)
+    # Shared with the tenant once; kept to sign deliveries (it cannot be hashed).
+    secret = models.CharField(max_length=100)
+    # Percentages of a budget or balance at which an alert fires, once each per period.
+    thresholds = models.JSONField(default=list, blank=True)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"webhook of {self.tenant}: {self.url}"
+
+
+class Alert(models.Model):
+    """A budget or balance crossed a threshold: fired once per (budget, period, threshold)."""
+
+    class Delivery(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed (retries exhausted)"
+        NO_ENDPOINT = "no_endpoint", "No webhook configured"
+
+    event_id = models.UUIDField(unique=True)
+    tenant = models.ForeignKey("metering.Tenant", on_delete=models.CASCADE, related_name="alerts")
+    # Which budget: "spend_limit:<id>", "balance", "reasoning_budget:plan", "reasoning_budget:key:<id>".
+    budget = models.CharField(max_length=100)
+    description = models.CharField(max_length=300)
+    # The budget's period: "2026-11" for monthly ones, "total", or the balance's epoch.
+    period = models.CharField(max_length=100)
+    threshold = models.PositiveSmallIntegerField()
+    unit = models.CharField(max_length=20)  # "USD" (or the balance's currency), "reasoning_tokens"
+    used = money()
+    limit = money()
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivery = models.CharField(max_length=16, choices=Delivery.choices, default=Delivery.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "budget", "period", "threshold"], name="alert_once_per_period"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant} {self.budget} {self.period} {self.threshold}%"

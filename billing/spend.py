@@ -1,8 +1,12 @@
-"""List prices for spend control: what one million tokens of each class costs a tenant on
-an alias under its current plan, at the component's HIGHEST marginal price (allowances
-not deducted). Spend counted this way is never below what the invoice will charge, so a
-spend limit holds for the invoice too. Registered with metering at start-up
-(BillingConfig.ready) so the proxy can read it without importing billing."""
+"""What billing tells the proxy about a tenant's calls (`tenant_terms`), registered with
+metering at start-up (BillingConfig.ready) so the proxy can read it without importing
+billing:
+
+- list prices: what one million tokens of each class costs on an alias under the current
+  plan, at the component's HIGHEST marginal price (allowances not deducted). Spend counted
+  this way is never below what the invoice will charge, so a limit holds for the invoice;
+- the plan's reasoning governance and monthly reasoning-token budget;
+- the prepaid balance that stops calls, and the tenant's alert thresholds."""
 
 import uuid
 from decimal import Decimal
@@ -10,8 +14,11 @@ from decimal import Decimal
 from django.utils import timezone
 
 from billing import pricing
+from billing.balances import balance_terms
+from billing.models import PlanVersion, WebhookEndpoint
 from billing.selectors import plan_version_pricing, subscription_current
 from metering.costs import Rates
+from metering.proxy.context import ReasoningRules, TenantTerms
 
 CLASSES = ("input", "cache_read", "cache_write", "output", "reasoning")
 
@@ -25,11 +32,36 @@ def _covering(
     )
 
 
-def spend_rates_for_tenant(tenant_id: uuid.UUID, aliases: list[str]) -> dict[str, Rates]:
+DEFAULT_THRESHOLDS = (50, 80, 100)
+
+
+def tenant_terms(tenant_id: uuid.UUID, aliases: list[str]) -> TenantTerms:
     subscription = subscription_current(tenant_id=tenant_id, at=timezone.now())
-    if subscription is None:
-        return {}
-    plan = plan_version_pricing(subscription.plan_version)
+    version = subscription.plan_version if subscription else None
+    endpoint = WebhookEndpoint.objects.filter(tenant_id=tenant_id, is_active=True).first()
+    thresholds = tuple(sorted(set(endpoint.thresholds))) if endpoint and endpoint.thresholds else ()
+    return TenantTerms(
+        spend_rates=spend_rates(version, aliases) if version else {},
+        reasoning=plan_rules(version) if version else None,
+        monthly_reasoning_tokens=version.monthly_reasoning_tokens if version else None,
+        reasoning_refuse=bool(version and version.reasoning_mode == "refuse"),
+        balance=balance_terms(tenant_id),
+        alert_thresholds=thresholds or DEFAULT_THRESHOLDS,
+    )
+
+
+def plan_rules(version: PlanVersion) -> ReasoningRules | None:
+    rules = ReasoningRules(
+        allowed_efforts=frozenset(version.allowed_efforts or ()),
+        default_max_output_tokens=version.default_max_output_tokens,
+        max_output_tokens=version.max_output_tokens,
+        refuse=version.reasoning_mode == "refuse",
+    )
+    return None if rules.is_empty else rules
+
+
+def spend_rates(version: PlanVersion, aliases: list[str]) -> dict[str, Rates]:
+    plan = plan_version_pricing(version)
     out = {}
     for alias in aliases:
         prices = {}

@@ -1,17 +1,24 @@
 """Spend control and rate limits on the hot path, shared by every server process.
 
 State lives in Redis; every decision is one Lua script, so it is atomic across processes:
-- Admission places a hold for the call's worst plausible spend on every spend scope that
-  applies (tenant and key, month and total) and counts the call against the rate windows,
-  or refuses, in one step. Concurrent calls can never together pass a limit
-  (no check-then-increment race), and a call is refused only when the remaining budget
-  does not cover its own hold.
-- Settlement releases the hold and adds the actual spend (and corrects the token count).
+- Admission holds the call against every budget that applies (spend limits of the tenant
+  and the key, the prepaid balance, monthly reasoning-token budgets) and counts it in the
+  rate windows, or refuses, in one step. Concurrent calls can never together pass a
+  budget (no check-then-increment race).
+- A call's cost to a budget is linear in the output tokens it may spend
+  (`BudgetCost`: input hold + price x output tokens, or just the tokens for a reasoning
+  budget). A call that names its maximum is held for exactly that, or refused. A call
+  that names none is granted the ceiling when the budgets cover it, otherwise a share of
+  what is left down to the plausible size learned for the alias (`Grant`), and the proxy
+  sends that grant upstream as the call's maximum: the hold always covers the worst
+  case, yet a call is refused only when what is left cannot cover a plausible call.
+- Settlement releases the hold and adds what the call actually used.
 
-Amounts are integers of nano-USD (1e-9 USD), rounded up from the exact Decimal spend so a
-counter never under-counts. The durable truth is the ledger (`UsageRecord.spend_usd`,
-committed before settlement): a scope missing from Redis (first use, expiry, Redis
-restart) is loaded from it before anything is admitted against it.
+Amounts are integers (nano-units of money, 1e-9, rounded up from the exact Decimal; or
+tokens), so a counter never under-counts. The durable truth is the ledger (committed
+before settlement): a budget missing from Redis (first use, expiry, Redis restart) is
+loaded from it before anything is admitted against it. Lua numbers are doubles: budgets
+are exact up to 2^53 units (9 million in money).
 
 When Redis cannot be reached the proxy refuses calls that have controls
 (RECKON_CONTROL_FAIL_OPEN=false, the default) or lets them through unchecked (true).
@@ -27,46 +34,65 @@ from typing import Any
 NANO = Decimal(1_000_000_000)
 
 ADMIT_LUA = """
+-- KEYS: n budget hashes, m request windows, m token windows
+-- ARGV: n, m, out_min, out_max, share, est_tokens, ttl, (limit, a, b) x n, rpm x m, tpm x m
 local n = tonumber(ARGV[1]); local m = tonumber(ARGV[2])
-local hold = tonumber(ARGV[3]); local tokens = tonumber(ARGV[4]); local ttl = tonumber(ARGV[5])
+local out_min = tonumber(ARGV[3]); local out = tonumber(ARGV[4]); local share = tonumber(ARGV[5])
+local tokens = tonumber(ARGV[6]); local ttl = tonumber(ARGV[7])
 for i = 1, n do
   if redis.call('EXISTS', KEYS[i]) == 0 then return {-1, i, 0} end
 end
 for j = 1, m do
-  local rpm = tonumber(ARGV[5 + n + j]); local tpm = tonumber(ARGV[5 + n + m + j])
+  local rpm = tonumber(ARGV[7 + 3 * n + j]); local tpm = tonumber(ARGV[7 + 3 * n + m + j])
   local used_r = tonumber(redis.call('GET', KEYS[n + j]) or '0')
   local used_t = tonumber(redis.call('GET', KEYS[n + m + j]) or '0')
   if rpm > 0 and used_r + 1 > rpm then return {-2, j, 0} end
   if tpm > 0 and used_t + tokens > tpm then return {-3, j, 0} end
 end
+local room = -1; local worst = 0; local worst_left = 0
 for i = 1, n do
   local v = redis.call('HMGET', KEYS[i], 'spent', 'held')
-  local left = tonumber(ARGV[5 + i]) - tonumber(v[1] or '0') - tonumber(v[2] or '0')
-  if hold > left then return {-4, i, left} end
+  local left = tonumber(ARGV[5 + 3 * i]) - tonumber(v[1] or '0') - tonumber(v[2] or '0')
+  local a = tonumber(ARGV[6 + 3 * i]); local b = tonumber(ARGV[7 + 3 * i])
+  local cap = out
+  if b > 0 then cap = math.floor((left - a) / b) elseif left < a then cap = -1 end
+  if worst == 0 or cap < room then room = cap; worst = i; worst_left = left end
 end
-for i = 1, n do redis.call('HINCRBY', KEYS[i], 'held', hold) end
-local out = {1, 0, 0}
+if n > 0 then
+  if room < out_min then return {-4, worst, worst_left} end
+  local grant = math.max(out_min, math.floor(room / share))
+  if grant < out then out = grant end
+  for i = 1, n do
+    redis.call('HINCRBY', KEYS[i], 'held', tonumber(ARGV[6 + 3 * i]) + tonumber(ARGV[7 + 3 * i]) * out)
+  end
+end
+local res = {1, out, 0, 0}
 for j = 1, m do
   local r = redis.call('INCR', KEYS[n + j]); redis.call('EXPIRE', KEYS[n + j], ttl)
   local t = redis.call('INCRBY', KEYS[n + m + j], tokens); redis.call('EXPIRE', KEYS[n + m + j], ttl)
-  if j == 1 then out[2] = r; out[3] = t end
+  if j == 1 then res[3] = r; res[4] = t end
 end
-return out
+return res
 """
 
 SETTLE_LUA = """
-local n = tonumber(ARGV[1]); local m = tonumber(ARGV[2])
-local hold = tonumber(ARGV[3]); local actual = tonumber(ARGV[4]); local delta = tonumber(ARGV[5])
+-- KEYS: n budget hashes, m token windows; ARGV: n, m, token_delta, (hold, actual) x n
+-- Returns each budget's spent after settling (-1: the budget is gone from Redis).
+local n = tonumber(ARGV[1]); local m = tonumber(ARGV[2]); local delta = tonumber(ARGV[3])
+local out = {}
 for i = 1, n do
+  out[i] = -1
   if redis.call('EXISTS', KEYS[i]) == 1 then
-    if redis.call('HINCRBY', KEYS[i], 'held', -hold) < 0 then redis.call('HSET', KEYS[i], 'held', 0) end
-    redis.call('HINCRBY', KEYS[i], 'spent', actual)
+    if redis.call('HINCRBY', KEYS[i], 'held', -tonumber(ARGV[2 + 2 * i])) < 0 then
+      redis.call('HSET', KEYS[i], 'held', 0)
+    end
+    out[i] = redis.call('HINCRBY', KEYS[i], 'spent', tonumber(ARGV[3 + 2 * i]))
   end
 end
 for j = 1, m do
   if redis.call('EXISTS', KEYS[n + j]) == 1 then redis.call('INCRBY', KEYS[n + j], delta) end
 end
-return 1
+return out
 """
 
 LOAD_LUA = """
@@ -79,17 +105,31 @@ return 1
 
 
 def to_nano(amount: Decimal) -> int:
-    """USD to nano-USD, rounded up (a counter must never under-count)."""
+    """Money to nano units (1e-9), rounded up (a counter must never under-count)."""
     return int((amount * NANO).to_integral_value(rounding=ROUND_CEILING))
 
 
 @dataclass(frozen=True)
-class SpendScope:
-    key: str  # Redis hash for this scope and window
-    limit_nano: int
-    ttl_s: int  # 0: no expiry (all-time scopes)
-    # Loads the scope's durable spend (USD) from the ledger when Redis lacks it.
-    load_spent: Callable[[], Decimal] = field(compare=False)
+class BudgetScope:
+    """One budget a call is held against, in its own unit: nano-units of money for spend
+    limits and prepaid balances, tokens for reasoning budgets."""
+
+    key: str  # Redis hash for this budget and window
+    kind: str  # "spend" | "balance" | "reasoning"
+    label: str  # what a refusal or an alert calls it, e.g. "tenant monthly spend limit"
+    limit: int
+    ttl_s: int  # 0: no expiry (all-time budgets)
+    # Loads the budget's durable use (in its unit) from the ledger when Redis lacks it.
+    load_used: Callable[[], int] = field(compare=False)
+
+
+@dataclass(frozen=True)
+class BudgetCost:
+    """What a call costs a budget as a function of the output tokens it is granted:
+    `fixed + per_token * tokens` (both integers in the budget's unit, rounded up)."""
+
+    fixed: int
+    per_token: int
 
 
 @dataclass(frozen=True)
@@ -100,11 +140,24 @@ class RateScope:
     tokens_per_minute: int | None
 
 
+@dataclass(frozen=True)
+class Grant:
+    """How many output tokens a call may spend: all of `out_max` when the budgets cover it;
+    when they do not, a share of what is left, never less than `out_min` (else refuse)."""
+
+    out_min: int
+    out_max: int
+    share: int = 1  # the most of the remaining room one call may take is room / share
+
+
 @dataclass
 class Admission:
     allowed: bool
-    reason: str = ""  # "spend" | "requests" | "tokens" | "unavailable"
-    remaining_usd: Decimal | None = None
+    reason: str = ""  # "budget" | "requests" | "tokens" | "unavailable"
+    # Granted output tokens (allowed), or the refusing budget and what was left in it.
+    output_tokens: int = 0
+    budget: BudgetScope | None = None
+    left: int = 0
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     retry_after_s: int = 0
 
@@ -137,40 +190,51 @@ class ControlStore:
     async def admit(
         self,
         *,
-        spend: list[SpendScope],
+        budgets: list[BudgetScope],
+        costs: list[BudgetCost],
+        grant: Grant,
         rates: list[RateScope],
-        hold_nano: int,
         est_tokens: int,
-        load_in_thread: Callable[[Callable[[], Decimal]], Any],
+        load_in_thread: Callable[[Callable[[], int]], Any],
     ) -> Admission:
+        """Hold the call against every budget and count it in every rate window, or
+        refuse it, in one atomic script. A budget missing from Redis is loaded from the
+        ledger first."""
         now = time.time()
         req_keys, tok_keys, reset = self._rate_keys(rates, now)
-        keys = [s.key for s in spend] + req_keys + tok_keys
-        args: list[Any] = [len(spend), len(rates), hold_nano, est_tokens, self.window_s * 2]
-        args += [s.limit_nano for s in spend]
+        keys = [b.key for b in budgets] + req_keys + tok_keys
+        args: list[Any] = [
+            len(budgets),
+            len(rates),
+            grant.out_min,
+            grant.out_max,
+            grant.share,
+            est_tokens,
+            self.window_s * 2,
+        ]
+        for budget, cost in zip(budgets, costs, strict=True):
+            args += [budget.limit, cost.fixed, cost.per_token]
         args += [r.requests_per_minute or 0 for r in rates]
         args += [r.tokens_per_minute or 0 for r in rates]
         from redis.exceptions import RedisError
 
         try:
             for _ in range(3):
-                code, index, value = await self._admit(keys=keys, args=args)
+                code, index, *values = await self._admit(keys=keys, args=args)
                 if code != -1:
                     break
-                scope = spend[index - 1]  # not in Redis yet: load it from the ledger, retry
-                spent = await load_in_thread(scope.load_spent)
-                await self._load(keys=[scope.key], args=[to_nano(spent), scope.ttl_s])
+                budget = budgets[index - 1]  # not in Redis yet: load it from the ledger, retry
+                used = await load_in_thread(budget.load_used)
+                await self._load(keys=[budget.key], args=[used, budget.ttl_s])
         except RedisError as exc:
             raise ControlUnavailable(str(exc)) from exc
-        # on success the script returns {1, requests used, tokens used} for the first scope
-        headers = self._headers(
-            rates, code, index if code == 1 else 0, value if code == 1 else 0, reset
-        )
         if code == 1:
-            return Admission(True, headers=headers)
+            headers = self._headers(rates, code, int(values[0]), int(values[1]), reset)
+            return Admission(True, output_tokens=int(index), headers=headers)
+        headers = self._headers(rates, code, 0, 0, reset)
         if code == -4:
             return Admission(
-                False, "spend", remaining_usd=Decimal(int(value)) / NANO, headers=headers
+                False, "budget", budget=budgets[index - 1], left=int(values[0]), headers=headers
             )
         reason = "requests" if code == -2 else "tokens"
         return Admission(False, reason, headers=headers, retry_after_s=reset)
@@ -203,22 +267,25 @@ class ControlStore:
     async def settle(
         self,
         *,
-        spend: list[SpendScope],
+        budgets: list[BudgetScope],
+        holds: list[int],
+        actuals: list[int],
         rates: list[RateScope],
-        hold_nano: int,
-        actual_nano: int,
         token_delta: int,
-    ) -> None:
+    ) -> list[int]:
+        """Release each budget's hold and add what the call actually used. Returns each
+        budget's use after settling (-1 where the budget has left Redis)."""
         _, tok_keys, _ = self._rate_keys(rates, time.time())
+        args: list[Any] = [len(budgets), len(rates), token_delta]
+        for hold, actual in zip(holds, actuals, strict=True):
+            args += [hold, actual]
         from redis.exceptions import RedisError
 
         try:
-            await self._settle(
-                keys=[s.key for s in spend] + tok_keys,
-                args=[len(spend), len(rates), hold_nano, actual_nano, token_delta],
-            )
+            used = await self._settle(keys=[b.key for b in budgets] + tok_keys, args=args)
         except RedisError as exc:
             raise ControlUnavailable(str(exc)) from exc
+        return [int(u) for u in used]
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -347,6 +347,34 @@ class ReasoningPolicy(models.Model):
     # The most a call may ask for (visible + reasoning); null: no cap.
     max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
     mode = models.CharField(max_length=10, choices=Mode.choices, default=Mode.CLAMP)
+    # Reasoning tokens this key may spend per calendar month (UTC); null: no budget.
+    monthly_reasoning_tokens = models.PositiveBigIntegerField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"reasoning policy of {self.api_key}"
+
+
+class HoldCap(models.Model):
+    """The output tokens (reasoning included) a call plausibly spends on an alias when it
+    names no maximum: the 99th percentile observed over recent calls, learned per tenant
+    and alias (tenant null: all tenants) by a periodic task. Admission holds at least this
+    much for such a call, never more than the configured ceiling."""
+
+    tenant = models.ForeignKey(
+        Tenant, null=True, blank=True, on_delete=models.CASCADE, related_name="hold_caps"
+    )
+    alias = models.CharField(max_length=200)
+    p99_output_tokens = models.PositiveIntegerField()
+    samples = models.PositiveIntegerField()
+    computed_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "alias"], name="hold_cap_per_tenant_alias"),
+            models.UniqueConstraint(
+                fields=["alias"], condition=Q(tenant__isnull=True), name="hold_cap_per_alias"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant or 'all tenants'} {self.alias}: p99 {self.p99_output_tokens}"

@@ -258,3 +258,38 @@ def served_totals(
         )
         for row in rows
     ]
+
+
+def spend_since(
+    *, tenant_id: uuid.UUID, api_key_id: int | None = None, since: datetime | None = None
+) -> Decimal:
+    """Spend at list price (UsageRecord.spend_usd) of a tenant, or one of its keys, from
+    `since` (None: all time). Tenant totals come from the hourly rollups, a key's from
+    its unflagged records."""
+    if api_key_id is None:
+        rollups = UsageRollup.objects.filter(tenant_id=tenant_id)
+        if since is not None:
+            rollups = rollups.filter(hour__gte=since)
+        total = rollups.aggregate(total=Sum("spend_usd"))["total"]
+    else:
+        records = UsageRecord.objects.filter(tenant_id=tenant_id, api_key_id=api_key_id, flags=[])
+        if since is not None:
+            records = records.filter(started_at__gte=since)
+        total = records.aggregate(total=Sum("spend_usd"))["total"]
+    return total or Decimal(0)
+
+
+def reasoning_tokens_since(
+    *, tenant_id: uuid.UUID, api_key_id: int | None = None, since: datetime
+) -> int:
+    """Reasoning tokens a tenant, or one of its keys, spent from `since` (whole hours for
+    the tenant: rollups; a key: its records)."""
+    if api_key_id is None:
+        total = UsageRollup.objects.filter(tenant_id=tenant_id, hour__gte=since).aggregate(
+            total=Sum("reasoning_tokens")
+        )["total"]
+    else:
+        total = UsageRecord.objects.filter(
+            tenant_id=tenant_id, api_key_id=api_key_id, started_at__gte=since
+        ).aggregate(total=Sum("reasoning_tokens"))["total"]
+    return int(total or 0)

@@ -22,18 +22,18 @@ from django.db import close_old_connections
 from django.db.models import Q
 from django.utils import timezone
 
-from metering.control import RateScope, SpendScope, to_nano
+from metering.control import BudgetScope, RateScope, to_nano
 from metering.costs import Rates
 from metering.models import (
     ApiKey,
+    HoldCap,
     RateLimit,
     ReasoningPolicy,
     Route,
     ServingCostRate,
     SpendLimit,
-    UsageRecord,
-    UsageRollup,
 )
+from metering.selectors import reasoning_tokens_since, spend_since
 
 ANTHROPIC_DEFAULT_VERSION = "2023-06-01"
 
@@ -54,6 +54,8 @@ class RouteInfo:
     cost_rates: Rates | None = None
     # The tenant's list prices for this alias (what spend limits count); None: no plan.
     spend_rates: Rates | None = None
+    # Output tokens a call on this alias plausibly spends (learned p99); None: not learned.
+    hold_cap: int | None = None
 
     @property
     def speaks_anthropic(self) -> bool:
@@ -67,14 +69,55 @@ class ReasoningRules:
     max_output_tokens: int | None
     refuse: bool  # refuse instead of clamping
 
+    @property
+    def is_empty(self) -> bool:
+        return (
+            not self.allowed_efforts
+            and self.default_max_output_tokens is None
+            and self.max_output_tokens is None
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Controls:
     """What the proxy must check for this caller before forwarding (None when nothing)."""
 
-    spend: tuple[SpendScope, ...]
+    budgets: tuple[BudgetScope, ...]
     rates: tuple[RateScope, ...]
-    reasoning: ReasoningRules | None
+    # The plan's rules, then the key's (each can only narrow what the one before allows).
+    reasoning: tuple[ReasoningRules, ...] = ()
+    # Percentages of a budget at which the tenant is alerted.
+    alert_thresholds: tuple[int, ...] = (50, 80, 100)
+    # A reasoning budget in clamp mode applies: a call whose maximum the budgets cannot
+    # cover is granted what is left (down to the plausible size) instead of refused.
+    clamp_to_budget: bool = False
+
+    @property
+    def money_budgets(self) -> bool:
+        return any(b.kind != "reasoning" for b in self.budgets)
+
+
+@dataclass(frozen=True)
+class BalanceTerms:
+    """A prepaid balance that stops calls: what its credits hold now, and what usage since
+    the last invoice has used of them (loaded from the ledger when Redis lacks it)."""
+
+    available: Decimal
+    epoch: str  # changes whenever an invoice draws on the credits
+    load_used: Callable[[], Decimal]
+
+
+@dataclass(frozen=True)
+class TenantTerms:
+    """What billing says about a tenant's calls: list prices per alias, the plan's
+    reasoning rules and budget, the prepaid balance, alert thresholds."""
+
+    spend_rates: dict[str, Rates]
+    reasoning: ReasoningRules | None = None
+    monthly_reasoning_tokens: int | None = None
+    reasoning_refuse: bool = False  # the plan refuses rather than clamps
+    balance: BalanceTerms | None = None
+    alert_thresholds: tuple[int, ...] = (50, 80, 100)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +130,15 @@ class CallerContext:
 
 
 def route_info_from(
-    route: Route, rate: ServingCostRate | None = None, prices: Rates | None = None
+    route: Route,
+    rate: ServingCostRate | None = None,
+    prices: Rates | None = None,
+    hold_cap: int | None = None,
 ) -> RouteInfo:
     credential = os.environ.get(route.api_key_env, "") if route.api_key_env else ""
     return RouteInfo(
         spend_rates=prices,
+        hold_cap=hold_cap,
         cost_rate_id=rate.pk if rate else None,
         cost_rates=Rates(
             rate.input_usd,
@@ -137,82 +184,142 @@ def caller_context_load(key_hash: str) -> CallerContext | None:
     if api_key is None:
         return None
     allowed = list(api_key.tenant.allowed_routes.filter(is_active=True))
-    rates = current_cost_rates([r.alias for r in allowed])
-    prices = spend_rates_provider(api_key.tenant_id, [r.alias for r in allowed])
-    routes = {r.alias: route_info_from(r, rates.get(r.alias), prices.get(r.alias)) for r in allowed}
+    aliases = [r.alias for r in allowed]
+    rates = current_cost_rates(aliases)
+    terms = tenant_terms_provider(api_key.tenant_id, aliases)
+    controls = controls_load(api_key, terms)
+    caps = hold_caps(api_key.tenant_id, aliases) if controls and controls.budgets else {}
+    routes = {
+        r.alias: route_info_from(
+            r, rates.get(r.alias), terms.spend_rates.get(r.alias), caps.get(r.alias)
+        )
+        for r in allowed
+    }
     return CallerContext(
         tenant_id=api_key.tenant_id,
         api_key_id=api_key.pk,
         expires_at=api_key.expires_at,
         routes=routes,
-        controls=controls_load(api_key),
+        controls=controls,
     )
 
 
-# Billing registers how a tenant's plan prices each alias (metering does not import
-# billing): (tenant id, aliases) -> {alias: Rates in USD per 1M tokens}.
-def _no_prices(tenant_id: uuid.UUID, aliases: list[str]) -> dict[str, Rates]:
-    return {}
+def hold_caps(tenant_id: uuid.UUID, aliases: list[str]) -> dict[str, int]:
+    """The learned plausible output size per alias: the tenant's own where learned, else
+    the alias's across tenants."""
+    caps: dict[str, int] = {}
+    for cap in HoldCap.objects.filter(alias__in=aliases).filter(
+        Q(tenant_id=tenant_id) | Q(tenant__isnull=True)
+    ):
+        if cap.tenant_id is not None or cap.alias not in caps:
+            caps[cap.alias] = cap.p99_output_tokens
+    return caps
 
 
-spend_rates_provider: Callable[[uuid.UUID, list[str]], dict[str, Rates]] = _no_prices
+# Billing registers what a tenant's plan and balance say about its calls (metering does
+# not import billing): (tenant id, aliases) -> TenantTerms.
+def _no_terms(tenant_id: uuid.UUID, aliases: list[str]) -> TenantTerms:
+    return TenantTerms(spend_rates={})
 
 
-def register_spend_rates_provider(
-    provider: Callable[[uuid.UUID, list[str]], dict[str, Rates]],
+tenant_terms_provider: Callable[[uuid.UUID, list[str]], TenantTerms] = _no_terms
+
+
+def register_tenant_terms_provider(
+    provider: Callable[[uuid.UUID, list[str]], TenantTerms],
 ) -> None:
-    global spend_rates_provider
-    spend_rates_provider = provider
+    global tenant_terms_provider
+    tenant_terms_provider = provider
 
 
 def _month_start(now: datetime) -> datetime:
     return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
+MONTH_TTL_S = 40 * 86400
+
+
 def _spent_loader(
     *, tenant_id: uuid.UUID, api_key_id: int | None, since: datetime | None
-) -> Callable[[], Decimal]:
-    def load() -> Decimal:
-        from django.db.models import Sum
-
-        if api_key_id is None:
-            rollups = UsageRollup.objects.filter(tenant_id=tenant_id)
-            if since is not None:
-                rollups = rollups.filter(hour__gte=since)
-            total = rollups.aggregate(total=Sum("spend_usd"))["total"]
-        else:
-            records = UsageRecord.objects.filter(
-                tenant_id=tenant_id, api_key_id=api_key_id, flags=[]
-            )
-            if since is not None:
-                records = records.filter(started_at__gte=since)
-            total = records.aggregate(total=Sum("spend_usd"))["total"]
-        return total or Decimal(0)
-
-    return load
+) -> Callable[[], int]:
+    return lambda: to_nano(spend_since(tenant_id=tenant_id, api_key_id=api_key_id, since=since))
 
 
-def controls_load(api_key: ApiKey) -> Controls | None:
-    """Spend scopes, rate scopes and reasoning rules that apply to calls with this key."""
+def _reasoning_loader(
+    *, tenant_id: uuid.UUID, api_key_id: int | None, since: datetime
+) -> Callable[[], int]:
+    return lambda: reasoning_tokens_since(tenant_id=tenant_id, api_key_id=api_key_id, since=since)
+
+
+def _rules(policy: ReasoningPolicy) -> ReasoningRules:
+    return ReasoningRules(
+        allowed_efforts=frozenset(policy.allowed_efforts or ()),
+        default_max_output_tokens=policy.default_max_output_tokens,
+        max_output_tokens=policy.max_output_tokens,
+        refuse=policy.mode == ReasoningPolicy.Mode.REFUSE,
+    )
+
+
+def controls_load(api_key: ApiKey, terms: TenantTerms | None = None) -> Controls | None:
+    """Budgets, rate scopes and reasoning rules that apply to calls with this key."""
+    terms = terms or TenantTerms(spend_rates={})
     tenant_id = api_key.tenant_id
     now = timezone.now()
     month = _month_start(now)
-    spend = []
+    budgets = []
     for limit in SpendLimit.objects.filter(tenant_id=tenant_id).filter(
         Q(api_key__isnull=True) | Q(api_key_id=api_key.pk)
     ):
         who = f"key:{limit.api_key_id}" if limit.api_key_id else f"tenant:{tenant_id}"
         monthly = limit.window == SpendLimit.Window.MONTH
-        spend.append(
-            SpendScope(
+        budgets.append(
+            BudgetScope(
                 key=f"rk:spend:{who}:" + (f"{month:%Y-%m}" if monthly else "total"),
-                limit_nano=to_nano(limit.amount_usd),
-                ttl_s=40 * 86400 if monthly else 0,
-                load_spent=_spent_loader(
+                kind="spend",
+                label=("key" if limit.api_key_id else "tenant")
+                + (" monthly" if monthly else " all-time")
+                + " spend limit",
+                limit=to_nano(limit.amount_usd),
+                ttl_s=MONTH_TTL_S if monthly else 0,
+                load_used=_spent_loader(
                     tenant_id=tenant_id,
                     api_key_id=limit.api_key_id,
                     since=month if monthly else None,
                 ),
+            )
+        )
+    if terms.balance is not None:
+        load_balance_used = terms.balance.load_used
+        budgets.append(
+            BudgetScope(
+                key=f"rk:balance:{tenant_id}:{terms.balance.epoch}",
+                kind="balance",
+                label="prepaid balance",
+                limit=to_nano(max(terms.balance.available, Decimal(0))),
+                ttl_s=MONTH_TTL_S,
+                load_used=lambda: to_nano(load_balance_used()),
+            )
+        )
+    policy = ReasoningPolicy.objects.filter(api_key=api_key).first()
+    reasoning_budgets: list[tuple[int | None, int | None, str, bool]] = [
+        (None, terms.monthly_reasoning_tokens, "plan", terms.reasoning_refuse)
+    ]
+    if policy is not None:
+        refuse = policy.mode == ReasoningPolicy.Mode.REFUSE
+        reasoning_budgets.append((api_key.pk, policy.monthly_reasoning_tokens, "key", refuse))
+    budget_modes = [refuse for _, tokens, _, refuse in reasoning_budgets if tokens is not None]
+    for key_id, tokens, who, _ in reasoning_budgets:
+        if tokens is None:
+            continue
+        scope = f"key:{key_id}" if key_id else f"tenant:{tenant_id}"
+        budgets.append(
+            BudgetScope(
+                key=f"rk:reasoning:{scope}:{month:%Y-%m}",
+                kind="reasoning",
+                label=f"{who} monthly reasoning-token budget",
+                limit=tokens,
+                ttl_s=MONTH_TTL_S,
+                load_used=_reasoning_loader(tenant_id=tenant_id, api_key_id=key_id, since=month),
             )
         )
     rates = [
@@ -229,20 +336,20 @@ def controls_load(api_key: ApiKey) -> Controls | None:
             key=lambda r: r.api_key_id is None,  # the key's own limits first (headers)
         )
     ]
-    policy = ReasoningPolicy.objects.filter(api_key=api_key).first()
-    reasoning = (
-        ReasoningRules(
-            allowed_efforts=frozenset(policy.allowed_efforts or ()),
-            default_max_output_tokens=policy.default_max_output_tokens,
-            max_output_tokens=policy.max_output_tokens,
-            refuse=policy.mode == ReasoningPolicy.Mode.REFUSE,
-        )
-        if policy
-        else None
+    reasoning = tuple(
+        rules
+        for rules in (terms.reasoning, _rules(policy) if policy else None)
+        if rules is not None and not rules.is_empty
     )
-    if not spend and not rates and reasoning is None:
+    if not budgets and not rates and not reasoning:
         return None
-    return Controls(tuple(spend), tuple(rates), reasoning)
+    return Controls(
+        tuple(budgets),
+        tuple(rates),
+        reasoning,
+        terms.alert_thresholds,
+        clamp_to_budget=bool(budget_modes) and not any(budget_modes),
+    )
 
 
 K = TypeVar("K")

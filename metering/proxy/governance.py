@@ -75,10 +75,16 @@ def apply_reasoning_rules(
     if cap is not None and (asked is None or asked > cap):
         if rules.refuse:
             return f"'{name}' must be at most {cap} for this key (reasoning tokens included)."
-        request[name] = cap
-        thinking = request.get("thinking")
-        if endpoint == "messages" and isinstance(thinking, dict):
-            budget = thinking.get("budget_tokens")
-            if isinstance(budget, int) and budget >= cap:
-                request["thinking"] = {**thinking, "budget_tokens": max(cap - 1, 1)}
+        set_max_output(endpoint, request, cap)
     return None
+
+
+def set_max_output(endpoint: str, request: dict[str, Any], tokens: int) -> None:
+    """Set the call's output maximum (reasoning included) to `tokens`, keeping an Anthropic
+    thinking budget below it."""
+    request[_max_field(endpoint, request)] = tokens
+    thinking = request.get("thinking")
+    if endpoint == "messages" and isinstance(thinking, dict):
+        budget = thinking.get("budget_tokens")
+        if isinstance(budget, int) and budget >= tokens:
+            request["thinking"] = {**thinking, "budget_tokens": max(tokens - 1, 1)}

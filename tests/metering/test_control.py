@@ -1,5 +1,5 @@
-"""The control store's scripts against the real Redis: holds, settlement, lazy loading
-from the ledger, and rate windows."""
+"""The control store's scripts against the real Redis: holds, grants, settlement, lazy
+loading from the ledger, and rate windows."""
 
 import asyncio
 import uuid
@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 import redis
 
-from metering.control import ControlStore, RateScope, SpendScope, to_nano
+from metering.control import BudgetCost, BudgetScope, ControlStore, Grant, RateScope, to_nano
 
 URL = "redis://127.0.0.1:6379/0"
 
@@ -18,12 +18,14 @@ def store():  # type: ignore[no-untyped-def]
     yield ControlStore(URL, window_s=60)
 
 
-def scope(limit: str, spent: str = "0") -> SpendScope:
-    return SpendScope(
+def budget(limit: int, used: int = 0, kind: str = "spend") -> BudgetScope:
+    return BudgetScope(
         key=f"rk:test:{uuid.uuid4()}",
-        limit_nano=to_nano(Decimal(limit)),
+        kind=kind,
+        label=f"test {kind}",
+        limit=limit,
         ttl_s=60,
-        load_spent=lambda: Decimal(spent),
+        load_used=lambda: used,
     )
 
 
@@ -35,50 +37,152 @@ def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
 
 
+def state(b: BudgetScope) -> tuple[int, int]:
+    raw = redis.Redis.from_url(URL).hgetall(b.key)
+    return int(raw[b"spent"]), int(raw[b"held"])
+
+
 def test_hold_settle_and_lazy_load(store) -> None:  # type: ignore[no-untyped-def]
-    s = scope("1.00", spent="0.40")  # the ledger already holds $0.40 of spend
+    s = budget(to_nano(Decimal("1.00")), used=to_nano(Decimal("0.40")))  # ledger: $0.40 spent
+    half = BudgetCost(to_nano(Decimal("0.50")), 0)
+    fifth = BudgetCost(to_nano(Decimal("0.20")), 0)
 
     async def scenario():  # type: ignore[no-untyped-def]
         first = await store.admit(
-            spend=[s],
+            budgets=[s],
+            costs=[half],
+            grant=Grant(1, 1),
             rates=[],
-            hold_nano=to_nano(Decimal("0.50")),
             est_tokens=1,
             load_in_thread=direct,
         )
         second = await store.admit(
-            spend=[s],
+            budgets=[s],
+            costs=[fifth],
+            grant=Grant(1, 1),
             rates=[],
-            hold_nano=to_nano(Decimal("0.20")),
             est_tokens=1,
             load_in_thread=direct,
         )
-        await store.settle(
-            spend=[s],
+        used = await store.settle(
+            budgets=[s],
+            holds=[half.fixed],
+            actuals=[to_nano(Decimal("0.05"))],
             rates=[],
-            hold_nano=to_nano(Decimal("0.50")),
-            actual_nano=to_nano(Decimal("0.05")),
             token_delta=0,
         )
         third = await store.admit(
-            spend=[s],
+            budgets=[s],
+            costs=[half],
+            grant=Grant(1, 1),
             rates=[],
-            hold_nano=to_nano(Decimal("0.50")),
             est_tokens=1,
             load_in_thread=direct,
         )
         await store.close()
-        return first, second, third
+        return first, second, used, third
 
-    first, second, third = run(scenario())
-    assert first.allowed
-    assert not second.allowed and second.reason == "spend"
-    assert second.remaining_usd == Decimal("0.10")  # 1.00 - 0.40 spent - 0.50 held
+    first, second, used, third = run(scenario())
+    assert first.allowed and first.output_tokens == 1
+    assert not second.allowed and second.reason == "budget" and second.budget == s
+    assert second.left == to_nano(Decimal("0.10"))  # 1.00 - 0.40 spent - 0.50 held
+    assert used == [to_nano(Decimal("0.45"))]  # settle reports the use after settling
     assert third.allowed  # the hold was released down to the $0.05 actually spent
-    state = redis.Redis.from_url(URL).hgetall(s.key)
-    assert int(state[b"spent"]) == to_nano(Decimal("0.45")) and int(state[b"held"]) == to_nano(
-        Decimal("0.50")
-    )
+    assert state(s) == (to_nano(Decimal("0.45")), to_nano(Decimal("0.50")))
+
+
+def test_a_named_maximum_is_all_or_nothing(store) -> None:  # type: ignore[no-untyped-def]
+    s = budget(10_000)
+    cost = BudgetCost(100, 10)  # 100 + 10 per output token
+
+    async def scenario():  # type: ignore[no-untyped-def]
+        a = await store.admit(
+            budgets=[s],
+            costs=[cost],
+            grant=Grant(900, 900),
+            rates=[],
+            est_tokens=1,
+            load_in_thread=direct,
+        )  # 9100 held
+        b = await store.admit(
+            budgets=[s],
+            costs=[cost],
+            grant=Grant(90, 90),
+            rates=[],
+            est_tokens=1,
+            load_in_thread=direct,
+        )  # 1000 more would make 10100: refused although 900 is left
+        c = await store.admit(
+            budgets=[s],
+            costs=[cost],
+            grant=Grant(80, 80),
+            rates=[],
+            est_tokens=1,
+            load_in_thread=direct,
+        )  # 900 exactly fits
+        await store.close()
+        return a, b, c
+
+    a, b, c = run(scenario())
+    assert a.allowed and a.output_tokens == 900
+    assert not b.allowed and b.left == 900
+    assert c.allowed and c.output_tokens == 80
+    assert state(s) == (0, 10_000)
+
+
+def test_an_open_call_gets_the_ceiling_then_shares_then_the_plausible_floor(store) -> None:  # type: ignore[no-untyped-def]
+    s = budget(100_000)
+    cost = BudgetCost(0, 10)  # 10 per output token: room for 10,000 tokens
+    open_call = Grant(out_min=1_000, out_max=8_000, share=4)
+
+    async def scenario():  # type: ignore[no-untyped-def]
+        out = []
+        for _ in range(8):
+            out.append(
+                await store.admit(
+                    budgets=[s],
+                    costs=[cost],
+                    grant=open_call,
+                    rates=[],
+                    est_tokens=1,
+                    load_in_thread=direct,
+                )
+            )
+        await store.close()
+        return out
+
+    grants = run(scenario())
+    # 10000 tokens of room: 1st gets its ceiling only if room/4 >= 8000 (no: 2500);
+    # then 7500/4 -> 1875; 5625/4 -> 1406; 4219/4 -> 1054; 3165/4 -> floor 1000; ...
+    tokens = [g.output_tokens for g in grants if g.allowed]
+    assert tokens[:5] == [2500, 1875, 1406, 1054, 1000]
+    assert all(t >= open_call.out_min for t in tokens)
+    spent, held = state(s)
+    assert held == 10 * sum(tokens) <= 100_000  # never more than the budget
+    refused = [g for g in grants if not g.allowed]
+    assert len(tokens) == 7 and len(refused) == 1 and refused[0].left == 1650
+    assert all(g.left < 10 * open_call.out_min for g in refused)  # refused only below the floor
+
+
+def test_the_tightest_budget_decides_and_every_budget_is_held(store) -> None:  # type: ignore[no-untyped-def]
+    money = budget(1_000_000)
+    reasoning = budget(300, kind="reasoning")
+
+    async def scenario():  # type: ignore[no-untyped-def]
+        a = await store.admit(
+            budgets=[money, reasoning],
+            costs=[BudgetCost(500, 100), BudgetCost(0, 1)],
+            grant=Grant(out_min=100, out_max=1000, share=1),
+            rates=[],
+            est_tokens=1,
+            load_in_thread=direct,
+        )
+        await store.close()
+        return a
+
+    a = run(scenario())
+    assert a.allowed and a.output_tokens == 300  # the reasoning budget has 300 tokens left
+    assert state(money) == (0, 500 + 100 * 300) and state(reasoning) == (0, 300)
 
 
 def test_rate_window_counts_requests_and_tokens(store) -> None:  # type: ignore[no-untyped-def]
@@ -87,7 +191,12 @@ def test_rate_window_counts_requests_and_tokens(store) -> None:  # type: ignore[
     async def scenario():  # type: ignore[no-untyped-def]
         out = [
             await store.admit(
-                spend=[], rates=[rate], hold_nano=0, est_tokens=400, load_in_thread=direct
+                budgets=[],
+                costs=[],
+                grant=Grant(1, 1),
+                rates=[rate],
+                est_tokens=400,
+                load_in_thread=direct,
             )
             for _ in range(3)
         ]

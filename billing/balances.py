@@ -1,0 +1,396 @@
+"""Prepaid credit balances: top-ups, grants that expire, consumption by invoices.
+
+The balance ledger (BalanceEntry) is append-only. A credit's remaining amount is its
+amount plus its draws (consumption and expiry are negative, a reversal gives a voided
+invoice's consumption back). Credits pay invoices when a period closes: the credits
+usable during the period, those expiring first drawn first, cover as much of the invoice
+as they can (whole minor units), shown as one negative "credit" line. Between closes the
+proxy holds calls against what is available now minus the period's usage at list price
+(`balance_state`), so a prepaid tenant can never run up more usage than its credits.
+"""
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import ROUND_FLOOR, Decimal
+
+from django.db import IntegrityError, transaction
+from django.db.models import Max, Sum
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from billing.currency import from_minor, is_known_currency, quantize, to_minor
+from billing.models import BalanceAccount, BalanceEntry, Invoice, InvoiceLine
+from billing.periods import Period
+from metering.errors import ApplicationError, Conflict
+from metering.models import Tenant, UsageRollup
+from metering.proxy.context import BalanceTerms
+
+Kind = BalanceEntry.Kind
+ZERO = Decimal(0)
+# A grant that expired this long ago can no longer be drawn by any invoice still to come
+# (a period is at most 31 days, closed after its grace period), so its rest expires.
+EXPIRY_SETTLE_AFTER = timedelta(days=40)
+
+
+class BalanceInvalid(ApplicationError):
+    code = "balance_invalid"
+
+
+@dataclass(frozen=True)
+class Credit:
+    entry_id: int
+    kind: str
+    amount: Decimal
+    remaining: Decimal
+    effective_at: datetime
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class BalanceState:
+    """What a prepaid tenant can still spend now."""
+
+    currency: str
+    hard_stop: bool
+    # Credits usable now, net of what invoices already consumed.
+    available: Decimal
+    # Usage since the last invoiced period, at list price (not yet drawn from credits).
+    uninvoiced_spend: Decimal
+    # The end of the last invoiced period (None: no invoice yet); usage after it is uninvoiced.
+    watermark: datetime | None
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.available - self.uninvoiced_spend
+
+
+# --- writes ----------------------------------------------------------------------------
+
+
+@transaction.atomic
+def balance_account_open(
+    *, tenant_id: uuid.UUID, currency: str = "USD", hard_stop: bool = True
+) -> BalanceAccount:
+    if not is_known_currency(currency):
+        raise BalanceInvalid(f"Unknown currency {currency!r}.")
+    account, created = BalanceAccount.objects.get_or_create(
+        tenant_id=tenant_id, defaults={"currency": currency.upper(), "hard_stop": hard_stop}
+    )
+    if not created and account.currency != currency.upper():
+        raise Conflict(f"The tenant's balance is in {account.currency}, not {currency.upper()}.")
+    return account
+
+
+def balance_credit(
+    *,
+    tenant_id: uuid.UUID,
+    kind: str,
+    amount: Decimal,
+    idempotency_key: str,
+    currency: str = "USD",
+    effective_at: datetime | None = None,
+    expires_at: datetime | None = None,
+    description: str = "",
+) -> BalanceEntry:
+    """Add a top-up or a grant. Retrying with the same idempotency key returns the entry
+    written the first time; the same key with different terms is a conflict."""
+    if kind not in BalanceEntry.CREDIT_KINDS:
+        raise BalanceInvalid(f"kind must be one of {', '.join(BalanceEntry.CREDIT_KINDS)}.")
+    if isinstance(amount, float) or not isinstance(amount, Decimal | int):
+        raise BalanceInvalid("amount must be an exact decimal, not a float.")
+    amount = Decimal(amount)
+    if not amount.is_finite() or amount <= 0:
+        raise BalanceInvalid("amount must be positive.")
+    if quantize(amount, currency, "ROUND_DOWN") != amount:
+        raise BalanceInvalid(f"amount has more decimals than {currency.upper()} has.")
+    effective_at = effective_at or timezone.now()
+    if expires_at is not None and kind != Kind.GRANT:
+        raise BalanceInvalid("Only grants expire; a top-up is the tenant's money.")
+    if expires_at is not None and expires_at <= effective_at:
+        raise BalanceInvalid("expires_at must be after effective_at.")
+    key = f"credit:{idempotency_key}"
+    with transaction.atomic():
+        account = balance_account_open(tenant_id=tenant_id, currency=currency)
+        existing = BalanceEntry.objects.filter(idempotency_key=key).first()
+        if existing is not None:
+            same = (
+                existing.account_id == account.pk
+                and existing.kind == kind
+                and existing.amount == amount
+                and existing.expires_at == expires_at
+            )
+            if not same:
+                raise Conflict("This idempotency key was used for a different credit.")
+            return existing
+        try:
+            with transaction.atomic():
+                return BalanceEntry.objects.create(
+                    account=account,
+                    kind=kind,
+                    amount=amount,
+                    effective_at=effective_at,
+                    expires_at=expires_at,
+                    idempotency_key=key,
+                    description=description,
+                )
+        except IntegrityError:  # a concurrent retry won the race: answer as it did
+            return BalanceEntry.objects.get(idempotency_key=key)
+
+
+# --- reads -----------------------------------------------------------------------------
+
+
+def credits_of(account_ids: Iterable[int], *, for_update: bool = False) -> list[Credit]:
+    """Every credit of these accounts with what remains of it, in drawing order (those
+    expiring first, then the oldest)."""
+    entries = BalanceEntry.objects.filter(
+        account_id__in=list(account_ids), kind__in=BalanceEntry.CREDIT_KINDS
+    )
+    if for_update:
+        entries = entries.select_for_update()
+        ids = list(entries.values_list("pk", flat=True))  # lock, then aggregate unlocked
+        entries = BalanceEntry.objects.filter(pk__in=ids)
+    rows = entries.annotate(drawn=Coalesce(Sum("draws__amount"), ZERO))
+    credits = [
+        Credit(
+            entry_id=e.pk,
+            kind=e.kind,
+            amount=e.amount,
+            remaining=e.amount + e.drawn,
+            effective_at=e.effective_at,
+            expires_at=e.expires_at,
+        )
+        for e in rows
+    ]
+    # expiring credits first (soonest first), then those that never expire (oldest first)
+    return sorted(
+        credits, key=lambda c: (c.expires_at is None, c.expires_at or c.effective_at, c.entry_id)
+    )
+
+
+def _usable(credit: Credit, start: datetime, end: datetime) -> bool:
+    """Usable at some instant of [start, end)."""
+    return credit.effective_at < end and (credit.expires_at is None or credit.expires_at > start)
+
+
+def available_at(credits: list[Credit], at: datetime) -> Decimal:
+    return sum(
+        (
+            c.remaining
+            for c in credits
+            if c.remaining > 0 and _usable(c, at, at + timedelta(microseconds=1))
+        ),
+        ZERO,
+    )
+
+
+def invoiced_through(tenant_id: uuid.UUID) -> datetime | None:
+    """The end of the tenant's last invoiced period (void invoices do not count)."""
+    return (
+        Invoice.objects.filter(tenant_id=tenant_id, number__isnull=False)
+        .exclude(status=Invoice.Status.VOID)
+        .aggregate(end=Max("period_end"))["end"]
+    )
+
+
+def uninvoiced_spend(tenant_id: uuid.UUID, since: datetime | None) -> Decimal:
+    rollups = UsageRollup.objects.filter(tenant_id=tenant_id)
+    if since is not None:
+        rollups = rollups.filter(hour__gte=since)
+    return rollups.aggregate(total=Sum("spend_usd"))["total"] or ZERO
+
+
+def balance_state(tenant_id: uuid.UUID, at: datetime | None = None) -> BalanceState | None:
+    """The tenant's prepaid position now (None: no balance account).
+
+    Read in this order on purpose: the watermark first, then the credits. A period close
+    that commits in between moves both; read this way the pair can only be the old
+    watermark with the new (smaller) credits, which refuses a little early for a moment,
+    never the other way round, which would admit spend twice."""
+    account = BalanceAccount.objects.filter(tenant_id=tenant_id).first()
+    if account is None:
+        return None
+    at = at or timezone.now()
+    watermark = invoiced_through(tenant_id)
+    credits = credits_of([account.pk])
+    return BalanceState(
+        currency=account.currency,
+        hard_stop=account.hard_stop,
+        available=available_at(credits, at),
+        uninvoiced_spend=uninvoiced_spend(tenant_id, watermark),
+        watermark=watermark,
+    )
+
+
+def balance_terms(tenant_id: uuid.UUID) -> BalanceTerms | None:
+    """The balance as the proxy holds calls against it (None: no balance that stops calls).
+    Same read order as `balance_state`; the use since the watermark loads lazily."""
+    account = BalanceAccount.objects.filter(tenant_id=tenant_id, hard_stop=True).first()
+    if account is None:
+        return None
+    watermark = invoiced_through(tenant_id)
+    available = available_at(credits_of([account.pk]), timezone.now())
+    return BalanceTerms(
+        available=available,
+        epoch=watermark.strftime("%Y%m%dT%H%M") if watermark else "start",
+        load_used=lambda: uninvoiced_spend(tenant_id, watermark),
+    )
+
+
+# --- invoices draw on credits ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Draw:
+    credit_id: int
+    amount: Decimal  # positive: how much of the credit the invoice uses
+
+
+def plan_draws(
+    credits: list[Credit], *, due_minor: int, currency: str, period: Period
+) -> list[Draw]:
+    """How much of which credits pays an invoice of `due_minor`: whole minor units only,
+    credits usable during the period, in drawing order. Pure."""
+    usable = [c for c in credits if c.remaining > 0 and _usable(c, period.start, period.end)]
+    total = sum((c.remaining for c in usable), ZERO)
+    # never more than the credits hold: round the pot down to whole minor units
+    pot_minor = to_minor(total, currency, ROUND_FLOOR)
+    left = from_minor(min(max(due_minor, 0), pot_minor), currency)
+    draws = []
+    for credit in usable:
+        if left <= 0:
+            break
+        take = min(credit.remaining, left)
+        draws.append(Draw(credit.entry_id, take))
+        left -= take
+    return draws
+
+
+def credits_apply(
+    *, invoices: dict[uuid.UUID, Invoice], lines: dict[uuid.UUID, list[InvoiceLine]], period: Period
+) -> None:
+    """Inside a period close (tenants locked): draw each tenant's credits against its
+    invoice and append the negative credit line. Invoices must be saved; lines not yet."""
+    accounts = {a.tenant_id: a for a in BalanceAccount.objects.filter(tenant_id__in=list(invoices))}
+    if not accounts:
+        return
+    by_account: dict[int, list[Credit]] = {}
+    for credit, account_id in _credits_with_accounts(a.pk for a in accounts.values()):
+        by_account.setdefault(account_id, []).append(credit)
+    entries = []
+    for tenant_id, account in accounts.items():
+        invoice = invoices[tenant_id]
+        if account.currency != invoice.currency.upper():
+            continue
+        due = sum(line.amount_minor for line in lines[tenant_id])
+        draws = plan_draws(
+            by_account.get(account.pk, []), due_minor=due, currency=invoice.currency, period=period
+        )
+        if not draws:
+            continue
+        applied = sum((d.amount for d in draws), ZERO)
+        template = lines[tenant_id][0]
+        lines[tenant_id].append(
+            InvoiceLine(
+                kind=InvoiceLine.Kind.CREDIT,
+                description="Prepaid credit applied",
+                plan_version_id=template.plan_version_id,
+                segment_start=period.start,
+                segment_end=period.end,
+                amount_exact=-applied,
+                amount_minor=-to_minor(applied, invoice.currency),
+            )
+        )
+        entries += [
+            BalanceEntry(
+                account=account,
+                kind=Kind.CONSUMPTION,
+                amount=-d.amount,
+                effective_at=invoice.finalized_at or timezone.now(),
+                credit_id=d.credit_id,
+                invoice=invoice,
+                idempotency_key=f"consume:{invoice.pk}:{d.credit_id}",
+                description=f"Invoice for {period.label}",
+            )
+            for d in draws
+        ]
+    BalanceEntry.objects.bulk_create(entries)
+
+
+def _credits_with_accounts(account_ids: Iterable[int]) -> list[tuple[Credit, int]]:
+    ids = list(account_ids)
+    owners = dict(
+        BalanceEntry.objects.filter(
+            account_id__in=ids, kind__in=BalanceEntry.CREDIT_KINDS
+        ).values_list("pk", "account_id")
+    )
+    return [(c, owners[c.entry_id]) for c in credits_of(ids, for_update=True)]
+
+
+def credits_restore(*, invoice: Invoice) -> int:
+    """A voided invoice gives back the credits it consumed (idempotent). Returns how many
+    reversals were written."""
+    written = 0
+    for entry in BalanceEntry.objects.filter(invoice=invoice, kind=Kind.CONSUMPTION):
+        _, created = BalanceEntry.objects.get_or_create(
+            idempotency_key=f"reverse:{entry.pk}",
+            defaults={
+                "account_id": entry.account_id,
+                "kind": Kind.REVERSAL,
+                "amount": -entry.amount,
+                "effective_at": timezone.now(),
+                "credit_id": entry.credit_id,
+                "invoice": invoice,
+                "description": f"Invoice {invoice.number} voided",
+            },
+        )
+        written += created
+    return written
+
+
+def credits_expire(*, as_of: datetime | None = None) -> int:
+    """Write an expiry entry for the unused rest of every grant that no invoice can draw on
+    any more: expired, and either its tenant is invoiced past the expiry or it expired
+    long enough ago. Safe to run twice (one expiry per grant). Returns entries written."""
+    as_of = as_of or timezone.now()
+    written = 0
+    grants = BalanceEntry.objects.filter(kind=Kind.GRANT, expires_at__lte=as_of).exclude(
+        draws__kind=Kind.EXPIRY
+    )
+    for account_id in sorted(set(grants.values_list("account_id", flat=True))):
+        with transaction.atomic():
+            account = BalanceAccount.objects.get(pk=account_id)
+            # the same lock a period close takes: no close draws while this expires
+            Tenant.objects.select_for_update().filter(pk=account.tenant_id).get()
+            through = invoiced_through(account.tenant_id)
+            for credit in credits_of([account.pk], for_update=True):
+                if credit.kind != Kind.GRANT or credit.expires_at is None or credit.remaining <= 0:
+                    continue
+                if credit.expires_at > as_of:
+                    continue
+                settled = (through is not None and through >= credit.expires_at) or (
+                    as_of - credit.expires_at >= EXPIRY_SETTLE_AFTER
+                )
+                if not settled:
+                    continue
+                _, created = BalanceEntry.objects.get_or_create(
+                    idempotency_key=f"expire:{credit.entry_id}",
+                    defaults={
+                        "account": account,
+                        "kind": Kind.EXPIRY,
+                        "amount": -credit.remaining,
+                        "effective_at": credit.expires_at,
+                        "credit_id": credit.entry_id,
+                        "description": "Grant expired unused",
+                    },
+                )
+                written += created
+    return written
+
+
+def balance_entries_total(account: BalanceAccount) -> Decimal:
+    return BalanceEntry.objects.filter(account=account).aggregate(
+        total=Coalesce(Sum("amount"), ZERO)
+    )["total"]
