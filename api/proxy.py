@@ -305,8 +305,8 @@ class ProxyApp:
         asked = requested_max_output(endpoint.name, request)
         if asked is None:
             grant = Grant(plausible, ceiling, settings.RECKON_HOLD_SHARE)
-        elif controls.clamp_to_budget:
-            grant = Grant(min(asked, plausible), asked)
+        elif controls.clamp_to_budget:  # lowered to what is left, refused once nothing is
+            grant = Grant(min(asked, route.hold_cap or 1), asked)
         else:
             grant = Grant(asked, asked)
         in_tokens = ceil_tokens(body_size)

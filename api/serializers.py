@@ -1,5 +1,6 @@
 from rest_framework import serializers
 
+from billing.models import Alert
 from metering.models import UsageRecord
 from metering.selectors import GROUPINGS
 
@@ -71,3 +72,33 @@ class UsageSummaryRowSerializer(serializers.Serializer):
     reasoning_share_of_output = serializers.CharField(
         allow_null=True, help_text="reasoning / (visible output + reasoning), 6 decimals"
     )
+
+
+class AlertQuerySerializer(serializers.Serializer):
+    budget = serializers.CharField(
+        required=False, max_length=100, help_text='e.g. "balance" or "spend_limit:12"'
+    )
+    since = serializers.DateTimeField(required=False, help_text="inclusive, ISO 8601")
+
+
+class AlertSerializer(serializers.ModelSerializer):
+    """A threshold crossed (the webhook's `data`, plus its delivery). The endpoint's
+    secret and the delivery errors stay out of the API."""
+
+    class Meta:
+        model = Alert
+        fields = [
+            "event_id",
+            "created_at",
+            "budget",
+            "description",
+            "period",
+            "threshold",
+            "unit",
+            "used",
+            "limit",
+            "delivery",
+            "attempts",
+            "delivered_at",
+        ]
+        read_only_fields = fields

@@ -6,6 +6,7 @@ from api import billing_views, finance_views, invoice_views, views
 urlpatterns = [
     path("usage/records", views.UsageRecordListView.as_view(), name="usage-records"),
     path("usage/summary", views.UsageSummaryView.as_view(), name="usage-summary"),
+    path("usage/alerts", views.AlertListView.as_view(), name="usage-alerts"),
     path("invoices/upcoming", billing_views.UpcomingInvoiceView.as_view(), name="invoice-upcoming"),
     path("pricing/quote", billing_views.QuoteView.as_view(), name="pricing-quote"),
     path("plans", billing_views.PlanListCreateView.as_view(), name="plans"),

@@ -8,11 +8,14 @@ from rest_framework.views import APIView
 
 from api.scoping import tenant_id_for
 from api.serializers import (
+    AlertQuerySerializer,
+    AlertSerializer,
     UsageQuerySerializer,
     UsageRecordSerializer,
     UsageSummaryQuerySerializer,
     UsageSummaryRowSerializer,
 )
+from billing.alerts import alerts_for_tenant
 from metering.selectors import UsageFilter, usage_records_for_tenant, usage_summary
 
 
@@ -56,4 +59,23 @@ class UsageSummaryView(APIView):
                 "group_by": query.validated_data.get("group_by"),
                 "data": UsageSummaryRowSerializer(rows, many=True).data,
             }
+        )
+
+
+class AlertListView(ListAPIView):
+    """The tenant's budget and balance alerts, newest first."""
+
+    serializer_class = AlertSerializer
+
+    @extend_schema(parameters=[AlertQuerySerializer])
+    def get(self, request: Request, *args, **kwargs) -> Response:  # type: ignore[no-untyped-def]
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        query = AlertQuerySerializer(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        return alerts_for_tenant(
+            tenant_id=tenant_id_for(self.request),
+            budget=query.validated_data.get("budget"),
+            since=query.validated_data.get("since"),
         )

@@ -268,55 +268,71 @@ def plan_draws(
     return draws
 
 
-def credits_apply(
-    *, invoices: dict[uuid.UUID, Invoice], lines: dict[uuid.UUID, list[InvoiceLine]], period: Period
-) -> None:
-    """Inside a period close (tenants locked): draw each tenant's credits against its
-    invoice and append the negative credit line. Invoices must be saved; lines not yet."""
-    accounts = {a.tenant_id: a for a in BalanceAccount.objects.filter(tenant_id__in=list(invoices))}
+@dataclass
+class CreditApplication:
+    account: BalanceAccount
+    draws: list[Draw]
+
+
+def credits_for_invoices(
+    *, lines: dict[uuid.UUID, list[InvoiceLine]], currencies: dict[uuid.UUID, str], period: Period
+) -> dict[uuid.UUID, CreditApplication]:
+    """Inside a period close (tenants locked): decide which credits pay each tenant's
+    invoice and append the negative credit line to its lines. The draws are written by
+    `credits_consume` once the invoices exist."""
+    accounts = {a.tenant_id: a for a in BalanceAccount.objects.filter(tenant_id__in=list(lines))}
     if not accounts:
-        return
+        return {}
     by_account: dict[int, list[Credit]] = {}
     for credit, account_id in _credits_with_accounts(a.pk for a in accounts.values()):
         by_account.setdefault(account_id, []).append(credit)
-    entries = []
+    applied: dict[uuid.UUID, CreditApplication] = {}
     for tenant_id, account in accounts.items():
-        invoice = invoices[tenant_id]
-        if account.currency != invoice.currency.upper():
+        currency = currencies[tenant_id]
+        if account.currency != currency.upper() or not lines[tenant_id]:
             continue
         due = sum(line.amount_minor for line in lines[tenant_id])
         draws = plan_draws(
-            by_account.get(account.pk, []), due_minor=due, currency=invoice.currency, period=period
+            by_account.get(account.pk, []), due_minor=due, currency=currency, period=period
         )
         if not draws:
             continue
-        applied = sum((d.amount for d in draws), ZERO)
-        template = lines[tenant_id][0]
+        amount = sum((d.amount for d in draws), ZERO)
         lines[tenant_id].append(
             InvoiceLine(
                 kind=InvoiceLine.Kind.CREDIT,
                 description="Prepaid credit applied",
-                plan_version_id=template.plan_version_id,
+                plan_version_id=lines[tenant_id][0].plan_version_id,
                 segment_start=period.start,
                 segment_end=period.end,
-                amount_exact=-applied,
-                amount_minor=-to_minor(applied, invoice.currency),
+                amount_exact=-amount,
+                amount_minor=-to_minor(amount, currency),
             )
         )
-        entries += [
+        applied[tenant_id] = CreditApplication(account, draws)
+    return applied
+
+
+def credits_consume(
+    *, applied: dict[uuid.UUID, CreditApplication], invoices: dict[uuid.UUID, Invoice]
+) -> None:
+    """Write the draws decided by `credits_for_invoices`, one entry per credit used."""
+    BalanceEntry.objects.bulk_create(
+        [
             BalanceEntry(
-                account=account,
+                account=application.account,
                 kind=Kind.CONSUMPTION,
-                amount=-d.amount,
-                effective_at=invoice.finalized_at or timezone.now(),
-                credit_id=d.credit_id,
-                invoice=invoice,
-                idempotency_key=f"consume:{invoice.pk}:{d.credit_id}",
-                description=f"Invoice for {period.label}",
+                amount=-draw.amount,
+                effective_at=invoices[tenant_id].finalized_at or timezone.now(),
+                credit_id=draw.credit_id,
+                invoice=invoices[tenant_id],
+                idempotency_key=f"consume:{invoices[tenant_id].pk}:{draw.credit_id}",
+                description=f"Invoice {invoices[tenant_id].number}",
             )
-            for d in draws
+            for tenant_id, application in applied.items()
+            for draw in application.draws
         ]
-    BalanceEntry.objects.bulk_create(entries)
+    )
 
 
 def _credits_with_accounts(account_ids: Iterable[int]) -> list[tuple[Credit, int]]:

@@ -25,6 +25,7 @@ from django.db.models import Max, Q, Sum
 from django.utils import timezone
 
 from billing import pricing
+from billing.balances import credits_consume, credits_for_invoices, credits_restore
 from billing.currency import decimal_text, from_minor
 from billing.models import (
     CreditNote,
@@ -138,9 +139,10 @@ def _rated_lines(rating: PeriodRating) -> list[InvoiceLine]:
 
 def billed_for_period(*, tenant_id: uuid.UUID, period_start: datetime) -> int:
     """Minor units billed so far for a period: its own invoice's lines plus adjustment
-    lines on later invoices (void invoices excluded)."""
+    lines on later invoices (void invoices excluded). Credits applied are payment, not
+    billing: they do not count."""
     live = ~Q(invoice__status=Status.VOID) & ~Q(invoice__status=Status.DRAFT)
-    own = Q(invoice__period_start=period_start) & ~Q(kind=Kind.ADJUSTMENT)
+    own = Q(invoice__period_start=period_start) & ~Q(kind__in=[Kind.ADJUSTMENT, Kind.CREDIT])
     later = Q(kind=Kind.ADJUSTMENT, adjusts_period_start=period_start)
     total = InvoiceLine.objects.filter(live, own | later, invoice__tenant_id=tenant_id).aggregate(
         total=Sum("amount_minor")
@@ -318,6 +320,9 @@ def periods_close(
             else usage_from_rollups,
         )
     lines = {t: _rated_lines(ratings[t]) + adjustments.get(t, []) for t in todo}
+    credits = credits_for_invoices(
+        lines=lines, currencies={t: ratings[t].currency for t in todo}, period=period
+    )
     checkpoint("after_lines")
 
     issue_date = as_of.date()
@@ -367,6 +372,7 @@ def periods_close(
             line.position = position
             all_lines.append(line)
     InvoiceLine.objects.bulk_create(all_lines)
+    credits_consume(applied=credits, invoices=done)
     checkpoint("after_finalize")
     for t in todo:
         _after_commit_sync(done[t])
@@ -488,6 +494,8 @@ def invoice_transition(*, invoice: Invoice, to: str, at: datetime | None = None)
     elif to == Status.VOID:
         invoice.voided_at = at
     invoice.save(update_fields=["status", "paid_at", "voided_at"])
+    if to == Status.VOID:
+        credits_restore(invoice=invoice)  # the re-issued invoice draws on them again
     if to == Status.VOID and invoice.stripe_invoice_id and settings.STRIPE_API_KEY:
         from billing import tasks
 
@@ -557,7 +565,11 @@ def invoice_recompute(*, invoice: Invoice) -> list[LineDifference]:
         usage_source=raw,
     )
     fresh = _rated_lines(rating)
-    own = [line for line in invoice.lines.order_by("position") if line.kind != Kind.ADJUSTMENT]
+    own = [
+        line
+        for line in invoice.lines.order_by("position")
+        if line.kind not in (Kind.ADJUSTMENT, Kind.CREDIT)
+    ]
     differences: list[LineDifference] = []
     if len(own) != len(fresh):
         differences.append(LineDifference(None, "line_count", len(own), len(fresh)))
@@ -571,10 +583,23 @@ def invoice_recompute(*, invoice: Invoice) -> list[LineDifference]:
                 differences.append(LineDifference(line.position, name, invoiced, recomputed))
     for line in invoice.lines.filter(kind=Kind.ADJUSTMENT).order_by("position"):
         differences += _recompute_adjustment(invoice, line)
+    differences += _recompute_credit(invoice)
     total = sum(line.amount_minor for line in invoice.lines.all())
     if total != invoice.total_minor:
         differences.append(LineDifference(None, "total_minor", invoice.total_minor, total))
     return differences
+
+
+def _recompute_credit(invoice: Invoice) -> list[LineDifference]:
+    """The credit line equals what the balance ledger says the invoice consumed."""
+    line = invoice.lines.filter(kind=Kind.CREDIT).first()
+    consumed = invoice.balance_entries.filter(kind="consumption").aggregate(total=Sum("amount"))[
+        "total"
+    ] or Decimal(0)
+    shown = line.amount_exact if line else Decimal(0)
+    if shown != consumed:
+        return [LineDifference(line.position if line else None, "credit_applied", shown, consumed)]
+    return []
 
 
 def _recompute_adjustment(invoice: Invoice, line: InvoiceLine) -> list[LineDifference]:
@@ -602,7 +627,7 @@ def _recompute_adjustment(invoice: Invoice, line: InvoiceLine) -> list[LineDiffe
     ).total_minor
     billed = (
         InvoiceLine.objects.filter(
-            Q(invoice=adjusted) & ~Q(kind=Kind.ADJUSTMENT)
+            Q(invoice=adjusted) & ~Q(kind__in=[Kind.ADJUSTMENT, Kind.CREDIT])
             | Q(
                 kind=Kind.ADJUSTMENT,
                 adjusts_period_start=line.adjusts_period_start,

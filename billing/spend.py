@@ -56,6 +56,7 @@ def plan_rules(version: PlanVersion) -> ReasoningRules | None:
         default_max_output_tokens=version.default_max_output_tokens,
         max_output_tokens=version.max_output_tokens,
         refuse=version.reasoning_mode == "refuse",
+        scope="on your plan",
     )
     return None if rules.is_empty else rules
 

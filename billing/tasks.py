@@ -5,11 +5,12 @@ import uuid
 from datetime import datetime
 
 import stripe
-from celery import shared_task
+from celery import Task, shared_task
 from django.conf import settings
 from django.db import OperationalError
 from django.utils import timezone
 
+from billing.alerts import AlertDeliveryFailed
 from billing.invoicing import periods_due
 from config.celery import RELIABLE_TASK
 
@@ -109,3 +110,51 @@ def void_invoice_in_stripe(invoice_id: int) -> None:
     from billing.stripe_sync import invoice_void_in_stripe
 
     invoice_void_in_stripe(invoice_id=invoice_id)
+
+
+@shared_task(**RELIABLE_TASK)
+def expire_credits(as_of: str | None = None) -> int:
+    """Periodic: write off what is left of grants no invoice can draw on any more."""
+    from billing.balances import credits_expire
+
+    return credits_expire(as_of=_when(as_of))
+
+
+# --- budget and balance alerts -----------------------------------------------------------
+
+
+@shared_task(name="billing.alerts_evaluate", autoretry_for=TRANSIENT, **RELIABLE_TASK)
+def alerts_evaluate_task(tenant_id: str, as_of: str | None = None) -> int:
+    """Record the thresholds one tenant has crossed (the proxy sends this by name)."""
+    from billing.alerts import alerts_evaluate
+
+    return len(alerts_evaluate(tenant_id=uuid.UUID(tenant_id), at=_when(as_of)))
+
+
+@shared_task(name="billing.alerts_sweep", **RELIABLE_TASK)
+def alerts_sweep(as_of: str | None = None) -> int:
+    """Periodic: evaluate every tenant that has a budget (catches what the proxy missed)."""
+    from billing.alerts import alerts_evaluate_all
+
+    return alerts_evaluate_all(_when(as_of))
+
+
+ALERT_DELIVERY_TASK = RELIABLE_TASK | {"retry_backoff_max": 600, "max_retries": 8}
+
+
+@shared_task(
+    bind=True,
+    name="billing.alert_deliver",
+    autoretry_for=TRANSIENT + (AlertDeliveryFailed,),
+    **ALERT_DELIVERY_TASK,
+)
+def alert_deliver_task(self: Task, alert_id: int) -> str:
+    """Send one alert's webhook; retried with backoff, marked failed when retries run out."""
+    from billing.alerts import alert_deliver, alert_delivery_give_up
+
+    try:
+        return alert_deliver(alert_id=alert_id)
+    except AlertDeliveryFailed:
+        if self.max_retries is not None and self.request.retries >= self.max_retries:
+            alert_delivery_give_up(alert_id=alert_id)  # this was the last attempt
+        raise

@@ -224,9 +224,23 @@ CELERY_BEAT_SCHEDULE = {
         "task": "billing.tasks.sync_pending_invoices",
         "schedule": 600.0,
     },
+    "alerts-sweep": {
+        "task": "billing.alerts_sweep",
+        "schedule": 300.0,  # budget and balance thresholds the proxy's triggers missed
+    },
+    "expire-credits": {
+        "task": "billing.tasks.expire_credits",
+        "schedule": 3600.0,
+    },
+    "learn-hold-caps": {
+        "task": "metering.tasks.learn_hold_caps",
+        "schedule": 3600.0,
+    },
 }
 CELERY_TASK_ROUTES = {
     "billing.tasks.*": {"queue": "billing"},
+    "billing.alerts_*": {"queue": "billing"},
+    "billing.alert_deliver": {"queue": "webhooks"},
     "billing.tasks.process_stripe_event": {"queue": "webhooks"},
 }
 
@@ -236,5 +250,17 @@ CELERY_TASK_ROUTES = {
 RECKON_CONTROL_FAIL_OPEN = env_bool("RECKON_CONTROL_FAIL_OPEN", False)
 # Rate-limit window in seconds (limits are per minute at the default 60).
 RECKON_RATE_WINDOW_SECONDS = int(os.environ.get("RECKON_RATE_WINDOW_SECONDS", "60"))
-# Hold size for a call that sets no output cap (tokens of output + reasoning).
-RECKON_DEFAULT_MAX_OUTPUT_TOKENS = int(os.environ.get("RECKON_DEFAULT_MAX_OUTPUT_TOKENS", "32768"))
+# The most output (visible + reasoning) tokens a call that names no maximum is granted
+# when budgets apply; the grant is sent upstream as the call's maximum.
+RECKON_HOLD_CEILING_TOKENS = int(
+    os.environ.get(
+        "RECKON_HOLD_CEILING_TOKENS", os.environ.get("RECKON_DEFAULT_MAX_OUTPUT_TOKENS", "32768")
+    )
+)
+# Such a call takes at most 1/share of what is left in its budgets (never less than the
+# plausible size learned for the alias), so one call cannot starve the ones beside it.
+RECKON_HOLD_SHARE = int(os.environ.get("RECKON_HOLD_SHARE", "4"))
+# Hold caps are learned from this many days of calls, per tenant and alias once it has at
+# least RECKON_HOLD_CAP_MIN_SAMPLES calls (else across tenants, else the ceiling).
+RECKON_HOLD_CAP_DAYS = int(os.environ.get("RECKON_HOLD_CAP_DAYS", "7"))
+RECKON_HOLD_CAP_MIN_SAMPLES = int(os.environ.get("RECKON_HOLD_CAP_MIN_SAMPLES", "50"))

@@ -68,6 +68,7 @@ class ReasoningRules:
     default_max_output_tokens: int | None
     max_output_tokens: int | None
     refuse: bool  # refuse instead of clamping
+    scope: str = "for this key"  # how errors name whose rules these are
 
     @property
     def is_empty(self) -> bool:

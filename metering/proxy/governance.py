@@ -65,7 +65,7 @@ def apply_reasoning_rules(
     if rules.allowed_efforts and effort is not None and effort not in rules.allowed_efforts:
         if rules.refuse:
             allowed = ", ".join(e for e in EFFORTS if e in rules.allowed_efforts)
-            return f"reasoning effort '{effort}' is not allowed for this key (allowed: {allowed})."
+            return f"reasoning effort '{effort}' is not allowed {rules.scope} (allowed: {allowed})."
         _set_effort(endpoint, request, _allowed_effort(effort, rules.allowed_efforts))
     name = _max_field(endpoint, request)
     asked = requested_max_output(endpoint, request)
@@ -74,7 +74,7 @@ def apply_reasoning_rules(
     cap = rules.max_output_tokens
     if cap is not None and (asked is None or asked > cap):
         if rules.refuse:
-            return f"'{name}' must be at most {cap} for this key (reasoning tokens included)."
+            return f"'{name}' must be at most {cap} {rules.scope} (reasoning tokens included)."
         set_max_output(endpoint, request, cap)
     return None
 

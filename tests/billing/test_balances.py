@@ -1,0 +1,179 @@
+"""Prepaid balances: the pure drawing plan, idempotent credits, invoices paid from
+credits (expiring first), voids giving credits back, expiry, and what the proxy holds
+calls against."""
+
+from datetime import datetime
+from decimal import Decimal
+
+import pytest
+import time_machine
+
+from billing.balances import (
+    BalanceInvalid,
+    Credit,
+    balance_credit,
+    balance_state,
+    balance_terms,
+    credits_expire,
+    plan_draws,
+)
+from billing.invoicing import invoice_recompute, invoice_transition, period_close
+from billing.models import BalanceEntry, Invoice
+from billing.periods import Period
+from billing.services import subscription_create
+from metering.errors import Conflict
+from tests.factories import ApiKeyFactory
+from tests.scenarios.test_invoicing_stories import OCT, SEP, at, use, version
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def customer():  # type: ignore[no-untyped-def]
+    """A tenant on a $10 base fee plus $4 per 1M output tokens since September."""
+    key = ApiKeyFactory()
+    standard = version("standard", base="10", output="4.00")
+    return key, subscription_create(tenant=key.tenant, plan_version=standard, starts_at=SEP)
+
+
+def credit(entry_id: int, remaining: str, *, expires: datetime | None = None) -> Credit:
+    return Credit(
+        entry_id=entry_id,
+        kind="grant" if expires else "top_up",
+        amount=Decimal(remaining),
+        remaining=Decimal(remaining),
+        effective_at=at(2026, 1, 1),
+        expires_at=expires,
+    )
+
+
+SEPTEMBER = Period(SEP, OCT)
+
+
+def test_draws_take_credits_expiring_first_in_whole_minor_units() -> None:
+    credits = [
+        credit(1, "5.005"),  # never expires: drawn last
+        credit(2, "3.00", expires=at(2026, 12, 1)),
+        credit(3, "2.00", expires=at(2026, 9, 20)),
+        credit(4, "9.00", expires=at(2026, 8, 31)),  # expired before the period: unusable
+    ]
+    # a sorted view as credits_of returns it (expiring first)
+    ordered = sorted(credits, key=lambda c: (c.expires_at is None, c.expires_at or c.effective_at))
+    draws = plan_draws(ordered, due_minor=600, currency="USD", period=SEPTEMBER)
+    assert [(d.credit_id, d.amount) for d in draws] == [
+        (3, Decimal("2.00")),
+        (2, Decimal("3.00")),
+        (1, Decimal("1.00")),
+    ]
+    # never more than the credits hold, rounded DOWN to whole cents: 10.005 -> 10.00
+    everything = plan_draws(ordered, due_minor=10_000, currency="USD", period=SEPTEMBER)
+    assert sum(d.amount for d in everything) == Decimal("10.00")
+    assert plan_draws(ordered, due_minor=0, currency="USD", period=SEPTEMBER) == []
+    assert plan_draws(ordered, due_minor=-500, currency="USD", period=SEPTEMBER) == []
+
+
+def test_credits_are_idempotent_and_validated(customer) -> None:  # type: ignore[no-untyped-def]
+    key, _ = customer
+    tenant = key.tenant_id
+    first = balance_credit(
+        tenant_id=tenant, kind="top_up", amount=Decimal("25"), idempotency_key="t1"
+    )
+    again = balance_credit(
+        tenant_id=tenant, kind="top_up", amount=Decimal("25"), idempotency_key="t1"
+    )
+    assert first.pk == again.pk and BalanceEntry.objects.count() == 1
+    with pytest.raises(Conflict):
+        balance_credit(tenant_id=tenant, kind="top_up", amount=Decimal("26"), idempotency_key="t1")
+    for bad in (
+        {"amount": 2.5},  # float: refused, money is exact
+        {"amount": Decimal("-1")},
+        {"amount": Decimal("0.001")},  # finer than a cent
+        {"amount": Decimal("1"), "expires_at": at(2027, 1, 1)},  # a top-up never expires
+        {"amount": Decimal("1"), "kind": "consumption"},
+    ):
+        with pytest.raises(BalanceInvalid):
+            balance_credit(
+                tenant_id=tenant,
+                **{"kind": "top_up", "idempotency_key": str(bad), **bad},  # type: ignore[arg-type]
+            )
+    assert BalanceEntry.objects.count() == 1
+
+
+def test_invoices_are_paid_from_credits_expiring_first_then_expiry_and_void(customer) -> None:  # type: ignore[no-untyped-def]
+    key, _ = customer  # base fee $10, output $4 / 1M
+    tenant = key.tenant_id
+    balance_credit(
+        tenant_id=tenant,
+        kind="top_up",
+        amount=Decimal("5.00"),
+        idempotency_key="top",
+        effective_at=at(2026, 9, 1),
+    )
+    grant = balance_credit(
+        tenant_id=tenant,
+        kind="grant",
+        amount=Decimal("20.00"),
+        idempotency_key="promo",
+        effective_at=at(2026, 9, 1),
+        expires_at=at(2026, 10, 15),
+    )
+    use(key, at(2026, 9, 3), output_tokens=1_000_000, spend_usd=Decimal("4"))  # + $10 base
+    with time_machine.travel(at(2026, 9, 20), tick=False):
+        state = balance_state(tenant)
+        assert state is not None and state.available == Decimal("25.00")
+        assert state.watermark is None and state.uninvoiced_spend == Decimal("4")
+        assert state.remaining == Decimal("21")
+    september = period_close(tenant_id=tenant, period_start=SEP, as_of=at(2026, 10, 3))
+    lines = [(line.kind, line.amount_minor) for line in september.lines.order_by("position")]
+    assert lines[-1] == ("credit", -1400) and september.total_minor == 0
+    assert invoice_recompute(invoice=september) == []
+    # the expiring grant paid it all: 6.00 of it is left, the top-up untouched
+    drawn = BalanceEntry.objects.filter(invoice=september, kind="consumption")
+    assert [(e.credit_id, e.amount) for e in drawn] == [(grant.pk, Decimal("-14.00"))]
+
+    with time_machine.travel(at(2026, 10, 20), tick=False):
+        state = balance_state(tenant)  # the grant has expired: only the top-up is usable
+        assert state is not None and state.available == Decimal("5.00")
+        assert state.watermark == OCT
+        terms = balance_terms(tenant)
+        assert terms is not None and terms.epoch == "20261001T0000"
+        # not yet: October's invoice may still draw on what the grant had left in October
+        assert credits_expire() == 0
+
+    use(key, at(2026, 10, 2), output_tokens=500_000)  # $2 + $10 = $12
+    october = period_close(tenant_id=tenant, period_start=OCT, as_of=at(2026, 11, 3))
+    # 6.00 left of the grant (usable in October) first, then 5.00 of the top-up: 11.00
+    assert october.total_minor == 100
+    assert invoice_recompute(invoice=october) == []
+    assert credits_expire(as_of=at(2026, 11, 3)) == 0  # nothing left to expire
+
+    # voiding September gives its 14.00 back to the grant, whose rest then expires
+    invoice_transition(invoice=september, to="void")
+    assert BalanceEntry.objects.filter(kind="reversal").count() == 1
+    invoice_transition(invoice=september, to="void")  # idempotent
+    assert BalanceEntry.objects.filter(kind="reversal").count() == 1
+    assert credits_expire(as_of=at(2026, 11, 3)) == 1
+    assert credits_expire(as_of=at(2026, 11, 3)) == 0
+    expired = BalanceEntry.objects.get(kind="expiry")
+    assert expired.amount == Decimal("-14.00") and expired.credit_id == grant.pk
+    # every entry accounts for itself: credits 25, drawn 14 + 11, given back 14, expired 14
+    total = sum(e.amount for e in BalanceEntry.objects.all())
+    assert total == Decimal("25.00") - 14 - 11 + 14 - 14 == Decimal("0.00")
+    assert Invoice.objects.get(pk=october.pk).total_minor == 100
+
+
+def test_a_grant_expires_unused_after_the_settling_delay(customer) -> None:  # type: ignore[no-untyped-def]
+    key, _ = customer
+    balance_credit(
+        tenant_id=key.tenant_id,
+        kind="grant",
+        amount=Decimal("3.00"),
+        idempotency_key="g",
+        effective_at=at(2026, 1, 1),
+        expires_at=at(2026, 2, 1),
+    )
+    assert credits_expire(as_of=at(2026, 2, 2)) == 0  # no invoice past the expiry yet
+    assert credits_expire(as_of=at(2026, 3, 15)) == 1  # long enough: nothing can draw on it
+    with time_machine.travel(at(2026, 3, 15), tick=False):
+        state = balance_state(key.tenant_id)
+    assert state is not None and state.available == 0
