@@ -394,24 +394,34 @@ class ProxyApp:
             for b in hold.budgets
         ]
         delta = (actual_tokens if actual_tokens is not None else 0) - hold.est_tokens
-        try:
-            used = await self.control.settle(
-                budgets=list(hold.budgets),
-                holds=hold.holds,
-                actuals=actuals,
-                rates=list(hold.rates),
-                token_delta=delta,
-            )
-        except ControlUnavailable:
+        settled = self.control.settle(
+            budgets=list(hold.budgets),
+            holds=hold.holds,
+            actuals=actuals,
+            rates=list(hold.rates),
+            token_delta=delta,
+        )  # not awaited: the command is on its way, the response need not wait for it
+        settled.add_done_callback(lambda done: self._settled(done, hold, actuals, tenant_id))
+
+    def _settled(
+        self,
+        done: "asyncio.Future[list[int]]",
+        hold: "Hold",
+        actuals: list[int],
+        tenant_id: uuid.UUID | None,
+    ) -> None:
+        if done.cancelled() or done.exception() is not None:
             logger.error(
-                "could not settle a hold; it stays until the budget is reloaded from the ledger"
+                "could not settle a hold (%s); it stays until the budget is reloaded",
+                None if done.cancelled() else done.exception(),
             )
             return
-        if tenant_id is not None and hold.thresholds:
-            for budget, after, actual in zip(hold.budgets, used, actuals, strict=True):
-                if after >= 0 and _crossed(hold.thresholds, budget.limit, after - actual, after):
-                    self._lookups.submit(alerts_check, tenant_id)
-                    break
+        if tenant_id is None or not hold.thresholds:
+            return
+        for budget, after, actual in zip(hold.budgets, done.result(), actuals, strict=True):
+            if after >= 0 and _crossed(hold.thresholds, budget.limit, after - actual, after):
+                self._lookups.submit(alerts_check, tenant_id)
+                return
 
 
 def _budget_cost(budget: BudgetScope, prices: Any, in_tokens: int) -> BudgetCost:

@@ -24,12 +24,15 @@ When Redis cannot be reached the proxy refuses calls that have controls
 (RECKON_CONTROL_FAIL_OPEN=false, the default) or lets them through unchecked (true).
 """
 
+import asyncio
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
+
+from metering.redis_pipe import RedisPipe, RedisUnavailable, Script
 
 NANO = Decimal(1_000_000_000)
 
@@ -104,6 +107,9 @@ return 1
 """
 
 
+ADMIT, SETTLE, LOAD = Script(ADMIT_LUA), Script(SETTLE_LUA), Script(LOAD_LUA)
+
+
 def to_nano(amount: Decimal) -> int:
     """Money to nano units (1e-9), rounded up (a counter must never under-count)."""
     return int((amount * NANO).to_integral_value(rounding=ROUND_CEILING))
@@ -162,20 +168,16 @@ class Admission:
     retry_after_s: int = 0
 
 
-class ControlUnavailable(Exception):
-    pass
+# The control store cannot be reached or did not answer in time.
+ControlUnavailable = RedisUnavailable
 
 
 class ControlStore:
-    """Async Redis front: admission, settlement and lazy loading of spend scopes."""
+    """Async Redis front: admission, settlement and lazy loading of budgets, over one
+    pipelined connection per process (metering.redis_pipe)."""
 
     def __init__(self, url: str, *, window_s: int = 60) -> None:
-        import redis.asyncio as aioredis
-
-        self._redis = aioredis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
-        self._admit = self._redis.register_script(ADMIT_LUA)
-        self._settle = self._redis.register_script(SETTLE_LUA)
-        self._load = self._redis.register_script(LOAD_LUA)
+        self._redis = RedisPipe(url, timeout=1.0)
         self.window_s = window_s
 
     def _rate_keys(
@@ -216,18 +218,13 @@ class ControlStore:
             args += [budget.limit, cost.fixed, cost.per_token]
         args += [r.requests_per_minute or 0 for r in rates]
         args += [r.tokens_per_minute or 0 for r in rates]
-        from redis.exceptions import RedisError
-
-        try:
-            for _ in range(3):
-                code, index, *values = await self._admit(keys=keys, args=args)
-                if code != -1:
-                    break
-                budget = budgets[index - 1]  # not in Redis yet: load it from the ledger, retry
-                used = await load_in_thread(budget.load_used)
-                await self._load(keys=[budget.key], args=[used, budget.ttl_s])
-        except RedisError as exc:
-            raise ControlUnavailable(str(exc)) from exc
+        for _ in range(3):  # raises ControlUnavailable when Redis is out of reach
+            code, index, *values = await self._redis.run(ADMIT, keys, args)
+            if code != -1:
+                break
+            budget = budgets[index - 1]  # not in Redis yet: load it from the ledger, retry
+            used = await load_in_thread(budget.load_used)
+            await self._redis.run(LOAD, [budget.key], [used, budget.ttl_s])
         if code == 1:
             headers = self._headers(rates, code, int(values[0]), int(values[1]), reset)
             return Admission(True, output_tokens=int(index), headers=headers)
@@ -264,7 +261,7 @@ class ControlStore:
             out.append((b"retry-after", str(reset).encode()))
         return out
 
-    async def settle(
+    def settle(
         self,
         *,
         budgets: list[BudgetScope],
@@ -272,23 +269,19 @@ class ControlStore:
         actuals: list[int],
         rates: list[RateScope],
         token_delta: int,
-    ) -> list[int]:
-        """Release each budget's hold and add what the call actually used. Returns each
-        budget's use after settling (-1 where the budget has left Redis)."""
+    ) -> "asyncio.Future[list[int]]":
+        """Release each budget's hold and add what the call actually used. The command is
+        on its way when this returns (callers need not wait, and later commands of this
+        process run after it); the future gives each budget's use after settling (-1
+        where the budget has left Redis) or fails with ControlUnavailable."""
         _, tok_keys, _ = self._rate_keys(rates, time.time())
         args: list[Any] = [len(budgets), len(rates), token_delta]
         for hold, actual in zip(holds, actuals, strict=True):
             args += [hold, actual]
-        from redis.exceptions import RedisError
-
-        try:
-            used = await self._settle(keys=[b.key for b in budgets] + tok_keys, args=args)
-        except RedisError as exc:
-            raise ControlUnavailable(str(exc)) from exc
-        return [int(u) for u in used]
+        return self._redis.run_nowait(SETTLE, [b.key for b in budgets] + tok_keys, args)
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._redis.close()
 
 
 def ceil_tokens(byte_length: int) -> int:
