@@ -71,8 +71,10 @@ if n > 0 then
 end
 local res = {1, out, 0, 0}
 for j = 1, m do
-  local r = redis.call('INCR', KEYS[n + j]); redis.call('EXPIRE', KEYS[n + j], ttl)
-  local t = redis.call('INCRBY', KEYS[n + m + j], tokens); redis.call('EXPIRE', KEYS[n + m + j], ttl)
+  local r = redis.call('INCR', KEYS[n + j])
+  if r == 1 then redis.call('EXPIRE', KEYS[n + j], ttl) end
+  local t = redis.call('INCRBY', KEYS[n + m + j], tokens)
+  if t == tokens then redis.call('EXPIRE', KEYS[n + m + j], ttl) end
   if j == 1 then res[3] = r; res[4] = t end
 end
 return res

@@ -95,7 +95,7 @@ def _count(usage: Mapping[str, Any], path: str, flags: list[str]) -> int | None:
     for depth, key in enumerate(parts):
         if node is None:
             return None
-        if not isinstance(node, Mapping):
+        if type(node) is not dict and not isinstance(node, Mapping):  # dict: the fast path
             _flag(flags, "invalid_object:" + ".".join(parts[:depth]))
             return None
         node = node.get(key)

@@ -207,6 +207,9 @@ def test_rate_window_counts_requests_and_tokens(store) -> None:  # type: ignore[
     assert a.allowed and b.allowed and not c.allowed
     assert c.reason == "requests" and c.retry_after_s >= 1
     assert dict(b.headers)[b"x-ratelimit-remaining-tokens"] == b"200"
+    windows = list(redis.Redis.from_url(URL).scan_iter(f"rk:rl:*:key:{rate.scope_id}:*"))
+    assert len(windows) == 2  # requests and tokens, each expiring after two windows
+    assert all(0 < redis.Redis.from_url(URL).ttl(k) <= 120 for k in windows)
 
 
 def test_to_nano_rounds_up() -> None:
