@@ -105,11 +105,24 @@ class UsageRecord(models.Model):
     id = models.BigAutoField(primary_key=True)
     # Our id for the request, returned to the caller in the x-reckon-request-id header.
     request_id = models.UUIDField(unique=True)
+    # No database-level foreign keys on the ledger, on purpose: each one is a per-row
+    # check that locks the parent row (FOR KEY SHARE) and cost the hot path's insert about
+    # a fifth of its throughput (measured: 14.0k vs 17.1k rows/s). The ids come from rows
+    # the proxy just loaded; tenants, keys and cost rates are never deleted (PROTECT still
+    # holds in the ORM, and the admin and services only deactivate or revoke).
     tenant = models.ForeignKey(
-        Tenant, on_delete=models.PROTECT, related_name="usage_records", db_index=False
+        Tenant,
+        on_delete=models.PROTECT,
+        related_name="usage_records",
+        db_index=False,
+        db_constraint=False,
     )
     api_key = models.ForeignKey(
-        ApiKey, on_delete=models.PROTECT, related_name="usage_records", db_index=False
+        ApiKey,
+        on_delete=models.PROTECT,
+        related_name="usage_records",
+        db_index=False,
+        db_constraint=False,
     )
     # Route facts as they were when the request was served (routes change; records don't).
     alias = models.CharField(max_length=200)
@@ -148,6 +161,7 @@ class UsageRecord(models.Model):
         blank=True,
         on_delete=models.PROTECT,
         db_index=False,
+        db_constraint=False,
         related_name="+",
     )
     # Exact USD it cost to serve (all classes at cost_rate); null when no rate applied.

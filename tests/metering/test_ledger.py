@@ -343,3 +343,15 @@ def test_failed_replay_keeps_the_spool_file(tmp_path: Path, monkeypatch) -> None
     live = tmp_path / f"ledger-{os.getppid()}.jsonl"  # a live writer's file is left alone
     live.write_text("")
     assert ledger.spool_replay(tmp_path) == 0 and live.exists()
+
+
+@pytest.mark.django_db
+def test_tenants_and_keys_with_usage_cannot_be_deleted() -> None:
+    from django.db.models import ProtectedError
+
+    row = UsageRecordFactory()
+    with pytest.raises(ProtectedError):
+        row.api_key.delete()
+    with pytest.raises(ProtectedError):
+        row.tenant.delete()
+    assert UsageRecord.objects.filter(pk=row.pk).exists()
