@@ -17,6 +17,7 @@ from billing.balances import (
     credits_expire,
     plan_draws,
 )
+from billing.documents import invoice_lines_csv, invoice_pdf
 from billing.invoicing import invoice_recompute, invoice_transition, period_close
 from billing.models import BalanceEntry, Invoice
 from billing.periods import Period
@@ -127,6 +128,8 @@ def test_invoices_are_paid_from_credits_expiring_first_then_expiry_and_void(cust
     lines = [(line.kind, line.amount_minor) for line in september.lines.order_by("position")]
     assert lines[-1] == ("credit", -1400) and september.total_minor == 0
     assert invoice_recompute(invoice=september) == []
+    assert invoice_pdf(september).startswith(b"%PDF")  # a negative line renders
+    assert "-14.00" in invoice_lines_csv([september])
     # the expiring grant paid it all: 6.00 of it is left, the top-up untouched
     drawn = BalanceEntry.objects.filter(invoice=september, kind="consumption")
     assert [(e.credit_id, e.amount) for e in drawn] == [(grant.pk, Decimal("-14.00"))]

@@ -121,3 +121,31 @@ def closed_invoice_for_new_tenant() -> Invoice:
     return period_close(
         tenant_id=key.tenant_id, period_start=SEP, as_of=datetime(2026, 10, 3, tzinfo=UTC)
     )
+
+
+def test_prepaid_credit_reaches_stripe_as_a_negative_item(stripe_on) -> None:  # type: ignore[no-untyped-def]
+    from decimal import Decimal
+
+    from billing.balances import balance_credit
+
+    key = ApiKeyFactory()
+    subscription_create(
+        tenant=key.tenant, plan_version=version("standard", base="10", output="4.00"), starts_at=SEP
+    )
+    balance_credit(
+        tenant_id=key.tenant_id,
+        kind="top_up",
+        amount=Decimal("12.34"),
+        idempotency_key="prepaid",
+        effective_at=SEP,
+    )
+    use(key, datetime(2026, 9, 5, tzinfo=UTC), output_tokens=1_000_000)
+    invoice = period_close(
+        tenant_id=key.tenant_id, period_start=SEP, as_of=datetime(2026, 10, 3, tzinfo=UTC)
+    )
+    assert invoice.total_minor == 1000 + 400 - 1234
+    synced = invoice_sync_stripe(invoice_id=invoice.pk)
+    assert synced is not None
+    remote = stripe_on.invoices[synced.stripe_invoice_id]
+    assert remote["total"] == invoice.total_minor == 166
+    assert sorted(i["amount"] for i in stripe_on.invoice_items.values()) == [-1234, 400, 1000]
