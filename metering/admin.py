@@ -2,7 +2,18 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from metering.models import ApiKey, Route, ServingCostRate, Tenant, UsageRecord
+from metering.models import (
+    ApiKey,
+    HoldCap,
+    RateLimit,
+    ReasoningPolicy,
+    Route,
+    ServingCostRate,
+    SpendLimit,
+    Tenant,
+    UsageRecord,
+    UsageRollup,
+)
 from metering.services import api_key_create, api_key_revoke
 
 
@@ -122,6 +133,67 @@ class ServingCostRateAdmin(admin.ModelAdmin):
     list_filter = ["accelerator"]
     search_fields = ["alias"]
     readonly_fields = [f.name for f in ServingCostRate._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(SpendLimit)
+class SpendLimitAdmin(admin.ModelAdmin):
+    """Takes effect on every server process within RECKON_AUTH_CACHE_SECONDS."""
+
+    list_display = ["tenant", "api_key", "window", "amount_usd", "created_at"]
+    list_filter = ["window"]
+    search_fields = ["tenant__name", "api_key__prefix"]
+    raw_id_fields = ["api_key"]
+
+
+@admin.register(RateLimit)
+class RateLimitAdmin(admin.ModelAdmin):
+    list_display = ["tenant", "api_key", "requests_per_minute", "tokens_per_minute"]
+    search_fields = ["tenant__name", "api_key__prefix"]
+    raw_id_fields = ["api_key"]
+
+
+@admin.register(ReasoningPolicy)
+class ReasoningPolicyAdmin(admin.ModelAdmin):
+    list_display = [
+        "api_key",
+        "allowed_efforts",
+        "default_max_output_tokens",
+        "max_output_tokens",
+        "monthly_reasoning_tokens",
+        "mode",
+    ]
+    list_filter = ["mode"]
+    search_fields = ["api_key__prefix", "api_key__tenant__name"]
+    raw_id_fields = ["api_key"]
+
+
+@admin.register(HoldCap)
+class HoldCapAdmin(admin.ModelAdmin):
+    """Learned by metering.tasks.learn_hold_caps; read-only here."""
+
+    list_display = ["alias", "tenant", "p99_output_tokens", "samples", "computed_at"]
+    search_fields = ["alias", "tenant__name"]
+    readonly_fields = [f.name for f in HoldCap._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(UsageRollup)
+class UsageRollupAdmin(admin.ModelAdmin):
+    """Hourly sums kept by the ledger's own statement; read-only."""
+
+    list_display = ["tenant", "alias", "accelerator", "hour", "shard", "requests", "spend_usd"]
+    list_filter = ["accelerator"]
+    search_fields = ["tenant__name", "alias"]
+    date_hierarchy = "hour"
+    readonly_fields = [f.name for f in UsageRollup._meta.fields]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
