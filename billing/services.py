@@ -57,9 +57,13 @@ def plan_version_create(
     components: list[dict[str, Any]],
     base_fee: Decimal = Decimal(0),
     minimum_commitment: Decimal = Decimal(0),
+    governance: dict[str, Any] | None = None,
 ) -> PlanVersion:
-    """A new draft version with its components and tiers. Errors refuse the draft;
-    warnings (volume cliffs) are reported by `plan_version_issues`."""
+    """A new draft version with its components and tiers, and optionally its reasoning
+    governance (`allowed_efforts`, `default_max_output_tokens`, `max_output_tokens`,
+    `monthly_reasoning_tokens`, `reasoning_mode`). Errors refuse the draft; warnings
+    (volume cliffs) are reported by `plan_version_issues`."""
+    rules = governance_validate(governance or {})
     latest = plan.versions.order_by("-version").first()
     version = PlanVersion.objects.create(
         plan=plan,
@@ -68,6 +72,7 @@ def plan_version_create(
         base_fee=base_fee,
         minimum_commitment=minimum_commitment,
         effective_from=effective_from,
+        **rules,
     )
     for position, spec in enumerate(components):
         tiers = spec.get("tiers") or []
@@ -98,6 +103,36 @@ def plan_version_create(
     if errors:
         raise PlanInvalid("The plan version is invalid.", {"issues": _issues_payload(errors)})
     return version
+
+
+GOVERNANCE_FIELDS = (
+    "allowed_efforts",
+    "default_max_output_tokens",
+    "max_output_tokens",
+    "monthly_reasoning_tokens",
+    "reasoning_mode",
+)
+EFFORTS = ("minimal", "low", "medium", "high")
+
+
+def governance_validate(governance: dict[str, Any]) -> dict[str, Any]:
+    """The plan's reasoning governance, checked; raises PlanInvalid naming every problem."""
+    problems = [f"unknown field {name!r}" for name in governance if name not in GOVERNANCE_FIELDS]
+    efforts = governance.get("allowed_efforts") or []
+    if not isinstance(efforts, list) or any(e not in EFFORTS for e in efforts):
+        problems.append(f"allowed_efforts must be a list of {', '.join(EFFORTS)}")
+    for name in ("default_max_output_tokens", "max_output_tokens", "monthly_reasoning_tokens"):
+        value = governance.get(name)
+        if value is not None and (type(value) is not int or value <= 0):
+            problems.append(f"{name} must be a positive integer or null")
+    default, cap = governance.get("default_max_output_tokens"), governance.get("max_output_tokens")
+    if type(default) is int and type(cap) is int and default > cap:
+        problems.append("default_max_output_tokens is above max_output_tokens")
+    if governance.get("reasoning_mode", "clamp") not in ("clamp", "refuse"):
+        problems.append("reasoning_mode must be 'clamp' or 'refuse'")
+    if problems:
+        raise PlanInvalid("The plan's reasoning governance is invalid.", {"problems": problems})
+    return {**governance, "allowed_efforts": sorted(set(efforts), key=EFFORTS.index)}
 
 
 def plan_version_issues(*, version: PlanVersion) -> list[pricing.PlanIssue]:

@@ -184,3 +184,41 @@ def test_subscription_guards() -> None:
         )
     with pytest.raises(NotFound):
         invoice_preview(tenant_id=ApiKeyFactory().tenant_id)
+
+
+@pytest.mark.django_db
+def test_plan_governance_is_validated_and_stored() -> None:
+    from billing.services import PlanInvalid, plan_create, plan_version_create
+
+    plan = plan_create(code="governed", name="Governed")
+    component = {"token_class": "output", "charge_model": "per_unit", "unit_price": Decimal("1")}
+    version = plan_version_create(
+        plan=plan,
+        currency="USD",
+        effective_from=datetime(2026, 1, 1, tzinfo=UTC),
+        components=[component],
+        governance={
+            "allowed_efforts": ["medium", "low", "low"],
+            "max_output_tokens": 4000,
+            "monthly_reasoning_tokens": 10_000_000,
+            "reasoning_mode": "refuse",
+        },
+    )
+    assert version.allowed_efforts == ["low", "medium"] and version.max_output_tokens == 4000
+    for bad in (
+        {"allowed_efforts": ["extreme"]},
+        {"max_output_tokens": 0},
+        {"monthly_reasoning_tokens": 1.5},
+        {"default_max_output_tokens": 5000, "max_output_tokens": 4000},
+        {"reasoning_mode": "maybe"},
+        {"colour": "blue"},
+    ):
+        with pytest.raises(PlanInvalid):
+            plan_version_create(
+                plan=plan,
+                currency="USD",
+                effective_from=datetime(2026, 1, 1, tzinfo=UTC),
+                components=[component],
+                governance=bad,
+            )
+    assert plan.versions.count() == 1
