@@ -1,16 +1,18 @@
-"""Serializers for plans, subscriptions, quotes and invoice previews.
+"""Serializers for plans, subscriptions, quotes, invoice previews and prepaid balances.
 
 Money goes out as strings: `amount` in major units rounded as invoiced, `amount_minor` as an
 integer, and `amount_exact` with every decimal the engine kept (never a float)."""
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from billing import pricing
+from billing.balances import BalanceState, Credit
 from billing.currency import decimal_text as exact
 from billing.currency import from_minor, is_known_currency
-from billing.models import Plan, PlanVersion, PriceComponent, Subscription
+from billing.models import BalanceEntry, Plan, PlanVersion, PriceComponent, Subscription
 from billing.services import PeriodRating
 
 MONEY = {"max_digits": 38, "decimal_places": 12, "coerce_to_string": True}
@@ -215,3 +217,130 @@ class UsageItemInput(serializers.Serializer):
 class QuoteInput(serializers.Serializer):
     plan_version = serializers.IntegerField()
     usage = UsageItemInput(many=True)
+
+
+# --- prepaid balances ------------------------------------------------------------------
+
+
+@extend_schema_field({"oneOf": [{"type": "string", "format": "decimal"}, {"type": "integer"}]})
+class ExactAmountField(serializers.DecimalField):
+    """A money amount sent as a string ("12.50") or an integer. A JSON number with a
+    fraction arrives as a float, which may already differ from what the caller typed, so
+    it is refused rather than guessed."""
+
+    default_error_messages = {
+        "float": 'Send the amount as a string ("12.50") or an integer, never a JSON float.',
+    }
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**{**MONEY, **kwargs})
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, bool):
+            self.fail("invalid")
+        if isinstance(data, float):
+            self.fail("float")
+        return super().to_internal_value(data)
+
+
+class CreditInput(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=[str(k) for k in BalanceEntry.CREDIT_KINDS])
+    amount = ExactAmountField(help_text='major units, as a string ("12.50") or an integer')
+    currency = serializers.CharField(max_length=3, default="USD")
+    effective_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    expires_at = serializers.DateTimeField(
+        required=False, allow_null=True, default=None, help_text="grants only"
+    )
+    description = serializers.CharField(max_length=300, default="", allow_blank=True)
+    # the service stores it as "credit:<key>" in a 200-character column
+    idempotency_key = serializers.CharField(max_length=193)
+
+    def validate_currency(self, value: str) -> str:
+        if not is_known_currency(value):
+            raise serializers.ValidationError("Unknown ISO 4217 currency.")
+        return value.upper()
+
+
+class BalanceSettingsInput(serializers.Serializer):
+    hard_stop = serializers.BooleanField(
+        help_text="refuse calls the available balance does not cover"
+    )
+    currency = serializers.CharField(
+        max_length=3,
+        required=False,
+        help_text="the balance's currency when this call opens it (USD by default); "
+        "naming another currency than an existing balance's is a conflict",
+    )
+
+    def validate_currency(self, value: str) -> str:
+        if not is_known_currency(value):
+            raise serializers.ValidationError("Unknown ISO 4217 currency.")
+        return value.upper()
+
+
+class CreditOutput(serializers.Serializer):
+    """A top-up or grant and what is left of it (consumption by invoices and expiry)."""
+
+    id = serializers.IntegerField(source="entry_id")
+    kind = serializers.CharField()
+    amount = serializers.DecimalField(**MONEY)
+    remaining = serializers.DecimalField(**MONEY)
+    effective_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField(allow_null=True)
+
+
+class BalanceOutput(serializers.Serializer):
+    """The prepaid position now: `remaining` = `available` - `uninvoiced_spend`; credits
+    in the order invoices draw on them (expiring first)."""
+
+    currency = serializers.CharField()
+    hard_stop = serializers.BooleanField()
+    available = serializers.DecimalField(
+        **MONEY, help_text="credits usable now, net of what invoices consumed"
+    )
+    uninvoiced_spend = serializers.DecimalField(
+        **MONEY, help_text="usage since the last invoiced period, at list price"
+    )
+    remaining = serializers.DecimalField(**MONEY)
+    watermark = serializers.DateTimeField(
+        allow_null=True, help_text="end of the last invoiced period (null: none yet)"
+    )
+    credits = CreditOutput(many=True)
+
+
+def balance_data(state: BalanceState, credits: list[Credit]) -> dict[str, Any]:
+    return dict(
+        BalanceOutput(
+            {
+                "currency": state.currency,
+                "hard_stop": state.hard_stop,
+                "available": state.available,
+                "uninvoiced_spend": state.uninvoiced_spend,
+                "remaining": state.remaining,
+                "watermark": state.watermark,
+                "credits": credits,
+            }
+        ).data
+    )
+
+
+class BalanceEntryOutput(serializers.ModelSerializer):
+    """One ledger entry: credits positive, draws on them negative."""
+
+    credit = serializers.PrimaryKeyRelatedField(read_only=True, help_text="the credit drawn on")
+    invoice_number = serializers.CharField(source="invoice.number", allow_null=True, read_only=True)
+
+    class Meta:
+        model = BalanceEntry
+        fields = [
+            "id",
+            "kind",
+            "amount",
+            "effective_at",
+            "expires_at",
+            "credit",
+            "invoice_number",
+            "description",
+            "created_at",
+        ]
+        read_only_fields = fields

@@ -1,8 +1,14 @@
-"""REST views for plans, subscriptions, pricing quotes and the live invoice preview."""
+"""REST views for plans, subscriptions, pricing quotes, the live invoice preview and
+prepaid balances (tenants read their own; operators add credits and set the hard stop)."""
 
-from drf_spectacular.utils import extend_schema
+import uuid
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import NotFound
+from rest_framework.generics import ListAPIView
 from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -11,7 +17,8 @@ from rest_framework.views import APIView
 from api import billing_serializers as s
 from api.scoping import tenant_id_for
 from billing import pricing
-from billing.models import Plan, PlanVersion, Subscription
+from billing.balances import balance_credit, balance_hard_stop_set, balance_state, credits_of
+from billing.models import BalanceAccount, BalanceEntry, Plan, PlanVersion, Subscription
 from billing.selectors import plan_version_pricing, plan_version_queryset
 from billing.services import (
     invoice_preview,
@@ -23,6 +30,9 @@ from billing.services import (
     subscription_create,
 )
 from metering.models import Tenant
+
+NO_BALANCE = "This tenant has no prepaid balance."
+STAFF_TENANT = OpenApiParameter("tenant", str, description="staff only: the tenant id")
 
 
 def _version_or_404(pk: int) -> PlanVersion:
@@ -154,3 +164,110 @@ class SubscriptionChangePlanView(APIView):
             at=body.validated_data["at"],
         )
         return Response(s.SubscriptionOutput(new).data, status=status.HTTP_201_CREATED)
+
+
+# --- prepaid balances ------------------------------------------------------------------
+
+
+def _tenant_or_404(tenant_id: uuid.UUID) -> Tenant:
+    tenant = Tenant.objects.filter(pk=tenant_id).first()
+    if tenant is None:
+        raise NotFound("No such tenant.")
+    return tenant
+
+
+def _account_or_404(tenant_id: uuid.UUID) -> BalanceAccount:
+    account = BalanceAccount.objects.filter(tenant_id=tenant_id).first()
+    if account is None:
+        raise NotFound(NO_BALANCE)
+    return account
+
+
+def _balance_data(tenant_id: uuid.UUID) -> dict[str, Any]:
+    account = _account_or_404(tenant_id)
+    state = balance_state(tenant_id)
+    assert state is not None  # accounts are never deleted (PROTECT)
+    return s.balance_data(state, credits_of([account.pk]))
+
+
+def _credit_data(entry: BalanceEntry) -> dict[str, Any]:
+    credit = next(c for c in credits_of([entry.account_id]) if c.entry_id == entry.pk)
+    return dict(s.CreditOutput(credit).data)
+
+
+class BalanceView(APIView):
+    @extend_schema(
+        summary="The prepaid balance: available credits, uninvoiced spend, what remains",
+        parameters=[STAFF_TENANT],
+        responses=s.BalanceOutput,
+    )
+    def get(self, request: Request) -> Response:
+        return Response(_balance_data(tenant_id_for(request)))
+
+
+class BalanceEntryListView(ListAPIView):
+    """The balance ledger, newest first: credits, their consumption by invoices, expiries
+    and reversals."""
+
+    serializer_class = s.BalanceEntryOutput
+
+    @extend_schema(parameters=[STAFF_TENANT])
+    def get(self, request: Request, *args, **kwargs) -> Response:  # type: ignore[no-untyped-def]
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self) -> QuerySet[BalanceEntry]:
+        account = _account_or_404(tenant_id_for(self.request))
+        return BalanceEntry.objects.filter(account=account).select_related("invoice")
+
+
+class TenantCreditListCreateView(APIView):
+    """Operators add top-ups and grants to a tenant's balance (opened on the first one)."""
+
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(responses=s.CreditOutput(many=True))
+    def get(self, request: Request, tenant_id: uuid.UUID) -> Response:
+        _tenant_or_404(tenant_id)
+        accounts = BalanceAccount.objects.filter(tenant_id=tenant_id).values_list("pk", flat=True)
+        return Response(s.CreditOutput(credits_of(accounts), many=True).data)
+
+    @extend_schema(
+        request=s.CreditInput,
+        responses={201: s.CreditOutput, 200: s.CreditOutput},
+        description="201 when the credit is added; 200 with the same credit when the "
+        "idempotency key is replayed with the same terms; 409 when it was used for other terms.",
+    )
+    def post(self, request: Request, tenant_id: uuid.UUID) -> Response:
+        tenant = _tenant_or_404(tenant_id)
+        body = s.CreditInput(data=request.data)
+        body.is_valid(raise_exception=True)
+        entry, created = balance_credit(tenant_id=tenant.pk, **body.validated_data)
+        return Response(
+            _credit_data(entry), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
+
+
+class TenantBalanceView(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(responses=s.BalanceOutput)
+    def get(self, request: Request, tenant_id: uuid.UUID) -> Response:
+        _tenant_or_404(tenant_id)
+        return Response(_balance_data(tenant_id))
+
+    @extend_schema(
+        request=s.BalanceSettingsInput,
+        responses=s.BalanceOutput,
+        description="Set whether the balance stops calls; opens the balance if the tenant "
+        "has none.",
+    )
+    def patch(self, request: Request, tenant_id: uuid.UUID) -> Response:
+        tenant = _tenant_or_404(tenant_id)
+        body = s.BalanceSettingsInput(data=request.data)
+        body.is_valid(raise_exception=True)
+        balance_hard_stop_set(
+            tenant_id=tenant.pk,
+            hard_stop=body.validated_data["hard_stop"],
+            currency=body.validated_data.get("currency"),
+        )
+        return Response(_balance_data(tenant.pk))

@@ -7,6 +7,18 @@ urlpatterns = [
     path("usage/records", views.UsageRecordListView.as_view(), name="usage-records"),
     path("usage/summary", views.UsageSummaryView.as_view(), name="usage-summary"),
     path("usage/alerts", views.AlertListView.as_view(), name="usage-alerts"),
+    path("balance", billing_views.BalanceView.as_view(), name="balance"),
+    path("balance/entries", billing_views.BalanceEntryListView.as_view(), name="balance-entries"),
+    path(
+        "tenants/<uuid:tenant_id>/credits",
+        billing_views.TenantCreditListCreateView.as_view(),
+        name="tenant-credits",
+    ),
+    path(
+        "tenants/<uuid:tenant_id>/balance",
+        billing_views.TenantBalanceView.as_view(),
+        name="tenant-balance",
+    ),
     path("invoices/upcoming", billing_views.UpcomingInvoiceView.as_view(), name="invoice-upcoming"),
     path("pricing/quote", billing_views.QuoteView.as_view(), name="pricing-quote"),
     path("plans", billing_views.PlanListCreateView.as_view(), name="plans"),

@@ -1,25 +1,33 @@
+from decimal import Decimal
+
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
 from django.utils.html import format_html_join
 
 from billing import tasks
+from billing.balances import BalanceState, available_at, balance_state, credits_of
 from billing.documents import invoice_pdf
 from billing.invoicing import credit_note_issue, invoice_transition, period_close
 from billing.models import (
     AcceleratorType,
     Alert,
+    BalanceAccount,
+    BalanceEntry,
     CalibrationRun,
     CostBasisVersion,
     CreditNote,
     Deployment,
     Invoice,
     InvoiceLine,
+    InvoiceSequence,
     MarginPolicy,
     Plan,
     PlanVersion,
     PriceComponent,
     PriceTier,
+    StripeCustomer,
     StripeEvent,
     Subscription,
     WebhookEndpoint,
@@ -388,3 +396,188 @@ class AlertAdmin(admin.ModelAdmin):
         for alert_id in ids:
             tasks.alert_deliver_task.delay(alert_id)
         self.message_user(request, f"Queued {len(ids)} alert(s) for delivery.")
+
+
+# --- prepaid balances ------------------------------------------------------------------
+
+BALANCE_ENTRY_FIELDS = (
+    "kind",
+    "amount",
+    "effective_at",
+    "expires_at",
+    "credit",
+    "invoice",
+    "description",
+    "idempotency_key",
+    "created_at",
+)
+
+
+class BalanceEntryInline(admin.TabularInline):
+    model = BalanceEntry
+    fk_name = "account"
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    fields = readonly_fields = BALANCE_ENTRY_FIELDS
+
+    def get_queryset(self, request):  # type: ignore[no-untyped-def]
+        return super().get_queryset(request).select_related("account", "credit__account", "invoice")
+
+    def has_add_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False  # the ledger is append-only and written by services
+
+    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
+
+
+def _state(account: BalanceAccount) -> BalanceState | None:
+    """The account's position, read once per page (three fields show parts of it)."""
+    if "_balance_state" not in account.__dict__:
+        account.__dict__["_balance_state"] = balance_state(account.tenant_id)
+    return account.__dict__["_balance_state"]
+
+
+@admin.register(BalanceAccount)
+class BalanceAccountAdmin(admin.ModelAdmin):
+    """A tenant's prepaid balance and its ledger, read-only except `hard_stop`.
+
+    Credits are never added here: a top-up or grant goes through
+    `POST /api/v1/tenants/<tenant id>/credits` (or `billing.balances.balance_credit`), which
+    validates it, makes it idempotent and opens the balance on the first credit; `PATCH
+    /api/v1/tenants/<tenant id>/balance` opens a balance without a credit."""
+
+    list_display = ["tenant", "currency", "hard_stop", "available", "created_at"]
+    list_filter = ["hard_stop", "currency"]
+    search_fields = ["tenant__name"]
+    list_select_related = ["tenant"]
+    readonly_fields = [
+        "tenant",
+        "currency",
+        "created_at",
+        "available",
+        "uninvoiced_spend",
+        "remaining",
+        "watermark",
+    ]
+    inlines = [BalanceEntryInline]
+
+    @admin.display(description="Available now")
+    def available(self, obj: BalanceAccount) -> Decimal:
+        # credits usable now, net of what invoices consumed (one query per row)
+        return available_at(credits_of([obj.pk]), timezone.now())
+
+    @admin.display(description="Uninvoiced spend (list price)")
+    def uninvoiced_spend(self, obj: BalanceAccount) -> Decimal | None:
+        state = _state(obj)
+        return state.uninvoiced_spend if state else None
+
+    @admin.display(description="Remaining (available - uninvoiced spend)")
+    def remaining(self, obj: BalanceAccount) -> Decimal | None:
+        state = _state(obj)
+        return state.remaining if state else None
+
+    @admin.display(description="Invoiced through")
+    def watermark(self, obj: BalanceAccount) -> str:
+        state = _state(obj)
+        return str(state.watermark) if state and state.watermark else "no invoice yet"
+
+    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+        return False  # opened by the API or balance_account_open, never by hand
+
+    def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
+
+
+@admin.register(BalanceEntry)
+class BalanceEntryAdmin(admin.ModelAdmin):
+    """The balance ledger, read-only: it is append-only, and every entry is written by a
+    service (credits by `balance_credit`, draws by period closes, expiries, reversals)."""
+
+    list_display = [
+        "created_at",
+        "tenant",
+        "kind",
+        "amount",
+        "currency",
+        "effective_at",
+        "expires_at",
+        "credit",
+        "invoice",
+        "idempotency_key",
+    ]
+    list_filter = ["kind"]
+    search_fields = ["account__tenant__name", "idempotency_key"]
+    list_select_related = ["account__tenant", "credit__account", "invoice"]
+    readonly_fields = ["account", *BALANCE_ENTRY_FIELDS]
+
+    @admin.display(description="Tenant", ordering="account__tenant__name")
+    def tenant(self, obj: BalanceEntry) -> str:
+        return str(obj.account.tenant)
+
+    @admin.display(description="Currency")
+    def currency(self, obj: BalanceEntry) -> str:
+        return obj.account.currency
+
+    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+        return False
+
+    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
+
+    def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows that services write and the admin only shows (their parents' pages edit them
+    where editing is allowed)."""
+
+    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return [f.name for f in self.model._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(PriceTier)
+class PriceTierAdmin(ReadOnlyAdmin):
+    list_display = ["component", "position", "up_to", "unit_price", "flat_fee"]
+
+
+@admin.register(InvoiceLine)
+class InvoiceLineAdmin(ReadOnlyAdmin):
+    list_display = ["invoice", "position", "kind", "description", "amount_minor"]
+    list_filter = ["kind"]
+    search_fields = ["invoice__number", "description"]
+
+
+@admin.register(CreditNote)
+class CreditNoteAdmin(ReadOnlyAdmin):
+    list_display = ["number", "invoice", "amount_minor", "reason", "created_at"]
+    search_fields = ["number", "invoice__number"]
+
+
+@admin.register(InvoiceSequence)
+class InvoiceSequenceAdmin(ReadOnlyAdmin):
+    list_display = ["prefix", "year", "last_number"]
+
+
+@admin.register(StripeCustomer)
+class StripeCustomerAdmin(ReadOnlyAdmin):
+    list_display = ["tenant", "stripe_customer_id", "synced_at"]
+    search_fields = ["tenant__name", "stripe_customer_id"]
+
+
+@admin.register(CostBasisVersion)
+class CostBasisVersionAdmin(ReadOnlyAdmin):
+    list_display = ["accelerator", "version", "mode", "hourly_usd"]
+    list_filter = ["mode"]
+
+
+@admin.register(MarginPolicy)
+class MarginPolicyAdmin(ReadOnlyAdmin):
+    list_display = ["accelerator", "target_margin", "minimum_margin", "effective_from"]

@@ -23,7 +23,7 @@ from django.utils import timezone
 from billing.currency import from_minor, is_known_currency, quantize, to_minor
 from billing.models import BalanceAccount, BalanceEntry, Invoice, InvoiceLine
 from billing.periods import Period
-from metering.errors import ApplicationError, Conflict
+from metering.errors import ApplicationError, Conflict, NotFound
 from metering.models import Tenant, UsageRollup
 from metering.proxy.context import BalanceTerms
 
@@ -93,9 +93,14 @@ def balance_credit(
     effective_at: datetime | None = None,
     expires_at: datetime | None = None,
     description: str = "",
-) -> BalanceEntry:
-    """Add a top-up or a grant. Retrying with the same idempotency key returns the entry
-    written the first time; the same key with different terms is a conflict."""
+) -> tuple[BalanceEntry, bool]:
+    """Add a top-up or a grant; returns the entry and whether this call wrote it.
+    Retrying with the same idempotency key (per tenant) returns the entry written the
+    first time; the same key with different terms is a conflict."""
+    if not is_known_currency(currency):
+        raise BalanceInvalid(f"Unknown currency {currency!r}.")
+    if not Tenant.objects.filter(pk=tenant_id).exists():
+        raise NotFound(f"Unknown tenant {tenant_id}.")
     if kind not in BalanceEntry.CREDIT_KINDS:
         raise BalanceInvalid(f"kind must be one of {', '.join(BalanceEntry.CREDIT_KINDS)}.")
     if isinstance(amount, float) or not isinstance(amount, Decimal | int):
@@ -105,12 +110,13 @@ def balance_credit(
         raise BalanceInvalid("amount must be positive.")
     if quantize(amount, currency, "ROUND_DOWN") != amount:
         raise BalanceInvalid(f"amount has more decimals than {currency.upper()} has.")
+    explicit_start = effective_at
     effective_at = effective_at or timezone.now()
     if expires_at is not None and kind != Kind.GRANT:
         raise BalanceInvalid("Only grants expire; a top-up is the tenant's money.")
     if expires_at is not None and expires_at <= effective_at:
         raise BalanceInvalid("expires_at must be after effective_at.")
-    key = f"credit:{idempotency_key}"
+    key = f"credit:{tenant_id}:{idempotency_key}"
     with transaction.atomic():
         account = balance_account_open(tenant_id=tenant_id, currency=currency)
         existing = BalanceEntry.objects.filter(idempotency_key=key).first()
@@ -120,13 +126,14 @@ def balance_credit(
                 and existing.kind == kind
                 and existing.amount == amount
                 and existing.expires_at == expires_at
+                and (explicit_start is None or existing.effective_at == explicit_start)
             )
             if not same:
                 raise Conflict("This idempotency key was used for a different credit.")
-            return existing
+            return existing, False
         try:
             with transaction.atomic():
-                return BalanceEntry.objects.create(
+                entry = BalanceEntry.objects.create(
                     account=account,
                     kind=kind,
                     amount=amount,
@@ -135,8 +142,27 @@ def balance_credit(
                     idempotency_key=key,
                     description=description,
                 )
+                return entry, True
         except IntegrityError:  # a concurrent retry won the race: answer as it did
-            return BalanceEntry.objects.get(idempotency_key=key)
+            return BalanceEntry.objects.get(idempotency_key=key), False
+
+
+@transaction.atomic
+def balance_hard_stop_set(
+    *, tenant_id: uuid.UUID, hard_stop: bool, currency: str | None = None
+) -> BalanceAccount:
+    """Open the tenant's balance if it has none (in `currency`, USD by default), then set
+    whether it stops calls. Naming another currency than the balance's is a conflict."""
+    existing = BalanceAccount.objects.select_for_update().filter(tenant_id=tenant_id).first()
+    if existing is not None and currency is None:
+        currency = existing.currency
+    account = balance_account_open(
+        tenant_id=tenant_id, currency=currency or "USD", hard_stop=hard_stop
+    )
+    if account.hard_stop != hard_stop:
+        account.hard_stop = hard_stop
+        account.save(update_fields=["hard_stop"])
+    return account
 
 
 # --- reads -----------------------------------------------------------------------------

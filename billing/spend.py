@@ -14,6 +14,7 @@ from decimal import Decimal
 from django.utils import timezone
 
 from billing import pricing
+from billing.alerts import DEFAULT_THRESHOLDS, thresholds_of
 from billing.balances import balance_terms
 from billing.models import PlanVersion, WebhookEndpoint
 from billing.selectors import plan_version_pricing, subscription_current
@@ -32,21 +33,17 @@ def _covering(
     )
 
 
-DEFAULT_THRESHOLDS = (50, 80, 100)
-
-
 def tenant_terms(tenant_id: uuid.UUID, aliases: list[str]) -> TenantTerms:
     subscription = subscription_current(tenant_id=tenant_id, at=timezone.now())
     version = subscription.plan_version if subscription else None
     endpoint = WebhookEndpoint.objects.filter(tenant_id=tenant_id, is_active=True).first()
-    thresholds = tuple(sorted(set(endpoint.thresholds))) if endpoint and endpoint.thresholds else ()
     return TenantTerms(
         spend_rates=spend_rates(version, aliases) if version else {},
         reasoning=plan_rules(version) if version else None,
         monthly_reasoning_tokens=version.monthly_reasoning_tokens if version else None,
         reasoning_refuse=bool(version and version.reasoning_mode == "refuse"),
         balance=balance_terms(tenant_id),
-        alert_thresholds=thresholds or DEFAULT_THRESHOLDS,
+        alert_thresholds=thresholds_of(endpoint.thresholds) if endpoint else DEFAULT_THRESHOLDS,
     )
 
 

@@ -76,13 +76,13 @@ def test_draws_take_credits_expiring_first_in_whole_minor_units() -> None:
 def test_credits_are_idempotent_and_validated(customer) -> None:  # type: ignore[no-untyped-def]
     key, _ = customer
     tenant = key.tenant_id
-    first = balance_credit(
+    first, wrote = balance_credit(
         tenant_id=tenant, kind="top_up", amount=Decimal("25"), idempotency_key="t1"
     )
-    again = balance_credit(
+    again, wrote_again = balance_credit(
         tenant_id=tenant, kind="top_up", amount=Decimal("25"), idempotency_key="t1"
     )
-    assert first.pk == again.pk and BalanceEntry.objects.count() == 1
+    assert wrote and not wrote_again and first.pk == again.pk and BalanceEntry.objects.count() == 1
     with pytest.raises(Conflict):
         balance_credit(tenant_id=tenant, kind="top_up", amount=Decimal("26"), idempotency_key="t1")
     for bad in (
@@ -110,7 +110,7 @@ def test_invoices_are_paid_from_credits_expiring_first_then_expiry_and_void(cust
         idempotency_key="top",
         effective_at=at(2026, 9, 1),
     )
-    grant = balance_credit(
+    grant, _ = balance_credit(
         tenant_id=tenant,
         kind="grant",
         amount=Decimal("20.00"),
