@@ -253,7 +253,8 @@ class CreditInput(serializers.Serializer):
     )
     description = serializers.CharField(max_length=300, default="", allow_blank=True)
     # the service stores it as "credit:<key>" in a 200-character column
-    idempotency_key = serializers.CharField(max_length=193)
+    # stored as credit:<tenant uuid>:<key> in a 200-character column
+    idempotency_key = serializers.CharField(max_length=150)
 
     def validate_currency(self, value: str) -> str:
         if not is_known_currency(value):

@@ -310,7 +310,12 @@ class ProxyApp:
         else:
             grant = Grant(asked, asked)
         in_tokens = ceil_tokens(body_size)
-        costs = [_budget_cost(b, prices, in_tokens) for b in controls.budgets]
+        if "previous_response_id" in request or "conversation" in request:
+            # the input lives upstream, not in this body: hold for a whole context
+            in_tokens += settings.RECKON_HOLD_UNSEEN_INPUT_TOKENS
+        choices = request.get("n")
+        per_choice = choices if type(choices) is int and choices > 1 else 1
+        costs = [_budget_cost(b, prices, in_tokens, per_choice) for b in controls.budgets]
         hold = Hold(
             controls.budgets,
             controls.rates,
@@ -358,6 +363,7 @@ class ProxyApp:
             if controls.budgets:
                 granted = admission.output_tokens
                 hold.holds = [c.fixed + c.per_token * granted for c in costs]
+                hold.generations = admission.generations
                 if asked is None or granted < asked:
                     set_max_output(endpoint.name, request, granted)
             return hold
@@ -400,6 +406,7 @@ class ProxyApp:
             actuals=actuals,
             rates=list(hold.rates),
             token_delta=delta,
+            generations=hold.generations,
         )  # not awaited: the command is on its way, the response need not wait for it
         settled.add_done_callback(lambda done: self._settled(done, hold, actuals, tenant_id))
 
@@ -424,12 +431,16 @@ class ProxyApp:
                 return
 
 
-def _budget_cost(budget: BudgetScope, prices: Any, in_tokens: int) -> BudgetCost:
+def _budget_cost(budget: BudgetScope, prices: Any, in_tokens: int, choices: int = 1) -> BudgetCost:
+    """The call's cost to a budget per output token granted (each of `choices` choices
+    may spend the whole grant)."""
     if budget.kind == "reasoning":
-        return BudgetCost(0, 1)  # reasoning tokens are at most the output tokens granted
-    worst_input = max(prices.input, prices.cache_write)
+        return BudgetCost(0, choices)  # reasoning tokens are at most the output tokens
+    worst_input = max(prices.input, prices.cache_read, prices.cache_write)
     worst_output = max(prices.output, prices.reasoning)
-    return BudgetCost(to_nano(in_tokens * worst_input / MILLION), to_nano(worst_output / MILLION))
+    return BudgetCost(
+        to_nano(in_tokens * worst_input / MILLION), choices * to_nano(worst_output / MILLION)
+    )
 
 
 def _budget_refusal(
@@ -477,6 +488,7 @@ class Hold:
         "costs",
         "holds",
         "est_tokens",
+        "generations",
         "thresholds",
         "headers",
         "checked",
@@ -494,6 +506,7 @@ class Hold:
         self.rates = rates
         self.costs = costs
         self.holds: list[int] = [0] * len(budgets)
+        self.generations: list[int] = [0] * len(budgets)
         self.est_tokens = est_tokens
         self.thresholds = thresholds
         self.headers: list[tuple[bytes, bytes]] = []

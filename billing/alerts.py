@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Context, Decimal, Inexact, InvalidOperation, localcontext
 from functools import partial
 from typing import Any
@@ -345,6 +345,9 @@ def alerts_evaluate(*, tenant_id: uuid.UUID, at: datetime | None = None) -> list
     return created
 
 
+STALE_PENDING = timedelta(minutes=10)
+
+
 def alerts_evaluate_all(at: datetime | None = None) -> int:
     """Evaluate every tenant with a budget, each in its own transaction; one tenant's
     failure is logged and does not stop the others. Returns the alerts created."""
@@ -355,6 +358,13 @@ def alerts_evaluate_all(at: datetime | None = None) -> int:
             created += len(alerts_evaluate(tenant_id=tenant_id, at=at))
         except Exception:
             logger.exception("alert evaluation failed for tenant %s", tenant_id)
+    # A delivery that could not be queued (broker down at commit) is queued again here;
+    # delivery is idempotent, so one queued twice is still sent once.
+    stale = Alert.objects.filter(
+        delivery=Alert.Delivery.PENDING, created_at__lt=at - STALE_PENDING
+    ).values_list("pk", flat=True)
+    for alert_id in stale:
+        _schedule_delivery(alert_id)
     return created
 
 

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
 
 from django.db import IntegrityError, transaction
-from django.db.models import Max, Sum
+from django.db.models import Count, Max, Q, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -256,13 +256,28 @@ def balance_terms(tenant_id: uuid.UUID) -> BalanceTerms | None:
     account = BalanceAccount.objects.filter(tenant_id=tenant_id, hard_stop=True).first()
     if account is None:
         return None
+    epoch = balance_epoch(tenant_id, account.pk)
     watermark = invoiced_through(tenant_id)
     available = available_at(credits_of([account.pk]), timezone.now())
     return BalanceTerms(
         available=available,
-        epoch=watermark.strftime("%Y%m%dT%H%M") if watermark else "start",
+        epoch=epoch,
         load_used=lambda: uninvoiced_spend(tenant_id, watermark),
     )
+
+
+def balance_epoch(tenant_id: uuid.UUID, account_id: int) -> str:
+    """Names the pair (watermark, credits) the proxy's counter for the balance is built
+    on. It changes whenever a close or a void moves either, and never comes back to an
+    earlier value (ids and void counts only grow), so a counter built on an old pair is
+    never reused."""
+    invoices = Invoice.objects.filter(tenant_id=tenant_id).aggregate(
+        last=Max("pk"), voided=Count("pk", filter=Q(status=Invoice.Status.VOID))
+    )
+    draws = BalanceEntry.objects.filter(
+        account_id=account_id, kind__in=[Kind.CONSUMPTION, Kind.REVERSAL]
+    ).aggregate(last=Max("pk"))
+    return f"{invoices['last'] or 0}.{invoices['voided']}.{draws['last'] or 0}"
 
 
 # --- invoices draw on credits ------------------------------------------------------------

@@ -260,7 +260,14 @@ RECKON_HOLD_CEILING_TOKENS = int(
 # Such a call takes at most 1/share of what is left in its budgets (never less than the
 # plausible size learned for the alias), so one call cannot starve the ones beside it.
 RECKON_HOLD_SHARE = int(os.environ.get("RECKON_HOLD_SHARE", "4"))
+# Input tokens held for a call whose input is stored upstream (Responses
+# `previous_response_id` / `conversation`): the body does not show how much it is.
+RECKON_HOLD_UNSEEN_INPUT_TOKENS = int(os.environ.get("RECKON_HOLD_UNSEEN_INPUT_TOKENS", "200000"))
 # Hold caps are learned from this many days of calls, per tenant and alias once it has at
 # least RECKON_HOLD_CAP_MIN_SAMPLES calls (else across tenants, else the ceiling).
 RECKON_HOLD_CAP_DAYS = int(os.environ.get("RECKON_HOLD_CAP_DAYS", "7"))
 RECKON_HOLD_CAP_MIN_SAMPLES = int(os.environ.get("RECKON_HOLD_CAP_MIN_SAMPLES", "50"))
+
+# The embedded SQLite mode cannot enforce "one tenant-wide limit" (NULLS NOT DISTINCT);
+# PostgreSQL, the production database, does.
+SILENCED_SYSTEM_CHECKS = ["models.W047"]

@@ -70,6 +70,7 @@ if n > 0 then
   end
 end
 local res = {1, out, 0, 0}
+for i = 1, n do res[4 + i] = tonumber(redis.call('HGET', KEYS[i], 'gen') or '0') end
 for j = 1, m do
   local r = redis.call('INCR', KEYS[n + j])
   if r == 1 then redis.call('EXPIRE', KEYS[n + j], ttl) end
@@ -81,17 +82,23 @@ return res
 """
 
 SETTLE_LUA = """
--- KEYS: n budget hashes, m token windows; ARGV: n, m, token_delta, (hold, actual) x n
+-- KEYS: n budget hashes, m token windows; ARGV: n, m, token_delta, (hold, actual, gen) x n
 -- Returns each budget's spent after settling (-1: the budget is gone from Redis).
+-- A hold is released only from the generation of the budget it was placed on: a budget
+-- reloaded from the ledger since (Redis restart, expiry) never held it, and releasing it
+-- there would free other calls' holds. The actual use is always added.
 local n = tonumber(ARGV[1]); local m = tonumber(ARGV[2]); local delta = tonumber(ARGV[3])
 local out = {}
 for i = 1, n do
   out[i] = -1
   if redis.call('EXISTS', KEYS[i]) == 1 then
-    if redis.call('HINCRBY', KEYS[i], 'held', -tonumber(ARGV[2 + 2 * i])) < 0 then
-      redis.call('HSET', KEYS[i], 'held', 0)
+    local gen = tonumber(redis.call('HGET', KEYS[i], 'gen') or '0')
+    if gen == tonumber(ARGV[3 * i + 3]) then
+      if redis.call('HINCRBY', KEYS[i], 'held', -tonumber(ARGV[3 * i + 1])) < 0 then
+        redis.call('HSET', KEYS[i], 'held', 0)
+      end
     end
-    out[i] = redis.call('HINCRBY', KEYS[i], 'spent', tonumber(ARGV[3 + 2 * i]))
+    out[i] = redis.call('HINCRBY', KEYS[i], 'spent', tonumber(ARGV[3 * i + 2]))
   end
 end
 for j = 1, m do
@@ -102,7 +109,8 @@ return out
 
 LOAD_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'spent', ARGV[1], 'held', 0)
+  local gen = redis.call('INCR', 'rk:budget-generation')
+  redis.call('HSET', KEYS[1], 'spent', ARGV[1], 'held', 0, 'gen', gen)
   if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 end
 return 1
@@ -150,8 +158,9 @@ class RateScope:
 
 @dataclass(frozen=True)
 class Grant:
-    """How many output tokens a call may spend: all of `out_max` when the budgets cover it;
-    when they do not, a share of what is left, never less than `out_min` (else refuse)."""
+    """How many output tokens a call may spend: `out_max` when a `share` of the room left
+    in its budgets covers it; otherwise that share, never less than `out_min` (else the
+    call is refused). A call that names its maximum has out_min == out_max, share 1."""
 
     out_min: int
     out_max: int
@@ -166,6 +175,8 @@ class Admission:
     output_tokens: int = 0
     budget: BudgetScope | None = None
     left: int = 0
+    # The generation of each budget the hold was placed on (settlement names it back).
+    generations: list[int] = field(default_factory=list)
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     retry_after_s: int = 0
 
@@ -220,16 +231,23 @@ class ControlStore:
             args += [budget.limit, cost.fixed, cost.per_token]
         args += [r.requests_per_minute or 0 for r in rates]
         args += [r.tokens_per_minute or 0 for r in rates]
-        for _ in range(3):  # raises ControlUnavailable when Redis is out of reach
+        for _ in range(len(budgets) + 2):  # raises ControlUnavailable when Redis is out of reach
             code, index, *values = await self._redis.run(ADMIT, keys, args)
             if code != -1:
                 break
             budget = budgets[index - 1]  # not in Redis yet: load it from the ledger, retry
             used = await load_in_thread(budget.load_used)
             await self._redis.run(LOAD, [budget.key], [used, budget.ttl_s])
+        else:
+            raise ControlUnavailable("budgets keep leaving Redis while loading them")
         if code == 1:
             headers = self._headers(rates, code, int(values[0]), int(values[1]), reset)
-            return Admission(True, output_tokens=int(index), headers=headers)
+            return Admission(
+                True,
+                output_tokens=int(index),
+                generations=[int(g) for g in values[2:]],
+                headers=headers,
+            )
         headers = self._headers(rates, code, 0, 0, reset)
         if code == -4:
             return Admission(
@@ -271,6 +289,7 @@ class ControlStore:
         actuals: list[int],
         rates: list[RateScope],
         token_delta: int,
+        generations: list[int] | None = None,
     ) -> "asyncio.Future[list[int]]":
         """Release each budget's hold and add what the call actually used. The command is
         on its way when this returns (callers need not wait, and later commands of this
@@ -278,8 +297,8 @@ class ControlStore:
         where the budget has left Redis) or fails with ControlUnavailable."""
         _, tok_keys, _ = self._rate_keys(rates, time.time())
         args: list[Any] = [len(budgets), len(rates), token_delta]
-        for hold, actual in zip(holds, actuals, strict=True):
-            args += [hold, actual]
+        for hold, actual, gen in zip(holds, actuals, generations or [0] * len(holds), strict=True):
+            args += [hold, actual, gen]
         return self._redis.run_nowait(SETTLE, [b.key for b in budgets] + tok_keys, args)
 
     async def close(self) -> None:

@@ -311,8 +311,12 @@ class SpendLimit(models.Model):
 
     class Meta:
         constraints = [
+            # NULLS NOT DISTINCT: one tenant-wide limit per window too (a NULL api_key
+            # is not "different" from another NULL api_key here).
             models.UniqueConstraint(
-                fields=["tenant", "api_key", "window"], name="one_limit_per_scope_window"
+                fields=["tenant", "api_key", "window"],
+                name="one_limit_per_scope_window",
+                nulls_distinct=False,
             ),
             models.CheckConstraint(condition=Q(amount_usd__gte=0), name="spend_limit_non_negative"),
         ]
@@ -336,7 +340,9 @@ class RateLimit(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["tenant", "api_key"], name="one_rate_limit_per_scope"),
+            models.UniqueConstraint(
+                fields=["tenant", "api_key"], name="one_rate_limit_per_scope", nulls_distinct=False
+            ),
         ]
 
     def __str__(self) -> str:

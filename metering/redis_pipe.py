@@ -84,7 +84,8 @@ class _Protocol(asyncio.Protocol):
                     future.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.client._fail(f"connection lost: {exc}" if exc else "connection closed")
+        if self.client._protocol is self:  # a connection already replaced fails nothing
+            self.client._fail(f"connection lost: {exc}" if exc else "connection closed")
 
 
 class RedisPipe:

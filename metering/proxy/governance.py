@@ -13,6 +13,7 @@ from typing import Any
 from metering.proxy.context import ReasoningRules
 
 EFFORTS = ("minimal", "low", "medium", "high")
+ANTHROPIC_MIN_THINKING = 1024  # the smallest thinking.budget_tokens Anthropic accepts
 
 
 def _max_field(endpoint: str, request: dict[str, Any]) -> str:
@@ -87,4 +88,7 @@ def set_max_output(endpoint: str, request: dict[str, Any], tokens: int) -> None:
     if endpoint == "messages" and isinstance(thinking, dict):
         budget = thinking.get("budget_tokens")
         if isinstance(budget, int) and budget >= tokens:
-            request["thinking"] = {**thinking, "budget_tokens": max(tokens - 1, 1)}
+            if tokens - 1 >= ANTHROPIC_MIN_THINKING:
+                request["thinking"] = {**thinking, "budget_tokens": tokens - 1}
+            else:  # too little left to think at all (Anthropic's minimum budget): answer only
+                request["thinking"] = {"type": "disabled"}

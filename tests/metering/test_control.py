@@ -70,6 +70,7 @@ def test_hold_settle_and_lazy_load(store) -> None:  # type: ignore[no-untyped-de
             actuals=[to_nano(Decimal("0.05"))],
             rates=[],
             token_delta=0,
+            generations=first.generations,
         )
         third = await store.admit(
             budgets=[s],
@@ -89,6 +90,57 @@ def test_hold_settle_and_lazy_load(store) -> None:  # type: ignore[no-untyped-de
     assert used == [to_nano(Decimal("0.45"))]  # settle reports the use after settling
     assert third.allowed  # the hold was released down to the $0.05 actually spent
     assert state(s) == (to_nano(Decimal("0.45")), to_nano(Decimal("0.50")))
+
+
+def test_a_call_settling_after_its_budget_was_reloaded_frees_no_other_hold(store) -> None:  # type: ignore[no-untyped-def]
+    s = budget(1000)
+    cost = BudgetCost(0, 1)
+
+    async def scenario():  # type: ignore[no-untyped-def]
+        def admit(tokens: int):  # type: ignore[no-untyped-def]
+            return store.admit(
+                budgets=[s],
+                costs=[cost],
+                grant=Grant(tokens, tokens),
+                rates=[],
+                est_tokens=1,
+                load_in_thread=direct,
+            )
+
+        a = await admit(600)
+        redis.Redis.from_url(URL).delete(s.key)  # Redis restarted: the budget is gone
+        b = await admit(400)  # reloaded from the ledger (nothing spent yet), holds 400
+        await store.settle(
+            budgets=[s],
+            holds=[600],
+            actuals=[0],
+            rates=[],
+            token_delta=0,
+            generations=a.generations,
+        )  # A's hold was never on this generation: B's hold must stay
+        c = await admit(700)  # 400 held + 700 > 1000
+        return a, b, c
+
+    a, b, c = run(scenario())
+    assert a.allowed and b.allowed and a.generations != b.generations
+    assert not c.allowed  # had A's settlement freed B's hold, C would be admitted
+    assert c.left == 600
+
+
+def test_first_use_loads_every_missing_budget(store) -> None:  # type: ignore[no-untyped-def]
+    budgets = [budget(1000, kind="reasoning") for _ in range(5)]
+
+    async def scenario():  # type: ignore[no-untyped-def]
+        return await store.admit(
+            budgets=budgets,
+            costs=[BudgetCost(0, 1)] * 5,
+            grant=Grant(10, 10),
+            rates=[],
+            est_tokens=1,
+            load_in_thread=direct,
+        )
+
+    assert run(scenario()).allowed
 
 
 def test_a_named_maximum_is_all_or_nothing(store) -> None:  # type: ignore[no-untyped-def]

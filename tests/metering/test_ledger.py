@@ -355,3 +355,16 @@ def test_tenants_and_keys_with_usage_cannot_be_deleted() -> None:
     with pytest.raises(ProtectedError):
         row.tenant.delete()
     assert UsageRecord.objects.filter(pk=row.pk).exists()
+
+
+@pytest.mark.django_db
+def test_one_tenant_wide_limit_per_window() -> None:
+    from metering.models import RateLimit, SpendLimit
+
+    key = ApiKeyFactory()
+    SpendLimit.objects.create(tenant=key.tenant, window="month", amount_usd=1)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        SpendLimit.objects.create(tenant=key.tenant, window="month", amount_usd=2)
+    RateLimit.objects.create(tenant=key.tenant, requests_per_minute=10)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        RateLimit.objects.create(tenant=key.tenant, requests_per_minute=20)

@@ -70,3 +70,13 @@ def test_requested_max_output_ignores_nonsense() -> None:
     assert requested_max_output("chat.completions", {"max_completion_tokens": True}) is None
     assert requested_max_output("chat.completions", {"max_completion_tokens": -5}) is None
     assert requested_max_output("messages", {"max_tokens": 64}) == 64
+
+
+def test_a_small_grant_disables_thinking_rather_than_break_anthropics_minimum() -> None:
+    from metering.proxy.governance import set_max_output
+
+    request = {"max_tokens": 8000, "thinking": {"type": "enabled", "budget_tokens": 6000}}
+    set_max_output("messages", request, 3000)
+    assert request == {"max_tokens": 3000, "thinking": {"type": "enabled", "budget_tokens": 2999}}
+    set_max_output("messages", request, 900)
+    assert request == {"max_tokens": 900, "thinking": {"type": "disabled"}}
