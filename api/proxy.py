@@ -360,6 +360,7 @@ class ProxyApp:
             return None
         if admission.allowed:
             hold.headers = admission.headers
+            hold.token_windows = admission.token_windows
             if controls.budgets:
                 granted = admission.output_tokens
                 hold.holds = [c.fixed + c.per_token * granted for c in costs]
@@ -407,6 +408,7 @@ class ProxyApp:
             rates=list(hold.rates),
             token_delta=delta,
             generations=hold.generations,
+            token_windows=hold.token_windows,
         )  # not awaited: the command is on its way, the response need not wait for it
         settled.add_done_callback(lambda done: self._settled(done, hold, actuals, tenant_id))
 
@@ -489,6 +491,7 @@ class Hold:
         "holds",
         "est_tokens",
         "generations",
+        "token_windows",
         "thresholds",
         "headers",
         "checked",
@@ -507,6 +510,7 @@ class Hold:
         self.costs = costs
         self.holds: list[int] = [0] * len(budgets)
         self.generations: list[int] = [0] * len(budgets)
+        self.token_windows: list[str] | None = None
         self.est_tokens = est_tokens
         self.thresholds = thresholds
         self.headers: list[tuple[bytes, bytes]] = []

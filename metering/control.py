@@ -177,6 +177,8 @@ class Admission:
     left: int = 0
     # The generation of each budget the hold was placed on (settlement names it back).
     generations: list[int] = field(default_factory=list)
+    # The token-rate windows the call was counted in (settlement corrects those).
+    token_windows: list[str] = field(default_factory=list)
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     retry_after_s: int = 0
 
@@ -246,6 +248,7 @@ class ControlStore:
                 True,
                 output_tokens=int(index),
                 generations=[int(g) for g in values[2:]],
+                token_windows=tok_keys,
                 headers=headers,
             )
         headers = self._headers(rates, code, 0, 0, reset)
@@ -290,12 +293,15 @@ class ControlStore:
         rates: list[RateScope],
         token_delta: int,
         generations: list[int] | None = None,
+        token_windows: list[str] | None = None,
     ) -> "asyncio.Future[list[int]]":
         """Release each budget's hold and add what the call actually used. The command is
         on its way when this returns (callers need not wait, and later commands of this
         process run after it); the future gives each budget's use after settling (-1
         where the budget has left Redis) or fails with ControlUnavailable."""
-        _, tok_keys, _ = self._rate_keys(rates, time.time())
+        tok_keys = (
+            token_windows if token_windows is not None else self._rate_keys(rates, time.time())[1]
+        )
         args: list[Any] = [len(budgets), len(rates), token_delta]
         for hold, actual, gen in zip(holds, actuals, generations or [0] * len(holds), strict=True):
             args += [hold, actual, gen]

@@ -267,3 +267,35 @@ def test_rate_window_counts_requests_and_tokens(store) -> None:  # type: ignore[
 def test_to_nano_rounds_up() -> None:
     assert to_nano(Decimal("0.0000000001")) == 1
     assert to_nano(Decimal("1")) == 1_000_000_000
+
+
+def test_token_corrections_go_to_the_window_the_call_was_counted_in() -> None:
+    store = ControlStore(URL, window_s=1)
+    rate = RateScope("key", str(uuid.uuid4()), requests_per_minute=None, tokens_per_minute=10**6)
+
+    async def scenario():  # type: ignore[no-untyped-def]
+        admitted = await store.admit(
+            budgets=[],
+            costs=[],
+            grant=Grant(1, 1),
+            rates=[rate],
+            est_tokens=1000,
+            load_in_thread=direct,
+        )
+        await asyncio.sleep(1.1)  # the call ends in a later window
+        await store.settle(
+            budgets=[],
+            holds=[],
+            actuals=[],
+            rates=[rate],
+            token_delta=-700,
+            token_windows=admitted.token_windows,
+        )
+        await store.close()
+        return admitted
+
+    admitted = run(scenario())
+    client = redis.Redis.from_url(URL)
+    (window,) = admitted.token_windows
+    assert int(client.get(window)) == 300
+    assert len(list(client.scan_iter(f"rk:rl:tok:key:{rate.scope_id}:*"))) == 1
