@@ -37,6 +37,17 @@ def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
 
 
+def admit(store, budgets, costs, grant, rates=(), est_tokens=1):  # type: ignore[no-untyped-def]
+    return store.admit(
+        budgets=list(budgets),
+        costs=list(costs),
+        grant=grant,
+        rates=list(rates),
+        est_tokens=est_tokens,
+        load_in_thread=direct,
+    )
+
+
 def state(b: BudgetScope) -> tuple[int, int]:
     raw = redis.Redis.from_url(URL).hgetall(b.key)
     return int(raw[b"spent"]), int(raw[b"held"])
@@ -48,22 +59,8 @@ def test_hold_settle_and_lazy_load(store) -> None:  # type: ignore[no-untyped-de
     fifth = BudgetCost(to_nano(Decimal("0.20")), 0)
 
     async def scenario():  # type: ignore[no-untyped-def]
-        first = await store.admit(
-            budgets=[s],
-            costs=[half],
-            grant=Grant(1, 1),
-            rates=[],
-            est_tokens=1,
-            load_in_thread=direct,
-        )
-        second = await store.admit(
-            budgets=[s],
-            costs=[fifth],
-            grant=Grant(1, 1),
-            rates=[],
-            est_tokens=1,
-            load_in_thread=direct,
-        )
+        first = await admit(store, [s], [half], Grant(1, 1))
+        second = await admit(store, [s], [fifth], Grant(1, 1))
         used = await store.settle(
             budgets=[s],
             holds=[half.fixed],
@@ -72,14 +69,7 @@ def test_hold_settle_and_lazy_load(store) -> None:  # type: ignore[no-untyped-de
             token_delta=0,
             generations=first.generations,
         )
-        third = await store.admit(
-            budgets=[s],
-            costs=[half],
-            grant=Grant(1, 1),
-            rates=[],
-            est_tokens=1,
-            load_in_thread=direct,
-        )
+        third = await admit(store, [s], [half], Grant(1, 1))
         await store.close()
         return first, second, used, third
 
@@ -97,19 +87,12 @@ def test_a_call_settling_after_its_budget_was_reloaded_frees_no_other_hold(store
     cost = BudgetCost(0, 1)
 
     async def scenario():  # type: ignore[no-untyped-def]
-        def admit(tokens: int):  # type: ignore[no-untyped-def]
-            return store.admit(
-                budgets=[s],
-                costs=[cost],
-                grant=Grant(tokens, tokens),
-                rates=[],
-                est_tokens=1,
-                load_in_thread=direct,
-            )
+        def hold(tokens: int):  # type: ignore[no-untyped-def]
+            return admit(store, [s], [cost], Grant(tokens, tokens))
 
-        a = await admit(600)
+        a = await hold(600)
         redis.Redis.from_url(URL).delete(s.key)  # Redis restarted: the budget is gone
-        b = await admit(400)  # reloaded from the ledger (nothing spent yet), holds 400
+        b = await hold(400)  # reloaded from the ledger (nothing spent yet), holds 400
         await store.settle(
             budgets=[s],
             holds=[600],
@@ -118,7 +101,7 @@ def test_a_call_settling_after_its_budget_was_reloaded_frees_no_other_hold(store
             token_delta=0,
             generations=a.generations,
         )  # A's hold was never on this generation: B's hold must stay
-        c = await admit(700)  # 400 held + 700 > 1000
+        c = await hold(700)  # 400 held + 700 > 1000
         return a, b, c
 
     a, b, c = run(scenario())
@@ -131,14 +114,7 @@ def test_first_use_loads_every_missing_budget(store) -> None:  # type: ignore[no
     budgets = [budget(1000, kind="reasoning") for _ in range(5)]
 
     async def scenario():  # type: ignore[no-untyped-def]
-        return await store.admit(
-            budgets=budgets,
-            costs=[BudgetCost(0, 1)] * 5,
-            grant=Grant(10, 10),
-            rates=[],
-            est_tokens=1,
-            load_in_thread=direct,
-        )
+        return await admit(store, budgets, [BudgetCost(0, 1)] * 5, Grant(10, 10))
 
     assert run(scenario()).allowed
 
@@ -148,30 +124,11 @@ def test_a_named_maximum_is_all_or_nothing(store) -> None:  # type: ignore[no-un
     cost = BudgetCost(100, 10)  # 100 + 10 per output token
 
     async def scenario():  # type: ignore[no-untyped-def]
-        a = await store.admit(
-            budgets=[s],
-            costs=[cost],
-            grant=Grant(900, 900),
-            rates=[],
-            est_tokens=1,
-            load_in_thread=direct,
-        )  # 9100 held
-        b = await store.admit(
-            budgets=[s],
-            costs=[cost],
-            grant=Grant(90, 90),
-            rates=[],
-            est_tokens=1,
-            load_in_thread=direct,
+        a = await admit(store, [s], [cost], Grant(900, 900))  # 9100 held
+        b = await admit(
+            store, [s], [cost], Grant(90, 90)
         )  # 1000 more would make 10100: refused although 900 is left
-        c = await store.admit(
-            budgets=[s],
-            costs=[cost],
-            grant=Grant(80, 80),
-            rates=[],
-            est_tokens=1,
-            load_in_thread=direct,
-        )  # 900 exactly fits
+        c = await admit(store, [s], [cost], Grant(80, 80))  # 900 exactly fits
         await store.close()
         return a, b, c
 
@@ -190,16 +147,7 @@ def test_an_open_call_gets_the_ceiling_then_shares_then_the_plausible_floor(stor
     async def scenario():  # type: ignore[no-untyped-def]
         out = []
         for _ in range(8):
-            out.append(
-                await store.admit(
-                    budgets=[s],
-                    costs=[cost],
-                    grant=open_call,
-                    rates=[],
-                    est_tokens=1,
-                    load_in_thread=direct,
-                )
-            )
+            out.append(await admit(store, [s], [cost], open_call))
         await store.close()
         return out
 
@@ -221,13 +169,11 @@ def test_the_tightest_budget_decides_and_every_budget_is_held(store) -> None:  #
     reasoning = budget(300, kind="reasoning")
 
     async def scenario():  # type: ignore[no-untyped-def]
-        a = await store.admit(
-            budgets=[money, reasoning],
-            costs=[BudgetCost(500, 100), BudgetCost(0, 1)],
-            grant=Grant(out_min=100, out_max=1000, share=1),
-            rates=[],
-            est_tokens=1,
-            load_in_thread=direct,
+        a = await admit(
+            store,
+            [money, reasoning],
+            [BudgetCost(500, 100), BudgetCost(0, 1)],
+            Grant(out_min=100, out_max=1000, share=1),
         )
         await store.close()
         return a
@@ -242,15 +188,7 @@ def test_rate_window_counts_requests_and_tokens(store) -> None:  # type: ignore[
 
     async def scenario():  # type: ignore[no-untyped-def]
         out = [
-            await store.admit(
-                budgets=[],
-                costs=[],
-                grant=Grant(1, 1),
-                rates=[rate],
-                est_tokens=400,
-                load_in_thread=direct,
-            )
-            for _ in range(3)
+            await admit(store, [], [], Grant(1, 1), rates=[rate], est_tokens=400) for _ in range(3)
         ]
         await store.close()
         return out
@@ -274,14 +212,7 @@ def test_token_corrections_go_to_the_window_the_call_was_counted_in() -> None:
     rate = RateScope("key", str(uuid.uuid4()), requests_per_minute=None, tokens_per_minute=10**6)
 
     async def scenario():  # type: ignore[no-untyped-def]
-        admitted = await store.admit(
-            budgets=[],
-            costs=[],
-            grant=Grant(1, 1),
-            rates=[rate],
-            est_tokens=1000,
-            load_in_thread=direct,
-        )
+        admitted = await admit(store, [], [], Grant(1, 1), rates=[rate], est_tokens=1000)
         await asyncio.sleep(1.1)  # the call ends in a later window
         await store.settle(
             budgets=[],
