@@ -273,7 +273,7 @@ class ProxyApp:
             prepared = prepare_call(endpoint, request, route.upstream_model)
         except InvalidRequest as exc:
             if hold is not None:
-                await self._release(hold)
+                self._release(hold)
             await _send_error(send, errors.INVALID_REQUEST, exc.message, anthropic, exc.param)
             return
 
@@ -384,7 +384,7 @@ class ProxyApp:
             await _send_error(send, kind, message, anthropic, extra_headers=admission.headers)
         return None
 
-    async def _release(
+    def _release(
         self,
         hold: "Hold",
         *,
@@ -773,7 +773,7 @@ class _Call:
             }
         )
         if self.hold is not None:  # the record is durable: now release the hold for actual use
-            await self.app._release(
+            self.app._release(
                 self.hold,
                 spend=spend,
                 reasoning_tokens=usage.reasoning_tokens,

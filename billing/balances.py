@@ -445,9 +445,3 @@ def credits_expire(*, as_of: datetime | None = None) -> int:
                 )
                 written += created
     return written
-
-
-def balance_entries_total(account: BalanceAccount) -> Decimal:
-    return BalanceEntry.objects.filter(account=account).aggregate(
-        total=Coalesce(Sum("amount"), ZERO)
-    )["total"]

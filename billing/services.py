@@ -24,6 +24,7 @@ from billing.proration import prorate_plan
 from billing.selectors import plan_version_pricing, subscription_current, subscriptions_in_period
 from metering.errors import ApplicationError, Conflict, NotFound
 from metering.models import Tenant
+from metering.proxy.governance import EFFORTS
 from metering.selectors import UsageTotals, usage_totals_all_tenants, usage_totals_by_alias
 
 
@@ -112,7 +113,6 @@ GOVERNANCE_FIELDS = (
     "monthly_reasoning_tokens",
     "reasoning_mode",
 )
-EFFORTS = ("minimal", "low", "medium", "high")
 
 
 def governance_validate(governance: dict[str, Any]) -> dict[str, Any]:
