@@ -315,7 +315,9 @@ class ProxyApp:
             in_tokens += settings.RECKON_HOLD_UNSEEN_INPUT_TOKENS
         choices = request.get("n")
         per_choice = choices if type(choices) is int and choices > 1 else 1
-        costs = [_budget_cost(b, prices, in_tokens, per_choice) for b in controls.budgets]
+        costs = [
+            _budget_cost(b, route.hold_prices, in_tokens, per_choice) for b in controls.budgets
+        ]
         hold = Hold(
             controls.budgets,
             controls.rates,
@@ -335,10 +337,10 @@ class ProxyApp:
             return None
         try:
             admission = await self.control.admit(
-                budgets=list(controls.budgets),
+                budgets=controls.budgets,
                 costs=costs,
                 grant=grant,
-                rates=list(controls.rates),
+                rates=controls.rates,
                 est_tokens=hold.est_tokens,
                 load_in_thread=lambda fn: asyncio.get_running_loop().run_in_executor(
                     self._lookups, fn
@@ -396,16 +398,14 @@ class ProxyApp:
         """Settle a hold for what the call used (nothing, when it never reached upstream)."""
         if self.control is None or hold.checked is False:
             return
-        actuals = [
-            reasoning_tokens if b.kind == "reasoning" else (0 if spend is None else to_nano(spend))
-            for b in hold.budgets
-        ]
+        spent = 0 if spend is None else to_nano(spend)
+        actuals = [reasoning_tokens if b.kind == "reasoning" else spent for b in hold.budgets]
         delta = (actual_tokens if actual_tokens is not None else 0) - hold.est_tokens
         settled = self.control.settle(
-            budgets=list(hold.budgets),
+            budgets=hold.budgets,
             holds=hold.holds,
             actuals=actuals,
-            rates=list(hold.rates),
+            rates=hold.rates,
             token_delta=delta,
             generations=hold.generations,
             token_windows=hold.token_windows,
@@ -433,16 +433,16 @@ class ProxyApp:
                 return
 
 
-def _budget_cost(budget: BudgetScope, prices: Any, in_tokens: int, choices: int = 1) -> BudgetCost:
+def _budget_cost(
+    budget: BudgetScope, hold_prices: tuple[int, int] | None, in_tokens: int, choices: int = 1
+) -> BudgetCost:
     """The call's cost to a budget per output token granted (each of `choices` choices
-    may spend the whole grant)."""
+    may spend the whole grant), in the budget's unit, rounded up."""
     if budget.kind == "reasoning":
         return BudgetCost(0, choices)  # reasoning tokens are at most the output tokens
-    worst_input = max(prices.input, prices.cache_read, prices.cache_write)
-    worst_output = max(prices.output, prices.reasoning)
-    return BudgetCost(
-        to_nano(in_tokens * worst_input / MILLION), choices * to_nano(worst_output / MILLION)
-    )
+    assert hold_prices is not None  # a money budget without prices is refused before this
+    per_million_input, per_output_token = hold_prices
+    return BudgetCost(-(-in_tokens * per_million_input // 1_000_000), choices * per_output_token)
 
 
 def _budget_refusal(

@@ -27,7 +27,7 @@ When Redis cannot be reached the proxy refuses calls that have controls
 import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
@@ -37,29 +37,32 @@ from metering.redis_pipe import RedisPipe, RedisUnavailable, Script
 NANO = Decimal(1_000_000_000)
 
 ADMIT_LUA = """
--- KEYS: n budget hashes, m request windows, m token windows
--- ARGV: n, m, out_min, out_max, share, est_tokens, ttl, (limit, a, b) x n, rpm x m, tpm x m
+-- KEYS: n budget hashes (spent, held, gen), m rate-window hashes (r: requests, t: tokens)
+-- ARGV: n, m, out_min, out_max, share, est_tokens, ttl, (limit, a, b) x n, (rpm, tpm) x m
+-- Returns {1, granted, requests, tokens, gen x n} (requests and tokens of the first
+-- window after counting), or a refusal: {-1, i, 0} budget i is not loaded, {-2, j, 0}
+-- requests or {-3, j, 0} tokens per minute of window j, {-4, i, left} budget i.
+-- Few redis.call()s on purpose: each one costs more than the work it does.
 local n = tonumber(ARGV[1]); local m = tonumber(ARGV[2])
 local out_min = tonumber(ARGV[3]); local out = tonumber(ARGV[4]); local share = tonumber(ARGV[5])
 local tokens = tonumber(ARGV[6]); local ttl = tonumber(ARGV[7])
+local gens = {}; local room = -1; local worst = 0; local worst_left = 0
 for i = 1, n do
-  if redis.call('EXISTS', KEYS[i]) == 0 then return {-1, i, 0} end
-end
-for j = 1, m do
-  local rpm = tonumber(ARGV[7 + 3 * n + j]); local tpm = tonumber(ARGV[7 + 3 * n + m + j])
-  local used_r = tonumber(redis.call('GET', KEYS[n + j]) or '0')
-  local used_t = tonumber(redis.call('GET', KEYS[n + m + j]) or '0')
-  if rpm > 0 and used_r + 1 > rpm then return {-2, j, 0} end
-  if tpm > 0 and used_t + tokens > tpm then return {-3, j, 0} end
-end
-local room = -1; local worst = 0; local worst_left = 0
-for i = 1, n do
-  local v = redis.call('HMGET', KEYS[i], 'spent', 'held')
+  local v = redis.call('HMGET', KEYS[i], 'spent', 'held', 'gen')
+  if not v[3] then return {-1, i, 0} end
+  gens[i] = tonumber(v[3])
   local left = tonumber(ARGV[5 + 3 * i]) - tonumber(v[1] or '0') - tonumber(v[2] or '0')
   local a = tonumber(ARGV[6 + 3 * i]); local b = tonumber(ARGV[7 + 3 * i])
   local cap = out
   if b > 0 then cap = math.floor((left - a) / b) elseif left < a then cap = -1 end
   if worst == 0 or cap < room then room = cap; worst = i; worst_left = left end
+end
+local base = 7 + 3 * n
+for j = 1, m do
+  local rpm = tonumber(ARGV[base + 2 * j - 1]); local tpm = tonumber(ARGV[base + 2 * j])
+  local v = redis.call('HMGET', KEYS[n + j], 'r', 't')
+  if rpm > 0 and tonumber(v[1] or '0') + 1 > rpm then return {-2, j, 0} end
+  if tpm > 0 and tonumber(v[2] or '0') + tokens > tpm then return {-3, j, 0} end
 end
 if n > 0 then
   if room < out_min then return {-4, worst, worst_left} end
@@ -70,20 +73,20 @@ if n > 0 then
   end
 end
 local res = {1, out, 0, 0}
-for i = 1, n do res[4 + i] = tonumber(redis.call('HGET', KEYS[i], 'gen') or '0') end
+for i = 1, n do res[4 + i] = gens[i] end
 for j = 1, m do
-  local r = redis.call('INCR', KEYS[n + j])
+  local r = redis.call('HINCRBY', KEYS[n + j], 'r', 1)
+  local t = redis.call('HINCRBY', KEYS[n + j], 't', tokens)
   if r == 1 then redis.call('EXPIRE', KEYS[n + j], ttl) end
-  local t = redis.call('INCRBY', KEYS[n + m + j], tokens)
-  if t == tokens then redis.call('EXPIRE', KEYS[n + m + j], ttl) end
   if j == 1 then res[3] = r; res[4] = t end
 end
 return res
 """
 
 SETTLE_LUA = """
--- KEYS: n budget hashes, m token windows; ARGV: n, m, token_delta, (hold, actual, gen) x n
--- Returns each budget's spent after settling (-1: the budget is gone from Redis).
+-- KEYS: n budget hashes, m rate-window hashes; ARGV: n, m, token_delta, ttl,
+-- (hold, actual, gen) x n. Returns each budget's spent after settling (-1: the budget is
+-- gone from Redis).
 -- A hold is released only from the generation of the budget it was placed on: a budget
 -- reloaded from the ledger since (Redis restart, expiry) never held it, and releasing it
 -- there would free other calls' holds. The actual use is always added.
@@ -91,24 +94,30 @@ local n = tonumber(ARGV[1]); local m = tonumber(ARGV[2]); local delta = tonumber
 local out = {}
 for i = 1, n do
   out[i] = -1
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    local gen = tonumber(redis.call('HGET', KEYS[i], 'gen') or '0')
-    if gen == tonumber(ARGV[3 * i + 3]) then
-      if redis.call('HINCRBY', KEYS[i], 'held', -tonumber(ARGV[3 * i + 1])) < 0 then
+  local gen = redis.call('HGET', KEYS[i], 'gen')
+  if gen then
+    if tonumber(gen) == tonumber(ARGV[3 * i + 4]) then
+      if redis.call('HINCRBY', KEYS[i], 'held', -tonumber(ARGV[3 * i + 2])) < 0 then
         redis.call('HSET', KEYS[i], 'held', 0)
       end
     end
-    out[i] = redis.call('HINCRBY', KEYS[i], 'spent', tonumber(ARGV[3 * i + 2]))
+    out[i] = redis.call('HINCRBY', KEYS[i], 'spent', tonumber(ARGV[3 * i + 3]))
   end
 end
-for j = 1, m do
-  if redis.call('EXISTS', KEYS[n + j]) == 1 then redis.call('INCRBY', KEYS[n + j], delta) end
+if delta ~= 0 then
+  for j = 1, m do
+    -- a window that expired meanwhile comes back only as long as a fresh one would live
+    if redis.call('HINCRBY', KEYS[n + j], 't', delta) == delta then
+      redis.call('EXPIRE', KEYS[n + j], ARGV[4])
+    end
+  end
 end
 return out
 """
 
 LOAD_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
+-- A budget is loaded when it has no generation (new, expired, or Redis restarted).
+if redis.call('HEXISTS', KEYS[1], 'gen') == 0 then
   local gen = redis.call('INCR', 'rk:budget-generation')
   redis.call('HSET', KEYS[1], 'spent', ARGV[1], 'held', 0, 'gen', gen)
   if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
@@ -195,32 +204,29 @@ class ControlStore:
         self._redis = RedisPipe(url, timeout=1.0)
         self.window_s = window_s
 
-    def _rate_keys(
-        self, rates: list[RateScope], now: float
-    ) -> tuple[list[str], list[str], int]:  # float-ok: wall clock
+    def _windows(self, rates: Sequence[RateScope], now: float) -> tuple[list[str], int]:
+        """The rate-window hashes of `rates` at `now`, and seconds until the next window."""
         window = int(now // self.window_s)
         reset = int(self.window_s - (now % self.window_s)) + 1
-        req = [f"rk:rl:req:{r.name}:{r.scope_id}:{window}" for r in rates]
-        tok = [f"rk:rl:tok:{r.name}:{r.scope_id}:{window}" for r in rates]
-        return req, tok, reset
+        return [f"rk:rl:{r.name}:{r.scope_id}:{window}" for r in rates], reset
 
     async def admit(
         self,
         *,
-        budgets: list[BudgetScope],
-        costs: list[BudgetCost],
+        budgets: Sequence[BudgetScope],
+        costs: Sequence[BudgetCost],
         grant: Grant,
-        rates: list[RateScope],
+        rates: Sequence[RateScope],
         est_tokens: int,
         load_in_thread: Callable[[Callable[[], int]], Any],
     ) -> Admission:
         """Hold the call against every budget and count it in every rate window, or
         refuse it, in one atomic script. A budget missing from Redis is loaded from the
         ledger first."""
-        now = time.time()
-        req_keys, tok_keys, reset = self._rate_keys(rates, now)
-        keys = [b.key for b in budgets] + req_keys + tok_keys
-        args: list[Any] = [
+        windows, reset = self._windows(rates, time.time())
+        keys = [b.key for b in budgets]
+        keys += windows
+        args: list[int] = [
             len(budgets),
             len(rates),
             grant.out_min,
@@ -230,9 +236,9 @@ class ControlStore:
             self.window_s * 2,
         ]
         for budget, cost in zip(budgets, costs, strict=True):
-            args += [budget.limit, cost.fixed, cost.per_token]
-        args += [r.requests_per_minute or 0 for r in rates]
-        args += [r.tokens_per_minute or 0 for r in rates]
+            args += (budget.limit, cost.fixed, cost.per_token)
+        for r in rates:
+            args += (r.requests_per_minute or 0, r.tokens_per_minute or 0)
         for _ in range(len(budgets) + 2):  # raises ControlUnavailable when Redis is out of reach
             code, index, *values = await self._redis.run(ADMIT, keys, args)
             if code != -1:
@@ -243,13 +249,12 @@ class ControlStore:
         else:
             raise ControlUnavailable("budgets keep leaving Redis while loading them")
         if code == 1:
-            headers = self._headers(rates, code, int(values[0]), int(values[1]), reset)
             return Admission(
                 True,
-                output_tokens=int(index),
-                generations=[int(g) for g in values[2:]],
-                token_windows=tok_keys,
-                headers=headers,
+                output_tokens=index,
+                generations=values[2:],
+                token_windows=windows,
+                headers=self._headers(rates, code, values[0], values[1], reset) if rates else [],
             )
         headers = self._headers(rates, code, 0, 0, reset)
         if code == -4:
@@ -260,7 +265,12 @@ class ControlStore:
         return Admission(False, reason, headers=headers, retry_after_s=reset)
 
     def _headers(
-        self, rates: list[RateScope], code: int, used_requests: int, used_tokens: int, reset: int
+        self,
+        rates: Sequence[RateScope],
+        code: int,
+        used_requests: int,
+        used_tokens: int,
+        reset: int,
     ) -> list[tuple[bytes, bytes]]:
         if not rates:
             return []
@@ -287,10 +297,10 @@ class ControlStore:
     def settle(
         self,
         *,
-        budgets: list[BudgetScope],
+        budgets: Sequence[BudgetScope],
         holds: list[int],
         actuals: list[int],
-        rates: list[RateScope],
+        rates: Sequence[RateScope],
         token_delta: int,
         generations: list[int] | None = None,
         token_windows: list[str] | None = None,
@@ -299,13 +309,14 @@ class ControlStore:
         on its way when this returns (callers need not wait, and later commands of this
         process run after it); the future gives each budget's use after settling (-1
         where the budget has left Redis) or fails with ControlUnavailable."""
-        tok_keys = (
-            token_windows if token_windows is not None else self._rate_keys(rates, time.time())[1]
-        )
-        args: list[Any] = [len(budgets), len(rates), token_delta]
+        if token_windows is None:
+            token_windows = self._windows(rates, time.time())[0]
+        keys = [b.key for b in budgets]
+        keys += token_windows
+        args: list[int] = [len(budgets), len(token_windows), token_delta, self.window_s * 2]
         for hold, actual, gen in zip(holds, actuals, generations or [0] * len(holds), strict=True):
-            args += [hold, actual, gen]
-        return self._redis.run_nowait(SETTLE, [b.key for b in budgets] + tok_keys, args)
+            args += (hold, actual, gen)
+        return self._redis.run_nowait(SETTLE, keys, args)
 
     async def close(self) -> None:
         await self._redis.close()

@@ -34,17 +34,8 @@ class _ReplyError(Exception):
 
 
 def encode(*parts: bytes | str | int) -> bytes:
-    """One command in RESP."""
-    out = [b"*%d\r\n" % len(parts)]
-    for part in parts:
-        if isinstance(part, int):
-            data = b"%d" % part
-        elif isinstance(part, str):
-            data = part.encode()
-        else:
-            data = part
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
+    """One command in RESP (packed by hiredis, in C)."""
+    return hiredis.pack_command(parts)
 
 
 class Script:

@@ -56,6 +56,10 @@ class RouteInfo:
     spend_rates: Rates | None = None
     # Output tokens a call on this alias plausibly spends (learned p99); None: not learned.
     hold_cap: int | None = None
+    # What spend holds charge, from the list prices: nano-USD per million input tokens
+    # (the dearest input class) and nano-USD per output token (the dearer of visible and
+    # reasoning), both rounded up. Integers, so admission does no Decimal arithmetic.
+    hold_prices: tuple[int, int] | None = None
 
     @property
     def speaks_anthropic(self) -> bool:
@@ -140,6 +144,7 @@ def route_info_from(
     return RouteInfo(
         spend_rates=prices,
         hold_cap=hold_cap,
+        hold_prices=None if prices is None else hold_prices_of(prices),
         cost_rate_id=rate.pk if rate else None,
         cost_rates=Rates(
             rate.input_usd,
@@ -158,6 +163,17 @@ def route_info_from(
         credential=credential,
         credential_missing=bool(route.api_key_env) and not credential,
     )
+
+
+def hold_prices_of(prices: Rates) -> tuple[int, int]:
+    """(nano-USD per 1M input tokens, nano-USD per output token), each the dearest class,
+    rounded up: a hold computed from them never falls short of the exact worst case."""
+    worst_input = max(prices.input, prices.cache_read, prices.cache_write)
+    worst_output = max(prices.output, prices.reasoning)
+    return to_nano(worst_input), to_nano(worst_output / MILLION)
+
+
+MILLION = Decimal(1_000_000)
 
 
 def current_cost_rates(
