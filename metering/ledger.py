@@ -286,7 +286,10 @@ _PG_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
-def _pg_insert_sql() -> str:
+def _pg_insert_sql(*, touch: bool) -> str:
+    """The batch insert in PostgreSQL's own $n placeholders (psycopg's raw cursor sends it
+    as it is: no client-side parsing of a statement this long on every batch). With
+    `touch`, the same statement also moves the keys' last_used_at ($3, $4)."""
     names = ", ".join(name for name, _ in _PG_COLUMNS)
     definitions = ", ".join(f"{name} {kind}" for name, kind in _PG_COLUMNS)
     rated = "flags = '[]'::jsonb"
@@ -295,11 +298,17 @@ def _pg_insert_sql() -> str:
     )
     sum_names = ", ".join(ROLLUP_SUMS)
     increments = ", ".join(f"{name} = r.{name} + excluded.{name}" for name in ROLLUP_SUMS)
+    touched = (
+        ", touched AS ("
+        " UPDATE metering_apikey SET last_used_at = $3 WHERE id = ANY($4::int8[]) RETURNING id)"
+        if touch
+        else ""
+    )
     # Built from the constant column lists above; no input reaches the SQL text.
     return (
         "WITH inserted AS ("  # noqa: S608
         f" INSERT INTO metering_usagerecord ({names}, recorded_at)"
-        f" SELECT {names}, now() FROM json_to_recordset(%s::json) AS u({definitions})"
+        f" SELECT {names}, now() FROM json_to_recordset($1::json) AS u({definitions})"
         " ON CONFLICT (request_id) DO NOTHING"
         f" RETURNING id, tenant_id, alias, accelerator, started_at, flags, {sum_names}),"
         # Only rows actually inserted reach the rollups: a replayed batch adds nothing.
@@ -311,20 +320,19 @@ def _pg_insert_sql() -> str:
         " rolled AS ("
         " INSERT INTO metering_usagerollup AS r (tenant_id, alias, accelerator, hour, shard, requests,"
         f" flagged_requests, {sum_names}, last_record_id, updated_at)"
-        f" SELECT tenant_id, alias, accelerator, hour, %s, requests, flagged_requests, {sum_names},"
+        f" SELECT tenant_id, alias, accelerator, hour, $2::int2, requests, flagged_requests, {sum_names},"
         " last_id, now() FROM hourly ON CONFLICT (tenant_id, alias, accelerator, hour, shard) DO UPDATE SET"
         " requests = r.requests + excluded.requests,"
         f" flagged_requests = r.flagged_requests + excluded.flagged_requests, {increments},"
         " last_record_id = greatest(r.last_record_id, excluded.last_record_id),"
-        " updated_at = excluded.updated_at RETURNING 1),"
-        " touched AS ("
-        " UPDATE metering_apikey SET last_used_at = %s WHERE id = ANY(%s::int8[]) RETURNING id)"
-        " SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM rolled),"
-        " (SELECT count(*) FROM touched)"
+        f" updated_at = excluded.updated_at RETURNING 1){touched}"
+        # (a data-modifying WITH runs to completion whether or not the result reads it)
+        " SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM rolled)"
     )
 
 
-PG_INSERT_SQL = _pg_insert_sql()
+PG_INSERT_SQL = _pg_insert_sql(touch=False)
+PG_INSERT_TOUCH_SQL = _pg_insert_sql(touch=True)
 
 
 def _json_default(value: Any) -> str:
@@ -333,15 +341,15 @@ def _json_default(value: Any) -> str:
     raise TypeError(f"cannot serialize {type(value).__name__}")
 
 
-def pg_insert_params(
+def pg_insert_statement(
     records: list[dict[str, Any]], touch_keys: list[int], shard: int = 0
-) -> tuple[Any, ...]:
-    return (
-        orjson.dumps(records, default=_json_default).decode(),
-        shard,
-        max(r["finished_at"] for r in records),
-        touch_keys,
-    )
+) -> tuple[str, tuple[Any, ...]]:
+    """The statement and parameters that insert `records` (and touch `touch_keys`)."""
+    batch = orjson.dumps(records, default=_json_default).decode()
+    if not touch_keys:
+        return PG_INSERT_SQL, (batch, shard)
+    newest = max(r["finished_at"] for r in records)
+    return PG_INSERT_TOUCH_SQL, (batch, shard, newest, touch_keys)
 
 
 ROLLUP_SHARDS = int(os.environ.get("RECKON_ROLLUP_SHARDS", "16"))
@@ -365,8 +373,10 @@ class PostgresLedgerSink:
         conn, shard = self._idle.pop() if self._idle else (None, self._take_shard())
         try:
             if conn is None or conn.closed:
-                conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
-            await conn.execute(PG_INSERT_SQL, pg_insert_params(records, touch_keys, shard))
+                conn = await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True, cursor_factory=psycopg.AsyncRawCursor
+                )
+            await conn.execute(*pg_insert_statement(records, touch_keys, shard))
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
             self._idle.append((conn, shard))  # the connection is fine; the data is not
             raise (DataError if isinstance(exc, psycopg.DataError) else IntegrityError)(

@@ -88,16 +88,22 @@ def _flag(flags: list[str], name: str) -> None:
         flags.append(name)
 
 
+_PATHS: dict[str, tuple[str, ...]] = {}
+
+
 def _count(usage: Mapping[str, Any], path: str, flags: list[str]) -> int | None:
     """The count at dotted `path`, None when absent or null, 0 (flagged) when invalid."""
+    parts = _PATHS.get(path)
+    if parts is None:
+        parts = _PATHS[path] = tuple(path.split("."))
     node: Any = usage
-    parts = path.split(".")
     for depth, key in enumerate(parts):
-        if node is None:
-            return None
-        if type(node) is not dict and not isinstance(node, Mapping):  # dict: the fast path
-            _flag(flags, "invalid_object:" + ".".join(parts[:depth]))
-            return None
+        if type(node) is not dict:  # dict: the fast path
+            if node is None:
+                return None
+            if not isinstance(node, Mapping):
+                _flag(flags, "invalid_object:" + ".".join(parts[:depth]))
+                return None
         node = node.get(key)
     if node is None:
         return None
