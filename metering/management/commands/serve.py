@@ -1,6 +1,8 @@
 import uvicorn
 from django.core.management.base import BaseCommand
 
+from config.uvicorn_protocol import ReckonHttpProtocol
+
 
 class Command(BaseCommand):
     help = "Run Reckon (proxy, REST API, admin) on the production ASGI server (uvicorn)."
@@ -18,7 +20,7 @@ class Command(BaseCommand):
             port=options["port"],
             workers=options["workers"],
             loop="uvloop",
-            http="httptools",
+            http=ReckonHttpProtocol,  # uvicorn's httptools protocol, one write a response
             lifespan="on",
             access_log=options["access_log"],
             log_level="info",

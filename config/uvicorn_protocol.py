@@ -1,0 +1,85 @@
+"""uvicorn's httptools protocol, writing each whole response in one call.
+
+uvicorn writes a response's status line and headers as soon as the application sends
+`http.response.start`, and its body on `http.response.body`: two writes, two system
+calls and, on loopback or a LAN, two TCP segments the client wakes up for. When the
+start carries a Content-Length (the proxy's whole responses, Django's), the body follows
+at once, so here the head is held back and leaves in the same write as the body. Streams
+(no Content-Length) are untouched: their head leaves at once, as before.
+
+Measured with the proxy benchmark's load on this machine (wrk at c=32 through Reckon,
+interleaved runs): 445-482 us of machine CPU per request with one write, 485-547 us with
+two; 3.5-3.8k against 3.1-3.4k requests/s.
+
+Everything else (parsing, keep-alive, pipelining, flow control, limits, shutdown) is
+uvicorn's own; the one change is which class handles a request's cycle.
+"""
+
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+
+class _Capture:
+    """Stands in for the transport while uvicorn formats a message, keeping the bytes."""
+
+    __slots__ = ("parts", "closed")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+class CoalescingCycle(RequestResponseCycle):
+    _head: bytes | None = None
+
+    async def send(self, message: Any) -> None:
+        if (
+            message["type"] == "http.response.start"
+            and not self.response_started
+            and not self.disconnected
+            and any(name.lower() == b"content-length" for name, _ in message.get("headers", ()))
+        ):
+            transport, capture = self.transport, _Capture()
+            self.transport = capture  # type: ignore[assignment]
+            try:
+                await super().send(message)
+            finally:
+                self.transport = transport
+            self._head = b"".join(capture.parts)
+            return
+        head = self._head
+        if head is None:
+            await super().send(message)
+            return
+        self._head = None
+        transport, capture = self.transport, _Capture()
+        self.transport = capture  # type: ignore[assignment]
+        try:
+            await super().send(message)
+        finally:
+            self.transport = transport
+        if self.disconnected:
+            return
+        transport.write(head + b"".join(capture.parts))
+        if capture.closed:
+            transport.close()
+
+
+class ReckonHttpProtocol(HttpToolsProtocol):
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        cycle = self.cycle
+        # The request's task is created but has not run yet: from its first step on, the
+        # cycle's send is the coalescing one.
+        if cycle is not None and type(cycle) is RequestResponseCycle:
+            cycle.__class__ = CoalescingCycle
