@@ -90,7 +90,9 @@ class ProxyApp:
             caller_context_load, ttl=settings.RECKON_AUTH_CACHE_SECONDS, executor=self._lookups
         )
         self.ledger = LedgerWriter(
-            max_batch=settings.RECKON_LEDGER_MAX_BATCH, spool_dir=settings.RECKON_LEDGER_SPOOL_DIR
+            max_batch=settings.RECKON_LEDGER_MAX_BATCH,
+            spool_dir=settings.RECKON_LEDGER_SPOOL_DIR,
+            parallel_at=settings.RECKON_LEDGER_PARALLEL_AT,
         )
         self.control = (
             ControlStore(settings.REDIS_URL, window_s=settings.RECKON_RATE_WINDOW_SECONDS)

@@ -435,8 +435,10 @@ class LedgerWriter:
         spool_dir: Path,
         retry_seconds: float = 5.0,
         sink: "OrmLedgerSink | PostgresLedgerSink | None" = None,
+        parallel_at: int = 1,
     ) -> None:
         self._max_batch = max_batch
+        self._parallel_at = parallel_at
         self._spool_dir = spool_dir
         self._retry_seconds = retry_seconds
         self._sink = sink
@@ -467,9 +469,10 @@ class LedgerWriter:
         self._wakeup = asyncio.Event()
         loop = asyncio.get_running_loop()
         # Each worker commits one batch at a time; records arriving meanwhile form the
-        # next batch, for whichever worker is free first.
+        # next batch. The first worker takes whatever waits; the others only a backlog
+        # of `parallel_at` records or more (fewer, larger commits are cheaper).
         self._tasks = [
-            loop.create_task(self._run(), name=f"ledger-writer-{i}")
+            loop.create_task(self._run(1 if i == 0 else self._parallel_at), name=f"ledger-{i}")
             for i in range(self._sink.concurrency)
         ]
         loop.run_in_executor(None, self._replay_spool)
@@ -484,10 +487,10 @@ class LedgerWriter:
         finally:
             connection.close()
 
-    async def _run(self) -> None:
+    async def _run(self, min_batch: int) -> None:
         assert self._wakeup is not None
         while True:
-            while not self._pending:
+            while len(self._pending) < min_batch:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             batch = self._pending[: self._max_batch]

@@ -368,3 +368,50 @@ def test_one_tenant_wide_limit_per_window() -> None:
     RateLimit.objects.create(tenant=key.tenant, requests_per_minute=10)
     with pytest.raises(IntegrityError), transaction.atomic():
         RateLimit.objects.create(tenant=key.tenant, requests_per_minute=20)
+
+
+class Gated:
+    """A sink of two connections whose commits finish only when the test says so."""
+
+    concurrency = 2
+
+    def __init__(self) -> None:
+        self.in_flight: list[int] = []
+        self.most_in_flight = 0
+        self.gate: asyncio.Event | None = None
+
+    async def write(self, records, touch_keys):  # type: ignore[no-untyped-def]
+        assert self.gate is not None
+        self.in_flight.append(len(records))
+        self.most_in_flight = max(self.most_in_flight, len(self.in_flight))
+        await self.gate.wait()
+        self.in_flight.remove(len(records))
+
+    async def close(self) -> None: ...
+
+
+def test_a_second_commit_goes_out_only_for_a_backlog(tmp_path: Path) -> None:
+    sink = Gated()
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        sink.gate = asyncio.Event()
+        writer = LedgerWriter(max_batch=512, spool_dir=tmp_path, sink=sink, parallel_at=10)  # type: ignore[arg-type]
+        first = asyncio.ensure_future(writer.write({"request_id": 0, "api_key_id": 1}))
+        await asyncio.sleep(0.01)  # the first record's commit is in flight
+        waiting = [
+            asyncio.ensure_future(writer.write({"request_id": i, "api_key_id": 1}))
+            for i in range(1, 10)
+        ]
+        await asyncio.sleep(0.01)
+        below = list(sink.in_flight)  # nine wait: not enough for the second connection
+        waiting.append(asyncio.ensure_future(writer.write({"request_id": 10, "api_key_id": 1})))
+        await asyncio.sleep(0.01)
+        at = list(sink.in_flight)  # ten wait: they go out beside the first commit
+        sink.gate.set()
+        await asyncio.gather(first, *waiting)
+        await writer.close()
+        return below, at
+
+    below, at = asyncio.run(scenario())
+    assert below == [1]
+    assert at == [1, 10]
