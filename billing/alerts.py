@@ -303,13 +303,10 @@ def alerts_evaluate(*, tenant_id: uuid.UUID, at: datetime | None = None) -> list
     fired in its period yet, and schedule their delivery once committed. Returns the
     alerts this call created (a concurrent evaluation's alerts are not repeated)."""
     at = at or timezone.now()
-    endpoint = WebhookEndpoint.objects.filter(tenant_id=tenant_id).first()
+    # The thresholds of the active endpoint, else the defaults: what the proxy checks.
+    endpoint = WebhookEndpoint.objects.filter(tenant_id=tenant_id, is_active=True).first()
     thresholds = thresholds_of(endpoint.thresholds if endpoint else None)
-    delivery = (
-        Alert.Delivery.PENDING
-        if endpoint is not None and endpoint.is_active
-        else Alert.Delivery.NO_ENDPOINT
-    )
+    delivery = Alert.Delivery.PENDING if endpoint is not None else Alert.Delivery.NO_ENDPOINT
     budgets = budgets_of(tenant_id, at)
     fired = set(
         Alert.objects.filter(tenant_id=tenant_id, budget__in=[b.key for b in budgets]).values_list(

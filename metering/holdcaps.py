@@ -20,6 +20,7 @@ from django.utils import timezone
 from metering.models import HoldCap, UsageRecord
 
 PERCENTILE = 0.99
+_LOCK_ID = 0x726B_686F_6C64  # "rkhold": this module's advisory lock
 
 _PG_SQL = """
 SELECT tenant_id, alias,
@@ -64,6 +65,9 @@ def hold_caps_learn(*, as_of: datetime | None = None) -> int:
     min_samples = settings.RECKON_HOLD_CAP_MIN_SAMPLES
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
+            # Runs that overlap (a retried task beside a late one) take turns instead of
+            # colliding on the table's unique constraint; SQLite's writers already do.
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_ID])
             cursor.execute(_PG_SQL, [PERCENTILE, since, until, min_samples])
             learned = [(t, a, int(p), int(n)) for t, a, p, n in cursor.fetchall()]
     else:

@@ -275,9 +275,13 @@ def test_key_reasoning_budget_and_custom_thresholds() -> None:
     think(key, NOV + timedelta(days=1), 100)
     think(sibling, NOV + timedelta(days=1), 10_000)
     created = alerts_evaluate(tenant_id=tenant.pk, at=NOV_20)
-    assert [(a.budget, a.threshold) for a in created] == [(f"reasoning_budget:key:{key.pk}", 25)]
+    # a switched-off endpoint's thresholds do not apply: the defaults do (as in the proxy)
+    assert [(a.budget, a.threshold) for a in created] == [(f"reasoning_budget:key:{key.pk}", 50)]
     assert created[0].used == Decimal(100) and created[0].limit == Decimal(200)
     assert created[0].delivery == Alert.Delivery.NO_ENDPOINT  # the endpoint is switched off
+    WebhookEndpoint.objects.filter(tenant=tenant).update(is_active=True)
+    created = alerts_evaluate(tenant_id=tenant.pk, at=NOV_20)
+    assert [(a.threshold, a.delivery) for a in created] == [(25, Alert.Delivery.PENDING)]
 
 
 def test_evaluate_all_covers_every_tenant_with_a_budget() -> None:

@@ -46,3 +46,34 @@ def test_caps_per_tenant_and_alias_fall_back_to_the_alias() -> None:
     )
     assert python == stored
     assert hold_caps_learn(as_of=NOW) == 2 and HoldCap.objects.count() == 2  # run twice: same
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(RECKON_HOLD_CAP_MIN_SAMPLES=1, RECKON_HOLD_CAP_DAYS=7)
+def test_overlapping_runs_take_turns() -> None:
+    import threading
+
+    from django.db import connection
+
+    key = ApiKeyFactory()
+    for i in range(20):
+        write_usage(key, NOW - timedelta(hours=1), output_tokens=10, reasoning_tokens=i)
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def run() -> None:
+        try:
+            start.wait()
+            hold_caps_learn(as_of=NOW)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert HoldCap.objects.count() == 2
