@@ -24,8 +24,9 @@ from billing.currency import from_minor, is_known_currency, quantize, to_minor
 from billing.models import BalanceAccount, BalanceEntry, Invoice, InvoiceLine
 from billing.periods import Period
 from metering.errors import ApplicationError, Conflict, NotFound
-from metering.models import Tenant, UsageRollup
+from metering.models import Tenant
 from metering.proxy.context import BalanceTerms
+from metering.selectors import spend_since
 
 Kind = BalanceEntry.Kind
 ZERO = Decimal(0)
@@ -222,10 +223,9 @@ def invoiced_through(tenant_id: uuid.UUID) -> datetime | None:
 
 
 def uninvoiced_spend(tenant_id: uuid.UUID, since: datetime | None) -> Decimal:
-    rollups = UsageRollup.objects.filter(tenant_id=tenant_id)
-    if since is not None:
-        rollups = rollups.filter(hour__gte=since)
-    return rollups.aggregate(total=Sum("spend_usd"))["total"] or ZERO
+    """List-price spend since the watermark, flagged records included (the proxy holds
+    them against the balance too): a hard stop never forgets usage it has seen."""
+    return spend_since(tenant_id=tenant_id, since=since)
 
 
 def balance_state(tenant_id: uuid.UUID, at: datetime | None = None) -> BalanceState | None:

@@ -2,12 +2,12 @@
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.db import connection
-from django.db.models import Count, Max, QuerySet, Sum
+from django.db.models import Count, Max, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDay
 
 from metering.models import ApiKey, UsageRecord, UsageRollup
@@ -260,36 +260,55 @@ def served_totals(
     ]
 
 
+def flagged_usage_since(tenant_id: uuid.UUID, since: datetime | None, field: str) -> Any:
+    """The sum of `field` over a tenant's flagged records from `since`: what its rollups
+    leave out (they count flagged records, not their usage). Only hours whose rollups
+    say they hold a flagged record are read, so this stays cheap for large tenants."""
+    rollups = UsageRollup.objects.filter(tenant_id=tenant_id, flagged_requests__gt=0)
+    if since is not None:
+        rollups = rollups.filter(hour__gte=since)
+    hours = sorted(set(rollups.values_list("hour", flat=True)))
+    if not hours:
+        return 0
+    records = UsageRecord.objects.filter(tenant_id=tenant_id).exclude(flags=[])
+    if since is not None:
+        records = records.filter(started_at__gte=since)
+    windows = Q()
+    for hour in hours:
+        windows |= Q(started_at__gte=hour, started_at__lt=hour + timedelta(hours=1))
+    return records.filter(windows).aggregate(total=Sum(field))["total"] or 0
+
+
 def spend_since(
     *, tenant_id: uuid.UUID, api_key_id: int | None = None, since: datetime | None = None
 ) -> Decimal:
     """Spend at list price (UsageRecord.spend_usd) of a tenant, or one of its keys, from
-    `since` (None: all time). Tenant totals come from the hourly rollups, a key's from
-    its unflagged records."""
+    `since` (None: all time). Tenant totals come from the hourly rollups plus flagged
+    records (held back from rating, not from limits: the proxy counts them too), a key's
+    from its records."""
     if api_key_id is None:
         rollups = UsageRollup.objects.filter(tenant_id=tenant_id)
         if since is not None:
             rollups = rollups.filter(hour__gte=since)
-        total = rollups.aggregate(total=Sum("spend_usd"))["total"]
-    else:
-        records = UsageRecord.objects.filter(tenant_id=tenant_id, api_key_id=api_key_id, flags=[])
-        if since is not None:
-            records = records.filter(started_at__gte=since)
-        total = records.aggregate(total=Sum("spend_usd"))["total"]
-    return total or Decimal(0)
+        total = rollups.aggregate(total=Sum("spend_usd"))["total"] or Decimal(0)
+        return total + flagged_usage_since(tenant_id, since, "spend_usd")
+    records = UsageRecord.objects.filter(tenant_id=tenant_id, api_key_id=api_key_id)
+    if since is not None:
+        records = records.filter(started_at__gte=since)
+    return records.aggregate(total=Sum("spend_usd"))["total"] or Decimal(0)
 
 
 def reasoning_tokens_since(
     *, tenant_id: uuid.UUID, api_key_id: int | None = None, since: datetime
 ) -> int:
-    """Reasoning tokens a tenant, or one of its keys, spent from `since` (whole hours for
-    the tenant: rollups; a key: its records)."""
+    """Reasoning tokens a tenant, or one of its keys, spent from `since`, flagged records
+    included (whole hours for the tenant: rollups; a key: its records)."""
     if api_key_id is None:
         total = UsageRollup.objects.filter(tenant_id=tenant_id, hour__gte=since).aggregate(
             total=Sum("reasoning_tokens")
         )["total"]
-    else:
-        total = UsageRecord.objects.filter(
-            tenant_id=tenant_id, api_key_id=api_key_id, started_at__gte=since
-        ).aggregate(total=Sum("reasoning_tokens"))["total"]
+        return int(total or 0) + int(flagged_usage_since(tenant_id, since, "reasoning_tokens"))
+    total = UsageRecord.objects.filter(
+        tenant_id=tenant_id, api_key_id=api_key_id, started_at__gte=since
+    ).aggregate(total=Sum("reasoning_tokens"))["total"]
     return int(total or 0)
