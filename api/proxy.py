@@ -33,6 +33,7 @@ from metering.control import (
 )
 from metering.costs import serving_cost
 from metering.keys import api_key_hash
+from metering.leases import Lease
 from metering.ledger import LedgerWriter
 from metering.models import UsageRecord
 from metering.proxy.adapters import (
@@ -95,7 +96,11 @@ class ProxyApp:
             parallel_at=settings.RECKON_LEDGER_PARALLEL_AT,
         )
         self.control = (
-            ControlStore(settings.REDIS_URL, window_s=settings.RECKON_RATE_WINDOW_SECONDS)
+            ControlStore(
+                settings.REDIS_URL,
+                window_s=settings.RECKON_RATE_WINDOW_SECONDS,
+                lease_calls=settings.RECKON_CONTROL_LEASE_CALLS,
+            )
             if settings.REDIS_URL
             else None
         )
@@ -365,6 +370,7 @@ class ProxyApp:
         if admission.allowed:
             hold.headers = admission.headers
             hold.token_windows = admission.token_windows
+            hold.lease = admission.lease
             if controls.budgets:
                 granted = admission.output_tokens
                 hold.holds = [c.fixed + c.per_token * granted for c in costs]
@@ -411,6 +417,7 @@ class ProxyApp:
             token_delta=delta,
             generations=hold.generations,
             token_windows=hold.token_windows,
+            lease=hold.lease,
         )  # not awaited: the command is on its way, the response need not wait for it
         settled.add_done_callback(lambda done: self._settled(done, hold, actuals, tenant_id))
 
@@ -497,6 +504,7 @@ class Hold:
         "thresholds",
         "headers",
         "checked",
+        "lease",
     )
 
     def __init__(
@@ -517,6 +525,7 @@ class Hold:
         self.thresholds = thresholds
         self.headers: list[tuple[bytes, bytes]] = []
         self.checked = True
+        self.lease: Lease | None = None
 
     def unchecked(self) -> "Hold":
         self.checked = False

@@ -32,6 +32,20 @@ from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
+from metering.leases import (
+    ELIGIBLE_MULTIPLE,
+    FLUSH,
+    FLUSH_S,
+    LEASE,
+    OWNER_TTL_S,
+    RECALL,
+    RECALL_WAIT_S,
+    Lease,
+    LeaseBook,
+    SettledCall,
+    now_ms,
+    owner_id,
+)
 from metering.redis_pipe import RedisPipe, RedisUnavailable, Script
 
 NANO = Decimal(1_000_000_000)
@@ -41,21 +55,24 @@ ADMIT_LUA = """
 -- ARGV: n, m, out_min, out_max, share, est_tokens, ttl, (limit, a, b) x n, (rpm, tpm) x m
 -- Returns {1, granted, requests, tokens, gen x n} (requests and tokens of the first
 -- window after counting), or a refusal: {-1, i, 0} budget i is not loaded, {-2, j, 0}
--- requests or {-3, j, 0} tokens per minute of window j, {-4, i, left} budget i.
+-- requests or {-3, j, 0} tokens per minute of window j, {-4, i, left, leased} budget i
+-- (leased: what processes' slices hold of it, metering.leases).
 -- Few redis.call()s on purpose: each one costs more than the work it does.
 local n = tonumber(ARGV[1]); local m = tonumber(ARGV[2])
 local out_min = tonumber(ARGV[3]); local out = tonumber(ARGV[4]); local share = tonumber(ARGV[5])
 local tokens = tonumber(ARGV[6]); local ttl = tonumber(ARGV[7])
-local gens = {}; local room = -1; local worst = 0; local worst_left = 0
+local gens = {}; local room = -1; local worst = 0; local worst_left = 0; local worst_leased = 0
 for i = 1, n do
-  local v = redis.call('HMGET', KEYS[i], 'spent', 'held', 'gen')
+  local v = redis.call('HMGET', KEYS[i], 'spent', 'held', 'gen', 'leased')
   if not v[3] then return {-1, i, 0} end
   gens[i] = tonumber(v[3])
   local left = tonumber(ARGV[5 + 3 * i]) - tonumber(v[1] or '0') - tonumber(v[2] or '0')
   local a = tonumber(ARGV[6 + 3 * i]); local b = tonumber(ARGV[7 + 3 * i])
   local cap = out
   if b > 0 then cap = math.floor((left - a) / b) elseif left < a then cap = -1 end
-  if worst == 0 or cap < room then room = cap; worst = i; worst_left = left end
+  if worst == 0 or cap < room then
+    room = cap; worst = i; worst_left = left; worst_leased = tonumber(v[4] or '0')
+  end
 end
 local base = 7 + 3 * n
 for j = 1, m do
@@ -65,7 +82,7 @@ for j = 1, m do
   if tpm > 0 and tonumber(v[2] or '0') + tokens > tpm then return {-3, j, 0} end
 end
 if n > 0 then
-  if room < out_min then return {-4, worst, worst_left} end
+  if room < out_min then return {-4, worst, worst_left, worst_leased} end
   local grant = math.max(out_min, math.floor(room / share))
   if grant < out then out = grant end
   for i = 1, n do
@@ -97,7 +114,8 @@ for i = 1, n do
   local gen = redis.call('HGET', KEYS[i], 'gen')
   if gen then
     if tonumber(gen) == tonumber(ARGV[3 * i + 4]) then
-      if redis.call('HINCRBY', KEYS[i], 'held', -tonumber(ARGV[3 * i + 2])) < 0 then
+      -- 0 - x, not -x: for x = 0 that is -0, which Redis refuses as an integer
+      if redis.call('HINCRBY', KEYS[i], 'held', 0 - tonumber(ARGV[3 * i + 2])) < 0 then
         redis.call('HSET', KEYS[i], 'held', 0)
       end
     end
@@ -190,6 +208,8 @@ class Admission:
     token_windows: list[str] = field(default_factory=list)
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     retry_after_s: int = 0
+    # The call was admitted on this process's slices (metering.leases), not in Redis.
+    lease: Lease | None = None
 
 
 # The control store cannot be reached or did not answer in time.
@@ -200,9 +220,15 @@ class ControlStore:
     """Async Redis front: admission, settlement and lazy loading of budgets, over one
     pipelined connection per process (metering.redis_pipe)."""
 
-    def __init__(self, url: str, *, window_s: int = 60) -> None:
+    def __init__(self, url: str, *, window_s: int = 60, lease_calls: int = 0) -> None:
         self._redis = RedisPipe(url, timeout=1.0)
         self.window_s = window_s
+        # lease_calls > 0: far from their limits, calls are admitted on slices this
+        # process takes lease_calls calls at a time (metering.leases).
+        self.book = LeaseBook(lease_calls) if lease_calls > 0 else None
+        self._owner = owner_id()
+        self._leasing: dict[tuple[str, ...], asyncio.Future[None]] = {}
+        self._flusher: asyncio.Task[None] | None = None
 
     def _windows(self, rates: Sequence[RateScope], now: float) -> tuple[list[str], int]:
         """The rate-window hashes of `rates` at `now`, and seconds until the next window."""
@@ -221,9 +247,21 @@ class ControlStore:
         load_in_thread: Callable[[Callable[[], int]], Any],
     ) -> Admission:
         """Hold the call against every budget and count it in every rate window, or
-        refuse it, in one atomic script. A budget missing from Redis is loaded from the
-        ledger first."""
+        refuse it, in one atomic script (or on this process's slices, far from every
+        limit). A budget missing from Redis is loaded from the ledger first."""
         windows, reset = self._windows(rates, time.time())
+        book = self.book
+        if book is not None and (budgets or rates):
+            holds = [c.fixed + c.per_token * grant.out_max for c in costs]
+            keys = [b.key for b in budgets]
+            admission = self._take(book, keys, holds, grant, rates, windows, est_tokens, reset)
+            if admission is not None:
+                return admission
+            if not book.cooling(keys + windows, time.monotonic()):
+                await self._lease(budgets, holds, rates, windows, est_tokens, load_in_thread, keys)
+                admission = self._take(book, keys, holds, grant, rates, windows, est_tokens, reset)
+                if admission is not None:
+                    return admission
         keys = [b.key for b in budgets]
         keys += windows
         args: list[int] = [
@@ -239,15 +277,23 @@ class ControlStore:
             args += (budget.limit, cost.fixed, cost.per_token)
         for r in rates:
             args += (r.requests_per_minute or 0, r.tokens_per_minute or 0)
-        for _ in range(len(budgets) + 2):  # raises ControlUnavailable when Redis is out of reach
+        deadline = time.monotonic() + RECALL_WAIT_S
+        loads = 0
+        while True:  # raises ControlUnavailable when Redis is out of reach
             code, index, *values = await self._redis.run(ADMIT, keys, args)
-            if code != -1:
-                break
-            budget = budgets[index - 1]  # not in Redis yet: load it from the ledger, retry
-            used = await load_in_thread(budget.load_used)
-            await self._redis.run(LOAD, [budget.key], [used, budget.ttl_s])
-        else:
-            raise ControlUnavailable("budgets keep leaving Redis while loading them")
+            if code == -1:
+                loads += 1
+                if loads > len(budgets) + 1:
+                    raise ControlUnavailable("budgets keep leaving Redis while loading them")
+                budget = budgets[index - 1]  # not in Redis yet: load it from the ledger, retry
+                used = await load_in_thread(budget.load_used)
+                await self._redis.run(LOAD, [budget.key], [used, budget.ttl_s])
+                continue
+            if code == -4 and values[1] > 0 and time.monotonic() < deadline:
+                # Refused while slices hold part of the budget: ask them back, then retry.
+                await self._recall(budgets[index - 1].key)
+                continue
+            break
         if code == 1:
             return Admission(
                 True,
@@ -263,6 +309,154 @@ class ControlStore:
             )
         reason = "requests" if code == -2 else "tokens"
         return Admission(False, reason, headers=headers, retry_after_s=reset)
+
+    # --- leases (metering.leases) ----------------------------------------------------
+
+    def _take(
+        self,
+        book: LeaseBook,
+        keys: list[str],
+        holds: list[int],
+        grant: Grant,
+        rates: Sequence[RateScope],
+        windows: list[str],
+        est_tokens: int,
+        reset: int,
+    ) -> Admission | None:
+        lease = book.take(keys, holds, windows, est_tokens)
+        if lease is None:
+            return None
+        headers: list[tuple[bytes, bytes]] = []
+        if rates:  # the first window as this process last saw it, plus its own calls
+            w = lease.windows[0]
+            used_r = w.r_seen - w.requests + w.used_r
+            used_t = w.t_seen - w.tokens + w.used_t
+            headers = self._headers(rates, 1, used_r, used_t, reset)
+        return Admission(
+            True,
+            output_tokens=grant.out_max,
+            generations=[s.gen for s in lease.budgets],
+            token_windows=windows,
+            headers=headers,
+            lease=lease,
+        )
+
+    async def _lease(
+        self,
+        budgets: Sequence[BudgetScope],
+        holds: list[int],
+        rates: Sequence[RateScope],
+        windows: list[str],
+        est_tokens: int,
+        load_in_thread: Callable[[Callable[[], int]], Any],
+        keys: list[str],
+    ) -> None:
+        """Take slices of every scope of the call (one script), unless one is near its
+        limit; concurrent calls of the same scopes share one request."""
+        assert self.book is not None
+        book = self.book
+        group = (*keys, *windows)
+        pending = self._leasing.get(group)
+        if pending is not None:
+            await asyncio.shield(pending)
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._leasing[group] = done
+        try:
+            calls = book.lease_calls
+            amounts = [calls * hold for hold in holds]
+            now = now_ms()
+            args: list[int | str] = [
+                self._owner,
+                now,
+                now + OWNER_TTL_S * 1000,
+                ELIGIBLE_MULTIPLE,
+                len(budgets),
+                len(rates),
+                self.window_s * 2,
+            ]
+            for budget, amount in zip(budgets, amounts, strict=True):
+                args += (budget.limit, amount)
+            for r in rates:
+                args += (
+                    r.requests_per_minute or 0,
+                    r.tokens_per_minute or 0,
+                    calls,
+                    calls * est_tokens,
+                )
+            for _ in range(len(budgets) + 2):
+                reply = await self._redis.run(LEASE, [*keys, *windows], args)
+                if reply[0] != -1:
+                    break
+                budget = budgets[reply[1] - 1]
+                used = await load_in_thread(budget.load_used)
+                await self._redis.run(LOAD, [budget.key], [used, budget.ttl_s])
+            else:
+                return
+            if reply[0] == 0:  # near a limit: exact admission for a while
+                book.cooldown[group[reply[1] - 1]] = time.monotonic() + 1.0
+                return
+            n, m = len(budgets), len(rates)
+            for i, budget in enumerate(budgets):
+                book.granted(budget.key, reply[1 + i], budget.limit, amounts[i])
+            for j, key in enumerate(windows):
+                book.granted_window(
+                    key, calls, calls * est_tokens, reply[1 + n + j], reply[1 + n + m + j]
+                )
+            if self._flusher is None:
+                self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+        finally:
+            del self._leasing[group]
+            done.set_result(None)
+
+    async def _flush_loop(self) -> None:
+        try:
+            while self.book is not None and self.book.pending():
+                if self.book.urgent:
+                    self.book.urgent = False
+                else:
+                    await asyncio.sleep(FLUSH_S)
+                try:
+                    await self.flush()
+                except ControlUnavailable:
+                    pass  # kept on the slices for the next flush
+        finally:
+            self._flusher = None
+
+    async def flush(self) -> None:
+        """Send what leased calls used to Redis and give back slices no longer needed."""
+        book = self.book
+        if book is None:
+            return
+        now = time.monotonic()
+        book.due(now)
+        sent = book.send()
+        if sent is None:
+            return
+        keys, args, carried = sent
+        stamp = now_ms()
+        try:
+            head: list[int | str] = [self._owner, stamp, stamp + OWNER_TTL_S * 1000]
+            reply = await self._redis.run(FLUSH, keys, [*head, *args])
+        except ControlUnavailable as exc:
+            book.restore(carried, exc)
+            raise
+        book.flushed(carried, reply, time.monotonic())
+
+    async def _recall(self, key: str) -> None:
+        """Ask every process's slices of budget `key` back (this one's at once), lapse
+        those of processes gone silent, and give them a flush to come back."""
+        if self.book is not None:
+            mine = self.book.budgets.get(key)
+            if mine is not None:
+                mine.give_back = True
+                try:
+                    await self.flush()
+                except ControlUnavailable:
+                    pass
+        stamp = now_ms()
+        await self._redis.run(RECALL, [key], [stamp, stamp + int(RECALL_WAIT_S * 1000)])
+        await asyncio.sleep(FLUSH_S * 2)
 
     def _headers(
         self,
@@ -304,11 +498,17 @@ class ControlStore:
         token_delta: int,
         generations: list[int] | None = None,
         token_windows: list[str] | None = None,
+        lease: Lease | None = None,
     ) -> "asyncio.Future[list[int]]":
         """Release each budget's hold and add what the call actually used. The command is
         on its way when this returns (callers need not wait, and later commands of this
         process run after it); the future gives each budget's use after settling (-1
-        where the budget has left Redis) or fails with ControlUnavailable."""
+        where the budget has left Redis) or fails with ControlUnavailable. A leased call
+        settles on its slices; its future resolves with the flush that carries it."""
+        if lease is not None and self.book is not None:
+            future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+            self.book.settle(lease, holds, actuals, token_delta, SettledCall(future, len(holds)))
+            return future
         if token_windows is None:
             token_windows = self._windows(rates, time.time())[0]
         keys = [b.key for b in budgets]
@@ -319,6 +519,17 @@ class ControlStore:
         return self._redis.run_nowait(SETTLE, keys, args)
 
     async def close(self) -> None:
+        if self.book is not None:  # give every slice back
+            for s in self.book.budgets.values():
+                s.give_back = True
+            for w in self.book.windows.values():
+                w.give_back = True
+            try:
+                await self.flush()
+            except ControlUnavailable:
+                pass  # they lapse in Redis after OWNER_TTL_S
+        if self._flusher is not None:
+            self._flusher.cancel()
         await self._redis.close()
 
 

@@ -183,7 +183,7 @@ class RedisPipe:
         except _ReplyError as exc:
             raise RedisUnavailable(f"Redis refused {parts[0]!r}: {exc}") from exc
 
-    async def run(self, script: Script, keys: list[str], args: list[int]) -> Any:
+    async def run(self, script: Script, keys: list[str], args: list[int] | list[int | str]) -> Any:
         """EVALSHA the script (EVAL once if Redis does not have it cached)."""
         if self._protocol is None:
             await self._connection()

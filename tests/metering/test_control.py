@@ -231,3 +231,18 @@ def test_token_corrections_go_to_the_window_the_call_was_counted_in() -> None:
     (window,) = admitted.token_windows
     assert int(client.hget(window, "t")) == 300
     assert len(list(client.scan_iter(f"rk:rl:key:{rate.scope_id}:*"))) == 1
+
+
+def test_a_hold_of_nothing_settles(store) -> None:  # type: ignore[no-untyped-def]
+    s = budget(1000)
+    free = BudgetCost(0, 0)  # a free alias: nothing held, nothing spent
+
+    async def scenario():  # type: ignore[no-untyped-def]
+        a = await admit(store, [s], [free], Grant(10, 10))
+        after = await store.settle(
+            budgets=[s], holds=[0], actuals=[0], rates=[], token_delta=0, generations=a.generations
+        )
+        await store.close()
+        return after
+
+    assert run(scenario()) == [0]  # Lua's -0 used to make Redis refuse the whole settlement
