@@ -91,7 +91,9 @@ FLUSH_LUA = """
 -- ARGV: owner, now_ms, expires_at_ms, n, m, (gen, used, give_back) x n, (dr, dt) x m
 -- A budget adds `used` to spent; if it is still the generation the slice came from, its
 -- held (and the slice) shrink by used + give_back. A window's counts move by (dr, dt).
--- Returns {spent x n, held x n, recalling x n} (spent -1: the budget left Redis).
+-- Returns {spent x n, held x n, recalling x n, owned x n} (spent -1: the budget left
+-- Redis; owned 0: the slice is not in Redis any more, the budget was reloaded or the
+-- slice lapsed).
 local owner = ARGV[1]; local now = tonumber(ARGV[2]); local expires = ARGV[3]
 local n = tonumber(ARGV[4]); local m = tonumber(ARGV[5])
 local out = {}
@@ -99,10 +101,11 @@ for i = 1, n do
   local gen = tonumber(ARGV[3 + 3 * i]); local used = tonumber(ARGV[4 + 3 * i])
   local back = tonumber(ARGV[5 + 3 * i])
   local v = redis.call('HMGET', KEYS[i], 'gen', 'lo:' .. owner)
-  out[i] = -1; out[n + i] = 0; out[2 * n + i] = 0
+  out[i] = -1; out[n + i] = 0; out[2 * n + i] = 0; out[3 * n + i] = 0
   if v[1] then
     if used ~= 0 then redis.call('HINCRBY', KEYS[i], 'spent', used) end
     if tonumber(v[1]) == gen and v[2] then
+      out[3 * n + i] = 1
       local release = math.min(used + back, tonumber(v[2]))
       local left_in_slice = tonumber(v[2]) - release
       if release > 0 then  -- (never -0: Redis takes no "-0" for an integer)
@@ -124,8 +127,10 @@ end
 local base = 5 + 3 * n
 for j = 1, m do
   local dr = tonumber(ARGV[base + 2 * j - 1]); local dt = tonumber(ARGV[base + 2 * j])
-  if dr ~= 0 then redis.call('HINCRBY', KEYS[n + j], 'r', dr) end
-  if dt ~= 0 then redis.call('HINCRBY', KEYS[n + j], 't', dt) end
+  if redis.call('EXISTS', KEYS[n + j]) == 1 then  -- a lapsed window stays gone
+    if dr ~= 0 then redis.call('HINCRBY', KEYS[n + j], 'r', dr) end
+    if dt ~= 0 then redis.call('HINCRBY', KEYS[n + j], 't', dt) end
+  end
 end
 return out
 """
@@ -358,13 +363,22 @@ class LeaseBook:
         far from its limit, or is being recalled, is given back at the next flush."""
         n = len(sent.budgets)
         for i, (s, used, _, waiting) in enumerate(sent.budgets):
-            spent_after, held_after, recalling = reply[i], reply[n + i], reply[2 * n + i]
+            spent_after, held_after = reply[i], reply[n + i]
+            recalling, owned = reply[2 * n + i], reply[3 * n + i]
             running = spent_after - used
             for call, index, actual in waiting:
                 running += actual
                 call.fill(index, -1 if spent_after < 0 else running)
-            if spent_after < 0 or (s.give_back and s.busy == 0 and s.used == 0):
-                s.dropped = spent_after < 0  # reloaded from the ledger: take anew
+            if spent_after < 0:  # the budget left Redis: it is reloaded from the ledger
+                s.dropped = True
+                self._drop(s)
+            elif not owned:  # reloaded, or lapsed: admit nothing more on it; what its
+                # calls in flight use is still carried (added to spent, nothing released)
+                s.give_back = True
+                s.granted = s.busy
+                if s.busy == 0 and s.used == 0:
+                    self._drop(s)
+            elif s.give_back and s.busy == 0 and s.used == 0:
                 self._drop(s)
             elif not s.give_back and (
                 recalling

@@ -168,3 +168,25 @@ def test_many_processes_never_pass_the_limit_and_fill_it() -> None:
     assert admitted == capacity  # no call refused while the budget covered it
     assert spent == capacity * HOLD  # and never past the limit
     assert fields(b)["held"] == 0
+
+
+def test_a_slice_of_a_budget_that_left_redis_takes_no_more_calls() -> None:
+    b = budget(10**9)
+
+    async def scenario():  # type: ignore[no-untyped-def]
+        store = ControlStore(URL, lease_calls=8)
+        first = await admit(store, b)
+        old = store.book.budgets[b.key]  # type: ignore[union-attr]
+        redis.Redis.from_url(URL).delete(b.key)  # Redis restarted
+        await asyncio.sleep(0.15)  # a flush or two
+        gone = b.key not in store.book.budgets  # type: ignore[union-attr]
+        second = await admit(store, b)  # loaded again from the ledger, a new slice
+        await settle(store, b, first)
+        await settle(store, b, second)
+        await store.close()
+        return old, gone, second
+
+    old, gone, second = asyncio.run(scenario())
+    assert gone and old.dropped
+    assert second.allowed and second.lease is not None and second.lease.budgets[0] is not old
+    assert fields(b)["held"] == 0 and fields(b)["spent"] == HOLD  # only the second call
