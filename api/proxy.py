@@ -104,6 +104,10 @@ class ProxyApp:
             if settings.REDIS_URL
             else None
         )
+        # read once: the hot path asks for them on every controlled call
+        self._hold_ceiling = settings.RECKON_HOLD_CEILING_TOKENS
+        self._hold_share = settings.RECKON_HOLD_SHARE
+        self._hold_unseen_input = settings.RECKON_HOLD_UNSEEN_INPUT_TOKENS
         self.upstream = UpstreamClient(
             connect_timeout=settings.RECKON_UPSTREAM_CONNECT_TIMEOUT,
             read_timeout=settings.RECKON_UPSTREAM_READ_TIMEOUT,
@@ -307,11 +311,11 @@ class ProxyApp:
             )
             await _send_error(send, errors.SPEND_EXCEEDED, message, anthropic)
             return None
-        ceiling = settings.RECKON_HOLD_CEILING_TOKENS
+        ceiling = self._hold_ceiling
         plausible = min(route.hold_cap or ceiling, ceiling)
         asked = requested_max_output(endpoint.name, request)
         if asked is None:
-            grant = Grant(plausible, ceiling, settings.RECKON_HOLD_SHARE)
+            grant = Grant(plausible, ceiling, self._hold_share)
         elif controls.clamp_to_budget:  # lowered to what is left, refused once nothing is
             grant = Grant(min(asked, route.hold_cap or 1), asked)
         else:
@@ -319,7 +323,7 @@ class ProxyApp:
         in_tokens = ceil_tokens(body_size)
         if "previous_response_id" in request or "conversation" in request:
             # the input lives upstream, not in this body: hold for a whole context
-            in_tokens += settings.RECKON_HOLD_UNSEEN_INPUT_TOKENS
+            in_tokens += self._hold_unseen_input
         choices = request.get("n")
         per_choice = choices if type(choices) is int and choices > 1 else 1
         costs = [

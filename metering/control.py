@@ -228,13 +228,22 @@ class ControlStore:
         self.book = LeaseBook(lease_calls) if lease_calls > 0 else None
         self._owner = owner_id()
         self._leasing: dict[tuple[str, ...], asyncio.Future[None]] = {}
+        self._window_keys: dict[int, tuple[int, Sequence[RateScope], list[str]]] = {}
         self._flusher: asyncio.Task[None] | None = None
 
     def _windows(self, rates: Sequence[RateScope], now: float) -> tuple[list[str], int]:
-        """The rate-window hashes of `rates` at `now`, and seconds until the next window."""
+        """The rate-window hashes of `rates` at `now`, and seconds until the next window
+        (remembered per caller's scopes for the window: every call of a key needs them)."""
         window = int(now // self.window_s)
         reset = int(self.window_s - (now % self.window_s)) + 1
-        return [f"rk:rl:{r.name}:{r.scope_id}:{window}" for r in rates], reset
+        cached = self._window_keys.get(id(rates))
+        if cached is not None and cached[0] == window and cached[1] is rates:
+            return cached[2], reset
+        keys = [f"rk:rl:{r.name}:{r.scope_id}:{window}" for r in rates]
+        if len(self._window_keys) > 10_000:
+            self._window_keys.clear()
+        self._window_keys[id(rates)] = (window, rates, keys)  # holds `rates`: ids stay unique
+        return keys, reset
 
     async def admit(
         self,

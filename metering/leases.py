@@ -259,10 +259,11 @@ class LeaseBook:
         self, keys: list[str], costs: list[int], windows: list[str], est_tokens: int
     ) -> "Lease | None":
         """Admit a call on this process's slices, on all of them or none."""
+        budgets = self.budgets
         slices = []
-        for key, cost in zip(keys, costs, strict=True):
-            s = self.budgets.get(key)
-            if s is None or s.give_back or s.free < cost:
+        for i, key in enumerate(keys):
+            s = budgets.get(key)
+            if s is None or s.give_back or s.granted - s.busy - s.used < costs[i]:
                 return None
             slices.append(s)
         wins = []
@@ -277,8 +278,8 @@ class LeaseBook:
                 return None
             wins.append(w)
         now = time.monotonic()
-        for s, cost in zip(slices, costs, strict=True):
-            s.busy += cost
+        for i, s in enumerate(slices):
+            s.busy += costs[i]
             s.last_use = now
         for w in wins:
             w.used_r += 1
