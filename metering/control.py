@@ -25,12 +25,13 @@ When Redis cannot be reached the proxy refuses calls that have controls
 """
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from metering.leases import (
     ELIGIBLE_MULTIPLE,
@@ -47,6 +48,8 @@ from metering.leases import (
     owner_id,
 )
 from metering.redis_pipe import RedisPipe, RedisUnavailable, Script
+
+logger = logging.getLogger(__name__)
 
 NANO = Decimal(1_000_000_000)
 
@@ -166,8 +169,7 @@ class BudgetScope:
     load_used: Callable[[], int] = field(compare=False)
 
 
-@dataclass(frozen=True)
-class BudgetCost:
+class BudgetCost(NamedTuple):
     """What a call costs a budget as a function of the output tokens it is granted:
     `fixed + per_token * tokens` (both integers in the budget's unit, rounded up)."""
 
@@ -183,8 +185,7 @@ class RateScope:
     tokens_per_minute: int | None
 
 
-@dataclass(frozen=True)
-class Grant:
+class Grant(NamedTuple):
     """How many output tokens a call may spend: `out_max` when a `share` of the room left
     in its budgets covers it; otherwise that share, never less than `out_min` (else the
     call is refused). A call that names its maximum has out_min == out_max, share 1."""
@@ -194,7 +195,7 @@ class Grant:
     share: int = 1  # the most of the remaining room one call may take is room / share
 
 
-@dataclass
+@dataclass(slots=True)
 class Admission:
     allowed: bool
     reason: str = ""  # "budget" | "requests" | "tokens" | "unavailable"
@@ -229,6 +230,7 @@ class ControlStore:
         self._owner = owner_id()
         self._leasing: dict[tuple[str, ...], asyncio.Future[None]] = {}
         self._window_keys: dict[int, tuple[int, Sequence[RateScope], list[str]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._flusher: asyncio.Task[None] | None = None
 
     def _windows(self, rates: Sequence[RateScope], now: float) -> tuple[list[str], int]:
@@ -265,6 +267,14 @@ class ControlStore:
             keys = [b.key for b in budgets]
             admission = self._take(book, keys, holds, grant, rates, windows, est_tokens, reset)
             if admission is not None:
+                assert admission.lease is not None
+                if admission.lease.low and (*keys, *windows) not in self._leasing:
+                    # take more before the slices run out, so calls do not wait for it
+                    self._background(
+                        self._lease(
+                            budgets, holds, rates, windows, est_tokens, load_in_thread, keys
+                        )
+                    )
                 return admission
             if not book.cooling(keys + windows, time.monotonic()):
                 await self._lease(budgets, holds, rates, windows, est_tokens, load_in_thread, keys)
@@ -417,6 +427,16 @@ class ControlStore:
         finally:
             del self._leasing[group]
             done.set_result(None)
+
+    def _background(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: "asyncio.Task[None]") -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("taking a lease ahead failed: %r", task.exception())
 
     async def _flush_loop(self) -> None:
         try:

@@ -232,6 +232,7 @@ class Lease:
 
     budgets: list[BudgetSlice]
     windows: list[WindowSlice]
+    low: bool = False  # a slice has less than a quarter left: time to take more
 
 
 @dataclass(slots=True)
@@ -278,14 +279,17 @@ class LeaseBook:
                 return None
             wins.append(w)
         now = time.monotonic()
+        low = False
         for i, s in enumerate(slices):
             s.busy += costs[i]
             s.last_use = now
+            low = low or (s.granted - s.busy - s.used) * 4 < s.granted
         for w in wins:
             w.used_r += 1
             w.used_t += est_tokens
             w.last_use = now
-        return Lease(slices, wins)
+            low = low or (w.requests - w.used_r) * 4 < w.requests
+        return Lease(slices, wins, low)
 
     def settle(
         self,
