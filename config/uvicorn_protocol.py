@@ -49,30 +49,30 @@ class CoalescingCycle(RequestResponseCycle):
             and not self.disconnected
             and any(name.lower() == b"content-length" for name, _ in message.get("headers", ()))
         ):
-            transport, capture = self.transport, _Capture()
-            self.transport = capture  # type: ignore[assignment]
-            try:
-                await super().send(message)
-            finally:
-                self.transport = transport
-            self._head = b"".join(capture.parts)
+            self._head = b"".join((await self._formatted(message)).parts)
             return
         head = self._head
         if head is None:
             await super().send(message)
             return
         self._head = None
+        transport = self.transport
+        capture = await self._formatted(message)
+        if self.disconnected:
+            return
+        transport.write(head + b"".join(capture.parts))
+        if capture.closed:
+            transport.close()
+
+    async def _formatted(self, message: Any) -> _Capture:
+        """What uvicorn would write for `message` (its state moves on as if written)."""
         transport, capture = self.transport, _Capture()
         self.transport = capture  # type: ignore[assignment]
         try:
             await super().send(message)
         finally:
             self.transport = transport
-        if self.disconnected:
-            return
-        transport.write(head + b"".join(capture.parts))
-        if capture.closed:
-            transport.close()
+        return capture
 
 
 class ReckonHttpProtocol(HttpToolsProtocol):
