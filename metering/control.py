@@ -45,7 +45,6 @@ from metering.leases import (
     LeaseBook,
     SettledCall,
     now_ms,
-    owner_id,
 )
 from metering.redis_pipe import RedisPipe, RedisUnavailable, Script
 
@@ -227,7 +226,6 @@ class ControlStore:
         # lease_calls > 0: far from their limits, calls are admitted on slices this
         # process takes lease_calls calls at a time (metering.leases).
         self.book = LeaseBook(lease_calls) if lease_calls > 0 else None
-        self._owner = owner_id()
         self._leasing: dict[tuple[str, ...], asyncio.Future[None]] = {}
         self._window_keys: dict[int, tuple[int, Sequence[RateScope], list[str]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -386,7 +384,6 @@ class ControlStore:
             amounts = [calls * hold for hold in holds]
             now = now_ms()
             args: list[int | str] = [
-                self._owner,
                 now,
                 now + OWNER_TTL_S * 1000,
                 ELIGIBLE_MULTIPLE,
@@ -394,8 +391,9 @@ class ControlStore:
                 len(rates),
                 self.window_s * 2,
             ]
-            for budget, amount in zip(budgets, amounts, strict=True):
-                args += (budget.limit, amount)
+            names = [book.slice_name(key) for key in keys]
+            for budget, amount, name in zip(budgets, amounts, names, strict=True):
+                args += (budget.limit, amount, name)
             for r in rates:
                 args += (
                     r.requests_per_minute or 0,
@@ -417,7 +415,7 @@ class ControlStore:
                 return
             n, m = len(budgets), len(rates)
             for i, budget in enumerate(budgets):
-                book.granted(budget.key, reply[1 + i], budget.limit, amounts[i])
+                book.granted(budget.key, names[i], reply[1 + i], budget.limit, amounts[i])
             for j, key in enumerate(windows):
                 book.granted_window(
                     key, calls, calls * est_tokens, reply[1 + n + j], reply[1 + n + m + j]
@@ -465,7 +463,7 @@ class ControlStore:
         keys, args, carried = sent
         stamp = now_ms()
         try:
-            head: list[int | str] = [self._owner, stamp, stamp + OWNER_TTL_S * 1000]
+            head: list[int | str] = [stamp, stamp + OWNER_TTL_S * 1000]
             reply = await self._redis.run(FLUSH, keys, [*head, *args])
         except ControlUnavailable as exc:
             book.restore(carried, exc)
@@ -548,6 +546,10 @@ class ControlStore:
         return self._redis.run_nowait(SETTLE, keys, args)
 
     async def close(self) -> None:
+        for task in list(self._tasks):  # no slice may arrive after the last flush
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.book is not None:  # give every slice back
             for s in self.book.budgets.values():
                 s.give_back = True

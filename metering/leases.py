@@ -42,24 +42,24 @@ ELIGIBLE_MULTIPLE = 16  # a slice is granted only where what is left is 16 times
 LEASE_LUA = """
 -- One call's scopes, all or nothing.
 -- KEYS: n budget hashes, m rate-window hashes
--- ARGV: owner, now_ms, expires_at_ms, multiple, n, m, ttl, (limit, amount) x n,
---       (rpm, tpm, requests, tokens) x m
+-- ARGV: now_ms, expires_at_ms, multiple, n, m, ttl, (limit, amount, slice) x n,
+--       (rpm, tpm, requests, tokens) x m  (slice: the name a slice has in the budget)
 -- Returns {1, gen x n, r x m, t x m} (granted; the window counts after the slice), or
 -- {0, i} (scope i is too close to its limit, or recalling), or {-1, i} (budget i is
 -- not loaded).
-local owner = ARGV[1]; local now = tonumber(ARGV[2]); local expires = ARGV[3]
-local k = tonumber(ARGV[4]); local n = tonumber(ARGV[5]); local m = tonumber(ARGV[6])
-local ttl = tonumber(ARGV[7])
+local now = tonumber(ARGV[1]); local expires = ARGV[2]
+local k = tonumber(ARGV[3]); local n = tonumber(ARGV[4]); local m = tonumber(ARGV[5])
+local ttl = tonumber(ARGV[6])
 local gens = {}
 for i = 1, n do
   local v = redis.call('HMGET', KEYS[i], 'spent', 'held', 'gen', 'recall')
   if not v[3] then return {-1, i} end
   if v[4] and tonumber(v[4]) > now then return {0, i} end
   gens[i] = tonumber(v[3])
-  local left = tonumber(ARGV[6 + 2 * i]) - tonumber(v[1] or '0') - tonumber(v[2] or '0')
-  if left < k * tonumber(ARGV[7 + 2 * i]) then return {0, i} end
+  local left = tonumber(ARGV[4 + 3 * i]) - tonumber(v[1] or '0') - tonumber(v[2] or '0')
+  if left < k * tonumber(ARGV[5 + 3 * i]) then return {0, i} end
 end
-local base = 7 + 2 * n
+local base = 6 + 3 * n
 for j = 1, m do
   local rpm = tonumber(ARGV[base + 4 * j - 3]); local tpm = tonumber(ARGV[base + 4 * j - 2])
   local v = redis.call('HMGET', KEYS[n + j], 'r', 't')
@@ -69,11 +69,11 @@ for j = 1, m do
 end
 local out = {1}
 for i = 1, n do
-  local amount = tonumber(ARGV[7 + 2 * i])
+  local amount = tonumber(ARGV[5 + 3 * i]); local slice = ARGV[6 + 3 * i]
   redis.call('HINCRBY', KEYS[i], 'held', amount)
   redis.call('HINCRBY', KEYS[i], 'leased', amount)
-  redis.call('HINCRBY', KEYS[i], 'lo:' .. owner, amount)
-  redis.call('HSET', KEYS[i], 'lt:' .. owner, expires)
+  redis.call('HINCRBY', KEYS[i], 'lo:' .. slice, amount)
+  redis.call('HSET', KEYS[i], 'lt:' .. slice, expires)
   out[1 + i] = gens[i]
 end
 for j = 1, m do
@@ -88,19 +88,19 @@ return out
 
 FLUSH_LUA = """
 -- Settle slices. KEYS: n budget hashes, m rate-window hashes
--- ARGV: owner, now_ms, expires_at_ms, n, m, (gen, used, give_back) x n, (dr, dt) x m
+-- ARGV: now_ms, expires_at_ms, n, m, (slice, gen, used, give_back) x n, (dr, dt) x m
 -- A budget adds `used` to spent; if it is still the generation the slice came from, its
 -- held (and the slice) shrink by used + give_back. A window's counts move by (dr, dt).
 -- Returns {spent x n, held x n, recalling x n, owned x n} (spent -1: the budget left
 -- Redis; owned 0: the slice is not in Redis any more, the budget was reloaded or the
 -- slice lapsed).
-local owner = ARGV[1]; local now = tonumber(ARGV[2]); local expires = ARGV[3]
-local n = tonumber(ARGV[4]); local m = tonumber(ARGV[5])
+local now = tonumber(ARGV[1]); local expires = ARGV[2]
+local n = tonumber(ARGV[3]); local m = tonumber(ARGV[4])
 local out = {}
 for i = 1, n do
-  local gen = tonumber(ARGV[3 + 3 * i]); local used = tonumber(ARGV[4 + 3 * i])
-  local back = tonumber(ARGV[5 + 3 * i])
-  local v = redis.call('HMGET', KEYS[i], 'gen', 'lo:' .. owner)
+  local slice = ARGV[1 + 4 * i]; local gen = tonumber(ARGV[2 + 4 * i])
+  local used = tonumber(ARGV[3 + 4 * i]); local back = tonumber(ARGV[4 + 4 * i])
+  local v = redis.call('HMGET', KEYS[i], 'gen', 'lo:' .. slice)
   out[i] = -1; out[n + i] = 0; out[2 * n + i] = 0; out[3 * n + i] = 0
   if v[1] then
     if used ~= 0 then redis.call('HINCRBY', KEYS[i], 'spent', used) end
@@ -111,12 +111,12 @@ for i = 1, n do
       if release > 0 then  -- (never -0: Redis takes no "-0" for an integer)
         redis.call('HINCRBY', KEYS[i], 'held', -release)
         redis.call('HINCRBY', KEYS[i], 'leased', -release)
-        redis.call('HINCRBY', KEYS[i], 'lo:' .. owner, -release)
+        redis.call('HINCRBY', KEYS[i], 'lo:' .. slice, -release)
       end
       if left_in_slice <= 0 then
-        redis.call('HDEL', KEYS[i], 'lo:' .. owner, 'lt:' .. owner)
+        redis.call('HDEL', KEYS[i], 'lo:' .. slice, 'lt:' .. slice)
       else
-        redis.call('HSET', KEYS[i], 'lt:' .. owner, expires)
+        redis.call('HSET', KEYS[i], 'lt:' .. slice, expires)
       end
     end
     local w = redis.call('HMGET', KEYS[i], 'spent', 'held', 'recall')
@@ -124,7 +124,7 @@ for i = 1, n do
     if w[3] and tonumber(w[3]) > now then out[2 * n + i] = 1 end
   end
 end
-local base = 5 + 3 * n
+local base = 4 + 4 * n
 for j = 1, m do
   local dr = tonumber(ARGV[base + 2 * j - 1]); local dt = tonumber(ARGV[base + 2 * j])
   if redis.call('EXISTS', KEYS[n + j]) == 1 then  -- a lapsed window stays gone
@@ -144,11 +144,13 @@ local now = tonumber(ARGV[1])
 for i = 1, #fields, 2 do
   local name = fields[i]
   if string.sub(name, 1, 3) == 'lt:' and tonumber(fields[i + 1]) < now then
-    local owner = string.sub(name, 4)
-    local amount = tonumber(redis.call('HGET', KEYS[1], 'lo:' .. owner) or '0')
-    redis.call('HINCRBY', KEYS[1], 'held', -amount)
-    redis.call('HINCRBY', KEYS[1], 'leased', -amount)
-    redis.call('HDEL', KEYS[1], 'lo:' .. owner, name)
+    local slice = string.sub(name, 4)
+    local amount = tonumber(redis.call('HGET', KEYS[1], 'lo:' .. slice) or '0')
+    if amount > 0 then
+      redis.call('HINCRBY', KEYS[1], 'held', 0 - amount)
+      redis.call('HINCRBY', KEYS[1], 'leased', 0 - amount)
+    end
+    redis.call('HDEL', KEYS[1], 'lo:' .. slice, name)
   end
 end
 local leased = tonumber(redis.call('HGET', KEYS[1], 'leased') or '0')
@@ -195,6 +197,7 @@ class SettledCall:
 @dataclass(slots=True)
 class BudgetSlice:
     key: str
+    name: str  # its name in the budget's hash (lo:<name>, lt:<name>): process and slice
     gen: int
     limit: int
     granted: int  # what the slice holds in Redis
@@ -246,8 +249,10 @@ class _Sent:
 class LeaseBook:
     """This process's slices, by Redis key. Pure bookkeeping: ControlStore talks to Redis."""
 
-    def __init__(self, lease_calls: int) -> None:
+    def __init__(self, lease_calls: int, owner: str = "") -> None:
         self.lease_calls = lease_calls
+        self.owner = owner or owner_id()
+        self._serial = 0
         self.budgets: dict[str, BudgetSlice] = {}
         self.windows: dict[str, WindowSlice] = {}
         # slices replaced by a slice of a newer generation, flushed until their calls end
@@ -312,7 +317,9 @@ class LeaseBook:
             w.used_t += token_delta
 
     def due(self, now: float) -> None:
-        """Mark idle and old slices for giving back."""
+        """Mark idle and old slices for giving back; forget cooldowns that are over."""
+        if self.cooldown:
+            self.cooldown = {k: t for k, t in self.cooldown.items() if t > now}
         for s in self.budgets.values():
             if now - s.last_use > IDLE_S or now - s.born > MAX_AGE_S:
                 s.give_back = True
@@ -321,9 +328,9 @@ class LeaseBook:
                 w.give_back = True
 
     def pending(self) -> bool:
-        return bool(self.budgets or self.windows)
+        return bool(self.budgets or self.windows or self.retired)
 
-    def send(self) -> tuple[list[str], list[int], _Sent] | None:
+    def send(self) -> tuple[list[str], list[int | str], _Sent] | None:
         """What the next flush carries (taken off the slices until `flushed`/`restore`)."""
         sent = _Sent([], [])
         # Every budget slice goes, even with nothing to carry: the flush keeps this
@@ -345,9 +352,9 @@ class LeaseBook:
         if not sent.budgets and not sent.windows:
             return None
         keys = [s.key for s, *_ in sent.budgets] + [w.key for w, *_ in sent.windows]
-        args = [len(sent.budgets), len(sent.windows)]
+        args: list[int | str] = [len(sent.budgets), len(sent.windows)]
         for s, used, back, _ in sent.budgets:
-            args += (s.gen, used, back)
+            args += (s.name, s.gen, used, back)
         for _, dr, dt in sent.windows:
             args += (dr, dt)
         return keys, args, sent
@@ -403,18 +410,30 @@ class LeaseBook:
         elif s in self.retired:
             self.retired.remove(s)
 
-    def granted(self, key: str, gen: int, limit: int, amount: int) -> None:
-        """A slice taken in Redis: added to this process's slice of the same generation,
-        or replacing one of an older generation (kept until its calls end)."""
+    def slice_name(self, key: str) -> str:
+        """The name the next slice of budget `key` takes in Redis: the current slice's
+        when more is added to it, else a new one (a slice whose reply was lost then
+        lapses on its own, never mixed with a live one)."""
         current = self.budgets.get(key)
-        if current is not None and current.gen == gen and not current.give_back:
+        if current is not None and not current.give_back:
+            return current.name
+        self._serial += 1
+        return f"{self.owner}:{self._serial}"
+
+    def granted(self, key: str, name: str, gen: int, limit: int, amount: int) -> None:
+        """A slice taken in Redis: added to this process's slice of that name, or a new
+        slice (the one it replaces is kept until its calls end)."""
+        current = self.budgets.get(key)
+        if current is not None and current.name == name and current.gen == gen:
             current.granted += amount
             current.born = time.monotonic()
+            if current.give_back:  # taken back into use: what was added is not free yet
+                current.give_back = False
             return
         if current is not None:
             current.give_back = True
             self.retired.append(current)
-        self.budgets[key] = BudgetSlice(key, gen, limit, amount)
+        self.budgets[key] = BudgetSlice(key, name, gen, limit, amount)
 
     def granted_window(self, key: str, requests: int, tokens: int, r: int, t: int) -> None:
         current = self.windows.get(key)
