@@ -232,13 +232,16 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=1, help="Reckon server processes")
     parser.add_argument(
+        "--lease-calls", type=int, default=32, help="RECKON_CONTROL_LEASE_CALLS of the leased run"
+    )
+    parser.add_argument(
         "--database-url",
         default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
     )
     args = parser.parse_args()
     binary = ensure_wrk()
     database_url = setup_database(args.database_url)
-    ports = {name: free_port() for name in ("sim", "sim_reckon", "bare", "reckon")}
+    ports = {name: free_port() for name in ("sim", "sim_reckon", "bare", "reckon", "leased")}
     url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     env = django_env(database_url)
     key = seed(database_url, url["sim_reckon"])
@@ -285,7 +288,27 @@ def main() -> None:
                 str(args.workers),
             ],
             cwd=ROOT,
-            env={**env, "LOG_LEVEL": "WARNING"},
+            env={**env, "LOG_LEVEL": "WARNING", "RECKON_CONTROL_LEASE_CALLS": "0"},
+            stderr=subprocess.DEVNULL,
+        ),
+        # The same Reckon with leases (metering.leases): far from every limit, calls are
+        # admitted on slices of the budgets and windows this process reserved in Redis.
+        subprocess.Popen(
+            [
+                *python,
+                "manage.py",
+                "serve",
+                "--port",
+                str(ports["leased"]),
+                "--workers",
+                str(args.workers),
+            ],
+            cwd=ROOT,
+            env={
+                **env,
+                "LOG_LEVEL": "WARNING",
+                "RECKON_CONTROL_LEASE_CALLS": str(args.lease_calls),
+            },
             stderr=subprocess.DEVNULL,
         ),
     ]
@@ -294,6 +317,7 @@ def main() -> None:
         "bare": (url["bare"], "sim-reasoner", key),
         "reckon": (url["reckon"], "bench-reasoner", key),
         "controls": (url["reckon"], "bench-reasoner", controlled_key),
+        "leased": (url["leased"], "bench-reasoner", controlled_key),
     }
     runs: dict[str, dict[str, list[dict[str, float]]]] = {t: {"c32": [], "c1": []} for t in targets}
     try:
@@ -301,6 +325,7 @@ def main() -> None:
             wait_up(url[name] + "/_sim/health")
         wait_up(url["bare"] + "/")
         wait_up(url["reckon"] + "/v1/models")
+        wait_up(url["leased"] + "/v1/models")
         for base, model, target_key in targets.values():  # warm pools, caches, connections
             wrk(binary, base, target_key, model, 8, 2)
         time.sleep(0.5)
@@ -339,6 +364,7 @@ def main() -> None:
         ("bare", "bare proxy"),
         ("reckon", "Reckon"),
         ("controls", "+controls"),
+        ("leased", "+ctl leased"),
     ]
 
     def row(label: str, values: list[str]) -> None:
@@ -355,13 +381,16 @@ def main() -> None:
             [""] + [f"{m(t, 'c1', field) - d:+.3f}" for t, _ in columns[1:]],
         )
     print("(+controls: the same Reckon with a spend hold, two spend limits, two rate limits and")
-    print(" reasoning governance on every call, all checked in Redis)")
-    ratio = m("reckon", "c32", "rps") / direct_rps
-    added_p50 = m("reckon", "c1", "p50_ms") - m("direct", "c1", "p50_ms")
-    print(
-        f"targets: throughput >= 35% of direct -> {'MET' if ratio >= 0.35 else 'MISSED'} ({ratio:.1%}); "
-        f"added p50 <= 1.5 ms -> {'MET' if added_p50 <= 1.5 else 'MISSED'} ({added_p50:+.3f} ms)"
-    )
+    print(" reasoning governance on every call, each call checked and settled in Redis;")
+    print(f" +ctl leased: the same, admitted on slices leased {args.lease_calls} calls at a time)")
+    for target, title in columns[2:]:
+        ratio = m(target, "c32", "rps") / direct_rps
+        added_p50 = m(target, "c1", "p50_ms") - m("direct", "c1", "p50_ms")
+        print(
+            f"targets, {title}: throughput >= 35% of direct -> "
+            f"{'MET' if ratio >= 0.35 else 'MISSED'} ({ratio:.1%}); "
+            f"added p50 <= 1.5 ms -> {'MET' if added_p50 <= 1.5 else 'MISSED'} ({added_p50:+.3f} ms)"
+        )
     rows, reasoning = after[0] - baseline[0], after[1] - baseline[1]
     print(
         f"ledger: {rows} usage records, {reasoning} reasoning tokens; Reckon's upstream served "

@@ -44,7 +44,6 @@ from metering.leases import (
     Lease,
     LeaseBook,
     SettledCall,
-    now_ms,
 )
 from metering.redis_pipe import RedisPipe, RedisUnavailable, Script
 
@@ -230,6 +229,7 @@ class ControlStore:
         self._window_keys: dict[int, tuple[int, Sequence[RateScope], list[str]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._flusher: asyncio.Task[None] | None = None
+        self._flushing = asyncio.Lock()
 
     def _windows(self, rates: Sequence[RateScope], now: float) -> tuple[list[str], int]:
         """The rate-window hashes of `rates` at `now`, and seconds until the next window
@@ -368,8 +368,8 @@ class ControlStore:
         load_in_thread: Callable[[Callable[[], int]], Any],
         keys: list[str],
     ) -> None:
-        """Take slices of every scope of the call (one script), unless one is near its
-        limit; concurrent calls of the same scopes share one request."""
+        """Take new slices of the call's scopes that need one (one script), unless one is
+        near its limit; concurrent calls of the same scopes share one request."""
         assert self.book is not None
         book = self.book
         group = (*keys, *windows)
@@ -380,26 +380,27 @@ class ControlStore:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._leasing[group] = done
         try:
-            calls = book.lease_calls
-            amounts = [calls * hold for hold in holds]
-            now = now_ms()
+            amounts, counts = book.wanted(keys, holds, windows, est_tokens)
+            if not any(amounts) and not any(r for r, _ in counts):
+                return
+            names = [book.new_name() if a else "" for a in amounts]
+            window_names = [book.new_name() if r else "" for r, _ in counts]
             args: list[int | str] = [
-                now,
-                now + OWNER_TTL_S * 1000,
                 ELIGIBLE_MULTIPLE,
                 len(budgets),
                 len(rates),
                 self.window_s * 2,
+                OWNER_TTL_S * 1000,
             ]
-            names = [book.slice_name(key) for key in keys]
             for budget, amount, name in zip(budgets, amounts, names, strict=True):
                 args += (budget.limit, amount, name)
-            for r in rates:
+            for r, (requests, tokens), name in zip(rates, counts, window_names, strict=True):
                 args += (
                     r.requests_per_minute or 0,
                     r.tokens_per_minute or 0,
-                    calls,
-                    calls * est_tokens,
+                    requests,
+                    tokens,
+                    name,
                 )
             for _ in range(len(budgets) + 2):
                 reply = await self._redis.run(LEASE, [*keys, *windows], args)
@@ -415,11 +416,14 @@ class ControlStore:
                 return
             n, m = len(budgets), len(rates)
             for i, budget in enumerate(budgets):
-                book.granted(budget.key, names[i], reply[1 + i], budget.limit, amounts[i])
+                if amounts[i]:
+                    book.granted(budget.key, names[i], reply[1 + i], budget.limit, amounts[i])
             for j, key in enumerate(windows):
-                book.granted_window(
-                    key, calls, calls * est_tokens, reply[1 + n + j], reply[1 + n + m + j]
-                )
+                requests, tokens = counts[j]
+                if requests:
+                    limits = (rates[j].requests_per_minute or 0, rates[j].tokens_per_minute or 0)
+                    seen = (reply[1 + n + j], reply[1 + n + m + j])
+                    book.granted_window(key, window_names[j], limits, requests, tokens, seen)
             if self._flusher is None:
                 self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
         finally:
@@ -446,29 +450,30 @@ class ControlStore:
                 try:
                     await self.flush()
                 except ControlUnavailable:
-                    pass  # kept on the slices for the next flush
+                    pass  # the next report carries the same figures
         finally:
             self._flusher = None
 
     async def flush(self) -> None:
-        """Send what leased calls used to Redis and give back slices no longer needed."""
+        """Report this process's slices to Redis: what leased calls used, what the slices
+        still hold. Safe to repeat; after a failure the slices admit nothing until a
+        report gets through."""
         book = self.book
         if book is None:
             return
-        now = time.monotonic()
-        book.due(now)
-        sent = book.send()
-        if sent is None:
-            return
-        keys, args, carried = sent
-        stamp = now_ms()
-        try:
-            head: list[int | str] = [stamp, stamp + OWNER_TTL_S * 1000]
-            reply = await self._redis.run(FLUSH, keys, [*head, *args])
-        except ControlUnavailable as exc:
-            book.restore(carried, exc)
-            raise
-        book.flushed(carried, reply, time.monotonic())
+        async with self._flushing:
+            book.due(time.monotonic())
+            report = book.report()
+            if report is None:
+                return
+            keys, args, carried = report
+            try:
+                reply = await self._redis.run(FLUSH, keys, [OWNER_TTL_S * 1000, *args])
+            except ControlUnavailable:
+                book.healthy = False
+                raise
+            book.healthy = True
+            book.confirmed(carried, reply, time.monotonic())
 
     async def _recall(self, key: str) -> None:
         """Ask every process's slices of budget `key` back (this one's at once), lapse
@@ -476,13 +481,12 @@ class ControlStore:
         if self.book is not None:
             mine = self.book.budgets.get(key)
             if mine is not None:
-                mine.give_back = True
+                mine.closing = True
                 try:
                     await self.flush()
                 except ControlUnavailable:
                     pass
-        stamp = now_ms()
-        await self._redis.run(RECALL, [key], [stamp, stamp + int(RECALL_WAIT_S * 1000)])
+        await self._redis.run(RECALL, [key], [int(RECALL_WAIT_S * 1000)])
         await asyncio.sleep(FLUSH_S * 2)
 
     def _headers(
@@ -546,19 +550,20 @@ class ControlStore:
         return self._redis.run_nowait(SETTLE, keys, args)
 
     async def close(self) -> None:
-        for task in list(self._tasks):  # no slice may arrive after the last flush
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.book is not None:  # give every slice back
-            for s in self.book.budgets.values():
-                s.give_back = True
-            for w in self.book.windows.values():
-                w.give_back = True
-            try:
-                await self.flush()
-            except ControlUnavailable:
-                pass  # they lapse in Redis after OWNER_TTL_S
+        if self._tasks:  # leases being taken land first: none may arrive after the end
+            await asyncio.wait(self._tasks, timeout=2.0)
+        book = self.book
+        if book is not None:  # close every slice and report until Redis has them all
+            book.close_all()
+            for _ in range(40):
+                try:
+                    await self.flush()
+                except ControlUnavailable:
+                    pass
+                if not book.pending():
+                    break
+                await asyncio.sleep(FLUSH_S)
+            book.fail_waiting(ControlUnavailable("the control store closed"))
         if self._flusher is not None:
             self._flusher.cancel()
         await self._redis.close()

@@ -3,24 +3,39 @@
 A server process reserves a slice of a budget's room in Redis (the budget's `held` grows
 by the slice) and a slice of a rate window (its request and token counts grow by it), in
 one script, then admits calls against its slices and settles them in its own memory.
-Every FLUSH_S it sends what its calls used in one script (spent grows, the slice shrinks
-by as much) and gives back what it no longer needs. Redis's `held` and the window counts
-always include every slice, so all processes together can never admit past a limit: the
-guarantee is the exact path's, with one Redis call per many calls instead of two each.
+Every FLUSH_S it reports each slice to Redis in one script and gives back what it no
+longer needs. Redis's `held` and the window counts always include every slice, so all
+processes together can never admit past a limit: the guarantee is the exact path's, with
+one Redis call per many calls instead of two each.
+
+A flush is safe to apply twice or late. A budget slice reports absolute figures: `used`,
+what its settled calls used in all (spent grows by the part Redis has not seen), and
+`out`, what it still holds (held shrinks to it); `used` only grows and `out` only
+shrinks, so an old report changes nothing. A window slice reports the counts it stands
+for, with a sequence number (its token count may move both ways). A flush whose reply
+was lost is simply followed by the next one; nothing is restored or resent as a delta.
 
 Slices are taken only far from a limit: what is left must be at least ELIGIBLE_MULTIPLE
 times the slice, a slice covers LEASE_CALLS calls of the size asking for it, and a call
 that does not fit its process's slice goes through the exact per-call script. Near a
-limit, slices stop being granted and the ones out come back at their holders' next flush
-(a slice no longer eligible is given back whole), and the exact script, when it would
-refuse a call while slices are out, makes the call wait for them (RECALL_WAIT_S at most;
-slices of a process that died lapse after OWNER_TTL_S) so that no call is refused while
-the budget could cover it.
+limit slices stop being granted, and the ones out close at their holders' next flush (a
+closing slice admits nothing, keeps what its calls in flight hold and gives the rest
+back). When the exact script would refuse a call while slices are out, the call waits
+for them (RECALL_WAIT_S at most) so that no call is refused while the budget could
+cover it. Times are Redis's own clock (TIME), never a process's.
 
-What a lease costs: usage settled in a process reaches Redis within FLUSH_S (a process
-that dies loses at most that much from the Redis counters; the ledger has every record,
-and the counters are rebuilt from it whenever a budget is reloaded), and the rate-limit
-headers of a leased call are computed from the window as its process last saw it.
+What a lease costs, when things go wrong:
+- A slice of a process silent for OWNER_TTL_S lapses when a call needs its room: what
+  its calls had in flight at its last report is added to spent (as if used in full, the
+  way an exact hold of a crashed process is never released), the rest is freed.
+- A slice Redis no longer knows (the budget was reloaded from the ledger after a Redis
+  restart, or the slice lapsed) becomes an orphan: it admits nothing more, and what its
+  calls used that Redis had not seen is added to spent once, as an exact settlement adds
+  a call's use whatever the budget's generation.
+- After a failed flush the process admits nothing on its slices until a flush succeeds
+  (calls go to the exact path, which answers as configured when Redis is down).
+- The rate-limit headers of a leased call are computed from the window as its process
+  last saw it, plus its own calls.
 """
 
 import asyncio
@@ -32,91 +47,122 @@ from dataclasses import dataclass, field
 
 from metering.redis_pipe import Script
 
-FLUSH_S = 0.05  # how often a process with leases settles them in Redis
-IDLE_S = 1.0  # a slice unused this long is given back
-MAX_AGE_S = 10.0  # a slice is renewed (given back, taken again) at least this often
-OWNER_TTL_S = 30  # Redis forgets the slices of a process silent this long
+FLUSH_S = 0.05  # how often a process with leases reports its slices to Redis
+IDLE_S = 1.0  # a slice unused this long closes
+MAX_AGE_S = 10.0  # a slice closes (and a new one is taken) at least this often
+OWNER_TTL_S = 30  # a slice not reported for this long may lapse
 RECALL_WAIT_S = 0.5  # the most a near-limit call waits for other processes' slices
 ELIGIBLE_MULTIPLE = 16  # a slice is granted only where what is left is 16 times larger
 
-LEASE_LUA = """
--- One call's scopes, all or nothing.
+_NOW = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+"""
+
+LEASE_LUA = (
+    _NOW
+    + """
+-- New slices for one call's scopes, all or nothing.
 -- KEYS: n budget hashes, m rate-window hashes
--- ARGV: now_ms, expires_at_ms, multiple, n, m, ttl, (limit, amount, slice) x n,
---       (rpm, tpm, requests, tokens) x m  (slice: the name a slice has in the budget)
+-- ARGV: multiple, n, m, window_ttl, owner_ttl_ms, (limit, amount, slice) x n,
+--       (rpm, tpm, requests, tokens, slice) x m
+-- A scope asked for 0 keeps the slice it has (a budget must still be loaded).
 -- Returns {1, gen x n, r x m, t x m} (granted; the window counts after the slice), or
 -- {0, i} (scope i is too close to its limit, or recalling), or {-1, i} (budget i is
 -- not loaded).
-local now = tonumber(ARGV[1]); local expires = ARGV[2]
-local k = tonumber(ARGV[3]); local n = tonumber(ARGV[4]); local m = tonumber(ARGV[5])
-local ttl = tonumber(ARGV[6])
+local k = tonumber(ARGV[1]); local n = tonumber(ARGV[2]); local m = tonumber(ARGV[3])
+local ttl = tonumber(ARGV[4]); local expires = now + tonumber(ARGV[5])
 local gens = {}
 for i = 1, n do
+  local amount = tonumber(ARGV[4 + 3 * i])
   local v = redis.call('HMGET', KEYS[i], 'spent', 'held', 'gen', 'recall')
   if not v[3] then return {-1, i} end
-  if v[4] and tonumber(v[4]) > now then return {0, i} end
   gens[i] = tonumber(v[3])
-  local left = tonumber(ARGV[4 + 3 * i]) - tonumber(v[1] or '0') - tonumber(v[2] or '0')
-  if left < k * tonumber(ARGV[5 + 3 * i]) then return {0, i} end
+  if amount > 0 then
+    if v[4] and tonumber(v[4]) > now then return {0, i} end
+    local left = tonumber(ARGV[3 + 3 * i]) - tonumber(v[1] or '0') - tonumber(v[2] or '0')
+    if left < k * amount then return {0, i} end
+  end
 end
-local base = 6 + 3 * n
+local base = 5 + 3 * n
 for j = 1, m do
-  local rpm = tonumber(ARGV[base + 4 * j - 3]); local tpm = tonumber(ARGV[base + 4 * j - 2])
-  local v = redis.call('HMGET', KEYS[n + j], 'r', 't')
-  local r = tonumber(v[1] or '0'); local t = tonumber(v[2] or '0')
-  if rpm > 0 and rpm - r < k * tonumber(ARGV[base + 4 * j - 1]) then return {0, n + j} end
-  if tpm > 0 and tpm - t < k * tonumber(ARGV[base + 4 * j]) then return {0, n + j} end
+  local o = base + 5 * (j - 1)
+  local rpm = tonumber(ARGV[o + 1]); local tpm = tonumber(ARGV[o + 2])
+  local req = tonumber(ARGV[o + 3]); local tok = tonumber(ARGV[o + 4])
+  if req > 0 then
+    local v = redis.call('HMGET', KEYS[n + j], 'r', 't')
+    if rpm > 0 and rpm - tonumber(v[1] or '0') < k * req then return {0, n + j} end
+    if tpm > 0 and tpm - tonumber(v[2] or '0') < k * tok then return {0, n + j} end
+  end
 end
 local out = {1}
 for i = 1, n do
-  local amount = tonumber(ARGV[5 + 3 * i]); local slice = ARGV[6 + 3 * i]
-  redis.call('HINCRBY', KEYS[i], 'held', amount)
-  redis.call('HINCRBY', KEYS[i], 'leased', amount)
-  redis.call('HINCRBY', KEYS[i], 'lo:' .. slice, amount)
-  redis.call('HSET', KEYS[i], 'lt:' .. slice, expires)
+  local amount = tonumber(ARGV[4 + 3 * i]); local slice = ARGV[5 + 3 * i]
+  if amount > 0 then
+    redis.call('HINCRBY', KEYS[i], 'held', amount)
+    redis.call('HINCRBY', KEYS[i], 'leased', amount)
+    redis.call('HSET', KEYS[i], 'lo:' .. slice, amount, 'lu:' .. slice, 0,
+               'lb:' .. slice, 0, 'lt:' .. slice, expires)
+  end
   out[1 + i] = gens[i]
 end
 for j = 1, m do
-  local requests = tonumber(ARGV[base + 4 * j - 1])
-  local r = redis.call('HINCRBY', KEYS[n + j], 'r', requests)
-  local t = redis.call('HINCRBY', KEYS[n + j], 't', ARGV[base + 4 * j])
-  if r == requests then redis.call('EXPIRE', KEYS[n + j], ttl) end
+  local o = base + 5 * (j - 1)
+  local req = tonumber(ARGV[o + 3]); local tok = tonumber(ARGV[o + 4]); local slice = ARGV[o + 5]
+  local r, t = 0, 0
+  if req > 0 then
+    r = redis.call('HINCRBY', KEYS[n + j], 'r', req)
+    t = redis.call('HINCRBY', KEYS[n + j], 't', tok)
+    redis.call('HSET', KEYS[n + j], 'ws:' .. slice, 0, 'wr:' .. slice, req, 'wt:' .. slice, tok)
+    if r == req then redis.call('EXPIRE', KEYS[n + j], ttl) end
+  end
   out[1 + n + j] = r; out[1 + n + m + j] = t
 end
 return out
 """
+)
 
-FLUSH_LUA = """
--- Settle slices. KEYS: n budget hashes, m rate-window hashes
--- ARGV: now_ms, expires_at_ms, n, m, (slice, gen, used, give_back) x n, (dr, dt) x m
--- A budget adds `used` to spent; if it is still the generation the slice came from, its
--- held (and the slice) shrink by used + give_back. A window's counts move by (dr, dt).
--- Returns {spent x n, held x n, recalling x n, owned x n} (spent -1: the budget left
--- Redis; owned 0: the slice is not in Redis any more, the budget was reloaded or the
--- slice lapsed).
-local now = tonumber(ARGV[1]); local expires = ARGV[2]
-local n = tonumber(ARGV[3]); local m = tonumber(ARGV[4])
+FLUSH_LUA = (
+    _NOW
+    + """
+-- Report slices. KEYS: n budget hashes, m rate-window hashes
+-- ARGV: owner_ttl_ms, n, m, (slice, gen, used, out, busy) x n, (slice, seq, r, t) x m
+-- Budget slice (absolute figures, see metering.leases): spent grows by used - lu, the
+-- slice's hold shrinks to out (never grows); at out 0 the slice is done. gen -1: an
+-- orphan's charge, `used` added to spent once. A window slice's counts become (r, t)
+-- if seq is newer than the last applied.
+-- Returns {spent x n, held x n, recalling x n, owned x n, r x m, t x m}
+-- (spent -1: the budget is not in Redis; owned 0: Redis does not know the slice;
+-- r -1: the window is gone).
+local expires = now + tonumber(ARGV[1])
+local n = tonumber(ARGV[2]); local m = tonumber(ARGV[3])
 local out = {}
 for i = 1, n do
-  local slice = ARGV[1 + 4 * i]; local gen = tonumber(ARGV[2 + 4 * i])
-  local used = tonumber(ARGV[3 + 4 * i]); local back = tonumber(ARGV[4 + 4 * i])
-  local v = redis.call('HMGET', KEYS[i], 'gen', 'lo:' .. slice)
+  local o = 3 + 5 * (i - 1)
+  local slice = ARGV[o + 1]; local gen = tonumber(ARGV[o + 2])
+  local used = tonumber(ARGV[o + 3]); local target = tonumber(ARGV[o + 4])
+  local v = redis.call('HMGET', KEYS[i], 'gen', 'lo:' .. slice, 'lu:' .. slice)
   out[i] = -1; out[n + i] = 0; out[2 * n + i] = 0; out[3 * n + i] = 0
   if v[1] then
-    if used ~= 0 then redis.call('HINCRBY', KEYS[i], 'spent', used) end
-    if tonumber(v[1]) == gen and v[2] then
+    if gen < 0 then
+      if used > 0 then redis.call('HINCRBY', KEYS[i], 'spent', used) end
+    elseif tonumber(v[1]) == gen and v[2] then
       out[3 * n + i] = 1
-      local release = math.min(used + back, tonumber(v[2]))
-      local left_in_slice = tonumber(v[2]) - release
-      if release > 0 then  -- (never -0: Redis takes no "-0" for an integer)
-        redis.call('HINCRBY', KEYS[i], 'held', -release)
-        redis.call('HINCRBY', KEYS[i], 'leased', -release)
-        redis.call('HINCRBY', KEYS[i], 'lo:' .. slice, -release)
+      local lo = tonumber(v[2]); local lu = tonumber(v[3] or '0')
+      if used > lu then
+        redis.call('HINCRBY', KEYS[i], 'spent', used - lu)
+        redis.call('HSET', KEYS[i], 'lu:' .. slice, used)
       end
-      if left_in_slice <= 0 then
-        redis.call('HDEL', KEYS[i], 'lo:' .. slice, 'lt:' .. slice)
+      if target < lo then  -- (never -0: Redis takes no "-0" for an integer)
+        redis.call('HINCRBY', KEYS[i], 'held', target - lo)
+        redis.call('HINCRBY', KEYS[i], 'leased', target - lo)
+        lo = target
+      end
+      if lo <= 0 then
+        redis.call('HDEL', KEYS[i], 'lo:' .. slice, 'lu:' .. slice, 'lb:' .. slice, 'lt:' .. slice)
       else
-        redis.call('HSET', KEYS[i], 'lt:' .. slice, expires)
+        redis.call('HSET', KEYS[i], 'lo:' .. slice, lo, 'lb:' .. slice, ARGV[o + 5],
+                   'lt:' .. slice, expires)
       end
     end
     local w = redis.call('HMGET', KEYS[i], 'spent', 'held', 'recall')
@@ -124,39 +170,53 @@ for i = 1, n do
     if w[3] and tonumber(w[3]) > now then out[2 * n + i] = 1 end
   end
 end
-local base = 4 + 4 * n
+local base = 3 + 5 * n
 for j = 1, m do
-  local dr = tonumber(ARGV[base + 2 * j - 1]); local dt = tonumber(ARGV[base + 2 * j])
-  if redis.call('EXISTS', KEYS[n + j]) == 1 then  -- a lapsed window stays gone
-    if dr ~= 0 then redis.call('HINCRBY', KEYS[n + j], 'r', dr) end
-    if dt ~= 0 then redis.call('HINCRBY', KEYS[n + j], 't', dt) end
+  local o = base + 4 * (j - 1); local key = KEYS[n + j]; local slice = ARGV[o + 1]
+  local v = redis.call('HMGET', key, 'ws:' .. slice, 'wr:' .. slice, 'wt:' .. slice, 'r', 't')
+  out[4 * n + j] = -1; out[4 * n + m + j] = -1
+  if v[1] then
+    local r = tonumber(v[4] or '0'); local t = tonumber(v[5] or '0')
+    if tonumber(ARGV[o + 2]) > tonumber(v[1]) then
+      local dr = tonumber(ARGV[o + 3]) - tonumber(v[2]); local dt = tonumber(ARGV[o + 4]) - tonumber(v[3])
+      if dr ~= 0 then r = redis.call('HINCRBY', key, 'r', dr) end
+      if dt ~= 0 then t = redis.call('HINCRBY', key, 't', dt) end
+      redis.call('HSET', key, 'ws:' .. slice, ARGV[o + 2], 'wr:' .. slice, ARGV[o + 3],
+                 'wt:' .. slice, ARGV[o + 4])
+    end
+    out[4 * n + j] = r; out[4 * n + m + j] = t
   end
 end
 return out
 """
+)
 
-RECALL_LUA = """
--- A call near the limit of budget KEYS[1] waits for slices: lapse those of processes
--- silent past their time, ask the others back until ARGV[2] (ms), and return what is
--- still out. ARGV[1]: now in ms.
+RECALL_LUA = (
+    _NOW
+    + """
+-- A call near the limit of budget KEYS[1] waits for slices: lapse those not reported in
+-- time (their calls in flight at the last report count as spent in full, the rest is
+-- freed), ask the others back for ARGV[1] ms, and return what is still out.
 local fields = redis.call('HGETALL', KEYS[1])
-local now = tonumber(ARGV[1])
 for i = 1, #fields, 2 do
   local name = fields[i]
   if string.sub(name, 1, 3) == 'lt:' and tonumber(fields[i + 1]) < now then
     local slice = string.sub(name, 4)
-    local amount = tonumber(redis.call('HGET', KEYS[1], 'lo:' .. slice) or '0')
-    if amount > 0 then
-      redis.call('HINCRBY', KEYS[1], 'held', 0 - amount)
-      redis.call('HINCRBY', KEYS[1], 'leased', 0 - amount)
+    local v = redis.call('HMGET', KEYS[1], 'lo:' .. slice, 'lb:' .. slice)
+    local lo = tonumber(v[1] or '0'); local busy = math.min(tonumber(v[2] or '0'), lo)
+    if lo > 0 then
+      redis.call('HINCRBY', KEYS[1], 'held', 0 - lo)
+      redis.call('HINCRBY', KEYS[1], 'leased', 0 - lo)
     end
-    redis.call('HDEL', KEYS[1], 'lo:' .. slice, name)
+    if busy > 0 then redis.call('HINCRBY', KEYS[1], 'spent', busy) end
+    redis.call('HDEL', KEYS[1], 'lo:' .. slice, 'lu:' .. slice, 'lb:' .. slice, name)
   end
 end
 local leased = tonumber(redis.call('HGET', KEYS[1], 'leased') or '0')
-if leased > 0 then redis.call('HSET', KEYS[1], 'recall', ARGV[2]) end
+if leased > 0 then redis.call('HSET', KEYS[1], 'recall', now + tonumber(ARGV[1])) end
 return leased
 """
+)
 
 LEASE, FLUSH, RECALL = Script(LEASE_LUA), Script(FLUSH_LUA), Script(RECALL_LUA)
 
@@ -166,13 +226,9 @@ def owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class SettledCall:
-    """A leased call's settlement: resolves with each budget's spent after it, once the
-    flush that carries it has run (-1 where the budget had left Redis)."""
+    """A leased call's settlement: resolves with each budget's spent after it, once a
+    flush has carried it (-1 where the budget had left Redis)."""
 
     __slots__ = ("future", "afters", "missing")
 
@@ -197,36 +253,76 @@ class SettledCall:
 @dataclass(slots=True)
 class BudgetSlice:
     key: str
-    name: str  # its name in the budget's hash (lo:<name>, lt:<name>): process and slice
+    name: str  # its name in the budget's hash (lo:, lu:, lb:, lt:<name>), never reused
     gen: int
     limit: int
-    granted: int  # what the slice holds in Redis
+    granted: int  # what Redis held for it when it was taken
     busy: int = 0  # holds of this process's calls in flight on it
-    used: int = 0  # what settled calls used, not yet sent to Redis
-    give_back: bool = False  # return the free part at the next flush; take no new calls
-    dropped: bool = False  # its budget left Redis: what its calls use is not carried
+    used: int = 0  # what its settled calls used, in all
+    closing: bool = False  # admits no call; keeps only what its calls in flight hold
+    orphan: bool = False  # Redis does not know it (reloaded budget, or lapsed)
+    acked_used: int = 0  # `used` as Redis last confirmed it
+    acked_out: int = -1  # what Redis last confirmed the slice holds (-1: not yet)
+    charged: int = 0  # an orphan's `used` that Redis has added to spent
     last_use: float = field(default_factory=time.monotonic)
     born: float = field(default_factory=time.monotonic)
-    # settled calls waiting for the spent their flush leaves: (call, index, actual)
+    # settled calls waiting for the spent their flush leaves: (call, index, used after it)
     waiting: list[tuple[SettledCall, int, int]] = field(default_factory=list)
 
     @property
     def free(self) -> int:
         return self.granted - self.busy - self.used
 
+    def target(self) -> int:
+        """What the slice should hold in Redis now (never more than it did before)."""
+        if self.closing:
+            return self.busy
+        return max(self.granted - self.used, self.busy)
+
+    def resolve(self, upto: int, spent_after: int) -> None:
+        """Calls whose use Redis has now seen learn the budget's spent after them."""
+        keep = []
+        for call, index, mark in self.waiting:
+            if mark <= upto:
+                call.fill(index, -1 if spent_after < 0 else spent_after - (upto - mark))
+            else:
+                keep.append((call, index, mark))
+        self.waiting = keep
+
 
 @dataclass(slots=True)
 class WindowSlice:
     key: str
+    name: str
+    rpm: int
+    tpm: int
     requests: int  # granted in Redis
-    tokens: int  # granted in Redis (grows when calls overrun their estimate)
-    r_seen: int  # the window's counts right after the slice was taken (for headers)
+    tokens: int  # granted in Redis
+    r_seen: int  # the window's counts when last seen, this slice's share included
     t_seen: int
+    busy: int = 0  # calls in flight on it
     used_r: int = 0
-    used_t: int = 0
-    give_back: bool = False
+    used_t: int = 0  # estimates of calls admitted, corrected by their settlements
+    closing: bool = False
+    seq: int = 0  # reports sent
+    acked: tuple[int, int] = (-1, -1)  # counts Redis last confirmed for it
     last_use: float = field(default_factory=time.monotonic)
     born: float = field(default_factory=time.monotonic)
+
+    def target(self) -> tuple[int, int]:
+        """The counts this slice stands for in the window: its grant while open (tokens
+        past it included), what its calls used once closing."""
+        if self.closing:
+            return self.used_r, self.used_t
+        return self.requests, max(self.tokens, self.used_t)
+
+    def eligible(self, r: int, t: int) -> bool:
+        """Still far enough from the window's limits to keep (half the margin it was
+        granted with: no giving back right after taking)."""
+        half = ELIGIBLE_MULTIPLE // 2
+        return (self.rpm <= 0 or self.rpm - r >= half * self.requests) and (
+            self.tpm <= 0 or self.tpm - t >= half * self.tokens
+        )
 
 
 @dataclass(slots=True)
@@ -239,11 +335,11 @@ class Lease:
 
 
 @dataclass(slots=True)
-class _Sent:
-    """One flush in flight: what it carries, to apply or restore when it ends."""
+class Report:
+    """One flush: the figures it carries, to confirm when its reply comes."""
 
-    budgets: list[tuple[BudgetSlice, int, int, list[tuple[SettledCall, int, int]]]]
-    windows: list[tuple[WindowSlice, int, int]]
+    budgets: list[tuple[BudgetSlice, int, int]]  # (slice, used, out); out -1: orphan charge
+    windows: list[tuple[WindowSlice, tuple[int, int]]]
 
 
 class LeaseBook:
@@ -253,11 +349,13 @@ class LeaseBook:
         self.lease_calls = lease_calls
         self.owner = owner or owner_id()
         self._serial = 0
-        self.budgets: dict[str, BudgetSlice] = {}
+        self.budgets: dict[str, BudgetSlice] = {}  # the slice new calls go on
         self.windows: dict[str, WindowSlice] = {}
-        # slices replaced by a slice of a newer generation, flushed until their calls end
+        # closing slices replaced by a newer one, reported until they are done
         self.retired: list[BudgetSlice] = []
-        self.urgent = False  # a slice is to be given back at once
+        self.retired_windows: list[WindowSlice] = []
+        self.urgent = False  # a slice is to be reported at once
+        self.healthy = True  # the last flush succeeded: slices may admit calls
         # scopes refused a slice (near a limit) are not asked again before this time
         self.cooldown: dict[str, float] = {}
 
@@ -265,22 +363,19 @@ class LeaseBook:
         self, keys: list[str], costs: list[int], windows: list[str], est_tokens: int
     ) -> "Lease | None":
         """Admit a call on this process's slices, on all of them or none."""
+        if not self.healthy:
+            return None
         budgets = self.budgets
         slices = []
         for i, key in enumerate(keys):
             s = budgets.get(key)
-            if s is None or s.give_back or s.granted - s.busy - s.used < costs[i]:
+            if s is None or s.closing or s.granted - s.busy - s.used < costs[i]:
                 return None
             slices.append(s)
         wins = []
         for key in windows:
             w = self.windows.get(key)
-            if (
-                w is None
-                or w.give_back
-                or w.used_r >= w.requests
-                or w.used_t + est_tokens > w.tokens
-            ):
+            if w is None or w.closing or w.used_r >= w.requests or w.used_t + est_tokens > w.tokens:
                 return None
             wins.append(w)
         now = time.monotonic()
@@ -290,11 +385,35 @@ class LeaseBook:
             s.last_use = now
             low = low or (s.granted - s.busy - s.used) * 4 < s.granted
         for w in wins:
+            w.busy += 1
             w.used_r += 1
             w.used_t += est_tokens
             w.last_use = now
             low = low or (w.requests - w.used_r) * 4 < w.requests
         return Lease(slices, wins, low)
+
+    def wanted(
+        self, keys: list[str], holds: list[int], windows: list[str], est_tokens: int
+    ) -> tuple[list[int], list[tuple[int, int]]]:
+        """What a new lease should reserve for a call's scopes: a slice of lease_calls
+        calls where the current one is missing, closing or running low, else nothing."""
+        calls = self.lease_calls
+        amounts = []
+        for key, hold in zip(keys, holds, strict=True):
+            s = self.budgets.get(key)
+            low = s is None or s.closing or s.free < hold or s.free * 4 < s.granted
+            amounts.append(max(calls * hold, 1) if low else 0)
+        counts = []
+        for key in windows:
+            w = self.windows.get(key)
+            low = (
+                w is None
+                or w.closing
+                or w.used_t + est_tokens > w.tokens
+                or (w.requests - w.used_r) * 4 < w.requests
+            )
+            counts.append((calls, calls * est_tokens) if low else (0, 0))
+        return amounts, counts
 
     def settle(
         self,
@@ -308,141 +427,163 @@ class LeaseBook:
         next flush."""
         for index, (s, hold, actual) in enumerate(zip(lease.budgets, holds, actuals, strict=True)):
             s.busy -= hold
-            if s.dropped:  # its budget was reloaded from the ledger, which has this call
-                call.fill(index, -1)
-                continue
             s.used += actual
-            s.waiting.append((call, index, actual))
+            s.waiting.append((call, index, s.used))
         for w in lease.windows:
+            w.busy -= 1
             w.used_t += token_delta
 
     def due(self, now: float) -> None:
-        """Mark idle and old slices for giving back; forget cooldowns that are over."""
+        """Close idle and old slices; forget cooldowns that are over."""
         if self.cooldown:
             self.cooldown = {k: t for k, t in self.cooldown.items() if t > now}
         for s in self.budgets.values():
             if now - s.last_use > IDLE_S or now - s.born > MAX_AGE_S:
-                s.give_back = True
+                s.closing = True
         for w in self.windows.values():
             if now - w.last_use > IDLE_S or now - w.born > MAX_AGE_S:
-                w.give_back = True
+                w.closing = True
+
+    def close_all(self) -> None:
+        for s in self._all_budgets():
+            s.closing = True
+        for w in self._all_windows():
+            w.closing = True
 
     def pending(self) -> bool:
-        return bool(self.budgets or self.windows or self.retired)
+        return bool(self.budgets or self.windows or self.retired or self.retired_windows)
 
-    def send(self) -> tuple[list[str], list[int | str], _Sent] | None:
-        """What the next flush carries (taken off the slices until `flushed`/`restore`)."""
-        sent = _Sent([], [])
-        # Every budget slice goes, even with nothing to carry: the flush keeps this
-        # process's slices alive in Redis and hears whether a call waits for them.
-        for s in [*self.budgets.values(), *self.retired]:
-            back = max(s.free, 0) if s.give_back else 0
-            sent.budgets.append((s, s.used, back, s.waiting))
-            s.granted -= s.used + back
-            s.used, s.waiting = 0, []
-        for w in list(self.windows.values()):
-            over = max(w.used_t - w.tokens, 0)
-            if w.give_back:  # the unused part back (tokens past the slice are added)
-                dr, dt = -(w.requests - w.used_r), w.used_t - w.tokens
-            else:  # tokens past the slice: calls that used more than their estimate
-                dr, dt = 0, over
-            if dr or dt or w.give_back:
-                sent.windows.append((w, dr, dt))
-                w.tokens += over
-        if not sent.budgets and not sent.windows:
+    def _all_budgets(self) -> list[BudgetSlice]:
+        return [*self.budgets.values(), *self.retired]
+
+    def _all_windows(self) -> list[WindowSlice]:
+        return [*self.windows.values(), *self.retired_windows]
+
+    def report(self) -> tuple[list[str], list[int | str], Report] | None:
+        """What the next flush carries. Every live budget slice goes, even with nothing
+        new: the report keeps it from lapsing and hears whether a call waits for it."""
+        report = Report([], [])
+        for s in self._all_budgets():
+            if not s.orphan:
+                report.budgets.append((s, s.used, s.target()))
+            elif s.used > s.charged:
+                report.budgets.append((s, s.used, -1))
+            else:
+                self._drop_if_done(s)
+        for w in self._all_windows():
+            counts = w.target()
+            if counts != w.acked:
+                report.windows.append((w, counts))
+            elif w.closing and w.busy == 0:
+                self._drop_window(w)
+        if not report.budgets and not report.windows:
             return None
-        keys = [s.key for s, *_ in sent.budgets] + [w.key for w, *_ in sent.windows]
-        args: list[int | str] = [len(sent.budgets), len(sent.windows)]
-        for s, used, back, _ in sent.budgets:
-            args += (s.name, s.gen, used, back)
-        for _, dr, dt in sent.windows:
-            args += (dr, dt)
-        return keys, args, sent
+        keys = [s.key for s, *_ in report.budgets] + [w.key for w, _ in report.windows]
+        args: list[int | str] = [len(report.budgets), len(report.windows)]
+        for s, used, out in report.budgets:
+            if out < 0:  # an orphan: what Redis has not seen, added once
+                args += (s.name, -1, used - s.charged, 0, 0)
+            else:
+                args += (s.name, s.gen, used, out, s.busy)
+        for w, (r, t) in report.windows:
+            w.seq += 1
+            args += (w.name, w.seq, r, t)
+        return keys, args, report
 
-    def restore(self, sent: _Sent, exc: BaseException) -> None:
-        """The flush failed: what it carried goes back on the slices for the next one."""
-        for s, used, back, waiting in sent.budgets:
-            s.granted += used + back
-            s.used += used
-            s.waiting = waiting + s.waiting
-        for w, _, dt in sent.windows:
-            if dt > 0:
-                w.tokens -= dt
-
-    def flushed(self, sent: _Sent, reply: list[int], now: float) -> None:
-        """Apply a flush's reply: settled calls learn the spent they leave; slices given
-        back (or whose budget was reloaded) are dropped; a slice whose budget is no longer
-        far from its limit, or is being recalled, is given back at the next flush."""
-        n = len(sent.budgets)
-        for i, (s, used, _, waiting) in enumerate(sent.budgets):
+    def confirmed(self, report: Report, reply: list[int], now: float) -> None:
+        """Apply a flush's reply: settled calls learn the spent they leave; done slices
+        are dropped; a slice no longer far from its limit, or asked back, closes."""
+        n, m = len(report.budgets), len(report.windows)
+        for i, (s, used, out) in enumerate(report.budgets):
             spent_after, held_after = reply[i], reply[n + i]
             recalling, owned = reply[2 * n + i], reply[3 * n + i]
-            running = spent_after - used
-            for call, index, actual in waiting:
-                running += actual
-                call.fill(index, -1 if spent_after < 0 else running)
-            if spent_after < 0:  # the budget left Redis: it is reloaded from the ledger
-                s.dropped = True
-                self._drop(s)
-            elif not owned:  # reloaded, or lapsed: admit nothing more on it; what its
-                # calls in flight use is still carried (added to spent, nothing released)
-                s.give_back = True
-                s.granted = s.busy
-                if s.busy == 0 and s.used == 0:
-                    self._drop(s)
-            elif s.give_back and s.busy == 0 and s.used == 0:
-                self._drop(s)
-            elif not s.give_back and (
-                recalling
-                # half the margin it was granted with: no giving back right after taking
-                or s.limit - spent_after - held_after < ELIGIBLE_MULTIPLE // 2 * s.granted
-            ):
-                s.give_back = True
-                self.urgent = True  # a call may be waiting for it: flush again now
-                self.cooldown[s.key] = now + IDLE_S
-        for w, _, _ in sent.windows:
-            if w.give_back and self.windows.get(w.key) is w:
-                del self.windows[w.key]
+            if out < 0:  # an orphan's charge
+                s.charged = used
+                s.resolve(used, spent_after)
+            elif owned:
+                s.acked_used, s.acked_out = used, out
+                s.resolve(used, spent_after)
+                if not s.closing and (
+                    recalling
+                    or s.limit - spent_after - held_after < ELIGIBLE_MULTIPLE // 2 * s.granted
+                ):
+                    s.closing = True
+                    self.urgent = True  # a call may be waiting for it: report again now
+                    self.cooldown[s.key] = now + IDLE_S
+            else:  # reloaded or lapsed: what Redis has not seen of it is charged once
+                s.orphan = s.closing = True
+                s.charged = s.acked_used
+                self.urgent = True
+            self._drop_if_done(s)
+        for j, (w, counts) in enumerate(report.windows):
+            r, t = reply[4 * n + j], reply[4 * n + m + j]
+            if r < 0:  # the window expired: nothing left to correct
+                self._drop_window(w)
+                continue
+            w.acked = counts
+            w.r_seen, w.t_seen = r - counts[0] + w.requests, t - counts[1] + w.tokens
+            if w.closing:
+                if w.busy == 0 and w.target() == counts:
+                    self._drop_window(w)
+            elif not w.eligible(r, t):
+                w.closing = True
+                self.urgent = True
 
-    def _drop(self, s: BudgetSlice) -> None:
+    def _drop_if_done(self, s: BudgetSlice) -> None:
+        if s.busy or s.waiting:
+            return
+        if s.orphan and s.charged < s.used:
+            return
+        if not s.orphan and (s.acked_out != 0 or s.acked_used != s.used):
+            return
         if self.budgets.get(s.key) is s:
             del self.budgets[s.key]
         elif s in self.retired:
             self.retired.remove(s)
 
-    def slice_name(self, key: str) -> str:
-        """The name the next slice of budget `key` takes in Redis: the current slice's
-        when more is added to it, else a new one (a slice whose reply was lost then
-        lapses on its own, never mixed with a live one)."""
-        current = self.budgets.get(key)
-        if current is not None and not current.give_back:
-            return current.name
+    def _drop_window(self, w: WindowSlice) -> None:
+        if self.windows.get(w.key) is w:
+            del self.windows[w.key]
+        elif w in self.retired_windows:
+            self.retired_windows.remove(w)
+
+    def fail_waiting(self, exc: BaseException) -> None:
+        """No flush will carry them any more (the store is closing)."""
+        for s in self._all_budgets():
+            for call, _, _ in s.waiting:
+                call.fail(exc)
+            s.waiting = []
+
+    def new_name(self) -> str:
         self._serial += 1
         return f"{self.owner}:{self._serial}"
 
     def granted(self, key: str, name: str, gen: int, limit: int, amount: int) -> None:
-        """A slice taken in Redis: added to this process's slice of that name, or a new
-        slice (the one it replaces is kept until its calls end)."""
+        """A slice taken in Redis becomes the one new calls go on; the one it replaces
+        closes and is reported until its calls end."""
         current = self.budgets.get(key)
-        if current is not None and current.name == name and current.gen == gen:
-            current.granted += amount
-            current.born = time.monotonic()
-            if current.give_back:  # taken back into use: what was added is not free yet
-                current.give_back = False
-            return
         if current is not None:
-            current.give_back = True
+            current.closing = True
             self.retired.append(current)
         self.budgets[key] = BudgetSlice(key, name, gen, limit, amount)
 
-    def granted_window(self, key: str, requests: int, tokens: int, r: int, t: int) -> None:
+    def granted_window(
+        self,
+        key: str,
+        name: str,
+        limits: tuple[int, int],
+        requests: int,
+        tokens: int,
+        seen: tuple[int, int],
+    ) -> None:
         current = self.windows.get(key)
-        if current is not None and not current.give_back:
-            current.requests += requests
-            current.tokens += tokens
-            current.r_seen, current.t_seen = r, t
-            return
-        self.windows[key] = WindowSlice(key, requests, tokens, r, t)
+        if current is not None:
+            current.closing = True
+            self.retired_windows.append(current)
+        rpm, tpm = limits
+        self.windows[key] = WindowSlice(
+            key, name, rpm, tpm, requests, tokens, *seen, acked=(requests, tokens)
+        )
 
     def cooling(self, keys: list[str], now: float) -> bool:
         return any(self.cooldown.get(key, 0.0) > now for key in keys)
