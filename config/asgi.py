@@ -11,6 +11,7 @@ django_application = get_asgi_application()
 from api.proxy import ProxyApp  # noqa: E402 - needs Django set up first
 
 proxy_application = ProxyApp()
+GC_YOUNG_THRESHOLD = 20_000
 
 
 async def application(scope, receive, send):  # type: ignore[no-untyped-def]
@@ -30,6 +31,11 @@ async def _lifespan(receive, send):  # type: ignore[no-untyped-def]
             # Everything loaded so far lives as long as the process: keep it out of the
             # collector's way, so collections only look at what requests allocate.
             gc.freeze()
+            # A request allocates a few hundred objects and nearly all die with it: at the
+            # default threshold (700) the youngest generation is scanned every few
+            # requests, with the objects of every call in flight in it. Measured with 32
+            # calls in flight: CPU per controlled call 149 -> 139 us (bench/README).
+            gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await proxy_application.shutdown()

@@ -258,6 +258,7 @@ class BudgetSlice:
     limit: int
     granted: int  # what Redis held for it when it was taken
     busy: int = 0  # holds of this process's calls in flight on it
+    calls: int = 0  # how many calls those are
     used: int = 0  # what its settled calls used, in all
     closing: bool = False  # admits no call; keeps only what its calls in flight hold
     orphan: bool = False  # Redis does not know it (reloaded budget, or lapsed)
@@ -382,6 +383,7 @@ class LeaseBook:
         low = False
         for i, s in enumerate(slices):
             s.busy += costs[i]
+            s.calls += 1
             s.last_use = now
             low = low or (s.granted - s.busy - s.used) * 4 < s.granted
         for w in wins:
@@ -395,24 +397,31 @@ class LeaseBook:
     def wanted(
         self, keys: list[str], holds: list[int], windows: list[str], est_tokens: int
     ) -> tuple[list[int], list[tuple[int, int]]]:
-        """What a new lease should reserve for a call's scopes: a slice of lease_calls
-        calls where the current one is missing, closing or running low, else nothing."""
-        calls = self.lease_calls
+        """What a new lease should reserve for a call's scopes where the current slice is
+        missing, closing or running low (else nothing): lease_calls calls, or twice the
+        calls this process has in flight on the slice if more (a slice that the calls in
+        flight fill would be renewed on every call)."""
         amounts = []
         for key, hold in zip(keys, holds, strict=True):
             s = self.budgets.get(key)
-            low = s is None or s.closing or s.free < hold or s.free * 4 < s.granted
-            amounts.append(max(calls * hold, 1) if low else 0)
+            if s is None or s.closing or s.free < hold or s.free * 4 < s.granted:
+                calls = max(self.lease_calls, 2 * s.calls if s is not None else 0)
+                amounts.append(max(calls * hold, 1))
+            else:
+                amounts.append(0)
         counts = []
         for key in windows:
             w = self.windows.get(key)
-            low = (
+            if (
                 w is None
                 or w.closing
                 or w.used_t + est_tokens > w.tokens
                 or (w.requests - w.used_r) * 4 < w.requests
-            )
-            counts.append((calls, calls * est_tokens) if low else (0, 0))
+            ):
+                calls = max(self.lease_calls, 2 * w.busy if w is not None else 0)
+                counts.append((calls, calls * est_tokens))
+            else:
+                counts.append((0, 0))
         return amounts, counts
 
     def settle(
@@ -427,6 +436,7 @@ class LeaseBook:
         next flush."""
         for index, (s, hold, actual) in enumerate(zip(lease.budgets, holds, actuals, strict=True)):
             s.busy -= hold
+            s.calls -= 1
             s.used += actual
             s.waiting.append((call, index, s.used))
         for w in lease.windows:

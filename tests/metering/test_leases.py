@@ -79,9 +79,9 @@ def test_far_from_the_limit_calls_are_admitted_on_a_slice() -> None:
     assert during["held"] == during["leased"] == 8 * HOLD  # one slice of 8 calls, in Redis
     assert sorted(after for (after,) in afters) == [40 * i for i in range(1, 9)]
     assert settled["spent"] == 320  # what the calls used, carried by one flush
-    # with a quarter of the slice left a second one was taken ahead, and the first closed:
-    # what its calls did not use went back
-    assert settled["held"] == settled["leased"] == 8 * HOLD
+    # with a quarter of the slice left a second one was taken ahead, sized for twice the
+    # 8 calls in flight, and the first closed: what its calls did not use went back
+    assert settled["held"] == settled["leased"] == 16 * HOLD
     assert closed["held"] == 0 and closed["leased"] == 0  # closing gave the slice back
     # headers count calls, not slices: the window as this process saw it, plus its calls
     remaining = [dict(a.headers)[b"x-ratelimit-remaining-requests"] for a in admissions]
