@@ -100,6 +100,7 @@ class ProxyApp:
                 settings.REDIS_URL,
                 window_s=settings.RECKON_RATE_WINDOW_SECONDS,
                 lease_calls=settings.RECKON_CONTROL_LEASE_CALLS,
+                on_crossed=self._alert,
             )
             if settings.REDIS_URL
             else None
@@ -326,16 +327,8 @@ class ProxyApp:
             in_tokens += self._hold_unseen_input
         choices = request.get("n")
         per_choice = choices if type(choices) is int and choices > 1 else 1
-        costs = [
-            _budget_cost(b, route.hold_prices, in_tokens, per_choice) for b in controls.budgets
-        ]
-        hold = Hold(
-            controls.budgets,
-            controls.rates,
-            costs,
-            in_tokens + grant.out_max,
-            controls.alert_thresholds,
-        )
+        costs = _budget_costs(controls.budgets, route.hold_prices, in_tokens, per_choice)
+        hold = Hold(controls.budgets, controls.rates, in_tokens + grant.out_max)
         if self.control is None:
             if settings.RECKON_CONTROL_FAIL_OPEN:
                 return hold.unchecked()
@@ -377,7 +370,7 @@ class ProxyApp:
             hold.lease = admission.lease
             if controls.budgets:
                 granted = admission.output_tokens
-                hold.holds = [c.fixed + c.per_token * granted for c in costs]
+                hold.holds = admission.holds or [c.fixed + c.per_token * granted for c in costs]
                 hold.generations = admission.generations
                 if asked is None or granted < asked:
                     set_max_output(endpoint.name, request, granted)
@@ -405,7 +398,6 @@ class ProxyApp:
         spend: Decimal | None = None,
         reasoning_tokens: int = 0,
         actual_tokens: int | None = None,
-        tenant_id: uuid.UUID | None = None,
     ) -> None:
         """Settle a hold for what the call used (nothing, when it never reached upstream)."""
         if self.control is None or hold.checked is False:
@@ -413,7 +405,7 @@ class ProxyApp:
         spent = 0 if spend is None else to_nano(spend)
         actuals = [reasoning_tokens if b.kind == "reasoning" else spent for b in hold.budgets]
         delta = (actual_tokens if actual_tokens is not None else 0) - hold.est_tokens
-        settled = self.control.settle(
+        self.control.settle(
             budgets=hold.budgets,
             holds=hold.holds,
             actuals=actuals,
@@ -423,39 +415,27 @@ class ProxyApp:
             token_windows=hold.token_windows,
             lease=hold.lease,
         )  # not awaited: the command is on its way, the response need not wait for it
-        settled.add_done_callback(lambda done: self._settled(done, hold, actuals, tenant_id))
 
-    def _settled(
-        self,
-        done: "asyncio.Future[list[int]]",
-        hold: "Hold",
-        actuals: list[int],
-        tenant_id: uuid.UUID | None,
-    ) -> None:
-        if done.cancelled() or done.exception() is not None:
-            logger.error(
-                "could not settle a hold (%s); it stays until the budget is reloaded",
-                None if done.cancelled() else done.exception(),
-            )
-            return
-        if tenant_id is None or not hold.thresholds:
-            return
-        for budget, after, actual in zip(hold.budgets, done.result(), actuals, strict=True):
-            if after >= 0 and _crossed(hold.thresholds, budget.limit, after - actual, after):
-                self._lookups.submit(alerts_check, tenant_id)
-                return
+    def _alert(self, budget: BudgetScope) -> None:
+        """A settlement took a budget across an alert percentage: evaluate now."""
+        if budget.tenant_id is not None:
+            self._lookups.submit(alerts_check, budget.tenant_id)
 
 
-def _budget_cost(
-    budget: BudgetScope, hold_prices: tuple[int, int] | None, in_tokens: int, choices: int = 1
-) -> BudgetCost:
-    """The call's cost to a budget per output token granted (each of `choices` choices
+def _budget_costs(
+    budgets: tuple[BudgetScope, ...],
+    hold_prices: tuple[int, int] | None,
+    in_tokens: int,
+    choices: int = 1,
+) -> list[BudgetCost]:
+    """The call's cost to each budget per output token granted (each of `choices` choices
     may spend the whole grant), in the budget's unit, rounded up."""
-    if budget.kind == "reasoning":
-        return BudgetCost(0, choices)  # reasoning tokens are at most the output tokens
-    assert hold_prices is not None  # a money budget without prices is refused before this
+    reasoning = BudgetCost(0, choices)  # reasoning tokens are at most the output tokens
+    if hold_prices is None:  # only reasoning budgets: a money budget is refused before
+        return [reasoning] * len(budgets)
     per_million_input, per_output_token = hold_prices
-    return BudgetCost(-(-in_tokens * per_million_input // 1_000_000), choices * per_output_token)
+    money = BudgetCost(-(-in_tokens * per_million_input // 1_000_000), choices * per_output_token)
+    return [reasoning if b.kind == "reasoning" else money for b in budgets]
 
 
 def _budget_refusal(
@@ -473,11 +453,6 @@ def _budget_refusal(
         f"This call could cost up to {need:.6f} and only {left_money:.6f} of your "
         f"{budget.label} remains. Lower max_completion_tokens or raise the limit."
     )
-
-
-def _crossed(thresholds: tuple[int, ...], limit: int, before: int, after: int) -> bool:
-    """Did use go from below to at-or-above one of the percentages of `limit`?"""
-    return limit > 0 and any(before * 100 < t * limit <= after * 100 for t in thresholds)
 
 
 def alerts_check(tenant_id: uuid.UUID) -> None:
@@ -500,12 +475,10 @@ class Hold:
     __slots__ = (
         "budgets",
         "rates",
-        "costs",
         "holds",
         "est_tokens",
         "generations",
         "token_windows",
-        "thresholds",
         "headers",
         "checked",
         "lease",
@@ -515,18 +488,14 @@ class Hold:
         self,
         budgets: tuple[BudgetScope, ...],
         rates: Any,
-        costs: list[BudgetCost],
         est_tokens: int,
-        thresholds: tuple[int, ...] = (),
     ) -> None:
         self.budgets = budgets
         self.rates = rates
-        self.costs = costs
         self.holds: list[int] = [0] * len(budgets)
         self.generations: list[int] = [0] * len(budgets)
         self.token_windows: list[str] | None = None
         self.est_tokens = est_tokens
-        self.thresholds = thresholds
         self.headers: list[tuple[bytes, bytes]] = []
         self.checked = True
         self.lease: Lease | None = None
@@ -793,7 +762,6 @@ class _Call:
                 spend=spend,
                 reasoning_tokens=usage.reasoning_tokens,
                 actual_tokens=sum(tokens.values()),
-                tenant_id=self.caller.tenant_id,
             )
 
 

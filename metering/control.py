@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
+from functools import partial
 from typing import Any, NamedTuple
 
 from metering.leases import (
@@ -43,7 +44,6 @@ from metering.leases import (
     RECALL_WAIT_S,
     Lease,
     LeaseBook,
-    SettledCall,
 )
 from metering.redis_pipe import RedisPipe, RedisUnavailable, Script
 
@@ -165,6 +165,14 @@ class BudgetScope:
     ttl_s: int  # 0: no expiry (all-time budgets)
     # Loads the budget's durable use (in its unit) from the ledger when Redis lacks it.
     load_used: Callable[[], int] = field(compare=False)
+    # Whose budget it is, and the percentages of it at which they are alerted.
+    tenant_id: Any = field(default=None, compare=False)
+    alert_at: tuple[int, ...] = field(default=(), compare=False)
+
+    def crossed(self, before: int, after: int) -> bool:
+        """Did use go from below to at-or-above one of the alert percentages?"""
+        limit = self.limit
+        return limit > 0 and any(before * 100 < t * limit <= after * 100 for t in self.alert_at)
 
 
 class BudgetCost(NamedTuple):
@@ -209,6 +217,8 @@ class Admission:
     retry_after_s: int = 0
     # The call was admitted on this process's slices (metering.leases), not in Redis.
     lease: Lease | None = None
+    # What it holds of each budget, where known here (leased: the grant is out_max).
+    holds: list[int] | None = None
 
 
 # The control store cannot be reached or did not answer in time.
@@ -219,15 +229,25 @@ class ControlStore:
     """Async Redis front: admission, settlement and lazy loading of budgets, over one
     pipelined connection per process (metering.redis_pipe)."""
 
-    def __init__(self, url: str, *, window_s: int = 60, lease_calls: int = 0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        window_s: int = 60,
+        lease_calls: int = 0,
+        on_crossed: Callable[[BudgetScope], None] | None = None,
+    ) -> None:
         self._redis = RedisPipe(url, timeout=1.0)
         self.window_s = window_s
+        # Called when a settlement takes a budget across one of its alert percentages.
+        self.on_crossed = on_crossed
         # lease_calls > 0: far from their limits, calls are admitted on slices this
         # process takes lease_calls calls at a time (metering.leases).
-        self.book = LeaseBook(lease_calls) if lease_calls > 0 else None
+        self.book = LeaseBook(lease_calls, on_crossed=self._crossed) if lease_calls > 0 else None
         self._leasing: dict[tuple[str, ...], asyncio.Future[None]] = {}
         self._window_keys: dict[int, tuple[int, Sequence[RateScope], list[str]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._ahead: set[tuple[str, ...]] = set()  # scopes whose next slices are coming
         self._flusher: asyncio.Task[None] | None = None
         self._flushing = asyncio.Lock()
 
@@ -266,13 +286,15 @@ class ControlStore:
             admission = self._take(book, keys, holds, grant, rates, windows, est_tokens, reset)
             if admission is not None:
                 assert admission.lease is not None
-                if admission.lease.low and (*keys, *windows) not in self._leasing:
-                    # take more before the slices run out, so calls do not wait for it
-                    self._background(
-                        self._lease(
+                if admission.lease.low:
+                    group = (*keys, *windows)
+                    if group not in self._leasing and group not in self._ahead:
+                        # take more before the slices run out, so calls do not wait for it
+                        self._ahead.add(group)
+                        lease = self._lease(
                             budgets, holds, rates, windows, est_tokens, load_in_thread, keys
                         )
-                    )
+                        self._background(lease, group)
                 return admission
             if not book.cooling(keys + windows, time.monotonic()):
                 await self._lease(budgets, holds, rates, windows, est_tokens, load_in_thread, keys)
@@ -356,6 +378,7 @@ class ControlStore:
             token_windows=windows,
             headers=headers,
             lease=lease,
+            holds=holds,
         )
 
     async def _lease(
@@ -417,7 +440,7 @@ class ControlStore:
             n, m = len(budgets), len(rates)
             for i, budget in enumerate(budgets):
                 if amounts[i]:
-                    book.granted(budget.key, names[i], reply[1 + i], budget.limit, amounts[i])
+                    book.granted(budget, names[i], reply[1 + i], amounts[i])
             for j, key in enumerate(windows):
                 requests, tokens = counts[j]
                 if requests:
@@ -430,13 +453,14 @@ class ControlStore:
             del self._leasing[group]
             done.set_result(None)
 
-    def _background(self, work: Any) -> None:
+    def _background(self, work: Any, group: tuple[str, ...]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
-        task.add_done_callback(self._background_done)
+        task.add_done_callback(partial(self._background_done, group))
 
-    def _background_done(self, task: "asyncio.Task[None]") -> None:
+    def _background_done(self, group: tuple[str, ...], task: "asyncio.Task[None]") -> None:
         self._tasks.discard(task)
+        self._ahead.discard(group)
         if not task.cancelled() and task.exception() is not None:
             logger.warning("taking a lease ahead failed: %r", task.exception())
 
@@ -530,16 +554,16 @@ class ControlStore:
         generations: list[int] | None = None,
         token_windows: list[str] | None = None,
         lease: Lease | None = None,
-    ) -> "asyncio.Future[list[int]]":
-        """Release each budget's hold and add what the call actually used. The command is
-        on its way when this returns (callers need not wait, and later commands of this
-        process run after it); the future gives each budget's use after settling (-1
+    ) -> "asyncio.Future[list[int]] | None":
+        """Release each budget's hold and add what the call actually used; callers need
+        not wait. The command is on its way when this returns (later commands of this
+        process run after it); its future gives each budget's use after settling (-1
         where the budget has left Redis) or fails with ControlUnavailable. A leased call
-        settles on its slices; its future resolves with the flush that carries it."""
+        settles on its slices (None: the next report carries it). Either way a budget
+        taken across an alert percentage calls `on_crossed`."""
         if lease is not None and self.book is not None:
-            future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-            self.book.settle(lease, holds, actuals, token_delta, SettledCall(future, len(holds)))
-            return future
+            self.book.settle(lease, holds, actuals, token_delta)
+            return None
         if token_windows is None:
             token_windows = self._windows(rates, time.time())[0]
         keys = [b.key for b in budgets]
@@ -547,7 +571,26 @@ class ControlStore:
         args: list[int] = [len(budgets), len(token_windows), token_delta, self.window_s * 2]
         for hold, actual, gen in zip(holds, actuals, generations or [0] * len(holds), strict=True):
             args += (hold, actual, gen)
-        return self._redis.run_nowait(SETTLE, keys, args)
+        future = self._redis.run_nowait(SETTLE, keys, args)
+        future.add_done_callback(partial(self._settled, budgets, actuals))
+        return future
+
+    def _settled(
+        self, budgets: Sequence[BudgetScope], actuals: list[int], done: "asyncio.Future[list[int]]"
+    ) -> None:
+        if done.cancelled() or done.exception() is not None:
+            logger.error(
+                "could not settle a hold (%s); it stays until the budget is reloaded",
+                None if done.cancelled() else done.exception(),
+            )
+            return
+        for budget, after, actual in zip(budgets, done.result(), actuals, strict=True):
+            if after >= 0 and budget.alert_at:
+                self._crossed(budget, after - actual, after)
+
+    def _crossed(self, budget: BudgetScope, before: int, after: int) -> None:
+        if self.on_crossed is not None and budget.crossed(before, after):
+            self.on_crossed(budget)
 
     async def close(self) -> None:
         if self._tasks:  # leases being taken land first: none may arrive after the end
@@ -563,7 +606,6 @@ class ControlStore:
                 if not book.pending():
                     break
                 await asyncio.sleep(FLUSH_S)
-            book.fail_waiting(ControlUnavailable("the control store closed"))
         if self._flusher is not None:
             self._flusher.cancel()
         await self._redis.close()

@@ -38,14 +38,18 @@ What a lease costs, when things go wrong:
   last saw it, plus its own calls.
 """
 
-import asyncio
 import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from metering.redis_pipe import Script
+
+if TYPE_CHECKING:
+    from metering.control import BudgetScope
 
 FLUSH_S = 0.05  # how often a process with leases reports its slices to Redis
 IDLE_S = 1.0  # a slice unused this long closes
@@ -226,32 +230,9 @@ def owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-class SettledCall:
-    """A leased call's settlement: resolves with each budget's spent after it, once a
-    flush has carried it (-1 where the budget had left Redis)."""
-
-    __slots__ = ("future", "afters", "missing")
-
-    def __init__(self, future: "asyncio.Future[list[int]]", budgets: int) -> None:
-        self.future = future
-        self.afters = [-1] * budgets
-        self.missing = budgets
-        if budgets == 0:
-            future.set_result([])
-
-    def fill(self, index: int, after: int) -> None:
-        self.afters[index] = after
-        self.missing -= 1
-        if self.missing == 0 and not self.future.done():
-            self.future.set_result(self.afters)
-
-    def fail(self, exc: BaseException) -> None:
-        if not self.future.done():
-            self.future.set_exception(exc)
-
-
 @dataclass(slots=True)
 class BudgetSlice:
+    scope: "BudgetScope"
     key: str
     name: str  # its name in the budget's hash (lo:, lu:, lb:, lt:<name>), never reused
     gen: int
@@ -267,8 +248,6 @@ class BudgetSlice:
     charged: int = 0  # an orphan's `used` that Redis has added to spent
     last_use: float = field(default_factory=time.monotonic)
     born: float = field(default_factory=time.monotonic)
-    # settled calls waiting for the spent their flush leaves: (call, index, used after it)
-    waiting: list[tuple[SettledCall, int, int]] = field(default_factory=list)
 
     @property
     def free(self) -> int:
@@ -279,16 +258,6 @@ class BudgetSlice:
         if self.closing:
             return self.busy
         return max(self.granted - self.used, self.busy)
-
-    def resolve(self, upto: int, spent_after: int) -> None:
-        """Calls whose use Redis has now seen learn the budget's spent after them."""
-        keep = []
-        for call, index, mark in self.waiting:
-            if mark <= upto:
-                call.fill(index, -1 if spent_after < 0 else spent_after - (upto - mark))
-            else:
-                keep.append((call, index, mark))
-        self.waiting = keep
 
 
 @dataclass(slots=True)
@@ -346,8 +315,15 @@ class Report:
 class LeaseBook:
     """This process's slices, by Redis key. Pure bookkeeping: ControlStore talks to Redis."""
 
-    def __init__(self, lease_calls: int, owner: str = "") -> None:
+    def __init__(
+        self,
+        lease_calls: int,
+        owner: str = "",
+        on_crossed: "Callable[[BudgetScope, int, int], None] | None" = None,
+    ) -> None:
         self.lease_calls = lease_calls
+        # told each budget's spent before and after what a report added to it (alerts)
+        self.on_crossed = on_crossed
         self.owner = owner or owner_id()
         self._serial = 0
         self.budgets: dict[str, BudgetSlice] = {}  # the slice new calls go on
@@ -430,15 +406,13 @@ class LeaseBook:
         holds: list[int],
         actuals: list[int],
         token_delta: int,
-        call: SettledCall,
     ) -> None:
         """A leased call ended: its holds leave its slices, what it used waits for the
-        next flush."""
-        for index, (s, hold, actual) in enumerate(zip(lease.budgets, holds, actuals, strict=True)):
+        next report."""
+        for s, hold, actual in zip(lease.budgets, holds, actuals, strict=True):
             s.busy -= hold
             s.calls -= 1
             s.used += actual
-            s.waiting.append((call, index, s.used))
         for w in lease.windows:
             w.busy -= 1
             w.used_t += token_delta
@@ -508,11 +482,11 @@ class LeaseBook:
             spent_after, held_after = reply[i], reply[n + i]
             recalling, owned = reply[2 * n + i], reply[3 * n + i]
             if out < 0:  # an orphan's charge
+                self._added(s, used - s.charged, spent_after)
                 s.charged = used
-                s.resolve(used, spent_after)
             elif owned:
+                self._added(s, used - s.acked_used, spent_after)
                 s.acked_used, s.acked_out = used, out
-                s.resolve(used, spent_after)
                 if not s.closing and (
                     recalling
                     or s.limit - spent_after - held_after < ELIGIBLE_MULTIPLE // 2 * s.granted
@@ -539,8 +513,12 @@ class LeaseBook:
                 w.closing = True
                 self.urgent = True
 
+    def _added(self, s: BudgetSlice, amount: int, spent_after: int) -> None:
+        if amount > 0 and spent_after >= 0 and self.on_crossed is not None:
+            self.on_crossed(s.scope, spent_after - amount, spent_after)
+
     def _drop_if_done(self, s: BudgetSlice) -> None:
-        if s.busy or s.waiting:
+        if s.busy:
             return
         if s.orphan and s.charged < s.used:
             return
@@ -557,25 +535,19 @@ class LeaseBook:
         elif w in self.retired_windows:
             self.retired_windows.remove(w)
 
-    def fail_waiting(self, exc: BaseException) -> None:
-        """No flush will carry them any more (the store is closing)."""
-        for s in self._all_budgets():
-            for call, _, _ in s.waiting:
-                call.fail(exc)
-            s.waiting = []
-
     def new_name(self) -> str:
         self._serial += 1
         return f"{self.owner}:{self._serial}"
 
-    def granted(self, key: str, name: str, gen: int, limit: int, amount: int) -> None:
+    def granted(self, scope: "BudgetScope", name: str, gen: int, amount: int) -> None:
         """A slice taken in Redis becomes the one new calls go on; the one it replaces
         closes and is reported until its calls end."""
+        key = scope.key
         current = self.budgets.get(key)
         if current is not None:
             current.closing = True
             self.retired.append(current)
-        self.budgets[key] = BudgetSlice(key, name, gen, limit, amount)
+        self.budgets[key] = BudgetSlice(scope, key, name, gen, scope.limit, amount)
 
     def granted_window(
         self,

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Generic, TypeVar
@@ -96,10 +96,11 @@ class Controls:
     # A reasoning budget in clamp mode applies: a call whose maximum the budgets cannot
     # cover is granted what is left (down to the plausible size) instead of refused.
     clamp_to_budget: bool = False
+    # Some budget is in money (every call needs a price); computed, not passed.
+    money_budgets: bool = field(init=False)
 
-    @property
-    def money_budgets(self) -> bool:
-        return any(b.kind != "reasoning" for b in self.budgets)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "money_budgets", any(b.kind != "reasoning" for b in self.budgets))
 
 
 @dataclass(frozen=True)
@@ -303,6 +304,8 @@ def controls_load(api_key: ApiKey, terms: TenantTerms | None = None) -> Controls
                     api_key_id=limit.api_key_id,
                     since=month if monthly else None,
                 ),
+                tenant_id=tenant_id,
+                alert_at=terms.alert_thresholds,
             )
         )
     if terms.balance is not None:
@@ -315,6 +318,8 @@ def controls_load(api_key: ApiKey, terms: TenantTerms | None = None) -> Controls
                 limit=to_nano(max(terms.balance.available, Decimal(0))),
                 ttl_s=MONTH_TTL_S,
                 load_used=lambda: to_nano(load_balance_used()),
+                tenant_id=tenant_id,
+                alert_at=terms.alert_thresholds,
             )
         )
     policy = ReasoningPolicy.objects.filter(api_key=api_key).first()
@@ -337,6 +342,8 @@ def controls_load(api_key: ApiKey, terms: TenantTerms | None = None) -> Controls
                 limit=tokens,
                 ttl_s=MONTH_TTL_S,
                 load_used=_reasoning_loader(tenant_id=tenant_id, api_key_id=key_id, since=month),
+                tenant_id=tenant_id,
+                alert_at=terms.alert_thresholds,
             )
         )
     rates = [
