@@ -363,8 +363,8 @@ def main() -> None:
         ("direct", "direct"),
         ("bare", "bare proxy"),
         ("reckon", "Reckon"),
-        ("controls", "+controls"),
-        ("leased", "+ctl leased"),
+        ("leased", "+controls"),
+        ("controls", "+ctl exact"),
     ]
 
     def row(label: str, values: list[str]) -> None:
@@ -381,8 +381,10 @@ def main() -> None:
             [""] + [f"{m(t, 'c1', field) - d:+.3f}" for t, _ in columns[1:]],
         )
     print("(+controls: the same Reckon with a spend hold, two spend limits, two rate limits and")
-    print(" reasoning governance on every call, each call checked and settled in Redis;")
-    print(f" +ctl leased: the same, admitted on slices leased {args.lease_calls} calls at a time)")
+    print(
+        f" reasoning governance on every call, on slices leased {args.lease_calls} calls at a time"
+    )
+    print(" (the default); +ctl exact: the same, each call checked and settled in Redis)")
     for target, title in columns[2:]:
         ratio = m(target, "c32", "rps") / direct_rps
         added_p50 = m(target, "c1", "p50_ms") - m("direct", "c1", "p50_ms")

@@ -254,9 +254,7 @@ CELERY_TASK_ROUTES = {
 RECKON_CONTROL_FAIL_OPEN = env_bool("RECKON_CONTROL_FAIL_OPEN", False)
 # Far from every limit, a server process admits calls on slices of the budgets and rate
 # windows it takes this many calls at a time (metering.leases); 0: every call in Redis.
-RECKON_CONTROL_LEASE_CALLS = int(
-    os.environ.get("RECKON_CONTROL_LEASE_CALLS", "0")
-)  # off until the review findings in the notes are fixed
+RECKON_CONTROL_LEASE_CALLS = int(os.environ.get("RECKON_CONTROL_LEASE_CALLS", "32"))
 # Rate-limit window in seconds (limits are per minute at the default 60).
 RECKON_RATE_WINDOW_SECONDS = int(os.environ.get("RECKON_RATE_WINDOW_SECONDS", "60"))
 # The most output (visible + reasoning) tokens a call that names no maximum is granted

@@ -4,6 +4,7 @@ limits the openai SDK's retries honour, reasoning governance, and a dead control
 import asyncio
 import json
 import math
+import os
 import time
 from decimal import ROUND_CEILING, Decimal
 
@@ -106,6 +107,72 @@ def test_64_concurrent_streams_never_exceed_the_limit_and_none_is_refused_early(
         {"Authorization": f"Bearer {e2e.raw_key}", "Content-Type": "application/json"},
     )
     assert status == 200
+
+
+def test_leased_calls_fill_a_limit_and_none_is_refused_while_it_covers_one(
+    e2e: E2ETenant,
+) -> None:
+    """Far from the limit the server admits calls on slices (metering.leases), near it
+    call by call: spend never passes the limit, and once all calls have settled a call
+    is refused only when what is left cannot cover its hold."""
+    import redis
+
+    priced(e2e)
+    max_tokens = 40
+    body = json.dumps(
+        {"model": "reasoner", "messages": PROMPT, "max_completion_tokens": max_tokens}
+    ).encode()
+    hold = nano((math.ceil(len(body) / 3) * INPUT_PER_M + max_tokens * OUTPUT_PER_M) / 1_000_000)
+    limit_nano = hold * 1500  # room for slices of 32 calls (16 times larger) at first
+    SpendLimit.objects.create(
+        tenant=e2e.tenant, window="total", amount_usd=Decimal(limit_nano) / 10**9
+    )
+    url = e2e.openai_base + "/chat/completions"
+
+    async def until_refused(session: aiohttp.ClientSession) -> int:
+        admitted = 0
+        while await _post(session, url, e2e.raw_key, body) == 200:
+            admitted += 1
+        return admitted
+
+    async def burst() -> list[int]:
+        async with aiohttp.ClientSession() as session:
+            return await asyncio.gather(*(until_refused(session) for _ in range(16)))
+
+    concurrent = sum(asyncio.run(burst()))
+    budget = redis.Redis.from_url(os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0")
+    assert budget.hexists(f"rk:spend:tenant:{e2e.tenant.id}:total", "leased")  # slices were used
+    time.sleep(0.3)  # the last leased calls are reported
+
+    def left() -> int:
+        spends = UsageRecord.objects.filter(tenant=e2e.tenant).values_list("spend_usd", flat=True)
+        return limit_nano - sum(nano(s) for s in spends)
+
+    sequential = 0
+    while True:  # one call at a time: refused exactly when what is left cannot cover it
+        status, _, _ = http(
+            "POST",
+            url,
+            json.loads(body),
+            {"Authorization": f"Bearer {e2e.raw_key}", "Content-Type": "application/json"},
+        )
+        if status != 200:
+            assert status == 429
+            break
+        sequential += 1
+    assert 0 <= left() < hold, (concurrent, sequential, left(), hold)
+    assert UsageRecord.objects.filter(tenant=e2e.tenant).count() == concurrent + sequential
+    assert concurrent > 1500  # the calls use less than their holds: more fit than 1500
+
+
+async def _post(session: aiohttp.ClientSession, url: str, key: str, body: bytes) -> int:
+    async with session.post(
+        url,
+        data=body,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    ) as r:
+        await r.read()
+        return r.status
 
 
 def test_rate_limits_are_shared_have_headers_and_the_sdk_retries(e2e: E2ETenant) -> None:
