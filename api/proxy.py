@@ -340,15 +340,16 @@ class ProxyApp:
             )
             return None
         try:
-            admission = await self.control.admit(
+            admission = self.control.admit_leased(
+                controls.budgets, costs, grant, controls.rates, hold.est_tokens, self._in_thread
+            ) or await self.control.admit(
                 budgets=controls.budgets,
                 costs=costs,
                 grant=grant,
                 rates=controls.rates,
                 est_tokens=hold.est_tokens,
-                load_in_thread=lambda fn: asyncio.get_running_loop().run_in_executor(
-                    self._lookups, fn
-                ),
+                load_in_thread=self._in_thread,
+                leased_tried=True,
             )
         except ControlUnavailable:
             logger.error(
@@ -405,6 +406,9 @@ class ProxyApp:
         spent = 0 if spend is None else to_nano(spend)
         actuals = [reasoning_tokens if b.kind == "reasoning" else spent for b in hold.budgets]
         delta = (actual_tokens if actual_tokens is not None else 0) - hold.est_tokens
+        if hold.lease is not None:
+            self.control.settle_leased(hold.lease, hold.holds, actuals, delta)
+            return
         self.control.settle(
             budgets=hold.budgets,
             holds=hold.holds,
@@ -415,6 +419,10 @@ class ProxyApp:
             token_windows=hold.token_windows,
             lease=hold.lease,
         )  # not awaited: the command is on its way, the response need not wait for it
+
+    def _in_thread(self, fn: Callable[[], int]) -> "asyncio.Future[int]":
+        """Run a ledger lookup on the lookup thread (loading a budget into Redis)."""
+        return asyncio.get_running_loop().run_in_executor(self._lookups, fn)
 
     def _alert(self, budget: BudgetScope) -> None:
         """A settlement took a budget across an alert percentage: evaluate now."""

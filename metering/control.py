@@ -265,6 +265,36 @@ class ControlStore:
         self._window_keys[id(rates)] = (window, rates, keys)  # holds `rates`: ids stay unique
         return keys, reset
 
+    def admit_leased(
+        self,
+        budgets: Sequence[BudgetScope],
+        costs: Sequence[BudgetCost],
+        grant: Grant,
+        rates: Sequence[RateScope],
+        est_tokens: int,
+        load_in_thread: Callable[[Callable[[], int]], Any],
+    ) -> Admission | None:
+        """Admit the call on this process's slices, without waiting for anything, or
+        None (then `admit`). Takes more slices ahead when these run low."""
+        book = self.book
+        if book is None or not (budgets or rates):
+            return None
+        out_max = grant.out_max
+        holds = [c.fixed + c.per_token * out_max for c in costs]
+        keys = [b.key for b in budgets]
+        windows, reset = self._windows(rates, time.time())
+        admission = self._take(book, keys, holds, grant, rates, windows, est_tokens, reset)
+        if admission is not None and admission.lease.low:  # type: ignore[union-attr]
+            group = (*keys, *windows)
+            if group not in self._leasing and group not in self._ahead:
+                # take more before the slices run out, so calls do not wait for it
+                self._ahead.add(group)
+                lease = self._lease(
+                    budgets, holds, rates, windows, est_tokens, load_in_thread, keys
+                )
+                self._background(lease, group)
+        return admission
+
     async def admit(
         self,
         *,
@@ -274,29 +304,22 @@ class ControlStore:
         rates: Sequence[RateScope],
         est_tokens: int,
         load_in_thread: Callable[[Callable[[], int]], Any],
+        leased_tried: bool = False,
     ) -> Admission:
         """Hold the call against every budget and count it in every rate window, or
         refuse it, in one atomic script (or on this process's slices, far from every
-        limit). A budget missing from Redis is loaded from the ledger first."""
+        limit). A budget missing from Redis is loaded from the ledger first.
+        `leased_tried`: the caller has just had None from `admit_leased`."""
+        if not leased_tried:
+            admission = self.admit_leased(budgets, costs, grant, rates, est_tokens, load_in_thread)
+            if admission is not None:
+                return admission
         windows, reset = self._windows(rates, time.time())
         book = self.book
         if book is not None and (budgets or rates):
-            holds = [c.fixed + c.per_token * grant.out_max for c in costs]
             keys = [b.key for b in budgets]
-            admission = self._take(book, keys, holds, grant, rates, windows, est_tokens, reset)
-            if admission is not None:
-                assert admission.lease is not None
-                if admission.lease.low:
-                    group = (*keys, *windows)
-                    if group not in self._leasing and group not in self._ahead:
-                        # take more before the slices run out, so calls do not wait for it
-                        self._ahead.add(group)
-                        lease = self._lease(
-                            budgets, holds, rates, windows, est_tokens, load_in_thread, keys
-                        )
-                        self._background(lease, group)
-                return admission
             if not book.cooling(keys + windows, time.monotonic()):
+                holds = [c.fixed + c.per_token * grant.out_max for c in costs]
                 await self._lease(budgets, holds, rates, windows, est_tokens, load_in_thread, keys)
                 admission = self._take(book, keys, holds, grant, rates, windows, est_tokens, reset)
                 if admission is not None:
@@ -561,8 +584,8 @@ class ControlStore:
         where the budget has left Redis) or fails with ControlUnavailable. A leased call
         settles on its slices (None: the next report carries it). Either way a budget
         taken across an alert percentage calls `on_crossed`."""
-        if lease is not None and self.book is not None:
-            self.book.settle(lease, holds, actuals, token_delta)
+        if lease is not None:
+            self.settle_leased(lease, holds, actuals, token_delta)
             return None
         if token_windows is None:
             token_windows = self._windows(rates, time.time())[0]
@@ -574,6 +597,13 @@ class ControlStore:
         future = self._redis.run_nowait(SETTLE, keys, args)
         future.add_done_callback(partial(self._settled, budgets, actuals))
         return future
+
+    def settle_leased(
+        self, lease: Lease, holds: list[int], actuals: list[int], token_delta: int
+    ) -> None:
+        """Settle a call admitted on this process's slices (the next report carries it)."""
+        assert self.book is not None
+        self.book.settle(lease, holds, actuals, token_delta)
 
     def _settled(
         self, budgets: Sequence[BudgetScope], actuals: list[int], done: "asyncio.Future[list[int]]"
