@@ -3,7 +3,9 @@
 import asyncio
 import logging
 
+import pytest
 from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from config.uvicorn_protocol import CoalescingCycle
 
@@ -27,9 +29,15 @@ class Transport:
     def resume_reading(self) -> None: ...
 
 
-def cycle(transport: Transport, *, keep_alive: bool = True) -> tuple[CoalescingCycle, list[int]]:
+def cycle(
+    transport: Transport,
+    *,
+    keep_alive: bool = True,
+    method: str = "POST",
+    defaults: list[tuple[bytes, bytes]] | None = None,
+) -> tuple[CoalescingCycle, list[int]]:
     completed: list[int] = []
-    scope = {"type": "http", "method": "POST", "http_version": "1.1", "headers": []}
+    scope = {"type": "http", "method": method, "http_version": "1.1", "headers": []}
     return (
         CoalescingCycle(
             scope=scope,  # type: ignore[arg-type]
@@ -38,7 +46,7 @@ def cycle(transport: Transport, *, keep_alive: bool = True) -> tuple[CoalescingC
             logger=logging.getLogger("test"),
             access_logger=logging.getLogger("test"),
             access_log=False,
-            default_headers=[],
+            default_headers=defaults or [],
             message_event=asyncio.Event(),
             expect_100_continue=False,
             keep_alive=keep_alive,
@@ -108,3 +116,62 @@ def test_a_body_in_parts_sends_the_head_with_the_first() -> None:
     asyncio.run(scenario())
     assert len(transport.writes) == 2
     assert transport.writes[0].endswith(b"\r\n\r\nab") and transport.writes[1] == b"cd"
+
+
+RESPONSES = [
+    (b"{}", [(b"content-type", b"application/json"), (b"Content-Length", b"2")]),
+    (
+        b"abc",
+        [
+            (b"content-type", b"application/json"),
+            (b"x-reckon-request-id", b"5f0c"),
+            (b"content-length", b"3"),
+            (b"x-ratelimit-limit-requests", b"60"),
+            (b"x-ratelimit-remaining-requests", b"59"),
+            (b"x-ratelimit-reset-requests", b"7s"),
+        ],
+    ),
+    (b"", [(b"content-length", b"0")]),
+]
+
+
+async def _respond(target: CoalescingCycle, body: bytes, headers: list) -> None:  # type: ignore[type-arg]
+    await target.send(start(headers))
+    await target.send({"type": "http.response.body", "body": body})
+
+
+@pytest.mark.parametrize("keep_alive", [True, False])
+@pytest.mark.parametrize(("body", "headers"), RESPONSES)
+def test_the_one_pass_head_is_byte_for_byte_uvicorns(
+    keep_alive: bool, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    ours, theirs = Transport(), Transport()
+    date = [(b"date", b"Tue, 01 Dec 2026 23:59:00 GMT")]
+    c, ours_done = cycle(ours, keep_alive=keep_alive, defaults=date)
+    u, theirs_done = cycle(theirs, keep_alive=keep_alive, defaults=date)
+    u.__class__ = RequestResponseCycle  # type: ignore[assignment]  # uvicorn's own
+    asyncio.run(_respond(c, body, headers))
+    asyncio.run(_respond(u, body, headers))
+    assert b"".join(ours.writes) == b"".join(theirs.writes)
+    assert len(ours.writes) == 1 and len(theirs.writes) == 2
+    assert ours_done == theirs_done == [1] and c.response_complete
+    assert ours.closed is theirs.closed is (not keep_alive)
+
+
+def test_a_header_value_with_a_line_break_is_refused() -> None:
+    c, _ = cycle(Transport())
+    with pytest.raises(RuntimeError, match="Invalid HTTP header value"):
+        asyncio.run(c.send(start([(b"x-a", b"1\r\nx-b: 2"), (b"content-length", b"0")])))
+
+
+def test_a_head_request_and_a_short_body_take_uvicorns_path() -> None:
+    transport = Transport()
+    c, completed = cycle(transport, method="HEAD")
+
+    async def scenario() -> None:
+        await c.send(start([(b"content-length", b"5")]))
+        await c.send({"type": "http.response.body", "body": b""})
+
+    asyncio.run(scenario())
+    assert b"".join(transport.writes).endswith(b"content-length: 5\r\n\r\n")
+    assert completed == [1]
