@@ -156,6 +156,16 @@ def seed_controlled(database_url: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+def serve(port: int, workers: int, env: dict[str, str]) -> subprocess.Popen:
+    """Reckon's production server (`manage.py serve`) on `port`."""
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--port", str(port), "--workers", str(workers)],
+        cwd=ROOT,
+        env={**env, "LOG_LEVEL": "WARNING"},
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def wrk(
     binary: str, url: str, key: str, model: str, connections: int, duration: int
 ) -> dict[str, float]:
@@ -277,40 +287,15 @@ def main() -> None:
             cwd=ROOT,
             env={**env, "RECKON_BARE_UPSTREAM": url["sim"]},
         ),
-        subprocess.Popen(
-            [
-                *python,
-                "manage.py",
-                "serve",
-                "--port",
-                str(ports["reckon"]),
-                "--workers",
-                str(args.workers),
-            ],
-            cwd=ROOT,
-            env={**env, "LOG_LEVEL": "WARNING", "RECKON_CONTROL_LEASE_CALLS": "0"},
-            stderr=subprocess.DEVNULL,
+        # Reckon as configured by default (leases: far from every limit, calls are
+        # admitted on slices of the budgets and windows this process reserved in Redis),
+        # and the same Reckon checking and settling every call in Redis.
+        serve(
+            ports["leased"],
+            args.workers,
+            {**env, "RECKON_CONTROL_LEASE_CALLS": str(args.lease_calls)},
         ),
-        # The same Reckon with leases (metering.leases): far from every limit, calls are
-        # admitted on slices of the budgets and windows this process reserved in Redis.
-        subprocess.Popen(
-            [
-                *python,
-                "manage.py",
-                "serve",
-                "--port",
-                str(ports["leased"]),
-                "--workers",
-                str(args.workers),
-            ],
-            cwd=ROOT,
-            env={
-                **env,
-                "LOG_LEVEL": "WARNING",
-                "RECKON_CONTROL_LEASE_CALLS": str(args.lease_calls),
-            },
-            stderr=subprocess.DEVNULL,
-        ),
+        serve(ports["reckon"], args.workers, {**env, "RECKON_CONTROL_LEASE_CALLS": "0"}),
     ]
     targets = {
         "direct": (url["sim"], "sim-reasoner", key),

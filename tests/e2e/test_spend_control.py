@@ -131,7 +131,7 @@ def test_leased_calls_fill_a_limit_and_none_is_refused_while_it_covers_one(
 
     async def until_refused(session: aiohttp.ClientSession) -> int:
         admitted = 0
-        while await _post(session, url, e2e.raw_key, body) == 200:
+        while await _stream(session, url, e2e.raw_key, body) == 200:
             admitted += 1
         return admitted
 
@@ -163,16 +163,6 @@ def test_leased_calls_fill_a_limit_and_none_is_refused_while_it_covers_one(
     assert 0 <= left() < hold, (concurrent, sequential, left(), hold)
     assert UsageRecord.objects.filter(tenant=e2e.tenant).count() == concurrent + sequential
     assert concurrent > 1500  # the calls use less than their holds: more fit than 1500
-
-
-async def _post(session: aiohttp.ClientSession, url: str, key: str, body: bytes) -> int:
-    async with session.post(
-        url,
-        data=body,
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-    ) as r:
-        await r.read()
-        return r.status
 
 
 def test_rate_limits_are_shared_have_headers_and_the_sdk_retries(e2e: E2ETenant) -> None:

@@ -47,18 +47,25 @@ async def admit(store: ControlStore, b: BudgetScope, rates=()):  # type: ignore[
     )
 
 
-async def settle(store: ControlStore, b: BudgetScope, admission, actual: int = HOLD, rates=()):  # type: ignore[no-untyped-def]
-    """Settle a call; a leased one is carried by the next report, which this waits for."""
-    settled = store.settle(
+def settle_call(
+    store: ControlStore, b: BudgetScope, admission, actual: int = HOLD, rates=(), delta: int = 0
+):  # type: ignore[no-untyped-def]
+    """Settle a call that held HOLD of `b` (a leased one waits for the next report)."""
+    return store.settle(
         budgets=[b],
         holds=[HOLD],
         actuals=[actual],
         rates=list(rates),
-        token_delta=0,
+        token_delta=delta,
         generations=admission.generations,
         token_windows=admission.token_windows,
         lease=admission.lease,
     )
+
+
+async def settle(store: ControlStore, b: BudgetScope, admission, actual: int = HOLD, rates=()):  # type: ignore[no-untyped-def]
+    """Settle a call; a leased one is carried by the next report, which this waits for."""
+    settled = settle_call(store, b, admission, actual, rates)
     if settled is not None:
         return await settled
     await store.flush()
@@ -210,16 +217,7 @@ def test_a_report_whose_reply_was_lost_is_not_counted_twice() -> None:
         for a in admissions[:2]:
             a.lease.windows[0].closing = True  # the window slice reports its counts too
         for a in admissions[:2]:
-            store.settle(
-                budgets=[b],
-                holds=[HOLD],
-                actuals=[40],
-                rates=[rate],
-                token_delta=5,
-                generations=a.generations,
-                token_windows=a.token_windows,
-                lease=a.lease,
-            )
+            settle_call(store, b, a, 40, [rate], 5)
         # a report reaches Redis but its reply is lost (a timeout): the next report
         # carries the same absolute figures, and the window the same sequence number
         keys, args, _ = store.book.report()  # type: ignore[union-attr]
@@ -230,16 +228,7 @@ def test_a_report_whose_reply_was_lost_is_not_counted_twice() -> None:
         key = admissions[0].token_windows[0]
         window = redis.Redis.from_url(URL).hmget(key, "r", "t")
         third = admissions[2]
-        store.settle(
-            budgets=[b],
-            holds=[HOLD],
-            actuals=[40],
-            rates=[rate],
-            token_delta=7,
-            generations=third.generations,
-            token_windows=third.token_windows,
-            lease=third.lease,
-        )
+        settle_call(store, b, third, 40, [rate], 7)
         await store.flush()
         # the old report arrives once more, after newer ones: it changes nothing
         await store._redis.run(leases.FLUSH, keys, [leases.OWNER_TTL_S * 1000, *args])
@@ -268,16 +257,7 @@ def test_a_closing_slice_keeps_the_hold_of_a_call_in_flight() -> None:
         during = fields(b)
         late = await admit(store, b, [rate])  # not on the closing slice: a new one
         window = a.token_windows[0]
-        store.settle(
-            budgets=[b],
-            holds=[HOLD],
-            actuals=[40],
-            rates=[rate],
-            token_delta=25,
-            generations=a.generations,
-            token_windows=a.token_windows,
-            lease=a.lease,
-        )
+        settle_call(store, b, a, 40, [rate], 25)
         await settle(store, b, late, 40, [rate])
         await store.close()
         counts = redis.Redis.from_url(URL).hmget(window, "r", "t")
@@ -300,15 +280,7 @@ def test_close_waits_for_a_lease_being_taken_and_gives_everything_back() -> None
         assert store._tasks  # a slice is being taken ahead
         await asyncio.sleep(0)  # its request is on its way to Redis
         for a in admissions:
-            store.settle(
-                budgets=[b],
-                holds=[HOLD],
-                actuals=[40],
-                rates=[],
-                token_delta=0,
-                generations=a.generations,
-                lease=a.lease,
-            )
+            settle_call(store, b, a, 40, [], 0)
         await store.close()
 
     asyncio.run(scenario())
