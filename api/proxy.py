@@ -118,11 +118,11 @@ class ProxyApp:
 
     async def shutdown(self) -> None:
         await self.ledger.close()
+        if self.control is not None:  # its last reports may still signal alerts
+            await self.control.close()
         self._lookups.submit(lambda: connection.close()).result()
         self._lookups.shutdown(wait=True)
         await self.upstream.close()
-        if self.control is not None:
-            await self.control.close()
 
     # --- dispatch ----------------------------------------------------------------
 

@@ -281,10 +281,10 @@ class ControlStore:
             return None
         out_max = grant.out_max
         holds = [c.fixed + c.per_token * out_max for c in costs]
-        keys = [b.key for b in budgets]
         windows, reset = self._windows(rates, time.time())
-        admission = self._take(book, keys, holds, grant, rates, windows, est_tokens, reset)
+        admission = self._take(book, budgets, holds, grant, rates, windows, est_tokens, reset)
         if admission is not None and admission.lease.low:  # type: ignore[union-attr]
+            keys = [b.key for b in budgets]
             group = (*keys, *windows)
             if group not in self._leasing and group not in self._ahead:
                 # take more before the slices run out, so calls do not wait for it
@@ -321,7 +321,9 @@ class ControlStore:
             if not book.cooling(keys + windows, time.monotonic()):
                 holds = [c.fixed + c.per_token * grant.out_max for c in costs]
                 await self._lease(budgets, holds, rates, windows, est_tokens, load_in_thread, keys)
-                admission = self._take(book, keys, holds, grant, rates, windows, est_tokens, reset)
+                admission = self._take(
+                    book, budgets, holds, grant, rates, windows, est_tokens, reset
+                )
                 if admission is not None:
                     return admission
         keys = [b.key for b in budgets]
@@ -377,7 +379,7 @@ class ControlStore:
     def _take(
         self,
         book: LeaseBook,
-        keys: list[str],
+        budgets: Sequence[BudgetScope],
         holds: list[int],
         grant: Grant,
         rates: Sequence[RateScope],
@@ -385,7 +387,7 @@ class ControlStore:
         est_tokens: int,
         reset: int,
     ) -> Admission | None:
-        lease = book.take(keys, holds, windows, est_tokens)
+        lease = book.take(budgets, holds, windows, est_tokens)
         if lease is None:
             return None
         headers: list[tuple[bytes, bytes]] = []
@@ -449,7 +451,19 @@ class ControlStore:
                     name,
                 )
             for _ in range(len(budgets) + 2):
-                reply = await self._redis.run(LEASE, [*keys, *windows], args)
+                try:
+                    reply = await self._redis.run(LEASE, [*keys, *windows], args)
+                except ControlUnavailable:
+                    # no reply, but Redis may have taken the slices: free them if so
+                    window_slices = [
+                        (key, name, requests, tokens)
+                        for key, name, (requests, tokens) in zip(
+                            windows, window_names, counts, strict=True
+                        )
+                    ]
+                    book.lost(list(budgets), names, amounts, window_slices)
+                    self._start_flusher()
+                    raise
                 if reply[0] != -1:
                     break
                 budget = budgets[reply[1] - 1]
@@ -470,8 +484,7 @@ class ControlStore:
                     limits = (rates[j].requests_per_minute or 0, rates[j].tokens_per_minute or 0)
                     seen = (reply[1 + n + j], reply[1 + n + m + j])
                     book.granted_window(key, window_names[j], limits, requests, tokens, seen)
-            if self._flusher is None:
-                self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+            self._start_flusher()
         finally:
             del self._leasing[group]
             done.set_result(None)
@@ -487,6 +500,10 @@ class ControlStore:
         if not task.cancelled() and task.exception() is not None:
             logger.warning("taking a lease ahead failed: %r", task.exception())
 
+    def _start_flusher(self) -> None:
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+
     async def _flush_loop(self) -> None:
         try:
             while self.book is not None and self.book.pending():
@@ -498,6 +515,9 @@ class ControlStore:
                     await self.flush()
                 except ControlUnavailable:
                     pass  # the next report carries the same figures
+                except Exception:  # a bug must not stop the reports: slices would lapse
+                    logger.exception("reporting leased slices failed")
+                    self.book.healthy = False
         finally:
             self._flusher = None
 
@@ -509,9 +529,13 @@ class ControlStore:
         if book is None:
             return
         async with self._flushing:
-            book.due(time.monotonic())
-            report = book.report()
+            now = time.monotonic()
+            book.due(now)
+            report = book.report(now)
             if report is None:
+                if not book.healthy:  # nothing to report: ask Redis whether it is back
+                    await self._redis.run(FLUSH, [], [OWNER_TTL_S * 1000, 0, 0])
+                    book.healthy = True
                 return
             keys, args, carried = report
             try:
@@ -620,7 +644,10 @@ class ControlStore:
 
     def _crossed(self, budget: BudgetScope, before: int, after: int) -> None:
         if self.on_crossed is not None and budget.crossed(before, after):
-            self.on_crossed(budget)
+            try:
+                self.on_crossed(budget)
+            except Exception:  # an alert is best effort; the sweep catches up
+                logger.exception("could not signal an alert for %s", budget.label)
 
     async def close(self) -> None:
         if self._tasks:  # leases being taken land first: none may arrive after the end

@@ -8,32 +8,38 @@ longer needs. Redis's `held` and the window counts always include every slice, s
 processes together can never admit past a limit: the guarantee is the exact path's, with
 one Redis call per many calls instead of two each.
 
-A flush is safe to apply twice or late. A budget slice reports absolute figures: `used`,
-what its settled calls used in all (spent grows by the part Redis has not seen), and
-`out`, what it still holds (held shrinks to it); `used` only grows and `out` only
-shrinks, so an old report changes nothing. A window slice reports the counts it stands
-for, with a sequence number (its token count may move both ways). A flush whose reply
-was lost is simply followed by the next one; nothing is restored or resent as a delta.
+A report is safe to apply twice, late or out of order. A budget slice reports absolute
+figures: `used`, what its settled calls used in all (spent grows by the part Redis has
+not seen), and `out`, what it still holds (held shrinks to it); `used` only grows and
+`out` only shrinks, so an old report changes nothing. A finished slice leaves a
+tombstone (its `used`) for FORGET_S, so that even its last report counts once. A window
+slice reports the counts it stands for, with a sequence number (its token count may
+move both ways). A report whose reply was lost is simply followed by the next one;
+nothing is restored or resent as a delta. Slice names are unique (host, pid, a random
+part and a serial), so a name in the budget's hash is always this slice of this
+generation of the budget.
 
 Slices are taken only far from a limit: what is left must be at least ELIGIBLE_MULTIPLE
-times the slice, a slice covers LEASE_CALLS calls of the size asking for it, and a call
-that does not fit its process's slice goes through the exact per-call script. Near a
-limit slices stop being granted, and the ones out close at their holders' next flush (a
-closing slice admits nothing, keeps what its calls in flight hold and gives the rest
-back). When the exact script would refuse a call while slices are out, the call waits
-for them (RECALL_WAIT_S at most) so that no call is refused while the budget could
-cover it. Times are Redis's own clock (TIME), never a process's.
+times the slice, a slice covers LEASE_CALLS calls of the size asking for it (or twice
+the calls in flight), and a call that does not fit its process's slice goes through the
+exact per-call script. Near a limit slices stop being granted, and the ones out close
+at their holders' next report (a closing slice admits nothing, keeps what its calls in
+flight hold and gives the rest back). When the exact script would refuse a call while
+slices are out, the call waits for them (RECALL_WAIT_S at most) so that no call is
+refused while the budget could cover it. Times are Redis's own clock (TIME).
 
-What a lease costs, when things go wrong:
-- A slice of a process silent for OWNER_TTL_S lapses when a call needs its room: what
-  its calls had in flight at its last report is added to spent (as if used in full, the
-  way an exact hold of a crashed process is never released), the rest is freed.
+When things go wrong, counters may count too much, never too little:
+- A slice not reported for OWNER_TTL_S lapses when a call needs its room: what it holds
+  counts as spent (its process may have admitted and settled calls it never reported),
+  the way an exact hold of a crashed process is never released.
 - A slice Redis no longer knows (the budget was reloaded from the ledger after a Redis
   restart, or the slice lapsed) becomes an orphan: it admits nothing more, and what its
-  calls used that Redis had not seen is added to spent once, as an exact settlement adds
-  a call's use whatever the budget's generation.
-- After a failed flush the process admits nothing on its slices until a flush succeeds
-  (calls go to the exact path, which answers as configured when Redis is down).
+  calls used that Redis had not seen is added to spent (absolute, so once), as an exact
+  settlement adds a call's use whatever the budget's generation.
+- A lease whose reply was lost is reported back as a closing slice that used nothing:
+  if Redis took it, it is freed.
+- After a failed report the process admits nothing on its slices until a report gets
+  through (calls go to the exact path, which answers as configured when Redis is down).
 - The rate-limit headers of a leased call are computed from the window as its process
   last saw it, plus its own calls.
 """
@@ -42,7 +48,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -57,6 +63,7 @@ MAX_AGE_S = 10.0  # a slice closes (and a new one is taken) at least this often
 OWNER_TTL_S = 30  # a slice not reported for this long may lapse
 RECALL_WAIT_S = 0.5  # the most a near-limit call waits for other processes' slices
 ELIGIBLE_MULTIPLE = 16  # a slice is granted only where what is left is 16 times larger
+FORGET_S = 5.0  # a finished slice's tombstone stays this long (late copies of reports)
 
 _NOW = """
 local clock = redis.call('TIME')
@@ -105,8 +112,7 @@ for i = 1, n do
   if amount > 0 then
     redis.call('HINCRBY', KEYS[i], 'held', amount)
     redis.call('HINCRBY', KEYS[i], 'leased', amount)
-    redis.call('HSET', KEYS[i], 'lo:' .. slice, amount, 'lu:' .. slice, 0,
-               'lb:' .. slice, 0, 'lt:' .. slice, expires)
+    redis.call('HSET', KEYS[i], 'lo:' .. slice, amount, 'lt:' .. slice, expires)
   end
   out[1 + i] = gens[i]
 end
@@ -130,51 +136,66 @@ FLUSH_LUA = (
     _NOW
     + """
 -- Report slices. KEYS: n budget hashes, m rate-window hashes
--- ARGV: owner_ttl_ms, n, m, (slice, gen, used, out, busy) x n, (slice, seq, r, t) x m
--- Budget slice (absolute figures, see metering.leases): spent grows by used - lu, the
--- slice's hold shrinks to out (never grows); at out 0 the slice is done. gen -1: an
--- orphan's charge, `used` added to spent once. A window slice's counts become (r, t)
--- if seq is newer than the last applied.
+-- ARGV: owner_ttl_ms, n, m, (slice, mode, used, out) x n, (slice, seq, r, t) x m
+-- Budget slices, in absolute figures (metering.leases), by mode:
+--   0 report: spent grows by used - lu (what Redis has not seen), the slice's hold
+--     shrinks to out (never grows); at out 0 the slice is done and only its lu stays
+--     behind (a tombstone: a late copy of a report then changes nothing);
+--   1 orphan charge: `used` is what the orphan used since Redis lost it; spent grows by
+--     used - lc;
+--   2 forget: a finished slice's tombstone and charge go.
+-- A window slice's counts become (r, t) if seq is newer than the last applied.
 -- Returns {spent x n, held x n, recalling x n, owned x n, r x m, t x m}
--- (spent -1: the budget is not in Redis; owned 0: Redis does not know the slice;
--- r -1: the window is gone).
+-- (spent -1: the budget is not in Redis; owned 0: Redis does not know the slice, it
+-- lapsed or the budget was reloaded; r -1: the window is gone).
 local expires = now + tonumber(ARGV[1])
 local n = tonumber(ARGV[2]); local m = tonumber(ARGV[3])
 local out = {}
 for i = 1, n do
-  local o = 3 + 5 * (i - 1)
-  local slice = ARGV[o + 1]; local gen = tonumber(ARGV[o + 2])
-  local used = tonumber(ARGV[o + 3]); local target = tonumber(ARGV[o + 4])
-  local v = redis.call('HMGET', KEYS[i], 'gen', 'lo:' .. slice, 'lu:' .. slice)
+  local o = 3 + 4 * (i - 1); local key = KEYS[i]
+  local slice = ARGV[o + 1]; local mode = ARGV[o + 2]; local used = tonumber(ARGV[o + 3])
   out[i] = -1; out[n + i] = 0; out[2 * n + i] = 0; out[3 * n + i] = 0
-  if v[1] then
-    if gen < 0 then
-      if used > 0 then redis.call('HINCRBY', KEYS[i], 'spent', used) end
-    elseif tonumber(v[1]) == gen and v[2] then
-      out[3 * n + i] = 1
-      local lo = tonumber(v[2]); local lu = tonumber(v[3] or '0')
-      if used > lu then
-        redis.call('HINCRBY', KEYS[i], 'spent', used - lu)
-        redis.call('HSET', KEYS[i], 'lu:' .. slice, used)
-      end
-      if target < lo then  -- (never -0: Redis takes no "-0" for an integer)
-        redis.call('HINCRBY', KEYS[i], 'held', target - lo)
-        redis.call('HINCRBY', KEYS[i], 'leased', target - lo)
-        lo = target
-      end
-      if lo <= 0 then
-        redis.call('HDEL', KEYS[i], 'lo:' .. slice, 'lu:' .. slice, 'lb:' .. slice, 'lt:' .. slice)
+  if redis.call('HEXISTS', key, 'gen') == 1 then
+    out[3 * n + i] = 1
+    if mode == '0' then
+      local v = redis.call('HMGET', key, 'lo:' .. slice, 'lu:' .. slice)
+      if v[1] or v[2] then
+        local lu = tonumber(v[2] or '0')
+        if used > lu then
+          redis.call('HINCRBY', key, 'spent', used - lu)
+          redis.call('HSET', key, 'lu:' .. slice, used)
+        end
+        if v[1] then
+          local lo = tonumber(v[1]); local target = tonumber(ARGV[o + 4])
+          if target < lo then  -- (never -0: Redis takes no "-0" for an integer)
+            redis.call('HINCRBY', key, 'held', target - lo)
+            redis.call('HINCRBY', key, 'leased', target - lo)
+            lo = target
+          end
+          if lo <= 0 then redis.call('HDEL', key, 'lo:' .. slice) else
+            redis.call('HSET', key, 'lo:' .. slice, lo)
+          end
+          -- a tombstone keeps its time too: RECALL clears those of processes that died
+          redis.call('HSET', key, 'lt:' .. slice, expires)
+        end
       else
-        redis.call('HSET', KEYS[i], 'lo:' .. slice, lo, 'lb:' .. slice, ARGV[o + 5],
-                   'lt:' .. slice, expires)
+        out[3 * n + i] = 0
       end
+    elseif mode == '1' then
+      local lc = tonumber(redis.call('HGET', key, 'lc:' .. slice) or '0')
+      if used > lc then
+        redis.call('HINCRBY', key, 'spent', used - lc)
+        redis.call('HSET', key, 'lc:' .. slice, used)
+      end
+    else
+      redis.call('HDEL', key, 'lo:' .. slice, 'lu:' .. slice, 'lc:' .. slice, 'lt:' .. slice)
     end
-    local w = redis.call('HMGET', KEYS[i], 'spent', 'held', 'recall')
+    local w = redis.call('HMGET', key, 'spent', 'held', 'recall')
     out[i] = tonumber(w[1] or '0'); out[n + i] = tonumber(w[2] or '0')
     if w[3] and tonumber(w[3]) > now then out[2 * n + i] = 1 end
   end
 end
-local base = 3 + 5 * n
+local base = 3 + 4 * n
 for j = 1, m do
   local o = base + 4 * (j - 1); local key = KEYS[n + j]; local slice = ARGV[o + 1]
   local v = redis.call('HMGET', key, 'ws:' .. slice, 'wr:' .. slice, 'wt:' .. slice, 'r', 't')
@@ -199,21 +220,21 @@ RECALL_LUA = (
     _NOW
     + """
 -- A call near the limit of budget KEYS[1] waits for slices: lapse those not reported in
--- time (their calls in flight at the last report count as spent in full, the rest is
--- freed), ask the others back for ARGV[1] ms, and return what is still out.
+-- time (what they hold counts as spent: their process may have admitted and settled
+-- calls it never reported), clear old tombstones, ask the others back for ARGV[1] ms,
+-- and return what is still out.
 local fields = redis.call('HGETALL', KEYS[1])
 for i = 1, #fields, 2 do
   local name = fields[i]
   if string.sub(name, 1, 3) == 'lt:' and tonumber(fields[i + 1]) < now then
     local slice = string.sub(name, 4)
-    local v = redis.call('HMGET', KEYS[1], 'lo:' .. slice, 'lb:' .. slice)
-    local lo = tonumber(v[1] or '0'); local busy = math.min(tonumber(v[2] or '0'), lo)
+    local lo = tonumber(redis.call('HGET', KEYS[1], 'lo:' .. slice) or '0')
     if lo > 0 then
       redis.call('HINCRBY', KEYS[1], 'held', 0 - lo)
       redis.call('HINCRBY', KEYS[1], 'leased', 0 - lo)
+      redis.call('HINCRBY', KEYS[1], 'spent', lo)
     end
-    if busy > 0 then redis.call('HINCRBY', KEYS[1], 'spent', busy) end
-    redis.call('HDEL', KEYS[1], 'lo:' .. slice, 'lu:' .. slice, 'lb:' .. slice, name)
+    redis.call('HDEL', KEYS[1], 'lo:' .. slice, 'lu:' .. slice, 'lc:' .. slice, name)
   end
 end
 local leased = tonumber(redis.call('HGET', KEYS[1], 'leased') or '0')
@@ -234,7 +255,7 @@ def owner_id() -> str:
 class BudgetSlice:
     scope: "BudgetScope"
     key: str
-    name: str  # its name in the budget's hash (lo:, lu:, lb:, lt:<name>), never reused
+    name: str  # its name in the budget's hash (lo:, lu:, lc:, lt:<name>), never reused
     gen: int
     limit: int
     granted: int  # what Redis held for it when it was taken
@@ -245,7 +266,9 @@ class BudgetSlice:
     orphan: bool = False  # Redis does not know it (reloaded budget, or lapsed)
     acked_used: int = 0  # `used` as Redis last confirmed it
     acked_out: int = -1  # what Redis last confirmed the slice holds (-1: not yet)
-    charged: int = 0  # an orphan's `used` that Redis has added to spent
+    orphan_base: int = 0  # an orphan's `used` when Redis lost it
+    charged: int = 0  # what Redis has added to spent of an orphan's use since
+    finished: float = 0.0  # when Redis confirmed it done (its tombstone goes FORGET_S on)
     last_use: float = field(default_factory=time.monotonic)
     born: float = field(default_factory=time.monotonic)
 
@@ -304,11 +327,15 @@ class Lease:
     low: bool = False  # a slice has less than a quarter left: time to take more
 
 
+REPORT, CHARGE, FORGET = 0, 1, 2
+
+
 @dataclass(slots=True)
 class Report:
     """One flush: the figures it carries, to confirm when its reply comes."""
 
-    budgets: list[tuple[BudgetSlice, int, int]]  # (slice, used, out); out -1: orphan charge
+    # (slice, mode, used, out): mode REPORT, CHARGE (an orphan's) or FORGET (FLUSH_LUA)
+    budgets: list[tuple[BudgetSlice, int, int, int]]
     windows: list[tuple[WindowSlice, tuple[int, int]]]
 
 
@@ -325,6 +352,7 @@ class LeaseBook:
         # told each budget's spent before and after what a report added to it (alerts)
         self.on_crossed = on_crossed
         self.owner = owner or owner_id()
+        self._pid = os.getpid()
         self._serial = 0
         self.budgets: dict[str, BudgetSlice] = {}  # the slice new calls go on
         self.windows: dict[str, WindowSlice] = {}
@@ -333,20 +361,28 @@ class LeaseBook:
         self.retired_windows: list[WindowSlice] = []
         self.urgent = False  # a slice is to be reported at once
         self.healthy = True  # the last flush succeeded: slices may admit calls
+        self.closed = False  # the store is closing: tombstones go at once
         # scopes refused a slice (near a limit) are not asked again before this time
         self.cooldown: dict[str, float] = {}
 
     def take(
-        self, keys: list[str], costs: list[int], windows: list[str], est_tokens: int
+        self,
+        scopes: "Sequence[BudgetScope]",
+        costs: list[int],
+        windows: list[str],
+        est_tokens: int,
     ) -> "Lease | None":
         """Admit a call on this process's slices, on all of them or none."""
         if not self.healthy:
             return None
         budgets = self.budgets
         slices = []
-        for i, key in enumerate(keys):
-            s = budgets.get(key)
+        for i, scope in enumerate(scopes):
+            s = budgets.get(scope.key)
             if s is None or s.closing or s.granted - s.busy - s.used < costs[i]:
+                return None
+            if s.limit != scope.limit:  # the limit changed: a new slice, checked anew
+                s.closing = True
                 return None
             slices.append(s)
         wins = []
@@ -429,6 +465,7 @@ class LeaseBook:
                 w.closing = True
 
     def close_all(self) -> None:
+        self.closed = True
         for s in self._all_budgets():
             s.closing = True
         for w in self._all_windows():
@@ -443,17 +480,20 @@ class LeaseBook:
     def _all_windows(self) -> list[WindowSlice]:
         return [*self.windows.values(), *self.retired_windows]
 
-    def report(self) -> tuple[list[str], list[int | str], Report] | None:
+    def report(self, now: float) -> tuple[list[str], list[int | str], Report] | None:
         """What the next flush carries. Every live budget slice goes, even with nothing
         new: the report keeps it from lapsing and hears whether a call waits for it."""
         report = Report([], [])
         for s in self._all_budgets():
-            if not s.orphan:
-                report.budgets.append((s, s.used, s.target()))
-            elif s.used > s.charged:
-                report.budgets.append((s, s.used, -1))
+            if s.finished:
+                if now - s.finished > FORGET_S or self.closed:
+                    report.budgets.append((s, FORGET, 0, 0))
+            elif not s.orphan:
+                report.budgets.append((s, REPORT, s.used, s.target()))
+            elif s.used - s.orphan_base > s.charged:
+                report.budgets.append((s, CHARGE, s.used - s.orphan_base, 0))
             else:
-                self._drop_if_done(s)
+                self._finish_if_done(s, now)
         for w in self._all_windows():
             counts = w.target()
             if counts != w.acked:
@@ -464,24 +504,25 @@ class LeaseBook:
             return None
         keys = [s.key for s, *_ in report.budgets] + [w.key for w, _ in report.windows]
         args: list[int | str] = [len(report.budgets), len(report.windows)]
-        for s, used, out in report.budgets:
-            if out < 0:  # an orphan: what Redis has not seen, added once
-                args += (s.name, -1, used - s.charged, 0, 0)
-            else:
-                args += (s.name, s.gen, used, out, s.busy)
+        for s, mode, used, out in report.budgets:
+            args += (s.name, mode, used, out)
         for w, (r, t) in report.windows:
             w.seq += 1
             args += (w.name, w.seq, r, t)
         return keys, args, report
 
     def confirmed(self, report: Report, reply: list[int], now: float) -> None:
-        """Apply a flush's reply: settled calls learn the spent they leave; done slices
-        are dropped; a slice no longer far from its limit, or asked back, closes."""
+        """Apply a flush's reply: budgets taken across an alert percentage are told;
+        done slices finish; a slice no longer far from its limit, or asked back, closes;
+        one Redis no longer knows becomes an orphan."""
         n, m = len(report.budgets), len(report.windows)
-        for i, (s, used, out) in enumerate(report.budgets):
+        for i, (s, mode, used, out) in enumerate(report.budgets):
             spent_after, held_after = reply[i], reply[n + i]
             recalling, owned = reply[2 * n + i], reply[3 * n + i]
-            if out < 0:  # an orphan's charge
+            if mode == FORGET:
+                self._drop(s)
+                continue
+            if mode == CHARGE:
                 self._added(s, used - s.charged, spent_after)
                 s.charged = used
             elif owned:
@@ -494,11 +535,11 @@ class LeaseBook:
                     s.closing = True
                     self.urgent = True  # a call may be waiting for it: report again now
                     self.cooldown[s.key] = now + IDLE_S
-            else:  # reloaded or lapsed: what Redis has not seen of it is charged once
+            else:  # reloaded or lapsed: what Redis has not seen of it is charged
                 s.orphan = s.closing = True
-                s.charged = s.acked_used
+                s.orphan_base = s.acked_used
                 self.urgent = True
-            self._drop_if_done(s)
+            self._finish_if_done(s, now)
         for j, (w, counts) in enumerate(report.windows):
             r, t = reply[4 * n + j], reply[4 * n + m + j]
             if r < 0:  # the window expired: nothing left to correct
@@ -517,13 +558,21 @@ class LeaseBook:
         if amount > 0 and spent_after >= 0 and self.on_crossed is not None:
             self.on_crossed(s.scope, spent_after - amount, spent_after)
 
-    def _drop_if_done(self, s: BudgetSlice) -> None:
-        if s.busy:
+    def _finish_if_done(self, s: BudgetSlice, now: float) -> None:
+        """A slice with no call in flight whose every use Redis has, and that holds
+        nothing, is done: no call goes on it; its tombstone is forgotten later."""
+        if s.busy or s.finished:
             return
-        if s.orphan and s.charged < s.used:
+        if s.orphan and s.charged < s.used - s.orphan_base:
             return
         if not s.orphan and (s.acked_out != 0 or s.acked_used != s.used):
             return
+        s.finished = now
+        if self.budgets.get(s.key) is s:
+            del self.budgets[s.key]
+            self.retired.append(s)
+
+    def _drop(self, s: BudgetSlice) -> None:
         if self.budgets.get(s.key) is s:
             del self.budgets[s.key]
         elif s in self.retired:
@@ -536,8 +585,31 @@ class LeaseBook:
             self.retired_windows.remove(w)
 
     def new_name(self) -> str:
+        if os.getpid() != self._pid:  # a forked copy of the book: never share names
+            self.owner, self._pid = owner_id(), os.getpid()
         self._serial += 1
         return f"{self.owner}:{self._serial}"
+
+    def lost(
+        self,
+        scopes: "list[BudgetScope]",
+        names: list[str],
+        amounts: list[int],
+        windows: list[tuple[str, str, int, int]],
+    ) -> None:
+        """A lease whose reply never came may still have been taken: its slices are
+        reported closing with nothing used, which frees them if they exist."""
+        for scope, name, amount in zip(scopes, names, amounts, strict=True):
+            if amount:
+                lapsed = BudgetSlice(scope, scope.key, name, 0, scope.limit, amount)
+                lapsed.closing = True
+                self.retired.append(lapsed)
+        for key, name, requests, tokens in windows:
+            if requests:
+                w = WindowSlice(key, name, 0, 0, requests, tokens, 0, 0, closing=True)
+                w.acked = (requests, tokens)  # as LEASE would have counted it
+                self.retired_windows.append(w)
+        self.urgent = True
 
     def granted(self, scope: "BudgetScope", name: str, gen: int, amount: int) -> None:
         """A slice taken in Redis becomes the one new calls go on; the one it replaces

@@ -4,6 +4,7 @@ it, and the guarantee across several processes' stores."""
 
 import asyncio
 import random
+import time
 import uuid
 
 import pytest
@@ -136,23 +137,6 @@ def test_a_slice_is_asked_back_before_a_call_is_refused() -> None:
     assert state["leased"] == 0 and state["held"] == HOLD  # the exact call's hold
 
 
-def test_the_slice_of_a_silent_process_lapses(monkeypatch: pytest.MonkeyPatch) -> None:
-    b = budget(10_000 * HOLD)
-    monkeypatch.setattr(control, "OWNER_TTL_S", 0)  # slices lapse at once unless refreshed
-
-    async def scenario():  # type: ignore[no-untyped-def]
-        dead, other = ControlStore(URL, lease_calls=100), ControlStore(URL)
-        await admit(dead, b)
-        dead.book = None  # the process is gone: no flush, no close
-        redis.Redis.from_url(URL).hincrby(b.key, "spent", (10_000 - 100) * HOLD)
-        exact = await admit(other, b)
-        await other.close()
-        return exact
-
-    assert asyncio.run(scenario()).allowed
-    assert fields(b)["leased"] == 0
-
-
 def test_many_processes_never_pass_the_limit_and_fill_it() -> None:
     capacity = 3000  # calls the budget covers: slices at first, the exact path at the end
     b = budget(capacity * HOLD)
@@ -220,7 +204,7 @@ def test_a_report_whose_reply_was_lost_is_not_counted_twice() -> None:
             settle_call(store, b, a, 40, [rate], 5)
         # a report reaches Redis but its reply is lost (a timeout): the next report
         # carries the same absolute figures, and the window the same sequence number
-        keys, args, _ = store.book.report()  # type: ignore[union-attr]
+        keys, args, _ = store.book.report(time.monotonic())  # type: ignore[union-attr]
         await store._redis.run(leases.FLUSH, keys, [leases.OWNER_TTL_S * 1000, *args])
         await store._redis.run(leases.FLUSH, keys, [leases.OWNER_TTL_S * 1000, *args])
         await store.flush()  # the regular report follows
@@ -317,14 +301,18 @@ def test_after_a_failed_report_no_call_is_admitted_on_slices() -> None:
     assert fields(b) == {**fields(b), "spent": 3 * HOLD, "held": 0, "leased": 0}
 
 
-def test_a_lapsed_slice_charges_its_calls_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_what_a_dead_process_did_after_its_last_report_is_covered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     b = budget(10_000 * HOLD)
     monkeypatch.setattr(control, "OWNER_TTL_S", 0)
 
     async def scenario():  # type: ignore[no-untyped-def]
         dead, other = ControlStore(URL, lease_calls=100), ControlStore(URL)
+        first = await admit(dead, b)
+        await dead.flush()  # its last report: one call in flight, nothing used
+        settle_call(dead, b, first, 70)  # settled, never reported
         await admit(dead, b)  # in flight when the process dies
-        await dead.flush()  # its last report: one call's hold in flight
         dead.book = None
         await asyncio.sleep(0.01)
         redis.Redis.from_url(URL).hincrby(b.key, "spent", (10_000 - 100) * HOLD)
@@ -332,9 +320,10 @@ def test_a_lapsed_slice_charges_its_calls_in_flight(monkeypatch: pytest.MonkeyPa
         await other.close()
         return exact
 
-    assert asyncio.run(scenario()).allowed
-    # the dead call counts as spent in full (it may have run); the rest of its slice is free
-    assert fields(b) == {**fields(b), "spent": (10_000 - 99) * HOLD, "held": HOLD, "leased": 0}
+    assert not asyncio.run(scenario()).allowed
+    # the lapsed slice (100 calls) is spent in full: the 70 used and the call in flight
+    # are in it; never counted short
+    assert fields(b) == {**fields(b), "spent": 10_000 * HOLD, "held": 0, "leased": 0}
 
 
 @pytest.mark.parametrize("lease_calls", [0, 8])
@@ -364,3 +353,132 @@ def test_a_budget_crossing_an_alert_percentage_is_told_once(lease_calls: int) ->
     asyncio.run(scenario())
     assert crossed == [b]
     assert fields(b) == {**fields(b), "spent": 600 * HOLD, "held": 0}
+
+
+def raw_fields(b: BudgetScope) -> dict[str, int]:
+    raw = redis.Redis.from_url(URL).hgetall(b.key)
+    return {k.decode(): int(v) for k, v in raw.items()}
+
+
+def report_lost(store: ControlStore):  # type: ignore[no-untyped-def]
+    """Send the next report to Redis and drop its reply, as a timeout would."""
+    keys, args, _ = store.book.report(time.monotonic())  # type: ignore[union-attr]
+    return store._redis.run(leases.FLUSH, keys, [leases.OWNER_TTL_S * 1000, *args])
+
+
+def test_the_last_report_of_a_slice_counts_once_when_its_reply_is_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    b = budget(10**9)
+    monkeypatch.setattr(leases, "FORGET_S", 0.2)
+
+    async def scenario():  # type: ignore[no-untyped-def]
+        store = ControlStore(URL, lease_calls=8)
+        a = await admit(store, b)
+        settle_call(store, b, a, 40)
+        store.book.budgets[b.key].closing = True  # type: ignore[union-attr]
+        await report_lost(store)  # the slice is done in Redis; this process never heard
+        await store.flush()  # the same figures again: Redis has the slice's tombstone
+        after = raw_fields(b)
+        await asyncio.sleep(0.3)
+        await store.flush()  # the tombstone is forgotten
+        await store.close()
+        return after, raw_fields(b)
+
+    after, forgotten = asyncio.run(scenario())
+    assert after["spent"] == 40 and after["held"] == after["leased"] == 0
+    assert [k for k in after if k.startswith("lu:")]  # the tombstone
+    assert not [k for k in forgotten if ":" in k] and forgotten["spent"] == 40
+
+
+def test_an_orphans_charge_counts_once_when_its_reply_is_lost() -> None:
+    b = budget(10**9)
+
+    async def scenario():  # type: ignore[no-untyped-def]
+        store = ControlStore(URL, lease_calls=8)
+        a = await admit(store, b)
+        r = redis.Redis.from_url(URL)
+        r.delete(b.key)  # Redis restarted; the ledger had not seen the call yet
+        r.hset(b.key, mapping={"spent": 0, "held": 0, "gen": 10**9})
+        await store.flush()  # Redis does not know the slice: an orphan
+        settle_call(store, b, a, 40)
+        await report_lost(store)  # the charge lands, its reply does not
+        await store.flush()
+        await store.close()
+
+    asyncio.run(scenario())
+    assert fields(b) == {**fields(b), "spent": 40, "held": 0}
+
+
+def test_a_lease_whose_reply_was_lost_is_given_back() -> None:
+    b = budget(10**9)
+    rate = RateScope("key", str(uuid.uuid4()), requests_per_minute=10**6, tokens_per_minute=None)
+
+    async def scenario():  # type: ignore[no-untyped-def]
+        store = ControlStore(URL, lease_calls=8)
+        real = store._redis.run
+
+        async def reply_lost(script, keys, args):  # type: ignore[no-untyped-def]
+            result = await real(script, keys, args)
+            if script is leases.LEASE and result[0] == 1:
+                raise control.ControlUnavailable("no reply in time")
+            return result
+
+        store._redis.run = reply_lost  # type: ignore[method-assign]
+        with pytest.raises(control.ControlUnavailable):
+            await admit(store, b, [rate])
+        during = fields(b)
+        store._redis.run = real  # type: ignore[method-assign]
+        await store.flush()
+        window = redis.Redis.from_url(URL).hget(store._windows([rate], time.time())[0][0], "r")
+        await store.close()
+        return during, int(window or 0)
+
+    during, window_requests = asyncio.run(scenario())
+    assert during["held"] == during["leased"] == 8 * HOLD  # taken, though never heard
+    assert fields(b) == {**fields(b), "held": 0, "leased": 0, "spent": 0}
+    assert window_requests == 0
+
+
+def test_a_slice_of_a_limit_that_changed_takes_no_more_calls() -> None:
+    b = budget(10**9)
+    lowered = BudgetScope(b.key, b.kind, b.label, 10**8, b.ttl_s, b.load_used)
+
+    async def scenario():  # type: ignore[no-untyped-def]
+        store = ControlStore(URL, lease_calls=8)
+        first = await admit(store, b)
+        second = await admit(store, lowered)
+        await settle(store, b, first)
+        await settle(store, lowered, second)
+        await store.close()
+        return first, second
+
+    first, second = asyncio.run(scenario())
+    assert first.lease is not None and second.lease is not None
+    assert second.lease.budgets[0] is not first.lease.budgets[0]
+    assert second.lease.budgets[0].limit == 10**8
+    assert fields(b) == {**fields(b), "spent": 2 * HOLD, "held": 0, "leased": 0}
+
+
+def test_an_alert_hook_that_fails_stops_no_report() -> None:
+    b = BudgetScope(
+        key=f"rk:test:{uuid.uuid4()}",
+        kind="spend",
+        label="test spend",
+        limit=1000 * HOLD,
+        ttl_s=120,
+        load_used=lambda: 0,
+        alert_at=(1,),
+    )
+
+    def broken(budget: BudgetScope) -> None:
+        raise RuntimeError("executor shut down")
+
+    async def scenario():  # type: ignore[no-untyped-def]
+        store = ControlStore(URL, lease_calls=8, on_crossed=broken)
+        for _ in range(3):
+            await settle(store, b, await admit(store, b))
+        await store.close()
+
+    asyncio.run(scenario())
+    assert fields(b) == {**fields(b), "spent": 3 * HOLD, "held": 0, "leased": 0}
