@@ -17,7 +17,7 @@ URL = "redis://127.0.0.1:6379/0"
 HOLD = 100  # every call here holds 100 units of its budget
 
 
-def budget(limit: int, used: int = 0) -> BudgetScope:
+def budget(limit: int, used: int = 0, alert_at: tuple[int, ...] = ()) -> BudgetScope:
     return BudgetScope(
         key=f"rk:test:{uuid.uuid4()}",
         kind="spend",
@@ -25,6 +25,7 @@ def budget(limit: int, used: int = 0) -> BudgetScope:
         limit=limit,
         ttl_s=120,
         load_used=lambda: used,
+        alert_at=alert_at,
     )
 
 
@@ -328,15 +329,7 @@ def test_what_a_dead_process_did_after_its_last_report_is_covered(
 
 @pytest.mark.parametrize("lease_calls", [0, 8])
 def test_a_budget_crossing_an_alert_percentage_is_told_once(lease_calls: int) -> None:
-    b = BudgetScope(
-        key=f"rk:test:{uuid.uuid4()}",
-        kind="spend",
-        label="test spend",
-        limit=1000 * HOLD,
-        ttl_s=120,
-        load_used=lambda: 0,
-        alert_at=(50,),
-    )
+    b = budget(1000 * HOLD, alert_at=(50,))
     crossed: list[BudgetScope] = []
 
     async def scenario():  # type: ignore[no-untyped-def]
@@ -461,15 +454,7 @@ def test_a_slice_of_a_limit_that_changed_takes_no_more_calls() -> None:
 
 
 def test_an_alert_hook_that_fails_stops_no_report() -> None:
-    b = BudgetScope(
-        key=f"rk:test:{uuid.uuid4()}",
-        kind="spend",
-        label="test spend",
-        limit=1000 * HOLD,
-        ttl_s=120,
-        load_used=lambda: 0,
-        alert_at=(1,),
-    )
+    b = budget(1000 * HOLD, alert_at=(1,))
 
     def broken(budget: BudgetScope) -> None:
         raise RuntimeError("executor shut down")
