@@ -209,7 +209,8 @@ class Admission:
     output_tokens: int = 0
     budget: BudgetScope | None = None
     left: int = 0
-    # The generation of each budget the hold was placed on (settlement names it back).
+    # The generation of each budget the hold was placed on (exact path: settlement names
+    # it back; a leased call settles on its slices, which need none).
     generations: list[int] = field(default_factory=list)
     # The token-rate windows the call was counted in (settlement corrects those).
     token_windows: list[str] = field(default_factory=list)
@@ -399,7 +400,6 @@ class ControlStore:
         return Admission(
             True,
             output_tokens=grant.out_max,
-            generations=[s.gen for s in lease.budgets],
             token_windows=windows,
             headers=headers,
             lease=lease,
@@ -477,7 +477,7 @@ class ControlStore:
             n, m = len(budgets), len(rates)
             for i, budget in enumerate(budgets):
                 if amounts[i]:
-                    book.granted(budget, names[i], reply[1 + i], amounts[i])
+                    book.granted(budget, names[i], amounts[i])
             for j, key in enumerate(windows):
                 requests, tokens = counts[j]
                 if requests:

@@ -256,7 +256,6 @@ class BudgetSlice:
     scope: "BudgetScope"
     key: str
     name: str  # its name in the budget's hash (lo:, lu:, lc:, lt:<name>), never reused
-    gen: int
     limit: int
     granted: int  # what Redis held for it when it was taken
     busy: int = 0  # holds of this process's calls in flight on it
@@ -601,7 +600,7 @@ class LeaseBook:
         reported closing with nothing used, which frees them if they exist."""
         for scope, name, amount in zip(scopes, names, amounts, strict=True):
             if amount:
-                lapsed = BudgetSlice(scope, scope.key, name, 0, scope.limit, amount)
+                lapsed = BudgetSlice(scope, scope.key, name, scope.limit, amount)
                 lapsed.closing = True
                 self.retired.append(lapsed)
         for key, name, requests, tokens in windows:
@@ -611,7 +610,7 @@ class LeaseBook:
                 self.retired_windows.append(w)
         self.urgent = True
 
-    def granted(self, scope: "BudgetScope", name: str, gen: int, amount: int) -> None:
+    def granted(self, scope: "BudgetScope", name: str, amount: int) -> None:
         """A slice taken in Redis becomes the one new calls go on; the one it replaces
         closes and is reported until its calls end."""
         key = scope.key
@@ -619,7 +618,7 @@ class LeaseBook:
         if current is not None:
             current.closing = True
             self.retired.append(current)
-        self.budgets[key] = BudgetSlice(scope, key, name, gen, scope.limit, amount)
+        self.budgets[key] = BudgetSlice(scope, key, name, scope.limit, amount)
 
     def granted_window(
         self,
