@@ -9,12 +9,13 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import NotFound
 from rest_framework.generics import ListAPIView
-from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from api import billing_serializers as s
+from api import permissions as perm
+from api.authentication import TenantPrincipal
 from api.scoping import tenant_id_for
 from billing import pricing
 from billing.balances import balance_credit, balance_hard_stop_set, balance_state, credits_of
@@ -50,6 +51,8 @@ def _version_data(version: PlanVersion) -> dict:  # type: ignore[type-arg]
 
 
 class UpcomingInvoiceView(APIView):
+    permission_classes = [perm.tenant_or_staff(GET=perm.INVOICE_VIEW)]
+
     @extend_schema(summary="The current period's rated lines and totals, live")
     def get(self, request: Request) -> Response:
         return Response(s.period_rating_data(invoice_preview(tenant_id=tenant_id_for(request))))
@@ -59,12 +62,14 @@ class QuoteView(APIView):
     """Price any usage vector against a plan version (sales, what-if). Tenants may quote
     published versions; staff any version."""
 
+    permission_classes = [perm.tenant_or_staff(POST=perm.PLAN_VERSION_VIEW)]
+
     @extend_schema(request=s.QuoteInput)
     def post(self, request: Request) -> Response:
         body = s.QuoteInput(data=request.data)
         body.is_valid(raise_exception=True)
         version = _version_or_404(body.validated_data["plan_version"])
-        if not version.is_published and not request.user.is_staff:
+        if not version.is_published and isinstance(request.user, TenantPrincipal):
             raise NotFound("No such plan version.")
         usage: dict[tuple[str, str], int] = {}
         for item in body.validated_data["usage"]:
@@ -75,7 +80,7 @@ class QuoteView(APIView):
 
 
 class PlanListCreateView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [perm.staff_only(GET=perm.PLAN_VIEW, POST=perm.PLAN_ADD)]
 
     @extend_schema(responses=s.PlanOutput(many=True))
     def get(self, request: Request) -> Response:
@@ -91,7 +96,7 @@ class PlanListCreateView(APIView):
 
 
 class PlanVersionCreateView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [perm.staff_only(POST=perm.PLAN_VERSION_ADD)]
 
     @extend_schema(request=s.PlanVersionInput, responses=s.PlanVersionOutput)
     def post(self, request: Request, plan_id: int) -> Response:
@@ -105,7 +110,7 @@ class PlanVersionCreateView(APIView):
 
 
 class PlanVersionDetailView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [perm.staff_only(GET=perm.PLAN_VERSION_VIEW)]
 
     @extend_schema(responses=s.PlanVersionOutput)
     def get(self, request: Request, version_id: int) -> Response:
@@ -113,7 +118,7 @@ class PlanVersionDetailView(APIView):
 
 
 class PlanVersionPublishView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [perm.staff_only(POST=perm.PLAN_VERSION_PUBLISH)]
 
     @extend_schema(request=None, responses=s.PlanVersionOutput)
     def post(self, request: Request, version_id: int) -> Response:
@@ -122,7 +127,7 @@ class PlanVersionPublishView(APIView):
 
 
 class SubscriptionListCreateView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [perm.staff_only(GET=perm.SUBSCRIPTION_VIEW, POST=perm.SUBSCRIPTION_ADD)]
 
     @extend_schema(responses=s.SubscriptionOutput(many=True))
     def get(self, request: Request) -> Response:
@@ -149,7 +154,7 @@ class SubscriptionListCreateView(APIView):
 
 
 class SubscriptionChangePlanView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [perm.staff_only(POST=perm.SUBSCRIPTION_CHANGE)]
 
     @extend_schema(request=s.ChangePlanInput, responses=s.SubscriptionOutput)
     def post(self, request: Request, subscription_id: int) -> Response:
@@ -196,6 +201,8 @@ def _credit_data(entry: BalanceEntry) -> dict[str, Any]:
 
 
 class BalanceView(APIView):
+    permission_classes = [perm.tenant_or_staff(GET=perm.BALANCE_VIEW)]
+
     @extend_schema(
         summary="The prepaid balance: available credits, uninvoiced spend, what remains",
         parameters=[STAFF_TENANT],
@@ -210,6 +217,7 @@ class BalanceEntryListView(ListAPIView):
     and reversals."""
 
     serializer_class = s.BalanceEntryOutput
+    permission_classes = [perm.tenant_or_staff(GET=perm.BALANCE_ENTRY_VIEW)]
 
     @extend_schema(parameters=[STAFF_TENANT])
     def get(self, request: Request, *args, **kwargs) -> Response:  # type: ignore[no-untyped-def]
@@ -223,7 +231,7 @@ class BalanceEntryListView(ListAPIView):
 class TenantCreditListCreateView(APIView):
     """Operators add top-ups and grants to a tenant's balance (opened on the first one)."""
 
-    permission_classes = [IsAdminUser]
+    permission_classes = [perm.staff_only(GET=perm.BALANCE_VIEW, POST=perm.CREDIT_GRANT)]
 
     @extend_schema(responses=s.CreditOutput(many=True))
     def get(self, request: Request, tenant_id: uuid.UUID) -> Response:
@@ -248,7 +256,7 @@ class TenantCreditListCreateView(APIView):
 
 
 class TenantBalanceView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [perm.staff_only(GET=perm.BALANCE_VIEW, PATCH=perm.HARD_STOP_CHANGE)]
 
     @extend_schema(responses=s.BalanceOutput)
     def get(self, request: Request, tenant_id: uuid.UUID) -> Response:

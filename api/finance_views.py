@@ -9,11 +9,11 @@ from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import ValidationError
-from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from api import permissions as perm
 from api.invoice_views import month_bounds
 from billing import costbasis
 from billing.currency import decimal_text
@@ -46,7 +46,7 @@ def _opt(value: Decimal | None) -> str | None:
 
 
 class AcceleratorListView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [perm.staff_only(GET=perm.ACCELERATOR_VIEW)]
 
     def get(self, request: Request) -> Response:
         from django.utils import timezone
@@ -89,7 +89,7 @@ class CostBasisInput(serializers.Serializer):
 
 
 class CostBasisCreateView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [perm.staff_only(POST=perm.COST_BASIS_ADD)]
 
     @extend_schema(request=CostBasisInput)
     def post(self, request: Request, key: str) -> Response:
@@ -120,7 +120,7 @@ class MarginPolicyInput(serializers.Serializer):
 
 
 class MarginPolicyCreateView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [perm.staff_only(POST=perm.MARGIN_POLICY_ADD)]
 
     @extend_schema(request=MarginPolicyInput)
     def post(self, request: Request, key: str) -> Response:
@@ -142,7 +142,7 @@ class DeploymentInput(serializers.Serializer):
 
 
 class DeploymentCreateView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [perm.staff_only(POST=perm.DEPLOYMENT_ADD)]
 
     @extend_schema(request=DeploymentInput)
     def post(self, request: Request) -> Response:
@@ -194,7 +194,7 @@ def _margin_rows(request: Request) -> tuple[tuple[str, ...], list]:  # type: ign
 
 
 class MarginReportView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [perm.staff_only(GET=perm.MARGINS_VIEW)]
 
     @extend_schema(
         parameters=[
@@ -208,7 +208,7 @@ class MarginReportView(APIView):
 
 
 class MarginReportCsvView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [perm.staff_only(GET=perm.MARGINS_VIEW)]
 
     @extend_schema(
         parameters=[
@@ -250,7 +250,7 @@ class MarginReportCsvView(APIView):
 
 
 class WhatIfView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [perm.staff_only(GET=perm.MARGINS_VIEW)]
 
     @extend_schema(
         parameters=[

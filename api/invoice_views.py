@@ -11,11 +11,12 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.generics import ListAPIView
-from rest_framework.permissions import AllowAny, IsAdminUser
+from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from api import permissions as perm
 from api.authentication import TenantPrincipal
 from billing import tasks
 from billing.documents import invoice_lines_csv, invoice_pdf, invoices_csv
@@ -37,7 +38,7 @@ def invoices_visible(request: Request) -> QuerySet[Invoice]:
     qs = Invoice.objects.select_related("tenant").prefetch_related("credit_notes")
     if isinstance(request.user, TenantPrincipal):
         return qs.filter(tenant=request.user.tenant)
-    if getattr(request.user, "is_staff", False):
+    if perm.staff_permission_granted(request):
         if tenant := request.query_params.get("tenant"):
             qs = qs.filter(tenant_id=tenant)
         return qs
@@ -134,6 +135,7 @@ def _invoice(request: Request, invoice_id: int) -> Invoice:
 
 class InvoiceListView(ListAPIView):
     serializer_class = InvoiceOutput
+    permission_classes = [perm.tenant_or_staff(GET=perm.INVOICE_VIEW)]
 
     @extend_schema(
         parameters=[
@@ -150,6 +152,8 @@ class InvoiceListView(ListAPIView):
 
 
 class InvoiceDetailView(APIView):
+    permission_classes = [perm.tenant_or_staff(GET=perm.INVOICE_VIEW)]
+
     @extend_schema(responses=InvoiceDetailOutput)
     def get(self, request: Request, invoice_id: int) -> Response:
         invoice = _invoice(request, invoice_id)
@@ -157,6 +161,8 @@ class InvoiceDetailView(APIView):
 
 
 class InvoicePdfView(APIView):
+    permission_classes = [perm.tenant_or_staff(GET=perm.INVOICE_VIEW)]
+
     @extend_schema(responses={(200, "application/pdf"): bytes})
     def get(self, request: Request, invoice_id: int) -> HttpResponse:
         invoice = _invoice(request, invoice_id)
@@ -168,6 +174,8 @@ class InvoicePdfView(APIView):
 
 class InvoiceExportView(APIView):
     """CSV of invoices (or, with kind=lines, their lines) for one month of periods."""
+
+    permission_classes = [perm.tenant_or_staff(GET=perm.INVOICE_EXPORT)]
 
     @extend_schema(
         parameters=[
@@ -192,7 +200,7 @@ class InvoiceExportView(APIView):
 
 
 class InvoiceRecomputeView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [perm.staff_only(GET=perm.INVOICE_VIEW)]
 
     def get(self, request: Request, invoice_id: int) -> Response:
         invoice = _invoice(request, invoice_id)
@@ -223,7 +231,7 @@ class CreditNoteInput(serializers.Serializer):
 
 
 class CreditNoteCreateView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [perm.staff_only(POST=perm.CREDIT_NOTE_ISSUE)]
 
     @extend_schema(request=CreditNoteInput, responses=CreditNoteOutput)
     def post(self, request: Request, invoice_id: int) -> Response:

@@ -1,4 +1,5 @@
-"""Every REST query is scoped to one tenant: the key's own, or (staff only) the one asked for."""
+"""Every REST query is scoped to one tenant: the key's own, or the one asked for by staff
+whom the view's permission class checked (`api.permissions`): `is_staff` alone reads nothing."""
 
 import uuid
 
@@ -6,6 +7,7 @@ from rest_framework.exceptions import NotFound, PermissionDenied, ValidationErro
 from rest_framework.request import Request
 
 from api.authentication import TenantPrincipal
+from api.permissions import staff_permission_granted
 from metering.models import Tenant
 
 
@@ -13,7 +15,7 @@ def tenant_id_for(request: Request) -> uuid.UUID:
     principal = request.user
     if isinstance(principal, TenantPrincipal):
         return principal.tenant.pk  # a tenant key never reads another tenant, whatever it asks
-    if getattr(principal, "is_staff", False):
+    if staff_permission_granted(request):
         requested = request.query_params.get("tenant")
         if not requested:
             raise ValidationError({"tenant": "Staff requests name a tenant id."})
@@ -24,4 +26,6 @@ def tenant_id_for(request: Request) -> uuid.UUID:
         if not Tenant.objects.filter(pk=tenant_id).exists():
             raise NotFound("No such tenant.")
         return tenant_id
-    raise PermissionDenied("A tenant API key or a staff session is required.")
+    raise PermissionDenied(
+        "A tenant API key or a staff user with this view's permission is required."
+    )

@@ -6,6 +6,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from api import permissions as perm
 from api.scoping import tenant_id_for
 from api.serializers import (
     AlertQuerySerializer,
@@ -31,6 +32,7 @@ def _usage_filter(request: Request, query: dict) -> UsageFilter:  # type: ignore
 
 class UsageRecordListView(ListAPIView):
     serializer_class = UsageRecordSerializer
+    permission_classes = [perm.tenant_or_staff(GET=perm.USAGE_VIEW)]
 
     @extend_schema(parameters=[UsageQuerySerializer])
     def get(self, request: Request, *args, **kwargs) -> Response:  # type: ignore[no-untyped-def]
@@ -44,6 +46,8 @@ class UsageRecordListView(ListAPIView):
 
 
 class UsageSummaryView(APIView):
+    permission_classes = [perm.tenant_or_staff(GET=perm.USAGE_VIEW)]
+
     @extend_schema(
         parameters=[UsageSummaryQuerySerializer], responses=UsageSummaryRowSerializer(many=True)
     )
@@ -66,6 +70,7 @@ class AlertListView(ListAPIView):
     """The tenant's budget and balance alerts, newest first."""
 
     serializer_class = AlertSerializer
+    permission_classes = [perm.tenant_or_staff(GET=perm.ALERT_VIEW)]
 
     @extend_schema(parameters=[AlertQuerySerializer])
     def get(self, request: Request, *args, **kwargs) -> Response:  # type: ignore[no-untyped-def]

@@ -73,6 +73,7 @@ class PlanVersion(models.Model):
 
     class Meta:
         ordering = ["plan", "-version"]
+        permissions = [("publish_planversion", "Can publish a plan version")]
         constraints = [
             models.UniqueConstraint(fields=["plan", "version"], name="plan_version_unique"),
             models.CheckConstraint(
@@ -247,6 +248,12 @@ class Invoice(models.Model):
 
     class Meta:
         ordering = ["-period_start", "-id"]
+        permissions = [
+            ("finalize_invoice", "Can finalize draft invoices"),
+            ("void_invoice", "Can void invoices"),
+            ("resend_invoice", "Can resend invoices to Stripe"),
+            ("export_invoices", "Can export invoices of every tenant as CSV"),
+        ]
         constraints = [
             # One live invoice per tenant and period: a voided one may be re-issued.
             models.UniqueConstraint(
@@ -330,6 +337,7 @@ class CreditNote(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        permissions = [("issue_creditnote", "Can issue credit notes")]
         constraints = [
             models.CheckConstraint(condition=Q(amount_minor__gt=0), name="credit_note_positive"),
         ]
@@ -485,6 +493,7 @@ class MarginPolicy(models.Model):
 
     class Meta:
         ordering = ["accelerator", "-effective_from"]
+        permissions = [("view_margins", "Can read margin reports and what-ifs")]
         constraints = [
             models.CheckConstraint(
                 condition=Q(minimum_margin__gte=0)
@@ -539,6 +548,12 @@ class BalanceAccount(models.Model):
     # the balance only pays invoices and alerts, and calls are never refused for it.
     hard_stop = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        permissions = [
+            ("grant_credit", "Can add top-ups and grants to a tenant's balance"),
+            ("change_hard_stop", "Can change whether a balance stops calls"),
+        ]
 
     def __str__(self) -> str:
         return f"balance of {self.tenant} ({self.currency})"

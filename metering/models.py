@@ -47,6 +47,7 @@ class ApiKey(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        permissions = [("revoke_apikey", "Can revoke API keys")]
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.tenant})"

@@ -17,6 +17,7 @@ from metering.models import Tenant
 from metering.services import api_key_create
 from tests.factories import ApiKeyFactory, TenantFactory
 from tests.scenarios.test_invoicing_stories import SEP, at, use, version
+from tests.staff import staff_client
 
 pytestmark = pytest.mark.django_db
 
@@ -25,9 +26,7 @@ CREDIT_FIELDS = {"id", "kind", "amount", "remaining", "effective_at", "expires_a
 
 @pytest.fixture
 def staff() -> APIClient:
-    client = APIClient()
-    client.force_authenticate(get_user_model().objects.create_user("ops", is_staff=True))
-    return client
+    return staff_client("ops", "finance-write")
 
 
 def tenant_client(tenant: Tenant) -> APIClient:

@@ -1,12 +1,12 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from metering.services import api_key_create
 from tests.billing.test_services import write_usage
 from tests.factories import TenantFactory
+from tests.staff import staff_client
 
 pytestmark = pytest.mark.django_db
 
@@ -37,9 +37,7 @@ CLIFF_VERSION = {
 
 @pytest.fixture
 def staff() -> APIClient:
-    client = APIClient()
-    client.force_authenticate(get_user_model().objects.create_user("ops", is_staff=True))
-    return client
+    return staff_client("ops", "operator")
 
 
 def tenant_client(tenant) -> tuple[APIClient, object]:  # type: ignore[no-untyped-def]

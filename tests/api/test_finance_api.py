@@ -3,7 +3,6 @@ import io
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from billing.hardware import catalogue_load
@@ -15,6 +14,7 @@ from billing.services import (
 )
 from metering.models import ServingCostRate
 from tests.factories import ApiKeyFactory
+from tests.staff import staff_client
 from tests.usage_helpers import write_usage
 
 pytestmark = pytest.mark.django_db
@@ -23,9 +23,7 @@ T0 = datetime(2026, 10, 1, tzinfo=UTC)
 
 @pytest.fixture
 def staff() -> APIClient:
-    client = APIClient()
-    client.force_authenticate(get_user_model().objects.create_user("cfo", is_staff=True))
-    return client
+    return staff_client("cfo", "operator", "finance-read")
 
 
 def test_operator_sets_costs_and_reads_margins(staff: APIClient) -> None:

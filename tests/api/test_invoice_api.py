@@ -3,7 +3,6 @@ import io
 from datetime import UTC, datetime
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from rest_framework.test import APIClient
 
@@ -12,6 +11,7 @@ from billing.services import subscription_create
 from metering.services import api_key_create
 from tests.factories import ApiKeyFactory
 from tests.scenarios.test_invoicing_stories import SEP, use, version
+from tests.staff import staff_client
 
 pytestmark = pytest.mark.django_db
 
@@ -42,9 +42,7 @@ def tenant_client(tenant) -> APIClient:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def finance() -> APIClient:
-    client = APIClient()
-    client.force_authenticate(get_user_model().objects.create_user("finance", is_staff=True))
-    return client
+    return staff_client("finance", "finance-write")
 
 
 def test_tenants_read_only_their_invoices(invoices) -> None:  # type: ignore[no-untyped-def]

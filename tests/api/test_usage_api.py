@@ -1,11 +1,11 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from metering.services import api_key_create, api_key_revoke
 from tests.factories import ApiKeyFactory, TenantFactory, UsageRecordFactory
+from tests.staff import staff_client
 
 pytestmark = pytest.mark.django_db
 
@@ -115,8 +115,7 @@ def test_revoked_or_missing_key_is_refused(two_tenants) -> None:  # type: ignore
 
 def test_staff_reads_a_named_tenant(two_tenants) -> None:  # type: ignore[no-untyped-def]
     _, globex, _ = two_tenants
-    staff = APIClient()
-    staff.force_authenticate(get_user_model().objects.create_user("fin", is_staff=True))
+    staff = staff_client("fin", "finance-read")
     assert staff.get("/api/v1/usage/records").status_code == 400
     assert (
         len(staff.get("/api/v1/usage/records", {"tenant": str(globex.pk)}).json()["results"]) == 5

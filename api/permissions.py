@@ -1,0 +1,265 @@
+"""Who among staff may do what: the one home for the Django permission each operator or
+finance operation needs, the roles that bundle them, and the checks the REST API and the
+admin share.
+
+Invariants:
+- `is_staff` grants nothing here: a staff operation needs its Django permission (given
+  through a role's group or directly); an active superuser holds every permission.
+- A tenant API key holds no permission: it reads its own tenant's data, where a view says
+  tenants may, and nothing else.
+- Every staff check names one permission per view and HTTP method; a method a view does
+  not name is refused to staff (fail closed). A refusal is a 403 in the API's error format
+  naming the permission that was missing.
+- A role is a Django group whose permissions are exactly `ROLES[role]`: `roles_sync` sets
+  them (the data migration, `staff_role_set`), adding and removing as needed.
+"""
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from django.apps import apps as global_apps
+from django.contrib.auth import get_user_model
+from django.contrib.auth.management import create_permissions
+from django.contrib.auth.models import Group
+from django.db import transaction
+from django.db.models import Q
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+
+from api.authentication import TenantPrincipal
+from metering.errors import ApplicationError
+
+# --- the permission each operation needs ("app_label.codename") ------------------------
+# Custom permissions (declared in the models' Meta.permissions) where a model permission
+# would be too coarse: reading an invoice must not allow voiding it.
+
+# metering: tenants, keys, routes, limits, the ledger
+TENANT_VIEW = "metering.view_tenant"
+APIKEY_ISSUE = "metering.add_apikey"
+APIKEY_REVOKE = "metering.revoke_apikey"
+USAGE_VIEW = "metering.view_usagerecord"
+
+# billing: plans and subscriptions
+PLAN_VIEW = "billing.view_plan"
+PLAN_ADD = "billing.add_plan"
+PLAN_VERSION_VIEW = "billing.view_planversion"
+PLAN_VERSION_ADD = "billing.add_planversion"
+PLAN_VERSION_PUBLISH = "billing.publish_planversion"
+SUBSCRIPTION_VIEW = "billing.view_subscription"
+SUBSCRIPTION_ADD = "billing.add_subscription"
+SUBSCRIPTION_CHANGE = "billing.change_subscription"
+
+# billing: hardware cost basis
+ACCELERATOR_VIEW = "billing.view_acceleratortype"
+COST_BASIS_ADD = "billing.add_costbasisversion"
+MARGIN_POLICY_ADD = "billing.add_marginpolicy"
+DEPLOYMENT_ADD = "billing.add_deployment"
+ALERT_VIEW = "billing.view_alert"
+ALERT_REDELIVER = "billing.change_alert"
+
+# billing: finance
+INVOICE_VIEW = "billing.view_invoice"
+INVOICE_EXPORT = "billing.export_invoices"
+INVOICE_FINALIZE = "billing.finalize_invoice"
+INVOICE_VOID = "billing.void_invoice"
+INVOICE_RESEND = "billing.resend_invoice"
+CREDIT_NOTE_ISSUE = "billing.issue_creditnote"
+MARGINS_VIEW = "billing.view_margins"
+BALANCE_VIEW = "billing.view_balanceaccount"
+BALANCE_ENTRY_VIEW = "billing.view_balanceentry"
+CREDIT_GRANT = "billing.grant_credit"
+HARD_STOP_CHANGE = "billing.change_hard_stop"
+
+
+def _model_perms(label: str, models: Iterable[str], actions: Iterable[str]) -> set[str]:
+    return {f"{label}.{action}_{model}" for model in models for action in actions}
+
+
+VIEW, EDIT, ALL = ("view",), ("view", "add", "change"), ("view", "add", "change", "delete")
+
+FINANCE_READ: frozenset[str] = frozenset(
+    {
+        INVOICE_VIEW,
+        INVOICE_EXPORT,
+        MARGINS_VIEW,
+        BALANCE_VIEW,
+        BALANCE_ENTRY_VIEW,
+        ALERT_VIEW,
+        USAGE_VIEW,
+        TENANT_VIEW,
+        PLAN_VIEW,
+        PLAN_VERSION_VIEW,
+        SUBSCRIPTION_VIEW,
+        ACCELERATOR_VIEW,
+    }
+    | _model_perms(
+        "billing",
+        [
+            "invoiceline",
+            "creditnote",
+            "invoicesequence",
+            "stripecustomer",
+            "stripeevent",
+            "pricecomponent",
+            "pricetier",
+            "costbasisversion",
+            "deployment",
+            "marginpolicy",
+        ],
+        VIEW,
+    )
+    | _model_perms("metering", ["usagerollup", "servingcostrate"], VIEW)
+)
+
+ROLES: Mapping[str, frozenset[str]] = {
+    # Runs the service: tenants, keys, routes, limits, plans (publishing included),
+    # subscriptions, the hardware cost basis. Moves no money after the fact.
+    "operator": frozenset(
+        {APIKEY_REVOKE, PLAN_VERSION_PUBLISH, USAGE_VIEW, ALERT_VIEW, ALERT_REDELIVER}
+        | _model_perms("metering", ["tenant", "apikey"], EDIT)
+        | _model_perms("metering", ["route", "spendlimit", "ratelimit", "reasoningpolicy"], ALL)
+        | _model_perms("metering", ["usagerollup", "servingcostrate", "holdcap"], VIEW)
+        | _model_perms("billing", ["plan", "planversion", "subscription"], EDIT)
+        | _model_perms("billing", ["pricecomponent", "pricetier", "webhookendpoint"], ALL)
+        | _model_perms("billing", ["costbasisversion", "marginpolicy", "deployment"], EDIT)
+        | _model_perms("billing", ["acceleratortype", "calibrationrun"], VIEW)
+    ),
+    # Reads invoices, exports, margins and balances of every tenant.
+    "finance-read": FINANCE_READ,
+    # finance-read, and corrects money: credit notes, finalize, void, resend to Stripe,
+    # tenant credits, the hard stop.
+    "finance-write": FINANCE_READ
+    | {
+        INVOICE_FINALIZE,
+        INVOICE_VOID,
+        INVOICE_RESEND,
+        CREDIT_NOTE_ISSUE,
+        CREDIT_GRANT,
+        HARD_STOP_CHANGE,
+        "billing.change_balanceaccount",
+    },
+}
+
+
+def may(user: Any, permission: str) -> bool:
+    """Whether this caller holds the permission; a tenant key or anonymous caller never does."""
+    if user is None or isinstance(user, TenantPrincipal) or not user.is_authenticated:
+        return False
+    return bool(user.has_perm(permission))
+
+
+# --- roles as Django groups --------------------------------------------------------------
+
+
+class UnknownPermission(ApplicationError):
+    code = "unknown_permission"
+
+
+def roles_sync(apps: Any, *, strict: bool = True) -> None:
+    """Make each role's group hold exactly its permissions (created if missing).
+
+    `apps` is the app registry: the historical one in a data migration, the global one
+    elsewhere. Permissions are created first (migrations run before Django's own
+    post-migrate step creates them). With `strict`, a permission that does not exist is an
+    error; a data migration passes `strict=False`, because a role may later name a
+    permission of a model that did not exist yet at that point of history (the migration
+    that adds it runs `roles_sync` again)."""
+    for label in ("metering", "billing"):
+        create_permissions(global_apps.get_app_config(label), verbosity=0, apps=apps)
+    group_model = apps.get_model("auth", "Group")
+    permission_model = apps.get_model("auth", "Permission")
+    for role, wanted in ROLES.items():
+        query = Q(pk__in=[])
+        for name in wanted:
+            label, codename = name.split(".")
+            query |= Q(content_type__app_label=label, codename=codename)
+        found = permission_model.objects.filter(query).select_related("content_type")
+        missing = wanted - {f"{p.content_type.app_label}.{p.codename}" for p in found}
+        if missing and strict:
+            raise UnknownPermission(
+                f"Role {role} names permissions that do not exist.",
+                {"missing": sorted(missing)},
+            )
+        group, _ = group_model.objects.get_or_create(name=role)
+        group.permissions.set(found)
+
+
+@transaction.atomic
+def staff_role_set(*, username: str, role: str, remove: bool = False) -> list[str]:
+    """Give a user a role (or take it away) and return the roles it holds afterwards.
+
+    The role's group is synced first, so the group always holds exactly `ROLES[role]`.
+    Adding a role also sets `is_staff`, which only lets the user sign in to the admin;
+    removing one leaves it (it grants nothing by itself). Idempotent."""
+    if role not in ROLES:
+        raise ApplicationError(f"Unknown role {role!r}.", {"roles": sorted(ROLES)})
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        raise ApplicationError(f"No such user {username!r}.")
+    roles_sync(global_apps)
+    group = Group.objects.get(name=role)
+    if remove:
+        user.groups.remove(group)
+    else:
+        user.groups.add(group)
+        if not user.is_staff:
+            user.is_staff = True
+            user.save(update_fields=["is_staff"])
+    return sorted(user.groups.filter(name__in=ROLES).values_list("name", flat=True))
+
+
+# --- the REST API ------------------------------------------------------------------------
+
+
+class MissingPermission(ApplicationError):
+    status = 403
+    code = "permission_denied"
+
+
+_GRANTED = "reckon_staff_permission"
+_READ_ALIASES = {"HEAD": "GET", "OPTIONS": "GET"}
+
+
+class _Requires(BasePermission):
+    """Per-method permission for staff; built by `staff_only` and `tenant_or_staff`."""
+
+    by_method: Mapping[str, str] = {}
+    tenants_allowed = False
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        user = request.user
+        if isinstance(user, TenantPrincipal):
+            if self.tenants_allowed:
+                return True
+            raise MissingPermission("This operation is for staff, not tenant API keys.")
+        if user is None or not user.is_authenticated:
+            return False  # DRF answers 401 with the authentication challenge
+        method = _READ_ALIASES.get(request.method or "", request.method or "")
+        needed = self.by_method.get(method)
+        if needed is None:
+            raise MissingPermission(f"{method} is not open to staff here.")
+        if not may(user, needed):
+            raise MissingPermission(
+                f"Requires the permission {needed}.", {"required_permission": needed}
+            )
+        setattr(request, _GRANTED, needed)
+        return True
+
+
+def staff_only(**by_method: str) -> type[BasePermission]:
+    """Staff holding the permission named for the request's method, e.g.
+    `staff_only(GET=PLAN_VIEW, POST=PLAN_ADD)`; tenant keys are refused."""
+    return type("StaffOnly", (_Requires,), {"by_method": by_method})
+
+
+def tenant_or_staff(**by_method: str) -> type[BasePermission]:
+    """A tenant key (the view scopes it to its own tenant) or staff holding the permission
+    named for the request's method."""
+    return type("TenantOrStaff", (_Requires,), {"by_method": by_method, "tenants_allowed": True})
+
+
+def staff_permission_granted(request: Request) -> str | None:
+    """The permission this request's staff caller was checked for, None if none was: code
+    that widens a query beyond one tenant asks this, so a view without a staff permission
+    declared gives staff nothing."""
+    return getattr(request, _GRANTED, None)
