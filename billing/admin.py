@@ -6,6 +6,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.html import format_html_join
 
+from api import permissions as perm
 from billing import tasks
 from billing.balances import BalanceState, available_at, balance_state, credits_of
 from billing.documents import invoice_pdf
@@ -37,6 +38,8 @@ from metering.errors import ApplicationError
 
 
 def _editable(obj: object) -> bool:
+    """Whether a plan version (or a component of one) may still change: not once published.
+    Model permissions apply on top: this never grants what the user's permissions do not."""
     version = obj.plan_version if isinstance(obj, PriceComponent) else obj
     return not (isinstance(version, PlanVersion) and version.is_published)
 
@@ -47,10 +50,13 @@ class PriceComponentInline(admin.StackedInline):
     show_change_link = True  # tiers are edited on the component's own page
 
     def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
-        return obj is None or _editable(obj)
+        return _editable(obj) and super().has_change_permission(request, obj)
 
-    has_add_permission = has_change_permission  # type: ignore[assignment]
-    has_delete_permission = has_change_permission  # type: ignore[assignment]
+    def has_add_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return _editable(obj) and super().has_add_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return _editable(obj) and super().has_delete_permission(request, obj)
 
 
 class PriceTierInline(admin.TabularInline):
@@ -58,10 +64,13 @@ class PriceTierInline(admin.TabularInline):
     extra = 1
 
     def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
-        return obj is None or _editable(obj)
+        return _editable(obj) and super().has_change_permission(request, obj)
 
-    has_add_permission = has_change_permission  # type: ignore[assignment]
-    has_delete_permission = has_change_permission  # type: ignore[assignment]
+    def has_add_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return _editable(obj) and super().has_add_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return _editable(obj) and super().has_delete_permission(request, obj)
 
 
 def _issues_html(version: PlanVersion) -> str:
@@ -102,7 +111,7 @@ class PlanVersionAdmin(admin.ModelAdmin):
         return _issues_html(obj) if obj.pk else "Save first."
 
     def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
-        return obj is None or _editable(obj)
+        return _editable(obj) and super().has_change_permission(request, obj)
 
     def save_related(self, request, form, formsets, change):  # type: ignore[no-untyped-def]
         super().save_related(request, form, formsets, change)
@@ -110,7 +119,10 @@ class PlanVersionAdmin(admin.ModelAdmin):
             level = messages.ERROR if issue.severity == "error" else messages.WARNING
             self.message_user(request, f"{issue.code}: {issue.message}", level)
 
-    @admin.action(description="Publish (makes the version immutable)")
+    def has_publish_permission(self, request: HttpRequest) -> bool:
+        return perm.may(request.user, perm.PLAN_VERSION_PUBLISH)
+
+    @admin.action(description="Publish (makes the version immutable)", permissions=["publish"])
     def publish(self, request: HttpRequest, queryset: QuerySet[PlanVersion]) -> None:
         for version in queryset:
             try:
@@ -138,7 +150,7 @@ class PriceComponentAdmin(admin.ModelAdmin):
         return _issues_html(obj.plan_version) if obj.pk else "Save first."
 
     def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
-        return obj is None or _editable(obj)
+        return _editable(obj) and super().has_change_permission(request, obj)
 
     def save_related(self, request, form, formsets, change):  # type: ignore[no-untyped-def]
         super().save_related(request, form, formsets, change)
@@ -214,6 +226,21 @@ class InvoiceAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
         return False
 
+    def has_finalize_permission(self, request: HttpRequest) -> bool:
+        return perm.may(request.user, perm.INVOICE_FINALIZE)
+
+    def has_void_permission(self, request: HttpRequest) -> bool:
+        return perm.may(request.user, perm.INVOICE_VOID)
+
+    def has_credit_note_permission(self, request: HttpRequest) -> bool:
+        return perm.may(request.user, perm.CREDIT_NOTE_ISSUE)
+
+    def has_resend_permission(self, request: HttpRequest) -> bool:
+        return perm.may(request.user, perm.INVOICE_RESEND)
+
+    def has_pdf_permission(self, request: HttpRequest) -> bool:
+        return perm.may(request.user, perm.INVOICE_VIEW)
+
     def _each(self, request: HttpRequest, queryset: QuerySet[Invoice], action) -> None:  # type: ignore[no-untyped-def]
         for invoice in queryset:
             try:
@@ -221,7 +248,7 @@ class InvoiceAdmin(admin.ModelAdmin):
             except ApplicationError as exc:
                 self.message_user(request, f"{invoice}: {exc.message}", messages.ERROR)
 
-    @admin.action(description="Finalize drafts (close their period now)")
+    @admin.action(description="Finalize drafts (close their period now)", permissions=["finalize"])
     def finalize(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
         self._each(
             request,
@@ -233,13 +260,15 @@ class InvoiceAdmin(admin.ModelAdmin):
             ),
         )
 
-    @admin.action(description="Void")
+    @admin.action(description="Void", permissions=["void"])
     def void(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
         self._each(
             request, queryset, lambda i: invoice_transition(invoice=i, to=Invoice.Status.VOID)
         )
 
-    @admin.action(description="Issue a credit note for the remaining amount")
+    @admin.action(
+        description="Issue a credit note for the remaining amount", permissions=["credit_note"]
+    )
     def full_credit_note(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
         self._each(
             request,
@@ -247,13 +276,13 @@ class InvoiceAdmin(admin.ModelAdmin):
             lambda i: credit_note_issue(invoice=i, reason=f"credited by {request.user}"),
         )
 
-    @admin.action(description="Resend to Stripe")
+    @admin.action(description="Resend to Stripe", permissions=["resend"])
     def resend_to_stripe(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
         for invoice in queryset:
             tasks.sync_invoice_to_stripe.delay(invoice.pk)
         self.message_user(request, f"Queued {queryset.count()} invoice(s) for Stripe.")
 
-    @admin.action(description="Download PDF (first selected)")
+    @admin.action(description="Download PDF (first selected)", permissions=["pdf"])
     def download_pdf(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> HttpResponse:
         invoice = queryset.first()
         assert invoice is not None
@@ -386,7 +415,10 @@ class AlertAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
         return False  # deleting an alert would let it fire again
 
-    @admin.action(description="Redeliver failed or pending alerts")
+    def has_redeliver_permission(self, request: HttpRequest) -> bool:
+        return perm.may(request.user, perm.ALERT_REDELIVER)
+
+    @admin.action(description="Redeliver failed or pending alerts", permissions=["redeliver"])
     def redeliver(self, request: HttpRequest, queryset: QuerySet[Alert]) -> None:
         ids = list(
             queryset.filter(
@@ -461,6 +493,12 @@ class BalanceAccountAdmin(admin.ModelAdmin):
         "watermark",
     ]
     inlines = [BalanceEntryInline]
+
+    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+        fields = list(super().get_readonly_fields(request, obj))
+        if not perm.may(request.user, perm.HARD_STOP_CHANGE):
+            fields.append("hard_stop")  # it decides whether calls are refused
+        return fields
 
     @admin.display(description="Available now")
     def available(self, obj: BalanceAccount) -> Decimal:

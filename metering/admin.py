@@ -2,6 +2,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from api import permissions as perm
 from metering.models import (
     ApiKey,
     HoldCap,
@@ -25,7 +26,10 @@ class TenantAdmin(admin.ModelAdmin):
     filter_horizontal = ["allowed_routes"]
     actions = ["issue_api_key"]
 
-    @admin.action(description="Issue a new API key (shown once)")
+    def has_issue_key_permission(self, request: HttpRequest) -> bool:
+        return perm.may(request.user, perm.APIKEY_ISSUE)
+
+    @admin.action(description="Issue a new API key (shown once)", permissions=["issue_key"])
     def issue_api_key(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
         for tenant in queryset:
             created = api_key_create(tenant=tenant, name="admin")
@@ -65,7 +69,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # keys are issued from the tenant page, so the raw key can be shown once
 
-    @admin.action(description="Revoke selected keys")
+    def has_revoke_permission(self, request: HttpRequest) -> bool:
+        return perm.may(request.user, perm.APIKEY_REVOKE)
+
+    @admin.action(description="Revoke selected keys", permissions=["revoke"])
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         for api_key in queryset:
             api_key_revoke(api_key=api_key)
