@@ -380,3 +380,16 @@ def test_staff_role_set_command_adds_and_removes_a_role(world: World, capsys) ->
 def test_unknown_tenant_ids_for_staff_are_still_not_found(world: World) -> None:
     finance = staff_client("fin", "finance-read")
     assert finance.get("/api/v1/balance", {"tenant": str(uuid.uuid4())}).status_code == 404
+
+
+def test_every_rest_view_names_its_staff_permissions() -> None:
+    """A new view without a declaration would fall back to 'any authenticated caller'."""
+    from api.urls import urlpatterns
+
+    undeclared = [
+        p.name
+        for p in urlpatterns
+        if p.name != "schema"
+        and not any(issubclass(c, perm._Requires) for c in p.callback.view_class.permission_classes)
+    ]
+    assert undeclared == []
