@@ -472,7 +472,8 @@ def _state(account: BalanceAccount) -> BalanceState | None:
 
 @admin.register(BalanceAccount)
 class BalanceAccountAdmin(admin.ModelAdmin):
-    """A tenant's prepaid balance and its ledger, read-only except `hard_stop`.
+    """A tenant's prepaid balance and its ledger, read-only except `hard_stop` (and that
+    only with `billing.change_hard_stop`).
 
     Credits are never added here: a top-up or grant goes through
     `POST /api/v1/tenants/<tenant id>/credits` (or `billing.balances.balance_credit`), which
