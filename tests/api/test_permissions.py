@@ -405,3 +405,20 @@ def test_every_rest_view_names_its_staff_permissions() -> None:
         and not any(issubclass(c, perm._Requires) for c in p.callback.view_class.permission_classes)
     ]
     assert undeclared == []
+
+
+def test_a_session_login_carries_the_same_permissions(world: World) -> None:
+    user = staff_user("sam", "finance-read")
+    client = APIClient()
+    client.force_login(user)
+    assert client.get(f"/api/v1/invoices/{world.invoice.pk}").status_code == 200
+    refused = client.post(
+        f"/api/v1/invoices/{world.invoice.pk}/credit-notes", {"reason": "x"}, format="json"
+    )
+    assert refused.status_code == 403
+    assert refused.json()["error"]["detail"] == {"required_permission": perm.CREDIT_NOTE_ISSUE}
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+    deactivated = APIClient()
+    deactivated.force_authenticate(user)
+    assert deactivated.get(f"/api/v1/invoices/{world.invoice.pk}").status_code == 403
