@@ -66,9 +66,10 @@ def base_url_normalize(*, provider: str, base_url: str) -> BaseUrl:
             f"write the URL without them, like {example}."
         )
     if parts.query or parts.fragment or given.endswith(("?", "#")):
+        bare = urlunsplit((parts.scheme.lower(), parts.netloc, parts.path.rstrip("/"), "", ""))
         raise ApplicationError(
-            f"base URL must not have a query string or fragment, got {given!r}; "
-            f"write it like {example}."
+            "base URL must not have a query string or fragment (a key in one would be "
+            f"sent in every request line); write it without, e.g. {bare}."
         )
     path = parts.path.rstrip("/")
     for suffix in _ENDPOINT_SUFFIXES:

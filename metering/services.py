@@ -105,9 +105,22 @@ def route_set(
 
 
 def route_warnings(*, route: Route) -> list[str]:
-    """What an operator should hear about a saved route: a doubtful base URL, and no
-    tenant allowed to use it (then every key gets 404 model_not_found for its alias)."""
-    warnings = list(base_url_normalize(provider=route.provider, base_url=route.base_url).warnings)
+    """What an operator should hear about a saved route: a doubtful base URL (or one saved
+    before normalization existed), and no tenant allowed to use it (then every key gets
+    404 model_not_found for its alias)."""
+    warnings: list[str] = []
+    try:
+        normalized = base_url_normalize(provider=route.provider, base_url=route.base_url)
+    except ApplicationError as exc:
+        warnings.append(f"The saved base URL cannot work: {exc.message}")
+    else:
+        warnings += normalized.warnings
+        if normalized.url != route.base_url:
+            warnings.append(
+                f"The saved base URL {route.base_url} was stored before base URLs were "
+                f"normalized: save the route again (route_set or the admin) to store "
+                f"{normalized.url}."
+            )
     if not Tenant.objects.filter(allowed_routes=route, is_active=True).exists():
         warnings.append(route_unreachable_warning(route.alias))
     return warnings

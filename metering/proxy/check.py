@@ -14,6 +14,7 @@ import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -39,10 +40,14 @@ def route_check(*, route: Route, timeout_s: float = 10.0) -> RouteCheck:  # floa
     info = route_info_from(route)
     endpoint = MESSAGES if info.speaks_anthropic else CHAT
     url = info.base_url + endpoint.upstream_path
+    parts = urlsplit(url)
+    # What is called, as printed: a route saved before base URLs were checked may hold a
+    # user:password@ part; the request still goes to the stored URL, as the proxy's would.
+    called = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
     if info.credential_missing:
         return RouteCheck(
             False,
-            url,
+            called,
             None,
             None,
             f"the environment variable {route.api_key_env} is not set here, so the proxy "
@@ -64,10 +69,10 @@ def route_check(*, route: Route, timeout_s: float = 10.0) -> RouteCheck:  # floa
     try:
         status, answer, latency_ms = asyncio.run(_call(url, body, headers, timeout_s))
     except UpstreamError as exc:
-        return RouteCheck(False, url, None, None, _unreachable(exc, url, timeout_s))
+        return RouteCheck(False, called, None, None, _unreachable(exc, called, timeout_s))
     message = _upstream_message(answer, info.credential)
     return RouteCheck(
-        status == 200, url, status, latency_ms, _diagnose(route, url, status, message)
+        status == 200, called, status, latency_ms, _diagnose(route, called, status, message)
     )
 
 

@@ -299,3 +299,33 @@ def test_check_diagnoses_refused_connections_and_tls(simulator: str) -> None:
     # https to a plain-HTTP server
     _, why, passed = check("tls", "openai", simulator.replace("http://", "https://") + "/v1")
     assert not passed and "TLS" in why and "http://" in why
+
+
+def test_check_diagnoses_a_timeout() -> None:
+    silent = socket.socket()  # listens, never answers: the connect succeeds, no reply comes
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    try:
+        port = silent.getsockname()[1]
+        out, why, passed = check(
+            "slow", "openai", f"http://127.0.0.1:{port}/v1", "--timeout", "0.5"
+        )
+    finally:
+        silent.close()
+    assert not passed and "no answer" in out
+    assert "within 0.5 s (timeout)" in why
+
+
+def test_check_of_a_saved_route_never_prints_credentials_in_its_url(simulator: str) -> None:
+    Route.objects.create(
+        alias="legacy",
+        provider="openai",
+        base_url=simulator.replace("http://", "http://user:sekrit@") + "/v1",
+        upstream_model="sim-reasoner",
+    )
+    out, err = StringIO(), StringIO()
+    with pytest.raises(CommandError) as caught:
+        call_command("route_set", "legacy", "--check", stdout=out, stderr=err)
+    printed = out.getvalue() + err.getvalue() + str(caught.value)
+    assert "HTTP 401" in printed and "cannot work" in printed
+    assert "sekrit" not in printed

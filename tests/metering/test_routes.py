@@ -78,7 +78,7 @@ def test_a_warning_says_what_will_be_called_and_how_to_check() -> None:
         (OPENAI, "https://api.openai.com:99999/v1", ["not a valid URL"]),
         (COMPATIBLE, "https://user:secret@vllm:8000/v1", ["--api-key-env", "user:password@"]),
         (COMPATIBLE, "https://:secret@vllm:8000/v1", ["--api-key-env"]),
-        (COMPATIBLE, "http://vllm:8000/v1?key=abc", ["query string"]),
+        (COMPATIBLE, "http://vllm:8000/v1?key=secret", ["query string", "http://vllm:8000/v1."]),
         (COMPATIBLE, "http://vllm:8000/v1#x", ["fragment"]),
         (ANTHROPIC, "https://api.anthropic.com/v1/messages", ["https://api.anthropic.com/v1"]),
         (OPENAI, "https://api.openai.com/v1/chat/completions", ["https://api.openai.com/v1"]),
@@ -142,3 +142,23 @@ def test_admin_route_form_normalizes_refuses_and_warns(client) -> None:  # type:
     )
     assert other.status_code == 200
     assert Route.objects.get(alias="r1").base_url == "http://vllm:8000/v1"
+
+
+@pytest.mark.django_db
+def test_a_route_saved_before_normalization_is_pointed_out() -> None:
+    tenant = tenant_create(name="acme")
+    old = Route.objects.create(
+        alias="claude",
+        provider=ANTHROPIC,
+        base_url="https://api.anthropic.com",
+        upstream_model="claude-sonnet-4-5",
+    )
+    broken = Route.objects.create(
+        alias="gpt", provider=OPENAI, base_url="https://k:s@api.openai.com/v1", upstream_model="m"
+    )
+    tenant_allow_routes(tenant=tenant, aliases=["claude", "gpt"])
+    (warning,) = route_warnings(route=old)
+    assert "save the route again" in warning and "https://api.anthropic.com/v1" in warning
+    (warning,) = route_warnings(route=broken)
+    assert "cannot work" in warning and "--api-key-env" in warning
+    assert "k:s@" not in warning
