@@ -190,3 +190,48 @@ def test_a_taken_port_is_said_plainly(workdir: Path, taken: str) -> None:
         assert "Traceback" not in output, output
     finally:
         squatter.close()
+
+
+def test_quickstart_and_its_simulator_end_when_make_is_killed(workdir: Path) -> None:
+    """`make run` killed with -9: quickstart loses its parent (make) and must not go on
+    serving with the ports taken. A shell that waits for it stands in for make."""
+    port, simulator_port = free_port(), free_port()
+    log = workdir / "under-make.log"
+    command = (
+        f"'{sys.executable}' manage.py quickstart --port {port} "
+        f"--simulator-port {simulator_port} > '{log}' 2>&1; exit 0"
+    )
+    make = subprocess.Popen(["sh", "-c", command], cwd=ROOT, env=quickstart_env(workdir))
+    started: list[int] = []
+    try:
+
+        def serving() -> bool:
+            assert make.poll() is None, log.read_text()
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1)  # noqa: S310
+            except urllib.error.HTTPError:
+                return True
+            except OSError:
+                return False
+            return True
+
+        assert wait_for(serving, 180), log.read_text()
+        (quickstart,) = children_of(make.pid)
+        (simulator,) = children_of(quickstart)
+        started += [quickstart, simulator]
+
+        make.kill()
+        make.wait(timeout=10)
+
+        assert wait_for(lambda: not alive(quickstart), 60), "quickstart outlived make"
+        assert wait_for(lambda: not alive(simulator), 15), "the simulator outlived make"
+        assert wait_for(lambda: port_free(port) and port_free(simulator_port), 5)
+    finally:
+        for pid in started:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if make.poll() is None:
+            make.kill()
+            make.wait()

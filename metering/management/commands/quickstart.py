@@ -4,7 +4,9 @@ The simulator runs as a child process and ends with this one, whatever ends it:
 - SIGTERM, SIGHUP and SIGINT end the server gracefully (uvicorn's own shutdown; SIGHUP is
   turned into SIGTERM), then the simulator is terminated (killed after 10 s);
 - on Linux the child also asks the kernel for SIGKILL when its parent dies
-  (`prctl(PR_SET_PDEATHSIG)`), so even `kill -9` of this process ends it.
+  (`prctl(PR_SET_PDEATHSIG)`), so even `kill -9` of this process ends it;
+- and this process asks for SIGTERM when its own parent dies, so `kill -9` of `make run`
+  ends the server gracefully and the simulator with it.
 Both ports are checked before anything starts: a taken one is named, with the option that
 changes it, instead of a bind error from deep inside a server.
 """
@@ -88,6 +90,7 @@ class Command(BaseCommand):
         if options["no_serve"]:
             return
         previous = {signum: signal.signal(signum, _end_gracefully) for signum in _ENDING_SIGNALS}
+        _end_with_parent(signal.SIGTERM)
         simulator = subprocess.Popen(
             [
                 sys.executable,
@@ -100,7 +103,7 @@ class Command(BaseCommand):
             ],
             cwd=Path(settings.BASE_DIR),
             env=os.environ.copy(),
-            preexec_fn=_exit_with_parent(os.getpid()),  # noqa: PLW1509 - no threads yet
+            preexec_fn=_child_ends_with_us(),  # noqa: PLW1509 - no threads yet
         )
         try:
             self._wait(sim_url + "/_sim/health", simulator, options["simulator_port"])
@@ -194,13 +197,32 @@ def _end_gracefully(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-def _exit_with_parent(parent: int) -> Callable[[], None] | None:
-    """A `preexec_fn` that makes the kernel SIGKILL the child when `parent` dies (Linux);
-    None elsewhere. The simulator keeps no state worth a graceful exit."""
+def _prctl() -> Any | None:
+    """libc's prctl on Linux, None elsewhere."""
     if not sys.platform.startswith("linux"):
         return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    prctl: Any = libc.prctl  # looked up before the fork: the child only calls it
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+
+
+def _end_with_parent(signum: int) -> None:
+    """Have the kernel send this process `signum` when its parent dies (Linux): `make
+    run` killed with -9 must not leave this process serving with both ports taken."""
+    prctl = _prctl()
+    if prctl is None:
+        return
+    parent = os.getppid()
+    prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signum)
+
+
+def _child_ends_with_us() -> Callable[[], None] | None:
+    """A `preexec_fn` that makes the kernel SIGKILL the child when this process dies
+    (Linux); None elsewhere. The simulator keeps no state worth a graceful exit."""
+    prctl = _prctl()  # looked up before the fork: the child only calls it
+    if prctl is None:
+        return None
+    parent = os.getpid()
 
     def preexec() -> None:
         prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
