@@ -149,7 +149,8 @@ class Command(BaseCommand):
         return password
 
     def _wait(self, url: str, simulator: subprocess.Popen[bytes], port: int) -> None:
-        for _ in range(300):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
             if simulator.poll() is not None:
                 raise CommandError(
                     f"The simulator exited (code {simulator.returncode}) before answering on "
@@ -165,15 +166,16 @@ class Command(BaseCommand):
 
 def _port_advice(port: int, option: str) -> str:
     return (
-        f"If a previous `make run` is still running, stop it (`fuser -k {port}/tcp`), or "
-        f"choose another port: `manage.py quickstart {option} N` "
+        f"If a previous `make run` is still running, stop it (`fuser -v {port}/tcp` names "
+        f"it), or choose another port: `manage.py quickstart {option} N` "
         f"(`make run QUICKSTART_ARGS='{option} N'`)."
     )
 
 
 def _require_free_port(host: str, port: int, what: str, option: str) -> None:
     """Fail plainly if `port` cannot be bound, the way uvicorn will bind it."""
-    with socket.socket() as probe:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn chooses
+    with socket.socket(family) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
         try:
             probe.bind((host, port))
