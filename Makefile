@@ -19,8 +19,10 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 setup: .venv/.synced
 
 # Embedded default: SQLite, Celery tasks in-process, the built-in simulator as upstream.
+# Other ports: make run QUICKSTART_ARGS='--port 8001 --simulator-port 8101'
+QUICKSTART_ARGS ?=
 run: setup
-	$(PY) manage.py quickstart
+	$(PY) manage.py quickstart $(QUICKSTART_ARGS)
 
 services:
 	bash .ci/services

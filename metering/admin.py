@@ -1,8 +1,12 @@
+from typing import Any
+
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from api import permissions as perm
+from metering.errors import ApplicationError
 from metering.models import (
     ApiKey,
     HoldCap,
@@ -15,7 +19,8 @@ from metering.models import (
     UsageRecord,
     UsageRollup,
 )
-from metering.services import api_key_create, api_key_revoke
+from metering.routes import base_url_normalize
+from metering.services import api_key_create, api_key_revoke, route_warnings
 
 
 @admin.register(Tenant)
@@ -79,11 +84,57 @@ class ApiKeyAdmin(admin.ModelAdmin):
         self.message_user(request, f"Revoked {queryset.count()} key(s).")
 
 
+class RouteAdminForm(forms.ModelForm):
+    """The base URL is normalized (or refused) by the same rule as `route_set`: a plain
+    text field, so Django's URL validator (which refuses hosts like `vllm:8000`) does not
+    judge it first."""
+
+    base_url = forms.CharField(
+        max_length=500,
+        help_text="openai: https://api.openai.com/v1; anthropic: https://api.anthropic.com; "
+        "openai-compatible: the URL its OpenAI SDK clients use, e.g. http://HOST:8000/v1",
+    )
+
+    class Meta:
+        model = Route
+        fields = [
+            "alias",
+            "provider",
+            "base_url",
+            "upstream_model",
+            "api_key_env",
+            "accelerator",
+            "is_active",
+        ]
+
+    def _get_validation_exclusions(self) -> set[str]:
+        # The model's URLField validator would judge the normalized URL again and refuse
+        # hosts without a dot (`http://vllm:8000/v1`); `base_url_normalize` is the rule.
+        return super()._get_validation_exclusions() | {"base_url"}  # type: ignore[misc]
+
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        cleaned = self.cleaned_data
+        provider, base_url = cleaned.get("provider"), cleaned.get("base_url")
+        if provider and base_url:
+            try:
+                cleaned["base_url"] = base_url_normalize(provider=provider, base_url=base_url).url
+            except ApplicationError as exc:
+                self.add_error("base_url", exc.message)
+        return cleaned
+
+
 @admin.register(Route)
 class RouteAdmin(admin.ModelAdmin):
+    form = RouteAdminForm
     list_display = ["alias", "provider", "base_url", "upstream_model", "accelerator", "is_active"]
     list_filter = ["provider", "accelerator", "is_active"]
     search_fields = ["alias", "upstream_model"]
+
+    def save_model(self, request: HttpRequest, obj: Route, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        for warning in route_warnings(route=obj):
+            self.message_user(request, warning, messages.WARNING)
 
 
 @admin.register(UsageRecord)

@@ -3,7 +3,6 @@
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from urllib.parse import urlsplit
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -11,6 +10,7 @@ from django.utils import timezone
 from metering.errors import ApplicationError, Conflict, NotFound
 from metering.keys import api_key_generate, api_key_hash, api_key_visible_prefix
 from metering.models import ApiKey, Route, Tenant
+from metering.routes import base_url_normalize, route_unreachable_warning
 
 
 @dataclass(frozen=True)
@@ -66,13 +66,6 @@ def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
     return api_key
 
 
-def _validate_base_url(base_url: str) -> str:
-    parts = urlsplit(base_url)
-    if parts.scheme not in {"http", "https"} or not parts.netloc:
-        raise ApplicationError(f"base URL must be an http(s) URL, got {base_url!r}.")
-    return base_url.rstrip("/")
-
-
 @transaction.atomic
 def route_set(
     *,
@@ -83,7 +76,11 @@ def route_set(
     api_key_env: str = "",
     accelerator: str = "",
 ) -> Route:
-    """Create or update the route for an alias (idempotent on the alias)."""
+    """Create or update the route for an alias (idempotent on the alias).
+
+    The base URL is normalized for the provider (`metering.routes.base_url_normalize`) or
+    refused with a message saying what to write; `route_warnings` says what is still
+    doubtful about the saved route."""
     if provider not in Route.Provider.values:
         raise ApplicationError(
             f"provider must be one of {', '.join(Route.Provider.values)}; got {provider!r}."
@@ -94,7 +91,7 @@ def route_set(
         raise ApplicationError("api_key_env must be an environment variable name.")
     values = {
         "provider": provider,
-        "base_url": _validate_base_url(base_url),
+        "base_url": base_url_normalize(provider=provider, base_url=base_url).url,
         "upstream_model": upstream_model.strip(),
         "api_key_env": api_key_env,
         "accelerator": accelerator,
@@ -105,6 +102,28 @@ def route_set(
     except IntegrityError as exc:  # a concurrent create of the same alias
         raise Conflict(f"Route {alias!r} was changed concurrently; try again.") from exc
     return route
+
+
+def route_warnings(*, route: Route) -> list[str]:
+    """What an operator should hear about a saved route: a doubtful base URL (or one saved
+    before normalization existed), and no tenant allowed to use it (then every key gets
+    404 model_not_found for its alias)."""
+    warnings: list[str] = []
+    try:
+        normalized = base_url_normalize(provider=route.provider, base_url=route.base_url)
+    except ApplicationError as exc:
+        warnings.append(f"The saved base URL cannot work: {exc.message}")
+    else:
+        warnings += normalized.warnings
+        if normalized.url != route.base_url:
+            warnings.append(
+                f"The saved base URL {route.base_url} was stored before base URLs were "
+                f"normalized: save the route again (route_set or the admin) to store "
+                f"{normalized.url}."
+            )
+    if not Tenant.objects.filter(allowed_routes=route, is_active=True).exists():
+        warnings.append(route_unreachable_warning(route.alias))
+    return warnings
 
 
 @transaction.atomic

@@ -1,38 +1,84 @@
-from django.core.management.base import BaseCommand, CommandError
+"""`manage.py route_set`: create or update a route, say what is doubtful, and (--check)
+call its upstream once."""
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from metering.errors import ApplicationError
 from metering.models import Route
-from metering.services import route_set, tenant_allow_routes, tenant_get
+from metering.proxy.check import route_check
+from metering.services import route_set, route_warnings, tenant_allow_routes, tenant_get
 
 
 class Command(BaseCommand):
-    help = "Create or update the route behind a model alias."
+    help = (
+        "Create or update the route behind a model alias. With --check, call the upstream "
+        "once and report (alone: check the saved route)."
+    )
 
-    def add_arguments(self, parser):  # type: ignore[no-untyped-def]
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("alias")
-        parser.add_argument("--provider", required=True, choices=Route.Provider.values)
-        parser.add_argument("--base-url", required=True, help="e.g. https://api.openai.com/v1")
-        parser.add_argument("--upstream-model", required=True)
+        parser.add_argument("--provider", choices=Route.Provider.values)
+        parser.add_argument(
+            "--base-url",
+            help="openai: https://api.openai.com/v1; anthropic: https://api.anthropic.com; "
+            "openai-compatible: the URL its OpenAI SDK clients use, e.g. http://HOST:8000/v1",
+        )
+        parser.add_argument("--upstream-model")
         parser.add_argument("--api-key-env", default="", help="env var holding the upstream key")
         parser.add_argument("--accelerator", default="", help="accelerator type label")
         parser.add_argument(
             "--allow-tenant", nargs="*", default=[], metavar="TENANT", help="grant to tenants"
         )
+        parser.add_argument(
+            "--check",
+            action="store_true",
+            help="call the upstream once (one output token) and report; exit 1 if it fails",
+        )
+        parser.add_argument(
+            "--timeout", type=float, default=10.0, help="seconds --check waits (default 10)"
+        )
 
-    def handle(self, *args, **options):  # type: ignore[no-untyped-def]
+    def handle(self, *args: Any, **options: Any) -> None:
+        defining = [options["provider"], options["base_url"], options["upstream_model"]]
         try:
-            route = route_set(
-                alias=options["alias"],
-                provider=options["provider"],
-                base_url=options["base_url"],
-                upstream_model=options["upstream_model"],
-                api_key_env=options["api_key_env"],
-                accelerator=options["accelerator"],
-            )
+            if not any(defining) and options["check"]:
+                route = Route.objects.filter(alias=options["alias"]).first()
+                if route is None:
+                    raise CommandError(f"No route {options['alias']!r} to check.")
+            elif not all(defining):
+                raise CommandError(
+                    "--provider, --base-url and --upstream-model are required "
+                    "(alone, --check checks the saved route)."
+                )
+            else:
+                route = route_set(
+                    alias=options["alias"],
+                    provider=options["provider"],
+                    base_url=options["base_url"],
+                    upstream_model=options["upstream_model"],
+                    api_key_env=options["api_key_env"],
+                    accelerator=options["accelerator"],
+                )
+                self.stdout.write(
+                    f"{route.alias} -> {route.provider} {route.base_url} {route.upstream_model}"
+                )
             for ref in options["allow_tenant"]:
                 tenant_allow_routes(tenant=tenant_get(ref=ref), aliases=[route.alias])
         except ApplicationError as exc:
             raise CommandError(exc.message) from exc
-        self.stdout.write(
-            f"{route.alias} -> {route.provider} {route.base_url} {route.upstream_model}"
-        )
+        for warning in route_warnings(route=route):
+            self.stderr.write(self.style.WARNING(f"Warning: {warning}"))
+        if options["check"]:
+            self._check(route, options["timeout"])
+
+    def _check(self, route: Route, timeout_s: float) -> None:  # float-ok: seconds
+        result = route_check(route=route, timeout_s=timeout_s)
+        status = "no answer" if result.status is None else f"HTTP {result.status}"
+        latency = "" if result.latency_ms is None else f" in {result.latency_ms} ms"
+        self.stdout.write(f"check: POST {result.url} -> {status}{latency}")
+        if result.ok:
+            self.stdout.write(self.style.SUCCESS(f"check passed: {result.diagnosis}"))
+            return
+        raise CommandError(f"check failed: {result.diagnosis}")
