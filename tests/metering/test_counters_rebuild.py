@@ -21,6 +21,7 @@ from metering import control
 from metering.control import BudgetCost, BudgetScope, ControlStore, Grant, holds_key, to_nano
 from metering.counters import budget_loader, control_counters_rebuild
 from metering.ledger import usage_records_write
+from metering.tasks import control_counters_rebuild as rebuild_task
 from tests.factories import ApiKeyFactory
 from tests.usage_helpers import usage_row
 
@@ -316,3 +317,25 @@ def test_budget_keys_are_read_back_from_the_ledger() -> None:
         assert loader() == figure, key
     assert budget_loader(f"rk:balance:{tenant}:0.0.0") is None  # no balance that stops
     assert budget_loader("rk:spend:key:999999999:total") is None
+
+
+@pytest.mark.django_db
+def test_the_beat_task_rebuilds_an_all_time_budget_from_the_ledger(settings) -> None:  # type: ignore[no-untyped-def]
+    """The Celery task, as beat runs it every minute, on a tenant's all-time spend limit
+    whose dead process's slice lapsed: spent goes back to the ledger's figure."""
+    assert settings.CELERY_BEAT_SCHEDULE["control-counters-rebuild"]["schedule"] == 60.0
+    settings.REDIS_URL = URL
+    settings.RECKON_CONTROL_HOLD_TTL_SECONDS = 0
+    api_key = ApiKeyFactory()
+    usage_records_write([usage_row(api_key, spend_usd=Decimal("0.25"))])
+    key = f"rk:spend:tenant:{api_key.tenant_id}:total"
+    client = redis.Redis.from_url(URL)
+    slice_of_a_dead_process = {"lo:host:7:abc:1": 32 * HOLD, "lt:host:7:abc:1": 1}
+    client.hset(
+        key,
+        mapping={"spent": 0, "held": 32 * HOLD, "gen": 1, "leased": 32 * HOLD}
+        | slice_of_a_dead_process,
+    )
+    assert rebuild_task.delay().get() >= 1
+    state = {k.decode(): int(v) for k, v in client.hgetall(key).items()}
+    assert state == {"spent": to_nano(Decimal("0.25")), "held": 0, "gen": 1, "leased": 0}
