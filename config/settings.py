@@ -262,7 +262,7 @@ RECKON_CONTROL_LEASE_CALLS = int(os.environ.get("RECKON_CONTROL_LEASE_CALLS", "3
 # An exact spend hold not settled this many seconds after admission (its process died, its
 # settlement was lost) is reaped: counted as spent in full, then its budget is rebuilt from
 # the ledger. The longest a call may run while its hold is still trusted.
-RECKON_CONTROL_HOLD_TTL_SECONDS = float(os.environ.get("RECKON_CONTROL_HOLD_TTL_SECONDS", "900"))
+RECKON_CONTROL_HOLD_TTL_SECONDS = float(os.environ.get("RECKON_CONTROL_HOLD_TTL_SECONDS", "3600"))
 # Rate-limit window in seconds (limits are per minute at the default 60).
 RECKON_RATE_WINDOW_SECONDS = int(os.environ.get("RECKON_RATE_WINDOW_SECONDS", "60"))
 # The most output (visible + reasoning) tokens a call that names no maximum is granted

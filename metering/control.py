@@ -233,7 +233,8 @@ return 1
 ADMIT, SETTLE, LOAD = Script(ADMIT_LUA), Script(SETTLE_LUA), Script(LOAD_LUA)
 CANCEL = Script(CANCEL_LUA)
 
-HOLD_TTL_S = 900.0  # default: a hold not settled this long after admission is reaped
+HOLD_TTL_S = 3600.0  # default: a hold not settled this long after admission is reaped
+CANCEL_AGAIN_S = 2.0  # a lost admission's cancel that found nothing is tried again after
 
 
 def holds_key(key: str) -> str:
@@ -600,16 +601,19 @@ class ControlStore:
             done.set_result(None)
 
     async def _cancel(self, budgets: Sequence[BudgetScope], hold_id: int) -> None:
-        """Release the holds of an admission whose reply was lost (the caller was refused),
-        retrying while Redis does not answer; past the hold's expiry the periodic rebuild
-        has reaped it anyway."""
+        """Release the holds of an admission whose reply was lost (its caller was refused):
+        as soon as Redis answers, and twice more a little later in case the admission,
+        still queued in Redis on the dropped connection, ran after the first try. Past the
+        hold's expiry the periodic rebuild reaps it anyway (metering.counters)."""
         keys = [b.key for b in budgets] + [holds_key(b.key) for b in budgets]
         deadline = time.monotonic() + self.hold_ttl_ms / 1000
-        delay = FLUSH_S
-        while True:
+        delay, tries = FLUSH_S, 0
+        while tries < 3:
             try:
-                await self._redis.run(CANCEL, keys, [len(budgets), hold_id])
-                return
+                if await self._redis.run(CANCEL, keys, [len(budgets), hold_id]):
+                    return  # released: it cannot be registered again
+                tries += 1
+                await asyncio.sleep(CANCEL_AGAIN_S)
             except ControlUnavailable:
                 if time.monotonic() > deadline:
                     raise

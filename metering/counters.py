@@ -148,7 +148,7 @@ def _rebuild_one(
         if loader is None:
             loader = loader_for(key)
             if loader is None:
-                logger.warning("no ledger figure for budget %s: left as counted", key)
+                logger.info("no ledger figure for budget %s: left as counted", key)
                 result.stale += 1
                 return
         used = loader()  # read after the budget was seen quiet: the CAS checks it still is
