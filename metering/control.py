@@ -13,6 +13,13 @@ State lives in Redis; every decision is one Lua script, so it is atomic across p
   sends that grant upstream as the call's maximum: the hold always covers the worst
   case, yet a call is refused only when what is left cannot cover a plausible call.
 - Settlement releases the hold and adds what the call actually used.
+- Every exact hold is registered beside its budget (`holds_key`: a sorted set of
+  "<hold id>:<amount>" by expiry, Redis's clock), added by admission and removed by
+  settlement in the same scripts. An admission whose reply was lost is cancelled by its
+  hold id once Redis answers; a hold never settled (crashed process, lost settlement)
+  expires after the hold TTL and is reaped by the periodic rebuild (metering.counters):
+  counted as spent in full, then the budget is rebuilt from the ledger. So a counter
+  that counts too much comes back to the ledger's figure; it never counts too little.
 
 Amounts are integers (nano-units of money, 1e-9, rounded up from the exact Decimal; or
 tokens), so a counter never under-counts. The durable truth is the ledger (committed
