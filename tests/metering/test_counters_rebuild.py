@@ -143,6 +143,44 @@ def test_a_hold_whose_admission_reply_was_lost_is_given_back() -> None:
     assert not redis.Redis.from_url(URL).exists(holds_key(b.key))
 
 
+def test_a_lost_admission_that_runs_after_its_first_cancel_is_still_given_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The admission was still queued in Redis on the dropped connection: the first cancel
+    finds nothing, the admission then lands, and the cancel tried again releases it."""
+    ledger = Ledger()
+    b = budget(ledger, 10 * HOLD)
+    monkeypatch.setattr(control, "CANCEL_AGAIN_S", 0.2)
+
+    async def scenario():  # type: ignore[no-untyped-def]
+        store = ControlStore(URL)
+        await admit(store, b, 0)  # the budget is loaded
+        real = store._redis.run
+        queued = []
+
+        async def stuck(script, keys, args):  # type: ignore[no-untyped-def]
+            if script is control.ADMIT:
+                queued.append((keys, args))
+                raise control.ControlUnavailable("no reply within 1.0s")
+            return await real(script, keys, args)
+
+        store._redis.run = stuck  # type: ignore[method-assign]
+        with pytest.raises(control.ControlUnavailable):
+            await admit(store, b, 9 * HOLD)
+        await asyncio.sleep(0.1)  # the first cancel ran and found nothing
+        (keys, args) = queued[0]
+        await real(control.ADMIT, keys, args)  # the queued admission runs only now
+        landed = fields(b)
+        await asyncio.sleep(0.3)
+        after = fields(b)
+        await store.close()
+        return landed, after
+
+    landed, after = asyncio.run(scenario())
+    assert landed["held"] == 9 * HOLD
+    assert after["held"] == 0 and after["spent"] == 0
+
+
 @pytest.mark.parametrize("ttl_s", [120, 0], ids=["monthly", "all-time"])
 def test_a_hold_never_settled_expires_and_the_budget_returns_to_the_ledger(ttl_s: int) -> None:
     ledger = Ledger()
