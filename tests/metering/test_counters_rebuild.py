@@ -17,7 +17,7 @@ from decimal import Decimal
 import pytest
 import redis
 
-from metering import control
+from metering import control, leases
 from metering.control import BudgetCost, BudgetScope, ControlStore, Grant, holds_key, to_nano
 from metering.counters import budget_loader, control_counters_rebuild
 from metering.ledger import usage_records_write
@@ -270,12 +270,18 @@ def test_no_rebuild_while_a_ledger_writer_has_records_spooled() -> None:
     assert rebuild(ledger, b).rebuilt == 1 and fields(b)["spent"] == 0
 
 
-def test_a_rebuild_racing_with_calls_never_lets_spend_pass_the_limit() -> None:
-    """Callers admit, commit their record, then settle (the proxy's order) on the exact
-    path, with quiet gaps between calls; meanwhile rebuilds run back to back on the same
+@pytest.mark.parametrize("lease_calls", [0, 4], ids=["exact", "leased"])
+def test_a_rebuild_racing_with_calls_never_lets_spend_pass_the_limit(
+    monkeypatch: pytest.MonkeyPatch, lease_calls: int
+) -> None:
+    """Callers admit, commit their record, then settle (the proxy's order), on the exact
+    path or on slices (closed after 20 ms idle here, so the budget has quiet moments),
+    with quiet gaps between calls; meanwhile rebuilds run back to back on the same
     budget (marked stale each time, as after a reap) with a slow ledger read, so that
     settlements land between a rebuild's look and its write. Every call uses its whole
     hold: the calls admitted must never be more than the budget covers."""
+    monkeypatch.setattr(leases, "IDLE_S", 0.02)
+    monkeypatch.setattr(control, "FLUSH_S", 0.005)
     ledger = Ledger()
     ledger.read_delay_s = 0.004
     capacity = 300
@@ -293,7 +299,7 @@ def test_a_rebuild_racing_with_calls_never_lets_spend_pass_the_limit() -> None:
     rng = random.Random(11)
 
     async def scenario() -> int:
-        store = ControlStore(URL)
+        store = ControlStore(URL, lease_calls=lease_calls)
         admitted = 0
 
         async def caller() -> None:
