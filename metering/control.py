@@ -195,8 +195,12 @@ REAP_LUA = (
 -- their expiry are reaped and counted as spent in full (their call may have spent upstream
 -- and never settled: the ledger knows), slices not reported in time lapse (leases), and
 -- either marks the budget for a rebuild. ARGV[1]: the grace (ms) after a lapse.
--- Returns {gen, spent, held, leased, stale, safe_at, now} ({-1}: not loaded).
-if redis.call('HEXISTS', KEYS[1], 'gen') == 0 then return {-1} end
+-- Returns {gen, spent, held, leased, stale, safe_at, now} ({-1}: not loaded; a register
+-- left behind by a budget that expired goes: LOAD would delete it anyway).
+if redis.call('HEXISTS', KEYS[1], 'gen') == 0 then
+  redis.call('DEL', KEYS[2])
+  return {-1}
+end
 local grace = tonumber(ARGV[1])
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
 if #expired > 0 then

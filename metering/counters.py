@@ -117,7 +117,10 @@ def control_counters_rebuild(
     for pattern in patterns:
         for raw in client.scan_iter(pattern, count=1000):
             key = raw.decode()
-            if key.endswith(":holds"):
+            if key.endswith(":holds"):  # reaped with its budget, or dropped if that is gone
+                budget_key = key.removesuffix(":holds")
+                if not client.exists(budget_key):
+                    reap(keys=[budget_key, key], args=[grace_ms])
                 continue
             result.budgets += 1
             _rebuild_one(client, reap, rebuild, key, loader_for, grace_ms, result)

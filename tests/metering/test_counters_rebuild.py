@@ -383,3 +383,16 @@ def test_the_beat_task_rebuilds_an_all_time_budget_from_the_ledger(settings) -> 
     assert rebuild_task.delay().get() >= 1
     state = {k.decode(): int(v) for k, v in client.hgetall(key).items()}
     assert state == {"spent": to_nano(Decimal("0.25")), "held": 0, "gen": 1, "leased": 0}
+
+
+def test_the_hold_register_of_a_budget_that_expired_goes() -> None:
+    ledger = Ledger()
+    b = budget(ledger, 10 * HOLD)
+    client = redis.Redis.from_url(URL)
+    client.zadd(holds_key(b.key), {f"7:{HOLD}": 1})  # a lost hold of a budget now gone
+    rebuild(ledger, b)  # the budget's own key: nothing to do
+    kept = client.exists(holds_key(b.key))
+    control_counters_rebuild(
+        client=client, loader_for=ledger.loader_for, patterns=[holds_key(b.key)]
+    )
+    assert kept and not client.exists(holds_key(b.key))
