@@ -123,12 +123,11 @@ def control_counters_rebuild(
                     reap(keys=[budget_key, key], args=[grace_ms])
                 continue
             result.budgets += 1
-            _rebuild_one(client, reap, rebuild, key, loader_for, grace_ms, result)
+            _rebuild_one(reap, rebuild, key, loader_for, grace_ms, result)
     return result
 
 
 def _rebuild_one(
-    client: redis.Redis,
     reap: "redis.commands.core.Script",
     rebuild: "redis.commands.core.Script",
     key: str,
