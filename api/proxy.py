@@ -101,6 +101,7 @@ class ProxyApp:
                 window_s=settings.RECKON_RATE_WINDOW_SECONDS,
                 lease_calls=settings.RECKON_CONTROL_LEASE_CALLS,
                 on_crossed=self._alert,
+                hold_ttl_s=settings.RECKON_CONTROL_HOLD_TTL_SECONDS,
             )
             if settings.REDIS_URL
             else None

@@ -240,6 +240,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "metering.tasks.learn_hold_caps",
         "schedule": 3600.0,
     },
+    "control-counters-rebuild": {
+        "task": "metering.tasks.control_counters_rebuild",
+        "schedule": 60.0,  # lost holds and dead processes' slices given back (metering.counters)
+    },
 }
 CELERY_TASK_ROUTES = {
     "billing.tasks.*": {"queue": "billing"},
@@ -255,6 +259,10 @@ RECKON_CONTROL_FAIL_OPEN = env_bool("RECKON_CONTROL_FAIL_OPEN", False)
 # Far from every limit, a server process admits calls on slices of the budgets and rate
 # windows it takes this many calls at a time (metering.leases); 0: every call in Redis.
 RECKON_CONTROL_LEASE_CALLS = int(os.environ.get("RECKON_CONTROL_LEASE_CALLS", "32"))
+# An exact spend hold not settled this many seconds after admission (its process died, its
+# settlement was lost) is reaped: counted as spent in full, then its budget is rebuilt from
+# the ledger. The longest a call may run while its hold is still trusted.
+RECKON_CONTROL_HOLD_TTL_SECONDS = float(os.environ.get("RECKON_CONTROL_HOLD_TTL_SECONDS", "3600"))
 # Rate-limit window in seconds (limits are per minute at the default 60).
 RECKON_RATE_WINDOW_SECONDS = int(os.environ.get("RECKON_RATE_WINDOW_SECONDS", "60"))
 # The most output (visible + reasoning) tokens a call that names no maximum is granted

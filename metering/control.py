@@ -13,6 +13,13 @@ State lives in Redis; every decision is one Lua script, so it is atomic across p
   sends that grant upstream as the call's maximum: the hold always covers the worst
   case, yet a call is refused only when what is left cannot cover a plausible call.
 - Settlement releases the hold and adds what the call actually used.
+- Every exact hold is registered beside its budget (`holds_key`: a sorted set of
+  "<hold id>:<amount>" by expiry, Redis's clock), added by admission and removed by
+  settlement in the same scripts. An admission whose reply was lost is cancelled by its
+  hold id once Redis answers; a hold never settled (crashed process, lost settlement)
+  expires after the hold TTL and is reaped by the periodic rebuild (metering.counters):
+  counted as spent in full, then the budget is rebuilt from the ledger. So a counter
+  that counts too much comes back to the ledger's figure; it never counts too little.
 
 Amounts are integers (nano-units of money, 1e-9, rounded up from the exact Decimal; or
 tokens), so a counter never under-counts. The durable truth is the ledger (committed
@@ -27,6 +34,7 @@ When Redis cannot be reached the proxy refuses calls that have controls
 import asyncio
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +46,9 @@ from metering.leases import (
     ELIGIBLE_MULTIPLE,
     FLUSH,
     FLUSH_S,
+    LAPSE_SLICES_LUA,
     LEASE,
+    NOW_LUA,
     OWNER_TTL_S,
     RECALL,
     RECALL_WAIT_S,
@@ -52,12 +62,16 @@ logger = logging.getLogger(__name__)
 NANO = Decimal(1_000_000_000)
 
 ADMIT_LUA = """
--- KEYS: n budget hashes (spent, held, gen), m rate-window hashes (r: requests, t: tokens)
--- ARGV: n, m, out_min, out_max, share, est_tokens, ttl, (limit, a, b) x n, (rpm, tpm) x m
--- Returns {1, granted, requests, tokens, gen x n} (requests and tokens of the first
+-- KEYS: n budget hashes (spent, held, gen), m rate-window hashes (r: requests, t: tokens),
+--   then n hold registers (sorted sets, metering.control.holds_key)
+-- ARGV: n, m, out_min, out_max, share, est_tokens, ttl, hold_id, hold_ttl_ms,
+--   (limit, a, b) x n, (rpm, tpm) x m
+-- Returns {1, granted, requests, tokens, hold_id x n} (requests and tokens of the first
 -- window after counting), or a refusal: {-1, i, 0} budget i is not loaded, {-2, j, 0}
 -- requests or {-3, j, 0} tokens per minute of window j, {-4, i, left, leased} budget i
 -- (leased: what processes' slices hold of it, metering.leases).
+-- Every hold is registered as "<hold_id>:<amount>", scored by when it expires (Redis's
+-- clock): settlement removes it, and one never settled is reaped (REAP_LUA).
 -- Few redis.call()s on purpose: each one costs more than the work it does.
 local n = tonumber(ARGV[1]); local m = tonumber(ARGV[2])
 local out_min = tonumber(ARGV[3]); local out = tonumber(ARGV[4]); local share = tonumber(ARGV[5])
@@ -67,31 +81,37 @@ for i = 1, n do
   local v = redis.call('HMGET', KEYS[i], 'spent', 'held', 'gen', 'leased')
   if not v[3] then return {-1, i, 0} end
   gens[i] = tonumber(v[3])
-  local left = tonumber(ARGV[5 + 3 * i]) - tonumber(v[1] or '0') - tonumber(v[2] or '0')
-  local a = tonumber(ARGV[6 + 3 * i]); local b = tonumber(ARGV[7 + 3 * i])
+  local left = tonumber(ARGV[7 + 3 * i]) - tonumber(v[1] or '0') - tonumber(v[2] or '0')
+  local a = tonumber(ARGV[8 + 3 * i]); local b = tonumber(ARGV[9 + 3 * i])
   local cap = out
   if b > 0 then cap = math.floor((left - a) / b) elseif left < a then cap = -1 end
   if worst == 0 or cap < room then
     room = cap; worst = i; worst_left = left; worst_leased = tonumber(v[4] or '0')
   end
 end
-local base = 7 + 3 * n
+local base = 9 + 3 * n
 for j = 1, m do
   local rpm = tonumber(ARGV[base + 2 * j - 1]); local tpm = tonumber(ARGV[base + 2 * j])
   local v = redis.call('HMGET', KEYS[n + j], 'r', 't')
   if rpm > 0 and tonumber(v[1] or '0') + 1 > rpm then return {-2, j, 0} end
   if tpm > 0 and tonumber(v[2] or '0') + tokens > tpm then return {-3, j, 0} end
 end
+local res = {1, out, 0, 0}
 if n > 0 then
   if room < out_min then return {-4, worst, worst_left, worst_leased} end
   local grant = math.max(out_min, math.floor(room / share))
   if grant < out then out = grant end
+  res[2] = out
+  local clock = redis.call('TIME')
+  local expires = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+    + tonumber(ARGV[9])
   for i = 1, n do
-    redis.call('HINCRBY', KEYS[i], 'held', tonumber(ARGV[6 + 3 * i]) + tonumber(ARGV[7 + 3 * i]) * out)
+    local hold = tonumber(ARGV[8 + 3 * i]) + tonumber(ARGV[9 + 3 * i]) * out
+    redis.call('HINCRBY', KEYS[i], 'held', hold)
+    redis.call('ZADD', KEYS[n + m + i], expires, ARGV[8] .. ':' .. string.format('%.0f', hold))
+    res[4 + i] = tonumber(ARGV[8])
   end
 end
-local res = {1, out, 0, 0}
-for i = 1, n do res[4 + i] = gens[i] end
 for j = 1, m do
   local r = redis.call('HINCRBY', KEYS[n + j], 'r', 1)
   local t = redis.call('HINCRBY', KEYS[n + j], 't', tokens)
@@ -102,21 +122,22 @@ return res
 """
 
 SETTLE_LUA = """
--- KEYS: n budget hashes, m rate-window hashes; ARGV: n, m, token_delta, ttl,
--- (hold, actual, gen) x n. Returns each budget's spent after settling (-1: the budget is
--- gone from Redis).
--- A hold is released only from the generation of the budget it was placed on: a budget
--- reloaded from the ledger since (Redis restart, expiry) never held it, and releasing it
--- there would free other calls' holds. The actual use is always added.
+-- KEYS: n budget hashes, m rate-window hashes, n hold registers; ARGV: n, m, token_delta,
+-- ttl, (hold, actual, hold_id) x n. Returns each budget's spent after settling (-1: the
+-- budget is gone from Redis).
+-- A hold is released only if its budget still registers it: a budget reloaded from the
+-- ledger since (Redis restart, expiry) never held it, and a hold reaped meanwhile was
+-- counted as spent in full; releasing it there would free other calls' holds. The actual
+-- use is always added.
 local n = tonumber(ARGV[1]); local m = tonumber(ARGV[2]); local delta = tonumber(ARGV[3])
 local out = {}
 for i = 1, n do
   out[i] = -1
-  local gen = redis.call('HGET', KEYS[i], 'gen')
-  if gen then
-    if tonumber(gen) == tonumber(ARGV[3 * i + 4]) then
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    local hold = tonumber(ARGV[3 * i + 2])
+    if redis.call('ZREM', KEYS[n + m + i], ARGV[3 * i + 4] .. ':' .. ARGV[3 * i + 2]) == 1 then
       -- 0 - x, not -x: for x = 0 that is -0, which Redis refuses as an integer
-      if redis.call('HINCRBY', KEYS[i], 'held', 0 - tonumber(ARGV[3 * i + 2])) < 0 then
+      if redis.call('HINCRBY', KEYS[i], 'held', 0 - hold) < 0 then
         redis.call('HSET', KEYS[i], 'held', 0)
       end
     end
@@ -136,16 +157,100 @@ return out
 
 LOAD_LUA = """
 -- A budget is loaded when it has no generation (new, expired, or Redis restarted).
+-- KEYS: the budget hash, its hold register; ARGV: spent, ttl_s (0: none).
 if redis.call('HEXISTS', KEYS[1], 'gen') == 0 then
   local gen = redis.call('INCR', 'rk:budget-generation')
   redis.call('HSET', KEYS[1], 'spent', ARGV[1], 'held', 0, 'gen', gen)
   if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+  -- holds registered on an earlier generation were never held by this one
+  redis.call('DEL', KEYS[2])
 end
 return 1
 """
 
 
+CANCEL_LUA = """
+-- An admission whose reply was lost: release its holds if Redis took them.
+-- KEYS: n budget hashes, n hold registers; ARGV: n, hold_id. Returns how many it released.
+local n = tonumber(ARGV[1]); local prefix = ARGV[2] .. ':'; local released = 0
+for i = 1, n do
+  for _, member in ipairs(redis.call('ZRANGE', KEYS[n + i], 0, -1)) do
+    if string.sub(member, 1, #prefix) == prefix then
+      redis.call('ZREM', KEYS[n + i], member)
+      local hold = tonumber(string.sub(member, #prefix + 1))
+      if redis.call('HINCRBY', KEYS[i], 'held', 0 - hold) < 0 then
+        redis.call('HSET', KEYS[i], 'held', 0)
+      end
+      released = released + 1
+    end
+  end
+end
+return released
+"""
+
+REAP_LUA = (
+    NOW_LUA
+    + """
+-- The periodic rebuild's first step on budget KEYS[1] (hold register KEYS[2]): holds past
+-- their expiry are reaped and counted as spent in full (their call may have spent upstream
+-- and never settled: the ledger knows), slices not reported in time lapse (leases), and
+-- either marks the budget for a rebuild. ARGV[1]: the grace (ms) after a lapse.
+-- Returns {gen, spent, held, leased, stale, safe_at, now} ({-1}: not loaded; a register
+-- left behind by a budget that expired goes: LOAD would delete it anyway).
+if redis.call('HEXISTS', KEYS[1], 'gen') == 0 then
+  redis.call('DEL', KEYS[2])
+  return {-1}
+end
+local grace = tonumber(ARGV[1])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+if #expired > 0 then
+  local total = 0
+  for _, member in ipairs(expired) do
+    total = total + tonumber(string.match(member, ':(%d+)$'))
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  if total > 0 then
+    if redis.call('HINCRBY', KEYS[1], 'held', 0 - total) < 0 then
+      redis.call('HSET', KEYS[1], 'held', 0)
+    end
+    redis.call('HINCRBY', KEYS[1], 'spent', total)
+  end
+  redis.call('HSET', KEYS[1], 'stale', 1)
+end
+"""
+    + LAPSE_SLICES_LUA
+    + """
+local v = redis.call('HMGET', KEYS[1], 'gen', 'spent', 'held', 'leased', 'stale', 'safe_at')
+return {tonumber(v[1]), tonumber(v[2] or '0'), tonumber(v[3] or '0'), tonumber(v[4] or '0'),
+        tonumber(v[5] or '0'), tonumber(v[6] or '0'), now}
+"""
+)
+
+REBUILD_LUA = """
+-- Replace a budget's spent by the ledger's figure, read after REAP_LUA saw the budget with
+-- nothing out: only if nothing touched it since (same generation and spent, still no hold
+-- and no slice). A call settled meanwhile changed spent: the rebuild is retried.
+-- KEYS[1]: the budget; ARGV: gen, spent as seen, spent from the ledger. Returns 1 or 0.
+local v = redis.call('HMGET', KEYS[1], 'gen', 'spent', 'held', 'leased')
+if not v[1] or tonumber(v[1]) ~= tonumber(ARGV[1]) or tonumber(v[2] or '0') ~= tonumber(ARGV[2])
+    or tonumber(v[3] or '0') ~= 0 or tonumber(v[4] or '0') ~= 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'spent', ARGV[3])
+redis.call('HDEL', KEYS[1], 'stale', 'safe_at')
+return 1
+"""
+
 ADMIT, SETTLE, LOAD = Script(ADMIT_LUA), Script(SETTLE_LUA), Script(LOAD_LUA)
+CANCEL = Script(CANCEL_LUA)
+
+HOLD_TTL_S = 3600.0  # default: a hold not settled this long after admission is reaped
+CANCEL_AGAIN_S = 2.0  # a lost admission's cancel that found nothing is tried again after
+
+
+def holds_key(key: str) -> str:
+    """The sorted set registering a budget's exact holds ("<hold id>:<amount>" by expiry)."""
+    return key + ":holds"
 
 
 def to_nano(amount: Decimal) -> int:
@@ -209,8 +314,8 @@ class Admission:
     output_tokens: int = 0
     budget: BudgetScope | None = None
     left: int = 0
-    # The generation of each budget the hold was placed on (exact path: settlement names
-    # it back; a leased call settles on its slices, which need none).
+    # The id of the hold placed on each budget (exact path: settlement names it back; a
+    # leased call settles on its slices, which need none).
     generations: list[int] = field(default_factory=list)
     # The token-rate windows the call was counted in (settlement corrects those).
     token_windows: list[str] = field(default_factory=list)
@@ -237,9 +342,13 @@ class ControlStore:
         window_s: int = 60,
         lease_calls: int = 0,
         on_crossed: Callable[[BudgetScope], None] | None = None,
+        hold_ttl_s: float = HOLD_TTL_S,  # float-ok: seconds
     ) -> None:
         self._redis = RedisPipe(url, timeout=1.0)
         self.window_s = window_s
+        # An exact hold not settled this long after admission is reaped (counted as
+        # spent, the budget rebuilt from the ledger): the longest a call may run.
+        self.hold_ttl_ms = int(hold_ttl_s * 1000)
         # Called when a settlement takes a budget across one of its alert percentages.
         self.on_crossed = on_crossed
         # lease_calls > 0: far from their limits, calls are admitted on slices this
@@ -329,6 +438,8 @@ class ControlStore:
                     return admission
         keys = [b.key for b in budgets]
         keys += windows
+        keys += [holds_key(b.key) for b in budgets]
+        hold_id = random.getrandbits(52) + 1  # unique among a budget's live holds
         args: list[int] = [
             len(budgets),
             len(rates),
@@ -337,6 +448,8 @@ class ControlStore:
             grant.share,
             est_tokens,
             self.window_s * 2,
+            hold_id,
+            self.hold_ttl_ms,
         ]
         for budget, cost in zip(budgets, costs, strict=True):
             args += (budget.limit, cost.fixed, cost.per_token)
@@ -345,14 +458,21 @@ class ControlStore:
         deadline = time.monotonic() + RECALL_WAIT_S
         loads = 0
         while True:  # raises ControlUnavailable when Redis is out of reach
-            code, index, *values = await self._redis.run(ADMIT, keys, args)
+            try:
+                code, index, *values = await self._redis.run(ADMIT, keys, args)
+            except ControlUnavailable:
+                if budgets:  # Redis may have taken the holds: give them back once it answers
+                    self._background(self._cancel(budgets, hold_id), ())
+                raise
             if code == -1:
                 loads += 1
                 if loads > len(budgets) + 1:
                     raise ControlUnavailable("budgets keep leaving Redis while loading them")
                 budget = budgets[index - 1]  # not in Redis yet: load it from the ledger, retry
                 used = await load_in_thread(budget.load_used)
-                await self._redis.run(LOAD, [budget.key], [used, budget.ttl_s])
+                await self._redis.run(
+                    LOAD, [budget.key, holds_key(budget.key)], [used, budget.ttl_s]
+                )
                 continue
             if code == -4 and values[1] > 0 and time.monotonic() < deadline:
                 # Refused while slices hold part of the budget: ask them back, then retry.
@@ -468,7 +588,9 @@ class ControlStore:
                     break
                 budget = budgets[reply[1] - 1]
                 used = await load_in_thread(budget.load_used)
-                await self._redis.run(LOAD, [budget.key], [used, budget.ttl_s])
+                await self._redis.run(
+                    LOAD, [budget.key, holds_key(budget.key)], [used, budget.ttl_s]
+                )
             else:
                 return
             if reply[0] == 0:  # near a limit: exact admission for a while
@@ -489,6 +611,26 @@ class ControlStore:
             del self._leasing[group]
             done.set_result(None)
 
+    async def _cancel(self, budgets: Sequence[BudgetScope], hold_id: int) -> None:
+        """Release the holds of an admission whose reply was lost (its caller was refused):
+        as soon as Redis answers, and twice more a little later in case the admission,
+        still queued in Redis on the dropped connection, ran after the first try. Past the
+        hold's expiry the periodic rebuild reaps it anyway (metering.counters)."""
+        keys = [b.key for b in budgets] + [holds_key(b.key) for b in budgets]
+        deadline = time.monotonic() + self.hold_ttl_ms / 1000
+        delay, tries = FLUSH_S, 0
+        while tries < 3:
+            try:
+                if await self._redis.run(CANCEL, keys, [len(budgets), hold_id]):
+                    return  # released: it cannot be registered again
+                tries += 1
+                await asyncio.sleep(CANCEL_AGAIN_S)
+            except ControlUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     def _background(self, work: Any, group: tuple[str, ...]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
@@ -498,7 +640,7 @@ class ControlStore:
         self._tasks.discard(task)
         self._ahead.discard(group)
         if not task.cancelled() and task.exception() is not None:
-            logger.warning("taking a lease ahead failed: %r", task.exception())
+            logger.warning("background control work failed: %r", task.exception())
 
     def _start_flusher(self) -> None:
         if self._flusher is None:
@@ -557,7 +699,7 @@ class ControlStore:
                     await self.flush()
                 except ControlUnavailable:
                     pass
-        await self._redis.run(RECALL, [key], [int(RECALL_WAIT_S * 1000)])
+        await self._redis.run(RECALL, [key], [int(RECALL_WAIT_S * 1000), self.hold_ttl_ms])
         await asyncio.sleep(FLUSH_S * 2)
 
     def _headers(
@@ -615,6 +757,7 @@ class ControlStore:
             token_windows = self._windows(rates, time.time())[0]
         keys = [b.key for b in budgets]
         keys += token_windows
+        keys += [holds_key(b.key) for b in budgets]
         args: list[int] = [len(budgets), len(token_windows), token_delta, self.window_s * 2]
         for hold, actual, gen in zip(holds, actuals, generations or [0] * len(holds), strict=True):
             args += (hold, actual, gen)

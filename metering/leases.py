@@ -29,9 +29,11 @@ slices are out, the call waits for them (RECALL_WAIT_S at most) so that no call 
 refused while the budget could cover it. Times are Redis's own clock (TIME).
 
 When things go wrong, counters may count too much, never too little:
-- A slice not reported for OWNER_TTL_S lapses when a call needs its room: what it holds
-  counts as spent (its process may have admitted and settled calls it never reported),
-  the way an exact hold of a crashed process is never released.
+- A slice not reported for OWNER_TTL_S lapses when a call needs its room (or the periodic
+  rebuild finds it): what it holds counts as spent (its process may have admitted and
+  settled calls it never reported), the way an expired exact hold is, and the budget is
+  rebuilt from the ledger once every call that slice may still carry is over
+  (metering.counters).
 - A slice Redis no longer knows (the budget was reloaded from the ledger after a Redis
   restart, or the slice lapsed) becomes an orphan: it admits nothing more, and what its
   calls used that Redis had not seen is added to spent (absolute, so once), as an exact
@@ -65,13 +67,13 @@ RECALL_WAIT_S = 0.5  # the most a near-limit call waits for other processes' sli
 ELIGIBLE_MULTIPLE = 16  # a slice is granted only where what is left is 16 times larger
 FORGET_S = 5.0  # a finished slice's tombstone stays this long (late copies of reports)
 
-_NOW = """
+NOW_LUA = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 """
 
 LEASE_LUA = (
-    _NOW
+    NOW_LUA
     + """
 -- New slices for one call's scopes, all or nothing.
 -- KEYS: n budget hashes, m rate-window hashes
@@ -133,7 +135,7 @@ return out
 )
 
 FLUSH_LUA = (
-    _NOW
+    NOW_LUA
     + """
 -- Report slices. KEYS: n budget hashes, m rate-window hashes
 -- ARGV: owner_ttl_ms, n, m, (slice, mode, used, out) x n, (slice, seq, r, t) x m
@@ -216,13 +218,13 @@ return out
 """
 )
 
-RECALL_LUA = (
-    _NOW
-    + """
--- A call near the limit of budget KEYS[1] waits for slices: lapse those not reported in
--- time (what they hold counts as spent: their process may have admitted and settled
--- calls it never reported), clear old tombstones, ask the others back for ARGV[1] ms,
--- and return what is still out.
+# Lapse the slices of budget KEYS[1] not reported in time: what they hold counts as spent
+# (their process may have admitted and settled calls it never reported), and the budget is
+# marked for a rebuild from the ledger (metering.counters) once the calls those slices
+# may still have in flight are over: `safe_at`, `grace` ms from now. Clears old
+# tombstones. Needs `now` and `grace`; sets `lapsed` (what was counted as spent).
+LAPSE_SLICES_LUA = """
+local lapsed = 0
 local fields = redis.call('HGETALL', KEYS[1])
 for i = 1, #fields, 2 do
   local name = fields[i]
@@ -233,10 +235,27 @@ for i = 1, #fields, 2 do
       redis.call('HINCRBY', KEYS[1], 'held', 0 - lo)
       redis.call('HINCRBY', KEYS[1], 'leased', 0 - lo)
       redis.call('HINCRBY', KEYS[1], 'spent', lo)
+      lapsed = lapsed + lo
     end
     redis.call('HDEL', KEYS[1], 'lo:' .. slice, 'lu:' .. slice, 'lc:' .. slice, name)
   end
 end
+if lapsed > 0 then
+  local safe_at = tonumber(redis.call('HGET', KEYS[1], 'safe_at') or '0')
+  redis.call('HSET', KEYS[1], 'stale', 1, 'safe_at', math.max(safe_at, now + grace))
+end
+"""
+
+RECALL_LUA = (
+    NOW_LUA
+    + """
+-- A call near the limit of budget KEYS[1] waits for slices: lapse those not reported in
+-- time, ask the others back for ARGV[1] ms, and return what is still out.
+-- ARGV[2]: the longest a call may still run (ms), the grace before a rebuild.
+local grace = tonumber(ARGV[2])
+"""
+    + LAPSE_SLICES_LUA
+    + """
 local leased = tonumber(redis.call('HGET', KEYS[1], 'leased') or '0')
 if leased > 0 then redis.call('HSET', KEYS[1], 'recall', now + tonumber(ARGV[1])) end
 return leased

@@ -2,12 +2,31 @@
 
 from datetime import datetime
 
+import redis
 from celery import shared_task
+from django.conf import settings
 
 from config.celery import RELIABLE_TASK
+from metering.counters import control_counters_rebuild as counters_rebuild
 from metering.holdcaps import hold_caps_learn
 
 
 @shared_task(**RELIABLE_TASK)
 def learn_hold_caps(as_of: str | None = None) -> int:
     return hold_caps_learn(as_of=datetime.fromisoformat(as_of) if as_of else None)
+
+
+@shared_task(**RELIABLE_TASK)
+def control_counters_rebuild() -> int:
+    """Give back what lost holds and dead processes' slices keep counted (metering.counters).
+    It acts on Redis's counters as they are now, so it takes no `as_of`: a replay is a
+    fresh run. Returns how many budgets were rebuilt."""
+    if not settings.REDIS_URL:
+        return 0
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        return counters_rebuild(
+            client=client, grace_s=settings.RECKON_CONTROL_HOLD_TTL_SECONDS
+        ).rebuilt
+    finally:
+        client.close()

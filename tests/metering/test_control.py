@@ -2,6 +2,7 @@
 loading from the ledger, and rate windows."""
 
 import asyncio
+import os
 import uuid
 from decimal import Decimal
 
@@ -10,7 +11,7 @@ import redis
 
 from metering.control import BudgetCost, BudgetScope, ControlStore, Grant, RateScope, to_nano
 
-URL = "redis://127.0.0.1:6379/0"
+URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture

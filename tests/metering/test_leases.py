@@ -3,6 +3,7 @@ it, slices asked back (and lapsed) so that no call is refused while the budget c
 it, and the guarantee across several processes' stores."""
 
 import asyncio
+import os
 import random
 import time
 import uuid
@@ -13,7 +14,7 @@ import redis
 from metering import control, leases
 from metering.control import BudgetCost, BudgetScope, ControlStore, Grant, RateScope
 
-URL = "redis://127.0.0.1:6379/0"
+URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 HOLD = 100  # every call here holds 100 units of its budget
 
 

@@ -1,0 +1,164 @@
+"""Spend-control counters that never stay wrong: the periodic rebuild from the ledger.
+
+Redis's budget counters (metering.control) may count too much, never too little, when
+something goes wrong: an exact hold that is never settled (its admission reply was lost
+and its cancel never got through, its process crashed, its settlement was lost) is reaped
+once it expires and counted as spent in full; a slice of a process that stopped reporting
+lapses and what it held counts as spent in full (metering.leases). Either marks the
+budget `stale`. This module gives that room back: `control_counters_rebuild` (Celery beat,
+every minute) reaps and lapses on every budget in Redis, and replaces the `spent` of each
+stale budget by the ledger's figure, under three conditions:
+
+- Nothing is out: no live hold and no slice (`held` and `leased` are 0). Every call
+  admitted on the budget has then settled, and a call settles only after its usage
+  record committed, so the ledger read next has all of them.
+- The grace after a lapse is over (`safe_at`): a lapsed slice's process may still have
+  calls in flight that Redis no longer holds, for at most the hold expiry.
+- Compare-and-set: the ledger is read after the budget was seen (generation and spent),
+  and the new figure is written by a script only if the budget still has that generation
+  and spent and still nothing out. A settlement that landed in between (its record may or
+  may not be in the figure read) changed spent: the write is refused and retried. A
+  settlement after the write adds its use on top: if its record was already in the
+  figure, it counts twice (too much, never too little) until the next rebuild.
+
+Records durable only in a server's local spool (the database was down) are not in the
+ledger yet: while any writer reports spool (`rk:spool:*` in Redis) nothing is rebuilt.
+A budget that never has a quiet moment (a hold or a slice always out) keeps its
+over-count until it has one, or until its key expires and is loaded again.
+"""
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import redis
+
+from metering.control import HOLD_TTL_S, REAP_LUA, REBUILD_LUA, holds_key, to_nano
+from metering.models import ApiKey
+from metering.proxy import context
+from metering.selectors import reasoning_tokens_since, spend_since
+
+logger = logging.getLogger(__name__)
+
+BUDGET_PATTERNS = ("rk:spend:*", "rk:balance:*", "rk:reasoning:*")
+SPOOL_PATTERN = "rk:spool:*"  # a ledger writer with records not yet in the database
+ATTEMPTS = 3  # compare-and-set tries per budget per run
+
+Loader = Callable[[], int]
+
+
+@dataclass
+class RebuildResult:
+    budgets: int = 0  # budget keys seen
+    stale: int = 0  # marked for a rebuild (reaped holds or lapsed slices)
+    rebuilt: int = 0  # spent replaced by the ledger's figure
+    busy: int = 0  # stale, but a hold or slice was out, or within the grace: next run
+    skipped: str = ""  # why nothing was rebuilt (ledger spool pending)
+
+
+def budget_loader(key: str) -> Loader | None:
+    """How to read budget `key`'s use from the ledger, in its unit (the inverse of the key
+    names `metering.proxy.context.controls_load` builds), or None for a key no longer
+    current (a balance's old epoch) or not understood."""
+    parts = key.split(":")
+    if len(parts) == 4 and parts[:2] == ["rk", "balance"]:
+        terms = context.tenant_terms_provider(uuid.UUID(parts[2]), [])
+        balance = terms.balance
+        if balance is None or balance.epoch != parts[3]:
+            return None  # an old epoch: no call settles there any more, it expires
+        load_balance = balance.load_used
+        return lambda: to_nano(load_balance())
+    if len(parts) != 5 or parts[0] != "rk":
+        return None
+    _, kind, who, ident, window = parts
+    if who == "tenant":
+        tenant_id, key_id = uuid.UUID(ident), None
+    elif who == "key":
+        key_id = int(ident)
+        found = ApiKey.objects.filter(pk=key_id).values_list("tenant_id", flat=True).first()
+        if found is None:
+            return None
+        tenant_id = found
+    else:
+        return None
+    since = None if window == "total" else _month_start(window)
+    if kind == "spend":
+        return lambda: to_nano(spend_since(tenant_id=tenant_id, api_key_id=key_id, since=since))
+    if kind == "reasoning" and since is not None:
+        return lambda: reasoning_tokens_since(tenant_id=tenant_id, api_key_id=key_id, since=since)
+    return None
+
+
+def _month_start(window: str) -> datetime:
+    year, month = window.split("-")
+    return datetime(int(year), int(month), 1, tzinfo=UTC)
+
+
+def control_counters_rebuild(
+    *,
+    client: redis.Redis,
+    loader_for: Callable[[str], Loader | None] = budget_loader,
+    grace_s: float = HOLD_TTL_S,  # float-ok: seconds
+    patterns: Sequence[str] = BUDGET_PATTERNS,
+) -> RebuildResult:
+    """Reap expired holds and lapsed slices on every budget in Redis and rebuild the
+    stale ones from the ledger (see the module docstring). Safe to run at any time, any
+    number of times, beside live traffic."""
+    result = RebuildResult()
+    if next(iter(client.scan_iter(SPOOL_PATTERN, count=1000)), None) is not None:
+        result.skipped = "a ledger writer has records spooled, not yet in the database"
+        logger.warning("control counters not rebuilt: %s", result.skipped)
+        return result
+    reap = client.register_script(REAP_LUA)
+    rebuild = client.register_script(REBUILD_LUA)
+    grace_ms = int(grace_s * 1000)
+    for pattern in patterns:
+        for raw in client.scan_iter(pattern, count=1000):
+            key = raw.decode()
+            if key.endswith(":holds"):  # reaped with its budget, or dropped if that is gone
+                budget_key = key.removesuffix(":holds")
+                if not client.exists(budget_key):
+                    reap(keys=[budget_key, key], args=[grace_ms])
+                continue
+            result.budgets += 1
+            _rebuild_one(reap, rebuild, key, loader_for, grace_ms, result)
+    return result
+
+
+def _rebuild_one(
+    reap: "redis.commands.core.Script",
+    rebuild: "redis.commands.core.Script",
+    key: str,
+    loader_for: Callable[[str], Loader | None],
+    grace_ms: int,
+    result: RebuildResult,
+) -> None:
+    loader: Loader | None = None
+    for _ in range(ATTEMPTS):
+        seen = reap(keys=[key, holds_key(key)], args=[grace_ms])
+        if seen[0] == -1:
+            return  # left Redis meanwhile: it is loaded from the ledger on next use
+        gen, spent, held, leased, stale, safe_at, now = seen
+        if not stale:
+            return
+        if held or leased or safe_at > now:
+            result.stale += 1
+            result.busy += 1
+            return
+        if loader is None:
+            loader = loader_for(key)
+            if loader is None:
+                logger.info("no ledger figure for budget %s: left as counted", key)
+                result.stale += 1
+                return
+        used = loader()  # read after the budget was seen quiet: the CAS checks it still is
+        if rebuild(keys=[key], args=[gen, spent, used]) == 1:
+            result.stale += 1
+            result.rebuilt += 1
+            if used != spent:
+                logger.info("budget %s rebuilt from the ledger: %d -> %d", key, spent, used)
+            return
+    result.stale += 1
+    result.busy += 1
