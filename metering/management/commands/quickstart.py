@@ -31,6 +31,8 @@ class Command(BaseCommand):
         parser.add_argument("--no-serve", action="store_true", help="seed only")
 
     def handle(self, *args, **options):  # type: ignore[no-untyped-def]
+        # The quick start is development by definition: loopback, the built-in secret.
+        os.environ.setdefault("RECKON_ENV", "development")
         call_command("migrate", verbosity=0)
         os.environ.setdefault(SIMULATOR_KEY_ENV, "sim-local-key")
         sim_url = f"http://127.0.0.1:{options['simulator_port']}"
