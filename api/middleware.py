@@ -21,7 +21,9 @@ DATABASE_BUSY_RETRY_AFTER_SECONDS = 1
 
 
 def json_error(status: int, code: str, message: str) -> JsonResponse:
-    return JsonResponse({"error": {"code": code, "message": message, "detail": None}}, status=status)
+    return JsonResponse(
+        {"error": {"code": code, "message": message, "detail": None}}, status=status
+    )
 
 
 class HostValidationMiddleware:

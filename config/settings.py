@@ -188,14 +188,27 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = int(os.environ.get("CELERY_WORKER_PREFETCH_M
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
+# --- REST authentication (docs/decisions/0103) ----------------------------------------
+# Tenants: `Bearer rk_...`; staff: personal tokens `Bearer rks_...`
+# (`manage.py staff_token_create`) or the admin's session. HTTP Basic with the Django
+# password costs a password hash per attempt: off unless RECKON_API_BASIC_AUTH=true.
+RECKON_API_BASIC_AUTH = env_bool("RECKON_API_BASIC_AUTH", False)
+# A client address with this many failed credentials within the window gets 429 for the
+# rest of the window, before any credential is checked (api.throttling).
+RECKON_AUTH_FAILURE_LIMIT = int(os.environ.get("RECKON_AUTH_FAILURE_LIMIT", "20"))
+RECKON_AUTH_FAILURE_WINDOW_SECONDS = int(os.environ.get("RECKON_AUTH_FAILURE_WINDOW_SECONDS", "60"))
+# Proxies in front that append to X-Forwarded-For; 0: the peer is the client.
+RECKON_TRUSTED_PROXIES = int(os.environ.get("RECKON_TRUSTED_PROXIES", "0"))
+# --- end REST authentication ---------------------------------------------------------
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "api.authentication.TenantApiKeyAuthentication",
+        "api.authentication.StaffTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
-        # Staff (operators, finance) may also use HTTP Basic with their Django password
-        # (stored hashed), over TLS.
-        "rest_framework.authentication.BasicAuthentication",
+        *(["api.authentication.ThrottledBasicAuthentication"] if RECKON_API_BASIC_AUTH else []),
     ],
+    "NUM_PROXIES": RECKON_TRUSTED_PROXIES,
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "api.pagination.IdCursorPagination",
     "PAGE_SIZE": 100,

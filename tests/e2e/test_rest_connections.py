@@ -3,6 +3,8 @@ connections bounded: each REST request borrows from the process's pool and gives
 connection back, and a request that cannot get one in time is a JSON 503, not a 500."""
 
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -14,7 +16,15 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.e2e.conftest import E2ETenant, database_url, free_port, http, start, stop
+from tests.e2e.conftest import (
+    ROOT,
+    E2ETenant,
+    database_url,
+    free_port,
+    http,
+    stop,
+    wait_until_up,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -79,17 +89,22 @@ def server_connections(server_pid: int) -> list[tuple[str, int]]:
 @contextmanager
 def reckon_server(**env: str) -> Iterator[tuple[str, int]]:
     port = free_port()
-    process = start(
-        ["serve", "--port", str(port), "--workers", env.pop("WORKERS", "1")],
-        {
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--port", str(port)]
+        + ["--workers", env.pop("WORKERS", "1")],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "RECKON_ENV": "development",
             "DATABASE_URL": database_url(),
             "REDIS_URL": os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
             "RECKON_SIMULATOR_API_KEY": "sim-test-key",
             **env,
         },
-        f"http://127.0.0.1:{port}/v1/models",
     )
     try:
+        # several worker processes start slowly on a busy 2-core machine
+        wait_until_up(f"http://127.0.0.1:{port}/v1/models", process, timeout=120)
         yield f"http://127.0.0.1:{port}", process.pid
     finally:
         stop(process)

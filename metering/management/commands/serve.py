@@ -9,7 +9,11 @@ from config.uvicorn_protocol import ReckonHttpProtocol
 
 
 def serve_refusal(
-    *, reckon_env: str | None, secret_key: str, development_secret_key: str, allowed_hosts: list[str]
+    *,
+    reckon_env: str | None,
+    secret_key: str,
+    development_secret_key: str,
+    allowed_hosts: list[str],
 ) -> str | None:
     """Why the server must not start with this configuration, or None.
 
