@@ -21,9 +21,44 @@ def env_bool(name: str, default: bool) -> bool:
 
 
 DEBUG = env_bool("DEBUG", False)
-SECRET_KEY = os.environ.get("SECRET_KEY", "reckon-insecure-dev-key-change-me-in-production")
-ALLOWED_HOSTS = [h for h in os.environ.get("ALLOWED_HOSTS", "*").split(",") if h]
+
+# --- Deployment mode: secret, hosts, HTTPS (docs/decisions/0103) ----------------------
+# RECKON_ENV=production|development. Development (the default, so management commands and
+# tests run anywhere) accepts the built-in secret and loopback hosts only; production takes
+# every secure setting below. `manage.py serve` refuses to start unless RECKON_ENV is set
+# explicitly, and in production without a real SECRET_KEY and ALLOWED_HOSTS
+# (metering.management.commands.serve).
+RECKON_ENV = os.environ.get("RECKON_ENV", "development").strip().lower()
+if RECKON_ENV not in {"production", "development"}:
+    raise ValueError(f"RECKON_ENV must be production or development, not {RECKON_ENV!r}")
+RECKON_PRODUCTION = RECKON_ENV == "production"
+# Only for development; `serve` refuses it outside RECKON_ENV=development.
+DEVELOPMENT_SECRET_KEY = "reckon-insecure-dev-key-change-me-in-production"
+SECRET_KEY = os.environ.get("SECRET_KEY") or DEVELOPMENT_SECRET_KEY
+# Host names this service answers to; any other Host header is a 400 (JSON under /api/),
+# so a forged Host never reaches a pagination link. Required in production.
+ALLOWED_HOSTS = [
+    h.strip()
+    for h in os.environ.get(
+        "ALLOWED_HOSTS", "" if RECKON_PRODUCTION else "localhost,127.0.0.1,[::1]"
+    ).split(",")
+    if h.strip()
+]
 CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+# Production runs behind TLS: cookies only over HTTPS, HSTS, plain HTTP redirected. A TLS
+# proxy in front says the scheme in X-Forwarded-Proto (RECKON_TRUST_X_FORWARDED_PROTO).
+SESSION_COOKIE_SECURE = env_bool("RECKON_SECURE_COOKIES", RECKON_PRODUCTION)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_SSL_REDIRECT = env_bool("RECKON_SSL_REDIRECT", RECKON_PRODUCTION)
+SECURE_HSTS_SECONDS = int(
+    os.environ.get("RECKON_HSTS_SECONDS", str(31_536_000 if RECKON_PRODUCTION else 0))
+)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("RECKON_HSTS_INCLUDE_SUBDOMAINS", RECKON_PRODUCTION)
+# The header only allows a submission to the browsers' preload list; the operator submits.
+SECURE_HSTS_PRELOAD = env_bool("RECKON_HSTS_PRELOAD", RECKON_PRODUCTION)
+if env_bool("RECKON_TRUST_X_FORWARDED_PROTO", RECKON_PRODUCTION):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# --- end deployment mode -------------------------------------------------------------
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -40,6 +75,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so a forged Host header is a JSON 400 under /api/ before anything reads it.
+    "api.middleware.HostValidationMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -48,6 +85,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # A request that waited RECKON_DB_POOL_TIMEOUT for a database connection: JSON 503.
+    "api.middleware.DatabaseBusyMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -69,13 +108,40 @@ TEMPLATES = [
     },
 ]
 
+# --- Database connections (docs/decisions/0103) --------------------------------------
+# Under ASGI every REST request runs its sync view in a thread of its own, so a
+# per-thread persistent connection (CONN_MAX_AGE > 0) is never reused and never closed:
+# one connection leaked per request. On PostgreSQL a process therefore borrows from one
+# bounded pool (Django's psycopg pool, CONN_MAX_AGE=0: a connection goes back to the pool
+# at the end of each request). A process holds at most RECKON_DB_POOL_MAX_SIZE of them,
+# plus the proxy's ledger connections (RECKON_LEDGER_CONNECTIONS); a request that finds
+# them all busy waits up to RECKON_DB_POOL_TIMEOUT seconds, then gets a JSON 503 with
+# Retry-After. RECKON_DB_POOL=false: one connection per request, closed after it.
+RECKON_DB_POOL = env_bool("RECKON_DB_POOL", True)
+RECKON_DB_POOL_MIN_SIZE = int(os.environ.get("RECKON_DB_POOL_MIN_SIZE", "1"))
+RECKON_DB_POOL_MAX_SIZE = int(os.environ.get("RECKON_DB_POOL_MAX_SIZE", "8"))
+RECKON_DB_POOL_TIMEOUT = float(os.environ.get("RECKON_DB_POOL_TIMEOUT", "5"))
+# Connections say who opened them (pg_stat_activity.application_name): name:pid.
+RECKON_DB_APPLICATION_NAME = os.environ.get("RECKON_DB_APPLICATION_NAME", "reckon")
 DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'reckon.sqlite3'}"),
-        conn_max_age=int(os.environ.get("DB_CONN_MAX_AGE", "60")),
+        conn_max_age=0,
         conn_health_checks=True,
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["OPTIONS"] = {
+        **DATABASES["default"].get("OPTIONS", {}),
+        "application_name": f"{RECKON_DB_APPLICATION_NAME}:{os.getpid()}"[:63],
+    }
+    if RECKON_DB_POOL:
+        DATABASES["default"]["OPTIONS"]["pool"] = {
+            "min_size": RECKON_DB_POOL_MIN_SIZE,
+            "max_size": RECKON_DB_POOL_MAX_SIZE,
+            "timeout": RECKON_DB_POOL_TIMEOUT,
+        }
+# --- end database connections -------------------------------------------------------
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the proxy's ledger writer and the API read and write side by side.
     DATABASES["default"]["OPTIONS"] = {
@@ -122,14 +188,27 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = int(os.environ.get("CELERY_WORKER_PREFETCH_M
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
+# --- REST authentication (docs/decisions/0103) ----------------------------------------
+# Tenants: `Bearer rk_...`; staff: personal tokens `Bearer rks_...`
+# (`manage.py staff_token_create`) or the admin's session. HTTP Basic with the Django
+# password costs a password hash per attempt: off unless RECKON_API_BASIC_AUTH=true.
+RECKON_API_BASIC_AUTH = env_bool("RECKON_API_BASIC_AUTH", False)
+# A client address with this many failed credentials within the window gets 429 for the
+# rest of the window, before any credential is checked (api.throttling).
+RECKON_AUTH_FAILURE_LIMIT = int(os.environ.get("RECKON_AUTH_FAILURE_LIMIT", "20"))
+RECKON_AUTH_FAILURE_WINDOW_SECONDS = int(os.environ.get("RECKON_AUTH_FAILURE_WINDOW_SECONDS", "60"))
+# Proxies in front that append to X-Forwarded-For; 0: the peer is the client.
+RECKON_TRUSTED_PROXIES = int(os.environ.get("RECKON_TRUSTED_PROXIES", "0"))
+# --- end REST authentication ---------------------------------------------------------
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "api.authentication.TenantApiKeyAuthentication",
+        "api.authentication.StaffTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
-        # Staff (operators, finance) may also use HTTP Basic with their Django password
-        # (stored hashed), over TLS.
-        "rest_framework.authentication.BasicAuthentication",
+        *(["api.authentication.ThrottledBasicAuthentication"] if RECKON_API_BASIC_AUTH else []),
     ],
+    "NUM_PROXIES": RECKON_TRUSTED_PROXIES,
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "api.pagination.IdCursorPagination",
     "PAGE_SIZE": 100,
@@ -143,6 +222,9 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Reckon API",
     "DESCRIPTION": "Metering and billing for reasoning-model APIs.",
     "VERSION": "1.0.0",
+    # Schema completeness is not a deployment setting: `check --deploy` checks security
+    # (tests/deploy), `manage.py spectacular --validate` checks the schema.
+    "ENABLE_DJANGO_DEPLOY_CHECK": False,
 }
 
 LOGGING = {

@@ -33,3 +33,11 @@ def test_dockerfile_installs_from_the_lock_file() -> None:
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
     assert "uv sync --frozen --no-dev" in dockerfile
     assert "COPY pyproject.toml uv.lock" in dockerfile
+
+
+def test_compose_runs_production_with_a_required_secret() -> None:
+    env = compose()["x-reckon"]["environment"]
+    assert env["RECKON_ENV"] == "production"
+    assert env["SECRET_KEY"].startswith("${SECRET_KEY:?")  # no weak default to fall back on
+    assert "*" not in env["ALLOWED_HOSTS"]
+    assert "RECKON_ENV=production" in (ROOT / "docker" / "Dockerfile").read_text()

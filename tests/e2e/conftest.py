@@ -66,8 +66,12 @@ def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 30) -> N
 
 
 def start(args: list[str], env: dict[str, str], ready_url: str) -> subprocess.Popen:
+    """Start a manage.py command; servers run in development mode (plain HTTP on
+    loopback, the built-in secret) unless `env` says otherwise."""
     process = subprocess.Popen(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env={**os.environ, **env}
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env={**os.environ, "RECKON_ENV": "development", **env},
     )
     wait_until_up(ready_url, process)
     return process

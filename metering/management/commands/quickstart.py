@@ -54,6 +54,8 @@ class Command(BaseCommand):
         parser.add_argument("--no-serve", action="store_true", help="seed only")
 
     def handle(self, *args, **options):  # type: ignore[no-untyped-def]
+        # The quick start is development by definition: loopback, the built-in secret.
+        os.environ.setdefault("RECKON_ENV", "development")
         if not options["no_serve"]:
             _require_free_port(options["host"], options["port"], "the Reckon server", "--port")
             _require_free_port(

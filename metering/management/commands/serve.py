@@ -1,7 +1,40 @@
+import os
+
 import uvicorn
-from django.core.management.base import BaseCommand
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
 
 from config.uvicorn_protocol import ReckonHttpProtocol
+
+
+def serve_refusal(
+    *,
+    reckon_env: str | None,
+    secret_key: str,
+    development_secret_key: str,
+    allowed_hosts: list[str],
+) -> str | None:
+    """Why the server must not start with this configuration, or None.
+
+    `reckon_env` is RECKON_ENV as the environment gives it (None when unset): a server
+    never runs on the development defaults unless someone asked for development.
+    """
+    if reckon_env is None:
+        return (
+            "RECKON_ENV is not set: set RECKON_ENV=production (behind TLS, with SECRET_KEY "
+            "and ALLOWED_HOSTS) or RECKON_ENV=development (loopback, built-in secret)."
+        )
+    if reckon_env.strip().lower() == "development":
+        return None
+    if secret_key == development_secret_key:
+        return "SECRET_KEY is the built-in development key: set a long random SECRET_KEY."
+    if not allowed_hosts or "*" in allowed_hosts:
+        return (
+            "ALLOWED_HOSTS must name the host names this service answers to "
+            "(comma-separated, no '*')."
+        )
+    return None
 
 
 class Command(BaseCommand):
@@ -14,6 +47,18 @@ class Command(BaseCommand):
         parser.add_argument("--access-log", action="store_true")
 
     def handle(self, *args, **options):  # type: ignore[no-untyped-def]
+        refusal = serve_refusal(
+            reckon_env=os.environ.get("RECKON_ENV"),
+            secret_key=settings.SECRET_KEY,
+            development_secret_key=settings.DEVELOPMENT_SECRET_KEY,
+            allowed_hosts=list(settings.ALLOWED_HOSTS),
+        )
+        if refusal:
+            raise CommandError(f"serve refuses to start: {refusal}")
+        if settings.RECKON_PRODUCTION:
+            # Every deployment warning (secure cookies, HSTS, redirect, key strength) stops
+            # the start instead of scrolling past in a log.
+            call_command("check", deploy=True, fail_level="WARNING")
         uvicorn.run(
             "config.asgi:application",
             host=options["host"],
