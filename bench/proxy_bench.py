@@ -74,7 +74,13 @@ def setup_database(base_url: str) -> str:
 
 
 def django_env(database_url: str) -> dict[str, str]:
-    return {**os.environ, "DATABASE_URL": database_url, SIM_KEY_ENV: "bench-key"}
+    # a local benchmark on loopback: development mode (serve refuses to guess the mode)
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        SIM_KEY_ENV: "bench-key",
+        "RECKON_ENV": "development",
+    }
 
 
 def seed(database_url: str, sim_url: str) -> str:
