@@ -3,6 +3,7 @@ notes, recomputation, PDF and CSV exports, and the Stripe webhook endpoint."""
 
 from datetime import UTC, datetime
 
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpResponse
 from django.utils.decorators import method_decorator
@@ -20,7 +21,7 @@ from api.authentication import TenantPrincipal
 from billing import tasks
 from billing.documents import invoice_lines_csv, invoice_pdf, invoices_csv
 from billing.invoicing import credit_note_issue, invoice_recompute
-from billing.models import CreditNote, Invoice, InvoiceLine
+from billing.models import CreditNote, Invoice, InvoiceLine, StripeEvent
 from billing.stripe_sync import stripe_event_receive
 
 
@@ -249,8 +250,14 @@ class StripeWebhookView(APIView):
         event, created = stripe_event_receive(
             payload=request.body, signature=request.headers.get("Stripe-Signature", "")
         )
-        if created or event.status in ("received", "failed"):
-            from django.db import transaction
-
+        if event.status in (StripeEvent.Status.RECEIVED, StripeEvent.Status.FAILED):
             transaction.on_commit(lambda: tasks.process_stripe_event.delay(event.pk))
-        return Response({"received": True, "event": event.event_id, "duplicate": not created})
+        # 200 for a rejected (malformed) event too: Stripe retries anything else forever.
+        return Response(
+            {
+                "received": True,
+                "event": event.event_id,
+                "duplicate": not created,
+                "status": event.status,
+            }
+        )
