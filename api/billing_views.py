@@ -124,10 +124,12 @@ class PlanVersionPublishView(APIView):
 class SubscriptionListCreateView(APIView):
     permission_classes = [IsAdminUser]
 
-    @extend_schema(responses=s.SubscriptionOutput(many=True))
+    @extend_schema(parameters=[s.SubscriptionQuery], responses=s.SubscriptionOutput(many=True))
     def get(self, request: Request) -> Response:
+        query = s.SubscriptionQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
         subs = Subscription.objects.all()
-        if tenant := request.query_params.get("tenant"):
+        if tenant := query.validated_data.get("tenant"):
             subs = subs.filter(tenant_id=tenant)
         return Response(s.SubscriptionOutput(subs, many=True).data)
 

@@ -1,16 +1,16 @@
 """REST views for invoices (tenants read their own; finance staff read all), credit
 notes, recomputation, PDF and CSV exports, and the Stripe webhook endpoint."""
 
-from datetime import UTC, datetime
+from typing import Any
 
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpResponse
 from django.utils.decorators import method_decorator
 from django.views.decorators.csrf import csrf_exempt
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import NotFound
 from rest_framework.generics import ListAPIView
 from rest_framework.permissions import AllowAny, IsAdminUser
 from rest_framework.request import Request
@@ -18,6 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from api.authentication import TenantPrincipal
+from api.serializers import PeriodField
 from billing import tasks
 from billing.documents import invoice_lines_csv, invoice_pdf, invoices_csv
 from billing.invoicing import credit_note_issue, invoice_recompute
@@ -25,35 +26,40 @@ from billing.models import CreditNote, Invoice, InvoiceLine, StripeEvent
 from billing.stripe_sync import stripe_event_receive
 
 
-def month_bounds(value: str) -> tuple[datetime, datetime]:
-    try:
-        start = datetime.strptime(value, "%Y-%m").replace(tzinfo=UTC)
-    except ValueError:
-        raise ValidationError({"period": "Use YYYY-MM."}) from None
-    end = start.replace(year=start.year + (start.month == 12), month=start.month % 12 + 1)
-    return start, end
+class InvoiceQuery(serializers.Serializer):
+    status = serializers.ChoiceField(choices=Invoice.Status.choices, required=False)
+    period = PeriodField(required=False, help_text="YYYY-MM: invoices whose period starts in it")
+    tenant = serializers.UUIDField(required=False, help_text="staff only")
 
 
-def invoices_visible(request: Request) -> QuerySet[Invoice]:
+class InvoiceExportQuery(InvoiceQuery):
+    period = PeriodField(help_text="YYYY-MM: invoices whose period starts in it")
+    kind = serializers.ChoiceField(choices=["invoices", "lines"], default="invoices")
+
+
+def invoices_visible(request: Request, query: dict[str, Any]) -> QuerySet[Invoice]:
     qs = Invoice.objects.select_related("tenant").prefetch_related("credit_notes")
     if isinstance(request.user, TenantPrincipal):
         return qs.filter(tenant=request.user.tenant)
     if getattr(request.user, "is_staff", False):
-        if tenant := request.query_params.get("tenant"):
+        if tenant := query.get("tenant"):
             qs = qs.filter(tenant_id=tenant)
         return qs
     return qs.none()
 
 
-def filter_invoices(request: Request, qs: QuerySet[Invoice]) -> QuerySet[Invoice]:
-    if value := request.query_params.get("status"):
-        if value not in Invoice.Status.values:
-            raise ValidationError({"status": f"One of {', '.join(Invoice.Status.values)}."})
+def filter_invoices(qs: QuerySet[Invoice], query: dict[str, Any]) -> QuerySet[Invoice]:
+    if value := query.get("status"):
         qs = qs.filter(status=value)
-    if value := request.query_params.get("period"):
-        start, end = month_bounds(value)
-        qs = qs.filter(period_start__gte=start, period_start__lt=end)
+    if period := query.get("period"):
+        qs = qs.filter(period_start__gte=period.start, period_start__lt=period.end)
     return qs
+
+
+def _query(serializer: type[serializers.Serializer], request: Request) -> dict[str, Any]:  # type: ignore[type-arg]
+    query = serializer(data=request.query_params)
+    query.is_valid(raise_exception=True)
+    return dict(query.validated_data)
 
 
 class InvoiceLineOutput(serializers.ModelSerializer):
@@ -127,7 +133,7 @@ class InvoiceDetailOutput(InvoiceOutput):
 
 
 def _invoice(request: Request, invoice_id: int) -> Invoice:
-    invoice = invoices_visible(request).filter(pk=invoice_id).first()
+    invoice = invoices_visible(request, {}).filter(pk=invoice_id).first()
     if invoice is None:
         raise NotFound("No such invoice.")
     return invoice
@@ -136,18 +142,13 @@ def _invoice(request: Request, invoice_id: int) -> Invoice:
 class InvoiceListView(ListAPIView):
     serializer_class = InvoiceOutput
 
-    @extend_schema(
-        parameters=[
-            OpenApiParameter("status", str),
-            OpenApiParameter("period", str, description="YYYY-MM"),
-            OpenApiParameter("tenant", str, description="staff only"),
-        ]
-    )
+    @extend_schema(parameters=[InvoiceQuery])
     def get(self, request: Request, *args, **kwargs) -> Response:  # type: ignore[no-untyped-def]
         return super().get(request, *args, **kwargs)
 
     def get_queryset(self) -> QuerySet[Invoice]:
-        return filter_invoices(self.request, invoices_visible(self.request))
+        query = _query(InvoiceQuery, self.request)
+        return filter_invoices(invoices_visible(self.request, query), query)
 
 
 class InvoiceDetailView(APIView):
@@ -170,24 +171,15 @@ class InvoicePdfView(APIView):
 class InvoiceExportView(APIView):
     """CSV of invoices (or, with kind=lines, their lines) for one month of periods."""
 
-    @extend_schema(
-        parameters=[
-            OpenApiParameter("period", str, required=True, description="YYYY-MM"),
-            OpenApiParameter("kind", str, enum=["invoices", "lines"]),
-        ],
-        responses={(200, "text/csv"): str},
-    )
+    @extend_schema(parameters=[InvoiceExportQuery], responses={(200, "text/csv"): str})
     def get(self, request: Request) -> HttpResponse:
-        if not request.query_params.get("period"):
-            raise ValidationError({"period": "Required, YYYY-MM."})
-        invoices = filter_invoices(request, invoices_visible(request)).order_by("number", "id")
-        kind = request.query_params.get("kind", "invoices")
-        if kind not in ("invoices", "lines"):
-            raise ValidationError({"kind": "invoices or lines"})
+        query = _query(InvoiceExportQuery, request)
+        invoices = filter_invoices(invoices_visible(request, query), query).order_by("number", "id")
+        kind = query["kind"]
         body = invoices_csv(invoices) if kind == "invoices" else invoice_lines_csv(invoices)
         response = HttpResponse(body, content_type="text/csv")
         response["Content-Disposition"] = (
-            f'attachment; filename="{kind}-{request.query_params["period"]}.csv"'
+            f'attachment; filename="{kind}-{query["period"].start:%Y-%m}.csv"'
         )
         return response
 
