@@ -80,6 +80,31 @@ class CostBasisInput(serializers.Serializer):
     effective_from = InstantField()
     note = serializers.CharField(max_length=300, required=False, default="")
 
+    def validate(self, attrs):  # type: ignore[no-untyped-def]
+        """The pure cost model's own checks (amounts >= 0, amortization > 0), here so a
+        basis that could never price is refused, not stored. Missing values may wait."""
+        if attrs["mode"] == CostBasisVersion.Mode.RENTED:
+            spec: costbasis.RentedCost | costbasis.OwnedCost = costbasis.RentedCost(
+                attrs.get("hourly_usd")
+            )
+        else:
+            defaults = costbasis.OwnedCost(None, None, None)
+            spec = costbasis.OwnedCost(
+                purchase_price_usd=attrs.get("purchase_price_usd"),
+                amortization_years=attrs.get("amortization_years"),
+                tdp_watts=0,  # the accelerator's, known to be >= 0
+                power_usd_per_kwh=attrs.get("power_usd_per_kwh", defaults.power_usd_per_kwh),
+                pue=attrs.get("pue", defaults.pue),
+                other_opex_per_hour=attrs.get("other_opex_per_hour", defaults.other_opex_per_hour),
+            )
+        try:
+            costbasis.hourly_cost(spec)
+        except costbasis.MissingCostData:
+            pass
+        except (ValueError, ArithmeticError) as exc:
+            raise ValidationError({"cost_basis": str(exc)}) from exc
+        return attrs
+
 
 class CostBasisCreateView(APIView):
     permission_classes = [IsAdminUser]
@@ -132,6 +157,20 @@ class DeploymentInput(serializers.Serializer):
     cache_read_factor = serializers.DecimalField(**MONEY, default=Decimal("0.1"))
     cache_write_factor = serializers.DecimalField(**MONEY, default=Decimal("1.25"))
     effective_from = InstantField()
+
+    def validate(self, attrs):  # type: ignore[no-untyped-def]
+        """The pure cost model's checks (throughputs > 0, utilization in (0, 1])."""
+        try:
+            costbasis.Throughput(
+                decode_tokens_per_s=attrs["decode_tokens_per_s"],
+                prefill_tokens_per_s=attrs["prefill_tokens_per_s"],
+                utilization=attrs["utilization"],
+                cache_read_factor=attrs["cache_read_factor"],
+                cache_write_factor=attrs["cache_write_factor"],
+            )
+        except ValueError as exc:
+            raise ValidationError({"throughput": str(exc)}) from exc
+        return attrs
 
 
 class DeploymentCreateView(APIView):

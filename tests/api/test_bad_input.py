@@ -212,6 +212,20 @@ CASES: list[tuple[str, str, str, str, dict[str, Any] | Any, int]] = [
     ("deployment NaN", "staff", "post", "/api/v1/deployments",
      {"alias": "a", "accelerator": "nvidia-h100-sxm", "decode_tokens_per_s": "NaN",
       "prefill_tokens_per_s": "1", "effective_from": "2026-10-01T00:00:00Z"}, 400),
+    ("deployment zero throughput", "staff", "post", "/api/v1/deployments",
+     {"alias": "a", "accelerator": "nvidia-h100-sxm", "decode_tokens_per_s": "0",
+      "prefill_tokens_per_s": "0", "effective_from": "2026-10-01T00:00:00Z"}, 400),
+    ("deployment zero utilization", "staff", "post", "/api/v1/deployments",
+     {"alias": "a", "accelerator": "nvidia-h100-sxm", "decode_tokens_per_s": "10",
+      "prefill_tokens_per_s": "10", "utilization": "0",
+      "effective_from": "2026-10-01T00:00:00Z"}, 400),
+    ("cost basis owned for zero years", "staff", "post",
+     "/api/v1/accelerators/nvidia-h100-sxm/cost-basis",
+     {"mode": "owned", "purchase_price_usd": "30000", "amortization_years": "0",
+      "effective_from": "2026-10-01T00:00:00Z"}, 400),
+    ("cost basis negative rate", "staff", "post",
+     "/api/v1/accelerators/nvidia-h100-sxm/cost-basis",
+     {"mode": "rented", "hourly_usd": "-1", "effective_from": "2026-10-01T00:00:00Z"}, 400),
     ("margin policy Infinity", "staff", "post",
      "/api/v1/accelerators/nvidia-h100-sxm/margin-policy",
      {"target_margin": "Infinity", "minimum_margin": "0.1",
@@ -267,6 +281,20 @@ def test_bad_input_is_a_json_client_error(
         body = json.dumps(_ints(_fill(data, world["ids"])))
         response = getattr(client, method)(url, body, content_type="application/json")
     assert_json_error(response, status)
+
+
+def test_json_nested_deeper_than_the_parser_recurses_is_a_400(world: dict[str, Any]) -> None:
+    client: APIClient = world["clients"]["tenant"]
+    client.raise_request_exception = False
+    body = "[" * 100_000 + "]" * 100_000
+    response = client.post("/api/v1/pricing/quote", body, content_type="application/json")
+    assert_json_error(response, 400)
+
+
+def test_body_without_a_content_type_is_a_json_415(world: dict[str, Any]) -> None:
+    client: APIClient = world["clients"]["tenant"]
+    response = client.generic("POST", "/api/v1/pricing/quote", b'{"plan_version": 1}', "")
+    assert_json_error(response, 415)
 
 
 # --- what Django refuses before a view runs, or when a view crashes --------------------
