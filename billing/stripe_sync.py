@@ -140,10 +140,10 @@ _MAX_EPOCH = 253402300799
 
 def _signed_at(header: str) -> int:
     """The ``t=`` of a ``Stripe-Signature`` header the stripe library has verified."""
-    for item in header.split(","):
-        key, _, value = item.strip().partition("=")
-        if key == "t":
-            return int(value)
+    for item in header.split(","):  # read as the stripe library reads it: the first t=
+        parts = item.split("=", 2)
+        if parts[0] == "t" and len(parts) > 1:
+            return int(parts[1])
     raise WebhookRejected("The signature has no timestamp.")  # verify_header refuses this first
 
 

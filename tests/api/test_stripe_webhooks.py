@@ -139,6 +139,23 @@ def test_future_timestamp_is_refused_like_a_stale_one() -> None:
     assert invoice.status == "finalized"
 
 
+def test_future_timestamp_is_read_as_the_stripe_library_reads_it() -> None:
+    """The library takes the first exact ``t=`` item and the text before a second "="."""
+    invoice = pushed_invoice()
+    payload = json.dumps(invoice_event("invoice.paid", invoice, int(time.time()))).encode()
+    future = int(time.time()) + 3600
+    digest = sign_webhook(payload, SECRET, future).split("v1=")[1]
+    for header in (f" t=1,t={future},v1={digest}", f"t={future}=x,v1={digest}"):
+        response = APIClient().post(
+            "/webhooks/stripe",
+            payload,
+            content_type="application/json",
+            HTTP_STRIPE_SIGNATURE=header,
+        )
+        assert response.status_code == 400, header
+    assert StripeEvent.objects.count() == 0
+
+
 def _now_event(**overrides: object) -> dict:  # type: ignore[type-arg]
     """A well-formed invoice.paid event for in_123, with fields replaced or removed."""
     event = make_event(
