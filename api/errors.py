@@ -64,8 +64,10 @@ def json_error(status: int, code: str, message: str) -> JsonResponse:
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
     if not _wants_json(request):
         return defaults.bad_request(request, exception)
-    if isinstance(exception, RequestDataTooBig | TooManyFieldsSent):
+    if isinstance(exception, RequestDataTooBig):
         return json_error(400, "request_too_large", "The request body is larger than allowed.")
+    if isinstance(exception, TooManyFieldsSent):
+        return json_error(400, "too_many_fields", "The request has more fields than allowed.")
     return json_error(400, "bad_request", "The request is malformed.")
 
 

@@ -15,6 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from api.invoice_views import FileDownloadView
 from api.serializers import InstantField, PeriodField
 from billing import costbasis
 from billing.currency import decimal_text
@@ -241,7 +242,7 @@ class MarginReportView(APIView):
         return Response({"group_by": list(query["group_by"]), "rows": [_row_data(r) for r in rows]})
 
 
-class MarginReportCsvView(APIView):
+class MarginReportCsvView(FileDownloadView):
     permission_classes = [IsAdminUser]
 
     @extend_schema(parameters=[MarginQuery])

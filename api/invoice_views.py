@@ -132,6 +132,14 @@ class InvoiceDetailOutput(InvoiceOutput):
         fields = [*InvoiceOutput.Meta.fields, "lines"]
 
 
+class FileDownloadView(APIView):
+    """A view answering a file (PDF, CSV): a client that accepts only that file's type
+    is served, not refused with 406; errors still answer JSON."""
+
+    def perform_content_negotiation(self, request: Request, force: bool = False):  # type: ignore[no-untyped-def]
+        return super().perform_content_negotiation(request, force=True)
+
+
 def _invoice(request: Request, invoice_id: int) -> Invoice:
     invoice = invoices_visible(request, {}).filter(pk=invoice_id).first()
     if invoice is None:
@@ -158,7 +166,7 @@ class InvoiceDetailView(APIView):
         return Response(InvoiceDetailOutput(invoice).data)
 
 
-class InvoicePdfView(APIView):
+class InvoicePdfView(FileDownloadView):
     @extend_schema(responses={(200, "application/pdf"): bytes})
     def get(self, request: Request, invoice_id: int) -> HttpResponse:
         invoice = _invoice(request, invoice_id)
@@ -168,7 +176,7 @@ class InvoicePdfView(APIView):
         return response
 
 
-class InvoiceExportView(APIView):
+class InvoiceExportView(FileDownloadView):
     """CSV of invoices (or, with kind=lines, their lines) for one month of periods."""
 
     @extend_schema(parameters=[InvoiceExportQuery], responses={(200, "text/csv"): str})

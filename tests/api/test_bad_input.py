@@ -297,6 +297,38 @@ def test_body_without_a_content_type_is_a_json_415(world: dict[str, Any]) -> Non
     assert_json_error(response, 415)
 
 
+@pytest.mark.parametrize(
+    ("who", "path", "accept", "content_type"),
+    [
+        ("tenant", "/api/v1/invoices/{invoice}/pdf", "application/pdf", "application/pdf"),
+        ("tenant", f"/api/v1/invoices/export.csv?period={MONTH}", "text/csv", "text/csv"),
+        ("staff", f"/api/v1/finance/margins.csv?period={MONTH}", "text/csv", "text/csv"),
+    ],
+)
+def test_files_are_served_to_clients_accepting_only_their_type(
+    world: dict[str, Any], who: str, path: str, accept: str, content_type: str
+) -> None:
+    client: APIClient = world["clients"][who]
+    response = client.get(path.format(**world["ids"]), HTTP_ACCEPT=accept)
+    assert response.status_code == 200 and response["Content-Type"].startswith(content_type)
+
+
+def test_a_file_of_another_tenant_is_a_json_404_whatever_is_accepted(
+    world: dict[str, Any],
+) -> None:
+    client: APIClient = world["clients"]["tenant"]
+    path = "/api/v1/invoices/{other_invoice}/pdf".format(**world["ids"])
+    assert_json_error(client.get(path, HTTP_ACCEPT="application/pdf"), 404)
+
+
+def test_a_query_with_too_many_fields_is_a_json_400(world: dict[str, Any]) -> None:
+    client: APIClient = world["clients"]["tenant"]
+    client.raise_request_exception = False
+    response = client.get("/api/v1/invoices?" + "&".join(f"f{i}=1" for i in range(1_100)))
+    assert_json_error(response, 400)
+    assert response.json()["error"]["code"] == "too_many_fields"
+
+
 # --- what Django refuses before a view runs, or when a view crashes --------------------
 
 
