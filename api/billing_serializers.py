@@ -197,13 +197,13 @@ class SubscriptionQuery(serializers.Serializer):
 
 class SubscriptionInput(serializers.Serializer):
     tenant = serializers.UUIDField()
-    plan_version = serializers.IntegerField()
+    plan_version = serializers.IntegerField(min_value=1, max_value=MAX_BIGINT)
     starts_at = InstantField()
     anchor_day = serializers.IntegerField(min_value=1, max_value=28, default=1)
 
 
 class ChangePlanInput(serializers.Serializer):
-    plan_version = serializers.IntegerField()
+    plan_version = serializers.IntegerField(min_value=1, max_value=MAX_BIGINT)
     at = InstantField()
 
 
@@ -216,11 +216,11 @@ class SubscriptionOutput(serializers.ModelSerializer):
 class UsageItemInput(serializers.Serializer):
     alias = serializers.CharField(max_length=200)
     token_class = serializers.ChoiceField(choices=PriceComponent.TokenClass.choices)
-    tokens = serializers.IntegerField(min_value=0)
+    tokens = serializers.IntegerField(min_value=0, max_value=MAX_BIGINT)
 
 
 class QuoteInput(serializers.Serializer):
-    plan_version = serializers.IntegerField()
+    plan_version = serializers.IntegerField(min_value=1, max_value=MAX_BIGINT)
     usage = UsageItemInput(many=True)
 
 

@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from api.authentication import TenantPrincipal
-from api.serializers import PeriodField
+from api.serializers import MAX_BIGINT, PeriodField
 from billing import tasks
 from billing.documents import invoice_lines_csv, invoice_pdf, invoices_csv
 from billing.invoicing import credit_note_issue, invoice_recompute
@@ -218,7 +218,7 @@ class InvoiceRecomputeView(APIView):
 
 class CreditNoteInput(serializers.Serializer):
     amount_minor = serializers.IntegerField(
-        min_value=1, required=False, help_text="omit for a full credit"
+        min_value=1, max_value=MAX_BIGINT, required=False, help_text="omit for a full credit"
     )
     reason = serializers.CharField(max_length=300)
 
