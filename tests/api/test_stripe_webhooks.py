@@ -9,8 +9,9 @@ import pytest
 from rest_framework.test import APIClient
 
 from billing.models import Invoice, StripeEvent
+from billing.stripe_sync import invoice_sync_stripe
 from tests.billing.test_stripe_sync import closed_invoice
-from tests.fakes.stripe_server import make_event, sign_webhook
+from tests.fakes.stripe_server import FakeStripe, make_event, sign_webhook
 
 pytestmark = pytest.mark.django_db
 SECRET = "whsec_reckon_test"
@@ -294,3 +295,67 @@ def test_paid_event_whose_metadata_names_another_invoice_is_ignored(
     assert invoice.status == "finalized"
     stored = StripeEvent.objects.get()
     assert stored.status == "ignored" and "another invoice" in stored.error
+
+
+# --- with the fake Stripe server: the events Stripe itself would send ------------------
+
+
+@pytest.fixture(scope="module")
+def fake():  # type: ignore[no-untyped-def]
+    with FakeStripe(api_key="sk_test_reckon") as server:
+        yield server
+
+
+@pytest.fixture
+def stripe_on(fake, settings):  # type: ignore[no-untyped-def]
+    fake.reset()
+    settings.STRIPE_API_KEY = fake.api_key
+    settings.STRIPE_API_BASE = fake.url
+    return fake
+
+
+def _emitted(fake: FakeStripe, kind: str, stripe_invoice_id: str) -> dict:  # type: ignore[type-arg]
+    (event,) = [
+        e
+        for e in fake.events
+        if e["type"] == kind and e["data"]["object"]["id"] == stripe_invoice_id
+    ]
+    return event
+
+
+def test_stripes_own_paid_event_for_the_pushed_invoice_marks_it_paid(
+    stripe_on, django_capture_on_commit_callbacks
+) -> None:  # type: ignore[no-untyped-def]
+    invoice = invoice_sync_stripe(invoice_id=closed_invoice().pk)
+    assert invoice is not None
+    stripe_on.client().v1.invoices.pay(invoice.stripe_invoice_id, {"paid_out_of_band": True})
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post(_emitted(stripe_on, "invoice.paid", invoice.stripe_invoice_id))
+    assert response.status_code == 200
+    invoice.refresh_from_db()
+    assert invoice.status == "paid"
+
+
+@pytest.mark.parametrize("pushed", [True, False], ids=["ours pushed", "ours not pushed yet"])
+def test_a_stray_stripe_invoice_naming_ours_in_metadata_does_not_pay_it(
+    pushed: bool, stripe_on, django_capture_on_commit_callbacks
+) -> None:  # type: ignore[no-untyped-def]
+    invoice = closed_invoice()
+    if pushed:
+        invoice_sync_stripe(invoice_id=invoice.pk)
+    client = stripe_on.client()
+    customer = client.v1.customers.create({"name": "someone else"})
+    stray = client.v1.invoices.create(
+        {"customer": customer.id, "metadata": {"reckon_invoice_id": str(invoice.pk)}}
+    )
+    client.v1.invoice_items.create(
+        {"customer": customer.id, "invoice": stray.id, "amount": 2000, "currency": "usd"}
+    )
+    client.v1.invoices.finalize_invoice(stray.id)
+    client.v1.invoices.pay(stray.id, {"paid_out_of_band": True})
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post(_emitted(stripe_on, "invoice.paid", stray.id))
+    assert response.status_code == 200
+    invoice.refresh_from_db()
+    assert invoice.status == "finalized" and invoice.paid_at is None
+    assert StripeEvent.objects.get().status == "ignored"
