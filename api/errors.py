@@ -52,7 +52,7 @@ JSON_PATH_PREFIXES = ("/api/", "/webhooks/")
 
 
 def _wants_json(request: HttpRequest) -> bool:
-    return request.path.startswith(JSON_PATH_PREFIXES)
+    return f"{request.path}/".startswith(JSON_PATH_PREFIXES)  # "/api" itself too
 
 
 def json_error(status: int, code: str, message: str) -> JsonResponse:

@@ -367,6 +367,7 @@ def test_disallowed_host_is_a_json_400(settings) -> None:  # type: ignore[no-unt
     ("method", "path", "status"),
     [
         ("get", "/api/v1/no-such-thing", 404),
+        ("get", "/api", 404),
         ("get", "/api/v2/invoices", 404),
         ("post", "/api/v1/invoices/", 404),
         ("get", "/webhooks/paypal", 404),
