@@ -16,6 +16,7 @@ from rest_framework.views import APIView
 
 from api import billing_serializers as s
 from api.scoping import tenant_id_for
+from api.serializers import validated_query
 from billing import pricing
 from billing.balances import balance_credit, balance_hard_stop_set, balance_state, credits_of
 from billing.models import BalanceAccount, BalanceEntry, Plan, PlanVersion, Subscription
@@ -126,10 +127,9 @@ class SubscriptionListCreateView(APIView):
 
     @extend_schema(parameters=[s.SubscriptionQuery], responses=s.SubscriptionOutput(many=True))
     def get(self, request: Request) -> Response:
-        query = s.SubscriptionQuery(data=request.query_params)
-        query.is_valid(raise_exception=True)
+        query = validated_query(s.SubscriptionQuery, request)
         subs = Subscription.objects.all()
-        if tenant := query.validated_data.get("tenant"):
+        if tenant := query.get("tenant"):
             subs = subs.filter(tenant_id=tenant)
         return Response(s.SubscriptionOutput(subs, many=True).data)
 

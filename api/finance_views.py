@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from api.invoice_views import FileDownloadView
-from api.serializers import InstantField, PeriodField
+from api.serializers import InstantField, PeriodField, validated_query
 from billing import costbasis
 from billing.currency import decimal_text
 from billing.hardware import (
@@ -227,9 +227,7 @@ class MarginQuery(serializers.Serializer):
 
 
 def _margin_rows(request: Request) -> tuple[dict[str, Any], list]:  # type: ignore[type-arg]
-    query = MarginQuery(data=request.query_params)
-    query.is_valid(raise_exception=True)
-    q = query.validated_data
+    q = validated_query(MarginQuery, request)
     return q, margin_report(period=q["period"], group_by=q["group_by"])
 
 
@@ -294,9 +292,7 @@ class WhatIfView(APIView):
 
     @extend_schema(parameters=[WhatIfQuery])
     def get(self, request: Request) -> Response:
-        query = WhatIfQuery(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        q = query.validated_data
+        q = validated_query(WhatIfQuery, request)
         policy = None
         if "target_margin" in q or "minimum_margin" in q:
             try:

@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from api.authentication import TenantPrincipal
-from api.serializers import MAX_BIGINT, PeriodField
+from api.serializers import MAX_BIGINT, PeriodField, validated_query
 from billing import tasks
 from billing.documents import invoice_lines_csv, invoice_pdf, invoices_csv
 from billing.invoicing import credit_note_issue, invoice_recompute
@@ -54,12 +54,6 @@ def filter_invoices(qs: QuerySet[Invoice], query: dict[str, Any]) -> QuerySet[In
     if period := query.get("period"):
         qs = qs.filter(period_start__gte=period.start, period_start__lt=period.end)
     return qs
-
-
-def _query(serializer: type[serializers.Serializer], request: Request) -> dict[str, Any]:  # type: ignore[type-arg]
-    query = serializer(data=request.query_params)
-    query.is_valid(raise_exception=True)
-    return dict(query.validated_data)
 
 
 class InvoiceLineOutput(serializers.ModelSerializer):
@@ -155,7 +149,7 @@ class InvoiceListView(ListAPIView):
         return super().get(request, *args, **kwargs)
 
     def get_queryset(self) -> QuerySet[Invoice]:
-        query = _query(InvoiceQuery, self.request)
+        query = validated_query(InvoiceQuery, self.request)
         return filter_invoices(invoices_visible(self.request, query), query)
 
 
@@ -181,7 +175,7 @@ class InvoiceExportView(FileDownloadView):
 
     @extend_schema(parameters=[InvoiceExportQuery], responses={(200, "text/csv"): str})
     def get(self, request: Request) -> HttpResponse:
-        query = _query(InvoiceExportQuery, request)
+        query = validated_query(InvoiceExportQuery, request)
         invoices = filter_invoices(invoices_visible(request, query), query).order_by("number", "id")
         kind = query["kind"]
         body = invoices_csv(invoices) if kind == "invoices" else invoice_lines_csv(invoices)

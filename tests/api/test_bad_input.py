@@ -89,6 +89,13 @@ CASES: list[tuple[str, str, str, str, dict[str, Any] | Any, int]] = [
      {"period": MONTH, "group_by": "nope"}, 400),
     ("whatif period 9999-12", "staff", "get", "/api/v1/finance/whatif",
      {"period": "9999-12", "accelerator": "nvidia-h100-sxm"}, 400),
+    # --- empty parameters (as forms send them) count as absent
+    ("invoices empty parameters", "staff", "get", "/api/v1/invoices",
+     {"tenant": "", "period": "", "status": ""}, 200),
+    ("subscriptions empty tenant", "staff", "get", "/api/v1/subscriptions", {"tenant": ""}, 200),
+    ("margins empty group_by", "staff", "get", "/api/v1/finance/margins",
+     {"period": MONTH, "group_by": ""}, 200),
+    ("export empty period", "tenant", "get", "/api/v1/invoices/export.csv", {"period": ""}, 400),
     # --- staff tenant selection
     ("invoices tenant not a uuid", "staff", "get", "/api/v1/invoices",
      {"tenant": "not-a-uuid"}, 400),
