@@ -8,6 +8,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from api.serializers import MAX_BIGINT, InstantField
 from billing import pricing
 from billing.balances import BalanceState, Credit
 from billing.currency import decimal_text as exact
@@ -98,10 +99,10 @@ class ComponentInput(serializers.Serializer):
     token_class = serializers.ChoiceField(choices=PriceComponent.TokenClass.choices)
     aliases = serializers.ListField(child=serializers.CharField(max_length=200), default=list)
     charge_model = serializers.ChoiceField(choices=PriceComponent.ChargeModel.choices)
-    unit_tokens = serializers.IntegerField(min_value=1, default=1_000_000)
+    unit_tokens = serializers.IntegerField(min_value=1, max_value=MAX_BIGINT, default=1_000_000)
     unit_price = serializers.DecimalField(**MONEY, default=0)
     package_units = serializers.DecimalField(**MONEY, default=1)
-    included_tokens = serializers.IntegerField(min_value=0, default=0)
+    included_tokens = serializers.IntegerField(min_value=0, max_value=MAX_BIGINT, default=0)
     rounding = serializers.CharField(default="ROUND_HALF_UP")
     description = serializers.CharField(max_length=200, default="", allow_blank=True)
     tiers = TierInput(many=True, default=list)
@@ -111,7 +112,7 @@ class PlanVersionInput(serializers.Serializer):
     currency = serializers.CharField(max_length=3)
     base_fee = serializers.DecimalField(**MONEY, default=0)
     minimum_commitment = serializers.DecimalField(**MONEY, default=0)
-    effective_from = serializers.DateTimeField()
+    effective_from = InstantField()
     components = ComponentInput(many=True)
 
     def validate_currency(self, value: str) -> str:
@@ -190,16 +191,20 @@ class PlanVersionOutput(serializers.ModelSerializer):
         ]
 
 
+class SubscriptionQuery(serializers.Serializer):
+    tenant = serializers.UUIDField(required=False, help_text="only this tenant's subscriptions")
+
+
 class SubscriptionInput(serializers.Serializer):
     tenant = serializers.UUIDField()
-    plan_version = serializers.IntegerField()
-    starts_at = serializers.DateTimeField()
+    plan_version = serializers.IntegerField(min_value=1, max_value=MAX_BIGINT)
+    starts_at = InstantField()
     anchor_day = serializers.IntegerField(min_value=1, max_value=28, default=1)
 
 
 class ChangePlanInput(serializers.Serializer):
-    plan_version = serializers.IntegerField()
-    at = serializers.DateTimeField()
+    plan_version = serializers.IntegerField(min_value=1, max_value=MAX_BIGINT)
+    at = InstantField()
 
 
 class SubscriptionOutput(serializers.ModelSerializer):
@@ -211,11 +216,11 @@ class SubscriptionOutput(serializers.ModelSerializer):
 class UsageItemInput(serializers.Serializer):
     alias = serializers.CharField(max_length=200)
     token_class = serializers.ChoiceField(choices=PriceComponent.TokenClass.choices)
-    tokens = serializers.IntegerField(min_value=0)
+    tokens = serializers.IntegerField(min_value=0, max_value=MAX_BIGINT)
 
 
 class QuoteInput(serializers.Serializer):
-    plan_version = serializers.IntegerField()
+    plan_version = serializers.IntegerField(min_value=1, max_value=MAX_BIGINT)
     usage = UsageItemInput(many=True)
 
 
@@ -247,8 +252,8 @@ class CreditInput(serializers.Serializer):
     kind = serializers.ChoiceField(choices=[str(k) for k in BalanceEntry.CREDIT_KINDS])
     amount = ExactAmountField(help_text='major units, as a string ("12.50") or an integer')
     currency = serializers.CharField(max_length=3, default="USD")
-    effective_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
-    expires_at = serializers.DateTimeField(
+    effective_at = InstantField(required=False, allow_null=True, default=None)
+    expires_at = InstantField(
         required=False, allow_null=True, default=None, help_text="grants only"
     )
     description = serializers.CharField(max_length=300, default="", allow_blank=True)

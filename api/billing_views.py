@@ -17,6 +17,7 @@ from api import billing_serializers as s
 from api import permissions as perm
 from api.authentication import TenantPrincipal
 from api.scoping import tenant_id_for
+from api.serializers import validated_query
 from billing import pricing
 from billing.balances import balance_credit, balance_hard_stop_set, balance_state, credits_of
 from billing.models import BalanceAccount, BalanceEntry, Plan, PlanVersion, Subscription
@@ -129,10 +130,11 @@ class PlanVersionPublishView(APIView):
 class SubscriptionListCreateView(APIView):
     permission_classes = [perm.staff_only(GET=perm.SUBSCRIPTION_VIEW, POST=perm.SUBSCRIPTION_ADD)]
 
-    @extend_schema(responses=s.SubscriptionOutput(many=True))
+    @extend_schema(parameters=[s.SubscriptionQuery], responses=s.SubscriptionOutput(many=True))
     def get(self, request: Request) -> Response:
+        query = validated_query(s.SubscriptionQuery, request)
         subs = Subscription.objects.all()
-        if tenant := request.query_params.get("tenant"):
+        if tenant := query.get("tenant"):
             subs = subs.filter(tenant_id=tenant)
         return Response(s.SubscriptionOutput(subs, many=True).data)
 

@@ -4,9 +4,10 @@ deployments, margin policies, margin reports (JSON and CSV) and the what-if."""
 import csv
 import io
 from decimal import Decimal
+from typing import Any
 
 from django.http import HttpResponse
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
@@ -14,7 +15,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from api import permissions as perm
-from api.invoice_views import month_bounds
+from api.invoice_views import FileDownloadView
+from api.serializers import InstantField, PeriodField, validated_query
 from billing import costbasis
 from billing.currency import decimal_text
 from billing.hardware import (
@@ -28,17 +30,9 @@ from billing.hardware import (
     margin_policy_set,
 )
 from billing.models import AcceleratorType, CostBasisVersion
-from billing.periods import Period
 from billing.reports import GROUPINGS, margin_report, whatif
 
 MONEY = {"max_digits": 38, "decimal_places": 12}
-
-
-def _period(request: Request) -> Period:
-    value = request.query_params.get("period")
-    if not value:
-        raise ValidationError({"period": "Required, YYYY-MM."})
-    return Period(*month_bounds(value))
 
 
 def _opt(value: Decimal | None) -> str | None:
@@ -84,8 +78,33 @@ class CostBasisInput(serializers.Serializer):
     power_usd_per_kwh = serializers.DecimalField(**MONEY, required=False)
     pue = serializers.DecimalField(**MONEY, required=False)
     other_opex_per_hour = serializers.DecimalField(**MONEY, required=False)
-    effective_from = serializers.DateTimeField()
+    effective_from = InstantField()
     note = serializers.CharField(max_length=300, required=False, default="")
+
+    def validate(self, attrs):  # type: ignore[no-untyped-def]
+        """The pure cost model's own checks (amounts >= 0, amortization > 0), here so a
+        basis that could never price is refused, not stored. Missing values may wait."""
+        if attrs["mode"] == CostBasisVersion.Mode.RENTED:
+            spec: costbasis.RentedCost | costbasis.OwnedCost = costbasis.RentedCost(
+                attrs.get("hourly_usd")
+            )
+        else:
+            defaults = costbasis.OwnedCost(None, None, None)
+            spec = costbasis.OwnedCost(
+                purchase_price_usd=attrs.get("purchase_price_usd"),
+                amortization_years=attrs.get("amortization_years"),
+                tdp_watts=0,  # the accelerator's, known to be >= 0
+                power_usd_per_kwh=attrs.get("power_usd_per_kwh", defaults.power_usd_per_kwh),
+                pue=attrs.get("pue", defaults.pue),
+                other_opex_per_hour=attrs.get("other_opex_per_hour", defaults.other_opex_per_hour),
+            )
+        try:
+            costbasis.hourly_cost(spec)
+        except costbasis.MissingCostData:
+            pass
+        except (ValueError, ArithmeticError) as exc:
+            raise ValidationError({"cost_basis": str(exc)}) from exc
+        return attrs
 
 
 class CostBasisCreateView(APIView):
@@ -109,7 +128,7 @@ class CostBasisCreateView(APIView):
 class MarginPolicyInput(serializers.Serializer):
     target_margin = serializers.DecimalField(**MONEY)
     minimum_margin = serializers.DecimalField(**MONEY)
-    effective_from = serializers.DateTimeField()
+    effective_from = InstantField()
 
     def validate(self, attrs):  # type: ignore[no-untyped-def]
         try:
@@ -138,7 +157,21 @@ class DeploymentInput(serializers.Serializer):
     utilization = serializers.DecimalField(**MONEY, default=Decimal("0.6"))
     cache_read_factor = serializers.DecimalField(**MONEY, default=Decimal("0.1"))
     cache_write_factor = serializers.DecimalField(**MONEY, default=Decimal("1.25"))
-    effective_from = serializers.DateTimeField()
+    effective_from = InstantField()
+
+    def validate(self, attrs):  # type: ignore[no-untyped-def]
+        """The pure cost model's checks (throughputs > 0, utilization in (0, 1])."""
+        try:
+            costbasis.Throughput(
+                decode_tokens_per_s=attrs["decode_tokens_per_s"],
+                prefill_tokens_per_s=attrs["prefill_tokens_per_s"],
+                utilization=attrs["utilization"],
+                cache_read_factor=attrs["cache_read_factor"],
+                cache_write_factor=attrs["cache_write_factor"],
+            )
+        except ValueError as exc:
+            raise ValidationError({"throughput": str(exc)}) from exc
+        return attrs
 
 
 class DeploymentCreateView(APIView):
@@ -180,44 +213,40 @@ def _row_data(row) -> dict:  # type: ignore[no-untyped-def,type-arg]
     }
 
 
-def _group_by(request: Request) -> tuple[str, ...]:
-    value = request.query_params.get("group_by", "tenant,alias,accelerator")
-    groups = tuple(g for g in value.split(",") if g)
-    if not groups or any(g not in GROUPINGS for g in groups):
-        raise ValidationError({"group_by": f"Comma-separated, from {', '.join(GROUPINGS)}."})
-    return groups
+class MarginQuery(serializers.Serializer):
+    period = PeriodField(help_text="YYYY-MM")
+    group_by = serializers.CharField(
+        default=",".join(GROUPINGS), max_length=200, help_text=f"comma-separated: {GROUPINGS}"
+    )
+
+    def validate_group_by(self, value: str) -> tuple[str, ...]:
+        groups = tuple(g for g in value.split(",") if g)
+        if not groups or any(g not in GROUPINGS for g in groups):
+            raise ValidationError(f"Comma-separated, from {', '.join(GROUPINGS)}.")
+        return groups
 
 
-def _margin_rows(request: Request) -> tuple[tuple[str, ...], list]:  # type: ignore[type-arg]
-    groups = _group_by(request)
-    return groups, margin_report(period=_period(request), group_by=groups)
+def _margin_rows(request: Request) -> tuple[dict[str, Any], list]:  # type: ignore[type-arg]
+    q = validated_query(MarginQuery, request)
+    return q, margin_report(period=q["period"], group_by=q["group_by"])
 
 
 class MarginReportView(APIView):
     permission_classes = [perm.staff_only(GET=perm.MARGINS_VIEW)]
 
-    @extend_schema(
-        parameters=[
-            OpenApiParameter("period", str, required=True),
-            OpenApiParameter("group_by", str),
-        ]
-    )
+    @extend_schema(parameters=[MarginQuery])
     def get(self, request: Request) -> Response:
-        groups, rows = _margin_rows(request)
-        return Response({"group_by": list(groups), "rows": [_row_data(r) for r in rows]})
+        query, rows = _margin_rows(request)
+        return Response({"group_by": list(query["group_by"]), "rows": [_row_data(r) for r in rows]})
 
 
-class MarginReportCsvView(APIView):
+class MarginReportCsvView(FileDownloadView):
     permission_classes = [perm.staff_only(GET=perm.MARGINS_VIEW)]
 
-    @extend_schema(
-        parameters=[
-            OpenApiParameter("period", str, required=True),
-            OpenApiParameter("group_by", str),
-        ]
-    )
+    @extend_schema(parameters=[MarginQuery])
     def get(self, request: Request) -> HttpResponse:
-        groups, rows = _margin_rows(request)
+        query, rows = _margin_rows(request)
+        groups = query["group_by"]
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(
@@ -244,38 +273,36 @@ class MarginReportCsvView(APIView):
             )
         response = HttpResponse(out.getvalue(), content_type="text/csv")
         response["Content-Disposition"] = (
-            f'attachment; filename="margins-{request.query_params["period"]}.csv"'
+            f'attachment; filename="margins-{query["period"].start:%Y-%m}.csv"'
         )
         return response
+
+
+class WhatIfQuery(serializers.Serializer):
+    period = PeriodField(help_text="YYYY-MM")
+    accelerator = serializers.CharField(max_length=100)
+    tenant = serializers.UUIDField(required=False)
+    alias = serializers.CharField(max_length=200, required=False)
+    target_margin = serializers.DecimalField(**MONEY, required=False)
+    minimum_margin = serializers.DecimalField(**MONEY, required=False)
 
 
 class WhatIfView(APIView):
     permission_classes = [perm.staff_only(GET=perm.MARGINS_VIEW)]
 
-    @extend_schema(
-        parameters=[
-            OpenApiParameter("period", str, required=True),
-            OpenApiParameter("accelerator", str, required=True),
-            OpenApiParameter("tenant", str),
-            OpenApiParameter("alias", str),
-            OpenApiParameter("target_margin", str),
-            OpenApiParameter("minimum_margin", str),
-        ]
-    )
+    @extend_schema(parameters=[WhatIfQuery])
     def get(self, request: Request) -> Response:
-        q = request.query_params
-        if not q.get("accelerator"):
-            raise ValidationError({"accelerator": "Required."})
+        q = validated_query(WhatIfQuery, request)
         policy = None
-        if q.get("target_margin") or q.get("minimum_margin"):
+        if "target_margin" in q or "minimum_margin" in q:
             try:
                 policy = costbasis.MarginPolicy(
-                    Decimal(q.get("target_margin", "0")), Decimal(q.get("minimum_margin", "0"))
+                    q.get("target_margin", Decimal(0)), q.get("minimum_margin", Decimal(0))
                 )
             except (ValueError, ArithmeticError) as exc:
                 raise ValidationError({"margins": str(exc)}) from exc
         result = whatif(
-            period=_period(request),
+            period=q["period"],
             accelerator_key=q["accelerator"],
             tenant_id=q.get("tenant"),
             alias=q.get("alias"),

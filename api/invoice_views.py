@@ -1,15 +1,16 @@
 """REST views for invoices (tenants read their own; finance staff read all), credit
 notes, recomputation, PDF and CSV exports, and the Stripe webhook endpoint."""
 
-from datetime import UTC, datetime
+from typing import Any
 
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpResponse
 from django.utils.decorators import method_decorator
 from django.views.decorators.csrf import csrf_exempt
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import NotFound
 from rest_framework.generics import ListAPIView
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -18,41 +19,41 @@ from rest_framework.views import APIView
 
 from api import permissions as perm
 from api.authentication import TenantPrincipal
+from api.serializers import MAX_BIGINT, PeriodField, validated_query
 from billing import tasks
 from billing.documents import invoice_lines_csv, invoice_pdf, invoices_csv
 from billing.invoicing import credit_note_issue, invoice_recompute
-from billing.models import CreditNote, Invoice, InvoiceLine
+from billing.models import CreditNote, Invoice, InvoiceLine, StripeEvent
 from billing.stripe_sync import stripe_event_receive
 
 
-def month_bounds(value: str) -> tuple[datetime, datetime]:
-    try:
-        start = datetime.strptime(value, "%Y-%m").replace(tzinfo=UTC)
-    except ValueError:
-        raise ValidationError({"period": "Use YYYY-MM."}) from None
-    end = start.replace(year=start.year + (start.month == 12), month=start.month % 12 + 1)
-    return start, end
+class InvoiceQuery(serializers.Serializer):
+    status = serializers.ChoiceField(choices=Invoice.Status.choices, required=False)
+    period = PeriodField(required=False, help_text="YYYY-MM: invoices whose period starts in it")
+    tenant = serializers.UUIDField(required=False, help_text="staff only")
 
 
-def invoices_visible(request: Request) -> QuerySet[Invoice]:
+class InvoiceExportQuery(InvoiceQuery):
+    period = PeriodField(help_text="YYYY-MM: invoices whose period starts in it")
+    kind = serializers.ChoiceField(choices=["invoices", "lines"], default="invoices")
+
+
+def invoices_visible(request: Request, query: dict[str, Any]) -> QuerySet[Invoice]:
     qs = Invoice.objects.select_related("tenant").prefetch_related("credit_notes")
     if isinstance(request.user, TenantPrincipal):
         return qs.filter(tenant=request.user.tenant)
     if perm.staff_permission_granted(request):
-        if tenant := request.query_params.get("tenant"):
+        if tenant := query.get("tenant"):
             qs = qs.filter(tenant_id=tenant)
         return qs
     return qs.none()
 
 
-def filter_invoices(request: Request, qs: QuerySet[Invoice]) -> QuerySet[Invoice]:
-    if value := request.query_params.get("status"):
-        if value not in Invoice.Status.values:
-            raise ValidationError({"status": f"One of {', '.join(Invoice.Status.values)}."})
+def filter_invoices(qs: QuerySet[Invoice], query: dict[str, Any]) -> QuerySet[Invoice]:
+    if value := query.get("status"):
         qs = qs.filter(status=value)
-    if value := request.query_params.get("period"):
-        start, end = month_bounds(value)
-        qs = qs.filter(period_start__gte=start, period_start__lt=end)
+    if period := query.get("period"):
+        qs = qs.filter(period_start__gte=period.start, period_start__lt=period.end)
     return qs
 
 
@@ -126,8 +127,16 @@ class InvoiceDetailOutput(InvoiceOutput):
         fields = [*InvoiceOutput.Meta.fields, "lines"]
 
 
+class FileDownloadView(APIView):
+    """A view answering a file (PDF, CSV): a client that accepts only that file's type
+    is served, not refused with 406; errors still answer JSON."""
+
+    def perform_content_negotiation(self, request: Request, force: bool = False):  # type: ignore[no-untyped-def]
+        return super().perform_content_negotiation(request, force=True)
+
+
 def _invoice(request: Request, invoice_id: int) -> Invoice:
-    invoice = invoices_visible(request).filter(pk=invoice_id).first()
+    invoice = invoices_visible(request, {}).filter(pk=invoice_id).first()
     if invoice is None:
         raise NotFound("No such invoice.")
     return invoice
@@ -137,18 +146,13 @@ class InvoiceListView(ListAPIView):
     serializer_class = InvoiceOutput
     permission_classes = [perm.tenant_or_staff(GET=perm.INVOICE_VIEW)]
 
-    @extend_schema(
-        parameters=[
-            OpenApiParameter("status", str),
-            OpenApiParameter("period", str, description="YYYY-MM"),
-            OpenApiParameter("tenant", str, description="staff only"),
-        ]
-    )
+    @extend_schema(parameters=[InvoiceQuery])
     def get(self, request: Request, *args, **kwargs) -> Response:  # type: ignore[no-untyped-def]
         return super().get(request, *args, **kwargs)
 
     def get_queryset(self) -> QuerySet[Invoice]:
-        return filter_invoices(self.request, invoices_visible(self.request))
+        query = validated_query(InvoiceQuery, self.request)
+        return filter_invoices(invoices_visible(self.request, query), query)
 
 
 class InvoiceDetailView(APIView):
@@ -160,7 +164,7 @@ class InvoiceDetailView(APIView):
         return Response(InvoiceDetailOutput(invoice).data)
 
 
-class InvoicePdfView(APIView):
+class InvoicePdfView(FileDownloadView):
     permission_classes = [perm.tenant_or_staff(GET=perm.INVOICE_VIEW)]
 
     @extend_schema(responses={(200, "application/pdf"): bytes})
@@ -172,29 +176,20 @@ class InvoicePdfView(APIView):
         return response
 
 
-class InvoiceExportView(APIView):
+class InvoiceExportView(FileDownloadView):
     """CSV of invoices (or, with kind=lines, their lines) for one month of periods."""
 
     permission_classes = [perm.tenant_or_staff(GET=perm.INVOICE_EXPORT)]
 
-    @extend_schema(
-        parameters=[
-            OpenApiParameter("period", str, required=True, description="YYYY-MM"),
-            OpenApiParameter("kind", str, enum=["invoices", "lines"]),
-        ],
-        responses={(200, "text/csv"): str},
-    )
+    @extend_schema(parameters=[InvoiceExportQuery], responses={(200, "text/csv"): str})
     def get(self, request: Request) -> HttpResponse:
-        if not request.query_params.get("period"):
-            raise ValidationError({"period": "Required, YYYY-MM."})
-        invoices = filter_invoices(request, invoices_visible(request)).order_by("number", "id")
-        kind = request.query_params.get("kind", "invoices")
-        if kind not in ("invoices", "lines"):
-            raise ValidationError({"kind": "invoices or lines"})
+        query = validated_query(InvoiceExportQuery, request)
+        invoices = filter_invoices(invoices_visible(request, query), query).order_by("number", "id")
+        kind = query["kind"]
         body = invoices_csv(invoices) if kind == "invoices" else invoice_lines_csv(invoices)
         response = HttpResponse(body, content_type="text/csv")
         response["Content-Disposition"] = (
-            f'attachment; filename="{kind}-{request.query_params["period"]}.csv"'
+            f'attachment; filename="{kind}-{query["period"].start:%Y-%m}.csv"'
         )
         return response
 
@@ -225,7 +220,7 @@ class InvoiceRecomputeView(APIView):
 
 class CreditNoteInput(serializers.Serializer):
     amount_minor = serializers.IntegerField(
-        min_value=1, required=False, help_text="omit for a full credit"
+        min_value=1, max_value=MAX_BIGINT, required=False, help_text="omit for a full credit"
     )
     reason = serializers.CharField(max_length=300)
 
@@ -257,8 +252,14 @@ class StripeWebhookView(APIView):
         event, created = stripe_event_receive(
             payload=request.body, signature=request.headers.get("Stripe-Signature", "")
         )
-        if created or event.status in ("received", "failed"):
-            from django.db import transaction
-
+        if event.status in (StripeEvent.Status.RECEIVED, StripeEvent.Status.FAILED):
             transaction.on_commit(lambda: tasks.process_stripe_event.delay(event.pk))
-        return Response({"received": True, "event": event.event_id, "duplicate": not created})
+        # 200 for a rejected (malformed) event too: Stripe retries anything else forever.
+        return Response(
+            {
+                "received": True,
+                "event": event.event_id,
+                "duplicate": not created,
+                "status": event.status,
+            }
+        )

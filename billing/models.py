@@ -365,12 +365,20 @@ class StripeEvent(models.Model):
         PROCESSED = "processed", "Processed"
         IGNORED = "ignored", "Ignored"
         FAILED = "failed", "Failed"
+        # Correctly signed but not a usable Stripe event (no id, a list body...): kept,
+        # never applied, answered 200 so Stripe stops retrying it. `error` says why.
+        REJECTED = "rejected", "Rejected"
 
+    # Stripe's event id; for a rejected event without a usable one, "malformed-" and the
+    # SHA-256 of the body, so a redelivery of the same body is a duplicate.
     event_id = models.CharField(max_length=100, unique=True)
     type = models.CharField(max_length=100)
-    # Stripe's `created` of the event (UTC).
+    # Stripe's `created` of the event (UTC); the receipt time for a rejected event without one.
     created = models.DateTimeField()
-    payload = models.JSONField()
+    # The body as parsed JSON; null when it is not JSON or cannot be stored as JSON.
+    payload = models.JSONField(null=True)
+    # The body exactly as signed (UTF-8 text; a NUL byte, never valid JSON, as U+FFFD).
+    raw_payload = models.TextField(blank=True, default="")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RECEIVED)
     error = models.TextField(blank=True)
     received_at = models.DateTimeField(auto_now_add=True)

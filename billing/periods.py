@@ -6,12 +6,20 @@ rated on its own plan version; base fee, minimum commitment and allowances of a 
 are prorated by its share of the period's seconds (see billing.services).
 """
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+# The instants billing computes with, [EARLIEST_INSTANT, LATEST_INSTANT): a period that
+# starts inside, and the one after it, end before datetime's year 9999 runs out.
+EARLIEST_INSTANT = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_INSTANT = datetime(9999, 1, 1, tzinfo=UTC)
+
+_YEAR_MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,21 @@ def _month_start(year: int, month: int, day: int) -> datetime:
     year += (month - 1) // 12
     month = (month - 1) % 12 + 1
     return datetime(year, month, day, tzinfo=UTC)
+
+
+def calendar_month(value: str) -> Period:
+    """The calendar month named "YYYY-MM" as the period [its first day, the next month's),
+    UTC. The one parser of a month in the API and the commands; raises ValueError with a
+    message for the caller on anything else, or a month outside the supported instants."""
+    match = _YEAR_MONTH.fullmatch(value)
+    if match is None or not 1 <= int(match[2]) <= 12:
+        raise ValueError("Use YYYY-MM.")
+    year, month = int(match[1]), int(match[2])
+    if not EARLIEST_INSTANT.year <= year < LATEST_INSTANT.year:
+        raise ValueError(
+            f"Use a month from {EARLIEST_INSTANT:%Y-%m} to {LATEST_INSTANT.year - 1}-12."
+        )
+    return Period(_month_start(year, month, 1), _month_start(year, month + 1, 1))
 
 
 def period_containing(anchor_day: int, instant: datetime) -> Period:

@@ -3,7 +3,14 @@ from decimal import Decimal
 
 import pytest
 
-from billing.periods import Period, ceil_hour, period_after, period_containing, segments
+from billing.periods import (
+    Period,
+    calendar_month,
+    ceil_hour,
+    period_after,
+    period_containing,
+    segments,
+)
 from billing.pricing import PlanVersion, PriceComponent
 from billing.proration import prorate_plan
 
@@ -72,3 +79,39 @@ def test_prorate_plan_scales_fees_and_allowances() -> None:
     assert prorate_plan(plan, Decimal(1)) is plan
     with pytest.raises(ValueError):
         prorate_plan(plan, Decimal(0))
+
+
+@pytest.mark.parametrize(
+    ("value", "start", "end"),
+    [
+        ("2026-09", dt(2026, 9, 1), dt(2026, 10, 1)),
+        ("2026-12", dt(2026, 12, 1), dt(2027, 1, 1)),
+        ("1970-01", dt(1970, 1, 1), dt(1970, 2, 1)),
+        ("9998-12", dt(9998, 12, 1), dt(9999, 1, 1)),
+    ],
+)
+def test_calendar_month(value: str, start: datetime, end: datetime) -> None:
+    assert calendar_month(value) == Period(start, end)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "9999-12",
+        "9999-01",
+        "0000-01",
+        "1969-12",
+        "2026-13",
+        "2026-00",
+        "2026-9",
+        "26-09",
+        "2026-09-01",
+        " 2026-09",
+        "2026-\x0009",
+        "２０２６-０９",
+        "",
+    ],
+)
+def test_calendar_month_refuses_what_it_cannot_represent(value: str) -> None:
+    with pytest.raises(ValueError):
+        calendar_month(value)

@@ -2,9 +2,9 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from api.invoice_views import month_bounds
 from billing.documents import invoice_lines_csv, invoices_csv
 from billing.models import Invoice
+from billing.periods import calendar_month
 
 
 class Command(BaseCommand):
@@ -18,11 +18,11 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):  # type: ignore[no-untyped-def]
         try:
-            start, end = month_bounds(options["period"])
-        except Exception as exc:
-            raise CommandError("--period must be YYYY-MM") from exc
+            month = calendar_month(options["period"])
+        except ValueError as exc:
+            raise CommandError(f"--period: {exc}") from exc
         invoices = (
-            Invoice.objects.filter(period_start__gte=start, period_start__lt=end)
+            Invoice.objects.filter(period_start__gte=month.start, period_start__lt=month.end)
             .select_related("tenant")
             .prefetch_related("credit_notes")
             .order_by("number", "id")
