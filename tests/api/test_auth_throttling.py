@@ -19,6 +19,7 @@ from api.authentication import ThrottledBasicAuthentication
 from api.staff_tokens import staff_token_create
 from metering.services import api_key_create
 from tests.factories import TenantFactory
+from tests.staff import staff_user
 
 pytestmark = pytest.mark.django_db
 RECORDS = "/api/v1/usage/records"
@@ -87,7 +88,7 @@ def test_redis_down_falls_back_to_counting_in_the_process(address: str, settings
 
 
 def test_successes_are_not_counted(address: str) -> None:
-    ops = get_user_model().objects.create_user("ops", is_staff=True)
+    ops = staff_user("ops", "operator")
     token = staff_token_create(user=ops).raw_token
     for _ in range(5):
         assert get(address, f"Bearer {token}", "/api/v1/plans").status_code == 200

@@ -10,7 +10,6 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.test import Client
 from rest_framework.test import APIClient
 
@@ -21,6 +20,7 @@ from billing.services import subscription_create
 from metering.services import api_key_create
 from tests.factories import ApiKeyFactory
 from tests.scenarios.test_invoicing_stories import SEP, use, version
+from tests.staff import staff_user
 
 pytestmark = pytest.mark.django_db
 
@@ -51,7 +51,7 @@ def world() -> dict[str, Any]:
         HTTP_AUTHORIZATION=f"Bearer {api_key_create(tenant=invoices[0].tenant).raw_key}"
     )
     staff = APIClient()
-    staff.force_authenticate(get_user_model().objects.create_user("ops", is_staff=True))
+    staff.force_authenticate(staff_user("ops", "operator", "finance-write"))
     return {
         "clients": {"tenant": tenant, "staff": staff},
         "ids": {

@@ -14,6 +14,7 @@ from api.staff_tokens import staff_token_create, staff_token_revoke
 from metering.keys import api_key_hash
 from metering.services import api_key_create
 from tests.factories import TenantFactory
+from tests.staff import staff_user
 
 pytestmark = pytest.mark.django_db
 PLANS = "/api/v1/plans"
@@ -21,7 +22,7 @@ PLANS = "/api/v1/plans"
 
 @pytest.fixture
 def ops():  # type: ignore[no-untyped-def]
-    return get_user_model().objects.create_user("ops", password="a-long-password", is_staff=True)
+    return staff_user("ops", "operator", password="a-long-password")
 
 
 def bearer(token: str) -> APIClient:
