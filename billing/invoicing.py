@@ -37,6 +37,7 @@ from billing.models import (
 from billing.periods import Period, period_containing
 from billing.services import PeriodRating, period_rate, usage_from_rollups
 from metering.errors import ApplicationError, Conflict, NotFound
+from metering.ledger import SpoolPending, spool_guard
 from metering.models import Tenant
 from metering.selectors import (
     BilledWindow,
@@ -278,6 +279,9 @@ def periods_close(
     todo = [t for t in ids if t not in done]
     if not todo:
         return [done[t] for t in ids]
+    # Usage spooled by a writer while the database was away belongs on these invoices:
+    # refuse to close (the task retries) until every writer reports its spool loaded.
+    spool_guard(spool_dir=settings.RECKON_LEDGER_SPOOL_DIR, redis_url=settings.REDIS_URL)
 
     subscriptions: dict[uuid.UUID, list[Subscription]] = {}
     for s in (
@@ -391,8 +395,8 @@ def periods_close_or_each(
     tenant that still failed (the others are closed and stay closed)."""
     try:
         return periods_close(tenant_ids=list(tenant_ids), period_start=period_start, as_of=as_of)
-    except OperationalError:
-        raise  # the database itself: retry the task, not tenant by tenant
+    except (OperationalError, SpoolPending):
+        raise  # the database itself, or spool not loaded yet: retry the task as a whole
     except Exception:
         if len(tenant_ids) == 1:
             raise
@@ -405,7 +409,7 @@ def periods_close_or_each(
                     tenant_id=uuid.UUID(str(tenant_id)), period_start=period_start, as_of=as_of
                 )
             )
-        except OperationalError:
+        except (OperationalError, SpoolPending):
             raise
         except Exception as exc:  # noqa: BLE001 - recorded and raised below, loudly
             failed[str(tenant_id)] = getattr(exc, "message", None) or repr(exc)
