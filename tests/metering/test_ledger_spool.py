@@ -22,7 +22,7 @@ from django.core.management import call_command
 from django.db import DatabaseError
 
 from metering import ledger
-from metering.ledger import LedgerWriter, Spool, default_sink, spool_append, spool_replay
+from metering.ledger import default_sink, spool_append, spool_replay
 from metering.models import UsageRecord
 from tests.factories import ApiKeyFactory
 from tests.metering.test_ledger import record_for
@@ -81,7 +81,7 @@ async def wait_stored(records: list[dict[str, Any]], within: float) -> float:
     return time.monotonic() - began
 
 
-def writer_for(tmp_path: Path, sink: Any, **overrides: Any) -> LedgerWriter:
+def writer_for(tmp_path: Path, sink: Any, **overrides: Any) -> "ledger.LedgerWriter":
     options: dict[str, Any] = {
         "max_batch": 64,
         "spool_dir": tmp_path,
@@ -91,7 +91,7 @@ def writer_for(tmp_path: Path, sink: Any, **overrides: Any) -> LedgerWriter:
         "probe_seconds": PROBE,
         "shutdown_replay_seconds": 5,
     } | overrides
-    return LedgerWriter(**options)
+    return ledger.LedgerWriter(**options)
 
 
 def test_spool_reaches_the_ledger_within_a_probe_of_the_database_returning(
@@ -206,11 +206,17 @@ def test_shutdown_keeps_and_reports_what_it_cannot_load(
 
 
 def test_spool_file_names_are_unique_per_host_process_and_boot(tmp_path: Path) -> None:
-    first, second = Spool(tmp_path), Spool(tmp_path)  # same host, same pid
-    assert first.path != second.path
+    """Two writers with the same pid (containers sharing a volume: each server is pid 7)
+    never share a file; here both are this process."""
+    key = ApiKeyFactory()
+    spool_append(tmp_path, [record_for(key)])
+    spool_append(tmp_path, [record_for(key)])
+    files = sorted(tmp_path.glob("ledger-*.jsonl"))
+    assert len(files) == 2
     host = socket.gethostname().replace(".", "-")
-    for spool in (first, second):
-        assert spool.writer_id.startswith(f"{host}-{os.getpid()}-")
+    for path in files:
+        assert path.name.startswith(f"ledger-{host}-{os.getpid()}-")
+    assert spool_replay(tmp_path) == 2
 
 
 def test_a_file_a_live_writer_holds_is_left_alone_whatever_its_pid(tmp_path: Path) -> None:
