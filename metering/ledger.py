@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 from django.db import DatabaseError, DataError, IntegrityError, connection, transaction
-from django.db.models import F
+from django.db.models import BigIntegerField, F, Func
 from django.db.models.functions import Greatest
 
 from metering.errors import ApplicationError
@@ -84,8 +84,21 @@ ROLLUP_SUMS = (
 )
 
 
+# The commit-order stamp a rollup change carries on PostgreSQL: the 64-bit id of the
+# writing transaction (see `metering.selectors.usage_watermark` for the invariant).
+PG_CHANGE_STAMP = "pg_current_xact_id()::text::int8"
+
+
+class CurrentTransactionId(Func):
+    """PG_CHANGE_STAMP for the ORM path (spool replay on PostgreSQL)."""
+
+    template = PG_CHANGE_STAMP
+    output_field = BigIntegerField()
+
+
 def usage_rollups_apply(rows: list[UsageRecord]) -> None:
     """Fold freshly inserted records into hourly rollups (the ORM twin of PG_INSERT_SQL)."""
+    postgres = connection.vendor == "postgresql"
     groups: dict[tuple[Any, str, str, datetime], dict[str, Any]] = {}
     for row in rows:
         hour = row.started_at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
@@ -105,11 +118,14 @@ def usage_rollups_apply(rows: list[UsageRecord]) -> None:
         groups.items(), key=lambda g: str(g[0])
     ):
         last_id = totals.pop("last_record_id")
+        # SQLite runs one writer at a time, so record ids commit in order there
+        stamp: Any = CurrentTransactionId() if postgres else last_id
         updated = UsageRollup.objects.filter(  # the ORM writer owns shard 0
             tenant_id=tenant_id, alias=alias, accelerator=accelerator, hour=hour, shard=0
         ).update(
             **{name: F(name) + value for name, value in totals.items()},
             last_record_id=Greatest(F("last_record_id"), last_id),
+            changed_xid=stamp if postgres else Greatest(F("changed_xid"), last_id),
             updated_at=datetime.now(UTC),
         )
         if not updated:
@@ -120,6 +136,7 @@ def usage_rollups_apply(rows: list[UsageRecord]) -> None:
                 hour=hour,
                 shard=0,
                 last_record_id=last_id,
+                changed_xid=stamp,
                 **totals,
             )
 
@@ -532,12 +549,14 @@ def _pg_insert_sql(*, touch: bool) -> str:
         " FROM inserted GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4),"
         " rolled AS ("
         " INSERT INTO metering_usagerollup AS r (tenant_id, alias, accelerator, hour, shard, requests,"
-        f" flagged_requests, {sum_names}, last_record_id, updated_at)"
+        f" flagged_requests, {sum_names}, last_record_id, changed_xid, updated_at)"
         f" SELECT tenant_id, alias, accelerator, hour, $2::int2, requests, flagged_requests, {sum_names},"
-        " last_id, now() FROM hourly ON CONFLICT (tenant_id, alias, accelerator, hour, shard) DO UPDATE SET"
+        f" last_id, {PG_CHANGE_STAMP}, now() FROM hourly"
+        " ON CONFLICT (tenant_id, alias, accelerator, hour, shard) DO UPDATE SET"
         " requests = r.requests + excluded.requests,"
         f" flagged_requests = r.flagged_requests + excluded.flagged_requests, {increments},"
         " last_record_id = greatest(r.last_record_id, excluded.last_record_id),"
+        " changed_xid = excluded.changed_xid,"
         f" updated_at = excluded.updated_at RETURNING 1){touched}"
         # (a data-modifying WITH runs to completion whether or not the result reads it)
         " SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM rolled)"

@@ -60,7 +60,7 @@ def test_the_periodic_close_fans_nothing_out_while_spool_is_reported(
     with time_machine.travel(at(2026, 10, 3), tick=False), pytest.raises(Retry) as retry:
         tasks.close_due_periods.apply(throw=True)
     assert isinstance(retry.value.exc, ApplicationError) and WRITER in str(retry.value.exc)
-    assert retry.value.when  # retried later, with backoff
+    assert tasks.close_due_periods.retry_backoff  # retried later, with backoff
     assert not Invoice.objects.exists()
     reported.delete(f"rk:spool:{WRITER}")
     with time_machine.travel(at(2026, 10, 3), tick=False):
