@@ -15,8 +15,9 @@ from django.db import connection
 from billing.invoicing import invoice_recompute, period_close
 from billing.models import InvoiceLine
 from billing.services import subscription_create
-from metering.ledger import pg_conninfo, pg_insert_statement
-from metering.models import UsageRecord
+from metering.ledger import pg_conninfo, pg_insert_statement, usage_records_write
+from metering.models import UsageRecord, UsageRollup
+from metering.selectors import usage_watermark
 from tests.factories import ApiKeyFactory
 from tests.metering.test_ledger import record_for
 from tests.scenarios.test_invoicing_stories import NOV, OCT, SEP, at, version
@@ -82,3 +83,15 @@ def test_a_lower_id_committed_after_the_close_is_billed_next_time_exactly_once()
     )
     assert billed_for_september == 1000 + 2 * PRICE_MINOR  # both records, once each
     assert invoice_recompute(invoice=october) == []  # the adjustment is reproducible
+
+
+def test_every_writer_path_stamps_rollups_at_or_above_a_watermark_taken_before() -> None:
+    """The batch statement and the ORM path (spool replay) both stamp the rollups they
+    change with their transaction id: never below a watermark taken before they ran."""
+    key = ApiKeyFactory()
+    before = usage_watermark()
+    with writer() as b:
+        b.execute(*pg_insert_statement([usage(key, at(2026, 9, 20, 1))], [], shard=3))
+    usage_records_write([record_for(key, started_at=at(2026, 9, 20, 2))])
+    stamps = list(UsageRollup.objects.values_list("changed_xid", flat=True))
+    assert len(stamps) == 2 and all(stamp >= before for stamp in stamps)
