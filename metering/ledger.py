@@ -10,8 +10,25 @@ Idempotent: records are unique per `request_id`; a batch retried after an ambigu
 failure (e.g. the connection dropped during COMMIT) skips ids already stored.
 
 When the database stays unreachable past the retry budget, the batch is journaled to an
-fsync'd spool file (one JSON object per line) and the request still completes;
-`ledger_replay_spool` (also run at writer start-up) loads spooled records idempotently.
+fsync'd spool file (one JSON object per line) and the request still completes. Spool
+invariants:
+- a spool file is named by its writer: host, pid and a random boot id
+  (`ledger-<host>-<pid>-<boot>.jsonl`), so writers sharing a volume never share a file;
+- a live writer holds its file under an exclusive flock; a file nobody holds belongs to
+  a dead writer (or a failed replay) and any process may load it: lock, check it is
+  still linked, insert (idempotent), unlink. Pids are never used to judge liveness;
+- a writer replays at start-up, right after the first commit that succeeds following a
+  spool, every RECKON_LEDGER_SPOOL_PROBE_SECONDS while any spool file exists (traffic or
+  not), and at shutdown (bounded by RECKON_LEDGER_SHUTDOWN_REPLAY_SECONDS);
+- while records stay unreplayed, `rk:spool:<writer>` in Redis holds their count
+  (refreshed every probe, expiring after RECKON_LEDGER_SPOOL_HEARTBEAT_SECONDS; left
+  without expiry by a shutdown that could not load them; deleted by whichever replay
+  loads them), and `spool_guard` makes a period close refuse while any is reported or
+  the local spool directory holds records, or while Redis does not answer.
+`ledger_replay_spool` loads every unheld file by hand.
+
+Rollups carry a commit-order stamp (`changed_xid`) that billing compares with a
+watermark to find late usage (`metering.selectors.usage_watermark`).
 """
 
 import asyncio
