@@ -13,7 +13,7 @@ from tests.e2e.conftest import database_url, free_port, start, stop
 from tests.factories import ApiKeyFactory
 from tests.metering.test_ledger import record_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
 def test_a_starting_server_loads_the_spool_without_traffic(tmp_path: Path) -> None:
