@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import redis
 from django.core.management import call_command
-from django.db import DatabaseError
+from django.db import DatabaseError, connection
 
 from metering import ledger
 from metering.ledger import default_sink, spool_append, spool_replay
@@ -72,10 +72,18 @@ def stored(records: list[dict[str, Any]]) -> int:
     return UsageRecord.objects.filter(request_id__in=ids).count()
 
 
+def stored_elsewhere(records: list[dict[str, Any]]) -> int:
+    """`stored` on a worker thread, leaving no database session behind."""
+    try:
+        return stored(records)
+    finally:
+        connection.close()
+
+
 async def wait_stored(records: list[dict[str, Any]], within: float) -> float:
     """Seconds until every record is in the ledger (fails after `within`)."""
     began = time.monotonic()
-    while await asyncio.to_thread(stored, records) < len(records):
+    while await asyncio.to_thread(stored_elsewhere, records) < len(records):
         assert time.monotonic() - began < within, "spooled records did not reach the ledger"
         await asyncio.sleep(0.02)
     return time.monotonic() - began
