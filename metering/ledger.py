@@ -211,6 +211,8 @@ def _decode(line: dict[str, Any]) -> dict[str, Any]:
 
 
 SPOOL_KEY_PREFIX = "rk:spool:"
+# The writer ids that reported spool (a close reads these keys, not the whole keyspace).
+SPOOL_WRITERS_KEY = "rk:spool-writers"
 
 
 class SpoolPending(ApplicationError):
@@ -425,10 +427,13 @@ def spool_report(
                     key = SPOOL_KEY_PREFIX + writer
                     if count == 0:
                         pipe.delete(key)
-                    elif ttl_seconds is not None:
+                        pipe.srem(SPOOL_WRITERS_KEY, writer)
+                        continue
+                    if ttl_seconds is not None:
                         pipe.set(key, count, ex=max(1, round(ttl_seconds)))
                     else:
                         pipe.set(key, count)
+                    pipe.sadd(SPOOL_WRITERS_KEY, writer)  # after the count: never indexed bare
                 pipe.execute()
         except redis.RedisError:
             logger.exception("could not report unreplayed ledger spool to Redis")
@@ -437,7 +442,8 @@ def spool_report(
 
 def spool_outstanding(*, spool_dir: Path, redis_url: str) -> dict[str, int]:
     """Unreplayed spooled records per writer id, as every writer reports them in Redis
-    (`rk:spool:<writer>`) plus what this machine's spool directory holds. Raises
+    (`rk:spool:<writer>`, indexed in the set `rk:spool-writers`) plus what this machine's
+    spool directory holds. Raises
     `SpoolPending` when Redis is configured but does not answer: it cannot be known."""
     outstanding = spool_pending(spool_dir)
     if redis_url:
@@ -445,16 +451,15 @@ def spool_outstanding(*, spool_dir: Path, redis_url: str) -> dict[str, int]:
 
         try:
             client = _redis(redis_url)
-            keys = list(client.scan_iter(f"{SPOOL_KEY_PREFIX}*", count=1000))
-            values = client.mget(keys) if keys else []
+            writers = sorted(w.decode() for w in client.smembers(SPOOL_WRITERS_KEY))
+            values = client.mget([SPOOL_KEY_PREFIX + w for w in writers]) if writers else []
         except redis.RedisError as exc:
             raise SpoolPending(
                 "Cannot tell whether usage is spooled outside the ledger: Redis does not"
                 f" answer ({type(exc).__name__})."
             ) from exc
-        for key, value in zip(keys, values, strict=True):
-            if value is not None and int(value) > 0:
-                owner = key.decode().removeprefix(SPOOL_KEY_PREFIX)
+        for owner, value in zip(writers, values, strict=True):
+            if value is not None and int(value) > 0:  # None: expired, its writer is gone
                 outstanding[owner] = max(outstanding.get(owner, 0), int(value))
     return outstanding
 

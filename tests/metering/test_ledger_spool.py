@@ -65,6 +65,7 @@ def redis_client() -> Iterator[redis.Redis]:
     yield client
     for key in client.scan_iter("rk:spool:*"):
         client.delete(key)
+    client.delete("rk:spool-writers")
 
 
 def stored(records: list[dict[str, Any]]) -> int:
@@ -116,11 +117,13 @@ def test_spool_reaches_the_ledger_within_a_probe_of_the_database_returning(
         await asyncio.sleep(PROBE * 2)
         report = redis_client.get(f"rk:spool:{writer.spool.writer_id}")
         assert report == b"3" and redis_client.ttl(f"rk:spool:{writer.spool.writer_id}") > 0
+        assert redis_client.sismember("rk:spool-writers", writer.spool.writer_id)
         outage.down = False  # the database answers again; no request arrives
         elapsed = await wait_stored(records, within=PROBE + 1.0)
         assert elapsed <= PROBE + 1.0
         await asyncio.sleep(0.1)
         assert redis_client.get(f"rk:spool:{writer.spool.writer_id}") is None  # cleared
+        assert not redis_client.sismember("rk:spool-writers", writer.spool.writer_id)
         assert not list(tmp_path.glob("ledger-*.jsonl"))
         await writer.close()
 

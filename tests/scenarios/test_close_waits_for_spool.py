@@ -34,12 +34,19 @@ def spool_settings(settings: Any, tmp_path: Path) -> Any:
     return settings
 
 
+def report(client: redis.Redis, count: int) -> None:
+    """What a writer with unreplayed spool keeps in Redis (`metering.ledger.spool_report`)."""
+    client.set(f"rk:spool:{WRITER}", count, ex=60)
+    client.sadd("rk:spool-writers", WRITER)
+
+
 @pytest.fixture
 def reported() -> Any:
     client = redis.Redis.from_url(REDIS_URL)
-    client.set(f"rk:spool:{WRITER}", 4, ex=60)
+    report(client, 4)
     yield client
     client.delete(f"rk:spool:{WRITER}")
+    client.srem("rk:spool-writers", WRITER)
 
 
 def test_close_refuses_while_a_writer_reports_spool(customer, spool_settings, reported) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
@@ -92,7 +99,7 @@ def test_a_closed_period_is_still_returned_while_spool_is_reported(
     key, _ = customer
     first = period_close(tenant_id=key.tenant_id, period_start=SEP, as_of=OCT.replace(day=3))
     client = redis.Redis.from_url(REDIS_URL)
-    client.set(f"rk:spool:{WRITER}", 1, ex=60)
+    report(client, 1)
     try:
         again = period_close(tenant_id=key.tenant_id, period_start=SEP, as_of=at(2026, 10, 3))
     finally:
