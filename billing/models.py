@@ -233,7 +233,7 @@ class Invoice(models.Model):
     usage_cutoff_record_id = models.BigIntegerField(default=0)
     # Commit watermark of its rating: every rollup change stamped below it was included;
     # one stamped at or above it may not be (late usage). 0 before watermarks existed.
-    usage_watermark = models.BigIntegerField(default=0)
+    usage_watermark = models.BigIntegerField(default=0, db_default=0)
     # The invoice this one re-issues after it was voided.
     replaces = models.OneToOneField(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="replaced_by"
@@ -308,7 +308,7 @@ class InvoiceLine(models.Model):
     # Highest usage record id this line's usage includes.
     usage_cutoff_record_id = models.BigIntegerField(default=0)
     # Commit watermark of the rating this line came from (see Invoice.usage_watermark).
-    usage_watermark = models.BigIntegerField(default=0)
+    usage_watermark = models.BigIntegerField(default=0, db_default=0)
     # Pushed to Stripe as this invoice item.
     stripe_invoice_item_id = models.CharField(max_length=64, blank=True)
 

@@ -246,7 +246,7 @@ class UsageRollup(models.Model):
     # Commit-order stamp of the last change (see `metering.selectors.usage_watermark`):
     # PostgreSQL's 64-bit id of the transaction that last changed the row; on SQLite,
     # whose writers run one at a time, the highest record id folded in.
-    changed_xid = models.BigIntegerField(default=0)
+    changed_xid = models.BigIntegerField(default=0, db_default=0)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
