@@ -8,6 +8,12 @@ Invariants:
   totals; running it after success returns the existing invoice unchanged;
 - a finalized invoice never changes; later usage for its period is billed on a later
   invoice as an adjustment line naming the period; money corrections are credit notes;
+- late usage is found by a commit watermark, not by record id (ids are assigned at
+  INSERT and commit out of order across writers): every invoice and line keeps the
+  `usage_watermark` taken before its rollups were read; a rollup changed by a
+  transaction at or above it may be missing from it and its period is re-rated at the
+  next close; every change below it was included. The adjustment is the re-rated total
+  minus everything billed for the period, so late usage is billed exactly once;
 - every line's amount can be recomputed from the raw ledger (`invoice_recompute`).
 """
 
@@ -37,12 +43,14 @@ from billing.models import (
 from billing.periods import Period, period_containing
 from billing.services import PeriodRating, period_rate, usage_from_rollups
 from metering.errors import ApplicationError, Conflict, NotFound
+from metering.ledger import SpoolPending, spool_guard
 from metering.models import Tenant
 from metering.selectors import (
     BilledWindow,
     UsageTotals,
     usage_totals_for_tenants,
     usage_totals_from_records,
+    usage_watermark,
     windows_with_usage_after,
 )
 
@@ -53,6 +61,7 @@ Kind = InvoiceLine.Kind
 logger = logging.getLogger(__name__)
 STORED_PRECISION = Decimal("1e-12")
 NO_USAGE = UsageTotals({}, 0)
+NONE = (0, 0)  # (record cut-off, watermark) of a period no adjustment billed yet
 
 
 class NotDue(ApplicationError):
@@ -109,7 +118,7 @@ def _tiers_data(tiers: tuple[pricing.TierCharge, ...]) -> list[dict[str, Any]]:
     ]
 
 
-def _rated_lines(rating: PeriodRating) -> list[InvoiceLine]:
+def _rated_lines(rating: PeriodRating, watermark: int = 0) -> list[InvoiceLine]:
     lines = []
     for segment in rating.segments:
         for rated in segment.rated.lines:
@@ -132,6 +141,7 @@ def _rated_lines(rating: PeriodRating) -> list[InvoiceLine]:
                     amount_exact=rated.amount_exact,
                     amount_minor=rated.amount_minor,
                     usage_cutoff_record_id=rating.cutoff_record_id,
+                    usage_watermark=watermark,
                 )
             )
     return lines
@@ -151,12 +161,17 @@ def billed_for_period(*, tenant_id: uuid.UUID, period_start: datetime) -> int:
 
 
 def late_usage_adjustments(
-    *, tenant_ids: list[uuid.UUID], before: Period
+    *, tenant_ids: list[uuid.UUID], before: Period, watermark: int | None = None
 ) -> dict[uuid.UUID, list[InvoiceLine]]:
     """Bill usage that reached the tenants' last finalized periods after they were
-    invoiced. One query finds the periods whose rollups took in records past what was
-    billed for them; only those are re-rated, and a difference becomes an adjustment line
-    naming the period."""
+    invoiced. One query finds the periods whose rollups changed at or past the commit
+    watermark of their last rating; only those are re-rated, and a difference (what the
+    period rates to now minus everything billed for it) becomes an adjustment line naming
+    the period. Billed exactly once: a change below the watermark was in that rating, one
+    at or above it is found here, and re-rating a period already billed in full adds
+    nothing. `watermark` must be taken before any rollup read of the caller's transaction
+    (`usage_watermark`)."""
+    watermark = usage_watermark() if watermark is None else watermark
     lookback = settings.RECKON_LATE_USAGE_LOOKBACK_PERIODS
     earlier: dict[uuid.UUID, list[Invoice]] = {}
     for invoice in (
@@ -169,7 +184,7 @@ def late_usage_adjustments(
             kept.append(invoice)
     candidates = [i for kept in earlier.values() for i in kept]
     adjusted_up_to = {
-        (row["invoice__tenant_id"], row["adjusts_period_start"]): row["last"]
+        (row["invoice__tenant_id"], row["adjusts_period_start"]): (row["last"], row["watermark"])
         for row in InvoiceLine.objects.filter(
             kind=Kind.ADJUSTMENT,
             invoice__tenant_id__in=list(earlier),
@@ -177,7 +192,7 @@ def late_usage_adjustments(
         )
         .exclude(invoice__status__in=[Status.VOID, Status.DRAFT])
         .values("invoice__tenant_id", "adjusts_period_start")
-        .annotate(last=Max("usage_cutoff_record_id"))
+        .annotate(last=Max("usage_cutoff_record_id"), watermark=Max("usage_watermark"))
         .order_by()
     }
     late = windows_with_usage_after(
@@ -186,7 +201,11 @@ def late_usage_adjustments(
                 i.tenant_id,
                 i.period_start,
                 i.period_end,
-                max(i.usage_cutoff_record_id, adjusted_up_to.get((i.tenant_id, i.period_start), 0)),
+                max(
+                    i.usage_cutoff_record_id,
+                    adjusted_up_to.get((i.tenant_id, i.period_start), NONE)[0],
+                ),
+                max(i.usage_watermark, adjusted_up_to.get((i.tenant_id, i.period_start), NONE)[1]),
             )
             for i in candidates
         ]
@@ -216,6 +235,7 @@ def late_usage_adjustments(
                 amount_exact=from_minor(delta, invoice.currency),
                 amount_minor=delta,
                 usage_cutoff_record_id=rating.cutoff_record_id,
+                usage_watermark=watermark,
             )
         )
     return lines
@@ -278,6 +298,9 @@ def periods_close(
     todo = [t for t in ids if t not in done]
     if not todo:
         return [done[t] for t in ids]
+    # Usage spooled by a writer while the database was away belongs on these invoices:
+    # refuse to close (the task retries) until every writer reports its spool loaded.
+    spool_guard(spool_dir=settings.RECKON_LEDGER_SPOOL_DIR, redis_url=settings.REDIS_URL)
 
     subscriptions: dict[uuid.UUID, list[Subscription]] = {}
     for s in (
@@ -300,9 +323,12 @@ def periods_close(
     if period.end + grace > as_of:
         raise NotDue(f"Period {period.label} closes after its grace period ({grace}).")
 
+    # Taken before any rollup is read: what committed below it is in these ratings; what
+    # commits at or above it is found as late usage at the next close.
+    watermark = usage_watermark()
     # Tenants on one plan for the whole period are rated from one bulk usage query.
     usage = usage_totals_for_tenants(tenant_ids=todo, start=period.start, end=period.end)
-    adjustments = late_usage_adjustments(tenant_ids=todo, before=period)
+    adjustments = late_usage_adjustments(tenant_ids=todo, before=period, watermark=watermark)
     ratings: dict[uuid.UUID, PeriodRating] = {}
     for t in todo:
         subs = [s for s in subscriptions[t] if s.starts_at < period.end]
@@ -319,7 +345,7 @@ def periods_close(
             if whole
             else usage_from_rollups,
         )
-    lines = {t: _rated_lines(ratings[t]) + adjustments.get(t, []) for t in todo}
+    lines = {t: _rated_lines(ratings[t], watermark) + adjustments.get(t, []) for t in todo}
     credits = credits_for_invoices(
         lines=lines, currencies={t: ratings[t].currency for t in todo}, period=period
     )
@@ -343,6 +369,7 @@ def periods_close(
             "issue_date": issue_date,
             "due_date": issue_date + timedelta(days=settings.RECKON_INVOICE_NET_DAYS),
             "usage_cutoff_record_id": ratings[t].cutoff_record_id,
+            "usage_watermark": watermark,
             "finalized_at": as_of,
         }
         draft = live.get(t)
@@ -391,8 +418,8 @@ def periods_close_or_each(
     tenant that still failed (the others are closed and stay closed)."""
     try:
         return periods_close(tenant_ids=list(tenant_ids), period_start=period_start, as_of=as_of)
-    except OperationalError:
-        raise  # the database itself: retry the task, not tenant by tenant
+    except (OperationalError, SpoolPending):
+        raise  # the database itself, or spool not loaded yet: retry the task as a whole
     except Exception:
         if len(tenant_ids) == 1:
             raise
@@ -405,7 +432,7 @@ def periods_close_or_each(
                     tenant_id=uuid.UUID(str(tenant_id)), period_start=period_start, as_of=as_of
                 )
             )
-        except OperationalError:
+        except (OperationalError, SpoolPending):
             raise
         except Exception as exc:  # noqa: BLE001 - recorded and raised below, loudly
             failed[str(tenant_id)] = getattr(exc, "message", None) or repr(exc)

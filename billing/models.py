@@ -232,6 +232,9 @@ class Invoice(models.Model):
     due_date = models.DateField(null=True, blank=True)
     # Highest usage record id included in this invoice's own period lines.
     usage_cutoff_record_id = models.BigIntegerField(default=0)
+    # Commit watermark of its rating: every rollup change stamped below it was included;
+    # one stamped at or above it may not be (late usage). 0 before watermarks existed.
+    usage_watermark = models.BigIntegerField(default=0, db_default=0)
     # The invoice this one re-issues after it was voided.
     replaces = models.OneToOneField(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="replaced_by"
@@ -311,6 +314,8 @@ class InvoiceLine(models.Model):
     amount_minor = models.BigIntegerField()
     # Highest usage record id this line's usage includes.
     usage_cutoff_record_id = models.BigIntegerField(default=0)
+    # Commit watermark of the rating this line came from (see Invoice.usage_watermark).
+    usage_watermark = models.BigIntegerField(default=0, db_default=0)
     # Pushed to Stripe as this invoice item.
     stripe_invoice_item_id = models.CharField(max_length=64, blank=True)
 

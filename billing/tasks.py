@@ -13,18 +13,23 @@ from django.utils import timezone
 from billing.alerts import AlertDeliveryFailed
 from billing.invoicing import periods_due
 from config.celery import RELIABLE_TASK
+from metering.ledger import SpoolPending, spool_guard
 
 TRANSIENT = (OperationalError, ConnectionError, TimeoutError)
+# A close waits (retried with backoff) while any ledger writer holds unreplayed spool.
+CLOSE_TRANSIENT = TRANSIENT + (SpoolPending,)
 
 
 def _when(iso: str | None) -> datetime:
     return datetime.fromisoformat(iso) if iso else timezone.now()
 
 
-@shared_task(**RELIABLE_TASK)
+@shared_task(autoretry_for=(SpoolPending,), **RELIABLE_TASK)
 def close_due_periods(as_of: str | None = None) -> int:
     """Fan out the (tenant, period) pairs that are due, in batches of
-    RECKON_CLOSE_BATCH_SIZE tenants per close task (one transaction each)."""
+    RECKON_CLOSE_BATCH_SIZE tenants per close task (one transaction each). Nothing is
+    fanned out while a ledger writer reports unreplayed spool (retried with backoff)."""
+    spool_guard(spool_dir=settings.RECKON_LEDGER_SPOOL_DIR, redis_url=settings.REDIS_URL)
     when = _when(as_of)
     by_period: dict[datetime, list[str]] = {}
     for item in periods_due(as_of=when):
@@ -42,7 +47,7 @@ def close_due_periods(as_of: str | None = None) -> int:
     return batches
 
 
-@shared_task(autoretry_for=TRANSIENT, **RELIABLE_TASK)
+@shared_task(autoretry_for=CLOSE_TRANSIENT, **RELIABLE_TASK)
 def close_periods(period_start: str, tenant_ids: list[str], as_of: str | None = None) -> int:
     from billing.invoicing import periods_close_or_each
 
@@ -55,7 +60,7 @@ def close_periods(period_start: str, tenant_ids: list[str], as_of: str | None = 
     )
 
 
-@shared_task(autoretry_for=TRANSIENT, **RELIABLE_TASK)
+@shared_task(autoretry_for=CLOSE_TRANSIENT, **RELIABLE_TASK)
 def close_period(tenant_id: str, period_start: str, as_of: str | None = None) -> int:
     from billing.invoicing import period_close
 

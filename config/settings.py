@@ -263,6 +263,16 @@ RECKON_LEDGER_PARALLEL_AT = int(os.environ.get("RECKON_LEDGER_PARALLEL_AT", "64"
 RECKON_LEDGER_SPOOL_DIR = Path(
     os.environ.get("RECKON_LEDGER_SPOOL_DIR", str(BASE_DIR / "var" / "spool"))
 )
+# While spool exists, a writer retries loading it this often (seconds), traffic or not.
+RECKON_LEDGER_SPOOL_PROBE_SECONDS = float(os.environ.get("RECKON_LEDGER_SPOOL_PROBE_SECONDS", "1"))
+# How long a server's shutdown waits for its spool to load before leaving it on disk.
+RECKON_LEDGER_SHUTDOWN_REPLAY_SECONDS = float(
+    os.environ.get("RECKON_LEDGER_SHUTDOWN_REPLAY_SECONDS", "10")
+)
+# Expiry (seconds) of a writer's Redis report of unreplayed spool, refreshed every probe.
+RECKON_LEDGER_SPOOL_HEARTBEAT_SECONDS = float(
+    os.environ.get("RECKON_LEDGER_SPOOL_HEARTBEAT_SECONDS", "30")
+)
 # Default upstream for the embedded quick start (the built-in simulator).
 RECKON_SIMULATOR_URL = os.environ.get("RECKON_SIMULATOR_URL", "http://127.0.0.1:8100/v1")
 

@@ -10,14 +10,36 @@ Idempotent: records are unique per `request_id`; a batch retried after an ambigu
 failure (e.g. the connection dropped during COMMIT) skips ids already stored.
 
 When the database stays unreachable past the retry budget, the batch is journaled to an
-fsync'd spool file (one JSON object per line) and the request still completes;
-`ledger_replay_spool` (also run at writer start-up) loads spooled records idempotently.
+fsync'd spool file (one JSON object per line) and the request still completes. Spool
+invariants:
+- a spool file is named by its writer: host, pid and a random boot id
+  (`ledger-<host>-<pid>-<boot>.jsonl`), so writers sharing a volume never share a file;
+- a live writer holds its file under an exclusive flock; a file nobody holds belongs to
+  a dead writer (or a failed replay) and any process may load it: lock, check it is
+  still linked, insert (idempotent), unlink. Pids are never used to judge liveness;
+- a writer replays at start-up, right after the first commit that succeeds following a
+  spool, every RECKON_LEDGER_SPOOL_PROBE_SECONDS while any spool file exists (traffic or
+  not), and at shutdown (bounded by RECKON_LEDGER_SHUTDOWN_REPLAY_SECONDS);
+- while records stay unreplayed, `rk:spool:<writer>` in Redis holds their count
+  (refreshed every probe, expiring after RECKON_LEDGER_SPOOL_HEARTBEAT_SECONDS; left
+  without expiry by a shutdown that could not load them; deleted by whichever replay
+  loads them), and `spool_guard` makes a period close refuse while any is reported or
+  the local spool directory holds records, or while Redis does not answer.
+`ledger_replay_spool` loads every unheld file by hand.
+
+Rollups carry a commit-order stamp (`changed_xid`) that billing compares with a
+watermark to find late usage (`metering.selectors.usage_watermark`).
 """
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
+import re
+import secrets
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -29,9 +51,10 @@ from typing import Any
 
 import orjson
 from django.db import DatabaseError, DataError, IntegrityError, connection, transaction
-from django.db.models import F
+from django.db.models import BigIntegerField, F, Func
 from django.db.models.functions import Greatest
 
+from metering.errors import ApplicationError
 from metering.models import ApiKey, UsageRecord, UsageRollup
 
 logger = logging.getLogger(__name__)
@@ -78,8 +101,21 @@ ROLLUP_SUMS = (
 )
 
 
+# The commit-order stamp a rollup change carries on PostgreSQL: the 64-bit id of the
+# writing transaction (see `metering.selectors.usage_watermark` for the invariant).
+PG_CHANGE_STAMP = "pg_current_xact_id()::text::int8"
+
+
+class CurrentTransactionId(Func):
+    """PG_CHANGE_STAMP for the ORM path (spool replay on PostgreSQL)."""
+
+    template = PG_CHANGE_STAMP
+    output_field = BigIntegerField()
+
+
 def usage_rollups_apply(rows: list[UsageRecord]) -> None:
     """Fold freshly inserted records into hourly rollups (the ORM twin of PG_INSERT_SQL)."""
+    postgres = connection.vendor == "postgresql"
     groups: dict[tuple[Any, str, str, datetime], dict[str, Any]] = {}
     for row in rows:
         hour = row.started_at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
@@ -99,11 +135,14 @@ def usage_rollups_apply(rows: list[UsageRecord]) -> None:
         groups.items(), key=lambda g: str(g[0])
     ):
         last_id = totals.pop("last_record_id")
+        # SQLite runs one writer at a time, so record ids commit in order there
+        stamp: Any = CurrentTransactionId() if postgres else last_id
         updated = UsageRollup.objects.filter(  # the ORM writer owns shard 0
             tenant_id=tenant_id, alias=alias, accelerator=accelerator, hour=hour, shard=0
         ).update(
             **{name: F(name) + value for name, value in totals.items()},
             last_record_id=Greatest(F("last_record_id"), last_id),
+            changed_xid=stamp if postgres else Greatest(F("changed_xid"), last_id),
             updated_at=datetime.now(UTC),
         )
         if not updated:
@@ -114,6 +153,7 @@ def usage_rollups_apply(rows: list[UsageRecord]) -> None:
                 hour=hour,
                 shard=0,
                 last_record_id=last_id,
+                changed_xid=stamp,
                 **totals,
             )
 
@@ -170,57 +210,269 @@ def _decode(line: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def spool_append(spool_dir: Path, records: list[dict[str, Any]]) -> Path:
-    """Journal records durably to the local spool (append + fsync)."""
-    spool_dir.mkdir(parents=True, exist_ok=True)
-    path = spool_dir / f"ledger-{os.getpid()}.jsonl"
-    payload = "".join(json.dumps(_encode(r), separators=(",", ":")) + "\n" for r in records)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+SPOOL_KEY_PREFIX = "rk:spool:"
+# The writer ids that reported spool (a close reads these keys, not the whole keyspace).
+SPOOL_WRITERS_KEY = "rk:spool-writers"
+
+
+class SpoolPending(ApplicationError):
+    """Usage records are spooled somewhere and not yet in the ledger (or it cannot be told
+    whether they are): closing a period now could leave them off its invoice."""
+
+    status = 409
+    code = "ledger_spool_pending"
+
+
+def writer_identity() -> str:
+    """This process's writer id: host, pid and a random boot id, so writers of different
+    containers sharing one spool volume (all of them pid 7) never share a file name."""
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:60] or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _spool_owner(path: Path) -> str:
+    """The writer id in a spool file's name: `ledger-<writer>.jsonl` (its live file) or
+    `ledger-<writer>.r<n>.jsonl` (a batch of it taken out for replay)."""
+    return path.name.removeprefix("ledger-").split(".")[0]
+
+
+def _lock(fd: int, *, wait: bool) -> bool:
+    """Take the exclusive lock of an open spool file. flock works across processes and,
+    on a shared volume, across hosts (NFS maps it onto byte-range locks)."""
     try:
-        os.write(fd, payload.encode())
-        os.fsync(fd)
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _read_records(fd: int) -> list[dict[str, Any]]:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    records = []
+    for line in b"".join(chunks).decode().splitlines():
+        try:
+            records.append(_decode(json.loads(line)))
+        except ValueError:  # a torn last line (a crash mid-append): its caller got no answer
+            logger.error("skipping a torn spool line: %r", line[:200])
+    return records
+
+
+class Spool:
+    """One writer's spool: an append-only, fsync'd JSON-lines file it holds locked for as
+    long as it lives, so no other process takes it for a dead writer's. A replay renames
+    the live file aside first (appends then start a new one) and replays the renamed one;
+    a file nobody holds locked belongs to a dead writer (or a replay that failed) and any
+    process may take it: lock, check it is still linked, load, unlink."""
+
+    def __init__(self, directory: Path, writer_id: str | None = None) -> None:
+        self.directory = directory
+        self.writer_id = writer_id or writer_identity()
+        self.path = directory / f"ledger-{self.writer_id}.jsonl"
+        self._fd: int | None = None  # the live file, locked
+        self._rotations = 0
+        self._mutex = threading.Lock()  # appends (event loop) against rotation (replayer)
+
+    def append(self, records: list[dict[str, Any]]) -> Path:
+        """Journal records durably (append + fsync) before their callers are answered."""
+        payload = "".join(json.dumps(_encode(r), separators=(",", ":")) + "\n" for r in records)
+        with self._mutex:
+            fd = self._live_fd()
+            os.write(fd, payload.encode())
+            os.fsync(fd)
+        return self.path
+
+    def _live_fd(self) -> int:
+        while self._fd is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            _lock(fd, wait=True)  # only a replayer checking the file holds it, briefly
+            if os.fstat(fd).st_nlink == 0:  # a replayer took it while it was empty
+                os.close(fd)
+                continue
+            self._fd = fd
+        return self._fd
+
+    def take(self) -> tuple[Path, int] | None:
+        """Rename the live file aside for replay; the caller gets it still locked."""
+        with self._mutex:
+            if self._fd is None:
+                return None
+            self._rotations += 1
+            taken = self.directory / f"ledger-{self.writer_id}.r{self._rotations}.jsonl"
+            os.rename(self.path, taken)
+            fd, self._fd = self._fd, None
+        return taken, fd
+
+    def close(self) -> None:
+        """Release the live file (it stays on disk if anything is in it)."""
+        with self._mutex:
+            if self._fd is not None:
+                if os.fstat(self._fd).st_size == 0:
+                    os.unlink(self.path)
+                os.close(self._fd)
+                self._fd = None
+
+
+def spool_append(spool_dir: Path, records: list[dict[str, Any]]) -> Path:
+    """Journal records durably to a spool file of their own (one-off writers, tests)."""
+    spool = Spool(spool_dir)
+    try:
+        return spool.append(records)
     finally:
-        os.close(fd)
-    return path
+        spool.close()
 
 
-def spool_replay(spool_dir: Path) -> int:
-    """Load every spooled record into the ledger; returns rows inserted. Idempotent."""
-    if not spool_dir.exists():
-        return 0
-    inserted = 0
-    for path in sorted(spool_dir.glob("ledger-*.jsonl")):
-        owner = int(path.stem.removeprefix("ledger-") or 0)
-        if owner != os.getpid() and _alive(owner):
-            continue  # a live writer may still append to it
-        claimed = path.with_suffix(f".replaying-{os.getpid()}")
-        try:
-            path.rename(claimed)  # one replayer per file
-        except FileNotFoundError:
-            continue
-        try:
-            records = [
-                _decode(json.loads(line)) for line in claimed.read_text().splitlines() if line
-            ]
+def _replay_file(path: Path, fd: int) -> int:
+    """Load one locked spool file into the ledger, then remove it; the lock is released
+    either way, so a file that failed stays for the next replay (inserts are idempotent)."""
+    try:
+        inserted = 0
+        if os.fstat(fd).st_nlink:  # not already consumed by another replayer
+            records = _read_records(fd)
             for start in range(0, len(records), 500):
                 inserted += usage_records_write(records[start : start + 500])
-        except BaseException:
-            claimed.rename(path)  # keep it for the next replay (inserts are idempotent)
-            raise
-        claimed.unlink()
+            os.unlink(path)
+        return inserted
+    finally:
+        os.close(fd)
+
+
+def spool_replay(
+    spool_dir: Path, *, own: Spool | None = None, owners: set[str] | None = None
+) -> int:
+    """Load every spooled record into the ledger; returns rows inserted. Idempotent.
+
+    Files other live writers hold locked are left to them; `own` (the calling writer's
+    spool) has its live file renamed aside and replayed. The first database error is
+    raised, the file it hit kept for the next try. `owners` collects the writer ids
+    whose files were loaded (so their Redis reports can be cleared)."""
+    owners = set() if owners is None else owners
+    inserted = 0
+    if own is not None and (taken := own.take()) is not None:
+        owners.add(own.writer_id)
+        inserted += _replay_file(*taken)
+    if not spool_dir.exists():
+        return inserted
+    for path in sorted(spool_dir.glob("ledger-*.jsonl")):
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            continue  # consumed meanwhile
+        if not _lock(fd, wait=False):
+            os.close(fd)  # its writer is alive (or another replayer has it)
+            continue
+        owners.add(_spool_owner(path))
+        inserted += _replay_file(path, fd)
     return inserted
 
 
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def spool_pending(spool_dir: Path) -> dict[str, int]:
+    """Records waiting in the spool directory, per writer id (all files, locked or not)."""
+    pending: dict[str, int] = {}
+    if not spool_dir.exists():
+        return pending
+    for path in spool_dir.glob("ledger-*.jsonl"):
+        try:
+            count = path.read_bytes().count(b"\n")
+        except FileNotFoundError:
+            continue
+        if count:
+            owner = _spool_owner(path)
+            pending[owner] = pending.get(owner, 0) + count
+    return pending
+
+
+def _spool_unclaimed(spool_dir: Path, own: str) -> set[str]:
+    """Writer ids of spool files nobody holds locked (their writer is gone), but ours."""
+    owners = set()
+    for path in spool_dir.glob("ledger-*.jsonl") if spool_dir.exists() else ():
+        owner = _spool_owner(path)
+        if owner == own:
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            if _lock(fd, wait=False):
+                owners.add(owner)
+        finally:
+            os.close(fd)
+    return owners
+
+
+def _redis(url: str) -> Any:
+    import redis
+
+    return redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+
+
+def spool_report(
+    *, spool_dir: Path, redis_url: str, writers: Iterable[str], ttl_seconds: float | None
+) -> dict[str, int]:
+    """Set `rk:spool:<writer>` to each writer's unreplayed record count in `spool_dir`
+    (expiring after `ttl_seconds`, or never when None), delete it at zero. Returns the
+    non-zero counts. A Redis failure is logged: the spool itself is what is durable."""
+    pending = spool_pending(spool_dir)
+    counts = {w: pending.get(w, 0) for w in writers}
+    if redis_url and counts:
+        import redis
+
+        try:
+            with _redis(redis_url).pipeline(transaction=False) as pipe:
+                for writer, count in counts.items():
+                    key = SPOOL_KEY_PREFIX + writer
+                    if count == 0:
+                        pipe.delete(key)
+                        pipe.srem(SPOOL_WRITERS_KEY, writer)
+                        continue
+                    if ttl_seconds is not None:
+                        pipe.set(key, count, ex=max(1, round(ttl_seconds)))
+                    else:
+                        pipe.set(key, count)
+                    pipe.sadd(SPOOL_WRITERS_KEY, writer)  # after the count: never indexed bare
+                pipe.execute()
+        except redis.RedisError:
+            logger.exception("could not report unreplayed ledger spool to Redis")
+    return {w: n for w, n in counts.items() if n}
+
+
+def spool_outstanding(*, spool_dir: Path, redis_url: str) -> dict[str, int]:
+    """Unreplayed spooled records per writer id, as every writer reports them in Redis
+    (`rk:spool:<writer>`, indexed in the set `rk:spool-writers`) plus what this machine's
+    spool directory holds. Raises
+    `SpoolPending` when Redis is configured but does not answer: it cannot be known."""
+    outstanding = spool_pending(spool_dir)
+    if redis_url:
+        import redis
+
+        try:
+            client = _redis(redis_url)
+            writers = sorted(w.decode() for w in client.smembers(SPOOL_WRITERS_KEY))
+            values = client.mget([SPOOL_KEY_PREFIX + w for w in writers]) if writers else []
+        except redis.RedisError as exc:
+            raise SpoolPending(
+                "Cannot tell whether usage is spooled outside the ledger: Redis does not"
+                f" answer ({type(exc).__name__})."
+            ) from exc
+        for owner, value in zip(writers, values, strict=True):
+            if value is not None and int(value) > 0:  # None: expired, its writer is gone
+                outstanding[owner] = max(outstanding.get(owner, 0), int(value))
+    return outstanding
+
+
+def spool_guard(*, spool_dir: Path, redis_url: str) -> None:
+    """Refuse (SpoolPending, naming the writers) while any writer has unreplayed spool."""
+    outstanding = spool_outstanding(spool_dir=spool_dir, redis_url=redis_url)
+    if outstanding:
+        named = ", ".join(f"{w} ({n} records)" for w, n in sorted(outstanding.items()))
+        raise SpoolPending(
+            f"Usage records are spooled and not yet in the ledger: {named}.",
+            {"writers": outstanding},
+        )
 
 
 class OrmLedgerSink:
@@ -319,12 +571,14 @@ def _pg_insert_sql(*, touch: bool) -> str:
         " FROM inserted GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4),"
         " rolled AS ("
         " INSERT INTO metering_usagerollup AS r (tenant_id, alias, accelerator, hour, shard, requests,"
-        f" flagged_requests, {sum_names}, last_record_id, updated_at)"
+        f" flagged_requests, {sum_names}, last_record_id, changed_xid, updated_at)"
         f" SELECT tenant_id, alias, accelerator, hour, $2::int2, requests, flagged_requests, {sum_names},"
-        " last_id, now() FROM hourly ON CONFLICT (tenant_id, alias, accelerator, hour, shard) DO UPDATE SET"
+        f" last_id, {PG_CHANGE_STAMP}, now() FROM hourly"
+        " ON CONFLICT (tenant_id, alias, accelerator, hour, shard) DO UPDATE SET"
         " requests = r.requests + excluded.requests,"
         f" flagged_requests = r.flagged_requests + excluded.flagged_requests, {increments},"
         " last_record_id = greatest(r.last_record_id, excluded.last_record_id),"
+        " changed_xid = excluded.changed_xid,"
         f" updated_at = excluded.updated_at RETURNING 1){touched}"
         # (a data-modifying WITH runs to completion whether or not the result reads it)
         " SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM rolled)"
@@ -426,7 +680,17 @@ def default_sink() -> "OrmLedgerSink | PostgresLedgerSink":
 
 
 class LedgerWriter:
-    """Group-commits usage records from one event loop."""
+    """Group-commits usage records from one event loop.
+
+    Spool: a batch the database refuses past the retry budget is journaled to this
+    writer's spool file and its callers are answered. The spool is replayed (on a thread
+    of its own, one replay at a time) at start-up, as soon as a commit succeeds again,
+    every `probe_seconds` while any spool file is in the directory (so a database that
+    comes back without traffic is noticed), and at shutdown within `shutdown_replay_seconds`.
+    While records stay unreplayed, the writer keeps `rk:spool:<writer id>` in Redis at
+    their count (expiring `heartbeat_seconds` after the last refresh; deleted once they
+    are replayed), so a period close on any machine can see them (`spool_guard`).
+    """
 
     def __init__(
         self,
@@ -436,7 +700,13 @@ class LedgerWriter:
         retry_seconds: float = 5.0,
         sink: "OrmLedgerSink | PostgresLedgerSink | None" = None,
         parallel_at: int = 1,
+        redis_url: str | None = None,
+        probe_seconds: float | None = None,
+        shutdown_replay_seconds: float | None = None,
+        heartbeat_seconds: float | None = None,
     ) -> None:
+        from django.conf import settings
+
         self._max_batch = max_batch
         self._parallel_at = parallel_at
         self._spool_dir = spool_dir
@@ -448,8 +718,33 @@ class LedgerWriter:
         self._key_touched: dict[int, float] = {}
         self._busy = 0
         self.spooled = 0
-        self._spool_dirty = False
-        self._last_replay = time.monotonic()
+        self.spool = Spool(spool_dir)
+        self._redis_url = settings.REDIS_URL if redis_url is None else redis_url
+        self._probe_seconds = (
+            settings.RECKON_LEDGER_SPOOL_PROBE_SECONDS if probe_seconds is None else probe_seconds
+        )
+        self._shutdown_replay_seconds = (
+            settings.RECKON_LEDGER_SHUTDOWN_REPLAY_SECONDS
+            if shutdown_replay_seconds is None
+            else shutdown_replay_seconds
+        )
+        self._heartbeat_seconds = (
+            settings.RECKON_LEDGER_SPOOL_HEARTBEAT_SECONDS
+            if heartbeat_seconds is None
+            else heartbeat_seconds
+        )
+        # One thread for replays and reports: they never overlap, and a replay asked for
+        # while one runs is folded into one more run after it.
+        self._spool_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
+        self._replay: asyncio.Future[None] | None = None
+        self._replay_again = False
+        self._reported: set[str] = set()  # writer ids whose Redis key we set
+
+    def start(self) -> None:
+        """Start the commit workers and replay what the spool holds, without waiting for
+        traffic (the server's lifespan start-up calls it; the first write otherwise)."""
+        if not self._tasks:
+            self._start()
 
     async def write(self, record: dict[str, Any]) -> None:
         """Return once `record` is committed (or durably spooled)."""
@@ -475,17 +770,73 @@ class LedgerWriter:
             loop.create_task(self._run(1 if i == 0 else self._parallel_at), name=f"ledger-{i}")
             for i in range(self._sink.concurrency)
         ]
-        loop.run_in_executor(None, self._replay_spool)
+        self._tasks.append(loop.create_task(self._probe(), name="ledger-spool-probe"))
+        self._replay_soon()
+
+    # --- spool replay ----------------------------------------------------------------
+
+    def _spool_exists(self) -> bool:
+        return self._spool_dir.exists() and any(self._spool_dir.glob("ledger-*.jsonl"))
+
+    def _replay_soon(self) -> None:
+        """Replay the spool on the spool thread; never two at once."""
+        if self._replay is not None and not self._replay.done():
+            self._replay_again = True  # something new may have been spooled meanwhile
+            return
+        self._replay_again = False
+        self._replay = asyncio.get_running_loop().run_in_executor(
+            self._spool_thread, self._replay_spool
+        )
+        self._replay.add_done_callback(self._replayed)
+
+    def _replayed(self, _: "asyncio.Future[None]") -> None:
+        if self._replay_again and self._tasks:
+            self._replay_soon()
+
+    async def _probe(self) -> None:
+        """While spool exists, retry it every `probe_seconds`: the retry is the probe that
+        notices the database is back even when no request arrives to commit."""
+        while True:
+            await asyncio.sleep(self._probe_seconds)
+            if self._reported or self._spool_exists():
+                if self._replay is not None and not self._replay.done():
+                    # a replay hangs on an unreachable database: keep the report alive
+                    asyncio.get_running_loop().run_in_executor(
+                        None, lambda: self._report(expire=True)
+                    )
+                self._replay_soon()
 
     def _replay_spool(self) -> None:
+        consumed: set[str] = set()
         try:
-            replayed = spool_replay(self._spool_dir)
+            replayed = spool_replay(self._spool_dir, own=self.spool, owners=consumed)
             if replayed:
                 logger.warning("replayed %d spooled usage records into the ledger", replayed)
         except Exception:
             logger.exception("could not replay the ledger spool; it is kept for the next try")
         finally:
             connection.close()
+            self._reported |= consumed  # their keys go once nothing of them is left
+            self._report(expire=True)
+
+    def _report(self, *, expire: bool) -> dict[str, int]:
+        """Publish unreplayed counts: this writer's, those of dead writers' files (no live
+        writer holds them locked), and those it reported before. Returns what is left."""
+        writers = (
+            {self.spool.writer_id}
+            | _spool_unclaimed(self._spool_dir, self.spool.writer_id)
+            | self._reported
+        )
+        left = spool_report(
+            spool_dir=self._spool_dir,
+            redis_url=self._redis_url,
+            writers=writers,
+            ttl_seconds=self._heartbeat_seconds if expire else None,
+        )
+        self._reported = set(left)
+        return left
+
+    # --- group commit ----------------------------------------------------------------
 
     async def _run(self, min_batch: int) -> None:
         assert self._wakeup is not None
@@ -498,7 +849,7 @@ class LedgerWriter:
             records = [record for record, _ in batch]
             self._busy += 1
             try:
-                await self._commit(records, self._keys_due(records))
+                spooled = await self._commit(records, self._keys_due(records))
                 outcome: BaseException | None = None
             except BaseException as exc:  # noqa: BLE001 - every waiter must be released
                 outcome = exc
@@ -510,11 +861,9 @@ class LedgerWriter:
                         future.set_result(None)
                     else:
                         future.set_exception(outcome)
-            if outcome is None and self._spool_dirty and time.monotonic() - self._last_replay > 30:
+            if outcome is None and not spooled and self._reported:
                 # the database answers again: load what was spooled while it did not
-                self._spool_dirty = False
-                self._last_replay = time.monotonic()
-                asyncio.get_running_loop().run_in_executor(None, self._replay_spool)
+                self._replay_soon()
 
     def _keys_due(self, records: list[dict[str, Any]]) -> list[int]:
         now = time.monotonic()
@@ -527,35 +876,40 @@ class LedgerWriter:
                 due.append(key_id)
         return due
 
-    async def _commit(self, records: list[dict[str, Any]], touch: list[int]) -> None:
+    async def _commit(self, records: list[dict[str, Any]], touch: list[int]) -> bool:
+        """Commit records; returns True when they were spooled instead."""
         assert self._sink is not None
         deadline = time.monotonic() + self._retry_seconds
         delay = 0.05
         while True:
             try:
                 await self._sink.write(records, touch)
-                return
+                return False
             except (DataError, IntegrityError, TypeError, ValueError):
                 # Something in the batch itself (not the database) is refused: split it so
                 # one bad record cannot take the others down, and quarantine that record.
                 if len(records) == 1:
                     await self._quarantine(records[0], touch)
-                    return
+                    return False
                 half = len(records) // 2
-                await self._commit(records[:half], touch)
-                await self._commit(records[half:], [])
-                return
+                first = await self._commit(records[:half], touch)
+                return await self._commit(records[half:], []) or first
             except DatabaseError:
                 if time.monotonic() + delay > deadline:
                     break
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
-        path = spool_append(self._spool_dir, records)
+        path = self.spool.append(records)
         self.spooled += len(records)
-        self._spool_dirty = True
         logger.error(
             "ledger database unavailable: %d usage records spooled to %s", len(records), path
         )
+        # make it visible to period closes now, not at the next probe
+        self._reported.add(self.spool.writer_id)
+        asyncio.get_running_loop().run_in_executor(
+            self._spool_thread, lambda: self._report(expire=True)
+        )
+        return True
 
     async def _quarantine(self, record: dict[str, Any], touch: list[int]) -> None:
         """Store a record the database refused with its payload made safe and a flag, so
@@ -569,7 +923,9 @@ class LedgerWriter:
         await self._sink.write([safe], touch)
 
     async def close(self) -> None:
-        """Flush what is pending and stop."""
+        """Flush what is pending, replay the spool within `shutdown_replay_seconds`, stop.
+        What could not be replayed stays on disk, reported in Redis without expiry (the
+        replay that loads it deletes the key) and logged as critical."""
         while self._pending or self._busy:
             await asyncio.sleep(0.005)
         for task in self._tasks:
@@ -577,3 +933,20 @@ class LedgerWriter:
         self._tasks = []
         if self._sink is not None:
             await self._sink.close()
+        if self._reported or self._spool_exists():
+            if self._replay is not None and not self._replay.done():
+                await asyncio.wait([self._replay], timeout=self._shutdown_replay_seconds)
+            if self._replay is None or self._replay.done():
+                loop = asyncio.get_running_loop()
+                self._replay = loop.run_in_executor(self._spool_thread, self._replay_spool)
+                await asyncio.wait([self._replay], timeout=self._shutdown_replay_seconds)
+        self.spool.close()
+        left = await asyncio.to_thread(self._report, expire=False)
+        if left:
+            logger.critical(
+                "ledger spool NOT replayed at shutdown: %s usage records stay in %s until a"
+                " writer starts or `manage.py ledger_replay_spool` runs",
+                left,
+                self._spool_dir,
+            )
+        self._spool_thread.shutdown(wait=False)

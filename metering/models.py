@@ -242,8 +242,12 @@ class UsageRollup(models.Model):
     reasoning_cost_usd = models.DecimalField(max_digits=44, decimal_places=24, default=0)
     # Spend at list price (what spend limits count).
     spend_usd = models.DecimalField(max_digits=44, decimal_places=24, default=0)
-    # Highest usage record id folded in (a cut-off marker for invoices).
+    # Highest usage record id folded in (kept on invoices for recomputation).
     last_record_id = models.BigIntegerField(default=0)
+    # Commit-order stamp of the last change (see `metering.selectors.usage_watermark`):
+    # PostgreSQL's 64-bit id of the transaction that last changed the row; on SQLite,
+    # whose writers run one at a time, the highest record id folded in.
+    changed_xid = models.BigIntegerField(default=0, db_default=0)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

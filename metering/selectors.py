@@ -179,44 +179,72 @@ def usage_totals_for_tenants(
     return {tenant_id: _totals(tenant_rows) for tenant_id, tenant_rows in grouped.items()}
 
 
+def usage_watermark() -> int:
+    """A commit watermark W for the rollup reads that follow it: every rollup change
+    stamped (`UsageRollup.changed_xid`) below W was committed before W was taken, so
+    every later read sees it; a change stamped at or above W may not have been.
+
+    Record ids are no such watermark: they are assigned at INSERT and commit out of order
+    across writers (a batch holding id 100 may commit after one holding 101 and after a
+    close that saw 101), so "ids above the cut-off" misses late usage. On PostgreSQL, W
+    is the xmin of the current snapshot: every transaction with a lower id has ended,
+    and every later snapshot's xmin is at least W. On SQLite writers run one at a time,
+    ids commit in order, and W is one above the highest committed record id. Take W
+    BEFORE reading the rollups a rating uses."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8")
+        else:
+            cursor.execute(f"SELECT coalesce(max(id), 0) + 1 FROM {UsageRecord._meta.db_table}")  # noqa: S608
+        (watermark,) = cursor.fetchone()
+    return int(watermark)
+
+
 @dataclass(frozen=True)
 class BilledWindow:
     tenant_id: uuid.UUID
     start: datetime
     end: datetime
     billed_up_to: int  # highest record id already billed for this window
+    watermark: int = 0  # commit watermark of its last rating (0: billed before watermarks)
 
 
 def windows_with_usage_after(windows: list[BilledWindow]) -> set[tuple[uuid.UUID, datetime]]:
-    """The (tenant, start) of every window whose rollups took in a record with an id above
-    what was billed for it: usage that arrived after the window was invoiced."""
+    """The (tenant, start) of every window whose rollups changed at or after the commit
+    watermark of their last rating (or, for windows billed before watermarks, took in a
+    record id above what was billed): usage that arrived after the window was invoiced.
+    It may name a window whose change was already billed; re-rating it bills nothing."""
     if not windows:
         return set()
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT DISTINCT w.tenant_id, w.start FROM unnest(%s::uuid[], %s::timestamptz[],"
-                " %s::timestamptz[], %s::int8[]) AS w(tenant_id, start, stop, billed)"
+                " %s::timestamptz[], %s::int8[], %s::int8[])"
+                " AS w(tenant_id, start, stop, billed, watermark)"
                 " WHERE EXISTS (SELECT 1 FROM metering_usagerollup r WHERE r.tenant_id = w.tenant_id"
-                " AND r.hour >= w.start AND r.hour < w.stop AND r.last_record_id > w.billed)",
+                " AND r.hour >= w.start AND r.hour < w.stop AND (r.last_record_id > w.billed"
+                " OR (w.watermark > 0 AND r.changed_xid >= w.watermark)))",
                 [
                     [w.tenant_id for w in windows],
                     [w.start for w in windows],
                     [w.end for w in windows],
                     [w.billed_up_to for w in windows],
+                    [w.watermark for w in windows],
                 ],
             )
             return {(tenant_id, start) for tenant_id, start in cursor.fetchall()}
-    return {
-        (w.tenant_id, w.start)
-        for w in windows
-        if UsageRollup.objects.filter(
-            tenant_id=w.tenant_id,
-            hour__gte=w.start,
-            hour__lt=w.end,
-            last_record_id__gt=w.billed_up_to,
-        ).exists()
-    }
+    late = set()
+    for w in windows:
+        changed = Q(last_record_id__gt=w.billed_up_to)
+        if w.watermark > 0:
+            changed |= Q(changed_xid__gte=w.watermark)
+        rollups = UsageRollup.objects.filter(
+            changed, tenant_id=w.tenant_id, hour__gte=w.start, hour__lt=w.end
+        )
+        if rollups.exists():
+            late.add((w.tenant_id, w.start))
+    return late
 
 
 @dataclass(frozen=True)
