@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('metering', '0010_limits_nulls_not_distinct'),
+        ('metering', '0011_apikey_revoke_permission'),
     ]
 
     operations = [

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('billing', '0004_balances_alerts_governance'),
+        ('billing', '0007_stripe_event_rejected'),
     ]
 
     operations = [
