@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection
 
 from api import proxy_errors as errors
 from metering.control import (
@@ -49,6 +49,7 @@ from metering.proxy.context import (
     ANTHROPIC_DEFAULT_VERSION,
     CallerContext,
     Controls,
+    LookupUnavailable,
     RouteInfo,
     TtlCache,
     caller_context_load,
@@ -76,6 +77,8 @@ _PASSTHROUGH_RESPONSE_HEADERS = (
     "retry-after",
     "openai-processing-ms",
 )
+# Seconds a caller is asked to wait when the proxy cannot reach its database.
+RETRY_AFTER_S = b"2"
 _FORWARDED_REQUEST_HEADERS = {b"openai-beta": "OpenAI-Beta", b"anthropic-beta": "anthropic-beta"}
 
 Status = UsageRecord.Status
@@ -87,8 +90,13 @@ class ProxyApp:
         from concurrent.futures import ThreadPoolExecutor
 
         self._lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookup")
+        self._lookup_timeout = settings.RECKON_AUTH_LOOKUP_TIMEOUT_SECONDS
         self.callers: TtlCache[str, CallerContext | None] = TtlCache(
-            caller_context_load, ttl=settings.RECKON_AUTH_CACHE_SECONDS, executor=self._lookups
+            caller_context_load,
+            ttl=settings.RECKON_AUTH_CACHE_SECONDS,
+            executor=self._lookups,
+            stale_for=settings.RECKON_AUTH_STALE_SECONDS,
+            load_timeout=self._lookup_timeout,
         )
         self.ledger = LedgerWriter(
             max_batch=settings.RECKON_LEDGER_MAX_BATCH,
@@ -127,6 +135,32 @@ class ProxyApp:
     # --- dispatch ----------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one call; whatever fails inside, the caller gets its own error format,
+        never the server's plain 500 nor a traceback."""
+        started = False
+
+        async def tracked_send(message: MutableMapping[str, Any]) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self._dispatch(scope, receive, tracked_send)
+        except Exception as exc:
+            if started:
+                logger.exception("proxy failure after the response started (%s)", scope["path"])
+                raise  # the server cuts the connection: the client sees a broken response
+            logger.exception("proxy failure before the response started (%s)", scope["path"])
+            anthropic = _wants_anthropic(scope) or scope["path"] == "/v1/messages"
+            if isinstance(exc, DatabaseError):
+                await _send_unavailable(send, anthropic)
+            else:
+                await _send_error(
+                    send, errors.INTERNAL, "The server had an error; please retry.", anthropic
+                )
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         endpoint = ENDPOINTS_BY_PATH.get(path)
         if endpoint is not None:
@@ -153,7 +187,12 @@ class ProxyApp:
             )
             await _send_error(send, errors.AUTHENTICATION, message, anthropic)
             return None
-        caller = await self.callers.get(api_key_hash(raw_key))
+        try:
+            caller = await self.callers.get(api_key_hash(raw_key))
+        except LookupUnavailable as exc:
+            logger.error("cannot look up a caller's key: %s", exc)
+            await _send_unavailable(send, anthropic)
+            return None
         if caller is None or (
             caller.expires_at is not None and caller.expires_at <= datetime.now(UTC)
         ):
@@ -351,6 +390,10 @@ class ProxyApp:
                 load_in_thread=self._in_thread,
                 leased_tried=True,
             )
+        except (DatabaseError, TimeoutError) as exc:  # a budget could not be loaded
+            logger.error("cannot load a budget from the database: %r", exc)
+            await _send_unavailable(send, anthropic)
+            return None
         except ControlUnavailable:
             logger.error(
                 "spend control store unreachable; failing %s",
@@ -421,8 +464,10 @@ class ProxyApp:
         )  # not awaited: the command is on its way, the response need not wait for it
 
     def _in_thread(self, fn: Callable[[], int]) -> "asyncio.Future[int]":
-        """Run a ledger lookup on the lookup thread (loading a budget into Redis)."""
-        return asyncio.get_running_loop().run_in_executor(self._lookups, fn)
+        """Run a ledger lookup on the lookup thread (loading a budget into Redis), for at
+        most the lookup timeout (TimeoutError past it)."""
+        loaded = asyncio.get_running_loop().run_in_executor(self._lookups, fn)
+        return asyncio.ensure_future(asyncio.wait_for(loaded, self._lookup_timeout))
 
     def _alert(self, budget: BudgetScope) -> None:
         """A settlement took a budget across an alert percentage: evaluate now."""
@@ -861,3 +906,14 @@ async def _send_error(
 ) -> None:
     body = errors.error_body(kind, message, anthropic=anthropic, param=param)
     await _send_response(send, kind.status, JSON_HEADERS + (extra_headers or []), body)
+
+
+async def _send_unavailable(send: Send, anthropic: bool) -> None:
+    """503 in the caller's format: the database is out of reach and this call needs it."""
+    await _send_error(
+        send,
+        errors.SERVICE_UNAVAILABLE,
+        "The service is temporarily unavailable; please retry shortly.",
+        anthropic,
+        extra_headers=[(b"retry-after", RETRY_AFTER_S)],
+    )

@@ -55,3 +55,9 @@ def error_body(
             }
         }
     )
+
+
+# The database is out of reach and the caller's key is not known from a recent lookup.
+SERVICE_UNAVAILABLE = ProxyErrorKind(503, "api_error", "service_unavailable", "api_error")
+# Last resort: an unexpected failure inside the proxy (never shows internals).
+INTERNAL = ProxyErrorKind(500, "api_error", "internal_error", "api_error")
