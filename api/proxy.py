@@ -59,7 +59,7 @@ from metering.proxy.governance import (
     requested_max_output,
     set_max_output,
 )
-from metering.proxy.sse import SseSplitter
+from metering.proxy.sse import SseEvent, SseSplitter, format_event
 from metering.proxy.upstream import UpstreamClient, UpstreamError, UpstreamResponse
 from metering.usage import TokenUsage
 
@@ -673,10 +673,45 @@ class _Call:
                 outcome = Outcome(
                     TokenUsage(), None, "", Status.COMPLETED, ["unparseable_response"]
                 )
-        else:
-            outcome = Outcome(TokenUsage(), None, "", Status.UPSTREAM_ERROR)
-        await self.record(outcome)
-        await _send_response(send, response.status, self.headers_for(response), body)
+            await self.record(outcome)
+            await _send_response(send, response.status, self.headers_for(response), body)
+            return
+        await self.relay_failure(response, body)
+        await self.answer_failure(response, body, send)
+
+    async def relay_failure(self, response: UpstreamResponse, body: bytes) -> None:
+        """Record an upstream's error answer; its body goes to the server log only."""
+        logger.warning(
+            "upstream answered %d for %s (%s): %r",
+            response.status,
+            self.request_id,
+            self.route.alias,
+            body[:_LOGGED_BODY_BYTES],
+        )
+        flag = "upstream_auth_failed" if response.status in (401, 403) else "upstream_error_hidden"
+        await self.record(Outcome(TokenUsage(), None, "", Status.UPSTREAM_ERROR, [flag]))
+
+    async def answer_failure(self, response: UpstreamResponse, body: bytes, send: Send) -> None:
+        """Tell the caller about an upstream's error answer in its own format, with nothing
+        of the upstream's that could hold a secret or an internal address."""
+        failure = errors.upstream_failure(response.status, body, response.content_type)
+        headers = [(REQUEST_ID_HEADER, str(self.request_id).encode())]
+        retry_after = response.headers.get("retry-after", "")
+        if failure.kind.status == 429 and retry_after.isdigit():
+            headers.append((b"retry-after", retry_after.encode()))
+        if self.hold is not None:
+            headers += self.hold.headers
+        message = failure.message
+        if failure.kind.status >= 500:
+            message = f"{message} (request {self.request_id})"
+        await _send_error(
+            send,
+            failure.kind,
+            message,
+            self.endpoint.anthropic_format,
+            failure.param,
+            extra_headers=headers,
+        )
 
     async def relay_stream(self, response: UpstreamResponse, receive: Receive, send: Send) -> None:
         headers = self.headers_for(response)
@@ -693,6 +728,11 @@ class _Call:
                 out: list[bytes] = []
                 for event in splitter.feed(chunk):
                     forward = tracker.feed(event)
+                    if forward is not None and b"error" in event.data:
+                        hidden = self.hide_error_event(event)
+                        if hidden is not None:
+                            forward = hidden
+                            tracker.errored = True
                     if self.ttft_ns is None and tracker.first_output_seen:
                         self.ttft_ns = time.perf_counter_ns()
                     if tracker.terminal:
@@ -732,6 +772,42 @@ class _Call:
                 await self.record(tracker.outcome(completed=False))
         if not self.client_gone:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def hide_error_event(self, event: SseEvent) -> bytes | None:
+        """An upstream's error event mid-stream, re-expressed with a generic message (the
+        upstream's own goes to the server log); None for any other event."""
+        payload = _loads_or_none(event.data)
+        if not isinstance(payload, dict):
+            return None
+        name = event.event or str(payload.get("type", "")).encode()
+        generic = f"The upstream provider failed mid-stream (request {self.request_id})."
+        if self.endpoint.anthropic_format or name == b"error":
+            if name != b"error" and payload.get("type") != "error":
+                return None
+            if self.endpoint.anthropic_format:
+                error: dict[str, Any] = {"type": "error", "error": {"type": "api_error"}}
+                error["error"]["message"] = generic
+            else:  # the Responses API's error event
+                error = {"type": "error", "code": "upstream_error", "message": generic}
+                error["param"] = None
+        elif name == b"response.failed":
+            failed = payload.get("response")
+            if not isinstance(failed, dict) or "error" not in failed:
+                return None
+            failed["error"] = {"code": "upstream_error", "message": generic}
+            error = payload
+        elif "error" in payload and "choices" not in payload:  # chat completions
+            error = {"error": {"message": generic, "type": "api_error", "param": None}}
+            error["error"]["code"] = "upstream_error"
+        else:
+            return None
+        logger.warning(
+            "upstream error event for %s (%s): %r",
+            self.request_id,
+            self.route.alias,
+            event.data[:_LOGGED_BODY_BYTES],
+        )
+        return format_event(orjson.dumps(error), event.event)
 
     async def watch_client(self, receive: Receive, response: UpstreamResponse) -> None:
         """Notice a client that goes away; keep draining upstream, within a time limit."""
@@ -847,6 +923,10 @@ def _upstream_headers(
     elif route.credential:
         headers["Authorization"] = "Bearer " + route.credential
     return headers
+
+
+# How much of an upstream's error body the server log keeps.
+_LOGGED_BODY_BYTES = 2048
 
 
 def _loads_or_none(body: bytes) -> Any:
