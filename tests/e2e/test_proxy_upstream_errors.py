@@ -85,6 +85,14 @@ class FakeUpstream(BaseHTTPRequestHandler):
                     "data: [DONE]",
                 ]
             ),
+            "anthropic-stream-error": _sse(
+                [
+                    'event: message_start\ndata: {"type":"message_start","message":{"id":"m1",'
+                    '"usage":{"input_tokens":3,"output_tokens":1}}}',
+                    'event: error\ndata: {"type":"error","error":{"type":"overloaded_error",'
+                    '"message":"node ' + INTERNAL_HOST + ' overloaded"}}',
+                ]
+            ),
         }
         status, content_type, body, headers = answers[quirk]
         self.send_response(status)
@@ -127,7 +135,16 @@ def routed(e2e: E2ETenant, fake_upstream: str) -> E2ETenant:
         upstream_model="m",
         api_key_env=SIM_KEY_ENV,
     )
-    tenant_allow_routes(tenant=e2e.tenant, aliases=[*quirks, "anthropic401"])
+    route_set(
+        alias="anthropic-stream-error",
+        provider="anthropic",
+        base_url=f"{fake_upstream}/anthropic-stream-error/v1",
+        upstream_model="m",
+        api_key_env=SIM_KEY_ENV,
+    )
+    tenant_allow_routes(
+        tenant=e2e.tenant, aliases=[*quirks, "anthropic401", "anthropic-stream-error"]
+    )
     return e2e
 
 
@@ -214,3 +231,24 @@ def test_an_error_event_mid_stream_is_re_expressed(routed: E2ETenant) -> None:
     assert "Hi" in body and "upstream_error" in body
     assert_clean(got, headers, body)
     assert record_of(routed, "stream-error").status == UsageRecord.Status.UPSTREAM_ERROR
+
+
+def test_a_streamed_call_whose_upstream_refuses_us_gets_a_json_502(routed: E2ETenant) -> None:
+    got, headers, body = call(routed, "auth401", stream=True)
+    assert got == 502 and isinstance(body, dict)
+    assert body["error"]["code"] == "upstream_auth"
+    assert_clean(got, headers, body)
+
+
+def test_an_anthropic_error_event_mid_stream_is_re_expressed(routed: E2ETenant) -> None:
+    got, headers, body = http(
+        "POST",
+        routed.reckon_url + "/v1/messages",
+        {"model": "anthropic-stream-error", "max_tokens": 10, "messages": PROMPT, "stream": True},
+        {"x-api-key": routed.raw_key, "Content-Type": "application/json"},
+    )
+    assert got == 200 and isinstance(body, str)
+    assert "event: error" in body and '"type":"api_error"' in body
+    assert_clean(got, headers, body)
+    record = record_of(routed, "anthropic-stream-error")
+    assert record.status == UsageRecord.Status.UPSTREAM_ERROR
