@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection
 
 from api import proxy_errors as errors
 from metering.control import (
@@ -49,6 +49,7 @@ from metering.proxy.context import (
     ANTHROPIC_DEFAULT_VERSION,
     CallerContext,
     Controls,
+    LookupUnavailable,
     RouteInfo,
     TtlCache,
     caller_context_load,
@@ -58,7 +59,7 @@ from metering.proxy.governance import (
     requested_max_output,
     set_max_output,
 )
-from metering.proxy.sse import SseSplitter
+from metering.proxy.sse import SseEvent, SseSplitter, format_event
 from metering.proxy.upstream import UpstreamClient, UpstreamError, UpstreamResponse
 from metering.usage import TokenUsage
 
@@ -76,6 +77,8 @@ _PASSTHROUGH_RESPONSE_HEADERS = (
     "retry-after",
     "openai-processing-ms",
 )
+# Seconds a caller is asked to wait when the proxy cannot reach its database.
+RETRY_AFTER_S = b"2"
 _FORWARDED_REQUEST_HEADERS = {b"openai-beta": "OpenAI-Beta", b"anthropic-beta": "anthropic-beta"}
 
 Status = UsageRecord.Status
@@ -87,8 +90,13 @@ class ProxyApp:
         from concurrent.futures import ThreadPoolExecutor
 
         self._lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookup")
+        self._lookup_timeout = settings.RECKON_AUTH_LOOKUP_TIMEOUT_SECONDS
         self.callers: TtlCache[str, CallerContext | None] = TtlCache(
-            caller_context_load, ttl=settings.RECKON_AUTH_CACHE_SECONDS, executor=self._lookups
+            caller_context_load,
+            ttl=settings.RECKON_AUTH_CACHE_SECONDS,
+            executor=self._lookups,
+            stale_for=settings.RECKON_AUTH_STALE_SECONDS,
+            load_timeout=self._lookup_timeout,
         )
         self.ledger = LedgerWriter(
             max_batch=settings.RECKON_LEDGER_MAX_BATCH,
@@ -128,6 +136,32 @@ class ProxyApp:
     # --- dispatch ----------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one call; whatever fails inside, the caller gets its own error format,
+        never the server's plain 500 nor a traceback."""
+        started = False
+
+        async def tracked_send(message: MutableMapping[str, Any]) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self._dispatch(scope, receive, tracked_send)
+        except Exception as exc:
+            if started:
+                logger.exception("proxy failure after the response started (%s)", scope["path"])
+                raise  # the server cuts the connection: the client sees a broken response
+            logger.exception("proxy failure before the response started (%s)", scope["path"])
+            anthropic = _wants_anthropic(scope) or scope["path"] == "/v1/messages"
+            if isinstance(exc, DatabaseError):
+                await _send_unavailable(send, anthropic)
+            else:
+                await _send_error(
+                    send, errors.INTERNAL, "The server had an error; please retry.", anthropic
+                )
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         endpoint = ENDPOINTS_BY_PATH.get(path)
         if endpoint is not None:
@@ -154,7 +188,12 @@ class ProxyApp:
             )
             await _send_error(send, errors.AUTHENTICATION, message, anthropic)
             return None
-        caller = await self.callers.get(api_key_hash(raw_key))
+        try:
+            caller = await self.callers.get(api_key_hash(raw_key))
+        except LookupUnavailable as exc:
+            logger.error("cannot look up a caller's key: %s", exc)
+            await _send_unavailable(send, anthropic)
+            return None
         if caller is None or (
             caller.expires_at is not None and caller.expires_at <= datetime.now(UTC)
         ):
@@ -352,6 +391,10 @@ class ProxyApp:
                 load_in_thread=self._in_thread,
                 leased_tried=True,
             )
+        except (DatabaseError, TimeoutError) as exc:  # a budget could not be loaded
+            logger.error("cannot load a budget from the database: %r", exc)
+            await _send_unavailable(send, anthropic)
+            return None
         except ControlUnavailable:
             logger.error(
                 "spend control store unreachable; failing %s",
@@ -422,8 +465,10 @@ class ProxyApp:
         )  # not awaited: the command is on its way, the response need not wait for it
 
     def _in_thread(self, fn: Callable[[], int]) -> "asyncio.Future[int]":
-        """Run a ledger lookup on the lookup thread (loading a budget into Redis)."""
-        return asyncio.get_running_loop().run_in_executor(self._lookups, fn)
+        """Run a ledger lookup on the lookup thread (loading a budget into Redis), for at
+        most the lookup timeout (TimeoutError past it)."""
+        loaded = asyncio.get_running_loop().run_in_executor(self._lookups, fn)
+        return asyncio.ensure_future(asyncio.wait_for(loaded, self._lookup_timeout))
 
     def _alert(self, budget: BudgetScope) -> None:
         """A settlement took a budget across an alert percentage: evaluate now."""
@@ -629,10 +674,45 @@ class _Call:
                 outcome = Outcome(
                     TokenUsage(), None, "", Status.COMPLETED, ["unparseable_response"]
                 )
-        else:
-            outcome = Outcome(TokenUsage(), None, "", Status.UPSTREAM_ERROR)
-        await self.record(outcome)
-        await _send_response(send, response.status, self.headers_for(response), body)
+            await self.record(outcome)
+            await _send_response(send, response.status, self.headers_for(response), body)
+            return
+        await self.relay_failure(response, body)
+        await self.answer_failure(response, body, send)
+
+    async def relay_failure(self, response: UpstreamResponse, body: bytes) -> None:
+        """Record an upstream's error answer; its body goes to the server log only."""
+        logger.warning(
+            "upstream answered %d for %s (%s): %r",
+            response.status,
+            self.request_id,
+            self.route.alias,
+            body[:_LOGGED_BODY_BYTES],
+        )
+        flag = "upstream_auth_failed" if response.status in (401, 403) else "upstream_error_hidden"
+        await self.record(Outcome(TokenUsage(), None, "", Status.UPSTREAM_ERROR, [flag]))
+
+    async def answer_failure(self, response: UpstreamResponse, body: bytes, send: Send) -> None:
+        """Tell the caller about an upstream's error answer in its own format, with nothing
+        of the upstream's that could hold a secret or an internal address."""
+        failure = errors.upstream_failure(response.status, body, response.content_type)
+        headers = [(REQUEST_ID_HEADER, str(self.request_id).encode())]
+        retry_after = response.headers.get("retry-after", "")
+        if failure.kind.status == 429 and retry_after.isdigit():
+            headers.append((b"retry-after", retry_after.encode()))
+        if self.hold is not None:
+            headers += self.hold.headers
+        message = failure.message
+        if failure.kind.status >= 500:
+            message = f"{message} (request {self.request_id})"
+        await _send_error(
+            send,
+            failure.kind,
+            message,
+            self.endpoint.anthropic_format,
+            failure.param,
+            extra_headers=headers,
+        )
 
     async def relay_stream(self, response: UpstreamResponse, receive: Receive, send: Send) -> None:
         headers = self.headers_for(response)
@@ -649,6 +729,11 @@ class _Call:
                 out: list[bytes] = []
                 for event in splitter.feed(chunk):
                     forward = tracker.feed(event)
+                    if forward is not None and b"error" in event.data:
+                        hidden = self.hide_error_event(event)
+                        if hidden is not None:
+                            forward = hidden
+                            tracker.errored = True
                     if self.ttft_ns is None and tracker.first_output_seen:
                         self.ttft_ns = time.perf_counter_ns()
                     if tracker.terminal:
@@ -688,6 +773,42 @@ class _Call:
                 await self.record(tracker.outcome(completed=False))
         if not self.client_gone:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def hide_error_event(self, event: SseEvent) -> bytes | None:
+        """An upstream's error event mid-stream, re-expressed with a generic message (the
+        upstream's own goes to the server log); None for any other event."""
+        payload = _loads_or_none(event.data)
+        if not isinstance(payload, dict):
+            return None
+        name = event.event or str(payload.get("type", "")).encode()
+        generic = f"The upstream provider failed mid-stream (request {self.request_id})."
+        if self.endpoint.anthropic_format or name == b"error":
+            if name != b"error" and payload.get("type") != "error":
+                return None
+            if self.endpoint.anthropic_format:
+                error: dict[str, Any] = {"type": "error", "error": {"type": "api_error"}}
+                error["error"]["message"] = generic
+            else:  # the Responses API's error event
+                error = {"type": "error", "code": "upstream_error", "message": generic}
+                error["param"] = None
+        elif name == b"response.failed":
+            failed = payload.get("response")
+            if not isinstance(failed, dict) or "error" not in failed:
+                return None
+            failed["error"] = {"code": "upstream_error", "message": generic}
+            error = payload
+        elif "error" in payload and "choices" not in payload:  # chat completions
+            error = {"error": {"message": generic, "type": "api_error", "param": None}}
+            error["error"]["code"] = "upstream_error"
+        else:
+            return None
+        logger.warning(
+            "upstream error event for %s (%s): %r",
+            self.request_id,
+            self.route.alias,
+            event.data[:_LOGGED_BODY_BYTES],
+        )
+        return format_event(orjson.dumps(error), event.event)
 
     async def watch_client(self, receive: Receive, response: UpstreamResponse) -> None:
         """Notice a client that goes away; keep draining upstream, within a time limit."""
@@ -805,6 +926,10 @@ def _upstream_headers(
     return headers
 
 
+# How much of an upstream's error body the server log keeps.
+_LOGGED_BODY_BYTES = 2048
+
+
 def _loads_or_none(body: bytes) -> Any:
     try:
         return orjson.loads(body)
@@ -862,3 +987,14 @@ async def _send_error(
 ) -> None:
     body = errors.error_body(kind, message, anthropic=anthropic, param=param)
     await _send_response(send, kind.status, JSON_HEADERS + (extra_headers or []), body)
+
+
+async def _send_unavailable(send: Send, anthropic: bool) -> None:
+    """503 in the caller's format: the database is out of reach and this call needs it."""
+    await _send_error(
+        send,
+        errors.SERVICE_UNAVAILABLE,
+        "The service is temporarily unavailable; please retry shortly.",
+        anthropic,
+        extra_headers=[(b"retry-after", RETRY_AFTER_S)],
+    )

@@ -243,6 +243,14 @@ LOGGING = {
 # Seconds a server process may trust its cached view of an API key or route. A revoked
 # key stops working on every process within this many seconds.
 RECKON_AUTH_CACHE_SECONDS = float(os.environ.get("RECKON_AUTH_CACHE_SECONDS", "2"))
+# During a database outage a key looked up successfully within this many seconds keeps
+# working from that lookup (its usage is spooled); other keys get 503. It is also how long
+# a key revoked during an outage may keep working.
+RECKON_AUTH_STALE_SECONDS = float(os.environ.get("RECKON_AUTH_STALE_SECONDS", "300"))
+# Longest the proxy waits for a key lookup or a budget load from the database (seconds).
+RECKON_AUTH_LOOKUP_TIMEOUT_SECONDS = float(
+    os.environ.get("RECKON_AUTH_LOOKUP_TIMEOUT_SECONDS", "5")
+)
 # Largest request body the proxy accepts (bytes).
 RECKON_MAX_BODY_BYTES = int(os.environ.get("RECKON_MAX_BODY_BYTES", str(8 * 1024 * 1024)))
 # How long the proxy keeps reading an upstream stream after its client went away, so the

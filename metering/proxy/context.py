@@ -5,9 +5,15 @@ Every server process keeps its own short-lived cache (RECKON_AUTH_CACHE_SECONDS,
 alias or a changed route takes effect on every process within that bound, without any
 cross-process invalidation channel to lose messages. Unknown keys are cached too (as
 misses), so guessing keys does not turn into database load.
+
+When the database is out of reach, a key looked up successfully within the last
+RECKON_AUTH_STALE_SECONDS (default 300 s) keeps its last good context; any other key is
+answered "unavailable" (never cached as a miss). A lookup is bounded by
+RECKON_AUTH_LOOKUP_TIMEOUT_SECONDS (default 5 s).
 """
 
 import asyncio
+import logging
 import os
 import time
 import uuid
@@ -36,6 +42,8 @@ from metering.models import (
 from metering.selectors import reasoning_tokens_since, spend_since
 
 ANTHROPIC_DEFAULT_VERSION = "2023-06-01"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,8 +388,20 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
+class LookupUnavailable(Exception):
+    """A lookup failed or timed out and no recent enough value is known."""
+
+
 class TtlCache(Generic[K, V]):
-    """A process-local cache whose entries live `ttl` seconds; concurrent misses share one load."""
+    """A process-local cache whose entries live `ttl` seconds; concurrent misses share one load.
+
+    When a load fails (the loader raises, e.g. the database is down) or takes longer than
+    `load_timeout` seconds, the last good value is served while it is at most `stale_for`
+    seconds old; past that, or when there is none, `get` raises LookupUnavailable. A
+    failure is never cached: the next call after `retry_after` seconds loads again (calls
+    in between fail fast instead of each waiting on a dead database). A load that hangs
+    stays the one shared load for its key until it ends, so waiters never pile up behind it.
+    """
 
     def __init__(
         self,
@@ -390,32 +410,58 @@ class TtlCache(Generic[K, V]):
         ttl: float,
         executor: ThreadPoolExecutor,
         max_entries: int = 100_000,
+        stale_for: float = 0.0,
+        load_timeout: float = 5.0,
+        retry_after: float = 1.0,
     ) -> None:
         self._loader = loader
         self._ttl = ttl
+        self._stale_for = max(stale_for, ttl)
+        self._load_timeout = load_timeout
+        self._retry_after = retry_after
         self._executor = executor
         self._max_entries = max_entries
+        # key -> (monotonic time of the last good load, value)
         self._entries: dict[K, tuple[float, V]] = {}
         self._loading: dict[K, asyncio.Future[V]] = {}
+        self._failing_until = 0.0  # monotonic: no new loads before this after a failure
 
     async def get(self, key: K) -> V:
         entry = self._entries.get(key)
-        if entry is not None and entry[0] > time.monotonic():
+        now = time.monotonic()
+        if entry is not None and now - entry[0] < self._ttl:
             return entry[1]
-        pending = self._loading.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, self._loader, key)
-        self._loading[key] = future
+        future = self._loading.get(key)
+        if future is None:
+            if now < self._failing_until:
+                return self._stale(key, entry, now, None)
+            future = asyncio.get_running_loop().run_in_executor(self._executor, self._loader, key)
+            self._loading[key] = future
+            future.add_done_callback(lambda done: self._loaded(key, done))
         try:
-            value = await asyncio.shield(future)
-        finally:
-            self._loading.pop(key, None)
+            return await asyncio.wait_for(asyncio.shield(future), self._load_timeout)
+        except Exception as exc:  # noqa: BLE001 - any failed load: stale or unavailable
+            self._failing_until = time.monotonic() + self._retry_after
+            return self._stale(key, entry, time.monotonic(), exc)
+
+    def _loaded(self, key: K, done: "asyncio.Future[V]") -> None:
+        if self._loading.get(key) is done:
+            del self._loading[key]
+        if done.cancelled() or done.exception() is not None:
+            return  # a failure is never cached (and retrieved here: no "never retrieved")
         if len(self._entries) >= self._max_entries:
             self._entries.clear()
-        self._entries[key] = (time.monotonic() + self._ttl, value)
-        return value
+        self._entries[key] = (time.monotonic(), done.result())
+        self._failing_until = 0.0
+
+    def _stale(
+        self, key: K, entry: tuple[float, V] | None, now: float, exc: BaseException | None
+    ) -> V:
+        if entry is not None and now - entry[0] < self._stale_for:
+            if exc is not None:
+                logger.warning("lookup failed (%r); serving the last good value", exc)
+            return entry[1]
+        raise LookupUnavailable(repr(exc) if exc else "lookups are failing") from exc
 
     def clear(self) -> None:
         self._entries.clear()

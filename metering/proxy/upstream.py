@@ -325,7 +325,10 @@ class UpstreamClient:
                 raise UpstreamError(f"invalid value for header {name}")
             head.append(f"{name}: {value}\r\n")
         head.append("\r\n")
-        request = "".join(head).encode("latin-1") + body
+        try:
+            request = "".join(head).encode("latin-1") + body
+        except UnicodeEncodeError as exc:  # e.g. a credential pasted with a stray character
+            raise UpstreamError("a request header is not latin-1") from exc
         loop = asyncio.get_running_loop()
         for attempt in (1, 2):
             conn = await self._connect(key)

@@ -1,0 +1,84 @@
+"""A budget that must be loaded from the database while it is down (or hangs) answers
+503 in the caller's format, through the real control store (Redis)."""
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import orjson
+import pytest
+from django.db import OperationalError
+
+from api.proxy import ProxyApp
+from metering.control import BudgetScope
+from metering.proxy.adapters import CHAT, MESSAGES
+from metering.proxy.context import Controls, RouteInfo
+
+
+def database_down() -> int:
+    raise OperationalError("connection to server at 10.0.0.5 failed")
+
+
+def database_hangs() -> int:
+    time.sleep(1.0)
+    return 0
+
+
+ROUTE = RouteInfo(
+    alias="reasoner",
+    provider="openai",
+    upstream_model="m",
+    accelerator="",
+    base_url="http://127.0.0.1:9",
+    credential="",
+    credential_missing=False,
+)
+
+
+def admit(load_used: Any, anthropic: bool) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def scenario() -> None:
+        app = ProxyApp()
+        app._lookup_timeout = 0.2
+        assert app.control is not None, "needs REDIS_URL"
+        budget = BudgetScope(
+            key=f"rk:test-outage:{uuid.uuid4()}",
+            kind="reasoning",
+            label="plan monthly reasoning-token budget",
+            limit=1_000_000,
+            ttl_s=60,
+            load_used=load_used,
+        )
+        try:
+            hold = await app._admit(
+                Controls((budget,), ()),
+                ROUTE,
+                MESSAGES if anthropic else CHAT,
+                {"model": "reasoner", "max_tokens": 10},
+                100,
+                send,  # type: ignore[arg-type]
+                anthropic,
+            )
+            assert hold is None
+        finally:
+            await app.control.close()
+            app._lookups.shutdown(wait=True)
+
+    asyncio.run(scenario())
+    return sent
+
+
+@pytest.mark.parametrize("load_used", [database_down, database_hangs])
+@pytest.mark.parametrize("anthropic", [False, True])
+def test_a_budget_load_during_an_outage_answers_503(load_used: Any, anthropic: bool) -> None:
+    sent = admit(load_used, anthropic)
+    assert sent[0]["status"] == 503
+    assert (b"retry-after", b"2") in sent[0]["headers"]
+    body = orjson.loads(sent[1]["body"])
+    assert (body["type"] == "error") if anthropic else (body["error"]["type"] == "api_error")
+    assert b"10.0.0.5" not in sent[1]["body"]
