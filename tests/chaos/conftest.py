@@ -164,6 +164,13 @@ class Postgres:
     def stop(self) -> None:
         self._run([str(PG_BIN / "pg_ctl"), "-D", str(self.dir), "-m", "immediate", "-w", "stop"])
 
+    def is_up(self) -> bool:
+        try:
+            psycopg.connect(self.url("postgres"), connect_timeout=2).close()
+            return True
+        except psycopg.OperationalError:
+            return False
+
     def url(self, name: str) -> str:
         return f"postgres://postgres@127.0.0.1:{self.port}/{name}"
 
@@ -314,6 +321,8 @@ def world(pg: Postgres, redis: Redis, simulator_url: str, workdir: Path) -> Iter
             proc.stop()
         if not redis.ping():
             redis.start()  # a failed test may have left it down
+        if not pg.is_up():
+            pg.start()
 
 
 # --- load -----------------------------------------------------------------------------
