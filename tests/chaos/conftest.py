@@ -218,7 +218,10 @@ class Redis:
 def workdir() -> Iterator[Path]:
     base = Path(tempfile.mkdtemp(prefix="reckon-chaos-"))
     yield base
-    shutil.rmtree(base, ignore_errors=True)
+    if os.environ.get("RECKON_CHAOS_KEEP"):
+        print(f"\n[chaos] logs and data kept in {base}")
+    else:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

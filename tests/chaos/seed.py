@@ -12,6 +12,8 @@ import django
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django.setup()
 
+from django.contrib.auth.models import User  # noqa: E402
+
 from billing.services import (  # noqa: E402
     plan_create,
     plan_version_create,
@@ -80,7 +82,8 @@ def proxy(simulator_url: str, controls: bool) -> dict:
         ReasoningPolicy.objects.create(
             api_key=created.api_key, monthly_reasoning_tokens=1_000_000_000, mode="refuse"
         )
-    return {"tenant": str(tenant.id), "key": created.raw_key}
+    User.objects.create_user("chaos-staff", password="chaos-staff-pw", is_staff=True)  # noqa: S106
+    return {"tenant": str(tenant.id), "key": created.raw_key, "staff": "chaos-staff:chaos-staff-pw"}
 
 
 def limit(tenant_id: str, usd: str) -> dict:

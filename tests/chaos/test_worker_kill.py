@@ -3,15 +3,14 @@
 import sys
 
 import pytest
-from celery import Celery
 
-from tests.chaos.conftest import World, manage, report, wait_for
+from tests.chaos.conftest import Proc, World, manage, report, wait_for
 
 pytestmark = pytest.mark.chaos
 TENANTS = 12
 AS_OF = "2026-10-05T00:00:00+00:00"  # September 2026 is due
 WORKER_ARGS = ["worker", "--pool", "solo", "-Q", "default,billing,webhooks"]
-WORKER_ARGS += ["--loglevel", "warning", "--without-gossip", "--without-mingle"]
+WORKER_ARGS += ["--loglevel", "info", "--without-gossip", "--without-mingle"]
 WORKER_ARGS += ["--without-heartbeat"]
 INVOICES = """
     SELECT t.name, i.period_start::date::text, i.number, i.status, i.total_minor,
@@ -22,12 +21,20 @@ INVOICES = """
 """
 
 
+def worker_ready(worker: Proc) -> None:
+    """On the Redis transport a message sent before a worker has bound its queues is
+    dropped: send only once it says it is ready."""
+    wait_for("the worker to be ready", lambda: "ready." in worker.tail(5) or not worker.alive(), 60)
+    assert worker.alive(), worker.tail()
+
+
 def close_due(world: World) -> None:
-    app = Celery(broker=world.redis.url(world.redis_db))
-    try:
-        app.send_task("billing.tasks.close_due_periods", kwargs={"as_of": AS_OF}, queue="billing")
-    finally:
-        app.close()
+    """What beat does every hour, sent through the project's own Celery app."""
+    send = (
+        "from config.celery import app; app.send_task('billing.tasks.close_due_periods', "
+        f"kwargs={{'as_of': '{AS_OF}'}}, queue='billing')"
+    )
+    manage(["manage.py", "shell", "-c", send], {**world.env(), "CELERY_TASK_ALWAYS_EAGER": "false"})
 
 
 @pytest.mark.parametrize("kill_at", ["after_lines", "after_finalize"])
@@ -55,16 +62,21 @@ def test_worker_killed_mid_close_then_rerun_gives_the_same_invoices(
         RECKON_CHAOS_KILL_AT=kill_at,
         CELERY_TASK_ALWAYS_EAGER="false",
     )
+    worker_ready(crashing)
     close_due(world)
-    wait_for("the worker to be killed at " + kill_at, lambda: not crashing.alive(), 90)
+    try:
+        wait_for("the worker to be killed at " + kill_at, lambda: not crashing.alive(), 90)
+    except AssertionError:
+        raise AssertionError(f"worker not killed at {kill_at}:\n{crashing.tail()}") from None
     killed_with = crashing.popen.returncode
     left_after_kill = world.ledger("SELECT count(*) FROM billing_invoice")[0][0]
 
-    world.spawn(
+    worker = world.spawn(
         "worker",
         [sys.executable, "-m", "celery", "-A", "config", *WORKER_ARGS],
         CELERY_TASK_ALWAYS_EAGER="false",
     )
+    worker_ready(worker)
     close_due(world)  # the next hourly fan-out
     wait_for(
         f"{len(expected)} invoices after the re-run",
