@@ -93,7 +93,9 @@ def test_redis_outage_refuses_or_admits_as_configured_and_spend_stays_under_the_
     assert during, "some calls ran entirely inside the outage"
     assert not bad, f"{len(bad)} errors not in the caller's format"
     if fail_open:
-        assert all(o.status == 200 for o in during), "fail open admits calls while Redis is down"
+        # admitted unless a limit refuses them (fail open may spend past one meanwhile)
+        assert not [o for o in during if o.status == 503], "fail open refuses nothing for Redis"
+        assert [o for o in during if o.status == 200], "fail open admits calls while Redis is down"
     else:
         assert not [o for o in during if o.status == 200], "fail closed admits nothing"
         assert not refused_in_outage_badly, "refusals in the outage are 503 with Retry-After"
