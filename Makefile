@@ -6,7 +6,7 @@ PY := .venv/bin/python
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: setup run test lint bench bench-billing bench-control bench-cpu services
+.PHONY: setup run test lint bench bench-billing bench-control bench-cpu services chaos
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -49,3 +49,9 @@ bench-control: setup services
 
 bench-cpu: setup services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) bench/cpu_bench.py
+
+# The fault suite (tests/chaos): its own PostgreSQL, Redis and processes on free loopback
+# ports, stopped and killed on purpose; the shared services are never touched. Each
+# scenario prints its figures; any violated guarantee fails the run.
+chaos: setup
+	.venv/bin/pytest tests/chaos -m chaos -s -p no:cacheprovider

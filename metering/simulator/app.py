@@ -44,6 +44,11 @@ RESPONSES_PATH = "/v1/responses"
 MESSAGES_PATH = "/v1/messages"
 MODELS_PATH = "/v1/models"
 QUIRKS = ("vllm", "deepseek", "nonempty-choices", "llamacpp")
+# Upstream failures served under `/faults/<kind>/v1/...` for the fault suite: a connection
+# reset after part of the answer, an answer that stalls after its first bytes, and a 200
+# whose body is not the wire format. Nothing is generated or counted for them.
+UPSTREAM_FAULTS = ("reset-mid-stream", "stall", "garbage")
+STALL_S = 3600.0
 SIM_MODELS = ("sim-reasoner", "sim-reasoner-mini", "sim-mini-noreason", "sim-thinker")
 FAULT_500 = "error-500"
 FAULT_429 = "error-429"
@@ -174,6 +179,9 @@ class Simulator:
                 OPENAI,
             )
             self._routes[f"/quirks/{quirk}{MODELS_PATH}"] = ("GET", self._models, quirk, OPENAI)
+        for kind in UPSTREAM_FAULTS:
+            for path, wire in ((CHAT_PATH, OPENAI), (MESSAGES_PATH, ANTHROPIC)):
+                self._routes[f"/faults/{kind}{path}"] = ("POST", self._upstream_fault, kind, wire)
         self._internal: dict[tuple[str, str], Any] = {
             ("GET", "/_sim/totals"): self._sim_totals,
             ("POST", "/_sim/reset"): self._sim_reset,
@@ -295,6 +303,49 @@ class Simulator:
         await send({"type": "http.response.body", "body": b"".join(pending), "more_body": cut})
         if cut:
             raise StreamCut(request.rid)
+
+    # ---- upstream faults ---------------------------------------------------------------
+
+    async def _upstream_fault(
+        self, send: Send, request: _Request, body: dict[str, Any], kind: str | None, delay: float
+    ) -> None:
+        """Misbehave as `kind` says, after looking like a normal answer for a moment."""
+        stream = body.get("stream") is True
+        if request.wire == ANTHROPIC:
+            first = (
+                b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_'
+                + request.rid.encode()
+                + b'","type":"message","role":"assistant","content":[],"model":"sim-thinker",'
+                b'"usage":{"input_tokens":12,"output_tokens":1}}}\n\n'
+            )
+        else:
+            first = (
+                b'data: {"id":"chatcmpl-'
+                + request.rid.encode()
+                + b'","object":"chat.completion.chunk","created":0,"model":"sim-reasoner",'
+                b'"choices":[{"index":0,"delta":{"role":"assistant","content":"Hel"},'
+                b'"finish_reason":null}]}\n\n'
+            )
+        if kind == "garbage":
+            garbage = b"<html><body>502 \xff\xfe not json {{{</body></html>"
+            if stream:
+                headers = [*_SSE_HEADERS, *_id_headers(request)]
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                await send({"type": "http.response.body", "body": b"data: " + garbage + b"\n\n"})
+            else:
+                await _send_json(send, request, 200, garbage)
+            return
+        if stream:
+            headers = [*_SSE_HEADERS, *_id_headers(request)]
+        else:
+            # announce a whole JSON body, then send only its start
+            headers = [_JSON, (b"content-length", b"4096"), *_id_headers(request)]
+            first = b'{"id":"chatcmpl-' + request.rid.encode() + b'","object":"chat.comp'
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": first, "more_body": True})
+        if kind == "stall":
+            await asyncio.sleep(STALL_S)
+        raise StreamCut(request.rid)
 
     # ---- OpenAI Chat Completions -----------------------------------------------------
 

@@ -964,3 +964,21 @@ def test_runs_as_a_plain_uvicorn_app() -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_upstream_fault_endpoints_reset_and_answer_garbage_and_count_nothing(
+    server: Server,
+) -> None:
+    body = {"model": "sim-reasoner", "messages": QUESTION}
+    headers = {"Authorization": "Bearer x", "Content-Type": "application/json"}
+    status, hdrs, raw = server.request("POST", "/faults/garbage/v1/chat/completions", body, headers)
+    assert status == 200 and hdrs["content-type"] == "application/json"
+    with pytest.raises(ValueError):
+        json.loads(raw)
+    with pytest.raises(http.client.IncompleteRead):  # 4096 bytes announced, a few sent
+        server.request("POST", "/faults/reset-mid-stream/v1/chat/completions", body, headers)
+    with pytest.raises(http.client.IncompleteRead):
+        server.request(
+            "POST", "/faults/reset-mid-stream/v1/messages", {**body, "stream": True}, headers
+        )
+    assert server.totals()["requests"] == 0
