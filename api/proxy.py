@@ -377,6 +377,7 @@ class ProxyApp:
                 errors.CONTROL_UNAVAILABLE,
                 "Spend control is not configured (REDIS_URL).",
                 anthropic,
+                extra_headers=[(b"retry-after", RETRY_AFTER_S)],
             )
             return None
         try:
@@ -407,6 +408,7 @@ class ProxyApp:
                 errors.CONTROL_UNAVAILABLE,
                 "Spend control is unavailable; try again shortly.",
                 anthropic,
+                extra_headers=[(b"retry-after", RETRY_AFTER_S)],
             )
             return None
         if admission.allowed:

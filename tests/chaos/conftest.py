@@ -268,6 +268,7 @@ class World:
             "RECKON_AUTH_CACHE_SECONDS": "0.5",
             "RECKON_DRAIN_TIMEOUT_SECONDS": "10",
             "PYTHONUNBUFFERED": "1",
+            "RECKON_ENV": "development",  # loopback, the built-in secret
             "TEST_DATABASE_NAME": "",
             **extra,
         }

@@ -14,6 +14,8 @@ django.setup()
 
 from django.contrib.auth.models import User  # noqa: E402
 
+from api.permissions import ROLES, staff_role_set  # noqa: E402
+from api.staff_tokens import staff_token_create  # noqa: E402
 from billing.services import (  # noqa: E402
     plan_create,
     plan_version_create,
@@ -82,8 +84,11 @@ def proxy(simulator_url: str, controls: bool) -> dict:
         ReasoningPolicy.objects.create(
             api_key=created.api_key, monthly_reasoning_tokens=1_000_000_000, mode="refuse"
         )
-    User.objects.create_user("chaos-staff", password="chaos-staff-pw", is_staff=True)  # noqa: S106
-    return {"tenant": str(tenant.id), "key": created.raw_key, "staff": "chaos-staff:chaos-staff-pw"}
+    staff = User.objects.create_user("chaos-staff", is_staff=True)
+    for role in ROLES:  # every staff operation is reachable (and so fuzzed)
+        staff_role_set(username=staff.username, role=role)
+    token = staff_token_create(user=staff).raw_token
+    return {"tenant": str(tenant.id), "key": created.raw_key, "staff": token}
 
 
 def limit(tenant_id: str, usd: str) -> dict:

@@ -218,7 +218,7 @@ def test_dead_control_store_fails_closed_by_default(e2e: E2ETenant, fail_open: b
     }
     process = start(["serve", "--port", str(port)], env, f"http://127.0.0.1:{port}/v1/models")
     try:
-        status, _, body = http(
+        status, headers, body = http(
             "POST",
             f"http://127.0.0.1:{port}/v1/chat/completions",
             {"model": "reasoner", "messages": PROMPT},
@@ -230,3 +230,4 @@ def test_dead_control_store_fails_closed_by_default(e2e: E2ETenant, fail_open: b
         assert status == 200
     else:
         assert status == 503 and body["error"]["code"] == "spend_control_unavailable"
+        assert headers["retry-after"] == "2"  # the caller's SDK waits before it retries
