@@ -672,12 +672,29 @@ class _Call:
             parsed = _loads_or_none(body)
             if isinstance(parsed, dict):
                 outcome = self.endpoint.outcome_from_body(parsed, count_text=self.count_text)
-            else:
-                outcome = Outcome(
-                    TokenUsage(), None, "", Status.COMPLETED, ["unparseable_response"]
-                )
-            await self.record(outcome)
-            await _send_response(send, response.status, self.headers_for(response), body)
+                await self.record(outcome)
+                await _send_response(send, response.status, self.headers_for(response), body)
+                return
+            # A 200 that is not the wire format: the caller's SDK could not parse it and it
+            # may hold anything of the upstream's. Record it flagged (held back from rating,
+            # for review: the upstream may have billed it) and answer a 502.
+            logger.warning(
+                "upstream answered 200 with no wire-format body for %s (%s): %r",
+                self.request_id,
+                self.route.alias,
+                body[:_LOGGED_BODY_BYTES],
+            )
+            await self.record(
+                Outcome(TokenUsage(), None, "", Status.UPSTREAM_ERROR, ["unparseable_response"])
+            )
+            await _send_error(
+                send,
+                errors.UPSTREAM_FAILED,
+                f"The upstream provider answered something that is not an API response "
+                f"(request {self.request_id}).",
+                self.endpoint.anthropic_format,
+                extra_headers=[(REQUEST_ID_HEADER, str(self.request_id).encode())],
+            )
             return
         await self.relay_failure(response, body)
         await self.answer_failure(response, body, send)

@@ -77,6 +77,7 @@ class FakeUpstream(BaseHTTPRequestHandler):
                 {"Retry-After": "7", "x-internal-node": INTERNAL_HOST},
             ),
             "html404": (404, "text/html", f"<html>nginx at {INTERNAL_IP}</html>".encode(), {}),
+            "garbage200": (200, "text/html", f"<html>proxy {INTERNAL_HOST} ok".encode(), {}),
             "stream-error": _sse(
                 [
                     'data: {"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,'
@@ -119,7 +120,15 @@ def fake_upstream() -> Iterator[str]:
 
 @pytest.fixture
 def routed(e2e: E2ETenant, fake_upstream: str) -> E2ETenant:
-    quirks = ["auth401", "down500", "bad400", "limited429", "html404", "stream-error"]
+    quirks = [
+        "auth401",
+        "down500",
+        "bad400",
+        "limited429",
+        "html404",
+        "garbage200",
+        "stream-error",
+    ]
     for quirk in quirks:
         route_set(
             alias=quirk,
@@ -252,3 +261,16 @@ def test_an_anthropic_error_event_mid_stream_is_re_expressed(routed: E2ETenant) 
     assert_clean(got, headers, body)
     record = record_of(routed, "anthropic-stream-error")
     assert record.status == UsageRecord.Status.UPSTREAM_ERROR
+
+
+def test_a_200_that_is_not_the_wire_format_is_a_502_and_a_flagged_record(
+    routed: E2ETenant,
+) -> None:
+    got, headers, body = call(routed, "garbage200")
+    assert got == 502 and isinstance(body, dict), body
+    assert body["error"]["code"] == "upstream_error"
+    assert_clean(got, headers, body)
+    record = record_of(routed, "garbage200")
+    assert record.status == UsageRecord.Status.UPSTREAM_ERROR
+    assert record.upstream_status == 200
+    assert record.flags == ["unparseable_response"]  # held back from rating, for review
