@@ -330,7 +330,7 @@ class ProxyApp:
             return
 
         call = _Call(self, caller, route, endpoint, prepared, started_at, started_ns, hold)
-        await call.run(receive, send, _upstream_headers(route, anthropic_version, forwarded))
+        await call.run(receive, send, route.upstream_headers(anthropic_version, forwarded))
 
     async def _admit(
         self,
@@ -372,12 +372,8 @@ class ProxyApp:
         if self.control is None:
             if settings.RECKON_CONTROL_FAIL_OPEN:
                 return hold.unchecked()
-            await _send_error(
-                send,
-                errors.CONTROL_UNAVAILABLE,
-                "Spend control is not configured (REDIS_URL).",
-                anthropic,
-                extra_headers=[(b"retry-after", RETRY_AFTER_S)],
+            await _send_unavailable(
+                send, anthropic, errors.CONTROL_UNAVAILABLE, "Spend control is not configured."
             )
             return None
         try:
@@ -403,12 +399,11 @@ class ProxyApp:
             )
             if settings.RECKON_CONTROL_FAIL_OPEN:
                 return hold.unchecked()
-            await _send_error(
+            await _send_unavailable(
                 send,
+                anthropic,
                 errors.CONTROL_UNAVAILABLE,
                 "Spend control is unavailable; try again shortly.",
-                anthropic,
-                extra_headers=[(b"retry-after", RETRY_AFTER_S)],
             )
             return None
         if admission.allowed:
@@ -932,19 +927,6 @@ def _wants_anthropic(scope: Scope) -> bool:
     return any(name == b"anthropic-version" or name == b"x-api-key" for name, _ in scope["headers"])
 
 
-def _upstream_headers(
-    route: RouteInfo, anthropic_version: str, forwarded: dict[str, str]
-) -> dict[str, str]:
-    headers = {"Content-Type": "application/json", **forwarded}
-    if route.speaks_anthropic:
-        headers["anthropic-version"] = anthropic_version
-        if route.credential:
-            headers["x-api-key"] = route.credential
-    elif route.credential:
-        headers["Authorization"] = "Bearer " + route.credential
-    return headers
-
-
 # How much of an upstream's error body the server log keeps.
 _LOGGED_BODY_BYTES = 2048
 
@@ -1008,12 +990,14 @@ async def _send_error(
     await _send_response(send, kind.status, JSON_HEADERS + (extra_headers or []), body)
 
 
-async def _send_unavailable(send: Send, anthropic: bool) -> None:
-    """503 in the caller's format: the database is out of reach and this call needs it."""
+async def _send_unavailable(
+    send: Send,
+    anthropic: bool,
+    kind: errors.ProxyErrorKind = errors.SERVICE_UNAVAILABLE,
+    message: str = "The service is temporarily unavailable; please retry shortly.",
+) -> None:
+    """503 in the caller's format with Retry-After: something this call needs (the
+    database, the control store) is out of reach; the caller's SDK retries later."""
     await _send_error(
-        send,
-        errors.SERVICE_UNAVAILABLE,
-        "The service is temporarily unavailable; please retry shortly.",
-        anthropic,
-        extra_headers=[(b"retry-after", RETRY_AFTER_S)],
+        send, kind, message, anthropic, extra_headers=[(b"retry-after", RETRY_AFTER_S)]
     )

@@ -20,7 +20,7 @@ import orjson
 
 from metering.models import Route
 from metering.proxy.adapters import CHAT, MESSAGES, prepare_call
-from metering.proxy.context import ANTHROPIC_DEFAULT_VERSION, route_info_from
+from metering.proxy.context import route_info_from
 from metering.proxy.upstream import UpstreamClient, UpstreamError, UpstreamTimeout
 
 _MESSAGE_LIMIT = 300  # characters of the upstream's own error message shown
@@ -59,13 +59,7 @@ def route_check(*, route: Route, timeout_s: float = 10.0) -> RouteCheck:  # floa
     else:
         request["max_tokens"] = 1  # Anthropic requires it; every compatible server takes it
     body = prepare_call(endpoint, request, info.upstream_model).body
-    headers = {"Content-Type": "application/json"}
-    if info.speaks_anthropic:
-        headers["anthropic-version"] = ANTHROPIC_DEFAULT_VERSION
-        if info.credential:
-            headers["x-api-key"] = info.credential
-    elif info.credential:
-        headers["Authorization"] = "Bearer " + info.credential
+    headers = info.upstream_headers()
     try:
         status, answer, latency_ms = asyncio.run(_call(url, body, headers, timeout_s))
     except UpstreamError as exc:

@@ -73,6 +73,22 @@ class RouteInfo:
     def speaks_anthropic(self) -> bool:
         return self.provider == Route.Provider.ANTHROPIC
 
+    def upstream_headers(
+        self,
+        anthropic_version: str = ANTHROPIC_DEFAULT_VERSION,
+        forwarded: dict[str, str] | None = None,
+    ) -> dict[str, str]:
+        """The headers a call to this route's upstream carries: its credential in the
+        provider's own header (one home for the proxy and `route_set --check`)."""
+        headers = {"Content-Type": "application/json", **(forwarded or {})}
+        if self.speaks_anthropic:
+            headers["anthropic-version"] = anthropic_version
+            if self.credential:
+                headers["x-api-key"] = self.credential
+        elif self.credential:
+            headers["Authorization"] = "Bearer " + self.credential
+        return headers
+
 
 @dataclass(frozen=True, slots=True)
 class ReasoningRules:
