@@ -61,7 +61,7 @@ if env_bool("RECKON_TRUST_X_FORWARDED_PROTO", RECKON_PRODUCTION):
 # --- end deployment mode -------------------------------------------------------------
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "config.admin_site.ReckonAdminConfig",  # django.contrib.admin, sign-in limited
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

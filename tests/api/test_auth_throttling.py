@@ -11,6 +11,7 @@ import redis
 from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
+from django.test import Client
 from rest_framework.test import APIClient
 from rest_framework.views import APIView
 
@@ -124,3 +125,36 @@ def test_basic_when_enabled_is_limited_before_the_password_hash(
     response = get(address, right)
     assert response.status_code == 429
     assert len(hashes) == hashed  # no hash ran for the refused attempt
+
+
+def test_admin_sign_in_is_limited_before_the_password_hash(
+    address: str,
+    monkeypatch,  # type: ignore[no-untyped-def]
+) -> None:
+    hashes: list[str] = []
+    original = PBKDF2PasswordHasher.encode
+
+    def counting_encode(self, password, salt, iterations=None):  # type: ignore[no-untyped-def]
+        hashes.append(password)
+        return original(self, password, salt, iterations)
+
+    monkeypatch.setattr(PBKDF2PasswordHasher, "encode", counting_encode)
+    get_user_model().objects.create_user("ops", password="right-password", is_staff=True)
+    hashes.clear()
+    client = Client(REMOTE_ADDR=address)
+    for _ in range(3):
+        response = client.post(
+            "/admin/login/", {"username": "ops", "password": "wrong"}, REMOTE_ADDR=address
+        )
+        assert response.status_code == 200  # the form again, with its error
+    assert len(hashes) == 3
+    response = client.post(
+        "/admin/login/", {"username": "ops", "password": "right-password"}, REMOTE_ADDR=address
+    )
+    assert response.status_code == 429
+    assert 1 <= int(response["Retry-After"]) <= 30
+    assert len(hashes) == 3  # refused before any lookup or hash
+    # another address signs in
+    other = Client(REMOTE_ADDR="10.255.255.253")
+    response = other.post("/admin/login/", {"username": "ops", "password": "right-password"})
+    assert response.status_code == 302
