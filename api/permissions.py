@@ -27,7 +27,7 @@ from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
 from api.authentication import TenantPrincipal
-from metering.errors import ApplicationError
+from config.errors import ApplicationError
 
 # --- the permission each operation needs ("app_label.codename") ------------------------
 # Custom permissions (declared in the models' Meta.permissions) where a model permission

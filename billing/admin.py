@@ -34,7 +34,7 @@ from billing.models import (
     WebhookEndpoint,
 )
 from billing.services import plan_version_issues, plan_version_publish
-from metering.errors import ApplicationError
+from config.errors import ApplicationError
 
 
 def _editable(obj: object) -> bool:

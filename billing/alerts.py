@@ -37,7 +37,8 @@ from django.utils import timezone
 from billing.balances import balance_state
 from billing.models import Alert, BalanceAccount, Subscription, WebhookEndpoint
 from billing.selectors import subscription_current
-from metering.errors import ApplicationError
+from config.errors import ApplicationError
+from metering.calendar import month_start
 from metering.models import ReasoningPolicy, SpendLimit
 from metering.selectors import reasoning_tokens_since, spend_since
 
@@ -80,11 +81,6 @@ class Budget:
 
 
 # --- pure helpers ----------------------------------------------------------------------
-
-
-def month_start(at: datetime) -> datetime:
-    """The first instant of `at`'s calendar month, UTC."""
-    return at.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
 def thresholds_of(configured: Any) -> tuple[int, ...]:

@@ -23,7 +23,7 @@ from django.utils import timezone
 from billing.currency import from_minor, is_known_currency, quantize, to_minor
 from billing.models import BalanceAccount, BalanceEntry, Invoice, InvoiceLine
 from billing.periods import Period
-from metering.errors import ApplicationError, Conflict, NotFound
+from config.errors import ApplicationError, Conflict, NotFound
 from metering.models import Tenant
 from metering.proxy.context import BalanceTerms
 from metering.selectors import spend_since

@@ -26,7 +26,7 @@ from billing.models import (
     Deployment,
     MarginPolicy,
 )
-from metering.errors import ApplicationError, NotFound
+from config.errors import ApplicationError, NotFound
 from metering.models import ServingCostRate
 
 SEED_FROM = datetime(2020, 1, 1, tzinfo=UTC)

@@ -42,7 +42,7 @@ from billing.models import (
 )
 from billing.periods import Period, period_containing
 from billing.services import PeriodRating, period_rate, usage_from_rollups
-from metering.errors import ApplicationError, Conflict, NotFound
+from config.errors import ApplicationError, Conflict, NotFound
 from metering.ledger import SpoolPending, spool_guard
 from metering.models import Tenant
 from metering.selectors import (

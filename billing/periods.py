@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Generic, TypeVar
 
+from metering.calendar import month_day
+
 T = TypeVar("T")
 
 # The instants billing computes with, [EARLIEST_INSTANT, LATEST_INSTANT): a period that
@@ -46,12 +48,6 @@ class Segment(Generic[T]):
         return Decimal(int((self.end - self.start).total_seconds())) / Decimal(period.seconds())
 
 
-def _month_start(year: int, month: int, day: int) -> datetime:
-    year += (month - 1) // 12
-    month = (month - 1) % 12 + 1
-    return datetime(year, month, day, tzinfo=UTC)
-
-
 def calendar_month(value: str) -> Period:
     """The calendar month named "YYYY-MM" as the period [its first day, the next month's),
     UTC. The one parser of a month in the API and the commands; raises ValueError with a
@@ -64,17 +60,17 @@ def calendar_month(value: str) -> Period:
         raise ValueError(
             f"Use a month from {EARLIEST_INSTANT:%Y-%m} to {LATEST_INSTANT.year - 1}-12."
         )
-    return Period(_month_start(year, month, 1), _month_start(year, month + 1, 1))
+    return Period(month_day(year, month, 1), month_day(year, month + 1, 1))
 
 
 def period_containing(anchor_day: int, instant: datetime) -> Period:
     if not 1 <= anchor_day <= 28:
         raise ValueError("anchor_day must be within 1..28")
     instant = instant.astimezone(UTC)
-    start = _month_start(instant.year, instant.month, anchor_day)
+    start = month_day(instant.year, instant.month, anchor_day)
     if start > instant:
-        start = _month_start(instant.year, instant.month - 1, anchor_day)
-    return Period(start, _month_start(start.year, start.month + 1, anchor_day))
+        start = month_day(instant.year, instant.month - 1, anchor_day)
+    return Period(start, month_day(start.year, start.month + 1, anchor_day))
 
 
 def period_after(period: Period, anchor_day: int) -> Period:

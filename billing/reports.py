@@ -31,7 +31,7 @@ from billing.hardware import (
 from billing.models import Deployment
 from billing.periods import Period
 from billing.services import period_rate
-from metering.errors import ApplicationError, NotFound
+from config.errors import ApplicationError, NotFound
 from metering.selectors import ServedTotals, served_totals
 
 FEES = "(fees)"

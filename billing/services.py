@@ -22,7 +22,7 @@ from billing.models import Plan, PlanVersion, PriceComponent, PriceTier, Subscri
 from billing.periods import Period, ceil_hour, period_containing, segments
 from billing.proration import prorate_plan
 from billing.selectors import plan_version_pricing, subscription_current, subscriptions_in_period
-from metering.errors import ApplicationError, Conflict, NotFound
+from config.errors import ApplicationError, Conflict, NotFound
 from metering.models import Tenant
 from metering.proxy.governance import EFFORTS
 from metering.selectors import UsageTotals, usage_totals_all_tenants, usage_totals_by_alias

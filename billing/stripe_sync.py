@@ -26,7 +26,7 @@ from stripe._base_address import BaseAddresses
 
 from billing.invoicing import checkpoint, invoice_record_payment_failure, invoice_transition
 from billing.models import Invoice, StripeCustomer, StripeEvent
-from metering.errors import ApplicationError
+from config.errors import ApplicationError
 from metering.models import Tenant
 
 logger = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from api import permissions as perm
-from metering.errors import ApplicationError
+from config.errors import ApplicationError
 from metering.models import (
     ApiKey,
     HoldCap,

@@ -31,10 +31,10 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import redis
 
+from metering.calendar import month_of_key
 from metering.control import HOLD_TTL_S, REAP_LUA, REBUILD_LUA, holds_key, to_nano
 from metering.models import ApiKey
 from metering.proxy import context
@@ -83,17 +83,12 @@ def budget_loader(key: str) -> Loader | None:
         tenant_id = found
     else:
         return None
-    since = None if window == "total" else _month_start(window)
+    since = None if window == "total" else month_of_key(window)
     if kind == "spend":
         return lambda: to_nano(spend_since(tenant_id=tenant_id, api_key_id=key_id, since=since))
     if kind == "reasoning" and since is not None:
         return lambda: reasoning_tokens_since(tenant_id=tenant_id, api_key_id=key_id, since=since)
     return None
-
-
-def _month_start(window: str) -> datetime:
-    year, month = window.split("-")
-    return datetime(int(year), int(month), 1, tzinfo=UTC)
 
 
 def control_counters_rebuild(

@@ -54,7 +54,7 @@ from django.db import DatabaseError, DataError, IntegrityError, connection, tran
 from django.db.models import BigIntegerField, F, Func
 from django.db.models.functions import Greatest
 
-from metering.errors import ApplicationError
+from config.errors import ApplicationError
 from metering.models import ApiKey, UsageRecord, UsageRollup
 
 logger = logging.getLogger(__name__)

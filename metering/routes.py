@@ -24,7 +24,7 @@ Rules (after trimming whitespace and trailing slashes):
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from metering.errors import ApplicationError
+from config.errors import ApplicationError
 from metering.models import Route
 
 # Paths the adapters append (or a client would call): a base URL ending in one was pasted

@@ -7,7 +7,7 @@ from datetime import datetime
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from metering.errors import ApplicationError, Conflict, NotFound
+from config.errors import ApplicationError, Conflict, NotFound
 from metering.keys import api_key_generate, api_key_hash, api_key_visible_prefix
 from metering.models import ApiKey, Route, Tenant
 from metering.routes import base_url_normalize, route_unreachable_warning

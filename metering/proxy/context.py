@@ -28,6 +28,7 @@ from django.db import close_old_connections
 from django.db.models import Q
 from django.utils import timezone
 
+from metering.calendar import month_key, month_start
 from metering.control import BudgetScope, RateScope, to_nano
 from metering.costs import Rates
 from metering.models import (
@@ -274,10 +275,6 @@ def register_tenant_terms_provider(
     tenant_terms_provider = provider
 
 
-def _month_start(now: datetime) -> datetime:
-    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-
-
 MONTH_TTL_S = 40 * 86400
 
 
@@ -307,7 +304,7 @@ def controls_load(api_key: ApiKey, terms: TenantTerms | None = None) -> Controls
     terms = terms or TenantTerms(spend_rates={})
     tenant_id = api_key.tenant_id
     now = timezone.now()
-    month = _month_start(now)
+    month = month_start(now)
     budgets = []
     for limit in SpendLimit.objects.filter(tenant_id=tenant_id).filter(
         Q(api_key__isnull=True) | Q(api_key_id=api_key.pk)
@@ -316,7 +313,7 @@ def controls_load(api_key: ApiKey, terms: TenantTerms | None = None) -> Controls
         monthly = limit.window == SpendLimit.Window.MONTH
         budgets.append(
             BudgetScope(
-                key=f"rk:spend:{who}:" + (f"{month:%Y-%m}" if monthly else "total"),
+                key=f"rk:spend:{who}:" + (month_key(month) if monthly else "total"),
                 kind="spend",
                 label=("key" if limit.api_key_id else "tenant")
                 + (" monthly" if monthly else " all-time")
@@ -360,7 +357,7 @@ def controls_load(api_key: ApiKey, terms: TenantTerms | None = None) -> Controls
         scope = f"key:{key_id}" if key_id else f"tenant:{tenant_id}"
         budgets.append(
             BudgetScope(
-                key=f"rk:reasoning:{scope}:{month:%Y-%m}",
+                key=f"rk:reasoning:{scope}:{month_key(month)}",
                 kind="reasoning",
                 label=f"{who} monthly reasoning-token budget",
                 limit=tokens,

@@ -22,7 +22,7 @@ from billing.invoicing import invoice_recompute, invoice_transition, period_clos
 from billing.models import BalanceEntry, Invoice
 from billing.periods import Period
 from billing.services import subscription_create
-from metering.errors import Conflict
+from config.errors import Conflict
 from tests.factories import ApiKeyFactory
 from tests.scenarios.test_invoicing_stories import OCT, SEP, at, use, version
 

@@ -19,7 +19,7 @@ from billing.services import (
     subscription_change_plan,
     subscription_create,
 )
-from metering.errors import ApplicationError, Conflict, NotFound
+from config.errors import ApplicationError, Conflict, NotFound
 from tests.factories import ApiKeyFactory
 from tests.usage_helpers import write_usage  # noqa: F401 - used here and by other tests
 

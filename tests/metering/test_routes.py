@@ -6,7 +6,7 @@ from django.contrib.auth.models import User
 from django.contrib.messages import get_messages
 from django.urls import reverse
 
-from metering.errors import ApplicationError
+from config.errors import ApplicationError
 from metering.models import Route
 from metering.routes import base_url_normalize
 from metering.services import route_set, route_warnings, tenant_allow_routes, tenant_create

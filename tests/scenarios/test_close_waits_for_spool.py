@@ -15,7 +15,7 @@ from celery.exceptions import Retry
 from billing import tasks
 from billing.invoicing import period_close
 from billing.models import Invoice
-from metering.errors import ApplicationError
+from config.errors import ApplicationError
 from metering.ledger import spool_append
 from tests.e2e.conftest import free_port
 from tests.metering.test_ledger import record_for

@@ -23,7 +23,7 @@ from billing.services import (
     subscription_change_plan,
     subscription_create,
 )
-from metering.errors import ApplicationError, Conflict
+from config.errors import ApplicationError, Conflict
 from tests.factories import ApiKeyFactory
 from tests.usage_helpers import write_usage as use
 

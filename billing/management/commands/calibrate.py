@@ -5,7 +5,7 @@ from django.utils import timezone
 
 from billing.calibration import calibrate
 from billing.hardware import accelerator_get, deployment_in_force, deployment_set
-from metering.errors import ApplicationError
+from config.errors import ApplicationError
 from metering.proxy.upstream import UpstreamError
 
 

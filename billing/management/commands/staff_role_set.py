@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from api.permissions import ROLES, staff_role_set
-from metering.errors import ApplicationError
+from config.errors import ApplicationError
 
 
 class Command(BaseCommand):

@@ -2,7 +2,7 @@ from datetime import datetime
 
 from django.core.management.base import BaseCommand, CommandError
 
-from metering.errors import ApplicationError
+from config.errors import ApplicationError
 from metering.services import api_key_create, tenant_get
 
 

@@ -5,7 +5,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from metering.errors import ApplicationError
+from config.errors import ApplicationError
 from metering.models import Route
 from metering.proxy.check import route_check
 from metering.services import route_set, route_warnings, tenant_allow_routes, tenant_get

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from metering.errors import ApplicationError
+from config.errors import ApplicationError
 from metering.services import tenant_allow_routes, tenant_create
 
 

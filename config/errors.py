@@ -1,4 +1,5 @@
-"""Domain errors. API layers map them to their wire formats (DRF JSON, provider shapes)."""
+"""Domain errors, for every package: `ApplicationError` and its kinds. The REST API maps
+them to its JSON error shape (`api.errors`), the proxy to the caller's wire format."""
 
 from typing import Any
 
