@@ -6,7 +6,7 @@ PY := .venv/bin/python
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: setup run test lint bench bench-billing bench-control bench-cpu services chaos
+.PHONY: setup run test lint bench bench-billing bench-control bench-cpu bench-compare services chaos
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -50,6 +50,13 @@ bench-control: setup services
 
 bench-cpu: setup services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) bench/cpu_bench.py
+
+# Two commits side by side in one interleaved run: make bench-compare OLD=<rev> NEW=HEAD BENCH=cpu
+OLD ?= HEAD~1
+NEW ?= HEAD
+BENCH ?= proxy
+bench-compare: setup services
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) bench/compare.py $(OLD) $(NEW) --bench $(BENCH)
 
 # The fault suite (tests/chaos): its own PostgreSQL, Redis and processes on free loopback
 # ports, stopped and killed on purpose; the shared services are never touched. Each
