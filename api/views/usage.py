@@ -1,4 +1,7 @@
-"""REST API views: HTTP only. Each view validates input, calls one selector or service."""
+"""REST views for usage: the tenant's usage records, usage summaries, and its budget and
+balance alerts."""
+
+from typing import Any
 
 from drf_spectacular.utils import extend_schema
 from rest_framework.generics import ListAPIView
@@ -6,9 +9,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from api import permissions as perm
+from api.permissions import tenant_or_staff
 from api.scoping import tenant_id_for
-from api.serializers import (
+from api.serializers.fields import validated_query
+from api.serializers.usage import (
     AlertQuerySerializer,
     AlertSerializer,
     UsageQuerySerializer,
@@ -17,10 +21,12 @@ from api.serializers import (
     UsageSummaryRowSerializer,
 )
 from billing.alerts import alerts_for_tenant
+from billing.permissions import ALERT_VIEW
+from metering.permissions import USAGE_VIEW
 from metering.selectors import UsageFilter, usage_records_for_tenant, usage_summary
 
 
-def _usage_filter(request: Request, query: dict) -> UsageFilter:  # type: ignore[type-arg]
+def _usage_filter(request: Request, query: dict[str, Any]) -> UsageFilter:
     return UsageFilter(
         tenant_id=tenant_id_for(request),
         since=query.get("since"),
@@ -32,35 +38,29 @@ def _usage_filter(request: Request, query: dict) -> UsageFilter:  # type: ignore
 
 class UsageRecordListView(ListAPIView):
     serializer_class = UsageRecordSerializer
-    permission_classes = [perm.tenant_or_staff(GET=perm.USAGE_VIEW)]
+    permission_classes = [tenant_or_staff(GET=USAGE_VIEW)]
 
     @extend_schema(parameters=[UsageQuerySerializer])
     def get(self, request: Request, *args, **kwargs) -> Response:  # type: ignore[no-untyped-def]
         return super().get(request, *args, **kwargs)
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
-        query = UsageQuerySerializer(data=self.request.query_params)
-        query.is_valid(raise_exception=True)
-        filters = _usage_filter(self.request, query.validated_data)
+        filters = _usage_filter(self.request, validated_query(UsageQuerySerializer, self.request))
         return usage_records_for_tenant(filters=filters).select_related("api_key")
 
 
 class UsageSummaryView(APIView):
-    permission_classes = [perm.tenant_or_staff(GET=perm.USAGE_VIEW)]
+    permission_classes = [tenant_or_staff(GET=USAGE_VIEW)]
 
     @extend_schema(
         parameters=[UsageSummaryQuerySerializer], responses=UsageSummaryRowSerializer(many=True)
     )
     def get(self, request: Request) -> Response:
-        query = UsageSummaryQuerySerializer(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        rows = usage_summary(
-            filters=_usage_filter(request, query.validated_data),
-            group_by=query.validated_data.get("group_by"),
-        )
+        query = validated_query(UsageSummaryQuerySerializer, request)
+        rows = usage_summary(filters=_usage_filter(request, query), group_by=query.get("group_by"))
         return Response(
             {
-                "group_by": query.validated_data.get("group_by"),
+                "group_by": query.get("group_by"),
                 "data": UsageSummaryRowSerializer(rows, many=True).data,
             }
         )
@@ -70,17 +70,16 @@ class AlertListView(ListAPIView):
     """The tenant's budget and balance alerts, newest first."""
 
     serializer_class = AlertSerializer
-    permission_classes = [perm.tenant_or_staff(GET=perm.ALERT_VIEW)]
+    permission_classes = [tenant_or_staff(GET=ALERT_VIEW)]
 
     @extend_schema(parameters=[AlertQuerySerializer])
     def get(self, request: Request, *args, **kwargs) -> Response:  # type: ignore[no-untyped-def]
         return super().get(request, *args, **kwargs)
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
-        query = AlertQuerySerializer(data=self.request.query_params)
-        query.is_valid(raise_exception=True)
+        query = validated_query(AlertQuerySerializer, self.request)
         return alerts_for_tenant(
             tenant_id=tenant_id_for(self.request),
-            budget=query.validated_data.get("budget"),
-            since=query.validated_data.get("since"),
+            budget=query.get("budget"),
+            since=query.get("since"),
         )
