@@ -5,7 +5,7 @@ import uuid
 from typing import Any
 
 from django.db.models import QuerySet
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import status
 from rest_framework.exceptions import NotFound
 from rest_framework.generics import ListAPIView
@@ -67,16 +67,13 @@ class BalanceView(APIView):
         return Response(_balance_data(tenant_id_for(request)))
 
 
+@extend_schema_view(get=extend_schema(parameters=[STAFF_TENANT]))
 class BalanceEntryListView(ListAPIView):
     """The balance ledger, newest first: credits, their consumption by invoices, expiries
     and reversals."""
 
     serializer_class = BalanceEntryOutput
     permission_classes = [tenant_or_staff(GET=BALANCE_ENTRY_VIEW)]
-
-    @extend_schema(parameters=[STAFF_TENANT])
-    def get(self, request: Request, *args, **kwargs) -> Response:  # type: ignore[no-untyped-def]
-        return super().get(request, *args, **kwargs)
 
     def get_queryset(self) -> QuerySet[BalanceEntry]:
         account = _account_or_404(tenant_id_for(self.request))

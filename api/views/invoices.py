@@ -5,7 +5,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 from django.http import HttpResponse
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import status
 from rest_framework.exceptions import NotFound
 from rest_framework.generics import ListAPIView
@@ -61,13 +61,10 @@ def _invoice_or_404(request: Request, invoice_id: int) -> Invoice:
     return invoice
 
 
+@extend_schema_view(get=extend_schema(parameters=[InvoiceQuery]))
 class InvoiceListView(ListAPIView):
     serializer_class = InvoiceOutput
     permission_classes = [tenant_or_staff(GET=INVOICE_VIEW)]
-
-    @extend_schema(parameters=[InvoiceQuery])
-    def get(self, request: Request, *args, **kwargs) -> Response:  # type: ignore[no-untyped-def]
-        return super().get(request, *args, **kwargs)
 
     def get_queryset(self) -> QuerySet[Invoice]:
         query = validated_query(InvoiceQuery, self.request)

@@ -3,7 +3,7 @@ balance alerts."""
 
 from typing import Any
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework.generics import ListAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -36,13 +36,10 @@ def _usage_filter(request: Request, query: dict[str, Any]) -> UsageFilter:
     )
 
 
+@extend_schema_view(get=extend_schema(parameters=[UsageQuerySerializer]))
 class UsageRecordListView(ListAPIView):
     serializer_class = UsageRecordSerializer
     permission_classes = [tenant_or_staff(GET=USAGE_VIEW)]
-
-    @extend_schema(parameters=[UsageQuerySerializer])
-    def get(self, request: Request, *args, **kwargs) -> Response:  # type: ignore[no-untyped-def]
-        return super().get(request, *args, **kwargs)
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
         filters = _usage_filter(self.request, validated_query(UsageQuerySerializer, self.request))
@@ -66,15 +63,12 @@ class UsageSummaryView(APIView):
         )
 
 
+@extend_schema_view(get=extend_schema(parameters=[AlertQuerySerializer]))
 class AlertListView(ListAPIView):
     """The tenant's budget and balance alerts, newest first."""
 
     serializer_class = AlertSerializer
     permission_classes = [tenant_or_staff(GET=ALERT_VIEW)]
-
-    @extend_schema(parameters=[AlertQuerySerializer])
-    def get(self, request: Request, *args, **kwargs) -> Response:  # type: ignore[no-untyped-def]
-        return super().get(request, *args, **kwargs)
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
         query = validated_query(AlertQuerySerializer, self.request)
