@@ -9,7 +9,7 @@ from metering.models import UsageRecord
 from metering.selectors import GROUPINGS
 
 
-class UsageQuerySerializer(serializers.Serializer):
+class UsageQuery(serializers.Serializer):
     since = serializers.DateTimeField(required=False, help_text="inclusive, ISO 8601")
     until = serializers.DateTimeField(required=False, help_text="exclusive, ISO 8601")
     api_key = serializers.IntegerField(required=False, min_value=1, max_value=MAX_BIGINT)
@@ -22,7 +22,7 @@ class UsageQuerySerializer(serializers.Serializer):
         return attrs
 
 
-class UsageSummaryQuerySerializer(UsageQuerySerializer):
+class UsageSummaryQuery(UsageQuery):
     group_by = serializers.ChoiceField(choices=sorted(GROUPINGS), required=False)
 
 
@@ -78,7 +78,7 @@ class UsageSummaryRowSerializer(serializers.Serializer):
     )
 
 
-class AlertQuerySerializer(serializers.Serializer):
+class AlertQuery(serializers.Serializer):
     budget = serializers.CharField(
         required=False, max_length=100, help_text='e.g. "balance" or "spend_limit:12"'
     )

@@ -13,11 +13,11 @@ from api.permissions import tenant_or_staff
 from api.scoping import tenant_id_for
 from api.serializers.fields import validated_query
 from api.serializers.usage import (
-    AlertQuerySerializer,
+    AlertQuery,
     AlertSerializer,
-    UsageQuerySerializer,
+    UsageQuery,
     UsageRecordSerializer,
-    UsageSummaryQuerySerializer,
+    UsageSummaryQuery,
     UsageSummaryRowSerializer,
 )
 from billing.alerts import alerts_for_tenant
@@ -36,24 +36,22 @@ def _usage_filter(request: Request, query: dict[str, Any]) -> UsageFilter:
     )
 
 
-@extend_schema_view(get=extend_schema(parameters=[UsageQuerySerializer]))
+@extend_schema_view(get=extend_schema(parameters=[UsageQuery]))
 class UsageRecordListView(ListAPIView):
     serializer_class = UsageRecordSerializer
     permission_classes = [tenant_or_staff(GET=USAGE_VIEW)]
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
-        filters = _usage_filter(self.request, validated_query(UsageQuerySerializer, self.request))
+        filters = _usage_filter(self.request, validated_query(UsageQuery, self.request))
         return usage_records_for_tenant(filters=filters).select_related("api_key")
 
 
 class UsageSummaryView(APIView):
     permission_classes = [tenant_or_staff(GET=USAGE_VIEW)]
 
-    @extend_schema(
-        parameters=[UsageSummaryQuerySerializer], responses=UsageSummaryRowSerializer(many=True)
-    )
+    @extend_schema(parameters=[UsageSummaryQuery], responses=UsageSummaryRowSerializer(many=True))
     def get(self, request: Request) -> Response:
-        query = validated_query(UsageSummaryQuerySerializer, request)
+        query = validated_query(UsageSummaryQuery, request)
         rows = usage_summary(filters=_usage_filter(request, query), group_by=query.get("group_by"))
         return Response(
             {
@@ -63,7 +61,7 @@ class UsageSummaryView(APIView):
         )
 
 
-@extend_schema_view(get=extend_schema(parameters=[AlertQuerySerializer]))
+@extend_schema_view(get=extend_schema(parameters=[AlertQuery]))
 class AlertListView(ListAPIView):
     """The tenant's budget and balance alerts, newest first."""
 
@@ -71,7 +69,7 @@ class AlertListView(ListAPIView):
     permission_classes = [tenant_or_staff(GET=ALERT_VIEW)]
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
-        query = validated_query(AlertQuerySerializer, self.request)
+        query = validated_query(AlertQuery, self.request)
         return alerts_for_tenant(
             tenant_id=tenant_id_for(self.request),
             budget=query.get("budget"),
