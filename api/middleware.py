@@ -12,18 +12,12 @@ from collections.abc import Callable
 
 from django.core.exceptions import DisallowedHost
 from django.db import OperationalError
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from psycopg_pool import PoolTimeout
 
-# Paths whose callers are programs expecting JSON errors.
-JSON_PREFIXES = ("/api/", "/webhooks/")
+from api.errors import JSON_PATH_PREFIXES, json_error
+
 DATABASE_BUSY_RETRY_AFTER_SECONDS = 1
-
-
-def json_error(status: int, code: str, message: str) -> JsonResponse:
-    return JsonResponse(
-        {"error": {"code": code, "message": message, "detail": None}}, status=status
-    )
 
 
 class HostValidationMiddleware:
@@ -31,7 +25,7 @@ class HostValidationMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if request.path.startswith(JSON_PREFIXES):
+        if request.path.startswith(JSON_PATH_PREFIXES):
             try:
                 request.get_host()
             except DisallowedHost:

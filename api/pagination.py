@@ -5,7 +5,7 @@ from rest_framework.exceptions import NotFound
 from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
 
-from api.serializers import MAX_BIGINT
+from api.serializers.fields import MAX_BIGINT
 
 
 class IdCursorPagination(CursorPagination):

@@ -1,6 +1,6 @@
-"""Who among staff may do what: the one home for the Django permission each operator or
-finance operation needs, the roles that bundle them, and the checks the REST API and the
-admin share.
+"""Who among staff may do what: the roles that bundle Django permissions, and the REST
+API's permission classes. The permissions themselves are the apps' own
+(`metering/permissions.py`, `billing/permissions.py`); the admin checks the same ones.
 
 Invariants:
 - `is_staff` grants nothing here: a staff operation needs its Django permission (given
@@ -11,7 +11,9 @@ Invariants:
   not name is refused to staff (fail closed). A refusal is a 403 in the API's error format
   naming the permission that was missing.
 - A role is a Django group whose permissions are exactly `ROLES[role]`: `roles_sync` sets
-  them (the data migration, `staff_role_set`), adding and removing as needed.
+  them (`staff_role_set`), adding and removing as needed. A data migration does the same
+  with its own frozen copy of the roles (billing/migrations/0006_staff_roles.py): when
+  `ROLES` changes, add a migration that sets the new permissions.
 """
 
 from collections.abc import Iterable, Mapping
@@ -27,48 +29,29 @@ from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
 from api.authentication import TenantPrincipal
+from billing.permissions import (
+    ACCELERATOR_VIEW,
+    ALERT_REDELIVER,
+    ALERT_VIEW,
+    BALANCE_CHANGE,
+    BALANCE_ENTRY_VIEW,
+    BALANCE_VIEW,
+    CREDIT_GRANT,
+    CREDIT_NOTE_ISSUE,
+    HARD_STOP_CHANGE,
+    INVOICE_EXPORT,
+    INVOICE_FINALIZE,
+    INVOICE_RESEND,
+    INVOICE_VIEW,
+    INVOICE_VOID,
+    MARGINS_VIEW,
+    PLAN_VERSION_PUBLISH,
+    PLAN_VERSION_VIEW,
+    PLAN_VIEW,
+    SUBSCRIPTION_VIEW,
+)
 from config.errors import ApplicationError
-
-# --- the permission each operation needs ("app_label.codename") ------------------------
-# Custom permissions (declared in the models' Meta.permissions) where a model permission
-# would be too coarse: reading an invoice must not allow voiding it.
-
-# metering: tenants, keys, routes, limits, the ledger
-TENANT_VIEW = "metering.view_tenant"
-APIKEY_ISSUE = "metering.add_apikey"
-APIKEY_REVOKE = "metering.revoke_apikey"
-USAGE_VIEW = "metering.view_usagerecord"
-
-# billing: plans and subscriptions
-PLAN_VIEW = "billing.view_plan"
-PLAN_ADD = "billing.add_plan"
-PLAN_VERSION_VIEW = "billing.view_planversion"
-PLAN_VERSION_ADD = "billing.add_planversion"
-PLAN_VERSION_PUBLISH = "billing.publish_planversion"
-SUBSCRIPTION_VIEW = "billing.view_subscription"
-SUBSCRIPTION_ADD = "billing.add_subscription"
-SUBSCRIPTION_CHANGE = "billing.change_subscription"
-
-# billing: hardware cost basis
-ACCELERATOR_VIEW = "billing.view_acceleratortype"
-COST_BASIS_ADD = "billing.add_costbasisversion"
-MARGIN_POLICY_ADD = "billing.add_marginpolicy"
-DEPLOYMENT_ADD = "billing.add_deployment"
-ALERT_VIEW = "billing.view_alert"
-ALERT_REDELIVER = "billing.change_alert"
-
-# billing: finance
-INVOICE_VIEW = "billing.view_invoice"
-INVOICE_EXPORT = "billing.export_invoices"
-INVOICE_FINALIZE = "billing.finalize_invoice"
-INVOICE_VOID = "billing.void_invoice"
-INVOICE_RESEND = "billing.resend_invoice"
-CREDIT_NOTE_ISSUE = "billing.issue_creditnote"
-MARGINS_VIEW = "billing.view_margins"
-BALANCE_VIEW = "billing.view_balanceaccount"
-BALANCE_ENTRY_VIEW = "billing.view_balanceentry"
-CREDIT_GRANT = "billing.grant_credit"
-HARD_STOP_CHANGE = "billing.change_hard_stop"
+from metering.permissions import APIKEY_REVOKE, TENANT_VIEW, USAGE_VIEW
 
 
 def _model_perms(label: str, models: Iterable[str], actions: Iterable[str]) -> set[str]:
@@ -136,7 +119,7 @@ ROLES: Mapping[str, frozenset[str]] = {
         CREDIT_NOTE_ISSUE,
         CREDIT_GRANT,
         HARD_STOP_CHANGE,
-        "billing.change_balanceaccount",
+        BALANCE_CHANGE,
     },
 }
 
@@ -155,15 +138,12 @@ class UnknownPermission(ApplicationError):
     code = "unknown_permission"
 
 
-def roles_sync(apps: Any, *, strict: bool = True) -> None:
+def roles_sync(apps: Any) -> None:
     """Make each role's group hold exactly its permissions (created if missing).
 
-    `apps` is the app registry: the historical one in a data migration, the global one
-    elsewhere. Permissions are created first (migrations run before Django's own
-    post-migrate step creates them). With `strict`, a permission that does not exist is an
-    error; a data migration passes `strict=False`, because a role may later name a
-    permission of a model that did not exist yet at that point of history (the migration
-    that adds it runs `roles_sync` again)."""
+    `apps` is the app registry. Permissions are created first, so a role may name one
+    before Django's post-migrate step has created it. A permission that does not exist is
+    an error."""
     for label in ("metering", "billing"):
         create_permissions(global_apps.get_app_config(label), verbosity=0, apps=apps)
     group_model = apps.get_model("auth", "Group")
@@ -175,7 +155,7 @@ def roles_sync(apps: Any, *, strict: bool = True) -> None:
             query |= Q(content_type__app_label=label, codename=codename)
         found = permission_model.objects.filter(query).select_related("content_type")
         missing = wanted - {f"{p.content_type.app_label}.{p.codename}" for p in found}
-        if missing and strict:
+        if missing:
             raise UnknownPermission(
                 f"Role {role} names permissions that do not exist.",
                 {"missing": sorted(missing)},

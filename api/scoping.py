@@ -29,3 +29,11 @@ def tenant_id_for(request: Request) -> uuid.UUID:
     raise PermissionDenied(
         "A tenant API key or a staff user with this view's permission is required."
     )
+
+
+def tenant_or_404(tenant_id: uuid.UUID) -> Tenant:
+    """The tenant a staff operation names (in its path or body)."""
+    tenant = Tenant.objects.filter(pk=tenant_id).first()
+    if tenant is None:
+        raise NotFound("No such tenant.")
+    return tenant

@@ -58,10 +58,6 @@ class LocalFailureCounter:
                 end, failures = now + window, 0
             self._windows[address] = (end, failures + 1)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._windows.clear()
-
 
 local_counter = LocalFailureCounter()
 

@@ -6,7 +6,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.html import format_html_join
 
-from api import permissions as perm
+from billing import permissions as perm
 from billing import tasks
 from billing.balances import BalanceState, available_at, balance_state, credits_of
 from billing.documents import invoice_pdf
@@ -120,7 +120,7 @@ class PlanVersionAdmin(admin.ModelAdmin):
             self.message_user(request, f"{issue.code}: {issue.message}", level)
 
     def has_publish_permission(self, request: HttpRequest) -> bool:
-        return perm.may(request.user, perm.PLAN_VERSION_PUBLISH)
+        return request.user.has_perm(perm.PLAN_VERSION_PUBLISH)
 
     @admin.action(description="Publish (makes the version immutable)", permissions=["publish"])
     def publish(self, request: HttpRequest, queryset: QuerySet[PlanVersion]) -> None:
@@ -227,19 +227,19 @@ class InvoiceAdmin(admin.ModelAdmin):
         return False
 
     def has_finalize_permission(self, request: HttpRequest) -> bool:
-        return perm.may(request.user, perm.INVOICE_FINALIZE)
+        return request.user.has_perm(perm.INVOICE_FINALIZE)
 
     def has_void_permission(self, request: HttpRequest) -> bool:
-        return perm.may(request.user, perm.INVOICE_VOID)
+        return request.user.has_perm(perm.INVOICE_VOID)
 
     def has_credit_note_permission(self, request: HttpRequest) -> bool:
-        return perm.may(request.user, perm.CREDIT_NOTE_ISSUE)
+        return request.user.has_perm(perm.CREDIT_NOTE_ISSUE)
 
     def has_resend_permission(self, request: HttpRequest) -> bool:
-        return perm.may(request.user, perm.INVOICE_RESEND)
+        return request.user.has_perm(perm.INVOICE_RESEND)
 
     def has_pdf_permission(self, request: HttpRequest) -> bool:
-        return perm.may(request.user, perm.INVOICE_VIEW)
+        return request.user.has_perm(perm.INVOICE_VIEW)
 
     def _each(self, request: HttpRequest, queryset: QuerySet[Invoice], action) -> None:  # type: ignore[no-untyped-def]
         for invoice in queryset:
@@ -416,7 +416,7 @@ class AlertAdmin(admin.ModelAdmin):
         return False  # deleting an alert would let it fire again
 
     def has_redeliver_permission(self, request: HttpRequest) -> bool:
-        return perm.may(request.user, perm.ALERT_REDELIVER)
+        return request.user.has_perm(perm.ALERT_REDELIVER)
 
     @admin.action(description="Redeliver failed or pending alerts", permissions=["redeliver"])
     def redeliver(self, request: HttpRequest, queryset: QuerySet[Alert]) -> None:
@@ -497,7 +497,7 @@ class BalanceAccountAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
         fields = list(super().get_readonly_fields(request, obj))
-        if not perm.may(request.user, perm.HARD_STOP_CHANGE):
+        if not request.user.has_perm(perm.HARD_STOP_CHANGE):
             fields.append("hard_stop")  # it decides whether calls are refused
         return fields
 

@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from api.invoice_views import StripeWebhookView
+from api.views.webhooks import StripeWebhookView
 
 urlpatterns = [
     path("admin/", admin.site.urls),

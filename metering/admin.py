@@ -5,8 +5,8 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from api import permissions as perm
 from config.errors import ApplicationError
+from metering import permissions as perm
 from metering.models import (
     ApiKey,
     HoldCap,
@@ -32,7 +32,7 @@ class TenantAdmin(admin.ModelAdmin):
     actions = ["issue_api_key"]
 
     def has_issue_key_permission(self, request: HttpRequest) -> bool:
-        return perm.may(request.user, perm.APIKEY_ISSUE)
+        return request.user.has_perm(perm.APIKEY_ISSUE)
 
     @admin.action(description="Issue a new API key (shown once)", permissions=["issue_key"])
     def issue_api_key(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
@@ -75,7 +75,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         return False  # keys are issued from the tenant page, so the raw key can be shown once
 
     def has_revoke_permission(self, request: HttpRequest) -> bool:
-        return perm.may(request.user, perm.APIKEY_REVOKE)
+        return request.user.has_perm(perm.APIKEY_REVOKE)
 
     @admin.action(description="Revoke selected keys", permissions=["revoke"])
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:

@@ -1,5 +1,6 @@
-"""The admin asks for the same permissions as the REST API (`api.permissions`): every custom
-action, and the fields that move money or limits, per role, through real sessions."""
+"""The admin asks for the same permissions as the REST API (each app's `permissions.py`):
+every custom action, and the fields that move money or limits, per role, through real
+sessions."""
 
 from datetime import UTC, datetime
 from decimal import Decimal

@@ -34,10 +34,10 @@ def address() -> str:
 
 
 @pytest.fixture(autouse=True)
-def _small_limit(settings):  # type: ignore[no-untyped-def]
+def _small_limit(settings, monkeypatch):  # type: ignore[no-untyped-def]
     settings.RECKON_AUTH_FAILURE_LIMIT = 3
     settings.RECKON_AUTH_FAILURE_WINDOW_SECONDS = 30
-    throttling.local_counter.clear()
+    monkeypatch.setattr(throttling, "local_counter", throttling.LocalFailureCounter())
 
 
 def get(address: str, authorization: str, path: str = RECORDS) -> object:
@@ -69,12 +69,13 @@ def test_failures_over_the_limit_get_429_before_any_lookup(
     assert get("10.255.255.254", f"Bearer {good}").status_code == 200
 
 
-def test_the_count_is_shared_through_redis(address: str) -> None:
+def test_the_count_is_shared_through_redis(address: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     if not django_settings.REDIS_URL:
         pytest.skip("REDIS_URL not set")
     for _ in range(3):
         get(address, "Bearer rks_" + "x" * 43)
-    throttling.local_counter.clear()  # another process knows nothing locally
+    # another process knows nothing locally
+    monkeypatch.setattr(throttling, "local_counter", throttling.LocalFailureCounter())
     assert get(address, "Bearer rk_wrong").status_code == 429
     client = redis.Redis.from_url(django_settings.REDIS_URL)
     assert int(client.get(throttling.KEY_PREFIX + address)) == 3

@@ -403,7 +403,7 @@ def test_a_crash_under_the_api_is_a_json_500_naming_nothing(
     def crash(**kwargs: Any) -> None:
         raise RuntimeError("connection to 10.0.0.7:5432 refused")
 
-    monkeypatch.setattr("api.billing_views.invoice_preview", crash)
+    monkeypatch.setattr("api.views.invoices.invoice_preview", crash)
     client: APIClient = world["clients"]["tenant"]
     client.raise_request_exception = False
     response = client.get("/api/v1/invoices/upcoming")

@@ -13,6 +13,7 @@ from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
 from api import permissions as perm
+from billing import permissions as billing_perm
 from billing.balances import balance_hard_stop_set
 from billing.invoicing import period_close
 from billing.models import (
@@ -26,6 +27,7 @@ from billing.models import (
     PlanVersion,
 )
 from billing.services import plan_create, plan_version_create, subscription_create
+from metering import permissions as metering_perm
 from metering.models import Tenant
 from metering.services import api_key_create
 from tests.factories import ApiKeyFactory
@@ -76,70 +78,106 @@ def _written() -> dict[str, int]:
 
 # operation: (method, path, body, status when allowed, permission it needs)
 OPERATIONS = {
-    "read usage": ("get", "/api/v1/usage/records?tenant={tenant}", None, 200, perm.USAGE_VIEW),
-    "read balance": ("get", "/api/v1/tenants/{tenant}/balance", None, 200, perm.BALANCE_VIEW),
+    "read usage": (
+        "get",
+        "/api/v1/usage/records?tenant={tenant}",
+        None,
+        200,
+        metering_perm.USAGE_VIEW,
+    ),
+    "read balance": (
+        "get",
+        "/api/v1/tenants/{tenant}/balance",
+        None,
+        200,
+        billing_perm.BALANCE_VIEW,
+    ),
     "read balance via scope": (
         "get",
         "/api/v1/balance?tenant={tenant}",
         None,
         200,
-        perm.BALANCE_VIEW,
+        billing_perm.BALANCE_VIEW,
     ),
     "grant credit": (
         "post",
         "/api/v1/tenants/{tenant}/credits",
         {"kind": "grant", "amount": "1000000", "idempotency_key": "gift"},
         201,
-        perm.CREDIT_GRANT,
+        billing_perm.CREDIT_GRANT,
     ),
     "hard stop off": (
         "patch",
         "/api/v1/tenants/{tenant}/balance",
         {"hard_stop": False},
         200,
-        perm.HARD_STOP_CHANGE,
+        billing_perm.HARD_STOP_CHANGE,
     ),
-    "read plans": ("get", "/api/v1/plans", None, 200, perm.PLAN_VIEW),
-    "create plan": ("post", "/api/v1/plans", {"code": "p2", "name": "P2"}, 201, perm.PLAN_ADD),
+    "read plans": ("get", "/api/v1/plans", None, 200, billing_perm.PLAN_VIEW),
+    "create plan": (
+        "post",
+        "/api/v1/plans",
+        {"code": "p2", "name": "P2"},
+        201,
+        billing_perm.PLAN_ADD,
+    ),
     "publish plan version": (
         "post",
         "/api/v1/plan-versions/{draft}/publish",
         None,
         200,
-        perm.PLAN_VERSION_PUBLISH,
+        billing_perm.PLAN_VERSION_PUBLISH,
     ),
-    "read subscriptions": ("get", "/api/v1/subscriptions", None, 200, perm.SUBSCRIPTION_VIEW),
-    "read invoices": ("get", "/api/v1/invoices?tenant={tenant}", None, 200, perm.INVOICE_VIEW),
-    "read invoice": ("get", "/api/v1/invoices/{invoice}", None, 200, perm.INVOICE_VIEW),
+    "read subscriptions": (
+        "get",
+        "/api/v1/subscriptions",
+        None,
+        200,
+        billing_perm.SUBSCRIPTION_VIEW,
+    ),
+    "read invoices": (
+        "get",
+        "/api/v1/invoices?tenant={tenant}",
+        None,
+        200,
+        billing_perm.INVOICE_VIEW,
+    ),
+    "read invoice": ("get", "/api/v1/invoices/{invoice}", None, 200, billing_perm.INVOICE_VIEW),
     "preview invoice": (
         "get",
         "/api/v1/invoices/upcoming?tenant={tenant}",
         None,
         200,
-        perm.INVOICE_VIEW,
+        billing_perm.INVOICE_VIEW,
     ),
     "export invoices": (
         "get",
         "/api/v1/invoices/export.csv?period=2026-09",
         None,
         200,
-        perm.INVOICE_EXPORT,
+        billing_perm.INVOICE_EXPORT,
     ),
     "issue credit note": (
         "post",
         "/api/v1/invoices/{invoice}/credit-notes",
         {"reason": "goodwill"},
         201,
-        perm.CREDIT_NOTE_ISSUE,
+        billing_perm.CREDIT_NOTE_ISSUE,
     ),
-    "read margins": ("get", "/api/v1/finance/margins?period=2026-09", None, 200, perm.MARGINS_VIEW),
-    "read accelerators": ("get", "/api/v1/accelerators", None, 200, perm.ACCELERATOR_VIEW),
+    "read margins": (
+        "get",
+        "/api/v1/finance/margins?period=2026-09",
+        None,
+        200,
+        billing_perm.MARGINS_VIEW,
+    ),
+    "read accelerators": ("get", "/api/v1/accelerators", None, 200, billing_perm.ACCELERATOR_VIEW),
     "set cost basis": (
         "post",
         "/api/v1/accelerators/gpu-x/cost-basis",
         {"mode": "rented", "hourly_usd": "2.5", "effective_from": "2026-01-01T00:00:00Z"},
         201,
-        perm.COST_BASIS_ADD,
+        billing_perm.COST_BASIS_ADD,
     ),
 }
 
@@ -315,7 +353,7 @@ def test_a_method_no_permission_is_named_for_is_refused_to_staff(world: World) -
     assert response.status_code == 405  # the view has no DELETE
     assert PlanVersion.objects.filter(pk=world.draft.pk).exists()
     # a method the view has but declares no permission for is refused, even to a superuser
-    unnamed = type("Unnamed", (perm._Requires,), {"by_method": {"GET": perm.PLAN_VIEW}})
+    unnamed = type("Unnamed", (perm._Requires,), {"by_method": {"GET": billing_perm.PLAN_VIEW}})
 
     class Request:
         method = "POST"
@@ -358,7 +396,12 @@ def test_roles_sync_is_idempotent_and_removes_what_a_role_no_longer_has() -> Non
 
 def test_finance_write_includes_finance_read_and_nobody_else_moves_money() -> None:
     assert perm.ROLES["finance-read"] < perm.ROLES["finance-write"]
-    money = {perm.CREDIT_GRANT, perm.HARD_STOP_CHANGE, perm.CREDIT_NOTE_ISSUE, perm.INVOICE_VOID}
+    money = {
+        billing_perm.CREDIT_GRANT,
+        billing_perm.HARD_STOP_CHANGE,
+        billing_perm.CREDIT_NOTE_ISSUE,
+        billing_perm.INVOICE_VOID,
+    }
     assert not money & perm.ROLES["operator"]
     assert not money & perm.ROLES["finance-read"]
 
@@ -376,7 +419,7 @@ def test_staff_role_set_command_adds_and_removes_a_role(world: World, capsys) ->
     call_command("staff_role_set", "carol", "--role", "finance-write")
     assert "carol: roles finance-write" in capsys.readouterr().out
     carol = get_user_model().objects.get(username="carol")
-    assert carol.is_staff and carol.has_perm(perm.CREDIT_NOTE_ISSUE)
+    assert carol.is_staff and carol.has_perm(billing_perm.CREDIT_NOTE_ISSUE)
     call_command("staff_role_set", "carol", "--role", "finance-write")  # idempotent
     assert credit_note_status() == 201
     call_command("staff_role_set", "carol", "--role", "finance-write", "--remove")
@@ -416,7 +459,9 @@ def test_a_session_login_carries_the_same_permissions(world: World) -> None:
         f"/api/v1/invoices/{world.invoice.pk}/credit-notes", {"reason": "x"}, format="json"
     )
     assert refused.status_code == 403
-    assert refused.json()["error"]["detail"] == {"required_permission": perm.CREDIT_NOTE_ISSUE}
+    assert refused.json()["error"]["detail"] == {
+        "required_permission": billing_perm.CREDIT_NOTE_ISSUE
+    }
     user.is_active = False
     user.save(update_fields=["is_active"])
     deactivated = APIClient()

@@ -1,61 +1,15 @@
-"""Serializers of the usage API, and the input fields every view shares: a calendar
-month, an instant billing can compute with, a database id."""
-
-from datetime import datetime
-from typing import Any
+"""Serializers of the usage API: usage records, usage summaries, and the budget and
+balance alerts."""
 
 from rest_framework import serializers
-from rest_framework.request import Request
 
+from api.serializers.fields import MAX_BIGINT
 from billing.models import Alert
-from billing.periods import EARLIEST_INSTANT, LATEST_INSTANT, Period, calendar_month
 from metering.models import UsageRecord
 from metering.selectors import GROUPINGS
 
-# Ids and token counts are PostgreSQL bigints.
-MAX_BIGINT = 2**63 - 1
 
-
-class PeriodField(serializers.Field):  # type: ignore[type-arg]
-    """A calendar month "YYYY-MM" in, a billing Period out (billing.periods.calendar_month)."""
-
-    def to_internal_value(self, data: Any) -> Period:
-        if not isinstance(data, str):
-            raise serializers.ValidationError("Use YYYY-MM.")
-        try:
-            return calendar_month(data)
-        except ValueError as exc:
-            raise serializers.ValidationError(str(exc)) from None
-
-    def to_representation(self, value: Period) -> str:
-        return f"{value.start:%Y-%m}"
-
-
-class InstantField(serializers.DateTimeField):
-    """An ISO 8601 instant within the range billing computes with (periods after it
-    must still be representable)."""
-
-    default_error_messages = {
-        "range": f"Use an instant from {EARLIEST_INSTANT:%Y-%m-%d} to before "
-        f"{LATEST_INSTANT:%Y-%m-%d} (UTC).",
-    }
-
-    def to_internal_value(self, value: Any) -> datetime:
-        instant = super().to_internal_value(value)
-        if not EARLIEST_INSTANT <= instant < LATEST_INSTANT:
-            self.fail("range")
-        return instant
-
-
-def validated_query(serializer: type[serializers.Serializer], request: Request) -> dict[str, Any]:  # type: ignore[type-arg]
-    """A view's query string through its input serializer (a 400 if it is invalid). DRF
-    reads an empty optional parameter (`?tenant=`, as forms send) as absent."""
-    query = serializer(data=request.query_params)
-    query.is_valid(raise_exception=True)
-    return dict(query.validated_data)
-
-
-class UsageQuerySerializer(serializers.Serializer):
+class UsageQuery(serializers.Serializer):
     since = serializers.DateTimeField(required=False, help_text="inclusive, ISO 8601")
     until = serializers.DateTimeField(required=False, help_text="exclusive, ISO 8601")
     api_key = serializers.IntegerField(required=False, min_value=1, max_value=MAX_BIGINT)
@@ -68,7 +22,7 @@ class UsageQuerySerializer(serializers.Serializer):
         return attrs
 
 
-class UsageSummaryQuerySerializer(UsageQuerySerializer):
+class UsageSummaryQuery(UsageQuery):
     group_by = serializers.ChoiceField(choices=sorted(GROUPINGS), required=False)
 
 
@@ -124,7 +78,7 @@ class UsageSummaryRowSerializer(serializers.Serializer):
     )
 
 
-class AlertQuerySerializer(serializers.Serializer):
+class AlertQuery(serializers.Serializer):
     budget = serializers.CharField(
         required=False, max_length=100, help_text='e.g. "balance" or "spend_limit:12"'
     )

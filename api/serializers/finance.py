@@ -1,0 +1,169 @@
+"""Serializers for the hardware cost basis and margins: the inputs that set a cost basis,
+a margin policy or a deployment (checked by the pure cost model before anything is stored),
+the margin report and what-if queries, and the data the finance views answer."""
+
+from decimal import Decimal
+from typing import Any
+
+from rest_framework import serializers
+from rest_framework.exceptions import ValidationError
+
+from api.serializers.fields import ExactDecimalField, InstantField, PeriodField
+from billing import costbasis
+from billing.currency import decimal_text
+from billing.models import CostBasisVersion
+from billing.reports import GROUPINGS, MarginRow, WhatIf
+
+# The figures of a margin report row, in the order of the CSV's columns after the groups.
+MARGIN_FIGURES = (
+    "revenue_usd",
+    "cost_usd",
+    "gross_margin",
+    "reasoning_cost_usd",
+    "reasoning_share_of_cost",
+)
+
+
+def decimal_text_or_none(value: Decimal | None) -> str | None:
+    return None if value is None else decimal_text(value)
+
+
+def _ratio_text(value: Decimal | None) -> str | None:
+    """A ratio to six decimals (margins and shares)."""
+    return None if value is None else decimal_text(value.quantize(Decimal("0.000001")))
+
+
+class CostBasisInput(serializers.Serializer):
+    mode = serializers.ChoiceField(choices=CostBasisVersion.Mode.choices)
+    hourly_usd = ExactDecimalField(required=False, allow_null=True)
+    purchase_price_usd = ExactDecimalField(required=False, allow_null=True)
+    amortization_years = ExactDecimalField(required=False, allow_null=True)
+    power_usd_per_kwh = ExactDecimalField(required=False)
+    pue = ExactDecimalField(required=False)
+    other_opex_per_hour = ExactDecimalField(required=False)
+    effective_from = InstantField()
+    note = serializers.CharField(max_length=300, required=False, default="")
+
+    def validate(self, attrs):  # type: ignore[no-untyped-def]
+        """The pure cost model's own checks (amounts >= 0, amortization > 0), here so a
+        basis that could never price is refused, not stored. Missing values may wait."""
+        if attrs["mode"] == CostBasisVersion.Mode.RENTED:
+            spec: costbasis.RentedCost | costbasis.OwnedCost = costbasis.RentedCost(
+                attrs.get("hourly_usd")
+            )
+        else:
+            defaults = costbasis.OwnedCost(None, None, None)
+            spec = costbasis.OwnedCost(
+                purchase_price_usd=attrs.get("purchase_price_usd"),
+                amortization_years=attrs.get("amortization_years"),
+                tdp_watts=0,  # the accelerator's, known to be >= 0
+                power_usd_per_kwh=attrs.get("power_usd_per_kwh", defaults.power_usd_per_kwh),
+                pue=attrs.get("pue", defaults.pue),
+                other_opex_per_hour=attrs.get("other_opex_per_hour", defaults.other_opex_per_hour),
+            )
+        try:
+            costbasis.hourly_cost(spec)
+        except costbasis.MissingCostData:
+            pass
+        except (ValueError, ArithmeticError) as exc:
+            raise ValidationError({"cost_basis": str(exc)}) from exc
+        return attrs
+
+
+class MarginPolicyInput(serializers.Serializer):
+    target_margin = ExactDecimalField()
+    minimum_margin = ExactDecimalField()
+    effective_from = InstantField()
+
+    def validate(self, attrs):  # type: ignore[no-untyped-def]
+        try:
+            costbasis.MarginPolicy(attrs["target_margin"], attrs["minimum_margin"])
+        except ValueError as exc:
+            raise ValidationError({"margins": str(exc)}) from exc
+        return attrs
+
+
+class DeploymentInput(serializers.Serializer):
+    alias = serializers.CharField(max_length=200)
+    accelerator = serializers.CharField(max_length=100)
+    decode_tokens_per_s = ExactDecimalField(allow_null=True)
+    prefill_tokens_per_s = ExactDecimalField(allow_null=True)
+    utilization = ExactDecimalField(default=Decimal("0.6"))
+    cache_read_factor = ExactDecimalField(default=Decimal("0.1"))
+    cache_write_factor = ExactDecimalField(default=Decimal("1.25"))
+    effective_from = InstantField()
+
+    def validate(self, attrs):  # type: ignore[no-untyped-def]
+        """The pure cost model's checks (throughputs > 0, utilization in (0, 1])."""
+        try:
+            costbasis.Throughput(
+                decode_tokens_per_s=attrs["decode_tokens_per_s"],
+                prefill_tokens_per_s=attrs["prefill_tokens_per_s"],
+                utilization=attrs["utilization"],
+                cache_read_factor=attrs["cache_read_factor"],
+                cache_write_factor=attrs["cache_write_factor"],
+            )
+        except ValueError as exc:
+            raise ValidationError({"throughput": str(exc)}) from exc
+        return attrs
+
+
+class MarginQuery(serializers.Serializer):
+    period = PeriodField(help_text="YYYY-MM")
+    group_by = serializers.CharField(
+        default=",".join(GROUPINGS), max_length=200, help_text=f"comma-separated: {GROUPINGS}"
+    )
+
+    def validate_group_by(self, value: str) -> tuple[str, ...]:
+        groups = tuple(g for g in value.split(",") if g)
+        if not groups or any(g not in GROUPINGS for g in groups):
+            raise ValidationError(f"Comma-separated, from {', '.join(GROUPINGS)}.")
+        return groups
+
+
+class WhatIfQuery(serializers.Serializer):
+    period = PeriodField(help_text="YYYY-MM")
+    accelerator = serializers.CharField(max_length=100)
+    tenant = serializers.UUIDField(required=False)
+    alias = serializers.CharField(max_length=200, required=False)
+    target_margin = ExactDecimalField(required=False)
+    minimum_margin = ExactDecimalField(required=False)
+
+
+def margin_row_data(row: MarginRow) -> dict[str, Any]:
+    return {
+        "key": list(row.key),
+        "revenue_usd": decimal_text(row.revenue_usd),
+        "cost_usd": decimal_text(row.cost_usd),
+        "gross_margin": _ratio_text(row.gross_margin),
+        "reasoning_cost_usd": decimal_text(row.reasoning_cost_usd),
+        "reasoning_share_of_cost": _ratio_text(row.reasoning_share_of_cost),
+        "tokens": dict(row.tokens),
+    }
+
+
+def whatif_data(result: WhatIf) -> dict[str, Any]:
+    return {
+        "scope": result.scope,
+        "tokens": result.tokens,
+        "revenue_usd": decimal_text(result.revenue_usd),
+        "actual": {
+            "cost_usd": decimal_text(result.actual_cost_usd),
+            "gross_margin": decimal_text_or_none(result.actual_margin),
+        },
+        "alternative": {
+            "accelerator": result.alternative_accelerator,
+            "cost_usd": decimal_text(result.alternative_cost_usd),
+            "cost_per_million_usd": {
+                alias: {k: decimal_text(v) for k, v in costs.items()}
+                for alias, costs in result.alternative_class_costs.items()
+            },
+            "gross_margin": decimal_text_or_none(result.alternative_margin),
+            "floor_revenue_usd": decimal_text(result.floor_revenue_usd),
+            "target_revenue_usd": decimal_text(result.target_revenue_usd),
+            "policy": {
+                "target_margin": decimal_text(result.policy.target_margin),
+                "minimum_margin": decimal_text(result.policy.minimum_margin),
+            },
+        },
+    }

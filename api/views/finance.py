@@ -1,0 +1,188 @@
+"""Finance and operator views for the hardware cost basis: the accelerator catalogue,
+cost bases, deployments, margin policies, margin reports (JSON and CSV) and the what-if."""
+
+import csv
+import io
+from decimal import Decimal
+from typing import Any
+
+from django.http import HttpResponse
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from api.permissions import staff_only
+from api.serializers.fields import validated_body, validated_query
+from api.serializers.finance import (
+    MARGIN_FIGURES,
+    CostBasisInput,
+    DeploymentInput,
+    MarginPolicyInput,
+    MarginQuery,
+    WhatIfQuery,
+    decimal_text_or_none,
+    margin_row_data,
+    whatif_data,
+)
+from api.views.downloads import FileDownloadView
+from billing import costbasis
+from billing.currency import decimal_text
+from billing.hardware import (
+    CannotPrice,
+    accelerator_get,
+    class_costs_of,
+    cost_basis_create,
+    cost_basis_in_force,
+    deployment_set,
+    hourly_cost_of,
+    margin_policy_set,
+)
+from billing.models import AcceleratorType
+from billing.permissions import (
+    ACCELERATOR_VIEW,
+    COST_BASIS_ADD,
+    DEPLOYMENT_ADD,
+    MARGIN_POLICY_ADD,
+    MARGINS_VIEW,
+)
+from billing.reports import MarginRow, margin_report, whatif
+
+
+class AcceleratorListView(APIView):
+    permission_classes = [staff_only(GET=ACCELERATOR_VIEW)]
+
+    def get(self, request: Request) -> Response:
+        now = timezone.now()
+        out = []
+        for accelerator in AcceleratorType.objects.all():
+            basis = cost_basis_in_force(accelerator=accelerator, at=now)
+            try:
+                hourly = decimal_text_or_none(hourly_cost_of(basis)) if basis else None
+                missing: list[str] = []
+            except CannotPrice as exc:
+                hourly, missing = None, exc.extra.get("missing", [])
+            out.append(
+                {
+                    "key": accelerator.key,
+                    "vendor": accelerator.vendor,
+                    "memory_gb": accelerator.memory_gb,
+                    "tdp_watts": accelerator.tdp_watts,
+                    "source": accelerator.source,
+                    "cost_basis_version": basis.version if basis else None,
+                    "mode": basis.mode if basis else None,
+                    "hourly_usd": hourly,
+                    "missing_for_pricing": missing,
+                }
+            )
+        return Response(out)
+
+
+class CostBasisCreateView(APIView):
+    permission_classes = [staff_only(POST=COST_BASIS_ADD)]
+
+    @extend_schema(request=CostBasisInput)
+    def post(self, request: Request, key: str) -> Response:
+        body = validated_body(CostBasisInput, request)
+        version = cost_basis_create(accelerator=accelerator_get(key), **body)
+        try:
+            hourly = decimal_text_or_none(hourly_cost_of(version))
+        except CannotPrice:
+            hourly = None
+        return Response(
+            {"accelerator": key, "version": version.version, "hourly_usd": hourly},
+            status=status.HTTP_201_CREATED,
+        )
+
+
+class MarginPolicyCreateView(APIView):
+    permission_classes = [staff_only(POST=MARGIN_POLICY_ADD)]
+
+    @extend_schema(request=MarginPolicyInput)
+    def post(self, request: Request, key: str) -> Response:
+        body = validated_body(MarginPolicyInput, request)
+        policy = margin_policy_set(accelerator=accelerator_get(key), **body)
+        return Response({"accelerator": key, "id": policy.pk}, status=status.HTTP_201_CREATED)
+
+
+class DeploymentCreateView(APIView):
+    permission_classes = [staff_only(POST=DEPLOYMENT_ADD)]
+
+    @extend_schema(request=DeploymentInput)
+    def post(self, request: Request) -> Response:
+        data = validated_body(DeploymentInput, request)
+        deployment = deployment_set(accelerator=accelerator_get(data.pop("accelerator")), **data)
+        basis = cost_basis_in_force(
+            accelerator=deployment.accelerator, at=deployment.effective_from
+        )
+        costs = class_costs_of(deployment, basis).as_dict() if basis else {}
+        return Response(
+            {
+                "alias": deployment.alias,
+                "version": deployment.version,
+                "cost_per_million_usd": {k: decimal_text(v) for k, v in costs.items()},
+            },
+            status=status.HTTP_201_CREATED,
+        )
+
+
+def _margin_rows(request: Request) -> tuple[dict[str, Any], list[MarginRow]]:
+    query = validated_query(MarginQuery, request)
+    return query, margin_report(period=query["period"], group_by=query["group_by"])
+
+
+class MarginReportView(APIView):
+    permission_classes = [staff_only(GET=MARGINS_VIEW)]
+
+    @extend_schema(parameters=[MarginQuery])
+    def get(self, request: Request) -> Response:
+        query, rows = _margin_rows(request)
+        return Response(
+            {"group_by": list(query["group_by"]), "rows": [margin_row_data(r) for r in rows]}
+        )
+
+
+class MarginReportCsvView(FileDownloadView):
+    permission_classes = [staff_only(GET=MARGINS_VIEW)]
+
+    @extend_schema(parameters=[MarginQuery])
+    def get(self, request: Request) -> HttpResponse:
+        query, rows = _margin_rows(request)
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow([*query["group_by"], *MARGIN_FIGURES])
+        for row in rows:
+            data = margin_row_data(row)
+            writer.writerow([*row.key, *(data[figure] for figure in MARGIN_FIGURES)])
+        response = HttpResponse(out.getvalue(), content_type="text/csv")
+        response["Content-Disposition"] = (
+            f'attachment; filename="margins-{query["period"].start:%Y-%m}.csv"'
+        )
+        return response
+
+
+class WhatIfView(APIView):
+    permission_classes = [staff_only(GET=MARGINS_VIEW)]
+
+    @extend_schema(parameters=[WhatIfQuery])
+    def get(self, request: Request) -> Response:
+        query = validated_query(WhatIfQuery, request)
+        policy = None
+        if "target_margin" in query or "minimum_margin" in query:
+            try:
+                policy = costbasis.MarginPolicy(
+                    query.get("target_margin", Decimal(0)), query.get("minimum_margin", Decimal(0))
+                )
+            except (ValueError, ArithmeticError) as exc:
+                raise ValidationError({"margins": str(exc)}) from exc
+        result = whatif(
+            period=query["period"],
+            accelerator_key=query["accelerator"],
+            tenant_id=query.get("tenant"),
+            alias=query.get("alias"),
+            policy=policy,
+        )
+        return Response(whatif_data(result))

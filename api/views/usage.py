@@ -1,0 +1,77 @@
+"""REST views for usage: the tenant's usage records, usage summaries, and its budget and
+balance alerts."""
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema, extend_schema_view
+from rest_framework.generics import ListAPIView
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from api.permissions import tenant_or_staff
+from api.scoping import tenant_id_for
+from api.serializers.fields import validated_query
+from api.serializers.usage import (
+    AlertQuery,
+    AlertSerializer,
+    UsageQuery,
+    UsageRecordSerializer,
+    UsageSummaryQuery,
+    UsageSummaryRowSerializer,
+)
+from billing.alerts import alerts_for_tenant
+from billing.permissions import ALERT_VIEW
+from metering.permissions import USAGE_VIEW
+from metering.selectors import UsageFilter, usage_records_for_tenant, usage_summary
+
+
+def _usage_filter(request: Request, query: dict[str, Any]) -> UsageFilter:
+    return UsageFilter(
+        tenant_id=tenant_id_for(request),
+        since=query.get("since"),
+        until=query.get("until"),
+        api_key_id=query.get("api_key"),
+        alias=query.get("alias"),
+    )
+
+
+@extend_schema_view(get=extend_schema(parameters=[UsageQuery]))
+class UsageRecordListView(ListAPIView):
+    serializer_class = UsageRecordSerializer
+    permission_classes = [tenant_or_staff(GET=USAGE_VIEW)]
+
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        filters = _usage_filter(self.request, validated_query(UsageQuery, self.request))
+        return usage_records_for_tenant(filters=filters).select_related("api_key")
+
+
+class UsageSummaryView(APIView):
+    permission_classes = [tenant_or_staff(GET=USAGE_VIEW)]
+
+    @extend_schema(parameters=[UsageSummaryQuery], responses=UsageSummaryRowSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        query = validated_query(UsageSummaryQuery, request)
+        rows = usage_summary(filters=_usage_filter(request, query), group_by=query.get("group_by"))
+        return Response(
+            {
+                "group_by": query.get("group_by"),
+                "data": UsageSummaryRowSerializer(rows, many=True).data,
+            }
+        )
+
+
+@extend_schema_view(get=extend_schema(parameters=[AlertQuery]))
+class AlertListView(ListAPIView):
+    """The tenant's budget and balance alerts, newest first."""
+
+    serializer_class = AlertSerializer
+    permission_classes = [tenant_or_staff(GET=ALERT_VIEW)]
+
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        query = validated_query(AlertQuery, self.request)
+        return alerts_for_tenant(
+            tenant_id=tenant_id_for(self.request),
+            budget=query.get("budget"),
+            since=query.get("since"),
+        )

@@ -1,0 +1,39 @@
+"""The Stripe webhook endpoint: the event is stored raw first, then processed by a task."""
+
+from django.db import transaction
+from django.utils.decorators import method_decorator
+from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.utils import extend_schema
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from billing import tasks
+from billing.models import StripeEvent
+from billing.stripe_sync import stripe_event_receive
+
+
+@method_decorator(csrf_exempt, name="dispatch")
+class StripeWebhookView(APIView):
+    """Stripe calls this; the signature is the authentication."""
+
+    authentication_classes: list = []  # type: ignore[type-arg]
+    permission_classes = [AllowAny]
+
+    @extend_schema(exclude=True)
+    def post(self, request: Request) -> Response:
+        event, created = stripe_event_receive(
+            payload=request.body, signature=request.headers.get("Stripe-Signature", "")
+        )
+        if event.status in (StripeEvent.Status.RECEIVED, StripeEvent.Status.FAILED):
+            transaction.on_commit(lambda: tasks.process_stripe_event.delay(event.pk))
+        # 200 for a rejected (malformed) event too: Stripe retries anything else forever.
+        return Response(
+            {
+                "received": True,
+                "event": event.event_id,
+                "duplicate": not created,
+                "status": event.status,
+            }
+        )

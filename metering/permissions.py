@@ -1,0 +1,9 @@
+"""The Django permissions ("app_label.codename") that metering's operations need, checked
+by the admin and the REST API alike. Model permissions (`view_tenant`, `add_apikey`) come
+from Django; custom ones are declared in the models' `Meta.permissions`. The roles that
+bundle them for staff are the API's (`api/permissions.py`)."""
+
+TENANT_VIEW = "metering.view_tenant"
+APIKEY_ISSUE = "metering.add_apikey"
+APIKEY_REVOKE = "metering.revoke_apikey"
+USAGE_VIEW = "metering.view_usagerecord"
