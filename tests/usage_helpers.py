@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from metering.costs import Rates, serving_cost
-from metering.ledger import usage_records_write
+from metering.ledger.orm import usage_records_write
 from metering.models import ApiKey, ServingCostRate
 
 TOKEN_FIELDS = (

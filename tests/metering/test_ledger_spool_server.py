@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from metering.ledger import spool_append
+from metering.ledger.spool import spool_append
 from metering.models import UsageRecord
 from tests.e2e.conftest import database_url, free_port, start, stop
 from tests.factories import ApiKeyFactory

@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from metering.ledger import usage_records_write
+from metering.ledger.orm import usage_records_write
 from metering.selectors import reasoning_tokens_since, spend_since
 from tests.factories import ApiKeyFactory
 from tests.usage_helpers import usage_row
