@@ -133,8 +133,3 @@ def tenant_allow_routes(*, tenant: Tenant, aliases: list[str]) -> None:
     if missing:
         raise NotFound(f"Unknown route alias(es): {', '.join(missing)}.")
     tenant.allowed_routes.add(*routes)
-
-
-@transaction.atomic
-def tenant_disallow_routes(*, tenant: Tenant, aliases: list[str]) -> None:
-    tenant.allowed_routes.remove(*Route.objects.filter(alias__in=aliases))

@@ -166,15 +166,6 @@ class Spool:
                 self._fd = None
 
 
-def spool_append(spool_dir: Path, records: list[dict[str, Any]]) -> Path:
-    """Journal records durably to a spool file of their own (one-off writers, tests)."""
-    spool = Spool(spool_dir)
-    try:
-        return spool.append(records)
-    finally:
-        spool.close()
-
-
 def _replay_file(path: Path, fd: int) -> int:
     """Load one locked spool file into the ledger, then remove it; the lock is released
     either way, so a file that failed stays for the next replay (inserts are idempotent)."""

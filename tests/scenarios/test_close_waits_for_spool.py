@@ -16,10 +16,9 @@ from billing import tasks
 from billing.invoicing import period_close
 from billing.models import Invoice
 from config.errors import ApplicationError
-from metering.ledger.spool import spool_append
 from tests.e2e.conftest import free_port
-from tests.metering.test_ledger import record_for
 from tests.scenarios.test_invoicing_stories import OCT, SEP, at, customer  # noqa: F401
+from tests.usage_helpers import record_for, spool_append
 
 pytestmark = pytest.mark.django_db
 

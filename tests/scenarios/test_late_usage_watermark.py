@@ -20,8 +20,8 @@ from metering.ledger.postgres import pg_conninfo, pg_insert_statement
 from metering.models import UsageRecord, UsageRollup
 from metering.selectors import usage_watermark
 from tests.factories import ApiKeyFactory
-from tests.metering.test_ledger import record_for
 from tests.scenarios.test_invoicing_stories import NOV, OCT, SEP, at, version
+from tests.usage_helpers import record_for
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),

@@ -22,11 +22,11 @@ from django.core.management import call_command
 from django.db import DatabaseError, connection
 
 from metering.ledger import spool
-from metering.ledger.spool import spool_append, spool_replay
+from metering.ledger.spool import spool_replay
 from metering.ledger.writer import LedgerWriter, default_sink
 from metering.models import UsageRecord
 from tests.factories import ApiKeyFactory
-from tests.metering.test_ledger import record_for
+from tests.usage_helpers import record_for, spool_append
 
 REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 PROBE = 0.2  # seconds: the writers' probe interval in these tests

@@ -1,5 +1,4 @@
 import asyncio
-import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -16,39 +15,7 @@ from metering.ledger.spool import spool_replay
 from metering.ledger.writer import LedgerWriter, default_sink
 from metering.models import UsageRecord
 from tests.factories import ApiKeyFactory, UsageRecordFactory
-
-
-def record_for(api_key, **overrides):  # type: ignore[no-untyped-def]
-    now = datetime.now(UTC)
-    values = {
-        "request_id": uuid.uuid4(),
-        "tenant_id": api_key.tenant_id,
-        "api_key_id": api_key.pk,
-        "alias": "reasoner",
-        "provider": "openai",
-        "upstream_model": "sim",
-        "accelerator": "",
-        "endpoint": "chat.completions",
-        "stream": False,
-        "status": "completed",
-        "upstream_status": 200,
-        "upstream_response_id": "chatcmpl-1",
-        "input_tokens": 10,
-        "cached_input_tokens": 0,
-        "cache_write_tokens": 0,
-        "output_tokens": 5,
-        "reasoning_tokens": 50,
-        "reasoning_source": "reported",
-        "flags": [],
-        "raw_usage": {"prompt_tokens": 10},
-        "client_disconnected": False,
-        "ttft_us": None,
-        "latency_us": 1234,
-        "started_at": now,
-        "finished_at": now,
-    }
-    values.update(overrides)
-    return values
+from tests.usage_helpers import record_for, spool_append
 
 
 @pytest.mark.django_db
@@ -326,7 +293,7 @@ def test_duplicate_request_id_inside_one_batch_is_stored_once() -> None:
 @pytest.mark.django_db(transaction=True)
 def test_failed_replay_keeps_the_spool_file(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     key = ApiKeyFactory()
-    spool.spool_append(tmp_path, [record_for(key)])  # as if written by a writer now gone
+    spool_append(tmp_path, [record_for(key)])  # as if written by a writer now gone
     (dead,) = list(tmp_path.glob("ledger-*.jsonl"))
 
     def down(records, **kwargs):  # type: ignore[no-untyped-def]
