@@ -272,8 +272,13 @@ class Simulator:
         generation: Generation,
         delay: float,
         frames: Frames,
-        cut: bool,
+        visible_at: int,
     ) -> None:
+        """Send `frames` paced by `delay`; a model named with FAULT_CUT is cut halfway
+        through its visible text (`visible_at`: the index of the first visible frame)."""
+        cut = FAULT_CUT in generation.model
+        if cut:
+            frames = frames[: visible_at + generation.visible_tokens // 2]
         headers = [*_SSE_HEADERS, *_id_headers(request)]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         pending: list[bytes] = []
@@ -352,14 +357,14 @@ class Simulator:
     async def _chat_completions(
         self, send: Send, request: _Request, body: dict[str, Any], quirk: str | None, delay: float
     ) -> None:
-        try:
-            generation = engine.plan_chat_completion(
+        generation = await _planned(
+            send,
+            request,
+            lambda: engine.plan_chat_completion(
                 body, prompt_cache=quirk not in ("vllm", "llamacpp")
-            )
-        except InvalidRequest as exc:
-            await _send_error(send, request, 400, exc.message, exc.param)
-            return
-        if await _fault(send, request, generation.model):
+            ),
+        )
+        if generation is None:
             return
         created = int(time.time())
         if body.get("stream") is True:
@@ -368,10 +373,7 @@ class Simulator:
             frames, visible_at = _chat_frames(
                 request.rid, created, generation, quirk, include_usage
             )
-            cut = FAULT_CUT in generation.model
-            if cut:
-                frames = frames[: visible_at + generation.visible_tokens // 2]
-            await self._stream(send, request, generation, delay, frames, cut)
+            await self._stream(send, request, generation, delay, frames, visible_at)
             return
 
         def build() -> dict[str, Any]:
@@ -400,20 +402,13 @@ class Simulator:
     async def _responses(
         self, send: Send, request: _Request, body: dict[str, Any], quirk: str | None, delay: float
     ) -> None:
-        try:
-            generation = engine.plan_response(body)
-        except InvalidRequest as exc:
-            await _send_error(send, request, 400, exc.message, exc.param)
-            return
-        if await _fault(send, request, generation.model):
+        generation = await _planned(send, request, lambda: engine.plan_response(body))
+        if generation is None:
             return
         created = int(time.time())
         if body.get("stream") is True:
             frames, visible_at = _response_frames(request.rid, created, body, generation)
-            cut = FAULT_CUT in generation.model
-            if cut:
-                frames = frames[: visible_at + generation.visible_tokens // 2]
-            await self._stream(send, request, generation, delay, frames, cut)
+            await self._stream(send, request, generation, delay, frames, visible_at)
             return
         await self._generate_then_send_json(
             send,
@@ -428,20 +423,13 @@ class Simulator:
     async def _messages(
         self, send: Send, request: _Request, body: dict[str, Any], quirk: str | None, delay: float
     ) -> None:
-        try:
-            generation = engine.plan_message(body)
-        except InvalidRequest as exc:
-            await _send_error(send, request, 400, exc.message, exc.param)
-            return
-        if await _fault(send, request, generation.model):
+        generation = await _planned(send, request, lambda: engine.plan_message(body))
+        if generation is None:
             return
         omitted = engine.anthropic_thinking_display(body) == "omitted"
         if body.get("stream") is True:
             frames, visible_at = _message_frames(request.rid, generation, omitted)
-            cut = FAULT_CUT in generation.model
-            if cut:
-                frames = frames[: visible_at + generation.visible_tokens // 2]
-            await self._stream(send, request, generation, delay, frames, cut)
+            await self._stream(send, request, generation, delay, frames, visible_at)
             return
 
         def build() -> dict[str, Any]:
@@ -989,6 +977,21 @@ async def _send_error(
         error_type, code = _OPENAI_ERROR_TYPES[status]
         payload = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
     await _send_json(send, request, status, orjson.dumps(payload), extra)
+
+
+async def _planned(
+    send: Send, request: _Request, plan: Callable[[], Generation]
+) -> Generation | None:
+    """The generation a request asks for, or None once its 400 error or the fault its
+    model name asks for has been sent."""
+    try:
+        generation = plan()
+    except InvalidRequest as exc:
+        await _send_error(send, request, 400, exc.message, exc.param)
+        return None
+    if await _fault(send, request, generation.model):
+        return None
+    return generation
 
 
 async def _fault(send: Send, request: _Request, model: str) -> bool:
