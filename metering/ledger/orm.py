@@ -9,7 +9,7 @@ from typing import Any
 
 from django.db import DatabaseError, connection, transaction
 
-from metering.ledger.rollups import usage_rollups_apply
+from metering.ledger.rollups import usage_rollups_fold
 from metering.models import ApiKey, UsageRecord
 
 
@@ -29,7 +29,7 @@ def usage_records_write(records: list[dict[str, Any]], *, touch_keys: Iterable[i
         )
         fresh = [UsageRecord(**r) for r in records if r["request_id"] not in existing]
         UsageRecord.objects.bulk_create(fresh)
-        usage_rollups_apply(fresh)
+        usage_rollups_fold([row.pk for row in fresh])
         keys = sorted(set(touch_keys))
         if keys:
             newest = max(r["finished_at"] for r in records)

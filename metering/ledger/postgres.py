@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from django.db import DatabaseError, DataError, IntegrityError
 
-from metering.ledger.rollups import PG_CHANGE_STAMP, ROLLUP_SUMS
+from metering.ledger.rollups import ROLLUP_SUMS, rollup_hourly_sql, rollup_upsert_sql
 
 # PostgreSQL: the whole batch in ONE statement on an async connection of the event loop
 # (autocommit: a single statement is its own transaction). The batch travels as one JSON
@@ -50,16 +50,13 @@ _PG_COLUMNS: tuple[tuple[str, str], ...] = (
 
 def _pg_insert_sql(*, touch: bool) -> str:
     """The batch insert in PostgreSQL's own $n placeholders (psycopg's raw cursor sends it
-    as it is: no client-side parsing of a statement this long on every batch). With
-    `touch`, the same statement also moves the keys' last_used_at ($3, $4)."""
+    as it is: no client-side parsing of a statement this long on every batch). The
+    records go in ($1), the rows actually inserted fold into the rollups of shard $2
+    (`rollups`). With `touch`, the same statement also moves the keys' last_used_at
+    ($3, $4)."""
     names = ", ".join(name for name, _ in _PG_COLUMNS)
     definitions = ", ".join(f"{name} {kind}" for name, kind in _PG_COLUMNS)
-    rated = "flags = '[]'::jsonb"
-    sums = ", ".join(
-        f"coalesce(sum({name}) FILTER (WHERE {rated}), 0) AS {name}" for name in ROLLUP_SUMS
-    )
     sum_names = ", ".join(ROLLUP_SUMS)
-    increments = ", ".join(f"{name} = r.{name} + excluded.{name}" for name in ROLLUP_SUMS)
     touched = (
         ", touched AS ("
         " UPDATE metering_apikey SET last_used_at = $3 WHERE id = ANY($4::int8[]) RETURNING id)"
@@ -74,22 +71,8 @@ def _pg_insert_sql(*, touch: bool) -> str:
         " ON CONFLICT (request_id) DO NOTHING"
         f" RETURNING id, tenant_id, alias, accelerator, started_at, flags, {sum_names}),"
         # Only rows actually inserted reach the rollups: a replayed batch adds nothing.
-        " hourly AS ("
-        " SELECT tenant_id, alias, accelerator, date_trunc('hour', started_at, 'UTC') AS hour,"
-        f" count(*) FILTER (WHERE {rated}) AS requests,"
-        f" count(*) FILTER (WHERE NOT {rated}) AS flagged_requests, {sums}, max(id) AS last_id"
-        " FROM inserted GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4),"
-        " rolled AS ("
-        " INSERT INTO metering_usagerollup AS r (tenant_id, alias, accelerator, hour, shard, requests,"
-        f" flagged_requests, {sum_names}, last_record_id, changed_xid, updated_at)"
-        f" SELECT tenant_id, alias, accelerator, hour, $2::int2, requests, flagged_requests, {sum_names},"
-        f" last_id, {PG_CHANGE_STAMP}, now() FROM hourly"
-        " ON CONFLICT (tenant_id, alias, accelerator, hour, shard) DO UPDATE SET"
-        " requests = r.requests + excluded.requests,"
-        f" flagged_requests = r.flagged_requests + excluded.flagged_requests, {increments},"
-        " last_record_id = greatest(r.last_record_id, excluded.last_record_id),"
-        " changed_xid = excluded.changed_xid,"
-        f" updated_at = excluded.updated_at RETURNING 1){touched}"
+        f" hourly AS ({rollup_hourly_sql(source='inserted')}),"
+        f" rolled AS ({rollup_upsert_sql(shard='$2::int2')} RETURNING 1){touched}"
         # (a data-modifying WITH runs to completion whether or not the result reads it)
         " SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM rolled)"
     )
