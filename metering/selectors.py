@@ -11,15 +11,8 @@ from django.db import connection
 from django.db.models import Count, Max, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDay
 
-from metering.models import ApiKey, UsageRecord, UsageRollup
+from metering.models import TOKEN_CLASSES, ApiKey, UsageRecord, UsageRollup
 
-TOKEN_CLASSES = (
-    "input_tokens",
-    "cached_input_tokens",
-    "cache_write_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-)
 SHARE_QUANTUM = Decimal("0.000001")
 GROUPINGS = {"alias": "alias", "api_key": "api_key_id", "day": "day"}
 

@@ -8,15 +8,7 @@ from typing import Any
 from metering.costs import Rates, serving_cost
 from metering.ledger.orm import usage_records_write
 from metering.ledger.spool import Spool
-from metering.models import ApiKey, ServingCostRate
-
-TOKEN_FIELDS = (
-    "input_tokens",
-    "cached_input_tokens",
-    "cache_write_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-)
+from metering.models import TOKEN_CLASSES, ApiKey, ServingCostRate
 
 
 def usage_row(
@@ -52,7 +44,7 @@ def usage_row(
         "cost_rate_id": None,
         "serving_cost_usd": None,
         "reasoning_cost_usd": None,
-        **dict.fromkeys(TOKEN_FIELDS, 0),
+        **dict.fromkeys(TOKEN_CLASSES, 0),
     }
     row.update(overrides)
     if rate is not None:

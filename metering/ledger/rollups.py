@@ -20,16 +20,9 @@ from dataclasses import dataclass
 
 from django.db import connection
 
-ROLLUP_SUMS = (
-    "input_tokens",
-    "cached_input_tokens",
-    "cache_write_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "serving_cost_usd",
-    "reasoning_cost_usd",
-    "spend_usd",
-)
+from metering.models import TOKEN_CLASSES
+
+ROLLUP_SUMS = (*TOKEN_CLASSES, "serving_cost_usd", "reasoning_cost_usd", "spend_usd")
 
 
 @dataclass(frozen=True)

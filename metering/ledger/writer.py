@@ -32,6 +32,7 @@ from django.db import DatabaseError, DataError, IntegrityError, connection
 from metering.ledger.orm import OrmLedgerSink
 from metering.ledger.postgres import PostgresLedgerSink, pg_conninfo
 from metering.ledger.spool import Spool, spool_replay, spool_report, spool_unclaimed
+from metering.models import TOKEN_CLASSES
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +40,6 @@ logger = logging.getLogger(__name__)
 LAST_USED_REFRESH_SECONDS = 60.0
 
 _BIGINT_MAX = 2**63 - 1
-_TOKEN_FIELDS = (
-    "input_tokens",
-    "cached_input_tokens",
-    "cache_write_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-)
 
 
 def sanitize_record(record: dict[str, Any]) -> dict[str, Any]:
@@ -54,7 +48,7 @@ def sanitize_record(record: dict[str, Any]) -> dict[str, Any]:
     for name, value in record.items():
         if isinstance(value, str):
             out[name] = value.replace("\x00", "")
-    broken = [n for n in _TOKEN_FIELDS if not 0 <= out.get(n, 0) <= _BIGINT_MAX]
+    broken = [n for n in TOKEN_CLASSES if not 0 <= out.get(n, 0) <= _BIGINT_MAX]
     for name in broken:
         out[name] = 0
     if broken:  # the costs came from counts that cannot be stored
