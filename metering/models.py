@@ -218,10 +218,6 @@ class UsageRecord(models.Model):
     def __str__(self) -> str:
         return f"{self.request_id} {self.alias} {self.status}"
 
-    @property
-    def is_flagged(self) -> bool:
-        return bool(self.flags)
-
 
 class UsageRollup(models.Model):
     """Rated usage per tenant, alias and UTC hour, kept in the ledger's own transaction.

@@ -1,4 +1,14 @@
-"""Reads on the usage ledger. Functions return querysets or plain data, tenant-scoped."""
+"""Reads on the usage ledger: what billing, the REST API and spend control may know of
+usage. Functions return querysets or plain data (frozen dataclasses, dicts, numbers).
+
+Invariants:
+- windows are half-open, [start, end), on the record's `started_at` (rollups: its UTC hour);
+- rating reads the hourly rollups (`usage_totals`), which hold unflagged records only:
+  a flagged record is held back from rating, yet counts against limits (`spend_since`,
+  `reasoning_tokens_since` add flagged usage back);
+- token classes carry the ledger's names (`metering.models.TOKEN_CLASSES`) except in
+  `UsageTotals` and `ServedTotals`, which carry pricing's (`PRICING_CLASS`).
+"""
 
 import uuid
 from collections.abc import Collection
@@ -282,7 +292,7 @@ def served_totals(
     ]
 
 
-def flagged_usage_since(tenant_id: uuid.UUID, since: datetime | None, field: str) -> Any:
+def _flagged_usage_since(tenant_id: uuid.UUID, since: datetime | None, field: str) -> Any:
     """The sum of `field` over a tenant's flagged records from `since`: what its rollups
     leave out (they count flagged records, not their usage). Only hours whose rollups
     say they hold a flagged record are read, so this stays cheap for large tenants."""
@@ -312,7 +322,7 @@ def _used_since(
         if since is not None:
             rollups = rollups.filter(hour__gte=since)
         total = rollups.aggregate(total=Sum(field))["total"] or 0
-        return total + flagged_usage_since(tenant_id, since, field)
+        return total + _flagged_usage_since(tenant_id, since, field)
     records = UsageRecord.objects.filter(tenant_id=tenant_id, api_key_id=api_key_id)
     if since is not None:
         records = records.filter(started_at__gte=since)
