@@ -2,7 +2,7 @@
 
 - `writer`: group commit on the proxy's event loop (`LedgerWriter`, the write API);
 - `postgres`: the PostgreSQL batch path (one statement per batch);
-- `orm`: the path for any database Django supports (embedded SQLite, spool replay);
+- `orm`: the ORM path (embedded SQLite, and spool replay on PostgreSQL too);
 - `rollups`: how records fold into hourly rollups (the one home of that rule);
 - `spool`: where batches go while the database is unreachable, and their replay.
 

@@ -1,5 +1,5 @@
-"""The ledger's ORM write path: any database Django supports (the embedded SQLite
-default, and spool replay everywhere). One transaction inserts a batch, skipping request
+"""The ledger's ORM write path: SQLite (the embedded default), and spool replay on
+PostgreSQL too (the two databases Reckon runs on; `rollups` speaks both). One transaction inserts a batch, skipping request
 ids already stored, and folds the new records into rollups (`rollups`)."""
 
 import asyncio
@@ -38,7 +38,7 @@ def usage_records_write(records: list[dict[str, Any]], *, touch_keys: Iterable[i
 
 
 class OrmLedgerSink:
-    """Any database Django supports (the embedded SQLite default): the ORM on one thread."""
+    """The sink for SQLite (the embedded default): the ORM on one thread."""
 
     concurrency = 1
 
