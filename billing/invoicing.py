@@ -48,8 +48,7 @@ from metering.models import Tenant
 from metering.selectors import (
     BilledWindow,
     UsageTotals,
-    usage_totals_for_tenants,
-    usage_totals_from_records,
+    usage_totals,
     usage_watermark,
     windows_with_usage_after,
 )
@@ -327,7 +326,7 @@ def periods_close(
     # commits at or above it is found as late usage at the next close.
     watermark = usage_watermark()
     # Tenants on one plan for the whole period are rated from one bulk usage query.
-    usage = usage_totals_for_tenants(tenant_ids=todo, start=period.start, end=period.end)
+    usage = usage_totals(by="tenant", tenant_ids=todo, start=period.start, end=period.end)
     adjustments = late_usage_adjustments(tenant_ids=todo, before=period, watermark=watermark)
     ratings: dict[uuid.UUID, PeriodRating] = {}
     for t in todo:
@@ -582,8 +581,8 @@ def invoice_recompute(*, invoice: Invoice) -> list[LineDifference]:
     cutoff = invoice.usage_cutoff_record_id
 
     def raw(tenant_id: uuid.UUID, start: datetime, end: datetime) -> UsageTotals:
-        return usage_totals_from_records(
-            tenant_id=tenant_id, start=start, end=end, max_record_id=cutoff
+        return usage_totals(
+            by="alias", tenant_id=tenant_id, start=start, end=end, up_to_record_id=cutoff
         )
 
     rating = period_rate(
@@ -643,8 +642,8 @@ def _recompute_adjustment(invoice: Invoice, line: InvoiceLine) -> list[LineDiffe
     cutoff = line.usage_cutoff_record_id
 
     def raw(tenant_id: uuid.UUID, start: datetime, end: datetime) -> UsageTotals:
-        return usage_totals_from_records(
-            tenant_id=tenant_id, start=start, end=end, max_record_id=cutoff
+        return usage_totals(
+            by="alias", tenant_id=tenant_id, start=start, end=end, up_to_record_id=cutoff
         )
 
     expected = period_rate(

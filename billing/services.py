@@ -25,7 +25,7 @@ from billing.selectors import plan_version_pricing, subscription_current, subscr
 from config.errors import ApplicationError, Conflict, NotFound
 from metering.models import Tenant
 from metering.proxy.governance import EFFORTS
-from metering.selectors import UsageTotals, usage_totals_all_tenants, usage_totals_by_alias
+from metering.selectors import NO_USAGE, UsageTotals, usage_totals
 
 
 class PlanInvalid(ApplicationError):
@@ -270,7 +270,7 @@ UsageSource = Callable[[uuid.UUID, datetime, datetime], UsageTotals]
 
 
 def usage_from_rollups(tenant_id: uuid.UUID, start: datetime, end: datetime) -> UsageTotals:
-    return usage_totals_by_alias(tenant_id=tenant_id, start=start, end=end)
+    return usage_totals(by="alias", tenant_id=tenant_id, start=start, end=end)
 
 
 def period_rate(
@@ -371,13 +371,13 @@ def rate_all_tenants(*, period: Period) -> dict[uuid.UUID, int]:
     by_tenant: dict[uuid.UUID, list[Subscription]] = {}
     for subscription in subs:
         by_tenant.setdefault(subscription.tenant_id, []).append(subscription)
-    usage = usage_totals_all_tenants(start=period.start, end=period.end)
+    usage = usage_totals(by="tenant", start=period.start, end=period.end)
     totals: dict[uuid.UUID, int] = {}
     for tenant_id, tenant_subs in by_tenant.items():
         spans = segments(period, [(s.starts_at, s.ends_at, s) for s in tenant_subs])
         if len(spans) == 1 and spans[0].start == period.start and spans[0].end == period.end:
             plan = plan_version_pricing(spans[0].item.plan_version)
-            vector = pricing.UsageVector(usage.get(tenant_id, {}))
+            vector = pricing.UsageVector(usage.get(tenant_id, NO_USAGE).tokens)
             totals[tenant_id] = pricing.rate(plan, vector).total_minor
         else:
             totals[tenant_id] = period_rate(tenant_id=tenant_id, period=period).total_minor

@@ -25,7 +25,3 @@ def api_key_hash(raw_key: str) -> str:
 
 def api_key_visible_prefix(raw_key: str) -> str:
     return raw_key[:VISIBLE_PREFIX_LENGTH]
-
-
-def api_key_looks_valid(raw_key: str) -> bool:
-    return raw_key.startswith(KEY_PREFIX) and 20 <= len(raw_key) <= 200

@@ -80,6 +80,17 @@ class Route(models.Model):
         return self.alias
 
 
+# The ledger's five token classes: column names on UsageRecord and UsageRollup, disjoint
+# and additive (pricing names them differently: `metering.selectors.PRICING_CLASS`).
+TOKEN_CLASSES = (
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+)
+
+
 class UsageRecord(models.Model):
     """One proxied request, exactly once. Token classes are disjoint and additive."""
 
@@ -206,10 +217,6 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.alias} {self.status}"
-
-    @property
-    def is_flagged(self) -> bool:
-        return bool(self.flags)
 
 
 class UsageRollup(models.Model):

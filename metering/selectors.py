@@ -1,24 +1,28 @@
-"""Reads on the usage ledger. Functions return querysets or plain data, tenant-scoped."""
+"""Reads on the usage ledger: what billing, the REST API and spend control may know of
+usage. Functions return querysets or plain data (frozen dataclasses, dicts, numbers).
+
+Invariants:
+- windows are half-open, [start, end), on the record's `started_at` (rollups: its UTC hour);
+- rating reads the hourly rollups (`usage_totals`), which hold unflagged records only:
+  a flagged record is held back from rating, yet counts against limits (`spend_since`,
+  `reasoning_tokens_since` add flagged usage back);
+- token classes carry the ledger's names (`metering.models.TOKEN_CLASSES`) except in
+  `UsageTotals` and `ServedTotals`, which carry pricing's (`PRICING_CLASS`).
+"""
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal, overload
 
 from django.db import connection
 from django.db.models import Count, Max, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDay
 
-from metering.models import ApiKey, UsageRecord, UsageRollup
+from metering.models import TOKEN_CLASSES, ApiKey, UsageRecord, UsageRollup
 
-TOKEN_CLASSES = (
-    "input_tokens",
-    "cached_input_tokens",
-    "cache_write_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-)
 SHARE_QUANTUM = Decimal("0.000001")
 GROUPINGS = {"alias": "alias", "api_key": "api_key_id", "day": "day"}
 
@@ -97,22 +101,78 @@ class UsageTotals:
     cutoff_record_id: int  # highest usage record id included (0 when none)
 
 
-def usage_totals_by_alias(*, tenant_id: uuid.UUID, start: datetime, end: datetime) -> UsageTotals:
-    """Rated tokens per (alias, pricing token class) in [start, end), from hourly rollups,
-    with the highest record id they include, in one query.
+NO_USAGE = UsageTotals({}, 0)
 
-    `start` and `end` must fall on whole UTC hours (rollup granularity).
-    """
+
+@overload
+def usage_totals(
+    *,
+    by: Literal["alias"],
+    tenant_id: uuid.UUID,
+    start: datetime,
+    end: datetime,
+    up_to_record_id: int | None = None,
+) -> UsageTotals: ...
+
+
+@overload
+def usage_totals(
+    *,
+    by: Literal["tenant"],
+    start: datetime,
+    end: datetime,
+    tenant_ids: Collection[uuid.UUID] | None = None,
+    up_to_record_id: int | None = None,
+) -> dict[uuid.UUID, UsageTotals]: ...
+
+
+def usage_totals(
+    *,
+    by: Literal["alias", "tenant"],
+    start: datetime,
+    end: datetime,
+    tenant_id: uuid.UUID | None = None,
+    tenant_ids: Collection[uuid.UUID] | None = None,
+    up_to_record_id: int | None = None,
+) -> UsageTotals | dict[uuid.UUID, UsageTotals]:
+    """Rated tokens per (alias, pricing token class) in [start, end), with the highest
+    usage record id they include, in one query: the one reader of usage totals.
+
+    - `by="alias"`: one tenant's (`tenant_id`) totals;
+    - `by="tenant"`: a `UsageTotals` per tenant, for `tenant_ids` or (None) every tenant;
+      tenants without usage are absent (use `NO_USAGE`).
+    Read from the hourly rollups (`start` and `end` must fall on whole UTC hours), or,
+    with `up_to_record_id`, straight from the raw ledger: records started in
+    [start, end), with id <= up_to_record_id, carrying no flags. Rollups must agree with
+    the raw ledger; invoices are re-computed from it."""
+    if up_to_record_id is None:
+        rows: QuerySet[Any] = UsageRollup.objects.filter(hour__gte=start, hour__lt=end)
+        last = Max("last_record_id")
+    else:
+        rows = UsageRecord.objects.filter(
+            started_at__gte=start, started_at__lt=end, id__lte=up_to_record_id, flags=[]
+        )
+        last = Max("id")
+    if by == "alias":
+        rows = rows.filter(tenant_id=tenant_id)
+    elif tenant_ids is not None:
+        rows = rows.filter(tenant_id__in=tenant_ids)
     rows = (
-        UsageRollup.objects.filter(tenant_id=tenant_id, hour__gte=start, hour__lt=end)
-        .values("alias")
-        .annotate(last=Max("last_record_id"), **{name: Sum(name) for name in TOKEN_CLASSES})
+        rows.values("tenant_id", "alias")
+        .annotate(last=last, **{name: Sum(name) for name in TOKEN_CLASSES})
         .order_by()
     )
-    return _totals(rows)
+    grouped: dict[uuid.UUID, list[dict[str, Any]]] = {}
+    for row in rows:
+        grouped.setdefault(row["tenant_id"], []).append(row)
+    totals = {tenant: _totals(tenant_rows) for tenant, tenant_rows in grouped.items()}
+    if by == "alias":
+        assert tenant_id is not None
+        return totals.get(tenant_id, NO_USAGE)
+    return totals
 
 
-def _totals(rows: Any) -> UsageTotals:
+def _totals(rows: list[dict[str, Any]]) -> UsageTotals:
     tokens: dict[tuple[str, str], int] = {}
     cutoff = 0
     for row in rows:
@@ -121,62 +181,6 @@ def _totals(rows: Any) -> UsageTotals:
             if row[name]:
                 tokens[(row["alias"], PRICING_CLASS[name])] = row[name]
     return UsageTotals(tokens, cutoff)
-
-
-def usage_totals_all_tenants(
-    *, start: datetime, end: datetime
-) -> dict[uuid.UUID, dict[tuple[str, str], int]]:
-    """The same for every tenant at once (period close, bulk rating)."""
-    rows = (
-        UsageRollup.objects.filter(hour__gte=start, hour__lt=end)
-        .values("tenant_id", "alias")
-        .annotate(**{name: Sum(name) for name in TOKEN_CLASSES})
-        .order_by()
-    )
-    totals: dict[uuid.UUID, dict[tuple[str, str], int]] = {}
-    for row in rows:
-        vector = totals.setdefault(row["tenant_id"], {})
-        for name in TOKEN_CLASSES:
-            if row[name]:
-                vector[(row["alias"], PRICING_CLASS[name])] = row[name]
-    return totals
-
-
-def usage_totals_from_records(
-    *, tenant_id: uuid.UUID, start: datetime, end: datetime, max_record_id: int
-) -> UsageTotals:
-    """Rated tokens per (alias, pricing class) straight from the raw ledger: records
-    started in [start, end), with id <= max_record_id, carrying no flags. This is what
-    rollups must agree with; invoices are re-computed from it."""
-    rows = (
-        UsageRecord.objects.filter(
-            tenant_id=tenant_id,
-            started_at__gte=start,
-            started_at__lt=end,
-            id__lte=max_record_id,
-            flags=[],
-        )
-        .values("alias")
-        .annotate(last=Max("id"), **{name: Sum(name) for name in TOKEN_CLASSES})
-        .order_by()
-    )
-    return _totals(rows)
-
-
-def usage_totals_for_tenants(
-    *, tenant_ids: list[uuid.UUID], start: datetime, end: datetime
-) -> dict[uuid.UUID, UsageTotals]:
-    """`usage_totals_by_alias` for many tenants in one query (tenants without usage absent)."""
-    rows = (
-        UsageRollup.objects.filter(tenant_id__in=tenant_ids, hour__gte=start, hour__lt=end)
-        .values("tenant_id", "alias")
-        .annotate(last=Max("last_record_id"), **{name: Sum(name) for name in TOKEN_CLASSES})
-        .order_by()
-    )
-    grouped: dict[uuid.UUID, list[dict[str, Any]]] = {}
-    for row in rows:
-        grouped.setdefault(row["tenant_id"], []).append(row)
-    return {tenant_id: _totals(tenant_rows) for tenant_id, tenant_rows in grouped.items()}
 
 
 def usage_watermark() -> int:
@@ -288,7 +292,7 @@ def served_totals(
     ]
 
 
-def flagged_usage_since(tenant_id: uuid.UUID, since: datetime | None, field: str) -> Any:
+def _flagged_usage_since(tenant_id: uuid.UUID, since: datetime | None, field: str) -> Any:
     """The sum of `field` over a tenant's flagged records from `since`: what its rollups
     leave out (they count flagged records, not their usage). Only hours whose rollups
     say they hold a flagged record are read, so this stays cheap for large tenants."""
@@ -307,23 +311,32 @@ def flagged_usage_since(tenant_id: uuid.UUID, since: datetime | None, field: str
     return records.filter(windows).aggregate(total=Sum(field))["total"] or 0
 
 
-def spend_since(
-    *, tenant_id: uuid.UUID, api_key_id: int | None = None, since: datetime | None = None
-) -> Decimal:
-    """Spend at list price (UsageRecord.spend_usd) of a tenant, or one of its keys, from
-    `since` (None: all time). Tenant totals come from the hourly rollups plus flagged
-    records (held back from rating, not from limits: the proxy counts them too), a key's
-    from its records."""
+def _used_since(
+    field: str, *, tenant_id: uuid.UUID, api_key_id: int | None, since: datetime | None
+) -> Any:
+    """The sum of `field` a tenant, or one of its keys, used from `since` (None: all time).
+    A tenant's comes from its hourly rollups plus its flagged records (held back from
+    rating, not from limits: the proxy counts them too), a key's from its records."""
     if api_key_id is None:
         rollups = UsageRollup.objects.filter(tenant_id=tenant_id)
         if since is not None:
             rollups = rollups.filter(hour__gte=since)
-        total = rollups.aggregate(total=Sum("spend_usd"))["total"] or Decimal(0)
-        return total + flagged_usage_since(tenant_id, since, "spend_usd")
+        total = rollups.aggregate(total=Sum(field))["total"] or 0
+        return total + _flagged_usage_since(tenant_id, since, field)
     records = UsageRecord.objects.filter(tenant_id=tenant_id, api_key_id=api_key_id)
     if since is not None:
         records = records.filter(started_at__gte=since)
-    return records.aggregate(total=Sum("spend_usd"))["total"] or Decimal(0)
+    return records.aggregate(total=Sum(field))["total"] or 0
+
+
+def spend_since(
+    *, tenant_id: uuid.UUID, api_key_id: int | None = None, since: datetime | None = None
+) -> Decimal:
+    """Spend at list price (UsageRecord.spend_usd) of a tenant, or one of its keys, from
+    `since` (None: all time), flagged records included."""
+    return Decimal(
+        _used_since("spend_usd", tenant_id=tenant_id, api_key_id=api_key_id, since=since)
+    )
 
 
 def reasoning_tokens_since(
@@ -331,12 +344,6 @@ def reasoning_tokens_since(
 ) -> int:
     """Reasoning tokens a tenant, or one of its keys, spent from `since`, flagged records
     included (whole hours for the tenant: rollups; a key: its records)."""
-    if api_key_id is None:
-        total = UsageRollup.objects.filter(tenant_id=tenant_id, hour__gte=since).aggregate(
-            total=Sum("reasoning_tokens")
-        )["total"]
-        return int(total or 0) + int(flagged_usage_since(tenant_id, since, "reasoning_tokens"))
-    total = UsageRecord.objects.filter(
-        tenant_id=tenant_id, api_key_id=api_key_id, started_at__gte=since
-    ).aggregate(total=Sum("reasoning_tokens"))["total"]
-    return int(total or 0)
+    return int(
+        _used_since("reasoning_tokens", tenant_id=tenant_id, api_key_id=api_key_id, since=since)
+    )

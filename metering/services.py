@@ -1,4 +1,9 @@
-"""Writes on tenants, API keys and routes. The ledger's writes live in metering.ledger."""
+"""Writes on tenants, API keys and routes (the ledger's writes live in metering.ledger).
+
+Invariants: a raw API key is returned once, by `api_key_create`, and never stored (only
+its digest and visible prefix); revoking is idempotent; a route is unique per alias and
+its base URL is stored normalized (`metering.routes`).
+"""
 
 import uuid
 from dataclasses import dataclass
@@ -133,8 +138,3 @@ def tenant_allow_routes(*, tenant: Tenant, aliases: list[str]) -> None:
     if missing:
         raise NotFound(f"Unknown route alias(es): {', '.join(missing)}.")
     tenant.allowed_routes.add(*routes)
-
-
-@transaction.atomic
-def tenant_disallow_routes(*, tenant: Tenant, aliases: list[str]) -> None:
-    tenant.allowed_routes.remove(*Route.objects.filter(alias__in=aliases))

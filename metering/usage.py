@@ -1,7 +1,10 @@
 """Turn a provider's usage object into Reckon's disjoint token classes.
 
-Pure functions: no Django, no I/O, never raise on provider data. Facts come from
-/work/shared/reference/wire-formats.md.
+Pure functions: no Django, no I/O, never raise on provider data. The providers'
+documented usage objects say which counts nest inside which: OpenAI (Chat Completions,
+Responses) counts cached tokens inside the input and reasoning inside the output tokens;
+Anthropic counts cache reads and writes beside `input_tokens`, thinking inside
+`output_tokens`; Gemini omits zero counts. Each parser below states its provider's rule.
 
 Invariants of every `TokenUsage` returned here:
 - each count is a non-negative `int`;

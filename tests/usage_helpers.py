@@ -2,19 +2,13 @@
 
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from metering.costs import Rates, serving_cost
-from metering.ledger import usage_records_write
-from metering.models import ApiKey, ServingCostRate
-
-TOKEN_FIELDS = (
-    "input_tokens",
-    "cached_input_tokens",
-    "cache_write_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-)
+from metering.ledger.orm import usage_records_write
+from metering.ledger.spool import Spool
+from metering.models import TOKEN_CLASSES, ApiKey, ServingCostRate
 
 
 def usage_row(
@@ -50,7 +44,7 @@ def usage_row(
         "cost_rate_id": None,
         "serving_cost_usd": None,
         "reasoning_cost_usd": None,
-        **dict.fromkeys(TOKEN_FIELDS, 0),
+        **dict.fromkeys(TOKEN_CLASSES, 0),
     }
     row.update(overrides)
     if rate is not None:
@@ -78,3 +72,46 @@ def write_usage(
     row = usage_row(api_key, started_at=started_at, rate=rate, **tokens)
     usage_records_write([row])
     return row
+
+
+def record_for(api_key: ApiKey, **overrides: Any) -> dict[str, Any]:
+    """A usage record as the proxy hands it to the ledger writer (uncosted, started now)."""
+    now = datetime.now(UTC)
+    values = {
+        "request_id": uuid.uuid4(),
+        "tenant_id": api_key.tenant_id,
+        "api_key_id": api_key.pk,
+        "alias": "reasoner",
+        "provider": "openai",
+        "upstream_model": "sim",
+        "accelerator": "",
+        "endpoint": "chat.completions",
+        "stream": False,
+        "status": "completed",
+        "upstream_status": 200,
+        "upstream_response_id": "chatcmpl-1",
+        "input_tokens": 10,
+        "cached_input_tokens": 0,
+        "cache_write_tokens": 0,
+        "output_tokens": 5,
+        "reasoning_tokens": 50,
+        "reasoning_source": "reported",
+        "flags": [],
+        "raw_usage": {"prompt_tokens": 10},
+        "client_disconnected": False,
+        "ttft_us": None,
+        "latency_us": 1234,
+        "started_at": now,
+        "finished_at": now,
+    }
+    values.update(overrides)
+    return values
+
+
+def spool_append(spool_dir: Path, records: list[dict[str, Any]]) -> Path:
+    """Journal records to a spool file of their own, as a writer now gone left them."""
+    spool = Spool(spool_dir)
+    try:
+        return spool.append(records)
+    finally:
+        spool.close()

@@ -299,33 +299,16 @@ class Endpoint:
     outcome_from_body: Callable[..., Outcome]
 
 
-CHAT = Endpoint(
-    UsageRecord.Endpoint.CHAT_COMPLETIONS,
-    "/chat/completions",
-    False,
-    frozenset({Route.Provider.OPENAI, Route.Provider.OPENAI_COMPATIBLE}),
-    chat_outcome,
-)
-RESPONSES = Endpoint(
-    UsageRecord.Endpoint.RESPONSES,
-    "/responses",
-    False,
-    frozenset({Route.Provider.OPENAI, Route.Provider.OPENAI_COMPATIBLE}),
-    responses_outcome,
-)
-MESSAGES = Endpoint(
-    UsageRecord.Endpoint.MESSAGES,
-    "/messages",
-    True,
-    frozenset({Route.Provider.ANTHROPIC}),
-    messages_outcome,
-)
+_OPENAI_SHAPED = frozenset({Route.Provider.OPENAI, Route.Provider.OPENAI_COMPATIBLE})
+_ANTHROPIC = frozenset({Route.Provider.ANTHROPIC})
 
-ENDPOINTS_BY_PATH = {
-    "/v1/chat/completions": CHAT,
-    "/v1/responses": RESPONSES,
-    "/v1/messages": MESSAGES,
-}
+_E = UsageRecord.Endpoint
+CHAT = Endpoint(_E.CHAT_COMPLETIONS, "/chat/completions", False, _OPENAI_SHAPED, chat_outcome)
+RESPONSES = Endpoint(_E.RESPONSES, "/responses", False, _OPENAI_SHAPED, responses_outcome)
+MESSAGES = Endpoint(_E.MESSAGES, "/messages", True, _ANTHROPIC, messages_outcome)
+
+# The client-facing paths: the upstream path under the proxy's /v1.
+ENDPOINTS_BY_PATH = {"/v1" + e.upstream_path: e for e in (CHAT, RESPONSES, MESSAGES)}
 
 
 @dataclass(slots=True)

@@ -20,7 +20,7 @@ import redis
 from metering import control, leases
 from metering.control import BudgetCost, BudgetScope, ControlStore, Grant, holds_key, to_nano
 from metering.counters import budget_loader, control_counters_rebuild
-from metering.ledger import usage_records_write
+from metering.ledger.orm import usage_records_write
 from metering.tasks import control_counters_rebuild as rebuild_task
 from tests.factories import ApiKeyFactory
 from tests.usage_helpers import usage_row

@@ -16,10 +16,9 @@ from billing import tasks
 from billing.invoicing import period_close
 from billing.models import Invoice
 from config.errors import ApplicationError
-from metering.ledger import spool_append
 from tests.e2e.conftest import free_port
-from tests.metering.test_ledger import record_for
 from tests.scenarios.test_invoicing_stories import OCT, SEP, at, customer  # noqa: F401
+from tests.usage_helpers import record_for, spool_append
 
 pytestmark = pytest.mark.django_db
 
@@ -35,7 +34,7 @@ def spool_settings(settings: Any, tmp_path: Path) -> Any:
 
 
 def report(client: redis.Redis, count: int) -> None:
-    """What a writer with unreplayed spool keeps in Redis (`metering.ledger.spool_report`)."""
+    """What a writer with unreplayed spool keeps in Redis (`metering.ledger.spool.spool_report`)."""
     client.set(f"rk:spool:{WRITER}", count, ex=60)
     client.sadd("rk:spool-writers", WRITER)
 

@@ -15,12 +15,13 @@ from django.db import connection
 from billing.invoicing import invoice_recompute, period_close
 from billing.models import InvoiceLine
 from billing.services import subscription_create
-from metering.ledger import pg_conninfo, pg_insert_statement, usage_records_write
+from metering.ledger.orm import usage_records_write
+from metering.ledger.postgres import pg_conninfo, pg_insert_statement
 from metering.models import UsageRecord, UsageRollup
 from metering.selectors import usage_watermark
 from tests.factories import ApiKeyFactory
-from tests.metering.test_ledger import record_for
 from tests.scenarios.test_invoicing_stories import NOV, OCT, SEP, at, version
+from tests.usage_helpers import record_for
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),

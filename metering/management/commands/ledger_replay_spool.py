@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from metering.ledger import spool_replay, spool_report
+from metering.ledger.spool import spool_replay, spool_report
 
 
 class Command(BaseCommand):

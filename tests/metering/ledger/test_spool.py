@@ -21,11 +21,12 @@ import redis
 from django.core.management import call_command
 from django.db import DatabaseError, connection
 
-from metering import ledger
-from metering.ledger import default_sink, spool_append, spool_replay
+from metering.ledger import spool
+from metering.ledger.spool import spool_replay
+from metering.ledger.writer import LedgerWriter, default_sink
 from metering.models import UsageRecord
 from tests.factories import ApiKeyFactory
-from tests.metering.test_ledger import record_for
+from tests.usage_helpers import record_for, spool_append
 
 REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 PROBE = 0.2  # seconds: the writers' probe interval in these tests
@@ -41,14 +42,14 @@ class Outage:
         self.down = True
         self.sink = default_sink()
         self.concurrency = self.sink.concurrency
-        real_write = ledger.usage_records_write
+        real_write = spool.usage_records_write
 
         def replay_write(records: list[dict[str, Any]], **kwargs: Any) -> int:
             if self.down:
                 raise DatabaseError("connection refused")
             return real_write(records, **kwargs)
 
-        monkeypatch.setattr(ledger, "usage_records_write", replay_write)
+        monkeypatch.setattr(spool, "usage_records_write", replay_write)
 
     async def write(self, records: list[dict[str, Any]], touch_keys: list[int]) -> None:
         if self.down:
@@ -90,7 +91,7 @@ async def wait_stored(records: list[dict[str, Any]], within: float) -> float:
     return time.monotonic() - began
 
 
-def writer_for(tmp_path: Path, sink: Any, **overrides: Any) -> "ledger.LedgerWriter":
+def writer_for(tmp_path: Path, sink: Any, **overrides: Any) -> LedgerWriter:
     options: dict[str, Any] = {
         "max_batch": 64,
         "spool_dir": tmp_path,
@@ -100,7 +101,7 @@ def writer_for(tmp_path: Path, sink: Any, **overrides: Any) -> "ledger.LedgerWri
         "probe_seconds": PROBE,
         "shutdown_replay_seconds": 5,
     } | overrides
-    return ledger.LedgerWriter(**options)
+    return LedgerWriter(**options)
 
 
 def test_spool_reaches_the_ledger_within_a_probe_of_the_database_returning(

@@ -1,5 +1,4 @@
 import asyncio
-import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -9,49 +8,14 @@ import pytest
 from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Max, Sum
 
-from metering.ledger import (
-    LedgerWriter,
-    OrmLedgerSink,
-    PostgresLedgerSink,
-    default_sink,
-    spool_replay,
-    usage_records_write,
-)
+from metering.ledger import spool
+from metering.ledger.orm import OrmLedgerSink, usage_records_write
+from metering.ledger.postgres import PostgresLedgerSink
+from metering.ledger.spool import spool_replay
+from metering.ledger.writer import LedgerWriter, default_sink
 from metering.models import UsageRecord
 from tests.factories import ApiKeyFactory, UsageRecordFactory
-
-
-def record_for(api_key, **overrides):  # type: ignore[no-untyped-def]
-    now = datetime.now(UTC)
-    values = {
-        "request_id": uuid.uuid4(),
-        "tenant_id": api_key.tenant_id,
-        "api_key_id": api_key.pk,
-        "alias": "reasoner",
-        "provider": "openai",
-        "upstream_model": "sim",
-        "accelerator": "",
-        "endpoint": "chat.completions",
-        "stream": False,
-        "status": "completed",
-        "upstream_status": 200,
-        "upstream_response_id": "chatcmpl-1",
-        "input_tokens": 10,
-        "cached_input_tokens": 0,
-        "cache_write_tokens": 0,
-        "output_tokens": 5,
-        "reasoning_tokens": 50,
-        "reasoning_source": "reported",
-        "flags": [],
-        "raw_usage": {"prompt_tokens": 10},
-        "client_disconnected": False,
-        "ttft_us": None,
-        "latency_us": 1234,
-        "started_at": now,
-        "finished_at": now,
-    }
-    values.update(overrides)
-    return values
+from tests.usage_helpers import record_for, spool_append
 
 
 @pytest.mark.django_db
@@ -139,8 +103,6 @@ def test_writer_group_commits_concurrent_records(tmp_path: Path, sink_class: str
 
 @pytest.mark.django_db(transaction=True)
 def test_writer_spools_when_database_is_down_and_replays_later(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from metering import ledger
-
     key = ApiKeyFactory()
 
     class BrokenSink:
@@ -155,7 +117,7 @@ def test_writer_spools_when_database_is_down_and_replays_later(tmp_path: Path, m
     def down(records, **kwargs):  # type: ignore[no-untyped-def]
         raise DatabaseError("still down")
 
-    monkeypatch.setattr(ledger, "usage_records_write", down)  # replays fail too
+    monkeypatch.setattr(spool, "usage_records_write", down)  # replays fail too
     records = [record_for(key) for _ in range(3)]
 
     async def scenario() -> None:
@@ -330,21 +292,19 @@ def test_duplicate_request_id_inside_one_batch_is_stored_once() -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_failed_replay_keeps_the_spool_file(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from metering import ledger
-
     key = ApiKeyFactory()
-    ledger.spool_append(tmp_path, [record_for(key)])  # as if written by a writer now gone
+    spool_append(tmp_path, [record_for(key)])  # as if written by a writer now gone
     (dead,) = list(tmp_path.glob("ledger-*.jsonl"))
 
     def down(records, **kwargs):  # type: ignore[no-untyped-def]
         raise DatabaseError("still down")
 
-    monkeypatch.setattr(ledger, "usage_records_write", down)
+    monkeypatch.setattr(spool, "usage_records_write", down)
     with pytest.raises(DatabaseError):
-        ledger.spool_replay(tmp_path)
+        spool_replay(tmp_path)
     assert dead.exists()  # kept for the next try
     monkeypatch.undo()
-    assert ledger.spool_replay(tmp_path) == 1 and not dead.exists()
+    assert spool_replay(tmp_path) == 1 and not dead.exists()
 
 
 @pytest.mark.django_db

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from metering.ledger import spool_append
 from metering.models import UsageRecord
 from tests.e2e.conftest import database_url, free_port, start, stop
 from tests.factories import ApiKeyFactory
-from tests.metering.test_ledger import record_for
+from tests.usage_helpers import record_for, spool_append
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

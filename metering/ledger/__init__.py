@@ -1,0 +1,18 @@
+"""The usage ledger: every proxied call's usage record, written durably and exactly once.
+
+- `writer`: group commit on the proxy's event loop (`LedgerWriter`, the write API);
+- `postgres`: the PostgreSQL batch path (one statement per batch);
+- `orm`: the ORM path (embedded SQLite, and spool replay on PostgreSQL too);
+- `rollups`: how records fold into hourly rollups (the one home of that rule);
+- `spool`: where batches go while the database is unreachable, and their replay.
+
+Records are unique per `request_id` and immutable once stored (a database trigger);
+rollups carry a commit-order stamp billing uses to find late usage
+(`metering.selectors.usage_watermark`). Outside this package, callers use only the
+names below; tests and management commands may import the modules directly.
+"""
+
+from metering.ledger.spool import SpoolPending, spool_guard
+from metering.ledger.writer import LedgerWriter
+
+__all__ = ["LedgerWriter", "SpoolPending", "spool_guard"]

@@ -1,0 +1,95 @@
+"""The rollup fold's SQLite dialect (the embedded default): in a process of its own on a
+fresh SQLite file, rollups equal the unflagged records' sums per (tenant, alias,
+accelerator, UTC hour), a replayed batch adds nothing, and the commit stamp is the
+highest record id (SQLite commits ids in order)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+
+SCRIPT = """
+import uuid
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import django
+
+django.setup()
+from django.core.management import call_command
+
+call_command("migrate", verbosity=0)
+from metering.ledger.orm import usage_records_write
+from metering.ledger.rollups import ROLLUP_SUMS
+from metering.models import ApiKey, Tenant, UsageRecord, UsageRollup
+
+keys = [
+    ApiKey.objects.create(tenant=Tenant.objects.create(name=n), prefix=n, key_hash=n)
+    for n in ("a", "b")
+]
+base = datetime(2026, 11, 3, 10, 59, 59, 999999, tzinfo=UTC)
+
+
+def record(i):
+    key, at = keys[i % 2], base + timedelta(minutes=7 * (i % 5))
+    return {
+        "request_id": uuid.UUID(int=1000 + i), "tenant_id": key.tenant_id,
+        "api_key_id": key.pk, "alias": "xy"[i % 3 == 0], "provider": "openai",
+        "upstream_model": "m", "accelerator": "h100" if i % 4 == 0 else "",
+        "endpoint": "chat.completions", "stream": False, "status": "completed",
+        "upstream_status": 200, "upstream_response_id": "", "input_tokens": i,
+        "cached_input_tokens": i // 2, "cache_write_tokens": 1, "output_tokens": 3 * i,
+        "reasoning_tokens": i % 4, "reasoning_source": "reported",
+        "flags": ["total_mismatch"] if i % 7 == 0 else [], "raw_usage": None,
+        "cost_rate_id": None,
+        "serving_cost_usd": Decimal("0.000123456789") * i if i % 2 else None,
+        "reasoning_cost_usd": Decimal("0.5"), "spend_usd": Decimal("0.25") * i,
+        "client_disconnected": False, "ttft_us": None, "latency_us": 1,
+        "started_at": at, "finished_at": at,
+    }
+
+
+assert usage_records_write([record(i) for i in range(40)]) == 40
+assert usage_records_write([record(i) for i in range(30, 70)]) == 30  # 30-39 replayed
+expected = defaultdict(lambda: dict.fromkeys(("requests", "flagged", "last", *ROLLUP_SUMS), 0))
+for row in UsageRecord.objects.all():
+    hour = row.started_at.replace(minute=0, second=0, microsecond=0)
+    sums = expected[(row.tenant_id, row.alias, row.accelerator, hour)]
+    sums["last"] = max(sums["last"], row.pk)
+    if row.flags:
+        sums["flagged"] += 1
+        continue
+    sums["requests"] += 1
+    for name in ROLLUP_SUMS:
+        sums[name] += getattr(row, name) or 0
+rollups = {(r.tenant_id, r.alias, r.accelerator, r.hour): r for r in UsageRollup.objects.all()}
+assert rollups.keys() == expected.keys(), (sorted(rollups), sorted(expected))
+for group, sums in expected.items():
+    r = rollups[group]
+    assert (r.shard, r.requests, r.flagged_requests) == (0, sums["requests"], sums["flagged"])
+    assert r.last_record_id == r.changed_xid == sums["last"], group
+    for name in ROLLUP_SUMS:
+        assert getattr(r, name) == sums[name], (group, name, getattr(r, name), sums[name])
+print("ok", len(rollups))
+"""
+
+
+def test_rollups_fold_on_sqlite(tmp_path: Path) -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DATABASE_URL", "REDIS_URL", "CELERY_", "RECKON_", "TEST_DATABASE"))
+    }
+    env |= {
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'reckon.sqlite3'}",
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "RECKON_ENV": "development",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("ok ")
