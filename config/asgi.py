@@ -8,7 +8,7 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_application = get_asgi_application()
 
-from api.proxy import ProxyApp  # noqa: E402 - needs Django set up first
+from api.proxy.app import ProxyApp  # noqa: E402 - needs Django set up first
 
 proxy_application = ProxyApp()
 GC_YOUNG_THRESHOLD = 20_000

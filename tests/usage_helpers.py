@@ -4,9 +4,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from metering.costs import Rates, serving_cost
 from metering.ledger import usage_records_write
 from metering.models import ApiKey, ServingCostRate
+from metering.record import Rates, serving_cost
 
 TOKEN_FIELDS = (
     "input_tokens",

@@ -17,7 +17,7 @@ State lives in Redis; every decision is one Lua script, so it is atomic across p
   "<hold id>:<amount>" by expiry, Redis's clock), added by admission and removed by
   settlement in the same scripts. An admission whose reply was lost is cancelled by its
   hold id once Redis answers; a hold never settled (crashed process, lost settlement)
-  expires after the hold TTL and is reaped by the periodic rebuild (metering.counters):
+  expires after the hold TTL and is reaped by the periodic rebuild (metering.control.counters):
   counted as spent in full, then the budget is rebuilt from the ledger. So a counter
   that counts too much comes back to the ledger's figure; it never counts too little.
 
@@ -33,43 +33,39 @@ When Redis cannot be reached the proxy refuses calls that have controls
 
 import asyncio
 import logging
-import math
 import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_CEILING, Decimal
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
-from metering.leases import (
+from metering.control.leases import (
     ELIGIBLE_MULTIPLE,
     FLUSH,
     FLUSH_S,
-    LAPSE_SLICES_LUA,
     LEASE,
-    NOW_LUA,
     OWNER_TTL_S,
     RECALL,
     RECALL_WAIT_S,
     Lease,
     LeaseBook,
 )
-from metering.redis_pipe import RedisPipe, RedisUnavailable, Script
+from metering.control.redis_pipe import RedisPipe, RedisUnavailable, Script
+from metering.control.scopes import BudgetCost, BudgetScope, Grant, RateScope
 
 logger = logging.getLogger(__name__)
 
-NANO = Decimal(1_000_000_000)
 
 ADMIT_LUA = """
 -- KEYS: n budget hashes (spent, held, gen), m rate-window hashes (r: requests, t: tokens),
---   then n hold registers (sorted sets, metering.control.holds_key)
+--   then n hold registers (sorted sets, metering.control.store.holds_key)
 -- ARGV: n, m, out_min, out_max, share, est_tokens, ttl, hold_id, hold_ttl_ms,
 --   (limit, a, b) x n, (rpm, tpm) x m
 -- Returns {1, granted, requests, tokens, hold_id x n} (requests and tokens of the first
 -- window after counting), or a refusal: {-1, i, 0} budget i is not loaded, {-2, j, 0}
 -- requests or {-3, j, 0} tokens per minute of window j, {-4, i, left, leased} budget i
--- (leased: what processes' slices hold of it, metering.leases).
+-- (leased: what processes' slices hold of it, metering.control.leases).
 -- Every hold is registered as "<hold_id>:<amount>", scored by when it expires (Redis's
 -- clock): settlement removes it, and one never settled is reaped (REAP_LUA).
 -- Few redis.call()s on purpose: each one costs more than the work it does.
@@ -188,59 +184,6 @@ end
 return released
 """
 
-REAP_LUA = (
-    NOW_LUA
-    + """
--- The periodic rebuild's first step on budget KEYS[1] (hold register KEYS[2]): holds past
--- their expiry are reaped and counted as spent in full (their call may have spent upstream
--- and never settled: the ledger knows), slices not reported in time lapse (leases), and
--- either marks the budget for a rebuild. ARGV[1]: the grace (ms) after a lapse.
--- Returns {gen, spent, held, leased, stale, safe_at, now} ({-1}: not loaded; a register
--- left behind by a budget that expired goes: LOAD would delete it anyway).
-if redis.call('HEXISTS', KEYS[1], 'gen') == 0 then
-  redis.call('DEL', KEYS[2])
-  return {-1}
-end
-local grace = tonumber(ARGV[1])
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
-if #expired > 0 then
-  local total = 0
-  for _, member in ipairs(expired) do
-    total = total + tonumber(string.match(member, ':(%d+)$'))
-  end
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-  if total > 0 then
-    if redis.call('HINCRBY', KEYS[1], 'held', 0 - total) < 0 then
-      redis.call('HSET', KEYS[1], 'held', 0)
-    end
-    redis.call('HINCRBY', KEYS[1], 'spent', total)
-  end
-  redis.call('HSET', KEYS[1], 'stale', 1)
-end
-"""
-    + LAPSE_SLICES_LUA
-    + """
-local v = redis.call('HMGET', KEYS[1], 'gen', 'spent', 'held', 'leased', 'stale', 'safe_at')
-return {tonumber(v[1]), tonumber(v[2] or '0'), tonumber(v[3] or '0'), tonumber(v[4] or '0'),
-        tonumber(v[5] or '0'), tonumber(v[6] or '0'), now}
-"""
-)
-
-REBUILD_LUA = """
--- Replace a budget's spent by the ledger's figure, read after REAP_LUA saw the budget with
--- nothing out: only if nothing touched it since (same generation and spent, still no hold
--- and no slice). A call settled meanwhile changed spent: the rebuild is retried.
--- KEYS[1]: the budget; ARGV: gen, spent as seen, spent from the ledger. Returns 1 or 0.
-local v = redis.call('HMGET', KEYS[1], 'gen', 'spent', 'held', 'leased')
-if not v[1] or tonumber(v[1]) ~= tonumber(ARGV[1]) or tonumber(v[2] or '0') ~= tonumber(ARGV[2])
-    or tonumber(v[3] or '0') ~= 0 or tonumber(v[4] or '0') ~= 0 then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'spent', ARGV[3])
-redis.call('HDEL', KEYS[1], 'stale', 'safe_at')
-return 1
-"""
-
 ADMIT, SETTLE, LOAD = Script(ADMIT_LUA), Script(SETTLE_LUA), Script(LOAD_LUA)
 CANCEL = Script(CANCEL_LUA)
 
@@ -251,59 +194,6 @@ CANCEL_AGAIN_S = 2.0  # a lost admission's cancel that found nothing is tried ag
 def holds_key(key: str) -> str:
     """The sorted set registering a budget's exact holds ("<hold id>:<amount>" by expiry)."""
     return key + ":holds"
-
-
-def to_nano(amount: Decimal) -> int:
-    """Money to nano units (1e-9), rounded up (a counter must never under-count)."""
-    return int((amount * NANO).to_integral_value(rounding=ROUND_CEILING))
-
-
-@dataclass(frozen=True)
-class BudgetScope:
-    """One budget a call is held against, in its own unit: nano-units of money for spend
-    limits and prepaid balances, tokens for reasoning budgets."""
-
-    key: str  # Redis hash for this budget and window
-    kind: str  # "spend" | "balance" | "reasoning"
-    label: str  # what a refusal or an alert calls it, e.g. "tenant monthly spend limit"
-    limit: int
-    ttl_s: int  # 0: no expiry (all-time budgets)
-    # Loads the budget's durable use (in its unit) from the ledger when Redis lacks it.
-    load_used: Callable[[], int] = field(compare=False)
-    # Whose budget it is, and the percentages of it at which they are alerted.
-    tenant_id: Any = field(default=None, compare=False)
-    alert_at: tuple[int, ...] = field(default=(), compare=False)
-
-    def crossed(self, before: int, after: int) -> bool:
-        """Did use go from below to at-or-above one of the alert percentages?"""
-        limit = self.limit
-        return limit > 0 and any(before * 100 < t * limit <= after * 100 for t in self.alert_at)
-
-
-class BudgetCost(NamedTuple):
-    """What a call costs a budget as a function of the output tokens it is granted:
-    `fixed + per_token * tokens` (both integers in the budget's unit, rounded up)."""
-
-    fixed: int
-    per_token: int
-
-
-@dataclass(frozen=True)
-class RateScope:
-    name: str  # "key" or "tenant"
-    scope_id: str
-    requests_per_minute: int | None
-    tokens_per_minute: int | None
-
-
-class Grant(NamedTuple):
-    """How many output tokens a call may spend: `out_max` when a `share` of the room left
-    in its budgets covers it; otherwise that share, never less than `out_min` (else the
-    call is refused). A call that names its maximum has out_min == out_max, share 1."""
-
-    out_min: int
-    out_max: int
-    share: int = 1  # the most of the remaining room one call may take is room / share
 
 
 @dataclass(slots=True)
@@ -321,7 +211,7 @@ class Admission:
     token_windows: list[str] = field(default_factory=list)
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     retry_after_s: int = 0
-    # The call was admitted on this process's slices (metering.leases), not in Redis.
+    # The call was admitted on this process's slices (metering.control.leases), not in Redis.
     lease: Lease | None = None
     # What it holds of each budget, where known here (leased: the grant is out_max).
     holds: list[int] | None = None
@@ -333,7 +223,7 @@ ControlUnavailable = RedisUnavailable
 
 class ControlStore:
     """Async Redis front: admission, settlement and lazy loading of budgets, over one
-    pipelined connection per process (metering.redis_pipe)."""
+    pipelined connection per process (metering.control.redis_pipe)."""
 
     def __init__(
         self,
@@ -352,7 +242,7 @@ class ControlStore:
         # Called when a settlement takes a budget across one of its alert percentages.
         self.on_crossed = on_crossed
         # lease_calls > 0: far from their limits, calls are admitted on slices this
-        # process takes lease_calls calls at a time (metering.leases).
+        # process takes lease_calls calls at a time (metering.control.leases).
         self.book = LeaseBook(lease_calls, on_crossed=self._crossed) if lease_calls > 0 else None
         self._leasing: dict[tuple[str, ...], asyncio.Future[None]] = {}
         self._window_keys: dict[int, tuple[int, Sequence[RateScope], list[str]]] = {}
@@ -495,7 +385,7 @@ class ControlStore:
         reason = "requests" if code == -2 else "tokens"
         return Admission(False, reason, headers=headers, retry_after_s=reset)
 
-    # --- leases (metering.leases) ----------------------------------------------------
+    # --- leases (metering.control.leases) ----------------------------------------------------
 
     def _take(
         self,
@@ -615,7 +505,7 @@ class ControlStore:
         """Release the holds of an admission whose reply was lost (its caller was refused):
         as soon as Redis answers, and twice more a little later in case the admission,
         still queued in Redis on the dropped connection, ran after the first try. Past the
-        hold's expiry the periodic rebuild reaps it anyway (metering.counters)."""
+        hold's expiry the periodic rebuild reaps it anyway (metering.control.counters)."""
         keys = [b.key for b in budgets] + [holds_key(b.key) for b in budgets]
         deadline = time.monotonic() + self.hold_ttl_ms / 1000
         delay, tries = FLUSH_S, 0
@@ -809,8 +699,3 @@ class ControlStore:
         if self._flusher is not None:
             self._flusher.cancel()
         await self._redis.close()
-
-
-def ceil_tokens(byte_length: int) -> int:
-    """A generous input-token estimate from a request's size (about 3 bytes per token)."""
-    return math.ceil(byte_length / 3)

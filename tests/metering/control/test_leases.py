@@ -11,8 +11,10 @@ import uuid
 import pytest
 import redis
 
-from metering import control, leases
-from metering.control import BudgetCost, BudgetScope, ControlStore, Grant, RateScope
+from metering.control import leases
+from metering.control import store as control_store
+from metering.control.scopes import BudgetCost, BudgetScope, Grant, RateScope
+from metering.control.store import ControlStore
 
 URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 HOLD = 100  # every call here holds 100 units of its budget
@@ -283,11 +285,11 @@ def test_after_a_failed_report_no_call_is_admitted_on_slices() -> None:
 
         async def flush_fails(script, keys, args):  # type: ignore[no-untyped-def]
             if script is leases.FLUSH:
-                raise control.ControlUnavailable("Redis did not answer")
+                raise control_store.ControlUnavailable("Redis did not answer")
             return await real(script, keys, args)
 
         store._redis.run = flush_fails  # type: ignore[method-assign]
-        with pytest.raises(control.ControlUnavailable):
+        with pytest.raises(control_store.ControlUnavailable):
             await store.flush()
         during = await admit(store, b)  # checked in Redis, one by one
         store._redis.run = real  # type: ignore[method-assign]
@@ -307,7 +309,7 @@ def test_what_a_dead_process_did_after_its_last_report_is_covered(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     b = budget(10_000 * HOLD)
-    monkeypatch.setattr(control, "OWNER_TTL_S", 0)
+    monkeypatch.setattr(control_store, "OWNER_TTL_S", 0)
 
     async def scenario():  # type: ignore[no-untyped-def]
         dead, other = ControlStore(URL, lease_calls=100), ControlStore(URL)
@@ -415,11 +417,11 @@ def test_a_lease_whose_reply_was_lost_is_given_back() -> None:
         async def reply_lost(script, keys, args):  # type: ignore[no-untyped-def]
             result = await real(script, keys, args)
             if script is leases.LEASE and result[0] == 1:
-                raise control.ControlUnavailable("no reply in time")
+                raise control_store.ControlUnavailable("no reply in time")
             return result
 
         store._redis.run = reply_lost  # type: ignore[method-assign]
-        with pytest.raises(control.ControlUnavailable):
+        with pytest.raises(control_store.ControlUnavailable):
             await admit(store, b, [rate])
         during = fields(b)
         store._redis.run = real  # type: ignore[method-assign]

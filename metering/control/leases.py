@@ -33,7 +33,7 @@ When things go wrong, counters may count too much, never too little:
   rebuild finds it): what it holds counts as spent (its process may have admitted and
   settled calls it never reported), the way an expired exact hold is, and the budget is
   rebuilt from the ledger once every call that slice may still carry is over
-  (metering.counters).
+  (metering.control.counters).
 - A slice Redis no longer knows (the budget was reloaded from the ledger after a Redis
   restart, or the slice lapsed) becomes an orphan: it admits nothing more, and what its
   calls used that Redis had not seen is added to spent (absolute, so once), as an exact
@@ -52,12 +52,9 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from metering.redis_pipe import Script
-
-if TYPE_CHECKING:
-    from metering.control import BudgetScope
+from metering.control.redis_pipe import Script
+from metering.control.scopes import BudgetScope
 
 FLUSH_S = 0.05  # how often a process with leases reports its slices to Redis
 IDLE_S = 1.0  # a slice unused this long closes
@@ -139,7 +136,7 @@ FLUSH_LUA = (
     + """
 -- Report slices. KEYS: n budget hashes, m rate-window hashes
 -- ARGV: owner_ttl_ms, n, m, (slice, mode, used, out) x n, (slice, seq, r, t) x m
--- Budget slices, in absolute figures (metering.leases), by mode:
+-- Budget slices, in absolute figures (metering.control.leases), by mode:
 --   0 report: spent grows by used - lu (what Redis has not seen), the slice's hold
 --     shrinks to out (never grows); at out 0 the slice is done and only its lu stays
 --     behind (a tombstone: a late copy of a report then changes nothing);
@@ -220,7 +217,7 @@ return out
 
 # Lapse the slices of budget KEYS[1] not reported in time: what they hold counts as spent
 # (their process may have admitted and settled calls it never reported), and the budget is
-# marked for a rebuild from the ledger (metering.counters) once the calls those slices
+# marked for a rebuild from the ledger (metering.control.counters) once the calls those slices
 # may still have in flight are over: `safe_at`, `grace` ms from now. Clears old
 # tombstones. Needs `now` and `grace`; sets `lapsed` (what was counted as spent).
 LAPSE_SLICES_LUA = """
@@ -272,7 +269,7 @@ def owner_id() -> str:
 
 @dataclass(slots=True)
 class BudgetSlice:
-    scope: "BudgetScope"
+    scope: BudgetScope
     key: str
     name: str  # its name in the budget's hash (lo:, lu:, lc:, lt:<name>), never reused
     limit: int
@@ -364,7 +361,7 @@ class LeaseBook:
         self,
         lease_calls: int,
         owner: str = "",
-        on_crossed: "Callable[[BudgetScope, int, int], None] | None" = None,
+        on_crossed: Callable[[BudgetScope, int, int], None] | None = None,
     ) -> None:
         self.lease_calls = lease_calls
         # told each budget's spent before and after what a report added to it (alerts)
@@ -385,7 +382,7 @@ class LeaseBook:
 
     def take(
         self,
-        scopes: "Sequence[BudgetScope]",
+        scopes: Sequence[BudgetScope],
         costs: list[int],
         windows: list[str],
         est_tokens: int,
@@ -610,7 +607,7 @@ class LeaseBook:
 
     def lost(
         self,
-        scopes: "list[BudgetScope]",
+        scopes: list[BudgetScope],
         names: list[str],
         amounts: list[int],
         windows: list[tuple[str, str, int, int]],
@@ -629,7 +626,7 @@ class LeaseBook:
                 self.retired_windows.append(w)
         self.urgent = True
 
-    def granted(self, scope: "BudgetScope", name: str, amount: int) -> None:
+    def granted(self, scope: BudgetScope, name: str, amount: int) -> None:
         """A slice taken in Redis becomes the one new calls go on; the one it replaces
         closes and is reported until its calls end."""
         key = scope.key
