@@ -21,12 +21,22 @@ import orjson
 from django.conf import settings
 from django.db import DatabaseError, connection
 
-from api.proxy import errors, wire
+from api.proxy import errors
 from api.proxy.call import Call
-from api.proxy.wire import Receive, Scope, Send
-from metering.control import holds as hold_refusals
+from api.proxy.wire import (
+    JSON_HEADERS,
+    Receive,
+    Scope,
+    Send,
+    credential,
+    read_body,
+    send_error,
+    send_response,
+    send_unavailable,
+    wants_anthropic,
+)
 from metering.control.governance import apply_reasoning_rules
-from metering.control.holds import Hold, Holds, Refusal
+from metering.control.holds import Hold, Holds, Refusal, Refused
 from metering.control.scopes import BudgetScope
 from metering.control.store import ControlStore
 from metering.keys import api_key_hash
@@ -47,9 +57,9 @@ logger = logging.getLogger(__name__)
 _FORWARDED_REQUEST_HEADERS = {b"openai-beta": "OpenAI-Beta", b"anthropic-beta": "anthropic-beta"}
 # How each refusal of admission reaches the caller.
 _REFUSED_AS = {
-    hold_refusals.SPEND: errors.SPEND_EXCEEDED,
-    hold_refusals.REQUESTS: errors.REQUESTS_LIMITED,
-    hold_refusals.TOKENS: errors.TOKENS_LIMITED,
+    Refused.SPEND: errors.SPEND_EXCEEDED,
+    Refused.REQUESTS: errors.REQUESTS_LIMITED,
+    Refused.TOKENS: errors.TOKENS_LIMITED,
 }
 
 
@@ -123,11 +133,11 @@ class ProxyApp:
                 logger.exception("proxy failure after the response started (%s)", scope["path"])
                 raise  # the server cuts the connection: the client sees a broken response
             logger.exception("proxy failure before the response started (%s)", scope["path"])
-            anthropic = wire.wants_anthropic(scope) or scope["path"] == "/v1/messages"
+            anthropic = wants_anthropic(scope) or scope["path"] == "/v1/messages"
             if isinstance(exc, DatabaseError):
-                await wire.send_unavailable(send, anthropic)
+                await send_unavailable(send, anthropic)
             else:
-                await wire.send_error(
+                await send_error(
                     send, errors.INTERNAL, "The server had an error; please retry.", anthropic
                 )
 
@@ -136,7 +146,7 @@ class ProxyApp:
         endpoint = ENDPOINTS_BY_PATH.get(path)
         if endpoint is not None:
             if scope["method"] != "POST":
-                await wire.send_error(
+                await send_error(
                     send, errors.METHOD_NOT_ALLOWED, "Use POST.", endpoint.anthropic_format
                 )
                 return
@@ -144,25 +154,25 @@ class ProxyApp:
         elif path == "/v1/models" and scope["method"] == "GET":
             await self._models(scope, send)
         else:
-            await wire.send_error(
-                send, errors.NOT_FOUND, f"Unknown path {path}.", wire.wants_anthropic(scope)
+            await send_error(
+                send, errors.NOT_FOUND, f"Unknown path {path}.", wants_anthropic(scope)
             )
 
     async def _caller(self, scope: Scope, anthropic: bool, send: Send) -> CallerContext | None:
-        raw_key = wire.credential(scope["headers"])
+        raw_key = credential(scope["headers"])
         if not raw_key:
             message = (
                 "x-api-key header is required"
                 if anthropic
                 else "You didn't provide an API key. Use 'Authorization: Bearer rk_...'."
             )
-            await wire.send_error(send, errors.AUTHENTICATION, message, anthropic)
+            await send_error(send, errors.AUTHENTICATION, message, anthropic)
             return None
         try:
             caller = await self.callers.get(api_key_hash(raw_key))
         except LookupUnavailable as exc:
             logger.error("cannot look up a caller's key: %s", exc)
-            await wire.send_unavailable(send, anthropic)
+            await send_unavailable(send, anthropic)
             return None
         if caller is None or (
             caller.expires_at is not None and caller.expires_at <= datetime.now(UTC)
@@ -173,12 +183,12 @@ class ProxyApp:
                 if anthropic
                 else f"Incorrect API key provided: {shown}. The key may be revoked or expired."
             )
-            await wire.send_error(send, errors.AUTHENTICATION, message, anthropic)
+            await send_error(send, errors.AUTHENTICATION, message, anthropic)
             return None
         return caller
 
     async def _models(self, scope: Scope, send: Send) -> None:
-        anthropic = wire.wants_anthropic(scope)
+        anthropic = wants_anthropic(scope)
         caller = await self._caller(scope, anthropic, send)
         if caller is None:
             return
@@ -206,7 +216,7 @@ class ProxyApp:
                     for a in aliases
                 ],
             }
-        await wire.send_response(send, 200, wire.JSON_HEADERS, orjson.dumps(body))
+        await send_response(send, 200, JSON_HEADERS, orjson.dumps(body))
 
     # --- the hot path -----------------------------------------------------------------
 
@@ -228,33 +238,31 @@ class ProxyApp:
         caller = await self._caller(scope, anthropic, send)
         if caller is None:
             return
-        body = await wire.read_body(receive, settings.RECKON_MAX_BODY_BYTES)
+        body = await read_body(receive, settings.RECKON_MAX_BODY_BYTES)
         if body is None:
             limit = settings.RECKON_MAX_BODY_BYTES
-            await wire.send_error(
+            await send_error(
                 send, errors.TOO_LARGE, f"Request body exceeds {limit} bytes.", anthropic
             )
             return
         if not content_type.startswith(b"application/json"):
-            await wire.send_error(
+            await send_error(
                 send, errors.UNSUPPORTED_MEDIA, "Content-Type must be application/json.", anthropic
             )
             return
         try:
             request = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            await wire.send_error(
-                send, errors.INVALID_REQUEST, f"Malformed JSON body: {exc}", anthropic
-            )
+            await send_error(send, errors.INVALID_REQUEST, f"Malformed JSON body: {exc}", anthropic)
             return
         if not isinstance(request, dict):
-            await wire.send_error(
+            await send_error(
                 send, errors.INVALID_REQUEST, "The body must be a JSON object.", anthropic
             )
             return
         alias = request.get("model")
         if not isinstance(alias, str) or not alias:
-            await wire.send_error(
+            await send_error(
                 send,
                 errors.INVALID_REQUEST,
                 "'model' is required and must be a string.",
@@ -265,17 +273,17 @@ class ProxyApp:
         route = caller.routes.get(alias)
         if route is None:
             message = f"The model '{alias}' does not exist or you do not have access to it."
-            await wire.send_error(send, errors.MODEL_NOT_FOUND, message, anthropic, "model")
+            await send_error(send, errors.MODEL_NOT_FOUND, message, anthropic, "model")
             return
         if route.provider not in endpoint.providers:
             message = f"The model '{alias}' is not served on this endpoint."
-            await wire.send_error(send, errors.INVALID_REQUEST, message, anthropic, "model")
+            await send_error(send, errors.INVALID_REQUEST, message, anthropic, "model")
             return
         if route.credential_missing:
             message = (
                 f"Route '{alias}' is misconfigured on this server (upstream credential missing)."
             )
-            await wire.send_error(send, errors.MISCONFIGURED, message, anthropic)
+            await send_error(send, errors.MISCONFIGURED, message, anthropic)
             return
         hold: Hold | None = None
         controls = caller.controls
@@ -283,20 +291,20 @@ class ProxyApp:
             for rules in controls.reasoning:
                 refusal = apply_reasoning_rules(endpoint.name, request, rules)
                 if refusal:
-                    await wire.send_error(send, errors.INVALID_REQUEST, refusal, anthropic)
+                    await send_error(send, errors.INVALID_REQUEST, refusal, anthropic)
                     return
             if controls.budgets or controls.rates:
                 admitted = await self.holds.take(controls, route, endpoint.name, request, len(body))
-                if type(admitted) is Refusal:
+                if isinstance(admitted, Refusal):
                     await _refuse(send, admitted, anthropic)
                     return
-                hold = admitted  # type: ignore[assignment]
+                hold = admitted
         try:
             prepared = prepare_call(endpoint, request, route.upstream_model)
         except InvalidRequest as exc:
             if hold is not None:
                 self.holds.release(hold)
-            await wire.send_error(send, errors.INVALID_REQUEST, exc.message, anthropic, exc.param)
+            await send_error(send, errors.INVALID_REQUEST, exc.message, anthropic, exc.param)
             return
 
         call = Call(self, caller, route, endpoint, prepared, started_at, started_ns, hold)
@@ -316,12 +324,12 @@ class ProxyApp:
 
 async def _refuse(send: Send, refusal: Refusal, anthropic: bool) -> None:
     """Answer a call that admission refused, in the caller's format."""
-    if refusal.kind == hold_refusals.UNAVAILABLE:
-        await wire.send_unavailable(send, anthropic)
-    elif refusal.kind == hold_refusals.CONTROL_UNAVAILABLE:
-        await wire.send_unavailable(send, anthropic, errors.CONTROL_UNAVAILABLE, refusal.message)
+    if refusal.kind == Refused.UNAVAILABLE:
+        await send_unavailable(send, anthropic)
+    elif refusal.kind == Refused.CONTROL_UNAVAILABLE:
+        await send_unavailable(send, anthropic, errors.CONTROL_UNAVAILABLE, refusal.message)
     else:
-        await wire.send_error(
+        await send_error(
             send,
             _REFUSED_AS[refusal.kind],
             refusal.message,

@@ -16,8 +16,16 @@ from typing import Any, Protocol
 import orjson
 from django.conf import settings
 
-from api.proxy import errors, wire
-from api.proxy.wire import Receive, Send
+from api.proxy import errors
+from api.proxy.wire import (
+    LOGGED_BODY_BYTES,
+    REQUEST_ID_HEADER,
+    Receive,
+    Send,
+    loads_or_none,
+    send_error,
+    send_response,
+)
 from metering.control.holds import Hold, Holds
 from metering.ledger import LedgerWriter
 from metering.models import UsageRecord
@@ -103,12 +111,12 @@ class Call:
             await self.record(
                 Outcome(TokenUsage(), None, "", Status.FAILED, ["upstream_unreachable"])
             )
-            await wire.send_error(
+            await send_error(
                 send,
                 errors.UPSTREAM_UNAVAILABLE,
                 f"The upstream for '{self.route.alias}' could not be reached (request {self.request_id}).",
                 anthropic,
-                extra_headers=[(wire.REQUEST_ID_HEADER, str(self.request_id).encode())],
+                extra_headers=[(REQUEST_ID_HEADER, str(self.request_id).encode())],
             )
             return
         self.upstream_status = response.status
@@ -127,7 +135,7 @@ class Call:
                 b"content-type",
                 (response.headers.get("content-type") or "application/json").encode(),
             ),
-            (wire.REQUEST_ID_HEADER, str(self.request_id).encode()),
+            (REQUEST_ID_HEADER, str(self.request_id).encode()),
         ]
         for name in _PASSTHROUGH_RESPONSE_HEADERS:
             value = response.headers.get(name)
@@ -147,7 +155,7 @@ class Call:
             await self.record(
                 Outcome(TokenUsage(), None, "", Status.FAILED, ["upstream_read_failed"])
             )
-            await wire.send_error(
+            await send_error(
                 send,
                 errors.UPSTREAM_UNAVAILABLE,
                 f"The upstream response was cut (request {self.request_id}).",
@@ -155,11 +163,11 @@ class Call:
             )
             return
         if response.status == 200:
-            parsed = wire.loads_or_none(body)
+            parsed = loads_or_none(body)
             if isinstance(parsed, dict):
                 outcome = self.endpoint.outcome_from_body(parsed, count_text=self.count_text)
                 await self.record(outcome)
-                await wire.send_response(send, response.status, self.headers_for(response), body)
+                await send_response(send, response.status, self.headers_for(response), body)
                 return
             # A 200 that is not the wire format: the caller's SDK could not parse it and it
             # may hold anything of the upstream's. Record it flagged (held back from rating,
@@ -168,18 +176,18 @@ class Call:
                 "upstream answered 200 with no wire-format body for %s (%s): %r",
                 self.request_id,
                 self.route.alias,
-                body[: wire.LOGGED_BODY_BYTES],
+                body[:LOGGED_BODY_BYTES],
             )
             await self.record(
                 Outcome(TokenUsage(), None, "", Status.UPSTREAM_ERROR, ["unparseable_response"])
             )
-            await wire.send_error(
+            await send_error(
                 send,
                 errors.UPSTREAM_FAILED,
                 f"The upstream provider answered something that is not an API response "
                 f"(request {self.request_id}).",
                 self.endpoint.anthropic_format,
-                extra_headers=[(wire.REQUEST_ID_HEADER, str(self.request_id).encode())],
+                extra_headers=[(REQUEST_ID_HEADER, str(self.request_id).encode())],
             )
             return
         await self.relay_failure(response, body)
@@ -192,7 +200,7 @@ class Call:
             response.status,
             self.request_id,
             self.route.alias,
-            body[: wire.LOGGED_BODY_BYTES],
+            body[:LOGGED_BODY_BYTES],
         )
         flag = "upstream_auth_failed" if response.status in (401, 403) else "upstream_error_hidden"
         await self.record(Outcome(TokenUsage(), None, "", Status.UPSTREAM_ERROR, [flag]))
@@ -201,7 +209,7 @@ class Call:
         """Tell the caller about an upstream's error answer in its own format, with nothing
         of the upstream's that could hold a secret or an internal address."""
         failure = errors.upstream_failure(response.status, body, response.content_type)
-        headers = [(wire.REQUEST_ID_HEADER, str(self.request_id).encode())]
+        headers = [(REQUEST_ID_HEADER, str(self.request_id).encode())]
         retry_after = response.headers.get("retry-after", "")
         if failure.kind.status == 429 and retry_after.isdigit():
             headers.append((b"retry-after", retry_after.encode()))
@@ -210,7 +218,7 @@ class Call:
         message = failure.message
         if failure.kind.status >= 500:
             message = f"{message} (request {self.request_id})"
-        await wire.send_error(
+        await send_error(
             send,
             failure.kind,
             message,
@@ -282,7 +290,7 @@ class Call:
     def hide_error_event(self, event: SseEvent) -> bytes | None:
         """An upstream's error event mid-stream, re-expressed with a generic message (the
         upstream's own goes to the server log); None for any other event."""
-        payload = wire.loads_or_none(event.data)
+        payload = loads_or_none(event.data)
         if not isinstance(payload, dict):
             return None
         name = event.event or str(payload.get("type", "")).encode()
@@ -311,7 +319,7 @@ class Call:
             "upstream error event for %s (%s): %r",
             self.request_id,
             self.route.alias,
-            event.data[: wire.LOGGED_BODY_BYTES],
+            event.data[:LOGGED_BODY_BYTES],
         )
         return format_event(orjson.dumps(error), event.event)
 

@@ -34,63 +34,11 @@ from dataclasses import dataclass
 import redis
 
 from metering.control.budgets import Loader, budget_loader
-from metering.control.leases import LAPSE_SLICES_LUA, NOW_LUA
+from metering.control.scripts import REAP_LUA, REBUILD_LUA
 from metering.control.store import HOLD_TTL_S, holds_key
 
 logger = logging.getLogger(__name__)
 
-REAP_LUA = (
-    NOW_LUA
-    + """
--- The periodic rebuild's first step on budget KEYS[1] (hold register KEYS[2]): holds past
--- their expiry are reaped and counted as spent in full (their call may have spent upstream
--- and never settled: the ledger knows), slices not reported in time lapse (leases), and
--- either marks the budget for a rebuild. ARGV[1]: the grace (ms) after a lapse.
--- Returns {gen, spent, held, leased, stale, safe_at, now} ({-1}: not loaded; a register
--- left behind by a budget that expired goes: LOAD would delete it anyway).
-if redis.call('HEXISTS', KEYS[1], 'gen') == 0 then
-  redis.call('DEL', KEYS[2])
-  return {-1}
-end
-local grace = tonumber(ARGV[1])
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
-if #expired > 0 then
-  local total = 0
-  for _, member in ipairs(expired) do
-    total = total + tonumber(string.match(member, ':(%d+)$'))
-  end
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-  if total > 0 then
-    if redis.call('HINCRBY', KEYS[1], 'held', 0 - total) < 0 then
-      redis.call('HSET', KEYS[1], 'held', 0)
-    end
-    redis.call('HINCRBY', KEYS[1], 'spent', total)
-  end
-  redis.call('HSET', KEYS[1], 'stale', 1)
-end
-"""
-    + LAPSE_SLICES_LUA
-    + """
-local v = redis.call('HMGET', KEYS[1], 'gen', 'spent', 'held', 'leased', 'stale', 'safe_at')
-return {tonumber(v[1]), tonumber(v[2] or '0'), tonumber(v[3] or '0'), tonumber(v[4] or '0'),
-        tonumber(v[5] or '0'), tonumber(v[6] or '0'), now}
-"""
-)
-
-REBUILD_LUA = """
--- Replace a budget's spent by the ledger's figure, read after REAP_LUA saw the budget with
--- nothing out: only if nothing touched it since (same generation and spent, still no hold
--- and no slice). A call settled meanwhile changed spent: the rebuild is retried.
--- KEYS[1]: the budget; ARGV: gen, spent as seen, spent from the ledger. Returns 1 or 0.
-local v = redis.call('HMGET', KEYS[1], 'gen', 'spent', 'held', 'leased')
-if not v[1] or tonumber(v[1]) ~= tonumber(ARGV[1]) or tonumber(v[2] or '0') ~= tonumber(ARGV[2])
-    or tonumber(v[3] or '0') ~= 0 or tonumber(v[4] or '0') ~= 0 then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'spent', ARGV[3])
-redis.call('HDEL', KEYS[1], 'stale', 'safe_at')
-return 1
-"""
 
 BUDGET_PATTERNS = ("rk:spend:*", "rk:balance:*", "rk:reasoning:*")
 SPOOL_PATTERN = "rk:spool:*"  # a ledger writer with records not yet in the database

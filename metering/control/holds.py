@@ -19,6 +19,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any, NamedTuple
 
 from django.conf import settings
@@ -41,18 +42,21 @@ from metering.proxy.callers import RouteInfo
 
 logger = logging.getLogger(__name__)
 
-# Refusal kinds (the HTTP layer maps each to the caller's wire format).
-SPEND = "spend"  # a budget cannot cover the call
-REQUESTS = "requests"  # the requests-per-minute window is full
-TOKENS = "tokens"  # the tokens-per-minute window is full
-UNAVAILABLE = "unavailable"  # a budget could not be loaded from the database
-CONTROL_UNAVAILABLE = "control_unavailable"  # the control store is out of reach
+
+class Refused(StrEnum):
+    """Why a call is not admitted (the HTTP layer maps each to the caller's wire format)."""
+
+    SPEND = "spend"  # a budget cannot cover the call
+    REQUESTS = "requests"  # the requests-per-minute window is full
+    TOKENS = "tokens"  # the tokens-per-minute window is full
+    UNAVAILABLE = "unavailable"  # a budget could not be loaded from the database
+    CONTROL_UNAVAILABLE = "control_unavailable"  # the control store is out of reach
 
 
 class Refusal(NamedTuple):
-    """Why a call is not admitted, for the caller."""
+    """A call not admitted: why, what to tell the caller, and the rate-limit headers."""
 
-    kind: str
+    kind: Refused
     message: str
     headers: list[tuple[bytes, bytes]]
 
@@ -128,7 +132,7 @@ class Holds:
             message = (
                 f"Spend limits apply to this key but '{route.alias}' has no price on your plan."
             )
-            return Refusal(SPEND, message, [])
+            return Refusal(Refused.SPEND, message, [])
         ceiling = self._ceiling
         plausible = min(route.hold_cap or ceiling, ceiling)
         asked = requested_max_output(endpoint, request)
@@ -150,7 +154,7 @@ class Holds:
         if store is None:
             if settings.RECKON_CONTROL_FAIL_OPEN:
                 return hold.unchecked()
-            return Refusal(CONTROL_UNAVAILABLE, "Spend control is not configured.", [])
+            return Refusal(Refused.CONTROL_UNAVAILABLE, "Spend control is not configured.", [])
         try:
             admission = store.admit_leased(
                 controls.budgets,
@@ -170,7 +174,7 @@ class Holds:
             )
         except (DatabaseError, TimeoutError) as exc:  # a budget could not be loaded
             logger.error("cannot load a budget from the database: %r", exc)
-            return Refusal(UNAVAILABLE, "", [])
+            return Refusal(Refused.UNAVAILABLE, "", [])
         except ControlUnavailable:
             logger.error(
                 "spend control store unreachable; failing %s",
@@ -179,7 +183,7 @@ class Holds:
             if settings.RECKON_CONTROL_FAIL_OPEN:
                 return hold.unchecked()
             message = "Spend control is unavailable; try again shortly."
-            return Refusal(CONTROL_UNAVAILABLE, message, [])
+            return Refusal(Refused.CONTROL_UNAVAILABLE, message, [])
         if admission.allowed:
             hold.headers = admission.headers
             hold.token_windows = admission.token_windows
@@ -193,12 +197,12 @@ class Holds:
             return hold
         if admission.reason == "budget" and admission.budget is not None:
             message = budget_refusal(admission.budget, admission.left, costs, controls, grant)
-            return Refusal(SPEND, message, admission.headers)
+            return Refusal(Refused.SPEND, message, admission.headers)
         message = (
             f"Rate limit reached for {admission.reason} per minute. "
             f"Please try again in {admission.retry_after_s}s."
         )
-        kind = REQUESTS if admission.reason == "requests" else TOKENS
+        kind = Refused.REQUESTS if admission.reason == "requests" else Refused.TOKENS
         return Refusal(kind, message, admission.headers)
 
     def release(

@@ -315,6 +315,3 @@ class TtlCache(Generic[K, V]):
                 logger.warning("lookup failed (%r); serving the last good value", exc)
             return entry[1]
         raise LookupUnavailable(repr(exc) if exc else "lookups are failing") from exc
-
-    def clear(self) -> None:
-        self._entries.clear()

@@ -17,7 +17,7 @@ from decimal import Decimal
 import pytest
 import redis
 
-from metering.control import leases
+from metering.control import leases, scripts
 from metering.control import store as control_store
 from metering.control.budgets import budget_loader
 from metering.control.counters import control_counters_rebuild
@@ -123,7 +123,7 @@ def test_a_hold_whose_admission_reply_was_lost_is_given_back() -> None:
 
         async def reply_lost(script, keys, args):  # type: ignore[no-untyped-def]
             result = await real(script, keys, args)
-            if script is control_store.ADMIT and result[0] == 1:
+            if script is scripts.ADMIT and result[0] == 1:
                 raise control_store.ControlUnavailable("no reply within 1.0s")
             return result
 
@@ -162,7 +162,7 @@ def test_a_lost_admission_that_runs_after_its_first_cancel_is_still_given_back(
         queued = []
 
         async def stuck(script, keys, args):  # type: ignore[no-untyped-def]
-            if script is control_store.ADMIT:
+            if script is scripts.ADMIT:
                 queued.append((keys, args))
                 raise control_store.ControlUnavailable("no reply within 1.0s")
             return await real(script, keys, args)
@@ -172,7 +172,7 @@ def test_a_lost_admission_that_runs_after_its_first_cancel_is_still_given_back(
             await admit(store, b, 9 * HOLD)
         await asyncio.sleep(0.1)  # the first cancel ran and found nothing
         (keys, args) = queued[0]
-        await real(control_store.ADMIT, keys, args)  # the queued admission runs only now
+        await real(scripts.ADMIT, keys, args)  # the queued admission runs only now
         landed = fields(b)
         await asyncio.sleep(0.3)
         after = fields(b)
