@@ -7,7 +7,8 @@ once it expires and counted as spent in full; a slice of a process that stopped 
 lapses and what it held counts as spent in full (metering.control.leases). Either marks the
 budget `stale`. This module gives that room back: `control_counters_rebuild` (Celery beat,
 every minute) reaps and lapses on every budget in Redis, and replaces the `spent` of each
-stale budget by the ledger's figure, under three conditions:
+stale budget by the ledger's figure (read as metering.control.budgets.budget_loader
+says), under three conditions:
 
 - Nothing is out: no live hold and no slice (`held` and `leased` are 0). Every call
   admitted on the budget has then settled, and a call settles only after its usage
