@@ -54,6 +54,18 @@ def serving_cost(
     return c.add(rest, reasoning_cost), reasoning_cost
 
 
+def usage_cost(rates: Rates, usage: TokenUsage) -> tuple[Decimal, Decimal]:
+    """`serving_cost` of a call's token classes."""
+    return serving_cost(
+        rates,
+        input=usage.input_tokens,
+        cache_read=usage.cached_input_tokens,
+        cache_write=usage.cache_write_tokens,
+        output=usage.output_tokens,
+        reasoning=usage.reasoning_tokens,
+    )
+
+
 class RecordedRoute(Protocol):
     """What a record copies of the route a call took (metering.proxy.callers.RouteInfo)."""
 
@@ -95,30 +107,12 @@ def usage_record_row(
     """The ledger row of one call, and its spend at list prices (None: the tenant has no
     price for the alias). `flags`: the proxy's own, after the usage's."""
     prices = route.spend_rates
-    spend = (
-        None
-        if prices is None
-        else serving_cost(
-            prices,
-            input=usage.input_tokens,
-            cache_read=usage.cached_input_tokens,
-            cache_write=usage.cache_write_tokens,
-            output=usage.output_tokens,
-            reasoning=usage.reasoning_tokens,
-        )[0]
-    )
+    spend = None if prices is None else usage_cost(prices, usage)[0]
     rates = route.cost_rates
     if rates is None:
         cost = reasoning_cost = None
     else:
-        cost, reasoning_cost = serving_cost(
-            rates,
-            input=usage.input_tokens,
-            cache_read=usage.cached_input_tokens,
-            cache_write=usage.cache_write_tokens,
-            output=usage.output_tokens,
-            reasoning=usage.reasoning_tokens,
-        )
+        cost, reasoning_cost = usage_cost(rates, usage)
     row = {
         "request_id": request_id,
         "tenant_id": tenant_id,
