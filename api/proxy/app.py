@@ -28,7 +28,7 @@ from api.proxy.wire import (
     Receive,
     Scope,
     Send,
-    credential,
+    caller_key,
     read_body,
     send_error,
     send_response,
@@ -159,7 +159,7 @@ class ProxyApp:
             )
 
     async def _caller(self, scope: Scope, anthropic: bool, send: Send) -> CallerContext | None:
-        raw_key = credential(scope["headers"])
+        raw_key = caller_key(scope["headers"])
         if not raw_key:
             message = (
                 "x-api-key header is required"

@@ -21,7 +21,8 @@ JSON_HEADERS = [(b"content-type", b"application/json")]
 RETRY_AFTER_S = b"2"
 
 
-def credential(headers: list[tuple[bytes, bytes]]) -> str:
+def caller_key(headers: list[tuple[bytes, bytes]]) -> str:
+    """The caller's API key, from `Authorization: Bearer` or `x-api-key` ("" if none)."""
     for name, value in headers:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
@@ -33,6 +34,7 @@ def credential(headers: list[tuple[bytes, bytes]]) -> str:
 
 
 def wants_anthropic(scope: Scope) -> bool:
+    """The caller speaks Anthropic's format (its headers say so): errors answer in it."""
     return any(name == b"anthropic-version" or name == b"x-api-key" for name, _ in scope["headers"])
 
 
