@@ -39,6 +39,7 @@ from billing.models import Alert, BalanceAccount, Subscription, WebhookEndpoint
 from billing.selectors import subscription_current
 from config.errors import ApplicationError
 from metering.calendar import month_start
+from metering.control.budgets import budget_list
 from metering.models import ReasoningPolicy, SpendLimit
 from metering.selectors import reasoning_tokens_since, spend_since
 
@@ -175,80 +176,85 @@ def _key_label(prefix: str) -> str:
 
 
 def budgets_of(tenant_id: uuid.UUID, at: datetime) -> list[Budget]:
-    """Every budget of the tenant that can fire, as it stands at `at`."""
+    """Every budget of the tenant that can fire, as it stands at `at` (the list the proxy
+    holds calls against: metering.control.budgets)."""
     at = at.astimezone(UTC)
     since_month = month_start(at)
     month = f"{at:%Y-%m}"
-    budgets: list[Budget] = []
-
-    limits = SpendLimit.objects.filter(tenant_id=tenant_id).select_related("api_key")
-    for limit in limits.order_by("pk"):
-        monthly = limit.window == SpendLimit.Window.MONTH
-        scope = _key_label(limit.api_key.prefix) if limit.api_key else "the tenant"
-        budgets.append(
-            Budget(
-                key=f"spend_limit:{limit.pk}",
-                description=f"{'Monthly' if monthly else 'All-time'} spend limit of {scope}",
-                period=month if monthly else "total",
-                unit="USD",
-                used=spend_since(
-                    tenant_id=tenant_id,
-                    api_key_id=limit.api_key_id,
-                    since=since_month if monthly else None,
-                ),
-                limit=Decimal(limit.amount_usd),
-            )
-        )
-
     state = balance_state(tenant_id, at)
-    if state is not None and state.available > 0:
-        epoch = state.watermark.isoformat() if state.watermark else "start"
-        budgets.append(
-            Budget(
-                key="balance",
-                description=f"Prepaid balance ({state.currency})",
-                # a top-up (new available) or an invoice (new watermark) re-arms the thresholds
-                period=f"{epoch}/{state.available}",
-                unit=state.currency,
-                used=state.uninvoiced_spend,
-                limit=state.available,
-            )
-        )
-
     subscription = subscription_current(tenant_id=tenant_id, at=at)
-    if subscription is not None and subscription.plan_version.monthly_reasoning_tokens is not None:
-        budgets.append(
-            Budget(
-                key="reasoning_budget:plan",
-                description=(
-                    f"Monthly reasoning-token budget of plan {subscription.plan_version.plan.code}"
-                ),
-                period=month,
-                unit="reasoning_tokens",
-                used=Decimal(reasoning_tokens_since(tenant_id=tenant_id, since=since_month)),
-                limit=Decimal(subscription.plan_version.monthly_reasoning_tokens),
+    plan = subscription.plan_version if subscription is not None else None
+    specs = budget_list(
+        tenant_id=tenant_id,
+        api_key_id=None,
+        balance=state is not None and state.available > 0,
+        plan_reasoning_tokens=plan.monthly_reasoning_tokens if plan is not None else None,
+    )
+    budgets: list[Budget] = []
+    for spec in specs:
+        if spec.kind == "spend":
+            assert spec.limit is not None
+            scope = _key_label(spec.key_prefix) if spec.api_key_id else "the tenant"
+            budgets.append(
+                Budget(
+                    key=f"spend_limit:{spec.spend_limit_id}",
+                    description=(
+                        f"{'Monthly' if spec.monthly else 'All-time'} spend limit of {scope}"
+                    ),
+                    period=month if spec.monthly else "total",
+                    unit="USD",
+                    used=spend_since(
+                        tenant_id=tenant_id,
+                        api_key_id=spec.api_key_id,
+                        since=since_month if spec.monthly else None,
+                    ),
+                    limit=spec.limit,
+                )
             )
-        )
-
-    policies = ReasoningPolicy.objects.filter(
-        api_key__tenant_id=tenant_id, monthly_reasoning_tokens__isnull=False
-    ).select_related("api_key")
-    for policy in policies.order_by("api_key_id"):
-        assert policy.monthly_reasoning_tokens is not None  # filtered above
-        budgets.append(
-            Budget(
-                key=f"reasoning_budget:key:{policy.api_key_id}",
-                description=f"Monthly reasoning-token budget of {_key_label(policy.api_key.prefix)}",
-                period=month,
-                unit="reasoning_tokens",
-                used=Decimal(
-                    reasoning_tokens_since(
-                        tenant_id=tenant_id, api_key_id=policy.api_key_id, since=since_month
-                    )
-                ),
-                limit=Decimal(policy.monthly_reasoning_tokens),
+        elif spec.kind == "balance":
+            assert state is not None
+            epoch = state.watermark.isoformat() if state.watermark else "start"
+            budgets.append(
+                Budget(
+                    key="balance",
+                    description=f"Prepaid balance ({state.currency})",
+                    # a top-up (new available) or an invoice (new watermark) re-arms them
+                    period=f"{epoch}/{state.available}",
+                    unit=state.currency,
+                    used=state.uninvoiced_spend,
+                    limit=state.available,
+                )
             )
-        )
+        elif spec.api_key_id is None:
+            assert spec.limit is not None and plan is not None
+            budgets.append(
+                Budget(
+                    key="reasoning_budget:plan",
+                    description=f"Monthly reasoning-token budget of plan {plan.plan.code}",
+                    period=month,
+                    unit="reasoning_tokens",
+                    used=Decimal(reasoning_tokens_since(tenant_id=tenant_id, since=since_month)),
+                    limit=spec.limit,
+                )
+            )
+        else:
+            assert spec.limit is not None
+            budgets.append(
+                Budget(
+                    key=f"reasoning_budget:key:{spec.api_key_id}",
+                    description=(
+                        f"Monthly reasoning-token budget of {_key_label(spec.key_prefix)}"
+                    ),
+                    period=month,
+                    unit="reasoning_tokens",
+                    used=Decimal(
+                        reasoning_tokens_since(
+                            tenant_id=tenant_id, api_key_id=spec.api_key_id, since=since_month
+                        )
+                    ),
+                    limit=spec.limit,
+                )
+            )
     return budgets
 
 

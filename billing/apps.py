@@ -7,6 +7,6 @@ class BillingConfig(AppConfig):
 
     def ready(self) -> None:
         from billing.spend import tenant_terms
-        from metering.proxy.context import register_tenant_terms_provider
+        from metering.control.terms import register_tenant_terms_provider
 
         register_tenant_terms_provider(tenant_terms)

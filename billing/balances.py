@@ -24,8 +24,8 @@ from billing.currency import from_minor, is_known_currency, quantize, to_minor
 from billing.models import BalanceAccount, BalanceEntry, Invoice, InvoiceLine
 from billing.periods import Period
 from config.errors import ApplicationError, Conflict, NotFound
+from metering.control.terms import BalanceTerms
 from metering.models import Tenant
-from metering.proxy.context import BalanceTerms
 from metering.selectors import spend_since
 
 Kind = BalanceEntry.Kind

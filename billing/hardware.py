@@ -268,7 +268,7 @@ def floor_breaches(
     plan: pricing.PlanVersion, *, at: datetime | None = None
 ) -> list[pricing.PlanIssue]:
     """A warning for every component priced below the cost floor of an alias it covers."""
-    from metering.proxy.context import current_cost_rates
+    from metering.proxy.callers import current_cost_rates
 
     at = at or timezone.now()
     if plan.currency.upper() != "USD":

@@ -23,8 +23,9 @@ from billing.periods import Period, ceil_hour, period_containing, segments
 from billing.proration import prorate_plan
 from billing.selectors import plan_version_pricing, subscription_current, subscriptions_in_period
 from config.errors import ApplicationError, Conflict, NotFound
+from metering.control.governance import EFFORTS
 from metering.models import Tenant
-from metering.proxy.governance import EFFORTS
+from metering.control.governance import EFFORTS
 from metering.selectors import NO_USAGE, UsageTotals, usage_totals
 
 

@@ -18,8 +18,9 @@ from billing.alerts import DEFAULT_THRESHOLDS, thresholds_of
 from billing.balances import balance_terms
 from billing.models import PlanVersion, WebhookEndpoint
 from billing.selectors import plan_version_pricing, subscription_current
-from metering.costs import Rates
-from metering.proxy.context import ReasoningRules, TenantTerms
+from metering.control.governance import ReasoningRules
+from metering.control.terms import TenantTerms
+from metering.record import Rates
 
 CLASSES = ("input", "cache_read", "cache_write", "output", "reasoning")
 

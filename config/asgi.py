@@ -8,7 +8,7 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_application = get_asgi_application()
 
-from api.proxy import ProxyApp  # noqa: E402 - needs Django set up first
+from api.proxy.app import ProxyApp  # noqa: E402 - needs Django set up first
 
 proxy_application = ProxyApp()
 GC_YOUNG_THRESHOLD = 20_000
@@ -34,7 +34,7 @@ async def _lifespan(receive, send):  # type: ignore[no-untyped-def]
             # A request allocates a few hundred objects and nearly all die with it: at the
             # default threshold (700) the youngest generation is scanned every few
             # requests, with the objects of every call in flight in it. Measured with 32
-            # calls in flight: CPU per controlled call 149 -> 139 us (bench/README).
+            # calls in flight: CPU per controlled call 149 -> 139 us (bench/cpu_bench.py).
             gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
             # Load what an earlier process spooled now, not when the first request comes.
             proxy_application.ledger.start()

@@ -347,7 +347,7 @@ CELERY_BEAT_SCHEDULE = {
     },
     "control-counters-rebuild": {
         "task": "metering.tasks.control_counters_rebuild",
-        "schedule": 60.0,  # lost holds and dead processes' slices given back (metering.counters)
+        "schedule": 60.0,  # lost holds and dead processes' slices given back (metering.control.counters)
     },
 }
 CELERY_TASK_ROUTES = {
@@ -362,7 +362,7 @@ CELERY_TASK_ROUTES = {
 # rate limits (false, the default) or let them through unchecked (true).
 RECKON_CONTROL_FAIL_OPEN = env_bool("RECKON_CONTROL_FAIL_OPEN", False)
 # Far from every limit, a server process admits calls on slices of the budgets and rate
-# windows it takes this many calls at a time (metering.leases); 0: every call in Redis.
+# windows it takes this many calls at a time (metering.control.leases); 0: every call in Redis.
 RECKON_CONTROL_LEASE_CALLS = int(os.environ.get("RECKON_CONTROL_LEASE_CALLS", "32"))
 # An exact spend hold not settled this many seconds after admission (its process died, its
 # settlement was lost) is reaped: counted as spent in full, then its budget is rebuilt from

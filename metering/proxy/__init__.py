@@ -1,4 +1,4 @@
-"""The proxy engine: provider adapters, stream handling and the caller context cache.
+"""The proxy engine: provider adapters, stream handling and who is calling (callers).
 
 HTTP framing lives in api.proxy; this package knows providers, not sockets.
 """

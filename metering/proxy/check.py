@@ -20,7 +20,7 @@ import orjson
 
 from metering.models import Route
 from metering.proxy.adapters import CHAT, MESSAGES, prepare_call
-from metering.proxy.context import route_info_from
+from metering.proxy.callers import route_info_from
 from metering.proxy.upstream import UpstreamClient, UpstreamError, UpstreamTimeout
 
 _MESSAGE_LIMIT = 300  # characters of the upstream's own error message shown

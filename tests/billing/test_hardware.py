@@ -24,7 +24,7 @@ from billing.services import (
     subscription_create,
 )
 from metering.models import ServingCostRate, UsageRecord, UsageRollup
-from metering.proxy.context import current_cost_rates
+from metering.proxy.callers import current_cost_rates
 from tests.factories import ApiKeyFactory
 from tests.usage_helpers import write_usage as record
 

@@ -112,7 +112,7 @@ def test_64_concurrent_streams_never_exceed_the_limit_and_none_is_refused_early(
 def test_leased_calls_fill_a_limit_and_none_is_refused_while_it_covers_one(
     e2e: E2ETenant,
 ) -> None:
-    """Far from the limit the server admits calls on slices (metering.leases), near it
+    """Far from the limit the server admits calls on slices (metering.control.leases), near it
     call by call: spend never passes the limit, and once all calls have settled a call
     is refused only when what is left cannot cover its hold."""
     import redis

@@ -5,7 +5,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from config.uvicorn_protocol import ReckonHttpProtocol
+from api.proxy.server import ReckonHttpProtocol
 
 
 def serve_refusal(

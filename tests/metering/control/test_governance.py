@@ -1,7 +1,11 @@
 import pytest
 
-from metering.proxy.context import ReasoningRules
-from metering.proxy.governance import apply_reasoning_rules, requested_max_output
+from metering.control.governance import (
+    ReasoningRules,
+    apply_reasoning_rules,
+    requested_max_output,
+    set_max_output,
+)
 
 
 def rules(efforts=(), default=None, cap=None, refuse=False) -> ReasoningRules:  # type: ignore[no-untyped-def]
@@ -73,7 +77,6 @@ def test_requested_max_output_ignores_nonsense() -> None:
 
 
 def test_a_small_grant_disables_thinking_rather_than_break_anthropics_minimum() -> None:
-    from metering.proxy.governance import set_max_output
 
     request = {"max_tokens": 8000, "thinking": {"type": "enabled", "budget_tokens": 6000}}
     set_max_output("messages", request, 3000)

@@ -1,13 +1,14 @@
 """Spend-control counters that never stay wrong: the periodic rebuild from the ledger.
 
-Redis's budget counters (metering.control) may count too much, never too little, when
+Redis's budget counters (metering.control.store) may count too much, never too little, when
 something goes wrong: an exact hold that is never settled (its admission reply was lost
 and its cancel never got through, its process crashed, its settlement was lost) is reaped
 once it expires and counted as spent in full; a slice of a process that stopped reporting
-lapses and what it held counts as spent in full (metering.leases). Either marks the
+lapses and what it held counts as spent in full (metering.control.leases). Either marks the
 budget `stale`. This module gives that room back: `control_counters_rebuild` (Celery beat,
 every minute) reaps and lapses on every budget in Redis, and replaces the `spent` of each
-stale budget by the ledger's figure, under three conditions:
+stale budget by the ledger's figure (read as metering.control.budgets.budget_loader
+says), under three conditions:
 
 - Nothing is out: no live hold and no slice (`held` and `leased` are 0). Every call
   admitted on the budget has then settled, and a call settles only after its usage
@@ -28,25 +29,21 @@ over-count until it has one, or until its key expires and is loaded again.
 """
 
 import logging
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis
 
-from metering.calendar import month_of_key
-from metering.control import HOLD_TTL_S, REAP_LUA, REBUILD_LUA, holds_key, to_nano
-from metering.models import ApiKey
-from metering.proxy import context
-from metering.selectors import reasoning_tokens_since, spend_since
+from metering.control.budgets import Loader, budget_loader
+from metering.control.scripts import REAP_LUA, REBUILD_LUA
+from metering.control.store import HOLD_TTL_S, holds_key
 
 logger = logging.getLogger(__name__)
+
 
 BUDGET_PATTERNS = ("rk:spend:*", "rk:balance:*", "rk:reasoning:*")
 SPOOL_PATTERN = "rk:spool:*"  # a ledger writer with records not yet in the database
 ATTEMPTS = 3  # compare-and-set tries per budget per run
-
-Loader = Callable[[], int]
 
 
 @dataclass
@@ -56,39 +53,6 @@ class RebuildResult:
     rebuilt: int = 0  # spent replaced by the ledger's figure
     busy: int = 0  # stale, but a hold or slice was out, or within the grace: next run
     skipped: str = ""  # why nothing was rebuilt (ledger spool pending)
-
-
-def budget_loader(key: str) -> Loader | None:
-    """How to read budget `key`'s use from the ledger, in its unit (the inverse of the key
-    names `metering.proxy.context.controls_load` builds), or None for a key no longer
-    current (a balance's old epoch) or not understood."""
-    parts = key.split(":")
-    if len(parts) == 4 and parts[:2] == ["rk", "balance"]:
-        terms = context.tenant_terms_provider(uuid.UUID(parts[2]), [])
-        balance = terms.balance
-        if balance is None or balance.epoch != parts[3]:
-            return None  # an old epoch: no call settles there any more, it expires
-        load_balance = balance.load_used
-        return lambda: to_nano(load_balance())
-    if len(parts) != 5 or parts[0] != "rk":
-        return None
-    _, kind, who, ident, window = parts
-    if who == "tenant":
-        tenant_id, key_id = uuid.UUID(ident), None
-    elif who == "key":
-        key_id = int(ident)
-        found = ApiKey.objects.filter(pk=key_id).values_list("tenant_id", flat=True).first()
-        if found is None:
-            return None
-        tenant_id = found
-    else:
-        return None
-    since = None if window == "total" else month_of_key(window)
-    if kind == "spend":
-        return lambda: to_nano(spend_since(tenant_id=tenant_id, api_key_id=key_id, since=since))
-    if kind == "reasoning" and since is not None:
-        return lambda: reasoning_tokens_since(tenant_id=tenant_id, api_key_id=key_id, since=since)
-    return None
 
 
 def control_counters_rebuild(

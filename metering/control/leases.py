@@ -33,7 +33,7 @@ When things go wrong, counters may count too much, never too little:
   rebuild finds it): what it holds counts as spent (its process may have admitted and
   settled calls it never reported), the way an expired exact hold is, and the budget is
   rebuilt from the ledger once every call that slice may still carry is over
-  (metering.counters).
+  (metering.control.counters).
 - A slice Redis no longer knows (the budget was reloaded from the ledger after a Redis
   restart, or the slice lapsed) becomes an orphan: it admits nothing more, and what its
   calls used that Redis had not seen is added to spent (absolute, so once), as an exact
@@ -52,12 +52,8 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from metering.redis_pipe import Script
-
-if TYPE_CHECKING:
-    from metering.control import BudgetScope
+from metering.control.scopes import BudgetScope
 
 FLUSH_S = 0.05  # how often a process with leases reports its slices to Redis
 IDLE_S = 1.0  # a slice unused this long closes
@@ -67,203 +63,6 @@ RECALL_WAIT_S = 0.5  # the most a near-limit call waits for other processes' sli
 ELIGIBLE_MULTIPLE = 16  # a slice is granted only where what is left is 16 times larger
 FORGET_S = 5.0  # a finished slice's tombstone stays this long (late copies of reports)
 
-NOW_LUA = """
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-"""
-
-LEASE_LUA = (
-    NOW_LUA
-    + """
--- New slices for one call's scopes, all or nothing.
--- KEYS: n budget hashes, m rate-window hashes
--- ARGV: multiple, n, m, window_ttl, owner_ttl_ms, (limit, amount, slice) x n,
---       (rpm, tpm, requests, tokens, slice) x m
--- A scope asked for 0 keeps the slice it has (a budget must still be loaded).
--- Returns {1, gen x n, r x m, t x m} (granted; the window counts after the slice), or
--- {0, i} (scope i is too close to its limit, or recalling), or {-1, i} (budget i is
--- not loaded).
-local k = tonumber(ARGV[1]); local n = tonumber(ARGV[2]); local m = tonumber(ARGV[3])
-local ttl = tonumber(ARGV[4]); local expires = now + tonumber(ARGV[5])
-local gens = {}
-for i = 1, n do
-  local amount = tonumber(ARGV[4 + 3 * i])
-  local v = redis.call('HMGET', KEYS[i], 'spent', 'held', 'gen', 'recall')
-  if not v[3] then return {-1, i} end
-  gens[i] = tonumber(v[3])
-  if amount > 0 then
-    if v[4] and tonumber(v[4]) > now then return {0, i} end
-    local left = tonumber(ARGV[3 + 3 * i]) - tonumber(v[1] or '0') - tonumber(v[2] or '0')
-    if left < k * amount then return {0, i} end
-  end
-end
-local base = 5 + 3 * n
-for j = 1, m do
-  local o = base + 5 * (j - 1)
-  local rpm = tonumber(ARGV[o + 1]); local tpm = tonumber(ARGV[o + 2])
-  local req = tonumber(ARGV[o + 3]); local tok = tonumber(ARGV[o + 4])
-  if req > 0 then
-    local v = redis.call('HMGET', KEYS[n + j], 'r', 't')
-    if rpm > 0 and rpm - tonumber(v[1] or '0') < k * req then return {0, n + j} end
-    if tpm > 0 and tpm - tonumber(v[2] or '0') < k * tok then return {0, n + j} end
-  end
-end
-local out = {1}
-for i = 1, n do
-  local amount = tonumber(ARGV[4 + 3 * i]); local slice = ARGV[5 + 3 * i]
-  if amount > 0 then
-    redis.call('HINCRBY', KEYS[i], 'held', amount)
-    redis.call('HINCRBY', KEYS[i], 'leased', amount)
-    redis.call('HSET', KEYS[i], 'lo:' .. slice, amount, 'lt:' .. slice, expires)
-  end
-  out[1 + i] = gens[i]
-end
-for j = 1, m do
-  local o = base + 5 * (j - 1)
-  local req = tonumber(ARGV[o + 3]); local tok = tonumber(ARGV[o + 4]); local slice = ARGV[o + 5]
-  local r, t = 0, 0
-  if req > 0 then
-    r = redis.call('HINCRBY', KEYS[n + j], 'r', req)
-    t = redis.call('HINCRBY', KEYS[n + j], 't', tok)
-    redis.call('HSET', KEYS[n + j], 'ws:' .. slice, 0, 'wr:' .. slice, req, 'wt:' .. slice, tok)
-    if r == req then redis.call('EXPIRE', KEYS[n + j], ttl) end
-  end
-  out[1 + n + j] = r; out[1 + n + m + j] = t
-end
-return out
-"""
-)
-
-FLUSH_LUA = (
-    NOW_LUA
-    + """
--- Report slices. KEYS: n budget hashes, m rate-window hashes
--- ARGV: owner_ttl_ms, n, m, (slice, mode, used, out) x n, (slice, seq, r, t) x m
--- Budget slices, in absolute figures (metering.leases), by mode:
---   0 report: spent grows by used - lu (what Redis has not seen), the slice's hold
---     shrinks to out (never grows); at out 0 the slice is done and only its lu stays
---     behind (a tombstone: a late copy of a report then changes nothing);
---   1 orphan charge: `used` is what the orphan used since Redis lost it; spent grows by
---     used - lc;
---   2 forget: a finished slice's tombstone and charge go.
--- A window slice's counts become (r, t) if seq is newer than the last applied.
--- Returns {spent x n, held x n, recalling x n, owned x n, r x m, t x m}
--- (spent -1: the budget is not in Redis; owned 0: Redis does not know the slice, it
--- lapsed or the budget was reloaded; r -1: the window is gone).
-local expires = now + tonumber(ARGV[1])
-local n = tonumber(ARGV[2]); local m = tonumber(ARGV[3])
-local out = {}
-for i = 1, n do
-  local o = 3 + 4 * (i - 1); local key = KEYS[i]
-  local slice = ARGV[o + 1]; local mode = ARGV[o + 2]; local used = tonumber(ARGV[o + 3])
-  out[i] = -1; out[n + i] = 0; out[2 * n + i] = 0; out[3 * n + i] = 0
-  if redis.call('HEXISTS', key, 'gen') == 1 then
-    out[3 * n + i] = 1
-    if mode == '0' then
-      local v = redis.call('HMGET', key, 'lo:' .. slice, 'lu:' .. slice)
-      if v[1] or v[2] then
-        local lu = tonumber(v[2] or '0')
-        if used > lu then
-          redis.call('HINCRBY', key, 'spent', used - lu)
-          redis.call('HSET', key, 'lu:' .. slice, used)
-        end
-        if v[1] then
-          local lo = tonumber(v[1]); local target = tonumber(ARGV[o + 4])
-          if target < lo then  -- (never -0: Redis takes no "-0" for an integer)
-            redis.call('HINCRBY', key, 'held', target - lo)
-            redis.call('HINCRBY', key, 'leased', target - lo)
-            lo = target
-          end
-          if lo <= 0 then redis.call('HDEL', key, 'lo:' .. slice) else
-            redis.call('HSET', key, 'lo:' .. slice, lo)
-          end
-          -- a tombstone keeps its time too: RECALL clears those of processes that died
-          redis.call('HSET', key, 'lt:' .. slice, expires)
-        end
-      else
-        out[3 * n + i] = 0
-      end
-    elseif mode == '1' then
-      local lc = tonumber(redis.call('HGET', key, 'lc:' .. slice) or '0')
-      if used > lc then
-        redis.call('HINCRBY', key, 'spent', used - lc)
-        redis.call('HSET', key, 'lc:' .. slice, used)
-      end
-    else
-      redis.call('HDEL', key, 'lo:' .. slice, 'lu:' .. slice, 'lc:' .. slice, 'lt:' .. slice)
-    end
-    local w = redis.call('HMGET', key, 'spent', 'held', 'recall')
-    out[i] = tonumber(w[1] or '0'); out[n + i] = tonumber(w[2] or '0')
-    if w[3] and tonumber(w[3]) > now then out[2 * n + i] = 1 end
-  end
-end
-local base = 3 + 4 * n
-for j = 1, m do
-  local o = base + 4 * (j - 1); local key = KEYS[n + j]; local slice = ARGV[o + 1]
-  local v = redis.call('HMGET', key, 'ws:' .. slice, 'wr:' .. slice, 'wt:' .. slice, 'r', 't')
-  out[4 * n + j] = -1; out[4 * n + m + j] = -1
-  if v[1] then
-    local r = tonumber(v[4] or '0'); local t = tonumber(v[5] or '0')
-    if tonumber(ARGV[o + 2]) > tonumber(v[1]) then
-      local dr = tonumber(ARGV[o + 3]) - tonumber(v[2]); local dt = tonumber(ARGV[o + 4]) - tonumber(v[3])
-      if dr ~= 0 then r = redis.call('HINCRBY', key, 'r', dr) end
-      if dt ~= 0 then t = redis.call('HINCRBY', key, 't', dt) end
-      redis.call('HSET', key, 'ws:' .. slice, ARGV[o + 2], 'wr:' .. slice, ARGV[o + 3],
-                 'wt:' .. slice, ARGV[o + 4])
-    end
-    out[4 * n + j] = r; out[4 * n + m + j] = t
-  end
-end
-return out
-"""
-)
-
-# Lapse the slices of budget KEYS[1] not reported in time: what they hold counts as spent
-# (their process may have admitted and settled calls it never reported), and the budget is
-# marked for a rebuild from the ledger (metering.counters) once the calls those slices
-# may still have in flight are over: `safe_at`, `grace` ms from now. Clears old
-# tombstones. Needs `now` and `grace`; sets `lapsed` (what was counted as spent).
-LAPSE_SLICES_LUA = """
-local lapsed = 0
-local fields = redis.call('HGETALL', KEYS[1])
-for i = 1, #fields, 2 do
-  local name = fields[i]
-  if string.sub(name, 1, 3) == 'lt:' and tonumber(fields[i + 1]) < now then
-    local slice = string.sub(name, 4)
-    local lo = tonumber(redis.call('HGET', KEYS[1], 'lo:' .. slice) or '0')
-    if lo > 0 then
-      redis.call('HINCRBY', KEYS[1], 'held', 0 - lo)
-      redis.call('HINCRBY', KEYS[1], 'leased', 0 - lo)
-      redis.call('HINCRBY', KEYS[1], 'spent', lo)
-      lapsed = lapsed + lo
-    end
-    redis.call('HDEL', KEYS[1], 'lo:' .. slice, 'lu:' .. slice, 'lc:' .. slice, name)
-  end
-end
-if lapsed > 0 then
-  local safe_at = tonumber(redis.call('HGET', KEYS[1], 'safe_at') or '0')
-  redis.call('HSET', KEYS[1], 'stale', 1, 'safe_at', math.max(safe_at, now + grace))
-end
-"""
-
-RECALL_LUA = (
-    NOW_LUA
-    + """
--- A call near the limit of budget KEYS[1] waits for slices: lapse those not reported in
--- time, ask the others back for ARGV[1] ms, and return what is still out.
--- ARGV[2]: the longest a call may still run (ms), the grace before a rebuild.
-local grace = tonumber(ARGV[2])
-"""
-    + LAPSE_SLICES_LUA
-    + """
-local leased = tonumber(redis.call('HGET', KEYS[1], 'leased') or '0')
-if leased > 0 then redis.call('HSET', KEYS[1], 'recall', now + tonumber(ARGV[1])) end
-return leased
-"""
-)
-
-LEASE, FLUSH, RECALL = Script(LEASE_LUA), Script(FLUSH_LUA), Script(RECALL_LUA)
-
 
 def owner_id() -> str:
     """This process, as its slices are named in Redis."""
@@ -272,7 +71,7 @@ def owner_id() -> str:
 
 @dataclass(slots=True)
 class BudgetSlice:
-    scope: "BudgetScope"
+    scope: BudgetScope
     key: str
     name: str  # its name in the budget's hash (lo:, lu:, lc:, lt:<name>), never reused
     limit: int
@@ -364,7 +163,7 @@ class LeaseBook:
         self,
         lease_calls: int,
         owner: str = "",
-        on_crossed: "Callable[[BudgetScope, int, int], None] | None" = None,
+        on_crossed: Callable[[BudgetScope, int, int], None] | None = None,
     ) -> None:
         self.lease_calls = lease_calls
         # told each budget's spent before and after what a report added to it (alerts)
@@ -385,7 +184,7 @@ class LeaseBook:
 
     def take(
         self,
-        scopes: "Sequence[BudgetScope]",
+        scopes: Sequence[BudgetScope],
         costs: list[int],
         windows: list[str],
         est_tokens: int,
@@ -610,7 +409,7 @@ class LeaseBook:
 
     def lost(
         self,
-        scopes: "list[BudgetScope]",
+        scopes: list[BudgetScope],
         names: list[str],
         amounts: list[int],
         windows: list[tuple[str, str, int, int]],
@@ -629,7 +428,7 @@ class LeaseBook:
                 self.retired_windows.append(w)
         self.urgent = True
 
-    def granted(self, scope: "BudgetScope", name: str, amount: int) -> None:
+    def granted(self, scope: BudgetScope, name: str, amount: int) -> None:
         """A slice taken in Redis becomes the one new calls go on; the one it replaces
         closes and is reported until its calls end."""
         key = scope.key

@@ -8,7 +8,7 @@ import orjson
 import pytest
 from django.db import OperationalError
 
-from api.proxy import ProxyApp
+from api.proxy.app import ProxyApp
 
 
 def call(app: ProxyApp, path: str, headers: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ import pytest
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-from config.uvicorn_protocol import CoalescingCycle
+from api.proxy.server import CoalescingCycle
 
 
 class Transport:

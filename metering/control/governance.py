@@ -2,18 +2,34 @@
 include reasoning) one call may spend. Pure: rewrites the request dict in place (clamp) or
 returns the reason to refuse.
 
-Where each provider puts the knobs (shared/reference/wire-formats.md):
+Where each provider puts the knobs (the providers' published request formats):
 - chat completions: `reasoning_effort`, `max_completion_tokens` (legacy `max_tokens`);
 - responses: `reasoning.effort`, `max_output_tokens`;
 - messages: `max_tokens` (required, includes thinking), `thinking.budget_tokens`.
 """
 
+from dataclasses import dataclass
 from typing import Any
-
-from metering.proxy.context import ReasoningRules
 
 EFFORTS = ("minimal", "low", "medium", "high")
 ANTHROPIC_MIN_THINKING = 1024  # the smallest thinking.budget_tokens Anthropic accepts
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningRules:
+    allowed_efforts: frozenset[str]  # empty: any
+    default_max_output_tokens: int | None
+    max_output_tokens: int | None
+    refuse: bool  # refuse instead of clamping
+    scope: str = "for this key"  # how errors name whose rules these are
+
+    @property
+    def is_empty(self) -> bool:
+        return (
+            not self.allowed_efforts
+            and self.default_max_output_tokens is None
+            and self.max_output_tokens is None
+        )
 
 
 def _max_field(endpoint: str, request: dict[str, Any]) -> str:

@@ -1,6 +1,6 @@
 """Spend-control counters that never stay wrong, against the real Redis: a hold whose
 admission reply was lost is given back, a hold never settled expires and is reaped, a dead
-process's slice lapses, and the periodic rebuild (metering.counters) returns what they
+process's slice lapses, and the periodic rebuild (metering.control.counters) returns what they
 kept counted to the ledger's figure, all-time budgets included, without ever letting
 spend pass a limit while calls run beside it."""
 
@@ -17,9 +17,12 @@ from decimal import Decimal
 import pytest
 import redis
 
-from metering import control, leases
-from metering.control import BudgetCost, BudgetScope, ControlStore, Grant, holds_key, to_nano
-from metering.counters import budget_loader, control_counters_rebuild
+from metering.control import leases, scripts
+from metering.control import store as control_store
+from metering.control.budgets import budget_loader
+from metering.control.counters import control_counters_rebuild
+from metering.control.scopes import BudgetCost, BudgetScope, Grant, to_nano
+from metering.control.store import ControlStore, holds_key
 from metering.ledger.orm import usage_records_write
 from metering.tasks import control_counters_rebuild as rebuild_task
 from tests.factories import ApiKeyFactory
@@ -120,12 +123,12 @@ def test_a_hold_whose_admission_reply_was_lost_is_given_back() -> None:
 
         async def reply_lost(script, keys, args):  # type: ignore[no-untyped-def]
             result = await real(script, keys, args)
-            if script is control.ADMIT and result[0] == 1:
-                raise control.ControlUnavailable("no reply within 1.0s")
+            if script is scripts.ADMIT and result[0] == 1:
+                raise control_store.ControlUnavailable("no reply within 1.0s")
             return result
 
         store._redis.run = reply_lost  # type: ignore[method-assign]
-        with pytest.raises(control.ControlUnavailable):
+        with pytest.raises(control_store.ControlUnavailable):
             await admit(store, b, 9 * HOLD)  # the caller is refused (fail closed)
         store._redis.run = real  # type: ignore[method-assign]
         during = fields(b)
@@ -150,7 +153,7 @@ def test_a_lost_admission_that_runs_after_its_first_cancel_is_still_given_back(
     finds nothing, the admission then lands, and the cancel tried again releases it."""
     ledger = Ledger()
     b = budget(ledger, 10 * HOLD)
-    monkeypatch.setattr(control, "CANCEL_AGAIN_S", 0.2)
+    monkeypatch.setattr(control_store, "CANCEL_AGAIN_S", 0.2)
 
     async def scenario():  # type: ignore[no-untyped-def]
         store = ControlStore(URL)
@@ -159,17 +162,17 @@ def test_a_lost_admission_that_runs_after_its_first_cancel_is_still_given_back(
         queued = []
 
         async def stuck(script, keys, args):  # type: ignore[no-untyped-def]
-            if script is control.ADMIT:
+            if script is scripts.ADMIT:
                 queued.append((keys, args))
-                raise control.ControlUnavailable("no reply within 1.0s")
+                raise control_store.ControlUnavailable("no reply within 1.0s")
             return await real(script, keys, args)
 
         store._redis.run = stuck  # type: ignore[method-assign]
-        with pytest.raises(control.ControlUnavailable):
+        with pytest.raises(control_store.ControlUnavailable):
             await admit(store, b, 9 * HOLD)
         await asyncio.sleep(0.1)  # the first cancel ran and found nothing
         (keys, args) = queued[0]
-        await real(control.ADMIT, keys, args)  # the queued admission runs only now
+        await real(scripts.ADMIT, keys, args)  # the queued admission runs only now
         landed = fields(b)
         await asyncio.sleep(0.3)
         after = fields(b)
@@ -221,7 +224,7 @@ def test_a_dead_processs_slice_lapses_and_the_budget_returns_to_the_ledger(
     ledger = Ledger()
     limit = 40 * 2 * HOLD  # room for a slice of 2 calls (16 slices' worth is left)
     b = budget(ledger, limit, ttl_s)
-    monkeypatch.setattr(control, "OWNER_TTL_S", 0)
+    monkeypatch.setattr(control_store, "OWNER_TTL_S", 0)
 
     async def scenario():  # type: ignore[no-untyped-def]
         dead = ControlStore(URL, lease_calls=2)
@@ -281,7 +284,7 @@ def test_a_rebuild_racing_with_calls_never_lets_spend_pass_the_limit(
     settlements land between a rebuild's look and its write. Every call uses its whole
     hold: the calls admitted must never be more than the budget covers."""
     monkeypatch.setattr(leases, "IDLE_S", 0.02)
-    monkeypatch.setattr(control, "FLUSH_S", 0.005)
+    monkeypatch.setattr(control_store, "FLUSH_S", 0.005)
     ledger = Ledger()
     ledger.read_delay_s = 0.004
     capacity = 300

@@ -10,10 +10,11 @@ import orjson
 import pytest
 from django.db import OperationalError
 
-from api.proxy import ProxyApp
-from metering.control import BudgetScope
+from api.proxy.app import ProxyApp, _refuse
+from metering.control.holds import Refusal
+from metering.control.scopes import BudgetScope, Controls
 from metering.proxy.adapters import CHAT, MESSAGES
-from metering.proxy.context import Controls, RouteInfo
+from metering.proxy.callers import RouteInfo
 
 
 def database_down() -> int:
@@ -55,16 +56,15 @@ def admit(load_used: Any, anthropic: bool) -> list[dict[str, Any]]:
             load_used=load_used,
         )
         try:
-            hold = await app._admit(
+            refusal = await app.holds.take(
                 Controls((budget,), ()),
                 ROUTE,
-                MESSAGES if anthropic else CHAT,
+                (MESSAGES if anthropic else CHAT).name,
                 {"model": "reasoner", "max_tokens": 10},
                 100,
-                send,  # type: ignore[arg-type]
-                anthropic,
             )
-            assert hold is None
+            assert isinstance(refusal, Refusal)
+            await _refuse(send, refusal, anthropic)  # type: ignore[arg-type]
         finally:
             await app.control.close()
             app._lookups.shutdown(wait=True)

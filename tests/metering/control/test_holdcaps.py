@@ -6,9 +6,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.test import override_settings
 
-from metering.holdcaps import _learned_in_python, hold_caps_learn, percentile
+from metering.control.holdcaps import _learned_in_python, hold_caps, hold_caps_learn, percentile
 from metering.models import HoldCap
-from metering.proxy.context import hold_caps
 from tests.factories import ApiKeyFactory
 from tests.usage_helpers import write_usage
 

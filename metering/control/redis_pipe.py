@@ -176,13 +176,6 @@ class RedisPipe:
 
     # --- commands --------------------------------------------------------------------
 
-    async def execute(self, *parts: bytes | str | int) -> Any:
-        await self._connection()
-        try:
-            return await self._send(encode(*parts))
-        except _ReplyError as exc:
-            raise RedisUnavailable(f"Redis refused {parts[0]!r}: {exc}") from exc
-
     async def run(self, script: Script, keys: list[str], args: list[int] | list[int | str]) -> Any:
         """EVALSHA the script (EVAL once if Redis does not have it cached)."""
         if self._protocol is None:

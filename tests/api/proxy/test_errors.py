@@ -1,9 +1,9 @@
-"""What a caller may see of an upstream's error answer (api.proxy_errors)."""
+"""What a caller may see of an upstream's error answer (api.proxy.errors)."""
 
 import orjson
 import pytest
 
-from api import proxy_errors as errors
+from api.proxy import errors
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from metering.models import HoldCap, UsageRecord
@@ -86,3 +87,15 @@ def hold_caps_learn(*, as_of: datetime | None = None) -> int:
         ]
     )
     return len(learned)
+
+
+def hold_caps(tenant_id: uuid.UUID, aliases: list[str]) -> dict[str, int]:
+    """The learned plausible output size per alias: the tenant's own where learned, else
+    the alias's across tenants."""
+    caps: dict[str, int] = {}
+    for cap in HoldCap.objects.filter(alias__in=aliases).filter(
+        Q(tenant_id=tenant_id) | Q(tenant__isnull=True)
+    ):
+        if cap.tenant_id is not None or cap.alias not in caps:
+            caps[cap.alias] = cap.p99_output_tokens
+    return caps

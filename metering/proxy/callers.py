@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Generic, TypeVar
@@ -28,19 +28,14 @@ from django.db import close_old_connections
 from django.db.models import Q
 from django.utils import timezone
 
-from metering.calendar import month_key, month_start
-from metering.control import BudgetScope, RateScope, to_nano
-from metering.costs import Rates
-from metering.models import (
-    ApiKey,
-    HoldCap,
-    RateLimit,
-    ReasoningPolicy,
-    Route,
-    ServingCostRate,
-    SpendLimit,
-)
-from metering.selectors import reasoning_tokens_since, spend_since
+from metering.control import terms
+from metering.control.budgets import budget_list, budget_scopes
+from metering.control.governance import ReasoningRules
+from metering.control.holdcaps import hold_caps
+from metering.control.scopes import Controls, RateScope, to_nano
+from metering.control.terms import TenantTerms
+from metering.models import ApiKey, RateLimit, ReasoningPolicy, Route, ServingCostRate
+from metering.record import Rates
 
 ANTHROPIC_DEFAULT_VERSION = "2023-06-01"
 
@@ -89,66 +84,6 @@ class RouteInfo:
         elif self.credential:
             headers["Authorization"] = "Bearer " + self.credential
         return headers
-
-
-@dataclass(frozen=True, slots=True)
-class ReasoningRules:
-    allowed_efforts: frozenset[str]  # empty: any
-    default_max_output_tokens: int | None
-    max_output_tokens: int | None
-    refuse: bool  # refuse instead of clamping
-    scope: str = "for this key"  # how errors name whose rules these are
-
-    @property
-    def is_empty(self) -> bool:
-        return (
-            not self.allowed_efforts
-            and self.default_max_output_tokens is None
-            and self.max_output_tokens is None
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Controls:
-    """What the proxy must check for this caller before forwarding (None when nothing)."""
-
-    budgets: tuple[BudgetScope, ...]
-    rates: tuple[RateScope, ...]
-    # The plan's rules, then the key's (each can only narrow what the one before allows).
-    reasoning: tuple[ReasoningRules, ...] = ()
-    # Percentages of a budget at which the tenant is alerted.
-    alert_thresholds: tuple[int, ...] = (50, 80, 100)
-    # A reasoning budget in clamp mode applies: a call whose maximum the budgets cannot
-    # cover is granted what is left (down to the plausible size) instead of refused.
-    clamp_to_budget: bool = False
-    # Some budget is in money (every call needs a price); computed, not passed.
-    money_budgets: bool = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "money_budgets", any(b.kind != "reasoning" for b in self.budgets))
-
-
-@dataclass(frozen=True)
-class BalanceTerms:
-    """A prepaid balance that stops calls: what its credits hold now, and what usage since
-    the last invoice has used of them (loaded from the ledger when Redis lacks it)."""
-
-    available: Decimal
-    epoch: str  # changes whenever an invoice draws on the credits
-    load_used: Callable[[], Decimal]
-
-
-@dataclass(frozen=True)
-class TenantTerms:
-    """What billing says about a tenant's calls: list prices per alias, the plan's
-    reasoning rules and budget, the prepaid balance, alert thresholds."""
-
-    spend_rates: dict[str, Rates]
-    reasoning: ReasoningRules | None = None
-    monthly_reasoning_tokens: int | None = None
-    reasoning_refuse: bool = False  # the plan refuses rather than clamps
-    balance: BalanceTerms | None = None
-    alert_thresholds: tuple[int, ...] = (50, 80, 100)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,12 +164,12 @@ def caller_context_load(key_hash: str) -> CallerContext | None:
     allowed = list(api_key.tenant.allowed_routes.filter(is_active=True))
     aliases = [r.alias for r in allowed]
     rates = current_cost_rates(aliases)
-    terms = tenant_terms_provider(api_key.tenant_id, aliases)
-    controls = controls_load(api_key, terms)
+    tenant_terms = terms.tenant_terms_provider(api_key.tenant_id, aliases)
+    controls = controls_load(api_key, tenant_terms)
     caps = hold_caps(api_key.tenant_id, aliases) if controls and controls.budgets else {}
     routes = {
         r.alias: route_info_from(
-            r, rates.get(r.alias), terms.spend_rates.get(r.alias), caps.get(r.alias)
+            r, rates.get(r.alias), tenant_terms.spend_rates.get(r.alias), caps.get(r.alias)
         )
         for r in allowed
     }
@@ -247,49 +182,6 @@ def caller_context_load(key_hash: str) -> CallerContext | None:
     )
 
 
-def hold_caps(tenant_id: uuid.UUID, aliases: list[str]) -> dict[str, int]:
-    """The learned plausible output size per alias: the tenant's own where learned, else
-    the alias's across tenants."""
-    caps: dict[str, int] = {}
-    for cap in HoldCap.objects.filter(alias__in=aliases).filter(
-        Q(tenant_id=tenant_id) | Q(tenant__isnull=True)
-    ):
-        if cap.tenant_id is not None or cap.alias not in caps:
-            caps[cap.alias] = cap.p99_output_tokens
-    return caps
-
-
-# Billing registers what a tenant's plan and balance say about its calls (metering does
-# not import billing): (tenant id, aliases) -> TenantTerms.
-def _no_terms(tenant_id: uuid.UUID, aliases: list[str]) -> TenantTerms:
-    return TenantTerms(spend_rates={})
-
-
-tenant_terms_provider: Callable[[uuid.UUID, list[str]], TenantTerms] = _no_terms
-
-
-def register_tenant_terms_provider(
-    provider: Callable[[uuid.UUID, list[str]], TenantTerms],
-) -> None:
-    global tenant_terms_provider
-    tenant_terms_provider = provider
-
-
-MONTH_TTL_S = 40 * 86400
-
-
-def _spent_loader(
-    *, tenant_id: uuid.UUID, api_key_id: int | None, since: datetime | None
-) -> Callable[[], int]:
-    return lambda: to_nano(spend_since(tenant_id=tenant_id, api_key_id=api_key_id, since=since))
-
-
-def _reasoning_loader(
-    *, tenant_id: uuid.UUID, api_key_id: int | None, since: datetime
-) -> Callable[[], int]:
-    return lambda: reasoning_tokens_since(tenant_id=tenant_id, api_key_id=api_key_id, since=since)
-
-
 def _rules(policy: ReasoningPolicy) -> ReasoningRules:
     return ReasoningRules(
         allowed_efforts=frozenset(policy.allowed_efforts or ()),
@@ -299,74 +191,22 @@ def _rules(policy: ReasoningPolicy) -> ReasoningRules:
     )
 
 
-def controls_load(api_key: ApiKey, terms: TenantTerms | None = None) -> Controls | None:
+def controls_load(api_key: ApiKey, tenant_terms: TenantTerms | None = None) -> Controls | None:
     """Budgets, rate scopes and reasoning rules that apply to calls with this key."""
-    terms = terms or TenantTerms(spend_rates={})
+    tenant_terms = tenant_terms or TenantTerms(spend_rates={})
     tenant_id = api_key.tenant_id
-    now = timezone.now()
-    month = month_start(now)
-    budgets = []
-    for limit in SpendLimit.objects.filter(tenant_id=tenant_id).filter(
-        Q(api_key__isnull=True) | Q(api_key_id=api_key.pk)
-    ):
-        who = f"key:{limit.api_key_id}" if limit.api_key_id else f"tenant:{tenant_id}"
-        monthly = limit.window == SpendLimit.Window.MONTH
-        budgets.append(
-            BudgetScope(
-                key=f"rk:spend:{who}:" + (month_key(month) if monthly else "total"),
-                kind="spend",
-                label=("key" if limit.api_key_id else "tenant")
-                + (" monthly" if monthly else " all-time")
-                + " spend limit",
-                limit=to_nano(limit.amount_usd),
-                ttl_s=MONTH_TTL_S if monthly else 0,
-                load_used=_spent_loader(
-                    tenant_id=tenant_id,
-                    api_key_id=limit.api_key_id,
-                    since=month if monthly else None,
-                ),
-                tenant_id=tenant_id,
-                alert_at=terms.alert_thresholds,
-            )
-        )
-    if terms.balance is not None:
-        load_balance_used = terms.balance.load_used
-        budgets.append(
-            BudgetScope(
-                key=f"rk:balance:{tenant_id}:{terms.balance.epoch}",
-                kind="balance",
-                label="prepaid balance",
-                limit=to_nano(max(terms.balance.available, Decimal(0))),
-                ttl_s=MONTH_TTL_S,
-                load_used=lambda: to_nano(load_balance_used()),
-                tenant_id=tenant_id,
-                alert_at=terms.alert_thresholds,
-            )
-        )
+    specs = budget_list(
+        tenant_id=tenant_id,
+        api_key_id=api_key.pk,
+        balance=tenant_terms.balance is not None,
+        plan_reasoning_tokens=tenant_terms.monthly_reasoning_tokens,
+        plan_refuses=tenant_terms.reasoning_refuse,
+    )
+    budgets = budget_scopes(
+        specs, tenant_id=tenant_id, tenant_terms=tenant_terms, now=timezone.now()
+    )
+    reasoning_modes = [spec.refuse for spec in specs if spec.kind == "reasoning"]
     policy = ReasoningPolicy.objects.filter(api_key=api_key).first()
-    reasoning_budgets: list[tuple[int | None, int | None, str, bool]] = [
-        (None, terms.monthly_reasoning_tokens, "plan", terms.reasoning_refuse)
-    ]
-    if policy is not None:
-        refuse = policy.mode == ReasoningPolicy.Mode.REFUSE
-        reasoning_budgets.append((api_key.pk, policy.monthly_reasoning_tokens, "key", refuse))
-    budget_modes = [refuse for _, tokens, _, refuse in reasoning_budgets if tokens is not None]
-    for key_id, tokens, who, _ in reasoning_budgets:
-        if tokens is None:
-            continue
-        scope = f"key:{key_id}" if key_id else f"tenant:{tenant_id}"
-        budgets.append(
-            BudgetScope(
-                key=f"rk:reasoning:{scope}:{month_key(month)}",
-                kind="reasoning",
-                label=f"{who} monthly reasoning-token budget",
-                limit=tokens,
-                ttl_s=MONTH_TTL_S,
-                load_used=_reasoning_loader(tenant_id=tenant_id, api_key_id=key_id, since=month),
-                tenant_id=tenant_id,
-                alert_at=terms.alert_thresholds,
-            )
-        )
     rates = [
         RateScope(
             name="key" if r.api_key_id else "tenant",
@@ -383,7 +223,7 @@ def controls_load(api_key: ApiKey, terms: TenantTerms | None = None) -> Controls
     ]
     reasoning = tuple(
         rules
-        for rules in (terms.reasoning, _rules(policy) if policy else None)
+        for rules in (tenant_terms.reasoning, _rules(policy) if policy else None)
         if rules is not None and not rules.is_empty
     )
     if not budgets and not rates and not reasoning:
@@ -392,8 +232,8 @@ def controls_load(api_key: ApiKey, terms: TenantTerms | None = None) -> Controls
         tuple(budgets),
         tuple(rates),
         reasoning,
-        terms.alert_thresholds,
-        clamp_to_budget=bool(budget_modes) and not any(budget_modes),
+        tenant_terms.alert_thresholds,
+        clamp_to_budget=bool(reasoning_modes) and not any(reasoning_modes),
     )
 
 
@@ -475,6 +315,3 @@ class TtlCache(Generic[K, V]):
                 logger.warning("lookup failed (%r); serving the last good value", exc)
             return entry[1]
         raise LookupUnavailable(repr(exc) if exc else "lookups are failing") from exc
-
-    def clear(self) -> None:
-        self._entries.clear()

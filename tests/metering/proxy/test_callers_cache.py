@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from django.db import OperationalError
 
-from metering.proxy import context
-from metering.proxy.context import LookupUnavailable, TtlCache
+from metering.proxy import callers
+from metering.proxy.callers import LookupUnavailable, TtlCache
 
 
 class Clock:
@@ -41,7 +41,7 @@ class Loader:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
-    monkeypatch.setattr(context, "time", fake)
+    monkeypatch.setattr(callers, "time", fake)
     return fake
 
 

@@ -9,7 +9,8 @@ from decimal import Decimal
 import pytest
 import redis
 
-from metering.control import BudgetCost, BudgetScope, ControlStore, Grant, RateScope, to_nano
+from metering.control.scopes import BudgetCost, BudgetScope, Grant, RateScope, to_nano
+from metering.control.store import ControlStore
 
 URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 

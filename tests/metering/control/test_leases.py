@@ -11,8 +11,10 @@ import uuid
 import pytest
 import redis
 
-from metering import control, leases
-from metering.control import BudgetCost, BudgetScope, ControlStore, Grant, RateScope
+from metering.control import leases, scripts
+from metering.control import store as control_store
+from metering.control.scopes import BudgetCost, BudgetScope, Grant, RateScope
+from metering.control.store import ControlStore
 
 URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 HOLD = 100  # every call here holds 100 units of its budget
@@ -207,8 +209,8 @@ def test_a_report_whose_reply_was_lost_is_not_counted_twice() -> None:
         # a report reaches Redis but its reply is lost (a timeout): the next report
         # carries the same absolute figures, and the window the same sequence number
         keys, args, _ = store.book.report(time.monotonic())  # type: ignore[union-attr]
-        await store._redis.run(leases.FLUSH, keys, [leases.OWNER_TTL_S * 1000, *args])
-        await store._redis.run(leases.FLUSH, keys, [leases.OWNER_TTL_S * 1000, *args])
+        await store._redis.run(scripts.FLUSH, keys, [leases.OWNER_TTL_S * 1000, *args])
+        await store._redis.run(scripts.FLUSH, keys, [leases.OWNER_TTL_S * 1000, *args])
         await store.flush()  # the regular report follows
         state = fields(b)
         key = admissions[0].token_windows[0]
@@ -217,7 +219,7 @@ def test_a_report_whose_reply_was_lost_is_not_counted_twice() -> None:
         settle_call(store, b, third, 40, [rate], 7)
         await store.flush()
         # the old report arrives once more, after newer ones: it changes nothing
-        await store._redis.run(leases.FLUSH, keys, [leases.OWNER_TTL_S * 1000, *args])
+        await store._redis.run(scripts.FLUSH, keys, [leases.OWNER_TTL_S * 1000, *args])
         late = fields(b), [int(v) for v in redis.Redis.from_url(URL).hmget(key, "r", "t")]
         await store.close()
         return state, [int(v) for v in window], late, fields(b)
@@ -282,12 +284,12 @@ def test_after_a_failed_report_no_call_is_admitted_on_slices() -> None:
         real = store._redis.run
 
         async def flush_fails(script, keys, args):  # type: ignore[no-untyped-def]
-            if script is leases.FLUSH:
-                raise control.ControlUnavailable("Redis did not answer")
+            if script is scripts.FLUSH:
+                raise control_store.ControlUnavailable("Redis did not answer")
             return await real(script, keys, args)
 
         store._redis.run = flush_fails  # type: ignore[method-assign]
-        with pytest.raises(control.ControlUnavailable):
+        with pytest.raises(control_store.ControlUnavailable):
             await store.flush()
         during = await admit(store, b)  # checked in Redis, one by one
         store._redis.run = real  # type: ignore[method-assign]
@@ -307,7 +309,7 @@ def test_what_a_dead_process_did_after_its_last_report_is_covered(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     b = budget(10_000 * HOLD)
-    monkeypatch.setattr(control, "OWNER_TTL_S", 0)
+    monkeypatch.setattr(control_store, "OWNER_TTL_S", 0)
 
     async def scenario():  # type: ignore[no-untyped-def]
         dead, other = ControlStore(URL, lease_calls=100), ControlStore(URL)
@@ -357,7 +359,7 @@ def raw_fields(b: BudgetScope) -> dict[str, int]:
 def report_lost(store: ControlStore):  # type: ignore[no-untyped-def]
     """Send the next report to Redis and drop its reply, as a timeout would."""
     keys, args, _ = store.book.report(time.monotonic())  # type: ignore[union-attr]
-    return store._redis.run(leases.FLUSH, keys, [leases.OWNER_TTL_S * 1000, *args])
+    return store._redis.run(scripts.FLUSH, keys, [leases.OWNER_TTL_S * 1000, *args])
 
 
 def test_the_last_report_of_a_slice_counts_once_when_its_reply_is_lost(
@@ -414,12 +416,12 @@ def test_a_lease_whose_reply_was_lost_is_given_back() -> None:
 
         async def reply_lost(script, keys, args):  # type: ignore[no-untyped-def]
             result = await real(script, keys, args)
-            if script is leases.LEASE and result[0] == 1:
-                raise control.ControlUnavailable("no reply in time")
+            if script is scripts.LEASE and result[0] == 1:
+                raise control_store.ControlUnavailable("no reply in time")
             return result
 
         store._redis.run = reply_lost  # type: ignore[method-assign]
-        with pytest.raises(control.ControlUnavailable):
+        with pytest.raises(control_store.ControlUnavailable):
             await admit(store, b, [rate])
         during = fields(b)
         store._redis.run = real  # type: ignore[method-assign]

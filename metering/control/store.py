@@ -1,248 +1,37 @@
-"""Spend control and rate limits on the hot path, shared by every server process.
+"""The control store: admission, settlement and lazy loading of budgets in Redis, over one
+pipelined connection per server process (metering.control.redis_pipe).
 
-State lives in Redis; every decision is one Lua script, so it is atomic across processes:
-- Admission holds the call against every budget that applies (spend limits of the tenant
-  and the key, the prepaid balance, monthly reasoning-token budgets) and counts it in the
-  rate windows, or refuses, in one step. Concurrent calls can never together pass a
-  budget (no check-then-increment race).
-- A call's cost to a budget is linear in the output tokens it may spend
-  (`BudgetCost`: input hold + price x output tokens, or just the tokens for a reasoning
-  budget). A call that names its maximum is held for exactly that, or refused. A call
-  that names none is granted the ceiling when the budgets cover it, otherwise a share of
-  what is left down to the plausible size learned for the alias (`Grant`), and the proxy
-  sends that grant upstream as the call's maximum: the hold always covers the worst
-  case, yet a call is refused only when what is left cannot cover a plausible call.
-- Settlement releases the hold and adds what the call actually used.
-- Every exact hold is registered beside its budget (`holds_key`: a sorted set of
-  "<hold id>:<amount>" by expiry, Redis's clock), added by admission and removed by
-  settlement in the same scripts. An admission whose reply was lost is cancelled by its
-  hold id once Redis answers; a hold never settled (crashed process, lost settlement)
-  expires after the hold TTL and is reaped by the periodic rebuild (metering.counters):
-  counted as spent in full, then the budget is rebuilt from the ledger. So a counter
-  that counts too much comes back to the ledger's figure; it never counts too little.
-
-Amounts are integers (nano-units of money, 1e-9, rounded up from the exact Decimal; or
-tokens), so a counter never under-counts. The durable truth is the ledger (committed
-before settlement): a budget missing from Redis (first use, expiry, Redis restart) is
-loaded from it before anything is admitted against it. Lua numbers are doubles: budgets
-are exact up to 2^53 units (9 million in money).
-
-When Redis cannot be reached the proxy refuses calls that have controls
-(RECKON_CONTROL_FAIL_OPEN=false, the default) or lets them through unchecked (true).
+Every decision is one Lua script (metering.control.scripts), so it is atomic across
+processes: concurrent calls can never together pass a budget. Far from every limit, calls
+are admitted on this process's slices instead (metering.control.leases). A budget missing
+from Redis is loaded from the ledger before anything is admitted against it. An
+admission whose reply was lost is cancelled by its hold id once Redis answers; a hold
+never settled is reaped by the periodic rebuild (metering.control.counters).
 """
 
 import asyncio
 import logging
-import math
 import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_CEILING, Decimal
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
-from metering.leases import (
+from metering.control.leases import (
     ELIGIBLE_MULTIPLE,
-    FLUSH,
     FLUSH_S,
-    LAPSE_SLICES_LUA,
-    LEASE,
-    NOW_LUA,
     OWNER_TTL_S,
-    RECALL,
     RECALL_WAIT_S,
     Lease,
     LeaseBook,
 )
-from metering.redis_pipe import RedisPipe, RedisUnavailable, Script
+from metering.control.redis_pipe import RedisPipe, RedisUnavailable
+from metering.control.scopes import BudgetCost, BudgetScope, Grant, RateScope
+from metering.control.scripts import ADMIT, CANCEL, FLUSH, LEASE, LOAD, RECALL, SETTLE
 
 logger = logging.getLogger(__name__)
 
-NANO = Decimal(1_000_000_000)
-
-ADMIT_LUA = """
--- KEYS: n budget hashes (spent, held, gen), m rate-window hashes (r: requests, t: tokens),
---   then n hold registers (sorted sets, metering.control.holds_key)
--- ARGV: n, m, out_min, out_max, share, est_tokens, ttl, hold_id, hold_ttl_ms,
---   (limit, a, b) x n, (rpm, tpm) x m
--- Returns {1, granted, requests, tokens, hold_id x n} (requests and tokens of the first
--- window after counting), or a refusal: {-1, i, 0} budget i is not loaded, {-2, j, 0}
--- requests or {-3, j, 0} tokens per minute of window j, {-4, i, left, leased} budget i
--- (leased: what processes' slices hold of it, metering.leases).
--- Every hold is registered as "<hold_id>:<amount>", scored by when it expires (Redis's
--- clock): settlement removes it, and one never settled is reaped (REAP_LUA).
--- Few redis.call()s on purpose: each one costs more than the work it does.
-local n = tonumber(ARGV[1]); local m = tonumber(ARGV[2])
-local out_min = tonumber(ARGV[3]); local out = tonumber(ARGV[4]); local share = tonumber(ARGV[5])
-local tokens = tonumber(ARGV[6]); local ttl = tonumber(ARGV[7])
-local gens = {}; local room = -1; local worst = 0; local worst_left = 0; local worst_leased = 0
-for i = 1, n do
-  local v = redis.call('HMGET', KEYS[i], 'spent', 'held', 'gen', 'leased')
-  if not v[3] then return {-1, i, 0} end
-  gens[i] = tonumber(v[3])
-  local left = tonumber(ARGV[7 + 3 * i]) - tonumber(v[1] or '0') - tonumber(v[2] or '0')
-  local a = tonumber(ARGV[8 + 3 * i]); local b = tonumber(ARGV[9 + 3 * i])
-  local cap = out
-  if b > 0 then cap = math.floor((left - a) / b) elseif left < a then cap = -1 end
-  if worst == 0 or cap < room then
-    room = cap; worst = i; worst_left = left; worst_leased = tonumber(v[4] or '0')
-  end
-end
-local base = 9 + 3 * n
-for j = 1, m do
-  local rpm = tonumber(ARGV[base + 2 * j - 1]); local tpm = tonumber(ARGV[base + 2 * j])
-  local v = redis.call('HMGET', KEYS[n + j], 'r', 't')
-  if rpm > 0 and tonumber(v[1] or '0') + 1 > rpm then return {-2, j, 0} end
-  if tpm > 0 and tonumber(v[2] or '0') + tokens > tpm then return {-3, j, 0} end
-end
-local res = {1, out, 0, 0}
-if n > 0 then
-  if room < out_min then return {-4, worst, worst_left, worst_leased} end
-  local grant = math.max(out_min, math.floor(room / share))
-  if grant < out then out = grant end
-  res[2] = out
-  local clock = redis.call('TIME')
-  local expires = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-    + tonumber(ARGV[9])
-  for i = 1, n do
-    local hold = tonumber(ARGV[8 + 3 * i]) + tonumber(ARGV[9 + 3 * i]) * out
-    redis.call('HINCRBY', KEYS[i], 'held', hold)
-    redis.call('ZADD', KEYS[n + m + i], expires, ARGV[8] .. ':' .. string.format('%.0f', hold))
-    res[4 + i] = tonumber(ARGV[8])
-  end
-end
-for j = 1, m do
-  local r = redis.call('HINCRBY', KEYS[n + j], 'r', 1)
-  local t = redis.call('HINCRBY', KEYS[n + j], 't', tokens)
-  if r == 1 then redis.call('EXPIRE', KEYS[n + j], ttl) end
-  if j == 1 then res[3] = r; res[4] = t end
-end
-return res
-"""
-
-SETTLE_LUA = """
--- KEYS: n budget hashes, m rate-window hashes, n hold registers; ARGV: n, m, token_delta,
--- ttl, (hold, actual, hold_id) x n. Returns each budget's spent after settling (-1: the
--- budget is gone from Redis).
--- A hold is released only if its budget still registers it: a budget reloaded from the
--- ledger since (Redis restart, expiry) never held it, and a hold reaped meanwhile was
--- counted as spent in full; releasing it there would free other calls' holds. The actual
--- use is always added.
-local n = tonumber(ARGV[1]); local m = tonumber(ARGV[2]); local delta = tonumber(ARGV[3])
-local out = {}
-for i = 1, n do
-  out[i] = -1
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    local hold = tonumber(ARGV[3 * i + 2])
-    if redis.call('ZREM', KEYS[n + m + i], ARGV[3 * i + 4] .. ':' .. ARGV[3 * i + 2]) == 1 then
-      -- 0 - x, not -x: for x = 0 that is -0, which Redis refuses as an integer
-      if redis.call('HINCRBY', KEYS[i], 'held', 0 - hold) < 0 then
-        redis.call('HSET', KEYS[i], 'held', 0)
-      end
-    end
-    out[i] = redis.call('HINCRBY', KEYS[i], 'spent', tonumber(ARGV[3 * i + 3]))
-  end
-end
-if delta ~= 0 then
-  for j = 1, m do
-    -- a window that expired meanwhile comes back only as long as a fresh one would live
-    if redis.call('HINCRBY', KEYS[n + j], 't', delta) == delta then
-      redis.call('EXPIRE', KEYS[n + j], ARGV[4])
-    end
-  end
-end
-return out
-"""
-
-LOAD_LUA = """
--- A budget is loaded when it has no generation (new, expired, or Redis restarted).
--- KEYS: the budget hash, its hold register; ARGV: spent, ttl_s (0: none).
-if redis.call('HEXISTS', KEYS[1], 'gen') == 0 then
-  local gen = redis.call('INCR', 'rk:budget-generation')
-  redis.call('HSET', KEYS[1], 'spent', ARGV[1], 'held', 0, 'gen', gen)
-  if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-  -- holds registered on an earlier generation were never held by this one
-  redis.call('DEL', KEYS[2])
-end
-return 1
-"""
-
-
-CANCEL_LUA = """
--- An admission whose reply was lost: release its holds if Redis took them.
--- KEYS: n budget hashes, n hold registers; ARGV: n, hold_id. Returns how many it released.
-local n = tonumber(ARGV[1]); local prefix = ARGV[2] .. ':'; local released = 0
-for i = 1, n do
-  for _, member in ipairs(redis.call('ZRANGE', KEYS[n + i], 0, -1)) do
-    if string.sub(member, 1, #prefix) == prefix then
-      redis.call('ZREM', KEYS[n + i], member)
-      local hold = tonumber(string.sub(member, #prefix + 1))
-      if redis.call('HINCRBY', KEYS[i], 'held', 0 - hold) < 0 then
-        redis.call('HSET', KEYS[i], 'held', 0)
-      end
-      released = released + 1
-    end
-  end
-end
-return released
-"""
-
-REAP_LUA = (
-    NOW_LUA
-    + """
--- The periodic rebuild's first step on budget KEYS[1] (hold register KEYS[2]): holds past
--- their expiry are reaped and counted as spent in full (their call may have spent upstream
--- and never settled: the ledger knows), slices not reported in time lapse (leases), and
--- either marks the budget for a rebuild. ARGV[1]: the grace (ms) after a lapse.
--- Returns {gen, spent, held, leased, stale, safe_at, now} ({-1}: not loaded; a register
--- left behind by a budget that expired goes: LOAD would delete it anyway).
-if redis.call('HEXISTS', KEYS[1], 'gen') == 0 then
-  redis.call('DEL', KEYS[2])
-  return {-1}
-end
-local grace = tonumber(ARGV[1])
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
-if #expired > 0 then
-  local total = 0
-  for _, member in ipairs(expired) do
-    total = total + tonumber(string.match(member, ':(%d+)$'))
-  end
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-  if total > 0 then
-    if redis.call('HINCRBY', KEYS[1], 'held', 0 - total) < 0 then
-      redis.call('HSET', KEYS[1], 'held', 0)
-    end
-    redis.call('HINCRBY', KEYS[1], 'spent', total)
-  end
-  redis.call('HSET', KEYS[1], 'stale', 1)
-end
-"""
-    + LAPSE_SLICES_LUA
-    + """
-local v = redis.call('HMGET', KEYS[1], 'gen', 'spent', 'held', 'leased', 'stale', 'safe_at')
-return {tonumber(v[1]), tonumber(v[2] or '0'), tonumber(v[3] or '0'), tonumber(v[4] or '0'),
-        tonumber(v[5] or '0'), tonumber(v[6] or '0'), now}
-"""
-)
-
-REBUILD_LUA = """
--- Replace a budget's spent by the ledger's figure, read after REAP_LUA saw the budget with
--- nothing out: only if nothing touched it since (same generation and spent, still no hold
--- and no slice). A call settled meanwhile changed spent: the rebuild is retried.
--- KEYS[1]: the budget; ARGV: gen, spent as seen, spent from the ledger. Returns 1 or 0.
-local v = redis.call('HMGET', KEYS[1], 'gen', 'spent', 'held', 'leased')
-if not v[1] or tonumber(v[1]) ~= tonumber(ARGV[1]) or tonumber(v[2] or '0') ~= tonumber(ARGV[2])
-    or tonumber(v[3] or '0') ~= 0 or tonumber(v[4] or '0') ~= 0 then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'spent', ARGV[3])
-redis.call('HDEL', KEYS[1], 'stale', 'safe_at')
-return 1
-"""
-
-ADMIT, SETTLE, LOAD = Script(ADMIT_LUA), Script(SETTLE_LUA), Script(LOAD_LUA)
-CANCEL = Script(CANCEL_LUA)
 
 HOLD_TTL_S = 3600.0  # default: a hold not settled this long after admission is reaped
 CANCEL_AGAIN_S = 2.0  # a lost admission's cancel that found nothing is tried again after
@@ -251,59 +40,6 @@ CANCEL_AGAIN_S = 2.0  # a lost admission's cancel that found nothing is tried ag
 def holds_key(key: str) -> str:
     """The sorted set registering a budget's exact holds ("<hold id>:<amount>" by expiry)."""
     return key + ":holds"
-
-
-def to_nano(amount: Decimal) -> int:
-    """Money to nano units (1e-9), rounded up (a counter must never under-count)."""
-    return int((amount * NANO).to_integral_value(rounding=ROUND_CEILING))
-
-
-@dataclass(frozen=True)
-class BudgetScope:
-    """One budget a call is held against, in its own unit: nano-units of money for spend
-    limits and prepaid balances, tokens for reasoning budgets."""
-
-    key: str  # Redis hash for this budget and window
-    kind: str  # "spend" | "balance" | "reasoning"
-    label: str  # what a refusal or an alert calls it, e.g. "tenant monthly spend limit"
-    limit: int
-    ttl_s: int  # 0: no expiry (all-time budgets)
-    # Loads the budget's durable use (in its unit) from the ledger when Redis lacks it.
-    load_used: Callable[[], int] = field(compare=False)
-    # Whose budget it is, and the percentages of it at which they are alerted.
-    tenant_id: Any = field(default=None, compare=False)
-    alert_at: tuple[int, ...] = field(default=(), compare=False)
-
-    def crossed(self, before: int, after: int) -> bool:
-        """Did use go from below to at-or-above one of the alert percentages?"""
-        limit = self.limit
-        return limit > 0 and any(before * 100 < t * limit <= after * 100 for t in self.alert_at)
-
-
-class BudgetCost(NamedTuple):
-    """What a call costs a budget as a function of the output tokens it is granted:
-    `fixed + per_token * tokens` (both integers in the budget's unit, rounded up)."""
-
-    fixed: int
-    per_token: int
-
-
-@dataclass(frozen=True)
-class RateScope:
-    name: str  # "key" or "tenant"
-    scope_id: str
-    requests_per_minute: int | None
-    tokens_per_minute: int | None
-
-
-class Grant(NamedTuple):
-    """How many output tokens a call may spend: `out_max` when a `share` of the room left
-    in its budgets covers it; otherwise that share, never less than `out_min` (else the
-    call is refused). A call that names its maximum has out_min == out_max, share 1."""
-
-    out_min: int
-    out_max: int
-    share: int = 1  # the most of the remaining room one call may take is room / share
 
 
 @dataclass(slots=True)
@@ -321,7 +57,7 @@ class Admission:
     token_windows: list[str] = field(default_factory=list)
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     retry_after_s: int = 0
-    # The call was admitted on this process's slices (metering.leases), not in Redis.
+    # The call was admitted on this process's slices (metering.control.leases), not in Redis.
     lease: Lease | None = None
     # What it holds of each budget, where known here (leased: the grant is out_max).
     holds: list[int] | None = None
@@ -333,7 +69,7 @@ ControlUnavailable = RedisUnavailable
 
 class ControlStore:
     """Async Redis front: admission, settlement and lazy loading of budgets, over one
-    pipelined connection per process (metering.redis_pipe)."""
+    pipelined connection per process (metering.control.redis_pipe)."""
 
     def __init__(
         self,
@@ -352,7 +88,7 @@ class ControlStore:
         # Called when a settlement takes a budget across one of its alert percentages.
         self.on_crossed = on_crossed
         # lease_calls > 0: far from their limits, calls are admitted on slices this
-        # process takes lease_calls calls at a time (metering.leases).
+        # process takes lease_calls calls at a time (metering.control.leases).
         self.book = LeaseBook(lease_calls, on_crossed=self._crossed) if lease_calls > 0 else None
         self._leasing: dict[tuple[str, ...], asyncio.Future[None]] = {}
         self._window_keys: dict[int, tuple[int, Sequence[RateScope], list[str]]] = {}
@@ -495,7 +231,7 @@ class ControlStore:
         reason = "requests" if code == -2 else "tokens"
         return Admission(False, reason, headers=headers, retry_after_s=reset)
 
-    # --- leases (metering.leases) ----------------------------------------------------
+    # --- leases (metering.control.leases) ----------------------------------------------------
 
     def _take(
         self,
@@ -615,7 +351,7 @@ class ControlStore:
         """Release the holds of an admission whose reply was lost (its caller was refused):
         as soon as Redis answers, and twice more a little later in case the admission,
         still queued in Redis on the dropped connection, ran after the first try. Past the
-        hold's expiry the periodic rebuild reaps it anyway (metering.counters)."""
+        hold's expiry the periodic rebuild reaps it anyway (metering.control.counters)."""
         keys = [b.key for b in budgets] + [holds_key(b.key) for b in budgets]
         deadline = time.monotonic() + self.hold_ttl_ms / 1000
         delay, tries = FLUSH_S, 0
@@ -809,8 +545,3 @@ class ControlStore:
         if self._flusher is not None:
             self._flusher.cancel()
         await self._redis.close()
-
-
-def ceil_tokens(byte_length: int) -> int:
-    """A generous input-token estimate from a request's size (about 3 bytes per token)."""
-    return math.ceil(byte_length / 3)

@@ -8,7 +8,7 @@ import uuid
 import pytest
 import redis
 
-from metering.redis_pipe import RedisPipe, RedisUnavailable, Script, encode
+from metering.control.redis_pipe import RedisPipe, RedisUnavailable, Script, encode
 
 URL = "redis://127.0.0.1:6379/0"
 INCR = Script("return redis.call('INCRBY', KEYS[1], ARGV[1])")

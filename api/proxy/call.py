@@ -1,0 +1,373 @@
+"""One proxied call, from the upstream request to the committed record: relaying a whole
+answer or a stream in the caller's wire format, noticing a client that goes away, and
+hiding anything of the upstream's that could hold a secret or an internal address.
+
+What the call writes is built by metering.record; its hold is settled by
+metering.control.holds once the record is durable.
+"""
+
+import asyncio
+import logging
+import time
+import uuid
+from datetime import datetime
+from typing import Any, Protocol
+
+import orjson
+from django.conf import settings
+
+from api.proxy import errors
+from api.proxy.wire import (
+    LOGGED_BODY_BYTES,
+    REQUEST_ID_HEADER,
+    Receive,
+    Send,
+    loads_or_none,
+    send_error,
+    send_response,
+)
+from metering.control.holds import Hold, Holds
+from metering.ledger import LedgerWriter
+from metering.models import UsageRecord
+from metering.proxy.adapters import Endpoint, Outcome, PreparedCall, stream_tracker_for
+from metering.proxy.callers import CallerContext, RouteInfo
+from metering.proxy.sse import SseEvent, SseSplitter, format_event
+from metering.proxy.upstream import UpstreamClient, UpstreamError, UpstreamResponse
+from metering.record import usage_record_row
+from metering.usage import TokenUsage
+
+logger = logging.getLogger(__name__)
+
+Status = UsageRecord.Status
+_PASSTHROUGH_RESPONSE_HEADERS = (
+    "x-request-id",
+    "request-id",
+    "retry-after",
+    "openai-processing-ms",
+)
+
+
+class Services(Protocol):
+    """What a call uses of its server process (api.proxy.app.ProxyApp)."""
+
+    upstream: UpstreamClient
+    ledger: LedgerWriter
+    holds: Holds
+
+
+class Call:
+    """One proxied request from upstream call to committed record."""
+
+    __slots__ = (
+        "app",
+        "caller",
+        "route",
+        "endpoint",
+        "prepared",
+        "started_at",
+        "started_ns",
+        "request_id",
+        "ttft_ns",
+        "client_gone",
+        "upstream_status",
+        "drain_deadline",
+        "hold",
+    )
+
+    def __init__(
+        self,
+        app: Services,
+        caller: CallerContext,
+        route: RouteInfo,
+        endpoint: Endpoint,
+        prepared: PreparedCall,
+        started_at: datetime,
+        started_ns: int,
+        hold: Hold | None = None,
+    ) -> None:
+        self.hold = hold
+        self.app = app
+        self.caller = caller
+        self.route = route
+        self.endpoint = endpoint
+        self.prepared = prepared
+        self.started_at = started_at
+        self.started_ns = started_ns
+        self.request_id = uuid.uuid4()
+        self.ttft_ns: int | None = None
+        self.client_gone = False
+        self.upstream_status = 0
+        self.drain_deadline: asyncio.TimerHandle | None = None
+
+    async def run(self, receive: Receive, send: Send, upstream_headers: dict[str, str]) -> None:
+        url = self.route.base_url + self.endpoint.upstream_path
+        anthropic = self.endpoint.anthropic_format
+        try:
+            response = await self.app.upstream.post(url, self.prepared.body, upstream_headers)
+        except UpstreamError as exc:
+            logger.warning(
+                "upstream failure for %s (%s): %s", self.request_id, self.route.alias, exc
+            )
+            await self.record(
+                Outcome(TokenUsage(), None, "", Status.FAILED, ["upstream_unreachable"])
+            )
+            await send_error(
+                send,
+                errors.UPSTREAM_UNAVAILABLE,
+                f"The upstream for '{self.route.alias}' could not be reached (request {self.request_id}).",
+                anthropic,
+                extra_headers=[(REQUEST_ID_HEADER, str(self.request_id).encode())],
+            )
+            return
+        self.upstream_status = response.status
+        try:
+            is_sse = response.content_type == "text/event-stream"
+            if self.prepared.stream and response.status == 200 and is_sse:
+                await self.relay_stream(response, receive, send)
+            else:
+                await self.relay_whole(response, send)
+        finally:
+            response.release()
+
+    def headers_for(self, response: UpstreamResponse) -> list[tuple[bytes, bytes]]:
+        headers = [
+            (
+                b"content-type",
+                (response.headers.get("content-type") or "application/json").encode(),
+            ),
+            (REQUEST_ID_HEADER, str(self.request_id).encode()),
+        ]
+        for name in _PASSTHROUGH_RESPONSE_HEADERS:
+            value = response.headers.get(name)
+            if value is not None:
+                headers.append((name.encode(), value.encode("latin-1")))
+        if self.hold is not None:
+            headers += self.hold.headers
+        return headers
+
+    async def relay_whole(self, response: UpstreamResponse, send: Send) -> None:
+        try:
+            body = await response.read()
+        except UpstreamError as exc:
+            logger.warning(
+                "upstream failure for %s (%s): %s", self.request_id, self.route.alias, exc
+            )
+            await self.record(
+                Outcome(TokenUsage(), None, "", Status.FAILED, ["upstream_read_failed"])
+            )
+            await send_error(
+                send,
+                errors.UPSTREAM_UNAVAILABLE,
+                f"The upstream response was cut (request {self.request_id}).",
+                self.endpoint.anthropic_format,
+            )
+            return
+        if response.status == 200:
+            parsed = loads_or_none(body)
+            if isinstance(parsed, dict):
+                outcome = self.endpoint.outcome_from_body(parsed, count_text=self.count_text)
+                await self.record(outcome)
+                await send_response(send, response.status, self.headers_for(response), body)
+                return
+            # A 200 that is not the wire format: the caller's SDK could not parse it and it
+            # may hold anything of the upstream's. Record it flagged (held back from rating,
+            # for review: the upstream may have billed it) and answer a 502.
+            logger.warning(
+                "upstream answered 200 with no wire-format body for %s (%s): %r",
+                self.request_id,
+                self.route.alias,
+                body[:LOGGED_BODY_BYTES],
+            )
+            await self.record(
+                Outcome(TokenUsage(), None, "", Status.UPSTREAM_ERROR, ["unparseable_response"])
+            )
+            await send_error(
+                send,
+                errors.UPSTREAM_FAILED,
+                f"The upstream provider answered something that is not an API response "
+                f"(request {self.request_id}).",
+                self.endpoint.anthropic_format,
+                extra_headers=[(REQUEST_ID_HEADER, str(self.request_id).encode())],
+            )
+            return
+        await self.relay_failure(response, body)
+        await self.answer_failure(response, body, send)
+
+    async def relay_failure(self, response: UpstreamResponse, body: bytes) -> None:
+        """Record an upstream's error answer; its body goes to the server log only."""
+        logger.warning(
+            "upstream answered %d for %s (%s): %r",
+            response.status,
+            self.request_id,
+            self.route.alias,
+            body[:LOGGED_BODY_BYTES],
+        )
+        flag = "upstream_auth_failed" if response.status in (401, 403) else "upstream_error_hidden"
+        await self.record(Outcome(TokenUsage(), None, "", Status.UPSTREAM_ERROR, [flag]))
+
+    async def answer_failure(self, response: UpstreamResponse, body: bytes, send: Send) -> None:
+        """Tell the caller about an upstream's error answer in its own format, with nothing
+        of the upstream's that could hold a secret or an internal address."""
+        failure = errors.upstream_failure(response.status, body, response.content_type)
+        headers = [(REQUEST_ID_HEADER, str(self.request_id).encode())]
+        retry_after = response.headers.get("retry-after", "")
+        if failure.kind.status == 429 and retry_after.isdigit():
+            headers.append((b"retry-after", retry_after.encode()))
+        if self.hold is not None:
+            headers += self.hold.headers
+        message = failure.message
+        if failure.kind.status >= 500:
+            message = f"{message} (request {self.request_id})"
+        await send_error(
+            send,
+            failure.kind,
+            message,
+            self.endpoint.anthropic_format,
+            failure.param,
+            extra_headers=headers,
+        )
+
+    async def relay_stream(self, response: UpstreamResponse, receive: Receive, send: Send) -> None:
+        headers = self.headers_for(response)
+        headers.append((b"cache-control", b"no-cache"))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        watcher = asyncio.get_running_loop().create_task(self.watch_client(receive, response))
+        tracker = stream_tracker_for(
+            self.endpoint, provider=self.route.provider, hide_usage=self.prepared.hide_usage
+        )
+        splitter = SseSplitter()
+        recorded = False
+        try:
+            async for chunk in response.iter_chunks():
+                out: list[bytes] = []
+                for event in splitter.feed(chunk):
+                    forward = tracker.feed(event)
+                    if forward is not None and b"error" in event.data:
+                        hidden = self.hide_error_event(event)
+                        if hidden is not None:
+                            forward = hidden
+                            tracker.errored = True
+                    if self.ttft_ns is None and tracker.first_output_seen:
+                        self.ttft_ns = time.perf_counter_ns()
+                    if tracker.terminal:
+                        if out and not self.client_gone:
+                            await send(
+                                {
+                                    "type": "http.response.body",
+                                    "body": b"".join(out),
+                                    "more_body": True,
+                                }
+                            )
+                        out = []
+                        await self.record(tracker.outcome(completed=True))
+                        recorded = True
+                        if forward is not None and not self.client_gone:
+                            await send(
+                                {"type": "http.response.body", "body": forward, "more_body": True}
+                            )
+                        break
+                    if forward is not None:
+                        out.append(forward)
+                if recorded:
+                    break
+                if out and not self.client_gone:
+                    await send(
+                        {"type": "http.response.body", "body": b"".join(out), "more_body": True}
+                    )
+        except (UpstreamError, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and not self.client_gone:
+                raise
+            logger.info("upstream stream for %s ended early: %r", self.request_id, exc)
+        finally:
+            watcher.cancel()
+            if self.drain_deadline is not None:
+                self.drain_deadline.cancel()
+            if not recorded:
+                await self.record(tracker.outcome(completed=False))
+        if not self.client_gone:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def hide_error_event(self, event: SseEvent) -> bytes | None:
+        """An upstream's error event mid-stream, re-expressed with a generic message (the
+        upstream's own goes to the server log); None for any other event."""
+        payload = loads_or_none(event.data)
+        if not isinstance(payload, dict):
+            return None
+        name = event.event or str(payload.get("type", "")).encode()
+        generic = f"The upstream provider failed mid-stream (request {self.request_id})."
+        if self.endpoint.anthropic_format or name == b"error":
+            if name != b"error" and payload.get("type") != "error":
+                return None
+            if self.endpoint.anthropic_format:
+                error: dict[str, Any] = {"type": "error", "error": {"type": "api_error"}}
+                error["error"]["message"] = generic
+            else:  # the Responses API's error event
+                error = {"type": "error", "code": "upstream_error", "message": generic}
+                error["param"] = None
+        elif name == b"response.failed":
+            failed = payload.get("response")
+            if not isinstance(failed, dict) or "error" not in failed:
+                return None
+            failed["error"] = {"code": "upstream_error", "message": generic}
+            error = payload
+        elif "error" in payload and "choices" not in payload:  # chat completions
+            error = {"error": {"message": generic, "type": "api_error", "param": None}}
+            error["error"]["code"] = "upstream_error"
+        else:
+            return None
+        logger.warning(
+            "upstream error event for %s (%s): %r",
+            self.request_id,
+            self.route.alias,
+            event.data[:LOGGED_BODY_BYTES],
+        )
+        return format_event(orjson.dumps(error), event.event)
+
+    async def watch_client(self, receive: Receive, response: UpstreamResponse) -> None:
+        """Notice a client that goes away; keep draining upstream, within a time limit."""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+        self.client_gone = True
+        # Past the drain timeout, closing the upstream ends the read loop as a cut stream.
+        self.drain_deadline = asyncio.get_running_loop().call_later(
+            settings.RECKON_DRAIN_TIMEOUT_SECONDS, response.close
+        )
+
+    @property
+    def count_text(self) -> bool:
+        return self.route.provider == "openai-compatible"
+
+    async def record(self, outcome: Outcome) -> None:
+        """Write the call's usage record (waiting for the group commit), then settle its
+        hold for what it actually used."""
+        now_ns = time.perf_counter_ns()
+        usage = outcome.usage
+        caller = self.caller
+        row, spend = usage_record_row(
+            request_id=self.request_id,
+            tenant_id=caller.tenant_id,
+            api_key_id=caller.api_key_id,
+            route=self.route,
+            endpoint=self.endpoint.name,
+            stream=self.prepared.stream,
+            status=outcome.status,
+            upstream_status=self.upstream_status,
+            response_id=outcome.response_id,
+            usage=usage,
+            flags=outcome.flags,
+            raw_usage=outcome.raw_usage,
+            client_disconnected=self.client_gone,
+            ttft_us=None if self.ttft_ns is None else (self.ttft_ns - self.started_ns) // 1000,
+            latency_us=(now_ns - self.started_ns) // 1000,
+            started_at=self.started_at,
+        )
+        await self.app.ledger.write(row)
+        if self.hold is not None:  # the record is durable: now release the hold for actual use
+            self.app.holds.release(
+                self.hold,
+                spend=spend,
+                reasoning_tokens=usage.reasoning_tokens,
+                actual_tokens=usage.total_tokens,
+            )

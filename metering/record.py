@@ -1,0 +1,147 @@
+"""What a call writes: its usage record, with its serving cost and its spend stamped.
+
+The proxy observes a call (metering.proxy) and hands the ledger (metering.ledger) one row
+built here: who called, which route, the token classes the adapter parsed, how the call
+ended, and two prices of it computed now, at the rates in force when the caller's
+context was loaded, so the ledger never looks a rate up:
+- `serving_cost_usd` / `reasoning_cost_usd`: what serving it cost us (the route's serving
+  cost rate, `cost_rate_id`);
+- `spend_usd`: what it costs the tenant at its plan's list prices (what spend limits and
+  the prepaid balance count).
+
+Costs are pure and exact: rates are USD per million tokens with 18 decimals, so a cost
+has at most 24 decimals and is computed and stored without rounding (a private
+high-precision context).
+"""
+
+import decimal
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, NamedTuple, Protocol
+
+from metering.usage import TokenUsage
+
+_CONTEXT = decimal.Context(prec=80, traps=[decimal.Inexact, decimal.Overflow])
+
+
+class Rates(NamedTuple):
+    """USD per 1M tokens: uncached input, cache read, cache write, visible output, reasoning."""
+
+    input: Decimal
+    cache_read: Decimal
+    cache_write: Decimal
+    output: Decimal
+    reasoning: Decimal
+
+
+def serving_cost(
+    rates: Rates, *, input: int, cache_read: int, cache_write: int, output: int, reasoning: int
+) -> tuple[Decimal, Decimal]:
+    """(total cost, the part spent on reasoning), exact."""
+    c = _CONTEXT
+    reasoning_cost = c.multiply(Decimal(reasoning), rates.reasoning).scaleb(-6, context=c)
+    rest = c.add(
+        c.add(
+            c.multiply(Decimal(input), rates.input),
+            c.multiply(Decimal(cache_read), rates.cache_read),
+        ),
+        c.add(
+            c.multiply(Decimal(cache_write), rates.cache_write),
+            c.multiply(Decimal(output), rates.output),
+        ),
+    ).scaleb(-6, context=c)
+    return c.add(rest, reasoning_cost), reasoning_cost
+
+
+def usage_cost(rates: Rates, usage: TokenUsage) -> tuple[Decimal, Decimal]:
+    """`serving_cost` of a call's token classes."""
+    return serving_cost(
+        rates,
+        input=usage.input_tokens,
+        cache_read=usage.cached_input_tokens,
+        cache_write=usage.cache_write_tokens,
+        output=usage.output_tokens,
+        reasoning=usage.reasoning_tokens,
+    )
+
+
+class RecordedRoute(Protocol):
+    """What a record copies of the route a call took (metering.proxy.callers.RouteInfo)."""
+
+    @property
+    def alias(self) -> str: ...
+    @property
+    def provider(self) -> str: ...
+    @property
+    def upstream_model(self) -> str: ...
+    @property
+    def accelerator(self) -> str: ...
+    @property
+    def cost_rate_id(self) -> int | None: ...
+    @property
+    def cost_rates(self) -> Rates | None: ...
+    @property
+    def spend_rates(self) -> Rates | None: ...
+
+
+def usage_record_row(
+    *,
+    request_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    api_key_id: int,
+    route: RecordedRoute,
+    endpoint: str,
+    stream: bool,
+    status: str,
+    upstream_status: int,
+    response_id: str,
+    usage: TokenUsage,
+    flags: list[str],
+    raw_usage: Any,
+    client_disconnected: bool,
+    ttft_us: int | None,
+    latency_us: int,
+    started_at: datetime,
+) -> tuple[dict[str, Any], Decimal | None]:
+    """The ledger row of one call, and its spend at list prices (None: the tenant has no
+    price for the alias). `flags`: the proxy's own, after the usage's."""
+    prices = route.spend_rates
+    spend = None if prices is None else usage_cost(prices, usage)[0]
+    rates = route.cost_rates
+    if rates is None:
+        cost = reasoning_cost = None
+    else:
+        cost, reasoning_cost = usage_cost(rates, usage)
+    row = {
+        "request_id": request_id,
+        "tenant_id": tenant_id,
+        "api_key_id": api_key_id,
+        "alias": route.alias,
+        "provider": route.provider,
+        "upstream_model": route.upstream_model,
+        "accelerator": route.accelerator,
+        "endpoint": endpoint,
+        "stream": stream,
+        "status": status,
+        "upstream_status": upstream_status,
+        "upstream_response_id": response_id[:200],
+        "input_tokens": usage.input_tokens,
+        "cached_input_tokens": usage.cached_input_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "output_tokens": usage.output_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+        "reasoning_source": usage.reasoning_source,
+        "flags": [*usage.flags, *flags],
+        "raw_usage": raw_usage,
+        "cost_rate_id": route.cost_rate_id,
+        "serving_cost_usd": cost,
+        "reasoning_cost_usd": reasoning_cost,
+        "spend_usd": spend,
+        "client_disconnected": client_disconnected,
+        "ttft_us": ttft_us,
+        "latency_us": latency_us,
+        "started_at": started_at,
+        "finished_at": datetime.now(UTC),
+    }
+    return row, spend

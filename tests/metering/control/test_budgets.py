@@ -1,0 +1,119 @@
+"""The one list of budgets a call counts against (metering.control.budgets): the proxy's
+view of a key and billing's view of the whole tenant come from the same list, in the same
+order, and the Redis names it gives read back to the same ledger figures."""
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from config.celery import app
+from metering.control.budgets import budget_list, budget_loader, budget_scopes
+from metering.control.scopes import to_nano
+from metering.control.terms import BalanceTerms, TenantTerms
+from metering.models import ReasoningPolicy, SpendLimit
+from metering.tasks import ALERTS_EVALUATE_TASK
+from tests.factories import ApiKeyFactory
+
+NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
+
+pytestmark = pytest.mark.django_db
+
+
+def setup_budgets():  # type: ignore[no-untyped-def]
+    key = ApiKeyFactory()
+    other = ApiKeyFactory(tenant=key.tenant)
+    tenant = key.tenant
+    tenant_limit = SpendLimit.objects.create(tenant=tenant, window="month", amount_usd="10")
+    key_limit = SpendLimit.objects.create(
+        tenant=tenant, api_key=key, window="total", amount_usd="5"
+    )
+    other_limit = SpendLimit.objects.create(
+        tenant=tenant, api_key=other, window="month", amount_usd="3"
+    )
+    ReasoningPolicy.objects.create(api_key=key, monthly_reasoning_tokens=200, mode="refuse")
+    ReasoningPolicy.objects.create(api_key=other, monthly_reasoning_tokens=100)
+    return key, other, (tenant_limit, key_limit, other_limit)
+
+
+def test_a_keys_budgets_are_the_tenants_and_its_own_in_the_fixed_order() -> None:
+    key, _, (tenant_limit, key_limit, _) = setup_budgets()
+    specs = budget_list(
+        tenant_id=key.tenant_id,
+        api_key_id=key.pk,
+        balance=True,
+        plan_reasoning_tokens=1000,
+    )
+    assert [(s.kind, s.api_key_id) for s in specs] == [
+        ("spend", None),
+        ("spend", key.pk),
+        ("balance", None),
+        ("reasoning", None),
+        ("reasoning", key.pk),
+    ]
+    assert [s.spend_limit_id for s in specs[:2]] == [tenant_limit.pk, key_limit.pk]
+    assert specs[0].monthly and not specs[1].monthly
+    assert specs[4].refuse and specs[4].limit == Decimal(200)
+    assert specs[4].key_prefix == key.prefix
+
+
+def test_the_tenants_budgets_cover_every_key() -> None:
+    key, other, _ = setup_budgets()
+    specs = budget_list(
+        tenant_id=key.tenant_id, api_key_id=None, balance=False, plan_reasoning_tokens=None
+    )
+    assert [(s.kind, s.api_key_id) for s in specs] == [
+        ("spend", None),
+        ("spend", key.pk),
+        ("spend", other.pk),
+        ("reasoning", key.pk),
+        ("reasoning", other.pk),
+    ]
+
+
+def test_scopes_name_each_budget_and_load_it_back_from_the_ledger() -> None:
+    key, _, _ = setup_budgets()
+    terms = TenantTerms(
+        spend_rates={},
+        monthly_reasoning_tokens=1000,
+        balance=BalanceTerms(available=Decimal("7.5"), epoch="e1", load_used=lambda: Decimal(1)),
+        alert_thresholds=(90,),
+    )
+    specs = budget_list(
+        tenant_id=key.tenant_id,
+        api_key_id=key.pk,
+        balance=True,
+        plan_reasoning_tokens=terms.monthly_reasoning_tokens,
+    )
+    scopes = budget_scopes(specs, tenant_id=key.tenant_id, tenant_terms=terms, now=NOW)
+    assert [s.key for s in scopes] == [
+        f"rk:spend:tenant:{key.tenant_id}:2026-11",
+        f"rk:spend:key:{key.pk}:total",
+        f"rk:balance:{key.tenant_id}:e1",
+        f"rk:reasoning:tenant:{key.tenant_id}:2026-11",
+        f"rk:reasoning:key:{key.pk}:2026-11",
+    ]
+    assert [s.label for s in scopes] == [
+        "tenant monthly spend limit",
+        "key all-time spend limit",
+        "prepaid balance",
+        "plan monthly reasoning-token budget",
+        "key monthly reasoning-token budget",
+    ]
+    assert [s.limit for s in scopes] == [
+        to_nano(Decimal(10)),
+        to_nano(Decimal(5)),
+        7_500_000_000,
+        1000,
+        200,
+    ]
+    assert all(s.alert_at == (90,) for s in scopes)
+    assert scopes[2].load_used() == to_nano(Decimal(1))
+    for scope in scopes:  # nothing used yet: the ledger reads 0 for every named budget
+        if scope.kind != "balance":
+            loader = budget_loader(scope.key)
+            assert loader is not None and loader() == scope.load_used() == 0
+
+
+def test_the_alert_task_the_proxy_sends_exists() -> None:
+    assert ALERTS_EVALUATE_TASK in app.tasks

@@ -1,0 +1,67 @@
+"""What a call writes (metering.record): the row the ledger stores, with its serving cost
+and its spend at list prices stamped exactly."""
+
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from metering.proxy.callers import RouteInfo
+from metering.record import Rates, serving_cost, usage_record_row
+from metering.usage import TokenUsage
+
+COST = Rates(Decimal("1"), Decimal("0.1"), Decimal("1.25"), Decimal("4"), Decimal("4"))
+LIST = Rates(Decimal("3"), Decimal("0.3"), Decimal("3.75"), Decimal("12"), Decimal("15"))
+USAGE = TokenUsage(1000, 200, 30, 400, 600, "reported", ["capped_reasoning"])
+STARTED = datetime(2026, 11, 20, 12, tzinfo=UTC)
+
+
+def route(**kwargs: object) -> RouteInfo:
+    return RouteInfo(
+        alias="reasoner",
+        provider="openai",
+        upstream_model="sim-reasoner",
+        accelerator="nvidia-h100-sxm",
+        base_url="http://127.0.0.1:9/v1",
+        credential="",
+        credential_missing=False,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def row_for(info: RouteInfo) -> tuple[dict[str, object], Decimal | None]:
+    return usage_record_row(
+        request_id=uuid.uuid4(),
+        tenant_id=uuid.uuid4(),
+        api_key_id=7,
+        route=info,
+        endpoint="chat.completions",
+        stream=True,
+        status="completed",
+        upstream_status=200,
+        response_id="r" * 300,
+        usage=USAGE,
+        flags=["client_cut"],
+        raw_usage={"total_tokens": 2230},
+        client_disconnected=False,
+        ttft_us=None,
+        latency_us=1234,
+        started_at=STARTED,
+    )
+
+
+def test_a_priced_route_stamps_cost_and_spend_exactly() -> None:
+    row, spend = row_for(route(cost_rate_id=3, cost_rates=COST, spend_rates=LIST))
+    tokens = {"input": 1000, "cache_read": 200, "cache_write": 30, "output": 400, "reasoning": 600}
+    cost, reasoning_cost = serving_cost(COST, **tokens)
+    assert (row["serving_cost_usd"], row["reasoning_cost_usd"]) == (cost, reasoning_cost)
+    assert spend == row["spend_usd"] == serving_cost(LIST, **tokens)[0]
+    assert row["cost_rate_id"] == 3
+    assert row["flags"] == ["capped_reasoning", "client_cut"]  # the usage's, then the proxy's
+    assert len(row["upstream_response_id"]) == 200  # type: ignore[arg-type]
+    assert row["reasoning_tokens"] == 600 and row["reasoning_source"] == "reported"
+
+
+def test_an_unpriced_route_writes_no_prices() -> None:
+    row, spend = row_for(route())
+    assert spend is None
+    assert row["serving_cost_usd"] is row["reasoning_cost_usd"] is row["spend_usd"] is None
