@@ -25,7 +25,6 @@ from billing.selectors import plan_version_pricing, subscription_current, subscr
 from config.errors import ApplicationError, Conflict, NotFound
 from metering.control.governance import EFFORTS
 from metering.models import Tenant
-from metering.control.governance import EFFORTS
 from metering.selectors import NO_USAGE, UsageTotals, usage_totals
 
 

@@ -20,7 +20,7 @@ from billing.models import PlanVersion, WebhookEndpoint
 from billing.selectors import plan_version_pricing, subscription_current
 from metering.control.governance import ReasoningRules
 from metering.control.terms import TenantTerms
-from metering.record import Rates
+from metering.ledger.record import Rates
 
 CLASSES = ("input", "cache_read", "cache_write", "output", "reasoning")
 

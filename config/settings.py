@@ -27,7 +27,7 @@ DEBUG = env_bool("DEBUG", False)
 # tests run anywhere) accepts the built-in secret and loopback hosts only; production takes
 # every secure setting below. `manage.py serve` refuses to start unless RECKON_ENV is set
 # explicitly, and in production without a real SECRET_KEY and ALLOWED_HOSTS
-# (metering.management.commands.serve).
+# (api.management.commands.serve).
 RECKON_ENV = os.environ.get("RECKON_ENV", "development").strip().lower()
 if RECKON_ENV not in {"production", "development"}:
     raise ValueError(f"RECKON_ENV must be production or development, not {RECKON_ENV!r}")

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from metering.ledger.orm import usage_records_write
+from metering.ledger.record import Rates, serving_cost
 from metering.ledger.spool import Spool
 from metering.models import TOKEN_CLASSES, ApiKey, ServingCostRate
-from metering.record import Rates, serving_cost
 
 
 def usage_row(

@@ -2,7 +2,7 @@
 answer or a stream in the caller's wire format, noticing a client that goes away, and
 hiding anything of the upstream's that could hold a secret or an internal address.
 
-What the call writes is built by metering.record; its hold is settled by
+What the call writes is built by metering.ledger.record; its hold is settled by
 metering.control.holds once the record is durable.
 """
 
@@ -28,12 +28,12 @@ from api.proxy.wire import (
 )
 from metering.control.holds import Hold, Holds
 from metering.ledger import LedgerWriter
+from metering.ledger.record import usage_record_row
 from metering.models import UsageRecord
 from metering.proxy.adapters import Endpoint, Outcome, PreparedCall, stream_tracker_for
 from metering.proxy.callers import CallerContext, RouteInfo
 from metering.proxy.sse import SseEvent, SseSplitter, format_event
 from metering.proxy.upstream import UpstreamClient, UpstreamError, UpstreamResponse
-from metering.record import usage_record_row
 from metering.usage import TokenUsage
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from django.conf import settings
 from django.db import DatabaseError
@@ -38,9 +38,21 @@ from metering.control.scopes import (
     to_nano,
 )
 from metering.control.store import ControlStore, ControlUnavailable
-from metering.proxy.callers import RouteInfo
+from metering.ledger.record import Rates
 
 logger = logging.getLogger(__name__)
+
+
+class PricedRoute(Protocol):
+    """What admission reads of a route (metering.proxy.callers.RouteInfo has it)."""
+
+    alias: str
+    # The tenant's list prices for the alias (None: no plan prices it).
+    spend_rates: Rates | None
+    # Output tokens a call on the alias plausibly spends (None: not learned).
+    hold_cap: int | None
+    # Nano-USD per million input tokens and per output token that holds charge.
+    hold_prices: tuple[int, int] | None
 
 
 class Refused(StrEnum):
@@ -120,7 +132,7 @@ class Holds:
     async def take(
         self,
         controls: Controls,
-        route: RouteInfo,
+        route: PricedRoute,
         endpoint: str,
         request: dict[str, Any],
         body_size: int,

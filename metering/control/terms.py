@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from metering.control.governance import ReasoningRules
-from metering.record import Rates
+from metering.ledger.record import Rates
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """The usage ledger: every proxied call's usage record, written durably and exactly once.
 
+- `record`: what a call writes (the row, its serving cost and spend stamped);
 - `writer`: group commit on the proxy's event loop (`LedgerWriter`, the write API);
 - `postgres`: the PostgreSQL batch path (one statement per batch);
 - `orm`: the ORM path (embedded SQLite, and spool replay on PostgreSQL too);

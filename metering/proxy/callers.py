@@ -34,8 +34,8 @@ from metering.control.governance import ReasoningRules
 from metering.control.holdcaps import hold_caps
 from metering.control.scopes import Controls, RateScope, to_nano
 from metering.control.terms import TenantTerms
+from metering.ledger.record import Rates
 from metering.models import ApiKey, RateLimit, ReasoningPolicy, Route, ServingCostRate
-from metering.record import Rates
 
 ANTHROPIC_DEFAULT_VERSION = "2023-06-01"
 

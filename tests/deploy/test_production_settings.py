@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from metering.management.commands.serve import serve_refusal
+from api.management.commands.serve import serve_refusal
 
 ROOT = Path(__file__).resolve().parents[2]
 DEV_KEY = "reckon-insecure-dev-key-change-me-in-production"

@@ -10,8 +10,8 @@ from django.utils import timezone
 
 from billing.hardware import accelerator_get, catalogue_load, deployment_set
 from billing.models import CalibrationRun, Deployment
+from metering.ledger.record import Rates, serving_cost
 from metering.models import ServingCostRate, UsageRecord
-from metering.record import Rates, serving_cost
 from tests.e2e.conftest import E2ETenant, free_port, start, stop
 
 

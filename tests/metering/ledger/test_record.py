@@ -1,12 +1,12 @@
-"""What a call writes (metering.record): the row the ledger stores, with its serving cost
+"""What a call writes (metering.ledger.record): the row the ledger stores, with its serving cost
 and its spend at list prices stamped exactly."""
 
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from metering.ledger.record import Rates, serving_cost, usage_record_row
 from metering.proxy.callers import RouteInfo
-from metering.record import Rates, serving_cost, usage_record_row
 from metering.usage import TokenUsage
 
 COST = Rates(Decimal("1"), Decimal("0.1"), Decimal("1.25"), Decimal("4"), Decimal("4"))
