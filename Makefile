@@ -31,7 +31,6 @@ lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
-	.venv/bin/lint-imports --no-logo --no-cache
 	$(PY) manage.py makemigrations --check --dry-run
 
 test: setup services
