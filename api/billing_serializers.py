@@ -9,17 +9,18 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from api.serializers import MAX_BIGINT, InstantField
-from billing import pricing
 from billing.balances import BalanceState, Credit
-from billing.currency import decimal_text as exact
-from billing.currency import from_minor, is_known_currency
 from billing.models import BalanceEntry, Plan, PlanVersion, PriceComponent, Subscription
-from billing.services import PeriodRating
+from billing.pricing.currency import decimal_text as exact
+from billing.pricing.currency import from_minor, is_known_currency
+from billing.pricing.rate import RatedInvoice, RatedLine
+from billing.pricing.validate import PlanIssue
+from billing.rating import PeriodRating
 
 MONEY = {"max_digits": 38, "decimal_places": 12, "coerce_to_string": True}
 
 
-def rated_line_data(line: pricing.RatedLine, currency: str) -> dict[str, Any]:
+def rated_line_data(line: RatedLine, currency: str) -> dict[str, Any]:
     return {
         "kind": line.kind,
         "component": line.component_key,
@@ -47,7 +48,7 @@ def rated_line_data(line: pricing.RatedLine, currency: str) -> dict[str, Any]:
     }
 
 
-def rated_invoice_data(rated: pricing.RatedInvoice) -> dict[str, Any]:
+def rated_invoice_data(rated: RatedInvoice) -> dict[str, Any]:
     return {
         "currency": rated.currency,
         "lines": [rated_line_data(line, rated.currency) for line in rated.lines],
@@ -82,7 +83,7 @@ def period_rating_data(rating: PeriodRating) -> dict[str, Any]:
     }
 
 
-def issues_data(issues: list[pricing.PlanIssue]) -> list[dict[str, Any]]:
+def issues_data(issues: list[PlanIssue]) -> list[dict[str, Any]]:
     return [
         {"severity": i.severity, "code": i.code, "message": i.message, "component": i.component_key}
         for i in issues

@@ -18,12 +18,9 @@ from api import permissions as perm
 from api.authentication import TenantPrincipal
 from api.scoping import tenant_id_for
 from api.serializers import validated_query
-from billing import pricing
 from billing.balances import balance_credit, balance_hard_stop_set, balance_state, credits_of
 from billing.models import BalanceAccount, BalanceEntry, Plan, PlanVersion, Subscription
-from billing.selectors import plan_version_pricing, plan_version_queryset
-from billing.services import (
-    invoice_preview,
+from billing.plans import (
     plan_create,
     plan_version_create,
     plan_version_issues,
@@ -31,6 +28,10 @@ from billing.services import (
     subscription_change_plan,
     subscription_create,
 )
+from billing.pricing.plan import UsageVector
+from billing.pricing.rate import rate
+from billing.rating import invoice_preview
+from billing.selectors import plan_version_pricing, plan_version_queryset
 from metering.models import Tenant
 
 NO_BALANCE = "This tenant has no prepaid balance."
@@ -76,7 +77,7 @@ class QuoteView(APIView):
         for item in body.validated_data["usage"]:
             key = (item["alias"], item["token_class"])
             usage[key] = usage.get(key, 0) + item["tokens"]
-        rated = pricing.rate(plan_version_pricing(version), pricing.UsageVector(usage))
+        rated = rate(plan_version_pricing(version), UsageVector(usage))
         return Response({"plan_version": version.pk, **s.rated_invoice_data(rated)})
 
 

@@ -17,9 +17,8 @@ from rest_framework.views import APIView
 from api import permissions as perm
 from api.invoice_views import FileDownloadView
 from api.serializers import InstantField, PeriodField, validated_query
-from billing import costbasis
-from billing.currency import decimal_text
-from billing.hardware import (
+from billing.costs import formulas
+from billing.costs.catalogue import (
     CannotPrice,
     accelerator_get,
     class_costs_of,
@@ -27,9 +26,10 @@ from billing.hardware import (
     cost_basis_in_force,
     deployment_set,
     hourly_cost_of,
-    margin_policy_set,
 )
+from billing.costs.margins import margin_policy_set
 from billing.models import AcceleratorType, CostBasisVersion
+from billing.pricing.currency import decimal_text
 from billing.reports import GROUPINGS, margin_report, whatif
 
 MONEY = {"max_digits": 38, "decimal_places": 12}
@@ -85,12 +85,12 @@ class CostBasisInput(serializers.Serializer):
         """The pure cost model's own checks (amounts >= 0, amortization > 0), here so a
         basis that could never price is refused, not stored. Missing values may wait."""
         if attrs["mode"] == CostBasisVersion.Mode.RENTED:
-            spec: costbasis.RentedCost | costbasis.OwnedCost = costbasis.RentedCost(
+            spec: formulas.RentedCost | formulas.OwnedCost = formulas.RentedCost(
                 attrs.get("hourly_usd")
             )
         else:
-            defaults = costbasis.OwnedCost(None, None, None)
-            spec = costbasis.OwnedCost(
+            defaults = formulas.OwnedCost(None, None, None)
+            spec = formulas.OwnedCost(
                 purchase_price_usd=attrs.get("purchase_price_usd"),
                 amortization_years=attrs.get("amortization_years"),
                 tdp_watts=0,  # the accelerator's, known to be >= 0
@@ -99,8 +99,8 @@ class CostBasisInput(serializers.Serializer):
                 other_opex_per_hour=attrs.get("other_opex_per_hour", defaults.other_opex_per_hour),
             )
         try:
-            costbasis.hourly_cost(spec)
-        except costbasis.MissingCostData:
+            formulas.hourly_cost(spec)
+        except formulas.MissingCostData:
             pass
         except (ValueError, ArithmeticError) as exc:
             raise ValidationError({"cost_basis": str(exc)}) from exc
@@ -132,7 +132,7 @@ class MarginPolicyInput(serializers.Serializer):
 
     def validate(self, attrs):  # type: ignore[no-untyped-def]
         try:
-            costbasis.MarginPolicy(attrs["target_margin"], attrs["minimum_margin"])
+            formulas.MarginPolicy(attrs["target_margin"], attrs["minimum_margin"])
         except ValueError as exc:
             raise ValidationError({"margins": str(exc)}) from exc
         return attrs
@@ -162,7 +162,7 @@ class DeploymentInput(serializers.Serializer):
     def validate(self, attrs):  # type: ignore[no-untyped-def]
         """The pure cost model's checks (throughputs > 0, utilization in (0, 1])."""
         try:
-            costbasis.Throughput(
+            formulas.Throughput(
                 decode_tokens_per_s=attrs["decode_tokens_per_s"],
                 prefill_tokens_per_s=attrs["prefill_tokens_per_s"],
                 utilization=attrs["utilization"],
@@ -296,7 +296,7 @@ class WhatIfView(APIView):
         policy = None
         if "target_margin" in q or "minimum_margin" in q:
             try:
-                policy = costbasis.MarginPolicy(
+                policy = formulas.MarginPolicy(
                     q.get("target_margin", Decimal(0)), q.get("minimum_margin", Decimal(0))
                 )
             except (ValueError, ArithmeticError) as exc:

@@ -21,10 +21,12 @@ from api import permissions as perm
 from api.authentication import TenantPrincipal
 from api.serializers import MAX_BIGINT, PeriodField, validated_query
 from billing import tasks
-from billing.documents import invoice_lines_csv, invoice_pdf, invoices_csv
-from billing.invoicing import credit_note_issue, invoice_recompute
+from billing.invoicing.documents import invoice_lines_csv, invoice_pdf, invoices_csv
+from billing.invoicing.lifecycle import credit_note_issue
+from billing.invoicing.lines import INVOICE_LINE_FIELDS
+from billing.invoicing.recompute import invoice_recompute
 from billing.models import CreditNote, Invoice, InvoiceLine, StripeEvent
-from billing.stripe_sync import stripe_event_receive
+from billing.stripe import stripe_event_receive
 
 
 class InvoiceQuery(serializers.Serializer):
@@ -60,27 +62,7 @@ def filter_invoices(qs: QuerySet[Invoice], query: dict[str, Any]) -> QuerySet[In
 class InvoiceLineOutput(serializers.ModelSerializer):
     class Meta:
         model = InvoiceLine
-        fields = [
-            "position",
-            "kind",
-            "description",
-            "plan_version",
-            "segment_start",
-            "segment_end",
-            "adjusts_period_start",
-            "component_key",
-            "token_class",
-            "aliases",
-            "tokens",
-            "reasoning_tokens",
-            "allowance_tokens",
-            "billable_tokens",
-            "quantity",
-            "tiers",
-            "amount_exact",
-            "amount_minor",
-            "usage_cutoff_record_id",
-        ]
+        fields = INVOICE_LINE_FIELDS
 
 
 class CreditNoteOutput(serializers.ModelSerializer):

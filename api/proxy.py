@@ -844,27 +844,14 @@ class _Call:
         now_ns = time.perf_counter_ns()
         usage = outcome.usage
         flags = list(usage.flags) + outcome.flags
-        tokens = {
-            "input": usage.input_tokens,
-            "cache_read": usage.cached_input_tokens,
-            "cache_write": usage.cache_write_tokens,
-            "output": usage.output_tokens,
-            "reasoning": usage.reasoning_tokens,
-        }
+        tokens = usage.by_class()
         prices = self.route.spend_rates
         spend = None if prices is None else serving_cost(prices, **tokens)[0]
         rates = self.route.cost_rates
         if rates is None:
             cost = reasoning_cost = None
         else:
-            cost, reasoning_cost = serving_cost(
-                rates,
-                input=usage.input_tokens,
-                cache_read=usage.cached_input_tokens,
-                cache_write=usage.cache_write_tokens,
-                output=usage.output_tokens,
-                reasoning=usage.reasoning_tokens,
-            )
+            cost, reasoning_cost = serving_cost(rates, **tokens)
         await self.app.ledger.write(
             {
                 "request_id": self.request_id,

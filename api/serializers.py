@@ -8,7 +8,7 @@ from rest_framework import serializers
 from rest_framework.request import Request
 
 from billing.models import Alert
-from billing.periods import EARLIEST_INSTANT, LATEST_INSTANT, Period, calendar_month
+from billing.pricing.periods import EARLIEST_INSTANT, LATEST_INSTANT, Period, calendar_month
 from metering.models import UsageRecord
 from metering.selectors import GROUPINGS
 
@@ -17,7 +17,7 @@ MAX_BIGINT = 2**63 - 1
 
 
 class PeriodField(serializers.Field):  # type: ignore[type-arg]
-    """A calendar month "YYYY-MM" in, a billing Period out (billing.periods.calendar_month)."""
+    """A calendar month "YYYY-MM" in, a billing Period out (billing.pricing.periods.calendar_month)."""
 
     def to_internal_value(self, data: Any) -> Period:
         if not isinstance(data, str):

@@ -35,6 +35,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from billing.balances import balance_state
+from billing.enqueue import ALERT_DELIVER, enqueue
 from billing.models import Alert, BalanceAccount, Subscription, WebhookEndpoint
 from billing.selectors import subscription_current
 from config.errors import ApplicationError
@@ -288,9 +289,7 @@ def tenants_with_budgets(at: datetime) -> list[uuid.UUID]:
 
 
 def _schedule_delivery(alert_id: int) -> None:
-    from billing.tasks import alert_deliver_task  # tasks import services, not the reverse
-
-    alert_deliver_task.delay(alert_id)
+    enqueue(ALERT_DELIVER, alert_id)
 
 
 @transaction.atomic

@@ -6,7 +6,7 @@ class BillingConfig(AppConfig):
     verbose_name = "Billing"
 
     def ready(self) -> None:
-        from billing.spend import tenant_terms
+        from billing.terms import tenant_terms
         from metering.proxy.context import register_tenant_terms_provider
 
         register_tenant_terms_provider(tenant_terms)

@@ -9,16 +9,13 @@ from typing import Any
 from django.db import connection
 from django.db.models import Count, Max, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDay
+from django.utils import timezone
 
-from metering.models import ApiKey, UsageRecord, UsageRollup
+from metering.models import ApiKey, ServingCostRate, UsageRecord, UsageRollup
+from metering.usage import LEDGER_FIELDS
 
-TOKEN_CLASSES = (
-    "input_tokens",
-    "cached_input_tokens",
-    "cache_write_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-)
+# The ledger columns of the token classes (metering/usage.py holds the one mapping).
+TOKEN_CLASSES = tuple(LEDGER_FIELDS.values())
 SHARE_QUANTUM = Decimal("0.000001")
 GROUPINGS = {"alias": "alias", "api_key": "api_key_id", "day": "day"}
 
@@ -82,13 +79,7 @@ def usage_summary(*, filters: UsageFilter, group_by: str | None = None) -> list[
 
 
 # Pricing's names for the ledger's token classes.
-PRICING_CLASS = {
-    "input_tokens": "input",
-    "cached_input_tokens": "cache_read",
-    "cache_write_tokens": "cache_write",
-    "output_tokens": "output",
-    "reasoning_tokens": "reasoning",
-}
+PRICING_CLASS = {column: name for name, column in LEDGER_FIELDS.items()}
 
 
 @dataclass(frozen=True)
@@ -340,3 +331,17 @@ def reasoning_tokens_since(
         tenant_id=tenant_id, api_key_id=api_key_id, started_at__gte=since
     ).aggregate(total=Sum("reasoning_tokens"))["total"]
     return int(total or 0)
+
+
+def current_cost_rates(
+    aliases: list[str], at: datetime | None = None
+) -> dict[str, ServingCostRate]:
+    """The latest rate in force at `at` (default now) for each alias (one query)."""
+    if not aliases:
+        return {}
+    rates: dict[str, ServingCostRate] = {}
+    for rate in ServingCostRate.objects.filter(
+        alias__in=aliases, effective_from__lte=at or timezone.now()
+    ).order_by("alias", "-effective_from", "-id"):
+        rates.setdefault(rate.alias, rate)
+    return rates

@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 
 from api import permissions as perm
 from billing.balances import balance_hard_stop_set
-from billing.invoicing import period_close
+from billing.invoicing.close import period_close
 from billing.models import (
     AcceleratorType,
     BalanceAccount,
@@ -25,7 +25,7 @@ from billing.models import (
     Plan,
     PlanVersion,
 )
-from billing.services import plan_create, plan_version_create, subscription_create
+from billing.plans import plan_create, plan_version_create, subscription_create
 from metering.models import Tenant
 from metering.services import api_key_create
 from tests.factories import ApiKeyFactory

@@ -1,4 +1,4 @@
-"""The hardware cost basis (billing.costbasis): the reference table, owned and rented
+"""The hardware cost basis (billing.costs.formulas): the reference table, owned and rented
 hourly cost, per-class costs, refusals on missing data, margins, and properties.
 
 Full-precision checks compare against exact rationals (``fractions.Fraction``): every
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from billing.costbasis import (
+from billing.costs.formulas import (
     DEFAULT_POWER_USD_PER_KWH,
     DEFAULT_PUE,
     DEFAULT_UTILIZATION,

@@ -1,4 +1,4 @@
-"""Invoice PDFs (billing.pdf): real PDF bytes, deterministic, with the billed text in them.
+"""Invoice PDFs (billing.invoicing.pdf): real PDF bytes, deterministic, with the billed text in them.
 
 No PDF text extractor is installed (no poppler, no pypdf), so the tests render with
 ``compress=False`` and decode the page streams themselves: fpdf2 writes a classic xref
@@ -21,8 +21,8 @@ from typing import NamedTuple
 
 import pytest
 
-from billing import pdf as billing_pdf
-from billing.pdf import (
+from billing.invoicing import pdf as billing_pdf
+from billing.invoicing.pdf import (
     DocumentLine,
     InvoiceDocument,
     Party,
@@ -307,7 +307,7 @@ def test_renders_are_byte_identical_across_processes() -> None:
     # A stored invoice re-rendered later, in another worker, must give the same file.
     script = (
         "import hashlib, sys; from tests.billing.test_pdf import make_doc, many_lines; "
-        "from billing.pdf import render_invoice_pdf; "
+        "from billing.invoicing.pdf import render_invoice_pdf; "
         "sys.stdout.write(hashlib.sha256(render_invoice_pdf(make_doc(lines=many_lines(60)))).hexdigest())"
     )
     root = Path(__file__).resolve().parents[2]

@@ -3,7 +3,7 @@ from decimal import Decimal
 
 import pytest
 
-from billing.periods import (
+from billing.pricing.periods import (
     Period,
     calendar_month,
     ceil_hour,
@@ -11,8 +11,8 @@ from billing.periods import (
     period_containing,
     segments,
 )
-from billing.pricing import PlanVersion, PriceComponent
-from billing.proration import prorate_plan
+from billing.pricing.plan import ComponentPrice, PricePlan
+from billing.pricing.proration import prorate_plan
 
 
 def dt(*args: int) -> datetime:
@@ -59,12 +59,12 @@ def test_ceil_hour() -> None:
 
 
 def test_prorate_plan_scales_fees_and_allowances() -> None:
-    plan = PlanVersion(
+    plan = PricePlan(
         currency="USD",
         base_fee=Decimal("30"),
         minimum_commitment=Decimal("90"),
         components=(
-            PriceComponent(
+            ComponentPrice(
                 key="o",
                 token_class="output",
                 charge_model="per_unit",

@@ -12,9 +12,10 @@ import psycopg
 import pytest
 from django.db import connection
 
-from billing.invoicing import invoice_recompute, period_close
+from billing.invoicing.close import period_close
+from billing.invoicing.recompute import invoice_recompute
 from billing.models import InvoiceLine
-from billing.services import subscription_create
+from billing.plans import subscription_create
 from metering.ledger import pg_conninfo, pg_insert_statement, usage_records_write
 from metering.models import UsageRecord, UsageRollup
 from metering.selectors import usage_watermark

@@ -1,9 +1,8 @@
 """Hardware cost basis: what a token costs us to produce, and the floor price above it.
 
 Pure and stdlib only: frozen dataclasses in, ``Decimal`` out, no ORM, no floats. The
-facts and formulas are those of /work/shared/reference/cost-basis.md (binding); the
-per-accelerator data is ``billing/data/accelerators.csv``, a verbatim copy of the
-reference table with its sources.
+formulas below are binding (tests/billing/test_costbasis.py checks them); the
+per-accelerator data, with its sources, is ``billing/data/accelerators.csv``.
 
 Formulas
 - Cost per accelerator-hour (``hourly_cost``):
@@ -36,7 +35,7 @@ Invariants
   division, in a private 50-significant-digit context with ROUND_HALF_EVEN; a result is
   therefore the exact quotient rounded once to 50 significant digits, and exact whenever
   that quotient terminates within 50 digits. Nothing here quantizes to currency: the
-  caller rounds once, where money is billed (see ``billing.currency``). The caller's
+  caller rounds once, where money is billed (see ``billing.pricing.currency``). The caller's
   decimal context never changes a result.
 - ``class_costs(...).reasoning == class_costs(...).output`` exactly.
 """
@@ -52,6 +51,8 @@ from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 
+from metering.usage import TOKEN_CLASSES
+
 HOURS_PER_YEAR = Decimal(8760)
 SECONDS_PER_HOUR = Decimal(3600)
 TOKENS_PER_PRICE_UNIT = Decimal(1_000_000)  # costs are USD per 1M tokens
@@ -61,7 +62,6 @@ DEFAULT_PUE = Decimal("1.56")  # industry-average power usage effectiveness (202
 DEFAULT_POWER_USD_PER_KWH = Decimal("0.08")  # US industrial electricity, 2023 average
 DEFAULT_UTILIZATION = Decimal("0.6")  # fraction of wall-clock time a fleet is busy
 
-TOKEN_CLASSES: tuple[str, ...] = ("input", "cache_read", "cache_write", "output", "reasoning")
 
 CATALOGUE_COLUMNS: tuple[str, ...] = (
     "accelerator",

@@ -3,7 +3,7 @@
 A period is monthly and half-open, [start, end), starting on the subscription's anchor
 day (1-28) at 00:00 UTC. A plan change inside a period splits it into segments, each
 rated on its own plan version; base fee, minimum commitment and allowances of a segment
-are prorated by its share of the period's seconds (see billing.services).
+are prorated by its share of the period's seconds (see billing.plans).
 """
 
 import re

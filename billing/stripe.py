@@ -24,7 +24,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from stripe._base_address import BaseAddresses
 
-from billing.invoicing import checkpoint, invoice_record_payment_failure, invoice_transition
+from billing.invoicing.close import checkpoint
+from billing.invoicing.lifecycle import invoice_record_payment_failure, invoice_transition
 from billing.models import Invoice, StripeCustomer, StripeEvent
 from config.errors import ApplicationError
 from metering.models import Tenant

@@ -1,0 +1,409 @@
+"""Period close: the steps that turn a tenant's period into an issued invoice, in ONE
+transaction, ending in ``invoice_finalize`` (gapless numbers, lines, credits applied).
+
+Invariants:
+- one live (non-void) invoice per (tenant, period): a database constraint;
+- `periods_close` runs every step in ONE transaction: a crash anywhere inside leaves
+  nothing behind, and running it again gives the same invoice, number and totals;
+  running it after success returns the existing invoice unchanged;
+- a finalized invoice never changes; later usage for its period is billed on a later
+  invoice as an adjustment line naming the period; money corrections are credit notes
+  (billing/invoicing/lifecycle.py);
+- late usage is found by a commit watermark, not by record id (ids are assigned at
+  INSERT and commit out of order across writers): every invoice and line keeps the
+  `usage_watermark` taken before its rollups were read; a rollup changed by a
+  transaction at or above it may be missing from it and its period is re-rated at the
+  next close; every change below it was included. The adjustment is the re-rated total
+  minus everything billed for the period, so late usage is billed exactly once;
+- every line's amount can be recomputed from the raw ledger (billing/invoicing/recompute.py).
+"""
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import OperationalError, transaction
+from django.db.models import Max, Q, Sum
+from django.utils import timezone
+
+from billing.balances import CreditApplication, credits_consume, credits_for_invoices
+from billing.enqueue import SYNC_INVOICE_TO_STRIPE, enqueue_on_commit
+from billing.invoicing.lines import invoice_lines_from_rating
+from billing.invoicing.numbering import next_numbers
+from billing.models import Invoice, InvoiceLine, Subscription
+from billing.pricing.currency import from_minor
+from billing.pricing.periods import Period, period_containing
+from billing.rating import PeriodRating, period_rate, usage_from_rollups
+from config.errors import ApplicationError, NotFound
+from metering.ledger import SpoolPending, spool_guard
+from metering.models import Tenant
+from metering.selectors import (
+    BilledWindow,
+    UsageTotals,
+    usage_totals_for_tenants,
+    usage_watermark,
+    windows_with_usage_after,
+)
+
+Status = Invoice.Status
+Kind = InvoiceLine.Kind
+
+
+logger = logging.getLogger(__name__)
+NO_USAGE = UsageTotals({}, 0)
+NONE = (0, 0)  # (record cut-off, watermark) of a period no adjustment billed yet
+
+
+class NotDue(ApplicationError):
+    code = "period_not_due"
+
+
+class InjectedFault(RuntimeError):
+    """Raised at a named checkpoint when a test asks for a crash there."""
+
+
+def checkpoint(name: str) -> None:
+    if name in settings.RECKON_FAULT_POINTS:
+        raise InjectedFault(f"injected fault at {name}")
+
+
+def billed_for_period(*, tenant_id: uuid.UUID, period_start: datetime) -> int:
+    """Minor units billed so far for a period: its own invoice's lines plus adjustment
+    lines on later invoices (void invoices excluded). Credits applied are payment, not
+    billing: they do not count."""
+    live = ~Q(invoice__status=Status.VOID)
+    own = Q(invoice__period_start=period_start) & ~Q(kind__in=[Kind.ADJUSTMENT, Kind.CREDIT])
+    later = Q(kind=Kind.ADJUSTMENT, adjusts_period_start=period_start)
+    total = InvoiceLine.objects.filter(live, own | later, invoice__tenant_id=tenant_id).aggregate(
+        total=Sum("amount_minor")
+    )["total"]
+    return total or 0
+
+
+def late_usage_adjustments(
+    *, tenant_ids: list[uuid.UUID], before: Period, watermark: int | None = None
+) -> dict[uuid.UUID, list[InvoiceLine]]:
+    """Bill usage that reached the tenants' last finalized periods after they were
+    invoiced. One query finds the periods whose rollups changed at or past the commit
+    watermark of their last rating; only those are re-rated, and a difference (what the
+    period rates to now minus everything billed for it) becomes an adjustment line naming
+    the period. Billed exactly once: a change below the watermark was in that rating, one
+    at or above it is found here, and re-rating a period already billed in full adds
+    nothing. `watermark` must be taken before any rollup read of the caller's transaction
+    (`usage_watermark`)."""
+    watermark = usage_watermark() if watermark is None else watermark
+    lookback = settings.RECKON_LATE_USAGE_LOOKBACK_PERIODS
+    earlier: dict[uuid.UUID, list[Invoice]] = {}
+    for invoice in (
+        Invoice.objects.filter(tenant_id__in=tenant_ids, period_start__lt=before.start)
+        .exclude(status=Status.VOID)
+        .order_by("tenant_id", "-period_start")
+    ):
+        kept = earlier.setdefault(invoice.tenant_id, [])
+        if len(kept) < lookback:
+            kept.append(invoice)
+    candidates = [i for kept in earlier.values() for i in kept]
+    adjusted_up_to = {
+        (row["invoice__tenant_id"], row["adjusts_period_start"]): (row["last"], row["watermark"])
+        for row in InvoiceLine.objects.filter(
+            kind=Kind.ADJUSTMENT,
+            invoice__tenant_id__in=list(earlier),
+            adjusts_period_start__in={i.period_start for i in candidates},
+        )
+        .exclude(invoice__status=Status.VOID)
+        .values("invoice__tenant_id", "adjusts_period_start")
+        .annotate(last=Max("usage_cutoff_record_id"), watermark=Max("usage_watermark"))
+        .order_by()
+    }
+    late = windows_with_usage_after(
+        [
+            BilledWindow(
+                i.tenant_id,
+                i.period_start,
+                i.period_end,
+                max(
+                    i.usage_cutoff_record_id,
+                    adjusted_up_to.get((i.tenant_id, i.period_start), NONE)[0],
+                ),
+                max(i.usage_watermark, adjusted_up_to.get((i.tenant_id, i.period_start), NONE)[1]),
+            )
+            for i in candidates
+        ]
+    )
+    lines: dict[uuid.UUID, list[InvoiceLine]] = {}
+    for invoice in candidates:
+        if (invoice.tenant_id, invoice.period_start) not in late:
+            continue
+        period = Period(invoice.period_start, invoice.period_end)
+        rating = period_rate(tenant_id=invoice.tenant_id, period=period)
+        delta = rating.total_minor - billed_for_period(
+            tenant_id=invoice.tenant_id, period_start=invoice.period_start
+        )
+        if delta == 0:
+            continue
+        lines.setdefault(invoice.tenant_id, []).append(
+            InvoiceLine(
+                kind=Kind.ADJUSTMENT,
+                description=(
+                    f"Usage recorded after {invoice.number} was issued, for period "
+                    f"{period.start:%Y-%m-%d} to {period.end:%Y-%m-%d}"
+                ),
+                plan_version_id=rating.segments[-1].plan_version_id,
+                segment_start=period.start,
+                segment_end=period.end,
+                adjusts_period_start=period.start,
+                amount_exact=from_minor(delta, invoice.currency),
+                amount_minor=delta,
+                usage_cutoff_record_id=rating.cutoff_record_id,
+                usage_watermark=watermark,
+            )
+        )
+    return lines
+
+
+# --- period close --------------------------------------------------------------------
+
+
+def period_close(
+    *,
+    tenant_id: uuid.UUID,
+    period_start: datetime,
+    as_of: datetime | None = None,
+    enforce_grace: bool = True,
+) -> Invoice:
+    """Build and finalize one tenant's invoice for a period (see `periods_close`)."""
+    (invoice,) = periods_close(
+        tenant_ids=[tenant_id], period_start=period_start, as_of=as_of, enforce_grace=enforce_grace
+    )
+    return invoice
+
+
+@transaction.atomic
+def periods_close(
+    *,
+    tenant_ids: Sequence[uuid.UUID | str],
+    period_start: datetime,
+    as_of: datetime | None = None,
+    enforce_grace: bool = True,
+) -> list[Invoice]:
+    """Build and finalize the invoices of many tenants for the period starting at
+    `period_start`, in ONE transaction, with set-based queries (returned in tenant order).
+
+    Safe to run twice: a tenant whose period already has a finalized invoice gets that
+    invoice back, untouched. A crash anywhere leaves nothing behind, and the numbers
+    taken are given back, so a re-run issues the same numbers. An operator may close an
+    ended period before its grace period is over (`enforce_grace=False`); a period that
+    has not ended is never closed."""
+    as_of = as_of or timezone.now()
+    ids = sorted({uuid.UUID(str(t)) for t in tenant_ids})
+    # One close (or plan change) per tenant at a time; the live-invoice constraint backs it.
+    locked = list(
+        Tenant.objects.select_for_update()
+        .filter(pk__in=ids)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    if len(locked) != len(ids):
+        raise NotFound("Unknown tenant(s): " + ", ".join(str(t) for t in set(ids) - set(locked)))
+    same_period: dict[uuid.UUID, list[Invoice]] = {}
+    for invoice in Invoice.objects.filter(tenant_id__in=ids, period_start=period_start).order_by(
+        "id"
+    ):
+        same_period.setdefault(invoice.tenant_id, []).append(invoice)
+    done = {
+        t: i for t, invoices in same_period.items() for i in invoices if i.status != Status.VOID
+    }
+    todo = [t for t in ids if t not in done]
+    if not todo:
+        return [done[t] for t in ids]
+    # Usage spooled by a writer while the database was away belongs on these invoices:
+    # refuse to close (the task retries) until every writer reports its spool loaded.
+    spool_guard(spool_dir=settings.RECKON_LEDGER_SPOOL_DIR, redis_url=settings.REDIS_URL)
+
+    subscriptions: dict[uuid.UUID, list[Subscription]] = {}
+    for s in (
+        Subscription.objects.filter(
+            tenant_id__in=todo, starts_at__lt=period_start + timedelta(days=32)
+        )
+        .filter(Q(ends_at__isnull=True) | Q(ends_at__gt=period_start))
+        .select_related("plan_version__plan")
+        .order_by("starts_at")
+    ):
+        subscriptions.setdefault(s.tenant_id, []).append(s)
+    missing = [t for t in todo if t not in subscriptions]
+    if missing:
+        raise NotFound(f"No subscription at {period_start:%Y-%m-%d} for tenant(s) {missing}.")
+    period = period_containing(subscriptions[todo[0]][0].anchor_day, period_start)
+    for t in todo:
+        if period_containing(subscriptions[t][0].anchor_day, period_start) != period:
+            raise ApplicationError(f"{period_start:%Y-%m-%d %H:%M} is not a period start for {t}.")
+    grace = timedelta(hours=settings.RECKON_INVOICE_GRACE_HOURS if enforce_grace else 0)
+    if period.end + grace > as_of:
+        raise NotDue(f"Period {period.label} closes after its grace period ({grace}).")
+
+    # Taken before any rollup is read: what committed below it is in these ratings; what
+    # commits at or above it is found as late usage at the next close.
+    watermark = usage_watermark()
+    # Tenants on one plan for the whole period are rated from one bulk usage query.
+    usage = usage_totals_for_tenants(tenant_ids=todo, start=period.start, end=period.end)
+    adjustments = late_usage_adjustments(tenant_ids=todo, before=period, watermark=watermark)
+    ratings: dict[uuid.UUID, PeriodRating] = {}
+    for t in todo:
+        subs = [s for s in subscriptions[t] if s.starts_at < period.end]
+        whole = (
+            len(subs) == 1
+            and subs[0].starts_at <= period.start
+            and (subs[0].ends_at is None or subs[0].ends_at >= period.end)
+        )
+        ratings[t] = period_rate(
+            tenant_id=t,
+            period=period,
+            subscriptions=subs,
+            usage_source=(lambda tenant, _s, _e: usage.get(tenant, NO_USAGE))
+            if whole
+            else usage_from_rollups,
+        )
+    lines = {
+        t: invoice_lines_from_rating(ratings[t], watermark) + adjustments.get(t, []) for t in todo
+    }
+    credits = credits_for_invoices(
+        lines=lines, currencies={t: ratings[t].currency for t in todo}, period=period
+    )
+    checkpoint("after_lines")
+    done |= invoice_finalize(
+        period=period,
+        ratings=ratings,
+        lines=lines,
+        credits=credits,
+        replacing=same_period,
+        watermark=watermark,
+        as_of=as_of,
+    )
+    checkpoint("after_finalize")
+    return [done[t] for t in ids]
+
+
+def invoice_finalize(
+    *,
+    period: Period,
+    ratings: dict[uuid.UUID, PeriodRating],
+    lines: dict[uuid.UUID, list[InvoiceLine]],
+    credits: dict[uuid.UUID, CreditApplication],
+    replacing: dict[uuid.UUID, list[Invoice]],
+    watermark: int,
+    as_of: datetime,
+) -> dict[uuid.UUID, Invoice]:
+    """Issue one finalized invoice per rated tenant: take gapless numbers, write the
+    invoices and their lines, consume the credits applied, and queue the Stripe push for
+    after commit. The last step of `periods_close`, inside its transaction (numbers are
+    only taken inside one). An invoice re-issued after a void names the one it replaces
+    (`replacing`: the tenant's earlier invoices for the period)."""
+    tenants = list(ratings)
+    issue_date = as_of.date()
+    numbers = next_numbers(
+        prefix=settings.RECKON_INVOICE_PREFIX, year=issue_date.year, count=len(tenants)
+    )
+    issued: dict[uuid.UUID, Invoice] = {}
+    for t, number in zip(tenants, numbers, strict=True):
+        subtotal = sum(line.amount_minor for line in lines[t])
+        earlier = replacing.get(t, [])
+        replaced = {i.replaces_id for i in earlier}
+        voided = [i for i in earlier if i.status == Status.VOID and i.pk not in replaced]
+        issued[t] = Invoice(
+            tenant_id=t,
+            period_start=period.start,
+            replaces=voided[-1] if voided else None,
+            period_end=period.end,
+            currency=ratings[t].currency,
+            status=Status.FINALIZED,
+            number=number,
+            subtotal_minor=subtotal,
+            tax_minor=0,
+            total_minor=subtotal,
+            issue_date=issue_date,
+            due_date=issue_date + timedelta(days=settings.RECKON_INVOICE_NET_DAYS),
+            usage_cutoff_record_id=ratings[t].cutoff_record_id,
+            usage_watermark=watermark,
+            finalized_at=as_of,
+        )
+    Invoice.objects.bulk_create(issued.values())
+    all_lines = []
+    for t in tenants:
+        for position, line in enumerate(lines[t]):
+            line.invoice = issued[t]
+            line.position = position
+            all_lines.append(line)
+    InvoiceLine.objects.bulk_create(all_lines)
+    credits_consume(applied=credits, invoices=issued)
+    if settings.STRIPE_API_KEY:
+        for invoice in issued.values():
+            enqueue_on_commit(SYNC_INVOICE_TO_STRIPE, invoice.pk)
+    return issued
+
+
+class CloseFailed(ApplicationError):
+    code = "period_close_failed"
+
+
+def periods_close_or_each(
+    *, tenant_ids: Sequence[uuid.UUID | str], period_start: datetime, as_of: datetime
+) -> list[Invoice]:
+    """Close a batch in one transaction; if the batch fails, close each tenant on its own,
+    so one broken tenant cannot hold back the others. Raises CloseFailed naming every
+    tenant that still failed (the others are closed and stay closed)."""
+    try:
+        return periods_close(tenant_ids=list(tenant_ids), period_start=period_start, as_of=as_of)
+    except (OperationalError, SpoolPending):
+        raise  # the database itself, or spool not loaded yet: retry the task as a whole
+    except Exception:
+        if len(tenant_ids) == 1:
+            raise
+        logger.exception("batch close of %d tenants failed; closing one by one", len(tenant_ids))
+    closed, failed = [], {}
+    for tenant_id in tenant_ids:
+        try:
+            closed.append(
+                period_close(
+                    tenant_id=uuid.UUID(str(tenant_id)), period_start=period_start, as_of=as_of
+                )
+            )
+        except (OperationalError, SpoolPending):
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded and raised below, loudly
+            failed[str(tenant_id)] = getattr(exc, "message", None) or repr(exc)
+    if failed:
+        raise CloseFailed(f"{len(failed)} tenant(s) could not be closed.", {"failures": failed})
+    return closed
+
+
+@dataclass(frozen=True)
+class DuePeriod:
+    tenant_id: uuid.UUID
+    period_start: datetime
+
+
+def periods_due(*, as_of: datetime) -> list[DuePeriod]:
+    """Every (tenant, period) that ended at least the grace period before `as_of`,
+    overlaps a subscription, and has no live invoice."""
+    cut = as_of - timedelta(hours=settings.RECKON_INVOICE_GRACE_HOURS)
+    invoiced = set(
+        Invoice.objects.exclude(status=Status.VOID).values_list("tenant_id", "period_start")
+    )
+    by_tenant: dict[uuid.UUID, list[Subscription]] = {}
+    for subscription in Subscription.objects.filter(starts_at__lt=cut).order_by("starts_at"):
+        by_tenant.setdefault(subscription.tenant_id, []).append(subscription)
+    due = []
+    for tenant_id, subs in by_tenant.items():
+        period = period_containing(subs[0].anchor_day, subs[0].starts_at)
+        while period.end <= cut:
+            covered = any(
+                s.starts_at < period.end and (s.ends_at is None or s.ends_at > period.start)
+                for s in subs
+            )
+            if covered and (tenant_id, period.start) not in invoiced:
+                due.append(DuePeriod(tenant_id, period.start))
+            period = period_containing(subs[0].anchor_day, period.end)
+    return due
