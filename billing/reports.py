@@ -28,7 +28,7 @@ from billing.costs.catalogue import (
     deployment_in_force,
 )
 from billing.costs.margins import margin_policy_in_force
-from billing.models import Deployment
+from billing.models import Deployment, Subscription
 from billing.pricing.periods import Period
 from billing.pricing.rate import RatedLine
 from billing.rating import period_rate
@@ -95,8 +95,6 @@ def margin_report(
         row.reasoning_cost_usd += s.reasoning_cost_usd
         for token_class, n in s.tokens.items():
             row.tokens[token_class] += n
-    from billing.models import Subscription
-
     tenants = set(
         Subscription.objects.filter(starts_at__lt=period.end).values_list("tenant_id", flat=True)
     )

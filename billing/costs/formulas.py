@@ -457,16 +457,6 @@ def floor_price(cost: Decimal, margin: Decimal) -> Decimal:
     return _DIVIDE.divide(amount, kept)
 
 
-def floor_prices(costs: ClassCosts, policy: MarginPolicy) -> tuple[ClassCosts, ClassCosts]:
-    """(prices at the minimum margin = the hard floor, prices at the target margin = the
-    list-price guide), per 1M tokens of each class."""
-
-    def at(margin: Decimal) -> ClassCosts:
-        return ClassCosts(**{c: floor_price(v, margin) for c, v in costs.as_dict().items()})
-
-    return at(policy.minimum_margin), at(policy.target_margin)
-
-
 def gross_margin(revenue: Decimal, cost: Decimal) -> Decimal | None:
     """``(revenue - cost) / revenue`` (negative when selling below cost); ``None`` when
     revenue is 0."""
@@ -477,13 +467,3 @@ def gross_margin(revenue: Decimal, cost: Decimal) -> Decimal | None:
     with decimal.localcontext(_EXACT):
         profit = earned - spent
     return _DIVIDE.divide(profit, earned)
-
-
-def catalogue_cost_per_million_output(row: CatalogueRow, utilization: Decimal) -> Decimal:
-    """USD per 1M output tokens for a catalogue row rented at its listed rate and
-    throughput; ``MissingCostData`` naming whichever of the two is null."""
-    hourly, tokens_per_s = row.hourly_usd, row.output_tokens_per_s
-    if hourly is None or tokens_per_s is None:
-        fields = [("hourly_usd", hourly), ("output_tokens_per_s", tokens_per_s)]
-        raise MissingCostData(_missing_fields(fields), row.key)
-    return cost_per_million(hourly, tokens_per_s, utilization)

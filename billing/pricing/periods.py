@@ -73,10 +73,6 @@ def period_containing(anchor_day: int, instant: datetime) -> Period:
     return Period(start, month_day(start.year, start.month + 1, anchor_day))
 
 
-def period_after(period: Period, anchor_day: int) -> Period:
-    return period_containing(anchor_day, period.end)
-
-
 def segments(period: Period, spans: list[tuple[datetime, datetime | None, T]]) -> list[Segment[T]]:
     """Clip (start, end-or-None, item) spans to the period, in time order, dropping empties."""
     out: list[Segment[T]] = []

@@ -3,7 +3,7 @@
 Part of the pure pricing engine (billing/pricing/): no ORM, no I/O, no floats, stdlib only. Plans and usage are frozen dataclasses; amounts
 are ``Decimal`` (exact) beside ``int`` minor units (rounded once).
 
-Invariants (binding; tests/billing/test_pricing.py checks each one):
+Invariants (binding; tests/billing/pricing/test_rate.py checks each one):
 
 Quantities
 - A component's quantity is ``billable_tokens / unit_tokens`` in pricing units, a

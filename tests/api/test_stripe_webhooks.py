@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 
 from billing.models import Invoice, StripeEvent
 from billing.stripe import invoice_sync_stripe
-from tests.billing.test_stripe_sync import closed_invoice
+from tests.billing.test_stripe import closed_invoice
 from tests.fakes.stripe_server import FakeStripe, make_event, sign_webhook
 
 pytestmark = pytest.mark.django_db

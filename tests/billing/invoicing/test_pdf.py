@@ -306,11 +306,11 @@ def test_renders_are_byte_identical() -> None:
 def test_renders_are_byte_identical_across_processes() -> None:
     # A stored invoice re-rendered later, in another worker, must give the same file.
     script = (
-        "import hashlib, sys; from tests.billing.test_pdf import make_doc, many_lines; "
+        "import hashlib, sys; from tests.billing.invoicing.test_pdf import make_doc, many_lines; "
         "from billing.invoicing.pdf import render_invoice_pdf; "
         "sys.stdout.write(hashlib.sha256(render_invoice_pdf(make_doc(lines=many_lines(60)))).hexdigest())"
     )
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     elsewhere = subprocess.run(
         [sys.executable, "-c", script],
         cwd=root,

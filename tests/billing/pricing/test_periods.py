@@ -7,7 +7,6 @@ from billing.pricing.periods import (
     Period,
     calendar_month,
     ceil_hour,
-    period_after,
     period_containing,
     segments,
 )
@@ -33,10 +32,7 @@ def test_period_containing(anchor: int, instant: datetime, start: datetime, end:
     assert period_containing(anchor, instant) == Period(start, end)
 
 
-def test_period_after_and_bad_anchor() -> None:
-    assert period_after(Period(dt(2026, 12, 1), dt(2027, 1, 1)), 1) == Period(
-        dt(2027, 1, 1), dt(2027, 2, 1)
-    )
+def test_a_bad_anchor_is_refused() -> None:
     with pytest.raises(ValueError):
         period_containing(29, dt(2026, 1, 1))
 
