@@ -30,13 +30,6 @@ def plan_create(*, code: str, name: str) -> Plan:
     return Plan.objects.create(code=code, name=name)
 
 
-def _issues_payload(issues: list[PlanIssue]) -> list[dict[str, Any]]:
-    return [
-        {"severity": i.severity, "code": i.code, "message": i.message, "component": i.component_key}
-        for i in issues
-    ]
-
-
 @transaction.atomic
 def plan_version_create(
     *,
@@ -90,9 +83,7 @@ def plan_version_create(
         )
     errors = [i for i in plan_version_issues(version=version) if i.severity == "error"]
     if errors:
-        raise PlanInvalid(
-            "The plan version is invalid.", {"issues": _issues_payload(errors)}, issues=errors
-        )
+        raise PlanInvalid.of(errors, "The plan version is invalid.")
     return version
 
 
@@ -143,9 +134,7 @@ def plan_version_publish(*, version: PlanVersion) -> PlanVersion:
         return version  # idempotent
     errors = [i for i in plan_version_issues(version=version) if i.severity == "error"]
     if errors:
-        raise PlanInvalid(
-            "The plan version is invalid.", {"issues": _issues_payload(errors)}, issues=errors
-        )
+        raise PlanInvalid.of(errors, "The plan version is invalid.")
     version.status = PlanVersion.Status.PUBLISHED
     version.published_at = timezone.now()
     version.save(update_fields=["status", "published_at"])

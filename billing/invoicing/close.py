@@ -223,49 +223,15 @@ def periods_close(
     # refuse to close (the task retries) until every writer reports its spool loaded.
     spool_guard(spool_dir=settings.RECKON_LEDGER_SPOOL_DIR, redis_url=settings.REDIS_URL)
 
-    subscriptions: dict[uuid.UUID, list[Subscription]] = {}
-    for s in (
-        Subscription.objects.filter(
-            tenant_id__in=todo, starts_at__lt=period_start + timedelta(days=32)
-        )
-        .filter(Q(ends_at__isnull=True) | Q(ends_at__gt=period_start))
-        .select_related("plan_version__plan")
-        .order_by("starts_at")
-    ):
-        subscriptions.setdefault(s.tenant_id, []).append(s)
-    missing = [t for t in todo if t not in subscriptions]
-    if missing:
-        raise NotFound(f"No subscription at {period_start:%Y-%m-%d} for tenant(s) {missing}.")
-    period = period_containing(subscriptions[todo[0]][0].anchor_day, period_start)
-    for t in todo:
-        if period_containing(subscriptions[t][0].anchor_day, period_start) != period:
-            raise ApplicationError(f"{period_start:%Y-%m-%d %H:%M} is not a period start for {t}.")
-    grace = timedelta(hours=settings.RECKON_INVOICE_GRACE_HOURS if enforce_grace else 0)
-    if period.end + grace > as_of:
-        raise NotDue(f"Period {period.label} closes after its grace period ({grace}).")
-
+    subscriptions = _subscriptions_around(tenant_ids=todo, period_start=period_start)
+    period = _period_due(
+        subscriptions=subscriptions, period_start=period_start, as_of=as_of, grace=enforce_grace
+    )
     # Taken before any rollup is read: what committed below it is in these ratings; what
     # commits at or above it is found as late usage at the next close.
     watermark = usage_watermark()
-    # Tenants on one plan for the whole period are rated from one bulk usage query.
-    usage = usage_totals_for_tenants(tenant_ids=todo, start=period.start, end=period.end)
+    ratings = _ratings(subscriptions=subscriptions, period=period)
     adjustments = late_usage_adjustments(tenant_ids=todo, before=period, watermark=watermark)
-    ratings: dict[uuid.UUID, PeriodRating] = {}
-    for t in todo:
-        subs = [s for s in subscriptions[t] if s.starts_at < period.end]
-        whole = (
-            len(subs) == 1
-            and subs[0].starts_at <= period.start
-            and (subs[0].ends_at is None or subs[0].ends_at >= period.end)
-        )
-        ratings[t] = period_rate(
-            tenant_id=t,
-            period=period,
-            subscriptions=subs,
-            usage_source=(lambda tenant, _s, _e: usage.get(tenant, NO_USAGE))
-            if whole
-            else usage_from_rollups,
-        )
     lines = {
         t: invoice_lines_from_rating(ratings[t], watermark) + adjustments.get(t, []) for t in todo
     }
@@ -284,6 +250,74 @@ def periods_close(
     )
     checkpoint("after_finalize")
     return [done[t] for t in ids]
+
+
+def _subscriptions_around(
+    *, tenant_ids: list[uuid.UUID], period_start: datetime
+) -> dict[uuid.UUID, list[Subscription]]:
+    """Each tenant's subscriptions that may overlap the period starting at `period_start`
+    (oldest first), keyed in `tenant_ids` order (invoice numbers follow it); NotFound
+    naming every tenant without one."""
+    subscriptions: dict[uuid.UUID, list[Subscription]] = {}
+    for s in (
+        Subscription.objects.filter(
+            tenant_id__in=tenant_ids, starts_at__lt=period_start + timedelta(days=32)
+        )
+        .filter(Q(ends_at__isnull=True) | Q(ends_at__gt=period_start))
+        .select_related("plan_version__plan")
+        .order_by("starts_at")
+    ):
+        subscriptions.setdefault(s.tenant_id, []).append(s)
+    missing = [t for t in tenant_ids if t not in subscriptions]
+    if missing:
+        raise NotFound(f"No subscription at {period_start:%Y-%m-%d} for tenant(s) {missing}.")
+    return {t: subscriptions[t] for t in tenant_ids}  # in the callers' order
+
+
+def _period_due(
+    *,
+    subscriptions: dict[uuid.UUID, list[Subscription]],
+    period_start: datetime,
+    as_of: datetime,
+    grace: bool,
+) -> Period:
+    """The one period every tenant's anchor day starts at `period_start`, if it is due
+    (ended, and its grace period over unless `grace` is False)."""
+    anchors = {t: subs[0].anchor_day for t, subs in subscriptions.items()}
+    period = period_containing(next(iter(anchors.values())), period_start)
+    for t, anchor_day in anchors.items():
+        if period_containing(anchor_day, period_start) != period:
+            raise ApplicationError(f"{period_start:%Y-%m-%d %H:%M} is not a period start for {t}.")
+    wait = timedelta(hours=settings.RECKON_INVOICE_GRACE_HOURS if grace else 0)
+    if period.end + wait > as_of:
+        raise NotDue(f"Period {period.label} closes after its grace period ({wait}).")
+    return period
+
+
+def _ratings(
+    *, subscriptions: dict[uuid.UUID, list[Subscription]], period: Period
+) -> dict[uuid.UUID, PeriodRating]:
+    """Rate each tenant's period. Tenants on one plan for the whole period are rated from
+    one bulk usage query; the others segment by segment from the rollups."""
+    tenants = list(subscriptions)
+    usage = usage_totals_for_tenants(tenant_ids=tenants, start=period.start, end=period.end)
+    ratings: dict[uuid.UUID, PeriodRating] = {}
+    for t in tenants:
+        subs = [s for s in subscriptions[t] if s.starts_at < period.end]
+        whole = (
+            len(subs) == 1
+            and subs[0].starts_at <= period.start
+            and (subs[0].ends_at is None or subs[0].ends_at >= period.end)
+        )
+        ratings[t] = period_rate(
+            tenant_id=t,
+            period=period,
+            subscriptions=subs,
+            usage_source=(lambda tenant, _s, _e: usage.get(tenant, NO_USAGE))
+            if whole
+            else usage_from_rollups,
+        )
+    return ratings
 
 
 def invoice_finalize(

@@ -52,11 +52,19 @@ class PlanInvalid(ApplicationError):
         super().__init__(message, extra)
 
     @classmethod
-    def of(cls, issues: Sequence[PlanIssue]) -> PlanInvalid:
-        """The error ``rate`` raises: the message names every issue."""
+    def of(cls, issues: Sequence[PlanIssue], message: str = "") -> PlanInvalid:
+        """The error for these issues; the default message names every one."""
         summary = "; ".join(f"{i.code}: {i.message}" for i in issues)
-        payload = [{"severity": i.severity, "code": i.code, "message": i.message} for i in issues]
-        return cls(f"invalid plan: {summary}", {"issues": payload}, issues=issues)
+        payload = [
+            {
+                "severity": i.severity,
+                "code": i.code,
+                "message": i.message,
+                "component": i.component_key,
+            }
+            for i in issues
+        ]
+        return cls(message or f"invalid plan: {summary}", {"issues": payload}, issues=issues)
 
 
 def validate_plan(plan: PricePlan) -> list[PlanIssue]:
