@@ -29,7 +29,6 @@ from metering.models import ServingCostRate
 
 SEED_FROM = datetime(2020, 1, 1, tzinfo=UTC)
 RATE_QUANTUM = Decimal("1e-18")  # rates are stored with 18 decimals (rounded half-up once)
-MILLION = Decimal(1_000_000)
 
 
 class CannotPrice(ApplicationError):

@@ -326,25 +326,18 @@ class Throughput:
         _non_negative(self.cache_write_factor, "cache_write_factor")
 
 
-def _per_million(
-    numerator_usd_per_hour: Decimal, tokens_per_s: Decimal, utilization: Decimal
-) -> Decimal:
-    with decimal.localcontext(_EXACT):
-        numerator = numerator_usd_per_hour * TOKENS_PER_PRICE_UNIT
-        denominator = tokens_per_s * SECONDS_PER_HOUR * utilization
-    return _DIVIDE.divide(numerator, denominator)
-
-
 def cost_per_million(hourly: Decimal, tokens_per_s: Decimal, utilization: Decimal) -> Decimal:
     """USD per 1M tokens: ``hourly / (tokens_per_s * 3600 * utilization) * 1_000_000``.
 
     The exact quotient rounded once to 50 significant digits (ROUND_HALF_EVEN).
     """
-    return _per_million(
-        _non_negative(hourly, "hourly"),
-        _positive(tokens_per_s, "tokens_per_s"),
-        _utilization(utilization),
-    )
+    rate = _non_negative(hourly, "hourly")
+    speed = _positive(tokens_per_s, "tokens_per_s")
+    busy = _utilization(utilization)
+    with decimal.localcontext(_EXACT):
+        numerator = rate * TOKENS_PER_PRICE_UNIT
+        denominator = speed * SECONDS_PER_HOUR * busy
+    return _DIVIDE.divide(numerator, denominator)
 
 
 @dataclass(frozen=True)
@@ -386,11 +379,11 @@ def class_costs(hourly: Decimal, throughput: Throughput, *, accelerator: str = "
     with decimal.localcontext(_EXACT):
         read_rate = rate * read_factor
         write_rate = rate * write_factor
-    output = _per_million(rate, decode, utilization)
+    output = cost_per_million(rate, decode, utilization)
     return ClassCosts(
-        input=_per_million(rate, prefill, utilization),
-        cache_read=_per_million(read_rate, prefill, utilization),
-        cache_write=_per_million(write_rate, prefill, utilization),
+        input=cost_per_million(rate, prefill, utilization),
+        cache_read=cost_per_million(read_rate, prefill, utilization),
+        cache_write=cost_per_million(write_rate, prefill, utilization),
         output=output,
         reasoning=output,
     )
