@@ -3,8 +3,10 @@ metering at start-up (BillingConfig.ready) so the proxy can read it without impo
 billing:
 
 - list prices: what one million tokens of each class costs on an alias under the current
-  plan, at the component's HIGHEST marginal price (allowances not deducted). Spend counted
-  this way is never below what the invoice will charge, so a limit holds for the invoice;
+  plan, at the HIGHEST marginal price of the component covering it (the rating's own
+  rule, `component_covering`: reasoning without a component of its own is priced as
+  output; allowances not deducted). Spend counted this way is never below what the
+  invoice will charge, so a limit holds for the invoice;
 - the plan's reasoning governance and monthly reasoning-token budget;
 - the prepaid balance that stops calls, and the tenant's alert thresholds."""
 

@@ -26,6 +26,7 @@ from billing.models import (
 )
 from config.errors import ApplicationError, NotFound
 from metering.models import ServingCostRate
+from metering.usage import TOKEN_CLASSES
 
 SEED_FROM = datetime(2020, 1, 1, tzinfo=UTC)
 RATE_QUANTUM = Decimal("1e-18")  # rates are stored with 18 decimals (rounded half-up once)
@@ -200,11 +201,7 @@ def cost_rate_publish(*, alias: str, at: datetime) -> ServingCostRate:
         alias=alias,
         accelerator=deployment.accelerator.key,
         effective_from=at,
-        input_usd=q["input"],
-        cache_read_usd=q["cache_read"],
-        cache_write_usd=q["cache_write"],
-        output_usd=q["output"],
-        reasoning_usd=q["reasoning"],
+        **{f"{token_class}_usd": q[token_class] for token_class in TOKEN_CLASSES},
         source={
             "deployment_id": deployment.pk,
             "deployment_version": deployment.version,
@@ -219,10 +216,7 @@ def cost_rate_publish(*, alias: str, at: datetime) -> ServingCostRate:
 
 
 def rate_costs(rate: ServingCostRate) -> formulas.ClassCosts:
+    """A published rate's per-class costs (column ``<token class>_usd``)."""
     return formulas.ClassCosts(
-        input=rate.input_usd,
-        cache_read=rate.cache_read_usd,
-        cache_write=rate.cache_write_usd,
-        output=rate.output_usd,
-        reasoning=rate.reasoning_usd,
+        **{token_class: getattr(rate, f"{token_class}_usd") for token_class in TOKEN_CLASSES}
     )

@@ -3,7 +3,8 @@ dataclasses, and the one rule for which component covers an alias's tokens.
 
 ``PricePlan`` and ``ComponentPrice`` are the engine's view of a published
 ``billing.models.PlanVersion`` and its ``PriceComponent`` rows
-(``billing.selectors.plan_version_pricing`` builds them). Pure: stdlib only.
+(``billing.selectors.plan_version_pricing`` builds them). Pure: no ORM, no I/O; the
+token-class names come from their one home, metering/usage.py (itself pure).
 """
 
 from __future__ import annotations
