@@ -6,6 +6,8 @@ class BillingConfig(AppConfig):
     verbose_name = "Billing"
 
     def ready(self) -> None:
+        # Imported once the app registry is ready (billing.terms reads models), not at
+        # module import; metering never imports billing: it calls what is registered.
         from billing.terms import tenant_terms
         from metering.proxy.context import register_tenant_terms_provider
 

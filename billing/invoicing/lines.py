@@ -33,7 +33,7 @@ INVOICE_LINE_FIELDS = [
 ]
 
 
-def tier_charges_data(tiers: tuple[TierCharge, ...]) -> list[dict[str, Any]]:
+def _tier_charges_data(tiers: tuple[TierCharge, ...]) -> list[dict[str, Any]]:
     return [
         {
             "tier": t.tier_index,
@@ -47,6 +47,8 @@ def tier_charges_data(tiers: tuple[TierCharge, ...]) -> list[dict[str, Any]]:
 
 
 def invoice_lines_from_rating(rating: PeriodRating, watermark: int = 0) -> list[InvoiceLine]:
+    """Unsaved lines for every rated line of every segment, in order; `watermark` is the
+    commit watermark the rating read under (0 when recomputing from raw records)."""
     lines = []
     for segment in rating.segments:
         for rated in segment.rated.lines:
@@ -65,7 +67,7 @@ def invoice_lines_from_rating(rating: PeriodRating, watermark: int = 0) -> list[
                     allowance_tokens=rated.allowance_tokens,
                     billable_tokens=rated.billable_tokens,
                     quantity=rated.quantity,
-                    tiers=tier_charges_data(rated.tiers),
+                    tiers=_tier_charges_data(rated.tiers),
                     amount_exact=rated.amount_exact,
                     amount_minor=rated.amount_minor,
                     usage_cutoff_record_id=rating.cutoff_record_id,
