@@ -12,12 +12,23 @@ from django.db.models import Q, Sum
 from billing.invoicing.lines import invoice_lines_from_rating
 from billing.models import Invoice, InvoiceLine
 from billing.pricing.periods import Period
-from billing.rating import period_rate
+from billing.rating import UsageSource, period_rate
 from metering.selectors import UsageTotals, usage_totals_from_records
 
 Status = Invoice.Status
 Kind = InvoiceLine.Kind
 STORED_PRECISION = Decimal("1e-12")  # InvoiceLine.amount_exact keeps 12 decimals
+
+
+def _raw_records_up_to(cutoff: int) -> UsageSource:
+    """A usage source reading raw ledger records with ids up to `cutoff` (not rollups)."""
+
+    def raw(tenant_id: uuid.UUID, start: datetime, end: datetime) -> UsageTotals:
+        return usage_totals_from_records(
+            tenant_id=tenant_id, start=start, end=end, max_record_id=cutoff
+        )
+
+    return raw
 
 
 @dataclass(frozen=True)
@@ -33,17 +44,10 @@ def invoice_recompute(*, invoice: Invoice) -> list[LineDifference]:
     cut-off, through the same rating as the close, and list the differences (none =
     reproducible). Plan versions never change and plan changes cannot reach into an
     invoiced period, so the segments are the ones the invoice was built from."""
-    cutoff = invoice.usage_cutoff_record_id
-
-    def raw(tenant_id: uuid.UUID, start: datetime, end: datetime) -> UsageTotals:
-        return usage_totals_from_records(
-            tenant_id=tenant_id, start=start, end=end, max_record_id=cutoff
-        )
-
     rating = period_rate(
         tenant_id=invoice.tenant_id,
         period=Period(invoice.period_start, invoice.period_end),
-        usage_source=raw,
+        usage_source=_raw_records_up_to(invoice.usage_cutoff_record_id),
     )
     fresh = invoice_lines_from_rating(rating)
     own = [
@@ -94,17 +98,10 @@ def _recompute_adjustment(invoice: Invoice, line: InvoiceLine) -> list[LineDiffe
     )
     if adjusted is None:
         return [LineDifference(line.position, "adjusted_invoice", "present", None)]
-    cutoff = line.usage_cutoff_record_id
-
-    def raw(tenant_id: uuid.UUID, start: datetime, end: datetime) -> UsageTotals:
-        return usage_totals_from_records(
-            tenant_id=tenant_id, start=start, end=end, max_record_id=cutoff
-        )
-
     expected = period_rate(
         tenant_id=invoice.tenant_id,
         period=Period(adjusted.period_start, adjusted.period_end),
-        usage_source=raw,
+        usage_source=_raw_records_up_to(line.usage_cutoff_record_id),
     ).total_minor
     billed = (
         InvoiceLine.objects.filter(
