@@ -132,7 +132,7 @@ class MarginPolicyInput(serializers.Serializer):
 
     def validate(self, attrs):  # type: ignore[no-untyped-def]
         try:
-            formulas.MarginPolicy(attrs["target_margin"], attrs["minimum_margin"])
+            formulas.Margins(attrs["target_margin"], attrs["minimum_margin"])
         except ValueError as exc:
             raise ValidationError({"margins": str(exc)}) from exc
         return attrs
@@ -296,7 +296,7 @@ class WhatIfView(APIView):
         policy = None
         if "target_margin" in q or "minimum_margin" in q:
             try:
-                policy = formulas.MarginPolicy(
+                policy = formulas.Margins(
                     q.get("target_margin", Decimal(0)), q.get("minimum_margin", Decimal(0))
                 )
             except (ValueError, ArithmeticError) as exc:

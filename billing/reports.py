@@ -132,7 +132,7 @@ class WhatIf:
     target_revenue_usd: Decimal  # alternative cost / (1 - target margin)
     actual_margin: Decimal | None
     alternative_margin: Decimal | None
-    policy: formulas.MarginPolicy
+    policy: formulas.Margins
 
 
 def whatif(
@@ -141,7 +141,7 @@ def whatif(
     accelerator_key: str,
     tenant_id: uuid.UUID | None = None,
     alias: str | None = None,
-    policy: formulas.MarginPolicy | None = None,
+    policy: formulas.Margins | None = None,
 ) -> WhatIf:
     """Re-price a past period's usage (one tenant, one alias, or both) on another
     accelerator type and/or margin policy, beside what it actually cost and earned."""
@@ -173,7 +173,7 @@ def whatif(
         alternative += formulas.usage_cost(costs, alias_tokens)
     policy = policy or margin_policy_in_force(accelerator_key=accelerator.key, at=period.end)
     if policy is None:
-        policy = formulas.MarginPolicy(Decimal(0), Decimal(0))
+        policy = formulas.Margins(Decimal(0), Decimal(0))
     revenue = sum((r.revenue_usd for r in selected), Decimal(0))
     actual = sum((r.cost_usd for r in selected), Decimal(0))
     return WhatIf(

@@ -429,7 +429,9 @@ def reasoning_share_of_cost(costs: ClassCosts, tokens: Mapping[str, int]) -> Dec
 
 
 @dataclass(frozen=True)
-class MarginPolicy:
+class Margins:
+    """A margin policy's two margins, checked (the stored policy is billing.models.MarginPolicy)."""
+
     target_margin: Decimal  # gross margin list prices aim for, in [0, 1)
     minimum_margin: Decimal  # gross margin no price may go below, in [0, target]
 

@@ -26,7 +26,7 @@ def margin_policy_set(
     minimum_margin: Decimal,
     effective_from: datetime,
 ) -> MarginPolicy:
-    formulas.MarginPolicy(target_margin=target_margin, minimum_margin=minimum_margin)  # validates
+    formulas.Margins(target_margin=target_margin, minimum_margin=minimum_margin)  # validates
     return MarginPolicy.objects.create(
         accelerator=accelerator,
         target_margin=target_margin,
@@ -35,7 +35,7 @@ def margin_policy_set(
     )
 
 
-def margin_policy_in_force(*, accelerator_key: str, at: datetime) -> formulas.MarginPolicy | None:
+def margin_policy_in_force(*, accelerator_key: str, at: datetime) -> formulas.Margins | None:
     policy = (
         MarginPolicy.objects.filter(accelerator__key=accelerator_key, effective_from__lte=at)
         .order_by("-effective_from", "-id")
@@ -43,7 +43,7 @@ def margin_policy_in_force(*, accelerator_key: str, at: datetime) -> formulas.Ma
     )
     if policy is None:
         return None
-    return formulas.MarginPolicy(Decimal(policy.target_margin), Decimal(policy.minimum_margin))
+    return formulas.Margins(Decimal(policy.target_margin), Decimal(policy.minimum_margin))
 
 
 def floor_breaches(plan: PricePlan, *, at: datetime | None = None) -> list[PlanIssue]:

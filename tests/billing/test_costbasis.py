@@ -22,7 +22,7 @@ from billing.costs.formulas import (
     TOKEN_CLASSES,
     CatalogueRow,
     ClassCosts,
-    MarginPolicy,
+    Margins,
     MissingCostData,
     OwnedCost,
     RentedCost,
@@ -425,10 +425,10 @@ def test_floor_price() -> None:
 
 
 def test_margin_policy_validates() -> None:
-    MarginPolicy(target_margin=Decimal("0.4"), minimum_margin=Decimal("0.4"))
+    Margins(target_margin=Decimal("0.4"), minimum_margin=Decimal("0.4"))
     for target, minimum in (("0.3", "0.4"), ("1", "0.2"), ("0.5", "-0.1")):
         with pytest.raises(ValueError):
-            MarginPolicy(target_margin=Decimal(target), minimum_margin=Decimal(minimum))
+            Margins(target_margin=Decimal(target), minimum_margin=Decimal(minimum))
 
 
 def test_gross_margin() -> None:
