@@ -172,12 +172,9 @@ def period_close(
     tenant_id: uuid.UUID,
     period_start: datetime,
     as_of: datetime | None = None,
-    enforce_grace: bool = True,
 ) -> Invoice:
     """Build and finalize one tenant's invoice for a period (see `periods_close`)."""
-    (invoice,) = periods_close(
-        tenant_ids=[tenant_id], period_start=period_start, as_of=as_of, enforce_grace=enforce_grace
-    )
+    (invoice,) = periods_close(tenant_ids=[tenant_id], period_start=period_start, as_of=as_of)
     return invoice
 
 
@@ -187,16 +184,14 @@ def periods_close(
     tenant_ids: Sequence[uuid.UUID | str],
     period_start: datetime,
     as_of: datetime | None = None,
-    enforce_grace: bool = True,
 ) -> list[Invoice]:
     """Build and finalize the invoices of many tenants for the period starting at
     `period_start`, in ONE transaction, with set-based queries (returned in tenant order).
 
     Safe to run twice: a tenant whose period already has a finalized invoice gets that
     invoice back, untouched. A crash anywhere leaves nothing behind, and the numbers
-    taken are given back, so a re-run issues the same numbers. An operator may close an
-    ended period before its grace period is over (`enforce_grace=False`); a period that
-    has not ended is never closed."""
+    taken are given back, so a re-run issues the same numbers. A period is closed only
+    once its grace period (RECKON_INVOICE_GRACE_HOURS) is over."""
     as_of = as_of or timezone.now()
     ids = sorted({uuid.UUID(str(t)) for t in tenant_ids})
     # One close (or plan change) per tenant at a time; the live-invoice constraint backs it.
@@ -224,9 +219,7 @@ def periods_close(
     spool_guard(spool_dir=settings.RECKON_LEDGER_SPOOL_DIR, redis_url=settings.REDIS_URL)
 
     subscriptions = _subscriptions_around(tenant_ids=todo, period_start=period_start)
-    period = _period_due(
-        subscriptions=subscriptions, period_start=period_start, as_of=as_of, grace=enforce_grace
-    )
+    period = _period_due(subscriptions=subscriptions, period_start=period_start, as_of=as_of)
     # Taken before any rollup is read: what committed below it is in these ratings; what
     # commits at or above it is found as late usage at the next close.
     watermark = usage_watermark()
@@ -279,18 +272,17 @@ def _period_due(
     subscriptions: dict[uuid.UUID, list[Subscription]],
     period_start: datetime,
     as_of: datetime,
-    grace: bool,
 ) -> Period:
     """The one period every tenant's anchor day starts at `period_start`, if it is due
-    (ended, and its grace period over unless `grace` is False)."""
+    (ended, and its grace period over at `as_of`)."""
     anchors = {t: subs[0].anchor_day for t, subs in subscriptions.items()}
     period = period_containing(next(iter(anchors.values())), period_start)
     for t, anchor_day in anchors.items():
         if period_containing(anchor_day, period_start) != period:
             raise ApplicationError(f"{period_start:%Y-%m-%d %H:%M} is not a period start for {t}.")
-    wait = timedelta(hours=settings.RECKON_INVOICE_GRACE_HOURS if grace else 0)
-    if period.end + wait > as_of:
-        raise NotDue(f"Period {period.label} closes after its grace period ({wait}).")
+    grace = timedelta(hours=settings.RECKON_INVOICE_GRACE_HOURS)
+    if period.end + grace > as_of:
+        raise NotDue(f"Period {period.label} closes after its grace period ({grace}).")
     return period
 
 
