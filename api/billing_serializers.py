@@ -10,6 +10,7 @@ from rest_framework import serializers
 
 from api.serializers import MAX_BIGINT, InstantField
 from billing.balances import BalanceState, Credit
+from billing.invoicing.lines import tier_charges_data
 from billing.models import BalanceEntry, Plan, PlanVersion, PriceComponent, Subscription
 from billing.pricing.currency import decimal_text as exact
 from billing.pricing.currency import from_minor, is_known_currency
@@ -32,16 +33,7 @@ def rated_line_data(line: RatedLine, currency: str) -> dict[str, Any]:
         "allowance_tokens": line.allowance_tokens,
         "billable_tokens": line.billable_tokens,
         "quantity": exact(line.quantity),
-        "tiers": [
-            {
-                "tier": t.tier_index,
-                "quantity": exact(t.quantity),
-                "unit_price": exact(t.unit_price),
-                "flat_fee": exact(t.flat_fee),
-                "amount": exact(t.amount),
-            }
-            for t in line.tiers
-        ],
+        "tiers": tier_charges_data(line.tiers),
         "amount_exact": exact(line.amount_exact),
         "amount_minor": line.amount_minor,
         "amount": str(from_minor(line.amount_minor, currency)),

@@ -33,7 +33,9 @@ INVOICE_LINE_FIELDS = [
 ]
 
 
-def _tier_charges_data(tiers: tuple[TierCharge, ...]) -> list[dict[str, Any]]:
+def tier_charges_data(tiers: tuple[TierCharge, ...]) -> list[dict[str, Any]]:
+    """A rated line's tier charges as stored on the invoice line (and shown by the API):
+    exact decimals as strings."""
     return [
         {
             "tier": t.tier_index,
@@ -67,7 +69,7 @@ def invoice_lines_from_rating(rating: PeriodRating, watermark: int = 0) -> list[
                     allowance_tokens=rated.allowance_tokens,
                     billable_tokens=rated.billable_tokens,
                     quantity=rated.quantity,
-                    tiers=_tier_charges_data(rated.tiers),
+                    tiers=tier_charges_data(rated.tiers),
                     amount_exact=rated.amount_exact,
                     amount_minor=rated.amount_minor,
                     usage_cutoff_record_id=rating.cutoff_record_id,
