@@ -1,10 +1,11 @@
 """Enqueueing billing's Celery tasks from services.
 
 billing/tasks.py imports the services (each task calls one service), so a service never
-imports billing.tasks: it names the task here, by its registered name, and the task is
-looked up in the Celery app when it is sent (eager mode and the worker see the same task
-object). The names never change (queued messages and the beat schedule use them);
-billing/tasks.py registers each of these tasks under the constant below.
+imports billing.tasks: it names the task here, by its registered name. When the task is
+registered in this process (Django's admin autodiscovery imports billing.tasks through
+billing.admin) it is sent as that task, so eager mode runs it in-process; otherwise the
+message is sent by name for a worker. The names never change (queued messages and the
+beat schedule use them); billing/tasks.py registers each task under the constant below.
 """
 
 from typing import Any
@@ -20,7 +21,7 @@ ALERT_DELIVER = "billing.alert_deliver"
 
 def enqueue(task_name: str, *args: Any) -> None:
     """Send one task now."""
-    app.tasks[task_name].delay(*args)
+    app.signature(task_name, args=args).delay()
 
 
 def enqueue_on_commit(task_name: str, *args: Any) -> None:

@@ -1,6 +1,8 @@
 """Celery task names never change (queued messages and the beat schedule use them), and
 every task a service enqueues by name (billing/enqueue.py) is registered under it."""
 
+import pytest
+
 from billing import enqueue, tasks
 from config.celery import app
 
@@ -32,3 +34,22 @@ def test_every_name_services_enqueue_is_a_registered_task() -> None:
         enqueue.ALERT_DELIVER,
     ):
         assert app.tasks[name].name == name
+
+
+@pytest.mark.django_db
+def test_a_service_enqueues_by_name_once_committed(
+    django_capture_on_commit_callbacks,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sent: list[tuple[object, ...]] = []
+    monkeypatch.setattr(
+        tasks.sync_invoice_to_stripe,
+        "apply_async",
+        lambda args=None, kwargs=None, **options: sent.append(tuple(args or ())),
+    )
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        enqueue.enqueue_on_commit(enqueue.SYNC_INVOICE_TO_STRIPE, 42)
+    assert sent == []  # nothing before the commit
+    for callback in callbacks:
+        callback()
+    assert sent == [(42,)]
