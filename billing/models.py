@@ -251,6 +251,8 @@ class Invoice(models.Model):
     class Meta:
         ordering = ["-period_start", "-id"]
         permissions = [
+            # Checked by nothing since invoices stopped being drafts; removing it would
+            # take a migration.
             ("finalize_invoice", "Can finalize draft invoices"),
             ("void_invoice", "Can void invoices"),
             ("resend_invoice", "Can resend invoices to Stripe"),
