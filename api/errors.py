@@ -15,19 +15,10 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from billing.pricing import InvalidPlanError
 from config.errors import ApplicationError
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    if isinstance(exc, InvalidPlanError):
-        issues = [
-            {"severity": i.severity, "code": i.code, "message": i.message} for i in exc.issues
-        ]
-        return Response(
-            {"error": {"code": "plan_invalid", "message": str(exc), "detail": {"issues": issues}}},
-            status=400,
-        )
     if isinstance(exc, ApplicationError):
         return Response(
             {"error": {"code": exc.code, "message": exc.message, "detail": exc.extra}},

@@ -32,7 +32,7 @@ BENCH_DB = "reckon_cpu_bench"
 PRICED = """
 from datetime import UTC, datetime
 from billing.models import PlanVersion
-from billing.services import subscription_create
+from billing.plans import subscription_create
 from metering.services import api_key_create, tenant_allow_routes, tenant_create
 tenant = tenant_create(name="bench-priced")
 tenant_allow_routes(tenant=tenant, aliases=["bench-reasoner"])

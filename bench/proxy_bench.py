@@ -127,7 +127,7 @@ def seed(database_url: str, sim_url: str) -> str:
 CONTROLLED = """
 from datetime import UTC, datetime
 from decimal import Decimal
-from billing.services import plan_create, plan_version_create, plan_version_publish, subscription_create
+from billing.plans import plan_create, plan_version_create, plan_version_publish, subscription_create
 from metering.models import RateLimit, ReasoningPolicy, SpendLimit, Route
 from metering.services import api_key_create, tenant_allow_routes, tenant_create
 t0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -9,8 +9,8 @@ from django.utils.html import format_html_join
 from billing import permissions as perm
 from billing import tasks
 from billing.balances import BalanceState, available_at, balance_state, credits_of
-from billing.documents import invoice_pdf
-from billing.invoicing import credit_note_issue, invoice_transition, period_close
+from billing.invoicing.documents import invoice_pdf
+from billing.invoicing.lifecycle import credit_note_issue, invoice_transition
 from billing.models import (
     AcceleratorType,
     Alert,
@@ -33,7 +33,7 @@ from billing.models import (
     Subscription,
     WebhookEndpoint,
 )
-from billing.services import plan_version_issues, plan_version_publish
+from billing.plans import plan_version_issues, plan_version_publish
 from config.errors import ApplicationError
 
 
@@ -218,16 +218,13 @@ class InvoiceAdmin(admin.ModelAdmin):
     date_hierarchy = "period_start"
     inlines = [InvoiceLineInline, CreditNoteInline]
     readonly_fields = [f.name for f in Invoice._meta.fields]
-    actions = ["finalize", "void", "full_credit_note", "resend_to_stripe", "download_pdf"]
+    actions = ["void", "full_credit_note", "resend_to_stripe", "download_pdf"]
 
     def has_add_permission(self, request):  # type: ignore[no-untyped-def]
         return False
 
     def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
         return False
-
-    def has_finalize_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(perm.INVOICE_FINALIZE)
 
     def has_void_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(perm.INVOICE_VOID)
@@ -247,18 +244,6 @@ class InvoiceAdmin(admin.ModelAdmin):
                 action(invoice)
             except ApplicationError as exc:
                 self.message_user(request, f"{invoice}: {exc.message}", messages.ERROR)
-
-    @admin.action(description="Finalize drafts (close their period now)", permissions=["finalize"])
-    def finalize(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
-        self._each(
-            request,
-            queryset.filter(status=Invoice.Status.DRAFT),
-            lambda i: period_close(
-                tenant_id=i.tenant_id,
-                period_start=i.period_start,
-                enforce_grace=False,
-            ),
-        )
 
     @admin.action(description="Void", permissions=["void"])
     def void(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:

@@ -26,7 +26,6 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Context, Decimal, Inexact, InvalidOperation, localcontext
-from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,6 +34,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from billing.balances import balance_state
+from billing.enqueue import ALERT_DELIVER, enqueue, enqueue_on_commit
 from billing.models import Alert, BalanceAccount, Subscription, WebhookEndpoint
 from billing.selectors import subscription_current
 from config.errors import ApplicationError
@@ -293,12 +293,6 @@ def tenants_with_budgets(at: datetime) -> list[uuid.UUID]:
 # --- writes ----------------------------------------------------------------------------
 
 
-def _schedule_delivery(alert_id: int) -> None:
-    from billing.tasks import alert_deliver_task  # tasks import services, not the reverse
-
-    alert_deliver_task.delay(alert_id)
-
-
 @transaction.atomic
 def alerts_evaluate(*, tenant_id: uuid.UUID, at: datetime | None = None) -> list[Alert]:
     """Record an alert for every threshold the tenant's budgets have crossed that has not
@@ -340,7 +334,7 @@ def alerts_evaluate(*, tenant_id: uuid.UUID, at: datetime | None = None) -> list
                 created.append(alert)
     for alert in created:
         if alert.delivery == Alert.Delivery.PENDING:
-            transaction.on_commit(partial(_schedule_delivery, alert.pk))
+            enqueue_on_commit(ALERT_DELIVER, alert.pk)
     return created
 
 
@@ -363,7 +357,7 @@ def alerts_evaluate_all(at: datetime | None = None) -> int:
         delivery=Alert.Delivery.PENDING, created_at__lt=at - STALE_PENDING
     ).values_list("pk", flat=True)
     for alert_id in stale:
-        _schedule_delivery(alert_id)
+        enqueue(ALERT_DELIVER, alert_id)
     return created
 
 

@@ -6,7 +6,9 @@ class BillingConfig(AppConfig):
     verbose_name = "Billing"
 
     def ready(self) -> None:
-        from billing.spend import tenant_terms
+        # Imported once the app registry is ready (billing.terms reads models), not at
+        # module import; metering never imports billing: it calls what is registered.
+        from billing.terms import tenant_terms
         from metering.control.terms import register_tenant_terms_provider
 
         register_tenant_terms_provider(tenant_terms)

@@ -20,9 +20,9 @@ from django.db.models import Count, Max, Q, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from billing.currency import from_minor, is_known_currency, quantize, to_minor
 from billing.models import BalanceAccount, BalanceEntry, Invoice, InvoiceLine
-from billing.periods import Period
+from billing.pricing.currency import from_minor, is_known_currency, quantize, to_minor
+from billing.pricing.periods import Period
 from config.errors import ApplicationError, Conflict, NotFound
 from metering.control.terms import BalanceTerms
 from metering.models import Tenant

@@ -22,9 +22,6 @@ def money(**options: Any) -> models.DecimalField:  # type: ignore[type-arg]
     return models.DecimalField(max_digits=38, decimal_places=12, **options)
 
 
-TOKEN_CLASSES = ("input", "cache_read", "cache_write", "output", "reasoning")
-
-
 class Plan(models.Model):
     code = models.SlugField(max_length=100, unique=True)
     name = models.CharField(max_length=200)
@@ -209,6 +206,8 @@ class InvoiceSequence(models.Model):
 
 class Invoice(models.Model):
     class Status(models.TextChoices):
+        # No invoice is a draft any more (a close issues it finalized); the choice, the
+        # default and the constraint below keep their migrations' state.
         DRAFT = "draft", "Draft"
         FINALIZED = "finalized", "Finalized"  # immutable from here on
         PAID = "paid", "Paid"
@@ -252,6 +251,8 @@ class Invoice(models.Model):
     class Meta:
         ordering = ["-period_start", "-id"]
         permissions = [
+            # Checked by nothing since invoices stopped being drafts; removing it would
+            # take a migration.
             ("finalize_invoice", "Can finalize draft invoices"),
             ("void_invoice", "Can void invoices"),
             ("resend_invoice", "Can resend invoices to Stripe"),
@@ -272,11 +273,7 @@ class Invoice(models.Model):
         indexes = [models.Index(fields=["status", "period_start"], name="invoice_status_period")]
 
     def __str__(self) -> str:
-        return self.number or f"draft #{self.pk}"
-
-    @property
-    def is_final(self) -> bool:
-        return self.status != self.Status.DRAFT
+        return self.number or f"invoice #{self.pk}"
 
 
 class InvoiceLine(models.Model):

@@ -19,18 +19,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from billing import costbasis, pricing
-from billing.hardware import (
+from billing.costs import formulas
+from billing.costs.catalogue import (
     CannotPrice,
     accelerator_get,
     class_costs_of,
     cost_basis_in_force,
     deployment_in_force,
-    margin_policy_in_force,
 )
-from billing.models import Deployment
-from billing.periods import Period
-from billing.services import period_rate
+from billing.costs.margins import margin_policy_in_force
+from billing.models import Deployment, Subscription
+from billing.pricing.periods import Period
+from billing.pricing.rate import RatedLine
+from billing.rating import period_rate
 from config.errors import ApplicationError, NotFound
 from metering.selectors import ServedTotals, served_totals
 
@@ -48,16 +49,14 @@ class MarginRow:
 
     @property
     def gross_margin(self) -> Decimal | None:
-        return costbasis.gross_margin(self.revenue_usd, self.cost_usd)
+        return formulas.gross_margin(self.revenue_usd, self.cost_usd)
 
     @property
     def reasoning_share_of_cost(self) -> Decimal | None:
         return None if self.cost_usd == 0 else self.reasoning_cost_usd / self.cost_usd
 
 
-def _line_weights(
-    line: pricing.RatedLine, served: list[ServedTotals]
-) -> list[tuple[ServedTotals, int]]:
+def _line_weights(line: RatedLine, served: list[ServedTotals]) -> list[tuple[ServedTotals, int]]:
     classes = [line.token_class or ""]
     if line.reasoning_tokens:
         classes.append("reasoning")  # reasoning folded into this output line
@@ -96,8 +95,6 @@ def margin_report(
         row.reasoning_cost_usd += s.reasoning_cost_usd
         for token_class, n in s.tokens.items():
             row.tokens[token_class] += n
-    from billing.models import Subscription
-
     tenants = set(
         Subscription.objects.filter(starts_at__lt=period.end).values_list("tenant_id", flat=True)
     )
@@ -135,7 +132,7 @@ class WhatIf:
     target_revenue_usd: Decimal  # alternative cost / (1 - target margin)
     actual_margin: Decimal | None
     alternative_margin: Decimal | None
-    policy: costbasis.MarginPolicy
+    policy: formulas.Margins
 
 
 def whatif(
@@ -144,7 +141,7 @@ def whatif(
     accelerator_key: str,
     tenant_id: uuid.UUID | None = None,
     alias: str | None = None,
-    policy: costbasis.MarginPolicy | None = None,
+    policy: formulas.Margins | None = None,
 ) -> WhatIf:
     """Re-price a past period's usage (one tenant, one alias, or both) on another
     accelerator type and/or margin policy, beside what it actually cost and earned."""
@@ -173,10 +170,10 @@ def whatif(
                     alias_tokens[token_class] += n
         costs = _alternative_costs(alias_name, accelerator_key, period.end)
         class_costs[alias_name] = costs.as_dict()
-        alternative += costbasis.usage_cost(costs, alias_tokens)
+        alternative += formulas.usage_cost(costs, alias_tokens)
     policy = policy or margin_policy_in_force(accelerator_key=accelerator.key, at=period.end)
     if policy is None:
-        policy = costbasis.MarginPolicy(Decimal(0), Decimal(0))
+        policy = formulas.Margins(Decimal(0), Decimal(0))
     revenue = sum((r.revenue_usd for r in selected), Decimal(0))
     actual = sum((r.cost_usd for r in selected), Decimal(0))
     return WhatIf(
@@ -188,15 +185,15 @@ def whatif(
         alternative_accelerator=accelerator.key,
         alternative_cost_usd=alternative,
         alternative_class_costs=class_costs,
-        floor_revenue_usd=costbasis.floor_price(alternative, policy.minimum_margin),
-        target_revenue_usd=costbasis.floor_price(alternative, policy.target_margin),
-        actual_margin=costbasis.gross_margin(revenue, actual),
-        alternative_margin=costbasis.gross_margin(revenue, alternative),
+        floor_revenue_usd=formulas.floor_price(alternative, policy.minimum_margin),
+        target_revenue_usd=formulas.floor_price(alternative, policy.target_margin),
+        actual_margin=formulas.gross_margin(revenue, actual),
+        alternative_margin=formulas.gross_margin(revenue, alternative),
         policy=policy,
     )
 
 
-def _alternative_costs(alias: str, accelerator_key: str, at: datetime) -> costbasis.ClassCosts:
+def _alternative_costs(alias: str, accelerator_key: str, at: datetime) -> formulas.ClassCosts:
     """Per-class cost of serving `alias` on another accelerator type: its own deployment
     there if one was ever measured, else the current deployment's throughput scaled by the
     catalogue's decode figures of the two types."""
@@ -212,7 +209,7 @@ def _alternative_costs(alias: str, accelerator_key: str, at: datetime) -> costba
     current = deployment_in_force(alias=alias, at=at)
     if current is None:
         raise NotFound(f"{alias!r} has no deployment to compare with.")
-    catalogue = {row.key: row for row in costbasis.load_catalogue()}
+    catalogue = {row.key: row for row in formulas.load_catalogue()}
     here, target = catalogue.get(current.accelerator.key), catalogue.get(accelerator_key)
     if not (here and target and here.output_tokens_per_s and target.output_tokens_per_s):
         raise CannotPrice(

@@ -6,11 +6,11 @@ from decimal import Decimal
 
 from django.db.models import Prefetch, Q, QuerySet
 
-from billing import pricing
 from billing.models import PlanVersion, PriceComponent, PriceTier, Subscription
-from billing.periods import Period
+from billing.pricing.periods import Period
+from billing.pricing.plan import ComponentPrice, PricePlan, Tier
 
-_PUBLISHED_CACHE: dict[int, pricing.PlanVersion] = {}
+_PUBLISHED_CACHE: dict[int, PricePlan] = {}
 
 
 def plan_version_queryset() -> QuerySet[PlanVersion]:
@@ -24,13 +24,13 @@ def plan_version_queryset() -> QuerySet[PlanVersion]:
     )
 
 
-def plan_version_pricing(version: PlanVersion) -> pricing.PlanVersion:
+def plan_version_pricing(version: PlanVersion) -> PricePlan:
     """The pure pricing view of a stored plan version (cached for published versions,
     which never change)."""
     if version.is_published and version.pk in _PUBLISHED_CACHE:
         return _PUBLISHED_CACHE[version.pk]
     components = tuple(
-        pricing.PriceComponent(
+        ComponentPrice(
             key=str(c.pk),
             token_class=c.token_class,
             charge_model=c.charge_model,
@@ -39,7 +39,7 @@ def plan_version_pricing(version: PlanVersion) -> pricing.PlanVersion:
             unit_price=Decimal(c.unit_price),
             package_units=Decimal(c.package_units),
             tiers=tuple(
-                pricing.Tier(
+                Tier(
                     up_to=None if t.up_to is None else Decimal(t.up_to),
                     unit_price=Decimal(t.unit_price),
                     flat_fee=Decimal(t.flat_fee),
@@ -52,7 +52,7 @@ def plan_version_pricing(version: PlanVersion) -> pricing.PlanVersion:
         )
         for c in version.components.all()
     )
-    plan = pricing.PlanVersion(
+    plan = PricePlan(
         currency=version.currency,
         components=components,
         base_fee=Decimal(version.base_fee),

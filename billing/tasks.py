@@ -1,5 +1,8 @@
 """Celery tasks: each takes ids and ISO dates and calls one service; idempotency lives in
-the services. Periodic tasks only fan out, and take `as_of` so a run can be replayed."""
+the services. Periodic tasks only fan out, and take `as_of` so a run can be replayed.
+
+Tasks import services; services never import this module (they enqueue through
+billing/enqueue.py, by the names registered here), so there is no cycle."""
 
 import uuid
 from datetime import datetime
@@ -10,8 +13,18 @@ from django.conf import settings
 from django.db import OperationalError
 from django.utils import timezone
 
-from billing.alerts import AlertDeliveryFailed
-from billing.invoicing import periods_due
+from billing.alerts import (
+    AlertDeliveryFailed,
+    alert_deliver,
+    alert_delivery_give_up,
+    alerts_evaluate,
+    alerts_evaluate_all,
+)
+from billing.balances import credits_expire
+from billing.enqueue import ALERT_DELIVER, SYNC_INVOICE_TO_STRIPE, VOID_INVOICE_IN_STRIPE
+from billing.invoicing.close import period_close, periods_close_or_each, periods_due
+from billing.models import Invoice
+from billing.stripe import invoice_sync_stripe, invoice_void_in_stripe, stripe_event_process
 from config.celery import RELIABLE_TASK
 from metering.ledger import SpoolPending, spool_guard
 
@@ -49,8 +62,6 @@ def close_due_periods(as_of: str | None = None) -> int:
 
 @shared_task(autoretry_for=CLOSE_TRANSIENT, **RELIABLE_TASK)
 def close_periods(period_start: str, tenant_ids: list[str], as_of: str | None = None) -> int:
-    from billing.invoicing import periods_close_or_each
-
     return len(
         periods_close_or_each(
             tenant_ids=tenant_ids,
@@ -62,8 +73,6 @@ def close_periods(period_start: str, tenant_ids: list[str], as_of: str | None = 
 
 @shared_task(autoretry_for=CLOSE_TRANSIENT, **RELIABLE_TASK)
 def close_period(tenant_id: str, period_start: str, as_of: str | None = None) -> int:
-    from billing.invoicing import period_close
-
     invoice = period_close(
         tenant_id=uuid.UUID(tenant_id),
         period_start=datetime.fromisoformat(period_start),
@@ -79,18 +88,14 @@ STRIPE_TRANSIENT = TRANSIENT + (
 )
 
 
-@shared_task(autoretry_for=STRIPE_TRANSIENT, **RELIABLE_TASK)
+@shared_task(name=SYNC_INVOICE_TO_STRIPE, autoretry_for=STRIPE_TRANSIENT, **RELIABLE_TASK)
 def sync_invoice_to_stripe(invoice_id: int) -> None:
-    from billing.stripe_sync import invoice_sync_stripe
-
     invoice_sync_stripe(invoice_id=invoice_id)
 
 
 @shared_task(**RELIABLE_TASK)
 def sync_pending_invoices() -> int:
     """Fan out: push every finalized invoice Stripe has not fully received yet."""
-    from billing.models import Invoice
-
     if not settings.STRIPE_API_KEY:
         return 0
     pending = list(
@@ -105,23 +110,17 @@ def sync_pending_invoices() -> int:
 
 @shared_task(autoretry_for=TRANSIENT, **RELIABLE_TASK)
 def process_stripe_event(event_pk: int) -> str:
-    from billing.stripe_sync import stripe_event_process
-
     return stripe_event_process(event_pk=event_pk).status
 
 
-@shared_task(autoretry_for=STRIPE_TRANSIENT, **RELIABLE_TASK)
+@shared_task(name=VOID_INVOICE_IN_STRIPE, autoretry_for=STRIPE_TRANSIENT, **RELIABLE_TASK)
 def void_invoice_in_stripe(invoice_id: int) -> None:
-    from billing.stripe_sync import invoice_void_in_stripe
-
     invoice_void_in_stripe(invoice_id=invoice_id)
 
 
 @shared_task(**RELIABLE_TASK)
 def expire_credits(as_of: str | None = None) -> int:
     """Periodic: write off what is left of grants no invoice can draw on any more."""
-    from billing.balances import credits_expire
-
     return credits_expire(as_of=_when(as_of))
 
 
@@ -131,16 +130,12 @@ def expire_credits(as_of: str | None = None) -> int:
 @shared_task(name="billing.alerts_evaluate", autoretry_for=TRANSIENT, **RELIABLE_TASK)
 def alerts_evaluate_task(tenant_id: str, as_of: str | None = None) -> int:
     """Record the thresholds one tenant has crossed (the proxy sends this by name)."""
-    from billing.alerts import alerts_evaluate
-
     return len(alerts_evaluate(tenant_id=uuid.UUID(tenant_id), at=_when(as_of)))
 
 
 @shared_task(name="billing.alerts_sweep", **RELIABLE_TASK)
 def alerts_sweep(as_of: str | None = None) -> int:
     """Periodic: evaluate every tenant that has a budget (catches what the proxy missed)."""
-    from billing.alerts import alerts_evaluate_all
-
     return alerts_evaluate_all(_when(as_of))
 
 
@@ -149,14 +144,12 @@ ALERT_DELIVERY_TASK = RELIABLE_TASK | {"retry_backoff_max": 600, "max_retries": 
 
 @shared_task(
     bind=True,
-    name="billing.alert_deliver",
+    name=ALERT_DELIVER,
     autoretry_for=TRANSIENT + (AlertDeliveryFailed,),
     **ALERT_DELIVERY_TASK,
 )
 def alert_deliver_task(self: Task, alert_id: int) -> str:
     """Send one alert's webhook; retried with backoff, marked failed when retries run out."""
-    from billing.alerts import alert_deliver, alert_delivery_give_up
-
     try:
         return alert_deliver(alert_id=alert_id)
     except AlertDeliveryFailed:

@@ -313,7 +313,7 @@ RECKON_SELLER = {
     "tax_id": os.environ.get("RECKON_SELLER_TAX_ID", ""),
     "email": os.environ.get("RECKON_SELLER_EMAIL", "billing@reckon.example"),
 }
-# Named points where tests inject a crash (billing.invoicing.checkpoint); empty in production.
+# Named points where tests inject a crash (billing.invoicing.close.checkpoint); empty in production.
 RECKON_FAULT_POINTS = frozenset(
     p for p in os.environ.get("RECKON_FAULT_POINTS", "").split(",") if p
 )

@@ -80,17 +80,6 @@ class Route(models.Model):
         return self.alias
 
 
-# The ledger's five token classes: column names on UsageRecord and UsageRollup, disjoint
-# and additive (pricing names them differently: `metering.selectors.PRICING_CLASS`).
-TOKEN_CLASSES = (
-    "input_tokens",
-    "cached_input_tokens",
-    "cache_write_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-)
-
-
 class UsageRecord(models.Model):
     """One proxied request, exactly once. Token classes are disjoint and additive."""
 

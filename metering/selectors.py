@@ -6,7 +6,7 @@ Invariants:
 - rating reads the hourly rollups (`usage_totals`), which hold unflagged records only:
   a flagged record is held back from rating, yet counts against limits (`spend_since`,
   `reasoning_tokens_since` add flagged usage back);
-- token classes carry the ledger's names (`metering.models.TOKEN_CLASSES`) except in
+- token classes carry the ledger's names (`metering.usage.LEDGER_COLUMNS`) except in
   `UsageTotals` and `ServedTotals`, which carry pricing's (`PRICING_CLASS`).
 """
 
@@ -20,8 +20,10 @@ from typing import Any, Literal, overload
 from django.db import connection
 from django.db.models import Count, Max, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDay
+from django.utils import timezone
 
-from metering.models import TOKEN_CLASSES, ApiKey, UsageRecord, UsageRollup
+from metering.models import ApiKey, ServingCostRate, UsageRecord, UsageRollup
+from metering.usage import LEDGER_COLUMNS, PRICING_CLASS
 
 SHARE_QUANTUM = Decimal("0.000001")
 GROUPINGS = {"alias": "alias", "api_key": "api_key_id", "day": "day"}
@@ -65,7 +67,7 @@ def _with_shares(row: dict[str, Any]) -> dict[str, Any]:
 def usage_summary(*, filters: UsageFilter, group_by: str | None = None) -> list[dict[str, Any]]:
     """Token totals per class (and request count), optionally grouped."""
     qs = usage_records_for_tenant(filters=filters)
-    sums = {name: Coalesce(Sum(name), 0) for name in TOKEN_CLASSES}
+    sums = {name: Coalesce(Sum(name), 0) for name in LEDGER_COLUMNS}
     if group_by is None:
         row = qs.aggregate(requests=Count("id"), **sums)
         return [_with_shares(row)]
@@ -83,16 +85,6 @@ def usage_summary(*, filters: UsageFilter, group_by: str | None = None) -> list[
         for r in rows:
             r["day"] = r["day"].date().isoformat()
     return [_with_shares(r) for r in rows]
-
-
-# Pricing's names for the ledger's token classes.
-PRICING_CLASS = {
-    "input_tokens": "input",
-    "cached_input_tokens": "cache_read",
-    "cache_write_tokens": "cache_write",
-    "output_tokens": "output",
-    "reasoning_tokens": "reasoning",
-}
 
 
 @dataclass(frozen=True)
@@ -159,7 +151,7 @@ def usage_totals(
         rows = rows.filter(tenant_id__in=tenant_ids)
     rows = (
         rows.values("tenant_id", "alias")
-        .annotate(last=last, **{name: Sum(name) for name in TOKEN_CLASSES})
+        .annotate(last=last, **{name: Sum(name) for name in LEDGER_COLUMNS})
         .order_by()
     )
     grouped: dict[uuid.UUID, list[dict[str, Any]]] = {}
@@ -177,7 +169,7 @@ def _totals(rows: list[dict[str, Any]]) -> UsageTotals:
     cutoff = 0
     for row in rows:
         cutoff = max(cutoff, row["last"] or 0)
-        for name in TOKEN_CLASSES:
+        for name in LEDGER_COLUMNS:
             if row[name]:
                 tokens[(row["alias"], PRICING_CLASS[name])] = row[name]
     return UsageTotals(tokens, cutoff)
@@ -275,7 +267,7 @@ def served_totals(
         .annotate(
             cost=Sum("serving_cost_usd"),
             reasoning_cost=Sum("reasoning_cost_usd"),
-            **{name: Sum(name) for name in TOKEN_CLASSES},
+            **{name: Sum(name) for name in LEDGER_COLUMNS},
         )
         .order_by("tenant_id", "alias", "accelerator")
     )
@@ -284,7 +276,7 @@ def served_totals(
             tenant_id=row["tenant_id"],
             alias=row["alias"],
             accelerator=row["accelerator"],
-            tokens={PRICING_CLASS[name]: row[name] or 0 for name in TOKEN_CLASSES},
+            tokens={PRICING_CLASS[name]: row[name] or 0 for name in LEDGER_COLUMNS},
             serving_cost_usd=row["cost"] or Decimal(0),
             reasoning_cost_usd=row["reasoning_cost"] or Decimal(0),
         )
@@ -347,3 +339,18 @@ def reasoning_tokens_since(
     return int(
         _used_since("reasoning_tokens", tenant_id=tenant_id, api_key_id=api_key_id, since=since)
     )
+
+
+def current_cost_rates(
+    aliases: list[str], at: datetime | None = None
+) -> dict[str, ServingCostRate]:
+    """The latest serving cost rate in force at `at` (default now) for each alias (one
+    query)."""
+    if not aliases:
+        return {}
+    rates: dict[str, ServingCostRate] = {}
+    for rate in ServingCostRate.objects.filter(
+        alias__in=aliases, effective_from__lte=at or timezone.now()
+    ).order_by("alias", "-effective_from", "-id"):
+        rates.setdefault(rate.alias, rate)
+    return rates

@@ -52,6 +52,21 @@ TOTAL_MISMATCH = "total_mismatch"
 INVALID_TEXT_COUNTS = "invalid_text_counts"
 
 
+# The five token classes, one home: the names pricing, spend rates and cost rates use
+# (in this order everywhere), and the TokenUsage field / ledger column holding each.
+TOKEN_CLASSES: tuple[str, ...] = ("input", "cache_read", "cache_write", "output", "reasoning")
+LEDGER_FIELDS: dict[str, str] = {
+    "input": "input_tokens",  # uncached input
+    "cache_read": "cached_input_tokens",
+    "cache_write": "cache_write_tokens",
+    "output": "output_tokens",  # visible output only
+    "reasoning": "reasoning_tokens",  # hidden reasoning / thinking
+}
+# The ledger's columns (UsageRecord, UsageRollup), in the same order, and back to the name.
+LEDGER_COLUMNS: tuple[str, ...] = tuple(LEDGER_FIELDS.values())
+PRICING_CLASS: dict[str, str] = {column: name for name, column in LEDGER_FIELDS.items()}
+
+
 @dataclass(slots=True)
 class TextCounts:
     """Characters of text seen in a response, used only to estimate reasoning when the provider gives no count."""
@@ -81,6 +96,10 @@ class TokenUsage:
     @property
     def total_tokens(self) -> int:
         return self.total_input_tokens + self.total_output_tokens
+
+    def by_class(self) -> dict[str, int]:
+        """The counts keyed by token class (``TOKEN_CLASSES`` order)."""
+        return {name: getattr(self, column) for name, column in LEDGER_FIELDS.items()}
 
 
 # --- reading counts -------------------------------------------------------------------

@@ -8,7 +8,8 @@ from typing import Any
 from metering.ledger.orm import usage_records_write
 from metering.ledger.record import Rates, serving_cost
 from metering.ledger.spool import Spool
-from metering.models import TOKEN_CLASSES, ApiKey, ServingCostRate
+from metering.models import ApiKey, ServingCostRate
+from metering.usage import LEDGER_COLUMNS
 
 
 def usage_row(
@@ -44,7 +45,7 @@ def usage_row(
         "cost_rate_id": None,
         "serving_cost_usd": None,
         "reasoning_cost_usd": None,
-        **dict.fromkeys(TOKEN_CLASSES, 0),
+        **dict.fromkeys(LEDGER_COLUMNS, 0),
     }
     row.update(overrides)
     if rate is not None:

@@ -9,8 +9,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.request import Request
 
-from billing.currency import is_known_currency
-from billing.periods import EARLIEST_INSTANT, LATEST_INSTANT, Period, calendar_month
+from billing.pricing.currency import is_known_currency
+from billing.pricing.periods import EARLIEST_INSTANT, LATEST_INSTANT, Period, calendar_month
 
 # Ids and token counts are PostgreSQL bigints.
 MAX_BIGINT = 2**63 - 1
@@ -20,7 +20,7 @@ EXACT_DECIMAL = {"max_digits": 38, "decimal_places": 12, "coerce_to_string": Tru
 
 
 class PeriodField(serializers.Field):  # type: ignore[type-arg]
-    """A calendar month "YYYY-MM" in, a billing Period out (billing.periods.calendar_month)."""
+    """A calendar month "YYYY-MM" in, a billing Period out (billing.pricing.periods.calendar_month)."""
 
     def to_internal_value(self, data: Any) -> Period:
         if not isinstance(data, str):

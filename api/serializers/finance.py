@@ -9,9 +9,9 @@ from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 
 from api.serializers.fields import ExactDecimalField, InstantField, PeriodField
-from billing import costbasis
-from billing.currency import decimal_text
+from billing.costs import formulas
 from billing.models import CostBasisVersion
+from billing.pricing.currency import decimal_text
 from billing.reports import GROUPINGS, MarginRow, WhatIf
 
 # The figures of a margin report row, in the order of the CSV's columns after the groups.
@@ -48,12 +48,12 @@ class CostBasisInput(serializers.Serializer):
         """The pure cost model's own checks (amounts >= 0, amortization > 0), here so a
         basis that could never price is refused, not stored. Missing values may wait."""
         if attrs["mode"] == CostBasisVersion.Mode.RENTED:
-            spec: costbasis.RentedCost | costbasis.OwnedCost = costbasis.RentedCost(
+            spec: formulas.RentedCost | formulas.OwnedCost = formulas.RentedCost(
                 attrs.get("hourly_usd")
             )
         else:
-            defaults = costbasis.OwnedCost(None, None, None)
-            spec = costbasis.OwnedCost(
+            defaults = formulas.OwnedCost(None, None, None)
+            spec = formulas.OwnedCost(
                 purchase_price_usd=attrs.get("purchase_price_usd"),
                 amortization_years=attrs.get("amortization_years"),
                 tdp_watts=0,  # the accelerator's, known to be >= 0
@@ -62,8 +62,8 @@ class CostBasisInput(serializers.Serializer):
                 other_opex_per_hour=attrs.get("other_opex_per_hour", defaults.other_opex_per_hour),
             )
         try:
-            costbasis.hourly_cost(spec)
-        except costbasis.MissingCostData:
+            formulas.hourly_cost(spec)
+        except formulas.MissingCostData:
             pass
         except (ValueError, ArithmeticError) as exc:
             raise ValidationError({"cost_basis": str(exc)}) from exc
@@ -77,7 +77,7 @@ class MarginPolicyInput(serializers.Serializer):
 
     def validate(self, attrs):  # type: ignore[no-untyped-def]
         try:
-            costbasis.MarginPolicy(attrs["target_margin"], attrs["minimum_margin"])
+            formulas.Margins(attrs["target_margin"], attrs["minimum_margin"])
         except ValueError as exc:
             raise ValidationError({"margins": str(exc)}) from exc
         return attrs
@@ -96,7 +96,7 @@ class DeploymentInput(serializers.Serializer):
     def validate(self, attrs):  # type: ignore[no-untyped-def]
         """The pure cost model's checks (throughputs > 0, utilization in (0, 1])."""
         try:
-            costbasis.Throughput(
+            formulas.Throughput(
                 decode_tokens_per_s=attrs["decode_tokens_per_s"],
                 prefill_tokens_per_s=attrs["prefill_tokens_per_s"],
                 utilization=attrs["utilization"],

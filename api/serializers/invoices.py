@@ -7,10 +7,11 @@ from rest_framework import serializers
 
 from api.serializers.fields import MAX_BIGINT, PeriodField
 from api.serializers.plans import rated_invoice_data
-from billing.currency import decimal_text as exact
-from billing.currency import from_minor
+from billing.invoicing.lines import INVOICE_LINE_FIELDS
 from billing.models import CreditNote, Invoice, InvoiceLine
-from billing.services import PeriodRating
+from billing.pricing.currency import decimal_text as exact
+from billing.pricing.currency import from_minor
+from billing.rating import PeriodRating
 
 
 class InvoiceQuery(serializers.Serializer):
@@ -27,27 +28,7 @@ class InvoiceExportQuery(InvoiceQuery):
 class InvoiceLineOutput(serializers.ModelSerializer):
     class Meta:
         model = InvoiceLine
-        fields = [
-            "position",
-            "kind",
-            "description",
-            "plan_version",
-            "segment_start",
-            "segment_end",
-            "adjusts_period_start",
-            "component_key",
-            "token_class",
-            "aliases",
-            "tokens",
-            "reasoning_tokens",
-            "allowance_tokens",
-            "billable_tokens",
-            "quantity",
-            "tiers",
-            "amount_exact",
-            "amount_minor",
-            "usage_cutoff_record_id",
-        ]
+        fields = INVOICE_LINE_FIELDS
 
 
 class CreditNoteOutput(serializers.ModelSerializer):

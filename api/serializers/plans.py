@@ -9,13 +9,15 @@ from typing import Any
 from rest_framework import serializers
 
 from api.serializers.fields import MAX_BIGINT, CurrencyField, ExactDecimalField, InstantField
-from billing import pricing
-from billing.currency import decimal_text as exact
-from billing.currency import from_minor
+from billing.invoicing.lines import tier_charges_data
 from billing.models import Plan, PlanVersion, PriceComponent, Subscription
+from billing.pricing.currency import decimal_text as exact
+from billing.pricing.currency import from_minor
+from billing.pricing.rate import RatedInvoice, RatedLine
+from billing.pricing.validate import PlanIssue
 
 
-def rated_line_data(line: pricing.RatedLine, currency: str) -> dict[str, Any]:
+def rated_line_data(line: RatedLine, currency: str) -> dict[str, Any]:
     return {
         "kind": line.kind,
         "component": line.component_key,
@@ -27,23 +29,14 @@ def rated_line_data(line: pricing.RatedLine, currency: str) -> dict[str, Any]:
         "allowance_tokens": line.allowance_tokens,
         "billable_tokens": line.billable_tokens,
         "quantity": exact(line.quantity),
-        "tiers": [
-            {
-                "tier": t.tier_index,
-                "quantity": exact(t.quantity),
-                "unit_price": exact(t.unit_price),
-                "flat_fee": exact(t.flat_fee),
-                "amount": exact(t.amount),
-            }
-            for t in line.tiers
-        ],
+        "tiers": tier_charges_data(line.tiers),
         "amount_exact": exact(line.amount_exact),
         "amount_minor": line.amount_minor,
         "amount": str(from_minor(line.amount_minor, currency)),
     }
 
 
-def rated_invoice_data(rated: pricing.RatedInvoice) -> dict[str, Any]:
+def rated_invoice_data(rated: RatedInvoice) -> dict[str, Any]:
     return {
         "currency": rated.currency,
         "lines": [rated_line_data(line, rated.currency) for line in rated.lines],
@@ -56,7 +49,7 @@ def rated_invoice_data(rated: pricing.RatedInvoice) -> dict[str, Any]:
     }
 
 
-def issues_data(issues: list[pricing.PlanIssue]) -> list[dict[str, Any]]:
+def issues_data(issues: list[PlanIssue]) -> list[dict[str, Any]]:
     return [
         {"severity": i.severity, "code": i.code, "message": i.message, "component": i.component_key}
         for i in issues

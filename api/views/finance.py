@@ -29,9 +29,8 @@ from api.serializers.finance import (
     whatif_data,
 )
 from api.views.downloads import FileDownloadView
-from billing import costbasis
-from billing.currency import decimal_text
-from billing.hardware import (
+from billing.costs import formulas
+from billing.costs.catalogue import (
     CannotPrice,
     accelerator_get,
     class_costs_of,
@@ -39,8 +38,8 @@ from billing.hardware import (
     cost_basis_in_force,
     deployment_set,
     hourly_cost_of,
-    margin_policy_set,
 )
+from billing.costs.margins import margin_policy_set
 from billing.models import AcceleratorType
 from billing.permissions import (
     ACCELERATOR_VIEW,
@@ -49,6 +48,7 @@ from billing.permissions import (
     MARGIN_POLICY_ADD,
     MARGINS_VIEW,
 )
+from billing.pricing.currency import decimal_text
 from billing.reports import MarginRow, margin_report, whatif
 
 
@@ -173,7 +173,7 @@ class WhatIfView(APIView):
         policy = None
         if "target_margin" in query or "minimum_margin" in query:
             try:
-                policy = costbasis.MarginPolicy(
+                policy = formulas.Margins(
                     query.get("target_margin", Decimal(0)), query.get("minimum_margin", Decimal(0))
                 )
             except (ValueError, ArithmeticError) as exc:

@@ -27,11 +27,12 @@ from api.serializers.invoices import (
     period_rating_data,
 )
 from api.views.downloads import FileDownloadView
-from billing.documents import invoice_lines_csv, invoice_pdf, invoices_csv
-from billing.invoicing import credit_note_issue, invoice_recompute
+from billing.invoicing.documents import invoice_lines_csv, invoice_pdf, invoices_csv
+from billing.invoicing.lifecycle import credit_note_issue
+from billing.invoicing.recompute import invoice_recompute
 from billing.models import Invoice
 from billing.permissions import CREDIT_NOTE_ISSUE, INVOICE_EXPORT, INVOICE_VIEW
-from billing.services import invoice_preview
+from billing.rating import invoice_preview
 
 
 def _invoices_visible(request: Request, query: dict[str, Any]) -> QuerySet[Invoice]:

@@ -25,7 +25,6 @@ from api.serializers.plans import (
     issues_data,
     rated_invoice_data,
 )
-from billing import pricing
 from billing.models import Plan, PlanVersion, Subscription
 from billing.permissions import (
     PLAN_ADD,
@@ -37,8 +36,7 @@ from billing.permissions import (
     SUBSCRIPTION_CHANGE,
     SUBSCRIPTION_VIEW,
 )
-from billing.selectors import plan_version_pricing, plan_version_queryset
-from billing.services import (
+from billing.plans import (
     plan_create,
     plan_version_create,
     plan_version_issues,
@@ -46,6 +44,9 @@ from billing.services import (
     subscription_change_plan,
     subscription_create,
 )
+from billing.pricing.plan import UsageVector
+from billing.pricing.rate import rate
+from billing.selectors import plan_version_pricing, plan_version_queryset
 
 
 def _version_or_404(pk: int) -> PlanVersion:
@@ -78,7 +79,7 @@ class QuoteView(APIView):
         for item in body["usage"]:
             key = (item["alias"], item["token_class"])
             usage[key] = usage.get(key, 0) + item["tokens"]
-        rated = pricing.rate(plan_version_pricing(version), pricing.UsageVector(usage))
+        rated = rate(plan_version_pricing(version), UsageVector(usage))
         return Response({"plan_version": version.pk, **rated_invoice_data(rated)})
 
 

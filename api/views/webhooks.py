@@ -11,7 +11,7 @@ from rest_framework.views import APIView
 
 from billing import tasks
 from billing.models import StripeEvent
-from billing.stripe_sync import stripe_event_receive
+from billing.stripe import stripe_event_receive
 
 
 @method_decorator(csrf_exempt, name="dispatch")

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 from django.db import connection
 
-from metering.models import TOKEN_CLASSES
+from metering.usage import LEDGER_COLUMNS
 
-ROLLUP_SUMS = (*TOKEN_CLASSES, "serving_cost_usd", "reasoning_cost_usd", "spend_usd")
+ROLLUP_SUMS = (*LEDGER_COLUMNS, "serving_cost_usd", "reasoning_cost_usd", "spend_usd")
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from django.db import DatabaseError, DataError, IntegrityError, connection
 from metering.ledger.orm import OrmLedgerSink
 from metering.ledger.postgres import PostgresLedgerSink, pg_conninfo
 from metering.ledger.spool import Spool, spool_replay, spool_report, spool_unclaimed
-from metering.models import TOKEN_CLASSES
+from metering.usage import LEDGER_COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def sanitize_record(record: dict[str, Any]) -> dict[str, Any]:
     for name, value in record.items():
         if isinstance(value, str):
             out[name] = value.replace("\x00", "")
-    broken = [n for n in TOKEN_CLASSES if not 0 <= out.get(n, 0) <= _BIGINT_MAX]
+    broken = [n for n in LEDGER_COLUMNS if not 0 <= out.get(n, 0) <= _BIGINT_MAX]
     for name in broken:
         out[name] = 0
     if broken:  # the costs came from counts that cannot be stored

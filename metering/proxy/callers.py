@@ -36,6 +36,7 @@ from metering.control.scopes import Controls, RateScope, to_nano
 from metering.control.terms import TenantTerms
 from metering.ledger.record import Rates
 from metering.models import ApiKey, RateLimit, ReasoningPolicy, Route, ServingCostRate
+from metering.selectors import current_cost_rates
 
 ANTHROPIC_DEFAULT_VERSION = "2023-06-01"
 
@@ -135,20 +136,6 @@ def hold_prices_of(prices: Rates) -> tuple[int, int]:
 
 
 MILLION = Decimal(1_000_000)
-
-
-def current_cost_rates(
-    aliases: list[str], at: datetime | None = None
-) -> dict[str, ServingCostRate]:
-    """The latest rate in force at `at` (default now) for each alias (one query)."""
-    if not aliases:
-        return {}
-    rates: dict[str, ServingCostRate] = {}
-    for rate in ServingCostRate.objects.filter(
-        alias__in=aliases, effective_from__lte=at or timezone.now()
-    ).order_by("alias", "-effective_from", "-id"):
-        rates.setdefault(rate.alias, rate)
-    return rates
 
 
 def caller_context_load(key_hash: str) -> CallerContext | None:

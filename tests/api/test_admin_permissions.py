@@ -11,9 +11,9 @@ from django.contrib.auth.models import Permission
 from django.test import Client
 
 from billing.balances import balance_hard_stop_set
-from billing.invoicing import period_close
+from billing.invoicing.close import period_close
 from billing.models import BalanceAccount, CreditNote, Invoice, PlanVersion
-from billing.services import plan_create, plan_version_create, subscription_create
+from billing.plans import plan_create, plan_version_create, subscription_create
 from metering.models import ApiKey, Tenant
 from tests.factories import ApiKeyFactory
 from tests.scenarios.test_invoicing_stories import SEP, at, use, version
@@ -62,8 +62,8 @@ def draft() -> PlanVersion:
 INVOICE_ACTIONS = {
     "operator": set(),
     "finance-read": {"download_pdf"},
-    "finance-write": {"finalize", "void", "full_credit_note", "resend_to_stripe", "download_pdf"},
-    "superuser": {"finalize", "void", "full_credit_note", "resend_to_stripe", "download_pdf"},
+    "finance-write": {"void", "full_credit_note", "resend_to_stripe", "download_pdf"},
+    "superuser": {"void", "full_credit_note", "resend_to_stripe", "download_pdf"},
 }
 
 

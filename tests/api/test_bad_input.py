@@ -13,10 +13,10 @@ import pytest
 from django.test import Client
 from rest_framework.test import APIClient
 
-from billing.hardware import catalogue_load
-from billing.invoicing import period_close
+from billing.costs.catalogue import catalogue_load
+from billing.invoicing.close import period_close
 from billing.models import Invoice
-from billing.services import subscription_create
+from billing.plans import subscription_create
 from metering.services import api_key_create
 from tests.factories import ApiKeyFactory
 from tests.scenarios.test_invoicing_stories import SEP, use, version

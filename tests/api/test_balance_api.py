@@ -10,9 +10,9 @@ from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from billing.balances import balance_credit
-from billing.invoicing import period_close
+from billing.invoicing.close import period_close
 from billing.models import BalanceAccount, BalanceEntry
-from billing.services import subscription_create
+from billing.plans import subscription_create
 from metering.models import Tenant
 from metering.services import api_key_create
 from tests.factories import ApiKeyFactory, TenantFactory

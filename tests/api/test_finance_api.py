@@ -5,8 +5,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from rest_framework.test import APIClient
 
-from billing.hardware import catalogue_load
-from billing.services import (
+from billing.costs.catalogue import catalogue_load
+from billing.plans import (
     plan_create,
     plan_version_create,
     plan_version_publish,

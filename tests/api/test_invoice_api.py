@@ -6,8 +6,8 @@ import pytest
 from django.core.management import call_command
 from rest_framework.test import APIClient
 
-from billing.invoicing import period_close
-from billing.services import subscription_create
+from billing.invoicing.close import period_close
+from billing.plans import subscription_create
 from metering.services import api_key_create
 from tests.factories import ApiKeyFactory
 from tests.scenarios.test_invoicing_stories import SEP, use, version

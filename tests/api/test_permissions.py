@@ -15,7 +15,7 @@ from rest_framework.test import APIClient
 from api import permissions as perm
 from billing import permissions as billing_perm
 from billing.balances import balance_hard_stop_set
-from billing.invoicing import period_close
+from billing.invoicing.close import period_close
 from billing.models import (
     AcceleratorType,
     BalanceAccount,
@@ -26,7 +26,7 @@ from billing.models import (
     Plan,
     PlanVersion,
 )
-from billing.services import plan_create, plan_version_create, subscription_create
+from billing.plans import plan_create, plan_version_create, subscription_create
 from metering import permissions as metering_perm
 from metering.models import Tenant
 from metering.services import api_key_create

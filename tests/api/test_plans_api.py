@@ -4,7 +4,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from metering.services import api_key_create
-from tests.billing.test_services import write_usage
+from tests.billing.test_plans import write_usage
 from tests.factories import TenantFactory
 from tests.staff import staff_client
 

@@ -9,8 +9,8 @@ import pytest
 from rest_framework.test import APIClient
 
 from billing.models import Invoice, StripeEvent
-from billing.stripe_sync import invoice_sync_stripe
-from tests.billing.test_stripe_sync import closed_invoice
+from billing.stripe import invoice_sync_stripe
+from tests.billing.test_stripe import closed_invoice
 from tests.fakes.stripe_server import FakeStripe, make_event, sign_webhook
 
 pytestmark = pytest.mark.django_db
@@ -244,7 +244,7 @@ def test_signed_body_that_is_not_json_is_stored_rejected() -> None:
 
 
 def test_malformed_event_stored_before_the_check_is_rejected_when_processed() -> None:
-    from billing.stripe_sync import stripe_event_process
+    from billing.stripe import stripe_event_process
 
     invoice = pushed_invoice()
     stored = StripeEvent.objects.create(

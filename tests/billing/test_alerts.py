@@ -31,8 +31,8 @@ from billing.alerts import (
 )
 from billing.balances import balance_account_open, balance_credit
 from billing.models import Alert, PlanVersion, WebhookEndpoint
-from billing.services import plan_create, plan_version_create, plan_version_publish
-from billing.services import subscription_create as subscribe
+from billing.plans import plan_create, plan_version_create, plan_version_publish
+from billing.plans import subscription_create as subscribe
 from billing.tasks import alert_deliver_task, alerts_evaluate_task, alerts_sweep
 from config.celery import app
 from metering.models import ApiKey, ReasoningPolicy, SpendLimit, Tenant

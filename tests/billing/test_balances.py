@@ -17,11 +17,13 @@ from billing.balances import (
     credits_expire,
     plan_draws,
 )
-from billing.documents import invoice_lines_csv, invoice_pdf
-from billing.invoicing import invoice_recompute, invoice_transition, period_close
+from billing.invoicing.close import period_close
+from billing.invoicing.documents import invoice_lines_csv, invoice_pdf
+from billing.invoicing.lifecycle import invoice_transition
+from billing.invoicing.recompute import invoice_recompute
 from billing.models import BalanceEntry, Invoice
-from billing.periods import Period
-from billing.services import subscription_create
+from billing.plans import subscription_create
+from billing.pricing.periods import Period
 from config.errors import Conflict
 from tests.factories import ApiKeyFactory
 from tests.scenarios.test_invoicing_stories import OCT, SEP, at, use, version

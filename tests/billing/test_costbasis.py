@@ -1,4 +1,4 @@
-"""The hardware cost basis (billing.costbasis): the reference table, owned and rented
+"""The hardware cost basis (billing.costs.formulas): the reference table, owned and rented
 hourly cost, per-class costs, refusals on missing data, margins, and properties.
 
 Full-precision checks compare against exact rationals (``fractions.Fraction``): every
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from billing.costbasis import (
+from billing.costs.formulas import (
     DEFAULT_POWER_USD_PER_KWH,
     DEFAULT_PUE,
     DEFAULT_UTILIZATION,
@@ -23,16 +23,14 @@ from billing.costbasis import (
     TOKEN_CLASSES,
     CatalogueRow,
     ClassCosts,
-    MarginPolicy,
+    Margins,
     MissingCostData,
     OwnedCost,
     RentedCost,
     Throughput,
-    catalogue_cost_per_million_output,
     class_costs,
     cost_per_million,
     floor_price,
-    floor_prices,
     gross_margin,
     hourly_cost,
     load_catalogue,
@@ -42,6 +40,16 @@ from billing.costbasis import (
 
 PACKAGED_CSV = Path(__file__).resolve().parents[2] / "billing" / "data" / "accelerators.csv"
 ONE_ULP_AT_50 = Fraction(1, 10**49)  # bound on the relative error of one 50-digit rounding
+
+
+def catalogue_cost_per_million_output(row: CatalogueRow, utilization: Decimal) -> Decimal:
+    """USD per 1M output tokens for a catalogue row rented at its listed rate and
+    throughput; ``MissingCostData`` naming whichever of the two is null."""
+    hourly, tokens_per_s = row.hourly_usd, row.output_tokens_per_s
+    if hourly is None or tokens_per_s is None:
+        fields = [("hourly_usd", hourly), ("output_tokens_per_s", tokens_per_s)]
+        raise MissingCostData([name for name, value in fields if value is None], row.key)
+    return cost_per_million(hourly, tokens_per_s, utilization)
 
 
 def _close(value: Decimal, exact: Fraction) -> bool:
@@ -421,31 +429,11 @@ def test_floor_price() -> None:
             floor_price(Decimal(1), bad)
 
 
-def test_floor_prices_at_minimum_and_target() -> None:
-    hard_floor, list_guide = floor_prices(
-        WORKED_COSTS, MarginPolicy(target_margin=Decimal("0.5"), minimum_margin=Decimal("0.2"))
-    )
-    assert hard_floor == ClassCosts(
-        input=Decimal("0.625"),
-        cache_read=Decimal("0.0625"),
-        cache_write=Decimal("0.78125"),
-        output=Decimal("2.5"),
-        reasoning=Decimal("2.5"),
-    )
-    assert list_guide == ClassCosts(
-        input=Decimal(1),
-        cache_read=Decimal("0.1"),
-        cache_write=Decimal("1.25"),
-        output=Decimal(4),
-        reasoning=Decimal(4),
-    )
-
-
 def test_margin_policy_validates() -> None:
-    MarginPolicy(target_margin=Decimal("0.4"), minimum_margin=Decimal("0.4"))
+    Margins(target_margin=Decimal("0.4"), minimum_margin=Decimal("0.4"))
     for target, minimum in (("0.3", "0.4"), ("1", "0.2"), ("0.5", "-0.1")):
         with pytest.raises(ValueError):
-            MarginPolicy(target_margin=Decimal(target), minimum_margin=Decimal(minimum))
+            Margins(target_margin=Decimal(target), minimum_margin=Decimal(minimum))
 
 
 def test_gross_margin() -> None:

@@ -13,7 +13,7 @@ django.setup()
 
 from celery.bin.celery import main  # noqa: E402
 
-from billing import invoicing  # noqa: E402
+from billing.invoicing import close as invoicing  # noqa: E402
 
 KILL_AT = os.environ["RECKON_CHAOS_KILL_AT"]
 _checkpoint = invoicing.checkpoint

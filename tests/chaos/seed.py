@@ -16,7 +16,7 @@ from django.contrib.auth.models import User  # noqa: E402
 
 from api.permissions import ROLES, staff_role_set  # noqa: E402
 from api.staff_tokens import staff_token_create  # noqa: E402
-from billing.services import (  # noqa: E402
+from billing.plans import (  # noqa: E402
     plan_create,
     plan_version_create,
     plan_version_publish,

@@ -7,7 +7,7 @@ from decimal import ROUND_HALF_UP, Decimal
 import anthropic
 import openai
 
-from billing.services import (
+from billing.plans import (
     plan_create,
     plan_version_create,
     plan_version_publish,

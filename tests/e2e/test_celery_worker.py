@@ -62,7 +62,7 @@ def wait_for(predicate, timeout: float = 60.0):  # type: ignore[no-untyped-def]
 
 def test_worker_closes_due_periods_once(worker) -> None:  # type: ignore[no-untyped-def]
     key = ApiKeyFactory()
-    from billing.services import subscription_create
+    from billing.plans import subscription_create
 
     subscription_create(
         tenant=key.tenant, plan_version=version("standard", base="10", output="4.00"), starts_at=SEP

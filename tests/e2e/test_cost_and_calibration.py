@@ -8,7 +8,7 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from billing.hardware import accelerator_get, catalogue_load, deployment_set
+from billing.costs.catalogue import accelerator_get, catalogue_load, deployment_set
 from billing.models import CalibrationRun, Deployment
 from metering.ledger.record import Rates, serving_cost
 from metering.models import ServingCostRate, UsageRecord

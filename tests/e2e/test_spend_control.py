@@ -13,7 +13,7 @@ import openai
 import pytest
 from django.db.models import Sum
 
-from billing.services import (
+from billing.plans import (
     plan_create,
     plan_version_create,
     plan_version_publish,

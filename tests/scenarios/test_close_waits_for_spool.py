@@ -13,7 +13,7 @@ import time_machine
 from celery.exceptions import Retry
 
 from billing import tasks
-from billing.invoicing import period_close
+from billing.invoicing.close import period_close
 from billing.models import Invoice
 from config.errors import ApplicationError
 from tests.e2e.conftest import free_port

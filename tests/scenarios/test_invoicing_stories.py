@@ -8,15 +8,11 @@ import pytest
 import time_machine
 
 from billing import tasks
-from billing.invoicing import (
-    InjectedFault,
-    credit_note_issue,
-    invoice_recompute,
-    invoice_transition,
-    period_close,
-)
+from billing.invoicing.close import InjectedFault, period_close
+from billing.invoicing.lifecycle import credit_note_issue, invoice_transition
+from billing.invoicing.recompute import invoice_recompute
 from billing.models import Invoice, InvoiceLine
-from billing.services import (
+from billing.plans import (
     plan_create,
     plan_version_create,
     plan_version_publish,
@@ -206,7 +202,7 @@ def test_recompute_reports_a_tampered_line(customer) -> None:  # type: ignore[no
 
 
 def test_batch_close_equals_closing_one_by_one() -> None:
-    from billing.invoicing import periods_close
+    from billing.invoicing.close import periods_close
 
     standard = version("standard", base="10", output="4.00")
     keys = [ApiKeyFactory() for _ in range(6)]
@@ -246,7 +242,7 @@ def test_batch_close_equals_closing_one_by_one() -> None:
 
 
 def test_one_broken_tenant_does_not_hold_back_the_batch(customer) -> None:  # type: ignore[no-untyped-def]
-    from billing.invoicing import CloseFailed
+    from billing.invoicing.close import CloseFailed
     from metering.models import Tenant
 
     key, _ = customer

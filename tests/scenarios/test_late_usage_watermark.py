@@ -12,9 +12,10 @@ import psycopg
 import pytest
 from django.db import connection
 
-from billing.invoicing import invoice_recompute, period_close
+from billing.invoicing.close import period_close
+from billing.invoicing.recompute import invoice_recompute
 from billing.models import InvoiceLine
-from billing.services import subscription_create
+from billing.plans import subscription_create
 from metering.ledger.orm import usage_records_write
 from metering.ledger.postgres import pg_conninfo, pg_insert_statement
 from metering.models import UsageRecord, UsageRollup

@@ -3,8 +3,8 @@ from decimal import Decimal
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from billing.calibration import calibrate
-from billing.hardware import accelerator_get, deployment_in_force, deployment_set
+from billing.costs.calibration import calibrate
+from billing.costs.catalogue import accelerator_get, deployment_in_force, deployment_set
 from config.errors import ApplicationError
 from metering.proxy.upstream import UpstreamError
 

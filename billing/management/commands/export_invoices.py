@@ -2,9 +2,9 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from billing.documents import invoice_lines_csv, invoices_csv
+from billing.invoicing.documents import invoice_lines_csv, invoices_csv
 from billing.models import Invoice
-from billing.periods import calendar_month
+from billing.pricing.periods import calendar_month
 
 
 class Command(BaseCommand):

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from billing.invoicing import invoice_recompute
+from billing.invoicing.recompute import invoice_recompute
 from billing.models import Invoice
 
 

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from billing.hardware import catalogue_load
+from billing.costs.catalogue import catalogue_load
 
 
 class Command(BaseCommand):

@@ -95,9 +95,9 @@ class InvoiceDocument:
     """Everything printed on an invoice or credit note, and nothing else."""
 
     title: str  # "Invoice" or "Credit note"
-    number: str  # "RK-2026-000042", or "DRAFT" for drafts
-    status: str  # draft | finalized | paid | void | uncollectible
-    issue_date: date | None  # None while a draft
+    number: str  # "RK-2026-000042"
+    status: str  # finalized | paid | void | uncollectible
+    issue_date: date | None  # None when not issued (printed "not issued")
     due_date: date | None  # None when no payment is due
     period_start: date  # first day of the half-open billing period [start, end)
     period_end: date  # exclusive end of the period; printed as end - 1 day, "inclusive"
@@ -236,14 +236,13 @@ _RULE = (206, 212, 218)
 _HEADER_FILL = (233, 236, 239)
 _WATERMARK = (236, 236, 236)
 _STATUS_COLOURS = {
-    "draft": (214, 130, 0),
     "finalized": (13, 110, 253),
     "paid": (25, 135, 84),
     "void": (200, 35, 51),
     "uncollectible": (130, 30, 40),
 }
 # Statuses whose every page carries a large diagonal marker.
-_WATERMARKED = frozenset({"draft", "void"})
+_WATERMARKED = frozenset({"void"})
 
 # A cell of a table row: x offset from the left margin, width, text, alignment.
 _Cell = tuple[float, float, str, str]

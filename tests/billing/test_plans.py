@@ -7,11 +7,7 @@ from decimal import Decimal
 import pytest
 
 from billing.models import PlanVersion
-from billing.periods import Period
-from billing.services import (
-    PlanInvalid,
-    invoice_preview,
-    period_rate,
+from billing.plans import (
     plan_create,
     plan_version_create,
     plan_version_issues,
@@ -19,6 +15,9 @@ from billing.services import (
     subscription_change_plan,
     subscription_create,
 )
+from billing.pricing.periods import Period
+from billing.pricing.validate import PlanInvalid
+from billing.rating import invoice_preview, period_rate
 from config.errors import ApplicationError, Conflict, NotFound
 from tests.factories import ApiKeyFactory
 from tests.usage_helpers import write_usage  # noqa: F401 - used here and by other tests
@@ -188,7 +187,8 @@ def test_subscription_guards() -> None:
 
 @pytest.mark.django_db
 def test_plan_governance_is_validated_and_stored() -> None:
-    from billing.services import PlanInvalid, plan_create, plan_version_create
+    from billing.plans import plan_create, plan_version_create
+    from billing.pricing.validate import PlanInvalid
 
     plan = plan_create(code="governed", name="Governed")
     component = {"token_class": "output", "charge_model": "per_unit", "unit_price": Decimal("1")}

@@ -3,8 +3,10 @@ metering at start-up (BillingConfig.ready) so the proxy can read it without impo
 billing:
 
 - list prices: what one million tokens of each class costs on an alias under the current
-  plan, at the component's HIGHEST marginal price (allowances not deducted). Spend counted
-  this way is never below what the invoice will charge, so a limit holds for the invoice;
+  plan, at the HIGHEST marginal price of the component covering it (the rating's own
+  rule, `component_covering`: reasoning without a component of its own is priced as
+  output; allowances not deducted). Spend counted this way is never below what the
+  invoice will charge, so a limit holds for the invoice;
 - the plan's reasoning governance and monthly reasoning-token budget;
 - the prepaid balance that stops calls, and the tenant's alert thresholds."""
 
@@ -13,25 +15,15 @@ from decimal import Decimal
 
 from django.utils import timezone
 
-from billing import pricing
 from billing.alerts import DEFAULT_THRESHOLDS, thresholds_of
 from billing.balances import balance_terms
 from billing.models import PlanVersion, WebhookEndpoint
+from billing.pricing.plan import component_covering, prices_per_million
 from billing.selectors import plan_version_pricing, subscription_current
 from metering.control.governance import ReasoningRules
 from metering.control.terms import TenantTerms
 from metering.ledger.record import Rates
-
-CLASSES = ("input", "cache_read", "cache_write", "output", "reasoning")
-
-
-def _covering(
-    plan: pricing.PlanVersion, alias: str, token_class: str
-) -> pricing.PriceComponent | None:
-    same = [c for c in plan.components if c.token_class == token_class]
-    return next((c for c in same if c.aliases and alias in c.aliases), None) or next(
-        (c for c in same if c.aliases is None), None
-    )
+from metering.usage import TOKEN_CLASSES
 
 
 def tenant_terms(tenant_id: uuid.UUID, aliases: list[str]) -> TenantTerms:
@@ -64,12 +56,10 @@ def spend_rates(version: PlanVersion, aliases: list[str]) -> dict[str, Rates]:
     out = {}
     for alias in aliases:
         prices = {}
-        for token_class in CLASSES:
-            component = _covering(plan, alias, token_class)
-            if component is None and token_class == "reasoning":
-                component = _covering(plan, alias, "output")  # reasoning is billed as output
+        for token_class in TOKEN_CLASSES:
+            index, _ = component_covering(plan.components, alias, token_class)
             prices[token_class] = (
-                pricing.prices_per_million(component)[1] if component else Decimal(0)
+                prices_per_million(plan.components[index])[1] if index is not None else Decimal(0)
             )
         out[alias] = Rates(**prices)
     return out

@@ -1,4 +1,4 @@
-"""Currency exponents and the single rounding step (billing.currency)."""
+"""Currency exponents and the single rounding step (billing.pricing.currency)."""
 
 from decimal import (
     ROUND_DOWN,
@@ -13,7 +13,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from billing.currency import currency_exponent, from_minor, is_known_currency, quantize, to_minor
+from billing.pricing.currency import (
+    currency_exponent,
+    from_minor,
+    is_known_currency,
+    quantize,
+    to_minor,
+)
 
 
 @pytest.mark.parametrize(

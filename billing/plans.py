@@ -1,36 +1,24 @@
-"""Writes on plans and subscriptions, and the rating of a tenant's billing period.
-
-Rating reads usage only through metering.selectors (hourly rollups) and prices it with the
-pure engine in billing.pricing; nothing here scans raw usage records.
+"""Writes on plans and subscriptions: plan versions (draft, validated, published and
+then immutable), their reasoning governance, and subscribing a tenant or changing its
+plan (a change splits the current period into segments, each rated on its own version:
+billing/rating.py).
 """
 
-import dataclasses
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import Q
 from django.utils import timezone
 
-from billing import pricing
-from billing.currency import to_minor
-from billing.models import Plan, PlanVersion, PriceComponent, PriceTier, Subscription
-from billing.periods import Period, ceil_hour, period_containing, segments
-from billing.proration import prorate_plan
-from billing.selectors import plan_version_pricing, subscription_current, subscriptions_in_period
-from config.errors import ApplicationError, Conflict, NotFound
+from billing.costs.margins import floor_breaches
+from billing.models import Invoice, Plan, PlanVersion, PriceComponent, PriceTier, Subscription
+from billing.pricing.periods import ceil_hour
+from billing.pricing.validate import PlanInvalid, PlanIssue, validate_plan
+from billing.selectors import plan_version_pricing
+from config.errors import ApplicationError, Conflict
 from metering.control.governance import EFFORTS
 from metering.models import Tenant
-from metering.selectors import NO_USAGE, UsageTotals, usage_totals
-
-
-class PlanInvalid(ApplicationError):
-    code = "plan_invalid"
-
 
 # --- plans ---------------------------------------------------------------------------
 
@@ -40,13 +28,6 @@ def plan_create(*, code: str, name: str) -> Plan:
     if Plan.objects.filter(code=code).exists():
         raise Conflict(f"A plan with code {code!r} exists.")
     return Plan.objects.create(code=code, name=name)
-
-
-def _issues_payload(issues: list[pricing.PlanIssue]) -> list[dict[str, Any]]:
-    return [
-        {"severity": i.severity, "code": i.code, "message": i.message, "component": i.component_key}
-        for i in issues
-    ]
 
 
 @transaction.atomic
@@ -102,7 +83,7 @@ def plan_version_create(
         )
     errors = [i for i in plan_version_issues(version=version) if i.severity == "error"]
     if errors:
-        raise PlanInvalid("The plan version is invalid.", {"issues": _issues_payload(errors)})
+        raise PlanInvalid.of(errors, "The plan version is invalid.")
     return version
 
 
@@ -135,14 +116,12 @@ def governance_validate(governance: dict[str, Any]) -> dict[str, Any]:
     return {**governance, "allowed_efforts": sorted(set(efforts), key=EFFORTS.index)}
 
 
-def plan_version_issues(*, version: PlanVersion) -> list[pricing.PlanIssue]:
+def plan_version_issues(*, version: PlanVersion) -> list[PlanIssue]:
     """Errors and warnings: the plan's own (tiers, scopes, volume cliffs) and prices below
-    the cost floor of any alias they cover (billing.hardware)."""
-    from billing.hardware import floor_breaches
-
+    the cost floor of any alias they cover (billing.costs.catalogue)."""
     fresh = PlanVersion.objects.get(pk=version.pk)  # never a stale prefetch
     plan = plan_version_pricing(fresh)
-    issues = pricing.validate_plan(plan)
+    issues = validate_plan(plan)
     if not any(i.severity == "error" for i in issues):
         issues += floor_breaches(plan)
     return issues
@@ -155,16 +134,11 @@ def plan_version_publish(*, version: PlanVersion) -> PlanVersion:
         return version  # idempotent
     errors = [i for i in plan_version_issues(version=version) if i.severity == "error"]
     if errors:
-        raise PlanInvalid("The plan version is invalid.", {"issues": _issues_payload(errors)})
+        raise PlanInvalid.of(errors, "The plan version is invalid.")
     version.status = PlanVersion.Status.PUBLISHED
     version.published_at = timezone.now()
     version.save(update_fields=["status", "published_at"])
     return version
-
-
-def ensure_draft(version: PlanVersion) -> None:
-    if version.is_published:
-        raise Conflict("A published plan version is immutable; create a new version instead.")
 
 
 # --- subscriptions -------------------------------------------------------------------
@@ -214,11 +188,9 @@ def subscription_change_plan(
     at = ceil_hour(at)
     if at <= current.starts_at:
         raise ApplicationError("The change must come after the current subscription starts.")
-    from billing.models import Invoice
-
     invoiced_until = (
         Invoice.objects.filter(tenant_id=current.tenant_id)
-        .exclude(status__in=[Invoice.Status.VOID, Invoice.Status.DRAFT])
+        .exclude(status=Invoice.Status.VOID)
         .order_by("-period_end")
         .values_list("period_end", flat=True)
         .first()
@@ -237,148 +209,3 @@ def subscription_change_plan(
         anchor_day=current.anchor_day,
         previous=current,
     )
-
-
-# --- rating --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SegmentRating:
-    start: datetime
-    end: datetime
-    subscription_id: int
-    plan_version_id: int
-    share: Decimal  # the segment's exact fraction of the period
-    rated: pricing.RatedInvoice
-
-
-@dataclass(frozen=True)
-class PeriodRating:
-    tenant_id: uuid.UUID
-    period: Period
-    currency: str
-    segments: tuple[SegmentRating, ...]
-    total_minor: int
-    cutoff_record_id: int  # highest usage record included
-
-    @property
-    def lines(self) -> list[pricing.RatedLine]:
-        return [line for s in self.segments for line in s.rated.lines]
-
-
-UsageSource = Callable[[uuid.UUID, datetime, datetime], UsageTotals]
-
-
-def usage_from_rollups(tenant_id: uuid.UUID, start: datetime, end: datetime) -> UsageTotals:
-    return usage_totals(by="alias", tenant_id=tenant_id, start=start, end=end)
-
-
-def period_rate(
-    *,
-    tenant_id: uuid.UUID,
-    period: Period,
-    usage_source: UsageSource = usage_from_rollups,
-    subscriptions: list[Subscription] | None = None,
-) -> PeriodRating:
-    """Rate a tenant's period: one rated segment per plan version in force. Usage comes
-    from hourly rollups unless another source is given (recomputation uses raw records).
-    `subscriptions` may be passed when the caller has already read them."""
-    subs = (
-        subscriptions
-        if subscriptions is not None
-        else subscriptions_in_period(tenant_id=tenant_id, period=period)
-    )
-    if not subs:
-        raise NotFound("The tenant has no subscription in that period.")
-    rated: list[SegmentRating] = []
-    cutoff = 0
-    for segment in segments(period, [(s.starts_at, s.ends_at, s) for s in subs]):
-        subscription = segment.item
-        share = segment.share_of(period)
-        plan = prorate_plan(plan_version_pricing(subscription.plan_version), share)
-        usage = usage_source(tenant_id, segment.start, segment.end)
-        cutoff = max(cutoff, usage.cutoff_record_id)
-        rated.append(
-            SegmentRating(
-                start=segment.start,
-                end=segment.end,
-                subscription_id=subscription.pk,
-                plan_version_id=subscription.plan_version_id,
-                share=share,
-                rated=pricing.rate(plan, pricing.UsageVector(usage.tokens)),
-            )
-        )
-    rated = _base_fee_remainder_to_last(rated)
-    return PeriodRating(
-        tenant_id=tenant_id,
-        period=period,
-        currency=rated[0].rated.currency,
-        segments=tuple(rated),
-        total_minor=sum(s.rated.total_minor for s in rated),
-        cutoff_record_id=cutoff,
-    )
-
-
-def _base_fee_remainder_to_last(rated: list[SegmentRating]) -> list[SegmentRating]:
-    """A base fee prorated over segments is rounded as a whole: the segments' rounded fees
-    add up to the rounded sum of their exact fees, the last segment taking the remainder."""
-    fees = [
-        (i, j)
-        for i, s in enumerate(rated)
-        for j, line in enumerate(s.rated.lines)
-        if line.kind == "base_fee"
-    ]
-    if len(fees) < 2:
-        return rated
-    currency = rated[0].rated.currency
-    exact = sum((rated[i].rated.lines[j].amount_exact for i, j in fees), Decimal(0))
-    diff = to_minor(exact, currency) - sum(rated[i].rated.lines[j].amount_minor for i, j in fees)
-    if diff == 0:
-        return rated
-    i, j = fees[-1]
-    invoice = rated[i].rated
-    lines = list(invoice.lines)
-    lines[j] = dataclasses.replace(lines[j], amount_minor=lines[j].amount_minor + diff)
-    fixed = dataclasses.replace(
-        invoice,
-        lines=tuple(lines),
-        subtotal_minor=invoice.subtotal_minor + diff,
-        total_minor=invoice.total_minor + diff,
-    )
-    return [*rated[:i], dataclasses.replace(rated[i], rated=fixed), *rated[i + 1 :]]
-
-
-def invoice_preview(*, tenant_id: uuid.UUID, as_of: datetime | None = None) -> PeriodRating:
-    """The current period's rated lines and totals, live from the rollups."""
-    as_of = as_of or timezone.now()
-    subscription = subscription_current(tenant_id=tenant_id, at=as_of)
-    if subscription is None:
-        raise NotFound("The tenant has no current subscription.")
-    return period_rate(
-        tenant_id=tenant_id, period=period_containing(subscription.anchor_day, as_of)
-    )
-
-
-def rate_all_tenants(*, period: Period) -> dict[uuid.UUID, int]:
-    """Total (minor units) of every tenant's period, in bulk: one rollup query for all
-    tenants with a single segment; tenants whose plan changed mid-period are rated one by
-    one (period_rate). Returns tenant id -> total_minor."""
-    subs = list(
-        Subscription.objects.filter(starts_at__lt=period.end)
-        .filter(Q(ends_at__isnull=True) | Q(ends_at__gt=period.start))
-        .select_related("plan_version__plan")
-    )
-    by_tenant: dict[uuid.UUID, list[Subscription]] = {}
-    for subscription in subs:
-        by_tenant.setdefault(subscription.tenant_id, []).append(subscription)
-    usage = usage_totals(by="tenant", start=period.start, end=period.end)
-    totals: dict[uuid.UUID, int] = {}
-    for tenant_id, tenant_subs in by_tenant.items():
-        spans = segments(period, [(s.starts_at, s.ends_at, s) for s in tenant_subs])
-        if len(spans) == 1 and spans[0].start == period.start and spans[0].end == period.end:
-            plan = plan_version_pricing(spans[0].item.plan_version)
-            vector = pricing.UsageVector(usage.get(tenant_id, NO_USAGE).tokens)
-            totals[tenant_id] = pricing.rate(plan, vector).total_minor
-        else:
-            totals[tenant_id] = period_rate(tenant_id=tenant_id, period=period).total_minor
-    return totals

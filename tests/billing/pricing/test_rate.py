@@ -1,4 +1,4 @@
-"""The pure pricing engine (billing.pricing): worked examples, routing, validation, properties."""
+"""The pure pricing engine (billing/pricing/): worked examples, routing, validation, properties."""
 
 from collections import Counter
 from decimal import ROUND_DOWN, ROUND_HALF_DOWN, ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
@@ -8,31 +8,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from billing.currency import currency_exponent, from_minor, to_minor
-from billing.pricing import (
-    CHARGE_MODELS,
-    InvalidPlanError,
-    PlanIssue,
-    PlanVersion,
-    PriceComponent,
-    RatedInvoice,
-    RatedLine,
-    Tier,
+from billing.pricing.charges import (
     TierCharge,
-    UsageVector,
     VolumeCliff,
     charge_graduated,
     charge_package,
     charge_per_unit,
     charge_volume,
-    rate,
-    validate_plan,
     volume_cliffs,
 )
+from billing.pricing.currency import currency_exponent, from_minor, to_minor
+from billing.pricing.plan import CHARGE_MODELS, ComponentPrice, PricePlan, Tier, UsageVector
+from billing.pricing.rate import RatedInvoice, RatedLine, rate
+from billing.pricing.validate import PlanInvalid, PlanIssue, validate_plan
 
 D = Decimal
 
-# The worked example of tier-semantics.md: unit = 1k tokens.
+# The worked example of the tier semantics (billing/pricing/rate.py): unit = 1k tokens.
 WORKED_TIERS = (
     Tier(up_to=D(1000), unit_price=D("0.010"), flat_fee=D(5)),
     Tier(up_to=D(10000), unit_price=D("0.008"), flat_fee=D(10)),
@@ -51,16 +43,16 @@ WORKED_EXAMPLE = [
 ]
 
 
-def component(key: str = "c", *args: str, **kwargs: object) -> PriceComponent:
+def component(key: str = "c", *args: str, **kwargs: object) -> ComponentPrice:
     """component(key, token_class="output", charge_model="per_unit", **other fields)."""
     fields: dict[str, object] = {"token_class": "output", "charge_model": "per_unit"}
     fields.update(zip(("token_class", "charge_model"), args, strict=False))
     fields.update(kwargs)
-    return PriceComponent(key=key, **fields)  # type: ignore[arg-type]
+    return ComponentPrice(key=key, **fields)  # type: ignore[arg-type]
 
 
-def plan(*components: PriceComponent, currency: str = "USD", **kwargs) -> PlanVersion:  # type: ignore[no-untyped-def]
-    return PlanVersion(currency=currency, components=components, **kwargs)
+def plan(*components: ComponentPrice, currency: str = "USD", **kwargs) -> PricePlan:  # type: ignore[no-untyped-def]
+    return PricePlan(currency=currency, components=components, **kwargs)
 
 
 def usage(**tokens: int) -> UsageVector:
@@ -480,7 +472,7 @@ def test_usage_vectors_add_key_by_key() -> None:
 # --- validate_plan ----------------------------------------------------------------------
 
 
-def tiered(model: str, *tiers: Tier, **kwargs) -> PriceComponent:  # type: ignore[no-untyped-def]
+def tiered(model: str, *tiers: Tier, **kwargs) -> ComponentPrice:  # type: ignore[no-untyped-def]
     return component(charge_model=model, tiers=tiers, **kwargs)
 
 
@@ -522,10 +514,10 @@ INVALID_PLANS = [
 
 
 @pytest.mark.parametrize(("code", "bad_plan"), INVALID_PLANS)
-def test_validate_plan_errors(code: str, bad_plan: PlanVersion) -> None:
+def test_validate_plan_errors(code: str, bad_plan: PricePlan) -> None:
     issues = validate_plan(bad_plan)
     assert code in {issue.code for issue in issues if issue.severity == "error"}
-    with pytest.raises(InvalidPlanError) as raised:
+    with pytest.raises(PlanInvalid) as raised:
         rate(bad_plan, UsageVector({}))
     assert code in {issue.code for issue in raised.value.issues}
 
@@ -563,7 +555,7 @@ def test_overlap_points_at_the_second_component() -> None:
         ),
     ],
 )
-def test_valid_plans_have_no_issues(valid_plan: PlanVersion) -> None:
+def test_valid_plans_have_no_issues(valid_plan: PricePlan) -> None:
     assert validate_plan(valid_plan) == []
 
 
@@ -600,7 +592,7 @@ def test_graduated_components_have_no_cliffs() -> None:
         ("unused_field", tiered("graduated", OPEN, unit_price=D(3))),
     ],
 )
-def test_validate_plan_warnings(code: str, warned: PriceComponent) -> None:
+def test_validate_plan_warnings(code: str, warned: ComponentPrice) -> None:
     issues = validate_plan(plan(warned))
     assert [(issue.severity, issue.code) for issue in issues] == [("warning", code)]
 
@@ -669,9 +661,9 @@ TOKEN_CLASSES_USED = ("input", "cache_read", "cache_write", "output", "reasoning
 @st.composite
 def price_components(
     draw: st.DrawFn, key: str, token_class: str, aliases: frozenset[str] | None
-) -> PriceComponent:
+) -> ComponentPrice:
     model = draw(st.sampled_from(CHARGE_MODELS))
-    return PriceComponent(
+    return ComponentPrice(
         key=key,
         token_class=token_class,
         charge_model=model,
@@ -686,8 +678,8 @@ def price_components(
 
 
 @st.composite
-def plans(draw: st.DrawFn) -> PlanVersion:
-    components: list[PriceComponent] = []
+def plans(draw: st.DrawFn) -> PricePlan:
+    components: list[ComponentPrice] = []
     for token_class in TOKEN_CLASSES_USED:
         # Sometimes a class has no general component, so folding and unpriced usage happen.
         if draw(st.booleans()) or token_class == "input":
@@ -696,7 +688,7 @@ def plans(draw: st.DrawFn) -> PlanVersion:
             components.append(
                 draw(price_components(f"{token_class}:big", token_class, frozenset({"big"})))
             )
-    return PlanVersion(
+    return PricePlan(
         currency=draw(st.sampled_from(["USD", "JPY", "KWD"])),
         components=tuple(draw(st.permutations(components))),
         base_fee=draw(fees),
@@ -711,7 +703,7 @@ usage_vectors = st.dictionaries(usage_keys, st.integers(0, 50_000_000), max_size
 @settings(deadline=None)
 @given(plan_version=plans(), vector=usage_vectors)
 def test_each_line_rounds_within_half_a_minor_unit(
-    plan_version: PlanVersion, vector: UsageVector
+    plan_version: PricePlan, vector: UsageVector
 ) -> None:
     invoice = rate(plan_version, vector)
     half = D(1).scaleb(-currency_exponent(plan_version.currency)) / 2
@@ -731,7 +723,7 @@ def test_each_line_rounds_within_half_a_minor_unit(
 @settings(deadline=None)
 @given(plan_version=plans(), days=st.lists(usage_vectors, min_size=1, max_size=6))
 def test_rating_summed_daily_usage_equals_rating_the_period_total(
-    plan_version: PlanVersion, days: list[UsageVector]
+    plan_version: PricePlan, days: list[UsageVector]
 ) -> None:
     period: Counter[tuple[str, str]] = Counter()
     for day in days:
@@ -751,7 +743,7 @@ def test_rating_summed_daily_usage_equals_rating_the_period_total(
     shift=st.integers(0, 50_000_000),
 )
 def test_moving_tokens_between_aliases_of_one_component_keeps_the_amounts(
-    plan_version: PlanVersion, small: int, other: int, shift: int
+    plan_version: PricePlan, small: int, other: int, shift: int
 ) -> None:
     # "small" and "other" both route to the general input component: it prices their sum.
     shift = min(shift, small)

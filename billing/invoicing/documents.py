@@ -6,14 +6,22 @@ document is reproducible, and nothing here computes money."""
 import csv
 import io
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 
-from billing.currency import currency_exponent
+from billing.invoicing.lines import INVOICE_LINE_FIELDS
+from billing.invoicing.pdf import (
+    DocumentLine,
+    InvoiceDocument,
+    Party,
+    TaxRow,
+    TierRow,
+    render_invoice_pdf,
+)
 from billing.models import Invoice, InvoiceLine
-from billing.pdf import DocumentLine, InvoiceDocument, Party, TaxRow, TierRow, render_invoice_pdf
+from billing.pricing.currency import currency_exponent
 
 
 def _tokens(n: int) -> str:
@@ -58,7 +66,7 @@ def invoice_document(invoice: Invoice) -> InvoiceDocument:
     status = invoice.status
     return InvoiceDocument(
         title="Invoice",
-        number=invoice.number or "DRAFT",
+        number=invoice.number or "",
         status=status,
         issue_date=invoice.issue_date,
         due_date=invoice.due_date,
@@ -111,25 +119,15 @@ INVOICE_COLUMNS = [
     "usage_cutoff_record_id",
     "stripe_invoice_id",
 ]
+# Every line field but the tier breakdown and the component key, the plan version by id,
+# after the invoice's number.
 LINE_COLUMNS = [
     "invoice_number",
-    "position",
-    "kind",
-    "description",
-    "plan_version_id",
-    "segment_start",
-    "segment_end",
-    "adjusts_period_start",
-    "token_class",
-    "aliases",
-    "tokens",
-    "reasoning_tokens",
-    "allowance_tokens",
-    "billable_tokens",
-    "quantity",
-    "amount_exact",
-    "amount_minor",
-    "usage_cutoff_record_id",
+    *(
+        "plan_version_id" if name == "plan_version" else name
+        for name in INVOICE_LINE_FIELDS
+        if name not in ("component_key", "tiers")
+    ),
 ]
 
 
@@ -167,26 +165,16 @@ def invoice_lines_csv(invoices: Iterable[Invoice]) -> str:
     writer.writerow(LINE_COLUMNS)
     for inv in invoices:
         for line in inv.lines.order_by("position"):
-            writer.writerow(
-                [
-                    inv.number or "",
-                    line.position,
-                    line.kind,
-                    line.description,
-                    line.plan_version_id,
-                    line.segment_start.isoformat(),
-                    line.segment_end.isoformat(),
-                    line.adjusts_period_start.isoformat() if line.adjusts_period_start else "",
-                    line.token_class,
-                    " ".join(line.aliases),
-                    line.tokens,
-                    line.reasoning_tokens,
-                    line.allowance_tokens,
-                    line.billable_tokens,
-                    line.quantity,
-                    line.amount_exact,
-                    line.amount_minor,
-                    line.usage_cutoff_record_id,
-                ]
-            )
+            writer.writerow([inv.number or "", *(_cell(line, c) for c in LINE_COLUMNS[1:])])
     return out.getvalue()
+
+
+def _cell(line: InvoiceLine, column: str) -> Any:
+    value = getattr(line, column)
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if column == "aliases":
+        return " ".join(value)
+    return value

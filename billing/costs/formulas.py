@@ -1,9 +1,8 @@
 """Hardware cost basis: what a token costs us to produce, and the floor price above it.
 
 Pure and stdlib only: frozen dataclasses in, ``Decimal`` out, no ORM, no floats. The
-facts and formulas are those of /work/shared/reference/cost-basis.md (binding); the
-per-accelerator data is ``billing/data/accelerators.csv``, a verbatim copy of the
-reference table with its sources.
+formulas below are binding (tests/billing/test_costbasis.py checks them); the
+per-accelerator data, with its sources, is ``billing/data/accelerators.csv``.
 
 Formulas
 - Cost per accelerator-hour (``hourly_cost``):
@@ -36,7 +35,7 @@ Invariants
   division, in a private 50-significant-digit context with ROUND_HALF_EVEN; a result is
   therefore the exact quotient rounded once to 50 significant digits, and exact whenever
   that quotient terminates within 50 digits. Nothing here quantizes to currency: the
-  caller rounds once, where money is billed (see ``billing.currency``). The caller's
+  caller rounds once, where money is billed (see ``billing.pricing.currency``). The caller's
   decimal context never changes a result.
 - ``class_costs(...).reasoning == class_costs(...).output`` exactly.
 """
@@ -52,6 +51,8 @@ from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 
+from metering.usage import TOKEN_CLASSES
+
 HOURS_PER_YEAR = Decimal(8760)
 SECONDS_PER_HOUR = Decimal(3600)
 TOKENS_PER_PRICE_UNIT = Decimal(1_000_000)  # costs are USD per 1M tokens
@@ -61,7 +62,6 @@ DEFAULT_PUE = Decimal("1.56")  # industry-average power usage effectiveness (202
 DEFAULT_POWER_USD_PER_KWH = Decimal("0.08")  # US industrial electricity, 2023 average
 DEFAULT_UTILIZATION = Decimal("0.6")  # fraction of wall-clock time a fleet is busy
 
-TOKEN_CLASSES: tuple[str, ...] = ("input", "cache_read", "cache_write", "output", "reasoning")
 
 CATALOGUE_COLUMNS: tuple[str, ...] = (
     "accelerator",
@@ -326,25 +326,18 @@ class Throughput:
         _non_negative(self.cache_write_factor, "cache_write_factor")
 
 
-def _per_million(
-    numerator_usd_per_hour: Decimal, tokens_per_s: Decimal, utilization: Decimal
-) -> Decimal:
-    with decimal.localcontext(_EXACT):
-        numerator = numerator_usd_per_hour * TOKENS_PER_PRICE_UNIT
-        denominator = tokens_per_s * SECONDS_PER_HOUR * utilization
-    return _DIVIDE.divide(numerator, denominator)
-
-
 def cost_per_million(hourly: Decimal, tokens_per_s: Decimal, utilization: Decimal) -> Decimal:
     """USD per 1M tokens: ``hourly / (tokens_per_s * 3600 * utilization) * 1_000_000``.
 
     The exact quotient rounded once to 50 significant digits (ROUND_HALF_EVEN).
     """
-    return _per_million(
-        _non_negative(hourly, "hourly"),
-        _positive(tokens_per_s, "tokens_per_s"),
-        _utilization(utilization),
-    )
+    rate = _non_negative(hourly, "hourly")
+    speed = _positive(tokens_per_s, "tokens_per_s")
+    busy = _utilization(utilization)
+    with decimal.localcontext(_EXACT):
+        numerator = rate * TOKENS_PER_PRICE_UNIT
+        denominator = speed * SECONDS_PER_HOUR * busy
+    return _DIVIDE.divide(numerator, denominator)
 
 
 @dataclass(frozen=True)
@@ -386,11 +379,11 @@ def class_costs(hourly: Decimal, throughput: Throughput, *, accelerator: str = "
     with decimal.localcontext(_EXACT):
         read_rate = rate * read_factor
         write_rate = rate * write_factor
-    output = _per_million(rate, decode, utilization)
+    output = cost_per_million(rate, decode, utilization)
     return ClassCosts(
-        input=_per_million(rate, prefill, utilization),
-        cache_read=_per_million(read_rate, prefill, utilization),
-        cache_write=_per_million(write_rate, prefill, utilization),
+        input=cost_per_million(rate, prefill, utilization),
+        cache_read=cost_per_million(read_rate, prefill, utilization),
+        cache_write=cost_per_million(write_rate, prefill, utilization),
         output=output,
         reasoning=output,
     )
@@ -436,7 +429,9 @@ def reasoning_share_of_cost(costs: ClassCosts, tokens: Mapping[str, int]) -> Dec
 
 
 @dataclass(frozen=True)
-class MarginPolicy:
+class Margins:
+    """A margin policy's two margins, checked (the stored policy is billing.models.MarginPolicy)."""
+
     target_margin: Decimal  # gross margin list prices aim for, in [0, 1)
     minimum_margin: Decimal  # gross margin no price may go below, in [0, target]
 
@@ -457,16 +452,6 @@ def floor_price(cost: Decimal, margin: Decimal) -> Decimal:
     return _DIVIDE.divide(amount, kept)
 
 
-def floor_prices(costs: ClassCosts, policy: MarginPolicy) -> tuple[ClassCosts, ClassCosts]:
-    """(prices at the minimum margin = the hard floor, prices at the target margin = the
-    list-price guide), per 1M tokens of each class."""
-
-    def at(margin: Decimal) -> ClassCosts:
-        return ClassCosts(**{c: floor_price(v, margin) for c, v in costs.as_dict().items()})
-
-    return at(policy.minimum_margin), at(policy.target_margin)
-
-
 def gross_margin(revenue: Decimal, cost: Decimal) -> Decimal | None:
     """``(revenue - cost) / revenue`` (negative when selling below cost); ``None`` when
     revenue is 0."""
@@ -477,13 +462,3 @@ def gross_margin(revenue: Decimal, cost: Decimal) -> Decimal | None:
     with decimal.localcontext(_EXACT):
         profit = earned - spent
     return _DIVIDE.divide(profit, earned)
-
-
-def catalogue_cost_per_million_output(row: CatalogueRow, utilization: Decimal) -> Decimal:
-    """USD per 1M output tokens for a catalogue row rented at its listed rate and
-    throughput; ``MissingCostData`` naming whichever of the two is null."""
-    hourly, tokens_per_s = row.hourly_usd, row.output_tokens_per_s
-    if hourly is None or tokens_per_s is None:
-        fields = [("hourly_usd", hourly), ("output_tokens_per_s", tokens_per_s)]
-        raise MissingCostData(_missing_fields(fields), row.key)
-    return cost_per_million(hourly, tokens_per_s, utilization)

@@ -1,6 +1,6 @@
-"""Hardware cost basis and margins: the catalogue, versioned cost bases and deployments,
-the serving cost rates the proxy stamps on every record, margin policies and the price
-floors that plan validation checks. Arithmetic lives in billing.costbasis (pure).
+"""Hardware cost basis: the accelerator catalogue, versioned cost bases and deployments,
+and the serving cost rates the proxy stamps on every record. Arithmetic lives in
+billing/costs/formulas.py (pure); margin policies and price floors in margins.py.
 
 Invariants:
 - cost bases, deployments and rates are never edited: a change is a new row in force
@@ -16,22 +16,20 @@ from typing import Any
 
 from django.db import transaction
 from django.db.models import Max
-from django.utils import timezone
 
-from billing import costbasis, pricing
+from billing.costs import formulas
 from billing.models import (
     AcceleratorType,
     CalibrationRun,
     CostBasisVersion,
     Deployment,
-    MarginPolicy,
 )
 from config.errors import ApplicationError, NotFound
 from metering.models import ServingCostRate
+from metering.usage import TOKEN_CLASSES
 
 SEED_FROM = datetime(2020, 1, 1, tzinfo=UTC)
 RATE_QUANTUM = Decimal("1e-18")  # rates are stored with 18 decimals (rounded half-up once)
-MILLION = Decimal(1_000_000)
 
 
 class CannotPrice(ApplicationError):
@@ -50,7 +48,7 @@ def catalogue_load(*, path: Path | None = None) -> int:
     """Load the accelerator catalogue (idempotent). A type with no cost basis yet gets
     version 1 (rented, the catalogue's hourly price, possibly unknown)."""
     created = 0
-    for row in costbasis.load_catalogue(path):
+    for row in formulas.load_catalogue(path):
         accelerator, _ = AcceleratorType.objects.update_or_create(
             key=row.key,
             defaults={
@@ -109,7 +107,7 @@ def deployment_set(
     effective_from: datetime,
     decode_tokens_per_s: Decimal | None,
     prefill_tokens_per_s: Decimal | None,
-    utilization: Decimal = costbasis.DEFAULT_UTILIZATION,
+    utilization: Decimal = formulas.DEFAULT_UTILIZATION,
     cache_read_factor: Decimal = Decimal("0.1"),
     cache_write_factor: Decimal = Decimal("1.25"),
     calibration: CalibrationRun | None = None,
@@ -151,11 +149,9 @@ def cost_basis_in_force(*, accelerator: AcceleratorType, at: datetime) -> CostBa
 def hourly_cost_of(basis: CostBasisVersion) -> Decimal:
     key = basis.accelerator.key
     if basis.mode == CostBasisVersion.Mode.RENTED:
-        spec: costbasis.RentedCost | costbasis.OwnedCost = costbasis.RentedCost(
-            _opt(basis.hourly_usd)
-        )
+        spec: formulas.RentedCost | formulas.OwnedCost = formulas.RentedCost(_opt(basis.hourly_usd))
     else:
-        spec = costbasis.OwnedCost(
+        spec = formulas.OwnedCost(
             purchase_price_usd=_opt(basis.purchase_price_usd),
             amortization_years=_opt(basis.amortization_years),
             tdp_watts=basis.accelerator.tdp_watts,
@@ -164,13 +160,13 @@ def hourly_cost_of(basis: CostBasisVersion) -> Decimal:
             other_opex_per_hour=Decimal(basis.other_opex_per_hour),
         )
     try:
-        return costbasis.hourly_cost(spec, accelerator=key)
-    except costbasis.MissingCostData as exc:
+        return formulas.hourly_cost(spec, accelerator=key)
+    except formulas.MissingCostData as exc:
         raise CannotPrice(str(exc), {"accelerator": key, "missing": list(exc.fields)}) from exc
 
 
-def class_costs_of(deployment: Deployment, basis: CostBasisVersion) -> costbasis.ClassCosts:
-    throughput = costbasis.Throughput(
+def class_costs_of(deployment: Deployment, basis: CostBasisVersion) -> formulas.ClassCosts:
+    throughput = formulas.Throughput(
         decode_tokens_per_s=_opt(deployment.decode_tokens_per_s),
         prefill_tokens_per_s=_opt(deployment.prefill_tokens_per_s),
         utilization=Decimal(deployment.utilization),
@@ -178,10 +174,10 @@ def class_costs_of(deployment: Deployment, basis: CostBasisVersion) -> costbasis
         cache_write_factor=Decimal(deployment.cache_write_factor),
     )
     try:
-        return costbasis.class_costs(
+        return formulas.class_costs(
             hourly_cost_of(basis), throughput, accelerator=basis.accelerator.key
         )
-    except costbasis.MissingCostData as exc:
+    except formulas.MissingCostData as exc:
         raise CannotPrice(
             str(exc), {"alias": deployment.alias, "missing": list(exc.fields)}
         ) from exc
@@ -205,11 +201,7 @@ def cost_rate_publish(*, alias: str, at: datetime) -> ServingCostRate:
         alias=alias,
         accelerator=deployment.accelerator.key,
         effective_from=at,
-        input_usd=q["input"],
-        cache_read_usd=q["cache_read"],
-        cache_write_usd=q["cache_write"],
-        output_usd=q["output"],
-        reasoning_usd=q["reasoning"],
+        **{f"{token_class}_usd": q[token_class] for token_class in TOKEN_CLASSES},
         source={
             "deployment_id": deployment.pk,
             "deployment_version": deployment.version,
@@ -223,91 +215,8 @@ def cost_rate_publish(*, alias: str, at: datetime) -> ServingCostRate:
     )
 
 
-@transaction.atomic
-def margin_policy_set(
-    *,
-    accelerator: AcceleratorType,
-    target_margin: Decimal,
-    minimum_margin: Decimal,
-    effective_from: datetime,
-) -> MarginPolicy:
-    costbasis.MarginPolicy(target_margin=target_margin, minimum_margin=minimum_margin)  # validates
-    return MarginPolicy.objects.create(
-        accelerator=accelerator,
-        target_margin=target_margin,
-        minimum_margin=minimum_margin,
-        effective_from=effective_from,
+def rate_costs(rate: ServingCostRate) -> formulas.ClassCosts:
+    """A published rate's per-class costs (column ``<token class>_usd``)."""
+    return formulas.ClassCosts(
+        **{token_class: getattr(rate, f"{token_class}_usd") for token_class in TOKEN_CLASSES}
     )
-
-
-def margin_policy_in_force(*, accelerator_key: str, at: datetime) -> costbasis.MarginPolicy | None:
-    policy = (
-        MarginPolicy.objects.filter(accelerator__key=accelerator_key, effective_from__lte=at)
-        .order_by("-effective_from", "-id")
-        .first()
-    )
-    if policy is None:
-        return None
-    return costbasis.MarginPolicy(Decimal(policy.target_margin), Decimal(policy.minimum_margin))
-
-
-def rate_costs(rate: ServingCostRate) -> costbasis.ClassCosts:
-    return costbasis.ClassCosts(
-        input=rate.input_usd,
-        cache_read=rate.cache_read_usd,
-        cache_write=rate.cache_write_usd,
-        output=rate.output_usd,
-        reasoning=rate.reasoning_usd,
-    )
-
-
-# --- floors --------------------------------------------------------------------------
-
-
-def floor_breaches(
-    plan: pricing.PlanVersion, *, at: datetime | None = None
-) -> list[pricing.PlanIssue]:
-    """A warning for every component priced below the cost floor of an alias it covers."""
-    from metering.proxy.callers import current_cost_rates
-
-    at = at or timezone.now()
-    if plan.currency.upper() != "USD":
-        return []  # costs are in USD and no exchange rates are kept: floors cover USD plans
-    all_aliases = list(ServingCostRate.objects.values_list("alias", flat=True).distinct())
-    rates = current_cost_rates(all_aliases, at=at)
-    scoped = {a for c in plan.components if c.aliases for a in c.aliases}
-    issues = []
-    for component in plan.components:
-        classes = [component.token_class]
-        if component.token_class == "output" and not any(
-            c.token_class == "reasoning" for c in plan.components
-        ):
-            classes.append("reasoning")  # reasoning folds into output when not priced itself
-        covered = component.aliases or frozenset(a for a in rates if a not in scoped)
-        price, _ = pricing.prices_per_million(component)
-        for alias in sorted(covered):
-            rate = rates.get(alias)
-            if rate is None:
-                continue
-            policy = margin_policy_in_force(accelerator_key=rate.accelerator, at=at)
-            margin = policy.minimum_margin if policy else Decimal(0)
-            for token_class in classes:
-                floor = costbasis.floor_price(rate_costs(rate).as_dict()[token_class], margin)
-                if price < floor:
-                    issues.append(
-                        pricing.PlanIssue(
-                            severity="warning",
-                            code="below_cost_floor",
-                            message=(
-                                f"{token_class} on {alias} ({rate.accelerator}) is priced at "
-                                f"{_usd(price)}/M, below its floor {_usd(floor)}/M at a "
-                                f"{margin:.0%} minimum margin (by {_usd(floor - price)}/M)"
-                            ),
-                            component_key=component.key,
-                        )
-                    )
-    return issues
-
-
-def _usd(value: Decimal) -> str:
-    return f"${value.quantize(Decimal('0.0001'), rounding=ROUND_HALF_UP)}"

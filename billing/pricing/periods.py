@@ -3,7 +3,7 @@
 A period is monthly and half-open, [start, end), starting on the subscription's anchor
 day (1-28) at 00:00 UTC. A plan change inside a period splits it into segments, each
 rated on its own plan version; base fee, minimum commitment and allowances of a segment
-are prorated by its share of the period's seconds (see billing.services).
+are prorated by its share of the period's seconds (see billing.plans).
 """
 
 import re
@@ -71,10 +71,6 @@ def period_containing(anchor_day: int, instant: datetime) -> Period:
     if start > instant:
         start = month_day(instant.year, instant.month - 1, anchor_day)
     return Period(start, month_day(start.year, start.month + 1, anchor_day))
-
-
-def period_after(period: Period, anchor_day: int) -> Period:
-    return period_containing(anchor_day, period.end)
 
 
 def segments(period: Period, spans: list[tuple[datetime, datetime | None, T]]) -> list[Segment[T]]:

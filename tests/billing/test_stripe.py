@@ -4,10 +4,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from billing.invoicing import InjectedFault, period_close
+from billing.invoicing.close import InjectedFault, period_close
 from billing.models import Invoice, StripeCustomer
-from billing.services import subscription_create
-from billing.stripe_sync import invoice_sync_stripe
+from billing.plans import subscription_create
+from billing.stripe import invoice_sync_stripe
 from tests.factories import ApiKeyFactory
 from tests.fakes.stripe_server import FakeStripe
 from tests.scenarios.test_invoicing_stories import SEP, use, version
@@ -97,7 +97,7 @@ def test_without_a_stripe_key_nothing_calls_stripe(fake, settings) -> None:  # t
 def test_only_finalized_invoices_are_pushed_and_local_voids_reach_stripe(
     stripe_on, django_capture_on_commit_callbacks
 ) -> None:  # type: ignore[no-untyped-def]
-    from billing.invoicing import invoice_transition
+    from billing.invoicing.lifecycle import invoice_transition
 
     invoice = closed_invoice()
     voided = invoice_transition(invoice=invoice, to="void")

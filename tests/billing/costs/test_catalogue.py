@@ -5,26 +5,26 @@ from decimal import Decimal
 
 import pytest
 
-from billing import costbasis
-from billing.hardware import (
+from billing.costs import formulas
+from billing.costs.catalogue import (
     CannotPrice,
     accelerator_get,
     catalogue_load,
     cost_basis_create,
     deployment_set,
-    margin_policy_set,
 )
+from billing.costs.margins import margin_policy_set
 from billing.models import AcceleratorType
-from billing.periods import Period
-from billing.reports import margin_report, whatif
-from billing.services import (
+from billing.plans import (
     plan_create,
     plan_version_create,
     plan_version_issues,
     subscription_create,
 )
+from billing.pricing.periods import Period
+from billing.reports import margin_report, whatif
 from metering.models import ServingCostRate, UsageRecord, UsageRollup
-from metering.proxy.callers import current_cost_rates
+from metering.selectors import current_cost_rates
 from tests.factories import ApiKeyFactory
 from tests.usage_helpers import write_usage as record
 
@@ -163,7 +163,7 @@ def test_margin_report_and_whatif(h100) -> None:  # type: ignore[no-untyped-def]
         effective_from=T0,
     )
     plan = plan_create(code="payg", name="PAYG")
-    from billing.services import plan_version_publish
+    from billing.plans import plan_version_publish
 
     version = plan_version_publish(
         version=plan_version_create(
@@ -198,10 +198,10 @@ def test_margin_report_and_whatif(h100) -> None:  # type: ignore[no-untyped-def]
 
     result = whatif(period=Period(T0, NOV), accelerator_key="amd-mi300x", tenant_id=key.tenant_id)
     # MI300X per catalogue: 1.85 $/h at 2939 tok/s vs H100 3.49 at 3913: the same work costs less
-    mi300x = costbasis.cost_per_million(Decimal("1.85"), Decimal(2939), Decimal("0.6"))
+    mi300x = formulas.cost_per_million(Decimal("1.85"), Decimal(2939), Decimal("0.6"))
     assert result.alternative_cost_usd == pytest.approx(mi300x * 4, rel=Decimal("1e-12"))
     assert result.alternative_cost_usd < result.actual_cost_usd
-    assert result.floor_revenue_usd == costbasis.floor_price(
+    assert result.floor_revenue_usd == formulas.floor_price(
         result.alternative_cost_usd, Decimal("0.2")
     )
     assert result.alternative_margin > result.actual_margin

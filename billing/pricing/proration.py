@@ -8,12 +8,12 @@ rounded down to whole tokens. Tiers are not prorated: they apply to the segment'
 import dataclasses
 from decimal import ROUND_FLOOR, Decimal
 
-from billing.pricing import PlanVersion
+from billing.pricing.plan import PricePlan
 
 ONE = Decimal(1)
 
 
-def prorate_plan(plan: PlanVersion, share: Decimal) -> PlanVersion:
+def prorate_plan(plan: PricePlan, share: Decimal) -> PricePlan:
     if not Decimal(0) < share <= ONE:
         raise ValueError(f"share must be in (0, 1], got {share}")
     if share == ONE:

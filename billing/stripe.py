@@ -1,13 +1,14 @@
 """Invoices to Stripe, and Stripe's webhook events back.
 
-Push: customer, then a draft Stripe invoice (auto_advance off, pending items excluded),
-then one invoice item per line, then finalize. Every call carries an idempotency key
+Push (of an invoice already finalized here): customer, then a Stripe invoice in Stripe's
+draft state (auto_advance off, pending items excluded), then one invoice item per line,
+then Stripe's own finalize call. Every call carries an idempotency key
 derived from our own row ids, and every Stripe id is stored as soon as it is known, so a
 push interrupted anywhere can simply run again.
 
 Webhooks: verified with the stripe library's signature scheme and timestamp tolerance,
 stored raw first (unique event id), then processed in a retryable transaction. Status
-changes go through billing.invoicing.invoice_transition, which never moves an invoice
+changes go through billing.invoicing.lifecycle.invoice_transition, which never moves an invoice
 backwards: duplicate and out-of-order events are harmless.
 """
 
@@ -24,7 +25,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from stripe._base_address import BaseAddresses
 
-from billing.invoicing import checkpoint, invoice_record_payment_failure, invoice_transition
+from billing.invoicing.close import checkpoint
+from billing.invoicing.lifecycle import invoice_record_payment_failure, invoice_transition
 from billing.models import Invoice, StripeCustomer, StripeEvent
 from config.errors import ApplicationError
 from metering.models import Tenant
