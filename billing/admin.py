@@ -44,33 +44,28 @@ def _editable(obj: object) -> bool:
     return not (isinstance(version, PlanVersion) and version.is_published)
 
 
-class PriceComponentInline(admin.StackedInline):
+class _EditableWhileDraft:
+    """An inline of a plan version's prices: read-only once the version is published."""
+
+    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return _editable(obj) and super().has_change_permission(request, obj)
+
+    def has_add_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return _editable(obj) and super().has_add_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return _editable(obj) and super().has_delete_permission(request, obj)
+
+
+class PriceComponentInline(_EditableWhileDraft, admin.StackedInline):
     model = PriceComponent
     extra = 0
     show_change_link = True  # tiers are edited on the component's own page
 
-    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
-        return _editable(obj) and super().has_change_permission(request, obj)
 
-    def has_add_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
-        return _editable(obj) and super().has_add_permission(request, obj)
-
-    def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
-        return _editable(obj) and super().has_delete_permission(request, obj)
-
-
-class PriceTierInline(admin.TabularInline):
+class PriceTierInline(_EditableWhileDraft, admin.TabularInline):
     model = PriceTier
     extra = 1
-
-    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
-        return _editable(obj) and super().has_change_permission(request, obj)
-
-    def has_add_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
-        return _editable(obj) and super().has_add_permission(request, obj)
-
-    def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
-        return _editable(obj) and super().has_delete_permission(request, obj)
 
 
 def _issues_html(version: PlanVersion) -> str:
