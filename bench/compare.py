@@ -40,6 +40,13 @@ def figures_of(bench: str, output: str) -> dict[str, float]:
             for column, value in zip(columns[-len(values) :], values, strict=True):
                 unit = " ms p50 c=1" if name == "added" else ""
                 found[f"{column}: {name}{unit}"] = float(value.rstrip("%"))
+        # Shares within one run move far less than req/s between runs (machine drift).
+        direct, bare = found.get("direct: req/s c=32"), found.get("bare proxy: req/s c=32")
+        for column in columns[2:]:
+            rps = found.get(f"{column}: req/s c=32")
+            if rps is not None and direct and bare:
+                found[f"{column}: % of direct"] = 100 * rps / direct
+                found[f"{column}: % of bare proxy"] = 100 * rps / bare
     else:
         for kind, value in re.findall(r"^\s+(\w+)\s+median\s+([\d.]+) us/call", output, re.M):
             found[f"{kind}: CPU us/call"] = float(value)
@@ -62,7 +69,10 @@ def run(bench: str, tree: Path, extra: list[str]) -> dict[str, float]:
 
 
 def spread(values: list[float]) -> str:
-    return f"{min(values):9.1f} {statistics.median(values):9.1f} {max(values):9.1f}"
+    digits = 3 if max(abs(v) for v in values) < 10 else 1
+    return " ".join(
+        f"{v:9.{digits}f}" for v in (min(values), statistics.median(values), max(values))
+    )
 
 
 def main() -> None:
@@ -71,8 +81,9 @@ def main() -> None:
     parser.add_argument("new")
     parser.add_argument("--bench", choices=sorted(SCRIPTS), default="proxy")
     parser.add_argument("--pairs", type=int, default=3, help="runs per commit, interleaved")
-    parser.add_argument("extra", nargs="*", help="after --: flags for the bench itself")
-    args = parser.parse_args()
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     shas = {}
     for name in ("old", "new"):
         rev = getattr(args, name)
@@ -98,7 +109,7 @@ def main() -> None:
                 order = ("old", "new") if pair % 2 == 0 else ("new", "old")
                 for name in order:
                     print(f"pair {pair + 1}/{args.pairs}: {name} ({shas[name]})", flush=True)
-                    results[name].append(run(args.bench, trees[name], args.extra))
+                    results[name].append(run(args.bench, trees[name], extra))
         finally:
             for tree in trees.values():
                 subprocess.run(
