@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Context, Decimal, Inexact, InvalidOperation, localcontext
-from typing import Any
+from typing import Any, assert_never
 from urllib.parse import urlsplit
 
 from django.db import transaction
@@ -39,9 +39,7 @@ from billing.models import Alert, BalanceAccount, Subscription, WebhookEndpoint
 from billing.selectors import subscription_current
 from config.errors import ApplicationError
 from metering.calendar import month_start
-from metering.control.budgets import budget_list
-from metering.models import ReasoningPolicy, SpendLimit
-from metering.selectors import reasoning_tokens_since, spend_since
+from metering.control.budgets import BudgetKind, budget_list, budget_tenant_ids, budget_use
 
 logger = logging.getLogger(__name__)
 
@@ -192,30 +190,25 @@ def budgets_of(tenant_id: uuid.UUID, at: datetime) -> list[Budget]:
     )
     budgets: list[Budget] = []
     for spec in specs:
-        if spec.kind == "spend":
-            assert spec.limit is not None
-            scope = _key_label(spec.key_prefix) if spec.api_key_id else "the tenant"
-            budgets.append(
-                Budget(
+        used = budget_use(spec, tenant_id=tenant_id, month=since_month)
+        match spec.kind:
+            case BudgetKind.SPEND:
+                assert spec.limit is not None and used is not None
+                scope = _key_label(spec.key_prefix) if spec.owner == "key" else "the tenant"
+                budget = Budget(
                     key=f"spend_limit:{spec.spend_limit_id}",
                     description=(
                         f"{'Monthly' if spec.monthly else 'All-time'} spend limit of {scope}"
                     ),
                     period=month if spec.monthly else "total",
                     unit="USD",
-                    used=spend_since(
-                        tenant_id=tenant_id,
-                        api_key_id=spec.api_key_id,
-                        since=since_month if spec.monthly else None,
-                    ),
+                    used=used,
                     limit=spec.limit,
                 )
-            )
-        elif spec.kind == "balance":
-            assert state is not None
-            epoch = state.watermark.isoformat() if state.watermark else "start"
-            budgets.append(
-                Budget(
+            case BudgetKind.BALANCE:
+                assert state is not None
+                epoch = state.watermark.isoformat() if state.watermark else "start"
+                budget = Budget(
                     key="balance",
                     description=f"Prepaid balance ({state.currency})",
                     # a top-up (new available) or an invoice (new watermark) re-arms them
@@ -224,37 +217,24 @@ def budgets_of(tenant_id: uuid.UUID, at: datetime) -> list[Budget]:
                     used=state.uninvoiced_spend,
                     limit=state.available,
                 )
-            )
-        elif spec.api_key_id is None:
-            assert spec.limit is not None and plan is not None
-            budgets.append(
-                Budget(
-                    key="reasoning_budget:plan",
-                    description=f"Monthly reasoning-token budget of plan {plan.plan.code}",
+            case BudgetKind.REASONING:
+                assert spec.limit is not None and used is not None
+                if spec.owner == "plan":
+                    assert plan is not None
+                    key, of = "reasoning_budget:plan", f"plan {plan.plan.code}"
+                else:
+                    key, of = f"reasoning_budget:key:{spec.api_key_id}", _key_label(spec.key_prefix)
+                budget = Budget(
+                    key=key,
+                    description=f"Monthly reasoning-token budget of {of}",
                     period=month,
                     unit="reasoning_tokens",
-                    used=Decimal(reasoning_tokens_since(tenant_id=tenant_id, since=since_month)),
+                    used=used,
                     limit=spec.limit,
                 )
-            )
-        else:
-            assert spec.limit is not None
-            budgets.append(
-                Budget(
-                    key=f"reasoning_budget:key:{spec.api_key_id}",
-                    description=(
-                        f"Monthly reasoning-token budget of {_key_label(spec.key_prefix)}"
-                    ),
-                    period=month,
-                    unit="reasoning_tokens",
-                    used=Decimal(
-                        reasoning_tokens_since(
-                            tenant_id=tenant_id, api_key_id=spec.api_key_id, since=since_month
-                        )
-                    ),
-                    limit=spec.limit,
-                )
-            )
+            case _:
+                assert_never(spec.kind)
+        budgets.append(budget)
     return budgets
 
 
@@ -271,22 +251,26 @@ def alerts_for_tenant(
 
 
 def tenants_with_budgets(at: datetime) -> list[uuid.UUID]:
-    """Every tenant with a spend limit, a balance account, a plan reasoning budget in
-    force at `at`, or a key reasoning budget."""
-    ids: set[uuid.UUID] = set(SpendLimit.objects.values_list("tenant_id", flat=True))
-    ids |= set(BalanceAccount.objects.values_list("tenant_id", flat=True))
-    ids |= set(
-        Subscription.objects.filter(
-            plan_version__monthly_reasoning_tokens__isnull=False, starts_at__lte=at
-        )
-        .filter(Q(ends_at__isnull=True) | Q(ends_at__gt=at))
-        .values_list("tenant_id", flat=True)
-    )
-    ids |= set(
-        ReasoningPolicy.objects.filter(monthly_reasoning_tokens__isnull=False).values_list(
-            "api_key__tenant_id", flat=True
-        )
-    )
+    """Every tenant with a budget: those metering configures (spend limits, key reasoning
+    budgets), and those billing does: a balance account, a plan reasoning budget in
+    force at `at`."""
+    ids = budget_tenant_ids()
+    for kind in BudgetKind:
+        match kind:
+            case BudgetKind.SPEND:
+                pass  # metering's alone
+            case BudgetKind.BALANCE:
+                ids |= set(BalanceAccount.objects.values_list("tenant_id", flat=True))
+            case BudgetKind.REASONING:  # the plan's; a key's is metering's
+                ids |= set(
+                    Subscription.objects.filter(
+                        plan_version__monthly_reasoning_tokens__isnull=False, starts_at__lte=at
+                    )
+                    .filter(Q(ends_at__isnull=True) | Q(ends_at__gt=at))
+                    .values_list("tenant_id", flat=True)
+                )
+            case _:
+                assert_never(kind)
     return sorted(ids, key=str)
 
 

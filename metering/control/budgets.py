@@ -2,14 +2,18 @@
 
 A tenant's budgets are, in this order: its spend limits (the tenant's and its keys',
 monthly or all-time), its prepaid balance, the plan's monthly reasoning-token budget, and
-each key's monthly reasoning-token budget. `budget_list` builds that list; a new kind of
-budget is added there, once:
+each key's monthly reasoning-token budget. `budget_list` builds that list and
+`BudgetKind` closes the kinds; every consumer dispatches on the kind exhaustively
+(`match` + `assert_never`), so a new kind is added here and then wherever mypy points:
 - the proxy holds a call against the ones that apply to its key (`budget_scopes`: in
-  nano-units of money or in tokens, named in Redis by whose budget and which window);
+  nano-units of money or in tokens, named in Redis by kind, whose budget and which window);
 - billing's alerts evaluate every one of the tenant's, with its use from the ledger
-  (`billing.alerts.budgets_of`).
+  (`budget_use`; `billing.alerts.budgets_of`), for the tenants `budget_tenant_ids` names
+  (and those billing's own budgets add).
 `budget_loader` is the inverse of the Redis names: how the periodic rebuild reads a
-budget's use back from the ledger.
+budget's use back from the ledger. Past this module a budget is a BudgetScope, whose
+counts the hot path reads as tokens for a reasoning budget and as money otherwise
+(metering.control.holds, scopes): a new kind in tokens must be added there too.
 """
 
 import uuid
@@ -17,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from enum import StrEnum
+from typing import Literal, assert_never
 
 from django.db.models import Q
 
@@ -31,12 +37,22 @@ MONTH_TTL_S = 40 * 86400  # a monthly budget outlives its month in Redis, then g
 Loader = Callable[[], int]
 
 
+class BudgetKind(StrEnum):
+    """What a budget limits. The value names it in Redis (`rk:<kind>:…`) and is
+    BudgetScope.kind."""
+
+    SPEND = "spend"  # USD spent: a SpendLimit, the tenant's or a key's, monthly or all-time
+    BALANCE = "balance"  # money drawn from the tenant's prepaid balance since its epoch
+    REASONING = "reasoning"  # reasoning tokens in the month: the plan's budget or a key's
+
+
 @dataclass(frozen=True, slots=True)
 class BudgetSpec:
     """One budget of a tenant, as configured (its use is each consumer's to read)."""
 
-    kind: str  # "spend" | "balance" | "reasoning"
-    # The key whose budget it is; None: the tenant's (spend, balance) or its plan's.
+    kind: BudgetKind
+    # The key whose budget it is; None: the tenant's (spend, balance) or its plan's
+    # (reasoning).
     api_key_id: int | None
     # Counts the calendar month's use; else all time (spend) or the balance's epoch.
     monthly: bool
@@ -48,6 +64,33 @@ class BudgetSpec:
     # Spend: the SpendLimit row's id. Key budgets: the key's display prefix.
     spend_limit_id: int | None = None
     key_prefix: str = ""
+
+    @property
+    def owner(self) -> Literal["key", "tenant", "plan"]:
+        """Whose budget it is: a key's, else the tenant's own or (reasoning) its plan's."""
+        if self.api_key_id is not None:
+            return "key"
+        match self.kind:
+            case BudgetKind.SPEND | BudgetKind.BALANCE:
+                return "tenant"
+            case BudgetKind.REASONING:
+                return "plan"
+            case _:
+                assert_never(self.kind)
+
+    @property
+    def label(self) -> str:
+        """What a refusal calls it, e.g. "tenant monthly spend limit"."""
+        match self.kind:
+            case BudgetKind.SPEND:
+                window = "monthly" if self.monthly else "all-time"
+                return f"{self.owner} {window} spend limit"
+            case BudgetKind.BALANCE:
+                return "prepaid balance"
+            case BudgetKind.REASONING:
+                return f"{self.owner} monthly reasoning-token budget"
+            case _:
+                assert_never(self.kind)
 
 
 def budget_list(
@@ -61,13 +104,15 @@ def budget_list(
     """The tenant's budgets in their fixed order: those of the tenant and of key
     `api_key_id` (a call's), or of the tenant and every key (api_key_id None: alerts).
     `balance`: the tenant has a prepaid balance that counts; `plan_reasoning_tokens`:
-    its plan's monthly reasoning budget (None: none)."""
+    its plan's monthly reasoning budget (None: none). Spend limits come in the order
+    they were created (by pk), key reasoning budgets by key: a deterministic order, so
+    a call's holds and the alerts list the same budgets the same way every time."""
     limits = SpendLimit.objects.filter(tenant_id=tenant_id).select_related("api_key")
     if api_key_id is not None:
         limits = limits.filter(Q(api_key__isnull=True) | Q(api_key_id=api_key_id))
     budgets = [
         BudgetSpec(
-            kind="spend",
+            kind=BudgetKind.SPEND,
             api_key_id=limit.api_key_id,
             monthly=limit.window == SpendLimit.Window.MONTH,
             limit=Decimal(limit.amount_usd),
@@ -77,11 +122,13 @@ def budget_list(
         for limit in limits.order_by("pk")
     ]
     if balance:
-        budgets.append(BudgetSpec(kind="balance", api_key_id=None, monthly=False, limit=None))
+        budgets.append(
+            BudgetSpec(kind=BudgetKind.BALANCE, api_key_id=None, monthly=False, limit=None)
+        )
     if plan_reasoning_tokens is not None:
         budgets.append(
             BudgetSpec(
-                kind="reasoning",
+                kind=BudgetKind.REASONING,
                 api_key_id=None,
                 monthly=True,
                 limit=Decimal(plan_reasoning_tokens),
@@ -97,7 +144,7 @@ def budget_list(
         assert policy.monthly_reasoning_tokens is not None  # filtered above
         budgets.append(
             BudgetSpec(
-                kind="reasoning",
+                kind=BudgetKind.REASONING,
                 api_key_id=policy.api_key_id,
                 monthly=True,
                 limit=Decimal(policy.monthly_reasoning_tokens),
@@ -108,6 +155,46 @@ def budget_list(
     return budgets
 
 
+def budget_tenant_ids() -> set[uuid.UUID]:
+    """The tenants with a budget configured in metering: a spend limit (the tenant's or a
+    key's) or a key's monthly reasoning budget. A prepaid balance and a plan's reasoning
+    budget are billing's to find (`billing.alerts.tenants_with_budgets`)."""
+    ids: set[uuid.UUID] = set()
+    for kind in BudgetKind:
+        match kind:
+            case BudgetKind.SPEND:
+                ids |= set(SpendLimit.objects.values_list("tenant_id", flat=True))
+            case BudgetKind.BALANCE:
+                pass  # billing's BalanceAccount
+            case BudgetKind.REASONING:  # a key's; the plan's is billing's Subscription
+                ids |= set(
+                    ReasoningPolicy.objects.filter(
+                        monthly_reasoning_tokens__isnull=False
+                    ).values_list("api_key__tenant_id", flat=True)
+                )
+            case _:
+                assert_never(kind)
+    return ids
+
+
+def budget_use(spec: BudgetSpec, *, tenant_id: uuid.UUID, month: datetime) -> Decimal | None:
+    """What the ledger says budget `spec` of the tenant has used in its window (`month`:
+    the current month's start), in its unit: USD spent, reasoning tokens. None for the
+    balance, whose use is the balance's own figure (billing's, or the tenant's terms)."""
+    match spec.kind:
+        case BudgetKind.SPEND:
+            since = month if spec.monthly else None
+            return spend_since(tenant_id=tenant_id, api_key_id=spec.api_key_id, since=since)
+        case BudgetKind.BALANCE:
+            return None
+        case BudgetKind.REASONING:
+            return Decimal(
+                reasoning_tokens_since(tenant_id=tenant_id, api_key_id=spec.api_key_id, since=month)
+            )
+        case _:
+            assert_never(spec.kind)
+
+
 def budget_scopes(
     specs: list[BudgetSpec],
     *,
@@ -116,64 +203,56 @@ def budget_scopes(
     now: datetime,
 ) -> list[BudgetScope]:
     """The budgets of a call as Redis counts them: in nano-units of money or in tokens,
-    each named by whose budget it is and which window (`budget_loader` reads the names)."""
+    each named by kind, whose budget it is and which window (`budget_loader` reads the
+    names)."""
     month = month_start(now)
-    alert_at = tenant_terms.alert_thresholds
-    scopes = []
-    for spec in specs:
-        who = f"key:{spec.api_key_id}" if spec.api_key_id else f"tenant:{tenant_id}"
-        owner = "key" if spec.api_key_id else "tenant"
-        if spec.kind == "spend":
+    return [
+        _scope(spec, tenant_id=tenant_id, tenant_terms=tenant_terms, month=month) for spec in specs
+    ]
+
+
+def _scope(
+    spec: BudgetSpec, *, tenant_id: uuid.UUID, tenant_terms: terms.TenantTerms, month: datetime
+) -> BudgetScope:
+    who = f"key:{spec.api_key_id}" if spec.api_key_id is not None else f"tenant:{tenant_id}"
+    match spec.kind:
+        case BudgetKind.SPEND:
             assert spec.limit is not None
-            scopes.append(
-                BudgetScope(
-                    key=f"rk:spend:{who}:" + (month_key(month) if spec.monthly else "total"),
-                    kind="spend",
-                    label=owner + (" monthly" if spec.monthly else " all-time") + " spend limit",
-                    limit=to_nano(spec.limit),
-                    ttl_s=MONTH_TTL_S if spec.monthly else 0,
-                    load_used=_spent_loader(
-                        tenant_id=tenant_id,
-                        api_key_id=spec.api_key_id,
-                        since=month if spec.monthly else None,
-                    ),
-                    tenant_id=tenant_id,
-                    alert_at=alert_at,
-                )
+            window = month_key(month) if spec.monthly else "total"
+            limit = to_nano(spec.limit)
+            ttl_s = MONTH_TTL_S if spec.monthly else 0
+            load_used = _spent_loader(
+                tenant_id=tenant_id,
+                api_key_id=spec.api_key_id,
+                since=month if spec.monthly else None,
             )
-        elif spec.kind == "balance":
+        case BudgetKind.BALANCE:
             balance = tenant_terms.balance
             assert balance is not None
-            scopes.append(
-                BudgetScope(
-                    key=f"rk:balance:{tenant_id}:{balance.epoch}",
-                    kind="balance",
-                    label="prepaid balance",
-                    limit=to_nano(max(balance.available, Decimal(0))),
-                    ttl_s=MONTH_TTL_S,
-                    load_used=_balance_loader(balance.load_used),
-                    tenant_id=tenant_id,
-                    alert_at=alert_at,
-                )
-            )
-        else:
+            who, window = str(tenant_id), balance.epoch
+            limit = to_nano(max(balance.available, Decimal(0)))
+            ttl_s = MONTH_TTL_S
+            load_used = _balance_loader(balance.load_used)
+        case BudgetKind.REASONING:
             assert spec.limit is not None
-            scopes.append(
-                BudgetScope(
-                    key=f"rk:reasoning:{who}:{month_key(month)}",
-                    kind="reasoning",
-                    label=("key" if spec.api_key_id else "plan")
-                    + " monthly reasoning-token budget",
-                    limit=int(spec.limit),
-                    ttl_s=MONTH_TTL_S,
-                    load_used=_reasoning_loader(
-                        tenant_id=tenant_id, api_key_id=spec.api_key_id, since=month
-                    ),
-                    tenant_id=tenant_id,
-                    alert_at=alert_at,
-                )
+            window = month_key(month)
+            limit = int(spec.limit)
+            ttl_s = MONTH_TTL_S
+            load_used = _reasoning_loader(
+                tenant_id=tenant_id, api_key_id=spec.api_key_id, since=month
             )
-    return scopes
+        case _:
+            assert_never(spec.kind)
+    return BudgetScope(
+        key=f"rk:{spec.kind}:{who}:{window}",
+        kind=spec.kind,
+        label=spec.label,
+        limit=limit,
+        ttl_s=ttl_s,
+        load_used=load_used,
+        tenant_id=tenant_id,
+        alert_at=tenant_terms.alert_thresholds,
+    )
 
 
 def _spent_loader(
@@ -195,27 +274,42 @@ def budget_loader(key: str) -> Loader | None:
     names `budget_scopes` gives), or None for a key no longer current (a balance's old
     epoch) or not understood."""
     parts = key.split(":")
-    if len(parts) == 4 and parts[:2] == ["rk", "balance"]:
-        balance = terms.tenant_terms_provider(uuid.UUID(parts[2]), []).balance
-        if balance is None or balance.epoch != parts[3]:
-            return None  # an old epoch: no call settles there any more, it expires
-        return _balance_loader(balance.load_used)
-    if len(parts) != 5 or parts[0] != "rk":
+    if len(parts) < 2 or parts[0] != "rk" or parts[1] not in set(BudgetKind):
         return None
-    _, kind, who, ident, window = parts
+    kind = BudgetKind(parts[1])
+    match kind:
+        case BudgetKind.BALANCE:
+            if len(parts) != 4:
+                return None
+            balance = terms.tenant_terms_provider(uuid.UUID(parts[2]), []).balance
+            if balance is None or balance.epoch != parts[3]:
+                return None  # an old epoch: no call settles there any more, it expires
+            return _balance_loader(balance.load_used)
+        case BudgetKind.SPEND | BudgetKind.REASONING:
+            if len(parts) != 5:
+                return None
+            owner = _owner(parts[2], parts[3])
+            if owner is None:
+                return None
+            tenant_id, key_id = owner
+            window = parts[4]
+            since = None if window == "total" else month_of_key(window)
+            if kind == BudgetKind.SPEND:
+                return _spent_loader(tenant_id=tenant_id, api_key_id=key_id, since=since)
+            if since is None:
+                return None  # a reasoning budget is monthly: "total" is no name of ours
+            return _reasoning_loader(tenant_id=tenant_id, api_key_id=key_id, since=since)
+        case _:
+            assert_never(kind)
+
+
+def _owner(who: str, ident: str) -> tuple[uuid.UUID, int | None] | None:
+    """The tenant and key (None: the tenant's or its plan's) a Redis name's
+    `<who>:<ident>` part names, or None when the key is gone or the part not ours."""
     if who == "tenant":
-        tenant_id, key_id = uuid.UUID(ident), None
-    elif who == "key":
+        return uuid.UUID(ident), None
+    if who == "key":
         key_id = int(ident)
-        found = ApiKey.objects.filter(pk=key_id).values_list("tenant_id", flat=True).first()
-        if found is None:
-            return None
-        tenant_id = found
-    else:
-        return None
-    since = None if window == "total" else month_of_key(window)
-    if kind == "spend":
-        return _spent_loader(tenant_id=tenant_id, api_key_id=key_id, since=since)
-    if kind == "reasoning" and since is not None:
-        return _reasoning_loader(tenant_id=tenant_id, api_key_id=key_id, since=since)
+        tenant_id = ApiKey.objects.filter(pk=key_id).values_list("tenant_id", flat=True).first()
+        return None if tenant_id is None else (tenant_id, key_id)
     return None

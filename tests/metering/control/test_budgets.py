@@ -8,12 +8,18 @@ from decimal import Decimal
 import pytest
 
 from config.celery import app
-from metering.control.budgets import budget_list, budget_loader, budget_scopes
+from metering.control.budgets import (
+    BudgetKind,
+    budget_list,
+    budget_loader,
+    budget_scopes,
+    budget_tenant_ids,
+)
 from metering.control.scopes import to_nano
 from metering.control.terms import BalanceTerms, TenantTerms
 from metering.models import ReasoningPolicy, SpendLimit
 from metering.tasks import ALERTS_EVALUATE_TASK
-from tests.factories import ApiKeyFactory
+from tests.factories import ApiKeyFactory, TenantFactory
 
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 
@@ -113,6 +119,45 @@ def test_scopes_name_each_budget_and_load_it_back_from_the_ledger() -> None:
         if scope.kind != "balance":
             loader = budget_loader(scope.key)
             assert loader is not None and loader() == scope.load_used() == 0
+
+
+def test_every_kind_is_named_and_owned() -> None:
+    key, _, _ = setup_budgets()
+    specs = budget_list(
+        tenant_id=key.tenant_id, api_key_id=key.pk, balance=True, plan_reasoning_tokens=1000
+    )
+    assert all(isinstance(s.kind, BudgetKind) for s in specs)
+    assert {s.kind for s in specs} == set(BudgetKind)
+    assert [s.owner for s in specs] == ["tenant", "key", "tenant", "plan", "key"]
+
+
+def test_names_not_of_a_budget_kind_or_shape_read_back_as_nothing() -> None:
+    key, _, _ = setup_budgets()
+    tenant = key.tenant_id
+    for name in (
+        f"rk:credit:tenant:{tenant}:2026-11",  # no such kind
+        f"rk:reasoning:tenant:{tenant}:total",  # a reasoning budget is monthly
+        f"rk:spend:team:{tenant}:2026-11",  # no such owner
+        f"rk:spend:tenant:{tenant}",  # too short
+        f"rk:balance:{tenant}:e1:extra",  # too long
+        f"xx:spend:tenant:{tenant}:2026-11",  # not ours
+        "rk",
+    ):
+        assert budget_loader(name) is None, name
+    assert budget_loader(f"rk:spend:tenant:{tenant}:total") is not None
+
+
+def test_the_tenants_metering_knows_to_have_budgets() -> None:
+    key, _, _ = setup_budgets()  # spend limits and key reasoning budgets
+    only_limit = SpendLimit.objects.create(
+        tenant=TenantFactory(), window="total", amount_usd="1"
+    ).tenant_id
+    only_policy = ApiKeyFactory()
+    ReasoningPolicy.objects.create(api_key=only_policy, monthly_reasoning_tokens=5)
+    no_budget = ApiKeyFactory()  # a policy without a monthly budget is no budget
+    ReasoningPolicy.objects.create(api_key=no_budget, max_output_tokens=100)
+
+    assert budget_tenant_ids() == {key.tenant_id, only_limit, only_policy.tenant_id}
 
 
 def test_the_alert_task_the_proxy_sends_exists() -> None:
