@@ -1,3 +1,6 @@
+"""Migration 0009: invoices lose their draft state. Run against the migration graph itself
+(migrated back to 0008, then forward again), on a transactional test database."""
+
 from datetime import UTC, datetime
 
 import pytest
