@@ -40,7 +40,6 @@ from billing.permissions import (
     CREDIT_NOTE_ISSUE,
     HARD_STOP_CHANGE,
     INVOICE_EXPORT,
-    INVOICE_FINALIZE,
     INVOICE_RESEND,
     INVOICE_VIEW,
     INVOICE_VOID,
@@ -109,11 +108,10 @@ ROLES: Mapping[str, frozenset[str]] = {
     ),
     # Reads invoices, exports, margins and balances of every tenant.
     "finance-read": FINANCE_READ,
-    # finance-read, and corrects money: credit notes, finalize, void, resend to Stripe,
+    # finance-read, and corrects money: credit notes, void, resend to Stripe,
     # tenant credits, the hard stop.
     "finance-write": FINANCE_READ
     | {
-        INVOICE_FINALIZE,
         INVOICE_VOID,
         INVOICE_RESEND,
         CREDIT_NOTE_ISSUE,

@@ -219,9 +219,11 @@ def main() -> None:
 
 
 def close_month(args, big_tenant_id, expected_big_total: int) -> None:  # type: ignore[no-untyped-def]
-    """Issue 4's figure: a real Celery worker (one process, solo pool) on Redis closes the
-    month for every tenant: beat's fan-out, one close task per tenant, each building and
-    finalizing an invoice from rollups."""
+    """The month-close figure: seconds until one real Celery worker (one process, solo
+    pool, Redis broker) has closed the month for every tenant (target < 60 s): beat's
+    fan-out (`close_due_periods`), then one `close_periods` task per batch of
+    RECKON_CLOSE_BATCH_SIZE tenants, each building and finalizing its invoices from
+    rollups."""
     from billing.models import Invoice
     from config.celery import app
 

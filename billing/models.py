@@ -206,9 +206,7 @@ class InvoiceSequence(models.Model):
 
 class Invoice(models.Model):
     class Status(models.TextChoices):
-        # No invoice is a draft any more (a close issues it finalized); the choice, the
-        # default and the constraint below keep their migrations' state.
-        DRAFT = "draft", "Draft"
+        # A close issues every invoice finalized: there is no draft state.
         FINALIZED = "finalized", "Finalized"  # immutable from here on
         PAID = "paid", "Paid"
         VOID = "void", "Void"
@@ -218,7 +216,7 @@ class Invoice(models.Model):
     # The billing period [period_start, period_end) this invoice bills.
     period_start = models.DateTimeField()
     period_end = models.DateTimeField()
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.FINALIZED)
     # Gapless per issuer and year, e.g. RK-2026-000042; set once, at finalization.
     number = models.CharField(max_length=32, unique=True, null=True, blank=True)
     currency = models.CharField(max_length=3)
@@ -251,9 +249,6 @@ class Invoice(models.Model):
     class Meta:
         ordering = ["-period_start", "-id"]
         permissions = [
-            # Checked by nothing since invoices stopped being drafts; removing it would
-            # take a migration.
-            ("finalize_invoice", "Can finalize draft invoices"),
             ("void_invoice", "Can void invoices"),
             ("resend_invoice", "Can resend invoices to Stripe"),
             ("export_invoices", "Can export invoices of every tenant as CSV"),
@@ -266,8 +261,8 @@ class Invoice(models.Model):
                 name="one_live_invoice_per_period",
             ),
             models.CheckConstraint(
-                condition=Q(status="draft") | Q(number__isnull=False),
-                name="finalized_invoice_has_number",
+                condition=Q(number__isnull=False),
+                name="invoice_has_number",
             ),
         ]
         indexes = [models.Index(fields=["status", "period_start"], name="invoice_status_period")]

@@ -29,7 +29,6 @@ ALERT_REDELIVER = "billing.change_alert"
 # finance
 INVOICE_VIEW = "billing.view_invoice"
 INVOICE_EXPORT = "billing.export_invoices"
-INVOICE_FINALIZE = "billing.finalize_invoice"
 INVOICE_VOID = "billing.void_invoice"
 INVOICE_RESEND = "billing.resend_invoice"
 CREDIT_NOTE_ISSUE = "billing.issue_creditnote"

@@ -73,6 +73,8 @@ def close_periods(period_start: str, tenant_ids: list[str], as_of: str | None = 
 
 @shared_task(autoretry_for=CLOSE_TRANSIENT, **RELIABLE_TASK)
 def close_period(tenant_id: str, period_start: str, as_of: str | None = None) -> int:
+    """Close one tenant's period. Nothing enqueues it since closes run in batches
+    (`close_periods`); it stays one release for messages already queued."""
     invoice = period_close(
         tenant_id=uuid.UUID(tenant_id),
         period_start=datetime.fromisoformat(period_start),

@@ -281,8 +281,6 @@ RECKON_LEDGER_SHUTDOWN_REPLAY_SECONDS = float(
 RECKON_LEDGER_SPOOL_HEARTBEAT_SECONDS = float(
     os.environ.get("RECKON_LEDGER_SPOOL_HEARTBEAT_SECONDS", "30")
 )
-# Default upstream for the embedded quick start (the built-in simulator).
-RECKON_SIMULATOR_URL = os.environ.get("RECKON_SIMULATOR_URL", "http://127.0.0.1:8100/v1")
 
 # WhiteNoise hands Django's ASGI handler synchronous file iterators for static files (the
 # admin's CSS); harmless, but it would warn on every file.

@@ -4,7 +4,7 @@ Pure functions: no Django, no I/O, never raise on provider data. The providers'
 documented usage objects say which counts nest inside which: OpenAI (Chat Completions,
 Responses) counts cached tokens inside the input and reasoning inside the output tokens;
 Anthropic counts cache reads and writes beside `input_tokens`, thinking inside
-`output_tokens`; Gemini omits zero counts. Each parser below states its provider's rule.
+`output_tokens`. Each parser below states its provider's rule.
 
 Invariants of every `TokenUsage` returned here:
 - each count is a non-negative `int`;
@@ -22,8 +22,6 @@ Choices where the reference is silent:
 - An invalid count (bool, float, string, negative, ...) counts as 0 and is flagged
   `invalid_count:<dotted.path>`; a nested object of the wrong type is ignored and flagged
   `invalid_object:<dotted.path>`.
-- Gemini `toolUsePromptTokenCount` is input the model read and is outside
-  `promptTokenCount`, so it is added to uncached input.
 """
 
 from __future__ import annotations
@@ -34,7 +32,9 @@ from typing import Any
 
 # reasoning_source values (mirrors UsageRecord.ReasoningSource).
 REPORTED = "reported"  # the provider gave the reasoning count
-DERIVED = "derived"  # arithmetic on the provider's totals
+# Arithmetic on the provider's totals: no parser derives any more (the Gemini one went);
+# kept because stored records may carry it.
+DERIVED = "derived"
 ESTIMATED = "estimated"  # split from the text we saw
 NONE = "none"  # no reasoning count and no reasoning text
 
@@ -294,35 +294,6 @@ def usage_from_anthropic(
     return TokenUsage(
         uncached, cache_read or 0, cache_write or 0, visible, reasoning_tokens, source, flags
     )
-
-
-def usage_from_gemini(usage_metadata: Mapping[str, Any] | None) -> TokenUsage:
-    """Gemini `usageMetadata`. Zero counts may be omitted on the wire, so absent means 0.
-
-    Thoughts are normally additive to candidates (REPORTED); when the totals show them
-    already inside candidates, visible output is candidates - thoughts (DERIVED).
-    """
-    flags: list[str] = []
-    if not isinstance(usage_metadata, Mapping) or not usage_metadata:
-        return _missing(flags)
-    meta = usage_metadata
-    prompt = _count(meta, "promptTokenCount", flags) or 0
-    cached = _count(meta, "cachedContentTokenCount", flags) or 0
-    tool_use = _count(meta, "toolUsePromptTokenCount", flags) or 0
-    candidates = _count(meta, "candidatesTokenCount", flags) or 0
-    thoughts = _count(meta, "thoughtsTokenCount", flags)
-    total = _count(meta, "totalTokenCount", flags)
-    uncached, cached, _ = _split_input(prompt, cached, 0, flags)
-    input_tokens = uncached + tool_use
-    if thoughts is None:
-        if total is not None and total != prompt + tool_use + candidates:
-            _flag(flags, TOTAL_MISMATCH)
-        return TokenUsage(input_tokens, cached, 0, candidates, 0, NONE, flags)
-    if 0 < thoughts <= candidates and total == prompt + tool_use + candidates:
-        return TokenUsage(input_tokens, cached, 0, candidates - thoughts, thoughts, DERIVED, flags)
-    if total is not None and total != prompt + tool_use + candidates + thoughts:
-        _flag(flags, TOTAL_MISMATCH)
-    return TokenUsage(input_tokens, cached, 0, candidates, thoughts, REPORTED, flags)
 
 
 # --- streams --------------------------------------------------------------------------

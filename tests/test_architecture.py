@@ -3,8 +3,9 @@ contracts in pyproject.toml (`[tool.importlinter]`) hold for the code as it is.
 
 - layers: entry points (config.asgi/urls/wsgi/admin_site) → api → billing → metering →
   config.errors/settings/celery; imports inside functions count like any other;
-- billing reads metering only through its published surface (selectors, models, the
-  token classes, calendar, the budget list and tenant terms, the spool guard);
+- billing reads metering only through its published surface, an allowlist (selectors,
+  models, the token classes, calendar, the budget list, tenant terms and governance, the
+  spool guard, the ledger's rates; calibration's use of the proxy client is the exception);
 - no import cycles between modules at any depth.
 """
 
@@ -52,3 +53,25 @@ def test_a_broken_rule_is_caught() -> None:
         probe.unlink()
     assert result.returncode != 0
     assert "metering._architecture_probe -> api.errors" in result.stdout
+
+
+def test_a_metering_module_off_the_allowlist_is_closed_to_billing() -> None:
+    """billing-reads-metering is an allowlist: any metering module it does not publish
+    (here the write services) breaks it, without having to be named."""
+    probe = ROOT / "billing" / "_architecture_probe.py"
+    probe.write_text(
+        "import metering.selectors  # noqa: F401\nimport metering.services  # noqa: F401\n"
+    )
+    try:
+        result = subprocess.run(
+            [str(LINT_IMPORTS), "--no-logo", "--no-cache", "--contract", "billing-reads-metering"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        probe.unlink()
+    assert result.returncode != 0
+    assert "billing._architecture_probe -> metering.services" in result.stdout
+    assert "billing._architecture_probe -> metering.selectors" not in result.stdout

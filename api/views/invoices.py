@@ -96,8 +96,7 @@ class InvoicePdfView(FileDownloadView):
     def get(self, request: Request, invoice_id: int) -> HttpResponse:
         invoice = _invoice_or_404(request, invoice_id)
         response = HttpResponse(invoice_pdf(invoice), content_type="application/pdf")
-        name = invoice.number or f"draft-{invoice.pk}"
-        response["Content-Disposition"] = f'attachment; filename="{name}.pdf"'
+        response["Content-Disposition"] = f'attachment; filename="{invoice.number}.pdf"'
         return response
 
 

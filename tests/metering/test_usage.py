@@ -26,7 +26,6 @@ from metering.usage import (
     high_water,
     merge_anthropic_stream_usage,
     usage_from_anthropic,
-    usage_from_gemini,
     usage_from_openai_chat,
     usage_from_openai_responses,
 )
@@ -79,8 +78,6 @@ def _parse_case(case: Mapping[str, Any]) -> TokenUsage:
             return usage_from_anthropic(payload.get("usage"), text)
         case "anthropic_stream":
             return usage_from_anthropic(_anthropic_stream_usage(payload), text)
-        case "gemini":
-            return usage_from_gemini(payload.get("usageMetadata"))
     raise AssertionError(f"unknown provider {case['provider']!r}")
 
 
@@ -113,11 +110,9 @@ def test_corpus_covers_every_provider_shape_and_names_are_unique() -> None:
         "openai_responses",
         "anthropic",
         "anthropic_stream",
-        "gemini",
     }
     assert {case["expected"]["reasoning_source"] for case in CASES} == {
         REPORTED,
-        DERIVED,
         ESTIMATED,
         NONE,
     }
@@ -320,7 +315,6 @@ def test_missing_usage_is_zero_and_flagged(missing: Any) -> None:
         usage_from_openai_chat(missing),
         usage_from_openai_responses(missing),
         usage_from_anthropic(missing),
-        usage_from_gemini(missing),
     ]
     for usage in parsed:
         assert usage.total_tokens == 0
@@ -371,32 +365,6 @@ def test_cache_reads_and_writes_exceeding_prompt_cap_reads_first() -> None:
     )
     assert (usage.input_tokens, usage.cached_input_tokens, usage.cache_write_tokens) == (0, 70, 30)
     assert usage.flags == ["cached_exceeds_prompt"]
-
-
-def test_gemini_thoughts_cannot_be_inside_smaller_candidates() -> None:
-    usage = usage_from_gemini(
-        {
-            "promptTokenCount": 10,
-            "candidatesTokenCount": 5,
-            "thoughtsTokenCount": 8,
-            "totalTokenCount": 15,
-        }
-    )
-    assert (usage.output_tokens, usage.reasoning_tokens, usage.reasoning_source) == (5, 8, REPORTED)
-    assert usage.flags == ["total_mismatch"]
-
-
-def test_gemini_omitted_zero_counts_are_zero_not_flagged() -> None:
-    usage = usage_from_gemini({"promptTokenCount": 12, "totalTokenCount": 12})
-    assert _classes(usage) == {
-        "input_tokens": 12,
-        "cached_input_tokens": 0,
-        "cache_write_tokens": 0,
-        "output_tokens": 0,
-        "reasoning_tokens": 0,
-        "reasoning_source": NONE,
-    }
-    assert usage.flags == []
 
 
 def test_token_usage_totals() -> None:
@@ -540,30 +508,6 @@ def test_openai_responses_classes_partition_input_and_output(
     }
 
 
-@given(uncached=counts, cached=counts, tool_use=counts, candidates=counts, thoughts=counts)
-def test_gemini_additive_thoughts_are_reported_as_given(
-    uncached: int, cached: int, tool_use: int, candidates: int, thoughts: int
-) -> None:
-    prompt = uncached + cached
-    usage = usage_from_gemini(
-        {
-            "promptTokenCount": prompt,
-            "cachedContentTokenCount": cached,
-            "toolUsePromptTokenCount": tool_use,
-            "candidatesTokenCount": candidates,
-            "thoughtsTokenCount": thoughts,
-            "totalTokenCount": prompt + tool_use + candidates + thoughts,
-        }
-    )
-    assert usage.flags == []
-    assert usage.total_tokens == prompt + tool_use + candidates + thoughts
-    assert (usage.output_tokens, usage.reasoning_tokens, usage.reasoning_source) == (
-        candidates,
-        thoughts,
-        REPORTED,
-    )
-
-
 _FIELD_NAMES = st.sampled_from(
     [
         "prompt_tokens",
@@ -586,12 +530,6 @@ _FIELD_NAMES = st.sampled_from(
         "cache_creation",
         "ephemeral_5m_input_tokens",
         "ephemeral_1h_input_tokens",
-        "promptTokenCount",
-        "cachedContentTokenCount",
-        "candidatesTokenCount",
-        "thoughtsTokenCount",
-        "toolUsePromptTokenCount",
-        "totalTokenCount",
     ]
 )
 _json_values = st.recursive(
@@ -626,7 +564,6 @@ def test_any_payload_parses_to_non_negative_counts_without_raising(
         usage_from_openai_responses(first, text),
         usage_from_anthropic(first, text),
         usage_from_anthropic(merged, text),
-        usage_from_gemini(first),
         usage_from_openai_chat(picked, text),
     ):
         _assert_non_negative_ints(usage)
