@@ -244,7 +244,7 @@ def test_signed_body_that_is_not_json_is_stored_rejected() -> None:
 
 
 def test_malformed_event_stored_before_the_check_is_rejected_when_processed() -> None:
-    from billing.stripe import stripe_event_process
+    from billing.stripe_webhooks import stripe_event_process
 
     invoice = pushed_invoice()
     stored = StripeEvent.objects.create(

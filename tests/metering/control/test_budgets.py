@@ -7,12 +7,10 @@ from decimal import Decimal
 
 import pytest
 
-from config.celery import app
 from metering.control.budgets import budget_list, budget_loader, budget_scopes
 from metering.control.scopes import to_nano
 from metering.control.terms import BalanceTerms, TenantTerms
 from metering.models import ReasoningPolicy, SpendLimit
-from metering.tasks import ALERTS_EVALUATE_TASK
 from tests.factories import ApiKeyFactory
 
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
@@ -113,7 +111,3 @@ def test_scopes_name_each_budget_and_load_it_back_from_the_ledger() -> None:
         if scope.kind != "balance":
             loader = budget_loader(scope.key)
             assert loader is not None and loader() == scope.load_used() == 0
-
-
-def test_the_alert_task_the_proxy_sends_exists() -> None:
-    assert ALERTS_EVALUATE_TASK in app.tasks
