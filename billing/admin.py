@@ -7,7 +7,7 @@ from django.utils import timezone
 from django.utils.html import format_html_join
 
 from billing import permissions as perm
-from billing import tasks
+from billing.alert_delivery import alert_deliver_task
 from billing.balances import BalanceState, available_at, balance_state, credits_of
 from billing.invoicing.documents import invoice_pdf
 from billing.invoicing.lifecycle import credit_note_issue, invoice_transition
@@ -34,6 +34,7 @@ from billing.models import (
     WebhookEndpoint,
 )
 from billing.plans import plan_version_issues, plan_version_publish
+from billing.stripe import sync_invoice_to_stripe
 from config.errors import ApplicationError
 
 
@@ -259,7 +260,7 @@ class InvoiceAdmin(admin.ModelAdmin):
     @admin.action(description="Resend to Stripe", permissions=["resend"])
     def resend_to_stripe(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
         for invoice in queryset:
-            tasks.sync_invoice_to_stripe.delay(invoice.pk)
+            sync_invoice_to_stripe.delay(invoice.pk)
         self.message_user(request, f"Queued {queryset.count()} invoice(s) for Stripe.")
 
     @admin.action(description="Download PDF (first selected)", permissions=["pdf"])
@@ -406,7 +407,7 @@ class AlertAdmin(admin.ModelAdmin):
             ).values_list("pk", flat=True)
         )
         for alert_id in ids:
-            tasks.alert_deliver_task.delay(alert_id)
+            alert_deliver_task.delay(alert_id)
         self.message_user(request, f"Queued {len(ids)} alert(s) for delivery.")
 
 

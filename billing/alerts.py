@@ -1,4 +1,4 @@
-"""Budget and balance alerts: thresholds crossed, recorded once, delivered as signed webhooks.
+"""Budget and balance alerts: thresholds crossed, recorded once, handed to delivery.
 
 Invariants:
 - an alert fires at most once per (tenant, budget, period, threshold): the database's
@@ -7,37 +7,26 @@ Invariants:
   used * 100 >= threshold * limit; a budget whose limit is not positive never fires;
 - an alert is recorded even without an active webhook endpoint (delivery "no_endpoint"),
   so the usage API lists it;
-- delivery takes the alert row's lock and never sends an alert recorded as delivered, so
-  retried or duplicated tasks send it once. A receiver may still see an event twice if we
-  crash between its 2xx and our commit: receivers deduplicate by the event id (the
-  `Reckon-Event-Id` header and the body's `id`);
-- the signature is Stripe-style: `t=<unix>,v1=<hex HMAC-SHA256 of "<t>." + body>`.
+- an alert to deliver is handed to billing.alert_delivery's task once its evaluation
+  commits (signed webhooks, sent once: see that module).
 """
 
-import hashlib
-import hmac
-import http.client
-import json
 import logging
-import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Context, Decimal, Inexact, InvalidOperation, localcontext
+from functools import partial
 from typing import Any, assert_never
-from urllib.parse import urlsplit
 
 from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from billing.alert_delivery import alert_deliver_task
 from billing.balances import balance_state
-from billing.enqueue import ALERT_DELIVER, enqueue, enqueue_on_commit
 from billing.models import Alert, BalanceAccount, Subscription, WebhookEndpoint
 from billing.selectors import subscription_current
-from config.errors import ApplicationError
 from metering.calendar import month_start
 from metering.control.budgets import BudgetKind, budget_list, budget_tenant_ids, budget_use
 
@@ -46,23 +35,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_THRESHOLDS = (50, 80, 100)
 # Percentages an endpoint may configure (above 100: overspend of a soft budget).
 THRESHOLD_RANGE = range(1, 1001)
-EVENT_TYPE = "budget.threshold_crossed"
-DELIVERY_TIMEOUT_S = 10
-SIGNATURE_TOLERANCE_S = 300
-# How much of a receiver's error response is kept in last_error.
-ERROR_BODY_CHARS = 200
 # Enough digits for any product of two stored amounts: Inexact is trapped, so a rounded
 # comparison raises instead of silently deciding a boundary wrongly.
 _EXACT = Context(prec=200, traps=[Inexact, InvalidOperation])
 _STORED = Decimal("1e-12")  # Alert.used / Alert.limit keep 12 decimals
-_FINAL = (Alert.Delivery.DELIVERED, Alert.Delivery.NO_ENDPOINT)
-
-
-class AlertDeliveryFailed(ApplicationError):
-    """The endpoint could not be reached or did not answer 2xx; the delivery is retried."""
-
-    status = 502
-    code = "alert_delivery_failed"
 
 
 @dataclass(frozen=True)
@@ -103,67 +79,6 @@ def thresholds_crossed(*, used: Decimal, limit: Decimal, thresholds: tuple[int, 
     with localcontext(_EXACT):
         scaled = Decimal(used) * 100
         return [t for t in thresholds if scaled >= Decimal(t) * Decimal(limit)]
-
-
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """The `Reckon-Signature` header value for `body` sent at `timestamp` (unix seconds)."""
-    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={digest}"
-
-
-def verify(
-    secret: str,
-    header: str,
-    body: bytes,
-    tolerance_s: int = SIGNATURE_TOLERANCE_S,
-    now: float | None = None,
-) -> bool:
-    """What a receiver checks: a v1 signature of this body by this secret, made within
-    `tolerance_s` of `now` (unix seconds). Constant-time comparison."""
-    timestamp: int | None = None
-    signatures: list[str] = []
-    for part in header.split(","):
-        name, sep, value = part.strip().partition("=")
-        if not sep:
-            continue
-        if name == "t":
-            try:
-                timestamp = int(value)
-            except ValueError:
-                return False
-        elif name == "v1":
-            signatures.append(value)
-    if timestamp is None or not signatures:
-        return False
-    current = time.time() if now is None else now
-    if abs(current - timestamp) > tolerance_s:
-        return False
-    expected = sign(secret, timestamp, body).partition("v1=")[2].encode()
-    return any(hmac.compare_digest(expected, s.encode()) for s in signatures)
-
-
-def _exact(value: Decimal) -> str:
-    """A Decimal as an exact plain string (no exponent)."""
-    return format(value, "f")
-
-
-def alert_payload(alert: Alert) -> dict[str, Any]:
-    """The webhook body (also the shape receivers document)."""
-    return {
-        "id": str(alert.event_id),
-        "type": EVENT_TYPE,
-        "created": int(alert.created_at.timestamp()),
-        "data": {
-            "budget": alert.budget,
-            "description": alert.description,
-            "period": alert.period,
-            "threshold": alert.threshold,
-            "unit": alert.unit,
-            "used": _exact(Decimal(alert.used)),
-            "limit": _exact(Decimal(alert.limit)),
-            "tenant_id": str(alert.tenant_id),
-        },
-    }
 
 
 # --- reads -----------------------------------------------------------------------------
@@ -318,7 +233,7 @@ def alerts_evaluate(*, tenant_id: uuid.UUID, at: datetime | None = None) -> list
                 created.append(alert)
     for alert in created:
         if alert.delivery == Alert.Delivery.PENDING:
-            enqueue_on_commit(ALERT_DELIVER, alert.pk)
+            transaction.on_commit(partial(alert_deliver_task.delay, alert.pk))
     return created
 
 
@@ -341,101 +256,5 @@ def alerts_evaluate_all(at: datetime | None = None) -> int:
         delivery=Alert.Delivery.PENDING, created_at__lt=at - STALE_PENDING
     ).values_list("pk", flat=True)
     for alert_id in stale:
-        enqueue(ALERT_DELIVER, alert_id)
+        alert_deliver_task.delay(alert_id)
     return created
-
-
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """A webhook is delivered to the configured URL or fails; it never follows a redirect."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
-        return None
-
-
-_OPENER = urllib.request.build_opener(_NoRedirects)
-
-
-def _error_body(error: urllib.error.HTTPError) -> str:
-    try:
-        text = error.read(ERROR_BODY_CHARS).decode("utf-8", "replace")
-    except Exception:
-        return ""
-    finally:
-        error.close()
-    return " ".join(text.split())[:ERROR_BODY_CHARS]
-
-
-def webhook_post(url: str, body: bytes, headers: dict[str, str]) -> int:
-    """POST once; the 2xx status, or AlertDeliveryFailed (never the secret, at most
-    ERROR_BODY_CHARS of the response)."""
-    try:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise AlertDeliveryFailed("The webhook URL must be an http(s) URL.")
-        request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310 - scheme checked above
-        with _OPENER.open(request, timeout=DELIVERY_TIMEOUT_S) as response:
-            status = int(response.status)
-    except urllib.error.HTTPError as exc:
-        detail = _error_body(exc)
-        raise AlertDeliveryFailed(
-            f"The endpoint answered HTTP {exc.code}" + (f": {detail}" if detail else "")
-        ) from None
-    except urllib.error.URLError as exc:
-        raise AlertDeliveryFailed(f"The endpoint could not be reached: {exc.reason}") from None
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        raise AlertDeliveryFailed(
-            f"The endpoint could not be reached: {type(exc).__name__}: {exc}"
-        ) from None
-    if not 200 <= status < 300:
-        raise AlertDeliveryFailed(f"The endpoint answered HTTP {status}")
-    return status
-
-
-def alert_deliver(*, alert_id: int) -> str:
-    """Deliver one alert to its tenant's active endpoint, at most once successfully.
-
-    The alert row stays locked while it is sent, so a concurrent or duplicated delivery
-    waits and then finds it delivered. A failure is recorded (attempts, last_error) and
-    committed, then raised as AlertDeliveryFailed for the caller to retry. Returns the
-    alert's delivery status."""
-    with transaction.atomic():
-        alert = Alert.objects.select_for_update().get(pk=alert_id)
-        if alert.delivery in _FINAL:
-            return alert.delivery
-        endpoint = WebhookEndpoint.objects.filter(tenant_id=alert.tenant_id, is_active=True).first()
-        if endpoint is None:  # removed or deactivated since the alert fired
-            alert.delivery = Alert.Delivery.NO_ENDPOINT
-            alert.save(update_fields=["delivery"])
-            return alert.delivery
-        body = json.dumps(alert_payload(alert), separators=(",", ":")).encode()
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": "Reckon-Webhooks/1",
-            "Reckon-Event-Id": str(alert.event_id),
-            "Reckon-Signature": sign(endpoint.secret, int(time.time()), body),
-        }
-        alert.attempts += 1
-        try:
-            webhook_post(endpoint.url, body, headers)
-        except AlertDeliveryFailed as exc:
-            error = exc.message.replace(endpoint.secret, "***") if endpoint.secret else exc.message
-            alert.last_error = error[:500]
-            alert.save(update_fields=["attempts", "last_error"])
-            logger.warning("alert %s delivery attempt %s failed", alert.pk, alert.attempts)
-            failure = AlertDeliveryFailed(alert.last_error, {"alert_id": alert.pk})
-        else:
-            alert.delivery = Alert.Delivery.DELIVERED
-            alert.delivered_at = timezone.now()
-            alert.last_error = ""
-            alert.save(update_fields=["attempts", "delivery", "delivered_at", "last_error"])
-            return alert.delivery
-    raise failure  # after the commit: the attempt is recorded, the caller retries
-
-
-def alert_delivery_give_up(*, alert_id: int) -> bool:
-    """Retries are exhausted: a still-pending alert is marked failed. True if it was."""
-    return bool(
-        Alert.objects.filter(pk=alert_id, delivery=Alert.Delivery.PENDING).update(
-            delivery=Alert.Delivery.FAILED
-        )
-    )

@@ -8,7 +8,14 @@ class BillingConfig(AppConfig):
     def ready(self) -> None:
         # Imported once the app registry is ready (billing.terms reads models), not at
         # module import; metering never imports billing: it calls what is registered.
+        # Importing billing.tasks also registers every billing task with Celery, so eager
+        # mode runs each in-process under its name.
+        from billing.tasks import alerts_evaluate_soon
         from billing.terms import tenant_terms
-        from metering.control.terms import register_tenant_terms_provider
+        from metering.control.terms import (
+            register_alert_thresholds_crossed_handler,
+            register_tenant_terms_provider,
+        )
 
         register_tenant_terms_provider(tenant_terms)
+        register_alert_thresholds_crossed_handler(alerts_evaluate_soon)

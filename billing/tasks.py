@@ -1,43 +1,40 @@
 """Celery tasks: each takes ids and ISO dates and calls one service; idempotency lives in
 the services. Periodic tasks only fan out, and take `as_of` so a run can be replayed.
 
-Tasks import services; services never import this module (they enqueue through
-billing/enqueue.py, by the names registered here), so there is no cycle."""
+The tasks a service enqueues are defined beside that service, so the service imports the
+task object with no cycle: the Stripe push and void in billing.stripe, processing a
+Stripe event in billing.stripe_webhooks, alert delivery in billing.alert_delivery. This
+module holds the periodic fan-outs and the tasks only outside callers send; it imports
+every task module, so a worker (which autodiscovers `<app>.tasks`) and eager mode (this
+module is imported by BillingConfig.ready) know every billing task by its name."""
 
 import uuid
 from datetime import datetime
 
-import stripe
-from celery import Task, shared_task
+from celery import shared_task
 from django.conf import settings
-from django.db import OperationalError
 from django.utils import timezone
 
-from billing.alerts import (
-    AlertDeliveryFailed,
-    alert_deliver,
-    alert_delivery_give_up,
-    alerts_evaluate,
-    alerts_evaluate_all,
-)
+# Imported for their tasks' registration (process_stripe_event, alert_deliver).
+import billing.alert_delivery  # noqa: F401
+import billing.stripe_webhooks  # noqa: F401
+from billing.alerts import alerts_evaluate, alerts_evaluate_all
 from billing.balances import credits_expire
-from billing.enqueue import ALERT_DELIVER, SYNC_INVOICE_TO_STRIPE, VOID_INVOICE_IN_STRIPE
 from billing.invoicing.close import period_close, periods_close_or_each, periods_due
 from billing.models import Invoice
-from billing.stripe import invoice_sync_stripe, invoice_void_in_stripe, stripe_event_process
-from config.celery import RELIABLE_TASK
+from billing.stripe import sync_invoice_to_stripe
+from config.celery import RELIABLE_TASK, TRANSIENT_ERRORS
 from metering.ledger import SpoolPending, spool_guard
 
-TRANSIENT = (OperationalError, ConnectionError, TimeoutError)
 # A close waits (retried with backoff) while any ledger writer holds unreplayed spool.
-CLOSE_TRANSIENT = TRANSIENT + (SpoolPending,)
+CLOSE_TRANSIENT = TRANSIENT_ERRORS + (SpoolPending,)
 
 
 def _when(iso: str | None) -> datetime:
     return datetime.fromisoformat(iso) if iso else timezone.now()
 
 
-@shared_task(autoretry_for=(SpoolPending,), **RELIABLE_TASK)
+@shared_task(name="billing.tasks.close_due_periods", autoretry_for=(SpoolPending,), **RELIABLE_TASK)
 def close_due_periods(as_of: str | None = None) -> int:
     """Fan out the (tenant, period) pairs that are due, in batches of
     RECKON_CLOSE_BATCH_SIZE tenants per close task (one transaction each). Nothing is
@@ -60,7 +57,7 @@ def close_due_periods(as_of: str | None = None) -> int:
     return batches
 
 
-@shared_task(autoretry_for=CLOSE_TRANSIENT, **RELIABLE_TASK)
+@shared_task(name="billing.tasks.close_periods", autoretry_for=CLOSE_TRANSIENT, **RELIABLE_TASK)
 def close_periods(period_start: str, tenant_ids: list[str], as_of: str | None = None) -> int:
     return len(
         periods_close_or_each(
@@ -71,7 +68,7 @@ def close_periods(period_start: str, tenant_ids: list[str], as_of: str | None = 
     )
 
 
-@shared_task(autoretry_for=CLOSE_TRANSIENT, **RELIABLE_TASK)
+@shared_task(name="billing.tasks.close_period", autoretry_for=CLOSE_TRANSIENT, **RELIABLE_TASK)
 def close_period(tenant_id: str, period_start: str, as_of: str | None = None) -> int:
     """Close one tenant's period. Nothing enqueues it since closes run in batches
     (`close_periods`); it stays one release for messages already queued."""
@@ -83,19 +80,7 @@ def close_period(tenant_id: str, period_start: str, as_of: str | None = None) ->
     return invoice.pk
 
 
-STRIPE_TRANSIENT = TRANSIENT + (
-    stripe.APIConnectionError,
-    stripe.APIError,
-    stripe.RateLimitError,
-)
-
-
-@shared_task(name=SYNC_INVOICE_TO_STRIPE, autoretry_for=STRIPE_TRANSIENT, **RELIABLE_TASK)
-def sync_invoice_to_stripe(invoice_id: int) -> None:
-    invoice_sync_stripe(invoice_id=invoice_id)
-
-
-@shared_task(**RELIABLE_TASK)
+@shared_task(name="billing.tasks.sync_pending_invoices", **RELIABLE_TASK)
 def sync_pending_invoices() -> int:
     """Fan out: push every finalized invoice Stripe has not fully received yet."""
     if not settings.STRIPE_API_KEY:
@@ -110,17 +95,7 @@ def sync_pending_invoices() -> int:
     return len(pending)
 
 
-@shared_task(autoretry_for=TRANSIENT, **RELIABLE_TASK)
-def process_stripe_event(event_pk: int) -> str:
-    return stripe_event_process(event_pk=event_pk).status
-
-
-@shared_task(name=VOID_INVOICE_IN_STRIPE, autoretry_for=STRIPE_TRANSIENT, **RELIABLE_TASK)
-def void_invoice_in_stripe(invoice_id: int) -> None:
-    invoice_void_in_stripe(invoice_id=invoice_id)
-
-
-@shared_task(**RELIABLE_TASK)
+@shared_task(name="billing.tasks.expire_credits", **RELIABLE_TASK)
 def expire_credits(as_of: str | None = None) -> int:
     """Periodic: write off what is left of grants no invoice can draw on any more."""
     return credits_expire(as_of=_when(as_of))
@@ -129,9 +104,9 @@ def expire_credits(as_of: str | None = None) -> int:
 # --- budget and balance alerts -----------------------------------------------------------
 
 
-@shared_task(name="billing.alerts_evaluate", autoretry_for=TRANSIENT, **RELIABLE_TASK)
+@shared_task(name="billing.alerts_evaluate", autoretry_for=TRANSIENT_ERRORS, **RELIABLE_TASK)
 def alerts_evaluate_task(tenant_id: str, as_of: str | None = None) -> int:
-    """Record the thresholds one tenant has crossed (the proxy sends this by name)."""
+    """Record the thresholds one tenant has crossed (sent by `alerts_evaluate_soon`)."""
     return len(alerts_evaluate(tenant_id=uuid.UUID(tenant_id), at=_when(as_of)))
 
 
@@ -141,20 +116,7 @@ def alerts_sweep(as_of: str | None = None) -> int:
     return alerts_evaluate_all(_when(as_of))
 
 
-ALERT_DELIVERY_TASK = RELIABLE_TASK | {"retry_backoff_max": 600, "max_retries": 8}
-
-
-@shared_task(
-    bind=True,
-    name=ALERT_DELIVER,
-    autoretry_for=TRANSIENT + (AlertDeliveryFailed,),
-    **ALERT_DELIVERY_TASK,
-)
-def alert_deliver_task(self: Task, alert_id: int) -> str:
-    """Send one alert's webhook; retried with backoff, marked failed when retries run out."""
-    try:
-        return alert_deliver(alert_id=alert_id)
-    except AlertDeliveryFailed:
-        if self.max_retries is not None and self.request.retries >= self.max_retries:
-            alert_delivery_give_up(alert_id=alert_id)  # this was the last attempt
-        raise
+def alerts_evaluate_soon(tenant_id: uuid.UUID) -> None:
+    """Metering's "alert thresholds may have been crossed" handler (registered by
+    BillingConfig.ready): evaluate the tenant's alerts in a task, off the proxy's path."""
+    alerts_evaluate_task.delay(str(tenant_id))

@@ -178,7 +178,12 @@ CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "memory://")
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", CELERY_BROKER_URL == "memory://")
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND") or None
-CELERY_TASK_DEFAULT_QUEUE = "default"
+# The queues, named once: the routes below use them; a worker consumes all three
+# (docker/compose.yml: -Q default,billing,webhooks).
+QUEUE_DEFAULT = "default"
+QUEUE_BILLING = "billing"  # invoicing, Stripe pushes, alert evaluation
+QUEUE_WEBHOOKS = "webhooks"  # outbound alert webhooks and inbound Stripe events
+CELERY_TASK_DEFAULT_QUEUE = QUEUE_DEFAULT
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
@@ -311,7 +316,7 @@ RECKON_SELLER = {
     "tax_id": os.environ.get("RECKON_SELLER_TAX_ID", ""),
     "email": os.environ.get("RECKON_SELLER_EMAIL", "billing@reckon.example"),
 }
-# Named points where tests inject a crash (billing.invoicing.close.checkpoint); empty in production.
+# Named points where tests inject a crash (billing.faults.checkpoint); empty in production.
 RECKON_FAULT_POINTS = frozenset(
     p for p in os.environ.get("RECKON_FAULT_POINTS", "").split(",") if p
 )
@@ -349,10 +354,10 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 CELERY_TASK_ROUTES = {
-    "billing.tasks.*": {"queue": "billing"},
-    "billing.alerts_*": {"queue": "billing"},
-    "billing.alert_deliver": {"queue": "webhooks"},
-    "billing.tasks.process_stripe_event": {"queue": "webhooks"},
+    "billing.tasks.*": {"queue": QUEUE_BILLING},
+    "billing.alerts_*": {"queue": QUEUE_BILLING},
+    "billing.alert_deliver": {"queue": QUEUE_WEBHOOKS},
+    "billing.tasks.process_stripe_event": {"queue": QUEUE_WEBHOOKS},
 }
 
 # --- Spend control ------------------------------------------------------------------

@@ -39,6 +39,7 @@ from metering.control.governance import apply_reasoning_rules
 from metering.control.holds import Hold, Holds, Refusal, Refused
 from metering.control.scopes import BudgetScope
 from metering.control.store import ControlStore
+from metering.control.terms import alert_thresholds_crossed
 from metering.keys import api_key_hash
 from metering.ledger import LedgerWriter
 from metering.proxy.adapters import ENDPOINTS_BY_PATH, Endpoint, InvalidRequest, prepare_call
@@ -50,7 +51,6 @@ from metering.proxy.callers import (
     caller_context_load,
 )
 from metering.proxy.upstream import UpstreamClient
-from metering.tasks import alerts_evaluate_soon
 
 logger = logging.getLogger(__name__)
 
@@ -319,7 +319,7 @@ class ProxyApp:
     def _alert(self, budget: BudgetScope) -> None:
         """A settlement took a budget across an alert percentage: evaluate now."""
         if budget.tenant_id is not None:
-            self._lookups.submit(alerts_evaluate_soon, budget.tenant_id)
+            self._lookups.submit(alert_thresholds_crossed, budget.tenant_id)
 
 
 async def _refuse(send: Send, refusal: Refusal, anthropic: bool) -> None:

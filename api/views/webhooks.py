@@ -1,6 +1,6 @@
-"""The Stripe webhook endpoint: the event is stored raw first, then processed by a task."""
+"""The Stripe webhook endpoint: the event is stored raw first, then processed by a task
+(billing.stripe_webhooks.stripe_event_receive decides and enqueues)."""
 
-from django.db import transaction
 from django.utils.decorators import method_decorator
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import extend_schema
@@ -9,9 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing import tasks
-from billing.models import StripeEvent
-from billing.stripe import stripe_event_receive
+from billing.stripe_webhooks import stripe_event_receive
 
 
 @method_decorator(csrf_exempt, name="dispatch")
@@ -26,8 +24,6 @@ class StripeWebhookView(APIView):
         event, created = stripe_event_receive(
             payload=request.body, signature=request.headers.get("Stripe-Signature", "")
         )
-        if event.status in (StripeEvent.Status.RECEIVED, StripeEvent.Status.FAILED):
-            transaction.on_commit(lambda: tasks.process_stripe_event.delay(event.pk))
         # 200 for a rejected (malformed) event too: Stripe retries anything else forever.
         return Response(
             {

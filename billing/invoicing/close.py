@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 
 from django.conf import settings
 from django.db import OperationalError, transaction
@@ -26,13 +27,14 @@ from django.db.models import Q
 from django.utils import timezone
 
 from billing.balances import CreditApplication, credits_consume, credits_for_invoices
-from billing.enqueue import SYNC_INVOICE_TO_STRIPE, enqueue_on_commit
+from billing.faults import checkpoint
 from billing.invoicing.adjustments import late_usage_adjustments
 from billing.invoicing.lines import invoice_lines_from_rating
 from billing.invoicing.numbering import next_numbers
 from billing.models import Invoice, InvoiceLine, Subscription
 from billing.pricing.periods import Period, period_containing
 from billing.rating import PeriodRating, period_rate, usage_from_rollups
+from billing.stripe import sync_invoice_to_stripe
 from config.errors import ApplicationError, NotFound
 from metering.ledger import SpoolPending, spool_guard
 from metering.models import Tenant
@@ -50,15 +52,6 @@ logger = logging.getLogger(__name__)
 
 class NotDue(ApplicationError):
     code = "period_not_due"
-
-
-class InjectedFault(RuntimeError):
-    """Raised at a named checkpoint when a test asks for a crash there."""
-
-
-def checkpoint(name: str) -> None:
-    if name in settings.RECKON_FAULT_POINTS:
-        raise InjectedFault(f"injected fault at {name}")
 
 
 def period_close(
@@ -260,7 +253,7 @@ def invoice_finalize(
     credits_consume(applied=credits, invoices=issued)
     if settings.STRIPE_API_KEY:
         for invoice in issued.values():
-            enqueue_on_commit(SYNC_INVOICE_TO_STRIPE, invoice.pk)
+            transaction.on_commit(partial(sync_invoice_to_stripe.delay, invoice.pk))
     return issued
 
 

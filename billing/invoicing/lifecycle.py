@@ -4,6 +4,7 @@ Transitions never move backwards, so events arriving out of order cannot undo a 
 state; nothing billed is edited: money corrections are credit notes."""
 
 from datetime import datetime
+from functools import partial
 
 from django.conf import settings
 from django.db import transaction
@@ -11,9 +12,9 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from billing.balances import credits_restore
-from billing.enqueue import VOID_INVOICE_IN_STRIPE, enqueue_on_commit
 from billing.invoicing.numbering import next_number
 from billing.models import CreditNote, Invoice, InvoiceLine
+from billing.stripe import void_invoice_in_stripe
 from config.errors import ApplicationError, Conflict
 
 Status = Invoice.Status
@@ -60,7 +61,7 @@ def invoice_transition(*, invoice: Invoice, to: str, at: datetime | None = None)
     if to == Status.VOID:
         credits_restore(invoice=invoice)  # the re-issued invoice draws on them again
     if to == Status.VOID and invoice.stripe_invoice_id and settings.STRIPE_API_KEY:
-        enqueue_on_commit(VOID_INVOICE_IN_STRIPE, invoice.pk)
+        transaction.on_commit(partial(void_invoice_in_stripe.delay, invoice.pk))
     return invoice
 
 

@@ -4,8 +4,14 @@ Metering does not import billing. Billing registers a provider at start-up
 (`register_tenant_terms_provider`, from billing's AppConfig.ready) that answers, for a
 tenant and the aliases it may call, the list prices spend limits count, the plan's
 reasoning rules and budget, the prepaid balance and the alert thresholds.
+
+The other way, when a settlement takes a budget across one of those thresholds, metering
+calls `alert_thresholds_crossed`: billing registers the handler at start-up
+(`register_alert_thresholds_crossed_handler`) that evaluates the tenant's alerts; with
+none registered nothing happens.
 """
 
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +19,8 @@ from decimal import Decimal
 
 from metering.control.governance import ReasoningRules
 from metering.ledger.record import Rates
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,3 +59,27 @@ def register_tenant_terms_provider(
 ) -> None:
     global tenant_terms_provider
     tenant_terms_provider = provider
+
+
+def _no_alerts(tenant_id: uuid.UUID) -> None:
+    return None
+
+
+# tenant id -> None: the tenant's alert thresholds may have been crossed; billing
+# registers the real one (it evaluates the tenant's alerts off the hot path).
+alert_thresholds_crossed_handler: Callable[[uuid.UUID], None] = _no_alerts
+
+
+def register_alert_thresholds_crossed_handler(handler: Callable[[uuid.UUID], None]) -> None:
+    global alert_thresholds_crossed_handler
+    alert_thresholds_crossed_handler = handler
+
+
+def alert_thresholds_crossed(tenant_id: uuid.UUID) -> None:
+    """A settlement took one of the tenant's budgets across an alert percentage: tell the
+    registered handler. The periodic sweep evaluates every budget anyway, so this only
+    makes a crossing known sooner: a failure is logged, never raised into the call."""
+    try:
+        alert_thresholds_crossed_handler(tenant_id)
+    except Exception:  # noqa: BLE001 - the sweep catches up; never fail a call for this
+        logger.exception("could not hand over the alert evaluation of tenant %s", tenant_id)

@@ -99,6 +99,21 @@ def test_duplicate_delivery_is_applied_once(django_capture_on_commit_callbacks) 
     assert Invoice.objects.get(pk=invoice.pk).payment_failed_at == failed_at is not None
 
 
+def test_redelivery_of_an_event_whose_processing_failed_applies_it(
+    django_capture_on_commit_callbacks,
+) -> None:  # type: ignore[no-untyped-def]
+    invoice = pushed_invoice()
+    event = invoice_event("invoice.paid", invoice, int(time.time()))
+    with django_capture_on_commit_callbacks(execute=False):
+        post(event)  # stored; its processing never ran (as if the task failed for good)
+    StripeEvent.objects.update(status=StripeEvent.Status.FAILED)
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        again = post(event)
+    assert again.json()["duplicate"] is True and len(callbacks) == 1
+    assert StripeEvent.objects.get().status == "processed"
+    assert Invoice.objects.get(pk=invoice.pk).status == "paid"
+
+
 def test_out_of_order_events_never_undo_a_terminal_state(
     django_capture_on_commit_callbacks,
 ) -> None:  # type: ignore[no-untyped-def]
@@ -244,7 +259,7 @@ def test_signed_body_that_is_not_json_is_stored_rejected() -> None:
 
 
 def test_malformed_event_stored_before_the_check_is_rejected_when_processed() -> None:
-    from billing.stripe import stripe_event_process
+    from billing.stripe_webhooks import stripe_event_process
 
     invoice = pushed_invoice()
     stored = StripeEvent.objects.create(

@@ -16,24 +16,27 @@ import pytest
 import time_machine
 from django.db import connection, transaction
 
-from billing.alerts import (
-    DEFAULT_THRESHOLDS,
+from billing.alert_delivery import (
     AlertDeliveryFailed,
     alert_deliver,
+    alert_deliver_task,
     alert_payload,
+    sign,
+    verify,
+)
+from billing.alerts import (
+    DEFAULT_THRESHOLDS,
     alerts_evaluate,
     alerts_evaluate_all,
     budgets_of,
-    sign,
     thresholds_crossed,
     thresholds_of,
-    verify,
 )
 from billing.balances import balance_account_open, balance_credit
 from billing.models import Alert, PlanVersion, WebhookEndpoint
 from billing.plans import plan_create, plan_version_create, plan_version_publish
 from billing.plans import subscription_create as subscribe
-from billing.tasks import alert_deliver_task, alerts_evaluate_task, alerts_sweep
+from billing.tasks import alerts_evaluate_task, alerts_sweep
 from config.celery import app
 from metering.models import ApiKey, ReasoningPolicy, SpendLimit, Tenant
 from tests.factories import ApiKeyFactory

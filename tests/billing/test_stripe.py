@@ -4,7 +4,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from billing.invoicing.close import InjectedFault, period_close
+from billing.faults import InjectedFault
+from billing.invoicing.close import period_close
 from billing.models import Invoice, StripeCustomer
 from billing.plans import subscription_create
 from billing.stripe import invoice_sync_stripe

@@ -16,7 +16,8 @@ import pytest
 from django.conf import settings
 from django.db.models import Sum
 
-from billing.alerts import alerts_evaluate_all, verify
+from billing.alert_delivery import verify
+from billing.alerts import alerts_evaluate_all
 from billing.models import Alert, WebhookEndpoint
 from metering.models import SpendLimit, UsageRecord
 from tests.e2e.conftest import E2ETenant, http

@@ -8,7 +8,8 @@ import pytest
 import time_machine
 
 from billing import tasks
-from billing.invoicing.close import InjectedFault, period_close
+from billing.faults import InjectedFault
+from billing.invoicing.close import period_close
 from billing.invoicing.lifecycle import credit_note_issue, invoice_transition
 from billing.invoicing.recompute import invoice_recompute
 from billing.models import Invoice, InvoiceLine

@@ -7,7 +7,6 @@ from decimal import Decimal
 
 import pytest
 
-from config.celery import app
 from metering.control.budgets import (
     BudgetKind,
     budget_list,
@@ -18,7 +17,6 @@ from metering.control.budgets import (
 from metering.control.scopes import to_nano
 from metering.control.terms import BalanceTerms, TenantTerms
 from metering.models import ReasoningPolicy, SpendLimit
-from metering.tasks import ALERTS_EVALUATE_TASK
 from tests.factories import ApiKeyFactory, TenantFactory
 
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
@@ -158,7 +156,3 @@ def test_the_tenants_metering_knows_to_have_budgets() -> None:
     ReasoningPolicy.objects.create(api_key=no_budget, max_output_tokens=100)
 
     assert budget_tenant_ids() == {key.tenant_id, only_limit, only_policy.tenant_id}
-
-
-def test_the_alert_task_the_proxy_sends_exists() -> None:
-    assert ALERTS_EVALUATE_TASK in app.tasks
