@@ -38,7 +38,7 @@ from billing.enqueue import ALERT_DELIVER, enqueue, enqueue_on_commit
 from billing.models import Alert, BalanceAccount, Subscription, WebhookEndpoint
 from billing.selectors import subscription_current
 from config.errors import ApplicationError
-from metering.calendar import month_start
+from metering.calendar import month_key, month_start
 from metering.control.budgets import budget_list
 from metering.models import ReasoningPolicy, SpendLimit
 from metering.selectors import reasoning_tokens_since, spend_since
@@ -180,7 +180,7 @@ def budgets_of(tenant_id: uuid.UUID, at: datetime) -> list[Budget]:
     holds calls against: metering.control.budgets)."""
     at = at.astimezone(UTC)
     since_month = month_start(at)
-    month = f"{at:%Y-%m}"
+    month = month_key(at)
     state = balance_state(tenant_id, at)
     subscription = subscription_current(tenant_id=tenant_id, at=at)
     plan = subscription.plan_version if subscription is not None else None
