@@ -68,7 +68,7 @@ LEDGER_COLUMNS: tuple[str, ...] = tuple(LEDGER_FIELDS.values())
 PRICING_CLASS: dict[str, str] = {column: name for name, column in LEDGER_FIELDS.items()}
 # The ServingCostRate column holding each class's serving cost (USD per 1M tokens).
 COST_RATE_FIELDS: dict[str, str] = {name: f"{name}_usd" for name in TOKEN_CLASSES}
-# How people read each class (price component choices, admin, invoices).
+# How people read each class (billing.models PriceComponent.TokenClass labels).
 TOKEN_CLASS_LABELS: dict[str, str] = {
     "input": "Uncached input",
     "cache_read": "Cache read",
