@@ -27,7 +27,7 @@ from billing.alert_delivery import alert_deliver_task
 from billing.balances import balance_state
 from billing.models import Alert, BalanceAccount, Subscription, WebhookEndpoint
 from billing.selectors import subscription_current
-from metering.calendar import month_start
+from metering.calendar import month_key, month_start
 from metering.control.budgets import BudgetKind, budget_list, budget_tenant_ids, budget_use
 
 logger = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def budgets_of(tenant_id: uuid.UUID, at: datetime) -> list[Budget]:
     holds calls against: metering.control.budgets)."""
     at = at.astimezone(UTC)
     since_month = month_start(at)
-    month = f"{at:%Y-%m}"
+    month = month_key(at)
     state = balance_state(tenant_id, at)
     subscription = subscription_current(tenant_id=tenant_id, at=at)
     plan = subscription.plan_version if subscription is not None else None

@@ -16,6 +16,8 @@ from typing import Any
 from django.db import models
 from django.db.models import Q
 
+from metering.usage import TOKEN_CLASS_LABELS, TOKEN_CLASSES
+
 
 def money(**options: Any) -> models.DecimalField:  # type: ignore[type-arg]
     """A Decimal money (or exact ratio) column: 38 digits, 12 decimals; never float."""
@@ -94,12 +96,12 @@ class PriceComponent(models.Model):
         VOLUME = "volume", "Volume tiers"
         PACKAGE = "package", "Package"
 
-    class TokenClass(models.TextChoices):
-        INPUT = "input", "Uncached input"
-        CACHE_READ = "cache_read", "Cache read"
-        CACHE_WRITE = "cache_write", "Cache write"
-        OUTPUT = "output", "Visible output"
-        REASONING = "reasoning", "Reasoning"
+    # The five token classes of metering.usage, one member each (INPUT = "input", ...).
+    # django-stubs types only the class form of TextChoices, not this functional one.
+    TokenClass = models.TextChoices(  # type: ignore[call-overload]
+        "TokenClass",
+        [(name.upper(), (name, TOKEN_CLASS_LABELS[name])) for name in TOKEN_CLASSES],
+    )
 
     plan_version = models.ForeignKey(
         PlanVersion, on_delete=models.CASCADE, related_name="components"

@@ -20,7 +20,7 @@ from billing.pricing.proration import prorate_plan
 from billing.pricing.rate import RatedInvoice, RatedLine, rate
 from billing.selectors import plan_version_pricing, subscription_current, subscriptions_in_period
 from config.errors import NotFound
-from metering.selectors import NO_USAGE, UsageTotals, usage_totals
+from metering.selectors import NO_USAGE, UsageTotals, usage_totals, usage_totals_by_tenant
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ UsageSource = Callable[[uuid.UUID, datetime, datetime], UsageTotals]
 
 
 def usage_from_rollups(tenant_id: uuid.UUID, start: datetime, end: datetime) -> UsageTotals:
-    return usage_totals(by="alias", tenant_id=tenant_id, start=start, end=end)
+    return usage_totals(tenant_id=tenant_id, start=start, end=end)
 
 
 def period_rate(
@@ -152,7 +152,7 @@ def rate_all_tenants(*, period: Period) -> dict[uuid.UUID, int]:
     by_tenant: dict[uuid.UUID, list[Subscription]] = {}
     for subscription in subs:
         by_tenant.setdefault(subscription.tenant_id, []).append(subscription)
-    usage = usage_totals(by="tenant", start=period.start, end=period.end)
+    usage = usage_totals_by_tenant(start=period.start, end=period.end, with_cutoff=False)
     totals: dict[uuid.UUID, int] = {}
     for tenant_id, tenant_subs in by_tenant.items():
         spans = segments(period, [(s.starts_at, s.ends_at, s) for s in tenant_subs])

@@ -3,9 +3,9 @@ usage. Functions return querysets or plain data (frozen dataclasses, dicts, numb
 
 Invariants:
 - windows are half-open, [start, end), on the record's `started_at` (rollups: its UTC hour);
-- rating reads the hourly rollups (`usage_totals`), which hold unflagged records only:
-  a flagged record is held back from rating, yet counts against limits (`spend_since`,
-  `reasoning_tokens_since` add flagged usage back);
+- rating reads the hourly rollups (`usage_totals`, `usage_totals_by_tenant`), which hold
+  unflagged records only: a flagged record is held back from rating, yet counts against
+  limits (`spend_since`, `reasoning_tokens_since` add flagged usage back);
 - token classes carry the ledger's names (`metering.usage.LEDGER_COLUMNS`) except in
   `UsageTotals` and `ServedTotals`, which carry pricing's (`PRICING_CLASS`).
 """
@@ -15,7 +15,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal, overload
+from typing import Any
 
 from django.db import connection
 from django.db.models import Count, Max, Q, QuerySet, Sum
@@ -23,7 +23,7 @@ from django.db.models.functions import Coalesce, TruncDay
 from django.utils import timezone
 
 from metering.models import ApiKey, ServingCostRate, UsageRecord, UsageRollup
-from metering.usage import LEDGER_COLUMNS, PRICING_CLASS
+from metering.usage import LEDGER_COLUMNS, PRICING_CLASS, TokenUsage
 
 SHARE_QUANTUM = Decimal("0.000001")
 GROUPINGS = {"alias": "alias", "api_key": "api_key_id", "day": "day"}
@@ -52,14 +52,14 @@ def usage_records_for_tenant(*, filters: UsageFilter) -> QuerySet[UsageRecord]:
 
 
 def _with_shares(row: dict[str, Any]) -> dict[str, Any]:
-    output = row["output_tokens"] + row["reasoning_tokens"]
-    total = output + row["input_tokens"] + row["cached_input_tokens"] + row["cache_write_tokens"]
-    row["total_tokens"] = total
+    usage = TokenUsage(**{column: row[column] for column in LEDGER_COLUMNS})
+    output = usage.total_output_tokens
+    row["total_tokens"] = usage.total_tokens
     # Hidden reasoning as a fraction of all output the tenant pays for (exact decimal string).
     row["reasoning_share_of_output"] = (
         None
         if output == 0
-        else str((Decimal(row["reasoning_tokens"]) / Decimal(output)).quantize(SHARE_QUANTUM))
+        else str((Decimal(usage.reasoning_tokens) / Decimal(output)).quantize(SHARE_QUANTUM))
     )
     return row
 
@@ -90,49 +90,59 @@ def usage_summary(*, filters: UsageFilter, group_by: str | None = None) -> list[
 @dataclass(frozen=True)
 class UsageTotals:
     tokens: dict[tuple[str, str], int]  # (alias, pricing token class) -> tokens
-    cutoff_record_id: int  # highest usage record id included (0 when none)
+    cutoff_record_id: int  # highest usage record id included (0: none, or not asked for)
 
 
 NO_USAGE = UsageTotals({}, 0)
 
 
-@overload
 def usage_totals(
     *,
-    by: Literal["alias"],
     tenant_id: uuid.UUID,
     start: datetime,
     end: datetime,
     up_to_record_id: int | None = None,
-) -> UsageTotals: ...
+) -> UsageTotals:
+    """One tenant's rated tokens per (alias, pricing token class) in [start, end), with
+    the highest usage record id they include (see `usage_totals_by_tenant`)."""
+    totals = _usage_totals(
+        start=start, end=end, tenant_ids=[tenant_id], up_to_record_id=up_to_record_id
+    )
+    return totals.get(tenant_id, NO_USAGE)
 
 
-@overload
-def usage_totals(
+def usage_totals_by_tenant(
     *,
-    by: Literal["tenant"],
     start: datetime,
     end: datetime,
     tenant_ids: Collection[uuid.UUID] | None = None,
     up_to_record_id: int | None = None,
-) -> dict[uuid.UUID, UsageTotals]: ...
+    with_cutoff: bool = True,
+) -> dict[uuid.UUID, UsageTotals]:
+    """`usage_totals` of many tenants in one query: a `UsageTotals` per tenant of
+    `tenant_ids` or (None) of every tenant; tenants without usage are absent (use
+    `NO_USAGE`). `with_cutoff=False` skips the cut-off (`cutoff_record_id` 0) for a
+    reader that resumes nothing from it."""
+    return _usage_totals(
+        start=start,
+        end=end,
+        tenant_ids=tenant_ids,
+        up_to_record_id=up_to_record_id,
+        with_cutoff=with_cutoff,
+    )
 
 
-def usage_totals(
+def _usage_totals(
     *,
-    by: Literal["alias", "tenant"],
     start: datetime,
     end: datetime,
-    tenant_id: uuid.UUID | None = None,
-    tenant_ids: Collection[uuid.UUID] | None = None,
-    up_to_record_id: int | None = None,
-) -> UsageTotals | dict[uuid.UUID, UsageTotals]:
-    """Rated tokens per (alias, pricing token class) in [start, end), with the highest
-    usage record id they include, in one query: the one reader of usage totals.
+    tenant_ids: Collection[uuid.UUID] | None,
+    up_to_record_id: int | None,
+    with_cutoff: bool = True,
+) -> dict[uuid.UUID, UsageTotals]:
+    """Rated tokens per tenant and (alias, pricing token class) in [start, end), with the
+    highest usage record id they include, in one query: the one reader of rated usage.
 
-    - `by="alias"`: one tenant's (`tenant_id`) totals;
-    - `by="tenant"`: a `UsageTotals` per tenant, for `tenant_ids` or (None) every tenant;
-      tenants without usage are absent (use `NO_USAGE`).
     Read from the hourly rollups (`start` and `end` must fall on whole UTC hours), or,
     with `up_to_record_id`, straight from the raw ledger: records started in
     [start, end), with id <= up_to_record_id, carrying no flags. Rollups must agree with
@@ -145,30 +155,27 @@ def usage_totals(
             started_at__gte=start, started_at__lt=end, id__lte=up_to_record_id, flags=[]
         )
         last = Max("id")
-    if by == "alias":
-        rows = rows.filter(tenant_id=tenant_id)
-    elif tenant_ids is not None:
+    if tenant_ids is not None:
         rows = rows.filter(tenant_id__in=tenant_ids)
     rows = (
         rows.values("tenant_id", "alias")
-        .annotate(last=last, **{name: Sum(name) for name in LEDGER_COLUMNS})
+        .annotate(
+            **({"last": last} if with_cutoff else {}),
+            **{name: Sum(name) for name in LEDGER_COLUMNS},
+        )
         .order_by()
     )
     grouped: dict[uuid.UUID, list[dict[str, Any]]] = {}
     for row in rows:
         grouped.setdefault(row["tenant_id"], []).append(row)
-    totals = {tenant: _totals(tenant_rows) for tenant, tenant_rows in grouped.items()}
-    if by == "alias":
-        assert tenant_id is not None
-        return totals.get(tenant_id, NO_USAGE)
-    return totals
+    return {tenant: _totals(tenant_rows) for tenant, tenant_rows in grouped.items()}
 
 
 def _totals(rows: list[dict[str, Any]]) -> UsageTotals:
     tokens: dict[tuple[str, str], int] = {}
     cutoff = 0
     for row in rows:
-        cutoff = max(cutoff, row["last"] or 0)
+        cutoff = max(cutoff, row.get("last") or 0)
         for name in LEDGER_COLUMNS:
             if row[name]:
                 tokens[(row["alias"], PRICING_CLASS[name])] = row[name]
@@ -256,7 +263,14 @@ class ServedTotals:
 def served_totals(
     *, start: datetime, end: datetime, tenant_id: uuid.UUID | None = None, alias: str | None = None
 ) -> list[ServedTotals]:
-    """Rated tokens and exact serving cost per (tenant, alias, accelerator) in [start, end)."""
+    """Rated tokens and exact serving cost per (tenant, alias, accelerator) in [start, end),
+    from the hourly rollups: what serving cost us (billing.reports: margins).
+
+    Not `usage_totals`, the reader invoices are rated from: that one groups by alias
+    only (a price never depends on the hardware), returns the cut-off record id a close
+    resumes from, and can read the raw ledger for recomputation; this one splits by
+    accelerator (each has its own cost rate), sums the serving costs the records were
+    stamped with, and needs neither a cut-off nor the raw ledger."""
     qs = UsageRollup.objects.filter(hour__gte=start, hour__lt=end)
     if tenant_id is not None:
         qs = qs.filter(tenant_id=tenant_id)

@@ -26,8 +26,9 @@ Choices where the reference is silent:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 # reasoning_source values (mirrors UsageRecord.ReasoningSource).
@@ -65,6 +66,16 @@ LEDGER_FIELDS: dict[str, str] = {
 # The ledger's columns (UsageRecord, UsageRollup), in the same order, and back to the name.
 LEDGER_COLUMNS: tuple[str, ...] = tuple(LEDGER_FIELDS.values())
 PRICING_CLASS: dict[str, str] = {column: name for name, column in LEDGER_FIELDS.items()}
+# The ServingCostRate column holding each class's serving cost (USD per 1M tokens).
+COST_RATE_FIELDS: dict[str, str] = {name: f"{name}_usd" for name in TOKEN_CLASSES}
+# How people read each class (billing.models PriceComponent.TokenClass labels).
+TOKEN_CLASS_LABELS: dict[str, str] = {
+    "input": "Uncached input",
+    "cache_read": "Cache read",
+    "cache_write": "Cache write",
+    "output": "Visible output",
+    "reasoning": "Reasoning",
+}
 
 
 @dataclass(slots=True)
@@ -99,7 +110,12 @@ class TokenUsage:
 
     def by_class(self) -> dict[str, int]:
         """The counts keyed by token class (``TOKEN_CLASSES`` order)."""
-        return {name: getattr(self, column) for name, column in LEDGER_FIELDS.items()}
+        return dict(zip(TOKEN_CLASSES, ledger_counts(self), strict=True))
+
+
+# A usage's five counts in LEDGER_COLUMNS (= TOKEN_CLASSES) order. Built once, in C: the
+# hot path reads them per call.
+ledger_counts: Callable[[TokenUsage], tuple[int, ...]] = attrgetter(*LEDGER_COLUMNS)
 
 
 # --- reading counts -------------------------------------------------------------------

@@ -26,7 +26,7 @@ from billing.models import (
 )
 from config.errors import ApplicationError, NotFound
 from metering.models import ServingCostRate
-from metering.usage import TOKEN_CLASSES
+from metering.usage import COST_RATE_FIELDS, TOKEN_CLASSES
 
 SEED_FROM = datetime(2020, 1, 1, tzinfo=UTC)
 RATE_QUANTUM = Decimal("1e-18")  # rates are stored with 18 decimals (rounded half-up once)
@@ -201,7 +201,7 @@ def cost_rate_publish(*, alias: str, at: datetime) -> ServingCostRate:
         alias=alias,
         accelerator=deployment.accelerator.key,
         effective_from=at,
-        **{f"{token_class}_usd": q[token_class] for token_class in TOKEN_CLASSES},
+        **{COST_RATE_FIELDS[token_class]: q[token_class] for token_class in TOKEN_CLASSES},
         source={
             "deployment_id": deployment.pk,
             "deployment_version": deployment.version,
@@ -218,5 +218,8 @@ def cost_rate_publish(*, alias: str, at: datetime) -> ServingCostRate:
 def rate_costs(rate: ServingCostRate) -> formulas.ClassCosts:
     """A published rate's per-class costs (column ``<token class>_usd``)."""
     return formulas.ClassCosts(
-        **{token_class: getattr(rate, f"{token_class}_usd") for token_class in TOKEN_CLASSES}
+        **{
+            token_class: getattr(rate, COST_RATE_FIELDS[token_class])
+            for token_class in TOKEN_CLASSES
+        }
     )

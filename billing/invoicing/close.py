@@ -40,7 +40,7 @@ from metering.ledger import SpoolPending, spool_guard
 from metering.models import Tenant
 from metering.selectors import (
     NO_USAGE,
-    usage_totals,
+    usage_totals_by_tenant,
     usage_watermark,
 )
 
@@ -179,7 +179,7 @@ def _ratings(
     """Rate each tenant's period. Tenants on one plan for the whole period are rated from
     one bulk usage query; the others segment by segment from the rollups."""
     tenants = list(subscriptions)
-    usage = usage_totals(by="tenant", tenant_ids=tenants, start=period.start, end=period.end)
+    usage = usage_totals_by_tenant(tenant_ids=tenants, start=period.start, end=period.end)
     ratings: dict[uuid.UUID, PeriodRating] = {}
     for t in tenants:
         subs = [s for s in subscriptions[t] if s.starts_at < period.end]

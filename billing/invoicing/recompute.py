@@ -24,9 +24,7 @@ def _raw_records_up_to(cutoff: int) -> UsageSource:
     """A usage source reading raw ledger records with ids up to `cutoff` (not rollups)."""
 
     def raw(tenant_id: uuid.UUID, start: datetime, end: datetime) -> UsageTotals:
-        return usage_totals(
-            by="alias", tenant_id=tenant_id, start=start, end=end, up_to_record_id=cutoff
-        )
+        return usage_totals(tenant_id=tenant_id, start=start, end=end, up_to_record_id=cutoff)
 
     return raw
 

@@ -6,13 +6,12 @@ rated on its own plan version; base fee, minimum commitment and allowances of a 
 are prorated by its share of the period's seconds (see billing.plans).
 """
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Generic, TypeVar
 
-from metering.calendar import month_day
+from metering.calendar import month_day, year_month_of_key
 
 T = TypeVar("T")
 
@@ -20,8 +19,6 @@ T = TypeVar("T")
 # starts inside, and the one after it, end before datetime's year 9999 runs out.
 EARLIEST_INSTANT = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST_INSTANT = datetime(9999, 1, 1, tzinfo=UTC)
-
-_YEAR_MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")
 
 
 @dataclass(frozen=True)
@@ -50,12 +47,10 @@ class Segment(Generic[T]):
 
 def calendar_month(value: str) -> Period:
     """The calendar month named "YYYY-MM" as the period [its first day, the next month's),
-    UTC. The one parser of a month in the API and the commands; raises ValueError with a
-    message for the caller on anything else, or a month outside the supported instants."""
-    match = _YEAR_MONTH.fullmatch(value)
-    if match is None or not 1 <= int(match[2]) <= 12:
-        raise ValueError("Use YYYY-MM.")
-    year, month = int(match[1]), int(match[2])
+    UTC, for the API and the commands. Raises ValueError with a message for the caller on
+    anything but "YYYY-MM" (metering.calendar parses it), or a month outside the supported
+    instants."""
+    year, month = year_month_of_key(value)
     if not EARLIEST_INSTANT.year <= year < LATEST_INSTANT.year:
         raise ValueError(
             f"Use a month from {EARLIEST_INSTANT:%Y-%m} to {LATEST_INSTANT.year - 1}-12."

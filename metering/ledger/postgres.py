@@ -9,6 +9,7 @@ import orjson
 from django.db import DatabaseError, DataError, IntegrityError
 
 from metering.ledger.rollups import ROLLUP_SUMS, rollup_hourly_sql, rollup_upsert_sql
+from metering.usage import LEDGER_COLUMNS
 
 # PostgreSQL: the whole batch in ONE statement on an async connection of the event loop
 # (autocommit: a single statement is its own transaction). The batch travels as one JSON
@@ -28,11 +29,7 @@ _PG_COLUMNS: tuple[tuple[str, str], ...] = (
     ("status", "text"),
     ("upstream_status", "int2"),
     ("upstream_response_id", "text"),
-    ("input_tokens", "int8"),
-    ("cached_input_tokens", "int8"),
-    ("cache_write_tokens", "int8"),
-    ("output_tokens", "int8"),
-    ("reasoning_tokens", "int8"),
+    *((column, "int8") for column in LEDGER_COLUMNS),
     ("reasoning_source", "text"),
     ("flags", "jsonb"),
     ("raw_usage", "jsonb"),

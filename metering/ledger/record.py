@@ -20,13 +20,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, NamedTuple, Protocol
 
-from metering.usage import TokenUsage
+from metering.usage import LEDGER_COLUMNS, TokenUsage, ledger_counts
 
 _CONTEXT = decimal.Context(prec=80, traps=[decimal.Inexact, decimal.Overflow])
 
 
 class Rates(NamedTuple):
-    """USD per 1M tokens: uncached input, cache read, cache write, visible output, reasoning."""
+    """USD per 1M tokens of each token class (fields: `metering.usage.TOKEN_CLASSES`)."""
 
     input: Decimal
     cache_read: Decimal
@@ -39,7 +39,18 @@ def serving_cost(
     rates: Rates, *, input: int, cache_read: int, cache_write: int, output: int, reasoning: int
 ) -> tuple[Decimal, Decimal]:
     """(total cost, the part spent on reasoning), exact."""
+    return _cost(rates, (input, cache_read, cache_write, output, reasoning))
+
+
+def usage_cost(rates: Rates, usage: TokenUsage) -> tuple[Decimal, Decimal]:
+    """`serving_cost` of a call's token classes."""
+    return _cost(rates, ledger_counts(usage))
+
+
+def _cost(rates: Rates, counts: tuple[int, ...]) -> tuple[Decimal, Decimal]:
+    """`serving_cost` of counts in `TOKEN_CLASSES` order, the order of `Rates`' fields."""
     c = _CONTEXT
+    input, cache_read, cache_write, output, reasoning = counts
     reasoning_cost = c.multiply(Decimal(reasoning), rates.reasoning).scaleb(-6, context=c)
     rest = c.add(
         c.add(
@@ -52,18 +63,6 @@ def serving_cost(
         ),
     ).scaleb(-6, context=c)
     return c.add(rest, reasoning_cost), reasoning_cost
-
-
-def usage_cost(rates: Rates, usage: TokenUsage) -> tuple[Decimal, Decimal]:
-    """`serving_cost` of a call's token classes."""
-    return serving_cost(
-        rates,
-        input=usage.input_tokens,
-        cache_read=usage.cached_input_tokens,
-        cache_write=usage.cache_write_tokens,
-        output=usage.output_tokens,
-        reasoning=usage.reasoning_tokens,
-    )
 
 
 class RecordedRoute(Protocol):
@@ -106,13 +105,14 @@ def usage_record_row(
 ) -> tuple[dict[str, Any], Decimal | None]:
     """The ledger row of one call, and its spend at list prices (None: the tenant has no
     price for the alias). `flags`: the proxy's own, after the usage's."""
+    counts = ledger_counts(usage)
     prices = route.spend_rates
-    spend = None if prices is None else usage_cost(prices, usage)[0]
+    spend = None if prices is None else _cost(prices, counts)[0]
     rates = route.cost_rates
     if rates is None:
         cost = reasoning_cost = None
     else:
-        cost, reasoning_cost = usage_cost(rates, usage)
+        cost, reasoning_cost = _cost(rates, counts)
     row = {
         "request_id": request_id,
         "tenant_id": tenant_id,
@@ -126,11 +126,6 @@ def usage_record_row(
         "status": status,
         "upstream_status": upstream_status,
         "upstream_response_id": response_id[:200],
-        "input_tokens": usage.input_tokens,
-        "cached_input_tokens": usage.cached_input_tokens,
-        "cache_write_tokens": usage.cache_write_tokens,
-        "output_tokens": usage.output_tokens,
-        "reasoning_tokens": usage.reasoning_tokens,
         "reasoning_source": usage.reasoning_source,
         "flags": [*usage.flags, *flags],
         "raw_usage": raw_usage,
@@ -144,4 +139,5 @@ def usage_record_row(
         "started_at": started_at,
         "finished_at": datetime.now(UTC),
     }
+    row.update(zip(LEDGER_COLUMNS, counts, strict=True))  # input_tokens, cached_input_tokens, ...
     return row, spend

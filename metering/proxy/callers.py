@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from operator import attrgetter
 from typing import Generic, TypeVar
 
 from django.db import close_old_connections
@@ -37,6 +38,7 @@ from metering.control.terms import TenantTerms
 from metering.ledger.record import Rates
 from metering.models import ApiKey, RateLimit, ReasoningPolicy, Route, ServingCostRate
 from metering.selectors import current_cost_rates
+from metering.usage import COST_RATE_FIELDS
 
 ANTHROPIC_DEFAULT_VERSION = "2023-06-01"
 
@@ -96,6 +98,11 @@ class CallerContext:
     controls: Controls | None = None
 
 
+# A rate's columns in `Rates`' field order, each field read from its own column (built
+# once: a route's rates are read on every context load).
+_cost_rate_values = attrgetter(*(COST_RATE_FIELDS[name] for name in Rates._fields))
+
+
 def route_info_from(
     route: Route,
     rate: ServingCostRate | None = None,
@@ -108,15 +115,7 @@ def route_info_from(
         hold_cap=hold_cap,
         hold_prices=None if prices is None else hold_prices_of(prices),
         cost_rate_id=rate.pk if rate else None,
-        cost_rates=Rates(
-            rate.input_usd,
-            rate.cache_read_usd,
-            rate.cache_write_usd,
-            rate.output_usd,
-            rate.reasoning_usd,
-        )
-        if rate
-        else None,
+        cost_rates=Rates._make(_cost_rate_values(rate)) if rate else None,
         alias=route.alias,
         provider=route.provider,
         upstream_model=route.upstream_model,

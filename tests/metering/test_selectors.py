@@ -14,6 +14,7 @@ from metering.selectors import (
     reasoning_tokens_since,
     spend_since,
     usage_totals,
+    usage_totals_by_tenant,
 )
 from tests.factories import ApiKeyFactory
 from tests.usage_helpers import usage_row
@@ -55,7 +56,7 @@ def test_budget_loaders_count_flagged_records() -> None:
     assert reasoning_tokens_since(tenant_id=tenant, api_key_id=key.pk, since=MONTH) == 17
 
 
-def test_usage_totals_by_alias_and_by_tenant_from_rollups_and_records() -> None:
+def test_usage_totals_of_one_tenant_and_by_tenant_from_rollups_and_records() -> None:
     key = ApiKeyFactory()
     other = ApiKeyFactory()
     at = MONTH + timedelta(days=2, minutes=10)
@@ -72,7 +73,7 @@ def test_usage_totals_by_alias_and_by_tenant_from_rollups_and_records() -> None:
         tenant_id=key.tenant_id, started_at__gte=MONTH, flags=[]
     ).order_by("-id")[0]
     start, end = MONTH, MONTH + timedelta(days=30)
-    mine = usage_totals(by="alias", tenant_id=key.tenant_id, start=start, end=end)
+    mine = usage_totals(tenant_id=key.tenant_id, start=start, end=end)
     assert mine.tokens == {
         ("reasoner", "input"): 3,
         ("reasoner", "output"): 5,
@@ -82,15 +83,15 @@ def test_usage_totals_by_alias_and_by_tenant_from_rollups_and_records() -> None:
     }
     # the rollups' cut-off includes the flagged record; the raw read only unflagged ones
     assert mine.cutoff_record_id >= last.pk
-    raw = usage_totals(
-        by="alias", tenant_id=key.tenant_id, start=start, end=end, up_to_record_id=last.pk
-    )
+    raw = usage_totals(tenant_id=key.tenant_id, start=start, end=end, up_to_record_id=last.pk)
     assert raw == UsageTotals(mine.tokens, last.pk)
-    everyone = usage_totals(by="tenant", start=start, end=end)
+    everyone = usage_totals_by_tenant(start=start, end=end)
     assert everyone[key.tenant_id] == mine
     assert everyone[other.tenant_id].tokens == {("reasoner", "input"): 13}
-    chosen = usage_totals(by="tenant", tenant_ids=[other.tenant_id], start=start, end=end)
+    chosen = usage_totals_by_tenant(tenant_ids=[other.tenant_id], start=start, end=end)
     assert list(chosen) == [other.tenant_id]
+    tokens_only = usage_totals_by_tenant(start=start, end=end, with_cutoff=False)
+    assert tokens_only[key.tenant_id] == UsageTotals(mine.tokens, 0)
     empty = MONTH + timedelta(days=40)
-    assert usage_totals(by="alias", tenant_id=key.tenant_id, start=empty, end=empty) == NO_USAGE
-    assert usage_totals(by="tenant", start=empty, end=empty) == {}
+    assert usage_totals(tenant_id=key.tenant_id, start=empty, end=empty) == NO_USAGE
+    assert usage_totals_by_tenant(start=empty, end=empty) == {}

@@ -16,11 +16,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from billing.models import PriceComponent
+from metering.models import ServingCostRate
 from metering.usage import (
+    COST_RATE_FIELDS,
     DERIVED,
     ESTIMATED,
     NONE,
     REPORTED,
+    TOKEN_CLASS_LABELS,
+    TOKEN_CLASSES,
     TextCounts,
     TokenUsage,
     high_water,
@@ -379,6 +384,20 @@ def test_token_usage_totals() -> None:
     assert usage.total_output_tokens == 54000
     assert usage.total_tokens == 54321
     assert TokenUsage().flags == [] and TokenUsage().flags is not TokenUsage().flags
+
+
+def test_every_naming_of_the_token_classes_derives_from_one_list() -> None:
+    assert tuple(TOKEN_CLASS_LABELS) == tuple(COST_RATE_FIELDS) == TOKEN_CLASSES
+    assert COST_RATE_FIELDS["cache_read"] == "cache_read_usd"
+    rate_columns = {field.name for field in ServingCostRate._meta.get_fields()}
+    assert set(COST_RATE_FIELDS.values()) <= rate_columns
+    assert PriceComponent.TokenClass.choices == [
+        ("input", "Uncached input"),
+        ("cache_read", "Cache read"),
+        ("cache_write", "Cache write"),
+        ("output", "Visible output"),
+        ("reasoning", "Reasoning"),
+    ]
 
 
 # --- properties ----------------------------------------------------------------------

@@ -5,9 +5,10 @@ import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from metering.ledger.record import Rates, serving_cost, usage_record_row
-from metering.proxy.callers import RouteInfo
-from metering.usage import TokenUsage
+from metering.ledger.record import Rates, serving_cost, usage_cost, usage_record_row
+from metering.models import Route, ServingCostRate
+from metering.proxy.callers import RouteInfo, route_info_from
+from metering.usage import LEDGER_COLUMNS, TOKEN_CLASSES, TokenUsage
 
 COST = Rates(Decimal("1"), Decimal("0.1"), Decimal("1.25"), Decimal("4"), Decimal("4"))
 LIST = Rates(Decimal("3"), Decimal("0.3"), Decimal("3.75"), Decimal("12"), Decimal("15"))
@@ -58,10 +59,37 @@ def test_a_priced_route_stamps_cost_and_spend_exactly() -> None:
     assert row["cost_rate_id"] == 3
     assert row["flags"] == ["capped_reasoning", "client_cut"]  # the usage's, then the proxy's
     assert len(row["upstream_response_id"]) == 200  # type: ignore[arg-type]
-    assert row["reasoning_tokens"] == 600 and row["reasoning_source"] == "reported"
+    assert {column: row[column] for column in LEDGER_COLUMNS} == {
+        "input_tokens": 1000,
+        "cached_input_tokens": 200,
+        "cache_write_tokens": 30,
+        "output_tokens": 400,
+        "reasoning_tokens": 600,
+    }
+    assert row["reasoning_source"] == "reported"
+    assert usage_cost(COST, USAGE) == (cost, reasoning_cost)
 
 
 def test_an_unpriced_route_writes_no_prices() -> None:
     row, spend = row_for(route())
     assert spend is None
     assert row["serving_cost_usd"] is row["reasoning_cost_usd"] is row["spend_usd"] is None
+
+
+def test_rates_are_read_by_token_class_name() -> None:
+    assert Rates._fields == TOKEN_CLASSES
+    rate = ServingCostRate(
+        input_usd=Decimal(1),
+        cache_read_usd=Decimal(2),
+        cache_write_usd=Decimal(3),
+        output_usd=Decimal(4),
+        reasoning_usd=Decimal(5),
+    )
+    info = route_info_from(Route(alias="reasoner", base_url="http://127.0.0.1:9/v1/"), rate)
+    assert info.cost_rates == Rates(
+        input=Decimal(1),
+        cache_read=Decimal(2),
+        cache_write=Decimal(3),
+        output=Decimal(4),
+        reasoning=Decimal(5),
+    )
