@@ -3,8 +3,8 @@ contracts in pyproject.toml (`[tool.importlinter]`) hold for the code as it is.
 
 - layers: entry points (config.asgi/urls/wsgi/admin_site) → api → billing → metering →
   config.errors/settings/celery; imports inside functions count like any other;
-- billing reads metering only through its published surface (selectors, models, the
-  token classes, calendar, the budget list and tenant terms, the spool guard);
+- billing reads metering only through its published surface (selectors, services,
+  models, the token classes, calendar, the budget list and tenant terms, the spool guard);
 - no import cycles between modules at any depth.
 """
 

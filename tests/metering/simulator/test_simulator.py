@@ -1,6 +1,6 @@
 """The simulator on a real socket, driven by the official openai and anthropic SDKs.
 
-No Django: run with `pytest -p no:django tests/simulator`.
+No Django: run with `pytest -p no:django tests/metering/simulator`.
 """
 
 from __future__ import annotations
