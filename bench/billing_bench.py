@@ -54,9 +54,9 @@ def main() -> None:
     from django.test import Client
 
     import config.urls  # noqa: F401 - load every module now, not mid-measurement
+    from billing.period_rating import invoice_preview, rate_all_tenants
     from billing.plans import plan_create, plan_version_create, plan_version_publish
     from billing.pricing.periods import Period
-    from billing.rating import invoice_preview, rate_all_tenants
     from metering.services import api_key_create, tenant_create
 
     call_command("migrate", verbosity=0)

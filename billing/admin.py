@@ -11,6 +11,7 @@ from billing.alert_delivery import alert_deliver_task
 from billing.balances import BalanceState, available_at, balance_state, credits_of
 from billing.invoicing.documents import invoice_pdf
 from billing.invoicing.lifecycle import credit_note_issue, invoice_transition
+from billing.invoicing.lines import INVOICE_LINE_FIELDS
 from billing.models import (
     AcceleratorType,
     Alert,
@@ -163,24 +164,20 @@ class SubscriptionAdmin(admin.ModelAdmin):
     readonly_fields = ["previous"]
 
 
+INVOICE_LINE_FIELDS_NOT_IN_ADMIN = frozenset(
+    {"segment_start", "segment_end", "component_key", "aliases", "billable_tokens", "tiers"}
+)
+
+
 class InvoiceLineInline(admin.TabularInline):
     model = InvoiceLine
     extra = 0
     can_delete = False
-    fields = readonly_fields = (
-        "position",
-        "kind",
-        "description",
-        "plan_version",
-        "token_class",
-        "tokens",
-        "reasoning_tokens",
-        "allowance_tokens",
-        "quantity",
-        "amount_exact",
-        "amount_minor",
-        "adjusts_period_start",
-        "usage_cutoff_record_id",
+    # The one list of what a line shows, minus what is too wide for a table row (the
+    # segment bounds, component key, aliases, billable tokens and tier breakdown are on
+    # the API and the CSV export).
+    fields = readonly_fields = tuple(
+        name for name in INVOICE_LINE_FIELDS if name not in INVOICE_LINE_FIELDS_NOT_IN_ADMIN
     )
 
     def has_add_permission(self, request, obj=None):  # type: ignore[no-untyped-def]

@@ -1,7 +1,7 @@
 """Writes on plans and subscriptions: plan versions (draft, validated, published and
 then immutable), their reasoning governance, and subscribing a tenant or changing its
 plan (a change splits the current period into segments, each rated on its own version:
-billing/rating.py).
+billing/period_rating.py).
 """
 
 from datetime import datetime

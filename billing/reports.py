@@ -19,21 +19,23 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from billing.costs import formulas
 from billing.costs.catalogue import (
     CannotPrice,
     accelerator_get,
+    catalogue_csv_read,
     class_costs_of,
     cost_basis_in_force,
     deployment_in_force,
 )
-from billing.costs.margins import margin_policy_in_force
+from billing.costs.margins import Margins, floor_price, gross_margin, margin_policy_in_force
 from billing.models import Deployment, Subscription
+from billing.period_rating import period_rate
 from billing.pricing.periods import Period
 from billing.pricing.rate import RatedLine
-from billing.rating import period_rate
 from config.errors import ApplicationError, NotFound
+from metering.ledger.record import Rates, serving_cost
 from metering.selectors import ServedTotals, served_totals
+from metering.usage import TOKEN_CLASSES
 
 FEES = "(fees)"
 GROUPINGS = ("tenant", "alias", "accelerator")
@@ -49,7 +51,7 @@ class MarginRow:
 
     @property
     def gross_margin(self) -> Decimal | None:
-        return formulas.gross_margin(self.revenue_usd, self.cost_usd)
+        return gross_margin(self.revenue_usd, self.cost_usd)
 
     @property
     def reasoning_share_of_cost(self) -> Decimal | None:
@@ -132,7 +134,7 @@ class WhatIf:
     target_revenue_usd: Decimal  # alternative cost / (1 - target margin)
     actual_margin: Decimal | None
     alternative_margin: Decimal | None
-    policy: formulas.Margins
+    policy: Margins
 
 
 def whatif(
@@ -141,7 +143,7 @@ def whatif(
     accelerator_key: str,
     tenant_id: uuid.UUID | None = None,
     alias: str | None = None,
-    policy: formulas.Margins | None = None,
+    policy: Margins | None = None,
 ) -> WhatIf:
     """Re-price a past period's usage (one tenant, one alias, or both) on another
     accelerator type and/or margin policy, beside what it actually cost and earned."""
@@ -169,11 +171,12 @@ def whatif(
                 for token_class, n in r.tokens.items():
                     alias_tokens[token_class] += n
         costs = _alternative_costs(alias_name, accelerator_key, period.end)
-        class_costs[alias_name] = costs.as_dict()
-        alternative += formulas.usage_cost(costs, alias_tokens)
+        class_costs[alias_name] = costs._asdict()
+        cost, _ = serving_cost(costs, **{c: alias_tokens[c] for c in TOKEN_CLASSES})
+        alternative += cost
     policy = policy or margin_policy_in_force(accelerator_key=accelerator.key, at=period.end)
     if policy is None:
-        policy = formulas.Margins(Decimal(0), Decimal(0))
+        policy = Margins(Decimal(0), Decimal(0))
     revenue = sum((r.revenue_usd for r in selected), Decimal(0))
     actual = sum((r.cost_usd for r in selected), Decimal(0))
     return WhatIf(
@@ -185,15 +188,15 @@ def whatif(
         alternative_accelerator=accelerator.key,
         alternative_cost_usd=alternative,
         alternative_class_costs=class_costs,
-        floor_revenue_usd=formulas.floor_price(alternative, policy.minimum_margin),
-        target_revenue_usd=formulas.floor_price(alternative, policy.target_margin),
-        actual_margin=formulas.gross_margin(revenue, actual),
-        alternative_margin=formulas.gross_margin(revenue, alternative),
+        floor_revenue_usd=floor_price(alternative, policy.minimum_margin),
+        target_revenue_usd=floor_price(alternative, policy.target_margin),
+        actual_margin=gross_margin(revenue, actual),
+        alternative_margin=gross_margin(revenue, alternative),
         policy=policy,
     )
 
 
-def _alternative_costs(alias: str, accelerator_key: str, at: datetime) -> formulas.ClassCosts:
+def _alternative_costs(alias: str, accelerator_key: str, at: datetime) -> Rates:
     """Per-class cost of serving `alias` on another accelerator type: its own deployment
     there if one was ever measured, else the current deployment's throughput scaled by the
     catalogue's decode figures of the two types."""
@@ -209,7 +212,7 @@ def _alternative_costs(alias: str, accelerator_key: str, at: datetime) -> formul
     current = deployment_in_force(alias=alias, at=at)
     if current is None:
         raise NotFound(f"{alias!r} has no deployment to compare with.")
-    catalogue = {row.key: row for row in formulas.load_catalogue()}
+    catalogue = {row.key: row for row in catalogue_csv_read()}
     here, target = catalogue.get(current.accelerator.key), catalogue.get(accelerator_key)
     if not (here and target and here.output_tokens_per_s and target.output_tokens_per_s):
         raise CannotPrice(

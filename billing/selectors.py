@@ -8,7 +8,7 @@ from django.db.models import Prefetch, Q, QuerySet
 
 from billing.models import PlanVersion, PriceComponent, PriceTier, Subscription
 from billing.pricing.periods import Period
-from billing.pricing.plan import ComponentPrice, PricePlan, Tier
+from billing.pricing.priced_plan import ComponentPrice, PricePlan, Tier
 
 _PUBLISHED_CACHE: dict[int, PricePlan] = {}
 

@@ -18,7 +18,7 @@ from django.utils import timezone
 from billing.alerts import DEFAULT_THRESHOLDS, thresholds_of
 from billing.balances import balance_terms
 from billing.models import PlanVersion, WebhookEndpoint
-from billing.pricing.plan import component_covering, prices_per_million
+from billing.pricing.priced_plan import component_covering, prices_per_million
 from billing.selectors import plan_version_pricing, subscription_current
 from metering.control.governance import ReasoningRules
 from metering.control.terms import TenantTerms

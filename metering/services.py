@@ -1,21 +1,26 @@
-"""Writes on tenants, API keys and routes (the ledger's writes live in metering.ledger).
+"""Writes on tenants, API keys, routes and serving cost rates (the ledger's writes live in
+metering.ledger).
 
 Invariants: a raw API key is returned once, by `api_key_create`, and never stored (only
 its digest and visible prefix); revoking is idempotent; a route is unique per alias and
-its base URL is stored normalized (`metering.routes`).
+its base URL is stored normalized (`metering.routes`); a serving cost rate is only ever
+added, never edited (billing publishes one per cost basis x deployment change).
 """
 
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from config.errors import ApplicationError, Conflict, NotFound
 from metering.keys import api_key_generate, api_key_hash, api_key_visible_prefix
-from metering.models import ApiKey, Route, Tenant
+from metering.ledger.record import Rates
+from metering.models import ApiKey, Route, ServingCostRate, Tenant
 from metering.routes import base_url_normalize, route_unreachable_warning
+from metering.usage import COST_RATE_FIELDS
 
 
 @dataclass(frozen=True)
@@ -138,3 +143,24 @@ def tenant_allow_routes(*, tenant: Tenant, aliases: list[str]) -> None:
     if missing:
         raise NotFound(f"Unknown route alias(es): {', '.join(missing)}.")
     tenant.allowed_routes.add(*routes)
+
+
+@transaction.atomic
+def serving_cost_rate_create(
+    *,
+    alias: str,
+    accelerator: str,
+    effective_from: datetime,
+    rates: Rates,
+    source: dict[str, Any],
+) -> ServingCostRate:
+    """Add the rate the proxy stamps on `alias`'s records from `effective_from` on: USD per
+    1M tokens of each class (`rates`, stored exactly as given), with `source` (the billing
+    ids and inputs it was computed from) kept for audit."""
+    return ServingCostRate.objects.create(
+        alias=alias,
+        accelerator=accelerator,
+        effective_from=effective_from,
+        **{COST_RATE_FIELDS[token_class]: cost for token_class, cost in rates._asdict().items()},
+        source=source,
+    )

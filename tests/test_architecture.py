@@ -4,7 +4,7 @@ contracts in pyproject.toml (`[tool.importlinter]`) hold for the code as it is.
 - layers: entry points (config.asgi/urls/wsgi/admin_site) → api → billing → metering →
   config.errors/settings/celery; imports inside functions count like any other;
 - billing reads metering only through its published surface, an allowlist (selectors,
-  models, the token classes, calendar, the budget list, tenant terms and governance, the
+  models, one service (publishing a serving cost rate), the token classes, calendar, the budget list, tenant terms and governance, the
   spool guard, the ledger's rates; calibration's use of the proxy client is the exception);
 - no import cycles between modules at any depth.
 """

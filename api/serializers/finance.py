@@ -9,7 +9,7 @@ from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 
 from api.serializers.fields import ExactDecimalField, InstantField, PeriodField
-from billing.costs import formulas
+from billing.costs import formulas, margins
 from billing.models import CostBasisVersion
 from billing.pricing.currency import decimal_text
 from billing.reports import GROUPINGS, MarginRow, WhatIf
@@ -77,7 +77,7 @@ class MarginPolicyInput(serializers.Serializer):
 
     def validate(self, attrs):  # type: ignore[no-untyped-def]
         try:
-            formulas.Margins(attrs["target_margin"], attrs["minimum_margin"])
+            margins.Margins(attrs["target_margin"], attrs["minimum_margin"])
         except ValueError as exc:
             raise ValidationError({"margins": str(exc)}) from exc
         return attrs

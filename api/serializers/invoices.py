@@ -9,9 +9,9 @@ from api.serializers.fields import MAX_BIGINT, PeriodField
 from api.serializers.plans import rated_invoice_data
 from billing.invoicing.lines import INVOICE_LINE_FIELDS
 from billing.models import CreditNote, Invoice, InvoiceLine
+from billing.period_rating import PeriodRating
 from billing.pricing.currency import decimal_text as exact
 from billing.pricing.currency import from_minor
-from billing.rating import PeriodRating
 
 
 class InvoiceQuery(serializers.Serializer):

@@ -29,7 +29,6 @@ from api.serializers.finance import (
     whatif_data,
 )
 from api.views.downloads import FileDownloadView
-from billing.costs import formulas
 from billing.costs.catalogue import (
     CannotPrice,
     accelerator_get,
@@ -39,7 +38,7 @@ from billing.costs.catalogue import (
     deployment_set,
     hourly_cost_of,
 )
-from billing.costs.margins import margin_policy_set
+from billing.costs.margins import Margins, margin_policy_set
 from billing.models import AcceleratorType
 from billing.permissions import (
     ACCELERATOR_VIEW,
@@ -118,7 +117,7 @@ class DeploymentCreateView(APIView):
         basis = cost_basis_in_force(
             accelerator=deployment.accelerator, at=deployment.effective_from
         )
-        costs = class_costs_of(deployment, basis).as_dict() if basis else {}
+        costs = class_costs_of(deployment, basis)._asdict() if basis else {}
         return Response(
             {
                 "alias": deployment.alias,
@@ -173,7 +172,7 @@ class WhatIfView(APIView):
         policy = None
         if "target_margin" in query or "minimum_margin" in query:
             try:
-                policy = formulas.Margins(
+                policy = Margins(
                     query.get("target_margin", Decimal(0)), query.get("minimum_margin", Decimal(0))
                 )
             except (ValueError, ArithmeticError) as exc:

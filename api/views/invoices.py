@@ -31,8 +31,8 @@ from billing.invoicing.documents import invoice_lines_csv, invoice_pdf, invoices
 from billing.invoicing.lifecycle import credit_note_issue
 from billing.invoicing.recompute import invoice_recompute
 from billing.models import Invoice
+from billing.period_rating import invoice_preview
 from billing.permissions import CREDIT_NOTE_ISSUE, INVOICE_EXPORT, INVOICE_VIEW
-from billing.rating import invoice_preview
 
 
 def _invoices_visible(request: Request, query: dict[str, Any]) -> QuerySet[Invoice]:

@@ -44,7 +44,7 @@ from billing.plans import (
     subscription_change_plan,
     subscription_create,
 )
-from billing.pricing.plan import UsageVector
+from billing.pricing.priced_plan import UsageVector
 from billing.pricing.rate import rate
 from billing.selectors import plan_version_pricing, plan_version_queryset
 

@@ -5,6 +5,15 @@ where each request decodes a single token (time to first token ~ prefill time).
 
 Decode tokens per second = all completion tokens (visible + reasoning: both are decode
 work) over the wall time of the run, divided by the accelerators serving it.
+
+An exception to the import contract (billing reads metering only through its published
+surface; pyproject.toml lists it under ``ignore_imports``): this module drives the server
+with the proxy's own HTTP client and SSE framing (``metering.proxy.upstream``,
+``metering.proxy.sse``) on purpose, so the throughput measured is the one the proxy sees
+(the same pooled HTTP/1.1 client, flow control and stream splitting), not that of a second
+client that could behave differently. It borrows only that transport: nothing of the
+proxy's policy (auth, holds, cost stamping, the ledger) is used, and its errors are the
+client's ``UpstreamError``, which ``manage.py calibrate`` reports.
 """
 
 import asyncio

@@ -1,5 +1,6 @@
-"""Hardware cost basis: the accelerator catalogue, versioned cost bases and deployments,
-and the serving cost rates the proxy stamps on every record. Arithmetic lives in
+"""Hardware cost basis: the accelerator catalogue (read from the packaged CSV and seeded
+into the database), versioned cost bases and deployments, and the serving cost rates the
+proxy stamps on every record (published through metering.services). Arithmetic lives in
 billing/costs/formulas.py (pure); margin policies and price floors in margins.py.
 
 Invariants:
@@ -9,8 +10,13 @@ Invariants:
   missing price or throughput refuses to price until an operator supplies it.
 """
 
+import csv
+import decimal
+import io
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +31,9 @@ from billing.models import (
     Deployment,
 )
 from config.errors import ApplicationError, NotFound
+from metering.ledger.record import Rates
 from metering.models import ServingCostRate
+from metering.services import serving_cost_rate_create
 from metering.usage import COST_RATE_FIELDS, TOKEN_CLASSES
 
 SEED_FROM = datetime(2020, 1, 1, tzinfo=UTC)
@@ -40,7 +48,109 @@ def _opt(value: Any) -> Decimal | None:
     return None if value is None else Decimal(value)
 
 
-# --- catalogue and versions ----------------------------------------------------------
+# --- The catalogue file (billing/data/accelerators.csv) ------------------------------
+
+CATALOGUE_COLUMNS: tuple[str, ...] = (
+    "accelerator",
+    "hourly_usd",
+    "tdp_watts",
+    "memory_gb",
+    "example_model",
+    "output_tokens_per_s",
+    "source",
+)
+_NULL_MARKERS = ("null", "")
+
+
+@dataclass(frozen=True)
+class CatalogueRow:
+    """One row of accelerators.csv, parsed; ``None`` where the source had no value."""
+
+    key: str  # stable accelerator id, "<vendor>-<model>", e.g. "nvidia-h100-sxm"
+    hourly_usd: Decimal | None  # rental price, USD per accelerator-hour
+    tdp_watts: int | None  # thermal design power of one accelerator, watts
+    memory_gb: int | None  # on-package memory, GB
+    example_model: str  # the model/benchmark behind output_tokens_per_s ("" when none)
+    output_tokens_per_s: Decimal | None  # decode tokens per second per accelerator
+    source: str  # where the price, TDP and throughput come from (never empty)
+
+    @property
+    def vendor(self) -> str:
+        """The vendor from the key prefix: "nvidia", "amd", "intel", "google", "aws"."""
+        return self.key.split("-", 1)[0]
+
+
+def _optional_decimal(text: str, what: str) -> Decimal | None:
+    if text.strip() in _NULL_MARKERS:
+        return None
+    try:
+        number = Decimal(text.strip())
+    except decimal.InvalidOperation:
+        raise ValueError(f"{what} is not a number: {text!r}") from None
+    return formulas.checked_non_negative(number, what)
+
+
+def _optional_int(text: str, what: str) -> int | None:
+    if text.strip() in _NULL_MARKERS:
+        return None
+    try:
+        number = int(text.strip())
+    except ValueError:
+        raise ValueError(f"{what} is not an integer: {text!r}") from None
+    if number < 0:
+        raise ValueError(f"{what} must be >= 0, got {number}")
+    return number
+
+
+def catalogue_csv_read(path: Path | None = None) -> list[CatalogueRow]:
+    """Every row of the accelerator catalogue, in file order.
+
+    ``path`` defaults to the packaged ``billing/data/accelerators.csv``. ``null`` or an
+    empty cell in a numeric column parses to ``None``. A file with other columns, a row
+    with too few or too many cells, a duplicate or empty key, a negative or malformed
+    number, or an empty source is refused (``ValueError``).
+    """
+    if path is None:
+        text = (
+            resources.files("billing.data").joinpath("accelerators.csv").read_text(encoding="utf-8")
+        )
+    else:
+        text = path.read_text(encoding="utf-8")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if tuple(reader.fieldnames or ()) != CATALOGUE_COLUMNS:
+        raise ValueError(f"catalogue columns must be {CATALOGUE_COLUMNS}, got {reader.fieldnames}")
+    rows: list[CatalogueRow] = []
+    seen: set[str] = set()
+    for line_number, record in enumerate(reader, start=2):
+        key = (record["accelerator"] or "").strip()
+        where = f"line {line_number} ({key or 'no key'})"
+        if None in record or None in record.values():  # DictReader's marks for a ragged row
+            raise ValueError(f"{where}: expected {len(CATALOGUE_COLUMNS)} columns")
+        if not key:
+            raise ValueError(f"{where}: empty accelerator key")
+        if key in seen:
+            raise ValueError(f"{where}: duplicate accelerator key")
+        seen.add(key)
+        source = (record["source"] or "").strip()
+        if not source:
+            raise ValueError(f"{where}: every row must keep its source")
+        rows.append(
+            CatalogueRow(
+                key=key,
+                hourly_usd=_optional_decimal(record["hourly_usd"], f"{where} hourly_usd"),
+                tdp_watts=_optional_int(record["tdp_watts"], f"{where} tdp_watts"),
+                memory_gb=_optional_int(record["memory_gb"], f"{where} memory_gb"),
+                example_model=(record["example_model"] or "").strip(),
+                output_tokens_per_s=_optional_decimal(
+                    record["output_tokens_per_s"], f"{where} output_tokens_per_s"
+                ),
+                source=source,
+            )
+        )
+    return rows
+
+
+# --- The catalogue in the database, versions and rates -------------------------------
 
 
 @transaction.atomic
@@ -48,7 +158,7 @@ def catalogue_load(*, path: Path | None = None) -> int:
     """Load the accelerator catalogue (idempotent). A type with no cost basis yet gets
     version 1 (rented, the catalogue's hourly price, possibly unknown)."""
     created = 0
-    for row in formulas.load_catalogue(path):
+    for row in catalogue_csv_read(path):
         accelerator, _ = AcceleratorType.objects.update_or_create(
             key=row.key,
             defaults={
@@ -165,7 +275,7 @@ def hourly_cost_of(basis: CostBasisVersion) -> Decimal:
         raise CannotPrice(str(exc), {"accelerator": key, "missing": list(exc.fields)}) from exc
 
 
-def class_costs_of(deployment: Deployment, basis: CostBasisVersion) -> formulas.ClassCosts:
+def class_costs_of(deployment: Deployment, basis: CostBasisVersion) -> Rates:
     throughput = formulas.Throughput(
         decode_tokens_per_s=_opt(deployment.decode_tokens_per_s),
         prefill_tokens_per_s=_opt(deployment.prefill_tokens_per_s),
@@ -193,15 +303,16 @@ def cost_rate_publish(*, alias: str, at: datetime) -> ServingCostRate:
     if basis is None:
         raise CannotPrice(f"No cost basis for {deployment.accelerator.key} at {at:%Y-%m-%d %H:%M}.")
     costs = class_costs_of(deployment, basis)
-    q = {
-        name: value.quantize(RATE_QUANTUM, rounding=ROUND_HALF_UP)
-        for name, value in costs.as_dict().items()
-    }
-    return ServingCostRate.objects.create(
+    return serving_cost_rate_create(
         alias=alias,
         accelerator=deployment.accelerator.key,
         effective_from=at,
-        **{COST_RATE_FIELDS[token_class]: q[token_class] for token_class in TOKEN_CLASSES},
+        rates=Rates(
+            **{
+                token_class: cost.quantize(RATE_QUANTUM, rounding=ROUND_HALF_UP)
+                for token_class, cost in costs._asdict().items()
+            }
+        ),
         source={
             "deployment_id": deployment.pk,
             "deployment_version": deployment.version,
@@ -215,9 +326,9 @@ def cost_rate_publish(*, alias: str, at: datetime) -> ServingCostRate:
     )
 
 
-def rate_costs(rate: ServingCostRate) -> formulas.ClassCosts:
+def rate_costs(rate: ServingCostRate) -> Rates:
     """A published rate's per-class costs (column ``<token class>_usd``)."""
-    return formulas.ClassCosts(
+    return Rates(
         **{
             token_class: getattr(rate, COST_RATE_FIELDS[token_class])
             for token_class in TOKEN_CLASSES

@@ -1,7 +1,15 @@
-"""Margins: margin policies per accelerator (versioned from an instant on) and the price
-floors plan validation checks: a plan component priced below the cost of serving an
-alias it covers, at the policy's minimum margin, gets a ``below_cost_floor`` warning."""
+"""Margins: the margin arithmetic, margin policies per accelerator (versioned from an
+instant on) and the price floors plan validation checks: a plan component priced below the
+cost of serving an alias it covers, at the policy's minimum margin, gets a
+``below_cost_floor`` warning.
 
+Margin arithmetic (pure, exact like billing.costs.formulas: one division rounded to 50
+significant digits): a gross margin ``m`` in [0, 1) turns a cost ``c`` into the floor
+price ``c / (1 - m)``; ``gross_margin = (revenue - cost) / revenue``.
+"""
+
+import decimal
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -10,12 +18,59 @@ from django.utils import timezone
 
 from billing.costs import formulas
 from billing.costs.catalogue import rate_costs
-from billing.models import AcceleratorType, MarginPolicy
-from billing.pricing.plan import PricePlan, component_covering, prices_per_million
+from billing.models import AcceleratorType, Deployment, MarginPolicy
+from billing.pricing.priced_plan import PricePlan, component_covering, prices_per_million
 from billing.pricing.validate import PlanIssue
-from metering.models import ServingCostRate
 from metering.selectors import current_cost_rates
 from metering.usage import TOKEN_CLASSES
+
+# --- Margin arithmetic (pure) -----------------------------------------------------------
+
+
+def _margin(value: object, what: str) -> Decimal:
+    number = formulas.checked_number(value, what)
+    if not formulas.ZERO <= number < formulas.ONE:
+        raise ValueError(f"{what} must be in [0, 1), got {number}")
+    return number
+
+
+@dataclass(frozen=True)
+class Margins:
+    """A margin policy's two margins, checked (the stored policy is billing.models.MarginPolicy)."""
+
+    target_margin: Decimal  # gross margin list prices aim for, in [0, 1)
+    minimum_margin: Decimal  # gross margin no price may go below, in [0, target]
+
+    def __post_init__(self) -> None:
+        target = _margin(self.target_margin, "target_margin")
+        minimum = _margin(self.minimum_margin, "minimum_margin")
+        if minimum > target:
+            raise ValueError(f"minimum_margin {minimum} exceeds target_margin {target}")
+
+
+def floor_price(cost: Decimal, margin: Decimal) -> Decimal:
+    """The price earning gross margin ``margin`` on ``cost``: ``cost / (1 - margin)``,
+    ``margin`` in [0, 1)."""
+    amount = formulas.checked_non_negative(cost, "cost")
+    fraction = _margin(margin, "margin")
+    with decimal.localcontext(formulas.EXACT):
+        kept = formulas.ONE - fraction
+    return formulas.DIVIDE.divide(amount, kept)
+
+
+def gross_margin(revenue: Decimal, cost: Decimal) -> Decimal | None:
+    """``(revenue - cost) / revenue`` (negative when selling below cost); ``None`` when
+    revenue is 0."""
+    earned = formulas.checked_number(revenue, "revenue")
+    spent = formulas.checked_number(cost, "cost")
+    if earned == 0:
+        return None
+    with decimal.localcontext(formulas.EXACT):
+        profit = earned - spent
+    return formulas.DIVIDE.divide(profit, earned)
+
+
+# --- Policies and floors ----------------------------------------------------------------
 
 
 @transaction.atomic
@@ -26,7 +81,7 @@ def margin_policy_set(
     minimum_margin: Decimal,
     effective_from: datetime,
 ) -> MarginPolicy:
-    formulas.Margins(target_margin=target_margin, minimum_margin=minimum_margin)  # validates
+    Margins(target_margin=target_margin, minimum_margin=minimum_margin)  # validates
     return MarginPolicy.objects.create(
         accelerator=accelerator,
         target_margin=target_margin,
@@ -35,7 +90,7 @@ def margin_policy_set(
     )
 
 
-def margin_policy_in_force(*, accelerator_key: str, at: datetime) -> formulas.Margins | None:
+def margin_policy_in_force(*, accelerator_key: str, at: datetime) -> Margins | None:
     policy = (
         MarginPolicy.objects.filter(accelerator__key=accelerator_key, effective_from__lte=at)
         .order_by("-effective_from", "-id")
@@ -43,7 +98,7 @@ def margin_policy_in_force(*, accelerator_key: str, at: datetime) -> formulas.Ma
     )
     if policy is None:
         return None
-    return formulas.Margins(Decimal(policy.target_margin), Decimal(policy.minimum_margin))
+    return Margins(Decimal(policy.target_margin), Decimal(policy.minimum_margin))
 
 
 def floor_breaches(plan: PricePlan, *, at: datetime | None = None) -> list[PlanIssue]:
@@ -51,8 +106,9 @@ def floor_breaches(plan: PricePlan, *, at: datetime | None = None) -> list[PlanI
     at = at or timezone.now()
     if plan.currency.upper() != "USD":
         return []  # costs are in USD and no exchange rates are kept: floors cover USD plans
-    all_aliases = list(ServingCostRate.objects.values_list("alias", flat=True).distinct())
-    rates = current_cost_rates(all_aliases, at=at)
+    # every serving cost rate is published for a deployed alias (catalogue.cost_rate_publish)
+    deployed = list(Deployment.objects.values_list("alias", flat=True).distinct())
+    rates = current_cost_rates(deployed, at=at)
     issues = []
     for index, component in enumerate(plan.components):
         price, _ = prices_per_million(component)
@@ -69,7 +125,7 @@ def floor_breaches(plan: PricePlan, *, at: datetime | None = None) -> list[PlanI
             policy = margin_policy_in_force(accelerator_key=rate.accelerator, at=at)
             margin = policy.minimum_margin if policy else Decimal(0)
             for token_class in classes:
-                floor = formulas.floor_price(rate_costs(rate).as_dict()[token_class], margin)
+                floor = floor_price(getattr(rate_costs(rate), token_class), margin)
                 if price < floor:
                     issues.append(
                         PlanIssue(

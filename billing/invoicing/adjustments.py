@@ -16,9 +16,9 @@ from django.conf import settings
 from django.db.models import Max, Q, Sum
 
 from billing.models import Invoice, InvoiceLine
+from billing.period_rating import period_rate
 from billing.pricing.currency import from_minor
 from billing.pricing.periods import Period
-from billing.rating import period_rate
 from metering.selectors import BilledWindow, usage_watermark, windows_with_usage_after
 
 Status = Invoice.Status

@@ -32,8 +32,8 @@ from billing.invoicing.adjustments import late_usage_adjustments
 from billing.invoicing.lines import invoice_lines_from_rating
 from billing.invoicing.numbering import next_numbers
 from billing.models import Invoice, InvoiceLine, Subscription
+from billing.period_rating import PeriodRating, period_rate, usage_from_rollups
 from billing.pricing.periods import Period, period_containing
-from billing.rating import PeriodRating, period_rate, usage_from_rollups
 from billing.stripe import sync_invoice_to_stripe
 from config.errors import ApplicationError, NotFound
 from metering.ledger import SpoolPending, spool_guard

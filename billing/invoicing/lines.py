@@ -4,9 +4,9 @@ shows (the REST API's line output and the CSV export both use ``INVOICE_LINE_FIE
 from typing import Any
 
 from billing.models import InvoiceLine
+from billing.period_rating import PeriodRating
 from billing.pricing.charges import TierCharge
 from billing.pricing.currency import decimal_text
-from billing.rating import PeriodRating
 
 # What an invoice line shows, in order (the API adds "tiers"; CSV names the plan version
 # by id and the invoice by number).

@@ -11,8 +11,8 @@ from django.db.models import Q, Sum
 
 from billing.invoicing.lines import invoice_lines_from_rating
 from billing.models import Invoice, InvoiceLine
+from billing.period_rating import UsageSource, period_rate
 from billing.pricing.periods import Period
-from billing.rating import UsageSource, period_rate
 from metering.selectors import UsageTotals, usage_totals
 
 Status = Invoice.Status

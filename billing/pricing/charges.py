@@ -11,7 +11,15 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 from typing import TypeGuard
 
-from billing.pricing.plan import GRADUATED, PACKAGE, PER_UNIT, VOLUME, ZERO, ComponentPrice, Tier
+from billing.pricing.priced_plan import (
+    GRADUATED,
+    PACKAGE,
+    PER_UNIT,
+    VOLUME,
+    ZERO,
+    ComponentPrice,
+    Tier,
+)
 
 __all__ = [
     "TierCharge",

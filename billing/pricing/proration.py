@@ -8,7 +8,7 @@ rounded down to whole tokens. Tiers are not prorated: they apply to the segment'
 import dataclasses
 from decimal import ROUND_FLOOR, Decimal
 
-from billing.pricing.plan import PricePlan
+from billing.pricing.priced_plan import PricePlan
 
 ONE = Decimal(1)
 

@@ -38,7 +38,7 @@ Routing usage to components
 - A ``(alias, token_class)`` entry goes to the component of that token class whose
   ``aliases`` contains the alias (the most specific one), else to the component of that
   class with ``aliases=None``. ``validate_plan`` guarantees at most one of each
-  (``component_covering`` in billing/pricing/plan.py is the one home of this rule).
+  (``component_covering`` in billing/pricing/priced_plan.py is the one home of this rule).
 - Reasoning without a covering "reasoning" component folds into the "output" component
   covering that alias (providers bill reasoning as output): the output line's ``tokens``
   include it and its ``reasoning_tokens`` report the part. The allowance and tiers of
@@ -67,7 +67,7 @@ from decimal import Decimal
 
 from billing.pricing.charges import EXACT, TierCharge, component_charge
 from billing.pricing.currency import currency_exponent, from_minor, to_minor
-from billing.pricing.plan import ComponentPrice, PricePlan, UsageVector, component_covering
+from billing.pricing.priced_plan import ComponentPrice, PricePlan, UsageVector, component_covering
 from billing.pricing.validate import ERROR, PlanInvalid, money_text, validate_plan
 
 __all__ = ["RatedInvoice", "RatedLine", "rate"]

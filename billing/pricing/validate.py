@@ -10,7 +10,7 @@ from decimal import Decimal
 
 from billing.pricing.charges import EXACT, is_number, plain, tier_problems, volume_cliffs
 from billing.pricing.currency import ROUNDING_MODES, currency_exponent, is_known_currency
-from billing.pricing.plan import (
+from billing.pricing.priced_plan import (
     CHARGE_MODELS,
     GRADUATED,
     PACKAGE,

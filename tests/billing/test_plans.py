@@ -7,6 +7,7 @@ from decimal import Decimal
 import pytest
 
 from billing.models import PlanVersion
+from billing.period_rating import invoice_preview, period_rate
 from billing.plans import (
     plan_create,
     plan_version_create,
@@ -17,7 +18,6 @@ from billing.plans import (
 )
 from billing.pricing.periods import Period
 from billing.pricing.validate import PlanInvalid
-from billing.rating import invoice_preview, period_rate
 from config.errors import ApplicationError, Conflict, NotFound
 from tests.factories import ApiKeyFactory
 from tests.usage_helpers import write_usage  # noqa: F401 - used here and by other tests

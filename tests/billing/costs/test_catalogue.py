@@ -1,19 +1,24 @@
-"""Cost basis, serving cost rates, history, floors, reports and what-if, on the database."""
+"""The accelerator catalogue file, and on the database: cost basis, serving cost rates,
+history, floors, reports and what-if."""
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from billing.costs import formulas
 from billing.costs.catalogue import (
     CannotPrice,
+    CatalogueRow,
     accelerator_get,
+    catalogue_csv_read,
     catalogue_load,
     cost_basis_create,
     deployment_set,
 )
-from billing.costs.margins import margin_policy_set
+from billing.costs.margins import floor_price, margin_policy_set
 from billing.models import AcceleratorType
 from billing.plans import (
     plan_create,
@@ -29,14 +34,90 @@ from tests.factories import ApiKeyFactory
 from tests.usage_helpers import write_usage as record
 
 pytestmark = pytest.mark.django_db
+PACKAGED_CSV = Path(__file__).resolve().parents[3] / "billing" / "data" / "accelerators.csv"
 T0 = datetime(2026, 10, 1, tzinfo=UTC)
 NOV = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def catalogue() -> dict[str, CatalogueRow]:
+    return {row.key: row for row in catalogue_csv_read()}
 
 
 @pytest.fixture
 def h100():  # type: ignore[no-untyped-def]
     catalogue_load()
     return accelerator_get("nvidia-h100-sxm")
+
+
+# --- The catalogue file -------------------------------------------------------------------
+
+
+# SHA-256 of the published reference catalogue (14 accelerator types with their sources,
+# gathered late 2026). billing/data/accelerators.csv must stay byte for byte that table: a
+# change to a price, a throughput or a source is a new reference, made on purpose here.
+REFERENCE_CSV_SHA256 = "b30bfd604b8ef063b256a193b17896f833333ff6c8040ac1d202aa1b6e2d02af"
+
+
+def test_packaged_csv_is_the_reference_table_byte_for_byte() -> None:
+    assert hashlib.sha256(PACKAGED_CSV.read_bytes()).hexdigest() == REFERENCE_CSV_SHA256
+
+
+def test_catalogue_loads_every_row_with_unique_keys_and_sources() -> None:
+    rows = catalogue_csv_read()
+    data_lines = PACKAGED_CSV.read_text(encoding="utf-8").splitlines()[1:]
+    assert len(rows) == 14 == len(data_lines)
+    keys = [row.key for row in rows]
+    assert len(set(keys)) == len(keys)
+    assert keys[0] == "nvidia-h100-sxm" and keys[-1] == "aws-trainium2"
+    assert all(row.source.strip() for row in rows)
+    assert {row.vendor for row in rows} == {"nvidia", "amd", "intel", "google", "aws"}
+
+
+def test_catalogue_parses_values_and_nulls(catalogue: dict[str, CatalogueRow]) -> None:
+    h100 = catalogue["nvidia-h100-sxm"]
+    assert h100 == CatalogueRow(
+        key="nvidia-h100-sxm",
+        hourly_usd=Decimal("3.49"),
+        tdp_watts=700,
+        memory_gb=80,
+        example_model="llama2-70b MLPerf v5.0 offline (8x DGX H100 31306.8/8)",
+        output_tokens_per_s=Decimal(3913),
+        source=(
+            "price: RunPod Secure via tgarg01/silybench-data 2026-09-25; "
+            "tput: mlcommons inference_results_v5.0 closed/NVIDIA DGX-H100 llama2-70b-99"
+        ),
+    )
+    assert h100.vendor == "nvidia"
+    assert catalogue["aws-trainium2"].hourly_usd == Decimal("2.235")
+    assert catalogue["intel-gaudi3"].hourly_usd is None
+    assert catalogue["nvidia-l4"].output_tokens_per_s is None
+    assert catalogue["nvidia-l4"].example_model == ""
+    assert catalogue["google-tpu-v5e"].tdp_watts is None
+    assert catalogue["google-tpu-v5e"].output_tokens_per_s is None
+
+
+def test_catalogue_csv_read_from_a_path_and_refusals(tmp_path: Path) -> None:
+    header = "accelerator,hourly_usd,tdp_watts,memory_gb,example_model,output_tokens_per_s,source\n"
+    good = tmp_path / "good.csv"
+    good.write_text(header + "amd-x,1.5,,64,m,null,src\n", encoding="utf-8")
+    (row,) = catalogue_csv_read(good)
+    assert row.hourly_usd == Decimal("1.5") and row.tdp_watts is None
+    assert row.output_tokens_per_s is None and row.vendor == "amd"
+
+    for name, body in {
+        "duplicate": header + "a-x,1,1,1,m,1,s\na-x,1,1,1,m,1,s\n",
+        "no_source": header + "a-x,1,1,1,m,1,\n",
+        "bad_number": header + "a-x,abc,1,1,m,1,s\n",
+        "negative": header + "a-x,-1,1,1,m,1,s\n",
+        "bad_header": "key,hourly_usd\na-x,1\n",
+        "short_row": header + "a-x,1,1,1,m,1\n",
+        "long_row": header + "a-x,1,1,1,m,1,s,extra\n",
+    }.items():
+        path = tmp_path / f"{name}.csv"
+        path.write_text(body, encoding="utf-8")
+        with pytest.raises(ValueError):
+            catalogue_csv_read(path)
 
 
 def deploy(accelerator, alias: str = "reasoner", at: datetime = T0):  # type: ignore[no-untyped-def]
@@ -201,7 +282,5 @@ def test_margin_report_and_whatif(h100) -> None:  # type: ignore[no-untyped-def]
     mi300x = formulas.cost_per_million(Decimal("1.85"), Decimal(2939), Decimal("0.6"))
     assert result.alternative_cost_usd == pytest.approx(mi300x * 4, rel=Decimal("1e-12"))
     assert result.alternative_cost_usd < result.actual_cost_usd
-    assert result.floor_revenue_usd == formulas.floor_price(
-        result.alternative_cost_usd, Decimal("0.2")
-    )
+    assert result.floor_revenue_usd == floor_price(result.alternative_cost_usd, Decimal("0.2"))
     assert result.alternative_margin > result.actual_margin

@@ -1,7 +1,8 @@
-"""One list of the fields an invoice line shows: the REST API's line output and the CSV
-export both follow billing.invoicing.lines.INVOICE_LINE_FIELDS."""
+"""One list of the fields an invoice line shows: the REST API's line output, the CSV
+export and the admin's line table all follow billing.invoicing.lines.INVOICE_LINE_FIELDS."""
 
 from api.serializers.invoices import InvoiceLineOutput
+from billing.admin import InvoiceLineInline
 from billing.invoicing.documents import LINE_COLUMNS
 from billing.invoicing.lines import INVOICE_LINE_FIELDS
 from billing.models import InvoiceLine
@@ -34,3 +35,30 @@ def test_the_csv_columns_follow_the_line_fields() -> None:
     ]
     for column in LINE_COLUMNS[1:]:
         assert hasattr(InvoiceLine, column)
+
+
+def test_the_admin_shows_the_line_fields_minus_the_wide_ones() -> None:
+    assert InvoiceLineInline.fields == (
+        "position",
+        "kind",
+        "description",
+        "plan_version",
+        "adjusts_period_start",
+        "token_class",
+        "tokens",
+        "reasoning_tokens",
+        "allowance_tokens",
+        "quantity",
+        "amount_exact",
+        "amount_minor",
+        "usage_cutoff_record_id",
+    )
+    assert InvoiceLineInline.readonly_fields == InvoiceLineInline.fields
+    assert set(INVOICE_LINE_FIELDS) - set(InvoiceLineInline.fields) == {
+        "segment_start",
+        "segment_end",
+        "component_key",
+        "aliases",
+        "billable_tokens",
+        "tiers",
+    }

@@ -10,7 +10,7 @@ from billing.pricing.periods import (
     period_containing,
     segments,
 )
-from billing.pricing.plan import ComponentPrice, PricePlan
+from billing.pricing.priced_plan import ComponentPrice, PricePlan
 from billing.pricing.proration import prorate_plan
 
 

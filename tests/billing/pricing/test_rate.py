@@ -18,7 +18,7 @@ from billing.pricing.charges import (
     volume_cliffs,
 )
 from billing.pricing.currency import currency_exponent, from_minor, to_minor
-from billing.pricing.plan import CHARGE_MODELS, ComponentPrice, PricePlan, Tier, UsageVector
+from billing.pricing.priced_plan import CHARGE_MODELS, ComponentPrice, PricePlan, Tier, UsageVector
 from billing.pricing.rate import RatedInvoice, RatedLine, rate
 from billing.pricing.validate import PlanInvalid, PlanIssue, validate_plan
 

@@ -1,44 +1,36 @@
 """The hardware cost basis (billing.costs.formulas): the reference table, owned and rented
-hourly cost, per-class costs, refusals on missing data, margins, and properties.
+hourly cost, per-class costs, refusals on missing data, usage priced at class costs, and
+properties.
 
 Full-precision checks compare against exact rationals (``fractions.Fraction``): every
 function rounds once to 50 significant digits, so its relative error is below 1e-49.
 """
 
 import decimal
-import hashlib
 from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from billing.costs.catalogue import CatalogueRow, catalogue_csv_read
 from billing.costs.formulas import (
     DEFAULT_POWER_USD_PER_KWH,
     DEFAULT_PUE,
     DEFAULT_UTILIZATION,
     HOURS_PER_YEAR,
-    TOKEN_CLASSES,
-    CatalogueRow,
-    ClassCosts,
-    Margins,
     MissingCostData,
     OwnedCost,
     RentedCost,
     Throughput,
     class_costs,
     cost_per_million,
-    floor_price,
-    gross_margin,
     hourly_cost,
-    load_catalogue,
-    reasoning_share_of_cost,
-    usage_cost,
 )
+from metering.ledger.record import Rates, serving_cost
+from metering.usage import TOKEN_CLASSES
 
-PACKAGED_CSV = Path(__file__).resolve().parents[2] / "billing" / "data" / "accelerators.csv"
 ONE_ULP_AT_50 = Fraction(1, 10**49)  # bound on the relative error of one 50-digit rounding
 
 
@@ -65,77 +57,7 @@ def _d3(value: Decimal) -> Decimal:
 
 @pytest.fixture(scope="module")
 def catalogue() -> dict[str, CatalogueRow]:
-    return {row.key: row for row in load_catalogue()}
-
-
-# --- The catalogue ----------------------------------------------------------------------
-
-
-# SHA-256 of the published reference catalogue (14 accelerator types with their sources,
-# gathered late 2026). billing/data/accelerators.csv must stay byte for byte that table: a
-# change to a price, a throughput or a source is a new reference, made on purpose here.
-REFERENCE_CSV_SHA256 = "b30bfd604b8ef063b256a193b17896f833333ff6c8040ac1d202aa1b6e2d02af"
-
-
-def test_packaged_csv_is_the_reference_table_byte_for_byte() -> None:
-    assert hashlib.sha256(PACKAGED_CSV.read_bytes()).hexdigest() == REFERENCE_CSV_SHA256
-
-
-def test_catalogue_loads_every_row_with_unique_keys_and_sources() -> None:
-    rows = load_catalogue()
-    data_lines = PACKAGED_CSV.read_text(encoding="utf-8").splitlines()[1:]
-    assert len(rows) == 14 == len(data_lines)
-    keys = [row.key for row in rows]
-    assert len(set(keys)) == len(keys)
-    assert keys[0] == "nvidia-h100-sxm" and keys[-1] == "aws-trainium2"
-    assert all(row.source.strip() for row in rows)
-    assert {row.vendor for row in rows} == {"nvidia", "amd", "intel", "google", "aws"}
-
-
-def test_catalogue_parses_values_and_nulls(catalogue: dict[str, CatalogueRow]) -> None:
-    h100 = catalogue["nvidia-h100-sxm"]
-    assert h100 == CatalogueRow(
-        key="nvidia-h100-sxm",
-        hourly_usd=Decimal("3.49"),
-        tdp_watts=700,
-        memory_gb=80,
-        example_model="llama2-70b MLPerf v5.0 offline (8x DGX H100 31306.8/8)",
-        output_tokens_per_s=Decimal(3913),
-        source=(
-            "price: RunPod Secure via tgarg01/silybench-data 2026-09-25; "
-            "tput: mlcommons inference_results_v5.0 closed/NVIDIA DGX-H100 llama2-70b-99"
-        ),
-    )
-    assert h100.vendor == "nvidia"
-    assert catalogue["aws-trainium2"].hourly_usd == Decimal("2.235")
-    assert catalogue["intel-gaudi3"].hourly_usd is None
-    assert catalogue["nvidia-l4"].output_tokens_per_s is None
-    assert catalogue["nvidia-l4"].example_model == ""
-    assert catalogue["google-tpu-v5e"].tdp_watts is None
-    assert catalogue["google-tpu-v5e"].output_tokens_per_s is None
-
-
-def test_load_catalogue_from_a_path_and_refusals(tmp_path: Path) -> None:
-    header = "accelerator,hourly_usd,tdp_watts,memory_gb,example_model,output_tokens_per_s,source\n"
-    good = tmp_path / "good.csv"
-    good.write_text(header + "amd-x,1.5,,64,m,null,src\n", encoding="utf-8")
-    (row,) = load_catalogue(good)
-    assert row.hourly_usd == Decimal("1.5") and row.tdp_watts is None
-    assert row.output_tokens_per_s is None and row.vendor == "amd"
-
-    for name, body in {
-        "duplicate": header + "a-x,1,1,1,m,1,s\na-x,1,1,1,m,1,s\n",
-        "no_source": header + "a-x,1,1,1,m,1,\n",
-        "bad_number": header + "a-x,abc,1,1,m,1,s\n",
-        "negative": header + "a-x,-1,1,1,m,1,s\n",
-        "bad_header": "key,hourly_usd\na-x,1\n",
-        "short_row": header + "a-x,1,1,1,m,1\n",
-        "long_row": header + "a-x,1,1,1,m,1,s,extra\n",
-    }.items():
-        path = tmp_path / f"{name}.csv"
-        path.write_text(body, encoding="utf-8")
-        with pytest.raises(ValueError):
-            load_catalogue(path)
+    return {row.key: row for row in catalogue_csv_read()}
 
 
 # --- The reference table ----------------------------------------------------------------
@@ -312,14 +234,14 @@ def test_owned_cost_refuses_zero_years_and_floats() -> None:
 def test_class_costs_worked_example() -> None:
     # 3.60 $/h, decode 1000 tok/s, prefill 4000 tok/s, half busy.
     costs = class_costs(Decimal("3.60"), Throughput(Decimal(1000), Decimal(4000), Decimal("0.5")))
-    assert costs == ClassCosts(
+    assert costs == Rates(
         input=Decimal("0.5"),
         cache_read=Decimal("0.05"),
         cache_write=Decimal("0.625"),
         output=Decimal(2),
         reasoning=Decimal(2),
     )
-    assert list(costs.as_dict()) == list(TOKEN_CLASSES)
+    assert list(costs._asdict()) == list(TOKEN_CLASSES)
 
 
 def test_reasoning_costs_exactly_what_output_costs() -> None:
@@ -365,15 +287,8 @@ def test_throughput_validates_its_ranges() -> None:
         Throughput(Decimal(1), Decimal(1), cache_read_factor=Decimal("-0.1"))
 
 
-# --- Usage ------------------------------------------------------------------------------
+# --- Usage: class costs priced by the ledger's formula ----------------------------------
 
-WORKED_COSTS = ClassCosts(
-    input=Decimal("0.5"),
-    cache_read=Decimal("0.05"),
-    cache_write=Decimal("0.625"),
-    output=Decimal(2),
-    reasoning=Decimal(2),
-)
 WORKED_TOKENS = {
     "input": 1_000_000,  # 0.50
     "cache_read": 2_000_000,  # 0.10
@@ -383,66 +298,25 @@ WORKED_TOKENS = {
 }
 
 
-def test_usage_cost_worked_vector() -> None:
-    assert usage_cost(WORKED_COSTS, WORKED_TOKENS) == Decimal("3.85")
-    assert usage_cost(WORKED_COSTS, {"reasoning": 1}) == Decimal("0.000002")
-    assert usage_cost(WORKED_COSTS, {}) == 0
+def test_class_costs_price_usage_with_the_ledger_formula() -> None:
+    # 3.60 $/h, decode 1000 tok/s, prefill 4000 tok/s, half busy (the worked example).
+    costs = class_costs(Decimal("3.60"), Throughput(Decimal(1000), Decimal(4000), Decimal("0.5")))
+    assert serving_cost(costs, **WORKED_TOKENS) == (Decimal("3.85"), Decimal("2.40"))
 
 
-def test_usage_cost_is_exact_at_full_precision() -> None:
+def test_usage_at_unrounded_class_costs_is_exact() -> None:
     costs = class_costs(Decimal("3.49"), Throughput(Decimal(3913), Decimal(11739)))
-    tokens = {"input": 123_457, "cache_read": 9_876_543, "output": 31_337, "reasoning": 271_828}
-    exact = sum(Fraction(costs.as_dict()[c]) * n for c, n in tokens.items()) / 10**6
-    assert Fraction(usage_cost(costs, tokens)) == exact
-
-
-def test_reasoning_share_of_cost() -> None:
-    share = reasoning_share_of_cost(WORKED_COSTS, WORKED_TOKENS)
-    assert share is not None
-    assert _close(share, Fraction("2.40") / Fraction("3.85"))  # = 48/77
-    assert share.quantize(Decimal("0.0001")) == Decimal("0.6234")
-    assert reasoning_share_of_cost(WORKED_COSTS, {"reasoning": 5}) == 1
-    assert reasoning_share_of_cost(WORKED_COSTS, {"output": 5}) == 0
-    assert reasoning_share_of_cost(WORKED_COSTS, {}) is None
-    assert reasoning_share_of_cost(WORKED_COSTS, {"input": 0, "reasoning": 0}) is None
-
-
-def test_usage_refuses_unknown_classes_and_bad_counts() -> None:
-    with pytest.raises(ValueError, match="thinking"):
-        usage_cost(WORKED_COSTS, {"thinking": 1})
-    with pytest.raises(ValueError):
-        usage_cost(WORKED_COSTS, {"output": -1})
-    with pytest.raises(ValueError):
-        usage_cost(WORKED_COSTS, {"output": 1.0})  # type: ignore[dict-item]
-
-
-# --- Margin -----------------------------------------------------------------------------
-
-
-def test_floor_price() -> None:
-    assert floor_price(Decimal("0.413"), Decimal(0)) == Decimal("0.413")
-    assert floor_price(Decimal("0.413"), Decimal("0.5")) == Decimal("0.826")
-    assert floor_price(Decimal(3), Decimal("0.25")) == Decimal(4)
-    assert _close(floor_price(Decimal(1), Decimal("0.7")), Fraction(10, 3))
-    for bad in (Decimal(1), Decimal("1.2"), Decimal("-0.1")):
-        with pytest.raises(ValueError):
-            floor_price(Decimal(1), bad)
-
-
-def test_margin_policy_validates() -> None:
-    Margins(target_margin=Decimal("0.4"), minimum_margin=Decimal("0.4"))
-    for target, minimum in (("0.3", "0.4"), ("1", "0.2"), ("0.5", "-0.1")):
-        with pytest.raises(ValueError):
-            Margins(target_margin=Decimal(target), minimum_margin=Decimal(minimum))
-
-
-def test_gross_margin() -> None:
-    assert gross_margin(Decimal(10), Decimal(6)) == Decimal("0.4")
-    assert gross_margin(Decimal(5), Decimal(6)) == Decimal("-0.2")
-    assert gross_margin(Decimal(5), Decimal(0)) == 1
-    assert gross_margin(Decimal(0), Decimal(5)) is None
-    cost = Decimal("0.413")
-    assert gross_margin(floor_price(cost, Decimal("0.35")), cost) == Decimal("0.35")
+    tokens = {
+        "input": 123_457,
+        "cache_read": 9_876_543,
+        "cache_write": 0,
+        "output": 31_337,
+        "reasoning": 271_828,
+    }
+    exact = sum(Fraction(getattr(costs, c)) * n for c, n in tokens.items()) / 10**6
+    total, reasoning = serving_cost(costs, **tokens)
+    assert Fraction(total) == exact
+    assert Fraction(reasoning) == Fraction(costs.reasoning) * 271_828 / 10**6
 
 
 # --- Properties -------------------------------------------------------------------------
@@ -450,8 +324,6 @@ def test_gross_margin() -> None:
 positive_rates = st.decimals(min_value=Decimal("0.01"), max_value=Decimal(1000), places=2)
 speeds = st.decimals(min_value=Decimal("0.001"), max_value=Decimal(1_000_000), places=3)
 utilizations = st.decimals(min_value=Decimal("0.0001"), max_value=Decimal(1), places=4)
-costs = st.decimals(min_value=Decimal(0), max_value=Decimal(1_000_000), places=6)
-margins = st.decimals(min_value=Decimal(0), max_value=Decimal("0.9999"), places=4)
 
 
 @given(positive_rates, speeds, speeds, utilizations)
@@ -480,13 +352,3 @@ def test_cost_per_million_is_the_formula_rounded_once(
 ) -> None:
     exact = Fraction(hourly) * 10**6 / (Fraction(tokens_per_s) * 3600 * Fraction(utilization))
     assert _close(cost_per_million(hourly, tokens_per_s, utilization), exact)
-
-
-@given(costs, margins)
-def test_floor_price_recovers_the_cost(cost: Decimal, margin: Decimal) -> None:
-    price = floor_price(cost, margin)
-    assert price >= cost
-    recovered = Fraction(price) * (1 - Fraction(margin))
-    assert abs(recovered - Fraction(cost)) <= Fraction(cost) * ONE_ULP_AT_50
-    with decimal.localcontext(prec=50):
-        assert abs(price * (1 - margin) - cost) <= cost * Decimal("1e-48")

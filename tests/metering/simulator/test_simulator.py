@@ -1,6 +1,6 @@
 """The simulator on a real socket, driven by the official openai and anthropic SDKs.
 
-No Django: run with `pytest -p no:django tests/simulator`.
+No Django: run with `pytest -p no:django tests/metering/simulator`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import uvicorn
 from metering.simulator import create_app, engine
 from metering.simulator.app import Simulator, create_app_from_env
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 QUESTION = [{"role": "user", "content": "Why is the sky blue? Answer briefly."}]
 LONG_TEXT = "All work and no play makes Jack a dull boy. " * 200  # ~2200 tokens
 

@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from billing.pricing.plan import TOKEN_CLASSES, ComponentPrice, component_covering
+from billing.pricing.priced_plan import TOKEN_CLASSES, ComponentPrice, component_covering
 from metering.usage import LEDGER_COLUMNS, LEDGER_FIELDS, PRICING_CLASS, TokenUsage
 
 GENERAL_INPUT = ComponentPrice("in", "input", "per_unit", None, unit_price=Decimal(1))

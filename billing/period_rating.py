@@ -15,7 +15,7 @@ from django.utils import timezone
 from billing.models import Subscription
 from billing.pricing.currency import to_minor
 from billing.pricing.periods import Period, period_containing, segments
-from billing.pricing.plan import UsageVector
+from billing.pricing.priced_plan import UsageVector
 from billing.pricing.proration import prorate_plan
 from billing.pricing.rate import RatedInvoice, RatedLine, rate
 from billing.selectors import plan_version_pricing, subscription_current, subscriptions_in_period
