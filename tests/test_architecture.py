@@ -4,8 +4,9 @@ contracts in pyproject.toml (`[tool.importlinter]`) hold for the code as it is.
 - layers: entry points (config.asgi/urls/wsgi/admin_site) → api → billing → metering →
   config.errors/settings/celery; imports inside functions count like any other;
 - billing reads metering only through its published surface, an allowlist (selectors,
-  models, one service (publishing a serving cost rate), the token classes, calendar, the budget list, tenant terms and governance, the
-  spool guard, the ledger's rates; calibration's use of the proxy client is the exception);
+  models, the token classes, calendar, the budget list, tenant terms and governance, the
+  spool guard, the ledger's rates; one service: publishing a serving cost rate; calibration's
+  use of the proxy client is the exception);
 - no import cycles between modules at any depth.
 """
 
@@ -25,53 +26,49 @@ def contract_ids() -> list[str]:
     return [contract["id"] for contract in config["tool"]["importlinter"]["contracts"]]
 
 
-@pytest.mark.parametrize("contract", contract_ids())
-def test_import_contract_holds(contract: str) -> None:
-    result = subprocess.run(
+def lint_imports(contract: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [str(LINT_IMPORTS), "--no-logo", "--no-cache", "--contract", contract],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def lint_with_probe(module: Path, source: str, contract: str) -> str:
+    """The contract's report with one extra module in the tree (removed afterwards)."""
+    module.write_text(source)
+    try:
+        result = lint_imports(contract)
+    finally:
+        module.unlink()
+    assert result.returncode != 0, result.stdout
+    return result.stdout
+
+
+@pytest.mark.parametrize("contract", contract_ids())
+def test_import_contract_holds(contract: str) -> None:
+    result = lint_imports(contract)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_a_broken_rule_is_caught() -> None:
     """The check can fail: a metering module importing api breaks the layers contract."""
-    probe = ROOT / "metering" / "_architecture_probe.py"
-    probe.write_text("import api.errors  # noqa: F401\n")
-    try:
-        result = subprocess.run(
-            [str(LINT_IMPORTS), "--no-logo", "--no-cache", "--contract", "layers"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    finally:
-        probe.unlink()
-    assert result.returncode != 0
-    assert "metering._architecture_probe -> api.errors" in result.stdout
+    report = lint_with_probe(
+        ROOT / "metering" / "_architecture_probe.py", "import api.errors  # noqa: F401\n", "layers"
+    )
+    assert "metering._architecture_probe -> api.errors" in report
 
 
 def test_a_metering_module_off_the_allowlist_is_closed_to_billing() -> None:
     """billing-reads-metering is an allowlist: any metering module it does not publish
-    (here the write services) breaks it, without having to be named."""
-    probe = ROOT / "billing" / "_architecture_probe.py"
-    probe.write_text(
-        "import metering.selectors  # noqa: F401\nimport metering.services  # noqa: F401\n"
+    (here the write services, open to one billing module only) breaks it, without having
+    to be named."""
+    report = lint_with_probe(
+        ROOT / "billing" / "_architecture_probe.py",
+        "import metering.selectors  # noqa: F401\nimport metering.services  # noqa: F401\n",
+        "billing-reads-metering",
     )
-    try:
-        result = subprocess.run(
-            [str(LINT_IMPORTS), "--no-logo", "--no-cache", "--contract", "billing-reads-metering"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    finally:
-        probe.unlink()
-    assert result.returncode != 0
-    assert "billing._architecture_probe -> metering.services" in result.stdout
-    assert "billing._architecture_probe -> metering.selectors" not in result.stdout
+    assert "billing._architecture_probe -> metering.services" in report
+    assert "billing._architecture_probe -> metering.selectors" not in report
