@@ -7,6 +7,7 @@ from api.serializers.fields import MAX_BIGINT
 from billing.models import Alert
 from metering.models import UsageRecord
 from metering.selectors import GROUPINGS
+from metering.usage import LEDGER_COLUMNS
 
 
 class UsageQuery(serializers.Serializer):
@@ -47,11 +48,7 @@ class UsageRecordSerializer(serializers.ModelSerializer):
             "status",
             "upstream_status",
             "upstream_response_id",
-            "input_tokens",
-            "cached_input_tokens",
-            "cache_write_tokens",
-            "output_tokens",
-            "reasoning_tokens",
+            *LEDGER_COLUMNS,  # the five token classes, reasoning last
             "reasoning_source",
             "flags",
             "client_disconnected",

@@ -22,6 +22,7 @@ from metering.usage import (
     COST_RATE_FIELDS,
     DERIVED,
     ESTIMATED,
+    LEDGER_COLUMNS,
     NONE,
     REPORTED,
     TOKEN_CLASS_LABELS,
@@ -37,14 +38,7 @@ from metering.usage import (
 
 CORPUS = json.loads((Path(__file__).parent / "fixtures" / "usage_corpus.json").read_text())
 CASES: list[dict[str, Any]] = CORPUS["cases"]
-CLASSES = (
-    "input_tokens",
-    "cached_input_tokens",
-    "cache_write_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "reasoning_source",
-)
+CLASSES = (*LEDGER_COLUMNS, "reasoning_source")
 
 
 # --- pulling usage out of whole payloads, as the proxy does ----------------------------
