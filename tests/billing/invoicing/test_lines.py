@@ -2,7 +2,7 @@
 export and the admin's line table all follow billing.invoicing.lines.INVOICE_LINE_FIELDS."""
 
 from api.serializers.invoices import InvoiceLineOutput
-from billing.admin import InvoiceLineInline
+from billing.admin.invoices import InvoiceLineInline
 from billing.invoicing.documents import LINE_COLUMNS
 from billing.invoicing.lines import INVOICE_LINE_FIELDS
 from billing.models import InvoiceLine

@@ -1,0 +1,65 @@
+"""Alert webhook endpoints and the alerts sent to them (redelivery on demand)."""
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from billing import permissions as perm
+from billing.alert_delivery import alert_deliver_task
+from billing.models import (
+    Alert,
+    WebhookEndpoint,
+)
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(admin.ModelAdmin):
+    list_display = ["tenant", "url", "masked_secret", "thresholds", "is_active", "created_at"]
+    list_filter = ["is_active"]
+    search_fields = ["tenant__name", "url"]
+
+    @admin.display(description="Secret")
+    def masked_secret(self, obj: WebhookEndpoint) -> str:
+        # enough to tell secrets apart, never enough to sign with
+        return f"{obj.secret[:4]}…" if len(obj.secret) >= 16 else "…"
+
+
+@admin.register(Alert)
+class AlertAdmin(admin.ModelAdmin):
+    list_display = [
+        "created_at",
+        "tenant",
+        "budget",
+        "period",
+        "threshold",
+        "used",
+        "limit",
+        "unit",
+        "delivery",
+        "attempts",
+        "delivered_at",
+    ]
+    list_filter = ["delivery", "budget"]
+    search_fields = ["tenant__name", "budget", "event_id"]
+    readonly_fields = [f.name for f in Alert._meta.fields]
+    actions = ["redeliver"]
+
+    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+        return False
+
+    def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False  # deleting an alert would let it fire again
+
+    def has_redeliver_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(perm.ALERT_REDELIVER)
+
+    @admin.action(description="Redeliver failed or pending alerts", permissions=["redeliver"])
+    def redeliver(self, request: HttpRequest, queryset: QuerySet[Alert]) -> None:
+        ids = list(
+            queryset.filter(
+                delivery__in=[Alert.Delivery.FAILED, Alert.Delivery.PENDING]
+            ).values_list("pk", flat=True)
+        )
+        for alert_id in ids:
+            alert_deliver_task.delay(alert_id)
+        self.message_user(request, f"Queued {len(ids)} alert(s) for delivery.")
