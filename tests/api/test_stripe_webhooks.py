@@ -10,6 +10,7 @@ from rest_framework.test import APIClient
 
 from billing.models import Invoice, StripeEvent
 from billing.stripe import invoice_sync_stripe
+from tests import stripe_helpers
 from tests.billing.test_stripe import closed_invoice
 from tests.fakes.stripe_server import FakeStripe, make_event, sign_webhook
 
@@ -315,18 +316,8 @@ def test_paid_event_whose_metadata_names_another_invoice_is_ignored(
 # --- with the fake Stripe server: the events Stripe itself would send ------------------
 
 
-@pytest.fixture(scope="module")
-def fake():  # type: ignore[no-untyped-def]
-    with FakeStripe(api_key="sk_test_reckon") as server:
-        yield server
-
-
-@pytest.fixture
-def stripe_on(fake, settings):  # type: ignore[no-untyped-def]
-    fake.reset()
-    settings.STRIPE_API_KEY = fake.api_key
-    settings.STRIPE_API_BASE = fake.url
-    return fake
+fake = stripe_helpers.fake  # the fake Stripe server, one per module
+stripe_on = stripe_helpers.stripe_on
 
 
 def _emitted(fake: FakeStripe, kind: str, stripe_invoice_id: str) -> dict:  # type: ignore[type-arg]

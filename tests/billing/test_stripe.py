@@ -9,25 +9,15 @@ from billing.invoicing.close import period_close
 from billing.models import Invoice, StripeCustomer
 from billing.plans import subscription_create
 from billing.stripe import invoice_sync_stripe
+from tests import stripe_helpers
 from tests.factories import ApiKeyFactory
-from tests.fakes.stripe_server import FakeStripe
 from tests.scenarios.test_invoicing_stories import SEP, use, version
 
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(scope="module")
-def fake():  # type: ignore[no-untyped-def]
-    with FakeStripe(api_key="sk_test_reckon") as server:
-        yield server
-
-
-@pytest.fixture
-def stripe_on(fake, settings):  # type: ignore[no-untyped-def]
-    fake.reset()
-    settings.STRIPE_API_KEY = fake.api_key
-    settings.STRIPE_API_BASE = fake.url
-    return fake
+fake = stripe_helpers.fake  # the fake Stripe server, one per module
+stripe_on = stripe_helpers.stripe_on
 
 
 def closed_invoice() -> Invoice:
