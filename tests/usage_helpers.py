@@ -1,7 +1,9 @@
 """Usage records for tests, written through the ledger's own write path."""
 
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -50,21 +52,27 @@ def usage_row(
     row.update(overrides)
     if rate is not None:
         row["cost_rate_id"] = rate.pk
-        row["serving_cost_usd"], row["reasoning_cost_usd"] = serving_cost(
-            Rates(
-                rate.input_usd,
-                rate.cache_read_usd,
-                rate.cache_write_usd,
-                rate.output_usd,
-                rate.reasoning_usd,
-            ),
-            input=row["input_tokens"],
-            cache_read=row["cached_input_tokens"],
-            cache_write=row["cache_write_tokens"],
-            output=row["output_tokens"],
-            reasoning=row["reasoning_tokens"],
-        )
+        row["serving_cost_usd"], row["reasoning_cost_usd"] = serving_cost_at(rate, row)
     return row
+
+
+def serving_cost_at(rate: ServingCostRate, counts: Mapping[str, int]) -> tuple[Decimal, Decimal]:
+    """`serving_cost` (total, of which reasoning) at a stored rate, of the token counts in
+    `counts` by ledger column (a usage row)."""
+    return serving_cost(
+        Rates(
+            rate.input_usd,
+            rate.cache_read_usd,
+            rate.cache_write_usd,
+            rate.output_usd,
+            rate.reasoning_usd,
+        ),
+        input=counts["input_tokens"],
+        cache_read=counts["cached_input_tokens"],
+        cache_write=counts["cache_write_tokens"],
+        output=counts["output_tokens"],
+        reasoning=counts["reasoning_tokens"],
+    )
 
 
 def write_usage(

@@ -40,6 +40,23 @@ def _small_limit(settings, monkeypatch):  # type: ignore[no-untyped-def]
     monkeypatch.setattr(throttling, "local_counter", throttling.LocalFailureCounter())
 
 
+@pytest.fixture
+def hashes(monkeypatch) -> list[str]:  # type: ignore[no-untyped-def]
+    """The passwords hashed from here on; the staff user "ops" (password "right-password")
+    exists already."""
+    hashed: list[str] = []
+    original = PBKDF2PasswordHasher.encode
+
+    def counting_encode(self, password, salt, iterations=None):  # type: ignore[no-untyped-def]
+        hashed.append(password)
+        return original(self, password, salt, iterations)
+
+    monkeypatch.setattr(PBKDF2PasswordHasher, "encode", counting_encode)
+    get_user_model().objects.create_user("ops", password="right-password", is_staff=True)
+    hashed.clear()
+    return hashed
+
+
 def get(address: str, authorization: str, path: str = RECORDS) -> object:
     client = APIClient(REMOTE_ADDR=address)
     client.credentials(HTTP_AUTHORIZATION=authorization)
@@ -100,6 +117,7 @@ def test_basic_when_enabled_is_limited_before_the_password_hash(
     address: str,
     settings,
     monkeypatch,  # type: ignore[no-untyped-def]
+    hashes: list[str],
 ) -> None:
     # what RECKON_API_BASIC_AUTH=true adds (views read the classes when imported)
     monkeypatch.setattr(
@@ -107,16 +125,6 @@ def test_basic_when_enabled_is_limited_before_the_password_hash(
         "authentication_classes",
         [*APIView.authentication_classes, ThrottledBasicAuthentication],
     )
-    hashes: list[str] = []
-    original = PBKDF2PasswordHasher.encode
-
-    def counting_encode(self, password, salt, iterations=None):  # type: ignore[no-untyped-def]
-        hashes.append(password)
-        return original(self, password, salt, iterations)
-
-    monkeypatch.setattr(PBKDF2PasswordHasher, "encode", counting_encode)
-    get_user_model().objects.create_user("ops", password="right-password", is_staff=True)
-    hashes.clear()
     wrong = "Basic " + base64.b64encode(b"ops:wrong").decode()
     for _ in range(3):
         assert get(address, wrong).status_code == 401
@@ -130,18 +138,8 @@ def test_basic_when_enabled_is_limited_before_the_password_hash(
 
 def test_admin_sign_in_is_limited_before_the_password_hash(
     address: str,
-    monkeypatch,  # type: ignore[no-untyped-def]
+    hashes: list[str],
 ) -> None:
-    hashes: list[str] = []
-    original = PBKDF2PasswordHasher.encode
-
-    def counting_encode(self, password, salt, iterations=None):  # type: ignore[no-untyped-def]
-        hashes.append(password)
-        return original(self, password, salt, iterations)
-
-    monkeypatch.setattr(PBKDF2PasswordHasher, "encode", counting_encode)
-    get_user_model().objects.create_user("ops", password="right-password", is_staff=True)
-    hashes.clear()
     client = Client(REMOTE_ADDR=address)
     for _ in range(3):
         response = client.post(

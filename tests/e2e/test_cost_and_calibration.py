@@ -10,9 +10,10 @@ from django.utils import timezone
 
 from billing.costs.catalogue import accelerator_get, catalogue_load, deployment_set
 from billing.models import CalibrationRun, Deployment
-from metering.ledger.record import Rates, serving_cost
 from metering.models import ServingCostRate, UsageRecord
+from metering.usage import LEDGER_COLUMNS
 from tests.e2e.conftest import E2ETenant, free_port, start, stop
+from tests.usage_helpers import serving_cost_at
 
 
 def test_proxy_stamps_each_record_with_its_exact_serving_cost(e2e: E2ETenant) -> None:
@@ -31,19 +32,8 @@ def test_proxy_stamps_each_record_with_its_exact_serving_cost(e2e: E2ETenant) ->
         model="reasoner", messages=[{"role": "user", "content": "Think."}], reasoning_effort="high"
     )
     row = UsageRecord.objects.get(request_id=raw.headers["x-reckon-request-id"])
-    expected, reasoning = serving_cost(
-        Rates(
-            rate.input_usd,
-            rate.cache_read_usd,
-            rate.cache_write_usd,
-            rate.output_usd,
-            rate.reasoning_usd,
-        ),
-        input=row.input_tokens,
-        cache_read=row.cached_input_tokens,
-        cache_write=row.cache_write_tokens,
-        output=row.output_tokens,
-        reasoning=row.reasoning_tokens,
+    expected, reasoning = serving_cost_at(
+        rate, {column: getattr(row, column) for column in LEDGER_COLUMNS}
     )
     assert row.cost_rate_id == rate.pk
     assert row.serving_cost_usd == expected > 0

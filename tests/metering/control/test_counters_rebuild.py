@@ -26,6 +26,7 @@ from metering.control.store import ControlStore, holds_key
 from metering.ledger.orm import usage_records_write
 from metering.tasks import control_counters_rebuild as rebuild_task
 from tests.factories import ApiKeyFactory
+from tests.metering.control.lost_replies import lose_replies
 from tests.usage_helpers import usage_row
 
 URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -119,15 +120,7 @@ def test_a_hold_whose_admission_reply_was_lost_is_given_back() -> None:
 
     async def scenario():  # type: ignore[no-untyped-def]
         store = ControlStore(URL)
-        real = store._redis.run
-
-        async def reply_lost(script, keys, args):  # type: ignore[no-untyped-def]
-            result = await real(script, keys, args)
-            if script is scripts.ADMIT and result[0] == 1:
-                raise control_store.ControlUnavailable("no reply within 1.0s")
-            return result
-
-        store._redis.run = reply_lost  # type: ignore[method-assign]
+        real = lose_replies(store, scripts.ADMIT, "no reply within 1.0s")
         with pytest.raises(control_store.ControlUnavailable):
             await admit(store, b, 9 * HOLD)  # the caller is refused (fail closed)
         store._redis.run = real  # type: ignore[method-assign]

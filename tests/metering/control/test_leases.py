@@ -15,6 +15,7 @@ from metering.control import leases, scripts
 from metering.control import store as control_store
 from metering.control.scopes import BudgetCost, BudgetScope, Grant, RateScope
 from metering.control.store import ControlStore
+from tests.metering.control.lost_replies import lose_replies
 
 URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 HOLD = 100  # every call here holds 100 units of its budget
@@ -412,15 +413,7 @@ def test_a_lease_whose_reply_was_lost_is_given_back() -> None:
 
     async def scenario():  # type: ignore[no-untyped-def]
         store = ControlStore(URL, lease_calls=8)
-        real = store._redis.run
-
-        async def reply_lost(script, keys, args):  # type: ignore[no-untyped-def]
-            result = await real(script, keys, args)
-            if script is scripts.LEASE and result[0] == 1:
-                raise control_store.ControlUnavailable("no reply in time")
-            return result
-
-        store._redis.run = reply_lost  # type: ignore[method-assign]
+        real = lose_replies(store, scripts.LEASE, "no reply in time")
         with pytest.raises(control_store.ControlUnavailable):
             await admit(store, b, [rate])
         during = fields(b)

@@ -142,6 +142,20 @@ def test_writer_spools_when_database_is_down_and_replays_later(tmp_path: Path, m
     assert stored == {r["request_id"] for r in records}
 
 
+# The rollup columns that add up over a rollup's shards.
+ROLLUP_SUMS = (
+    "requests",
+    "flagged_requests",
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "serving_cost_usd",
+    "reasoning_cost_usd",
+)
+
+
 def rollups_match_raw_records() -> None:
     """Every rollup equals the sum of its unflagged raw records; flagged ones are counted apart."""
     from django.db.models import Count, Q, Sum
@@ -170,38 +184,14 @@ def rollups_match_raw_records() -> None:
     expected = {(r["tenant_id"], r["alias"], r["hour"]): r for r in raw}
     summed = (  # writers fold into shards: a rollup is the sum over its shards
         UsageRollup.objects.values("tenant_id", "alias", "hour").annotate(
-            **{
-                name: Sum(name)
-                for name in (
-                    "requests",
-                    "flagged_requests",
-                    "input_tokens",
-                    "cached_input_tokens",
-                    "cache_write_tokens",
-                    "output_tokens",
-                    "reasoning_tokens",
-                    "serving_cost_usd",
-                    "reasoning_cost_usd",
-                )
-            },
+            **{name: Sum(name) for name in ROLLUP_SUMS},
             last_record_id=Max("last_record_id"),
         )
     )
     rollups = {(r["tenant_id"], r["alias"], r["hour"]): SimpleNamespace(**r) for r in summed}
     assert expected.keys() == rollups.keys()
     for key, row in expected.items():
-        for name in (
-            "requests",
-            "flagged_requests",
-            "input_tokens",
-            "cached_input_tokens",
-            "cache_write_tokens",
-            "output_tokens",
-            "reasoning_tokens",
-            "serving_cost_usd",
-            "reasoning_cost_usd",
-            "last_record_id",
-        ):
+        for name in (*ROLLUP_SUMS, "last_record_id"):
             assert getattr(rollups[key], name) == row[name], (key, name)
 
 

@@ -694,21 +694,25 @@ def test_totals_reconcile_with_what_the_sdks_saw(
         for i, value in enumerate((1, uncached, cached, written, visible, reasoning)):
             row[i] += value
 
+    def add_chat(usage: Any) -> None:
+        cached = usage.prompt_tokens_details.cached_tokens
+        reasoning = usage.completion_tokens_details.reasoning_tokens
+        add(
+            "/v1/chat/completions",
+            usage.prompt_tokens - cached,
+            cached,
+            0,
+            usage.completion_tokens - reasoning,
+            reasoning,
+        )
+
     long_messages = [{"role": "system", "content": LONG_TEXT}, *QUESTION]
     for messages in (QUESTION, long_messages):
         for effort in ("low", "high"):
-            usage = oai.chat.completions.create(
-                model="sim-reasoner", messages=messages, reasoning_effort=effort
-            ).usage
-            cached = usage.prompt_tokens_details.cached_tokens
-            reasoning = usage.completion_tokens_details.reasoning_tokens
-            add(
-                "/v1/chat/completions",
-                usage.prompt_tokens - cached,
-                cached,
-                0,
-                usage.completion_tokens - reasoning,
-                reasoning,
+            add_chat(
+                oai.chat.completions.create(
+                    model="sim-reasoner", messages=messages, reasoning_effort=effort
+                ).usage
             )
             stream = oai.chat.completions.create(
                 model="sim-reasoner",
@@ -717,17 +721,7 @@ def test_totals_reconcile_with_what_the_sdks_saw(
                 stream=True,
                 stream_options={"include_usage": True},
             )
-            usage = [chunk for chunk in stream][-1].usage
-            cached = usage.prompt_tokens_details.cached_tokens
-            reasoning = usage.completion_tokens_details.reasoning_tokens
-            add(
-                "/v1/chat/completions",
-                usage.prompt_tokens - cached,
-                cached,
-                0,
-                usage.completion_tokens - reasoning,
-                reasoning,
-            )
+            add_chat([chunk for chunk in stream][-1].usage)
 
         for stream in (False, True):
             if stream:
