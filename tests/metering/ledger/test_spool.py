@@ -69,6 +69,17 @@ def redis_client() -> Iterator[redis.Redis]:
     client.delete("rk:spool-writers")
 
 
+@pytest.fixture
+def outage(monkeypatch: pytest.MonkeyPatch) -> Outage:
+    """The database down (until the test sets `outage.down = False`)."""
+    return Outage(monkeypatch)
+
+
+@pytest.fixture
+def key() -> Any:
+    return ApiKeyFactory()
+
+
 def stored(records: list[dict[str, Any]]) -> int:
     ids = [r["request_id"] for r in records]
     return UsageRecord.objects.filter(request_id__in=ids).count()
@@ -104,16 +115,22 @@ def writer_for(tmp_path: Path, sink: Any, **overrides: Any) -> LedgerWriter:
     return LedgerWriter(**options)
 
 
+async def spooled_writer(
+    tmp_path: Path, outage: Outage, records: list[dict[str, Any]], **overrides: Any
+) -> LedgerWriter:
+    """A writer that answered `records` while the database was down: all spooled."""
+    writer = writer_for(tmp_path, outage, **overrides)
+    await asyncio.gather(*(writer.write(r) for r in records))
+    return writer
+
+
 def test_spool_reaches_the_ledger_within_a_probe_of_the_database_returning(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis
+    tmp_path: Path, outage: Outage, key: Any, redis_client: redis.Redis
 ) -> None:
-    key = ApiKeyFactory()
-    outage = Outage(monkeypatch)
     records = [record_for(key) for _ in range(3)]
 
     async def scenario() -> None:
-        writer = writer_for(tmp_path, outage)
-        await asyncio.gather(*(writer.write(r) for r in records))  # answered: spooled
+        writer = await spooled_writer(tmp_path, outage, records)  # answered: spooled
         assert writer.spooled == 3
         await asyncio.sleep(PROBE * 2)
         report = redis_client.get(f"rk:spool:{writer.spool.writer_id}")
@@ -133,15 +150,13 @@ def test_spool_reaches_the_ledger_within_a_probe_of_the_database_returning(
 
 
 def test_a_commit_after_the_outage_loads_the_spool_at_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis
+    tmp_path: Path, outage: Outage, key: Any, redis_client: redis.Redis
 ) -> None:
-    key = ApiKeyFactory()
-    outage = Outage(monkeypatch)
     spooled = [record_for(key) for _ in range(2)]
 
     async def scenario() -> None:
-        writer = writer_for(tmp_path, outage, probe_seconds=3600)  # no probe: only traffic
-        await asyncio.gather(*(writer.write(r) for r in spooled))
+        # no probe: only traffic
+        writer = await spooled_writer(tmp_path, outage, spooled, probe_seconds=3600)
         await asyncio.sleep(0.2)
         outage.down = False
         await writer.write(record_for(key))  # the first commit that succeeds
@@ -167,15 +182,12 @@ def test_writer_start_replays_without_traffic(tmp_path: Path, redis_client: redi
 
 
 def test_shutdown_replays_what_was_spooled(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis
+    tmp_path: Path, outage: Outage, key: Any, redis_client: redis.Redis
 ) -> None:
-    key = ApiKeyFactory()
-    outage = Outage(monkeypatch)
     records = [record_for(key) for _ in range(3)]
 
     async def scenario() -> None:
-        writer = writer_for(tmp_path, outage, probe_seconds=3600)
-        await asyncio.gather(*(writer.write(r) for r in records))
+        writer = await spooled_writer(tmp_path, outage, records, probe_seconds=3600)
         outage.down = False  # back, but no traffic and no probe before the shutdown
         await writer.close()
 
@@ -187,18 +199,16 @@ def test_shutdown_replays_what_was_spooled(
 
 def test_shutdown_keeps_and_reports_what_it_cannot_load(
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    outage: Outage,
+    key: Any,
     redis_client: redis.Redis,
     caplog: pytest.LogCaptureFixture,
     settings: Any,
 ) -> None:
-    key = ApiKeyFactory()
-    outage = Outage(monkeypatch)
     records = [record_for(key) for _ in range(3)]
 
     async def scenario() -> str:
-        writer = writer_for(tmp_path, outage, shutdown_replay_seconds=0.5)
-        await asyncio.gather(*(writer.write(r) for r in records))
+        writer = await spooled_writer(tmp_path, outage, records, shutdown_replay_seconds=0.5)
         await writer.close()  # the database is still down
         return writer.spool.writer_id
 
