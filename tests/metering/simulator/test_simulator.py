@@ -694,17 +694,17 @@ def test_totals_reconcile_with_what_the_sdks_saw(
         for i, value in enumerate((1, uncached, cached, written, visible, reasoning)):
             row[i] += value
 
+    def add_openai(path: str, usage: Any, input_field: str, output_field: str) -> None:
+        """An OpenAI usage: its input count includes the cached tokens and its output count
+        the reasoning tokens (`prompt_tokens` and `completion_tokens` in chat completions,
+        `input_tokens` and `output_tokens` in responses, each with its `_details`)."""
+        cached = getattr(usage, f"{input_field}_details").cached_tokens
+        reasoning = getattr(usage, f"{output_field}_details").reasoning_tokens
+        uncached = getattr(usage, input_field) - cached
+        add(path, uncached, cached, 0, getattr(usage, output_field) - reasoning, reasoning)
+
     def add_chat(usage: Any) -> None:
-        cached = usage.prompt_tokens_details.cached_tokens
-        reasoning = usage.completion_tokens_details.reasoning_tokens
-        add(
-            "/v1/chat/completions",
-            usage.prompt_tokens - cached,
-            cached,
-            0,
-            usage.completion_tokens - reasoning,
-            reasoning,
-        )
+        add_openai("/v1/chat/completions", usage, "prompt_tokens", "completion_tokens")
 
     long_messages = [{"role": "system", "content": LONG_TEXT}, *QUESTION]
     for messages in (QUESTION, long_messages):
@@ -731,16 +731,7 @@ def test_totals_reconcile_with_what_the_sdks_saw(
                 usage = events[-1].response.usage
             else:
                 usage = oai.responses.create(model="sim-reasoner", input=messages).usage
-            cached = usage.input_tokens_details.cached_tokens
-            reasoning = usage.output_tokens_details.reasoning_tokens
-            add(
-                "/v1/responses",
-                usage.input_tokens - cached,
-                cached,
-                0,
-                usage.output_tokens - reasoning,
-                reasoning,
-            )
+            add_openai("/v1/responses", usage, "input_tokens", "output_tokens")
 
     system = [{"type": "text", "text": LONG_TEXT, "cache_control": {"type": "ephemeral"}}]
     for n in range(3):
