@@ -120,7 +120,6 @@ if __name__ == "__main__":
                 f"  -> {512 / statistics.median(v) * 1000:8.0f} rows/s"
             )
     elif mode == "semantics":
-
         for k, sql in VARIANTS.items():
             recs = batch(4)
             a = run(conn, sql, recs, 0)[1][0]
