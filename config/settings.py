@@ -286,6 +286,23 @@ RECKON_LEDGER_SHUTDOWN_REPLAY_SECONDS = float(
 RECKON_LEDGER_SPOOL_HEARTBEAT_SECONDS = float(
     os.environ.get("RECKON_LEDGER_SPOOL_HEARTBEAT_SECONDS", "30")
 )
+# Months of usage records kept in the database (whole calendar months before the current
+# one); older months are archived, verified and dropped daily (metering.ledger.archive).
+# Unset or empty: keep every month forever.
+RECKON_LEDGER_RETENTION_MONTHS = (
+    int(os.environ["RECKON_LEDGER_RETENTION_MONTHS"])
+    if os.environ.get("RECKON_LEDGER_RETENTION_MONTHS", "").strip()
+    else None
+)
+if RECKON_LEDGER_RETENTION_MONTHS is not None and RECKON_LEDGER_RETENTION_MONTHS < 1:
+    raise ValueError("RECKON_LEDGER_RETENTION_MONTHS must be at least 1 (or unset: keep forever)")
+# Where archived months go: file:///dir or s3://bucket/prefix. S3 credentials come only from
+# the environment boto3 reads (AWS_ACCESS_KEY_ID, ...), never from this URL.
+RECKON_LEDGER_ARCHIVE_URL = os.environ.get(
+    "RECKON_LEDGER_ARCHIVE_URL", (BASE_DIR / "var" / "archive").as_uri()
+)
+# Endpoint of an S3-compatible store (MinIO, Ceph, R2, ...); empty: AWS S3.
+RECKON_LEDGER_ARCHIVE_ENDPOINT_URL = os.environ.get("RECKON_LEDGER_ARCHIVE_ENDPOINT_URL", "")
 
 # WhiteNoise hands Django's ASGI handler synchronous file iterators for static files (the
 # admin's CSS); harmless, but it would warn on every file.
@@ -351,6 +368,10 @@ CELERY_BEAT_SCHEDULE = {
     "control-counters-rebuild": {
         "task": "metering.tasks.control_counters_rebuild",
         "schedule": 60.0,  # lost holds and dead processes' slices given back (metering.control.counters)
+    },
+    "ledger-retention": {
+        "task": "metering.tasks.ledger_retention",
+        "schedule": 86400.0,  # daily; months past RECKON_LEDGER_RETENTION_MONTHS archived
     },
 }
 CELERY_TASK_ROUTES = {

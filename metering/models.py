@@ -399,3 +399,39 @@ class HoldCap(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tenant or 'all tenants'} {self.alias}: p99 {self.p99_output_tokens}"
+
+
+class LedgerArchive(models.Model):
+    """One calendar month (UTC) of the usage ledger, all tenants, exported to the archive
+    (`metering.ledger.archive`).
+
+    States move exported -> verified -> dropped (-> restored -> verified -> dropped ...):
+    a month's rows leave the database only after the archive read back from the store
+    matched its manifest, the database and the hourly rollups; a restore brings them back
+    with their ids. Rollups are never archived: invoices keep rating from them.
+    """
+
+    class State(models.TextChoices):
+        EXPORTED = "exported", "Exported (not yet verified)"
+        VERIFIED = "verified", "Verified against database and rollups"
+        DROPPED = "dropped", "Dropped from the database (served from the archive)"
+        RESTORED = "restored", "Restored into the database"
+
+    # First instant (UTC) of the archived month.
+    month = models.DateTimeField(unique=True)
+    state = models.CharField(max_length=16, choices=State.choices)
+    # The archive URL the files were written to (file:// or s3://; never credentials).
+    location = models.CharField(max_length=500)
+    # The manifest as stored beside the files: row count, id range, sums, file checksums.
+    manifest = models.JSONField(default=dict)
+    exported_at = models.DateTimeField(null=True, blank=True)
+    verified_at = models.DateTimeField(null=True, blank=True)
+    dropped_at = models.DateTimeField(null=True, blank=True)
+    restored_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-month"]
+
+    def __str__(self) -> str:
+        return f"{self.month:%Y-%m} {self.state}"

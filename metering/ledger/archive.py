@@ -1,0 +1,578 @@
+"""Archive, retention and restore of whole ledger months (all tenants).
+
+A month leaves the database in three steps, each safe to repeat after a crash:
+
+1. export: the month's records, in id order, into zstd-compressed Parquet files with the
+   explicit schema below (money as decimal256 at the column's own precision and scale,
+   never a float; JSON columns as their text), plus a manifest beside them: row count,
+   id range, token sums per class and money sums (exact decimal strings), for all records
+   and for the unflagged ones, and each file's row count and sha256. A re-export
+   overwrites the files.
+2. verify: the files are read back FROM THE STORE; their checksums, schema and recomputed
+   sums must equal the manifest, the manifest must equal the database's rows (SQL count
+   and sums) and the month's hourly rollups (requests + flagged requests = rows; the
+   unflagged sums = the rollups' sums). Any difference stops here and names itself.
+3. drop (PostgreSQL): under a lock that holds off inserts into the month, the database's
+   count and sums are checked against the verified manifest once more, then the month's
+   partition is detached and dropped. Nothing unverified, and nothing whose sums differ,
+   is ever dropped. The embedded SQLite ledger is not partitioned and its rows stay:
+   export and verify work there, a drop is refused (decision 0114).
+
+Rollups are never archived: invoices rate from them. `invoice_recompute` reads the raw
+ledger through `metering.selectors.usage_totals(up_to_record_id=...)`, which reads a
+dropped month from here (`archived_usage_rows`). A restore loads the rows back with
+their ids (COPY) into a fresh partition and checks them against the manifest.
+"""
+
+import hashlib
+import json
+import logging
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+from django.conf import settings
+from django.db import connection, models, transaction
+from django.db.models import Count, Max, Min, Q, Sum
+from django.utils import timezone
+
+from config.errors import ApplicationError, Conflict, NotFound
+from metering.calendar import month_day, month_start
+from metering.ledger.archive_store import ArchiveStore, archive_store_open
+from metering.models import LedgerArchive, UsageRecord, UsageRollup
+from metering.usage import LEDGER_COLUMNS
+
+log = logging.getLogger(__name__)
+
+State = LedgerArchive.State
+TABLE = UsageRecord._meta.db_table
+SCHEMA_VERSION = 1
+MONEY_COLUMNS = ("spend_usd", "serving_cost_usd", "reasoning_cost_usd")
+# Money sums are written with the ledger's 24 decimals, so equal sums are equal strings.
+MONEY_QUANTUM = Decimal("1e-24")
+# On SQLite, money is stored as a float by the database itself (NUMERIC affinity): its
+# SUM can differ from the exact sum in the last digits. PostgreSQL compares exactly.
+SQLITE_MONEY_TOLERANCE = Decimal("1e-9")
+ROWS_PER_FILE = 1_000_000
+MANIFEST = "manifest.json"
+UNFLAGGED = "[]"  # the JSON text of an empty `flags` list
+
+
+class ArchiveMismatch(ApplicationError):
+    """An archive disagrees with its manifest, the database or the rollups."""
+
+    status = 409
+
+
+def _arrow_type(field: models.Field[Any, Any]) -> pa.DataType:
+    target = field.target_field if field.is_relation else field  # type: ignore[attr-defined]
+    if isinstance(target, models.DecimalField):
+        assert target.max_digits is not None and target.decimal_places is not None
+        return pa.decimal256(target.max_digits, target.decimal_places)
+    if isinstance(target, models.DateTimeField):
+        return pa.timestamp("us", tz="UTC")
+    if isinstance(target, models.BooleanField):
+        return pa.bool_()
+    if isinstance(target, models.IntegerField | models.BigAutoField | models.AutoField):
+        return pa.int64()
+    if isinstance(target, models.UUIDField | models.CharField | models.JSONField):
+        return pa.string()  # UUIDs in their canonical text, JSON as its text
+    raise TypeError(f"no archive type for {field.name} ({type(field).__name__})")
+
+
+# The archive schema, one column per ledger column, in table order. A new ledger column
+# changes it: bump SCHEMA_VERSION (tests/metering/ledger/test_archive.py pins both).
+FIELDS: list[models.Field[Any, Any]] = list(UsageRecord._meta.concrete_fields)
+SCHEMA = pa.schema(
+    [pa.field(f.column, _arrow_type(f), nullable=f.null) for f in FIELDS],
+    metadata={"reckon.schema_version": str(SCHEMA_VERSION)},
+)
+COLUMNS = [f.column for f in FIELDS]
+
+
+def month_key(month: datetime) -> str:
+    return f"{month:%Y-%m}"
+
+
+def _month_bounds(month: datetime) -> tuple[datetime, datetime]:
+    start = month_start(month)
+    if start != month:
+        raise ValueError(f"{month} is not the first instant of a month (UTC)")
+    return start, month_day(start.year, start.month + 1)
+
+
+def archive_store() -> ArchiveStore:
+    """The store the settings name (see `metering.ledger.archive_store`)."""
+    return archive_store_open(
+        url=settings.RECKON_LEDGER_ARCHIVE_URL,
+        endpoint_url=settings.RECKON_LEDGER_ARCHIVE_ENDPOINT_URL,
+    )
+
+
+# --- sums -------------------------------------------------------------------------------
+
+
+@dataclass
+class Sums:
+    """Requests, token sums per class and money sums of a set of records."""
+
+    requests: int
+    tokens: dict[str, int]
+    money: dict[str, Decimal]
+
+    @classmethod
+    def zero(cls) -> "Sums":
+        return cls(0, dict.fromkeys(LEDGER_COLUMNS, 0), dict.fromkeys(MONEY_COLUMNS, Decimal(0)))
+
+    def add(self, other: "Sums") -> None:
+        self.requests += other.requests
+        for name in LEDGER_COLUMNS:
+            self.tokens[name] += other.tokens[name]
+        for name in MONEY_COLUMNS:
+            self.money[name] += other.money[name]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            **self.tokens,
+            **{name: format(value.quantize(MONEY_QUANTUM), "f") for name, value in self.money.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Sums":
+        return cls(
+            int(data["requests"]),
+            {name: int(data[name]) for name in LEDGER_COLUMNS},
+            {name: Decimal(data[name]) for name in MONEY_COLUMNS},
+        )
+
+
+def _differences(
+    label: str, expected: Sums, actual: Sums, *, money_tolerance: Decimal = Decimal(0)
+) -> list[str]:
+    out = []
+    if expected.requests != actual.requests:
+        out.append(f"{label} requests: {expected.requests} != {actual.requests}")
+    for name in LEDGER_COLUMNS:
+        if expected.tokens[name] != actual.tokens[name]:
+            out.append(f"{label} {name}: {expected.tokens[name]} != {actual.tokens[name]}")
+    for name in MONEY_COLUMNS:
+        if abs(expected.money[name] - actual.money[name]) > money_tolerance:
+            out.append(f"{label} {name}: {expected.money[name]} != {actual.money[name]}")
+    return out
+
+
+def _table_sums(table: pa.Table) -> Sums:
+    def total(column: str) -> Any:
+        return pc.sum(table[column]).as_py() if table.num_rows else None
+
+    return Sums(
+        table.num_rows,
+        {name: int(total(name) or 0) for name in LEDGER_COLUMNS},
+        {name: Decimal(total(name) or 0) for name in MONEY_COLUMNS},
+    )
+
+
+def _table_sums_both(table: pa.Table) -> tuple[Sums, Sums]:
+    """(all records, unflagged records) of an archive table."""
+    unflagged = table.filter(pc.equal(table["flags"], UNFLAGGED))
+    return _table_sums(table), _table_sums(unflagged)
+
+
+def _database_sums(month: datetime) -> tuple[Sums, Sums, int | None, int | None]:
+    """(all, unflagged, min id, max id) of the month's records in the database."""
+    start, end = _month_bounds(month)
+    records = UsageRecord.objects.filter(started_at__gte=start, started_at__lt=end)
+    if connection.vendor == "postgresql":
+        unflagged = Q(flags=[])
+        row = records.aggregate(
+            requests=Count("id"),
+            min_id=Min("id"),
+            max_id=Max("id"),
+            unflagged_requests=Count("id", filter=unflagged),
+            **{name: Sum(name) for name in (*LEDGER_COLUMNS, *MONEY_COLUMNS)},
+            **{f"unflagged_{name}": Sum(name, filter=unflagged) for name in (*LEDGER_COLUMNS, *MONEY_COLUMNS)},
+        )
+
+        def sums(prefix: str) -> Sums:
+            return Sums(
+                row[f"{prefix}requests"],
+                {name: int(row[f"{prefix}{name}"] or 0) for name in LEDGER_COLUMNS},
+                {name: Decimal(row[f"{prefix}{name}"] or 0) for name in MONEY_COLUMNS},
+            )
+
+        return sums(""), sums("unflagged_"), row["min_id"], row["max_id"]
+    # SQLite: the rows as the ORM reads them (the values the export wrote), summed exactly.
+    every, clean = Sums.zero(), Sums.zero()
+    low: int | None = None
+    high: int | None = None
+    for values in records.values_list("id", "flags", *LEDGER_COLUMNS, *MONEY_COLUMNS).iterator():
+        one = Sums(
+            1,
+            dict(zip(LEDGER_COLUMNS, values[2 : 2 + len(LEDGER_COLUMNS)], strict=True)),
+            {
+                name: value or Decimal(0)
+                for name, value in zip(MONEY_COLUMNS, values[2 + len(LEDGER_COLUMNS) :], strict=True)
+            },
+        )
+        every.add(one)
+        if not values[1]:
+            clean.add(one)
+        low = values[0] if low is None else min(low, values[0])
+        high = values[0] if high is None else max(high, values[0])
+    return every, clean, low, high
+
+
+def _rollup_differences(month: datetime, manifest: dict[str, Any]) -> list[str]:
+    """The month's hourly rollups against the manifest: every record counted once
+    (requests + flagged_requests), and the unflagged sums equal the rollups' sums."""
+    start, end = _month_bounds(month)
+    row = UsageRollup.objects.filter(hour__gte=start, hour__lt=end).aggregate(
+        requests=Sum("requests"),
+        flagged=Sum("flagged_requests"),
+        **{name: Sum(name) for name in (*LEDGER_COLUMNS, *MONEY_COLUMNS)},
+    )
+    every = Sums.from_json(manifest["sums"]["all"])
+    clean = Sums.from_json(manifest["sums"]["unflagged"])
+    out = []
+    counted = (row["requests"] or 0) + (row["flagged"] or 0)
+    if counted != every.requests:
+        out.append(f"rollup requests + flagged_requests: {counted} != {every.requests} records")
+    rolled = Sums(
+        int(row["requests"] or 0),
+        {name: int(row[name] or 0) for name in LEDGER_COLUMNS},
+        {name: Decimal(row[name] or 0) for name in MONEY_COLUMNS},
+    )
+    tolerance = SQLITE_MONEY_TOLERANCE if connection.vendor == "sqlite" else Decimal(0)
+    out += _differences("rollups vs unflagged", clean, rolled, money_tolerance=tolerance)
+    # Rollups that also sum flagged records' tokens (`flagged_<class>`) are checked too.
+    flagged_columns = {f.name for f in UsageRollup._meta.concrete_fields}
+    for name in LEDGER_COLUMNS:
+        if f"flagged_{name}" in flagged_columns:
+            rolled_flagged = UsageRollup.objects.filter(hour__gte=start, hour__lt=end).aggregate(
+                total=Sum(f"flagged_{name}")
+            )["total"] or 0
+            if rolled_flagged != every.tokens[name] - clean.tokens[name]:
+                out.append(
+                    f"rollup flagged_{name}: {rolled_flagged} != "
+                    f"{every.tokens[name] - clean.tokens[name]} in flagged records"
+                )
+    return out
+
+
+# --- export -----------------------------------------------------------------------------
+
+
+def _select_list() -> str:
+    """The PostgreSQL select list of the COPY: text for UUIDs and JSON, epoch
+    microseconds for times (exact: `extract` returns numeric), the rest as stored."""
+    parts = []
+    for field in FIELDS:
+        column = field.column
+        kind = SCHEMA.field(column).type
+        if pa.types.is_timestamp(kind):
+            parts.append(f"(extract(epoch FROM {column}) * 1000000)::int8")
+        elif isinstance(field, models.JSONField | models.UUIDField) or (
+            field.is_relation and isinstance(field.target_field, models.UUIDField)  # type: ignore[attr-defined]
+        ):
+            parts.append(f"{column}::text")
+        else:
+            parts.append(column)
+    return ", ".join(parts)
+
+
+def _csv_types() -> pa.Schema:
+    """How the COPY's CSV is parsed: decimals as text (cast exactly afterwards: Arrow's CSV
+    reader has no decimal256), times as integers (cast to timestamps afterwards)."""
+    fields = []
+    for field in SCHEMA:
+        if pa.types.is_decimal(field.type):
+            fields.append(pa.field(field.name, pa.string()))
+        elif pa.types.is_timestamp(field.type):
+            fields.append(pa.field(field.name, pa.int64()))
+        else:
+            fields.append(field)
+    return pa.schema(fields)
+
+
+def _to_schema(batch: pa.RecordBatch) -> pa.RecordBatch:
+    arrays = [batch.column(i).cast(field.type) for i, field in enumerate(SCHEMA)]
+    return pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
+
+
+def _batches_postgres(month: datetime, workdir: Path) -> Iterator[pa.RecordBatch]:
+    """The month's records in id order: one COPY (a server-side stream) into a local CSV,
+    parsed by Arrow in blocks."""
+    start, end = _month_bounds(month)
+    csv_path = workdir / "export.csv"
+    query = (
+        f"COPY (SELECT {_select_list()} FROM {TABLE}"  # noqa: S608 (our own column names)
+        " WHERE started_at >= %s AND started_at < %s ORDER BY id) TO STDOUT (FORMAT csv)"
+    )
+    connection.ensure_connection()
+    raw = connection.connection
+    assert raw is not None
+    with raw.cursor() as cursor, open(csv_path, "wb") as out:
+        with cursor.copy(query, (start, end)) as copy:
+            for chunk in copy:
+                out.write(chunk)
+    if csv_path.stat().st_size == 0:
+        return
+    reader = pa_csv.open_csv(
+        csv_path,
+        read_options=pa_csv.ReadOptions(column_names=COLUMNS, block_size=16 << 20),
+        parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+        convert_options=pa_csv.ConvertOptions(
+            column_types=_csv_types(),
+            true_values=["t"],
+            false_values=["f"],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    for batch in reader:
+        yield _to_schema(batch)
+
+
+def _batches_orm(month: datetime, chunk: int = 50_000) -> Iterator[pa.RecordBatch]:
+    """The month's records in id order through the ORM (SQLite): values as the ORM reads
+    them, JSON written back to its text."""
+    start, end = _month_bounds(month)
+    attnames = [f.attname for f in FIELDS]
+    rows = (
+        UsageRecord.objects.filter(started_at__gte=start, started_at__lt=end)
+        .order_by("id")
+        .values_list(*attnames)
+        .iterator(chunk_size=chunk)
+    )
+    converters = []
+    for field in FIELDS:
+        if isinstance(field, models.JSONField):
+            converters.append(lambda v: None if v is None else json.dumps(v))
+        elif isinstance(field, models.UUIDField) or (
+            field.is_relation and isinstance(field.target_field, models.UUIDField)  # type: ignore[attr-defined]
+        ):
+            converters.append(lambda v: None if v is None else str(v))
+        else:
+            converters.append(lambda v: v)
+    buffer: list[tuple[Any, ...]] = []
+
+    def flush() -> pa.RecordBatch:
+        columns = list(zip(*buffer, strict=True))
+        arrays = [
+            pa.array([convert(v) for v in values], type=field.type)
+            for convert, values, field in zip(converters, columns, SCHEMA, strict=True)
+        ]
+        return pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
+
+    for row in rows:
+        buffer.append(row)
+        if len(buffer) >= chunk:
+            yield flush()
+            buffer = []
+    if buffer:
+        yield flush()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_files(
+    month: datetime, workdir: Path, rows_per_file: int
+) -> tuple[list[dict[str, Any]], Sums, Sums, int | None, int | None]:
+    batches = (
+        _batches_postgres(month, workdir)
+        if connection.vendor == "postgresql"
+        else _batches_orm(month)
+    )
+    files: list[dict[str, Any]] = []
+    every, clean = Sums.zero(), Sums.zero()
+    low: int | None = None
+    high: int | None = None
+    writer: pq.ParquetWriter | None = None
+    in_file = 0
+
+    def close() -> None:
+        nonlocal writer
+        if writer is not None:
+            writer.close()
+            path = workdir / files[-1]["name"]
+            files[-1]["sha256"] = _sha256(path)
+            files[-1]["bytes"] = path.stat().st_size
+            writer = None
+
+    for batch in batches:
+        offset = 0
+        while offset < batch.num_rows:
+            if writer is None:
+                name = f"part-{len(files):05d}.parquet"
+                writer = pq.ParquetWriter(workdir / name, SCHEMA, compression="zstd")
+                files.append({"name": name, "rows": 0})
+                in_file = 0
+            piece = batch.slice(offset, rows_per_file - in_file)
+            offset += piece.num_rows
+            in_file += piece.num_rows
+            writer.write_batch(piece)
+            files[-1]["rows"] += piece.num_rows
+            table = pa.Table.from_batches([piece])
+            a, u = _table_sums_both(table)
+            every.add(a)
+            clean.add(u)
+            ids = pc.min_max(table["id"]).as_py()
+            low = ids["min"] if low is None else min(low, ids["min"])
+            high = ids["max"] if high is None else max(high, ids["max"])
+            if in_file >= rows_per_file:
+                close()
+    close()
+    return files, every, clean, low, high
+
+
+def ledger_month_export(
+    *, month: datetime, store: ArchiveStore | None = None, rows_per_file: int = ROWS_PER_FILE
+) -> LedgerArchive:
+    """Export a month of the ledger to the store (files, then the manifest) and record it
+    as exported. Repeating it overwrites the files; a dropped month is refused."""
+    store = store or archive_store()
+    start, _ = _month_bounds(month)
+    key = month_key(start)
+    archive = LedgerArchive.objects.filter(month=start).first()
+    if archive is not None and archive.state == State.DROPPED:
+        raise Conflict(f"{key} is already archived and dropped; restore it before exporting again.")
+    with tempfile.TemporaryDirectory(prefix="reckon-archive-") as tmp:
+        workdir = Path(tmp)
+        files, every, clean, low, high = _write_files(start, workdir, rows_per_file)
+        for entry in files:
+            store.put_file(name=f"{key}/{entry['name']}", path=workdir / entry["name"])
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "month": key,
+            "rows": every.requests,
+            "min_id": low,
+            "max_id": high,
+            "sums": {"all": every.as_json(), "unflagged": clean.as_json()},
+            "files": files,
+            "schema": [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in SCHEMA],
+            "exported_at": timezone.now().isoformat(),
+        }
+        manifest_path = workdir / MANIFEST
+        manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        store.put_file(name=f"{key}/{MANIFEST}", path=manifest_path)
+    archive, _ = LedgerArchive.objects.update_or_create(
+        month=start,
+        defaults={
+            "state": State.EXPORTED,
+            "location": store.location,
+            "manifest": manifest,
+            "exported_at": timezone.now(),
+            "verified_at": None,
+        },
+    )
+    log.info("ledger month %s exported: %s rows in %s file(s)", key, every.requests, len(files))
+    return archive
+
+
+# --- verify -----------------------------------------------------------------------------
+
+
+def _read_verified_files(
+    archive: LedgerArchive, store: ArchiveStore, workdir: Path
+) -> tuple[list[Path], list[str]]:
+    """Download the manifest and files into `workdir`; (file paths, differences) from
+    checking the stored manifest, each file's checksum, schema and row count, and the
+    sums recomputed from the files, against the manifest the database keeps."""
+    manifest = archive.manifest
+    key = manifest["month"]
+    differences: list[str] = []
+    stored_manifest = workdir / MANIFEST
+    store.get_file(name=f"{key}/{MANIFEST}", path=stored_manifest)
+    if json.loads(stored_manifest.read_text()) != manifest:
+        differences.append("the stored manifest differs from the one recorded at export")
+    every, clean = Sums.zero(), Sums.zero()
+    paths = []
+    for entry in manifest["files"]:
+        path = workdir / entry["name"]
+        store.get_file(name=f"{key}/{entry['name']}", path=path)
+        paths.append(path)
+        if _sha256(path) != entry["sha256"]:
+            differences.append(f"{entry['name']}: sha256 differs from the manifest")
+            continue
+        table = pq.read_table(path)
+        if not table.schema.equals(SCHEMA, check_metadata=False):
+            differences.append(f"{entry['name']}: schema differs from version {SCHEMA_VERSION}")
+            continue
+        if table.num_rows != entry["rows"]:
+            differences.append(f"{entry['name']}: {table.num_rows} rows, manifest {entry['rows']}")
+        a, u = _table_sums_both(table)
+        every.add(a)
+        clean.add(u)
+    if not differences:
+        differences += _differences("files vs manifest (all)", Sums.from_json(manifest["sums"]["all"]), every)
+        differences += _differences(
+            "files vs manifest (unflagged)", Sums.from_json(manifest["sums"]["unflagged"]), clean
+        )
+        if every.requests != manifest["rows"]:
+            differences.append(f"files hold {every.requests} rows, manifest {manifest['rows']}")
+    return paths, differences
+
+
+def _database_differences(month: datetime, manifest: dict[str, Any]) -> list[str]:
+    every, clean, low, high = _database_sums(month)
+    tolerance = SQLITE_MONEY_TOLERANCE if connection.vendor == "sqlite" else Decimal(0)
+    out = _differences(
+        "database vs manifest (all)", Sums.from_json(manifest["sums"]["all"]), every, money_tolerance=tolerance
+    )
+    out += _differences(
+        "database vs manifest (unflagged)",
+        Sums.from_json(manifest["sums"]["unflagged"]),
+        clean,
+        money_tolerance=tolerance,
+    )
+    if (low, high) != (manifest["min_id"], manifest["max_id"]):
+        out.append(f"database ids {low}..{high}, manifest {manifest['min_id']}..{manifest['max_id']}")
+    return out
+
+
+def _archive_of(month: datetime) -> LedgerArchive:
+    start, _ = _month_bounds(month)
+    archive = LedgerArchive.objects.filter(month=start).first()
+    if archive is None:
+        raise NotFound(f"{month_key(start)} has no archive.")
+    return archive
+
+
+def ledger_month_verify(*, month: datetime, store: ArchiveStore | None = None) -> LedgerArchive:
+    """Read the month's archive back from the store and check it against its manifest,
+    the database's rows and the hourly rollups; mark it verified, or raise
+    ArchiveMismatch naming every difference (the state stays as it was)."""
+    store = store or archive_store()
+    archive = _archive_of(month)
+    if archive.state == State.DROPPED:
+        raise Conflict(f"{month_key(archive.month)} is dropped: there are no rows to verify against.")
+    with tempfile.TemporaryDirectory(prefix="reckon-verify-") as tmp:
+        _, differences = _read_verified_files(archive, store, Path(tmp))
+    differences += _database_differences(archive.month, archive.manifest)
+    differences += _rollup_differences(archive.month, archive.manifest)
+    if differences:
+        log.error("ledger month %s failed verification: %s", month_key(archive.month), differences)
+        raise ArchiveMismatch(
+            f"The archive of {month_key(archive.month)} does not match: {differences[0]}",
+            {"differences": differences},
+        )
+    archive.state = State.VERIFIED
+    archive.verified_at = timezone.now()
+    archive.save(update_fields=["state", "verified_at", "updated_at"])
+    return archive
