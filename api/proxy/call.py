@@ -9,7 +9,6 @@ metering.control.holds once the record is durable.
 import asyncio
 import logging
 import time
-import uuid
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -28,7 +27,7 @@ from api.proxy.wire import (
 )
 from metering.control.holds import Hold, Holds
 from metering.ledger import LedgerWriter
-from metering.ledger.record import usage_record_row
+from metering.ledger.record import request_id_for, usage_record_row
 from metering.models import UsageRecord
 from metering.proxy.adapters import Endpoint, Outcome, PreparedCall, stream_tracker_for
 from metering.proxy.callers import CallerContext, RouteInfo
@@ -93,7 +92,7 @@ class Call:
         self.prepared = prepared
         self.started_at = started_at
         self.started_ns = started_ns
-        self.request_id = uuid.uuid4()
+        self.request_id = request_id_for(started_at)  # carries started_at (partitions)
         self.ttft_ns: int | None = None
         self.client_gone = False
         self.upstream_status = 0

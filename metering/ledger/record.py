@@ -15,14 +15,44 @@ high-precision context).
 """
 
 import decimal
+import secrets
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple, Protocol
 
 from metering.usage import LEDGER_COLUMNS, TokenUsage, ledger_counts
 
 _CONTEXT = decimal.Context(prec=80, traps=[decimal.Inexact, decimal.Overflow])
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def request_id_for(started_at: datetime) -> uuid.UUID:
+    """A new request id that carries `started_at`: a UUIDv7 (RFC 9562) whose 48-bit Unix
+    milliseconds and 12-bit `rand_a` (the microsecond within that millisecond, 0..999)
+    encode `started_at` exactly, with 62 random bits in `rand_b`.
+
+    Why: the ledger is partitioned by `started_at`, and a unique index there is unique
+    per partition only. The database checks that a v7 id's `started_at` is the one it
+    encodes (migration 0013, `metering_uuid7_started_at`), so equal ids always land in
+    one partition, where the unique index catches the second: global idempotency."""
+    micros = (started_at - _EPOCH) // timedelta(microseconds=1)
+    millis, within = divmod(micros, 1000)
+    if not 0 <= millis < 1 << 48:
+        raise ValueError(f"{started_at} is outside what a UUIDv7 can carry")
+    value = (millis << 80) | (0x7 << 76) | (within << 64) | (0b10 << 62) | secrets.randbits(62)
+    return uuid.UUID(int=value)
+
+
+def started_at_of(request_id: uuid.UUID) -> datetime | None:
+    """The `started_at` a version-7 request id encodes (`request_id_for`); None for any
+    other version (legacy uuid4 ids carry no time)."""
+    if request_id.version != 7:
+        return None
+    value = request_id.int
+    micros = (value >> 80) * 1000 + ((value >> 64) & 0xFFF)
+    return _EPOCH + timedelta(microseconds=micros)
 
 
 class Rates(NamedTuple):
