@@ -10,6 +10,7 @@ from metering import permissions as perm
 from metering.models import (
     ApiKey,
     HoldCap,
+    LedgerArchive,
     RateLimit,
     ReasoningPolicy,
     Route,
@@ -254,6 +255,39 @@ class UsageRollupAdmin(admin.ModelAdmin):
     readonly_fields = [f.name for f in UsageRollup._meta.fields]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(LedgerArchive)
+class LedgerArchiveAdmin(admin.ModelAdmin):
+    """Archived ledger months (metering.ledger.archive); read-only: the archive and
+    restore commands and the retention task are the only writers."""
+
+    list_display = [
+        "month",
+        "state",
+        "rows",
+        "location",
+        "exported_at",
+        "verified_at",
+        "dropped_at",
+        "restored_at",
+    ]
+    list_filter = ["state"]
+    date_hierarchy = "month"
+    readonly_fields = [f.name for f in LedgerArchive._meta.fields]
+
+    @admin.display(description="records")
+    def rows(self, obj: LedgerArchive) -> int:
+        return int(obj.manifest.get("rows", 0))
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:

@@ -22,6 +22,7 @@ from django.db.models import Count, Max, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDay
 from django.utils import timezone
 
+from metering.ledger.archive import archived_months_dropped, archived_usage_rows
 from metering.models import ApiKey, ServingCostRate, UsageRecord, UsageRollup
 from metering.usage import LEDGER_COLUMNS, PRICING_CLASS, TokenUsage
 
@@ -145,8 +146,9 @@ def _usage_totals(
 
     Read from the hourly rollups (`start` and `end` must fall on whole UTC hours), or,
     with `up_to_record_id`, straight from the raw ledger: records started in
-    [start, end), with id <= up_to_record_id, carrying no flags. Rollups must agree with
-    the raw ledger; invoices are re-computed from it."""
+    [start, end), with id <= up_to_record_id, carrying no flags; the months of the window
+    that were archived and dropped (`metering.ledger.archive`) are read from their
+    archive. Rollups must agree with the raw ledger; invoices are re-computed from it."""
     if up_to_record_id is None:
         rows: QuerySet[Any] = UsageRollup.objects.filter(hour__gte=start, hour__lt=end)
         last = Max("last_record_id")
@@ -165,8 +167,22 @@ def _usage_totals(
         )
         .order_by()
     )
+    found: list[dict[str, Any]] = list(rows)
+    if up_to_record_id is not None:
+        # Months archived and dropped from the database are read from their archive.
+        for month in archived_months_dropped(start=start, end=end):
+            found += archived_usage_rows(
+                month=month,
+                start=start,
+                end=end,
+                up_to_record_id=up_to_record_id,
+                tenant_ids=None if tenant_ids is None else list(tenant_ids),
+            )
+        if not with_cutoff:
+            for row in found:
+                row.pop("last", None)
     grouped: dict[uuid.UUID, list[dict[str, Any]]] = {}
-    for row in rows:
+    for row in found:
         grouped.setdefault(row["tenant_id"], []).append(row)
     return {tenant: _totals(tenant_rows) for tenant, tenant_rows in grouped.items()}
 
@@ -177,8 +193,9 @@ def _totals(rows: list[dict[str, Any]]) -> UsageTotals:
     for row in rows:
         cutoff = max(cutoff, row.get("last") or 0)
         for name in LEDGER_COLUMNS:
-            if row[name]:
-                tokens[(row["alias"], PRICING_CLASS[name])] = row[name]
+            if row[name]:  # an alias may come from the database and an archive
+                key = (row["alias"], PRICING_CLASS[name])
+                tokens[key] = tokens.get(key, 0) + row[name]
     return UsageTotals(tokens, cutoff)
 
 

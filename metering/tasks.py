@@ -5,10 +5,12 @@ from datetime import datetime
 import redis
 from celery import shared_task
 from django.conf import settings
+from django.utils import timezone
 
 from config.celery import RELIABLE_TASK
 from metering.control.counters import control_counters_rebuild as counters_rebuild
 from metering.control.holdcaps import hold_caps_learn
+from metering.ledger.archive import ledger_month_archive, ledger_months_due
 
 
 @shared_task(name="metering.tasks.learn_hold_caps", **RELIABLE_TASK)
@@ -30,3 +32,20 @@ def control_counters_rebuild() -> int:
         ).rebuilt
     finally:
         client.close()
+
+
+@shared_task(name="metering.tasks.ledger_retention", **RELIABLE_TASK)
+def ledger_retention(as_of: str | None = None) -> int:
+    """Fan out: one archive task per month past the retention still in the database
+    (metering.ledger.archive). Returns how many were enqueued."""
+    moment = datetime.fromisoformat(as_of) if as_of else timezone.now()
+    months = ledger_months_due(as_of=moment)
+    for month in months:
+        ledger_archive_month.delay(month.isoformat())
+    return len(months)
+
+
+@shared_task(name="metering.tasks.ledger_archive_month", **RELIABLE_TASK)
+def ledger_archive_month(month: str) -> str:
+    """Export, verify and drop one month; resumes wherever a crashed run stopped."""
+    return ledger_month_archive(month=datetime.fromisoformat(month)).state

@@ -48,6 +48,13 @@ from django.utils import timezone
 from config.errors import ApplicationError, Conflict, NotFound
 from metering.calendar import month_day, month_start
 from metering.ledger.archive_store import ArchiveStore, archive_store_open
+from metering.ledger.partitions import (
+    is_partitioned,
+    partition_create,
+    partition_detach_drop,
+    partition_name,
+    partitions_list,
+)
 from metering.models import LedgerArchive, UsageRecord, UsageRollup
 from metering.usage import LEDGER_COLUMNS
 
@@ -71,9 +78,10 @@ class ArchiveMismatch(ApplicationError):
     """An archive disagrees with its manifest, the database or the rollups."""
 
     status = 409
+    code = "archive_mismatch"
 
 
-def _arrow_type(field: models.Field[Any, Any]) -> pa.DataType:
+def _arrow_type(field: "models.Field[Any, Any]") -> pa.DataType:
     target = field.target_field if field.is_relation else field  # type: ignore[attr-defined]
     if isinstance(target, models.DecimalField):
         assert target.max_digits is not None and target.decimal_places is not None
@@ -91,7 +99,7 @@ def _arrow_type(field: models.Field[Any, Any]) -> pa.DataType:
 
 # The archive schema, one column per ledger column, in table order. A new ledger column
 # changes it: bump SCHEMA_VERSION (tests/metering/ledger/test_archive.py pins both).
-FIELDS: list[models.Field[Any, Any]] = list(UsageRecord._meta.concrete_fields)
+FIELDS: "list[models.Field[Any, Any]]" = list(UsageRecord._meta.concrete_fields)
 SCHEMA = pa.schema(
     [pa.field(f.column, _arrow_type(f), nullable=f.null) for f in FIELDS],
     metadata={"reckon.schema_version": str(SCHEMA_VERSION)},
@@ -144,7 +152,10 @@ class Sums:
         return {
             "requests": self.requests,
             **self.tokens,
-            **{name: format(value.quantize(MONEY_QUANTUM), "f") for name, value in self.money.items()},
+            **{
+                name: format(value.quantize(MONEY_QUANTUM), "f")
+                for name, value in self.money.items()
+            },
         }
 
     @classmethod
@@ -200,7 +211,10 @@ def _database_sums(month: datetime) -> tuple[Sums, Sums, int | None, int | None]
             max_id=Max("id"),
             unflagged_requests=Count("id", filter=unflagged),
             **{name: Sum(name) for name in (*LEDGER_COLUMNS, *MONEY_COLUMNS)},
-            **{f"unflagged_{name}": Sum(name, filter=unflagged) for name in (*LEDGER_COLUMNS, *MONEY_COLUMNS)},
+            **{
+                f"unflagged_{name}": Sum(name, filter=unflagged)
+                for name in (*LEDGER_COLUMNS, *MONEY_COLUMNS)
+            },
         )
 
         def sums(prefix: str) -> Sums:
@@ -221,7 +235,9 @@ def _database_sums(month: datetime) -> tuple[Sums, Sums, int | None, int | None]
             dict(zip(LEDGER_COLUMNS, values[2 : 2 + len(LEDGER_COLUMNS)], strict=True)),
             {
                 name: value or Decimal(0)
-                for name, value in zip(MONEY_COLUMNS, values[2 + len(LEDGER_COLUMNS) :], strict=True)
+                for name, value in zip(
+                    MONEY_COLUMNS, values[2 + len(LEDGER_COLUMNS) :], strict=True
+                )
             },
         )
         every.add(one)
@@ -258,9 +274,12 @@ def _rollup_differences(month: datetime, manifest: dict[str, Any]) -> list[str]:
     flagged_columns = {f.name for f in UsageRollup._meta.concrete_fields}
     for name in LEDGER_COLUMNS:
         if f"flagged_{name}" in flagged_columns:
-            rolled_flagged = UsageRollup.objects.filter(hour__gte=start, hour__lt=end).aggregate(
-                total=Sum(f"flagged_{name}")
-            )["total"] or 0
+            rolled_flagged = (
+                UsageRollup.objects.filter(hour__gte=start, hour__lt=end).aggregate(
+                    total=Sum(f"flagged_{name}")
+                )["total"]
+                or 0
+            )
             if rolled_flagged != every.tokens[name] - clean.tokens[name]:
                 out.append(
                     f"rollup flagged_{name}: {rolled_flagged} != "
@@ -465,7 +484,9 @@ def ledger_month_export(
             "max_id": high,
             "sums": {"all": every.as_json(), "unflagged": clean.as_json()},
             "files": files,
-            "schema": [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in SCHEMA],
+            "schema": [
+                {"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in SCHEMA
+            ],
             "exported_at": timezone.now().isoformat(),
         }
         manifest_path = workdir / MANIFEST
@@ -520,7 +541,9 @@ def _read_verified_files(
         every.add(a)
         clean.add(u)
     if not differences:
-        differences += _differences("files vs manifest (all)", Sums.from_json(manifest["sums"]["all"]), every)
+        differences += _differences(
+            "files vs manifest (all)", Sums.from_json(manifest["sums"]["all"]), every
+        )
         differences += _differences(
             "files vs manifest (unflagged)", Sums.from_json(manifest["sums"]["unflagged"]), clean
         )
@@ -533,7 +556,10 @@ def _database_differences(month: datetime, manifest: dict[str, Any]) -> list[str
     every, clean, low, high = _database_sums(month)
     tolerance = SQLITE_MONEY_TOLERANCE if connection.vendor == "sqlite" else Decimal(0)
     out = _differences(
-        "database vs manifest (all)", Sums.from_json(manifest["sums"]["all"]), every, money_tolerance=tolerance
+        "database vs manifest (all)",
+        Sums.from_json(manifest["sums"]["all"]),
+        every,
+        money_tolerance=tolerance,
     )
     out += _differences(
         "database vs manifest (unflagged)",
@@ -542,7 +568,9 @@ def _database_differences(month: datetime, manifest: dict[str, Any]) -> list[str
         money_tolerance=tolerance,
     )
     if (low, high) != (manifest["min_id"], manifest["max_id"]):
-        out.append(f"database ids {low}..{high}, manifest {manifest['min_id']}..{manifest['max_id']}")
+        out.append(
+            f"database ids {low}..{high}, manifest {manifest['min_id']}..{manifest['max_id']}"
+        )
     return out
 
 
@@ -561,7 +589,9 @@ def ledger_month_verify(*, month: datetime, store: ArchiveStore | None = None) -
     store = store or archive_store()
     archive = _archive_of(month)
     if archive.state == State.DROPPED:
-        raise Conflict(f"{month_key(archive.month)} is dropped: there are no rows to verify against.")
+        raise Conflict(
+            f"{month_key(archive.month)} is dropped: there are no rows to verify against."
+        )
     with tempfile.TemporaryDirectory(prefix="reckon-verify-") as tmp:
         _, differences = _read_verified_files(archive, store, Path(tmp))
     differences += _database_differences(archive.month, archive.manifest)
@@ -576,3 +606,207 @@ def ledger_month_verify(*, month: datetime, store: ArchiveStore | None = None) -
     archive.verified_at = timezone.now()
     archive.save(update_fields=["state", "verified_at", "updated_at"])
     return archive
+
+
+# --- drop -------------------------------------------------------------------------------
+
+
+def ledger_month_drop(*, month: datetime) -> LedgerArchive:
+    """Drop a verified month from the database (PostgreSQL): under a lock that holds off
+    inserts into its partition, its count and sums are checked against the verified
+    manifest once more, then the partition is detached and dropped in one transaction.
+    Refused for an unverified month, and on the embedded SQLite ledger."""
+    archive = _archive_of(month)
+    key = month_key(archive.month)
+    if archive.state == State.DROPPED:
+        return archive
+    if archive.state != State.VERIFIED:
+        raise Conflict(f"{key} is {archive.state}, not verified: it cannot be dropped.")
+    if not is_partitioned():
+        raise Conflict(
+            f"{key} stays in the database: the embedded SQLite ledger is not partitioned and"
+            " its records are never deleted (export and verify work; drop needs PostgreSQL)."
+        )
+    with transaction.atomic():
+        name = partition_name(archive.month)
+        if name in {n for _, n in partitions_list()}:
+            with connection.cursor() as cursor:
+                cursor.execute(f'LOCK TABLE "{name}" IN SHARE MODE')
+        differences = _database_differences(archive.month, archive.manifest)
+        if differences:
+            raise ArchiveMismatch(
+                f"{key} changed since it was verified: {differences[0]}",
+                {"differences": differences},
+            )
+        partition_detach_drop(archive.month)
+        archive.state = State.DROPPED
+        archive.dropped_at = timezone.now()
+        archive.save(update_fields=["state", "dropped_at", "updated_at"])
+    log.warning("ledger month %s dropped from the database (archived at %s)", key, archive.location)
+    return archive
+
+
+def ledger_month_archive(
+    *, month: datetime, drop: bool = True, store: ArchiveStore | None = None
+) -> LedgerArchive:
+    """Export, verify and (unless `drop` is False) drop one month: the retention step,
+    resumable after a crash at any point. A month found exported is exported again (the
+    files are overwritten), one found verified is verified again before its drop (the
+    store may have changed since), one found dropped is left alone."""
+    store = store or archive_store()
+    start, _ = _month_bounds(month)
+    archive = LedgerArchive.objects.filter(month=start).first()
+    if archive is not None and archive.state == State.DROPPED:
+        return archive
+    if archive is None or archive.state != State.VERIFIED:
+        ledger_month_export(month=start, store=store)
+    archive = ledger_month_verify(month=start, store=store)
+    if drop:
+        archive = ledger_month_drop(month=start)
+    return archive
+
+
+# --- restore ----------------------------------------------------------------------------
+
+
+def _copy_in(path: Path, workdir: Path) -> None:
+    """Load one archive file into the ledger with its ids: Arrow writes the CSV that
+    PostgreSQL's COPY reads (null unquoted, empty text quoted, exact decimals)."""
+    table = pq.read_table(path)
+    csv_path = workdir / f"{path.stem}.csv"
+    pa_csv.write_csv(table, csv_path, pa_csv.WriteOptions(include_header=False))
+    columns = ", ".join(COLUMNS)
+    connection.ensure_connection()
+    raw = connection.connection
+    assert raw is not None
+    with raw.cursor() as cursor, open(csv_path, "rb") as source:
+        with cursor.copy(f"COPY {TABLE} ({columns}) FROM STDIN (FORMAT csv)") as copy:
+            for block in iter(lambda: source.read(1 << 20), b""):
+                copy.write(block)
+    csv_path.unlink()
+
+
+def ledger_month_restore(*, month: datetime, store: ArchiveStore | None = None) -> LedgerArchive:
+    """Bring a dropped month back: its files are checked against the manifest, its
+    partition created, its rows loaded with their ids and checked against the manifest,
+    all in one transaction. A month whose rows are in the database is left as it is
+    (restored already: a no-op; never dropped: refused)."""
+    store = store or archive_store()
+    archive = _archive_of(month)
+    key = month_key(archive.month)
+    if archive.state == State.RESTORED:
+        return archive
+    if archive.state != State.DROPPED:
+        raise Conflict(
+            f"{key} was never dropped ({archive.state}): its records are in the database."
+        )
+    with tempfile.TemporaryDirectory(prefix="reckon-restore-") as tmp:
+        workdir = Path(tmp)
+        paths, differences = _read_verified_files(archive, store, workdir)
+        if differences:
+            raise ArchiveMismatch(
+                f"The archive of {key} does not match its manifest: {differences[0]}",
+                {"differences": differences},
+            )
+        partition_create(archive.month)
+        with transaction.atomic():
+            for path in paths:
+                _copy_in(path, workdir)
+            differences = _database_differences(archive.month, archive.manifest)
+            if differences:
+                raise ArchiveMismatch(
+                    f"{key} restored does not match its manifest: {differences[0]}",
+                    {"differences": differences},
+                )
+            archive.state = State.RESTORED
+            archive.restored_at = timezone.now()
+            archive.save(update_fields=["state", "restored_at", "updated_at"])
+    log.info("ledger month %s restored: %s rows", key, archive.manifest["rows"])
+    return archive
+
+
+# --- retention --------------------------------------------------------------------------
+
+
+def retention_cutoff(*, as_of: datetime, months: int) -> datetime:
+    """The first month kept: `months` whole months before `as_of`'s month are kept, the
+    ones before them are archived."""
+    current = month_start(as_of)
+    return month_day(current.year, current.month - months)
+
+
+def ledger_months_due(*, as_of: datetime) -> list[datetime]:
+    """Months older than the retention (RECKON_LEDGER_RETENTION_MONTHS) whose partition is
+    still in the database, oldest first; none when retention is unset (keep forever) or
+    the ledger is not partitioned (SQLite keeps every record)."""
+    months = settings.RECKON_LEDGER_RETENTION_MONTHS
+    if months is None or not is_partitioned():
+        return []
+    cutoff = retention_cutoff(as_of=as_of, months=months)
+    return [month for month, _ in partitions_list() if month < cutoff]
+
+
+# --- reads of dropped months ------------------------------------------------------------
+
+
+def archived_months_dropped(*, start: datetime, end: datetime) -> list[datetime]:
+    """First instants of the dropped months that overlap [start, end)."""
+    first = month_start(start)
+    return list(
+        LedgerArchive.objects.filter(state=State.DROPPED, month__gte=first, month__lt=end)
+        .order_by("month")
+        .values_list("month", flat=True)
+    )
+
+
+def archived_usage_rows(
+    *,
+    month: datetime,
+    start: datetime,
+    end: datetime,
+    up_to_record_id: int,
+    tenant_ids: list[uuid.UUID] | None,
+    store: ArchiveStore | None = None,
+) -> list[dict[str, Any]]:
+    """What `metering.selectors` reads from the raw ledger, read from a dropped month's
+    archive: per (tenant, alias), the token sums and highest id of unflagged records
+    started in [start, end) with id <= `up_to_record_id`. The files are checked against
+    their manifest first (a tampered archive raises ArchiveMismatch, never a wrong sum)."""
+    store = store or archive_store()
+    archive = _archive_of(month)
+    needed = ["id", "tenant_id", "alias", "started_at", "flags", *LEDGER_COLUMNS]
+    with tempfile.TemporaryDirectory(prefix="reckon-read-") as tmp:
+        paths, differences = _read_verified_files(archive, store, Path(tmp))
+        if differences:
+            raise ArchiveMismatch(
+                f"The archive of {month_key(archive.month)} does not match its manifest:"
+                f" {differences[0]}",
+                {"differences": differences},
+            )
+        tables = [pq.read_table(path, columns=needed) for path in paths]
+    if not tables:
+        return []
+    table = pa.concat_tables(tables)
+    keep = pc.and_(
+        pc.and_(
+            pc.greater_equal(table["started_at"], pa.scalar(start, pa.timestamp("us", tz="UTC"))),
+            pc.less(table["started_at"], pa.scalar(end, pa.timestamp("us", tz="UTC"))),
+        ),
+        pc.and_(pc.less_equal(table["id"], up_to_record_id), pc.equal(table["flags"], UNFLAGGED)),
+    )
+    if tenant_ids is not None:
+        keep = pc.and_(keep, pc.is_in(table["tenant_id"], pa.array([str(t) for t in tenant_ids])))
+    grouped = (
+        table.filter(keep)
+        .group_by(["tenant_id", "alias"])
+        .aggregate([("id", "max"), *[(name, "sum") for name in LEDGER_COLUMNS]])
+    )
+    return [
+        {
+            "tenant_id": uuid.UUID(row["tenant_id"]),
+            "alias": row["alias"],
+            "last": row["id_max"],
+            **{name: row[f"{name}_sum"] for name in LEDGER_COLUMNS},
+        }
+        for row in grouped.to_pylist()
+    ]

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('metering', '0012_usage_watermark'),
+        ('metering', '0013_ledger_partitions'),
     ]
 
     operations = [
