@@ -206,11 +206,11 @@ def _database_sums(month: datetime) -> tuple[Sums, Sums, int | None, int | None]
     if connection.vendor == "postgresql":
         unflagged = Q(flags=[])
         row = records.aggregate(
-            requests=Count("id"),
+            all_requests=Count("id"),
             min_id=Min("id"),
             max_id=Max("id"),
             unflagged_requests=Count("id", filter=unflagged),
-            **{name: Sum(name) for name in (*LEDGER_COLUMNS, *MONEY_COLUMNS)},
+            **{f"all_{name}": Sum(name) for name in (*LEDGER_COLUMNS, *MONEY_COLUMNS)},
             **{
                 f"unflagged_{name}": Sum(name, filter=unflagged)
                 for name in (*LEDGER_COLUMNS, *MONEY_COLUMNS)
@@ -224,7 +224,7 @@ def _database_sums(month: datetime) -> tuple[Sums, Sums, int | None, int | None]
                 {name: Decimal(row[f"{prefix}{name}"] or 0) for name in MONEY_COLUMNS},
             )
 
-        return sums(""), sums("unflagged_"), row["min_id"], row["max_id"]
+        return sums("all_"), sums("unflagged_"), row["min_id"], row["max_id"]
     # SQLite: the rows as the ORM reads them (the values the export wrote), summed exactly.
     every, clean = Sums.zero(), Sums.zero()
     low: int | None = None
@@ -253,20 +253,20 @@ def _rollup_differences(month: datetime, manifest: dict[str, Any]) -> list[str]:
     (requests + flagged_requests), and the unflagged sums equal the rollups' sums."""
     start, end = _month_bounds(month)
     row = UsageRollup.objects.filter(hour__gte=start, hour__lt=end).aggregate(
-        requests=Sum("requests"),
-        flagged=Sum("flagged_requests"),
-        **{name: Sum(name) for name in (*LEDGER_COLUMNS, *MONEY_COLUMNS)},
+        rolled_requests=Sum("requests"),
+        rolled_flagged=Sum("flagged_requests"),
+        **{f"rolled_{name}": Sum(name) for name in (*LEDGER_COLUMNS, *MONEY_COLUMNS)},
     )
     every = Sums.from_json(manifest["sums"]["all"])
     clean = Sums.from_json(manifest["sums"]["unflagged"])
     out = []
-    counted = (row["requests"] or 0) + (row["flagged"] or 0)
+    counted = (row["rolled_requests"] or 0) + (row["rolled_flagged"] or 0)
     if counted != every.requests:
         out.append(f"rollup requests + flagged_requests: {counted} != {every.requests} records")
     rolled = Sums(
-        int(row["requests"] or 0),
-        {name: int(row[name] or 0) for name in LEDGER_COLUMNS},
-        {name: Decimal(row[name] or 0) for name in MONEY_COLUMNS},
+        int(row["rolled_requests"] or 0),
+        {name: int(row[f"rolled_{name}"] or 0) for name in LEDGER_COLUMNS},
+        {name: Decimal(row[f"rolled_{name}"] or 0) for name in MONEY_COLUMNS},
     )
     tolerance = SQLITE_MONEY_TOLERANCE if connection.vendor == "sqlite" else Decimal(0)
     out += _differences("rollups vs unflagged", clean, rolled, money_tolerance=tolerance)
