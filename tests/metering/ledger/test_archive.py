@@ -103,7 +103,7 @@ def write_month(month: datetime, rate: ServingCostRate, count: int = 40) -> list
                 reasoning_tokens=777 * n,
                 spend_usd=Decimal("0.000000000000000000000001") * n + Decimal("12.5") * (n % 5),
                 flags=["reasoning_exceeds_output"] if n % 10 == 9 else [],
-                raw_usage={"prompt_tokens": n, "note": "naïve, \"quoted\"\nline"} if n % 2 else None,
+                raw_usage={"prompt_tokens": n, "note": 'naïve, "quoted"\nline'} if n % 2 else None,
                 upstream_response_id="" if n % 3 else f"chatcmpl-{n}",
                 ttft_us=None if n % 2 else 1000 + n,
             )
@@ -145,7 +145,10 @@ def test_export_writes_exact_files_and_a_manifest(archive_dir: Path, rate: Servi
     assert every["reasoning_tokens"] == sum(r["reasoning_tokens"] for r in rows)
     assert clean["reasoning_tokens"] == sum(r["reasoning_tokens"] for r in rows if not r["flags"])
     assert clean["requests"] == 36
-    stored_spend = [s for s in UsageRecord.objects.filter(started_at__lt=OCT).values_list("spend_usd", flat=True)]
+    stored_spend = [
+        s
+        for s in UsageRecord.objects.filter(started_at__lt=OCT).values_list("spend_usd", flat=True)
+    ]
     assert Decimal(every["spend_usd"]) == sum(stored_spend)  # what the database holds
     if connection.vendor == "postgresql":  # (SQLite itself stores money as a float)
         assert Decimal(every["spend_usd"]) == sum(r["spend_usd"] for r in rows)
@@ -356,7 +359,9 @@ def test_the_store_url_never_carries_credentials() -> None:
         archive_store_open(url="")
 
 
-def test_the_admin_shows_archives_read_only(client: Any, archive_dir: Path, rate: ServingCostRate) -> None:
+def test_the_admin_shows_archives_read_only(
+    client: Any, archive_dir: Path, rate: ServingCostRate
+) -> None:
     write_month(SEP, rate, count=3)
     archive = ledger_month_export(month=SEP)
     client.force_login(User.objects.create_superuser("ops", "ops@example.com", "pw"))
@@ -366,7 +371,10 @@ def test_the_admin_shows_archives_read_only(client: Any, archive_dir: Path, rate
     page = client.get(reverse("admin:metering_ledgerarchive_change", args=[archive.pk]))
     assert page.status_code == 200 and b'name="_save"' not in page.content
     assert client.get(reverse("admin:metering_ledgerarchive_add")).status_code == 403
-    assert client.post(reverse("admin:metering_ledgerarchive_delete", args=[archive.pk])).status_code == 403
+    assert (
+        client.post(reverse("admin:metering_ledgerarchive_delete", args=[archive.pk])).status_code
+        == 403
+    )
 
 
 # --- S3-compatible store on loopback ----------------------------------------------------
