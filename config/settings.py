@@ -286,6 +286,9 @@ RECKON_LEDGER_SHUTDOWN_REPLAY_SECONDS = float(
 RECKON_LEDGER_SPOOL_HEARTBEAT_SECONDS = float(
     os.environ.get("RECKON_LEDGER_SPOOL_HEARTBEAT_SECONDS", "30")
 )
+# Months of ledger partitions kept ready after the current one (PostgreSQL; an hourly
+# beat task and every server start ensure them: metering.ledger.partitions).
+RECKON_LEDGER_PARTITIONS_AHEAD = int(os.environ.get("RECKON_LEDGER_PARTITIONS_AHEAD", "3"))
 
 # WhiteNoise hands Django's ASGI handler synchronous file iterators for static files (the
 # admin's CSS); harmless, but it would warn on every file.
@@ -347,6 +350,10 @@ CELERY_BEAT_SCHEDULE = {
     "learn-hold-caps": {
         "task": "metering.tasks.learn_hold_caps",
         "schedule": 3600.0,
+    },
+    "ledger-partitions-ensure": {
+        "task": "metering.tasks.ledger_partitions_ensure",
+        "schedule": 3600.0,  # months ahead kept ready; logs an error when coverage is short
     },
     "control-counters-rebuild": {
         "task": "metering.tasks.control_counters_rebuild",
