@@ -168,7 +168,13 @@ def partitions_maintain(*, ahead_months: int, now: datetime | None = None) -> Pa
     """The beat task's service: ensure `ahead_months` ahead, then check coverage and log
     an ERROR (the operators' alert) when it is short. Idempotent."""
     now = now or datetime.now(UTC)
-    created = partitions_ensure(ahead_months=ahead_months, now=now)
+    before = set(partitions_list())
+    try:
+        partitions_ensure(ahead_months=ahead_months, now=now)
+    except DatabaseError:
+        # reported, then judged by what coverage there is: the next run tries again
+        logger.exception("ledger partitions could not be ensured")
+    created = [pair for pair in partitions_list() if pair not in before]
     first = month_start(now)
     until = month_day(first.year, first.month + ahead_months + 1)
     covered = partitions_cover(until, since=now)
@@ -186,7 +192,10 @@ def partitions_startup_refusal(*, ahead_months: int, now: datetime | None = None
     """Ensure partitions at server start; why the server must not start, or None: it
     refuses unless [now, now + STARTUP_LEAD) is covered."""
     now = now or datetime.now(UTC)
-    partitions_ensure(ahead_months=ahead_months, now=now)
+    try:
+        partitions_ensure(ahead_months=ahead_months, now=now)
+    except DatabaseError:
+        logger.exception("ledger partitions could not be ensured at start-up")
     if partitions_cover(now + STARTUP_LEAD, since=now):
         return None
     return (
