@@ -303,6 +303,9 @@ RECKON_LEDGER_ARCHIVE_URL = os.environ.get(
 )
 # Endpoint of an S3-compatible store (MinIO, Ceph, R2, ...); empty: AWS S3.
 RECKON_LEDGER_ARCHIVE_ENDPOINT_URL = os.environ.get("RECKON_LEDGER_ARCHIVE_ENDPOINT_URL", "")
+# Months of ledger partitions kept ready after the current one (PostgreSQL; an hourly
+# beat task and every server start ensure them: metering.ledger.partitions).
+RECKON_LEDGER_PARTITIONS_AHEAD = int(os.environ.get("RECKON_LEDGER_PARTITIONS_AHEAD", "3"))
 
 # WhiteNoise hands Django's ASGI handler synchronous file iterators for static files (the
 # admin's CSS); harmless, but it would warn on every file.
@@ -364,6 +367,10 @@ CELERY_BEAT_SCHEDULE = {
     "learn-hold-caps": {
         "task": "metering.tasks.learn_hold_caps",
         "schedule": 3600.0,
+    },
+    "ledger-partitions-ensure": {
+        "task": "metering.tasks.ledger_partitions_ensure",
+        "schedule": 3600.0,  # months ahead kept ready; logs an error when coverage is short
     },
     "control-counters-rebuild": {
         "task": "metering.tasks.control_counters_rebuild",

@@ -11,6 +11,7 @@ from config.celery import RELIABLE_TASK
 from metering.control.counters import control_counters_rebuild as counters_rebuild
 from metering.control.holdcaps import hold_caps_learn
 from metering.ledger.archive import ledger_month_archive, ledger_months_due
+from metering.ledger.partitions import partitions_maintain
 
 
 @shared_task(name="metering.tasks.learn_hold_caps", **RELIABLE_TASK)
@@ -49,3 +50,14 @@ def ledger_retention(as_of: str | None = None) -> int:
 def ledger_archive_month(month: str) -> str:
     """Export, verify and drop one month; resumes wherever a crashed run stopped."""
     return ledger_month_archive(month=datetime.fromisoformat(month)).state
+
+
+@shared_task(name="metering.tasks.ledger_partitions_ensure", **RELIABLE_TASK)
+def ledger_partitions_ensure(as_of: str | None = None) -> int:
+    """Keep RECKON_LEDGER_PARTITIONS_AHEAD months of ledger partitions ready (PostgreSQL;
+    a no-op on SQLite); logs an error when coverage is short. Returns how many were made."""
+    maintained = partitions_maintain(
+        ahead_months=settings.RECKON_LEDGER_PARTITIONS_AHEAD,
+        now=datetime.fromisoformat(as_of) if as_of else None,
+    )
+    return len(maintained.created)

@@ -1,6 +1,10 @@
 import pytest
+from django.db.backends.signals import connection_created
+from django.dispatch import receiver
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
+
+from tests.usage_helpers import ensure_test_partitions
 
 # Property tests check correctness, not speed: on a loaded 2-core CI machine an example may
 # take longer than hypothesis's default 200 ms deadline without anything being wrong.
@@ -8,6 +12,23 @@ hypothesis_settings.register_profile(
     "reckon", deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 hypothesis_settings.load_profile("reckon")
+
+
+@receiver(connection_created)
+def _allow_flushing_the_ledger(sender, connection, **kwargs):  # type: ignore[no-untyped-def]
+    """The test database is flushed (TRUNCATE) after transactional tests; the ledger's
+    TRUNCATE triggers (migration 0013) let a session through that says so. Tests of the
+    triggers set it back (tests/metering/ledger/test_partitions.py)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET reckon.ledger_truncate = 'allow'")
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):  # type: ignore[no-untyped-def]
+    """The test database's ledger partitions cover the months the tests write in."""
+    with django_db_blocker.unblock():
+        ensure_test_partitions()
 
 
 @pytest.fixture(autouse=True)

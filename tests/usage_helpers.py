@@ -7,7 +7,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from metering.calendar import month_day
 from metering.ledger.orm import usage_records_write
+from metering.ledger.partitions import partition_create, partitions_ensure
 from metering.ledger.record import Rates, serving_cost
 from metering.ledger.spool import Spool
 from metering.models import ApiKey, ServingCostRate
@@ -124,3 +126,20 @@ def spool_append(spool_dir: Path, records: list[dict[str, Any]]) -> Path:
         return spool.append(records)
     finally:
         spool.close()
+
+
+# The oldest month the test suite writes usage in (its stories run in 2025 and 2026).
+TEST_LEDGER_FROM = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def ensure_test_partitions() -> None:
+    """On a partitioned ledger (PostgreSQL), every month from TEST_LEDGER_FROM to the
+    current one gets its partition, as an operator restoring history would make them
+    (`partition_create`); migration 0013 already made the current month and those ahead.
+    One contiguous range: the catalog guard (test_partitions) still sees any real gap."""
+    month = TEST_LEDGER_FROM
+    now = datetime.now(UTC)
+    while month <= now:
+        partition_create(month)
+        month = month_day(month.year, month.month + 1)
+    partitions_ensure(ahead_months=3)

@@ -7,8 +7,9 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 
+from metering.ledger.partitions import is_missing_partition
 from metering.ledger.rollups import usage_rollups_fold
 from metering.models import ApiKey, UsageRecord
 
@@ -53,6 +54,10 @@ class OrmLedgerSink:
     def _write(self, records: list[dict[str, Any]], touch_keys: list[int]) -> None:
         try:
             usage_records_write(records, touch_keys=touch_keys)
+        except IntegrityError as exc:
+            if is_missing_partition(exc):  # the database's failure, not the records'
+                raise DatabaseError(str(exc)) from exc
+            raise
         except DatabaseError:
             connection.close()  # replaced on the next try
             raise

@@ -30,7 +30,8 @@ a no-op, `partitions_list` is empty and `partitions_cover` is True.
 import logging
 import re
 import time
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import DatabaseError, OperationalError, connection, transaction
@@ -75,13 +76,12 @@ def _next_month(month: datetime) -> datetime:
 
 def partitions_bounds() -> list[tuple[str, datetime, datetime]]:
     """(name, from, to) of every partition attached to the ledger, oldest first, as the
-    catalog states them (half-open [from, to)); a DEFAULT partition shows as (name, None
-    bounds) is impossible here: it is reported with from == to == datetime.min (UTC)."""
+    catalog states them (half-open [from, to)). A DEFAULT partition (never made here) is
+    not hidden: it shows with from == to == datetime.min (UTC)."""
     if connection.vendor != "postgresql":
         return []
     with connection.cursor() as cursor:
-        # The bound text is rendered in the session's time zone; Django's is UTC, but
-        # say so explicitly for this statement's transaction.
+        # The bound text carries its UTC offset, whatever the session's time zone.
         cursor.execute(
             "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid)"
             " FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
@@ -148,6 +148,61 @@ def partitions_ensure(
             created.append((month, partition_name(month)))
             logger.info("ledger partition %s created", partition_name(month))
     return created
+
+
+# What start-up demands be covered: a server never starts less than this far from a gap.
+STARTUP_LEAD = timedelta(days=31)
+
+
+@dataclass(frozen=True)
+class PartitionsMaintained:
+    """What one `partitions_maintain` run did and found."""
+
+    created: list[tuple[datetime, str]]
+    # Partitions run without a gap from now to the start of `ahead_months` after the
+    # current month's end (False also means an insert may soon fail for want of one).
+    covered: bool
+
+
+def partitions_maintain(*, ahead_months: int, now: datetime | None = None) -> PartitionsMaintained:
+    """The beat task's service: ensure `ahead_months` ahead, then check coverage and log
+    an ERROR (the operators' alert) when it is short. Idempotent."""
+    now = now or datetime.now(UTC)
+    before = set(partitions_list())
+    try:
+        partitions_ensure(ahead_months=ahead_months, now=now)
+    except DatabaseError:
+        # reported, then judged by what coverage there is: the next run tries again
+        logger.exception("ledger partitions could not be ensured")
+    created = [pair for pair in partitions_list() if pair not in before]
+    first = month_start(now)
+    until = month_day(first.year, first.month + ahead_months + 1)
+    covered = partitions_cover(until, since=now)
+    if not covered:
+        logger.error(
+            "ledger partitions do not cover %s to %s: usage records of the missing months"
+            " will be spooled, not stored (run `manage.py ledger_partitions --ensure`)",
+            now.isoformat(),
+            until.isoformat(),
+        )
+    return PartitionsMaintained(created=created, covered=covered)
+
+
+def partitions_startup_refusal(*, ahead_months: int, now: datetime | None = None) -> str | None:
+    """Ensure partitions at server start; why the server must not start, or None: it
+    refuses unless [now, now + STARTUP_LEAD) is covered."""
+    now = now or datetime.now(UTC)
+    try:
+        partitions_ensure(ahead_months=ahead_months, now=now)
+    except DatabaseError:
+        logger.exception("ledger partitions could not be ensured at start-up")
+    if partitions_cover(now + STARTUP_LEAD, since=now):
+        return None
+    return (
+        f"the ledger's partitions do not cover {now:%Y-%m-%d} to "
+        f"{now + STARTUP_LEAD:%Y-%m-%d}: records would be refused "
+        "(see `manage.py ledger_partitions`)."
+    )
 
 
 def partition_detach_drop(month: datetime) -> bool:

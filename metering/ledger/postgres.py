@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 from django.db import DatabaseError, DataError, IntegrityError
 
+from metering.ledger.partitions import is_missing_partition
 from metering.ledger.rollups import ROLLUP_SUMS, rollup_hourly_sql, rollup_upsert_sql
 from metering.usage import LEDGER_COLUMNS
 
@@ -65,7 +66,9 @@ def _pg_insert_sql(*, touch: bool) -> str:
         "WITH inserted AS ("  # noqa: S608
         f" INSERT INTO metering_usagerecord ({names}, recorded_at)"
         f" SELECT {names}, now() FROM json_to_recordset($1::json) AS u({definitions})"
-        " ON CONFLICT (request_id) DO NOTHING"
+        # The partitioned ledger's unique index holds the partition key; it is global
+        # because a v7 request id fixes its started_at (metering.ledger.partitions).
+        " ON CONFLICT (request_id, started_at) DO NOTHING"
         f" RETURNING id, tenant_id, alias, accelerator, started_at, flags, {sum_names}),"
         # Only rows actually inserted reach the rollups: a replayed batch adds nothing.
         f" hourly AS ({rollup_hourly_sql(source='inserted')}),"
@@ -122,6 +125,11 @@ class PostgresLedgerSink:
                 )
             await conn.execute(*pg_insert_statement(records, touch_keys, shard))
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            if is_missing_partition(exc):
+                # the database lacks the month's partition: its failure, not the
+                # record's (retried, then spooled; never quarantined)
+                self._idle.append((conn, shard))
+                raise DatabaseError(str(exc)) from exc
             self._idle.append((conn, shard))  # the connection is fine; the data is not
             raise (DataError if isinstance(exc, psycopg.DataError) else IntegrityError)(
                 str(exc)

@@ -22,6 +22,7 @@ load them; deleted by whichever replay loads them).
 import asyncio
 import logging
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from django.db import DatabaseError, DataError, IntegrityError, connection
 
 from metering.ledger.orm import OrmLedgerSink
 from metering.ledger.postgres import PostgresLedgerSink, pg_conninfo
+from metering.ledger.record import started_at_of
 from metering.ledger.spool import Spool, spool_replay, spool_report, spool_unclaimed
 from metering.usage import LEDGER_COLUMNS
 
@@ -43,8 +45,22 @@ _BIGINT_MAX = 2**63 - 1
 
 
 def sanitize_record(record: dict[str, Any]) -> dict[str, Any]:
-    """Strip what PostgreSQL cannot store (NUL characters, integers beyond 64 bits)."""
+    """Strip what PostgreSQL cannot store (NUL characters, integers beyond 64 bits), and
+    give a version-7 request id back the `started_at` it encodes.
+
+    Why the last: the partitioned ledger refuses a v7 id whose `started_at` disagrees
+    with it (`metering.ledger.record.request_id_for`), so such a record cannot be stored
+    as it is. The id is the authority (the proxy made it from the true start, and a
+    retry of the call carries it): stored under the id's time, the record lands where a
+    copy of it already stored would be, and counts once; the flag `started_at_mismatch`
+    (besides `quarantined_record`) holds it back from rating for review."""
     out = dict(record)
+    request_id = record.get("request_id")
+    if request_id is not None:
+        encoded = started_at_of(uuid.UUID(str(request_id)))
+        if encoded is not None and encoded != record.get("started_at"):
+            out["started_at"] = encoded
+            out["flags"] = [*record.get("flags", []), "started_at_mismatch"]
     for name, value in record.items():
         if isinstance(value, str):
             out[name] = value.replace("\x00", "")
@@ -272,6 +288,8 @@ class LedgerWriter:
             except (DataError, IntegrityError, TypeError, ValueError):
                 # Something in the batch itself (not the database) is refused: split it so
                 # one bad record cannot take the others down, and quarantine that record.
+                # (A row with no partition for its month is the database's failure: the
+                # sink raises it as a DatabaseError, below.)
                 if len(records) == 1:
                     await self._quarantine(records[0], touch)
                     return False
@@ -301,7 +319,9 @@ class LedgerWriter:
         safe = sanitize_record(record)
         safe["flags"] = [*safe.get("flags", []), "quarantined_record"]
         logger.error(
-            "usage record %s refused by the database; stored flagged", record["request_id"]
+            "usage record %s (started_at %s) refused by the database; stored flagged",
+            record["request_id"],
+            record.get("started_at"),
         )
         assert self._sink is not None
         await self._sink.write([safe], touch)

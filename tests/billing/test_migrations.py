@@ -7,6 +7,8 @@ import pytest
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
+from tests.usage_helpers import ensure_test_partitions
+
 BEFORE = [("billing", "0008_usage_watermark"), ("metering", "0012_usage_watermark")]
 NO_DRAFT = [("billing", "0009_invoice_no_draft")]
 
@@ -25,6 +27,7 @@ def before_no_draft():  # type: ignore[no-untyped-def]
     state = migrate(BEFORE).loader.project_state(BEFORE)
     yield state.apps
     migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
+    ensure_test_partitions()  # metering 0013 rebuilt the ledger with this month's on
 
 
 def _invoice(apps, status: str, number: str | None):  # type: ignore[no-untyped-def]

@@ -4,8 +4,10 @@ import uvicorn
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connection
 
 from api.proxy.server import ReckonHttpProtocol
+from metering.ledger.partitions import partitions_startup_refusal
 
 
 def serve_refusal(
@@ -59,6 +61,11 @@ class Command(BaseCommand):
             # Every deployment warning (secure cookies, HSTS, redirect, key strength) stops
             # the start instead of scrolling past in a log.
             call_command("check", deploy=True, fail_level="WARNING")
+        # No insert may fail for want of a ledger partition (PostgreSQL; no-op on SQLite).
+        refusal = partitions_startup_refusal(ahead_months=settings.RECKON_LEDGER_PARTITIONS_AHEAD)
+        connection.close()  # the workers open their own
+        if refusal:
+            raise CommandError(f"serve refuses to start: {refusal}")
         uvicorn.run(
             "config.asgi:application",
             host=options["host"],
