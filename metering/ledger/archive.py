@@ -195,8 +195,9 @@ def _table_sums(table: pa.Table) -> Sums:
 
 def _table_sums_both(table: pa.Table) -> tuple[Sums, Sums]:
     """(all records, unflagged records) of an archive table."""
-    unflagged = table.filter(pc.equal(table["flags"], UNFLAGGED))
-    return _table_sums(table), _table_sums(unflagged)
+    summed = table.select([*LEDGER_COLUMNS, *MONEY_COLUMNS])
+    unflagged = summed.filter(pc.equal(table["flags"], UNFLAGGED))
+    return _table_sums(summed), _table_sums(unflagged)
 
 
 def _database_sums(month: datetime) -> tuple[Sums, Sums, int | None, int | None]:
@@ -673,6 +674,14 @@ def _copy_in(path: Path, workdir: Path) -> None:
     """Load one archive file into the ledger with its ids: Arrow writes the CSV that
     PostgreSQL's COPY reads (null unquoted, empty text quoted, exact decimals)."""
     table = pq.read_table(path)
+    for index, field in enumerate(table.schema):
+        if pa.types.is_timestamp(field.type):
+            # UTC wall time plus its offset: Arrow formats this many times faster than
+            # the zoned type, and PostgreSQL reads it exactly.
+            wall = table.column(index).cast(pa.timestamp("us")).cast(pa.string())
+            table = table.set_column(
+                index, field.name, pc.binary_join_element_wise(wall, pa.scalar("+00"), "")
+            )
     csv_path = workdir / f"{path.stem}.csv"
     pa_csv.write_csv(table, csv_path, pa_csv.WriteOptions(include_header=False))
     columns = ", ".join(COLUMNS)
@@ -737,13 +746,18 @@ def retention_cutoff(*, as_of: datetime, months: int) -> datetime:
 
 def ledger_months_due(*, as_of: datetime) -> list[datetime]:
     """Months older than the retention (RECKON_LEDGER_RETENTION_MONTHS) whose partition is
-    still in the database, oldest first; none when retention is unset (keep forever) or
-    the ledger is not partitioned (SQLite keeps every record)."""
+    still in the database, oldest first, except months an operator restored; none when
+    retention is unset (keep forever) or the ledger is not partitioned (SQLite keeps
+    every record)."""
     months = settings.RECKON_LEDGER_RETENTION_MONTHS
     if months is None or not is_partitioned():
         return []
     cutoff = retention_cutoff(as_of=as_of, months=months)
-    return [month for month, _ in partitions_list() if month < cutoff]
+    # A month an operator restored stays until they archive it again by hand.
+    restored = set(
+        LedgerArchive.objects.filter(state=State.RESTORED).values_list("month", flat=True)
+    )
+    return [month for month, _ in partitions_list() if month < cutoff and month not in restored]
 
 
 # --- reads of dropped months ------------------------------------------------------------

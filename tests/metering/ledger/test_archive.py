@@ -296,6 +296,9 @@ def test_retention_resumes_after_a_crash_between_export_and_drop(
     assert db_rows(SEP) == [] and len(db_rows(OCT)) == 4
     assert not LedgerArchive.objects.filter(month=OCT).exists()
     assert tasks.ledger_retention.delay(as_of.isoformat()).get() == 0  # idempotent
+    ledger_month_restore(month=SEP)  # an operator brings September back to look at it:
+    assert tasks.ledger_retention.delay(as_of.isoformat()).get() == 0  # it stays
+    assert len(db_rows(SEP)) == 40
 
 
 @postgres_only

@@ -1,0 +1,204 @@
+"""Archive benchmark: one ledger month of N records exported, verified, dropped and
+restored (metering.ledger.archive), round after round.
+
+    make bench-archive     # or: .venv/bin/python bench/archive_bench.py [--records 1000000] [--rounds 3]
+
+Data (PostgreSQL, set-based, into a fresh database `reckon_archive_bench`, migrated, so
+the ledger is partitioned by month): N usage records in 2026-09 over 20 tenants and 4
+aliases, token counts derived from the row number, a provider usage object in
+`raw_usage`, exact serving cost and spend, one record in a hundred flagged; their hourly
+rollups built by the same aggregation the ledger performs on insert.
+
+Each round: export (COPY out, Parquet zstd, store), verify (files read back from the
+store, checksums, sums; the database's SQL sums; the rollups), drop (recheck under lock,
+DETACH + DROP), restore (partition, COPY in with ids, recheck). Printed: seconds per
+million records for export and verify, seconds for drop and restore, min / median / max
+over the rounds, beside a same-run baseline: a bare `COPY (SELECT * FROM the month) TO
+STDOUT` into nothing (what reading the month alone costs). Bytes per record: the Parquet
+files, and the month's partition in PostgreSQL (heap, TOAST and indexes).
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DB = "reckon_archive_bench"
+MONTH = datetime(2026, 9, 1, tzinfo=UTC)
+
+
+def spread(values: list[float], scale: float = 1.0) -> str:
+    scaled = [v * scale for v in values]
+    return f"{min(scaled):7.2f} / {statistics.median(scaled):7.2f} / {max(scaled):7.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--archive-url", default="", help="file:///dir or s3://bucket/prefix (default: a temp dir)"
+    )
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
+    )
+    args = parser.parse_args()
+    server = args.database_url.rsplit("/", 1)[0]
+    subprocess.run(
+        ["psql", server + "/postgres", "-qc", f"DROP DATABASE IF EXISTS {DB}"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(["psql", server + "/postgres", "-qc", f"CREATE DATABASE {DB}"], check=True)
+    os.environ["DATABASE_URL"] = f"{server}/{DB}"
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    workdir = tempfile.TemporaryDirectory(prefix="reckon-archive-bench-")
+    os.environ["RECKON_LEDGER_ARCHIVE_URL"] = args.archive_url or Path(workdir.name).as_uri()
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection
+
+    from metering.ledger.archive import (
+        ledger_month_drop,
+        ledger_month_export,
+        ledger_month_restore,
+        ledger_month_verify,
+    )
+    from metering.ledger.partitions import partition_create, partition_name
+    from metering.models import LedgerArchive
+    from metering.services import api_key_create, tenant_create
+
+    call_command("migrate", verbosity=0)
+    partition_create(MONTH)
+    tenants = [tenant_create(name=f"tenant-{n}") for n in range(20)]
+    keys = [api_key_create(tenant=t).api_key for t in tenants]
+    seconds = 30 * 86400
+    t = time.perf_counter()
+    with connection.cursor() as cur:
+        cur.execute(
+            "INSERT INTO metering_usagerecord (request_id, tenant_id, api_key_id, alias, provider,"
+            " upstream_model, accelerator, endpoint, stream, status, upstream_status, upstream_response_id,"
+            " input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens,"
+            " reasoning_source, flags, raw_usage, cost_rate_id, serving_cost_usd, spend_usd,"
+            " reasoning_cost_usd, client_disconnected, ttft_us, latency_us,"
+            " started_at, finished_at, recorded_at)"
+            " SELECT gen_random_uuid(), (%s::uuid[])[g %% 20 + 1], (%s::int8[])[g %% 20 + 1],"
+            " (ARRAY['r1','r2','r3','r4'])[g %% 4 + 1], 'openai', 'sim-large', 'h100',"
+            " 'chat.completions', g %% 3 = 0, 'completed', 200, 'chatcmpl-' || md5(g::text),"
+            " 50 + g %% 400, (g %% 7) * 64, 0, 10 + g %% 90, (g * 7919) %% 2000, 'reported',"
+            " CASE WHEN g %% 100 = 99 THEN '[\"reasoning_exceeds_output\"]'::jsonb ELSE '[]'::jsonb END,"
+            " jsonb_build_object('prompt_tokens', 50 + g %% 400, 'completion_tokens',"
+            "   10 + g %% 90 + (g * 7919) %% 2000, 'completion_tokens_details',"
+            "   jsonb_build_object('reasoning_tokens', (g * 7919) %% 2000)),"
+            " NULL, ((g %% 997) * 0.000000123456789012345678)::numeric(44,24),"
+            " ((g %% 991) * 0.000001234567890123456789)::numeric(44,24),"
+            " ((g %% 983) * 0.000000012345678901234567)::numeric(44,24),"
+            " false, 150000 + g %% 1000, 900000 + g %% 5000,"
+            " %s::timestamptz + make_interval(secs => (g::float8 * %s / %s)),"
+            " %s::timestamptz + make_interval(secs => (g::float8 * %s / %s) + 1), now()"
+            " FROM generate_series(0::bigint, %s - 1) g",
+            [
+                [str(x.pk) for x in tenants],
+                [k.pk for k in keys],
+                MONTH,
+                seconds,
+                args.records,
+                MONTH,
+                seconds,
+                args.records,
+                args.records,
+            ],
+        )
+        cur.execute(
+            "INSERT INTO metering_usagerollup (tenant_id, alias, accelerator, hour, shard, requests,"  # noqa: S608
+            " flagged_requests, input_tokens, cached_input_tokens, cache_write_tokens, output_tokens,"
+            " reasoning_tokens, serving_cost_usd, reasoning_cost_usd, spend_usd, last_record_id,"
+            " changed_xid, updated_at)"
+            " SELECT tenant_id, alias, accelerator, date_trunc('hour', started_at, 'UTC'), 0,"
+            " count(*) FILTER (WHERE flags = '[]'), count(*) FILTER (WHERE flags <> '[]'),"
+            + ", ".join(
+                f"coalesce(sum({c}) FILTER (WHERE flags = '[]'), 0)"
+                for c in (
+                    "input_tokens",
+                    "cached_input_tokens",
+                    "cache_write_tokens",
+                    "output_tokens",
+                    "reasoning_tokens",
+                    "serving_cost_usd",
+                    "reasoning_cost_usd",
+                    "spend_usd",
+                )
+            )
+            + ", max(id), 0, now() FROM metering_usagerecord GROUP BY 1, 2, 3, 4"
+        )
+        cur.execute("ANALYZE")
+        cur.execute("SELECT pg_total_relation_size(%s)", [partition_name(MONTH)])
+        (pg_bytes,) = cur.fetchone()
+    prepared = time.perf_counter() - t
+    million = 1_000_000 / args.records
+
+    def timed(work: Callable[[], object]) -> float:
+        start = time.perf_counter()
+        work()
+        return time.perf_counter() - start
+
+    def bare_copy() -> None:
+        raw = connection.connection
+        with raw.cursor() as cursor:
+            query = f'COPY (SELECT * FROM "{partition_name(MONTH)}" ORDER BY id) TO STDOUT'  # noqa: S608
+            with cursor.copy(query) as copy:
+                for _ in copy:
+                    pass
+
+    baseline, export, verify, drop, restore = [], [], [], [], []
+    parquet_bytes = 0
+    for _ in range(args.rounds):
+        baseline.append(timed(bare_copy))
+        export.append(timed(lambda: ledger_month_export(month=MONTH)))
+        verify.append(timed(lambda: ledger_month_verify(month=MONTH)))
+        drop.append(timed(lambda: ledger_month_drop(month=MONTH)))
+        restore.append(timed(lambda: ledger_month_restore(month=MONTH)))
+        parquet_bytes = sum(
+            f["bytes"] for f in LedgerArchive.objects.get(month=MONTH).manifest["files"]
+        )
+
+    print()
+    print(
+        f"Archive benchmark on this {os.cpu_count()}-core machine (PostgreSQL, store: "
+        f"{'temp dir' if not args.archive_url else args.archive_url}), {datetime.now(UTC):%Y-%m-%d}"
+    )
+    print(f"  data: {args.records:,} records in one month partition, ready in {prepared:.0f}s")
+    print(f"  rounds: {args.rounds}; figures min / median / max")
+    print(f"  baseline, bare COPY of the month (s per 1M):  {spread(baseline, million)}")
+    print(f"  export (s per 1M records):                    {spread(export, million)}")
+    print(f"  verify (s per 1M records):                    {spread(verify, million)}")
+    print(f"  drop, recheck + DETACH + DROP (s):            {spread(drop)}")
+    print(f"  restore, COPY in + recheck (s):               {spread(restore)}")
+    print(f"  restore (s per 1M records):                   {spread(restore, million)}")
+    print(
+        f"  bytes per record: Parquet zstd {parquet_bytes / args.records:.1f},"
+        f" PostgreSQL partition (heap+TOAST+indexes) {pg_bytes / args.records:.1f}"
+        f" (x{pg_bytes / max(parquet_bytes, 1):.1f})"
+    )
+    connection.close()
+    workdir.cleanup()
+    subprocess.run(
+        ["psql", server + "/postgres", "-qc", f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)"],
+        check=True,
+        capture_output=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
