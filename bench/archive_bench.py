@@ -14,7 +14,9 @@ store, checksums, sums; the database's SQL sums; the rollups), drop (recheck und
 DETACH + DROP), restore (partition, COPY in with ids, recheck). Printed: seconds per
 million records for export and verify, seconds for drop and restore, min / median / max
 over the rounds, beside a same-run baseline: a bare `COPY (SELECT * FROM the month) TO
-STDOUT` into nothing (what reading the month alone costs). Bytes per record: the Parquet
+STDOUT` into nothing (what reading the month alone costs) and an `INSERT ... SELECT` of
+the month into a copy of the table with its indexes and CHECKs (what writing it alone
+costs). Bytes per record: the Parquet
 files, and the month's partition in PostgreSQL (heap, TOAST and indexes).
 """
 
@@ -161,10 +163,22 @@ def main() -> None:
                 for _ in copy:
                     pass
 
-    baseline, export, verify, drop, restore = [], [], [], [], []
+    def bare_write() -> None:
+        """The same rows written by PostgreSQL alone into a table with the ledger's
+        indexes and CHECKs (no partition routing): what a restore cannot go below."""
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "CREATE TEMP TABLE bench_write (LIKE metering_usagerecord INCLUDING DEFAULTS"
+                " INCLUDING CONSTRAINTS INCLUDING INDEXES)"
+            )
+            cursor.execute(f'INSERT INTO bench_write SELECT * FROM "{partition_name(MONTH)}"')  # noqa: S608
+            cursor.execute("DROP TABLE bench_write")
+
+    baseline, written, export, verify, drop, restore = [], [], [], [], [], []
     parquet_bytes = 0
     for _ in range(args.rounds):
         baseline.append(timed(bare_copy))
+        written.append(timed(bare_write))
         export.append(timed(lambda: ledger_month_export(month=MONTH)))
         verify.append(timed(lambda: ledger_month_verify(month=MONTH)))
         drop.append(timed(lambda: ledger_month_drop(month=MONTH)))
@@ -186,6 +200,9 @@ def main() -> None:
     print(f"  drop, recheck + DETACH + DROP (s):            {spread(drop)}")
     print(f"  restore, COPY in + recheck (s):               {spread(restore)}")
     print(f"  restore (s per 1M records):                   {spread(restore, million)}")
+    print(
+        f"  baseline, INSERT..SELECT of the month into a copy with its indexes (s per 1M): {spread(written, million)}"
+    )
     print(
         f"  bytes per record: Parquet zstd {parquet_bytes / args.records:.1f},"
         f" PostgreSQL partition (heap+TOAST+indexes) {pg_bytes / args.records:.1f}"
