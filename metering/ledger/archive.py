@@ -48,7 +48,7 @@ from django.db.models import Count, Max, Min, Q, Sum
 from django.utils import timezone
 
 from config.errors import ApplicationError, Conflict, NotFound
-from metering.calendar import month_day, month_start
+from metering.calendar import month_day, month_key, month_start
 from metering.ledger.archive_store import ArchiveStore, archive_store_open
 from metering.ledger.partitions import (
     is_partitioned,
@@ -107,10 +107,6 @@ SCHEMA = pa.schema(
     metadata={"reckon.schema_version": str(SCHEMA_VERSION)},
 )
 COLUMNS = [f.column for f in FIELDS]
-
-
-def month_key(month: datetime) -> str:
-    return f"{month:%Y-%m}"
 
 
 def _month_bounds(month: datetime) -> tuple[datetime, datetime]:

@@ -123,10 +123,46 @@ def db_rows(month: datetime) -> list[tuple[Any, ...]]:
     )
 
 
+VERSION_1 = [
+    "id:int64",
+    "request_id:string",
+    "tenant_id:string",
+    "api_key_id:int64",
+    "alias:string",
+    "provider:string",
+    "upstream_model:string",
+    "accelerator:string",
+    "endpoint:string",
+    "stream:bool",
+    "status:string",
+    "upstream_status:int64",
+    "upstream_response_id:string",
+    "input_tokens:int64",
+    "cached_input_tokens:int64",
+    "cache_write_tokens:int64",
+    "output_tokens:int64",
+    "reasoning_tokens:int64",
+    "reasoning_source:string",
+    "flags:string",
+    "raw_usage:string",
+    "cost_rate_id:int64",
+    "serving_cost_usd:decimal256(44, 24)",
+    "spend_usd:decimal256(44, 24)",
+    "reasoning_cost_usd:decimal256(44, 24)",
+    "client_disconnected:bool",
+    "ttft_us:int64",
+    "latency_us:int64",
+    "started_at:timestamp[us, tz=UTC]",
+    "finished_at:timestamp[us, tz=UTC]",
+    "recorded_at:timestamp[us, tz=UTC]",
+]
+
+
 def test_schema_is_explicit_and_pinned() -> None:
     # A new ledger column must come with a new archive schema version.
     assert SCHEMA_VERSION == 1
     assert SCHEMA.names == [f.column for f in UsageRecord._meta.concrete_fields]
+    assert [f"{f.name}:{f.type}" for f in SCHEMA] == VERSION_1  # bump the version with it
     assert str(SCHEMA.field("spend_usd").type) == "decimal256(44, 24)"
     assert str(SCHEMA.field("started_at").type) == "timestamp[us, tz=UTC]"
     assert not any("float" in str(f.type) or "double" in str(f.type) for f in SCHEMA)
