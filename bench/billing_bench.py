@@ -57,10 +57,12 @@ def main() -> None:
     from billing.period_rating import invoice_preview, rate_all_tenants
     from billing.plans import plan_create, plan_version_create, plan_version_publish
     from billing.pricing.periods import Period
+    from metering.ledger.partitions import partition_create
     from metering.services import api_key_create, tenant_create
 
     call_command("migrate", verbosity=0)
     start, end = datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
+    partition_create(start)  # the ledger's month (PostgreSQL partitions; made ahead from now)
     plan = plan_create(code="bench", name="Bench")
     version = plan_version_publish(
         version=plan_version_create(

@@ -159,8 +159,8 @@ class PartitionsMaintained:
     """What one `partitions_maintain` run did and found."""
 
     created: list[tuple[datetime, str]]
-    # Partitions run without a gap from now to the start of `ahead_months` after the
-    # current month's end (False also means an insert may soon fail for want of one).
+    # Partitions run without a gap over [now, end of the `ahead_months`-th month after the
+    # current one); False: some insert in that span would fail for want of a partition.
     covered: bool
 
 

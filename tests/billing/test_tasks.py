@@ -32,6 +32,7 @@ LEGACY_NAMES = {
     alert_delivery.alert_deliver_task: "billing.alert_deliver",
     metering_tasks.learn_hold_caps: "metering.tasks.learn_hold_caps",
     metering_tasks.control_counters_rebuild: "metering.tasks.control_counters_rebuild",
+    metering_tasks.ledger_partitions_ensure: "metering.tasks.ledger_partitions_ensure",
 }
 
 # What services and start-up hooks enqueue (once committed, or from the proxy's thread).

@@ -7,11 +7,14 @@ import asyncio
 import logging
 import uuid
 from datetime import UTC, datetime, timedelta
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.db.models import Sum
@@ -546,3 +549,31 @@ def test_the_migration_keeps_rows_and_ids_and_the_sequence_continues() -> None:
     assert catalog_problems(lead_end()) == []
     later = UsageRecordFactory(api_key=key, tenant=key.tenant)
     assert later.pk == max(row[0] for row in before) + 1  # the sequence went on
+
+
+# --- the operators' command --------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_command_lists_and_ensures_partitions() -> None:
+    out = StringIO()
+    call_command("ledger_partitions", "--ensure", "--ahead", "3", stdout=out)
+    if connection.vendor != "postgresql":
+        assert "not partitioned" in out.getvalue()
+        return
+    lines = out.getvalue().splitlines()
+    assert [line.split()[0] for line in lines] == [name for _, name in partitions_list()]
+    assert f"{partition_name(datetime.now(UTC))}  [" in out.getvalue()
+    with pytest.raises(CommandError, match="--ahead"):
+        call_command("ledger_partitions", "--ensure", "--ahead", "-1")
+
+
+@postgres_only
+@pytest.mark.django_db
+def test_the_command_fails_when_a_server_would_refuse_to_start() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f'ALTER TABLE {partitions.PARENT} DETACH PARTITION "{partition_name(datetime.now(UTC))}"'
+        )
+    with pytest.raises(CommandError, match="do not cover"):
+        call_command("ledger_partitions", stdout=StringIO())
