@@ -267,6 +267,8 @@ def test_sqlite_exports_and_verifies_but_keeps_its_records(
         ledger_month_archive(month=SEP)
     assert LedgerArchive.objects.get(month=SEP).state == "verified"
     assert len(db_rows(SEP)) == 40
+    with pytest.raises(CommandError, match="SQLite ledger is not partitioned"):
+        call_command("ledger_archive", "2026-09")
     call_command("ledger_archive", "2026-09", "--no-drop")
     assert tasks.ledger_retention.delay().get() == 0  # retention never drops on SQLite
 
@@ -498,3 +500,10 @@ def test_s3_store_drop_and_restore(s3_archive: Any, rate: ServingCostRate) -> No
 def test_months_must_be_whole() -> None:
     with pytest.raises(ValueError, match="first instant of a month"):
         ledger_archive._month_bounds(SEP + timedelta(days=1))
+
+
+@pytest.mark.parametrize("command", ["ledger_archive", "ledger_restore"])
+@pytest.mark.parametrize("month", ["2026-13", "2026-9", "Sept", "2026-09-01"])
+def test_commands_refuse_a_malformed_month(command: str, month: str) -> None:
+    with pytest.raises(CommandError, match="Use YYYY-MM"):
+        call_command(command, month)
