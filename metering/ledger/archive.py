@@ -24,6 +24,7 @@ dropped month from here (`archived_usage_rows`). A restore loads the rows back w
 their ids (COPY) into a fresh partition and checks them against the manifest.
 """
 
+import functools
 import hashlib
 import itertools
 import json
@@ -31,12 +32,12 @@ import logging
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -114,6 +115,38 @@ def _month_bounds(month: datetime) -> tuple[datetime, datetime]:
     if start != month:
         raise ValueError(f"{month} is not the first instant of a month (UTC)")
     return start, month_day(start.year, start.month + 1)
+
+
+# pg_try_advisory_lock(ADVISORY_CLASS, YYYYMM): one archive step of a month at a time.
+ADVISORY_CLASS = 0x52434B41  # "RCKA"
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def one_run_per_month(step: Callable[P, R]) -> Callable[P, R]:
+    """Two runs never work on one month at once (PostgreSQL: a session advisory lock,
+    re-entrant, so `ledger_month_archive` holds it across its steps); the second is
+    refused with a Conflict and retries later. SQLite has one writer at a time."""
+
+    @functools.wraps(step)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        if connection.vendor != "postgresql":
+            return step(*args, **kwargs)
+        month = month_start(kwargs["month"])  # type: ignore[arg-type]
+        key = month.year * 100 + month.month
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [ADVISORY_CLASS, key])
+            (locked,) = cursor.fetchone()
+        if not locked:
+            raise Conflict(f"{month_key(month)} is being archived or restored by another run.")
+        try:
+            return step(*args, **kwargs)
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [ADVISORY_CLASS, key])
+
+    return guarded
 
 
 def archive_store() -> ArchiveStore:
@@ -459,6 +492,7 @@ def _write_files(
     return files, every, clean, low, high
 
 
+@one_run_per_month
 def ledger_month_export(
     *, month: datetime, store: ArchiveStore | None = None, rows_per_file: int = ROWS_PER_FILE
 ) -> LedgerArchive:
@@ -581,6 +615,7 @@ def _archive_of(month: datetime) -> LedgerArchive:
     return archive
 
 
+@one_run_per_month
 def ledger_month_verify(*, month: datetime, store: ArchiveStore | None = None) -> LedgerArchive:
     """Read the month's archive back from the store and check it against its manifest,
     the database's rows and the hourly rollups; mark it verified, or raise
@@ -610,6 +645,7 @@ def ledger_month_verify(*, month: datetime, store: ArchiveStore | None = None) -
 # --- drop -------------------------------------------------------------------------------
 
 
+@one_run_per_month
 def ledger_month_drop(*, month: datetime) -> LedgerArchive:
     """Drop a verified month from the database (PostgreSQL): under a lock that holds off
     inserts into its partition, its count and sums are checked against the verified
@@ -645,6 +681,7 @@ def ledger_month_drop(*, month: datetime) -> LedgerArchive:
     return archive
 
 
+@one_run_per_month
 def ledger_month_archive(
     *, month: datetime, drop: bool = True, store: ArchiveStore | None = None
 ) -> LedgerArchive:
@@ -693,6 +730,7 @@ def _copy_in(path: Path, workdir: Path) -> None:
     csv_path.unlink()
 
 
+@one_run_per_month
 def ledger_month_restore(*, month: datetime, store: ArchiveStore | None = None) -> LedgerArchive:
     """Bring a dropped month back: its files are checked against the manifest, its
     partition created, its rows loaded with their ids and checked against the manifest,

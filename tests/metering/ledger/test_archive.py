@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import psycopg
 import pyarrow.parquet as pq
 import pytest
 from django.contrib.auth.models import User
@@ -507,3 +508,22 @@ def test_months_must_be_whole() -> None:
 def test_commands_refuse_a_malformed_month(command: str, month: str) -> None:
     with pytest.raises(CommandError, match="Use YYYY-MM"):
         call_command(command, month)
+
+
+@postgres_only
+def test_two_runs_never_work_on_one_month_at_once(archive_dir: Path, rate: ServingCostRate) -> None:
+    write_month(SEP, rate, count=3)
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    other = psycopg.connect(**params, autocommit=True)  # another run's session
+    try:
+        other.execute("SELECT pg_advisory_lock(%s, 202609)", [ledger_archive.ADVISORY_CLASS])
+        with pytest.raises(Conflict, match="being archived or restored by another run"):
+            ledger_month_archive(month=SEP)
+        assert not LedgerArchive.objects.filter(month=SEP).exists()
+        ledger_month_export(month=OCT)  # another month is free
+        other.execute("SELECT pg_advisory_unlock(%s, 202609)", [ledger_archive.ADVISORY_CLASS])
+        assert ledger_month_archive(month=SEP).state == "dropped"
+    finally:
+        other.close()
