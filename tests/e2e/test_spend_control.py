@@ -141,7 +141,9 @@ def test_leased_calls_fill_a_limit_and_none_is_refused_while_it_covers_one(
 
     concurrent = sum(asyncio.run(burst()))
     budget = redis.Redis.from_url(os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0")
-    assert budget.hexists(f"rk:spend:tenant:{e2e.tenant.id}:total", "leased")  # slices were used
+    assert budget.hexists(
+        f"rk:{{{e2e.tenant.id}}}:spend:tenant:{e2e.tenant.id}:total", "leased"
+    )  # slices were used
     time.sleep(0.3)  # the last leased calls are reported
 
     def left() -> int:
