@@ -42,9 +42,28 @@ def holds_key(key: str) -> str:
     return key + ":holds"
 
 
+# The keys each script names (metering.control.scripts), in its KEYS order. On a Redis
+# Cluster they must share one slot: every one carries the tenant's hash tag.
+
+
 def load_keys(key: str) -> list[str]:
-    """The keys LOAD (metering.control.scripts) touches for budget `key`."""
+    """LOAD: the budget, its hold register, its tenant's generation counter."""
     return [key, holds_key(key), generation_key(key)]
+
+
+def admit_keys(budgets: Sequence[BudgetScope], windows: Sequence[str]) -> list[str]:
+    """ADMIT and SETTLE: the budgets, the rate windows, the budgets' hold registers."""
+    return [*(b.key for b in budgets), *windows, *(holds_key(b.key) for b in budgets)]
+
+
+def cancel_keys(budgets: Sequence[BudgetScope]) -> list[str]:
+    """CANCEL: the budgets and their hold registers."""
+    return [*(b.key for b in budgets), *(holds_key(b.key) for b in budgets)]
+
+
+def lease_keys(budgets: Sequence[BudgetScope], windows: Sequence[str]) -> list[str]:
+    """LEASE: the budgets and the rate windows (FLUSH: those of one slot, LeaseBook)."""
+    return [*(b.key for b in budgets), *windows]
 
 
 @dataclass(slots=True)
@@ -177,9 +196,7 @@ class ControlStore:
                 )
                 if admission is not None:
                     return admission
-        keys = [b.key for b in budgets]
-        keys += windows
-        keys += [holds_key(b.key) for b in budgets]
+        keys = admit_keys(budgets, windows)
         hold_id = random.getrandbits(52) + 1  # unique among a budget's live holds
         args: list[int] = [
             len(budgets),
@@ -311,7 +328,7 @@ class ControlStore:
                 )
             for _ in range(len(budgets) + 2):
                 try:
-                    reply = await self._redis.run(LEASE, [*keys, *windows], args)
+                    reply = await self._redis.run(LEASE, lease_keys(budgets, windows), args)
                 except ControlUnavailable:
                     # no reply, but Redis may have taken the slices: free them if so
                     window_slices = [
@@ -353,7 +370,7 @@ class ControlStore:
         as soon as Redis answers, and twice more a little later in case the admission,
         still queued in Redis on the dropped connection, ran after the first try. Past the
         hold's expiry the periodic rebuild reaps it anyway (metering.control.counters)."""
-        keys = [b.key for b in budgets] + [holds_key(b.key) for b in budgets]
+        keys = cancel_keys(budgets)
         deadline = time.monotonic() + self.hold_ttl_ms / 1000
         delay, tries = FLUSH_S, 0
         while tries < 3:
@@ -501,9 +518,7 @@ class ControlStore:
             return None
         if token_windows is None:
             token_windows = self._windows(rates, time.time())[0]
-        keys = [b.key for b in budgets]
-        keys += token_windows
-        keys += [holds_key(b.key) for b in budgets]
+        keys = admit_keys(budgets, token_windows)
         args: list[int] = [len(budgets), len(token_windows), token_delta, self.window_s * 2]
         for hold, actual, gen in zip(holds, actuals, generations or [0] * len(holds), strict=True):
             args += (hold, actual, gen)
