@@ -33,9 +33,11 @@ lint: setup
 	.venv/bin/mypy
 	$(PY) manage.py makemigrations --check --dry-run
 
+# DATABASE_REPLICA_URL: the replica tests get a separate test database of their own.
 test: setup services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(MAKE) --no-print-directory lint
-	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) CELERY_BROKER_URL=$(TEST_REDIS_URL) \
+	DATABASE_URL=$(TEST_DATABASE_URL) DATABASE_REPLICA_URL=$(TEST_DATABASE_URL) \
+		REDIS_URL=$(TEST_REDIS_URL) CELERY_BROKER_URL=$(TEST_REDIS_URL) \
 		.venv/bin/pytest -q
 
 bench: setup services

@@ -13,6 +13,9 @@ hypothesis_settings.load_profile("reckon")
 @pytest.fixture(autouse=True)
 def _fast_auth_cache(settings):  # type: ignore[no-untyped-def]
     settings.RECKON_AUTH_CACHE_SECONDS = 0.5
+    # With a replica alias configured (make test), reporting views still read the primary
+    # unless a test turns replica reads on (tests/api/test_replica_reads.py).
+    settings.RECKON_REPLICA_READS = False
 
 
 @pytest.fixture(autouse=True)
