@@ -6,7 +6,7 @@ PY := .venv/bin/python
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: setup run test lint bench bench-billing bench-control bench-cpu bench-compare services chaos
+.PHONY: setup run test lint bench bench-billing bench-control bench-ledger bench-cpu bench-compare services chaos
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -48,6 +48,10 @@ bench-billing: setup services
 
 bench-control: setup services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) bench/control_bench.py
+
+# The ledger's capacity: group commit, COPY and bytes per record, in a scratch database.
+bench-ledger: setup services
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) bench/ledger_bench.py
 
 bench-cpu: setup services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) bench/cpu_bench.py
