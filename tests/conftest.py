@@ -44,7 +44,9 @@ def _fresh_control_store():  # type: ignore[no-untyped-def]
     if url:
         import redis
 
-        client = redis.Redis.from_url(url)
+        from config.redis_clients import redis_client
+
+        client = redis_client(url)
         try:
             for key in client.scan_iter("rk:*", count=1000):
                 client.delete(key)

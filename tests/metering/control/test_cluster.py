@@ -348,3 +348,35 @@ def test_moved_and_ask_are_followed(cluster: str) -> None:
             await pipe.close()
 
     assert asyncio.run(scenario()) == [1, 2, 5, 5]
+
+
+def test_the_other_redis_users_work_on_the_cluster(cluster: str, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Failed-login counting (a transaction on one key) and the ledger spool's reports
+    (keys on several nodes, read back with one MGET per node) on a cluster URL."""
+    from api import throttling
+    from metering.ledger.spool import spool_outstanding, spool_report
+
+    settings.REDIS_URL = cluster
+    settings.RECKON_AUTH_FAILURE_LIMIT = 2
+    address = f"198.51.100.{uuid.uuid4().int % 250}"
+    throttling.local_counter = throttling.LocalFailureCounter()  # only Redis counts here
+    for _ in range(2):
+        throttling.auth_failures_record(address)
+    assert int(client(cluster).get(throttling.KEY_PREFIX + address)) == 2
+    with pytest.raises(throttling.AuthFailuresThrottled):
+        throttling.auth_failures_check(address)
+
+    writers = [f"bench-{uuid.uuid4().hex[:8]}" for _ in range(12)]
+    for i, writer in enumerate(writers):
+        (tmp_path / f"ledger-{writer}.jsonl").write_text("{}\n" * (i + 1))
+    reported = spool_report(spool_dir=tmp_path, redis_url=cluster, writers=writers, ttl_seconds=60)
+    keys = [f"rk:spool:{w}" for w in writers]
+    assert len({client(cluster).get_node_from_key(k).name for k in keys}) > 1
+    empty = tmp_path / "elsewhere"  # another machine: only Redis knows
+    empty.mkdir()
+    assert spool_outstanding(spool_dir=empty, redis_url=cluster) == reported
+    assert reported == {w: i + 1 for i, w in enumerate(writers)}
+    spool_report(
+        spool_dir=empty, redis_url=cluster, writers=writers, ttl_seconds=60
+    )  # all replayed: the keys go
+    assert spool_outstanding(spool_dir=empty, redis_url=cluster) == {}
