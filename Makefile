@@ -6,7 +6,7 @@ PY := .venv/bin/python
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: setup run test lint bench bench-billing bench-control bench-ledger bench-cpu bench-compare services chaos
+.PHONY: setup run test lint bench bench-billing bench-control bench-control-cluster bench-ledger bench-cpu bench-compare services chaos
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -52,6 +52,10 @@ bench-control: setup services
 # The ledger's capacity: group commit, COPY and bytes per record, in a scratch database.
 bench-ledger: setup services
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) bench/ledger_bench.py
+
+# Spend control on a 3-node Redis Cluster (started by the bench) against one Redis.
+bench-control-cluster: setup services
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) bench/control_cluster_bench.py
 
 bench-cpu: setup services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) bench/cpu_bench.py

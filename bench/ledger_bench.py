@@ -15,9 +15,10 @@ migrated, dropped at the end unless --keep). Each round, interleaved:
   (same columns and indexes; no rollup fold, no conflict check, no waiting producers);
 - COPY: the same number of rows by `COPY … FROM STDIN` into the ledger (no rollups).
 Rows: `--tenants` tenants with one key each, 4 aliases, realistic token counts,
-started over the last `--hours` hours (1: a live proxy writes the current hour). Bytes per record: the ledger's heap, TOAST and
-indexes (every partition, if partitioned) and the rollups, over the records it holds,
-after the rounds and after `--fill` more records by COPY.
+started over the last `--hours` hours (1: a live proxy writes the current hour).
+Bytes per record: the ledger's heap, TOAST and indexes (every partition, if
+partitioned) and the rollups, over the records it holds, after the rounds and after
+filling it to `--fill` records by COPY.
 """
 
 import argparse
@@ -133,23 +134,25 @@ def run(args: argparse.Namespace) -> None:
     )
     print("  (bare INSERT: same batches into a same-shaped table, no rollups, no ON CONFLICT)")
 
-    for label in ("after the rounds", f"after filling to {args.fill:,}"):
-        if label.startswith("after filling"):
-            held = sizes(conninfo)[0]
-            remaining = args.fill - held
-            while remaining > 0:
-                chunk = min(remaining, 100_000)
-                copy_rows(conninfo, rows(chunk))
-                remaining -= chunk
-            vacuum(conninfo)
-        else:
-            vacuum(conninfo)
-        count, ledger, indexes, rollups, rollup_rows = sizes(conninfo)
-        print(
-            f"  bytes/record {label} ({count:,} records, {rollup_rows:,} rollup rows):"
-            f" ledger {ledger / count:.0f} (of which indexes {indexes / count:.0f}),"
-            f" rollups {rollups / count:.1f}, total {(ledger + rollups) / count:.0f}"
-        )
+    vacuum(conninfo)
+    report_sizes(conninfo, "after the rounds")
+    remaining = args.fill - sizes(conninfo)[0]
+    if remaining > 0:
+        while remaining > 0:
+            chunk = min(remaining, 100_000)
+            copy_rows(conninfo, rows(chunk))
+            remaining -= chunk
+        vacuum(conninfo)
+        report_sizes(conninfo, f"after filling to {args.fill:,} by COPY")
+
+
+def report_sizes(conninfo: str, label: str) -> None:
+    count, ledger, indexes, rollups, rollup_rows = sizes(conninfo)
+    print(
+        f"  bytes/record {label} ({count:,} records, {rollup_rows:,} rollup rows):"
+        f" ledger {ledger / count:.0f} (of which indexes {indexes / count:.0f}),"
+        f" rollups {rollups / count:.1f}, total {(ledger + rollups) / count:.0f}"
+    )
 
 
 def fmt(value: float) -> str:
