@@ -1,5 +1,6 @@
 """The control store: admission, settlement and lazy loading of budgets in Redis, over one
-pipelined connection per server process (metering.control.redis_pipe).
+pipelined connection per server process (metering.control.redis_pipe; on a Redis Cluster,
+one per node, each script sent to the node of its keys' slot).
 
 Every decision is one Lua script (metering.control.scripts), so it is atomic across
 processes: concurrent calls can never together pass a budget. Far from every limit, calls
