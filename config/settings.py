@@ -2,6 +2,8 @@
 
 Defaults give the embedded mode: SQLite, Celery tasks run in-process, no Redis needed.
 Production sets DATABASE_URL (PostgreSQL), REDIS_URL, CELERY_BROKER_URL and SECRET_KEY.
+Scaling out: DATABASE_REPLICA_URL (a read replica for reporting reads, config/db_router.py)
+and REDIS_URL=redis-cluster://host:port (a Redis Cluster, config/redis_clients.py).
 """
 
 import os
@@ -190,6 +192,7 @@ STORAGES = {
 # Embedded mode serves the admin's static files straight from the apps, no collectstatic.
 WHITENOISE_USE_FINDERS = True
 
+# redis://… (one Redis) or redis-cluster://host:port (any node of a Redis Cluster).
 REDIS_URL = os.environ.get("REDIS_URL", "")
 
 # Celery: with no broker configured, tasks run in-process (embedded mode).
