@@ -6,7 +6,7 @@ PY := .venv/bin/python
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: setup run test lint bench bench-billing bench-control bench-archive bench-cpu bench-compare services chaos
+.PHONY: setup run test lint bench bench-billing bench-control bench-control-cluster bench-ledger bench-archive bench-cpu bench-compare services chaos
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -33,9 +33,11 @@ lint: setup
 	.venv/bin/mypy
 	$(PY) manage.py makemigrations --check --dry-run
 
+# DATABASE_REPLICA_URL: the replica tests get a separate test database of their own.
 test: setup services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(MAKE) --no-print-directory lint
-	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) CELERY_BROKER_URL=$(TEST_REDIS_URL) \
+	DATABASE_URL=$(TEST_DATABASE_URL) DATABASE_REPLICA_URL=$(TEST_DATABASE_URL) \
+		REDIS_URL=$(TEST_REDIS_URL) CELERY_BROKER_URL=$(TEST_REDIS_URL) \
 		.venv/bin/pytest -q
 
 bench: setup services
@@ -47,8 +49,17 @@ bench-billing: setup services
 bench-control: setup services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) bench/control_bench.py
 
+# Archive: export, verify, drop and restore of a ledger month, in a scratch database.
 bench-archive: setup services
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) bench/archive_bench.py
+
+# The ledger's capacity: group commit, COPY and bytes per record, in a scratch database.
+bench-ledger: setup services
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) bench/ledger_bench.py
+
+# Spend control on a 3-node Redis Cluster (started by the bench) against one Redis.
+bench-control-cluster: setup services
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) bench/control_cluster_bench.py
 
 bench-cpu: setup services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) bench/cpu_bench.py

@@ -23,6 +23,8 @@ from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
+from config.redis_clients import redis_client
+
 KEY_PREFIX = "rk:authfail:"
 
 
@@ -63,8 +65,8 @@ local_counter = LocalFailureCounter()
 
 
 @cache
-def _redis(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+def _redis(url: str) -> "redis.Redis | redis.RedisCluster":
+    return redis_client(url, socket_timeout=0.5, socket_connect_timeout=0.5)
 
 
 def auth_failures_check(address: str) -> None:

@@ -2,6 +2,8 @@
 
 Defaults give the embedded mode: SQLite, Celery tasks run in-process, no Redis needed.
 Production sets DATABASE_URL (PostgreSQL), REDIS_URL, CELERY_BROKER_URL and SECRET_KEY.
+Scaling out: DATABASE_REPLICA_URL (a read replica for reporting reads, config/db_router.py)
+and REDIS_URL=redis-cluster://host:port (a Redis Cluster, config/redis_clients.py).
 """
 
 import os
@@ -151,6 +153,25 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 if "TEST_DATABASE_NAME" in os.environ:
     DATABASES["default"]["TEST"] = {"NAME": os.environ["TEST_DATABASE_NAME"]}
 
+# A PostgreSQL read replica for reporting reads (config/db_router.py says which reads and
+# what may be stale). Tests get a separate database for it, its schema made from the
+# models (no migrations: quick), so a test can tell which database a read went to.
+DATABASE_REPLICA_URL = os.environ.get("DATABASE_REPLICA_URL", "")
+if DATABASE_REPLICA_URL:
+    DATABASES["replica"] = dj_database_url.parse(
+        DATABASE_REPLICA_URL, conn_max_age=0, conn_health_checks=True
+    )
+    if DATABASES["replica"]["ENGINE"] == DATABASES["default"]["ENGINE"]:
+        # the same pool and application name as the primary's connections
+        DATABASES["replica"]["OPTIONS"] = dict(DATABASES["default"].get("OPTIONS", {}))
+    _default_test_name = DATABASES["default"].get("TEST", {}).get("NAME") or (
+        f"test_{DATABASES['default']['NAME']}"
+    )
+    DATABASES["replica"]["TEST"] = {"NAME": f"{_default_test_name}_replica", "MIGRATE": False}
+# Reporting scopes read the replica when one is configured; false: the primary for all.
+RECKON_REPLICA_READS = env_bool("RECKON_REPLICA_READS", bool(DATABASE_REPLICA_URL))
+DATABASE_ROUTERS = ["config.db_router.ReportingRouter"]
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -171,6 +192,7 @@ STORAGES = {
 # Embedded mode serves the admin's static files straight from the apps, no collectstatic.
 WHITENOISE_USE_FINDERS = True
 
+# redis://… (one Redis) or redis-cluster://host:port (any node of a Redis Cluster).
 REDIS_URL = os.environ.get("REDIS_URL", "")
 
 # Celery: with no broker configured, tasks run in-process (embedded mode).

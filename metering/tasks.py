@@ -2,12 +2,12 @@
 
 from datetime import datetime
 
-import redis
 from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
 from config.celery import RELIABLE_TASK
+from config.redis_clients import redis_client
 from metering.control.counters import control_counters_rebuild as counters_rebuild
 from metering.control.holdcaps import hold_caps_learn
 from metering.ledger.archive import ledger_month_archive, ledger_months_due
@@ -26,7 +26,7 @@ def control_counters_rebuild() -> int:
     fresh run. Returns how many budgets were rebuilt."""
     if not settings.REDIS_URL:
         return 0
-    client = redis.Redis.from_url(settings.REDIS_URL)
+    client = redis_client(settings.REDIS_URL)
     try:
         return counters_rebuild(
             client=client, grace_s=settings.RECKON_CONTROL_HOLD_TTL_SECONDS

@@ -34,6 +34,9 @@ def django_db_setup(django_db_setup, django_db_blocker):  # type: ignore[no-unty
 @pytest.fixture(autouse=True)
 def _fast_auth_cache(settings):  # type: ignore[no-untyped-def]
     settings.RECKON_AUTH_CACHE_SECONDS = 0.5
+    # With a replica alias configured (make test), reporting views still read the primary
+    # unless a test turns replica reads on (tests/api/test_replica_reads.py).
+    settings.RECKON_REPLICA_READS = False
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +65,9 @@ def _fresh_control_store():  # type: ignore[no-untyped-def]
     if url:
         import redis
 
-        client = redis.Redis.from_url(url)
+        from config.redis_clients import redis_client
+
+        client = redis_client(url)
         try:
             for key in client.scan_iter("rk:*", count=1000):
                 client.delete(key)

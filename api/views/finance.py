@@ -49,6 +49,7 @@ from billing.permissions import (
 )
 from billing.pricing.currency import decimal_text
 from billing.reports import MarginRow, margin_report, whatif
+from config.db_router import reporting_reads
 
 
 class AcceleratorListView(APIView):
@@ -137,6 +138,7 @@ class MarginReportView(APIView):
     permission_classes = [staff_only(GET=MARGINS_VIEW)]
 
     @extend_schema(parameters=[MarginQuery])
+    @reporting_reads()
     def get(self, request: Request) -> Response:
         query, rows = _margin_rows(request)
         return Response(
@@ -148,6 +150,7 @@ class MarginReportCsvView(FileDownloadView):
     permission_classes = [staff_only(GET=MARGINS_VIEW)]
 
     @extend_schema(parameters=[MarginQuery])
+    @reporting_reads()
     def get(self, request: Request) -> HttpResponse:
         query, rows = _margin_rows(request)
         out = io.StringIO()
@@ -167,6 +170,7 @@ class WhatIfView(APIView):
     permission_classes = [staff_only(GET=MARGINS_VIEW)]
 
     @extend_schema(parameters=[WhatIfQuery])
+    @reporting_reads()
     def get(self, request: Request) -> Response:
         query = validated_query(WhatIfQuery, request)
         policy = None

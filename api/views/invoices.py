@@ -33,6 +33,7 @@ from billing.invoicing.recompute import invoice_recompute
 from billing.models import Invoice
 from billing.period_rating import invoice_preview
 from billing.permissions import CREDIT_NOTE_ISSUE, INVOICE_EXPORT, INVOICE_VIEW
+from config.db_router import reporting_reads
 
 
 def _invoices_visible(request: Request, query: dict[str, Any]) -> QuerySet[Invoice]:
@@ -66,6 +67,10 @@ def _invoice_or_404(request: Request, invoice_id: int) -> Invoice:
 class InvoiceListView(ListAPIView):
     serializer_class = InvoiceOutput
     permission_classes = [tenant_or_staff(GET=INVOICE_VIEW)]
+
+    @reporting_reads()
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
 
     def get_queryset(self) -> QuerySet[Invoice]:
         query = validated_query(InvoiceQuery, self.request)
@@ -106,6 +111,7 @@ class InvoiceExportView(FileDownloadView):
     permission_classes = [tenant_or_staff(GET=INVOICE_EXPORT)]
 
     @extend_schema(parameters=[InvoiceExportQuery], responses={(200, "text/csv"): str})
+    @reporting_reads()
     def get(self, request: Request) -> HttpResponse:
         query = validated_query(InvoiceExportQuery, request)
         invoices = _invoices_filtered(_invoices_visible(request, query), query).order_by(

@@ -1,5 +1,6 @@
 """REST views for usage: the tenant's usage records, usage summaries, and its budget and
-balance alerts."""
+balance alerts. Records and summaries are reporting reads (config.db_router: the
+replica, when one is configured)."""
 
 from typing import Any
 
@@ -22,6 +23,7 @@ from api.serializers.usage import (
 )
 from billing.alerts import alerts_for_tenant
 from billing.permissions import ALERT_VIEW
+from config.db_router import reporting_reads
 from metering.permissions import USAGE_VIEW
 from metering.selectors import UsageFilter, usage_records_for_tenant, usage_summary
 
@@ -41,6 +43,10 @@ class UsageRecordListView(ListAPIView):
     serializer_class = UsageRecordSerializer
     permission_classes = [tenant_or_staff(GET=USAGE_VIEW)]
 
+    @reporting_reads()
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
     def get_queryset(self):  # type: ignore[no-untyped-def]
         filters = _usage_filter(self.request, validated_query(UsageQuery, self.request))
         return usage_records_for_tenant(filters=filters).select_related("api_key")
@@ -50,6 +56,7 @@ class UsageSummaryView(APIView):
     permission_classes = [tenant_or_staff(GET=USAGE_VIEW)]
 
     @extend_schema(parameters=[UsageSummaryQuery], responses=UsageSummaryRowSerializer(many=True))
+    @reporting_reads()
     def get(self, request: Request) -> Response:
         query = validated_query(UsageSummaryQuery, request)
         rows = usage_summary(filters=_usage_filter(request, query), group_by=query.get("group_by"))

@@ -28,7 +28,7 @@ from django.db.models import Q
 
 from metering.calendar import month_key, month_of_key, month_start
 from metering.control import terms
-from metering.control.scopes import BudgetScope, to_nano
+from metering.control.scopes import BudgetScope, tenant_tag, to_nano
 from metering.models import ApiKey, ReasoningPolicy, SpendLimit
 from metering.selectors import reasoning_tokens_since, spend_since
 
@@ -38,8 +38,8 @@ Loader = Callable[[], int]
 
 
 class BudgetKind(StrEnum):
-    """What a budget limits. The value names it in Redis (`rk:<kind>:…`) and is
-    BudgetScope.kind."""
+    """What a budget limits. The value names it in Redis (`rk:{<tenant>}:<kind>:…`) and
+    is BudgetScope.kind."""
 
     SPEND = "spend"  # USD spent: a SpendLimit, the tenant's or a key's, monthly or all-time
     BALANCE = "balance"  # money drawn from the tenant's prepaid balance since its epoch
@@ -211,6 +211,13 @@ def budget_scopes(
     ]
 
 
+def budget_key(*, tenant_id: uuid.UUID, kind: str, who: str, window: str) -> str:
+    """A budget's Redis name: `rk:{<tenant>}:<kind>:<who>:<window>`. The tenant in braces
+    is the hash tag (metering.control.scopes.tenant_tag) that keeps every key of one
+    tenant's call in one Redis Cluster slot."""
+    return f"rk:{tenant_tag(tenant_id)}:{kind}:{who}:{window}"
+
+
 def _scope(
     spec: BudgetSpec, *, tenant_id: uuid.UUID, tenant_terms: terms.TenantTerms, month: datetime
 ) -> BudgetScope:
@@ -244,7 +251,7 @@ def _scope(
         case _:
             assert_never(spec.kind)
     return BudgetScope(
-        key=f"rk:{spec.kind}:{who}:{window}",
+        key=budget_key(tenant_id=tenant_id, kind=spec.kind, who=who, window=window),
         kind=spec.kind,
         label=spec.label,
         limit=limit,
@@ -274,25 +281,28 @@ def budget_loader(key: str) -> Loader | None:
     names `budget_scopes` gives), or None for a key no longer current (a balance's old
     epoch) or not understood."""
     parts = key.split(":")
-    if len(parts) < 2 or parts[0] != "rk" or parts[1] not in set(BudgetKind):
+    if len(parts) < 3 or parts[0] != "rk" or parts[2] not in set(BudgetKind):
         return None
-    kind = BudgetKind(parts[1])
+    tag, kind, rest = parts[1], BudgetKind(parts[2]), parts[3:]
+    tenant = _tenant_of_tag(tag)
+    if tenant is None:
+        return None
     match kind:
         case BudgetKind.BALANCE:
-            if len(parts) != 4:
+            if len(rest) != 2 or rest[0] != str(tenant):
                 return None
-            balance = terms.tenant_terms_provider(uuid.UUID(parts[2]), []).balance
-            if balance is None or balance.epoch != parts[3]:
+            balance = terms.tenant_terms_provider(tenant, []).balance
+            if balance is None or balance.epoch != rest[1]:
                 return None  # an old epoch: no call settles there any more, it expires
             return _balance_loader(balance.load_used)
         case BudgetKind.SPEND | BudgetKind.REASONING:
-            if len(parts) != 5:
+            if len(rest) != 3:
                 return None
-            owner = _owner(parts[2], parts[3])
-            if owner is None:
+            owner = _owner(rest[0], rest[1])
+            if owner is None or owner[0] != tenant:
                 return None
             tenant_id, key_id = owner
-            window = parts[4]
+            window = rest[2]
             since = None if window == "total" else month_of_key(window)
             if kind == BudgetKind.SPEND:
                 return _spent_loader(tenant_id=tenant_id, api_key_id=key_id, since=since)
@@ -301,6 +311,15 @@ def budget_loader(key: str) -> Loader | None:
             return _reasoning_loader(tenant_id=tenant_id, api_key_id=key_id, since=since)
         case _:
             assert_never(kind)
+
+
+def _tenant_of_tag(tag: str) -> uuid.UUID | None:
+    if not (tag.startswith("{") and tag.endswith("}")):
+        return None
+    try:
+        return uuid.UUID(tag[1:-1])
+    except ValueError:
+        return None
 
 
 def _owner(who: str, ident: str) -> tuple[uuid.UUID, int | None] | None:

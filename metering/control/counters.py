@@ -26,6 +26,11 @@ Records durable only in a server's local spool (the database was down) are not i
 ledger yet: while any writer reports spool (`rk:spool:*` in Redis) nothing is rebuilt.
 A budget that never has a quiet moment (a hold or a slice always out) keeps its
 over-count until it has one, or until its key expires and is loaded again.
+
+Budget keys carry their tenant as a hash tag (`rk:{<tenant>}:spend:…`, for Redis
+Cluster). Keys of the names before that (`rk:spend:…`) are used by no process of this
+version: the rebuild deletes them, and each budget is loaded again from the ledger
+under its new name on first use. On a cluster the scan visits every primary.
 """
 
 import logging
@@ -41,7 +46,9 @@ from metering.control.store import HOLD_TTL_S, holds_key
 logger = logging.getLogger(__name__)
 
 
-BUDGET_PATTERNS = ("rk:spend:*", "rk:balance:*", "rk:reasoning:*")
+BUDGET_PATTERNS = ("rk:{*}:spend:*", "rk:{*}:balance:*", "rk:{*}:reasoning:*")
+# Budget names before the tenant hash tag: no longer read by anyone, deleted.
+LEGACY_PATTERNS = ("rk:spend:*", "rk:balance:*", "rk:reasoning:*")
 SPOOL_PATTERN = "rk:spool:*"  # a ledger writer with records not yet in the database
 ATTEMPTS = 3  # compare-and-set tries per budget per run
 
@@ -52,12 +59,13 @@ class RebuildResult:
     stale: int = 0  # marked for a rebuild (reaped holds or lapsed slices)
     rebuilt: int = 0  # spent replaced by the ledger's figure
     busy: int = 0  # stale, but a hold or slice was out, or within the grace: next run
+    legacy: int = 0  # keys of the names before the hash tag, deleted
     skipped: str = ""  # why nothing was rebuilt (ledger spool pending)
 
 
 def control_counters_rebuild(
     *,
-    client: redis.Redis,
+    client: "redis.Redis | redis.RedisCluster",
     loader_for: Callable[[str], Loader | None] = budget_loader,
     grace_s: float = HOLD_TTL_S,  # float-ok: seconds
     patterns: Sequence[str] = BUDGET_PATTERNS,
@@ -83,6 +91,10 @@ def control_counters_rebuild(
                 continue
             result.budgets += 1
             _rebuild_one(reap, rebuild, key, loader_for, grace_ms, result)
+    if patterns is BUDGET_PATTERNS:
+        for pattern in LEGACY_PATTERNS:
+            for raw in client.scan_iter(pattern, count=1000):
+                result.legacy += client.delete(raw)
     return result
 
 

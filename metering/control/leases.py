@@ -298,8 +298,30 @@ class LeaseBook:
         return [*self.windows.values(), *self.retired_windows]
 
     def report(self, now: float) -> tuple[list[str], list[int | str], Report] | None:
-        """What the next flush carries. Every live budget slice goes, even with nothing
-        new: the report keeps it from lapsing and hears whether a call waits for it."""
+        """What the next flush carries, as one script's keys and arguments."""
+        reports = self.reports(now)
+        return reports[0] if reports else None
+
+    def reports(
+        self, now: float, slot_of: Callable[[str], int] | None = None
+    ) -> list[tuple[list[str], list[int | str], Report]]:
+        """What the next flush carries: one FLUSH per hash slot with `slot_of` (a Redis
+        Cluster runs a script only on keys of one slot), else one for all. Every live
+        budget slice goes, even with nothing new: the report keeps it from lapsing and
+        hears whether a call waits for it."""
+        report = self._collect(now)
+        if report is None:
+            return []
+        if slot_of is None:
+            return [(*self._encode(report), report)]
+        groups: dict[int, Report] = {}
+        for entry in report.budgets:
+            groups.setdefault(slot_of(entry[0].key), Report([], [])).budgets.append(entry)
+        for window in report.windows:
+            groups.setdefault(slot_of(window[0].key), Report([], [])).windows.append(window)
+        return [(*self._encode(group), group) for group in groups.values()]
+
+    def _collect(self, now: float) -> Report | None:
         report = Report([], [])
         for s in self._all_budgets():
             if s.finished:
@@ -319,6 +341,10 @@ class LeaseBook:
                 self._drop_window(w)
         if not report.budgets and not report.windows:
             return None
+        return report
+
+    @staticmethod
+    def _encode(report: Report) -> tuple[list[str], list[int | str]]:
         keys = [s.key for s, *_ in report.budgets] + [w.key for w, _ in report.windows]
         args: list[int | str] = [len(report.budgets), len(report.windows)]
         for s, mode, used, out in report.budgets:
@@ -326,7 +352,7 @@ class LeaseBook:
         for w, (r, t) in report.windows:
             w.seq += 1
             args += (w.name, w.seq, r, t)
-        return keys, args, report
+        return keys, args
 
     def confirmed(self, report: Report, reply: list[int], now: float) -> None:
         """Apply a flush's reply: budgets taken across an alert percentage are told;

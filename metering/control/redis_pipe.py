@@ -13,6 +13,14 @@ Failure model: a command not answered within `timeout` seconds, or any connectio
 fails every command in flight with `RedisUnavailable` and drops the connection; the next
 call reconnects. Scripts run by EVALSHA; on NOSCRIPT (a restarted or flushed Redis) the
 script is sent once with EVAL, which also caches it again.
+
+Redis Cluster (`REDIS_URL=redis-cluster://host:port`, config.redis_clients): `ClusterPipe`
+learns the slot map from `CLUSTER SLOTS` and keeps one such pipelined connection per
+node; a script goes to the node serving the slot of its first key (every key of one
+script shares a hash tag: metering.control.scopes.tenant_tag). MOVED reloads the map
+and retries there; ASK retries once on the named node after ASKING. The failure model is
+the same: a node out of reach fails its commands with `RedisUnavailable`, and the next
+call reloads the map (a replica may have taken over).
 """
 
 import asyncio
@@ -23,14 +31,49 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import hiredis
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+from config.redis_clients import is_cluster
+
+MAX_REDIRECTS = 5  # MOVED/ASK answers one cluster call may follow
 
 
 class RedisUnavailable(Exception):
     pass
 
 
+class Redirect(RedisUnavailable):
+    """A Redis Cluster node answered MOVED or ASK: the key's slot is served elsewhere.
+    Never seen from a single Redis, where it stays an unavailable store."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        kind, slot, address = message.split()[:3]
+        self.ask = kind == "ASK"
+        self.slot = int(slot)
+        host, _, port = address.rpartition(":")
+        self.address = (host.strip("[]"), int(port))
+
+
 class _ReplyError(Exception):
     pass
+
+
+def _script_failed(exc: _ReplyError) -> RedisUnavailable:
+    message = str(exc)
+    if message.startswith(("MOVED ", "ASK ")):
+        return Redirect(message)
+    return RedisUnavailable(f"script failed: {message}")
+
+
+def key_slot_of(key: str) -> int:
+    """The Redis Cluster hash slot of `key` (its hash tag's, when it has one)."""
+    return key_slot(key.encode())
+
+
+def _ignore(future: "asyncio.Future[Any]") -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: a failed ASKING shows in the command after it
 
 
 def encode(*parts: bytes | str | int) -> bytes:
@@ -80,6 +123,8 @@ class _Protocol(asyncio.Protocol):
 
 
 class RedisPipe:
+    cluster = False  # one Redis: a script's keys may hash anywhere
+
     def __init__(self, url: str, *, timeout: float = 1.0) -> None:  # float-ok: seconds
         parts = urlsplit(url)
         self._host = parts.hostname or "127.0.0.1"
@@ -176,20 +221,41 @@ class RedisPipe:
 
     # --- commands --------------------------------------------------------------------
 
-    async def run(self, script: Script, keys: list[str], args: list[int] | list[int | str]) -> Any:
-        """EVALSHA the script (EVAL once if Redis does not have it cached)."""
+    async def run(
+        self,
+        script: Script,
+        keys: list[str],
+        args: list[int] | list[int | str],
+        *,
+        asking: bool = False,
+    ) -> Any:
+        """EVALSHA the script (EVAL once if Redis does not have it cached). `asking`: a
+        cluster node named by an ASK redirection, which runs it only after ASKING."""
         if self._protocol is None:
             await self._connection()
+        if asking:
+            self._send(encode(b"ASKING")).add_done_callback(_ignore)
         command = encode(b"EVALSHA", script.sha, len(keys), *keys, *args)
         try:
             return await self._send(command)
         except _ReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
-                raise RedisUnavailable(f"script failed: {exc}") from exc
+                raise _script_failed(exc) from exc
+        if asking:
+            self._send(encode(b"ASKING")).add_done_callback(_ignore)
         try:
             return await self._send(encode(b"EVAL", script.source, len(keys), *keys, *args))
         except _ReplyError as exc:
-            raise RedisUnavailable(f"script failed: {exc}") from exc
+            raise _script_failed(exc) from exc
+
+    async def command(self, *parts: bytes | str | int) -> Any:
+        """Any other command (CLUSTER SLOTS): its reply, or RedisUnavailable."""
+        if self._protocol is None:
+            await self._connection()
+        try:
+            return await self._send(encode(*parts))
+        except _ReplyError as exc:
+            raise RedisUnavailable(f"command refused: {exc}") from exc
 
     def run_nowait(self, script: Script, keys: list[str], args: list[int]) -> "asyncio.Future[Any]":
         """Like `run`, but the command is written before this returns when connected (so
@@ -212,7 +278,7 @@ class RedisPipe:
                     return
                 again.add_done_callback(lambda f: settle(f, True))
             elif isinstance(exc, _ReplyError):
-                result.set_exception(RedisUnavailable(f"script failed: {exc}"))
+                result.set_exception(_script_failed(exc))
             else:
                 result.set_exception(exc)
 
@@ -231,3 +297,130 @@ class RedisPipe:
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.transport is not None:
             protocol.transport.close()
+
+
+Address = tuple[str, int]
+
+
+class ClusterPipe:
+    """The hot path's client for a Redis Cluster: one `RedisPipe` per node, a script sent
+    to the node serving its keys' slot (see the module docstring)."""
+
+    cluster = True  # a script's keys must share one slot
+
+    def __init__(self, url: str, *, timeout: float = 1.0) -> None:  # float-ok: seconds
+        parts = urlsplit(url)
+        self._credentials = parts.netloc.rpartition("@")[0]  # "user:password" or ""
+        self._seed: Address = (parts.hostname or "127.0.0.1", parts.port or 6379)
+        self._timeout = timeout
+        self._slots: list[Address | None] | None = None  # the primary serving each slot
+        self._nodes: dict[Address, RedisPipe] = {}
+        self._refreshing: asyncio.Future[None] | None = None
+
+    def _node(self, address: Address) -> RedisPipe:
+        pipe = self._nodes.get(address)
+        if pipe is None:
+            host, port = address
+            netloc = f"{self._credentials}@" if self._credentials else ""
+            netloc += f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            pipe = self._nodes[address] = RedisPipe(f"redis://{netloc}/0", timeout=self._timeout)
+        return pipe
+
+    async def _refresh(self) -> None:
+        """Reload the slot map (concurrent callers share one CLUSTER SLOTS)."""
+        if self._refreshing is None:
+            self._refreshing = asyncio.ensure_future(self._load_slots())
+        refreshing = self._refreshing
+        try:
+            await asyncio.shield(refreshing)
+        finally:
+            if refreshing.done() and self._refreshing is refreshing:
+                self._refreshing = None
+
+    async def _load_slots(self) -> None:
+        failure: RedisUnavailable | None = None
+        for address in dict.fromkeys([*self._nodes, self._seed]):
+            try:
+                reply = await self._node(address).command(b"CLUSTER", b"SLOTS")
+            except RedisUnavailable as exc:
+                failure = exc
+                continue
+            slots: list[Address | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
+            for start, end, primary, *_ in reply:
+                host = primary[0].decode() if primary[0] else address[0]
+                served = (host, int(primary[1]))
+                slots[start : end + 1] = [served] * (end + 1 - start)
+            self._slots = slots
+            return
+        raise RedisUnavailable(f"no cluster node answers CLUSTER SLOTS: {failure}")
+
+    def _pipe_for(self, keys: list[str]) -> RedisPipe | None:
+        if self._slots is None:
+            return None
+        address = self._slots[key_slot_of(keys[0]) if keys else 0]  # keyless: any node
+        return None if address is None else self._node(address)
+
+    async def run(self, script: Script, keys: list[str], args: list[int] | list[int | str]) -> Any:
+        asking: Address | None = None
+        for _ in range(MAX_REDIRECTS):
+            pipe = self._node(asking) if asking is not None else self._pipe_for(keys)
+            if pipe is None:
+                await self._refresh()
+                pipe = self._pipe_for(keys)
+                if pipe is None:
+                    raise RedisUnavailable("no cluster node serves the slot")
+            try:
+                return await pipe.run(script, keys, args, asking=asking is not None)
+            except Redirect as redirect:
+                asking = redirect.address if redirect.ask else None
+                if not redirect.ask:  # the slot moved for good: learn the new map
+                    await self._refresh()
+            except RedisUnavailable:
+                self._slots = None  # a node is gone: the next call reloads the map
+                raise
+        raise RedisUnavailable(f"more than {MAX_REDIRECTS} cluster redirections")
+
+    def run_nowait(self, script: Script, keys: list[str], args: list[int]) -> "asyncio.Future[Any]":
+        """Like `RedisPipe.run_nowait`: written before this returns when the node is
+        connected (a script of the same slot sent later runs after it)."""
+        pipe = self._pipe_for(keys)
+        if pipe is None:
+            return asyncio.ensure_future(self.run(script, keys, args))
+        first = pipe.run_nowait(script, keys, args)
+        result: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def copy(done: "asyncio.Future[Any]") -> None:
+            if result.done():
+                return
+            if done.cancelled():
+                result.cancel()
+            elif done.exception() is not None:
+                result.set_exception(done.exception())  # type: ignore[arg-type]
+            else:
+                result.set_result(done.result())
+
+        def settle(done: "asyncio.Future[Any]") -> None:
+            if not done.cancelled() and isinstance(done.exception(), Redirect):
+                # not run where it was sent: run it where the cluster says
+                asyncio.ensure_future(self.run(script, keys, args)).add_done_callback(copy)
+                return
+            if not done.cancelled() and done.exception() is not None:
+                self._slots = None
+            copy(done)
+
+        first.add_done_callback(settle)
+        return result
+
+    async def close(self) -> None:
+        nodes, self._nodes = list(self._nodes.values()), {}
+        for pipe in nodes:
+            await pipe.close()
+
+
+def control_client(
+    url: str, *, timeout: float = 1.0
+) -> RedisPipe | ClusterPipe:  # float-ok: seconds
+    """The hot path's client for REDIS_URL: a cluster's for `redis-cluster://`."""
+    if is_cluster(url):
+        return ClusterPipe(url, timeout=timeout)
+    return RedisPipe(url, timeout=timeout)

@@ -15,6 +15,28 @@ from metering.control.governance import ReasoningRules
 NANO = Decimal(1_000_000_000)
 
 
+def tenant_tag(tenant_id: object) -> str:
+    """The hash tag every Redis key of one tenant's spend control carries (`rk:{<tenant
+    id>}:…`): on a Redis Cluster the keys of one script (the call's budgets, hold
+    registers and rate windows, all of one tenant) must hash to one slot, and Redis
+    hashes only the part in braces."""
+    return "{" + str(tenant_id) + "}"
+
+
+def key_tag(key: str) -> str:
+    """The hash tag of a Redis key (`{…}`), or "" when it has none."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    return key[start : end + 1] if start >= 0 and end > start + 1 else ""
+
+
+def generation_key(key: str) -> str:
+    """The counter that numbers the loads of budget `key` (metering.control.scripts LOAD),
+    in the budget's slot: one per tenant."""
+    tag = key_tag(key)
+    return f"rk:{tag}:budget-generation" if tag else "rk:budget-generation"
+
+
 def to_nano(amount: Decimal) -> int:
     """Money to nano units (1e-9), rounded up (a counter must never under-count)."""
     return int((amount * NANO).to_integral_value(rounding=ROUND_CEILING))
@@ -56,6 +78,11 @@ class RateScope:
     scope_id: str
     requests_per_minute: int | None
     tokens_per_minute: int | None
+    tenant_id: str  # whose window it is: the hash tag of its Redis key (tenant_tag)
+
+    def window_key(self, window: int) -> str:
+        """The Redis hash counting this scope's requests and tokens in minute `window`."""
+        return f"rk:{tenant_tag(self.tenant_id)}:rl:{self.name}:{self.scope_id}:{window}"
 
 
 class Grant(NamedTuple):

@@ -11,6 +11,9 @@ it is atomic across server processes (what each one does, and why, is in its com
 - The periodic rebuild (metering.control.counters): REAP_LUA reaps expired holds and
   lapsed slices; REBUILD_LUA replaces a quiet budget's spent by the ledger's figure.
 
+Every script names every key it touches in KEYS, and the keys of one invocation share a
+hash tag (the tenant: metering.control.scopes.tenant_tag), so each runs on Redis Cluster.
+
 Budget hashes hold `spent`, `held`, `gen` (the generation: new whenever the budget is
 loaded), `leased` and each slice's fields; a budget's exact holds are registered in a
 sorted set beside it (metering.control.store.holds_key). Amounts are integers; Lua
@@ -312,9 +315,11 @@ return out
 
 LOAD_LUA = """
 -- A budget is loaded when it has no generation (new, expired, or Redis restarted).
--- KEYS: the budget hash, its hold register; ARGV: spent, ttl_s (0: none).
+-- KEYS: the budget hash, its hold register, the generation counter of its tenant
+-- (metering.control.scopes.generation_key: a script names every key it touches, and on a
+-- cluster they share the budget's slot); ARGV: spent, ttl_s (0: none).
 if redis.call('HEXISTS', KEYS[1], 'gen') == 0 then
-  local gen = redis.call('INCR', 'rk:budget-generation')
+  local gen = redis.call('INCR', KEYS[3])
   redis.call('HSET', KEYS[1], 'spent', ARGV[1], 'held', 0, 'gen', gen)
   if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
   -- holds registered on an earlier generation were never held by this one

@@ -1,5 +1,6 @@
 """The control store: admission, settlement and lazy loading of budgets in Redis, over one
-pipelined connection per server process (metering.control.redis_pipe).
+pipelined connection per server process (metering.control.redis_pipe; on a Redis Cluster,
+one per node, each script sent to the node of its keys' slot).
 
 Every decision is one Lua script (metering.control.scripts), so it is atomic across
 processes: concurrent calls can never together pass a budget. Far from every limit, calls
@@ -26,8 +27,8 @@ from metering.control.leases import (
     Lease,
     LeaseBook,
 )
-from metering.control.redis_pipe import RedisPipe, RedisUnavailable
-from metering.control.scopes import BudgetCost, BudgetScope, Grant, RateScope
+from metering.control.redis_pipe import RedisUnavailable, control_client, key_slot_of
+from metering.control.scopes import BudgetCost, BudgetScope, Grant, RateScope, generation_key
 from metering.control.scripts import ADMIT, CANCEL, FLUSH, LEASE, LOAD, RECALL, SETTLE
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,30 @@ CANCEL_AGAIN_S = 2.0  # a lost admission's cancel that found nothing is tried ag
 def holds_key(key: str) -> str:
     """The sorted set registering a budget's exact holds ("<hold id>:<amount>" by expiry)."""
     return key + ":holds"
+
+
+# The keys each script names (metering.control.scripts), in its KEYS order. On a Redis
+# Cluster they must share one slot: every one carries the tenant's hash tag.
+
+
+def load_keys(key: str) -> list[str]:
+    """LOAD: the budget, its hold register, its tenant's generation counter."""
+    return [key, holds_key(key), generation_key(key)]
+
+
+def admit_keys(budgets: Sequence[BudgetScope], windows: Sequence[str]) -> list[str]:
+    """ADMIT and SETTLE: the budgets, the rate windows, the budgets' hold registers."""
+    return [*(b.key for b in budgets), *windows, *(holds_key(b.key) for b in budgets)]
+
+
+def cancel_keys(budgets: Sequence[BudgetScope]) -> list[str]:
+    """CANCEL: the budgets and their hold registers."""
+    return [*(b.key for b in budgets), *(holds_key(b.key) for b in budgets)]
+
+
+def lease_keys(budgets: Sequence[BudgetScope], windows: Sequence[str]) -> list[str]:
+    """LEASE: the budgets and the rate windows (FLUSH: those of one slot, LeaseBook)."""
+    return [*(b.key for b in budgets), *windows]
 
 
 @dataclass(slots=True)
@@ -80,7 +105,7 @@ class ControlStore:
         on_crossed: Callable[[BudgetScope], None] | None = None,
         hold_ttl_s: float = HOLD_TTL_S,  # float-ok: seconds
     ) -> None:
-        self._redis = RedisPipe(url, timeout=1.0)
+        self._redis = control_client(url, timeout=1.0)
         self.window_s = window_s
         # An exact hold not settled this long after admission is reaped (counted as
         # spent, the budget rebuilt from the ledger): the longest a call may run.
@@ -105,7 +130,7 @@ class ControlStore:
         cached = self._window_keys.get(id(rates))
         if cached is not None and cached[0] == window and cached[1] is rates:
             return cached[2], reset
-        keys = [f"rk:rl:{r.name}:{r.scope_id}:{window}" for r in rates]
+        keys = [r.window_key(window) for r in rates]
         if len(self._window_keys) > 10_000:
             self._window_keys.clear()
         self._window_keys[id(rates)] = (window, rates, keys)  # holds `rates`: ids stay unique
@@ -172,9 +197,7 @@ class ControlStore:
                 )
                 if admission is not None:
                     return admission
-        keys = [b.key for b in budgets]
-        keys += windows
-        keys += [holds_key(b.key) for b in budgets]
+        keys = admit_keys(budgets, windows)
         hold_id = random.getrandbits(52) + 1  # unique among a budget's live holds
         args: list[int] = [
             len(budgets),
@@ -206,9 +229,7 @@ class ControlStore:
                     raise ControlUnavailable("budgets keep leaving Redis while loading them")
                 budget = budgets[index - 1]  # not in Redis yet: load it from the ledger, retry
                 used = await load_in_thread(budget.load_used)
-                await self._redis.run(
-                    LOAD, [budget.key, holds_key(budget.key)], [used, budget.ttl_s]
-                )
+                await self._redis.run(LOAD, load_keys(budget.key), [used, budget.ttl_s])
                 continue
             if code == -4 and values[1] > 0 and time.monotonic() < deadline:
                 # Refused while slices hold part of the budget: ask them back, then retry.
@@ -308,7 +329,7 @@ class ControlStore:
                 )
             for _ in range(len(budgets) + 2):
                 try:
-                    reply = await self._redis.run(LEASE, [*keys, *windows], args)
+                    reply = await self._redis.run(LEASE, lease_keys(budgets, windows), args)
                 except ControlUnavailable:
                     # no reply, but Redis may have taken the slices: free them if so
                     window_slices = [
@@ -324,9 +345,7 @@ class ControlStore:
                     break
                 budget = budgets[reply[1] - 1]
                 used = await load_in_thread(budget.load_used)
-                await self._redis.run(
-                    LOAD, [budget.key, holds_key(budget.key)], [used, budget.ttl_s]
-                )
+                await self._redis.run(LOAD, load_keys(budget.key), [used, budget.ttl_s])
             else:
                 return
             if reply[0] == 0:  # near a limit: exact admission for a while
@@ -352,7 +371,7 @@ class ControlStore:
         as soon as Redis answers, and twice more a little later in case the admission,
         still queued in Redis on the dropped connection, ran after the first try. Past the
         hold's expiry the periodic rebuild reaps it anyway (metering.control.counters)."""
-        keys = [b.key for b in budgets] + [holds_key(b.key) for b in budgets]
+        keys = cancel_keys(budgets)
         deadline = time.monotonic() + self.hold_ttl_ms / 1000
         delay, tries = FLUSH_S, 0
         while tries < 3:
@@ -409,20 +428,29 @@ class ControlStore:
         async with self._flushing:
             now = time.monotonic()
             book.due(now)
-            report = book.report(now)
-            if report is None:
+            reports = book.reports(now, key_slot_of if self._redis.cluster else None)
+            if not reports:
                 if not book.healthy:  # nothing to report: ask Redis whether it is back
                     await self._redis.run(FLUSH, [], [OWNER_TTL_S * 1000, 0, 0])
                     book.healthy = True
                 return
-            keys, args, carried = report
-            try:
-                reply = await self._redis.run(FLUSH, keys, [OWNER_TTL_S * 1000, *args])
-            except ControlUnavailable:
+            replies = await asyncio.gather(
+                *(
+                    self._redis.run(FLUSH, keys, [OWNER_TTL_S * 1000, *args])
+                    for keys, args, _ in reports
+                ),
+                return_exceptions=True,
+            )
+            failed: BaseException | None = None
+            for (_, _, carried), reply in zip(reports, replies, strict=True):
+                if isinstance(reply, BaseException):
+                    failed = reply  # its slices are reported again next time
+                else:
+                    book.confirmed(carried, reply, time.monotonic())
+            if failed is not None:
                 book.healthy = False
-                raise
+                raise failed
             book.healthy = True
-            book.confirmed(carried, reply, time.monotonic())
 
     async def _recall(self, key: str) -> None:
         """Ask every process's slices of budget `key` back (this one's at once), lapse
@@ -491,9 +519,7 @@ class ControlStore:
             return None
         if token_windows is None:
             token_windows = self._windows(rates, time.time())[0]
-        keys = [b.key for b in budgets]
-        keys += token_windows
-        keys += [holds_key(b.key) for b in budgets]
+        keys = admit_keys(budgets, token_windows)
         args: list[int] = [len(budgets), len(token_windows), token_delta, self.window_s * 2]
         for hold, actual, gen in zip(holds, actuals, generations or [0] * len(holds), strict=True):
             args += (hold, actual, gen)

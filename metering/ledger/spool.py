@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from config.errors import ApplicationError
+from config.redis_clients import mget, redis_client
 from metering.ledger.orm import usage_records_write
 
 logger = logging.getLogger(__name__)
@@ -246,9 +247,7 @@ def spool_unclaimed(spool_dir: Path, own: str) -> set[str]:
 
 
 def _redis(url: str) -> Any:
-    import redis
-
-    return redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    return redis_client(url, socket_timeout=1.0, socket_connect_timeout=1.0)
 
 
 def spool_report(
@@ -293,7 +292,7 @@ def spool_outstanding(*, spool_dir: Path, redis_url: str) -> dict[str, int]:
         try:
             client = _redis(redis_url)
             writers = sorted(w.decode() for w in client.smembers(SPOOL_WRITERS_KEY))
-            values = client.mget([SPOOL_KEY_PREFIX + w for w in writers]) if writers else []
+            values = mget(client, [SPOOL_KEY_PREFIX + w for w in writers]) if writers else []
         except redis.RedisError as exc:
             raise SpoolPending(
                 "Cannot tell whether usage is spooled outside the ledger: Redis does not"

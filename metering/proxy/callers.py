@@ -199,6 +199,7 @@ def controls_load(api_key: ApiKey, tenant_terms: TenantTerms | None = None) -> C
             scope_id=str(r.api_key_id or tenant_id),
             requests_per_minute=r.requests_per_minute,
             tokens_per_minute=r.tokens_per_minute,
+            tenant_id=str(tenant_id),
         )
         for r in sorted(
             RateLimit.objects.filter(tenant_id=tenant_id).filter(

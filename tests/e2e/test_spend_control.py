@@ -115,7 +115,7 @@ def test_leased_calls_fill_a_limit_and_none_is_refused_while_it_covers_one(
     """Far from the limit the server admits calls on slices (metering.control.leases), near it
     call by call: spend never passes the limit, and once all calls have settled a call
     is refused only when what is left cannot cover its hold."""
-    import redis
+    from config.redis_clients import redis_client
 
     priced(e2e)
     max_tokens = 40
@@ -140,8 +140,10 @@ def test_leased_calls_fill_a_limit_and_none_is_refused_while_it_covers_one(
             return await asyncio.gather(*(until_refused(session) for _ in range(16)))
 
     concurrent = sum(asyncio.run(burst()))
-    budget = redis.Redis.from_url(os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0")
-    assert budget.hexists(f"rk:spend:tenant:{e2e.tenant.id}:total", "leased")  # slices were used
+    budget = redis_client(os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0")
+    assert budget.hexists(
+        f"rk:{{{e2e.tenant.id}}}:spend:tenant:{e2e.tenant.id}:total", "leased"
+    )  # slices were used
     time.sleep(0.3)  # the last leased calls are reported
 
     def left() -> int:

@@ -91,11 +91,11 @@ def test_scopes_name_each_budget_and_load_it_back_from_the_ledger() -> None:
     )
     scopes = budget_scopes(specs, tenant_id=key.tenant_id, tenant_terms=terms, now=NOW)
     assert [s.key for s in scopes] == [
-        f"rk:spend:tenant:{key.tenant_id}:2026-11",
-        f"rk:spend:key:{key.pk}:total",
-        f"rk:balance:{key.tenant_id}:e1",
-        f"rk:reasoning:tenant:{key.tenant_id}:2026-11",
-        f"rk:reasoning:key:{key.pk}:2026-11",
+        f"rk:{{{key.tenant_id}}}:spend:tenant:{key.tenant_id}:2026-11",
+        f"rk:{{{key.tenant_id}}}:spend:key:{key.pk}:total",
+        f"rk:{{{key.tenant_id}}}:balance:{key.tenant_id}:e1",
+        f"rk:{{{key.tenant_id}}}:reasoning:tenant:{key.tenant_id}:2026-11",
+        f"rk:{{{key.tenant_id}}}:reasoning:key:{key.pk}:2026-11",
     ]
     assert [s.label for s in scopes] == [
         "tenant monthly spend limit",
@@ -133,16 +133,18 @@ def test_names_not_of_a_budget_kind_or_shape_read_back_as_nothing() -> None:
     key, _, _ = setup_budgets()
     tenant = key.tenant_id
     for name in (
-        f"rk:credit:tenant:{tenant}:2026-11",  # no such kind
-        f"rk:reasoning:tenant:{tenant}:total",  # a reasoning budget is monthly
-        f"rk:spend:team:{tenant}:2026-11",  # no such owner
-        f"rk:spend:tenant:{tenant}",  # too short
-        f"rk:balance:{tenant}:e1:extra",  # too long
-        f"xx:spend:tenant:{tenant}:2026-11",  # not ours
+        f"rk:{{{tenant}}}:credit:tenant:{tenant}:2026-11",  # no such kind
+        f"rk:{{{tenant}}}:reasoning:tenant:{tenant}:total",  # a reasoning budget is monthly
+        f"rk:{{{tenant}}}:spend:team:{tenant}:2026-11",  # no such owner
+        f"rk:{{{tenant}}}:spend:tenant:{tenant}",  # too short
+        f"rk:{{{tenant}}}:balance:{tenant}:e1:extra",  # too long
+        f"xx:{{{tenant}}}:spend:tenant:{tenant}:2026-11",  # not ours
+        f"rk:{{nope}}:spend:tenant:{tenant}:total",  # a tag that is no tenant
+        f"rk:spend:tenant:{tenant}:total",  # the name before the hash tag
         "rk",
     ):
         assert budget_loader(name) is None, name
-    assert budget_loader(f"rk:spend:tenant:{tenant}:total") is not None
+    assert budget_loader(f"rk:{{{tenant}}}:spend:tenant:{tenant}:total") is not None
 
 
 def test_the_tenants_metering_knows_to_have_budgets() -> None:

@@ -57,7 +57,8 @@ class Ledger:
 
 
 def budget(ledger: Ledger, limit: int, ttl_s: int = 120) -> BudgetScope:
-    key = f"rk:spend:tenant:{uuid.uuid4()}:" + ("total" if ttl_s == 0 else "2026-12")
+    tenant = uuid.uuid4()
+    key = f"rk:{{{tenant}}}:spend:tenant:{tenant}:" + ("total" if ttl_s == 0 else "2026-12")
     return BudgetScope(
         key=key,
         kind="spend",
@@ -344,19 +345,23 @@ def test_budget_keys_are_read_back_from_the_ledger() -> None:
     month = f"{now:%Y-%m}"
     spent = to_nano(Decimal("0.75"))
     expected = {
-        f"rk:spend:tenant:{tenant}:total": spent,
-        f"rk:spend:tenant:{tenant}:{month}": spent,
-        f"rk:spend:key:{api_key.pk}:total": spent,
-        f"rk:spend:key:{api_key.pk}:{month}": spent,
-        f"rk:reasoning:tenant:{tenant}:{month}": 42,
-        f"rk:reasoning:key:{api_key.pk}:{month}": 42,
+        f"rk:{{{tenant}}}:spend:tenant:{tenant}:total": spent,
+        f"rk:{{{tenant}}}:spend:tenant:{tenant}:{month}": spent,
+        f"rk:{{{tenant}}}:spend:key:{api_key.pk}:total": spent,
+        f"rk:{{{tenant}}}:spend:key:{api_key.pk}:{month}": spent,
+        f"rk:{{{tenant}}}:reasoning:tenant:{tenant}:{month}": 42,
+        f"rk:{{{tenant}}}:reasoning:key:{api_key.pk}:{month}": 42,
     }
     for key, figure in expected.items():
         loader = budget_loader(key)
         assert loader is not None, key
         assert loader() == figure, key
-    assert budget_loader(f"rk:balance:{tenant}:0.0.0") is None  # no balance that stops
-    assert budget_loader("rk:spend:key:999999999:total") is None
+    assert budget_loader(f"rk:{{{tenant}}}:balance:{tenant}:0.0.0") is None  # no balance
+    assert budget_loader(f"rk:{{{tenant}}}:spend:key:999999999:total") is None
+    other = uuid.uuid4()  # a key budget filed under another tenant's tag is no name of ours
+    assert budget_loader(f"rk:{{{other}}}:spend:key:{api_key.pk}:total") is None
+    assert budget_loader(f"rk:{{{other}}}:spend:tenant:{tenant}:total") is None
+    assert budget_loader(f"rk:spend:tenant:{tenant}:total") is None  # the old name
 
 
 @pytest.mark.django_db
@@ -368,8 +373,10 @@ def test_the_beat_task_rebuilds_an_all_time_budget_from_the_ledger(settings) -> 
     settings.RECKON_CONTROL_HOLD_TTL_SECONDS = 0
     api_key = ApiKeyFactory()
     usage_records_write([usage_row(api_key, spend_usd=Decimal("0.25"))])
-    key = f"rk:spend:tenant:{api_key.tenant_id}:total"
+    key = f"rk:{{{api_key.tenant_id}}}:spend:tenant:{api_key.tenant_id}:total"
     client = redis.Redis.from_url(URL)
+    legacy = f"rk:spend:tenant:{api_key.tenant_id}:total"  # its name before the hash tag
+    client.hset(legacy, mapping={"spent": 1, "held": 0, "gen": 1})
     slice_of_a_dead_process = {"lo:host:7:abc:1": 32 * HOLD, "lt:host:7:abc:1": 1}
     client.hset(
         key,
@@ -379,6 +386,7 @@ def test_the_beat_task_rebuilds_an_all_time_budget_from_the_ledger(settings) -> 
     assert rebuild_task.delay().get() >= 1
     state = {k.decode(): int(v) for k, v in client.hgetall(key).items()}
     assert state == {"spent": to_nano(Decimal("0.25")), "held": 0, "gen": 1, "leased": 0}
+    assert not client.exists(legacy)  # no process reads the old name: it goes
 
 
 def test_the_hold_register_of_a_budget_that_expired_goes() -> None:

@@ -80,7 +80,9 @@ async def settle(store: ControlStore, b: BudgetScope, admission, actual: int = H
 
 def test_far_from_the_limit_calls_are_admitted_on_a_slice() -> None:
     b = budget(10**9)
-    rate = RateScope("key", str(uuid.uuid4()), requests_per_minute=10**6, tokens_per_minute=None)
+    rate = RateScope(
+        "key", str(uuid.uuid4()), requests_per_minute=10**6, tokens_per_minute=None, tenant_id="t"
+    )
 
     async def scenario():  # type: ignore[no-untyped-def]
         store = ControlStore(URL, lease_calls=8)
@@ -198,7 +200,9 @@ def test_a_slice_of_a_budget_that_left_redis_takes_no_more_calls() -> None:
 
 def test_a_report_whose_reply_was_lost_is_not_counted_twice() -> None:
     b = budget(10**9)
-    rate = RateScope("key", str(uuid.uuid4()), requests_per_minute=10**6, tokens_per_minute=10**9)
+    rate = RateScope(
+        "key", str(uuid.uuid4()), requests_per_minute=10**6, tokens_per_minute=10**9, tenant_id="t"
+    )
 
     async def scenario():  # type: ignore[no-untyped-def]
         store = ControlStore(URL, lease_calls=8)
@@ -236,7 +240,9 @@ def test_a_report_whose_reply_was_lost_is_not_counted_twice() -> None:
 
 def test_a_closing_slice_keeps_the_hold_of_a_call_in_flight() -> None:
     b = budget(10**9)
-    rate = RateScope("key", str(uuid.uuid4()), requests_per_minute=10**6, tokens_per_minute=10**9)
+    rate = RateScope(
+        "key", str(uuid.uuid4()), requests_per_minute=10**6, tokens_per_minute=10**9, tenant_id="t"
+    )
 
     async def scenario():  # type: ignore[no-untyped-def]
         store = ControlStore(URL, lease_calls=8)
@@ -409,7 +415,9 @@ def test_an_orphans_charge_counts_once_when_its_reply_is_lost() -> None:
 
 def test_a_lease_whose_reply_was_lost_is_given_back() -> None:
     b = budget(10**9)
-    rate = RateScope("key", str(uuid.uuid4()), requests_per_minute=10**6, tokens_per_minute=None)
+    rate = RateScope(
+        "key", str(uuid.uuid4()), requests_per_minute=10**6, tokens_per_minute=None, tenant_id="t"
+    )
 
     async def scenario():  # type: ignore[no-untyped-def]
         store = ControlStore(URL, lease_calls=8)

@@ -186,7 +186,9 @@ def test_the_tightest_budget_decides_and_every_budget_is_held(store) -> None:  #
 
 
 def test_rate_window_counts_requests_and_tokens(store) -> None:  # type: ignore[no-untyped-def]
-    rate = RateScope("key", str(uuid.uuid4()), requests_per_minute=2, tokens_per_minute=1000)
+    rate = RateScope(
+        "key", str(uuid.uuid4()), requests_per_minute=2, tokens_per_minute=1000, tenant_id="t"
+    )
 
     async def scenario():  # type: ignore[no-untyped-def]
         out = [
@@ -200,7 +202,7 @@ def test_rate_window_counts_requests_and_tokens(store) -> None:  # type: ignore[
     assert c.reason == "requests" and c.retry_after_s >= 1
     assert dict(b.headers)[b"x-ratelimit-remaining-tokens"] == b"200"
     client = redis.Redis.from_url(URL)
-    (window,) = client.scan_iter(f"rk:rl:key:{rate.scope_id}:*")  # requests and tokens
+    (window,) = client.scan_iter(f"rk:{{t}}:rl:key:{rate.scope_id}:*")  # requests and tokens
     assert client.hgetall(window) == {b"r": b"2", b"t": b"800"}  # the refused call is not
     assert 0 < client.ttl(window) <= 120  # expires after two windows
 
@@ -212,7 +214,9 @@ def test_to_nano_rounds_up() -> None:
 
 def test_token_corrections_go_to_the_window_the_call_was_counted_in() -> None:
     store = ControlStore(URL, window_s=1)
-    rate = RateScope("key", str(uuid.uuid4()), requests_per_minute=None, tokens_per_minute=10**6)
+    rate = RateScope(
+        "key", str(uuid.uuid4()), requests_per_minute=None, tokens_per_minute=10**6, tenant_id="t"
+    )
 
     async def scenario():  # type: ignore[no-untyped-def]
         admitted = await admit(store, [], [], Grant(1, 1), rates=[rate], est_tokens=1000)
@@ -232,7 +236,7 @@ def test_token_corrections_go_to_the_window_the_call_was_counted_in() -> None:
     client = redis.Redis.from_url(URL)
     (window,) = admitted.token_windows
     assert int(client.hget(window, "t")) == 300
-    assert len(list(client.scan_iter(f"rk:rl:key:{rate.scope_id}:*"))) == 1
+    assert len(list(client.scan_iter(f"rk:{{t}}:rl:key:{rate.scope_id}:*"))) == 1
 
 
 def test_a_hold_of_nothing_settles(store) -> None:  # type: ignore[no-untyped-def]
