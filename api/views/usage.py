@@ -1,5 +1,5 @@
-"""REST views for usage: the tenant's usage records, usage summaries, and its budget and
-balance alerts."""
+"""REST views for usage: the tenant's usage records, usage summaries and series, and its
+budget and balance alerts."""
 
 from typing import Any
 
@@ -17,13 +17,15 @@ from api.serializers.usage import (
     AlertSerializer,
     UsageQuery,
     UsageRecordSerializer,
+    UsageSeriesQuery,
+    UsageSeriesRowSerializer,
     UsageSummaryQuery,
     UsageSummaryRowSerializer,
 )
 from billing.alerts import alerts_for_tenant
 from billing.permissions import ALERT_VIEW
 from metering.permissions import USAGE_VIEW
-from metering.selectors import UsageFilter, usage_records_for_tenant, usage_summary
+from metering.selectors import UsageFilter, usage_records_for_tenant, usage_series, usage_summary
 
 
 def _usage_filter(request: Request, query: dict[str, Any]) -> UsageFilter:
@@ -57,6 +59,29 @@ class UsageSummaryView(APIView):
             {
                 "group_by": query.get("group_by"),
                 "data": UsageSummaryRowSerializer(rows, many=True).data,
+            }
+        )
+
+
+class UsageSeriesView(APIView):
+    """Usage per UTC hour, day or month (for charts), flagged records included, like the
+    summary; buckets without usage are left out."""
+
+    permission_classes = [tenant_or_staff(GET=USAGE_VIEW)]
+
+    @extend_schema(parameters=[UsageSeriesQuery], responses=UsageSeriesRowSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        query = validated_query(UsageSeriesQuery, request)
+        rows = usage_series(
+            filters=_usage_filter(request, query),
+            granularity=query["granularity"],
+            group_by=query.get("group_by"),
+        )
+        return Response(
+            {
+                "granularity": query["granularity"],
+                "group_by": query.get("group_by"),
+                "data": UsageSeriesRowSerializer(rows, many=True).data,
             }
         )
 
