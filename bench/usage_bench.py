@@ -7,7 +7,8 @@ at the window's edges, with the raw scan's time beside it.
 Data (in PostgreSQL, set-based, in a scratch database `reckon_usage_bench`, dropped at the
 end): one "big" tenant with N records (default 10,000,000) spread evenly over October
 2026 across 10 API keys and 5 aliases, one in 10,007 flagged; 4 other tenants with N/20
-records each in the same month, interleaved in the table. Rollups are built with the
+records each in the same month, interleaved row by row in the table (as the proxy
+writes them). Rollups are built with the
 ledger's own fold SQL (`metering.ledger.rollups`) into 4 write shards, then folded into
 shard 0 by the shard fold the beat task runs, and checked against a raw scan.
 
@@ -55,39 +56,40 @@ def spread(times: list[float]) -> str:
     return f"{statistics.median(times):8.1f} {min(times):8.1f} {max(times):8.1f}"
 
 
-def load(cursor: Any, records: int, tenants: list[Any], keys: dict[Any, list[int]]) -> None:
-    """N records of the big tenant (tenants[0]) and N/20 of each other tenant, by
-    generate_series: evenly over the month, keys and aliases by row number."""
-    seconds = (END - START).total_seconds()
-    for index, tenant in enumerate(tenants):
-        count = records if index == 0 else records // 20
-        cursor.execute(
-            "INSERT INTO metering_usagerecord (request_id, tenant_id, api_key_id, alias, provider,"
-            " upstream_model, accelerator, endpoint, stream, status, upstream_status,"
-            " upstream_response_id, input_tokens, cached_input_tokens, cache_write_tokens,"
-            " output_tokens, reasoning_tokens, reasoning_source, flags, raw_usage,"
-            " client_disconnected, ttft_us, latency_us, spend_usd, started_at, finished_at,"
-            " recorded_at)"
-            " SELECT gen_random_uuid(), %(tenant)s, (%(keys)s::int8[])[g %% %(nkeys)s + 1],"
-            " (%(aliases)s::text[])[(g / 7) %% 5 + 1], 'openai', 'sim',"
-            " (ARRAY['h100','h100','a100','l40s','h100'])[(g / 7) %% 5 + 1], 'chat.completions',"
-            " false, 'completed', 200, '', 50 + g %% 400, (g %% 7) * 64, g %% 3, 10 + g %% 90,"
-            " (g * 7919) %% 2000, 'reported',"
-            " CASE WHEN g %% 10007 = 0 THEN '[\"total_mismatch\"]'::jsonb ELSE '[]'::jsonb END,"
-            " NULL, false, NULL, 1000, 0.000001 * (g %% 1000),"
-            " %(start)s::timestamptz + make_interval(secs => g * %(seconds)s / %(count)s),"
-            " %(start)s::timestamptz + make_interval(secs => g * %(seconds)s / %(count)s), now()"
-            " FROM generate_series(0::bigint, %(count)s - 1) g",
-            {
-                "tenant": tenant.pk,
-                "keys": keys[tenant.pk],
-                "nkeys": len(keys[tenant.pk]),
-                "aliases": ALIASES,
-                "start": START,
-                "seconds": seconds,
-                "count": count,
-            },
-        )
+def load(cursor: Any, records: int, tenants: list[Any], keys: list[int]) -> None:
+    """N records of the big tenant (tenants[0], keys[0:10]) and N/20 of each other tenant
+    (3 keys each, after), one statement by generate_series: interleaved row by row (one
+    row in 6 is another tenant's) evenly over the month, keys and aliases by row number."""
+    total = records * 6 // 5
+    cursor.execute(
+        "INSERT INTO metering_usagerecord (request_id, tenant_id, api_key_id, alias, provider,"
+        " upstream_model, accelerator, endpoint, stream, status, upstream_status,"
+        " upstream_response_id, input_tokens, cached_input_tokens, cache_write_tokens,"
+        " output_tokens, reasoning_tokens, reasoning_source, flags, raw_usage,"
+        " client_disconnected, ttft_us, latency_us, spend_usd, started_at, finished_at,"
+        " recorded_at)"
+        " SELECT gen_random_uuid(), (%(tenants)s::uuid[])[t + 1],"
+        " CASE WHEN t = 0 THEN (%(keys)s::int8[])[g %% 10 + 1]"
+        " ELSE (%(keys)s::int8[])[10 + 3 * (t - 1) + g %% 3 + 1] END,"
+        " (%(aliases)s::text[])[(g / 7) %% 5 + 1], 'openai', 'sim',"
+        " (ARRAY['h100','h100','a100','l40s','h100'])[(g / 7) %% 5 + 1], 'chat.completions',"
+        " false, 'completed', 200, '', 50 + g %% 400, (g %% 7) * 64, g %% 3, 10 + g %% 90,"
+        " (g * 7919) %% 2000, 'reported',"
+        " CASE WHEN g %% 10007 = 0 THEN '[\"total_mismatch\"]'::jsonb ELSE '[]'::jsonb END,"
+        " NULL, false, NULL, 1000, 0.000001 * (g %% 1000),"
+        " %(start)s::timestamptz + make_interval(secs => g * %(seconds)s / %(total)s),"
+        " %(start)s::timestamptz + make_interval(secs => g * %(seconds)s / %(total)s), now()"
+        " FROM (SELECT g, CASE WHEN g %% 6 = 5 THEN 1 + (g / 6) %% 4 ELSE 0 END AS t"
+        " FROM generate_series(0::bigint, %(total)s - 1) g) AS s",
+        {
+            "tenants": [t.pk for t in tenants],
+            "keys": keys,
+            "aliases": ALIASES,
+            "start": START,
+            "seconds": (END - START).total_seconds(),
+            "total": total,
+        },
+    )
 
 
 def main() -> None:
@@ -100,11 +102,15 @@ def main() -> None:
         default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
+    parser.add_argument(
+        "--reuse", action="store_true", help="time against the database a --keep run left"
+    )
     args = parser.parse_args()
     server = args.database_url.rsplit("/", 1)[0]
     psql = ["psql", server + "/postgres", "-qc"]
-    subprocess.run([*psql, f"DROP DATABASE IF EXISTS {DB}"], check=True, capture_output=True)
-    subprocess.run([*psql, f"CREATE DATABASE {DB}"], check=True)
+    if not args.reuse:
+        subprocess.run([*psql, f"DROP DATABASE IF EXISTS {DB}"], check=True, capture_output=True)
+        subprocess.run([*psql, f"CREATE DATABASE {DB}"], check=True)
     os.environ["DATABASE_URL"] = f"{server}/{DB}"
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     try:
@@ -113,37 +119,31 @@ def main() -> None:
         from django.db import connections
 
         connections.close_all()
-        if not args.keep:
+        if not (args.keep or args.reuse):
             subprocess.run([*psql, f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)"], check=True)
 
 
-def run(args: argparse.Namespace) -> None:
-    import django
-
-    django.setup()
-    from django.conf import settings
+def prepare(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
+    """Migrate, load the records, build and fold the rollups; the tenants and the big
+    tenant's created keys."""
     from django.core.management import call_command
     from django.db import connection
-    from django.test import Client
 
-    import config.urls  # noqa: F401 - load every module now, not mid-measurement
     from metering.ledger.rollups import (
         rollup_hourly_sql,
         rollup_upsert_sql,
         usage_rollup_shards_fold,
     )
-    from metering.selectors import UsageFilter, usage_series_raw, usage_summary_raw
     from metering.services import api_key_create, tenant_create
 
-    settings.ALLOWED_HOSTS = ["*"]
     call_command("migrate", verbosity=0)
     tenants = [tenant_create(name="big")] + [
         tenant_create(name=f"other-{i}") for i in range(OTHER_TENANTS)
     ]
     created = [api_key_create(tenant=tenants[0]) for _ in range(KEYS)]
-    keys = {tenants[0].pk: [c.api_key.pk for c in created]}
+    keys = [c.api_key.pk for c in created]
     for tenant in tenants[1:]:
-        keys[tenant.pk] = [api_key_create(tenant=tenant).api_key.pk for _ in range(3)]
+        keys += [api_key_create(tenant=tenant).api_key.pk for _ in range(3)]
 
     t = time.perf_counter()
     with connection.cursor() as cursor:
@@ -174,6 +174,28 @@ def run(args: argparse.Namespace) -> None:
         f" {folded_s:.1f} s to {rows:,} rows for the big tenant; ready in {prepared:.0f} s"
     )
 
+    return tenants, created
+
+
+def run(args: argparse.Namespace) -> None:
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.test import Client
+
+    import config.urls  # noqa: F401 - load every module now, not mid-measurement
+    from metering.models import Tenant
+    from metering.selectors import UsageFilter, usage_series_raw, usage_summary_raw
+    from metering.services import api_key_create
+
+    settings.ALLOWED_HOSTS = ["*"]
+    if args.reuse:
+        big = Tenant.objects.get(name="big")
+        created = [api_key_create(tenant=big)]
+        tenants = [big]
+    else:
+        tenants, created = prepare(args)
     client = Client()
     auth = {"HTTP_AUTHORIZATION": f"Bearer {created[0].raw_key}"}
     month = {"since": START.isoformat(), "until": END.isoformat()}

@@ -12,7 +12,7 @@ Invariants:
 
 import uuid
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -130,13 +130,19 @@ def _usage_rows(
         time_field="hour",
         sums={name: Sum(F(name) + F(f"flagged_{name}")) for name in _COUNTED},
     )
+    # Each edge as its own time range (not the window with the whole hours cut out), so
+    # PostgreSQL reads two short ranges of the (tenant, started_at) index.
     edges = Q()
-    if first is not None and filters.since is not None and filters.since < first:
-        edges |= Q(started_at__lt=first)
+    if filters.since is not None and first is not None and filters.since < first:
+        edges |= Q(started_at__gte=filters.since, started_at__lt=first)
     if end is not None and (filters.until is None or end < filters.until):
-        edges |= Q(started_at__gte=end)
+        edges |= Q(started_at__gte=end) & (
+            Q() if filters.until is None else Q(started_at__lt=filters.until)
+        )
     if edges:
-        records = usage_records_for_tenant(filters=filters).filter(edges)
+        records = usage_records_for_tenant(filters=replace(filters, since=None, until=None)).filter(
+            edges
+        )
         edge_rows = _grouped(
             records, key=key, bucket=bucket, time_field="started_at", sums=raw_sums
         )
