@@ -95,7 +95,9 @@ def _grouped(
     `time_field`, as "bucket"); one row without either, even over no rows."""
     if key is None and bucket is None:
         return [qs.aggregate(**{name: Coalesce(total, 0) for name, total in sums.items()})]
-    if bucket is not None:
+    if bucket == "hour" and time_field == "hour":
+        qs = qs.annotate(bucket=F("hour"))  # a rollup's hour is its own bucket
+    elif bucket is not None:
         qs = qs.annotate(bucket=Trunc(time_field, bucket, tzinfo=UTC))
     names = [name for name in (key, "bucket" if bucket else None) if name]
     return list(qs.values(*names).annotate(**sums).order_by())
