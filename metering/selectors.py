@@ -3,9 +3,13 @@ usage. Functions return querysets or plain data (frozen dataclasses, dicts, numb
 
 Invariants:
 - windows are half-open, [start, end), on the record's `started_at` (rollups: its UTC hour);
-- rating reads the hourly rollups (`usage_totals`, `usage_totals_by_tenant`), which hold
-  unflagged records only: a flagged record is held back from rating, yet counts against
-  limits (`spend_since`, `reasoning_tokens_since` add flagged usage back);
+- rating reads the hourly rollups' plain sums (`usage_totals`, `usage_totals_by_tenant`),
+  which hold unflagged records only: a flagged record is held back from rating, yet
+  counts against limits (`spend_since`, `reasoning_tokens_since`) and in usage analytics
+  (`usage_summary`, `usage_series`), which add the rollups' flagged sums;
+- usage analytics equal a raw scan of the window (`usage_summary_raw`,
+  `usage_series_raw`): whole UTC hours from the rollups, partial edge hours from the
+  raw records;
 - token classes carry the ledger's names (`metering.usage.LEDGER_COLUMNS`) except in
   `UsageTotals` and `ServedTotals`, which carry pricing's (`PRICING_CLASS`).
 """
