@@ -77,11 +77,12 @@ def _whole_hours(filters: UsageFilter) -> tuple[datetime | None, datetime | None
     """The whole UTC hours inside the window, [first, end) (None: unbounded), or None
     when the window holds no whole hour."""
     first = end = None
-    if filters.since is not None:
-        floor = filters.since.replace(minute=0, second=0, microsecond=0)
-        first = floor if floor == filters.since else floor + timedelta(hours=1)
+    if filters.since is not None:  # (UTC hours: an offset like +05:30 moves the floor)
+        since = filters.since.astimezone(UTC)
+        floor = since.replace(minute=0, second=0, microsecond=0)
+        first = floor if floor == since else floor + timedelta(hours=1)
     if filters.until is not None:
-        end = filters.until.replace(minute=0, second=0, microsecond=0)
+        end = filters.until.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     if first is not None and end is not None and first >= end:
         return None
     return first, end

@@ -92,3 +92,30 @@ def test_a_window_inside_one_hour_and_across_hour_edges() -> None:
     assert assert_rollups_serve_as_raw(tenant, keys, edge, None, None) == 1
     assert usage_rollup_shards_fold(before=T0 + timedelta(days=9)) > 0
     assert assert_rollups_serve_as_raw(tenant, keys, (None, T0 + timedelta(hours=5)), None, 1) == 6
+
+
+@pytest.mark.django_db
+def test_windows_given_at_a_half_hour_offset_cut_utc_hours() -> None:
+    """A window in +05:30 starts mid-way through a UTC hour: that hour is an edge."""
+    from datetime import timezone
+
+    world = tenants_with_keys()
+    drawn = [
+        {
+            "tenant": 0,
+            "key": 0,
+            "alias": "reasoner",
+            "accelerator": "",
+            "flagged": False,
+            "started_at": T0 + timedelta(minutes=m),
+            "tokens": (1, 0, 0, 0, 0),
+            "shard": 1,
+        }
+        for m in (10, 40, 70)
+    ]
+    write_postgres(as_ledger_rows(world, drawn))
+    tenant, keys = world[0]
+    ist = timezone(timedelta(hours=5, minutes=30))
+    since = (T0 + timedelta(minutes=30)).astimezone(ist)  # 30 minutes into the UTC hour
+    until = (T0 + timedelta(hours=3)).astimezone(ist)
+    assert assert_rollups_serve_as_raw(tenant, keys, (since, until), None, None) == 2
