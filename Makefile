@@ -6,7 +6,7 @@ PY := .venv/bin/python
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: setup run test lint bench bench-billing bench-control bench-control-cluster bench-ledger bench-archive bench-cpu bench-compare services chaos
+.PHONY: setup run test lint bench bench-billing bench-usage bench-control bench-control-cluster bench-ledger bench-archive bench-cpu bench-compare services chaos
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -45,6 +45,11 @@ bench: setup services
 
 bench-billing: setup services
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) bench/billing_bench.py
+
+# The usage API over a tenant-month of 10M records: make bench-usage USAGE_BENCH_ARGS='--records 1000000'
+USAGE_BENCH_ARGS ?=
+bench-usage: setup services
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) bench/usage_bench.py $(USAGE_BENCH_ARGS)
 
 bench-control: setup services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) bench/control_bench.py

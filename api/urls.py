@@ -10,6 +10,7 @@ ENDPOINTS: list[tuple[str, type[APIView], str]] = [
     # usage
     ("usage/records", usage.UsageRecordListView, "usage-records"),
     ("usage/summary", usage.UsageSummaryView, "usage-summary"),
+    ("usage/series", usage.UsageSeriesView, "usage-series"),
     ("usage/alerts", usage.AlertListView, "usage-alerts"),
     # prepaid balances
     ("balance", balances.BalanceView, "balance"),

@@ -138,18 +138,21 @@ def main() -> None:
         )
         generated = time.perf_counter() - t
         cur.execute(
-            "INSERT INTO metering_usagerollup (tenant_id, alias, accelerator, hour, shard, requests, flagged_requests,"
-            " input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens,"
-            " serving_cost_usd, reasoning_cost_usd, spend_usd, last_record_id, updated_at)"
-            " SELECT tenant_id, alias, accelerator, date_trunc('hour', started_at, 'UTC'), 0, count(*), 0,"
-            " sum(input_tokens), sum(cached_input_tokens), sum(cache_write_tokens), sum(output_tokens),"
-            " sum(reasoning_tokens), 0, 0, 0, max(id), now() FROM metering_usagerecord GROUP BY 1, 2, 3, 4"
+            "INSERT INTO metering_usagerollup (tenant_id, alias, accelerator, api_key_id, hour, shard,"
+            " requests, flagged_requests, input_tokens, cached_input_tokens, cache_write_tokens,"
+            " output_tokens, reasoning_tokens, serving_cost_usd, reasoning_cost_usd, spend_usd,"
+            " last_record_id, updated_at)"
+            " SELECT tenant_id, alias, accelerator, api_key_id, date_trunc('hour', started_at, 'UTC'), 0,"
+            " count(*), 0, sum(input_tokens), sum(cached_input_tokens), sum(cache_write_tokens),"
+            " sum(output_tokens), sum(reasoning_tokens), 0, 0, 0, max(id), now()"
+            " FROM metering_usagerecord GROUP BY 1, 2, 3, 4, 5"
         )
         cur.execute(
-            "INSERT INTO metering_usagerollup (tenant_id, alias, accelerator, hour, shard, requests, flagged_requests,"
-            " input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens,"
-            " serving_cost_usd, reasoning_cost_usd, spend_usd, last_record_id, updated_at)"
-            " SELECT t.id, a, '', %s::timestamptz + make_interval(days => d, hours => 12), 0, 100, 0,"
+            "INSERT INTO metering_usagerollup (tenant_id, alias, accelerator, api_key_id, hour, shard,"
+            " requests, flagged_requests, input_tokens, cached_input_tokens, cache_write_tokens,"
+            " output_tokens, reasoning_tokens, serving_cost_usd, reasoning_cost_usd, spend_usd,"
+            " last_record_id, updated_at)"
+            " SELECT t.id, a, '', 0, %s::timestamptz + make_interval(days => d, hours => 12), 0, 100, 0,"
             " 40000 + d * 10, 5000, 0, 20000 + d, 90000 + d * 100, 0, 0, 0, 0, now()"
             " FROM metering_tenant t, unnest(ARRAY['r1','r2','r3']) a, generate_series(0, 29) d"
             " WHERE t.id <> %s",

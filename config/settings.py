@@ -394,6 +394,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "metering.tasks.ledger_partitions_ensure",
         "schedule": 3600.0,  # months ahead kept ready; logs an error when coverage is short
     },
+    "fold-rollup-shards": {
+        "task": "metering.tasks.fold_rollup_shards",
+        "schedule": 300.0,  # closed hours' write shards into one row (metering.ledger.rollups)
+    },
     "control-counters-rebuild": {
         "task": "metering.tasks.control_counters_rebuild",
         "schedule": 60.0,  # lost holds and dead processes' slices given back (metering.control.counters)
@@ -409,6 +413,10 @@ CELERY_TASK_ROUTES = {
     "billing.alert_deliver": {"queue": QUEUE_WEBHOOKS},
     "billing.tasks.process_stripe_event": {"queue": QUEUE_WEBHOOKS},
 }
+
+# Seconds after an hour ends before its rollups' write shards fold into one row
+# (metering.tasks.fold_rollup_shards); later records for it are folded on the next run.
+RECKON_ROLLUP_FOLD_GRACE_SECONDS = int(os.environ.get("RECKON_ROLLUP_FOLD_GRACE_SECONDS", "600"))
 
 # --- Spend control ------------------------------------------------------------------
 # When Redis (the shared control store) is unreachable, refuse calls that have spend or

@@ -248,7 +248,17 @@ class HoldCapAdmin(admin.ModelAdmin):
 class UsageRollupAdmin(admin.ModelAdmin):
     """Hourly sums kept by the ledger's own statement; read-only."""
 
-    list_display = ["tenant", "alias", "accelerator", "hour", "shard", "requests", "spend_usd"]
+    list_display = [
+        "tenant",
+        "alias",
+        "accelerator",
+        "api_key_id",
+        "hour",
+        "shard",
+        "requests",
+        "flagged_requests",
+        "spend_usd",
+    ]
     list_filter = ["accelerator"]
     search_fields = ["tenant__name", "alias"]
     date_hierarchy = "hour"

@@ -209,21 +209,33 @@ class UsageRecord(models.Model):
 
 
 class UsageRollup(models.Model):
-    """Rated usage per tenant, alias and UTC hour, kept in the ledger's own transaction.
+    """Usage per tenant, alias, accelerator, API key and UTC hour, kept in the ledger's
+    own transaction (the fold: `metering.ledger.rollups`).
 
-    Invariant: each row equals the sum of the usage records of its (tenant, alias, hour)
-    that carry no flags (flagged records are held back from rating and only counted in
-    `flagged_requests`). Billing rates periods from these rows, never from raw records.
+    Invariants, summed over a row's shards: `requests` and the plain sums equal the usage
+    records of its (tenant, alias, accelerator, key, hour) that carry no flags (billing
+    rates periods from these, never from raw records); `flagged_requests` and the
+    `flagged_*` sums equal its flagged records (held back from rating, counted by usage
+    analytics and limits). Plain + flagged equals a raw scan that ignores flags.
     """
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_rollups")
     alias = models.CharField(max_length=200)
     # Accelerator type that served them (an alias may move between types over time).
     accelerator = models.CharField(max_length=100, blank=True)
+    # The key the requests came with (every record has one). No database foreign key,
+    # as on the ledger: keys are never deleted, and the check would cost every batch.
+    api_key = models.ForeignKey(
+        ApiKey,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
+    )
     # Start of the UTC hour the requests started in.
     hour = models.DateTimeField()
     # Writers fold into different shards so concurrent ledger batches never wait on each
-    # other's row lock; every reader sums across shards.
+    # other's row lock; every reader sums across shards. Closed hours fold into shard 0.
     shard = models.PositiveSmallIntegerField(default=0)
     requests = models.BigIntegerField(default=0)
     # Records in this hour held back from rating because they broke a provider invariant.
@@ -238,22 +250,36 @@ class UsageRollup(models.Model):
     reasoning_cost_usd = models.DecimalField(max_digits=44, decimal_places=24, default=0)
     # Spend at list price (what spend limits count).
     spend_usd = models.DecimalField(max_digits=44, decimal_places=24, default=0)
+    # The flagged records' tokens per class and spend at list price (not rated).
+    flagged_input_tokens = models.BigIntegerField(default=0, db_default=0)
+    flagged_cached_input_tokens = models.BigIntegerField(default=0, db_default=0)
+    flagged_cache_write_tokens = models.BigIntegerField(default=0, db_default=0)
+    flagged_output_tokens = models.BigIntegerField(default=0, db_default=0)
+    flagged_reasoning_tokens = models.BigIntegerField(default=0, db_default=0)
+    flagged_spend_usd = models.DecimalField(
+        max_digits=44, decimal_places=24, default=0, db_default=0
+    )
     # Highest usage record id folded in (kept on invoices for recomputation).
     last_record_id = models.BigIntegerField(default=0)
     # Commit-order stamp of the last change (see `metering.selectors.usage_watermark`):
     # PostgreSQL's 64-bit id of the transaction that last changed the row; on SQLite,
-    # whose writers run one at a time, the highest record id folded in.
+    # whose writers run one at a time, the highest record id folded in. Folding shards
+    # keeps the highest stamp of the rows merged (it adds no usage).
     changed_xid = models.BigIntegerField(default=0, db_default=0)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["tenant", "alias", "accelerator", "hour", "shard"],
+                fields=["tenant", "alias", "accelerator", "api_key", "hour", "shard"],
                 name="rollup_unique_hour",
             ),
         ]
-        indexes = [models.Index(fields=["tenant", "hour"], name="rollup_tenant_hour")]
+        indexes = [
+            models.Index(fields=["tenant", "hour"], name="rollup_tenant_hour"),
+            # The rows the shard fold looks for: few, the open hours' write shards.
+            models.Index(fields=["hour"], name="rollup_unfolded", condition=Q(shard__gt=0)),
+        ]
 
     def __str__(self) -> str:
         return f"{self.tenant_id} {self.alias} {self.hour:%Y-%m-%d %H}:00"

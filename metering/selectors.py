@@ -3,23 +3,27 @@ usage. Functions return querysets or plain data (frozen dataclasses, dicts, numb
 
 Invariants:
 - windows are half-open, [start, end), on the record's `started_at` (rollups: its UTC hour);
-- rating reads the hourly rollups (`usage_totals`, `usage_totals_by_tenant`), which hold
-  unflagged records only: a flagged record is held back from rating, yet counts against
-  limits (`spend_since`, `reasoning_tokens_since` add flagged usage back);
+- rating reads the hourly rollups' plain sums (`usage_totals`, `usage_totals_by_tenant`),
+  which hold unflagged records only: a flagged record is held back from rating, yet
+  counts against limits (`spend_since`, `reasoning_tokens_since`) and in usage analytics
+  (`usage_summary`, `usage_series`), which add the rollups' flagged sums;
+- usage analytics equal a raw scan of the window (`usage_summary_raw`,
+  `usage_series_raw`): whole UTC hours from the rollups, partial edge hours from the
+  raw records;
 - token classes carry the ledger's names (`metering.usage.LEDGER_COLUMNS`) except in
   `UsageTotals` and `ServedTotals`, which carry pricing's (`PRICING_CLASS`).
 """
 
 import uuid
 from collections.abc import Collection
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.db import connection
-from django.db.models import Count, Max, Q, QuerySet, Sum
-from django.db.models.functions import Coalesce, TruncDay
+from django.db.models import Count, F, Max, Q, QuerySet, Sum
+from django.db.models.functions import Coalesce, Trunc
 from django.utils import timezone
 
 from metering.ledger.archive import archived_months_dropped, archived_usage_rows
@@ -65,27 +69,168 @@ def _with_shares(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def usage_summary(*, filters: UsageFilter, group_by: str | None = None) -> list[dict[str, Any]]:
-    """Token totals per class (and request count), optionally grouped."""
-    qs = usage_records_for_tenant(filters=filters)
-    sums = {name: Coalesce(Sum(name), 0) for name in LEDGER_COLUMNS}
+# Time buckets of usage series and summaries, truncated in UTC (settings.TIME_ZONE).
+GRANULARITIES = ("hour", "day", "month")
+_COUNTED = ("requests", *LEDGER_COLUMNS)
+
+
+def _whole_hours(filters: UsageFilter) -> tuple[datetime | None, datetime | None] | None:
+    """The whole UTC hours inside the window, [first, end) (None: unbounded), or None
+    when the window holds no whole hour."""
+    first = end = None
+    if filters.since is not None:  # (UTC hours: an offset like +05:30 moves the floor)
+        since = filters.since.astimezone(UTC)
+        floor = since.replace(minute=0, second=0, microsecond=0)
+        first = floor if floor == since else floor + timedelta(hours=1)
+    if filters.until is not None:
+        end = filters.until.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    if first is not None and end is not None and first >= end:
+        return None
+    return first, end
+
+
+def _grouped(
+    qs: QuerySet[Any],
+    *,
+    key: str | None,
+    bucket: str | None,
+    time_field: str,
+    sums: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """`sums` of `qs` per `key` (a column) and per `bucket` (a UTC granularity of
+    `time_field`, as "bucket"); one row without either, even over no rows."""
+    if key is None and bucket is None:
+        return [qs.aggregate(**{name: Coalesce(total, 0) for name, total in sums.items()})]
+    if bucket == "hour" and time_field == "hour":
+        qs = qs.annotate(bucket=F("hour"))  # a rollup's hour is its own bucket
+    elif bucket is not None:
+        qs = qs.annotate(bucket=Trunc(time_field, bucket, tzinfo=UTC))
+    names = [name for name in (key, "bucket" if bucket else None) if name]
+    return list(qs.values(*names).annotate(**sums).order_by())
+
+
+def _usage_rows(
+    filters: UsageFilter, *, key: str | None, bucket: str | None, raw: bool
+) -> list[dict[str, Any]]:
+    """Requests and tokens of every record in the window (flagged or not) per `key` and
+    `bucket`. Whole hours come from the hourly rollups (plain + flagged sums), the
+    partial hours at the window's edges from the raw records; `raw` reads everything
+    from the raw records (the reference the rollup path must equal)."""
+    hours = None if raw else _whole_hours(filters)
+    raw_sums = {"requests": Count("id"), **{name: Sum(name) for name in LEDGER_COLUMNS}}
+    if hours is None:
+        records = usage_records_for_tenant(filters=filters)
+        return _grouped(records, key=key, bucket=bucket, time_field="started_at", sums=raw_sums)
+    first, end = hours
+    rollups = UsageRollup.objects.filter(tenant_id=filters.tenant_id)
+    if first is not None:
+        rollups = rollups.filter(hour__gte=first)
+    if end is not None:
+        rollups = rollups.filter(hour__lt=end)
+    if filters.api_key_id is not None:
+        rollups = rollups.filter(api_key_id=filters.api_key_id)
+    if filters.alias:
+        rollups = rollups.filter(alias=filters.alias)
+    rows = _grouped(
+        rollups,
+        key=key,
+        bucket=bucket,
+        time_field="hour",
+        sums={name: Sum(F(name) + F(f"flagged_{name}")) for name in _COUNTED},
+    )
+    # Each edge as its own time range (not the window with the whole hours cut out), so
+    # PostgreSQL reads two short ranges of the (tenant, started_at) index.
+    edges = Q()
+    if filters.since is not None and first is not None and filters.since < first:
+        edges |= Q(started_at__gte=filters.since, started_at__lt=first)
+    if end is not None and (filters.until is None or end < filters.until):
+        edges |= Q(started_at__gte=end) & (
+            Q() if filters.until is None else Q(started_at__lt=filters.until)
+        )
+    if edges:
+        records = usage_records_for_tenant(filters=replace(filters, since=None, until=None)).filter(
+            edges
+        )
+        edge_rows = _grouped(
+            records, key=key, bucket=bucket, time_field="started_at", sums=raw_sums
+        )
+        rows = _merged(rows, edge_rows)
+    return rows
+
+
+def _merged(*parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of the same groups added up (token sums and requests; None reads as 0)."""
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in (row for part in parts for row in part):
+        group = tuple((k, v) for k, v in row.items() if k not in _COUNTED)
+        into = merged.setdefault(group, dict(group) | dict.fromkeys(_COUNTED, 0))
+        for name in _COUNTED:
+            into[name] += row[name] or 0
+    return list(merged.values())
+
+
+def _usage_summary(
+    filters: UsageFilter, group_by: str | None, *, raw: bool
+) -> list[dict[str, Any]]:
     if group_by is None:
-        row = qs.aggregate(requests=Count("id"), **sums)
-        return [_with_shares(row)]
-    if group_by == "day":
-        qs = qs.annotate(day=TruncDay("started_at"))
+        return [_with_shares(_merged(_usage_rows(filters, key=None, bucket=None, raw=raw))[0])]
     key = GROUPINGS[group_by]
-    rows = list(qs.values(key).annotate(requests=Count("id"), **sums).order_by(key))
+    if group_by == "day":
+        rows = _usage_rows(filters, key=None, bucket="day", raw=raw)
+        for r in rows:
+            r["day"] = r.pop("bucket").date().isoformat()
+    else:
+        rows = _usage_rows(filters, key=key, bucket=None, raw=raw)
     if group_by == "api_key":
         prefixes = dict(
             ApiKey.objects.filter(pk__in=[r[key] for r in rows]).values_list("pk", "prefix")
         )
         for r in rows:
             r["api_key_prefix"] = prefixes.get(r[key], "")
-    if group_by == "day":
-        for r in rows:
-            r["day"] = r["day"].date().isoformat()
+    # Python's order, not the database collation's: both paths list groups alike.
+    rows.sort(key=lambda r: r[key])
     return [_with_shares(r) for r in rows]
+
+
+def usage_summary(*, filters: UsageFilter, group_by: str | None = None) -> list[dict[str, Any]]:
+    """Requests and token totals per class of every record in the window (flagged ones
+    included), optionally grouped by alias, API key or UTC day, in group order. Served
+    from the hourly rollups plus the raw records of the partial hours at the window's
+    edges; equal to `usage_summary_raw`."""
+    return _usage_summary(filters, group_by, raw=False)
+
+
+def usage_summary_raw(*, filters: UsageFilter, group_by: str | None = None) -> list[dict[str, Any]]:
+    """`usage_summary` by a scan of the raw records: the reference (tests, benchmark)."""
+    return _usage_summary(filters, group_by, raw=True)
+
+
+def _usage_series(
+    filters: UsageFilter, granularity: str, group_by: str | None, *, raw: bool
+) -> list[dict[str, Any]]:
+    key = None if group_by is None else GROUPINGS[group_by]
+    rows = _usage_rows(filters, key=key, bucket=granularity, raw=raw)
+    for r in rows:
+        r["start"] = r.pop("bucket")
+    rows.sort(key=lambda r: (r["start"], r[key]) if key else r["start"])
+    return [_with_shares(r) for r in rows]
+
+
+def usage_series(
+    *, filters: UsageFilter, granularity: str, group_by: str | None = None
+) -> list[dict[str, Any]]:
+    """Requests and token totals of every record in the window per UTC bucket of
+    `granularity` (hour, day or month; `start` is the bucket's first instant), optionally
+    per alias or API key too, ordered by bucket then group. Buckets without usage are
+    left out. Served like `usage_summary`; equal to `usage_series_raw`."""
+    return _usage_series(filters, granularity, group_by, raw=False)
+
+
+def usage_series_raw(
+    *, filters: UsageFilter, granularity: str, group_by: str | None = None
+) -> list[dict[str, Any]]:
+    """`usage_series` by a scan of the raw records: the reference (tests, benchmark)."""
+    return _usage_series(filters, granularity, group_by, raw=True)
 
 
 @dataclass(frozen=True)
@@ -315,37 +460,19 @@ def served_totals(
     ]
 
 
-def _flagged_usage_since(tenant_id: uuid.UUID, since: datetime | None, field: str) -> Any:
-    """The sum of `field` over a tenant's flagged records from `since`: what its rollups
-    leave out (they count flagged records, not their usage). Only hours whose rollups
-    say they hold a flagged record are read, so this stays cheap for large tenants."""
-    rollups = UsageRollup.objects.filter(tenant_id=tenant_id, flagged_requests__gt=0)
-    if since is not None:
-        rollups = rollups.filter(hour__gte=since)
-    hours = sorted(set(rollups.values_list("hour", flat=True)))
-    if not hours:
-        return 0
-    records = UsageRecord.objects.filter(tenant_id=tenant_id).exclude(flags=[])
-    if since is not None:
-        records = records.filter(started_at__gte=since)
-    windows = Q()
-    for hour in hours:
-        windows |= Q(started_at__gte=hour, started_at__lt=hour + timedelta(hours=1))
-    return records.filter(windows).aggregate(total=Sum(field))["total"] or 0
-
-
 def _used_since(
     field: str, *, tenant_id: uuid.UUID, api_key_id: int | None, since: datetime | None
 ) -> Any:
     """The sum of `field` a tenant, or one of its keys, used from `since` (None: all time).
-    A tenant's comes from its hourly rollups plus its flagged records (held back from
-    rating, not from limits: the proxy counts them too), a key's from its records."""
+    A tenant's comes from its hourly rollups (whole hours from the one `since` falls in),
+    flagged records included (held back from rating, not from limits: the proxy counts
+    them too); a key's from its records."""
     if api_key_id is None:
         rollups = UsageRollup.objects.filter(tenant_id=tenant_id)
         if since is not None:
             rollups = rollups.filter(hour__gte=since)
-        total = rollups.aggregate(total=Sum(field))["total"] or 0
-        return total + _flagged_usage_since(tenant_id, since, field)
+        total = rollups.aggregate(total=Sum(F(field) + F(f"flagged_{field}")))["total"]
+        return total or 0
     records = UsageRecord.objects.filter(tenant_id=tenant_id, api_key_id=api_key_id)
     if since is not None:
         records = records.filter(started_at__gte=since)

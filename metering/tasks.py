@@ -1,6 +1,6 @@
 """Celery tasks of metering: each calls one service and is safe to run twice."""
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from celery import shared_task
 from django.conf import settings
@@ -12,6 +12,7 @@ from metering.control.counters import control_counters_rebuild as counters_rebui
 from metering.control.holdcaps import hold_caps_learn
 from metering.ledger.archive import ledger_month_archive, ledger_months_due
 from metering.ledger.partitions import partitions_maintain
+from metering.ledger.rollups import usage_rollup_shards_fold
 
 
 @shared_task(name="metering.tasks.learn_hold_caps", **RELIABLE_TASK)
@@ -61,3 +62,14 @@ def ledger_partitions_ensure(as_of: str | None = None) -> int:
         now=datetime.fromisoformat(as_of) if as_of else None,
     )
     return len(maintained.created)
+
+
+@shared_task(name="metering.tasks.fold_rollup_shards", **RELIABLE_TASK)
+def fold_rollup_shards(as_of: str | None = None) -> int:
+    """Fold the write shards of the rollup hours that closed more than
+    RECKON_ROLLUP_FOLD_GRACE_SECONDS before `as_of` (default now) into shard 0
+    (metering.ledger.rollups). Returns how many rows were merged away."""
+    now = datetime.fromisoformat(as_of) if as_of else datetime.now(UTC)
+    closed = now - timedelta(seconds=settings.RECKON_ROLLUP_FOLD_GRACE_SECONDS)
+    # An hour is closed once it has ended: fold the hours that start an hour before.
+    return usage_rollup_shards_fold(before=closed - timedelta(hours=1))

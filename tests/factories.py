@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 import factory
 
 from metering.keys import api_key_generate, api_key_hash, api_key_visible_prefix
+from metering.ledger.rollups import usage_rollups_fold
 from metering.models import ApiKey, Route, Tenant, UsageRecord
 
 
@@ -40,8 +41,16 @@ class RouteFactory(factory.django.DjangoModelFactory):
 
 
 class UsageRecordFactory(factory.django.DjangoModelFactory):
+    """A stored usage record, folded into the rollups as the ledger's write paths do."""
+
     class Meta:
         model = UsageRecord
+
+    @classmethod
+    def _create(cls, model_class, *args, **kwargs):  # type: ignore[no-untyped-def]
+        record = super()._create(model_class, *args, **kwargs)
+        usage_rollups_fold([record.pk])
+        return record
 
     request_id = factory.LazyFunction(uuid.uuid4)
     tenant = factory.SubFactory(TenantFactory)

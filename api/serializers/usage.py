@@ -1,12 +1,15 @@
-"""Serializers of the usage API: usage records, usage summaries, and the budget and
-balance alerts."""
+"""Serializers of the usage API: usage records, usage summaries and series, and the
+budget and balance alerts."""
 
+from datetime import timedelta
+
+from django.utils import timezone
 from rest_framework import serializers
 
-from api.serializers.fields import MAX_BIGINT
+from api.serializers.fields import MAX_BIGINT, InstantField
 from billing.models import Alert
 from metering.models import UsageRecord
-from metering.selectors import GROUPINGS
+from metering.selectors import GRANULARITIES, GROUPINGS
 from metering.usage import LEDGER_COLUMNS
 
 
@@ -24,7 +27,33 @@ class UsageQuery(serializers.Serializer):
 
 
 class UsageSummaryQuery(UsageQuery):
+    since = InstantField(required=False, help_text="inclusive, ISO 8601")
+    until = InstantField(required=False, help_text="exclusive, ISO 8601")
     group_by = serializers.ChoiceField(choices=sorted(GROUPINGS), required=False)
+
+
+# The most buckets one series may span (an hourly series of about 83 days).
+MAX_SERIES_BUCKETS = 2000
+_BUCKET_LENGTH = {"hour": timedelta(hours=1), "day": timedelta(days=1), "month": timedelta(days=28)}
+
+
+class UsageSeriesQuery(UsageQuery):
+    granularity = serializers.ChoiceField(choices=GRANULARITIES, help_text="UTC buckets")
+    since = InstantField(help_text="inclusive, ISO 8601")
+    until = InstantField(required=False, help_text="exclusive, ISO 8601; default now")
+    group_by = serializers.ChoiceField(
+        choices=sorted(set(GROUPINGS) - {"day"}), required=False, help_text="within each bucket"
+    )
+
+    def validate(self, attrs):  # type: ignore[no-untyped-def]
+        attrs.setdefault("until", timezone.now())
+        attrs = super().validate(attrs)
+        span = attrs["until"] - attrs["since"]
+        if span > MAX_SERIES_BUCKETS * _BUCKET_LENGTH[attrs["granularity"]]:
+            raise serializers.ValidationError(
+                {"since": f"spans more than {MAX_SERIES_BUCKETS} {attrs['granularity']} buckets"}
+            )
+        return attrs
 
 
 class UsageRecordSerializer(serializers.ModelSerializer):
@@ -63,6 +92,22 @@ class UsageSummaryRowSerializer(serializers.Serializer):
     api_key_id = serializers.IntegerField(required=False)
     api_key_prefix = serializers.CharField(required=False)
     day = serializers.DateField(required=False)
+    requests = serializers.IntegerField()
+    input_tokens = serializers.IntegerField(help_text="uncached input tokens")
+    cached_input_tokens = serializers.IntegerField(help_text="input tokens read from cache")
+    cache_write_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField(help_text="visible output tokens")
+    reasoning_tokens = serializers.IntegerField(help_text="hidden reasoning tokens")
+    total_tokens = serializers.IntegerField()
+    reasoning_share_of_output = serializers.CharField(
+        allow_null=True, help_text="reasoning / (visible output + reasoning), 6 decimals"
+    )
+
+
+class UsageSeriesRowSerializer(serializers.Serializer):
+    start = serializers.DateTimeField(help_text="first instant of the UTC bucket")
+    alias = serializers.CharField(required=False)
+    api_key_id = serializers.IntegerField(required=False)
     requests = serializers.IntegerField()
     input_tokens = serializers.IntegerField(help_text="uncached input tokens")
     cached_input_tokens = serializers.IntegerField(help_text="input tokens read from cache")

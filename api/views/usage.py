@@ -1,6 +1,6 @@
-"""REST views for usage: the tenant's usage records, usage summaries, and its budget and
-balance alerts. Records and summaries are reporting reads (config.db_router: the
-replica, when one is configured)."""
+"""REST views for usage: the tenant's usage records, usage summaries and series, and its
+budget and balance alerts. Records, summaries and series are reporting reads
+(config.db_router: the replica, when one is configured)."""
 
 from typing import Any
 
@@ -18,6 +18,8 @@ from api.serializers.usage import (
     AlertSerializer,
     UsageQuery,
     UsageRecordSerializer,
+    UsageSeriesQuery,
+    UsageSeriesRowSerializer,
     UsageSummaryQuery,
     UsageSummaryRowSerializer,
 )
@@ -25,7 +27,7 @@ from billing.alerts import alerts_for_tenant
 from billing.permissions import ALERT_VIEW
 from config.db_router import reporting_reads
 from metering.permissions import USAGE_VIEW
-from metering.selectors import UsageFilter, usage_records_for_tenant, usage_summary
+from metering.selectors import UsageFilter, usage_records_for_tenant, usage_series, usage_summary
 
 
 def _usage_filter(request: Request, query: dict[str, Any]) -> UsageFilter:
@@ -64,6 +66,29 @@ class UsageSummaryView(APIView):
             {
                 "group_by": query.get("group_by"),
                 "data": UsageSummaryRowSerializer(rows, many=True).data,
+            }
+        )
+
+
+class UsageSeriesView(APIView):
+    """Usage per UTC hour, day or month (for charts), flagged records included, like the
+    summary; buckets without usage are left out."""
+
+    permission_classes = [tenant_or_staff(GET=USAGE_VIEW)]
+
+    @extend_schema(parameters=[UsageSeriesQuery], responses=UsageSeriesRowSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        query = validated_query(UsageSeriesQuery, request)
+        rows = usage_series(
+            filters=_usage_filter(request, query),
+            granularity=query["granularity"],
+            group_by=query.get("group_by"),
+        )
+        return Response(
+            {
+                "granularity": query["granularity"],
+                "group_by": query.get("group_by"),
+                "data": UsageSeriesRowSerializer(rows, many=True).data,
             }
         )
 

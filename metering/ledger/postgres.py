@@ -9,7 +9,7 @@ import orjson
 from django.db import DatabaseError, DataError, IntegrityError
 
 from metering.ledger.partitions import is_missing_partition
-from metering.ledger.rollups import ROLLUP_SUMS, rollup_hourly_sql, rollup_upsert_sql
+from metering.ledger.rollups import FOLDED_RECORD_COLUMNS, rollup_hourly_sql, rollup_upsert_sql
 from metering.usage import LEDGER_COLUMNS
 
 # PostgreSQL: the whole batch in ONE statement on an async connection of the event loop
@@ -54,7 +54,7 @@ def _pg_insert_sql(*, touch: bool) -> str:
     ($3, $4)."""
     names = ", ".join(name for name, _ in _PG_COLUMNS)
     definitions = ", ".join(f"{name} {kind}" for name, kind in _PG_COLUMNS)
-    sum_names = ", ".join(ROLLUP_SUMS)
+    folded = ", ".join(FOLDED_RECORD_COLUMNS)
     touched = (
         ", touched AS ("
         " UPDATE metering_apikey SET last_used_at = $3 WHERE id = ANY($4::int8[]) RETURNING id)"
@@ -69,7 +69,7 @@ def _pg_insert_sql(*, touch: bool) -> str:
         # The partitioned ledger's unique index holds the partition key; it is global
         # because a v7 request id fixes its started_at (metering.ledger.partitions).
         " ON CONFLICT (request_id, started_at) DO NOTHING"
-        f" RETURNING id, tenant_id, alias, accelerator, started_at, flags, {sum_names}),"
+        f" RETURNING {folded}),"
         # Only rows actually inserted reach the rollups: a replayed batch adds nothing.
         f" hourly AS ({rollup_hourly_sql(source='inserted')}),"
         f" rolled AS ({rollup_upsert_sql(shard='$2::int2')} RETURNING 1){touched}"

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('metering', '0013_ledger_partitions'),
+        ('metering', '0014_rollup_api_key'),
     ]
 
     operations = [

@@ -290,6 +290,7 @@ def test_staff_without_the_view_permission_read_no_tenant_data(world: World) -> 
     for path in (
         "/api/v1/usage/records",
         "/api/v1/usage/summary",
+        "/api/v1/usage/series?granularity=day&since=2026-11-01T00:00:00Z",
         "/api/v1/usage/alerts",
         "/api/v1/balance",
         "/api/v1/balance/entries",

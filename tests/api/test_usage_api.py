@@ -120,3 +120,66 @@ def test_staff_reads_a_named_tenant(two_tenants) -> None:  # type: ignore[no-unt
     assert (
         len(staff.get("/api/v1/usage/records", {"tenant": str(globex.pk)}).json()["results"]) == 5
     )
+
+
+def test_series_buckets_in_utc_per_granularity_and_group(two_tenants) -> None:  # type: ignore[no-untyped-def]
+    _, _, client = two_tenants
+    since = (T0 - timedelta(minutes=30)).isoformat()
+    until = (T0 + timedelta(days=1, minutes=30)).isoformat()
+    hourly = client.get(
+        "/api/v1/usage/series", {"granularity": "hour", "since": since, "until": until}
+    ).json()
+    assert hourly["granularity"] == "hour" and hourly["group_by"] is None
+    assert [(r["start"], r["requests"]) for r in hourly["data"]] == [
+        ("2026-11-01T00:00:00Z", 1),
+        ("2026-11-01T01:00:00Z", 1),
+        ("2026-11-01T02:00:00Z", 1),
+        ("2026-11-02T00:00:00Z", 1),
+    ]
+    assert hourly["data"][0]["reasoning_share_of_output"] == "0.800000"
+    daily = client.get(
+        "/api/v1/usage/series",
+        {"granularity": "day", "since": since, "until": until, "group_by": "alias"},
+    ).json()["data"]
+    assert [(r["start"], r["alias"], r["requests"], r["total_tokens"]) for r in daily] == [
+        ("2026-11-01T00:00:00Z", "reasoner", 3, 600),
+        ("2026-11-02T00:00:00Z", "thinker", 1, 107),
+    ]
+    monthly = client.get(
+        "/api/v1/usage/series", {"granularity": "month", "since": "2026-10-15T00:00:00Z"}
+    ).json()["data"]
+    assert [(r["start"], r["requests"]) for r in monthly] == [("2026-11-01T00:00:00Z", 4)]
+    by_key = client.get(
+        "/api/v1/usage/series",
+        {"granularity": "month", "since": since, "group_by": "api_key"},
+    ).json()["data"]
+    assert len(by_key) == 1 and by_key[0]["api_key_id"] and by_key[0]["requests"] == 4
+
+
+def test_series_bad_parameters_get_a_stable_error(two_tenants) -> None:  # type: ignore[no-untyped-def]
+    _, _, client = two_tenants
+    response = client.get("/api/v1/usage/series", {"granularity": "week", "since": "2026-11-01"})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_request"
+    assert "granularity" in response.json()["error"]["detail"]
+    response = client.get(
+        "/api/v1/usage/series",
+        {"granularity": "hour", "since": "2026-01-01T00:00:00Z", "until": "2026-06-01T00:00:00Z"},
+    )
+    assert response.status_code == 400 and "2000 hour buckets" in str(response.json())
+
+
+def test_summary_counts_flagged_records_like_a_raw_scan(two_tenants) -> None:  # type: ignore[no-untyped-def]
+    acme, _, client = two_tenants
+    UsageRecordFactory(
+        tenant=acme,
+        api_key=acme.api_keys.get(),
+        started_at=T0 + timedelta(hours=5),
+        flags=["reasoning_exceeds_output"],
+        input_tokens=9,
+    )
+    data = client.get(
+        "/api/v1/usage/summary",
+        {"since": T0.isoformat(), "until": (T0 + timedelta(days=3)).isoformat()},
+    ).json()["data"]
+    assert (data[0]["requests"], data[0]["input_tokens"]) == (5, 409)

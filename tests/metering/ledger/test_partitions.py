@@ -535,6 +535,17 @@ def test_the_migration_keeps_rows_and_ids_and_the_sequence_continues() -> None:
                     " '[]', false, 1, %s, %s, now())",
                     [request_id, key.tenant_id, key.pk, started_at, started_at],
                 )
+            # The rollups that agree with them, in the shape of 0012 (migration 0014
+            # rebuilds rollups from the records and refuses if the two disagree).
+            cursor.execute(
+                "INSERT INTO metering_usagerollup (tenant_id, alias, accelerator, hour, shard,"
+                " requests, flagged_requests, input_tokens, cached_input_tokens,"
+                " cache_write_tokens, output_tokens, reasoning_tokens, serving_cost_usd,"
+                " reasoning_cost_usd, spend_usd, last_record_id, changed_xid, updated_at)"
+                " SELECT tenant_id, alias, accelerator, date_trunc('hour', started_at, 'UTC'),"
+                " 0, count(*), 0, sum(input_tokens), 0, 0, sum(output_tokens), 0, 0, 0, 0,"
+                " max(id), 0, now() FROM metering_usagerecord GROUP BY 1, 2, 3, 4"
+            )
             cursor.execute("SELECT id, request_id, started_at FROM metering_usagerecord")
             before = sorted(cursor.fetchall())
     finally:
