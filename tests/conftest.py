@@ -1,3 +1,5 @@
+import os
+
 import pytest
 from django.db.backends.signals import connection_created
 from django.dispatch import receiver
@@ -29,6 +31,11 @@ def django_db_setup(django_db_setup, django_db_blocker):  # type: ignore[no-unty
     """The test database's ledger partitions cover the months the tests write in."""
     with django_db_blocker.unblock():
         ensure_test_partitions()
+    # The replica alias (make test sets DATABASE_URL's database as DATABASE_REPLICA_URL)
+    # is this process's own test replica. Servers and workers the tests start read their
+    # settings from the environment and get the test database as DATABASE_URL: without
+    # this, their reporting reads would go to the non-test database the URL names.
+    os.environ.pop("DATABASE_REPLICA_URL", None)
 
 
 @pytest.fixture(autouse=True)

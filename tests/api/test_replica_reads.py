@@ -11,7 +11,8 @@ from django.conf import settings as django_settings
 from django.db import transaction
 
 from config.db_router import REPLICA, ReportingRouter, reporting_reads
-from metering.models import Tenant, UsageRecord
+from metering.models import Tenant, UsageRecord, UsageRollup
+from metering.usage import LEDGER_COLUMNS
 from tests.api.test_usage_api import client_for
 from tests.factories import TenantFactory, UsageRecordFactory
 
@@ -41,9 +42,19 @@ def test_usage_views_read_the_replica_only_when_replica_reads_are_on(settings) -
     client, key = client_for(tenant)
     on_replica(tenant, key)
     UsageRecordFactory(tenant=tenant, api_key=key, alias="on-primary")
-    UsageRecordFactory.build(tenant=tenant, api_key=key, alias="on-replica").save(
-        using=REPLICA, force_insert=True
-    )
+    record = UsageRecordFactory.build(tenant=tenant, api_key=key, alias="on-replica")
+    record.save(using=REPLICA, force_insert=True)
+    # and its rollup, as the ledger's own statement folds it (summaries read rollups)
+    UsageRollup(
+        tenant=tenant,
+        alias=record.alias,
+        accelerator=record.accelerator,
+        api_key_id=key.pk,
+        hour=record.started_at.replace(minute=0, second=0, microsecond=0),
+        requests=1,
+        last_record_id=record.pk,
+        **{name: getattr(record, name) for name in LEDGER_COLUMNS},
+    ).save(using=REPLICA, force_insert=True)
 
     def aliases() -> tuple[list[str], list[str]]:
         records = client.get("/api/v1/usage/records")
