@@ -28,9 +28,16 @@ A budget that never has a quiet moment (a hold or a slice always out) keeps its
 over-count until it has one, or until its key expires and is loaded again.
 
 Budget keys carry their tenant as a hash tag (`rk:{<tenant>}:spend:…`, for Redis
-Cluster). Keys of the names before that (`rk:spend:…`) are used by no process of this
-version: the rebuild deletes them, and each budget is loaded again from the ledger
-under its new name on first use. On a cluster the scan visits every primary.
+Cluster); each budget is loaded from the ledger under its new name on first use. Keys of
+the names before that (`rk:spend:…`) are read by no process of this version, but during
+a rolling deploy processes of the earlier one still hold calls and slices on them: the
+rebuild deletes such a key only when it is idle (no hold, no slice, untouched for the
+hold TTL: metering.control.scripts LEGACY_DROP_LUA), which is what its own expiry would
+do. One kept busy by a hold never settled (its process died mid-call) stays until it
+expires, or for good on an all-time budget: harmless, no process of this version reads
+it. An LFU maxmemory-policy keeps no idle time: then none is deleted (logged). The
+earlier version ran on a single Redis only, so a cluster has none to look for. On a
+cluster the scan visits every primary.
 """
 
 import logging
@@ -40,14 +47,15 @@ from dataclasses import dataclass
 import redis
 
 from metering.control.budgets import Loader, budget_loader
-from metering.control.scripts import REAP_LUA, REBUILD_LUA
+from metering.control.scripts import LEGACY_DROP_LUA, REAP_LUA, REBUILD_LUA
 from metering.control.store import HOLD_TTL_S, holds_key
 
 logger = logging.getLogger(__name__)
 
 
 BUDGET_PATTERNS = ("rk:{*}:spend:*", "rk:{*}:balance:*", "rk:{*}:reasoning:*")
-# Budget names before the tenant hash tag: no longer read by anyone, deleted.
+# Budget names before the tenant hash tag: used only by processes of the earlier version
+# (a rolling deploy), deleted once idle.
 LEGACY_PATTERNS = ("rk:spend:*", "rk:balance:*", "rk:reasoning:*")
 SPOOL_PATTERN = "rk:spool:*"  # a ledger writer with records not yet in the database
 ATTEMPTS = 3  # compare-and-set tries per budget per run
@@ -59,7 +67,8 @@ class RebuildResult:
     stale: int = 0  # marked for a rebuild (reaped holds or lapsed slices)
     rebuilt: int = 0  # spent replaced by the ledger's figure
     busy: int = 0  # stale, but a hold or slice was out, or within the grace: next run
-    legacy: int = 0  # keys of the names before the hash tag, deleted
+    legacy: int = 0  # keys of the names before the hash tag, deleted (idle)
+    legacy_kept: int = 0  # such keys kept: in use by the earlier version, or not idle yet
     skipped: str = ""  # why nothing was rebuilt (ledger spool pending)
 
 
@@ -69,6 +78,7 @@ def control_counters_rebuild(
     loader_for: Callable[[str], Loader | None] = budget_loader,
     grace_s: float = HOLD_TTL_S,  # float-ok: seconds
     patterns: Sequence[str] = BUDGET_PATTERNS,
+    legacy_patterns: Sequence[str] = LEGACY_PATTERNS,
 ) -> RebuildResult:
     """Reap expired holds and lapsed slices on every budget in Redis and rebuild the
     stale ones from the ledger (see the module docstring). Safe to run at any time, any
@@ -91,11 +101,40 @@ def control_counters_rebuild(
                 continue
             result.budgets += 1
             _rebuild_one(reap, rebuild, key, loader_for, grace_ms, result)
-    if patterns is BUDGET_PATTERNS:
-        for pattern in LEGACY_PATTERNS:
-            for raw in client.scan_iter(pattern, count=1000):
-                result.legacy += client.delete(raw)
+    if not isinstance(client, redis.RedisCluster):
+        _legacy_drop(client, legacy_patterns, idle_s=max(int(grace_s), 0), result=result)
     return result
+
+
+def _legacy_drop(
+    client: redis.Redis, patterns: Sequence[str], *, idle_s: int, result: RebuildResult
+) -> None:
+    """Delete the idle budgets of the names before the tenant hash tag (module
+    docstring): each checked and deleted in one script, so no call of the earlier
+    version can slip in between."""
+    drop = client.register_script(LEGACY_DROP_LUA)
+    untracked = 0
+    for pattern in patterns:
+        for raw in client.scan_iter(pattern, count=1000):
+            key = raw.decode()
+            budget_key = key.removesuffix(":holds")
+            if budget_key != key and client.exists(budget_key):
+                continue  # a register goes with its budget
+            outcome = drop(keys=[budget_key, holds_key(budget_key)], args=[idle_s])
+            if outcome == 1:
+                result.legacy += 1
+            else:
+                result.legacy_kept += 1
+                untracked += outcome == -1
+    if result.legacy:
+        logger.info("control counters: %d idle budget keys of the old names deleted", result.legacy)
+    if untracked:
+        logger.warning(
+            "control counters: %d budget keys of the old names kept: Redis keeps no idle "
+            "time under an LFU maxmemory-policy (delete rk:spend:*, rk:balance:*, "
+            "rk:reasoning:* once no process of the earlier version runs)",
+            untracked,
+        )
 
 
 def _rebuild_one(

@@ -9,10 +9,12 @@ it is atomic across server processes (what each one does, and why, is in its com
   budgets and windows for one process; FLUSH reports them; RECALL asks them back near a
   limit and lapses those of processes gone silent.
 - The periodic rebuild (metering.control.counters): REAP_LUA reaps expired holds and
-  lapsed slices; REBUILD_LUA replaces a quiet budget's spent by the ledger's figure.
+  lapsed slices; REBUILD_LUA replaces a quiet budget's spent by the ledger's figure;
+  LEGACY_DROP_LUA deletes an idle budget of the names before the tenant hash tag.
 
 Every script names every key it touches in KEYS, and the keys of one invocation share a
-hash tag (the tenant: metering.control.scopes.tenant_tag), so each runs on Redis Cluster.
+hash tag (the tenant: metering.control.scopes.tenant_tag), so each runs on Redis Cluster
+(LEGACY_DROP_LUA excepted: keys of the earlier names exist only on a single Redis).
 
 Budget hashes hold `spent`, `held`, `gen` (the generation: new whenever the budget is
 loaded), `leased` and each slice's fields; a budget's exact holds are registered in a
@@ -401,5 +403,28 @@ if not v[1] or tonumber(v[1]) ~= tonumber(ARGV[1]) or tonumber(v[2] or '0') ~= t
 end
 redis.call('HSET', KEYS[1], 'spent', ARGV[3])
 redis.call('HDEL', KEYS[1], 'stale', 'safe_at')
+return 1
+"""
+
+LEGACY_DROP_LUA = """
+-- A budget of the names before the tenant hash tag (`rk:spend:…`), which only processes
+-- of the earlier version use (a rolling deploy): deleted once idle, never under a
+-- call. Deleting it then is what its own expiry would do: the next caller of that
+-- version loads it from the ledger, which has every settled call.
+-- KEYS: the budget hash, its hold register; ARGV[1]: the idle seconds required (the
+-- hold TTL). Returns 1 (deleted), 0 (kept: touched within that time, or a hold or a
+-- slice out), -1 (kept: an LFU maxmemory-policy keeps no idle time).
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  -- a register left behind by a budget gone: LOAD deletes it before any use anyway
+  return redis.call('DEL', KEYS[2])
+end
+-- OBJECT does not touch the key, so the rebuild's own visits never keep it young
+local ok, idle = pcall(redis.call, 'OBJECT', 'IDLETIME', KEYS[1])
+if not ok then return -1 end
+if idle < tonumber(ARGV[1]) then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local v = redis.call('HMGET', KEYS[1], 'held', 'leased')
+if tonumber(v[1] or '0') ~= 0 or tonumber(v[2] or '0') ~= 0 then return 0 end
+redis.call('DEL', KEYS[1])
 return 1
 """

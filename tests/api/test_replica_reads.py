@@ -12,7 +12,6 @@ from django.db import transaction
 
 from config.db_router import REPLICA, ReportingRouter, reporting_reads
 from metering.models import Tenant, UsageRecord, UsageRollup
-from metering.usage import LEDGER_COLUMNS
 from tests.api.test_usage_api import client_for
 from tests.factories import TenantFactory, UsageRecordFactory
 
@@ -20,8 +19,10 @@ has_replica = REPLICA in django_settings.DATABASES
 needs_replica = pytest.mark.skipif(
     not has_replica, reason="no replica alias: set DATABASE_REPLICA_URL (make test does)"
 )
+# Without the test case's wrapping transaction: inside one, every read is on the primary
+# (config.db_router), as inside any transaction.
 both = (
-    pytest.mark.django_db(databases=["default", "replica"])
+    pytest.mark.django_db(transaction=True, databases=["default", "replica"])
     if has_replica
     else pytest.mark.django_db
 )
@@ -34,6 +35,24 @@ def on_replica(*objects) -> None:  # type: ignore[no-untyped-def]
         obj.save(using=REPLICA, force_insert=True)
 
 
+def replicated_only(record: UsageRecord) -> None:
+    """A usage record and the rollup it folds into, on the replica only (the summary
+    reads whole hours from the rollups; the test replica has no ledger triggers)."""
+    record.save(using=REPLICA, force_insert=True)
+    UsageRollup(
+        tenant_id=record.tenant_id,
+        alias=record.alias,
+        accelerator=record.accelerator,
+        api_key_id=record.api_key_id,
+        hour=record.started_at.replace(minute=0, second=0, microsecond=0),
+        requests=1,
+        input_tokens=record.input_tokens,
+        output_tokens=record.output_tokens,
+        reasoning_tokens=record.reasoning_tokens,
+        last_record_id=record.pk,
+    ).save(using=REPLICA, force_insert=True)
+
+
 @needs_replica
 @both
 def test_usage_views_read_the_replica_only_when_replica_reads_are_on(settings) -> None:  # type: ignore[no-untyped-def]
@@ -42,19 +61,7 @@ def test_usage_views_read_the_replica_only_when_replica_reads_are_on(settings) -
     client, key = client_for(tenant)
     on_replica(tenant, key)
     UsageRecordFactory(tenant=tenant, api_key=key, alias="on-primary")
-    record = UsageRecordFactory.build(tenant=tenant, api_key=key, alias="on-replica")
-    record.save(using=REPLICA, force_insert=True)
-    # and its rollup, as the ledger's own statement folds it (summaries read rollups)
-    UsageRollup(
-        tenant=tenant,
-        alias=record.alias,
-        accelerator=record.accelerator,
-        api_key_id=key.pk,
-        hour=record.started_at.replace(minute=0, second=0, microsecond=0),
-        requests=1,
-        last_record_id=record.pk,
-        **{name: getattr(record, name) for name in LEDGER_COLUMNS},
-    ).save(using=REPLICA, force_insert=True)
+    replicated_only(UsageRecordFactory.build(tenant=tenant, api_key=key, alias="on-replica"))
 
     def aliases() -> tuple[list[str], list[str]]:
         records = client.get("/api/v1/usage/records")

@@ -85,6 +85,7 @@ def rebuild(ledger: Ledger, b: BudgetScope, grace_s: float = 0.0):  # type: igno
         loader_for=ledger.loader_for,
         grace_s=grace_s,
         patterns=[b.key],
+        legacy_patterns=(),
     )
 
 
@@ -386,7 +387,7 @@ def test_the_beat_task_rebuilds_an_all_time_budget_from_the_ledger(settings) -> 
     assert rebuild_task.delay().get() >= 1
     state = {k.decode(): int(v) for k, v in client.hgetall(key).items()}
     assert state == {"spent": to_nano(Decimal("0.25")), "held": 0, "gen": 1, "leased": 0}
-    assert not client.exists(legacy)  # no process reads the old name: it goes
+    assert not client.exists(legacy)  # idle (hold TTL 0 here), read by no process: it goes
 
 
 def test_the_hold_register_of_a_budget_that_expired_goes() -> None:
@@ -400,3 +401,66 @@ def test_the_hold_register_of_a_budget_that_expired_goes() -> None:
         client=client, loader_for=ledger.loader_for, patterns=[holds_key(b.key)]
     )
     assert kept and not client.exists(holds_key(b.key))
+
+
+def test_budget_keys_of_the_old_names_go_only_when_idle() -> None:
+    """A rolling deploy: processes of the earlier version still count budgets under the
+    names before the tenant hash tag. The rebuild deletes such a key only once idle (no
+    hold, no slice, untouched for the hold TTL); one with a call or a slice out stays,
+    and goes once that call has settled and the key has been idle as long."""
+    ledger = Ledger()
+    tenant = uuid.uuid4()
+    prefix = f"rk:spend:tenant:{tenant}:"  # the earlier version's names: no hash tag
+    limit = 100 * HOLD
+
+    def old_name(window: str) -> BudgetScope:
+        key = prefix + window
+        return BudgetScope(
+            key=key,
+            kind="spend",
+            label="old",
+            limit=limit,
+            ttl_s=0,
+            load_used=ledger.loader_for(key),
+        )
+
+    in_flight, settled, sliced, recent = (old_name(w) for w in ("a", "b", "c", "d"))
+    client = redis.Redis.from_url(URL)
+
+    def drop_idle():  # type: ignore[no-untyped-def]
+        return control_counters_rebuild(
+            client=client,
+            loader_for=ledger.loader_for,
+            grace_s=1.0,  # the hold TTL: idle this long
+            patterns=(),
+            legacy_patterns=[prefix + "*"],
+        )
+
+    async def scenario():  # type: ignore[no-untyped-def]
+        old, old_leasing = ControlStore(URL), ControlStore(URL, lease_calls=2)
+        live = await admit(old, in_flight)  # its call still runs
+        done = await admit(old, settled)
+        ledger.commit(settled.key, 70)
+        await settle(old, settled, done, 70)
+        assert (await admit(old_leasing, sliced)).lease is not None  # a slice out
+        await asyncio.sleep(2.1)  # idle for longer than the hold TTL
+        touched = await admit(old, recent)  # a call just settled: not idle
+        await settle(old, recent, touched, 0)
+        first = drop_idle()
+        kept = {b.key: client.exists(b.key) == 1 for b in (in_flight, sliced, recent)}
+        held = fields(in_flight)["held"]
+        await settle(old, in_flight, live, 30)  # the call ends
+        await asyncio.sleep(2.1)
+        second = drop_idle()
+        await old.close()
+        await old_leasing.close()
+        return first, kept, held, second
+
+    first, kept, held, second = asyncio.run(scenario())
+    assert first.legacy == 1 and first.legacy_kept == 3
+    assert not client.exists(settled.key) and not client.exists(holds_key(settled.key))
+    assert kept == {in_flight.key: True, sliced.key: True, recent.key: True}
+    assert held == HOLD  # the live hold survived the rebuild untouched
+    assert second.legacy == 2  # the settled call's budget and the one touched before
+    assert not client.exists(in_flight.key) and not client.exists(holds_key(in_flight.key))
+    assert client.exists(sliced.key)  # its slice is still out (never reported back)
