@@ -29,7 +29,7 @@ from metering.services import (  # noqa: E402
     tenant_allow_routes,
     tenant_create,
 )
-from tests.usage_helpers import write_usage  # noqa: E402
+from tests.usage_helpers import ensure_test_partitions, write_usage  # noqa: E402
 
 SIM_KEY_ENV = "RECKON_SIMULATOR_API_KEY"
 FAULTS = ("reset-mid-stream", "stall", "garbage")
@@ -97,6 +97,7 @@ def limit(tenant_id: str, usd: str) -> dict:
 
 
 def billing(tenants: int) -> dict:
+    ensure_test_partitions()  # the usage below is in a past month (September 2026)
     version = _version("standard", base="10")
     for n in range(tenants):
         tenant = tenant_create(name=f"billed-{n:03d}")
