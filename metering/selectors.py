@@ -189,14 +189,16 @@ def _usage_summary(
         )
         for r in rows:
             r["api_key_prefix"] = prefixes.get(r[key], "")
-    # Python's order, not the database collation's: both paths list groups alike.
+    # Code-point order (Python's), not the database collation's: the same on every
+    # backend and for rollups merged with raw edge hours (decision 0113, the API's order).
     rows.sort(key=lambda r: r[key])
     return [_with_shares(r) for r in rows]
 
 
 def usage_summary(*, filters: UsageFilter, group_by: str | None = None) -> list[dict[str, Any]]:
     """Requests and token totals per class of every record in the window (flagged ones
-    included), optionally grouped by alias, API key or UTC day, in group order. Served
+    included), optionally grouped by alias, API key or UTC day, in ascending group order
+    (aliases by code point). Served
     from the hourly rollups plus the raw records of the partial hours at the window's
     edges; equal to `usage_summary_raw`."""
     return _usage_summary(filters, group_by, raw=False)
