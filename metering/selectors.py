@@ -198,9 +198,8 @@ def _usage_summary(
 def usage_summary(*, filters: UsageFilter, group_by: str | None = None) -> list[dict[str, Any]]:
     """Requests and token totals per class of every record in the window (flagged ones
     included), optionally grouped by alias, API key or UTC day, in ascending group order
-    (aliases by code point). Served
-    from the hourly rollups plus the raw records of the partial hours at the window's
-    edges; equal to `usage_summary_raw`."""
+    (aliases by code point). Served from the hourly rollups plus the raw records of the
+    partial hours at the window's edges; equal to `usage_summary_raw`."""
     return _usage_summary(filters, group_by, raw=False)
 
 
@@ -474,10 +473,10 @@ def _used_since(
     and dropped from the ledger still counts, and the read touches one row per (alias,
     accelerator, key, hour), not every record.
 
-    Rollups hold whole UTC hours, so `since` must fall on one: every budget window does
-    (a calendar month's start, a billing period's end, the end of an invoiced period).
-    Any other instant is a caller's bug and raises ValueError rather than silently
-    counting part of an hour too much or too little."""
+    Rollups hold whole UTC hours, so `since` must fall on one, as every caller's does (a
+    calendar month's start; the end of the last invoiced billing period). Any other
+    instant is a caller's bug and raises ValueError rather than silently counting part
+    of an hour too much or too little."""
     rollups = UsageRollup.objects.filter(tenant_id=tenant_id)
     if api_key_id is not None:
         rollups = rollups.filter(api_key_id=api_key_id)
