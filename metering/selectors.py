@@ -7,6 +7,8 @@ Invariants:
   which hold unflagged records only: a flagged record is held back from rating, yet
   counts against limits (`spend_since`, `reasoning_tokens_since`) and in usage analytics
   (`usage_summary`, `usage_series`), which add the rollups' flagged sums;
+- limits read the rollups alone, a tenant's and a key's alike (whole UTC hours from
+  `since`), so months archived and dropped from the raw ledger still count;
 - usage analytics equal a raw scan of the window (`usage_summary_raw`,
   `usage_series_raw`): whole UTC hours from the rollups, partial edge hours from the
   raw records;
@@ -187,16 +189,17 @@ def _usage_summary(
         )
         for r in rows:
             r["api_key_prefix"] = prefixes.get(r[key], "")
-    # Python's order, not the database collation's: both paths list groups alike.
+    # Code-point order (Python's), not the database collation's: the same on every
+    # backend and for rollups merged with raw edge hours (decision 0113, the API's order).
     rows.sort(key=lambda r: r[key])
     return [_with_shares(r) for r in rows]
 
 
 def usage_summary(*, filters: UsageFilter, group_by: str | None = None) -> list[dict[str, Any]]:
     """Requests and token totals per class of every record in the window (flagged ones
-    included), optionally grouped by alias, API key or UTC day, in group order. Served
-    from the hourly rollups plus the raw records of the partial hours at the window's
-    edges; equal to `usage_summary_raw`."""
+    included), optionally grouped by alias, API key or UTC day, in ascending group order
+    (aliases by code point). Served from the hourly rollups plus the raw records of the
+    partial hours at the window's edges; equal to `usage_summary_raw`."""
     return _usage_summary(filters, group_by, raw=False)
 
 
@@ -463,27 +466,32 @@ def served_totals(
 def _used_since(
     field: str, *, tenant_id: uuid.UUID, api_key_id: int | None, since: datetime | None
 ) -> Any:
-    """The sum of `field` a tenant, or one of its keys, used from `since` (None: all time).
-    A tenant's comes from its hourly rollups (whole hours from the one `since` falls in),
+    """The sum of `field` a tenant, or one of its keys, used from `since` (None: all time),
     flagged records included (held back from rating, not from limits: the proxy counts
-    them too); a key's from its records."""
-    if api_key_id is None:
-        rollups = UsageRollup.objects.filter(tenant_id=tenant_id)
-        if since is not None:
-            rollups = rollups.filter(hour__gte=since)
-        total = rollups.aggregate(total=Sum(F(field) + F(f"flagged_{field}")))["total"]
-        return total or 0
-    records = UsageRecord.objects.filter(tenant_id=tenant_id, api_key_id=api_key_id)
+    them too). One read for both: the hourly rollups (they carry the key), hours from
+    `since` on, plain + flagged sums. Rollups outlive the raw records, so a month archived
+    and dropped from the ledger still counts, and the read touches one row per (alias,
+    accelerator, key, hour), not every record.
+
+    Rollups hold whole UTC hours, so `since` must fall on one, as every caller's does (a
+    calendar month's start; the end of the last invoiced billing period). Any other
+    instant is a caller's bug and raises ValueError rather than silently counting part
+    of an hour too much or too little."""
+    rollups = UsageRollup.objects.filter(tenant_id=tenant_id)
+    if api_key_id is not None:
+        rollups = rollups.filter(api_key_id=api_key_id)
     if since is not None:
-        records = records.filter(started_at__gte=since)
-    return records.aggregate(total=Sum(field))["total"] or 0
+        if since.astimezone(UTC).replace(minute=0, second=0, microsecond=0) != since:
+            raise ValueError(f"limits count whole UTC hours; {since.isoformat()} is not one")
+        rollups = rollups.filter(hour__gte=since)
+    return rollups.aggregate(total=Sum(F(field) + F(f"flagged_{field}")))["total"] or 0
 
 
 def spend_since(
     *, tenant_id: uuid.UUID, api_key_id: int | None = None, since: datetime | None = None
 ) -> Decimal:
     """Spend at list price (UsageRecord.spend_usd) of a tenant, or one of its keys, from
-    `since` (None: all time), flagged records included."""
+    `since` (a whole UTC hour; None: all time), flagged records included."""
     return Decimal(
         _used_since("spend_usd", tenant_id=tenant_id, api_key_id=api_key_id, since=since)
     )
@@ -492,8 +500,8 @@ def spend_since(
 def reasoning_tokens_since(
     *, tenant_id: uuid.UUID, api_key_id: int | None = None, since: datetime
 ) -> int:
-    """Reasoning tokens a tenant, or one of its keys, spent from `since`, flagged records
-    included (whole hours for the tenant: rollups; a key: its records)."""
+    """Reasoning tokens a tenant, or one of its keys, spent from `since` (a whole UTC
+    hour), flagged records included."""
     return int(
         _used_since("reasoning_tokens", tenant_id=tenant_id, api_key_id=api_key_id, since=since)
     )

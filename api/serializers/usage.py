@@ -12,6 +12,12 @@ from metering.models import UsageRecord
 from metering.selectors import GRANULARITIES, GROUPINGS
 from metering.usage import LEDGER_COLUMNS
 
+# How groups are listed (decision 0113): the same on every database and read path.
+GROUP_ORDER = (
+    "groups in ascending order: aliases by Unicode code point (uppercase before lowercase;"
+    " not the database's collation), keys by id, days by date"
+)
+
 
 class UsageQuery(serializers.Serializer):
     since = serializers.DateTimeField(required=False, help_text="inclusive, ISO 8601")
@@ -29,7 +35,9 @@ class UsageQuery(serializers.Serializer):
 class UsageSummaryQuery(UsageQuery):
     since = InstantField(required=False, help_text="inclusive, ISO 8601")
     until = InstantField(required=False, help_text="exclusive, ISO 8601")
-    group_by = serializers.ChoiceField(choices=sorted(GROUPINGS), required=False)
+    group_by = serializers.ChoiceField(
+        choices=sorted(GROUPINGS), required=False, help_text=GROUP_ORDER
+    )
 
 
 # The most buckets one series may span (an hourly series of about 83 days).
@@ -42,7 +50,9 @@ class UsageSeriesQuery(UsageQuery):
     since = InstantField(help_text="inclusive, ISO 8601")
     until = InstantField(required=False, help_text="exclusive, ISO 8601; default now")
     group_by = serializers.ChoiceField(
-        choices=sorted(set(GROUPINGS) - {"day"}), required=False, help_text="within each bucket"
+        choices=sorted(set(GROUPINGS) - {"day"}),
+        required=False,
+        help_text=f"within each bucket; {GROUP_ORDER}",
     )
 
     def validate(self, attrs):  # type: ignore[no-untyped-def]

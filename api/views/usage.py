@@ -77,6 +77,7 @@ class UsageSeriesView(APIView):
     permission_classes = [tenant_or_staff(GET=USAGE_VIEW)]
 
     @extend_schema(parameters=[UsageSeriesQuery], responses=UsageSeriesRowSerializer(many=True))
+    @reporting_reads()
     def get(self, request: Request) -> Response:
         query = validated_query(UsageSeriesQuery, request)
         rows = usage_series(

@@ -228,14 +228,6 @@ def partition_detach_drop(month: datetime) -> bool:
     return dropped
 
 
-def partition_add_truncate_trigger(cursor: Any, table: str) -> None:
-    """The BEFORE TRUNCATE trigger on `table` (statement triggers are not cloned)."""
-    cursor.execute(
-        f'CREATE TRIGGER {TRUNCATE_TRIGGER} BEFORE TRUNCATE ON "{table}"'
-        f" FOR EACH STATEMENT EXECUTE FUNCTION {TRUNCATE_TRIGGER}()"
-    )
-
-
 def partition_ddl(start: datetime) -> list[str]:
     """The statements that create and attach the partition of month `start` (shared with
     migration 0013, so there is one shape of partition)."""

@@ -5,6 +5,7 @@ never to land there."""
 
 import asyncio
 import threading
+from datetime import timedelta
 
 import pytest
 from django.conf import settings as django_settings
@@ -35,11 +36,10 @@ def on_replica(*objects) -> None:  # type: ignore[no-untyped-def]
         obj.save(using=REPLICA, force_insert=True)
 
 
-def replicated_only(record: UsageRecord) -> None:
-    """A usage record and the rollup it folds into, on the replica only (the summary
-    reads whole hours from the rollups; the test replica has no ledger triggers)."""
-    record.save(using=REPLICA, force_insert=True)
-    UsageRollup(
+def rollup_of(record: UsageRecord) -> UsageRollup:
+    """The hourly rollup row of one unflagged record (what the summary and the series read
+    for whole hours), unsaved."""
+    return UsageRollup(
         tenant_id=record.tenant_id,
         alias=record.alias,
         accelerator=record.accelerator,
@@ -49,8 +49,8 @@ def replicated_only(record: UsageRecord) -> None:
         input_tokens=record.input_tokens,
         output_tokens=record.output_tokens,
         reasoning_tokens=record.reasoning_tokens,
-        last_record_id=record.pk,
-    ).save(using=REPLICA, force_insert=True)
+        last_record_id=1,
+    )
 
 
 @needs_replica
@@ -61,20 +61,42 @@ def test_usage_views_read_the_replica_only_when_replica_reads_are_on(settings) -
     client, key = client_for(tenant)
     on_replica(tenant, key)
     UsageRecordFactory(tenant=tenant, api_key=key, alias="on-primary")
-    replicated_only(UsageRecordFactory.build(tenant=tenant, api_key=key, alias="on-replica"))
-
-    def aliases() -> tuple[list[str], list[str]]:
-        records = client.get("/api/v1/usage/records")
-        summary = client.get("/api/v1/usage/summary", {"group_by": "alias"})
-        assert records.status_code == summary.status_code == 200
-        return (
-            [r["alias"] for r in records.json()["results"]],
-            [row["alias"] for row in summary.json()["data"]],
+    replica_only = UsageRecordFactory.build(tenant=tenant, api_key=key, alias="on-replica")
+    on_replica(replica_only, rollup_of(replica_only))
+    # Whole hours: the summary and the series read the rollups (the edge hours, raw records).
+    hours = {
+        "since": (replica_only.started_at - timedelta(hours=2)).replace(
+            minute=0, second=0, microsecond=0
         )
+    }
+    hours["until"] = hours["since"] + timedelta(hours=4)
 
-    assert aliases() == (["on-replica"], ["on-replica"])
+    def aliases() -> dict[str, list[str]]:
+        responses = {
+            "records": client.get("/api/v1/usage/records"),
+            "summary": client.get("/api/v1/usage/summary", {"group_by": "alias"}),
+            "summary of whole hours": client.get(
+                "/api/v1/usage/summary", {"group_by": "alias", **hours}
+            ),
+            "series": client.get(
+                "/api/v1/usage/series", {"granularity": "hour", "group_by": "alias", **hours}
+            ),
+        }
+        assert {name: r.status_code for name, r in responses.items()} == dict.fromkeys(
+            responses, 200
+        )
+        return {
+            name: [row["alias"] for row in r.json().get("results", r.json().get("data"))]
+            for name, r in responses.items()
+        }
+
+    assert aliases() == dict.fromkeys(
+        ("records", "summary", "summary of whole hours", "series"), ["on-replica"]
+    )
     settings.RECKON_REPLICA_READS = False  # the operator's switch: all reads on the primary
-    assert aliases() == (["on-primary"], ["on-primary"])
+    assert aliases() == dict.fromkeys(
+        ("records", "summary", "summary of whole hours", "series"), ["on-primary"]
+    )
 
 
 @needs_replica

@@ -183,3 +183,28 @@ def test_summary_counts_flagged_records_like_a_raw_scan(two_tenants) -> None:  #
         {"since": T0.isoformat(), "until": (T0 + timedelta(days=3)).isoformat()},
     ).json()["data"]
     assert (data[0]["requests"], data[0]["input_tokens"]) == (5, 409)
+
+
+def test_groups_are_listed_in_code_point_order_whatever_the_collation() -> None:
+    """Decision 0113: aliases sort by code point (as Python sorts strings), not by the
+    database's collation, so rollups, raw edge hours and every backend list them alike."""
+    tenant = TenantFactory()
+    client, key = client_for(tenant)
+    for n, alias in enumerate(["reasoner", "b-2", "Ärger", "Thinker"]):
+        for at in (T0 + timedelta(minutes=10 + n), T0 + timedelta(hours=2, minutes=n)):
+            UsageRecordFactory(tenant=tenant, api_key=key, alias=alias, started_at=at)
+    code_points = ["Thinker", "b-2", "reasoner", "Ärger"]
+    mid_hour = {
+        "since": (T0 + timedelta(minutes=5)).isoformat(),
+        "until": (T0 + timedelta(hours=3)).isoformat(),
+    }
+    for window in ({}, mid_hour):  # rollups only; rollups plus raw edge records
+        summary = client.get("/api/v1/usage/summary", {"group_by": "alias", **window}).json()
+        assert [r["alias"] for r in summary["data"]] == code_points
+        assert [r["requests"] for r in summary["data"]] == [2, 2, 2, 2]
+    series = client.get(
+        "/api/v1/usage/series", {"granularity": "day", "group_by": "alias", **mid_hour}
+    ).json()["data"]
+    assert [(r["start"], r["alias"]) for r in series] == [
+        ("2026-11-01T00:00:00Z", alias) for alias in code_points
+    ]

@@ -1,7 +1,9 @@
 """Property: usage summaries and series served from the hourly rollups (plus the raw
-records of the partial hours at the window's edges) equal a raw scan, on PostgreSQL,
+records of the partial hours at the window's edges) equal a plain aggregate of the raw
+records written in the test (and so does the selectors' own raw scan), on PostgreSQL,
 whatever the records (tenants, keys, aliases, accelerators, flagged or not, any
-microsecond), the write path and shard, folded or not, and the window and filters."""
+microsecond), the write path and shard, folded or not, and the window and filters; and
+what limits load, a tenant's or a key's, equals the plain sum of its records."""
 
 from datetime import timedelta
 from typing import Any
@@ -17,10 +19,12 @@ from metering.ledger.rollups import usage_rollup_shards_fold
 from tests.metering.analytics.usage_world import (
     T0,
     as_ledger_rows,
+    assert_limits_read_as_raw,
     assert_rollups_serve_as_raw,
     instants,
     records,
     tenants_with_keys,
+    whole_hours,
     windows,
     write_orm,
 )
@@ -48,9 +52,10 @@ def write_postgres(rows: list[tuple[int, dict[str, Any]]]) -> None:
     window=windows(),
     alias=st.none() | st.sampled_from(["reasoner", "Thinker"]),
     key_index=st.none() | st.integers(0, 2),
+    limits_since=whole_hours,
 )
 def test_rollup_served_usage_equals_a_raw_scan(  # type: ignore[no-untyped-def]
-    drawn, path, fold_before, window, alias, key_index
+    drawn, path, fold_before, window, alias, key_index, limits_since
 ) -> None:
     world = tenants_with_keys()  # fresh tenants each example
     rows = as_ledger_rows(world, drawn)
@@ -60,6 +65,7 @@ def test_rollup_served_usage_equals_a_raw_scan(  # type: ignore[no-untyped-def]
     for tenant, keys in world:
         assert_rollups_serve_as_raw(tenant, keys, window, alias, key_index)
         assert_rollups_serve_as_raw(tenant, keys, (None, None), None, None)
+        assert_limits_read_as_raw(tenant, keys, limits_since)
 
 
 @pytest.mark.django_db

@@ -1,6 +1,7 @@
 """The embedded default (SQLite), in a process of its own on a fresh database file:
 migration 0014 rebuilds old rollups, and a smaller run of the property that
-rollup-served usage summaries and series equal a raw scan."""
+rollup-served usage summaries and series equal a plain aggregate of the raw records, and
+limits the plain sum of a tenant's or key's records."""
 
 import os
 import subprocess
@@ -31,7 +32,8 @@ assert {r.changed_xid for r in rows} == {209, 210, 211}
 assert sum(r.requests + r.flagged_requests for r in rows) == 6
 
 from tests.metering.analytics.usage_world import (
-    as_ledger_rows, assert_rollups_serve_as_raw, records, tenants_with_keys, windows, write_orm,
+    as_ledger_rows, assert_limits_read_as_raw, assert_rollups_serve_as_raw, records,
+    tenants_with_keys, whole_hours, windows, write_orm,
 )
 
 
@@ -41,13 +43,15 @@ from tests.metering.analytics.usage_world import (
     window=windows(),
     alias=st.none() | st.sampled_from(["reasoner", "Thinker"]),
     key_index=st.none() | st.integers(0, 2),
+    limits_since=whole_hours,
 )
-def rollups_serve_as_raw(drawn, window, alias, key_index):
+def rollups_serve_as_raw(drawn, window, alias, key_index, limits_since):
     world = tenants_with_keys()
     write_orm(as_ledger_rows(world, drawn))
     for tenant, keys in world:
         assert_rollups_serve_as_raw(tenant, keys, window, alias, key_index)
         assert_rollups_serve_as_raw(tenant, keys, (None, None), None, None)
+        assert_limits_read_as_raw(tenant, keys, limits_since)
 
 
 rollups_serve_as_raw()

@@ -1,19 +1,26 @@
 """Random usage for the analytics property tests: records over a few days (hour
 boundaries likely), written through the ledger's write paths into random shards, and
-random windows and filters."""
+random windows and filters; and the references the reads must equal, plain ORM
+aggregates over the raw records written here, sharing no code with the reads under test
+(`metering.selectors`)."""
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
+from django.db.models import Count, F, QuerySet, Sum
+from django.db.models.functions import Trunc
 from hypothesis import strategies as st
 
 from metering.ledger.orm import usage_records_write
-from metering.models import ApiKey, Tenant
+from metering.models import ApiKey, Tenant, UsageRecord
 from metering.selectors import (
     GRANULARITIES,
     GROUPINGS,
     UsageFilter,
+    reasoning_tokens_since,
+    spend_since,
     usage_series,
     usage_series_raw,
     usage_summary,
@@ -48,6 +55,9 @@ records = st.lists(
             "flagged": st.booleans(),
             "started_at": instants,
             "tokens": st.tuples(*(st.integers(0, 1000) for _ in range(5))),
+            # Spend at list price, exact in binary too (SQLite sums it as a double); None:
+            # uncosted.
+            "spend": st.none() | st.integers(0, 10**7).map(lambda n: Decimal(n) / 1024),
             "shard": st.integers(0, 3),
         }
     ),
@@ -63,6 +73,10 @@ def windows(draw: st.DrawFn) -> tuple[datetime | None, datetime | None]:
     if since is not None and until is not None and since >= until:
         since, until = until, since + timedelta(microseconds=1) if since == until else since
     return since, until
+
+
+# A limit's `since`: a whole UTC hour in or around the span (None: all time).
+whole_hours = st.none() | st.integers(-1, SPAN_HOURS + 1).map(lambda h: T0 + timedelta(hours=h))
 
 
 def tenants_with_keys() -> list[tuple[Tenant, list[ApiKey]]]:
@@ -102,6 +116,7 @@ def as_ledger_rows(world: list[tuple[Tenant, list[ApiKey]]], drawn: list[dict[st
             flags=["reasoning_exceeds_output"] if r["flagged"] else [],
             started_at=r["started_at"],
             finished_at=r["started_at"],
+            spend_usd=r.get("spend"),
             **tokens,
         )
         rows.append((r["shard"], row))
@@ -112,6 +127,79 @@ def write_orm(rows: list[tuple[int, dict[str, Any]]]) -> None:
     """Through the ORM path (shard 0), in a few batches."""
     for i in range(0, len(rows), 7):
         usage_records_write([row for _, row in rows[i : i + 7]])
+
+
+COUNTED = (
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+)
+
+
+def _records_in(filters: UsageFilter) -> QuerySet[UsageRecord]:
+    records = UsageRecord.objects.filter(tenant_id=filters.tenant_id)
+    if filters.since is not None:
+        records = records.filter(started_at__gte=filters.since)
+    if filters.until is not None:
+        records = records.filter(started_at__lt=filters.until)
+    if filters.api_key_id is not None:
+        records = records.filter(api_key_id=filters.api_key_id)
+    if filters.alias:
+        records = records.filter(alias=filters.alias)
+    return records
+
+
+def _finished(row: dict[str, Any]) -> dict[str, Any]:
+    """A reference row as the API shows it: None sums as 0, total tokens and the
+    reasoning share of output (6 decimals, the decimal context's rounding)."""
+    row.update({name: row[name] or 0 for name in COUNTED})
+    row["total_tokens"] = sum(row[name] for name in COUNTED)
+    output = row["output_tokens"] + row["reasoning_tokens"]
+    row["reasoning_share_of_output"] = (
+        None
+        if output == 0
+        else str((Decimal(row["reasoning_tokens"]) / output).quantize(Decimal("0.000001")))
+    )
+    return row
+
+
+def reference_summary(filters: UsageFilter, group_by: str | None) -> list[dict[str, Any]]:
+    """The usage summary by one plain aggregate over the raw records, groups in code-point
+    order (decision 0113)."""
+    sums = {"requests": Count("id"), **{name: Sum(name) for name in COUNTED}}
+    records = _records_in(filters)
+    if group_by is None:
+        return [_finished(records.aggregate(**sums))]
+    if group_by == "day":
+        records = records.annotate(day_start=Trunc("started_at", "day", tzinfo=UTC))
+        rows = list(records.values("day_start").annotate(**sums).order_by())
+        for row in rows:
+            row["day"] = row.pop("day_start").date().isoformat()
+    elif group_by == "api_key":
+        rows = list(
+            records.values("api_key_id", api_key_prefix=F("api_key__prefix"))
+            .annotate(**sums)
+            .order_by()
+        )
+    else:
+        rows = list(records.values(group_by).annotate(**sums).order_by())
+    order = {"day": "day", "api_key": "api_key_id", "alias": "alias"}[group_by]
+    return sorted((_finished(row) for row in rows), key=lambda row: row[order])
+
+
+def reference_series(
+    filters: UsageFilter, granularity: str, group_by: str | None
+) -> list[dict[str, Any]]:
+    """The usage series by one plain aggregate over the raw records: UTC buckets, then
+    groups in code-point order."""
+    sums = {"requests": Count("id"), **{name: Sum(name) for name in COUNTED}}
+    column = {None: None, "alias": "alias", "api_key": "api_key_id"}[group_by]
+    records = _records_in(filters).annotate(start=Trunc("started_at", granularity, tzinfo=UTC))
+    names = ["start"] if column is None else ["start", column]
+    rows = [_finished(row) for row in records.values(*names).annotate(**sums).order_by()]
+    return sorted(rows, key=lambda row: tuple(row[name] for name in names))
 
 
 def assert_rollups_serve_as_raw(
@@ -131,11 +219,36 @@ def assert_rollups_serve_as_raw(
         api_key_id=None if key_index is None else keys[key_index].pk,
     )
     for group_by in (None, *sorted(GROUPINGS)):
-        served = usage_summary(filters=filters, group_by=group_by)
-        assert served == usage_summary_raw(filters=filters, group_by=group_by), group_by
+        expected = reference_summary(filters, group_by)
+        assert usage_summary(filters=filters, group_by=group_by) == expected, group_by
+        assert usage_summary_raw(filters=filters, group_by=group_by) == expected, group_by
     for granularity in GRANULARITIES:
         for group_by in (None, "alias", "api_key"):
+            expected = reference_series(filters, granularity, group_by)
             served = usage_series(filters=filters, granularity=granularity, group_by=group_by)
             raw = usage_series_raw(filters=filters, granularity=granularity, group_by=group_by)
-            assert served == raw, (granularity, group_by)
+            assert served == expected, (granularity, group_by)
+            assert raw == expected, (granularity, group_by)
     return int(usage_summary(filters=filters)[0]["requests"])
+
+
+def assert_limits_read_as_raw(tenant: Tenant, keys: list[ApiKey], since: datetime | None) -> None:
+    """What limits load (`spend_since`, `reasoning_tokens_since`: the rollups) for the
+    tenant and for each of its keys, from the whole hour `since` (None: all time; the
+    reasoning budget from the span's start), equal a plain sum of the raw records,
+    flagged ones included."""
+    for key in (None, *keys):
+        key_id = None if key is None else key.pk
+        records = UsageRecord.objects.filter(tenant_id=tenant.pk)
+        if key_id is not None:
+            records = records.filter(api_key_id=key_id)
+        spent = records if since is None else records.filter(started_at__gte=since)
+        reasoning_from = T0 if since is None else since
+        raw_spend = spent.aggregate(total=Sum("spend_usd"))["total"] or 0
+        raw_reasoning = records.filter(started_at__gte=reasoning_from).aggregate(
+            total=Sum("reasoning_tokens")
+        )["total"]
+        assert spend_since(tenant_id=tenant.pk, api_key_id=key_id, since=since) == raw_spend
+        assert reasoning_tokens_since(
+            tenant_id=tenant.pk, api_key_id=key_id, since=reasoning_from
+        ) == (raw_reasoning or 0)
