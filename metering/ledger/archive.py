@@ -50,6 +50,7 @@ from django.utils import timezone
 
 from config.errors import ApplicationError, Conflict, NotFound
 from metering.calendar import month_day, month_key, month_start
+from metering.ledger.archive_months import RUN_CLASS, month_lock_key, month_state_lock
 from metering.ledger.archive_store import ArchiveStore, archive_store_open
 from metering.ledger.partitions import (
     is_partitioned,
@@ -73,6 +74,11 @@ MONEY_QUANTUM = Decimal("1e-24")
 # SUM can differ from the exact sum in the last digits. PostgreSQL compares exactly.
 SQLITE_MONEY_TOLERANCE = Decimal("1e-9")
 ROWS_PER_FILE = 1_000_000
+# Rows per Parquet row group (each with min/max statistics, so a read filtered on
+# started_at skips the groups outside its window) and per batch read or written: what
+# one step holds in memory.
+ROW_GROUP_ROWS = 65_536
+READ_BATCH_ROWS = 65_536
 MANIFEST = "manifest.json"
 UNFLAGGED = "[]"  # the JSON text of an empty `flags` list
 
@@ -117,9 +123,6 @@ def _month_bounds(month: datetime) -> tuple[datetime, datetime]:
     return start, month_day(start.year, start.month + 1)
 
 
-# pg_try_advisory_lock(ADVISORY_CLASS, YYYYMM): one archive step of a month at a time.
-ADVISORY_CLASS = 0x52434B41  # "RCKA"
-
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -134,9 +137,9 @@ def one_run_per_month(step: Callable[P, R]) -> Callable[P, R]:
         if connection.vendor != "postgresql":
             return step(*args, **kwargs)
         month = month_start(kwargs["month"])  # type: ignore[arg-type]
-        key = month.year * 100 + month.month
+        key = month_lock_key(month)
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [ADVISORY_CLASS, key])
+            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [RUN_CLASS, key])
             (locked,) = cursor.fetchone()
         if not locked:
             raise Conflict(f"{month_key(month)} is being archived or restored by another run.")
@@ -144,7 +147,7 @@ def one_run_per_month(step: Callable[P, R]) -> Callable[P, R]:
             return step(*args, **kwargs)
         finally:
             with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [ADVISORY_CLASS, key])
+                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [RUN_CLASS, key])
 
     return guarded
 
@@ -647,9 +650,17 @@ def ledger_month_verify(*, month: datetime, store: ArchiveStore | None = None) -
 
 @one_run_per_month
 def ledger_month_drop(*, month: datetime) -> LedgerArchive:
-    """Drop a verified month from the database (PostgreSQL): under a lock that holds off
-    inserts into its partition, its count and sums are checked against the verified
-    manifest once more, then the partition is detached and dropped in one transaction.
+    """Drop a verified month from the database (PostgreSQL), in two transactions:
+
+    1. the month's partition is locked IN SHARE MODE (inserts into it wait; other months
+       go on) and its count, id range and sums are checked against the verified
+       manifest once more;
+    2. the month's state lock is taken (a read combining database and archive holds it:
+       Conflict, retried later), the parent then the partition locked (the order
+       inserts take them, so no deadlock), and, finding no record with an id above the
+       manifest's (every insert after step 1 takes a new, higher id: one index probe),
+       the partition is detached and dropped and the month marked dropped.
+
     Refused for an unverified month, and on the embedded SQLite ledger."""
     archive = _archive_of(month)
     key = month_key(archive.month)
@@ -662,8 +673,8 @@ def ledger_month_drop(*, month: datetime) -> LedgerArchive:
             f"{key} stays in the database: the embedded SQLite ledger is not partitioned and"
             " its records are never deleted (export and verify work; drop needs PostgreSQL)."
         )
+    name = partition_name(archive.month)
     with transaction.atomic():
-        name = partition_name(archive.month)
         if name in {n for _, n in partitions_list()}:
             with connection.cursor() as cursor:
                 cursor.execute(f'LOCK TABLE "{name}" IN SHARE MODE')
@@ -673,7 +684,20 @@ def ledger_month_drop(*, month: datetime) -> LedgerArchive:
                 f"{key} changed since it was verified: {differences[0]}",
                 {"differences": differences},
             )
-        partition_detach_drop(archive.month)
+    highest = archive.manifest["max_id"]
+
+    def nothing_newer(cursor: Any, table: str) -> None:
+        cursor.execute(f'SELECT max(id) FROM "{table}"')  # noqa: S608 (our partition's name)
+        (found,) = cursor.fetchone()
+        if found is not None and (highest is None or found > highest):
+            raise ArchiveMismatch(
+                f"{key} changed since it was verified: record {found} arrived after the check"
+            )
+
+    with transaction.atomic():
+        if not month_state_lock(archive.month):
+            raise Conflict(f"{key} is being read across database and archive; retry later.")
+        partition_detach_drop(archive.month, before_detach=nothing_newer)
         archive.state = State.DROPPED
         archive.dropped_at = timezone.now()
         archive.save(update_fields=["state", "dropped_at", "updated_at"])
@@ -705,37 +729,43 @@ def ledger_month_archive(
 # --- restore ----------------------------------------------------------------------------
 
 
-def _copy_in(path: Path, workdir: Path) -> None:
-    """Load one archive file into the ledger with its ids: Arrow writes the CSV that
-    PostgreSQL's COPY reads (null unquoted, empty text quoted, exact decimals)."""
-    table = pq.read_table(path)
-    for index, field in enumerate(table.schema):
-        if pa.types.is_timestamp(field.type):
-            # UTC wall time plus its offset: Arrow formats this many times faster than
-            # the zoned type, and PostgreSQL reads it exactly.
-            wall = table.column(index).cast(pa.timestamp("us")).cast(pa.string())
-            table = table.set_column(
-                index, field.name, pc.binary_join_element_wise(wall, pa.scalar("+00"), "")
-            )
-    csv_path = workdir / f"{path.stem}.csv"
-    pa_csv.write_csv(table, csv_path, pa_csv.WriteOptions(include_header=False))
+def _copy_in(path: Path) -> None:
+    """Load one archive file into the ledger with its ids, batch by batch (memory: one
+    batch): Arrow writes the CSV that PostgreSQL's COPY reads (null unquoted, empty text
+    quoted, exact decimals), straight into the COPY stream."""
     columns = ", ".join(COLUMNS)
     connection.ensure_connection()
     raw = connection.connection
     assert raw is not None
-    with raw.cursor() as cursor, open(csv_path, "rb") as source:
+    with raw.cursor() as cursor:
         with cursor.copy(f"COPY {TABLE} ({columns}) FROM STDIN (FORMAT csv)") as copy:
-            for block in iter(lambda: source.read(1 << 20), b""):
-                copy.write(block)
-    csv_path.unlink()
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH_ROWS):
+                table = pa.Table.from_batches([batch])
+                for index, field in enumerate(table.schema):
+                    if pa.types.is_timestamp(field.type):
+                        # UTC wall time plus its offset: Arrow formats this many times
+                        # faster than the zoned type, and PostgreSQL reads it exactly.
+                        wall = table.column(index).cast(pa.timestamp("us")).cast(pa.string())
+                        table = table.set_column(
+                            index,
+                            field.name,
+                            pc.binary_join_element_wise(wall, pa.scalar("+00"), ""),
+                        )
+                sink = pa.BufferOutputStream()
+                pa_csv.write_csv(table, sink, pa_csv.WriteOptions(include_header=False))
+                copy.write(memoryview(sink.getvalue()))
 
 
 @one_run_per_month
 def ledger_month_restore(*, month: datetime, store: ArchiveStore | None = None) -> LedgerArchive:
-    """Bring a dropped month back: its files are checked against the manifest, its
-    partition created, its rows loaded with their ids and checked against the manifest,
-    all in one transaction. A month whose rows are in the database is left as it is
-    (restored already: a no-op; never dropped: refused)."""
+    """Bring a dropped month back: its files are checked against the manifest, then in
+    ONE transaction (holding the month's state lock) its partition is created and
+    attached, its rows loaded with their ids, checked against the manifest and the month
+    marked restored. Until that commits the partition is invisible to every other
+    session: an insert into the month is refused as before (the writer spools it; spool
+    replay sets records of a dropped month aside), so nothing lands in the month twice.
+    A month whose rows are in the database is left as it is (restored already: a no-op;
+    never dropped: refused)."""
     store = store or archive_store()
     archive = _archive_of(month)
     key = month_key(archive.month)
@@ -754,11 +784,13 @@ def ledger_month_restore(*, month: datetime, store: ArchiveStore | None = None) 
                 f"The archive of {key} does not match its manifest: {differences[0]}",
                 {"differences": differences},
             )
-        partition_create(archive.month)
         clock.append(time.perf_counter())
         with transaction.atomic():
+            if not month_state_lock(archive.month):
+                raise Conflict(f"{key} is being read across database and archive; retry later.")
+            partition_create(archive.month)
             for path in paths:
-                _copy_in(path, workdir)
+                _copy_in(path)
             clock.append(time.perf_counter())
             differences = _database_differences(archive.month, archive.manifest)
             if differences:

@@ -40,6 +40,7 @@ from metering.ledger.archive import (
     ledger_month_restore,
     ledger_month_verify,
 )
+from metering.ledger.archive_months import RUN_CLASS
 from metering.ledger.archive_store import ArchiveStoreError, archive_store_open
 from metering.ledger.orm import usage_records_write
 from metering.ledger.partitions import partition_create, partition_name, partitions_list
@@ -518,12 +519,12 @@ def test_two_runs_never_work_on_one_month_at_once(archive_dir: Path, rate: Servi
     params.pop("context", None)
     other = psycopg.connect(**params, autocommit=True)  # another run's session
     try:
-        other.execute("SELECT pg_advisory_lock(%s, 202609)", [ledger_archive.ADVISORY_CLASS])
+        other.execute("SELECT pg_advisory_lock(%s, 202609)", [RUN_CLASS])
         with pytest.raises(Conflict, match="being archived or restored by another run"):
             ledger_month_archive(month=SEP)
         assert not LedgerArchive.objects.filter(month=SEP).exists()
         ledger_month_export(month=OCT)  # another month is free
-        other.execute("SELECT pg_advisory_unlock(%s, 202609)", [ledger_archive.ADVISORY_CLASS])
+        other.execute("SELECT pg_advisory_unlock(%s, 202609)", [RUN_CLASS])
         assert ledger_month_archive(month=SEP).state == "dropped"
     finally:
         other.close()
