@@ -25,7 +25,7 @@ from datetime import datetime
 
 from django.db import connection, transaction
 
-from metering.calendar import month_day, month_start
+from metering.calendar import month_start
 from metering.models import LedgerArchive
 
 RUN_CLASS = 0x52434B41  # "RCKA": one archive run of a month at a time
@@ -51,16 +51,15 @@ def archived_months_dropped(*, start: datetime, end: datetime) -> list[datetime]
 
 @contextmanager
 def months_read_lock(*, start: datetime, end: datetime) -> Iterator[None]:
-    """A transaction holding the month lock SHARED for every month overlapping
-    [start, end) (see the module docstring): reads inside it see each month wholly in
-    the database or wholly dropped. On SQLite, just a transaction."""
+    """A transaction holding the state lock SHARED for every month overlapping
+    [start, end) that has an archive (in any state: a month is only dropped once
+    exported and verified, which takes far longer than a read), so reads inside it see
+    each month wholly in the database or wholly dropped (see the module docstring).
+    On SQLite, just a transaction."""
     with transaction.atomic():
         if connection.vendor == "postgresql":
-            keys = []
-            month = month_start(start)
-            while month < end:
-                keys.append(month_lock_key(month))
-                month = month_day(month.year, month.month + 1)
+            months = LedgerArchive.objects.filter(month__gte=month_start(start), month__lt=end)
+            keys = sorted(month_lock_key(m) for m in months.values_list("month", flat=True))
             with connection.cursor() as cursor:
                 for key in keys:  # ascending, so two readers never wait on each other
                     cursor.execute(
