@@ -19,7 +19,7 @@ Two PostgreSQL advisory locks per month, keyed (class, YYYYMM):
 SQLite never drops a month: there is nothing to lock.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
@@ -46,6 +46,18 @@ def archived_months_dropped(*, start: datetime, end: datetime) -> list[datetime]
         )
         .order_by("month")
         .values_list("month", flat=True)
+    )
+
+
+def months_dropped(instants: Iterable[datetime]) -> set[datetime]:
+    """The first instants of the months, among those of `instants`, that are dropped."""
+    months = {month_start(at) for at in instants}
+    if not months:
+        return set()
+    return set(
+        LedgerArchive.objects.filter(
+            state=LedgerArchive.State.DROPPED, month__in=months
+        ).values_list("month", flat=True)
     )
 
 
