@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -673,3 +674,57 @@ def test_store_failures_are_store_errors(tmp_path: Path, monkeypatch: pytest.Mon
         store.get_file(name="a/f", path=tmp_path / "g")
     with pytest.raises(ArchiveStoreError, match="could not be reached"):
         store.exists(name="a/f")
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)  # the drop and the insert run in their own sessions
+def test_a_drop_and_an_insert_into_its_month_never_deadlock(
+    archive_dir: Path, rate: ServingCostRate
+) -> None:
+    """An insert takes the parent, then the partition; the drop does the same (it used
+    to hold the partition, then wait for the parent: a deadlock). Here a writer's open
+    transaction holds the parent while the drop waits for it, then inserts into the
+    month being dropped: it goes through, and the drop stops on the new record."""
+    write_month(SEP, rate, count=4)
+    write_month(OCT, rate, count=1)
+    ledger_month_export(month=SEP)
+    ledger_month_verify(month=SEP)
+    columns = [c for c in ledger_archive.COLUMNS if c != "id"]
+    copied = ", ".join("gen_random_uuid()" if c == "request_id" else c for c in columns)
+
+    def copy_row(month: datetime) -> str:
+        return (
+            f"INSERT INTO metering_usagerecord ({', '.join(columns)})"  # noqa: S608
+            f" SELECT {copied} FROM {partition_name(month)} ORDER BY id LIMIT 1"
+        )
+
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    writer = psycopg.connect(**params)
+    outcome: list[BaseException | None] = []
+
+    def drop() -> None:
+        try:
+            ledger_month_drop(month=SEP)
+            outcome.append(None)
+        except BaseException as error:  # noqa: BLE001 - handed to the test
+            outcome.append(error)
+        finally:
+            connection.close()
+
+    try:
+        writer.execute(copy_row(OCT))  # holds the parent (and October) until it commits
+        dropper = threading.Thread(target=drop)
+        dropper.start()
+        time.sleep(0.5)  # the drop is waiting for the parent
+        writer.execute(copy_row(SEP))  # a late record of September: no deadlock
+        writer.commit()
+        dropper.join(timeout=60)
+        assert not dropper.is_alive()
+    finally:
+        writer.close()
+    assert isinstance(outcome[0], ArchiveMismatch), outcome
+    assert "arrived after the check" in str(outcome[0])
+    assert len(db_rows(SEP)) == 5
+    assert LedgerArchive.objects.get(month=SEP).state == "verified"
