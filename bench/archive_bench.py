@@ -22,13 +22,14 @@ files, and the month's partition in PostgreSQL (heap, TOAST and indexes).
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +73,8 @@ def main() -> None:
     from django.db import connection
 
     from metering.ledger.archive import (
+        archived_usage_grouped,
+        archived_usage_rows,
         ledger_month_drop,
         ledger_month_export,
         ledger_month_restore,
@@ -187,6 +190,40 @@ def main() -> None:
             f["bytes"] for f in LedgerArchive.objects.get(month=MONTH).manifest["files"]
         )
 
+    # Reads of a dropped month (drop it once more): a recompute's read of one tenant's
+    # whole month, and usage analytics' read of one tenant's edge hour, from the archive.
+    ledger_month_drop(month=MONTH)
+    peak_before_reads = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    month_read, hour_read = [], []
+    hour = MONTH + timedelta(days=14, hours=9)
+    for _ in range(args.rounds):
+        month_read.append(
+            timed(
+                lambda: archived_usage_rows(
+                    month=MONTH,
+                    start=MONTH,
+                    end=MONTH + timedelta(days=30),
+                    up_to_record_id=2**62,
+                    tenant_ids=[tenants[0].pk],
+                )
+            )
+        )
+        hour_read.append(
+            timed(
+                lambda: archived_usage_grouped(
+                    month=MONTH,
+                    tenant_id=tenants[0].pk,
+                    start=hour + timedelta(minutes=20),
+                    end=hour + timedelta(hours=1),
+                    api_key_id=None,
+                    alias=None,
+                    key="alias",
+                    bucket=None,
+                )
+            )
+        )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
     print()
     print(
         f"Archive benchmark on this {os.cpu_count()}-core machine (PostgreSQL, store: "
@@ -207,6 +244,14 @@ def main() -> None:
         f"  bytes per record: Parquet zstd {parquet_bytes / args.records:.1f},"
         f" PostgreSQL partition (heap+TOAST+indexes) {pg_bytes / args.records:.1f}"
         f" (x{pg_bytes / max(parquet_bytes, 1):.1f})"
+    )
+    print(
+        f"  read of a dropped month, one tenant's month (s per 1M records): {spread(month_read, million)}"
+    )
+    print(f"  read of a dropped month, one tenant's partial hour (s):        {spread(hour_read)}")
+    print(
+        f"  peak RSS of this process: {peak_before_reads / 1024:.0f} MB after the rounds,"
+        f" {peak / 1024:.0f} MB after the reads"
     )
     connection.close()
     workdir.cleanup()
