@@ -125,27 +125,34 @@ def main() -> None:
                 args.records,
             ],
         )
+        tokens = (
+            "input_tokens",
+            "cached_input_tokens",
+            "cache_write_tokens",
+            "output_tokens",
+            "reasoning_tokens",
+        )
+        money = ("serving_cost_usd", "reasoning_cost_usd", "spend_usd")
         cur.execute(
-            "INSERT INTO metering_usagerollup (tenant_id, alias, accelerator, hour, shard, requests,"  # noqa: S608
-            " flagged_requests, input_tokens, cached_input_tokens, cache_write_tokens, output_tokens,"
-            " reasoning_tokens, serving_cost_usd, reasoning_cost_usd, spend_usd, last_record_id,"
-            " changed_xid, updated_at)"
-            " SELECT tenant_id, alias, accelerator, date_trunc('hour', started_at, 'UTC'), 0,"
-            " count(*) FILTER (WHERE flags = '[]'), count(*) FILTER (WHERE flags <> '[]'),"
+            "INSERT INTO metering_usagerollup (tenant_id, alias, accelerator, api_key_id, hour,"  # noqa: S608
+            " shard, requests, flagged_requests, "
+            + ", ".join([*tokens, *money, *(f"flagged_{c}" for c in (*tokens, "spend_usd"))])
+            + ", last_record_id, changed_xid, updated_at)"
+            " SELECT tenant_id, alias, accelerator, api_key_id, date_trunc('hour', started_at, 'UTC'),"
+            " 0, count(*) FILTER (WHERE flags = '[]'), count(*) FILTER (WHERE flags <> '[]'), "
             + ", ".join(
-                f"coalesce(sum({c}) FILTER (WHERE flags = '[]'), 0)"
-                for c in (
-                    "input_tokens",
-                    "cached_input_tokens",
-                    "cache_write_tokens",
-                    "output_tokens",
-                    "reasoning_tokens",
-                    "serving_cost_usd",
-                    "reasoning_cost_usd",
-                    "spend_usd",
-                )
+                [
+                    *(
+                        f"coalesce(sum({c}) FILTER (WHERE flags = '[]'), 0)"
+                        for c in (*tokens, *money)
+                    ),
+                    *(
+                        f"coalesce(sum({c}) FILTER (WHERE flags <> '[]'), 0)"
+                        for c in (*tokens, "spend_usd")
+                    ),
+                ]
             )
-            + ", max(id), 0, now() FROM metering_usagerecord GROUP BY 1, 2, 3, 4"
+            + ", max(id), 0, now() FROM metering_usagerecord GROUP BY 1, 2, 3, 4, 5"
         )
         cur.execute("ANALYZE")
         cur.execute("SELECT pg_total_relation_size(%s)", [partition_name(MONTH)])
@@ -192,6 +199,8 @@ def main() -> None:
 
     # Reads of a dropped month (drop it once more): a recompute's read of one tenant's
     # whole month, and usage analytics' read of one tenant's edge hour, from the archive.
+    ledger_month_export(month=MONTH)
+    ledger_month_verify(month=MONTH)
     ledger_month_drop(month=MONTH)
     peak_before_reads = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     month_read, hour_read = [], []

@@ -63,20 +63,23 @@ def months_dropped(instants: Iterable[datetime]) -> set[datetime]:
 
 @contextmanager
 def months_read_lock(*, start: datetime, end: datetime) -> Iterator[None]:
-    """A transaction holding the state lock SHARED for every month overlapping
+    """Hold the state lock SHARED, for one transaction, on every month overlapping
     [start, end) that has an archive (in any state: a month is only dropped once
-    exported and verified, which takes far longer than a read), so reads inside it see
+    exported and verified, which takes far longer than a read), so reads inside see
     each month wholly in the database or wholly dropped (see the module docstring).
-    On SQLite, just a transaction."""
-    with transaction.atomic():
-        if connection.vendor == "postgresql":
-            months = LedgerArchive.objects.filter(month__gte=month_start(start), month__lt=end)
-            keys = sorted(month_lock_key(m) for m in months.values_list("month", flat=True))
-            with connection.cursor() as cursor:
-                for key in keys:  # ascending, so two readers never wait on each other
-                    cursor.execute(
-                        "SELECT pg_advisory_xact_lock_shared(%s, %s)", [STATE_CLASS, key]
-                    )
+    No archive in the window (the usual case), or SQLite: no transaction is opened, so
+    a reporting read stays on the replica."""
+    if connection.vendor != "postgresql":
+        yield
+        return
+    months = LedgerArchive.objects.filter(month__gte=month_start(start), month__lt=end)
+    keys = sorted(month_lock_key(m) for m in months.values_list("month", flat=True))
+    if not keys:
+        yield
+        return
+    with transaction.atomic(), connection.cursor() as cursor:
+        for key in keys:  # ascending, so two readers never wait on each other
+            cursor.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", [STATE_CLASS, key])
         yield
 
 
