@@ -728,3 +728,19 @@ def test_a_drop_and_an_insert_into_its_month_never_deadlock(
     assert "arrived after the check" in str(outcome[0])
     assert len(db_rows(SEP)) == 5
     assert LedgerArchive.objects.get(month=SEP).state == "verified"
+
+
+def test_the_proxy_process_never_loads_the_archive_libraries() -> None:
+    """Every process sets Django up and loads the selectors and tasks; pyarrow and boto3
+    (the archive's) load only where a month is archived or a dropped month read."""
+    probe = (
+        "import sys, django; django.setup();"
+        " import config.asgi, metering.selectors, metering.tasks;"
+        " print(sorted(m for m in ('pyarrow', 'boto3', 'metering.ledger.archive')"
+        " if m in sys.modules))"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings"}
+    done = subprocess.run(  # noqa: S603 - this interpreter, a fixed script
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[]"
