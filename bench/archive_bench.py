@@ -186,13 +186,25 @@ def main() -> None:
 
     baseline, written, export, verify, drop, restore = [], [], [], [], [], []
     parquet_bytes = 0
+
+    import pyarrow
+
+    def peak_mb() -> str:
+        arrow = pyarrow.default_memory_pool().max_memory() // (1 << 20)
+        return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} (Arrow {arrow})"
+
+    peaks = [("set-up", peak_mb())]
     for _ in range(args.rounds):
         baseline.append(timed(bare_copy))
         written.append(timed(bare_write))
+        peaks.append(("baselines", peak_mb()))
         export.append(timed(lambda: ledger_month_export(month=MONTH)))
+        peaks.append(("export", peak_mb()))
         verify.append(timed(lambda: ledger_month_verify(month=MONTH)))
+        peaks.append(("verify", peak_mb()))
         drop.append(timed(lambda: ledger_month_drop(month=MONTH)))
         restore.append(timed(lambda: ledger_month_restore(month=MONTH)))
+        peaks.append(("restore", peak_mb()))
         parquet_bytes = sum(
             f["bytes"] for f in LedgerArchive.objects.get(month=MONTH).manifest["files"]
         )
@@ -202,7 +214,6 @@ def main() -> None:
     ledger_month_export(month=MONTH)
     ledger_month_verify(month=MONTH)
     ledger_month_drop(month=MONTH)
-    peak_before_reads = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     month_read, hour_read = [], []
     hour = MONTH + timedelta(days=14, hours=9)
     for _ in range(args.rounds):
@@ -231,7 +242,7 @@ def main() -> None:
                 )
             )
         )
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peaks.append(("reads", peak_mb()))
 
     print()
     print(
@@ -258,10 +269,8 @@ def main() -> None:
         f"  read of a dropped month, one tenant's month (s per 1M records): {spread(month_read, million)}"
     )
     print(f"  read of a dropped month, one tenant's partial hour (s):        {spread(hour_read)}")
-    print(
-        f"  peak RSS of this process: {peak_before_reads / 1024:.0f} MB after the rounds,"
-        f" {peak / 1024:.0f} MB after the reads"
-    )
+    print("  peak RSS of this process after each step of round 1 (MB):", end="")
+    print(", ".join(f" {step} {mb}" for step, mb in peaks[:5] + peaks[-1:]))
     connection.close()
     workdir.cleanup()
     subprocess.run(

@@ -927,7 +927,11 @@ def _archived_batches(
                     )
                 dataset = ds.dataset(path, format="parquet", schema=SCHEMA)
                 yield from dataset.to_batches(
-                    columns=columns, filter=window & where, batch_size=READ_BATCH_ROWS
+                    columns=columns,
+                    filter=window & where,
+                    batch_size=READ_BATCH_ROWS,
+                    batch_readahead=1,  # memory: about one batch, not Arrow's 16
+                    fragment_readahead=1,
                 )
 
 
