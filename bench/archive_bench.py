@@ -22,13 +22,14 @@ files, and the month's partition in PostgreSQL (heap, TOAST and indexes).
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +73,8 @@ def main() -> None:
     from django.db import connection
 
     from metering.ledger.archive import (
+        archived_usage_grouped,
+        archived_usage_rows,
         ledger_month_drop,
         ledger_month_export,
         ledger_month_restore,
@@ -122,27 +125,34 @@ def main() -> None:
                 args.records,
             ],
         )
+        tokens = (
+            "input_tokens",
+            "cached_input_tokens",
+            "cache_write_tokens",
+            "output_tokens",
+            "reasoning_tokens",
+        )
+        money = ("serving_cost_usd", "reasoning_cost_usd", "spend_usd")
         cur.execute(
-            "INSERT INTO metering_usagerollup (tenant_id, alias, accelerator, hour, shard, requests,"  # noqa: S608
-            " flagged_requests, input_tokens, cached_input_tokens, cache_write_tokens, output_tokens,"
-            " reasoning_tokens, serving_cost_usd, reasoning_cost_usd, spend_usd, last_record_id,"
-            " changed_xid, updated_at)"
-            " SELECT tenant_id, alias, accelerator, date_trunc('hour', started_at, 'UTC'), 0,"
-            " count(*) FILTER (WHERE flags = '[]'), count(*) FILTER (WHERE flags <> '[]'),"
+            "INSERT INTO metering_usagerollup (tenant_id, alias, accelerator, api_key_id, hour,"  # noqa: S608
+            " shard, requests, flagged_requests, "
+            + ", ".join([*tokens, *money, *(f"flagged_{c}" for c in (*tokens, "spend_usd"))])
+            + ", last_record_id, changed_xid, updated_at)"
+            " SELECT tenant_id, alias, accelerator, api_key_id, date_trunc('hour', started_at, 'UTC'),"
+            " 0, count(*) FILTER (WHERE flags = '[]'), count(*) FILTER (WHERE flags <> '[]'), "
             + ", ".join(
-                f"coalesce(sum({c}) FILTER (WHERE flags = '[]'), 0)"
-                for c in (
-                    "input_tokens",
-                    "cached_input_tokens",
-                    "cache_write_tokens",
-                    "output_tokens",
-                    "reasoning_tokens",
-                    "serving_cost_usd",
-                    "reasoning_cost_usd",
-                    "spend_usd",
-                )
+                [
+                    *(
+                        f"coalesce(sum({c}) FILTER (WHERE flags = '[]'), 0)"
+                        for c in (*tokens, *money)
+                    ),
+                    *(
+                        f"coalesce(sum({c}) FILTER (WHERE flags <> '[]'), 0)"
+                        for c in (*tokens, "spend_usd")
+                    ),
+                ]
             )
-            + ", max(id), 0, now() FROM metering_usagerecord GROUP BY 1, 2, 3, 4"
+            + ", max(id), 0, now() FROM metering_usagerecord GROUP BY 1, 2, 3, 4, 5"
         )
         cur.execute("ANALYZE")
         cur.execute("SELECT pg_total_relation_size(%s)", [partition_name(MONTH)])
@@ -176,16 +186,63 @@ def main() -> None:
 
     baseline, written, export, verify, drop, restore = [], [], [], [], [], []
     parquet_bytes = 0
+
+    import pyarrow
+
+    def peak_mb() -> str:
+        arrow = pyarrow.default_memory_pool().max_memory() // (1 << 20)
+        return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} (Arrow {arrow})"
+
+    peaks = [("set-up", peak_mb())]
     for _ in range(args.rounds):
         baseline.append(timed(bare_copy))
         written.append(timed(bare_write))
+        peaks.append(("baselines", peak_mb()))
         export.append(timed(lambda: ledger_month_export(month=MONTH)))
+        peaks.append(("export", peak_mb()))
         verify.append(timed(lambda: ledger_month_verify(month=MONTH)))
+        peaks.append(("verify", peak_mb()))
         drop.append(timed(lambda: ledger_month_drop(month=MONTH)))
         restore.append(timed(lambda: ledger_month_restore(month=MONTH)))
+        peaks.append(("restore", peak_mb()))
         parquet_bytes = sum(
             f["bytes"] for f in LedgerArchive.objects.get(month=MONTH).manifest["files"]
         )
+
+    # Reads of a dropped month (drop it once more): a recompute's read of one tenant's
+    # whole month, and usage analytics' read of one tenant's edge hour, from the archive.
+    ledger_month_export(month=MONTH)
+    ledger_month_verify(month=MONTH)
+    ledger_month_drop(month=MONTH)
+    month_read, hour_read = [], []
+    hour = MONTH + timedelta(days=14, hours=9)
+    for _ in range(args.rounds):
+        month_read.append(
+            timed(
+                lambda: archived_usage_rows(
+                    month=MONTH,
+                    start=MONTH,
+                    end=MONTH + timedelta(days=30),
+                    up_to_record_id=2**62,
+                    tenant_ids=[tenants[0].pk],
+                )
+            )
+        )
+        hour_read.append(
+            timed(
+                lambda: archived_usage_grouped(
+                    month=MONTH,
+                    tenant_id=tenants[0].pk,
+                    start=hour + timedelta(minutes=20),
+                    end=hour + timedelta(hours=1),
+                    api_key_id=None,
+                    alias=None,
+                    key="alias",
+                    bucket=None,
+                )
+            )
+        )
+    peaks.append(("reads", peak_mb()))
 
     print()
     print(
@@ -208,6 +265,12 @@ def main() -> None:
         f" PostgreSQL partition (heap+TOAST+indexes) {pg_bytes / args.records:.1f}"
         f" (x{pg_bytes / max(parquet_bytes, 1):.1f})"
     )
+    print(
+        f"  read of a dropped month, one tenant's month (s per 1M records): {spread(month_read, million)}"
+    )
+    print(f"  read of a dropped month, one tenant's partial hour (s):        {spread(hour_read)}")
+    print("  peak RSS of this process after each step of round 1 (MB):", end="")
+    print(", ".join(f" {step} {mb}" for step, mb in peaks[:5] + peaks[-1:]))
     connection.close()
     workdir.cleanup()
     subprocess.run(

@@ -28,7 +28,8 @@ from django.db.models import Count, F, Max, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce, Trunc
 from django.utils import timezone
 
-from metering.ledger.archive import archived_months_dropped, archived_usage_rows
+from metering.calendar import month_day
+from metering.ledger.archive_months import archived_months_dropped, months_read_lock
 from metering.models import ApiKey, ServingCostRate, UsageRecord, UsageRollup
 from metering.usage import LEDGER_COLUMNS, PRICING_CLASS, TokenUsage
 
@@ -121,8 +122,12 @@ def _usage_rows(
     hours = None if raw else _whole_hours(filters)
     raw_sums = {"requests": Count("id"), **{name: Sum(name) for name in LEDGER_COLUMNS}}
     if hours is None:
-        records = usage_records_for_tenant(filters=filters)
-        return _grouped(records, key=key, bucket=bucket, time_field="started_at", sums=raw_sums)
+        with _read_lock(filters.since, filters.until):
+            records = usage_records_for_tenant(filters=filters)
+            return _merged(
+                _grouped(records, key=key, bucket=bucket, time_field="started_at", sums=raw_sums),
+                _archived_rows(filters, filters.since, filters.until, key=key, bucket=bucket),
+            )
     first, end = hours
     rollups = UsageRollup.objects.filter(tenant_id=filters.tenant_id)
     if first is not None:
@@ -141,22 +146,76 @@ def _usage_rows(
         sums={name: Sum(F(name) + F(f"flagged_{name}")) for name in _COUNTED},
     )
     # Each edge as its own time range (not the window with the whole hours cut out), so
-    # PostgreSQL reads two short ranges of the (tenant, started_at) index.
+    # PostgreSQL reads two short ranges of the (tenant, started_at) index; an edge hour
+    # of a dropped month is read from its archive (its rollups stay, its records left).
     edges = Q()
+    ranges: list[tuple[datetime | None, datetime | None]] = []
     if filters.since is not None and first is not None and filters.since < first:
         edges |= Q(started_at__gte=filters.since, started_at__lt=first)
+        ranges.append((filters.since, first))
     if end is not None and (filters.until is None or end < filters.until):
         edges |= Q(started_at__gte=end) & (
             Q() if filters.until is None else Q(started_at__lt=filters.until)
         )
+        ranges.append((end, filters.until))
     if edges:
-        records = usage_records_for_tenant(filters=replace(filters, since=None, until=None)).filter(
-            edges
-        )
-        edge_rows = _grouped(
-            records, key=key, bucket=bucket, time_field="started_at", sums=raw_sums
-        )
+        with _read_lock(filters.since, filters.until):
+            records = usage_records_for_tenant(
+                filters=replace(filters, since=None, until=None)
+            ).filter(edges)
+            edge_rows = _grouped(
+                records, key=key, bucket=bucket, time_field="started_at", sums=raw_sums
+            )
+            for low, high in ranges:
+                edge_rows += _archived_rows(filters, low, high, key=key, bucket=bucket)
         rows = _merged(rows, edge_rows)
+    return rows
+
+
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+def _read_lock(since: datetime | None, until: datetime | None) -> Any:
+    """`months_read_lock` over [since, until) (None: unbounded; no month after the next
+    one can be archived)."""
+    now = timezone.now()
+    latest = month_day(now.year, now.month + 2)
+    return months_read_lock(
+        start=since or _EARLIEST, end=latest if until is None else min(until, latest)
+    )
+
+
+def _archived_rows(
+    filters: UsageFilter,
+    since: datetime | None,
+    until: datetime | None,
+    *,
+    key: str | None,
+    bucket: str | None,
+) -> list[dict[str, Any]]:
+    """The raw rows (as `_grouped` gives them) of the tenant's records in [since, until)
+    that live in dropped months' archives; none when no month of it was dropped."""
+    low = since or _EARLIEST
+    high = until or datetime.max.replace(tzinfo=UTC)
+    months = archived_months_dropped(start=low, end=high)
+    if not months:
+        return []
+    # Imported here, not at the top: the archive loads pyarrow and boto3, which the
+    # processes that never read a dropped month (the proxy) should not carry.
+    from metering.ledger.archive import archived_usage_grouped
+
+    rows: list[dict[str, Any]] = []
+    for month in months:
+        rows += archived_usage_grouped(
+            month=month,
+            tenant_id=filters.tenant_id,
+            start=max(low, month),
+            end=min(high, month_day(month.year, month.month + 1)),
+            api_key_id=filters.api_key_id,
+            alias=filters.alias,
+            key=key,
+            bucket=bucket,
+        )
     return rows
 
 
@@ -298,6 +357,34 @@ def _usage_totals(
     that were archived and dropped (`metering.ledger.archive`) are read from their
     archive. Rollups must agree with the raw ledger; invoices are re-computed from it."""
     if up_to_record_id is None:
+        return _usage_totals_read(
+            start=start,
+            end=end,
+            tenant_ids=tenant_ids,
+            up_to_record_id=None,
+            with_cutoff=with_cutoff,
+        )
+    # The database and the archives read as of one state of each month: a drop or a
+    # restore committing between the two reads would count a month twice, or miss it.
+    with months_read_lock(start=start, end=end):
+        return _usage_totals_read(
+            start=start,
+            end=end,
+            tenant_ids=tenant_ids,
+            up_to_record_id=up_to_record_id,
+            with_cutoff=with_cutoff,
+        )
+
+
+def _usage_totals_read(
+    *,
+    start: datetime,
+    end: datetime,
+    tenant_ids: Collection[uuid.UUID] | None,
+    up_to_record_id: int | None,
+    with_cutoff: bool,
+) -> dict[uuid.UUID, UsageTotals]:
+    if up_to_record_id is None:
         rows: QuerySet[Any] = UsageRollup.objects.filter(hour__gte=start, hour__lt=end)
         last = Max("last_record_id")
     else:
@@ -318,7 +405,10 @@ def _usage_totals(
     found: list[dict[str, Any]] = list(rows)
     if up_to_record_id is not None:
         # Months archived and dropped from the database are read from their archive.
-        for month in archived_months_dropped(start=start, end=end):
+        months = archived_months_dropped(start=start, end=end)
+        if months:
+            from metering.ledger.archive import archived_usage_rows  # pyarrow: see above
+        for month in months:
             found += archived_usage_rows(
                 month=month,
                 start=start,

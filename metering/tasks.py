@@ -10,7 +10,6 @@ from config.celery import RELIABLE_TASK
 from config.redis_clients import redis_client
 from metering.control.counters import control_counters_rebuild as counters_rebuild
 from metering.control.holdcaps import hold_caps_learn
-from metering.ledger.archive import ledger_month_archive, ledger_months_due
 from metering.ledger.partitions import partitions_maintain
 from metering.ledger.rollups import usage_rollup_shards_fold
 
@@ -40,6 +39,10 @@ def control_counters_rebuild() -> int:
 def ledger_retention(as_of: str | None = None) -> int:
     """Fan out: one archive task per month past the retention still in the database
     (metering.ledger.archive). Returns how many were enqueued."""
+    # The archive (pyarrow, boto3) is imported where it runs, not with this module, which
+    # every process loads (the proxy too: see metering.apps).
+    from metering.ledger.archive import ledger_months_due
+
     moment = datetime.fromisoformat(as_of) if as_of else timezone.now()
     months = ledger_months_due(as_of=moment)
     for month in months:
@@ -50,6 +53,8 @@ def ledger_retention(as_of: str | None = None) -> int:
 @shared_task(name="metering.tasks.ledger_archive_month", **RELIABLE_TASK)
 def ledger_archive_month(month: str) -> str:
     """Export, verify and drop one month; resumes wherever a crashed run stopped."""
+    from metering.ledger.archive import ledger_month_archive  # heavy: see ledger_retention
+
     return ledger_month_archive(month=datetime.fromisoformat(month)).state
 
 

@@ -26,6 +26,7 @@ their ids (COPY) into a fresh partition and checks them against the manifest.
 
 import functools
 import hashlib
+import io
 import itertools
 import json
 import logging
@@ -42,6 +43,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from django.conf import settings
 from django.db import connection, models, transaction
@@ -50,6 +52,7 @@ from django.utils import timezone
 
 from config.errors import ApplicationError, Conflict, NotFound
 from metering.calendar import month_day, month_key, month_start
+from metering.ledger.archive_months import RUN_CLASS, month_lock_key, month_state_lock
 from metering.ledger.archive_store import ArchiveStore, archive_store_open
 from metering.ledger.partitions import (
     is_partitioned,
@@ -73,6 +76,11 @@ MONEY_QUANTUM = Decimal("1e-24")
 # SUM can differ from the exact sum in the last digits. PostgreSQL compares exactly.
 SQLITE_MONEY_TOLERANCE = Decimal("1e-9")
 ROWS_PER_FILE = 1_000_000
+# Rows per Parquet row group (each with min/max statistics, so a read filtered on
+# started_at skips the groups outside its window) and per batch read or written: what
+# one step holds in memory.
+ROW_GROUP_ROWS = 65_536
+READ_BATCH_ROWS = 65_536
 MANIFEST = "manifest.json"
 UNFLAGGED = "[]"  # the JSON text of an empty `flags` list
 
@@ -117,9 +125,6 @@ def _month_bounds(month: datetime) -> tuple[datetime, datetime]:
     return start, month_day(start.year, start.month + 1)
 
 
-# pg_try_advisory_lock(ADVISORY_CLASS, YYYYMM): one archive step of a month at a time.
-ADVISORY_CLASS = 0x52434B41  # "RCKA"
-
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -134,9 +139,9 @@ def one_run_per_month(step: Callable[P, R]) -> Callable[P, R]:
         if connection.vendor != "postgresql":
             return step(*args, **kwargs)
         month = month_start(kwargs["month"])  # type: ignore[arg-type]
-        key = month.year * 100 + month.month
+        key = month_lock_key(month)
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [ADVISORY_CLASS, key])
+            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [RUN_CLASS, key])
             (locked,) = cursor.fetchone()
         if not locked:
             raise Conflict(f"{month_key(month)} is being archived or restored by another run.")
@@ -144,7 +149,7 @@ def one_run_per_month(step: Callable[P, R]) -> Callable[P, R]:
             return step(*args, **kwargs)
         finally:
             with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [ADVISORY_CLASS, key])
+                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [RUN_CLASS, key])
 
     return guarded
 
@@ -360,11 +365,33 @@ def _to_schema(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
 
 
-def _batches_postgres(month: datetime, workdir: Path) -> Iterator[pa.RecordBatch]:
-    """The month's records in id order: one COPY (a server-side stream) into a local CSV,
-    parsed by Arrow in blocks."""
+class _CopyStream(io.RawIOBase):
+    """A COPY ... TO STDOUT read as a file, chunk by chunk (what Arrow's CSV reader pulls
+    from): nothing of it lands on disk, and only the chunk at hand is held."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._pending = bytes(chunk)
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+
+def _batches_postgres(month: datetime) -> Iterator[pa.RecordBatch]:
+    """The month's records in id order: one COPY (a server-side stream) parsed by Arrow's
+    CSV reader as it arrives, in 16 MB blocks (memory: a block and its batch)."""
     start, end = _month_bounds(month)
-    csv_path = workdir / "export.csv"
     query = (
         f"COPY (SELECT {_select_list()} FROM {TABLE}"  # noqa: S608 (our own column names)
         " WHERE started_at >= %s AND started_at < %s ORDER BY id) TO STDOUT (FORMAT csv)"
@@ -372,26 +399,27 @@ def _batches_postgres(month: datetime, workdir: Path) -> Iterator[pa.RecordBatch
     connection.ensure_connection()
     raw = connection.connection
     assert raw is not None
-    with raw.cursor() as cursor, open(csv_path, "wb") as out:
-        with cursor.copy(query, (start, end)) as copy:
-            for chunk in copy:
-                out.write(chunk)
-    if csv_path.stat().st_size == 0:
-        return
-    reader = pa_csv.open_csv(
-        csv_path,
-        read_options=pa_csv.ReadOptions(column_names=COLUMNS, block_size=16 << 20),
-        parse_options=pa_csv.ParseOptions(newlines_in_values=True),
-        convert_options=pa_csv.ConvertOptions(
-            column_types=_csv_types(),
-            true_values=["t"],
-            false_values=["f"],
-            strings_can_be_null=True,
-            quoted_strings_can_be_null=False,
-        ),
-    )
-    for batch in reader:
-        yield _to_schema(batch)
+    with raw.cursor() as cursor, cursor.copy(query, (start, end)) as copy:
+        stream = io.BufferedReader(_CopyStream(iter(copy)), buffer_size=1 << 20)
+        if not stream.peek(1):
+            return
+        reader = pa_csv.open_csv(
+            stream,
+            # one thread: the reader pulls from this connection, which is not shared
+            read_options=pa_csv.ReadOptions(
+                column_names=COLUMNS, block_size=16 << 20, use_threads=False
+            ),
+            parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+            convert_options=pa_csv.ConvertOptions(
+                column_types=_csv_types(),
+                true_values=["t"],
+                false_values=["f"],
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+        for batch in reader:
+            yield _to_schema(batch)
 
 
 def _batches_orm(month: datetime, chunk: int = 50_000) -> Iterator[pa.RecordBatch]:
@@ -443,13 +471,11 @@ def _sha256(path: Path) -> str:
 
 
 def _write_files(
-    month: datetime, workdir: Path, rows_per_file: int
+    month: datetime, workdir: Path, rows_per_file: int, store: ArchiveStore
 ) -> tuple[list[dict[str, Any]], Sums, Sums, int | None, int | None]:
-    batches = (
-        _batches_postgres(month, workdir)
-        if connection.vendor == "postgresql"
-        else _batches_orm(month)
-    )
+    """Write the month's files, each put into the store and deleted locally as soon as
+    it is complete (disk: one file), with the manifest's entries and sums."""
+    batches = _batches_postgres(month) if connection.vendor == "postgresql" else _batches_orm(month)
     files: list[dict[str, Any]] = []
     every, clean = Sums.zero(), Sums.zero()
     low: int | None = None
@@ -464,6 +490,8 @@ def _write_files(
             path = workdir / files[-1]["name"]
             files[-1]["sha256"] = _sha256(path)
             files[-1]["bytes"] = path.stat().st_size
+            store.put_file(name=f"{month_key(month)}/{path.name}", path=path)
+            path.unlink()
             writer = None
 
     for batch in batches:
@@ -471,13 +499,15 @@ def _write_files(
         while offset < batch.num_rows:
             if writer is None:
                 name = f"part-{len(files):05d}.parquet"
-                writer = pq.ParquetWriter(workdir / name, SCHEMA, compression="zstd")
+                writer = pq.ParquetWriter(
+                    workdir / name, SCHEMA, compression="zstd", write_statistics=True
+                )
                 files.append({"name": name, "rows": 0})
                 in_file = 0
             piece = batch.slice(offset, rows_per_file - in_file)
             offset += piece.num_rows
             in_file += piece.num_rows
-            writer.write_batch(piece)
+            writer.write_batch(piece, row_group_size=ROW_GROUP_ROWS)
             files[-1]["rows"] += piece.num_rows
             table = pa.Table.from_batches([piece])
             a, u = _table_sums_both(table)
@@ -486,6 +516,15 @@ def _write_files(
             ids = pc.min_max(table["id"]).as_py()
             low = ids["min"] if low is None else min(low, ids["min"])
             high = ids["max"] if high is None else max(high, ids["max"])
+            # the file's started_at range: a read of a window outside it never fetches it
+            times = pc.min_max(table["started_at"]).as_py()
+            entry = files[-1]
+            first = times["min"].isoformat(timespec="microseconds")
+            last = times["max"].isoformat(timespec="microseconds")
+            if "started_at_min" not in entry or first < entry["started_at_min"]:
+                entry["started_at_min"] = first
+            if "started_at_max" not in entry or last > entry["started_at_max"]:
+                entry["started_at_max"] = last
             if in_file >= rows_per_file:
                 close()
     close()
@@ -506,9 +545,7 @@ def ledger_month_export(
         raise Conflict(f"{key} is already archived and dropped; restore it before exporting again.")
     with tempfile.TemporaryDirectory(prefix="reckon-archive-") as tmp:
         workdir = Path(tmp)
-        files, every, clean, low, high = _write_files(start, workdir, rows_per_file)
-        for entry in files:
-            store.put_file(name=f"{key}/{entry['name']}", path=workdir / entry["name"])
+        files, every, clean, low, high = _write_files(start, workdir, rows_per_file, store)
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "month": key,
@@ -542,37 +579,55 @@ def ledger_month_export(
 # --- verify -----------------------------------------------------------------------------
 
 
+def _file_sums(path: Path, entry: dict[str, Any]) -> tuple[Sums, Sums, list[str]]:
+    """(all, unflagged, differences) of one archive file against its manifest entry:
+    checksum, schema and row count, the sums read batch by batch (memory: one batch)."""
+    if _sha256(path) != entry["sha256"]:
+        return Sums.zero(), Sums.zero(), [f"{entry['name']}: sha256 differs from the manifest"]
+    parquet = pq.ParquetFile(path)
+    if not parquet.schema_arrow.equals(SCHEMA, check_metadata=False):
+        return (
+            Sums.zero(),
+            Sums.zero(),
+            [f"{entry['name']}: schema differs from version {SCHEMA_VERSION}"],
+        )
+    every, clean = Sums.zero(), Sums.zero()
+    summed = ["flags", *LEDGER_COLUMNS, *MONEY_COLUMNS]
+    for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, columns=summed):
+        a, u = _table_sums_both(pa.Table.from_batches([batch]))
+        every.add(a)
+        clean.add(u)
+    if every.requests != entry["rows"]:
+        return every, clean, [f"{entry['name']}: {every.requests} rows, manifest {entry['rows']}"]
+    return every, clean, []
+
+
 def _read_verified_files(
-    archive: LedgerArchive, store: ArchiveStore, workdir: Path
-) -> tuple[list[Path], list[str]]:
-    """Download the manifest and files into `workdir`; (file paths, differences) from
-    checking the stored manifest, each file's checksum, schema and row count, and the
-    sums recomputed from the files, against the manifest the database keeps."""
+    archive: LedgerArchive,
+    store: ArchiveStore,
+    workdir: Path,
+    each: Callable[[Path], None] | None = None,
+) -> list[str]:
+    """The differences found checking the archive as the store holds it, file by file
+    (disk: one file): the stored manifest against the one the database keeps, each
+    file's checksum, schema and row count, and the sums recomputed from the files
+    against the manifest. `each(path)` is called on every file that passed its own
+    checks, before it is let go (a restore loads it)."""
     manifest = archive.manifest
     key = manifest["month"]
     differences: list[str] = []
-    stored_manifest = workdir / MANIFEST
-    store.get_file(name=f"{key}/{MANIFEST}", path=stored_manifest)
-    if json.loads(stored_manifest.read_text()) != manifest:
-        differences.append("the stored manifest differs from the one recorded at export")
+    with store.local_path(name=f"{key}/{MANIFEST}", workdir=workdir) as stored_manifest:
+        if json.loads(stored_manifest.read_text()) != manifest:
+            differences.append("the stored manifest differs from the one recorded at export")
     every, clean = Sums.zero(), Sums.zero()
-    paths = []
     for entry in manifest["files"]:
-        path = workdir / entry["name"]
-        store.get_file(name=f"{key}/{entry['name']}", path=path)
-        paths.append(path)
-        if _sha256(path) != entry["sha256"]:
-            differences.append(f"{entry['name']}: sha256 differs from the manifest")
-            continue
-        table = pq.read_table(path)
-        if not table.schema.equals(SCHEMA, check_metadata=False):
-            differences.append(f"{entry['name']}: schema differs from version {SCHEMA_VERSION}")
-            continue
-        if table.num_rows != entry["rows"]:
-            differences.append(f"{entry['name']}: {table.num_rows} rows, manifest {entry['rows']}")
-        a, u = _table_sums_both(table)
-        every.add(a)
-        clean.add(u)
+        with store.local_path(name=f"{key}/{entry['name']}", workdir=workdir) as path:
+            a, u, found = _file_sums(path, entry)
+            differences += found
+            every.add(a)
+            clean.add(u)
+            if not found and each is not None:
+                each(path)
     if not differences:
         differences += _differences(
             "files vs manifest (all)", Sums.from_json(manifest["sums"]["all"]), every
@@ -582,7 +637,7 @@ def _read_verified_files(
         )
         if every.requests != manifest["rows"]:
             differences.append(f"files hold {every.requests} rows, manifest {manifest['rows']}")
-    return paths, differences
+    return differences
 
 
 def _database_differences(month: datetime, manifest: dict[str, Any]) -> list[str]:
@@ -627,7 +682,7 @@ def ledger_month_verify(*, month: datetime, store: ArchiveStore | None = None) -
             f"{month_key(archive.month)} is dropped: there are no rows to verify against."
         )
     with tempfile.TemporaryDirectory(prefix="reckon-verify-") as tmp:
-        _, differences = _read_verified_files(archive, store, Path(tmp))
+        differences = _read_verified_files(archive, store, Path(tmp))
     differences += _database_differences(archive.month, archive.manifest)
     differences += _rollup_differences(archive.month, archive.manifest)
     if differences:
@@ -647,9 +702,17 @@ def ledger_month_verify(*, month: datetime, store: ArchiveStore | None = None) -
 
 @one_run_per_month
 def ledger_month_drop(*, month: datetime) -> LedgerArchive:
-    """Drop a verified month from the database (PostgreSQL): under a lock that holds off
-    inserts into its partition, its count and sums are checked against the verified
-    manifest once more, then the partition is detached and dropped in one transaction.
+    """Drop a verified month from the database (PostgreSQL), in two transactions:
+
+    1. the month's partition is locked IN SHARE MODE (inserts into it wait; other months
+       go on) and its count, id range and sums are checked against the verified
+       manifest once more;
+    2. the month's state lock is taken (a read combining database and archive holds it:
+       Conflict, retried later), the parent then the partition locked (the order
+       inserts take them, so no deadlock), and, finding no record with an id above the
+       manifest's (every insert after step 1 takes a new, higher id: one index probe),
+       the partition is detached and dropped and the month marked dropped.
+
     Refused for an unverified month, and on the embedded SQLite ledger."""
     archive = _archive_of(month)
     key = month_key(archive.month)
@@ -662,8 +725,8 @@ def ledger_month_drop(*, month: datetime) -> LedgerArchive:
             f"{key} stays in the database: the embedded SQLite ledger is not partitioned and"
             " its records are never deleted (export and verify work; drop needs PostgreSQL)."
         )
+    name = partition_name(archive.month)
     with transaction.atomic():
-        name = partition_name(archive.month)
         if name in {n for _, n in partitions_list()}:
             with connection.cursor() as cursor:
                 cursor.execute(f'LOCK TABLE "{name}" IN SHARE MODE')
@@ -673,7 +736,20 @@ def ledger_month_drop(*, month: datetime) -> LedgerArchive:
                 f"{key} changed since it was verified: {differences[0]}",
                 {"differences": differences},
             )
-        partition_detach_drop(archive.month)
+    highest = archive.manifest["max_id"]
+
+    def nothing_newer(cursor: Any, table: str) -> None:
+        cursor.execute(f'SELECT max(id) FROM "{table}"')  # noqa: S608 (our partition's name)
+        (found,) = cursor.fetchone()
+        if found is not None and (highest is None or found > highest):
+            raise ArchiveMismatch(
+                f"{key} changed since it was verified: record {found} arrived after the check"
+            )
+
+    with transaction.atomic():
+        if not month_state_lock(archive.month):
+            raise Conflict(f"{key} is being read across database and archive; retry later.")
+        partition_detach_drop(archive.month, before_detach=nothing_newer)
         archive.state = State.DROPPED
         archive.dropped_at = timezone.now()
         archive.save(update_fields=["state", "dropped_at", "updated_at"])
@@ -705,37 +781,43 @@ def ledger_month_archive(
 # --- restore ----------------------------------------------------------------------------
 
 
-def _copy_in(path: Path, workdir: Path) -> None:
-    """Load one archive file into the ledger with its ids: Arrow writes the CSV that
-    PostgreSQL's COPY reads (null unquoted, empty text quoted, exact decimals)."""
-    table = pq.read_table(path)
-    for index, field in enumerate(table.schema):
-        if pa.types.is_timestamp(field.type):
-            # UTC wall time plus its offset: Arrow formats this many times faster than
-            # the zoned type, and PostgreSQL reads it exactly.
-            wall = table.column(index).cast(pa.timestamp("us")).cast(pa.string())
-            table = table.set_column(
-                index, field.name, pc.binary_join_element_wise(wall, pa.scalar("+00"), "")
-            )
-    csv_path = workdir / f"{path.stem}.csv"
-    pa_csv.write_csv(table, csv_path, pa_csv.WriteOptions(include_header=False))
+def _copy_in(path: Path) -> None:
+    """Load one archive file into the ledger with its ids, batch by batch (memory: one
+    batch): Arrow writes the CSV that PostgreSQL's COPY reads (null unquoted, empty text
+    quoted, exact decimals), straight into the COPY stream."""
     columns = ", ".join(COLUMNS)
     connection.ensure_connection()
     raw = connection.connection
     assert raw is not None
-    with raw.cursor() as cursor, open(csv_path, "rb") as source:
+    with raw.cursor() as cursor:
         with cursor.copy(f"COPY {TABLE} ({columns}) FROM STDIN (FORMAT csv)") as copy:
-            for block in iter(lambda: source.read(1 << 20), b""):
-                copy.write(block)
-    csv_path.unlink()
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH_ROWS):
+                table = pa.Table.from_batches([batch])
+                for index, field in enumerate(table.schema):
+                    if pa.types.is_timestamp(field.type):
+                        # UTC wall time plus its offset: Arrow formats this many times
+                        # faster than the zoned type, and PostgreSQL reads it exactly.
+                        wall = table.column(index).cast(pa.timestamp("us")).cast(pa.string())
+                        table = table.set_column(
+                            index,
+                            field.name,
+                            pc.binary_join_element_wise(wall, pa.scalar("+00"), ""),
+                        )
+                sink = pa.BufferOutputStream()
+                pa_csv.write_csv(table, sink, pa_csv.WriteOptions(include_header=False))
+                copy.write(memoryview(sink.getvalue()))
 
 
 @one_run_per_month
 def ledger_month_restore(*, month: datetime, store: ArchiveStore | None = None) -> LedgerArchive:
-    """Bring a dropped month back: its files are checked against the manifest, its
-    partition created, its rows loaded with their ids and checked against the manifest,
-    all in one transaction. A month whose rows are in the database is left as it is
-    (restored already: a no-op; never dropped: refused)."""
+    """Bring a dropped month back: its files are checked against the manifest, then in
+    ONE transaction (holding the month's state lock) its partition is created and
+    attached, its rows loaded with their ids, checked against the manifest and the month
+    marked restored. Until that commits the partition is invisible to every other
+    session: an insert into the month is refused as before (the writer spools it; spool
+    replay sets records of a dropped month aside), so nothing lands in the month twice.
+    A month whose rows are in the database is left as it is (restored already: a no-op;
+    never dropped: refused)."""
     store = store or archive_store()
     archive = _archive_of(month)
     key = month_key(archive.month)
@@ -746,32 +828,31 @@ def ledger_month_restore(*, month: datetime, store: ArchiveStore | None = None) 
             f"{key} was never dropped ({archive.state}): its records are in the database."
         )
     clock = [time.perf_counter()]
-    with tempfile.TemporaryDirectory(prefix="reckon-restore-") as tmp:
-        workdir = Path(tmp)
-        paths, differences = _read_verified_files(archive, store, workdir)
+    with tempfile.TemporaryDirectory(prefix="reckon-restore-") as tmp, transaction.atomic():
+        if not month_state_lock(archive.month):
+            raise Conflict(f"{key} is being read across database and archive; retry later.")
+        partition_create(archive.month)
+        clock.append(time.perf_counter())
+        # each file is checked, then loaded; any difference rolls the whole month back
+        differences = _read_verified_files(archive, store, Path(tmp), each=_copy_in)
         if differences:
             raise ArchiveMismatch(
                 f"The archive of {key} does not match its manifest: {differences[0]}",
                 {"differences": differences},
             )
-        partition_create(archive.month)
         clock.append(time.perf_counter())
-        with transaction.atomic():
-            for path in paths:
-                _copy_in(path, workdir)
-            clock.append(time.perf_counter())
-            differences = _database_differences(archive.month, archive.manifest)
-            if differences:
-                raise ArchiveMismatch(
-                    f"{key} restored does not match its manifest: {differences[0]}",
-                    {"differences": differences},
-                )
-            archive.state = State.RESTORED
-            archive.restored_at = timezone.now()
-            archive.save(update_fields=["state", "restored_at", "updated_at"])
+        differences = _database_differences(archive.month, archive.manifest)
+        if differences:
+            raise ArchiveMismatch(
+                f"{key} restored does not match its manifest: {differences[0]}",
+                {"differences": differences},
+            )
+        archive.state = State.RESTORED
+        archive.restored_at = timezone.now()
+        archive.save(update_fields=["state", "restored_at", "updated_at"])
     clock.append(time.perf_counter())
     log.info(
-        "ledger month %s restored: %s rows (files checked %.1f s, loaded %.1f s, rechecked %.1f s)",
+        "ledger month %s restored: %s rows (partition %.1f s, files checked and loaded %.1f s, rechecked %.1f s)",
         key,
         archive.manifest["rows"],
         *(b - a for a, b in itertools.pairwise(clock)),
@@ -808,14 +889,71 @@ def ledger_months_due(*, as_of: datetime) -> list[datetime]:
 # --- reads of dropped months ------------------------------------------------------------
 
 
-def archived_months_dropped(*, start: datetime, end: datetime) -> list[datetime]:
-    """First instants of the dropped months that overlap [start, end)."""
-    first = month_start(start)
-    return list(
-        LedgerArchive.objects.filter(state=State.DROPPED, month__gte=first, month__lt=end)
-        .order_by("month")
-        .values_list("month", flat=True)
+def _archived_batches(
+    month: datetime,
+    *,
+    start: datetime,
+    end: datetime,
+    columns: list[str],
+    where: pc.Expression,
+    store: ArchiveStore | None,
+) -> Iterator[pa.RecordBatch]:
+    """The `columns` of a dropped month's archived records started in [start, end) that
+    match `where`, batch by batch (memory: one batch; disk: one S3 file at a time).
+    Files whose started_at range (in the manifest) misses the window are not fetched;
+    within a file Arrow skips the row groups whose statistics miss the filter. Each file
+    fetched is checked against its manifest's sha256 first (a streaming hash: the cost
+    of reading the file once): a tampered file raises ArchiveMismatch, never a wrong
+    sum."""
+    store = store or archive_store()
+    archive = _archive_of(month)
+    key = month_key(archive.month)
+    zone = pa.timestamp("us", tz="UTC")
+    window = (pc.field("started_at") >= pa.scalar(start, zone)) & (
+        pc.field("started_at") < pa.scalar(end, zone)
     )
+    with tempfile.TemporaryDirectory(prefix="reckon-read-") as tmp:
+        for entry in archive.manifest["files"]:
+            low, high = entry.get("started_at_min"), entry.get("started_at_max")
+            if low is not None and (
+                datetime.fromisoformat(high) < start or datetime.fromisoformat(low) >= end
+            ):
+                continue
+            with store.local_path(name=f"{key}/{entry['name']}", workdir=Path(tmp)) as path:
+                if _sha256(path) != entry["sha256"]:
+                    raise ArchiveMismatch(
+                        f"The archive of {key} does not match its manifest:"
+                        f" {entry['name']}: sha256 differs from the manifest"
+                    )
+                dataset = ds.dataset(path, format="parquet", schema=SCHEMA)
+                yield from dataset.to_batches(
+                    columns=columns,
+                    filter=window & where,
+                    batch_size=READ_BATCH_ROWS,
+                    batch_readahead=1,  # memory: about one batch, not Arrow's 16
+                    fragment_readahead=1,
+                )
+
+
+def _summed_into(
+    totals: dict[tuple[Any, ...], dict[str, Any]],
+    table: pa.Table,
+    keys: list[str],
+    aggregates: list[tuple[str, str]],
+) -> None:
+    """Add one batch's per-group aggregates into `totals` (sums add; "max" keeps the
+    highest; "count" adds)."""
+    if table.num_rows == 0:
+        return
+    for row in table.group_by(keys).aggregate(aggregates).to_pylist():
+        group = tuple(row[k] for k in keys)
+        into = totals.setdefault(group, {})
+        for column, how in aggregates:
+            name = f"{column}_{how}"
+            value = row[name] or 0
+            into[name] = (
+                max(into.get(name, 0), value) if how == "max" else into.get(name, 0) + value
+            )
 
 
 def archived_usage_rows(
@@ -829,43 +967,74 @@ def archived_usage_rows(
 ) -> list[dict[str, Any]]:
     """What `metering.selectors` reads from the raw ledger, read from a dropped month's
     archive: per (tenant, alias), the token sums and highest id of unflagged records
-    started in [start, end) with id <= `up_to_record_id`. The files are checked against
-    their manifest first (a tampered archive raises ArchiveMismatch, never a wrong sum)."""
-    store = store or archive_store()
-    archive = _archive_of(month)
-    needed = ["id", "tenant_id", "alias", "started_at", "flags", *LEDGER_COLUMNS]
-    with tempfile.TemporaryDirectory(prefix="reckon-read-") as tmp:
-        paths, differences = _read_verified_files(archive, store, Path(tmp))
-        if differences:
-            raise ArchiveMismatch(
-                f"The archive of {month_key(archive.month)} does not match its manifest:"
-                f" {differences[0]}",
-                {"differences": differences},
-            )
-        tables = [pq.read_table(path, columns=needed) for path in paths]
-    if not tables:
-        return []
-    table = pa.concat_tables(tables)
-    keep = pc.and_(
-        pc.and_(
-            pc.greater_equal(table["started_at"], pa.scalar(start, pa.timestamp("us", tz="UTC"))),
-            pc.less(table["started_at"], pa.scalar(end, pa.timestamp("us", tz="UTC"))),
-        ),
-        pc.and_(pc.less_equal(table["id"], up_to_record_id), pc.equal(table["flags"], UNFLAGGED)),
-    )
+    started in [start, end) with id <= `up_to_record_id` (see `_archived_batches`)."""
+    where = (pc.field("id") <= up_to_record_id) & (pc.field("flags") == UNFLAGGED)
     if tenant_ids is not None:
-        keep = pc.and_(keep, pc.is_in(table["tenant_id"], pa.array([str(t) for t in tenant_ids])))
-    grouped = (
-        table.filter(keep)
-        .group_by(["tenant_id", "alias"])
-        .aggregate([("id", "max"), *[(name, "sum") for name in LEDGER_COLUMNS]])
-    )
+        where = where & pc.field("tenant_id").isin([str(t) for t in tenant_ids])
+    keys = ["tenant_id", "alias"]
+    aggregates = [("id", "max"), *[(name, "sum") for name in LEDGER_COLUMNS]]
+    totals: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for batch in _archived_batches(
+        month,
+        start=start,
+        end=end,
+        columns=["id", *keys, *LEDGER_COLUMNS],
+        where=where,
+        store=store,
+    ):
+        _summed_into(totals, pa.Table.from_batches([batch]), keys, aggregates)
     return [
         {
-            "tenant_id": uuid.UUID(row["tenant_id"]),
-            "alias": row["alias"],
-            "last": row["id_max"],
-            **{name: row[f"{name}_sum"] for name in LEDGER_COLUMNS},
+            "tenant_id": uuid.UUID(tenant),
+            "alias": alias,
+            "last": sums["id_max"],
+            **{name: sums[f"{name}_sum"] for name in LEDGER_COLUMNS},
         }
-        for row in grouped.to_pylist()
+        for (tenant, alias), sums in totals.items()
+    ]
+
+
+def archived_usage_grouped(
+    *,
+    month: datetime,
+    tenant_id: uuid.UUID,
+    start: datetime,
+    end: datetime,
+    api_key_id: int | None,
+    alias: str | None,
+    key: str | None,
+    bucket: str | None,
+    store: ArchiveStore | None = None,
+) -> list[dict[str, Any]]:
+    """Usage analytics' raw read, from a dropped month's archive: requests and token sums
+    of ONE tenant's records (flagged or not) started in [start, end), optionally of one
+    key and alias, per `key` (a ledger column) and per `bucket` (a UTC granularity of
+    started_at, as "bucket"), shaped like the database's rows (see `_archived_batches`)."""
+    where = pc.field("tenant_id") == str(tenant_id)
+    if api_key_id is not None:
+        where = where & (pc.field("api_key_id") == api_key_id)
+    if alias:
+        where = where & (pc.field("alias") == alias)
+    keys = [k for k in (key, "bucket" if bucket else None) if k]
+    columns = sorted({"id", "started_at", *(k for k in keys if k != "bucket"), *LEDGER_COLUMNS})
+    aggregates = [("id", "count"), *[(name, "sum") for name in LEDGER_COLUMNS]]
+    totals: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for batch in _archived_batches(
+        month, start=start, end=end, columns=columns, where=where, store=store
+    ):
+        table = pa.Table.from_batches([batch])
+        if bucket is not None:
+            table = table.append_column(
+                "bucket", pc.floor_temporal(table["started_at"], unit=bucket)
+            )
+        if not keys:  # one group of everything
+            table = table.append_column("all", pa.repeat(0, table.num_rows))
+        _summed_into(totals, table, keys or ["all"], aggregates)
+    return [
+        {
+            **(dict(zip(keys, group, strict=True)) if keys else {}),
+            "requests": sums["id_count"],
+            **{name: sums[f"{name}_sum"] for name in LEDGER_COLUMNS},
+        }
+        for group, sums in totals.items()
     ]

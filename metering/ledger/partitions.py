@@ -30,6 +30,7 @@ a no-op, `partitions_list` is empty and `partitions_cover` is True.
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -205,12 +206,17 @@ def partitions_startup_refusal(*, ahead_months: int, now: datetime | None = None
     )
 
 
-def partition_detach_drop(month: datetime) -> bool:
+def partition_detach_drop(
+    month: datetime, *, before_detach: Callable[[Any, str], None] | None = None
+) -> bool:
     """DETACH and DROP the partition of `month` in ONE transaction: its rows are gone.
 
     The only code path that removes ledger rows. Callers (the archive) must have exported
-    the month and verified the export first. Returns False when there was no such
-    partition (or the ledger is not partitioned)."""
+    the month and verified the export first. The parent is locked first (ACCESS
+    EXCLUSIVE, which DETACH needs anyway), then the partition: the order an insert takes
+    them, so a drop and an insert never deadlock. `before_detach(cursor, name)` runs
+    under that lock (no insert can land meanwhile) and may raise to stop the drop.
+    Returns False when there was no such partition (or the ledger is not partitioned)."""
     if not is_partitioned():
         return False
     name = partition_name(month)
@@ -218,6 +224,9 @@ def partition_detach_drop(month: datetime) -> bool:
     def detach_drop(cursor: Any) -> bool:
         if name not in {n for n, _, _ in partitions_bounds()}:
             return False
+        cursor.execute(f"LOCK TABLE {PARENT} IN ACCESS EXCLUSIVE MODE")
+        if before_detach is not None:
+            before_detach(cursor, name)
         cursor.execute(f'ALTER TABLE {PARENT} DETACH PARTITION "{name}"')
         cursor.execute(f'DROP TABLE "{name}"')
         return True

@@ -9,10 +9,14 @@ Invariants:
   still linked, insert (idempotent), unlink. Pids are never used to judge liveness;
 - while records stay unreplayed, `rk:spool:<writer>` in Redis holds their count (indexed
   in the set `rk:spool-writers`), and `spool_guard` makes a period close refuse while any
-  is reported or the local spool directory holds records, or while Redis does not answer.
+  is reported or the local spool directory holds records, or while Redis does not answer;
+- a record whose month was archived and dropped is set aside at replay into a
+  `dropped-*.jsonl` file (logged as an ERROR), never retried forever: one such record
+  must not keep the rest of its file, and every period close, waiting.
 """
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -29,6 +33,8 @@ from typing import Any
 
 from config.errors import ApplicationError
 from config.redis_clients import mget, redis_client
+from metering.calendar import month_start
+from metering.ledger.archive_months import months_dropped
 from metering.ledger.orm import usage_records_write
 
 logger = logging.getLogger(__name__)
@@ -167,13 +173,48 @@ class Spool:
                 self._fd = None
 
 
+def _set_aside(path: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of `path` whose month is archived and dropped, written (fsync'd) to a
+    `dropped-*.jsonl` file beside it and left out; the rest returned for replay.
+
+    Such a record cannot be inserted (its month has no partition) and must not jam the
+    file, or the spool stays pending for good. It is kept, not lost: an operator who
+    restores the month (`manage.py ledger_restore`) renames the file to `ledger-*.jsonl`
+    and the next replay loads it (idempotent: records already in the month are
+    skipped). The name carries a digest of the content, so a replay repeated after a
+    failure writes the same file again instead of a second copy."""
+    dropped = months_dropped(r["started_at"] for r in records)
+    if not dropped:
+        return records
+    aside = [r for r in records if month_start(r["started_at"]) in dropped]
+    payload = "".join(json.dumps(_encode(r), separators=(",", ":")) + "\n" for r in aside)
+    digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
+    target = path.with_name(f"dropped-{path.name.removeprefix('ledger-')[:-6]}-{digest}.jsonl")
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, payload.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    logger.error(
+        "%d spooled usage record(s) of archived and dropped month(s) %s set aside in %s:"
+        " restore the month (manage.py ledger_restore) and rename the file to ledger-*.jsonl"
+        " to load them",
+        len(aside),
+        ", ".join(sorted(f"{m:%Y-%m}" for m in dropped)),
+        target,
+    )
+    return [r for r in records if month_start(r["started_at"]) not in dropped]
+
+
 def _replay_file(path: Path, fd: int) -> int:
     """Load one locked spool file into the ledger, then remove it; the lock is released
-    either way, so a file that failed stays for the next replay (inserts are idempotent)."""
+    either way, so a file that failed stays for the next replay (inserts are idempotent).
+    Records of a dropped month are set aside first (`_set_aside`)."""
     try:
         inserted = 0
         if os.fstat(fd).st_nlink:  # not already consumed by another replayer
-            records = _read_records(fd)
+            records = _set_aside(path, _read_records(fd))
             for start in range(0, len(records), 500):
                 inserted += usage_records_write(records[start : start + 500])
             os.unlink(path)

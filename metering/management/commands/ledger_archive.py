@@ -1,4 +1,7 @@
+import logging
+
 from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError
 
 from config.errors import ApplicationError
 from metering.calendar import month_of_key
@@ -27,6 +30,11 @@ class Command(BaseCommand):
         except ApplicationError as exc:
             details = (exc.extra or {}).get("differences", [])
             raise CommandError("\n".join([exc.message, *details])) from exc
+        except DatabaseError as exc:  # the details (and any address) go to the log only
+            logging.getLogger(__name__).exception("ledger archive failed")
+            raise CommandError(
+                f"The database failed during the archive ({type(exc).__name__}); see the log."
+            ) from exc
         manifest = archive.manifest
         self.stdout.write(
             f"{options['month']}: {archive.state}, {manifest.get('rows', 0)} record(s)"

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,10 @@ from django.core.management import call_command
 from django.db import DatabaseError, connection
 
 from metering.ledger import spool
+from metering.ledger.partitions import partition_create
 from metering.ledger.spool import spool_replay
 from metering.ledger.writer import LedgerWriter, default_sink
-from metering.models import UsageRecord
+from metering.models import LedgerArchive, UsageRecord
 from tests.factories import ApiKeyFactory
 from tests.usage_helpers import record_for, spool_append
 
@@ -272,3 +274,33 @@ def test_a_file_a_live_writer_holds_is_left_alone_whatever_its_pid(tmp_path: Pat
         holder.communicate("", timeout=10)  # its writer exits: the lock goes with it
     assert spool_replay(tmp_path) == 1
     assert not other.exists() and stored(records) == 1
+
+
+def test_a_record_of_a_dropped_month_is_set_aside_not_jamming_its_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A spooled record whose month was archived and dropped cannot be inserted: it is
+    set aside (logged as an ERROR), the rest of its file loads, the spool is no longer
+    pending; once the month is restored, the set-aside file loads like any spool."""
+    month = datetime(2024, 3, 1, tzinfo=UTC)  # before every test partition: none exists
+    archive = LedgerArchive.objects.create(month=month, state="dropped", location="file:///x")
+    key = ApiKeyFactory()
+    late = record_for(
+        key, started_at=month + timedelta(days=9), finished_at=month + timedelta(days=9)
+    )
+    current = [record_for(key), record_for(key)]
+    spool_append(tmp_path, [current[0], late, current[1]])
+    with caplog.at_level(logging.ERROR, logger="metering.ledger.spool"):
+        assert spool_replay(tmp_path) == 2
+        assert spool_replay(tmp_path) == 0  # nothing left to retry
+    assert stored(current) == 2 and stored([late]) == 0
+    assert spool.spool_pending(tmp_path) == {}
+    (aside,) = tmp_path.glob("dropped-*.jsonl")
+    assert str(late["request_id"]) in aside.read_text()
+    assert "set aside" in caplog.text and "2024-03" in caplog.text
+    # the operator restores the month and hands the file back to the replay
+    partition_create(month)
+    archive.state = "restored"
+    archive.save()
+    aside.rename(tmp_path / aside.name.replace("dropped-", "ledger-", 1))
+    assert spool_replay(tmp_path) == 1 and stored([late]) == 1
