@@ -97,37 +97,32 @@ class UsageRecordSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class UsageSummaryRowSerializer(serializers.Serializer):
+class _UsageTotalsSerializer(serializers.Serializer):
+    """The totals every usage summary row and series bucket carries."""
+
+    requests = serializers.IntegerField()
+    input_tokens = serializers.IntegerField(help_text="uncached input tokens")
+    cached_input_tokens = serializers.IntegerField(help_text="input tokens read from cache")
+    cache_write_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField(help_text="visible output tokens")
+    reasoning_tokens = serializers.IntegerField(help_text="hidden reasoning tokens")
+    total_tokens = serializers.IntegerField()
+    reasoning_share_of_output = serializers.CharField(
+        allow_null=True, help_text="reasoning / (visible output + reasoning), 6 decimals"
+    )
+
+
+class UsageSummaryRowSerializer(_UsageTotalsSerializer):
     alias = serializers.CharField(required=False)
     api_key_id = serializers.IntegerField(required=False)
     api_key_prefix = serializers.CharField(required=False)
     day = serializers.DateField(required=False)
-    requests = serializers.IntegerField()
-    input_tokens = serializers.IntegerField(help_text="uncached input tokens")
-    cached_input_tokens = serializers.IntegerField(help_text="input tokens read from cache")
-    cache_write_tokens = serializers.IntegerField()
-    output_tokens = serializers.IntegerField(help_text="visible output tokens")
-    reasoning_tokens = serializers.IntegerField(help_text="hidden reasoning tokens")
-    total_tokens = serializers.IntegerField()
-    reasoning_share_of_output = serializers.CharField(
-        allow_null=True, help_text="reasoning / (visible output + reasoning), 6 decimals"
-    )
 
 
-class UsageSeriesRowSerializer(serializers.Serializer):
+class UsageSeriesRowSerializer(_UsageTotalsSerializer):
     start = serializers.DateTimeField(help_text="first instant of the UTC bucket")
     alias = serializers.CharField(required=False)
     api_key_id = serializers.IntegerField(required=False)
-    requests = serializers.IntegerField()
-    input_tokens = serializers.IntegerField(help_text="uncached input tokens")
-    cached_input_tokens = serializers.IntegerField(help_text="input tokens read from cache")
-    cache_write_tokens = serializers.IntegerField()
-    output_tokens = serializers.IntegerField(help_text="visible output tokens")
-    reasoning_tokens = serializers.IntegerField(help_text="hidden reasoning tokens")
-    total_tokens = serializers.IntegerField()
-    reasoning_share_of_output = serializers.CharField(
-        allow_null=True, help_text="reasoning / (visible output + reasoning), 6 decimals"
-    )
 
 
 class AlertQuery(serializers.Serializer):

@@ -1,11 +1,8 @@
-import logging
+from django.core.management.base import BaseCommand
 
-from django.core.management.base import BaseCommand, CommandError
-from django.db import DatabaseError
-
-from config.errors import ApplicationError
 from metering.calendar import month_of_key
 from metering.ledger.archive import ledger_month_archive
+from metering.management.archive_errors import archive_command_errors
 
 
 class Command(BaseCommand):
@@ -22,19 +19,9 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options):  # type: ignore[no-untyped-def]
-        try:
+        with archive_command_errors("archive"):
             month = month_of_key(options["month"])
             archive = ledger_month_archive(month=month, drop=not options["no_drop"])
-        except ValueError as exc:
-            raise CommandError(str(exc)) from exc
-        except ApplicationError as exc:
-            details = (exc.extra or {}).get("differences", [])
-            raise CommandError("\n".join([exc.message, *details])) from exc
-        except DatabaseError as exc:  # the details (and any address) go to the log only
-            logging.getLogger(__name__).exception("ledger archive failed")
-            raise CommandError(
-                f"The database failed during the archive ({type(exc).__name__}); see the log."
-            ) from exc
         manifest = archive.manifest
         self.stdout.write(
             f"{options['month']}: {archive.state}, {manifest.get('rows', 0)} record(s)"

@@ -1,11 +1,8 @@
-import logging
+from django.core.management.base import BaseCommand
 
-from django.core.management.base import BaseCommand, CommandError
-from django.db import DatabaseError
-
-from config.errors import ApplicationError
 from metering.calendar import month_of_key
 from metering.ledger.archive import ledger_month_restore
+from metering.management.archive_errors import archive_command_errors
 
 
 class Command(BaseCommand):
@@ -19,18 +16,8 @@ class Command(BaseCommand):
         parser.add_argument("month", metavar="YYYY-MM")
 
     def handle(self, *args, **options):  # type: ignore[no-untyped-def]
-        try:
+        with archive_command_errors("restore"):
             archive = ledger_month_restore(month=month_of_key(options["month"]))
-        except ValueError as exc:
-            raise CommandError(str(exc)) from exc
-        except ApplicationError as exc:
-            details = (exc.extra or {}).get("differences", [])
-            raise CommandError("\n".join([exc.message, *details])) from exc
-        except DatabaseError as exc:  # the details (and any address) go to the log only
-            logging.getLogger(__name__).exception("ledger restore failed")
-            raise CommandError(
-                f"The database failed during the restore ({type(exc).__name__}); see the log."
-            ) from exc
         self.stdout.write(
             f"{options['month']}: {archive.state}, {archive.manifest.get('rows', 0)} record(s)"
         )
