@@ -4,13 +4,18 @@ import uuid
 from datetime import datetime
 from decimal import Decimal
 
+from django.db import transaction
 from django.db.models import Prefetch, Q, QuerySet
 
 from billing.models import PlanVersion, PriceComponent, PriceTier, Subscription
 from billing.pricing.periods import Period
 from billing.pricing.priced_plan import ComponentPrice, PricePlan, Tier
 
-_PUBLISHED_CACHE: dict[int, PricePlan] = {}
+# Published versions never change, so their pricing is cached per process. Keyed by the
+# row's incarnation, not its pk alone: SQLite reuses the highest rowid once that row is
+# rolled back or deleted, so a bare pk could name a different version later. An entry is
+# only added once its transaction commits, so rolled-back rows never enter.
+_PUBLISHED_CACHE: dict[tuple[int, datetime, datetime | None], PricePlan] = {}
 
 
 def plan_version_queryset() -> QuerySet[PlanVersion]:
@@ -27,8 +32,9 @@ def plan_version_queryset() -> QuerySet[PlanVersion]:
 def plan_version_pricing(version: PlanVersion) -> PricePlan:
     """The pure pricing view of a stored plan version (cached for published versions,
     which never change)."""
-    if version.is_published and version.pk in _PUBLISHED_CACHE:
-        return _PUBLISHED_CACHE[version.pk]
+    key = (version.pk, version.created_at, version.published_at)
+    if version.is_published and key in _PUBLISHED_CACHE:
+        return _PUBLISHED_CACHE[key]
     components = tuple(
         ComponentPrice(
             key=str(c.pk),
@@ -60,7 +66,7 @@ def plan_version_pricing(version: PlanVersion) -> PricePlan:
         name=f"{version.plan.name} v{version.version}",
     )
     if version.is_published:
-        _PUBLISHED_CACHE[version.pk] = plan
+        transaction.on_commit(lambda: _PUBLISHED_CACHE.setdefault(key, plan))
     return plan
 
 

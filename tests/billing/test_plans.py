@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from django.db import transaction
 
 from billing.models import PlanVersion
 from billing.period_rating import invoice_preview, period_rate
@@ -18,6 +19,7 @@ from billing.plans import (
 )
 from billing.pricing.periods import Period
 from billing.pricing.validate import PlanInvalid
+from billing.selectors import plan_version_pricing
 from config.errors import ApplicationError, Conflict, NotFound
 from tests.factories import ApiKeyFactory
 from tests.usage_helpers import write_usage  # noqa: F401 - used here and by other tests
@@ -66,6 +68,27 @@ def test_publishing_freezes_and_validation_blocks_errors() -> None:
     assert excinfo.value.extra["issues"][0]["code"] == "last_tier_not_open"
     version = published()
     assert plan_version_publish(version=version).published_at == version.published_at  # idempotent
+
+
+def test_published_pricing_is_cached_once_its_transaction_commits(
+    django_capture_on_commit_callbacks,
+) -> None:  # type: ignore[no-untyped-def]
+    version = published()
+    with django_capture_on_commit_callbacks(execute=True):
+        first = plan_version_pricing(version)
+    assert plan_version_pricing(version) is first
+
+
+def test_pricing_cache_never_serves_a_rolled_back_version() -> None:
+    class Undo(Exception):
+        pass
+
+    with pytest.raises(Undo), transaction.atomic():
+        gone = published(base_fee=Decimal("10"))
+        assert plan_version_pricing(gone).base_fee == 10
+        raise Undo
+    kept = published(base_fee=Decimal("0"))  # on SQLite, the rolled-back row's id again
+    assert plan_version_pricing(kept).base_fee == 0
 
 
 def test_volume_cliff_is_a_warning_not_an_error() -> None:
