@@ -4,7 +4,6 @@ import uuid
 from datetime import datetime
 from decimal import Decimal
 
-from django.db import transaction
 from django.db.models import Prefetch, Q, QuerySet
 
 from billing.models import PlanVersion, PriceComponent, PriceTier, Subscription
@@ -13,8 +12,9 @@ from billing.pricing.priced_plan import ComponentPrice, PricePlan, Tier
 
 # Published versions never change, so their pricing is cached per process. Keyed by the
 # row's incarnation, not its pk alone: SQLite reuses the highest rowid once that row is
-# rolled back or deleted, so a bare pk could name a different version later. An entry is
-# only added once its transaction commits, so rolled-back rows never enter.
+# rolled back or deleted, so a bare pk could name a different version later; a reused pk
+# comes with another created_at. (Filled at once, not on commit: a period close prices
+# many tenants inside one transaction.)
 _PUBLISHED_CACHE: dict[tuple[int, datetime, datetime | None], PricePlan] = {}
 
 
@@ -66,7 +66,7 @@ def plan_version_pricing(version: PlanVersion) -> PricePlan:
         name=f"{version.plan.name} v{version.version}",
     )
     if version.is_published:
-        transaction.on_commit(lambda: _PUBLISHED_CACHE.setdefault(key, plan))
+        _PUBLISHED_CACHE[key] = plan
     return plan
 
 
