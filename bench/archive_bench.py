@@ -34,6 +34,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.scratch import scratch_database  # noqa: E402
+
 DB = "reckon_archive_bench"
 MONTH = datetime(2026, 9, 1, tzinfo=UTC)
 
@@ -55,14 +57,7 @@ def main() -> None:
         default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
     )
     args = parser.parse_args()
-    server = args.database_url.rsplit("/", 1)[0]
-    subprocess.run(
-        ["psql", server + "/postgres", "-qc", f"DROP DATABASE IF EXISTS {DB}"],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(["psql", server + "/postgres", "-qc", f"CREATE DATABASE {DB}"], check=True)
-    os.environ["DATABASE_URL"] = f"{server}/{DB}"
+    server = scratch_database(args.database_url, DB)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     workdir = tempfile.TemporaryDirectory(prefix="reckon-archive-bench-")
     os.environ["RECKON_LEDGER_ARCHIVE_URL"] = args.archive_url or Path(workdir.name).as_uri()

@@ -24,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.scratch import scratch_database  # noqa: E402
+
 DB = "reckon_billing_bench"
 
 
@@ -37,14 +39,7 @@ def main() -> None:
         default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
     )
     args = parser.parse_args()
-    server = args.database_url.rsplit("/", 1)[0]
-    subprocess.run(
-        ["psql", server + "/postgres", "-qc", f"DROP DATABASE IF EXISTS {DB}"],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(["psql", server + "/postgres", "-qc", f"CREATE DATABASE {DB}"], check=True)
-    os.environ["DATABASE_URL"] = f"{server}/{DB}"
+    scratch_database(args.database_url, DB)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     import django
 

@@ -1,0 +1,19 @@
+"""The scratch database a benchmark runs in: made anew beside the one DATABASE_URL names."""
+
+import os
+import subprocess
+
+
+def scratch_database(database_url: str, name: str) -> str:
+    """Drop and create database `name` on the server of `database_url`, point this
+    process's DATABASE_URL at it (before Django starts) and return the server's URL
+    (without a database), for the drop at the end."""
+    server = database_url.rsplit("/", 1)[0]
+    subprocess.run(
+        ["psql", server + "/postgres", "-qc", f"DROP DATABASE IF EXISTS {name}"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(["psql", server + "/postgres", "-qc", f"CREATE DATABASE {name}"], check=True)
+    os.environ["DATABASE_URL"] = f"{server}/{name}"
+    return server
