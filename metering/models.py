@@ -69,6 +69,19 @@ class Route(models.Model):
     api_key_env = models.CharField(max_length=200, blank=True)
     # Accelerator type serving this alias (a label matching billing's accelerator types).
     accelerator = models.CharField(max_length=100, blank=True)
+    # The provider account the upstream key belongs to (reconciliation, actual cost);
+    # null for routes served by our own accelerators or an account not tracked.
+    provider_account = models.ForeignKey(
+        "ProviderAccount",
+        on_delete=models.PROTECT,
+        related_name="routes",
+        null=True,
+        blank=True,
+    )
+    # The provider's id of the upstream key (as its usage report names it, e.g. OpenAI's
+    # "key_..." or Anthropic's "apikey_..."): usage reported on a key no route declares is
+    # missing from the ledger. Blank: compared per account and model only.
+    upstream_key_id = models.CharField(max_length=200, blank=True)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -461,3 +474,266 @@ class LedgerArchive(models.Model):
 
     def __str__(self) -> str:
         return f"{self.month:%Y-%m} {self.state}"
+
+
+# --- Provider accounts and their own reports (reconciliation; decision 0116) -------------
+
+
+class ProviderAccount(models.Model):
+    """An organization at OpenAI or Anthropic whose admin API reports usage and cost.
+
+    Credentials are never stored: `admin_key_env` names the environment variable holding
+    the admin key, as routes do for upstream keys.
+    """
+
+    class Provider(models.TextChoices):
+        OPENAI = "openai", "OpenAI"
+        ANTHROPIC = "anthropic", "Anthropic"
+
+    name = models.CharField(max_length=100, unique=True)
+    provider = models.CharField(max_length=16, choices=Provider.choices)
+    admin_key_env = models.CharField(max_length=200)
+    # Base URL of the admin API including the version segment; blank means the provider's
+    # own (https://api.openai.com/v1, https://api.anthropic.com/v1).
+    admin_base_url = models.URLField(max_length=500, blank=True)
+    # The report's model name -> our `upstream_model` where they differ (dated snapshots);
+    # names not in the map are taken as they are.
+    model_map = models.JSONField(default=dict, blank=True)
+    is_active = models.BooleanField(default=True)
+    last_import_at = models.DateTimeField(null=True, blank=True)
+    # The last failed import's reason (never a secret); blank after a good run.
+    last_error = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.provider})"
+
+
+class ProviderReport(models.TextChoices):
+    USAGE = "usage", "Usage report"
+    COST = "cost", "Cost report"
+
+
+class ProviderReportFetch(models.Model):
+    """One page of a provider report exactly as received: the audit log of imports.
+
+    Written in its own transaction as each page arrives, even when the run later fails.
+    The body is text, not JSON, so decimal amounts keep every digit.
+    """
+
+    account = models.ForeignKey(ProviderAccount, on_delete=models.PROTECT, related_name="fetches")
+    report = models.CharField(max_length=8, choices=ProviderReport.choices)
+    # The import run this page belongs to (one id per run and report).
+    run_id = models.UUIDField(db_index=True)
+    # Path and query as sent, without credentials.
+    query = models.CharField(max_length=2000)
+    http_status = models.PositiveSmallIntegerField()
+    body = models.TextField()
+    body_sha256 = models.CharField(max_length=64)
+    fetched_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-fetched_at", "-id"]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.account_id} {self.report} {self.fetched_at:%Y-%m-%d %H:%M} {self.http_status}"
+        )
+
+
+class ProviderUsageBucket(models.Model):
+    """One result of a provider usage report: a time bucket x group (model, key, ...).
+
+    Counts are the provider's, in its own terms (null when the report lacks the field).
+    Re-importing a bucket replaces its values; the previous ones go to
+    `ProviderBucketRevision` first.
+    """
+
+    account = models.ForeignKey(ProviderAccount, on_delete=models.PROTECT, related_name="+")
+    bucket_start = models.DateTimeField()
+    bucket_width = models.CharField(max_length=4)  # "1h" or "1d" (the report's own label)
+    # Group key; '' where the report gave null.
+    model = models.CharField(max_length=200, blank=True)
+    api_key_id = models.CharField(max_length=200, blank=True)
+    service_tier = models.CharField(max_length=50, blank=True)
+    # OpenAI's project_id or Anthropic's workspace_id.
+    workspace = models.CharField(max_length=200, blank=True)
+    requests = models.BigIntegerField(null=True, blank=True)
+    # In Reckon's disjoint classes, converted from the report's terms on import:
+    # uncached input, cache read, cache write, output (visible + reasoning).
+    input_uncached_tokens = models.BigIntegerField(null=True, blank=True)
+    cache_read_tokens = models.BigIntegerField(null=True, blank=True)
+    cache_write_tokens = models.BigIntegerField(null=True, blank=True)
+    output_tokens = models.BigIntegerField(null=True, blank=True)
+    # The result as the provider sent it (other fields: audio, server tools, ...).
+    raw = models.JSONField(default=dict)
+    fetch = models.ForeignKey(
+        ProviderReportFetch, on_delete=models.PROTECT, related_name="usage_buckets"
+    )
+    revision = models.PositiveIntegerField(default=1)
+    content_hash = models.CharField(max_length=64)
+    changed_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=[
+                    "account",
+                    "bucket_start",
+                    "bucket_width",
+                    "model",
+                    "api_key_id",
+                    "service_tier",
+                    "workspace",
+                ],
+                name="provider_usage_bucket_key",
+            ),
+        ]
+        indexes = [models.Index(fields=["account", "bucket_start"], name="provider_usage_time")]
+
+    def __str__(self) -> str:
+        return f"{self.account_id} {self.bucket_start:%Y-%m-%d %H}:00 {self.model}"
+
+
+class ProviderCostBucket(models.Model):
+    """One result of a provider cost report (daily buckets): an exact amount in USD."""
+
+    account = models.ForeignKey(ProviderAccount, on_delete=models.PROTECT, related_name="+")
+    bucket_start = models.DateTimeField()
+    bucket_width = models.CharField(max_length=4)
+    # Group key; '' where the report gave null. OpenAI gives `line_item` ("<model>,
+    # <token type>" by observation); Anthropic gives `description`, `model`, `cost_type`
+    # and `token_type`. `model` and `token_type` are parsed from the line item for OpenAI
+    # when they can be.
+    line_item = models.CharField(max_length=300, blank=True)
+    model = models.CharField(max_length=200, blank=True)
+    cost_type = models.CharField(max_length=50, blank=True)
+    token_type = models.CharField(max_length=50, blank=True)
+    service_tier = models.CharField(max_length=50, blank=True)
+    workspace = models.CharField(max_length=200, blank=True)
+    # The amount exactly as the report wrote it (OpenAI: dollars as a JSON number;
+    # Anthropic: cents as a decimal string), and that amount in USD, exact.
+    amount_text = models.CharField(max_length=100)
+    amount_usd = models.DecimalField(max_digits=44, decimal_places=24)
+    currency = models.CharField(max_length=8, default="usd")
+    raw = models.JSONField(default=dict)
+    fetch = models.ForeignKey(
+        ProviderReportFetch, on_delete=models.PROTECT, related_name="cost_buckets"
+    )
+    revision = models.PositiveIntegerField(default=1)
+    content_hash = models.CharField(max_length=64)
+    changed_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=[
+                    "account",
+                    "bucket_start",
+                    "bucket_width",
+                    "line_item",
+                    "model",
+                    "cost_type",
+                    "token_type",
+                    "service_tier",
+                    "workspace",
+                ],
+                name="provider_cost_bucket_key",
+            ),
+        ]
+        indexes = [models.Index(fields=["account", "bucket_start"], name="provider_cost_time")]
+
+    def __str__(self) -> str:
+        return f"{self.account_id} {self.bucket_start:%Y-%m-%d} {self.line_item or self.model}"
+
+
+class ProviderBucketRevision(models.Model):
+    """The values a usage or cost bucket held before a re-import changed or removed it."""
+
+    account = models.ForeignKey(ProviderAccount, on_delete=models.PROTECT, related_name="+")
+    report = models.CharField(max_length=8, choices=ProviderReport.choices)
+    # The bucket's id in its table (buckets are updated in place, never deleted).
+    bucket_id = models.BigIntegerField()
+    bucket_start = models.DateTimeField()
+    revision = models.PositiveIntegerField()
+    # The bucket's fields as they were (counts or amount text), and the page they came from.
+    values = models.JSONField()
+    fetch = models.ForeignKey(ProviderReportFetch, on_delete=models.PROTECT, related_name="+")
+    replaced_at = models.DateTimeField()
+    # "changed" (new values) or "removed" (the bucket is gone from the re-read report).
+    reason = models.CharField(max_length=16)
+
+    class Meta:
+        ordering = ["-replaced_at", "-id"]
+        indexes = [
+            models.Index(fields=["report", "bucket_id", "revision"], name="provider_revision_of"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.report} bucket {self.bucket_id} r{self.revision} {self.reason}"
+
+
+class ReconciliationRow(models.Model):
+    """Ledger against provider report for one account x UTC day x upstream model (x key)
+    x token class (`metering.reconcile`). Recomputed in place; unique on its key."""
+
+    class TokenClass(models.TextChoices):
+        REQUESTS = "requests", "Requests"
+        INPUT_UNCACHED = "input_uncached", "Uncached input"
+        CACHE_READ = "cache_read", "Cache read"
+        CACHE_WRITE = "cache_write", "Cache write"
+        OUTPUT = "output", "Output (visible + reasoning)"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending (report still settling)"
+        MATCHED = "matched", "Matched"
+        DRIFT = "drift", "Drift"
+        MISSING_IN_LEDGER = "missing_in_ledger", "Missing in ledger"
+        MISSING_IN_REPORT = "missing_in_report", "Missing in report"
+        NOT_COMPARED = "not_compared", "Not compared (not reported)"
+
+    account = models.ForeignKey(
+        ProviderAccount, on_delete=models.PROTECT, related_name="reconciliation_rows"
+    )
+    day = models.DateField()
+    upstream_model = models.CharField(max_length=200)
+    # The provider's key id, or '' for the row summed over keys.
+    api_key_id = models.CharField(max_length=200, blank=True)
+    token_class = models.CharField(max_length=16, choices=TokenClass.choices)
+    ours = models.BigIntegerField()
+    theirs = models.BigIntegerField(null=True, blank=True)
+    # theirs - ours (null when not reported), and drift / theirs (null when theirs is 0).
+    drift = models.BigIntegerField(null=True, blank=True)
+    relative_drift = models.DecimalField(max_digits=30, decimal_places=12, null=True, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices)
+    # Our reasoning tokens of the row (output only): a provider dropping reasoning from
+    # output shows as drift == -reasoning.
+    reasoning = models.BigIntegerField(default=0)
+    drift_equals_reasoning = models.BooleanField(default=False)
+    # Why ours may differ: counts and tokens of incomplete, disconnected, failed and
+    # upstream-error records (filled for rows that are not matched).
+    explain = models.JSONField(default=dict, blank=True)
+    # Highest revision among the report buckets this row was computed from.
+    report_revision = models.PositiveIntegerField(default=0)
+    computed_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["account", "day", "upstream_model", "api_key_id", "token_class"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "day", "upstream_model", "api_key_id", "token_class"],
+                name="reconciliation_row_key",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["account", "day", "status"], name="reconciliation_status"),
+        ]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.account_id} {self.day} {self.upstream_model} {self.token_class} {self.status}"
+        )

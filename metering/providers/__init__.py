@@ -1,0 +1,1 @@
+"""Provider accounts' admin APIs: importing their usage and cost reports (decision 0116)."""

@@ -1,0 +1,1 @@
+"""Reconciliation: the ledger against the providers' own usage reports (decision 0116)."""
