@@ -14,7 +14,9 @@ from pathlib import Path
 import anthropic
 import openai
 import pytest
+import redis
 
+from metering.ledger.spool import SPOOL_KEY_PREFIX, SPOOL_WRITERS_KEY
 from tests.e2e.conftest import ROOT, SIM_KEY_ENV, free_port, http, start, stop
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -180,3 +182,18 @@ def test_warm_keys_keep_working_and_unknown_keys_get_503_in_their_format(
             )
     finally:
         stop(server)
+        forget_spool_reports(spool, env["REDIS_URL"])
+
+
+def forget_spool_reports(spool: Path, redis_url: str) -> None:
+    """Delete what this test's server reported of its spool to the shared Redis: records
+    left unreplayed in a private spool must not make later tests see usage outstanding."""
+    writers = {path.name.removeprefix("ledger-").split(".")[0] for path in spool.glob("ledger-*")}
+    if not writers:
+        return
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.delete(*(SPOOL_KEY_PREFIX + writer for writer in writers))
+        client.srem(SPOOL_WRITERS_KEY, *writers)
+    finally:
+        client.close()
