@@ -8,6 +8,7 @@ and REDIS_URL=redis-cluster://host:port (a Redis Cluster, config/redis_clients.p
 
 import os
 import warnings
+from decimal import Decimal
 from pathlib import Path
 
 import dj_database_url
@@ -448,6 +449,20 @@ RECKON_HOLD_UNSEEN_INPUT_TOKENS = int(os.environ.get("RECKON_HOLD_UNSEEN_INPUT_T
 # least RECKON_HOLD_CAP_MIN_SAMPLES calls (else across tenants, else the ceiling).
 RECKON_HOLD_CAP_DAYS = int(os.environ.get("RECKON_HOLD_CAP_DAYS", "7"))
 RECKON_HOLD_CAP_MIN_SAMPLES = int(os.environ.get("RECKON_HOLD_CAP_MIN_SAMPLES", "50"))
+
+# --- Reconciliation against the providers' reports (metering.reconcile) -------------
+# A row matches when |theirs - ours| <= max(TOKENS, RELATIVE x theirs); exact Decimal.
+RECKON_RECON_TOLERANCE_TOKENS = int(os.environ.get("RECKON_RECON_TOLERANCE_TOKENS", "0"))
+RECKON_RECON_TOLERANCE_RELATIVE = Decimal(
+    os.environ.get("RECKON_RECON_TOLERANCE_RELATIVE", "0.001")
+)
+if RECKON_RECON_TOLERANCE_TOKENS < 0 or not (
+    RECKON_RECON_TOLERANCE_RELATIVE.is_finite() and RECKON_RECON_TOLERANCE_RELATIVE >= 0
+):
+    raise ValueError("RECKON_RECON_TOLERANCE_* must be finite and not negative")
+# Whole days after a UTC day ends during which its report still settles: the import re-reads
+# them every hour and their reconciliation rows are `pending`.
+RECKON_PROVIDER_REPORT_SETTLE_DAYS = int(os.environ.get("RECKON_PROVIDER_REPORT_SETTLE_DAYS", "3"))
 
 # The embedded SQLite mode cannot enforce "one tenant-wide limit" (NULLS NOT DISTINCT);
 # PostgreSQL, the production database, does.

@@ -12,6 +12,7 @@ from metering.models import (
     HoldCap,
     LedgerArchive,
     RateLimit,
+    ReconciliationRow,
     ReasoningPolicy,
     Route,
     ServingCostRate,
@@ -293,6 +294,48 @@ class LedgerArchiveAdmin(admin.ModelAdmin):
     @admin.display(description="records")
     def rows(self, obj: LedgerArchive) -> int:
         return int(obj.manifest.get("rows", 0))
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(ReconciliationRow)
+class ReconciliationRowAdmin(admin.ModelAdmin):
+    """Ledger against provider report per account, day, model, key and class
+    (metering.reconcile); read-only: reconciliation is the only writer."""
+
+    list_display = [
+        "day",
+        "account",
+        "upstream_model",
+        "api_key_id",
+        "token_class",
+        "ours",
+        "theirs",
+        "drift",
+        "relative_drift",
+        "status",
+        "drift_equals_reasoning",
+        "report_revision",
+    ]
+    list_filter = [
+        "status",
+        "account",
+        "day",
+        "upstream_model",
+        "token_class",
+        "drift_equals_reasoning",
+    ]
+    search_fields = ["upstream_model", "api_key_id", "account__name"]
+    date_hierarchy = "day"
+    list_select_related = ["account"]
+    readonly_fields = [f.name for f in ReconciliationRow._meta.fields]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
