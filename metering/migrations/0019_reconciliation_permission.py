@@ -36,7 +36,7 @@ def revoke(apps, schema_editor):  # type: ignore[no-untyped-def]
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("metering", "0016_provider_reports"),
+        ("metering", "0018_rollup_provider_account"),
         ("billing", "0006_staff_roles"),
     ]
 
