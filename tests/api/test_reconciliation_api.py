@@ -60,8 +60,17 @@ def rows() -> dict[str, ProviderAccount]:
         report_revision=2,
     )
     row(oa, date(2026, 11, 1), "requests")  # another month
-    row(an, date(2026, 10, 2), "requests", ours=3, theirs=None, drift=None, relative_drift=None,
-        status="not_compared", upstream_model="claude-x")
+    row(
+        an,
+        date(2026, 10, 2),
+        "requests",
+        ours=3,
+        theirs=None,
+        drift=None,
+        relative_drift=None,
+        status="not_compared",
+        upstream_model="claude-x",
+    )
     return {"oa": oa, "an": an}
 
 

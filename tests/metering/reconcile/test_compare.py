@@ -1,7 +1,7 @@
 """The pure comparison (metering.reconcile.compare): the class mapping per provider, drift
 and its exact relative value, the statuses and their precedence, the reasoning signature."""
 
-from decimal import Decimal
+from decimal import Context, Decimal
 
 import pytest
 from hypothesis import given
@@ -233,7 +233,7 @@ def test_relative_drift_is_the_exact_quotient_rounded_once(drift: int, theirs: i
     assert value is not None
     # within half a unit of the 12th place of the exact quotient: |value*theirs - drift|
     # <= theirs / 2e12, checked in integers
-    scaled = int(value.scaleb(12))
+    scaled = int(value.scaleb(12, context=Context(prec=100)))
     assert abs(scaled * theirs - drift * 10**12) * 2 <= theirs
 
 
