@@ -344,11 +344,22 @@ class LedgerArchiveAdmin(admin.ModelAdmin):
 
 class ProviderAccountAdminForm(forms.ModelForm):
     """The same checks as `provider_account_set`: the key by variable name only, a clean
-    base URL, a map of names."""
+    base URL, a map of names. The base URL is a plain text field judged by that rule only
+    (Django's URL validator refuses hosts without a dot, such as a proxy's `http://gw:8080`)."""
+
+    admin_base_url = forms.CharField(
+        max_length=500,
+        required=False,
+        help_text="Blank: the provider's own (https://api.openai.com/v1, "
+        "https://api.anthropic.com/v1). Include the version segment.",
+    )
 
     class Meta:
         model = ProviderAccount
         fields = ["name", "provider", "admin_key_env", "admin_base_url", "model_map", "is_active"]
+
+    def _get_validation_exclusions(self) -> set[str]:
+        return super()._get_validation_exclusions() | {"admin_base_url"}  # type: ignore[misc]
 
     def clean_admin_key_env(self) -> str:
         try:

@@ -431,7 +431,12 @@ def _merge_cost(
             context.prec = 100  # exact for any amount Reckon stores
             existing["amount_usd"] = existing["amount_usd"] + values["amount_usd"]
         texts[row.key].append(row.amount_text)
-        existing["amount_text"] = "+".join(texts[row.key])[:100]
+        joined = "+".join(texts[row.key])
+        if len(joined) > 100:  # the field's size: the exact sum in the report's own unit
+            with localcontext() as context:
+                context.prec = 100
+                joined = format(sum((Decimal(t) for t in texts[row.key]), Decimal(0)), "f")
+        existing["amount_text"] = joined
         parts = existing["raw"].get("merged") if "merged" in existing["raw"] else [existing["raw"]]
         existing["raw"] = {"merged": [*parts, values["raw"]]}
     return merged

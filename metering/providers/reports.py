@@ -20,7 +20,7 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 from typing import Any, Generic, TypeVar
 
 USAGE = "usage"
@@ -194,6 +194,21 @@ def usd(amount: Decimal, name: str) -> Decimal:
             )
         return normalized
     return amount
+
+
+def amount_usd_from_text(*, provider: str, amount_text: str) -> Decimal:
+    """The exact USD of a stored `amount_text` (parts joined by '+' when rows were merged):
+    OpenAI writes dollars, Anthropic cents. On SQLite, which stores `amount_usd` as a float
+    (NUMERIC affinity), this is the exact value; on PostgreSQL it equals `amount_usd`."""
+    total = Decimal(0)
+    with localcontext() as context:
+        context.prec = 100
+        for part in amount_text.split("+"):
+            amount = exact_amount(part, "amount_text")
+            if provider == "anthropic":
+                amount = amount.scaleb(-2)
+            total += amount
+    return total
 
 
 def jsonable(value: Any) -> Any:

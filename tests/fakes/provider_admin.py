@@ -31,7 +31,8 @@ providers document them) and the rest is reached through `next_page` (sent back 
 answers a wrong key.
 
 The data are `events` (what was served: time, model, the provider's key id, the five
-token classes) priced by `prices` (per million tokens). Knobs change what is *reported*
+token classes) priced by `prices` (per million tokens; OpenAI bills cache writes at the
+input price, as its usage report counts them as input). Knobs change what is *reported*
 without touching the events: `drop_reasoning`, `scale`, `skew` (seconds added to every
 time), `adjustments` (late revisions: more usage in a past bucket) and `hidden` (usage
 removed from the report). Failures: `fail_next` (n answers with a status, e.g. 429 with
@@ -685,11 +686,14 @@ class FakeProviderAdmin:
             if price is None:
                 continue
             at = int(event.at.timestamp())
+            write_price = price.cache_write
             hour_price = price.cache_write if price.cache_write_1h is None else price.cache_write_1h
+            if self.provider == OPENAI:  # OpenAI bills cache writes as input
+                write_price = hour_price = price.input
             for kind, tokens, per_million in (
                 ("input", event.uncached_input, price.input),
                 ("cache_read", event.cache_read, price.cache_read),
-                ("cache_write_5m", event.cache_write, price.cache_write),
+                ("cache_write_5m", event.cache_write, write_price),
                 ("cache_write_1h", event.cache_write_1h, hour_price),
                 ("output", event.output + event.reasoning, price.output),
             ):
