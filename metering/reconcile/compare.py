@@ -36,11 +36,14 @@ Invariants:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 from enum import StrEnum
 
 # Places kept of a relative drift (ReconciliationRow.relative_drift: NUMERIC(30, 12)).
 RELATIVE_PLACES = Decimal("1e-12")
+# Enough digits that products and quotients of bigint token counts are exact before the
+# one rounding to RELATIVE_PLACES.
+_EXACT = Context(prec=100)
 
 
 class Provider(StrEnum):
@@ -162,9 +165,9 @@ class Tolerance:
             raise ValueError("Tolerances are finite and not negative.")
 
     def allows(self, *, drift: int, theirs: int) -> bool:
-        with localcontext() as exact:
-            exact.prec = 100  # token counts are bigints: products stay exact
-            return Decimal(abs(drift)) <= max(Decimal(self.tokens), self.relative * theirs)
+        if abs(drift) <= self.tokens:
+            return True
+        return Decimal(abs(drift)) <= _EXACT.multiply(self.relative, Decimal(theirs))
 
 
 @dataclass(frozen=True)
@@ -202,9 +205,8 @@ def ours_of(provider: Provider, ours: Ours, token_class: TokenClass) -> int:
 def relative_drift(*, drift: int, theirs: int) -> Decimal | None:
     if theirs == 0:
         return None
-    with localcontext() as exact:
-        exact.prec = 60
-        return (Decimal(drift) / Decimal(theirs)).quantize(RELATIVE_PLACES, ROUND_HALF_EVEN)
+    quotient = _EXACT.divide(Decimal(drift), Decimal(theirs))
+    return quotient.quantize(RELATIVE_PLACES, ROUND_HALF_EVEN, context=_EXACT)
 
 
 def compare_group(

@@ -256,21 +256,21 @@ def rows_compute(
     def key_of(day: dt.date, model: str, key_id: str) -> GroupKey:
         return (day, model, "" if (day, model) in summed else key_id)
 
-    ours: dict[GroupKey, Ours] = defaultdict(Ours)
+    sums: dict[GroupKey, list[int]] = defaultdict(lambda: [0] * 6)
     aliases: dict[GroupKey, set[str]] = defaultdict(set)
     tenants: dict[GroupKey, set[uuid.UUID]] = defaultdict(set)
     for row in ours_rows:
         key = key_of(row.day, row.upstream_model, alias_keys.get(row.alias, ""))
-        ours[key] = ours[key] + Ours(
-            requests=row.requests,
-            input_tokens=row.input_tokens,
-            cached_input_tokens=row.cached_input_tokens,
-            cache_write_tokens=row.cache_write_tokens,
-            output_tokens=row.output_tokens,
-            reasoning_tokens=row.reasoning_tokens,
-        )
+        total = sums[key]
+        total[0] += row.requests
+        total[1] += row.input_tokens
+        total[2] += row.cached_input_tokens
+        total[3] += row.cache_write_tokens
+        total[4] += row.output_tokens
+        total[5] += row.reasoning_tokens
         aliases[key].add(row.alias)
         tenants[key].add(row.tenant_id)
+    ours = {key: Ours(*total) for key, total in sums.items()}
 
     theirs: dict[GroupKey, _Reported] = defaultdict(_Reported)
     for bucket in chosen:
