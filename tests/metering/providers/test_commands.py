@@ -162,3 +162,14 @@ def test_a_failed_import_exits_1_with_a_message_and_no_traceback(
     assert "CommandError: The usage report of 'oai-main' failed: the admin API answered 401" in err
     assert f"check the key in ${OPENAI_ENV}" in err
     assert "Traceback" not in err and "sk-admin-revoked" not in err and OPENAI_KEY not in err
+
+
+def test_an_account_named_by_routes_cannot_change_provider(openai_account) -> None:  # type: ignore[no-untyped-def]
+    run(
+        "route_set", "gpt", "--provider", "openai", "--base-url", "https://api.openai.com/v1",
+        "--upstream-model", "gpt-r", "--provider-account", "oai-main",
+    )  # fmt: skip
+    with pytest.raises(CommandError, match="cannot become anthropic"):
+        run("provider_account_set", "oai-main", "--provider", "anthropic", "--admin-key-env", "K")
+    openai_account.refresh_from_db()
+    assert openai_account.provider == "openai"

@@ -16,6 +16,7 @@ from metering.models import (
     ProviderReportFetch,
     ProviderUsageBucket,
 )
+from metering.providers import anthropic_reports, importer
 from metering.providers.importer import ProviderImportError, provider_reports_import
 from metering.providers.reports import amount_usd_from_text, content_hash
 from tests.fakes.provider_admin import ServedEvent
@@ -314,3 +315,39 @@ def test_the_anthropic_key_is_sent_in_its_header_only(anthropic_account, anthrop
 def test_content_hash_is_order_sensitive_and_exact() -> None:
     assert content_hash([Decimal("0.10")]) != content_hash([Decimal("0.1")])
     assert content_hash([1, None]) != content_hash([None, 1])
+
+
+def test_rows_sharing_a_key_are_summed_exactly(anthropic_account) -> None:  # type: ignore[no-untyped-def]
+    """A report can split a bucket by a field Reckon does not key on (Anthropic's
+    context_window): the parts are summed, the raw results all kept."""
+    body = json.dumps(
+        {
+            "data": [
+                {
+                    "starting_at": "2026-11-02T00:00:00Z",
+                    "ending_at": "2026-11-03T00:00:00Z",
+                    "results": [
+                        {"currency": "USD", "amount": amount, "model": "claude-r",
+                         "token_type": "output_tokens", "cost_type": "tokens",
+                         "context_window": window, "description": "Output", "workspace_id": None,
+                         "service_tier": "standard"}
+                        for amount, window in (("0.1000000000000000000001", "0-200k"), ("2", "200k-1M"))
+                    ],
+                }
+            ],
+            "has_more": False,
+            "next_page": None,
+        }
+    )  # fmt: skip
+    rows = anthropic_reports.parse("cost", body).rows
+    fetch = ProviderReportFetch.objects.create(
+        account=anthropic_account, report="cost", run_id="00000000-0000-0000-0000-000000000001",
+        query="/", http_status=200, body=body, body_sha256="x", fetched_at=DAY,
+    )  # fmt: skip
+    (merged,) = importer._merge_cost([(row, fetch) for row in rows]).values()
+    assert merged["amount_usd"] == Decimal("0.021000000000000000000001")
+    assert merged["amount_text"] == "0.1000000000000000000001+2"
+    assert amount_usd_from_text(provider="anthropic", amount_text=merged["amount_text"]) == Decimal(
+        "0.021000000000000000000001"
+    )
+    assert [part["context_window"] for part in merged["raw"]["merged"]] == ["0-200k", "200k-1M"]
