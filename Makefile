@@ -6,7 +6,7 @@ PY := .venv/bin/python
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: setup run test lint bench bench-billing bench-usage bench-control bench-control-cluster bench-ledger bench-archive bench-cpu bench-compare services chaos
+.PHONY: setup run test lint bench bench-billing bench-usage bench-control bench-control-cluster bench-ledger bench-archive bench-reconcile bench-cpu bench-compare services chaos
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -61,6 +61,10 @@ bench-archive: setup services
 # The ledger's capacity: group commit, COPY and bytes per record, in a scratch database.
 bench-ledger: setup services
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) bench/ledger_bench.py
+
+# Reconciliation: one provider account-month recomputed, beside the bare rollup read.
+bench-reconcile: setup services
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) bench/reconcile_bench.py
 
 # Spend control on a 3-node Redis Cluster (started by the bench) against one Redis.
 bench-control-cluster: setup services

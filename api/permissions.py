@@ -50,7 +50,7 @@ from billing.permissions import (
     SUBSCRIPTION_VIEW,
 )
 from config.errors import ApplicationError
-from metering.permissions import APIKEY_REVOKE, TENANT_VIEW, USAGE_VIEW
+from metering.permissions import APIKEY_REVOKE, RECONCILIATION_VIEW, TENANT_VIEW, USAGE_VIEW
 
 
 def _model_perms(label: str, models: Iterable[str], actions: Iterable[str]) -> set[str]:
@@ -73,6 +73,7 @@ FINANCE_READ: frozenset[str] = frozenset(
         PLAN_VERSION_VIEW,
         SUBSCRIPTION_VIEW,
         ACCELERATOR_VIEW,
+        RECONCILIATION_VIEW,
     }
     | _model_perms(
         "billing",
@@ -97,7 +98,14 @@ ROLES: Mapping[str, frozenset[str]] = {
     # Runs the service: tenants, keys, routes, limits, plans (publishing included),
     # subscriptions, the hardware cost basis. Moves no money after the fact.
     "operator": frozenset(
-        {APIKEY_REVOKE, PLAN_VERSION_PUBLISH, USAGE_VIEW, ALERT_VIEW, ALERT_REDELIVER}
+        {
+            APIKEY_REVOKE,
+            PLAN_VERSION_PUBLISH,
+            USAGE_VIEW,
+            ALERT_VIEW,
+            ALERT_REDELIVER,
+            RECONCILIATION_VIEW,
+        }
         | _model_perms("metering", ["tenant", "apikey"], EDIT)
         | _model_perms("metering", ["route", "spendlimit", "ratelimit", "reasoningpolicy"], ALL)
         | _model_perms("metering", ["usagerollup", "servingcostrate", "holdcap"], VIEW)

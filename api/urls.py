@@ -57,6 +57,12 @@ ENDPOINTS: list[tuple[str, type[APIView], str]] = [
     ("finance/margins", finance.MarginReportView, "finance-margins"),
     ("finance/margins.csv", finance.MarginReportCsvView, "finance-margins-csv"),
     ("finance/whatif", finance.WhatIfView, "finance-whatif"),
+    ("finance/reconciliation", finance.ReconciliationListView, "finance-reconciliation"),
+    (
+        "finance/reconciliation.csv",
+        finance.ReconciliationCsvView,
+        "finance-reconciliation-csv",
+    ),
 ]
 
 urlpatterns: list[URLPattern] = [

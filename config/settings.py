@@ -8,6 +8,7 @@ and REDIS_URL=redis-cluster://host:port (a Redis Cluster, config/redis_clients.p
 
 import os
 import warnings
+from decimal import Decimal
 from pathlib import Path
 
 import dj_database_url
@@ -286,6 +287,20 @@ RECKON_DRAIN_TIMEOUT_SECONDS = float(os.environ.get("RECKON_DRAIN_TIMEOUT_SECOND
 # Upstream timeouts (seconds).
 RECKON_UPSTREAM_CONNECT_TIMEOUT = float(os.environ.get("RECKON_UPSTREAM_CONNECT_TIMEOUT", "10"))
 RECKON_UPSTREAM_READ_TIMEOUT = float(os.environ.get("RECKON_UPSTREAM_READ_TIMEOUT", "600"))
+# Provider report import (metering.providers; decision 0116). Each run re-reads this many
+# closed UTC days (plus today), and any day whose buckets changed in the last 48 hours.
+RECKON_PROVIDER_REPORT_SETTLE_DAYS = int(os.environ.get("RECKON_PROVIDER_REPORT_SETTLE_DAYS", "3"))
+# Retries of a report page on 429, 5xx or a connection error: `retry-after` when given,
+# else exponential backoff with full jitter from BASE doubling up to MAX seconds.
+RECKON_PROVIDER_RETRY_ATTEMPTS = int(os.environ.get("RECKON_PROVIDER_RETRY_ATTEMPTS", "6"))
+RECKON_PROVIDER_RETRY_BASE_SECONDS = float(
+    os.environ.get("RECKON_PROVIDER_RETRY_BASE_SECONDS", "1")
+)
+RECKON_PROVIDER_RETRY_MAX_SECONDS = float(os.environ.get("RECKON_PROVIDER_RETRY_MAX_SECONDS", "60"))
+# Timeout of one admin API request (seconds).
+RECKON_PROVIDER_HTTP_TIMEOUT_SECONDS = float(
+    os.environ.get("RECKON_PROVIDER_HTTP_TIMEOUT_SECONDS", "30")
+)
 # Largest number of usage records committed in one ledger transaction.
 RECKON_LEDGER_MAX_BATCH = int(os.environ.get("RECKON_LEDGER_MAX_BATCH", "512"))
 # Ledger batches that may be in flight at once per server process (PostgreSQL).
@@ -402,6 +417,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "metering.tasks.control_counters_rebuild",
         "schedule": 60.0,  # lost holds and dead processes' slices given back (metering.control.counters)
     },
+    "provider-reports-sync": {
+        "task": "metering.tasks.provider_reports_sync_due",
+        "schedule": 3600.0,  # hourly: import each provider account's report, then reconcile
+    },
     "ledger-retention": {
         "task": "metering.tasks.ledger_retention",
         "schedule": 86400.0,  # daily; months past RECKON_LEDGER_RETENTION_MONTHS archived
@@ -448,6 +467,19 @@ RECKON_HOLD_UNSEEN_INPUT_TOKENS = int(os.environ.get("RECKON_HOLD_UNSEEN_INPUT_T
 # least RECKON_HOLD_CAP_MIN_SAMPLES calls (else across tenants, else the ceiling).
 RECKON_HOLD_CAP_DAYS = int(os.environ.get("RECKON_HOLD_CAP_DAYS", "7"))
 RECKON_HOLD_CAP_MIN_SAMPLES = int(os.environ.get("RECKON_HOLD_CAP_MIN_SAMPLES", "50"))
+
+# --- Reconciliation against the providers' reports (metering.reconcile) -------------
+# A row matches when |theirs - ours| <= max(TOKENS, RELATIVE x theirs); exact Decimal.
+RECKON_RECON_TOLERANCE_TOKENS = int(os.environ.get("RECKON_RECON_TOLERANCE_TOKENS", "0"))
+RECKON_RECON_TOLERANCE_RELATIVE = Decimal(
+    os.environ.get("RECKON_RECON_TOLERANCE_RELATIVE", "0.001")
+)
+if RECKON_RECON_TOLERANCE_TOKENS < 0 or not (
+    RECKON_RECON_TOLERANCE_RELATIVE.is_finite() and RECKON_RECON_TOLERANCE_RELATIVE >= 0
+):
+    raise ValueError("RECKON_RECON_TOLERANCE_* must be finite and not negative")
+# A day's rows stay `pending` while the import still re-reads it (its end +
+# RECKON_PROVIDER_REPORT_SETTLE_DAYS, above).
 
 # The embedded SQLite mode cannot enforce "one tenant-wide limit" (NULLS NOT DISTINCT);
 # PostgreSQL, the production database, does.

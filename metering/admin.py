@@ -11,14 +11,25 @@ from metering.models import (
     ApiKey,
     HoldCap,
     LedgerArchive,
+    ProviderAccount,
+    ProviderBucketRevision,
+    ProviderCostBucket,
+    ProviderReportFetch,
+    ProviderUsageBucket,
     RateLimit,
     ReasoningPolicy,
+    ReconciliationRow,
     Route,
     ServingCostRate,
     SpendLimit,
     Tenant,
     UsageRecord,
     UsageRollup,
+)
+from metering.providers.accounts import (
+    admin_base_url_validate,
+    admin_key_env_validate,
+    model_map_validate,
 )
 from metering.routes import base_url_normalize
 from metering.services import api_key_create, api_key_revoke, route_warnings
@@ -105,6 +116,8 @@ class RouteAdminForm(forms.ModelForm):
             "upstream_model",
             "api_key_env",
             "accelerator",
+            "provider_account",
+            "upstream_key_id",
             "is_active",
         ]
 
@@ -122,15 +135,37 @@ class RouteAdminForm(forms.ModelForm):
                 cleaned["base_url"] = base_url_normalize(provider=provider, base_url=base_url).url
             except ApplicationError as exc:
                 self.add_error("base_url", exc.message)
+        account = cleaned.get("provider_account")
+        if account is not None and provider and account.provider != provider:
+            self.add_error(
+                "provider_account",
+                f"Account {account.name!r} is {account.provider}; a {provider} route cannot "
+                "belong to it.",
+            )
+        key_id = cleaned.get("upstream_key_id") or ""
+        if any(c.isspace() for c in key_id):
+            self.add_error(
+                "upstream_key_id", "The provider's id of the key (key_... or apikey_...)."
+            )
         return cleaned
 
 
 @admin.register(Route)
 class RouteAdmin(admin.ModelAdmin):
     form = RouteAdminForm
-    list_display = ["alias", "provider", "base_url", "upstream_model", "accelerator", "is_active"]
-    list_filter = ["provider", "accelerator", "is_active"]
-    search_fields = ["alias", "upstream_model"]
+    list_display = [
+        "alias",
+        "provider",
+        "base_url",
+        "upstream_model",
+        "accelerator",
+        "provider_account",
+        "upstream_key_id",
+        "is_active",
+    ]
+    list_filter = ["provider", "accelerator", "provider_account", "is_active"]
+    list_select_related = ["provider_account"]
+    search_fields = ["alias", "upstream_model", "upstream_key_id"]
 
     def save_model(self, request: HttpRequest, obj: Route, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
@@ -253,14 +288,17 @@ class UsageRollupAdmin(admin.ModelAdmin):
         "alias",
         "accelerator",
         "api_key_id",
+        "provider_account_id",
+        "upstream_model",
         "hour",
         "shard",
         "requests",
         "flagged_requests",
+        "unanswered_requests",
         "spend_usd",
     ]
     list_filter = ["accelerator"]
-    search_fields = ["tenant__name", "alias"]
+    search_fields = ["tenant__name", "alias", "upstream_model"]
     date_hierarchy = "hour"
     readonly_fields = [f.name for f in UsageRollup._meta.fields]
 
@@ -302,3 +340,178 @@ class LedgerArchiveAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+
+# --- Provider accounts and their reports (decision 0116) -----------------------------------
+
+
+class ProviderAccountAdminForm(forms.ModelForm):
+    """The same checks as `provider_account_set`: the key by variable name only, a clean
+    base URL, a map of names. The base URL is a plain text field judged by that rule only
+    (Django's URL validator refuses hosts without a dot, such as a proxy's `http://gw:8080`)."""
+
+    admin_base_url = forms.CharField(
+        max_length=500,
+        required=False,
+        help_text="Blank: the provider's own (https://api.openai.com/v1, "
+        "https://api.anthropic.com/v1). Include the version segment.",
+    )
+
+    class Meta:
+        model = ProviderAccount
+        fields = ["name", "provider", "admin_key_env", "admin_base_url", "model_map", "is_active"]
+
+    def _get_validation_exclusions(self) -> set[str]:
+        return super()._get_validation_exclusions() | {"admin_base_url"}  # type: ignore[misc]
+
+    def clean_admin_key_env(self) -> str:
+        try:
+            return admin_key_env_validate(self.cleaned_data.get("admin_key_env") or "")
+        except ApplicationError as exc:
+            raise forms.ValidationError(exc.message) from None
+
+    def clean_admin_base_url(self) -> str:
+        try:
+            return admin_base_url_validate(self.cleaned_data.get("admin_base_url") or "")
+        except ApplicationError as exc:
+            raise forms.ValidationError(exc.message) from None
+
+    def clean_model_map(self) -> dict[str, str]:
+        try:
+            return model_map_validate(self.cleaned_data.get("model_map") or {})
+        except ApplicationError as exc:
+            raise forms.ValidationError(exc.message) from None
+
+
+@admin.register(ProviderAccount)
+class ProviderAccountAdmin(admin.ModelAdmin):
+    form = ProviderAccountAdminForm
+    list_display = [
+        "name",
+        "provider",
+        "admin_key_env",
+        "admin_base_url",
+        "is_active",
+        "last_import_at",
+        "last_error",
+    ]
+    list_filter = ["provider", "is_active"]
+    search_fields = ["name"]
+    readonly_fields = ["last_import_at", "last_error", "created_at", "updated_at"]
+
+
+class _ReadOnlyAdmin(admin.ModelAdmin):
+    """Imported report data: written by the importer only, never edited or deleted."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(ProviderReportFetch)
+class ProviderReportFetchAdmin(_ReadOnlyAdmin):
+    list_display = ["fetched_at", "account", "report", "http_status", "run_id", "query"]
+    list_filter = ["report", "http_status", "account"]
+    search_fields = ["run_id", "body_sha256"]
+    list_select_related = ["account"]
+    date_hierarchy = "fetched_at"
+    show_full_result_count = False
+    fields = [
+        "account",
+        "report",
+        "run_id",
+        "query",
+        "http_status",
+        "fetched_at",
+        "body_sha256",
+        "body",
+    ]
+
+
+@admin.register(ProviderUsageBucket)
+class ProviderUsageBucketAdmin(_ReadOnlyAdmin):
+    list_display = [
+        "bucket_start",
+        "account",
+        "model",
+        "api_key_id",
+        "requests",
+        "input_uncached_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "output_tokens",
+        "revision",
+        "changed_at",
+    ]
+    list_filter = ["account", "bucket_width", "model"]
+    search_fields = ["model", "api_key_id", "workspace"]
+    list_select_related = ["account"]
+    date_hierarchy = "bucket_start"
+    show_full_result_count = False
+
+
+@admin.register(ProviderCostBucket)
+class ProviderCostBucketAdmin(_ReadOnlyAdmin):
+    list_display = [
+        "bucket_start",
+        "account",
+        "line_item",
+        "model",
+        "token_type",
+        "amount_text",
+        "amount_usd",
+        "revision",
+        "changed_at",
+    ]
+    list_filter = ["account", "cost_type", "model"]
+    search_fields = ["line_item", "model", "workspace"]
+    list_select_related = ["account"]
+    date_hierarchy = "bucket_start"
+    show_full_result_count = False
+
+
+@admin.register(ProviderBucketRevision)
+class ProviderBucketRevisionAdmin(_ReadOnlyAdmin):
+    list_display = ["replaced_at", "account", "report", "bucket_id", "revision", "reason"]
+    list_filter = ["report", "reason", "account"]
+    search_fields = ["bucket_id"]
+    list_select_related = ["account"]
+    date_hierarchy = "replaced_at"
+
+
+@admin.register(ReconciliationRow)
+class ReconciliationRowAdmin(_ReadOnlyAdmin):
+    """Ledger against provider report per account, day, model, key and class
+    (metering.reconcile); read-only: reconciliation is the only writer."""
+
+    list_display = [
+        "day",
+        "account",
+        "upstream_model",
+        "api_key_id",
+        "token_class",
+        "ours",
+        "theirs",
+        "drift",
+        "relative_drift",
+        "status",
+        "drift_equals_reasoning",
+        "report_revision",
+    ]
+    list_filter = [
+        "status",
+        "account",
+        "day",
+        "upstream_model",
+        "token_class",
+        "drift_equals_reasoning",
+    ]
+    search_fields = ["upstream_model", "api_key_id", "account__name"]
+    date_hierarchy = "day"
+    list_select_related = ["account"]
+    readonly_fields = [f.name for f in ReconciliationRow._meta.fields]

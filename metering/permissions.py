@@ -7,3 +7,5 @@ TENANT_VIEW = "metering.view_tenant"
 APIKEY_ISSUE = "metering.add_apikey"
 APIKEY_REVOKE = "metering.revoke_apikey"
 USAGE_VIEW = "metering.view_usagerecord"
+# Reconciliation against the providers' reports: rows in the admin and the finance API.
+RECONCILIATION_VIEW = "metering.view_reconciliationrow"

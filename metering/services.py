@@ -19,6 +19,7 @@ from config.errors import ApplicationError, Conflict, NotFound
 from metering.keys import api_key_generate, api_key_hash, api_key_visible_prefix
 from metering.ledger.record import Rates
 from metering.models import ApiKey, Route, ServingCostRate, Tenant
+from metering.providers.accounts import provider_account_get
 from metering.routes import base_url_normalize, route_unreachable_warning
 from metering.usage import COST_RATE_FIELDS
 
@@ -85,12 +86,15 @@ def route_set(
     upstream_model: str,
     api_key_env: str = "",
     accelerator: str = "",
+    provider_account: str | None = None,
+    upstream_key_id: str | None = None,
 ) -> Route:
     """Create or update the route for an alias (idempotent on the alias).
 
     The base URL is normalized for the provider (`metering.routes.base_url_normalize`) or
     refused with a message saying what to write; `route_warnings` says what is still
-    doubtful about the saved route."""
+    doubtful about the saved route. `provider_account` (an account name, or '' for none)
+    and `upstream_key_id` are left as they are when None."""
     if provider not in Route.Provider.values:
         raise ApplicationError(
             f"provider must be one of {', '.join(Route.Provider.values)}; got {provider!r}."
@@ -106,11 +110,61 @@ def route_set(
         "api_key_env": api_key_env,
         "accelerator": accelerator,
         "is_active": True,
+        **_route_account_fields(
+            provider=provider, provider_account=provider_account, upstream_key_id=upstream_key_id
+        ),
     }
     try:
         route, _ = Route.objects.update_or_create(alias=alias.strip(), defaults=values)
     except IntegrityError as exc:  # a concurrent create of the same alias
         raise Conflict(f"Route {alias!r} was changed concurrently; try again.") from exc
+    return route
+
+
+def _route_account_fields(
+    *, provider: str, provider_account: str | None, upstream_key_id: str | None
+) -> dict[str, Any]:
+    """The route's provider account (by name; '' clears it) and upstream key id, checked;
+    only the ones given."""
+    fields: dict[str, Any] = {}
+    if provider_account is not None:
+        if not provider_account.strip():
+            fields["provider_account"] = None
+        else:
+            account = provider_account_get(name=provider_account)
+            if account.provider != provider:
+                raise ApplicationError(
+                    f"Account {account.name!r} is {account.provider}; a {provider} route "
+                    "cannot belong to it."
+                )
+            fields["provider_account"] = account
+    if upstream_key_id is not None:
+        key_id = upstream_key_id.strip()
+        if len(key_id) > 200 or any(c.isspace() for c in key_id):
+            raise ApplicationError(
+                "upstream_key_id is the provider's id of the key (e.g. key_... or "
+                "apikey_...), not the key itself: at most 200 characters, no spaces."
+            )
+        fields["upstream_key_id"] = key_id
+    return fields
+
+
+@transaction.atomic
+def route_provider_account_set(
+    *, alias: str, provider_account: str | None, upstream_key_id: str | None
+) -> Route:
+    """Set (or clear, with '') an existing route's provider account and upstream key id;
+    None leaves a field as it is."""
+    route = Route.objects.select_for_update().filter(alias=alias.strip()).first()
+    if route is None:
+        raise NotFound(f"No route {alias!r}.")
+    fields = _route_account_fields(
+        provider=route.provider, provider_account=provider_account, upstream_key_id=upstream_key_id
+    )
+    for name, value in fields.items():
+        setattr(route, name, value)
+    if fields:
+        route.save(update_fields=[*fields, "updated_at"])
     return route
 
 

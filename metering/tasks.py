@@ -6,12 +6,14 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from config.celery import RELIABLE_TASK
+from config.celery import RELIABLE_TASK, TRANSIENT_ERRORS
 from config.redis_clients import redis_client
 from metering.control.counters import control_counters_rebuild as counters_rebuild
 from metering.control.holdcaps import hold_caps_learn
 from metering.ledger.partitions import partitions_maintain
 from metering.ledger.rollups import usage_rollup_shards_fold
+from metering.models import ProviderAccount
+from metering.reconcile.sync import provider_account_sync, provider_accounts_due
 
 
 @shared_task(name="metering.tasks.learn_hold_caps", **RELIABLE_TASK)
@@ -78,3 +80,40 @@ def fold_rollup_shards(as_of: str | None = None) -> int:
     closed = now - timedelta(seconds=settings.RECKON_ROLLUP_FOLD_GRACE_SECONDS)
     # An hour is closed once it has ended: fold the hours that start an hour before.
     return usage_rollup_shards_fold(before=closed - timedelta(hours=1))
+
+
+@shared_task(name="metering.tasks.provider_reports_sync_due", **RELIABLE_TASK)
+def provider_reports_sync_due(as_of: str | None = None) -> int:
+    """Fan out: one `provider_reports_sync` per active provider account, all as of the same
+    instant (default now). Returns how many were enqueued."""
+    moment = (datetime.fromisoformat(as_of) if as_of else timezone.now()).isoformat()
+    accounts = provider_accounts_due()
+    with provider_reports_sync.app.producer_or_acquire() as producer:
+        for account_id in accounts:
+            provider_reports_sync.apply_async((account_id, moment), producer=producer)
+    return len(accounts)
+
+
+@shared_task(
+    name="metering.tasks.provider_reports_sync", autoretry_for=TRANSIENT_ERRORS, **RELIABLE_TASK
+)
+def provider_reports_sync(account_id: int, as_of: str | None = None) -> dict[str, int]:
+    """Import one account's report window and reconcile the days that can have changed
+    (metering.reconcile.sync); an inactive or deleted account is skipped. The admin API's
+    own retries happen inside the import; a failed import is not retried here (the next
+    hourly run reads the window again)."""
+    account = ProviderAccount.objects.filter(pk=account_id, is_active=True).first()
+    if account is None:
+        return {}
+    result = provider_account_sync(
+        account=account,
+        now=datetime.fromisoformat(as_of) if as_of else timezone.now(),
+    )
+    return {
+        "pages": result.imported.pages,
+        "buckets_changed": result.imported.changed,
+        "rows_created": result.reconciled.created,
+        "rows_updated": result.reconciled.updated,
+        "rows_deleted": result.reconciled.deleted,
+        "days_changed": len(result.reconciled.changed_days),
+    }

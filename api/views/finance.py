@@ -1,20 +1,24 @@
 """Finance and operator views for the hardware cost basis: the accelerator catalogue,
-cost bases, deployments, margin policies, margin reports (JSON and CSV) and the what-if."""
+cost bases, deployments, margin policies, margin reports (JSON and CSV) and the what-if;
+and the reconciliation of the ledger against the providers' reports (JSON and CSV)."""
 
 import csv
 import io
 from decimal import Decimal
 from typing import Any
 
+from django.db.models import QuerySet
 from django.http import HttpResponse
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import status
 from rest_framework.exceptions import ValidationError
+from rest_framework.generics import ListAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from api.pagination import DayCursorPagination
 from api.permissions import staff_only
 from api.serializers.fields import validated_body, validated_query
 from api.serializers.finance import (
@@ -27,6 +31,12 @@ from api.serializers.finance import (
     decimal_text_or_none,
     margin_row_data,
     whatif_data,
+)
+from api.serializers.reconciliation import (
+    RECONCILIATION_FIELDS,
+    ReconciliationQuery,
+    ReconciliationRowOutput,
+    reconciliation_csv_values,
 )
 from api.views.downloads import FileDownloadView
 from billing.costs.catalogue import (
@@ -50,6 +60,9 @@ from billing.permissions import (
 from billing.pricing.currency import decimal_text
 from billing.reports import MarginRow, margin_report, whatif
 from config.db_router import reporting_reads
+from metering.models import ReconciliationRow
+from metering.permissions import RECONCILIATION_VIEW
+from metering.reconcile.selectors import reconciliation_rows
 
 
 class AcceleratorListView(APIView):
@@ -189,3 +202,58 @@ class WhatIfView(APIView):
             policy=policy,
         )
         return Response(whatif_data(result))
+
+
+def _reconciliation_query(request: Request) -> tuple[dict[str, Any], QuerySet[ReconciliationRow]]:
+    query = validated_query(ReconciliationQuery, request)
+    account = query.get("account")
+    rows = reconciliation_rows(
+        start=query["period"].start.date(),
+        end=query["period"].end.date(),
+        account_id=account.pk if account else None,
+        status=query.get("status"),
+        upstream_model=query.get("model"),
+    )
+    return query, rows
+
+
+@extend_schema_view(get=extend_schema(parameters=[ReconciliationQuery]))
+class ReconciliationListView(ListAPIView):
+    """Ledger against provider report per account, UTC day, upstream model, key and token
+    class (metering.reconcile), oldest day first."""
+
+    serializer_class = ReconciliationRowOutput
+    pagination_class = DayCursorPagination
+    permission_classes = [staff_only(GET=RECONCILIATION_VIEW)]
+
+    @reporting_reads()
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self) -> QuerySet[ReconciliationRow]:
+        return _reconciliation_query(self.request)[1]
+
+
+class ReconciliationCsvView(FileDownloadView):
+    """The same rows as one CSV file (a month of one account or all, never paginated)."""
+
+    permission_classes = [staff_only(GET=RECONCILIATION_VIEW)]
+
+    @extend_schema(parameters=[ReconciliationQuery], responses={(200, "text/csv"): str})
+    @reporting_reads()
+    def get(self, request: Request) -> HttpResponse:
+        query, rows = _reconciliation_query(request)
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(RECONCILIATION_FIELDS)
+        for row in rows.iterator(chunk_size=2000):
+            writer.writerow(reconciliation_csv_values(ReconciliationRowOutput(row).data))
+        account = query.get("account")
+        name = f"reconciliation-{account.name if account else 'all'}-{query['period'].start:%Y-%m}"
+        response = HttpResponse(out.getvalue(), content_type="text/csv")
+        response["Content-Disposition"] = f'attachment; filename="{_safe_filename(name)}.csv"'
+        return response
+
+
+def _safe_filename(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

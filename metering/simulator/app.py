@@ -8,7 +8,11 @@ written with one `send`.
 What is generated is decided by `engine` (deterministic per request body). This module
 only frames it, paces it (`token_delay_s` per generated token, reasoning first) and
 counts it: `/_sim/totals` holds what this process served since start or the last
-`/_sim/reset`. A request counts once its generation finishes, even if the client has
+`/_sim/reset`, and `/_sim/served` lists each counted generation (finish time, model,
+endpoint, a fingerprint of the upstream credential, the token classes) so a test can
+build a provider's usage report from what was actually served. The credential itself
+never leaves the process: the fingerprint is the first 16 hex digits of its sha256. The
+log keeps the last `SERVED_LOG_SIZE` generations; the hot path only appends a tuple. A request counts once its generation finishes, even if the client has
 gone (streams keep "generating" after a disconnect, as an upstream keeps billing) and
 even for `cut-stream` models whose connection is dropped before the usage frame.
 Errors, including the `error-500` / `error-429` fault models, are not counted. Totals are
@@ -18,10 +22,13 @@ per process: run a single worker when reconciling against them.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import hashlib
 import itertools
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -66,6 +73,8 @@ DELAY_HEADER = b"x-sim-token-delay-ms"
 # Sleeps shorter than this are folded into the next one, so tiny per-token delays
 # cost one timer per batch of tokens instead of one per token.
 MIN_SLEEP_S = 0.001
+# How many generations `/_sim/served` remembers (the oldest are dropped first).
+SERVED_LOG_SIZE = 100_000
 
 _TOTAL_FIELDS = (
     "requests",
@@ -105,28 +114,78 @@ class _HideStreamCut(logging.Filter):
         return not (exc_info and isinstance(exc_info[1], StreamCut))
 
 
+# One served generation: (finished at, unix s), model, endpoint, credential header value,
+# uncached input, cache read, cache write, visible output, reasoning.
+ServedEntry = tuple[float, str, str, bytes, int, int, int, int, int]
+
+
 class Totals:
-    """Usage served, overall and per endpoint path (quirk paths are their own endpoint)."""
+    """Usage served, overall and per endpoint path (quirk paths are their own endpoint),
+    and the log of the last `SERVED_LOG_SIZE` generations behind it."""
 
     def __init__(self) -> None:
         self._rows: dict[str, list[int]] = {}
+        self.served: deque[ServedEntry] = deque(maxlen=SERVED_LOG_SIZE)
+        self.served_count = 0
         self.reset()
 
     def reset(self) -> None:
         self._rows = {
             path: [0] * len(_TOTAL_FIELDS) for path in (CHAT_PATH, RESPONSES_PATH, MESSAGES_PATH)
         }
+        self.served.clear()
+        self.served_count = 0
 
-    def add(self, endpoint: str, generation: Generation) -> None:
+    def add(self, endpoint: str, generation: Generation, credential: bytes = b"") -> None:
         row = self._rows.get(endpoint)
         if row is None:
             row = self._rows[endpoint] = [0] * len(_TOTAL_FIELDS)
+        uncached = generation.uncached_input_tokens
+        cache_write = generation.cache_write_tokens
         row[0] += 1
-        row[1] += generation.uncached_input_tokens
+        row[1] += uncached
         row[2] += generation.cached_tokens
-        row[3] += generation.cache_write_tokens
+        row[3] += cache_write
         row[4] += generation.visible_tokens
         row[5] += generation.reasoning_tokens
+        self.served_count += 1
+        self.served.append(
+            (
+                time.time(),
+                generation.model,
+                endpoint,
+                credential,
+                uncached,
+                generation.cached_tokens,
+                cache_write,
+                generation.visible_tokens,
+                generation.reasoning_tokens,
+            )
+        )
+
+    def served_snapshot(self) -> dict[str, Any]:
+        """The served log as JSON-ready data; credentials become fingerprints here, off
+        the hot path."""
+        fingerprints: dict[bytes, str] = {}
+        entries = []
+        for finished, model, endpoint, credential, *counts in list(self.served):
+            fingerprint = fingerprints.get(credential)
+            if fingerprint is None:
+                fingerprint = fingerprints[credential] = credential_fingerprint(credential)
+            entries.append(
+                {
+                    "finished_at": dt.datetime.fromtimestamp(finished, dt.UTC).isoformat(),
+                    "model": model,
+                    "endpoint": endpoint,
+                    "key_fingerprint": fingerprint,
+                    **dict(zip(_TOTAL_FIELDS[1:], counts, strict=True)),
+                }
+            )
+        return {
+            "served": entries,
+            "total": self.served_count,
+            "dropped": self.served_count - len(entries),
+        }
 
     def snapshot(self) -> dict[str, Any]:
         overall = [sum(column) for column in zip(*self._rows.values(), strict=True)]
@@ -138,8 +197,28 @@ class Totals:
         }
 
 
+def credential_fingerprint(header_value: bytes | str) -> str:
+    """First 16 hex digits of sha256(key), where the key is the `x-api-key` value or the
+    `Authorization` value without its `Bearer ` prefix; '' when there was none."""
+    raw = header_value.encode() if isinstance(header_value, str) else header_value
+    key = raw.strip()
+    if key[:7].lower() == b"bearer ":
+        key = key[7:].strip()
+    if not key:
+        return ""
+    return hashlib.sha256(key).hexdigest()[:16]
+
+
 class _Request:
-    __slots__ = ("anthropic_version", "authorized", "delay_header", "endpoint", "rid", "wire")
+    __slots__ = (
+        "anthropic_version",
+        "authorized",
+        "credential",
+        "delay_header",
+        "endpoint",
+        "rid",
+        "wire",
+    )
 
     def __init__(
         self, endpoint: str, wire: str, headers: list[tuple[bytes, bytes]], rid: str
@@ -148,11 +227,14 @@ class _Request:
         self.wire = wire
         self.rid = rid
         self.authorized = False
+        self.credential = b""
         self.delay_header: bytes | None = None
         self.anthropic_version = False
         for name, value in headers:
             if name == b"authorization" or name == b"x-api-key":
-                self.authorized = self.authorized or bool(value.strip())
+                if value.strip():
+                    self.authorized = True
+                    self.credential = value
             elif name == DELAY_HEADER:
                 self.delay_header = value
             elif name == b"anthropic-version":
@@ -186,6 +268,7 @@ class Simulator:
                 self._routes[f"/faults/{kind}{path}"] = ("POST", self._upstream_fault, kind, wire)
         self._internal: dict[tuple[str, str], Any] = {
             ("GET", "/_sim/totals"): self._sim_totals,
+            ("GET", "/_sim/served"): self._sim_served,
             ("POST", "/_sim/reset"): self._sim_reset,
             ("GET", "/_sim/health"): self._sim_health,
         }
@@ -264,7 +347,7 @@ class Simulator:
     ) -> None:
         if delay > 0 and generation.output_tokens:
             await asyncio.sleep(generation.output_tokens * delay)
-        self.totals.add(request.endpoint, generation)
+        self.totals.add(request.endpoint, generation, request.credential)
         await _send_json(send, request, 200, orjson.dumps(build()))
 
     async def _stream(
@@ -306,7 +389,7 @@ class Simulator:
             pending = [data for _, data in frames]
         # Generation is over: count before the last write so a client that has read the
         # whole stream always finds its request in the totals.
-        self.totals.add(request.endpoint, generation)
+        self.totals.add(request.endpoint, generation, request.credential)
         await send({"type": "http.response.body", "body": b"".join(pending), "more_body": cut})
         if cut:
             raise StreamCut(request.rid)
@@ -489,6 +572,9 @@ class Simulator:
 
     async def _sim_totals(self, send: Send) -> None:
         await _send_plain_json(send, orjson.dumps(self.totals.snapshot()))
+
+    async def _sim_served(self, send: Send) -> None:
+        await _send_plain_json(send, orjson.dumps(self.totals.served_snapshot()))
 
     async def _sim_reset(self, send: Send) -> None:
         self.totals.reset()

@@ -163,3 +163,35 @@ def test_without_a_replica_reporting_reads_use_the_primary() -> None:
         assert ReportingRouter().db_for_read(Tenant) == "default"
     records = client.get("/api/v1/usage/records").json()["results"]
     assert [r["alias"] for r in records] == ["on-primary"]
+
+
+@needs_replica
+@both
+def test_reconciliation_reads_the_replica_when_replica_reads_are_on(settings) -> None:  # type: ignore[no-untyped-def]
+    from datetime import UTC, date, datetime
+
+    from metering.models import ProviderAccount, ReconciliationRow
+    from tests.staff import staff_client
+
+    client = staff_client("fin-replica", "finance-read")
+    account = ProviderAccount(id=77, name="oa-replica", provider="openai", admin_key_env="X")
+    row = ReconciliationRow(
+        account=account,
+        day=date(2026, 10, 2),
+        upstream_model="on-replica",
+        token_class="output",
+        ours=1,
+        theirs=1,
+        drift=0,
+        status="matched",
+        computed_at=datetime(2026, 11, 1, tzinfo=UTC),
+    )
+    on_replica(account, row)
+    query = {"account": "oa-replica", "period": "2026-10"}
+    settings.RECKON_REPLICA_READS = True
+    listed = client.get("/api/v1/finance/reconciliation", query)
+    assert [r["upstream_model"] for r in listed.json()["results"]] == ["on-replica"]
+    assert b"on-replica" in client.get("/api/v1/finance/reconciliation.csv", query).content
+    settings.RECKON_REPLICA_READS = False
+    refused = client.get("/api/v1/finance/reconciliation", query)  # not on the primary
+    assert refused.status_code == 400 and "account" in refused.json()["error"]["detail"]

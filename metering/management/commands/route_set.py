@@ -8,7 +8,13 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from config.errors import ApplicationError
 from metering.models import Route
 from metering.proxy.check import route_check
-from metering.services import route_set, route_warnings, tenant_allow_routes, tenant_get
+from metering.services import (
+    route_provider_account_set,
+    route_set,
+    route_warnings,
+    tenant_allow_routes,
+    tenant_get,
+)
 
 
 class Command(BaseCommand):
@@ -29,6 +35,16 @@ class Command(BaseCommand):
         parser.add_argument("--api-key-env", default="", help="env var holding the upstream key")
         parser.add_argument("--accelerator", default="", help="accelerator type label")
         parser.add_argument(
+            "--provider-account",
+            metavar="NAME|none",
+            help="the provider account the upstream key belongs to (none: no account)",
+        )
+        parser.add_argument(
+            "--upstream-key-id",
+            metavar="ID",
+            help="the provider's id of the upstream key, as its usage report names it",
+        )
+        parser.add_argument(
             "--allow-tenant", nargs="*", default=[], metavar="TENANT", help="grant to tenants"
         )
         parser.add_argument(
@@ -42,15 +58,28 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         defining = [options["provider"], options["base_url"], options["upstream_model"]]
+        account = options["provider_account"]
+        if account is not None and account.strip().lower() == "none":
+            account = ""
+        linking = account is not None or options["upstream_key_id"] is not None
         try:
-            if not any(defining) and options["check"]:
-                route = Route.objects.filter(alias=options["alias"]).first()
-                if route is None:
+            if not any(defining) and linking:
+                route = route_provider_account_set(
+                    alias=options["alias"],
+                    provider_account=account,
+                    upstream_key_id=options["upstream_key_id"],
+                )
+                self._linked(route)
+            elif not any(defining) and options["check"]:
+                saved = Route.objects.filter(alias=options["alias"]).first()
+                if saved is None:
                     raise CommandError(f"No route {options['alias']!r} to check.")
+                route = saved
             elif not all(defining):
                 raise CommandError(
-                    "--provider, --base-url and --upstream-model are required "
-                    "(alone, --check checks the saved route)."
+                    "--provider, --base-url and --upstream-model are required (alone, "
+                    "--check checks the saved route and --provider-account/--upstream-key-id "
+                    "change only those)."
                 )
             else:
                 route = route_set(
@@ -60,10 +89,14 @@ class Command(BaseCommand):
                     upstream_model=options["upstream_model"],
                     api_key_env=options["api_key_env"],
                     accelerator=options["accelerator"],
+                    provider_account=account,
+                    upstream_key_id=options["upstream_key_id"],
                 )
                 self.stdout.write(
                     f"{route.alias} -> {route.provider} {route.base_url} {route.upstream_model}"
                 )
+                if linking:
+                    self._linked(route)
             for ref in options["allow_tenant"]:
                 tenant_allow_routes(tenant=tenant_get(ref=ref), aliases=[route.alias])
         except ApplicationError as exc:
@@ -72,6 +105,11 @@ class Command(BaseCommand):
             self.stderr.write(self.style.WARNING(f"Warning: {warning}"))
         if options["check"]:
             self._check(route, options["timeout"])
+
+    def _linked(self, route: Route) -> None:
+        account = route.provider_account.name if route.provider_account else "none"
+        key_id = route.upstream_key_id or "(not declared)"
+        self.stdout.write(f"{route.alias}: provider account {account}, upstream key id {key_id}")
 
     def _check(self, route: Route, timeout_s: float) -> None:  # float-ok: seconds
         result = route_check(route=route, timeout_s=timeout_s)

@@ -5,6 +5,7 @@ No Django: run with `pytest -p no:django tests/metering/simulator`.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -24,8 +25,9 @@ import openai
 import pytest
 import uvicorn
 
+from metering.simulator import app as app_module
 from metering.simulator import create_app, engine
-from metering.simulator.app import Simulator, create_app_from_env
+from metering.simulator.app import Simulator, create_app_from_env, credential_fingerprint
 
 ROOT = Path(__file__).resolve().parents[3]
 QUESTION = [{"role": "user", "content": "Why is the sky blue? Answer briefly."}]
@@ -774,6 +776,59 @@ def test_totals_reconcile_with_what_the_sdks_saw(
     assert status == 200
     assert json.loads(raw)["requests"] == 0
     assert server.totals()["requests"] == 0
+
+
+def test_served_log_lists_each_counted_generation_with_a_key_fingerprint(
+    server: Server, claude: anthropic.Anthropic
+) -> None:
+    key_a, key_b = "sk-upstream-a-secret", "sk-ant-upstream-b-secret"
+    oai_a = openai.OpenAI(base_url=f"{server.base}/v1", api_key=key_a, max_retries=0, timeout=20)
+    claude_b = anthropic.Anthropic(base_url=server.base, api_key=key_b, max_retries=0, timeout=20)
+    chat = {"model": "sim-reasoner", "messages": QUESTION, "reasoning_effort": "low"}
+    message = {"model": "sim-thinker", "max_tokens": 500, "messages": QUESTION}
+    oai_a.chat.completions.create(**chat)
+    claude_b.messages.create(**message)
+    status, _, _ = server.request(
+        "POST", "/v1/chat/completions", {"model": "sim-error-500", "messages": QUESTION}, AUTH
+    )
+    assert status == 500  # errors are not served generations
+
+    status, _, raw = server.request("GET", "/_sim/served")
+    assert status == 200
+    assert key_a.encode() not in raw and key_b.encode() not in raw
+    log = json.loads(raw)
+    assert log["total"] == 2 and log["dropped"] == 0
+    first, second = log["served"]
+    planned_chat = engine.plan_chat_completion(chat)
+    assert first["model"] == "sim-reasoner"
+    assert first["endpoint"] == "/v1/chat/completions"
+    assert first["key_fingerprint"] == hashlib.sha256(key_a.encode()).hexdigest()[:16]
+    assert first["reasoning_tokens"] == planned_chat.reasoning_tokens
+    assert first["output_tokens"] == planned_chat.visible_tokens
+    assert first["input_tokens"] == planned_chat.uncached_input_tokens
+    assert first["finished_at"].endswith("+00:00")
+    assert second["endpoint"] == "/v1/messages"
+    assert second["key_fingerprint"] == hashlib.sha256(key_b.encode()).hexdigest()[:16]
+    assert second["output_tokens"] == engine.plan_message(message).visible_tokens
+    assert credential_fingerprint(b"Bearer " + key_a.encode()) == first["key_fingerprint"]
+    served_sum = sum(entry["cached_input_tokens"] for entry in log["served"])
+    assert served_sum == server.totals()["cached_input_tokens"]
+
+    server.request("POST", "/_sim/reset")
+    status, _, raw = server.request("GET", "/_sim/served")
+    assert json.loads(raw) == {"served": [], "total": 0, "dropped": 0}
+
+
+def test_served_log_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(app_module, "SERVED_LOG_SIZE", 3)
+    totals = app_module.Totals()
+    generation = engine.plan_chat_completion({"model": "sim-reasoner", "messages": QUESTION})
+    for _ in range(5):
+        totals.add("/v1/chat/completions", generation, b"Bearer k")
+    snapshot = totals.served_snapshot()
+    assert len(snapshot["served"]) == 3
+    assert snapshot["total"] == 5 and snapshot["dropped"] == 2
+    assert totals.snapshot()["requests"] == 5
 
 
 # ---- OpenAI-compatible quirk servers ------------------------------------------------------

@@ -1,0 +1,175 @@
+"""provider_account_set, route_set --provider-account/--upstream-key-id and
+provider_reports_import, as an operator runs them."""
+
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from metering.management.commands.provider_reports_import import Command as ImportCommand
+from metering.models import ProviderAccount, ProviderUsageBucket, Route
+from tests.metering.providers.conftest import OPENAI_ENV, OPENAI_KEY
+
+pytestmark = pytest.mark.django_db
+
+
+def run(*args: str) -> tuple[str, str]:
+    out, err = StringIO(), StringIO()
+    call_command(*args, stdout=out, stderr=err)
+    return out.getvalue().strip(), err.getvalue().strip()
+
+
+def test_provider_account_set_creates_then_updates_idempotently(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("OAI_ADMIN", raising=False)
+    out, err = run(
+        "provider_account_set", "oai", "--provider", "openai", "--admin-key-env", "OAI_ADMIN",
+        "--model-map", "gpt-r-2026-01-01=gpt-r", "o3-2025=o3",
+    )  # fmt: skip
+    assert out == (
+        "oai: openai at https://api.openai.com/v1, admin key from $OAI_ADMIN, "
+        "2 model name(s) mapped, active"
+    )
+    assert "$OAI_ADMIN is not set here" in err
+    account = ProviderAccount.objects.get(name="oai")
+    assert account.model_map == {"gpt-r-2026-01-01": "gpt-r", "o3-2025": "o3"}
+    assert account.admin_base_url == ""
+
+    monkeypatch.setenv("OAI_ADMIN", "sk-admin-x")
+    for _ in range(2):
+        out, err = run(
+            "provider_account_set", "oai", "--provider", "openai", "--admin-key-env", "OAI_ADMIN",
+            "--admin-base-url", "http://gateway:8080/openai/v1/", "--inactive",
+        )  # fmt: skip
+        assert err == ""
+    assert ProviderAccount.objects.count() == 1
+    account.refresh_from_db()
+    assert account.admin_base_url == "http://gateway:8080/openai/v1"
+    assert account.is_active is False and account.model_map == {}
+    assert out.endswith("inactive")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--admin-key-env", "sk-admin-abc123-secret"], "NAME of an environment variable"),
+        (["--admin-key-env", "OK", "--admin-base-url", "ftp://x/v1"], "http(s) URL"),
+        (
+            ["--admin-key-env", "OK", "--admin-base-url", "https://u:sk-secret@host/v1"],
+            "must not hold credentials",
+        ),
+        (["--admin-key-env", "OK", "--admin-base-url", "https://h/v1?key=1"], "query"),
+        (["--admin-key-env", "OK", "--model-map", "nothing"], "REPORT_NAME=UPSTREAM_MODEL"),
+    ],
+)
+def test_provider_account_set_refuses_bad_input_without_echoing_secrets(
+    args: list[str], message: str
+) -> None:
+    with pytest.raises(CommandError) as caught:
+        run("provider_account_set", "acct", "--provider", "openai", *args)
+    assert message in str(caught.value)
+    assert "secret" not in str(caught.value)
+    assert not ProviderAccount.objects.exists()
+
+
+def test_route_set_links_a_route_to_an_account_and_key_id(openai_account) -> None:  # type: ignore[no-untyped-def]
+    out, _ = run(
+        "route_set", "reasoner", "--provider", "openai", "--base-url", "https://api.openai.com/v1",
+        "--upstream-model", "gpt-r", "--provider-account", "oai-main", "--upstream-key-id", "key_a",
+    )  # fmt: skip
+    assert "provider account oai-main, upstream key id key_a" in out
+    route = Route.objects.get(alias="reasoner")
+    assert route.provider_account == openai_account and route.upstream_key_id == "key_a"
+
+    # a plain route_set leaves the link as it is
+    run(
+        "route_set", "reasoner", "--provider", "openai", "--base-url", "https://api.openai.com/v1",
+        "--upstream-model", "gpt-r",
+    )  # fmt: skip
+    route.refresh_from_db()
+    assert route.provider_account == openai_account
+
+    # the link alone, and "none" to clear it
+    out, _ = run("route_set", "reasoner", "--provider-account", "none", "--upstream-key-id", "")
+    assert "provider account none, upstream key id (not declared)" in out
+    route.refresh_from_db()
+    assert route.provider_account is None and route.upstream_key_id == ""
+
+
+def test_route_set_refuses_an_account_of_another_provider_or_unknown(anthropic_account) -> None:  # type: ignore[no-untyped-def]
+    run(
+        "route_set", "gpt", "--provider", "openai", "--base-url", "https://api.openai.com/v1",
+        "--upstream-model", "gpt-r",
+    )  # fmt: skip
+    with pytest.raises(CommandError, match="is anthropic; a openai route"):
+        run("route_set", "gpt", "--provider-account", "ant-main")
+    with pytest.raises(CommandError, match="No provider account 'nope'"):
+        run("route_set", "gpt", "--provider-account", "nope")
+    with pytest.raises(CommandError, match="not the key itself"):
+        run("route_set", "gpt", "--upstream-key-id", "sk proj secret")
+
+
+def test_provider_reports_import_prints_what_it_did(openai_account) -> None:  # type: ignore[no-untyped-def]
+    out, _ = run(
+        "provider_reports_import", "--account", "oai-main", "--since", "2026-11-02",
+        "--until", "2026-11-03",
+    )  # fmt: skip
+    assert out.startswith("oai-main: usage+cost 2026-11-02 00:00..2026-11-04 00:00 UTC: ")
+    assert "2 page(s) in 2 request(s)" in out
+    assert "0 removed; days changed: 2026-11-02, 2026-11-03" in out
+    assert ProviderUsageBucket.objects.filter(account=openai_account).exists()
+
+    out, _ = run(
+        "provider_reports_import", "--account", "oai-main", "--since", "2026-11-02",
+        "--until", "2026-11-03", "--report", "usage",
+    )  # fmt: skip
+    assert "0 bucket(s) new or changed (0 new), 0 removed; days changed: none" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--account", "nope", "--since", "2026-11-02"], "No provider account 'nope'"),
+        (["--account", "oai-main", "--since", "02/11/2026"], "YYYY-MM-DD"),
+        (
+            ["--account", "oai-main", "--since", "2026-11-03", "--until", "2026-11-02"],
+            "--until is before --since",
+        ),
+        (["--account", "oai-main", "--since", "2999-01-01"], "in the future"),
+    ],
+)
+def test_provider_reports_import_bad_input(openai_account, args: list[str], message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(CommandError, match=message):
+        run("provider_reports_import", *args)
+
+
+def test_a_failed_import_exits_1_with_a_message_and_no_traceback(
+    openai_account, openai_fake, monkeypatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv(OPENAI_ENV, "sk-admin-revoked-key-000")
+    with pytest.raises(SystemExit) as exited:
+        ImportCommand().run_from_argv(
+            [
+                "manage.py",
+                "provider_reports_import",
+                "--account",
+                "oai-main",
+                "--since",
+                "2026-11-02",
+            ]
+        )
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert "CommandError: The usage report of 'oai-main' failed: the admin API answered 401" in err
+    assert f"check the key in ${OPENAI_ENV}" in err
+    assert "Traceback" not in err and "sk-admin-revoked" not in err and OPENAI_KEY not in err
+
+
+def test_an_account_named_by_routes_cannot_change_provider(openai_account) -> None:  # type: ignore[no-untyped-def]
+    run(
+        "route_set", "gpt", "--provider", "openai", "--base-url", "https://api.openai.com/v1",
+        "--upstream-model", "gpt-r", "--provider-account", "oai-main",
+    )  # fmt: skip
+    with pytest.raises(CommandError, match="cannot become anthropic"):
+        run("provider_account_set", "oai-main", "--provider", "anthropic", "--admin-key-env", "K")
+    openai_account.refresh_from_db()
+    assert openai_account.provider == "openai"

@@ -1,0 +1,138 @@
+"""The hourly sync (metering.reconcile.sync and its Celery tasks) against the fake admin
+API on loopback: import the window, reconcile the days that can have changed, write each
+settled day's final status the run after it leaves the window; a failed import changes
+nothing."""
+
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+
+from metering.models import ProviderAccount, ReconciliationRow, Route
+from metering.providers.importer import ProviderImportError
+from metering.reconcile import hooks
+from metering.reconcile.sync import provider_account_sync
+from metering.tasks import provider_reports_sync_due
+from tests.factories import ApiKeyFactory
+from tests.fakes.provider_admin import FakeProviderAdmin, ServedEvent
+from tests.usage_helpers import write_usage
+
+pytestmark = pytest.mark.django_db
+
+DAY = date(2026, 10, 7)
+T0 = datetime(2026, 10, 7, 9, 15, tzinfo=UTC)
+ADMIN_KEY = "sk-admin-sync-test"
+
+
+@pytest.fixture
+def fake(monkeypatch, settings) -> Iterator[FakeProviderAdmin]:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("SYNC_ADMIN_KEY", ADMIN_KEY)
+    settings.RECKON_PROVIDER_RETRY_BASE_SECONDS = 0.01
+    settings.RECKON_PROVIDER_RETRY_MAX_SECONDS = 0.02
+    with FakeProviderAdmin("openai", admin_key=ADMIN_KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def told(monkeypatch) -> list[tuple[int, list[date]]]:  # type: ignore[no-untyped-def]
+    calls: list[tuple[int, list[date]]] = []
+    monkeypatch.setattr(hooks, "_handlers", [lambda account, days: calls.append((account, days))])
+    return calls
+
+
+@pytest.fixture
+def account(fake: FakeProviderAdmin) -> ProviderAccount:
+    account = ProviderAccount.objects.create(
+        name="oa", provider="openai", admin_key_env="SYNC_ADMIN_KEY", admin_base_url=fake.url
+    )
+    Route.objects.create(
+        alias="reasoner",
+        provider="openai",
+        base_url="https://api.openai.com/v1",
+        upstream_model="gpt-r",
+        provider_account=account,
+        upstream_key_id="key_a",
+    )
+    write_usage(
+        ApiKeyFactory(),
+        T0,
+        alias="reasoner",
+        upstream_model="gpt-r",
+        provider_account_id=account.pk,
+        input_tokens=100,
+        cached_input_tokens=20,
+        output_tokens=30,
+        reasoning_tokens=70,
+    )
+    fake.events.append(
+        ServedEvent(
+            at=T0 + timedelta(seconds=3),
+            model="gpt-r",
+            api_key_id="key_a",
+            uncached_input=100,
+            cache_read=20,
+            output=30,
+            reasoning=70,
+        )
+    )
+    return account
+
+
+def statuses(account: ProviderAccount) -> dict[str, str]:
+    return dict(
+        ReconciliationRow.objects.filter(account=account, day=DAY).values_list(
+            "token_class", "status"
+        )
+    )
+
+
+def test_a_day_is_pending_in_the_window_and_final_the_run_after_it_settles(
+    account, told, django_capture_on_commit_callbacks
+) -> None:  # type: ignore[no-untyped-def]
+    with django_capture_on_commit_callbacks(execute=True):
+        first = provider_account_sync(account=account, now=datetime(2026, 10, 7, 18, tzinfo=UTC))
+    assert first.imported.changed > 0 and DAY in first.reconciled.changed_days
+    assert set(statuses(account).values()) == {"pending", "not_compared"}
+    # three closed days later the day is still re-read (and pending)
+    with django_capture_on_commit_callbacks(execute=True):
+        provider_account_sync(account=account, now=datetime(2026, 10, 10, 23, tzinfo=UTC))
+    assert set(statuses(account).values()) == {"pending", "not_compared"}
+    # out of the window: its rows are written final once
+    with django_capture_on_commit_callbacks(execute=True):
+        last = provider_account_sync(account=account, now=datetime(2026, 10, 11, 1, tzinfo=UTC))
+    assert DAY in last.reconciled.changed_days
+    assert statuses(account) == {
+        "requests": "matched",
+        "input_uncached": "matched",
+        "cache_read": "matched",
+        "cache_write": "not_compared",
+        "output": "matched",
+    }
+    assert [days for _, days in told].count([DAY]) == 2  # created, then settled
+    with django_capture_on_commit_callbacks(execute=True):
+        again = provider_account_sync(account=account, now=datetime(2026, 10, 11, 2, tzinfo=UTC))
+    assert again.reconciled.changed_days == ()  # final: billing is not told again
+
+
+def test_the_beat_task_fans_out_to_active_accounts_as_of_one_instant(account, fake, told) -> None:  # type: ignore[no-untyped-def]
+    ProviderAccount.objects.create(
+        name="off", provider="openai", admin_key_env="UNSET_VAR", is_active=False
+    )
+    fake.drop_reasoning = True
+    assert provider_reports_sync_due(as_of="2026-10-08T00:30:00+00:00") == 1
+    assert statuses(account)["output"] == "pending"
+    assert provider_reports_sync_due(as_of="2026-10-11T00:30:00+00:00") == 1
+    output = ReconciliationRow.objects.get(account=account, day=DAY, token_class="output")
+    assert (output.ours, output.theirs, output.drift, output.status) == (100, 30, -70, "drift")
+    assert output.drift_equals_reasoning
+
+
+def test_a_failed_import_reconciles_nothing(account, fake, told) -> None:  # type: ignore[no-untyped-def]
+    provider_account_sync(account=account, now=datetime(2026, 10, 7, 18, tzinfo=UTC))
+    before = list(ReconciliationRow.objects.values_list("id", "status", "computed_at"))
+    fake.fail_page(1, 500)
+    with pytest.raises(ProviderImportError):
+        provider_account_sync(account=account, now=datetime(2026, 10, 12, tzinfo=UTC))
+    assert list(ReconciliationRow.objects.values_list("id", "status", "computed_at")) == before
+    account.refresh_from_db()
+    assert account.last_error and ADMIN_KEY not in account.last_error
