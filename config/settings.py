@@ -449,6 +449,10 @@ RECKON_HOLD_UNSEEN_INPUT_TOKENS = int(os.environ.get("RECKON_HOLD_UNSEEN_INPUT_T
 RECKON_HOLD_CAP_DAYS = int(os.environ.get("RECKON_HOLD_CAP_DAYS", "7"))
 RECKON_HOLD_CAP_MIN_SAMPLES = int(os.environ.get("RECKON_HOLD_CAP_MIN_SAMPLES", "50"))
 
+# Reconciliation alerts: a settled day's class whose |relative drift| (drift / theirs) is
+# at least this fires an operator alert (exact decimal text; missing-in-ledger always fires).
+RECKON_RECON_ALERT_RELATIVE = os.environ.get("RECKON_RECON_ALERT_RELATIVE", "0.01")
+
 # The embedded SQLite mode cannot enforce "one tenant-wide limit" (NULLS NOT DISTINCT);
 # PostgreSQL, the production database, does.
 SILENCED_SYSTEM_CHECKS = ["models.W047"]
