@@ -40,6 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DB = "reckon_ledger_bench"
 ALIASES = ("reasoner", "chat", "coder", "embedder")
+# The provider account each alias's route belongs to (None: our own accelerators); a
+# stamp without a foreign key, so the ids need no rows.
+ACCOUNTS = {"reasoner": 1, "chat": 1, "coder": 2, "embedder": None}
 
 
 def main() -> None:
@@ -166,14 +169,16 @@ def record(rng: random.Random, keys: list[Any], now: datetime, hours: int) -> di
     output_tokens = rng.randrange(10, 1500)
     reasoning = rng.randrange(0, output_tokens)
     spend = Decimal(input_tokens * 110 + output_tokens * 440).scaleb(-8)
+    alias = rng.choice(ALIASES)
     return {
         "request_id": uuid.uuid4(),
         "tenant_id": key.tenant_id,
         "api_key_id": key.pk,
-        "alias": rng.choice(ALIASES),
+        "alias": alias,
         "provider": "openai",
         "upstream_model": "sim-reasoner",
         "accelerator": "nvidia-h100-sxm",
+        "provider_account_id": ACCOUNTS[alias],
         "endpoint": "chat.completions",
         "stream": rng.random() < 0.5,
         "status": "completed",

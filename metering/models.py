@@ -143,6 +143,18 @@ class UsageRecord(models.Model):
     provider = models.CharField(max_length=32)
     upstream_model = models.CharField(max_length=200)
     accelerator = models.CharField(max_length=100, blank=True)
+    # The provider account the route's upstream key belonged to when served (null: none,
+    # e.g. our own accelerators): what reconciliation compares with that account's
+    # reports. A stamp, like the ids above: no database foreign key.
+    provider_account = models.ForeignKey(
+        "ProviderAccount",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
+    )
     endpoint = models.CharField(max_length=32, choices=Endpoint.choices)
     stream = models.BooleanField(default=False)
     status = models.CharField(max_length=20, choices=Status.choices)
@@ -222,14 +234,21 @@ class UsageRecord(models.Model):
 
 
 class UsageRollup(models.Model):
-    """Usage per tenant, alias, accelerator, API key and UTC hour, kept in the ledger's
-    own transaction (the fold: `metering.ledger.rollups`).
+    """Usage per tenant, alias, accelerator, API key, provider account, upstream model and
+    UTC hour, kept in the ledger's own transaction (the fold: `metering.ledger.rollups`).
 
     Invariants, summed over a row's shards: `requests` and the plain sums equal the usage
-    records of its (tenant, alias, accelerator, key, hour) that carry no flags (billing
-    rates periods from these, never from raw records); `flagged_requests` and the
-    `flagged_*` sums equal its flagged records (held back from rating, counted by usage
-    analytics and limits). Plain + flagged equals a raw scan that ignores flags.
+    records of its key that carry no flags (billing rates periods from these, never from
+    raw records); `flagged_requests` and the `flagged_*` sums equal its flagged records
+    (held back from rating, counted by usage analytics and limits). Plain + flagged
+    equals a raw scan that ignores flags. `unanswered_requests` counts the key's records
+    with status upstream_error or failed, flagged or not (reconciliation's requests are
+    requests + flagged_requests - unanswered_requests). Readers that do not reconcile
+    (rating, analytics, limits, archive checks) sum across the provider account and
+    upstream model, which an alias changes only when its route does.
+
+    Rows of hours whose records were archived and dropped before migration 0018 keep
+    provider account 0 and upstream model '' (their records could not be refolded).
     """
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_rollups")
@@ -245,6 +264,12 @@ class UsageRollup(models.Model):
         db_index=False,
         db_constraint=False,
     )
+    # The records' provider account stamp (`UsageRecord.provider_account`), 0 where they
+    # carry none: a sentinel, not NULL, so the row key stays unique on SQLite too, where
+    # NULLs are distinct in a unique index. No foreign key (a stamp, as on the ledger).
+    provider_account_id = models.BigIntegerField(default=0, db_default=0)
+    # The records' upstream model as served ('' only on rows kept from before 0018).
+    upstream_model = models.CharField(max_length=200, blank=True, default="", db_default="")
     # Start of the UTC hour the requests started in.
     hour = models.DateTimeField()
     # Writers fold into different shards so concurrent ledger batches never wait on each
@@ -253,6 +278,9 @@ class UsageRollup(models.Model):
     requests = models.BigIntegerField(default=0)
     # Records in this hour held back from rating because they broke a provider invariant.
     flagged_requests = models.BigIntegerField(default=0)
+    # Records (plain or flagged) the upstream did not answer: status upstream_error (a
+    # non-2xx answer) or failed (not reached, timed out). Included in the two counts above.
+    unanswered_requests = models.BigIntegerField(default=0, db_default=0)
     input_tokens = models.BigIntegerField(default=0)
     cached_input_tokens = models.BigIntegerField(default=0)
     cache_write_tokens = models.BigIntegerField(default=0)
@@ -284,12 +312,27 @@ class UsageRollup(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["tenant", "alias", "accelerator", "api_key", "hour", "shard"],
+                fields=[
+                    "tenant",
+                    "alias",
+                    "accelerator",
+                    "api_key",
+                    "provider_account_id",
+                    "upstream_model",
+                    "hour",
+                    "shard",
+                ],
                 name="rollup_unique_hour",
             ),
         ]
         indexes = [
             models.Index(fields=["tenant", "hour"], name="rollup_tenant_hour"),
+            # What reconciliation reads: one account's hours (`metering.reconcile.ours`).
+            models.Index(
+                fields=["provider_account_id", "hour"],
+                name="rollup_account_hour",
+                condition=Q(provider_account_id__gt=0),
+            ),
             # The rows the shard fold looks for: few, the open hours' write shards.
             models.Index(fields=["hour"], name="rollup_unfolded", condition=Q(shard__gt=0)),
         ]

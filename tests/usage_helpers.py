@@ -143,3 +143,59 @@ def ensure_test_partitions() -> None:
         partition_create(month)
         month = month_day(month.year, month.month + 1)
     partitions_ensure(ahead_months=3)
+
+
+def rollups_vs_raw_scan() -> dict[tuple[Any, ...], dict[str, Any]]:
+    """Assert the rollup invariant per rollup key (`ROLLUP_KEY`, shards summed): plain
+    sums = the unflagged records', flagged sums = the flagged records', requests and
+    flagged requests their counts, unanswered requests the records (flagged or not)
+    with an unanswered status, last_record_id their highest id; a record without a
+    provider account stamp counts under account 0. Returns the summed rollups."""
+    from django.db.models import Count, F, Max, Q, Sum
+    from django.db.models.functions import Coalesce, TruncHour
+
+    from metering.ledger.rollups import (
+        FLAGGED_SUMS,
+        ROLLUP_KEY,
+        ROLLUP_SUMS,
+        UNANSWERED_STATUSES,
+    )
+    from metering.models import UsageRecord, UsageRollup
+
+    counted = (
+        "requests",
+        "flagged_requests",
+        "unanswered_requests",
+        *ROLLUP_SUMS,
+        *(f"flagged_{n}" for n in FLAGGED_SUMS),
+    )
+    rated = Q(flags=[])
+    key = [k for k in ROLLUP_KEY if k not in ("provider_account_id", "hour")]
+    raw = (
+        UsageRecord.objects.annotate(
+            s_hour=TruncHour("started_at", tzinfo=UTC),
+            s_account=Coalesce("provider_account_id", 0),
+        )
+        .values(*key, "s_hour", "s_account")
+        .annotate(
+            s_requests=Count("id", filter=rated),
+            s_flagged_requests=Count("id", filter=~rated),
+            s_unanswered_requests=Count("id", filter=Q(status__in=UNANSWERED_STATUSES)),
+            **{f"s_{n}": Sum(n, filter=rated, default=0) for n in ROLLUP_SUMS},
+            **{f"s_flagged_{n}": Sum(n, filter=~rated, default=0) for n in FLAGGED_SUMS},
+            s_last_record_id=Max("id"),
+        )
+    )
+    renamed = {"s_hour": "hour", "s_account": "provider_account_id"}
+    raw_rows = [{renamed.get(k, k.removeprefix("s_")): v for k, v in r.items()} for r in raw]
+    summed = UsageRollup.objects.values(*ROLLUP_KEY).annotate(
+        **{f"s_{n}": Sum(F(n)) for n in counted}, s_last_record_id=Max("last_record_id")
+    )
+    rollup_rows = [{k.removeprefix("s_"): v for k, v in r.items()} for r in summed]
+    expected = {tuple(r[k] for k in ROLLUP_KEY): r for r in raw_rows}
+    got = {tuple(r[k] for k in ROLLUP_KEY): r for r in rollup_rows}
+    assert got.keys() == expected.keys()
+    for group, row in expected.items():
+        for name in (*counted, "last_record_id"):
+            assert got[group][name] == row[name], (group, name, got[group][name], row[name])
+    return got

@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 
 State = LedgerArchive.State
 TABLE = UsageRecord._meta.db_table
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MONEY_COLUMNS = ("spend_usd", "serving_cost_usd", "reasoning_cost_usd")
 # Money sums are written with the ledger's 24 decimals, so equal sums are equal strings.
 MONEY_QUANTUM = Decimal("1e-24")
@@ -108,14 +108,30 @@ def _arrow_type(field: "models.Field[Any, Any]") -> pa.DataType:
     raise TypeError(f"no archive type for {field.name} ({type(field).__name__})")
 
 
-# The archive schema, one column per ledger column, in table order. A new ledger column
-# changes it: bump SCHEMA_VERSION (tests/metering/ledger/test_archive.py pins both).
+# The archive schema, one column per ledger column, in the model's field order. A new
+# ledger column changes it: bump SCHEMA_VERSION and say below which columns the older
+# versions lack (tests/metering/ledger/test_archive.py pins both).
 FIELDS: "list[models.Field[Any, Any]]" = list(UsageRecord._meta.concrete_fields)
 SCHEMA = pa.schema(
     [pa.field(f.column, _arrow_type(f), nullable=f.null) for f in FIELDS],
     metadata={"reckon.schema_version": str(SCHEMA_VERSION)},
 )
 COLUMNS = [f.column for f in FIELDS]
+# Nullable columns each older schema version lacks: its files still verify, restore
+# (those columns NULL) and read (as nulls).
+ADDED_SINCE = {1: ("provider_account_id",)}
+
+
+def schema_of_version(version: int) -> pa.Schema:
+    """The schema archive files of `version` were written with (this one or an older one
+    in `ADDED_SINCE`); KeyError for a version this code does not know."""
+    if version == SCHEMA_VERSION:
+        return SCHEMA
+    lacking = ADDED_SINCE[version]
+    return pa.schema(
+        [field for field in SCHEMA if field.name not in lacking],
+        metadata={"reckon.schema_version": str(version)},
+    )
 
 
 def _month_bounds(month: datetime) -> tuple[datetime, datetime]:
@@ -579,17 +595,20 @@ def ledger_month_export(
 # --- verify -----------------------------------------------------------------------------
 
 
-def _file_sums(path: Path, entry: dict[str, Any]) -> tuple[Sums, Sums, list[str]]:
+def _file_sums(path: Path, entry: dict[str, Any], version: int) -> tuple[Sums, Sums, list[str]]:
     """(all, unflagged, differences) of one archive file against its manifest entry:
-    checksum, schema and row count, the sums read batch by batch (memory: one batch)."""
+    checksum, schema (of the manifest's `version`) and row count, the sums read batch by
+    batch (memory: one batch)."""
     if _sha256(path) != entry["sha256"]:
         return Sums.zero(), Sums.zero(), [f"{entry['name']}: sha256 differs from the manifest"]
     parquet = pq.ParquetFile(path)
-    if not parquet.schema_arrow.equals(SCHEMA, check_metadata=False):
+    if version not in (SCHEMA_VERSION, *ADDED_SINCE) or not parquet.schema_arrow.equals(
+        schema_of_version(version), check_metadata=False
+    ):
         return (
             Sums.zero(),
             Sums.zero(),
-            [f"{entry['name']}: schema differs from version {SCHEMA_VERSION}"],
+            [f"{entry['name']}: schema differs from version {version}"],
         )
     every, clean = Sums.zero(), Sums.zero()
     summed = ["flags", *LEDGER_COLUMNS, *MONEY_COLUMNS]
@@ -622,7 +641,7 @@ def _read_verified_files(
     every, clean = Sums.zero(), Sums.zero()
     for entry in manifest["files"]:
         with store.local_path(name=f"{key}/{entry['name']}", workdir=workdir) as path:
-            a, u, found = _file_sums(path, entry)
+            a, u, found = _file_sums(path, entry, manifest.get("schema_version", 1))
             differences += found
             every.add(a)
             clean.add(u)
@@ -784,14 +803,16 @@ def ledger_month_archive(
 def _copy_in(path: Path) -> None:
     """Load one archive file into the ledger with its ids, batch by batch (memory: one
     batch): Arrow writes the CSV that PostgreSQL's COPY reads (null unquoted, empty text
-    quoted, exact decimals), straight into the COPY stream."""
-    columns = ", ".join(COLUMNS)
+    quoted, exact decimals), straight into the COPY stream. The file's own columns are
+    loaded: those an older schema version lacks stay NULL."""
+    parquet = pq.ParquetFile(path)
+    columns = ", ".join(parquet.schema_arrow.names)  # checked against a known schema
     connection.ensure_connection()
     raw = connection.connection
     assert raw is not None
     with raw.cursor() as cursor:
         with cursor.copy(f"COPY {TABLE} ({columns}) FROM STDIN (FORMAT csv)") as copy:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH_ROWS):
+            for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS):
                 table = pa.Table.from_batches([batch])
                 for index, field in enumerate(table.schema):
                     if pa.types.is_timestamp(field.type):

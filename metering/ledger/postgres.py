@@ -25,6 +25,7 @@ _PG_COLUMNS: tuple[tuple[str, str], ...] = (
     ("provider", "text"),
     ("upstream_model", "text"),
     ("accelerator", "text"),
+    ("provider_account_id", "int8"),  # absent from a record (older spool lines): NULL
     ("endpoint", "text"),
     ("stream", "bool"),
     ("status", "text"),

@@ -107,6 +107,8 @@ class RecordedRoute(Protocol):
     @property
     def accelerator(self) -> str: ...
     @property
+    def provider_account_id(self) -> int | None: ...
+    @property
     def cost_rate_id(self) -> int | None: ...
     @property
     def cost_rates(self) -> Rates | None: ...
@@ -151,6 +153,7 @@ def usage_record_row(
         "provider": route.provider,
         "upstream_model": route.upstream_model,
         "accelerator": route.accelerator,
+        "provider_account_id": route.provider_account_id,
         "endpoint": endpoint,
         "stream": stream,
         "status": status,

@@ -3,12 +3,17 @@
 The one home of the folding rule, written once as SQL and used by both write paths:
 `postgres` folds inside its one-statement batch insert, `orm` runs the same fold over
 the records it has just inserted (on PostgreSQL or SQLite). The rule:
-- a record counts in the rollup of (tenant, alias, accelerator, API key, UTC hour it
-  started in), in the writer's shard (the ORM path always writes shard 0);
+- a record counts in the rollup of (tenant, alias, accelerator, API key, provider
+  account, upstream model, UTC hour it started in), in the writer's shard (the ORM path
+  always writes shard 0); a record without a provider account stamp counts under
+  account 0 (a sentinel rather than NULL, so the key is unique on SQLite too);
 - a record without flags adds to `requests` and the `ROLLUP_SUMS` columns (what rating
   reads); a flagged record adds to `flagged_requests` and the `flagged_*` columns
   (`FLAGGED_SUMS`) only: rating holds it back, usage analytics and limits count it, so
   plain + flagged of a rollup equals a raw scan that ignores flags;
+- `unanswered_requests` counts the records, flagged or not, whose status is one of
+  `UNANSWERED_STATUSES` (the upstream answered with an error, or was not reached or
+  timed out): they are also counted in `requests` or `flagged_requests`;
 - `last_record_id` is the highest record id folded in, flagged or not;
 - `changed_xid` is the commit-order stamp billing compares with a watermark to find late
   usage (`metering.selectors.usage_watermark`): on PostgreSQL the writing transaction's
@@ -16,8 +21,7 @@ the records it has just inserted (on PostgreSQL or SQLite). The rule:
 Only records actually inserted are folded, so a replayed batch adds nothing.
 
 Shards of closed hours fold into shard 0 (`usage_rollup_shards_fold`, a beat task):
-readers then sum one row per (tenant, alias, accelerator, key, hour) instead of up to
-16. The fold moves usage between rows of one hour and adds none, so it keeps every sum,
+readers then sum one row per rollup key and hour instead of up to 16. The fold moves usage between rows of one hour and adds none, so it keeps every sum,
 the highest `last_record_id` and the highest `changed_xid` of the rows it merges: a
 window rated before the fold never looks changed by it.
 """
@@ -37,7 +41,15 @@ ROLLUP_SUMS = (*LEDGER_COLUMNS, "serving_cost_usd", "reasoning_cost_usd", "spend
 FLAGGED_SUMS = (*LEDGER_COLUMNS, "spend_usd")
 FLAGGED_COLUMNS = tuple(f"flagged_{name}" for name in FLAGGED_SUMS)
 # The rollup row key, shard aside, in lock order.
-ROLLUP_KEY = ("tenant_id", "alias", "accelerator", "api_key_id", "hour")
+ROLLUP_KEY = (
+    "tenant_id",
+    "alias",
+    "accelerator",
+    "api_key_id",
+    "provider_account_id",
+    "upstream_model",
+    "hour",
+)
 # The record columns the fold reads (the PostgreSQL batch returns these of the rows it
 # inserted).
 FOLDED_RECORD_COLUMNS = (
@@ -46,12 +58,18 @@ FOLDED_RECORD_COLUMNS = (
     "alias",
     "accelerator",
     "api_key_id",
+    "provider_account_id",
+    "upstream_model",
     "started_at",
+    "status",
     "flags",
     *ROLLUP_SUMS,
 )
+# Record statuses counted in `unanswered_requests` (UsageRecord.Status values): the
+# upstream answered with an error, or it was not reached or did not answer in time.
+UNANSWERED_STATUSES = ("upstream_error", "failed")
 # Every column a fold adds up.
-_ADDED = ("requests", "flagged_requests", *ROLLUP_SUMS, *FLAGGED_COLUMNS)
+_ADDED = ("requests", "flagged_requests", "unanswered_requests", *ROLLUP_SUMS, *FLAGGED_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -102,11 +120,17 @@ def rollup_hourly_sql(*, source: str, vendor: str = "postgresql") -> str:
         f"coalesce(sum({name}) FILTER (WHERE NOT {d.rated}), 0) AS flagged_{name}"
         for name in FLAGGED_SUMS
     )
+    unanswered = ", ".join(f"'{status}'" for status in UNANSWERED_STATUSES)
+    positions = ", ".join(str(i) for i in range(1, len(ROLLUP_KEY) + 1))
     return (
-        f"SELECT tenant_id, alias, accelerator, api_key_id, {d.hour} AS hour,"  # noqa: S608
+        "SELECT tenant_id, alias, accelerator, api_key_id,"  # noqa: S608
+        " coalesce(provider_account_id, 0) AS provider_account_id, upstream_model,"
+        f" {d.hour} AS hour,"
         f" count(*) FILTER (WHERE {d.rated}) AS requests,"
-        f" count(*) FILTER (WHERE NOT {d.rated}) AS flagged_requests, {sums}, {flagged},"
-        f" max(id) AS last_id FROM {source} GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5"
+        f" count(*) FILTER (WHERE NOT {d.rated}) AS flagged_requests,"
+        f" count(*) FILTER (WHERE status IN ({unanswered})) AS unanswered_requests,"
+        f" {sums}, {flagged}, max(id) AS last_id FROM {source}"
+        f" GROUP BY {positions} ORDER BY {positions}"
     )
 
 

@@ -56,6 +56,9 @@ class RouteInfo:
     credential: str
     # True when the route names an environment variable that is not set here.
     credential_missing: bool
+    # The provider account the route's upstream key belongs to (None: none); records
+    # carry it as served, so reconciliation compares them with that account's reports.
+    provider_account_id: int | None = None
     # The serving cost rate in force for the alias when this was loaded (None: no rate).
     cost_rate_id: int | None = None
     cost_rates: Rates | None = None
@@ -120,6 +123,7 @@ def route_info_from(
         provider=route.provider,
         upstream_model=route.upstream_model,
         accelerator=route.accelerator,
+        provider_account_id=route.provider_account_id,
         base_url=route.base_url.rstrip("/"),
         credential=credential,
         credential_missing=bool(route.api_key_env) and not credential,

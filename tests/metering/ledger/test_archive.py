@@ -40,6 +40,7 @@ from metering.ledger.archive import (
     ledger_month_export,
     ledger_month_restore,
     ledger_month_verify,
+    schema_of_version,
 )
 from metering.ledger.archive_months import RUN_CLASS, STATE_CLASS
 from metering.ledger.archive_store import ArchiveStoreError, archive_store_open
@@ -115,6 +116,7 @@ def write_month(month: datetime, rate: ServingCostRate, count: int = 40) -> list
                 raw_usage={"prompt_tokens": n, "note": 'naïve, "quoted"\nline'} if n % 2 else None,
                 upstream_response_id="" if n % 3 else f"chatcmpl-{n}",
                 ttft_us=None if n % 2 else 1000 + n,
+                provider_account_id=None if n % 3 == 1 else 7 + n % 2,
             )
         )
     usage_records_write(rows)
@@ -167,11 +169,17 @@ VERSION_1 = [
 ]
 
 
+# Version 2: the provider account stamp (reconciliation), after the accelerator.
+VERSION_2 = [*VERSION_1[:8], "provider_account_id:int64", *VERSION_1[8:]]
+
+
 def test_schema_is_explicit_and_pinned() -> None:
     # A new ledger column must come with a new archive schema version.
-    assert SCHEMA_VERSION == 1
+    assert SCHEMA_VERSION == 2
     assert SCHEMA.names == [f.column for f in UsageRecord._meta.concrete_fields]
-    assert [f"{f.name}:{f.type}" for f in SCHEMA] == VERSION_1  # bump the version with it
+    assert [f"{f.name}:{f.type}" for f in SCHEMA] == VERSION_2  # bump the version with it
+    assert [f"{f.name}:{f.type}" for f in schema_of_version(1)] == VERSION_1
+    assert SCHEMA.field("provider_account_id").nullable
     assert str(SCHEMA.field("spend_usd").type) == "decimal256(44, 24)"
     assert str(SCHEMA.field("started_at").type) == "timestamp[us, tz=UTC]"
     assert not any("float" in str(f.type) or "double" in str(f.type) for f in SCHEMA)
@@ -311,6 +319,69 @@ def test_archive_drop_and_restore_with_the_same_ids(
     # the restored month is immutable like any other
     with pytest.raises(Exception, match="immutable"):
         UsageRecord.objects.filter(pk=before[0][0]).update(input_tokens=0)
+
+
+def _as_version_1(archive_dir: Path, month: datetime) -> None:
+    """Rewrite an exported month as an archive of schema version 1 (before the provider
+    account stamp): its files without the column, its manifest (stored and recorded)
+    with their checksums and the old version."""
+    archive = LedgerArchive.objects.get(month=month)
+    manifest = archive.manifest
+    folder = archive_dir / manifest["month"]
+    for entry in manifest["files"]:
+        path = folder / entry["name"]
+        table = pq.read_table(path).drop_columns(["provider_account_id"])
+        pq.write_table(table.cast(schema_of_version(1)), path, compression="zstd")
+        entry["sha256"] = ledger_archive._sha256(path)
+        entry["bytes"] = path.stat().st_size
+    manifest["schema_version"] = 1
+    manifest["schema"] = [
+        {"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema_of_version(1)
+    ]
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    archive.manifest = manifest
+    archive.save(update_fields=["manifest"])
+
+
+@postgres_only
+def test_an_archive_from_before_the_provider_account_stamp_still_restores(
+    archive_dir: Path, rate: ServingCostRate
+) -> None:
+    """An archive of schema version 1 (no provider_account_id) verifies, drops and
+    restores: every other column as it was, the stamp NULL."""
+    write_month(SEP, rate)
+    before = db_rows(SEP)
+    assert {r.provider_account_id for r in UsageRecord.objects.filter(started_at__lt=OCT)} == {
+        None,
+        7,
+        8,
+    }
+    ledger_month_export(month=SEP, rows_per_file=15)
+    _as_version_1(archive_dir, SEP)
+    assert ledger_month_verify(month=SEP).state == "verified"  # version 1 files
+    ledger_month_drop(month=SEP)
+    assert LedgerArchive.objects.get(month=SEP).state == "dropped" and db_rows(SEP) == []
+    call_command("ledger_restore", "2026-09")
+    stamp = [f.attname for f in UsageRecord._meta.concrete_fields].index("provider_account_id")
+    after = db_rows(SEP)
+    assert {row[stamp] for row in after} == {None}
+    assert [row[:stamp] + row[stamp + 1 :] for row in after] == [
+        row[:stamp] + row[stamp + 1 :] for row in before
+    ]
+
+
+def test_an_archive_of_an_unknown_schema_version_does_not_verify(
+    archive_dir: Path, rate: ServingCostRate
+) -> None:
+    write_month(SEP, rate, count=5)
+    archive = ledger_month_export(month=SEP)
+    archive.manifest["schema_version"] = 99
+    (archive_dir / "2026-09" / "manifest.json").write_text(
+        json.dumps(archive.manifest, indent=1, sort_keys=True)
+    )
+    archive.save(update_fields=["manifest"])
+    with pytest.raises(ArchiveMismatch, match="schema differs from version 99"):
+        ledger_month_verify(month=SEP)
 
 
 @postgres_only

@@ -11,8 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 from django.db import connection
-from django.db.models import Count, Max, Q, Sum
-from django.db.models.functions import TruncHour
+from django.db.models import Max
 
 from metering.ledger.postgres import pg_conninfo, pg_insert_statement
 from metering.ledger.rollups import (
@@ -22,10 +21,10 @@ from metering.ledger.rollups import (
     SHARDS_FOLD_SQL,
     usage_rollup_shards_fold,
 )
-from metering.models import UsageRecord, UsageRollup
+from metering.models import UsageRollup
 from metering.tasks import fold_rollup_shards
 from tests.factories import ApiKeyFactory
-from tests.usage_helpers import record_for
+from tests.usage_helpers import record_for, rollups_vs_raw_scan
 
 pytestmark = pytest.mark.skipif(
     connection.vendor != "postgresql", reason="write shards exist on PostgreSQL only"
@@ -36,29 +35,9 @@ COUNTED = ("requests", "flagged_requests", *ROLLUP_SUMS, *(f"flagged_{n}" for n 
 
 
 def rollups_equal_raw() -> dict[tuple[Any, ...], dict[str, Any]]:
-    """Per rollup key (shards summed), plain sums = unflagged records, flagged sums =
-    flagged records, last_record_id = their highest id. Returns the summed rollups."""
-    rated = Q(flags=[])
-    raw = (
-        UsageRecord.objects.annotate(hour=TruncHour("started_at"))
-        .values(*ROLLUP_KEY)
-        .annotate(
-            s_requests=Count("id", filter=rated),
-            s_flagged_requests=Count("id", filter=~rated),
-            **{f"s_{n}": Sum(n, filter=rated, default=0) for n in ROLLUP_SUMS},
-            **{f"s_flagged_{n}": Sum(n, filter=~rated, default=0) for n in FLAGGED_SUMS},
-            s_last_record_id=Max("id"),
-        )
-    )
-    raw = [{k.removeprefix("s_"): v for k, v in r.items()} for r in raw]
-    summed = UsageRollup.objects.values(*ROLLUP_KEY).annotate(
-        **{f"s_{n}": Sum(n) for n in COUNTED}, s_last_record_id=Max("last_record_id")
-    )
-    summed = [{k.removeprefix("s_"): v for k, v in r.items()} for r in summed]
-    expected = {tuple(r[k] for k in ROLLUP_KEY): r for r in raw}
-    got = {tuple(r[k] for k in ROLLUP_KEY): r for r in summed}
-    assert got == expected
-    return got
+    """Per rollup key (shards summed), the rollups equal a raw scan
+    (`tests.usage_helpers.rollups_vs_raw_scan`). Returns the summed rollups."""
+    return rollups_vs_raw_scan()
 
 
 def write(conn: psycopg.Connection, rows: list[dict[str, Any]], shard: int) -> None:
@@ -76,7 +55,9 @@ def shards() -> list[tuple[datetime, int]]:
 
 @pytest.fixture
 def sharded_hours():  # type: ignore[no-untyped-def]
-    """Two closed hours and an open one written by four writers' shards (0-3)."""
+    """Two closed hours and an open one written by four writers' shards (0-3): one key
+    without a provider account, one on account 5 (with a failed call in shard 1), and a
+    flagged upstream error."""
     key, other = ApiKeyFactory(), ApiKeyFactory()
     with connect() as conn:
         for shard in range(4):
@@ -84,8 +65,22 @@ def sharded_hours():  # type: ignore[no-untyped-def]
                 at = HOUR + timedelta(hours=hours, minutes=shard)
                 rows = [
                     record_for(key, started_at=at, finished_at=at, input_tokens=shard + 1),
-                    record_for(other, started_at=at, finished_at=at, alias="thinker"),
-                    record_for(key, started_at=at, finished_at=at, flags=["total_mismatch"]),
+                    record_for(
+                        other,
+                        started_at=at,
+                        finished_at=at,
+                        alias="thinker",
+                        provider_account_id=5,
+                        upstream_model="m-5",
+                        status="failed" if shard == 1 else "completed",
+                    ),
+                    record_for(
+                        key,
+                        started_at=at,
+                        finished_at=at,
+                        flags=["total_mismatch"],
+                        status="upstream_error",
+                    ),
                 ]
                 write(conn, rows, shard)
     return key

@@ -2,11 +2,10 @@ import asyncio
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import Max, Sum
+from django.db.models import Sum
 
 from metering.ledger import spool
 from metering.ledger.orm import OrmLedgerSink, usage_records_write
@@ -15,7 +14,7 @@ from metering.ledger.spool import spool_replay
 from metering.ledger.writer import LedgerWriter, default_sink
 from metering.models import UsageRecord
 from tests.factories import ApiKeyFactory, UsageRecordFactory
-from tests.usage_helpers import record_for, spool_append
+from tests.usage_helpers import record_for, rollups_vs_raw_scan, spool_append
 
 
 @pytest.mark.django_db
@@ -142,57 +141,10 @@ def test_writer_spools_when_database_is_down_and_replays_later(tmp_path: Path, m
     assert stored == {r["request_id"] for r in records}
 
 
-# The rollup columns that add up over a rollup's shards.
-ROLLUP_SUMS = (
-    "requests",
-    "flagged_requests",
-    "input_tokens",
-    "cached_input_tokens",
-    "cache_write_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "serving_cost_usd",
-    "reasoning_cost_usd",
-)
-
-
 def rollups_match_raw_records() -> None:
-    """Every rollup equals the sum of its unflagged raw records; flagged ones are counted apart."""
-    from django.db.models import Count, Q, Sum
-    from django.db.models.functions import TruncHour
-
-    from metering.models import UsageRollup
-
-    rated = Q(flags=[])
-    raw = (
-        UsageRecord.objects.annotate(hour=TruncHour("started_at"))
-        .values("tenant_id", "alias", "hour")
-        .annotate(
-            requests=Count("id", filter=rated),
-            flagged_requests=Count("id", filter=~rated),
-            input_tokens=Sum("input_tokens", filter=rated, default=0),
-            cached_input_tokens=Sum("cached_input_tokens", filter=rated, default=0),
-            cache_write_tokens=Sum("cache_write_tokens", filter=rated, default=0),
-            output_tokens=Sum("output_tokens", filter=rated, default=0),
-            reasoning_tokens=Sum("reasoning_tokens", filter=rated, default=0),
-            serving_cost_usd=Sum("serving_cost_usd", filter=rated, default=0),
-            reasoning_cost_usd=Sum("reasoning_cost_usd", filter=rated, default=0),
-            spend_usd=Sum("spend_usd", filter=rated, default=0),
-            last_record_id=Max("id"),
-        )
-    )
-    expected = {(r["tenant_id"], r["alias"], r["hour"]): r for r in raw}
-    summed = (  # writers fold into shards: a rollup is the sum over its shards
-        UsageRollup.objects.values("tenant_id", "alias", "hour").annotate(
-            **{name: Sum(name) for name in ROLLUP_SUMS},
-            last_record_id=Max("last_record_id"),
-        )
-    )
-    rollups = {(r["tenant_id"], r["alias"], r["hour"]): SimpleNamespace(**r) for r in summed}
-    assert expected.keys() == rollups.keys()
-    for key, row in expected.items():
-        for name in (*ROLLUP_SUMS, "last_record_id"):
-            assert getattr(rollups[key], name) == row[name], (key, name)
+    """Every rollup equals the sum of its unflagged raw records; flagged ones are counted
+    apart (`tests.usage_helpers.rollups_vs_raw_scan`)."""
+    rollups_vs_raw_scan()
 
 
 @pytest.mark.parametrize("sink_class", ["orm", "postgres"])
@@ -216,6 +168,12 @@ def test_rollups_equal_raw_records_and_ignore_replays(tmp_path: Path, sink_class
         ),
         record_for(key, started_at=t0, finished_at=t0, flags=["reasoning_exceeds_output"]),
         record_for(other, started_at=t0, finished_at=t0, input_tokens=3),
+        # a route on a provider account, then moved to another one: two rollup keys
+        record_for(other, started_at=t0, finished_at=t0, provider_account_id=11),
+        record_for(
+            other, started_at=t0, finished_at=t0, provider_account_id=12, status="upstream_error"
+        ),
+        record_for(other, started_at=t0, finished_at=t0, provider_account_id=12, status="failed"),
     ]
     sink = OrmLedgerSink() if sink_class == "orm" else default_sink()
 

@@ -1,0 +1,137 @@
+"""Our side of reconciliation (`metering.reconcile.ours.forwarded_usage`): what the ledger
+forwarded on a provider account per UTC day, upstream model, tenant and alias, read from
+the rollups the ledger's own write path keeps (PostgreSQL and SQLite)."""
+
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from metering.ledger.orm import usage_records_write
+from metering.models import ApiKey, ProviderAccount, ServingCostRate
+from metering.reconcile.ours import ForwardedRow, forwarded_usage
+from tests.factories import ApiKeyFactory
+from tests.usage_helpers import usage_row
+
+DAY = datetime(2026, 11, 3, tzinfo=UTC)
+
+
+def account(name: str) -> ProviderAccount:
+    return ProviderAccount.objects.create(name=name, provider="openai", admin_key_env="ADMIN")
+
+
+@pytest.fixture
+def rate() -> ServingCostRate:
+    return ServingCostRate.objects.create(
+        alias="reasoner",
+        accelerator="nvidia-h100-sxm",
+        effective_from=DAY - timedelta(days=30),
+        input_usd=Decimal("1.25"),
+        cache_read_usd=Decimal("0.125"),
+        cache_write_usd=Decimal("1.5"),
+        output_usd=Decimal("10"),
+        reasoning_usd=Decimal("10.000000000000000001"),
+    )
+
+
+def served(key: ApiKey, at: datetime, account_id: int | None, **values: Any) -> dict[str, Any]:
+    tokens = {
+        "input_tokens": 100,
+        "cached_input_tokens": 20,
+        "cache_write_tokens": 3,
+        "output_tokens": 7,
+        "reasoning_tokens": 50,
+    }
+    return usage_row(key, started_at=at, provider_account_id=account_id, **{**tokens, **values})
+
+
+@pytest.mark.django_db
+def test_forwarded_usage_per_day_model_tenant_and_alias(rate: ServingCostRate) -> None:
+    ours, theirs = account("org-main"), account("org-other")
+    key, other_key = ApiKeyFactory(), ApiKeyFactory()
+    first_tenant, second_tenant = sorted([key.tenant_id, other_key.tenant_id])
+    if key.tenant_id != first_tenant:
+        key, other_key = other_key, key
+    rows = [
+        # day 1, 09:10 and 23:59: one tenant, one alias, one model; one flagged
+        served(key, DAY + timedelta(hours=9, minutes=10), ours.pk, rate=rate),
+        served(
+            key,
+            DAY + timedelta(hours=23, minutes=59),
+            ours.pk,
+            flags=["total_mismatch"],
+            rate=rate,
+        ),
+        # an upstream error and a failed call: counted as no request, tokens as seen
+        served(key, DAY + timedelta(hours=10), ours.pk, status="upstream_error", input_tokens=5),
+        served(key, DAY + timedelta(hours=11), ours.pk, status="failed", input_tokens=0),
+        # an incomplete stream is answered: it counts
+        served(key, DAY + timedelta(hours=12), ours.pk, status="incomplete"),
+        # day 2: another tenant and a second model
+        served(other_key, DAY + timedelta(days=1, hours=1), ours.pk, upstream_model="m2"),
+        # other accounts and no account: never ours
+        served(key, DAY + timedelta(hours=9), theirs.pk),
+        served(key, DAY + timedelta(hours=9), None),
+        # the day after the window
+        served(key, DAY + timedelta(days=2), ours.pk),
+    ]
+    usage_records_write(rows)
+
+    got = forwarded_usage(account_id=ours.pk, start=DAY.date(), end=DAY.date() + timedelta(2))
+
+    cost = rows[0]["serving_cost_usd"]  # the flagged record's cost is not in the plain sums
+    assert isinstance(got[0].serving_cost_usd, Decimal)
+    if connection.vendor == "sqlite":  # SQLite sums decimals as floats: close, not exact
+        assert abs(got[0].serving_cost_usd - cost) < Decimal("1e-15")
+        got[0] = replace(got[0], serving_cost_usd=cost)
+    assert got == [
+        ForwardedRow(
+            day=date(2026, 11, 3),
+            upstream_model="m",
+            tenant_id=key.tenant_id,
+            alias="reasoner",
+            requests=3,  # 5 records, of which 2 were not answered
+            input_tokens=100 * 3 + 5,
+            cached_input_tokens=20 * 5,
+            cache_write_tokens=3 * 5,
+            output_tokens=7 * 5,
+            reasoning_tokens=50 * 5,
+            serving_cost_usd=cost,
+        ),
+        ForwardedRow(
+            day=date(2026, 11, 4),
+            upstream_model="m2",
+            tenant_id=other_key.tenant_id,
+            alias="reasoner",
+            requests=1,
+            input_tokens=100,
+            cached_input_tokens=20,
+            cache_write_tokens=3,
+            output_tokens=7,
+            reasoning_tokens=50,
+            serving_cost_usd=Decimal(0),
+        ),
+    ]
+    # one day of the window; an empty window; the other account sees only its own
+    assert [
+        r.day
+        for r in forwarded_usage(
+            account_id=ours.pk, start=DAY.date(), end=DAY.date() + timedelta(1)
+        )
+    ] == [DAY.date()]
+    assert forwarded_usage(account_id=ours.pk, start=DAY.date(), end=DAY.date()) == []
+    assert [
+        r.requests
+        for r in forwarded_usage(
+            account_id=theirs.pk, start=DAY.date(), end=DAY.date() + timedelta(3)
+        )
+    ] == [1]
+
+
+@pytest.mark.django_db
+def test_a_window_that_ends_before_it_starts_is_refused() -> None:
+    with pytest.raises(ValueError, match="before start"):
+        forwarded_usage(account_id=1, start=DAY.date(), end=DAY.date() - timedelta(1))
