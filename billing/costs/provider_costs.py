@@ -44,6 +44,7 @@ from decimal import Context, Decimal, Inexact, InvalidOperation, localcontext
 from typing import Protocol
 
 from metering.models import ProviderAccount, ProviderCostBucket, ReconciliationRow
+from metering.reconcile.ours import forwarded_usage
 
 QUANTUM_PLACES = 24  # ProviderCostBucket.amount_usd and the rollups' serving costs
 # Sums and scalings of 44-digit amounts are exact here (the default context keeps 28
@@ -258,6 +259,8 @@ class AccountCosts:
     unattributed_pending: bool = False
     # The (day, model)s each payer forwarded: a payer with a pending one has no actual cost.
     used: dict[Payer, set[tuple[date, str]]] = field(default_factory=lambda: defaultdict(set))
+    # The report had cost rows in the days read.
+    has_costs: bool = False
 
     def payer_pending(self, payer: Payer) -> bool:
         return bool(self.used[payer] & self.pending)
@@ -334,6 +337,7 @@ def _account_costs(
         account=account, bucket_start__gte=_midnight(start), bucket_start__lt=_midnight(end)
     ).order_by("bucket_start", "id"):
         day = bucket.bucket_start.astimezone(UTC).date()
+        result.has_costs = True
         name, token_type = _model_and_type(bucket)
         line = CostLine(Decimal(bucket.amount_usd), token_class_of(token_type))
         if not name:  # no model to charge it to: the account's, unattributed
@@ -356,3 +360,20 @@ def _account_costs(
             result.parts[payer] += part
         result.unattributed += shares.unattributed
     return result
+
+
+def provider_costs(*, start: date, end: date) -> list[AccountCosts]:
+    """Every provider account's actual costs of the UTC days [start, end), allocated to
+    what each (tenant, alias) forwarded on it (`forwarded_usage`, from the rollups);
+    accounts with neither usage nor cost in those days are left out. By account name."""
+    found = []
+    for account in ProviderAccount.objects.order_by("name"):
+        costs = account_costs(
+            account=account,
+            start=start,
+            end=end,
+            forwarded=forwarded_usage(account_id=account.pk, start=start, end=end),
+        )
+        if costs.used or costs.has_costs:
+            found.append(costs)
+    return found
