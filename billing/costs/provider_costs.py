@@ -339,7 +339,10 @@ def _account_costs(
         day = bucket.bucket_start.astimezone(UTC).date()
         result.has_costs = True
         name, token_type = _model_and_type(bucket)
-        line = CostLine(Decimal(bucket.amount_usd), token_class_of(token_type))
+        line_class = token_class_of(token_type)
+        if line_class == CACHE_WRITE and account.provider == ProviderAccount.Provider.OPENAI:
+            line_class = INPUT_UNCACHED  # OpenAI counts cache writes as uncached input
+        line = CostLine(Decimal(bucket.amount_usd), line_class)
         if not name:  # no model to charge it to: the account's, unattributed
             if day in day_pending or not any(d == day for d, _ in rows_of):
                 result.unattributed_pending = True
