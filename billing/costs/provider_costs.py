@@ -332,6 +332,7 @@ def _account_costs(
         if day_model not in rows_of:
             result.pending.add(day_model)  # not reconciled yet
 
+    days_reconciled = {d for d, _ in rows_of}
     lines: dict[tuple[date, str], list[CostLine]] = defaultdict(list)
     for bucket in ProviderCostBucket.objects.filter(
         account=account, bucket_start__gte=_midnight(start), bucket_start__lt=_midnight(end)
@@ -344,7 +345,7 @@ def _account_costs(
             line_class = INPUT_UNCACHED  # OpenAI counts cache writes as uncached input
         line = CostLine(Decimal(bucket.amount_usd), line_class)
         if not name:  # no model to charge it to: the account's, unattributed
-            if day in day_pending or not any(d == day for d, _ in rows_of):
+            if day in day_pending or day not in days_reconciled:
                 result.unattributed_pending = True
             else:
                 result.unattributed += line.amount_usd

@@ -353,12 +353,15 @@ def test_openai_line_items_per_key_rows_and_pending_days() -> None:
     cost(account, D1, "1.00", line_item="o4-mini, input")
     cost(account, D2, "9.99", line_item="o4-mini, input")
     cost(account, D1, "0.30", line_item="unparseable fee")
+    # a cache-write line on OpenAI is priced as uncached input (where OpenAI counts them)
+    cost(account, D1, "0.10", line_item="o4-mini, cache write")
 
     result = account_costs(account=account, start=D1, end=date(2026, 10, 7), forwarded=forwarded)
 
-    assert result.parts[(T1, "mini")] == Decimal("0.4")  # 200 of theirs' 500
-    assert result.parts[(T2, "mini")] == Decimal("0.4")
-    assert result.unattributed == Decimal("0.2") + Decimal("0.30")  # beyond ours + no model
+    assert result.parts[(T1, "mini")] == Decimal("0.44")  # 200 of theirs' 500, twice
+    assert result.parts[(T2, "mini")] == Decimal("0.44")
+    # beyond ours (1/5 of both lines) + the line with no model
+    assert result.unattributed == Decimal("0.2") + Decimal("0.02") + Decimal("0.30")
     assert result.pending == {(D2, "o4-mini")}  # D2's $9.99 is not counted
     assert result.payer_pending((T1, "mini")) and not result.payer_pending((T2, "mini"))
     assert result.unattributed_pending  # D2's cost may still add to it
