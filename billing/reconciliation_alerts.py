@@ -8,10 +8,10 @@ Reconciliation (metering.reconcile) writes `ReconciliationRow`s and then calls
   `pending`) with a class whose status is `drift` and |relative drift| >=
   RECKON_RECON_ALERT_RELATIVE (default 0.01), or whose status is `missing_in_report`
   (we forwarded usage the settled report does not have: the relative drift is unbounded);
-- a *missing_in_ledger* alert fires at once, settled or not: a row with that status, or a
-  pending row whose report has usage (theirs > 0) while the ledger has none (ours = 0),
-  which is what that row becomes once settled. The issue asks for "alert at once": the
-  provider billed usage Reckon never forwarded (a leaked key or a bypass).
+- a *missing_in_ledger* alert fires at once, settled or not: reconciliation gives that
+  status before the day settles (settling can add usage, never explain it away). The
+  issue asks for "alert at once": the provider billed usage Reckon never forwarded (a
+  leaked key or a bypass).
 
 Invariants:
 - one alert per (account, day, upstream model, key, status): `event_id` is a uuid5 of that
@@ -68,10 +68,7 @@ def row_findings(
     """The rows of one account-day that alert (pure: no database)."""
     found = []
     for row in rows:
-        theirs, ours = row.theirs or 0, row.ours
-        if row.status == Status.MISSING_IN_LEDGER or (
-            row.status == Status.PENDING and ours == 0 and theirs > 0
-        ):
+        if row.status == Status.MISSING_IN_LEDGER:
             found.append(Finding(Status.MISSING_IN_LEDGER, row))
         elif not settled:
             continue

@@ -30,9 +30,11 @@ is per account, UTC day, model and token type, not per tenant, so it is allocate
    units left over go one each to the parts with the largest remainders (ties: the earlier
    part), so the parts sum to the line's amount exactly and none is negative (a negative
    amount, a credit, splits the same way with every part negative or zero).
-5. **Pending.** A (day, model) is pending while reconciliation has no row for it or any of
-   its rows is `pending` (the report is still settling). Its cost is then unknown: the
-   allocation carries no amounts for it and the margin report shows null.
+5. **Pending.** A (day, model) is pending while reconciliation has no row for it, or any
+   row of the account's day is `pending` (the day's report is still settling; a
+   `missing_in_ledger` row shows before its day settles, so the day, not the group,
+   decides). Its cost is then unknown: the allocation carries no amounts for it and the
+   margin report shows null.
 """
 
 import uuid
@@ -317,7 +319,6 @@ def _account_costs(
     ).values_list("day", "upstream_model", "api_key_id", "token_class", "theirs", "status"):
         rows_of.add((day, model))
         if status == ReconciliationRow.Status.PENDING:
-            result.pending.add((day, model))
             day_pending.add(day)
         if key == "":
             theirs[(day, model)][token_class] = reported
@@ -328,6 +329,10 @@ def _account_costs(
         if (day, model, token_class) not in summed:
             known = [v for v in values if v is not None]
             theirs[(day, model)][token_class] = sum(known) if known else None
+    # The report of a day in its settling window may still change: every (day, model)
+    # of such a day is pending (a missing_in_ledger row shows before the day settles, so
+    # a group of that day may have no pending row of its own).
+    result.pending |= {(day, model) for day, model in rows_of if day in day_pending}
     for day_model in uses:
         if day_model not in rows_of:
             result.pending.add(day_model)  # not reconciled yet

@@ -124,18 +124,15 @@ def test_a_pending_day_fires_no_drift_alert_but_missing_in_ledger_at_once(
     account: ProviderAccount,
 ) -> None:
     row(account, ours=1000, theirs=2000, status=Status.PENDING)  # large, but still settling
-    row(account, ours=0, theirs=4242, status=Status.PENDING, key="key_leaked")
+    # reconciliation marks a group we never forwarded at once, even on a pending day
+    row(account, ours=0, theirs=4242, status=Status.MISSING_IN_LEDGER, key="key_leaked")
     rows_changed(account.pk, [DAY])
     [alert] = recon_alerts()
     assert alert.details["status"] == "missing_in_ledger"
     assert alert.details["api_key_id"] == "key_leaked" and alert.details["settled"] is False
     assert alert.details["theirs"] == 4242
 
-    # the day settles: the leaked key's row is now missing_in_ledger (same alert, not
-    # again) and the drift alerts
-    ReconciliationRow.objects.filter(api_key_id="key_leaked").update(
-        status=Status.MISSING_IN_LEDGER
-    )
+    # the day settles: the leaked key's alert is not sent again, the drift alerts
     ReconciliationRow.objects.filter(api_key_id="").update(status=Status.DRIFT)
     rows_changed(account.pk, [DAY])
     rows_changed(account.pk, [DAY])

@@ -378,3 +378,20 @@ def test_a_day_with_no_reconciliation_rows_is_pending() -> None:
     )
     assert result.pending == {(D1, "o3")} and not result.parts
     assert result.payer_pending((T3, "o3")) and result.unattributed == 0
+
+
+@pytest.mark.django_db
+def test_every_group_of_a_settling_day_is_pending() -> None:
+    """A model billed on a leaked key is missing_in_ledger before its day settles; its
+    cost (all unattributed) is still not final while the day's report settles."""
+    account = ProviderAccount.objects.create(
+        name="openai-c", provider="openai", admin_key_env="OPENAI_ADMIN_KEY"
+    )
+    recon(account, D1, "o3", "output", ours=9, theirs=9, status="pending")
+    recon(account, D1, "gpt-leak", "output", ours=0, theirs=50, status="missing_in_ledger")
+    cost(account, D1, "7", line_item="gpt-leak, output")
+    result = account_costs(
+        account=account, start=D1, end=D2, forwarded=[Fwd(D1, "o3", T3, "o3", output_tokens=9)]
+    )
+    assert result.pending == {(D1, "o3"), (D1, "gpt-leak")}
+    assert result.unattributed == 0 and result.unattributed_pending
