@@ -253,14 +253,17 @@ class UsageRollupAdmin(admin.ModelAdmin):
         "alias",
         "accelerator",
         "api_key_id",
+        "provider_account_id",
+        "upstream_model",
         "hour",
         "shard",
         "requests",
         "flagged_requests",
+        "unanswered_requests",
         "spend_usd",
     ]
     list_filter = ["accelerator"]
-    search_fields = ["tenant__name", "alias"]
+    search_fields = ["tenant__name", "alias", "upstream_model"]
     date_hierarchy = "hour"
     readonly_fields = [f.name for f in UsageRollup._meta.fields]
 

@@ -5,6 +5,7 @@ import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from metering.ledger.postgres import _PG_COLUMNS
 from metering.ledger.record import Rates, serving_cost, usage_cost, usage_record_row
 from metering.models import Route, ServingCostRate
 from metering.proxy.callers import RouteInfo, route_info_from
@@ -93,3 +94,25 @@ def test_rates_are_read_by_token_class_name() -> None:
         output=Decimal(4),
         reasoning=Decimal(5),
     )
+
+
+def test_the_route_s_provider_account_is_stamped_as_served() -> None:
+    on_account = Route(
+        alias="reasoner",
+        provider="openai",
+        base_url="http://127.0.0.1:9/v1",
+        upstream_model="gpt-5",
+        provider_account_id=17,
+    )
+    own = Route(
+        alias="local", provider="openai-compatible", base_url="http://h/v1", upstream_model="x"
+    )
+    assert route_info_from(on_account).provider_account_id == 17
+    assert route_info_from(own).provider_account_id is None
+    assert row_for(route_info_from(on_account))[0]["provider_account_id"] == 17
+    assert row_for(route_info_from(own))[0]["provider_account_id"] is None
+
+
+def test_a_row_holds_exactly_the_columns_the_batch_insert_writes() -> None:
+    row, _ = row_for(route(provider_account_id=3))
+    assert set(row) == {name for name, _ in _PG_COLUMNS}

@@ -28,7 +28,7 @@ from metering.ledger.spool import spool_replay
 from metering.ledger.writer import LedgerWriter, default_sink
 from metering.models import LedgerArchive, UsageRecord
 from tests.factories import ApiKeyFactory
-from tests.usage_helpers import record_for, spool_append
+from tests.usage_helpers import record_for, rollups_vs_raw_scan, spool_append
 
 REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 PROBE = 0.2  # seconds: the writers' probe interval in these tests
@@ -304,3 +304,20 @@ def test_a_record_of_a_dropped_month_is_set_aside_not_jamming_its_file(
     archive.save()
     aside.rename(tmp_path / aside.name.replace("dropped-", "ledger-", 1))
     assert spool_replay(tmp_path) == 1 and stored([late]) == 1
+
+
+def test_spool_lines_from_before_the_provider_account_stamp_still_load(tmp_path: Path) -> None:
+    """A spool line written before records carried `provider_account_id` (the field
+    absent) loads with no stamp, beside a line that has it; both reach the rollups."""
+    key = ApiKeyFactory()
+    old = record_for(key)
+    old.pop("provider_account_id", None)
+    new = record_for(key, provider_account_id=42)
+    path = spool_append(tmp_path, [old, new])
+    lines = path.read_text().splitlines()
+    assert '"provider_account_id"' not in lines[0] and '"provider_account_id":42' in lines[1]
+    assert spool_replay(tmp_path) == 2
+    stamps = dict(UsageRecord.objects.values_list("request_id", "provider_account_id"))
+    assert stamps == {old["request_id"]: None, new["request_id"]: 42}
+    rollups_vs_raw_scan()  # the old line under account 0, the new one under 42
+    assert not list(tmp_path.glob("ledger-*.jsonl"))

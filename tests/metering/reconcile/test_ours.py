@@ -8,10 +8,12 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.conf import settings as django_settings
 from django.db import connection
 
+from config.db_router import REPLICA
 from metering.ledger.orm import usage_records_write
-from metering.models import ApiKey, ProviderAccount, ServingCostRate
+from metering.models import ApiKey, ProviderAccount, ServingCostRate, UsageRollup
 from metering.reconcile.ours import ForwardedRow, forwarded_usage
 from tests.factories import ApiKeyFactory
 from tests.usage_helpers import usage_row
@@ -135,3 +137,31 @@ def test_forwarded_usage_per_day_model_tenant_and_alias(rate: ServingCostRate) -
 def test_a_window_that_ends_before_it_starts_is_refused() -> None:
     with pytest.raises(ValueError, match="before start"):
         forwarded_usage(account_id=1, start=DAY.date(), end=DAY.date() - timedelta(1))
+
+
+has_replica = REPLICA in django_settings.DATABASES
+
+
+@pytest.mark.skipif(not has_replica, reason="no replica alias: set DATABASE_REPLICA_URL")
+@pytest.mark.django_db(transaction=True, databases=["default", "replica"])
+def test_forwarded_usage_is_a_reporting_read(settings) -> None:  # type: ignore[no-untyped-def]
+    """It reads the replica when replica reads are on (a row only the replica holds
+    shows where the read went), the primary otherwise."""
+    org = account("org-replica")
+    key = ApiKeyFactory()
+    for obj in (key.tenant, key):
+        obj.save(using=REPLICA, force_insert=True)
+    UsageRollup(
+        tenant_id=key.tenant_id,
+        alias="reasoner",
+        api_key_id=key.pk,
+        provider_account_id=org.pk,
+        upstream_model="m",
+        hour=DAY,
+        requests=4,
+    ).save(using=REPLICA, force_insert=True)
+    window = {"account_id": org.pk, "start": DAY.date(), "end": DAY.date() + timedelta(1)}
+    settings.RECKON_REPLICA_READS = True
+    assert [r.requests for r in forwarded_usage(**window)] == [4]
+    settings.RECKON_REPLICA_READS = False
+    assert forwarded_usage(**window) == []
