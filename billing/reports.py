@@ -185,8 +185,10 @@ def _add_provider_costs(
                     weights = [Decimal(1)] * max(len(places), 1)
                 accelerators = [s.accelerator for s in places] or [""]
                 pending = costs.payer_pending(payer)
-                actual = split_exact(costs.parts.get(payer, Decimal(0)), weights)
-                estimate = split_exact(costs.estimates[payer], weights)
+                actual, estimate = [costs.parts.get(payer, Decimal(0))], [costs.estimates[payer]]
+                if len(weights) > 1:  # a route that moved between accelerators
+                    actual = split_exact(actual[0], weights)
+                    estimate = split_exact(estimate[0], weights)
                 for accelerator, part, guess in zip(accelerators, actual, estimate, strict=True):
                     row = keyed(
                         {"tenant": str(tenant_id), "alias": alias, "accelerator": accelerator}

@@ -217,3 +217,35 @@ def test_provider_costs_are_staff_only(resold: tuple[ApiKey, ApiKey]) -> None:
     operator = staff_client("ops", "operator")  # runs the service, does not read margins
     refused = operator.get("/api/v1/finance/margins", {"period": "2026-10"})
     assert refused.status_code == 403 and b"5.25" not in refused.content
+
+
+def test_a_resold_alias_on_two_accelerators_is_split_exactly(
+    resold: tuple[ApiKey, ApiKey],
+) -> None:
+    """A route that moved (another accelerator label in the same month): the (tenant,
+    alias)'s actual cost and estimate are split over its rows by their serving cost, and
+    add up to the alias's figures exactly."""
+    key_a, _ = resold
+    a = str(key_a.tenant_id)
+    account = ProviderAccount.objects.get()
+    moved = rate("mini", "moved", output_usd="4")
+    via = {"alias": "mini", "upstream_model": "o4-mini", "provider_account_id": account.pk}
+    write_usage(key_a, at(DAY), moved, output_tokens=M, **via)  # type: ignore[arg-type]
+    period = Period(OCT, datetime(2026, 11, 1, tzinfo=UTC))
+    rows = {r.key: r for r in margin_report(period=period)}
+    here, there = rows[(a, "mini", "")], rows[(a, "mini", "moved")]
+    [alias] = [
+        r
+        for r in margin_report(period=period, group_by=("tenant", "alias"))
+        if r.key == (a, "mini")
+    ]
+    assert (here.cost_usd, there.cost_usd) == (Decimal(5), Decimal(4))
+    assert here.provider_cost_usd is not None and there.provider_cost_usd is not None
+    assert here.provider_cost_usd + there.provider_cost_usd == alias.provider_cost_usd
+    assert abs(here.provider_cost_usd * 4 - there.provider_cost_usd * 5) < Decimal("1e-22")
+    assert here.provider_cost_difference_usd is not None
+    assert there.provider_cost_difference_usd is not None
+    assert (
+        here.provider_cost_difference_usd + there.provider_cost_difference_usd
+        == alias.provider_cost_difference_usd
+    )
