@@ -27,6 +27,7 @@ Invariants:
   secret (account names and key ids are the operator's own labels).
 """
 
+import secrets
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
@@ -36,10 +37,13 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import URLValidator
 from django.db import transaction
 
 from billing.alert_delivery import alert_deliver_task
 from billing.models import Alert, OperatorEndpoint
+from config.errors import ApplicationError
 from metering.models import ProviderAccount, ReconciliationRow
 
 # uuid5 namespace of reconciliation alert event ids (fixed: changing it would re-fire all).
@@ -192,3 +196,18 @@ def reconciliation_alerts_evaluate(*, account_id: int, days: list[date]) -> list
 def reconciliation_rows_changed(account_id: int, days: list[date]) -> None:
     """The handler billing registers with metering.reconcile.hooks (see the module doc)."""
     reconciliation_alerts_evaluate(account_id=account_id, days=days)
+
+
+@transaction.atomic
+def operator_endpoint_set(*, url: str) -> tuple[OperatorEndpoint, str]:
+    """Make `url` the operator's endpoint with a new signing secret, returned once (the
+    previous endpoint is kept, inactive). Alerts still pending are sent to the new one."""
+    try:
+        URLValidator(schemes=["http", "https"])(url)
+    except ValidationError:
+        raise ApplicationError("The endpoint must be an http(s) URL.") from None
+    if len(url) > OperatorEndpoint._meta.get_field("url").max_length:  # type: ignore[operator]
+        raise ApplicationError("The endpoint URL is too long.")
+    OperatorEndpoint.objects.select_for_update().filter(is_active=True).update(is_active=False)
+    secret = "whsec_" + secrets.token_urlsafe(32)
+    return OperatorEndpoint.objects.create(url=url, secret=secret), secret

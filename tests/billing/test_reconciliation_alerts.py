@@ -1,6 +1,7 @@
 """Reconciliation alerts: which rows fire, once per (account, day, model, key, status),
 delivered signed to the operator's endpoint, never shown to a tenant."""
 
+import io
 import json
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
@@ -8,11 +9,12 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.db import IntegrityError, transaction
 from django.test import Client
 from rest_framework.test import APIClient
 
-from billing.alert_delivery import alert_deliver, alert_payload
+from billing.alert_delivery import AlertDeliveryFailed, alert_deliver, alert_payload
 from billing.models import Alert, OperatorEndpoint, WebhookEndpoint
 from billing.reconciliation_alerts import event_id_of, reconciliation_alerts_evaluate
 from metering.models import ProviderAccount, ReconciliationRow
@@ -261,3 +263,25 @@ def test_admin_lists_reconciliation_alerts_by_kind_with_the_alert_permission(
     assert denied.get("/admin/billing/alert/").status_code == 403
     assert denied.get("/admin/billing/operatorendpoint/").status_code == 403
     assert allowed.get("/admin/billing/operatorendpoint/").status_code == 200
+
+
+def test_operator_endpoint_set_rotates_and_signs_with_the_new_secret(
+    account: ProviderAccount,
+    receiver: Receiver,  # noqa: F811
+) -> None:
+    out = io.StringIO()
+    call_command("operator_endpoint_set", receiver.url + "/old", stdout=out)
+    first = out.getvalue().strip()
+    call_command("operator_endpoint_set", receiver.url, stdout=(out := io.StringIO()))
+    secret = out.getvalue().strip()
+    assert secret.startswith("whsec_") and secret != first
+    assert OperatorEndpoint.objects.filter(is_active=True).get().url == receiver.url
+    assert OperatorEndpoint.objects.count() == 2  # the old one kept, inactive
+    with pytest.raises(CommandError, match="http"):
+        call_command("operator_endpoint_set", "ftp://example.com/x")
+    row(account, ours=0, theirs=9, status=Status.MISSING_IN_LEDGER)
+    [alert] = reconciliation_alerts_evaluate(account_id=account.pk, days=[DAY])
+    # the receiver checks the fixture's secret: signed with the new one, it is refused
+    with pytest.raises(AlertDeliveryFailed, match="400"):
+        alert_deliver(alert_id=alert.pk)
+    assert receiver.bad_signatures == 1 and receiver.accepted == []
