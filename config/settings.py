@@ -8,6 +8,7 @@ and REDIS_URL=redis-cluster://host:port (a Redis Cluster, config/redis_clients.p
 
 import os
 import warnings
+from decimal import Decimal
 from pathlib import Path
 
 import dj_database_url
@@ -451,7 +452,12 @@ RECKON_HOLD_CAP_MIN_SAMPLES = int(os.environ.get("RECKON_HOLD_CAP_MIN_SAMPLES", 
 
 # Reconciliation alerts: a settled day's class whose |relative drift| (drift / theirs) is
 # at least this fires an operator alert (exact decimal text; missing-in-ledger always fires).
-RECKON_RECON_ALERT_RELATIVE = os.environ.get("RECKON_RECON_ALERT_RELATIVE", "0.01")
+try:
+    RECKON_RECON_ALERT_RELATIVE = Decimal(os.environ.get("RECKON_RECON_ALERT_RELATIVE", "0.01"))
+except ArithmeticError:
+    raise ValueError("RECKON_RECON_ALERT_RELATIVE must be a decimal number") from None
+if not (RECKON_RECON_ALERT_RELATIVE.is_finite() and RECKON_RECON_ALERT_RELATIVE >= 0):
+    raise ValueError("RECKON_RECON_ALERT_RELATIVE must be finite and not negative")
 
 # The embedded SQLite mode cannot enforce "one tenant-wide limit" (NULLS NOT DISTINCT);
 # PostgreSQL, the production database, does.
