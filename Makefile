@@ -6,7 +6,7 @@ PY := .venv/bin/python
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: setup run test lint bench bench-billing bench-usage bench-control bench-control-cluster bench-ledger bench-archive bench-reconcile bench-cpu bench-compare services chaos
+.PHONY: setup run test lint bench bench-billing bench-usage bench-control bench-control-cluster bench-ledger bench-archive bench-reconcile bench-provider-costs bench-cpu bench-compare services chaos
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -53,6 +53,10 @@ bench-usage: setup services
 
 bench-control: setup services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) bench/control_bench.py
+
+# Actual provider cost in the margin report: make bench-provider-costs PROVIDER_COSTS_BENCH_ARGS='--tenants 1000'
+bench-provider-costs: setup services
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) bench/provider_costs_bench.py $(PROVIDER_COSTS_BENCH_ARGS)
 
 # Archive: export, verify, drop and restore of a ledger month, in a scratch database.
 bench-archive: setup services

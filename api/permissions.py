@@ -110,7 +110,9 @@ ROLES: Mapping[str, frozenset[str]] = {
         | _model_perms("metering", ["route", "spendlimit", "ratelimit", "reasoningpolicy"], ALL)
         | _model_perms("metering", ["usagerollup", "servingcostrate", "holdcap"], VIEW)
         | _model_perms("billing", ["plan", "planversion", "subscription"], EDIT)
-        | _model_perms("billing", ["pricecomponent", "pricetier", "webhookendpoint"], ALL)
+        | _model_perms(
+            "billing", ["pricecomponent", "pricetier", "webhookendpoint", "operatorendpoint"], ALL
+        )
         | _model_perms("billing", ["costbasisversion", "marginpolicy", "deployment"], EDIT)
         | _model_perms("billing", ["acceleratortype", "calibrationrun"], VIEW)
     ),

@@ -1,4 +1,6 @@
-"""Delivery of budget alerts as signed webhooks (the alerts are recorded by billing.alerts).
+"""Delivery of alerts as signed webhooks: budget alerts (recorded by billing.alerts) to
+their tenant's endpoint, reconciliation alerts (billing.reconciliation_alerts) to the
+operator's endpoint.
 
 Invariants:
 - delivery takes the alert row's lock and never sends an alert recorded as delivered, so
@@ -28,13 +30,14 @@ from celery import Task, shared_task
 from django.db import transaction
 from django.utils import timezone
 
-from billing.models import Alert, WebhookEndpoint
+from billing.models import Alert, OperatorEndpoint, WebhookEndpoint
 from config.celery import RELIABLE_TASK, TRANSIENT_ERRORS
 from config.errors import ApplicationError
 
 logger = logging.getLogger(__name__)
 
 EVENT_TYPE = "budget.threshold_crossed"
+RECONCILIATION_EVENT_TYPE = "reconciliation.discrepancy"
 DELIVERY_TIMEOUT_S = 10
 SIGNATURE_TOLERANCE_S = 300
 # How much of a receiver's error response is kept in last_error.
@@ -93,6 +96,13 @@ def _exact(value: Decimal) -> str:
 
 def alert_payload(alert: Alert) -> dict[str, Any]:
     """The webhook body (also the shape receivers document)."""
+    if alert.kind == Alert.Kind.RECONCILIATION:
+        return {
+            "id": str(alert.event_id),
+            "type": RECONCILIATION_EVENT_TYPE,
+            "created": int(alert.created_at.timestamp()),
+            "data": {"description": alert.description, **alert.details},
+        }
     return {
         "id": str(alert.event_id),
         "type": EVENT_TYPE,
@@ -156,8 +166,18 @@ def webhook_post(url: str, body: bytes, headers: dict[str, str]) -> int:
     return status
 
 
+def _endpoint_of(alert: Alert) -> WebhookEndpoint | OperatorEndpoint | None:
+    """A budget alert goes to its tenant's active endpoint, a reconciliation alert to the
+    operator's; never one to the other."""
+    if alert.kind == Alert.Kind.RECONCILIATION:
+        return OperatorEndpoint.objects.filter(is_active=True).first()
+    if alert.tenant_id is None:
+        return None
+    return WebhookEndpoint.objects.filter(tenant_id=alert.tenant_id, is_active=True).first()
+
+
 def alert_deliver(*, alert_id: int) -> str:
-    """Deliver one alert to its tenant's active endpoint, at most once successfully.
+    """Deliver one alert to its active endpoint (the tenant's or the operator's), at most once successfully.
 
     The alert row stays locked while it is sent, so a concurrent or duplicated delivery
     waits and then finds it delivered. A failure is recorded (attempts, last_error) and
@@ -167,7 +187,7 @@ def alert_deliver(*, alert_id: int) -> str:
         alert = Alert.objects.select_for_update().get(pk=alert_id)
         if alert.delivery in _FINAL:
             return alert.delivery
-        endpoint = WebhookEndpoint.objects.filter(tenant_id=alert.tenant_id, is_active=True).first()
+        endpoint = _endpoint_of(alert)
         if endpoint is None:  # removed or deactivated since the alert fired
             alert.delivery = Alert.Delivery.NO_ENDPOINT
             alert.save(update_fields=["delivery"])

@@ -156,8 +156,11 @@ def budgets_of(tenant_id: uuid.UUID, at: datetime) -> list[Budget]:
 def alerts_for_tenant(
     *, tenant_id: uuid.UUID, budget: str | None = None, since: datetime | None = None
 ) -> QuerySet[Alert]:
-    """The tenant's alerts (the usage API lists them newest first)."""
-    alerts = Alert.objects.filter(tenant_id=tenant_id)
+    """The tenant's alerts (the usage API lists them newest first): budget alerts only,
+    never the operator's (reconciliation alerts have no tenant)."""
+    alerts = Alert.objects.filter(
+        kind=Alert.Kind.BUDGET, tenant_id__isnull=False, tenant_id=tenant_id
+    )
     if budget:
         alerts = alerts.filter(budget=budget)
     if since is not None:

@@ -634,8 +634,40 @@ class WebhookEndpoint(models.Model):
         return f"webhook of {self.tenant}: {self.url}"
 
 
+class OperatorEndpoint(models.Model):
+    """Where the operator's alerts (reconciliation) are delivered, signed with `secret`.
+
+    Kept apart from tenants' `WebhookEndpoint`s on purpose: every tenant query filters
+    that model by tenant, and an operator row there (tenant NULL) would be one
+    `filter(tenant_id=None)` away from a tenant's path. At most one is active."""
+
+    url = models.URLField(max_length=500)
+    # Kept to sign deliveries (it cannot be hashed); shown masked in the admin.
+    secret = models.CharField(max_length=100)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_active"],
+                condition=Q(is_active=True),
+                name="one_active_operator_endpoint",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"operator webhook: {self.url}"
+
+
 class Alert(models.Model):
-    """A budget or balance crossed a threshold: fired once per (budget, period, threshold)."""
+    """A budget or balance crossed a threshold (a tenant's alert: fired once per (budget,
+    period, threshold)), or reconciliation found the ledger and a provider's report apart
+    (an operator's alert, tenant NULL: fired once per event_id, a uuid5 of its key)."""
+
+    class Kind(models.TextChoices):
+        BUDGET = "budget", "Budget"
+        RECONCILIATION = "reconciliation", "Reconciliation"
 
     class Delivery(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -644,7 +676,11 @@ class Alert(models.Model):
         NO_ENDPOINT = "no_endpoint", "No webhook configured"
 
     event_id = models.UUIDField(unique=True)
-    tenant = models.ForeignKey("metering.Tenant", on_delete=models.CASCADE, related_name="alerts")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.BUDGET)
+    # The tenant of a budget alert; NULL for the operator's (reconciliation) alerts.
+    tenant = models.ForeignKey(
+        "metering.Tenant", on_delete=models.CASCADE, related_name="alerts", null=True, blank=True
+    )
     # Which budget: "spend_limit:<id>", "balance", "reasoning_budget:plan", "reasoning_budget:key:<id>".
     budget = models.CharField(max_length=100)
     description = models.CharField(max_length=300)
@@ -659,6 +695,9 @@ class Alert(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     delivered_at = models.DateTimeField(null=True, blank=True)
     last_error = models.CharField(max_length=500, blank=True)
+    # A reconciliation alert's facts (account, day, model, key, status, classes with
+    # ours/theirs/drift as exact text); empty for budget alerts.
+    details = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -666,7 +705,14 @@ class Alert(models.Model):
             models.UniqueConstraint(
                 fields=["tenant", "budget", "period", "threshold"], name="alert_once_per_period"
             ),
+            models.CheckConstraint(
+                condition=Q(kind="budget", tenant__isnull=False)
+                | Q(kind="reconciliation", tenant__isnull=True),
+                name="alert_tenant_by_kind",
+            ),
         ]
 
     def __str__(self) -> str:
+        if self.kind == self.Kind.RECONCILIATION:
+            return f"reconciliation {self.period} {self.description}"
         return f"{self.tenant} {self.budget} {self.period} {self.threshold}%"

@@ -11,13 +11,22 @@ Revenue is the period's rating (the invoice's figures for a closed period) alloc
 fees that belong to no alias (base fee, minimum true-up) are reported under "(fees)".
 Each line's exact amount is split exactly, the remainder going to the last share.
 Costs are the exact serving costs stamped on the records (summed in rollups).
+
+Routes served through a provider account (resold) also show the provider's actual cost:
+`provider_cost_usd` is the reported cost allocated to the row's tenants and aliases
+(billing.costs.provider_costs states how), `provider_cost_difference_usd` that minus the
+list-price estimate of the same usage (the resold part of `cost_usd`). Both are None for
+a row with no resold usage, and while any (day, model) of the row's resold usage is still
+pending reconciliation. Reported cost beyond what we forwarded is never spread onto
+tenants: each account has an "(unattributed)" row of its own. Routes on our own
+accelerators keep the hardware cost basis alone.
 """
 
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
-from decimal import Decimal
+from datetime import UTC, datetime
+from decimal import Decimal, localcontext
 
 from billing.costs.catalogue import (
     CannotPrice,
@@ -28,6 +37,7 @@ from billing.costs.catalogue import (
     deployment_in_force,
 )
 from billing.costs.margins import Margins, floor_price, gross_margin, margin_policy_in_force
+from billing.costs.provider_costs import EXACT, provider_costs, split_exact
 from billing.models import Deployment, Subscription
 from billing.period_rating import period_rate
 from billing.pricing.periods import Period
@@ -38,6 +48,7 @@ from metering.selectors import ServedTotals, served_totals
 from metering.usage import TOKEN_CLASSES
 
 FEES = "(fees)"
+UNATTRIBUTED = "(unattributed)"
 GROUPINGS = ("tenant", "alias", "accelerator")
 
 
@@ -45,13 +56,38 @@ GROUPINGS = ("tenant", "alias", "accelerator")
 class MarginRow:
     key: tuple[str, ...]
     revenue_usd: Decimal = Decimal(0)
-    cost_usd: Decimal = Decimal(0)
+    cost_usd: Decimal = Decimal(0)  # the estimate: serving cost stamped on the records
     reasoning_cost_usd: Decimal = Decimal(0)
     tokens: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    # "usage" (fees included), or "unattributed": provider cost beyond what we forwarded
+    kind: str = "usage"
+    # Resold usage: the provider's actual cost allocated to the row, the list-price
+    # estimate of the same usage, and whether some of it is still pending.
+    resold: bool = False
+    provider_actual_usd: Decimal = Decimal(0)
+    provider_estimate_usd: Decimal = Decimal(0)
+    provider_pending: bool = False
 
     @property
     def gross_margin(self) -> Decimal | None:
         return gross_margin(self.revenue_usd, self.cost_usd)
+
+    @property
+    def provider_cost_usd(self) -> Decimal | None:
+        """The provider's reported cost of the row's resold usage; None when it has none
+        or some of it is still pending."""
+        if not self.resold or self.provider_pending:
+            return None
+        return self.provider_actual_usd
+
+    @property
+    def provider_cost_difference_usd(self) -> Decimal | None:
+        """Actual minus the list-price estimate of the same (resold) usage."""
+        actual = self.provider_cost_usd
+        if actual is None:
+            return None
+        with localcontext(EXACT):
+            return actual - self.provider_estimate_usd
 
     @property
     def reasoning_share_of_cost(self) -> Decimal | None:
@@ -117,7 +153,56 @@ def margin_report(
                 weights, _split(line.amount_exact, [w for _, w in weights]), strict=True
             ):
                 row_for(tenant_id, s.alias, s.accelerator).revenue_usd += share
+    _add_provider_costs(period, served, group_by, rows)
     return sorted(rows.values(), key=lambda r: r.key)
+
+
+def _add_provider_costs(
+    period: Period,
+    served: list[ServedTotals],
+    group_by: tuple[str, ...],
+    rows: dict[tuple[str, ...], MarginRow],
+) -> None:
+    """Each account's actual cost, allocated per (tenant, alias), onto the rows. A (tenant,
+    alias) served on several accelerators in the period (a route that moved) has its
+    actual cost and estimate split across those rows by their serving cost, exactly."""
+    by_payer: dict[tuple[uuid.UUID, str], list[ServedTotals]] = defaultdict(list)
+    for s in served:
+        by_payer[(s.tenant_id, s.alias)].append(s)
+
+    def keyed(values: dict[str, str]) -> MarginRow:
+        key = tuple(values[g] for g in group_by)
+        return rows.setdefault(key, MarginRow(key))
+
+    start, end = period.start.astimezone(UTC).date(), period.end.astimezone(UTC).date()
+    with localcontext(EXACT):
+        for costs in provider_costs(start=start, end=end):
+            for payer in sorted(costs.used, key=lambda p: (str(p[0]), p[1])):
+                tenant_id, alias = payer
+                places = by_payer.get(payer) or []
+                weights = [s.serving_cost_usd for s in places]
+                if not any(weights):
+                    weights = [Decimal(1)] * max(len(places), 1)
+                accelerators = [s.accelerator for s in places] or [""]
+                pending = costs.payer_pending(payer)
+                actual, estimate = [costs.parts.get(payer, Decimal(0))], [costs.estimates[payer]]
+                if len(weights) > 1:  # a route that moved between accelerators
+                    actual = split_exact(actual[0], weights)
+                    estimate = split_exact(estimate[0], weights)
+                for accelerator, part, guess in zip(accelerators, actual, estimate, strict=True):
+                    row = keyed(
+                        {"tenant": str(tenant_id), "alias": alias, "accelerator": accelerator}
+                    )
+                    row.resold = True
+                    row.provider_actual_usd += part
+                    row.provider_estimate_usd += guess
+                    row.provider_pending = row.provider_pending or pending
+            label = f"{UNATTRIBUTED} {costs.account.name}"
+            row = keyed({"tenant": UNATTRIBUTED, "alias": label, "accelerator": label})
+            row.kind = "unattributed"
+            row.resold = True
+            row.provider_actual_usd += costs.unattributed
+            row.provider_pending = row.provider_pending or costs.unattributed_pending
 
 
 @dataclass(frozen=True)
@@ -153,6 +238,7 @@ def whatif(
         r
         for r in report
         if r.key[1] != FEES
+        and r.kind == "usage"
         and (tenant_id is None or r.key[0] == str(tenant_id))
         and (alias is None or r.key[1] == alias)
     ]

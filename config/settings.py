@@ -480,6 +480,14 @@ if RECKON_RECON_TOLERANCE_TOKENS < 0 or not (
     raise ValueError("RECKON_RECON_TOLERANCE_* must be finite and not negative")
 # A day's rows stay `pending` while the import still re-reads it (its end +
 # RECKON_PROVIDER_REPORT_SETTLE_DAYS, above).
+# Reconciliation alerts: a settled day's class whose |relative drift| (drift / theirs) is
+# at least this fires an operator alert (exact decimal text; missing-in-ledger always fires).
+try:
+    RECKON_RECON_ALERT_RELATIVE = Decimal(os.environ.get("RECKON_RECON_ALERT_RELATIVE", "0.01"))
+except ArithmeticError:
+    raise ValueError("RECKON_RECON_ALERT_RELATIVE must be a decimal number") from None
+if not (RECKON_RECON_ALERT_RELATIVE.is_finite() and RECKON_RECON_ALERT_RELATIVE >= 0):
+    raise ValueError("RECKON_RECON_ALERT_RELATIVE must be finite and not negative")
 
 # The embedded SQLite mode cannot enforce "one tenant-wide limit" (NULLS NOT DISTINCT);
 # PostgreSQL, the production database, does.

@@ -21,6 +21,8 @@ MARGIN_FIGURES = (
     "gross_margin",
     "reasoning_cost_usd",
     "reasoning_share_of_cost",
+    "provider_cost_usd",
+    "provider_cost_difference_usd",
 )
 
 
@@ -138,8 +140,43 @@ def margin_row_data(row: MarginRow) -> dict[str, Any]:
         "gross_margin": _ratio_text(row.gross_margin),
         "reasoning_cost_usd": decimal_text(row.reasoning_cost_usd),
         "reasoning_share_of_cost": _ratio_text(row.reasoning_share_of_cost),
+        "provider_cost_usd": decimal_text_or_none(row.provider_cost_usd),
+        "provider_cost_difference_usd": decimal_text_or_none(row.provider_cost_difference_usd),
         "tokens": dict(row.tokens),
     }
+
+
+class MarginRowOutput(serializers.Serializer):
+    """One row of the margin report (amounts are exact decimal text)."""
+
+    key = serializers.ListField(
+        child=serializers.CharField(),
+        help_text='the group_by values; "(fees)" for fees of no alias, "(unattributed)" '
+        "(tenant) for provider cost beyond what Reckon forwarded, per account",
+    )
+    revenue_usd = serializers.CharField()
+    cost_usd = serializers.CharField(
+        help_text="serving cost stamped on the records: the hardware cost basis, or for a "
+        "resold route the list-price estimate"
+    )
+    gross_margin = serializers.CharField(allow_null=True)
+    reasoning_cost_usd = serializers.CharField()
+    reasoning_share_of_cost = serializers.CharField(allow_null=True)
+    provider_cost_usd = serializers.CharField(
+        allow_null=True,
+        help_text="resold routes: the provider's reported cost allocated to this row; null "
+        "for our own accelerators and while a day of the row is pending reconciliation",
+    )
+    provider_cost_difference_usd = serializers.CharField(
+        allow_null=True,
+        help_text="provider_cost_usd minus the list-price estimate of the same resold usage",
+    )
+    tokens = serializers.DictField(child=serializers.IntegerField())
+
+
+class MarginReportOutput(serializers.Serializer):
+    group_by = serializers.ListField(child=serializers.CharField())
+    rows = MarginRowOutput(many=True)
 
 
 def whatif_data(result: WhatIf) -> dict[str, Any]:

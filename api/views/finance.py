@@ -27,6 +27,7 @@ from api.serializers.finance import (
     DeploymentInput,
     MarginPolicyInput,
     MarginQuery,
+    MarginReportOutput,
     WhatIfQuery,
     decimal_text_or_none,
     margin_row_data,
@@ -150,7 +151,7 @@ def _margin_rows(request: Request) -> tuple[dict[str, Any], list[MarginRow]]:
 class MarginReportView(APIView):
     permission_classes = [staff_only(GET=MARGINS_VIEW)]
 
-    @extend_schema(parameters=[MarginQuery])
+    @extend_schema(parameters=[MarginQuery], responses=MarginReportOutput)
     @reporting_reads()
     def get(self, request: Request) -> Response:
         query, rows = _margin_rows(request)
@@ -162,7 +163,7 @@ class MarginReportView(APIView):
 class MarginReportCsvView(FileDownloadView):
     permission_classes = [staff_only(GET=MARGINS_VIEW)]
 
-    @extend_schema(parameters=[MarginQuery])
+    @extend_schema(parameters=[MarginQuery], responses={(200, "text/csv"): str})
     @reporting_reads()
     def get(self, request: Request) -> HttpResponse:
         query, rows = _margin_rows(request)

@@ -1,4 +1,6 @@
-"""Alert webhook endpoints and the alerts sent to them (redelivery on demand)."""
+"""Alert webhook endpoints (tenants' and the operator's) and the alerts sent to them
+(redelivery on demand); reconciliation alerts are listed beside budget alerts (filter by
+kind)."""
 
 from django.contrib import admin
 from django.db.models import QuerySet
@@ -8,8 +10,14 @@ from billing import permissions as perm
 from billing.alert_delivery import alert_deliver_task
 from billing.models import (
     Alert,
+    OperatorEndpoint,
     WebhookEndpoint,
 )
+
+
+def _masked(secret: str) -> str:
+    # enough to tell secrets apart, never enough to sign with
+    return f"{secret[:4]}…" if len(secret) >= 16 else "…"
 
 
 @admin.register(WebhookEndpoint)
@@ -20,16 +28,29 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
 
     @admin.display(description="Secret")
     def masked_secret(self, obj: WebhookEndpoint) -> str:
-        # enough to tell secrets apart, never enough to sign with
-        return f"{obj.secret[:4]}…" if len(obj.secret) >= 16 else "…"
+        return _masked(obj.secret)
+
+
+@admin.register(OperatorEndpoint)
+class OperatorEndpointAdmin(admin.ModelAdmin):
+    """The operator's endpoint for reconciliation alerts (at most one active)."""
+
+    list_display = ["url", "masked_secret", "is_active", "created_at"]
+    list_filter = ["is_active"]
+
+    @admin.display(description="Secret")
+    def masked_secret(self, obj: OperatorEndpoint) -> str:
+        return _masked(obj.secret)
 
 
 @admin.register(Alert)
 class AlertAdmin(admin.ModelAdmin):
     list_display = [
         "created_at",
+        "kind",
         "tenant",
         "budget",
+        "description",
         "period",
         "threshold",
         "used",
@@ -39,8 +60,8 @@ class AlertAdmin(admin.ModelAdmin):
         "attempts",
         "delivered_at",
     ]
-    list_filter = ["delivery", "budget"]
-    search_fields = ["tenant__name", "budget", "event_id"]
+    list_filter = ["kind", "delivery", "budget"]
+    search_fields = ["tenant__name", "budget", "event_id", "description"]
     readonly_fields = [f.name for f in Alert._meta.fields]
     actions = ["redeliver"]
 
