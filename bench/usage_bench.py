@@ -129,6 +129,7 @@ def prepare(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
     from django.core.management import call_command
     from django.db import connection
 
+    from metering.ledger.partitions import partition_create
     from metering.ledger.rollups import (
         rollup_hourly_sql,
         rollup_upsert_sql,
@@ -137,6 +138,7 @@ def prepare(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
     from metering.services import api_key_create, tenant_create
 
     call_command("migrate", verbosity=0)
+    partition_create(START)  # the migration makes the current month's partition and ahead
     tenants = [tenant_create(name="big")] + [
         tenant_create(name=f"other-{i}") for i in range(OTHER_TENANTS)
     ]

@@ -145,12 +145,15 @@ class UsageRecord(models.Model):
     accelerator = models.CharField(max_length=100, blank=True)
     # The provider account the route's upstream key belonged to when served (null: none,
     # e.g. our own accelerators): what reconciliation compares with that account's
-    # reports. A stamp, like the ids above: no database foreign key.
+    # reports. A stamp, like the ids above: no database foreign key, and DO_NOTHING, not
+    # PROTECT, so deleting an account never loads its records (PROTECT would read every
+    # one). Routes and reconciliation rows still protect an account in use; accounts are
+    # deactivated, not deleted.
     provider_account = models.ForeignKey(
         "ProviderAccount",
         null=True,
         blank=True,
-        on_delete=models.PROTECT,
+        on_delete=models.DO_NOTHING,
         related_name="+",
         db_index=False,
         db_constraint=False,

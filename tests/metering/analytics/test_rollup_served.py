@@ -19,6 +19,7 @@ from metering.ledger.rollups import usage_rollup_shards_fold
 from tests.metering.analytics.usage_world import (
     T0,
     as_ledger_rows,
+    assert_forwarded_as_raw,
     assert_limits_read_as_raw,
     assert_rollups_serve_as_raw,
     instants,
@@ -28,6 +29,7 @@ from tests.metering.analytics.usage_world import (
     windows,
     write_orm,
 )
+from tests.usage_helpers import rollups_vs_raw_scan
 
 pytestmark = pytest.mark.skipif(
     connection.vendor != "postgresql", reason="the PostgreSQL paths (SQLite: test_sqlite.py)"
@@ -66,6 +68,8 @@ def test_rollup_served_usage_equals_a_raw_scan(  # type: ignore[no-untyped-def]
         assert_rollups_serve_as_raw(tenant, keys, window, alias, key_index)
         assert_rollups_serve_as_raw(tenant, keys, (None, None), None, None)
         assert_limits_read_as_raw(tenant, keys, limits_since)
+    rollups_vs_raw_scan()  # per full rollup key, unanswered requests included
+    assert_forwarded_as_raw()
 
 
 @pytest.mark.django_db

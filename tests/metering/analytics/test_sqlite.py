@@ -1,7 +1,8 @@
 """The embedded default (SQLite), in a process of its own on a fresh database file:
-migration 0014 rebuilds old rollups, and a smaller run of the property that
-rollup-served usage summaries and series equal a plain aggregate of the raw records, and
-limits the plain sum of a tenant's or key's records."""
+migration 0014 rebuilds old rollups (and 0018 after it), and a smaller run of the property
+that rollup-served usage summaries and series equal a plain aggregate of the raw records,
+limits the plain sum of a tenant's or key's records, rollups a raw scan per full key, and
+what reconciliation reads of a provider account its stamped records."""
 
 import os
 import subprocess
@@ -32,9 +33,10 @@ assert {r.changed_xid for r in rows} == {209, 210, 211}
 assert sum(r.requests + r.flagged_requests for r in rows) == 6
 
 from tests.metering.analytics.usage_world import (
-    as_ledger_rows, assert_limits_read_as_raw, assert_rollups_serve_as_raw, records,
-    tenants_with_keys, whole_hours, windows, write_orm,
+    as_ledger_rows, assert_forwarded_as_raw, assert_limits_read_as_raw,
+    assert_rollups_serve_as_raw, records, tenants_with_keys, whole_hours, windows, write_orm,
 )
+from tests.usage_helpers import rollups_vs_raw_scan
 
 
 @settings(max_examples=25, deadline=None, database=None)
@@ -52,6 +54,8 @@ def rollups_serve_as_raw(drawn, window, alias, key_index, limits_since):
         assert_rollups_serve_as_raw(tenant, keys, window, alias, key_index)
         assert_rollups_serve_as_raw(tenant, keys, (None, None), None, None)
         assert_limits_read_as_raw(tenant, keys, limits_since)
+    rollups_vs_raw_scan()
+    assert_forwarded_as_raw()
 
 
 rollups_serve_as_raw()

@@ -9,12 +9,13 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Count, F, QuerySet, Sum
+from django.db.models import Count, F, Q, QuerySet, Sum
 from django.db.models.functions import Trunc
 from hypothesis import strategies as st
 
 from metering.ledger.orm import usage_records_write
 from metering.models import ApiKey, Tenant, UsageRecord
+from metering.reconcile.ours import ForwardedRow, forwarded_usage
 from metering.selectors import (
     GRANULARITIES,
     GROUPINGS,
@@ -30,6 +31,7 @@ from tests.usage_helpers import record_for
 
 T0 = datetime(2026, 11, 29, 21, tzinfo=UTC)  # a month's end inside the span
 SPAN_HOURS = 72
+ACCOUNTS = (1, 2)  # provider account stamps (no foreign key: the ids need no rows)
 HOUR_US = 3_600_000_000
 
 # An instant: on an hour, a microsecond either side of one, or anywhere in it.
@@ -59,6 +61,11 @@ records = st.lists(
             # uncosted.
             "spend": st.none() | st.integers(0, 10**7).map(lambda n: Decimal(n) / 1024),
             "shard": st.integers(0, 3),
+            # the route's provider account as served (None: none), its upstream model,
+            # and how the call ended (the last two: the upstream did not answer)
+            "account": st.sampled_from([None, *ACCOUNTS]),
+            "model": st.sampled_from(["m", "m-2"]),
+            "status": st.sampled_from(["completed", "incomplete", "upstream_error", "failed"]),
         }
     ),
     min_size=0,
@@ -117,6 +124,9 @@ def as_ledger_rows(world: list[tuple[Tenant, list[ApiKey]]], drawn: list[dict[st
             started_at=r["started_at"],
             finished_at=r["started_at"],
             spend_usd=r.get("spend"),
+            provider_account_id=r.get("account"),
+            upstream_model=r.get("model", "m"),
+            status=r.get("status", "completed"),
             **tokens,
         )
         rows.append((r["shard"], row))
@@ -252,3 +262,41 @@ def assert_limits_read_as_raw(tenant: Tenant, keys: list[ApiKey], since: datetim
         assert reasoning_tokens_since(
             tenant_id=tenant.pk, api_key_id=key_id, since=reasoning_from
         ) == (raw_reasoning or 0)
+
+
+def assert_forwarded_as_raw() -> None:
+    """What reconciliation reads of each provider account (`forwarded_usage`, from the
+    rollups) over every day of the span equals a plain aggregate of the raw records
+    stamped with it: per UTC day, upstream model, tenant and alias, the answered
+    requests (every record but upstream errors and failures), the tokens of flagged and
+    unflagged records, the serving cost of the unflagged ones."""
+    start = T0.date() - timedelta(days=1)
+    end = (T0 + timedelta(hours=SPAN_HOURS)).date() + timedelta(days=1)
+    for account in ACCOUNTS:
+        rows = (
+            UsageRecord.objects.filter(provider_account_id=account)
+            .annotate(day=Trunc("started_at", "day", tzinfo=UTC))
+            .values("day", "upstream_model", "tenant_id", "alias")
+            .annotate(
+                answered=Count("id", filter=~Q(status__in=["upstream_error", "failed"])),
+                cost=Sum("serving_cost_usd", filter=Q(flags=[])),
+                **{name: Sum(name) for name in COUNTED},
+            )
+            .order_by()
+        )
+        expected = sorted(
+            (
+                ForwardedRow(
+                    day=row["day"].date(),
+                    upstream_model=row["upstream_model"],
+                    tenant_id=row["tenant_id"],
+                    alias=row["alias"],
+                    requests=row["answered"],
+                    **{name: row[name] for name in COUNTED},
+                    serving_cost_usd=row["cost"] or Decimal(0),
+                )
+                for row in rows
+            ),
+            key=lambda r: (r.day, r.upstream_model, r.tenant_id, r.alias),
+        )
+        assert forwarded_usage(account_id=account, start=start, end=end) == expected, account

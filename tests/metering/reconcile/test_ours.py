@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 from django.conf import settings as django_settings
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from config.db_router import REPLICA
 from metering.ledger.orm import usage_records_write
-from metering.models import ApiKey, ProviderAccount, ServingCostRate, UsageRollup
+from metering.models import ApiKey, ProviderAccount, ServingCostRate, UsageRecord, UsageRollup
 from metering.reconcile.ours import ForwardedRow, forwarded_usage
 from tests.factories import ApiKeyFactory
 from tests.usage_helpers import usage_row
@@ -165,3 +166,19 @@ def test_forwarded_usage_is_a_reporting_read(settings) -> None:  # type: ignore[
     assert [r.requests for r in forwarded_usage(**window)] == [4]
     settings.RECKON_REPLICA_READS = False
     assert forwarded_usage(**window) == []
+
+
+@pytest.mark.django_db
+def test_deleting_an_account_never_reads_the_ledger() -> None:
+    """The record stamp does not protect its account (PROTECT would load every stamped
+    record first); the records keep their stamp, and so does what they rolled up to."""
+    org = account("org-gone")
+    org_id = org.pk
+    key = ApiKeyFactory()
+    usage_records_write([served(key, DAY, org_id)])
+    with CaptureQueriesContext(connection) as queries:
+        org.delete()
+    assert not [q for q in queries if "metering_usagerecord" in q["sql"]]
+    assert list(UsageRecord.objects.values_list("provider_account_id", flat=True)) == [org_id]
+    window = {"start": DAY.date(), "end": DAY.date() + timedelta(1)}
+    assert [r.requests for r in forwarded_usage(account_id=org_id, **window)] == [1]
