@@ -783,3 +783,47 @@ class ReconciliationRow(models.Model):
         return (
             f"{self.account_id} {self.day} {self.upstream_model} {self.token_class} {self.status}"
         )
+
+
+class UpstreamKeyPeriod(models.Model):
+    """The provider account and upstream key id a route declared over a span of time:
+    reconciliation attributes a day's usage to the key in force then, so rotating a key
+    does not turn the old key's history into a leak (decision 0116, review B2).
+
+    Written only by `metering.services.route_key_period_record` (route_set, the route
+    admin): at most one open period (valid_until NULL) per route; a change of account or
+    key closes it and opens the next at the same instant. valid_from NULL is the
+    beginning of time (the periods seeded by migration 0020 for the routes that existed).
+    """
+
+    route = models.ForeignKey(Route, on_delete=models.CASCADE, related_name="key_periods")
+    provider_account = models.ForeignKey(
+        "ProviderAccount",
+        on_delete=models.PROTECT,
+        related_name="key_periods",
+        null=True,
+        blank=True,
+    )
+    upstream_key_id = models.CharField(max_length=200, blank=True)
+    valid_from = models.DateTimeField(null=True, blank=True)
+    valid_until = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["route", "valid_from"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["route"],
+                condition=models.Q(valid_until__isnull=True),
+                name="upstream_key_period_one_open",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["provider_account", "valid_from"], name="upstream_key_period_acct"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.route_id} {self.upstream_key_id or '-'} [{self.valid_from}, {self.valid_until})"
+        )
