@@ -2,6 +2,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
@@ -32,7 +33,13 @@ from metering.providers.accounts import (
     model_map_validate,
 )
 from metering.routes import base_url_normalize
-from metering.services import api_key_create, api_key_revoke, route_warnings
+from metering.services import (
+    api_key_create,
+    api_key_revoke,
+    route_key_history_seed,
+    route_key_period_record,
+    route_warnings,
+)
 
 
 @admin.register(Tenant)
@@ -167,8 +174,13 @@ class RouteAdmin(admin.ModelAdmin):
     list_select_related = ["provider_account"]
     search_fields = ["alias", "upstream_model", "upstream_key_id"]
 
+    @transaction.atomic
     def save_model(self, request: HttpRequest, obj: Route, form: Any, change: bool) -> None:
+        # The key history (reconciliation): kept by the same services as route_set.
+        if obj.pk is not None:
+            route_key_history_seed(route_id=obj.pk)
         super().save_model(request, obj, form, change)
+        route_key_period_record(route=obj)
         for warning in route_warnings(route=obj):
             self.message_user(request, warning, messages.WARNING)
 

@@ -18,7 +18,7 @@ from django.utils import timezone
 from config.errors import ApplicationError, Conflict, NotFound
 from metering.keys import api_key_generate, api_key_hash, api_key_visible_prefix
 from metering.ledger.record import Rates
-from metering.models import ApiKey, Route, ServingCostRate, Tenant
+from metering.models import ApiKey, Route, ServingCostRate, Tenant, UpstreamKeyPeriod
 from metering.providers.accounts import provider_account_get
 from metering.routes import base_url_normalize, route_unreachable_warning
 from metering.usage import COST_RATE_FIELDS
@@ -114,10 +114,14 @@ def route_set(
             provider=provider, provider_account=provider_account, upstream_key_id=upstream_key_id
         ),
     }
+    existing = Route.objects.filter(alias=alias.strip()).values_list("pk", flat=True).first()
+    if existing is not None:
+        route_key_history_seed(route_id=existing)
     try:
         route, _ = Route.objects.update_or_create(alias=alias.strip(), defaults=values)
     except IntegrityError as exc:  # a concurrent create of the same alias
         raise Conflict(f"Route {alias!r} was changed concurrently; try again.") from exc
+    route_key_period_record(route=route)
     return route
 
 
@@ -161,11 +165,60 @@ def route_provider_account_set(
     fields = _route_account_fields(
         provider=route.provider, provider_account=provider_account, upstream_key_id=upstream_key_id
     )
+    route_key_history_seed(route_id=route.pk)
     for name, value in fields.items():
         setattr(route, name, value)
     if fields:
         route.save(update_fields=[*fields, "updated_at"])
+    route_key_period_record(route=route)
     return route
+
+
+@transaction.atomic
+def route_key_period_record(*, route: Route, now: datetime | None = None) -> None:
+    """Record the provider account and upstream key id `route` declares (as saved) from
+    `now` on (`UpstreamKeyPeriod`): with `route_key_history_seed`, the one writer of the
+    history reconciliation reads. Call the seed before changing a saved route, this after.
+
+    Idempotent: when the open period already says the same, nothing is written. Otherwise
+    the open period ends at `now` and the next opens there; a route with neither account
+    nor key gets no new period. A route with no history at all (a new route) opens its
+    first period at the beginning of time (valid_from NULL): nothing was served on it
+    under another key."""
+    at = now or timezone.now()
+    Route.objects.select_for_update().filter(pk=route.pk).first()
+    current = UpstreamKeyPeriod.objects.filter(route=route, valid_until=None).first()
+    wanted = (route.provider_account_id, route.upstream_key_id)
+    if current is not None and (current.provider_account_id, current.upstream_key_id) == wanted:
+        return
+    has_history = current is not None or UpstreamKeyPeriod.objects.filter(route=route).exists()
+    if current is not None:
+        if current.valid_from is not None and current.valid_from >= at:
+            current.delete()  # superseded at the instant it began: nothing was served on it
+        else:
+            current.valid_until = at
+            current.save(update_fields=["valid_until"])
+    if wanted == (None, ""):
+        return
+    UpstreamKeyPeriod.objects.create(
+        route=route,
+        provider_account_id=route.provider_account_id,
+        upstream_key_id=route.upstream_key_id,
+        valid_from=at if has_history else None,
+    )
+
+
+def route_key_history_seed(*, route_id: int) -> None:
+    """Before a saved route changes: a route with no key history (made before it existed,
+    or written without these services) gets one open period from the beginning of time
+    with what it declares now, so the change that follows closes it instead of erasing
+    it. The rule migration 0020 applies."""
+    if UpstreamKeyPeriod.objects.filter(route_id=route_id).exists():
+        return
+    row = Route.objects.filter(pk=route_id).values("provider_account_id", "upstream_key_id").first()
+    if row is None or (row["provider_account_id"] is None and not row["upstream_key_id"]):
+        return
+    UpstreamKeyPeriod.objects.create(route_id=route_id, valid_from=None, **row)
 
 
 def route_warnings(*, route: Route) -> list[str]:

@@ -2,8 +2,10 @@
 
 Metering does not import billing. Billing registers a handler at start-up (from its
 AppConfig.ready) with `register_rows_changed_handler`; reconciliation calls
-`rows_changed` after it commits new or changed rows for an account's days, and billing
-evaluates its alerts and actual costs for them. With none registered nothing happens.
+`rows_changed` after every run commits, with ALL the days that run reconciled, whether
+their rows changed or not (the name is historical), and billing evaluates its alerts for
+them. Handlers must be idempotent (billing's alerts are, through uuid5 event ids): the
+same days come again every hour. With none registered nothing happens.
 """
 
 import datetime as dt
@@ -12,7 +14,7 @@ from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
-# (provider account id, the UTC days whose rows changed) -> None
+# (provider account id, the UTC days reconciled) -> None
 RowsChangedHandler = Callable[[int, list[dt.date]], None]
 
 _handlers: list[RowsChangedHandler] = []
@@ -24,10 +26,12 @@ def register_rows_changed_handler(handler: RowsChangedHandler) -> None:
 
 
 def rows_changed(account_id: int, days: list[dt.date]) -> None:
-    """Tell billing which days changed; called after the rows' transaction committed.
+    """Tell billing which days were reconciled; called after the rows' transaction
+    committed (by the hourly sync and by `manage.py reconcile`).
 
-    A handler's failure is logged and does not undo the rows: the handlers are
-    idempotent and the next run calls them again for the same days.
+    A handler's failure (or a worker killed before this runs) is logged and does not undo
+    the rows: the next run that reconciles the same days calls the handlers again for
+    them, changed or not, so nothing the handler would have done is lost for good.
     """
     for handler in list(_handlers):
         try:

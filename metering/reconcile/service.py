@@ -6,34 +6,46 @@ records; the report's side from the imported usage buckets. The pure comparison 
 `metering.reconcile.compare`.
 
 Invariants:
-- Groups. Ours are keyed by the upstream model the records were served with and, through
-  the account's *current* routes, by the key id the alias's route declares
-  (`Route.upstream_key_id`); theirs by the report's model, mapped through
-  `ProviderAccount.model_map`, and the report's `api_key_id`. A (day, model) is compared
-  per key only when every alias that served it declares a key id, every current route of
-  the account on that model does, and the report is grouped by key; otherwise it is
-  compared summed over keys (`api_key_id` ''). In per-key mode a key id no route declares
-  has no usage of ours: its rows are `missing_in_ledger` (a leaked key or a bypass).
-  A route moved to another key takes its history with it: routes are read as they are now.
+- Groups. Ours are keyed by the upstream model the records were served with and by the
+  key id the alias's route declared *that day* (`UpstreamKeyPeriod`, the route's key
+  history); theirs by the report's model, mapped through `ProviderAccount.model_map`,
+  and the report's `api_key_id`. A (day, model) is compared per key only when every
+  alias that served it had exactly one key in force all day, every route of the account
+  with a period on that day serving the model did too, and the report is grouped by
+  key; otherwise it is compared summed over keys (`api_key_id` ''). A reported key that
+  was in force at some time of the day, or within KEY_EDGE_SLACK (1 h, a bucket) of its
+  edges, without being an alias's one key all day (a rotation that day or at midnight)
+  also makes the (day, model) summed. So in per-key mode a reported key that no route of
+  the account had in force on the day has no usage of ours: its rows are
+  `missing_in_ledger` (a leaked key or a bypass). A rotation splits the history at its
+  instant: days before it compare the old key, days after it the new one, and usage
+  reported on the old key days after the rotation is a leak. (A key that was an alias's
+  one key all day with no usage of ours at all is `missing_in_ledger` too: the key was
+  used outside Reckon.)
 - Buckets. A day is read at one bucket width, the finest the import stored for it, so a
   window imported at 1h and again at 1d is never counted twice.
 - Settling. A day is `pending` until RECKON_PROVIDER_REPORT_SETTLE_DAYS whole days after
-  its end, the window over which the import re-reads the report
-  (`metering.providers.importer.provider_import_window`).
+  its end and, as long as the import still re-reads it, until none of its buckets
+  changed for the import's CHANGE_SETTLE (`day_settled`, the one rule; billing reads the
+  row statuses; `metering.providers.importer.provider_import_window`).
 - Writes are idempotent. Rows are upserted on their key (account, day, model, key,
   class) under a lock on the account; a row whose values did not change is not written;
   a row of the days recomputed that no longer has ours or theirs (the report dropped a
   group, a route's key changed) is deleted, since rows are derived data recomputed in
   place and the report's history is kept in `ProviderBucketRevision`. After the commit,
-  `hooks.rows_changed` gets exactly the days whose rows were created, changed or
-  deleted, so a recompute that changes nothing tells billing nothing.
+  `hooks.rows_changed` gets every day of the run, changed or not (billing's alerts are
+  idempotent; an alert lost to a failed handler or a killed worker fires on the next
+  run); `ReconcileResult.changed_days` still says which changed.
 - Errors, disconnects, cut streams (counted by the rollups, `ForwardedRow`): upstream
   errors and failures are not requests of ours (they were not answered), their recorded
   tokens, usually 0, count; a client disconnect counts in full (the proxy drained the
   upstream); a cut stream counts the usage seen up to the cut, so the provider may report
-  more. Rows that do not match carry `explain`: the counts and tokens of the group's
+  more. Rows of a settled day that do not match carry `explain`: the counts and tokens of the group's
   incomplete, client-disconnected, failed and upstream-error records, read from the raw
-  ledger while the day's month is in the database.
+  ledger while the day's month is in the database; a day still settling is never
+  explained (the hourly run would scan today's raw records).
+- Ours are read from the primary, not the replica: a lagging replica would make a key
+  first used in the lag look like a leak.
 """
 
 from __future__ import annotations
@@ -48,16 +60,19 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Max, Q, Sum
 
 from metering.models import (
     LedgerArchive,
     ProviderAccount,
+    ProviderCostBucket,
     ProviderUsageBucket,
     ReconciliationRow,
     Route,
+    UpstreamKeyPeriod,
     UsageRecord,
 )
+from metering.providers.importer import CHANGE_SETTLE
 from metering.reconcile.compare import (
     Comparison,
     Ours,
@@ -86,6 +101,10 @@ _EXPLAIN_TOKENS = (
     "output_tokens",
     "reasoning_tokens",
 )
+# A key in force this close to a day's edge may still have usage in the day's first or
+# last bucket (a request that began before a rotation and ended after it is reported at
+# the provider's time): such a key makes the day's model compared summed, never a leak.
+KEY_EDGE_SLACK = dt.timedelta(hours=1)
 # Rows with these statuses on a settled day need no explanation.
 _NOTHING_TO_EXPLAIN = frozenset({Status.MATCHED, Status.NOT_COMPARED})
 # The fields of a row that a recompute may change (besides `computed_at`).
@@ -131,10 +150,42 @@ def day_start(day: dt.date) -> dt.datetime:
     return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
 
 
-def day_settled(*, day: dt.date, now: dt.datetime) -> bool:
-    """Whether the report of `day` no longer settles: SETTLE_DAYS whole days after its end."""
-    settle = dt.timedelta(days=1 + settings.RECKON_PROVIDER_REPORT_SETTLE_DAYS)
-    return now >= day_start(day) + settle
+def day_settled(*, day: dt.date, now: dt.datetime, last_changed: dt.datetime | None = None) -> bool:
+    """Whether the report of `day` no longer settles (the one rule: row statuses, and
+    billing through them): RECKON_PROVIDER_REPORT_SETTLE_DAYS whole days after its end,
+    and none of its buckets changed within the import's CHANGE_SETTLE before `now` (the
+    import keeps re-reading such a day, `provider_import_window`). `last_changed`: the
+    latest `changed_at` of the day's buckets (`days_last_changed`)."""
+    settle = dt.timedelta(days=1 + max(0, int(settings.RECKON_PROVIDER_REPORT_SETTLE_DAYS)))
+    if now < day_start(day) + settle:
+        return False
+    return last_changed is None or now >= last_changed + CHANGE_SETTLE
+
+
+def days_last_changed(
+    *, account: ProviderAccount, days: Iterable[dt.date]
+) -> dict[dt.date, dt.datetime]:
+    """The latest `changed_at` of the account's usage and cost buckets per UTC day."""
+    wanted = sorted(set(days))
+    if not wanted:
+        return {}
+    query = Q()
+    for start, end in day_runs(wanted):
+        query |= Q(bucket_start__gte=day_start(start), bucket_start__lt=day_start(end))
+    out: dict[dt.date, dt.datetime] = {}
+    for model in (ProviderUsageBucket, ProviderCostBucket):
+        found = (
+            model.objects.filter(query, account=account)  # type: ignore[attr-defined]
+            .values_list("bucket_start")
+            .annotate(last=Max("changed_at"))
+            .order_by()
+        )
+        for bucket_start, last in found:
+            day = _utc_day(bucket_start)
+            if day in out and out[day] >= last:
+                continue
+            out[day] = last
+    return {day: last for day, last in out.items() if day in set(wanted)}
 
 
 def day_runs(days: Iterable[dt.date]) -> list[tuple[dt.date, dt.date]]:
@@ -155,18 +206,112 @@ def reconcile_account_days(
     wanted = sorted(set(days))
     forwarded: list[ForwardedRow] = []
     for start, end in day_runs(wanted):
-        forwarded.extend(forwarded_usage(account_id=account.pk, start=start, end=end))
-    routes = list(Route.objects.filter(provider_account=account))
+        # Ours from the primary (review S9): rows and alerts are written from it, and a
+        # lagging replica would show a key first used in the lag as a leak. Inside a
+        # transaction `reporting_reads` reads the primary (config.db_router).
+        with transaction.atomic():
+            forwarded.extend(forwarded_usage(account_id=account.pk, start=start, end=end))
+    changed = days_last_changed(account=account, days=wanted)
     computed = rows_compute(
         account=account,
         days=wanted,
         forwarded=forwarded,
-        routes=routes,
+        periods=key_periods_of(account=account),
         buckets=_buckets_of(account=account, days=wanted),
-        now=now,
+        settled={d: day_settled(day=d, now=now, last_changed=changed.get(d)) for d in wanted},
         tolerance=tolerance_from_settings(),
     )
     return _rows_write(account=account, days=wanted, computed=computed, now=now)
+
+
+@dataclass(frozen=True)
+class KeyPeriod:
+    """A span over which a route (its alias, serving its upstream model) declared an
+    upstream key id on the account ('' none); None bounds are open."""
+
+    alias: str
+    upstream_model: str
+    upstream_key_id: str
+    valid_from: dt.datetime | None
+    valid_until: dt.datetime | None
+
+    def overlaps(self, *, start: dt.datetime, end: dt.datetime) -> bool:
+        return (self.valid_from is None or self.valid_from < end) and (
+            self.valid_until is None or self.valid_until > start
+        )
+
+    def covers(self, *, start: dt.datetime, end: dt.datetime) -> bool:
+        return (self.valid_from is None or self.valid_from <= start) and (
+            self.valid_until is None or self.valid_until >= end
+        )
+
+
+def key_periods_of(*, account: ProviderAccount) -> list[KeyPeriod]:
+    """The account's key history (`UpstreamKeyPeriod`); a route on the account with no
+    history at all reads as one open period of what it declares now (migration 0020's
+    rule: the only key known)."""
+    periods = [
+        KeyPeriod(
+            alias=p.route.alias,
+            upstream_model=p.route.upstream_model,
+            upstream_key_id=p.upstream_key_id,
+            valid_from=p.valid_from,
+            valid_until=p.valid_until,
+        )
+        for p in UpstreamKeyPeriod.objects.filter(provider_account=account).select_related("route")
+    ]
+    unrecorded = Route.objects.filter(provider_account=account).exclude(
+        pk__in=UpstreamKeyPeriod.objects.values("route_id")
+    )
+    periods.extend(
+        KeyPeriod(
+            alias=r.alias,
+            upstream_model=r.upstream_model,
+            upstream_key_id=r.upstream_key_id,
+            valid_from=None,
+            valid_until=None,
+        )
+        for r in unrecorded
+    )
+    return periods
+
+
+@dataclass(frozen=True)
+class _DayKeys:
+    """Which keys a day's usage is attributed to (see the module docstring)."""
+
+    # alias -> its one key, in force all day (aliases not here are compared summed)
+    alias_key: dict[str, str]
+    # the upstream models of routes without one key all day: compared summed
+    summed_models: frozenset[str]
+    # keys in force at some time of the day (with KEY_EDGE_SLACK) but not all day
+    partial_keys: frozenset[str]
+
+
+def _day_keys(periods: Sequence[KeyPeriod], day: dt.date) -> _DayKeys:
+    start, end = day_start(day), day_start(day) + dt.timedelta(days=1)
+    by_alias: dict[str, list[KeyPeriod]] = defaultdict(list)
+    for period in periods:
+        if period.overlaps(start=start, end=end):
+            by_alias[period.alias].append(period)
+    alias_key: dict[str, str] = {}
+    summed_models: set[str] = set()
+    for alias, spans in by_alias.items():
+        only = spans[0]
+        if len(spans) == 1 and only.upstream_key_id and only.covers(start=start, end=end):
+            alias_key[alias] = only.upstream_key_id
+        else:
+            summed_models |= {p.upstream_model for p in spans}
+    near = {
+        p.upstream_key_id
+        for p in periods
+        if p.upstream_key_id and p.overlaps(start=start - KEY_EDGE_SLACK, end=end + KEY_EDGE_SLACK)
+    }
+    return _DayKeys(
+        alias_key=alias_key,
+        summed_models=frozenset(summed_models),
+        partial_keys=frozenset(near - set(alias_key.values())),
+    )
 
 
 # --- computing -----------------------------------------------------------------------------
@@ -192,6 +337,7 @@ class BucketCounts:
 class ComputedRow:
     key: GroupKey
     comparison: Comparison
+    settled: bool
     report_revision: int
     # The aliases and tenants whose records make up our side (for `explain`).
     aliases: frozenset[str]
@@ -228,30 +374,37 @@ def rows_compute(
     account: ProviderAccount,
     days: Sequence[dt.date],
     forwarded: Sequence[ForwardedRow],
-    routes: Sequence[Route],
+    periods: Sequence[KeyPeriod],
     buckets: Sequence[BucketCounts],
-    now: dt.datetime,
+    settled: dict[dt.date, bool],
     tolerance: Tolerance,
 ) -> list[ComputedRow]:
-    """The rows of `days`, without reading or writing anything (see the module docstring)."""
+    """The rows of `days`, without reading or writing anything (see the module docstring).
+    `settled`: `day_settled` of each day."""
     provider = Provider(account.provider)
     in_days = set(days)
-    alias_keys = {r.alias: r.upstream_key_id for r in routes if r.upstream_key_id}
     model_map: dict[str, str] = account.model_map or {}
+    day_keys = {day: _day_keys(periods, day) for day in in_days}
 
     # (day, model) compared summed over keys
     summed: set[tuple[dt.date, str]] = set()
-    unkeyed_route_models = {r.upstream_model for r in routes if not r.upstream_key_id}
     ours_rows = [r for r in forwarded if r.day in in_days]
     for row in ours_rows:
-        if row.upstream_model in unkeyed_route_models or not alias_keys.get(row.alias):
+        keys = day_keys[row.day]
+        if row.upstream_model in keys.summed_models or row.alias not in keys.alias_key:
             summed.add((row.day, row.upstream_model))
 
     chosen = _buckets_at_finest_width(b for b in buckets if _utc_day(b.bucket_start) in in_days)
     for bucket in chosen:
+        day = _utc_day(bucket.bucket_start)
+        keys = day_keys[day]
         model = model_map.get(bucket.model, bucket.model)
-        if not bucket.api_key_id or model in unkeyed_route_models:
-            summed.add((_utc_day(bucket.bucket_start), model))
+        if (
+            not bucket.api_key_id
+            or model in keys.summed_models
+            or bucket.api_key_id in keys.partial_keys
+        ):
+            summed.add((day, model))
 
     def key_of(day: dt.date, model: str, key_id: str) -> GroupKey:
         return (day, model, "" if (day, model) in summed else key_id)
@@ -260,7 +413,7 @@ def rows_compute(
     aliases: dict[GroupKey, set[str]] = defaultdict(set)
     tenants: dict[GroupKey, set[uuid.UUID]] = defaultdict(set)
     for row in ours_rows:
-        key = key_of(row.day, row.upstream_model, alias_keys.get(row.alias, ""))
+        key = key_of(row.day, row.upstream_model, day_keys[row.day].alias_key.get(row.alias, ""))
         total = sums[key]
         total[0] += row.requests
         total[1] += row.input_tokens
@@ -293,7 +446,7 @@ def rows_compute(
             provider=provider,
             ours=ours.get(key, Ours()),
             theirs=found.theirs if found else None,
-            settled=day_settled(day=key[0], now=now),
+            settled=settled[key[0]],
             tolerance=tolerance,
         )
         for comparison in comparisons:
@@ -301,6 +454,7 @@ def rows_compute(
                 ComputedRow(
                     key=key,
                     comparison=comparison,
+                    settled=settled[key[0]],
                     report_revision=found.revision if found else 0,
                     aliases=frozenset(aliases.get(key, ())),
                     tenants=frozenset(tenants.get(key, ())),
@@ -331,11 +485,12 @@ def _buckets_at_finest_width(buckets: Iterable[BucketCounts]) -> list[BucketCoun
 def _explanations(
     *, account: ProviderAccount, rows: Sequence[ComputedRow]
 ) -> dict[GroupKey, dict[str, Any]]:
-    """`explain` for each group with a row that does not match: one query per day, on the
-    ledger's (tenant, started_at) index through the group's tenants."""
+    """`explain` for each group of a settled day with a row that does not match: one query
+    per day, on the ledger's (tenant, started_at) index through the group's tenants. Never
+    for a day still settling (review S8): the hourly run would read today's raw records."""
     wanted: dict[GroupKey, ComputedRow] = {}
     for row in rows:
-        if row.comparison.verdict not in _NOTHING_TO_EXPLAIN:
+        if _explained(row):
             wanted.setdefault(row.key, row)
     archived = set(
         LedgerArchive.objects.filter(state=LedgerArchive.State.DROPPED).values_list(
@@ -379,6 +534,10 @@ def _explanations(
                         entry[name] += record[name] or 0
             out[row.key] = {"source": "ledger", **total}
     return out
+
+
+def _explained(row: ComputedRow) -> bool:
+    return row.settled and row.comparison.status not in _NOTHING_TO_EXPLAIN
 
 
 _ANY_EXPLAINED = Q(
@@ -434,9 +593,7 @@ def _rows_write(
                 "status": comparison.status.value,
                 "reasoning": comparison.reasoning,
                 "drift_equals_reasoning": comparison.drift_equals_reasoning,
-                "explain": {}
-                if comparison.verdict in _NOTHING_TO_EXPLAIN
-                else explanations.get(row.key, {}),
+                "explain": explanations.get(row.key, {}) if _explained(row) else {},
                 "report_revision": row.report_revision,
             }
             current = existing.pop((day, model, key_id, comparison.token_class.value), None)
@@ -469,8 +626,11 @@ def _rows_write(
         if stale:
             ReconciliationRow.objects.filter(pk__in=[r.pk for r in stale]).delete()
             changed_days |= {r.day for r in stale}
-        if changed_days:
-            account_id, told = account.pk, sorted(changed_days)
+        # Every day of the run, changed or not (review B1): a handler that failed, or a
+        # worker killed after the commit, is made good by the next run; the handlers are
+        # idempotent.
+        account_id, told = account.pk, list(days)
+        if told:
             transaction.on_commit(lambda: rows_changed(account_id, told))
     return ReconcileResult(
         account_id=account.pk,

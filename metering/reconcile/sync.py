@@ -4,7 +4,8 @@ days that can have changed (decision 0116, "Import algorithm" step 5).
 The days reconciled are the import window's (the settling days and today), the days whose
 buckets the import changed, and the days whose rows are still `pending` but have settled
 since the last run (so their final status is written once, the run after they leave the
-window). Usage the ledger records late for a day outside these is picked up by the next
+window). Billing is told every day reconciled, changed or not (`hooks.rows_changed`), so
+an alert lost to a failed handler fires on the next run. Usage the ledger records late for a day outside these is picked up by the next
 `manage.py reconcile` of its month. Both steps are idempotent, so a run may repeat.
 """
 
@@ -19,7 +20,12 @@ from metering.providers.importer import (
     provider_import_window,
     provider_reports_import,
 )
-from metering.reconcile.service import ReconcileResult, day_settled, reconcile_account_days
+from metering.reconcile.service import (
+    ReconcileResult,
+    day_settled,
+    days_last_changed,
+    reconcile_account_days,
+)
 
 
 @dataclass(frozen=True)
@@ -39,14 +45,16 @@ def provider_account_sync(*, account: ProviderAccount, now: dt.datetime) -> Sync
         first + dt.timedelta(days=n)
         for n in range((now.astimezone(dt.UTC).date() - first).days + 1)
     }
-    settled = {
-        day
-        for day in ReconciliationRow.objects.filter(
+    pending = set(
+        ReconciliationRow.objects.filter(
             account=account, status=ReconciliationRow.Status.PENDING, day__lt=first
         )
         .values_list("day", flat=True)
         .distinct()
-        if day_settled(day=day, now=now)
+    )
+    changed = days_last_changed(account=account, days=pending)
+    settled = {
+        day for day in pending if day_settled(day=day, now=now, last_changed=changed.get(day))
     }
     reconciled = reconcile_account_days(
         account=account, days=window | imported.changed_days | settled, now=now
