@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+import time_machine
 
 from metering.models import ProviderAccount, ReconciliationRow, Route
 from metering.providers.importer import ProviderImportError
@@ -78,6 +79,13 @@ def account(fake: FakeProviderAdmin) -> ProviderAccount:
     return account
 
 
+def sync_at(account: ProviderAccount, now: datetime):  # type: ignore[no-untyped-def]
+    """A sync as the hourly run at `now` does it: the importer's clock (which stamps the
+    buckets' `changed_at`) reads `now` too."""
+    with time_machine.travel(now):
+        return provider_account_sync(account=account, now=now)
+
+
 def statuses(account: ProviderAccount) -> dict[str, str]:
     return dict(
         ReconciliationRow.objects.filter(account=account, day=DAY).values_list(
@@ -90,16 +98,16 @@ def test_a_day_is_pending_in_the_window_and_final_the_run_after_it_settles(
     account, told, django_capture_on_commit_callbacks
 ) -> None:  # type: ignore[no-untyped-def]
     with django_capture_on_commit_callbacks(execute=True):
-        first = provider_account_sync(account=account, now=datetime(2026, 10, 7, 18, tzinfo=UTC))
+        first = sync_at(account, datetime(2026, 10, 7, 18, tzinfo=UTC))
     assert first.imported.changed > 0 and DAY in first.reconciled.changed_days
     assert set(statuses(account).values()) == {"pending", "not_compared"}
     # three closed days later the day is still re-read (and pending)
     with django_capture_on_commit_callbacks(execute=True):
-        provider_account_sync(account=account, now=datetime(2026, 10, 10, 23, tzinfo=UTC))
+        sync_at(account, datetime(2026, 10, 10, 23, tzinfo=UTC))
     assert set(statuses(account).values()) == {"pending", "not_compared"}
     # out of the window: its rows are written final once
     with django_capture_on_commit_callbacks(execute=True):
-        last = provider_account_sync(account=account, now=datetime(2026, 10, 11, 1, tzinfo=UTC))
+        last = sync_at(account, datetime(2026, 10, 11, 1, tzinfo=UTC))
     assert DAY in last.reconciled.changed_days
     assert statuses(account) == {
         "requests": "matched",
@@ -108,10 +116,12 @@ def test_a_day_is_pending_in_the_window_and_final_the_run_after_it_settles(
         "cache_write": "not_compared",
         "output": "matched",
     }
-    assert [days for _, days in told].count([DAY]) == 2  # created, then settled
+    # billing is told every reconciled day each run (B1): DAY while in the window, then
+    # the run that writes it final
+    assert [DAY in days for _, days in told] == [True, True, True]
     with django_capture_on_commit_callbacks(execute=True):
-        again = provider_account_sync(account=account, now=datetime(2026, 10, 11, 2, tzinfo=UTC))
-    assert again.reconciled.changed_days == ()  # final: billing is not told again
+        again = sync_at(account, datetime(2026, 10, 11, 2, tzinfo=UTC))
+    assert again.reconciled.changed_days == ()  # final: no row changes again
 
 
 def test_the_beat_task_fans_out_to_active_accounts_as_of_one_instant(account, fake, told) -> None:  # type: ignore[no-untyped-def]
@@ -119,9 +129,11 @@ def test_the_beat_task_fans_out_to_active_accounts_as_of_one_instant(account, fa
         name="off", provider="openai", admin_key_env="UNSET_VAR", is_active=False
     )
     fake.drop_reasoning = True
-    assert provider_reports_sync_due(as_of="2026-10-08T00:30:00+00:00") == 1
+    with time_machine.travel(datetime(2026, 10, 8, 0, 30, tzinfo=UTC)):
+        assert provider_reports_sync_due(as_of="2026-10-08T00:30:00+00:00") == 1
     assert statuses(account)["output"] == "pending"
-    assert provider_reports_sync_due(as_of="2026-10-11T00:30:00+00:00") == 1
+    with time_machine.travel(datetime(2026, 10, 11, 0, 30, tzinfo=UTC)):
+        assert provider_reports_sync_due(as_of="2026-10-11T00:30:00+00:00") == 1
     output = ReconciliationRow.objects.get(account=account, day=DAY, token_class="output")
     assert (output.ours, output.theirs, output.drift, output.status) == (100, 30, -70, "drift")
     assert output.drift_equals_reasoning
