@@ -20,7 +20,8 @@ Invariants:
   `|drift| <= max(tokens, relative x theirs)` is exact Decimal arithmetic.
 - Statuses, in order of precedence:
   1. `not_compared`: the provider does not report the class (or sent no value for it).
-  2. `missing_in_ledger`: the group has no usage of ours at all and theirs > 0: the
+  2. `missing_in_ledger`: the group has no record of ours at all (answered or not) and
+     theirs > 0: the
      provider billed a model or key we never proxied. It shows at once, even while the
      day settles, because settling can add usage but never explain it away.
   3. `pending`: the day is still inside the settling window; `verdict` keeps what the
@@ -91,6 +92,9 @@ class Ours:
     cache_write_tokens: int = 0
     output_tokens: int = 0  # visible only
     reasoning_tokens: int = 0
+    # every record forwarded, answered or not (an upstream error or failure is a record
+    # of ours even with no tokens)
+    records: int = 0
 
     def __add__(self, other: Ours) -> Ours:
         return Ours(
@@ -100,12 +104,16 @@ class Ours:
             self.cache_write_tokens + other.cache_write_tokens,
             self.output_tokens + other.output_tokens,
             self.reasoning_tokens + other.reasoning_tokens,
+            self.records + other.records,
         )
 
     @property
     def is_empty(self) -> bool:
+        """No record of ours at all: not even one the upstream did not answer (review
+        S10: a group whose only usage is unanswered requests is not a leak)."""
         return not any(
             (
+                self.records,
                 self.requests,
                 self.input_tokens,
                 self.cached_input_tokens,

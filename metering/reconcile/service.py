@@ -207,10 +207,8 @@ def reconcile_account_days(
     forwarded: list[ForwardedRow] = []
     for start, end in day_runs(wanted):
         # Ours from the primary (review S9): rows and alerts are written from it, and a
-        # lagging replica would show a key first used in the lag as a leak. Inside a
-        # transaction `reporting_reads` reads the primary (config.db_router).
-        with transaction.atomic():
-            forwarded.extend(forwarded_usage(account_id=account.pk, start=start, end=end))
+        # lagging replica would show a key first used in the lag as a leak.
+        forwarded.extend(forwarded_usage(account_id=account.pk, start=start, end=end, primary=True))
     changed = days_last_changed(account=account, days=wanted)
     computed = rows_compute(
         account=account,
@@ -409,7 +407,7 @@ def rows_compute(
     def key_of(day: dt.date, model: str, key_id: str) -> GroupKey:
         return (day, model, "" if (day, model) in summed else key_id)
 
-    sums: dict[GroupKey, list[int]] = defaultdict(lambda: [0] * 6)
+    sums: dict[GroupKey, list[int]] = defaultdict(lambda: [0] * 7)
     aliases: dict[GroupKey, set[str]] = defaultdict(set)
     tenants: dict[GroupKey, set[uuid.UUID]] = defaultdict(set)
     for row in ours_rows:
@@ -421,6 +419,7 @@ def rows_compute(
         total[3] += row.cache_write_tokens
         total[4] += row.output_tokens
         total[5] += row.reasoning_tokens
+        total[6] += row.records
         aliases[key].add(row.alias)
         tenants[key].add(row.tenant_id)
     ours = {key: Ours(*total) for key, total in sums.items()}
