@@ -107,6 +107,39 @@ def test_drift_of_another_size_is_not_the_reasoning_signature() -> None:
     assert output.status is Status.DRIFT and not output.drift_equals_reasoning
 
 
+def test_a_report_counting_the_reasoning_twice_is_not_the_dropped_reasoning_signature() -> None:
+    # drift == +reasoning (the provider counts 700 more) is not "the report drops it"
+    theirs = Theirs(requests=3, input_uncached=1050, cache_read=200, output=1700)
+    output = by_class(
+        compare_group(
+            provider=Provider.OPENAI, ours=OURS, theirs=theirs, settled=True, tolerance=EXACT
+        )
+    )[TokenClass.OUTPUT]
+    assert output.drift == OURS.reasoning_tokens == 700
+    assert output.status is Status.DRIFT and not output.drift_equals_reasoning
+
+
+def test_a_group_whose_only_records_were_unanswered_is_not_missing_in_ledger() -> None:
+    # every request of the day got an upstream error: no answered request, no token, but
+    # records of ours; the provider counts them (0116 open question 1)
+    unanswered = Ours(records=4)
+    theirs = Theirs(requests=4, input_uncached=120, cache_read=0, output=0)
+    rows = by_class(
+        compare_group(
+            provider=Provider.OPENAI, ours=unanswered, theirs=theirs, settled=True, tolerance=EXACT
+        )
+    )
+    assert rows[TokenClass.REQUESTS].status is Status.DRIFT
+    assert rows[TokenClass.INPUT_UNCACHED].status is Status.DRIFT
+    assert Status.MISSING_IN_LEDGER not in {r.status for r in rows.values()}
+    nothing = by_class(
+        compare_group(
+            provider=Provider.OPENAI, ours=Ours(), theirs=theirs, settled=True, tolerance=EXACT
+        )
+    )
+    assert nothing[TokenClass.REQUESTS].status is Status.MISSING_IN_LEDGER
+
+
 @pytest.mark.parametrize(
     ("theirs", "tolerance", "status"),
     [

@@ -7,6 +7,8 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from metering.models import (
     ProviderAccount,
@@ -15,6 +17,7 @@ from metering.models import (
     ReconciliationRow,
     Route,
 )
+from metering.providers.importer import CHANGE_SETTLE
 from metering.reconcile import hooks
 from metering.reconcile.service import day_settled, reconcile_account_days
 from tests.factories import ApiKeyFactory
@@ -456,3 +459,60 @@ def test_only_the_account_s_own_usage_and_days_count(openai, anthropic, told) ->
     reconcile_account_days(account=openai, days=[DAY], now=SETTLED)
     assert {r.status for r in rows(openai).values()} == {"matched", "not_compared"}
     assert set(ReconciliationRow.objects.values_list("day", flat=True)) == {DAY}
+
+
+def test_a_day_the_import_still_re_reads_is_pending_past_the_settling_days(openai, told) -> None:  # type: ignore[no-untyped-def]
+    """Review S6: the provider revised a bucket of the day recently, so the import keeps
+    re-reading it (CHANGE_SETTLE) and its rows stay pending (no drift alert on an
+    intermediate value); settled once the buckets stop changing for CHANGE_SETTLE."""
+    route(openai, "reasoner", "gpt-r", "key_a")
+    use(openai, "reasoner", "gpt-r", input_tokens=100, output_tokens=30)
+    revised = SETTLED - timedelta(hours=1)  # revised an hour before the run
+    bucket(openai, "gpt-r", "key_a", at=T0, requests=1, input_uncached_tokens=100, output_tokens=45)
+    ProviderUsageBucket.objects.filter(account=openai).update(changed_at=revised)
+    assert not day_settled(day=DAY, now=SETTLED, last_changed=revised)
+    reconcile_account_days(account=openai, days=[DAY], now=SETTLED)
+    output = rows(openai)[("gpt-r", "key_a", "output")]
+    assert (output.drift, output.status, output.explain) == (15, "pending", {})
+    later = revised + CHANGE_SETTLE
+    assert day_settled(day=DAY, now=later, last_changed=revised)
+    reconcile_account_days(account=openai, days=[DAY], now=later)
+    assert rows(openai)[("gpt-r", "key_a", "output")].status == "drift"
+
+
+def test_a_pending_day_is_never_explained_from_the_raw_ledger(openai, told) -> None:  # type: ignore[no-untyped-def]
+    """Review S8: today's rows nearly always differ (the report lags); explaining them
+    would read today's raw records every hour."""
+    route(openai, "reasoner", "gpt-r", "key_a")
+    use(openai, "reasoner", "gpt-r", input_tokens=100, output_tokens=30, status="incomplete")
+    bucket(openai, "gpt-r", "key_a", requests=1, input_uncached_tokens=100, output_tokens=99)
+    with CaptureQueriesContext(connection) as queries:
+        reconcile_account_days(account=openai, days=[DAY], now=PENDING)
+    assert not [q for q in queries.captured_queries if '"metering_usagerecord"' in q["sql"]]
+    output = rows(openai)[("gpt-r", "key_a", "output")]
+    assert (output.status, output.explain) == ("pending", {})
+    reconcile_account_days(account=openai, days=[DAY], now=SETTLED)
+    output = rows(openai)[("gpt-r", "key_a", "output")]
+    assert output.status == "drift" and output.explain["incomplete"]["records"] == 1
+
+
+def test_a_group_of_only_upstream_errors_is_not_a_leak(openai, told) -> None:  # type: ignore[no-untyped-def]
+    """Review S10: every request of the day got a 5xx; the provider counts them. Reckon
+    forwarded them all: drift, not missing_in_ledger."""
+    route(openai, "reasoner", "gpt-r", "key_a")
+    for _ in range(2):
+        use(
+            openai,
+            "reasoner",
+            "gpt-r",
+            status="upstream_error",
+            upstream_status=500,
+            input_tokens=0,
+            output_tokens=0,
+            reasoning_tokens=0,
+        )
+    bucket(openai, "gpt-r", "key_a", requests=2, input_uncached_tokens=60, output_tokens=0)
+    reconcile_account_days(account=openai, days=[DAY], now=PENDING)
+    found = rows(openai)
+    assert found[("gpt-r", "key_a", "requests")].ours == 0
+    assert "missing_in_ledger" not in {r.status for r in found.values()}

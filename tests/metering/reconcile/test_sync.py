@@ -148,3 +148,40 @@ def test_a_failed_import_reconciles_nothing(account, fake, told) -> None:  # typ
     assert list(ReconciliationRow.objects.values_list("id", "status", "computed_at")) == before
     account.refresh_from_db()
     assert account.last_error and ADMIN_KEY not in account.last_error
+
+
+def test_an_alert_lost_to_a_failed_handler_fires_on_the_next_run(
+    account, fake, monkeypatch, django_capture_on_commit_callbacks
+) -> None:  # type: ignore[no-untyped-def]
+    """Review B1: the handler fails once (a transient error, or the worker is killed after
+    the rows commit); the next runs find the rows unchanged and still fire the alert."""
+    from billing.models import Alert
+
+    fake.events.append(
+        ServedEvent(
+            at=T0 + timedelta(minutes=5),
+            model="gpt-r",
+            api_key_id="key_leak",
+            uncached_input=500,
+            cache_read=0,
+            output=10,
+            reasoning=0,
+        )
+    )
+    real = list(hooks._handlers)
+
+    def fails(account_id: int, days: list[date]) -> None:
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(hooks, "_handlers", [fails])
+    with django_capture_on_commit_callbacks(execute=True):
+        sync_at(account, datetime(2026, 10, 7, 18, tzinfo=UTC))
+    assert ReconciliationRow.objects.filter(status="missing_in_ledger").exists()
+    assert not Alert.objects.filter(kind="reconciliation").exists()
+    monkeypatch.setattr(hooks, "_handlers", real)
+    for hour in (19, 20):
+        with django_capture_on_commit_callbacks(execute=True):
+            result = sync_at(account, datetime(2026, 10, 7, hour, tzinfo=UTC))
+        assert result.reconciled.changed_days == ()
+    leaks = Alert.objects.filter(kind="reconciliation", details__api_key_id="key_leak")
+    assert list(leaks.values_list("details__status", flat=True)) == ["missing_in_ledger"]
