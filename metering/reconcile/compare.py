@@ -21,11 +21,11 @@ Invariants:
 - Statuses, in order of precedence:
   1. `not_compared`: the provider does not report the class (or sent no value for it).
   2. `missing_in_ledger`: the group has no record of ours at all (answered or not) and
-     theirs > 0: the
-     provider billed a model or key we never proxied. It shows at once, even while the
-     day settles, because settling can add usage but never explain it away.
-  3. `pending`: the day is still inside the settling window; `verdict` keeps what the
-     status would be, so the caller can explain a row before it settles.
+     theirs > 0: the provider billed a model or key we never proxied. It shows at once,
+     even while the day settles, because settling can add usage but never explain it
+     away. A group whose only records got an upstream error or failed is compared.
+  3. `pending`: the day has not settled (`metering.reconcile.service.day_settled`);
+     `verdict` keeps what the status would be.
   4. `missing_in_report`: ours > 0 and the report has nothing for the whole group (no
      bucket, or every compared class 0).
   5. `matched` within the tolerance, else `drift`.
