@@ -131,7 +131,7 @@ def main() -> None:
             " sum(input_tokens + cache_write_tokens), sum(cached_input_tokens), NULL,"
             " sum(output_tokens + reasoning_tokens"
             "     - CASE WHEN upstream_model = 'gpt-m0' THEN reasoning_tokens ELSE 0 END),"
-            " '{}'::jsonb, %s, 1, '', now()"
+            " '{}'::jsonb, %s, 1, '', hour + interval '1 hour'"  # imported an hour later
             " FROM metering_usagerollup WHERE provider_account_id = %s GROUP BY hour, upstream_model",
             [account.pk, fetch_id, account.pk],
         )
@@ -141,9 +141,10 @@ def main() -> None:
             " cache_read_tokens, cache_write_tokens, output_tokens, raw, fetch_id, revision,"
             " content_hash, changed_at)"
             " SELECT %s, %s::timestamptz + make_interval(days => d, hours => 3), '1h', 'gpt-m1',"
-            " 'key_leaked', '', '', 7, 50000, 0, NULL, 9000, '{}'::jsonb, %s, 1, '', now()"
+            " 'key_leaked', '', '', 7, 50000, 0, NULL, 9000, '{}'::jsonb, %s, 1, '',"
+            " %s::timestamptz + make_interval(days => d, hours => 4)"
             " FROM unnest(ARRAY[4, 11, 18]) d",
-            [account.pk, start, fetch_id],
+            [account.pk, start, fetch_id, start],
         )
         cur.execute("ANALYZE")
         cur.execute(
