@@ -24,9 +24,9 @@ see a lagging ledger). Invariants:
 Speed: a month of a busy account is hundreds of thousands of rows, so the grouped query
 is built by the ORM (vendor-neutral SQL, parameters adapted) but run on a plain cursor:
 no per-value converters, sums cast to bigint in SQL (PostgreSQL's sum of bigint is
-numeric, which would load as Decimal), the tenant read as text and parsed once per
-tenant, rows sorted as tuples in C, and rows built as NamedTuples. `serving_cost_usd`
-stays the exact numeric sum on PostgreSQL.
+numeric, which would load as Decimal), the tenant grouped as uuid but loaded as text and
+parsed once per tenant, rows sorted as tuples in C, and rows built as NamedTuples.
+`serving_cost_usd` stays the exact numeric sum on PostgreSQL.
 """
 
 import uuid
@@ -37,7 +37,7 @@ from decimal import Context, Decimal
 from typing import Any, NamedTuple, TypeVar
 
 from django.db import connections, router
-from django.db.models import BigIntegerField, CharField, F, Sum
+from django.db.models import BigIntegerField, F, Sum
 from django.db.models.functions import Cast, TruncDate
 
 from config.db_router import reporting_reads
@@ -138,7 +138,13 @@ def _grouped(
         **{f"s_{name}": _int_sum(F(name) + F(f"flagged_{name}")) for name in _TOKENS},
         "s_cost": Sum("serving_cost_usd"),
     }
-    keys = ["g_day", "upstream_model", *(["g_tenant"] if by_tenant else []), "alias", "accelerator"]
+    keys = [
+        "g_day",
+        "upstream_model",
+        *(["tenant_id"] if by_tenant else []),
+        "alias",
+        "accelerator",
+    ]
     scope: AbstractContextManager[None] = nullcontext() if primary else reporting_reads()
     with scope:
         alias = router.db_for_read(UsageRollup)
@@ -149,16 +155,20 @@ def _grouped(
             hour__gte=_midnight(start),
             hour__lt=_midnight(end),
         )
-        .annotate(
-            g_day=TruncDate("hour", tzinfo=UTC),
-            g_tenant=Cast("tenant_id", CharField()),
-        )
+        .annotate(g_day=TruncDate("hour", tzinfo=UTC))
         .values_list(*keys)
         .annotate(**sums)
         .order_by()
     )
     sql, params = query.query.get_compiler(using=alias).as_sql()
-    with connections[alias].cursor() as cursor:
+    connection = connections[alias]
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # the tenant as its text (SQLite stores it as text already): parsed once per
+            # tenant below, not once per row by the driver
+            from psycopg.types.string import TextLoader
+
+            cursor.cursor.adapters.register_loader("uuid", TextLoader)
         cursor.execute(sql, params)
         found = cursor.fetchall()
     found.sort()  # as tuples, in C: day, model, tenant (canonical text sorts as the UUID)...
