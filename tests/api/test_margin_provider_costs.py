@@ -24,6 +24,7 @@ from metering.models import (
     ReconciliationRow,
     ServingCostRate,
 )
+from metering.providers.openai_reports import line_item_parts
 from metering.services import api_key_create
 from tests.factories import ApiKeyFactory
 from tests.staff import staff_client
@@ -83,6 +84,8 @@ def cost(account: ProviderAccount, day: date, line_item: str, amount: str) -> No
         bucket_start=datetime(day.year, day.month, day.day, tzinfo=UTC),
         bucket_width="1d",
         line_item=line_item,
+        model=line_item_parts(line_item)[0],
+        token_type=line_item_parts(line_item)[1],
         amount_text=amount,
         amount_usd=Decimal(amount),
         fetch=fetch,
