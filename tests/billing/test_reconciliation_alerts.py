@@ -122,6 +122,38 @@ def test_exactly_at_the_threshold_fires(account: ProviderAccount) -> None:
     assert len(reconciliation_alerts_evaluate(account_id=account.pk, days=[DAY])) == 1
 
 
+def test_a_report_short_of_our_count_fires_like_one_over_it(account: ProviderAccount) -> None:
+    """The report drops reasoning: theirs 1000 against ours 3000 (relative -2)."""
+    row(account, ours=3000, theirs=1000, status=Status.DRIFT)
+    row(account, ours=1000, theirs=1008, status=Status.DRIFT, token_class="input_uncached")
+    [alert] = reconciliation_alerts_evaluate(account_id=account.pk, days=[DAY])
+    assert (alert.details["class"], alert.details["drift"]) == ("output", -2000)
+    assert alert.details["relative_drift"] == "-2.000000000000"
+    assert [c["class"] for c in alert.details["classes"]] == ["output"]  # 0.8 %: below
+
+
+def test_a_negative_drift_below_the_threshold_does_not_fire(account: ProviderAccount) -> None:
+    row(account, ours=1009, theirs=1000, status=Status.DRIFT)  # -0.9 %
+    assert reconciliation_alerts_evaluate(account_id=account.pk, days=[DAY]) == []
+
+
+def test_a_drift_against_a_report_of_zero_fires(account: ProviderAccount) -> None:
+    """The report says 0 cache writes while we forwarded 2M: relative drift is null
+    (unbounded), the row still alerts."""
+    account.provider = "anthropic"
+    account.save()
+    row(account, ours=2_000_000, theirs=0, status=Status.DRIFT, token_class="cache_write")
+    row(account, ours=50, theirs=50, status=Status.MATCHED)
+    [alert] = reconciliation_alerts_evaluate(account_id=account.pk, days=[DAY])
+    assert alert.details["status"] == "drift"
+    assert (alert.details["class"], alert.details["theirs"], alert.details["drift"]) == (
+        "cache_write",
+        0,
+        -2_000_000,
+    )
+    assert alert.details["relative_drift"] is None
+
+
 def test_a_pending_day_fires_no_drift_alert_but_missing_in_ledger_at_once(
     account: ProviderAccount,
 ) -> None:
