@@ -317,3 +317,48 @@ def test_operator_endpoint_set_rotates_and_signs_with_the_new_secret(
     with pytest.raises(AlertDeliveryFailed, match="400"):
         alert_deliver(alert_id=alert.pk)
     assert receiver.bad_signatures == 1 and receiver.accepted == []
+
+
+OLD_SECRET = "whsec_" + "o" * 40
+
+
+def test_admin_never_renders_an_endpoint_secret(receiver: Receiver) -> None:  # noqa: F811
+    """Neither the operator's endpoint nor a tenant's shows its secret on any admin page;
+    the operator's is made and rotated by the command only, a tenant's is write-only."""
+    operator = OperatorEndpoint.objects.create(url=receiver.url, secret=OLD_SECRET)
+    tenant = TenantFactory()
+    webhook = WebhookEndpoint.objects.create(tenant=tenant, url=receiver.url, secret=OLD_SECRET)
+    ops = Client()
+    ops.force_login(staff_user("ops", "operator"))
+    pages = [
+        "/admin/billing/operatorendpoint/",
+        f"/admin/billing/operatorendpoint/{operator.pk}/change/",
+        "/admin/billing/webhookendpoint/",
+        f"/admin/billing/webhookendpoint/{webhook.pk}/change/",
+        "/admin/billing/webhookendpoint/add/",
+    ]
+    for page in pages:
+        response = ops.get(page)
+        assert response.status_code == 200, page
+        assert OLD_SECRET.encode() not in response.content, page
+        assert b"o" * 12 not in response.content, page
+    assert b"whse\xe2\x80\xa6" in ops.get(pages[1]).content  # the masked prefix only
+    assert ops.get("/admin/billing/operatorendpoint/add/").status_code == 403
+
+    # a tenant's endpoint: blank keeps the secret, a short one is refused, a long one rotates
+    change = pages[3]
+    form = {"tenant": tenant.pk, "url": receiver.url, "thresholds": "[50]", "is_active": "on"}
+    assert ops.post(change, {**form, "secret": ""}).status_code == 302
+    webhook.refresh_from_db()
+    assert webhook.secret == OLD_SECRET and webhook.thresholds == [50]
+    refused = ops.post(change, {**form, "secret": "short"})
+    assert refused.status_code == 200 and b"at least 32 characters" in refused.content
+    assert b'value="short"' not in refused.content  # not echoed back either
+    assert ops.post(change, {**form, "secret": "n" * 40}).status_code == 302
+    webhook.refresh_from_db()
+    assert webhook.secret == "n" * 40
+    # a new endpoint needs one
+    other = TenantFactory()
+    added = ops.post(pages[4], {**form, "tenant": other.pk, "secret": ""})
+    assert added.status_code == 200 and b"needs a secret" in added.content
+    assert not WebhookEndpoint.objects.filter(tenant=other).exists()
