@@ -252,3 +252,21 @@ def test_a_resold_alias_on_two_accelerators_is_split_exactly(
         here.provider_cost_difference_usd + there.provider_cost_difference_usd
         == alias.provider_cost_difference_usd
     )
+
+
+def test_the_margin_csv_never_writes_a_formula_and_keeps_negative_numbers(
+    resold: tuple[ApiKey, ApiKey],
+) -> None:
+    """An alias or accelerator label that starts like a formula is written as text
+    (leading '); a negative margin stays a number."""
+    key_a, _ = resold
+    evil = rate("=2+3", "-h100", output_usd="9")
+    write_usage(key_a, at(DAY), evil, output_tokens=M, alias="=2+3")  # type: ignore[arg-type]
+    staff = staff_client("fin", "finance-read")
+    body = staff.get("/api/v1/finance/margins.csv", {"period": "2026-10"}).content.decode()
+    lines = {(r["alias"], r["accelerator"]): r for r in csv.DictReader(io.StringIO(body))}
+    line = lines[("'=2+3", "'-h100")]
+    assert (line["revenue_usd"], line["cost_usd"], line["gross_margin"]) == ("4", "9", "-1.25")
+    assert all(
+        not cell.startswith(("=", "+", "@")) for row in lines.values() for cell in row.values()
+    )
