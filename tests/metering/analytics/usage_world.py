@@ -267,8 +267,8 @@ def assert_limits_read_as_raw(tenant: Tenant, keys: list[ApiKey], since: datetim
 def assert_forwarded_as_raw() -> None:
     """What reconciliation reads of each provider account (`forwarded_usage`, from the
     rollups) over every day of the span equals a plain aggregate of the raw records
-    stamped with it: per UTC day, upstream model, tenant and alias, the answered
-    requests (every record but upstream errors and failures), the tokens of flagged and
+    stamped with it: per UTC day, upstream model, tenant, alias and accelerator, every
+    record and the answered requests (every record but upstream errors and failures), the tokens of flagged and
     unflagged records, the serving cost of the unflagged ones."""
     start = T0.date() - timedelta(days=1)
     end = (T0 + timedelta(hours=SPAN_HOURS)).date() + timedelta(days=1)
@@ -276,8 +276,9 @@ def assert_forwarded_as_raw() -> None:
         rows = (
             UsageRecord.objects.filter(provider_account_id=account)
             .annotate(day=Trunc("started_at", "day", tzinfo=UTC))
-            .values("day", "upstream_model", "tenant_id", "alias")
+            .values("day", "upstream_model", "tenant_id", "alias", "accelerator")
             .annotate(
+                records=Count("id"),
                 answered=Count("id", filter=~Q(status__in=["upstream_error", "failed"])),
                 cost=Sum("serving_cost_usd", filter=Q(flags=[])),
                 **{name: Sum(name) for name in COUNTED},
@@ -291,12 +292,14 @@ def assert_forwarded_as_raw() -> None:
                     upstream_model=row["upstream_model"],
                     tenant_id=row["tenant_id"],
                     alias=row["alias"],
+                    accelerator=row["accelerator"],
+                    records=row["records"],
                     requests=row["answered"],
                     **{name: row[name] for name in COUNTED},
                     serving_cost_usd=row["cost"] or Decimal(0),
                 )
                 for row in rows
             ),
-            key=lambda r: (r.day, r.upstream_model, r.tenant_id, r.alias),
+            key=lambda r: (r.day, r.upstream_model, r.tenant_id, r.alias, r.accelerator),
         )
         assert forwarded_usage(account_id=account, start=start, end=end) == expected, account

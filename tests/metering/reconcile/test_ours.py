@@ -1,5 +1,6 @@
 """Our side of reconciliation (`metering.reconcile.ours.forwarded_usage`): what the ledger
-forwarded on a provider account per UTC day, upstream model, tenant and alias, read from
+forwarded on a provider account per UTC day, upstream model, tenant, alias and accelerator,
+read from
 the rollups the ledger's own write path keeps (PostgreSQL and SQLite)."""
 
 from dataclasses import replace
@@ -42,6 +43,7 @@ def rate() -> ServingCostRate:
 
 def served(key: ApiKey, at: datetime, account_id: int | None, **values: Any) -> dict[str, Any]:
     tokens = {
+        "accelerator": "nvidia-h100-sxm",
         "input_tokens": 100,
         "cached_input_tokens": 20,
         "cache_write_tokens": 3,
@@ -52,7 +54,7 @@ def served(key: ApiKey, at: datetime, account_id: int | None, **values: Any) -> 
 
 
 @pytest.mark.django_db
-def test_forwarded_usage_per_day_model_tenant_and_alias(rate: ServingCostRate) -> None:
+def test_forwarded_usage_per_day_model_tenant_alias_and_accelerator(rate: ServingCostRate) -> None:
     ours, theirs = account("org-main"), account("org-other")
     key, other_key = ApiKeyFactory(), ApiKeyFactory()
     first_tenant, second_tenant = sorted([key.tenant_id, other_key.tenant_id])
@@ -73,6 +75,8 @@ def test_forwarded_usage_per_day_model_tenant_and_alias(rate: ServingCostRate) -
         served(key, DAY + timedelta(hours=11), ours.pk, status="failed", input_tokens=0),
         # an incomplete stream is answered: it counts
         served(key, DAY + timedelta(hours=12), ours.pk, status="incomplete"),
+        # the same day, model, tenant and alias served on another accelerator: its own row
+        served(key, DAY + timedelta(hours=13), ours.pk, accelerator="amd-mi300x"),
         # day 2: another tenant and a second model
         served(other_key, DAY + timedelta(days=1, hours=1), ours.pk, upstream_model="m2"),
         # other accounts and no account: never ours
@@ -86,16 +90,33 @@ def test_forwarded_usage_per_day_model_tenant_and_alias(rate: ServingCostRate) -
     got = forwarded_usage(account_id=ours.pk, start=DAY.date(), end=DAY.date() + timedelta(2))
 
     cost = rows[0]["serving_cost_usd"]  # the flagged record's cost is not in the plain sums
-    assert isinstance(got[0].serving_cost_usd, Decimal)
+    assert isinstance(got[1].serving_cost_usd, Decimal)
     if connection.vendor == "sqlite":  # SQLite sums decimals as floats: close, not exact
-        assert abs(got[0].serving_cost_usd - cost) < Decimal("1e-15")
-        got[0] = replace(got[0], serving_cost_usd=cost)
+        assert abs(got[1].serving_cost_usd - cost) < Decimal("1e-15")
+        got[1] = replace(got[1], serving_cost_usd=cost)
     assert got == [
         ForwardedRow(
             day=date(2026, 11, 3),
             upstream_model="m",
             tenant_id=key.tenant_id,
             alias="reasoner",
+            accelerator="amd-mi300x",
+            records=1,
+            requests=1,
+            input_tokens=100,
+            cached_input_tokens=20,
+            cache_write_tokens=3,
+            output_tokens=7,
+            reasoning_tokens=50,
+            serving_cost_usd=Decimal(0),
+        ),
+        ForwardedRow(
+            day=date(2026, 11, 3),
+            upstream_model="m",
+            tenant_id=key.tenant_id,
+            alias="reasoner",
+            accelerator="nvidia-h100-sxm",
+            records=5,
             requests=3,  # 5 records, of which 2 were not answered
             input_tokens=100 * 3 + 5,
             cached_input_tokens=20 * 5,
@@ -109,6 +130,8 @@ def test_forwarded_usage_per_day_model_tenant_and_alias(rate: ServingCostRate) -
             upstream_model="m2",
             tenant_id=other_key.tenant_id,
             alias="reasoner",
+            accelerator="nvidia-h100-sxm",
+            records=1,
             requests=1,
             input_tokens=100,
             cached_input_tokens=20,
@@ -124,7 +147,7 @@ def test_forwarded_usage_per_day_model_tenant_and_alias(rate: ServingCostRate) -
         for r in forwarded_usage(
             account_id=ours.pk, start=DAY.date(), end=DAY.date() + timedelta(1)
         )
-    ] == [DAY.date()]
+    ] == [DAY.date(), DAY.date()]
     assert forwarded_usage(account_id=ours.pk, start=DAY.date(), end=DAY.date()) == []
     assert [
         r.requests
@@ -147,7 +170,8 @@ has_replica = REPLICA in django_settings.DATABASES
 @pytest.mark.django_db(transaction=True, databases=["default", "replica"])
 def test_forwarded_usage_is_a_reporting_read(settings) -> None:  # type: ignore[no-untyped-def]
     """It reads the replica when replica reads are on (a row only the replica holds
-    shows where the read went), the primary otherwise."""
+    shows where the read went), the primary otherwise, and always with `primary=True`
+    (reconciliation's write path)."""
     org = account("org-replica")
     key = ApiKeyFactory()
     for obj in (key.tenant, key):
@@ -164,6 +188,7 @@ def test_forwarded_usage_is_a_reporting_read(settings) -> None:  # type: ignore[
     window = {"account_id": org.pk, "start": DAY.date(), "end": DAY.date() + timedelta(1)}
     settings.RECKON_REPLICA_READS = True
     assert [r.requests for r in forwarded_usage(**window)] == [4]
+    assert forwarded_usage(**window, primary=True) == []
     settings.RECKON_REPLICA_READS = False
     assert forwarded_usage(**window) == []
 
