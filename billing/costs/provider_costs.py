@@ -12,8 +12,8 @@ is per account, UTC day, model and token type, not per tenant, so it is allocate
    its token class (`token_class_of` of the stored `token_type`, then
    `metering.reconcile.compare.provider_class`: OpenAI has no cache-write class; unknown
    or absent -> none).
-2. **Weights by token class.** A line of class k on (day, model) goes to each (tenant,
-   alias) that forwarded that model that day in proportion to its tokens of class k, in
+2. **Weights by token class.** A line of class k on (day, model) goes to each payer, a
+   (tenant, alias, accelerator) of the account's rollups, that forwarded that model that day in proportion to its tokens of class k, in
    the provider's terms (`metering.reconcile.compare.provider_tokens`, reconciliation's
    table: output is visible + reasoning; for OpenAI, uncached input includes cache
    writes). With ours = the tenants' total of class k and
@@ -26,7 +26,7 @@ is per account, UTC day, model and token type, not per tenant, so it is allocate
      on a line of its own per account and never spread onto tenants;
    - ours = 0: the whole line is unattributed.
 3. **Lines without a token class** (tool and search fees, unknown types) are split by each
-   (tenant, alias)'s list-price cost (`serving_cost_usd`) of that model and day; when that
+   payer's list-price cost (`serving_cost_usd`) of that model and day; when that
    is zero everywhere, by their total tokens; when nobody forwarded the model that day,
    the line is unattributed. A line whose model cannot be told is unattributed.
 4. **Exact.** Amounts are Decimal with at most 24 places (the column's). A line is split
@@ -62,12 +62,12 @@ QUANTUM_PLACES = 24  # ProviderCostBucket.amount_usd and the rollups' serving co
 # digits); an inexact result raises instead of rounding silently.
 EXACT = Context(prec=200, traps=[Inexact, InvalidOperation])
 
-Payer = tuple[uuid.UUID, str]  # (tenant id, alias)
+Payer = tuple[uuid.UUID, str, str]  # (tenant id, alias, accelerator)
 
 
 class Forwarded(Protocol):
-    """What the ledger forwarded for one (day, upstream model, tenant, alias) of an account
-    (`metering.reconcile.ours.ForwardedRow`)."""
+    """What the ledger forwarded for one (day, upstream model, tenant, alias, accelerator)
+    of an account (`metering.reconcile.ours.ForwardedRow`)."""
 
     @property
     def day(self) -> date: ...
@@ -77,6 +77,8 @@ class Forwarded(Protocol):
     def tenant_id(self) -> uuid.UUID: ...
     @property
     def alias(self) -> str: ...
+    @property
+    def accelerator(self) -> str: ...
     @property
     def requests(self) -> int: ...
     @property
@@ -192,7 +194,7 @@ class CostLine:
 
 @dataclass(frozen=True)
 class Use:
-    """One (tenant, alias)'s use of a model on a day, in the provider's classes."""
+    """One payer's use of a model on a day, in the provider's classes."""
 
     payer: Payer
     tokens: Mapping[TokenClass, int]
@@ -247,7 +249,7 @@ def _allocate(
 @dataclass
 class AccountCosts:
     """One account's actual costs over some days: the exact parts per payer (tenant,
-    alias) of the settled (day, model)s, what stays unattributed, and which (day, model)s
+    alias, accelerator) of the settled (day, model)s, what stays unattributed, and which (day, model)s
     are pending (their costs are not in the sums)."""
 
     account: ProviderAccount
@@ -283,7 +285,7 @@ def _account_costs(
     result = AccountCosts(account=account)
     uses: dict[tuple[date, str], list[Use]] = defaultdict(list)
     for row in forwarded:
-        payer = (row.tenant_id, row.alias)
+        payer = (row.tenant_id, row.alias, row.accelerator)
         uses[(row.day, row.upstream_model)].append(
             Use(
                 payer=payer,
@@ -362,7 +364,7 @@ def _account_costs(
 
 def provider_costs(*, start: date, end: date) -> list[AccountCosts]:
     """Every provider account's actual costs of the UTC days [start, end), allocated to
-    what each (tenant, alias) forwarded on it (`forwarded_usage`, from the rollups);
+    what each (tenant, alias, accelerator) forwarded on it (`forwarded_usage`, from the rollups);
     accounts with neither usage nor cost in those days are left out. By account name."""
     found = []
     for account in ProviderAccount.objects.order_by("name"):

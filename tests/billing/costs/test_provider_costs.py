@@ -108,7 +108,7 @@ def _check_split(amount: Decimal, weights: list[int], parts: list[Decimal]) -> N
 
 
 def use(payer: uuid.UUID, list_cost: str = "0", **tokens: int) -> Use:
-    return Use(payer=(payer, "reasoner"), tokens=tokens, list_cost_usd=Decimal(list_cost))
+    return Use(payer=(payer, "reasoner", ""), tokens=tokens, list_cost_usd=Decimal(list_cost))
 
 
 @given(
@@ -156,8 +156,8 @@ def test_allocation_worked_example() -> None:
         uses=uses,
         theirs={OUTPUT: 1200},
     )
-    assert shares.parts[(T1, "reasoner")] == Decimal("6.17") + Decimal("0.125")
-    assert shares.parts[(T2, "reasoner")] == Decimal("4.113333333333333333333333") + Decimal(
+    assert shares.parts[(T1, "reasoner", "")] == Decimal("6.17") + Decimal("0.125")
+    assert shares.parts[(T2, "reasoner", "")] == Decimal("4.113333333333333333333333") + Decimal(
         "0.375"
     )
     assert shares.unattributed == Decimal(
@@ -172,7 +172,10 @@ def test_untyped_lines_fall_back_to_tokens_then_to_unattributed() -> None:
         uses=[use(T1, output=1), use(T2, output=3)],
         theirs={},
     )
-    assert by_tokens.parts == {(T1, "reasoner"): Decimal("0.25"), (T2, "reasoner"): Decimal("0.75")}
+    assert by_tokens.parts == {
+        (T1, "reasoner", ""): Decimal("0.25"),
+        (T2, "reasoner", ""): Decimal("0.75"),
+    }
     nobody = allocate(lines=[CostLine(Decimal("1"), None)], uses=[], theirs={})
     assert nobody.unattributed == Decimal("1") and not nobody.parts
 
@@ -219,6 +222,8 @@ class Fwd:
     reasoning_tokens: int = 0
     requests: int = 1
     serving_cost_usd: Decimal = Decimal(0)
+    accelerator: str = ""
+    records: int = 1
 
 
 D1, D2 = date(2026, 10, 5), date(2026, 10, 6)
@@ -327,7 +332,7 @@ def test_anthropic_cents_are_allocated_exactly_and_leaks_stay_unattributed() -> 
 
     result = account_costs(account=account, start=D1, end=D2, forwarded=forwarded)
 
-    t1, t2 = result.parts[(T1, "sonnet")], result.parts[(T2, "sonnet")]
+    t1, t2 = result.parts[(T1, "sonnet", "")], result.parts[(T2, "sonnet", "")]
     # output $1.2345 by 300:700; input $0.0007 by 50:50; cache write $0.00333 all T1;
     # web search $0.01 by list price 1:3; cache read $0.025 nobody forwarded: unattributed
     assert t1 == Decimal("0.37035") + Decimal("0.00035") + Decimal("0.00333") + Decimal("0.0025")
@@ -335,7 +340,7 @@ def test_anthropic_cents_are_allocated_exactly_and_leaks_stay_unattributed() -> 
     assert result.unattributed == Decimal("0.025")
     assert t1 + t2 + result.unattributed == Decimal("1.27353")  # 127.353 cents, exactly
     assert not result.pending and not result.unattributed_pending
-    assert result.estimates[(T1, "sonnet")] == Decimal("0.01")
+    assert result.estimates[(T1, "sonnet", "")] == Decimal("0.01")
 
 
 @pytest.mark.django_db
@@ -363,12 +368,12 @@ def test_openai_line_items_per_key_rows_and_pending_days() -> None:
 
     result = account_costs(account=account, start=D1, end=date(2026, 10, 7), forwarded=forwarded)
 
-    assert result.parts[(T1, "mini")] == Decimal("0.44")  # 200 of theirs' 500, twice
-    assert result.parts[(T2, "mini")] == Decimal("0.44")
+    assert result.parts[(T1, "mini", "")] == Decimal("0.44")  # 200 of theirs' 500, twice
+    assert result.parts[(T2, "mini", "")] == Decimal("0.44")
     # beyond ours (1/5 of both lines) + the line with no model
     assert result.unattributed == Decimal("0.2") + Decimal("0.02") + Decimal("0.30")
     assert result.pending == {(D2, "o4-mini")}  # D2's $9.99 is not counted
-    assert result.payer_pending((T1, "mini")) and not result.payer_pending((T2, "mini"))
+    assert result.payer_pending((T1, "mini", "")) and not result.payer_pending((T2, "mini", ""))
     assert result.unattributed_pending  # D2's cost may still add to it
 
 
@@ -382,7 +387,7 @@ def test_a_day_with_no_reconciliation_rows_is_pending() -> None:
         account=account, start=D1, end=D2, forwarded=[Fwd(D1, "o3", T3, "o3", output_tokens=9)]
     )
     assert result.pending == {(D1, "o3")} and not result.parts
-    assert result.payer_pending((T3, "o3")) and result.unattributed == 0
+    assert result.payer_pending((T3, "o3", "")) and result.unattributed == 0
 
 
 @pytest.mark.django_db
@@ -422,10 +427,10 @@ def test_amounts_are_exact_from_the_stored_text_even_on_sqlite() -> None:
         ],
     )
     with localcontext(WIDE):
-        parts = result.parts[(T1, "o3")] + result.parts[(T2, "o3")]
+        parts = result.parts[(T1, "o3", "")] + result.parts[(T2, "o3", "")]
         assert parts == Decimal("0.52656000000000012345")
         assert result.unattributed == Decimal("0.1000000000000000003")
-    assert result.parts[(T1, "o3")] == Decimal("0.175520000000000041150000")
+    assert result.parts[(T1, "o3", "")] == Decimal("0.175520000000000041150000")
 
 
 @pytest.mark.django_db
@@ -445,7 +450,7 @@ def test_on_a_settled_day_a_cost_line_of_a_model_without_rows_is_unattributed() 
 
     result = account_costs(account=account, start=D1, end=D2, forwarded=forwarded)
 
-    assert result.parts == {(T1, "r"): Decimal("1.00")}
+    assert result.parts == {(T1, "r", ""): Decimal("1.00")}
     assert result.unattributed == Decimal("3.20")
     assert not result.pending and not result.unattributed_pending
 
