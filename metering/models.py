@@ -250,8 +250,9 @@ class UsageRollup(models.Model):
     (rating, analytics, limits, archive checks) sum across the provider account and
     upstream model, which an alias changes only when its route does.
 
-    Rows of hours whose records were archived and dropped before migration 0018 keep
-    provider account 0 and upstream model '' (their records could not be refolded).
+    Rows folded before migration 0018 keep provider account 0, upstream model '' and no
+    unanswered requests (0018 is schema only: those records carry no account stamp, so
+    they could never be reconciled).
     """
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_rollups")
@@ -271,7 +272,7 @@ class UsageRollup(models.Model):
     # carry none: a sentinel, not NULL, so the row key stays unique on SQLite too, where
     # NULLs are distinct in a unique index. No foreign key (a stamp, as on the ledger).
     provider_account_id = models.BigIntegerField(default=0, db_default=0)
-    # The records' upstream model as served ('' only on rows kept from before 0018).
+    # The records' upstream model as served ('' only on rows folded before 0018).
     upstream_model = models.CharField(max_length=200, blank=True, default="", db_default="")
     # Start of the UTC hour the requests started in.
     hour = models.DateTimeField()

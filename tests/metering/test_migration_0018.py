@@ -1,16 +1,15 @@
-"""Migration 0018: rollups rebuilt from the raw records with the provider account, the
-upstream model and the unanswered requests, folded into shard 0, keeping the highest
-record id they fold and the highest stamp of the old rows they replace; the rows of a
-dropped month (no records to refold) kept as they were; and refusing when the old
-rollups disagree with the records. Run against the migration graph itself (back to
-0016, then forward)."""
+"""Migration 0018, schema only: existing rollups are kept exactly as they were (provider
+account 0, upstream model '', no unanswered requests), the unique key now includes the
+account and the model, the account index exists, and an index an interrupted run left
+behind does not stop a second run. Run against the migration graph itself (back to
+0016, then forward: both directions)."""
 
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
 from django.db.migrations.executor import MigrationExecutor
 
 BEFORE = [("metering", "0016_provider_reports")]
@@ -107,98 +106,88 @@ def _old_world(apps):  # type: ignore[no-untyped-def]
     return tenant, keys, records, archived
 
 
+FIELDS = (
+    "tenant_id",
+    "alias",
+    "accelerator",
+    "api_key_id",
+    "hour",
+    "shard",
+    "requests",
+    "flagged_requests",
+    "input_tokens",
+    "reasoning_tokens",
+    "flagged_input_tokens",
+    "flagged_reasoning_tokens",
+    "spend_usd",
+    "flagged_spend_usd",
+    "last_record_id",
+    "changed_xid",
+)
+
+
+def _snapshot(model) -> dict[int, tuple[object, ...]]:  # type: ignore[no-untyped-def]
+    return {r["id"]: tuple(r[f] for f in FIELDS) for r in model.objects.values("id", *FIELDS)}
+
+
+def _constraints() -> dict[str, dict[str, object]]:
+    with connection.cursor() as cursor:
+        return connection.introspection.get_constraints(cursor, "metering_usagerollup")
+
+
 @pytest.mark.django_db(transaction=True)
-def test_rollups_are_rebuilt_per_account_and_model_keeping_ids_and_stamps(old_apps) -> None:  # type: ignore[no-untyped-def]
-    tenant, keys, records, archived = _old_world(old_apps)
-    old_rollups = old_apps.get_model("metering", "UsageRollup")
-    stamps = {}
-    for row in old_rollups.objects.filter(hour__gte=HOUR):
-        group = (row.api_key_id, row.hour.hour)
-        stamps[group] = max(stamps.get(group, 0), row.changed_xid)
+def test_existing_rollups_are_kept_as_they_were(old_apps) -> None:  # type: ignore[no-untyped-def]
+    tenant, keys, _, archived = _old_world(old_apps)
+    before = _snapshot(old_apps.get_model("metering", "UsageRollup"))
+    assert len(before) == 6  # five hours' shards of the records, one of the dropped month
     migrate(leaf())
     from metering.models import UsageRollup
 
-    rows = {
-        (r.hour.hour, r.api_key_id, r.upstream_model): r
-        for r in UsageRollup.objects.filter(tenant_id=tenant.pk, hour__gte=HOUR)
-    }
-    assert set(rows) == {
-        (9, keys[0].pk, "gpt-5"),  # records 0 (09:00) and 2 (09:50, flagged)
-        (9, keys[1].pk, "gpt-5"),  # record 1 (09:25, upstream error)
-        (10, keys[1].pk, "gpt-5"),  # record 3 (10:15, failed)
-        (10, keys[0].pk, "gpt-5-mini"),  # record 4 (10:40, incomplete)
-        (11, keys[1].pk, "gpt-5-mini"),  # record 5
-    }
-    assert {(r.shard, r.provider_account_id) for r in rows.values()} == {(0, 0)}
-    nine = rows[(9, keys[0].pk, "gpt-5")]
-    assert (nine.requests, nine.flagged_requests, nine.unanswered_requests) == (1, 1, 0)
-    assert (nine.input_tokens, nine.flagged_input_tokens, nine.flagged_reasoning_tokens) == (
-        10,
-        30,
-        2,
-    )
-    assert nine.last_record_id == records[2].pk
-    assert rows[(9, keys[1].pk, "gpt-5")].unanswered_requests == 1
-    assert rows[(10, keys[1].pk, "gpt-5")].unanswered_requests == 1
-    assert rows[(10, keys[0].pk, "gpt-5-mini")].unanswered_requests == 0  # incomplete: answered
-    if connection.vendor == "postgresql":  # (SQLite stores money as a float)
-        assert nine.spend_usd == Decimal("0.000000000000000000000001")
-        assert nine.flagged_spend_usd == Decimal("0.000000000000000000000003")
-    # each new row carries the highest stamp of the old rows of its (key, hour)
-    for (hour, key_id, _), row in rows.items():
-        assert row.changed_xid == stamps[(key_id, hour)], (hour, key_id)
-    # the dropped month's hour is kept as it was: account 0, no model, nothing unanswered
-    kept = UsageRollup.objects.get(pk=archived.pk)
-    assert (kept.requests, kept.input_tokens, kept.last_record_id, kept.changed_xid) == (
-        40,
-        4000,
-        7,
-        55,
-    )
-    assert (kept.provider_account_id, kept.upstream_model, kept.unanswered_requests) == (0, "", 0)
+    assert _snapshot(UsageRollup) == before  # nothing rebuilt, moved or lost
+    assert set(
+        UsageRollup.objects.values_list(
+            "provider_account_id", "upstream_model", "unanswered_requests"
+        )
+    ) == {(0, "", 0)}
+    # the key now tells rows of another account or model apart ...
+    old = UsageRollup.objects.get(pk=archived.pk)
+    old.pk = None
+    old.upstream_model = "gpt-5"
+    old.save()
+    old.pk = None
+    old.upstream_model, old.provider_account_id = "", 7
+    old.save()
+    # ... and still refuses a second row of one full key
+    old.pk = None
+    with pytest.raises(IntegrityError), transaction.atomic():
+        old.save()
+    constraints = _constraints()
+    assert constraints["rollup_unique_hour"]["unique"]
+    assert constraints["rollup_unique_hour"]["columns"] == [
+        "tenant_id",
+        "alias",
+        "accelerator",
+        "api_key_id",
+        "provider_account_id",
+        "upstream_model",
+        "hour",
+        "shard",
+    ]
+    assert constraints["rollup_account_hour"]["columns"] == ["provider_account_id", "hour"]
+    assert "rollup_unique_hour_0018" not in constraints
+    UsageRollup.objects.filter(tenant_id=tenant.pk).delete()
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="concurrent builds: PostgreSQL")
 @pytest.mark.django_db(transaction=True)
-def test_the_rebuild_refuses_rollups_the_records_do_not_explain(old_apps) -> None:  # type: ignore[no-untyped-def]
-    tenant, keys, _, _ = _old_world(old_apps)
-    rollup_model = old_apps.get_model("metering", "UsageRollup")
-    count = rollup_model.objects.count()
-    stray = rollup_model.objects.filter(hour=HOUR, api_key=keys[0]).first()
-    stray.input_tokens += 1
-    stray.save()
-    with pytest.raises(RuntimeError, match="disagree with the old rollups in 1 old and 1 new"):
-        migrate(leaf())
-    assert rollup_model.objects.count() == count  # rolled back, nothing lost
-    assert rollup_model.objects.get(pk=stray.pk).input_tokens == stray.input_tokens
-    stray.input_tokens -= 1
-    stray.save()
-
-
-@pytest.mark.django_db(transaction=True)
-def test_the_rebuild_refuses_records_no_rollup_holds(old_apps) -> None:  # type: ignore[no-untyped-def]
-    tenant, keys, _, _ = _old_world(old_apps)
-    at = HOUR + timedelta(hours=5)
-    unfolded = old_apps.get_model("metering", "UsageRecord").objects.create(
-        request_id=uuid.uuid4(),
-        tenant=tenant,
-        api_key=keys[0],
-        alias="reasoner",
-        provider="openai",
-        upstream_model="gpt-5",
-        endpoint="chat.completions",
-        status="completed",
-        input_tokens=1,
-        started_at=at,
-        finished_at=at,
-    )
-    with pytest.raises(RuntimeError, match="disagree with the old rollups in 0 old and 1 new"):
-        migrate(leaf())
-    old_apps.get_model("metering", "UsageRollup").objects.create(
-        tenant=tenant,
-        alias="reasoner",
-        api_key=keys[0],
-        hour=at,
-        requests=1,
-        input_tokens=1,
-        last_record_id=unfolded.pk,
-    )
+def test_a_run_interrupted_after_building_an_index_completes(old_apps) -> None:  # type: ignore[no-untyped-def]
+    """CREATE INDEX CONCURRENTLY runs outside a transaction: an interrupted run leaves its
+    index behind (possibly invalid). The next run drops and rebuilds it."""
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE UNIQUE INDEX rollup_unique_hour_0018 ON metering_usagerollup (id)")
+        cursor.execute("CREATE INDEX rollup_account_hour ON metering_usagerollup (id)")
+    migrate(leaf())
+    constraints = _constraints()
+    assert constraints["rollup_account_hour"]["columns"] == ["provider_account_id", "hour"]
+    assert len(constraints["rollup_unique_hour"]["columns"]) == 8  # type: ignore[arg-type]
+    assert "rollup_unique_hour_0018" not in constraints

@@ -1,5 +1,6 @@
 """The embedded default (SQLite), in a process of its own on a fresh database file:
-migration 0014 rebuilds old rollups (and 0018 after it), and a smaller run of the property
+migration 0014 rebuilds old rollups (and 0018 after it keeps them as they are: account 0,
+model ''), and a smaller run of the property
 that rollup-served usage summaries and series equal a plain aggregate of the raw records,
 limits the plain sum of a tenant's or key's records, rollups a raw scan per full key, and
 what reconciliation reads of a provider account its stamped records."""
@@ -31,6 +32,13 @@ rows = UsageRollup.objects.filter(tenant_id=tenant.pk)
 assert rows.count() == 5 and {r.shard for r in rows} == {0}, list(rows.values())
 assert {r.changed_xid for r in rows} == {209, 210, 211}
 assert sum(r.requests + r.flagged_requests for r in rows) == 6
+assert {(r.provider_account_id, r.upstream_model) for r in rows} == {(0, "")}
+# rows folded before 0018 hold no upstream model: the per-key property below is of
+# records folded after it
+from metering.models import UsageRecord
+
+rows.delete()
+UsageRecord.objects.filter(tenant_id=tenant.pk).delete()
 
 from tests.metering.analytics.usage_world import (
     as_ledger_rows, assert_forwarded_as_raw, assert_limits_read_as_raw,

@@ -3,7 +3,6 @@ forwarded on a provider account per UTC day, upstream model, tenant, alias and a
 read from
 the rollups the ledger's own write path keeps (PostgreSQL and SQLite)."""
 
-from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -16,7 +15,7 @@ from django.test.utils import CaptureQueriesContext
 from config.db_router import REPLICA
 from metering.ledger.orm import usage_records_write
 from metering.models import ApiKey, ProviderAccount, ServingCostRate, UsageRecord, UsageRollup
-from metering.reconcile.ours import ForwardedRow, forwarded_usage
+from metering.reconcile.ours import ForwardedRow, forwarded_totals, forwarded_usage
 from tests.factories import ApiKeyFactory
 from tests.usage_helpers import usage_row
 
@@ -93,7 +92,7 @@ def test_forwarded_usage_per_day_model_tenant_alias_and_accelerator(rate: Servin
     assert isinstance(got[1].serving_cost_usd, Decimal)
     if connection.vendor == "sqlite":  # SQLite sums decimals as floats: close, not exact
         assert abs(got[1].serving_cost_usd - cost) < Decimal("1e-15")
-        got[1] = replace(got[1], serving_cost_usd=cost)
+        got[1] = got[1]._replace(serving_cost_usd=cost)
     assert got == [
         ForwardedRow(
             day=date(2026, 11, 3),
@@ -141,6 +140,14 @@ def test_forwarded_usage_per_day_model_tenant_alias_and_accelerator(rate: Servin
             serving_cost_usd=Decimal(0),
         ),
     ]
+    # summed over tenants (one tenant a day here): the same rows without the tenant
+    totals = forwarded_totals(account_id=ours.pk, start=DAY.date(), end=DAY.date() + timedelta(2))
+    if connection.vendor == "sqlite":
+        totals[1] = totals[1]._replace(serving_cost_usd=cost)
+    assert [(t.day, t.upstream_model, t.alias, t.accelerator) for t in totals] == [
+        (r.day, r.upstream_model, r.alias, r.accelerator) for r in got
+    ]
+    assert [t[4:] for t in totals] == [r[5:] for r in got]
     # one day of the window; an empty window; the other account sees only its own
     assert [
         r.day
