@@ -6,8 +6,11 @@ Reconciliation (metering.reconcile) writes `ReconciliationRow`s and then calls
 
 - a *drift* alert fires for a settled day (none of the account's rows of that day is
   `pending`) with a class whose status is `drift` and |relative drift| >=
-  RECKON_RECON_ALERT_RELATIVE (default 0.01), or whose status is `missing_in_report`
-  (we forwarded usage the settled report does not have: the relative drift is unbounded);
+  RECKON_RECON_ALERT_RELATIVE (default 0.01), whichever the sign (a report short of our
+  count alerts like one over it), or whose relative drift is null because the report
+  says 0 of a class we forwarded (unbounded); a *missing_in_report* alert fires for a
+  settled class of that status (we forwarded usage the settled report does not have: the
+  relative drift is unbounded too);
 - a *missing_in_ledger* alert fires at once, settled or not: reconciliation gives that
   status before the day settles (settling can add usage, never explain it away). The
   issue asks for "alert at once": the provider billed usage Reckon never forwarded (a
@@ -78,13 +81,17 @@ def row_findings(
             continue
         elif row.status == Status.MISSING_IN_REPORT:
             found.append(Finding(Status.MISSING_IN_REPORT, row))
-        elif (
-            row.status == Status.DRIFT
-            and row.relative_drift is not None
-            and abs(Decimal(row.relative_drift)) >= threshold
-        ):
+        elif row.status == Status.DRIFT and _beyond(row, threshold):
             found.append(Finding(Status.DRIFT, row))
     return found
+
+
+def _beyond(row: ReconciliationRow, threshold: Decimal) -> bool:
+    """|relative drift| >= threshold, either sign; a drift against a report of 0 (relative
+    drift null) is unbounded."""
+    if row.relative_drift is None:
+        return bool(row.drift)
+    return abs(Decimal(row.relative_drift)) >= threshold
 
 
 def event_id_of(

@@ -13,19 +13,21 @@ Each line's exact amount is split exactly, the remainder going to the last share
 Costs are the exact serving costs stamped on the records (summed in rollups).
 
 Routes served through a provider account (resold) also show the provider's actual cost:
-`provider_cost_usd` is the reported cost allocated to the row's tenants and aliases
-(billing.costs.provider_costs states how), `provider_cost_difference_usd` that minus the
+`provider_cost_usd` is the reported cost allocated to the (tenant, alias, accelerator)s
+of the account's rollups (billing.costs.provider_costs states how), onto exactly those
+rows, `provider_cost_difference_usd` that minus the
 list-price estimate of the same usage (the resold part of `cost_usd`). Both are None for
 a row with no resold usage, and while any (day, model) of the row's resold usage is still
 pending reconciliation. Reported cost beyond what we forwarded is never spread onto
 tenants: each account has an "(unattributed)" row of its own. Routes on our own
-accelerators keep the hardware cost basis alone.
+accelerators keep the hardware cost basis alone, even an alias that moved between our
+accelerators and a provider in the period (its hardware rows are no account's).
 """
 
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal, localcontext
 
 from billing.costs.catalogue import (
@@ -37,7 +39,7 @@ from billing.costs.catalogue import (
     deployment_in_force,
 )
 from billing.costs.margins import Margins, floor_price, gross_margin, margin_policy_in_force
-from billing.costs.provider_costs import EXACT, provider_costs, split_exact
+from billing.costs.provider_costs import EXACT, provider_costs
 from billing.models import Deployment, Subscription
 from billing.period_rating import period_rate
 from billing.pricing.periods import Period
@@ -153,50 +155,39 @@ def margin_report(
                 weights, _split(line.amount_exact, [w for _, w in weights]), strict=True
             ):
                 row_for(tenant_id, s.alias, s.accelerator).revenue_usd += share
-    _add_provider_costs(period, served, group_by, rows)
+    _add_provider_costs(
+        group_by,
+        rows,
+        start=period.start.astimezone(UTC).date(),
+        end=period.end.astimezone(UTC).date(),
+    )
     return sorted(rows.values(), key=lambda r: r.key)
 
 
 def _add_provider_costs(
-    period: Period,
-    served: list[ServedTotals],
     group_by: tuple[str, ...],
     rows: dict[tuple[str, ...], MarginRow],
+    *,
+    start: date,
+    end: date,
 ) -> None:
-    """Each account's actual cost, allocated per (tenant, alias), onto the rows. A (tenant,
-    alias) served on several accelerators in the period (a route that moved) has its
-    actual cost and estimate split across those rows by their serving cost, exactly."""
-    by_payer: dict[tuple[uuid.UUID, str], list[ServedTotals]] = defaultdict(list)
-    for s in served:
-        by_payer[(s.tenant_id, s.alias)].append(s)
+    """Each account's actual cost, allocated per (tenant, alias, accelerator) of its
+    rollups, onto exactly those rows: a route that moved from our own accelerators to a
+    provider keeps the hardware cost basis on its hardware rows (they are no account's)."""
 
     def keyed(values: dict[str, str]) -> MarginRow:
         key = tuple(values[g] for g in group_by)
         return rows.setdefault(key, MarginRow(key))
 
-    start, end = period.start.astimezone(UTC).date(), period.end.astimezone(UTC).date()
-    with localcontext(EXACT):
+    with localcontext(EXACT):  # sums of 24-place amounts: exact, never rounded to 28 digits
         for costs in provider_costs(start=start, end=end):
-            for payer in sorted(costs.used, key=lambda p: (str(p[0]), p[1])):
-                tenant_id, alias = payer
-                places = by_payer.get(payer) or []
-                weights = [s.serving_cost_usd for s in places]
-                if not any(weights):
-                    weights = [Decimal(1)] * max(len(places), 1)
-                accelerators = [s.accelerator for s in places] or [""]
-                pending = costs.payer_pending(payer)
-                actual, estimate = [costs.parts.get(payer, Decimal(0))], [costs.estimates[payer]]
-                if len(weights) > 1:  # a route that moved between accelerators
-                    actual = split_exact(actual[0], weights)
-                    estimate = split_exact(estimate[0], weights)
-                for accelerator, part, guess in zip(accelerators, actual, estimate, strict=True):
-                    row = keyed(
-                        {"tenant": str(tenant_id), "alias": alias, "accelerator": accelerator}
-                    )
-                    row.resold = True
-                    row.provider_actual_usd += part
-                    row.provider_estimate_usd += guess
-                    row.provider_pending = row.provider_pending or pending
+            for payer in sorted(costs.used, key=lambda p: (str(p[0]), p[1], p[2])):
+                tenant_id, alias, accelerator = payer
+                row = keyed({"tenant": str(tenant_id), "alias": alias, "accelerator": accelerator})
+                row.resold = True
+                row.provider_actual_usd += costs.parts.get(payer, Decimal(0))
+                row.provider_estimate_usd += costs.estimates[payer]
+                row.provider_pending = row.provider_pending or costs.payer_pending(payer)
             label = f"{UNATTRIBUTED} {costs.account.name}"
             row = keyed({"tenant": UNATTRIBUTED, "alias": label, "accelerator": label})
             row.kind = "unattributed"

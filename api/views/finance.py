@@ -2,7 +2,6 @@
 cost bases, deployments, margin policies, margin reports (JSON and CSV) and the what-if;
 and the reconciliation of the ledger against the providers' reports (JSON and CSV)."""
 
-import csv
 import io
 from decimal import Decimal
 from typing import Any
@@ -50,6 +49,7 @@ from billing.costs.catalogue import (
     hourly_cost_of,
 )
 from billing.costs.margins import Margins, margin_policy_set
+from billing.csv_cells import SafeWriter
 from billing.models import AcceleratorType
 from billing.permissions import (
     ACCELERATOR_VIEW,
@@ -168,7 +168,7 @@ class MarginReportCsvView(FileDownloadView):
     def get(self, request: Request) -> HttpResponse:
         query, rows = _margin_rows(request)
         out = io.StringIO()
-        writer = csv.writer(out)
+        writer = SafeWriter(out)
         writer.writerow([*query["group_by"], *MARGIN_FIGURES])
         for row in rows:
             data = margin_row_data(row)
@@ -245,7 +245,7 @@ class ReconciliationCsvView(FileDownloadView):
     def get(self, request: Request) -> HttpResponse:
         query, rows = _reconciliation_query(request)
         out = io.StringIO()
-        writer = csv.writer(out)
+        writer = SafeWriter(out)
         writer.writerow(RECONCILIATION_FIELDS)
         for row in rows.iterator(chunk_size=2000):
             writer.writerow(reconciliation_csv_values(ReconciliationRowOutput(row).data))

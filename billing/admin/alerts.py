@@ -1,7 +1,18 @@
 """Alert webhook endpoints (tenants' and the operator's) and the alerts sent to them
 (redelivery on demand); reconciliation alerts are listed beside budget alerts (filter by
-kind)."""
+kind).
 
+Invariant: no admin page ever renders a signing secret, only its masked prefix. A
+tenant's endpoint secret is write-only (typed on add or to rotate it, at least
+`MIN_SECRET_LENGTH` characters, never rendered back; left blank on change it is kept).
+The operator's endpoint and its secret are made only by `manage.py
+operator_endpoint_set`, which prints the new secret once; the admin lists it and can
+deactivate it.
+"""
+
+from typing import Any
+
+from django import forms
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -20,23 +31,69 @@ def _masked(secret: str) -> str:
     return f"{secret[:4]}…" if len(secret) >= 16 else "…"
 
 
+MIN_SECRET_LENGTH = 32
+
+
+class WebhookEndpointForm(forms.ModelForm):
+    """The secret is write-only: never rendered, required on add, kept when left blank."""
+
+    secret = forms.CharField(
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text=(
+            f"Write-only: type a new secret (at least {MIN_SECRET_LENGTH} characters) to "
+            "set or rotate it; leave blank to keep the current one."
+        ),
+    )
+
+    class Meta:
+        model = WebhookEndpoint
+        fields = ["tenant", "url", "secret", "thresholds", "is_active"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.initial["secret"] = ""  # never sent to the browser
+
+    def clean_secret(self) -> str:
+        typed: str = self.cleaned_data.get("secret") or ""
+        if not typed:
+            if self.instance.pk is None:
+                raise forms.ValidationError("A new endpoint needs a secret.")
+            return str(self.instance.secret)  # kept
+        if len(typed) < MIN_SECRET_LENGTH:
+            raise forms.ValidationError(
+                f"The secret must be at least {MIN_SECRET_LENGTH} characters."
+            )
+        return typed
+
+
 @admin.register(WebhookEndpoint)
 class WebhookEndpointAdmin(admin.ModelAdmin):
+    form = WebhookEndpointForm
     list_display = ["tenant", "url", "masked_secret", "thresholds", "is_active", "created_at"]
     list_filter = ["is_active"]
     search_fields = ["tenant__name", "url"]
+    readonly_fields = ["masked_secret"]
 
-    @admin.display(description="Secret")
+    @admin.display(description="Current secret")
     def masked_secret(self, obj: WebhookEndpoint) -> str:
-        return _masked(obj.secret)
+        return _masked(obj.secret) if obj.pk else "-"
 
 
 @admin.register(OperatorEndpoint)
 class OperatorEndpointAdmin(admin.ModelAdmin):
-    """The operator's endpoint for reconciliation alerts (at most one active)."""
+    """The operator's endpoint for reconciliation alerts (at most one active). Made and
+    rotated by `manage.py operator_endpoint_set` only; here it is listed, and can be
+    deactivated."""
 
     list_display = ["url", "masked_secret", "is_active", "created_at"]
     list_filter = ["is_active"]
+    exclude = ["secret"]
+    readonly_fields = ["url", "masked_secret", "created_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # operator_endpoint_set makes one and prints its secret once
 
     @admin.display(description="Secret")
     def masked_secret(self, obj: OperatorEndpoint) -> str:

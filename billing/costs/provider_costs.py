@@ -4,15 +4,19 @@ For a route served through a provider account, the margin report shows what the 
 actually charged beside the list-price estimate stamped on the records. The cost report
 is per account, UTC day, model and token type, not per tenant, so it is allocated:
 
-1. **Units.** Each cost row (`ProviderCostBucket`, daily) is one line: its exact
-   `amount_usd`, its UTC day (`bucket_start`), its model (the row's `model`, else the part
-   of OpenAI's `line_item` before the first comma; mapped through the account's
-   `model_map` to our `upstream_model`) and its token class (`token_class_of`: Anthropic's
-   `token_type`, OpenAI's parsed line-item type; unknown or absent -> none).
-2. **Weights by token class.** A line of class k on (day, model) goes to each (tenant,
-   alias) that forwarded that model that day in proportion to its tokens of class k, in
-   the provider's terms (`tenant_class_tokens`: output is visible + reasoning; for OpenAI,
-   uncached input includes cache writes). With ours = the tenants' total of class k and
+1. **Units.** Each cost row (`ProviderCostBucket`, daily) is one line: its exact amount
+   (`amount_usd_from_text` of its `amount_text`: SQLite keeps `amount_usd` as a float),
+   its UTC day (`bucket_start`), its model (the row's `model` as the importer stored it,
+   mapped through the account's `model_map` to our `upstream_model`; the importer is the
+   one parser of OpenAI's line items, and a line item it could not read has no model) and
+   its token class (`token_class_of` of the stored `token_type`, then
+   `metering.reconcile.compare.provider_class`: OpenAI has no cache-write class; unknown
+   or absent -> none).
+2. **Weights by token class.** A line of class k on (day, model) goes to each payer, a
+   (tenant, alias, accelerator) of the account's rollups, that forwarded that model that day in proportion to its tokens of class k, in
+   the provider's terms (`metering.reconcile.compare.provider_tokens`, reconciliation's
+   table: output is visible + reasoning; for OpenAI, uncached input includes cache
+   writes). With ours = the tenants' total of class k and
    theirs = the report's (the reconciliation row's `theirs`: the row summed over keys, or
    the sum of the per-key rows when there is none):
    - theirs <= ours, or not reported: the shares are normalised to ours (each tenant pays
@@ -22,7 +26,7 @@ is per account, UTC day, model and token type, not per tenant, so it is allocate
      on a line of its own per account and never spread onto tenants;
    - ours = 0: the whole line is unattributed.
 3. **Lines without a token class** (tool and search fees, unknown types) are split by each
-   (tenant, alias)'s list-price cost (`serving_cost_usd`) of that model and day; when that
+   payer's list-price cost (`serving_cost_usd`) of that model and day; when that
    is zero everywhere, by their total tokens; when nobody forwarded the model that day,
    the line is unattributed. A line whose model cannot be told is unattributed.
 4. **Exact.** Amounts are Decimal with at most 24 places (the column's). A line is split
@@ -30,40 +34,40 @@ is per account, UTC day, model and token type, not per tenant, so it is allocate
    units left over go one each to the parts with the largest remainders (ties: the earlier
    part), so the parts sum to the line's amount exactly and none is negative (a negative
    amount, a credit, splits the same way with every part negative or zero).
-5. **Pending.** A (day, model) is pending while reconciliation has no row for it, or any
-   row of the account's day is `pending` (the day's report is still settling; a
+5. **Pending.** A (day, model) is pending while the account's day has no reconciliation
+   row, or any row of the day is `pending` (the day's report is still settling; a
    `missing_in_ledger` row shows before its day settles, so the day, not the group,
-   decides). Its cost is then unknown: the allocation carries no amounts for it and the
-   margin report shows null.
+   decides), or we forwarded the model that day and reconciliation has no row for it yet.
+   Its cost is then unknown: the allocation carries no amounts for it and the margin
+   report shows null. On a settled day, a cost line of a model with no reconciliation row
+   and no usage of ours (embeddings, images: not in the usage report) is unattributed.
 """
 
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date
 from decimal import Context, Decimal, Inexact, InvalidOperation, localcontext
 from typing import Protocol
 
+from metering.calendar import month_day
 from metering.models import ProviderAccount, ProviderCostBucket, ReconciliationRow
+from metering.providers.reports import amount_usd_from_text
+from metering.reconcile.compare import Ours, TokenClass, provider_class, provider_tokens
 from metering.reconcile.ours import forwarded_usage
 
 QUANTUM_PLACES = 24  # ProviderCostBucket.amount_usd and the rollups' serving costs
 # Sums and scalings of 44-digit amounts are exact here (the default context keeps 28
 # digits); an inexact result raises instead of rounding silently.
 EXACT = Context(prec=200, traps=[Inexact, InvalidOperation])
-INPUT_UNCACHED = ReconciliationRow.TokenClass.INPUT_UNCACHED.value
-CACHE_READ = ReconciliationRow.TokenClass.CACHE_READ.value
-CACHE_WRITE = ReconciliationRow.TokenClass.CACHE_WRITE.value
-OUTPUT = ReconciliationRow.TokenClass.OUTPUT.value
-TOKEN_CLASSES = (INPUT_UNCACHED, CACHE_READ, CACHE_WRITE, OUTPUT)
 
-Payer = tuple[uuid.UUID, str]  # (tenant id, alias)
+Payer = tuple[uuid.UUID, str, str]  # (tenant id, alias, accelerator)
 
 
 class Forwarded(Protocol):
-    """What the ledger forwarded for one (day, upstream model, tenant, alias) of an account
-    (`metering.reconcile.ours.ForwardedRow`)."""
+    """What the ledger forwarded for one (day, upstream model, tenant, alias, accelerator)
+    of an account (`metering.reconcile.ours.ForwardedRow`)."""
 
     @property
     def day(self) -> date: ...
@@ -73,6 +77,10 @@ class Forwarded(Protocol):
     def tenant_id(self) -> uuid.UUID: ...
     @property
     def alias(self) -> str: ...
+    @property
+    def accelerator(self) -> str: ...
+    @property
+    def requests(self) -> int: ...
     @property
     def input_tokens(self) -> int: ...
     @property
@@ -134,7 +142,7 @@ def _split_exact(amount: Decimal, weights: Sequence[int | Decimal]) -> list[Deci
 # --- pure: token classes -------------------------------------------------------------------
 
 
-def token_class_of(token_type: str) -> str | None:
+def token_class_of(token_type: str) -> TokenClass | None:
     """Our reconciliation class of a cost row's token type, or None (split by list price).
 
     Liberal: Anthropic's `uncached_input_tokens`, `cache_read_input_tokens`,
@@ -148,35 +156,29 @@ def token_class_of(token_type: str) -> str | None:
     if not words or "audio" in words or "image" in words:
         return None
     if "uncached" in words:
-        return INPUT_UNCACHED
+        return TokenClass.INPUT_UNCACHED
     if "cache" in words and any(w in words for w in ("creation", "write", "ephemeral")):
-        return CACHE_WRITE
+        return TokenClass.CACHE_WRITE
     if "cache" in words and any(w in words for w in ("read", "cached", "hit")):
-        return CACHE_READ
+        return TokenClass.CACHE_READ
     if "output" in words or "completion" in words:
-        return OUTPUT
+        return TokenClass.OUTPUT
     if "input" in words or "prompt" in words:
-        return INPUT_UNCACHED
+        return TokenClass.INPUT_UNCACHED
     return None
 
 
-def tenant_class_tokens(row: Forwarded, *, provider: str) -> dict[str, int]:
-    """A forwarded row's tokens in the provider's classes (decision 0116's table)."""
-    output = row.output_tokens + row.reasoning_tokens
-    if provider == ProviderAccount.Provider.OPENAI:
-        # OpenAI reports no cache writes: they are in its uncached input
-        return {
-            INPUT_UNCACHED: row.input_tokens + row.cache_write_tokens,
-            CACHE_READ: row.cached_input_tokens,
-            CACHE_WRITE: 0,
-            OUTPUT: output,
-        }
-    return {
-        INPUT_UNCACHED: row.input_tokens,
-        CACHE_READ: row.cached_input_tokens,
-        CACHE_WRITE: row.cache_write_tokens,
-        OUTPUT: output,
-    }
+def tenant_class_tokens(row: Forwarded, *, provider: str) -> dict[TokenClass, int]:
+    """A forwarded row's tokens in the provider's classes (reconciliation's table)."""
+    ours = Ours(
+        requests=row.requests,
+        input_tokens=row.input_tokens,
+        cached_input_tokens=row.cached_input_tokens,
+        cache_write_tokens=row.cache_write_tokens,
+        output_tokens=row.output_tokens,
+        reasoning_tokens=row.reasoning_tokens,
+    )
+    return provider_tokens(provider, ours)
 
 
 # --- pure: one (day, model) ----------------------------------------------------------------
@@ -187,15 +189,15 @@ class CostLine:
     """One cost row, resolved: its amount, and its class (None: split by list price)."""
 
     amount_usd: Decimal
-    token_class: str | None
+    token_class: TokenClass | None
 
 
 @dataclass(frozen=True)
 class Use:
-    """One (tenant, alias)'s use of a model on a day, in the provider's classes."""
+    """One payer's use of a model on a day, in the provider's classes."""
 
     payer: Payer
-    tokens: Mapping[str, int]
+    tokens: Mapping[TokenClass, int]
     list_cost_usd: Decimal
 
 
@@ -247,7 +249,7 @@ def _allocate(
 @dataclass
 class AccountCosts:
     """One account's actual costs over some days: the exact parts per payer (tenant,
-    alias) of the settled (day, model)s, what stays unattributed, and which (day, model)s
+    alias, accelerator) of the settled (day, model)s, what stays unattributed, and which (day, model)s
     are pending (their costs are not in the sums)."""
 
     account: ProviderAccount
@@ -268,21 +270,6 @@ class AccountCosts:
         return bool(self.used[payer] & self.pending)
 
 
-def _midnight(day: date) -> datetime:
-    return datetime.combine(day, time.min, tzinfo=UTC)
-
-
-def _model_and_type(bucket: ProviderCostBucket) -> tuple[str, str]:
-    """The report's model name and token type of a cost row (OpenAI: from the line item
-    "<model>, <token type>" when the importer left them blank)."""
-    model, token_type = bucket.model, bucket.token_type
-    if (not model or not token_type) and "," in bucket.line_item:
-        head, _, tail = bucket.line_item.partition(",")
-        model = model or head.strip()
-        token_type = token_type or tail.strip()
-    return model, token_type
-
-
 def account_costs(
     *, account: ProviderAccount, start: date, end: date, forwarded: Iterable[Forwarded]
 ) -> AccountCosts:
@@ -298,7 +285,7 @@ def _account_costs(
     result = AccountCosts(account=account)
     uses: dict[tuple[date, str], list[Use]] = defaultdict(list)
     for row in forwarded:
-        payer = (row.tenant_id, row.alias)
+        payer = (row.tenant_id, row.alias, row.accelerator)
         uses[(row.day, row.upstream_model)].append(
             Use(
                 payer=payer,
@@ -340,23 +327,27 @@ def _account_costs(
     days_reconciled = {d for d, _ in rows_of}
     lines: dict[tuple[date, str], list[CostLine]] = defaultdict(list)
     for bucket in ProviderCostBucket.objects.filter(
-        account=account, bucket_start__gte=_midnight(start), bucket_start__lt=_midnight(end)
+        account=account,
+        bucket_start__gte=month_day(start.year, start.month, start.day),
+        bucket_start__lt=month_day(end.year, end.month, end.day),
     ).order_by("bucket_start", "id"):
         day = bucket.bucket_start.astimezone(UTC).date()
         result.has_costs = True
-        name, token_type = _model_and_type(bucket)
-        line_class = token_class_of(token_type)
-        if line_class == CACHE_WRITE and account.provider == ProviderAccount.Provider.OPENAI:
-            line_class = INPUT_UNCACHED  # OpenAI counts cache writes as uncached input
-        line = CostLine(Decimal(bucket.amount_usd), line_class)
+        day_settled = day in days_reconciled and day not in day_pending
+        line_type = token_class_of(bucket.token_type)
+        line = CostLine(
+            amount_usd_from_text(provider=account.provider, amount_text=bucket.amount_text),
+            None if line_type is None else provider_class(account.provider, line_type),
+        )
+        name = bucket.model  # the importer's reading; blank: it could not tell the model
         if not name:  # no model to charge it to: the account's, unattributed
-            if day in day_pending or day not in days_reconciled:
-                result.unattributed_pending = True
-            else:
+            if day_settled:
                 result.unattributed += line.amount_usd
+            else:
+                result.unattributed_pending = True
             continue
         model = str(account.model_map.get(name, name)) if account.model_map else name
-        if (day, model) not in rows_of:
+        if (day, model) not in rows_of and not day_settled:
             result.pending.add((day, model))
         lines[(day, model)].append(line)
 
@@ -373,7 +364,7 @@ def _account_costs(
 
 def provider_costs(*, start: date, end: date) -> list[AccountCosts]:
     """Every provider account's actual costs of the UTC days [start, end), allocated to
-    what each (tenant, alias) forwarded on it (`forwarded_usage`, from the rollups);
+    what each (tenant, alias, accelerator) forwarded on it (`forwarded_usage`, from the rollups);
     accounts with neither usage nor cost in those days are left out. By account name."""
     found = []
     for account in ProviderAccount.objects.order_by("name"):

@@ -3,7 +3,6 @@
 Everything printed or exported is read from the invoice and its lines as stored: the
 document is reproducible, and nothing here computes money."""
 
-import csv
 import io
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -11,6 +10,7 @@ from typing import Any
 
 from django.conf import settings
 
+from billing.csv_cells import SafeWriter
 from billing.invoicing.lines import INVOICE_LINE_FIELDS
 from billing.invoicing.pdf import (
     DocumentLine,
@@ -133,7 +133,7 @@ LINE_COLUMNS = [
 
 def invoices_csv(invoices: Iterable[Invoice]) -> str:
     out = io.StringIO()
-    writer = csv.writer(out)
+    writer = SafeWriter(out)
     writer.writerow(INVOICE_COLUMNS)
     for inv in invoices:
         credited = sum(c.amount_minor for c in inv.credit_notes.all())
@@ -161,7 +161,7 @@ def invoices_csv(invoices: Iterable[Invoice]) -> str:
 
 def invoice_lines_csv(invoices: Iterable[Invoice]) -> str:
     out = io.StringIO()
-    writer = csv.writer(out)
+    writer = SafeWriter(out)
     writer.writerow(LINE_COLUMNS)
     for inv in invoices:
         for line in inv.lines.order_by("position"):

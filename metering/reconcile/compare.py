@@ -286,3 +286,30 @@ def worst_status(statuses: list[Status] | list[str]) -> Status | None:
     """The most severe of some rows' statuses (a day's status), None for no rows."""
     present = {Status(s) for s in statuses}
     return next((s for s in SEVERITY if s in present), None)
+
+
+# --- our usage in the provider's classes (billing's cost allocation reads these) ---------
+
+# A class the provider has none of counts in another (the table in the module doc).
+FOLDED_INTO: dict[Provider, dict[TokenClass, TokenClass]] = {
+    Provider.OPENAI: {TokenClass.CACHE_WRITE: TokenClass.INPUT_UNCACHED},
+    Provider.ANTHROPIC: {},
+}
+
+
+def provider_class(provider: str, token_class: str) -> TokenClass:
+    """The class the provider counts `token_class` in (OpenAI: a cache write is uncached
+    input); otherwise the class itself."""
+    cls = TokenClass(token_class)
+    return FOLDED_INTO[Provider(provider)].get(cls, cls)
+
+
+def provider_tokens(provider: str, ours: Ours) -> dict[TokenClass, int]:
+    """Our tokens per class the provider counts in its own right (requests left out), as
+    `ours_of` counts them: every token of `ours` is in exactly one class."""
+    vendor = Provider(provider)
+    return {
+        cls: ours_of(vendor, ours, cls)
+        for cls in TokenClass
+        if cls is not TokenClass.REQUESTS and provider_class(vendor, cls) is cls
+    }

@@ -24,6 +24,7 @@ from metering.models import (
     ReconciliationRow,
     ServingCostRate,
 )
+from metering.providers.openai_reports import line_item_parts
 from metering.services import api_key_create
 from tests.factories import ApiKeyFactory
 from tests.staff import staff_client
@@ -83,6 +84,8 @@ def cost(account: ProviderAccount, day: date, line_item: str, amount: str) -> No
         bucket_start=datetime(day.year, day.month, day.day, tzinfo=UTC),
         bucket_width="1d",
         line_item=line_item,
+        model=line_item_parts(line_item)[0],
+        token_type=line_item_parts(line_item)[1],
         amount_text=amount,
         amount_usd=Decimal(amount),
         fetch=fetch,
@@ -219,12 +222,12 @@ def test_provider_costs_are_staff_only(resold: tuple[ApiKey, ApiKey]) -> None:
     assert refused.status_code == 403 and b"5.25" not in refused.content
 
 
-def test_a_resold_alias_on_two_accelerators_is_split_exactly(
+def test_a_resold_alias_on_two_accelerators_gets_each_its_own_share(
     resold: tuple[ApiKey, ApiKey],
 ) -> None:
-    """A route that moved (another accelerator label in the same month): the (tenant,
-    alias)'s actual cost and estimate are split over its rows by their serving cost, and
-    add up to the alias's figures exactly."""
+    """An alias served on two accelerator labels of the account in a month: each row gets
+    the cost of what it forwarded (by tokens of the line's class, fees by list price),
+    and the rows add up to the alias's figures exactly."""
     key_a, _ = resold
     a = str(key_a.tenant_id)
     account = ProviderAccount.objects.get()
@@ -242,10 +245,48 @@ def test_a_resold_alias_on_two_accelerators_is_split_exactly(
     assert (here.cost_usd, there.cost_usd) == (Decimal(5), Decimal(4))
     assert here.provider_cost_usd is not None and there.provider_cost_usd is not None
     assert here.provider_cost_usd + there.provider_cost_usd == alias.provider_cost_usd
-    assert abs(here.provider_cost_usd * 4 - there.provider_cost_usd * 5) < Decimal("1e-22")
+    # output $10 over 3M output tokens (theirs 2.5M < ours 3M: normalised to ours), input
+    # $2 over a's and b's 1M each, web search $0.50 by list price 5:4:5
+    near = Decimal("1e-22")
+    assert abs(there.provider_cost_usd - (Decimal(10) / 3 + Decimal("0.5") * 4 / 14)) < near
+    assert abs(here.provider_cost_usd - (Decimal(10) / 3 + 1 + Decimal("0.5") * 5 / 14)) < near
     assert here.provider_cost_difference_usd is not None
     assert there.provider_cost_difference_usd is not None
     assert (
         here.provider_cost_difference_usd + there.provider_cost_difference_usd
         == alias.provider_cost_difference_usd
+    )
+
+
+def test_an_alias_also_served_on_our_own_accelerator_keeps_its_hardware_cost_basis(
+    resold: tuple[ApiKey, ApiKey],
+) -> None:
+    """The route moved from our own H100s to the provider in the month: the provider's
+    cost goes to the provider rows only; the hardware row has no provider cost at all."""
+    key_a, _ = resold
+    a = str(key_a.tenant_id)
+    own = rate("mini", "nvidia-h100-sxm", output_usd="3")
+    write_usage(key_a, at(DAY), own, output_tokens=M, alias="mini", upstream_model="o4-mini")  # type: ignore[arg-type]
+    rows = {r.key: r for r in margin_report(period=Period(OCT, datetime(2026, 11, 1, tzinfo=UTC)))}
+    hardware, resold_row = rows[(a, "mini", "nvidia-h100-sxm")], rows[(a, "mini", "")]
+    assert hardware.cost_usd == Decimal(3) and not hardware.resold
+    assert hardware.provider_cost_usd is None and hardware.provider_cost_difference_usd is None
+    assert (resold_row.cost_usd, resold_row.provider_cost_usd) == (Decimal(5), Decimal("5.25"))
+
+
+def test_the_margin_csv_never_writes_a_formula_and_keeps_negative_numbers(
+    resold: tuple[ApiKey, ApiKey],
+) -> None:
+    """An alias or accelerator label that starts like a formula is written as text
+    (leading '); a negative margin stays a number."""
+    key_a, _ = resold
+    evil = rate("=2+3", "-h100", output_usd="9")
+    write_usage(key_a, at(DAY), evil, output_tokens=M, alias="=2+3")  # type: ignore[arg-type]
+    staff = staff_client("fin", "finance-read")
+    body = staff.get("/api/v1/finance/margins.csv", {"period": "2026-10"}).content.decode()
+    lines = {(r["alias"], r["accelerator"]): r for r in csv.DictReader(io.StringIO(body))}
+    line = lines[("'=2+3", "'-h100")]
+    assert (line["revenue_usd"], line["cost_usd"], line["gross_margin"]) == ("4", "9", "-1.25")
+    assert all(
+        not cell.startswith(("=", "+", "@")) for row in lines.values() for cell in row.values()
     )

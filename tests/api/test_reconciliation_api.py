@@ -140,6 +140,34 @@ def test_a_forged_cursor_is_not_found(rows, finance) -> None:  # type: ignore[no
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
 
 
+def test_csv_text_cells_never_run_as_formulas_and_numbers_stay_numbers(finance) -> None:  # type: ignore[no-untyped-def]
+    """Model names and key ids come from provider reports, account names from staff: a
+    cell starting like a formula is written as text; a negative drift stays a number."""
+    acct = account("@acct")
+    row(
+        acct,
+        date(2026, 10, 2),
+        "output",
+        upstream_model='=HYPERLINK("http://x.invalid","y")',
+        api_key_id="+key\t",
+        ours=1000,
+        theirs=300,
+        drift=-700,
+        relative_drift=Decimal("-2.333333333333"),
+        status="drift",
+    )
+    response = finance.get(CSV_URL, {"period": "2026-10"})
+    [line] = list(csv.DictReader(io.StringIO(response.content.decode())))
+    assert line["account"] == "'@acct"
+    assert line["upstream_model"] == """'=HYPERLINK("http://x.invalid","y")"""
+    assert line["api_key_id"] == "'+key\t"
+    assert (line["drift"], line["relative_drift"], line["ours"]) == (
+        "-700",
+        "-2.333333333333",
+        "1000",
+    )
+
+
 def test_csv_has_every_row_of_the_month_with_exact_figures(rows, finance) -> None:  # type: ignore[no-untyped-def]
     response = finance.get(CSV_URL, {"account": "oa-prod", "period": "2026-10"})
     assert response.status_code == 200 and response["Content-Type"] == "text/csv"

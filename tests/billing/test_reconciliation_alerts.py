@@ -122,6 +122,38 @@ def test_exactly_at_the_threshold_fires(account: ProviderAccount) -> None:
     assert len(reconciliation_alerts_evaluate(account_id=account.pk, days=[DAY])) == 1
 
 
+def test_a_report_short_of_our_count_fires_like_one_over_it(account: ProviderAccount) -> None:
+    """The report drops reasoning: theirs 1000 against ours 3000 (relative -2)."""
+    row(account, ours=3000, theirs=1000, status=Status.DRIFT)
+    row(account, ours=1000, theirs=1008, status=Status.DRIFT, token_class="input_uncached")
+    [alert] = reconciliation_alerts_evaluate(account_id=account.pk, days=[DAY])
+    assert (alert.details["class"], alert.details["drift"]) == ("output", -2000)
+    assert alert.details["relative_drift"] == "-2.000000000000"
+    assert [c["class"] for c in alert.details["classes"]] == ["output"]  # 0.8 %: below
+
+
+def test_a_negative_drift_below_the_threshold_does_not_fire(account: ProviderAccount) -> None:
+    row(account, ours=1009, theirs=1000, status=Status.DRIFT)  # -0.9 %
+    assert reconciliation_alerts_evaluate(account_id=account.pk, days=[DAY]) == []
+
+
+def test_a_drift_against_a_report_of_zero_fires(account: ProviderAccount) -> None:
+    """The report says 0 cache writes while we forwarded 2M: relative drift is null
+    (unbounded), the row still alerts."""
+    account.provider = "anthropic"
+    account.save()
+    row(account, ours=2_000_000, theirs=0, status=Status.DRIFT, token_class="cache_write")
+    row(account, ours=50, theirs=50, status=Status.MATCHED)
+    [alert] = reconciliation_alerts_evaluate(account_id=account.pk, days=[DAY])
+    assert alert.details["status"] == "drift"
+    assert (alert.details["class"], alert.details["theirs"], alert.details["drift"]) == (
+        "cache_write",
+        0,
+        -2_000_000,
+    )
+    assert alert.details["relative_drift"] is None
+
+
 def test_a_pending_day_fires_no_drift_alert_but_missing_in_ledger_at_once(
     account: ProviderAccount,
 ) -> None:
@@ -285,3 +317,48 @@ def test_operator_endpoint_set_rotates_and_signs_with_the_new_secret(
     with pytest.raises(AlertDeliveryFailed, match="400"):
         alert_deliver(alert_id=alert.pk)
     assert receiver.bad_signatures == 1 and receiver.accepted == []
+
+
+OLD_SECRET = "whsec_" + "o" * 40
+
+
+def test_admin_never_renders_an_endpoint_secret(receiver: Receiver) -> None:  # noqa: F811
+    """Neither the operator's endpoint nor a tenant's shows its secret on any admin page;
+    the operator's is made and rotated by the command only, a tenant's is write-only."""
+    operator = OperatorEndpoint.objects.create(url=receiver.url, secret=OLD_SECRET)
+    tenant = TenantFactory()
+    webhook = WebhookEndpoint.objects.create(tenant=tenant, url=receiver.url, secret=OLD_SECRET)
+    ops = Client()
+    ops.force_login(staff_user("ops", "operator"))
+    pages = [
+        "/admin/billing/operatorendpoint/",
+        f"/admin/billing/operatorendpoint/{operator.pk}/change/",
+        "/admin/billing/webhookendpoint/",
+        f"/admin/billing/webhookendpoint/{webhook.pk}/change/",
+        "/admin/billing/webhookendpoint/add/",
+    ]
+    for page in pages:
+        response = ops.get(page)
+        assert response.status_code == 200, page
+        assert OLD_SECRET.encode() not in response.content, page
+        assert b"o" * 12 not in response.content, page
+    assert b"whse\xe2\x80\xa6" in ops.get(pages[1]).content  # the masked prefix only
+    assert ops.get("/admin/billing/operatorendpoint/add/").status_code == 403
+
+    # a tenant's endpoint: blank keeps the secret, a short one is refused, a long one rotates
+    change = pages[3]
+    form = {"tenant": tenant.pk, "url": receiver.url, "thresholds": "[50]", "is_active": "on"}
+    assert ops.post(change, {**form, "secret": ""}).status_code == 302
+    webhook.refresh_from_db()
+    assert webhook.secret == OLD_SECRET and webhook.thresholds == [50]
+    refused = ops.post(change, {**form, "secret": "short"})
+    assert refused.status_code == 200 and b"at least 32 characters" in refused.content
+    assert b'value="short"' not in refused.content  # not echoed back either
+    assert ops.post(change, {**form, "secret": "n" * 40}).status_code == 302
+    webhook.refresh_from_db()
+    assert webhook.secret == "n" * 40
+    # a new endpoint needs one
+    other = TenantFactory()
+    added = ops.post(pages[4], {**form, "tenant": other.pk, "secret": ""})
+    assert added.status_code == 200 and b"needs a secret" in added.content
+    assert not WebhookEndpoint.objects.filter(tenant=other).exists()

@@ -17,6 +17,8 @@ import anthropic
 import openai
 import pytest
 
+from billing.models import Alert
+from billing.reconciliation_alerts import reconciliation_rows_changed
 from metering.models import (
     ProviderAccount,
     ProviderBucketRevision,
@@ -221,7 +223,12 @@ def test_everything_matches_to_the_token(world: World) -> None:
     assert cache + an_rows[("sim-thinker", AN_KEY, "cache_write")].ours > 0
 
 
-def test_a_report_that_drops_reasoning_drifts_by_exactly_the_reasoning(world: World) -> None:
+def test_a_report_that_drops_reasoning_drifts_by_exactly_the_reasoning(
+    world: World,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # billing's alert handler hears the rows too (the world's recorder alone fires none)
+    monkeypatch.setattr(hooks, "_handlers", [*hooks._handlers, reconciliation_rows_changed])
     serve_matching_traffic(world)
     world.report()
     world.oa_fake.drop_reasoning = True
@@ -238,6 +245,13 @@ def test_a_report_that_drops_reasoning_drifts_by_exactly_the_reasoning(world: Wo
         assert output.status == "drift" and output.drift == -output.reasoning < 0
         assert output.drift_equals_reasoning
         assert rows[(model, key, "input_uncached")].status == "matched"
+        # the settled drift (negative: the report is short of us) alerts the operator once
+        [alert] = Alert.objects.filter(
+            kind=Alert.Kind.RECONCILIATION, details__account=account.name
+        )
+        assert (alert.details["status"], alert.details["class"]) == ("drift", "output")
+        assert alert.details["drift"] == output.drift and alert.tenant_id is None
+        assert [c["drift_equals_reasoning"] for c in alert.details["classes"]] == [True]
 
 
 def test_usage_on_a_key_no_route_declares_is_missing_in_ledger_and_told_every_run(

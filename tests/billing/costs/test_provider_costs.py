@@ -11,16 +11,13 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from billing.costs.provider_costs import (
-    CACHE_READ,
-    CACHE_WRITE,
-    INPUT_UNCACHED,
-    OUTPUT,
     CostLine,
     Shares,
     Use,
     account_costs,
     allocate,
     split_exact,
+    tenant_class_tokens,
     token_class_of,
 )
 from metering.models import (
@@ -29,7 +26,11 @@ from metering.models import (
     ProviderReportFetch,
     ReconciliationRow,
 )
+from metering.providers.openai_reports import line_item_parts
+from metering.reconcile.compare import Ours, Provider, TokenClass, ours_of
 
+INPUT_UNCACHED, CACHE_READ = TokenClass.INPUT_UNCACHED, TokenClass.CACHE_READ
+CACHE_WRITE, OUTPUT = TokenClass.CACHE_WRITE, TokenClass.OUTPUT
 UNIT = Decimal("1e-24")
 # Wide enough that sums of 44-digit amounts are exact (the default context keeps 28).
 WIDE = Context(prec=100)
@@ -107,7 +108,7 @@ def _check_split(amount: Decimal, weights: list[int], parts: list[Decimal]) -> N
 
 
 def use(payer: uuid.UUID, list_cost: str = "0", **tokens: int) -> Use:
-    return Use(payer=(payer, "reasoner"), tokens=tokens, list_cost_usd=Decimal(list_cost))
+    return Use(payer=(payer, "reasoner", ""), tokens=tokens, list_cost_usd=Decimal(list_cost))
 
 
 @given(
@@ -155,8 +156,8 @@ def test_allocation_worked_example() -> None:
         uses=uses,
         theirs={OUTPUT: 1200},
     )
-    assert shares.parts[(T1, "reasoner")] == Decimal("6.17") + Decimal("0.125")
-    assert shares.parts[(T2, "reasoner")] == Decimal("4.113333333333333333333333") + Decimal(
+    assert shares.parts[(T1, "reasoner", "")] == Decimal("6.17") + Decimal("0.125")
+    assert shares.parts[(T2, "reasoner", "")] == Decimal("4.113333333333333333333333") + Decimal(
         "0.375"
     )
     assert shares.unattributed == Decimal(
@@ -171,7 +172,10 @@ def test_untyped_lines_fall_back_to_tokens_then_to_unattributed() -> None:
         uses=[use(T1, output=1), use(T2, output=3)],
         theirs={},
     )
-    assert by_tokens.parts == {(T1, "reasoner"): Decimal("0.25"), (T2, "reasoner"): Decimal("0.75")}
+    assert by_tokens.parts == {
+        (T1, "reasoner", ""): Decimal("0.25"),
+        (T2, "reasoner", ""): Decimal("0.75"),
+    }
     nobody = allocate(lines=[CostLine(Decimal("1"), None)], uses=[], theirs={})
     assert nobody.unattributed == Decimal("1") and not nobody.parts
 
@@ -218,6 +222,8 @@ class Fwd:
     reasoning_tokens: int = 0
     requests: int = 1
     serving_cost_usd: Decimal = Decimal(0)
+    accelerator: str = ""
+    records: int = 1
 
 
 D1, D2 = date(2026, 10, 5), date(2026, 10, 6)
@@ -237,7 +243,11 @@ def _fetch(account: ProviderAccount) -> ProviderReportFetch:
 
 
 def cost(account: ProviderAccount, day: date, amount_text: str, **group: str) -> None:
+    """A cost row as the importer stores it (OpenAI: model and token type read from the
+    line item by the importer's parser; blank when it cannot read it)."""
     cents = account.provider == "anthropic"
+    if "line_item" in group and "model" not in group:
+        group["model"], group["token_type"] = line_item_parts(group["line_item"])
     ProviderCostBucket.objects.create(
         account=account,
         bucket_start=datetime(day.year, day.month, day.day, tzinfo=UTC),
@@ -322,7 +332,7 @@ def test_anthropic_cents_are_allocated_exactly_and_leaks_stay_unattributed() -> 
 
     result = account_costs(account=account, start=D1, end=D2, forwarded=forwarded)
 
-    t1, t2 = result.parts[(T1, "sonnet")], result.parts[(T2, "sonnet")]
+    t1, t2 = result.parts[(T1, "sonnet", "")], result.parts[(T2, "sonnet", "")]
     # output $1.2345 by 300:700; input $0.0007 by 50:50; cache write $0.00333 all T1;
     # web search $0.01 by list price 1:3; cache read $0.025 nobody forwarded: unattributed
     assert t1 == Decimal("0.37035") + Decimal("0.00035") + Decimal("0.00333") + Decimal("0.0025")
@@ -330,7 +340,7 @@ def test_anthropic_cents_are_allocated_exactly_and_leaks_stay_unattributed() -> 
     assert result.unattributed == Decimal("0.025")
     assert t1 + t2 + result.unattributed == Decimal("1.27353")  # 127.353 cents, exactly
     assert not result.pending and not result.unattributed_pending
-    assert result.estimates[(T1, "sonnet")] == Decimal("0.01")
+    assert result.estimates[(T1, "sonnet", "")] == Decimal("0.01")
 
 
 @pytest.mark.django_db
@@ -358,12 +368,12 @@ def test_openai_line_items_per_key_rows_and_pending_days() -> None:
 
     result = account_costs(account=account, start=D1, end=date(2026, 10, 7), forwarded=forwarded)
 
-    assert result.parts[(T1, "mini")] == Decimal("0.44")  # 200 of theirs' 500, twice
-    assert result.parts[(T2, "mini")] == Decimal("0.44")
+    assert result.parts[(T1, "mini", "")] == Decimal("0.44")  # 200 of theirs' 500, twice
+    assert result.parts[(T2, "mini", "")] == Decimal("0.44")
     # beyond ours (1/5 of both lines) + the line with no model
     assert result.unattributed == Decimal("0.2") + Decimal("0.02") + Decimal("0.30")
     assert result.pending == {(D2, "o4-mini")}  # D2's $9.99 is not counted
-    assert result.payer_pending((T1, "mini")) and not result.payer_pending((T2, "mini"))
+    assert result.payer_pending((T1, "mini", "")) and not result.payer_pending((T2, "mini", ""))
     assert result.unattributed_pending  # D2's cost may still add to it
 
 
@@ -377,7 +387,7 @@ def test_a_day_with_no_reconciliation_rows_is_pending() -> None:
         account=account, start=D1, end=D2, forwarded=[Fwd(D1, "o3", T3, "o3", output_tokens=9)]
     )
     assert result.pending == {(D1, "o3")} and not result.parts
-    assert result.payer_pending((T3, "o3")) and result.unattributed == 0
+    assert result.payer_pending((T3, "o3", "")) and result.unattributed == 0
 
 
 @pytest.mark.django_db
@@ -395,3 +405,93 @@ def test_every_group_of_a_settling_day_is_pending() -> None:
     )
     assert result.pending == {(D1, "o3"), (D1, "gpt-leak")}
     assert result.unattributed == 0 and result.unattributed_pending
+
+
+@pytest.mark.django_db
+def test_amounts_are_exact_from_the_stored_text_even_on_sqlite() -> None:
+    """OpenAI sends 17+ significant digits; SQLite keeps amount_usd as a float (15)."""
+    account = ProviderAccount.objects.create(
+        name="openai-exact", provider="openai", admin_key_env="OPENAI_ADMIN_KEY"
+    )
+    for token_class in ("requests", "input_uncached", "cache_read", "output"):
+        recon(account, D1, "o3", token_class, ours=3, theirs=3)
+    cost(account, D1, "0.52656000000000012345", line_item="o3, output")
+    cost(account, D1, "0.1000000000000000003", line_item="web search")
+    result = account_costs(
+        account=account,
+        start=D1,
+        end=D2,
+        forwarded=[
+            Fwd(D1, "o3", T1, "o3", output_tokens=1),
+            Fwd(D1, "o3", T2, "o3", output_tokens=2),
+        ],
+    )
+    with localcontext(WIDE):
+        parts = result.parts[(T1, "o3", "")] + result.parts[(T2, "o3", "")]
+        assert parts == Decimal("0.52656000000000012345")
+        assert result.unattributed == Decimal("0.1000000000000000003")
+    assert result.parts[(T1, "o3", "")] == Decimal("0.175520000000000041150000")
+
+
+@pytest.mark.django_db
+def test_on_a_settled_day_a_cost_line_of_a_model_without_rows_is_unattributed() -> None:
+    """Embeddings are billed but not in the completions usage report: no reconciliation
+    row ever comes for them, so once the day settles they are unattributed, not pending.
+    A line item the importer could not read has no model: unattributed, never re-parsed."""
+    account = ProviderAccount.objects.create(
+        name="openai-emb", provider="openai", admin_key_env="OPENAI_ADMIN_KEY"
+    )
+    forwarded = [Fwd(D1, "gpt-r", T1, "r", input_tokens=10, output_tokens=5)]
+    for token_class in ("requests", "input_uncached", "cache_read", "output"):
+        recon(account, D1, "gpt-r", token_class, ours=10, theirs=10)
+    cost(account, D1, "1.00", line_item="gpt-r, input")
+    cost(account, D1, "2.50", line_item="text-embedding-3-small, input")
+    cost(account, D1, "0.70", line_item="gpt-r, input, batch")  # the importer leaves it blank
+
+    result = account_costs(account=account, start=D1, end=D2, forwarded=forwarded)
+
+    assert result.parts == {(T1, "r", ""): Decimal("1.00")}
+    assert result.unattributed == Decimal("3.20")
+    assert not result.pending and not result.unattributed_pending
+
+
+@pytest.mark.django_db
+def test_a_cost_line_of_a_model_without_rows_waits_while_its_day_settles() -> None:
+    account = ProviderAccount.objects.create(
+        name="openai-emb2", provider="openai", admin_key_env="OPENAI_ADMIN_KEY"
+    )
+    recon(account, D1, "gpt-r", "output", ours=5, theirs=None, status="pending")
+    cost(account, D1, "2.50", line_item="text-embedding-3-small, input")
+    cost(account, D2, "0.40", line_item="text-embedding-3-small, input")  # no rows at all
+    result = account_costs(
+        account=account,
+        start=D1,
+        end=date(2026, 10, 7),
+        forwarded=[Fwd(D1, "gpt-r", T1, "r", output_tokens=5)],
+    )
+    assert result.pending == {
+        (D1, "gpt-r"),
+        (D1, "text-embedding-3-small"),
+        (D2, "text-embedding-3-small"),
+    }
+    assert result.unattributed == 0 and result.unattributed_pending
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+@given(
+    counts=st.tuples(*[st.integers(min_value=0, max_value=10**9) for _ in range(5)]),
+    requests=st.integers(min_value=0, max_value=10**6),
+)
+def test_tenant_class_tokens_are_reconciliations_classes_and_lose_no_token(
+    provider: str, counts: tuple[int, int, int, int, int], requests: int
+) -> None:
+    """One table: billing's weights are `compare.ours_of` of each class the provider
+    counts, and every forwarded token is in exactly one of them."""
+    row = Fwd(D1, "m", T1, "a", *counts, requests=requests)
+    tokens = tenant_class_tokens(row, provider=provider)
+    ours = Ours(requests, *counts)
+    vendor = Provider(provider)
+    assert tokens == {c: ours_of(vendor, ours, c) for c in tokens}
+    assert sum(tokens.values()) == sum(counts)
+    assert TokenClass.REQUESTS not in tokens
+    assert (TokenClass.CACHE_WRITE in tokens) == (provider == "anthropic")
