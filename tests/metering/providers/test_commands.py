@@ -100,7 +100,7 @@ def test_route_set_refuses_an_account_of_another_provider_or_unknown(anthropic_a
         "route_set", "gpt", "--provider", "openai", "--base-url", "https://api.openai.com/v1",
         "--upstream-model", "gpt-r",
     )  # fmt: skip
-    with pytest.raises(CommandError, match="is anthropic; a openai route"):
+    with pytest.raises(CommandError, match="is anthropic; openai routes cannot belong to it"):
         run("route_set", "gpt", "--provider-account", "ant-main")
     with pytest.raises(CommandError, match="No provider account 'nope'"):
         run("route_set", "gpt", "--provider-account", "nope")
@@ -169,7 +169,7 @@ def test_an_account_named_by_routes_cannot_change_provider(openai_account) -> No
         "route_set", "gpt", "--provider", "openai", "--base-url", "https://api.openai.com/v1",
         "--upstream-model", "gpt-r", "--provider-account", "oai-main",
     )  # fmt: skip
-    with pytest.raises(CommandError, match="cannot become anthropic"):
+    with pytest.raises(CommandError, match="is anthropic; openai routes cannot belong to it"):
         run("provider_account_set", "oai-main", "--provider", "anthropic", "--admin-key-env", "K")
     openai_account.refresh_from_db()
     assert openai_account.provider == "openai"

@@ -3,15 +3,24 @@ API on loopback: import the window, reconcile the days that can have changed, wr
 settled day's final status the run after it leaves the window; a failed import changes
 nothing."""
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import pytest
+from django.db import connection
+from django.db import connections as db_connections
 
-from metering.models import ProviderAccount, ReconciliationRow, Route
-from metering.providers.importer import ProviderImportError
+from metering.models import ProviderAccount, ProviderUsageBucket, ReconciliationRow, Route
+from metering.providers import importer
+from metering.providers.importer import (
+    ProviderAccountBusy,
+    ProviderImportError,
+    provider_reports_import,
+)
 from metering.reconcile import hooks
-from metering.reconcile.sync import provider_account_sync
+from metering.reconcile.sync import SyncResult, provider_account_sync
 from metering.tasks import provider_reports_sync_due
 from tests.factories import ApiKeyFactory
 from tests.fakes.provider_admin import FakeProviderAdmin, ServedEvent
@@ -136,3 +145,74 @@ def test_a_failed_import_reconciles_nothing(account, fake, told) -> None:  # typ
     assert list(ReconciliationRow.objects.values_list("id", "status", "computed_at")) == before
     account.refresh_from_db()
     assert account.last_error and ADMIN_KEY not in account.last_error
+
+
+def test_after_a_backfill_the_sync_reads_and_reconciles_the_normal_window(account, told) -> None:  # type: ignore[no-untyped-def]
+    """A backfill creates buckets (revision 1): it is no change, so the next hourly run
+    reads and reconciles the settling window only, not every day back to the backfill
+    (review S7)."""
+    provider_reports_import(
+        account=account,
+        since=datetime(2026, 9, 1, tzinfo=UTC),
+        until=datetime(2026, 10, 9, tzinfo=UTC),
+    )
+    result = provider_account_sync(account=account, now=datetime(2026, 10, 9, 18, tzinfo=UTC))
+    assert result is not None
+    assert result.imported.since == datetime(2026, 10, 6, tzinfo=UTC)
+    assert set(result.reconciled.days) == {date(2026, 10, d) for d in (6, 7, 8, 9)}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_concurrent_runs_of_one_account_never_overlap(account, fake, told, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Two real runs on PostgreSQL (two connections): while one sync holds the account
+    (here: paused inside its first page read), a second sync does nothing and says so, a
+    manual import is refused with a clear Conflict; once the first has finished, the next
+    run goes ahead (review S5)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("the run lock is PostgreSQL's; SQLite runs one process")
+    reading, release = threading.Event(), threading.Event()
+    real_get = importer.admin_get
+
+    def paused_get(url: str, **kwargs: Any) -> Any:
+        if threading.current_thread().name == "first" and not reading.is_set():
+            reading.set()
+            assert release.wait(30)
+        return real_get(url, **kwargs)
+
+    monkeypatch.setattr(importer, "admin_get", paused_get)
+    outcome: dict[str, Any] = {}
+
+    def first() -> None:
+        try:
+            outcome["first"] = provider_account_sync(
+                account=ProviderAccount.objects.get(pk=account.pk),
+                now=datetime(2026, 10, 7, 18, tzinfo=UTC),
+            )
+        except BaseException as exc:  # reported to the test below
+            outcome["first"] = exc
+        finally:
+            db_connections.close_all()
+
+    thread = threading.Thread(target=first, name="first")
+    thread.start()
+    try:
+        assert reading.wait(30)
+        second = provider_account_sync(account=account, now=datetime(2026, 10, 7, 18, tzinfo=UTC))
+        assert second is None
+        with pytest.raises(ProviderAccountBusy, match="being imported by another run"):
+            provider_reports_import(
+                account=account,
+                since=datetime(2026, 10, 7, tzinfo=UTC),
+                until=datetime(2026, 10, 8, tzinfo=UTC),
+            )
+        assert not ProviderUsageBucket.objects.filter(account=account).exists()
+    finally:
+        release.set()
+        thread.join(60)
+    first_result = outcome["first"]
+    assert isinstance(first_result, SyncResult), first_result
+    assert first_result.imported.created > 0
+    account.refresh_from_db()
+    assert account.last_error == ""  # a busy account is no failure
+    again = provider_account_sync(account=account, now=datetime(2026, 10, 7, 19, tzinfo=UTC))
+    assert again is not None and again.imported.changed == 0
