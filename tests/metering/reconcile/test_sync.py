@@ -147,19 +147,40 @@ def test_a_failed_import_reconciles_nothing(account, fake, told) -> None:  # typ
     assert account.last_error and ADMIN_KEY not in account.last_error
 
 
-def test_after_a_backfill_the_sync_reads_and_reconciles_the_normal_window(account, told) -> None:  # type: ignore[no-untyped-def]
+def test_after_a_backfill_the_sync_reads_and_reconciles_the_normal_window(
+    account, fake, told
+) -> None:  # type: ignore[no-untyped-def]
     """A backfill creates buckets (revision 1): it is no change, so the next hourly run
-    reads and reconciles the settling window only, not every day back to the backfill
-    (review S7)."""
+    reads and reconciles the settling window only, not every day back to the backfill. A
+    revised old day is re-read for 48 hours but reconciled only when it changes (review S7)."""
+    old = datetime(2026, 9, 10, 5, tzinfo=UTC)
+    fake.events.append(ServedEvent(at=old, model="gpt-r", api_key_id="key_a", uncached_input=5))
     provider_reports_import(
         account=account,
         since=datetime(2026, 9, 1, tzinfo=UTC),
         until=datetime(2026, 10, 9, tzinfo=UTC),
     )
+    assert ProviderUsageBucket.objects.filter(account=account, bucket_start__lt=T0).exists()
+    normal = {date(2026, 10, d) for d in (6, 7, 8, 9)}
+
     result = provider_account_sync(account=account, now=datetime(2026, 10, 9, 18, tzinfo=UTC))
     assert result is not None
     assert result.imported.since == datetime(2026, 10, 6, tzinfo=UTC)
-    assert set(result.reconciled.days) == {date(2026, 10, d) for d in (6, 7, 8, 9)}
+    assert set(result.reconciled.days) == normal
+
+    fake.add_usage(ServedEvent(at=old, model="gpt-r", api_key_id="key_a", uncached_input=1))
+    provider_reports_import(
+        account=account,
+        since=datetime(2026, 9, 10, tzinfo=UTC),
+        until=datetime(2026, 9, 11, tzinfo=UTC),
+    )  # the provider revised Sep 10; an import saw it just now
+    now = datetime.now(UTC) + timedelta(hours=1)
+    revised = provider_account_sync(account=account, now=now)
+    assert revised is not None
+    assert revised.imported.since == datetime(2026, 9, 10, tzinfo=UTC)  # re-read for 48 h
+    window = {now.date() - timedelta(days=n) for n in range(4)}
+    # Sep 10 is unchanged this run: not reconciled; Oct 7's pending rows have settled
+    assert set(revised.reconciled.days) == window | {DAY}
 
 
 @pytest.mark.django_db(transaction=True)
