@@ -57,6 +57,15 @@ def _model_perms(label: str, models: Iterable[str], actions: Iterable[str]) -> s
     return {f"{label}.{action}_{model}" for model in models for action in actions}
 
 
+# The imported provider reports (decision 0116): written by the importer only. The
+# operator sees the raw pages (fetches) too; finance sees the buckets and their history.
+PROVIDER_REPORT_MODELS = [
+    "providerreportfetch",
+    "providerusagebucket",
+    "providercostbucket",
+    "providerbucketrevision",
+]
+
 VIEW, EDIT, ALL = ("view",), ("view", "add", "change"), ("view", "add", "change", "delete")
 
 FINANCE_READ: frozenset[str] = frozenset(
@@ -92,11 +101,16 @@ FINANCE_READ: frozenset[str] = frozenset(
         VIEW,
     )
     | _model_perms("metering", ["usagerollup", "servingcostrate"], VIEW)
+    | _model_perms(
+        "metering",
+        ["provideraccount", "providerusagebucket", "providercostbucket", "providerbucketrevision"],
+        VIEW,
+    )
 )
 
 ROLES: Mapping[str, frozenset[str]] = {
     # Runs the service: tenants, keys, routes, limits, plans (publishing included),
-    # subscriptions, the hardware cost basis. Moves no money after the fact.
+    # subscriptions, the hardware cost basis, the provider accounts. Moves no money after the fact.
     "operator": frozenset(
         {
             APIKEY_REVOKE,
@@ -109,6 +123,8 @@ ROLES: Mapping[str, frozenset[str]] = {
         | _model_perms("metering", ["tenant", "apikey"], EDIT)
         | _model_perms("metering", ["route", "spendlimit", "ratelimit", "reasoningpolicy"], ALL)
         | _model_perms("metering", ["usagerollup", "servingcostrate", "holdcap"], VIEW)
+        | _model_perms("metering", ["provideraccount"], EDIT)
+        | _model_perms("metering", PROVIDER_REPORT_MODELS, VIEW)
         | _model_perms("billing", ["plan", "planversion", "subscription"], EDIT)
         | _model_perms(
             "billing", ["pricecomponent", "pricetier", "webhookendpoint", "operatorendpoint"], ALL

@@ -290,6 +290,15 @@ RECKON_UPSTREAM_READ_TIMEOUT = float(os.environ.get("RECKON_UPSTREAM_READ_TIMEOU
 # Provider report import (metering.providers; decision 0116). Each run re-reads this many
 # closed UTC days (plus today), and any day whose buckets changed in the last 48 hours.
 RECKON_PROVIDER_REPORT_SETTLE_DAYS = int(os.environ.get("RECKON_PROVIDER_REPORT_SETTLE_DAYS", "3"))
+if RECKON_PROVIDER_REPORT_SETTLE_DAYS < 0:
+    raise ValueError("RECKON_PROVIDER_REPORT_SETTLE_DAYS must be 0 or more (days)")
+# Largest admin API answer (one report page) the importer reads, in bytes; a larger one
+# fails the run with a clear error (nothing stored).
+RECKON_PROVIDER_MAX_PAGE_BYTES = int(
+    os.environ.get("RECKON_PROVIDER_MAX_PAGE_BYTES", str(20 * 1024 * 1024))
+)
+if RECKON_PROVIDER_MAX_PAGE_BYTES < 1:
+    raise ValueError("RECKON_PROVIDER_MAX_PAGE_BYTES must be at least 1 (bytes)")
 # Retries of a report page on 429, 5xx or a connection error: `retry-after` when given,
 # else exponential backoff with full jitter from BASE doubling up to MAX seconds.
 RECKON_PROVIDER_RETRY_ATTEMPTS = int(os.environ.get("RECKON_PROVIDER_RETRY_ATTEMPTS", "6"))

@@ -28,6 +28,7 @@ from metering.models import (
     UsageRollup,
 )
 from metering.providers.accounts import (
+    account_provider_change_check,
     admin_base_url_validate,
     admin_key_env_validate,
     model_map_validate,
@@ -393,6 +394,14 @@ class ProviderAccountAdminForm(forms.ModelForm):
             return model_map_validate(self.cleaned_data.get("model_map") or {})
         except ApplicationError as exc:
             raise forms.ValidationError(exc.message) from None
+
+    def clean_provider(self) -> str:
+        provider = str(self.cleaned_data.get("provider") or "")
+        try:
+            account_provider_change_check(account=self.instance, provider=provider)
+        except ApplicationError as exc:
+            raise forms.ValidationError(exc.message) from None
+        return provider
 
 
 @admin.register(ProviderAccount)

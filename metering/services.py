@@ -19,7 +19,7 @@ from config.errors import ApplicationError, Conflict, NotFound
 from metering.keys import api_key_generate, api_key_hash, api_key_visible_prefix
 from metering.ledger.record import Rates
 from metering.models import ApiKey, Route, ServingCostRate, Tenant, UpstreamKeyPeriod
-from metering.providers.accounts import provider_account_get
+from metering.providers.accounts import provider_account_get, routes_provider_check
 from metering.routes import base_url_normalize, route_unreachable_warning
 from metering.usage import COST_RATE_FIELDS
 
@@ -136,11 +136,11 @@ def _route_account_fields(
             fields["provider_account"] = None
         else:
             account = provider_account_get(name=provider_account)
-            if account.provider != provider:
-                raise ApplicationError(
-                    f"Account {account.name!r} is {account.provider}; a {provider} route "
-                    "cannot belong to it."
-                )
+            routes_provider_check(
+                account_name=account.name,
+                account_provider=account.provider,
+                route_providers=[provider],
+            )
             fields["provider_account"] = account
     if upstream_key_id is not None:
         key_id = upstream_key_id.strip()

@@ -99,7 +99,8 @@ def provider_reports_sync_due(as_of: str | None = None) -> int:
 )
 def provider_reports_sync(account_id: int, as_of: str | None = None) -> dict[str, int]:
     """Import one account's report window and reconcile the days that can have changed
-    (metering.reconcile.sync); an inactive or deleted account is skipped. The admin API's
+    (metering.reconcile.sync); an inactive or deleted account is skipped, and so is one
+    another run holds. The admin API's
     own retries happen inside the import; a failed import is not retried here (the next
     hourly run reads the window again)."""
     account = ProviderAccount.objects.filter(pk=account_id, is_active=True).first()
@@ -109,6 +110,8 @@ def provider_reports_sync(account_id: int, as_of: str | None = None) -> dict[str
         account=account,
         now=datetime.fromisoformat(as_of) if as_of else timezone.now(),
     )
+    if result is None:  # another run holds the account; the next hourly run catches up
+        return {"skipped_busy": 1}
     return {
         "pages": result.imported.pages,
         "buckets_changed": result.imported.changed,

@@ -6,9 +6,12 @@ Invariants:
 - `admin_base_url` is blank (the provider's own) or an http(s) URL without credentials,
   query or fragment, stored without a trailing slash; it includes the version segment;
 - `provider_account_set` is idempotent on the name: the same arguments leave the same row.
+- routes point only at an account of their own provider (`routes_provider_check`), whoever
+  changes the route or the account (command, admin).
 """
 
 import re
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from django.db import IntegrityError, transaction
@@ -74,6 +77,32 @@ def model_map_validate(value: object) -> dict[str, str]:
     return cleaned
 
 
+def routes_provider_check(
+    *, account_name: str, account_provider: str, route_providers: Iterable[str]
+) -> None:
+    """Routes belong to an account of their own provider: refuse (Conflict) when any of
+    `route_providers` is not `account_provider`. The one check behind `route_set` (a route
+    joining an account), `provider_account_set` and the admin (an account changing its
+    provider while routes point at it)."""
+    others = sorted({p for p in route_providers if p != account_provider})
+    if others:
+        raise Conflict(
+            f"Account {account_name!r} is {account_provider}; {', '.join(others)} routes "
+            "cannot belong to it (an account's routes are of its own provider)."
+        )
+
+
+def account_provider_change_check(*, account: ProviderAccount, provider: str) -> None:
+    """`account` (saved or not) may take `provider`: no route of another provider points
+    at it (see `routes_provider_check`)."""
+    if account.pk is None:
+        return
+    routes = account.routes.values_list("provider", flat=True).distinct()
+    routes_provider_check(
+        account_name=account.name, account_provider=provider, route_providers=routes
+    )
+
+
 def admin_base_url(account: ProviderAccount) -> str:
     """The URL the importer calls: the account's own or the provider's default."""
     return account.admin_base_url or DEFAULT_BASE_URLS[ProviderAccount.Provider(account.provider)]
@@ -108,11 +137,8 @@ def provider_account_set(
         "is_active": is_active,
     }
     existing = ProviderAccount.objects.select_for_update().filter(name=name).first()
-    if existing is not None and existing.provider != provider and existing.routes.exists():
-        raise Conflict(
-            f"Account {name!r} is {existing.provider} and routes name it; it cannot become "
-            f"{provider}. Create a new account instead."
-        )
+    if existing is not None:
+        account_provider_change_check(account=existing, provider=provider)
     try:
         account, _ = ProviderAccount.objects.update_or_create(name=name, defaults=values)
     except IntegrityError as exc:  # a concurrent create of the same name

@@ -23,7 +23,12 @@ Invariants:
   Any other 4xx fails the run at once.
 - `account.last_error` says why the last run failed, never with the key or a URL; a good
   run clears it and sets `last_import_at`. A missing key variable fails before any call.
-- Runs of one account apply one at a time (the account row is locked while applying).
+- Runs of one account run one at a time, read to apply (`metering.providers.locks`: a run
+  that finds the account busy does nothing and says so), and the account row is locked
+  while applying.
+- Every bucket's values are checked against their columns before any is applied; a page
+  holding a NUL character or a value too long or too large fails the run cleanly.
+- A page larger than RECKON_PROVIDER_MAX_PAGE_BYTES is refused (not retried).
 """
 
 import datetime as dt
@@ -45,7 +50,7 @@ from django.db import transaction
 from django.db.models import Min, Q
 from django.utils import timezone
 
-from config.errors import ApplicationError
+from config.errors import ApplicationError, Conflict
 from metering.models import (
     ProviderAccount,
     ProviderBucketRevision,
@@ -56,14 +61,17 @@ from metering.models import (
 )
 from metering.providers import anthropic_reports, openai_reports
 from metering.providers.accounts import admin_base_url
-from metering.providers.http import AdminResponse, AdminUnreachable, admin_get
+from metering.providers.http import AdminBodyTooLarge, AdminResponse, AdminUnreachable, admin_get
+from metering.providers.locks import account_run_lock
 from metering.providers.reports import (
+    BIGINT_MAX,
     COST,
     USAGE,
     CostRow,
     Page,
     ReportFormatError,
     UsageRow,
+    canonical_order,
     content_hash,
     error_message,
     jsonable,
@@ -91,6 +99,10 @@ class ProviderImportError(ApplicationError):
 
     status = 502
     code = "provider_import_failed"
+
+
+class ProviderAccountBusy(Conflict):
+    """Another run holds the account (`metering.providers.locks`); this one did nothing."""
 
 
 @dataclass
@@ -123,11 +135,14 @@ def provider_import_window(
 ) -> tuple[dt.datetime, dt.datetime]:
     """[since, until) an hourly run reads: the last RECKON_PROVIDER_REPORT_SETTLE_DAYS
     closed UTC days plus today, reaching back to the earliest day with a bucket that
-    changed in the last 48 hours (a bucket that keeps changing keeps being read)."""
+    changed in the last 48 hours (a bucket that keeps changing keeps being read; a new
+    bucket is not a change)."""
     now = now.astimezone(dt.UTC)
     today = _day_start(now)
     since = today - dt.timedelta(days=max(0, int(settings.RECKON_PROVIDER_REPORT_SETTLE_DAYS)))
-    recent = Q(account=account, changed_at__gte=now - CHANGE_SETTLE)
+    # Only a bucket that CHANGED (revised or removed: revision > 1) extends the window; a
+    # bucket merely created (a backfill, a new day) does not.
+    recent = Q(account=account, changed_at__gte=now - CHANGE_SETTLE, revision__gt=1)
     for model in (ProviderUsageBucket, ProviderCostBucket):
         earliest = model.objects.filter(recent).aggregate(first=Min("bucket_start"))["first"]
         if earliest is not None:
@@ -175,11 +190,27 @@ def provider_reports_import(
     if until <= since:
         raise ApplicationError("until must be after since.")
     api = _api(account)
+    with account_run_lock(account_id=account.pk) as held:
+        if not held:
+            raise ProviderAccountBusy(
+                f"Account {account.name!r} is being imported by another run (the hourly "
+                "sync or another import); try again when it has finished."
+            )
+        return _import(account, api, since, until, reports)
+
+
+def _import(
+    account: ProviderAccount,
+    api: ModuleType,
+    since: dt.datetime,
+    until: dt.datetime,
+    reports: Sequence[str],
+) -> ImportResult:
     run_id = uuid.uuid4()
     result = ImportResult(account=account.name, run_id=run_id, since=since, until=until)
     try:
         admin_key = _admin_key(account)
-        read: list[tuple[str, dt.datetime, dt.datetime, list[Any], ProviderReportFetch]] = []
+        read: list[_Read] = []
         for report in reports:
             width = api.USAGE_WIDTH if report == USAGE else api.COST_WIDTH
             start = _align(since, width, up=False)
@@ -187,15 +218,74 @@ def provider_reports_import(
             rows, last_fetch = _read_report(
                 account, api, admin_key, report, start, end, run_id, result
             )
-            read.append((report, start, end, rows, last_fetch))
-        result.since = min(start for _, start, _, _, _ in read)
-        result.until = max(end for _, _, end, _, _ in read)
+            merged = _merge_usage(rows) if report == USAGE else _merge_cost(rows)
+            _check_storable(account, report, merged)
+            read.append(_Read(report, start, end, merged, last_fetch))
+        result.since = min(r.start for r in read)
+        result.until = max(r.end for r in read)
         _apply(account, read, result)
     except ProviderImportError as exc:
         _record_failure(account, exc.message)
         logger.warning("provider report import of %s failed: %s", account.name, exc.message)
         raise
     return result
+
+
+@dataclass(frozen=True)
+class _Read:
+    """One report read whole: its aligned window and its buckets' values by key."""
+
+    report: str
+    start: dt.datetime
+    end: dt.datetime
+    merged: dict[tuple[Any, ...], dict[str, Any]]
+    last_fetch: ProviderReportFetch
+
+
+_USAGE_KEY = ("bucket_start", "bucket_width", "model", "api_key_id", "service_tier", "workspace")
+_COST_KEY = (
+    "bucket_start",
+    "bucket_width",
+    "line_item",
+    "model",
+    "cost_type",
+    "token_type",
+    "service_tier",
+    "workspace",
+)
+
+
+def _check_storable(
+    account: ProviderAccount, report: str, merged: dict[tuple[Any, ...], dict[str, Any]]
+) -> None:
+    """Every bucket's values fit their columns (text lengths, bigint counts, the amount's
+    digits), checked against the model's own fields before anything is applied: a value
+    that does not fit fails the run cleanly (ProviderImportError) instead of a DB error."""
+    model = ProviderUsageBucket if report == USAGE else ProviderCostBucket
+    names = _USAGE_KEY if report == USAGE else _COST_KEY
+    for key, values in merged.items():
+        for name, value in [*zip(names, key, strict=True), *values.items()]:
+            problem = _unstorable(model, name, value)
+            if problem:
+                raise ProviderImportError(
+                    f"The {report} report of {account.name!r} has a value Reckon cannot "
+                    f"store: {problem}; it is stored as fetch {values['fetch'].pk}."
+                )
+
+
+def _unstorable(model: type[Any], name: str, value: Any) -> str:
+    if name in ("fetch", "raw") or value is None:
+        return ""
+    field_ = model._meta.get_field(name)
+    if isinstance(value, str) and field_.max_length is not None and len(value) > field_.max_length:
+        return f"`{name}` is longer than {field_.max_length} characters"
+    if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= BIGINT_MAX:
+        return f"`{name}` is out of range (0..{BIGINT_MAX})"
+    if isinstance(value, Decimal):
+        integer_digits = field_.max_digits - field_.decimal_places
+        if value != 0 and value.adjusted() >= integer_digits:
+            return f"`{name}` has more than {integer_digits} digits before the decimal point"
+    return ""
 
 
 def _admin_key(account: ProviderAccount) -> str:
@@ -275,7 +365,18 @@ def _get_page(
         result.attempts += 1
         retry_after: float | None = None  # float-ok: seconds
         try:
-            response = admin_get(base + target, headers=api.headers(admin_key), timeout_s=timeout_s)
+            response = admin_get(
+                base + target,
+                headers=api.headers(admin_key),
+                timeout_s=timeout_s,
+                max_bytes=int(settings.RECKON_PROVIDER_MAX_PAGE_BYTES),
+            )
+        except AdminBodyTooLarge:
+            raise ProviderImportError(
+                f"The {report} report of {account.name!r} answered a page larger than "
+                f"RECKON_PROVIDER_MAX_PAGE_BYTES ({settings.RECKON_PROVIDER_MAX_PAGE_BYTES} "
+                "bytes); nothing was stored. Import fewer days at a time, or raise the limit."
+            ) from None
         except AdminUnreachable as exc:
             problem = f"the admin API could not be reached ({exc})"
         else:
@@ -336,7 +437,9 @@ def _store_fetch(
     response: AdminResponse,
 ) -> ProviderReportFetch:
     """The answer, verbatim, committed at once (even inside a caller's transaction it is
-    its own savepoint; the command and the task call this outside any transaction)."""
+    its own savepoint; the command and the task call this outside any transaction). A NUL
+    character, which a text column cannot hold, is stored as U+FFFD (as undecodable bytes
+    are); `body_sha256` is of the text as received. Such a page then fails to parse."""
     with transaction.atomic():
         return ProviderReportFetch.objects.create(
             account=account,
@@ -344,7 +447,7 @@ def _store_fetch(
             run_id=run_id,
             query=target[:2000],
             http_status=max(0, min(response.status, 32767)),
-            body=response.text,
+            body=response.text.replace("\x00", "\ufffd"),
             body_sha256=hashlib.sha256(response.text.encode()).hexdigest(),
             fetched_at=timezone.now(),
         )
@@ -353,19 +456,15 @@ def _store_fetch(
 # ---- applying a complete read -------------------------------------------------------------------
 
 
-def _apply(
-    account: ProviderAccount,
-    read: Iterable[tuple[str, dt.datetime, dt.datetime, list[Any], ProviderReportFetch]],
-    result: ImportResult,
-) -> None:
+def _apply(account: ProviderAccount, read: Iterable[_Read], result: ImportResult) -> None:
     now = timezone.now()
     with transaction.atomic():
         locked = ProviderAccount.objects.select_for_update().get(pk=account.pk)
-        for report, start, end, rows, last_fetch in read:
-            if report == USAGE:
-                _apply_usage(locked, start, end, rows, last_fetch, now, result)
+        for r in read:
+            if r.report == USAGE:
+                _apply_usage(locked, r.start, r.end, r.merged, r.last_fetch, now, result)
             else:
-                _apply_cost(locked, start, end, rows, last_fetch, now, result)
+                _apply_cost(locked, r.start, r.end, r.merged, r.last_fetch, now, result)
         locked.last_import_at = now
         locked.last_error = ""
         locked.save(update_fields=["last_import_at", "last_error", "updated_at"])
@@ -387,20 +486,25 @@ def _merge_usage(
     rows: Iterable[tuple[UsageRow, ProviderReportFetch]],
 ) -> dict[tuple[Any, ...], dict[str, Any]]:
     """Values by bucket key, with the page (`fetch`) they came from. Rows sharing a key
-    (split by a field Reckon does not key on) are summed, their raw results kept as a list."""
+    (split by a field Reckon does not key on) are summed, their raw results kept as a list
+    in canonical order (the same rows in any order give the same bucket)."""
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    raws: dict[tuple[Any, ...], list[Any]] = {}
     for row, fetch in rows:
         values = _usage_values(row)
         existing = merged.get(row.key)
         if existing is None:
             merged[row.key] = {**values, "fetch": fetch}
+            raws[row.key] = [values["raw"]]
             continue
         existing["fetch"] = fetch
         for name in _USAGE_VALUES:
             a, b = existing[name], values[name]
             existing[name] = None if a is None and b is None else (a or 0) + (b or 0)
-        parts = existing["raw"].get("merged") if "merged" in existing["raw"] else [existing["raw"]]
-        existing["raw"] = {"merged": [*parts, values["raw"]]}
+        raws[row.key].append(values["raw"])
+    for key, parts in raws.items():
+        if len(parts) > 1:
+            merged[key]["raw"] = {"merged": canonical_order(parts)}
     return merged
 
 
@@ -416,29 +520,33 @@ def _cost_values(row: CostRow) -> dict[str, Any]:
 def _merge_cost(
     rows: Iterable[tuple[CostRow, ProviderReportFetch]],
 ) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """As `_merge_usage`; summed amounts are exact and `amount_text` joins the parts."""
+    """As `_merge_usage`; summed amounts are exact and `amount_text` joins the parts (in
+    canonical order), or is their exact sum when the joined text would not fit."""
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
-    texts: dict[tuple[Any, ...], list[str]] = {}
+    parts: dict[tuple[Any, ...], list[tuple[str, Any]]] = {}
     for row, fetch in rows:
         values = _cost_values(row)
         existing = merged.get(row.key)
         if existing is None:
             merged[row.key] = {**values, "fetch": fetch}
-            texts[row.key] = [row.amount_text]
+            parts[row.key] = [(row.amount_text, values["raw"])]
             continue
         existing["fetch"] = fetch
         with localcontext() as context:
             context.prec = 100  # exact for any amount Reckon stores
             existing["amount_usd"] = existing["amount_usd"] + values["amount_usd"]
-        texts[row.key].append(row.amount_text)
-        joined = "+".join(texts[row.key])
+        parts[row.key].append((row.amount_text, values["raw"]))
+    for key, key_parts in parts.items():
+        if len(key_parts) == 1:
+            continue
+        texts = sorted(text for text, _ in key_parts)
+        joined = "+".join(texts)
         if len(joined) > 100:  # the field's size: the exact sum in the report's own unit
             with localcontext() as context:
                 context.prec = 100
-                joined = format(sum((Decimal(t) for t in texts[row.key]), Decimal(0)), "f")
-        existing["amount_text"] = joined
-        parts = existing["raw"].get("merged") if "merged" in existing["raw"] else [existing["raw"]]
-        existing["raw"] = {"merged": [*parts, values["raw"]]}
+                joined = format(sum((Decimal(t) for t in texts), Decimal(0)), "f")
+        merged[key]["amount_text"] = joined
+        merged[key]["raw"] = {"merged": canonical_order([raw for _, raw in key_parts])}
     return merged
 
 
@@ -456,12 +564,11 @@ def _apply_usage(
     account: ProviderAccount,
     start: dt.datetime,
     end: dt.datetime,
-    rows: list[tuple[UsageRow, ProviderReportFetch]],
+    incoming: dict[tuple[Any, ...], dict[str, Any]],
     last_fetch: ProviderReportFetch,
     now: dt.datetime,
     result: ImportResult,
 ) -> None:
-    incoming = _merge_usage(rows)
     width = _width_of(account, USAGE)
     existing = {
         (b.bucket_start, b.bucket_width, b.model, b.api_key_id, b.service_tier, b.workspace): b
@@ -518,12 +625,11 @@ def _apply_cost(
     account: ProviderAccount,
     start: dt.datetime,
     end: dt.datetime,
-    rows: list[tuple[CostRow, ProviderReportFetch]],
+    incoming: dict[tuple[Any, ...], dict[str, Any]],
     last_fetch: ProviderReportFetch,
     now: dt.datetime,
     result: ImportResult,
 ) -> None:
-    incoming = _merge_cost(rows)
     width = _width_of(account, COST)
     existing = {
         (

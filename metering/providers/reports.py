@@ -28,6 +28,10 @@ COST = "cost"
 # Decimal places `ProviderCostBucket.amount_usd` keeps; an amount with more is refused
 # rather than rounded.
 AMOUNT_PLACES = 24
+# The largest count a bucket stores (a PostgreSQL bigint).
+BIGINT_MAX = 2**63 - 1
+# Digits before the point it holds (max_digits 44 - decimal_places 24).
+AMOUNT_INTEGER_DIGITS = 20
 
 
 class ReportFormatError(Exception):
@@ -104,14 +108,28 @@ class Page(Generic[Row]):
 
 
 def load(text: str) -> dict[str, Any]:
-    """The page's JSON with every non-integer number as an exact Decimal."""
+    """The page's JSON with every non-integer number as an exact Decimal. A page holding a
+    NUL character (`\\u0000`, which no report writes and neither database column can hold)
+    is refused."""
     try:
         value = json.loads(text, parse_float=Decimal)
     except ValueError:
         raise ReportFormatError("the page is not JSON") from None
     if not isinstance(value, dict):
         raise ReportFormatError("the page is not a JSON object")
+    if _holds_nul(value):
+        raise ReportFormatError("the page holds a NUL character")
     return value
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 def page_of(document: dict[str, Any], parse_bucket: Callable[[Any], list[Row]]) -> Page[Row]:
@@ -147,7 +165,9 @@ def count(result: dict[str, Any], name: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ReportFormatError(f"`{name}` is not a non-negative integer: {value!r}")
+        raise ReportFormatError(f"`{name}` is not a non-negative integer: {str(value)[:40]!r}")
+    if value > BIGINT_MAX:
+        raise ReportFormatError(f"`{name}` is larger than Reckon stores ({BIGINT_MAX})")
     return value
 
 
@@ -182,10 +202,17 @@ def exact_amount(value: Any, name: str) -> Decimal:
 
 
 def usd(amount: Decimal, name: str) -> Decimal:
-    """`amount` if Reckon can store it exactly (at most AMOUNT_PLACES decimal places)."""
+    """`amount` if Reckon can store it exactly (at most AMOUNT_PLACES decimal places and
+    AMOUNT_INTEGER_DIGITS before the point)."""
+    if amount.is_finite() and amount != 0 and amount.adjusted() >= AMOUNT_INTEGER_DIGITS:
+        raise ReportFormatError(
+            f"`{name}` has more than {AMOUNT_INTEGER_DIGITS} digits before the decimal point"
+        )
     exponent = amount.as_tuple().exponent
     if isinstance(exponent, int) and -exponent > AMOUNT_PLACES:
-        normalized = amount.normalize()
+        with localcontext() as context:  # exact: as many digits as the amount has
+            context.prec = len(amount.as_tuple().digits) + 1
+            normalized = amount.normalize()
         exponent = normalized.as_tuple().exponent
         if isinstance(exponent, int) and -exponent > AMOUNT_PLACES:
             raise ReportFormatError(
@@ -224,9 +251,18 @@ def jsonable(value: Any) -> Any:
 
 
 def content_hash(values: Sequence[Any]) -> str:
-    """sha256 of the values that make a bucket what it is (order matters)."""
+    """sha256 of the values that make a bucket what it is (their order matters; callers
+    put the parts of merged rows in a canonical order first, see `canonical_order`)."""
     canonical = json.dumps(jsonable(list(values)), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def canonical_order(parts: Sequence[Any]) -> list[Any]:
+    """`parts` sorted by their canonical JSON: rows that share a bucket key merge to the
+    same stored value (and hash) whatever order the provider listed them in."""
+    return sorted(
+        parts, key=lambda part: json.dumps(jsonable(part), sort_keys=True, separators=(",", ":"))
+    )
 
 
 def parse_unix(value: Any, name: str) -> dt.datetime:

@@ -1,18 +1,28 @@
 """One provider account brought up to date: import its report window, then reconcile the
 days that can have changed (decision 0116, "Import algorithm" step 5).
 
-The days reconciled are the import window's (the settling days and today), the days whose
-buckets the import changed, and the days whose rows are still `pending` but have settled
-since the last run (so their final status is written once, the run after they leave the
-window). Billing is told every day reconciled, changed or not (`hooks.rows_changed`), so
-an alert lost to a failed handler fires on the next run. Usage the ledger records late for a day outside these is picked up by the next
-`manage.py reconcile` of its month. Both steps are idempotent, so a run may repeat.
+The days reconciled are the settling window's (the last RECKON_PROVIDER_REPORT_SETTLE_DAYS
+closed days and today), the days whose buckets the import changed, and the days whose rows
+are still `pending` but have settled since the last run (so their final status is written
+once, the run after they leave the window). A day the import re-reads only because a
+bucket of it changed lately is reconciled when it changes again, not every hour. Usage the
+ledger records late for a day outside these is picked up by the next `manage.py reconcile`
+of its month. Both steps are idempotent, so a run may repeat.
+
+One sync of an account at a time, import and reconcile together
+(`metering.providers.locks`): a sync that finds the account busy does nothing, logs it and
+returns None; the next hourly run catches up. Billing is told every day reconciled,
+changed or not (`hooks.rows_changed`), so an alert lost to a failed handler fires on the
+next run.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass
+
+from django.conf import settings
 
 from metering.models import ProviderAccount, ReconciliationRow
 from metering.providers.importer import (
@@ -20,6 +30,7 @@ from metering.providers.importer import (
     provider_import_window,
     provider_reports_import,
 )
+from metering.providers.locks import account_run_lock
 from metering.reconcile.service import (
     ReconcileResult,
     day_settled,
@@ -34,17 +45,31 @@ class SyncResult:
     reconciled: ReconcileResult
 
 
-def provider_account_sync(*, account: ProviderAccount, now: dt.datetime) -> SyncResult:
-    """Import, then reconcile. An import that fails raises (`ProviderImportError`, with
-    `account.last_error` set) and reconciles nothing: no bucket changed, and a pending
+logger = logging.getLogger(__name__)
+
+
+def provider_account_sync(*, account: ProviderAccount, now: dt.datetime) -> SyncResult | None:
+    """Import, then reconcile, holding the account's run lock throughout; None (nothing
+    done) when another run holds it. An import that fails raises (`ProviderImportError`,
+    with `account.last_error` set) and reconciles nothing: no bucket changed, and a pending
     day is not declared settled on a report that could not be re-read."""
+    with account_run_lock(account_id=account.pk) as held:
+        if not held:
+            logger.info(
+                "provider report sync of %s skipped: another run holds the account",
+                account.name,
+            )
+            return None
+        return _sync(account, now)
+
+
+def _sync(account: ProviderAccount, now: dt.datetime) -> SyncResult:
     since, until = provider_import_window(account=account, now=now)
     imported = provider_reports_import(account=account, since=since, until=until)
-    first = since.astimezone(dt.UTC).date()
-    window = {
-        first + dt.timedelta(days=n)
-        for n in range((now.astimezone(dt.UTC).date() - first).days + 1)
-    }
+    today = now.astimezone(dt.UTC).date()
+    settle_days = max(0, int(settings.RECKON_PROVIDER_REPORT_SETTLE_DAYS))
+    first = today - dt.timedelta(days=settle_days)
+    window = {first + dt.timedelta(days=n) for n in range(settle_days + 1)}
     pending = set(
         ReconciliationRow.objects.filter(
             account=account, status=ReconciliationRow.Status.PENDING, day__lt=first

@@ -1,5 +1,8 @@
 """`manage.py provider_reports_import`: import a provider account's usage and cost reports
-for a window of UTC days, and say what changed."""
+for a window of UTC days, reconcile the days whose buckets changed (the hourly sync
+reconciles only its settling window, so a backfill's days are reconciled here, once), and
+say what changed. The account's run lock is held throughout: while another run (the hourly
+sync) holds the account, the command fails at once saying so, and changes nothing."""
 
 import datetime as dt
 from typing import Any
@@ -9,7 +12,9 @@ from django.utils import timezone
 
 from config.errors import ApplicationError
 from metering.providers.accounts import provider_account_get
-from metering.providers.importer import REPORTS, provider_reports_import
+from metering.providers.importer import REPORTS, ProviderAccountBusy, provider_reports_import
+from metering.providers.locks import account_run_lock
+from metering.reconcile.service import reconcile_account_days
 
 
 def _day(value: str) -> dt.date:
@@ -32,6 +37,11 @@ class Command(BaseCommand):
         parser.add_argument(
             "--report", nargs="+", choices=REPORTS, default=list(REPORTS), help="default: both"
         )
+        parser.add_argument(
+            "--no-reconcile",
+            action="store_true",
+            help="import only; do not reconcile the days whose buckets changed",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         since_day = _day(options["since"])
@@ -47,9 +57,21 @@ class Command(BaseCommand):
                 raise CommandError("--since is in the future.")
         try:
             account = provider_account_get(name=options["account"])
-            result = provider_reports_import(
-                account=account, since=since, until=until, reports=options["report"]
-            )
+            with account_run_lock(account_id=account.pk) as held:
+                if not held:
+                    raise ProviderAccountBusy(
+                        f"Account {account.name!r} is being imported by another run (the "
+                        "hourly sync or another import); nothing was done. Try again when "
+                        "it has finished."
+                    )
+                result = provider_reports_import(
+                    account=account, since=since, until=until, reports=options["report"]
+                )
+                reconciled = None
+                if result.changed_days and not options["no_reconcile"]:
+                    reconciled = reconcile_account_days(
+                        account=account, days=result.changed_days, now=timezone.now()
+                    )
         except ApplicationError as exc:
             raise CommandError(exc.message) from exc
         days = ", ".join(day.isoformat() for day in sorted(result.changed_days)) or "none"
@@ -59,4 +81,5 @@ class Command(BaseCommand):
             f"{result.pages} page(s) in {result.attempts} request(s), "
             f"{result.changed} bucket(s) new or changed ({result.created} new), "
             f"{result.removed} removed; days changed: {days}; run {result.run_id}"
+            + (f"; {len(reconciled.days)} day(s) reconciled" if reconciled is not None else "")
         )

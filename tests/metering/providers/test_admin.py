@@ -131,3 +131,72 @@ def test_route_admin_shows_the_provider_account(imported: ProviderAccount) -> No
     page = client.get(f"/admin/metering/route/{route.pk}/change/")
     assert b'name="provider_account"' in page.content
     assert b'name="upstream_key_id"' in page.content
+
+
+def _as(username: str, role: str) -> Client:
+    client = Client()
+    client.force_login(staff_user(username, role))
+    return client
+
+
+def test_the_operator_role_manages_accounts_and_reads_the_reports(
+    imported: ProviderAccount,
+) -> None:
+    """Review S13: the operator points Reckon at its provider accounts in the admin."""
+    client = _as("ops", "operator")
+    assert client.get("/admin/metering/provideraccount/add/").status_code == 200
+    created = client.post(
+        "/admin/metering/provideraccount/add/",
+        {"name": "oai-2", "provider": "openai", "admin_key_env": "OAI_2", "model_map": "{}"},
+    )
+    assert created.status_code == 302
+    assert ProviderAccount.objects.filter(name="oai-2", is_active=False).exists()
+    for name in REPORT_MODELS:
+        assert client.get(f"/admin/metering/{name}/").status_code == 200, name
+    assert client.post(f"/admin/metering/provideraccount/{imported.pk}/delete/").status_code == 403
+
+
+@pytest.mark.parametrize("role", ["finance-read", "finance-write"])
+def test_finance_roles_view_accounts_buckets_and_revisions_only(
+    imported: ProviderAccount, role: str
+) -> None:
+    client = _as(f"fin-{role}", role)
+    for name in ("provideraccount", "providerusagebucket", "providercostbucket"):
+        assert client.get(f"/admin/metering/{name}/").status_code == 200, name
+    assert client.get("/admin/metering/providerbucketrevision/").status_code == 200
+    assert client.get("/admin/metering/providerreportfetch/").status_code == 403
+    assert client.get("/admin/metering/provideraccount/add/").status_code == 403
+    page = client.get(f"/admin/metering/provideraccount/{imported.pk}/change/")
+    assert page.status_code == 200 and b'name="_save"' not in page.content
+
+
+def test_the_admin_refuses_a_provider_change_while_routes_of_the_old_one_point_at_it(
+    imported: ProviderAccount,
+) -> None:
+    """The same check as route_set and provider_account_set (one function)."""
+    form = {
+        "name": "oai-main",
+        "provider": "anthropic",
+        "admin_key_env": "OAI_ADMIN",
+        "admin_base_url": "",
+        "model_map": "{}",
+        "is_active": "on",
+    }
+    client = superuser()
+    Route.objects.create(
+        alias="reasoner",
+        provider="openai",
+        base_url="https://api.openai.com/v1",
+        upstream_model="gpt-r",
+        provider_account=imported,
+    )
+    refused = client.post(f"/admin/metering/provideraccount/{imported.pk}/change/", form)
+    assert refused.status_code == 200
+    assert b"openai routes cannot belong to it" in refused.content
+    imported.refresh_from_db()
+    assert imported.provider == "openai"
+    Route.objects.filter(alias="reasoner").update(provider_account=None)
+    saved = client.post(f"/admin/metering/provideraccount/{imported.pk}/change/", form)
+    assert saved.status_code == 302
+    imported.refresh_from_db()
+    assert imported.provider == "anthropic"

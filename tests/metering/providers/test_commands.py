@@ -1,13 +1,17 @@
 """provider_account_set, route_set --provider-account/--upstream-key-id and
 provider_reports_import, as an operator runs them."""
 
+import datetime as dt
 from io import StringIO
 
+import psycopg
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 
 from metering.management.commands.provider_reports_import import Command as ImportCommand
-from metering.models import ProviderAccount, ProviderUsageBucket, Route
+from metering.models import ProviderAccount, ProviderUsageBucket, ReconciliationRow, Route
+from metering.providers.locks import ACCOUNT_CLASS
 from tests.metering.providers.conftest import OPENAI_ENV, OPENAI_KEY
 
 pytestmark = pytest.mark.django_db
@@ -100,7 +104,7 @@ def test_route_set_refuses_an_account_of_another_provider_or_unknown(anthropic_a
         "route_set", "gpt", "--provider", "openai", "--base-url", "https://api.openai.com/v1",
         "--upstream-model", "gpt-r",
     )  # fmt: skip
-    with pytest.raises(CommandError, match="is anthropic; a openai route"):
+    with pytest.raises(CommandError, match="is anthropic; openai routes cannot belong to it"):
         run("route_set", "gpt", "--provider-account", "ant-main")
     with pytest.raises(CommandError, match="No provider account 'nope'"):
         run("route_set", "gpt", "--provider-account", "nope")
@@ -115,14 +119,34 @@ def test_provider_reports_import_prints_what_it_did(openai_account) -> None:  # 
     )  # fmt: skip
     assert out.startswith("oai-main: usage+cost 2026-11-02 00:00..2026-11-04 00:00 UTC: ")
     assert "2 page(s) in 2 request(s)" in out
-    assert "0 removed; days changed: 2026-11-02, 2026-11-03" in out
+    assert "0 removed; days changed: 2026-11-02, 2026-11-03; run " in out
+    assert out.rstrip().endswith("; 2 day(s) reconciled")
     assert ProviderUsageBucket.objects.filter(account=openai_account).exists()
+    assert set(
+        ReconciliationRow.objects.filter(account=openai_account).values_list("day", flat=True)
+    ) == {dt.date(2026, 11, 2), dt.date(2026, 11, 3)}
 
     out, _ = run(
         "provider_reports_import", "--account", "oai-main", "--since", "2026-11-02",
         "--until", "2026-11-03", "--report", "usage",
     )  # fmt: skip
     assert "0 bucket(s) new or changed (0 new), 0 removed; days changed: none" in out
+    assert "reconciled" not in out
+
+
+def test_import_refuses_at_once_while_another_run_holds_the_account(openai_account) -> None:  # type: ignore[no-untyped-def]
+    """The hourly sync (here: another PostgreSQL session holding the account's run lock)
+    is busy with the account: the command fails saying so and changes nothing."""
+    if connection.vendor != "postgresql":
+        pytest.skip("the run lock is PostgreSQL's; SQLite runs one process")
+    params = connection.get_connection_params()
+    with psycopg.connect(**params, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s, %s)", [ACCOUNT_CLASS, openai_account.pk])
+        with pytest.raises(CommandError, match="being imported by another run"):
+            run("provider_reports_import", "--account", "oai-main", "--since", "2026-11-02")
+        assert not ProviderUsageBucket.objects.filter(account=openai_account).exists()
+    out, _ = run("provider_reports_import", "--account", "oai-main", "--since", "2026-11-02")
+    assert "days changed: 2026-11-02" in out
 
 
 @pytest.mark.parametrize(
@@ -169,7 +193,7 @@ def test_an_account_named_by_routes_cannot_change_provider(openai_account) -> No
         "route_set", "gpt", "--provider", "openai", "--base-url", "https://api.openai.com/v1",
         "--upstream-model", "gpt-r", "--provider-account", "oai-main",
     )  # fmt: skip
-    with pytest.raises(CommandError, match="cannot become anthropic"):
+    with pytest.raises(CommandError, match="is anthropic; openai routes cannot belong to it"):
         run("provider_account_set", "oai-main", "--provider", "anthropic", "--admin-key-env", "K")
     openai_account.refresh_from_db()
     assert openai_account.provider == "openai"

@@ -3,16 +3,25 @@ API on loopback: import the window, reconcile the days that can have changed, wr
 settled day's final status the run after it leaves the window; a failed import changes
 nothing."""
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import pytest
 import time_machine
+from django.db import connection
+from django.db import connections as db_connections
 
-from metering.models import ProviderAccount, ReconciliationRow, Route
-from metering.providers.importer import ProviderImportError
+from metering.models import ProviderAccount, ProviderUsageBucket, ReconciliationRow, Route
+from metering.providers import importer
+from metering.providers.importer import (
+    ProviderAccountBusy,
+    ProviderImportError,
+    provider_reports_import,
+)
 from metering.reconcile import hooks
-from metering.reconcile.sync import provider_account_sync
+from metering.reconcile.sync import SyncResult, provider_account_sync
 from metering.tasks import provider_reports_sync_due
 from tests.factories import ApiKeyFactory
 from tests.fakes.provider_admin import FakeProviderAdmin, ServedEvent
@@ -185,3 +194,95 @@ def test_an_alert_lost_to_a_failed_handler_fires_on_the_next_run(
         assert result.reconciled.changed_days == ()
     leaks = Alert.objects.filter(kind="reconciliation", details__api_key_id="key_leak")
     assert list(leaks.values_list("details__status", flat=True)) == ["missing_in_ledger"]
+
+
+def test_after_a_backfill_the_sync_reads_and_reconciles_the_normal_window(
+    account, fake, told
+) -> None:  # type: ignore[no-untyped-def]
+    """A backfill creates buckets (revision 1): it is no change, so the next hourly run
+    reads and reconciles the settling window only, not every day back to the backfill. A
+    revised old day is re-read for 48 hours but reconciled only when it changes (review S7)."""
+    old = datetime(2026, 9, 10, 5, tzinfo=UTC)
+    fake.events.append(ServedEvent(at=old, model="gpt-r", api_key_id="key_a", uncached_input=5))
+    provider_reports_import(
+        account=account,
+        since=datetime(2026, 9, 1, tzinfo=UTC),
+        until=datetime(2026, 10, 9, tzinfo=UTC),
+    )
+    assert ProviderUsageBucket.objects.filter(account=account, bucket_start__lt=T0).exists()
+    normal = {date(2026, 10, d) for d in (6, 7, 8, 9)}
+
+    result = provider_account_sync(account=account, now=datetime(2026, 10, 9, 18, tzinfo=UTC))
+    assert result is not None
+    assert result.imported.since == datetime(2026, 10, 6, tzinfo=UTC)
+    assert set(result.reconciled.days) == normal
+
+    fake.add_usage(ServedEvent(at=old, model="gpt-r", api_key_id="key_a", uncached_input=1))
+    provider_reports_import(
+        account=account,
+        since=datetime(2026, 9, 10, tzinfo=UTC),
+        until=datetime(2026, 9, 11, tzinfo=UTC),
+    )  # the provider revised Sep 10; an import saw it just now
+    now = datetime.now(UTC) + timedelta(hours=1)
+    revised = provider_account_sync(account=account, now=now)
+    assert revised is not None
+    assert revised.imported.since == datetime(2026, 9, 10, tzinfo=UTC)  # re-read for 48 h
+    window = {now.date() - timedelta(days=n) for n in range(4)}
+    # Sep 10 is unchanged this run: not reconciled; Oct 7's pending rows have settled
+    assert set(revised.reconciled.days) == window | {DAY}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_concurrent_runs_of_one_account_never_overlap(account, fake, told, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Two real runs on PostgreSQL (two connections): while one sync holds the account
+    (here: paused inside its first page read), a second sync does nothing and says so, a
+    manual import is refused with a clear Conflict; once the first has finished, the next
+    run goes ahead (review S5)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("the run lock is PostgreSQL's; SQLite runs one process")
+    reading, release = threading.Event(), threading.Event()
+    real_get = importer.admin_get
+
+    def paused_get(url: str, **kwargs: Any) -> Any:
+        if threading.current_thread().name == "first" and not reading.is_set():
+            reading.set()
+            assert release.wait(30)
+        return real_get(url, **kwargs)
+
+    monkeypatch.setattr(importer, "admin_get", paused_get)
+    outcome: dict[str, Any] = {}
+
+    def first() -> None:
+        try:
+            outcome["first"] = provider_account_sync(
+                account=ProviderAccount.objects.get(pk=account.pk),
+                now=datetime(2026, 10, 7, 18, tzinfo=UTC),
+            )
+        except BaseException as exc:  # reported to the test below
+            outcome["first"] = exc
+        finally:
+            db_connections.close_all()
+
+    thread = threading.Thread(target=first, name="first")
+    thread.start()
+    try:
+        assert reading.wait(30)
+        second = provider_account_sync(account=account, now=datetime(2026, 10, 7, 18, tzinfo=UTC))
+        assert second is None
+        with pytest.raises(ProviderAccountBusy, match="being imported by another run"):
+            provider_reports_import(
+                account=account,
+                since=datetime(2026, 10, 7, tzinfo=UTC),
+                until=datetime(2026, 10, 8, tzinfo=UTC),
+            )
+        assert not ProviderUsageBucket.objects.filter(account=account).exists()
+    finally:
+        release.set()
+        thread.join(60)
+    first_result = outcome["first"]
+    assert isinstance(first_result, SyncResult), first_result
+    assert first_result.imported.created > 0
+    account.refresh_from_db()
+    assert account.last_error == ""  # a busy account is no failure
+    again = provider_account_sync(account=account, now=datetime(2026, 10, 7, 19, tzinfo=UTC))
+    assert again is not None and again.imported.changed == 0
