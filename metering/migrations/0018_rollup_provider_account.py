@@ -17,8 +17,10 @@ Fast on a big ledger (PostgreSQL):
   the new one in one short ALTER TABLE (ADD CONSTRAINT ... USING INDEX: no rebuild).
   The ledger's writers find a unique key to fold on at every moment.
 So the migration is not atomic on PostgreSQL (CONCURRENTLY cannot run in a
-transaction); each step is safe to repeat after an interruption. On SQLite (the
-embedded default, small) the table is remade as usual.
+transaction). Every step is safe to repeat after an interruption (a re-run of
+`migrate` completes it): a column already added is skipped, an index left behind is
+dropped and rebuilt, and the swap is one statement. On SQLite (the embedded default,
+small) the table is remade as usual.
 """
 
 from typing import Any
@@ -105,6 +107,28 @@ class SwapUniqueKey(Operation):
         return f"Swap the unique key {self.old.name} of {self.model_name}"
 
 
+class AddFieldOnce(migrations.AddField):
+    """AddField that skips a column an interrupted run already added (PostgreSQL: this
+    migration is not atomic there)."""
+
+    def database_forwards(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
+    ) -> None:
+        connection = schema_editor.connection
+        if connection.vendor == "postgresql":
+            model = to_state.apps.get_model(app_label, self.model_name)
+            column = model._meta.get_field(self.name).column
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT 1 FROM information_schema.columns WHERE table_schema ="
+                    " current_schema() AND table_name = %s AND column_name = %s",
+                    [model._meta.db_table, column],
+                )
+                if cursor.fetchone():
+                    return
+        super().database_forwards(app_label, schema_editor, from_state, to_state)
+
+
 class AddIndexOnline(migrations.AddIndex):
     """AddIndex, built CONCURRENTLY on PostgreSQL (writers keep writing)."""
 
@@ -136,7 +160,7 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AddField(
+        AddFieldOnce(
             model_name="usagerecord",
             name="provider_account",
             field=models.ForeignKey(
@@ -149,17 +173,17 @@ class Migration(migrations.Migration):
                 to="metering.provideraccount",
             ),
         ),
-        migrations.AddField(
+        AddFieldOnce(
             model_name="usagerollup",
             name="provider_account_id",
             field=models.BigIntegerField(db_default=0, default=0),
         ),
-        migrations.AddField(
+        AddFieldOnce(
             model_name="usagerollup",
             name="unanswered_requests",
             field=models.BigIntegerField(db_default=0, default=0),
         ),
-        migrations.AddField(
+        AddFieldOnce(
             model_name="usagerollup",
             name="upstream_model",
             field=models.CharField(blank=True, db_default="", default="", max_length=200),

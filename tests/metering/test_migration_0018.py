@@ -181,9 +181,14 @@ def test_existing_rollups_are_kept_as_they_were(old_apps) -> None:  # type: igno
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="concurrent builds: PostgreSQL")
 @pytest.mark.django_db(transaction=True)
 def test_a_run_interrupted_after_building_an_index_completes(old_apps) -> None:  # type: ignore[no-untyped-def]
-    """CREATE INDEX CONCURRENTLY runs outside a transaction: an interrupted run leaves its
-    index behind (possibly invalid). The next run drops and rebuilds it."""
+    """CREATE INDEX CONCURRENTLY runs outside a transaction: an interrupted run leaves the
+    columns it added and an index behind (possibly invalid). The next run skips the
+    columns and drops and rebuilds the index."""
     with connection.cursor() as cursor:
+        cursor.execute(
+            "ALTER TABLE metering_usagerollup"
+            " ADD COLUMN unanswered_requests bigint DEFAULT 0 NOT NULL"
+        )
         cursor.execute("CREATE UNIQUE INDEX rollup_unique_hour_0018 ON metering_usagerollup (id)")
         cursor.execute("CREATE INDEX rollup_account_hour ON metering_usagerollup (id)")
     migrate(leaf())
