@@ -124,7 +124,7 @@ ROLES: Mapping[str, frozenset[str]] = {
         | _model_perms("metering", ["route", "spendlimit", "ratelimit", "reasoningpolicy"], ALL)
         | _model_perms("metering", ["usagerollup", "servingcostrate", "holdcap"], VIEW)
         | _model_perms("metering", ["provideraccount"], EDIT)
-        | _model_perms("metering", PROVIDER_REPORT_MODELS, VIEW)
+        | _model_perms("metering", [*PROVIDER_REPORT_MODELS, "upstreamkeyperiod"], VIEW)
         | _model_perms("billing", ["plan", "planversion", "subscription"], EDIT)
         | _model_perms(
             "billing", ["pricecomponent", "pricetier", "webhookendpoint", "operatorendpoint"], ALL

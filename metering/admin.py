@@ -24,6 +24,7 @@ from metering.models import (
     ServingCostRate,
     SpendLimit,
     Tenant,
+    UpstreamKeyPeriod,
     UsageRecord,
     UsageRollup,
 )
@@ -432,6 +433,16 @@ class _ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+
+@admin.register(UpstreamKeyPeriod)
+class UpstreamKeyPeriodAdmin(_ReadOnlyAdmin):
+    """The key each route declared over time (written by route_set and the route admin)."""
+
+    list_display = ["route", "provider_account", "upstream_key_id", "valid_from", "valid_until"]
+    list_filter = ["provider_account"]
+    search_fields = ["route__alias", "upstream_key_id"]
+    list_select_related = ["route", "provider_account"]
 
 
 @admin.register(ProviderReportFetch)

@@ -1,6 +1,7 @@
 """The staff roles get the provider report permissions `api.permissions.ROLES` now names
 (decision 0116, review S13): the operator adds, changes and views provider accounts and
-views the imported reports (fetches, usage and cost buckets, revisions); finance-read and
+views the imported reports (fetches, usage and cost buckets, revisions) and the
+routes' upstream key history; finance-read and
 finance-write view the accounts, buckets and revisions.
 
 Additive and idempotent, like 0019: the roles' other permissions are left as they are.
@@ -25,6 +26,7 @@ GRANTS = {
         "view_providerusagebucket",
         "view_providercostbucket",
         "view_providerbucketrevision",
+        "view_upstreamkeyperiod",
     ),
     "finance-read": FINANCE,
     "finance-write": FINANCE,

@@ -165,7 +165,9 @@ def day_settled(*, day: dt.date, now: dt.datetime, last_changed: dt.datetime | N
 def days_last_changed(
     *, account: ProviderAccount, days: Iterable[dt.date]
 ) -> dict[dt.date, dt.datetime]:
-    """The latest `changed_at` of the account's usage and cost buckets per UTC day."""
+    """The latest `changed_at` of the account's usage and cost buckets per UTC day, counting
+    only buckets that CHANGED (revised or removed: revision > 1), the importer's own rule
+    for re-reading a day: a bucket merely created (a new day, a backfill) is no change."""
     wanted = sorted(set(days))
     if not wanted:
         return {}
@@ -175,7 +177,7 @@ def days_last_changed(
     out: dict[dt.date, dt.datetime] = {}
     for model in (ProviderUsageBucket, ProviderCostBucket):
         found = (
-            model.objects.filter(query, account=account)  # type: ignore[attr-defined]
+            model.objects.filter(query, account=account, revision__gt=1)  # type: ignore[attr-defined]
             .values_list("bucket_start")
             .annotate(last=Max("changed_at"))
             .order_by()

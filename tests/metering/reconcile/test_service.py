@@ -469,7 +469,7 @@ def test_a_day_the_import_still_re_reads_is_pending_past_the_settling_days(opena
     use(openai, "reasoner", "gpt-r", input_tokens=100, output_tokens=30)
     revised = SETTLED - timedelta(hours=1)  # revised an hour before the run
     bucket(openai, "gpt-r", "key_a", at=T0, requests=1, input_uncached_tokens=100, output_tokens=45)
-    ProviderUsageBucket.objects.filter(account=openai).update(changed_at=revised)
+    ProviderUsageBucket.objects.filter(account=openai).update(changed_at=revised, revision=2)
     assert not day_settled(day=DAY, now=SETTLED, last_changed=revised)
     reconcile_account_days(account=openai, days=[DAY], now=SETTLED)
     output = rows(openai)[("gpt-r", "key_a", "output")]
