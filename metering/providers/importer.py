@@ -261,11 +261,10 @@ def _check_storable(
     """Every bucket's values fit their columns (text lengths, bigint counts, the amount's
     digits), checked against the model's own fields before anything is applied: a value
     that does not fit fails the run cleanly (ProviderImportError) instead of a DB error."""
-    model = ProviderUsageBucket if report == USAGE else ProviderCostBucket
-    names = _USAGE_KEY if report == USAGE else _COST_KEY
+    kind = _KINDS[report]
     for key, values in merged.items():
-        for name, value in [*zip(names, key, strict=True), *values.items()]:
-            problem = _unstorable(model, name, value)
+        for name, value in [*zip(kind.key, key, strict=True), *values.items()]:
+            problem = _unstorable(kind.model, name, value)
             if problem:
                 raise ProviderImportError(
                     f"The {report} report of {account.name!r} has a value Reckon cannot "
@@ -461,10 +460,8 @@ def _apply(account: ProviderAccount, read: Iterable[_Read], result: ImportResult
     with transaction.atomic():
         locked = ProviderAccount.objects.select_for_update().get(pk=account.pk)
         for r in read:
-            if r.report == USAGE:
-                _apply_usage(locked, r.start, r.end, r.merged, r.last_fetch, now, result)
-            else:
-                _apply_cost(locked, r.start, r.end, r.merged, r.last_fetch, now, result)
+            kind = _KINDS[r.report]
+            _apply_buckets(kind, locked, r.start, r.end, r.merged, r.last_fetch, now, result)
         locked.last_import_at = now
         locked.last_error = ""
         locked.save(update_fields=["last_import_at", "last_error", "updated_at"])
@@ -560,7 +557,20 @@ def _cost_hash(values: dict[str, Any]) -> str:
     )
 
 
-def _apply_usage(
+@dataclass(frozen=True)
+class _BucketKind:
+    """What differs between applying usage buckets and cost buckets; the rest is one path."""
+
+    report: str
+    model: type[ProviderUsageBucket] | type[ProviderCostBucket]
+    key: tuple[str, ...]
+    digest: Callable[[dict[str, Any]], str]
+    snapshot: Callable[[Any], dict[str, Any]]
+    zero: Callable[[Any], None]  # a removed bucket's values (its raw is emptied too)
+
+
+def _apply_buckets(
+    kind: _BucketKind,
     account: ProviderAccount,
     start: dt.datetime,
     end: dt.datetime,
@@ -569,26 +579,21 @@ def _apply_usage(
     now: dt.datetime,
     result: ImportResult,
 ) -> None:
-    width = _width_of(account, USAGE)
-    existing = {
-        (b.bucket_start, b.bucket_width, b.model, b.api_key_id, b.service_tier, b.workspace): b
-        for b in ProviderUsageBucket.objects.select_for_update().filter(
+    width = _width_of(account, kind.report)
+    existing: dict[tuple[Any, ...], ProviderUsageBucket | ProviderCostBucket] = {
+        tuple(getattr(b, name) for name in kind.key): b
+        for b in kind.model.objects.select_for_update().filter(
             account=account, bucket_width=width, bucket_start__gte=start, bucket_start__lt=end
         )
     }
     for key, values in incoming.items():
-        digest = _usage_hash(values)
+        digest = kind.digest(values)
         bucket = existing.pop(key, None)
         fetch = values.pop("fetch")
         if bucket is None:
-            ProviderUsageBucket.objects.create(
+            kind.model.objects.create(
                 account=account,
-                bucket_start=key[0],
-                bucket_width=key[1],
-                model=key[2],
-                api_key_id=key[3],
-                service_tier=key[4],
-                workspace=key[5],
+                **dict(zip(kind.key, key, strict=True)),
                 fetch=fetch,
                 revision=1,
                 content_hash=digest,
@@ -597,7 +602,7 @@ def _apply_usage(
             )
             result.created += 1
         elif bucket.content_hash != digest:
-            _revise(account, USAGE, bucket, _usage_snapshot(bucket), now, "changed")
+            _revise(account, kind.report, bucket, kind.snapshot(bucket), now, "changed")
             for name, value in values.items():
                 setattr(bucket, name, value)
             bucket.fetch, bucket.content_hash, bucket.changed_at = fetch, digest, now
@@ -610,9 +615,8 @@ def _apply_usage(
     for bucket in existing.values():
         if bucket.content_hash == REMOVED_HASH:
             continue
-        _revise(account, USAGE, bucket, _usage_snapshot(bucket), now, "removed")
-        for name in _USAGE_VALUES:
-            setattr(bucket, name, 0 if getattr(bucket, name) is not None else None)
+        _revise(account, kind.report, bucket, kind.snapshot(bucket), now, "removed")
+        kind.zero(bucket)
         bucket.raw = {}
         bucket.fetch, bucket.content_hash, bucket.changed_at = last_fetch, REMOVED_HASH, now
         bucket.revision += 1
@@ -621,74 +625,13 @@ def _apply_usage(
         result.changed_days.add(bucket.bucket_start.astimezone(dt.UTC).date())
 
 
-def _apply_cost(
-    account: ProviderAccount,
-    start: dt.datetime,
-    end: dt.datetime,
-    incoming: dict[tuple[Any, ...], dict[str, Any]],
-    last_fetch: ProviderReportFetch,
-    now: dt.datetime,
-    result: ImportResult,
-) -> None:
-    width = _width_of(account, COST)
-    existing = {
-        (
-            b.bucket_start,
-            b.bucket_width,
-            b.line_item,
-            b.model,
-            b.cost_type,
-            b.token_type,
-            b.service_tier,
-            b.workspace,
-        ): b
-        for b in ProviderCostBucket.objects.select_for_update().filter(
-            account=account, bucket_width=width, bucket_start__gte=start, bucket_start__lt=end
-        )
-    }
-    for key, values in incoming.items():
-        digest = _cost_hash(values)
-        bucket = existing.pop(key, None)
-        fetch = values.pop("fetch")
-        if bucket is None:
-            ProviderCostBucket.objects.create(
-                account=account,
-                bucket_start=key[0],
-                bucket_width=key[1],
-                line_item=key[2],
-                model=key[3],
-                cost_type=key[4],
-                token_type=key[5],
-                service_tier=key[6],
-                workspace=key[7],
-                fetch=fetch,
-                revision=1,
-                content_hash=digest,
-                changed_at=now,
-                **values,
-            )
-            result.created += 1
-        elif bucket.content_hash != digest:
-            _revise(account, COST, bucket, _cost_snapshot(bucket), now, "changed")
-            for name, value in values.items():
-                setattr(bucket, name, value)
-            bucket.fetch, bucket.content_hash, bucket.changed_at = fetch, digest, now
-            bucket.revision += 1
-            bucket.save()
-        else:
-            continue
-        result.changed += 1
-        result.changed_days.add(key[0].astimezone(dt.UTC).date())
-    for bucket in existing.values():
-        if bucket.content_hash == REMOVED_HASH:
-            continue
-        _revise(account, COST, bucket, _cost_snapshot(bucket), now, "removed")
-        bucket.amount_text, bucket.amount_usd, bucket.raw = "0", Decimal(0), {}
-        bucket.fetch, bucket.content_hash, bucket.changed_at = last_fetch, REMOVED_HASH, now
-        bucket.revision += 1
-        bucket.save()
-        result.removed += 1
-        result.changed_days.add(bucket.bucket_start.astimezone(dt.UTC).date())
+def _zero_usage(bucket: ProviderUsageBucket) -> None:
+    for name in _USAGE_VALUES:
+        setattr(bucket, name, 0 if getattr(bucket, name) is not None else None)
+
+
+def _zero_cost(bucket: ProviderCostBucket) -> None:
+    bucket.amount_text, bucket.amount_usd = "0", Decimal(0)
 
 
 def _width_of(account: ProviderAccount, report: str) -> str:
@@ -714,6 +657,14 @@ def _cost_snapshot(bucket: ProviderCostBucket) -> dict[str, Any]:
         "content_hash": bucket.content_hash,
         "changed_at": bucket.changed_at.isoformat(),
     }
+
+
+_KINDS = {
+    USAGE: _BucketKind(
+        USAGE, ProviderUsageBucket, _USAGE_KEY, _usage_hash, _usage_snapshot, _zero_usage
+    ),
+    COST: _BucketKind(COST, ProviderCostBucket, _COST_KEY, _cost_hash, _cost_snapshot, _zero_cost),
+}
 
 
 def _revise(
