@@ -19,7 +19,6 @@ from decimal import Decimal
 from typing import Any
 
 from metering.providers.reports import (
-    COST,
     USAGE,
     CostRow,
     Page,
@@ -27,13 +26,14 @@ from metering.providers.reports import (
     UsageRow,
     count,
     exact_amount,
-    load,
-    page_of,
+    page_query,
+    parse_page,
     parse_rfc3339,
     results_of,
     rfc3339,
     text,
     usd,
+    usd_currency,
 )
 
 DEFAULT_BASE_URL = "https://api.anthropic.com/v1"
@@ -61,25 +61,18 @@ def request(
         path, width, groups, limit = USAGE_PATH, USAGE_WIDTH, USAGE_GROUPS, USAGE_LIMIT
     else:
         path, width, groups, limit = COST_PATH, COST_WIDTH, COST_GROUPS, COST_LIMIT
-    query = [
-        ("starting_at", rfc3339(start)),
-        ("ending_at", rfc3339(end)),
-        ("bucket_width", width),
-        *(("group_by[]", group) for group in groups),
-        ("limit", str(limit)),
-    ]
-    if page:
-        query.append(("page", page))
+    query = page_query(
+        times=[("starting_at", rfc3339(start)), ("ending_at", rfc3339(end))],
+        width=width,
+        groups=groups,
+        limit=limit,
+        page=page,
+    )
     return path, query
 
 
 def parse(report: str, body: str) -> Page[Any]:
-    document = load(body)
-    if report == USAGE:
-        return page_of(document, _usage_bucket)
-    if report == COST:
-        return page_of(document, _cost_bucket)
-    raise ValueError(report)
+    return parse_page(report, body, usage=_usage_bucket, cost=_cost_bucket)
 
 
 def _bucket_start(bucket: dict[str, Any]) -> dt.datetime:
@@ -143,9 +136,7 @@ def _cost_bucket(bucket: dict[str, Any]) -> list[CostRow]:
         if not isinstance(raw_amount, str):
             raise ReportFormatError(f"`amount` is not a decimal string of cents: {raw_amount!r}")
         cents = exact_amount(raw_amount, "amount")
-        currency = text(result, "currency").lower() or "usd"
-        if currency != "usd":
-            raise ReportFormatError(f"a cost is in {currency!r}; Reckon reads USD costs only")
+        currency = usd_currency(result)
         rows.append(
             CostRow(
                 bucket_start=start,

@@ -66,7 +66,9 @@ from metering.providers.locks import account_run_lock
 from metering.providers.reports import (
     BIGINT_MAX,
     COST,
+    COST_KEY,
     USAGE,
+    USAGE_KEY,
     CostRow,
     Page,
     ReportFormatError,
@@ -240,19 +242,6 @@ class _Read:
     end: dt.datetime
     merged: dict[tuple[Any, ...], dict[str, Any]]
     last_fetch: ProviderReportFetch
-
-
-_USAGE_KEY = ("bucket_start", "bucket_width", "model", "api_key_id", "service_tier", "workspace")
-_COST_KEY = (
-    "bucket_start",
-    "bucket_width",
-    "line_item",
-    "model",
-    "cost_type",
-    "token_type",
-    "service_tier",
-    "workspace",
-)
 
 
 def _check_storable(
@@ -661,9 +650,9 @@ def _cost_snapshot(bucket: ProviderCostBucket) -> dict[str, Any]:
 
 _KINDS = {
     USAGE: _BucketKind(
-        USAGE, ProviderUsageBucket, _USAGE_KEY, _usage_hash, _usage_snapshot, _zero_usage
+        USAGE, ProviderUsageBucket, USAGE_KEY, _usage_hash, _usage_snapshot, _zero_usage
     ),
-    COST: _BucketKind(COST, ProviderCostBucket, _COST_KEY, _cost_hash, _cost_snapshot, _zero_cost),
+    COST: _BucketKind(COST, ProviderCostBucket, COST_KEY, _cost_hash, _cost_snapshot, _zero_cost),
 }
 
 

@@ -16,7 +16,6 @@ import datetime as dt
 from typing import Any
 
 from metering.providers.reports import (
-    COST,
     USAGE,
     CostRow,
     Page,
@@ -24,12 +23,13 @@ from metering.providers.reports import (
     UsageRow,
     count,
     exact_amount,
-    load,
-    page_of,
+    page_query,
+    parse_page,
     parse_unix,
     results_of,
     text,
     usd,
+    usd_currency,
 )
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -56,27 +56,26 @@ def request(
         path, width, groups, limit = USAGE_PATH, USAGE_WIDTH, USAGE_GROUPS, USAGE_LIMIT
     else:
         path, width, groups, limit = COSTS_PATH, COST_WIDTH, COST_GROUPS, COST_LIMIT
-    query = [
-        ("start_time", str(int(start.timestamp()))),
-        ("end_time", str(int(end.timestamp()))),
-        ("bucket_width", width),
-        *(("group_by[]", group) for group in groups),
-        ("limit", str(limit)),
-    ]
-    if page:
-        query.append(("page", page))
+    query = page_query(
+        times=[
+            ("start_time", str(int(start.timestamp()))),
+            ("end_time", str(int(end.timestamp()))),
+        ],
+        width=width,
+        groups=groups,
+        limit=limit,
+        page=page,
+    )
     return path, query
 
 
 def parse(report: str, body: str) -> Page[Any]:
-    document = load(body)
+    return parse_page(report, body, usage=_usage_bucket, cost=_cost_bucket, check=_check_page)
+
+
+def _check_page(document: dict[str, Any]) -> None:
     if document.get("object") not in (None, "page"):
         raise ReportFormatError("the page's `object` is not 'page'")
-    if report == USAGE:
-        return page_of(document, _usage_bucket)
-    if report == COST:
-        return page_of(document, _cost_bucket)
-    raise ValueError(report)
 
 
 def _bucket_start(bucket: dict[str, Any]) -> dt.datetime:
@@ -127,9 +126,7 @@ def _cost_bucket(bucket: dict[str, Any]) -> list[CostRow]:
         if not isinstance(amount, dict):
             raise ReportFormatError("a cost result has no `amount` object")
         value = exact_amount(amount.get("value"), "amount.value")
-        currency = text(amount, "currency").lower() or "usd"
-        if currency != "usd":
-            raise ReportFormatError(f"a cost is in {currency!r}; Reckon reads USD costs only")
+        currency = usd_currency(amount)
         line_item = text(result, "line_item")
         model, token_type = line_item_parts(line_item)
         rows.append(

@@ -34,6 +34,21 @@ BIGINT_MAX = 2**63 - 1
 AMOUNT_INTEGER_DIGITS = 20
 
 
+# The fields that name a bucket (its key), in the order of `UsageRow.key` / `CostRow.key`;
+# the same names as the bucket models' fields.
+USAGE_KEY = ("bucket_start", "bucket_width", "model", "api_key_id", "service_tier", "workspace")
+COST_KEY = (
+    "bucket_start",
+    "bucket_width",
+    "line_item",
+    "model",
+    "cost_type",
+    "token_type",
+    "service_tier",
+    "workspace",
+)
+
+
 class ReportFormatError(Exception):
     """A page that does not have the shape the provider documents."""
 
@@ -55,14 +70,7 @@ class UsageRow:
 
     @property
     def key(self) -> tuple[Any, ...]:
-        return (
-            self.bucket_start,
-            self.bucket_width,
-            self.model,
-            self.api_key_id,
-            self.service_tier,
-            self.workspace,
-        )
+        return _key_of(self)
 
 
 @dataclass(frozen=True)
@@ -82,19 +90,16 @@ class CostRow:
 
     @property
     def key(self) -> tuple[Any, ...]:
-        return (
-            self.bucket_start,
-            self.bucket_width,
-            self.line_item,
-            self.model,
-            self.cost_type,
-            self.token_type,
-            self.service_tier,
-            self.workspace,
-        )
+        return _key_of(self)
 
 
 Row = TypeVar("Row", UsageRow, CostRow)
+
+
+def _key_of(row: UsageRow | CostRow) -> tuple[Any, ...]:
+    return tuple(
+        getattr(row, name) for name in (USAGE_KEY if isinstance(row, UsageRow) else COST_KEY)
+    )
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,56 @@ def page_of(document: dict[str, Any], parse_bucket: Callable[[Any], list[Row]]) 
             raise ReportFormatError("a bucket is not a JSON object")
         rows.extend(parse_bucket(bucket))
     return Page(rows=rows, has_more=has_more, next_page=next_page if has_more else None)
+
+
+def parse_page(
+    report: str,
+    body: str,
+    *,
+    usage: Callable[[Any], list[UsageRow]],
+    cost: Callable[[Any], list[CostRow]],
+    check: Callable[[dict[str, Any]], None] | None = None,
+) -> Page[Any]:
+    """One page of `report`: `usage` or `cost` turns each bucket into rows; `check` looks
+    at the whole document first (a provider's own page-level rule)."""
+    document = load(body)
+    if check is not None:
+        check(document)
+    if report == USAGE:
+        return page_of(document, usage)
+    if report == COST:
+        return page_of(document, cost)
+    raise ValueError(report)
+
+
+def page_query(
+    *,
+    times: Sequence[tuple[str, str]],
+    width: str,
+    groups: Sequence[str],
+    limit: int,
+    page: str | None,
+) -> list[tuple[str, str]]:
+    """The query both providers read the same way: the window's two times (each provider
+    names and writes them its own way), the bucket width, each group as `group_by[]`, the
+    page size, and the cursor of the page after the first."""
+    query = [
+        *times,
+        ("bucket_width", width),
+        *(("group_by[]", group) for group in groups),
+        ("limit", str(limit)),
+    ]
+    if page:
+        query.append(("page", page))
+    return query
+
+
+def usd_currency(amount: dict[str, Any]) -> str:
+    """The cost's currency, 'usd' when not given; any other currency is refused."""
+    currency = text(amount, "currency").lower() or "usd"
+    if currency != "usd":
+        raise ReportFormatError(f"a cost is in {currency!r}; Reckon reads USD costs only")
+    return currency
 
 
 def results_of(bucket: dict[str, Any]) -> list[dict[str, Any]]:
