@@ -61,36 +61,40 @@ def waits(_fast_retries):  # type: ignore[no-untyped-def]
     return _fast_retries
 
 
+def _fake(provider: str, admin_key: str, model: str) -> FakeProviderAdmin:
+    """The provider's fake admin API, serving `events(model)` to `admin_key`."""
+    return FakeProviderAdmin(provider, admin_key=admin_key, events=events(model), prices=PRICES)
+
+
+def _account(
+    monkeypatch: pytest.MonkeyPatch, fake: FakeProviderAdmin, *, name: str, env: str, key: str
+) -> ProviderAccount:
+    """An account of the fake's provider reading its admin key `key` from the variable `env`."""
+    monkeypatch.setenv(env, key)
+    return provider_account_set(
+        name=name, provider=fake.provider, admin_key_env=env, admin_base_url=fake.url
+    )
+
+
 @pytest.fixture
 def openai_fake() -> Iterator[FakeProviderAdmin]:
-    with FakeProviderAdmin(
-        OPENAI, admin_key=OPENAI_KEY, events=events("gpt-r"), prices=PRICES
-    ) as fake:
+    with _fake(OPENAI, OPENAI_KEY, "gpt-r") as fake:
         yield fake
 
 
 @pytest.fixture
 def anthropic_fake() -> Iterator[FakeProviderAdmin]:
-    with FakeProviderAdmin(
-        ANTHROPIC, admin_key=ANTHROPIC_KEY, events=events("claude-r"), prices=PRICES
-    ) as fake:
+    with _fake(ANTHROPIC, ANTHROPIC_KEY, "claude-r") as fake:
         yield fake
 
 
 @pytest.fixture
 def openai_account(openai_fake, monkeypatch) -> ProviderAccount:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv(OPENAI_ENV, OPENAI_KEY)
-    return provider_account_set(
-        name="oai-main", provider="openai", admin_key_env=OPENAI_ENV, admin_base_url=openai_fake.url
-    )
+    return _account(monkeypatch, openai_fake, name="oai-main", env=OPENAI_ENV, key=OPENAI_KEY)
 
 
 @pytest.fixture
 def anthropic_account(anthropic_fake, monkeypatch) -> ProviderAccount:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv(ANTHROPIC_ENV, ANTHROPIC_KEY)
-    return provider_account_set(
-        name="ant-main",
-        provider="anthropic",
-        admin_key_env=ANTHROPIC_ENV,
-        admin_base_url=anthropic_fake.url,
+    return _account(
+        monkeypatch, anthropic_fake, name="ant-main", env=ANTHROPIC_ENV, key=ANTHROPIC_KEY
     )

@@ -18,6 +18,7 @@ from metering.models import (
 )
 from metering.providers.importer import provider_reports_import
 from tests.fakes.provider_admin import ServedEvent
+from tests.metering.conftest import reasoner_route
 from tests.metering.providers.conftest import DAY, OPENAI_KEY, at
 from tests.staff import staff_user
 
@@ -115,14 +116,7 @@ def test_account_admin_edits_with_the_commands_rules(imported: ProviderAccount) 
 
 
 def test_route_admin_shows_the_provider_account(imported: ProviderAccount) -> None:
-    Route.objects.create(
-        alias="reasoner",
-        provider="openai",
-        base_url="https://api.openai.com/v1",
-        upstream_model="gpt-r",
-        provider_account=imported,
-        upstream_key_id="key_a",
-    )
+    reasoner_route(imported)
     client = superuser()
     listing = client.get("/admin/metering/route/")
     assert listing.status_code == 200
@@ -183,13 +177,7 @@ def test_the_admin_refuses_a_provider_change_while_routes_of_the_old_one_point_a
         "is_active": "on",
     }
     client = superuser()
-    Route.objects.create(
-        alias="reasoner",
-        provider="openai",
-        base_url="https://api.openai.com/v1",
-        upstream_model="gpt-r",
-        provider_account=imported,
-    )
+    reasoner_route(imported, upstream_key_id="")
     refused = client.post(f"/admin/metering/provideraccount/{imported.pk}/change/", form)
     assert refused.status_code == 200
     assert b"openai routes cannot belong to it" in refused.content

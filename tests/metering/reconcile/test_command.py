@@ -8,10 +8,9 @@ import pytest
 import time_machine
 from django.core.management import CommandError, call_command
 
-from metering.models import ProviderAccount, ReconciliationRow, Route
-from tests.factories import ApiKeyFactory
+from metering.models import ProviderAccount, ReconciliationRow
+from tests.metering.conftest import reasoner_served
 from tests.metering.reconcile.test_service import bucket
-from tests.usage_helpers import write_usage
 
 pytestmark = pytest.mark.django_db
 T0 = datetime(2026, 10, 7, 9, tzinfo=UTC)
@@ -20,24 +19,7 @@ T0 = datetime(2026, 10, 7, 9, tzinfo=UTC)
 @pytest.fixture
 def account() -> ProviderAccount:
     account = ProviderAccount.objects.create(name="oa", provider="openai", admin_key_env="X")
-    Route.objects.create(
-        alias="reasoner",
-        provider="openai",
-        base_url="https://api.openai.com/v1",
-        upstream_model="gpt-r",
-        provider_account=account,
-        upstream_key_id="key_a",
-    )
-    write_usage(
-        ApiKeyFactory(),
-        T0,
-        alias="reasoner",
-        upstream_model="gpt-r",
-        provider_account_id=account.pk,
-        input_tokens=100,
-        output_tokens=30,
-        reasoning_tokens=70,
-    )
+    reasoner_served(account, T0, input_tokens=100, output_tokens=30, reasoning_tokens=70)
     bucket(
         account, "gpt-r", "key_a", at=T0, requests=1, input_uncached_tokens=100, output_tokens=30
     )

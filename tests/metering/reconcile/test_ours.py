@@ -3,6 +3,7 @@ forwarded on a provider account per UTC day, upstream model, tenant, alias and a
 read from
 the rollups the ledger's own write path keeps (PostgreSQL and SQLite)."""
 
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -40,16 +41,43 @@ def rate() -> ServingCostRate:
     )
 
 
+TOKENS = {
+    "input_tokens": 100,
+    "cached_input_tokens": 20,
+    "cache_write_tokens": 3,
+    "output_tokens": 7,
+    "reasoning_tokens": 50,
+}
+
+
 def served(key: ApiKey, at: datetime, account_id: int | None, **values: Any) -> dict[str, Any]:
-    tokens = {
-        "accelerator": "nvidia-h100-sxm",
-        "input_tokens": 100,
-        "cached_input_tokens": 20,
-        "cache_write_tokens": 3,
-        "output_tokens": 7,
-        "reasoning_tokens": 50,
-    }
-    return usage_row(key, started_at=at, provider_account_id=account_id, **{**tokens, **values})
+    """A record of TOKENS on an H100 (unless `values` say otherwise)."""
+    values = {"accelerator": "nvidia-h100-sxm", **TOKENS, **values}
+    return usage_row(key, started_at=at, provider_account_id=account_id, **values)
+
+
+def forwarded(
+    day: date,
+    tenant_id: uuid.UUID,
+    *,
+    records: int = 1,
+    upstream_model: str = "m",
+    accelerator: str = "nvidia-h100-sxm",
+    **overrides: Any,
+) -> ForwardedRow:
+    """The row of `records` answered records of TOKENS each, costing nothing, unless
+    `overrides` say otherwise."""
+    return ForwardedRow(
+        day=day,
+        upstream_model=upstream_model,
+        tenant_id=tenant_id,
+        alias="reasoner",
+        accelerator=accelerator,
+        records=records,
+        requests=records,
+        **{name: count * records for name, count in TOKENS.items()},
+        serving_cost_usd=Decimal(0),
+    )._replace(**overrides)
 
 
 @pytest.mark.django_db
@@ -94,51 +122,16 @@ def test_forwarded_usage_per_day_model_tenant_alias_and_accelerator(rate: Servin
         assert abs(got[1].serving_cost_usd - cost) < Decimal("1e-15")
         got[1] = got[1]._replace(serving_cost_usd=cost)
     assert got == [
-        ForwardedRow(
-            day=date(2026, 11, 3),
-            upstream_model="m",
-            tenant_id=key.tenant_id,
-            alias="reasoner",
-            accelerator="amd-mi300x",
-            records=1,
-            requests=1,
-            input_tokens=100,
-            cached_input_tokens=20,
-            cache_write_tokens=3,
-            output_tokens=7,
-            reasoning_tokens=50,
-            serving_cost_usd=Decimal(0),
-        ),
-        ForwardedRow(
-            day=date(2026, 11, 3),
-            upstream_model="m",
-            tenant_id=key.tenant_id,
-            alias="reasoner",
-            accelerator="nvidia-h100-sxm",
+        forwarded(date(2026, 11, 3), key.tenant_id, accelerator="amd-mi300x"),
+        forwarded(
+            date(2026, 11, 3),
+            key.tenant_id,
             records=5,
             requests=3,  # 5 records, of which 2 were not answered
-            input_tokens=100 * 3 + 5,
-            cached_input_tokens=20 * 5,
-            cache_write_tokens=3 * 5,
-            output_tokens=7 * 5,
-            reasoning_tokens=50 * 5,
+            input_tokens=100 * 3 + 5,  # the upstream error's 5, the failed call's 0
             serving_cost_usd=cost,
         ),
-        ForwardedRow(
-            day=date(2026, 11, 4),
-            upstream_model="m2",
-            tenant_id=other_key.tenant_id,
-            alias="reasoner",
-            accelerator="nvidia-h100-sxm",
-            records=1,
-            requests=1,
-            input_tokens=100,
-            cached_input_tokens=20,
-            cache_write_tokens=3,
-            output_tokens=7,
-            reasoning_tokens=50,
-            serving_cost_usd=Decimal(0),
-        ),
+        forwarded(date(2026, 11, 4), other_key.tenant_id, upstream_model="m2"),
     ]
     # summed over tenants (one tenant a day here): the same rows without the tenant
     totals = forwarded_totals(account_id=ours.pk, start=DAY.date(), end=DAY.date() + timedelta(2))

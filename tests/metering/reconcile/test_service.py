@@ -18,7 +18,6 @@ from metering.models import (
     Route,
 )
 from metering.providers.importer import CHANGE_SETTLE
-from metering.reconcile import hooks
 from metering.reconcile.service import day_settled, reconcile_account_days
 from tests.factories import ApiKeyFactory
 from tests.usage_helpers import write_usage
@@ -29,13 +28,6 @@ DAY = date(2026, 10, 7)
 T0 = datetime(2026, 10, 7, 9, tzinfo=UTC)
 SETTLED = datetime(2026, 10, 12, tzinfo=UTC)  # past the 3 settling days
 PENDING = datetime(2026, 10, 8, 12, tzinfo=UTC)
-
-
-@pytest.fixture
-def told(monkeypatch) -> list[tuple[int, list[date]]]:  # type: ignore[no-untyped-def]
-    calls: list[tuple[int, list[date]]] = []
-    monkeypatch.setattr(hooks, "_handlers", [lambda account, days: calls.append((account, days))])
-    return calls
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import time_machine
 from django.db import connection
 from django.db import connections as db_connections
 
-from metering.models import ProviderAccount, ProviderUsageBucket, ReconciliationRow, Route
+from metering.models import ProviderAccount, ProviderUsageBucket, ReconciliationRow
 from metering.providers import importer
 from metering.providers.importer import (
     ProviderAccountBusy,
@@ -23,9 +23,8 @@ from metering.providers.importer import (
 from metering.reconcile import hooks
 from metering.reconcile.sync import SyncResult, provider_account_sync
 from metering.tasks import provider_reports_sync_due
-from tests.factories import ApiKeyFactory
 from tests.fakes.provider_admin import FakeProviderAdmin, ServedEvent
-from tests.usage_helpers import write_usage
+from tests.metering.conftest import reasoner_served
 
 pytestmark = pytest.mark.django_db
 
@@ -44,41 +43,22 @@ def fake(monkeypatch, settings) -> Iterator[FakeProviderAdmin]:  # type: ignore[
 
 
 @pytest.fixture
-def told(monkeypatch) -> list[tuple[int, list[date]]]:  # type: ignore[no-untyped-def]
-    calls: list[tuple[int, list[date]]] = []
-    monkeypatch.setattr(hooks, "_handlers", [lambda account, days: calls.append((account, days))])
-    return calls
-
-
-@pytest.fixture
 def account(fake: FakeProviderAdmin) -> ProviderAccount:
     account = ProviderAccount.objects.create(
         name="oa", provider="openai", admin_key_env="SYNC_ADMIN_KEY", admin_base_url=fake.url
     )
-    Route.objects.create(
-        alias="reasoner",
-        provider="openai",
-        base_url="https://api.openai.com/v1",
-        upstream_model="gpt-r",
-        provider_account=account,
-        upstream_key_id="key_a",
-    )
-    write_usage(
-        ApiKeyFactory(),
+    reasoner_served(
+        account,
         T0,
-        alias="reasoner",
-        upstream_model="gpt-r",
-        provider_account_id=account.pk,
         input_tokens=100,
         cached_input_tokens=20,
         output_tokens=30,
         reasoning_tokens=70,
     )
     fake.events.append(
-        ServedEvent(
-            at=T0 + timedelta(seconds=3),
-            model="gpt-r",
-            api_key_id="key_a",
+        gpt_r(
+            T0 + timedelta(seconds=3),
+            "key_a",
             uncached_input=100,
             cache_read=20,
             output=30,
@@ -86,6 +66,11 @@ def account(fake: FakeProviderAdmin) -> ProviderAccount:
         )
     )
     return account
+
+
+def gpt_r(at: datetime, api_key_id: str, **counts: int) -> ServedEvent:
+    """A gpt-r generation the provider metered on its key `api_key_id`."""
+    return ServedEvent(at=at, model="gpt-r", api_key_id=api_key_id, **counts)
 
 
 def sync_at(account: ProviderAccount, now: datetime):  # type: ignore[no-untyped-def]
@@ -166,17 +151,7 @@ def test_an_alert_lost_to_a_failed_handler_fires_on_the_next_run(
     the rows commit); the next runs find the rows unchanged and still fire the alert."""
     from billing.models import Alert
 
-    fake.events.append(
-        ServedEvent(
-            at=T0 + timedelta(minutes=5),
-            model="gpt-r",
-            api_key_id="key_leak",
-            uncached_input=500,
-            cache_read=0,
-            output=10,
-            reasoning=0,
-        )
-    )
+    fake.events.append(gpt_r(T0 + timedelta(minutes=5), "key_leak", uncached_input=500, output=10))
     real = list(hooks._handlers)
 
     def fails(account_id: int, days: list[date]) -> None:
@@ -203,7 +178,7 @@ def test_after_a_backfill_the_sync_reads_and_reconciles_the_normal_window(
     reads and reconciles the settling window only, not every day back to the backfill. A
     revised old day is re-read for 48 hours but reconciled only when it changes (review S7)."""
     old = datetime(2026, 9, 10, 5, tzinfo=UTC)
-    fake.events.append(ServedEvent(at=old, model="gpt-r", api_key_id="key_a", uncached_input=5))
+    fake.events.append(gpt_r(old, "key_a", uncached_input=5))
     provider_reports_import(
         account=account,
         since=datetime(2026, 9, 1, tzinfo=UTC),
@@ -217,7 +192,7 @@ def test_after_a_backfill_the_sync_reads_and_reconciles_the_normal_window(
     assert result.imported.since == datetime(2026, 10, 6, tzinfo=UTC)
     assert set(result.reconciled.days) == normal
 
-    fake.add_usage(ServedEvent(at=old, model="gpt-r", api_key_id="key_a", uncached_input=1))
+    fake.add_usage(gpt_r(old, "key_a", uncached_input=1))
     provider_reports_import(
         account=account,
         since=datetime(2026, 9, 10, tzinfo=UTC),
