@@ -148,7 +148,8 @@ def main() -> None:
                 token_type, service_tier, workspace, amount_text, amount_usd, currency, raw,
                 fetch_id, revision, content_hash, changed_at)
             SELECT %(account)s, %(start)s::timestamptz + (d || ' days')::interval, '1d',
-                   'model-' || m || ', ' || l, '', '', '', '', '', amt, amt::numeric, 'usd',
+                   'model-' || m || ', ' || l, 'model-' || m, '', l, '', '', amt, amt::numeric,
+                   'usd',
                    '{}', %(fetch)s, 1, md5(m || l || d), now()
             FROM generate_series(0, %(models)s - 1) m, generate_series(0, 29) d,
                  (VALUES ('input', '12.3456789012345678'), ('cached input', '0.98765'),
