@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -51,8 +52,11 @@ def process_tree(root: int) -> set[int]:
     return tree
 
 
-def local_tcp_ports(pids: set[int]) -> set[int]:
-    """Local ports of the TCP sockets these processes hold open."""
+def local_tcp_ports(pids: set[int], *, remote_port: int) -> set[int]:
+    """Local ports of the TCP sockets these processes hold open to `remote_port`. Only
+    those: the kernel may give one local port number to connections to different
+    destinations, so a socket to Redis can share its number with another process's
+    PostgreSQL connection."""
     inodes: set[str] = set()
     for pid in pids:
         try:
@@ -69,7 +73,7 @@ def local_tcp_ports(pids: set[int]) -> set[int]:
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
-            if fields[9] in inodes:
+            if fields[9] in inodes and int(fields[2].rsplit(":", 1)[1], 16) == remote_port:
                 ports.add(int(fields[1].rsplit(":", 1)[1], 16))
     return ports
 
@@ -77,7 +81,8 @@ def local_tcp_ports(pids: set[int]) -> set[int]:
 def server_connections(server_pid: int) -> list[tuple[str, int]]:
     """(application_name, backend pid) of every PostgreSQL backend serving the server's
     processes, matched by the client ports its sockets hold (not by a name it sets)."""
-    ports = local_tcp_ports(process_tree(server_pid))
+    port = urlsplit(database_url()).port or 5432
+    ports = local_tcp_ports(process_tree(server_pid), remote_port=port)
     with psycopg.connect(database_url(), autocommit=True) as conn:
         rows = conn.execute(
             "SELECT application_name, pid, client_port FROM pg_stat_activity "
