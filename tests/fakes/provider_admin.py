@@ -46,15 +46,16 @@ import base64
 import datetime as dt
 import hashlib
 import json
-import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_EVEN, Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 from urllib.request import urlopen
+
+from tests.fakes.loopback import Loopback, LoopbackServer
 
 OPENAI = "openai"
 ANTHROPIC = "anthropic"
@@ -221,33 +222,22 @@ class FakeProviderAdmin:
         self.url = ""
         self._failures: list[_Failure] = []
         self._lock = threading.RLock()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: Loopback | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> FakeProviderAdmin:
         if self._server is not None:
             raise RuntimeError("already started")
-        server = _Server(self)
-        self.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._server = server
-        self._thread.start()
+        self._server = Loopback(self, _Handler, "FakeProviderAdmin")
+        self.url = f"http://127.0.0.1:{self._server.port}/v1"
         return self
 
     def stop(self) -> None:
         server, self._server = self._server, None
         if server is None:
             return
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        server.stop()
 
     def __enter__(self) -> FakeProviderAdmin:
         return self.start()
@@ -841,7 +831,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "FakeProviderAdmin/1.0"
     timeout = 30
     disable_nagle_algorithm = True
-    server: _Server
+    server: LoopbackServer
 
     def do_GET(self) -> None:
         self._handle("GET")
@@ -866,36 +856,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-    def __init__(self, fake: FakeProviderAdmin) -> None:
-        self.fake = fake
-        self._conns: set[socket.socket] = set()
-        self._conns_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._conns_lock:
-            self._conns.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._conns_lock:
-            self._conns.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        with self._conns_lock:
-            conns = list(self._conns)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 __all__ = [

@@ -39,7 +39,6 @@ import hmac
 import json
 import re
 import secrets
-import socket
 import string
 import threading
 import time
@@ -47,12 +46,14 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import stripe
 import stripe.params as stripe_params
+
+from tests.fakes.loopback import Loopback, LoopbackServer
 
 API_VERSION: str = stripe.api_version
 """The API version the installed SDK pins; used in events and ``Stripe-Version``."""
@@ -478,7 +479,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "FakeStripe/1.0"
     timeout = 30  # idle keep-alive connections eventually release their thread
     disable_nagle_algorithm = True  # headers and body go out in separate writes
-    server: _Server
+    server: LoopbackServer
 
     def do_GET(self) -> None:
         self._handle("GET")
@@ -510,36 +511,6 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # keep test output quiet; everything is in FakeStripe.calls
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-    def __init__(self, fake: FakeStripe) -> None:
-        self.fake = fake
-        self._conns: set[socket.socket] = set()
-        self._conns_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._conns_lock:
-            self._conns.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._conns_lock:
-            self._conns.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        with self._conns_lock:
-            conns = list(self._conns)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
 # --------------------------------------------------------------------------- the fake
 
 
@@ -566,37 +537,22 @@ class FakeStripe:
         self._line_ids: dict[str, str] = {}  # invoice item id -> its line item id
         self._included_at_creation: set[str] = set()
         self._current: RecordedCall | None = None
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: Loopback | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> FakeStripe:
         if self._server is not None:
             raise RuntimeError("FakeStripe already started")
-        server = _Server(self)
-        port = server.server_address[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"FakeStripe:{port}",
-            daemon=True,
-        )
-        self._server = server
-        self._thread.start()
+        self._server = Loopback(self, _Handler, "FakeStripe")
+        self.url = f"http://127.0.0.1:{self._server.port}"
         return self
 
     def stop(self) -> None:
         server, self._server = self._server, None
         if server is None:
             return
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        server.stop()
 
     def __enter__(self) -> FakeStripe:
         return self.start()
