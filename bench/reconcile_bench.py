@@ -69,7 +69,7 @@ def main() -> None:
     from django.db import connection
 
     from metering.ledger.partitions import partition_create
-    from metering.models import ProviderAccount, ReconciliationRow, Route
+    from metering.models import Alias, ProviderAccount, ReconciliationRow, Route
     from metering.reconcile.ours import forwarded_usage
     from metering.reconcile.service import reconcile_account_days
 
@@ -81,7 +81,7 @@ def main() -> None:
     )
     for m in range(MODELS):
         Route.objects.create(
-            alias=f"m{m}",
+            alias=Alias.objects.get_or_create(name=f"m{m}")[0],
             provider="openai",
             base_url="https://api.openai.com/v1",
             upstream_model=f"gpt-m{m}",

@@ -454,6 +454,16 @@ class Deployment(models.Model):
     there. Versioned like the cost basis: a change is a new row from an instant on."""
 
     alias = models.CharField(max_length=200)
+    # The alias's target this deployment serves (its cost rates are published for that
+    # target); null on deployments made before routing (migration 0012 sets it where the
+    # alias had one route).
+    route = models.ForeignKey(
+        "metering.Route",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="deployments",
+    )
     version = models.PositiveIntegerField()
     accelerator = models.ForeignKey(
         AcceleratorType, on_delete=models.PROTECT, related_name="deployments"

@@ -9,6 +9,7 @@ from django.http import HttpRequest
 from config.errors import ApplicationError
 from metering import permissions as perm
 from metering.models import (
+    Alias,
     ApiKey,
     HoldCap,
     LedgerArchive,
@@ -21,6 +22,9 @@ from metering.models import (
     ReasoningPolicy,
     ReconciliationRow,
     Route,
+    RouteExpectation,
+    RouteLatencyBucket,
+    RouteTargetHour,
     ServingCostRate,
     SpendLimit,
     Tenant,
@@ -49,7 +53,7 @@ class TenantAdmin(admin.ModelAdmin):
     list_display = ["name", "id", "is_active", "created_at"]
     list_filter = ["is_active"]
     search_fields = ["name", "id"]
-    filter_horizontal = ["allowed_routes"]
+    filter_horizontal = ["allowed_aliases"]
     actions = ["issue_api_key"]
 
     def has_issue_key_permission(self, request: HttpRequest) -> bool:
@@ -159,11 +163,23 @@ class RouteAdminForm(forms.ModelForm):
         return cleaned
 
 
+@admin.register(Alias)
+class AliasAdmin(admin.ModelAdmin):
+    """An alias and its routing policy; its targets are routes."""
+
+    list_display = ["name", "policy", "max_attempts", "is_active"]
+    list_filter = ["policy", "is_active"]
+    search_fields = ["name"]
+
+
 @admin.register(Route)
 class RouteAdmin(admin.ModelAdmin):
     form = RouteAdminForm
     list_display = [
         "alias",
+        "name",
+        "priority",
+        "weight",
         "provider",
         "base_url",
         "upstream_model",
@@ -423,7 +439,8 @@ class ProviderAccountAdmin(admin.ModelAdmin):
 
 
 class _ReadOnlyAdmin(admin.ModelAdmin):
-    """Imported report data: written by the importer only, never edited or deleted."""
+    """Data written by Reckon itself (the importer, the ledger, learners): never edited
+    or deleted here."""
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -547,3 +564,24 @@ class ReconciliationRowAdmin(_ReadOnlyAdmin):
     date_hierarchy = "day"
     list_select_related = ["account"]
     readonly_fields = [f.name for f in ReconciliationRow._meta.fields]
+
+
+@admin.register(RouteTargetHour)
+class RouteTargetHourAdmin(_ReadOnlyAdmin):
+    """Attempts per target and hour, written by the ledger's batch (never edited)."""
+
+    list_display = ["route_id", "hour", "reasoning_effort", "attempts", "answered", "failed_over"]
+    date_hierarchy = "hour"
+
+
+@admin.register(RouteLatencyBucket)
+class RouteLatencyBucketAdmin(_ReadOnlyAdmin):
+    list_display = ["route_id", "hour", "reasoning_effort", "kind", "bucket", "count"]
+
+
+@admin.register(RouteExpectation)
+class RouteExpectationAdmin(_ReadOnlyAdmin):
+    """What a call to each target plausibly spends, learned hourly (never edited)."""
+
+    list_display = ["route", "reasoning_effort", "mean_output_tokens", "samples", "computed_at"]
+    list_select_related = ["route"]

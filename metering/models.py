@@ -18,8 +18,8 @@ class Tenant(models.Model):
     name = models.CharField(max_length=200, unique=True)
     is_active = models.BooleanField(default=True)
     # Aliases this tenant may call; empty means none (an operator grants them).
-    allowed_routes: "models.ManyToManyField[Route, Any]" = models.ManyToManyField(
-        "Route", blank=True, related_name="tenants"
+    allowed_aliases: "models.ManyToManyField[Alias, Any]" = models.ManyToManyField(
+        "Alias", blank=True, related_name="tenants"
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -53,14 +53,73 @@ class ApiKey(models.Model):
         return f"{self.prefix}… ({self.tenant})"
 
 
+class Alias(models.Model):
+    """The model name tenants put in their requests, served by one or more targets
+    (`Route`) under a routing policy (`metering.routing`; decision 0117)."""
+
+    class Policy(models.TextChoices):
+        # By priority; the next target on a retryable failure before the first byte.
+        FALLBACK = "fallback", "Fallback by priority"
+        # Weighted random over the healthy targets (canaries, capacity shares).
+        WEIGHTED = "weighted", "Weighted split"
+        # Lowest expected serving cost for this request at each target's cost rate.
+        CHEAPEST = "cheapest", "Cheapest expected cost"
+        # Ordered rules on the request's reasoning effort and size, first match wins.
+        EFFORT = "effort", "Rules by reasoning effort"
+
+    # What tenants call (a route's `alias` column holds this text).
+    name = models.CharField(max_length=200, unique=True)
+    policy = models.CharField(max_length=16, choices=Policy.choices, default=Policy.FALLBACK)
+    # `effort` rules, validated by `metering.routing.rules` (empty for other policies).
+    rules = models.JSONField(default=list, blank=True)
+    # Attempts one call may make across targets (1: no failover), at most 4.
+    max_attempts = models.PositiveSmallIntegerField(default=2)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "aliases"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(max_attempts__gte=1) & Q(max_attempts__lte=4),
+                name="alias_max_attempts_1_to_4",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class Route(models.Model):
+    """One target (deployment) serving an alias: where calls go and what serving costs."""
+
     class Provider(models.TextChoices):
         OPENAI = "openai", "OpenAI"
         ANTHROPIC = "anthropic", "Anthropic"
         OPENAI_COMPATIBLE = "openai-compatible", "OpenAI-compatible (vLLM, SGLang, DeepSeek, ...)"
 
-    # The model name tenants put in their requests.
-    alias = models.CharField(max_length=200, unique=True)
+    # The alias this target serves. The column keeps the alias's name as text (to_field),
+    # so `route.alias_id` is the name and filtering by the name works as before.
+    alias = models.ForeignKey(
+        Alias,
+        to_field="name",
+        db_column="alias",
+        on_delete=models.PROTECT,
+        related_name="targets",
+    )
+    # The target's name within its alias ("default" for the first one).
+    name = models.CharField(max_length=100, default="default")
+    # Share of traffic under the `weighted` policy (relative to the alias's other targets).
+    weight = models.PositiveIntegerField(default=100)
+    # Lower goes first under `fallback`, and failover walks targets in this order.
+    priority = models.SmallIntegerField(default=0)
+    # Calls in flight at once across all server processes; null: no limit.
+    max_concurrent = models.PositiveIntegerField(null=True, blank=True)
+    # No first byte (headers, or a stream's first event) within this many milliseconds
+    # counts as a failure to fail over from; null: the proxy's idle read timeout.
+    first_byte_timeout_ms = models.PositiveIntegerField(null=True, blank=True)
     provider = models.CharField(max_length=32, choices=Provider.choices)
     # Upstream base URL including the version segment, e.g. https://api.openai.com/v1
     base_url = models.URLField(max_length=500)
@@ -87,10 +146,13 @@ class Route(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        ordering = ["alias"]
+        ordering = ["alias", "priority", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["alias", "name"], name="route_target_unique"),
+        ]
 
     def __str__(self) -> str:
-        return self.alias
+        return self.alias_id if self.name == "default" else f"{self.alias_id}/{self.name}"
 
 
 class UsageRecord(models.Model):
@@ -158,6 +220,29 @@ class UsageRecord(models.Model):
         db_index=False,
         db_constraint=False,
     )
+    # The target (route) that served this attempt: a stamp, no foreign key (as above).
+    # Null on records served before routing (migration 0022).
+    route = models.ForeignKey(
+        Route,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
+    )
+    # 1 for a call's first attempt, k for its k-th (failover); null before routing.
+    attempt = models.PositiveSmallIntegerField(null=True, blank=True)
+    # True on an attempt that failed before the client got a byte and was retried on
+    # another target (its call is answered by a later attempt's record).
+    failed_over = models.BooleanField(null=True, blank=True)
+    # The alias's policy and why this target was chosen (e.g. "priority", "weight",
+    # "cost", "rule:light", "failover"); null on single-target aliases.
+    # NULL, not '': older spool lines and archive files carry none (noqa: DJ001 below).
+    route_policy = models.CharField(max_length=16, null=True, blank=True)  # noqa: DJ001
+    route_reason = models.CharField(max_length=64, null=True, blank=True)  # noqa: DJ001
+    # The reasoning effort the call asked for after governance ("" none; null before).
+    reasoning_effort = models.CharField(max_length=16, null=True, blank=True)  # noqa: DJ001
     endpoint = models.CharField(max_length=32, choices=Endpoint.choices)
     stream = models.BooleanField(default=False)
     status = models.CharField(max_length=20, choices=Status.choices)
@@ -274,6 +359,9 @@ class UsageRollup(models.Model):
     provider_account_id = models.BigIntegerField(default=0, db_default=0)
     # The records' upstream model as served ('' only on rows folded before 0018).
     upstream_model = models.CharField(max_length=200, blank=True, default="", db_default="")
+    # The records' target (`UsageRecord.route`), 0 where they carry none (served before
+    # routing, or folded before migration 0023): a sentinel, as provider_account_id.
+    route_id = models.BigIntegerField(default=0, db_default=0)
     # Start of the UTC hour the requests started in.
     hour = models.DateTimeField()
     # Writers fold into different shards so concurrent ledger batches never wait on each
@@ -285,6 +373,9 @@ class UsageRollup(models.Model):
     # Records (plain or flagged) the upstream did not answer: status upstream_error (a
     # non-2xx answer) or failed (not reached, timed out). Included in the two counts above.
     unanswered_requests = models.BigIntegerField(default=0, db_default=0)
+    # Attempts that failed over to another target (`UsageRecord.failed_over`), flagged or
+    # not; all are unanswered. Client calls = requests + flagged_requests - failed_over.
+    failed_over_requests = models.BigIntegerField(default=0, db_default=0)
     input_tokens = models.BigIntegerField(default=0)
     cached_input_tokens = models.BigIntegerField(default=0)
     cache_write_tokens = models.BigIntegerField(default=0)
@@ -323,6 +414,7 @@ class UsageRollup(models.Model):
                     "api_key",
                     "provider_account_id",
                     "upstream_model",
+                    "route_id",
                     "hour",
                     "shard",
                 ],
@@ -355,8 +447,13 @@ class ServingCostRate(models.Model):
     """
 
     alias = models.CharField(max_length=200)
+    # The target the rate is for; null on rates published before routing (migration 0022
+    # sets it where the alias had one route). Rates are looked up per target.
+    route = models.ForeignKey(
+        Route, null=True, blank=True, on_delete=models.PROTECT, related_name="cost_rates"
+    )
     accelerator = models.CharField(max_length=100)
-    # In force from this instant (UTC) until a later rate for the alias.
+    # In force from this instant (UTC) until a later rate for the target.
     effective_from = models.DateTimeField()
     # USD per 1M tokens of each class (exact).
     input_usd = models.DecimalField(max_digits=38, decimal_places=18)
@@ -370,7 +467,10 @@ class ServingCostRate(models.Model):
 
     class Meta:
         ordering = ["alias", "-effective_from"]
-        indexes = [models.Index(fields=["alias", "effective_from"], name="cost_rate_alias_time")]
+        indexes = [
+            models.Index(fields=["alias", "effective_from"], name="cost_rate_alias_time"),
+            models.Index(fields=["route", "effective_from"], name="cost_rate_route_time"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.alias} on {self.accelerator} from {self.effective_from:%Y-%m-%d %H:%M}"
@@ -828,3 +928,115 @@ class UpstreamKeyPeriod(models.Model):
         return (
             f"{self.route_id} {self.upstream_key_id or '-'} [{self.valid_from}, {self.valid_until})"
         )
+
+
+# --- Routing across targets (decision 0117) ---------------------------------------------
+
+
+# Latency histograms: bucket i counts values below LATENCY_BUCKET_EDGES_US[i] (and at or
+# above the previous edge); the last bucket counts everything above the last edge. Edges
+# grow by x sqrt(2) from 50 ms (28 edges, up to about 819 s): one constant, read by the
+# ledger's fold and by every reader of the histograms.
+LATENCY_BUCKET_EDGES_US: tuple[int, ...] = tuple(round(50_000 * 2 ** (i / 2)) for i in range(28))
+
+
+class RouteTargetHour(models.Model):
+    """Attempts per target, UTC hour and reasoning effort, folded in the ledger's own
+    batch statement (`metering.ledger.rollups`): exact, and tiny (no tenant or key).
+
+    Invariants, summed over shards: every count and sum equals a scan of the usage
+    records of its key (route_id > 0 only). `answered` counts completed and incomplete
+    attempts; `failed_over` those retried on another target."""
+
+    route_id = models.BigIntegerField()
+    hour = models.DateTimeField()
+    # The effort the calls asked for ("" none).
+    reasoning_effort = models.CharField(max_length=16, default="", blank=True)
+    shard = models.PositiveSmallIntegerField(default=0)
+    attempts = models.BigIntegerField(default=0)
+    answered = models.BigIntegerField(default=0)
+    failed_over = models.BigIntegerField(default=0)
+    status_5xx = models.BigIntegerField(default=0)
+    status_429 = models.BigIntegerField(default=0)
+    failed = models.BigIntegerField(default=0)
+    incomplete = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    cached_input_tokens = models.BigIntegerField(default=0)
+    cache_write_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    reasoning_tokens = models.BigIntegerField(default=0)
+    serving_cost_usd = models.DecimalField(max_digits=44, decimal_places=24, default=0)
+    spend_usd = models.DecimalField(max_digits=44, decimal_places=24, default=0)
+    # Sum of latency_us over the attempts (mean latency = latency_us_sum / attempts).
+    latency_us_sum = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["route_id", "hour", "reasoning_effort", "shard"],
+                name="route_target_hour_unique",
+            ),
+        ]
+        indexes = [models.Index(fields=["hour"], name="route_hour_time")]
+
+    def __str__(self) -> str:
+        return f"route {self.route_id} {self.hour:%Y-%m-%d %H}:00 {self.reasoning_effort}"
+
+
+class RouteLatencyBucket(models.Model):
+    """One bucket of a target's latency or time-to-first-token histogram per UTC hour and
+    reasoning effort (edges: LATENCY_BUCKET_EDGES_US), folded with RouteTargetHour."""
+
+    class Kind(models.TextChoices):
+        LATENCY = "latency", "Latency (request to end of upstream response)"
+        TTFT = "ttft", "Time to first token"
+
+    route_id = models.BigIntegerField()
+    hour = models.DateTimeField()
+    reasoning_effort = models.CharField(max_length=16, default="", blank=True)
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    # Index into LATENCY_BUCKET_EDGES_US (len(edges): above the last edge).
+    bucket = models.PositiveSmallIntegerField()
+    shard = models.PositiveSmallIntegerField(default=0)
+    count = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["route_id", "hour", "reasoning_effort", "kind", "bucket", "shard"],
+                name="route_latency_bucket_unique",
+            ),
+        ]
+        indexes = [models.Index(fields=["hour"], name="route_latency_hour")]
+
+    def __str__(self) -> str:
+        return f"route {self.route_id} {self.kind} bucket {self.bucket}: {self.count}"
+
+
+class RouteExpectation(models.Model):
+    """What a call to one target plausibly spends, per reasoning effort: learned hourly
+    from RouteTargetHour by `metering.routing.learn` (the `cheapest` policy ranks by it)."""
+
+    route = models.ForeignKey(Route, on_delete=models.CASCADE, related_name="expectations")
+    reasoning_effort = models.CharField(max_length=16, default="", blank=True)
+    # Means per answered attempt (cost is linear in tokens: the mean is the statistic).
+    mean_input_tokens = models.DecimalField(max_digits=20, decimal_places=4, default=0)
+    mean_cached_input_tokens = models.DecimalField(max_digits=20, decimal_places=4, default=0)
+    mean_cache_write_tokens = models.DecimalField(max_digits=20, decimal_places=4, default=0)
+    mean_output_tokens = models.DecimalField(max_digits=20, decimal_places=4, default=0)
+    mean_reasoning_tokens = models.DecimalField(max_digits=20, decimal_places=4, default=0)
+    # Upper edge of the bucket holding the median latency (ms); null: no answered calls.
+    p50_latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    samples = models.PositiveBigIntegerField(default=0)
+    computed_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["route", "reasoning_effort"], name="route_expectation_per_effort"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.route} {self.reasoning_effort or '(none)'}: {self.samples} samples"

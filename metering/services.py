@@ -18,7 +18,7 @@ from django.utils import timezone
 from config.errors import ApplicationError, Conflict, NotFound
 from metering.keys import api_key_generate, api_key_hash, api_key_visible_prefix
 from metering.ledger.record import Rates
-from metering.models import ApiKey, Route, ServingCostRate, Tenant, UpstreamKeyPeriod
+from metering.models import Alias, ApiKey, Route, ServingCostRate, Tenant, UpstreamKeyPeriod
 from metering.providers.accounts import provider_account_get, routes_provider_check
 from metering.routes import base_url_normalize, route_unreachable_warning
 from metering.usage import COST_RATE_FIELDS
@@ -114,11 +114,13 @@ def route_set(
             provider=provider, provider_account=provider_account, upstream_key_id=upstream_key_id
         ),
     }
-    existing = Route.objects.filter(alias=alias.strip()).values_list("pk", flat=True).first()
+    existing = Route.objects.filter(alias_id=alias.strip()).values_list("pk", flat=True).first()
     if existing is not None:
         route_key_history_seed(route_id=existing)
     try:
-        route, _ = Route.objects.update_or_create(alias=alias.strip(), defaults=values)
+        with transaction.atomic():
+            alias_row, _ = Alias.objects.get_or_create(name=alias.strip())
+            route, _ = Route.objects.update_or_create(alias=alias_row, defaults=values)
     except IntegrityError as exc:  # a concurrent create of the same alias
         raise Conflict(f"Route {alias!r} was changed concurrently; try again.") from exc
     route_key_period_record(route=route)
@@ -159,7 +161,7 @@ def route_provider_account_set(
 ) -> Route:
     """Set (or clear, with '') an existing route's provider account and upstream key id;
     None leaves a field as it is."""
-    route = Route.objects.select_for_update().filter(alias=alias.strip()).first()
+    route = Route.objects.select_for_update().filter(alias_id=alias.strip()).first()
     if route is None:
         raise NotFound(f"No route {alias!r}.")
     fields = _route_account_fields(
@@ -238,18 +240,18 @@ def route_warnings(*, route: Route) -> list[str]:
                 f"normalized: save the route again (route_set or the admin) to store "
                 f"{normalized.url}."
             )
-    if not Tenant.objects.filter(allowed_routes=route, is_active=True).exists():
-        warnings.append(route_unreachable_warning(route.alias))
+    if not Tenant.objects.filter(allowed_aliases__name=route.alias_id, is_active=True).exists():
+        warnings.append(route_unreachable_warning(route.alias_id))
     return warnings
 
 
 @transaction.atomic
 def tenant_allow_routes(*, tenant: Tenant, aliases: list[str]) -> None:
-    routes = list(Route.objects.filter(alias__in=aliases))
-    missing = sorted(set(aliases) - {r.alias for r in routes})
+    found = list(Alias.objects.filter(name__in=aliases))
+    missing = sorted(set(aliases) - {a.name for a in found})
     if missing:
         raise NotFound(f"Unknown route alias(es): {', '.join(missing)}.")
-    tenant.allowed_routes.add(*routes)
+    tenant.allowed_aliases.add(*found)
 
 
 @transaction.atomic

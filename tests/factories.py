@@ -7,7 +7,7 @@ import factory
 
 from metering.keys import api_key_generate, api_key_hash, api_key_visible_prefix
 from metering.ledger.rollups import usage_rollups_fold
-from metering.models import ApiKey, Route, Tenant, UsageRecord
+from metering.models import Alias, ApiKey, Route, Tenant, UsageRecord
 
 
 class TenantFactory(factory.django.DjangoModelFactory):
@@ -31,7 +31,13 @@ class ApiKeyFactory(factory.django.DjangoModelFactory):
 class RouteFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = Route
-        django_get_or_create = ["alias"]
+        django_get_or_create = ["alias", "name"]
+
+    @classmethod
+    def _get_or_create(cls, model_class, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if isinstance(kwargs.get("alias"), str):  # an alias named by its text, as tenants call it
+            kwargs["alias"] = Alias.objects.get_or_create(name=kwargs["alias"])[0]
+        return super()._get_or_create(model_class, *args, **kwargs)
 
     alias = factory.Sequence(lambda n: f"model-{n}")
     provider = Route.Provider.OPENAI

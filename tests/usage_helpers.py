@@ -149,8 +149,9 @@ def rollups_vs_raw_scan() -> dict[tuple[Any, ...], dict[str, Any]]:
     """Assert the rollup invariant per rollup key (`ROLLUP_KEY`, shards summed): plain
     sums = the unflagged records', flagged sums = the flagged records', requests and
     flagged requests their counts, unanswered requests the records (flagged or not)
-    with an unanswered status, last_record_id their highest id; a record without a
-    provider account stamp counts under account 0. Returns the summed rollups."""
+    with an unanswered status, failed-over requests the records that failed over,
+    last_record_id their highest id; a record without a provider account (route) stamp
+    counts under account (route) 0. Returns the summed rollups."""
     from django.db.models import Count, F, Max, Q, Sum
     from django.db.models.functions import Coalesce, TruncHour
 
@@ -161,28 +162,31 @@ def rollups_vs_raw_scan() -> dict[tuple[Any, ...], dict[str, Any]]:
         "requests",
         "flagged_requests",
         "unanswered_requests",
+        "failed_over_requests",
         *ROLLUP_SUMS,
         *(f"flagged_{n}" for n in FLAGGED_SUMS),
     )
     rated = Q(flags=[])
-    key = [k for k in ROLLUP_KEY if k not in ("provider_account_id", "hour")]
+    key = [k for k in ROLLUP_KEY if k not in ("provider_account_id", "route_id", "hour")]
     raw = (
         UsageRecord.objects.annotate(
             s_hour=TruncHour("started_at", tzinfo=UTC),
             s_account=Coalesce("provider_account_id", 0),
+            s_route=Coalesce("route_id", 0),
         )
-        .values(*key, "s_hour", "s_account")
+        .values(*key, "s_hour", "s_account", "s_route")
         .annotate(
             s_requests=Count("id", filter=rated),
             s_flagged_requests=Count("id", filter=~rated),
             # the statuses written out here, not read from the code under test
             s_unanswered_requests=Count("id", filter=Q(status__in=["upstream_error", "failed"])),
+            s_failed_over_requests=Count("id", filter=Q(failed_over=True)),
             **{f"s_{n}": Sum(n, filter=rated, default=0) for n in ROLLUP_SUMS},
             **{f"s_flagged_{n}": Sum(n, filter=~rated, default=0) for n in FLAGGED_SUMS},
             s_last_record_id=Max("id"),
         )
     )
-    renamed = {"s_hour": "hour", "s_account": "provider_account_id"}
+    renamed = {"s_hour": "hour", "s_account": "provider_account_id", "s_route": "route_id"}
     raw_rows = [{renamed.get(k, k.removeprefix("s_")): v for k, v in r.items()} for r in raw]
     summed = UsageRollup.objects.values(*ROLLUP_KEY).annotate(
         **{f"s_{n}": Sum(F(n)) for n in counted}, s_last_record_id=Max("last_record_id")

@@ -26,6 +26,13 @@ _PG_COLUMNS: tuple[tuple[str, str], ...] = (
     ("upstream_model", "text"),
     ("accelerator", "text"),
     ("provider_account_id", "int8"),  # absent from a record (older spool lines): NULL
+    # routing stamps (decision 0117), NULL when absent as above
+    ("route_id", "int8"),
+    ("attempt", "int2"),
+    ("failed_over", "bool"),
+    ("route_policy", "text"),
+    ("route_reason", "text"),
+    ("reasoning_effort", "text"),
     ("endpoint", "text"),
     ("stream", "bool"),
     ("status", "text"),

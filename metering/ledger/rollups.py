@@ -4,9 +4,10 @@ The one home of the folding rule, written once as SQL and used by both write pat
 `postgres` folds inside its one-statement batch insert, `orm` runs the same fold over
 the records it has just inserted (on PostgreSQL or SQLite). The rule:
 - a record counts in the rollup of (tenant, alias, accelerator, API key, provider
-  account, upstream model, UTC hour it started in), in the writer's shard (the ORM path
-  always writes shard 0); a record without a provider account stamp counts under
-  account 0 (a sentinel rather than NULL, so the key is unique on SQLite too);
+  account, upstream model, target route, UTC hour it started in), in the writer's shard
+  (the ORM path always writes shard 0); a record without a provider account (or route)
+  stamp counts under account (route) 0 (a sentinel rather than NULL, so the key is
+  unique on SQLite too);
 - a record without flags adds to `requests` and the `ROLLUP_SUMS` columns (what rating
   reads); a flagged record adds to `flagged_requests` and the `flagged_*` columns
   (`FLAGGED_SUMS`) only: rating holds it back, usage analytics and limits count it, so
@@ -14,6 +15,9 @@ the records it has just inserted (on PostgreSQL or SQLite). The rule:
 - `unanswered_requests` counts the records, flagged or not, whose status is one of
   `UNANSWERED_STATUSES` (the upstream answered with an error, or was not reached or
   timed out): they are also counted in `requests` or `flagged_requests`;
+- `failed_over_requests` counts the attempts, flagged or not, that failed over to another
+  target (`failed_over`; all are unanswered): client calls are requests + flagged -
+  failed_over;
 - `last_record_id` is the highest record id folded in, flagged or not;
 - `changed_xid` is the commit-order stamp billing compares with a watermark to find late
   usage (`metering.selectors.usage_watermark`): on PostgreSQL the writing transaction's
@@ -48,6 +52,7 @@ ROLLUP_KEY = (
     "api_key_id",
     "provider_account_id",
     "upstream_model",
+    "route_id",
     "hour",
 )
 # The record columns the fold reads (the PostgreSQL batch returns these of the rows it
@@ -60,16 +65,25 @@ FOLDED_RECORD_COLUMNS = (
     "api_key_id",
     "provider_account_id",
     "upstream_model",
+    "route_id",
     "started_at",
     "status",
     "flags",
+    "failed_over",
     *ROLLUP_SUMS,
 )
 # Record statuses counted in `unanswered_requests` (UsageRecord.Status values): the
 # upstream answered with an error, or it was not reached or did not answer in time.
 UNANSWERED_STATUSES = ("upstream_error", "failed")
 # Every column a fold adds up.
-_ADDED = ("requests", "flagged_requests", "unanswered_requests", *ROLLUP_SUMS, *FLAGGED_COLUMNS)
+_ADDED = (
+    "requests",
+    "flagged_requests",
+    "unanswered_requests",
+    "failed_over_requests",
+    *ROLLUP_SUMS,
+    *FLAGGED_COLUMNS,
+)
 
 
 @dataclass(frozen=True)
@@ -125,10 +139,11 @@ def rollup_hourly_sql(*, source: str, vendor: str = "postgresql") -> str:
     return (
         "SELECT tenant_id, alias, accelerator, api_key_id,"  # noqa: S608
         " coalesce(provider_account_id, 0) AS provider_account_id, upstream_model,"
-        f" {d.hour} AS hour,"
+        f" coalesce(route_id, 0) AS route_id, {d.hour} AS hour,"
         f" count(*) FILTER (WHERE {d.rated}) AS requests,"
         f" count(*) FILTER (WHERE NOT {d.rated}) AS flagged_requests,"
         f" count(*) FILTER (WHERE status IN ({unanswered})) AS unanswered_requests,"
+        f" count(*) FILTER (WHERE failed_over) AS failed_over_requests,"
         f" {sums}, {flagged}, max(id) AS last_id FROM {source}"
         f" GROUP BY {positions} ORDER BY {positions}"
     )

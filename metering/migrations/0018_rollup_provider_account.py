@@ -23,13 +23,11 @@ dropped and rebuilt, and the swap is one statement. On SQLite (the embedded defa
 small) the table is remade as usual.
 """
 
-from typing import Any
-
 import django.db.models.deletion
-from django.db import migrations, models, transaction
-from django.db.migrations.operations.base import Operation
+from django.db import migrations, models
 
-TABLE = "metering_usagerollup"
+from metering.migration_ops import AddFieldOnce, AddIndexOnline, SwapUniqueKey
+
 OLD_KEY = models.UniqueConstraint(
     fields=("tenant", "alias", "accelerator", "api_key", "hour", "shard"),
     name="rollup_unique_hour",
@@ -47,109 +45,6 @@ NEW_KEY = models.UniqueConstraint(
     ),
     name="rollup_unique_hour",
 )
-BUILDING = "rollup_unique_hour_0018"  # the new key's index while it is built
-
-
-def _columns(key: models.UniqueConstraint) -> str:
-    names = {"tenant": "tenant_id", "api_key": "api_key_id"}
-    return ", ".join(f'"{names.get(f, f)}"' for f in key.fields)
-
-
-class SwapUniqueKey(Operation):
-    """Replace the rollups' unique key `old` with `new` (same name). PostgreSQL: build
-    the new index concurrently, then swap in one ALTER TABLE; elsewhere the usual table
-    remake."""
-
-    reversible = True
-
-    def __init__(self, model_name: str, old: models.UniqueConstraint, new: models.UniqueConstraint):
-        self.model_name, self.old, self.new = model_name, old, new
-
-    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
-        return (
-            self.__class__.__name__,
-            [],
-            {"model_name": self.model_name, "old": self.old, "new": self.new},
-        )
-
-    def state_forwards(self, app_label: str, state: Any) -> None:
-        state.remove_constraint(app_label, self.model_name, self.old.name)
-        state.add_constraint(app_label, self.model_name, self.new)
-
-    def database_forwards(
-        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
-    ) -> None:
-        self._swap(app_label, schema_editor, to_state, self.new)
-
-    def database_backwards(
-        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
-    ) -> None:
-        self._swap(app_label, schema_editor, to_state, self.old)
-
-    def _swap(
-        self, app_label: str, schema_editor: Any, state: Any, key: models.UniqueConstraint
-    ) -> None:
-        model = state.apps.get_model(app_label, self.model_name)
-        if schema_editor.connection.vendor != "postgresql":
-            schema_editor.add_constraint(model, key)  # SQLite: remakes the table as `state`
-            return
-        schema_editor.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{BUILDING}"')
-        schema_editor.execute(
-            f'CREATE UNIQUE INDEX CONCURRENTLY "{BUILDING}" ON "{TABLE}" ({_columns(key)})'
-        )
-        with transaction.atomic(using=schema_editor.connection.alias):
-            schema_editor.execute(
-                f'ALTER TABLE "{TABLE}" DROP CONSTRAINT "{key.name}",'
-                f' ADD CONSTRAINT "{key.name}" UNIQUE USING INDEX "{BUILDING}"'
-            )
-
-    def describe(self) -> str:
-        return f"Swap the unique key {self.old.name} of {self.model_name}"
-
-
-class AddFieldOnce(migrations.AddField):
-    """AddField that skips a column an interrupted run already added (PostgreSQL: this
-    migration is not atomic there)."""
-
-    def database_forwards(
-        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
-    ) -> None:
-        connection = schema_editor.connection
-        if connection.vendor == "postgresql":
-            model = to_state.apps.get_model(app_label, self.model_name)
-            column = model._meta.get_field(self.name).column
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT 1 FROM information_schema.columns WHERE table_schema ="
-                    " current_schema() AND table_name = %s AND column_name = %s",
-                    [model._meta.db_table, column],
-                )
-                if cursor.fetchone():
-                    return
-        super().database_forwards(app_label, schema_editor, from_state, to_state)
-
-
-class AddIndexOnline(migrations.AddIndex):
-    """AddIndex, built CONCURRENTLY on PostgreSQL (writers keep writing)."""
-
-    def database_forwards(
-        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
-    ) -> None:
-        if schema_editor.connection.vendor != "postgresql":
-            super().database_forwards(app_label, schema_editor, from_state, to_state)
-            return
-        model = to_state.apps.get_model(app_label, self.model_name)
-        # a build an interruption left invalid is dropped and redone
-        schema_editor.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{self.index.name}"')
-        schema_editor.add_index(model, self.index, concurrently=True)
-
-    def database_backwards(
-        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
-    ) -> None:
-        if schema_editor.connection.vendor != "postgresql":
-            super().database_backwards(app_label, schema_editor, from_state, to_state)
-            return
-        schema_editor.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{self.index.name}"')
 
 
 class Migration(migrations.Migration):

@@ -119,7 +119,7 @@ def route_info_from(
         hold_prices=None if prices is None else hold_prices_of(prices),
         cost_rate_id=rate.pk if rate else None,
         cost_rates=Rates._make(_cost_rate_values(rate)) if rate else None,
-        alias=route.alias,
+        alias=route.alias_id,
         provider=route.provider,
         upstream_model=route.upstream_model,
         accelerator=route.accelerator,
@@ -151,15 +151,25 @@ def caller_context_load(key_hash: str) -> CallerContext | None:
     )
     if api_key is None:
         return None
-    allowed = list(api_key.tenant.allowed_routes.filter(is_active=True))
-    aliases = [r.alias for r in allowed]
+    # The alias's first active target by priority (routing across several: decision 0117).
+    allowed = list(
+        {
+            r.alias_id: r
+            for r in reversed(
+                Route.objects.filter(
+                    alias__tenants=api_key.tenant_id, alias__is_active=True, is_active=True
+                ).order_by("alias", "priority", "name")
+            )
+        }.values()
+    )
+    aliases = [r.alias_id for r in allowed]
     rates = current_cost_rates(aliases)
     tenant_terms = terms.tenant_terms_provider(api_key.tenant_id, aliases)
     controls = controls_load(api_key, tenant_terms)
     caps = hold_caps(api_key.tenant_id, aliases) if controls and controls.budgets else {}
     routes = {
-        r.alias: route_info_from(
-            r, rates.get(r.alias), tenant_terms.spend_rates.get(r.alias), caps.get(r.alias)
+        r.alias_id: route_info_from(
+            r, rates.get(r.alias_id), tenant_terms.spend_rates.get(r.alias_id), caps.get(r.alias_id)
         )
         for r in allowed
     }

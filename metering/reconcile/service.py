@@ -252,7 +252,7 @@ def key_periods_of(*, account: ProviderAccount) -> list[KeyPeriod]:
     rule: the only key known)."""
     periods = [
         KeyPeriod(
-            alias=p.route.alias,
+            alias=p.route.alias_id,
             upstream_model=p.route.upstream_model,
             upstream_key_id=p.upstream_key_id,
             valid_from=p.valid_from,
@@ -265,7 +265,7 @@ def key_periods_of(*, account: ProviderAccount) -> list[KeyPeriod]:
     )
     periods.extend(
         KeyPeriod(
-            alias=r.alias,
+            alias=r.alias_id,
             upstream_model=r.upstream_model,
             upstream_key_id=r.upstream_key_id,
             valid_from=None,

@@ -10,7 +10,7 @@ import anthropic
 import openai
 import pytest
 
-from metering.models import UsageRecord
+from metering.models import Route, UsageRecord
 from metering.services import api_key_create, api_key_revoke, route_set, tenant_allow_routes
 from tests.e2e.conftest import SIM_KEY_ENV, E2ETenant, free_port, http
 
@@ -222,7 +222,7 @@ def test_client_disconnect_mid_stream_still_records_final_usage(
     first = asyncio.run(_read_then_disconnect(e2e.reckon_url, e2e.raw_key, path, body, headers))
     assert first  # the stream had started
     row = wait_for(lambda: UsageRecord.objects.filter(alias=alias).first(), timeout=30)
-    slow_url = [r for r in e2e.tenant.allowed_routes.filter(alias=alias)][0].base_url.removesuffix(
+    slow_url = Route.objects.get(alias=alias, alias__tenants=e2e.tenant).base_url.removesuffix(
         "/v1"
     )
     totals = http("GET", slow_url + "/_sim/totals")[2]

@@ -4,7 +4,7 @@ forwards to gpt-r on an OpenAI provider account, and usage served through it."""
 from datetime import datetime
 from typing import Any
 
-from metering.models import ProviderAccount, Route
+from metering.models import Alias, ProviderAccount, Route
 from tests.factories import ApiKeyFactory
 from tests.usage_helpers import write_usage
 
@@ -13,7 +13,7 @@ def reasoner_route(account: ProviderAccount, *, upstream_key_id: str = "key_a") 
     """The `reasoner` alias forwarding to gpt-r on `account` with the upstream key
     `upstream_key_id` ('' = not known)."""
     return Route.objects.create(
-        alias="reasoner",
+        alias=Alias.objects.get_or_create(name="reasoner")[0],
         provider="openai",
         base_url="https://api.openai.com/v1",
         upstream_model="gpt-r",

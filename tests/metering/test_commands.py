@@ -15,7 +15,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from metering.keys import api_key_hash
-from metering.models import ApiKey, Route, Tenant
+from metering.models import Alias, ApiKey, Route, Tenant
 
 pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +57,7 @@ def test_tenant_apikey_and_route_commands() -> None:
         "SIM_KEY",
         "nvidia-h100-sxm",
     )
-    assert list(Tenant.objects.get(pk=tenant_id).allowed_routes.all()) == [route]
+    assert list(Tenant.objects.get(pk=tenant_id).allowed_aliases.all()) == [route.alias]
     # idempotent on the alias: a second route_set updates in place
     run(
         "route_set",
@@ -318,7 +318,7 @@ def test_check_diagnoses_a_timeout() -> None:
 
 def test_check_of_a_saved_route_never_prints_credentials_in_its_url(simulator: str) -> None:
     Route.objects.create(
-        alias="legacy",
+        alias=Alias.objects.get_or_create(name="legacy")[0],
         provider="openai",
         base_url=simulator.replace("http://", "http://user:sekrit@") + "/v1",
         upstream_model="sim-reasoner",

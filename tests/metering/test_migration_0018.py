@@ -170,11 +170,12 @@ def test_existing_rollups_are_kept_as_they_were(old_apps) -> None:  # type: igno
         "api_key_id",
         "provider_account_id",
         "upstream_model",
+        "route_id",  # added by 0023 (routing), which runs after 0018 here
         "hour",
         "shard",
     ]
     assert constraints["rollup_account_hour"]["columns"] == ["provider_account_id", "hour"]
-    assert "rollup_unique_hour_0018" not in constraints
+    assert "rollup_unique_hour_building" not in constraints
     UsageRollup.objects.filter(tenant_id=tenant.pk).delete()
 
 
@@ -189,10 +190,10 @@ def test_a_run_interrupted_after_building_an_index_completes(old_apps) -> None: 
             "ALTER TABLE metering_usagerollup"
             " ADD COLUMN unanswered_requests bigint DEFAULT 0 NOT NULL"
         )
-        cursor.execute("CREATE UNIQUE INDEX rollup_unique_hour_0018 ON metering_usagerollup (id)")
+        cursor.execute("CREATE UNIQUE INDEX rollup_unique_hour_building ON metering_usagerollup (id)")
         cursor.execute("CREATE INDEX rollup_account_hour ON metering_usagerollup (id)")
     migrate(leaf())
     constraints = _constraints()
     assert constraints["rollup_account_hour"]["columns"] == ["provider_account_id", "hour"]
-    assert len(constraints["rollup_unique_hour"]["columns"]) == 8  # type: ignore[arg-type]
-    assert "rollup_unique_hour_0018" not in constraints
+    assert len(constraints["rollup_unique_hour"]["columns"]) == 9  # type: ignore[arg-type]
+    assert "rollup_unique_hour_building" not in constraints

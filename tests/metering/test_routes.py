@@ -7,7 +7,7 @@ from django.contrib.messages import get_messages
 from django.urls import reverse
 
 from config.errors import ApplicationError
-from metering.models import Route
+from metering.models import Alias, Route
 from metering.routes import base_url_normalize
 from metering.services import route_set, route_warnings, tenant_allow_routes, tenant_create
 
@@ -148,13 +148,16 @@ def test_admin_route_form_normalizes_refuses_and_warns(client) -> None:  # type:
 def test_a_route_saved_before_normalization_is_pointed_out() -> None:
     tenant = tenant_create(name="acme")
     old = Route.objects.create(
-        alias="claude",
+        alias=Alias.objects.get_or_create(name="claude")[0],
         provider=ANTHROPIC,
         base_url="https://api.anthropic.com",
         upstream_model="claude-sonnet-4-5",
     )
     broken = Route.objects.create(
-        alias="gpt", provider=OPENAI, base_url="https://k:s@api.openai.com/v1", upstream_model="m"
+        alias=Alias.objects.get_or_create(name="gpt")[0],
+        provider=OPENAI,
+        base_url="https://k:s@api.openai.com/v1",
+        upstream_model="m",
     )
     tenant_allow_routes(tenant=tenant, aliases=["claude", "gpt"])
     (warning,) = route_warnings(route=old)

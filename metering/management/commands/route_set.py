@@ -93,12 +93,12 @@ class Command(BaseCommand):
                     upstream_key_id=options["upstream_key_id"],
                 )
                 self.stdout.write(
-                    f"{route.alias} -> {route.provider} {route.base_url} {route.upstream_model}"
+                    f"{route.alias_id} -> {route.provider} {route.base_url} {route.upstream_model}"
                 )
                 if linking:
                     self._linked(route)
             for ref in options["allow_tenant"]:
-                tenant_allow_routes(tenant=tenant_get(ref=ref), aliases=[route.alias])
+                tenant_allow_routes(tenant=tenant_get(ref=ref), aliases=[route.alias_id])
         except ApplicationError as exc:
             raise CommandError(exc.message) from exc
         for warning in route_warnings(route=route):
@@ -109,7 +109,7 @@ class Command(BaseCommand):
     def _linked(self, route: Route) -> None:
         account = route.provider_account.name if route.provider_account else "none"
         key_id = route.upstream_key_id or "(not declared)"
-        self.stdout.write(f"{route.alias}: provider account {account}, upstream key id {key_id}")
+        self.stdout.write(f"{route.alias_id}: provider account {account}, upstream key id {key_id}")
 
     def _check(self, route: Route, timeout_s: float) -> None:  # float-ok: seconds
         result = route_check(route=route, timeout_s=timeout_s)

@@ -10,7 +10,7 @@ import time_machine
 from django.core.management import call_command
 
 from billing.models import Alert
-from metering.models import ProviderAccount, ReconciliationRow, Route, UpstreamKeyPeriod
+from metering.models import Alias, ProviderAccount, ReconciliationRow, Route, UpstreamKeyPeriod
 from metering.reconcile import hooks
 from metering.reconcile.service import reconcile_account_days
 from metering.services import route_provider_account_set, route_set
@@ -69,7 +69,7 @@ def test_one_service_keeps_the_history_and_a_repeat_writes_nothing(openai) -> No
 
 def test_a_route_made_without_history_keeps_its_old_key_when_rotated(openai) -> None:  # type: ignore[no-untyped-def]
     route = Route.objects.create(
-        alias="reasoner",
+        alias=Alias.objects.get_or_create(name="reasoner")[0],
         provider="openai",
         base_url="https://api.openai.com/v1",
         upstream_model="gpt-r",

@@ -11,6 +11,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from metering.models import (
+    Alias,
     ProviderAccount,
     ProviderReportFetch,
     ProviderUsageBucket,
@@ -42,7 +43,7 @@ def anthropic() -> ProviderAccount:
 
 def route(account: ProviderAccount, alias: str, model: str, key_id: str = "") -> Route:
     return Route.objects.create(
-        alias=alias,
+        alias=Alias.objects.get_or_create(name=alias)[0],
         provider=account.provider,
         base_url="https://api.example.com/v1",
         upstream_model=model,
