@@ -86,7 +86,7 @@ def test_rates_are_read_by_token_class_name() -> None:
         output_usd=Decimal(4),
         reasoning_usd=Decimal(5),
     )
-    info = route_info_from(Route(alias="reasoner", base_url="http://127.0.0.1:9/v1/"), rate)
+    info = route_info_from(Route(alias_id="reasoner", base_url="http://127.0.0.1:9/v1/"), rate)
     assert info.cost_rates == Rates(
         input=Decimal(1),
         cache_read=Decimal(2),
@@ -98,14 +98,14 @@ def test_rates_are_read_by_token_class_name() -> None:
 
 def test_the_route_s_provider_account_is_stamped_as_served() -> None:
     on_account = Route(
-        alias="reasoner",
+        alias_id="reasoner",
         provider="openai",
         base_url="http://127.0.0.1:9/v1",
         upstream_model="gpt-5",
         provider_account_id=17,
     )
     own = Route(
-        alias="local", provider="openai-compatible", base_url="http://h/v1", upstream_model="x"
+        alias_id="local", provider="openai-compatible", base_url="http://h/v1", upstream_model="x"
     )
     assert route_info_from(on_account).provider_account_id == 17
     assert route_info_from(own).provider_account_id is None
