@@ -197,26 +197,19 @@ def load_costs(
     route_ids: Sequence[int], at: datetime | None = None
 ) -> tuple[dict[int, TargetRates], list[Expectation]]:
     """The targets' current serving cost rates and learned expectations (2 queries)."""
-    from django.utils import timezone
+    from metering.models import RouteExpectation
+    from metering.selectors import current_cost_rates
 
-    from metering.models import RouteExpectation, ServingCostRate
-
-    rates: dict[int, TargetRates] = {}
-    # TODO-merge: metering.selectors.current_cost_rates(route_ids) once it is per target.
-    for rate in ServingCostRate.objects.filter(
-        route_id__in=route_ids, effective_from__lte=at or timezone.now()
-    ).order_by("route_id", "-effective_from", "-id"):
-        assert rate.route_id is not None
-        rates.setdefault(
-            rate.route_id,
-            TargetRates(
-                rate.input_usd,
-                rate.cache_read_usd,
-                rate.cache_write_usd,
-                rate.output_usd,
-                rate.reasoning_usd,
-            ),
+    rates = {
+        route_id: TargetRates(
+            rate.input_usd,
+            rate.cache_read_usd,
+            rate.cache_write_usd,
+            rate.output_usd,
+            rate.reasoning_usd,
         )
+        for route_id, rate in current_cost_rates(route_ids, at).items()
+    }
     expectations = [
         Expectation(
             e.route_id,

@@ -356,3 +356,46 @@ def test_load_costs_reads_each_targets_current_rate() -> None:
         a.pk: TargetRates(Decimal("3"), Decimal("0.1"), Decimal("0.1"), Decimal("1"), Decimal("1"))
     }
     assert expectations == [row(b.pk, "low", 80, out="12.5", p50=300)]
+    # A rate published for the alias before routing (no route) counts for b, not for a
+    # (a has a later one of its own).
+    ServingCostRate.objects.create(
+        effective_from=now - timedelta(days=3), input_usd=Decimal("5"), **fields
+    )
+    rates, _ = load_costs([a.pk, b.pk])
+    assert rates[a.pk].input == Decimal("3") and rates[b.pk].input == Decimal("5")
+
+
+def test_the_callers_alias_plan_is_a_plan() -> None:
+    """The caller context's AliasPlan and RouteInfo (metering.proxy.callers) are what
+    `choose` and the state read."""
+    from metering.proxy.callers import AliasPlan, RouteInfo
+    from metering.routing.rules import parse_rules
+
+    def info(route_id: int, target: str, priority: int) -> RouteInfo:
+        return RouteInfo(
+            alias="routed",
+            provider="openai",
+            upstream_model="m",
+            accelerator="h100",
+            base_url="http://127.0.0.1:9/v1",
+            credential="",
+            credential_missing=False,
+            route_id=route_id,
+            target=target,
+            priority=priority,
+        )
+
+    rid = next(_route_ids)
+    plan = AliasPlan(
+        alias="routed",
+        alias_pk=next(_alias_ids),
+        policy="effort",
+        rules=parse_rules([{"name": "light", "efforts": ["low"], "target": "mini"}]),
+        max_attempts=2,
+        targets=(info(rid, "default", 0), info(rid + 1, "mini", 1)),
+    )
+    s = RoutingState(None, clock=Clock(), config=BreakerConfig(), load=no_costs)
+    low = Features("low", 10, "chat.completions")
+    assert s.choose(plan, low, random.Random(0)) == [Pick(1, "rule:light"), Pick(0, "failover")]
+    s.report(plan, rid + 1, ok=False)  # no Redis: local count, one failure is not enough
+    assert s.choose(plan, low, random.Random(0))[0] == Pick(1, "rule:light")
