@@ -252,7 +252,10 @@ class _Window:
 class _Target:
     alias_pk: int
     in_flight: int = 0
-    local_open_ms: int = 0  # out of this process until then (a failure not yet confirmed)
+    # Out of this process until then: a failure Redis has not answered for yet ...
+    pending_until_ms: int = 0
+    # ... and the breaker's rule on this process's own counts (Redis out of reach).
+    local_open_ms: int = 0
     remote: TargetBreaker = field(default_factory=lambda: TargetBreaker(0, 0))
     unreported_successes: int = 0
     probing_since_ms: int = 0  # this process holds the half-open probe (0: not)
@@ -418,7 +421,7 @@ class RoutingState:
         if target is None:
             return False
         now = self._now_ms()
-        if target.local_open_ms > now:
+        if target.pending_until_ms > now or target.local_open_ms > now:
             return True
         remote = target.remote.open_until_ms
         if remote > now:
@@ -483,17 +486,19 @@ class RoutingState:
         retry_ms = max(retry_after_s or 0, 0) * 1000
         if ok:
             window.successes += 1
+            if target.local_open_ms <= now:
+                target.local_cooldown_ms = 0
             if not probing:
                 target.unreported_successes += 1
                 return
-            target.local_open_ms = 0
+            target.pending_until_ms = target.local_open_ms = 0
             target.remote = TargetBreaker(0, 0)
             self._send(plan.alias_pk, route_id, 0, 1, now, 0, probe=True)
             return
         window.failures += 1
         # Out here at once, for the cooldown (or the retry-after), until Redis answers.
-        cooldown = max(target.local_cooldown_ms or self.config.cooldown_ms, retry_ms)
-        target.local_open_ms = max(target.local_open_ms, now + cooldown)
+        cooldown = max(self.config.cooldown_ms, retry_ms)
+        target.pending_until_ms = max(target.pending_until_ms, now + cooldown)
         successes, target.unreported_successes = target.unreported_successes, 0
         self._send(plan.alias_pk, route_id, 1, successes, now, retry_ms, probe=probing)
 
@@ -509,7 +514,7 @@ class RoutingState:
         probe: bool,
     ) -> None:
         if self._redis is None:
-            self._settle_local(route_id, now)
+            self._settle_local(route_id, now, retry_ms)
             return
         task = asyncio.ensure_future(
             breaker_report(
@@ -525,24 +530,30 @@ class RoutingState:
             )
         )
         self._tasks.add(task)
-        task.add_done_callback(lambda done: self._reported(done, route_id, now))
+        task.add_done_callback(lambda done: self._reported(done, route_id, now, retry_ms))
 
-    def _reported(self, done: "asyncio.Future[int]", route_id: int, sent_ms: int) -> None:
+    def _reported(
+        self, done: "asyncio.Future[int]", route_id: int, sent_ms: int, retry_ms: int
+    ) -> None:
         self._tasks.discard(done)  # type: ignore[arg-type]
         target = self._targets.get(route_id)
         if target is None or done.cancelled():
             return
         if done.exception() is not None:
-            self._settle_local(route_id, sent_ms)
+            self._settle_local(route_id, sent_ms, retry_ms)
             return
         open_until = done.result()
         # Redis's verdict replaces the local guess.
-        target.local_open_ms = 0
+        target.pending_until_ms = target.local_open_ms = 0
         target.remote = TargetBreaker(open_until, target.remote.cooldown_ms)
 
-    def _settle_local(self, route_id: int, now: int) -> None:
-        """Redis out of reach: the breaker's rule on this process's own counts."""
+    def _settle_local(self, route_id: int, now: int, retry_ms: int) -> None:
+        """Redis out of reach: the breaker's rule on this process's own counts (a
+        retry-after is kept as the floor)."""
         target = self._targets[route_id]
+        target.pending_until_ms = 0
+        if retry_ms:
+            target.local_open_ms = max(target.local_open_ms, now + retry_ms)
         w = target.window
         cfg = self.config
         if w.failures >= cfg.failures and w.failures * 1_000_000 >= cfg.ratio_ppm * (
@@ -553,8 +564,6 @@ class RoutingState:
             target.local_cooldown_ms = cooldown
             target.local_open_ms = max(target.local_open_ms, now + cooldown)
             target.window = _Window(now)
-        elif target.local_open_ms and target.local_open_ms <= now + cfg.cooldown_ms:
-            target.local_open_ms = 0  # a single failure: not enough to keep it out
 
     # --- concurrency --------------------------------------------------------------------
 

@@ -218,9 +218,31 @@ def test_redis_down_answers_and_keeps_local_breakers() -> None:
                 s.report(plan, ra, ok=False)
                 await settled(s)
             assert s.view.is_open(ra) and first(s, plan) == ("b", "breaker")
-            clock.now += 30
+            # One more failure while out does not shorten it.
+            clock.now += 10
+            s.report(plan, ra, ok=False)
+            await settled(s)
+            clock.now += 19.9
+            assert s.view.is_open(ra)
+            clock.now += 0.1
             assert not s.view.is_open(ra)
             assert await s.probe_allowed(plan, ra)
+            # Opening again with no success between: the cooldown doubles.
+            for _ in range(5):
+                s.report(plan, ra, ok=False)
+                await settled(s)
+            clock.now += 59.9
+            assert s.view.is_open(ra)
+            clock.now += 0.1
+            assert not s.view.is_open(ra)
+            # A retry-after keeps the target out that long, even on one failure.
+            rb = plan.targets[1].route_id
+            s.report(plan, rb, ok=False, retry_after_s=90)
+            await settled(s)
+            clock.now += 89
+            assert s.view.is_open(rb)
+            clock.now += 1
+            assert not s.view.is_open(rb)
         finally:
             await s.close()
 
