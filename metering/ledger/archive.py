@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 
 State = LedgerArchive.State
 TABLE = UsageRecord._meta.db_table
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MONEY_COLUMNS = ("spend_usd", "serving_cost_usd", "reasoning_cost_usd")
 # Money sums are written with the ledger's 24 decimals, so equal sums are equal strings.
 MONEY_QUANTUM = Decimal("1e-24")
@@ -119,7 +119,16 @@ SCHEMA = pa.schema(
 COLUMNS = [f.column for f in FIELDS]
 # Nullable columns each older schema version lacks: its files still verify, restore
 # (those columns NULL) and read (as nulls).
-ADDED_SINCE = {1: ("provider_account_id",)}
+# Version 3: the routing stamps (decision 0117).
+ROUTING_COLUMNS = (
+    "route_id",
+    "attempt",
+    "failed_over",
+    "route_policy",
+    "route_reason",
+    "reasoning_effort",
+)
+ADDED_SINCE = {1: ("provider_account_id", *ROUTING_COLUMNS), 2: ROUTING_COLUMNS}
 
 
 def schema_of_version(version: int) -> pa.Schema:
