@@ -673,6 +673,8 @@ def test_usage_analytics_of_a_dropped_month_equal_the_raw_scan(
             for n, t in enumerate(at)
             for flags in ([], ["reasoning_exceeds_output"])
         ]
+        # an attempt that failed over (decision 0117): a record, not a client call
+        + [usage_row(key, started_at=at[0], alias="writer", status="failed", **ROUTED)]
     )
     windows = [  # mid-hour to mid-hour inside September; September into October;
         (at[0] - timedelta(minutes=15), at[1] + timedelta(minutes=5)),
@@ -685,7 +687,7 @@ def test_usage_analytics_of_a_dropped_month_equal_the_raw_scan(
     ]
     before = [analytics(key.tenant_id, s, u) for s, u in windows]
     assert [b[0] for b in before] == raw  # the rollup path equals the raw scan
-    assert before[2][0][0]["requests"] == 2  # the edge records are in the answer
+    assert before[2][0][0]["requests"] == 2  # the edge records are in the answer (calls)
     ledger_month_archive(month=SEP)
     assert db_rows(SEP) == []
     assert [analytics(key.tenant_id, s, u) for s, u in windows] == before
