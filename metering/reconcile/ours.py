@@ -205,11 +205,19 @@ def _grouped(
         found = cursor.fetchall()
     found.sort()  # as tuples, in C: day, model, tenant (canonical text sorts as the UUID)...
     day_of = _cached(_as_date)
-    if by_route:  # (by tenant too: reconciliation's own read)
-        tenant_of = _cached(uuid.UUID)
+    if by_route:  # (by tenant too: reconciliation's own read); the route id after the keys
+        route_tenant_of = _cached(uuid.UUID)
         return [
-            row(day_of(d), m, tenant_of(t), a, acc, *counts, _as_decimal(cost), route)  # type: ignore[call-arg]
-            for d, m, t, a, acc, route, *counts, cost in found
+            row(  # type: ignore[call-arg]
+                day_of(r[0]),
+                r[1],
+                route_tenant_of(r[2]),
+                *r[3:5],
+                *r[6:-1],
+                _as_decimal(r[-1]),
+                r[5],
+            )
+            for r in found
         ]
     if by_tenant:
         tenant_of = _cached(uuid.UUID)
