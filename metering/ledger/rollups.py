@@ -286,11 +286,12 @@ def bucket_counts_sql(*, source: str, vendor: str = "postgresql") -> str:
     (latency always, TTFT when known), in lock order."""
     d = _dialect(vendor)
     keyed = f"route_id, {d.hour} AS hour, coalesce(reasoning_effort, '') AS reasoning_effort"
+    latency, ttft = latency_bucket_sql("latency_us", vendor), latency_bucket_sql("ttft_us", vendor)
     return (
         "SELECT route_id, hour, reasoning_effort, kind, bucket, count(*) AS count"  # noqa: S608
-        f" FROM (SELECT {keyed}, 'latency' AS kind, {latency_bucket_sql('latency_us', vendor)} AS bucket"
+        f" FROM (SELECT {keyed}, 'latency' AS kind, {latency} AS bucket"
         f" FROM {source} WHERE route_id IS NOT NULL"
-        f" UNION ALL SELECT {keyed}, 'ttft' AS kind, {latency_bucket_sql('ttft_us', vendor)} AS bucket"
+        f" UNION ALL SELECT {keyed}, 'ttft' AS kind, {ttft} AS bucket"
         f" FROM {source} WHERE route_id IS NOT NULL AND ttft_us IS NOT NULL) AS b"
         " GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5"
     )
