@@ -182,7 +182,7 @@ def make_routes(simulator_url: str, slow_url: str | None = None) -> list[Route]:
 def e2e(transactional_db, reckon_url, simulator_url, slow_simulator_url) -> E2ETenant:  # type: ignore[no-untyped-def]
     routes = make_routes(simulator_url, slow_simulator_url)
     tenant = tenant_create(name="acme")
-    tenant_allow_routes(tenant=tenant, aliases=[r.alias for r in routes])
+    tenant_allow_routes(tenant=tenant, aliases=[r.alias_id for r in routes])
     created = api_key_create(tenant=tenant, name="e2e")
     http("POST", simulator_url + "/_sim/reset")
     http("POST", slow_simulator_url + "/_sim/reset")
