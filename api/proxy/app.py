@@ -53,7 +53,7 @@ from metering.proxy.callers import (
     caller_context_load,
 )
 from metering.proxy.upstream import UpstreamClient
-from metering.routing.policies import Features, Pick, choose
+from metering.routing.policies import Features, Pick
 from metering.routing.state import RoutingState
 
 logger = logging.getLogger(__name__)
@@ -110,8 +110,6 @@ class ProxyApp:
         # process serves, refreshed in the background (decision 0117).
         self.routing = RoutingState(settings.REDIS_URL or None)
         self._routing_started = False
-        # the plan each alias id was last registered with (a reload brings a new one)
-        self._watched: dict[int, AliasPlan] = {}
         self._rng = random.Random()
 
     # --- lifecycle ---------------------------------------------------------------
@@ -358,12 +356,11 @@ class ProxyApp:
     ) -> list[Pick]:
         """The attempts a routed call makes, chosen from memory; targets whose credential
         is missing here are left out (the caller checked that one is left)."""
-        if self._watched.get(plan.alias_pk) is not plan:
+        if not self._routing_started:  # no lifespan (an embedded app): start on first use
             await self._start_routing()
-            self._watched[plan.alias_pk] = plan
-            self.routing.watch(plan)
-        features = Features(effort, ceil_tokens(body_size), endpoint)
-        picks = choose(plan, features, self.routing.view, self._rng)
+        picks = self.routing.choose(
+            plan, Features(effort, ceil_tokens(body_size), endpoint), self._rng
+        )
         usable = [p for p in picks if not plan.targets[p.index].credential_missing]
         if len(usable) < len(picks):
             missing = [plan.targets[p.index].target for p in picks if p not in usable]
