@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-BENCH_DB = "reckon_bench"
+BENCH_DB = os.environ.get("RECKON_BENCH_DB", "reckon_bench")  # its own database, dropped first
 SIM_KEY_ENV = "RECKON_SIMULATOR_API_KEY"
 BODY = (
     '{"model":"%s","messages":[{"role":"user","content":"Why is the sky blue?"}],'

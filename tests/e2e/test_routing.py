@@ -272,10 +272,15 @@ def test_error_answers_fail_over_and_keep_the_upstream_status(
         [{"name": "a", "sim": 0, "model": model}, {"name": "b", "sim": 1}],
     )
     client = routed.openai()
+    answered_ids = []
     for _ in range(3):
-        completion = client.chat.completions.create(model="errs", messages=PROMPT)
+        raw = client.chat.completions.with_raw_response.create(model="errs", messages=PROMPT)
+        completion = raw.parse()
         assert completion.usage and completion.usage.completion_tokens > 0
+        answered_ids.append(uuid.UUID(raw.headers["x-reckon-request-id"]))
     records = routed.records("errs")
+    # the client is told the serving attempt's id
+    assert sorted(answered_ids) == [r.request_id for r in records if not r.failed_over]
     assert len(records) == 6
     attempts_are_chained(records)
     failed = [r for r in records if r.failed_over]
@@ -298,12 +303,17 @@ def test_an_anthropic_alias_fails_over_with_the_anthropic_sdk(routed: Routed) ->
         ],
         provider="anthropic",
     )
-    message = routed.anthropic().messages.create(model="thinkers", max_tokens=400, messages=PROMPT)
+    client = routed.anthropic()
+    message = client.messages.create(model="thinkers", max_tokens=400, messages=PROMPT)
     assert message.content and message.usage.output_tokens > 0
+    with client.messages.stream(model="thinkers", max_tokens=400, messages=PROMPT) as stream:
+        assert "".join(stream.text_stream)
     records = routed.records("thinkers")
-    assert [(r.route_id, r.failed_over, r.upstream_status) for r in records] == [
-        (ids["a"], True, 500),
-        (ids["b"], False, 200),
+    assert [(r.route_id, r.failed_over, r.upstream_status, r.stream) for r in records] == [
+        (ids["a"], True, 500, False),
+        (ids["b"], False, 200, False),
+        (ids["a"], True, 500, True),
+        (ids["b"], False, 200, True),
     ]
 
 
@@ -460,6 +470,28 @@ def test_a_stream_fails_over_before_its_first_event(
         assert flag in failed.flags
     assert served.status == Status.COMPLETED and served.stream
     assert routed.sims[1].served() == 1
+
+
+def test_an_upstream_that_never_answers_is_left_after_its_first_byte_timeout(
+    routed: Routed,
+) -> None:
+    ids = alias_with_targets(
+        routed,
+        "hangs",
+        "fallback",
+        [
+            {"name": "a", "sim": 0, "path": "/faults/hang/v1", "first_byte_timeout_ms": 300},
+            {"name": "b", "sim": 1},
+        ],
+    )
+    completion = routed.openai().chat.completions.create(model="hangs", messages=PROMPT)
+    assert completion.choices[0].message.content
+    records = routed.records("hangs")
+    assert [(r.route_id, r.status, r.failed_over, r.attempt) for r in records] == [
+        (ids["a"], Status.FAILED, True, 1),
+        (ids["b"], Status.COMPLETED, False, 2),
+    ]
+    assert records[0].flags == ["upstream_unreachable"]
 
 
 def test_a_stream_cut_after_its_first_event_does_not_fail_over(routed: Routed) -> None:
