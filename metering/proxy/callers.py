@@ -10,6 +10,12 @@ When the database is out of reach, a key looked up successfully within the last
 RECKON_AUTH_STALE_SECONDS (default 300 s) keeps its last good context; any other key is
 answered "unavailable" (never cached as a miss). A lookup is bounded by
 RECKON_AUTH_LOOKUP_TIMEOUT_SECONDS (default 5 s).
+
+A context holds, per granted alias, its first active target by (priority, name) in
+`routes` (what holds, governance and the model list read), and for an alias with two or
+more active targets an `AliasPlan` in `plans` (every target with its own serving cost
+rate; the tenant's prices and hold fields are the alias's, the same on each). One query
+loads every target, one more their rates: no query per call (decision 0117).
 """
 
 import asyncio

@@ -488,3 +488,18 @@ def _json(tmp_path: Path, value: Any) -> Path:
     path = tmp_path / "value.json"
     path.write_text(json.dumps(value))
     return path
+
+
+@pytest.mark.django_db
+def test_commands_warn_about_doubtful_routing() -> None:
+    run("route_set", "think", *SIM, "sim-reasoner")
+    _, err = run("alias_set", "think", "--policy", "effort")
+    assert err == ""  # one target, no rules: every call goes to it
+    run("route_set", "think", *SIM, "sim-reasoner-mini", "--target", "mini")
+    _, err = run("alias_set", "think", "--max-attempts", "1")
+    assert "several targets but max_attempts 1: no failover" in err
+    _, err = run("route_set", "think", "--target", "mini", "--weight", "0")
+    assert "no failover" in err
+    run("alias_set", "think", "--policy", "weighted", "--max-attempts", "2")
+    _, err = run("route_set", "think", "--target", "default", "--weight", "0")
+    assert "Every target of 'think' has weight 0." in err

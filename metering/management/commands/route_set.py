@@ -10,6 +10,7 @@ from metering.models import Route
 from metering.proxy.check import route_check
 from metering.services import (
     alias_target_get,
+    alias_warnings,
     route_provider_account_set,
     route_set,
     route_target_tune,
@@ -143,7 +144,7 @@ class Command(BaseCommand):
                 tenant_allow_routes(tenant=tenant_get(ref=ref), aliases=[route.alias_id])
         except ApplicationError as exc:
             raise CommandError(exc.message) from exc
-        for warning in route_warnings(route=route):
+        for warning in route_warnings(route=route) + alias_warnings(alias=route.alias):
             self.stderr.write(self.style.WARNING(f"Warning: {warning}"))
         if options["check"]:
             self._check(route, options["timeout"])
