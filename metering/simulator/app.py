@@ -63,10 +63,26 @@ QUIRKS = ("vllm", "deepseek", "nonempty-choices", "llamacpp")
 # Upstream failures served under `/faults/<kind>/v1/...` for the fault suite: a connection
 # reset after part of the answer, an answer that stalls after its first bytes, a 200
 # whose body is not the wire format, a server that takes the request and never sends
-# headers (`hang`), and a 200 stream that sends its headers but no event
-# (`stall-before-first-event`). The last two wait until the client leaves (at most
-# STALL_S). Nothing is generated or counted for them.
-UPSTREAM_FAULTS = ("reset-mid-stream", "stall", "garbage", "hang", "stall-before-first-event")
+# headers (`hang`), a 200 stream that sends its headers but no event
+# (`stall-before-first-event`), and a 200 stream whose first event is an error
+# (`error-first-event`, as providers report overload after the headers). `hang` and
+# `stall-before-first-event` wait until the client leaves (at most STALL_S). Nothing is
+# generated or counted for them.
+UPSTREAM_FAULTS = (
+    "reset-mid-stream",
+    "stall",
+    "garbage",
+    "hang",
+    "stall-before-first-event",
+    "error-first-event",
+)
+# The error event each wire sends mid-stream (`error-first-event`).
+_ERROR_EVENTS = {
+    ANTHROPIC: b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error",'
+    b'"message":"Overloaded (simulated)"}}\n\n',
+    OPENAI: b'data: {"error":{"message":"The server is overloaded (simulated).",'
+    b'"type":"server_error","param":null,"code":null}}\n\n',
+}
 STALL_S = 3600.0
 SIM_MODELS = ("sim-reasoner", "sim-reasoner-mini", "sim-mini-noreason", "sim-thinker")
 FAULT_500 = "error-500"
@@ -410,6 +426,11 @@ class Simulator:
         stream = body.get("stream") is True
         if kind == "hang":
             await _until_disconnect(request.receive)
+            return
+        if kind == "error-first-event":
+            headers = [*_SSE_HEADERS, *_id_headers(request)]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": _ERROR_EVENTS[request.wire]})
             return
         if kind == "stall-before-first-event":
             headers = [*_SSE_HEADERS, *_id_headers(request)]

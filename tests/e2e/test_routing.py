@@ -444,6 +444,7 @@ def stream_text(client: openai.OpenAI, alias: str) -> str:
         ("/v1", "error-500", None),
         ("/faults/hang/v1", "sim-reasoner", None),
         ("/faults/stall-before-first-event/v1", "sim-reasoner", "first_event_timeout"),
+        ("/faults/error-first-event/v1", "sim-reasoner", "upstream_error_event"),
     ],
 )
 def test_a_stream_fails_over_before_its_first_event(

@@ -1052,3 +1052,20 @@ def test_hang_and_stall_before_first_event_send_nothing_until_the_client_leaves(
         finally:
             connection.close()
     assert server.totals()["requests"] == 0
+
+
+def test_error_first_event_answers_200_then_an_error_event_in_each_wire(server: Server) -> None:
+    body = {"model": "sim-reasoner", "messages": QUESTION, "stream": True}
+    headers = {"Authorization": "Bearer x", "Content-Type": "application/json"}
+    status, hdrs, raw = server.request(
+        "POST", "/faults/error-first-event/v1/chat/completions", body, headers
+    )
+    assert status == 200 and hdrs["content-type"] == "text/event-stream"
+    assert raw.startswith(b"data: ") and raw.endswith(b"\n\n")
+    assert json.loads(raw[6:])["error"]["type"] == "server_error"
+    status, hdrs, raw = server.request(
+        "POST", "/faults/error-first-event/v1/messages", body, headers
+    )
+    assert status == 200 and raw.startswith(b"event: error\ndata: ")
+    assert json.loads(raw.split(b"data: ", 1)[1])["error"]["type"] == "overloaded_error"
+    assert server.totals()["requests"] == 0
