@@ -42,7 +42,12 @@ from metering.models import UsageRecord
 from metering.proxy.adapters import Endpoint, Outcome, PreparedCall, stream_tracker_for
 from metering.proxy.callers import AliasPlan, CallerContext, RouteInfo
 from metering.proxy.sse import SseEvent, SseSplitter, format_event
-from metering.proxy.upstream import UpstreamClient, UpstreamError, UpstreamResponse
+from metering.proxy.upstream import (
+    UpstreamClient,
+    UpstreamError,
+    UpstreamHeadTimeout,
+    UpstreamResponse,
+)
 from metering.routing.policies import Pick, retryable_status
 from metering.routing.state import RoutingState
 from metering.usage import TokenUsage
@@ -505,7 +510,12 @@ class Call:
                 exc,
             )
             self.report(ok=False)
-            outcome = Outcome(TokenUsage(), None, "", Status.FAILED, ["upstream_unreachable"])
+            flag = (
+                "first_byte_timeout"
+                if isinstance(exc, UpstreamHeadTimeout)
+                else "upstream_unreachable"
+            )
+            outcome = Outcome(TokenUsage(), None, "", Status.FAILED, [flag])
             if not self.last:
                 self.fail_over(outcome)
                 return False
