@@ -402,6 +402,21 @@ class RouteAdmin(admin.ModelAdmin):
     list_select_related = ["provider_account"]
     search_fields = ["alias__name", "name", "upstream_model", "upstream_key_id"]
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # never the alias's last active target, nor one its effort rules name (as
+        # route_target_remove); deactivating is the usual way out of service
+        if obj is not None:
+            try:
+                route_target_leave_check(route=obj, deactivating=True)
+            except ApplicationError:
+                return False
+        return super().has_delete_permission(request, obj)
+
+    def get_actions(self, request: HttpRequest) -> Any:
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # one at a time, through the check above
+        return actions
+
     @transaction.atomic
     def save_model(self, request: HttpRequest, obj: Route, form: Any, change: bool) -> None:
         # The key history (reconciliation): kept by the same services as route_set.

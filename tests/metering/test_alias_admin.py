@@ -236,3 +236,18 @@ def test_alias_page_shows_each_target_s_live_breaker(ops: Client, settings) -> N
     until = datetime.fromtimestamp(until_ms // 1000, tz=UTC)
     assert f"open until {until:%H:%M:%S}" in page
     assert page.count(">closed<") == 1  # the default target's
+
+
+def test_route_page_never_deletes_the_last_active_target(ops: Client) -> None:
+    default = target("default")
+    delete = reverse("admin:metering_route_delete", args=[default.pk])
+    assert ops.get(delete).status_code == 403
+    assert ops.post(delete, {"post": "yes"}).status_code == 403
+    spare = target("spare", priority=1)
+    assert (
+        ops.post(
+            reverse("admin:metering_route_delete", args=[spare.pk]), {"post": "yes"}
+        ).status_code
+        == 302
+    )
+    assert list(Route.objects.values_list("name", flat=True)) == ["default"]
