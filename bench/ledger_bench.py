@@ -43,6 +43,11 @@ ALIASES = ("reasoner", "chat", "coder", "embedder")
 # The provider account each alias's route belongs to (None: our own accelerators); a
 # stamp without a foreign key, so the ids need no rows.
 ACCOUNTS = {"reasoner": 1, "chat": 1, "coder": 2, "embedder": None}
+# The targets (route ids) of each alias (decision 0117): every record names the one that
+# served it, so every record folds into the per-target tables too (RouteTargetHour and
+# its latency buckets); "reasoner" is served by two deployments.
+TARGETS = {"reasoner": (1, 2), "chat": (3,), "coder": (4,), "embedder": (5,)}
+EFFORTS = ("", "low", "medium", "high")
 
 
 def main() -> None:
@@ -54,6 +59,11 @@ def main() -> None:
     parser.add_argument("--hours", type=int, default=1)
     parser.add_argument("--fill", type=int, default=1_000_000, help="records to size at")
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
+    parser.add_argument(
+        "--unrouted",
+        action="store_true",
+        help="records without routing stamps (as before decision 0117): no per-target fold",
+    )
     parser.add_argument(
         "--database-url",
         default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
@@ -105,7 +115,7 @@ def run(args: argparse.Namespace) -> None:
     max_batch = settings.RECKON_LEDGER_MAX_BATCH
 
     def rows(n: int) -> list[dict[str, Any]]:
-        return [record(rng, keys, now, args.hours) for _ in range(n)]
+        return [record(rng, keys, now, args.hours, routed=not args.unrouted) for _ in range(n)]
 
     rates: dict[str, list[float]] = {"group commit": [], "bare INSERT": [], "COPY": []}
     batches: list[float] = []
@@ -124,7 +134,8 @@ def run(args: argparse.Namespace) -> None:
         f" (client and server share them), {args.rounds} rounds of {args.records:,} records,"
         f" {args.producers} producers on one event loop,"
         f" RECKON_LEDGER_MAX_BATCH={max_batch},"
-        f" RECKON_LEDGER_CONNECTIONS={settings.RECKON_LEDGER_CONNECTIONS}"
+        f" RECKON_LEDGER_CONNECTIONS={settings.RECKON_LEDGER_CONNECTIONS},"
+        f" {'no routing stamps' if args.unrouted else 'every record routed (per-target fold)'}"
     )
     print("  records/s          min       median    max")
     for name, values in rates.items():
@@ -162,7 +173,9 @@ def fmt(value: float) -> str:
     return f"{value:>9,.0f}"
 
 
-def record(rng: random.Random, keys: list[Any], now: datetime, hours: int) -> dict[str, Any]:
+def record(
+    rng: random.Random, keys: list[Any], now: datetime, hours: int, *, routed: bool = True
+) -> dict[str, Any]:
     key = rng.choice(keys)
     started = now - timedelta(seconds=rng.randrange(hours * 3600))
     input_tokens = rng.randrange(50, 4000)
@@ -170,7 +183,14 @@ def record(rng: random.Random, keys: list[Any], now: datetime, hours: int) -> di
     reasoning = rng.randrange(0, output_tokens)
     spend = Decimal(input_tokens * 110 + output_tokens * 440).scaleb(-8)
     alias = rng.choice(ALIASES)
+    stamps: dict[str, Any] = {}
+    if routed:
+        targets = TARGETS[alias]
+        stamps = {"route_id": rng.choice(targets), "reasoning_effort": rng.choice(EFFORTS)}
+        if len(targets) > 1:
+            stamps |= {"attempt": 1, "route_policy": "weighted", "route_reason": "weight"}
     return {
+        **stamps,
         "request_id": uuid.uuid4(),
         "tenant_id": key.tenant_id,
         "api_key_id": key.pk,
@@ -289,7 +309,9 @@ def copy_rows(conninfo: str, records: list[dict[str, Any]]) -> float:
                 for rec in records:
                     copy.write_row(
                         [
-                            orjson.dumps(rec[n]).decode() if n in ("flags", "raw_usage") else rec[n]
+                            orjson.dumps(rec[n]).decode()
+                            if n in ("flags", "raw_usage")
+                            else rec.get(n)  # (a stamp absent: NULL, as in the batch)
                             for n in names
                         ]
                         + [rec["finished_at"]]

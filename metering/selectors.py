@@ -121,9 +121,10 @@ def _usage_rows(
     filters: UsageFilter, *, key: str | None, bucket: str | None, raw: bool
 ) -> list[dict[str, Any]]:
     """Requests (client calls: failed-over attempts left out) and tokens of every record
-    in the window (flagged or not) per `key` and `bucket`. Whole hours come from the hourly rollups (plain + flagged sums), the
-    partial hours at the window's edges from the raw records; `raw` reads everything
-    from the raw records (the reference the rollup path must equal)."""
+    in the window (flagged or not) per `key` and `bucket`. Whole hours come from the
+    hourly rollups (plain + flagged sums), the partial hours at the window's edges from
+    the raw records; `raw` reads everything from the raw records (the reference the
+    rollup path must equal)."""
     hours = None if raw else _whole_hours(filters)
     raw_sums = {
         "requests": Count("id", filter=_A_CALL),
@@ -267,8 +268,8 @@ def _usage_summary(
 
 def usage_summary(*, filters: UsageFilter, group_by: str | None = None) -> list[dict[str, Any]]:
     """Requests (client calls, not attempts) and token totals per class of every record
-    in the window (flagged ones included), optionally grouped by alias, API key or UTC day, in ascending group order
-    (aliases by code point). Served from the hourly rollups plus the raw records of the
+    in the window (flagged ones included), optionally grouped by alias, API key or UTC
+    day, in ascending group order (aliases by code point). Served from the hourly rollups plus the raw records of the
     partial hours at the window's edges; equal to `usage_summary_raw`."""
     return _usage_summary(filters, group_by, raw=False)
 
@@ -292,8 +293,8 @@ def _usage_series(
 def usage_series(
     *, filters: UsageFilter, granularity: str, group_by: str | None = None
 ) -> list[dict[str, Any]]:
-    """Requests (client calls) and token totals of every record in the window per UTC bucket of
-    `granularity` (hour, day or month; `start` is the bucket's first instant), optionally
+    """Requests (client calls) and token totals of every record in the window per UTC
+    bucket of `granularity` (hour, day or month; `start` is the bucket's first instant), optionally
     per alias or API key too, ordered by bucket then group. Buckets without usage are
     left out. Served like `usage_summary`; equal to `usage_series_raw`."""
     return _usage_series(filters, granularity, group_by, raw=False)

@@ -238,10 +238,14 @@ TARGET_ADDED = (
 BUCKET_KEY = ("route_id", "hour", "reasoning_effort", "kind", "bucket")
 
 
-def latency_bucket_sql(column: str) -> str:
-    """A portable CASE giving the histogram bucket of `column` (microseconds): bucket i
-    holds values below LATENCY_BUCKET_EDGES_US[i] and at or above the edge before it;
-    bucket len(edges) everything above the last edge."""
+def latency_bucket_sql(column: str, vendor: str = "postgresql") -> str:
+    """The histogram bucket of `column` (microseconds): bucket i holds values below
+    LATENCY_BUCKET_EDGES_US[i] and at or above the edge before it; bucket len(edges)
+    everything at or above the last edge. PostgreSQL: `width_bucket` over the edges (a
+    binary search: the number of edges at or below the value); SQLite: a CASE."""
+    if vendor == "postgresql":
+        edges = ",".join(str(edge) for edge in LATENCY_BUCKET_EDGES_US)
+        return f"width_bucket({column}, '{{{edges}}}'::int8[])"
     whens = " ".join(
         f"WHEN {column} < {edge} THEN {i}" for i, edge in enumerate(LATENCY_BUCKET_EDGES_US)
     )
@@ -282,11 +286,12 @@ def bucket_counts_sql(*, source: str, vendor: str = "postgresql") -> str:
     (latency always, TTFT when known), in lock order."""
     d = _dialect(vendor)
     keyed = f"route_id, {d.hour} AS hour, coalesce(reasoning_effort, '') AS reasoning_effort"
+    latency, ttft = latency_bucket_sql("latency_us", vendor), latency_bucket_sql("ttft_us", vendor)
     return (
         "SELECT route_id, hour, reasoning_effort, kind, bucket, count(*) AS count"  # noqa: S608
-        f" FROM (SELECT {keyed}, 'latency' AS kind, {latency_bucket_sql('latency_us')} AS bucket"
+        f" FROM (SELECT {keyed}, 'latency' AS kind, {latency} AS bucket"
         f" FROM {source} WHERE route_id IS NOT NULL"
-        f" UNION ALL SELECT {keyed}, 'ttft' AS kind, {latency_bucket_sql('ttft_us')} AS bucket"
+        f" UNION ALL SELECT {keyed}, 'ttft' AS kind, {ttft} AS bucket"
         f" FROM {source} WHERE route_id IS NOT NULL AND ttft_us IS NOT NULL) AS b"
         " GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5"
     )

@@ -42,11 +42,15 @@ logger = logging.getLogger(__name__)
 LAST_USED_REFRESH_SECONDS = 60.0
 
 _BIGINT_MAX = 2**63 - 1
+_SMALLINT_MAX = 2**15 - 1
+# The routing stamps' text columns and their widths (decision 0117): a longer one is cut.
+_STAMP_WIDTHS = {"route_policy": 16, "route_reason": 64, "reasoning_effort": 16}
 
 
 def sanitize_record(record: dict[str, Any]) -> dict[str, Any]:
-    """Strip what PostgreSQL cannot store (NUL characters, integers beyond 64 bits), and
-    give a version-7 request id back the `started_at` it encodes.
+    """Strip what PostgreSQL cannot store (NUL characters, integers beyond 64 bits,
+    routing stamps beyond their columns), and give a version-7 request id back the
+    `started_at` it encodes.
 
     Why the last: the partitioned ledger refuses a v7 id whose `started_at` disagrees
     with it (`metering.ledger.record.request_id_for`), so such a record cannot be stored
@@ -64,6 +68,14 @@ def sanitize_record(record: dict[str, Any]) -> dict[str, Any]:
     for name, value in record.items():
         if isinstance(value, str):
             out[name] = value.replace("\x00", "")
+    # routing stamps are descriptive: one that cannot be stored is cut or dropped
+    for name, width in _STAMP_WIDTHS.items():
+        if isinstance(out.get(name), str):
+            out[name] = out[name][:width]
+    if not isinstance(out.get("attempt"), int) or not 0 <= out["attempt"] <= _SMALLINT_MAX:
+        out["attempt"] = None
+    if not isinstance(out.get("route_id"), int) or not 0 <= out["route_id"] <= _BIGINT_MAX:
+        out["route_id"] = None
     broken = [n for n in LEDGER_COLUMNS if not 0 <= out.get(n, 0) <= _BIGINT_MAX]
     for name in broken:
         out[name] = 0

@@ -21,6 +21,7 @@ from metering.ledger.orm import usage_records_write
 from metering.ledger.postgres import pg_conninfo, pg_insert_statement
 from metering.ledger.rollups import (
     latency_bucket_of,
+    latency_bucket_sql,
     route_shards_fold,
     usage_rollup_shards_fold,
 )
@@ -128,6 +129,18 @@ def test_the_bucket_rule_matches_its_edges() -> None:
     assert latency_bucket_of(edges[0]) == 1
     assert latency_bucket_of(edges[-1] - 1) == len(edges) - 1
     assert latency_bucket_of(edges[-1]) == len(edges)
+
+
+@pytest.mark.django_db
+def test_the_database_buckets_every_edge_as_the_rule_does() -> None:
+    values = [0, 1, *LATENCY_BUCKET_EDGES_US, *(e - 1 for e in LATENCY_BUCKET_EDGES_US), 10**12]
+    with connection.cursor() as cursor:
+        for value in values:
+            cursor.execute(
+                f"SELECT {latency_bucket_sql('v', connection.vendor)} FROM (SELECT %s AS v) AS t",  # noqa: S608
+                [value],
+            )
+            assert cursor.fetchone()[0] == latency_bucket_of(value), value
 
 
 @postgres_only

@@ -238,19 +238,38 @@ def test_one_bad_record_does_not_sink_its_batch(tmp_path: Path) -> None:
     good = record_for(key)
     huge = record_for(key, output_tokens=2**64)
     nul = record_for(key, upstream_response_id="chatcmpl-\x00bad")
+    # routing stamps no column holds (a hand-made or corrupted spool line)
+    stamps = record_for(
+        key, route_id=3, attempt=70_000, route_reason="r" * 90, reasoning_effort="e" * 30
+    )
 
     async def scenario() -> None:
         writer = LedgerWriter(max_batch=64, spool_dir=tmp_path, sink=default_sink())
-        await asyncio.gather(writer.write(good), writer.write(huge), writer.write(nul))
+        await asyncio.gather(
+            writer.write(good), writer.write(huge), writer.write(nul), writer.write(stamps)
+        )
         await writer.close()
 
     asyncio.run(scenario())
     stored = {r.request_id: r for r in UsageRecord.objects.all()}
-    assert set(stored) == {good["request_id"], huge["request_id"], nul["request_id"]}
+    assert set(stored) == {
+        good["request_id"],
+        huge["request_id"],
+        nul["request_id"],
+        stamps["request_id"],
+    }
     assert stored[good["request_id"]].flags == []
     assert "quarantined_record" in stored[huge["request_id"]].flags
     assert stored[huge["request_id"]].output_tokens == 0
     assert stored[nul["request_id"]].upstream_response_id == "chatcmpl-bad"
+    cut = stored[stamps["request_id"]]
+    assert "quarantined_record" in cut.flags
+    assert (cut.route_id, cut.attempt, cut.route_reason, cut.reasoning_effort) == (
+        3,
+        None,
+        "r" * 64,
+        "e" * 16,
+    )
 
 
 @pytest.mark.django_db
