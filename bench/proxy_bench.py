@@ -298,6 +298,12 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=1, help="Reckon server processes")
     parser.add_argument(
+        "--routed-one-simulator",
+        action="store_true",
+        help="put the routed alias's three targets on the single-target column's simulator "
+        "(the same number of processes as that column, for a like-for-like ratio)",
+    )
+    parser.add_argument(
         "--lease-calls", type=int, default=32, help="RECKON_CONTROL_LEASE_CALLS of the leased run"
     )
     parser.add_argument(
@@ -307,7 +313,9 @@ def main() -> None:
     args = parser.parse_args()
     binary = ensure_wrk()
     database_url = setup_database(args.database_url)
-    routed_sims = [f"sim_routed{i}" for i in range(len(ROUTED_TARGETS))]
+    routed_sims = (
+        [] if args.routed_one_simulator else [f"sim_routed{i}" for i in range(len(ROUTED_TARGETS))]
+    )
     ports = {
         name: free_port()
         for name in ("sim", "sim_reckon", "bare", "reckon", "leased", *routed_sims)
@@ -316,7 +324,10 @@ def main() -> None:
     env = django_env(database_url)
     key = seed(database_url, url["sim_reckon"])
     controlled_key = seed_controlled(database_url)
-    seed_routed(database_url, [url[name] for name in routed_sims])
+    seed_routed(
+        database_url,
+        [url[name] for name in routed_sims] or [url["sim_reckon"]] * len(ROUTED_TARGETS),
+    )
     python = [sys.executable]
     procs = [
         # Two identical simulators: one behind Reckon, one for the direct and bare runs, so
@@ -448,7 +459,8 @@ def main() -> None:
         f" reasoning governance on every call, on slices leased {args.lease_calls} calls at a time"
     )
     print(" (the default); +ctl exact: the same, each call checked and settled in Redis;")
-    print(" routed: an alias with 3 weighted targets on 3 simulators, no controls)")
+    where = "the Reckon column's simulator" if args.routed_one_simulator else "3 simulators"
+    print(f" routed: an alias with 3 weighted targets on {where}, no controls)")
     for target, title in columns[2:]:
         ratio = m(target, "c32", "rps") / direct_rps
         added_p50 = m(target, "c1", "p50_ms") - m("direct", "c1", "p50_ms")
@@ -478,13 +490,16 @@ def main() -> None:
     )
     if (rows, reasoning) != (served["requests"], served["reasoning_tokens"]):
         sys.exit("MISMATCH between the ledger and the upstream: a record was lost or counted twice")
-    by_target = {
-        name: served_by[sim]["requests"]
-        for (name, _), sim in zip(ROUTED_TARGETS, routed_sims, strict=True)
-    }
-    print(f"routed calls per target: ledger {routed_by_target}, simulators {by_target}")
-    if routed_by_target != by_target:
-        sys.exit("MISMATCH between the ledger and a routed target's simulator")
+    if routed_sims:
+        by_target = {
+            name: served_by[sim]["requests"]
+            for (name, _), sim in zip(ROUTED_TARGETS, routed_sims, strict=True)
+        }
+        print(f"routed calls per target: ledger {routed_by_target}, simulators {by_target}")
+        if routed_by_target != by_target:
+            sys.exit("MISMATCH between the ledger and a routed target's simulator")
+    else:
+        print(f"routed calls per target (all on one simulator): ledger {routed_by_target}")
     print("ledger == upstream: every request served through Reckon has exactly one record.")
 
 
