@@ -8,7 +8,10 @@ ratios the targets are stated in. Uses `wrk` (Debian package; installed if missi
     make bench            # or: .venv/bin/python bench/proxy_bench.py [--duration 5 --rounds 3]
 
 Every request through Reckon must leave exactly one usage record: the run checks the
-ledger against what the simulator served and fails loudly if they differ.
+ledger against what the simulators served and fails loudly if they differ.
+
+The "routed" column calls an alias with three weighted targets on three more simulators
+(decision 0117) through the same Reckon server as the single-target "Reckon" column.
 """
 
 import argparse
@@ -27,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-BENCH_DB = "reckon_bench"
+BENCH_DB = os.environ.get("RECKON_BENCH_DB", "reckon_bench")  # its own database, dropped first
 SIM_KEY_ENV = "RECKON_SIMULATOR_API_KEY"
 BODY = (
     '{"model":"%s","messages":[{"role":"user","content":"Why is the sky blue?"}],'
@@ -149,6 +152,31 @@ print(created.raw_key)
 """
 
 
+ROUTED_TARGETS = (("t0", 50), ("t1", 30), ("t2", 20))  # name, weight
+ROUTED = """
+from metering.models import Alias, Route, Tenant
+alias = Alias.objects.create(name="bench-routed", policy="weighted", max_attempts=2)
+for (name, weight), base_url in zip(%r, %r):
+    Route.objects.create(alias=alias, name=name, weight=weight, provider="openai",
+        base_url=base_url, upstream_model="sim-reasoner", api_key_env=%r)
+alias.tenants.add(Tenant.objects.get(name="bench"))
+"""
+
+
+def seed_routed(database_url: str, sim_urls: list[str]) -> None:
+    """An alias with three weighted targets, one per simulator, granted to the bench
+    tenant (the "routed" column)."""
+    code = ROUTED % (ROUTED_TARGETS, [u + "/v1" for u in sim_urls], SIM_KEY_ENV)
+    subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=ROOT,
+        env=django_env(database_url),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+
+
 def seed_controlled(database_url: str) -> str:
     """A second tenant whose calls go through spend holds, rate limits and governance."""
     out = subprocess.run(
@@ -230,6 +258,28 @@ def ledger_totals(database_url: str) -> tuple[int, int]:
     return int(rows), int(reasoning)
 
 
+def routed_counts(database_url: str) -> dict[str, int]:
+    """Completed records of the routed alias per target name."""
+    out = subprocess.run(
+        [
+            "psql",
+            database_url,
+            "-tAc",
+            "select r.name, count(*) from metering_usagerecord u join metering_route r"
+            " on r.id = u.route_id where u.alias = 'bench-routed' and u.status = 'completed'"
+            " group by r.name order by r.name",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    counts = {name: 0 for name, _ in ROUTED_TARGETS}
+    for line in out:
+        name, count = line.split("|")
+        counts[name] = int(count)
+    return counts
+
+
 def get_json(url: str) -> dict:
     import json
 
@@ -248,6 +298,12 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=1, help="Reckon server processes")
     parser.add_argument(
+        "--routed-one-simulator",
+        action="store_true",
+        help="put the routed alias's three targets on the single-target column's simulator "
+        "(the same number of processes as that column, for a like-for-like ratio)",
+    )
+    parser.add_argument(
         "--lease-calls", type=int, default=32, help="RECKON_CONTROL_LEASE_CALLS of the leased run"
     )
     parser.add_argument(
@@ -257,11 +313,21 @@ def main() -> None:
     args = parser.parse_args()
     binary = ensure_wrk()
     database_url = setup_database(args.database_url)
-    ports = {name: free_port() for name in ("sim", "sim_reckon", "bare", "reckon", "leased")}
+    routed_sims = (
+        [] if args.routed_one_simulator else [f"sim_routed{i}" for i in range(len(ROUTED_TARGETS))]
+    )
+    ports = {
+        name: free_port()
+        for name in ("sim", "sim_reckon", "bare", "reckon", "leased", *routed_sims)
+    }
     url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     env = django_env(database_url)
     key = seed(database_url, url["sim_reckon"])
     controlled_key = seed_controlled(database_url)
+    seed_routed(
+        database_url,
+        [url[name] for name in routed_sims] or [url["sim_reckon"]] * len(ROUTED_TARGETS),
+    )
     python = [sys.executable]
     procs = [
         # Two identical simulators: one behind Reckon, one for the direct and bare runs, so
@@ -273,6 +339,15 @@ def main() -> None:
             [*python, "manage.py", "run_simulator", "--port", str(ports["sim_reckon"])],
             cwd=ROOT,
             env=env,
+        ),
+        # the routed alias's three targets
+        *(
+            subprocess.Popen(
+                [*python, "manage.py", "run_simulator", "--port", str(ports[name])],
+                cwd=ROOT,
+                env=env,
+            )
+            for name in routed_sims
         ),
         subprocess.Popen(
             [
@@ -309,10 +384,11 @@ def main() -> None:
         "reckon": (url["reckon"], "bench-reasoner", key),
         "controls": (url["reckon"], "bench-reasoner", controlled_key),
         "leased": (url["leased"], "bench-reasoner", controlled_key),
+        "routed": (url["reckon"], "bench-routed", key),
     }
     runs: dict[str, dict[str, list[dict[str, float]]]] = {t: {"c32": [], "c1": []} for t in targets}
     try:
-        for name in ("sim", "sim_reckon"):
+        for name in ("sim", "sim_reckon", *routed_sims):
             wait_up(url[name] + "/_sim/health")
         wait_up(url["bare"] + "/")
         wait_up(url["reckon"] + "/v1/models")
@@ -320,10 +396,10 @@ def main() -> None:
         for base, model, target_key in targets.values():  # warm pools, caches, connections
             wrk(binary, base, target_key, model, 8, 2)
         time.sleep(0.5)
-        urllib.request.urlopen(
-            urllib.request.Request(url["sim_reckon"] + "/_sim/reset", method="POST")
-        )
+        for name in ("sim_reckon", *routed_sims):
+            urllib.request.urlopen(urllib.request.Request(url[name] + "/_sim/reset", method="POST"))
         baseline = ledger_totals(database_url)
+        routed_baseline = routed_counts(database_url)
         for _ in range(args.rounds):
             for concurrency in ("c32", "c1"):
                 for target, (base, model, target_key) in targets.items():
@@ -331,8 +407,14 @@ def main() -> None:
                         wrk(binary, base, target_key, model, int(concurrency[1:]), args.duration)
                     )
         time.sleep(1)
-        served = get_json(url["sim_reckon"] + "/_sim/totals")
+        served_by = {
+            name: get_json(url[name] + "/_sim/totals") for name in ("sim_reckon", *routed_sims)
+        }
         after = ledger_totals(database_url)
+        routed_by_target = {
+            name: count - routed_baseline[name]
+            for name, count in routed_counts(database_url).items()
+        }
     finally:
         for p in procs:
             p.terminate()
@@ -356,6 +438,7 @@ def main() -> None:
         ("reckon", "Reckon"),
         ("leased", "+controls"),
         ("controls", "+ctl exact"),
+        ("routed", "routed"),
     ]
 
     def row(label: str, values: list[str]) -> None:
@@ -375,7 +458,9 @@ def main() -> None:
     print(
         f" reasoning governance on every call, on slices leased {args.lease_calls} calls at a time"
     )
-    print(" (the default); +ctl exact: the same, each call checked and settled in Redis)")
+    print(" (the default); +ctl exact: the same, each call checked and settled in Redis;")
+    where = "the Reckon column's simulator" if args.routed_one_simulator else "3 simulators"
+    print(f" routed: an alias with 3 weighted targets on {where}, no controls)")
     for target, title in columns[2:]:
         ratio = m(target, "c32", "rps") / direct_rps
         added_p50 = m(target, "c1", "p50_ms") - m("direct", "c1", "p50_ms")
@@ -384,13 +469,37 @@ def main() -> None:
             f"{'MET' if ratio >= 0.35 else 'MISSED'} ({ratio:.1%}); "
             f"added p50 <= 1.5 ms -> {'MET' if added_p50 <= 1.5 else 'MISSED'} ({added_p50:+.3f} ms)"
         )
-    rows, reasoning = after[0] - baseline[0], after[1] - baseline[1]
+    for stat, label in (("min", "min"), ("median", "median"), ("max", "max")):
+        pick = {"min": min, "median": median, "max": max}[stat]
+        single = pick([r["rps"] for r in runs["reckon"]["c32"]])
+        routed = pick([r["rps"] for r in runs["routed"]["c32"]])
+        print(f"routed / single-target Reckon req/s at c=32, {label}: {routed / single:.1%}")
+    routed_ratio = m("routed", "c32", "rps") / m("reckon", "c32", "rps")
     print(
-        f"ledger: {rows} usage records, {reasoning} reasoning tokens; Reckon's upstream served "
+        "target, routed: median within 3% of single-target Reckon -> "
+        f"{'MET' if routed_ratio >= 0.97 else 'MISSED'} ({routed_ratio:.1%})"
+    )
+    rows, reasoning = after[0] - baseline[0], after[1] - baseline[1]
+    served = {
+        field: sum(totals[field] for totals in served_by.values())
+        for field in ("requests", "reasoning_tokens")
+    }
+    print(
+        f"ledger: {rows} usage records, {reasoning} reasoning tokens; Reckon's upstreams served "
         f"{served['requests']} requests, {served['reasoning_tokens']} reasoning tokens."
     )
     if (rows, reasoning) != (served["requests"], served["reasoning_tokens"]):
         sys.exit("MISMATCH between the ledger and the upstream: a record was lost or counted twice")
+    if routed_sims:
+        by_target = {
+            name: served_by[sim]["requests"]
+            for (name, _), sim in zip(ROUTED_TARGETS, routed_sims, strict=True)
+        }
+        print(f"routed calls per target: ledger {routed_by_target}, simulators {by_target}")
+        if routed_by_target != by_target:
+            sys.exit("MISMATCH between the ledger and a routed target's simulator")
+    else:
+        print(f"routed calls per target (all on one simulator): ledger {routed_by_target}")
     print("ledger == upstream: every request served through Reckon has exactly one record.")
 
 

@@ -36,8 +36,9 @@ async def _lifespan(receive, send):  # type: ignore[no-untyped-def]
             # requests, with the objects of every call in flight in it. Measured with 32
             # calls in flight: CPU per controlled call 149 -> 139 us (bench/cpu_bench.py).
             gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
-            # Load what an earlier process spooled now, not when the first request comes.
-            proxy_application.ledger.start()
+            # The ledger (loading what an earlier process spooled) and the routing state
+            # start now, not when the first request comes.
+            await proxy_application.startup()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await proxy_application.shutdown()

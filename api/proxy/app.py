@@ -11,6 +11,7 @@ decides. The rest of the service (REST API, admin) is plain Django behind config
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
@@ -35,9 +36,9 @@ from api.proxy.wire import (
     send_unavailable,
     wants_anthropic,
 )
-from metering.control.governance import apply_reasoning_rules
+from metering.control.governance import apply_reasoning_rules, request_effort
 from metering.control.holds import Hold, Holds, Refusal, Refused
-from metering.control.scopes import BudgetScope
+from metering.control.scopes import BudgetScope, ceil_tokens
 from metering.control.store import ControlStore
 from metering.control.terms import alert_thresholds_crossed
 from metering.keys import api_key_hash
@@ -45,12 +46,15 @@ from metering.ledger import LedgerWriter
 from metering.proxy.adapters import ENDPOINTS_BY_PATH, Endpoint, InvalidRequest, prepare_call
 from metering.proxy.callers import (
     ANTHROPIC_DEFAULT_VERSION,
+    AliasPlan,
     CallerContext,
     LookupUnavailable,
     TtlCache,
     caller_context_load,
 )
 from metering.proxy.upstream import UpstreamClient
+from metering.routing.policies import Features, Pick
+from metering.routing.state import RoutingState
 
 logger = logging.getLogger(__name__)
 
@@ -102,10 +106,27 @@ class ProxyApp:
             connect_timeout=settings.RECKON_UPSTREAM_CONNECT_TIMEOUT,
             read_timeout=settings.RECKON_UPSTREAM_READ_TIMEOUT,
         )
+        # Breakers, learned costs and concurrency shares of the multi-target aliases this
+        # process serves, refreshed in the background (decision 0117).
+        self.routing = RoutingState(settings.REDIS_URL or None)
+        self._routing_started = False
+        self._rng = random.Random()
 
     # --- lifecycle ---------------------------------------------------------------
 
+    async def startup(self) -> None:
+        """Start the background parts before the first request (the server's lifespan)."""
+        self.ledger.start()  # load what an earlier process spooled now
+        await self._start_routing()
+
+    async def _start_routing(self) -> None:
+        if not self._routing_started:
+            self._routing_started = True
+            await self.routing.start()
+
     async def shutdown(self) -> None:
+        if self._routing_started:
+            await self.routing.close()
         await self.ledger.close()
         if self.control is not None:  # its last reports may still signal alerts
             await self.control.close()
@@ -279,7 +300,10 @@ class ProxyApp:
             message = f"The model '{alias}' is not served on this endpoint."
             await send_error(send, errors.INVALID_REQUEST, message, anthropic, "model")
             return
-        if route.credential_missing:
+        plan = caller.plans.get(alias) if caller.plans else None
+        if route.credential_missing and (
+            plan is None or all(t.credential_missing for t in plan.targets)
+        ):
             message = (
                 f"Route '{alias}' is misconfigured on this server (upstream credential missing)."
             )
@@ -293,6 +317,12 @@ class ProxyApp:
                 if refusal:
                     await send_error(send, errors.INVALID_REQUEST, refusal, anthropic)
                     return
+        effort = request_effort(endpoint.name, request)  # after governance: what is sent
+        picks: list[Pick] = []
+        if plan is not None:
+            picks = await self._picks(plan, effort, len(body), endpoint.name)
+            route = plan.targets[picks[0].index]
+        if controls is not None:
             if controls.budgets or controls.rates:
                 admitted = await self.holds.take(controls, route, endpoint.name, request, len(body))
                 if isinstance(admitted, Refusal):
@@ -307,8 +337,40 @@ class ProxyApp:
             await send_error(send, errors.INVALID_REQUEST, exc.message, anthropic, exc.param)
             return
 
-        call = Call(self, caller, route, endpoint, prepared, started_at, started_ns, hold)
-        await call.run(receive, send, route.upstream_headers(anthropic_version, forwarded))
+        call = Call(
+            self, caller, route, endpoint, prepared, started_at, started_ns, hold, effort, plan
+        )
+        if plan is None:
+            await call.run(receive, send, route.upstream_headers(anthropic_version, forwarded))
+            return
+        await call.run_routed(
+            receive,
+            send,
+            picks,
+            request,
+            lambda target: target.upstream_headers(anthropic_version, forwarded),
+        )
+
+    async def _picks(
+        self, plan: AliasPlan, effort: str, body_size: int, endpoint: str
+    ) -> list[Pick]:
+        """The attempts a routed call makes, chosen from memory; targets whose credential
+        is missing here are left out (the caller checked that one is left)."""
+        if not self._routing_started:  # no lifespan (an embedded app): start on first use
+            await self._start_routing()
+        picks = self.routing.choose(
+            plan, Features(effort, ceil_tokens(body_size), endpoint), self._rng
+        )
+        usable = [p for p in picks if not plan.targets[p.index].credential_missing]
+        if len(usable) < len(picks):
+            missing = [plan.targets[p.index].target for p in picks if p not in usable]
+            logger.error(
+                "alias %s: targets %s have no upstream credential here", plan.alias, missing
+            )
+        if usable:
+            return usable
+        first = next(i for i, t in enumerate(plan.targets) if not t.credential_missing)
+        return [Pick(first, "failover")]
 
     def _in_thread(self, fn: Callable[[], int]) -> "asyncio.Future[int]":
         """Run a ledger lookup on the lookup thread (loading a budget into Redis), for at

@@ -4,11 +4,21 @@ hiding anything of the upstream's that could hold a secret or an internal addres
 
 What the call writes is built by metering.ledger.record; its hold is settled by
 metering.control.holds once the record is durable.
+
+A call on an alias with several targets (decision 0117) runs `run_routed`: the attempts
+its routing plan gives, in order. It fails over to the next one only while nothing has
+reached the client (`answered` is false): on an unreachable upstream or no headers in
+time, a 5xx or 429, or a stream whose first event is an error or that ends or stalls
+before its first event. Its stream's headers wait for the first event. Every attempt
+leaves a record (a failed-over one with zero tokens, written as a task that is awaited
+before the final answer leaves); only the final attempt settles the hold.
 """
 
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -27,12 +37,19 @@ from api.proxy.wire import (
 )
 from metering.control.holds import Hold, Holds
 from metering.ledger import LedgerWriter
-from metering.ledger.record import request_id_for, usage_record_row
+from metering.ledger.record import request_id_attempt, request_id_for, usage_record_row
 from metering.models import UsageRecord
 from metering.proxy.adapters import Endpoint, Outcome, PreparedCall, stream_tracker_for
-from metering.proxy.callers import CallerContext, RouteInfo
+from metering.proxy.callers import AliasPlan, CallerContext, RouteInfo
 from metering.proxy.sse import SseEvent, SseSplitter, format_event
-from metering.proxy.upstream import UpstreamClient, UpstreamError, UpstreamResponse
+from metering.proxy.upstream import (
+    UpstreamClient,
+    UpstreamError,
+    UpstreamHeadTimeout,
+    UpstreamResponse,
+)
+from metering.routing.policies import Pick, retryable_status
+from metering.routing.state import RoutingState
 from metering.usage import TokenUsage
 
 logger = logging.getLogger(__name__)
@@ -52,6 +69,7 @@ class Services(Protocol):
     upstream: UpstreamClient
     ledger: LedgerWriter
     holds: Holds
+    routing: RoutingState
 
 
 class Call:
@@ -71,6 +89,13 @@ class Call:
         "upstream_status",
         "drain_deadline",
         "hold",
+        "effort",
+        "attempt",
+        "plan",
+        "reason",
+        "last",
+        "answered",
+        "pending",
     )
 
     def __init__(
@@ -83,8 +108,17 @@ class Call:
         started_at: datetime,
         started_ns: int,
         hold: Hold | None = None,
+        effort: str = "",
+        plan: AliasPlan | None = None,
     ) -> None:
         self.hold = hold
+        self.effort = effort  # the request's reasoning effort after governance ("" none)
+        self.attempt = 1
+        self.plan = plan  # None: a single-target alias (no routing work)
+        self.reason: str | None = None  # the routing pick's reason (route_reason)
+        self.last = True  # no target left to fail over to
+        self.answered = False  # http.response.start was sent (routed calls track it)
+        self.pending: list[asyncio.Future[None]] = []  # failed-over attempts' writes
         self.app = app
         self.caller = caller
         self.route = route
@@ -92,7 +126,8 @@ class Call:
         self.prepared = prepared
         self.started_at = started_at
         self.started_ns = started_ns
-        self.request_id = request_id_for(started_at)  # carries started_at (partitions)
+        # carries started_at (partitions); a routed call's attempts share its upper bits
+        self.request_id = request_id_for(started_at, 1 if plan is not None else 0)
         self.ttft_ns: int | None = None
         self.client_gone = False
         self.upstream_status = 0
@@ -361,8 +396,17 @@ class Call:
             ttft_us=None if self.ttft_ns is None else (self.ttft_ns - self.started_ns) // 1000,
             latency_us=(now_ns - self.started_ns) // 1000,
             started_at=self.started_at,
+            route_id=self.route.route_id,
+            attempt=self.attempt,
+            failed_over=None if self.plan is None else False,
+            route_policy=None if self.plan is None else self.plan.policy,
+            route_reason=self.reason,
+            reasoning_effort=self.effort,
         )
         await self.app.ledger.write(row)
+        if self.pending:  # the failed-over attempts' records, before the answer leaves
+            await asyncio.gather(*self.pending)
+            self.pending.clear()
         if self.hold is not None:  # the record is durable: now release the hold for actual use
             self.app.holds.release(
                 self.hold,
@@ -370,3 +414,263 @@ class Call:
                 reasoning_tokens=usage.reasoning_tokens,
                 actual_tokens=usage.total_tokens,
             )
+
+    # --- routed calls (an alias with several targets) --------------------------------
+
+    async def run_routed(
+        self,
+        receive: Receive,
+        send: Send,
+        picks: list[Pick],
+        request: dict[str, Any],
+        headers_of: Callable[[RouteInfo], dict[str, str]],
+    ) -> None:
+        """Make the plan's attempts in order until one answers the client. `self.route`
+        and `self.prepared` are the first pick's (the app prepared its body); a later
+        target re-sends the same request under its own upstream model."""
+        plan = self.plan
+        assert plan is not None
+        routing = self.app.routing
+        base_id = self.request_id
+        bodies = {self.route.upstream_model: self.prepared.body}
+        for number, pick in enumerate(picks, start=1):
+            target = plan.targets[pick.index]
+            if number > 1:
+                self.request_id = request_id_attempt(base_id, number)
+                self.started_ns = time.perf_counter_ns()  # latency and TTFT per attempt
+                self.ttft_ns = None
+                self.upstream_status = 0
+                body = bodies.get(target.upstream_model)
+                if body is None:
+                    body = orjson.dumps({**request, "model": target.upstream_model})
+                    bodies[target.upstream_model] = body
+                self.prepared = replace(self.prepared, body=body)
+            self.route = target
+            self.attempt = number
+            self.reason = pick.reason
+            self.last = number == len(picks)
+            route_id = target.route_id or 0
+            routing.acquire(route_id)
+            try:
+                if await self.attempt_once(receive, send, headers_of(target)):
+                    return
+            finally:
+                routing.release(route_id)
+
+    def report(self, *, ok: bool, retry_after: str | None = None) -> None:
+        """Tell the routing state (its breaker) how this attempt went; not awaited."""
+        assert self.plan is not None
+        seconds = int(retry_after) if retry_after and retry_after.isdigit() else None
+        self.app.routing.report(self.plan, self.route.route_id or 0, ok=ok, retry_after_s=seconds)
+
+    def fail_over(self, outcome: Outcome) -> None:
+        """Record this attempt as failed over (zero tokens) and move on: its write runs
+        as a task that the final record awaits; it does not touch the hold."""
+        assert self.plan is not None
+        row, _ = usage_record_row(
+            request_id=self.request_id,
+            tenant_id=self.caller.tenant_id,
+            api_key_id=self.caller.api_key_id,
+            route=self.route,
+            endpoint=self.endpoint.name,
+            stream=self.prepared.stream,
+            status=outcome.status,
+            upstream_status=self.upstream_status,
+            response_id="",
+            usage=TokenUsage(),
+            flags=outcome.flags,
+            raw_usage=None,
+            client_disconnected=self.client_gone,
+            ttft_us=None,
+            latency_us=(time.perf_counter_ns() - self.started_ns) // 1000,
+            started_at=self.started_at,
+            route_id=self.route.route_id,
+            attempt=self.attempt,
+            failed_over=True,
+            route_policy=self.plan.policy,
+            route_reason=self.reason,
+            reasoning_effort=self.effort,
+        )
+        self.pending.append(asyncio.ensure_future(self.app.ledger.write(row)))
+
+    async def attempt_once(self, receive: Receive, send: Send, headers: dict[str, str]) -> bool:
+        """One attempt of a routed call; False when it failed over (nothing was sent to
+        the client and another target is left), True when the client got its answer."""
+        url = self.route.base_url + self.endpoint.upstream_path
+        try:
+            response = await self.app.upstream.post(
+                url, self.prepared.body, headers, head_timeout=self.route.first_byte_timeout_s
+            )
+        except UpstreamError as exc:
+            logger.warning(
+                "upstream failure for %s (%s, target %s): %s",
+                self.request_id,
+                self.route.alias,
+                self.route.target,
+                exc,
+            )
+            self.report(ok=False)
+            flag = (
+                "first_byte_timeout"
+                if isinstance(exc, UpstreamHeadTimeout)
+                else "upstream_unreachable"
+            )
+            outcome = Outcome(TokenUsage(), None, "", Status.FAILED, [flag])
+            if not self.last:
+                self.fail_over(outcome)
+                return False
+            await self.record(outcome)
+            await send_error(
+                send,
+                errors.UPSTREAM_UNAVAILABLE,
+                f"The upstream for '{self.route.alias}' could not be reached (request {self.request_id}).",
+                self.endpoint.anthropic_format,
+                extra_headers=[(REQUEST_ID_HEADER, str(self.request_id).encode())],
+            )
+            return True
+        self.upstream_status = response.status
+        try:
+            if retryable_status(response.status):
+                self.report(ok=False, retry_after=response.headers.get("retry-after"))
+                if not self.last:
+                    try:
+                        body = await response.read()
+                    except UpstreamError:
+                        body = b""
+                    logger.warning(
+                        "upstream answered %d for %s (%s, target %s), failing over: %r",
+                        response.status,
+                        self.request_id,
+                        self.route.alias,
+                        self.route.target,
+                        body[:LOGGED_BODY_BYTES],
+                    )
+                    self.fail_over(
+                        Outcome(
+                            TokenUsage(), None, "", Status.UPSTREAM_ERROR, ["upstream_error_hidden"]
+                        )
+                    )
+                    return False
+            is_sse = response.content_type == "text/event-stream"
+            if self.prepared.stream and response.status == 200 and is_sse:
+                return await self.relay_stream_routed(response, receive, send)
+            if not retryable_status(response.status):
+                self.report(ok=True)  # the target answered (a 4xx is the request's fault)
+            await self.relay_whole(response, send)
+            return True
+        finally:
+            response.release()
+
+    async def relay_stream_routed(
+        self, response: UpstreamResponse, receive: Receive, send: Send
+    ) -> bool:
+        """`relay_stream` with the response start deferred to the first event to forward,
+        so that until then the call can still fail over (False: it did)."""
+        headers = self.headers_for(response)
+        headers.append((b"cache-control", b"no-cache"))
+        loop = asyncio.get_running_loop()
+        watcher = loop.create_task(self.watch_client(receive, response))
+        tracker = stream_tracker_for(
+            self.endpoint, provider=self.route.provider, hide_usage=self.prepared.hide_usage
+        )
+        splitter = SseSplitter()
+        stalled: list[bool] = []
+        stall_timer: asyncio.TimerHandle | None = None
+        timeout = self.route.first_byte_timeout_s
+        if timeout is not None:
+
+            def first_event_late() -> None:
+                stalled.append(True)
+                response.close()
+
+            stall_timer = loop.call_later(timeout, first_event_late)
+
+        async def start() -> None:
+            nonlocal stall_timer
+            self.answered = True
+            if stall_timer is not None:
+                stall_timer.cancel()
+                stall_timer = None
+            if not self.client_gone:
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+        async def forward(body: bytes) -> None:
+            if not self.answered:
+                await start()
+            if not self.client_gone:
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+
+        recorded = False
+        first_error = False
+        try:
+            async for chunk in response.iter_chunks():
+                out: list[bytes] = []
+                for event in splitter.feed(chunk):
+                    sent = tracker.feed(event)
+                    if sent is not None and b"error" in event.data:
+                        hidden = self.hide_error_event(event)
+                        if hidden is not None:
+                            if not self.answered and not out and not self.last:
+                                first_error = True  # the first event is an error: next target
+                                break
+                            sent = hidden
+                            tracker.errored = True
+                    if self.ttft_ns is None and tracker.first_output_seen:
+                        self.ttft_ns = time.perf_counter_ns()
+                    if tracker.terminal:
+                        if out:
+                            await forward(b"".join(out))
+                        elif not self.answered:
+                            await start()
+                        out = []
+                        await self.record(tracker.outcome(completed=True))
+                        recorded = True
+                        if sent is not None and not self.client_gone:
+                            await send(
+                                {"type": "http.response.body", "body": sent, "more_body": True}
+                            )
+                        break
+                    if sent is not None:
+                        out.append(sent)
+                if recorded or first_error:
+                    break
+                if out:
+                    await forward(b"".join(out))
+        except (UpstreamError, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and not self.client_gone:
+                raise
+            logger.info("upstream stream for %s ended early: %r", self.request_id, exc)
+        finally:
+            watcher.cancel()
+            if stall_timer is not None:
+                stall_timer.cancel()
+            if self.drain_deadline is not None:
+                self.drain_deadline.cancel()
+                self.drain_deadline = None
+        if not self.answered and not recorded:
+            # Nothing reached the client: a failed attempt, never `incomplete`.
+            flag = (
+                "upstream_error_event"
+                if first_error
+                else ("first_event_timeout" if stalled else "stream_ended_before_first_event")
+            )
+            status = Status.UPSTREAM_ERROR if first_error else Status.FAILED
+            self.report(ok=False)
+            if not self.last:
+                self.fail_over(Outcome(TokenUsage(), None, "", status, [flag]))
+                return False
+            await self.record(Outcome(TokenUsage(), None, "", status, [flag]))
+            await send_error(
+                send,
+                errors.UPSTREAM_UNAVAILABLE,
+                f"The upstream for '{self.route.alias}' sent no answer (request {self.request_id}).",
+                self.endpoint.anthropic_format,
+                extra_headers=[(REQUEST_ID_HEADER, str(self.request_id).encode())],
+            )
+            return True
+        if not recorded:
+            await self.record(tracker.outcome(completed=False))
+        self.report(ok=True)  # it answered: what breaks after that is not failed over
+        if not self.client_gone:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return True

@@ -5,7 +5,8 @@ returns the reason to refuse.
 Where each provider puts the knobs (the providers' published request formats):
 - chat completions: `reasoning_effort`, `max_completion_tokens` (legacy `max_tokens`);
 - responses: `reasoning.effort`, `max_output_tokens`;
-- messages: `max_tokens` (required, includes thinking), `thinking.budget_tokens`.
+- messages: `max_tokens` (required, includes thinking), `thinking.budget_tokens`,
+  `output_config.effort`.
 """
 
 from dataclasses import dataclass
@@ -58,6 +59,19 @@ def _effort(endpoint: str, request: dict[str, Any]) -> str | None:
     else:
         return None
     return value if isinstance(value, str) else None
+
+
+def request_effort(endpoint: str, request: dict[str, Any]) -> str:
+    """The reasoning effort a request asks for ("" when none), as routing rules and the
+    usage record see it: read after governance, so it is the effort actually sent.
+    Messages' `thinking.budget_tokens` is not mapped to an effort (decision 0117, open
+    question 3)."""
+    if endpoint == "messages":
+        config = request.get("output_config")
+        value = config.get("effort") if isinstance(config, dict) else None
+    else:
+        value = _effort(endpoint, request)
+    return value if isinstance(value, str) else ""
 
 
 def _set_effort(endpoint: str, request: dict[str, Any], effort: str) -> None:

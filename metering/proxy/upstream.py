@@ -12,6 +12,9 @@ parser uvicorn uses); everything here is connection pooling, flow control and ti
   retried once on a new connection (the peer closed it while idle, so it never saw the
   request); anything else fails with UpstreamError and is never retried.
 - Read timeout is an idle timeout: it fires when no byte has arrived for that long.
+- A per-request head timeout (`post(head_timeout=...)`) bounds the wait for the
+  response headers, so a router can give up on a target that accepted the connection
+  but does not answer and try another one; the connection is discarded, never retried.
 - Streaming applies backpressure: reading from the upstream pauses while more than
   HIGH_WATER bytes wait for the client.
 - Bodies are requested uncompressed (Accept-Encoding: identity).
@@ -33,6 +36,10 @@ class UpstreamError(Exception):
 
 class UpstreamTimeout(UpstreamError):
     pass
+
+
+class UpstreamHeadTimeout(UpstreamTimeout):
+    """No response headers within the request's head timeout."""
 
 
 _Target = tuple[str, str, int, str]  # scheme, host, port, path
@@ -248,6 +255,15 @@ class UpstreamResponse:
         self._conn.abort()
 
 
+def _head_timed_out(response: UpstreamResponse, head_timeout: float | None) -> None:
+    if response._headers_ready.done():  # the headers won the race
+        return
+    response._fail(
+        UpstreamHeadTimeout(f"no response headers from upstream within {head_timeout:g}s")
+    )
+    response._conn.abort()
+
+
 class UpstreamClient:
     def __init__(
         self, *, connect_timeout: float, read_timeout: float, max_idle_per_host: int = 512
@@ -281,12 +297,18 @@ class UpstreamClient:
         else:
             conn.abort()
 
-    async def _connect(self, key: tuple[str, str, int]) -> _Connection:
+    def _take_idle(self, key: tuple[str, str, int]) -> _Connection | None:
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
             if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
                 return conn
+        return None
+
+    async def _connect(self, key: tuple[str, str, int]) -> _Connection:
+        conn = self._take_idle(key)
+        if conn is not None:
+            return conn
         scheme, host, port = key
         self.connects += 1
         loop = asyncio.get_running_loop()
@@ -296,7 +318,7 @@ class UpstreamClient:
                 self._ssl = ssl.create_default_context()
             ssl_context = self._ssl
         try:
-            _, conn = await asyncio.wait_for(
+            _, opened = await asyncio.wait_for(
                 loop.create_connection(
                     lambda: _Connection(key),
                     host,
@@ -310,9 +332,18 @@ class UpstreamClient:
             raise UpstreamTimeout(f"connecting to {host}:{port} timed out") from exc
         except OSError as exc:
             raise UpstreamError(f"cannot connect to {host}:{port}: {exc}") from exc
-        return conn
+        return opened
 
-    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> UpstreamResponse:
+    async def post(
+        self,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        head_timeout: float | None = None,
+    ) -> UpstreamResponse:
+        """Send the request and return at the response headers. `head_timeout` (seconds,
+        None: only the idle read timeout) bounds the whole wait for them, connecting
+        included; past it the exchange fails with UpstreamHeadTimeout."""
         scheme, host, port, path = self._target(url)
         key = (scheme, host, port)
         default_port = 443 if scheme == "https" else 80
@@ -330,22 +361,54 @@ class UpstreamClient:
         except UnicodeEncodeError as exc:  # e.g. a credential pasted with a stray character
             raise UpstreamError("a request header is not latin-1") from exc
         loop = asyncio.get_running_loop()
+        deadline = None if head_timeout is None else loop.time() + head_timeout
         for attempt in (1, 2):
-            conn = await self._connect(key)
+            if deadline is None:
+                conn = await self._connect(key)
+            else:
+                conn = await self._connect_by(key, deadline, head_timeout)
             response = UpstreamResponse(conn, loop, self._read_timeout, self)
             conn.response = response
             assert conn.transport is not None
             conn.transport.write(request)
+            head_timer = (
+                None
+                if deadline is None
+                else loop.call_at(deadline, _head_timed_out, response, head_timeout)
+            )
             try:
                 await response._headers_ready
                 return response
-            except UpstreamError:
-                stale = conn.reused and not response._received and attempt == 1
+            except UpstreamError as exc:
+                stale = (
+                    conn.reused
+                    and not response._received
+                    and attempt == 1
+                    and not isinstance(exc, UpstreamHeadTimeout)
+                )
                 response._stop_timer()
                 conn.abort()
                 if not stale:
                     raise
+            finally:
+                if head_timer is not None:
+                    head_timer.cancel()
         raise AssertionError("unreachable")
+
+    async def _connect_by(
+        self, key: tuple[str, str, int], deadline: float, head_timeout: float | None
+    ) -> _Connection:
+        """`_connect`, failing as a head timeout if the deadline passes first."""
+        conn = self._take_idle(key)
+        if conn is not None:  # the common case: no timer task
+            return conn
+        remaining = deadline - asyncio.get_running_loop().time()
+        try:
+            return await asyncio.wait_for(self._connect(key), max(remaining, 0))
+        except TimeoutError as exc:
+            raise UpstreamHeadTimeout(
+                f"no response headers from upstream within {head_timeout:g}s"
+            ) from exc
 
     async def close(self) -> None:
         for idle in self._idle.values():

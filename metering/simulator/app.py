@@ -61,9 +61,28 @@ MESSAGES_PATH = "/v1/messages"
 MODELS_PATH = "/v1/models"
 QUIRKS = ("vllm", "deepseek", "nonempty-choices", "llamacpp")
 # Upstream failures served under `/faults/<kind>/v1/...` for the fault suite: a connection
-# reset after part of the answer, an answer that stalls after its first bytes, and a 200
-# whose body is not the wire format. Nothing is generated or counted for them.
-UPSTREAM_FAULTS = ("reset-mid-stream", "stall", "garbage")
+# reset after part of the answer, an answer that stalls after its first bytes, a 200
+# whose body is not the wire format, a server that takes the request and never sends
+# headers (`hang`), a 200 stream that sends its headers but no event
+# (`stall-before-first-event`), and a 200 stream whose first event is an error
+# (`error-first-event`, as providers report overload after the headers). `hang` and
+# `stall-before-first-event` wait until the client leaves (at most STALL_S). Nothing is
+# generated or counted for them.
+UPSTREAM_FAULTS = (
+    "reset-mid-stream",
+    "stall",
+    "garbage",
+    "hang",
+    "stall-before-first-event",
+    "error-first-event",
+)
+# The error event each wire sends mid-stream (`error-first-event`).
+_ERROR_EVENTS = {
+    ANTHROPIC: b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error",'
+    b'"message":"Overloaded (simulated)"}}\n\n',
+    OPENAI: b'data: {"error":{"message":"The server is overloaded (simulated).",'
+    b'"type":"server_error","param":null,"code":null}}\n\n',
+}
 STALL_S = 3600.0
 SIM_MODELS = ("sim-reasoner", "sim-reasoner-mini", "sim-mini-noreason", "sim-thinker")
 FAULT_500 = "error-500"
@@ -216,6 +235,7 @@ class _Request:
         "credential",
         "delay_header",
         "endpoint",
+        "receive",
         "rid",
         "wire",
     )
@@ -230,6 +250,7 @@ class _Request:
         self.credential = b""
         self.delay_header: bytes | None = None
         self.anthropic_version = False
+        self.receive: Receive | None = None  # set for the faults that wait for the client
         for name, value in headers:
             if name == b"authorization" or name == b"x-api-key":
                 if value.strip():
@@ -322,6 +343,8 @@ class Simulator:
         except ValueError as exc:
             await _send_error(send, request, 400, str(exc))
             return
+        if handler == self._upstream_fault:
+            request.receive = receive
         await handler(send, request, body, quirk, delay)
 
     # ---- pacing and accounting -------------------------------------------------------
@@ -401,6 +424,20 @@ class Simulator:
     ) -> None:
         """Misbehave as `kind` says, after looking like a normal answer for a moment."""
         stream = body.get("stream") is True
+        if kind == "hang":
+            await _until_disconnect(request.receive)
+            return
+        if kind == "error-first-event":
+            headers = [*_SSE_HEADERS, *_id_headers(request)]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": _ERROR_EVENTS[request.wire]})
+            return
+        if kind == "stall-before-first-event":
+            headers = [*_SSE_HEADERS, *_id_headers(request)]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"", "more_body": True})
+            await _until_disconnect(request.receive)
+            return
         if request.wire == ANTHROPIC:
             first = (
                 b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_'
@@ -646,6 +683,20 @@ async def _read_body(receive: Receive) -> bytes | None:
         chunks.append(message.get("body", b""))
         if not message.get("more_body"):
             return b"".join(chunks)
+
+
+async def _until_disconnect(receive: Receive | None) -> None:
+    """Wait, answering nothing more, until the client goes away (at most STALL_S)."""
+    assert receive is not None
+
+    async def disconnected() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    try:
+        await asyncio.wait_for(disconnected(), STALL_S)
+    except TimeoutError:
+        pass
 
 
 def _id_headers(request: _Request) -> list[tuple[bytes, bytes]]:

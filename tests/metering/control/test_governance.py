@@ -3,6 +3,7 @@ import pytest
 from metering.control.governance import (
     ReasoningRules,
     apply_reasoning_rules,
+    request_effort,
     requested_max_output,
     set_max_output,
 )
@@ -83,3 +84,29 @@ def test_a_small_grant_disables_thinking_rather_than_break_anthropics_minimum() 
     assert request == {"max_tokens": 3000, "thinking": {"type": "enabled", "budget_tokens": 2999}}
     set_max_output("messages", request, 900)
     assert request == {"max_tokens": 900, "thinking": {"type": "disabled"}}
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "request_body", "expected"),
+    [
+        ("chat.completions", {"reasoning_effort": "low"}, "low"),
+        ("chat.completions", {"reasoning": {"effort": "high"}}, ""),  # not chat's field
+        ("chat.completions", {}, ""),
+        ("chat.completions", {"reasoning_effort": 3}, ""),
+        ("responses", {"reasoning": {"effort": "minimal"}}, "minimal"),
+        ("responses", {"reasoning": "high"}, ""),
+        ("responses", {"reasoning_effort": "high"}, ""),
+        ("messages", {"output_config": {"effort": "medium"}}, "medium"),
+        ("messages", {"thinking": {"type": "enabled", "budget_tokens": 4096}}, ""),
+        ("messages", {"reasoning_effort": "high"}, ""),
+        ("messages", {"output_config": None}, ""),
+    ],
+)
+def test_request_effort(endpoint: str, request_body: dict, expected: str) -> None:  # type: ignore[type-arg]
+    assert request_effort(endpoint, request_body) == expected
+
+
+def test_request_effort_reads_the_effort_after_governance_lowered_it() -> None:
+    request = {"reasoning_effort": "high"}
+    assert apply_reasoning_rules("chat.completions", request, rules(efforts=("low",))) is None
+    assert request_effort("chat.completions", request) == "low"

@@ -1022,3 +1022,50 @@ def test_upstream_fault_endpoints_reset_and_answer_garbage_and_count_nothing(
             "POST", "/faults/reset-mid-stream/v1/messages", {**body, "stream": True}, headers
         )
     assert server.totals()["requests"] == 0
+
+
+def test_hang_and_stall_before_first_event_send_nothing_until_the_client_leaves(
+    server: Server,
+) -> None:
+    body = json.dumps({"model": "sim-reasoner", "messages": QUESTION, "stream": True}).encode()
+    headers = {"Authorization": "Bearer x", "Content-Type": "application/json"}
+    for path in ("/faults/hang/v1/chat/completions", "/faults/hang/v1/messages"):
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=0.5)
+        try:
+            connection.request("POST", path, body=body, headers=headers)
+            with pytest.raises(TimeoutError):  # no status line, no headers
+                connection.getresponse()
+        finally:
+            connection.close()
+    for path in (
+        "/faults/stall-before-first-event/v1/chat/completions",
+        "/faults/stall-before-first-event/v1/messages",
+    ):
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=0.5)
+        try:
+            connection.request("POST", path, body=body, headers=headers)
+            response = connection.getresponse()
+            assert response.status == 200
+            assert response.getheader("content-type") == "text/event-stream"
+            with pytest.raises(TimeoutError):  # headers, then not a single event
+                response.read1(1)
+        finally:
+            connection.close()
+    assert server.totals()["requests"] == 0
+
+
+def test_error_first_event_answers_200_then_an_error_event_in_each_wire(server: Server) -> None:
+    body = {"model": "sim-reasoner", "messages": QUESTION, "stream": True}
+    headers = {"Authorization": "Bearer x", "Content-Type": "application/json"}
+    status, hdrs, raw = server.request(
+        "POST", "/faults/error-first-event/v1/chat/completions", body, headers
+    )
+    assert status == 200 and hdrs["content-type"] == "text/event-stream"
+    assert raw.startswith(b"data: ") and raw.endswith(b"\n\n")
+    assert json.loads(raw[6:])["error"]["type"] == "server_error"
+    status, hdrs, raw = server.request(
+        "POST", "/faults/error-first-event/v1/messages", body, headers
+    )
+    assert status == 200 and raw.startswith(b"event: error\ndata: ")
+    assert json.loads(raw.split(b"data: ", 1)[1])["error"]["type"] == "overloaded_error"
+    assert server.totals()["requests"] == 0

@@ -1,0 +1,577 @@
+"""Routing end to end (decision 0117): one alias served by targets on three simulator
+processes behind a real Reckon server, called with the official SDKs.
+
+What is checked is what the ledger says: every attempt leaves a record naming its
+target, policy, reason and attempt number; a failed-over attempt is followed by the next
+attempt of the same call (same upper 124 id bits); records that did not fail over are
+the client calls; completed records per target equal what each simulator served.
+Counts are smaller than the design's (300 calls for failover) to keep the file fast.
+"""
+
+import concurrent.futures
+import json
+import math
+import os
+import subprocess
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_CEILING, Decimal
+
+import anthropic
+import openai
+import pytest
+
+from billing.plans import (
+    plan_create,
+    plan_version_create,
+    plan_version_publish,
+    subscription_create,
+)
+from metering.ledger.record import Rates
+from metering.models import Alias, RateLimit, Route, SpendLimit, Tenant, UsageRecord
+from metering.services import api_key_create, route_set, serving_cost_rate_create, tenant_create
+from tests.e2e.conftest import SIM_KEY_ENV, database_url, free_port, http, start, stop
+
+PROMPT = [{"role": "user", "content": "Think about prime gaps, briefly."}]
+Status = UsageRecord.Status
+
+
+class Simulator:
+    """A simulator process on a fixed port, so it can be stopped and started again."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = start(
+            ["run_simulator", "--port", str(self.port)], {}, self.url + "/_sim/health"
+        )
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+            self.process = None
+
+    def reset(self) -> None:
+        if self.process is None:
+            self.start()
+        http("POST", self.url + "/_sim/reset")
+
+    def served(self) -> int:
+        return http("GET", self.url + "/_sim/totals")[2]["requests"]  # type: ignore[index]
+
+
+@pytest.fixture(scope="module")
+def sims() -> Iterator[list[Simulator]]:
+    three = [Simulator() for _ in range(3)]
+    for sim in three:
+        sim.start()
+    yield three
+    for sim in three:
+        sim.stop()
+
+
+@pytest.fixture(scope="module")
+def routed_url(django_db_setup, django_db_blocker) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """A Reckon server whose breakers react fast enough for a test."""
+    port = free_port()
+    with django_db_blocker.unblock():
+        url = database_url()
+    env = {
+        "DATABASE_URL": url,
+        "RECKON_AUTH_CACHE_SECONDS": "0.5",
+        "PYTHONUNBUFFERED": "1",
+        "REDIS_URL": os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
+        "RECKON_RATE_WINDOW_SECONDS": "3",
+        "RECKON_ROUTE_BREAKER_COOLDOWN_S": "1",
+        "RECKON_ROUTE_BREAKER_MAX_COOLDOWN_S": "2",
+        SIM_KEY_ENV: "sim-test-key",
+    }
+    process = start(["serve", "--port", str(port)], env, f"http://127.0.0.1:{port}/v1/models")
+    yield f"http://127.0.0.1:{port}"
+    stop(process)
+
+
+@dataclass
+class Routed:
+    tenant_id: uuid.UUID
+    raw_key: str
+    url: str
+    sims: list[Simulator]
+
+    def openai(self) -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url=self.url + "/v1", api_key=self.raw_key, max_retries=0, timeout=30
+        )
+
+    def anthropic(self) -> anthropic.Anthropic:
+        return anthropic.Anthropic(base_url=self.url, api_key=self.raw_key, max_retries=0)
+
+    def records(self, alias: str) -> list[UsageRecord]:
+        return list(
+            UsageRecord.objects.filter(tenant_id=self.tenant_id, alias=alias).order_by("request_id")
+        )
+
+
+@pytest.fixture
+def routed(transactional_db, routed_url, sims) -> Routed:  # type: ignore[no-untyped-def]
+    tenant = tenant_create(name="acme")
+    created = api_key_create(tenant=tenant, name="routing")
+    for sim in sims:
+        sim.reset()
+    return Routed(tenant.id, created.raw_key, routed_url, sims)
+
+
+def alias_with_targets(
+    routed: Routed,
+    alias: str,
+    policy: str,
+    targets: list[dict],
+    *,
+    max_attempts: int = 3,
+    rules: list | None = None,
+    provider: str = "openai",
+) -> dict[str, int]:
+    """An alias with a target per entry (name, sim index, model, priority, weight,
+    path, first_byte_timeout_ms), granted to the tenant; returns name -> route id."""
+    first = targets[0]
+    route_set(
+        alias=alias,
+        provider=provider,
+        base_url=routed.sims[first["sim"]].url + first.get("path", "/v1"),
+        upstream_model=first.get("model", "sim-reasoner"),
+        api_key_env=SIM_KEY_ENV,
+    )
+    Alias.objects.filter(name=alias).update(
+        policy=policy, max_attempts=max_attempts, rules=rules or []
+    )
+    ids = {}
+    for n, target in enumerate(targets):
+        values = {
+            "provider": provider,
+            "base_url": routed.sims[target["sim"]].url + target.get("path", "/v1"),
+            "upstream_model": target.get("model", "sim-reasoner"),
+            "api_key_env": SIM_KEY_ENV,
+            "name": target["name"],
+            "priority": target.get("priority", n),
+            "weight": target.get("weight", 100),
+            "first_byte_timeout_ms": target.get("first_byte_timeout_ms"),
+        }
+        if n == 0:
+            route = Route.objects.get(alias_id=alias)
+            for field, value in values.items():
+                setattr(route, field, value)
+            route.save()
+        else:
+            route = Route.objects.create(alias_id=alias, **values)
+        ids[target["name"]] = route.pk
+    Alias.objects.get(name=alias).tenants.add(routed.tenant_id)
+    time.sleep(0.6)  # the server's caller cache (0.5 s in tests)
+    return ids
+
+
+def tokens(record: UsageRecord) -> int:
+    return (
+        record.input_tokens
+        + record.cached_input_tokens
+        + record.cache_write_tokens
+        + record.output_tokens
+        + record.reasoning_tokens
+    )
+
+
+def attempts_are_chained(records: list[UsageRecord]) -> None:
+    """Each failed-over attempt k is followed by attempt k+1 of the same call."""
+    by_id = {r.request_id.int: r for r in records}
+    for record in records:
+        if record.failed_over:
+            assert record.attempt is not None and tokens(record) == 0
+            following = by_id.get((record.request_id.int & ~0xF) | (record.attempt + 1))
+            assert following is not None, record.request_id
+        if record.attempt:
+            assert record.request_id.int & 0xF == record.attempt
+
+
+def many(fn, count: int, workers: int = 8) -> list:  # type: ignore[no-untyped-def]
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda _: fn(), range(count)))
+
+
+def test_fallback_fails_over_from_a_stopped_target_and_its_breaker_opens_and_closes(
+    routed: Routed,
+) -> None:
+    ids = alias_with_targets(
+        routed,
+        "fb",
+        "fallback",
+        [{"name": "a", "sim": 0}, {"name": "b", "sim": 1}, {"name": "c", "sim": 2}],
+    )
+    client = routed.openai()
+
+    def call() -> str:
+        completion = client.chat.completions.create(model="fb", messages=PROMPT)
+        assert completion.choices[0].message.content
+        return completion.id
+
+    many(call, 40)
+    routed.sims[0].stop()  # A goes away mid-run
+    try:
+        answered = many(call, 80)
+        assert len(answered) == 80  # every client call succeeded
+        records = routed.records("fb")
+        assert sum(1 for r in records if not r.failed_over) == 120  # one per client call
+        failed_over = [r for r in records if r.failed_over]
+        assert failed_over and all(r.route_id == ids["a"] for r in failed_over)
+        assert all(r.status == Status.FAILED and r.attempt == 1 for r in failed_over)
+        attempts_are_chained(records)
+        second = {(r.request_id.int >> 4): r for r in records if r.attempt == 2}
+        for r in failed_over:
+            follower = second[r.request_id.int >> 4]
+            assert follower.route_id == ids["b"] and follower.route_reason == "failover"
+        completed = Counter(r.route_id for r in records if r.status == Status.COMPLETED)
+        # the breaker opened: later calls went to B first, saying why
+        assert any(
+            r.route_id == ids["b"] and r.attempt == 1 and r.route_reason == "breaker"
+            for r in records
+        )
+        assert completed[ids["c"]] == 0
+        assert all(r.route_policy == "fallback" for r in records)
+    finally:
+        routed.sims[0].start()
+    assert completed[ids["a"]] == 40
+    assert completed[ids["b"]] == routed.sims[1].served()
+    # A is back: after the cooldown one probe succeeds and the breaker closes
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        call()
+        last = routed.records("fb")[-1:]
+        if routed.sims[0].served() >= 3:
+            break
+        time.sleep(0.2)
+    assert routed.sims[0].served() >= 3, "A never served again"
+    newest = UsageRecord.objects.filter(tenant_id=routed.tenant_id, alias="fb").order_by(
+        "-started_at"
+    )[0]
+    assert newest.route_id == ids["a"] and newest.route_reason == "priority", last
+
+
+@pytest.mark.parametrize(("model", "status"), [("error-500", 500), ("error-429", 429)])
+def test_error_answers_fail_over_and_keep_the_upstream_status(
+    routed: Routed, model: str, status: int
+) -> None:
+    ids = alias_with_targets(
+        routed,
+        "errs",
+        "fallback",
+        [{"name": "a", "sim": 0, "model": model}, {"name": "b", "sim": 1}],
+    )
+    client = routed.openai()
+    answered_ids = []
+    for _ in range(3):
+        raw = client.chat.completions.with_raw_response.create(model="errs", messages=PROMPT)
+        completion = raw.parse()
+        assert completion.usage and completion.usage.completion_tokens > 0
+        answered_ids.append(uuid.UUID(raw.headers["x-reckon-request-id"]))
+    records = routed.records("errs")
+    # the client is told the serving attempt's id
+    assert sorted(answered_ids) == [r.request_id for r in records if not r.failed_over]
+    assert len(records) == 6
+    attempts_are_chained(records)
+    failed = [r for r in records if r.failed_over]
+    assert [(r.route_id, r.status, r.upstream_status, r.attempt) for r in failed] == [
+        (ids["a"], Status.UPSTREAM_ERROR, status, 1)
+    ] * 3
+    served = [r for r in records if not r.failed_over]
+    assert {(r.route_id, r.status, r.attempt) for r in served} == {(ids["b"], Status.COMPLETED, 2)}
+    assert routed.sims[1].served() == 3
+
+
+def test_an_anthropic_alias_fails_over_with_the_anthropic_sdk(routed: Routed) -> None:
+    ids = alias_with_targets(
+        routed,
+        "thinkers",
+        "fallback",
+        [
+            {"name": "a", "sim": 0, "model": "error-500"},
+            {"name": "b", "sim": 2, "model": "sim-thinker"},
+        ],
+        provider="anthropic",
+    )
+    client = routed.anthropic()
+    message = client.messages.create(model="thinkers", max_tokens=400, messages=PROMPT)
+    assert message.content and message.usage.output_tokens > 0
+    with client.messages.stream(model="thinkers", max_tokens=400, messages=PROMPT) as stream:
+        assert "".join(stream.text_stream)
+    records = routed.records("thinkers")
+    assert [(r.route_id, r.failed_over, r.upstream_status, r.stream) for r in records] == [
+        (ids["a"], True, 500, False),
+        (ids["b"], False, 200, False),
+        (ids["a"], True, 500, True),
+        (ids["b"], False, 200, True),
+    ]
+
+
+def test_weighted_split_stays_within_four_points(routed: Routed) -> None:
+    ids = alias_with_targets(
+        routed,
+        "canary",
+        "weighted",
+        [{"name": "main", "sim": 0, "weight": 80}, {"name": "canary", "sim": 1, "weight": 20}],
+    )
+    client = routed.openai()
+    count = 1000
+    many(lambda: client.chat.completions.create(model="canary", messages=PROMPT), count, 16)
+    records = routed.records("canary")
+    assert len(records) == count and not any(r.failed_over for r in records)
+    per_target = Counter(r.route_id for r in records)
+    share = per_target[ids["main"]] / count
+    assert 0.76 <= share <= 0.84, share
+    assert per_target[ids["main"]] == routed.sims[0].served()
+    assert per_target[ids["canary"]] == routed.sims[1].served()
+    assert {r.route_reason for r in records} == {"weight"}
+
+
+def test_effort_rules_route_low_and_high_effort_to_different_targets(routed: Routed) -> None:
+    ids = alias_with_targets(
+        routed,
+        "smart",
+        "effort",
+        [
+            {"name": "default", "sim": 0, "model": "sim-reasoner"},
+            {"name": "mini", "sim": 1, "model": "sim-reasoner-mini"},
+        ],
+        rules=[{"name": "light", "efforts": ["minimal", "low"], "target": "mini"}],
+    )
+    client = routed.openai()
+    low = client.chat.completions.create(model="smart", messages=PROMPT, reasoning_effort="low")
+    high = client.chat.completions.create(model="smart", messages=PROMPT, reasoning_effort="high")
+    plain = client.chat.completions.create(model="smart", messages=PROMPT)
+    assert low.model == "sim-reasoner-mini" and high.model == "sim-reasoner"
+    assert plain.model == "sim-reasoner"
+    records = {r.reasoning_effort: r for r in routed.records("smart")}
+    assert (records["low"].route_id, records["low"].route_reason) == (ids["mini"], "rule:light")
+    assert (records["high"].route_id, records["high"].route_reason) == (ids["default"], "default")
+    assert records[""].route_id == ids["default"]
+    assert all(r.route_policy == "effort" and r.attempt == 1 for r in records.values())
+
+
+def rate(routed: Routed, alias: str, route_id: int, input_usd: str) -> None:
+    """A serving cost rate for one target from now on (USD per 1M tokens)."""
+    usd = Decimal(input_usd)
+    serving_cost_rate_create(
+        alias=alias,
+        accelerator="nvidia-h100-sxm",
+        effective_from=datetime.now(UTC),
+        rates=Rates(usd, usd, usd, usd * 4, usd * 4),
+        source={"test": True},
+        route_id=route_id,
+    )
+
+
+def test_cheapest_follows_the_cost_basis_and_switches_when_it_changes(routed: Routed) -> None:
+    ids = alias_with_targets(
+        routed,
+        "cheap",
+        "cheapest",
+        [{"name": "h100", "sim": 0}, {"name": "mi300x", "sim": 1}],
+    )
+    rate(routed, "cheap", ids["h100"], "2.00")
+    rate(routed, "cheap", ids["mi300x"], "1.00")
+    client = routed.openai()
+
+    def served_by() -> int | None:
+        client.chat.completions.create(model="cheap", messages=PROMPT)
+        return routed.records("cheap")[-1:][0].route_id if routed.records("cheap") else None
+
+    # the first calls may come before the state has loaded the rates (then: unpriced)
+    deadline = time.monotonic() + 15
+    while served_by() != ids["mi300x"] and time.monotonic() < deadline:
+        time.sleep(0.3)
+    newest = UsageRecord.objects.filter(tenant_id=routed.tenant_id, alias="cheap").latest(
+        "started_at"
+    )
+    assert (newest.route_id, newest.route_reason) == (ids["mi300x"], "cost")
+    rate(routed, "cheap", ids["h100"], "0.50")  # a new cost basis: H100 is cheaper now
+    switched = time.monotonic() + 15  # one refresh is 10 s
+    while time.monotonic() < switched:
+        client.chat.completions.create(model="cheap", messages=PROMPT)
+        newest = UsageRecord.objects.filter(tenant_id=routed.tenant_id, alias="cheap").latest(
+            "started_at"
+        )
+        if newest.route_id == ids["h100"]:
+            break
+        time.sleep(0.3)
+    assert (newest.route_id, newest.route_reason) == (ids["h100"], "cost")
+    assert newest.cost_rate_id is not None  # priced at the target's own rate
+    assert newest.serving_cost_usd is not None and newest.serving_cost_usd > 0
+
+
+def test_a_single_target_alias_keeps_the_fast_path_and_stamps_its_records(
+    routed: Routed,
+) -> None:
+    route = route_set(
+        alias="solo",
+        provider="openai",
+        base_url=routed.sims[0].url + "/v1",
+        upstream_model="sim-reasoner",
+        api_key_env=SIM_KEY_ENV,
+    )
+    Alias.objects.get(name="solo").tenants.add(routed.tenant_id)
+    time.sleep(0.6)
+    completion = routed.openai().chat.completions.create(
+        model="solo", messages=PROMPT, reasoning_effort="medium"
+    )
+    assert completion.choices
+    (record,) = routed.records("solo")
+    assert (record.route_id, record.attempt, record.reasoning_effort) == (route.pk, 1, "medium")
+    assert (record.failed_over, record.route_policy, record.route_reason) == (None, None, None)
+
+
+def stream_text(client: openai.OpenAI, alias: str) -> str:
+    stream = client.chat.completions.create(model=alias, messages=PROMPT, stream=True)
+    return "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+
+
+@pytest.mark.parametrize(
+    ("path", "model", "flag"),
+    [
+        ("/v1", "error-500", None),
+        ("/faults/hang/v1", "sim-reasoner", None),
+        ("/faults/stall-before-first-event/v1", "sim-reasoner", "first_event_timeout"),
+        ("/faults/error-first-event/v1", "sim-reasoner", "upstream_error_event"),
+    ],
+)
+def test_a_stream_fails_over_before_its_first_event(
+    routed: Routed, path: str, model: str, flag: str | None
+) -> None:
+    ids = alias_with_targets(
+        routed,
+        "streams",
+        "fallback",
+        [
+            {"name": "a", "sim": 0, "path": path, "model": model, "first_byte_timeout_ms": 400},
+            {"name": "b", "sim": 1},
+        ],
+    )
+    assert stream_text(routed.openai(), "streams")  # a clean stream from B
+    records = routed.records("streams")
+    assert [(r.route_id, r.failed_over, r.attempt) for r in records] == [
+        (ids["a"], True, 1),
+        (ids["b"], False, 2),
+    ]
+    failed, served = records
+    assert failed.status in (Status.FAILED, Status.UPSTREAM_ERROR) and tokens(failed) == 0
+    if flag:
+        assert flag in failed.flags
+    assert served.status == Status.COMPLETED and served.stream
+    assert routed.sims[1].served() == 1
+
+
+def test_an_upstream_that_never_answers_is_left_after_its_first_byte_timeout(
+    routed: Routed,
+) -> None:
+    ids = alias_with_targets(
+        routed,
+        "hangs",
+        "fallback",
+        [
+            {"name": "a", "sim": 0, "path": "/faults/hang/v1", "first_byte_timeout_ms": 300},
+            {"name": "b", "sim": 1},
+        ],
+    )
+    completion = routed.openai().chat.completions.create(model="hangs", messages=PROMPT)
+    assert completion.choices[0].message.content
+    records = routed.records("hangs")
+    assert [(r.route_id, r.status, r.failed_over, r.attempt) for r in records] == [
+        (ids["a"], Status.FAILED, True, 1),
+        (ids["b"], Status.COMPLETED, False, 2),
+    ]
+    assert records[0].flags == ["first_byte_timeout"]
+
+
+def test_a_stream_cut_after_its_first_event_does_not_fail_over(routed: Routed) -> None:
+    ids = alias_with_targets(
+        routed,
+        "cut",
+        "fallback",
+        [
+            {"name": "a", "sim": 0, "path": "/faults/reset-mid-stream/v1"},
+            {"name": "b", "sim": 1},
+        ],
+    )
+    # the first event reached the client: the stream stays A's, cut short
+    assert stream_text(routed.openai(), "cut") == "Hel"
+    records = routed.records("cut")
+    assert [(r.route_id, r.status, r.failed_over) for r in records] == [
+        (ids["a"], Status.INCOMPLETE, False)
+    ]
+    assert routed.sims[1].served() == 0
+
+
+def nano(usd: Decimal) -> int:
+    return int((usd * 10**9).to_integral_value(rounding=ROUND_CEILING))
+
+
+def test_a_failed_over_call_settles_its_hold_once(routed: Routed) -> None:
+    """Spend limits and a rate limit: each call counts one request, and the spend in
+    Redis is the final records' spend (a call is refused only when what is left cannot
+    cover its hold)."""
+    input_per_m, output_per_m = Decimal("2"), Decimal("10")
+    version = plan_version_publish(
+        version=plan_version_create(
+            plan=plan_create(code="metered", name="Metered"),
+            currency="USD",
+            effective_from=datetime(2026, 1, 1, tzinfo=UTC),
+            components=[
+                {"token_class": "input", "charge_model": "per_unit", "unit_price": input_per_m},
+                {"token_class": "output", "charge_model": "per_unit", "unit_price": output_per_m},
+            ],
+        )
+    )
+    subscription_create(
+        tenant=Tenant.objects.get(pk=routed.tenant_id),
+        plan_version=version,
+        starts_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    alias_with_targets(
+        routed,
+        "held",
+        "fallback",
+        [{"name": "a", "sim": 0, "model": "error-500"}, {"name": "b", "sim": 1}],
+    )
+    body = {"model": "held", "messages": PROMPT, "max_completion_tokens": 60}
+    hold = nano(
+        (math.ceil(len(json.dumps(body)) / 3) * input_per_m + 60 * output_per_m) / 1_000_000
+    )
+    limit_nano = hold * 6 + hold // 2
+    SpendLimit.objects.create(
+        tenant_id=routed.tenant_id, window="total", amount_usd=Decimal(limit_nano) / 10**9
+    )
+    RateLimit.objects.create(tenant_id=routed.tenant_id, requests_per_minute=1000)
+    time.sleep(0.6)
+    headers = {"Authorization": f"Bearer {routed.raw_key}", "Content-Type": "application/json"}
+    remaining = []
+    admitted = 0
+    time.sleep(3 - time.time() % 3 + 0.05)  # the first calls share one 3 s window
+    while True:
+        status, hdrs, _ = http("POST", routed.url + "/v1/chat/completions", body, headers)
+        if status != 200:
+            assert status == 429
+            break
+        admitted += 1
+        remaining.append(int(hdrs["x-ratelimit-remaining-requests"]))
+        assert admitted < 100
+    # one request per call in the window, however many attempts it made
+    assert remaining[:3] == [remaining[0], remaining[0] - 1, remaining[0] - 2]
+    records = routed.records("held")
+    served = [r for r in records if not r.failed_over]
+    assert len(served) == admitted and len(records) > admitted  # some failed over
+    assert all(r.spend_usd == 0 for r in records if r.failed_over)
+    left = limit_nano - sum(nano(r.spend_usd) for r in served)
+    assert 0 <= left < hold, (admitted, left, hold)
