@@ -1,0 +1,1 @@
+"""Routing across an alias's targets (decision 0117)."""
