@@ -1,0 +1,66 @@
+"""margin_report's `target` grouping: rows per target from the rollups' route_id, revenue
+split by tokens as across accelerators, route 0 as "(before routing)"."""
+
+from decimal import Decimal
+
+import pytest
+
+from billing.pricing.periods import Period
+from billing.reports import BEFORE_ROUTING, FEES, margin_report
+from tests.billing.routed_world import NOV, T0, routed_world
+
+pytestmark = pytest.mark.django_db
+
+
+def test_margin_by_alias_and_target() -> None:
+    routed_world()
+    rows = {r.key: r for r in margin_report(period=Period(T0, NOV), group_by=("alias", "target"))}
+    assert set(rows) == {
+        ("reasoner", "reasoner/h100"),
+        ("reasoner", "reasoner/mi"),
+        ("reasoner", BEFORE_ROUTING),
+        (FEES, FEES),
+    }
+    h100, mi = rows[("reasoner", "reasoner/h100")], rows[("reasoner", "reasoner/mi")]
+    before = rows[("reasoner", BEFORE_ROUTING)]
+    assert (h100.revenue_usd, h100.cost_usd, h100.gross_margin) == (
+        Decimal(8),
+        Decimal(3),
+        Decimal("0.625"),
+    )
+    assert (mi.revenue_usd, mi.cost_usd, mi.gross_margin) == (
+        Decimal(14),
+        Decimal("1.75"),
+        Decimal("0.875"),
+    )
+    assert (before.revenue_usd, before.cost_usd) == (Decimal(4), Decimal(1))
+    assert rows[(FEES, FEES)].revenue_usd == Decimal(5)
+    assert dict(h100.revenue_by_class) == {"output": Decimal(4), "reasoning": Decimal(4)}
+    assert dict(mi.revenue_by_class) == {"output": Decimal(12), "reasoning": Decimal(2)}
+    assert dict(mi.tokens)["reasoning"] == 1_000_000
+    assert h100.reasoning_cost_usd == Decimal(2)
+
+
+def test_target_alone_and_the_other_groupings_are_unchanged() -> None:
+    routed_world()
+    period = Period(T0, NOV)
+    by_target = {r.key: r.revenue_usd for r in margin_report(period=period, group_by=("target",))}
+    assert by_target == {
+        ("reasoner/h100",): Decimal(8),
+        ("reasoner/mi",): Decimal(14),
+        (BEFORE_ROUTING,): Decimal(4),
+        (FEES,): Decimal(5),
+    }
+    by_accelerator = {
+        r.key: (r.revenue_usd, r.cost_usd)
+        for r in margin_report(period=period, group_by=("accelerator",))
+    }
+    assert by_accelerator == {
+        ("nvidia-h100-sxm",): (Decimal(12), Decimal(4)),
+        ("amd-mi300x",): (Decimal(14), Decimal("1.75")),
+        (FEES,): (Decimal(5), Decimal(0)),
+    }
+    (alias_row,) = [
+        r for r in margin_report(period=period, group_by=("alias",)) if r.key != (FEES,)
+    ]
+    assert (alias_row.revenue_usd, alias_row.cost_usd) == (Decimal(26), Decimal("5.75"))
