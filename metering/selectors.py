@@ -17,7 +17,7 @@ Invariants:
 """
 
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from metering.calendar import month_day
 from metering.ledger.archive_months import archived_months_dropped, months_read_lock
-from metering.models import ApiKey, ServingCostRate, UsageRecord, UsageRollup
+from metering.models import ApiKey, Route, ServingCostRate, UsageRecord, UsageRollup
 from metering.usage import LEDGER_COLUMNS, PRICING_CLASS, TokenUsage
 
 SHARE_QUANTUM = Decimal("0.000001")
@@ -600,16 +600,57 @@ def reasoning_tokens_since(
     )
 
 
-def current_cost_rates(
-    aliases: list[str], at: datetime | None = None
+def current_alias_cost_rates(
+    aliases: Collection[str], at: datetime | None = None
 ) -> dict[str, ServingCostRate]:
-    """The latest serving cost rate in force at `at` (default now) for each alias (one
-    query)."""
+    """The latest serving cost rate in force at `at` (default now) published for each alias,
+    whatever its target (one query): for aliases deployed before any route serves them."""
     if not aliases:
         return {}
     rates: dict[str, ServingCostRate] = {}
     for rate in ServingCostRate.objects.filter(
-        alias__in=aliases, effective_from__lte=at or timezone.now()
+        alias__in=list(aliases), effective_from__lte=at or timezone.now()
     ).order_by("alias", "-effective_from", "-id"):
         rates.setdefault(rate.alias, rate)
+    return rates
+
+
+def active_targets(aliases: Collection[str]) -> dict[int, tuple[str, str]]:
+    """Route id -> (alias, target name) for the active targets of these aliases."""
+    return {
+        route.pk: (route.alias_id, route.name)
+        for route in Route.objects.filter(alias__in=list(aliases), is_active=True)
+        .order_by("alias", "priority", "name")
+        .only("pk", "alias", "name")
+    }
+
+
+def current_cost_rates(
+    route_ids: Collection[int],
+    at: datetime | None = None,
+    *,
+    aliases: Mapping[int, str] | None = None,
+) -> dict[int, ServingCostRate]:
+    """The latest serving cost rate in force at `at` (default now) for each target (route
+    id). A rate with no route counts for every target of its alias: rates published
+    before routing. `aliases` (route id -> alias name), when the caller already holds the
+    routes, saves the query that reads them; otherwise two queries."""
+    if not route_ids:
+        return {}
+    if aliases is None:
+        aliases = {
+            route.pk: route.alias_id
+            for route in Route.objects.filter(pk__in=list(route_ids)).only("pk", "alias")
+        }
+    by_alias: dict[str, list[int]] = {}
+    for route_id in route_ids:
+        if route_id in aliases:
+            by_alias.setdefault(aliases[route_id], []).append(route_id)
+    rates: dict[int, ServingCostRate] = {}
+    for rate in ServingCostRate.objects.filter(
+        Q(route_id__in=list(route_ids)) | Q(route__isnull=True, alias__in=list(by_alias)),
+        effective_from__lte=at or timezone.now(),
+    ).order_by("-effective_from", "-id"):
+        for route_id in [rate.route_id] if rate.route_id is not None else by_alias[rate.alias]:
+            rates.setdefault(route_id, rate)
     return rates

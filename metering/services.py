@@ -262,12 +262,15 @@ def serving_cost_rate_create(
     effective_from: datetime,
     rates: Rates,
     source: dict[str, Any],
+    route_id: int | None = None,
 ) -> ServingCostRate:
     """Add the rate the proxy stamps on `alias`'s records from `effective_from` on: USD per
     1M tokens of each class (`rates`, stored exactly as given), with `source` (the billing
-    ids and inputs it was computed from) kept for audit."""
+    ids and inputs it was computed from) kept for audit. `route_id`: the target it is for
+    (None: every target of the alias that has no rate of its own)."""
     return ServingCostRate.objects.create(
         alias=alias,
+        route_id=route_id,
         accelerator=accelerator,
         effective_from=effective_from,
         **{COST_RATE_FIELDS[token_class]: cost for token_class, cost in rates._asdict().items()},

@@ -21,7 +21,8 @@ from billing.costs.catalogue import rate_costs
 from billing.models import AcceleratorType, Deployment, MarginPolicy
 from billing.pricing.priced_plan import PricePlan, component_covering, prices_per_million
 from billing.pricing.validate import PlanIssue
-from metering.selectors import current_cost_rates
+from metering.models import ServingCostRate
+from metering.selectors import active_targets, current_alias_cost_rates, current_cost_rates
 from metering.usage import TOKEN_CLASSES
 
 # --- Margin arithmetic (pure) -----------------------------------------------------------
@@ -106,14 +107,29 @@ def floor_breaches(plan: PricePlan, *, at: datetime | None = None) -> list[PlanI
     at = at or timezone.now()
     if plan.currency.upper() != "USD":
         return []  # costs are in USD and no exchange rates are kept: floors cover USD plans
-    # every serving cost rate is published for a deployed alias (catalogue.cost_rate_publish)
+    # every serving cost rate is published for a deployed alias (catalogue.cost_rate_publish);
+    # each active target's own rate is checked, so a price must clear the dearest target
     deployed = list(Deployment.objects.values_list("alias", flat=True).distinct())
-    rates = current_cost_rates(deployed, at=at)
+    targets = active_targets(deployed)
+    by_target = current_cost_rates(
+        list(targets), at=at, aliases={k: v[0] for k, v in targets.items()}
+    )
+    # (alias, target name or "" for an alias no active target serves yet, rate)
+    checked: list[tuple[str, str, ServingCostRate]] = sorted(
+        [(*targets[route_id], rate) for route_id, rate in by_target.items()]
+        + [
+            (alias, "", rate)
+            for alias, rate in current_alias_cost_rates(
+                set(deployed) - {alias for alias, _ in targets.values()}, at=at
+            ).items()
+        ],
+        key=lambda item: (item[0], item[1]),
+    )
     issues = []
     for index, component in enumerate(plan.components):
         price, _ = prices_per_million(component)
-        for alias in sorted(rates):
-            rate = rates[alias]
+        for alias, target, rate in checked:
+            label = alias if target in ("", "default") else f"{alias}/{target}"
             # the classes of this alias the component prices (reasoning may fold into output)
             classes = [
                 token_class
@@ -132,7 +148,7 @@ def floor_breaches(plan: PricePlan, *, at: datetime | None = None) -> list[PlanI
                             severity="warning",
                             code="below_cost_floor",
                             message=(
-                                f"{token_class} on {alias} ({rate.accelerator}) is priced at "
+                                f"{token_class} on {label} ({rate.accelerator}) is priced at "
                                 f"{_usd(price)}/M, below its floor {_usd(floor)}/M at a "
                                 f"{margin:.0%} minimum margin (by {_usd(floor - price)}/M)"
                             ),

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from operator import attrgetter
@@ -36,7 +36,8 @@ from metering.control.holdcaps import hold_caps
 from metering.control.scopes import Controls, RateScope, to_nano
 from metering.control.terms import TenantTerms
 from metering.ledger.record import Rates
-from metering.models import ApiKey, RateLimit, ReasoningPolicy, Route, ServingCostRate
+from metering.models import Alias, ApiKey, RateLimit, ReasoningPolicy, Route, ServingCostRate
+from metering.routing.rules import EffortRule, parse_rules
 from metering.selectors import current_cost_rates
 from metering.usage import COST_RATE_FIELDS
 
@@ -59,10 +60,11 @@ class RouteInfo:
     # The provider account the route's upstream key belongs to (None: none); records
     # carry it as served, so reconciliation compares them with that account's reports.
     provider_account_id: int | None = None
-    # The serving cost rate in force for the alias when this was loaded (None: no rate).
+    # The serving cost rate in force for this target when this was loaded (None: no rate).
     cost_rate_id: int | None = None
     cost_rates: Rates | None = None
-    # The tenant's list prices for this alias (what spend limits count); None: no plan.
+    # The tenant's list prices for the alias (what spend limits count); None: no plan.
+    # This and the two holds fields below belong to the alias: the same on every target.
     spend_rates: Rates | None = None
     # Output tokens a call on this alias plausibly spends (learned p99); None: not learned.
     hold_cap: int | None = None
@@ -70,6 +72,14 @@ class RouteInfo:
     # (the dearest input class) and nano-USD per output token (the dearer of visible and
     # reasoning), both rounded up. Integers, so admission does no Decimal arithmetic.
     hold_prices: tuple[int, int] | None = None
+    # The target: its Route row (None: not loaded from one), name within the alias, and
+    # the routing facts the policies read (decision 0117).
+    route_id: int | None = None
+    target: str = "default"
+    priority: int = 0
+    weight: int = 100
+    max_concurrent: int | None = None  # calls in flight across processes; None: no limit
+    first_byte_timeout_s: float | None = None  # None: the proxy's idle read timeout
 
     @property
     def speaks_anthropic(self) -> bool:
@@ -93,12 +103,29 @@ class RouteInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class AliasPlan:
+    """How one alias with two or more active targets routes (decision 0117)."""
+
+    alias: str
+    alias_pk: int
+    policy: str  # an Alias.Policy value
+    rules: tuple[EffortRule, ...]  # `effort` rules, parsed (empty for other policies)
+    max_attempts: int  # attempts one call may make across targets (1: no failover)
+    targets: tuple[RouteInfo, ...]  # the active targets, by (priority, name)
+
+
+@dataclass(frozen=True, slots=True)
 class CallerContext:
     tenant_id: uuid.UUID
     api_key_id: int
     expires_at: datetime | None
+    # alias -> its first active target by (priority, name): what holds, governance and
+    # the model list read, and the only target of a single-target alias.
     routes: dict[str, RouteInfo]
     controls: Controls | None = None
+    # alias -> its routing plan, only for aliases with 2+ active targets (a single-target
+    # alias takes the fast path: no plan, no routing work).
+    plans: dict[str, AliasPlan] = field(default_factory=dict)
 
 
 # A rate's columns in `Rates`' field order, each field read from its own column (built
@@ -111,12 +138,23 @@ def route_info_from(
     rate: ServingCostRate | None = None,
     prices: Rates | None = None,
     hold_cap: int | None = None,
+    hold_prices: tuple[int, int] | None = None,
 ) -> RouteInfo:
+    """`hold_prices` may be passed precomputed from `prices` (the same for every target)."""
     credential = os.environ.get(route.api_key_env, "") if route.api_key_env else ""
+    if hold_prices is None and prices is not None:
+        hold_prices = hold_prices_of(prices)
+    timeout_ms = route.first_byte_timeout_ms
     return RouteInfo(
         spend_rates=prices,
         hold_cap=hold_cap,
-        hold_prices=None if prices is None else hold_prices_of(prices),
+        hold_prices=hold_prices,
+        route_id=route.pk,
+        target=route.name,
+        priority=route.priority,
+        weight=route.weight,
+        max_concurrent=route.max_concurrent,
+        first_byte_timeout_s=None if timeout_ms is None else timeout_ms / 1000,
         cost_rate_id=rate.pk if rate else None,
         cost_rates=Rates._make(_cost_rate_values(rate)) if rate else None,
         alias=route.alias_id,
@@ -151,34 +189,61 @@ def caller_context_load(key_hash: str) -> CallerContext | None:
     )
     if api_key is None:
         return None
-    # The alias's first active target by priority (routing across several: decision 0117).
-    allowed = list(
-        {
-            r.alias_id: r
-            for r in reversed(
-                Route.objects.filter(
-                    alias__tenants=api_key.tenant_id, alias__is_active=True, is_active=True
-                ).order_by("alias", "priority", "name")
-            )
-        }.values()
+    # Every active target of every granted active alias, by (alias, priority, name): one
+    # query, the alias row joined in for the plans.
+    targets = list(
+        Route.objects.filter(
+            alias__tenants=api_key.tenant_id, alias__is_active=True, is_active=True
+        )
+        .select_related("alias")
+        .order_by("alias", "priority", "name")
     )
-    aliases = [r.alias_id for r in allowed]
-    rates = current_cost_rates(aliases)
+    by_alias: dict[str, list[Route]] = {}
+    for route in targets:
+        by_alias.setdefault(route.alias_id, []).append(route)
+    aliases = list(by_alias)
+    rates = current_cost_rates([r.pk for r in targets], aliases={r.pk: r.alias_id for r in targets})
     tenant_terms = terms.tenant_terms_provider(api_key.tenant_id, aliases)
     controls = controls_load(api_key, tenant_terms)
     caps = hold_caps(api_key.tenant_id, aliases) if controls and controls.budgets else {}
-    routes = {
-        r.alias_id: route_info_from(
-            r, rates.get(r.alias_id), tenant_terms.spend_rates.get(r.alias_id), caps.get(r.alias_id)
+    routes: dict[str, RouteInfo] = {}
+    plans: dict[str, AliasPlan] = {}
+    for alias, alias_targets in by_alias.items():
+        prices = tenant_terms.spend_rates.get(alias)
+        held = None if prices is None else hold_prices_of(prices)
+        infos = tuple(
+            route_info_from(r, rates.get(r.pk), prices, caps.get(alias), held)
+            for r in alias_targets
         )
-        for r in allowed
-    }
+        routes[alias] = infos[0]
+        if len(infos) > 1:
+            plans[alias] = alias_plan_from(alias_targets[0].alias, infos)
     return CallerContext(
         tenant_id=api_key.tenant_id,
         api_key_id=api_key.pk,
         expires_at=api_key.expires_at,
         routes=routes,
         controls=controls,
+        plans=plans,
+    )
+
+
+def alias_plan_from(alias: Alias, targets: tuple[RouteInfo, ...]) -> AliasPlan:
+    """The plan of an alias over its active targets (ordered by priority, name)."""
+    try:
+        rules = parse_rules(alias.rules) if alias.policy == Alias.Policy.EFFORT else ()
+    except ValueError as exc:
+        # Stored rules are validated when set (alias_set, the admin); rules written
+        # around them route every call to the "default" target rather than fail calls.
+        logger.warning("alias %r has invalid rules (%s); routing by default", alias.name, exc)
+        rules = ()
+    return AliasPlan(
+        alias=alias.name,
+        alias_pk=alias.pk,
+        policy=alias.policy,
+        rules=rules,
+        max_attempts=alias.max_attempts,
+        targets=targets,
     )
 
 

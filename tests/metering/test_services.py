@@ -8,7 +8,7 @@ import pytest
 
 from metering.ledger.record import Rates
 from metering.models import ServingCostRate
-from metering.selectors import current_cost_rates
+from metering.selectors import current_alias_cost_rates
 from metering.services import serving_cost_rate_create
 
 pytestmark = pytest.mark.django_db
@@ -51,5 +51,5 @@ def test_serving_cost_rate_create_stores_the_rates_exactly_and_adds_a_row_per_ch
     )
     assert ServingCostRate.objects.count() == 2
     assert ServingCostRate.objects.get(pk=first.pk).output_usd == RATES.output
-    assert current_cost_rates(["reasoner"], at=T0 + timedelta(hours=1))["reasoner"] == first
-    assert current_cost_rates(["reasoner"], at=T0 + timedelta(days=2))["reasoner"] == second
+    assert current_alias_cost_rates(["reasoner"], at=T0 + timedelta(hours=1))["reasoner"] == first
+    assert current_alias_cost_rates(["reasoner"], at=T0 + timedelta(days=2))["reasoner"] == second

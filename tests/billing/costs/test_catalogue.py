@@ -29,7 +29,7 @@ from billing.plans import (
 from billing.pricing.periods import Period
 from billing.reports import margin_report, whatif
 from metering.models import ServingCostRate, UsageRecord, UsageRollup
-from metering.selectors import current_cost_rates
+from metering.selectors import current_alias_cost_rates
 from tests.factories import ApiKeyFactory
 from tests.usage_helpers import write_usage as record
 
@@ -153,7 +153,7 @@ def test_deployment_publishes_an_exact_rate(h100) -> None:  # type: ignore[no-un
 def test_catalogue_change_never_rewrites_recorded_costs_or_reports(h100) -> None:  # type: ignore[no-untyped-def]
     key = ApiKeyFactory()
     deploy(h100)
-    old_rate = current_cost_rates(["reasoner"])["reasoner"]
+    old_rate = current_alias_cost_rates(["reasoner"])["reasoner"]
     first = record(
         key, T0 + timedelta(days=1), old_rate, output_tokens=1_000_000, reasoning_tokens=4_000_000
     )
@@ -178,7 +178,7 @@ def test_catalogue_change_never_rewrites_recorded_costs_or_reports(h100) -> None
 def test_record_cost_is_exact_and_rolls_up(h100) -> None:  # type: ignore[no-untyped-def]
     key = ApiKeyFactory()
     deploy(h100)
-    rate = current_cost_rates(["reasoner"])["reasoner"]
+    rate = current_alias_cost_rates(["reasoner"])["reasoner"]
     rows = [
         record(
             key,
@@ -263,7 +263,7 @@ def test_margin_report_and_whatif(h100) -> None:  # type: ignore[no-untyped-def]
         )
     )
     subscription_create(tenant=key.tenant, plan_version=version, starts_at=T0)
-    rate = current_cost_rates(["reasoner"])["reasoner"]
+    rate = current_alias_cost_rates(["reasoner"])["reasoner"]
     record(key, T0 + timedelta(days=3), rate, output_tokens=1_000_000, reasoning_tokens=3_000_000)
     rows = {r.key: r for r in margin_report(period=Period(T0, NOV))}
     served = rows[(str(key.tenant_id), "reasoner", h100.key)]
