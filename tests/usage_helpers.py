@@ -199,3 +199,70 @@ def rollups_vs_raw_scan() -> dict[tuple[Any, ...], dict[str, Any]]:
         for name in (*counted, "last_record_id"):
             assert got[group][name] == row[name], (group, name, got[group][name], row[name])
     return got
+
+
+def route_targets_vs_raw_scan() -> dict[tuple[Any, ...], dict[str, Any]]:
+    """Assert the per-target invariant (decision 0117), shards summed: every
+    RouteTargetHour count and sum, and every RouteLatencyBucket count, equals a scan of
+    the usage records with a route id, computed here in Python (not by the SQL under
+    test): per (route_id, UTC hour, effort or "") attempts, answered (completed or
+    incomplete), failed over, upstream 5xx and 429, failed, incomplete, the token sums,
+    serving cost, spend (None adds 0), latency sum; latency and TTFT (when known)
+    bucketed by LATENCY_BUCKET_EDGES_US (bucket i: below edge i, at or above edge i-1).
+    Returns the summed RouteTargetHour rows."""
+    from bisect import bisect_right
+    from collections import defaultdict
+
+    from django.db.models import Sum
+
+    from metering.models import (
+        LATENCY_BUCKET_EDGES_US,
+        RouteLatencyBucket,
+        RouteTargetHour,
+        UsageRecord,
+    )
+
+    counted = ("attempts", "answered", "failed_over", "status_5xx", "status_429")
+    counted += ("failed", "incomplete", *LEDGER_COLUMNS, "serving_cost_usd", "spend_usd")
+    counted += ("latency_us_sum",)
+    expected: dict[tuple[Any, ...], dict[str, Any]] = defaultdict(lambda: dict.fromkeys(counted, 0))
+    buckets: dict[tuple[Any, ...], int] = defaultdict(int)
+    for r in UsageRecord.objects.filter(route_id__isnull=False):
+        hour = r.started_at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        key = (r.route_id, hour, r.reasoning_effort or "")
+        row = expected[key]
+        row["attempts"] += 1
+        row["answered"] += r.status in ("completed", "incomplete")
+        row["failed_over"] += bool(r.failed_over)
+        row["status_5xx"] += r.upstream_status >= 500
+        row["status_429"] += r.upstream_status == 429
+        row["failed"] += r.status == "failed"
+        row["incomplete"] += r.status == "incomplete"
+        for name in LEDGER_COLUMNS:
+            row[name] += getattr(r, name)
+        row["serving_cost_usd"] += r.serving_cost_usd or 0
+        row["spend_usd"] += r.spend_usd or 0
+        row["latency_us_sum"] += r.latency_us
+        buckets[(*key, "latency", bisect_right(LATENCY_BUCKET_EDGES_US, r.latency_us))] += 1
+        if r.ttft_us is not None:
+            buckets[(*key, "ttft", bisect_right(LATENCY_BUCKET_EDGES_US, r.ttft_us))] += 1
+    summed = RouteTargetHour.objects.values("route_id", "hour", "reasoning_effort").annotate(
+        **{f"s_{n}": Sum(n) for n in counted}
+    )
+    got = {
+        (r["route_id"], r["hour"], r["reasoning_effort"]): {n: r[f"s_{n}"] for n in counted}
+        for r in summed
+    }
+    assert got.keys() == expected.keys(), (sorted(got), sorted(expected))
+    for key, row in expected.items():
+        for name in counted:
+            assert got[key][name] == row[name], (key, name, got[key][name], row[name])
+    bucket_rows = RouteLatencyBucket.objects.values(
+        "route_id", "hour", "reasoning_effort", "kind", "bucket"
+    ).annotate(s=Sum("count"))
+    got_buckets = {
+        (b["route_id"], b["hour"], b["reasoning_effort"], b["kind"], b["bucket"]): b["s"]
+        for b in bucket_rows
+    }
+    assert got_buckets == dict(buckets)
+    return got

@@ -9,7 +9,12 @@ import orjson
 from django.db import DatabaseError, DataError, IntegrityError
 
 from metering.ledger.partitions import is_missing_partition
-from metering.ledger.rollups import FOLDED_RECORD_COLUMNS, rollup_hourly_sql, rollup_upsert_sql
+from metering.ledger.rollups import (
+    FOLDED_RECORD_COLUMNS,
+    rollup_hourly_sql,
+    rollup_upsert_sql,
+    target_fold_ctes,
+)
 from metering.usage import LEDGER_COLUMNS
 
 # PostgreSQL: the whole batch in ONE statement on an async connection of the event loop
@@ -59,7 +64,8 @@ def _pg_insert_sql(*, touch: bool) -> str:
     as it is: no client-side parsing of a statement this long on every batch). The
     records go in ($1), the rows actually inserted fold into the rollups of shard $2
     (`rollups`). With `touch`, the same statement also moves the keys' last_used_at
-    ($3, $4)."""
+    ($3, $4). The records with a route id also fold into the per-target tables
+    (RouteTargetHour, RouteLatencyBucket) of the same shard."""
     names = ", ".join(name for name, _ in _PG_COLUMNS)
     definitions = ", ".join(f"{name} {kind}" for name, kind in _PG_COLUMNS)
     folded = ", ".join(FOLDED_RECORD_COLUMNS)
@@ -80,7 +86,9 @@ def _pg_insert_sql(*, touch: bool) -> str:
         f" RETURNING {folded}),"
         # Only rows actually inserted reach the rollups: a replayed batch adds nothing.
         f" hourly AS ({rollup_hourly_sql(source='inserted')}),"
-        f" rolled AS ({rollup_upsert_sql(shard='$2::int2')} RETURNING 1){touched}"
+        f" rolled AS ({rollup_upsert_sql(shard='$2::int2')} RETURNING 1),"
+        # the per-target statistics of the same rows (records with a route id)
+        f" {target_fold_ctes(source='inserted', shard='$2::int2')}{touched}"
         # (a data-modifying WITH runs to completion whether or not the result reads it)
         " SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM rolled)"
     )

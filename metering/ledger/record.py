@@ -28,7 +28,12 @@ _CONTEXT = decimal.Context(prec=80, traps=[decimal.Inexact, decimal.Overflow])
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def request_id_for(started_at: datetime) -> uuid.UUID:
+ATTEMPT_BITS = 4  # a call's attempt number lives in its request id's low 4 bits
+MAX_ATTEMPT = (1 << ATTEMPT_BITS) - 1
+_ATTEMPT_MASK = MAX_ATTEMPT
+
+
+def request_id_for(started_at: datetime, attempt: int = 0) -> uuid.UUID:
     """A new request id that carries `started_at`: a UUIDv7 (RFC 9562) whose 48-bit Unix
     milliseconds and 12-bit `rand_a` (the microsecond within that millisecond, 0..999)
     encode `started_at` exactly, with 62 random bits in `rand_b`.
@@ -36,13 +41,37 @@ def request_id_for(started_at: datetime) -> uuid.UUID:
     Why: the ledger is partitioned by `started_at`, and a unique index there is unique
     per partition only. The database checks that a v7 id's `started_at` is the one it
     encodes (migration 0013, `metering_uuid7_started_at`), so equal ids always land in
-    one partition, where the unique index catches the second: global idempotency."""
+    one partition, where the unique index catches the second: global idempotency.
+
+    `attempt` k (1..15) sets the low 4 bits to k (58 random bits left): the first
+    attempt of a routed call; its later attempts take `request_id_attempt`. 0: all 62
+    bits random (a call that is never retried)."""
     micros = (started_at - _EPOCH) // timedelta(microseconds=1)
     millis, within = divmod(micros, 1000)
     if not 0 <= millis < 1 << 48:
         raise ValueError(f"{started_at} is outside what a UUIDv7 can carry")
     value = (millis << 80) | (0x7 << 76) | (within << 64) | (0b10 << 62) | secrets.randbits(62)
+    if attempt:
+        return request_id_attempt(uuid.UUID(int=value), attempt)
     return uuid.UUID(int=value)
+
+
+def request_id_attempt(base: uuid.UUID, attempt: int) -> uuid.UUID:
+    """The id of attempt `attempt` (1..15) of the call whose id is `base`: the same upper
+    124 bits (so the same `started_at`, partition and billing period, and one range of
+    the unique index holds every attempt), the low 4 bits set to `attempt`."""
+    if not 1 <= attempt <= MAX_ATTEMPT:
+        raise ValueError(f"attempt {attempt} is outside 1..{MAX_ATTEMPT}")
+    if base.version != 7:
+        raise ValueError("only a version-7 request id carries attempts")
+    return uuid.UUID(int=(base.int & ~_ATTEMPT_MASK) | attempt)
+
+
+def request_id_call_range(request_id: uuid.UUID) -> tuple[uuid.UUID, uuid.UUID]:
+    """The lowest and highest ids the attempts of `request_id`'s call can have (inclusive):
+    `request_id__range` finds them all on the unique index."""
+    low = request_id.int & ~_ATTEMPT_MASK
+    return uuid.UUID(int=low), uuid.UUID(int=low | _ATTEMPT_MASK)
 
 
 def started_at_of(request_id: uuid.UUID) -> datetime | None:
@@ -134,9 +163,24 @@ def usage_record_row(
     ttft_us: int | None,
     latency_us: int,
     started_at: datetime,
+    route_id: int | None = None,
+    attempt: int | None = None,
+    failed_over: bool | None = None,
+    route_policy: str | None = None,
+    route_reason: str | None = None,
+    reasoning_effort: str | None = None,
 ) -> tuple[dict[str, Any], Decimal | None]:
-    """The ledger row of one call, and its spend at list prices (None: the tenant has no
-    price for the alias). `flags`: the proxy's own, after the usage's."""
+    """The ledger row of one call (or one attempt of a routed call), and its spend at
+    list prices (None: the tenant has no price for the alias). `flags`: the proxy's own,
+    after the usage's.
+
+    Routing stamps (decision 0117): `route_id` is the target that served the attempt
+    (default: the route's own `route_id`, once the caller context carries it);
+    `attempt`, `failed_over`, `route_policy` and `route_reason` are None on a
+    single-target alias. `reasoning_effort`: "" when the call named none (None: not
+    known, as before routing)."""
+    if route_id is None:
+        route_id = getattr(route, "route_id", None)
     counts = ledger_counts(usage)
     prices = route.spend_rates
     spend = None if prices is None else _cost(prices, counts)[0]
@@ -154,6 +198,13 @@ def usage_record_row(
         "upstream_model": route.upstream_model,
         "accelerator": route.accelerator,
         "provider_account_id": route.provider_account_id,
+        "route_id": route_id,
+        "attempt": attempt,
+        "failed_over": failed_over,
+        # column widths (a client's effort is free text): cut, never refused
+        "route_policy": None if route_policy is None else route_policy[:16],
+        "route_reason": None if route_reason is None else route_reason[:64],
+        "reasoning_effort": None if reasoning_effort is None else reasoning_effort[:16],
         "endpoint": endpoint,
         "stream": stream,
         "status": status,

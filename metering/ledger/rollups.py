@@ -24,6 +24,13 @@ the records it has just inserted (on PostgreSQL or SQLite). The rule:
   id, elsewhere (one writer at a time, ids commit in order) the highest record id.
 Only records actually inserted are folded, so a replayed batch adds nothing.
 
+Per-target statistics (decision 0117) fold from the same inserted records, in the same
+statement, for records with a `route_id` only: `RouteTargetHour` per (route_id, UTC hour,
+reasoning effort ("" for none or not known), shard) counts attempts, answered (completed
+or incomplete), failed over, upstream 5xx and 429, failed and incomplete, and sums the
+token classes, serving cost, spend (NULL adds 0) and latency; `RouteLatencyBucket` counts
+latency and TTFT (when known) per bucket of `LATENCY_BUCKET_EDGES_US`.
+
 Shards of closed hours fold into shard 0 (`usage_rollup_shards_fold`, a beat task):
 readers then sum one row per rollup key and hour instead of up to 16. The fold moves usage between rows of one hour and adds none, so it keeps every sum,
 the highest `last_record_id` and the highest `changed_xid` of the rows it merges: a
@@ -37,6 +44,7 @@ from datetime import datetime
 
 from django.db import connection
 
+from metering.models import LATENCY_BUCKET_EDGES_US
 from metering.usage import LEDGER_COLUMNS
 
 ROLLUP_SUMS = (*LEDGER_COLUMNS, "serving_cost_usd", "reasoning_cost_usd", "spend_usd")
@@ -71,6 +79,11 @@ FOLDED_RECORD_COLUMNS = (
     "flags",
     "failed_over",
     *ROLLUP_SUMS,
+    # read by the per-target fold only
+    "upstream_status",
+    "reasoning_effort",
+    "latency_us",
+    "ttft_us",
 )
 # Record statuses counted in `unanswered_requests` (UsageRecord.Status values): the
 # upstream answered with an error, or it was not reached or did not answer in time.
@@ -176,22 +189,144 @@ def rollup_upsert_sql(*, shard: str, vendor: str = "postgresql", refold: bool = 
 
 def usage_rollups_fold(record_ids: list[int]) -> None:
     """Fold the records just inserted in the current transaction (their ids) into the
-    rollups of shard 0, on the connection's own database."""
+    rollups and the per-target tables of shard 0, on the connection's own database."""
     if not record_ids:
         return
     vendor = connection.vendor
     if vendor == "postgresql":
-        fresh = "(SELECT * FROM metering_usagerecord WHERE id = ANY(%s)) AS fresh"
+        fresh = "SELECT * FROM metering_usagerecord WHERE id = ANY(%s)"
         ids: list[int] | str = record_ids
     else:
-        fresh = "(SELECT * FROM metering_usagerecord WHERE id IN (SELECT value FROM json_each(%s)))"
+        fresh = "SELECT * FROM metering_usagerecord WHERE id IN (SELECT value FROM json_each(%s))"
         ids = "[" + ",".join(str(int(i)) for i in record_ids) + "]"
-    sql = (
-        f"WITH hourly AS ({rollup_hourly_sql(source=fresh, vendor=vendor)})"
-        f" {rollup_upsert_sql(shard='0', vendor=vendor)}"
+    # SQLite runs one data-modifying statement at a time: one per table.
+    statements = (
+        f"WITH hourly AS ({rollup_hourly_sql(source=f'({fresh}) AS fresh', vendor=vendor)})"
+        f" {rollup_upsert_sql(shard='0', vendor=vendor)}",
+        f"WITH fresh AS ({fresh}),"
+        f" targets AS ({target_hourly_sql(source='fresh', vendor=vendor)})"
+        f" {target_upsert_sql(source='targets', shard='0', vendor=vendor)}",
+        f"WITH fresh AS ({fresh}),"
+        f" buckets AS ({bucket_counts_sql(source='fresh', vendor=vendor)})"
+        f" {bucket_upsert_sql(source='buckets', shard='0')}",
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [ids])
+        for sql in statements:
+            cursor.execute(sql, [ids])
+
+
+# --- per-target statistics (decision 0117) ----------------------------------------------
+
+# RouteTargetHour's key, shard aside, in lock order.
+TARGET_HOUR_KEY = ("route_id", "hour", "reasoning_effort")
+# Record statuses of an answered attempt (UsageRecord.Status values).
+ANSWERED_STATUSES = ("completed", "incomplete")
+TARGET_SUMS = (*LEDGER_COLUMNS, "serving_cost_usd", "spend_usd")
+# Every column the per-target fold adds up (RouteTargetHour).
+TARGET_ADDED = (
+    "attempts",
+    "answered",
+    "failed_over",
+    "status_5xx",
+    "status_429",
+    "failed",
+    "incomplete",
+    *TARGET_SUMS,
+    "latency_us_sum",
+)
+# RouteLatencyBucket's key, shard aside, in lock order.
+BUCKET_KEY = ("route_id", "hour", "reasoning_effort", "kind", "bucket")
+
+
+def latency_bucket_sql(column: str) -> str:
+    """A portable CASE giving the histogram bucket of `column` (microseconds): bucket i
+    holds values below LATENCY_BUCKET_EDGES_US[i] and at or above the edge before it;
+    bucket len(edges) everything above the last edge."""
+    whens = " ".join(
+        f"WHEN {column} < {edge} THEN {i}" for i, edge in enumerate(LATENCY_BUCKET_EDGES_US)
+    )
+    return f"CASE {whens} ELSE {len(LATENCY_BUCKET_EDGES_US)} END"
+
+
+def latency_bucket_of(value_us: int) -> int:
+    """The bucket `latency_bucket_sql` puts `value_us` in (for readers and tests)."""
+    for i, edge in enumerate(LATENCY_BUCKET_EDGES_US):
+        if value_us < edge:
+            return i
+    return len(LATENCY_BUCKET_EDGES_US)
+
+
+def target_hourly_sql(*, source: str, vendor: str = "postgresql") -> str:
+    """A SELECT of `source`'s records (`FOLDED_RECORD_COLUMNS`) with a route id, summed
+    per RouteTargetHour row, in lock order."""
+    d = _dialect(vendor)
+    answered = ", ".join(f"'{status}'" for status in ANSWERED_STATUSES)
+    sums = ", ".join(f"coalesce(sum({name}), 0) AS {name}" for name in TARGET_SUMS)
+    return (
+        "SELECT route_id, hour, effort AS reasoning_effort, count(*) AS attempts,"  # noqa: S608
+        f" count(*) FILTER (WHERE status IN ({answered})) AS answered,"
+        " count(*) FILTER (WHERE failed_over) AS failed_over,"
+        " count(*) FILTER (WHERE upstream_status >= 500) AS status_5xx,"
+        " count(*) FILTER (WHERE upstream_status = 429) AS status_429,"
+        " count(*) FILTER (WHERE status = 'failed') AS failed,"
+        " count(*) FILTER (WHERE status = 'incomplete') AS incomplete,"
+        f" {sums}, coalesce(sum(latency_us), 0) AS latency_us_sum"
+        f" FROM (SELECT *, {d.hour} AS hour, coalesce(reasoning_effort, '') AS effort"
+        f" FROM {source} WHERE route_id IS NOT NULL) AS t"
+        " GROUP BY route_id, hour, effort ORDER BY route_id, hour, effort"
+    )
+
+
+def bucket_counts_sql(*, source: str, vendor: str = "postgresql") -> str:
+    """A SELECT of `source`'s records with a route id, counted per RouteLatencyBucket row
+    (latency always, TTFT when known), in lock order."""
+    d = _dialect(vendor)
+    keyed = f"route_id, {d.hour} AS hour, coalesce(reasoning_effort, '') AS reasoning_effort"
+    return (
+        "SELECT route_id, hour, reasoning_effort, kind, bucket, count(*) AS count"  # noqa: S608
+        f" FROM (SELECT {keyed}, 'latency' AS kind, {latency_bucket_sql('latency_us')} AS bucket"
+        f" FROM {source} WHERE route_id IS NOT NULL"
+        f" UNION ALL SELECT {keyed}, 'ttft' AS kind, {latency_bucket_sql('ttft_us')} AS bucket"
+        f" FROM {source} WHERE route_id IS NOT NULL AND ttft_us IS NOT NULL) AS b"
+        " GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5"
+    )
+
+
+def target_upsert_sql(*, source: str, shard: str, vendor: str = "postgresql") -> str:
+    """The INSERT that adds the rows of the CTE `source` (`target_hourly_sql`) into the
+    RouteTargetHour rows of `shard` (an SQL expression)."""
+    d = _dialect(vendor)
+    key, added = ", ".join(TARGET_HOUR_KEY), ", ".join(TARGET_ADDED)
+    increments = ", ".join(f"{name} = r.{name} + excluded.{name}" for name in TARGET_ADDED)
+    return (
+        f"INSERT INTO metering_routetargethour AS r ({key}, shard, {added}, updated_at)"  # noqa: S608
+        f" SELECT {key}, {shard}, {added}, {d.now} FROM {source}"
+        f" WHERE true ON CONFLICT ({key}, shard) DO UPDATE SET {increments},"
+        " updated_at = excluded.updated_at"
+    )
+
+
+def bucket_upsert_sql(*, source: str, shard: str) -> str:
+    """The INSERT that adds the rows of the CTE `source` (`bucket_counts_sql`) into the
+    RouteLatencyBucket rows of `shard` (both dialects)."""
+    key = ", ".join(BUCKET_KEY)
+    return (
+        f"INSERT INTO metering_routelatencybucket AS r ({key}, shard, count)"  # noqa: S608
+        f" SELECT {key}, {shard}, count FROM {source}"
+        f" WHERE true ON CONFLICT ({key}, shard) DO UPDATE SET count = r.count + excluded.count"
+    )
+
+
+def target_fold_ctes(*, source: str, shard: str, vendor: str = "postgresql") -> str:
+    """The CTEs that fold `source`'s records into the per-target tables (PostgreSQL's
+    batch statement: `, ` + this after its other CTEs)."""
+    return (
+        f"targets AS ({target_hourly_sql(source=source, vendor=vendor)}),"
+        f" targeted AS ({target_upsert_sql(source='targets', shard=shard, vendor=vendor)}"
+        " RETURNING 1),"
+        f" buckets AS ({bucket_counts_sql(source=source, vendor=vendor)}),"
+        f" bucketed AS ({bucket_upsert_sql(source='buckets', shard=shard)} RETURNING 1)"
+    )
 
 
 def _shards_fold_sql() -> str:
@@ -216,18 +351,67 @@ def _shards_fold_sql() -> str:
 SHARDS_FOLD_SQL = _shards_fold_sql()
 
 
+def _table_shards_fold_sql(table: str, key: tuple[str, ...], added: tuple[str, ...]) -> str:
+    """`_shards_fold_sql` for a per-target table (`table`, its `key` and the columns it
+    adds up): the same lock order, one table per statement."""
+    keys = ", ".join(key)
+    sums = ", ".join(f"sum({name}) AS {name}" for name in added)
+    if table == "metering_routetargethour":
+        upsert = target_upsert_sql(source="hourly", shard="0")
+    else:
+        upsert = bucket_upsert_sql(source="hourly", shard="0")
+    return (
+        f"WITH picked AS (SELECT id FROM {table}"  # noqa: S608
+        " WHERE shard > 0 AND hour < %(before)s"
+        f" ORDER BY {keys}, shard LIMIT %(batch)s FOR UPDATE),"
+        f" moved AS (DELETE FROM {table} m USING picked WHERE m.id = picked.id"
+        " RETURNING m.*),"
+        f" hourly AS (SELECT {keys}, {sums} FROM moved GROUP BY {keys} ORDER BY {keys}),"
+        f" merged AS ({upsert} RETURNING 1)"
+        " SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM merged)"
+    )
+
+
+TARGET_SHARDS_FOLD_SQL = _table_shards_fold_sql(
+    "metering_routetargethour", TARGET_HOUR_KEY, TARGET_ADDED
+)
+BUCKET_SHARDS_FOLD_SQL = _table_shards_fold_sql(
+    "metering_routelatencybucket", BUCKET_KEY, ("count",)
+)
+
+
 def usage_rollup_shards_fold(*, before: datetime, batch_size: int = 5000) -> int:
     """Fold the write shards of the rollup hours that start before `before` into shard 0,
-    one statement (its own transaction) per batch; returns how many rows were merged
-    away. Idempotent, and safe beside late writers: a record that arrives for a folded
-    hour lands in its writer's shard again and is folded by the next run. On SQLite
-    every writer folds into shard 0, so there is nothing to do."""
+    one statement (its own transaction) per batch; returns how many rollup rows were
+    merged away. The per-target tables (RouteTargetHour, RouteLatencyBucket) fold the
+    same way after the rollups, one table per statement (so no statement holds locks in
+    two tables), and `route_shards_fold` counts theirs. Idempotent, and safe beside late
+    writers: a record that arrives for a folded hour lands in its writer's shard again
+    and is folded by the next run. On SQLite every writer folds into shard 0, so there
+    is nothing to do."""
     if connection.vendor != "postgresql":
         return 0
+    merged = _fold_batches(SHARDS_FOLD_SQL, before, batch_size)
+    route_shards_fold(before=before, batch_size=batch_size)
+    return merged
+
+
+def route_shards_fold(*, before: datetime, batch_size: int = 5000) -> tuple[int, int]:
+    """Fold the write shards of RouteTargetHour and RouteLatencyBucket hours that start
+    before `before` into shard 0; returns the rows merged away in each."""
+    if connection.vendor != "postgresql":
+        return 0, 0
+    return (
+        _fold_batches(TARGET_SHARDS_FOLD_SQL, before, batch_size),
+        _fold_batches(BUCKET_SHARDS_FOLD_SQL, before, batch_size),
+    )
+
+
+def _fold_batches(sql: str, before: datetime, batch_size: int) -> int:
     merged = 0
     while True:
         with connection.cursor() as cursor:
-            cursor.execute(SHARDS_FOLD_SQL, {"before": before, "batch": batch_size})
+            cursor.execute(sql, {"before": before, "batch": batch_size})
             (moved, _) = cursor.fetchone()
         merged += moved
         if moved < batch_size:

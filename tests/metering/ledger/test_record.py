@@ -4,9 +4,24 @@ and its spend at list prices stamped exactly."""
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any, NamedTuple
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from metering.ledger.postgres import _PG_COLUMNS
-from metering.ledger.record import Rates, serving_cost, usage_cost, usage_record_row
+from metering.ledger.record import (
+    MAX_ATTEMPT,
+    Rates,
+    request_id_attempt,
+    request_id_call_range,
+    request_id_for,
+    serving_cost,
+    started_at_of,
+    usage_cost,
+    usage_record_row,
+)
 from metering.models import Route, ServingCostRate
 from metering.proxy.callers import RouteInfo, route_info_from
 from metering.usage import LEDGER_COLUMNS, TOKEN_CLASSES, TokenUsage
@@ -86,7 +101,7 @@ def test_rates_are_read_by_token_class_name() -> None:
         output_usd=Decimal(4),
         reasoning_usd=Decimal(5),
     )
-    info = route_info_from(Route(alias="reasoner", base_url="http://127.0.0.1:9/v1/"), rate)
+    info = route_info_from(Route(alias_id="reasoner", base_url="http://127.0.0.1:9/v1/"), rate)
     assert info.cost_rates == Rates(
         input=Decimal(1),
         cache_read=Decimal(2),
@@ -98,14 +113,14 @@ def test_rates_are_read_by_token_class_name() -> None:
 
 def test_the_route_s_provider_account_is_stamped_as_served() -> None:
     on_account = Route(
-        alias="reasoner",
+        alias_id="reasoner",
         provider="openai",
         base_url="http://127.0.0.1:9/v1",
         upstream_model="gpt-5",
         provider_account_id=17,
     )
     own = Route(
-        alias="local", provider="openai-compatible", base_url="http://h/v1", upstream_model="x"
+        alias_id="local", provider="openai-compatible", base_url="http://h/v1", upstream_model="x"
     )
     assert route_info_from(on_account).provider_account_id == 17
     assert route_info_from(own).provider_account_id is None
@@ -116,3 +131,196 @@ def test_the_route_s_provider_account_is_stamped_as_served() -> None:
 def test_a_row_holds_exactly_the_columns_the_batch_insert_writes() -> None:
     row, _ = row_for(route(provider_account_id=3))
     assert set(row) == {name for name, _ in _PG_COLUMNS}
+
+
+# --- routing stamps and attempt ids (decision 0117) ------------------------------------
+
+
+def test_a_routed_attempt_row_carries_its_stamps() -> None:
+    row, _ = usage_record_row(
+        request_id=uuid.uuid4(),
+        tenant_id=uuid.uuid4(),
+        api_key_id=7,
+        route=route(cost_rate_id=3, cost_rates=COST, spend_rates=LIST),
+        endpoint="chat.completions",
+        stream=False,
+        status="failed",
+        upstream_status=503,
+        response_id="",
+        usage=TokenUsage(),
+        flags=[],
+        raw_usage=None,
+        client_disconnected=False,
+        ttft_us=None,
+        latency_us=10,
+        started_at=STARTED,
+        route_id=41,
+        attempt=2,
+        failed_over=True,
+        route_policy="cheapest",
+        route_reason="cost_tie_latency",
+        reasoning_effort="high",
+    )
+    assert {k: row[k] for k in STAMPS} == {
+        "route_id": 41,
+        "attempt": 2,
+        "failed_over": True,
+        "route_policy": "cheapest",
+        "route_reason": "cost_tie_latency",
+        "reasoning_effort": "high",
+    }
+    assert row["serving_cost_usd"] == row["spend_usd"] == Decimal(0)  # zero tokens, priced
+
+
+STAMPS = ("route_id", "attempt", "failed_over", "route_policy", "route_reason", "reasoning_effort")
+
+
+def test_a_single_target_row_stamps_nothing_but_what_it_knows() -> None:
+    row, _ = row_for(route())
+    assert {k: row[k] for k in STAMPS} == dict.fromkeys(STAMPS)
+
+
+def test_the_route_s_own_id_is_the_default_target_stamp() -> None:
+    class WithId(NamedTuple):  # a RouteInfo that carries its route id (issue 16)
+        alias: str = "reasoner"
+        provider: str = "openai"
+        upstream_model: str = "m"
+        accelerator: str = ""
+        provider_account_id: int | None = None
+        cost_rate_id: int | None = None
+        cost_rates: Rates | None = None
+        spend_rates: Rates | None = None
+        route_id: int | None = 12
+
+    kwargs: dict[str, Any] = {
+        "request_id": uuid.uuid4(),
+        "tenant_id": uuid.uuid4(),
+        "api_key_id": 1,
+        "route": WithId(),
+        "endpoint": "responses",
+        "stream": False,
+        "status": "completed",
+        "upstream_status": 200,
+        "response_id": "",
+        "usage": USAGE,
+        "flags": [],
+        "raw_usage": None,
+        "client_disconnected": False,
+        "ttft_us": None,
+        "latency_us": 1,
+        "started_at": STARTED,
+    }
+    assert usage_record_row(**kwargs)[0]["route_id"] == 12
+    assert usage_record_row(**kwargs, route_id=13)[0]["route_id"] == 13
+
+
+def test_stamps_longer_than_their_columns_are_cut_not_refused() -> None:
+    row, _ = usage_record_row(
+        request_id=uuid.uuid4(),
+        tenant_id=uuid.uuid4(),
+        api_key_id=7,
+        route=route(),
+        endpoint="chat.completions",
+        stream=False,
+        status="completed",
+        upstream_status=200,
+        response_id="",
+        usage=USAGE,
+        flags=[],
+        raw_usage=None,
+        client_disconnected=False,
+        ttft_us=None,
+        latency_us=1,
+        started_at=STARTED,
+        route_reason="rule:" + "x" * 100,
+        reasoning_effort="e" * 40,
+        route_policy="p" * 20,
+    )
+    assert len(row["route_reason"]) == 64
+    assert row["reasoning_effort"] == "e" * 16
+    assert row["route_policy"] == "p" * 16
+    # "" is an answer (the call named no effort), kept apart from None (not known)
+    assert row_for(route())[0]["reasoning_effort"] is None
+
+
+@given(st.datetimes(min_value=datetime(1970, 1, 1), timezones=st.just(UTC)))  # noqa: DTZ001
+def test_every_attempt_id_keeps_the_call_s_start_and_upper_bits(at: datetime) -> None:
+    first = request_id_for(at, attempt=1)
+    ids = [first, *(request_id_attempt(first, k) for k in range(2, MAX_ATTEMPT + 1))]
+    for k, attempt_id in enumerate(ids, start=1):
+        assert attempt_id.version == 7
+        assert attempt_id.variant == uuid.RFC_4122
+        assert started_at_of(attempt_id) == at
+        assert attempt_id.int & 0xF == k
+        assert attempt_id.int >> 4 == first.int >> 4
+        low, high = request_id_call_range(attempt_id)
+        assert low <= attempt_id <= high
+        assert request_id_call_range(attempt_id) == request_id_call_range(first)
+    assert len(set(ids)) == MAX_ATTEMPT
+
+
+def test_attempt_ids_refuse_what_they_cannot_carry() -> None:
+    first = request_id_for(STARTED, attempt=1)
+    for bad in (0, 16, -1):
+        with pytest.raises(ValueError, match="outside 1..15"):
+            request_id_attempt(first, bad)
+    with pytest.raises(ValueError, match="version-7"):
+        request_id_attempt(uuid.uuid4(), 2)
+    # attempt 0 (never retried): every low bit random, so two calls at one instant differ
+    assert len({request_id_for(STARTED).int & 0xF for _ in range(200)}) > 1
+    assert request_id_for(STARTED, attempt=3).int & 0xF == 3
+
+
+@pytest.mark.django_db
+def test_attempt_rows_insert_on_the_partitioned_ledger_and_replay_adds_nothing() -> None:
+    """The CHECK that a v7 id encodes started_at (metering_uuid7_started_at) accepts the
+    attempt bits; both attempts land in the call's partition, found by one range read."""
+    from metering.ledger.orm import usage_records_write
+    from metering.models import UsageRecord
+    from tests.factories import ApiKeyFactory
+    from tests.usage_helpers import ensure_test_partitions, record_for
+
+    ensure_test_partitions()
+    key = ApiKeyFactory()
+    at = datetime.now(UTC).replace(microsecond=654321)
+    first = request_id_for(at, attempt=1)
+    second = request_id_attempt(first, 2)
+    rows = [
+        record_for(
+            key,
+            request_id=first,
+            started_at=at,
+            finished_at=at,
+            status="failed",
+            upstream_status=0,
+            input_tokens=0,
+            output_tokens=0,
+            reasoning_tokens=0,
+            route_id=5,
+            attempt=1,
+            failed_over=True,
+            route_policy="fallback",
+            route_reason="priority",
+            reasoning_effort="",
+        ),
+        record_for(
+            key,
+            request_id=second,
+            started_at=at,
+            finished_at=at,
+            route_id=6,
+            attempt=2,
+            failed_over=False,
+            route_policy="fallback",
+            route_reason="failover",
+            reasoning_effort="",
+        ),
+    ]
+    assert usage_records_write(rows) == 2
+    assert usage_records_write(rows) == 0
+    found = UsageRecord.objects.filter(request_id__range=request_id_call_range(second))
+    assert sorted(found.values_list("attempt", "route_id", "failed_over", "started_at")) == [
+        (1, 5, True, at),
+        (2, 6, False, at),
+    ]
+    assert set(found.values_list("reasoning_effort", flat=True)) == {""}

@@ -24,7 +24,7 @@ from metering.ledger.rollups import (
 from metering.models import UsageRollup
 from metering.tasks import fold_rollup_shards
 from tests.factories import ApiKeyFactory
-from tests.usage_helpers import record_for, rollups_vs_raw_scan
+from tests.usage_helpers import record_for, rollups_vs_raw_scan, route_targets_vs_raw_scan
 
 pytestmark = pytest.mark.skipif(
     connection.vendor != "postgresql", reason="write shards exist on PostgreSQL only"
@@ -36,7 +36,9 @@ COUNTED = ("requests", "flagged_requests", *ROLLUP_SUMS, *(f"flagged_{n}" for n 
 
 def rollups_equal_raw() -> dict[tuple[Any, ...], dict[str, Any]]:
     """Per rollup key (shards summed), the rollups equal a raw scan
-    (`tests.usage_helpers.rollups_vs_raw_scan`). Returns the summed rollups."""
+    (`tests.usage_helpers.rollups_vs_raw_scan`), and so do the per-target tables
+    (`route_targets_vs_raw_scan`). Returns the summed rollups."""
+    route_targets_vs_raw_scan()
     return rollups_vs_raw_scan()
 
 
@@ -56,8 +58,8 @@ def shards() -> list[tuple[datetime, int]]:
 @pytest.fixture
 def sharded_hours():  # type: ignore[no-untyped-def]
     """Two closed hours and an open one written by four writers' shards (0-3): one key
-    without a provider account, one on account 5 (with a failed call in shard 1), and a
-    flagged upstream error."""
+    without a provider account, one on account 5 and target 9 (with a failed call in
+    shard 1), and a flagged upstream error."""
     key, other = ApiKeyFactory(), ApiKeyFactory()
     with connect() as conn:
         for shard in range(4):
@@ -73,6 +75,9 @@ def sharded_hours():  # type: ignore[no-untyped-def]
                         provider_account_id=5,
                         upstream_model="m-5",
                         status="failed" if shard == 1 else "completed",
+                        route_id=9,  # a routed target: its hours fold with the rollups
+                        reasoning_effort="medium",
+                        ttft_us=70_000,
                     ),
                     record_for(
                         key,

@@ -28,7 +28,12 @@ from metering.ledger.spool import spool_replay
 from metering.ledger.writer import LedgerWriter, default_sink
 from metering.models import LedgerArchive, UsageRecord
 from tests.factories import ApiKeyFactory
-from tests.usage_helpers import record_for, rollups_vs_raw_scan, spool_append
+from tests.usage_helpers import (
+    record_for,
+    rollups_vs_raw_scan,
+    route_targets_vs_raw_scan,
+    spool_append,
+)
 
 REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 PROBE = 0.2  # seconds: the writers' probe interval in these tests
@@ -320,4 +325,48 @@ def test_spool_lines_from_before_the_provider_account_stamp_still_load(tmp_path:
     stamps = dict(UsageRecord.objects.values_list("request_id", "provider_account_id"))
     assert stamps == {old["request_id"]: None, new["request_id"]: 42}
     rollups_vs_raw_scan()  # the old line under account 0, the new one under 42
+    route_targets_vs_raw_scan()
     assert not list(tmp_path.glob("ledger-*.jsonl"))
+
+
+ROUTING_STAMPS = (
+    "route_id",
+    "attempt",
+    "failed_over",
+    "route_policy",
+    "route_reason",
+    "reasoning_effort",
+)
+
+
+def test_spool_lines_from_before_routing_load_with_null_stamps(tmp_path: Path) -> None:
+    """A spool line written before records carried the routing stamps (decision 0117;
+    none of the keys present) loads with NULL stamps under route 0 and adds nothing to
+    the per-target tables; a routed line beside it keeps its stamps and folds there."""
+    key = ApiKeyFactory()
+    old = record_for(key)
+    for name in ROUTING_STAMPS:
+        old.pop(name, None)
+    new = record_for(
+        key,
+        route_id=5,
+        attempt=2,
+        failed_over=False,
+        route_policy="weighted",
+        route_reason="failover",
+        reasoning_effort="minimal",
+    )
+    path = spool_append(tmp_path, [old, new])
+    lines = path.read_text().splitlines()
+    assert not any(f'"{name}"' in lines[0] for name in ROUTING_STAMPS)
+    assert spool_replay(tmp_path) == 2
+    rows = {r[0]: r[1:] for r in UsageRecord.objects.values_list("request_id", *ROUTING_STAMPS)}
+    assert rows == {
+        old["request_id"]: (None,) * len(ROUTING_STAMPS),
+        new["request_id"]: (5, 2, False, "weighted", "failover", "minimal"),
+    }
+    rollups = rollups_vs_raw_scan()
+    assert sorted(route for (*_, route, _hour) in rollups) == [0, 5]
+    (target,) = route_targets_vs_raw_scan().values()
+    assert target["attempts"] == 1
+    assert spool_replay(tmp_path) == 0

@@ -14,7 +14,12 @@ from metering.ledger.spool import spool_replay
 from metering.ledger.writer import LedgerWriter, default_sink
 from metering.models import UsageRecord
 from tests.factories import ApiKeyFactory, UsageRecordFactory
-from tests.usage_helpers import record_for, rollups_vs_raw_scan, spool_append
+from tests.usage_helpers import (
+    record_for,
+    rollups_vs_raw_scan,
+    route_targets_vs_raw_scan,
+    spool_append,
+)
 
 
 @pytest.mark.django_db
@@ -143,8 +148,10 @@ def test_writer_spools_when_database_is_down_and_replays_later(tmp_path: Path, m
 
 def rollups_match_raw_records() -> None:
     """Every rollup equals the sum of its unflagged raw records; flagged ones are counted
-    apart (`tests.usage_helpers.rollups_vs_raw_scan`)."""
+    apart (`tests.usage_helpers.rollups_vs_raw_scan`); the per-target tables equal the
+    routed records (`route_targets_vs_raw_scan`)."""
     rollups_vs_raw_scan()
+    route_targets_vs_raw_scan()
 
 
 @pytest.mark.parametrize("sink_class", ["orm", "postgres"])
@@ -174,6 +181,21 @@ def test_rollups_equal_raw_records_and_ignore_replays(tmp_path: Path, sink_class
             other, started_at=t0, finished_at=t0, provider_account_id=12, status="upstream_error"
         ),
         record_for(other, started_at=t0, finished_at=t0, provider_account_id=12, status="failed"),
+        # a call that failed over from target 3 to target 4
+        record_for(
+            other,
+            started_at=t0,
+            finished_at=t0,
+            route_id=3,
+            attempt=1,
+            failed_over=True,
+            status="failed",
+            upstream_status=0,
+            reasoning_effort="low",
+        ),
+        record_for(
+            other, started_at=t0, finished_at=t0, route_id=4, attempt=2, reasoning_effort="low"
+        ),
     ]
     sink = OrmLedgerSink() if sink_class == "orm" else default_sink()
 
