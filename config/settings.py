@@ -414,6 +414,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "metering.tasks.learn_hold_caps",
         "schedule": 3600.0,
     },
+    "route-expectations-learn": {
+        "task": "metering.tasks.learn_route_expectations",
+        "schedule": 3600.0,  # expected tokens per target and effort (metering.routing.learn)
+    },
     "ledger-partitions-ensure": {
         "task": "metering.tasks.ledger_partitions_ensure",
         "schedule": 3600.0,  # months ahead kept ready; logs an error when coverage is short
@@ -476,6 +480,25 @@ RECKON_HOLD_UNSEEN_INPUT_TOKENS = int(os.environ.get("RECKON_HOLD_UNSEEN_INPUT_T
 # least RECKON_HOLD_CAP_MIN_SAMPLES calls (else across tenants, else the ceiling).
 RECKON_HOLD_CAP_DAYS = int(os.environ.get("RECKON_HOLD_CAP_DAYS", "7"))
 RECKON_HOLD_CAP_MIN_SAMPLES = int(os.environ.get("RECKON_HOLD_CAP_MIN_SAMPLES", "50"))
+
+# --- Routing across an alias's targets (metering.routing, decision 0117) ------------
+# Circuit breaker, shared by every server process through Redis: a target opens when,
+# within WINDOW_S seconds, at least FAILURES retryable failures are at least RATIO of the
+# attempts reported; it stays out COOLDOWN_S, doubling per re-open up to MAX_COOLDOWN_S.
+RECKON_ROUTE_BREAKER_FAILURES = int(os.environ.get("RECKON_ROUTE_BREAKER_FAILURES", "5"))
+RECKON_ROUTE_BREAKER_RATIO = Decimal(os.environ.get("RECKON_ROUTE_BREAKER_RATIO", "0.5"))
+RECKON_ROUTE_BREAKER_WINDOW_S = int(os.environ.get("RECKON_ROUTE_BREAKER_WINDOW_S", "10"))
+RECKON_ROUTE_BREAKER_COOLDOWN_S = int(os.environ.get("RECKON_ROUTE_BREAKER_COOLDOWN_S", "30"))
+RECKON_ROUTE_BREAKER_MAX_COOLDOWN_S = int(
+    os.environ.get("RECKON_ROUTE_BREAKER_MAX_COOLDOWN_S", "300")
+)
+# `cheapest`: expected costs within this fraction of the lowest are a tie (broken by the
+# lower learned p50 latency, then priority).
+RECKON_ROUTE_COST_TIE = Decimal(os.environ.get("RECKON_ROUTE_COST_TIE", "0.02"))
+# Expected tokens per target and effort are learned from this many days of attempts;
+# below MIN_SAMPLES answered attempts a target takes its alias's mean for that effort.
+RECKON_ROUTE_LEARN_DAYS = int(os.environ.get("RECKON_ROUTE_LEARN_DAYS", "7"))
+RECKON_ROUTE_MIN_SAMPLES = int(os.environ.get("RECKON_ROUTE_MIN_SAMPLES", "50"))
 
 # --- Reconciliation against the providers' reports (metering.reconcile) -------------
 # A row matches when |theirs - ours| <= max(TOKENS, RELATIVE x theirs); exact Decimal.
