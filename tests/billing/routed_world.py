@@ -52,7 +52,7 @@ def rate_for(route: Route, *, output: str, reasoning: str, at: datetime = T0) ->
     )
 
 
-def routed_world() -> RoutedWorld:
+def routed_world(*, usage: bool = True) -> RoutedWorld:
     key = ApiKeyFactory()
     h100 = RouteFactory(alias="reasoner", name="h100", weight=80, priority=0)
     mi = RouteFactory(alias="reasoner", name="mi", weight=20, priority=1, accelerator="amd-mi300x")
@@ -73,6 +73,8 @@ def routed_world() -> RoutedWorld:
         )
     )
     subscription_create(tenant=key.tenant, plan_version=version, starts_at=T0)
+    if not usage:
+        return RoutedWorld(key, alias, h100, mi, h100_rate, mi_rate)
     at = T0 + timedelta(days=3)
     write_usage(
         key, at, h100_rate, route_id=h100.pk, output_tokens=1_000_000, reasoning_tokens=2_000_000
