@@ -216,7 +216,7 @@ def whatif_reroute(
     """Re-route the period's calls of `alias` with `policy` (see the module docstring)."""
     if policy not in POLICIES:
         raise ApplicationError(f"policy takes {', '.join(POLICIES)}.")
-    found = Alias.objects.filter(name=alias).first()
+    found = None if "\x00" in alias else Alias.objects.filter(name=alias).first()
     if found is None:
         raise NotFound(f"No alias {alias!r}.")
     routes = list(Route.objects.filter(alias_id=alias).order_by("priority", "name", "pk"))

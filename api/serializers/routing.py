@@ -266,7 +266,7 @@ class RerouteQuery(serializers.Serializer):
     def validate_rules(self, value: str) -> list[Any]:
         try:
             rules = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting too deep
             raise ValidationError("Not valid JSON.") from None
         if not isinstance(rules, list):
             raise ValidationError("A JSON list of rules.")

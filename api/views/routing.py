@@ -100,7 +100,8 @@ class RoutingAliasDetailView(APIView):
     def get(self, request: Request, alias: str) -> Response:
         query = validated_query(RoutingPeriodQuery, request)
         start, end = query["range"]
-        found = Alias.objects.filter(name=alias).first()
+        # NUL cannot be in a stored name (PostgreSQL refuses it in a query).
+        found = None if "\x00" in alias else Alias.objects.filter(name=alias).first()
         if found is None:
             raise NotFound(f"No alias {alias!r}.")
         routes = list(Route.objects.filter(alias_id=alias).order_by("priority", "name"))

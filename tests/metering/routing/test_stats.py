@@ -163,3 +163,68 @@ def test_target_stats(world: None) -> None:
     assert empty.attempts == 0 and empty.error_rate is None and empty.cost_per_call is None
     assert empty.latency_ms == {0.5: None, 0.99: None} and empty.efforts == ()
     assert stats[2].latency_ms == {0.5: 70, 0.99: None}
+
+
+@pytest.mark.django_db
+def test_stats_of_records_written_through_the_ledger() -> None:
+    """The ledger's own write path folds RouteTargetHour and the histograms; the stats
+    read them back: 3 attempts on target 7 (one failed over with a 503), 1 on target 8."""
+    from metering.ledger.orm import usage_records_write
+    from tests.factories import ApiKeyFactory
+    from tests.usage_helpers import usage_row
+
+    key = ApiKeyFactory()
+    at = H0 + timedelta(minutes=5)
+    usage_records_write(
+        [
+            usage_row(
+                key,
+                started_at=at,
+                route_id=7,
+                reasoning_effort="high",
+                output_tokens=10,
+                reasoning_tokens=300,
+                latency_us=120_000,
+                ttft_us=60_000,
+            ),
+            usage_row(
+                key,
+                started_at=at,
+                route_id=7,
+                reasoning_effort="high",
+                output_tokens=20,
+                reasoning_tokens=500,
+                latency_us=900_000,
+                ttft_us=80_000,
+            ),
+            usage_row(
+                key,
+                started_at=at,
+                route_id=7,
+                reasoning_effort="high",
+                attempt=0,
+                status="upstream_error",
+                upstream_status=503,
+                failed_over=True,
+                latency_us=30_000,
+            ),
+            usage_row(
+                key,
+                started_at=at,
+                route_id=8,
+                reasoning_effort="low",
+                output_tokens=5,
+                latency_us=10_000,
+            ),
+        ]
+    )
+    stats = target_stats([7, 8], START, END)
+    seven = stats[7]
+    assert (seven.attempts, seven.answered, seven.failed_over, seven.status_5xx) == (3, 2, 1, 1)
+    assert seven.error_rate == Decimal(1) / 3
+    (high,) = seven.efforts
+    assert (high.effort, high.reasoning_per_call) == ("high", Decimal(400))
+    # latency buckets: 30 ms -> [0] (50), 120 ms -> [3] (141), 900 ms -> [9] (1131)
+    assert seven.latency_ms == {0.5: 141, 0.99: 1131}
+    assert seven.ttft_ms == {0.5: 70, 0.99: 100}  # 60 ms -> [1] (70), 80 ms -> [2] (100)
+    assert stats[8].answered == 1 and stats[8].latency_ms == {0.5: 50, 0.99: 50}
