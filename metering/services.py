@@ -2,9 +2,12 @@
 metering.ledger).
 
 Invariants: a raw API key is returned once, by `api_key_create`, and never stored (only
-its digest and visible prefix); revoking is idempotent; a route is unique per alias and
-its base URL is stored normalized (`metering.routes`); a serving cost rate is only ever
-added, never edited (billing publishes one per cost basis x deployment change).
+its digest and visible prefix); revoking is idempotent; a route (a target) is unique per
+(alias, name) and its base URL is stored normalized (`metering.routes`); the targets of an
+alias speak one wire family (OpenAI or Anthropic) and an alias keeps at least one active
+target once it has one; an alias's `effort` rules name its active targets; a serving cost
+rate is only ever added, never edited (billing publishes one per cost basis x deployment
+change).
 """
 
 import uuid
@@ -21,6 +24,7 @@ from metering.ledger.record import Rates
 from metering.models import Alias, ApiKey, Route, ServingCostRate, Tenant, UpstreamKeyPeriod
 from metering.providers.accounts import provider_account_get, routes_provider_check
 from metering.routes import base_url_normalize, route_unreachable_warning
+from metering.routing.rules import EffortRule, parse_rules, rules_as_json, rules_unknown_targets
 from metering.usage import COST_RATE_FIELDS
 
 
@@ -77,6 +81,78 @@ def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
     return api_key
 
 
+# The wire family of each provider: the targets of one alias all speak one, so a failover
+# never changes the shape of the answer the client gets.
+WIRE_FAMILY = {
+    Route.Provider.OPENAI: "openai",
+    Route.Provider.OPENAI_COMPATIBLE: "openai",
+    Route.Provider.ANTHROPIC: "anthropic",
+}
+DEFAULT_TARGET = "default"
+MAX_WEIGHT = 1_000_000
+MAX_FIRST_BYTE_TIMEOUT_MS = 600_000  # the proxy's idle read timeout
+
+
+def _alias_name(alias: str) -> str:
+    name = alias.strip()
+    if not name:
+        raise ApplicationError("alias must not be empty.")
+    if len(name) > 200:
+        raise ApplicationError("alias is longer than 200 characters.")
+    return name
+
+
+def _target_name(target: str) -> str:
+    name = target.strip()
+    if not name or len(name) > 100 or any(c.isspace() or c == "/" for c in name):
+        raise ApplicationError(
+            "A target name is 1 to 100 characters with no spaces or slashes (e.g. h100, mi300x)."
+        )
+    return name
+
+
+def alias_target_get(*, alias: str, target: str | None = None) -> Route | None:
+    """The target `route_set` without a name means: the named one (NotFound if absent), or
+    the alias's only target (preferring its only active one), or None when it has none.
+    Several active targets and no name is refused: the write would be ambiguous."""
+    alias = _alias_name(alias)
+    if target is not None:
+        route = Route.objects.filter(alias_id=alias, name=_target_name(target)).first()
+        if route is None:
+            raise NotFound(f"Alias {alias!r} has no target {target.strip()!r}.")
+        return route
+    routes = list(Route.objects.filter(alias_id=alias).order_by("priority", "name"))
+    active = [r for r in routes if r.is_active]
+    if len(routes) == 1:
+        return routes[0]
+    if len(active) == 1:
+        return active[0]
+    if not routes:
+        return None
+    names = ", ".join(r.name for r in (active or routes))
+    raise ApplicationError(
+        f"Alias {alias!r} has several targets ({names}): name one with --target (target=)."
+    )
+
+
+def _check_number(value: int | None, what: str, low: int, high: int) -> None:
+    if value is not None and (isinstance(value, bool) or not low <= value <= high):
+        raise ApplicationError(f"{what} must be an integer from {low} to {high}.")
+
+
+def _check_wire_family(*, alias: str, provider: str, exclude_pk: int | None) -> None:
+    others = Route.objects.filter(alias_id=alias, is_active=True)
+    if exclude_pk is not None:
+        others = others.exclude(pk=exclude_pk)
+    family = WIRE_FAMILY[Route.Provider(provider)]
+    for other in others.only("name", "provider"):
+        if WIRE_FAMILY[Route.Provider(other.provider)] != family:
+            raise ApplicationError(
+                f"Every target of an alias speaks one wire family: {alias!r}'s target "
+                f"{other.name!r} is {other.provider}, which is not compatible with {provider}."
+            )
+
+
 @transaction.atomic
 def route_set(
     *,
@@ -88,22 +164,36 @@ def route_set(
     accelerator: str = "",
     provider_account: str | None = None,
     upstream_key_id: str | None = None,
+    target: str | None = None,
+    weight: int | None = None,
+    priority: int | None = None,
+    max_concurrent: int | None = None,
+    first_byte_timeout_ms: int | None = None,
 ) -> Route:
-    """Create or update the route for an alias (idempotent on the alias).
+    """Create or update one target of an alias (idempotent on (alias, target)), and the
+    alias when new.
 
-    The base URL is normalized for the provider (`metering.routes.base_url_normalize`) or
-    refused with a message saying what to write; `route_warnings` says what is still
-    doubtful about the saved route. `provider_account` (an account name, or '' for none)
-    and `upstream_key_id` are left as they are when None."""
+    Without `target`, the alias's only target ("default" when the alias is new); an alias
+    with several active targets is refused (name one). The base URL is normalized for the
+    provider (`metering.routes.base_url_normalize`) or refused with a message saying what
+    to write; `route_warnings` says what is still doubtful about the saved route. All
+    targets of an alias speak one wire family. `provider_account` (an account name, or ''
+    for none), `upstream_key_id`, `weight` and `priority` are left as they are when None;
+    `max_concurrent` and `first_byte_timeout_ms` too, and 0 clears them (no limit)."""
     if provider not in Route.Provider.values:
         raise ApplicationError(
             f"provider must be one of {', '.join(Route.Provider.values)}; got {provider!r}."
         )
-    if not alias.strip() or not upstream_model.strip():
+    alias = _alias_name(alias)
+    if not upstream_model.strip():
         raise ApplicationError("alias and upstream model must not be empty.")
     if api_key_env and not api_key_env.replace("_", "").isalnum():
         raise ApplicationError("api_key_env must be an environment variable name.")
-    values = {
+    _check_number(weight, "weight", 0, MAX_WEIGHT)
+    _check_number(priority, "priority", -32768, 32767)
+    _check_number(max_concurrent, "max_concurrent", 0, 2**31 - 1)
+    _check_number(first_byte_timeout_ms, "first_byte_timeout_ms", 0, MAX_FIRST_BYTE_TIMEOUT_MS)
+    values: dict[str, Any] = {
         "provider": provider,
         "base_url": base_url_normalize(provider=provider, base_url=base_url).url,
         "upstream_model": upstream_model.strip(),
@@ -113,18 +203,199 @@ def route_set(
         **_route_account_fields(
             provider=provider, provider_account=provider_account, upstream_key_id=upstream_key_id
         ),
+        **{
+            name: value
+            for name, value in (("weight", weight), ("priority", priority))
+            if value is not None
+        },
+        **{
+            name: value or None
+            for name, value in (
+                ("max_concurrent", max_concurrent),
+                ("first_byte_timeout_ms", first_byte_timeout_ms),
+            )
+            if value is not None
+        },
     }
-    existing = Route.objects.filter(alias_id=alias.strip()).values_list("pk", flat=True).first()
+    if target is None:
+        existing = alias_target_get(alias=alias)
+        name = existing.name if existing is not None else DEFAULT_TARGET
+    else:
+        name = _target_name(target)
+        existing = Route.objects.filter(alias_id=alias, name=name).first()
+    _check_wire_family(alias=alias, provider=provider, exclude_pk=existing.pk if existing else None)
     if existing is not None:
-        route_key_history_seed(route_id=existing)
+        route_key_history_seed(route_id=existing.pk)
     try:
         with transaction.atomic():
-            alias_row, _ = Alias.objects.get_or_create(name=alias.strip())
-            route, _ = Route.objects.update_or_create(alias=alias_row, defaults=values)
-    except IntegrityError as exc:  # a concurrent create of the same alias
+            alias_row, _ = Alias.objects.get_or_create(name=alias)
+            route, _ = Route.objects.update_or_create(alias=alias_row, name=name, defaults=values)
+    except IntegrityError as exc:  # a concurrent create of the same target
         raise Conflict(f"Route {alias!r} was changed concurrently; try again.") from exc
     route_key_period_record(route=route)
     return route
+
+
+@transaction.atomic
+def route_target_tune(
+    *,
+    alias: str,
+    target: str | None = None,
+    weight: int | None = None,
+    priority: int | None = None,
+    max_concurrent: int | None = None,
+    first_byte_timeout_ms: int | None = None,
+) -> Route:
+    """Change only an existing target's routing fields (None: as it is; 0 clears
+    `max_concurrent` and `first_byte_timeout_ms`). Without `target`, the alias's only one."""
+    _check_number(weight, "weight", 0, MAX_WEIGHT)
+    _check_number(priority, "priority", -32768, 32767)
+    _check_number(max_concurrent, "max_concurrent", 0, 2**31 - 1)
+    _check_number(first_byte_timeout_ms, "first_byte_timeout_ms", 0, MAX_FIRST_BYTE_TIMEOUT_MS)
+    found = alias_target_get(alias=alias, target=target)
+    if found is None:
+        raise NotFound(f"No route {alias!r}.")
+    route = Route.objects.select_for_update().get(pk=found.pk)
+    fields: dict[str, Any] = {
+        name: value
+        for name, value in (("weight", weight), ("priority", priority))
+        if value is not None
+    }
+    fields.update(
+        (name, value or None)
+        for name, value in (
+            ("max_concurrent", max_concurrent),
+            ("first_byte_timeout_ms", first_byte_timeout_ms),
+        )
+        if value is not None
+    )
+    changed = {k: v for k, v in fields.items() if getattr(route, k) != v}
+    for name, value in changed.items():
+        setattr(route, name, value)
+    if changed:
+        route.save(update_fields=[*changed, "updated_at"])
+    return route
+
+
+@transaction.atomic
+def route_target_remove(*, alias: str, target: str) -> Route:
+    """Deactivate one target of an alias (idempotent). Never the alias's last active
+    target (deactivate the alias instead: `alias_set(is_active=False)`), nor one its
+    `effort` rules send calls to."""
+    alias = _alias_name(alias)
+    Alias.objects.select_for_update().filter(name=alias).first()  # one remover at a time
+    route = alias_target_get(alias=alias, target=target)
+    assert route is not None  # a named target is found or NotFound was raised
+    if not route.is_active:
+        return route
+    others = Route.objects.filter(alias_id=alias, is_active=True).exclude(pk=route.pk)
+    if not others.exists():
+        raise ApplicationError(
+            f"{route.name!r} is the last active target of {alias!r}: add another first, or "
+            f"deactivate the alias (alias_set {alias} --inactive)."
+        )
+    alias_row = Alias.objects.get(name=alias)
+    if alias_row.policy == Alias.Policy.EFFORT:
+        named = [r.name for r in _stored_rules(alias_row) if r.target == route.name]
+        if named:
+            raise ApplicationError(
+                f"Rule(s) {', '.join(map(repr, named))} of {alias!r} send calls to "
+                f"{route.name!r}: change the rules first (alias_set --rules-file)."
+            )
+    route.is_active = False
+    route.save(update_fields=["is_active", "updated_at"])
+    return route
+
+
+def _stored_rules(alias: Alias) -> tuple[EffortRule, ...]:
+    try:
+        return parse_rules(alias.rules)
+    except ValueError:
+        return ()
+
+
+@transaction.atomic
+def alias_set(
+    *,
+    name: str,
+    policy: str | None = None,
+    rules: Any = None,
+    max_attempts: int | None = None,
+    is_active: bool | None = None,
+) -> Alias:
+    """Create or update an alias's routing (idempotent; None leaves a field as it is).
+
+    `rules` (a JSON list, `metering.routing.rules`) belong to the `effort` policy and must
+    name active targets of the alias; `max_attempts` is 1 (no failover) to 4."""
+    name = _alias_name(name)
+    if policy is not None and policy not in Alias.Policy.values:
+        raise ApplicationError(
+            f"policy must be one of {', '.join(Alias.Policy.values)}; got {policy!r}."
+        )
+    _check_number(max_attempts, "max_attempts", 1, 4)
+    parsed: tuple[EffortRule, ...] | None = None
+    if rules is not None:
+        try:
+            parsed = parse_rules(rules)
+        except ValueError as exc:
+            raise ApplicationError(f"Invalid rules: {exc}") from exc
+    try:
+        with transaction.atomic():
+            alias, _ = Alias.objects.get_or_create(name=name)
+    except IntegrityError as exc:  # a concurrent create of the same alias
+        raise Conflict(f"Alias {name!r} was changed concurrently; try again.") from exc
+    alias = Alias.objects.select_for_update().get(pk=alias.pk)
+    final_policy = policy if policy is not None else alias.policy
+    final_rules = parsed if parsed is not None else _stored_rules(alias)
+    if final_rules and final_policy != Alias.Policy.EFFORT:
+        raise ApplicationError(
+            f"Rules apply to the effort policy only; {name!r} routes by {final_policy} "
+            "(pass --policy effort, or an empty rules list [] to clear them)."
+        )
+    if parsed is not None:
+        targets = Route.objects.filter(alias_id=name, is_active=True).values_list("name", flat=True)
+        unknown = rules_unknown_targets(parsed, targets)
+        if unknown:
+            raise ApplicationError(
+                f"Rules name target(s) {', '.join(map(repr, unknown))} that {name!r} has no "
+                "active target by (add them first with route_set --target)."
+            )
+    changed = {
+        field: value
+        for field, value in (
+            ("policy", policy),
+            ("rules", None if parsed is None else rules_as_json(parsed)),
+            ("max_attempts", max_attempts),
+            ("is_active", is_active),
+        )
+        if value is not None and getattr(alias, field) != value
+    }
+    for field, value in changed.items():
+        setattr(alias, field, value)
+    if changed:
+        alias.save(update_fields=[*changed, "updated_at"])
+    return alias
+
+
+def alias_warnings(*, alias: Alias) -> list[str]:
+    """What an operator should hear about an alias's routing (it is saved, not refused)."""
+    warnings: list[str] = []
+    active = list(Route.objects.filter(alias_id=alias.name, is_active=True))
+    if not active:
+        warnings.append(f"{alias.name!r} has no active target yet: add one with route_set.")
+    if not alias.is_active:
+        warnings.append(f"{alias.name!r} is inactive: every call to it gets model_not_found.")
+    names = {r.name for r in active}
+    if alias.policy == Alias.Policy.EFFORT and active and DEFAULT_TARGET not in names:
+        warnings.append(
+            f"{alias.name!r} routes by effort but has no target named {DEFAULT_TARGET!r}: "
+            "calls no rule matches go to its first target by priority."
+        )
+    if alias.policy == Alias.Policy.WEIGHTED and active and not any(r.weight for r in active):
+        warnings.append(f"Every target of {alias.name!r} has weight 0.")
+    if len(active) > 1 and alias.max_attempts == 1:
+        warnings.append(f"{alias.name!r} has several targets but max_attempts 1: no failover.")
+    return warnings
 
 
 def _route_account_fields(
@@ -157,11 +428,16 @@ def _route_account_fields(
 
 @transaction.atomic
 def route_provider_account_set(
-    *, alias: str, provider_account: str | None, upstream_key_id: str | None
+    *,
+    alias: str,
+    provider_account: str | None,
+    upstream_key_id: str | None,
+    target: str | None = None,
 ) -> Route:
-    """Set (or clear, with '') an existing route's provider account and upstream key id;
-    None leaves a field as it is."""
-    route = Route.objects.select_for_update().filter(alias_id=alias.strip()).first()
+    """Set (or clear, with '') an existing target's provider account and upstream key id;
+    None leaves a field as it is. Without `target`, the alias's only target."""
+    found = alias_target_get(alias=alias, target=target)
+    route = None if found is None else Route.objects.select_for_update().get(pk=found.pk)
     if route is None:
         raise NotFound(f"No route {alias!r}.")
     fields = _route_account_fields(
@@ -247,11 +523,23 @@ def route_warnings(*, route: Route) -> list[str]:
 
 @transaction.atomic
 def tenant_allow_routes(*, tenant: Tenant, aliases: list[str]) -> None:
+    """Grant `tenant` the aliases (every target of each; idempotent)."""
+    aliases = [str(a) for a in aliases]  # an Alias row names itself
     found = list(Alias.objects.filter(name__in=aliases))
     missing = sorted(set(aliases) - {a.name for a in found})
     if missing:
         raise NotFound(f"Unknown route alias(es): {', '.join(missing)}.")
     tenant.allowed_aliases.add(*found)
+
+
+@transaction.atomic
+def tenant_revoke_routes(*, tenant: Tenant, aliases: list[str]) -> None:
+    """Take the aliases back from `tenant` (idempotent; unknown names are refused)."""
+    found = list(Alias.objects.filter(name__in=aliases))
+    missing = sorted(set(aliases) - {a.name for a in found})
+    if missing:
+        raise NotFound(f"Unknown route alias(es): {', '.join(missing)}.")
+    tenant.allowed_aliases.remove(*found)
 
 
 @transaction.atomic
