@@ -14,11 +14,18 @@ from metering.ledger.partitions import partitions_maintain
 from metering.ledger.rollups import usage_rollup_shards_fold
 from metering.models import ProviderAccount
 from metering.reconcile.sync import provider_account_sync, provider_accounts_due
+from metering.routing.learn import learn_route_expectations as route_expectations_learn
 
 
 @shared_task(name="metering.tasks.learn_hold_caps", **RELIABLE_TASK)
 def learn_hold_caps(as_of: str | None = None) -> int:
     return hold_caps_learn(as_of=datetime.fromisoformat(as_of) if as_of else None)
+
+
+@shared_task(name="metering.tasks.learn_route_expectations", **RELIABLE_TASK)
+def learn_route_expectations(as_of: str | None = None) -> int:
+    """Expected tokens and latency per routing target and effort (metering.routing.learn)."""
+    return route_expectations_learn(datetime.fromisoformat(as_of) if as_of else None)
 
 
 @shared_task(name="metering.tasks.control_counters_rebuild", **RELIABLE_TASK)

@@ -12,9 +12,25 @@ and `RouteInfo` satisfy them), so this module imports nothing from Django.
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
+
+from metering.routing.rules import EffortRule, parse_rules
 
 POLICIES = ("fallback", "weighted", "cheapest", "effort")
+__all__ = [  # EffortRule and parse_rules live in `rules`; policies' users get them here too
+    "DEFAULT_COST_TIE_PPM",
+    "POLICIES",
+    "RETRYABLE_STATUSES",
+    "EffortRule",
+    "Features",
+    "Pick",
+    "PlanLike",
+    "TargetLike",
+    "TargetView",
+    "choose",
+    "parse_rules",
+    "retryable_status",
+]
 
 # Costs within this many parts per million of the cheapest are a tie (RECKON_ROUTE_COST_TIE,
 # 2%): broken by the lower learned p50 latency, then by priority.
@@ -29,55 +45,6 @@ def retryable_status(status: int) -> bool:
     """True when an upstream answer with `status` is the target's fault (429 or 5xx),
     not the request's (any other 4xx): another target may well answer it."""
     return status in RETRYABLE_STATUSES or 500 <= status <= 599
-
-
-@dataclass(frozen=True, slots=True)
-class EffortRule:
-    """One `effort` policy rule: a request matches when its effort is one of `efforts`
-    (empty: any) and its input estimate is at most `max_input_tokens` (None: any)."""
-
-    name: str
-    efforts: frozenset[str]
-    max_input_tokens: int | None
-    target: str
-
-    def matches(self, effort: str, input_tokens: int) -> bool:
-        return (not self.efforts or effort in self.efforts) and (
-            self.max_input_tokens is None or input_tokens <= self.max_input_tokens
-        )
-
-
-def parse_rules(raw: Any) -> tuple[EffortRule, ...]:
-    """`Alias.rules` JSON as rules, in order; ValueError naming the first problem."""
-    if not isinstance(raw, list):
-        raise ValueError("rules must be a list of objects")
-    rules: list[EffortRule] = []
-    for n, item in enumerate(raw, start=1):
-        where = f"rule {n}"
-        if not isinstance(item, dict):
-            raise ValueError(f"{where}: must be an object")
-        unknown = set(item) - {"name", "efforts", "max_input_tokens", "target"}
-        if unknown:
-            raise ValueError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
-        name, target = item.get("name"), item.get("target")
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"{where}: 'name' must be a non-empty string")
-        if not isinstance(target, str) or not target.strip():
-            raise ValueError(f"{where} ({name}): 'target' must be a non-empty string")
-        efforts = item.get("efforts", [])
-        if not isinstance(efforts, list) or not all(
-            isinstance(e, str) and e.strip() for e in efforts
-        ):
-            raise ValueError(f"{where} ({name}): 'efforts' must be a list of effort names")
-        limit = item.get("max_input_tokens")
-        if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
-        ):
-            raise ValueError(f"{where} ({name}): 'max_input_tokens' must be a whole number >= 0")
-        if any(r.name == name for r in rules):
-            raise ValueError(f"{where}: the name {name!r} is used twice")
-        rules.append(EffortRule(name, frozenset(efforts), limit, target))
-    return tuple(rules)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from metering.routing import rules
 from metering.routing.policies import (
     EffortRule,
     Features,
@@ -247,37 +248,9 @@ def test_not_retryable(status: int) -> None:
     assert not retryable_status(status)
 
 
-def test_parse_rules() -> None:
-    raw = [
-        {
-            "name": "light",
-            "efforts": ["minimal", "low"],
-            "max_input_tokens": 2000,
-            "target": "mini",
-        },
-        {"name": "rest", "target": "default"},
-    ]
-    assert parse_rules(raw) == (
-        EffortRule("light", frozenset({"minimal", "low"}), 2000, "mini"),
-        EffortRule("rest", frozenset(), None, "default"),
+def test_rules_are_the_aliases_own() -> None:
+    """One EffortRule and one parser: policies re-exports metering.routing.rules'."""
+    assert EffortRule is rules.EffortRule and parse_rules is rules.parse_rules
+    assert parse_rules([{"name": "light", "efforts": ["low"], "target": "mini"}]) == (
+        EffortRule("light", frozenset({"low"}), None, "mini"),
     )
-    assert parse_rules([]) == ()
-
-
-@pytest.mark.parametrize(
-    ("raw", "message"),
-    [
-        ({"name": "x"}, "must be a list"),
-        (["x"], "rule 1: must be an object"),
-        ([{"target": "a"}], "'name'"),
-        ([{"name": "x"}], "'target'"),
-        ([{"name": "x", "target": "a", "efforts": "low"}], "'efforts'"),
-        ([{"name": "x", "target": "a", "max_input_tokens": -1}], "'max_input_tokens'"),
-        ([{"name": "x", "target": "a", "max_input_tokens": True}], "'max_input_tokens'"),
-        ([{"name": "x", "target": "a", "colour": 1}], "unknown field"),
-        ([{"name": "x", "target": "a"}, {"name": "x", "target": "b"}], "used twice"),
-    ],
-)
-def test_parse_rules_refuses(raw: object, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        parse_rules(raw)
