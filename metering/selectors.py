@@ -11,7 +11,9 @@ Invariants:
   `since`), so months archived and dropped from the raw ledger still count;
 - usage analytics equal a raw scan of the window (`usage_summary_raw`,
   `usage_series_raw`): whole UTC hours from the rollups, partial edge hours from the
-  raw records;
+  raw records; they count client calls, not attempts: an attempt that failed over to
+  another target (decision 0117) is not a request (rollups: requests + flagged -
+  failed_over); it has zero tokens, so every sum is the same either way;
 - token classes carry the ledger's names (`metering.usage.LEDGER_COLUMNS`) except in
   `UsageTotals` and `ServedTotals`, which carry pricing's (`PRICING_CLASS`).
 """
@@ -75,6 +77,9 @@ def _with_shares(row: dict[str, Any]) -> dict[str, Any]:
 # Time buckets of usage series and summaries, truncated in UTC (settings.TIME_ZONE).
 GRANULARITIES = ("hour", "day", "month")
 _COUNTED = ("requests", *LEDGER_COLUMNS)
+# A record that is a client call: every record but an attempt that failed over (its call
+# is answered by a later attempt's record). NULL: recorded before routing.
+_A_CALL = Q(failed_over__isnull=True) | Q(failed_over=False)
 
 
 def _whole_hours(filters: UsageFilter) -> tuple[datetime | None, datetime | None] | None:
@@ -115,12 +120,15 @@ def _grouped(
 def _usage_rows(
     filters: UsageFilter, *, key: str | None, bucket: str | None, raw: bool
 ) -> list[dict[str, Any]]:
-    """Requests and tokens of every record in the window (flagged or not) per `key` and
-    `bucket`. Whole hours come from the hourly rollups (plain + flagged sums), the
+    """Requests (client calls: failed-over attempts left out) and tokens of every record
+    in the window (flagged or not) per `key` and `bucket`. Whole hours come from the hourly rollups (plain + flagged sums), the
     partial hours at the window's edges from the raw records; `raw` reads everything
     from the raw records (the reference the rollup path must equal)."""
     hours = None if raw else _whole_hours(filters)
-    raw_sums = {"requests": Count("id"), **{name: Sum(name) for name in LEDGER_COLUMNS}}
+    raw_sums = {
+        "requests": Count("id", filter=_A_CALL),
+        **{name: Sum(name) for name in LEDGER_COLUMNS},
+    }
     if hours is None:
         with _read_lock(filters.since, filters.until):
             records = usage_records_for_tenant(filters=filters)
@@ -143,7 +151,10 @@ def _usage_rows(
         key=key,
         bucket=bucket,
         time_field="hour",
-        sums={name: Sum(F(name) + F(f"flagged_{name}")) for name in _COUNTED},
+        sums={
+            "requests": Sum(F("requests") + F("flagged_requests") - F("failed_over_requests")),
+            **{name: Sum(F(name) + F(f"flagged_{name}")) for name in LEDGER_COLUMNS},
+        },
     )
     # Each edge as its own time range (not the window with the whole hours cut out), so
     # PostgreSQL reads two short ranges of the (tenant, started_at) index; an edge hour
@@ -255,8 +266,8 @@ def _usage_summary(
 
 
 def usage_summary(*, filters: UsageFilter, group_by: str | None = None) -> list[dict[str, Any]]:
-    """Requests and token totals per class of every record in the window (flagged ones
-    included), optionally grouped by alias, API key or UTC day, in ascending group order
+    """Requests (client calls, not attempts) and token totals per class of every record
+    in the window (flagged ones included), optionally grouped by alias, API key or UTC day, in ascending group order
     (aliases by code point). Served from the hourly rollups plus the raw records of the
     partial hours at the window's edges; equal to `usage_summary_raw`."""
     return _usage_summary(filters, group_by, raw=False)
@@ -281,7 +292,7 @@ def _usage_series(
 def usage_series(
     *, filters: UsageFilter, granularity: str, group_by: str | None = None
 ) -> list[dict[str, Any]]:
-    """Requests and token totals of every record in the window per UTC bucket of
+    """Requests (client calls) and token totals of every record in the window per UTC bucket of
     `granularity` (hour, day or month; `start` is the bucket's first instant), optionally
     per alias or API key too, ordered by bucket then group. Buckets without usage are
     left out. Served like `usage_summary`; equal to `usage_series_raw`."""

@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 
 State = LedgerArchive.State
 TABLE = UsageRecord._meta.db_table
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MONEY_COLUMNS = ("spend_usd", "serving_cost_usd", "reasoning_cost_usd")
 # Money sums are written with the ledger's 24 decimals, so equal sums are equal strings.
 MONEY_QUANTUM = Decimal("1e-24")
@@ -119,7 +119,16 @@ SCHEMA = pa.schema(
 COLUMNS = [f.column for f in FIELDS]
 # Nullable columns each older schema version lacks: its files still verify, restore
 # (those columns NULL) and read (as nulls).
-ADDED_SINCE = {1: ("provider_account_id",)}
+# Version 3: the routing stamps (decision 0117).
+ROUTING_COLUMNS = (
+    "route_id",
+    "attempt",
+    "failed_over",
+    "route_policy",
+    "route_reason",
+    "reasoning_effort",
+)
+ADDED_SINCE = {1: ("provider_account_id", *ROUTING_COLUMNS), 2: ROUTING_COLUMNS}
 
 
 def schema_of_version(version: int) -> pa.Schema:
@@ -1027,8 +1036,9 @@ def archived_usage_grouped(
     bucket: str | None,
     store: ArchiveStore | None = None,
 ) -> list[dict[str, Any]]:
-    """Usage analytics' raw read, from a dropped month's archive: requests and token sums
-    of ONE tenant's records (flagged or not) started in [start, end), optionally of one
+    """Usage analytics' raw read, from a dropped month's archive: requests (client calls:
+    attempts that failed over left out) and token sums of ONE tenant's records (flagged
+    or not) started in [start, end), optionally of one
     key and alias, per `key` (a ledger column) and per `bucket` (a UTC granularity of
     started_at, as "bucket"), shaped like the database's rows (see `_archived_batches`)."""
     where = pc.field("tenant_id") == str(tenant_id)
@@ -1037,13 +1047,18 @@ def archived_usage_grouped(
     if alias:
         where = where & (pc.field("alias") == alias)
     keys = [k for k in (key, "bucket" if bucket else None) if k]
-    columns = sorted({"id", "started_at", *(k for k in keys if k != "bucket"), *LEDGER_COLUMNS})
-    aggregates = [("id", "count"), *[(name, "sum") for name in LEDGER_COLUMNS]]
+    columns = sorted(
+        {"failed_over", "started_at", *(k for k in keys if k != "bucket"), *LEDGER_COLUMNS}
+    )
+    aggregates = [("call", "sum"), *[(name, "sum") for name in LEDGER_COLUMNS]]
     totals: dict[tuple[Any, ...], dict[str, Any]] = {}
     for batch in _archived_batches(
         month, start=start, end=end, columns=columns, where=where, store=store
     ):
         table = pa.Table.from_batches([batch])
+        # 1 per client call; 0 for an attempt that failed over (NULL: before routing)
+        failed_over = pc.fill_null(table["failed_over"], False)
+        table = table.append_column("call", pc.if_else(failed_over, 0, 1).cast(pa.int64()))
         if bucket is not None:
             table = table.append_column(
                 "bucket", pc.floor_temporal(table["started_at"], unit=bucket)
@@ -1054,7 +1069,7 @@ def archived_usage_grouped(
     return [
         {
             **(dict(zip(keys, group, strict=True)) if keys else {}),
-            "requests": sums["id_count"],
+            "requests": sums["call_sum"],
             **{name: sums[f"{name}_sum"] for name in LEDGER_COLUMNS},
         }
         for group, sums in totals.items()

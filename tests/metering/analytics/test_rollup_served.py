@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from metering.ledger.postgres import pg_insert_statement
 from metering.ledger.rollups import usage_rollup_shards_fold
+from metering.selectors import UsageFilter, usage_summary
 from tests.metering.analytics.usage_world import (
     T0,
     as_ledger_rows,
@@ -29,7 +30,7 @@ from tests.metering.analytics.usage_world import (
     windows,
     write_orm,
 )
-from tests.usage_helpers import rollups_vs_raw_scan
+from tests.usage_helpers import rollups_vs_raw_scan, route_targets_vs_raw_scan
 
 pytestmark = pytest.mark.skipif(
     connection.vendor != "postgresql", reason="the PostgreSQL paths (SQLite: test_sqlite.py)"
@@ -69,6 +70,7 @@ def test_rollup_served_usage_equals_a_raw_scan(  # type: ignore[no-untyped-def]
         assert_rollups_serve_as_raw(tenant, keys, (None, None), None, None)
         assert_limits_read_as_raw(tenant, keys, limits_since)
     rollups_vs_raw_scan()  # per full rollup key, unanswered requests included
+    route_targets_vs_raw_scan()
     assert_forwarded_as_raw()
 
 
@@ -129,3 +131,49 @@ def test_windows_given_at_a_half_hour_offset_cut_utc_hours() -> None:
     since = (T0 + timedelta(minutes=30)).astimezone(ist)  # 30 minutes into the UTC hour
     until = (T0 + timedelta(hours=3)).astimezone(ist)
     assert assert_rollups_serve_as_raw(tenant, keys, (since, until), None, None) == 2
+
+
+@pytest.mark.django_db
+def test_a_call_that_failed_over_counts_once_in_analytics() -> None:
+    """Decision 0117: an attempt that failed over is a record (rollups: requests +
+    flagged, and failed_over_requests) but not a client call; analytics count calls, in
+    whole hours (rollups) and in edge hours (raw records) alike."""
+    from metering.models import UsageRecord, UsageRollup
+
+    world = tenants_with_keys()
+    tenant, keys = world[0]
+
+    def drawn(minutes: int, route: int | None, failed_over: bool, flagged: bool) -> dict[str, Any]:
+        return {
+            "tenant": 0,
+            "key": 0,
+            "alias": "reasoner",
+            "accelerator": "",
+            "flagged": flagged,
+            "started_at": T0 + timedelta(minutes=minutes),
+            "tokens": (10, 0, 0, 5, 7),
+            "shard": minutes % 3,
+            "route": route,
+            "failed_over": failed_over,
+            "effort": "high",
+        }
+
+    calls = [
+        drawn(5, 11, True, False),  # failed over ...
+        drawn(5, 12, False, False),  # ... to this attempt, which answered
+        drawn(20, 11, True, True),  # a flagged failed-over attempt ...
+        drawn(20, 12, False, True),  # ... and its answer
+        drawn(40, None, False, False),  # an unrouted call
+    ]
+    write_postgres(as_ledger_rows(world, calls))
+    assert UsageRecord.objects.filter(tenant_id=tenant.pk).count() == 5
+    rolled = UsageRollup.objects.filter(tenant_id=tenant.pk)
+    assert sum(r.requests + r.flagged_requests for r in rolled) == 5
+    assert sum(r.failed_over_requests for r in rolled) == 2
+    assert assert_rollups_serve_as_raw(tenant, keys, (None, None), None, None) == 3
+    edge = (T0 + timedelta(minutes=1), T0 + timedelta(minutes=30))  # no whole hour: raw
+    assert assert_rollups_serve_as_raw(tenant, keys, edge, None, None) == 2
+    summary = usage_summary(filters=UsageFilter(tenant_id=tenant.pk))[0]
+    assert (summary["requests"], summary["input_tokens"]) == (3, 30)  # attempts: no tokens
+    rollups_vs_raw_scan()
+    route_targets_vs_raw_scan()

@@ -44,7 +44,7 @@ from tests.metering.analytics.usage_world import (
     as_ledger_rows, assert_forwarded_as_raw, assert_limits_read_as_raw,
     assert_rollups_serve_as_raw, records, tenants_with_keys, whole_hours, windows, write_orm,
 )
-from tests.usage_helpers import rollups_vs_raw_scan
+from tests.usage_helpers import rollups_vs_raw_scan, route_targets_vs_raw_scan
 
 
 @settings(max_examples=25, deadline=None, database=None)
@@ -63,6 +63,7 @@ def rollups_serve_as_raw(drawn, window, alias, key_index, limits_since):
         assert_rollups_serve_as_raw(tenant, keys, (None, None), None, None)
         assert_limits_read_as_raw(tenant, keys, limits_since)
     rollups_vs_raw_scan()
+    route_targets_vs_raw_scan()
     assert_forwarded_as_raw()
 
 

@@ -33,6 +33,7 @@ from tests.usage_helpers import record_for
 T0 = datetime(2026, 11, 29, 21, tzinfo=UTC)  # a month's end inside the span
 SPAN_HOURS = 72
 ACCOUNTS = (1, 2)  # provider account stamps (no foreign key: the ids need no rows)
+ROUTES = (11, 12)  # target stamps (no foreign key either)
 HOUR_US = 3_600_000_000
 
 # An instant: on an hour, a microsecond either side of one, or anywhere in it.
@@ -67,6 +68,11 @@ records = st.lists(
             "account": st.sampled_from([None, *ACCOUNTS]),
             "model": st.sampled_from(["m", "m-2"]),
             "status": st.sampled_from(["completed", "incomplete", "upstream_error", "failed"]),
+            # the target that served it (None: before routing) and whether this attempt
+            # failed over to another one (then: failed, no tokens, no spend)
+            "route": st.sampled_from([None, *ROUTES]),
+            "failed_over": st.booleans(),
+            "effort": st.sampled_from([None, "", "low", "high"]),
         }
     ),
     min_size=0,
@@ -130,6 +136,13 @@ def as_ledger_rows(world: list[tuple[Tenant, list[ApiKey]]], drawn: list[dict[st
             status=r.get("status", "completed"),
             **tokens,
         )
+        route = r.get("route")
+        if route is not None:
+            row |= {"route_id": route, "attempt": 1, "reasoning_effort": r.get("effort")}
+            row["failed_over"] = bool(r.get("failed_over"))
+            if row["failed_over"]:  # an attempt retried on another target, as the proxy
+                row |= {"status": "failed", "upstream_status": 0, "spend_usd": Decimal(0)}
+                row |= dict.fromkeys(tokens, 0)
         rows.append((r["shard"], row))
     return rows
 
@@ -176,10 +189,14 @@ def _finished(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+# Client calls: every record but the attempts that failed over (decision 0117).
+CALLS = Count("id") - Count("id", filter=Q(failed_over=True))
+
+
 def reference_summary(filters: UsageFilter, group_by: str | None) -> list[dict[str, Any]]:
     """The usage summary by one plain aggregate over the raw records, groups in code-point
-    order (decision 0113)."""
-    sums = {"requests": Count("id"), **{name: Sum(name) for name in COUNTED}}
+    order (decision 0113); requests count client calls."""
+    sums = {"requests": CALLS, **{name: Sum(name) for name in COUNTED}}
     records = _records_in(filters)
     if group_by is None:
         return [_finished(records.aggregate(**sums))]
@@ -204,8 +221,8 @@ def reference_series(
     filters: UsageFilter, granularity: str, group_by: str | None
 ) -> list[dict[str, Any]]:
     """The usage series by one plain aggregate over the raw records: UTC buckets, then
-    groups in code-point order."""
-    sums = {"requests": Count("id"), **{name: Sum(name) for name in COUNTED}}
+    groups in code-point order; requests count client calls."""
+    sums = {"requests": CALLS, **{name: Sum(name) for name in COUNTED}}
     column = {None: None, "alias": "alias", "api_key": "api_key_id"}[group_by]
     records = _records_in(filters).annotate(start=Trunc("started_at", granularity, tzinfo=UTC))
     names = ["start"] if column is None else ["start", column]

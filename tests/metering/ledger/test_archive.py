@@ -32,6 +32,7 @@ from metering import tasks
 from metering.calendar import month_day
 from metering.ledger import archive as ledger_archive
 from metering.ledger.archive import (
+    ADDED_SINCE,
     SCHEMA,
     SCHEMA_VERSION,
     ArchiveMismatch,
@@ -92,6 +93,17 @@ def rate() -> ServingCostRate:
     )
 
 
+# The routing stamps of a failed-over attempt (decision 0117), on some rows of a month.
+ROUTED = {
+    "route_id": 31,
+    "attempt": 1,
+    "failed_over": True,
+    "route_policy": "cheapest",
+    "route_reason": "cost",
+    "reasoning_effort": "",
+}
+
+
 def write_month(month: datetime, rate: ServingCostRate, count: int = 40) -> list[dict[str, Any]]:
     """`count` records over the month from two tenants, one in ten flagged, with exact
     money, JSON usage and every nullable column both set and empty."""
@@ -117,6 +129,7 @@ def write_month(month: datetime, rate: ServingCostRate, count: int = 40) -> list
                 upstream_response_id="" if n % 3 else f"chatcmpl-{n}",
                 ttft_us=None if n % 2 else 1000 + n,
                 provider_account_id=None if n % 3 == 1 else 7 + n % 2,
+                **(ROUTED if n % 4 == 1 else {}),
             )
         )
     usage_records_write(rows)
@@ -171,15 +184,28 @@ VERSION_1 = [
 
 # Version 2: the provider account stamp (reconciliation), after the accelerator.
 VERSION_2 = [*VERSION_1[:8], "provider_account_id:int64", *VERSION_1[8:]]
+# Version 3: the routing stamps (decision 0117), after the provider account.
+VERSION_3 = [
+    *VERSION_2[:9],
+    "route_id:int64",
+    "attempt:int64",
+    "failed_over:bool",
+    "route_policy:string",
+    "route_reason:string",
+    "reasoning_effort:string",
+    *VERSION_2[9:],
+]
 
 
 def test_schema_is_explicit_and_pinned() -> None:
     # A new ledger column must come with a new archive schema version.
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION == 3
     assert SCHEMA.names == [f.column for f in UsageRecord._meta.concrete_fields]
-    assert [f"{f.name}:{f.type}" for f in SCHEMA] == VERSION_2  # bump the version with it
+    assert [f"{f.name}:{f.type}" for f in SCHEMA] == VERSION_3  # bump the version with it
+    assert [f"{f.name}:{f.type}" for f in schema_of_version(2)] == VERSION_2
     assert [f"{f.name}:{f.type}" for f in schema_of_version(1)] == VERSION_1
     assert SCHEMA.field("provider_account_id").nullable
+    assert all(SCHEMA.field(name).nullable for name in ADDED_SINCE[2])
     assert str(SCHEMA.field("spend_usd").type) == "decimal256(44, 24)"
     assert str(SCHEMA.field("started_at").type) == "timestamp[us, tz=UTC]"
     assert not any("float" in str(f.type) or "double" in str(f.type) for f in SCHEMA)
@@ -321,22 +347,23 @@ def test_archive_drop_and_restore_with_the_same_ids(
         UsageRecord.objects.filter(pk=before[0][0]).update(input_tokens=0)
 
 
-def _as_version_1(archive_dir: Path, month: datetime) -> None:
-    """Rewrite an exported month as an archive of schema version 1 (before the provider
-    account stamp): its files without the column, its manifest (stored and recorded)
-    with their checksums and the old version."""
+def _as_version(archive_dir: Path, month: datetime, version: int) -> None:
+    """Rewrite an exported month as an archive of an older schema `version`: its files
+    without the columns added since, its manifest (stored and recorded) with their
+    checksums and the old version."""
     archive = LedgerArchive.objects.get(month=month)
     manifest = archive.manifest
     folder = archive_dir / manifest["month"]
     for entry in manifest["files"]:
         path = folder / entry["name"]
-        table = pq.read_table(path).drop_columns(["provider_account_id"])
-        pq.write_table(table.cast(schema_of_version(1)), path, compression="zstd")
+        table = pq.read_table(path).drop_columns(list(ADDED_SINCE[version]))
+        pq.write_table(table.cast(schema_of_version(version)), path, compression="zstd")
         entry["sha256"] = ledger_archive._sha256(path)
         entry["bytes"] = path.stat().st_size
-    manifest["schema_version"] = 1
+    manifest["schema_version"] = version
     manifest["schema"] = [
-        {"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema_of_version(1)
+        {"name": f.name, "type": str(f.type), "nullable": f.nullable}
+        for f in schema_of_version(version)
     ]
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
     archive.manifest = manifest
@@ -344,30 +371,33 @@ def _as_version_1(archive_dir: Path, month: datetime) -> None:
 
 
 @postgres_only
-def test_an_archive_from_before_the_provider_account_stamp_still_restores(
-    archive_dir: Path, rate: ServingCostRate
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_archive_of_an_older_schema_version_still_restores(
+    archive_dir: Path, rate: ServingCostRate, version: int
 ) -> None:
-    """An archive of schema version 1 (no provider_account_id) verifies, drops and
-    restores: every other column as it was, the stamp NULL."""
+    """An archive of schema version 1 (no provider_account_id, no routing stamps) or 2
+    (no routing stamps) verifies, drops and restores: every other column as it was, the
+    columns it lacks NULL."""
     write_month(SEP, rate)
     before = db_rows(SEP)
-    assert {r.provider_account_id for r in UsageRecord.objects.filter(started_at__lt=OCT)} == {
-        None,
-        7,
-        8,
-    }
+    in_sep = UsageRecord.objects.filter(started_at__lt=OCT)
+    assert {r.provider_account_id for r in in_sep} == {None, 7, 8}
+    assert {r.route_id for r in in_sep} == {None, 31}
     ledger_month_export(month=SEP, rows_per_file=15)
-    _as_version_1(archive_dir, SEP)
-    assert ledger_month_verify(month=SEP).state == "verified"  # version 1 files
+    _as_version(archive_dir, SEP, version)
+    assert ledger_month_verify(month=SEP).state == "verified"  # older files
     ledger_month_drop(month=SEP)
     assert LedgerArchive.objects.get(month=SEP).state == "dropped" and db_rows(SEP) == []
     call_command("ledger_restore", "2026-09")
-    stamp = [f.attname for f in UsageRecord._meta.concrete_fields].index("provider_account_id")
+    names = [f.column for f in UsageRecord._meta.concrete_fields]
+    lacking = [names.index(column) for column in ADDED_SINCE[version]]
     after = db_rows(SEP)
-    assert {row[stamp] for row in after} == {None}
-    assert [row[:stamp] + row[stamp + 1 :] for row in after] == [
-        row[:stamp] + row[stamp + 1 :] for row in before
-    ]
+    assert len(after) == len(before) == 40
+    for old, new in zip(before, after, strict=True):
+        assert all(new[i] is None for i in lacking)
+        assert [v for i, v in enumerate(new) if i not in lacking] == [
+            v for i, v in enumerate(old) if i not in lacking
+        ]
 
 
 def test_an_archive_of_an_unknown_schema_version_does_not_verify(
@@ -643,6 +673,8 @@ def test_usage_analytics_of_a_dropped_month_equal_the_raw_scan(
             for n, t in enumerate(at)
             for flags in ([], ["reasoning_exceeds_output"])
         ]
+        # an attempt that failed over (decision 0117): a record, not a client call
+        + [usage_row(key, started_at=at[0], alias="writer", status="failed", **ROUTED)]
     )
     windows = [  # mid-hour to mid-hour inside September; September into October;
         (at[0] - timedelta(minutes=15), at[1] + timedelta(minutes=5)),
@@ -655,7 +687,7 @@ def test_usage_analytics_of_a_dropped_month_equal_the_raw_scan(
     ]
     before = [analytics(key.tenant_id, s, u) for s, u in windows]
     assert [b[0] for b in before] == raw  # the rollup path equals the raw scan
-    assert before[2][0][0]["requests"] == 2  # the edge records are in the answer
+    assert before[2][0][0]["requests"] == 2  # the edge records are in the answer (calls)
     ledger_month_archive(month=SEP)
     assert db_rows(SEP) == []
     assert [analytics(key.tenant_id, s, u) for s, u in windows] == before
