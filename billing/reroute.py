@@ -239,6 +239,12 @@ def whatif_reroute(
         used_rules = parse_rules(found.rules if rules is None else rules)
     except ValueError as exc:
         raise ApplicationError(f"rules: {exc}") from exc
+    unknown_targets = sorted({r.target for r in used_rules} - {r.name for r in active})
+    if policy == "effort" and unknown_targets:
+        raise ApplicationError(
+            f"rules name no active target of {alias!r}: {', '.join(unknown_targets)}.",
+            {"targets": sorted(r.name for r in active)},
+        )
 
     hours = target_hours([r.pk for r in routes], period.start, period.end)
     # The groups of calls to re-route, and each target's and the alias's sums per effort.

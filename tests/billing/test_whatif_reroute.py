@@ -156,7 +156,14 @@ def test_bad_input_is_a_clear_error(world) -> None:  # type: ignore[no-untyped-d
         whatif_reroute(period=PERIOD, alias="nope", policy="fallback")
     with pytest.raises(ApplicationError, match="no active target of 'reasoner': zz"):
         whatif_reroute(period=PERIOD, alias="reasoner", policy="weighted", weights={"zz": 1})
-    with pytest.raises(ApplicationError, match="rules: rule 1"):
+    with pytest.raises(ApplicationError, match="rules: Rule 'x': target"):
         whatif_reroute(period=PERIOD, alias="reasoner", policy="effort", rules=[{"name": "x"}])
+    with pytest.raises(ApplicationError, match="rules name no active target of 'reasoner': zz"):
+        whatif_reroute(
+            period=PERIOD,
+            alias="reasoner",
+            policy="effort",
+            rules=[{"name": "x", "efforts": ["low"], "target": "zz"}],
+        )
     with pytest.raises(ApplicationError, match="target:weight"):
         parse_weights("h100=3")
