@@ -5,6 +5,7 @@ from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils.safestring import SafeString
 
 from config.errors import ApplicationError
 from metering import permissions as perm
@@ -39,6 +40,7 @@ from metering.providers.accounts import (
     model_map_validate,
 )
 from metering.routes import base_url_normalize
+from metering.routing.panel import economics_panel
 from metering.services import (
     api_key_create,
     api_key_revoke,
@@ -170,6 +172,11 @@ class AliasAdmin(admin.ModelAdmin):
     list_display = ["name", "policy", "max_attempts", "is_active"]
     list_filter = ["policy", "is_active"]
     search_fields = ["name"]
+    readonly_fields = ["economics"]
+
+    @admin.display(description="economics (last 7 days)")
+    def economics(self, obj: Alias) -> SafeString:
+        return economics_panel(obj)
 
 
 @admin.register(Route)
