@@ -6,12 +6,15 @@ import csv
 import io
 import os
 import time
+from datetime import UTC, datetime
 
 import pytest
 import redis
 from rest_framework.test import APIClient
 
+from config.db_router import REPLICA
 from metering.routing.breaker import breaker_key
+from tests.api.test_replica_reads import both, needs_replica, on_replica
 from tests.api.test_usage_api import client_for
 from tests.billing.routed_world import RoutedWorld, routed_world
 from tests.staff import staff_client
@@ -209,3 +212,27 @@ def test_the_schema_documents_the_endpoints(finance_operator: APIClient) -> None
         "/api/v1/finance/whatif/reroute.csv",
     ):
         assert "get" in paths[path], path
+
+
+@needs_replica
+@both
+def test_routing_views_read_the_replica_when_replica_reads_are_on(settings) -> None:  # type: ignore[no-untyped-def]
+    from metering.models import Alias, RouteTargetHour
+    from tests.factories import RouteFactory
+
+    settings.RECKON_REPLICA_READS = True
+    route = RouteFactory(alias="replicated", name="a")
+    on_replica(Alias.objects.get(name="replicated"), route)
+    hour = datetime(2026, 10, 2, 5, tzinfo=UTC)
+    RouteTargetHour(route_id=route.pk, hour=hour, attempts=5, answered=5).save(
+        using=REPLICA, force_insert=True
+    )
+    client = staff_client("ops", "operator")
+
+    def attempts() -> int:
+        body = client.get("/api/v1/routing/aliases/replicated", {"period": "2026-10"}).json()
+        return body["targets"][0]["attempts"]
+
+    assert attempts() == 5  # the row only the replica holds
+    settings.RECKON_REPLICA_READS = False
+    assert attempts() == 0
