@@ -7,6 +7,7 @@ import pytest
 
 from billing.pricing.periods import Period
 from billing.reports import BEFORE_ROUTING, FEES, margin_report
+from tests.api.test_margin_provider_costs import resold  # noqa: F401  (a fixture)
 from tests.billing.routed_world import NOV, T0, routed_world
 
 pytestmark = pytest.mark.django_db
@@ -64,3 +65,21 @@ def test_target_alone_and_the_other_groupings_are_unchanged() -> None:
         r for r in margin_report(period=period, group_by=("alias",)) if r.key != (FEES,)
     ]
     assert (alias_row.revenue_usd, alias_row.cost_usd) == (Decimal(26), Decimal("5.75"))
+
+
+def test_resold_usage_before_routing_keeps_its_provider_cost(resold) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """Grouped by target, a payer's actual provider cost goes to its targets on the
+    account; usage with no target (folded before routing) keeps it under route 0."""
+    key_a, _ = resold
+    a = str(key_a.tenant_id)
+    rows = {
+        r.key: r
+        for r in margin_report(period=Period(T0, NOV), group_by=("tenant", "alias", "target"))
+    }
+    mine = rows[(a, "mini", BEFORE_ROUTING)]
+    assert (mine.cost_usd, mine.provider_cost_usd) == (Decimal(5), Decimal("5.25"))
+    assert mine.provider_cost_difference_usd == Decimal("0.25")
+    unattributed = rows[
+        ("(unattributed)", "(unattributed) openai-main", "(unattributed) openai-main")
+    ]
+    assert unattributed.provider_cost_usd == Decimal(2)
