@@ -9,3 +9,5 @@ APIKEY_REVOKE = "metering.revoke_apikey"
 USAGE_VIEW = "metering.view_usagerecord"
 # Reconciliation against the providers' reports: rows in the admin and the finance API.
 RECONCILIATION_VIEW = "metering.view_reconciliationrow"
+# Routing visibility (decision 0117): the operator's view of routes (targets).
+ROUTE_VIEW = "metering.view_route"

@@ -42,11 +42,9 @@ from billing.reroute import Reroute, whatif_reroute
 from config.db_router import reporting_reads
 from config.errors import NotFound
 from metering.models import Alias, Route
+from metering.permissions import ROUTE_VIEW
 from metering.routing.breaker import breaker_states
 from metering.routing.stats import target_stats
-
-# Reading routes and their statistics is the operator's view of routes.
-ROUTE_VIEW = "metering.view_route"
 
 
 class RoutingAliasListView(APIView):
