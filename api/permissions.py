@@ -100,7 +100,7 @@ FINANCE_READ: frozenset[str] = frozenset(
         ],
         VIEW,
     )
-    | _model_perms("metering", ["usagerollup", "servingcostrate"], VIEW)
+    | _model_perms("metering", ["usagerollup", "servingcostrate", "alias"], VIEW)
     | _model_perms(
         "metering",
         ["provideraccount", "providerusagebucket", "providercostbucket", "providerbucketrevision"],
@@ -120,7 +120,7 @@ ROLES: Mapping[str, frozenset[str]] = {
             ALERT_REDELIVER,
             RECONCILIATION_VIEW,
         }
-        | _model_perms("metering", ["tenant", "apikey"], EDIT)
+        | _model_perms("metering", ["tenant", "apikey", "alias"], EDIT)
         | _model_perms("metering", ["route", "spendlimit", "ratelimit", "reasoningpolicy"], ALL)
         | _model_perms("metering", ["usagerollup", "servingcostrate", "holdcap"], VIEW)
         | _model_perms("metering", ["provideraccount"], EDIT)

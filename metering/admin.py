@@ -2,9 +2,13 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Count, Q, QuerySet
+from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from config.errors import ApplicationError
@@ -41,12 +45,18 @@ from metering.providers.accounts import (
 )
 from metering.routes import base_url_normalize
 from metering.routing.panel import economics_panel
+from metering.routing.rules import parse_rules, rules_as_json, rules_unknown_targets
 from metering.services import (
+    alias_warnings,
     api_key_create,
     api_key_revoke,
     route_key_history_seed,
     route_key_period_record,
+    route_target_leave_check,
     route_warnings,
+    route_wire_family_check,
+    target_name_check,
+    wire_family,
 )
 
 
@@ -112,10 +122,28 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 
 class RouteAdminForm(forms.ModelForm):
-    """The base URL is normalized (or refused) by the same rule as `route_set`: a plain
-    text field, so Django's URL validator (which refuses hosts like `vllm:8000`) does not
-    judge it first."""
+    """One target of an alias. The base URL is normalized (or refused) by the same rule as
+    `route_set`: a plain text field, so Django's URL validator (which refuses hosts like
+    `vllm:8000`) does not judge it first. The alias is typed by name and created when new,
+    as `route_set` does; the services' rules hold (one wire family per alias, never the
+    last active target, never a target the alias's effort rules name)."""
 
+    alias = forms.CharField(max_length=200, help_text="The model name tenants call.")
+    # Blank takes the model's default ("default", 0, 100), as route_set does.
+    name = forms.CharField(
+        max_length=100,
+        required=False,
+        help_text='The target\'s name within its alias (blank: "default").',
+    )
+    priority = forms.IntegerField(
+        required=False, min_value=-32768, max_value=32767, help_text="Lower goes first (0)."
+    )
+    weight = forms.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=1_000_000,
+        help_text="Share of traffic under the weighted policy (100).",
+    )
     base_url = forms.CharField(
         max_length=500,
         help_text="openai: https://api.openai.com/v1; anthropic: https://api.anthropic.com; "
@@ -126,6 +154,11 @@ class RouteAdminForm(forms.ModelForm):
         model = Route
         fields = [
             "alias",
+            "name",
+            "priority",
+            "weight",
+            "max_concurrent",
+            "first_byte_timeout_ms",
             "provider",
             "base_url",
             "upstream_model",
@@ -139,7 +172,8 @@ class RouteAdminForm(forms.ModelForm):
     def _get_validation_exclusions(self) -> set[str]:
         # The model's URLField validator would judge the normalized URL again and refuse
         # hosts without a dot (`http://vllm:8000/v1`); `base_url_normalize` is the rule.
-        return super()._get_validation_exclusions() | {"base_url"}  # type: ignore[misc]
+        # The alias may be new (saved with the target): clean() checks (alias, name).
+        return super()._get_validation_exclusions() | {"base_url", "alias"}  # type: ignore[misc]
 
     def clean(self) -> dict[str, Any]:
         super().clean()
@@ -162,14 +196,160 @@ class RouteAdminForm(forms.ModelForm):
             self.add_error(
                 "upstream_key_id", "The provider's id of the key (key_... or apikey_...)."
             )
+        self._clean_target(cleaned)
+        return cleaned
+
+    def clean_priority(self) -> int:
+        value = self.cleaned_data.get("priority")
+        return 0 if value is None else value
+
+    def clean_weight(self) -> int:
+        value = self.cleaned_data.get("weight")
+        return 100 if value is None else value
+
+    def _clean_target(self, cleaned: dict[str, Any]) -> None:
+        alias_name = str(cleaned.pop("alias", None) or "").strip()
+        if not alias_name:
+            return
+        # the form sets the instance's alias from this: a row, saved or to be saved with it
+        cleaned["alias"] = Alias.objects.filter(name=alias_name).first() or Alias(name=alias_name)
+        try:
+            name = target_name_check(cleaned.get("name") or "default")
+        except ApplicationError as exc:
+            self.add_error("name", exc.message)
+            return
+        cleaned["name"] = name
+        pk = self.instance.pk
+        if Route.objects.filter(alias_id=alias_name, name=name).exclude(pk=pk).exists():
+            self.add_error("name", f"{alias_name!r} already has a target named {name!r}.")
+            return
+        active = cleaned.get("is_active", False)
+        try:
+            if active and cleaned.get("provider"):
+                route_wire_family_check(
+                    alias=alias_name, provider=cleaned["provider"], exclude_pk=pk
+                )
+            saved = Route.objects.filter(pk=pk).first() if pk is not None else None
+            if saved is not None and (
+                not active or saved.alias_id != alias_name or saved.name != name
+            ):
+                route_target_leave_check(
+                    route=saved, deactivating=not active or saved.alias_id != alias_name
+                )
+        except ApplicationError as exc:
+            self.add_error(None, exc.message)
+
+
+class TargetInlineFormSet(BaseInlineFormSet):
+    """The alias's targets as edited together with its rules: the rules name active
+    targets, one stays active, and the active ones speak one wire family."""
+
+    def clean(self) -> None:
+        super().clean()
+        if any(form.errors for form in self.forms):
+            return
+        active = [
+            form.instance
+            for form in self.forms
+            if form.cleaned_data and form.cleaned_data.get("is_active")
+        ]
+        alias: Alias = self.instance
+        if self.forms and not active and alias.pk is not None:
+            raise ValidationError(
+                "Keep at least one target active (or deactivate the alias instead)."
+            )
+        families = {wire_family(route.provider) for route in active}
+        if len(families) > 1:
+            raise ValidationError(
+                "Every active target of an alias speaks one wire family (OpenAI or Anthropic)."
+            )
+        if alias.policy == Alias.Policy.EFFORT and alias.rules:
+            names = [str(form.cleaned_data.get("name") or "") for form in self.forms]
+            active_names = [
+                name
+                for name, form in zip(names, self.forms, strict=True)
+                if form.cleaned_data.get("is_active")
+            ]
+            unknown = rules_unknown_targets(parse_rules(alias.rules), active_names)
+            if unknown:
+                raise ValidationError(
+                    f"The rules send calls to {', '.join(map(repr, unknown))}, which is not an "
+                    "active target of this alias."
+                )
+
+
+class TargetInline(admin.TabularInline):
+    """The alias's targets: routing fields here, everything else on the route's own page."""
+
+    model = Route
+    formset = TargetInlineFormSet
+    fk_name = "alias"
+    fields = [
+        "name",
+        "priority",
+        "weight",
+        "max_concurrent",
+        "first_byte_timeout_ms",
+        "is_active",
+        "serves",
+        "breaker",
+    ]
+    readonly_fields = ["serves", "breaker"]
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    ordering = ["priority", "name"]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # a new target needs its upstream: added on the route page
+
+    @admin.display(description="Serves")
+    def serves(self, obj: Route) -> str:
+        where = f" on {obj.accelerator}" if obj.accelerator else ""
+        return f"{obj.provider} {obj.upstream_model}{where}"
+
+    @admin.display(description="Breaker")
+    def breaker(self, obj: Route) -> str:
+        return route_breaker_state(obj)
+
+
+def route_breaker_state(route: Route) -> str:
+    """The live breaker state of a target, as the proxies share it ("-": not known)."""
+    return "-"
+
+
+class AliasAdminForm(forms.ModelForm):
+    class Meta:
+        model = Alias
+        fields = ["name", "policy", "rules", "max_attempts", "is_active"]
+        help_texts = {
+            "rules": 'Effort policy only: a JSON list, first match wins, e.g. [{"name": '
+            '"light", "efforts": ["minimal", "low"], "max_input_tokens": 2000, "target": '
+            '"mini"}]. No match: the target named "default".',
+        }
+
+    def clean_rules(self) -> Any:
+        raw = self.cleaned_data.get("rules")
+        try:
+            return rules_as_json(parse_rules(raw if raw is not None else []))
+        except ValueError as exc:
+            raise ValidationError(f"Invalid rules: {exc}") from exc
+
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        cleaned = self.cleaned_data
+        if cleaned.get("rules") and cleaned.get("policy") != Alias.Policy.EFFORT:
+            self.add_error("rules", "Rules apply to the effort policy only: clear them ([]).")
         return cleaned
 
 
 @admin.register(Alias)
 class AliasAdmin(admin.ModelAdmin):
-    """An alias and its routing policy; its targets are routes."""
+    """An alias and its routing policy, with its targets (routes) inline."""
 
-    list_display = ["name", "policy", "max_attempts", "is_active"]
+    form = AliasAdminForm
+    inlines = [TargetInline]
+    list_display = ["name", "policy", "max_attempts", "targets_active", "is_active"]
     list_filter = ["policy", "is_active"]
     search_fields = ["name"]
     readonly_fields = ["economics"]
@@ -177,6 +357,35 @@ class AliasAdmin(admin.ModelAdmin):
     @admin.display(description="economics (last 7 days)")
     def economics(self, obj: Alias) -> SafeString:
         return economics_panel(obj)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Alias]:
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                active_targets=Count("targets", filter=Q(targets__is_active=True)),
+                all_targets=Count("targets"),
+            )
+        )
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        # the name is what the targets' alias column holds: renaming would orphan them
+        return [*super().get_readonly_fields(request, obj), *(["name"] if obj else [])]
+
+    @admin.display(description="Active targets")
+    def targets_active(self, obj: Any) -> str:
+        return f"{obj.active_targets} of {obj.all_targets}"
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        add_url = reverse("admin:metering_route_add") + f"?alias={form.instance.name}"
+        self.message_user(
+            request,
+            format_html('Add a target on <a href="{}">a new route</a>.', add_url),
+            messages.INFO,
+        )
+        for warning in alias_warnings(alias=form.instance):
+            self.message_user(request, warning, messages.WARNING)
 
 
 @admin.register(Route)
@@ -197,13 +406,15 @@ class RouteAdmin(admin.ModelAdmin):
     ]
     list_filter = ["provider", "accelerator", "provider_account", "is_active"]
     list_select_related = ["provider_account"]
-    search_fields = ["alias", "upstream_model", "upstream_key_id"]
+    search_fields = ["alias__name", "name", "upstream_model", "upstream_key_id"]
 
     @transaction.atomic
     def save_model(self, request: HttpRequest, obj: Route, form: Any, change: bool) -> None:
         # The key history (reconciliation): kept by the same services as route_set.
         if obj.pk is not None:
             route_key_history_seed(route_id=obj.pk)
+        if obj.alias.pk is None:  # a new alias typed on the form, created as route_set does
+            obj.alias, _ = Alias.objects.get_or_create(name=obj.alias.name)
         super().save_model(request, obj, form, change)
         route_key_period_record(route=obj)
         for warning in route_warnings(route=obj):

@@ -102,6 +102,11 @@ def _alias_name(alias: str) -> str:
     return name
 
 
+def target_name_check(target: str) -> str:
+    """A target name, stripped, or ApplicationError saying what a name may be."""
+    return _target_name(target)
+
+
 def _target_name(target: str) -> str:
     name = target.strip()
     if not name or len(name) > 100 or any(c.isspace() or c == "/" for c in name):
@@ -138,6 +143,16 @@ def alias_target_get(*, alias: str, target: str | None = None) -> Route | None:
 def _check_number(value: int | None, what: str, low: int, high: int) -> None:
     if value is not None and (isinstance(value, bool) or not low <= value <= high):
         raise ApplicationError(f"{what} must be an integer from {low} to {high}.")
+
+
+def route_wire_family_check(*, alias: str, provider: str, exclude_pk: int | None) -> None:
+    """ApplicationError when an active target of `alias` other than `exclude_pk` speaks
+    another wire family than `provider`."""
+    _check_wire_family(alias=alias, provider=provider, exclude_pk=exclude_pk)
+
+
+def wire_family(provider: str) -> str:
+    return WIRE_FAMILY[Route.Provider(provider)]
 
 
 def _check_wire_family(*, alias: str, provider: str, exclude_pk: int | None) -> None:
@@ -285,26 +300,36 @@ def route_target_remove(*, alias: str, target: str) -> Route:
     alias = _alias_name(alias)
     Alias.objects.select_for_update().filter(name=alias).first()  # one remover at a time
     route = alias_target_get(alias=alias, target=target)
-    assert route is not None  # a named target is found or NotFound was raised
+    if route is None:  # unreachable: a named target is found or NotFound is raised
+        raise NotFound(f"Alias {alias!r} has no target {target!r}.")
     if not route.is_active:
         return route
-    others = Route.objects.filter(alias_id=alias, is_active=True).exclude(pk=route.pk)
-    if not others.exists():
-        raise ApplicationError(
-            f"{route.name!r} is the last active target of {alias!r}: add another first, or "
-            f"deactivate the alias (alias_set {alias} --inactive)."
-        )
-    alias_row = Alias.objects.get(name=alias)
-    if alias_row.policy == Alias.Policy.EFFORT:
-        named = [r.name for r in _stored_rules(alias_row) if r.target == route.name]
-        if named:
-            raise ApplicationError(
-                f"Rule(s) {', '.join(map(repr, named))} of {alias!r} send calls to "
-                f"{route.name!r}: change the rules first (alias_set --rules-file)."
-            )
+    route_target_leave_check(route=route, deactivating=True)
     route.is_active = False
     route.save(update_fields=["is_active", "updated_at"])
     return route
+
+
+def route_target_leave_check(*, route: Route, deactivating: bool) -> None:
+    """ApplicationError when the saved, active `route` may not stop being an active target
+    named `route.name` of its alias: when it is the last active one (`deactivating`, or
+    moving to another alias), or when the alias's effort rules send calls to that name."""
+    alias = Alias.objects.filter(name=route.alias_id).first()
+    if alias is None or not route.is_active:
+        return
+    others = Route.objects.filter(alias_id=alias.name, is_active=True).exclude(pk=route.pk)
+    if deactivating and not others.exists():
+        raise ApplicationError(
+            f"{route.name!r} is the last active target of {alias.name!r}: add another first, "
+            f"or deactivate the alias (alias_set {alias.name} --inactive)."
+        )
+    if alias.policy == Alias.Policy.EFFORT:
+        named = [r.name for r in _stored_rules(alias) if r.target == route.name]
+        if named and not others.filter(name=route.name).exists():
+            raise ApplicationError(
+                f"Rule(s) {', '.join(map(repr, named))} of {alias.name!r} send calls to "
+                f"{route.name!r}: change the rules first (alias_set --rules-file)."
+            )
 
 
 def _stored_rules(alias: Alias) -> tuple[EffortRule, ...]:

@@ -87,6 +87,8 @@ class MarginPolicyInput(serializers.Serializer):
 
 class DeploymentInput(serializers.Serializer):
     alias = serializers.CharField(max_length=200)
+    # The alias's target the deployment serves (default: its only one).
+    target = serializers.CharField(max_length=100, required=False, allow_null=True, default=None)
     accelerator = serializers.CharField(max_length=100)
     decode_tokens_per_s = ExactDecimalField(allow_null=True)
     prefill_tokens_per_s = ExactDecimalField(allow_null=True)

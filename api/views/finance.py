@@ -136,6 +136,7 @@ class DeploymentCreateView(APIView):
         return Response(
             {
                 "alias": deployment.alias,
+                "target": deployment.route.name if deployment.route else None,
                 "version": deployment.version,
                 "cost_per_million_usd": {k: decimal_text(v) for k, v in costs.items()},
             },

@@ -7,7 +7,10 @@ Invariants:
 - cost bases, deployments and rates are never edited: a change is a new row in force
   from an instant on, so costs already stamped on records and past reports never move;
 - a rate is published only when every figure it needs is known: a catalogue row with a
-  missing price or throughput refuses to price until an operator supplies it.
+  missing price or throughput refuses to price until an operator supplies it;
+- deployments and rates are per target (`Deployment.route`, `ServingCostRate.route`): a
+  rate is published for the target its deployment serves (none: an alias deployed before
+  any route served it, whose rate counts for every target without its own).
 """
 
 import csv
@@ -18,7 +21,7 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from django.db import transaction
 from django.db.models import Max
@@ -32,8 +35,8 @@ from billing.models import (
 )
 from config.errors import ApplicationError, NotFound
 from metering.ledger.record import Rates
-from metering.models import ServingCostRate
-from metering.services import serving_cost_rate_create
+from metering.models import Route, ServingCostRate
+from metering.services import alias_target_get, serving_cost_rate_create
 from metering.usage import COST_RATE_FIELDS, TOKEN_CLASSES
 
 SEED_FROM = datetime(2020, 1, 1, tzinfo=UTC)
@@ -198,14 +201,17 @@ def cost_basis_create(
     version = CostBasisVersion.objects.create(
         accelerator=accelerator, version=last + 1, effective_from=effective_from, **fields
     )
-    for alias in (
+    served = list(
         Deployment.objects.filter(accelerator=accelerator)
-        .values_list("alias", flat=True)
+        .values_list("alias", "route_id")
         .distinct()
-    ):
-        deployment = deployment_in_force(alias=alias, at=effective_from)
+    )
+    routes = Route.objects.in_bulk([route_id for _, route_id in served if route_id is not None])
+    for alias, route_id in sorted(served, key=lambda pair: (pair[0], pair[1] or 0)):
+        route = None if route_id is None else routes[route_id]
+        deployment = deployment_in_force(alias=alias, at=effective_from, route=route)
         if deployment is not None and deployment.accelerator_id == accelerator.pk:
-            cost_rate_publish(alias=alias, at=effective_from)
+            cost_rate_publish(alias=alias, at=effective_from, route=route)
     return version
 
 
@@ -221,10 +227,15 @@ def deployment_set(
     cache_read_factor: Decimal = Decimal("0.1"),
     cache_write_factor: Decimal = Decimal("1.25"),
     calibration: CalibrationRun | None = None,
+    target: str | None = None,
 ) -> Deployment:
+    """Record a new deployment of `alias` (of its `target`; None: its only target, or no
+    target for an alias no route serves yet) and publish its serving cost rate."""
+    route = deployment_target(alias=alias, target=target)
     last = Deployment.objects.filter(alias=alias).aggregate(v=Max("version"))["v"] or 0
     deployment = Deployment.objects.create(
         alias=alias,
+        route=route,
         version=last + 1,
         accelerator=accelerator,
         decode_tokens_per_s=decode_tokens_per_s,
@@ -235,17 +246,30 @@ def deployment_set(
         effective_from=effective_from,
         calibration=calibration,
     )
-    cost_rate_publish(alias=alias, at=effective_from)
+    cost_rate_publish(alias=alias, at=effective_from, route=route)
     return deployment
 
 
-def deployment_in_force(*, alias: str, at: datetime) -> Deployment | None:
-    return (
-        Deployment.objects.filter(alias=alias, effective_from__lte=at)
-        .select_related("accelerator")
-        .order_by("-effective_from", "-version")
-        .first()
-    )
+def deployment_target(*, alias: str, target: str | None = None) -> Route | None:
+    """The target a deployment of `alias` serves: the named one, or the alias's only one;
+    None for an alias no route serves yet. Refused when several and none is named."""
+    return alias_target_get(alias=alias, target=target)
+
+
+# `route="any"`: the alias's latest deployment whatever target it serves (one-target
+# aliases, and reports that compare accelerators per alias).
+AnyTarget = Literal["any"]
+
+
+def deployment_in_force(
+    *, alias: str, at: datetime, route: Route | None | AnyTarget = "any"
+) -> Deployment | None:
+    """The deployment of `alias` in force at `at`: of `route` (None: made for no target),
+    or, by default, the latest whatever its target."""
+    deployments = Deployment.objects.filter(alias=alias, effective_from__lte=at)
+    if route != "any":
+        deployments = deployments.filter(route=route)
+    return deployments.select_related("accelerator").order_by("-effective_from", "-version").first()
 
 
 def cost_basis_in_force(*, accelerator: AcceleratorType, at: datetime) -> CostBasisVersion | None:
@@ -294,17 +318,22 @@ def class_costs_of(deployment: Deployment, basis: CostBasisVersion) -> Rates:
 
 
 @transaction.atomic
-def cost_rate_publish(*, alias: str, at: datetime) -> ServingCostRate:
-    """Freeze the per-class cost of serving `alias` from `at` on (deployment x cost basis)."""
-    deployment = deployment_in_force(alias=alias, at=at)
+def cost_rate_publish(
+    *, alias: str, at: datetime, route: Route | None | AnyTarget = "any"
+) -> ServingCostRate:
+    """Freeze the per-class cost of serving `alias` from `at` on (deployment x cost basis),
+    for the target its deployment in force serves (`route`: as `deployment_in_force`)."""
+    deployment = deployment_in_force(alias=alias, at=at, route=route)
     if deployment is None:
-        raise NotFound(f"No deployment of {alias!r} in force at {at:%Y-%m-%d %H:%M}.")
+        where = f"{alias}/{route.name}" if isinstance(route, Route) else alias
+        raise NotFound(f"No deployment of {where!r} in force at {at:%Y-%m-%d %H:%M}.")
     basis = cost_basis_in_force(accelerator=deployment.accelerator, at=at)
     if basis is None:
         raise CannotPrice(f"No cost basis for {deployment.accelerator.key} at {at:%Y-%m-%d %H:%M}.")
     costs = class_costs_of(deployment, basis)
     return serving_cost_rate_create(
         alias=alias,
+        route_id=deployment.route_id,
         accelerator=deployment.accelerator.key,
         effective_from=at,
         rates=Rates(

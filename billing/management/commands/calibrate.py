@@ -4,7 +4,12 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from billing.costs.calibration import calibrate
-from billing.costs.catalogue import accelerator_get, deployment_in_force, deployment_set
+from billing.costs.catalogue import (
+    accelerator_get,
+    deployment_in_force,
+    deployment_set,
+    deployment_target,
+)
 from config.errors import ApplicationError
 from metering.proxy.upstream import UpstreamError
 
@@ -23,6 +28,11 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--apply-to", metavar="ALIAS", help="record a new deployment of ALIAS with the figures"
+        )
+        parser.add_argument(
+            "--target",
+            metavar="NAME",
+            help="the alias's target the deployment serves (default: its only one)",
         )
         parser.add_argument(
             "--accelerator", help="accelerator type of that deployment (default: the current one)"
@@ -53,8 +63,12 @@ class Command(BaseCommand):
         if not o["apply_to"]:
             return
         now = timezone.now()
-        current = deployment_in_force(alias=o["apply_to"], at=now)
         try:
+            route = deployment_target(alias=o["apply_to"], target=o["target"])
+            # a target's own deployment, else one made before any route served the alias
+            current = deployment_in_force(alias=o["apply_to"], at=now, route=route) or (
+                deployment_in_force(alias=o["apply_to"], at=now, route=None) if route else None
+            )
             accelerator = (
                 accelerator_get(o["accelerator"])
                 if o["accelerator"]
@@ -72,6 +86,7 @@ class Command(BaseCommand):
                 or o["prefill_tokens_per_s"],
                 utilization=current.utilization if current else Decimal("0.6"),
                 calibration=run,
+                target=o["target"],
             )
         except ApplicationError as exc:
             raise CommandError(exc.message) from exc
