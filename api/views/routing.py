@@ -3,8 +3,9 @@ latency, reasoning per effort, cost per call, live breaker and margin; and the w
 that re-routes a past month with another policy. Reporting reads (the replica, when one
 is configured); the breaker state is read live from Redis.
 
-Who sees what: the routing views need the operator's view of routes; the per-target
-margin is shown only to callers who may also view margins (finance), else null. The
+Who sees what: the routing views need the view of aliases (operator and finance roles);
+the per-target margin is shown only to callers who may also view margins (finance),
+else null. The
 re-route what-if is a finance report (margins permission), as the accelerator what-if."""
 
 import io
@@ -42,7 +43,7 @@ from billing.reroute import Reroute, whatif_reroute
 from config.db_router import reporting_reads
 from config.errors import NotFound
 from metering.models import Alias, Route
-from metering.permissions import ROUTE_VIEW
+from metering.permissions import ALIAS_VIEW
 from metering.routing.breaker import breaker_states
 from metering.routing.stats import target_stats
 
@@ -50,7 +51,7 @@ from metering.routing.stats import target_stats
 class RoutingAliasListView(APIView):
     """Every alias with its targets and the period's headline figures."""
 
-    permission_classes = [staff_only(GET=ROUTE_VIEW)]
+    permission_classes = [staff_only(GET=ALIAS_VIEW)]
 
     @extend_schema(parameters=[RoutingPeriodQuery], responses=AliasListOutput)
     @reporting_reads()
@@ -91,7 +92,7 @@ class RoutingAliasListView(APIView):
 class RoutingAliasDetailView(APIView):
     """One alias: every figure per target, its live breaker and (finance) its margin."""
 
-    permission_classes = [staff_only(GET=ROUTE_VIEW)]
+    permission_classes = [staff_only(GET=ALIAS_VIEW)]
 
     @extend_schema(parameters=[RoutingPeriodQuery], responses=AliasDetailOutput)
     @reporting_reads()

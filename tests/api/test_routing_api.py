@@ -132,9 +132,13 @@ def test_bad_periods_are_400_in_the_api_error_shape(
 
 def test_who_may_see_routing(world: RoutedWorld) -> None:
     finance_only = staff_client("reader", "finance-read")
-    refused = finance_only.get("/api/v1/routing/aliases")
+    (h100, _) = finance_only.get("/api/v1/routing/aliases/reasoner", {"period": "2026-10"}).json()[
+        "targets"
+    ]
+    assert h100["margin"]["revenue_usd"] == "8"
+    refused = staff_client("nobody").get("/api/v1/routing/aliases")
     assert refused.status_code == 403
-    assert refused.json()["error"]["detail"] == {"required_permission": "metering.view_route"}
+    assert refused.json()["error"]["detail"] == {"required_permission": "metering.view_alias"}
     tenant, _ = client_for(world.key.tenant)
     assert tenant.get("/api/v1/routing/aliases/reasoner").status_code == 403
     assert APIClient().get("/api/v1/routing/aliases").status_code == 401
