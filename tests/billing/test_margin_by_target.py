@@ -83,3 +83,59 @@ def test_resold_usage_before_routing_keeps_its_provider_cost(resold) -> None:  #
         ("(unattributed)", "(unattributed) openai-main", "(unattributed) openai-main")
     ]
     assert unattributed.provider_cost_usd == Decimal(2)
+
+
+def test_provider_cost_splits_across_a_payers_targets_on_the_account() -> None:
+    """Two targets of "mini" on one provider account: the tenant's actual cost (20, all
+    attributed: the day matched) splits 1:3 by their tokens, as does the estimate (16)."""
+    from billing.plans import (
+        plan_create,
+        plan_version_create,
+        plan_version_publish,
+        subscription_create,
+    )
+    from metering.models import ProviderAccount
+    from tests.api.test_margin_provider_costs import DAY, M, at, cost, rate, recon
+    from tests.factories import ApiKeyFactory, RouteFactory
+    from tests.usage_helpers import write_usage
+
+    account = ProviderAccount.objects.create(
+        name="openai-main", provider="openai", admin_key_env="OPENAI_ADMIN_KEY"
+    )
+    x = RouteFactory(alias="mini", name="x", provider_account=account, accelerator="")
+    y = RouteFactory(alias="mini", name="y", provider_account=account, accelerator="")
+    mini = rate("mini", "", output_usd="4")  # alias-wide (published before routing)
+    key = ApiKeyFactory()
+    version = plan_version_publish(
+        version=plan_version_create(
+            plan=plan_create(code="p", name="P"),
+            currency="USD",
+            effective_from=T0,
+            components=[{"token_class": "output", "charge_model": "per_unit", "unit_price": "5"}],
+        )
+    )
+    subscription_create(tenant=key.tenant, plan_version=version, starts_at=T0)
+    via = {"alias": "mini", "upstream_model": "o4-mini", "provider_account_id": account.pk}
+    write_usage(key, at(DAY), mini, output_tokens=M, route_id=x.pk, **via)  # type: ignore[arg-type]
+    write_usage(key, at(DAY), mini, output_tokens=3 * M, route_id=y.pk, **via)  # type: ignore[arg-type]
+    recon(account, DAY, "output", 4 * M, 4 * M, "matched")
+    cost(account, DAY, "o4-mini, output", "20.00")
+    rows = {r.key: r for r in margin_report(period=Period(T0, NOV), group_by=("target",))}
+    on_x, on_y = rows[("mini/x",)], rows[("mini/y",)]
+    assert (on_x.revenue_usd, on_x.cost_usd, on_x.provider_cost_usd) == (
+        Decimal(5),
+        Decimal(4),
+        Decimal(5),
+    )
+    assert (on_y.revenue_usd, on_y.cost_usd, on_y.provider_cost_usd) == (
+        Decimal(15),
+        Decimal(12),
+        Decimal(15),
+    )
+    assert (on_x.provider_cost_difference_usd, on_y.provider_cost_difference_usd) == (
+        Decimal(1),
+        Decimal(3),
+    )
+    # the same total as without the target grouping
+    by_alias = {r.key: r for r in margin_report(period=Period(T0, NOV), group_by=("alias",))}
+    assert by_alias[("mini",)].provider_cost_usd == Decimal(20)
