@@ -43,7 +43,9 @@ logger = logging.getLogger(__name__)
 
 BREAKER_REFRESH_S = 1.0  # float-ok: seconds
 COSTS_REFRESH_S = 10.0  # float-ok: seconds
-PROBE_LOST_MS = 1_000  # after losing a probe, the target stays out here until this passes
+# A probe won but not used by a call within this long is let go (before Redis's probe key
+# lapses, so two processes never both think they hold it).
+PROBE_TOKEN_MS = PROBE_TTL_MS // 2
 MIN_SAMPLES = 50
 
 
@@ -252,11 +254,16 @@ class _Window:
 class _Target:
     alias_pk: int
     in_flight: int = 0
-    local_open_ms: int = 0  # out of this process until then (a failure not yet confirmed)
+    # Out of this process until then: a failure Redis has not answered for yet ...
+    pending_until_ms: int = 0
+    # ... and the breaker's rule on this process's own counts (Redis out of reach).
+    local_open_ms: int = 0
     remote: TargetBreaker = field(default_factory=lambda: TargetBreaker(0, 0))
     unreported_successes: int = 0
-    probing_since_ms: int = 0  # this process holds the half-open probe (0: not)
-    probe_lost_until_ms: int = 0
+    # Half-open: this process won the probe (until then, nobody used it yet) ...
+    probe_token_until_ms: int = 0
+    # ... and the call that is the probe started then (0: none in flight).
+    probing_since_ms: int = 0
     window: _Window = field(default_factory=_Window)
     local_cooldown_ms: int = 0
 
@@ -414,53 +421,53 @@ class RoutingState:
     # --- breakers ---------------------------------------------------------------------
 
     def is_open(self, route_id: int) -> bool:
+        """Out of this process's choice: open, or half-open unless this process holds the
+        probe and no call has taken it yet (then the next call to it is the probe)."""
         target = self._targets.get(route_id)
         if target is None:
             return False
         now = self._now_ms()
-        if target.local_open_ms > now:
+        if target.pending_until_ms > now or target.local_open_ms > now:
             return True
         remote = target.remote.open_until_ms
         if remote > now:
             return True
-        if remote > 0:  # half-open: out while a probe is in flight or was just lost
-            if target.probing_since_ms and now - target.probing_since_ms < PROBE_TTL_MS:
-                return True
-            return target.probe_lost_until_ms > now
+        if remote > 0:
+            return not target.probe_token_until_ms > now
         return False
 
     def needs_probe(self, route_id: int) -> bool:
-        """True when a call to this target must first win its half-open probe
-        (`probe_allowed`); False for a closed target (the usual case: no round trip)."""
+        """Half-open, and this process does not hold the probe (`probe_allowed` asks)."""
         target = self._targets.get(route_id)
         if target is None or target.remote.open_until_ms <= 0:
             return False
-        return not self.is_open(route_id)
+        return self.is_open(route_id) and target.remote.open_until_ms <= self._now_ms()
 
     async def probe_allowed(self, plan: RoutedPlan, route_id: int) -> bool:
-        """May a call go to this target now? Closed: yes at once. Half-open: yes for the
-        one process that wins the probe (one awaited round trip); its outcome, reported by
-        `report`, closes or re-opens the target. Redis out of reach: yes."""
+        """May a call go to this target now? Closed: yes. Half-open: yes for the one
+        process that wins the probe (one awaited round trip); the call's outcome, given
+        to `report`, closes or re-opens the target. The background refresh asks this for
+        every half-open target, so callers need not (the winner's next call probes).
+        Redis out of reach: yes."""
         self.watch(plan)
-        if not self.needs_probe(route_id):
+        target = self._targets.get(route_id)
+        if target is None or not self.needs_probe(route_id):
             return not self.is_open(route_id)
-        target = self._targets[route_id]
         now = self._now_ms()
-        if self._redis is None:
-            target.probing_since_ms = now
-            return True
-        try:
-            won = await breaker_probe(self._redis, plan.alias_pk, route_id, now_ms=now)
-        except RedisUnavailable:
-            target.probing_since_ms = now
-            return True
-        if won == 2:
-            target.probing_since_ms = now
-            return True
+        if target.probing_since_ms and now - target.probing_since_ms < PROBE_TTL_MS:
+            return False  # this process's probe is running
+        won = 2
+        if self._redis is not None:
+            try:
+                won = await breaker_probe(self._redis, plan.alias_pk, route_id, now_ms=now)
+            except RedisUnavailable:
+                pass
         if won == 1:  # closed meanwhile
             target.remote = TargetBreaker(0, 0)
             return True
-        target.probe_lost_until_ms = now + PROBE_LOST_MS
+        if won == 2:
+            target.probe_token_until_ms = now + PROBE_TOKEN_MS
+            return True
         return False
 
     def report(
@@ -483,17 +490,19 @@ class RoutingState:
         retry_ms = max(retry_after_s or 0, 0) * 1000
         if ok:
             window.successes += 1
+            if target.local_open_ms <= now:
+                target.local_cooldown_ms = 0
             if not probing:
                 target.unreported_successes += 1
                 return
-            target.local_open_ms = 0
+            target.pending_until_ms = target.local_open_ms = 0
             target.remote = TargetBreaker(0, 0)
             self._send(plan.alias_pk, route_id, 0, 1, now, 0, probe=True)
             return
         window.failures += 1
         # Out here at once, for the cooldown (or the retry-after), until Redis answers.
-        cooldown = max(target.local_cooldown_ms or self.config.cooldown_ms, retry_ms)
-        target.local_open_ms = max(target.local_open_ms, now + cooldown)
+        cooldown = max(self.config.cooldown_ms, retry_ms)
+        target.pending_until_ms = max(target.pending_until_ms, now + cooldown)
         successes, target.unreported_successes = target.unreported_successes, 0
         self._send(plan.alias_pk, route_id, 1, successes, now, retry_ms, probe=probing)
 
@@ -509,7 +518,7 @@ class RoutingState:
         probe: bool,
     ) -> None:
         if self._redis is None:
-            self._settle_local(route_id, now)
+            self._settle_local(route_id, now, retry_ms)
             return
         task = asyncio.ensure_future(
             breaker_report(
@@ -525,24 +534,30 @@ class RoutingState:
             )
         )
         self._tasks.add(task)
-        task.add_done_callback(lambda done: self._reported(done, route_id, now))
+        task.add_done_callback(lambda done: self._reported(done, route_id, now, retry_ms))
 
-    def _reported(self, done: "asyncio.Future[int]", route_id: int, sent_ms: int) -> None:
+    def _reported(
+        self, done: "asyncio.Future[int]", route_id: int, sent_ms: int, retry_ms: int
+    ) -> None:
         self._tasks.discard(done)  # type: ignore[arg-type]
         target = self._targets.get(route_id)
         if target is None or done.cancelled():
             return
         if done.exception() is not None:
-            self._settle_local(route_id, sent_ms)
+            self._settle_local(route_id, sent_ms, retry_ms)
             return
         open_until = done.result()
         # Redis's verdict replaces the local guess.
-        target.local_open_ms = 0
+        target.pending_until_ms = target.local_open_ms = 0
         target.remote = TargetBreaker(open_until, target.remote.cooldown_ms)
 
-    def _settle_local(self, route_id: int, now: int) -> None:
-        """Redis out of reach: the breaker's rule on this process's own counts."""
+    def _settle_local(self, route_id: int, now: int, retry_ms: int) -> None:
+        """Redis out of reach: the breaker's rule on this process's own counts (a
+        retry-after is kept as the floor)."""
         target = self._targets[route_id]
+        target.pending_until_ms = 0
+        if retry_ms:
+            target.local_open_ms = max(target.local_open_ms, now + retry_ms)
         w = target.window
         cfg = self.config
         if w.failures >= cfg.failures and w.failures * 1_000_000 >= cfg.ratio_ppm * (
@@ -553,15 +568,18 @@ class RoutingState:
             target.local_cooldown_ms = cooldown
             target.local_open_ms = max(target.local_open_ms, now + cooldown)
             target.window = _Window(now)
-        elif target.local_open_ms and target.local_open_ms <= now + cfg.cooldown_ms:
-            target.local_open_ms = 0  # a single failure: not enough to keep it out
 
     # --- concurrency --------------------------------------------------------------------
 
     def acquire(self, route_id: int) -> None:
+        """An attempt on the target starts (in flight +1; if this process holds the
+        target's probe, this attempt is the probe)."""
         target = self._targets.get(route_id)
         if target is not None:
             target.in_flight += 1
+            if target.probe_token_until_ms:
+                target.probe_token_until_ms = 0
+                target.probing_since_ms = self._now_ms()
 
     def release(self, route_id: int) -> None:
         target = self._targets.get(route_id)
@@ -571,7 +589,8 @@ class RoutingState:
     # --- refreshes --------------------------------------------------------------------
 
     async def refresh_breakers(self) -> None:
-        """Read every watched alias's breakers and beat the heartbeat (pipelined)."""
+        """Read every watched alias's breakers and beat the heartbeat (pipelined), then
+        ask for the probe of each half-open target."""
         if self._redis is None:
             return
         plans = list(self._plans.values())
@@ -588,6 +607,15 @@ class RoutingState:
                 target = self._targets.get(t.route_id) if t.route_id is not None else None
                 if target is not None:
                     target.remote = read.get(t.route_id or 0, TargetBreaker(0, 0))
+        # Half-open targets: try to win their probe now, so a call never waits for it.
+        asks = [
+            self.probe_allowed(plan, t.route_id)
+            for plan in plans
+            for t in plan.targets
+            if t.route_id is not None and self.needs_probe(t.route_id)
+        ]
+        if asks:
+            await asyncio.gather(*asks, return_exceptions=True)
 
     async def refresh_costs(self) -> None:
         """Reload rates and expectations of every watched target, off the event loop."""

@@ -2,18 +2,24 @@
 the form, the services' rules held on the route page too (one wire family, never the last
 active target, never a target the rules name), and the roles that may use it."""
 
+import os
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import redis
 from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
 
 from metering.models import Alias, Route
+from metering.routing.breaker import breaker_key
 from metering.services import alias_set, route_set
 from tests.staff import staff_user
 
 pytestmark = pytest.mark.django_db
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def target(name: str, provider: str = "openai", **kwargs: Any) -> Route:
@@ -211,3 +217,22 @@ def test_roles_on_aliases(client: Client) -> None:
     assert "sim-default" not in page.content.decode()
     client.force_login(operator)
     assert client.get(reverse("admin:metering_alias_add")).status_code == 200
+
+
+def test_alias_page_shows_each_target_s_live_breaker(ops: Client, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.REDIS_URL = REDIS_URL
+    target("default")
+    mini = target("mini", priority=1)
+    alias = Alias.objects.get(name="think")
+    client = redis.Redis.from_url(REDIS_URL)
+    key = breaker_key(alias.pk)
+    until_ms = int(time.time() * 1000) + 600_000
+    client.hset(key, mapping={f"{mini.pk}:open": until_ms, f"{mini.pk}:cd": 30_000})
+    try:
+        page = ops.get(reverse("admin:metering_alias_change", args=[alias.pk])).content.decode()
+    finally:
+        client.delete(key)
+        client.close()
+    until = datetime.fromtimestamp(until_ms // 1000, tz=UTC)
+    assert f"open until {until:%H:%M:%S}" in page
+    assert page.count(">closed<") == 1  # the default target's

@@ -7,6 +7,7 @@ import itertools
 import os
 import random
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 import redis
@@ -226,3 +227,60 @@ def test_cluster(cluster: str) -> None:
         return aliases
 
     run(scenario(cluster, spread))
+
+
+def test_routing_state_on_the_cluster(cluster: str) -> None:
+    """A RoutingState over the cluster: reports, reads of aliases spread over the nodes in
+    one refresh, the heartbeat, and the probe."""
+    from metering.routing.state import RoutingState
+
+    @dataclass(frozen=True)
+    class Target:
+        route_id: int
+        target: str
+        priority: int = 0
+        weight: int = 100
+        max_concurrent: int | None = None
+
+    @dataclass(frozen=True)
+    class Plan:
+        alias_pk: int
+        targets: tuple[Target, ...]
+        policy: str = "fallback"
+        max_attempts: int = 2
+        rules: tuple = ()
+
+    class Clock:
+        now = T0 / 1000
+
+        def __call__(self) -> float:  # float-ok: seconds
+            return self.now
+
+    plans = [
+        Plan(next(_alias_ids), (Target(10 * i + 1, "a"), Target(10 * i + 2, "b", 1)))
+        for i in range(12)
+    ]
+
+    async def go() -> None:
+        clock = Clock()
+        writer = RoutingState(cluster, clock=clock, config=CONFIG, load=lambda ids: ({}, []))
+        reader = RoutingState(cluster, clock=clock, config=CONFIG, load=lambda ids: ({}, []))
+        try:
+            for plan in plans:
+                for _ in range(5):
+                    writer.report(plan, plan.targets[0].route_id, ok=False)
+                    while writer._tasks:
+                        await asyncio.gather(*list(writer._tasks))
+                reader.watch(plan)
+            await reader.refresh_breakers()
+            assert reader.processes >= 1
+            assert all(reader.view.is_open(p.targets[0].route_id) for p in plans)
+            assert not any(reader.view.is_open(p.targets[1].route_id) for p in plans)
+            clock.now += 30
+            await reader.refresh_breakers()  # wins every half-open probe
+            assert not any(reader.view.is_open(p.targets[0].route_id) for p in plans)
+        finally:
+            await writer.close()
+            await reader.close()
+
+    asyncio.run(go())

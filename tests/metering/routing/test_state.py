@@ -17,7 +17,7 @@ import redis
 from django.utils import timezone
 
 from metering.models import RouteExpectation, ServingCostRate
-from metering.routing.breaker import PROCS_KEY, BreakerConfig
+from metering.routing.breaker import PROCS_KEY, BreakerConfig, probe_key
 from metering.routing.policies import EffortRule, Features, Pick
 from metering.routing.state import (
     Expectation,
@@ -121,17 +121,21 @@ def test_breaker_shared_between_processes_local_trip_and_probe() -> None:
             await b.refresh_breakers()
             assert first(b, plan) == ("b", "breaker")
             assert not b.needs_probe(ra)
-            # Cooldown over: half-open; one process wins the probe.
+            # Cooldown over: half-open. The refresh asks for the probe; one process wins.
             clock.now += 30
             await a.refresh_breakers()
-            assert a.needs_probe(ra) and b.needs_probe(ra)
-            assert first(b, plan) == ("a", "priority")  # a candidate again, via the probe
-            assert await a.probe_allowed(plan, ra) is True
+            await b.refresh_breakers()
+            assert not a.needs_probe(ra) and b.needs_probe(ra)
+            assert first(a, plan) == ("a", "priority")  # a's next call is the probe
+            assert first(b, plan) == ("b", "breaker")
             assert await b.probe_allowed(plan, ra) is False
-            assert b.view.is_open(ra) and a.view.is_open(ra)  # out while the probe runs
             assert await b.probe_allowed(plan, rb) is True  # a closed target: no question
-            # The probe succeeds: closed everywhere.
+            # The probe starts: a sends nothing more there until it ends.
+            a.acquire(ra)
+            assert first(a, plan) == ("b", "breaker")
+            # It succeeds: closed everywhere.
             a.report(plan, ra, ok=True)
+            a.release(ra)
             assert not a.view.is_open(ra)
             await settled(a)
             clock.now += 1
@@ -156,15 +160,26 @@ def test_failed_probe_reopens_with_doubled_cooldown() -> None:
                 a.report(plan, ra, ok=False)
                 await settled(a)
             clock.now += 30
-            await a.refresh_breakers()
-            assert await a.probe_allowed(plan, ra)
+            await a.refresh_breakers()  # wins the probe
+            a.acquire(ra)
             a.report(plan, ra, ok=False)
+            a.release(ra)
             await settled(a)
             clock.now += 59
             await a.refresh_breakers()
             assert a.view.is_open(ra)
             clock.now += 1
-            assert not a.view.is_open(ra) and a.needs_probe(ra)
+            assert a.view.is_open(ra) and a.needs_probe(ra)  # half-open, no probe yet
+            await a.refresh_breakers()
+            assert not a.view.is_open(ra) and not a.needs_probe(ra)
+            # A probe nobody used is let go, and won again once Redis's key lapses.
+            clock.now += 30
+            assert a.view.is_open(ra) and a.needs_probe(ra)
+            await a.refresh_breakers()
+            assert a.view.is_open(ra)
+            redis.Redis.from_url(URL).delete(probe_key(plan.alias_pk, ra))  # as if lapsed
+            await a.refresh_breakers()
+            assert not a.view.is_open(ra)
         finally:
             await a.close()
 
@@ -218,9 +233,31 @@ def test_redis_down_answers_and_keeps_local_breakers() -> None:
                 s.report(plan, ra, ok=False)
                 await settled(s)
             assert s.view.is_open(ra) and first(s, plan) == ("b", "breaker")
-            clock.now += 30
+            # One more failure while out does not shorten it.
+            clock.now += 10
+            s.report(plan, ra, ok=False)
+            await settled(s)
+            clock.now += 19.9
+            assert s.view.is_open(ra)
+            clock.now += 0.1
             assert not s.view.is_open(ra)
             assert await s.probe_allowed(plan, ra)
+            # Opening again with no success between: the cooldown doubles.
+            for _ in range(5):
+                s.report(plan, ra, ok=False)
+                await settled(s)
+            clock.now += 59.9
+            assert s.view.is_open(ra)
+            clock.now += 0.1
+            assert not s.view.is_open(ra)
+            # A retry-after keeps the target out that long, even on one failure.
+            rb = plan.targets[1].route_id
+            s.report(plan, rb, ok=False, retry_after_s=90)
+            await settled(s)
+            clock.now += 89
+            assert s.view.is_open(rb)
+            clock.now += 1
+            assert not s.view.is_open(rb)
         finally:
             await s.close()
 
