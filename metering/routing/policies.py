@@ -183,11 +183,14 @@ def choose(
     view: TargetView,
     rng: random.Random,
     *,
-    cost_tie_ppm: int = DEFAULT_COST_TIE_PPM,
+    cost_tie_ppm: int | None = None,
 ) -> list[Pick]:
     """The attempts to make in order (at most plan.max_attempts): the policy's first
     choice, then the remaining healthy targets by priority, reason 'failover'. If every
-    target is open/saturated, the policy's choice among ALL targets (never zero picks)."""
+    target is open/saturated, the policy's choice among ALL targets (never zero picks).
+    `cost_tie_ppm` (None: the view's `cost_tie_ppm` if it has one, else 2%)."""
+    if cost_tie_ppm is None:
+        cost_tie_ppm = getattr(view, "cost_tie_ppm", DEFAULT_COST_TIE_PPM)
     targets = plan.targets
     if not targets:
         raise ValueError("a plan needs at least one target")

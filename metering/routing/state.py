@@ -276,6 +276,11 @@ class _View:
     def __init__(self, state: "RoutingState") -> None:
         self._state = state
 
+    @property
+    def cost_tie_ppm(self) -> int:
+        """RECKON_ROUTE_COST_TIE, read by `choose` when its caller passes none."""
+        return self._state.cost_tie_ppm
+
     def is_open(self, route_id: int) -> bool:
         return self._state.is_open(route_id)
 

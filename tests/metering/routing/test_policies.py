@@ -187,6 +187,9 @@ def test_cheapest_tie_setting() -> None:
     view = View(costs={1: 1000, 2: 960}, latency={1: 10, 2: 20})
     plan = P("cheapest", (A, B))
     assert choose(plan, NONE, view, random.Random(0), cost_tie_ppm=0)[0] == Pick(1, "cost")
+    # A view may carry the setting (RoutingState's does).
+    view.cost_tie_ppm = 50_000  # type: ignore[attr-defined]
+    assert choose(plan, NONE, view, random.Random(0))[0] == Pick(0, "cost_tie_latency")
     assert choose(plan, NONE, view, random.Random(0), cost_tie_ppm=50_000)[0] == Pick(
         0, "cost_tie_latency"
     )

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from metering.models import RouteExpectation, ServingCostRate
 from metering.routing.breaker import PROCS_KEY, BreakerConfig, probe_key
-from metering.routing.policies import EffortRule, Features, Pick
+from metering.routing.policies import EffortRule, Features, Pick, choose
 from metering.routing.state import (
     Expectation,
     Expected,
@@ -352,6 +352,11 @@ def test_refresh_costs_and_cheapest() -> None:
             rates.update({ra: cheap, rb: dear})
             await s.refresh_costs()
             assert first(s, plan) == ("a", "cost")
+            # The state's tie setting reaches `choose` through its view.
+            assert s.view.cost_tie_ppm == 20_000
+            s.cost_tie_ppm = 10**6  # 100%: every priced target ties, latency decides
+            pick = choose(plan, Features("high", 0, "responses"), s.view, random.Random(0))[0]
+            assert pick.reason == "cost_tie_latency"
         finally:
             await s.close()
 
