@@ -19,7 +19,12 @@ see a lagging ledger). Invariants:
 - `serving_cost_usd` is the rated (plain) records' stamped serving cost, exact on
   PostgreSQL (SQLite sums decimals as floats: its last digits may differ);
 - rollups folded before migration 0018 (no account stamp existed) carry account 0 and
-  never show here.
+  never show here;
+- `forwarded_usage_by_target` splits the rows by the target that served them too
+  (`route_id`, 0 for records from before routing): reconciliation attributes keys per
+  target (decision 0117); the other reads sum over targets. An attempt that failed over
+  is a record but not an answered request (it is unanswered) with no tokens, so it adds
+  no drift.
 
 Speed: a month of a busy account is hundreds of thousands of rows, so the grouped query
 is built by the ORM (vendor-neutral SQL, parameters adapted) but run on a plain cursor:
@@ -60,6 +65,25 @@ class ForwardedRow(NamedTuple):
     serving_cost_usd: Decimal  # list-price/hardware estimate as stamped (plain rows)
 
 
+class ForwardedTargetRow(NamedTuple):
+    """A `ForwardedRow` of one target (`forwarded_usage_by_target`)."""
+
+    day: date
+    upstream_model: str
+    tenant_id: uuid.UUID
+    alias: str
+    accelerator: str
+    records: int
+    requests: int
+    input_tokens: int
+    cached_input_tokens: int
+    cache_write_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+    serving_cost_usd: Decimal
+    route_id: int  # the target that served them (0: records from before routing)
+
+
 class ForwardedTotal(NamedTuple):
     """A `ForwardedRow` summed over tenants."""
 
@@ -88,7 +112,7 @@ _TOKENS = (
 # SQLite sums decimals as floats; read them as Django's SQLite backend does (15 digits).
 _FLOAT_DECIMAL = Context(prec=15).create_decimal_from_float
 
-_Row = TypeVar("_Row", ForwardedRow, ForwardedTotal)
+_Row = TypeVar("_Row", ForwardedRow, ForwardedTotal, ForwardedTargetRow)
 
 
 def _midnight(day: date) -> datetime:
@@ -126,7 +150,14 @@ def _int_sum(expression: Any) -> Cast:
 
 
 def _grouped(
-    *, account_id: int, start: date, end: date, primary: bool, by_tenant: bool, row: type[_Row]
+    *,
+    account_id: int,
+    start: date,
+    end: date,
+    primary: bool,
+    by_tenant: bool,
+    row: type[_Row],
+    by_route: bool = False,
 ) -> list[_Row]:
     if end < start:
         raise ValueError(f"end {end} is before start {start}")
@@ -144,6 +175,7 @@ def _grouped(
         *(["tenant_id"] if by_tenant else []),
         "alias",
         "accelerator",
+        *(["route_id"] if by_route else []),
     ]
     scope: AbstractContextManager[None] = nullcontext() if primary else reporting_reads()
     with scope:
@@ -173,6 +205,20 @@ def _grouped(
         found = cursor.fetchall()
     found.sort()  # as tuples, in C: day, model, tenant (canonical text sorts as the UUID)...
     day_of = _cached(_as_date)
+    if by_route:  # (by tenant too: reconciliation's own read); the route id after the keys
+        route_tenant_of = _cached(uuid.UUID)
+        return [
+            row(  # type: ignore[call-arg]
+                day_of(r[0]),
+                r[1],
+                route_tenant_of(r[2]),
+                *r[3:5],
+                *r[6:-1],
+                _as_decimal(r[-1]),
+                r[5],
+            )
+            for r in found
+        ]
     if by_tenant:
         tenant_of = _cached(uuid.UUID)
         return [
@@ -198,6 +244,22 @@ def forwarded_usage(
         primary=primary,
         by_tenant=True,
         row=ForwardedRow,
+    )
+
+
+def forwarded_usage_by_target(
+    *, account_id: int, start: date, end: date, primary: bool = False
+) -> list[ForwardedTargetRow]:
+    """`forwarded_usage` split by the target (route) that served the records too, sorted
+    by day, model, tenant, alias, accelerator and route id."""
+    return _grouped(
+        account_id=account_id,
+        start=start,
+        end=end,
+        primary=primary,
+        by_tenant=True,
+        row=ForwardedTargetRow,
+        by_route=True,
     )
 
 

@@ -22,6 +22,12 @@ Invariants:
   reported on the old key days after the rotation is a leak. (A key that was an alias's
   one key all day with no usage of ours at all is `missing_in_ledger` too: the key was
   used outside Reckon.)
+- Targets (decision 0117). Records that name the target that served them (`route_id`)
+  are attributed per target: the key that route declared all day, so an alias served by
+  two deployments on one account with a key each is compared per key. Records from
+  before routing (route 0) keep the alias rule above. A model is compared summed when
+  any route serving it on the account lacks one key all day. An attempt that failed
+  over is unanswered with no tokens: it adds no drift.
 - Buckets. A day is read at one bucket width, the finest the import stored for it, so a
   window imported at 1h and again at 1d is never counted twice.
 - Settling. A day is `pending` until RECKON_PROVIDER_REPORT_SETTLE_DAYS whole days after
@@ -83,7 +89,7 @@ from metering.reconcile.compare import (
     compare_group,
 )
 from metering.reconcile.hooks import rows_changed
-from metering.reconcile.ours import ForwardedRow, forwarded_usage
+from metering.reconcile.ours import ForwardedRow, ForwardedTargetRow, forwarded_usage_by_target
 
 # (day, upstream model, the provider's key id or '' summed over keys)
 GroupKey = tuple[dt.date, str, str]
@@ -206,11 +212,13 @@ def reconcile_account_days(
 ) -> ReconcileResult:
     """Recompute the reconciliation rows of `account` for `days` (UTC) as of `now`."""
     wanted = sorted(set(days))
-    forwarded: list[ForwardedRow] = []
+    forwarded: list[ForwardedTargetRow] = []
     for start, end in day_runs(wanted):
         # Ours from the primary (review S9): rows and alerts are written from it, and a
         # lagging replica would show a key first used in the lag as a leak.
-        forwarded.extend(forwarded_usage(account_id=account.pk, start=start, end=end, primary=True))
+        forwarded.extend(
+            forwarded_usage_by_target(account_id=account.pk, start=start, end=end, primary=True)
+        )
     changed = days_last_changed(account=account, days=wanted)
     computed = rows_compute(
         account=account,
@@ -227,13 +235,15 @@ def reconcile_account_days(
 @dataclass(frozen=True)
 class KeyPeriod:
     """A span over which a route (its alias, serving its upstream model) declared an
-    upstream key id on the account ('' none); None bounds are open."""
+    upstream key id on the account ('' none); None bounds are open. `route_id`: the
+    route (target) itself (0: not known, the alias rule alone)."""
 
     alias: str
     upstream_model: str
     upstream_key_id: str
     valid_from: dt.datetime | None
     valid_until: dt.datetime | None
+    route_id: int = 0
 
     def overlaps(self, *, start: dt.datetime, end: dt.datetime) -> bool:
         return (self.valid_from is None or self.valid_from < end) and (
@@ -257,6 +267,7 @@ def key_periods_of(*, account: ProviderAccount) -> list[KeyPeriod]:
             upstream_key_id=p.upstream_key_id,
             valid_from=p.valid_from,
             valid_until=p.valid_until,
+            route_id=p.route_id,
         )
         for p in UpstreamKeyPeriod.objects.filter(provider_account=account).select_related("route")
     ]
@@ -270,6 +281,7 @@ def key_periods_of(*, account: ProviderAccount) -> list[KeyPeriod]:
             upstream_key_id=r.upstream_key_id,
             valid_from=None,
             valid_until=None,
+            route_id=r.pk,
         )
         for r in unrecorded
     )
@@ -280,26 +292,56 @@ def key_periods_of(*, account: ProviderAccount) -> list[KeyPeriod]:
 class _DayKeys:
     """Which keys a day's usage is attributed to (see the module docstring)."""
 
-    # alias -> its one key, in force all day (aliases not here are compared summed)
+    # alias -> its one key, in force all day (aliases not here are compared summed): the
+    # rule for records from before routing (route 0)
     alias_key: dict[str, str]
+    # route (target) -> its one key, in force all day: the rule for records that name
+    # the target that served them (decision 0117); targets not here are compared summed
+    route_key: dict[int, str]
     # the upstream models of routes without one key all day: compared summed
     summed_models: frozenset[str]
     # keys in force at some time of the day (with KEY_EDGE_SLACK) but not all day
     partial_keys: frozenset[str]
 
+    def key_of(self, *, alias: str, route_id: int) -> str | None:
+        """The one key of a row's records (None: compared summed)."""
+        if route_id:
+            return self.route_key.get(route_id)
+        return self.alias_key.get(alias)
+
+
+def _one_key(spans: list[KeyPeriod], start: dt.datetime, end: dt.datetime) -> str | None:
+    """The key of `spans` when they are one period with a key covering [start, end)."""
+    only = spans[0]
+    if len(spans) == 1 and only.upstream_key_id and only.covers(start=start, end=end):
+        return only.upstream_key_id
+    return None
+
 
 def _day_keys(periods: Sequence[KeyPeriod], day: dt.date) -> _DayKeys:
     start, end = day_start(day), day_start(day) + dt.timedelta(days=1)
     by_alias: dict[str, list[KeyPeriod]] = defaultdict(list)
+    by_route: dict[int, list[KeyPeriod]] = defaultdict(list)
     for period in periods:
         if period.overlaps(start=start, end=end):
             by_alias[period.alias].append(period)
+            by_route[period.route_id].append(period)
     alias_key: dict[str, str] = {}
-    summed_models: set[str] = set()
     for alias, spans in by_alias.items():
-        only = spans[0]
-        if len(spans) == 1 and only.upstream_key_id and only.covers(start=start, end=end):
-            alias_key[alias] = only.upstream_key_id
+        if (key := _one_key(spans, start, end)) is not None:
+            alias_key[alias] = key
+    # A model is summed when a route serving it lacks one key all day. Periods without a
+    # route (0) fall back to the alias rule: their alias's spans decide.
+    route_key: dict[int, str] = {}
+    summed_models: set[str] = set()
+    for route_id, spans in by_route.items():
+        if not route_id:
+            for alias in {p.alias for p in spans}:
+                if alias not in alias_key:
+                    summed_models |= {p.upstream_model for p in by_alias[alias]}
+            continue
+        if (key := _one_key(spans, start, end)) is not None:
+            route_key[route_id] = key
         else:
             summed_models |= {p.upstream_model for p in spans}
     near = {
@@ -309,8 +351,9 @@ def _day_keys(periods: Sequence[KeyPeriod], day: dt.date) -> _DayKeys:
     }
     return _DayKeys(
         alias_key=alias_key,
+        route_key=route_key,
         summed_models=frozenset(summed_models),
-        partial_keys=frozenset(near - set(alias_key.values())),
+        partial_keys=frozenset(near - set(alias_key.values()) - set(route_key.values())),
     )
 
 
@@ -373,7 +416,7 @@ def rows_compute(
     *,
     account: ProviderAccount,
     days: Sequence[dt.date],
-    forwarded: Sequence[ForwardedRow],
+    forwarded: Sequence[ForwardedRow | ForwardedTargetRow],
     periods: Sequence[KeyPeriod],
     buckets: Sequence[BucketCounts],
     settled: dict[dt.date, bool],
@@ -391,7 +434,8 @@ def rows_compute(
     ours_rows = [r for r in forwarded if r.day in in_days]
     for row in ours_rows:
         keys = day_keys[row.day]
-        if row.upstream_model in keys.summed_models or row.alias not in keys.alias_key:
+        one_key = keys.key_of(alias=row.alias, route_id=_route_of(row))
+        if row.upstream_model in keys.summed_models or one_key is None:
             summed.add((row.day, row.upstream_model))
 
     chosen = _buckets_at_finest_width(b for b in buckets if _utc_day(b.bucket_start) in in_days)
@@ -413,7 +457,8 @@ def rows_compute(
     aliases: dict[GroupKey, set[str]] = defaultdict(set)
     tenants: dict[GroupKey, set[uuid.UUID]] = defaultdict(set)
     for row in ours_rows:
-        key = key_of(row.day, row.upstream_model, day_keys[row.day].alias_key.get(row.alias, ""))
+        one_key = day_keys[row.day].key_of(alias=row.alias, route_id=_route_of(row))
+        key = key_of(row.day, row.upstream_model, one_key or "")
         total = sums[key]
         total[0] += row.requests
         total[1] += row.input_tokens
@@ -462,6 +507,11 @@ def rows_compute(
                 )
             )
     return out
+
+
+def _route_of(row: ForwardedRow | ForwardedTargetRow) -> int:
+    """The target a row of ours names (0: none, the alias rule)."""
+    return row.route_id if isinstance(row, ForwardedTargetRow) else 0
 
 
 def _utc_day(instant: dt.datetime) -> dt.date:
