@@ -4,7 +4,7 @@ from django.urls import URLPattern, path
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.views import APIView
 
-from api.views import balances, finance, invoices, plans, usage
+from api.views import balances, finance, invoices, plans, routing, usage
 
 ENDPOINTS: list[tuple[str, type[APIView], str]] = [
     # usage
@@ -45,6 +45,9 @@ ENDPOINTS: list[tuple[str, type[APIView], str]] = [
         invoices.CreditNoteCreateView,
         "invoice-credit-notes",
     ),
+    # routing across targets (decision 0117)
+    ("routing/aliases", routing.RoutingAliasListView, "routing-aliases"),
+    ("routing/aliases/<path:alias>", routing.RoutingAliasDetailView, "routing-alias"),
     # hardware cost basis and margins
     ("accelerators", finance.AcceleratorListView, "accelerators"),
     ("accelerators/<slug:key>/cost-basis", finance.CostBasisCreateView, "accelerator-cost-basis"),
@@ -57,6 +60,8 @@ ENDPOINTS: list[tuple[str, type[APIView], str]] = [
     ("finance/margins", finance.MarginReportView, "finance-margins"),
     ("finance/margins.csv", finance.MarginReportCsvView, "finance-margins-csv"),
     ("finance/whatif", finance.WhatIfView, "finance-whatif"),
+    ("finance/whatif/reroute", routing.RerouteWhatIfView, "finance-whatif-reroute"),
+    ("finance/whatif/reroute.csv", routing.RerouteWhatIfCsvView, "finance-whatif-reroute-csv"),
     ("finance/reconciliation", finance.ReconciliationListView, "finance-reconciliation"),
     (
         "finance/reconciliation.csv",

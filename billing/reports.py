@@ -12,6 +12,10 @@ fees that belong to no alias (base fee, minimum true-up) are reported under "(fe
 Each line's exact amount is split exactly, the remainder going to the last share.
 Costs are the exact serving costs stamped on the records (summed in rollups).
 
+Grouped by `target` (decision 0117), rows split by the rollups' route_id, named
+"<alias>/<target>"; usage folded before routing (route 0) is "(before routing)". A line's
+revenue is split by tokens across targets exactly as across accelerators.
+
 Routes served through a provider account (resold) also show the provider's actual cost:
 `provider_cost_usd` is the reported cost allocated to the (tenant, alias, accelerator)s
 of the account's rollups (billing.costs.provider_costs states how), onto exactly those
@@ -39,19 +43,22 @@ from billing.costs.catalogue import (
     deployment_in_force,
 )
 from billing.costs.margins import Margins, floor_price, gross_margin, margin_policy_in_force
-from billing.costs.provider_costs import EXACT, provider_costs
+from billing.costs.provider_costs import EXACT, provider_costs, split_exact
 from billing.models import Deployment, Subscription
 from billing.period_rating import period_rate
 from billing.pricing.periods import Period
 from billing.pricing.rate import RatedLine
 from config.errors import ApplicationError, NotFound
 from metering.ledger.record import Rates, serving_cost
+from metering.models import Route
 from metering.selectors import ServedTotals, served_totals
 from metering.usage import TOKEN_CLASSES
 
 FEES = "(fees)"
 UNATTRIBUTED = "(unattributed)"
-GROUPINGS = ("tenant", "alias", "accelerator")
+BEFORE_ROUTING = "(before routing)"
+GROUPINGS = ("tenant", "alias", "accelerator", "target")
+DEFAULT_GROUPING = ("tenant", "alias", "accelerator")
 
 
 @dataclass
@@ -69,6 +76,9 @@ class MarginRow:
     provider_actual_usd: Decimal = Decimal(0)
     provider_estimate_usd: Decimal = Decimal(0)
     provider_pending: bool = False
+    # Revenue per pricing token class the rated lines counted (sums to revenue_usd less
+    # lines of no token class): what a token of each class earned.
+    revenue_by_class: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
 
     @property
     def gross_margin(self) -> Decimal | None:
@@ -96,10 +106,15 @@ class MarginRow:
         return None if self.cost_usd == 0 else self.reasoning_cost_usd / self.cost_usd
 
 
-def _line_weights(line: RatedLine, served: list[ServedTotals]) -> list[tuple[ServedTotals, int]]:
+def _line_classes(line: RatedLine) -> list[str]:
     classes = [line.token_class or ""]
     if line.reasoning_tokens:
         classes.append("reasoning")  # reasoning folded into this output line
+    return classes
+
+
+def _line_weights(line: RatedLine, served: list[ServedTotals]) -> list[tuple[ServedTotals, int]]:
+    classes = _line_classes(line)
     weights = [
         (s, sum(s.tokens.get(c, 0) for c in classes)) for s in served if s.alias in line.aliases
     ]
@@ -112,6 +127,27 @@ def _split(amount: Decimal, weights: list[int]) -> list[Decimal]:
     return [*shares, amount - sum(shares, Decimal(0))]
 
 
+def target_label(route_id: int, names: dict[int, tuple[str, str]]) -> str:
+    """A target as the report names it: "<alias>/<target>"; route 0 (usage folded before
+    routing) is BEFORE_ROUTING, a route no longer known "(route <id>)"."""
+    if route_id == 0:
+        return BEFORE_ROUTING
+    if route_id not in names:
+        return f"(route {route_id})"
+    alias, name = names[route_id]
+    return f"{alias}/{name}"
+
+
+def target_names(route_ids: set[int]) -> dict[int, tuple[str, str]]:
+    """route id -> (alias, target name) of the targets that exist."""
+    return {
+        pk: (str(alias), name)  # the alias column holds the alias's name (to_field)
+        for pk, alias, name in Route.objects.filter(pk__in=route_ids).values_list(
+            "pk", "alias", "name"
+        )
+    }
+
+
 def margin_report(
     *, period: Period, group_by: tuple[str, ...] = ("tenant", "alias", "accelerator")
 ) -> list[MarginRow]:
@@ -122,15 +158,24 @@ def margin_report(
     by_tenant: dict[uuid.UUID, list[ServedTotals]] = defaultdict(list)
     for s in served:
         by_tenant[s.tenant_id].append(s)
+    names = target_names({s.route_id for s in served}) if "target" in group_by else {}
     rows: dict[tuple[str, ...], MarginRow] = {}
 
-    def row_for(tenant_id: uuid.UUID, alias: str, accelerator: str) -> MarginRow:
-        values = {"tenant": str(tenant_id), "alias": alias, "accelerator": accelerator}
+    def row_for(tenant_id: uuid.UUID, alias: str, accelerator: str, target: str) -> MarginRow:
+        values = {
+            "tenant": str(tenant_id),
+            "alias": alias,
+            "accelerator": accelerator,
+            "target": target,
+        }
         key = tuple(values[g] for g in group_by)
         return rows.setdefault(key, MarginRow(key))
 
+    def served_row(s: ServedTotals) -> MarginRow:
+        return row_for(s.tenant_id, s.alias, s.accelerator, target_label(s.route_id, names))
+
     for s in served:
-        row = row_for(s.tenant_id, s.alias, s.accelerator)
+        row = served_row(s)
         row.cost_usd += s.serving_cost_usd
         row.reasoning_cost_usd += s.reasoning_cost_usd
         for token_class, n in s.tokens.items():
@@ -149,17 +194,26 @@ def margin_report(
             weights = _line_weights(line, by_tenant[tenant_id]) if line.kind == "usage" else []
             if not weights:
                 if line.amount_exact:
-                    row_for(tenant_id, FEES, FEES).revenue_usd += line.amount_exact
+                    row_for(tenant_id, FEES, FEES, FEES).revenue_usd += line.amount_exact
                 continue
-            for (s, _), share in zip(
+            for (s, weight), share in zip(
                 weights, _split(line.amount_exact, [w for _, w in weights]), strict=True
             ):
-                row_for(tenant_id, s.alias, s.accelerator).revenue_usd += share
+                row = served_row(s)
+                row.revenue_usd += share
+                # The share per token class the line counted (the what-if re-route's
+                # realized prices): a folded output line covers output and reasoning.
+                for token_class in _line_classes(line):
+                    n = s.tokens.get(token_class, 0)
+                    if n:
+                        row.revenue_by_class[token_class] += share * n / weight
     _add_provider_costs(
         group_by,
         rows,
         start=period.start.astimezone(UTC).date(),
         end=period.end.astimezone(UTC).date(),
+        served=served,
+        names=names,
     )
     return sorted(rows.values(), key=lambda r: r.key)
 
@@ -170,26 +224,69 @@ def _add_provider_costs(
     *,
     start: date,
     end: date,
+    served: list[ServedTotals],
+    names: dict[int, tuple[str, str]],
 ) -> None:
     """Each account's actual cost, allocated per (tenant, alias, accelerator) of its
     rollups, onto exactly those rows: a route that moved from our own accelerators to a
-    provider keeps the hardware cost basis on its hardware rows (they are no account's)."""
+    provider keeps the hardware cost basis on its hardware rows (they are no account's).
+    Grouped by target, a payer's part goes to its targets on that account in proportion
+    to their tokens (route 0 when none is known)."""
 
     def keyed(values: dict[str, str]) -> MarginRow:
         key = tuple(values[g] for g in group_by)
         return rows.setdefault(key, MarginRow(key))
 
+    by_target = "target" in group_by
+    accounts = (
+        dict(
+            Route.objects.filter(pk__in={s.route_id for s in served}).values_list(
+                "pk", "provider_account_id"
+            )
+        )
+        if by_target
+        else {}
+    )
+
+    def targets_of(payer: tuple[uuid.UUID, str, str], account_id: int) -> list[tuple[str, int]]:
+        if not by_target:
+            return [("", 1)]
+        found: dict[str, int] = defaultdict(int)
+        for s in served:
+            if (s.tenant_id, s.alias, s.accelerator) == payer and accounts.get(
+                s.route_id
+            ) == account_id:
+                found[target_label(s.route_id, names)] += sum(s.tokens.values())
+        parts = [(label, n) for label, n in sorted(found.items()) if n > 0]
+        return parts or [(BEFORE_ROUTING, 1)]
+
     with localcontext(EXACT):  # sums of 24-place amounts: exact, never rounded to 28 digits
         for costs in provider_costs(start=start, end=end):
             for payer in sorted(costs.used, key=lambda p: (str(p[0]), p[1], p[2])):
                 tenant_id, alias, accelerator = payer
-                row = keyed({"tenant": str(tenant_id), "alias": alias, "accelerator": accelerator})
-                row.resold = True
-                row.provider_actual_usd += costs.parts.get(payer, Decimal(0))
-                row.provider_estimate_usd += costs.estimates[payer]
-                row.provider_pending = row.provider_pending or costs.payer_pending(payer)
+                targets = targets_of(payer, costs.account.pk)
+                actual, estimate = [costs.parts.get(payer, Decimal(0))], [costs.estimates[payer]]
+                if len(targets) > 1:
+                    weights = [w for _, w in targets]
+                    actual = split_exact(actual[0], weights)
+                    estimate = split_exact(estimate[0], weights)
+                for (label, _), part, estimated in zip(targets, actual, estimate, strict=True):
+                    row = keyed(
+                        {
+                            "tenant": str(tenant_id),
+                            "alias": alias,
+                            "accelerator": accelerator,
+                            "target": label,
+                        }
+                    )
+                    row.resold = True
+                    row.provider_actual_usd += part
+                    row.provider_estimate_usd += estimated
+                    row.provider_pending = row.provider_pending or costs.payer_pending(payer)
             label = f"{UNATTRIBUTED} {costs.account.name}"
-            row = keyed({"tenant": UNATTRIBUTED, "alias": label, "accelerator": label})
+            row = keyed(
+                {"tenant": UNATTRIBUTED, "alias": label, "accelerator": label, "target": label}
+            )
             row.kind = "unattributed"
             row.resold = True
             row.provider_actual_usd += costs.unattributed

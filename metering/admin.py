@@ -9,6 +9,7 @@ from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
 from config.errors import ApplicationError
 from metering import permissions as perm
@@ -44,6 +45,7 @@ from metering.providers.accounts import (
 )
 from metering.routes import base_url_normalize
 from metering.routing.breaker import breaker_states
+from metering.routing.panel import economics_panel
 from metering.routing.rules import parse_rules, rules_as_json, rules_unknown_targets
 from metering.services import (
     alias_warnings,
@@ -351,6 +353,11 @@ class AliasAdmin(admin.ModelAdmin):
     list_display = ["name", "policy", "max_attempts", "targets_active", "is_active"]
     list_filter = ["policy", "is_active"]
     search_fields = ["name"]
+    readonly_fields = ["economics"]
+
+    @admin.display(description="economics (last 7 days)")
+    def economics(self, obj: Alias) -> SafeString:
+        return economics_panel(obj)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Alias]:
         return (

@@ -9,3 +9,6 @@ APIKEY_REVOKE = "metering.revoke_apikey"
 USAGE_VIEW = "metering.view_usagerecord"
 # Reconciliation against the providers' reports: rows in the admin and the finance API.
 RECONCILIATION_VIEW = "metering.view_reconciliationrow"
+# Routing visibility (decision 0117): an alias with its targets' statistics (operator
+# and finance roles both hold it; margins need billing's margins permission besides).
+ALIAS_VIEW = "metering.view_alias"

@@ -525,13 +525,15 @@ class ServedTotals:
     tokens: dict[str, int]  # pricing token class -> tokens
     serving_cost_usd: Decimal
     reasoning_cost_usd: Decimal
+    # The target that served them (`UsageRollup.route_id`; 0: before routing).
+    route_id: int = 0
 
 
 def served_totals(
     *, start: datetime, end: datetime, tenant_id: uuid.UUID | None = None, alias: str | None = None
 ) -> list[ServedTotals]:
-    """Rated tokens and exact serving cost per (tenant, alias, accelerator) in [start, end),
-    from the hourly rollups: what serving cost us (billing.reports: margins).
+    """Rated tokens and exact serving cost per (tenant, alias, accelerator, target) in
+    [start, end), from the hourly rollups: what serving cost us (billing.reports: margins).
 
     Not `usage_totals`, the reader invoices are rated from: that one groups by alias
     only (a price never depends on the hardware), returns the cut-off record id a close
@@ -544,13 +546,13 @@ def served_totals(
     if alias is not None:
         qs = qs.filter(alias=alias)
     rows = (
-        qs.values("tenant_id", "alias", "accelerator")
+        qs.values("tenant_id", "alias", "accelerator", "route_id")
         .annotate(
             cost=Sum("serving_cost_usd"),
             reasoning_cost=Sum("reasoning_cost_usd"),
             **{name: Sum(name) for name in LEDGER_COLUMNS},
         )
-        .order_by("tenant_id", "alias", "accelerator")
+        .order_by("tenant_id", "alias", "accelerator", "route_id")
     )
     return [
         ServedTotals(
@@ -560,6 +562,7 @@ def served_totals(
             tokens={PRICING_CLASS[name]: row[name] or 0 for name in LEDGER_COLUMNS},
             serving_cost_usd=row["cost"] or Decimal(0),
             reasoning_cost_usd=row["reasoning_cost"] or Decimal(0),
+            route_id=row["route_id"],
         )
         for row in rows
     ]

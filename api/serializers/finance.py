@@ -12,7 +12,7 @@ from api.serializers.fields import ExactDecimalField, InstantField, PeriodField
 from billing.costs import formulas, margins
 from billing.models import CostBasisVersion
 from billing.pricing.currency import decimal_text
-from billing.reports import GROUPINGS, MarginRow, WhatIf
+from billing.reports import DEFAULT_GROUPING, GROUPINGS, MarginRow, WhatIf
 
 # The figures of a margin report row, in the order of the CSV's columns after the groups.
 MARGIN_FIGURES = (
@@ -115,7 +115,9 @@ class DeploymentInput(serializers.Serializer):
 class MarginQuery(serializers.Serializer):
     period = PeriodField(help_text="YYYY-MM")
     group_by = serializers.CharField(
-        default=",".join(GROUPINGS), max_length=200, help_text=f"comma-separated: {GROUPINGS}"
+        default=",".join(DEFAULT_GROUPING),
+        max_length=200,
+        help_text=f"comma-separated: {GROUPINGS}",
     )
 
     def validate_group_by(self, value: str) -> tuple[str, ...]:

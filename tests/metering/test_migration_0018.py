@@ -190,7 +190,9 @@ def test_a_run_interrupted_after_building_an_index_completes(old_apps) -> None: 
             "ALTER TABLE metering_usagerollup"
             " ADD COLUMN unanswered_requests bigint DEFAULT 0 NOT NULL"
         )
-        cursor.execute("CREATE UNIQUE INDEX rollup_unique_hour_building ON metering_usagerollup (id)")
+        cursor.execute(
+            "CREATE UNIQUE INDEX rollup_unique_hour_building ON metering_usagerollup (id)"
+        )
         cursor.execute("CREATE INDEX rollup_account_hour ON metering_usagerollup (id)")
     migrate(leaf())
     constraints = _constraints()
