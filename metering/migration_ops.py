@@ -2,9 +2,10 @@
 CONCURRENTLY cannot run in a transaction), each safe to repeat after an interruption, and
 the usual operations on SQLite. Used by migrations 0018 and 0023 (rollup key changes)."""
 
+import time
 from typing import Any
 
-from django.db import migrations, models, transaction
+from django.db import OperationalError, migrations, models, transaction
 from django.db.migrations.operations.base import Operation
 
 
@@ -67,26 +68,45 @@ class SwapUniqueKey(Operation):
         return f"Swap the unique key {self.old.name} of {self.model_name}"
 
 
+# ADD COLUMN takes ACCESS EXCLUSIVE on the table (on a partitioned table, on every
+# partition): briefly, but while it waits for a long reader every writer queues behind it.
+# So it waits at most this long, and is retried after a pause (writers go on meanwhile).
+ADD_COLUMN_LOCK_TIMEOUT_MS = 2000
+ADD_COLUMN_ATTEMPTS = 30
+
+
 class AddFieldOnce(migrations.AddField):
     """AddField that skips a column an interrupted run already added (PostgreSQL: this
-    migration is not atomic there)."""
+    migration is not atomic there), each column in its own short transaction under
+    lock_timeout, retried while the table is busy."""
 
     def database_forwards(
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
     ) -> None:
         connection = schema_editor.connection
-        if connection.vendor == "postgresql":
-            model = to_state.apps.get_model(app_label, self.model_name)
-            column = model._meta.get_field(self.name).column
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT 1 FROM information_schema.columns WHERE table_schema ="
-                    " current_schema() AND table_name = %s AND column_name = %s",
-                    [model._meta.db_table, column],
-                )
-                if cursor.fetchone():
-                    return
-        super().database_forwards(app_label, schema_editor, from_state, to_state)
+        if connection.vendor != "postgresql":
+            super().database_forwards(app_label, schema_editor, from_state, to_state)
+            return
+        model = to_state.apps.get_model(app_label, self.model_name)
+        column = model._meta.get_field(self.name).column
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema ="
+                " current_schema() AND table_name = %s AND column_name = %s",
+                [model._meta.db_table, column],
+            )
+            if cursor.fetchone():
+                return
+        for attempt in range(1, ADD_COLUMN_ATTEMPTS + 1):
+            try:
+                with transaction.atomic(using=connection.alias):
+                    schema_editor.execute(f"SET LOCAL lock_timeout = {ADD_COLUMN_LOCK_TIMEOUT_MS}")
+                    super().database_forwards(app_label, schema_editor, from_state, to_state)
+                return
+            except OperationalError:  # lock_timeout (55P03): the table was busy
+                if attempt == ADD_COLUMN_ATTEMPTS:
+                    raise
+                time.sleep(min(0.5 * attempt, 5))
 
 
 class AddIndexOnline(migrations.AddIndex):

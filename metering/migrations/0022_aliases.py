@@ -7,13 +7,11 @@
 - Grants move from routes to aliases (`Tenant.allowed_aliases`), copied both ways.
 - Serving cost rates gain the target they are for (set on every existing rate: one
   route per alias until now).
-- Usage records gain nullable routing stamps (route, attempt, failed_over, policy,
-  reason, effort): on PostgreSQL adding a nullable column without a default is a
-  catalog change (no rewrite of the partitioned ledger); old records keep NULL.
 - Per-target statistics (`RouteTargetHour`, `RouteLatencyBucket`) and learned
   expectations (`RouteExpectation`) start empty.
 
-The rollups' new key column is migration 0023 (online, not atomic).
+The usage records' routing stamps and the rollups' new key column are migration 0023
+(online, not atomic).
 """
 
 import django.db.models.deletion
@@ -260,44 +258,6 @@ class Migration(migrations.Migration):
             ),
         ),
         migrations.RunPython(rates_to_routes, migrations.RunPython.noop),
-        migrations.AddField(
-            model_name="usagerecord",
-            name="attempt",
-            field=models.PositiveSmallIntegerField(blank=True, null=True),
-        ),
-        migrations.AddField(
-            model_name="usagerecord",
-            name="failed_over",
-            field=models.BooleanField(blank=True, null=True),
-        ),
-        migrations.AddField(
-            model_name="usagerecord",
-            name="reasoning_effort",
-            field=models.CharField(blank=True, max_length=16, null=True),
-        ),
-        migrations.AddField(
-            model_name="usagerecord",
-            name="route",
-            field=models.ForeignKey(
-                blank=True,
-                db_constraint=False,
-                db_index=False,
-                null=True,
-                on_delete=django.db.models.deletion.DO_NOTHING,
-                related_name="+",
-                to="metering.route",
-            ),
-        ),
-        migrations.AddField(
-            model_name="usagerecord",
-            name="route_policy",
-            field=models.CharField(blank=True, max_length=16, null=True),
-        ),
-        migrations.AddField(
-            model_name="usagerecord",
-            name="route_reason",
-            field=models.CharField(blank=True, max_length=64, null=True),
-        ),
         migrations.AddIndex(
             model_name="servingcostrate",
             index=models.Index(fields=["route", "effective_from"], name="cost_rate_route_time"),
