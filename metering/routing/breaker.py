@@ -72,14 +72,15 @@ class BreakerConfig:
 REPORT_LUA = """
 -- One target's outcomes since the last report.
 -- KEYS: the alias's breaker hash, the target's probe key
--- ARGV: route id, failures, successes, now_ms, retry_after_ms, probe (1: the outcome of
---       this process's half-open probe), min failures, ratio ppm, window ms, cooldown ms,
---       max cooldown ms
+-- ARGV: route id, failures, successes, now_ms, retry_after_ms (capped at the max cooldown),
+--       probe (1: the outcome of this process's half-open probe), min failures, ratio ppm,
+--       window ms, cooldown ms, max cooldown ms
 -- Returns the time the target is open until (ms; 0: closed).
 local h, rid = KEYS[1], ARGV[1]
 local f, s, now, ra = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local minf, ratio, window = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local base, cap = tonumber(ARGV[10]), tonumber(ARGV[11])
+ra = math.min(math.max(ra, 0), cap)  -- an upstream's retry-after: at most the longest cooldown
 local k_open, k_cd, k_ws, k_f, k_s = rid .. ':open', rid .. ':cd', rid .. ':ws', rid .. ':f', rid .. ':s'
 local open = tonumber(redis.call('HGET', h, k_open) or '0')
 local cd = tonumber(redis.call('HGET', h, k_cd) or '0')

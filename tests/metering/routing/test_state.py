@@ -268,6 +268,39 @@ def test_redis_down_answers_and_keeps_local_breakers() -> None:
     assert s.choose(plan, NONE, random.Random(0)) == [Pick(0, "priority"), Pick(1, "failover")]
 
 
+def test_retry_after_is_capped_at_the_longest_cooldown() -> None:
+    """Retry-After: 999999999 keeps a target out at most RECKON_ROUTE_BREAKER_MAX_COOLDOWN_S
+    (here 300 s): before Redis answers, after it answers, and with Redis down."""
+
+    async def go(url: str) -> None:
+        clock = Clock()
+        s = state(clock, url)
+        plan = plan_of()
+        ra = plan.targets[0].route_id
+        start = s._now_ms()
+        try:
+            for _ in range(5):  # enough to open the breaker (Redis) or the local one (down)
+                s.report(plan, ra, ok=False, retry_after_s=999_999_999)
+            target = s._targets[ra]
+            assert target.pending_until_ms == start + 300_000  # before any answer
+            await settled(s)
+            # The verdict (Redis's or the local breaker's): open until start + 300 s at most.
+            until = max(target.remote.open_until_ms, target.local_open_ms, target.pending_until_ms)
+            assert until == start + 300_000
+            clock.now += 299.9
+            assert s.view.is_open(ra)
+            clock.now += 0.1
+            await s.refresh_breakers()
+            assert target.remote.open_until_ms <= s._now_ms()
+            assert target.local_open_ms <= s._now_ms()
+            assert target.pending_until_ms <= s._now_ms()
+        finally:
+            await s.close()
+
+    asyncio.run(go(URL))
+    asyncio.run(go(DOWN))
+
+
 R = TargetRates(
     input=Decimal("0.50"),
     cache_read=Decimal("0.05"),
