@@ -400,10 +400,11 @@ def test_refresh_costs_and_cheapest() -> None:
 def test_load_costs_reads_each_targets_current_rate() -> None:
     a = RouteFactory(alias="routed", name="a")
     b = RouteFactory(alias="routed", name="b")
+    c = RouteFactory(alias="routed", name="c", accelerator="amd-mi300x")
     now = timezone.now()
     fields = dict(
         alias="routed",
-        accelerator="h100",
+        accelerator="nvidia-h100-sxm",
         cache_read_usd=Decimal("0.1"),
         cache_write_usd=Decimal("0.1"),
         output_usd=Decimal("1"),
@@ -432,12 +433,13 @@ def test_load_costs_reads_each_targets_current_rate() -> None:
     }
     assert expectations == [row(b.pk, "low", 80, out="12.5", p50=300)]
     # A rate published for the alias before routing (no route) counts for b, not for a
-    # (a has a later one of its own).
+    # (a has one of its own, even an older one) nor for c (on another accelerator: unpriced).
     ServingCostRate.objects.create(
-        effective_from=now - timedelta(days=3), input_usd=Decimal("5"), **fields
+        effective_from=now - timedelta(hours=1), input_usd=Decimal("5"), **fields
     )
-    rates, _ = load_costs([a.pk, b.pk])
+    rates, _ = load_costs([a.pk, b.pk, c.pk])
     assert rates[a.pk].input == Decimal("3") and rates[b.pk].input == Decimal("5")
+    assert c.pk not in rates
 
 
 def test_the_callers_alias_plan_is_a_plan() -> None:
