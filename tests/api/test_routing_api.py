@@ -79,6 +79,10 @@ def test_detail_per_target_with_breaker_and_margin(
         client.delete(key)
     h100, mi = body["targets"]
     assert h100["breaker"] == "closed" and mi["breaker"].startswith("open until ")
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens: unknown, never "closed"
+    down = operator.get("/api/v1/routing/aliases/reasoner", {"period": "2026-10"})
+    assert down.status_code == 200
+    assert [t["breaker"] for t in down.json()["targets"]] == ["unknown", "unknown"]
     assert (h100["tokens"]["reasoning_tokens"], h100["tokens"]["output_tokens"]) == (
         2_000_000,
         1_000_000,

@@ -183,13 +183,20 @@ def test_breaker_states_for_the_admin(settings) -> None:  # type: ignore[no-unty
 
     alias = run(scenario(URL, steps))
     # T0 + 30 s = 2027-01-15 08:00:30 UTC.
-    assert breaker_states(alias, now_ms=T0 + 1) == {
-        1: "open until 08:00:30",
-        2: "closed",
-        3: "half-open",
-    }
-    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens: no states, no error
-    assert breaker_states(alias) == {}
+    states = breaker_states(alias, now_ms=T0 + 1)
+    assert states.known == {1: "open until 08:00:30", 2: "closed", 3: "half-open"}
+    assert [states.state(rid) for rid in (1, 2, 3, 4)] == [
+        "open until 08:00:30",
+        "closed",
+        "half-open",
+        "closed",  # a target Redis knows nothing of
+    ]
+    # Nothing listens: no error, and every target "unknown", never "closed".
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    down = breaker_states(alias)
+    assert not down.reachable and [down.state(rid) for rid in (1, 2, 4)] == ["unknown"] * 3
+    settings.REDIS_URL = ""  # no Redis at all: each process has its own breakers
+    assert breaker_states(alias).state(1) == "unknown"
 
 
 def test_heartbeat_counts_live_processes() -> None:
