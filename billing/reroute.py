@@ -194,13 +194,21 @@ def _largest_remainder(values: dict[int, Decimal]) -> dict[int, int]:
     return floors
 
 
+MAX_WEIGHT_DIGITS = 9
+
+
 def parse_weights(text: str) -> dict[str, int]:
-    """ "h100:80,mi:20" -> {"h100": 80, "mi": 20}; ApplicationError on anything else."""
+    """ "h100:80,mi:20" -> {"h100": 80, "mi": 20}; ApplicationError on anything else.
+    A weight is ASCII digits only (`"²".isdigit()` is True, yet `int("²")` raises) and at
+    most nine of them."""
     weights: dict[str, int] = {}
     for part in (p.strip() for p in text.split(",")):
         name, sep, value = part.partition(":")
-        if not sep or not name.strip() or not value.strip().isdigit():
+        value = value.strip()
+        if not sep or not name.strip() or not (value.isascii() and value.isdigit()):
             raise ApplicationError("weights: use target:weight pairs, e.g. h100:80,mi:20.")
+        if len(value) > MAX_WEIGHT_DIGITS:
+            raise ApplicationError(f"weights: at most {MAX_WEIGHT_DIGITS} digits each.")
         weights[name.strip()] = int(value)
     return weights
 

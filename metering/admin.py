@@ -44,7 +44,7 @@ from metering.providers.accounts import (
     model_map_validate,
 )
 from metering.routes import base_url_normalize
-from metering.routing.breaker import breaker_states
+from metering.routing.breaker import BreakerStates, breaker_states
 from metering.routing.panel import economics_panel
 from metering.routing.rules import parse_rules, rules_as_json, rules_unknown_targets
 from metering.services import (
@@ -313,10 +313,10 @@ class TargetInline(admin.TabularInline):
     def breaker(self, obj: Route) -> str:
         """The live breaker state the proxies share in Redis (read once per page: inline
         instances live for one request)."""
-        cache: dict[str, dict[int, str]] = self.__dict__.setdefault("_breakers", {})
+        cache: dict[str, BreakerStates] = self.__dict__.setdefault("_breakers", {})
         if obj.alias_id not in cache:
             cache[obj.alias_id] = breaker_states(obj.alias.pk)
-        return cache[obj.alias_id].get(obj.pk, "closed")
+        return cache[obj.alias_id].state(obj.pk)
 
 
 class AliasAdminForm(forms.ModelForm):

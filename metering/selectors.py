@@ -642,27 +642,40 @@ def current_cost_rates(
     at: datetime | None = None,
     *,
     aliases: Mapping[int, str] | None = None,
+    accelerators: Mapping[int, str] | None = None,
 ) -> dict[int, ServingCostRate]:
-    """The latest serving cost rate in force at `at` (default now) for each target (route
-    id). A rate with no route counts for every target of its alias: rates published
-    before routing. `aliases` (route id -> alias name), when the caller already holds the
-    routes, saves the query that reads them; otherwise two queries."""
+    """The serving cost rate in force at `at` (default now) for each target (route id): its
+    own latest rate in force. A target with none takes its alias's latest route-less rate
+    (published before routing) on the same accelerator (any, if the target names none), so
+    a target added later on other hardware stays unpriced rather than inheriting a rate that
+    is not its own; a target with no rate at all is absent. `aliases` and `accelerators`
+    (route id -> alias name / accelerator), when the caller already holds the routes, save
+    the query that reads them (the accelerators are read only if a route-less rate could
+    apply)."""
     if not route_ids:
         return {}
     if aliases is None:
-        aliases = {
-            route.pk: route.alias_id
-            for route in Route.objects.filter(pk__in=list(route_ids)).only("pk", "alias")
-        }
-    by_alias: dict[str, list[int]] = {}
-    for route_id in route_ids:
-        if route_id in aliases:
-            by_alias.setdefault(aliases[route_id], []).append(route_id)
+        routes = Route.objects.filter(pk__in=list(route_ids)).only("pk", "alias", "accelerator")
+        aliases = {route.pk: route.alias_id for route in routes}
+        accelerators = {route.pk: route.accelerator for route in routes}
+    wanted_aliases = sorted({aliases[rid] for rid in route_ids if rid in aliases})
     rates: dict[int, ServingCostRate] = {}
+    alias_wide: dict[str, list[ServingCostRate]] = {}  # newest first
     for rate in ServingCostRate.objects.filter(
-        Q(route_id__in=list(route_ids)) | Q(route__isnull=True, alias__in=list(by_alias)),
+        Q(route_id__in=list(route_ids)) | Q(route__isnull=True, alias__in=wanted_aliases),
         effective_from__lte=at or timezone.now(),
     ).order_by("-effective_from", "-id"):
-        for route_id in [rate.route_id] if rate.route_id is not None else by_alias[rate.alias]:
-            rates.setdefault(route_id, rate)
+        if rate.route_id is not None:
+            rates.setdefault(rate.route_id, rate)
+        else:
+            alias_wide.setdefault(rate.alias, []).append(rate)
+    without = [rid for rid in route_ids if rid not in rates and aliases.get(rid, "") in alias_wide]
+    if without and accelerators is None:
+        accelerators = dict(Route.objects.filter(pk__in=without).values_list("pk", "accelerator"))
+    for rid in without:
+        accelerator = (accelerators or {}).get(rid, "")
+        for rate in alias_wide[aliases[rid]]:
+            if not accelerator or not rate.accelerator or rate.accelerator == accelerator:
+                rates[rid] = rate
+                break
     return rates

@@ -580,7 +580,9 @@ def serving_cost_rate_create(
     """Add the rate the proxy stamps on `alias`'s records from `effective_from` on: USD per
     1M tokens of each class (`rates`, stored exactly as given), with `source` (the billing
     ids and inputs it was computed from) kept for audit. `route_id`: the target it is for
-    (None: every target of the alias that has no rate of its own)."""
+    (None: alias-wide, as published before routing; it counts for a target of the alias
+    only while that target has no rate of its own in force, and only on the same
+    accelerator: see `selectors.current_cost_rates`)."""
     return ServingCostRate.objects.create(
         alias=alias,
         route_id=route_id,

@@ -185,7 +185,11 @@ class TargetSummaryOutput(serializers.Serializer):
 
 
 class TargetDetailOutput(TargetSummaryOutput):
-    breaker = serializers.CharField(help_text='"closed", "open until HH:MM:SS" or "half-open"')
+    breaker = serializers.CharField(
+        help_text=(
+            '"closed", "open until HH:MM:SS" (UTC), "half-open", or "unknown" (Redis out of reach)'
+        )
+    )
     status_5xx = serializers.IntegerField()
     status_429 = serializers.IntegerField()
     failed = serializers.IntegerField()

@@ -123,7 +123,7 @@ class RoutingAliasDetailView(APIView):
                     target_detail_data(
                         r,
                         stats[r.pk],
-                        breakers.get(r.pk, "closed"),
+                        breakers.state(r.pk),
                         rows.get((alias, target_label(r.pk, names))),
                         margins,
                     )

@@ -208,7 +208,11 @@ def caller_context_load(key_hash: str) -> CallerContext | None:
     for route in targets:
         by_alias.setdefault(route.alias_id, []).append(route)
     aliases = list(by_alias)
-    rates = current_cost_rates([r.pk for r in targets], aliases={r.pk: r.alias_id for r in targets})
+    rates = current_cost_rates(
+        [r.pk for r in targets],
+        aliases={r.pk: r.alias_id for r in targets},
+        accelerators={r.pk: r.accelerator for r in targets},
+    )
     tenant_terms = terms.tenant_terms_provider(api_key.tenant_id, aliases)
     controls = controls_load(api_key, tenant_terms)
     caps = hold_caps(api_key.tenant_id, aliases) if controls and controls.budgets else {}

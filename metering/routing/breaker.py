@@ -72,14 +72,15 @@ class BreakerConfig:
 REPORT_LUA = """
 -- One target's outcomes since the last report.
 -- KEYS: the alias's breaker hash, the target's probe key
--- ARGV: route id, failures, successes, now_ms, retry_after_ms, probe (1: the outcome of
---       this process's half-open probe), min failures, ratio ppm, window ms, cooldown ms,
---       max cooldown ms
+-- ARGV: route id, failures, successes, now_ms, retry_after_ms (capped at the max cooldown),
+--       probe (1: the outcome of this process's half-open probe), min failures, ratio ppm,
+--       window ms, cooldown ms, max cooldown ms
 -- Returns the time the target is open until (ms; 0: closed).
 local h, rid = KEYS[1], ARGV[1]
 local f, s, now, ra = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local minf, ratio, window = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local base, cap = tonumber(ARGV[10]), tonumber(ARGV[11])
+ra = math.min(math.max(ra, 0), cap)  -- an upstream's retry-after: at most the longest cooldown
 local k_open, k_cd, k_ws, k_f, k_s = rid .. ':open', rid .. ':cd', rid .. ':ws', rid .. ':f', rid .. ':s'
 local open = tonumber(redis.call('HGET', h, k_open) or '0')
 local cd = tonumber(redis.call('HGET', h, k_cd) or '0')
@@ -230,23 +231,39 @@ async def heartbeat(
     return int(await client.run(HEARTBEAT, [PROCS_KEY], args))
 
 
-def breaker_states(alias_pk: int, *, now_ms: int | None = None) -> dict[int, str]:
-    """Each target's breaker as the admin shows it: "closed", "open until HH:MM:SS"
-    (UTC) or "half-open"; targets Redis knows nothing of are absent (closed). Without
-    Redis: {}."""
+UNKNOWN = "unknown"  # the admin's and the API's word for a breaker Redis cannot tell
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerStates:
+    """An alias's breakers as the admin and the API show them."""
+
+    known: dict[int, str]  # route id -> "open until HH:MM:SS" (UTC), "half-open" or "closed"
+    reachable: bool  # False: no Redis or out of reach, so no state is known
+
+    def state(self, route_id: int) -> str:
+        """A target's state: one Redis knows nothing of is closed; without Redis, "unknown"
+        (each process then keeps its own local breakers: none speaks for the others)."""
+        if not self.reachable:
+            return UNKNOWN
+        return self.known.get(route_id, "closed")
+
+
+def breaker_states(alias_pk: int, *, now_ms: int | None = None) -> BreakerStates:
+    """Each target's breaker as Redis holds it (one HGETALL, 1 s timeouts)."""
     from django.conf import settings
 
     from config.redis_clients import redis_client
 
     if not settings.REDIS_URL:
-        return {}
+        return BreakerStates({}, reachable=False)
     import redis
 
     client = redis_client(settings.REDIS_URL, socket_timeout=1.0, socket_connect_timeout=1.0)
     try:
         flat = client.hgetall(breaker_key(alias_pk))
     except redis.RedisError:
-        return {}
+        return BreakerStates({}, reachable=False)
     finally:
         client.close()
     now = int(time.time() * 1000) if now_ms is None else now_ms
@@ -257,4 +274,4 @@ def breaker_states(alias_pk: int, *, now_ms: int | None = None) -> dict[int, str
             until = datetime.fromtimestamp(breaker.open_until_ms // 1000, tz=UTC)
             state = f"open until {until:%H:%M:%S}"
         states[rid] = state
-    return states
+    return BreakerStates(states, reachable=True)

@@ -49,7 +49,7 @@ def economics_panel(alias: Alias, *, now: datetime | None = None) -> SafeString:
         rows.append(
             (
                 route.name if route.is_active else f"{route.name} (inactive)",
-                breakers.get(route.pk, "closed"),
+                breakers.state(route.pk),
                 s.attempts,
                 s.answered,
                 _fixed(s.error_rate, "0.0001"),

@@ -492,7 +492,8 @@ class RoutingState:
         window = target.window
         if now - window.start_ms >= self.config.window_ms or now < window.start_ms:
             target.window = window = _Window(now)
-        retry_ms = max(retry_after_s or 0, 0) * 1000
+        # An upstream's Retry-After is a hint, never longer than the longest cooldown.
+        retry_ms = min(max(retry_after_s or 0, 0) * 1000, self.config.max_cooldown_ms)
         if ok:
             window.successes += 1
             if target.local_open_ms <= now:

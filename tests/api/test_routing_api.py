@@ -79,6 +79,10 @@ def test_detail_per_target_with_breaker_and_margin(
         client.delete(key)
     h100, mi = body["targets"]
     assert h100["breaker"] == "closed" and mi["breaker"].startswith("open until ")
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens: unknown, never "closed"
+    down = operator.get("/api/v1/routing/aliases/reasoner", {"period": "2026-10"})
+    assert down.status_code == 200
+    assert [t["breaker"] for t in down.json()["targets"]] == ["unknown", "unknown"]
     assert (h100["tokens"]["reasoning_tokens"], h100["tokens"]["output_tokens"]) == (
         2_000_000,
         1_000_000,
@@ -184,6 +188,8 @@ def test_reroute_whatif_json_and_csv(world: RoutedWorld, finance_operator: APICl
         ({"policy": "random"}, 400),
         ({"policy": "weighted", "weights": "h100=1"}, 400),
         ({"policy": "weighted", "weights": "zz:1"}, 400),
+        ({"policy": "weighted", "weights": "h100:\u00b2"}, 400),  # sent as h100:%C2%B2
+        ({"policy": "weighted", "weights": "h100:" + "9" * 1500}, 400),
         ({"policy": "effort", "rules": "not json"}, 400),
         ({"policy": "effort", "rules": '[{"name": "x"}]'}, 400),
         ({"period": "2026-1"}, 400),
@@ -240,3 +246,15 @@ def test_routing_views_read_the_replica_when_replica_reads_are_on(settings) -> N
     assert attempts() == 5  # the row only the replica holds
     settings.RECKON_REPLICA_READS = False
     assert attempts() == 0
+
+
+def test_reroute_weight_in_non_ascii_digits_is_a_clear_400(
+    world: RoutedWorld, finance_operator: APIClient
+) -> None:
+    # "²".isdigit() is True but int("²") raises: once a 500.
+    response = finance_operator.get(
+        "/api/v1/finance/whatif/reroute?period=2026-10&alias=reasoner&policy=weighted"
+        "&weights=h100:%C2%B2"
+    )
+    assert response.status_code == 400, response.content
+    assert "target:weight" in response.content.decode()

@@ -167,3 +167,15 @@ def test_bad_input_is_a_clear_error(world) -> None:  # type: ignore[no-untyped-d
         )
     with pytest.raises(ApplicationError, match="target:weight"):
         parse_weights("h100=3")
+    for bad in (
+        "h100:\u00b2",
+        "h100:\u0663",
+        "h100:１",
+        "h100:-1",
+        "h100:",
+    ):  # ², Arabic 3, fullwidth 1
+        with pytest.raises(ApplicationError, match="target:weight"):
+            parse_weights(bad)
+    with pytest.raises(ApplicationError, match="at most 9 digits"):
+        parse_weights("h100:" + "9" * 1500)
+    assert parse_weights(" h100 : 80 ,mi:0") == {"h100": 80, "mi": 0}

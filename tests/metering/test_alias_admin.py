@@ -239,6 +239,15 @@ def test_alias_page_shows_each_target_s_live_breaker(ops: Client, settings) -> N
     assert page.count(">closed<") == 2
 
 
+def test_alias_page_says_unknown_when_redis_is_out_of_reach(ops: Client, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens
+    target("default")
+    alias = Alias.objects.get(name="think")
+    page = ops.get(reverse("admin:metering_alias_change", args=[alias.pk])).content.decode()
+    # once in the targets inline and once in the economics panel; never "closed"
+    assert page.count(">unknown<") == 2 and ">closed<" not in page
+
+
 def test_route_page_never_deletes_the_last_active_target(ops: Client) -> None:
     default = target("default")
     delete = reverse("admin:metering_route_delete", args=[default.pk])

@@ -171,6 +171,33 @@ def test_current_cost_rates_per_target_latest_in_force_and_alias_wide_fallback()
     assert current_cost_rates([]) == {}
 
 
+@pytest.mark.django_db
+def test_an_alias_wide_rate_counts_only_for_targets_without_their_own_on_its_accelerator(
+    django_assert_num_queries,  # type: ignore[no-untyped-def]
+) -> None:
+    own = RouteFactory(alias="m", name="own")
+    plain = RouteFactory(alias="m", name="plain")
+    unnamed = RouteFactory(alias="m", name="unnamed", accelerator="")
+    other = RouteFactory(alias="m", name="other", accelerator="amd-mi300x")  # added later
+    older_own = rate_for(own, "m", "2", at=T0 - timedelta(days=1))
+    legacy = rate_for(None, "m", "1")  # newer than own's, but alias-wide
+    at = T0 + timedelta(hours=1)
+    expected = {own.pk: older_own, plain.pk: legacy, unnamed.pk: legacy}  # other: unpriced
+    ids = [own.pk, plain.pk, unnamed.pk, other.pk]
+    assert current_cost_rates(ids, at=at) == expected
+    routes = [own, plain, unnamed, other]
+    aliases = {r.pk: r.alias_id for r in routes}
+    assert current_cost_rates(ids, at=at, aliases=aliases) == expected
+    with django_assert_num_queries(1):  # the routes known: the rates' query only
+        accelerators = {r.pk: r.accelerator for r in routes}
+        assert current_cost_rates(ids, at=at, aliases=aliases, accelerators=accelerators) == (
+            expected
+        )
+    # The target on the other accelerator priced on its own: its rate, not the alias's.
+    other_rate = rate_for(other, "m", "3", at=T0 + timedelta(minutes=1))
+    assert current_cost_rates([other.pk], at=at)[other.pk] == other_rate
+
+
 # --- effort rules (pure) -------------------------------------------------------------
 
 

@@ -143,6 +143,22 @@ def test_probe_cooldown_doubling_and_closing() -> None:
     check_probe_cooldown_doubling_and_closing(URL)
 
 
+def test_retry_after_is_capped_at_the_longest_cooldown() -> None:
+    async def steps(client, alias):  # type: ignore[no-untyped-def]
+        huge = 999_999_999_000  # Retry-After: 999999999 (s), in ms
+        # Opening: the retry-after is the floor, but never above the 300 s maximum.
+        assert await report(client, alias, 1, T0, f=5, ra=huge) == T0 + 300_000
+        # While open, a retry-after pushes it later only up to now + the maximum.
+        assert await report(client, alias, 1, T0 + 1_000, f=1, ra=huge) == T0 + 301_000
+        # A failed probe with a retry-after: the doubled cooldown (60 s) up to the maximum.
+        assert await breaker_probe(client, alias, 1, now_ms=T0 + 301_000) == 2
+        reopened = await report(client, alias, 1, T0 + 301_000, f=1, ra=huge, probe=True)
+        assert reopened == T0 + 301_000 + 300_000
+        assert (await breaker_read(client, alias))[1].open_until_ms == reopened
+
+    run(scenario(URL, steps))
+
+
 def test_probe_key_lapses_for_a_dead_prober() -> None:
     async def steps(client, alias):  # type: ignore[no-untyped-def]
         await report(client, alias, 9, T0, f=5)
@@ -167,13 +183,20 @@ def test_breaker_states_for_the_admin(settings) -> None:  # type: ignore[no-unty
 
     alias = run(scenario(URL, steps))
     # T0 + 30 s = 2027-01-15 08:00:30 UTC.
-    assert breaker_states(alias, now_ms=T0 + 1) == {
-        1: "open until 08:00:30",
-        2: "closed",
-        3: "half-open",
-    }
-    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens: no states, no error
-    assert breaker_states(alias) == {}
+    states = breaker_states(alias, now_ms=T0 + 1)
+    assert states.known == {1: "open until 08:00:30", 2: "closed", 3: "half-open"}
+    assert [states.state(rid) for rid in (1, 2, 3, 4)] == [
+        "open until 08:00:30",
+        "closed",
+        "half-open",
+        "closed",  # a target Redis knows nothing of
+    ]
+    # Nothing listens: no error, and every target "unknown", never "closed".
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    down = breaker_states(alias)
+    assert not down.reachable and [down.state(rid) for rid in (1, 2, 4)] == ["unknown"] * 3
+    settings.REDIS_URL = ""  # no Redis at all: each process has its own breakers
+    assert breaker_states(alias).state(1) == "unknown"
 
 
 def test_heartbeat_counts_live_processes() -> None:

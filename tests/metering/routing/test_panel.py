@@ -17,7 +17,7 @@ NOW = datetime(2026, 11, 10, 12, 30, tzinfo=UTC)
 
 
 def test_panel_shows_each_target_over_the_last_7_days(settings) -> None:  # type: ignore[no-untyped-def]
-    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens: breakers read closed
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens: breakers read unknown
     a = RouteFactory(alias="reasoner", name="a<b>", priority=0)
     RouteFactory(alias="reasoner", name="b", priority=1, is_active=False)
     hour = NOW.replace(minute=0) - timedelta(hours=2)
@@ -35,10 +35,10 @@ def test_panel_shows_each_target_over_the_last_7_days(settings) -> None:  # type
     )
     RouteLatencyBucket.objects.create(route_id=a.pk, hour=hour, kind="latency", bucket=2, count=3)
     html = str(economics_panel(Alias.objects.get(name="reasoner"), now=NOW))
-    assert "<td>a&lt;b&gt;</td><td>closed</td><td>4</td><td>3</td><td>0.2500</td>" in html
+    assert "<td>a&lt;b&gt;</td><td>unknown</td><td>4</td><td>3</td><td>0.2500</td>" in html
     assert "<td>100 / 100</td><td>1000</td><td>0.100000</td><td>0.7500</td>" in html
     assert (
-        "<td>b (inactive)</td><td>closed</td><td>0</td><td>0</td><td>-</td><td>- / -</td>" in html
+        "<td>b (inactive)</td><td>unknown</td><td>0</td><td>0</td><td>-</td><td>- / -</td>" in html
     )
 
 

@@ -268,6 +268,39 @@ def test_redis_down_answers_and_keeps_local_breakers() -> None:
     assert s.choose(plan, NONE, random.Random(0)) == [Pick(0, "priority"), Pick(1, "failover")]
 
 
+def test_retry_after_is_capped_at_the_longest_cooldown() -> None:
+    """Retry-After: 999999999 keeps a target out at most RECKON_ROUTE_BREAKER_MAX_COOLDOWN_S
+    (here 300 s): before Redis answers, after it answers, and with Redis down."""
+
+    async def go(url: str) -> None:
+        clock = Clock()
+        s = state(clock, url)
+        plan = plan_of()
+        ra = plan.targets[0].route_id
+        start = s._now_ms()
+        try:
+            for _ in range(5):  # enough to open the breaker (Redis) or the local one (down)
+                s.report(plan, ra, ok=False, retry_after_s=999_999_999)
+            target = s._targets[ra]
+            assert target.pending_until_ms == start + 300_000  # before any answer
+            await settled(s)
+            # The verdict (Redis's or the local breaker's): open until start + 300 s at most.
+            until = max(target.remote.open_until_ms, target.local_open_ms, target.pending_until_ms)
+            assert until == start + 300_000
+            clock.now += 299.9
+            assert s.view.is_open(ra)
+            clock.now += 0.1
+            await s.refresh_breakers()
+            assert target.remote.open_until_ms <= s._now_ms()
+            assert target.local_open_ms <= s._now_ms()
+            assert target.pending_until_ms <= s._now_ms()
+        finally:
+            await s.close()
+
+    asyncio.run(go(URL))
+    asyncio.run(go(DOWN))
+
+
 R = TargetRates(
     input=Decimal("0.50"),
     cache_read=Decimal("0.05"),
@@ -367,10 +400,11 @@ def test_refresh_costs_and_cheapest() -> None:
 def test_load_costs_reads_each_targets_current_rate() -> None:
     a = RouteFactory(alias="routed", name="a")
     b = RouteFactory(alias="routed", name="b")
+    c = RouteFactory(alias="routed", name="c", accelerator="amd-mi300x")
     now = timezone.now()
     fields = dict(
         alias="routed",
-        accelerator="h100",
+        accelerator="nvidia-h100-sxm",
         cache_read_usd=Decimal("0.1"),
         cache_write_usd=Decimal("0.1"),
         output_usd=Decimal("1"),
@@ -399,12 +433,13 @@ def test_load_costs_reads_each_targets_current_rate() -> None:
     }
     assert expectations == [row(b.pk, "low", 80, out="12.5", p50=300)]
     # A rate published for the alias before routing (no route) counts for b, not for a
-    # (a has a later one of its own).
+    # (a has one of its own, even an older one) nor for c (on another accelerator: unpriced).
     ServingCostRate.objects.create(
-        effective_from=now - timedelta(days=3), input_usd=Decimal("5"), **fields
+        effective_from=now - timedelta(hours=1), input_usd=Decimal("5"), **fields
     )
-    rates, _ = load_costs([a.pk, b.pk])
+    rates, _ = load_costs([a.pk, b.pk, c.pk])
     assert rates[a.pk].input == Decimal("3") and rates[b.pk].input == Decimal("5")
+    assert c.pk not in rates
 
 
 def test_the_callers_alias_plan_is_a_plan() -> None:
