@@ -30,8 +30,8 @@ def decimal_text_or_none(value: Decimal | None) -> str | None:
     return None if value is None else decimal_text(value)
 
 
-def _ratio_text(value: Decimal | None) -> str | None:
-    """A ratio to six decimals (margins and shares)."""
+def ratio_text(value: Decimal | None) -> str | None:
+    """A ratio or mean to six decimals (margins, shares, error rates)."""
     return None if value is None else decimal_text(value.quantize(Decimal("0.000001")))
 
 
@@ -141,9 +141,9 @@ def margin_row_data(row: MarginRow) -> dict[str, Any]:
         "key": list(row.key),
         "revenue_usd": decimal_text(row.revenue_usd),
         "cost_usd": decimal_text(row.cost_usd),
-        "gross_margin": _ratio_text(row.gross_margin),
+        "gross_margin": ratio_text(row.gross_margin),
         "reasoning_cost_usd": decimal_text(row.reasoning_cost_usd),
-        "reasoning_share_of_cost": _ratio_text(row.reasoning_share_of_cost),
+        "reasoning_share_of_cost": ratio_text(row.reasoning_share_of_cost),
         "provider_cost_usd": decimal_text_or_none(row.provider_cost_usd),
         "provider_cost_difference_usd": decimal_text_or_none(row.provider_cost_difference_usd),
         "tokens": dict(row.tokens),

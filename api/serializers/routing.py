@@ -12,6 +12,7 @@ from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 
 from api.serializers.fields import InstantField, PeriodField
+from api.serializers.finance import ratio_text
 from billing.pricing.currency import decimal_text
 from billing.pricing.periods import Period, calendar_month
 from billing.reports import MarginRow
@@ -23,12 +24,6 @@ from metering.routing.stats import TargetStats
 
 # The longest span one query may cover (the tables are small, a year of hours is not).
 MAX_SPAN = timedelta(days=366)
-SIX = Decimal("0.000001")
-
-
-def ratio_text(value: Decimal | None) -> str | None:
-    """A ratio or mean to six decimals."""
-    return None if value is None else decimal_text(value.quantize(SIX))
 
 
 class RoutingPeriodQuery(serializers.Serializer):
@@ -123,11 +118,23 @@ def target_detail_data(
         ],
         "margin": None
         if not margins
-        else {
-            "revenue_usd": decimal_text(margin.revenue_usd if margin else Decimal(0)),
-            "cost_usd": decimal_text(margin.cost_usd if margin else Decimal(0)),
-            "gross_margin": ratio_text(margin.gross_margin) if margin else None,
-        },
+        else totals_data(
+            cost_usd=margin.cost_usd if margin else Decimal(0),
+            revenue_usd=margin.revenue_usd if margin else Decimal(0),
+            gross_margin=margin.gross_margin if margin else None,
+        ),
+    }
+
+
+def totals_data(
+    *, cost_usd: Decimal, revenue_usd: Decimal, gross_margin: Decimal | None
+) -> dict[str, Any]:
+    """Cost, revenue and gross margin of some calls: a target's month, either side of a
+    re-route."""
+    return {
+        "cost_usd": decimal_text(cost_usd),
+        "revenue_usd": decimal_text(revenue_usd),
+        "gross_margin": ratio_text(gross_margin),
     }
 
 
@@ -155,9 +162,9 @@ class _EffortOutput(serializers.Serializer):
     cost_per_call_usd = serializers.CharField(allow_null=True)
 
 
-class _MarginOutput(serializers.Serializer):
-    revenue_usd = serializers.CharField()
+class _TotalsOutput(serializers.Serializer):
     cost_usd = serializers.CharField()
+    revenue_usd = serializers.CharField()
     gross_margin = serializers.CharField(allow_null=True)
 
 
@@ -200,7 +207,7 @@ class TargetDetailOutput(TargetSummaryOutput):
     tokens = serializers.DictField(child=serializers.IntegerField())
     spend_usd = serializers.CharField(help_text="at the alias's list prices")
     efforts = _EffortOutput(many=True)
-    margin = _MarginOutput(
+    margin = _TotalsOutput(
         allow_null=True,
         help_text="calendar months only, for callers who may view margins (rated revenue "
         "split by tokens; margin_report's target grouping)",
@@ -324,19 +331,18 @@ def reroute_data(result: Reroute) -> dict[str, Any]:
         ],
         "calls": result.calls,
         "realized_revenue_per_million_usd": {
-            c: decimal_text(v.quantize(Decimal("1e-12")))
-            for c, v in result.realized_revenue_per_million.items()
+            c: money_text(v) for c, v in result.realized_revenue_per_million.items()
         },
-        "actual": {
-            "cost_usd": decimal_text(result.actual_cost_usd),
-            "revenue_usd": decimal_text(result.actual_revenue_usd),
-            "gross_margin": ratio_text(result.actual_margin),
-        },
-        "rerouted": {
-            "cost_usd": decimal_text(result.rerouted_cost_usd),
-            "revenue_usd": decimal_text(result.rerouted_revenue_usd),
-            "gross_margin": ratio_text(result.rerouted_margin),
-        },
+        "actual": totals_data(
+            cost_usd=result.actual_cost_usd,
+            revenue_usd=result.actual_revenue_usd,
+            gross_margin=result.actual_margin,
+        ),
+        "rerouted": totals_data(
+            cost_usd=result.rerouted_cost_usd,
+            revenue_usd=result.rerouted_revenue_usd,
+            gross_margin=result.rerouted_margin,
+        ),
         "difference": {
             "cost_usd": decimal_text(result.rerouted_cost_usd - result.actual_cost_usd),
             "revenue_usd": decimal_text(result.rerouted_revenue_usd - result.actual_revenue_usd),
@@ -347,12 +353,6 @@ def reroute_data(result: Reroute) -> dict[str, Any]:
         },
         "targets": [reroute_line_data(line) for line in result.lines],
     }
-
-
-class _RerouteTotals(serializers.Serializer):
-    cost_usd = serializers.CharField()
-    revenue_usd = serializers.CharField()
-    gross_margin = serializers.CharField(allow_null=True)
 
 
 class _RerouteDifference(serializers.Serializer):
@@ -384,7 +384,7 @@ class RerouteOutput(serializers.Serializer):
     rules = serializers.ListField(child=serializers.DictField())
     calls = serializers.IntegerField(help_text="answered attempts re-routed")
     realized_revenue_per_million_usd = serializers.DictField(child=serializers.CharField())
-    actual = _RerouteTotals()
-    rerouted = _RerouteTotals()
+    actual = _TotalsOutput()
+    rerouted = _TotalsOutput()
     difference = _RerouteDifference()
     targets = _RerouteLineOutput(many=True)

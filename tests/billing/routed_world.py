@@ -20,7 +20,7 @@ from billing.plans import (
     plan_version_publish,
     subscription_create,
 )
-from metering.models import Alias, ApiKey, Route, ServingCostRate
+from metering.models import Alias, ApiKey, Route, ServingCostRate, Tenant
 from tests.factories import ApiKeyFactory, RouteFactory
 from tests.usage_helpers import write_usage
 
@@ -52,17 +52,12 @@ def rate_for(route: Route, *, output: str, reasoning: str, at: datetime = T0) ->
     )
 
 
-def routed_world(*, usage: bool = True) -> RoutedWorld:
-    key = ApiKeyFactory()
-    h100 = RouteFactory(alias="reasoner", name="h100", weight=80, priority=0)
-    mi = RouteFactory(alias="reasoner", name="mi", weight=20, priority=1, accelerator="amd-mi300x")
-    alias = Alias.objects.get(name="reasoner")
-    h100_rate = rate_for(h100, output="1", reasoning="1")
-    mi_rate = rate_for(mi, output="0.5", reasoning="0.25")
-    plan = plan_create(code="payg", name="PAYG")
+def subscribe_payg(tenant: Tenant) -> None:
+    """Subscribe `tenant` from T0 to a new PAYG plan: $5 base fee, $4/M output and $2/M
+    reasoning (input free)."""
     version = plan_version_publish(
         version=plan_version_create(
-            plan=plan,
+            plan=plan_create(code="payg", name="PAYG"),
             currency="USD",
             effective_from=T0,
             base_fee=Decimal(5),
@@ -72,7 +67,17 @@ def routed_world(*, usage: bool = True) -> RoutedWorld:
             ],
         )
     )
-    subscription_create(tenant=key.tenant, plan_version=version, starts_at=T0)
+    subscription_create(tenant=tenant, plan_version=version, starts_at=T0)
+
+
+def routed_world(*, usage: bool = True) -> RoutedWorld:
+    key = ApiKeyFactory()
+    h100 = RouteFactory(alias="reasoner", name="h100", weight=80, priority=0)
+    mi = RouteFactory(alias="reasoner", name="mi", weight=20, priority=1, accelerator="amd-mi300x")
+    alias = Alias.objects.get(name="reasoner")
+    h100_rate = rate_for(h100, output="1", reasoning="1")
+    mi_rate = rate_for(mi, output="0.5", reasoning="0.25")
+    subscribe_payg(key.tenant)
     if not usage:
         return RoutedWorld(key, alias, h100, mi, h100_rate, mi_rate)
     at = T0 + timedelta(days=3)

@@ -10,29 +10,17 @@ from decimal import Decimal
 
 import pytest
 from django.db import IntegrityError, connection, transaction
-from django.db.migrations.executor import MigrationExecutor
+
+from tests.migration_helpers import apps_before, leaf, migrate
 
 BEFORE = [("metering", "0016_provider_reports")]
 HOUR = datetime(2026, 11, 3, 9, tzinfo=UTC)
 DROPPED = datetime(2026, 8, 1, tzinfo=UTC)  # archived and dropped: rollups, no records
 
 
-def migrate(targets: list[tuple[str, str]]) -> MigrationExecutor:
-    executor = MigrationExecutor(connection)
-    executor.loader.build_graph()
-    executor.migrate(targets)
-    return MigrationExecutor(connection)
-
-
-def leaf() -> list[tuple[str, str]]:
-    return MigrationExecutor(connection).loader.graph.leaf_nodes()
-
-
 @pytest.fixture
 def old_apps():  # type: ignore[no-untyped-def]
-    state = migrate(BEFORE).loader.project_state(BEFORE)
-    yield state.apps
-    migrate(leaf())
+    yield from apps_before(BEFORE)
 
 
 def _old_world(apps):  # type: ignore[no-untyped-def]

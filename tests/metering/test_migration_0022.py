@@ -10,14 +10,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 
 from billing.models import Deployment
 from metering.models import Alias, Route, ServingCostRate, Tenant, UpstreamKeyPeriod, UsageRecord
 from metering.proxy.callers import caller_context_load
 from metering.selectors import current_cost_rates
 from metering.services import route_set
+from tests.migration_helpers import apps_before, leaf, migrate
 
 BEFORE = [("metering", "0021_provider_roles"), ("billing", "0011_operator_endpoint_role")]
 T0 = datetime(2026, 10, 1, tzinfo=UTC)
@@ -30,22 +29,9 @@ RATE = {
 }
 
 
-def migrate(targets: list[tuple[str, str]]) -> MigrationExecutor:
-    executor = MigrationExecutor(connection)
-    executor.loader.build_graph()
-    executor.migrate(targets)
-    return MigrationExecutor(connection)
-
-
-def leaf() -> list[tuple[str, str]]:
-    return MigrationExecutor(connection).loader.graph.leaf_nodes()
-
-
 @pytest.fixture
 def old_apps():  # type: ignore[no-untyped-def]
-    state = migrate(BEFORE).loader.project_state(BEFORE)
-    yield state.apps
-    migrate(leaf())
+    yield from apps_before(BEFORE)
 
 
 def _old_world(apps):  # type: ignore[no-untyped-def]

@@ -1,6 +1,7 @@
 """`manage.py deployment_set`: record how fast an alias's target runs on an accelerator
 type, and publish the serving cost rate that follows (deployment x cost basis)."""
 
+from dataclasses import fields
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -60,24 +61,15 @@ class Command(BaseCommand):
                 raise CommandError(f"--effective-from: {exc}") from exc
             if at.tzinfo is None:
                 raise CommandError("--effective-from needs a time zone (e.g. a trailing Z).")
+        throughput = {field.name: o[field.name] for field in fields(formulas.Throughput)}
         try:
-            formulas.Throughput(
-                decode_tokens_per_s=o["decode_tokens_per_s"],
-                prefill_tokens_per_s=o["prefill_tokens_per_s"],
-                utilization=o["utilization"],
-                cache_read_factor=o["cache_read_factor"],
-                cache_write_factor=o["cache_write_factor"],
-            )
+            formulas.Throughput(**throughput)  # the cost model's checks, before storing
             deployment = deployment_set(
                 alias=o["alias"],
                 target=o["target"],
                 accelerator=accelerator_get(o["accelerator"]),
                 effective_from=at,
-                decode_tokens_per_s=o["decode_tokens_per_s"],
-                prefill_tokens_per_s=o["prefill_tokens_per_s"],
-                utilization=o["utilization"],
-                cache_read_factor=o["cache_read_factor"],
-                cache_write_factor=o["cache_write_factor"],
+                **throughput,
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from exc

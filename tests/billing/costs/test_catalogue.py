@@ -24,12 +24,12 @@ from billing.plans import (
     plan_create,
     plan_version_create,
     plan_version_issues,
-    subscription_create,
 )
 from billing.pricing.periods import Period
 from billing.reports import margin_report, whatif
 from metering.models import ServingCostRate, UsageRecord, UsageRollup
 from metering.selectors import current_alias_cost_rates
+from tests.billing.routed_world import subscribe_payg
 from tests.factories import ApiKeyFactory
 from tests.usage_helpers import write_usage as record
 
@@ -243,26 +243,7 @@ def test_margin_report_and_whatif(h100) -> None:  # type: ignore[no-untyped-def]
         minimum_margin=Decimal("0.2"),
         effective_from=T0,
     )
-    plan = plan_create(code="payg", name="PAYG")
-    from billing.plans import plan_version_publish
-
-    version = plan_version_publish(
-        version=plan_version_create(
-            plan=plan,
-            currency="USD",
-            effective_from=T0,
-            base_fee=Decimal(5),
-            components=[
-                {"token_class": "output", "charge_model": "per_unit", "unit_price": Decimal("4")},
-                {
-                    "token_class": "reasoning",
-                    "charge_model": "per_unit",
-                    "unit_price": Decimal("2"),
-                },
-            ],
-        )
-    )
-    subscription_create(tenant=key.tenant, plan_version=version, starts_at=T0)
+    subscribe_payg(key.tenant)
     rate = current_alias_cost_rates(["reasoner"])["reasoner"]
     record(key, T0 + timedelta(days=3), rate, output_tokens=1_000_000, reasoning_tokens=3_000_000)
     rows = {r.key: r for r in margin_report(period=Period(T0, NOV))}

@@ -5,12 +5,9 @@ that rollup-served usage summaries and series equal a plain aggregate of the raw
 limits the plain sum of a tenant's or key's records, rollups a raw scan per full key, and
 what reconciliation reads of a provider account its stamped records."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
+from tests.sqlite_helpers import run_on_sqlite
 
 SCRIPT = """
 import django
@@ -73,18 +70,5 @@ print("ok")
 
 
 def test_rollup_served_usage_on_sqlite(tmp_path: Path) -> None:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("DATABASE_URL", "REDIS_URL", "CELERY_", "RECKON_", "TEST_DATABASE"))
-    }
-    env |= {
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'reckon.sqlite3'}",
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "RECKON_ENV": "development",
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().endswith("ok")
+    stdout = run_on_sqlite(SCRIPT, tmp_path)
+    assert stdout.strip().endswith("ok")

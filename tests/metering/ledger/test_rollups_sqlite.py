@@ -4,12 +4,9 @@ accelerator, API key, UTC hour) and the flagged ones' in the flagged sums, a rep
 batch adds nothing, and the commit stamp is the
 highest record id (SQLite commits ids in order)."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
+from tests.sqlite_helpers import run_on_sqlite
 
 SCRIPT = """
 import uuid
@@ -88,18 +85,5 @@ print("ok", len(rollups))
 
 
 def test_rollups_fold_on_sqlite(tmp_path: Path) -> None:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("DATABASE_URL", "REDIS_URL", "CELERY_", "RECKON_", "TEST_DATABASE"))
-    }
-    env |= {
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'reckon.sqlite3'}",
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "RECKON_ENV": "development",
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.startswith("ok ")
+    stdout = run_on_sqlite(SCRIPT, tmp_path)
+    assert stdout.startswith("ok ")

@@ -4,9 +4,6 @@ spool replay) from the records actually inserted, with a route id only; they equ
 scan of the records (`tests.usage_helpers.route_targets_vs_raw_scan`), a replay adds
 nothing, and the shard fold merges closed hours into shard 0 keeping every sum."""
 
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -32,13 +29,13 @@ from metering.models import (
     UsageRollup,
 )
 from tests.factories import ApiKeyFactory
+from tests.sqlite_helpers import run_on_sqlite
 from tests.usage_helpers import record_for, rollups_vs_raw_scan, route_targets_vs_raw_scan
 
 postgres_only = pytest.mark.skipif(
     connection.vendor != "postgresql", reason="write shards exist on PostgreSQL only"
 )
 HOUR = datetime(2026, 11, 3, 9, tzinfo=UTC)
-ROOT = Path(__file__).resolve().parents[3]
 
 
 def routed(key: Any, at: datetime, i: int) -> list[dict[str, Any]]:
@@ -263,18 +260,5 @@ print("ok", len(summed))
 
 
 def test_targets_fold_on_sqlite(tmp_path: Path) -> None:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("DATABASE_URL", "REDIS_URL", "CELERY_", "RECKON_", "TEST_DATABASE"))
-    }
-    env |= {
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'reckon.sqlite3'}",
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "RECKON_ENV": "development",
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", SQLITE_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.startswith("ok 8")
+    stdout = run_on_sqlite(SQLITE_SCRIPT, tmp_path)
+    assert stdout.startswith("ok 8")
