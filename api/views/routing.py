@@ -19,6 +19,7 @@ from rest_framework.views import APIView
 
 from api.permissions import may, staff_only
 from api.serializers.fields import validated_query
+from api.serializers.finance import ratio_text
 from api.serializers.routing import (
     REROUTE_FIGURES,
     AliasDetailOutput,
@@ -28,7 +29,6 @@ from api.serializers.routing import (
     RoutingPeriodQuery,
     alias_data,
     period_data,
-    ratio_text,
     reroute_data,
     reroute_line_data,
     target_detail_data,
