@@ -32,9 +32,10 @@ from billing.plans import (
     plan_version_publish,
     subscription_create,
 )
+from config.redis_clients import redis_client
 from metering.ledger.record import Rates
 from metering.models import Alias, RateLimit, Route, SpendLimit, Tenant, UsageRecord
-from metering.routing.breaker import breaker_states
+from metering.routing.breaker import breaker_key, breaker_states
 from metering.services import api_key_create, route_set, serving_cost_rate_create, tenant_create
 from tests.e2e.conftest import SIM_KEY_ENV, database_url, free_port, http, start, stop
 
@@ -273,9 +274,18 @@ def test_fallback_fails_over_from_a_stopped_target_and_its_breaker_opens_and_clo
         "-started_at"
     )[0]
     assert newest.route_id == ids["a"] and newest.route_reason == "priority", last
-    # closed, not half-open (where a probe holder also sends A a call now and then)
+    # Closed by a probe, not left half-open (where the probe holder also sends A a call
+    # now and then): a probe's success resets open and cooldown to 0; a half-open breaker
+    # keeps them, or expires with its hash.
     alias_pk = Alias.objects.get(name="fb").pk
-    assert breaker_states(alias_pk).get(ids["a"], "closed") == "closed", breaker_states(alias_pk)
+    assert breaker_states(alias_pk).get(ids["a"]) == "closed"
+    client = redis_client(os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0")
+    try:
+        fields = client.hgetall(breaker_key(alias_pk))
+    finally:
+        client.close()
+    a = ids["a"]
+    assert (fields.get(f"{a}:open".encode()), fields.get(f"{a}:cd".encode())) == (b"0", b"0")
 
 
 @pytest.mark.parametrize(("model", "status"), [("error-500", 500), ("error-429", 429)])
