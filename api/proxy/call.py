@@ -17,7 +17,7 @@ before the final answer leaves); only the final attempt settles the hold.
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol
@@ -106,6 +106,7 @@ class Call:
         "answered",
         "pending",
         "first_byte_deadline",
+        "recorded",
     )
 
     def __init__(
@@ -130,6 +131,7 @@ class Call:
         self.answered = False  # http.response.start was sent (routed calls track it)
         self.pending: list[asyncio.Future[None]] = []  # failed-over attempts' writes
         self.first_byte_deadline: float | None = None  # loop time: an attempt's first byte
+        self.recorded = False  # the final record was started (never write it twice)
         self.app = app
         self.caller = caller
         self.route = route
@@ -146,6 +148,22 @@ class Call:
         self.drain_deadline: asyncio.TimerHandle | None = None
 
     async def run(self, receive: Receive, send: Send, upstream_headers: dict[str, str]) -> None:
+        """A single-target call (no routing work)."""
+        await self._settled(self._run(receive, send, upstream_headers))
+
+    async def _settled(self, work: Awaitable[None]) -> None:
+        """Run the call; if an exception (a cancel, a bug) ends it before its final record,
+        record the attempt as failed and settle the hold, then let the exception go on."""
+        try:
+            await work
+        except BaseException:
+            if not self.recorded:
+                await self.record(
+                    Outcome(TokenUsage(), None, "", Status.FAILED, ["proxy_interrupted"])
+                )
+            raise
+
+    async def _run(self, receive: Receive, send: Send, upstream_headers: dict[str, str]) -> None:
         url = self.route.base_url + self.endpoint.upstream_path
         anthropic = self.endpoint.anthropic_format
         try:
@@ -502,6 +520,7 @@ class Call:
     async def record(self, outcome: Outcome) -> None:
         """Write the call's usage record (waiting for the group commit), then settle its
         hold for what it actually used."""
+        self.recorded = True
         usage = outcome.usage
         row, spend = self._row(outcome)
         await self.app.ledger.write(row)
@@ -542,6 +561,16 @@ class Call:
         """Make the plan's attempts in order until one answers the client. `self.route`
         and `self.prepared` are the first pick's (the app prepared its body); a later
         target re-sends the same request under its own upstream model."""
+        await self._settled(self._run_routed(receive, send, picks, request, headers_of))
+
+    async def _run_routed(
+        self,
+        receive: Receive,
+        send: Send,
+        picks: list[Pick],
+        request: dict[str, Any],
+        headers_of: Callable[[RouteInfo], dict[str, str]],
+    ) -> None:
         plan = self.plan
         assert plan is not None
         routing = self.app.routing

@@ -301,3 +301,40 @@ def test_a_streamed_call_bounds_its_headers_by_the_first_byte_timeout() -> None:
     app = RoutedApp(upstream)
     run_routed(app, stream=True)
     assert upstream.head_timeouts == [5.0]
+
+
+class BrokenUpstream:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    async def post(self, *_: Any, **__: Any) -> WholeResponse:
+        raise self.error
+
+
+@pytest.mark.parametrize("routed", [False, True], ids=["single", "routed"])
+@pytest.mark.parametrize(
+    "error", [RuntimeError("a bug"), asyncio.CancelledError()], ids=["raising", "cancelled"]
+)
+def test_a_call_that_ends_by_an_exception_before_any_answer_is_recorded_failed(
+    routed: bool, error: BaseException
+) -> None:
+    app = RoutedApp(Upstream({}))
+    app.upstream = BrokenUpstream(error)  # type: ignore[assignment]
+    call = make_call(app, routed)
+
+    async def send(message: dict[str, Any]) -> None:
+        raise AssertionError("nothing is sent")
+
+    async def run() -> None:
+        if routed:
+            picks = [Pick(0, "priority"), Pick(1, "failover")]
+            await call.run_routed(never_disconnects, send, picks, {}, lambda _: {})
+        else:
+            await call.run(never_disconnects, send, {})
+
+    with pytest.raises(type(error)):
+        asyncio.run(run())
+    assert [(r["status"], r["flags"], r["attempt"]) for r in app.rows] == [
+        (Status.FAILED, ["proxy_interrupted"], 1)
+    ]
+    assert len(app.released) == 1
