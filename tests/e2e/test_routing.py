@@ -177,8 +177,20 @@ def alias_with_targets(
             route = Route.objects.create(alias_id=alias, **values)
         ids[target["name"]] = route.pk
     Alias.objects.get(name=alias).tenants.add(routed.tenant_id)
-    time.sleep(0.6)  # the server's caller cache (0.5 s in tests)
+    wait_for_alias(routed, alias)
     return ids
+
+
+def wait_for_alias(routed: Routed, alias: str) -> None:
+    """Until the server's caller cache (0.5 s in tests) has reloaded the key's context:
+    the model list names the new alias (every test uses its own alias)."""
+
+    def listed() -> bool:
+        headers = {"Authorization": f"Bearer {routed.raw_key}"}
+        status, _, body = http("GET", routed.url + "/v1/models", None, headers)
+        return status == 200 and any(m["id"] == alias for m in body["data"])  # type: ignore[index]
+
+    assert eventually(listed), f"{alias} never reached the server's caller cache"
 
 
 def eventually(check, timeout: float = 20):  # type: ignore[no-untyped-def]
@@ -450,7 +462,7 @@ def test_a_single_target_alias_keeps_the_fast_path_and_stamps_its_records(
         api_key_env=SIM_KEY_ENV,
     )
     Alias.objects.get(name="solo").tenants.add(routed.tenant_id)
-    time.sleep(0.6)
+    wait_for_alias(routed, "solo")
     completion = routed.openai().chat.completions.create(
         model="solo", messages=PROMPT, reasoning_effort="medium"
     )
