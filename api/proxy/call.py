@@ -7,11 +7,13 @@ metering.control.holds once the record is durable.
 
 A call on an alias with several targets (decision 0117) runs `run_routed`: the attempts
 its routing plan gives, in order. It fails over to the next one only while nothing has
-reached the client (`answered` is false): on an unreachable upstream or no headers in
-time, a 5xx or 429, or a stream whose first event is an error or that ends or stalls
-before its first event. Its stream's headers wait for the first event. Every attempt
-leaves a record (a failed-over one with zero tokens, written as a task that is awaited
-before the final answer leaves); only the final attempt settles the hold.
+reached the client (`answered` is false) and the client is still there: on an
+unreachable upstream, a stream's headers or first event not in time (the first-byte
+timeout is for streams only: a whole answer's headers come when it is complete), a 5xx
+or 429, or a stream whose first event is an error or that ends before its first event.
+Its stream's headers wait for the first event. Every attempt leaves a record (a
+failed-over one with zero tokens, written as a task that is awaited before the final
+answer leaves), whatever ends it; only the final attempt settles the hold.
 """
 
 import asyncio
@@ -403,8 +405,9 @@ class Call:
                 outcome = Outcome(TokenUsage(), None, "", status, [flag])
                 recorded = True
                 if self.client_gone:
-                    # The client left first: no other target works for nobody, and the
-                    # close may be the drain deadline's, not the target's fault.
+                    # The client left first: this is the final attempt (another target
+                    # would do, and bill, the call for nobody), and no breaker failure
+                    # (the close may be the drain deadline's, not the target's fault).
                     await self.record(outcome)
                     return True
                 self.report(ok=False)
