@@ -370,7 +370,7 @@ class ProxyApp:
         if usable:
             return usable
         first = next(i for i, t in enumerate(plan.targets) if not t.credential_missing)
-        return [Pick(first, "failover")]
+        return [Pick(first, "priority")]
 
     def _in_thread(self, fn: Callable[[], int]) -> "asyncio.Future[int]":
         """Run a ledger lookup on the lookup thread (loading a budget into Redis), for at

@@ -7,17 +7,19 @@ metering.control.holds once the record is durable.
 
 A call on an alias with several targets (decision 0117) runs `run_routed`: the attempts
 its routing plan gives, in order. It fails over to the next one only while nothing has
-reached the client (`answered` is false): on an unreachable upstream or no headers in
-time, a 5xx or 429, or a stream whose first event is an error or that ends or stalls
-before its first event. Its stream's headers wait for the first event. Every attempt
-leaves a record (a failed-over one with zero tokens, written as a task that is awaited
-before the final answer leaves); only the final attempt settles the hold.
+reached the client (`answered` is false) and the client is still there: on an
+unreachable upstream, a stream's headers or first event not in time (the first-byte
+timeout is for streams only: a whole answer's headers come when it is complete), a 5xx
+or 429, or a stream whose first event is an error or that ends before its first event.
+Its stream's headers wait for the first event. Every attempt leaves a record (a
+failed-over one with zero tokens, written as a task that is awaited before the final
+answer leaves), whatever ends it; only the final attempt settles the hold.
 """
 
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol
@@ -55,12 +57,21 @@ from metering.usage import TokenUsage
 logger = logging.getLogger(__name__)
 
 Status = UsageRecord.Status
+_ERROR_BODY_WAIT_S = 2.0  # longest wait for a failed-over error answer's body (the log's)
 _PASSTHROUGH_RESPONSE_HEADERS = (
     "x-request-id",
     "request-id",
     "retry-after",
     "openai-processing-ms",
 )
+
+
+def retry_after_seconds(value: str | None) -> int | None:
+    """An upstream's `Retry-After` in whole seconds; None unless it is ASCII digits (its
+    headers are decoded as latin-1, where '\xb2' is a digit that int() refuses)."""
+    if value and value.isascii() and value.isdigit():
+        return int(value)
+    return None
 
 
 class Services(Protocol):
@@ -96,6 +107,8 @@ class Call:
         "last",
         "answered",
         "pending",
+        "first_byte_deadline",
+        "recorded",
     )
 
     def __init__(
@@ -119,6 +132,8 @@ class Call:
         self.last = True  # no target left to fail over to
         self.answered = False  # http.response.start was sent (routed calls track it)
         self.pending: list[asyncio.Future[None]] = []  # failed-over attempts' writes
+        self.first_byte_deadline: float | None = None  # loop time: an attempt's first byte
+        self.recorded = False  # the final record was started (never write it twice)
         self.app = app
         self.caller = caller
         self.route = route
@@ -126,14 +141,31 @@ class Call:
         self.prepared = prepared
         self.started_at = started_at
         self.started_ns = started_ns
-        # carries started_at (partitions); a routed call's attempts share its upper bits
-        self.request_id = request_id_for(started_at, 1 if plan is not None else 0)
+        # carries started_at (partitions); a routed call's attempts share its upper bits, and
+        # every record's low 4 bits are its attempt (1 for a single-target call)
+        self.request_id = request_id_for(started_at, 1)
         self.ttft_ns: int | None = None
         self.client_gone = False
         self.upstream_status = 0
         self.drain_deadline: asyncio.TimerHandle | None = None
 
     async def run(self, receive: Receive, send: Send, upstream_headers: dict[str, str]) -> None:
+        """A single-target call (no routing work)."""
+        await self._settled(self._run(receive, send, upstream_headers))
+
+    async def _settled(self, work: Awaitable[None]) -> None:
+        """Run the call; if an exception (a cancel, a bug) ends it before its final record,
+        record the attempt as failed and settle the hold, then let the exception go on."""
+        try:
+            await work
+        except BaseException:
+            if not self.recorded:
+                await self.record(
+                    Outcome(TokenUsage(), None, "", Status.FAILED, ["proxy_interrupted"])
+                )
+            raise
+
+    async def _run(self, receive: Receive, send: Send, upstream_headers: dict[str, str]) -> None:
         url = self.route.base_url + self.endpoint.upstream_path
         anthropic = self.endpoint.anthropic_format
         try:
@@ -244,9 +276,9 @@ class Call:
         of the upstream's that could hold a secret or an internal address."""
         failure = errors.upstream_failure(response.status, body, response.content_type)
         headers = [(REQUEST_ID_HEADER, str(self.request_id).encode())]
-        retry_after = response.headers.get("retry-after", "")
-        if failure.kind.status == 429 and retry_after.isdigit():
-            headers.append((b"retry-after", retry_after.encode()))
+        retry_after = retry_after_seconds(response.headers.get("retry-after"))
+        if failure.kind.status == 429 and retry_after is not None:
+            headers.append((b"retry-after", str(retry_after).encode()))
         if self.hold is not None:
             headers += self.hold.headers
         message = failure.message
@@ -261,65 +293,150 @@ class Call:
             extra_headers=headers,
         )
 
-    async def relay_stream(self, response: UpstreamResponse, receive: Receive, send: Send) -> None:
+    async def relay_stream(
+        self,
+        response: UpstreamResponse,
+        receive: Receive,
+        send: Send,
+        *,
+        defer_start: bool = False,
+    ) -> bool:
+        """Relay a stream in the caller's format and record it. With `defer_start` (a routed
+        call) the response start waits for the first event to forward, so that until then
+        the attempt can still fail over (False: it did). Whatever ends the relay (a cut, a
+        cancel, any exception), the attempt leaves its record and settles the hold:
+        `incomplete` once the client was answered, else `failed`."""
         headers = self.headers_for(response)
         headers.append((b"cache-control", b"no-cache"))
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        watcher = asyncio.get_running_loop().create_task(self.watch_client(receive, response))
+        loop = asyncio.get_running_loop()
+        if not defer_start:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            self.answered = True
+        watcher = loop.create_task(self.watch_client(receive, response))
         tracker = stream_tracker_for(
             self.endpoint, provider=self.route.provider, hide_usage=self.prepared.hide_usage
         )
         splitter = SseSplitter()
+        stalled: list[bool] = []
+        stall_timer: asyncio.TimerHandle | None = None
+        if defer_start and self.first_byte_deadline is not None:
+
+            def first_event_late() -> None:
+                stalled.append(True)
+                response.close()
+
+            # the attempt's one deadline, shared with the wait for its headers
+            stall_timer = loop.call_at(self.first_byte_deadline, first_event_late)
+
+        async def start() -> None:
+            nonlocal stall_timer
+            self.answered = True
+            if stall_timer is not None:
+                stall_timer.cancel()
+                stall_timer = None
+            if not self.client_gone:
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+        async def forward(body: bytes) -> None:
+            if not self.answered:
+                await start()
+            if not self.client_gone:
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+
+        def may_fail_over() -> bool:
+            return not self.answered and not self.last and not self.client_gone
+
         recorded = False
+        first_error = False
         try:
-            async for chunk in response.iter_chunks():
-                out: list[bytes] = []
-                for event in splitter.feed(chunk):
-                    forward = tracker.feed(event)
-                    if forward is not None and b"error" in event.data:
-                        hidden = self.hide_error_event(event)
-                        if hidden is not None:
-                            forward = hidden
-                            tracker.errored = True
-                    if self.ttft_ns is None and tracker.first_output_seen:
-                        self.ttft_ns = time.perf_counter_ns()
-                    if tracker.terminal:
-                        if out and not self.client_gone:
-                            await send(
-                                {
-                                    "type": "http.response.body",
-                                    "body": b"".join(out),
-                                    "more_body": True,
-                                }
-                            )
-                        out = []
-                        await self.record(tracker.outcome(completed=True))
-                        recorded = True
-                        if forward is not None and not self.client_gone:
-                            await send(
-                                {"type": "http.response.body", "body": forward, "more_body": True}
-                            )
+            try:
+                async for chunk in response.iter_chunks():
+                    out: list[bytes] = []
+                    for event in splitter.feed(chunk):
+                        sent = tracker.feed(event)
+                        if sent is not None and b"error" in event.data:
+                            hidden = self.hide_error_event(event)
+                            if hidden is not None:
+                                if not out and may_fail_over():
+                                    first_error = True  # the first event is an error: next target
+                                    break
+                                sent = hidden
+                                tracker.errored = True
+                        if self.ttft_ns is None and tracker.first_output_seen:
+                            self.ttft_ns = time.perf_counter_ns()
+                        if tracker.terminal:
+                            if out:
+                                await forward(b"".join(out))
+                            elif not self.answered:
+                                await start()
+                            out = []
+                            recorded = True
+                            await self.record(tracker.outcome(completed=True))
+                            if sent is not None and not self.client_gone:
+                                await send(
+                                    {"type": "http.response.body", "body": sent, "more_body": True}
+                                )
+                            break
+                        if sent is not None:
+                            out.append(sent)
+                    if recorded or first_error:
                         break
-                    if forward is not None:
-                        out.append(forward)
-                if recorded:
-                    break
-                if out and not self.client_gone:
-                    await send(
-                        {"type": "http.response.body", "body": b"".join(out), "more_body": True}
-                    )
-        except (UpstreamError, asyncio.CancelledError) as exc:
-            if isinstance(exc, asyncio.CancelledError) and not self.client_gone:
-                raise
-            logger.info("upstream stream for %s ended early: %r", self.request_id, exc)
-        finally:
-            watcher.cancel()
-            if self.drain_deadline is not None:
-                self.drain_deadline.cancel()
+                    if out:
+                        await forward(b"".join(out))
+            except (UpstreamError, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and not self.client_gone:
+                    raise
+                logger.info("upstream stream for %s ended early: %r", self.request_id, exc)
+            finally:
+                watcher.cancel()
+                if stall_timer is not None:
+                    stall_timer.cancel()
+                if self.drain_deadline is not None:
+                    self.drain_deadline.cancel()
+                    self.drain_deadline = None
+            if not self.answered and not recorded:
+                # Nothing reached the client: a failed attempt, never `incomplete`.
+                flag = (
+                    "upstream_error_event"
+                    if first_error
+                    else ("first_event_timeout" if stalled else "stream_ended_before_first_event")
+                )
+                status = Status.UPSTREAM_ERROR if first_error else Status.FAILED
+                outcome = Outcome(TokenUsage(), None, "", status, [flag])
+                recorded = True
+                if self.client_gone:
+                    # The client left first: this is the final attempt (another target
+                    # would do, and bill, the call for nobody), and no breaker failure
+                    # (the close may be the drain deadline's, not the target's fault).
+                    await self.record(outcome)
+                    return True
+                self.report(ok=False)
+                if may_fail_over():
+                    self.fail_over(outcome)
+                    return False
+                await self.record(outcome)
+                await send_error(
+                    send,
+                    errors.UPSTREAM_UNAVAILABLE,
+                    f"The upstream for '{self.route.alias}' sent no answer (request {self.request_id}).",
+                    self.endpoint.anthropic_format,
+                    extra_headers=[(REQUEST_ID_HEADER, str(self.request_id).encode())],
+                )
+                return True
             if not recorded:
+                recorded = True
                 await self.record(tracker.outcome(completed=False))
-        if not self.client_gone:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            self.report(ok=True)  # it answered: what breaks after that is not failed over
+            if not self.client_gone:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return True
+        finally:
+            if not recorded:  # cancelled or raised: the attempt still leaves its record
+                await self.record(
+                    tracker.outcome(completed=False)
+                    if self.answered
+                    else Outcome(TokenUsage(), None, "", Status.FAILED, ["stream_interrupted"])
+                )
 
     def hide_error_event(self, event: SseEvent) -> bytes | None:
         """An upstream's error event mid-stream, re-expressed with a generic message (the
@@ -373,41 +490,60 @@ class Call:
     def count_text(self) -> bool:
         return self.route.provider == "openai-compatible"
 
-    async def record(self, outcome: Outcome) -> None:
-        """Write the call's usage record (waiting for the group commit), then settle its
-        hold for what it actually used."""
-        now_ns = time.perf_counter_ns()
-        usage = outcome.usage
-        caller = self.caller
-        row, spend = usage_record_row(
+    def _row(self, outcome: Outcome, *, failed_over: bool = False) -> tuple[dict[str, Any], Any]:
+        """This attempt's ledger row and its spend: the one builder for the final record
+        and for a failed-over attempt's (zero tokens, no TTFT)."""
+        usage = TokenUsage() if failed_over else outcome.usage
+        ttft_ns = None if failed_over else self.ttft_ns
+        return usage_record_row(
             request_id=self.request_id,
-            tenant_id=caller.tenant_id,
-            api_key_id=caller.api_key_id,
+            tenant_id=self.caller.tenant_id,
+            api_key_id=self.caller.api_key_id,
             route=self.route,
             endpoint=self.endpoint.name,
             stream=self.prepared.stream,
             status=outcome.status,
             upstream_status=self.upstream_status,
-            response_id=outcome.response_id,
+            response_id="" if failed_over else outcome.response_id,
             usage=usage,
             flags=outcome.flags,
-            raw_usage=outcome.raw_usage,
+            raw_usage=None if failed_over else outcome.raw_usage,
             client_disconnected=self.client_gone,
-            ttft_us=None if self.ttft_ns is None else (self.ttft_ns - self.started_ns) // 1000,
-            latency_us=(now_ns - self.started_ns) // 1000,
+            ttft_us=None if ttft_ns is None else (ttft_ns - self.started_ns) // 1000,
+            latency_us=(time.perf_counter_ns() - self.started_ns) // 1000,
             started_at=self.started_at,
             route_id=self.route.route_id,
             attempt=self.attempt,
-            failed_over=None if self.plan is None else False,
+            failed_over=None if self.plan is None else failed_over,
             route_policy=None if self.plan is None else self.plan.policy,
             route_reason=self.reason,
             reasoning_effort=self.effort,
         )
+
+    async def record(self, outcome: Outcome) -> None:
+        """Write the call's usage record (waiting for the group commit), then settle its
+        hold for what it actually used."""
+        self.recorded = True
+        usage = outcome.usage
+        row, spend = self._row(outcome)
         await self.app.ledger.write(row)
-        if self.pending:  # the failed-over attempts' records, before the answer leaves
-            await asyncio.gather(*self.pending)
-            self.pending.clear()
-        if self.hold is not None:  # the record is durable: now release the hold for actual use
+        try:
+            if self.pending:  # the failed-over attempts' records, before the answer leaves
+                results = await asyncio.gather(*self.pending, return_exceptions=True)
+                self.pending.clear()
+                for result in results:
+                    if isinstance(result, BaseException):
+                        logger.error(
+                            "a failed-over attempt of %s was not written: %r",
+                            self.request_id,
+                            result,
+                        )
+        finally:
+            self.settle(spend, usage)
+
+    def settle(self, spend: Any, usage: TokenUsage) -> None:
+        """Release the hold for what the call actually used (its record is durable)."""
+        if self.hold is not None:
             self.app.holds.release(
                 self.hold,
                 spend=spend,
@@ -428,6 +564,16 @@ class Call:
         """Make the plan's attempts in order until one answers the client. `self.route`
         and `self.prepared` are the first pick's (the app prepared its body); a later
         target re-sends the same request under its own upstream model."""
+        await self._settled(self._run_routed(receive, send, picks, request, headers_of))
+
+    async def _run_routed(
+        self,
+        receive: Receive,
+        send: Send,
+        picks: list[Pick],
+        request: dict[str, Any],
+        headers_of: Callable[[RouteInfo], dict[str, str]],
+    ) -> None:
         plan = self.plan
         assert plan is not None
         routing = self.app.routing
@@ -458,48 +604,34 @@ class Call:
                 routing.release(route_id)
 
     def report(self, *, ok: bool, retry_after: str | None = None) -> None:
-        """Tell the routing state (its breaker) how this attempt went; not awaited."""
-        assert self.plan is not None
-        seconds = int(retry_after) if retry_after and retry_after.isdigit() else None
+        """Tell the routing state (its breaker) how this attempt went; not awaited. A
+        single-target call has no breaker."""
+        if self.plan is None:
+            return
+        seconds = retry_after_seconds(retry_after)
         self.app.routing.report(self.plan, self.route.route_id or 0, ok=ok, retry_after_s=seconds)
 
     def fail_over(self, outcome: Outcome) -> None:
         """Record this attempt as failed over (zero tokens) and move on: its write runs
         as a task that the final record awaits; it does not touch the hold."""
         assert self.plan is not None
-        row, _ = usage_record_row(
-            request_id=self.request_id,
-            tenant_id=self.caller.tenant_id,
-            api_key_id=self.caller.api_key_id,
-            route=self.route,
-            endpoint=self.endpoint.name,
-            stream=self.prepared.stream,
-            status=outcome.status,
-            upstream_status=self.upstream_status,
-            response_id="",
-            usage=TokenUsage(),
-            flags=outcome.flags,
-            raw_usage=None,
-            client_disconnected=self.client_gone,
-            ttft_us=None,
-            latency_us=(time.perf_counter_ns() - self.started_ns) // 1000,
-            started_at=self.started_at,
-            route_id=self.route.route_id,
-            attempt=self.attempt,
-            failed_over=True,
-            route_policy=self.plan.policy,
-            route_reason=self.reason,
-            reasoning_effort=self.effort,
-        )
+        row, _ = self._row(outcome, failed_over=True)
         self.pending.append(asyncio.ensure_future(self.app.ledger.write(row)))
 
     async def attempt_once(self, receive: Receive, send: Send, headers: dict[str, str]) -> bool:
         """One attempt of a routed call; False when it failed over (nothing was sent to
         the client and another target is left), True when the client got its answer."""
         url = self.route.base_url + self.endpoint.upstream_path
+        # The first-byte timeout bounds a stream's headers and first event, one deadline
+        # for both. A whole answer's headers come only when it is complete: cutting them
+        # would abandon work the upstream bills, so it has no first-byte timeout.
+        timeout = self.route.first_byte_timeout_s if self.prepared.stream else None
+        self.first_byte_deadline = (
+            None if timeout is None else asyncio.get_running_loop().time() + timeout
+        )
         try:
             response = await self.app.upstream.post(
-                url, self.prepared.body, headers, head_timeout=self.route.first_byte_timeout_s
+                url, self.prepared.body, headers, head_timeout=timeout
             )
         except UpstreamError as exc:
             logger.warning(
@@ -533,9 +665,11 @@ class Call:
             if retryable_status(response.status):
                 self.report(ok=False, retry_after=response.headers.get("retry-after"))
                 if not self.last:
-                    try:
-                        body = await response.read()
-                    except UpstreamError:
+                    try:  # for the log only: a stalled error body must not hold the call
+                        body = await asyncio.wait_for(
+                            response.read(), self.route.first_byte_timeout_s or _ERROR_BODY_WAIT_S
+                        )
+                    except (UpstreamError, TimeoutError):
                         body = b""
                     logger.warning(
                         "upstream answered %d for %s (%s, target %s), failing over: %r",
@@ -553,124 +687,10 @@ class Call:
                     return False
             is_sse = response.content_type == "text/event-stream"
             if self.prepared.stream and response.status == 200 and is_sse:
-                return await self.relay_stream_routed(response, receive, send)
+                return await self.relay_stream(response, receive, send, defer_start=True)
             if not retryable_status(response.status):
                 self.report(ok=True)  # the target answered (a 4xx is the request's fault)
             await self.relay_whole(response, send)
             return True
         finally:
             response.release()
-
-    async def relay_stream_routed(
-        self, response: UpstreamResponse, receive: Receive, send: Send
-    ) -> bool:
-        """`relay_stream` with the response start deferred to the first event to forward,
-        so that until then the call can still fail over (False: it did)."""
-        headers = self.headers_for(response)
-        headers.append((b"cache-control", b"no-cache"))
-        loop = asyncio.get_running_loop()
-        watcher = loop.create_task(self.watch_client(receive, response))
-        tracker = stream_tracker_for(
-            self.endpoint, provider=self.route.provider, hide_usage=self.prepared.hide_usage
-        )
-        splitter = SseSplitter()
-        stalled: list[bool] = []
-        stall_timer: asyncio.TimerHandle | None = None
-        timeout = self.route.first_byte_timeout_s
-        if timeout is not None:
-
-            def first_event_late() -> None:
-                stalled.append(True)
-                response.close()
-
-            stall_timer = loop.call_later(timeout, first_event_late)
-
-        async def start() -> None:
-            nonlocal stall_timer
-            self.answered = True
-            if stall_timer is not None:
-                stall_timer.cancel()
-                stall_timer = None
-            if not self.client_gone:
-                await send({"type": "http.response.start", "status": 200, "headers": headers})
-
-        async def forward(body: bytes) -> None:
-            if not self.answered:
-                await start()
-            if not self.client_gone:
-                await send({"type": "http.response.body", "body": body, "more_body": True})
-
-        recorded = False
-        first_error = False
-        try:
-            async for chunk in response.iter_chunks():
-                out: list[bytes] = []
-                for event in splitter.feed(chunk):
-                    sent = tracker.feed(event)
-                    if sent is not None and b"error" in event.data:
-                        hidden = self.hide_error_event(event)
-                        if hidden is not None:
-                            if not self.answered and not out and not self.last:
-                                first_error = True  # the first event is an error: next target
-                                break
-                            sent = hidden
-                            tracker.errored = True
-                    if self.ttft_ns is None and tracker.first_output_seen:
-                        self.ttft_ns = time.perf_counter_ns()
-                    if tracker.terminal:
-                        if out:
-                            await forward(b"".join(out))
-                        elif not self.answered:
-                            await start()
-                        out = []
-                        await self.record(tracker.outcome(completed=True))
-                        recorded = True
-                        if sent is not None and not self.client_gone:
-                            await send(
-                                {"type": "http.response.body", "body": sent, "more_body": True}
-                            )
-                        break
-                    if sent is not None:
-                        out.append(sent)
-                if recorded or first_error:
-                    break
-                if out:
-                    await forward(b"".join(out))
-        except (UpstreamError, asyncio.CancelledError) as exc:
-            if isinstance(exc, asyncio.CancelledError) and not self.client_gone:
-                raise
-            logger.info("upstream stream for %s ended early: %r", self.request_id, exc)
-        finally:
-            watcher.cancel()
-            if stall_timer is not None:
-                stall_timer.cancel()
-            if self.drain_deadline is not None:
-                self.drain_deadline.cancel()
-                self.drain_deadline = None
-        if not self.answered and not recorded:
-            # Nothing reached the client: a failed attempt, never `incomplete`.
-            flag = (
-                "upstream_error_event"
-                if first_error
-                else ("first_event_timeout" if stalled else "stream_ended_before_first_event")
-            )
-            status = Status.UPSTREAM_ERROR if first_error else Status.FAILED
-            self.report(ok=False)
-            if not self.last:
-                self.fail_over(Outcome(TokenUsage(), None, "", status, [flag]))
-                return False
-            await self.record(Outcome(TokenUsage(), None, "", status, [flag]))
-            await send_error(
-                send,
-                errors.UPSTREAM_UNAVAILABLE,
-                f"The upstream for '{self.route.alias}' sent no answer (request {self.request_id}).",
-                self.endpoint.anthropic_format,
-                extra_headers=[(REQUEST_ID_HEADER, str(self.request_id).encode())],
-            )
-            return True
-        if not recorded:
-            await self.record(tracker.outcome(completed=False))
-        self.report(ok=True)  # it answered: what breaks after that is not failed over
-        if not self.client_gone:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        return True

@@ -176,8 +176,8 @@ def usage_record_row(
 
     Routing stamps (decision 0117): `route_id` is the target that served the attempt
     (default: the route's own `route_id`, once the caller context carries it);
-    `attempt`, `failed_over`, `route_policy` and `route_reason` are None on a
-    single-target alias. `reasoning_effort`: "" when the call named none (None: not
+    `attempt` is 1 on a single-target alias (the proxy gives its id attempt bits 1 too),
+    where `failed_over`, `route_policy` and `route_reason` are None. `reasoning_effort`: "" when the call named none (None: not
     known, as before routing)."""
     if route_id is None:
         route_id = getattr(route, "route_id", None)

@@ -12,6 +12,7 @@ import concurrent.futures
 import json
 import math
 import os
+import socket
 import subprocess
 import time
 import uuid
@@ -31,8 +32,10 @@ from billing.plans import (
     plan_version_publish,
     subscription_create,
 )
+from config.redis_clients import redis_client
 from metering.ledger.record import Rates
 from metering.models import Alias, RateLimit, Route, SpendLimit, Tenant, UsageRecord
+from metering.routing.breaker import breaker_key, breaker_states
 from metering.services import api_key_create, route_set, serving_cost_rate_create, tenant_create
 from tests.e2e.conftest import SIM_KEY_ENV, database_url, free_port, http, start, stop
 
@@ -43,14 +46,15 @@ Status = UsageRecord.Status
 class Simulator:
     """A simulator process on a fixed port, so it can be stopped and started again."""
 
-    def __init__(self) -> None:
+    def __init__(self, *args: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.args = args
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
         self.process = start(
-            ["run_simulator", "--port", str(self.port)], {}, self.url + "/_sim/health"
+            ["run_simulator", "--port", str(self.port), *self.args], {}, self.url + "/_sim/health"
         )
 
     def stop(self) -> None:
@@ -162,6 +166,7 @@ def alias_with_targets(
             "priority": target.get("priority", n),
             "weight": target.get("weight", 100),
             "first_byte_timeout_ms": target.get("first_byte_timeout_ms"),
+            "max_concurrent": target.get("max_concurrent"),
         }
         if n == 0:
             route = Route.objects.get(alias_id=alias)
@@ -172,8 +177,30 @@ def alias_with_targets(
             route = Route.objects.create(alias_id=alias, **values)
         ids[target["name"]] = route.pk
     Alias.objects.get(name=alias).tenants.add(routed.tenant_id)
-    time.sleep(0.6)  # the server's caller cache (0.5 s in tests)
+    wait_for_alias(routed, alias)
     return ids
+
+
+def wait_for_alias(routed: Routed, alias: str) -> None:
+    """Until the server's caller cache (0.5 s in tests) has reloaded the key's context:
+    the model list names the new alias (every test uses its own alias)."""
+
+    def listed() -> bool:
+        headers = {"Authorization": f"Bearer {routed.raw_key}"}
+        status, _, body = http("GET", routed.url + "/v1/models", None, headers)
+        return status == 200 and any(m["id"] == alias for m in body["data"])  # type: ignore[index]
+
+    assert eventually(listed), f"{alias} never reached the server's caller cache"
+
+
+def eventually(check, timeout: float = 20):  # type: ignore[no-untyped-def]
+    """Poll `check` until it returns something true (then return it), at most `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
 
 
 def tokens(record: UsageRecord) -> int:
@@ -259,6 +286,18 @@ def test_fallback_fails_over_from_a_stopped_target_and_its_breaker_opens_and_clo
         "-started_at"
     )[0]
     assert newest.route_id == ids["a"] and newest.route_reason == "priority", last
+    # Closed by a probe, not left half-open (where the probe holder also sends A a call
+    # now and then): a probe's success resets open and cooldown to 0; a half-open breaker
+    # keeps them, or expires with its hash.
+    alias_pk = Alias.objects.get(name="fb").pk
+    assert breaker_states(alias_pk).get(ids["a"]) == "closed"
+    client = redis_client(os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0")
+    try:
+        fields = client.hgetall(breaker_key(alias_pk))
+    finally:
+        client.close()
+    a = ids["a"]
+    assert (fields.get(f"{a}:open".encode()), fields.get(f"{a}:cd".encode())) == (b"0", b"0")
 
 
 @pytest.mark.parametrize(("model", "status"), [("error-500", 500), ("error-429", 429)])
@@ -423,7 +462,7 @@ def test_a_single_target_alias_keeps_the_fast_path_and_stamps_its_records(
         api_key_env=SIM_KEY_ENV,
     )
     Alias.objects.get(name="solo").tenants.add(routed.tenant_id)
-    time.sleep(0.6)
+    wait_for_alias(routed, "solo")
     completion = routed.openai().chat.completions.create(
         model="solo", messages=PROMPT, reasoning_effort="medium"
     )
@@ -473,26 +512,94 @@ def test_a_stream_fails_over_before_its_first_event(
     assert routed.sims[1].served() == 1
 
 
-def test_an_upstream_that_never_answers_is_left_after_its_first_byte_timeout(
+def test_a_whole_answer_slower_than_the_first_byte_timeout_is_not_failed_over(
     routed: Routed,
 ) -> None:
+    """A whole answer's headers come when it is complete: the first-byte timeout is for
+    streams, or a healthy (and billed) reasoning call would be abandoned and re-run."""
+    slow = Simulator("--token-delay-ms", "10")
+    slow.start()
+    try:
+        routed.sims.append(slow)
+        ids = alias_with_targets(
+            routed,
+            "slow",
+            "fallback",
+            [
+                {"name": "a", "sim": 3, "first_byte_timeout_ms": 50},
+                {"name": "b", "sim": 1},
+            ],
+        )
+        completion = routed.openai().chat.completions.create(model="slow", messages=PROMPT)
+        assert completion.usage and completion.usage.completion_tokens >= 10  # > 100 ms
+        records = routed.records("slow")
+        assert [(r.route_id, r.status, r.failed_over, r.attempt) for r in records] == [
+            (ids["a"], Status.COMPLETED, False, 1)
+        ]
+        assert slow.served() == 1 and routed.sims[1].served() == 0
+    finally:
+        routed.sims.remove(slow)
+        slow.stop()
+
+
+def test_a_client_that_leaves_before_the_first_event_is_not_failed_over(
+    routed: Routed,
+) -> None:
+    """A stalls before its first event and the client leaves: B must not run the call
+    for nobody; A's attempt is the final one, failed, client_disconnected."""
     ids = alias_with_targets(
         routed,
-        "hangs",
+        "leaves",
         "fallback",
         [
-            {"name": "a", "sim": 0, "path": "/faults/hang/v1", "first_byte_timeout_ms": 300},
+            {
+                "name": "a",
+                "sim": 0,
+                "path": "/faults/stall-before-first-event/v1",
+                "first_byte_timeout_ms": 1000,
+            },
             {"name": "b", "sim": 1},
         ],
     )
-    completion = routed.openai().chat.completions.create(model="hangs", messages=PROMPT)
-    assert completion.choices[0].message.content
-    records = routed.records("hangs")
-    assert [(r.route_id, r.status, r.failed_over, r.attempt) for r in records] == [
-        (ids["a"], Status.FAILED, True, 1),
-        (ids["b"], Status.COMPLETED, False, 2),
-    ]
-    assert records[0].flags == ["first_byte_timeout"]
+    body = json.dumps({"model": "leaves", "messages": PROMPT, "stream": True}).encode()
+    host, port = routed.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as conn:
+        conn.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: " + host.encode() + b"\r\n"
+            b"Authorization: Bearer " + routed.raw_key.encode() + b"\r\n"
+            b"Content-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
+        time.sleep(0.3)  # the server has the call, A has not sent its first event
+    records = eventually(lambda: routed.records("leaves"))
+    assert [
+        (r.route_id, r.status, r.failed_over, r.attempt, r.client_disconnected) for r in records
+    ] == [(ids["a"], Status.FAILED, False, 1, True)]
+    assert records[0].flags == ["first_event_timeout"]
+    time.sleep(0.5)  # a failover would have reached B by now
+    assert routed.sims[1].served() == 0 and len(routed.records("leaves")) == 1
+
+
+def test_a_target_limited_to_one_call_in_flight_serves_sequential_calls(
+    routed: Routed,
+) -> None:
+    """max_concurrent=1: each finished call gives its slot back, so A serves them all."""
+    ids = alias_with_targets(
+        routed,
+        "one",
+        "fallback",
+        [{"name": "a", "sim": 0, "max_concurrent": 1}, {"name": "b", "sim": 1}],
+    )
+    client = routed.openai()
+    for _ in range(5):
+        assert client.chat.completions.create(model="one", messages=PROMPT).choices
+    records = routed.records("one")
+    assert [(r.route_id, r.attempt, r.route_reason) for r in records] == [
+        (ids["a"], 1, "priority")
+    ] * 5
+    assert routed.sims[0].served() == 5 and routed.sims[1].served() == 0
 
 
 def test_a_stream_cut_after_its_first_event_does_not_fail_over(routed: Routed) -> None:
