@@ -290,7 +290,7 @@ def test_fallback_fails_over_from_a_stopped_target_and_its_breaker_opens_and_clo
     # now and then): a probe's success resets open and cooldown to 0; a half-open breaker
     # keeps them, or expires with its hash.
     alias_pk = Alias.objects.get(name="fb").pk
-    assert breaker_states(alias_pk).get(ids["a"]) == "closed"
+    assert breaker_states(alias_pk).state(ids["a"]) == "closed"
     client = redis_client(os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0")
     try:
         fields = client.hgetall(breaker_key(alias_pk))
