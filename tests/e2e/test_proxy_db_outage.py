@@ -173,13 +173,26 @@ def test_warm_keys_keep_working_and_unknown_keys_get_503_in_their_format(
         private_db.start()
         time.sleep(1.2)  # past the fail-fast pause after a failed lookup
         both_sdks_answer()
-        with pytest.raises(openai.AuthenticationError):  # known again to be unknown
-            openai.OpenAI(
-                base_url=base + "/v1", api_key=UNKNOWN_KEY, max_retries=0
-            ).chat.completions.create(
-                model="reasoner",
-                messages=PROMPT,  # type: ignore[arg-type]
-            )
+        # Known again to be unknown: 401 once a lookup reaches the restarted database.
+        # Until then (a loaded machine may take a few seconds to accept connections) the
+        # only other answer allowed is the same clean 503.
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                openai.OpenAI(
+                    base_url=base + "/v1", api_key=UNKNOWN_KEY, max_retries=0
+                ).chat.completions.create(
+                    model="reasoner",
+                    messages=PROMPT,  # type: ignore[arg-type]
+                )
+            except openai.AuthenticationError:
+                break
+            except openai.InternalServerError as still:
+                assert still.status_code == 503, still
+                assert time.monotonic() < deadline, "the unknown key never got its 401"
+                time.sleep(0.3)
+            else:
+                raise AssertionError("an unknown key was let through")
     finally:
         stop(server)
         forget_spool_reports(spool, env["REDIS_URL"])
