@@ -130,3 +130,36 @@ class AddIndexOnline(migrations.AddIndex):
             super().database_backwards(app_label, schema_editor, from_state, to_state)
             return
         schema_editor.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{self.index.name}"')
+
+
+def role_grants(app_label: str, grants: dict[str, tuple[str, ...]]) -> migrations.RunPython:
+    """A data migration giving each staff role (an auth Group) the `app_label`
+    permissions `grants` names, reversibly: additive and idempotent, the roles' other
+    permissions left as they are. Used by migrations that hand new permissions to roles
+    (metering 0021, 0024): changing this changes what they did, so keep it as it is."""
+
+    def grant(apps: Any, schema_editor: Any) -> None:
+        from django.apps import apps as global_apps
+        from django.contrib.auth.management import create_permissions
+
+        create_permissions(global_apps.get_app_config(app_label), verbosity=0, apps=apps)
+        group_model = apps.get_model("auth", "Group")
+        permission_model = apps.get_model("auth", "Permission")
+        for role, codenames in grants.items():
+            group, _ = group_model.objects.get_or_create(name=role)
+            permissions = permission_model.objects.filter(
+                content_type__app_label=app_label, codename__in=codenames
+            )
+            assert permissions.count() == len(codenames), f"missing permissions for {role}"
+            group.permissions.add(*permissions)
+
+    def revoke(apps: Any, schema_editor: Any) -> None:
+        group_model = apps.get_model("auth", "Group")
+        for group in group_model.objects.filter(name__in=grants):
+            group.permissions.remove(
+                *group.permissions.filter(
+                    content_type__app_label=app_label, codename__in=grants[group.name]
+                )
+            )
+
+    return migrations.RunPython(grant, revoke)
