@@ -15,6 +15,7 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from api.console.views.auth import forbidden as console_forbidden
 from config.errors import ApplicationError
 
 
@@ -63,6 +64,8 @@ def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
 
 
 def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if request.path.startswith("/console/"):
+        return console_forbidden(request, exception)
     if not _wants_json(request):
         return defaults.permission_denied(request, exception)
     return json_error(403, "permission_denied", "You may not do this.")

@@ -93,6 +93,9 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "config.urls"
+# The console (api/console/) signs people in; the admin keeps its own sign-in page.
+LOGIN_URL = "console:login"
+LOGIN_REDIRECT_URL = "console:home"
 WSGI_APPLICATION = "config.wsgi.application"
 ASGI_APPLICATION = "config.asgi.application"
 

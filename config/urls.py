@@ -6,6 +6,7 @@ from api.views.webhooks import StripeWebhookView
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("api.urls")),
+    path("console/", include("api.console.urls")),
     path("webhooks/stripe", StripeWebhookView.as_view(), name="stripe-webhook"),
 ]
 

@@ -9,6 +9,7 @@ Invariants:
 import uuid
 from typing import Any
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
@@ -28,6 +29,39 @@ class Tenant(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class TenantMember(models.Model):
+    """A person who signs in to the console for one tenant, with one role.
+
+    A user belongs to at most one tenant (the console scopes every read to it). Staff
+    users act through their staff roles (api.permissions), not through membership."""
+
+    class Role(models.TextChoices):
+        # Everything in the tenant: usage, keys and their limits, invoices and balance.
+        OWNER = "owner"
+        # Usage and API keys (create, revoke); limits read-only; no invoices.
+        DEVELOPER = "developer"
+        # Usage, invoices, balance; keys read-only.
+        BILLING = "billing"
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="tenant_member"
+    )
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="members")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["tenant", "user"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(role__in=["owner", "developer", "billing"]), name="member_role_known"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} ({self.role} of {self.tenant})"
 
 
 class ApiKey(models.Model):

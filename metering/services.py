@@ -10,18 +10,28 @@ rate is only ever added, never edited (billing publishes one per cost basis x de
 change).
 """
 
+import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from config.errors import ApplicationError, Conflict, NotFound
 from metering.keys import api_key_generate, api_key_hash, api_key_visible_prefix
 from metering.ledger.record import Rates
-from metering.models import Alias, ApiKey, Route, ServingCostRate, Tenant, UpstreamKeyPeriod
+from metering.models import (
+    Alias,
+    ApiKey,
+    Route,
+    ServingCostRate,
+    Tenant,
+    TenantMember,
+    UpstreamKeyPeriod,
+)
 from metering.providers.accounts import provider_account_get, routes_provider_check
 from metering.routes import base_url_normalize, route_unreachable_warning
 from metering.routing.rules import EffortRule, parse_rules, rules_as_json, rules_unknown_targets
@@ -54,6 +64,52 @@ def tenant_get(*, ref: str) -> Tenant:
         return Tenant.objects.get(name=ref)
     except Tenant.DoesNotExist:
         raise NotFound(f"No tenant with id or name {ref!r}.") from None
+
+
+@dataclass(frozen=True)
+class MemberSet:
+    member: TenantMember
+    # A new sign-in password, shown once; None when the password was left as it was.
+    password: str | None
+
+
+@transaction.atomic
+def tenant_member_set(
+    *, tenant: Tenant, username: str, role: str, email: str = "", reset_password: bool = False
+) -> MemberSet:
+    """Make `username` a console member of `tenant` with `role` (created if new).
+
+    A new user, or `reset_password`, gets a generated password, returned once. A user who
+    belongs to another tenant, or who is staff, is refused: a console member reads exactly
+    one tenant, and staff act through their roles. Idempotent for the same arguments."""
+    username = username.strip()
+    if not username:
+        raise ApplicationError("Username must not be empty.")
+    if role not in TenantMember.Role.values:
+        raise ApplicationError(
+            f"Unknown member role {role!r}.", {"roles": list(TenantMember.Role.values)}
+        )
+    user_model = get_user_model()
+    user = user_model.objects.select_for_update().filter(username=username).first()
+    password: str | None = None
+    if user is None:
+        user = user_model.objects.create_user(username=username, email=email)
+        reset_password = True
+    elif user.is_staff or user.is_superuser:
+        raise Conflict(f"User {username!r} is staff; staff use the admin and their roles.")
+    existing = TenantMember.objects.filter(user=user).first()
+    if existing is not None and existing.tenant_id != tenant.pk:
+        raise Conflict(f"User {username!r} is already a member of another tenant.")
+    if reset_password:
+        password = secrets.token_urlsafe(12)
+        user.set_password(password)
+    if email:
+        user.email = email
+    user.save()
+    member, _ = TenantMember.objects.update_or_create(
+        user=user, defaults={"tenant": tenant, "role": role}
+    )
+    return MemberSet(member=member, password=password)
 
 
 @transaction.atomic
