@@ -6,13 +6,14 @@ never through a float.
     {{ invoice.total_minor|minor:invoice.currency }}   -> "1,234.50 USD"
     {{ entry.amount|exact }}                            -> "12.5"
     {{ limit.amount_usd|usd }}                          -> "$25.00"
+    {{ balance.remaining|amount:balance.currency }}     -> "9.00 USD", "0.125 USD"
 """
 
 from decimal import Decimal
 
 from django import template
 
-from billing.pricing.currency import decimal_text, from_minor
+from billing.pricing.currency import currency_exponent, decimal_text, from_minor
 
 register = template.Library()
 
@@ -48,6 +49,19 @@ def usd(value: Decimal | str | None) -> str:
     amount = Decimal(value)
     text = _money_text(amount)
     return f"-${text[1:]}" if text.startswith("-") else f"${text}"
+
+
+@register.filter
+def amount(value: Decimal | str | None, currency: str) -> str:
+    """An exact amount in major units (a serializer's string) with its currency: at least
+    the currency's decimals, every further digit kept."""
+    if value is None or value == "":
+        return ""
+    exact_value = Decimal(value)
+    step = Decimal(1).scaleb(-currency_exponent(currency))
+    if exact_value == exact_value.quantize(step):
+        return f"{_digits(format(exact_value.quantize(step), 'f'))} {currency}"
+    return f"{_grouped(exact_value)} {currency}"
 
 
 @register.filter
