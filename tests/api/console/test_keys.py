@@ -3,6 +3,7 @@ with the REST API; revoking asks first and then stops the key; owners set a key'
 monthly spend limit and reasoning policy through the metering services, others read
 them; another tenant's key is a 404; every change is a POST with the CSRF token."""
 
+import re
 from decimal import Decimal
 
 import pytest
@@ -28,6 +29,13 @@ def acme():  # type: ignore[no-untyped-def]
     return TenantFactory(name="acme")
 
 
+def _create(client, **fields: str):  # type: ignore[no-untyped-def]
+    """Open the create form and send it (with its one-time token), as a browser does."""
+    form = client.get("/console/keys/new").content.decode()
+    (once,) = re.findall(r'name="once" value="([^"]+)"', form)
+    return client.post("/console/keys/new", {"once": once, **fields})
+
+
 def _secret(html: str) -> str:
     values = [
         line.split(">", 1)[1].split("<", 1)[0]
@@ -42,7 +50,7 @@ def test_a_created_key_is_shown_once_and_authenticates_the_rest_api(acme) -> Non
     client = member_client(acme, "dev", "developer")
     form = client.get("/console/keys")
     assert form.status_code == 200 and b'action="/console/keys/new"' in form.content
-    created = client.post("/console/keys/new", {"name": "batch jobs"})
+    created = _create(client, name="batch jobs")
     assert created.status_code == 201
     assert "no-store" in created["Cache-Control"]
     html = created.content.decode()
@@ -65,12 +73,31 @@ def test_a_created_key_is_shown_once_and_authenticates_the_rest_api(acme) -> Non
     assert str(key.pk) in attr_values(listed, "data-key-id")
 
 
+def test_a_reload_of_the_create_response_creates_nothing_and_shows_no_key(acme) -> None:  # type: ignore[no-untyped-def]
+    client = member_client(acme, "dev", "developer")
+    form = client.get("/console/keys").content.decode()
+    (once,) = re.findall(r'name="once" value="([^"]+)"', form)
+    first = client.post("/console/keys/new", {"once": once, "name": "ci"})
+    assert first.status_code == 201
+    secret = _secret(first.content.decode())
+    again = client.post("/console/keys/new", {"once": once, "name": "ci"}, follow=True)
+    assert again.redirect_chain == [("/console/keys", 302)]
+    assert secret.encode() not in again.content and b'id="new-key-secret"' not in again.content
+    assert b"already used" in again.content
+    assert ApiKey.objects.filter(tenant=acme).count() == 1
+    forged = client.post("/console/keys/new", {"once": "made-up", "name": "x"})
+    missing = client.post("/console/keys/new", {"name": "x"})
+    assert forged.status_code == missing.status_code == 302
+    assert ApiKey.objects.filter(tenant=acme).count() == 1
+    assert once not in client.session.get("console_key_create_tokens", [])
+
+
 def test_an_expiry_in_the_past_is_refused_and_a_future_one_kept(acme) -> None:  # type: ignore[no-untyped-def]
     client = member_client(acme, "dev", "developer")
-    refused = client.post("/console/keys/new", {"name": "old", "expires_on": "2020-01-01"})
+    refused = _create(client, name="old", expires_on="2020-01-01")
     assert refused.status_code == 400 and b"after today" in refused.content
     assert not ApiKey.objects.filter(name="old").exists()
-    kept = client.post("/console/keys/new", {"name": "later", "expires_on": "2099-03-01"})
+    kept = _create(client, name="later", expires_on="2099-03-01")
     assert kept.status_code == 201
     expires = ApiKey.objects.get(name="later").expires_at
     assert expires is not None and expires.isoformat() == "2099-03-01T00:00:00+00:00"
@@ -197,7 +224,7 @@ def test_owner_sets_and_removes_a_reasoning_policy(acme) -> None:  # type: ignor
         policy.monthly_reasoning_tokens,
     ) == (["low", "medium"], 1024, 8192, "refuse", 5_000_000)
     shown = client.get(f"/console/keys/{key.pk}").content.decode()
-    assert "efforts: low, medium" in shown and "cap 8192 output tokens per call" in shown
+    assert "efforts: low, medium" in shown and "cap 8,192 output tokens per call" in shown
 
     refused = client.post(
         f"/console/keys/{key.pk}",
