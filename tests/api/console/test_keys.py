@@ -7,6 +7,8 @@ import re
 from decimal import Decimal
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from config.errors import ApplicationError
 from metering.control.budgets import BudgetKind, budget_list
@@ -301,3 +303,32 @@ def test_the_reasoning_policy_service_validates() -> None:
     reasoning_policy_clear(api_key=key)
     reasoning_policy_clear(api_key=key)  # idempotent
     assert not ReasoningPolicy.objects.filter(api_key=key).exists()
+
+
+def test_the_key_list_reads_a_fixed_number_of_queries(acme) -> None:  # type: ignore[no-untyped-def]
+    """Limits, rate limits and policies are read with the keys, not once per key."""
+    client = member_client(acme, "boss", "owner")
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get("/console/keys").status_code == 200
+        return len(captured)
+
+    def add_keys(n: int) -> None:
+        for i in range(n):
+            key = api_key_create(tenant=acme, name=f"k{i}-{ApiKey.objects.count()}").api_key
+            api_key_spend_limit_set(api_key=key, amount_usd=Decimal(i + 1))
+            RateLimit.objects.create(tenant=acme, api_key=key, requests_per_minute=10)
+            reasoning_policy_set(
+                api_key=key,
+                allowed_efforts=[],
+                default_max_output_tokens=None,
+                max_output_tokens=100,
+                mode="clamp",
+                monthly_reasoning_tokens=None,
+            )
+
+    add_keys(2)
+    few = queries()
+    add_keys(20)
+    assert queries() == few
