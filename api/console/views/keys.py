@@ -30,6 +30,7 @@ from django.views.decorators.http import require_http_methods
 
 from api.console.access import KEYS_MANAGE, KEYS_VIEW, LIMITS_MANAGE, can, member_page
 from api.console.views.common import page
+from api.console.views.paging import before_of, newest_page
 from config.errors import ApplicationError
 from metering.control.governance import EFFORTS
 from metering.models import ApiKey, RateLimit, ReasoningPolicy, SpendLimit, TenantMember
@@ -42,8 +43,6 @@ from metering.services import (
     reasoning_policy_set,
 )
 
-# The most keys the list shows (newest first); a tenant with more sees a note.
-KEY_LIST_CAP = 500
 # The session's unused create-form tokens (the newest few forms, e.g. in several tabs).
 CREATE_TOKENS = "console_key_create_tokens"
 CREATE_TOKENS_KEPT = 10
@@ -172,12 +171,13 @@ def _create_token_take(request: HttpRequest, token: str) -> bool:
     return True
 
 
-def _list_context(member: TenantMember) -> dict[str, Any]:
+def _list_context(request: HttpRequest, member: TenantMember) -> dict[str, Any]:
     now = timezone.now()
-    keys = list(_keys_of(member)[: KEY_LIST_CAP + 1])
+    keys, more = newest_page(_keys_of(member), request)
     return {
-        "rows": [_row(k, now) for k in keys[:KEY_LIST_CAP]],
-        "capped": len(keys) > KEY_LIST_CAP,
+        "rows": [_row(k, now) for k in keys],
+        "more": more,
+        "first_page": before_of(request) is None,
         "may_manage": can(member, KEYS_MANAGE),
     }
 
@@ -185,7 +185,7 @@ def _list_context(member: TenantMember) -> dict[str, Any]:
 @require_http_methods(["GET"])
 @member_page(KEYS_VIEW)
 def key_list(request: HttpRequest, member: TenantMember) -> HttpResponse:
-    context = _list_context(member)
+    context = _list_context(request, member)
     if context["may_manage"]:
         context["form"] = _create_form(request)
     return page(request, "console/keys.html", context)

@@ -332,3 +332,16 @@ def test_the_key_list_reads_a_fixed_number_of_queries(acme) -> None:  # type: ig
     few = queries()
     add_keys(20)
     assert queries() == few
+
+
+def test_the_key_list_pages_newest_first(acme) -> None:  # type: ignore[no-untyped-def]
+    made = [api_key_create(tenant=acme, name=f"k{i}").api_key.pk for i in range(55)]
+    client = member_client(acme, "dev", "developer")
+    first = client.get("/console/keys").content.decode()
+    shown = [int(i) for i in attr_values(first, "data-key-id")]
+    assert shown == sorted(made, reverse=True)[:50]
+    older = [h for h in attr_values(first, "href") if h.startswith("?before=")]
+    assert older == [f"?before={shown[-1]}"]
+    second = client.get(f"/console/keys{older[0]}").content.decode()
+    assert [int(i) for i in attr_values(second, "data-key-id")] == sorted(made, reverse=True)[50:]
+    assert client.get("/console/keys?before=-1").status_code == 404
