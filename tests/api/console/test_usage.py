@@ -231,10 +231,8 @@ def test_daily_charts_equal_the_series_api(acme: dict[str, Any]) -> None:
     assert by_key["series"][0]["label"] == f"{first.prefix}… backend"
     values = series_of(by_key)
     for row in key_rows:
-        assert (
-            values[str(row["api_key_id"])][by_key["labels"].index(row["start"])]
-            == (row["total_tokens"])
-        )
+        at = by_key["labels"].index(row["start"])
+        assert values[str(row["api_key_id"])][at] == row["total_tokens"]
     assert sum(v is not None for vs in values.values() for v in vs) == len(key_rows)
 
 
