@@ -168,6 +168,18 @@ def alerts_for_tenant(
     return alerts
 
 
+def alert_thresholds(tenant_id: uuid.UUID) -> tuple[int, ...]:
+    """The percentages at which the tenant's budgets alert: its active endpoint's, else
+    the defaults (what `alerts_evaluate` fires on; the console's meters show them)."""
+    endpoint = _active_endpoint(tenant_id)
+    return thresholds_of(endpoint.thresholds if endpoint else None)
+
+
+def _active_endpoint(tenant_id: uuid.UUID) -> WebhookEndpoint | None:
+    # The thresholds of the active endpoint, else the defaults: what the proxy checks.
+    return WebhookEndpoint.objects.filter(tenant_id=tenant_id, is_active=True).first()
+
+
 def tenants_with_budgets(at: datetime) -> list[uuid.UUID]:
     """Every tenant with a budget: those metering configures (spend limits, key reasoning
     budgets), and those billing does: a balance account, a plan reasoning budget in
@@ -202,7 +214,7 @@ def alerts_evaluate(*, tenant_id: uuid.UUID, at: datetime | None = None) -> list
     alerts this call created (a concurrent evaluation's alerts are not repeated)."""
     at = at or timezone.now()
     # The thresholds of the active endpoint, else the defaults: what the proxy checks.
-    endpoint = WebhookEndpoint.objects.filter(tenant_id=tenant_id, is_active=True).first()
+    endpoint = _active_endpoint(tenant_id)
     thresholds = thresholds_of(endpoint.thresholds if endpoint else None)
     delivery = Alert.Delivery.PENDING if endpoint is not None else Alert.Delivery.NO_ENDPOINT
     budgets = budgets_of(tenant_id, at)
