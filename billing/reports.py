@@ -280,6 +280,12 @@ class MarginCell:
             return self.revenue_usd - self.cost_usd
 
     @property
+    def other_cost_usd(self) -> Decimal:
+        """Serving cost of every class but hidden reasoning."""
+        with localcontext(EXACT):
+            return self.cost_usd - self.reasoning_cost_usd
+
+    @property
     def gross_margin(self) -> Decimal | None:
         return gross_margin(self.revenue_usd, self.cost_usd)
 

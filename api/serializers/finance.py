@@ -261,6 +261,7 @@ def margin_cell_data(cell: MarginCell) -> dict[str, Any]:
         "gross_margin_usd": decimal_text(cell.gross_margin_usd),
         "gross_margin": ratio_text(cell.gross_margin),
         "reasoning_cost_usd": decimal_text(cell.reasoning_cost_usd),
+        "other_cost_usd": decimal_text(cell.other_cost_usd),
         "reasoning_share_of_cost": ratio_text(cell.reasoning_share_of_cost),
     }
 
@@ -293,7 +294,8 @@ class MarginCellOutput(serializers.Serializer):
     cost_usd = serializers.CharField(help_text="serving cost stamped on the records")
     gross_margin_usd = serializers.CharField(help_text="revenue_usd - cost_usd")
     gross_margin = serializers.CharField(allow_null=True, help_text="gross_margin_usd / revenue")
-    reasoning_cost_usd = serializers.CharField()
+    reasoning_cost_usd = serializers.CharField(help_text="serving cost of hidden reasoning")
+    other_cost_usd = serializers.CharField(help_text="cost_usd - reasoning_cost_usd")
     reasoning_share_of_cost = serializers.CharField(allow_null=True)
 
 

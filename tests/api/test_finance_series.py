@@ -38,6 +38,7 @@ def test_finance_reads_the_series_as_exact_decimal_text() -> None:
         "gross_margin_usd": "4.3209845",
         "gross_margin": "0.875",
         "reasoning_cost_usd": "0",
+        "other_cost_usd": "0.6172835",
         "reasoning_share_of_cost": "0",
     }
     assert len(data["rows"]) == len(series.rows)
