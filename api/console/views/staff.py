@@ -40,12 +40,8 @@ def _money(text: str | None) -> Decimal | None:
 
 def margin_charts(answer: dict[str, Any]) -> list[Chart]:
     """The margins page's charts from the API answer (`margin_series_data`): every value
-    is one of its decimal strings, read back exactly; label i is bucket i's start, cut to
-    its day or month."""
-    buckets = answer["buckets"]
-    # Bucket starts as people read them: "2026-10-04" (UTC day) or "2026-10" (month).
-    short = 7 if answer["granularity"] == "month" else 10
-    labels = [b[:short] for b in buckets]
+    is one of its decimal strings, read back exactly."""
+    labels = answer["buckets"]
     totals = answer["totals"]
     group_by = answer["group_by"]
     unit_label = "Month" if answer["granularity"] == "month" else "Day (UTC)"
@@ -78,7 +74,7 @@ def margin_charts(answer: dict[str, Any]) -> list[Chart]:
         title=f"Gross margin by {group_by}",
         labels=labels,
         series=[
-            Series(key, label, [_money(cells.get((b, key))) for b in buckets])
+            Series(key, label, [_money(cells.get((b, key))) for b in labels])
             for key, label in groups.items()
         ],
         unit="USD",
