@@ -68,6 +68,17 @@ PAGES: list[tuple[str, str, dict[str, str], bool]] = [
 ]
 
 
+class Counting:
+    """A database execute wrapper that notes every statement."""
+
+    def __init__(self, into: list[str]) -> None:
+        self.into = into
+
+    def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        self.into.append(sql)
+        return execute(sql, params, many, context)
+
+
 def machine() -> str:
     return (
         f"{os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()},"
@@ -173,11 +184,7 @@ def run(args: argparse.Namespace) -> bool:
                 failed = failed or first.status_code != 404
                 continue
             queries: list[str] = []
-            with connection.execute_wrapper(
-                lambda execute, sql, params, many, context: (
-                    queries.append(sql) or execute(sql, params, many, context)
-                )
-            ):
+            with connection.execute_wrapper(Counting(queries)):
                 get()
             times = []
             for _ in range(args.rounds):
