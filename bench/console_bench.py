@@ -17,8 +17,10 @@ the same rollups, with zero cost.
 Each page is a GET through Django's test client (middleware, session sign-in, the view,
 its selectors and template; no network), with the clock at 2026-10-31 12:00 UTC (inside
 the data's month, so month-to-date and the default windows cover it), timed over
-`--rounds` rounds after 2 warm-up calls (the second counts the SQL queries); `cpu` is the median CPU time of this\nprocess (Django's side, without PostgreSQL's), steadier than wall time on a busy machine. A page
-not built yet (404) is reported as such; any other status fails the run.
+`--rounds` rounds after 2 warm-up calls (the second counts the SQL queries); `cpu` is
+the median CPU time of this process (Django's side, without PostgreSQL's), steadier than
+wall time on a busy machine. A page not built yet (404) is reported as such; any other
+status fails the run.
 Target: median < 300 ms per page.
 """
 
