@@ -20,7 +20,8 @@ from typing import Any, Literal
 from billing.csv_cells import csv_row
 from billing.pricing.currency import decimal_text
 
-Value = int | Decimal | None
+# ints for tokens; a Decimal, or the API's own decimal text, for money and shares.
+Value = int | Decimal | str | None
 
 # How a series is drawn. "hidden" marks hidden reasoning: hatched, so it reads apart
 # from visible output in colour and in greyscale.

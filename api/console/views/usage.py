@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
@@ -217,7 +216,7 @@ def chart_reasoning_share(window: SeriesWindow, rows: list[dict[str, Any]]) -> C
             Series(
                 key="reasoning_share_of_output",
                 label="Reasoning share of output",
-                values=[_share(r["reasoning_share_of_output"]) for r in rows],
+                values=[r["reasoning_share_of_output"] for r in rows],  # the API's own text
                 style="line",
             )
         ],
@@ -276,10 +275,6 @@ def chart_by_key(window: SeriesWindow, rows: list[dict[str, Any]]) -> Chart:
             f"Same numbers as GET {window.api_query('api_key')} (total_tokens)",
         ),
     )
-
-
-def _share(value: str | None) -> Decimal | None:
-    return None if value is None else Decimal(value)
 
 
 # chart id -> (group_by of its REST query, builder)
