@@ -1,0 +1,242 @@
+"""Browser fixtures: the console of a real Reckon server on loopback (the e2e `reckon_url`
+process against the pytest PostgreSQL database, the simulator as upstream), driven by
+Debian's Chromium through Playwright's sync API.
+
+- A module's data (`world`) is written once, committed (the server must see it), before
+  its browser starts, and flushed after the module, as after a transactional test. The
+  tests themselves are marked `django_db` (so pytest-django sets up the test database)
+  and talk to the server over HTTP; their own test transaction stays empty.
+- One browser per module, a fresh context (cookies, storage) per test. While Playwright's
+  sync API runs, the main thread sits in an asyncio loop and Django refuses ORM calls as
+  "async unsafe" (the per-test transaction included): the browser's fixture allows them
+  while it runs. A browser kept for the whole session would keep that for every test
+  after it.
+- Every page a test opens is watched: a console error, an uncaught page error, a failed
+  request or an HTTP error status (4xx/5xx) on a document or static file fails the test,
+  unless the test said it expects that status (`BrowserErrors.expect`).
+- Screenshots go to RECKON_ARTIFACTS_DIR (default `.artifacts/screenshots` in the
+  repository, ignored by git), one PNG per page a test names.
+"""
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+from django.test import override_settings
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Page,
+    Request,
+    Response,
+    sync_playwright,
+)
+
+from tests.e2e.conftest import reckon_url, simulator_url  # noqa: F401 - fixtures reused
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ASYNC_UNSAFE = "DJANGO_ALLOW_ASYNC_UNSAFE"
+# What a page waits for at most (ms): generous for a loaded 2-core machine, never slept.
+TIMEOUT_MS = 15_000
+
+
+@pytest.fixture(scope="module")
+def orm(django_db_setup, django_db_blocker) -> Iterator[Any]:  # type: ignore[no-untyped-def]
+    """Committed database writes for one module (the server process must see them):
+    `with orm(): ...`. At the end of the module the database is flushed, as after a
+    transactional test, so nothing leaks into the tests that follow."""
+
+    @contextmanager
+    def block() -> Iterator[None]:
+        # Reporting reads stay on the primary, as in every test (tests/conftest.py).
+        with django_db_blocker.unblock(), override_settings(RECKON_REPLICA_READS=False):
+            # pytest-django sets the test database up only for a run that has tests
+            # marked django_db (or using db): without it, this would be another database.
+            name = connection.settings_dict["NAME"]
+            if name != connection.creation._get_test_db_name():
+                raise RuntimeError(f"{name} is not the test database: mark the tests django_db")
+            yield
+
+    yield block
+    with block():
+        call_command("flush", interactive=False, verbosity=0)
+
+
+@pytest.fixture(scope="module")
+def world(orm) -> Any:  # type: ignore[no-untyped-def]
+    """A module's data, written before its browser starts: a module overrides this
+    fixture (module scope, `with orm(): ...`) to seed what its tests look at."""
+    return None
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    path = Path(os.environ.get("RECKON_ARTIFACTS_DIR") or ROOT / ".artifacts" / "screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser(world) -> Iterator[Browser]:  # type: ignore[no-untyped-def]
+    # After the module's data is written (ORM calls), stopped before it is flushed.
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: `make chromium` installs Debian's chromium")
+    previous = os.environ.get(ASYNC_UNSAFE)
+    os.environ[ASYNC_UNSAFE] = "true"  # see the module docstring
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+            )
+            yield browser
+            browser.close()
+    finally:
+        if previous is None:
+            os.environ.pop(ASYNC_UNSAFE, None)
+        else:
+            os.environ[ASYNC_UNSAFE] = previous
+
+
+@dataclass
+class BrowserErrors:
+    """What went wrong in a test's pages: console errors, page errors, failed requests
+    and HTTP errors. `expect(status, path)` accepts one status for URLs ending in a path
+    (a 404 page the test opens on purpose, and Chromium's console line about it)."""
+
+    base_url: str
+    problems: list[str] = field(default_factory=list)
+    expected: list[tuple[int, str]] = field(default_factory=list)
+
+    def expect(self, status: int, path: str) -> None:
+        self.expected.append((status, path))
+
+    def _expected(self, status: int, url: str) -> bool:
+        bare = url.split("?", 1)[0]
+        return any(status == s and bare.endswith(p) for s, p in self.expected)
+
+    def on_console(self, message: ConsoleMessage) -> None:
+        if message.type != "error":
+            return
+        # Chromium logs every error response of a document or subresource as
+        # "Failed to load resource: the server responded with a status of 404 (...)".
+        status = re.search(r"status of (\d{3})", message.text)
+        url = message.location.get("url", "")
+        if status and self._expected(int(status.group(1)), url):
+            return
+        self.problems.append(f"console error: {message.text} ({url})")
+
+    def on_page_error(self, error: Exception) -> None:
+        self.problems.append(f"page error: {error}")
+
+    def on_request_failed(self, request: Request) -> None:
+        # A download the test reads itself is not a failed request.
+        if request.failure and "ERR_ABORTED" in request.failure and "csv" in request.url:
+            return
+        self.problems.append(f"request failed: {request.method} {request.url} {request.failure}")
+
+    def on_response(self, response: Response) -> None:
+        if response.status >= 400 and not self._expected(response.status, response.url):
+            kind = response.request.resource_type
+            self.problems.append(f"HTTP {response.status} ({kind}): {response.url}")
+
+    def watch(self, page: Page) -> None:
+        page.on("console", self.on_console)
+        page.on("pageerror", self.on_page_error)
+        page.on("requestfailed", self.on_request_failed)
+        page.on("response", self.on_response)
+
+
+@pytest.fixture
+def browser_errors(reckon_url: str, request: pytest.FixtureRequest) -> BrowserErrors:  # noqa: F811
+    errors = BrowserErrors(reckon_url)
+    request.node.browser_errors = errors  # read by pytest_runtest_call below
+    return errors
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """A test whose pages logged errors FAILS (not a teardown error), with the list."""
+    result = yield
+    errors: BrowserErrors | None = getattr(item, "browser_errors", None)
+    if errors is not None and errors.problems:
+        pytest.fail("the browser saw errors:\n  " + "\n  ".join(errors.problems), pytrace=False)
+    return result
+
+
+@pytest.fixture
+def context(browser: Browser, reckon_url: str) -> Iterator[BrowserContext]:  # noqa: F811
+    context = browser.new_context(
+        base_url=reckon_url, viewport={"width": 1280, "height": 900}, accept_downloads=True
+    )
+    context.set_default_timeout(TIMEOUT_MS)
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def page(context: BrowserContext, browser_errors: BrowserErrors) -> Page:
+    page = context.new_page()
+    browser_errors.watch(page)
+    return page
+
+
+@pytest.fixture
+def fresh_page(browser: Browser, reckon_url: str, browser_errors: BrowserErrors) -> Iterator[Any]:  # noqa: F811
+    """`fresh_page()`: a watched page in a context of its own (another person, signed out)."""
+    opened: list[BrowserContext] = []
+
+    def make() -> Page:
+        extra = browser.new_context(base_url=reckon_url, viewport={"width": 1280, "height": 900})
+        extra.set_default_timeout(TIMEOUT_MS)
+        opened.append(extra)
+        made = extra.new_page()
+        browser_errors.watch(made)
+        return made
+
+    yield make
+    for extra in opened:
+        extra.close()
+
+
+def sign_in(page: Page, username: str, password: str) -> None:
+    """Sign in through the console's form; ends on the page the console lands on."""
+    page.goto("/console/login")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    with page.expect_navigation():
+        page.click("form.signin button[type=submit]")
+    assert "/console/login" not in page.url, page.inner_text("main")
+
+
+def open_page(page: Page, path: str) -> Response:
+    """Open a console page and wait until its charts are drawn (console.js marks the
+    document once every chart on it is drawn, also when there is none)."""
+    response = page.goto(path)
+    assert response is not None
+    page.wait_for_function("document.documentElement.dataset.chartsReady === 'true'")
+    return response
+
+
+def screenshot(page: Page, artifacts_dir: Path, name: str) -> Path:
+    path = artifacts_dir / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
