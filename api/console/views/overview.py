@@ -199,6 +199,8 @@ def overview(request: HttpRequest, member: TenantMember) -> HttpResponse:
             "alerts": [
                 {
                     **a,
+                    # "2026-11-20T12:30:00.123456Z" -> "2026-11-20 12:30"
+                    "created_text": a["created_at"][:16].replace("T", " "),
                     "used_text": amount_text(Decimal(a["used"]), a["unit"]),
                     "limit_text": amount_text(Decimal(a["limit"]), a["unit"]),
                 }

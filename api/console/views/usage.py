@@ -3,9 +3,10 @@ table behind each chart and its CSV.
 
 The page reads exactly what `GET /api/v1/usage/series` answers for the same query: the
 query goes through the REST API's own input serializer (`UsageSeriesQuery`, so the same
-limits and errors apply), the rows come from the same selector (`usage_series`) through
-the same output serializer (`UsageSeriesRowSerializer`), and every chart is built from
-those serialized rows. The page names the REST query each chart equals.
+limits and errors apply), the rows come from the same selector (`usage_series`, one
+call per grouping, as the API answers one query per grouping) through the same output
+serializer (`UsageSeriesRowSerializer`), and every chart is built from those serialized
+rows. The page names the REST query each chart equals.
 
 Defaults: daily buckets over the last 30 UTC days (today included), hourly buckets over
 the last 48 UTC hours (the current one included). The window's ends fall on whole hours,
@@ -150,14 +151,28 @@ def _messages(errors: Any, field: str = "") -> list[str]:
     return [f"{field}: {text}" if field and field != "non_field_errors" else text]
 
 
-def series_rows(window: SeriesWindow, group_by: str | None = None) -> list[dict[str, Any]]:
-    """What `GET /api/v1/usage/series` returns in `data` for the window (its selector and
-    its serializer, read where the API reads: the replica when configured)."""
+def grouped_series_rows(
+    window: SeriesWindow, group_bys: list[str | None]
+) -> dict[str | None, list[dict[str, Any]]]:
+    """What `GET /api/v1/usage/series` returns in `data` for the window under each
+    grouping (its serializer; read where the API reads: the replica when configured)."""
     with reporting_reads():
-        rows = usage_series(
-            filters=window.filters, granularity=window.granularity, group_by=group_by
-        )
-        return list(UsageSeriesRowSerializer(rows, many=True).data)
+        return {
+            g: list(
+                UsageSeriesRowSerializer(
+                    usage_series(
+                        filters=window.filters, granularity=window.granularity, group_by=g
+                    ),
+                    many=True,
+                ).data
+            )
+            for g in group_bys
+        }
+
+
+def series_rows(window: SeriesWindow, group_by: str | None = None) -> list[dict[str, Any]]:
+    """`GET /api/v1/usage/series`'s `data` for the window under one grouping."""
+    return grouped_series_rows(window, [group_by])[group_by]
 
 
 # --- charts, each from the serialized rows of one REST query -----------------------------
@@ -269,16 +284,10 @@ CHARTS: dict[str, tuple[str | None, Callable[[SeriesWindow, list[dict[str, Any]]
 
 
 def usage_charts(window: SeriesWindow, only: str | None = None) -> dict[str, Chart]:
-    """The page's charts (or just `only`), one REST query per grouping."""
-    rows: dict[str | None, list[dict[str, Any]]] = {}
-    charts: dict[str, Chart] = {}
-    for chart_id, (group_by, build) in CHARTS.items():
-        if only is not None and chart_id != only:
-            continue
-        if group_by not in rows:
-            rows[group_by] = series_rows(window, group_by)
-        charts[chart_id] = build(window, rows[group_by])
-    return charts
+    """The page's charts (or just `only`), each from its REST query's rows."""
+    wanted = {chart_id: spec for chart_id, spec in CHARTS.items() if only in (None, chart_id)}
+    rows = grouped_series_rows(window, list(dict.fromkeys(g for g, _ in wanted.values())))
+    return {chart_id: build(window, rows[g]) for chart_id, (g, build) in wanted.items()}
 
 
 # --- views -------------------------------------------------------------------------------
