@@ -59,6 +59,7 @@ ENDPOINTS: list[tuple[str, type[APIView], str]] = [
     ("deployments", finance.DeploymentCreateView, "deployments"),
     ("finance/margins", finance.MarginReportView, "finance-margins"),
     ("finance/margins.csv", finance.MarginReportCsvView, "finance-margins-csv"),
+    ("finance/margins/series", finance.MarginSeriesView, "finance-margins-series"),
     ("finance/whatif", finance.WhatIfView, "finance-whatif"),
     ("finance/whatif/reroute", routing.RerouteWhatIfView, "finance-whatif-reroute"),
     ("finance/whatif/reroute.csv", routing.RerouteWhatIfCsvView, "finance-whatif-reroute-csv"),

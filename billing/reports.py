@@ -30,9 +30,10 @@ accelerators and a provider in the period (its hardware rows are no account's).
 
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
-from decimal import Decimal, localcontext
+from datetime import UTC, date, datetime, timedelta
+from decimal import Context, Decimal, localcontext
 
 from billing.costs.catalogue import (
     CannotPrice,
@@ -49,8 +50,9 @@ from billing.period_rating import period_rate
 from billing.pricing.periods import Period
 from billing.pricing.rate import RatedLine
 from config.errors import ApplicationError, NotFound
+from metering.calendar import month_start
 from metering.ledger.record import Rates, serving_cost
-from metering.models import Route
+from metering.models import Route, Tenant
 from metering.selectors import ServedTotals, served_totals
 from metering.usage import TOKEN_CLASSES
 
@@ -58,6 +60,8 @@ FEES = "(fees)"
 UNATTRIBUTED = "(unattributed)"
 BEFORE_ROUTING = "(before routing)"
 GROUPINGS = ("tenant", "alias", "accelerator", "target")
+# Divisions (shares of an amount) round to 28 significant digits; sums run in EXACT.
+ROUNDED = Context(prec=28)
 DEFAULT_GROUPING = ("tenant", "alias", "accelerator")
 
 
@@ -122,9 +126,12 @@ def _line_weights(line: RatedLine, served: list[ServedTotals]) -> list[tuple[Ser
 
 
 def _split(amount: Decimal, weights: list[int]) -> list[Decimal]:
+    """`amount` in proportion to `weights`: each part to 28 significant digits, the last
+    the exact rest, so the parts sum to `amount` exactly."""
     total = sum(weights)
-    shares = [amount * w / total for w in weights[:-1]]
-    return [*shares, amount - sum(shares, Decimal(0))]
+    shares = [ROUNDED.divide(EXACT.multiply(amount, w), total) for w in weights[:-1]]
+    with localcontext(EXACT):
+        return [*shares, amount - sum(shares, Decimal(0))]
 
 
 def target_label(route_id: int, names: dict[int, tuple[str, str]]) -> str:
@@ -148,38 +155,30 @@ def target_names(route_ids: set[int]) -> dict[int, tuple[str, str]]:
     }
 
 
-def margin_report(
-    *, period: Period, group_by: tuple[str, ...] = ("tenant", "alias", "accelerator")
-) -> list[MarginRow]:
+def _check_grouping(group_by: tuple[str, ...]) -> None:
     bad = [g for g in group_by if g not in GROUPINGS]
     if bad or not group_by:
         raise ApplicationError(f"group_by takes {', '.join(GROUPINGS)}.")
-    served = served_totals(start=period.start, end=period.end)
+
+
+@dataclass(frozen=True)
+class RevenueShare:
+    """A part of a period's rated revenue: a line's share earned by one served row (in
+    proportion to the tokens of the classes the line counted), or a fee of no alias."""
+
+    tenant_id: uuid.UUID
+    served: ServedTotals | None  # None: a fee (base fee, minimum true-up)
+    classes: tuple[str, ...]  # the token classes the line counted
+    weight: int  # the served row's tokens of those classes
+    amount_usd: Decimal
+
+
+def revenue_shares(*, period: Period, served: list[ServedTotals]) -> Iterator[RevenueShare]:
+    """Each USD tenant's rating of `period` split over `served` (its rows of the period):
+    the one revenue allocation of the margin report and the margin series."""
     by_tenant: dict[uuid.UUID, list[ServedTotals]] = defaultdict(list)
     for s in served:
         by_tenant[s.tenant_id].append(s)
-    names = target_names({s.route_id for s in served}) if "target" in group_by else {}
-    rows: dict[tuple[str, ...], MarginRow] = {}
-
-    def row_for(tenant_id: uuid.UUID, alias: str, accelerator: str, target: str) -> MarginRow:
-        values = {
-            "tenant": str(tenant_id),
-            "alias": alias,
-            "accelerator": accelerator,
-            "target": target,
-        }
-        key = tuple(values[g] for g in group_by)
-        return rows.setdefault(key, MarginRow(key))
-
-    def served_row(s: ServedTotals) -> MarginRow:
-        return row_for(s.tenant_id, s.alias, s.accelerator, target_label(s.route_id, names))
-
-    for s in served:
-        row = served_row(s)
-        row.cost_usd += s.serving_cost_usd
-        row.reasoning_cost_usd += s.reasoning_cost_usd
-        for token_class, n in s.tokens.items():
-            row.tokens[token_class] += n
     tenants = set(
         Subscription.objects.filter(starts_at__lt=period.end).values_list("tenant_id", flat=True)
     )
@@ -194,19 +193,51 @@ def margin_report(
             weights = _line_weights(line, by_tenant[tenant_id]) if line.kind == "usage" else []
             if not weights:
                 if line.amount_exact:
-                    row_for(tenant_id, FEES, FEES, FEES).revenue_usd += line.amount_exact
+                    yield RevenueShare(tenant_id, None, (), 0, line.amount_exact)
                 continue
+            classes = tuple(_line_classes(line))
             for (s, weight), share in zip(
                 weights, _split(line.amount_exact, [w for _, w in weights]), strict=True
             ):
-                row = served_row(s)
-                row.revenue_usd += share
-                # The share per token class the line counted (the what-if re-route's
-                # realized prices): a folded output line covers output and reasoning.
-                for token_class in _line_classes(line):
-                    n = s.tokens.get(token_class, 0)
-                    if n:
-                        row.revenue_by_class[token_class] += share * n / weight
+                yield RevenueShare(tenant_id, s, classes, weight, share)
+
+
+def margin_report(
+    *, period: Period, group_by: tuple[str, ...] = ("tenant", "alias", "accelerator")
+) -> list[MarginRow]:
+    _check_grouping(group_by)
+    served = served_totals(start=period.start, end=period.end)
+    names = target_names({s.route_id for s in served}) if "target" in group_by else {}
+    rows: dict[tuple[str, ...], MarginRow] = {}
+
+    def row_for(tenant_id: uuid.UUID, alias: str, accelerator: str, target: str) -> MarginRow:
+        key = group_key(group_by, tenant_id, alias, accelerator, target)
+        return rows.setdefault(key, MarginRow(key))
+
+    def served_row(s: ServedTotals) -> MarginRow:
+        return row_for(s.tenant_id, s.alias, s.accelerator, target_label(s.route_id, names))
+
+    with localcontext(EXACT):  # sums of exact amounts stay exact (only divisions round)
+        for s in served:
+            row = served_row(s)
+            row.cost_usd += s.serving_cost_usd
+            row.reasoning_cost_usd += s.reasoning_cost_usd
+            for token_class, n in s.tokens.items():
+                row.tokens[token_class] += n
+        for share in revenue_shares(period=period, served=served):
+            if share.served is None:
+                row_for(share.tenant_id, FEES, FEES, FEES).revenue_usd += share.amount_usd
+                continue
+            row = served_row(share.served)
+            row.revenue_usd += share.amount_usd
+            # The share per token class the line counted (the what-if re-route's
+            # realized prices): a folded output line covers output and reasoning.
+            for token_class in share.classes:
+                n = share.served.tokens.get(token_class, 0)
+                if n:
+                    row.revenue_by_class[token_class] += ROUNDED.divide(
+                        EXACT.multiply(share.amount_usd, n), share.weight
+                    )
     _add_provider_costs(
         group_by,
         rows,
@@ -216,6 +247,207 @@ def margin_report(
         names=names,
     )
     return sorted(rows.values(), key=lambda r: r.key)
+
+
+def group_key(
+    group_by: tuple[str, ...], tenant_id: uuid.UUID, alias: str, accelerator: str, target: str
+) -> tuple[str, ...]:
+    values = {
+        "tenant": str(tenant_id),
+        "alias": alias,
+        "accelerator": accelerator,
+        "target": target,
+    }
+    return tuple(values[g] for g in group_by)
+
+
+SERIES_GRANULARITIES = ("day", "month")
+
+
+@dataclass
+class MarginCell:
+    """Margins of one group in one bucket of a margin series (every amount exact)."""
+
+    start: datetime  # the bucket: a UTC day, or the first day of a calendar month
+    group: str  # "" in the totals of a bucket
+    revenue_usd: Decimal = Decimal(0)
+    cost_usd: Decimal = Decimal(0)  # serving cost stamped on the records
+    reasoning_cost_usd: Decimal = Decimal(0)
+
+    @property
+    def gross_margin_usd(self) -> Decimal:
+        with localcontext(EXACT):
+            return self.revenue_usd - self.cost_usd
+
+    @property
+    def other_cost_usd(self) -> Decimal:
+        """Serving cost of every class but hidden reasoning."""
+        with localcontext(EXACT):
+            return self.cost_usd - self.reasoning_cost_usd
+
+    @property
+    def gross_margin(self) -> Decimal | None:
+        return gross_margin(self.revenue_usd, self.cost_usd)
+
+    @property
+    def reasoning_share_of_cost(self) -> Decimal | None:
+        return None if self.cost_usd == 0 else self.reasoning_cost_usd / self.cost_usd
+
+
+@dataclass(frozen=True)
+class MarginSeries:
+    buckets: list[datetime]  # every bucket of the window, oldest first
+    rows: list[MarginCell]  # (bucket, group) with usage or revenue, by bucket then group
+    totals: list[MarginCell]  # one per bucket (all groups), zero where nothing happened
+    group_labels: dict[str, str]  # group -> what people read (a tenant's name)
+
+
+def margin_series(
+    *, since: datetime, until: datetime, granularity: str = "day", group_by: str = "accelerator"
+) -> MarginSeries:
+    """The margin report over time: revenue, serving cost and reasoning cost per bucket
+    (UTC day or calendar month) of [since, until) (whole UTC days) and group.
+
+    Each month's rating is allocated exactly as `margin_report` allocates it (the same
+    `revenue_shares` over the same rows), then each row's share is spread over the days
+    the row served, in proportion to its tokens of the line's classes; a fee of no alias
+    accrues evenly over its month's days. Every split gives the exact rest to its last
+    part, so the buckets of a whole month sum exactly to `margin_report` for that month
+    (its usage rows: the provider's reported cost is the monthly report's alone)."""
+    if group_by not in GROUPINGS:
+        raise ApplicationError(f"group_by takes one of {', '.join(GROUPINGS)}.")
+    if granularity not in SERIES_GRANULARITIES:
+        raise ApplicationError(f"granularity takes {' or '.join(SERIES_GRANULARITIES)}.")
+    if any(
+        t != t.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        for t in (since, until)
+    ):
+        raise ApplicationError("since and until are whole UTC days.")
+    if since >= until:
+        raise ApplicationError("since must be before until.")
+    grouping = (group_by,)
+
+    def bucket_of(day: datetime) -> datetime:
+        return month_start(day) if granularity == "month" else day
+
+    days = _days(since, until)
+    buckets = sorted({bucket_of(d) for d in days})
+    cells: dict[tuple[datetime, str], MarginCell] = {}
+    totals = {b: MarginCell(b, "") for b in buckets}
+
+    def add(day: datetime, group: str, revenue: Decimal, cost: Decimal, reasoning: Decimal) -> None:
+        if not since <= day < until:
+            return
+        bucket = bucket_of(day)
+        for cell in (cells.setdefault((bucket, group), MarginCell(bucket, group)), totals[bucket]):
+            cell.revenue_usd += revenue
+            cell.cost_usd += cost
+            cell.reasoning_cost_usd += reasoning
+
+    zero = Decimal(0)
+    month = month_start(since)
+    while month < until:
+        period = Period(month, month_start(month + timedelta(days=32)))
+        month = period.end
+        daily = served_totals(start=period.start, end=period.end, by_day=True)
+        names = target_names({s.route_id for s in daily}) if group_by == "target" else {}
+
+        with localcontext(EXACT):
+            served, days_of = _undaily(daily)
+            for d in daily:
+                assert d.day is not None
+                add(
+                    d.day,
+                    _group_of(grouping, d, names),
+                    zero,
+                    d.serving_cost_usd,
+                    d.reasoning_cost_usd,
+                )
+            month_days = _days(period.start, period.end)
+            for share in revenue_shares(period=period, served=served):
+                if share.served is None:
+                    fees = group_key(grouping, share.tenant_id, FEES, FEES, FEES)[0]
+                    parts = _split(share.amount_usd, [1] * len(month_days))
+                    for day, part in zip(month_days, parts, strict=True):
+                        add(day, fees, part, zero, zero)
+                    continue
+                spread = [
+                    (d, sum(d.tokens.get(c, 0) for c in share.classes))
+                    for d in days_of[_served_key(share.served)]
+                ]
+                spread = [(d, w) for d, w in spread if w > 0]
+                parts = _split(share.amount_usd, [w for _, w in spread])
+                for (d, _), part in zip(spread, parts, strict=True):
+                    assert d.day is not None
+                    add(d.day, _group_of(grouping, d, names), part, zero, zero)
+    rows = sorted(cells.values(), key=lambda c: (c.start, c.group))
+    return MarginSeries(
+        buckets=buckets,
+        rows=rows,
+        totals=[totals[b] for b in buckets],
+        group_labels=_group_labels(group_by, {c.group for c in rows}),
+    )
+
+
+def _group_of(grouping: tuple[str], s: ServedTotals, names: dict[int, tuple[str, str]]) -> str:
+    label = target_label(s.route_id, names) if grouping == ("target",) else ""
+    return group_key(grouping, s.tenant_id, s.alias, s.accelerator, label)[0]
+
+
+def _days(start: datetime, end: datetime) -> list[datetime]:
+    out, day = [], start
+    while day < end:
+        out.append(day)
+        day += timedelta(days=1)
+    return out
+
+
+def _served_key(s: ServedTotals) -> tuple[uuid.UUID, str, str, int]:
+    return (s.tenant_id, s.alias, s.accelerator, s.route_id)
+
+
+def _undaily(
+    daily: list[ServedTotals],
+) -> tuple[list[ServedTotals], dict[tuple[uuid.UUID, str, str, int], list[ServedTotals]]]:
+    """Rows read `by_day` summed over their days (exactly the rows `served_totals` reads
+    without it, in its order), and each row's days."""
+    days_of: dict[tuple[uuid.UUID, str, str, int], list[ServedTotals]] = {}
+    for d in daily:
+        days_of.setdefault(_served_key(d), []).append(d)
+    served = []
+    for key, parts in days_of.items():
+        tokens: dict[str, int] = defaultdict(int)
+        for p in parts:
+            for token_class, n in p.tokens.items():
+                tokens[token_class] += n
+        served.append(
+            ServedTotals(
+                tenant_id=key[0],
+                alias=key[1],
+                accelerator=key[2],
+                route_id=key[3],
+                tokens=dict(tokens),
+                serving_cost_usd=sum((p.serving_cost_usd for p in parts), Decimal(0)),
+                reasoning_cost_usd=sum((p.reasoning_cost_usd for p in parts), Decimal(0)),
+            )
+        )
+    return served, days_of
+
+
+def _group_labels(group_by: str, groups: set[str]) -> dict[str, str]:
+    """What people read for each group: a tenant's name; other groups are their own."""
+    if group_by != "tenant":
+        return {g: g for g in groups}
+    ids = []
+    for g in groups:
+        try:
+            ids.append(uuid.UUID(g))
+        except ValueError:
+            pass
+    names = {
+        str(pk): name for pk, name in Tenant.objects.filter(pk__in=ids).values_list("pk", "name")
+    }
+    return {g: names.get(g, g) for g in groups}
 
 
 def _add_provider_costs(

@@ -21,6 +21,8 @@ from api.throttling import (
 
 
 class ReckonAdminSite(admin.AdminSite):
+    index_template = "admin/reckon_index.html"  # the index, with a link to the console
+
     def login(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
         if request.method != "POST":
             return super().login(request, extra_context)

@@ -527,10 +527,17 @@ class ServedTotals:
     reasoning_cost_usd: Decimal
     # The target that served them (`UsageRollup.route_id`; 0: before routing).
     route_id: int = 0
+    # The UTC day they were served on (midnight), when read `by_day`; else None.
+    day: datetime | None = None
 
 
 def served_totals(
-    *, start: datetime, end: datetime, tenant_id: uuid.UUID | None = None, alias: str | None = None
+    *,
+    start: datetime,
+    end: datetime,
+    tenant_id: uuid.UUID | None = None,
+    alias: str | None = None,
+    by_day: bool = False,
 ) -> list[ServedTotals]:
     """Rated tokens and exact serving cost per (tenant, alias, accelerator, target) in
     [start, end), from the hourly rollups: what serving cost us (billing.reports: margins).
@@ -539,20 +546,27 @@ def served_totals(
     only (a price never depends on the hardware), returns the cut-off record id a close
     resumes from, and can read the raw ledger for recomputation; this one splits by
     accelerator (each has its own cost rate), sums the serving costs the records were
-    stamped with, and needs neither a cut-off nor the raw ledger."""
+    stamped with, and needs neither a cut-off nor the raw ledger.
+
+    `by_day` splits each row further by UTC day (margins over time); summed over the
+    days, the rows are exactly those read without it."""
     qs = UsageRollup.objects.filter(hour__gte=start, hour__lt=end)
     if tenant_id is not None:
         qs = qs.filter(tenant_id=tenant_id)
     if alias is not None:
         qs = qs.filter(alias=alias)
+    keys = ["tenant_id", "alias", "accelerator", "route_id"]
+    if by_day:
+        qs = qs.annotate(day=Trunc("hour", "day", tzinfo=UTC))
+        keys.append("day")
     rows = (
-        qs.values("tenant_id", "alias", "accelerator", "route_id")
+        qs.values(*keys)
         .annotate(
             cost=Sum("serving_cost_usd"),
             reasoning_cost=Sum("reasoning_cost_usd"),
             **{name: Sum(name) for name in LEDGER_COLUMNS},
         )
-        .order_by("tenant_id", "alias", "accelerator", "route_id")
+        .order_by(*keys)
     )
     return [
         ServedTotals(
@@ -563,6 +577,7 @@ def served_totals(
             serving_cost_usd=row["cost"] or Decimal(0),
             reasoning_cost_usd=row["reasoning_cost"] or Decimal(0),
             route_id=row["route_id"],
+            day=row.get("day"),
         )
         for row in rows
     ]

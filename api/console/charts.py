@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from billing.csv_cells import csv_row
+from billing.pricing.currency import decimal_text
 
 Value = int | Decimal | None
 
@@ -100,11 +101,13 @@ def table_csv(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 def _json_value(value: Value) -> int | str | None:
     if isinstance(value, Decimal):
-        return str(value)
+        return decimal_text(value)  # as the API writes money: never "5E-7"
     return value
 
 
 def _cell(value: Value) -> str:
+    if isinstance(value, Decimal):
+        return decimal_text(value)
     return "" if value is None else str(value)
 
 

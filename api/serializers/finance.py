@@ -2,6 +2,7 @@
 a margin policy or a deployment (checked by the pure cost model before anything is stored),
 the margin report and what-if queries, and the data the finance views answer."""
 
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -12,7 +13,16 @@ from api.serializers.fields import ExactDecimalField, InstantField, PeriodField
 from billing.costs import formulas, margins
 from billing.models import CostBasisVersion
 from billing.pricing.currency import decimal_text
-from billing.reports import DEFAULT_GROUPING, GROUPINGS, MarginRow, WhatIf
+from billing.pricing.periods import EARLIEST_INSTANT, LATEST_INSTANT
+from billing.reports import (
+    DEFAULT_GROUPING,
+    GROUPINGS,
+    SERIES_GRANULARITIES,
+    MarginCell,
+    MarginRow,
+    MarginSeries,
+    WhatIf,
+)
 
 # The figures of a margin report row, in the order of the CSV's columns after the groups.
 MARGIN_FIGURES = (
@@ -208,3 +218,102 @@ def whatif_data(result: WhatIf) -> dict[str, Any]:
             },
         },
     }
+
+
+# The default window of a margin series (days, today included), and the longest one.
+MARGIN_SERIES_DEFAULT_DAYS = 60
+MARGIN_SERIES_MAX_DAYS = {"day": 400, "month": 3 * 366}
+
+
+def _utc_midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+class MarginSeriesQuery(serializers.Serializer):
+    """A window of whole UTC days [since, until); by default the last 60 days, today
+    included. Out: `since` and `until` as UTC midnights."""
+
+    since = serializers.DateField(required=False, help_text="first day, inclusive (UTC)")
+    until = serializers.DateField(required=False, help_text="day after the last, exclusive (UTC)")
+    granularity = serializers.ChoiceField(choices=SERIES_GRANULARITIES, default="day")
+    group_by = serializers.ChoiceField(choices=GROUPINGS, default="accelerator")
+
+    def validate(self, attrs):  # type: ignore[no-untyped-def]
+        until = attrs.get("until") or (datetime.now(UTC).date() + timedelta(days=1))
+        since = attrs.get("since") or (until - timedelta(days=MARGIN_SERIES_DEFAULT_DAYS))
+        if not EARLIEST_INSTANT.date() <= since < until < LATEST_INSTANT.date():
+            raise ValidationError(
+                {"until": f"must be after since, both from {EARLIEST_INSTANT:%Y-%m-%d} on"}
+            )
+        longest = MARGIN_SERIES_MAX_DAYS[attrs["granularity"]]
+        if (until - since).days > longest:
+            raise ValidationError(
+                {"since": f"spans more than {longest} days at {attrs['granularity']} buckets"}
+            )
+        return {**attrs, "since": _utc_midnight(since), "until": _utc_midnight(until)}
+
+
+def margin_cell_data(cell: MarginCell) -> dict[str, Any]:
+    return {
+        "start": cell.start.isoformat(),
+        "revenue_usd": decimal_text(cell.revenue_usd),
+        "cost_usd": decimal_text(cell.cost_usd),
+        "gross_margin_usd": decimal_text(cell.gross_margin_usd),
+        "gross_margin": ratio_text(cell.gross_margin),
+        "reasoning_cost_usd": decimal_text(cell.reasoning_cost_usd),
+        "other_cost_usd": decimal_text(cell.other_cost_usd),
+        "reasoning_share_of_cost": ratio_text(cell.reasoning_share_of_cost),
+    }
+
+
+def margin_series_data(query: dict[str, Any], series: MarginSeries) -> dict[str, Any]:
+    """The answer of GET /api/v1/finance/margins/series (the console's margin charts are
+    built from this very dict)."""
+    return {
+        "since": query["since"].isoformat(),
+        "until": query["until"].isoformat(),
+        "granularity": query["granularity"],
+        "group_by": query["group_by"],
+        "buckets": [b.isoformat() for b in series.buckets],
+        "groups": [
+            {"key": key, "label": series.group_labels[key]} for key in sorted(series.group_labels)
+        ],
+        "rows": [{"group": c.group, **margin_cell_data(c)} for c in series.rows],
+        "totals": [margin_cell_data(c) for c in series.totals],
+    }
+
+
+class MarginCellOutput(serializers.Serializer):
+    """Margins of one bucket (amounts are exact decimal text, ratios to six places)."""
+
+    start = serializers.DateTimeField(help_text="the bucket's first instant (UTC)")
+    revenue_usd = serializers.CharField(
+        help_text="rated revenue allocated to the bucket: a line's share by the tokens served "
+        "that day; fees of no alias evenly over their month's days"
+    )
+    cost_usd = serializers.CharField(help_text="serving cost stamped on the records")
+    gross_margin_usd = serializers.CharField(help_text="revenue_usd - cost_usd")
+    gross_margin = serializers.CharField(allow_null=True, help_text="gross_margin_usd / revenue")
+    reasoning_cost_usd = serializers.CharField(help_text="serving cost of hidden reasoning")
+    other_cost_usd = serializers.CharField(help_text="cost_usd - reasoning_cost_usd")
+    reasoning_share_of_cost = serializers.CharField(allow_null=True)
+
+
+class MarginSeriesRowOutput(MarginCellOutput):
+    group = serializers.CharField()
+
+
+class MarginSeriesGroupOutput(serializers.Serializer):
+    key = serializers.CharField()
+    label = serializers.CharField(help_text="a tenant's name; else the key")
+
+
+class MarginSeriesOutput(serializers.Serializer):
+    since = serializers.DateTimeField()
+    until = serializers.DateTimeField()
+    granularity = serializers.CharField()
+    group_by = serializers.CharField()
+    buckets = serializers.ListField(child=serializers.DateTimeField())
+    groups = MarginSeriesGroupOutput(many=True)
+    rows = MarginSeriesRowOutput(many=True, help_text="(bucket, group) with usage or revenue")
+    totals = MarginCellOutput(many=True, help_text="one per bucket, all groups")

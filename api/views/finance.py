@@ -27,9 +27,12 @@ from api.serializers.finance import (
     MarginPolicyInput,
     MarginQuery,
     MarginReportOutput,
+    MarginSeriesOutput,
+    MarginSeriesQuery,
     WhatIfQuery,
     decimal_text_or_none,
     margin_row_data,
+    margin_series_data,
     whatif_data,
 )
 from api.serializers.reconciliation import (
@@ -59,7 +62,7 @@ from billing.permissions import (
     MARGINS_VIEW,
 )
 from billing.pricing.currency import decimal_text
-from billing.reports import MarginRow, margin_report, whatif
+from billing.reports import MarginRow, margin_report, margin_series, whatif
 from config.db_router import reporting_reads
 from metering.models import ReconciliationRow
 from metering.permissions import RECONCILIATION_VIEW
@@ -159,6 +162,30 @@ class MarginReportView(APIView):
         return Response(
             {"group_by": list(query["group_by"]), "rows": [margin_row_data(r) for r in rows]}
         )
+
+
+def margin_series_answer(query: dict[str, Any]) -> dict[str, Any]:
+    """GET /api/v1/finance/margins/series's answer for a valid `MarginSeriesQuery`: the
+    console's margin charts are built from it, so chart and API agree."""
+    series = margin_series(
+        since=query["since"],
+        until=query["until"],
+        granularity=query["granularity"],
+        group_by=query["group_by"],
+    )
+    return margin_series_data(query, series)
+
+
+class MarginSeriesView(APIView):
+    """Revenue, serving cost and gross margin per UTC day or month and group (the margin
+    report over time; its buckets of a whole month sum to that month's report)."""
+
+    permission_classes = [staff_only(GET=MARGINS_VIEW)]
+
+    @extend_schema(parameters=[MarginSeriesQuery], responses=MarginSeriesOutput)
+    @reporting_reads()
+    def get(self, request: Request) -> Response:
+        return Response(margin_series_answer(validated_query(MarginSeriesQuery, request)))
 
 
 class MarginReportCsvView(FileDownloadView):

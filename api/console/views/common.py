@@ -14,7 +14,7 @@ from api.console.access import (
     member_of,
 )
 from api.permissions import may
-from billing.permissions import MARGINS_VIEW
+from billing.permissions import MARGINS_VIEW, PLAN_VERSION_VIEW
 from metering.models import TenantMember
 from metering.permissions import RECONCILIATION_VIEW, TENANT_VIEW
 
@@ -29,7 +29,7 @@ MEMBER_NAV: list[tuple[str, str, str]] = [
 STAFF_NAV: list[tuple[str, str, str]] = [
     ("console:staff-margins", "Margins", MARGINS_VIEW),
     ("console:staff-tenants", "Tenants and limits", TENANT_VIEW),
-    ("console:staff-plans", "Plan warnings", MARGINS_VIEW),
+    ("console:staff-plans", "Plan warnings", PLAN_VERSION_VIEW),
     ("console:staff-reconciliation", "Reconciliation", RECONCILIATION_VIEW),
 ]
 

@@ -1,0 +1,96 @@
+"""What an operator watches: the tenants nearest their limits, and the warnings of the plan
+versions tenants are subscribed to now.
+
+Both read through the one home of their rules: a tenant's budgets are
+`billing.alerts.budgets_of` (what the proxy holds calls against and alerts fire on), a
+plan version's problems are `billing.plans.plan_version_issues` (volume cliffs from
+`validate_plan`, prices under the cost floor from `floor_breaches`), exactly what the
+plan-version API and the admin show. Neither keeps a second copy of those rules, so the
+cost is theirs per tenant and per plan version in use: a few queries each.
+"""
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from django.db.models import Count, Q
+
+from billing.alerts import Budget, budgets_of, tenants_with_budgets
+from billing.models import PlanVersion
+from billing.plans import plan_version_issues
+from billing.pricing.validate import PlanIssue
+from metering.models import Tenant
+
+
+@dataclass(frozen=True)
+class TenantNearLimit:
+    tenant_id: uuid.UUID
+    tenant_name: str
+    tenant_active: bool
+    budget: Budget  # the tenant's budget with the highest used / limit
+    share: Decimal | None  # used / limit; None for a limit of zero (nothing allowed)
+    budgets: int  # how many budgets the tenant has
+
+
+def _share(budget: Budget) -> Decimal | None:
+    return None if budget.limit <= 0 else budget.used / budget.limit
+
+
+def _rank(near: TenantNearLimit) -> tuple[int, Decimal, str]:
+    """Fullest first: a zero limit already used ahead of every share, then by share."""
+    if near.share is None:
+        return (0 if near.budget.used > 0 else 2, Decimal(0), near.tenant_name)
+    return (1, -near.share, near.tenant_name)
+
+
+def tenants_nearest_limits(*, at: datetime, limit: int = 50) -> list[TenantNearLimit]:
+    """Per tenant with a budget (`tenants_with_budgets`), its fullest budget at `at`; the
+    `limit` fullest tenants, fullest first."""
+    ids = tenants_with_budgets(at)
+    tenants = {t.pk: t for t in Tenant.objects.filter(pk__in=ids).only("pk", "name", "is_active")}
+    found = []
+    for tenant_id in ids:
+        budgets = budgets_of(tenant_id, at)
+        if not budgets or tenant_id not in tenants:
+            continue
+        ranked = [
+            TenantNearLimit(
+                tenant_id=tenant_id,
+                tenant_name=tenants[tenant_id].name,
+                tenant_active=tenants[tenant_id].is_active,
+                budget=b,
+                share=_share(b),
+                budgets=len(budgets),
+            )
+            for b in budgets
+        ]
+        found.append(min(ranked, key=_rank))
+    return sorted(found, key=_rank)[:limit]
+
+
+@dataclass(frozen=True)
+class PlanWarnings:
+    version: PlanVersion
+    subscriptions: int  # subscriptions to it in force at the instant asked
+    issues: list[PlanIssue]  # errors and warnings, as the plan-version API lists them
+
+
+def plan_warnings(*, at: datetime) -> list[PlanWarnings]:
+    """Every published plan version with a subscription in force at `at`, with its issues
+    (those with issues first, then by plan code and version)."""
+    in_force = Q(subscriptions__starts_at__lte=at) & (
+        Q(subscriptions__ends_at__isnull=True) | Q(subscriptions__ends_at__gt=at)
+    )
+    versions = (
+        PlanVersion.objects.filter(status=PlanVersion.Status.PUBLISHED)
+        .annotate(in_force=Count("subscriptions", filter=in_force))
+        .filter(in_force__gt=0)
+        .select_related("plan")
+        .order_by("plan__code", "version")
+    )
+    out = [
+        PlanWarnings(version=v, subscriptions=v.in_force, issues=plan_version_issues(version=v))
+        for v in versions
+    ]
+    return sorted(out, key=lambda w: not w.issues)
