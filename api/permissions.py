@@ -100,7 +100,7 @@ FINANCE_READ: frozenset[str] = frozenset(
         ],
         VIEW,
     )
-    | _model_perms("metering", ["usagerollup", "servingcostrate", "alias"], VIEW)
+    | _model_perms("metering", ["usagerollup", "servingcostrate", "alias", "tenantmember"], VIEW)
     | _model_perms(
         "metering",
         ["provideraccount", "providerusagebucket", "providercostbucket", "providerbucketrevision"],
@@ -109,8 +109,9 @@ FINANCE_READ: frozenset[str] = frozenset(
 )
 
 ROLES: Mapping[str, frozenset[str]] = {
-    # Runs the service: tenants, keys, routes, limits, plans (publishing included),
-    # subscriptions, the hardware cost basis, the provider accounts. Moves no money after the fact.
+    # Runs the service: tenants and their console members, keys, routes, limits, plans
+    # (publishing included), subscriptions, the hardware cost basis, the provider
+    # accounts. Moves no money after the fact.
     "operator": frozenset(
         {
             APIKEY_REVOKE,
@@ -121,7 +122,11 @@ ROLES: Mapping[str, frozenset[str]] = {
             RECONCILIATION_VIEW,
         }
         | _model_perms("metering", ["tenant", "apikey", "alias"], EDIT)
-        | _model_perms("metering", ["route", "spendlimit", "ratelimit", "reasoningpolicy"], ALL)
+        | _model_perms(
+            "metering",
+            ["route", "spendlimit", "ratelimit", "reasoningpolicy", "tenantmember"],
+            ALL,
+        )
         | _model_perms("metering", ["usagerollup", "servingcostrate", "holdcap"], VIEW)
         | _model_perms("metering", ["provideraccount"], EDIT)
         | _model_perms("metering", [*PROVIDER_REPORT_MODELS, "upstreamkeyperiod"], VIEW)

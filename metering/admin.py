@@ -33,6 +33,7 @@ from metering.models import (
     ServingCostRate,
     SpendLimit,
     Tenant,
+    TenantMember,
     UpstreamKeyPeriod,
     UsageRecord,
     UsageRollup,
@@ -61,6 +62,44 @@ from metering.services import (
 )
 
 
+class TenantMemberForm(forms.ModelForm):
+    """A console member: one tenant per user (the one-to-one), never a staff user (staff act
+    through their roles), as `tenant_member_set` refuses. Passwords are set by
+    `manage.py tenant_member_set --reset-password`, never here."""
+
+    class Meta:
+        model = TenantMember
+        fields = ["user", "tenant", "role"]
+
+    def clean_user(self) -> Any:
+        user = self.cleaned_data["user"]
+        if user is not None and (user.is_staff or user.is_superuser):
+            raise ValidationError("Staff users act through their staff roles, not as members.")
+        return user
+
+
+class TenantMemberInline(admin.TabularInline):
+    model = TenantMember
+    form = TenantMemberForm
+    fields = ["user", "role", "created_at"]
+    readonly_fields = ["created_at"]
+    raw_id_fields = ["user"]
+    extra = 0
+
+
+@admin.register(TenantMember)
+class TenantMemberAdmin(admin.ModelAdmin):
+    """Who signs in to a tenant's console, with which role (owner, developer, billing)."""
+
+    form = TenantMemberForm
+    list_display = ["user", "tenant", "role", "created_at"]
+    list_filter = ["role"]
+    list_select_related = ["user", "tenant"]
+    search_fields = ["user__username", "user__email", "tenant__name"]
+    raw_id_fields = ["user"]
+    readonly_fields = ["created_at"]
+
+
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
     list_display = ["name", "id", "is_active", "created_at"]
@@ -68,6 +107,7 @@ class TenantAdmin(admin.ModelAdmin):
     search_fields = ["name", "id"]
     filter_horizontal = ["allowed_aliases"]
     actions = ["issue_api_key"]
+    inlines = [TenantMemberInline]
 
     def has_issue_key_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(perm.APIKEY_ISSUE)

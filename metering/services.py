@@ -14,6 +14,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -21,13 +22,16 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from config.errors import ApplicationError, Conflict, NotFound
+from metering.control.governance import EFFORTS
 from metering.keys import api_key_generate, api_key_hash, api_key_visible_prefix
 from metering.ledger.record import Rates
 from metering.models import (
     Alias,
     ApiKey,
+    ReasoningPolicy,
     Route,
     ServingCostRate,
+    SpendLimit,
     Tenant,
     TenantMember,
     UpstreamKeyPeriod,
@@ -135,6 +139,105 @@ def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
     ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
     api_key.refresh_from_db(fields=["revoked_at"])
     return api_key
+
+
+# The most a per-key monthly spend limit may be (USD): NUMERIC(38,12) holds far more, but
+# the control store counts spend in nano-dollars in a signed 64-bit Redis integer.
+MAX_KEY_SPEND_LIMIT_USD = Decimal(1_000_000_000)
+# PositiveIntegerField / PositiveBigIntegerField bounds of the reasoning policy's columns.
+MAX_POLICY_TOKENS = 2**31 - 1
+MAX_POLICY_MONTHLY_TOKENS = 2**63 - 1
+
+
+@transaction.atomic
+def api_key_spend_limit_set(*, api_key: ApiKey, amount_usd: Decimal | None) -> SpendLimit | None:
+    """Set the key's monthly spend limit (USD at list price) to `amount_usd`, or remove it
+    (None). The row is changed in place, so the limit keeps its id and what the month has
+    spent keeps counting against it. Takes effect on every server process within
+    RECKON_AUTH_CACHE_SECONDS, like a change in the admin."""
+    existing = (
+        SpendLimit.objects.select_for_update()
+        .filter(api_key=api_key, window=SpendLimit.Window.MONTH)
+        .first()
+    )
+    if amount_usd is None:
+        if existing is not None:
+            existing.delete()
+        return None
+    if not amount_usd.is_finite() or not Decimal(0) <= amount_usd <= MAX_KEY_SPEND_LIMIT_USD:
+        raise ApplicationError(
+            f"A spend limit is an amount from 0 to {MAX_KEY_SPEND_LIMIT_USD} USD.",
+            {"amount_usd": str(amount_usd)},
+        )
+    if amount_usd != amount_usd.quantize(Decimal("1e-12")):
+        raise ApplicationError("A spend limit has at most 12 decimal places.")
+    if existing is None:
+        return SpendLimit.objects.create(
+            tenant_id=api_key.tenant_id,
+            api_key=api_key,
+            window=SpendLimit.Window.MONTH,
+            amount_usd=amount_usd,
+        )
+    existing.amount_usd = amount_usd
+    existing.save(update_fields=["amount_usd"])
+    return existing
+
+
+def _check_tokens(value: int | None, what: str, high: int) -> None:
+    if value is not None and not 1 <= value <= high:
+        raise ApplicationError(f"{what} must be from 1 to {high}, or empty for none.")
+
+
+@transaction.atomic
+def reasoning_policy_set(
+    *,
+    api_key: ApiKey,
+    allowed_efforts: list[str],
+    default_max_output_tokens: int | None,
+    max_output_tokens: int | None,
+    mode: str,
+    monthly_reasoning_tokens: int | None,
+) -> ReasoningPolicy:
+    """Set the key's reasoning policy (created if it has none): the efforts it may ask for
+    (empty: any), the output-token default and cap per call, clamp or refuse, and its
+    monthly reasoning-token budget. Efforts are kept in the governance order."""
+    unknown = sorted(set(allowed_efforts) - set(EFFORTS))
+    if unknown:
+        raise ApplicationError(
+            f"Unknown reasoning effort(s): {', '.join(unknown)}.", {"efforts": list(EFFORTS)}
+        )
+    if mode not in ReasoningPolicy.Mode.values:
+        raise ApplicationError(
+            f"Unknown mode {mode!r}.", {"modes": list(ReasoningPolicy.Mode.values)}
+        )
+    _check_tokens(default_max_output_tokens, "The default output tokens", MAX_POLICY_TOKENS)
+    _check_tokens(max_output_tokens, "The output-token cap", MAX_POLICY_TOKENS)
+    _check_tokens(
+        monthly_reasoning_tokens, "The monthly reasoning tokens", MAX_POLICY_MONTHLY_TOKENS
+    )
+    if (
+        default_max_output_tokens is not None
+        and max_output_tokens is not None
+        and default_max_output_tokens > max_output_tokens
+    ):
+        raise ApplicationError("The default output tokens may not exceed the cap.")
+    policy, _ = ReasoningPolicy.objects.update_or_create(
+        api_key=api_key,
+        defaults={
+            "allowed_efforts": [e for e in EFFORTS if e in allowed_efforts],
+            "default_max_output_tokens": default_max_output_tokens,
+            "max_output_tokens": max_output_tokens,
+            "mode": mode,
+            "monthly_reasoning_tokens": monthly_reasoning_tokens,
+        },
+    )
+    return policy
+
+
+@transaction.atomic
+def reasoning_policy_clear(*, api_key: ApiKey) -> None:
+    """Remove the key's reasoning policy: any effort, no cap, no key budget. Idempotent."""
+    ReasoningPolicy.objects.filter(api_key=api_key).delete()
 
 
 # The wire family of each provider: the targets of one alias all speak one, so a failover
