@@ -6,7 +6,7 @@ PY := .venv/bin/python
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: setup run test lint bench bench-billing bench-usage bench-control bench-control-cluster bench-ledger bench-archive bench-reconcile bench-provider-costs bench-cpu bench-compare services chromium chaos
+.PHONY: setup run test lint bench bench-billing bench-usage bench-console bench-control bench-control-cluster bench-ledger bench-archive bench-reconcile bench-provider-costs bench-cpu bench-compare services chromium chaos
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -55,6 +55,11 @@ bench-billing: setup services
 USAGE_BENCH_ARGS ?=
 bench-usage: setup services
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) bench/usage_bench.py $(USAGE_BENCH_ARGS)
+
+# Console page times over a tenant-month of records: make bench-console CONSOLE_BENCH_ARGS='--records 10000000'
+CONSOLE_BENCH_ARGS ?=
+bench-console: setup services
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) bench/console_bench.py $(CONSOLE_BENCH_ARGS)
 
 bench-control: setup services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) bench/control_bench.py

@@ -32,12 +32,18 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from billing.demo import DemoSeed, demo_seed
+from metering.demo import (
+    DEMO_TENANT,
+    SIMULATOR_KEY_ENV,
+    demo_routes_set,
+    demo_tenant_set,
+)
 from metering.models import Tenant
-from metering.services import api_key_create, route_set, tenant_allow_routes, tenant_create
+from metering.services import api_key_create, tenant_member_set
 
-DEMO_TENANT = "demo"
-# The simulator wants a credential like any provider; routes name this variable.
-SIMULATOR_KEY_ENV = "RECKON_SIMULATOR_API_KEY"
+# Console members of the demo tenant: (username, role). Passwords are printed once.
+DEMO_MEMBERS = (("demo", "owner"), ("demo-dev", "developer"), ("demo-billing", "billing"))
 SIMULATOR_HOST = "127.0.0.1"
 # Signals that end `make run` the way a terminal or a process manager sends them.
 _ENDING_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -45,13 +51,21 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class Command(BaseCommand):
-    help = "Migrate, seed a demo tenant and routes, start the simulator, and serve Reckon."
+    help = (
+        "Migrate, seed the demo tenant with its routes and demo data, start the simulator, "
+        "and serve Reckon."
+    )
 
     def add_arguments(self, parser):  # type: ignore[no-untyped-def]
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--simulator-port", type=int, default=8100)
         parser.add_argument("--no-serve", action="store_true", help="seed only")
+        parser.add_argument(
+            "--no-demo",
+            action="store_true",
+            help="skip the demo data (plan, costs, balance, limits, usage history, invoices)",
+        )
 
     def handle(self, *args, **options):  # type: ignore[no-untyped-def]
         # The quick start is development by definition: loopback, the built-in secret.
@@ -64,31 +78,31 @@ class Command(BaseCommand):
         call_command("migrate", verbosity=0)
         os.environ.setdefault(SIMULATOR_KEY_ENV, "sim-local-key")
         sim_url = f"http://{SIMULATOR_HOST}:{options['simulator_port']}"
-        aliases = self._seed_routes(sim_url)
-        tenant = Tenant.objects.filter(name=DEMO_TENANT).first() or tenant_create(name=DEMO_TENANT)
-        tenant_allow_routes(tenant=tenant, aliases=aliases)
+        if options["no_demo"]:
+            aliases = demo_routes_set(simulator_url=sim_url)
+            tenant = demo_tenant_set(aliases=aliases)
+            seeded = None
+        else:
+            seeded = demo_seed(simulator_url=sim_url)
+            aliases, tenant = seeded.aliases, seeded.tenant
         key = api_key_create(tenant=tenant, name="quickstart").raw_key
         admin_password = self._ensure_admin()
         base = f"http://{options['host']}:{options['port']}"
-        self.stdout.write(
-            "\n".join(
-                [
-                    "",
-                    "Reckon is starting (embedded mode: SQLite, in-process tasks, simulator upstream).",
-                    f"  API key for tenant '{DEMO_TENANT}' (shown once): {key}",
-                    f"  OpenAI base URL:    {base}/v1     models: {', '.join(aliases)}",
-                    f"  Anthropic base URL: {base}",
-                    f"  Usage API:          {base}/api/v1/usage/summary",
-                    f"  Admin:              {base}/admin/  "
-                    + (
-                        f"(user admin, password {admin_password})"
-                        if admin_password
-                        else "(user admin)"
-                    ),
-                    "",
-                ]
-            )
-        )
+        lines = [
+            "",
+            "Reckon is starting (embedded mode: SQLite, in-process tasks, simulator upstream).",
+            f"  API key for tenant '{DEMO_TENANT}' (shown once): {key}",
+            f"  OpenAI base URL:    {base}/v1     models: {', '.join(aliases)}",
+            f"  Anthropic base URL: {base}",
+            f"  Usage API:          {base}/api/v1/usage/summary",
+            f"  Admin:              {base}/admin/  "
+            + (f"(user admin, password {admin_password})" if admin_password else "(user admin)"),
+            f"  Console:            {base}/console/",
+        ]
+        lines += self._members(tenant)
+        if seeded is not None:
+            lines += _demo_summary(seeded)
+        self.stdout.write("\n".join([*lines, ""]))
         if options["no_serve"]:
             return
         previous = {signum: signal.signal(signum, _end_gracefully) for signum in _ENDING_SIGNALS}
@@ -119,28 +133,29 @@ class Command(BaseCommand):
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
 
-    def _seed_routes(self, sim_url: str) -> list[str]:
-        routes = [
-            ("sim-reasoner", "openai", sim_url + "/v1", "sim-reasoner", "nvidia-h100-sxm"),
-            ("sim-thinker", "anthropic", sim_url + "/v1", "sim-thinker", "nvidia-h200-sxm"),
-            (
-                "sim-vllm-r1",
-                "openai-compatible",
-                sim_url + "/quirks/vllm/v1",
-                "sim-r1",
-                "amd-mi300x",
-            ),
-        ]
-        for alias, provider, base_url, upstream, accelerator in routes:
-            route_set(
-                alias=alias,
-                provider=provider,
-                base_url=base_url,
-                upstream_model=upstream,
-                api_key_env=SIMULATOR_KEY_ENV,
-                accelerator=accelerator,
+    def _members(self, tenant: Tenant) -> list[str]:
+        """The demo tenant's console sign-ins: a password for each new member (shown
+        once), and how to reset one for members made by an earlier run."""
+        lines = []
+        for username, role in DEMO_MEMBERS:
+            if (
+                get_user_model()
+                .objects.filter(username=username)
+                .exclude(tenant_member__tenant=tenant)
+                .exists()
+            ):
+                continue  # a user of that name that is not this tenant's member: leave it
+            password = tenant_member_set(tenant=tenant, username=username, role=role).password
+            lines.append(
+                f"  Console sign-in:    {username} ({role}), "
+                + (
+                    f"password {password} (shown once)"
+                    if password
+                    else f"reset with `manage.py tenant_member_set {DEMO_TENANT} {username} "
+                    f"--role {role} --reset-password`"
+                )
             )
-        return [r[0] for r in routes]
+        return lines
 
     def _ensure_admin(self) -> str | None:
         user_model = get_user_model()
@@ -164,6 +179,15 @@ class Command(BaseCommand):
             except OSError:
                 time.sleep(0.1)
         raise CommandError(f"The simulator did not answer at {url} within 30 s.")
+
+
+def _demo_summary(seeded: DemoSeed) -> list[str]:
+    invoices = ", ".join(i.number for i in seeded.invoices) or "none due yet"
+    return [
+        f"  Demo data (tenant '{DEMO_TENANT}', clearly marked): usage since "
+        f"{seeded.history_since:%Y-%m-%d}, {seeded.records_written} records written now; "
+        f"finalized invoices: {invoices}; seeded in {seeded.seconds:.1f} s.",
+    ]
 
 
 def _port_advice(port: int, option: str) -> str:

@@ -235,3 +235,39 @@ def test_quickstart_and_its_simulator_end_when_make_is_killed(workdir: Path) -> 
         if make.poll() is None:
             make.kill()
             make.wait()
+
+
+def test_the_quick_start_seeds_the_demo_once_and_prints_the_console(tmp_path: Path) -> None:
+    """`manage.py quickstart --no-serve` twice on one database: the console URL and the
+    demo sign-ins the first time (passwords shown once), how to reset them the second
+    time, and no demo record written twice."""
+
+    def seed() -> str:
+        done = subprocess.run(
+            [sys.executable, "manage.py", "quickstart", "--no-serve"],
+            cwd=ROOT,
+            env=quickstart_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    first, second = seed(), seed()
+    assert "Console:            http://127.0.0.1:8000/console/" in first
+    for username, role in (
+        ("demo", "owner"),
+        ("demo-dev", "developer"),
+        ("demo-billing", "billing"),
+    ):
+        assert f"Console sign-in:    {username} ({role}), password " in first
+        assert (
+            f"reset with `manage.py tenant_member_set demo {username} --role {role} "
+            "--reset-password`" in second
+        )
+        assert f"{username} ({role}), password" not in second
+    assert "records written now" in first and "0 records written now" not in first
+    # (the second run may add the calls of the seconds in between: idempotency is
+    # tests/billing/test_demo.py's, with one `now`)
+    assert "finalized invoices: RK-" in second

@@ -1,0 +1,235 @@
+"""Console page-time benchmark: the console's pages over one tenant's month of N usage
+records (default 1,000,000; the usage/billing benchmark's 10,000,000 with --records),
+served from the hourly rollups, timed as the server spends it.
+
+    make bench-console     # or: .venv/bin/python bench/console_bench.py [--records 10000000]
+
+Data: bench/usage_bench.py's own builder (`prepare`: the big tenant's N records over
+October 2026 across 10 keys and 5 aliases, 4 other tenants with N/20 each, rollups folded
+and checked), in a scratch database `reckon_console_bench` dropped at the end. On top of
+it, so the pages have content: a published tiered plan and the big tenant's subscription
+from October 1st, a prepaid top-up, a monthly spend limit, October closed into a
+finalized invoice (as the beat closes it, after the grace period), a console member
+(owner) of the big tenant and a superuser for the staff pages. The records carry no
+serving cost (the builder's accelerators are not in the catalogue): the margin page reads
+the same rollups, with zero cost.
+
+Each page is a GET through Django's test client (middleware, session sign-in, the view,
+its selectors and template; no network), with the clock at 2026-10-31 12:00 UTC (inside
+the data's month, so month-to-date and the default windows cover it), timed over
+`--rounds` rounds after 2 warm-up calls (the second counts the SQL queries). A page
+not built yet (404) is reported as such; any other status fails the run.
+Target: median < 300 ms per page.
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench import usage_bench  # noqa: E402 - the data builder this benchmark reuses
+from bench.scratch import scratch_database  # noqa: E402
+
+DB = "reckon_console_bench"
+CLOCK = datetime(2026, 10, 31, 12, tzinfo=UTC)
+TARGET_MS = 300.0
+# (label, URL name, query, as staff)
+PAGES: list[tuple[str, str, dict[str, str], bool]] = [
+    ("overview", "console:overview", {}, False),
+    ("usage, day, 30 days", "console:usage", {"granularity": "day"}, False),
+    ("usage, hour, 48 h", "console:usage", {"granularity": "hour"}, False),
+    (
+        "usage.csv, by class, day",
+        "console:usage-csv",
+        {"granularity": "day", "chart": "usage-by-class"},
+        False,
+    ),
+    (
+        "usage.csv, by key, day",
+        "console:usage-csv",
+        {"granularity": "day", "chart": "usage-by-key"},
+        False,
+    ),
+    ("keys", "console:keys", {}, False),
+    ("invoices", "console:invoices", {}, False),
+    ("invoice detail", "console:invoice", {}, False),
+    ("balance", "console:balance", {}, False),
+    ("staff margins", "console:staff-margins", {}, True),
+    ("staff tenants", "console:staff-tenants", {}, True),
+]
+
+
+class Counting:
+    """A database execute wrapper that notes every statement."""
+
+    def __init__(self, into: list[str]) -> None:
+        self.into = into
+
+    def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        self.into.append(sql)
+        return execute(sql, params, many, context)
+
+
+def machine() -> str:
+    return (
+        f"{os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()},"
+        f" {platform.processor() or platform.machine()}"
+    )
+
+
+def content(big: Any) -> dict[str, Any]:
+    """Plan, subscription, balance, limit, October's invoice, a member and a superuser."""
+    from django.conf import settings
+    from django.contrib.auth import get_user_model
+
+    from billing.balances import balance_credit
+    from billing.invoicing.close import periods_close
+    from billing.plans import (
+        plan_create,
+        plan_version_create,
+        plan_version_publish,
+        subscription_create,
+    )
+    from metering.models import SpendLimit
+    from metering.services import tenant_member_set
+
+    def tiers(*prices: tuple[int | None, str]) -> list[dict[str, Any]]:
+        return [
+            {"up_to": None if u is None else Decimal(u), "unit_price": Decimal(p)}
+            for u, p in prices
+        ]
+
+    plan = plan_create(code="bench-tiered", name="Bench tiered")
+    version = plan_version_create(
+        plan=plan,
+        currency="USD",
+        effective_from=usage_bench.START,
+        base_fee=Decimal("49"),
+        components=[
+            {"token_class": "input", "charge_model": "graduated", "tiers": tiers((100, "2"), (None, "1.5"))},
+            {"token_class": "output", "charge_model": "graduated", "tiers": tiers((10, "10"), (None, "8"))},
+            {"token_class": "reasoning", "charge_model": "graduated", "tiers": tiers((10, "10"), (100, "8"), (None, "6"))},
+            {"token_class": "cache_read", "charge_model": "per_unit", "unit_price": Decimal("0.5")},
+            {"token_class": "cache_write", "charge_model": "per_unit", "unit_price": Decimal("2.5")},
+        ],
+    )  # fmt: skip
+    version = plan_version_publish(version=version)
+    subscription_create(tenant=big, plan_version=version, starts_at=usage_bench.START)
+    balance_credit(
+        tenant_id=big.pk,
+        kind="top_up",
+        amount=Decimal("10000"),
+        idempotency_key="bench",
+        effective_at=usage_bench.START,
+    )
+    SpendLimit.objects.create(tenant=big, window=SpendLimit.Window.MONTH, amount_usd=Decimal(50000))
+    t = time.perf_counter()
+    grace = timedelta(hours=settings.RECKON_INVOICE_GRACE_HOURS)
+    (invoice,) = periods_close(
+        tenant_ids=[big.pk], period_start=usage_bench.START, as_of=usage_bench.END + grace
+    )
+    print(f"October closed: invoice {invoice.number} in {time.perf_counter() - t:.1f} s")
+    member = tenant_member_set(tenant=big, username="bench-owner", role="owner").member
+    admin = get_user_model().objects.create_superuser("bench-admin", "bench@example.com", None)
+    return {"member": member.user, "admin": admin, "invoice": invoice}
+
+
+def run(args: argparse.Namespace) -> bool:
+    import django
+
+    django.setup()
+    import time_machine
+    from django.conf import settings
+    from django.db import connection
+    from django.test import Client
+    from django.urls import reverse
+
+    import config.urls  # noqa: F401 - load every module now, not mid-measurement
+
+    settings.ALLOWED_HOSTS = ["*"]
+    tenants, _created = usage_bench.prepare(args)
+    made = content(tenants[0])
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW server_version")
+        (pg,) = cursor.fetchone()
+    print(f"machine: {machine()}; PostgreSQL {pg}")
+    member, staff = Client(), Client()
+    member.force_login(made["member"])
+    staff.force_login(made["admin"])
+    print(f"\nclock at {CLOCK:%Y-%m-%d %H:%M} UTC; {args.rounds} rounds after 2 warm-up calls")
+    print(f"{'page':26} {'status':>6} {'median':>8} {'min':>8} {'max':>8}  ms  {'queries':>8}")
+    worst, failed = 0.0, False
+    with time_machine.travel(CLOCK, tick=True):
+        for label, name, query, as_staff in PAGES:
+            kwargs = {"invoice_id": made["invoice"].pk} if name == "console:invoice" else {}
+            url = reverse(name, kwargs=kwargs)
+            client = staff if as_staff else member
+
+            def get(url: str = url, query: dict[str, str] = query, client: Client = client) -> Any:
+                return client.get(url, query, HTTP_HOST="127.0.0.1")
+
+            first = get()
+            if first.status_code != 200:
+                note = "not built on this branch" if first.status_code == 404 else "not timed"
+                print(f"{label:26} {first.status_code:>6}  ({note})")
+                failed = failed or first.status_code != 404
+                continue
+            queries: list[str] = []
+            with connection.execute_wrapper(Counting(queries)):
+                get()
+            times = []
+            for _ in range(args.rounds):
+                t = time.perf_counter()
+                response = get()
+                times.append((time.perf_counter() - t) * 1000)
+            median = statistics.median(times)
+            worst = max(worst, median)
+            print(
+                f"{label:26} {response.status_code:>6} {median:8.1f} {min(times):8.1f}"
+                f" {max(times):8.1f} {len(queries):>8}"
+            )
+    met = worst < TARGET_MS and not failed
+    print(
+        f"\n{args.records:,} records of one tenant; worst median {worst:.1f} ms;"
+        f" target median < {TARGET_MS:.0f} ms per page: {'met' if met else 'NOT met'}"
+    )
+    return met
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the scratch database")
+    args = parser.parse_args()
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    server = scratch_database(args.database_url, DB)
+    try:
+        met = run(args)
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        if not args.keep:
+            subprocess.run(
+                ["psql", server + "/postgres", "-qc", f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)"],
+                check=True,
+            )
+    sys.exit(0 if met else 1)
+
+
+if __name__ == "__main__":
+    main()
