@@ -2,15 +2,16 @@
 process against the pytest PostgreSQL database, the simulator as upstream), driven by
 Debian's Chromium through Playwright's sync API.
 
-- A module's data (`world`) is written once, committed (the server must see it), before
-  its browser starts, and flushed after the module, as after a transactional test. The
-  tests themselves are marked `django_db` (so pytest-django sets up the test database)
-  and talk to the server over HTTP; their own test transaction stays empty.
-- One browser per module, a fresh context (cookies, storage) per test. While Playwright's
-  sync API runs, the main thread sits in an asyncio loop and Django refuses ORM calls as
-  "async unsafe" (the per-test transaction included): the browser's fixture allows them
-  while it runs. A browser kept for the whole session would keep that for every test
-  after it.
+- The data (`world`) is written once for the package, committed (the server must see
+  it), before the browser starts, and flushed after the last browser test, as after a
+  transactional test. The tests are marked `django_db` (so pytest-django sets up the test
+  database) and talk to the server over HTTP; their own test transaction stays empty.
+  Tests that add data (a key made in the UI, a proxied call) leave the rest as it was.
+- One browser for the package, a fresh context (cookies, storage) per test. While
+  Playwright's sync API runs, the main thread sits in an asyncio loop and Django refuses
+  ORM calls as "async unsafe" (the per-test transaction included): the browser's fixture
+  allows them while it runs, and only then (package scope, not session: the tests after
+  these keep Django's check).
 - Every page a test opens is watched: a console error, an uncaught page error, a failed
   request or an HTTP error status (4xx/5xx) on a document or static file fails the test,
   unless the test said it expects that status (`BrowserErrors.expect`).
@@ -20,6 +21,8 @@ Debian's Chromium through Playwright's sync API.
 
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,7 +31,7 @@ from typing import Any
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, connections
 from django.test import override_settings
 from playwright.sync_api import (
     Browser,
@@ -40,7 +43,8 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from tests.e2e.conftest import reckon_url, simulator_url  # noqa: F401 - fixtures reused
+from tests.browser.world import World, world_create
+from tests.e2e.conftest import SIM_KEY_ENV, database_url, free_port, stop, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -55,15 +59,65 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ASYNC_UNSAFE = "DJANGO_ALLOW_ASYNC_UNSAFE"
+
+
+@dataclass(frozen=True)
+class Servers:
+    reckon_url: str
+    simulator_url: str
+
+
+@pytest.fixture(scope="session")
+def servers(django_db_setup, django_db_blocker) -> Iterator[Servers]:  # type: ignore[no-untyped-def]
+    """The simulator and a Reckon server (`manage.py serve`, configured as the e2e
+    `reckon_url`), started side by side: each takes seconds to import Django."""
+    with django_db_blocker.unblock():
+        url = database_url()
+    sim_port, port = free_port(), free_port()
+    base = {**os.environ, "RECKON_ENV": "development", "PYTHONUNBUFFERED": "1"}
+    simulator = subprocess.Popen(
+        [sys.executable, "manage.py", "run_simulator", "--port", str(sim_port)], cwd=ROOT, env=base
+    )
+    server = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env={
+            **base,
+            "DATABASE_URL": url,
+            "RECKON_AUTH_CACHE_SECONDS": "0.5",
+            "REDIS_URL": os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
+            SIM_KEY_ENV: "sim-test-key",
+        },
+    )
+    try:
+        # generous: on a loaded 2-core machine each start takes tens of seconds
+        wait_until_up(f"http://127.0.0.1:{sim_port}/_sim/health", simulator, timeout=120)
+        wait_until_up(f"http://127.0.0.1:{port}/v1/models", server, timeout=120)
+        yield Servers(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{sim_port}")
+    finally:
+        stop(server)
+        stop(simulator)
+
+
+@pytest.fixture(scope="session")
+def reckon_url(servers: Servers) -> str:
+    return servers.reckon_url
+
+
+@pytest.fixture(scope="session")
+def simulator_url(servers: Servers) -> str:
+    return servers.simulator_url
+
+
 # What a page waits for at most (ms): generous for a loaded 2-core machine, never slept.
 TIMEOUT_MS = 15_000
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def orm(django_db_setup, django_db_blocker) -> Iterator[Any]:  # type: ignore[no-untyped-def]
-    """Committed database writes for one module (the server process must see them):
-    `with orm(): ...`. At the end of the module the database is flushed, as after a
-    transactional test, so nothing leaks into the tests that follow."""
+    """Committed database writes for the browser tests (the server process must see
+    them): `with orm(): ...`. After the last browser test the database is flushed, as
+    after a transactional test, so nothing leaks into the tests that follow."""
 
     @contextmanager
     def block() -> Iterator[None]:
@@ -81,11 +135,12 @@ def orm(django_db_setup, django_db_blocker) -> Iterator[Any]:  # type: ignore[no
         call_command("flush", interactive=False, verbosity=0)
 
 
-@pytest.fixture(scope="module")
-def world(orm) -> Any:  # type: ignore[no-untyped-def]
-    """A module's data, written before its browser starts: a module overrides this
-    fixture (module scope, `with orm(): ...`) to seed what its tests look at."""
-    return None
+@pytest.fixture(scope="package")
+def world(orm, simulator_url: str) -> World:  # type: ignore[no-untyped-def]
+    """What every browser test looks at (tests/browser/world.py), written before the
+    browser starts."""
+    with orm():
+        return world_create(simulator_url=simulator_url)
 
 
 @pytest.fixture(scope="session")
@@ -95,9 +150,9 @@ def artifacts_dir() -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def browser(world) -> Iterator[Browser]:  # type: ignore[no-untyped-def]
-    # After the module's data is written (ORM calls), stopped before it is flushed.
+    # After the data is written (ORM calls), stopped before it is flushed.
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: `make chromium` installs Debian's chromium")
     previous = os.environ.get(ASYNC_UNSAFE)
@@ -109,6 +164,9 @@ def browser(world) -> Iterator[Browser]:  # type: ignore[no-untyped-def]
             )
             yield browser
             browser.close()
+            # Connections the tests' transactions opened while the loop ran belong to
+            # its context: closed here, or the test database could not be dropped.
+            connections.close_all()
     finally:
         if previous is None:
             os.environ.pop(ASYNC_UNSAFE, None)
@@ -131,6 +189,10 @@ class BrowserErrors:
 
     def _expected(self, status: int, url: str) -> bool:
         bare = url.split("?", 1)[0]
+        if bare.endswith("/favicon.ico"):
+            # Chromium asks for it on a page that names no icon: Django's plain 404 page.
+            # The console's own pages name theirs (base.html), so they never ask.
+            return True
         return any(status == s and bare.endswith(p) for s, p in self.expected)
 
     def on_console(self, message: ConsoleMessage) -> None:
@@ -166,7 +228,7 @@ class BrowserErrors:
 
 
 @pytest.fixture
-def browser_errors(reckon_url: str, request: pytest.FixtureRequest) -> BrowserErrors:  # noqa: F811
+def browser_errors(reckon_url: str, request: pytest.FixtureRequest) -> BrowserErrors:
     errors = BrowserErrors(reckon_url)
     request.node.browser_errors = errors  # read by pytest_runtest_call below
     return errors
@@ -183,7 +245,7 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 
 
 @pytest.fixture
-def context(browser: Browser, reckon_url: str) -> Iterator[BrowserContext]:  # noqa: F811
+def context(browser: Browser, reckon_url: str) -> Iterator[BrowserContext]:
     context = browser.new_context(
         base_url=reckon_url, viewport={"width": 1280, "height": 900}, accept_downloads=True
     )
@@ -200,7 +262,7 @@ def page(context: BrowserContext, browser_errors: BrowserErrors) -> Page:
 
 
 @pytest.fixture
-def fresh_page(browser: Browser, reckon_url: str, browser_errors: BrowserErrors) -> Iterator[Any]:  # noqa: F811
+def fresh_page(browser: Browser, reckon_url: str, browser_errors: BrowserErrors) -> Iterator[Any]:
     """`fresh_page()`: a watched page in a context of its own (another person, signed out)."""
     opened: list[BrowserContext] = []
 

@@ -6,15 +6,9 @@ import pytest
 from playwright.sync_api import Page
 
 from tests.browser.conftest import screenshot, sign_in
-from tests.browser.world import World, world_create
+from tests.browser.world import World
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db]
-
-
-@pytest.fixture(scope="module")
-def world(orm, simulator_url: str) -> World:  # type: ignore[no-untyped-def]
-    with orm():
-        return world_create(simulator_url=simulator_url)
 
 
 def test_sign_in_page_renders_without_errors(page: Page, artifacts_dir: Path) -> None:

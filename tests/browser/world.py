@@ -11,6 +11,7 @@ from decimal import Decimal
 
 from django.utils import timezone
 
+from api.staff_tokens import staff_token_create
 from billing.balances import balance_credit
 from billing.invoicing.close import period_close
 from billing.models import Invoice
@@ -21,9 +22,11 @@ from billing.plans import (
     subscription_create,
 )
 from metering.calendar import month_start
+from metering.ledger.record import Rates
 from metering.models import ApiKey, SpendLimit, Tenant
 from metering.services import (
     api_key_create,
+    serving_cost_rate_create,
     tenant_allow_routes,
     tenant_create,
     tenant_member_set,
@@ -59,6 +62,7 @@ class World:
     developer: Person  # acme
     billing: Person  # acme
     finance: Person  # staff, finance-read
+    finance_token: str  # its REST token
 
 
 def _member(tenant: Tenant, username: str, role: str) -> Person:
@@ -102,6 +106,20 @@ def world_create(*, simulator_url: str) -> World:
     routes = make_routes(simulator_url)
     aliases = sorted({r.alias_id for r in routes})
     version = _plan_version("browser-standard", previous_month)
+    # USD per 1M tokens of input, cache read, cache write, output, reasoning
+    rates = {
+        alias: serving_cost_rate_create(
+            alias=alias,
+            accelerator=accelerator,
+            effective_from=previous_month - timedelta(days=1),
+            rates=Rates(*(Decimal(r) for r in prices)),
+            source={"test": "browser"},
+        )
+        for alias, accelerator, prices in (
+            ("reasoner", "nvidia-h100-sxm", ("0.20", "0.05", "0.25", "0.80", "0.80")),
+            ("thinker", "nvidia-h200-sxm", ("0.30", "0.07", "0.35", "1.10", "1.10")),
+        )
+    }
 
     acme, acme_owner, acme_keys, acme_raw = _tenant("acme", "ana", ["ci", "batch"], aliases)
     globex, globex_owner, globex_keys, globex_raw = _tenant("globex", "gina", ["gx"], aliases)
@@ -115,6 +133,7 @@ def world_create(*, simulator_url: str) -> World:
         write_usage(
             acme_keys["ci"],
             at,
+            rates["reasoner"],
             alias="reasoner",
             input_tokens=1000 + day,
             output_tokens=200 + day,
@@ -123,6 +142,7 @@ def world_create(*, simulator_url: str) -> World:
         write_usage(
             acme_keys["batch"],
             at + timedelta(minutes=30),
+            rates["thinker"],
             alias="thinker",
             input_tokens=3000 + day,
             cached_input_tokens=500,
@@ -133,6 +153,7 @@ def world_create(*, simulator_url: str) -> World:
         write_usage(
             acme_keys["ci"],
             now - timedelta(hours=hour),
+            rates["reasoner"],
             alias="reasoner",
             input_tokens=100 * hour,
             output_tokens=20 * hour,
@@ -142,6 +163,7 @@ def world_create(*, simulator_url: str) -> World:
     write_usage(
         acme_keys["ci"],
         previous_month + timedelta(days=3),
+        rates["reasoner"],
         alias="reasoner",
         input_tokens=250_000,
         output_tokens=120_000,
@@ -151,6 +173,7 @@ def world_create(*, simulator_url: str) -> World:
         write_usage(
             globex_keys["gx"],
             now - timedelta(days=day),
+            rates["reasoner"],
             alias="reasoner",
             output_tokens=OTHER_TENANT_TOKENS,
             reasoning_tokens=OTHER_TENANT_TOKENS,
@@ -158,6 +181,7 @@ def world_create(*, simulator_url: str) -> World:
     write_usage(
         globex_keys["gx"],
         previous_month + timedelta(days=7),
+        rates["thinker"],
         alias="thinker",
         output_tokens=OTHER_TENANT_TOKENS,
     )
@@ -175,7 +199,7 @@ def world_create(*, simulator_url: str) -> World:
         t.pk: period_close(tenant_id=t.pk, period_start=previous_month, as_of=now)
         for t in (acme, globex)
     }
-    staff_user("fin", "finance-read", password=STAFF_PASSWORD)
+    finance = staff_user("fin", "finance-read", password=STAFF_PASSWORD)
     return World(
         now=now,
         acme=TenantWorld(acme, acme_owner, acme_keys, acme_raw, invoices[acme.pk]),
@@ -183,4 +207,5 @@ def world_create(*, simulator_url: str) -> World:
         developer=_member(acme, "devon", "developer"),
         billing=_member(acme, "bea", "billing"),
         finance=Person("fin", STAFF_PASSWORD),
+        finance_token=staff_token_create(user=finance, name="browser").raw_token,
     )
