@@ -23,7 +23,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +43,7 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from tests.browser.world import World, world_create
+from tests.browser.world import Person, World, world_create
 from tests.e2e.conftest import SIM_KEY_ENV, database_url, free_port, stop, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -287,6 +287,33 @@ def sign_in(page: Page, username: str, password: str) -> None:
     with page.expect_navigation():
         page.click("form.signin button[type=submit]")
     assert "/console/login" not in page.url, page.inner_text("main")
+
+
+Login = Callable[[Person], None]
+
+
+@pytest.fixture(scope="package")
+def session_cookies() -> dict[str, list[Any]]:
+    """Cookies of a session signed in through the form, by username (see `login`)."""
+    return {}
+
+
+@pytest.fixture
+def login(context: BrowserContext, page: Page, session_cookies: dict[str, list[Any]]) -> Login:
+    """`login(person)`, ending on the page a sign-in lands on: the first time through the
+    sign-in form, after that with the same session's cookies in the test's fresh context (a sign-in costs a password hash on a
+    loaded server; the sign-in tests themselves use `sign_in`)."""
+
+    def as_person(person: Person) -> None:
+        cookies = session_cookies.get(person.username)
+        if cookies is None:
+            sign_in(page, person.username, person.password)
+            session_cookies[person.username] = context.cookies()
+        else:
+            context.add_cookies(cookies)  # type: ignore[arg-type]
+            page.goto("/console/")  # where a sign-in lands
+
+    return as_person
 
 
 def open_page(page: Page, path: str) -> Response:

@@ -11,7 +11,7 @@ from playwright.sync_api import Page
 from metering.calendar import month_start
 from metering.usage import LEDGER_FIELDS, TOKEN_CLASSES
 from tests.browser.charts import api_get, csv_download, drawn, drawn_series, pivot, table_rows
-from tests.browser.conftest import BrowserErrors, open_page, screenshot, sign_in
+from tests.browser.conftest import BrowserErrors, Login, open_page, screenshot
 from tests.browser.world import OTHER_TENANT_TOKENS, World
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db]
@@ -50,9 +50,9 @@ def member_pages(world: World) -> dict[str, str]:
 
 
 def test_every_member_page_renders_without_errors(
-    page: Page, world: World, artifacts_dir: Path
+    page: Page, login: Login, world: World, artifacts_dir: Path
 ) -> None:
-    sign_in(page, world.acme.owner.username, world.acme.owner.password)
+    login(world.acme.owner)
     for name, path in member_pages(world).items():
         response = open_page(page, path)
         assert response.status == 200, (path, response.status)
@@ -65,8 +65,8 @@ def test_every_member_page_renders_without_errors(
     assert world.acme.keys["batch"].prefix in page.inner_text("#keys-table")
 
 
-def test_usage_charts_draw_what_the_api_returns(page: Page, world: World) -> None:
-    sign_in(page, world.acme.owner.username, world.acme.owner.password)
+def test_usage_charts_draw_what_the_api_returns(page: Page, login: Login, world: World) -> None:
+    login(world.acme.owner)
     window = day_window(world)
     open_page(page, f"/console/usage?{query(window)}")
     token = world.acme.raw_keys["ci"]
@@ -97,8 +97,8 @@ def test_usage_charts_draw_what_the_api_returns(page: Page, world: World) -> Non
         assert drawn_series(page, chart_id) == (expected_labels, expected), chart_id
 
 
-def test_usage_charts_of_one_key_by_the_hour(page: Page, world: World) -> None:
-    sign_in(page, world.acme.owner.username, world.acme.owner.password)
+def test_usage_charts_of_one_key_by_the_hour(page: Page, login: Login, world: World) -> None:
+    login(world.acme.owner)
     window = {
         "granularity": "hour",
         "since": z(world.now - timedelta(hours=12)),
@@ -115,8 +115,10 @@ def test_usage_charts_of_one_key_by_the_hour(page: Page, world: World) -> None:
     assert values["output"] == [r["output_tokens"] for r in rows]
 
 
-def test_overview_chart_draws_the_months_daily_series(page: Page, world: World) -> None:
-    sign_in(page, world.acme.owner.username, world.acme.owner.password)
+def test_overview_chart_draws_the_months_daily_series(
+    page: Page, login: Login, world: World
+) -> None:
+    login(world.acme.owner)
     open_page(page, "/console/overview")
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     window = {
@@ -137,8 +139,10 @@ def test_overview_chart_draws_the_months_daily_series(page: Page, world: World) 
 @pytest.mark.parametrize(
     "chart_id", ["usage-by-class", "usage-reasoning-share", "usage-by-alias", "usage-by-key"]
 )
-def test_csv_download_equals_the_table(page: Page, world: World, chart_id: str) -> None:
-    sign_in(page, world.acme.owner.username, world.acme.owner.password)
+def test_csv_download_equals_the_table(
+    page: Page, login: Login, world: World, chart_id: str
+) -> None:
+    login(world.acme.owner)
     open_page(page, f"/console/usage?{query(day_window(world))}")
     table = table_rows(page, chart_id)
     assert len(table) >= 2 and len(table[0]) >= 2
@@ -146,9 +150,9 @@ def test_csv_download_equals_the_table(page: Page, world: World, chart_id: str) 
 
 
 def test_a_member_never_sees_another_tenants_data(
-    page: Page, world: World, browser_errors: BrowserErrors
+    page: Page, login: Login, world: World, browser_errors: BrowserErrors
 ) -> None:
-    sign_in(page, world.acme.owner.username, world.acme.owner.password)
+    login(world.acme.owner)
     other = world.globex
     foreign = [
         f"/console/invoices/{other.invoice.pk}",
@@ -179,9 +183,9 @@ def test_a_member_never_sees_another_tenants_data(
 
 
 def test_a_developer_has_no_invoices(
-    page: Page, world: World, browser_errors: BrowserErrors
+    page: Page, login: Login, world: World, browser_errors: BrowserErrors
 ) -> None:
-    sign_in(page, world.developer.username, world.developer.password)
+    login(world.developer)
     nav = page.inner_text("header nav")
     assert "Usage" in nav and "API keys" in nav and "Invoices" not in nav
     for path in (
@@ -200,9 +204,9 @@ def test_a_developer_has_no_invoices(
 
 
 def test_a_billing_member_cannot_create_or_revoke_keys(
-    page: Page, world: World, browser_errors: BrowserErrors
+    page: Page, login: Login, world: World, browser_errors: BrowserErrors
 ) -> None:
-    sign_in(page, world.billing.username, world.billing.password)
+    login(world.billing)
     open_page(page, "/console/keys")
     assert page.locator("form.keys-create").count() == 0
     assert page.locator("a[href$='/revoke']").count() == 0

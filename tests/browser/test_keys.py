@@ -9,7 +9,7 @@ import openai
 import pytest
 from playwright.sync_api import Page
 
-from tests.browser.conftest import open_page, screenshot, sign_in
+from tests.browser.conftest import Login, open_page, screenshot
 from tests.browser.world import World
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db]
@@ -35,9 +35,9 @@ def refused_within(reckon_url: str, secret: str, seconds: float) -> bool:
 
 
 def test_a_key_made_in_the_console(
-    page: Page, world: World, reckon_url: str, artifacts_dir: Path
+    page: Page, login: Login, world: World, reckon_url: str, artifacts_dir: Path
 ) -> None:
-    sign_in(page, world.developer.username, world.developer.password)
+    login(world.developer)
     open_page(page, "/console/keys")
     page.fill("form.keys-create input[name=name]", "made-in-chromium")
     with page.expect_navigation() as navigation:

@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import Page
 
 from tests.browser.charts import api_get, csv_download, drawn, drawn_series, table_rows
-from tests.browser.conftest import BrowserErrors, open_page, screenshot, sign_in
+from tests.browser.conftest import BrowserErrors, Login, open_page, screenshot, sign_in
 from tests.browser.world import World
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db]
@@ -45,8 +45,10 @@ def test_every_staff_page_renders_without_errors(
 
 
 @pytest.mark.parametrize("group_by", ["accelerator", "alias", "tenant"])
-def test_margin_charts_draw_what_the_api_returns(page: Page, world: World, group_by: str) -> None:
-    sign_in(page, world.finance.username, world.finance.password)
+def test_margin_charts_draw_what_the_api_returns(
+    page: Page, login: Login, world: World, group_by: str
+) -> None:
+    login(world.finance)
     window = margin_window(world, group_by)
     open_page(page, "/console/staff/margins?" + "&".join(f"{k}={v}" for k, v in window.items()))
     base = page.url.split("/console")[0]
@@ -80,8 +82,8 @@ def test_margin_charts_draw_what_the_api_returns(page: Page, world: World, group
 @pytest.mark.parametrize(
     "chart", ["margin-revenue-cost", "margin-by-alias", "reasoning-cost-share"]
 )
-def test_margin_csv_equals_the_table(page: Page, world: World, chart: str) -> None:
-    sign_in(page, world.finance.username, world.finance.password)
+def test_margin_csv_equals_the_table(page: Page, login: Login, world: World, chart: str) -> None:
+    login(world.finance)
     window = margin_window(world, "alias")
     open_page(page, "/console/staff/margins?" + "&".join(f"{k}={v}" for k, v in window.items()))
     table = table_rows(page, chart)
@@ -90,9 +92,9 @@ def test_margin_csv_equals_the_table(page: Page, world: World, chart: str) -> No
 
 
 def test_a_member_gets_the_403_page_on_staff_pages(
-    page: Page, world: World, browser_errors: BrowserErrors
+    page: Page, login: Login, world: World, browser_errors: BrowserErrors
 ) -> None:
-    sign_in(page, world.acme.owner.username, world.acme.owner.password)
+    login(world.acme.owner)
     assert "Margins" not in page.inner_text("header nav")
     for path in (*STAFF_PAGES.values(), "/console/staff/margins.csv"):
         browser_errors.expect(403, path)
