@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.http import Http404, HttpRequest, HttpResponse
-from rest_framework.exceptions import ErrorDetail
+from rest_framework.exceptions import ErrorDetail, ValidationError
 
 from api.console.access import USAGE_VIEW, member_page
 from api.console.charts import Chart, Series, pivot
@@ -34,6 +34,8 @@ from metering.selectors import UsageFilter, usage_series
 from metering.usage import LEDGER_FIELDS, TOKEN_CLASS_LABELS, TOKEN_CLASSES
 
 SERIES_ENDPOINT = "/api/v1/usage/series"
+# The window shown when none is asked for (ending at the end of today / this hour), and
+# the span before an `until` given alone.
 DEFAULT_SPAN = {"day": timedelta(days=30), "hour": timedelta(hours=48)}
 # The granularities the page offers (the API's month buckets are left to the API).
 PAGE_GRANULARITIES = ("day", "hour")
@@ -104,7 +106,7 @@ def default_window(granularity: str, now: datetime) -> tuple[datetime, datetime]
         until = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     else:
         until = now.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
-    return until - DEFAULT_SPAN.get(granularity, DEFAULT_SPAN["day"]), until
+    return until - DEFAULT_SPAN[granularity], until
 
 
 def series_window(member: TenantMember, params: Mapping[str, str], now: datetime) -> SeriesWindow:
@@ -119,6 +121,12 @@ def series_window(member: TenantMember, params: Mapping[str, str], now: datetime
     if data["granularity"] not in PAGE_GRANULARITIES:
         raise QueryInvalid([f"granularity: choose one of {', '.join(PAGE_GRANULARITIES)}."])
     default_since, default_until = default_window(data["granularity"], now)
+    if "until" in data and "since" not in data:  # the default span, ending there
+        try:
+            until = UsageSeriesQuery().fields["until"].run_validation(data["until"])
+        except ValidationError as exc:
+            raise QueryInvalid(_messages({"until": exc.detail})) from None
+        default_since = until - DEFAULT_SPAN[data["granularity"]]
     data.setdefault("until", instant_text(default_until))
     data.setdefault("since", instant_text(default_since))
     query = UsageSeriesQuery(data=data)

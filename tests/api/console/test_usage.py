@@ -282,6 +282,21 @@ def test_default_window_is_the_last_30_days(acme: dict[str, Any]) -> None:
     assert b"No data in this window." in hourly.content
 
 
+def test_an_until_alone_shows_the_default_span_before_it(acme: dict[str, Any]) -> None:
+    client = member_client(acme["tenant"], "dev")
+    html = client.get("/console/usage", {"granularity": "hour", "until": "2026-10-06T12:00"})
+    data = chart_data(html.content.decode(), "usage-by-class")
+    # 48 hours: 2026-10-04T12:00 to 2026-10-06T12:00
+    assert data["labels"] == [
+        "2026-10-05T01:00:00Z",
+        "2026-10-05T05:00:00Z",
+        "2026-10-06T02:00:00Z",
+    ]
+    assert "since=2026-10-04T12:00:00Z&amp;until=2026-10-06T12:00:00Z" in html.content.decode()
+    bad = client.get("/console/usage", {"until": "noon"})
+    assert bad.status_code == 400 and "until: Datetime has wrong format" in bad.content.decode()
+
+
 # --- CSV ---------------------------------------------------------------------------------
 
 
