@@ -35,6 +35,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Context, Decimal, localcontext
 
+from django.core.cache import cache
+from django.db.models import Count, Max
+
 from billing.costs.catalogue import (
     CannotPrice,
     accelerator_get,
@@ -53,7 +56,7 @@ from config.errors import ApplicationError, NotFound
 from metering.calendar import month_start
 from metering.ledger.record import Rates, serving_cost
 from metering.models import Route, Tenant
-from metering.selectors import ServedTotals, served_totals
+from metering.selectors import ServedTotals, rollups_fingerprint, served_totals
 from metering.usage import TOKEN_CLASSES
 
 FEES = "(fees)"
@@ -325,61 +328,31 @@ def margin_series(
         raise ApplicationError("since and until are whole UTC days.")
     if since >= until:
         raise ApplicationError("since must be before until.")
-    grouping = (group_by,)
 
     def bucket_of(day: datetime) -> datetime:
         return month_start(day) if granularity == "month" else day
 
-    days = _days(since, until)
-    buckets = sorted({bucket_of(d) for d in days})
+    buckets = sorted({bucket_of(d) for d in _days(since, until)})
     cells: dict[tuple[datetime, str], MarginCell] = {}
     totals = {b: MarginCell(b, "") for b in buckets}
-
-    def add(day: datetime, group: str, revenue: Decimal, cost: Decimal, reasoning: Decimal) -> None:
-        if not since <= day < until:
-            return
-        bucket = bucket_of(day)
-        for cell in (cells.setdefault((bucket, group), MarginCell(bucket, group)), totals[bucket]):
-            cell.revenue_usd += revenue
-            cell.cost_usd += cost
-            cell.reasoning_cost_usd += reasoning
-
-    zero = Decimal(0)
     month = month_start(since)
-    while month < until:
-        period = Period(month, month_start(month + timedelta(days=32)))
-        month = period.end
-        daily = served_totals(start=period.start, end=period.end, by_day=True)
-        names = target_names({s.route_id for s in daily}) if group_by == "target" else {}
-
-        with localcontext(EXACT):
-            served, days_of = _undaily(daily)
-            for d in daily:
-                assert d.day is not None
-                add(
-                    d.day,
-                    _group_of(grouping, d, names),
-                    zero,
-                    d.serving_cost_usd,
-                    d.reasoning_cost_usd,
-                )
-            month_days = _days(period.start, period.end)
-            for share in revenue_shares(period=period, served=served):
-                if share.served is None:
-                    fees = group_key(grouping, share.tenant_id, FEES, FEES, FEES)[0]
-                    parts = _split(share.amount_usd, [1] * len(month_days))
-                    for day, part in zip(month_days, parts, strict=True):
-                        add(day, fees, part, zero, zero)
+    with localcontext(EXACT):
+        while month < until:
+            period = Period(month, month_start(month + timedelta(days=32)))
+            month = period.end
+            for (day, group), (revenue, cost, reasoning) in month_margins(
+                period=period, group_by=group_by
+            ).items():
+                if not since <= day < until:
                     continue
-                spread = [
-                    (d, sum(d.tokens.get(c, 0) for c in share.classes))
-                    for d in days_of[_served_key(share.served)]
-                ]
-                spread = [(d, w) for d, w in spread if w > 0]
-                parts = _split(share.amount_usd, [w for _, w in spread])
-                for (d, _), part in zip(spread, parts, strict=True):
-                    assert d.day is not None
-                    add(d.day, _group_of(grouping, d, names), part, zero, zero)
+                bucket = bucket_of(day)
+                for cell in (
+                    cells.setdefault((bucket, group), MarginCell(bucket, group)),
+                    totals[bucket],
+                ):
+                    cell.revenue_usd += revenue
+                    cell.cost_usd += cost
+                    cell.reasoning_cost_usd += reasoning
     rows = sorted(cells.values(), key=lambda c: (c.start, c.group))
     return MarginSeries(
         buckets=buckets,
@@ -387,6 +360,67 @@ def margin_series(
         totals=[totals[b] for b in buckets],
         group_labels=_group_labels(group_by, {c.group for c in rows}),
     )
+
+
+# A month's margins per day are kept this long under the fingerprint of what they were
+# computed from (its rollups, the subscriptions): a written rollup or subscription
+# changes the key, so the time bounds only what no fingerprint sees (a target renamed).
+MONTH_MARGINS_SECONDS = 600
+DayMargins = dict[tuple[datetime, str], tuple[Decimal, Decimal, Decimal]]
+
+
+def month_margins(*, period: Period, group_by: str) -> DayMargins:
+    """(UTC day, group) -> (revenue, serving cost, reasoning cost) of a calendar month,
+    exact: `margin_series`'s unit of work, cached (see MONTH_MARGINS_SECONDS)."""
+    subscriptions = Subscription.objects.aggregate(n=Count("pk"), last=Max("pk"))
+    fingerprint = (
+        *rollups_fingerprint(start=period.start, end=period.end),
+        subscriptions["n"],
+        subscriptions["last"] or 0,
+    )
+    key = f"billing.month_margins:{period.start:%Y-%m}:{group_by}:" + ":".join(
+        map(str, fingerprint)
+    )
+    found: DayMargins | None = cache.get(key)
+    if found is None:
+        found = _month_margins(period=period, group_by=group_by)
+        cache.set(key, found, MONTH_MARGINS_SECONDS)
+    return found
+
+
+def _month_margins(*, period: Period, group_by: str) -> DayMargins:
+    grouping = (group_by,)
+    daily = served_totals(start=period.start, end=period.end, by_day=True)
+    names = target_names({s.route_id for s in daily}) if group_by == "target" else {}
+    out: dict[tuple[datetime, str], list[Decimal]] = {}
+
+    def add(day: datetime, group: str, index: int, amount: Decimal) -> None:
+        out.setdefault((day, group), [Decimal(0)] * 3)[index] += amount
+
+    with localcontext(EXACT):
+        served, days_of = _undaily(daily)
+        for d in daily:
+            assert d.day is not None
+            add(d.day, _group_of(grouping, d, names), 1, d.serving_cost_usd)
+            add(d.day, _group_of(grouping, d, names), 2, d.reasoning_cost_usd)
+        month_days = _days(period.start, period.end)
+        for share in revenue_shares(period=period, served=served):
+            if share.served is None:
+                fees = group_key(grouping, share.tenant_id, FEES, FEES, FEES)[0]
+                parts = _split(share.amount_usd, [1] * len(month_days))
+                for day, part in zip(month_days, parts, strict=True):
+                    add(day, fees, 0, part)
+                continue
+            spread = [
+                (d, sum(d.tokens.get(c, 0) for c in share.classes))
+                for d in days_of[_served_key(share.served)]
+            ]
+            spread = [(d, w) for d, w in spread if w > 0]
+            parts = _split(share.amount_usd, [w for _, w in spread])
+            for (d, _), part in zip(spread, parts, strict=True):
+                assert d.day is not None
+                add(d.day, _group_of(grouping, d, names), 0, part)
+    return {key: (v[0], v[1], v[2]) for key, v in out.items()}
 
 
 def _group_of(grouping: tuple[str], s: ServedTotals, names: dict[int, tuple[str, str]]) -> str:

@@ -583,6 +583,17 @@ def served_totals(
     ]
 
 
+def rollups_fingerprint(*, start: datetime, end: datetime) -> tuple[int, int, int]:
+    """(rows, highest record id, highest commit stamp) of the rollups of the hours
+    [start, end): any write to those hours changes it (a new row; a record folded into a
+    row raises its `last_record_id` and `changed_xid`), so a result computed from those
+    rollups may be kept under it (billing.reports: a month's margins)."""
+    found = UsageRollup.objects.filter(hour__gte=start, hour__lt=end).aggregate(
+        rows=Count("pk"), last=Max("last_record_id"), xid=Max("changed_xid")
+    )
+    return (found["rows"], found["last"] or 0, found["xid"] or 0)
+
+
 def _used_since(
     field: str, *, tenant_id: uuid.UUID, api_key_id: int | None, since: datetime | None
 ) -> Any:

@@ -7,6 +7,8 @@ from decimal import Decimal, localcontext
 import pytest
 
 from billing.costs.provider_costs import EXACT
+from billing.models import Subscription
+from billing.plans import subscription_create
 from billing.pricing.periods import Period
 from billing.reports import FEES, GROUPINGS, ROUNDED, margin_report, margin_series
 from config.errors import ApplicationError
@@ -130,3 +132,21 @@ def test_bad_windows_and_groupings_are_refused(kwargs: dict[str, object]) -> Non
     args: dict[str, object] = {"since": T0, "until": NOV, **kwargs}
     with pytest.raises(ApplicationError):
         margin_series(**args)  # type: ignore[arg-type]
+
+
+def test_a_month_already_computed_sees_new_usage_and_subscriptions() -> None:
+    """A month's margins are kept under the fingerprint of their rollups and the
+    subscriptions: a record folded into an existing rollup row changes it."""
+    world = spread_world()
+    first = margin_series(since=T0, until=NOV)
+    day = T0 + timedelta(days=3, minutes=5)  # a rollup row routed_world already wrote
+    write_usage(world.key, day, world.mi_rate, route_id=world.mi.pk, output_tokens=1000)
+    second = margin_series(since=T0, until=NOV)
+    with localcontext(EXACT):
+        assert second.totals[3].cost_usd - first.totals[3].cost_usd == Decimal("0.0005")
+        assert second.totals[3].revenue_usd - first.totals[3].revenue_usd == Decimal("0.004")
+    other = ApiKeyFactory()
+    version = Subscription.objects.get(tenant=world.key.tenant).plan_version
+    subscription_create(tenant=other.tenant, plan_version=version, starts_at=T0)
+    third = margin_series(since=T0, until=NOV, group_by="tenant")
+    assert str(other.tenant_id) in {c.group for c in third.rows}  # its base fee

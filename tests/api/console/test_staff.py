@@ -92,6 +92,29 @@ def test_finance_sees_margin_charts_equal_to_the_api() -> None:
     assert Decimal(values(drawn)["cost_usd"][day]) == Decimal("5.75")
 
 
+def test_monthly_by_tenant_equals_the_api_too() -> None:
+    world = spread_world()
+    query = {**QUERY, "granularity": "month", "group_by": "tenant"}
+    html = signed_in(staff_user("cfo", "finance-read")).get("/console/staff/margins", query)
+    answer = staff_client("cfo-api", "finance-read").get("/api/v1/finance/margins/series", query)
+    drawn = chart_json(html.content.decode(), "margin-revenue-cost")
+    assert (
+        drawn["labels"]
+        == answer.json()["buckets"]
+        == [
+            "2026-10-01T00:00:00+00:00",
+            "2026-11-01T00:00:00+00:00",
+        ]
+    )
+    assert values(drawn)["revenue_usd"] == [t["revenue_usd"] for t in answer.json()["totals"]]
+    by_tenant = chart_json(html.content.decode(), "margin-by-tenant")
+    mine = next(s for s in by_tenant["series"] if s["key"] == str(world.key.tenant_id))
+    assert mine["label"] == world.key.tenant.name
+    assert mine["values"] == [
+        r["gross_margin_usd"] for r in answer.json()["rows"] if r["group"] == mine["key"]
+    ]
+
+
 def test_each_tables_csv_is_the_chart() -> None:
     spread_world()
     client = signed_in(staff_user("cfo", "finance-read"))
