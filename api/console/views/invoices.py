@@ -18,6 +18,7 @@ from django.views.decorators.http import require_GET
 
 from api.console.access import INVOICES_VIEW, member_page
 from api.console.views.common import page
+from api.console.views.paging import before_of, newest_page
 from api.serializers.balances import BalanceEntryOutput, balance_data
 from api.serializers.invoices import InvoiceDetailOutput, InvoiceOutput
 from billing.balances import balance_state, credits_of
@@ -25,9 +26,6 @@ from billing.invoicing.documents import invoice_pdf as invoice_pdf_bytes
 from billing.models import BalanceAccount, BalanceEntry, Invoice
 from config.db_router import reporting_reads
 from metering.models import TenantMember
-
-# Rows a list page shows at once; "more" pages on by id (newest first, as the API's cursor).
-PAGE_SIZE = 50
 
 
 def _invoices_of(member: TenantMember) -> QuerySet[Invoice]:
@@ -46,38 +44,18 @@ def _invoice_or_404(member: TenantMember, invoice_id: int) -> Invoice:
     return invoice
 
 
-def _before(request: HttpRequest) -> int | None:
-    """The `before` id of a "more" link (rows with a smaller id), or None."""
-    value = request.GET.get("before", "")
-    if not value:
-        return None
-    if not (value.isascii() and value.isdigit() and len(value) <= 18):
-        raise Http404("No such page.")
-    return int(value)
-
-
-def _page_of(qs: QuerySet[Any], request: HttpRequest) -> tuple[list[Any], int | None]:
-    """Up to PAGE_SIZE rows newest first, and the id to continue before (None: no more)."""
-    before = _before(request)
-    if before is not None:
-        qs = qs.filter(pk__lt=before)
-    rows = list(qs.order_by("-pk")[: PAGE_SIZE + 1])
-    more = rows[PAGE_SIZE - 1].pk if len(rows) > PAGE_SIZE else None
-    return rows[:PAGE_SIZE], more
-
-
 @require_GET
 @member_page(INVOICES_VIEW)
 @reporting_reads()
 def invoice_list(request: HttpRequest, member: TenantMember) -> HttpResponse:
-    invoices, more = _page_of(_invoices_of(member), request)
+    invoices, more = newest_page(_invoices_of(member), request)
     return page(
         request,
         "console/invoices.html",
         {
             "invoices": InvoiceOutput(invoices, many=True).data,
             "more": more,
-            "first_page": _before(request) is None,
+            "first_page": before_of(request) is None,
         },
     )
 
@@ -111,13 +89,13 @@ def balance(request: HttpRequest, member: TenantMember) -> HttpResponse:
     if account is not None:
         state = balance_state(member.tenant.pk)
         assert state is not None  # accounts are never deleted (PROTECT)
-        entries, more = _page_of(
+        entries, more = newest_page(
             BalanceEntry.objects.filter(account=account).select_related("invoice"), request
         )
         context = {
             "balance": balance_data(state, credits_of([account.pk])),
             "entries": BalanceEntryOutput(entries, many=True).data,
             "more": more,
-            "first_page": _before(request) is None,
+            "first_page": before_of(request) is None,
         }
     return page(request, "console/balance.html", context)

@@ -7,9 +7,12 @@ Invariants:
 - the raw key exists only in the response to the create POST (rendered, never
   redirected, never put in the session or a message), sent with `Cache-Control:
   no-store`; no later page can show it, because only its digest is stored;
+- each create form carries a one-time token (kept in the session): a reload of the
+  create response re-sends the POST, which then creates nothing and shows no key;
 - GET never changes anything; every change is a POST with the CSRF token, through the
   metering services the admin and the REST API use."""
 
+import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime, time
 from decimal import Decimal
@@ -27,6 +30,7 @@ from django.views.decorators.http import require_http_methods
 
 from api.console.access import KEYS_MANAGE, KEYS_VIEW, LIMITS_MANAGE, can, member_page
 from api.console.views.common import page
+from api.console.views.paging import before_of, newest_page
 from config.errors import ApplicationError
 from metering.control.governance import EFFORTS
 from metering.models import ApiKey, RateLimit, ReasoningPolicy, SpendLimit, TenantMember
@@ -39,11 +43,13 @@ from metering.services import (
     reasoning_policy_set,
 )
 
-# The most keys the list shows (newest first); a tenant with more sees a note.
-KEY_LIST_CAP = 500
+# The session's unused create-form tokens (the newest few forms, e.g. in several tabs).
+CREATE_TOKENS = "console_key_create_tokens"
+CREATE_TOKENS_KEPT = 10
 
 
 class KeyCreateForm(forms.Form):
+    once = forms.CharField(widget=forms.HiddenInput, max_length=64)
     name = forms.CharField(max_length=200, help_text="What the key is for, e.g. a service name.")
     expires_on = forms.DateField(
         required=False,
@@ -144,12 +150,34 @@ def _no_store(response: HttpResponse) -> HttpResponse:
     return response
 
 
-def _list_context(member: TenantMember) -> dict[str, Any]:
+def _create_form(request: HttpRequest, data: Any = None) -> KeyCreateForm:
+    """A create form with a fresh one-time token (a bound form keeps the one it came with)."""
+    if data is not None:
+        return KeyCreateForm(data)
+    token = secrets.token_urlsafe(16)
+    request.session[CREATE_TOKENS] = [
+        *request.session.get(CREATE_TOKENS, [])[-(CREATE_TOKENS_KEPT - 1) :],
+        token,
+    ]
+    return KeyCreateForm(initial={"once": token})
+
+
+def _create_token_take(request: HttpRequest, token: str) -> bool:
+    """Use up a create form's token; False if it was never issued here or already used."""
+    tokens = request.session.get(CREATE_TOKENS, [])
+    if token not in tokens:
+        return False
+    request.session[CREATE_TOKENS] = [t for t in tokens if t != token]
+    return True
+
+
+def _list_context(request: HttpRequest, member: TenantMember) -> dict[str, Any]:
     now = timezone.now()
-    keys = list(_keys_of(member)[: KEY_LIST_CAP + 1])
+    keys, more = newest_page(_keys_of(member), request)
     return {
-        "rows": [_row(k, now) for k in keys[:KEY_LIST_CAP]],
-        "capped": len(keys) > KEY_LIST_CAP,
+        "rows": [_row(k, now) for k in keys],
+        "more": more,
+        "first_page": before_of(request) is None,
         "may_manage": can(member, KEYS_MANAGE),
     }
 
@@ -157,21 +185,26 @@ def _list_context(member: TenantMember) -> dict[str, Any]:
 @require_http_methods(["GET"])
 @member_page(KEYS_VIEW)
 def key_list(request: HttpRequest, member: TenantMember) -> HttpResponse:
-    context = _list_context(member)
+    context = _list_context(request, member)
     if context["may_manage"]:
-        context["form"] = KeyCreateForm()
+        context["form"] = _create_form(request)
     return page(request, "console/keys.html", context)
 
 
 @require_http_methods(["GET", "POST"])
 @member_page(KEYS_MANAGE)
 def key_create(request: HttpRequest, member: TenantMember) -> HttpResponse:
-    """GET: the form. POST: create the key and show it once on this response."""
+    """GET: the form. POST: create the key and show it once on this response. A form
+    already used (a reload of this response re-sends it) creates nothing."""
     if request.method != "POST":
-        return page(request, "console/keys_new.html", {"form": KeyCreateForm()})
-    form = KeyCreateForm(request.POST)
+        return page(request, "console/keys_new.html", {"form": _create_form(request)})
+    form = _create_form(request, request.POST)
     if not form.is_valid():
+        if form.has_error("once"):
+            return _form_used(request)
         return page(request, "console/keys_new.html", {"form": form}, status=400)
+    if not _create_token_take(request, form.cleaned_data["once"]):
+        return _form_used(request)
     try:
         created = api_key_create(
             tenant=member.tenant,
@@ -245,6 +278,15 @@ def key_revoke(request: HttpRequest, member: TenantMember, key_id: int) -> HttpR
         messages.success(request, f"Key {key.prefix}… ({key.name or 'unnamed'}) is revoked.")
         return redirect("console:keys")
     return page(request, "console/keys_revoke.html", {"key": key})
+
+
+def _form_used(request: HttpRequest) -> HttpResponse:
+    messages.warning(
+        request,
+        "That form was already used, so no key was created now. A key is shown only once, "
+        "when it is created; if you lost it, revoke it and create another.",
+    )
+    return redirect("console:keys", permanent=False)
 
 
 def _save(form: forms.Form, write: Callable[[dict[str, Any]], object]) -> bool:

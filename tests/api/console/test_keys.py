@@ -3,9 +3,12 @@ with the REST API; revoking asks first and then stops the key; owners set a key'
 monthly spend limit and reasoning policy through the metering services, others read
 them; another tenant's key is a 404; every change is a POST with the CSRF token."""
 
+import re
 from decimal import Decimal
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from config.errors import ApplicationError
 from metering.control.budgets import BudgetKind, budget_list
@@ -28,6 +31,13 @@ def acme():  # type: ignore[no-untyped-def]
     return TenantFactory(name="acme")
 
 
+def _create(client, **fields: str):  # type: ignore[no-untyped-def]
+    """Open the create form and send it (with its one-time token), as a browser does."""
+    form = client.get("/console/keys/new").content.decode()
+    (once,) = re.findall(r'name="once" value="([^"]+)"', form)
+    return client.post("/console/keys/new", {"once": once, **fields})
+
+
 def _secret(html: str) -> str:
     values = [
         line.split(">", 1)[1].split("<", 1)[0]
@@ -42,7 +52,7 @@ def test_a_created_key_is_shown_once_and_authenticates_the_rest_api(acme) -> Non
     client = member_client(acme, "dev", "developer")
     form = client.get("/console/keys")
     assert form.status_code == 200 and b'action="/console/keys/new"' in form.content
-    created = client.post("/console/keys/new", {"name": "batch jobs"})
+    created = _create(client, name="batch jobs")
     assert created.status_code == 201
     assert "no-store" in created["Cache-Control"]
     html = created.content.decode()
@@ -65,12 +75,31 @@ def test_a_created_key_is_shown_once_and_authenticates_the_rest_api(acme) -> Non
     assert str(key.pk) in attr_values(listed, "data-key-id")
 
 
+def test_a_reload_of_the_create_response_creates_nothing_and_shows_no_key(acme) -> None:  # type: ignore[no-untyped-def]
+    client = member_client(acme, "dev", "developer")
+    form = client.get("/console/keys").content.decode()
+    (once,) = re.findall(r'name="once" value="([^"]+)"', form)
+    first = client.post("/console/keys/new", {"once": once, "name": "ci"})
+    assert first.status_code == 201
+    secret = _secret(first.content.decode())
+    again = client.post("/console/keys/new", {"once": once, "name": "ci"}, follow=True)
+    assert again.redirect_chain == [("/console/keys", 302)]
+    assert secret.encode() not in again.content and b'id="new-key-secret"' not in again.content
+    assert b"already used" in again.content
+    assert ApiKey.objects.filter(tenant=acme).count() == 1
+    forged = client.post("/console/keys/new", {"once": "made-up", "name": "x"})
+    missing = client.post("/console/keys/new", {"name": "x"})
+    assert forged.status_code == missing.status_code == 302
+    assert ApiKey.objects.filter(tenant=acme).count() == 1
+    assert once not in client.session.get("console_key_create_tokens", [])
+
+
 def test_an_expiry_in_the_past_is_refused_and_a_future_one_kept(acme) -> None:  # type: ignore[no-untyped-def]
     client = member_client(acme, "dev", "developer")
-    refused = client.post("/console/keys/new", {"name": "old", "expires_on": "2020-01-01"})
+    refused = _create(client, name="old", expires_on="2020-01-01")
     assert refused.status_code == 400 and b"after today" in refused.content
     assert not ApiKey.objects.filter(name="old").exists()
-    kept = client.post("/console/keys/new", {"name": "later", "expires_on": "2099-03-01"})
+    kept = _create(client, name="later", expires_on="2099-03-01")
     assert kept.status_code == 201
     expires = ApiKey.objects.get(name="later").expires_at
     assert expires is not None and expires.isoformat() == "2099-03-01T00:00:00+00:00"
@@ -197,7 +226,7 @@ def test_owner_sets_and_removes_a_reasoning_policy(acme) -> None:  # type: ignor
         policy.monthly_reasoning_tokens,
     ) == (["low", "medium"], 1024, 8192, "refuse", 5_000_000)
     shown = client.get(f"/console/keys/{key.pk}").content.decode()
-    assert "efforts: low, medium" in shown and "cap 8192 output tokens per call" in shown
+    assert "efforts: low, medium" in shown and "cap 8,192 output tokens per call" in shown
 
     refused = client.post(
         f"/console/keys/{key.pk}",
@@ -274,3 +303,45 @@ def test_the_reasoning_policy_service_validates() -> None:
     reasoning_policy_clear(api_key=key)
     reasoning_policy_clear(api_key=key)  # idempotent
     assert not ReasoningPolicy.objects.filter(api_key=key).exists()
+
+
+def test_the_key_list_reads_a_fixed_number_of_queries(acme) -> None:  # type: ignore[no-untyped-def]
+    """Limits, rate limits and policies are read with the keys, not once per key."""
+    client = member_client(acme, "boss", "owner")
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get("/console/keys").status_code == 200
+        return len(captured)
+
+    def add_keys(n: int) -> None:
+        for i in range(n):
+            key = api_key_create(tenant=acme, name=f"k{i}-{ApiKey.objects.count()}").api_key
+            api_key_spend_limit_set(api_key=key, amount_usd=Decimal(i + 1))
+            RateLimit.objects.create(tenant=acme, api_key=key, requests_per_minute=10)
+            reasoning_policy_set(
+                api_key=key,
+                allowed_efforts=[],
+                default_max_output_tokens=None,
+                max_output_tokens=100,
+                mode="clamp",
+                monthly_reasoning_tokens=None,
+            )
+
+    add_keys(2)
+    few = queries()
+    add_keys(20)
+    assert queries() == few
+
+
+def test_the_key_list_pages_newest_first(acme) -> None:  # type: ignore[no-untyped-def]
+    made = [api_key_create(tenant=acme, name=f"k{i}").api_key.pk for i in range(55)]
+    client = member_client(acme, "dev", "developer")
+    first = client.get("/console/keys").content.decode()
+    shown = [int(i) for i in attr_values(first, "data-key-id")]
+    assert shown == sorted(made, reverse=True)[:50]
+    older = [h for h in attr_values(first, "href") if h.startswith("?before=")]
+    assert older == [f"?before={shown[-1]}"]
+    second = client.get(f"/console/keys{older[0]}").content.decode()
+    assert [int(i) for i in attr_values(second, "data-key-id")] == sorted(made, reverse=True)[50:]
+    assert client.get("/console/keys?before=-1").status_code == 404
