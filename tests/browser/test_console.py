@@ -136,6 +136,28 @@ def test_overview_chart_draws_the_months_daily_series(
     }
 
 
+def test_invoice_pages_show_the_apis_numbers(page: Page, login: Login, world: World) -> None:
+    login(world.billing)
+    invoice = world.acme.invoice
+    base = page.url.split("/console")[0]
+    detail = api_get(base, f"/api/v1/invoices/{invoice.pk}", world.acme.raw_keys["ci"])
+    open_page(page, "/console/invoices")
+    row = page.locator(f"#invoices-table tr[data-invoice-id='{invoice.pk}']")
+    assert row.locator("td[data-minor]").get_attribute("data-minor") == str(detail["total_minor"])
+    open_page(page, f"/console/invoices/{invoice.pk}")
+    assert page.get_attribute("#invoice-total", "data-minor") == str(detail["total_minor"])
+    shown = page.eval_on_selector_all(
+        "#invoice-lines tbody > tr[data-position] > td.num[data-minor]",
+        "cells => cells.map(c => c.dataset.minor)",
+    )
+    assert shown == [str(line["amount_minor"]) for line in detail["lines"]]
+    assert detail["total_minor"] > 0 and len(detail["lines"]) >= 3
+    # the PDF is the API's: a download, fetched with the page's session
+    pdf = page.request.get(f"/console/invoices/{invoice.pk}/pdf")
+    assert pdf.status == 200 and pdf.headers["content-type"] == "application/pdf"
+    assert pdf.body().startswith(b"%PDF-")
+
+
 @pytest.mark.parametrize(
     "chart_id", ["usage-by-class", "usage-reasoning-share", "usage-by-alias", "usage-by-key"]
 )

@@ -58,13 +58,19 @@ def test_a_key_made_in_the_console(
     assert answer.usage is not None
     assert answer.usage.completion_tokens_details.reasoning_tokens > 0  # type: ignore[union-attr]
 
-    # ... and is never shown again: not on the list, the key's page, nor going back
+    # ... and is never shown again: not on a reload of the answer (the browser sends the
+    # POST again), the list, the key's page, nor going back
+    page.reload()
+    page.wait_for_load_state()
+    assert secret not in page.content()
+    assert page.locator("#new-key-secret").count() == 0
     for path in ("/console/keys", f"/console/keys/{key_id}", "/console/usage"):
         open_page(page, path)
         assert secret not in page.content(), path
     open_page(page, "/console/keys")
     row = page.locator(f"tr[data-key-id='{key_id}']")
     assert "made-in-chromium" in row.inner_text() and "active" in row.inner_text()
+    assert page.locator("#keys-table tr", has_text="made-in-chromium").count() == 1  # one key
     page.go_back()
     page.wait_for_load_state()
     assert secret not in page.content()
