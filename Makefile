@@ -6,7 +6,7 @@ PY := .venv/bin/python
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: setup run test lint bench bench-billing bench-usage bench-console bench-control bench-control-cluster bench-ledger bench-archive bench-reconcile bench-provider-costs bench-cpu bench-compare services chaos
+.PHONY: setup run test lint bench bench-billing bench-usage bench-console bench-control bench-control-cluster bench-ledger bench-archive bench-reconcile bench-provider-costs bench-cpu bench-compare services chromium chaos
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -27,6 +27,10 @@ run: setup
 services:
 	bash .ci/services
 
+# Debian's Chromium and fonts for the browser tests (tests/browser); skipped when present.
+chromium:
+	bash .ci/chromium
+
 lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
@@ -34,7 +38,8 @@ lint: setup
 	$(PY) manage.py makemigrations --check --dry-run
 
 # DATABASE_REPLICA_URL: the replica tests get a separate test database of their own.
-test: setup services
+# The browser tests (tests/browser, marked browser and e2e) run here too, in Chromium.
+test: setup services chromium
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(MAKE) --no-print-directory lint
 	DATABASE_URL=$(TEST_DATABASE_URL) DATABASE_REPLICA_URL=$(TEST_DATABASE_URL) \
 		REDIS_URL=$(TEST_REDIS_URL) CELERY_BROKER_URL=$(TEST_REDIS_URL) \
