@@ -114,6 +114,8 @@ def launch(workdir: Path, port: int, simulator_port: int, name: str) -> Quicksta
                 str(port),
                 "--simulator-port",
                 str(simulator_port),
+                # These tests are about processes and ports; the demo data has its own test.
+                "--no-demo",
             ],
             cwd=ROOT,
             env=quickstart_env(workdir),
@@ -199,7 +201,7 @@ def test_quickstart_and_its_simulator_end_when_make_is_killed(workdir: Path) -> 
     log = workdir / "under-make.log"
     command = (
         f"'{sys.executable}' manage.py quickstart --port {port} "
-        f"--simulator-port {simulator_port} > '{log}' 2>&1; exit 0"
+        f"--simulator-port {simulator_port} --no-demo > '{log}' 2>&1; exit 0"
     )
     make = subprocess.Popen(["sh", "-c", command], cwd=ROOT, env=quickstart_env(workdir))
     started: list[int] = []
