@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from api.console.views.auth import forbidden as console_forbidden
+from api.console.views.auth import not_found as console_not_found
 from config.errors import ApplicationError
 
 
@@ -72,6 +73,8 @@ def permission_denied(request: HttpRequest, exception: Exception) -> HttpRespons
 
 
 def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if request.path.startswith("/console/"):
+        return console_not_found(request, exception)
     if not _wants_json(request):
         return defaults.page_not_found(request, exception)
     return json_error(404, "not_found", "No such endpoint.")

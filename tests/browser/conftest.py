@@ -189,10 +189,6 @@ class BrowserErrors:
 
     def _expected(self, status: int, url: str) -> bool:
         bare = url.split("?", 1)[0]
-        if bare.endswith("/favicon.ico"):
-            # Chromium asks for it on a page that names no icon: Django's plain 404 page.
-            # The console's own pages name theirs (base.html), so they never ask.
-            return True
         return any(status == s and bare.endswith(p) for s, p in self.expected)
 
     def on_console(self, message: ConsoleMessage) -> None:

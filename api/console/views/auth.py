@@ -65,3 +65,9 @@ def home(request: HttpRequest) -> HttpResponse:
 def forbidden(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     reason = str(exception) if exception and str(exception) else "You may not open this page."
     return page(request, "console/forbidden.html", {"reason": reason}, status=403)
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """The console's own 404 page: another tenant's id lands here too, so it says no more
+    than that there is no such page for this account."""
+    return page(request, "console/not_found.html", {}, status=404)

@@ -24,6 +24,7 @@ MEMBER_NAV: list[tuple[str, str, str]] = [
     ("console:usage", "Usage", USAGE_VIEW),
     ("console:keys", "API keys", KEYS_VIEW),
     ("console:invoices", "Invoices", INVOICES_VIEW),
+    ("console:balance", "Balance", INVOICES_VIEW),
 ]
 # (route name, label, Django permission) for staff.
 STAFF_NAV: list[tuple[str, str, str]] = [

@@ -183,7 +183,10 @@ def overview(request: HttpRequest, member: TenantMember) -> HttpResponse:
     # what spend limits count: list price, flagged calls included (metering.selectors)
     spent = spend_since(tenant_id=tenant_id, since=window.since)
     chart = chart_reasoning_share(window, series_rows(window))
-    alerts = AlertSerializer(alerts_for_tenant(tenant_id=tenant_id)[:RECENT_ALERTS], many=True)
+    recent = alerts_for_tenant(tenant_id=tenant_id)
+    if not sees_money:  # the balance's figures are for those who may see the balance
+        recent = recent.exclude(budget="balance")
+    alerts = AlertSerializer(recent[:RECENT_ALERTS], many=True)
     return page(
         request,
         "console/overview.html",

@@ -183,3 +183,15 @@ def test_an_anonymous_visitor_is_sent_to_sign_in_from_any_page() -> None:
         response = client.get(path)
         assert response.status_code == 302, path
         assert response["Location"].startswith("/console/login"), path
+
+
+@pytest.mark.django_db
+def test_a_missing_console_page_is_the_consoles_own_404() -> None:
+    password = tenant_member_set(tenant=TenantFactory(), username="ann", role="owner").password
+    client = Client(HTTP_HOST=HOST)
+    assert client.login(username="ann", password=password)
+    for path in ("/console/invoices/987654321", "/console/no-such-page"):
+        response = client.get(path)
+        assert response.status_code == 404, path
+        assert b"There is no such page for this account." in response.content
+        assert b'rel="icon"' in response.content  # Chromium asks for no /favicon.ico

@@ -185,6 +185,32 @@ def test_members_without_the_billing_capability_see_no_money(acme: dict[str, Any
     assert 'id="overview-balance"' in billing and 'data-budget="balance"' in billing
 
 
+def test_the_balance_alerts_are_only_for_members_who_see_the_balance() -> None:
+    tenant = TenantFactory(name="lowbalance")
+    key = api_key_create(tenant=tenant).api_key
+    balance_credit(
+        tenant_id=tenant.pk,
+        kind="top_up",
+        amount=Decimal("10.00"),
+        idempotency_key="low-top",
+        effective_at=datetime(2026, 9, 1, tzinfo=UTC),
+    )
+    SpendLimit.objects.create(tenant=tenant, window="month", amount_usd=Decimal("10"))
+    use(key, NOV + timedelta(days=2, hours=3), "9", output=1_000, reasoning=3_000)
+    with time_machine.travel(NOW, tick=False):
+        alerts_evaluate(tenant_id=tenant.pk, at=NOW)
+    balance_alerts = list(tenant.alerts.filter(budget="balance"))
+    spend_alerts = list(tenant.alerts.exclude(budget="balance"))
+    assert balance_alerts and spend_alerts
+    dev = _get(member_client(tenant, "dev", "developer")).content.decode()
+    billing = _get(member_client(tenant, "bill", "billing")).content.decode()
+    for alert in balance_alerts:
+        assert f'data-alert="{alert.event_id}"' not in dev
+        assert f'data-alert="{alert.event_id}"' in billing
+    for alert in spend_alerts:
+        assert f'data-alert="{alert.event_id}"' in dev
+
+
 def test_another_tenants_figures_never_show(acme: dict[str, Any]) -> None:
     html = _get(member_client(acme["tenant"], "owner", "owner")).content.decode()
     other_alerts = acme["other"].alerts.all()
