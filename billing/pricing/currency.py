@@ -124,4 +124,9 @@ def from_minor(minor: int, currency: str) -> Decimal:
 def decimal_text(value: Decimal) -> str:
     """An exact Decimal as plain digits without trailing zeros, never in scientific
     notation ("4.000000000000" -> "4", "0E-12" -> "0", "61.730" -> "61.73")."""
-    return format(value.normalize(), "f")
+    # Not value.normalize(): it rounds to the context's 28 digits, and a prorated day's
+    # share can carry 30 or more.
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text

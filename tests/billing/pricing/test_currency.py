@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from billing.pricing.currency import (
     currency_exponent,
+    decimal_text,
     from_minor,
     is_known_currency,
     quantize,
@@ -152,3 +153,22 @@ def test_half_rounding_is_within_half_a_minor_unit(
     minor = to_minor(amount, currency, rounding)
     half_unit = Decimal(1).scaleb(-currency_exponent(currency)) / 2
     assert abs(amount - from_minor(minor, currency)) <= half_unit
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ("4.000000000000", "4"),
+        ("0E-12", "0"),
+        ("-0.000", "0"),
+        ("61.730", "61.73"),
+        ("5E-7", "0.0000005"),
+        ("1E+3", "1000"),
+        ("-12.50", "-12.5"),
+        # more digits than the default context's 28: written whole, never rounded
+        ("39.51104455913978494623655913910", "39.5110445591397849462365591391"),
+    ],
+)
+def test_decimal_text_is_exact_plain_digits(value: str, text: str) -> None:
+    assert decimal_text(Decimal(value)) == text
+    assert Decimal(decimal_text(Decimal(value))) == Decimal(value)
