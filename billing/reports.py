@@ -28,15 +28,14 @@ accelerators keep the hardware cost basis alone, even an alias that moved betwee
 accelerators and a provider in the period (its hardware rows are no account's).
 """
 
+import hashlib
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Context, Decimal, localcontext
 
 from django.core.cache import cache
-from django.db.models import Count, Max
 
 from billing.costs.catalogue import (
     CannotPrice,
@@ -176,33 +175,42 @@ class RevenueShare:
     amount_usd: Decimal
 
 
-def revenue_shares(*, period: Period, served: list[ServedTotals]) -> Iterator[RevenueShare]:
+def revenue_shares(*, period: Period, served: list[ServedTotals]) -> list[RevenueShare]:
     """Each USD tenant's rating of `period` split over `served` (its rows of the period):
-    the one revenue allocation of the margin report and the margin series."""
+    the one revenue allocation of the margin report and the margin series.
+
+    The ratings run under a fresh default context, never the caller's: rating divides
+    (a subscription's share of a prorated period), which EXACT would trap as Inexact;
+    callers sum the shares in EXACT afterwards."""
     by_tenant: dict[uuid.UUID, list[ServedTotals]] = defaultdict(list)
     for s in served:
         by_tenant[s.tenant_id].append(s)
     tenants = set(
         Subscription.objects.filter(starts_at__lt=period.end).values_list("tenant_id", flat=True)
     )
-    for tenant_id in sorted(tenants | set(by_tenant), key=str):
-        try:
-            rating = period_rate(tenant_id=tenant_id, period=period)
-        except NotFound:
-            continue
-        if rating.currency != "USD":
-            continue  # costs are USD and no exchange rates are kept: revenue in USD only
+    ratings = []
+    with localcontext(Context()):  # the default context, as invoices are rated
+        for tenant_id in sorted(tenants | set(by_tenant), key=str):
+            try:
+                rating = period_rate(tenant_id=tenant_id, period=period)
+            except NotFound:
+                continue
+            if rating.currency == "USD":  # costs are USD and no exchange rates are kept
+                ratings.append((tenant_id, rating))
+    shares = []
+    for tenant_id, rating in ratings:
         for line in rating.lines:
             weights = _line_weights(line, by_tenant[tenant_id]) if line.kind == "usage" else []
             if not weights:
                 if line.amount_exact:
-                    yield RevenueShare(tenant_id, None, (), 0, line.amount_exact)
+                    shares.append(RevenueShare(tenant_id, None, (), 0, line.amount_exact))
                 continue
             classes = tuple(_line_classes(line))
             for (s, weight), share in zip(
                 weights, _split(line.amount_exact, [w for _, w in weights]), strict=True
             ):
-                yield RevenueShare(tenant_id, s, classes, weight, share)
+                shares.append(RevenueShare(tenant_id, s, classes, weight, share))
+    return shares
 
 
 def margin_report(
@@ -220,6 +228,7 @@ def margin_report(
     def served_row(s: ServedTotals) -> MarginRow:
         return row_for(s.tenant_id, s.alias, s.accelerator, target_label(s.route_id, names))
 
+    shares = revenue_shares(period=period, served=served)  # rated outside EXACT
     with localcontext(EXACT):  # sums of exact amounts stay exact (only divisions round)
         for s in served:
             row = served_row(s)
@@ -227,7 +236,7 @@ def margin_report(
             row.reasoning_cost_usd += s.reasoning_cost_usd
             for token_class, n in s.tokens.items():
                 row.tokens[token_class] += n
-        for share in revenue_shares(period=period, served=served):
+        for share in shares:
             if share.served is None:
                 row_for(share.tenant_id, FEES, FEES, FEES).revenue_usd += share.amount_usd
                 continue
@@ -335,14 +344,15 @@ def margin_series(
     buckets = sorted({bucket_of(d) for d in _days(since, until)})
     cells: dict[tuple[datetime, str], MarginCell] = {}
     totals = {b: MarginCell(b, "") for b in buckets}
+    months: list[DayMargins] = []
     month = month_start(since)
+    while month < until:  # computed outside EXACT (rating divides), summed in it
+        period = Period(month, month_start(month + timedelta(days=32)))
+        month = period.end
+        months.append(month_margins(period=period, group_by=group_by))
     with localcontext(EXACT):
-        while month < until:
-            period = Period(month, month_start(month + timedelta(days=32)))
-            month = period.end
-            for (day, group), (revenue, cost, reasoning) in month_margins(
-                period=period, group_by=group_by
-            ).items():
+        for margins in months:
+            for (day, group), (revenue, cost, reasoning) in margins.items():
                 if not since <= day < until:
                     continue
                 bucket = bucket_of(day)
@@ -363,20 +373,33 @@ def margin_series(
 
 
 # A month's margins per day are kept this long under the fingerprint of what they were
-# computed from (its rollups, the subscriptions): a written rollup or subscription
+# computed from (its rollups, the subscriptions that may cover it): a written rollup, or
+# a subscription created, deleted or edited in place (its dates, plan version, anchor),
 # changes the key, so the time bounds only what no fingerprint sees (a target renamed).
 MONTH_MARGINS_SECONDS = 600
 DayMargins = dict[tuple[datetime, str], tuple[Decimal, Decimal, Decimal]]
 
 
+def subscriptions_fingerprint(*, period: Period) -> str:
+    """A digest of every field rating reads of the subscriptions starting before the end
+    of `period` (one row per tenant and plan change: small). Any edit of such a row, or
+    one moved into or out of that set, changes it."""
+    digest = hashlib.blake2b(digest_size=16)
+    for row in (
+        Subscription.objects.filter(starts_at__lt=period.end)
+        .order_by("pk")
+        .values_list("pk", "tenant_id", "plan_version_id", "starts_at", "ends_at", "anchor_day")
+    ):
+        digest.update(repr(row).encode())
+    return digest.hexdigest()
+
+
 def month_margins(*, period: Period, group_by: str) -> DayMargins:
     """(UTC day, group) -> (revenue, serving cost, reasoning cost) of a calendar month,
     exact: `margin_series`'s unit of work, cached (see MONTH_MARGINS_SECONDS)."""
-    subscriptions = Subscription.objects.aggregate(n=Count("pk"), last=Max("pk"))
     fingerprint = (
         *rollups_fingerprint(start=period.start, end=period.end),
-        subscriptions["n"],
-        subscriptions["last"] or 0,
+        subscriptions_fingerprint(period=period),
     )
     key = f"billing.month_margins:{period.start:%Y-%m}:{group_by}:" + ":".join(
         map(str, fingerprint)
@@ -397,14 +420,15 @@ def _month_margins(*, period: Period, group_by: str) -> DayMargins:
     def add(day: datetime, group: str, index: int, amount: Decimal) -> None:
         out.setdefault((day, group), [Decimal(0)] * 3)[index] += amount
 
+    served, days_of = _undaily(daily)
+    shares = revenue_shares(period=period, served=served)  # rated outside EXACT
     with localcontext(EXACT):
-        served, days_of = _undaily(daily)
         for d in daily:
             assert d.day is not None
             add(d.day, _group_of(grouping, d, names), 1, d.serving_cost_usd)
             add(d.day, _group_of(grouping, d, names), 2, d.reasoning_cost_usd)
         month_days = _days(period.start, period.end)
-        for share in revenue_shares(period=period, served=served):
+        for share in shares:
             if share.served is None:
                 fees = group_key(grouping, share.tenant_id, FEES, FEES, FEES)[0]
                 parts = _split(share.amount_usd, [1] * len(month_days))
@@ -449,22 +473,23 @@ def _undaily(
     for d in daily:
         days_of.setdefault(_served_key(d), []).append(d)
     served = []
-    for key, parts in days_of.items():
-        tokens: dict[str, int] = defaultdict(int)
-        for p in parts:
-            for token_class, n in p.tokens.items():
-                tokens[token_class] += n
-        served.append(
-            ServedTotals(
-                tenant_id=key[0],
-                alias=key[1],
-                accelerator=key[2],
-                route_id=key[3],
-                tokens=dict(tokens),
-                serving_cost_usd=sum((p.serving_cost_usd for p in parts), Decimal(0)),
-                reasoning_cost_usd=sum((p.reasoning_cost_usd for p in parts), Decimal(0)),
+    with localcontext(EXACT):  # the costs' sums stay exact
+        for key, parts in days_of.items():
+            tokens: dict[str, int] = defaultdict(int)
+            for p in parts:
+                for token_class, n in p.tokens.items():
+                    tokens[token_class] += n
+            served.append(
+                ServedTotals(
+                    tenant_id=key[0],
+                    alias=key[1],
+                    accelerator=key[2],
+                    route_id=key[3],
+                    tokens=dict(tokens),
+                    serving_cost_usd=sum((p.serving_cost_usd for p in parts), Decimal(0)),
+                    reasoning_cost_usd=sum((p.reasoning_cost_usd for p in parts), Decimal(0)),
+                )
             )
-        )
     return served, days_of
 
 

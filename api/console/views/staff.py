@@ -4,7 +4,7 @@ and reads through the same selectors; the margin charts are built from the very 
 of GET /api/v1/finance/margins/series for the page's query (`margin_series_answer`)."""
 
 from datetime import UTC, datetime
-from decimal import Decimal, localcontext
+from decimal import ROUND_HALF_UP, Decimal, localcontext
 from typing import Any
 
 from django.http import Http404, HttpRequest, HttpResponse
@@ -20,6 +20,7 @@ from api.serializers.reconciliation import ReconciliationQuery
 from api.views.finance import margin_series_answer
 from billing.costs.provider_costs import EXACT
 from billing.permissions import MARGINS_VIEW, PLAN_VERSION_VIEW
+from billing.pricing.currency import quantize
 from billing.reports import GROUPINGS, SERIES_GRANULARITIES
 from billing.watchlist import plan_warnings, tenants_nearest_limits
 from config.db_router import reporting_reads
@@ -116,12 +117,17 @@ def _window_totals(totals: list[dict[str, Any]]) -> dict[str, Decimal | None]:
         reasoning = sum((Decimal(t["reasoning_cost_usd"]) for t in totals), Decimal(0))
         margin = revenue - cost
     return {
-        "revenue": revenue.quantize(Decimal("0.01")),
-        "cost": cost.quantize(Decimal("0.01")),
-        "margin": margin.quantize(Decimal("0.01")),
-        "margin_pct": None if revenue == 0 else (100 * margin / revenue).quantize(Decimal("0.1")),
-        "reasoning_pct": None if cost == 0 else (100 * reasoning / cost).quantize(Decimal("0.1")),
+        # money as the rest of the console rounds it (half up, the currency's exponent)
+        "revenue": quantize(revenue, "USD"),
+        "cost": quantize(cost, "USD"),
+        "margin": quantize(margin, "USD"),
+        "margin_pct": None if revenue == 0 else _percent(margin, revenue),
+        "reasoning_pct": None if cost == 0 else _percent(reasoning, cost),
     }
+
+
+def _percent(part: Decimal, whole: Decimal) -> Decimal:
+    return (100 * part / whole).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
 
 
 @staff_page(MARGINS_VIEW)

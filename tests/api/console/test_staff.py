@@ -8,7 +8,7 @@ import io
 import json
 import re
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 
 import pytest
@@ -277,3 +277,62 @@ def test_the_admin_index_links_to_the_console() -> None:
     client = signed_in(staff_user("ops", "operator"))
     html = client.get("/admin/").content.decode()
     assert 'href="/console/staff/margins"' in html
+
+
+def test_prorated_months_answer_200_on_the_page_and_the_apis() -> None:
+    """Review #1: a tenant subscribed mid-month and a plan change mid-month (the rating
+    splits October into segments) no longer trap Inexact; page, series and report agree."""
+    from billing.costs.provider_costs import EXACT
+    from billing.pricing.currency import decimal_text
+    from billing.pricing.periods import Period
+    from billing.reports import margin_report, margin_series
+    from tests.billing.routed_world import NOV, T0
+    from tests.billing.test_margin_prorated import prorated_world
+
+    world, late = prorated_world()
+    query = {"since": "2026-10-01", "until": "2026-11-01", "group_by": "tenant"}
+    page = signed_in(staff_user("cfo", "finance-read")).get("/console/staff/margins", query)
+    assert page.status_code == 200
+    api = staff_client("cfo-api", "finance-read")
+    series = api.get("/api/v1/finance/margins/series", query)
+    assert series.status_code == 200
+    report = api.get("/api/v1/finance/margins", {"period": "2026-10", "group_by": "tenant"})
+    assert report.status_code == 200
+    expected = {
+        r.key[0]: r.revenue_usd
+        for r in margin_report(period=Period(T0, NOV), group_by=("tenant",))
+        if r.kind == "usage"
+    }
+    assert {str(world.key.tenant_id), str(late.pk)} <= set(expected)
+    # The API writes each cell of the series (whose month sums to the report exactly)
+    # as decimal_text writes it.
+    cells = margin_series(since=T0, until=NOV, group_by="tenant").rows
+    assert [(r["group"], r["revenue_usd"]) for r in series.json()["rows"]] == [
+        (c.group, decimal_text(c.revenue_usd)) for c in cells
+    ]
+    days: dict[str, Decimal] = {}
+    with localcontext(EXACT):
+        for c in cells:
+            days[c.group] = days.get(c.group, Decimal(0)) + c.revenue_usd
+    assert days == expected
+    drawn = chart_json(page.content.decode(), "margin-by-tenant")
+    assert {s["key"] for s in drawn["series"]} == set(expected)
+
+
+def test_margin_page_totals_round_money_half_up() -> None:
+    """Review #14: money as billing.pricing.currency.quantize rounds it (half up)."""
+    from api.console.views.staff import _window_totals
+
+    totals = _window_totals(
+        [
+            {"revenue_usd": "0.1", "cost_usd": "0.003", "reasoning_cost_usd": "0"},
+            {"revenue_usd": "0.025", "cost_usd": "0.002", "reasoning_cost_usd": "0.00125"},
+        ]
+    )
+    assert (totals["revenue"], totals["cost"], totals["margin"]) == (
+        Decimal("0.13"),
+        Decimal("0.01"),
+        Decimal("0.12"),
+    )
+    assert totals["reasoning_pct"] == Decimal("25.0")  # 0.00125 / 0.005
+    assert totals["margin_pct"] == Decimal("96.0")
