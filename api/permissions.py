@@ -234,13 +234,19 @@ class _Requires(BasePermission):
 
     by_method: Mapping[str, str] = {}
     tenants_allowed = False
+    key_scope: str | None = None
 
     def has_permission(self, request: Request, view: Any) -> bool:
         user = request.user
         if isinstance(user, TenantPrincipal):
-            if self.tenants_allowed:
-                return True
-            raise MissingPermission("This operation is for staff, not tenant API keys.")
+            if not self.tenants_allowed:
+                raise MissingPermission("This operation is for staff, not tenant API keys.")
+            if self.key_scope is not None and not key_has_scope(user, self.key_scope):
+                raise MissingPermission(
+                    f"This API key lacks the {self.key_scope} scope.",
+                    {"required_scope": self.key_scope},
+                )
+            return True
         if user is None or not user.is_authenticated:
             return False  # DRF answers 401 with the authentication challenge
         method = _READ_ALIASES.get(request.method or "", request.method or "")
@@ -263,10 +269,33 @@ def staff_only(**by_method: str) -> type[BasePermission]:
     return type("StaffOnly", (_Requires,), {"by_method": by_method})
 
 
-def tenant_or_staff(**by_method: str) -> type[BasePermission]:
+def tenant_or_staff(*, key_scope: str | None = None, **by_method: str) -> type[BasePermission]:
     """A tenant key (the view scopes it to its own tenant) or staff holding the permission
-    named for the request's method."""
-    return type("TenantOrStaff", (_Requires,), {"by_method": by_method, "tenants_allowed": True})
+    named for the request's method. With `key_scope` (e.g. `BILLING_SCOPE`), a tenant key
+    without that scope is refused (403 naming the scope)."""
+    return type(
+        "TenantOrStaff",
+        (_Requires,),
+        {"by_method": by_method, "tenants_allowed": True, "key_scope": key_scope},
+    )
+
+
+# Key scopes: what a tenant API key may read beyond usage and its keys.
+BILLING_SCOPE = "billing"  # invoices, the upcoming invoice, the balance, balance alerts
+
+
+def key_has_scope(principal: TenantPrincipal, scope: str) -> bool:
+    """Whether this tenant key holds the scope (an unknown scope: no)."""
+    if scope == BILLING_SCOPE:
+        return bool(principal.api_key.can_read_billing)
+    return False
+
+
+def may_read_billing(request: Request) -> bool:
+    """Whether the caller may see the tenant's money: staff (their permission is checked
+    by the view) or a tenant key with the billing scope."""
+    user = request.user
+    return not isinstance(user, TenantPrincipal) or key_has_scope(user, BILLING_SCOPE)
 
 
 def staff_permission_granted(request: Request) -> str | None:

@@ -78,6 +78,11 @@ class ApiKey(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     # Set once when revoked; a revoked key never works again.
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # Scope: whether the key reads the tenant's money through the REST API (invoices, the
+    # upcoming invoice, the prepaid balance and its entries, balance alerts). A key minted
+    # in the console by a member whose role may not see invoices has it off; the proxy
+    # ignores it.
+    can_read_billing = models.BooleanField(default=True, db_default=True)
 
     class Meta:
         ordering = ["-created_at"]

@@ -118,8 +118,14 @@ def tenant_member_set(
 
 @transaction.atomic
 def api_key_create(
-    *, tenant: Tenant, name: str = "", expires_at: datetime | None = None
+    *,
+    tenant: Tenant,
+    name: str = "",
+    expires_at: datetime | None = None,
+    can_read_billing: bool = True,
 ) -> CreatedApiKey:
+    """A new key for the tenant; the raw key is returned here only. `can_read_billing`
+    False: the key may not read invoices, the balance or balance alerts over REST."""
     if expires_at is not None and expires_at <= timezone.now():
         raise ApplicationError("expires_at must be in the future.")
     raw_key = api_key_generate()
@@ -129,6 +135,7 @@ def api_key_create(
         prefix=api_key_visible_prefix(raw_key),
         key_hash=api_key_hash(raw_key),
         expires_at=expires_at,
+        can_read_billing=can_read_billing,
     )
     return CreatedApiKey(api_key=api_key, raw_key=raw_key)
 

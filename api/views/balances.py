@@ -13,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from api.permissions import staff_only, tenant_or_staff
+from api.permissions import BILLING_SCOPE, staff_only, tenant_or_staff
 from api.scoping import tenant_id_for, tenant_or_404
 from api.serializers.balances import (
     BalanceEntryOutput,
@@ -56,7 +56,7 @@ def _credit_data(entry: BalanceEntry) -> dict[str, Any]:
 
 
 class BalanceView(APIView):
-    permission_classes = [tenant_or_staff(GET=BALANCE_VIEW)]
+    permission_classes = [tenant_or_staff(GET=BALANCE_VIEW, key_scope=BILLING_SCOPE)]
 
     @extend_schema(
         summary="The prepaid balance: available credits, uninvoiced spend, what remains",
@@ -73,7 +73,7 @@ class BalanceEntryListView(ListAPIView):
     and reversals."""
 
     serializer_class = BalanceEntryOutput
-    permission_classes = [tenant_or_staff(GET=BALANCE_ENTRY_VIEW)]
+    permission_classes = [tenant_or_staff(GET=BALANCE_ENTRY_VIEW, key_scope=BILLING_SCOPE)]
 
     def get_queryset(self) -> QuerySet[BalanceEntry]:
         account = _account_or_404(tenant_id_for(self.request))

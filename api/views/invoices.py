@@ -14,7 +14,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from api.authentication import TenantPrincipal
-from api.permissions import staff_only, staff_permission_granted, tenant_or_staff
+from api.permissions import (
+    BILLING_SCOPE,
+    staff_only,
+    staff_permission_granted,
+    tenant_or_staff,
+)
 from api.scoping import tenant_id_for
 from api.serializers.fields import validated_body, validated_query
 from api.serializers.invoices import (
@@ -66,7 +71,7 @@ def _invoice_or_404(request: Request, invoice_id: int) -> Invoice:
 @extend_schema_view(get=extend_schema(parameters=[InvoiceQuery]))
 class InvoiceListView(ListAPIView):
     serializer_class = InvoiceOutput
-    permission_classes = [tenant_or_staff(GET=INVOICE_VIEW)]
+    permission_classes = [tenant_or_staff(GET=INVOICE_VIEW, key_scope=BILLING_SCOPE)]
 
     @reporting_reads()
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -78,7 +83,7 @@ class InvoiceListView(ListAPIView):
 
 
 class InvoiceDetailView(APIView):
-    permission_classes = [tenant_or_staff(GET=INVOICE_VIEW)]
+    permission_classes = [tenant_or_staff(GET=INVOICE_VIEW, key_scope=BILLING_SCOPE)]
 
     @extend_schema(responses=InvoiceDetailOutput)
     def get(self, request: Request, invoice_id: int) -> Response:
@@ -87,7 +92,7 @@ class InvoiceDetailView(APIView):
 
 
 class UpcomingInvoiceView(APIView):
-    permission_classes = [tenant_or_staff(GET=INVOICE_VIEW)]
+    permission_classes = [tenant_or_staff(GET=INVOICE_VIEW, key_scope=BILLING_SCOPE)]
 
     @extend_schema(summary="The current period's rated lines and totals, live")
     def get(self, request: Request) -> Response:
@@ -95,7 +100,7 @@ class UpcomingInvoiceView(APIView):
 
 
 class InvoicePdfView(FileDownloadView):
-    permission_classes = [tenant_or_staff(GET=INVOICE_VIEW)]
+    permission_classes = [tenant_or_staff(GET=INVOICE_VIEW, key_scope=BILLING_SCOPE)]
 
     @extend_schema(responses={(200, "application/pdf"): bytes})
     def get(self, request: Request, invoice_id: int) -> HttpResponse:
@@ -108,7 +113,7 @@ class InvoicePdfView(FileDownloadView):
 class InvoiceExportView(FileDownloadView):
     """CSV of invoices (or, with kind=lines, their lines) for one month of periods."""
 
-    permission_classes = [tenant_or_staff(GET=INVOICE_EXPORT)]
+    permission_classes = [tenant_or_staff(GET=INVOICE_EXPORT, key_scope=BILLING_SCOPE)]
 
     @extend_schema(parameters=[InvoiceExportQuery], responses={(200, "text/csv"): str})
     @reporting_reads()

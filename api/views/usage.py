@@ -10,7 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from api.permissions import tenant_or_staff
+from api.permissions import may_read_billing, tenant_or_staff
 from api.scoping import tenant_id_for
 from api.serializers.fields import validated_query
 from api.serializers.usage import (
@@ -96,15 +96,19 @@ class UsageSeriesView(APIView):
 
 @extend_schema_view(get=extend_schema(parameters=[AlertQuery]))
 class AlertListView(ListAPIView):
-    """The tenant's budget and balance alerts, newest first."""
+    """The tenant's budget and balance alerts, newest first (a key without the billing
+    scope sees no balance alerts)."""
 
     serializer_class = AlertSerializer
     permission_classes = [tenant_or_staff(GET=ALERT_VIEW)]
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
         query = validated_query(AlertQuery, self.request)
-        return alerts_for_tenant(
+        alerts = alerts_for_tenant(
             tenant_id=tenant_id_for(self.request),
             budget=query.get("budget"),
             since=query.get("since"),
         )
+        if not may_read_billing(self.request):
+            alerts = alerts.exclude(budget="balance")
+        return alerts

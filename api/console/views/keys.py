@@ -7,8 +7,12 @@ Invariants:
 - the raw key exists only in the response to the create POST (rendered, never
   redirected, never put in the session or a message), sent with `Cache-Control:
   no-store`; no later page can show it, because only its digest is stored;
-- each create form carries a one-time token (kept in the session): a reload of the
-  create response re-sends the POST, which then creates nothing and shows no key;
+- each create form carries a one-time token (signed, so showing a form writes nothing;
+  the session records only the used ones): a reload of the create response re-sends the
+  POST, which then creates nothing and shows no key; a refused create re-renders with a
+  fresh token, so the corrected form works;
+- a key minted by a member whose role may not see invoices cannot read billing through
+  the REST API (`ApiKey.can_read_billing` off); owners and billing members choose;
 - GET never changes anything; every change is a POST with the CSRF token, through the
   metering services the admin and the REST API use."""
 
@@ -21,6 +25,7 @@ from typing import Any
 from django import forms
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
+from django.core.signing import BadSignature, TimestampSigner
 from django.db.models import Prefetch, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
@@ -28,7 +33,14 @@ from django.utils import timezone
 from django.utils.cache import patch_cache_control
 from django.views.decorators.http import require_http_methods
 
-from api.console.access import KEYS_MANAGE, KEYS_VIEW, LIMITS_MANAGE, can, member_page
+from api.console.access import (
+    INVOICES_VIEW,
+    KEYS_MANAGE,
+    KEYS_VIEW,
+    LIMITS_MANAGE,
+    can,
+    member_page,
+)
 from api.console.views.common import page
 from api.console.views.paging import before_of, newest_page
 from config.errors import ApplicationError
@@ -43,18 +55,27 @@ from metering.services import (
     reasoning_policy_set,
 )
 
-# The session's unused create-form tokens (the newest few forms, e.g. in several tabs).
-CREATE_TOKENS = "console_key_create_tokens"
-CREATE_TOKENS_KEPT = 10
+# Create-form tokens are signed with their time; a form older than this is refused (as
+# used), and the session keeps the used tokens only this long.
+CREATE_TOKEN_MAX_AGE = 24 * 3600
+_CREATE_TOKEN_SIGNER = TimestampSigner(salt="console.key-create")
+# The session's used create-form tokens (not yet expired).
+USED_CREATE_TOKENS = "console_key_create_used"
 
 
 class KeyCreateForm(forms.Form):
-    once = forms.CharField(widget=forms.HiddenInput, max_length=64)
+    once = forms.CharField(widget=forms.HiddenInput, max_length=100)
     name = forms.CharField(max_length=200, help_text="What the key is for, e.g. a service name.")
     expires_on = forms.DateField(
         required=False,
         widget=forms.DateInput(attrs={"type": "date"}),
         help_text="Optional: the key stops working at the start of this day (UTC).",
+    )
+    can_read_billing = forms.BooleanField(
+        required=False,
+        initial=True,
+        label="May read billing",
+        help_text="Invoices, the upcoming invoice, the balance and its alerts (REST API).",
     )
 
     def clean_expires_on(self) -> datetime | None:
@@ -150,24 +171,48 @@ def _no_store(response: HttpResponse) -> HttpResponse:
     return response
 
 
-def _create_form(request: HttpRequest, data: Any = None) -> KeyCreateForm:
-    """A create form with a fresh one-time token (a bound form keeps the one it came with)."""
-    if data is not None:
-        return KeyCreateForm(data)
-    token = secrets.token_urlsafe(16)
-    request.session[CREATE_TOKENS] = [
-        *request.session.get(CREATE_TOKENS, [])[-(CREATE_TOKENS_KEPT - 1) :],
-        token,
-    ]
-    return KeyCreateForm(initial={"once": token})
+def _create_token_new() -> str:
+    return _CREATE_TOKEN_SIGNER.sign(secrets.token_urlsafe(12))
+
+
+def _create_token_fresh(token: str) -> bool:
+    try:
+        _CREATE_TOKEN_SIGNER.unsign(token, max_age=CREATE_TOKEN_MAX_AGE)
+    except BadSignature:  # forged, or expired (SignatureExpired is one)
+        return False
+    return True
+
+
+def _create_form(member: TenantMember, data: Any = None) -> KeyCreateForm:
+    """A create form with a fresh one-time token (a bound form keeps the one it came with).
+    Issuing a token writes nothing: it is signed. A member whose role may not see
+    invoices gets no billing choice (its keys never read billing)."""
+    form = (
+        KeyCreateForm(data)
+        if data is not None
+        else KeyCreateForm(initial={"once": _create_token_new()})
+    )
+    if not can(member, INVOICES_VIEW):
+        del form.fields["can_read_billing"]
+    return form
+
+
+def _create_form_retry(form: KeyCreateForm) -> KeyCreateForm:
+    """A refused form, re-rendered with a fresh token (the one it came with may be used)."""
+    form.data = form.data.copy()
+    form.data["once"] = _create_token_new()
+    return form
 
 
 def _create_token_take(request: HttpRequest, token: str) -> bool:
-    """Use up a create form's token; False if it was never issued here or already used."""
-    tokens = request.session.get(CREATE_TOKENS, [])
-    if token not in tokens:
+    """Use up a create form's token; False if it is not one of ours, expired or already
+    used. The session keeps the used tokens until they expire."""
+    if not _create_token_fresh(token):
         return False
-    request.session[CREATE_TOKENS] = [t for t in tokens if t != token]
+    used = [t for t in request.session.get(USED_CREATE_TOKENS, []) if _create_token_fresh(t)]
+    if token in used:
+        return False
+    request.session[USED_CREATE_TOKENS] = [*used, token]
     return True
 
 
@@ -187,7 +232,7 @@ def _list_context(request: HttpRequest, member: TenantMember) -> dict[str, Any]:
 def key_list(request: HttpRequest, member: TenantMember) -> HttpResponse:
     context = _list_context(request, member)
     if context["may_manage"]:
-        context["form"] = _create_form(request)
+        context["form"] = _create_form(member)
     return page(request, "console/keys.html", context)
 
 
@@ -197,12 +242,14 @@ def key_create(request: HttpRequest, member: TenantMember) -> HttpResponse:
     """GET: the form. POST: create the key and show it once on this response. A form
     already used (a reload of this response re-sends it) creates nothing."""
     if request.method != "POST":
-        return page(request, "console/keys_new.html", {"form": _create_form(request)})
-    form = _create_form(request, request.POST)
+        return page(request, "console/keys_new.html", {"form": _create_form(member)})
+    form = _create_form(member, request.POST)
     if not form.is_valid():
         if form.has_error("once"):
             return _form_used(request)
-        return page(request, "console/keys_new.html", {"form": form}, status=400)
+        return page(
+            request, "console/keys_new.html", {"form": _create_form_retry(form)}, status=400
+        )
     if not _create_token_take(request, form.cleaned_data["once"]):
         return _form_used(request)
     try:
@@ -210,10 +257,13 @@ def key_create(request: HttpRequest, member: TenantMember) -> HttpResponse:
             tenant=member.tenant,
             name=form.cleaned_data["name"],
             expires_at=form.cleaned_data["expires_on"],
+            can_read_billing=bool(form.cleaned_data.get("can_read_billing", False)),
         )
     except ApplicationError as exc:
         form.add_error(None, exc.message)
-        return page(request, "console/keys_new.html", {"form": form}, status=400)
+        return page(
+            request, "console/keys_new.html", {"form": _create_form_retry(form)}, status=400
+        )
     return _no_store(
         page(
             request,

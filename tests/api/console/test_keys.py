@@ -4,11 +4,15 @@ monthly spend limit and reasoning policy through the metering services, others r
 them; another tenant's key is a 404; every change is a POST with the CSRF token."""
 
 import re
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+import time_machine
+from django.core.signing import TimestampSigner
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from config.errors import ApplicationError
 from metering.control.budgets import BudgetKind, budget_list
@@ -91,7 +95,7 @@ def test_a_reload_of_the_create_response_creates_nothing_and_shows_no_key(acme) 
     missing = client.post("/console/keys/new", {"name": "x"})
     assert forged.status_code == missing.status_code == 302
     assert ApiKey.objects.filter(tenant=acme).count() == 1
-    assert once not in client.session.get("console_key_create_tokens", [])
+    assert once in client.session["console_key_create_used"]
 
 
 def test_an_expiry_in_the_past_is_refused_and_a_future_one_kept(acme) -> None:  # type: ignore[no-untyped-def]
@@ -345,3 +349,102 @@ def test_the_key_list_pages_newest_first(acme) -> None:  # type: ignore[no-untyp
     second = client.get(f"/console/keys{older[0]}").content.decode()
     assert [int(i) for i in attr_values(second, "data-key-id")] == sorted(made, reverse=True)[50:]
     assert client.get("/console/keys?before=-1").status_code == 404
+
+
+def _once(html: str) -> str:
+    (once,) = re.findall(r'name="once" value="([^"]+)"', html)
+    return once
+
+
+def test_a_refused_create_re_renders_with_a_fresh_token_that_works(acme, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """REVIEW #9: a create the service refuses has used its token; the re-rendered form
+    carries a fresh one, so the corrected re-submit creates the key."""
+    client = member_client(acme, "dev", "developer")
+    once = _once(client.get("/console/keys/new").content.decode())
+
+    def refuse(**kwargs: object) -> None:
+        raise ApplicationError("The service refused this key.")
+
+    monkeypatch.setattr("api.console.views.keys.api_key_create", refuse)
+    refused = client.post("/console/keys/new", {"once": once, "name": "ci"})
+    assert refused.status_code == 400 and b"The service refused this key." in refused.content
+    fresh = _once(refused.content.decode())
+    assert fresh != once
+    monkeypatch.undo()
+    again = client.post("/console/keys/new", {"once": fresh, "name": "ci"})
+    assert again.status_code == 201, again.content.decode()[:500]
+    assert ApiKey.objects.filter(tenant=acme, name="ci").count() == 1
+
+    # an invalid form (no name) too: re-rendered with a fresh token, the fixed form works
+    once = _once(client.get("/console/keys/new").content.decode())
+    invalid = client.post("/console/keys/new", {"once": once, "name": ""})
+    assert invalid.status_code == 400
+    fresh = _once(invalid.content.decode())
+    assert fresh != once
+    assert client.post("/console/keys/new", {"once": fresh, "name": "cd"}).status_code == 201
+    # and the used tokens stay used
+    assert client.post("/console/keys/new", {"once": fresh, "name": "cd"}).status_code == 302
+    assert ApiKey.objects.filter(tenant=acme).count() == 2
+
+
+def test_viewing_the_keys_writes_nothing_to_the_session(acme, settings) -> None:  # type: ignore[no-untyped-def]
+    """REVIEW #10: showing the create form (list or new page, reloads too) does not save
+    the session; only a create records its used token."""
+    client = member_client(acme, "dev", "developer")
+    before = dict(client.session)
+    tokens = set()
+    for path in ("/console/keys", "/console/keys", "/console/keys/new", "/console/keys/new"):
+        response = client.get(path)
+        assert response.status_code == 200
+        assert settings.SESSION_COOKIE_NAME not in response.cookies, path
+        tokens.add(_once(response.content.decode()))
+    assert dict(client.session) == before
+    assert len(tokens) == 4  # every form its own token (several tabs do not collide)
+    created = client.post("/console/keys/new", {"once": tokens.pop(), "name": "ci"})
+    assert created.status_code == 201
+    assert client.post("/console/keys/new", {"once": tokens.pop(), "name": "cd"}).status_code == 201
+
+
+def test_a_create_token_must_be_ours_and_recent(acme) -> None:  # type: ignore[no-untyped-def]
+    client = member_client(acme, "dev", "developer")
+    once = _once(client.get("/console/keys/new").content.decode())
+    forged = TimestampSigner(salt="another").sign(once.split(":", 1)[0])
+    assert client.post("/console/keys/new", {"once": forged, "name": "x"}).status_code == 302
+    with time_machine.travel(timezone.now() + timedelta(days=2)):
+        late = client.post("/console/keys/new", {"once": once, "name": "x"})
+    assert late.status_code == 302
+    assert not ApiKey.objects.filter(tenant=acme).exists()
+
+
+def test_the_key_scope_follows_the_members_role(acme) -> None:  # type: ignore[no-untyped-def]
+    """REVIEW #2: a developer's keys never read billing (no choice offered); an owner's do
+    by default (the box is ticked) and the owner may untick it; list and detail show it."""
+    dev = member_client(acme, "dev", "developer")
+    for path in ("/console/keys", "/console/keys/new"):
+        assert b'name="can_read_billing"' not in dev.get(path).content
+    assert _create(dev, name="dev-key", can_read_billing="on").status_code == 201
+    dev_key = ApiKey.objects.get(name="dev-key")
+    assert dev_key.can_read_billing is False
+
+    owner = member_client(acme, "own", "owner")
+    for path in ("/console/keys", "/console/keys/new"):
+        form = owner.get(path).content.decode()
+        assert re.search(r'<input type="checkbox" name="can_read_billing"[^>]*checked', form)
+    assert _create(owner, name="own-key", can_read_billing="on").status_code == 201
+    assert _create(owner, name="narrow").status_code == 201
+    own_key, narrow = ApiKey.objects.get(name="own-key"), ApiKey.objects.get(name="narrow")
+    assert own_key.can_read_billing is True and narrow.can_read_billing is False
+
+    listed = owner.get("/console/keys").content.decode()
+    scopes = dict(
+        re.findall(r'data-key-id="(\d+)".*?<td class="key-scope">(.*?)</td>', listed, re.S)
+    )
+    assert scopes[str(own_key.pk)] == "usage, billing"
+    assert scopes[str(dev_key.pk)].startswith("usage <span")
+    assert "no billing" in scopes[str(narrow.pk)]
+    detail = owner.get(f"/console/keys/{dev_key.pk}").content.decode()
+    assert re.search(r'id="key-scope">usage \(no billing', detail)
+    assert (
+        'id="key-scope">usage, billing<'
+        in owner.get(f"/console/keys/{own_key.pk}").content.decode()
+    )
