@@ -16,7 +16,14 @@ from decimal import Decimal
 
 from django.db.models import Count, Q
 
-from billing.alerts import Budget, budgets_of, tenants_with_budgets
+from billing.alerts import (
+    Budget,
+    BudgetState,
+    alert_thresholds_of,
+    budget_state,
+    budgets_of,
+    tenants_with_budgets,
+)
 from billing.models import PlanVersion
 from billing.plans import plan_version_issues
 from billing.pricing.validate import PlanIssue
@@ -31,6 +38,9 @@ class TenantNearLimit:
     budget: Budget  # the tenant's budget with the highest used / limit
     share: Decimal | None  # used / limit; None for a limit of zero (nothing allowed)
     budgets: int  # how many budgets the tenant has
+    # ok / warn / bad at the tenant's alert thresholds (`billing.alerts.budget_state`)
+    state: BudgetState
+    thresholds: tuple[int, ...]
 
 
 def _share(budget: Budget) -> Decimal | None:
@@ -49,6 +59,7 @@ def tenants_nearest_limits(*, at: datetime, limit: int = 50) -> list[TenantNearL
     `limit` fullest tenants, fullest first."""
     ids = tenants_with_budgets(at)
     tenants = {t.pk: t for t in Tenant.objects.filter(pk__in=ids).only("pk", "name", "is_active")}
+    thresholds = alert_thresholds_of(ids)
     found = []
     for tenant_id in ids:
         budgets = budgets_of(tenant_id, at)
@@ -62,6 +73,8 @@ def tenants_nearest_limits(*, at: datetime, limit: int = 50) -> list[TenantNearL
                 budget=b,
                 share=_share(b),
                 budgets=len(budgets),
+                state=budget_state(b, thresholds[tenant_id]),
+                thresholds=thresholds[tenant_id],
             )
             for b in budgets
         ]

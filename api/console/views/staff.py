@@ -178,12 +178,6 @@ def margins_csv(request: HttpRequest) -> HttpResponse:
 # --- tenants nearest their limits ------------------------------------------------------
 
 
-def _meter_class(share: Decimal | None, used: Decimal) -> str:
-    if share is None:
-        return "bad" if used > 0 else ""
-    return "bad" if share >= 1 else "warn" if share >= Decimal("0.8") else ""
-
-
 @staff_page(TENANT_VIEW)
 @reporting_reads()
 def tenants(request: HttpRequest) -> HttpResponse:
@@ -191,9 +185,10 @@ def tenants(request: HttpRequest) -> HttpResponse:
     rows = [
         {
             "near": near,
-            "percent": None if near.share is None else (near.share * 100).quantize(Decimal("0.1")),
-            "width": None if near.share is None else min(100, int(near.share * 100)),
-            "meter": _meter_class(near.share, near.budget.used),
+            "percent": near.state.percent,
+            "width": None if near.state.percent is None else min(100, int(near.state.percent)),
+            # the member's overview draws the same state (billing.alerts.budget_state)
+            "meter": near.state.state,
         }
         for near in tenants_nearest_limits(at=now)
     ]

@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+import time_machine
 from django.test import Client
 
 from billing.plans import (
@@ -277,3 +278,33 @@ def test_the_admin_index_links_to_the_console() -> None:
     client = signed_in(staff_user("ops", "operator"))
     html = client.get("/admin/").content.decode()
     assert 'href="/console/staff/margins"' in html
+
+
+def test_a_tenant_at_60_percent_with_alerts_at_50_and_80_warns_on_both_pages() -> None:
+    """One "near the limit" rule (billing.alerts.budget_state): the member's overview and
+    the staff's tenants page both warn once the tenant's first alert threshold is crossed."""
+    from billing.models import WebhookEndpoint
+
+    now = datetime(2026, 11, 20, 12, 30, tzinfo=UTC)
+    key = ApiKeyFactory(tenant__name="sixty")
+    SpendLimit.objects.create(tenant=key.tenant, window="month", amount_usd=Decimal(100))
+    WebhookEndpoint.objects.create(
+        tenant=key.tenant,
+        url="http://127.0.0.1:9/h",
+        secret="whsec_" + "k" * 32,
+        thresholds=[50, 80],
+    )
+    write_usage(key, datetime(2026, 11, 3, 10, tzinfo=UTC), spend_usd=Decimal(60))
+    tenant_member_set(tenant=key.tenant, username="sixty-owner", role="owner")
+    from django.contrib.auth import get_user_model
+
+    member = get_user_model().objects.get(username="sixty-owner")
+    with time_machine.travel(now, tick=False):
+        staff_html = signed_in(staff_user("ops", "operator")).get("/console/staff/tenants")
+        member_html = signed_in(member).get("/console/overview")
+    row = re.search(r"<tr data-tenant=.*?</tr>", staff_html.content.decode(), re.S)
+    assert row and "60.0%" in row.group(0) and 'class="meter warn"' in row.group(0)
+    budget = re.search(
+        r'<tr data-budget="spend_limit:\d+">(.*?)</tr>', member_html.content.decode(), re.S
+    )
+    assert budget and "60.0 %" in budget.group(1) and 'class="meter warn"' in budget.group(1)
