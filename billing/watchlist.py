@@ -54,10 +54,25 @@ def _rank(near: TenantNearLimit) -> tuple[int, Decimal, str]:
     return (1, -near.share, near.tenant_name)
 
 
-def tenants_nearest_limits(*, at: datetime, limit: int = 50) -> list[TenantNearLimit]:
-    """Per tenant with a budget (`tenants_with_budgets`), its fullest budget at `at`; the
-    `limit` fullest tenants, fullest first."""
-    ids = tenants_with_budgets(at)
+# Each tenant costs `budgets_of`'s few queries (its budgets are read one tenant at a
+# time), so the page checks at most this many tenants and says how many it skipped.
+SCAN_LIMIT = 200
+
+
+@dataclass(frozen=True)
+class NearestLimits:
+    rows: list[TenantNearLimit]  # fullest first
+    checked: int  # tenants whose budgets were read
+    total: int  # tenants with a budget (`tenants_with_budgets`)
+
+
+def tenants_nearest_limits(
+    *, at: datetime, limit: int = 50, scan: int | None = None
+) -> NearestLimits:
+    """Per tenant with a budget (`tenants_with_budgets`, at most `scan` of them, in that
+    order; default `SCAN_LIMIT`), its fullest budget at `at`; the `limit` fullest tenants, fullest first."""
+    every = tenants_with_budgets(at)
+    ids = every[: SCAN_LIMIT if scan is None else scan]
     tenants = {t.pk: t for t in Tenant.objects.filter(pk__in=ids).only("pk", "name", "is_active")}
     thresholds = alert_thresholds_of(ids)
     found = []
@@ -79,7 +94,7 @@ def tenants_nearest_limits(*, at: datetime, limit: int = 50) -> list[TenantNearL
             for b in budgets
         ]
         found.append(min(ranked, key=_rank))
-    return sorted(found, key=_rank)[:limit]
+    return NearestLimits(rows=sorted(found, key=_rank)[:limit], checked=len(ids), total=len(every))
 
 
 @dataclass(frozen=True)

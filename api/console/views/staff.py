@@ -181,6 +181,7 @@ def margins_csv(request: HttpRequest) -> HttpResponse:
 @reporting_reads()
 def tenants(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
+    nearest = tenants_nearest_limits(at=now)
     rows = [
         {
             "near": near,
@@ -189,9 +190,13 @@ def tenants(request: HttpRequest) -> HttpResponse:
             # the member's overview draws the same state (billing.alerts.budget_state)
             "meter": near.state.state,
         }
-        for near in tenants_nearest_limits(at=now)
+        for near in nearest.rows
     ]
-    return page(request, "console/staff/tenants.html", {"rows": rows, "at": now})
+    return page(
+        request,
+        "console/staff/tenants.html",
+        {"rows": rows, "at": now, "checked": nearest.checked, "total": nearest.total},
+    )
 
 
 # --- plan warnings ---------------------------------------------------------------------

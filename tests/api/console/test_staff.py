@@ -308,3 +308,18 @@ def test_a_tenant_at_60_percent_with_alerts_at_50_and_80_warns_on_both_pages() -
         r'<tr data-budget="spend_limit:\d+">(.*?)</tr>', member_html.content.decode(), re.S
     )
     assert budget and "60.0 %" in budget.group(1) and 'class="meter warn"' in budget.group(1)
+
+
+def test_the_tenants_page_checks_a_bounded_number_of_tenants_and_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import billing.watchlist
+
+    monkeypatch.setattr(billing.watchlist, "SCAN_LIMIT", 2)
+    for name in ("a", "b", "c"):
+        SpendLimit.objects.create(
+            tenant=TenantFactory(name=name), window="month", amount_usd=Decimal(10)
+        )
+    html = signed_in(staff_user("ops", "operator")).get("/console/staff/tenants").content.decode()
+    assert len(re.findall(r"<tr data-tenant=", html)) == 2
+    assert "Only 2 of the 3 tenants with a budget were checked" in html
