@@ -13,6 +13,7 @@ Invariants:
 
 import logging
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Context, Decimal, Inexact, InvalidOperation, localcontext
@@ -79,6 +80,36 @@ def thresholds_crossed(*, used: Decimal, limit: Decimal, thresholds: tuple[int, 
     with localcontext(_EXACT):
         scaled = Decimal(used) * 100
         return [t for t in thresholds if scaled >= Decimal(t) * Decimal(limit)]
+
+
+@dataclass(frozen=True)
+class BudgetState:
+    """How near its limit a budget is: the one rule the console's meters (a member's
+    overview, the staff's tenants page) and the watchlist share."""
+
+    state: str  # "ok"; "warn": an alert threshold crossed; "bad": the limit reached
+    percent: Decimal | None  # used / limit in percent, to 0.1 (None: no positive limit)
+
+
+_PERCENT = Decimal("0.1")
+
+
+def budget_state(budget: Budget, thresholds: tuple[int, ...]) -> BudgetState:
+    """ "bad" from 100 % on (and for a limit that is not positive: nothing is allowed),
+    "warn" once any of the tenant's alert `thresholds` is crossed (exactly as
+    `thresholds_crossed` decides what alerts fire), else "ok"."""
+    if budget.limit <= 0:
+        return BudgetState(state="bad", percent=None)
+    with localcontext(_EXACT):
+        percent = Decimal(budget.used) * 100 / Decimal(budget.limit)
+    percent = percent.quantize(_PERCENT, ROUND_HALF_UP, Context(prec=200))
+    if budget.used >= budget.limit:
+        state = "bad"
+    elif thresholds_crossed(used=budget.used, limit=budget.limit, thresholds=thresholds):
+        state = "warn"
+    else:
+        state = "ok"
+    return BudgetState(state=state, percent=percent)
 
 
 # --- reads -----------------------------------------------------------------------------
@@ -171,13 +202,30 @@ def alerts_for_tenant(
 def alert_thresholds(tenant_id: uuid.UUID) -> tuple[int, ...]:
     """The percentages at which the tenant's budgets alert: its active endpoint's, else
     the defaults (what `alerts_evaluate` fires on; the console's meters show them)."""
-    endpoint = _active_endpoint(tenant_id)
+    return _thresholds_of_endpoint(_active_endpoint(tenant_id))
+
+
+def alert_thresholds_of(tenant_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, tuple[int, ...]]:
+    """`alert_thresholds` of many tenants in one query (the first active endpoint by pk of
+    each, as `_active_endpoint` picks it)."""
+    first: dict[uuid.UUID, WebhookEndpoint] = {}
+    for endpoint in WebhookEndpoint.objects.filter(
+        tenant_id__in=list(tenant_ids), is_active=True
+    ).order_by("pk"):
+        first.setdefault(endpoint.tenant_id, endpoint)
+    return {t: _thresholds_of_endpoint(first.get(t)) for t in tenant_ids}
+
+
+def _thresholds_of_endpoint(endpoint: WebhookEndpoint | None) -> tuple[int, ...]:
+    # The thresholds of the active endpoint, else the defaults: what the proxy checks.
     return thresholds_of(endpoint.thresholds if endpoint else None)
 
 
 def _active_endpoint(tenant_id: uuid.UUID) -> WebhookEndpoint | None:
-    # The thresholds of the active endpoint, else the defaults: what the proxy checks.
-    return WebhookEndpoint.objects.filter(tenant_id=tenant_id, is_active=True).first()
+    # The first active endpoint by pk: with two active, every call picks the same one.
+    return (
+        WebhookEndpoint.objects.filter(tenant_id=tenant_id, is_active=True).order_by("pk").first()
+    )
 
 
 def tenants_with_budgets(at: datetime) -> list[uuid.UUID]:
@@ -213,9 +261,8 @@ def alerts_evaluate(*, tenant_id: uuid.UUID, at: datetime | None = None) -> list
     fired in its period yet, and schedule their delivery once committed. Returns the
     alerts this call created (a concurrent evaluation's alerts are not repeated)."""
     at = at or timezone.now()
-    # The thresholds of the active endpoint, else the defaults: what the proxy checks.
     endpoint = _active_endpoint(tenant_id)
-    thresholds = thresholds_of(endpoint.thresholds if endpoint else None)
+    thresholds = _thresholds_of_endpoint(endpoint)
     delivery = Alert.Delivery.PENDING if endpoint is not None else Alert.Delivery.NO_ENDPOINT
     budgets = budgets_of(tenant_id, at)
     fired = set(

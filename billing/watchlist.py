@@ -16,7 +16,14 @@ from decimal import Decimal
 
 from django.db.models import Count, Q
 
-from billing.alerts import Budget, budgets_of, tenants_with_budgets
+from billing.alerts import (
+    Budget,
+    BudgetState,
+    alert_thresholds_of,
+    budget_state,
+    budgets_of,
+    tenants_with_budgets,
+)
 from billing.models import PlanVersion
 from billing.plans import plan_version_issues
 from billing.pricing.validate import PlanIssue
@@ -31,6 +38,9 @@ class TenantNearLimit:
     budget: Budget  # the tenant's budget with the highest used / limit
     share: Decimal | None  # used / limit; None for a limit of zero (nothing allowed)
     budgets: int  # how many budgets the tenant has
+    # ok / warn / bad at the tenant's alert thresholds (`billing.alerts.budget_state`)
+    state: BudgetState
+    thresholds: tuple[int, ...]
 
 
 def _share(budget: Budget) -> Decimal | None:
@@ -44,11 +54,27 @@ def _rank(near: TenantNearLimit) -> tuple[int, Decimal, str]:
     return (1, -near.share, near.tenant_name)
 
 
-def tenants_nearest_limits(*, at: datetime, limit: int = 50) -> list[TenantNearLimit]:
-    """Per tenant with a budget (`tenants_with_budgets`), its fullest budget at `at`; the
-    `limit` fullest tenants, fullest first."""
-    ids = tenants_with_budgets(at)
+# Each tenant costs `budgets_of`'s few queries (its budgets are read one tenant at a
+# time), so the page checks at most this many tenants and says how many it skipped.
+SCAN_LIMIT = 200
+
+
+@dataclass(frozen=True)
+class NearestLimits:
+    rows: list[TenantNearLimit]  # fullest first
+    checked: int  # tenants whose budgets were read
+    total: int  # tenants with a budget (`tenants_with_budgets`)
+
+
+def tenants_nearest_limits(
+    *, at: datetime, limit: int = 50, scan: int | None = None
+) -> NearestLimits:
+    """Per tenant with a budget (`tenants_with_budgets`, at most `scan` of them, in that
+    order; default `SCAN_LIMIT`), its fullest budget at `at`; the `limit` fullest tenants, fullest first."""
+    every = tenants_with_budgets(at)
+    ids = every[: SCAN_LIMIT if scan is None else scan]
     tenants = {t.pk: t for t in Tenant.objects.filter(pk__in=ids).only("pk", "name", "is_active")}
+    thresholds = alert_thresholds_of(ids)
     found = []
     for tenant_id in ids:
         budgets = budgets_of(tenant_id, at)
@@ -62,11 +88,13 @@ def tenants_nearest_limits(*, at: datetime, limit: int = 50) -> list[TenantNearL
                 budget=b,
                 share=_share(b),
                 budgets=len(budgets),
+                state=budget_state(b, thresholds[tenant_id]),
+                thresholds=thresholds[tenant_id],
             )
             for b in budgets
         ]
         found.append(min(ranked, key=_rank))
-    return sorted(found, key=_rank)[:limit]
+    return NearestLimits(rows=sorted(found, key=_rank)[:limit], checked=len(ids), total=len(every))
 
 
 @dataclass(frozen=True)

@@ -133,8 +133,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "last_used_at",
         "expires_at",
         "revoked_at",
+        "can_read_billing",
     ]
-    list_filter = ["tenant", ("revoked_at", admin.EmptyFieldListFilter)]
+    list_filter = ["tenant", "can_read_billing", ("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["prefix", "name", "tenant__name"]
     readonly_fields = ["prefix", "key_hash", "created_at", "last_used_at", "revoked_at", "tenant"]
     fields = [
@@ -143,6 +144,8 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "prefix",
         "key_hash",
         "expires_at",
+        # Whether the key reads invoices and balances over REST (decision 0118).
+        "can_read_billing",
         "created_at",
         "last_used_at",
         "revoked_at",

@@ -7,6 +7,7 @@ Rows are listed by day, upstream model, key and class; a day's status is its wor
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.db.models import QuerySet
@@ -57,21 +58,78 @@ class DaySummary:
 
 def reconciliation_days(*, account_id: int, start: dt.date, end: dt.date) -> list[DaySummary]:
     """One summary per day of [start, end) that has rows."""
+    return _days(reconciliation_rows(start=start, end=end, account_id=account_id))
+
+
+def _days(rows: Iterable[ReconciliationRow]) -> list[DaySummary]:
     by_day: dict[dt.date, list[ReconciliationRow]] = {}
-    for row in reconciliation_rows(start=start, end=end, account_id=account_id):
+    for row in rows:
         by_day.setdefault(row.day, []).append(row)
     out = []
-    for day, rows in sorted(by_day.items()):
+    for day, day_rows in sorted(by_day.items()):
         counts: dict[str, int] = {}
-        for row in rows:
+        for row in day_rows:
             counts[row.status] = counts.get(row.status, 0) + 1
-        drifting = [r for r in rows if r.drift]
+        drifting = [r for r in day_rows if r.drift]
         out.append(
             DaySummary(
                 day=day,
-                status=worst_status([r.status for r in rows]),
+                status=worst_status([r.status for r in day_rows]),
                 rows_by_status=counts,
                 largest_drift=max(drifting, key=lambda r: abs(r.drift or 0), default=None),
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class AccountSummary:
+    """One provider account's reconciliation over a window (the staff page's section)."""
+
+    account: ProviderAccount
+    days: list[DaySummary]  # days with rows, oldest first
+    settled: int  # days without a pending row
+    unsettled: int  # days with a pending row
+    by_status: list[tuple[str, int]]  # rows per status over the window, by status name
+    worst: list[ReconciliationRow]  # the days' largest drifts, largest |drift| first
+
+
+WORST_DRIFTS = 5
+
+
+def reconciliation_summary(
+    *, start: dt.date, end: dt.date, account_id: int | None = None
+) -> list[AccountSummary]:
+    """Per provider account (by name; one, or all), its days of [start, end) as
+    `reconciliation_days` summarizes them, rolled up: rows per status, settled and
+    unsettled days, the `WORST_DRIFTS` largest drifts. One query for the rows of every
+    account, one for the accounts."""
+    rows_of: dict[int, list[ReconciliationRow]] = {}
+    for row in reconciliation_rows(start=start, end=end, account_id=account_id):
+        rows_of.setdefault(row.account_id, []).append(row)
+    accounts = ProviderAccount.objects.order_by("name")
+    if account_id is not None:
+        accounts = accounts.filter(pk=account_id)
+    out = []
+    for account in accounts:
+        days = _days(rows_of.get(account.pk, []))
+        by_status: dict[str, int] = {}
+        for day in days:
+            for status, n in day.rows_by_status.items():
+                by_status[status] = by_status.get(status, 0) + n
+        drifts = sorted(
+            (d.largest_drift for d in days if d.largest_drift is not None),
+            key=lambda r: -abs(r.drift or 0),
+        )
+        unsettled = sum(1 for d in days if Status.PENDING in d.rows_by_status)
+        out.append(
+            AccountSummary(
+                account=account,
+                days=days,
+                settled=len(days) - unsettled,
+                unsettled=unsettled,
+                by_status=sorted(by_status.items()),
+                worst=drifts[:WORST_DRIFTS],
             )
         )
     return out

@@ -18,6 +18,7 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
+from django.views.decorators.http import require_GET
 
 from api.console.access import INVOICES_VIEW, USAGE_VIEW, can, member_page
 from api.console.charts import Chart, Series
@@ -26,7 +27,13 @@ from api.console.views.usage import REASONING_LABEL, REASONING_NOTE, SeriesWindo
 from api.serializers.balances import balance_data
 from api.serializers.invoices import period_rating_data
 from api.serializers.usage import AlertSerializer, UsageSummaryRowSerializer
-from billing.alerts import Budget, alert_thresholds, alerts_for_tenant, budgets_of
+from billing.alerts import (
+    Budget,
+    alert_thresholds,
+    alerts_for_tenant,
+    budget_state,
+    budgets_of,
+)
 from billing.balances import balance_state, credits_of
 from billing.models import BalanceAccount
 from billing.period_rating import invoice_preview
@@ -56,25 +63,16 @@ class Meter:
 
 
 def budget_meter(budget: Budget, thresholds: tuple[int, ...]) -> Meter:
-    """warn from the first alert threshold on, bad from 100 % on; exact Decimal
-    comparisons, as the alerts decide (used * 100 >= t * limit)."""
-    if budget.limit <= 0:
-        percent, state = None, "bad"
-    else:
-        percent = (budget.used * 100 / budget.limit).quantize(_PERCENT, ROUND_HALF_UP)
-        if budget.used >= budget.limit:
-            state = "bad"
-        elif thresholds and budget.used * 100 >= thresholds[0] * budget.limit:
-            state = "warn"
-        else:
-            state = "ok"
+    """The budget's state by `billing.alerts.budget_state` (the staff's tenants page
+    shows the same): warn once an alert threshold is crossed, bad from 100 % on."""
+    state = budget_state(budget, thresholds)
     return Meter(
         budget=budget,
         used_text=amount_text(budget.used, budget.unit),
         limit_text=amount_text(budget.limit, budget.unit),
-        percent=percent,
-        width=0 if percent is None else max(0, min(100, int(percent))),
-        state=state,
+        percent=state.percent,
+        width=0 if state.percent is None else max(0, min(100, int(state.percent))),
+        state=state.state,
         thresholds=thresholds,
     )
 
@@ -166,6 +164,7 @@ def upcoming_invoice(member: TenantMember, now: datetime) -> dict[str, Any] | No
     return data
 
 
+@require_GET
 @member_page(USAGE_VIEW)
 def overview(request: HttpRequest, member: TenantMember) -> HttpResponse:
     now = timezone.now()

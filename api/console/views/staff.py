@@ -25,9 +25,8 @@ from billing.reports import GROUPINGS, SERIES_GRANULARITIES
 from billing.watchlist import plan_warnings, tenants_nearest_limits
 from config.db_router import reporting_reads
 from metering.calendar import month_start
-from metering.models import ProviderAccount
 from metering.permissions import RECONCILIATION_VIEW, TENANT_VIEW
-from metering.reconcile.selectors import reconciliation_days
+from metering.reconcile.selectors import reconciliation_summary
 
 # --- margins ---------------------------------------------------------------------------
 
@@ -184,26 +183,26 @@ def margins_csv(request: HttpRequest) -> HttpResponse:
 # --- tenants nearest their limits ------------------------------------------------------
 
 
-def _meter_class(share: Decimal | None, used: Decimal) -> str:
-    if share is None:
-        return "bad" if used > 0 else ""
-    return "bad" if share >= 1 else "warn" if share >= Decimal("0.8") else ""
-
-
 @staff_page(TENANT_VIEW)
 @reporting_reads()
 def tenants(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
+    nearest = tenants_nearest_limits(at=now)
     rows = [
         {
             "near": near,
-            "percent": None if near.share is None else (near.share * 100).quantize(Decimal("0.1")),
-            "width": None if near.share is None else min(100, int(near.share * 100)),
-            "meter": _meter_class(near.share, near.budget.used),
+            "percent": near.state.percent,
+            "width": None if near.state.percent is None else min(100, int(near.state.percent)),
+            # the member's overview draws the same state (billing.alerts.budget_state)
+            "meter": near.state.state,
         }
-        for near in tenants_nearest_limits(at=now)
+        for near in nearest.rows
     ]
-    return page(request, "console/staff/tenants.html", {"rows": rows, "at": now})
+    return page(
+        request,
+        "console/staff/tenants.html",
+        {"rows": rows, "at": now, "checked": nearest.checked, "total": nearest.total},
+    )
 
 
 # --- plan warnings ---------------------------------------------------------------------
@@ -233,35 +232,19 @@ def reconciliation(request: HttpRequest) -> HttpResponse:
             status=400,
         )
     period = query.validated_data["period"]
-    start, end = period.start.date(), period.end.date()
     only = query.validated_data.get("account")
-    accounts = []
-    for account in ProviderAccount.objects.order_by("name"):
-        if only is not None and account.pk != only.pk:
-            continue
-        days = reconciliation_days(account_id=account.pk, start=start, end=end)
-        by_status: dict[str, int] = {}
-        for day in days:
-            for status, n in day.rows_by_status.items():
-                by_status[status] = by_status.get(status, 0) + n
-        drifts = sorted(
-            (d.largest_drift for d in days if d.largest_drift is not None),
-            key=lambda r: -abs(r.drift or 0),
+    accounts = [
+        {
+            "summary": summary,
+            "csv": "/api/v1/finance/reconciliation.csv?"
+            + urlencode({"period": f"{period.start:%Y-%m}", "account": summary.account.name}),
+        }
+        for summary in reconciliation_summary(
+            start=period.start.date(),
+            end=period.end.date(),
+            account_id=None if only is None else only.pk,
         )
-        unsettled = sum(1 for d in days if "pending" in d.rows_by_status)
-        accounts.append(
-            {
-                "account": account,
-                "days": len(days),
-                "settled": len(days) - unsettled,
-                "unsettled": unsettled,
-                "by_day": days,
-                "by_status": sorted(by_status.items()),
-                "worst": drifts[:5],
-                "csv": "/api/v1/finance/reconciliation.csv?"
-                + urlencode({"period": f"{period.start:%Y-%m}", "account": account.name}),
-            }
-        )
+    ]
     return page(
         request,
         "console/staff/reconciliation.html",

@@ -233,3 +233,10 @@ def test_a_tenant_with_nothing_gets_empty_states() -> None:
     assert "No alerts yet." in html
     assert chart_data(html, "reasoning-share")["labels"] == []
     assert "0.00 USD" in html  # spend this month
+
+
+def test_the_overview_is_get_only(acme: dict[str, Any]) -> None:
+    client = member_client(acme["tenant"], "poster", "owner")
+    with time_machine.travel(NOW, tick=False):
+        assert client.post("/console/overview").status_code == 405
+        assert client.get("/console/overview").status_code == 200

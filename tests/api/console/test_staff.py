@@ -12,6 +12,7 @@ from decimal import Decimal, localcontext
 from typing import Any
 
 import pytest
+import time_machine
 from django.test import Client
 
 from billing.plans import (
@@ -336,3 +337,48 @@ def test_margin_page_totals_round_money_half_up() -> None:
     )
     assert totals["reasoning_pct"] == Decimal("25.0")  # 0.00125 / 0.005
     assert totals["margin_pct"] == Decimal("96.0")
+
+
+def test_a_tenant_at_60_percent_with_alerts_at_50_and_80_warns_on_both_pages() -> None:
+    """One "near the limit" rule (billing.alerts.budget_state): the member's overview and
+    the staff's tenants page both warn once the tenant's first alert threshold is crossed."""
+    from billing.models import WebhookEndpoint
+
+    now = datetime(2026, 11, 20, 12, 30, tzinfo=UTC)
+    key = ApiKeyFactory(tenant__name="sixty")
+    SpendLimit.objects.create(tenant=key.tenant, window="month", amount_usd=Decimal(100))
+    WebhookEndpoint.objects.create(
+        tenant=key.tenant,
+        url="http://127.0.0.1:9/h",
+        secret="whsec_" + "k" * 32,
+        thresholds=[50, 80],
+    )
+    write_usage(key, datetime(2026, 11, 3, 10, tzinfo=UTC), spend_usd=Decimal(60))
+    tenant_member_set(tenant=key.tenant, username="sixty-owner", role="owner")
+    from django.contrib.auth import get_user_model
+
+    member = get_user_model().objects.get(username="sixty-owner")
+    with time_machine.travel(now, tick=False):
+        staff_html = signed_in(staff_user("ops", "operator")).get("/console/staff/tenants")
+        member_html = signed_in(member).get("/console/overview")
+    row = re.search(r"<tr data-tenant=.*?</tr>", staff_html.content.decode(), re.S)
+    assert row and "60.0%" in row.group(0) and 'class="meter warn"' in row.group(0)
+    budget = re.search(
+        r'<tr data-budget="spend_limit:\d+">(.*?)</tr>', member_html.content.decode(), re.S
+    )
+    assert budget and "60.0 %" in budget.group(1) and 'class="meter warn"' in budget.group(1)
+
+
+def test_the_tenants_page_checks_a_bounded_number_of_tenants_and_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import billing.watchlist
+
+    monkeypatch.setattr(billing.watchlist, "SCAN_LIMIT", 2)
+    for name in ("a", "b", "c"):
+        SpendLimit.objects.create(
+            tenant=TenantFactory(name=name), window="month", amount_usd=Decimal(10)
+        )
+    html = signed_in(staff_user("ops", "operator")).get("/console/staff/tenants").content.decode()
+    assert len(re.findall(r"<tr data-tenant=", html)) == 2
+    assert "Only 2 of the 3 tenants with a budget were checked" in html
