@@ -27,7 +27,9 @@ from billing.alerts import (
 from billing.models import PlanVersion
 from billing.plans import plan_version_issues
 from billing.pricing.validate import PlanIssue
-from metering.models import Tenant
+from metering.calendar import month_start
+from metering.models import SpendLimit, Tenant
+from metering.selectors import spend_since_by_tenant
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,32 @@ def _rank(near: TenantNearLimit) -> tuple[int, Decimal, str]:
 
 
 # Each tenant costs `budgets_of`'s few queries (its budgets are read one tenant at a
-# time), so the page checks at most this many tenants and says how many it skipped.
+# time), so the page checks at most this many tenants and says how many it skipped; which
+# ones is `scan_order`'s choice.
 SCAN_LIMIT = 200
+
+
+def scan_order(tenant_ids: list[uuid.UUID], at: datetime) -> list[uuid.UUID]:
+    """`tenant_ids`, the likeliest fullest first: ranked by month-to-date spend over their
+    tenant-wide monthly spend limits, the most common budget, in two set-based reads
+    (`spend_since_by_tenant`, the limits); then the others in their given order. Only the
+    order is estimated: the figures shown are each checked tenant's `budgets_of`."""
+    spent = spend_since_by_tenant(since=month_start(at))
+    limits: dict[uuid.UUID, Decimal] = {}
+    for tenant_id, amount in SpendLimit.objects.filter(
+        tenant_id__in=tenant_ids, api_key__isnull=True, window=SpendLimit.Window.MONTH
+    ).values_list("tenant_id", "amount_usd"):
+        limits[tenant_id] = min(Decimal(amount), limits.get(tenant_id, Decimal(amount)))
+
+    def fullness(tenant_id: uuid.UUID) -> Decimal:
+        limit = limits.get(tenant_id)
+        if limit is None:
+            return Decimal(-1)
+        used = spent.get(tenant_id, Decimal(0))
+        return used / limit if limit > 0 else (Decimal("1e30") if used > 0 else Decimal(0))
+
+    position = {tenant_id: i for i, tenant_id in enumerate(tenant_ids)}
+    return sorted(tenant_ids, key=lambda t: (-fullness(t), position[t]))
 
 
 @dataclass(frozen=True)
@@ -69,10 +95,11 @@ class NearestLimits:
 def tenants_nearest_limits(
     *, at: datetime, limit: int = 50, scan: int | None = None
 ) -> NearestLimits:
-    """Per tenant with a budget (`tenants_with_budgets`, at most `scan` of them, in that
-    order; default `SCAN_LIMIT`), its fullest budget at `at`; the `limit` fullest tenants, fullest first."""
+    """Per tenant with a budget (`tenants_with_budgets`, at most `scan` of them, default
+    `SCAN_LIMIT`, in `scan_order`), its fullest budget at `at`; the `limit` fullest
+    tenants, fullest first."""
     every = tenants_with_budgets(at)
-    ids = every[: SCAN_LIMIT if scan is None else scan]
+    ids = scan_order(every, at)[: SCAN_LIMIT if scan is None else scan]
     tenants = {t.pk: t for t in Tenant.objects.filter(pk__in=ids).only("pk", "name", "is_active")}
     thresholds = alert_thresholds_of(ids)
     found = []

@@ -618,6 +618,19 @@ def _used_since(
     return rollups.aggregate(total=Sum(F(field) + F(f"flagged_{field}")))["total"] or 0
 
 
+def spend_since_by_tenant(*, since: datetime) -> dict[uuid.UUID, Decimal]:
+    """`spend_since(tenant_id=t, since=since)` of every tenant with spend, in one read of
+    the rollups (tenant-wide, flagged records included); `since` a whole UTC hour."""
+    if since.astimezone(UTC).replace(minute=0, second=0, microsecond=0) != since:
+        raise ValueError(f"limits count whole UTC hours; {since.isoformat()} is not one")
+    rows = (
+        UsageRollup.objects.filter(hour__gte=since)
+        .values("tenant_id")
+        .annotate(total=Sum(F("spend_usd") + F("flagged_spend_usd")))
+    )
+    return {row["tenant_id"]: Decimal(row["total"] or 0) for row in rows}
+
+
 def spend_since(
     *, tenant_id: uuid.UUID, api_key_id: int | None = None, since: datetime | None = None
 ) -> Decimal:
