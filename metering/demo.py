@@ -14,7 +14,9 @@ Invariants:
   parsed by `metering.usage`, then `usage_record_row` with the route, the serving cost
   rate in force and the tenant's list prices (what `caller_context_load` reads), then
   `usage_records_write`, the ledger's write path (records and rollups in one transaction);
-- everything is marked as demo data: the tenant "demo", keys named "... (demo data)".
+- everything is marked as demo data: the tenant "demo", keys named "... (demo data)";
+- a tenant named "demo" that is not the demo tenant (it holds keys, none of them the
+  seed's, other than the quick start's own) is refused (`NotTheDemoTenant`), never seeded.
 """
 
 import math
@@ -29,6 +31,7 @@ from typing import Any
 from django.db import transaction
 from django.db.models import Q
 
+from config.errors import Conflict
 from metering.calendar import month_day, month_start
 from metering.control import terms
 from metering.ledger.orm import usage_records_write
@@ -40,7 +43,10 @@ from metering.selectors import current_cost_rates
 from metering.services import api_key_create, route_set, tenant_allow_routes, tenant_create
 from metering.usage import TokenUsage, usage_from_anthropic, usage_from_openai_chat
 
+# The demo tenant's name; the console labels its pages demo data by it.
 DEMO_TENANT = "demo"
+# The key `manage.py quickstart` makes for its own calls (with or without the demo data).
+QUICKSTART_KEY_NAME = "quickstart"
 # The simulator wants a credential like any provider; routes name this variable.
 SIMULATOR_KEY_ENV = "RECKON_SIMULATOR_API_KEY"
 DEMO_MARK = "(demo data)"
@@ -106,9 +112,33 @@ def demo_routes_set(*, simulator_url: str) -> list[str]:
     return list(DEMO_ALIASES)
 
 
+class NotTheDemoTenant(Conflict):
+    code = "not_the_demo_tenant"
+
+
+def demo_tenant_check(tenant: Tenant) -> None:
+    """Refuse a tenant named like the demo tenant that the demo seed did not make: it is
+    the demo tenant if it holds a key of the seed (named "... (demo data)"), or no keys
+    but the quick start's own."""
+    names = set(tenant.api_keys.values_list("name", flat=True).distinct())
+    if names & {spec.name for spec in DEMO_KEYS} or names <= {QUICKSTART_KEY_NAME}:
+        return
+    raise NotTheDemoTenant(
+        f"A tenant named {tenant.name!r} exists but holds no demo data (its API keys were "
+        f"not made by the demo seed): refusing to seed demo data into it. Rename that "
+        f"tenant, or use another database for the quick start.",
+        {"tenant": str(tenant.pk)},
+    )
+
+
 def demo_tenant_set(*, aliases: list[str]) -> Tenant:
-    """The demo tenant, granted `aliases` (made once)."""
-    tenant = Tenant.objects.filter(name=DEMO_TENANT).first() or tenant_create(name=DEMO_TENANT)
+    """The demo tenant, granted `aliases` (made once; a tenant of the same name that is
+    not the demo tenant is refused, see `demo_tenant_check`)."""
+    tenant = Tenant.objects.filter(name=DEMO_TENANT).first()
+    if tenant is None:
+        tenant = tenant_create(name=DEMO_TENANT)
+    else:
+        demo_tenant_check(tenant)
     tenant_allow_routes(tenant=tenant, aliases=aliases)
     return tenant
 

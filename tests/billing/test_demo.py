@@ -208,3 +208,43 @@ def test_the_demo_seeds_on_sqlite_too(tmp_path: Path) -> None:
     assert out["written"][0] == out["first"]["records"] > 2000 and out["written"][1] == 0
     assert out["invoices"] and set(out["invoices"]) == {"finalized"}
     assert out["seconds"] < 20  # the quick start stays quick
+
+
+@pytest.mark.django_db
+def test_a_tenant_named_demo_that_the_seed_did_not_make_is_refused(now: datetime) -> None:
+    from metering.demo import DEMO_TENANT, NotTheDemoTenant
+    from metering.services import api_key_create, tenant_create
+
+    real = tenant_create(name=DEMO_TENANT)
+    api_key_create(tenant=real, name="production")
+    with pytest.raises(NotTheDemoTenant, match="holds no demo data"):
+        demo_seed(simulator_url=SIM, now=now)
+    assert list(ApiKey.objects.filter(tenant=real).values_list("name", flat=True)) == ["production"]
+    assert not Subscription.objects.filter(tenant=real).exists()
+    assert not UsageRecord.objects.filter(tenant=real).exists()
+    assert not BalanceEntry.objects.filter(account__tenant=real).exists()
+    assert not SpendLimit.objects.filter(tenant=real).exists()
+    assert not real.allowed_aliases.exists()
+
+
+@pytest.mark.django_db
+def test_the_demo_tenant_of_an_earlier_quick_start_is_seeded_again() -> None:
+    from metering.demo import (
+        DEMO_TENANT,
+        QUICKSTART_KEY_NAME,
+        demo_keys_set,
+        demo_routes_set,
+        demo_tenant_set,
+    )
+    from metering.services import api_key_create
+
+    aliases = demo_routes_set(simulator_url=SIM)
+    # made by `quickstart --no-demo` (its own key only), then seeded
+    tenant = demo_tenant_set(aliases=aliases)
+    api_key_create(tenant=tenant, name=QUICKSTART_KEY_NAME)
+    assert demo_tenant_set(aliases=aliases) == tenant
+    demo_keys_set(tenant=tenant)
+    # a member then made a key of their own in the console: still the demo tenant
+    api_key_create(tenant=tenant, name="my key")
+    assert demo_tenant_set(aliases=aliases) == tenant
+    assert Tenant.objects.filter(name=DEMO_TENANT).count() == 1

@@ -15,6 +15,7 @@ from api.console.access import (
 )
 from api.permissions import may
 from billing.permissions import MARGINS_VIEW, PLAN_VERSION_VIEW
+from metering.demo import DEMO_TENANT
 from metering.models import TenantMember
 from metering.permissions import RECONCILIATION_VIEW, TENANT_VIEW
 
@@ -56,10 +57,6 @@ def page(
     base = {
         "console_member": member,
         "console_nav": nav_for(request, member),
-        "demo_data": member is not None and member.tenant.name == DEMO_TENANT_NAME,
+        "demo_data": member is not None and member.tenant.name == DEMO_TENANT,
     }
     return render(request, template, {**base, **context}, status=status)
-
-
-# The quick start's tenant (`manage.py quickstart`): its pages say their data is demo data.
-DEMO_TENANT_NAME = "demo"

@@ -14,13 +14,15 @@ so the series is served from the hourly rollups alone.
 """
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+from django.db.models import F
 from django.http import Http404, HttpRequest, HttpResponse
+from django.views.decorators.http import require_GET
 from rest_framework.exceptions import ErrorDetail, ValidationError
 
 from api.console.access import USAGE_VIEW, member_page
@@ -38,6 +40,10 @@ SERIES_ENDPOINT = "/api/v1/usage/series"
 DEFAULT_SPAN = {"day": timedelta(days=30), "hour": timedelta(hours=48)}
 # The granularities the page offers (the API's month buckets are left to the API).
 PAGE_GRANULARITIES = ("day", "hour")
+# The most keys the page's key filter lists: the chosen key, the keys with usage in the
+# window, then the tenant's unrevoked keys, most recently used first. Any key of the tenant
+# can still be asked for by id (`api_key=`, as in the REST API).
+KEY_OPTIONS_MAX = 100
 REASONING_LABEL = f"{TOKEN_CLASS_LABELS['reasoning']} (hidden)"
 REASONING_NOTE = (
     "Reasoning tokens are hidden: the model spends them before answering, they are "
@@ -296,20 +302,41 @@ def usage_charts(window: SeriesWindow, only: str | None = None) -> dict[str, Cha
 # --- views -------------------------------------------------------------------------------
 
 
-def _form_context(member: TenantMember, params: Mapping[str, str]) -> dict[str, Any]:
+def key_options(
+    tenant_id: uuid.UUID, *, selected: str | int | None, seen: Iterable[str | int] = ()
+) -> list[dict[str, Any]]:
+    """The key filter's options, at most KEY_OPTIONS_MAX, by id: the `selected` key, the
+    keys `seen` in the window, then unrevoked keys, most recently used first. Only keys of
+    `tenant_id` (an id of another tenant's key or a non-number is left out)."""
+    ids = [int(k) for k in (selected, *seen) if str(k).isdigit() and len(str(k)) <= 18]
+    wanted = list(dict.fromkeys(ids))[:KEY_OPTIONS_MAX]
+    mine = ApiKey.objects.filter(tenant_id=tenant_id)
+    keys = list(mine.filter(pk__in=wanted)) if wanted else []
+    room = KEY_OPTIONS_MAX - len(keys)
+    if room > 0:
+        keys += list(
+            mine.filter(revoked_at__isnull=True)
+            .exclude(pk__in=[k.pk for k in keys])
+            .order_by(F("last_used_at").desc(nulls_last=True), "-pk")[:room]
+        )
+    return [
+        {
+            "id": str(k.pk),
+            "label": f"{k.prefix}… {k.name}".strip(),
+            "revoked": k.revoked_at is not None,
+        }
+        for k in sorted(keys, key=lambda k: k.pk)
+    ]
+
+
+def _form_context(
+    member: TenantMember, params: Mapping[str, str], seen: Iterable[str] = ()
+) -> dict[str, Any]:
     granularity = params.get("granularity") or "day"
-    keys = ApiKey.objects.filter(tenant_id=member.tenant_id).order_by("pk")
     return {
         "granularities": PAGE_GRANULARITIES,
         "granularity": granularity,
-        "api_keys": [
-            {
-                "id": str(k.pk),
-                "label": f"{k.prefix}… {k.name}".strip(),
-                "revoked": k.revoked_at is not None,
-            }
-            for k in keys
-        ],
+        "api_keys": key_options(member.tenant_id, selected=params.get("api_key"), seen=seen),
         "form": {k: params.get(k, "") for k in ("since", "until", "alias", "api_key")},
     }
 
@@ -329,6 +356,7 @@ def _bad_query(request: HttpRequest, member: TenantMember, messages: list[str]) 
     )
 
 
+@require_GET
 @member_page(USAGE_VIEW)
 def usage(request: HttpRequest, member: TenantMember) -> HttpResponse:
     now = datetime.now(UTC)
@@ -337,7 +365,8 @@ def usage(request: HttpRequest, member: TenantMember) -> HttpResponse:
     except QueryInvalid as exc:
         return _bad_query(request, member, exc.messages)
     charts = usage_charts(window)
-    context = _form_context(member, request.GET)
+    seen = [s.key for s in charts["usage-by-key"].series]
+    context = _form_context(member, request.GET, seen)
     context["form"] = {
         "since": _input_value(window.since, window.granularity),
         "until": _input_value(window.until, window.granularity),
@@ -361,6 +390,7 @@ def usage(request: HttpRequest, member: TenantMember) -> HttpResponse:
     )
 
 
+@require_GET
 @member_page(USAGE_VIEW)
 def usage_csv(request: HttpRequest, member: TenantMember) -> HttpResponse:
     chart_id = request.GET.get("chart", "")

@@ -377,3 +377,58 @@ def test_a_bad_query_is_a_400_page_with_the_message(
         assert response.status_code == 400
         assert message in response.content.decode()
         assert b'class="filters"' in response.content  # the form, to put it right
+
+
+# --- methods and the key filter ----------------------------------------------------------
+
+
+def test_the_usage_pages_answer_only_get(acme: dict[str, Any]) -> None:
+    client = member_client(acme["tenant"], "dev")
+    for url in ("/console/usage", "/console/usage.csv?chart=usage-by-class"):
+        assert client.get(url).status_code == 200
+        assert client.post(url).status_code == 405
+        assert client.put(url).status_code == 405
+
+
+def _key_options(html: str) -> list[str]:
+    select = re.search(r'<select name="api_key">(.*?)</select>', html, re.S)
+    assert select
+    return re.findall(r'<option value="(\d+)"', select.group(1))
+
+
+def test_the_key_filter_lists_a_bounded_set_of_keys(
+    acme: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api.console.views import usage as usage_view
+    from metering.models import ApiKey
+    from metering.services import api_key_revoke
+
+    monkeypatch.setattr(usage_view, "KEY_OPTIONS_MAX", 4)
+    tenant = acme["tenant"]
+    first, second = (k.api_key for k in acme["keys"])
+    api_key_revoke(api_key=second)  # revoked, but it has usage in the window
+    spare = [api_key_create(tenant=tenant, name=f"spare {n}").api_key for n in range(4)]
+    for n, key in enumerate(spare):  # spare 2 used last, then spare 0; 1 and 3 never
+        if n in (0, 2):
+            ApiKey.objects.filter(pk=key.pk).update(last_used_at=T0 + timedelta(hours=n))
+    unused_revoked = api_key_create(tenant=tenant, name="old").api_key
+    api_key_revoke(api_key=unused_revoked)
+    client = member_client(tenant, "dev")
+
+    # the keys with usage in the window, then the most recently used active keys
+    html = client.get("/console/usage", WINDOW).content.decode()
+    assert _key_options(html) == [str(k.pk) for k in (first, second, spare[0], spare[2])]
+    assert "(revoked)" in html  # the revoked key with usage says so
+
+    # the chosen key always, even revoked and unused; its usage only, so no other key seen
+    query = {**WINDOW, "api_key": str(unused_revoked.pk)}
+    html = client.get("/console/usage", query).content.decode()
+    # (keys never used come newest first)
+    assert _key_options(html) == [str(k.pk) for k in (*spare[0:4:2], spare[3], unused_revoked)]
+
+    # a bad query's page: the chosen key and active keys; never another tenant's key
+    other = acme["other_key"].api_key
+    for chosen in (str(other.pk), "9" * 40, "abc"):
+        response = client.get("/console/usage", {"since": "yesterday", "api_key": chosen})
+        assert response.status_code == 400
+        assert _key_options(response.content.decode()) == [str(k.pk) for k in spare]
