@@ -35,7 +35,9 @@ from django.core.management.base import BaseCommand, CommandError
 from billing.demo import DemoSeed, demo_seed
 from metering.demo import (
     DEMO_TENANT,
+    QUICKSTART_KEY_NAME,
     SIMULATOR_KEY_ENV,
+    NotTheDemoTenant,
     demo_routes_set,
     demo_tenant_set,
 )
@@ -78,14 +80,17 @@ class Command(BaseCommand):
         call_command("migrate", verbosity=0)
         os.environ.setdefault(SIMULATOR_KEY_ENV, "sim-local-key")
         sim_url = f"http://{SIMULATOR_HOST}:{options['simulator_port']}"
-        if options["no_demo"]:
-            aliases = demo_routes_set(simulator_url=sim_url)
-            tenant = demo_tenant_set(aliases=aliases)
-            seeded = None
-        else:
-            seeded = demo_seed(simulator_url=sim_url)
-            aliases, tenant = seeded.aliases, seeded.tenant
-        key = api_key_create(tenant=tenant, name="quickstart").raw_key
+        try:
+            if options["no_demo"]:
+                aliases = demo_routes_set(simulator_url=sim_url)
+                tenant = demo_tenant_set(aliases=aliases)
+                seeded = None
+            else:
+                seeded = demo_seed(simulator_url=sim_url)
+                aliases, tenant = seeded.aliases, seeded.tenant
+        except NotTheDemoTenant as exc:
+            raise CommandError(exc.message) from exc
+        key = api_key_create(tenant=tenant, name=QUICKSTART_KEY_NAME).raw_key
         admin_password = self._ensure_admin()
         base = f"http://{options['host']}:{options['port']}"
         lines = [
