@@ -16,7 +16,7 @@ from billing.balances import balance_credit
 from billing.models import Alert
 from metering.models import ApiKey, Tenant
 from metering.services import api_key_create
-from tests.api.console.account_helpers import key_client, member_client
+from tests.api.console.helpers import key_client, member_client
 from tests.factories import TenantFactory
 from tests.migration_helpers import leaf, migrate
 

@@ -13,7 +13,7 @@ from billing.balances import balance_credit
 from billing.invoicing.close import period_close
 from billing.invoicing.lifecycle import credit_note_issue
 from billing.plans import subscription_create
-from tests.api.console.account_helpers import attr_values, member_client, tenant_api
+from tests.api.console.helpers import attr_values, member_client, tenant_api
 from tests.factories import ApiKeyFactory
 from tests.scenarios.test_invoicing_stories import SEP, at, use, version
 

@@ -24,7 +24,7 @@ from metering.services import (
     reasoning_policy_clear,
     reasoning_policy_set,
 )
-from tests.api.console.account_helpers import attr_values, csrf_client, key_client, member_client
+from tests.api.console.helpers import attr_values, csrf_client, key_client, member_client
 from tests.factories import TenantFactory
 
 pytestmark = pytest.mark.django_db

@@ -17,7 +17,7 @@ from billing.models import WebhookEndpoint
 from billing.plans import subscription_create
 from metering.models import ApiKey, SpendLimit, Tenant
 from metering.services import api_key_create
-from tests.api.console.test_usage import api_client, chart_data, member_client
+from tests.api.console.helpers import chart_data, key_client, member_client
 from tests.factories import TenantFactory
 from tests.scenarios.test_invoicing_stories import version
 from tests.staff import staff_user
@@ -79,7 +79,7 @@ def acme() -> dict[str, Any]:
     use(other_key, NOV + timedelta(days=2), "2.5", output=77_777, reasoning=66_666)
     with time_machine.travel(NOW, tick=False):
         alerts_evaluate(tenant_id=other.pk, at=NOW)
-    return {"tenant": tenant, "api": api_client(created.raw_key), "other": other}
+    return {"tenant": tenant, "api": key_client(created.raw_key), "other": other}
 
 
 def _get(client: Client, path: str = "/console/overview") -> Any:

@@ -5,7 +5,6 @@ reconciliation, and the admin's link to the console."""
 
 import csv
 import io
-import json
 import re
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, localcontext
@@ -23,6 +22,7 @@ from billing.plans import (
 )
 from metering.models import ProviderAccount, ReconciliationRow, SpendLimit
 from metering.services import tenant_member_set
+from tests.api.console.helpers import chart_data
 from tests.billing.test_margin_series import spread_world
 from tests.factories import ApiKeyFactory, TenantFactory
 from tests.staff import staff_client, staff_user
@@ -45,16 +45,6 @@ def signed_in(user: Any) -> Client:
     return client
 
 
-def chart_json(html: str, chart_id: str) -> dict[str, Any]:
-    found = re.search(
-        rf'<script id="chart-data-{re.escape(chart_id)}" type="application/json">(.*?)</script>',
-        html,
-        re.S,
-    )
-    assert found, f"no chart {chart_id}"
-    return json.loads(found.group(1))  # type: ignore[no-any-return]
-
-
 def values(chart: dict[str, Any]) -> dict[str, list[Any]]:
     return {s["key"]: s["values"] for s in chart["series"]}
 
@@ -69,18 +59,18 @@ def test_finance_sees_margin_charts_equal_to_the_api() -> None:
     answer = api.json()
     totals = answer["totals"]
 
-    drawn = chart_json(html, "margin-revenue-cost")
+    drawn = chart_data(html, "margin-revenue-cost")
     assert drawn["labels"] == answer["buckets"] and len(drawn["labels"]) == 61
     assert values(drawn) == {
         field: [t[field] for t in totals]
         for field in ("revenue_usd", "cost_usd", "gross_margin_usd")
     }
-    shares = chart_json(html, "reasoning-cost-share")
+    shares = chart_data(html, "reasoning-cost-share")
     assert values(shares) == {
         field: [t[field] for t in totals] for field in ("reasoning_cost_usd", "other_cost_usd")
     }
     assert [s["style"] for s in shares["series"]] == ["hidden", "default"]
-    by_group = chart_json(html, "margin-by-accelerator")
+    by_group = chart_data(html, "margin-by-accelerator")
     expected: dict[str, list[Any]] = {
         g["key"]: [None] * len(answer["buckets"]) for g in answer["groups"]
     }
@@ -98,7 +88,7 @@ def test_monthly_by_tenant_equals_the_api_too() -> None:
     query = {**QUERY, "granularity": "month", "group_by": "tenant"}
     html = signed_in(staff_user("cfo", "finance-read")).get("/console/staff/margins", query)
     answer = staff_client("cfo-api", "finance-read").get("/api/v1/finance/margins/series", query)
-    drawn = chart_json(html.content.decode(), "margin-revenue-cost")
+    drawn = chart_data(html.content.decode(), "margin-revenue-cost")
     assert (
         drawn["labels"]
         == answer.json()["buckets"]
@@ -108,7 +98,7 @@ def test_monthly_by_tenant_equals_the_api_too() -> None:
         ]
     )
     assert values(drawn)["revenue_usd"] == [t["revenue_usd"] for t in answer.json()["totals"]]
-    by_tenant = chart_json(html.content.decode(), "margin-by-tenant")
+    by_tenant = chart_data(html.content.decode(), "margin-by-tenant")
     mine = next(s for s in by_tenant["series"] if s["key"] == str(world.key.tenant_id))
     assert mine["label"] == world.key.tenant.name
     assert mine["values"] == [
@@ -125,7 +115,7 @@ def test_each_tables_csv_is_the_chart() -> None:
         download = client.get("/console/staff/margins.csv", {**QUERY, "chart": chart_id})
         assert download.status_code == 200 and download["Content-Type"] == "text/csv"
         table = list(csv.reader(io.StringIO(download.content.decode())))
-        chart = chart_json(html, chart_id)
+        chart = chart_data(html, chart_id)
         assert table[0][1:] == [s["label"] for s in chart["series"]]
         assert [r[0] for r in table[1:]] == chart["labels"]
         for i, s in enumerate(chart["series"], start=1):
@@ -316,7 +306,7 @@ def test_prorated_months_answer_200_on_the_page_and_the_apis() -> None:
         for c in cells:
             days[c.group] = days.get(c.group, Decimal(0)) + c.revenue_usd
     assert days == expected
-    drawn = chart_json(page.content.decode(), "margin-by-tenant")
+    drawn = chart_data(page.content.decode(), "margin-by-tenant")
     assert {s["key"] for s in drawn["series"]} == set(expected)
 
 

@@ -4,7 +4,6 @@ and a bad query is a 400 page that says what is wrong."""
 
 import csv
 import io
-import json
 import re
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
@@ -14,8 +13,9 @@ import pytest
 from django.test import Client
 from rest_framework.test import APIClient
 
-from metering.services import api_key_create, tenant_member_set
+from metering.services import api_key_create
 from metering.usage import LEDGER_COLUMNS
+from tests.api.console.helpers import chart_data, key_client, member_client
 from tests.factories import TenantFactory, UsageRecordFactory
 from tests.staff import staff_user
 
@@ -27,31 +27,6 @@ CHART_IDS = ("usage-by-class", "usage-reasoning-share", "usage-by-alias", "usage
 
 
 # --- helpers (the overview's tests use them too) -----------------------------------------
-
-
-def member_client(tenant: Any, username: str, role: str = "developer") -> Client:
-    """A browser-like client signed in as a new console member of `tenant`."""
-    created = tenant_member_set(tenant=tenant, username=username, role=role)
-    client = Client(HTTP_HOST="127.0.0.1")
-    assert client.login(username=username, password=created.password)
-    return client
-
-
-def api_client(raw_key: str) -> APIClient:
-    client = APIClient(HTTP_HOST="127.0.0.1")
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw_key}")
-    return client
-
-
-def chart_data(html: str, chart_id: str) -> dict[str, Any]:
-    """The JSON a chart is drawn from (`<script id="chart-data-<id>">`)."""
-    match = re.search(
-        rf'<script id="chart-data-{re.escape(chart_id)}" type="application/json">(.*?)</script>',
-        html,
-        re.S,
-    )
-    assert match, f"no chart {chart_id}"
-    return json.loads(match.group(1))
 
 
 class _Tables(HTMLParser):
@@ -136,7 +111,7 @@ def acme() -> dict[str, Any]:
     return {
         "tenant": tenant,
         "keys": (first, second),
-        "api": api_client(first.raw_key),
+        "api": key_client(first.raw_key),
         "other": other,
         "other_key": other_key,
     }

@@ -1,7 +1,8 @@
-"""Helpers of the account pages' tests (keys, invoices, balance, members): console members
-signed in through the real sign-in, tenant API clients, and the `data-*` values a page
-shows (the numbers the tests compare with the REST API)."""
+"""Helpers of the console's tests: members signed in through the real sign-in, tenant API
+clients, a chart's embedded JSON and the `data-*` values a page shows (the numbers the
+tests compare with the REST API)."""
 
+import json
 import re
 from typing import Any
 
@@ -11,7 +12,7 @@ from rest_framework.test import APIClient
 from metering.services import api_key_create, tenant_member_set
 
 
-def member_client(tenant: Any, username: str, role: str) -> Client:
+def member_client(tenant: Any, username: str, role: str = "developer") -> Client:
     """A browser-like client signed in (with its password) as a new member of `tenant`."""
     created = tenant_member_set(tenant=tenant, username=username, role=role)
     client = Client(HTTP_HOST="127.0.0.1")
@@ -58,3 +59,14 @@ def _table_end(html: str, match: re.Match[str]) -> int:
             return match.start() + tag.start()
         position = tag.end()
     raise AssertionError(f"unclosed table at {position}")
+
+
+def chart_data(html: str, chart_id: str) -> dict[str, Any]:
+    """The JSON a chart is drawn from (`<script id="chart-data-<id>">`)."""
+    match = re.search(
+        rf'<script id="chart-data-{re.escape(chart_id)}" type="application/json">(.*?)</script>',
+        html,
+        re.S,
+    )
+    assert match, f"no chart {chart_id}"
+    return json.loads(match.group(1))  # type: ignore[no-any-return]
