@@ -125,8 +125,12 @@ def orm(django_db_setup, django_db_blocker) -> Iterator[Any]:  # type: ignore[no
         with django_db_blocker.unblock(), override_settings(RECKON_REPLICA_READS=False):
             # pytest-django sets the test database up only for a run that has tests
             # marked django_db (or using db): without it, this would be another database.
+            # By then the connection names the test database already: TEST_DATABASE_NAME
+            # when set, else Django's "test_" + the configured name.
             name = connection.settings_dict["NAME"]
-            if name != connection.creation._get_test_db_name():
+            if name != connection.settings_dict["TEST"].get("NAME") and not name.startswith(
+                "test_"
+            ):
                 raise RuntimeError(f"{name} is not the test database: mark the tests django_db")
             yield
 
