@@ -39,6 +39,22 @@ def django_db_setup(django_db_setup, django_db_blocker):  # type: ignore[no-unty
 
 
 @pytest.fixture(autouse=True)
+def _fast_password_hash(request, settings):  # type: ignore[no-untyped-def]
+    """Passwords hash with MD5 in the test process: Django's PBKDF2 (a million
+    iterations) costs about half a second a sign-in here. Tests whose users a server
+    process signs in (marked e2e), and tests that count PBKDF2 hashes (marked
+    real_password_hash), keep the production hashers."""
+    if request.node.get_closest_marker("e2e") or request.node.get_closest_marker(
+        "real_password_hash"
+    ):
+        return
+    settings.PASSWORD_HASHERS = [
+        "django.contrib.auth.hashers.MD5PasswordHasher",
+        *settings.PASSWORD_HASHERS,
+    ]
+
+
+@pytest.fixture(autouse=True)
 def _fast_auth_cache(settings):  # type: ignore[no-untyped-def]
     settings.RECKON_AUTH_CACHE_SECONDS = 0.5
     # With a replica alias configured (make test), reporting views still read the primary

@@ -22,7 +22,7 @@ from metering.services import api_key_create
 from tests.factories import TenantFactory
 from tests.staff import staff_user
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.real_password_hash]  # counts PBKDF2 hashes
 RECORDS = "/api/v1/usage/records"
 
 
