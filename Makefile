@@ -6,7 +6,7 @@ PY := .venv/bin/python
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: setup run test lint bench bench-billing bench-usage bench-console bench-control bench-control-cluster bench-ledger bench-archive bench-reconcile bench-provider-costs bench-cpu bench-compare services chromium chaos
+.PHONY: setup run test lint bench bench-billing bench-usage bench-console bench-control bench-control-cluster bench-ledger bench-archive bench-reconcile bench-provider-costs bench-cpu bench-stream bench-compare services chromium chaos
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -86,6 +86,12 @@ bench-control-cluster: setup services
 
 bench-cpu: setup services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) bench/cpu_bench.py
+
+# Paced streams (2,000 and ~10,000 at once) through one server process, beside the bare
+# pass-through: make bench-stream STREAM_BENCH_ARGS='--streams 2000 --rounds 5'
+STREAM_BENCH_ARGS ?=
+bench-stream: setup services
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) bench/stream_bench.py $(STREAM_BENCH_ARGS)
 
 # Two commits side by side in one interleaved run: make bench-compare OLD=<rev> NEW=HEAD BENCH=cpu
 OLD ?= HEAD~1

@@ -1,0 +1,725 @@
+"""Streaming relay benchmark: thousands of concurrent paced streams through ONE Reckon
+server process (`manage.py serve`, durable metering on PostgreSQL), beside the thinnest
+Python pass-through (bench/bare_passthrough.py) under the same load, in one run.
+
+    make bench-stream     # or: .venv/bin/python bench/stream_bench.py
+                          #     [--streams 2000,10000 --rounds 3 --chunks 50 --interval 0.2]
+
+The upstream is bench/paced_upstream.py: OpenAI chat-completions streams of `--chunks`
+frames (one write each) at `--interval` seconds apart (default: streams / 10,000 s, at
+least 0.2 s, so the aggregate stays near 10,000 chunks/s). The client is a raw asyncio
+Protocol in this process; streams open at `--ramp` per second. Each round starts a fresh
+server process (Reckon, then bare; the order alternates by round) and prints, per target:
+
+- server CPU per relayed chunk: utime+stime of the server pid (/proc) over the round
+  divided by the chunks the upstream wrote (streams x chunks). The whole-round figure
+  includes each stream's setup and its record (for Reckon: until the ledger holds them);
+  the steady-state figure is a window while every stream is open, divided by the frames
+  the client received in it;
+- resident memory per open stream: (server RSS with all N streams open - RSS just before
+  the round) / N;
+- added time to first byte: every `--probe-every`-th stream is paired with a probe
+  straight to the paced upstream, opened at the same moment; the figure is the p50/p99
+  through the server minus the p50/p99 of those direct probes, in the same round;
+- every stream complete with its record: each client stream saw `data: [DONE]`, and the
+  ledger (a scratch database, RECKON_BENCH_DB) gained exactly N records whose reasoning and
+  visible output tokens sum to what the upstream reported for the round. Any mismatch
+  exits non-zero.
+
+The server needs two sockets per stream (client and upstream) and this machine's per-
+process limit on open files is a hard limit: a stream count above what fits is capped
+(printed). The soft limit is raised to the hard one for every child process.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httptools
+import uvloop
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from proxy_bench import django_env, free_port, seed, serve, setup_database, wait_up  # noqa: E402
+from stats import machine_banner, spread, target_line  # noqa: E402
+
+RECKON_MODEL = "bench-reasoner"  # the alias proxy_bench.seed creates
+RECKON_UPSTREAM_MODEL = "sim-reasoner"  # what Reckon asks the upstream for (its route)
+BARE_MODEL = "paced-bare"
+PROBE_MODEL = "paced-direct"
+FD_RESERVE = 200  # the server's own files: database, Redis, listening socket, libraries
+IP_BIND_ADDRESS_NO_PORT = 24  # linux/in.h: pick the port at connect(), per destination
+# Loopback addresses: each path to the upstream and each phase's client get their own,
+# so tens of thousands of short-lived connections per run never run out of ports.
+RECKON_UPSTREAM_HOST = "127.0.0.2"
+PROBE_UPSTREAM_HOST = "127.0.0.3"
+BARE_UPSTREAM_HOST = "127.0.0.4"
+CLIENT_HOSTS = [f"127.0.1.{n}" for n in range(1, 255)]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def raise_fd_limit() -> int:
+    """Soft limit := hard limit (inherited by every child); returns the hard limit."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+# ---- the client ------------------------------------------------------------------------
+
+
+class Load:
+    """What one phase's client saw, across its streams."""
+
+    def __init__(self) -> None:
+        self.events = 0  # SSE events received by all streams (frames relayed)
+        self.open = 0
+        self.complete = 0
+        self.failed: list[str] = []
+        self.ttfb: list[float] = []  # seconds, streams through the server
+        self.probe_ttfb: list[float] = []  # seconds, direct probes
+        self.done = asyncio.Event()
+        self.expected = 0
+        self.connect_failures = 0
+        self.stream_failures = 0
+
+
+class Stream(asyncio.Protocol):
+    __slots__ = (
+        "load",
+        "request",
+        "probe",
+        "parser",
+        "transport",
+        "sent",
+        "first",
+        "tail",
+        "newline",
+        "status",
+        "error_body",
+        "finished",
+    )
+
+    def __init__(self, load: Load, request: bytes, probe: bool) -> None:
+        self.load = load
+        self.request = request
+        self.probe = probe
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.sent = 0.0
+        self.first = False
+        self.tail = b""
+        self.newline = False
+        self.status = 0
+        self.error_body = b""
+        self.finished = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if not self.probe:
+            self.load.open += 1
+        self.sent = time.perf_counter()
+        transport.write(self.request)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._end(f"malformed response: {exc}")
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        load = self.load
+        if self.status != 200:
+            self.error_body += body[:500]
+            return
+        if not self.first:
+            self.first = True
+            elapsed = time.perf_counter() - self.sent
+            if self.probe:
+                load.probe_ttfb.append(elapsed)
+                self._end(None)
+                return
+            load.ttfb.append(elapsed)
+        events = body.count(b"\n\n")
+        if self.newline and body[:1] == b"\n":
+            events += 1
+        self.newline = body[-1:] == b"\n"
+        load.events += events
+        self.tail = (self.tail + body)[-32:]
+
+    def on_message_complete(self) -> None:
+        if self.status != 200:
+            self._end(f"HTTP {self.status}: {self.error_body[:300]!r}")
+        elif b"data: [DONE]\n\n" not in self.tail:
+            self._end("stream ended without data: [DONE]")
+        else:
+            self._end(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.finished:
+            self._end(f"connection lost before the end ({exc or 'closed'})")
+
+    def _end(self, error: str | None) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        load = self.load
+        if not self.probe:
+            load.open -= 1
+            if error is None:
+                load.complete += 1
+            else:
+                load.failed.append(error)
+                load.stream_failures += 1
+            if load.connect_failures + load.complete + load.stream_failures >= load.expected:
+                load.done.set()
+        elif error is not None:
+            load.failed.append("direct probe: " + error)
+        if self.transport is not None:
+            self.transport.close()
+
+
+def chat_request(host: str, port: int, model: str, key: str) -> bytes:
+    body = json.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": "Think it through, then answer."}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+    ).encode()
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: %s:%d\r\nAuthorization: Bearer %s\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (host.encode(), port, key.encode(), len(body), body)
+    )
+
+
+async def open_stream(
+    factory: Callable[[], Stream], source: str, host: str, port: int, load: Load, probe: bool
+) -> None:
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.bind((source, 0))
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (host, port))
+        await loop.create_connection(factory, sock=sock)
+    except OSError as exc:
+        sock.close()
+        load.failed.append(f"connect to {host}:{port}: {exc}")
+        if not probe:
+            load.connect_failures += 1
+            if load.connect_failures + load.complete + load.stream_failures >= load.expected:
+                load.done.set()
+
+
+@dataclass
+class Phase:
+    """One target's round: where to send streams and what it measured."""
+
+    name: str
+    pid: int
+    host: str
+    port: int
+    model: str
+    key: str
+    cpu_round: float = 0.0  # µs per chunk
+    cpu_steady: float | None = None
+    rss_per_stream: float | None = None  # KiB
+    added_p50: float = 0.0  # ms
+    added_p99: float = 0.0
+    complete: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+async def drive(
+    phase: Phase,
+    *,
+    streams: int,
+    chunks: int,
+    interval: float,
+    ramp: float,
+    probe_every: int,
+    source: str,
+    upstream_port: int,
+    settle: Callable[[], None],
+) -> None:
+    """Open `streams` paced streams through the phase's server, measure, wait for the end."""
+    load = Load()
+    load.expected = streams
+    request = chat_request(phase.host, phase.port, phase.model, phase.key)
+    probe_request = chat_request(PROBE_UPSTREAM_HOST, upstream_port, PROBE_MODEL, "probe")
+    pid = phase.pid
+    tasks: set[asyncio.Task[None]] = set()
+    rss_before = rss_kib(pid)
+    cpu_before = cpu_seconds(pid)
+    start = time.monotonic()
+    duration = (chunks - 1) * interval  # first frame to last, per stream
+    ramp_time = streams / ramp
+    # while every stream is open: after the ramp, before the first stream can end
+    window = (ramp_time + min(0.5, duration / 10), duration - min(0.5, duration / 10))
+    for number in range(streams):
+        due = start + number / ramp
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(
+            open_stream(
+                lambda: Stream(load, request, False), source, phase.host, phase.port, load, False
+            )
+        )
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        if number % probe_every == 0:
+            probe = asyncio.create_task(
+                open_stream(
+                    lambda: Stream(load, probe_request, True),
+                    source,
+                    PROBE_UPSTREAM_HOST,
+                    upstream_port,
+                    load,
+                    True,
+                )
+            )
+            tasks.add(probe)
+            probe.add_done_callback(tasks.discard)
+    if window[1] - window[0] >= 1.0:
+        await asyncio.sleep(max(0.0, start + window[0] - time.monotonic()))
+        events_a, cpu_a, t_a = load.events, cpu_seconds(pid), time.monotonic()
+        await asyncio.sleep(max(0.0, start + window[1] - time.monotonic()))
+        events_b, cpu_b, t_b = load.events, cpu_seconds(pid), time.monotonic()
+        all_open = load.open == streams
+        if all_open and events_b > events_a:
+            phase.cpu_steady = (cpu_b - cpu_a) / (events_b - events_a) * 1e6
+            phase.rss_per_stream = (rss_kib(pid) - rss_before) / streams
+        elif not all_open:
+            phase.failures.append(
+                f"only {load.open} of {streams} streams open in the steady window "
+                f"({t_b - t_a:.1f} s); steady figures not taken"
+            )
+    try:
+        await asyncio.wait_for(load.done.wait(), timeout=ramp_time + duration + 60)
+    except TimeoutError:
+        phase.failures.append(
+            f"timed out: {load.complete} complete, {len(load.failed)} failed of {streams}"
+        )
+    settle()
+    cpu_after = cpu_seconds(pid)
+    phase.cpu_round = (cpu_after - cpu_before) / (streams * chunks) * 1e6
+    phase.complete = load.complete
+    phase.failures.extend(load.failed[:5])
+    if len(load.failed) > 5:
+        phase.failures.append(f"... {len(load.failed)} failures in all")
+    if load.ttfb and load.probe_ttfb:
+        phase.added_p50 = (statistics.median(load.ttfb) - statistics.median(load.probe_ttfb)) * 1000
+        phase.added_p99 = (percentile(load.ttfb, 0.99) - percentile(load.probe_ttfb, 0.99)) * 1000
+    for task in list(tasks):
+        task.cancel()
+
+
+# ---- processes, upstream and ledger ------------------------------------------------------
+
+
+def http_json(url: str, payload: dict | None = None) -> dict:
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(url, data=data, method="POST" if data else "GET")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def upstream_totals(base: str, model: str) -> dict[str, int]:
+    zero = {
+        "started": 0,
+        "completed": 0,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "reasoning_tokens": 0,
+    }
+    return http_json(base + "/_paced/totals").get(model, zero)
+
+
+def ledger(database_url: str) -> dict[str, int]:
+    out = subprocess.run(
+        [
+            "psql",
+            database_url,
+            "-tAc",
+            "select count(*), count(*) filter (where status = 'completed'),"
+            " coalesce(sum(reasoning_tokens), 0), coalesce(sum(output_tokens), 0)"
+            " from metering_usagerecord",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    records, completed, reasoning, visible = (int(v) for v in out.split("|"))
+    return {"records": records, "completed": completed, "reasoning": reasoning, "visible": visible}
+
+
+def wait_ledger(database_url: str, records: int, timeout: float = 60) -> dict[str, int]:
+    """The ledger once it holds `records` records (or the timeout's last look)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = ledger(database_url)
+        if seen["records"] >= records or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.2)
+
+
+def start_reckon(port: int, env: dict[str, str]) -> subprocess.Popen:
+    proc = serve(port, 1, env)
+    wait_up(f"http://127.0.0.1:{port}/v1/models", timeout=60)
+    return proc
+
+
+def start_bare(port: int, env: dict[str, str], upstream: str) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.bare_passthrough:app",
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--backlog",
+            "4096",
+        ],
+        cwd=ROOT,
+        env={**env, "RECKON_BARE_UPSTREAM": upstream},
+    )
+    wait_up(f"http://127.0.0.1:{port}/", timeout=60)
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# ---- the run -----------------------------------------------------------------------------
+
+
+@dataclass
+class Point:
+    streams: int
+    chunks: int
+    interval: float
+    rounds: int
+    phases: dict[str, list[Phase]] = field(default_factory=lambda: {"reckon": [], "bare": []})
+    mismatches: list[str] = field(default_factory=list)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--streams", default="2000,10000", help="stream counts, comma-separated")
+    parser.add_argument(
+        "--rounds", type=int, help="rounds per stream count (default: 3, or 2 above 2,000)"
+    )
+    parser.add_argument("--chunks", type=int, default=50, help="frames per stream")
+    parser.add_argument(
+        "--interval", type=float, help="seconds between frames (default: streams/10,000, >= 0.2)"
+    )
+    parser.add_argument("--ramp", type=float, default=1000, help="streams opened per second")
+    parser.add_argument(
+        "--probe-every", type=int, default=10, help="one direct TTFB probe per this many streams"
+    )
+    parser.add_argument("--no-bare", action="store_true", help="skip the bare pass-through")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
+    )
+    args = parser.parse_args()
+    hard = raise_fd_limit()
+    cap = (hard - FD_RESERVE) // 2
+    counts = [int(n) for n in args.streams.split(",")]
+    print(machine_banner(), flush=True)
+    for n in counts:
+        if n > cap:
+            print(
+                f"{n} streams capped at {cap}: the server holds two sockets per stream and "
+                f"this machine's hard limit on open files per process is {hard}"
+            )
+    points = [
+        Point(
+            streams=min(n, cap),
+            chunks=args.chunks,
+            interval=args.interval if args.interval else max(0.2, min(n, cap) / 10_000),
+            rounds=args.rounds if args.rounds else (3 if n <= 2000 else 2),
+        )
+        for n in counts
+    ]
+    database_url = setup_database(args.database_url)
+    upstream_port = free_port()
+    upstream = f"http://127.0.0.1:{upstream_port}"
+    env = django_env(database_url)
+    key = seed(database_url, f"http://{RECKON_UPSTREAM_HOST}:{upstream_port}")
+    upstream_proc = subprocess.Popen(
+        [sys.executable, "bench/paced_upstream.py", "--port", str(upstream_port)], cwd=ROOT
+    )
+    targets = ["reckon"] if args.no_bare else ["reckon", "bare"]
+    exit_code = 0
+    try:
+        wait_up(upstream + "/v1/models")
+        client_hosts = iter(CLIENT_HOSTS * 100)
+        for point in points:
+            for round_number in range(point.rounds):
+                order = targets if round_number % 2 == 0 else targets[::-1]
+                for name in order:
+                    phase = run_phase(
+                        name,
+                        point,
+                        env,
+                        key,
+                        database_url,
+                        upstream,
+                        upstream_port,
+                        next(client_hosts),
+                        args,
+                    )
+                    point.phases[name].append(phase)
+                    print(
+                        f"  {point.streams} streams, round {round_number + 1}, {name}: "
+                        f"{phase.cpu_round:.1f} µs/chunk (steady "
+                        f"{fmt(phase.cpu_steady, '.1f')}), {fmt(phase.rss_per_stream, '.1f')} "
+                        f"KiB/stream, added TTFB p50 {phase.added_p50:+.2f} ms p99 "
+                        f"{phase.added_p99:+.2f} ms, {phase.complete}/{point.streams} complete",
+                        flush=True,
+                    )
+                    for failure in phase.failures:
+                        print(f"    ! {failure}", flush=True)
+        whole_upstream = upstream_totals(upstream, RECKON_UPSTREAM_MODEL)
+        whole_ledger = ledger(database_url)
+    finally:
+        stop(upstream_proc)
+    for point in points:
+        exit_code |= report(point, args.no_bare)
+    print(
+        f"whole run: ledger {whole_ledger['records']} records ({whole_ledger['completed']} "
+        f"completed), {whole_ledger['reasoning']} reasoning + {whole_ledger['visible']} visible "
+        f"output tokens; Reckon's upstream completed {whole_upstream['completed']} streams, "
+        f"{whole_upstream['reasoning_tokens']} reasoning + "
+        f"{whole_upstream['completion_tokens'] - whole_upstream['reasoning_tokens']} visible"
+    )
+    if (
+        whole_ledger["records"],
+        whole_ledger["completed"],
+        whole_ledger["reasoning"],
+        whole_ledger["visible"],
+    ) != (
+        whole_upstream["completed"],
+        whole_upstream["completed"],
+        whole_upstream["reasoning_tokens"],
+        whole_upstream["completion_tokens"] - whole_upstream["reasoning_tokens"],
+    ):
+        print("MISMATCH between the ledger and the upstream over the whole run")
+        exit_code = 1
+    if exit_code:
+        print("records check: FAILED")
+        sys.exit(1)
+    print("records check: passed (every stream complete, one record each, tokens equal)")
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def run_phase(
+    name: str,
+    point: Point,
+    env: dict[str, str],
+    key: str,
+    database_url: str,
+    upstream: str,
+    upstream_port: int,
+    source: str,
+    args: argparse.Namespace,
+) -> Phase:
+    port = free_port()
+    if name == "reckon":
+        proc = start_reckon(port, env)
+        model = RECKON_MODEL
+    else:
+        proc = start_bare(port, env, f"http://{BARE_UPSTREAM_HOST}:{upstream_port}")
+        model = BARE_MODEL
+    phase = Phase(name=name, pid=proc.pid, host="127.0.0.1", port=port, model=model, key=key)
+    try:
+        # warm up: imports, caches, the database and Redis connections of the fresh process
+        http_json(upstream + "/_paced/config", {"chunks": 3, "interval": 0.01})
+        warm = Phase(name=name, pid=proc.pid, host="127.0.0.1", port=port, model=model, key=key)
+        uvloop.run(
+            drive(
+                warm,
+                streams=20,
+                chunks=3,
+                interval=0.01,
+                ramp=200,
+                probe_every=5,
+                source=source,
+                upstream_port=upstream_port,
+                settle=lambda: None,
+            )
+        )
+        if warm.failures:
+            phase.failures.extend(["warm-up: " + f for f in warm.failures])
+            return phase
+        http_json(upstream + "/_paced/config", {"chunks": point.chunks, "interval": point.interval})
+        served_before = upstream_totals(upstream, RECKON_UPSTREAM_MODEL)
+        if name == "reckon":
+            before = wait_ledger(database_url, served_before["completed"])
+        settled: dict[str, int] = {}
+
+        def settle() -> None:
+            if name == "reckon":
+                served = upstream_totals(upstream, RECKON_UPSTREAM_MODEL)
+                settled.update(wait_ledger(database_url, served["completed"]))
+            else:
+                time.sleep(0.2)
+
+        uvloop.run(
+            drive(
+                phase,
+                streams=point.streams,
+                chunks=point.chunks,
+                interval=point.interval,
+                ramp=args.ramp,
+                probe_every=args.probe_every,
+                source=source,
+                upstream_port=upstream_port,
+                settle=settle,
+            )
+        )
+        if name == "reckon":
+            served_after = upstream_totals(upstream, RECKON_UPSTREAM_MODEL)
+            check_records(phase, point, before, settled, served_before, served_after)
+        elif phase.complete != point.streams:
+            point.mismatches.append(f"bare: {phase.complete}/{point.streams} streams complete")
+    finally:
+        stop(proc)
+    return phase
+
+
+def check_records(
+    phase: Phase,
+    point: Point,
+    before: dict[str, int],
+    after: dict[str, int],
+    served_before: dict[str, int],
+    served_after: dict[str, int],
+) -> None:
+    n = point.streams
+    new = {k: after[k] - before[k] for k in before}
+    served = {k: served_after[k] - served_before[k] for k in served_before}
+    expected = {
+        "records": n,
+        "completed": n,
+        "reasoning": served["reasoning_tokens"],
+        "visible": served["completion_tokens"] - served["reasoning_tokens"],
+    }
+    problems = []
+    if phase.complete != n:
+        problems.append(f"client saw {phase.complete}/{n} streams complete")
+    if served["completed"] != n:
+        problems.append(f"upstream completed {served['completed']}/{n} streams")
+    if new != expected:
+        problems.append(f"ledger gained {new}, expected {expected}")
+    for problem in problems:
+        point.mismatches.append(f"reckon: {problem}")
+        phase.failures.append("MISMATCH: " + problem)
+
+
+def report(point: Point, no_bare: bool) -> int:
+    print()
+    print(
+        f"== {point.streams} concurrent streams through one server process: {point.chunks} "
+        f"chunks per stream, {point.interval * 1000:.0f} ms apart, {point.rounds} rounds =="
+    )
+    names = [("reckon", "Reckon")] + ([] if no_bare else [("bare", "bare pass-through")])
+    for name, title in names:
+        phases = point.phases[name]
+        steady = [p.cpu_steady for p in phases if p.cpu_steady is not None]
+        rss = [p.rss_per_stream for p in phases if p.rss_per_stream is not None]
+        print(f"{title}:")
+        print(f"  CPU per chunk, whole round   {spread([p.cpu_round for p in phases], 'µs', 1)}")
+        print(f"  CPU per chunk, steady state  {spread(steady, 'µs', 1)}")
+        print(f"  RSS per open stream          {spread(rss, 'KiB', 1)}")
+        print(f"  added TTFB p50               {spread([p.added_p50 for p in phases], 'ms')}")
+        print(f"  added TTFB p99               {spread([p.added_p99 for p in phases], 'ms')}")
+        print(
+            f"  streams complete             {sum(p.complete for p in phases)} of "
+            f"{point.streams * len(phases)}"
+        )
+    reckon = point.phases["reckon"]
+    print(
+        target_line(
+            "Reckon CPU per chunk (whole round)", [p.cpu_round for p in reckon], "<=", 15, "µs", 1
+        )
+    )
+    print(
+        target_line(
+            "Reckon RSS per open stream",
+            [p.rss_per_stream for p in reckon if p.rss_per_stream is not None],
+            "<=",
+            16,
+            "KiB",
+            1,
+        )
+    )
+    print(target_line("Reckon added TTFB p99", [p.added_p99 for p in reckon], "<", 5, "ms"))
+    if point.mismatches:
+        for mismatch in point.mismatches:
+            print(f"MISMATCH: {mismatch}")
+        return 1
+    print(
+        f"records: every stream through Reckon saw data: [DONE] and the ledger gained exactly "
+        f"{point.streams} records a round, tokens equal to the upstream's"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    main()

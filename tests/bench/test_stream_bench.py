@@ -1,0 +1,46 @@
+"""`make bench-stream` keeps working: the streaming benchmark at a tiny scale (20 streams of
+5 chunks, one round, Reckon and the bare pass-through) must finish with every stream
+complete and the ledger equal to what the paced upstream served."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.e2e
+def test_stream_bench_runs_and_its_records_check_passes() -> None:
+    bench_db = os.environ.get("TEST_DATABASE_NAME", "test") + "_stream_bench"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "bench/stream_bench.py",
+            "--streams",
+            "20",
+            "--chunks",
+            "5",
+            "--rounds",
+            "1",
+            "--interval",
+            "0.05",
+            "--ramp",
+            "200",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "RECKON_BENCH_DB": bench_db},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "records check: passed" in out
+    assert "round 1, reckon:" in out and "20/20 complete" in out
+    assert "round 1, bare:" in out
+    # the ledger line: 20 measured + 20 warm-up streams, each with one record
+    assert "ledger 40 records (40 completed)" in out
+    assert "target Reckon CPU per chunk (whole round) <= 15.0 µs:" in out
