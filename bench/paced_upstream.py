@@ -82,7 +82,8 @@ class Pacer:
                 self.slots[number % count].append(stream)
 
     def add(self, stream: Stream) -> None:
-        self.slots[self.tick_index % len(self.slots)].append(stream)
+        # the slot that ran last: its next turn is one whole interval away
+        self.slots[(self.tick_index - 1) % len(self.slots)].append(stream)
 
     def _tick(self) -> None:
         slot_number = self.tick_index % len(self.slots)

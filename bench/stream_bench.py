@@ -89,6 +89,25 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def tcp_counters() -> dict[str, int]:
+    """This network namespace's listen-queue drops and SYN retransmissions (/proc/net/netstat):
+    a stream whose SYN was dropped waits a second or more for its first byte."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=True):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], (int(v) for v in values.split()[1:]), strict=True))
+            return {
+                "listen_drops": table.get("ListenDrops", 0),
+                "syn_retrans": table.get("TCPSynRetrans", 0),
+            }
+    return {"listen_drops": 0, "syn_retrans": 0}
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -262,6 +281,14 @@ class Phase:
     rss_per_stream: float | None = None  # KiB
     added_p50: float = 0.0  # ms
     added_p99: float = 0.0
+    ttfb_p50: float = 0.0  # ms through the server
+    ttfb_p99: float = 0.0
+    server_busy_ramp: float = 0.0  # share of one core while the streams opened
+    server_busy: float = 0.0  # over the whole round
+    client_busy: float = 0.0
+    upstream_busy: float = 0.0
+    listen_drops: int = 0  # machine-wide, during the round
+    syn_retrans: int = 0
     complete: int = 0
     failures: list[str] = field(default_factory=list)
 
@@ -276,6 +303,7 @@ async def drive(
     probe_every: int,
     source: str,
     upstream_port: int,
+    upstream_pid: int,
     settle: Callable[[], None],
 ) -> None:
     """Open `streams` paced streams through the phase's server, measure, wait for the end."""
@@ -286,6 +314,9 @@ async def drive(
     pid = phase.pid
     tasks: set[asyncio.Task[None]] = set()
     rss_before = rss_kib(pid)
+    tcp_before = tcp_counters()
+    client_before = own_cpu_seconds()
+    upstream_before = cpu_seconds(upstream_pid)
     cpu_before = cpu_seconds(pid)
     start = time.monotonic()
     duration = (chunks - 1) * interval  # first frame to last, per stream
@@ -317,6 +348,8 @@ async def drive(
             )
             tasks.add(probe)
             probe.add_done_callback(tasks.discard)
+    await asyncio.sleep(max(0.0, start + ramp_time - time.monotonic()))
+    phase.server_busy_ramp = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - start)
     if window[1] - window[0] >= 1.0:
         await asyncio.sleep(max(0.0, start + window[0] - time.monotonic()))
         events_a, cpu_a, t_a = load.events, cpu_seconds(pid), time.monotonic()
@@ -339,7 +372,14 @@ async def drive(
         )
     settle()
     cpu_after = cpu_seconds(pid)
+    elapsed = time.monotonic() - start
     phase.cpu_round = (cpu_after - cpu_before) / (streams * chunks) * 1e6
+    phase.server_busy = (cpu_after - cpu_before) / elapsed
+    phase.client_busy = (own_cpu_seconds() - client_before) / elapsed
+    phase.upstream_busy = (cpu_seconds(upstream_pid) - upstream_before) / elapsed
+    tcp_after = tcp_counters()
+    phase.listen_drops = tcp_after["listen_drops"] - tcp_before["listen_drops"]
+    phase.syn_retrans = tcp_after["syn_retrans"] - tcp_before["syn_retrans"]
     phase.complete = load.complete
     phase.failures.extend(load.failed[:5])
     if len(load.failed) > 5:
@@ -347,6 +387,8 @@ async def drive(
     if load.ttfb and load.probe_ttfb:
         phase.added_p50 = (statistics.median(load.ttfb) - statistics.median(load.probe_ttfb)) * 1000
         phase.added_p99 = (percentile(load.ttfb, 0.99) - percentile(load.probe_ttfb, 0.99)) * 1000
+        phase.ttfb_p50 = statistics.median(load.ttfb) * 1000
+        phase.ttfb_p99 = percentile(load.ttfb, 0.99) * 1000
     for task in list(tasks):
         task.cancel()
 
@@ -454,6 +496,22 @@ class Point:
     mismatches: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Rig:
+    """What every phase of the run shares: the scratch database, the paced upstream."""
+
+    env: dict[str, str]
+    key: str
+    database_url: str
+    upstream_port: int
+    upstream_pid: int
+    args: argparse.Namespace
+
+    @property
+    def upstream(self) -> str:
+        return f"http://127.0.0.1:{self.upstream_port}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", default="2000,10000", help="stream counts, comma-separated")
@@ -474,6 +532,8 @@ def main() -> None:
         default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
     )
     args = parser.parse_args()
+    if args.chunks < 3:
+        parser.error("--chunks must be at least 3 (role, deltas, finish)")
     hard = raise_fd_limit()
     cap = (hard - FD_RESERVE) // 2
     counts = [int(n) for n in args.streams.split(",")]
@@ -495,67 +555,51 @@ def main() -> None:
     ]
     database_url = setup_database(args.database_url)
     upstream_port = free_port()
-    upstream = f"http://127.0.0.1:{upstream_port}"
     env = django_env(database_url)
     key = seed(database_url, f"http://{RECKON_UPSTREAM_HOST}:{upstream_port}")
     upstream_proc = subprocess.Popen(
         [sys.executable, "bench/paced_upstream.py", "--port", str(upstream_port)], cwd=ROOT
     )
+    rig = Rig(env, key, database_url, upstream_port, upstream_proc.pid, args)
     targets = ["reckon"] if args.no_bare else ["reckon", "bare"]
-    exit_code = 0
     try:
-        wait_up(upstream + "/v1/models")
+        wait_up(rig.upstream + "/v1/models")
         client_hosts = iter(CLIENT_HOSTS * 100)
         for point in points:
             for round_number in range(point.rounds):
                 order = targets if round_number % 2 == 0 else targets[::-1]
                 for name in order:
-                    phase = run_phase(
-                        name,
-                        point,
-                        env,
-                        key,
-                        database_url,
-                        upstream,
-                        upstream_port,
-                        next(client_hosts),
-                        args,
-                    )
+                    phase = run_phase(rig, name, point, next(client_hosts))
                     point.phases[name].append(phase)
-                    print(
-                        f"  {point.streams} streams, round {round_number + 1}, {name}: "
-                        f"{phase.cpu_round:.1f} µs/chunk (steady "
-                        f"{fmt(phase.cpu_steady, '.1f')}), {fmt(phase.rss_per_stream, '.1f')} "
-                        f"KiB/stream, added TTFB p50 {phase.added_p50:+.2f} ms p99 "
-                        f"{phase.added_p99:+.2f} ms, {phase.complete}/{point.streams} complete",
-                        flush=True,
-                    )
-                    for failure in phase.failures:
-                        print(f"    ! {failure}", flush=True)
-        whole_upstream = upstream_totals(upstream, RECKON_UPSTREAM_MODEL)
+                    print_phase(phase, point, round_number)
+        whole_upstream = upstream_totals(rig.upstream, RECKON_UPSTREAM_MODEL)
         whole_ledger = ledger(database_url)
     finally:
         stop(upstream_proc)
+    exit_code = 0
     for point in points:
         exit_code |= report(point, args.no_bare)
+    print()
+    visible = whole_upstream["completion_tokens"] - whole_upstream["reasoning_tokens"]
     print(
         f"whole run: ledger {whole_ledger['records']} records ({whole_ledger['completed']} "
         f"completed), {whole_ledger['reasoning']} reasoning + {whole_ledger['visible']} visible "
         f"output tokens; Reckon's upstream completed {whole_upstream['completed']} streams, "
-        f"{whole_upstream['reasoning_tokens']} reasoning + "
-        f"{whole_upstream['completion_tokens'] - whole_upstream['reasoning_tokens']} visible"
+        f"{whole_upstream['reasoning_tokens']} reasoning + {visible} visible"
     )
-    if (
+    held = (
         whole_ledger["records"],
         whole_ledger["completed"],
         whole_ledger["reasoning"],
         whole_ledger["visible"],
-    ) != (
+    )
+    served = (
         whole_upstream["completed"],
         whole_upstream["completed"],
         whole_upstream["reasoning_tokens"],
-        whole_upstream["completion_tokens"] - whole_upstream["reasoning_tokens"],
-    ):
+        visible,
+    )
+    if held != served:
         print("MISMATCH between the ledger and the upstream over the whole run")
         exit_code = 1
     if exit_code:
@@ -568,29 +612,41 @@ def fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def run_phase(
-    name: str,
-    point: Point,
-    env: dict[str, str],
-    key: str,
-    database_url: str,
-    upstream: str,
-    upstream_port: int,
-    source: str,
-    args: argparse.Namespace,
-) -> Phase:
+def print_phase(phase: Phase, point: Point, round_number: int) -> None:
+    print(
+        f"  {point.streams} streams, round {round_number + 1}, {phase.name}: "
+        f"{phase.cpu_round:.1f} µs/chunk (steady {fmt(phase.cpu_steady, '.1f')}), "
+        f"{fmt(phase.rss_per_stream, '.1f')} KiB/stream, TTFB p50 {phase.ttfb_p50:.2f} ms "
+        f"({phase.added_p50:+.2f}) p99 {phase.ttfb_p99:.2f} ms ({phase.added_p99:+.2f}), "
+        f"{phase.complete}/{point.streams} complete",
+        flush=True,
+    )
+    print(
+        f"    busy (share of one core): server {phase.server_busy_ramp:.0%} while streams "
+        f"opened, {phase.server_busy:.0%} over the round; client {phase.client_busy:.0%}; "
+        f"upstream {phase.upstream_busy:.0%}; machine-wide listen drops "
+        f"{phase.listen_drops}, SYN retransmits {phase.syn_retrans}",
+        flush=True,
+    )
+    for failure in phase.failures:
+        print(f"    ! {failure}", flush=True)
+
+
+def run_phase(rig: Rig, name: str, point: Point, source: str) -> Phase:
+    """One round of one target: a fresh server process, warmed up, then the paced load."""
     port = free_port()
     if name == "reckon":
-        proc = start_reckon(port, env)
+        proc = start_reckon(port, rig.env)
         model = RECKON_MODEL
     else:
-        proc = start_bare(port, env, f"http://{BARE_UPSTREAM_HOST}:{upstream_port}")
+        proc = start_bare(port, rig.env, f"http://{BARE_UPSTREAM_HOST}:{rig.upstream_port}")
         model = BARE_MODEL
-    phase = Phase(name=name, pid=proc.pid, host="127.0.0.1", port=port, model=model, key=key)
+    phase = Phase(name=name, pid=proc.pid, host="127.0.0.1", port=port, model=model, key=rig.key)
+    upstream = rig.upstream
     try:
         # warm up: imports, caches, the database and Redis connections of the fresh process
         http_json(upstream + "/_paced/config", {"chunks": 3, "interval": 0.01})
-        warm = Phase(name=name, pid=proc.pid, host="127.0.0.1", port=port, model=model, key=key)
+        warm = Phase(name=name, pid=proc.pid, host="127.0.0.1", port=port, model=model, key=rig.key)
         uvloop.run(
             drive(
                 warm,
@@ -600,25 +656,25 @@ def run_phase(
                 ramp=200,
                 probe_every=5,
                 source=source,
-                upstream_port=upstream_port,
+                upstream_port=rig.upstream_port,
+                upstream_pid=rig.upstream_pid,
                 settle=lambda: None,
             )
         )
         if warm.failures:
             phase.failures.extend(["warm-up: " + f for f in warm.failures])
+            point.mismatches.append(f"{name}: the warm-up failed")
             return phase
         http_json(upstream + "/_paced/config", {"chunks": point.chunks, "interval": point.interval})
         served_before = upstream_totals(upstream, RECKON_UPSTREAM_MODEL)
-        if name == "reckon":
-            before = wait_ledger(database_url, served_before["completed"])
+        # the warm-up's records land first, so the round's own can be counted
+        before = wait_ledger(rig.database_url, served_before["completed"])
         settled: dict[str, int] = {}
 
         def settle() -> None:
-            if name == "reckon":
+            if name == "reckon":  # until the ledger holds every stream the upstream finished
                 served = upstream_totals(upstream, RECKON_UPSTREAM_MODEL)
-                settled.update(wait_ledger(database_url, served["completed"]))
-            else:
-                time.sleep(0.2)
+                settled.update(wait_ledger(rig.database_url, served["completed"]))
 
         uvloop.run(
             drive(
@@ -626,10 +682,11 @@ def run_phase(
                 streams=point.streams,
                 chunks=point.chunks,
                 interval=point.interval,
-                ramp=args.ramp,
-                probe_every=args.probe_every,
+                ramp=rig.args.ramp,
+                probe_every=rig.args.probe_every,
                 source=source,
-                upstream_port=upstream_port,
+                upstream_port=rig.upstream_port,
+                upstream_pid=rig.upstream_pid,
                 settle=settle,
             )
         )
