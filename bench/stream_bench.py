@@ -40,6 +40,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -80,6 +81,18 @@ def raise_fd_limit() -> int:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def run_queue_seconds(pid: int) -> float:
+    """Time the process's threads were ready to run but waited for a CPU (schedstat): on a
+    shared machine, the part of a latency that other processes' load put there."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9
 
 
 def rss_kib(pid: int) -> int:
@@ -284,6 +297,7 @@ class Phase:
     ttfb_p50: float = 0.0  # ms through the server
     ttfb_p99: float = 0.0
     server_busy_ramp: float = 0.0  # share of one core while the streams opened
+    server_waiting_ramp: float = 0.0  # share of that time it waited for a CPU
     server_busy: float = 0.0  # over the whole round
     client_busy: float = 0.0
     upstream_busy: float = 0.0
@@ -318,6 +332,7 @@ async def drive(
     client_before = own_cpu_seconds()
     upstream_before = cpu_seconds(upstream_pid)
     cpu_before = cpu_seconds(pid)
+    waiting_before = run_queue_seconds(pid)
     start = time.monotonic()
     duration = (chunks - 1) * interval  # first frame to last, per stream
     ramp_time = streams / ramp
@@ -350,6 +365,9 @@ async def drive(
             probe.add_done_callback(tasks.discard)
     await asyncio.sleep(max(0.0, start + ramp_time - time.monotonic()))
     phase.server_busy_ramp = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - start)
+    phase.server_waiting_ramp = (run_queue_seconds(pid) - waiting_before) / (
+        time.monotonic() - start
+    )
     if window[1] - window[0] >= 1.0:
         await asyncio.sleep(max(0.0, start + window[0] - time.monotonic()))
         events_a, cpu_a, t_a = load.events, cpu_seconds(pid), time.monotonic()
@@ -442,10 +460,38 @@ def wait_ledger(database_url: str, records: int, timeout: float = 60) -> dict[st
         time.sleep(0.2)
 
 
-def start_reckon(port: int, env: dict[str, str]) -> subprocess.Popen:
-    proc = serve(port, 1, env)
+def start_reckon(port: int, env: dict[str, str], tree: Path | None = None) -> subprocess.Popen:
+    """`manage.py serve`, one process: this checkout's, or the one in `tree`."""
+    if tree is None:
+        proc = serve(port, 1, env)
+    else:
+        proc = subprocess.Popen(
+            [sys.executable, "manage.py", "serve", "--port", str(port), "--workers", "1"],
+            cwd=tree,
+            env={**env, "LOG_LEVEL": "WARNING"},
+            stderr=subprocess.DEVNULL,
+        )
     wait_up(f"http://127.0.0.1:{port}/v1/models", timeout=60)
     return proc
+
+
+def baseline_tree(rev: str, scratch: Path) -> tuple[Path, str]:
+    """A temporary detached worktree of `rev` (removed by `remove_tree`), and its short sha."""
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short", rev], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    tree = scratch / f"baseline-{sha}"
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(tree), sha],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    return tree, sha
+
+
+def remove_tree(tree: Path) -> None:
+    subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
 
 
 def start_bare(port: int, env: dict[str, str], upstream: str) -> subprocess.Popen:
@@ -492,7 +538,9 @@ class Point:
     chunks: int
     interval: float
     rounds: int
-    phases: dict[str, list[Phase]] = field(default_factory=lambda: {"reckon": [], "bare": []})
+    phases: dict[str, list[Phase]] = field(
+        default_factory=lambda: {"reckon": [], "baseline": [], "bare": []}
+    )
     mismatches: list[str] = field(default_factory=list)
 
 
@@ -506,6 +554,8 @@ class Rig:
     upstream_port: int
     upstream_pid: int
     args: argparse.Namespace
+    baseline: Path | None = None  # a worktree of --baseline REV, served as "baseline"
+    baseline_sha: str = ""
 
     @property
     def upstream(self) -> str:
@@ -527,6 +577,12 @@ def main() -> None:
         "--probe-every", type=int, default=10, help="one direct TTFB probe per this many streams"
     )
     parser.add_argument("--no-bare", action="store_true", help="skip the bare pass-through")
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also serve Reckon from REV (a temporary worktree), interleaved with this "
+        "checkout's in every round: an A/B of two commits under the same load",
+    )
     parser.add_argument(
         "--database-url",
         default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
@@ -561,7 +617,13 @@ def main() -> None:
         [sys.executable, "bench/paced_upstream.py", "--port", str(upstream_port)], cwd=ROOT
     )
     rig = Rig(env, key, database_url, upstream_port, upstream_proc.pid, args)
-    targets = ["reckon"] if args.no_bare else ["reckon", "bare"]
+    targets = ["reckon"]
+    scratch = tempfile.TemporaryDirectory(prefix="reckon-stream-bench-")
+    if args.baseline:
+        rig.baseline, rig.baseline_sha = baseline_tree(args.baseline, Path(scratch.name))
+        targets.append("baseline")
+    if not args.no_bare:
+        targets.append("bare")
     try:
         wait_up(rig.upstream + "/v1/models")
         client_hosts = iter(CLIENT_HOSTS * 100)
@@ -576,9 +638,12 @@ def main() -> None:
         whole_ledger = ledger(database_url)
     finally:
         stop(upstream_proc)
+        if rig.baseline is not None:
+            remove_tree(rig.baseline)
+        scratch.cleanup()
     exit_code = 0
     for point in points:
-        exit_code |= report(point, args.no_bare)
+        exit_code |= report(point, targets, rig.baseline_sha)
     print()
     visible = whole_upstream["completion_tokens"] - whole_upstream["reasoning_tokens"]
     print(
@@ -623,7 +688,8 @@ def print_phase(phase: Phase, point: Point, round_number: int) -> None:
     )
     print(
         f"    busy (share of one core): server {phase.server_busy_ramp:.0%} while streams "
-        f"opened, {phase.server_busy:.0%} over the round; client {phase.client_busy:.0%}; "
+        f"opened (and waiting for a CPU {phase.server_waiting_ramp:.0%}), "
+        f"{phase.server_busy:.0%} over the round; client {phase.client_busy:.0%}; "
         f"upstream {phase.upstream_busy:.0%}; machine-wide listen drops "
         f"{phase.listen_drops}, SYN retransmits {phase.syn_retrans}",
         flush=True,
@@ -635,8 +701,8 @@ def print_phase(phase: Phase, point: Point, round_number: int) -> None:
 def run_phase(rig: Rig, name: str, point: Point, source: str) -> Phase:
     """One round of one target: a fresh server process, warmed up, then the paced load."""
     port = free_port()
-    if name == "reckon":
-        proc = start_reckon(port, rig.env)
+    if name in ("reckon", "baseline"):
+        proc = start_reckon(port, rig.env, rig.baseline if name == "baseline" else None)
         model = RECKON_MODEL
     else:
         proc = start_bare(port, rig.env, f"http://{BARE_UPSTREAM_HOST}:{rig.upstream_port}")
@@ -672,7 +738,7 @@ def run_phase(rig: Rig, name: str, point: Point, source: str) -> Phase:
         settled: dict[str, int] = {}
 
         def settle() -> None:
-            if name == "reckon":  # until the ledger holds every stream the upstream finished
+            if name != "bare":  # until the ledger holds every stream the upstream finished
                 served = upstream_totals(upstream, RECKON_UPSTREAM_MODEL)
                 settled.update(wait_ledger(rig.database_url, served["completed"]))
 
@@ -690,7 +756,7 @@ def run_phase(rig: Rig, name: str, point: Point, source: str) -> Phase:
                 settle=settle,
             )
         )
-        if name == "reckon":
+        if name != "bare":
             served_after = upstream_totals(upstream, RECKON_UPSTREAM_MODEL)
             check_records(phase, point, before, settled, served_before, served_after)
         elif phase.complete != point.streams:
@@ -725,31 +791,55 @@ def check_records(
     if new != expected:
         problems.append(f"ledger gained {new}, expected {expected}")
     for problem in problems:
-        point.mismatches.append(f"reckon: {problem}")
+        point.mismatches.append(f"{phase.name}: {problem}")
         phase.failures.append("MISMATCH: " + problem)
 
 
-def report(point: Point, no_bare: bool) -> int:
+def report(point: Point, targets: list[str], baseline_sha: str) -> int:
     print()
     print(
         f"== {point.streams} concurrent streams through one server process: {point.chunks} "
         f"chunks per stream, {point.interval * 1000:.0f} ms apart, {point.rounds} rounds =="
     )
-    names = [("reckon", "Reckon")] + ([] if no_bare else [("bare", "bare pass-through")])
-    for name, title in names:
+    titles = {
+        "reckon": "Reckon",
+        "baseline": f"Reckon at {baseline_sha} (baseline)",
+        "bare": "bare pass-through",
+    }
+    medians: dict[str, dict[str, float]] = {}
+    for name in targets:
         phases = point.phases[name]
-        steady = [p.cpu_steady for p in phases if p.cpu_steady is not None]
-        rss = [p.rss_per_stream for p in phases if p.rss_per_stream is not None]
-        print(f"{title}:")
-        print(f"  CPU per chunk, whole round   {spread([p.cpu_round for p in phases], 'µs', 1)}")
-        print(f"  CPU per chunk, steady state  {spread(steady, 'µs', 1)}")
-        print(f"  RSS per open stream          {spread(rss, 'KiB', 1)}")
-        print(f"  added TTFB p50               {spread([p.added_p50 for p in phases], 'ms')}")
-        print(f"  added TTFB p99               {spread([p.added_p99 for p in phases], 'ms')}")
+        figures = {
+            "CPU per chunk, whole round": ([p.cpu_round for p in phases], "µs", 1),
+            "CPU per chunk, steady state": (
+                [p.cpu_steady for p in phases if p.cpu_steady is not None],
+                "µs",
+                1,
+            ),
+            "RSS per open stream": (
+                [p.rss_per_stream for p in phases if p.rss_per_stream is not None],
+                "KiB",
+                1,
+            ),
+            "added TTFB p50": ([p.added_p50 for p in phases], "ms", 2),
+            "added TTFB p99": ([p.added_p99 for p in phases], "ms", 2),
+        }
+        print(f"{titles[name]}:")
+        for label, (values, unit, digits) in figures.items():
+            print(f"  {label:29}{spread(values, unit, digits)}")
+            if values:
+                medians.setdefault(name, {})[label] = statistics.median(values)
         print(
-            f"  streams complete             {sum(p.complete for p in phases)} of "
+            f"  {'streams complete':29}{sum(p.complete for p in phases)} of "
             f"{point.streams * len(phases)}"
         )
+    if "baseline" in medians and "reckon" in medians:
+        changes = [
+            f"{label} {(new - medians['baseline'][label]) / abs(medians['baseline'][label]):+.1%}"
+            for label, new in medians["reckon"].items()
+            if label in medians["baseline"] and medians["baseline"][label]
+        ]
+        print(f"Reckon vs baseline {baseline_sha} (change of medians): " + "; ".join(changes))
     reckon = point.phases["reckon"]
     print(
         target_line(
