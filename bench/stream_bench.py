@@ -9,7 +9,8 @@ The upstream is bench/paced_upstream.py: OpenAI chat-completions streams of `--c
 frames (one write each) at `--interval` seconds apart (default: streams / 10,000 s, at
 least 0.2 s, so the aggregate stays near 10,000 chunks/s). The client is a raw asyncio
 Protocol in this process; streams open at `--ramp` per second. Each round starts a fresh
-server process (Reckon, then bare; the order alternates by round) and prints, per target:
+server process per target (Reckon, then bare; the order reverses every other round), warms
+it with 20 short streams, and prints, per target:
 
 - server CPU per relayed chunk: utime+stime of the server pid (/proc) over the round
   divided by the chunks the upstream wrote (streams x chunks). The whole-round figure
@@ -25,6 +26,14 @@ server process (Reckon, then bare; the order alternates by round) and prints, pe
   ledger (a scratch database, RECKON_BENCH_DB) gained exactly N records whose reasoning and
   visible output tokens sum to what the upstream reported for the round. Any mismatch
   exits non-zero.
+
+`--baseline REV` adds a third target: Reckon served from a temporary worktree of REV, in
+the same rounds under the same load, and prints the change of medians against it (an A/B
+of two commits; machine drift between separate runs is larger than most changes).
+
+Each round also prints how busy the server, the client and the upstream were, how long
+the server waited for a CPU while the streams opened, and the machine's listen-queue drops
+and SYN retransmits: on a shared machine those explain most of a bad time to first byte.
 
 The server needs two sockets per stream (client and upstream) and this machine's per-
 process limit on open files is a hard limit: a stream count above what fits is capped
