@@ -62,7 +62,15 @@ import uvloop
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from proxy_bench import django_env, free_port, seed, serve, setup_database, wait_up  # noqa: E402
+from proxy_bench import (  # noqa: E402
+    SIM_KEY_ENV,
+    django_env,
+    free_port,
+    seed,
+    serve,
+    setup_database,
+    wait_up,
+)
 from stats import machine_banner, spread, target_line  # noqa: E402
 
 RECKON_MODEL = "bench-reasoner"  # the alias proxy_bench.seed creates
@@ -469,6 +477,30 @@ def wait_ledger(database_url: str, records: int, timeout: float = 60) -> dict[st
         time.sleep(0.2)
 
 
+def set_provider(database_url: str, upstream_base: str, provider: str) -> None:
+    """The seeded route, with another provider (the same upstream and model)."""
+    subprocess.run(
+        [
+            sys.executable,
+            "manage.py",
+            "route_set",
+            RECKON_MODEL,
+            "--provider",
+            provider,
+            "--base-url",
+            upstream_base + "/v1",
+            "--upstream-model",
+            RECKON_UPSTREAM_MODEL,
+            "--api-key-env",
+            SIM_KEY_ENV,
+        ],
+        cwd=ROOT,
+        env=django_env(database_url),
+        check=True,
+        capture_output=True,
+    )
+
+
 def start_reckon(port: int, env: dict[str, str], tree: Path | None = None) -> subprocess.Popen:
     """`manage.py serve`, one process: this checkout's, or the one in `tree`."""
     if tree is None:
@@ -587,6 +619,12 @@ def main() -> None:
     )
     parser.add_argument("--no-bare", action="store_true", help="skip the bare pass-through")
     parser.add_argument(
+        "--provider",
+        choices=["openai", "openai-compatible"],
+        default="openai",
+        help="the route's provider (openai-compatible: Reckon also counts the streamed text)",
+    )
+    parser.add_argument(
         "--baseline",
         metavar="REV",
         help="also serve Reckon from REV (a temporary worktree), interleaved with this "
@@ -621,7 +659,10 @@ def main() -> None:
     database_url = setup_database(args.database_url)
     upstream_port = free_port()
     env = django_env(database_url)
-    key = seed(database_url, f"http://{RECKON_UPSTREAM_HOST}:{upstream_port}")
+    upstream_base = f"http://{RECKON_UPSTREAM_HOST}:{upstream_port}"
+    key = seed(database_url, upstream_base)
+    if args.provider != "openai":
+        set_provider(database_url, upstream_base, args.provider)
     upstream_proc = subprocess.Popen(
         [sys.executable, "bench/paced_upstream.py", "--port", str(upstream_port)], cwd=ROOT
     )
@@ -652,7 +693,7 @@ def main() -> None:
         scratch.cleanup()
     exit_code = 0
     for point in points:
-        exit_code |= report(point, targets, rig.baseline_sha)
+        exit_code |= report(point, targets, rig.baseline_sha, args.provider)
     print()
     visible = whole_upstream["completion_tokens"] - whole_upstream["reasoning_tokens"]
     print(
@@ -804,11 +845,12 @@ def check_records(
         phase.failures.append("MISMATCH: " + problem)
 
 
-def report(point: Point, targets: list[str], baseline_sha: str) -> int:
+def report(point: Point, targets: list[str], baseline_sha: str, provider: str = "openai") -> int:
     print()
     print(
         f"== {point.streams} concurrent streams through one server process: {point.chunks} "
-        f"chunks per stream, {point.interval * 1000:.0f} ms apart, {point.rounds} rounds =="
+        f"chunks per stream, {point.interval * 1000:.0f} ms apart, {point.rounds} rounds, "
+        f"route provider {provider} =="
     )
     titles = {
         "reckon": "Reckon",
