@@ -59,8 +59,6 @@ class Pacer:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.chunks = 50
-        self.interval = 0.2
         self.totals: dict[str, Totals] = {}
         self.slots: list[list[Stream]] = [[]]
         self.tick_index = 0
@@ -72,9 +70,9 @@ class Pacer:
         if chunks < 3 or interval <= 0:
             raise ValueError("chunks >= 3 and interval > 0")
         self.chunks = chunks
-        self.interval = interval
         count = max(1, round(interval / TICK))
-        # streams already running keep their slots (the old modulus); new ones spread
+        self.interval = count * TICK  # the pacing as the timer can keep it
+        # streams still running when the interval changes are spread over the new slots
         if count != len(self.slots):
             old = [s for slot in self.slots for s in slot]
             self.slots = [[] for _ in range(count)]
