@@ -87,6 +87,11 @@ bench-control-cluster: setup services
 bench-cpu: setup services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) bench/cpu_bench.py
 
+# Throughput with 1 and 2 server processes (serve --workers), interleaved in one run.
+.PHONY: bench-workers
+bench-workers: setup services
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) bench/workers_bench.py
+
 # Two commits side by side in one interleaved run: make bench-compare OLD=<rev> NEW=HEAD BENCH=cpu
 OLD ?= HEAD~1
 NEW ?= HEAD

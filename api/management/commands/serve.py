@@ -5,9 +5,9 @@ them, replaces one that dies (a `kill -9` included) and, on SIGTERM, stops each
 gracefully (in-flight calls finish, then each worker's lifespan shutdown flushes its
 ledger). What differs from `uvicorn --workers` is the listening socket. uvicorn binds
 one socket in the supervisor and every worker accepts from that one queue: whichever
-worker wakes first takes the whole burst, so a client that opens its connections
-together (a load balancer's pool, wrk) may find all of them on one worker (seen: 32 of
-32 connections on one of two workers, and 30/2 in two of five tries). By default
+worker wakes first may take most of a burst, so a client that opens its connections
+together (a load balancer's pool, wrk) may find most of them on one worker (seen by
+hand with wrk at c=32 on two workers: 32/0 in one of five tries, 30/2 in two). By default
 (`--listen reuseport`) each worker instead listens on a socket of its own bound with
 SO_REUSEPORT, and the kernel spreads new connections over the workers by a hash of
 their addresses. The supervisor keeps a socket bound to the port (not listening, so it
@@ -42,7 +42,11 @@ LISTEN_MODES = ("reuseport", "shared")
 def workers_default() -> int:
     """The worker count when `--workers` is not given: RECKON_WORKERS, else 1."""
     value = os.environ.get("RECKON_WORKERS", "").strip()
-    return int(value) if value else 1
+    if not value:
+        return 1
+    if not value.isdigit():
+        raise CommandError(f"RECKON_WORKERS must be a whole number of processes, not {value!r}.")
+    return int(value)
 
 
 def serve_refusal(
@@ -96,6 +100,8 @@ class Command(BaseCommand):
         parser.add_argument("--access-log", action="store_true")
 
     def handle(self, *args, **options):  # type: ignore[no-untyped-def]
+        if options["workers"] < 1:
+            raise CommandError("--workers must be at least 1.")
         refusal = serve_refusal(
             reckon_env=os.environ.get("RECKON_ENV"),
             secret_key=settings.SECRET_KEY,
@@ -113,8 +119,6 @@ class Command(BaseCommand):
         connection.close()  # the workers open their own
         if refusal:
             raise CommandError(f"serve refuses to start: {refusal}")
-        if options["workers"] < 1:
-            raise CommandError("--workers must be at least 1.")
         config = dict(
             loop="uvloop",
             http=ReckonHttpProtocol,  # uvicorn's httptools protocol, one write a response
