@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -39,13 +40,28 @@ from proxy_bench import (  # noqa: E402 - the path above
     seed,
     seed_controlled,
     setup_database,
-    wait_up,
     wrk,
 )
 from stats import machine_banner, spread  # noqa: E402
 
 SERVERS = (("1w", 1, "reuseport"), ("2w", 2, "reuseport"), ("2w-shared", 2, "shared"))
 TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def wait_up(url: str, process: subprocess.Popen, timeout: float = 180) -> None:
+    """Wait for `url` to answer (a loaded machine starts a Django process slowly)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"{process.args} exited with {process.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=2)  # noqa: S310 - loopback
+            return
+        except urllib.error.HTTPError:
+            return  # it answered
+        except OSError:
+            time.sleep(0.2)
+    sys.exit(f"{url} did not come up in {timeout:.0f}s")
 
 
 def serve(port: int, workers: int, listen: str, env: dict[str, str]) -> subprocess.Popen:
@@ -155,23 +171,23 @@ def main() -> None:
     sim_url = f"http://127.0.0.1:{sim_port}"
     keys = {"plain": seed(database_url, sim_url), "+controls": seed_controlled(database_url)}
     ports = {name: free_port() for name, _, _ in SERVERS}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "manage.py", "run_simulator", "--port", str(sim_port)],
-            cwd=ROOT,
-            env=env,
-        )
-    ]
-    servers = {name: serve(ports[name], workers, listen, env) for name, workers, listen in SERVERS}
-    procs += servers.values()
+    simulator = subprocess.Popen(
+        [sys.executable, "manage.py", "run_simulator", "--port", str(sim_port)],
+        cwd=ROOT,
+        env=env,
+    )
+    procs = [simulator]
+    servers: dict[str, subprocess.Popen] = {}
     # (server, mode) -> per round: req/s, CPU us per call; connections seen mid-run
     rps: dict[tuple[str, str], list[float]] = {}
     cpu: dict[tuple[str, str], list[float]] = {}
     seen: dict[str, list[list[int]]] = {name: [] for name, _, _ in SERVERS}
     try:
-        wait_up(sim_url + "/_sim/health")
-        for name, workers, _ in SERVERS:
-            wait_up(f"http://127.0.0.1:{ports[name]}/v1/models")
+        wait_up(sim_url + "/_sim/health", simulator)
+        for name, workers, listen in SERVERS:  # one at a time: a loaded machine starts slowly
+            servers[name] = serve(ports[name], workers, listen, env)
+            procs.append(servers[name])
+            wait_up(f"http://127.0.0.1:{ports[name]}/v1/models", servers[name])
             deadline = time.monotonic() + 60
             while workers > 1 and len(server_pids(servers[name].pid)) <= workers:
                 if time.monotonic() > deadline:
