@@ -14,7 +14,10 @@ against what the simulator served.
 
 On a machine with few cores, wrk, the simulator and PostgreSQL take CPU from the same
 cores as the workers: 2 workers cannot double 1 there. CPU per call shows what a second
-process costs or saves independent of how busy the machine was.
+process costs or saves independent of how busy the machine was. A process's CPU per
+call falls as more calls are in flight in it (its event loop, group commit and Redis
+pipeline batch more), so two workers sharing c connections each pay about the cost of
+one process at c/2: `--connections 16` shows 1 worker's figure there.
 """
 
 import argparse
@@ -135,7 +138,7 @@ def connections_per_process(port: int, pids: list[int]) -> list[int]:
 
 
 def measured(
-    binary: str, url: str, key: str, duration: int, port: int, parent: int
+    binary: str, url: str, key: str, duration: int, port: int, parent: int, connections: int
 ) -> tuple[float, float, int, list[int]]:
     """(req/s, server CPU us per call, requests, connections per worker mid-run)."""
     pids = server_pids(parent)
@@ -148,7 +151,7 @@ def measured(
     sampler = threading.Thread(target=sample)
     before = cpu_seconds(pids)
     sampler.start()
-    result = wrk(binary, url, key, "bench-reasoner", 32, duration)
+    result = wrk(binary, url, key, "bench-reasoner", connections, duration)
     cpu = cpu_seconds(pids) - before
     sampler.join()
     return result["rps"], cpu * 1e6 / result["requests"], int(result["requests"]), spread_seen
@@ -158,6 +161,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--connections", type=int, default=32, help="wrk's connections")
     parser.add_argument(
         "--database-url",
         default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
@@ -211,6 +215,7 @@ def main() -> None:
                         args.duration,
                         ports[name],
                         servers[name].pid,
+                        args.connections,
                     )
                     rps.setdefault((name, mode), []).append(rate)
                     cpu.setdefault((name, mode), []).append(per_call)
@@ -230,7 +235,7 @@ def main() -> None:
 
     print()
     print(
-        f"Workers benchmark: wrk -t1 -c32 non-streaming chat completions, {args.rounds} "
+        f"Workers benchmark: wrk -t1 -c{args.connections} non-streaming chat completions, {args.rounds} "
         f"interleaved rounds x {args.duration}s, simulator at zero delay; median (min, max)."
     )
     print(
@@ -250,7 +255,7 @@ def main() -> None:
                 f"  {name}/1w req/s per round: {', '.join(f'{r:.2f}' for r in ratios)}"
                 f" -> {spread(ratios)}"
             )
-    print("\nconnections per worker, sampled mid-run (wrk opens all 32 at once):")
+    print(f"\nconnections per worker, sampled mid-run (wrk opens all {args.connections} at once):")
     for name, _, _ in SERVERS[1:]:
         print(f"  {name:10} {seen[name]}")
     rows, reasoning = after[0] - baseline[0], after[1] - baseline[1]
