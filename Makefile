@@ -6,7 +6,7 @@ PY := .venv/bin/python
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: setup run test lint bench bench-billing bench-usage bench-console bench-control bench-control-cluster bench-ledger bench-archive bench-reconcile bench-provider-costs bench-cpu bench-stream bench-compare services chromium chaos
+.PHONY: setup run test lint bench bench-stream bench-workers bench-billing bench-usage bench-console bench-control bench-control-cluster bench-ledger bench-archive bench-reconcile bench-provider-costs bench-cpu bench-stream bench-compare services chromium chaos
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -92,6 +92,10 @@ bench-cpu: setup services
 STREAM_BENCH_ARGS ?=
 bench-stream: setup services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) bench/stream_bench.py $(STREAM_BENCH_ARGS)
+
+# Throughput with 1 and 2 server processes (serve --workers), interleaved in one run.
+bench-workers: setup services
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) bench/workers_bench.py
 
 # Two commits side by side in one interleaved run: make bench-compare OLD=<rev> NEW=HEAD BENCH=cpu
 OLD ?= HEAD~1
