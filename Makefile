@@ -6,7 +6,7 @@ PY := .venv/bin/python
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: setup run test lint bench bench-stream bench-workers bench-billing bench-usage bench-console bench-control bench-control-cluster bench-ledger bench-archive bench-reconcile bench-provider-costs bench-cpu bench-stream bench-compare services chromium chaos
+.PHONY: setup run test lint bench bench-stream bench-workers bench-billing bench-usage bench-console bench-control bench-control-cluster bench-ledger bench-archive bench-reconcile bench-provider-costs bench-cpu bench-compare services chromium chaos
 
 .tools/bin/uv:
 	python3 -m venv .tools
