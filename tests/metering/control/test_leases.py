@@ -508,3 +508,33 @@ def test_a_grown_window_slice_stays_a_small_share_of_the_room_left() -> None:
     book.windows["rk:w"] = w
     _, counts = book.wanted([], [], ["rk:w"], 10)
     assert counts == [(512, 5120)]
+
+
+def test_a_busy_process_takes_a_few_window_slices_not_one_per_lease_calls() -> None:
+    rate = RateScope(
+        "key", str(uuid.uuid4()), requests_per_minute=10**9, tokens_per_minute=None, tenant_id="t"
+    )
+    b = budget(10**12)
+
+    async def scenario():  # type: ignore[no-untyped-def]
+        store = ControlStore(URL, lease_calls=8)
+        sent = []
+        run = store._redis.run
+
+        async def counting(script, keys, args):  # type: ignore[no-untyped-def]
+            sent.append(script)
+            return await run(script, keys, args)
+
+        store._redis.run = counting  # type: ignore[method-assign]
+        admissions = []
+        for _ in range(2000):
+            admission = await admit(store, b, [rate])
+            settle_call(store, b, admission, 1, [rate])
+            admissions.append(admission)
+        await store.close()
+        return admissions, sent.count(scripts.LEASE)
+
+    admissions, leases_taken = asyncio.run(scenario())
+    assert all(a.allowed and a.lease is not None for a in admissions)
+    # slices of 8 would take about 2000 / 6 LEASE scripts; paced ones grow 8-fold a time
+    assert leases_taken <= 10
