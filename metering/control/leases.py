@@ -23,9 +23,9 @@ Slices are taken only far from a limit: what is left must be at least ELIGIBLE_M
 times the slice, a slice covers LEASE_CALLS calls of the size asking for it (or twice
 the calls in flight; a rate window's, the calls its predecessor saw in SLICE_LIFE_S,
 within a share of the room left), and a call that does not fit its process's slice goes
-through the exact per-call script. Near a limit slices stop being granted, and the ones out close
-at their holders' next report (a closing slice admits nothing, keeps what its calls in
-flight hold and gives the rest back). When the exact script would refuse a call while
+through the exact per-call script. Near a limit slices stop being granted, and the ones
+out close at their holders' next report (a closing slice admits nothing, keeps what its
+calls in flight hold and gives the rest back). When the exact script would refuse a call while
 slices are out, the call waits for them (RECALL_WAIT_S at most) so that no call is
 refused while the budget could cover it. Times are Redis's own clock (TIME).
 
