@@ -2,8 +2,10 @@
 
 The machine's speed drifts by up to 2x over minutes, so two benchmark runs an hour apart
 say little. This checks both commits out into temporary worktrees (this checkout's virtual
-environment runs both), then runs the same benchmark on them in pairs, alternating which
-goes first, and prints each figure's min/median/max per commit and the change of medians.
+environment runs both), gives both this checkout's benchmark scripts (the same measuring
+on both sides: only the code under test differs), then runs the benchmark on them in
+pairs, alternating which goes first, and prints each figure's min/median/max per commit
+and the change of medians.
 
     .venv/bin/python bench/compare.py 0636a2f HEAD                 # proxy_bench, 3 pairs
     .venv/bin/python bench/compare.py 0636a2f HEAD --bench cpu --pairs 2
@@ -15,6 +17,7 @@ cpu -> server CPU microseconds per call per tenant kind (bench/cpu_bench.py).
 
 import argparse
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -23,6 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {"proxy": "bench/proxy_bench.py", "cpu": "bench/cpu_bench.py"}
+# What a benchmark run imports from bench/ (copied into both trees).
+HARNESS = ("bench/proxy_bench.py", "bench/cpu_bench.py", "bench/stats.py")
 
 
 def figures_of(bench: str, output: str) -> dict[str, float]:
@@ -104,6 +109,8 @@ def main() -> None:
                 check=True,
                 capture_output=True,
             )
+            for name in HARNESS:
+                shutil.copyfile(ROOT / name, tree / name)
         try:
             for pair in range(args.pairs):
                 order = ("old", "new") if pair % 2 == 0 else ("new", "old")

@@ -16,6 +16,7 @@ and prints the server's user+system CPU (from /proc) divided by the calls served
 import argparse
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import proxy_bench as pb  # noqa: E402 - the same seeding and servers as the proxy bench
+from stats import machine_banner, spread  # noqa: E402
 
-BENCH_DB = "reckon_cpu_bench"
+BENCH_DB = os.environ.get("RECKON_BENCH_DB", "reckon_cpu_bench")  # dropped first
 
 PRICED = """
 from datetime import UTC, datetime
@@ -83,6 +85,8 @@ def main() -> None:
         default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
     )
     args = parser.parse_args()
+    banner = machine_banner()  # how busy the machine was when the run began
+    print(banner, flush=True)
     binary = pb.ensure_wrk()
     base = args.database_url.rsplit("/", 1)[0]
     admin = base + "/postgres"
@@ -128,20 +132,23 @@ def main() -> None:
             p.terminate()
             p.wait(timeout=30)
     print()
+    print(banner)
     print(
         f"Reckon server CPU per call at c=32 (one process, leases {args.lease_calls}), "
-        f"{args.rounds} interleaved rounds x {args.duration}s:"
+        f"{args.rounds} interleaved rounds x {args.duration}s; median (min, max) over rounds:"
     )
+    medians = {}
     for name in ("plain", "priced", "controls"):
         runs = results[name]
-        cpu = sorted(u for u, _ in runs)[len(runs) // 2]
+        medians[name] = statistics.median(u for u, _ in runs)
         print(
-            f"  {name:9} median {cpu:6.1f} us/call   runs: "
-            + "  ".join(f"{u:.0f} us @ {r:.0f}/s" for u, r in runs)
+            f"  {name:9} median {medians[name]:6.1f} us/call   "
+            f"({spread([u for u, _ in runs], 'us', 1)}; "
+            f"calls/s {spread([r for _, r in runs], '', 0)})"
         )
-    plain = sorted(u for u, _ in results["priced"])[args.rounds // 2]
-    controls = sorted(u for u, _ in results["controls"])[args.rounds // 2]
-    print(f"  controls add {controls - plain:+.1f} us/call over priced")
+    # per round: the kinds of one round ran seconds apart, so drift between rounds cancels
+    extra = [c - p for (c, _), (p, _) in zip(results["controls"], results["priced"], strict=True)]
+    print(f"  controls add {spread(extra, 'us/call', 1)} over priced (per round)")
 
 
 if __name__ == "__main__":

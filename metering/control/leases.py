@@ -21,10 +21,11 @@ generation of the budget.
 
 Slices are taken only far from a limit: what is left must be at least ELIGIBLE_MULTIPLE
 times the slice, a slice covers LEASE_CALLS calls of the size asking for it (or twice
-the calls in flight), and a call that does not fit its process's slice goes through the
-exact per-call script. Near a limit slices stop being granted, and the ones out close
-at their holders' next report (a closing slice admits nothing, keeps what its calls in
-flight hold and gives the rest back). When the exact script would refuse a call while
+the calls in flight; a rate window's, the calls its predecessor saw in SLICE_LIFE_S,
+within a share of the room left), and a call that does not fit its process's slice goes
+through the exact per-call script. Near a limit slices stop being granted, and the ones
+out close at their holders' next report (a closing slice admits nothing, keeps what its
+calls in flight hold and gives the rest back). When the exact script would refuse a call while
 slices are out, the call waits for them (RECALL_WAIT_S at most) so that no call is
 refused while the budget could cover it. Times are Redis's own clock (TIME).
 
@@ -61,6 +62,13 @@ MAX_AGE_S = 10.0  # a slice closes (and a new one is taken) at least this often
 OWNER_TTL_S = 30  # a slice not reported for this long may lapse
 RECALL_WAIT_S = 0.5  # the most a near-limit call waits for other processes' slices
 ELIGIBLE_MULTIPLE = 16  # a slice is granted only where what is left is 16 times larger
+# A rate-window slice counts every request it admits for good (a window never gives a
+# request back), so at a steady rate it runs out every LEASE_CALLS calls: at thousands of
+# calls a second that is a LEASE script per few milliseconds. Its successor is sized for
+# the rate it was used at, to last about SLICE_LIFE_S, growing at most SLICE_GROWTH-fold
+# per renewal and never past what the window can grant far from its limits.
+SLICE_LIFE_S = 1.0
+SLICE_GROWTH = 8
 FORGET_S = 5.0  # a finished slice's tombstone stays this long (late copies of reports)
 
 
@@ -133,6 +141,21 @@ class WindowSlice:
         return (self.rpm <= 0 or self.rpm - r >= half * self.requests) and (
             self.tpm <= 0 or self.tpm - t >= half * self.tokens
         )
+
+
+def paced_calls(w: WindowSlice, est_tokens: int, now: float) -> int:
+    """The requests a successor of window slice `w` should cover: as many as `w` admitted
+    per SLICE_LIFE_S, at most SLICE_GROWTH times `w`'s, and at most a 2 * ELIGIBLE_MULTIPLE
+    share of the room the window had left when last seen (so a grown slice is still one
+    LEASE grants, and near the limit slices shrink back to LEASE_CALLS)."""
+    age = max(now - w.born, FLUSH_S)
+    calls = min(int(w.used_r * SLICE_LIFE_S / age), SLICE_GROWTH * w.requests)
+    share = 2 * ELIGIBLE_MULTIPLE
+    if w.rpm > 0:
+        calls = min(calls, (w.rpm - w.r_seen) // share)
+    if w.tpm > 0:
+        calls = min(calls, (w.tpm - w.t_seen) // (share * max(est_tokens, 1)))
+    return calls
 
 
 @dataclass(slots=True)
@@ -239,6 +262,7 @@ class LeaseBook:
             else:
                 amounts.append(0)
         counts = []
+        now = time.monotonic()
         for key in windows:
             w = self.windows.get(key)
             if (
@@ -247,7 +271,9 @@ class LeaseBook:
                 or w.used_t + est_tokens > w.tokens
                 or (w.requests - w.used_r) * 4 < w.requests
             ):
-                calls = max(self.lease_calls, 2 * w.busy if w is not None else 0)
+                calls = self.lease_calls
+                if w is not None:
+                    calls = max(calls, 2 * w.busy, paced_calls(w, est_tokens, now))
                 counts.append((calls, calls * est_tokens))
             else:
                 counts.append((0, 0))

@@ -471,3 +471,70 @@ def test_an_alert_hook_that_fails_stops_no_report() -> None:
 
     asyncio.run(scenario())
     assert fields(b) == {**fields(b), "spent": 3 * HOLD, "held": 0, "leased": 0}
+
+
+def window_slice(requests: int, used: int, age_s: float, rpm: int = 0, seen: int = 0):  # type: ignore[no-untyped-def]
+    now = time.monotonic()
+    w = leases.WindowSlice("rk:w", "s", rpm, 0, requests, 10 * requests, seen, 0, born=now - age_s)
+    w.used_r = used
+    return w, now
+
+
+def test_a_window_slice_used_up_fast_is_followed_by_a_larger_one() -> None:
+    # 32 requests in 10 ms: 3,200 a second; the successor grows 8-fold at most per renewal
+    w, now = window_slice(32, 32, 0.01)
+    assert leases.paced_calls(w, 10, now) == 8 * 32
+    # 32 requests in 4 s: fewer than a slice of LEASE_CALLS already covers
+    w, now = window_slice(32, 32, 4.0)
+    assert leases.paced_calls(w, 10, now) == 8
+    # at 1,000 a second (600 used in 0.6 s) the successor covers about a second of them
+    w, now = window_slice(1000, 600, 0.6)
+    assert 990 <= leases.paced_calls(w, 10, now) <= 1000
+
+
+def test_a_grown_window_slice_stays_a_small_share_of_the_room_left() -> None:
+    # the window had 100,000 of 1,000,000 requests counted: a successor asks for at most
+    # 1/32 of the 900,000 left, so LEASE (which wants 16 times the slice left) grants it
+    w, now = window_slice(100_000, 100_000, 0.01, rpm=1_000_000, seen=100_000)
+    assert leases.paced_calls(w, 10, now) == 900_000 // 32
+    # near the limit the pace is no reason to grow: the book asks for LEASE_CALLS again
+    book = leases.LeaseBook(lease_calls=8)
+    w, _ = window_slice(64, 64, 0.01, rpm=10_000, seen=9_900)
+    book.windows["rk:w"] = w
+    _, counts = book.wanted([], [], ["rk:w"], 10)
+    assert counts == [(8, 80)]
+    # far from it, a fast slice's successor is sized for its pace
+    w, _ = window_slice(64, 64, 0.01, rpm=10**9, seen=64)
+    book.windows["rk:w"] = w
+    _, counts = book.wanted([], [], ["rk:w"], 10)
+    assert counts == [(512, 5120)]
+
+
+def test_a_busy_process_takes_a_few_window_slices_not_one_per_lease_calls() -> None:
+    rate = RateScope(
+        "key", str(uuid.uuid4()), requests_per_minute=10**9, tokens_per_minute=None, tenant_id="t"
+    )
+    b = budget(10**12)
+
+    async def scenario():  # type: ignore[no-untyped-def]
+        store = ControlStore(URL, lease_calls=8)
+        sent = []
+        run = store._redis.run
+
+        async def counting(script, keys, args):  # type: ignore[no-untyped-def]
+            sent.append(script)
+            return await run(script, keys, args)
+
+        store._redis.run = counting  # type: ignore[method-assign]
+        admissions = []
+        for _ in range(2000):
+            admission = await admit(store, b, [rate])
+            settle_call(store, b, admission, 1, [rate])
+            admissions.append(admission)
+        await store.close()
+        return admissions, sent.count(scripts.LEASE)
+
+    admissions, leases_taken = asyncio.run(scenario())
+    assert all(a.allowed and a.lease is not None for a in admissions)
+    # slices of 8 would take about 2000 / 6 LEASE scripts; paced ones grow 8-fold a time
+    assert leases_taken <= 10
