@@ -1,8 +1,8 @@
 """What every benchmark prints the same way: the machine it ran on, each figure as its
 median with the min and max over the rounds, and a target judged on the median only.
 
-    sys.path.insert(0, str(ROOT / "bench"))
-    from stats import machine_banner, spread, target_line
+    sys.path.insert(0, str(ROOT))     # the repository, as the benchmarks put it
+    from bench.stats import machine_banner, spread, target_line   # or, bench/ on the path: from stats import ...
 
     print(machine_banner())            # once, before the figures
     print(spread([1.2, 1.0, 1.4], "ms"))   # -> "1.20 ms (min 1.00, max 1.40, 3 rounds)"
