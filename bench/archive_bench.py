@@ -17,13 +17,13 @@ over the rounds, beside a same-run baseline: a bare `COPY (SELECT * FROM the mon
 STDOUT` into nothing (what reading the month alone costs) and an `INSERT ... SELECT` of
 the month into a copy of the table with its indexes and CHECKs (what writing it alone
 costs). Bytes per record: the Parquet
-files, and the month's partition in PostgreSQL (heap, TOAST and indexes).
+files, and the month's partition in PostgreSQL (heap, TOAST and indexes). The machine
+(CPUs, memory, load) is printed first; every figure is a median with its min and max.
 """
 
 import argparse
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,14 +35,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.scratch import scratch_database  # noqa: E402
+from bench.stats import machine_banner, spread  # noqa: E402
 
 DB = "reckon_archive_bench"
 MONTH = datetime(2026, 9, 1, tzinfo=UTC)
-
-
-def spread(values: list[float], scale: float = 1.0) -> str:
-    scaled = [v * scale for v in values]
-    return f"{min(scaled):7.2f} / {statistics.median(scaled):7.2f} / {max(scaled):7.2f}"
 
 
 def main() -> None:
@@ -57,6 +53,7 @@ def main() -> None:
         default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
     )
     args = parser.parse_args()
+    print(machine_banner())
     server = scratch_database(args.database_url, DB)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     workdir = tempfile.TemporaryDirectory(prefix="reckon-archive-bench-")
@@ -241,29 +238,33 @@ def main() -> None:
 
     print()
     print(
-        f"Archive benchmark on this {os.cpu_count()}-core machine (PostgreSQL, store: "
+        f"Archive benchmark (PostgreSQL, store: "
         f"{'temp dir' if not args.archive_url else args.archive_url}), {datetime.now(UTC):%Y-%m-%d}"
     )
     print(f"  data: {args.records:,} records in one month partition, ready in {prepared:.0f}s")
-    print(f"  rounds: {args.rounds}; figures min / median / max")
-    print(f"  baseline, bare COPY of the month (s per 1M):  {spread(baseline, million)}")
-    print(f"  export (s per 1M records):                    {spread(export, million)}")
-    print(f"  verify (s per 1M records):                    {spread(verify, million)}")
-    print(f"  drop, recheck + DETACH + DROP (s):            {spread(drop)}")
-    print(f"  restore, COPY in + recheck (s):               {spread(restore)}")
-    print(f"  restore (s per 1M records):                   {spread(restore, million)}")
+    print(f"  {args.rounds} rounds; each figure: median (min, max)")
+    print(f"  baseline, bare COPY of the month:  {spread(baseline, 's per 1M', scale=million)}")
     print(
-        f"  baseline, INSERT..SELECT of the month into a copy with its indexes (s per 1M): {spread(written, million)}"
+        "  baseline, INSERT..SELECT of the month into a copy with its indexes:"
+        f" {spread(written, 's per 1M', scale=million)}"
     )
+    print(f"  export:                            {spread(export, 's per 1M', scale=million)}")
+    print(f"  verify:                            {spread(verify, 's per 1M', scale=million)}")
+    print(f"  drop, recheck + DETACH + DROP:     {spread(drop, 'ms', 1, scale=1000)}")
+    print(f"  restore, COPY in + recheck:        {spread(restore, 's')}")
+    print(f"  restore:                           {spread(restore, 's per 1M', scale=million)}")
     print(
         f"  bytes per record: Parquet zstd {parquet_bytes / args.records:.1f},"
         f" PostgreSQL partition (heap+TOAST+indexes) {pg_bytes / args.records:.1f}"
         f" (x{pg_bytes / max(parquet_bytes, 1):.1f})"
     )
     print(
-        f"  read of a dropped month, one tenant's month (s per 1M records): {spread(month_read, million)}"
+        "  read of a dropped month, one tenant's month:"
+        f" {spread(month_read, 's per 1M', scale=million)}"
     )
-    print(f"  read of a dropped month, one tenant's partial hour (s):        {spread(hour_read)}")
+    print(
+        f"  read of a dropped month, one tenant's partial hour: {spread(hour_read, 'ms', 1, scale=1000)}"
+    )
     print("  peak RSS of this process after each step of round 1 (MB):", end="")
     print(", ".join(f" {step} {mb}" for step, mb in peaks[:5] + peaks[-1:]))
     connection.close()

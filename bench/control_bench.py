@@ -21,8 +21,9 @@ worst case for row locks), and c=32 spread over 1000 scopes (each caller cycles 
 its own scopes, so no two callers ever share one). The report shows admit+settle pairs
 per second and the p50/p99 latency of admission alone. At c=32 that latency includes any
 wait for a pooled connection. Cases run in interleaved rounds and the backend order
-rotates each round, so machine noise affects every backend alike. Medians over rounds
-are reported, with ratios to Redis.
+rotates each round, so machine noise affects every backend alike. The machine (CPUs,
+memory, load) is printed first; every figure as its median, min and max over the rounds,
+with the ratio of medians to Redis.
 
 Correctness is checked too. After every run, each scope's holds must be released to
 exactly 0, `spent` must equal pairs x actual, and no call may be refused. In every round,
@@ -45,11 +46,15 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import redis
 import redis.asyncio as aioredis
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.stats import columns, columns_header, machine_banner  # noqa: E402
 
 SCHEMA = "reckon_control_bench"
 TABLE = f"{SCHEMA}.bench_budget"
@@ -333,11 +338,11 @@ async def bench(args: argparse.Namespace) -> int:
     print()
     print(
         f"Spend-hold benchmark: admit+settle pairs, {args.rounds} interleaved rounds x "
-        f"{args.duration:g}s per case (medians),"
+        f"{args.duration:g}s per case (median, min, max over the rounds),"
     )
     print(
         f"one asyncio driver process ({args.loop}), "
-        f"pools of {POOL_SIZE} connections, all on this {os.cpu_count()}-CPU machine."
+        f"pools of {POOL_SIZE} connections, all on this machine."
     )
     print(
         f"Redis {info['redis_version']} (appendonly {'yes' if info['aof_enabled'] else 'no'}),"
@@ -348,19 +353,23 @@ async def bench(args: argparse.Namespace) -> int:
         f"{settings['synchronous_commit']}, fsync {settings['fsync']}), psycopg "
         f"{psycopg.__version__} ({psycopg.pq.__impl__})."
     )
-    print()
-    header = ["pairs/s", "x Redis", "p50 ms", "x Redis", "p99 ms", "x Redis"]
-    print(f"{'backend':23}{'case':18}" + "".join(f"{h:>10}" for h in header))
     base = backends[0].name
-    for label, _, _ in CASES:
-        for backend in backends:
-            cells = []
-            for field, fmt in (("pairs_s", "{:.0f}"), ("p50_ms", "{:.3f}"), ("p99_ms", "{:.3f}")):
-                value = m(backend.name, label, field)
-                cells += [fmt.format(value), f"{value / m(base, label, field):.2f}"]
-            print(f"{backend.name:23}{label:18}" + "".join(f"{c:>10}" for c in cells))
+    for field, title, digits in (
+        ("pairs_s", "admit+settle pairs/s", 0),
+        ("p50_ms", "admission p50 ms", 3),
+        ("p99_ms", "admission p99 ms", 3),
+    ):
+        print()
+        print(f"{title:41}{columns_header()}{'x Redis':>10}")
+        for label, _, _ in CASES:
+            for backend in backends:
+                values = [r[field] for r in runs[(backend.name, label)]]
+                ratio = m(backend.name, label, field) / m(base, label, field)
+                print(f"  {backend.name:23}{label:16}{columns(values, digits)}{ratio:>10.2f}")
     print()
-    print("scaling of pairs/s relative to c=1 (about 1.0 or below: calls run one at a time):")
+    print(
+        "scaling of pairs/s relative to c=1, ratio of medians (about 1.0 or below: calls run one at a time):"
+    )
     for backend in backends:
         single = m(backend.name, "c=1", "pairs_s")
         hot = m(backend.name, "c=32 hot scope", "pairs_s") / single
@@ -404,6 +413,7 @@ def main() -> None:
         "--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     )
     args = parser.parse_args()
+    print(machine_banner())
     try:
         import uvloop
 

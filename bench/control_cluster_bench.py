@@ -8,14 +8,14 @@ stopped by the bench (tests/redis_cluster.py); the baseline is REDIS_URL (defaul
 redis://127.0.0.1:6379/0; its keys are tagged `rk:{bench-…}` and deleted after). Each
 round runs every case on both, in alternating order: `--callers` concurrent callers on
 one event loop, each a tenant of its own (so the cluster's keys spread over all nodes),
-one budget and one rate window per call, for `--duration` seconds. Prints min / median /
-max pairs/s over rounds, and the CPU count (client and servers share it).
+one budget and one rate window per call, for `--duration` seconds. Prints the machine
+first (CPUs, memory, load: client and servers share them), then median / min / max
+pairs/s over the rounds.
 """
 
 import argparse
 import asyncio
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -24,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.stats import columns, columns_header, machine_banner  # noqa: E402
 
 
 async def pairs_per_second(
@@ -78,6 +79,7 @@ def main() -> None:
         "--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     )
     args = parser.parse_args()
+    print(machine_banner())
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     import django
 
@@ -113,16 +115,12 @@ def main() -> None:
             baseline.delete(key)
 
     print(
-        f"spend control, admit + settle pairs/s, {os.cpu_count()} CPUs (client and Redis"
-        f" servers share them), {args.callers} callers on one event loop, {args.rounds}"
-        f" rounds of {args.duration:g} s"
+        f"spend control, admit + settle pairs/s (client and Redis servers share the CPUs),"
+        f" {args.callers} callers on one event loop, {args.rounds} rounds of {args.duration:g} s"
     )
-    print(f"  {'case':<28}{'target':<17}{'min':>9}{'median':>9}{'max':>9}")
+    print(f"  {'case':<28}{'target':<17}{columns_header()}")
     for (case, name), values in results.items():
-        print(
-            f"  {case:<28}{name:<17}{min(values):>9,.0f}{statistics.median(values):>9,.0f}"
-            f"{max(values):>9,.0f}"
-        )
+        print(f"  {case:<28}{name:<17}{columns(values, 0)}")
 
 
 if __name__ == "__main__":

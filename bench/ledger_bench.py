@@ -18,14 +18,14 @@ Rows: `--tenants` tenants with one key each, 4 aliases, realistic token counts,
 started over the last `--hours` hours (1: a live proxy writes the current hour).
 Bytes per record: the ledger's heap, TOAST and indexes (every partition, if
 partitioned) and the rollups, over the records it holds, after the rounds and after
-filling it to `--fill` records by COPY.
+filling it to `--fill` records by COPY. The machine (CPUs, memory, load) is printed
+first; every rate as its median, min and max over the rounds.
 """
 
 import argparse
 import asyncio
 import os
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +38,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.stats import columns, columns_header, machine_banner, spread  # noqa: E402
+
 DB = "reckon_ledger_bench"
 ALIASES = ("reasoner", "chat", "coder", "embedder")
 # The provider account each alias's route belongs to (None: our own accelerators); a
@@ -69,6 +71,7 @@ def main() -> None:
         default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
     )
     args = parser.parse_args()
+    print(machine_banner())
     server = args.database_url.rsplit("/", 1)[0]
     psql(server, f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
     psql(server, f"CREATE DATABASE {DB}")
@@ -130,22 +133,17 @@ def run(args: argparse.Namespace) -> None:
         rates["COPY"].append(args.records / copy_rows(conninfo, rows(args.records)))
 
     print(
-        f"ledger capacity, {datetime.now(UTC):%Y-%m-%d}, {version}, {os.cpu_count()} CPUs"
-        f" (client and server share them), {args.rounds} rounds of {args.records:,} records,"
+        f"ledger capacity, {datetime.now(UTC):%Y-%m-%d}, {version}"
+        f" (client and server share the CPUs), {args.rounds} rounds of {args.records:,} records,"
         f" {args.producers} producers on one event loop,"
         f" RECKON_LEDGER_MAX_BATCH={max_batch},"
         f" RECKON_LEDGER_CONNECTIONS={settings.RECKON_LEDGER_CONNECTIONS},"
         f" {'no routing stamps' if args.unrouted else 'every record routed (per-target fold)'}"
     )
-    print("  records/s          min       median    max")
+    print(f"  {'records/s':<14}{columns_header()}")
     for name, values in rates.items():
-        print(
-            f"  {name:<14} {fmt(min(values))} {fmt(statistics.median(values))} {fmt(max(values))}"
-        )
-    print(
-        "  group commit mean batch: "
-        f"{min(batches):.0f} / {statistics.median(batches):.0f} / {max(batches):.0f} records"
-    )
+        print(f"  {name:<14}{columns(values, 0)}")
+    print(f"  group commit mean batch: {spread(batches, 'records', 0)}")
     print("  (bare INSERT: same batches into a same-shaped table, no rollups, no ON CONFLICT)")
 
     vacuum(conninfo)
@@ -167,10 +165,6 @@ def report_sizes(conninfo: str, label: str) -> None:
         f" ledger {ledger / count:.0f} (of which indexes {indexes / count:.0f}),"
         f" rollups {rollups / count:.1f}, total {(ledger + rollups) / count:.0f}"
     )
-
-
-def fmt(value: float) -> str:
-    return f"{value:>9,.0f}"
 
 
 def record(

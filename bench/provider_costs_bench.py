@@ -12,7 +12,8 @@ theirs 1 % above ours on output, so 1/101 of the output cost is unattributed) an
 cost rows (input, cached input, output, a cache
 write line, a web-search fee without a token type).
 
-Timed per round (min / median / max over the rounds, same process, same data):
+Timed per round (median / min / max over the rounds, same process, same data; the
+machine, its CPUs, memory and load, printed first):
 - served_totals: the rollup read the margin report always made (baseline);
 - forwarded_usage: the account's rollup read reconciliation and allocation share;
 - provider_costs: forwarded_usage + reconciliation rows + cost rows + the exact allocation;
@@ -21,7 +22,6 @@ Timed per round (min / median / max over the rounds, same process, same data):
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -33,6 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.scratch import scratch_database  # noqa: E402
+from bench.stats import columns, columns_header, machine_banner  # noqa: E402
 
 DB = "reckon_provider_costs_bench"
 
@@ -56,6 +57,7 @@ def main() -> None:
         default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
     )
     args = parser.parse_args()
+    print(machine_banner())
     scratch_database(args.database_url, DB)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     import django
@@ -173,10 +175,10 @@ def main() -> None:
         "margin_report": lambda: margin_report(period=period),
     }
     results: dict[str, Any] = {}
-    print(f"{'':28}{'min':>10}{'median':>10}{'max':>10}   (seconds, {args.rounds} rounds)")
+    print(f"{'':28}{columns_header()}   (seconds, {args.rounds} rounds)")
     for name, fn in runs.items():
         times, results[name] = timed(args.rounds, fn)
-        print(f"{name:28}{min(times):10.3f}{statistics.median(times):10.3f}{max(times):10.3f}")
+        print(f"{name:28}{columns(times, 3)}")
     [costs] = results["provider_costs"]
     amounts = ("12.3456789012345678", "0.98765", "45.6789", "0.5", "1.25")
     with localcontext(EXACT):  # the default context would round these 30-digit sums

@@ -11,7 +11,8 @@ skewed so the rows are not all alike: one model's report drops reasoning (output
 drift, so `explain` runs for them), and a key no route declares bills usage on 3 days
 (missing-in-ledger rows).
 
-Figures, min / median / max over `--rounds` rounds, in the same run:
+Figures, median / min / max over `--rounds` rounds, in the same run, after the machine
+(CPUs, memory, load):
 - baseline: `forwarded_usage` for the month, the bare rollup read reconciliation starts from;
 - recompute: `reconcile_account_days` for the month's 31 days when nothing changed (the
   hourly run's and the command's steady state: every row compared, none written);
@@ -33,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.scratch import scratch_database  # noqa: E402
+from bench.stats import machine_banner, spread  # noqa: E402
 
 DB = "reckon_reconcile_bench"
 MODELS = 20
@@ -45,9 +47,8 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - t, out
 
 
-def spread(times: list[float]) -> str:
-    ms = [t * 1000 for t in times]
-    return f"min {min(ms):8.1f}  median {statistics.median(ms):8.1f}  max {max(ms):8.1f} ms"
+def ms(times: list[float]) -> str:
+    return spread(times, "ms", 1, scale=1000)
 
 
 def main() -> None:
@@ -59,6 +60,7 @@ def main() -> None:
         default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
     )
     args = parser.parse_args()
+    print(machine_banner())
     scratch_database(args.database_url, DB)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     import django
@@ -196,9 +198,7 @@ def main() -> None:
     rewrite_s, rewrite = timed(month_reconcile)
 
     print()
-    print(
-        f"Reconciliation benchmark on this {os.cpu_count()}-core machine (PostgreSQL; data: see docstring)"
-    )
+    print("Reconciliation benchmark (PostgreSQL; data: see docstring)")
     print(
         f"  data: {args.tenants:,} tenants x {MODELS_PER_TENANT} of {MODELS} models x 744 hours ="
         f" {rollup_rows:,} rollup rows, {buckets:,} usage buckets; ready in {prepared:.0f} s"
@@ -207,21 +207,17 @@ def main() -> None:
         f"  one account-month: {forwarded_rows:,} forwarded rows (day x model x tenant x alias),"
         f" {rows.count():,} reconciliation rows {dict(sorted(by_status.items()))}"
     )
+    print(f"  baseline forwarded_usage (bare rollup read): {ms(baseline)}")
+    print(f"  reconcile_account_days, nothing changed:      {ms(recompute)}")
     print(
-        f"  baseline forwarded_usage (bare rollup read), {args.rounds} rounds: {spread(baseline)}"
-    )
-    print(
-        f"  reconcile_account_days, nothing changed,      {args.rounds} rounds: {spread(recompute)}"
-    )
-    print(
-        f"  first run (every row created): {first_s * 1000:.1f} ms ({first.created:,} rows);"  # type: ignore[attr-defined]
-        f" rewrite after a tolerance change: {rewrite_s * 1000:.1f} ms"
+        f"  first run (every row created): {ms([first_s])} ({first.created:,} rows);"  # type: ignore[attr-defined]
+        f" rewrite after a tolerance change: {ms([rewrite_s])}"
         f" ({rewrite.updated:,} rows updated)"  # type: ignore[attr-defined]
     )
     ratio = statistics.median(recompute) / statistics.median(baseline)
     print(f"  recompute / baseline (medians): {ratio:.2f}x")
-    print(f"  the hourly run's 4 days: baseline {spread(window_baseline)}")
-    print(f"                          reconcile {spread(window_recompute)}")
+    print(f"  the hourly run's 4 days: baseline  {ms(window_baseline)}")
+    print(f"                           reconcile {ms(window_recompute)}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 The simulator is the proxy benchmarks' upstream and their "direct" baseline, so its hot
 path must stay lean. This times `Totals.add` (counts + the served log's one tuple append)
 against the same counting without the log (the code before the log existed), in
-interleaved rounds in one process, and prints min/median/max nanoseconds per call.
+interleaved rounds in one process, and prints the machine (CPUs, memory, load), then
+median/min/max nanoseconds per call.
 
     .venv/bin/python bench/sim_served_bench.py [--rounds 7 --calls 200000]
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.stats import columns, columns_header, machine_banner  # noqa: E402
 from metering.simulator import engine  # noqa: E402
 from metering.simulator.app import _TOTAL_FIELDS, Totals  # noqa: E402
 from metering.simulator.engine import Generation  # noqa: E402
@@ -53,6 +55,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=200_000)
     args = parser.parse_args()
+    print(machine_banner())
     generation = engine.plan_chat_completion(
         {"model": "sim-reasoner", "messages": [{"role": "user", "content": "Why is the sky blue?"}]}
     )
@@ -61,11 +64,9 @@ def main() -> None:
         results["counts only (baseline)"].append(per_call_ns(CountsOnly(), generation, args.calls))
         results["counts + served log"].append(per_call_ns(Totals(), generation, args.calls))
     print(f"Totals.add, ns per call, {args.rounds} rounds x {args.calls} calls")
+    print(f"  {'':24}{columns_header()}")
     for name, values in results.items():
-        print(
-            f"  {name:<24} min {min(values):7.0f}  median {statistics.median(values):7.0f}  "
-            f"max {max(values):7.0f}"
-        )
+        print(f"  {name:<24}{columns(values, 0)}")
     extra = statistics.median(results["counts + served log"]) - statistics.median(
         results["counts only (baseline)"]
     )

@@ -8,11 +8,14 @@ import time
 import uuid
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+# bench/ itself: this lab's own bench.py shadows the `bench` package here
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 import django
 
 django.setup()
 import psycopg
+from stats import machine_banner, spread
 
 from metering.ledger.postgres import _PG_COLUMNS, PG_INSERT_SQL, pg_insert_statement
 
@@ -107,6 +110,7 @@ if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "bench":
         runs = int(sys.argv[2])
+        print(machine_banner())
         times = {k: [] for k in VARIANTS}
         for r in range(runs + 3):
             for k, sql in VARIANTS.items():
@@ -115,10 +119,7 @@ if __name__ == "__main__":
                 if r >= 3:
                     times[k].append(dt * 1000)
         for k, v in times.items():
-            print(
-                f"{k:48s} n={len(v)} min {min(v):6.2f} ms  median {statistics.median(v):6.2f} ms  max {max(v):6.2f} ms"
-                f"  -> {512 / statistics.median(v) * 1000:8.0f} rows/s"
-            )
+            print(f"{k:48s} {spread(v, 'ms')}  -> {512 / statistics.median(v) * 1000:8.0f} rows/s")
     elif mode == "semantics":
         for k, sql in VARIANTS.items():
             recs = batch(4)

@@ -1,11 +1,10 @@
-import statistics
 import sys
 
 sys.argv = [sys.argv[0], "x"]
 import psycopg
 
 import bench
-from bench import batch, ids_sql, run
+from bench import batch, ids_sql, machine_banner, run, spread
 
 V = {
     "flat (today)": bench.FLAT,
@@ -16,6 +15,7 @@ conn = psycopg.connect(
     autocommit=True,
     cursor_factory=psycopg.RawCursor,
 )
+print(machine_banner())
 times = {k: [] for k in V}
 for r in range(33):
     for k, sql in V.items():
@@ -24,6 +24,4 @@ for r in range(33):
         if r >= 3:
             times[k].append(dt * 1000)
 for k, v in times.items():
-    print(
-        f"{k:28s} n={len(v)} min {min(v):6.2f} median {statistics.median(v):6.2f} max {max(v):6.2f} ms"
-    )
+    print(f"{k:28s} {spread(v, 'ms')}")

@@ -1,6 +1,5 @@
 import os
 import random
-import statistics
 import sys
 import uuid
 
@@ -10,6 +9,7 @@ import datetime as dt
 import psycopg
 
 import bench
+from bench import machine_banner, spread
 
 
 def v7(s):
@@ -42,6 +42,7 @@ V = {
     )
     for t in ("v7_nocheck", "v7_check")
 }
+print(machine_banner())
 times = {k: [] for k in V}
 for r in range(33):
     for k, sql in V.items():
@@ -50,7 +51,7 @@ for r in range(33):
         if r >= 3:
             times[k].append(d * 1000)
 for k, v in times.items():
-    print(f"(b) {k:12s} min {min(v):6.2f} median {statistics.median(v):6.2f} max {max(v):6.2f} ms")
+    print(f"(b) {k:12s} {spread(v, 'ms')}")
 # a moved started_at with the same v7 id is refused by the CHECK
 rec = batch()[:1]
 rec[0]["started_at"] = "2026-12-20T00:00:00+00:00"

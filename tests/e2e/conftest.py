@@ -65,14 +65,19 @@ def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 30) -> N
     raise RuntimeError(f"{url} did not come up in {timeout}s")
 
 
-def start(args: list[str], env: dict[str, str], ready_url: str) -> subprocess.Popen:
-    """Start a manage.py command; servers run in development mode (plain HTTP on
-    loopback, the built-in secret) unless `env` says otherwise."""
-    process = subprocess.Popen(
+def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """Start a manage.py command without waiting for it; servers run in development mode
+    (plain HTTP on loopback, the built-in secret) unless `env` says otherwise."""
+    return subprocess.Popen(
         [sys.executable, "manage.py", *args],
         cwd=ROOT,
         env={**os.environ, "RECKON_ENV": "development", **env},
     )
+
+
+def start(args: list[str], env: dict[str, str], ready_url: str) -> subprocess.Popen:
+    """Start a manage.py command and wait until `ready_url` answers."""
+    process = spawn(args, env)
     wait_until_up(ready_url, process)
     return process
 
@@ -90,32 +95,48 @@ def database_url() -> str:
     return f"postgres://{s['USER']}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
 
 
+# Seconds a session process may take to answer: each imports Django, seconds of CPU, and
+# the three start side by side on a loaded 2-core machine.
+BOOT_TIMEOUT = 120
+
+
 @pytest.fixture(scope="session")
-def simulator_url() -> Iterator[str]:
+def _simulators() -> Iterator[dict[str, tuple[subprocess.Popen, str]]]:
+    """Both simulators, spawned together (and before the server, which asks for them
+    first) and each waited for by its own fixture, so the session's three processes
+    import Django side by side instead of one after another."""
+    fast, slow = free_port(), free_port()
+    processes = {
+        "fast": (spawn(["run_simulator", "--port", str(fast)], {}), f"http://127.0.0.1:{fast}"),
+        "slow": (
+            # 5 ms per generated token, for mid-stream behaviour
+            spawn(["run_simulator", "--port", str(slow), "--token-delay-ms", "5"], {}),
+            f"http://127.0.0.1:{slow}",
+        ),
+    }
+    yield processes
+    for process, _ in processes.values():
+        stop(process)
+
+
+@pytest.fixture(scope="session")
+def simulator_url(_simulators) -> str:  # type: ignore[no-untyped-def]
     """The simulator at zero delay."""
-    port = free_port()
-    process = start(
-        ["run_simulator", "--port", str(port)], {}, f"http://127.0.0.1:{port}/_sim/health"
-    )
-    yield f"http://127.0.0.1:{port}"
-    stop(process)
+    process, url = _simulators["fast"]
+    wait_until_up(url + "/_sim/health", process, timeout=BOOT_TIMEOUT)
+    return url
 
 
 @pytest.fixture(scope="session")
-def slow_simulator_url() -> Iterator[str]:
+def slow_simulator_url(_simulators) -> str:  # type: ignore[no-untyped-def]
     """A simulator that spends 5 ms per generated token, for mid-stream behaviour."""
-    port = free_port()
-    process = start(
-        ["run_simulator", "--port", str(port), "--token-delay-ms", "5"],
-        {},
-        f"http://127.0.0.1:{port}/_sim/health",
-    )
-    yield f"http://127.0.0.1:{port}"
-    stop(process)
+    process, url = _simulators["slow"]
+    wait_until_up(url + "/_sim/health", process, timeout=BOOT_TIMEOUT)
+    return url
 
 
 @pytest.fixture(scope="session")
-def reckon_url(django_db_setup, django_db_blocker) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def reckon_url(django_db_setup, django_db_blocker, _simulators) -> Iterator[str]:  # type: ignore[no-untyped-def]
     port = free_port()
     with django_db_blocker.unblock():
         url = database_url()
@@ -128,7 +149,8 @@ def reckon_url(django_db_setup, django_db_blocker) -> Iterator[str]:  # type: ig
         "RECKON_RATE_WINDOW_SECONDS": "3",
         SIM_KEY_ENV: "sim-test-key",
     }
-    process = start(["serve", "--port", str(port)], env, f"http://127.0.0.1:{port}/v1/models")
+    process = spawn(["serve", "--port", str(port)], env)
+    wait_until_up(f"http://127.0.0.1:{port}/v1/models", process, timeout=BOOT_TIMEOUT)
     yield f"http://127.0.0.1:{port}"
     stop(process)
 
