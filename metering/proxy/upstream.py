@@ -136,6 +136,7 @@ class UpstreamResponse:
         "_paused",
         "_pool",
         "relay",
+        "_streaming",
     )
 
     def __init__(
@@ -159,6 +160,7 @@ class UpstreamResponse:
         self._activity = loop.time()
         self._received = False
         self._paused = False
+        self._streaming = False  # iter_chunks consumes the body (read() wants it whole)
         self._read_timeout = read_timeout
         self._timer: asyncio.TimerHandle | None = loop.call_later(read_timeout, self._check_idle)
         # Offered each read while the consumer waits with nothing pending; True: it took
@@ -184,7 +186,12 @@ class UpstreamResponse:
                 return
         self._chunks.append(data)
         self._buffered += len(data)
-        if self._buffered > HIGH_WATER and not self._paused and self._conn.transport:
+        if (
+            self._buffered > HIGH_WATER
+            and self._streaming
+            and not self._paused
+            and self._conn.transport
+        ):
             self._conn.transport.pause_reading()
             self._paused = True
         self._wake()
@@ -239,6 +246,7 @@ class UpstreamResponse:
         return body
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
+        self._streaming = True
         while True:
             if self._chunks:
                 data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
