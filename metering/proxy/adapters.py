@@ -91,6 +91,21 @@ class StreamTracker:
 
 # --- OpenAI chat completions --------------------------------------------------------
 
+# A delta's output, visible or reasoning (what _observe_choices counts as first output),
+# as compact JSON writes its keys.
+_OUTPUT_KEYS = (b'"content":"', b'"reasoning_content":"', b'"reasoning":"')
+
+
+def _has_output(data: bytes) -> bool:
+    """A byte scan: a chunk whose delta has a non-empty content or reasoning string."""
+    for key in _OUTPUT_KEYS:
+        at = data.find(key)
+        while at >= 0:
+            if data[at + len(key) : at + len(key) + 1] != b'"':  # not the empty string
+                return True
+            at = data.find(key, at + len(key))
+    return False
+
 
 class ChatStreamTracker(StreamTracker):
     __slots__ = ("hide_usage", "usage")
@@ -107,8 +122,8 @@ class ChatStreamTracker(StreamTracker):
             return event.raw
         carries_usage = b'"usage"' in data and b'"usage":null' not in data
         if not (carries_usage or self.count_text or not self.response_id):
-            if not self.first_output_seen and b'"content":"' in data:
-                self.first_output_seen = b'"content":""' not in data
+            if not self.first_output_seen:
+                self.first_output_seen = _has_output(data)
             return event.raw
         chunk = _loads(data)
         if not isinstance(chunk, dict):

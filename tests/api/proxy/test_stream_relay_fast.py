@@ -42,6 +42,8 @@ CHAT_STREAM = (
     b'"completion_tokens_details":{"reasoning_tokens":4}}}\n\n'
     b"data: [DONE]\n\n"
 )
+# a reasoning model: reasoning deltas first (the first output), then the answer
+REASONING_STREAM = CHAT_STREAM.replace(b'"content":"tok', b'"reasoning_content":"tok', 8)
 # an upstream error mid-stream: hidden (generic message), the record flags it
 CHAT_ERROR_STREAM = (
     CHAT_STREAM.split(
@@ -89,6 +91,7 @@ STREAMS: dict[str, tuple[Endpoint, str, bool, bytes]] = {
     "chat-crlf": (CHAT, "openai", True, CHAT_STREAM.replace(b"\n", b"\r\n")),
     "chat-text-counted": (CHAT, "openai-compatible", True, CHAT_STREAM),
     "chat-error": (CHAT, "openai", False, CHAT_ERROR_STREAM),
+    "chat-reasoning": (CHAT, "openai", True, REASONING_STREAM),
     "responses": (RESPONSES, "openai", False, RESPONSES_STREAM),
     "messages": (MESSAGES, "anthropic", False, MESSAGES_STREAM),
 }
@@ -245,6 +248,10 @@ def test_any_chunking_of_a_stream_with_an_error_gives_the_same_bytes_and_record(
     _property("chat-error")
 
 
+def test_any_chunking_of_a_reasoning_stream_gives_the_same_bytes_and_record() -> None:
+    _property("chat-reasoning")
+
+
 def test_any_chunking_of_a_responses_stream_gives_the_same_bytes_and_record() -> None:
     _property("responses")
 
@@ -258,7 +265,7 @@ def _events(stream: bytes) -> list[bytes]:
 
 
 def test_plain_events_read_one_at_a_time_take_the_fast_path() -> None:
-    for name in ("chat", "chat-usage-hidden", "responses", "messages"):
+    for name in ("chat", "chat-usage-hidden", "chat-reasoning", "responses", "messages"):
         reads = _events(STREAMS[name][3])
         body, row, writes = relay(name, reads, [2] * len(reads), fast=True)
         assert (body, row) == reference(name), name
