@@ -72,9 +72,13 @@ class CoalescingCycle(RequestResponseCycle):
 
     def start_relay(self, on_disconnect: Callable[[], None]) -> None:
         """The app relays a stream on this response: bound the client's write buffer and
-        call `on_disconnect` (once) if the client goes before the response completes."""
-        self.transport.set_write_buffer_limits(high=STREAM_WRITE_HIGH_WATER)
+        call `on_disconnect` (once) if the client goes before the response completes, or
+        at once if it has gone already."""
         self._on_disconnect = on_disconnect
+        if self.disconnected:
+            self.client_lost()
+            return
+        self.transport.set_write_buffer_limits(high=STREAM_WRITE_HIGH_WATER)
 
     def ready(self) -> bool:
         return (
