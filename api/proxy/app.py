@@ -31,6 +31,7 @@ from api.proxy.wire import (
     Send,
     caller_key,
     read_body,
+    relay_client,
     send_error,
     send_response,
     send_unavailable,
@@ -340,6 +341,7 @@ class ProxyApp:
         call = Call(
             self, caller, route, endpoint, prepared, started_at, started_ns, hold, effort, plan
         )
+        call.client = relay_client(scope)  # the server's relay extension (api.proxy.server)
         if plan is None:
             await call.run(receive, send, route.upstream_headers(anthropic_version, forwarded))
             return

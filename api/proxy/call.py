@@ -32,6 +32,7 @@ from api.proxy.wire import (
     LOGGED_BODY_BYTES,
     REQUEST_ID_HEADER,
     Receive,
+    RelayClient,
     Send,
     loads_or_none,
     send_error,
@@ -109,6 +110,7 @@ class Call:
         "pending",
         "first_byte_deadline",
         "recorded",
+        "client",
     )
 
     def __init__(
@@ -134,6 +136,8 @@ class Call:
         self.pending: list[asyncio.Future[None]] = []  # failed-over attempts' writes
         self.first_byte_deadline: float | None = None  # loop time: an attempt's first byte
         self.recorded = False  # the final record was started (never write it twice)
+        # the server's relay extension (api.proxy.server), None under another server
+        self.client: RelayClient | None = None
         self.app = app
         self.caller = caller
         self.route = route
@@ -312,11 +316,39 @@ class Call:
         if not defer_start:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             self.answered = True
-        watcher = loop.create_task(self.watch_client(receive, response))
+        client = self.client
+        relaying = True
+        watcher: asyncio.Task[None] | None = None
+        if client is None:
+            watcher = loop.create_task(self.watch_client(receive, response))
+        else:
+
+            def client_left() -> None:
+                if relaying:
+                    self.client_left(response)
+
+            client.start_relay(client_left)
         tracker = stream_tracker_for(
             self.endpoint, provider=self.route.provider, hide_usage=self.prepared.hide_usage
         )
         splitter = SseSplitter()
+
+        def passes(events: bytes) -> bool:
+            return b"error" not in events and tracker.passes(events)
+
+        def relay_plain(data: bytes) -> bool:
+            """The fast path, in the upstream's read callback while this task waits with
+            nothing pending: events that matter to nobody but the client (a byte scan)
+            leave at once, in one write; anything else wakes the task (False)."""
+            if not client.ready():  # type: ignore[union-attr]  # set only with a client
+                return False
+            plain = splitter.take_plain(data, passes)
+            if plain is None:
+                return False
+            if plain:
+                client.write_chunk(plain)  # type: ignore[union-attr]
+            return True
+
         stalled: list[bool] = []
         stall_timer: asyncio.TimerHandle | None = None
         if defer_start and self.first_byte_deadline is not None:
@@ -383,12 +415,18 @@ class Call:
                         break
                     if out:
                         await forward(b"".join(out))
+                    if client is not None and self.answered and response.relay is None:
+                        response.relay = relay_plain  # from now on plain reads skip this loop
             except (UpstreamError, asyncio.CancelledError) as exc:
                 if isinstance(exc, asyncio.CancelledError) and not self.client_gone:
                     raise
                 logger.info("upstream stream for %s ended early: %r", self.request_id, exc)
             finally:
-                watcher.cancel()
+                relaying = False
+                if client is not None:
+                    response.relay = None
+                if watcher is not None:
+                    watcher.cancel()
                 if stall_timer is not None:
                     stall_timer.cancel()
                 if self.drain_deadline is not None:
@@ -480,8 +518,12 @@ class Call:
             message = await receive()
             if message["type"] == "http.disconnect":
                 break
+        self.client_left(response)
+
+    def client_left(self, response: UpstreamResponse) -> None:
+        """The client went away: keep draining upstream (its usage is billed), within a
+        time limit; past it, closing the upstream ends the read loop as a cut stream."""
         self.client_gone = True
-        # Past the drain timeout, closing the upstream ends the read loop as a cut stream.
         self.drain_deadline = asyncio.get_running_loop().call_later(
             settings.RECKON_DRAIN_TIMEOUT_SECONDS, response.close
         )

@@ -5,7 +5,7 @@ format the caller speaks (OpenAI's or Anthropic's, api.proxy.errors).
 """
 
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -16,6 +16,26 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 REQUEST_ID_HEADER = b"x-reckon-request-id"
+RELAY_EXTENSION = "reckon.relay"
+
+
+class RelayClient(Protocol):
+    """What our server (api.proxy.server) offers a stream relay in
+    scope["extensions"]["reckon.relay"]: writing chunks synchronously, from a callback."""
+
+    def start_relay(self, on_disconnect: Callable[[], None]) -> None: ...
+
+    def ready(self) -> bool: ...
+
+    def write_chunk(self, body: bytes) -> None: ...
+
+
+def relay_client(scope: Scope) -> RelayClient | None:
+    """The relay extension of the server this call came through, if it offers one."""
+    extensions = scope.get("extensions")
+    return None if extensions is None else extensions.get(RELAY_EXTENSION)
+
+
 JSON_HEADERS = [(b"content-type", b"application/json")]
 # Seconds a caller is asked to wait when the proxy cannot reach its database.
 RETRY_AFTER_S = b"2"

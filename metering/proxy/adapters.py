@@ -74,6 +74,12 @@ class StreamTracker:
     def feed(self, event: SseEvent) -> bytes | None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def passes(self, events: bytes) -> bool:
+        """True if `feed` would forward each of these complete events as it is and learn
+        nothing from them (a byte scan, no JSON parse): the relay may then send them on
+        without splitting them. False is always safe (they are fed one by one)."""
+        return False
+
     def outcome(self, *, completed: bool) -> Outcome:  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -84,6 +90,21 @@ class StreamTracker:
 
 
 # --- OpenAI chat completions --------------------------------------------------------
+
+# A delta's output, visible or reasoning (what _observe_choices counts as first output),
+# as compact JSON writes its keys.
+_OUTPUT_KEYS = (b'"content":"', b'"reasoning_content":"', b'"reasoning":"')
+
+
+def _has_output(data: bytes) -> bool:
+    """A byte scan: a chunk whose delta has a non-empty content or reasoning string."""
+    for key in _OUTPUT_KEYS:
+        at = data.find(key)
+        while at >= 0:
+            if data[at + len(key) : at + len(key) + 1] != b'"':  # not the empty string
+                return True
+            at = data.find(key, at + len(key))
+    return False
 
 
 class ChatStreamTracker(StreamTracker):
@@ -101,8 +122,8 @@ class ChatStreamTracker(StreamTracker):
             return event.raw
         carries_usage = b'"usage"' in data and b'"usage":null' not in data
         if not (carries_usage or self.count_text or not self.response_id):
-            if not self.first_output_seen and b'"content":"' in data:
-                self.first_output_seen = b'"content":""' not in data
+            if not self.first_output_seen:
+                self.first_output_seen = _has_output(data)
             return event.raw
         chunk = _loads(data)
         if not isinstance(chunk, dict):
@@ -125,6 +146,17 @@ class ChatStreamTracker(StreamTracker):
             return None
         chunk["usage"] = None  # usage riding on a content chunk (some servers): strip it
         return format_event(orjson.dumps(chunk), event.event)
+
+    def passes(self, events: bytes) -> bool:
+        # feed's own test, on the run of events: no [DONE], no usage but null ones, and
+        # nothing left to learn (the id, the first output, text counts)
+        return (
+            self.first_output_seen
+            and bool(self.response_id)
+            and not self.count_text
+            and b"[DONE]" not in events
+            and events.count(b'"usage"') == events.count(b'"usage":null')
+        )
 
     def _observe_choices(self, choices: list[Any]) -> None:
         for choice in choices:
@@ -198,6 +230,17 @@ class ResponsesStreamTracker(StreamTracker):
                     self.text.visible_chars += delta
         return event.raw
 
+    def passes(self, events: bytes) -> bool:
+        # a terminal event is named in its event line or, without one, in its data
+        return (
+            self.first_output_seen
+            and not self.count_text
+            and b"response.completed" not in events
+            and b"response.incomplete" not in events
+            and b"response.failed" not in events
+            and b"error" not in events
+        )
+
     def outcome(self, *, completed: bool) -> Outcome:
         usage = usage_from_openai_responses(self.usage, self.text if self.count_text else None)
         return Outcome(usage, self.usage, self.response_id, self._status(completed=completed))
@@ -264,6 +307,17 @@ class MessagesStreamTracker(StreamTracker):
         elif name == b"error":
             self.errored = True
         return event.raw
+
+    def passes(self, events: bytes) -> bool:
+        # message_start, message_delta and message_stop all name "message_"; once a
+        # thinking block is seen every delta's text is counted
+        return (
+            self.first_output_seen
+            and not self.thinking_seen
+            and b"message_" not in events
+            and b"content_block_start" not in events
+            and b"error" not in events
+        )
 
     def outcome(self, *, completed: bool) -> Outcome:
         raw = merge_anthropic_stream_usage(self.start_usage, self.delta_usage)

@@ -2,8 +2,15 @@
 
 Events are forwarded byte-for-byte unless a tracker rewrites them, so the splitter keeps
 each event's raw block. CRLF framing is normalised to LF (equivalent under the SSE spec).
+
+`take_plain` is the relay's fast path: the complete events of a read, as one run of bytes,
+when a byte scan (`passes`) shows that none of them matters to anyone but the client. It
+gives exactly the bytes `feed` would have forwarded for them (it declines CR framing and
+empty blocks, which `feed` rewrites or drops), and it scans an event only once it is
+complete, so a marker split across reads is still seen.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -40,6 +47,23 @@ class SseSplitter:
                 events.append(parse_block(block))
         self._buffer = buffer[start:]
         return events
+
+    def take_plain(self, chunk: bytes, passes: Callable[[bytes], bool]) -> bytes | None:
+        """The complete events of the pending bytes and `chunk`, consumed, if `passes`
+        accepts them (b"": none complete yet, `chunk` is kept pending); None: nothing was
+        consumed and `feed(chunk)` must take it."""
+        buffer = self._buffer + chunk if self._buffer else chunk
+        if b"\r" in buffer:
+            return None
+        end = buffer.rfind(b"\n\n") + 2
+        if end < 2:
+            self._buffer = buffer
+            return b""
+        plain = buffer[:end] if end < len(buffer) else buffer
+        if plain[0] == 10 or b"\n\n\n" in plain or not passes(plain):  # 10: b"\n"
+            return None
+        self._buffer = buffer[end:]
+        return plain
 
     @property
     def pending(self) -> bytes:

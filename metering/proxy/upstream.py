@@ -16,18 +16,24 @@ parser uvicorn uses); everything here is connection pooling, flow control and ti
   response headers, so a router can give up on a target that accepted the connection
   but does not answer and try another one; the connection is discarded, never retried.
 - Streaming applies backpressure: reading from the upstream pauses while more than
-  HIGH_WATER bytes wait for the client.
+  HIGH_WATER bytes wait for the client, so a client that does not read holds at most
+  HIGH_WATER plus one read of the upstream's bytes here (plus what the client's own
+  transport buffers, bounded by the server).
+- A stream relay may take the body in the read callback itself (`UpstreamResponse.relay`):
+  while its consumer is parked with nothing pending, each read is offered to `relay`
+  first, and only what it declines wakes the consumer. This is what lets a plain chunk
+  reach the client without a task step (api.proxy.call).
 - Bodies are requested uncompressed (Accept-Encoding: identity).
 """
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
 import httptools
 
-HIGH_WATER = 1 << 20
+HIGH_WATER = 16 * 1024  # bytes buffered for a slow client before the upstream read pauses
 
 
 class UpstreamError(Exception):
@@ -129,6 +135,8 @@ class UpstreamResponse:
         "_read_timeout",
         "_paused",
         "_pool",
+        "relay",
+        "_streaming",
     )
 
     def __init__(
@@ -152,8 +160,12 @@ class UpstreamResponse:
         self._activity = loop.time()
         self._received = False
         self._paused = False
+        self._streaming = False  # iter_chunks consumes the body (read() wants it whole)
         self._read_timeout = read_timeout
         self._timer: asyncio.TimerHandle | None = loop.call_later(read_timeout, self._check_idle)
+        # Offered each read while the consumer waits with nothing pending; True: it took
+        # the bytes (they are never seen by iter_chunks), False: they queue as usual.
+        self.relay: Callable[[bytes], bool] | None = None
 
     @property
     def content_type(self) -> str:
@@ -166,9 +178,20 @@ class UpstreamResponse:
             waiter.set_result(None)
 
     def _feed(self, data: bytes) -> None:
+        relay = self.relay
+        if relay is not None:
+            waiter = self._waiter
+            # the consumer is parked and everything before `data` has left: order holds
+            if waiter is not None and not waiter.done() and not self._chunks and relay(data):
+                return
         self._chunks.append(data)
         self._buffered += len(data)
-        if self._buffered > HIGH_WATER and not self._paused and self._conn.transport:
+        if (
+            self._buffered > HIGH_WATER
+            and self._streaming
+            and not self._paused
+            and self._conn.transport
+        ):
             self._conn.transport.pause_reading()
             self._paused = True
         self._wake()
@@ -223,6 +246,7 @@ class UpstreamResponse:
         return body
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
+        self._streaming = True
         while True:
             if self._chunks:
                 data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)

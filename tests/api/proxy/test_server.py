@@ -26,6 +26,9 @@ class Transport:
 
     def pause_reading(self) -> None: ...
 
+    def set_write_buffer_limits(self, high: int) -> None:
+        self.high = high
+
     def resume_reading(self) -> None: ...
 
 
@@ -175,3 +178,34 @@ def test_a_head_request_and_a_short_body_take_uvicorns_path() -> None:
     asyncio.run(scenario())
     assert b"".join(transport.writes).endswith(b"content-length: 5\r\n\r\n")
     assert completed == [1]
+
+
+def test_the_relay_extension_writes_chunks_and_reports_a_client_that_left() -> None:
+    async def scenario() -> None:
+        transport = Transport()
+        target, _ = cycle(transport)
+        gone: list[int] = []
+        target.start_relay(lambda: gone.append(1))
+        assert not target.ready()  # no response started yet
+        await target.send(start([(b"content-type", b"text/event-stream")]))
+        assert target.ready()
+        target.write_chunk(b"data: x\n\n")
+        assert transport.writes[-1] == b"9\r\ndata: x\n\n\r\n"  # uvicorn's chunk framing
+        target.flow.pause_writing()
+        assert not target.ready()  # above the high-water mark: the app's send waits
+        target.flow.resume_writing()
+        target.disconnected = True
+        target.client_lost()
+        target.client_lost()
+        assert gone == [1] and not target.ready()  # once
+
+    asyncio.run(scenario())
+
+
+def test_a_relay_started_after_the_client_left_hears_of_it_at_once() -> None:
+    transport = Transport()
+    target, _ = cycle(transport)
+    target.disconnected = True
+    gone: list[int] = []
+    target.start_relay(lambda: gone.append(1))
+    assert gone == [1]

@@ -7,11 +7,12 @@ from metering.proxy.adapters import (
     CHAT,
     MESSAGES,
     RESPONSES,
+    ChatStreamTracker,
     InvalidRequest,
     prepare_call,
     stream_tracker_for,
 )
-from metering.proxy.sse import SseSplitter
+from metering.proxy.sse import SseEvent, SseSplitter
 
 
 def sse(*objects: object, event_names: list[str] | None = None) -> bytes:
@@ -240,3 +241,20 @@ def test_prepare_chat_stream_respects_client_usage_request() -> None:
 def test_prepare_rejects_malformed_stream_fields(request_body) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidRequest):
         prepare_call(CHAT, request_body, "u")
+
+
+def test_a_reasoning_delta_is_first_output_without_a_parse() -> None:
+    """A reasoning model streams reasoning before any visible content: the byte scan sees
+    it as the first output (as the parse does), so TTFT is its time and the relay's fast
+    path takes the frames after it."""
+    tracker = ChatStreamTracker(count_text=False, hide_usage=False)
+    head = b'{"id":"c1","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}'
+    tracker.feed(SseEvent(raw=b"data: " + head + b"\n\n", event=b"", data=head))
+    assert tracker.response_id == "c1" and not tracker.first_output_seen
+    empty = b'{"id":"c1","choices":[{"index":0,"delta":{"reasoning_content":""}}]}'
+    tracker.feed(SseEvent(raw=b"data: " + empty + b"\n\n", event=b"", data=empty))
+    assert not tracker.first_output_seen
+    thinking = b'{"id":"c1","choices":[{"index":0,"delta":{"reasoning_content":"hm"}}]}'
+    tracker.feed(SseEvent(raw=b"data: " + thinking + b"\n\n", event=b"", data=thinking))
+    assert tracker.first_output_seen
+    assert tracker.passes(b"data: " + thinking + b"\n\n")

@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from metering.proxy.upstream import UpstreamClient, UpstreamError
+from metering.proxy.upstream import HIGH_WATER, UpstreamClient, UpstreamError
 
 
 def test_a_header_that_cannot_be_sent_is_an_upstream_error() -> None:
@@ -16,3 +16,31 @@ def test_a_header_that_cannot_be_sent_is_an_upstream_error() -> None:
         await client.close()
 
     asyncio.run(scenario())
+
+
+def test_a_whole_body_larger_than_the_stream_buffer_is_read_whole() -> None:
+    """The back-pressure bound (HIGH_WATER) is for streams: `read()` wants the whole body,
+    so the upstream read is never paused under it (it would wait for the read timeout)."""
+    body = b"x" * (HIGH_WATER * 8)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(2)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body))
+        for start in range(0, len(body), 4096):
+            writer.write(body[start : start + 4096])
+            await writer.drain()
+        writer.close()
+
+    async def scenario() -> bytes:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = UpstreamClient(connect_timeout=5, read_timeout=30)
+        try:
+            response = await client.post(f"http://127.0.0.1:{port}/v1/x", b"{}", {})
+            return await asyncio.wait_for(response.read(), 20)
+        finally:
+            await client.close()
+            server.close()
+
+    assert asyncio.run(scenario()) == body
