@@ -26,6 +26,15 @@ def reuse_port_socket(host: str, port: int, *, listen: bool) -> socket.socket:
     return sock
 
 
+def port_is_free(host: str, port: int) -> None:
+    """Bind (host, port) without SO_REUSEPORT and let it go: OSError if any socket holds
+    it, a reuse-port listener of another server included."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+
+
 class WorkerListener:
     """What uvicorn's supervisor hands each worker in place of its one shared socket.
 

@@ -99,3 +99,22 @@ def test_a_worker_count_that_is_not_a_number_is_refused(monkeypatch: pytest.Monk
 def test_fewer_than_one_worker_is_refused() -> None:
     with pytest.raises(CommandError, match="at least 1"):
         call_command("serve", workers=0)
+
+
+def test_a_port_another_reuseport_server_listens_on_is_refused() -> None:
+    """A second `serve --workers N` on the port of one still running (an old version left
+    up in a deploy) must not share its connections: it is refused before any worker."""
+    running = reuse_port_socket("127.0.0.1", 0, listen=True)
+    try:
+        with pytest.raises(CommandError, match="cannot bind"):
+            serve_reuse_port(None, "127.0.0.1", running.getsockname()[1])  # type: ignore[arg-type]
+    finally:
+        running.close()
+
+
+def test_workers_given_on_the_command_line_win_over_a_bad_reckon_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RECKON_WORKERS", "two")
+    with pytest.raises(CommandError, match="at least 1"):  # --workers was read, not the env
+        call_command("serve", workers=0)

@@ -31,7 +31,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 from uvicorn.supervisors import Multiprocess
 
-from api.listeners import WorkerListener, reuse_port_socket
+from api.listeners import WorkerListener, port_is_free, reuse_port_socket
 from api.proxy.server import ReckonHttpProtocol
 from metering.ledger.partitions import partitions_startup_refusal
 
@@ -87,7 +87,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--workers",
             type=int,
-            default=workers_default(),
+            default=None,
             help="server processes (default: RECKON_WORKERS, else 1)",
         )
         parser.add_argument(
@@ -100,6 +100,8 @@ class Command(BaseCommand):
         parser.add_argument("--access-log", action="store_true")
 
     def handle(self, *args, **options):  # type: ignore[no-untyped-def]
+        if options["workers"] is None:
+            options["workers"] = workers_default()
         if options["workers"] < 1:
             raise CommandError("--workers must be at least 1.")
         refusal = serve_refusal(
@@ -143,6 +145,8 @@ def serve_reuse_port(config: uvicorn.Config, host: str, port: int) -> None:
     """Run `config.workers` workers under uvicorn's supervisor, each listening on a
     SO_REUSEPORT socket of its own (module docstring)."""
     try:
+        if port:  # a plain bind first: SO_REUSEPORT alone would share a port another
+            port_is_free(host, port)  # serve (an old version left running) holds
         reserved = reuse_port_socket(host, port, listen=False)
     except OSError as exc:
         raise CommandError(f"serve cannot bind {host}:{port}: {exc}") from exc
