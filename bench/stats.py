@@ -106,6 +106,9 @@ def target_met(values: Sequence[float], op: str, target: float) -> bool:
     return bool(values) and met(statistics.median(values), op, target)
 
 
+MIN_JUDGED_ROUNDS = 3
+
+
 def target_line(
     name: str,
     values: Sequence[float],
@@ -122,5 +125,10 @@ def target_line(
     if not values:
         return f"{head}: NOT MEASURED"
     values = [value * scale for value in values]
+    if len(values) < MIN_JUDGED_ROUNDS:  # of two rounds the "median" is their mean
+        return (
+            f"{head}: NOT JUDGED (a target needs {MIN_JUDGED_ROUNDS} rounds or more), "
+            f"median {spread(values, unit, digits)}"
+        )
     verdict = "MET" if target_met(values, op, target) else "NOT MET"
     return f"{head}: {verdict}, median {spread(values, unit, digits)}"

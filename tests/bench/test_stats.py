@@ -64,7 +64,7 @@ def test_columns_are_median_min_max_under_their_header() -> None:
         # a throughput target: the median must reach it
         ([70.0, 85.0, 95.0], ">=", 80.0, True),
         ([70.0, 75.0, 95.0], ">=", 80.0, False),
-        ([80.0, 80.0], ">", 80.0, False),
+        ([80.0, 80.0, 80.0], ">", 80.0, False),
         ([], "<", 2.0, False),
     ],
 )
@@ -104,3 +104,11 @@ def test_the_banner_names_the_machine_its_load_and_the_time() -> None:
     assert "Python " in banner
     assert re.search(r"load average (\d+\.\d\d ){2}\d+\.\d\d", banner)
     assert re.search(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC$", banner)
+
+
+@pytest.mark.parametrize("values", [[1.0], [9.0, 20.0]])
+def test_fewer_than_three_rounds_are_shown_but_not_judged(values: list[float]) -> None:
+    """Two rounds, one of 9 and one of 20: their "median" 14.5 would read MET against 15."""
+    line = target_line("cpu per chunk", values, "<=", 15.0, "us")
+    assert "NOT JUDGED" in line and ": MET" not in line and ": NOT MET" not in line
+    assert f"{len(values)} round" in line
