@@ -52,15 +52,21 @@ class SseSplitter:
         """The complete events of the pending bytes and `chunk`, consumed, if `passes`
         accepts them (b"": none complete yet, `chunk` is kept pending); None: nothing was
         consumed and `feed(chunk)` must take it."""
+        # (an int `in` and `find` skip the buffer protocol that `bytes in bytes` costs)
         buffer = self._buffer + chunk if self._buffer else chunk
-        if b"\r" in buffer:
+        if 13 in buffer:  # b"\r"
             return None
         end = buffer.rfind(b"\n\n") + 2
         if end < 2:
             self._buffer = buffer
             return b""
         plain = buffer[:end] if end < len(buffer) else buffer
-        if plain[0] == 10 or b"\n\n\n" in plain or not passes(plain):  # 10: b"\n"
+        if (
+            plain[0] == 10  # b"\n": a leading empty line
+            # an empty block; none when the first newline ends the run (one one-line event)
+            or (plain.find(10) != end - 2 and plain.find(b"\n\n\n") >= 0)
+            or not passes(plain)
+        ):
             return None
         self._buffer = buffer[end:]
         return plain

@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from metering.proxy.sse import SseSplitter, format_event
 
@@ -61,3 +63,40 @@ def test_unterminated_event_stays_pending() -> None:
 def test_format_event() -> None:
     assert format_event(b"{}", b"ping") == b"event: ping\ndata: {}\n\n"
     assert format_event(b"{}") == b"data: {}\n\n"
+
+
+PIECES = [b"data: x", b"data: {}", b"event: e", b": c", b"\n", b"\n", b"\r\n", b"\r"]
+
+
+@given(
+    st.lists(st.sampled_from(PIECES), max_size=12),
+    st.lists(st.sampled_from(PIECES), max_size=12),
+)
+def test_take_plain_gives_what_feed_would_forward_or_declines(
+    pending: list[bytes], read: list[bytes]
+) -> None:
+    """Whatever is pending and read, take_plain either declines (consuming nothing) or
+    takes exactly the raw bytes `feed` forwards for the same input, leaving the same tail."""
+    before, chunk = b"".join(pending), b"".join(read)
+    fast, slow = SseSplitter(), SseSplitter()
+    fast.feed(before)
+    slow.feed(before)
+    kept = fast.pending
+    taken = fast.take_plain(chunk, lambda events: True)
+    forwarded = b"".join(event.raw for event in slow.feed(chunk))
+    if taken is None:
+        assert fast.pending == kept
+        assert b"".join(event.raw for event in fast.feed(chunk)) == forwarded
+    else:
+        assert taken == forwarded
+    assert fast.pending == slow.pending
+
+
+def test_take_plain_declines_an_empty_block_after_a_one_line_event() -> None:
+    splitter = SseSplitter()
+    assert splitter.take_plain(b"data: x\n\n\n", lambda events: True) is None
+    assert splitter.take_plain(b"data: x\n\n\ndata: y\n\n", lambda events: True) is None
+    assert splitter.take_plain(b"\n\n", lambda events: True) is None
+    assert splitter.take_plain(b"data: x\n\n", lambda events: True) == b"data: x\n\n"
+    assert splitter.take_plain(b"data: x\n\n", lambda events: False) is None
+    assert splitter.pending == b""
