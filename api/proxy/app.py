@@ -343,6 +343,9 @@ class ProxyApp:
         )
         call.client = relay_client(scope)  # the server's relay extension (api.proxy.server)
         if plan is None:
+            # The call holds the prepared body: the parsed request and the raw one would
+            # otherwise live in this frame for as long as a stream is open.
+            del request, body
             await call.run(receive, send, route.upstream_headers(anthropic_version, forwarded))
             return
         await call.run_routed(

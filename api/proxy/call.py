@@ -417,6 +417,11 @@ class Call:
                         await forward(b"".join(out))
                     if client is not None and self.answered and response.relay is None:
                         response.relay = relay_plain  # from now on plain reads skip this loop
+                    # this read's bytes and events would stay in the frame as long as the
+                    # stream is open (about 0.9 KiB a stream, once the fast path relays)
+                    chunk = b""
+                    out = []
+                    event = sent = None  # type: ignore[assignment]
             except (UpstreamError, asyncio.CancelledError) as exc:
                 if isinstance(exc, asyncio.CancelledError) and not self.client_gone:
                     raise

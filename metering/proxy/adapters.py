@@ -388,7 +388,14 @@ def prepare_call(endpoint: Endpoint, request: dict[str, Any], upstream_model: st
         if options.get("include_usage") is not True:
             hide_usage = True
             request["stream_options"] = {**options, "include_usage": True}
-    return PreparedCall(orjson.dumps(request), stream, hide_usage)
+    return PreparedCall(compact_dumps(request), stream, hide_usage)
+
+
+def compact_dumps(value: Any) -> bytes:
+    """orjson.dumps, as a bytes object of its own size: orjson hands back its write buffer
+    (4 KiB for a small request, measured with tracemalloc), and a prepared body lives as
+    long as its call: for a stream, minutes, times every stream open."""
+    return bytes(memoryview(orjson.dumps(value)))
 
 
 def stream_tracker_for(endpoint: Endpoint, *, provider: str, hide_usage: bool) -> StreamTracker:

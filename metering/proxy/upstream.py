@@ -256,6 +256,7 @@ class UpstreamResponse:
                     self._paused = False
                     self._conn.transport.resume_reading()
                 yield data
+                del data  # not held while the stream waits for its next read
                 continue
             if self._done:
                 return

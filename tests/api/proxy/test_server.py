@@ -2,12 +2,16 @@
 
 import asyncio
 import logging
+from collections import deque
+from typing import Any
 
 import pytest
+from uvicorn.config import Config
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+from uvicorn.server import ServerState
 
-from api.proxy.server import CoalescingCycle
+from api.proxy.server import CoalescingCycle, ReckonHttpProtocol
 
 
 class Transport:
@@ -209,3 +213,67 @@ def test_a_relay_started_after_the_client_left_hears_of_it_at_once() -> None:
     gone: list[int] = []
     target.start_relay(lambda: gone.append(1))
     assert gone == [1]
+
+
+class SocketTransport(Transport):
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(
+            name, default
+        )
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None: ...
+
+
+async def _echo(scope: dict, receive: Any, send: Any) -> None:  # type: ignore[type-arg]
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    reply = scope["path"].encode() + b":" + body
+    headers = [(b"content-length", str(len(reply)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": reply})
+
+
+def test_the_lean_connection_keeps_pipelining_and_a_body_in_parts() -> None:
+    asyncio.run(_lean_connection())
+
+
+async def _lean_connection() -> None:
+    # The connection's queue of pipelined requests and the waiter queues of its Events are
+    # lists, not deques (760 bytes each, empty, per open stream): pipelined requests still
+    # answer in order, and a request task waiting for the rest of its body is woken.
+    config = Config(app=_echo, lifespan="off", log_level="warning")
+    config.load()
+    protocol = ReckonHttpProtocol(
+        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
+    )
+    transport = SocketTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    assert not isinstance(protocol.pipeline, deque)
+    assert not isinstance(protocol.flow._is_writable_event._waiters, deque)  # type: ignore[attr-defined]
+
+    protocol.data_received(
+        b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi"
+        b"POST /b HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nyo"
+    )
+    for _ in range(100):
+        if len(transport.writes) == 2:
+            break
+        await asyncio.sleep(0)
+    assert [w.rsplit(b"\r\n\r\n", 1)[1] for w in transport.writes] == [b"/a:hi", b"/b:yo"]
+
+    transport.writes.clear()
+    protocol.data_received(b"POST /c HTTP/1.1\r\nhost: x\r\ncontent-length: 6\r\n\r\nabc")
+    assert not isinstance(protocol.cycle.message_event._waiters, deque)  # type: ignore[attr-defined]
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert transport.writes == []  # the task waits on the cycle's event for the rest
+    protocol.data_received(b"def")
+    for _ in range(100):
+        if transport.writes:
+            break
+        await asyncio.sleep(0)
+    assert transport.writes[0].endswith(b"\r\n\r\n/c:abcdef")

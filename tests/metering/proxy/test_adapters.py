@@ -1,5 +1,7 @@
 """Stream trackers and request preparation, on real-shaped provider streams."""
 
+import tracemalloc
+
 import orjson
 import pytest
 
@@ -226,6 +228,23 @@ def test_prepare_chat_stream_asks_upstream_for_usage() -> None:
     assert body["model"] == "upstream-x"
     assert body["stream_options"] == {"include_usage": True}
     assert call.hide_usage and call.stream
+
+
+def test_a_prepared_body_holds_only_its_own_bytes() -> None:
+    # A stream's prepared body lives as long as the stream: orjson's write buffer (4 KiB
+    # for a small request) times every open stream was the largest single holder of
+    # memory per stream.
+    request = {"model": "a", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        calls = [prepare_call(CHAT, dict(request), "u") for _ in range(200)]
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    held = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    assert len(calls[0].body) < 200
+    assert held / len(calls) < 1024
 
 
 def test_prepare_chat_stream_respects_client_usage_request() -> None:
