@@ -3,6 +3,7 @@ import os
 import pytest
 from django.db.backends.postgresql.operations import DatabaseOperations as PostgresOperations
 from django.db.backends.signals import connection_created
+from django.db.models.signals import post_migrate
 from django.dispatch import receiver
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
@@ -66,6 +67,20 @@ def _may_turn_triggers_off(connection) -> bool:  # type: ignore[no-untyped-def]
 
 
 PostgresOperations.sql_flush = _delete_flush  # type: ignore[method-assign]
+
+
+@receiver(post_migrate)
+def _roles_back_after_a_flush(sender, plan=None, **kwargs):  # type: ignore[no-untyped-def]
+    """A flush (after a transactional test or module) empties auth_group too; Django's
+    post-migrate step brings content types and permissions back, not the staff roles the
+    migrations created. A flush sends post_migrate without a plan (a migrate sends its
+    plan, so the roles the tests see after migrating are still the migrations' own)."""
+    if plan is None and sender.label == "metering":
+        from django.apps import apps as global_apps
+
+        from api.permissions import roles_sync
+
+        roles_sync(global_apps)
 
 
 @pytest.fixture(scope="session")
