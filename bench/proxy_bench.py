@@ -252,40 +252,32 @@ def to_ms(value: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def ledger_totals(database_url: str) -> tuple[int, int]:
+def psql_rows(database_url: str, sql: str) -> list[list[str]]:
+    """The rows of one query, read with psql (the benchmarks' own processes never open
+    the database): each row a list of its columns as text."""
     out = subprocess.run(
-        [
-            "psql",
-            database_url,
-            "-tAc",
-            "select count(*), coalesce(sum(reasoning_tokens),0) from metering_usagerecord",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    rows, reasoning = out.split("|")
+        ["psql", database_url, "-tAc", sql], check=True, capture_output=True, text=True
+    ).stdout
+    return [line.split("|") for line in out.splitlines() if line]
+
+
+def ledger_totals(database_url: str) -> tuple[int, int]:
+    ((rows, reasoning),) = psql_rows(
+        database_url, "select count(*), coalesce(sum(reasoning_tokens),0) from metering_usagerecord"
+    )
     return int(rows), int(reasoning)
 
 
 def routed_counts(database_url: str) -> dict[str, int]:
     """Completed records of the routed alias per target name."""
-    out = subprocess.run(
-        [
-            "psql",
-            database_url,
-            "-tAc",
-            "select r.name, count(*) from metering_usagerecord u join metering_route r"
-            " on r.id = u.route_id where u.alias = 'bench-routed' and u.status = 'completed'"
-            " group by r.name order by r.name",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()
+    out = psql_rows(
+        database_url,
+        "select r.name, count(*) from metering_usagerecord u join metering_route r"
+        " on r.id = u.route_id where u.alias = 'bench-routed' and u.status = 'completed'"
+        " group by r.name order by r.name",
+    )
     counts = {name: 0 for name, _ in ROUTED_TARGETS}
-    for line in out:
-        name, count = line.split("|")
+    for name, count in out:
         counts[name] = int(count)
     return counts
 

@@ -66,6 +66,7 @@ from proxy_bench import (  # noqa: E402
     SIM_KEY_ENV,
     django_env,
     free_port,
+    psql_rows,
     seed,
     serve,
     setup_database,
@@ -450,20 +451,13 @@ def upstream_totals(base: str, model: str) -> dict[str, int]:
 
 
 def ledger(database_url: str) -> dict[str, int]:
-    out = subprocess.run(
-        [
-            "psql",
-            database_url,
-            "-tAc",
-            "select count(*), count(*) filter (where status = 'completed'),"
-            " coalesce(sum(reasoning_tokens), 0), coalesce(sum(output_tokens), 0)"
-            " from metering_usagerecord",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    records, completed, reasoning, visible = (int(v) for v in out.split("|"))
+    (row,) = psql_rows(
+        database_url,
+        "select count(*), count(*) filter (where status = 'completed'),"
+        " coalesce(sum(reasoning_tokens), 0), coalesce(sum(output_tokens), 0)"
+        " from metering_usagerecord",
+    )
+    records, completed, reasoning, visible = (int(v) for v in row)
     return {"records": records, "completed": completed, "reasoning": reasoning, "visible": visible}
 
 
