@@ -1,9 +1,10 @@
 """Who is calling and what they may call, cached per server process for a few seconds.
 
 Every server process keeps its own short-lived cache (RECKON_AUTH_CACHE_SECONDS, default
-2 s) and reloads from the database when an entry expires, so a revoked key, a removed
-alias or a changed route takes effect on every process within that bound, without any
-cross-process invalidation channel to lose messages. Unknown keys are cached too (as
+2 s) and reloads from the database before an entry expires (in the background, once the
+entry is half its age limit: a key in use never waits on the database), so a revoked key,
+a removed alias or a changed route takes effect on every process within that bound,
+without any cross-process invalidation channel to lose messages. Unknown keys are cached too (as
 misses), so guessing keys does not turn into database load.
 
 When the database is out of reach, a key looked up successfully within the last
@@ -321,8 +322,17 @@ class LookupUnavailable(Exception):
     """A lookup failed or timed out and no recent enough value is known."""
 
 
+# A cache entry older than this share of its ttl is reloaded in the background by the
+# first call that reads it (the call itself is answered from the entry).
+REFRESH_AHEAD = 0.5
+
+
 class TtlCache(Generic[K, V]):
     """A process-local cache whose entries live `ttl` seconds; concurrent misses share one load.
+
+    An entry read in the second half of its life is reloaded in the background (refresh
+    ahead): a key in steady use never makes a call wait on the database, and no entry is
+    ever served older than `ttl` (the bound a revoked key or a changed route relies on).
 
     When a load fails (the loader raises, e.g. the database is down) or takes longer than
     `load_timeout` seconds, the last good value is served while it is at most `stale_for`
@@ -345,6 +355,7 @@ class TtlCache(Generic[K, V]):
     ) -> None:
         self._loader = loader
         self._ttl = ttl
+        self._refresh_after = ttl * REFRESH_AHEAD
         self._stale_for = max(stale_for, ttl)
         self._load_timeout = load_timeout
         self._retry_after = retry_after
@@ -359,25 +370,38 @@ class TtlCache(Generic[K, V]):
         entry = self._entries.get(key)
         now = time.monotonic()
         if entry is not None and now - entry[0] < self._ttl:
+            if now - entry[0] >= self._refresh_after and key not in self._loading:
+                # Refresh ahead: the entry is still good, so this call does not wait; the
+                # next calls find the new value before the entry expires. Under steady
+                # traffic no call ever waits on a load.
+                if now >= self._failing_until:
+                    self._load(key)
             return entry[1]
         future = self._loading.get(key)
         if future is None:
             if now < self._failing_until:
                 return self._stale(key, entry, now, None)
-            future = asyncio.get_running_loop().run_in_executor(self._executor, self._loader, key)
-            self._loading[key] = future
-            future.add_done_callback(lambda done: self._loaded(key, done))
+            future = self._load(key)
         try:
             return await asyncio.wait_for(asyncio.shield(future), self._load_timeout)
         except Exception as exc:  # noqa: BLE001 - any failed load: stale or unavailable
             self._failing_until = time.monotonic() + self._retry_after
             return self._stale(key, entry, time.monotonic(), exc)
 
+    def _load(self, key: K) -> "asyncio.Future[V]":
+        future = asyncio.get_running_loop().run_in_executor(self._executor, self._loader, key)
+        self._loading[key] = future
+        future.add_done_callback(lambda done: self._loaded(key, done))
+        return future
+
     def _loaded(self, key: K, done: "asyncio.Future[V]") -> None:
         if self._loading.get(key) is done:
             del self._loading[key]
         if done.cancelled() or done.exception() is not None:
-            return  # a failure is never cached (and retrieved here: no "never retrieved")
+            # A failure is never cached (and retrieved here: no "never retrieved"). A
+            # refresh nobody waited on backs off like a failed wait does.
+            self._failing_until = time.monotonic() + self._retry_after
+            return
         if len(self._entries) >= self._max_entries:
             self._entries.clear()
         self._entries[key] = (time.monotonic(), done.result())

@@ -1,7 +1,9 @@
 """The coalescing response cycle: a whole response leaves in one write, streams as before."""
 
 import asyncio
+import gc
 import logging
+import weakref
 from collections import deque
 from typing import Any
 
@@ -12,6 +14,7 @@ from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 from uvicorn.server import ServerState
 
 from api.proxy.server import CoalescingCycle, ReckonHttpProtocol
+from api.proxy.wire import RELAY_EXTENSION
 
 
 class Transport:
@@ -277,3 +280,47 @@ async def _lean_connection() -> None:
             break
         await asyncio.sleep(0)
     assert transport.writes[0].endswith(b"\r\n\r\n/c:abcdef")
+
+
+def test_a_finished_request_leaves_nothing_for_the_cyclic_collector() -> None:
+    asyncio.run(_no_garbage())
+
+
+async def _no_garbage() -> None:
+    # The scope offers the cycle itself as the relay extension (cycle -> scope -> cycle).
+    # Left in place after the request, every request's cycle, scope and headers became
+    # garbage only the cyclic collector frees: 18,000-19,000 objects per young collection
+    # and a 3.5-7.5 ms pause each (the c=1 p99 tail). Refcounting must free them instead.
+    config = Config(app=_echo, lifespan="off", log_level="warning")
+    config.load()
+    protocol = ReckonHttpProtocol(
+        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
+    )
+    transport = SocketTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    gc.collect()
+    gc.disable()
+    try:
+        finished = []
+        for path in (b"/a", b"/b", b"/c"):
+            protocol.data_received(
+                b"POST %s HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi" % path
+            )
+            cycle = protocol.cycle
+            assert isinstance(cycle, CoalescingCycle)
+            assert cycle.scope["extensions"][RELAY_EXTENSION] is cycle  # offered while it runs
+            finished.append(weakref.ref(cycle))
+            del cycle
+            for _ in range(100):
+                if len(transport.writes) == len(finished) and not protocol.tasks:
+                    break
+                await asyncio.sleep(0)
+        assert [w.rsplit(b"\r\n\r\n", 1)[1] for w in transport.writes] == [
+            b"/a:hi",
+            b"/b:hi",
+            b"/c:hi",
+        ]
+        # the connection still holds its last cycle; the ones before it are gone
+        assert [ref() is None for ref in finished] == [True, True, False]
+    finally:
+        gc.enable()

@@ -151,3 +151,92 @@ def test_a_hanging_lookup_is_bounded_and_serves_the_stale_value(
         loader.gate.set()
 
     asyncio.run(scenario())
+
+
+class Versioned(Loader):
+    """Each load returns a new version of the context; a revoked key loads as None."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.revoked = False
+
+    def __call__(self, key: str) -> str | None:
+        value = super().__call__(key)
+        return None if self.revoked else f"{value}:v{self.calls}"
+
+
+async def settled(cache: TtlCache) -> None:
+    for _ in range(500):
+        if not cache._loading:
+            return
+        await asyncio.sleep(0.002)
+    raise AssertionError("the refresh did not end")
+
+
+def test_an_entry_in_the_second_half_of_its_life_is_refreshed_without_a_wait(
+    clock: Clock, executor: ThreadPoolExecutor
+) -> None:
+    loader = Versioned()
+    cache = cache_of(loader, executor)  # ttl 2 s: refreshed ahead from 1 s on
+
+    async def scenario() -> None:
+        assert await cache.get("k") == "ctx:k:v1"
+        clock.now += 0.9
+        assert await cache.get("k") == "ctx:k:v1"
+        assert loader.calls == 1  # young: no load
+        loader.gate = threading.Event()  # the refresh will hang until the gate opens
+        clock.now += 0.2
+        # answered from the entry at once, while its refresh waits on the database
+        assert await asyncio.wait_for(cache.get("k"), 0.1) == "ctx:k:v1"
+        assert await asyncio.wait_for(cache.get("k"), 0.1) == "ctx:k:v1"
+        loader.gate.set()
+        await settled(cache)
+        assert loader.calls == 2  # one refresh, shared by both calls
+        assert await cache.get("k") == "ctx:k:v2"
+
+    asyncio.run(scenario())
+
+
+def test_a_revoked_key_is_refused_within_the_ttl_under_steady_traffic(
+    clock: Clock, executor: ThreadPoolExecutor
+) -> None:
+    loader = Versioned()
+    cache = cache_of(loader, executor)
+
+    async def scenario() -> None:
+        assert await cache.get("k") == "ctx:k:v1"
+        loader.revoked = True
+        clock.now += 1.5  # a call in the second half starts the refresh...
+        assert await cache.get("k") == "ctx:k:v1"
+        await settled(cache)
+        assert await cache.get("k") is None  # ...and the next call sees the revocation
+        loader.revoked = False
+        clock.now += 2.5  # no call in the second half: the expired entry is reloaded
+        assert await cache.get("k") == "ctx:k:v3"
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_refresh_keeps_the_entry_and_backs_off(
+    clock: Clock, executor: ThreadPoolExecutor
+) -> None:
+    loader = Versioned()
+    cache = cache_of(loader, executor, retry_after=0.5)
+
+    async def scenario() -> None:
+        assert await cache.get("k") == "ctx:k:v1"
+        loader.down = True
+        clock.now += 1.2
+        assert await cache.get("k") == "ctx:k:v1"
+        await settled(cache)
+        assert loader.calls == 2
+        clock.now += 0.1  # within retry_after: no new refresh, the entry still serves
+        assert await cache.get("k") == "ctx:k:v1"
+        assert not cache._loading and loader.calls == 2
+        loader.down = False
+        clock.now += 0.5  # past retry_after: refreshed again
+        assert await cache.get("k") == "ctx:k:v1"
+        await settled(cache)
+        assert await cache.get("k") == "ctx:k:v3"
+
+    asyncio.run(scenario())
