@@ -23,7 +23,7 @@ GC_YOUNG_THRESHOLD = 5_000
 # young collection came before), so a survivor is scanned once more and moves on to the
 # old generation; the middle pause stays about 2 x GC_YOUNG_THRESHOLD objects long. With
 # 20 young collections between middle ones (the policy until 2026-12-05) the middle
-# generation held up to 400,000 survivors while streams opened: 160-170 ms pauses, four
+# generation held up to 440,000 survivors while streams opened: 138-168 ms pauses, one or two
 # of them in a 9,900-stream ramp, the TTFB p99 tail.
 GC_MIDDLE_THRESHOLD = 0
 # A full collection scans every object the process holds (9,900 open streams: over a
