@@ -44,11 +44,14 @@ from metering.proxy.callers import (
     AliasPlan,
     CallerContext,
     CallerLoader,
+    KeyRow,
     RouteInfo,
     TtlCache,
+    _key_row_query,
     alias_plan_from,
     caller_context_load,
     hold_prices_of,
+    key_row_load,
     route_info_from,
 )
 from metering.selectors import current_cost_rates
@@ -253,6 +256,12 @@ def seed() -> dict[str, str]:
         tenant=rich, api_key=keys["k1"], window="total", amount_usd=Decimal("50")
     )
     SpendLimit.objects.create(tenant=rich, window="total", amount_usd=Decimal("5000"))
+    SpendLimit.objects.create(
+        tenant=rich, api_key=keys["k2"], window="month", amount_usd=Decimal("0.5")
+    )
+    SpendLimit.objects.create(
+        tenant=rich, api_key=keys["k2"], window="total", amount_usd=Decimal("9")
+    )
     RateLimit.objects.create(tenant=rich, requests_per_minute=600)
     RateLimit.objects.create(tenant=rich, api_key=keys["k1"], tokens_per_minute=10**6)
     ReasoningPolicy.objects.create(
@@ -291,6 +300,9 @@ def test_every_context_is_what_the_loader_before_sharing_made() -> None:
     for name in ("k3", "plain"):  # another key of each tenant first: shared parts warm
         shared(digests[name])
     for name, digest in digests.items():
+        # the key's row, by the query compiled once, is what its queryset gives
+        queried = _key_row_query(digest).first()
+        assert key_row_load(digest) == (None if queried is None else KeyRow._make(queried))
         expected = reference_load(digest)
         assert caller_context_load(digest) == expected, name
         assert shared(digest) == expected, name
@@ -317,7 +329,7 @@ def test_a_warm_load_reads_only_the_keys_own_rows() -> None:
         for q in captured.captured_queries
         if q["sql"].startswith("SELECT")
     ]
-    assert sorted(tables) == ["metering_apikey", "metering_ratelimit", "metering_spendlimit"]
+    assert tables == ["metering_apikey"]  # with its policy and limits joined in
 
 
 # --- what a tenant's keys share, and for how long ----------------------------------------
