@@ -237,10 +237,10 @@ class CallerLoader:
     about as often as one key's context was before; a tenant with many keys in use reads
     it once for all of them. Called from one thread at a time (the lookup thread)."""
 
-    def __init__(self, *, share_for: float, max_tenants: int = 100_000) -> None:
+    def __init__(self, *, share_for: float) -> None:
         self._share_for = share_for
-        self._max_tenants = max_tenants
         self._tenants: dict[uuid.UUID, TenantPart] = {}
+        self._swept_at = time.monotonic()
 
     def clear(self) -> None:
         self._tenants.clear()
@@ -271,13 +271,19 @@ class CallerLoader:
         if part is not None and now - part.read_at < self._share_for:
             return part
         part = tenant_part_load(tenant_id, read_at=now)
-        if len(self._tenants) >= self._max_tenants:
+        if now - self._swept_at >= self._share_for:
+            # Parts past their window are never read again: dropped once per window, so
+            # what is held stays about what the tenants in use need.
             self._tenants = {
                 t: p for t, p in self._tenants.items() if now - p.read_at < self._share_for
             }
+            self._swept_at = now
         if self._share_for > 0:
             self._tenants[tenant_id] = part
         return part
+
+    def tenants_held(self) -> int:
+        return len(self._tenants)
 
 
 class KeyRow(NamedTuple):

@@ -365,6 +365,19 @@ def test_a_changed_route_reaches_every_key_of_the_tenant_when_the_share_ends(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_parts_past_their_window_are_dropped(clock: Clock) -> None:
+    digests = seed()
+    loader = CallerLoader(share_for=1.0)
+    loader(digests["k3"])
+    clock.now += 0.5
+    loader(digests["plain"])
+    assert loader.tenants_held() == 2
+    clock.now += 1.1  # both parts are past their window: reading spare's again...
+    loader(digests["budgeted"])
+    assert loader.tenants_held() == 1  # ...drops rich's, nobody having read it since
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_cached_context_is_never_older_than_the_ttl_counting_from_its_shared_part(
     clock: Clock,
 ) -> None:
