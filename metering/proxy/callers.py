@@ -235,7 +235,10 @@ class CallerLoader:
     TtlCache ages an entry from there: sharing never makes a context older than the
     cache's bound. With `share_for` at the cache's refresh point, a tenant part is read
     about as often as one key's context was before; a tenant with many keys in use reads
-    it once for all of them. Called from one thread at a time (the lookup thread)."""
+    it once for all of them. What the lookup thread spends per second with every key in
+    use is then about (active tenants x a tenant part + active keys x a key's row) per
+    refresh period, not active keys x everything (`make bench-lookup` measures both).
+    Called from one thread at a time (the lookup thread)."""
 
     def __init__(self, *, share_for: float) -> None:
         self._share_for = share_for
