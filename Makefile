@@ -6,7 +6,7 @@ PY := .venv/bin/python
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: setup run test lint bench bench-stream bench-workers bench-billing bench-usage bench-console bench-control bench-control-cluster bench-ledger bench-archive bench-reconcile bench-provider-costs bench-cpu bench-compare services chromium chaos
+.PHONY: setup run test lint bench bench-stream bench-workers bench-billing bench-usage bench-console bench-control bench-control-cluster bench-ledger bench-archive bench-reconcile bench-provider-costs bench-cpu bench-lookup bench-compare services chromium chaos
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -83,6 +83,10 @@ bench-reconcile: setup services
 # Spend control on a 3-node Redis Cluster (started by the bench) against one Redis.
 bench-control-cluster: setup services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) bench/control_cluster_bench.py
+
+# What loading a caller's context costs per key (CPU, wall, queries): make bench-lookup LOOKUP_BENCH_ARGS='--tenants 50 --keys 20'
+bench-lookup: setup services
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) bench/lookup_bench.py $(LOOKUP_BENCH_ARGS)
 
 bench-cpu: setup services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) bench/cpu_bench.py

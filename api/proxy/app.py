@@ -47,11 +47,12 @@ from metering.ledger import LedgerWriter
 from metering.proxy.adapters import ENDPOINTS_BY_PATH, Endpoint, InvalidRequest, prepare_call
 from metering.proxy.callers import (
     ANTHROPIC_DEFAULT_VERSION,
+    REFRESH_AHEAD,
     AliasPlan,
     CallerContext,
+    CallerLoader,
     LookupUnavailable,
     TtlCache,
-    caller_context_load,
 )
 from metering.proxy.upstream import UpstreamClient
 from metering.routing.policies import Features, Pick
@@ -72,10 +73,15 @@ class ProxyApp:
     def __init__(self) -> None:
         self._lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookup")
         self._lookup_timeout = settings.RECKON_AUTH_LOOKUP_TIMEOUT_SECONDS
+        ttl = settings.RECKON_AUTH_CACHE_SECONDS
+        # What every key of a tenant shares is read once per refresh period for all of
+        # them (a context is aged from its oldest data: the cache's bound still holds).
+        self.caller_loader = CallerLoader(share_for=ttl * REFRESH_AHEAD)
         self.callers: TtlCache[str, CallerContext | None] = TtlCache(
-            caller_context_load,
-            ttl=settings.RECKON_AUTH_CACHE_SECONDS,
+            self.caller_loader,
+            ttl=ttl,
             executor=self._lookups,
+            read_at=lambda caller: caller.read_at if caller is not None else None,
             stale_for=settings.RECKON_AUTH_STALE_SECONDS,
             load_timeout=self._lookup_timeout,
         )

@@ -12,6 +12,11 @@ RECKON_AUTH_STALE_SECONDS (default 300 s) keeps its last good context; any other
 answered "unavailable" (never cached as a miss). A lookup is bounded by
 RECKON_AUTH_LOOKUP_TIMEOUT_SECONDS (default 5 s).
 
+What every key of a tenant shares (its routes and their rates, billing's terms, hold
+caps, the tenant's own limits) is read once per refresh period for all its keys
+(`CallerLoader`); each key reads only its own rows. A context is aged from its oldest
+data, so sharing never stretches the bound above.
+
 A context holds, per granted alias, its first active target by (priority, name) in
 `routes` (what holds, governance and the model list read), and for an alias with two or
 more active targets an `AliasPlan` in `plans` (every target with its own serving cost
@@ -30,20 +35,28 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from operator import attrgetter
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
-from django.db import close_old_connections
-from django.db.models import Q
+from django.db import DEFAULT_DB_ALIAS, close_old_connections, connections
+from django.db.models import F, FilteredRelation, Q, QuerySet
 from django.utils import timezone
 
 from metering.control import terms
-from metering.control.budgets import budget_list, budget_scopes
+from metering.control.budgets import BudgetKind, BudgetSpec, budget_scopes
 from metering.control.governance import ReasoningRules
 from metering.control.holdcaps import hold_caps
 from metering.control.scopes import Controls, RateScope, to_nano
 from metering.control.terms import TenantTerms
 from metering.ledger.record import Rates
-from metering.models import Alias, ApiKey, RateLimit, ReasoningPolicy, Route, ServingCostRate
+from metering.models import (
+    Alias,
+    ApiKey,
+    RateLimit,
+    ReasoningPolicy,
+    Route,
+    ServingCostRate,
+    SpendLimit,
+)
 from metering.routing.rules import EffortRule, parse_rules
 from metering.selectors import current_cost_rates
 from metering.usage import COST_RATE_FIELDS
@@ -133,6 +146,9 @@ class CallerContext:
     # alias -> its routing plan, only for aliases with 2+ active targets (a single-target
     # alias takes the fast path: no plan, no routing work).
     plans: dict[str, AliasPlan] = field(default_factory=dict)
+    # time.monotonic() when the oldest data in this context was read (TtlCache ages the
+    # entry from there); not part of what the context says.
+    read_at: float | None = field(default=None, compare=False)
 
 
 # A rate's columns in `Rates`' field order, each field read from its own column (built
@@ -187,21 +203,208 @@ MILLION = Decimal(1_000_000)
 
 
 def caller_context_load(key_hash: str) -> CallerContext | None:
-    """The caller behind a key digest, or None for an unknown, revoked or inactive key."""
-    close_old_connections()
-    api_key = (
-        ApiKey.objects.select_related("tenant")
-        .filter(key_hash=key_hash, revoked_at__isnull=True, tenant__is_active=True)
-        .first()
+    """The caller behind a key digest, or None for an unknown, revoked or inactive key;
+    everything read now (nothing shared with earlier loads)."""
+    return CallerLoader(share_for=0.0)(key_hash)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantPart:
+    """What every key of one tenant shares in its context, as read from `read_at` on."""
+
+    read_at: float  # time.monotonic() when the reading began
+    # alias -> first target, alias -> plan: for a key without budgets (no hold caps)...
+    routes: dict[str, RouteInfo]
+    plans: dict[str, AliasPlan]
+    # ... and for a key with budgets (the same objects when no hold cap is learned).
+    routes_capped: dict[str, RouteInfo]
+    plans_capped: dict[str, AliasPlan]
+    terms: TenantTerms
+    # The tenant's own (key-less) spend limits, by pk: (pk, monthly, amount USD).
+    spend_limits: tuple[tuple[int, bool, Decimal], ...]
+    # The tenant's own rate limit: (requests per minute, tokens per minute); None: none.
+    rate_limit: tuple[int | None, int | None] | None
+
+
+class CallerLoader:
+    """Loads caller contexts, reading what every key of a tenant shares (its routes and
+    their rates, its terms from billing, hold caps, the tenant's own limits) once per
+    `share_for` seconds for all its keys, and only the key's own rows per key.
+
+    A context's `read_at` is when the oldest data in it was read (its tenant part's), and
+    TtlCache ages an entry from there: sharing never makes a context older than the
+    cache's bound. With `share_for` at the cache's refresh point, a tenant part is read
+    about as often as one key's context was before; a tenant with many keys in use reads
+    it once for all of them. What the lookup thread spends per second with every key in
+    use is then about (active tenants x a tenant part + active keys x a key's row) per
+    refresh period, not active keys x everything (`make bench-lookup` measures both).
+    Called from one thread at a time (the lookup thread)."""
+
+    def __init__(self, *, share_for: float) -> None:
+        self._share_for = share_for
+        self._tenants: dict[uuid.UUID, TenantPart] = {}
+        self._swept_at = time.monotonic()
+
+    def clear(self) -> None:
+        self._tenants.clear()
+
+    def __call__(self, key_hash: str) -> CallerContext | None:
+        close_old_connections()
+        started = time.monotonic()
+        row = key_row_load(key_hash)
+        if row is None:
+            return None
+        key_id, tenant_id, expires_at, prefix = row[:4]
+        part = self._tenant_part(tenant_id)
+        controls = _controls_of(row, part)
+        capped = controls is not None and bool(controls.budgets)
+        return CallerContext(
+            tenant_id=tenant_id,
+            api_key_id=key_id,
+            expires_at=expires_at,
+            routes=part.routes_capped if capped else part.routes,
+            controls=controls,
+            plans=part.plans_capped if capped else part.plans,
+            read_at=min(started, part.read_at),
+        )
+
+    def _tenant_part(self, tenant_id: uuid.UUID) -> TenantPart:
+        now = time.monotonic()
+        part = self._tenants.get(tenant_id)
+        if part is not None and now - part.read_at < self._share_for:
+            return part
+        part = tenant_part_load(tenant_id, read_at=now)
+        if now - self._swept_at >= self._share_for:
+            # Parts past their window are never read again: dropped once per window, so
+            # what is held stays about what the tenants in use need.
+            self._tenants = {
+                t: p for t, p in self._tenants.items() if now - p.read_at < self._share_for
+            }
+            self._swept_at = now
+        if self._share_for > 0:
+            self._tenants[tenant_id] = part
+        return part
+
+    def tenants_held(self) -> int:
+        return len(self._tenants)
+
+
+class KeyRow(NamedTuple):
+    """A key's own rows, as one query reads them (the constraints allow one rate limit
+    and one spend limit per window for a key)."""
+
+    key_id: int
+    tenant_id: uuid.UUID
+    expires_at: datetime | None
+    prefix: str
+    policy_id: int | None  # its ReasoningPolicy (None: none), whose fields follow
+    allowed_efforts: list[str] | None
+    default_max_output_tokens: int | None
+    max_output_tokens: int | None
+    mode: str | None
+    monthly_reasoning_tokens: int | None
+    rate_limit_id: int | None  # its own RateLimit (None: none), whose figures follow
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    month_limit_id: int | None  # its own monthly SpendLimit (None: none), and amount
+    month_limit_usd: Decimal | None
+    total_limit_id: int | None  # its own all-time SpendLimit (None: none), and amount
+    total_limit_usd: Decimal | None
+
+
+def _key_row_query(key_hash: str) -> "QuerySet[ApiKey, tuple]":
+    return (
+        ApiKey.objects.filter(key_hash=key_hash, revoked_at__isnull=True, tenant__is_active=True)
+        .annotate(
+            own_rate=FilteredRelation(
+                "rate_limits", condition=Q(rate_limits__tenant_id=F("tenant_id"))
+            ),
+            month_limit=FilteredRelation(
+                "spend_limits",
+                condition=Q(
+                    spend_limits__window=SpendLimit.Window.MONTH,
+                    spend_limits__tenant_id=F("tenant_id"),
+                ),
+            ),
+            total_limit=FilteredRelation(
+                "spend_limits",
+                condition=Q(
+                    spend_limits__window=SpendLimit.Window.TOTAL,
+                    spend_limits__tenant_id=F("tenant_id"),
+                ),
+            ),
+        )
+        .values_list(
+            "pk",
+            "tenant_id",
+            "expires_at",
+            "prefix",
+            "reasoning_policy__pk",
+            "reasoning_policy__allowed_efforts",
+            "reasoning_policy__default_max_output_tokens",
+            "reasoning_policy__max_output_tokens",
+            "reasoning_policy__mode",
+            "reasoning_policy__monthly_reasoning_tokens",
+            "own_rate__pk",
+            "own_rate__requests_per_minute",
+            "own_rate__tokens_per_minute",
+            "month_limit__pk",
+            "month_limit__amount_usd",
+            "total_limit__pk",
+            "total_limit__amount_usd",
+        )
     )
-    if api_key is None:
-        return None
+
+
+class _CompiledKeyQuery:
+    """`_key_row_query`, compiled by Django once per process: building a query with five
+    joins costs the ORM ~2 ms of CPU, its execution ~0.3 ms, and a process runs it for
+    every key in use once per refresh period. The SQL and the column converters are
+    Django's own (SQLCompiler.as_sql, get_converters, apply_converters: what
+    QuerySet iteration runs), so the rows are what the queryset would give."""
+
+    _SENTINEL = "\x00key-hash"
+
+    def __init__(self) -> None:
+        compiler = _key_row_query(self._SENTINEL).query.get_compiler(using=DEFAULT_DB_ALIAS)
+        self.sql, params = compiler.as_sql()
+        self.slot = list(params).index(self._SENTINEL)
+        self.params = list(params)
+        self.compiler = compiler
+        self.converters = compiler.get_converters(
+            [column for column, _, _ in compiler.select[: compiler.col_count]]
+        )
+
+    def row(self, key_hash: str) -> tuple | None:
+        params = self.params.copy()
+        params[self.slot] = key_hash
+        with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
+            cursor.execute(self.sql, params)
+            row = cursor.fetchone()
+        if row is None or not self.converters:
+            return row
+        return tuple(next(iter(self.compiler.apply_converters([row], self.converters))))
+
+
+_compiled_key_query: _CompiledKeyQuery | None = None
+
+
+def key_row_load(key_hash: str) -> KeyRow | None:
+    """The key behind a digest with its own policy and limits (one query), or None for
+    an unknown, revoked or inactive key."""
+    global _compiled_key_query
+    if _compiled_key_query is None:
+        _compiled_key_query = _CompiledKeyQuery()
+    row = _compiled_key_query.row(key_hash)
+    return None if row is None else KeyRow._make(row)
+
+
+def tenant_part_load(tenant_id: uuid.UUID, *, read_at: float) -> TenantPart:
+    """What every key of the tenant shares, read now."""
     # Every active target of every granted active alias, by (alias, priority, name): one
     # query, the alias row joined in for the plans.
     targets = list(
-        Route.objects.filter(
-            alias__tenants=api_key.tenant_id, alias__is_active=True, is_active=True
-        )
+        Route.objects.filter(alias__tenants=tenant_id, alias__is_active=True, is_active=True)
         .select_related("alias")
         .order_by("alias", "priority", "name")
     )
@@ -214,9 +417,43 @@ def caller_context_load(key_hash: str) -> CallerContext | None:
         aliases={r.pk: r.alias_id for r in targets},
         accelerators={r.pk: r.accelerator for r in targets},
     )
-    tenant_terms = terms.tenant_terms_provider(api_key.tenant_id, aliases)
-    controls = controls_load(api_key, tenant_terms)
-    caps = hold_caps(api_key.tenant_id, aliases) if controls and controls.budgets else {}
+    tenant_terms = terms.tenant_terms_provider(tenant_id, aliases)
+    caps = hold_caps(tenant_id, aliases) if aliases else {}
+    routes, plans = _routes_of(by_alias, rates, tenant_terms, {})
+    routes_capped, plans_capped = (
+        _routes_of(by_alias, rates, tenant_terms, caps) if caps else (routes, plans)
+    )
+    spend_limits = tuple(
+        (pk, window == SpendLimit.Window.MONTH, Decimal(amount))
+        for pk, window, amount in SpendLimit.objects.filter(
+            tenant_id=tenant_id, api_key__isnull=True
+        )
+        .order_by("pk")
+        .values_list("pk", "window", "amount_usd")
+    )
+    rate_limit = (
+        RateLimit.objects.filter(tenant_id=tenant_id, api_key__isnull=True)
+        .values_list("requests_per_minute", "tokens_per_minute")
+        .first()
+    )
+    return TenantPart(
+        read_at=read_at,
+        routes=routes,
+        plans=plans,
+        routes_capped=routes_capped,
+        plans_capped=plans_capped,
+        terms=tenant_terms,
+        spend_limits=spend_limits,
+        rate_limit=rate_limit,
+    )
+
+
+def _routes_of(
+    by_alias: dict[str, list[Route]],
+    rates: dict[int, ServingCostRate],
+    tenant_terms: TenantTerms,
+    caps: dict[str, int],
+) -> tuple[dict[str, RouteInfo], dict[str, AliasPlan]]:
     routes: dict[str, RouteInfo] = {}
     plans: dict[str, AliasPlan] = {}
     for alias, alias_targets in by_alias.items():
@@ -229,14 +466,7 @@ def caller_context_load(key_hash: str) -> CallerContext | None:
         routes[alias] = infos[0]
         if len(infos) > 1:
             plans[alias] = alias_plan_from(alias_targets[0].alias, infos)
-    return CallerContext(
-        tenant_id=api_key.tenant_id,
-        api_key_id=api_key.pk,
-        expires_at=api_key.expires_at,
-        routes=routes,
-        controls=controls,
-        plans=plans,
-    )
+    return routes, plans
 
 
 def alias_plan_from(alias: Alias, targets: tuple[RouteInfo, ...]) -> AliasPlan:
@@ -258,56 +488,96 @@ def alias_plan_from(alias: Alias, targets: tuple[RouteInfo, ...]) -> AliasPlan:
     )
 
 
-def _rules(policy: ReasoningPolicy) -> ReasoningRules:
-    return ReasoningRules(
-        allowed_efforts=frozenset(policy.allowed_efforts or ()),
-        default_max_output_tokens=policy.default_max_output_tokens,
-        max_output_tokens=policy.max_output_tokens,
-        refuse=policy.mode == ReasoningPolicy.Mode.REFUSE,
-    )
-
-
-def controls_load(api_key: ApiKey, tenant_terms: TenantTerms | None = None) -> Controls | None:
-    """Budgets, rate scopes and reasoning rules that apply to calls with this key."""
-    tenant_terms = tenant_terms or TenantTerms(spend_rates={})
-    tenant_id = api_key.tenant_id
-    specs = budget_list(
-        tenant_id=tenant_id,
-        api_key_id=api_key.pk,
-        balance=tenant_terms.balance is not None,
-        plan_reasoning_tokens=tenant_terms.monthly_reasoning_tokens,
-        plan_refuses=tenant_terms.reasoning_refuse,
-    )
+def _controls_of(key: KeyRow, part: TenantPart) -> Controls | None:
+    """Budgets, rate scopes and reasoning rules that apply to calls with this key: the
+    tenant's from `part`, the key's own from its row."""
+    tenant_terms = part.terms
+    # The tenant's and the key's spend limits by pk, then the balance, the plan's
+    # reasoning budget, the key's: budget_list's order (metering.control.budgets).
+    tenant_id, key_id = key.tenant_id, key.key_id
+    spend: list[tuple[int, int | None, bool, Decimal]] = [
+        (pk, None, monthly, amount) for pk, monthly, amount in part.spend_limits
+    ]
+    if key.month_limit_id is not None and key.month_limit_usd is not None:
+        spend.append((key.month_limit_id, key_id, True, Decimal(key.month_limit_usd)))
+    if key.total_limit_id is not None and key.total_limit_usd is not None:
+        spend.append((key.total_limit_id, key_id, False, Decimal(key.total_limit_usd)))
+    spend.sort()
+    specs = [
+        BudgetSpec(
+            kind=BudgetKind.SPEND,
+            api_key_id=owner,
+            monthly=monthly,
+            limit=amount,
+            spend_limit_id=pk,
+            key_prefix=key.prefix if owner is not None else "",
+        )
+        for pk, owner, monthly, amount in spend
+    ]
+    if tenant_terms.balance is not None:
+        specs.append(
+            BudgetSpec(kind=BudgetKind.BALANCE, api_key_id=None, monthly=False, limit=None)
+        )
+    if tenant_terms.monthly_reasoning_tokens is not None:
+        specs.append(
+            BudgetSpec(
+                kind=BudgetKind.REASONING,
+                api_key_id=None,
+                monthly=True,
+                limit=Decimal(tenant_terms.monthly_reasoning_tokens),
+                refuse=tenant_terms.reasoning_refuse,
+            )
+        )
+    key_rules = None
+    if key.policy_id is not None:
+        refuse = key.mode == ReasoningPolicy.Mode.REFUSE
+        if key.monthly_reasoning_tokens is not None:
+            specs.append(
+                BudgetSpec(
+                    kind=BudgetKind.REASONING,
+                    api_key_id=key_id,
+                    monthly=True,
+                    limit=Decimal(key.monthly_reasoning_tokens),
+                    refuse=refuse,
+                    key_prefix=key.prefix,
+                )
+            )
+        key_rules = ReasoningRules(
+            allowed_efforts=frozenset(key.allowed_efforts or ()),
+            default_max_output_tokens=key.default_max_output_tokens,
+            max_output_tokens=key.max_output_tokens,
+            refuse=refuse,
+        )
     budgets = budget_scopes(
         specs, tenant_id=tenant_id, tenant_terms=tenant_terms, now=timezone.now()
     )
-    reasoning_modes = [spec.refuse for spec in specs if spec.kind == "reasoning"]
-    policy = ReasoningPolicy.objects.filter(api_key=api_key).first()
-    rates = [
+    reasoning_modes = [spec.refuse for spec in specs if spec.kind == BudgetKind.REASONING]
+    # The key's own rate limit first (its figures go in the response headers).
+    limits = []
+    if key.rate_limit_id is not None:
+        limits.append(("key", str(key_id), key.requests_per_minute, key.tokens_per_minute))
+    if part.rate_limit is not None:
+        limits.append(("tenant", str(tenant_id), *part.rate_limit))
+    rates = tuple(
         RateScope(
-            name="key" if r.api_key_id else "tenant",
-            scope_id=str(r.api_key_id or tenant_id),
-            requests_per_minute=r.requests_per_minute,
-            tokens_per_minute=r.tokens_per_minute,
+            name=name,
+            scope_id=scope_id,
+            requests_per_minute=rpm,
+            tokens_per_minute=tpm,
             tenant_id=str(tenant_id),
         )
-        for r in sorted(
-            RateLimit.objects.filter(tenant_id=tenant_id).filter(
-                Q(api_key__isnull=True) | Q(api_key_id=api_key.pk)
-            ),
-            key=lambda r: r.api_key_id is None,  # the key's own limits first (headers)
-        )
-    ]
+        for name, scope_id, rpm, tpm in limits
+    )
     reasoning = tuple(
         rules
-        for rules in (tenant_terms.reasoning, _rules(policy) if policy else None)
+        for rules in (tenant_terms.reasoning, key_rules)
         if rules is not None and not rules.is_empty
     )
     if not budgets and not rates and not reasoning:
         return None
     return Controls(
         tuple(budgets),
-        tuple(rates),
+        rates,
         reasoning,
         tenant_terms.alert_thresholds,
         clamp_to_budget=bool(reasoning_modes) and not any(reasoning_modes),
@@ -333,6 +603,8 @@ class TtlCache(Generic[K, V]):
     An entry read in the second half of its life is reloaded in the background (refresh
     ahead): a key in steady use never makes a call wait on the database, and no entry is
     ever served older than `ttl` (the bound a revoked key or a changed route relies on).
+    An entry's age counts from when its load ended, or from `read_at(value)` when that
+    is earlier (a value built partly from data read before its load began).
 
     When a load fails (the loader raises, e.g. the database is down) or takes longer than
     `load_timeout` seconds, the last good value is served while it is at most `stale_for`
@@ -348,12 +620,14 @@ class TtlCache(Generic[K, V]):
         *,
         ttl: float,
         executor: ThreadPoolExecutor,
+        read_at: Callable[[V], float | None] | None = None,
         max_entries: int = 100_000,
         stale_for: float = 0.0,
         load_timeout: float = 5.0,
         retry_after: float = 1.0,
     ) -> None:
         self._loader = loader
+        self._read_at = read_at
         self._ttl = ttl
         self._refresh_after = ttl * REFRESH_AHEAD
         self._stale_for = max(stale_for, ttl)
@@ -361,7 +635,8 @@ class TtlCache(Generic[K, V]):
         self._retry_after = retry_after
         self._executor = executor
         self._max_entries = max_entries
-        # key -> (monotonic time of the last good load, value)
+        # key -> (monotonic time of the last good load, value): when the load ended, or
+        # when the value says its data was read (`read_at`), whichever is earlier.
         self._entries: dict[K, tuple[float, V]] = {}
         self._loading: dict[K, asyncio.Future[V]] = {}
         self._failing_until = 0.0  # monotonic: no new loads before this after a failure
@@ -404,7 +679,10 @@ class TtlCache(Generic[K, V]):
             return
         if len(self._entries) >= self._max_entries:
             self._entries.clear()
-        self._entries[key] = (time.monotonic(), done.result())
+        value = done.result()
+        now = time.monotonic()
+        read_at = self._read_at(value) if self._read_at is not None else None
+        self._entries[key] = (now if read_at is None else min(read_at, now), value)
         self._failing_until = 0.0
 
     def _stale(
