@@ -138,6 +138,51 @@ def test_the_database_decodes_what_request_id_for_encodes_in_any_time_zone() -> 
         assert cursor.fetchone()[0] is None
 
 
+# Migration 0013's body of metering_uuid7_started_at: the reference its rewrite
+# (migration 0028) must agree with on every id.
+UUID7_STARTED_AT_0013 = (
+    "SELECT CASE WHEN substr(h, 13, 1) = '7' THEN"
+    " timestamptz '1970-01-01 00:00:00+00'"
+    " + (('x' || lpad(substr(h, 1, 12), 16, '0'))::bit(64)::bigint * 1000"
+    " + ('x' || lpad(substr(h, 14, 3), 16, '0'))::bit(64)::bigint)"
+    " * interval '1 microsecond' END"
+)
+
+
+@postgres_only
+@pytest.mark.django_db
+def test_the_database_decodes_every_id_as_migration_0013_did() -> None:
+    """Random ids of every version and variant, version 7 with the extreme times, NULL."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "WITH ids AS (SELECT id FROM (SELECT md5(random()::text || i)::uuid AS id"  # noqa: S608
+            " FROM generate_series(1, 20000) AS i) AS r"
+            " UNION ALL SELECT overlay(md5(random()::text || i) PLACING '7' FROM 13)::uuid"
+            " FROM generate_series(1, 20000) AS i"
+            " UNION ALL SELECT unnest(ARRAY['ffffffff-ffff-7fff-ffff-ffffffffffff',"
+            " '00000000-0000-7000-0000-000000000000', '00000000-0000-6fff-0000-000000000000']"
+            "::uuid[]) UNION ALL SELECT NULL)"
+            " SELECT count(*), count(*) FILTER (WHERE metering_uuid7_started_at(id)"
+            f" IS DISTINCT FROM (SELECT ({UUID7_STARTED_AT_0013})"
+            " FROM (SELECT replace(id::text, '-', '') AS h) AS x)) FROM ids"
+        )
+        assert cursor.fetchone() == (40004, 0)
+
+
+@postgres_only
+@pytest.mark.django_db
+def test_the_request_id_check_is_compiled_once_per_connection_not_per_statement() -> None:
+    """An SQL-language function in a CHECK is parsed and planned again by every insert
+    into the ledger (PostgreSQL 15 caches nothing of it); a PL/pgSQL one is compiled once
+    per connection and keeps its plan (migration 0028)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT l.lanname FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang"
+            " WHERE p.oid = 'metering_uuid7_started_at(uuid)'::regprocedure"
+        )
+        assert cursor.fetchone() == ("plpgsql",)
+
+
 # --- the catalog guard -------------------------------------------------------------------
 
 
