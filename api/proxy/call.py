@@ -200,7 +200,10 @@ class Call:
                     extra_headers=[(REQUEST_ID_HEADER, str(self.request_id).encode())],
                 )
                 return
-            del upstream_headers  # not held while a stream is open
+            # Sent: neither the request's headers nor its body (a long conversation can
+            # be most of a call's memory) stay while the answer streams.
+            del upstream_headers
+            self.prepared.body = b""
             self.upstream_status = response.status
             try:
                 is_sse = response.content_type == "text/event-stream"
@@ -333,6 +336,7 @@ class Call:
         `incomplete` once the client was answered, else `failed`."""
         headers = self.headers_for(response)
         headers.append((b"cache-control", b"no-cache"))
+        response.headers = {}  # read: not held while the stream is open
         loop = asyncio.get_running_loop()
         self.start_headers = None
         if defer_start:

@@ -1,7 +1,8 @@
 """What an open stream holds while it relays (bench/stream_bench.py: memory per open
 stream). Every frame and object here lives as long as the stream does, thousands at once:
 the call's coroutine chain is `run` then `relay_stream` (then the upstream read), and
-neither the chain nor the callbacks the relay registers keep closures or cells."""
+neither the chain nor the callbacks the relay registers keep closures or cells; the
+request's body and the upstream's headers, read and sent, are not kept."""
 
 import asyncio
 from types import CodeType
@@ -19,6 +20,7 @@ async def _while_open() -> tuple[list[CodeType], list[Any], bytes]:
     client got in the end."""
     app = FakeApp()
     call = make_call(app, CHAT, "openai", False)
+    call.prepared.body = b'{"model": "m", "messages": [], "stream": true}'
     out: list[bytes] = []
     client = Client(out)
     call.client = client  # type: ignore[assignment]
@@ -48,6 +50,7 @@ async def _while_open() -> tuple[list[CodeType], list[Any], bytes]:
         codes.append(awaited.cr_code)
         awaited = awaited.cr_await
     callbacks = [response.relay, client.on_disconnect]
+    assert call.prepared.body == b"" and response.headers == {}
     response._feed(rest[200:])
     response._complete()
     await task
