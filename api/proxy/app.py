@@ -13,7 +13,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Coroutine, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -67,6 +67,22 @@ _REFUSED_AS = {
     Refused.REQUESTS: errors.REQUESTS_LIMITED,
     Refused.TOKENS: errors.TOKENS_LIMITED,
 }
+
+
+class _TrackedSend:
+    """The server's send, noting whether the response started (an object rather than a
+    closure and its cell: it lives as long as the call does, a stream's included)."""
+
+    __slots__ = ("send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+
+    async def __call__(self, message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self.send(message)
 
 
 class ProxyApp:
@@ -146,18 +162,16 @@ class ProxyApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer one call; whatever fails inside, the caller gets its own error format,
         never the server's plain 500 nor a traceback."""
-        started = False
-
-        async def tracked_send(message: MutableMapping[str, Any]) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        tracked = _TrackedSend(send)
         try:
-            await self._dispatch(scope, receive, tracked_send)
+            call = await self._dispatch(scope, receive, tracked)
+            if call is not None:
+                # The proxied call runs here, once the frames that admitted it (the
+                # request's parsing, auth, controls) are gone: a stream holds only this
+                # frame and the call's own while it is open.
+                await call
         except Exception as exc:
-            if started:
+            if tracked.started:
                 logger.exception("proxy failure after the response started (%s)", scope["path"])
                 raise  # the server cuts the connection: the client sees a broken response
             logger.exception("proxy failure before the response started (%s)", scope["path"])
@@ -169,7 +183,10 @@ class ProxyApp:
                     send, errors.INTERNAL, "The server had an error; please retry.", anthropic
                 )
 
-    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _dispatch(
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> Coroutine[Any, Any, None] | None:
+        """Answer what needs no upstream; for a proxied call, its run (not yet awaited)."""
         path = scope["path"]
         endpoint = ENDPOINTS_BY_PATH.get(path)
         if endpoint is not None:
@@ -177,14 +194,15 @@ class ProxyApp:
                 await send_error(
                     send, errors.METHOD_NOT_ALLOWED, "Use POST.", endpoint.anthropic_format
                 )
-                return
-            await self._proxy(scope, receive, send, endpoint)
-        elif path == "/v1/models" and scope["method"] == "GET":
+                return None
+            return await self._proxy(scope, receive, send, endpoint)
+        if path == "/v1/models" and scope["method"] == "GET":
             await self._models(scope, send)
         else:
             await send_error(
                 send, errors.NOT_FOUND, f"Unknown path {path}.", wants_anthropic(scope)
             )
+        return None
 
     async def _caller(self, scope: Scope, anthropic: bool, send: Send) -> CallerContext | None:
         raw_key = caller_key(scope["headers"])
@@ -248,7 +266,11 @@ class ProxyApp:
 
     # --- the hot path -----------------------------------------------------------------
 
-    async def _proxy(self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
+    async def _proxy(
+        self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint
+    ) -> Coroutine[Any, Any, None] | None:
+        """Admit a call (auth, body, model, controls, hold) and return its run for the
+        caller to await; None once it was answered with an error."""
         started_ns = time.perf_counter_ns()
         started_at = datetime.now(UTC)
         anthropic = endpoint.anthropic_format
@@ -265,29 +287,29 @@ class ProxyApp:
 
         caller = await self._caller(scope, anthropic, send)
         if caller is None:
-            return
+            return None
         body = await read_body(receive, settings.RECKON_MAX_BODY_BYTES)
         if body is None:
             limit = settings.RECKON_MAX_BODY_BYTES
             await send_error(
                 send, errors.TOO_LARGE, f"Request body exceeds {limit} bytes.", anthropic
             )
-            return
+            return None
         if not content_type.startswith(b"application/json"):
             await send_error(
                 send, errors.UNSUPPORTED_MEDIA, "Content-Type must be application/json.", anthropic
             )
-            return
+            return None
         try:
             request = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             await send_error(send, errors.INVALID_REQUEST, f"Malformed JSON body: {exc}", anthropic)
-            return
+            return None
         if not isinstance(request, dict):
             await send_error(
                 send, errors.INVALID_REQUEST, "The body must be a JSON object.", anthropic
             )
-            return
+            return None
         alias = request.get("model")
         if not isinstance(alias, str) or not alias:
             await send_error(
@@ -297,16 +319,16 @@ class ProxyApp:
                 anthropic,
                 "model",
             )
-            return
+            return None
         route = caller.routes.get(alias)
         if route is None:
             message = f"The model '{alias}' does not exist or you do not have access to it."
             await send_error(send, errors.MODEL_NOT_FOUND, message, anthropic, "model")
-            return
+            return None
         if route.provider not in endpoint.providers:
             message = f"The model '{alias}' is not served on this endpoint."
             await send_error(send, errors.INVALID_REQUEST, message, anthropic, "model")
-            return
+            return None
         plan = caller.plans.get(alias) if caller.plans else None
         if route.credential_missing and (
             plan is None or all(t.credential_missing for t in plan.targets)
@@ -315,7 +337,7 @@ class ProxyApp:
                 f"Route '{alias}' is misconfigured on this server (upstream credential missing)."
             )
             await send_error(send, errors.MISCONFIGURED, message, anthropic)
-            return
+            return None
         hold: Hold | None = None
         controls = caller.controls
         if controls is not None:
@@ -323,7 +345,7 @@ class ProxyApp:
                 refusal = apply_reasoning_rules(endpoint.name, request, rules)
                 if refusal:
                     await send_error(send, errors.INVALID_REQUEST, refusal, anthropic)
-                    return
+                    return None
         effort = request_effort(endpoint.name, request)  # after governance: what is sent
         picks: list[Pick] = []
         if plan is not None:
@@ -334,7 +356,7 @@ class ProxyApp:
                 admitted = await self.holds.take(controls, route, endpoint.name, request, len(body))
                 if isinstance(admitted, Refusal):
                     await _refuse(send, admitted, anthropic)
-                    return
+                    return None
                 hold = admitted
         try:
             prepared = prepare_call(endpoint, request, route.upstream_model)
@@ -342,19 +364,15 @@ class ProxyApp:
             if hold is not None:
                 self.holds.release(hold)
             await send_error(send, errors.INVALID_REQUEST, exc.message, anthropic, exc.param)
-            return
+            return None
 
         call = Call(
             self, caller, route, endpoint, prepared, started_at, started_ns, hold, effort, plan
         )
         call.client = relay_client(scope)  # the server's relay extension (api.proxy.server)
         if plan is None:
-            # The call holds the prepared body: the parsed request and the raw one would
-            # otherwise live in this frame for as long as a stream is open.
-            del request, body
-            await call.run(receive, send, route.upstream_headers(anthropic_version, forwarded))
-            return
-        await call.run_routed(
+            return call.run(receive, send, route.upstream_headers(anthropic_version, forwarded))
+        return call.run_routed(
             receive,
             send,
             picks,

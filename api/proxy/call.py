@@ -19,9 +19,10 @@ answer leaves), whatever ends it; only the final attempt settles the hold.
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
+from functools import partial
 from typing import Any, Protocol
 
 import orjson
@@ -42,7 +43,13 @@ from metering.control.holds import Hold, Holds
 from metering.ledger import LedgerWriter
 from metering.ledger.record import request_id_attempt, request_id_for, usage_record_row
 from metering.models import UsageRecord
-from metering.proxy.adapters import Endpoint, Outcome, PreparedCall, stream_tracker_for
+from metering.proxy.adapters import (
+    Endpoint,
+    Outcome,
+    PreparedCall,
+    StreamTracker,
+    stream_tracker_for,
+)
 from metering.proxy.callers import AliasPlan, CallerContext, RouteInfo
 from metering.proxy.sse import SseEvent, SseSplitter, format_event
 from metering.proxy.upstream import (
@@ -65,6 +72,11 @@ _PASSTHROUGH_RESPONSE_HEADERS = (
     "retry-after",
     "openai-processing-ms",
 )
+
+
+def _passes(tracker: StreamTracker, events: bytes) -> bool:
+    """The relay's fast path may write `events` (complete ones) from the read callback."""
+    return b"error" not in events and tracker.passes(events)
 
 
 def retry_after_seconds(value: str | None) -> int | None:
@@ -111,7 +123,28 @@ class Call:
         "first_byte_deadline",
         "recorded",
         "client",
+        # a stream relay's state (set by relay_stream, read by its callbacks)
+        "stream",
+        "tracker",
+        "splitter",
+        "relaying",
+        "stalled",
+        "stall_timer",
+        "send",
+        "start_headers",
+        "passes",
     )
+    stream: UpstreamResponse
+    tracker: StreamTracker
+    splitter: SseSplitter
+    relaying: bool  # the relay runs: a client leaving now starts the drain deadline
+    stalled: bool  # a deferred stream's first event did not come in time
+    stall_timer: asyncio.TimerHandle | None
+    send: Send
+    start_headers: list[tuple[bytes, bytes]] | None  # a deferred stream's, until it starts
+    # the fast path's byte scan (_passes), built once a stream: a bound method would be
+    # built on every read, and a reference to the call would make a cycle
+    passes: Callable[[bytes], bool]
 
     def __init__(
         self,
@@ -154,50 +187,51 @@ class Call:
         self.drain_deadline: asyncio.TimerHandle | None = None
 
     async def run(self, receive: Receive, send: Send, upstream_headers: dict[str, str]) -> None:
-        """A single-target call (no routing work)."""
-        await self._settled(self._run(receive, send, upstream_headers))
-
-    async def _settled(self, work: Awaitable[None]) -> None:
-        """Run the call; if an exception (a cancel, a bug) ends it before its final record,
-        record the attempt as failed and settle the hold, then let the exception go on."""
+        """A single-target call (no routing work). If an exception (a cancel, a bug) ends
+        it before its final record, the attempt is recorded as failed and the hold
+        settled, then the exception goes on. One frame for all of it: a stream's frames
+        stay as long as it is open (bench/stream_bench.py, memory per open stream)."""
         try:
-            await work
-        except BaseException:
-            if not self.recorded:
-                await self.record(
-                    Outcome(TokenUsage(), None, "", Status.FAILED, ["proxy_interrupted"])
+            url = self.route.base_url + self.endpoint.upstream_path
+            try:
+                response = await self.app.upstream.post(url, self.prepared.body, upstream_headers)
+            except UpstreamError as exc:
+                logger.warning(
+                    "upstream failure for %s (%s): %s", self.request_id, self.route.alias, exc
                 )
+                await self.record(
+                    Outcome(TokenUsage(), None, "", Status.FAILED, ["upstream_unreachable"])
+                )
+                await send_error(
+                    send,
+                    errors.UPSTREAM_UNAVAILABLE,
+                    f"The upstream for '{self.route.alias}' could not be reached (request {self.request_id}).",
+                    self.endpoint.anthropic_format,
+                    extra_headers=[(REQUEST_ID_HEADER, str(self.request_id).encode())],
+                )
+                return
+            # Sent: neither the request's headers nor its body (a long conversation can
+            # be most of a call's memory) stay while the answer streams.
+            del upstream_headers
+            self.prepared.body = b""
+            self.upstream_status = response.status
+            try:
+                is_sse = response.content_type == "text/event-stream"
+                if self.prepared.stream and response.status == 200 and is_sse:
+                    await self.relay_stream(response, receive, send)
+                else:
+                    await self.relay_whole(response, send)
+            finally:
+                response.release()
+        except BaseException:
+            await self._interrupted()
             raise
 
-    async def _run(self, receive: Receive, send: Send, upstream_headers: dict[str, str]) -> None:
-        url = self.route.base_url + self.endpoint.upstream_path
-        anthropic = self.endpoint.anthropic_format
-        try:
-            response = await self.app.upstream.post(url, self.prepared.body, upstream_headers)
-        except UpstreamError as exc:
-            logger.warning(
-                "upstream failure for %s (%s): %s", self.request_id, self.route.alias, exc
-            )
-            await self.record(
-                Outcome(TokenUsage(), None, "", Status.FAILED, ["upstream_unreachable"])
-            )
-            await send_error(
-                send,
-                errors.UPSTREAM_UNAVAILABLE,
-                f"The upstream for '{self.route.alias}' could not be reached (request {self.request_id}).",
-                anthropic,
-                extra_headers=[(REQUEST_ID_HEADER, str(self.request_id).encode())],
-            )
-            return
-        self.upstream_status = response.status
-        try:
-            is_sse = response.content_type == "text/event-stream"
-            if self.prepared.stream and response.status == 200 and is_sse:
-                await self.relay_stream(response, receive, send)
-            else:
-                await self.relay_whole(response, send)
-        finally:
-            response.release()
+    async def _interrupted(self) -> None:
+        """An exception ends the call: unless its final record was started, record the
+        attempt as failed and settle the hold."""
+        if not self.recorded:
+            await self.record(Outcome(TokenUsage(), None, "", Status.FAILED, ["proxy_interrupted"]))
 
     def headers_for(self, response: UpstreamResponse) -> list[tuple[bytes, bytes]]:
         headers = [
@@ -312,71 +346,34 @@ class Call:
         `incomplete` once the client was answered, else `failed`."""
         headers = self.headers_for(response)
         headers.append((b"cache-control", b"no-cache"))
+        response.headers = {}  # read: not held while the stream is open
         loop = asyncio.get_running_loop()
-        if not defer_start:
+        self.start_headers = None
+        if defer_start:
+            self.start_headers = headers
+        else:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             self.answered = True
+        del headers
+        self.send = send
+        self.stream = response
         client = self.client
-        relaying = True
+        self.relaying = True
         watcher: asyncio.Task[None] | None = None
         if client is None:
             watcher = loop.create_task(self.watch_client(receive, response))
         else:
-
-            def client_left() -> None:
-                if relaying:
-                    self.client_left(response)
-
-            client.start_relay(client_left)
-        tracker = stream_tracker_for(
+            client.start_relay(self._client_left_relay)
+        tracker = self.tracker = stream_tracker_for(
             self.endpoint, provider=self.route.provider, hide_usage=self.prepared.hide_usage
         )
-        splitter = SseSplitter()
-
-        def passes(events: bytes) -> bool:
-            return b"error" not in events and tracker.passes(events)
-
-        def relay_plain(data: bytes) -> bool:
-            """The fast path, in the upstream's read callback while this task waits with
-            nothing pending: events that matter to nobody but the client (a byte scan)
-            leave at once, in one write; anything else wakes the task (False)."""
-            if not client.ready():  # type: ignore[union-attr]  # set only with a client
-                return False
-            plain = splitter.take_plain(data, passes)
-            if plain is None:
-                return False
-            if plain:
-                client.write_chunk(plain)  # type: ignore[union-attr]
-            return True
-
-        stalled: list[bool] = []
-        stall_timer: asyncio.TimerHandle | None = None
+        splitter = self.splitter = SseSplitter()
+        self.passes = partial(_passes, tracker)
+        self.stalled = False
+        self.stall_timer = None
         if defer_start and self.first_byte_deadline is not None:
-
-            def first_event_late() -> None:
-                stalled.append(True)
-                response.close()
-
             # the attempt's one deadline, shared with the wait for its headers
-            stall_timer = loop.call_at(self.first_byte_deadline, first_event_late)
-
-        async def start() -> None:
-            nonlocal stall_timer
-            self.answered = True
-            if stall_timer is not None:
-                stall_timer.cancel()
-                stall_timer = None
-            if not self.client_gone:
-                await send({"type": "http.response.start", "status": 200, "headers": headers})
-
-        async def forward(body: bytes) -> None:
-            if not self.answered:
-                await start()
-            if not self.client_gone:
-                await send({"type": "http.response.body", "body": body, "more_body": True})
-
-        def may_fail_over() -> bool:
-            return not self.answered and not self.last and not self.client_gone
+            self.stall_timer = loop.call_at(self.first_byte_deadline, self._first_event_late)
 
         recorded = False
         first_error = False
@@ -389,7 +386,7 @@ class Call:
                         if sent is not None and b"error" in event.data:
                             hidden = self.hide_error_event(event)
                             if hidden is not None:
-                                if not out and may_fail_over():
+                                if not out and self._may_fail_over():
                                     first_error = True  # the first event is an error: next target
                                     break
                                 sent = hidden
@@ -398,9 +395,9 @@ class Call:
                             self.ttft_ns = time.perf_counter_ns()
                         if tracker.terminal:
                             if out:
-                                await forward(b"".join(out))
+                                await self._forward(b"".join(out))
                             elif not self.answered:
-                                await start()
+                                await self._start()
                             out = []
                             recorded = True
                             await self.record(tracker.outcome(completed=True))
@@ -414,9 +411,9 @@ class Call:
                     if recorded or first_error:
                         break
                     if out:
-                        await forward(b"".join(out))
+                        await self._forward(b"".join(out))
                     if client is not None and self.answered and response.relay is None:
-                        response.relay = relay_plain  # from now on plain reads skip this loop
+                        response.relay = self._relay_plain  # from now on plain reads skip this loop
                     # this read's bytes and events would stay in the frame as long as the
                     # stream is open (about 0.9 KiB a stream, once the fast path relays)
                     chunk = b""
@@ -427,13 +424,14 @@ class Call:
                     raise
                 logger.info("upstream stream for %s ended early: %r", self.request_id, exc)
             finally:
-                relaying = False
+                self.relaying = False
                 if client is not None:
                     response.relay = None
                 if watcher is not None:
                     watcher.cancel()
-                if stall_timer is not None:
-                    stall_timer.cancel()
+                if self.stall_timer is not None:
+                    self.stall_timer.cancel()
+                    self.stall_timer = None
                 if self.drain_deadline is not None:
                     self.drain_deadline.cancel()
                     self.drain_deadline = None
@@ -442,7 +440,9 @@ class Call:
                 flag = (
                     "upstream_error_event"
                     if first_error
-                    else ("first_event_timeout" if stalled else "stream_ended_before_first_event")
+                    else (
+                        "first_event_timeout" if self.stalled else "stream_ended_before_first_event"
+                    )
                 )
                 status = Status.UPSTREAM_ERROR if first_error else Status.FAILED
                 outcome = Outcome(TokenUsage(), None, "", status, [flag])
@@ -454,7 +454,7 @@ class Call:
                     await self.record(outcome)
                     return True
                 self.report(ok=False)
-                if may_fail_over():
+                if self._may_fail_over():
                     self.fail_over(outcome)
                     return False
                 await self.record(outcome)
@@ -480,6 +480,51 @@ class Call:
                     if self.answered
                     else Outcome(TokenUsage(), None, "", Status.FAILED, ["stream_interrupted"])
                 )
+
+    # --- a stream relay's callbacks: methods, not closures (a closure and its cells
+    # are allocated per stream and held while it is open: 1.4 KiB a stream, tracemalloc)
+
+    def _client_left_relay(self) -> None:
+        if self.relaying:
+            self.client_left(self.stream)
+
+    def _relay_plain(self, data: bytes) -> bool:
+        """The fast path, in the upstream's read callback while the relay waits with
+        nothing pending: events that matter to nobody but the client (a byte scan) leave
+        at once, in one write; anything else wakes the relay (False). Set only with a
+        client."""
+        client = self.client
+        if not client.ready():  # type: ignore[union-attr]
+            return False
+        plain = self.splitter.take_plain(data, self.passes)
+        if plain is None:
+            return False
+        if plain:
+            client.write_chunk(plain)  # type: ignore[union-attr]
+        return True
+
+    def _first_event_late(self) -> None:
+        self.stalled = True
+        self.stream.close()
+
+    async def _start(self) -> None:
+        """A deferred stream's response start, at its first event to forward."""
+        self.answered = True
+        if self.stall_timer is not None:
+            self.stall_timer.cancel()
+            self.stall_timer = None
+        headers, self.start_headers = self.start_headers, None
+        if not self.client_gone:
+            await self.send({"type": "http.response.start", "status": 200, "headers": headers})
+
+    async def _forward(self, body: bytes) -> None:
+        if not self.answered:
+            await self._start()
+        if not self.client_gone:
+            await self.send({"type": "http.response.body", "body": body, "more_body": True})
+
+    def _may_fail_over(self) -> bool:
+        return not self.answered and not self.last and not self.client_gone
 
     def hide_error_event(self, event: SseEvent) -> bytes | None:
         """An upstream's error event mid-stream, re-expressed with a generic message (the
@@ -610,45 +655,40 @@ class Call:
     ) -> None:
         """Make the plan's attempts in order until one answers the client. `self.route`
         and `self.prepared` are the first pick's (the app prepared its body); a later
-        target re-sends the same request under its own upstream model."""
-        await self._settled(self._run_routed(receive, send, picks, request, headers_of))
-
-    async def _run_routed(
-        self,
-        receive: Receive,
-        send: Send,
-        picks: list[Pick],
-        request: dict[str, Any],
-        headers_of: Callable[[RouteInfo], dict[str, str]],
-    ) -> None:
-        plan = self.plan
-        assert plan is not None
-        routing = self.app.routing
-        base_id = self.request_id
-        bodies = {self.route.upstream_model: self.prepared.body}
-        for number, pick in enumerate(picks, start=1):
-            target = plan.targets[pick.index]
-            if number > 1:
-                self.request_id = request_id_attempt(base_id, number)
-                self.started_ns = time.perf_counter_ns()  # latency and TTFT per attempt
-                self.ttft_ns = None
-                self.upstream_status = 0
-                body = bodies.get(target.upstream_model)
-                if body is None:
-                    body = orjson.dumps({**request, "model": target.upstream_model})
-                    bodies[target.upstream_model] = body
-                self.prepared = replace(self.prepared, body=body)
-            self.route = target
-            self.attempt = number
-            self.reason = pick.reason
-            self.last = number == len(picks)
-            route_id = target.route_id or 0
-            routing.acquire(route_id)
-            try:
-                if await self.attempt_once(receive, send, headers_of(target)):
-                    return
-            finally:
-                routing.release(route_id)
+        target re-sends the same request under its own upstream model. An exception ends
+        it as `run`'s does."""
+        try:
+            plan = self.plan
+            assert plan is not None
+            routing = self.app.routing
+            base_id = self.request_id
+            bodies = {self.route.upstream_model: self.prepared.body}
+            for number, pick in enumerate(picks, start=1):
+                target = plan.targets[pick.index]
+                if number > 1:
+                    self.request_id = request_id_attempt(base_id, number)
+                    self.started_ns = time.perf_counter_ns()  # latency and TTFT per attempt
+                    self.ttft_ns = None
+                    self.upstream_status = 0
+                    body = bodies.get(target.upstream_model)
+                    if body is None:
+                        body = orjson.dumps({**request, "model": target.upstream_model})
+                        bodies[target.upstream_model] = body
+                    self.prepared = replace(self.prepared, body=body)
+                self.route = target
+                self.attempt = number
+                self.reason = pick.reason
+                self.last = number == len(picks)
+                route_id = target.route_id or 0
+                routing.acquire(route_id)
+                try:
+                    if await self.attempt_once(receive, send, headers_of(target)):
+                        return
+                finally:
+                    routing.release(route_id)
+        except BaseException:
+            await self._interrupted()
+            raise
 
     def report(self, *, ok: bool, retry_after: str | None = None) -> None:
         """Tell the routing state (its breaker) how this attempt went; not awaited. A
