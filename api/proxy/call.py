@@ -377,6 +377,7 @@ class Call:
 
         recorded = False
         first_error = False
+        last = b""  # the terminal event, sent with the end of the body
         try:
             try:
                 async for chunk in response.iter_chunks():
@@ -401,10 +402,8 @@ class Call:
                             out = []
                             recorded = True
                             await self.record(tracker.outcome(completed=True))
-                            if sent is not None and not self.client_gone:
-                                await send(
-                                    {"type": "http.response.body", "body": sent, "more_body": True}
-                                )
+                            # it leaves with the end of the body, in one write
+                            last = sent or b""
                             break
                         if sent is not None:
                             out.append(sent)
@@ -471,7 +470,7 @@ class Call:
                 await self.record(tracker.outcome(completed=False))
             self.report(ok=True)  # it answered: what breaks after that is not failed over
             if not self.client_gone:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await send({"type": "http.response.body", "body": last, "more_body": False})
             return True
         finally:
             if not recorded:  # cancelled or raised: the attempt still leaves its record

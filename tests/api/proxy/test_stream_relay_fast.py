@@ -288,3 +288,34 @@ def test_hidden_usage_is_stripped_and_recorded() -> None:
     body, row = reference("chat-usage-hidden")
     assert b'"usage":{' not in body and body.endswith(b"data: [DONE]\n\n")
     assert (row["input_tokens"], row["output_tokens"], row["reasoning_tokens"]) == (9, 10, 4)
+
+
+def test_the_terminal_event_leaves_with_the_end_of_the_body() -> None:
+    """One ASGI message (so one write) carries the last event and ends the body."""
+
+    async def scenario() -> list[dict[str, Any]]:
+        app = FakeApp()
+        call = make_call(app, CHAT, "openai", False)
+        messages: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            messages.append(message)
+
+        loop = asyncio.get_running_loop()
+        response = UpstreamResponse(Conn(), loop, 60.0, None)  # type: ignore[arg-type]
+        response.status = 200
+        response.headers = {"content-type": "text/event-stream"}
+        response._feed(CHAT_STREAM)
+        response._complete()
+        await call.relay_stream(response, never_disconnects, send)  # type: ignore[arg-type]
+        assert len(app.rows) == 1
+        return messages
+
+    messages = asyncio.run(scenario())
+    bodies = [m for m in messages if m["type"] == "http.response.body"]
+    assert bodies[-1] == {
+        "type": "http.response.body",
+        "body": b"data: [DONE]\n\n",
+        "more_body": False,
+    }
+    assert all(b"[DONE]" not in m["body"] for m in bodies[:-1])
