@@ -4,13 +4,8 @@ uvicorn writes a response's status line and headers as soon as the application s
 `http.response.start`, and its body on `http.response.body`: two writes, two system
 calls and, on loopback or a LAN, two TCP segments the client wakes up for. When the
 start carries a Content-Length (the proxy's whole responses, Django's), the body follows
-at once, so here the head is held back and leaves in the same write as the body. A
-stream's head (chunked) is held to the end of the loop step that started it: a relay's
-first event usually arrives with the upstream's headers and is sent in that same step,
-and then leaves with the head in one write; otherwise the head leaves alone when the step
-ends. A stream's end leaves with its last event when the app sends them as one message
-(api.proxy.call does). One write fewer at each end of a stream is one system call, one
-TCP segment and one client wake-up fewer per stream.
+at once, so here the head is held back and leaves in the same write as the body. Streams
+(no Content-Length) are untouched: their head leaves at once, as before.
 
 Measured with the proxy benchmark's load on this machine (wrk at c=32 through Reckon,
 interleaved runs): 445-482 us of machine CPU per request with one write, 485-547 us with
@@ -77,7 +72,6 @@ STREAM_WRITE_HIGH_WATER = 16 * 1024
 
 class CoalescingCycle(RequestResponseCycle):
     _head: bytes | None = None
-    _stream_head: bytes | None = None  # a stream's head, held to the end of this loop step
     _on_disconnect: Callable[[], None] | None = None
 
     # --- the "reckon.relay" extension -----------------------------------------------
@@ -103,11 +97,6 @@ class CoalescingCycle(RequestResponseCycle):
 
     def write_chunk(self, body: bytes) -> None:
         """One body chunk, framed as uvicorn's send frames it; only when `ready()`."""
-        head = self._stream_head
-        if head is not None:
-            self._stream_head = None
-            self.transport.write(b"%b%x\r\n%b\r\n" % (head, len(body), body))
-            return
         self.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
 
     def client_lost(self) -> None:
@@ -121,10 +110,10 @@ class CoalescingCycle(RequestResponseCycle):
             await super().run_asgi(app)
         finally:
             # The scope offers this cycle to the app (cycle -> scope -> cycle): left in
-            # place, every request's cycle, scope and headers would be cyclic garbage that
-            # only the collector frees, in one pause per GC_YOUNG_THRESHOLD allocations
-            # (3.5-7.5 ms each at c=1, the c=1 p99 tail). Broken here, refcounting frees
-            # them when the connection moves on.
+            # place, every request's cycle, scope and headers were cyclic garbage that
+            # only the collector freed (18-19k objects a young collection, 3.5-7.5 ms
+            # pauses at the young threshold of 20,000 then, part of the c=1 p99 tail).
+            # Broken here, refcounting frees them when the connection moves on.
             self.scope["extensions"].pop(RELAY_EXTENSION, None)
             self._on_disconnect = None
 
@@ -143,28 +132,6 @@ class CoalescingCycle(RequestResponseCycle):
             if any(name.lower() == b"content-length" for name, _ in message.get("headers", ())):
                 self._head = b"".join((await self._formatted(message)).parts)
                 return
-            capture = await self._formatted(message)
-            if self.chunked_encoding is True and not capture.closed and not self.disconnected:
-                # A stream: its first chunk usually comes in this same step (a relay's
-                # first event arrives with the upstream's headers), and then leaves with
-                # the head in one write; if not, the head leaves at the end of the step.
-                self._stream_head = b"".join(capture.parts)
-                asyncio.get_running_loop().call_soon(self._flush_stream_head)
-                return
-            if not self.disconnected:
-                self.transport.write(b"".join(capture.parts))
-                if capture.closed:
-                    self.transport.close()
-            return
-        stream_head = self._stream_head
-        if stream_head is not None:
-            self._stream_head = None
-            capture = await self._formatted(message)
-            if not self.disconnected:
-                self.transport.write(stream_head + b"".join(capture.parts))
-                if capture.closed:
-                    self.transport.close()
-            return
         head = self._head
         if head is None:
             await super().send(message)
@@ -179,13 +146,6 @@ class CoalescingCycle(RequestResponseCycle):
         transport.write(head + b"".join(capture.parts))
         if capture.closed:
             transport.close()
-
-    def _flush_stream_head(self) -> None:
-        head = self._stream_head
-        if head is not None:
-            self._stream_head = None
-            if not self.disconnected and not self.transport.is_closing():
-                self.transport.write(head)
 
     def _whole_head(self, message: Any) -> bytes | None:
         """The head of a response with a Content-Length, formatted as uvicorn would, in
@@ -289,11 +249,11 @@ class ReckonHttpProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and cycle is not previous:  # a new cycle, nobody waits on it yet
             _lean(cycle.message_event)
-            _coalescing(cycle)  # a pipelined cycle starts later: its class is set now
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
-        # Before the task's coroutine is made: it runs CoalescingCycle.run_asgi, and from
-        # its first step on the cycle's send is the coalescing one.
+        # Before the task's coroutine is made (at once, or for a pipelined request when
+        # the one before it completes): it runs CoalescingCycle.run_asgi, and from its
+        # first step on the cycle's send is the coalescing one.
         _coalescing(cycle)
         super()._start_asgi_task(cycle, app)
 

@@ -17,11 +17,12 @@ counts the hot path reads as tokens for a reasoning budget and as money otherwis
 """
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
+from operator import itemgetter
 from typing import Literal, assert_never
 
 from django.db.models import Q
@@ -93,33 +94,31 @@ class BudgetSpec:
                 assert_never(self.kind)
 
 
-def budget_list(
+def budget_specs(
     *,
-    tenant_id: uuid.UUID,
-    api_key_id: int | None,
+    spend_limits: Iterable[tuple[int, int | None, bool, Decimal, str]],
     balance: bool,
     plan_reasoning_tokens: int | None,
     plan_refuses: bool = False,
+    key_reasoning: Iterable[tuple[int, int, bool, str]] = (),
 ) -> list[BudgetSpec]:
-    """The tenant's budgets in their fixed order: those of the tenant and of key
-    `api_key_id` (a call's), or of the tenant and every key (api_key_id None: alerts).
-    `balance`: the tenant has a prepaid balance that counts; `plan_reasoning_tokens`:
-    its plan's monthly reasoning budget (None: none). Spend limits come in the order
-    they were created (by pk), key reasoning budgets by key: a deterministic order, so
-    a call's holds and the alerts list the same budgets the same way every time."""
-    limits = SpendLimit.objects.filter(tenant_id=tenant_id).select_related("api_key")
-    if api_key_id is not None:
-        limits = limits.filter(Q(api_key__isnull=True) | Q(api_key_id=api_key_id))
+    """Budgets in their fixed order: spend limits by pk (`spend_limits`: pk, the key's id
+    or None for the tenant's, monthly, amount USD, the key's prefix), the prepaid balance
+    (`balance`: one that counts), the plan's monthly reasoning budget, then key reasoning
+    budgets by key (`key_reasoning`: key id, tokens, refuse, prefix). A deterministic
+    order, so a call's holds and the alerts list the same budgets the same way every time.
+    The one home of the rule: `budget_list` reads its rows from the database, the proxy's
+    caller loader from its cached context."""
     budgets = [
         BudgetSpec(
             kind=BudgetKind.SPEND,
-            api_key_id=limit.api_key_id,
-            monthly=limit.window == SpendLimit.Window.MONTH,
-            limit=Decimal(limit.amount_usd),
-            spend_limit_id=limit.pk,
-            key_prefix=limit.api_key.prefix if limit.api_key else "",
+            api_key_id=owner,
+            monthly=monthly,
+            limit=amount,
+            spend_limit_id=pk,
+            key_prefix=prefix if owner is not None else "",
         )
-        for limit in limits.order_by("pk")
+        for pk, owner, monthly, amount, prefix in sorted(spend_limits, key=itemgetter(0))
     ]
     if balance:
         budgets.append(
@@ -135,24 +134,65 @@ def budget_list(
                 refuse=plan_refuses,
             )
         )
+    for key_id, tokens, refuse, prefix in sorted(key_reasoning, key=itemgetter(0)):
+        budgets.append(
+            BudgetSpec(
+                kind=BudgetKind.REASONING,
+                api_key_id=key_id,
+                monthly=True,
+                limit=Decimal(tokens),
+                refuse=refuse,
+                key_prefix=prefix,
+            )
+        )
+    return budgets
+
+
+def budget_list(
+    *,
+    tenant_id: uuid.UUID,
+    api_key_id: int | None,
+    balance: bool,
+    plan_reasoning_tokens: int | None,
+    plan_refuses: bool = False,
+) -> list[BudgetSpec]:
+    """The tenant's budgets (`budget_specs`' order): those of the tenant and of key
+    `api_key_id` (a call's), or of the tenant and every key (api_key_id None: alerts).
+    `balance`: the tenant has a prepaid balance that counts; `plan_reasoning_tokens`:
+    its plan's monthly reasoning budget (None: none)."""
+    limits = SpendLimit.objects.filter(tenant_id=tenant_id).select_related("api_key")
+    if api_key_id is not None:
+        limits = limits.filter(Q(api_key__isnull=True) | Q(api_key_id=api_key_id))
     policies = ReasoningPolicy.objects.filter(
         api_key__tenant_id=tenant_id, monthly_reasoning_tokens__isnull=False
     ).select_related("api_key")
     if api_key_id is not None:
         policies = policies.filter(api_key_id=api_key_id)
-    for policy in policies.order_by("api_key_id"):
-        assert policy.monthly_reasoning_tokens is not None  # filtered above
-        budgets.append(
-            BudgetSpec(
-                kind=BudgetKind.REASONING,
-                api_key_id=policy.api_key_id,
-                monthly=True,
-                limit=Decimal(policy.monthly_reasoning_tokens),
-                refuse=policy.mode == ReasoningPolicy.Mode.REFUSE,
-                key_prefix=policy.api_key.prefix,
+    return budget_specs(
+        spend_limits=[
+            (
+                limit.pk,
+                limit.api_key_id,
+                limit.window == SpendLimit.Window.MONTH,
+                Decimal(limit.amount_usd),
+                limit.api_key.prefix if limit.api_key else "",
             )
-        )
-    return budgets
+            for limit in limits
+        ],
+        balance=balance,
+        plan_reasoning_tokens=plan_reasoning_tokens,
+        plan_refuses=plan_refuses,
+        key_reasoning=[
+            (
+                policy.api_key_id,
+                policy.monthly_reasoning_tokens,
+                policy.mode == ReasoningPolicy.Mode.REFUSE,
+                policy.api_key.prefix,
+            )
+            for policy in policies
+            if policy.monthly_reasoning_tokens is not None  # filtered above
+        ],
+    )
 
 
 def budget_tenant_ids() -> set[uuid.UUID]:

@@ -37,12 +37,18 @@ from decimal import Decimal
 from operator import attrgetter
 from typing import Generic, NamedTuple, TypeVar
 
-from django.db import DEFAULT_DB_ALIAS, close_old_connections, connections
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connections,
+)
 from django.db.models import F, FilteredRelation, Q, QuerySet
 from django.utils import timezone
 
 from metering.control import terms
-from metering.control.budgets import BudgetKind, BudgetSpec, budget_scopes
+from metering.control.budgets import BudgetKind, budget_scopes, budget_specs
 from metering.control.governance import ReasoningRules
 from metering.control.holdcaps import hold_caps
 from metering.control.scopes import Controls, RateScope, to_nano
@@ -234,8 +240,8 @@ class CallerLoader:
     A context's `read_at` is when the oldest data in it was read (its tenant part's), and
     TtlCache ages an entry from there: sharing never makes a context older than the
     cache's bound. With `share_for` at the cache's refresh point, a tenant part is read
-    about as often as one key's context was before; a tenant with many keys in use reads
-    it once for all of them. What the lookup thread spends per second with every key in
+    about as often as one key in use is refreshed (every 3/4 of the ttl); a tenant with
+    many keys in use reads it once for all of them. What the lookup thread spends per second with every key in
     use is then about (active tenants x a tenant part + active keys x a key's row) per
     refresh period, not active keys x everything (`make bench-lookup` measures both).
     Called from one thread at a time (the lookup thread)."""
@@ -492,62 +498,33 @@ def _controls_of(key: KeyRow, part: TenantPart) -> Controls | None:
     """Budgets, rate scopes and reasoning rules that apply to calls with this key: the
     tenant's from `part`, the key's own from its row."""
     tenant_terms = part.terms
-    # The tenant's and the key's spend limits by pk, then the balance, the plan's
-    # reasoning budget, the key's: budget_list's order (metering.control.budgets).
     tenant_id, key_id = key.tenant_id, key.key_id
-    spend: list[tuple[int, int | None, bool, Decimal]] = [
-        (pk, None, monthly, amount) for pk, monthly, amount in part.spend_limits
+    spend: list[tuple[int, int | None, bool, Decimal, str]] = [
+        (pk, None, monthly, amount, "") for pk, monthly, amount in part.spend_limits
     ]
     if key.month_limit_id is not None and key.month_limit_usd is not None:
-        spend.append((key.month_limit_id, key_id, True, Decimal(key.month_limit_usd)))
+        spend.append((key.month_limit_id, key_id, True, Decimal(key.month_limit_usd), key.prefix))
     if key.total_limit_id is not None and key.total_limit_usd is not None:
-        spend.append((key.total_limit_id, key_id, False, Decimal(key.total_limit_usd)))
-    spend.sort()
-    specs = [
-        BudgetSpec(
-            kind=BudgetKind.SPEND,
-            api_key_id=owner,
-            monthly=monthly,
-            limit=amount,
-            spend_limit_id=pk,
-            key_prefix=key.prefix if owner is not None else "",
-        )
-        for pk, owner, monthly, amount in spend
-    ]
-    if tenant_terms.balance is not None:
-        specs.append(
-            BudgetSpec(kind=BudgetKind.BALANCE, api_key_id=None, monthly=False, limit=None)
-        )
-    if tenant_terms.monthly_reasoning_tokens is not None:
-        specs.append(
-            BudgetSpec(
-                kind=BudgetKind.REASONING,
-                api_key_id=None,
-                monthly=True,
-                limit=Decimal(tenant_terms.monthly_reasoning_tokens),
-                refuse=tenant_terms.reasoning_refuse,
-            )
-        )
+        spend.append((key.total_limit_id, key_id, False, Decimal(key.total_limit_usd), key.prefix))
     key_rules = None
+    key_reasoning = []
     if key.policy_id is not None:
         refuse = key.mode == ReasoningPolicy.Mode.REFUSE
         if key.monthly_reasoning_tokens is not None:
-            specs.append(
-                BudgetSpec(
-                    kind=BudgetKind.REASONING,
-                    api_key_id=key_id,
-                    monthly=True,
-                    limit=Decimal(key.monthly_reasoning_tokens),
-                    refuse=refuse,
-                    key_prefix=key.prefix,
-                )
-            )
+            key_reasoning.append((key_id, key.monthly_reasoning_tokens, refuse, key.prefix))
         key_rules = ReasoningRules(
             allowed_efforts=frozenset(key.allowed_efforts or ()),
             default_max_output_tokens=key.default_max_output_tokens,
             max_output_tokens=key.max_output_tokens,
             refuse=refuse,
         )
+    specs = budget_specs(
+        spend_limits=spend,
+        balance=tenant_terms.balance is not None,
+        plan_reasoning_tokens=tenant_terms.monthly_reasoning_tokens,
+        plan_refuses=tenant_terms.reasoning_refuse,
+        key_reasoning=key_reasoning,
+    )
     budgets = budget_scopes(
         specs, tenant_id=tenant_id, tenant_terms=tenant_terms, now=timezone.now()
     )
@@ -594,24 +571,27 @@ class LookupUnavailable(Exception):
 
 # A cache entry older than this share of its ttl is reloaded in the background by the
 # first call that reads it (the call itself is answered from the entry).
-REFRESH_AHEAD = 0.5
+REFRESH_AHEAD = 0.75
 
 
 class TtlCache(Generic[K, V]):
     """A process-local cache whose entries live `ttl` seconds; concurrent misses share one load.
 
-    An entry read in the second half of its life is reloaded in the background (refresh
-    ahead): a key in steady use never makes a call wait on the database, and no entry is
-    ever served older than `ttl` (the bound a revoked key or a changed route relies on).
-    An entry's age counts from when its load ended, or from `read_at(value)` when that
-    is earlier (a value built partly from data read before its load began).
+    An entry read in the last quarter of its life is reloaded in the background (refresh
+    ahead): a key read that late in its life by steady traffic does not make a call wait
+    on the database (while the lookup thread keeps up), and no entry is ever served older
+    than `ttl` (the bound a revoked key or a changed route relies on). An entry's age
+    counts from when its load began, or from `read_at(value)` when that is earlier (a
+    value built partly from data read before its load began).
 
     When a load fails (the loader raises, e.g. the database is down) or takes longer than
     `load_timeout` seconds, the last good value is served while it is at most `stale_for`
     seconds old; past that, or when there is none, `get` raises LookupUnavailable. A
     failure is never cached: the next call after `retry_after` seconds loads again (calls
-    in between fail fast instead of each waiting on a dead database). A load that hangs
-    stays the one shared load for its key until it ends, so waiters never pile up behind it.
+    in between fail fast instead of each waiting on a dead database). The database out of
+    reach (a connection error, a timeout) holds back every key's loads; any other failure
+    (one key's data) holds back only that key's. A load that hangs stays the one shared
+    load for its key until it ends, so waiters never pile up behind it.
     """
 
     def __init__(
@@ -635,54 +615,74 @@ class TtlCache(Generic[K, V]):
         self._retry_after = retry_after
         self._executor = executor
         self._max_entries = max_entries
-        # key -> (monotonic time of the last good load, value): when the load ended, or
+        # key -> (monotonic time of the last good load, value): when the load began, or
         # when the value says its data was read (`read_at`), whichever is earlier.
         self._entries: dict[K, tuple[float, V]] = {}
         self._loading: dict[K, asyncio.Future[V]] = {}
-        self._failing_until = 0.0  # monotonic: no new loads before this after a failure
+        # monotonic: no new loads before this after the database failed...
+        self._failing_until = 0.0
+        # ... and no new load of a key before this after its own load failed
+        self._key_failing: dict[K, float] = {}
 
     async def get(self, key: K) -> V:
         entry = self._entries.get(key)
         now = time.monotonic()
         if entry is not None and now - entry[0] < self._ttl:
-            if now - entry[0] >= self._refresh_after and key not in self._loading:
+            if (
+                now - entry[0] >= self._refresh_after
+                and key not in self._loading
+                and not self._held_back(key, now)
+            ):
                 # Refresh ahead: the entry is still good, so this call does not wait; the
-                # next calls find the new value before the entry expires. Under steady
-                # traffic no call ever waits on a load.
-                if now >= self._failing_until:
-                    self._load(key)
+                # next calls find the new value before the entry expires.
+                self._load(key, now)
             return entry[1]
         future = self._loading.get(key)
         if future is None:
-            if now < self._failing_until:
+            if self._held_back(key, now):
                 return self._stale(key, entry, now, None)
-            future = self._load(key)
+            future = self._load(key, now)
         try:
             return await asyncio.wait_for(asyncio.shield(future), self._load_timeout)
         except Exception as exc:  # noqa: BLE001 - any failed load: stale or unavailable
-            self._failing_until = time.monotonic() + self._retry_after
+            self._failed(key, exc)
             return self._stale(key, entry, time.monotonic(), exc)
 
-    def _load(self, key: K) -> "asyncio.Future[V]":
+    def _held_back(self, key: K, now: float) -> bool:
+        return now < self._failing_until or now < self._key_failing.get(key, 0.0)
+
+    def _failed(self, key: K, exc: BaseException) -> None:
+        until = time.monotonic() + self._retry_after
+        if isinstance(exc, (OperationalError, InterfaceError, TimeoutError)):
+            self._failing_until = until  # the database: every key's loads wait
+        else:
+            if len(self._key_failing) >= self._max_entries:
+                self._key_failing.clear()
+            self._key_failing[key] = until  # this key's data: only its loads wait
+
+    def _load(self, key: K, started: float) -> "asyncio.Future[V]":
         future = asyncio.get_running_loop().run_in_executor(self._executor, self._loader, key)
         self._loading[key] = future
-        future.add_done_callback(lambda done: self._loaded(key, done))
+        future.add_done_callback(lambda done: self._loaded(key, started, done))
         return future
 
-    def _loaded(self, key: K, done: "asyncio.Future[V]") -> None:
+    def _loaded(self, key: K, started: float, done: "asyncio.Future[V]") -> None:
         if self._loading.get(key) is done:
             del self._loading[key]
-        if done.cancelled() or done.exception() is not None:
-            # A failure is never cached (and retrieved here: no "never retrieved"). A
-            # refresh nobody waited on backs off like a failed wait does.
-            self._failing_until = time.monotonic() + self._retry_after
+        if done.cancelled():
             return
-        if len(self._entries) >= self._max_entries:
+        exc = done.exception()  # retrieved here: no "never retrieved"
+        if exc is not None:
+            # A failure is never cached. A refresh nobody waited on backs off like a
+            # failed wait does.
+            self._failed(key, exc)
+            return
+        if key not in self._entries and len(self._entries) >= self._max_entries:
             self._entries.clear()
         value = done.result()
-        now = time.monotonic()
         read_at = self._read_at(value) if self._read_at is not None else None
-        self._entries[key] = (now if read_at is None else min(read_at, now), value)
+        self._entries[key] = (started if read_at is None else min(read_at, started), value)
+        self._key_failing.pop(key, None)
         self._failing_until = 0.0
 
     def _stale(

@@ -33,4 +33,6 @@ def test_collections_stay_short_while_thousands_of_streams_open() -> None:
     assert len(streams) == STREAMS
     assert scanned, "no collection while 600,000 objects piled up"
     assert max(generation for generation, _ in scanned) < 2
-    assert max(objects for _, objects in scanned) <= 3 * asgi.GC_YOUNG_THRESHOLD
+    # a middle collection every other collection: about two young generations at most
+    # (a middle threshold of 1, three young generations, fails this)
+    assert max(objects for _, objects in scanned) <= 2.5 * asgi.GC_YOUNG_THRESHOLD

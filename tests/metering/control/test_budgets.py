@@ -12,6 +12,7 @@ from metering.control.budgets import (
     budget_list,
     budget_loader,
     budget_scopes,
+    budget_specs,
     budget_tenant_ids,
 )
 from metering.control.scopes import to_nano
@@ -158,3 +159,40 @@ def test_the_tenants_metering_knows_to_have_budgets() -> None:
     ReasoningPolicy.objects.create(api_key=no_budget, max_output_tokens=100)
 
     assert budget_tenant_ids() == {key.tenant_id, only_limit, only_policy.tenant_id}
+
+
+def test_budget_specs_keep_one_order_whatever_order_the_rows_come_in() -> None:
+    """The proxy's caller loader and budget_list give budget_specs their rows from
+    different queries; the budgets come out in the one fixed order either way."""
+    spend = [
+        (9, 4, False, Decimal("5"), "rk_b"),
+        (2, None, True, Decimal("100"), ""),
+        (5, 4, True, Decimal("20"), "rk_b"),
+    ]
+    reasoning = [(7, 900, True, "rk_c"), (4, 500, False, "rk_b")]
+    specs = budget_specs(
+        spend_limits=spend,
+        balance=True,
+        plan_reasoning_tokens=10_000,
+        plan_refuses=True,
+        key_reasoning=reasoning,
+    )
+    again = budget_specs(
+        spend_limits=list(reversed(spend)),
+        balance=True,
+        plan_reasoning_tokens=10_000,
+        plan_refuses=True,
+        key_reasoning=list(reversed(reasoning)),
+    )
+    assert specs == again
+    assert [(s.kind, s.spend_limit_id, s.api_key_id, s.limit) for s in specs] == [
+        (BudgetKind.SPEND, 2, None, Decimal("100")),
+        (BudgetKind.SPEND, 5, 4, Decimal("20")),
+        (BudgetKind.SPEND, 9, 4, Decimal("5")),
+        (BudgetKind.BALANCE, None, None, None),
+        (BudgetKind.REASONING, None, None, Decimal("10000")),
+        (BudgetKind.REASONING, None, 4, Decimal("500")),
+        (BudgetKind.REASONING, None, 7, Decimal("900")),
+    ]
+    assert [s.key_prefix for s in specs] == ["", "rk_b", "rk_b", "", "", "rk_b", "rk_c"]
+    assert [s.refuse for s in specs if s.kind == BudgetKind.REASONING] == [True, False, True]

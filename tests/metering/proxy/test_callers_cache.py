@@ -173,15 +173,15 @@ async def settled(cache: TtlCache) -> None:
     raise AssertionError("the refresh did not end")
 
 
-def test_an_entry_in_the_second_half_of_its_life_is_refreshed_without_a_wait(
+def test_an_entry_in_the_last_quarter_of_its_life_is_refreshed_without_a_wait(
     clock: Clock, executor: ThreadPoolExecutor
 ) -> None:
     loader = Versioned()
-    cache = cache_of(loader, executor)  # ttl 2 s: refreshed ahead from 1 s on
+    cache = cache_of(loader, executor)  # ttl 2 s: refreshed ahead from 1.5 s on
 
     async def scenario() -> None:
         assert await cache.get("k") == "ctx:k:v1"
-        clock.now += 0.9
+        clock.now += 1.4
         assert await cache.get("k") == "ctx:k:v1"
         assert loader.calls == 1  # young: no load
         loader.gate = threading.Event()  # the refresh will hang until the gate opens
@@ -206,12 +206,12 @@ def test_a_revoked_key_is_refused_within_the_ttl_under_steady_traffic(
     async def scenario() -> None:
         assert await cache.get("k") == "ctx:k:v1"
         loader.revoked = True
-        clock.now += 1.5  # a call in the second half starts the refresh...
+        clock.now += 1.6  # a call in the last quarter starts the refresh...
         assert await cache.get("k") == "ctx:k:v1"
         await settled(cache)
         assert await cache.get("k") is None  # ...and the next call sees the revocation
         loader.revoked = False
-        clock.now += 2.5  # no call in the second half: the expired entry is reloaded
+        clock.now += 2.5  # no call in the last quarter: the expired entry is reloaded
         assert await cache.get("k") == "ctx:k:v3"
 
     asyncio.run(scenario())
@@ -221,12 +221,12 @@ def test_a_failed_refresh_keeps_the_entry_and_backs_off(
     clock: Clock, executor: ThreadPoolExecutor
 ) -> None:
     loader = Versioned()
-    cache = cache_of(loader, executor, retry_after=0.5)
+    cache = cache_of(loader, executor, retry_after=0.2)
 
     async def scenario() -> None:
         assert await cache.get("k") == "ctx:k:v1"
         loader.down = True
-        clock.now += 1.2
+        clock.now += 1.6
         assert await cache.get("k") == "ctx:k:v1"
         await settled(cache)
         assert loader.calls == 2
@@ -234,9 +234,41 @@ def test_a_failed_refresh_keeps_the_entry_and_backs_off(
         assert await cache.get("k") == "ctx:k:v1"
         assert not cache._loading and loader.calls == 2
         loader.down = False
-        clock.now += 0.5  # past retry_after: refreshed again
+        clock.now += 0.15  # past retry_after, still fresh: refreshed again
         assert await cache.get("k") == "ctx:k:v1"
         await settled(cache)
         assert await cache.get("k") == "ctx:k:v3"
+
+    asyncio.run(scenario())
+
+
+def test_one_keys_failing_load_holds_back_only_that_key(
+    clock: Clock, executor: ThreadPoolExecutor
+) -> None:
+    """A load that fails on one key's data (not the database) must not put every other
+    key into the outage's stale serving: another key's expired entry is still reloaded
+    (a revocation there takes effect), and an unseen key is still looked up."""
+    loader = Versioned()
+    broken = {"bad"}
+    plain = loader.__call__
+
+    def load(key: str) -> str | None:
+        if key in broken:
+            raise ValueError("a row this loader cannot read")
+        return plain(key)
+
+    cache = cache_of(load, executor, retry_after=60.0)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        assert await cache.get("k") == "ctx:k:v1"
+        with pytest.raises(LookupUnavailable):
+            await cache.get("bad")
+        loader.revoked = True
+        clock.now += 2.5  # k expired; "bad" is still held back (60 s)
+        assert await cache.get("k") is None  # reloaded, not served stale
+        assert await cache.get("new") is None  # looked up, not "unavailable"
+        with pytest.raises(LookupUnavailable):
+            await cache.get("bad")  # held back: no new load
+        assert loader.calls == 3  # k twice, new once; "bad" never reached the counter
 
     asyncio.run(scenario())
