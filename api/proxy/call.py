@@ -196,17 +196,11 @@ class Call:
             try:
                 response = await self.app.upstream.post(url, self.prepared.body, upstream_headers)
             except UpstreamError as exc:
-                logger.warning(
-                    "upstream failure for %s (%s): %s", self.request_id, self.route.alias, exc
-                )
-                await self.record(
-                    Outcome(TokenUsage(), None, "", Status.FAILED, ["upstream_unreachable"])
-                )
-                await send_error(
+                await self._upstream_failed(
                     send,
-                    errors.UPSTREAM_UNAVAILABLE,
+                    exc,
+                    "upstream_unreachable",
                     f"The upstream for '{self.route.alias}' could not be reached (request {self.request_id}).",
-                    self.endpoint.anthropic_format,
                     extra_headers=[(REQUEST_ID_HEADER, str(self.request_id).encode())],
                 )
                 return
@@ -226,6 +220,26 @@ class Call:
         except BaseException:
             await self._interrupted()
             raise
+
+    async def _upstream_failed(
+        self,
+        send: Send,
+        exc: UpstreamError,
+        flag: str,
+        message: str,
+        extra_headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        """The upstream could not be reached or its answer was cut: record the call as
+        failed with `flag`, then tell the client in its own format."""
+        logger.warning("upstream failure for %s (%s): %s", self.request_id, self.route.alias, exc)
+        await self.record(Outcome(TokenUsage(), None, "", Status.FAILED, [flag]))
+        await send_error(
+            send,
+            errors.UPSTREAM_UNAVAILABLE,
+            message,
+            self.endpoint.anthropic_format,
+            extra_headers=extra_headers,
+        )
 
     async def _interrupted(self) -> None:
         """An exception ends the call: unless its final record was started, record the
@@ -253,17 +267,11 @@ class Call:
         try:
             body = await response.read()
         except UpstreamError as exc:
-            logger.warning(
-                "upstream failure for %s (%s): %s", self.request_id, self.route.alias, exc
-            )
-            await self.record(
-                Outcome(TokenUsage(), None, "", Status.FAILED, ["upstream_read_failed"])
-            )
-            await send_error(
+            await self._upstream_failed(
                 send,
-                errors.UPSTREAM_UNAVAILABLE,
+                exc,
+                "upstream_read_failed",
                 f"The upstream response was cut (request {self.request_id}).",
-                self.endpoint.anthropic_format,
             )
             return
         if response.status == 200:
