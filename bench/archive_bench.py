@@ -24,7 +24,6 @@ files, and the month's partition in PostgreSQL (heap, TOAST and indexes). The ma
 import argparse
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.scratch import scratch_database  # noqa: E402
+from bench.scratch import scratch_database, scratch_drop  # noqa: E402
 from bench.stats import machine_banner, spread  # noqa: E402
 
 DB = "reckon_archive_bench"
@@ -269,11 +268,7 @@ def main() -> None:
     print(", ".join(f" {step} {mb}" for step, mb in peaks[:5] + peaks[-1:]))
     connection.close()
     workdir.cleanup()
-    subprocess.run(
-        ["psql", server + "/postgres", "-qc", f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)"],
-        check=True,
-        capture_output=True,
-    )
+    scratch_drop(server, DB)
 
 
 if __name__ == "__main__":

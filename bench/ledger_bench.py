@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.scratch import scratch_database, scratch_drop  # noqa: E402
 from bench.stats import columns, columns_header, machine_banner, spread  # noqa: E402
 
 DB = "reckon_ledger_bench"
@@ -72,10 +72,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     print(machine_banner())
-    server = args.database_url.rsplit("/", 1)[0]
-    psql(server, f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-    psql(server, f"CREATE DATABASE {DB}")
-    os.environ["DATABASE_URL"] = f"{server}/{DB}"
+    server = scratch_database(args.database_url, DB)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     os.environ["REDIS_URL"] = ""  # the writer reports spool to Redis only when it spools
     try:
@@ -85,11 +82,7 @@ def main() -> None:
             from django.db import connections
 
             connections.close_all()
-            psql(server, f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-
-
-def psql(server: str, sql: str) -> None:
-    subprocess.run(["psql", server + "/postgres", "-qc", sql], check=True, capture_output=True)
+            scratch_drop(server, DB)
 
 
 def run(args: argparse.Namespace) -> None:

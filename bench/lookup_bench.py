@@ -34,7 +34,6 @@ PostgreSQL's). Every figure is the median with min and max over the rounds.
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -44,6 +43,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.scratch import scratch_database, scratch_drop  # noqa: E402
 from bench.stats import columns, columns_header, machine_banner  # noqa: E402
 
 DB = os.environ.get("RECKON_BENCH_DB") or "reckon_lookup_bench"
@@ -66,10 +66,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     print(machine_banner())
-    server = args.database_url.rsplit("/", 1)[0]
-    psql(server, f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-    psql(server, f"CREATE DATABASE {DB}")
-    os.environ["DATABASE_URL"] = f"{server}/{DB}"
+    server = scratch_database(args.database_url, DB)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     os.environ.setdefault("RECKON_ENV", "development")
     os.environ["LB_UPSTREAM_KEY"] = "bench-key"
@@ -80,11 +77,7 @@ def main() -> None:
             from django.db import connections
 
             connections.close_all()
-            psql(server, f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-
-
-def psql(server: str, sql: str) -> None:
-    subprocess.run(["psql", server + "/postgres", "-qc", sql], check=True, capture_output=True)
+            scratch_drop(server, DB)
 
 
 def seed(tenants: int, keys: int, sweep: int) -> dict[str, list[str]]:

@@ -240,6 +240,18 @@ async def _echo(scope: dict, receive: Any, send: Any) -> None:  # type: ignore[t
     await send({"type": "http.response.body", "body": reply})
 
 
+def _echo_connection() -> tuple[ReckonHttpProtocol, SocketTransport]:
+    """Our protocol serving `_echo` on a fake socket, connected."""
+    config = Config(app=_echo, lifespan="off", log_level="warning")
+    config.load()
+    protocol = ReckonHttpProtocol(
+        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
+    )
+    transport = SocketTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    return protocol, transport
+
+
 def test_the_lean_connection_keeps_pipelining_and_a_body_in_parts() -> None:
     asyncio.run(_lean_connection())
 
@@ -248,13 +260,7 @@ async def _lean_connection() -> None:
     # The connection's queue of pipelined requests and the waiter queues of its Events are
     # lists, not deques (760 bytes each, empty, per open stream): pipelined requests still
     # answer in order, and a request task waiting for the rest of its body is woken.
-    config = Config(app=_echo, lifespan="off", log_level="warning")
-    config.load()
-    protocol = ReckonHttpProtocol(
-        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
-    )
-    transport = SocketTransport()
-    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol, transport = _echo_connection()
     assert not isinstance(protocol.pipeline, deque)
     assert not isinstance(protocol.flow._is_writable_event._waiters, deque)  # type: ignore[attr-defined]
 
@@ -291,13 +297,7 @@ async def _no_garbage() -> None:
     # Left in place after the request, every request's cycle, scope and headers became
     # garbage only the cyclic collector frees: 18,000-19,000 objects per young collection
     # and a 3.5-7.5 ms pause each (the c=1 p99 tail). Refcounting must free them instead.
-    config = Config(app=_echo, lifespan="off", log_level="warning")
-    config.load()
-    protocol = ReckonHttpProtocol(
-        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
-    )
-    transport = SocketTransport()
-    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol, transport = _echo_connection()
     gc.collect()
     gc.disable()
     try:
