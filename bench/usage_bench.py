@@ -131,6 +131,7 @@ def prepare(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
 
     from metering.ledger.partitions import partition_create
     from metering.ledger.rollups import (
+        folded_record_sql,
         rollup_hourly_sql,
         rollup_upsert_sql,
         usage_rollup_shards_fold,
@@ -152,7 +153,10 @@ def prepare(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
         load(cursor, args.records, tenants, keys)
         loaded = time.perf_counter() - t
         for shard in range(SHARDS):  # as 4 writers would have left them
-            source = f"(SELECT * FROM metering_usagerecord WHERE mod(id, {SHARDS}) = {shard}) AS s"  # noqa: S608
+            source = (
+                f"(SELECT {folded_record_sql()} FROM metering_usagerecord"  # noqa: S608
+                f" WHERE mod(id, {SHARDS}) = {shard}) AS s"
+            )
             cursor.execute(
                 f"WITH hourly AS ({rollup_hourly_sql(source=source)})"
                 f" {rollup_upsert_sql(shard=str(shard))}"

@@ -10,7 +10,7 @@ from django.db import DatabaseError, DataError, IntegrityError
 
 from metering.ledger.partitions import is_missing_partition
 from metering.ledger.rollups import (
-    FOLDED_RECORD_COLUMNS,
+    folded_record_sql,
     rollup_hourly_sql,
     rollup_upsert_sql,
     target_fold_ctes,
@@ -68,7 +68,7 @@ def _pg_insert_sql(*, touch: bool) -> str:
     (RouteTargetHour, RouteLatencyBucket) of the same shard."""
     names = ", ".join(name for name, _ in _PG_COLUMNS)
     definitions = ", ".join(f"{name} {kind}" for name, kind in _PG_COLUMNS)
-    folded = ", ".join(FOLDED_RECORD_COLUMNS)
+    folded = folded_record_sql()
     touched = (
         ", touched AS ("
         " UPDATE metering_apikey SET last_used_at = $3 WHERE id = ANY($4::int8[]) RETURNING id)"

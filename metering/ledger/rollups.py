@@ -63,8 +63,8 @@ ROLLUP_KEY = (
     "route_id",
     "hour",
 )
-# The record columns the fold reads (the PostgreSQL batch returns these of the rows it
-# inserted).
+# The record columns the folds read as they are; `folded_record_sql` adds what they
+# derive from the record (`hour`, `rated`).
 FOLDED_RECORD_COLUMNS = (
     "id",
     "tenant_id",
@@ -74,9 +74,7 @@ FOLDED_RECORD_COLUMNS = (
     "provider_account_id",
     "upstream_model",
     "route_id",
-    "started_at",
     "status",
-    "flags",
     "failed_over",
     *ROLLUP_SUMS,
     # read by the per-target fold only
@@ -136,15 +134,22 @@ def _dialect(vendor: str) -> _Dialect:
     return _POSTGRES if vendor == "postgresql" else _SQLITE
 
 
-def rollup_hourly_sql(*, source: str, vendor: str = "postgresql") -> str:
-    """A SELECT of `source`'s records (`FOLDED_RECORD_COLUMNS`) summed per rollup row,
-    in lock order."""
+def folded_record_sql(vendor: str = "postgresql") -> str:
+    """The select list of a record as the folds read it: `FOLDED_RECORD_COLUMNS`, its UTC
+    `hour` and whether it is `rated` (no flags), each derived once per record (the
+    PostgreSQL batch returns this of the rows it inserted)."""
     d = _dialect(vendor)
+    return f"{', '.join(FOLDED_RECORD_COLUMNS)}, {d.hour} AS hour, {d.rated} AS rated"
+
+
+def rollup_hourly_sql(*, source: str) -> str:
+    """A SELECT of `source`'s records (`folded_record_sql`) summed per rollup row, in
+    lock order (both dialects)."""
     sums = ", ".join(
-        f"coalesce(sum({name}) FILTER (WHERE {d.rated}), 0) AS {name}" for name in ROLLUP_SUMS
+        f"coalesce(sum({name}) FILTER (WHERE rated), 0) AS {name}" for name in ROLLUP_SUMS
     )
     flagged = ", ".join(
-        f"coalesce(sum({name}) FILTER (WHERE NOT {d.rated}), 0) AS flagged_{name}"
+        f"coalesce(sum({name}) FILTER (WHERE NOT rated), 0) AS flagged_{name}"
         for name in FLAGGED_SUMS
     )
     unanswered = ", ".join(f"'{status}'" for status in UNANSWERED_STATUSES)
@@ -152,9 +157,9 @@ def rollup_hourly_sql(*, source: str, vendor: str = "postgresql") -> str:
     return (
         "SELECT tenant_id, alias, accelerator, api_key_id,"  # noqa: S608
         " coalesce(provider_account_id, 0) AS provider_account_id, upstream_model,"
-        f" coalesce(route_id, 0) AS route_id, {d.hour} AS hour,"
-        f" count(*) FILTER (WHERE {d.rated}) AS requests,"
-        f" count(*) FILTER (WHERE NOT {d.rated}) AS flagged_requests,"
+        " coalesce(route_id, 0) AS route_id, hour,"
+        " count(*) FILTER (WHERE rated) AS requests,"
+        " count(*) FILTER (WHERE NOT rated) AS flagged_requests,"
         f" count(*) FILTER (WHERE status IN ({unanswered})) AS unanswered_requests,"
         f" count(*) FILTER (WHERE failed_over) AS failed_over_requests,"
         f" {sums}, {flagged}, max(id) AS last_id FROM {source}"
@@ -193,18 +198,22 @@ def usage_rollups_fold(record_ids: list[int]) -> None:
     if not record_ids:
         return
     vendor = connection.vendor
+    folded = folded_record_sql(vendor)
     if vendor == "postgresql":
-        fresh = "SELECT * FROM metering_usagerecord WHERE id = ANY(%s)"
+        fresh = f"SELECT {folded} FROM metering_usagerecord WHERE id = ANY(%s)"  # noqa: S608
         ids: list[int] | str = record_ids
     else:
-        fresh = "SELECT * FROM metering_usagerecord WHERE id IN (SELECT value FROM json_each(%s))"
+        fresh = (
+            f"SELECT {folded} FROM metering_usagerecord"  # noqa: S608
+            " WHERE id IN (SELECT value FROM json_each(%s))"
+        )
         ids = "[" + ",".join(str(int(i)) for i in record_ids) + "]"
     # SQLite runs one data-modifying statement at a time: one per table.
     statements = (
-        f"WITH hourly AS ({rollup_hourly_sql(source=f'({fresh}) AS fresh', vendor=vendor)})"
+        f"WITH hourly AS ({rollup_hourly_sql(source=f'({fresh}) AS fresh')})"
         f" {rollup_upsert_sql(shard='0', vendor=vendor)}",
         f"WITH fresh AS ({fresh}),"
-        f" targets AS ({target_hourly_sql(source='fresh', vendor=vendor)})"
+        f" targets AS ({target_hourly_sql(source='fresh')})"
         f" {target_upsert_sql(source='targets', shard='0', vendor=vendor)}",
         f"WITH fresh AS ({fresh}),"
         f" buckets AS ({bucket_counts_sql(source='fresh', vendor=vendor)})"
@@ -260,10 +269,9 @@ def latency_bucket_of(value_us: int) -> int:
     return len(LATENCY_BUCKET_EDGES_US)
 
 
-def target_hourly_sql(*, source: str, vendor: str = "postgresql") -> str:
-    """A SELECT of `source`'s records (`FOLDED_RECORD_COLUMNS`) with a route id, summed
-    per RouteTargetHour row, in lock order."""
-    d = _dialect(vendor)
+def target_hourly_sql(*, source: str) -> str:
+    """A SELECT of `source`'s records (`folded_record_sql`) with a route id, summed per
+    RouteTargetHour row, in lock order (both dialects)."""
     answered = ", ".join(f"'{status}'" for status in ANSWERED_STATUSES)
     sums = ", ".join(f"coalesce(sum({name}), 0) AS {name}" for name in TARGET_SUMS)
     return (
@@ -275,17 +283,16 @@ def target_hourly_sql(*, source: str, vendor: str = "postgresql") -> str:
         " count(*) FILTER (WHERE status = 'failed') AS failed,"
         " count(*) FILTER (WHERE status = 'incomplete') AS incomplete,"
         f" {sums}, coalesce(sum(latency_us), 0) AS latency_us_sum"
-        f" FROM (SELECT *, {d.hour} AS hour, coalesce(reasoning_effort, '') AS effort"
+        " FROM (SELECT *, coalesce(reasoning_effort, '') AS effort"
         f" FROM {source} WHERE route_id IS NOT NULL) AS t"
         " GROUP BY route_id, hour, effort ORDER BY route_id, hour, effort"
     )
 
 
 def bucket_counts_sql(*, source: str, vendor: str = "postgresql") -> str:
-    """A SELECT of `source`'s records with a route id, counted per RouteLatencyBucket row
-    (latency always, TTFT when known), in lock order."""
-    d = _dialect(vendor)
-    keyed = f"route_id, {d.hour} AS hour, coalesce(reasoning_effort, '') AS reasoning_effort"
+    """A SELECT of `source`'s records (`folded_record_sql`) with a route id, counted per
+    RouteLatencyBucket row (latency always, TTFT when known), in lock order."""
+    keyed = "route_id, hour, coalesce(reasoning_effort, '') AS reasoning_effort"
     latency, ttft = latency_bucket_sql("latency_us", vendor), latency_bucket_sql("ttft_us", vendor)
     return (
         "SELECT route_id, hour, reasoning_effort, kind, bucket, count(*) AS count"  # noqa: S608
@@ -326,7 +333,7 @@ def target_fold_ctes(*, source: str, shard: str, vendor: str = "postgresql") -> 
     """The CTEs that fold `source`'s records into the per-target tables (PostgreSQL's
     batch statement: `, ` + this after its other CTEs)."""
     return (
-        f"targets AS ({target_hourly_sql(source=source, vendor=vendor)}),"
+        f"targets AS ({target_hourly_sql(source=source)}),"
         f" targeted AS ({target_upsert_sql(source='targets', shard=shard, vendor=vendor)}"
         " RETURNING 1),"
         f" buckets AS ({bucket_counts_sql(source=source, vendor=vendor)}),"
