@@ -334,10 +334,9 @@ def target_fold_ctes(*, source: str, shard: str, vendor: str = "postgresql") -> 
     batch statement: `, ` + this after its other CTEs)."""
     return (
         f"targets AS ({target_hourly_sql(source=source)}),"
-        f" targeted AS ({target_upsert_sql(source='targets', shard=shard, vendor=vendor)}"
-        " RETURNING 1),"
+        f" targeted AS ({target_upsert_sql(source='targets', shard=shard, vendor=vendor)}),"
         f" buckets AS ({bucket_counts_sql(source=source, vendor=vendor)}),"
-        f" bucketed AS ({bucket_upsert_sql(source='buckets', shard=shard)} RETURNING 1)"
+        f" bucketed AS ({bucket_upsert_sql(source='buckets', shard=shard)})"
     )
 
 
