@@ -220,9 +220,11 @@ def _measure(trees: dict[str, Path], sizes: list[int], args: argparse.Namespace)
         (a, b) = workers
         for size in sizes:
             ratios = [y / x - 1 for x, y in zip(cpu[a, size], cpu[b, size], strict=True)]
+            fewer = sum(1 for ratio in ratios if ratio < 0)
             print(
                 f"  {b} vs {a} at {size}: {median(ratios):+.1%}"
-                f" ({min(ratios):+.1%} to {max(ratios):+.1%}, paired by round)"
+                f" ({min(ratios):+.1%} to {max(ratios):+.1%}, paired by round;"
+                f" less CPU in {fewer} of {len(ratios)} rounds)"
             )
 
 
