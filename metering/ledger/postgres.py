@@ -70,7 +70,7 @@ def _pg_insert_sql(*, touch: bool) -> str:
     definitions = ", ".join(f"{name} {kind}" for name, kind in _PG_COLUMNS)
     folded = folded_record_sql()
     touched = (
-        ", touched AS ( UPDATE metering_apikey SET last_used_at = $3 WHERE id = ANY($4::int8[]))"
+        ", touched AS (UPDATE metering_apikey SET last_used_at = $3 WHERE id = ANY($4::int8[]))"
         if touch
         else ""
     )
