@@ -527,7 +527,12 @@ class Call:
     async def _forward(self, body: bytes) -> None:
         if not self.answered:
             await self._start()
-        if not self.client_gone:
+        if self.client_gone:
+            return
+        client = self.client
+        if client is not None and body and client.ready():  # the frame send makes, no message
+            client.write_chunk(body)
+        else:
             await self.send({"type": "http.response.body", "body": body, "more_body": True})
 
     def _may_fail_over(self) -> bool:

@@ -343,16 +343,15 @@ class UpstreamClient:
                 self._ssl = ssl.create_default_context()
             ssl_context = self._ssl
         try:
-            _, opened = await asyncio.wait_for(
-                loop.create_connection(
+            # a deadline on this task, not wait_for's task per connection
+            async with asyncio.timeout(self._connect_timeout):
+                _, opened = await loop.create_connection(
                     lambda: _Connection(key),
                     host,
                     port,
                     ssl=ssl_context,
                     server_hostname=host if ssl_context else None,
-                ),
-                self._connect_timeout,
-            )
+                )
         except TimeoutError as exc:
             raise UpstreamTimeout(f"connecting to {host}:{port} timed out") from exc
         except OSError as exc:

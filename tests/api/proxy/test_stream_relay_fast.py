@@ -165,7 +165,8 @@ async def _relay(
     name: str, reads: list[bytes], steps: list[int], fast: bool
 ) -> tuple[bytes, dict[str, Any], int]:
     """Relay `reads` (fed as the connection's read callback feeds them, with `steps`
-    loop steps after each); the client's bytes, the record, the fast path's writes."""
+    loop steps after each); the client's bytes, the record, the fast path's writes (those
+    of the read callback; the relay's task may write through the extension too)."""
     endpoint, provider, hide_usage, _ = STREAMS[name]
     app = FakeApp()
     call = make_call(app, endpoint, provider, hide_usage)
@@ -182,8 +183,11 @@ async def _relay(
     response.status = 200
     response.headers = {"content-type": "text/event-stream"}
     task = asyncio.ensure_future(call.relay_stream(response, never_disconnects, send))  # type: ignore[arg-type]
+    fast_writes = 0  # the client's writes made in the read callback itself
     for data, step in zip(reads, steps, strict=True):
+        before = client.writes
         response._feed(data)
+        fast_writes += client.writes - before
         for _ in range(step):
             await asyncio.sleep(0)
     response._complete()
@@ -192,7 +196,7 @@ async def _relay(
     row = {k: v for k, v in app.rows[0].items() if k not in VARYING}
     assert app.rows[0]["ttft_us"] is not None
     body = b"".join(out).replace(str(call.request_id).encode(), b"<request id>")
-    return body, row, client.writes
+    return body, row, fast_writes
 
 
 def relay(name: str, reads: list[bytes], steps: list[int], fast: bool) -> tuple[Any, ...]:
@@ -319,3 +323,34 @@ def test_the_terminal_event_leaves_with_the_end_of_the_body() -> None:
         "more_body": False,
     }
     assert all(b"[DONE]" not in m["body"] for m in bodies[:-1])
+
+
+def test_the_relay_task_writes_through_the_extension_too() -> None:
+    """With the extension, the events the task forwards (a text-counted stream parses
+    every one) leave through `write_chunk`; only the response start and the end of the
+    body (with the terminal event) are ASGI messages."""
+
+    async def scenario() -> tuple[list[str], int]:
+        endpoint, provider, hide_usage, stream = STREAMS["chat-text-counted"]
+        call = make_call(FakeApp(), endpoint, provider, hide_usage)
+        client = Client([])
+        call.client = client
+        messages: list[str] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            messages.append(message["type"])
+
+        response = UpstreamResponse(Conn(), asyncio.get_running_loop(), 60.0, None)  # type: ignore[arg-type]
+        response.status = 200
+        response.headers = {"content-type": "text/event-stream"}
+        task = asyncio.ensure_future(call.relay_stream(response, never_disconnects, send))  # type: ignore[arg-type]
+        for event in _events(stream):
+            response._feed(event)
+            await asyncio.sleep(0)
+        response._complete()
+        await task
+        return messages, client.writes
+
+    messages, writes = asyncio.run(scenario())
+    assert messages == ["http.response.start", "http.response.body"]
+    assert writes > 0

@@ -2,10 +2,11 @@
 never shows to the caller."""
 
 import asyncio
+import socket
 
 import pytest
 
-from metering.proxy.upstream import HIGH_WATER, UpstreamClient, UpstreamError
+from metering.proxy.upstream import HIGH_WATER, UpstreamClient, UpstreamError, UpstreamTimeout
 
 
 def test_a_header_that_cannot_be_sent_is_an_upstream_error() -> None:
@@ -44,3 +45,33 @@ def test_a_whole_body_larger_than_the_stream_buffer_is_read_whole() -> None:
             server.close()
 
     assert asyncio.run(scenario()) == body
+
+
+def test_a_connect_that_does_not_complete_in_time_is_an_upstream_timeout() -> None:
+    """A listener whose accept queue is full drops further SYNs: the connect hangs until
+    the client's connect timeout, which is an UpstreamTimeout (not a bare TimeoutError nor
+    a cancellation)."""
+
+    async def scenario() -> None:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        for _ in range(4):  # fill the accept queue (never accepted)
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        await asyncio.sleep(0.05)
+        client = UpstreamClient(connect_timeout=0.3, read_timeout=5)
+        try:
+            with pytest.raises(UpstreamTimeout):
+                await client.post(f"http://127.0.0.1:{port}/v1/x", b"{}", {})
+        finally:
+            await client.close()
+            for filler in fillers:
+                filler.close()
+            listener.close()
+
+    asyncio.run(scenario())
