@@ -90,6 +90,20 @@ def parse_block(block: bytes) -> SseEvent:
     return SseEvent(raw=block + b"\n\n", event=event, data=data)
 
 
+def block_fields(block: bytes) -> tuple[bytes, bytes]:
+    """An event block's (event, data), as `parse_block` reads them; the common one-line
+    `data:` and two-line `event:` + `data:` blocks without its split."""
+    if 10 not in block:  # b"\n"
+        if block.startswith(b"data: "):
+            return b"", block[6:]
+    elif block.startswith(b"event:") and block.count(10) == 1:
+        line, _, rest = block.partition(b"\n")
+        if rest.startswith(b"data: "):
+            return line[6:].strip(), rest[6:]
+    parsed = parse_block(block)
+    return parsed.event, parsed.data
+
+
 def format_event(data: bytes, event: bytes = b"") -> bytes:
     prefix = b"event: " + event + b"\n" if event else b""
     return prefix + b"data: " + data + b"\n\n"
