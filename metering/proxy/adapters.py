@@ -59,6 +59,13 @@ def _loads(data: bytes) -> Any:
         return None
 
 
+# a run of one counted event in its usual form: (its bytes before the data, its newlines)
+_ONE_EVENT = {
+    None: (b"data: ", 2),
+    b"content_block_delta": (b"event: content_block_delta\ndata: ", 3),
+}
+
+
 class StreamTracker:
     """Follows one upstream SSE stream. `feed` returns the bytes to forward (None drops)."""
 
@@ -95,6 +102,15 @@ class StreamTracker:
         """Count the text of a run of complete events as `feed` would: the events named
         `counted` (None: all), each as its scan counts its data (None: decline the run,
         nothing counted)."""
+        # the usual run, one event of the counted kind in its usual form: no split
+        head, newlines = _ONE_EVENT[counted]
+        if events.startswith(head) and events.count(10) == newlines:
+            counts = scan.count(events[len(head) : -2])
+            if counts is None:
+                return False
+            self.text.visible_chars += counts[0]
+            self.text.reasoning_chars += counts[1]
+            return True
         visible = reasoning = 0
         for block in events.split(b"\n\n"):
             if not block:
