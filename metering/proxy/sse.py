@@ -4,7 +4,8 @@ Events are forwarded byte-for-byte unless a tracker rewrites them, so the splitt
 each event's raw block. CRLF framing is normalised to LF (equivalent under the SSE spec).
 
 `take_plain` is the relay's fast path: the complete events of a read, as one run of bytes,
-when a byte scan (`passes`) shows that none of them matters to anyone but the client. It
+when a byte scan (`passes`) shows that none of them matters to anyone but the client (but
+for text counts, which `passes` takes from the bytes). It
 gives exactly the bytes `feed` would have forwarded for them (it declines CR framing and
 empty blocks, which `feed` rewrites or drops), and it scans an event only once it is
 complete, so a marker split across reads is still seen.
