@@ -1,4 +1,5 @@
-"""A paced OpenAI chat-completions streaming upstream for bench/stream_bench.py.
+"""A paced streaming upstream for bench/stream_bench.py: OpenAI chat completions, and
+Anthropic messages with a thinking block.
 
 Lean on purpose (asyncio + uvloop, a raw Protocol, no framework): at 10,000 open streams
 the upstream must not be what the benchmark measures. One timer drives every stream: the
@@ -16,6 +17,14 @@ A stream of `chunks` frames (each one write, one HTTP chunk):
   it (`stream_options.include_usage`), and `data: [DONE]`, in one write.
 The usage reports `completion_tokens` (reasoning + visible) with
 `completion_tokens_details.reasoning_tokens`, as OpenAI does.
+
+A messages stream (POST .../messages) has the same pacing and tokens in Anthropic's events:
+frame 0 is message_start and a thinking block's start, the first half of the deltas are
+thinking_delta (the first text delta's frame also carries the thinking block's
+signature_delta and stop, and the text block's start), the last frame the text block's
+stop, message_delta with the output tokens, and message_stop. Anthropic reports no
+thinking count: a proxy estimates it from the characters, and every token is "tok ", so
+the estimate is exact.
 
 Control endpoints (HTTP, on the same port):
 - POST /_paced/config {"chunks": 50, "interval": 0.2}: pacing of streams started after it;
@@ -91,6 +100,10 @@ class Pacer:
         self.tick_index += 1
         # scheduled from the start time, so a late tick does not shift the whole schedule
         self.loop.call_at(self.start + self.tick_index * TICK, self._tick)
+
+
+def _anthropic_event(name: bytes, payload: bytes) -> bytes:
+    return b"event: " + name + b"\ndata: " + payload + b"\n\n"
 
 
 class Stream:
@@ -173,6 +186,86 @@ class Stream:
         return False
 
 
+class MessagesStream(Stream):
+    """The same pacing and tokens as an Anthropic messages stream with thinking."""
+
+    __slots__ = ()
+
+    def first_frame(self) -> bytes:
+        self.sent = 1
+        return _anthropic_event(
+            b"message_start",
+            b'{"type":"message_start","message":{"id":"msg_paced%d","type":"message",'
+            b'"role":"assistant","content":[],"model":"paced","stop_reason":null,'
+            b'"usage":{"input_tokens":%d,"output_tokens":1}}}' % (self.number, PROMPT_TOKENS),
+        ) + _anthropic_event(
+            b"content_block_start",
+            b'{"type":"content_block_start","index":0,'
+            b'"content_block":{"type":"thinking","thinking":"","signature":""}}',
+        )
+
+    def advance(self) -> bool:
+        conn = self.conn
+        if conn.closed:
+            return False
+        number = self.sent
+        self.sent += 1
+        text = b'"' + b"tok " * self.per_chunk + b'"'
+        thinking = self.reasoning_frames()
+        if number <= thinking:
+            conn.write_chunk(
+                _anthropic_event(
+                    b"content_block_delta",
+                    b'{"type":"content_block_delta","index":0,'
+                    b'"delta":{"type":"thinking_delta","thinking":' + text + b"}}",
+                )
+            )
+            return True
+        if number < self.chunks - 1:
+            frame = b""
+            if number == thinking + 1:
+                frame = (
+                    _anthropic_event(
+                        b"content_block_delta",
+                        b'{"type":"content_block_delta","index":0,"delta":'
+                        b'{"type":"signature_delta","signature":"EqQBCgIYAhIM1gbcDa9GJwZA"}}',
+                    )
+                    + _anthropic_event(
+                        b"content_block_stop", b'{"type":"content_block_stop","index":0}'
+                    )
+                    + _anthropic_event(
+                        b"content_block_start",
+                        b'{"type":"content_block_start","index":1,'
+                        b'"content_block":{"type":"text","text":""}}',
+                    )
+                )
+            frame += _anthropic_event(
+                b"content_block_delta",
+                b'{"type":"content_block_delta","index":1,'
+                b'"delta":{"type":"text_delta","text":' + text + b"}}",
+            )
+            conn.write_chunk(frame)
+            return True
+        reasoning = thinking * self.per_chunk
+        completion = (self.chunks - 2) * self.per_chunk
+        conn.write_chunk(
+            _anthropic_event(b"content_block_stop", b'{"type":"content_block_stop","index":1}')
+            + _anthropic_event(
+                b"message_delta",
+                b'{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},'
+                b'"usage":{"output_tokens":%d}}' % completion,
+            )
+            + _anthropic_event(b"message_stop", b'{"type":"message_stop"}')
+        )
+        conn.finish()
+        totals = self.totals
+        totals.completed += 1
+        totals.prompt_tokens += PROMPT_TOKENS
+        totals.completion_tokens += completion
+        totals.reasoning_tokens += reasoning
+        return False
+
+
 class Upstream(asyncio.Protocol):
     """One HTTP/1.1 connection: keep-alive, Content-Length request bodies."""
 
@@ -236,7 +329,8 @@ class Upstream(asyncio.Protocol):
         if path == "/v1/models":
             self.respond("200 OK", {"object": "list", "data": []})
             return
-        if not (method == "POST" and path.endswith("/chat/completions")):
+        messages = path.endswith("/messages")
+        if not (method == "POST" and (messages or path.endswith("/chat/completions"))):
             self.respond("404 Not Found", {"error": {"message": "not found"}})
             return
         request = json.loads(body)
@@ -249,7 +343,8 @@ class Upstream(asyncio.Protocol):
         if totals is None:
             totals = pacer.totals[model] = Totals()
         totals.started += 1
-        stream = Stream(self, model, pacer.chunks, options.get("include_usage") is True, totals)
+        kind = MessagesStream if messages else Stream
+        stream = kind(self, model, pacer.chunks, options.get("include_usage") is True, totals)
         self.busy = True
         assert self.transport is not None
         first = stream.first_frame()

@@ -5,8 +5,9 @@ Python pass-through (bench/bare_passthrough.py) under the same load, in one run.
     make bench-stream     # or: .venv/bin/python bench/stream_bench.py
                           #     [--streams 2000,10000 --rounds 3 --chunks 50 --interval 0.2]
 
-The upstream is bench/paced_upstream.py: OpenAI chat-completions streams of `--chunks`
-frames (one write each) at `--interval` seconds apart (default: streams / 10,000 s, at
+The upstream is bench/paced_upstream.py: OpenAI chat-completions streams (with `--provider
+anthropic`, Anthropic messages streams with a thinking block) of `--chunks` frames (one
+write each) at `--interval` seconds apart (default: streams / 10,000 s, at
 least 0.2 s, so the aggregate stays near 10,000 chunks/s). The client is a raw asyncio
 Protocol in this process; streams open at `--ramp` per second. Each round starts a fresh
 server process per target (Reckon, then bare; the order reverses every other round), warms
@@ -161,6 +162,7 @@ class Load:
         self.expected = 0
         self.connect_failures = 0
         self.stream_failures = 0
+        self.end = STREAM_END["chat"]
 
 
 class Stream(asyncio.Protocol):
@@ -232,8 +234,8 @@ class Stream(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.status != 200:
             self._end(f"HTTP {self.status}: {self.error_body[:300]!r}")
-        elif b"data: [DONE]\n\n" not in self.tail:
-            self._end("stream ended without data: [DONE]")
+        elif self.load.end not in self.tail:
+            self._end(f"stream ended without {self.load.end!r}")
         else:
             self._end(None)
 
@@ -259,6 +261,27 @@ class Stream(asyncio.Protocol):
             load.failed.append("direct probe: " + error)
         if self.transport is not None:
             self.transport.close()
+
+
+def messages_request(host: str, port: int, model: str, key: str) -> bytes:
+    body = json.dumps(
+        {
+            "model": model,
+            "max_tokens": 4096,
+            "thinking": {"type": "enabled", "budget_tokens": 2048},
+            "messages": [{"role": "user", "content": "Think it through, then answer."}],
+            "stream": True,
+        }
+    ).encode()
+    return (
+        b"POST /v1/messages HTTP/1.1\r\nHost: %s:%d\r\nx-api-key: %s\r\n"
+        b"anthropic-version: 2023-06-01\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (host.encode(), port, key.encode(), len(body), body)
+    )
+
+
+# what a complete stream ends with, by the request it answers
+STREAM_END = {"chat": b"data: [DONE]\n\n", "messages": b'data: {"type":"message_stop"}\n\n'}
 
 
 def chat_request(host: str, port: int, model: str, key: str) -> bytes:
@@ -337,11 +360,17 @@ async def drive(
     upstream_port: int,
     upstream_pid: int,
     settle: Callable[[], None],
+    anthropic: bool = False,
 ) -> None:
-    """Open `streams` paced streams through the phase's server, measure, wait for the end."""
+    """Open `streams` paced streams through the phase's server, measure, wait for the end
+    (Anthropic messages streams with `anthropic`; the direct probes are chat streams)."""
     load = Load()
     load.expected = streams
-    request = chat_request(phase.host, phase.port, phase.model, phase.key)
+    if anthropic:
+        load.end = STREAM_END["messages"]
+        request = messages_request(phase.host, phase.port, phase.model, phase.key)
+    else:
+        request = chat_request(phase.host, phase.port, phase.model, phase.key)
     probe_request = chat_request(PROBE_UPSTREAM_HOST, upstream_port, PROBE_MODEL, "probe")
     pid = phase.pid
     tasks: set[asyncio.Task[None]] = set()
@@ -616,9 +645,10 @@ def main() -> None:
     parser.add_argument("--no-bare", action="store_true", help="skip the bare pass-through")
     parser.add_argument(
         "--provider",
-        choices=["openai", "openai-compatible"],
+        choices=["openai", "openai-compatible", "anthropic"],
         default="openai",
-        help="the route's provider (openai-compatible: Reckon also counts the streamed text)",
+        help="the route's provider (openai-compatible: Reckon also counts the streamed text; "
+        "anthropic: messages streams with a thinking block, whose text Reckon counts)",
     )
     parser.add_argument(
         "--baseline",
@@ -771,6 +801,7 @@ def run_phase(rig: Rig, name: str, point: Point, source: str) -> Phase:
                 upstream_port=rig.upstream_port,
                 upstream_pid=rig.upstream_pid,
                 settle=lambda: None,
+                anthropic=rig.args.provider == "anthropic",
             )
         )
         if warm.failures:
@@ -800,6 +831,7 @@ def run_phase(rig: Rig, name: str, point: Point, source: str) -> Phase:
                 upstream_port=rig.upstream_port,
                 upstream_pid=rig.upstream_pid,
                 settle=settle,
+                anthropic=rig.args.provider == "anthropic",
             )
         )
         if name != "bare":
@@ -908,8 +940,9 @@ def report(point: Point, targets: list[str], baseline_sha: str, provider: str = 
         for mismatch in point.mismatches:
             print(f"MISMATCH: {mismatch}")
         return 1
+    end = "message_stop" if provider == "anthropic" else "data: [DONE]"
     print(
-        f"records: every stream through Reckon saw data: [DONE] and the ledger gained exactly "
+        f"records: every stream through Reckon saw {end} and the ledger gained exactly "
         f"{point.streams} records a round, tokens equal to the upstream's"
     )
     return 0

@@ -13,7 +13,8 @@ from typing import Any
 import orjson
 
 from metering.models import Route, UsageRecord
-from metering.proxy.sse import SseEvent, format_event
+from metering.proxy.sse import SseEvent, block_fields, format_event
+from metering.proxy.textscan import TextScan
 from metering.usage import (
     TextCounts,
     TokenUsage,
@@ -58,10 +59,25 @@ def _loads(data: bytes) -> Any:
         return None
 
 
+# a run of one counted event in its usual form: (its bytes before the data, its newlines)
+_ONE_EVENT = {
+    None: (b"data: ", 2),
+    b"content_block_delta": (b"event: content_block_delta\ndata: ", 3),
+}
+
+
 class StreamTracker:
     """Follows one upstream SSE stream. `feed` returns the bytes to forward (None drops)."""
 
-    __slots__ = ("terminal", "first_output_seen", "errored", "response_id", "text", "count_text")
+    __slots__ = (
+        "terminal",
+        "first_output_seen",
+        "errored",
+        "response_id",
+        "text",
+        "count_text",
+        "scan",
+    )
 
     def __init__(self, *, count_text: bool) -> None:
         self.terminal = False  # the event just fed ends the stream: commit before forwarding
@@ -70,15 +86,46 @@ class StreamTracker:
         self.response_id = ""
         self.count_text = count_text
         self.text = TextCounts()
+        self.scan: TextScan | None = None  # made once the fast path counts text
 
     def feed(self, event: SseEvent) -> bytes | None:  # pragma: no cover - interface
         raise NotImplementedError
 
     def passes(self, events: bytes) -> bool:
         """True if `feed` would forward each of these complete events as it is and learn
-        nothing from them (a byte scan, no JSON parse): the relay may then send them on
-        without splitting them. False is always safe (they are fed one by one)."""
+        nothing from them but text counts, which are then counted (a byte scan, see
+        metering.proxy.textscan): the relay may send them on without feeding them. False
+        is always safe and changes nothing (they are fed one by one)."""
         return False
+
+    def _count_run(self, events: bytes, scan: TextScan, counted: bytes | None) -> bool:
+        """Count the text of a run of complete events as `feed` would: the events named
+        `counted` (None: all), each as its scan counts its data (None: decline the run,
+        nothing counted)."""
+        # the usual run, one event of the counted kind in its usual form: no split
+        head, newlines = _ONE_EVENT[counted]
+        if events.startswith(head) and events.count(10) == newlines:
+            counts = scan.count(events[len(head) : -2])
+            if counts is None:
+                return False
+            self.text.visible_chars += counts[0]
+            self.text.reasoning_chars += counts[1]
+            return True
+        visible = reasoning = 0
+        for block in events.split(b"\n\n"):
+            if not block:
+                continue
+            name, data = block_fields(block)
+            if counted is not None and name != counted:
+                continue
+            counts = scan.count(data)
+            if counts is None:
+                return False
+            visible += counts[0]
+            reasoning += counts[1]
+        self.text.visible_chars += visible
+        self.text.reasoning_chars += reasoning
+        return True
 
     def outcome(self, *, completed: bool) -> Outcome:  # pragma: no cover - interface
         raise NotImplementedError
@@ -105,6 +152,43 @@ def _has_output(data: bytes) -> bool:
                 return True
             at = data.find(key, at + len(key))
     return False
+
+
+def _choice_counts(choices: list[Any]) -> tuple[int, int, bool]:
+    """A chunk's (visible, reasoning) characters, and whether any delta has output."""
+    visible = reasoning_chars = 0
+    output = False
+    for choice in choices:
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if not isinstance(delta, dict):
+            continue
+        content = delta.get("content")
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        if content or reasoning:
+            output = True
+        visible += _text_len(content)
+        reasoning_chars += _text_len(reasoning)
+    return visible, reasoning_chars, output
+
+
+def _chunk_text(data: bytes) -> tuple[int, int] | None:
+    """What a text-counting `feed` learns from a chunk once it has the id and the first
+    output: its (visible, reasoning) characters; None if it learns more (usage, error)."""
+    chunk = _loads(data)
+    if not isinstance(chunk, dict):
+        return 0, 0
+    if "error" in chunk and "choices" not in chunk:
+        return None
+    if isinstance(chunk.get("usage"), dict):
+        return None
+    choices = chunk.get("choices")
+    if not isinstance(choices, list):
+        return 0, 0
+    visible, reasoning, _ = _choice_counts(choices)
+    return visible, reasoning
+
+
+_CHAT_TEXT_KEYS = (b'"reasoning_content":"', b'"content":"', b'"reasoning":"')
 
 
 class ChatStreamTracker(StreamTracker):
@@ -149,27 +233,27 @@ class ChatStreamTracker(StreamTracker):
 
     def passes(self, events: bytes) -> bool:
         # feed's own test, on the run of events: no [DONE], no usage but null ones, and
-        # nothing left to learn (the id, the first output, text counts)
-        return (
+        # nothing left to learn but text counts (the id, the first output are known)
+        if not (
             self.first_output_seen
-            and bool(self.response_id)
-            and not self.count_text
+            and self.response_id
             and b"[DONE]" not in events
             and events.count(b'"usage"') == events.count(b'"usage":null')
-        )
+        ):
+            return False
+        if not self.count_text:
+            return True
+        if self.scan is None:
+            self.scan = TextScan(_chunk_text, _CHAT_TEXT_KEYS)
+        return self._count_run(events, self.scan, None)
 
     def _observe_choices(self, choices: list[Any]) -> None:
-        for choice in choices:
-            delta = choice.get("delta") if isinstance(choice, dict) else None
-            if not isinstance(delta, dict):
-                continue
-            content = delta.get("content")
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if content or reasoning:
-                self.first_output_seen = True
-            if self.count_text:
-                self.text.visible_chars += _text_len(content)
-                self.text.reasoning_chars += _text_len(reasoning)
+        visible, reasoning, output = _choice_counts(choices)
+        if output:
+            self.first_output_seen = True
+        if self.count_text:
+            self.text.visible_chars += visible
+            self.text.reasoning_chars += reasoning
 
     def outcome(self, *, completed: bool) -> Outcome:
         usage = usage_from_openai_chat(self.usage, self.text if self.count_text else None)
@@ -269,6 +353,18 @@ def responses_outcome(body: Any, *, count_text: bool) -> Outcome:
 # --- Anthropic messages ------------------------------------------------------------
 
 
+def _message_delta_text(data: bytes) -> tuple[int, int]:
+    """A content_block_delta's (visible, reasoning) characters: text and thinking."""
+    payload = _loads(data)
+    delta = payload.get("delta") if isinstance(payload, dict) else None
+    if not isinstance(delta, dict):
+        return 0, 0
+    return _text_len(delta.get("text")), _text_len(delta.get("thinking"))
+
+
+_MESSAGES_TEXT_KEYS = (b'"thinking":"', b'"text":"')
+
+
 class MessagesStreamTracker(StreamTracker):
     __slots__ = ("start_usage", "delta_usage", "thinking_seen")
 
@@ -283,11 +379,9 @@ class MessagesStreamTracker(StreamTracker):
         if name == b"content_block_delta":
             self.first_output_seen = True
             if self.thinking_seen:  # text counts only matter to estimate thinking
-                payload = _loads(event.data)
-                delta = payload.get("delta") if isinstance(payload, dict) else None
-                if isinstance(delta, dict):
-                    self.text.reasoning_chars += _text_len(delta.get("thinking"))
-                    self.text.visible_chars += _text_len(delta.get("text"))
+                visible, reasoning = _message_delta_text(event.data)
+                self.text.visible_chars += visible
+                self.text.reasoning_chars += reasoning
         elif name == b"content_block_start":
             if b'"thinking"' in event.data or b'"redacted_thinking"' in event.data:
                 self.thinking_seen = True
@@ -309,15 +403,21 @@ class MessagesStreamTracker(StreamTracker):
         return event.raw
 
     def passes(self, events: bytes) -> bool:
-        # message_start, message_delta and message_stop all name "message_"; once a
-        # thinking block is seen every delta's text is counted
-        return (
+        # message_start, message_delta and message_stop all name "message_"; what is left
+        # (deltas, pings, block stops) changes nothing but, once a thinking block is seen,
+        # the text counts of the deltas
+        if not (
             self.first_output_seen
-            and not self.thinking_seen
             and b"message_" not in events
             and b"content_block_start" not in events
             and b"error" not in events
-        )
+        ):
+            return False
+        if not self.thinking_seen:
+            return True
+        if self.scan is None:
+            self.scan = TextScan(_message_delta_text, _MESSAGES_TEXT_KEYS)
+        return self._count_run(events, self.scan, b"content_block_delta")
 
     def outcome(self, *, completed: bool) -> Outcome:
         raw = merge_anthropic_stream_usage(self.start_usage, self.delta_usage)

@@ -4,7 +4,8 @@ Events are forwarded byte-for-byte unless a tracker rewrites them, so the splitt
 each event's raw block. CRLF framing is normalised to LF (equivalent under the SSE spec).
 
 `take_plain` is the relay's fast path: the complete events of a read, as one run of bytes,
-when a byte scan (`passes`) shows that none of them matters to anyone but the client. It
+when a byte scan (`passes`) shows that none of them matters to anyone but the client (but
+for text counts, which `passes` takes from the bytes). It
 gives exactly the bytes `feed` would have forwarded for them (it declines CR framing and
 empty blocks, which `feed` rewrites or drops), and it scans an event only once it is
 complete, so a marker split across reads is still seen.
@@ -88,6 +89,20 @@ def parse_block(block: bytes) -> SseEvent:
             event = line[6:].strip()
     data = data_lines[0] if len(data_lines) == 1 else b"\n".join(data_lines)
     return SseEvent(raw=block + b"\n\n", event=event, data=data)
+
+
+def block_fields(block: bytes) -> tuple[bytes, bytes]:
+    """An event block's (event, data), as `parse_block` reads them; the common one-line
+    `data:` and two-line `event:` + `data:` blocks without its split."""
+    if 10 not in block:  # b"\n"
+        if block.startswith(b"data: "):
+            return b"", block[6:]
+    elif block.startswith(b"event:") and block.count(10) == 1:
+        line, _, rest = block.partition(b"\n")
+        if rest.startswith(b"data: "):
+            return line[6:].strip(), rest[6:]
+    parsed = parse_block(block)
+    return parsed.event, parsed.data
 
 
 def format_event(data: bytes, event: bytes = b"") -> bytes:

@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import anthropic
 import openai
 import pytest
 
@@ -90,4 +91,35 @@ def test_paced_stream_reads_with_the_openai_sdk_and_matches_the_totals(upstream:
         "prompt_tokens": sum(u.prompt_tokens for u in usages),
         "completion_tokens": sum(u.completion_tokens for u in usages),
         "reasoning_tokens": sum(u.completion_tokens_details.reasoning_tokens for u in usages),
+    }
+
+
+@pytest.mark.e2e
+def test_paced_messages_stream_reads_with_the_anthropic_sdk_and_matches_the_totals(
+    upstream: str,
+) -> None:
+    """A thinking block, then a text block; the output tokens are the totals', and the
+    thinking tokens are in proportion to the thinking characters (what a proxy estimates)."""
+    post(upstream + "/_paced/config", {"chunks": 8, "interval": 0.01})
+    client = anthropic.Anthropic(base_url=upstream, api_key="unused")
+    with client.messages.stream(
+        model="paced-messages",
+        max_tokens=100,
+        messages=[{"role": "user", "content": "hi"}],
+        thinking={"type": "enabled", "budget_tokens": 50},
+    ) as stream:
+        message = stream.get_final_message()
+    assert [block.type for block in message.content] == ["thinking", "text"]
+    thinking, text = message.content[0].thinking, message.content[1].text  # type: ignore[union-attr]
+    # 6 deltas, 3 of each, every token "tok "
+    assert len(thinking) == len(text) and thinking.count("tok ") * 4 == len(thinking)
+    assert message.usage.output_tokens == 2 * thinking.count("tok ")
+    with urllib.request.urlopen(upstream + "/_paced/totals", timeout=10) as response:
+        totals = json.loads(response.read())["paced-messages"]
+    assert totals == {
+        "started": 1,
+        "completed": 1,
+        "prompt_tokens": message.usage.input_tokens,
+        "completion_tokens": message.usage.output_tokens,
+        "reasoning_tokens": thinking.count("tok "),
     }

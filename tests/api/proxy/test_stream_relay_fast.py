@@ -84,16 +84,46 @@ MESSAGES_STREAM = (
     b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
 )
 
+# a counted reasoning stream (no reasoning count in its usage: it is estimated from the
+# characters): unicode, escapes, empty deltas and other layouts
+COUNTED_STREAM = (
+    CHAT_STREAM.replace(b'"content":"tok1 ', b'"reasoning_content":"\xc3\xa9\xe2\x82\xac ')
+    .replace(b'"content":"tok2 ', b'"reasoning_content":"a\\n\\"b\\u00e9')
+    .replace(b'"content":"tok3 ', b'"reasoning_content":"')
+    .replace(b'"content":"tok4 ', b'"content":null,"reasoning_content":"\xf0\x9f\x98\x80')
+    .replace(b'"content":"tok5 ', b'"reasoning":"r')
+).replace(b',"completion_tokens_details":{"reasoning_tokens":4}', b"")
+
+# Anthropic with a thinking block: its deltas and the text's are counted
+THINKING_STREAM = MESSAGES_STREAM.replace(
+    b'"content_block":{"type":"text"}}\n\n',
+    b'"content_block":{"type":"thinking","thinking":""}}\n\n'
+    + b"".join(
+        b"event: content_block_delta\n"
+        b'data: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"thinking_delta","thinking":"%s"}}\n\n' % text
+        for text in (b"hm ", b"\xc3\xbc\xc3\xb1 ", b"", b"line\none", b"x" * 40)
+    )
+    + b"event: content_block_delta\n"
+    b'data: {"type":"content_block_delta","index":0,'
+    b'"delta":{"type":"signature_delta","signature":"EqQBCgIYAhIM1gbcDa9GJwZA=="}}\n\n'
+    b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
+    b"event: content_block_start\n"
+    b'data: {"type":"content_block_start","index":1,"content_block":{"type":"text"}}\n\n',
+)
+
 # name: (endpoint, provider, hide_usage, upstream bytes)
 STREAMS: dict[str, tuple[Endpoint, str, bool, bytes]] = {
     "chat": (CHAT, "openai", False, CHAT_STREAM),
     "chat-usage-hidden": (CHAT, "openai", True, CHAT_STREAM),
     "chat-crlf": (CHAT, "openai", True, CHAT_STREAM.replace(b"\n", b"\r\n")),
     "chat-text-counted": (CHAT, "openai-compatible", True, CHAT_STREAM),
+    "chat-reasoning-counted": (CHAT, "openai-compatible", True, COUNTED_STREAM),
     "chat-error": (CHAT, "openai", False, CHAT_ERROR_STREAM),
     "chat-reasoning": (CHAT, "openai", True, REASONING_STREAM),
     "responses": (RESPONSES, "openai", False, RESPONSES_STREAM),
     "messages": (MESSAGES, "anthropic", False, MESSAGES_STREAM),
+    "messages-thinking": (MESSAGES, "anthropic", False, THINKING_STREAM),
 }
 # what differs between two runs of one call: its id, and the clock
 VARYING = {"request_id", "latency_us", "ttft_us", "started_at", "finished_at"}
@@ -248,6 +278,14 @@ def test_any_chunking_of_a_text_counted_stream_gives_the_same_bytes_and_record()
     _property("chat-text-counted")
 
 
+def test_any_chunking_of_a_counted_reasoning_stream_gives_the_same_bytes_and_record() -> None:
+    _property("chat-reasoning-counted")
+
+
+def test_any_chunking_of_a_thinking_stream_gives_the_same_bytes_and_record() -> None:
+    _property("messages-thinking")
+
+
 def test_any_chunking_of_a_stream_with_an_error_gives_the_same_bytes_and_record() -> None:
     _property("chat-error")
 
@@ -269,7 +307,16 @@ def _events(stream: bytes) -> list[bytes]:
 
 
 def test_plain_events_read_one_at_a_time_take_the_fast_path() -> None:
-    for name in ("chat", "chat-usage-hidden", "chat-reasoning", "responses", "messages"):
+    for name in (
+        "chat",
+        "chat-usage-hidden",
+        "chat-reasoning",
+        "chat-text-counted",
+        "chat-reasoning-counted",
+        "responses",
+        "messages",
+        "messages-thinking",
+    ):
         reads = _events(STREAMS[name][3])
         body, row, writes = relay(name, reads, [2] * len(reads), fast=True)
         assert (body, row) == reference(name), name
@@ -278,11 +325,19 @@ def test_plain_events_read_one_at_a_time_take_the_fast_path() -> None:
         assert writes >= len(reads) - 6, (name, writes, len(reads))
 
 
+def test_counted_streams_count_what_the_task_path_counts() -> None:
+    """Their records estimate reasoning from the counted characters: the fast path's
+    counts (compared whole above) are the right ones."""
+    _, row = reference("chat-reasoning-counted")
+    # 10 reasoning characters ("é€ ", 'a\n"bé', "", "😀", "r") of 51: 14 * 10 / 51 -> 3
+    assert (row["output_tokens"], row["reasoning_tokens"]) == (11, 3)
+    _, row = reference("messages-thinking")
+    # 54 thinking characters ("hm ", "üñ ", "", "line\none", 40 "x") of 84: 11 * 54 / 84 -> 7
+    assert (row["output_tokens"], row["reasoning_tokens"]) == (4, 7)
+
+
 def test_events_that_matter_never_take_the_fast_path() -> None:
-    """A text-counted stream needs every event parsed; an error event is hidden."""
-    reads = _events(CHAT_STREAM)
-    _, _, writes = relay("chat-text-counted", reads, [2] * len(reads), fast=True)
-    assert writes == 0
+    """An error event is hidden."""
     body, row, _ = relay("chat-error", _events(CHAT_ERROR_STREAM), [2] * 16, fast=True)
     assert b"10.0.0.7" not in body and b"upstream_error" in body
     assert row["status"] == Status.UPSTREAM_ERROR
