@@ -639,13 +639,19 @@ class TtlCache(Generic[K, V]):
             ):
                 # Refresh ahead: the entry is still good, so this call does not wait; the
                 # next calls find the new value before the entry expires.
-                self._load(key, now)
+                try:
+                    self._load(key, now)
+                except RuntimeError:  # the lookup executor is shut down: stopping
+                    pass
             return entry[1]
         future = self._loading.get(key)
         if future is None:
             if self._held_back(key, now):
                 return self._stale(key, entry, now, None)
-            future = self._load(key, now)
+            try:
+                future = self._load(key, now)
+            except RuntimeError as exc:  # the lookup executor is shut down: stopping
+                return self._stale(key, entry, now, exc)
         try:
             return await asyncio.wait_for(asyncio.shield(future), self._load_timeout)
         except Exception as exc:  # noqa: BLE001 - any failed load: stale or unavailable
@@ -665,6 +671,7 @@ class TtlCache(Generic[K, V]):
             self._key_failing[key] = until  # this key's data: only its loads wait
 
     def _load(self, key: K, started: float) -> "asyncio.Future[V]":
+        """Raises RuntimeError once the executor is shut down (the server stopping)."""
         future = asyncio.get_running_loop().run_in_executor(self._executor, self._loader, key)
         self._loading[key] = future
         future.add_done_callback(lambda done: self._loaded(key, started, done))
