@@ -190,13 +190,16 @@ def credits_of(account_ids: Iterable[int], *, for_update: bool = False) -> list[
     """Every credit of these accounts with what remains of it, in drawing order (those
     expiring first, then the oldest)."""
     ids = list(account_ids)
-    entries = BalanceEntry.objects.filter(account_id__in=ids, kind__in=BalanceEntry.CREDIT_KINDS)
-    if for_update:
-        locked = list(entries.select_for_update().values_list("pk", flat=True))
-        rows = list(_credit_rows(BalanceEntry.objects.filter(pk__in=locked)))  # unlocked
-    elif len(ids) == 1:
+    if len(ids) == 1 and not for_update:
         rows = _account_credits.rows(ids[0])
     else:
+        entries = BalanceEntry.objects.filter(
+            account_id__in=ids, kind__in=BalanceEntry.CREDIT_KINDS
+        )
+        if for_update:  # lock, then aggregate unlocked
+            entries = BalanceEntry.objects.filter(
+                pk__in=list(entries.select_for_update().values_list("pk", flat=True))
+            )
         rows = list(_credit_rows(entries))
     credits = [
         Credit(

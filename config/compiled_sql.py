@@ -22,18 +22,26 @@ from typing import Any
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.models import QuerySet
 
-# Sentinel values for a query's slots, one per argument (distinct values of each type, so
-# no constant of a real query is taken for one).
+# Sentinel values for a query's slots, one per argument (values no real query uses as a
+# constant; two slots of one type need two values: `int_slots`, `str_slots`).
 UUID_SLOT = uuid.UUID("5107e11e-0000-4000-8000-5107e11e0001")
 DATETIME_SLOT = datetime(1, 1, 1, 0, 0, 0, 314159, tzinfo=UTC)
 INT_SLOT = -7_301_999_001
 STR_SLOT = "\x00slot"
 
 
+def int_slots(count: int) -> list[int]:
+    return [INT_SLOT - i for i in range(count)]
+
+
+def str_slots(count: int) -> list[str]:
+    return [f"{STR_SLOT}{i}" for i in range(count)]
+
+
 class CompiledQuery:
     """`build(*args)` (a values_list queryset) compiled once per process: `rows(*args)`
-    is `list(build(*args))`. `slots` are sentinel values of the arguments' types (a
-    type at most once: `*_SLOT` above); each must reach the SQL as a parameter."""
+    is `list(build(*args))`. `slots` are distinct sentinel values of the arguments'
+    types (above); each must reach the SQL as a parameter (one or more times)."""
 
     def __init__(self, build: Callable[..., "QuerySet[Any, tuple[Any, ...]]"], *slots: object):
         self._build = build
