@@ -234,10 +234,12 @@ def available_at(credits: list[Credit], at: datetime) -> Decimal:
     )
 
 
+# An invoice that counts for the watermark: numbered, not void.
+_INVOICED = Q(number__isnull=False) & ~Q(status=Invoice.Status.VOID)
+
 _invoiced_through = CompiledQuery(
     lambda tenant_id: (
-        Invoice.objects.filter(tenant_id=tenant_id, number__isnull=False)
-        .exclude(status=Invoice.Status.VOID)
+        Invoice.objects.filter(_INVOICED, tenant_id=tenant_id)
         .values("tenant_id")
         .annotate(end=Max("period_end"))
         .order_by()
@@ -293,12 +295,19 @@ _hard_stop_account = CompiledQuery(
 
 def balance_terms(tenant_id: uuid.UUID) -> BalanceTerms | None:
     """The balance as the proxy holds calls against it (None: no balance that stops calls).
-    Same read order as `balance_state`; the use since the watermark loads lazily."""
+    Same read order as `balance_state` (the watermark, then the credits); the use since
+    the watermark loads lazily.
+
+    The epoch names the pair (watermark, credits) the proxy's counter for the balance is
+    built on. It changes whenever a close or a void moves either, and never comes back to
+    an earlier value (ids and void counts only grow), so a counter built on an old pair is
+    never reused. It is read with the watermark (one statement) and the last draw."""
     account = _hard_stop_account.first(tenant_id)
     if account is None:
         return None
-    epoch = balance_epoch(tenant_id, account[0])
-    watermark = invoiced_through(tenant_id)
+    last_invoice, voided, watermark = _invoices_seen.first(tenant_id) or (None, 0, None)
+    last_draw = _last_draw.first(account[0])
+    epoch = f"{last_invoice or 0}.{voided}.{(last_draw and last_draw[0]) or 0}"
     available = available_at(credits_of([account[0]]), timezone.now())
     return BalanceTerms(
         available=available,
@@ -307,13 +316,18 @@ def balance_terms(tenant_id: uuid.UUID) -> BalanceTerms | None:
     )
 
 
+# The tenant's last invoice, how many are void, and the watermark (`invoiced_through`).
 _invoices_seen = CompiledQuery(
     lambda tenant_id: (
         Invoice.objects.filter(tenant_id=tenant_id)
         .values("tenant_id")
-        .annotate(last=Max("pk"), voided=Count("pk", filter=Q(status=Invoice.Status.VOID)))
+        .annotate(
+            last=Max("pk"),
+            voided=Count("pk", filter=Q(status=Invoice.Status.VOID)),
+            end=Max("period_end", filter=_INVOICED),
+        )
         .order_by()
-        .values_list("last", "voided")
+        .values_list("last", "voided", "end")
     ),
     UUID_SLOT,
 )
@@ -329,16 +343,6 @@ _last_draw = CompiledQuery(
     ),
     INT_SLOT,
 )
-
-
-def balance_epoch(tenant_id: uuid.UUID, account_id: int) -> str:
-    """Names the pair (watermark, credits) the proxy's counter for the balance is built
-    on. It changes whenever a close or a void moves either, and never comes back to an
-    earlier value (ids and void counts only grow), so a counter built on an old pair is
-    never reused."""
-    last_invoice, voided = _invoices_seen.first(tenant_id) or (None, 0)
-    last_draw = _last_draw.first(account_id)
-    return f"{last_invoice or 0}.{voided}.{(last_draw and last_draw[0]) or 0}"
 
 
 # --- invoices draw on credits ------------------------------------------------------------

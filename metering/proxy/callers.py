@@ -37,7 +37,7 @@ from decimal import Decimal
 from operator import attrgetter
 from typing import Generic, NamedTuple, TypeVar
 
-from django.db import InterfaceError, OperationalError, close_old_connections
+from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, close_old_connections
 from django.db.models import F, FilteredRelation, Q, QuerySet
 from django.utils import timezone
 
@@ -420,12 +420,11 @@ def tenant_part_load(tenant_id: uuid.UUID, *, read_at: float) -> TenantPart:
     """What every key of the tenant shares, read now."""
     by_alias: dict[str, list[Route]] = {}
     alias_of: dict[str, Alias] = {}
+    split = len(_ROUTE_FIELDS)
     for row in _tenant_targets.rows(tenant_id):
-        route = Route(**dict(zip(_ROUTE_FIELDS, row, strict=False)))
+        route = Route.from_db(DEFAULT_DB_ALIAS, _ROUTE_FIELDS, row[:split])
         if route.alias_id not in alias_of:
-            alias_of[route.alias_id] = Alias(
-                **dict(zip(_ALIAS_FIELDS, row[len(_ROUTE_FIELDS) :], strict=True))
-            )
+            alias_of[route.alias_id] = Alias.from_db(DEFAULT_DB_ALIAS, _ALIAS_FIELDS, row[split:])
         by_alias.setdefault(route.alias_id, []).append(route)
     targets = [route for routes in by_alias.values() for route in routes]
     aliases = list(by_alias)
