@@ -10,8 +10,9 @@ the sentinel values stood, so the rows are what the queryset would give.
 Only on PostgreSQL, where Django passes a UUID, datetime, int or str parameter to the
 driver as it is (the sentinel is found by equality among the compiled parameters); on
 another database (SQLite, the embedded mode) every call runs the queryset itself. The
-connection is the calling thread's, resolved at each call: nothing of the thread that
-compiled the query is kept.
+database is the one the router names for the queryset's model at each call (the SQL is
+the same on the primary and a replica), and the connection the calling thread's: nothing
+of the thread that compiled the query is kept.
 """
 
 import uuid
@@ -19,8 +20,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, connections
-from django.db.models import QuerySet
+from django.db import DEFAULT_DB_ALIAS, connections, router
+from django.db.models import Model, QuerySet
 
 # Sentinel values for a query's slots, one per argument (values no real query uses as a
 # constant; two slots of one type need two values: `int_slots`, `str_slots`).
@@ -47,9 +48,10 @@ class CompiledQuery:
         self._build = build
         self._slots = slots
         self._compiled: tuple[str, list[Any], list[list[int]], list[Any]] | None = None
+        self._model: type[Model] | None = None
 
-    def _compile(self) -> tuple[str, list[Any], list[list[int]], list[Any]]:
-        compiler = self._build(*self._slots).query.get_compiler(using=DEFAULT_DB_ALIAS)
+    def _compile(self, using: str) -> tuple[str, list[Any], list[list[int]], list[Any]]:
+        compiler = self._build(*self._slots).query.get_compiler(using=using)
         sql, params = compiler.as_sql()
         positions = [[i for i, p in enumerate(params) if p == slot] for slot in self._slots]
         if not all(positions):
@@ -61,11 +63,14 @@ class CompiledQuery:
         return sql, list(params), positions, list(converters.items())
 
     def rows(self, *args: object) -> list[tuple[Any, ...]]:
-        connection = connections[DEFAULT_DB_ALIAS]
+        if self._model is None:
+            self._model = self._build(*self._slots).model
+        using = router.db_for_read(self._model) or DEFAULT_DB_ALIAS  # as the queryset would
+        connection = connections[using]
         if connection.vendor != "postgresql":
             return list(self._build(*args))
         if self._compiled is None:
-            self._compiled = self._compile()
+            self._compiled = self._compile(using)
         sql, params, positions, converters = self._compiled
         params = params.copy()
         for arg, at in zip(args, positions, strict=True):

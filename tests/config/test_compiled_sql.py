@@ -13,12 +13,15 @@ from django.db.models.sql.compiler import SQLCompiler
 
 from config.compiled_sql import (
     DATETIME_SLOT,
+    STR_SLOT,
     UUID_SLOT,
     CompiledQuery,
     int_slots,
     str_slots,
 )
-from metering.models import Alias, ReasoningPolicy, SpendLimit
+from config.db_router import reporting_reads
+from metering.models import Alias, ReasoningPolicy, SpendLimit, Tenant
+from tests.api.test_replica_reads import needs_replica, on_replica
 from tests.factories import ApiKeyFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -88,3 +91,17 @@ def test_a_slot_missing_from_the_sql_is_refused() -> None:
     query = CompiledQuery(lambda tenant_id: Alias.objects.values_list("name"), UUID_SLOT)
     with pytest.raises(ValueError, match="not a parameter"):
         query.rows(UUID_SLOT)
+
+
+@needs_replica
+@pytest.mark.django_db(transaction=True, databases=["default", "replica"])
+def test_a_reporting_read_goes_where_the_router_sends_its_queryset(settings) -> None:  # type: ignore[no-untyped-def]
+    settings.RECKON_REPLICA_READS = True
+    on_replica(Tenant(name="replica-only"))
+    query = CompiledQuery(
+        lambda name: Tenant.objects.filter(name=name).values_list("name"), STR_SLOT
+    )
+    assert query.rows("replica-only") == []  # the primary
+    with reporting_reads():
+        assert query.rows("replica-only") == [("replica-only",)]
+    assert query.rows("replica-only") == []
