@@ -2,7 +2,7 @@
 
 Every server process keeps its own short-lived cache (RECKON_AUTH_CACHE_SECONDS, default
 2 s) and reloads from the database before an entry expires (in the background, once the
-entry is half its age limit: a key in use never waits on the database), so a revoked key,
+entry is 3/4 of its age limit: a key in use never waits on the database), so a revoked key,
 a removed alias or a changed route takes effect on every process within that bound,
 without any cross-process invalidation channel to lose messages. Unknown keys are cached too (as
 misses), so guessing keys does not turn into database load.
