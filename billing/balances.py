@@ -16,13 +16,14 @@ from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
 
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Max, Q, Sum
+from django.db.models import Count, Max, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from billing.models import BalanceAccount, BalanceEntry, Invoice, InvoiceLine
 from billing.pricing.currency import from_minor, is_known_currency, quantize, to_minor
 from billing.pricing.periods import Period
+from config.compiled_sql import INT_SLOT, UUID_SLOT, CompiledQuery
 from config.errors import ApplicationError, Conflict, NotFound
 from metering.control.terms import BalanceTerms
 from metering.models import Tenant
@@ -169,27 +170,47 @@ def balance_hard_stop_set(
 # --- reads -----------------------------------------------------------------------------
 
 
+def _credit_rows(entries: "QuerySet[BalanceEntry]") -> "QuerySet[BalanceEntry, tuple]":
+    """(pk, kind, amount, effective_at, expires_at, drawn) of these credit entries."""
+    return entries.annotate(drawn=Coalesce(Sum("draws__amount"), ZERO)).values_list(
+        "pk", "kind", "amount", "effective_at", "expires_at", "drawn"
+    )
+
+
+# One account's credits (what the proxy's terms read every few seconds), compiled once.
+_account_credits = CompiledQuery(
+    lambda account_id: _credit_rows(
+        BalanceEntry.objects.filter(account_id=account_id, kind__in=BalanceEntry.CREDIT_KINDS)
+    ),
+    INT_SLOT,
+)
+
+
 def credits_of(account_ids: Iterable[int], *, for_update: bool = False) -> list[Credit]:
     """Every credit of these accounts with what remains of it, in drawing order (those
     expiring first, then the oldest)."""
-    entries = BalanceEntry.objects.filter(
-        account_id__in=list(account_ids), kind__in=BalanceEntry.CREDIT_KINDS
-    )
-    if for_update:
-        entries = entries.select_for_update()
-        ids = list(entries.values_list("pk", flat=True))  # lock, then aggregate unlocked
-        entries = BalanceEntry.objects.filter(pk__in=ids)
-    rows = entries.annotate(drawn=Coalesce(Sum("draws__amount"), ZERO))
+    ids = list(account_ids)
+    if len(ids) == 1 and not for_update:
+        rows = _account_credits.rows(ids[0])
+    else:
+        entries = BalanceEntry.objects.filter(
+            account_id__in=ids, kind__in=BalanceEntry.CREDIT_KINDS
+        )
+        if for_update:  # lock, then aggregate unlocked
+            entries = BalanceEntry.objects.filter(
+                pk__in=list(entries.select_for_update().values_list("pk", flat=True))
+            )
+        rows = list(_credit_rows(entries))
     credits = [
         Credit(
-            entry_id=e.pk,
-            kind=e.kind,
-            amount=e.amount,
-            remaining=e.amount + e.drawn,
-            effective_at=e.effective_at,
-            expires_at=e.expires_at,
+            entry_id=pk,
+            kind=kind,
+            amount=amount,
+            remaining=amount + drawn,
+            effective_at=effective_at,
+            expires_at=expires_at,
         )
-        for e in rows
+        for pk, kind, amount, effective_at, expires_at, drawn in rows
     ]
     # expiring credits first (soonest first), then those that never expire (oldest first)
     return sorted(
@@ -213,13 +234,25 @@ def available_at(credits: list[Credit], at: datetime) -> Decimal:
     )
 
 
+# An invoice that counts for the watermark: numbered, not void.
+_INVOICED = Q(number__isnull=False) & ~Q(status=Invoice.Status.VOID)
+
+_invoiced_through = CompiledQuery(
+    lambda tenant_id: (
+        Invoice.objects.filter(_INVOICED, tenant_id=tenant_id)
+        .values("tenant_id")
+        .annotate(end=Max("period_end"))
+        .order_by()
+        .values_list("end")
+    ),
+    UUID_SLOT,
+)
+
+
 def invoiced_through(tenant_id: uuid.UUID) -> datetime | None:
     """The end of the tenant's last invoiced period (void invoices do not count)."""
-    return (
-        Invoice.objects.filter(tenant_id=tenant_id, number__isnull=False)
-        .exclude(status=Invoice.Status.VOID)
-        .aggregate(end=Max("period_end"))["end"]
-    )
+    row = _invoiced_through.first(tenant_id)
+    return None if row is None else row[0]
 
 
 def uninvoiced_spend(tenant_id: uuid.UUID, since: datetime | None) -> Decimal:
@@ -250,15 +283,32 @@ def balance_state(tenant_id: uuid.UUID, at: datetime | None = None) -> BalanceSt
     )
 
 
+_hard_stop_account = CompiledQuery(
+    lambda tenant_id: (
+        BalanceAccount.objects.filter(tenant_id=tenant_id, hard_stop=True)
+        .order_by("pk")
+        .values_list("pk")[:1]
+    ),
+    UUID_SLOT,
+)
+
+
 def balance_terms(tenant_id: uuid.UUID) -> BalanceTerms | None:
     """The balance as the proxy holds calls against it (None: no balance that stops calls).
-    Same read order as `balance_state`; the use since the watermark loads lazily."""
-    account = BalanceAccount.objects.filter(tenant_id=tenant_id, hard_stop=True).first()
+    Same read order as `balance_state` (the watermark, then the credits); the use since
+    the watermark loads lazily.
+
+    The epoch names the pair (watermark, credits) the proxy's counter for the balance is
+    built on. It changes whenever a close or a void moves either, and never comes back to
+    an earlier value (ids and void counts only grow), so a counter built on an old pair is
+    never reused. It is read with the watermark (one statement) and the last draw."""
+    account = _hard_stop_account.first(tenant_id)
     if account is None:
         return None
-    epoch = balance_epoch(tenant_id, account.pk)
-    watermark = invoiced_through(tenant_id)
-    available = available_at(credits_of([account.pk]), timezone.now())
+    last_invoice, voided, watermark = _invoices_seen.first(tenant_id) or (None, 0, None)
+    last_draw = _last_draw.first(account[0])
+    epoch = f"{last_invoice or 0}.{voided}.{(last_draw and last_draw[0]) or 0}"
+    available = available_at(credits_of([account[0]]), timezone.now())
     return BalanceTerms(
         available=available,
         epoch=epoch,
@@ -266,18 +316,33 @@ def balance_terms(tenant_id: uuid.UUID) -> BalanceTerms | None:
     )
 
 
-def balance_epoch(tenant_id: uuid.UUID, account_id: int) -> str:
-    """Names the pair (watermark, credits) the proxy's counter for the balance is built
-    on. It changes whenever a close or a void moves either, and never comes back to an
-    earlier value (ids and void counts only grow), so a counter built on an old pair is
-    never reused."""
-    invoices = Invoice.objects.filter(tenant_id=tenant_id).aggregate(
-        last=Max("pk"), voided=Count("pk", filter=Q(status=Invoice.Status.VOID))
-    )
-    draws = BalanceEntry.objects.filter(
-        account_id=account_id, kind__in=[Kind.CONSUMPTION, Kind.REVERSAL]
-    ).aggregate(last=Max("pk"))
-    return f"{invoices['last'] or 0}.{invoices['voided']}.{draws['last'] or 0}"
+# The tenant's last invoice, how many are void, and the watermark (`invoiced_through`).
+_invoices_seen = CompiledQuery(
+    lambda tenant_id: (
+        Invoice.objects.filter(tenant_id=tenant_id)
+        .values("tenant_id")
+        .annotate(
+            last=Max("pk"),
+            voided=Count("pk", filter=Q(status=Invoice.Status.VOID)),
+            end=Max("period_end", filter=_INVOICED),
+        )
+        .order_by()
+        .values_list("last", "voided", "end")
+    ),
+    UUID_SLOT,
+)
+_last_draw = CompiledQuery(
+    lambda account_id: (
+        BalanceEntry.objects.filter(
+            account_id=account_id, kind__in=[Kind.CONSUMPTION, Kind.REVERSAL]
+        )
+        .values("account_id")
+        .annotate(last=Max("pk"))
+        .order_by()
+        .values_list("last")
+    ),
+    INT_SLOT,
+)
 
 
 # --- invoices draw on credits ------------------------------------------------------------

@@ -3,12 +3,14 @@
 import uuid
 from datetime import datetime
 from decimal import Decimal
+from typing import NamedTuple
 
 from django.db.models import Prefetch, Q, QuerySet
 
 from billing.models import PlanVersion, PriceComponent, PriceTier, Subscription
 from billing.pricing.periods import Period
 from billing.pricing.priced_plan import ComponentPrice, PricePlan, Tier
+from config.compiled_sql import DATETIME_SLOT, UUID_SLOT, CompiledQuery
 
 # Published versions never change, so their pricing is cached per process. Keyed by the
 # row's incarnation, not its pk alone: SQLite reuses the highest rowid once that row is
@@ -79,10 +81,49 @@ def subscriptions_in_period(*, tenant_id: uuid.UUID, period: Period) -> list[Sub
     )
 
 
-def subscription_current(*, tenant_id: uuid.UUID, at: datetime) -> Subscription | None:
-    return (
-        Subscription.objects.filter(tenant_id=tenant_id, starts_at__lte=at)
-        .filter(Q(ends_at__isnull=True) | Q(ends_at__gt=at))
-        .select_related("plan_version__plan")
-        .first()
+def _subscriptions_current(tenant_id: uuid.UUID, at: datetime) -> QuerySet[Subscription]:
+    return Subscription.objects.filter(tenant_id=tenant_id, starts_at__lte=at).filter(
+        Q(ends_at__isnull=True) | Q(ends_at__gt=at)
     )
+
+
+def subscription_current(*, tenant_id: uuid.UUID, at: datetime) -> Subscription | None:
+    return _subscriptions_current(tenant_id, at).select_related("plan_version__plan").first()
+
+
+class CurrentVersion(NamedTuple):
+    """The plan version of a tenant's current subscription, as the proxy's terms read it."""
+
+    pk: int
+    created_at: datetime
+    published_at: datetime | None
+    status: str
+    allowed_efforts: list[str] | None
+    default_max_output_tokens: int | None
+    max_output_tokens: int | None
+    monthly_reasoning_tokens: int | None
+    reasoning_mode: str
+
+
+_current_version = CompiledQuery(
+    lambda tenant_id, at: _subscriptions_current(tenant_id, at).values_list(
+        *(f"plan_version__{name}" for name in CurrentVersion._fields)
+    )[:1],
+    UUID_SLOT,
+    DATETIME_SLOT,
+)
+
+
+def current_version(*, tenant_id: uuid.UUID, at: datetime) -> CurrentVersion | None:
+    """`subscription_current`'s plan version, without its pricing (one compiled query)."""
+    row = _current_version.first(tenant_id, at)
+    return None if row is None else CurrentVersion._make(row)
+
+
+def version_pricing(version: CurrentVersion) -> PricePlan:
+    """`plan_version_pricing` of this version: from the cache when published and priced
+    before, else read."""
+    key = (version.pk, version.created_at, version.published_at)
+    if version.status == PlanVersion.Status.PUBLISHED and key in _PUBLISHED_CACHE:
+        return _PUBLISHED_CACHE[key]
+    return plan_version_pricing(plan_version_queryset().get(pk=version.pk))

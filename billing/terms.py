@@ -18,29 +18,38 @@ from django.utils import timezone
 from billing.alerts import DEFAULT_THRESHOLDS, thresholds_of
 from billing.balances import balance_terms
 from billing.models import PlanVersion, WebhookEndpoint
-from billing.pricing.priced_plan import component_covering, prices_per_million
-from billing.selectors import plan_version_pricing, subscription_current
+from billing.pricing.priced_plan import PricePlan, component_covering, prices_per_million
+from billing.selectors import CurrentVersion, current_version, version_pricing
+from config.compiled_sql import UUID_SLOT, CompiledQuery
 from metering.control.governance import ReasoningRules
 from metering.control.terms import TenantTerms
 from metering.ledger.record import Rates
 from metering.usage import TOKEN_CLASSES
 
+_webhook_thresholds = CompiledQuery(
+    lambda tenant_id: (
+        WebhookEndpoint.objects.filter(tenant_id=tenant_id, is_active=True)
+        .order_by("pk")
+        .values_list("thresholds")[:1]
+    ),
+    UUID_SLOT,
+)
+
 
 def tenant_terms(tenant_id: uuid.UUID, aliases: list[str]) -> TenantTerms:
-    subscription = subscription_current(tenant_id=tenant_id, at=timezone.now())
-    version = subscription.plan_version if subscription else None
-    endpoint = WebhookEndpoint.objects.filter(tenant_id=tenant_id, is_active=True).first()
+    version = current_version(tenant_id=tenant_id, at=timezone.now())
+    endpoint = _webhook_thresholds.first(tenant_id)
     return TenantTerms(
-        spend_rates=spend_rates(version, aliases) if version else {},
+        spend_rates=spend_rates(version_pricing(version), aliases) if version else {},
         reasoning=plan_rules(version) if version else None,
         monthly_reasoning_tokens=version.monthly_reasoning_tokens if version else None,
         reasoning_refuse=bool(version and version.reasoning_mode == "refuse"),
         balance=balance_terms(tenant_id),
-        alert_thresholds=thresholds_of(endpoint.thresholds) if endpoint else DEFAULT_THRESHOLDS,
+        alert_thresholds=thresholds_of(endpoint[0]) if endpoint else DEFAULT_THRESHOLDS,
     )
 
 
-def plan_rules(version: PlanVersion) -> ReasoningRules | None:
+def plan_rules(version: PlanVersion | CurrentVersion) -> ReasoningRules | None:
     rules = ReasoningRules(
         allowed_efforts=frozenset(version.allowed_efforts or ()),
         default_max_output_tokens=version.default_max_output_tokens,
@@ -51,8 +60,7 @@ def plan_rules(version: PlanVersion) -> ReasoningRules | None:
     return None if rules.is_empty else rules
 
 
-def spend_rates(version: PlanVersion, aliases: list[str]) -> dict[str, Rates]:
-    plan = plan_version_pricing(version)
+def spend_rates(plan: PricePlan, aliases: list[str]) -> dict[str, Rates]:
     out = {}
     for alias in aliases:
         prices = {}

@@ -25,11 +25,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, router
 from django.db.models import Count, F, Max, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce, Trunc
 from django.utils import timezone
 
+from config.compiled_sql import DATETIME_SLOT, CompiledQuery, int_slots, str_slots
 from metering.calendar import month_day
 from metering.ledger.archive_months import archived_months_dropped, months_read_lock
 from metering.models import ApiKey, Route, ServingCostRate, UsageRecord, UsageRollup
@@ -700,10 +701,7 @@ def current_cost_rates(
     wanted_aliases = sorted({aliases[rid] for rid in route_ids if rid in aliases})
     rates: dict[int, ServingCostRate] = {}
     alias_wide: dict[str, list[ServingCostRate]] = {}  # newest first
-    for rate in ServingCostRate.objects.filter(
-        Q(route_id__in=list(route_ids)) | Q(route__isnull=True, alias__in=wanted_aliases),
-        effective_from__lte=at or timezone.now(),
-    ).order_by("-effective_from", "-id"):
+    for rate in _cost_rate_candidates(list(route_ids), wanted_aliases, at or timezone.now()):
         if rate.route_id is not None:
             rates.setdefault(rate.route_id, rate)
         else:
@@ -718,3 +716,40 @@ def current_cost_rates(
                 rates[rid] = rate
                 break
     return rates
+
+
+_RATE_FIELDS = tuple(field.attname for field in ServingCostRate._meta.concrete_fields)
+# (route ids, aliases) counts -> the candidates query of that shape, compiled once: the
+# caller cache reads a tenant's rates every few seconds, with the same shape each time.
+_candidate_queries: dict[tuple[int, int], CompiledQuery] = {}
+
+
+def _cost_rate_candidates(
+    route_ids: list[int], aliases: list[str], at: datetime
+) -> list[ServingCostRate]:
+    """The rates of these targets and the route-less rates of these aliases in force at
+    `at`, newest first."""
+    shape = (len(route_ids), len(aliases))
+    query = _candidate_queries.get(shape)
+    if query is None:
+        if len(_candidate_queries) >= 256:
+            _candidate_queries.clear()
+        query = _candidate_queries[shape] = CompiledQuery(
+            lambda *args: (
+                ServingCostRate.objects.filter(
+                    Q(route_id__in=args[: shape[0]])
+                    | Q(route__isnull=True, alias__in=args[shape[0] : -1]),
+                    effective_from__lte=args[-1],
+                )
+                .order_by("-effective_from", "-id")
+                .values_list(*_RATE_FIELDS)
+            ),
+            *int_slots(shape[0]),
+            *str_slots(shape[1]),
+            DATETIME_SLOT,
+        )
+    using = router.db_for_read(ServingCostRate) or DEFAULT_DB_ALIAS
+    return [
+        ServingCostRate.from_db(using, _RATE_FIELDS, row)
+        for row in query.rows(*route_ids, *aliases, at)
+    ]

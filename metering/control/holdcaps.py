@@ -18,6 +18,7 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from config.compiled_sql import UUID_SLOT, CompiledQuery
 from metering.models import HoldCap, UsageRecord
 
 PERCENTILE = 0.99
@@ -89,13 +90,21 @@ def hold_caps_learn(*, as_of: datetime | None = None) -> int:
     return len(learned)
 
 
+# Every cap a tenant's calls may use: its own and every alias's across tenants.
+_caps_of_tenant = CompiledQuery(
+    lambda tenant_id: HoldCap.objects.filter(
+        Q(tenant_id=tenant_id) | Q(tenant__isnull=True)
+    ).values_list("alias", "tenant_id", "p99_output_tokens"),
+    UUID_SLOT,
+)
+
+
 def hold_caps(tenant_id: uuid.UUID, aliases: list[str]) -> dict[str, int]:
     """The learned plausible output size per alias: the tenant's own where learned, else
     the alias's across tenants."""
+    wanted = set(aliases)
     caps: dict[str, int] = {}
-    for cap in HoldCap.objects.filter(alias__in=aliases).filter(
-        Q(tenant_id=tenant_id) | Q(tenant__isnull=True)
-    ):
-        if cap.tenant_id is not None or cap.alias not in caps:
-            caps[cap.alias] = cap.p99_output_tokens
+    for alias, owner, p99 in _caps_of_tenant.rows(tenant_id):
+        if alias in wanted and (owner is not None or alias not in caps):
+            caps[alias] = p99
     return caps

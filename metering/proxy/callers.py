@@ -2,7 +2,7 @@
 
 Every server process keeps its own short-lived cache (RECKON_AUTH_CACHE_SECONDS, default
 2 s) and reloads from the database before an entry expires (in the background, once the
-entry is half its age limit: a key in use never waits on the database), so a revoked key,
+entry is 3/4 of its age limit: a key in use never waits on the database), so a revoked key,
 a removed alias or a changed route takes effect on every process within that bound,
 without any cross-process invalidation channel to lose messages. Unknown keys are cached too (as
 misses), so guessing keys does not turn into database load.
@@ -37,16 +37,11 @@ from decimal import Decimal
 from operator import attrgetter
 from typing import Generic, NamedTuple, TypeVar
 
-from django.db import (
-    DEFAULT_DB_ALIAS,
-    InterfaceError,
-    OperationalError,
-    close_old_connections,
-    connections,
-)
+from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, close_old_connections
 from django.db.models import F, FilteredRelation, Q, QuerySet
 from django.utils import timezone
 
+from config.compiled_sql import STR_SLOT, UUID_SLOT, CompiledQuery
 from metering.control import terms
 from metering.control.budgets import BudgetKind, budget_scopes, budget_specs
 from metering.control.governance import ReasoningRules
@@ -362,61 +357,76 @@ def _key_row_query(key_hash: str) -> "QuerySet[ApiKey, tuple]":
     )
 
 
-class _CompiledKeyQuery:
-    """`_key_row_query`, compiled by Django once per process: building a query with five
-    joins costs the ORM ~2 ms of CPU, its execution ~0.3 ms, and a process runs it for
-    every key in use once per refresh period. The SQL and the column converters are
-    Django's own (SQLCompiler.as_sql, get_converters, apply_converters: what
-    QuerySet iteration runs), so the rows are what the queryset would give."""
-
-    _SENTINEL = "\x00key-hash"
-
-    def __init__(self) -> None:
-        compiler = _key_row_query(self._SENTINEL).query.get_compiler(using=DEFAULT_DB_ALIAS)
-        self.sql, params = compiler.as_sql()
-        self.slot = list(params).index(self._SENTINEL)
-        self.params = list(params)
-        self.compiler = compiler
-        self.converters = compiler.get_converters(
-            [column for column, _, _ in compiler.select[: compiler.col_count]]
-        )
-
-    def row(self, key_hash: str) -> tuple | None:
-        params = self.params.copy()
-        params[self.slot] = key_hash
-        with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
-            cursor.execute(self.sql, params)
-            row = cursor.fetchone()
-        if row is None or not self.converters:
-            return row
-        return tuple(next(iter(self.compiler.apply_converters([row], self.converters))))
-
-
-_compiled_key_query: _CompiledKeyQuery | None = None
+# Compiled by Django once per process: building a query with five joins costs the ORM
+# ~2 ms of CPU, its execution ~0.3 ms, and a process runs it for every key in use once
+# per refresh period.
+_key_rows = CompiledQuery(_key_row_query, STR_SLOT)
 
 
 def key_row_load(key_hash: str) -> KeyRow | None:
     """The key behind a digest with its own policy and limits (one query), or None for
     an unknown, revoked or inactive key."""
-    global _compiled_key_query
-    if _compiled_key_query is None:
-        _compiled_key_query = _CompiledKeyQuery()
-    row = _compiled_key_query.row(key_hash)
+    row = _key_rows.first(key_hash)
     return None if row is None else KeyRow._make(row)
+
+
+# A target's Route fields and its alias's Alias fields, as one compiled query reads them.
+_ROUTE_FIELDS = (
+    "id",
+    "alias_id",
+    "name",
+    "weight",
+    "priority",
+    "max_concurrent",
+    "first_byte_timeout_ms",
+    "provider",
+    "base_url",
+    "upstream_model",
+    "api_key_env",
+    "accelerator",
+    "provider_account_id",
+)
+_ALIAS_FIELDS = ("id", "name", "policy", "rules", "max_attempts")
+
+# Every active target of every granted active alias, by (alias, priority, name), with its
+# alias's routing fields.
+_tenant_targets = CompiledQuery(
+    lambda tenant_id: (
+        Route.objects.filter(alias__tenants=tenant_id, alias__is_active=True, is_active=True)
+        .order_by("alias", "priority", "name")
+        .values_list(*_ROUTE_FIELDS, *(f"alias__{name}" for name in _ALIAS_FIELDS))
+    ),
+    UUID_SLOT,
+)
+_tenant_spend_limits = CompiledQuery(
+    lambda tenant_id: (
+        SpendLimit.objects.filter(tenant_id=tenant_id, api_key__isnull=True)
+        .order_by("pk")
+        .values_list("pk", "window", "amount_usd")
+    ),
+    UUID_SLOT,
+)
+_tenant_rate_limit = CompiledQuery(
+    lambda tenant_id: (
+        RateLimit.objects.filter(tenant_id=tenant_id, api_key__isnull=True)
+        .order_by("pk")
+        .values_list("requests_per_minute", "tokens_per_minute")[:1]
+    ),
+    UUID_SLOT,
+)
 
 
 def tenant_part_load(tenant_id: uuid.UUID, *, read_at: float) -> TenantPart:
     """What every key of the tenant shares, read now."""
-    # Every active target of every granted active alias, by (alias, priority, name): one
-    # query, the alias row joined in for the plans.
-    targets = list(
-        Route.objects.filter(alias__tenants=tenant_id, alias__is_active=True, is_active=True)
-        .select_related("alias")
-        .order_by("alias", "priority", "name")
-    )
     by_alias: dict[str, list[Route]] = {}
-    for route in targets:
+    alias_of: dict[str, Alias] = {}
+    split = len(_ROUTE_FIELDS)
+    for row in _tenant_targets.rows(tenant_id):
+        route = Route.from_db(DEFAULT_DB_ALIAS, _ROUTE_FIELDS, row[:split])
+        if route.alias_id not in alias_of:
+            alias_of[route.alias_id] = Alias.from_db(DEFAULT_DB_ALIAS, _ALIAS_FIELDS, row[split:])
         by_alias.setdefault(route.alias_id, []).append(route)
+    targets = [route for routes in by_alias.values() for route in routes]
     aliases = list(by_alias)
     rates = current_cost_rates(
         [r.pk for r in targets],
@@ -425,23 +435,15 @@ def tenant_part_load(tenant_id: uuid.UUID, *, read_at: float) -> TenantPart:
     )
     tenant_terms = terms.tenant_terms_provider(tenant_id, aliases)
     caps = hold_caps(tenant_id, aliases) if aliases else {}
-    routes, plans = _routes_of(by_alias, rates, tenant_terms, {})
+    routes, plans = _routes_of(by_alias, alias_of, rates, tenant_terms, {})
     routes_capped, plans_capped = (
-        _routes_of(by_alias, rates, tenant_terms, caps) if caps else (routes, plans)
+        _routes_of(by_alias, alias_of, rates, tenant_terms, caps) if caps else (routes, plans)
     )
     spend_limits = tuple(
         (pk, window == SpendLimit.Window.MONTH, Decimal(amount))
-        for pk, window, amount in SpendLimit.objects.filter(
-            tenant_id=tenant_id, api_key__isnull=True
-        )
-        .order_by("pk")
-        .values_list("pk", "window", "amount_usd")
+        for pk, window, amount in _tenant_spend_limits.rows(tenant_id)
     )
-    rate_limit = (
-        RateLimit.objects.filter(tenant_id=tenant_id, api_key__isnull=True)
-        .values_list("requests_per_minute", "tokens_per_minute")
-        .first()
-    )
+    rate_limit = _tenant_rate_limit.first(tenant_id)
     return TenantPart(
         read_at=read_at,
         routes=routes,
@@ -456,6 +458,7 @@ def tenant_part_load(tenant_id: uuid.UUID, *, read_at: float) -> TenantPart:
 
 def _routes_of(
     by_alias: dict[str, list[Route]],
+    alias_of: dict[str, Alias],
     rates: dict[int, ServingCostRate],
     tenant_terms: TenantTerms,
     caps: dict[str, int],
@@ -471,7 +474,7 @@ def _routes_of(
         )
         routes[alias] = infos[0]
         if len(infos) > 1:
-            plans[alias] = alias_plan_from(alias_targets[0].alias, infos)
+            plans[alias] = alias_plan_from(alias_of[alias], infos)
     return routes, plans
 
 
@@ -635,13 +638,19 @@ class TtlCache(Generic[K, V]):
             ):
                 # Refresh ahead: the entry is still good, so this call does not wait; the
                 # next calls find the new value before the entry expires.
-                self._load(key, now)
+                try:
+                    self._load(key, now)
+                except RuntimeError:  # the lookup executor is shut down: stopping
+                    pass
             return entry[1]
         future = self._loading.get(key)
         if future is None:
             if self._held_back(key, now):
                 return self._stale(key, entry, now, None)
-            future = self._load(key, now)
+            try:
+                future = self._load(key, now)
+            except RuntimeError as exc:  # the lookup executor is shut down: stopping
+                return self._stale(key, entry, now, exc)
         try:
             return await asyncio.wait_for(asyncio.shield(future), self._load_timeout)
         except Exception as exc:  # noqa: BLE001 - any failed load: stale or unavailable
@@ -661,6 +670,7 @@ class TtlCache(Generic[K, V]):
             self._key_failing[key] = until  # this key's data: only its loads wait
 
     def _load(self, key: K, started: float) -> "asyncio.Future[V]":
+        """Raises RuntimeError once the executor is shut down (the server stopping)."""
         future = asyncio.get_running_loop().run_in_executor(self._executor, self._loader, key)
         self._loading[key] = future
         future.add_done_callback(lambda done: self._loaded(key, started, done))

@@ -36,6 +36,7 @@ def test_caps_per_tenant_and_alias_fall_back_to_the_alias() -> None:
     # the small tenant gets the alias's cap across tenants: p99 of 105 values
     expected = percentile([100 + i for i in range(100)] + [5] * 5)
     assert hold_caps(small.tenant_id, ["reasoner"]) == {"reasoner": expected}
+    assert hold_caps(big.tenant_id, ["chat"]) == {} == hold_caps(big.tenant_id, [])  # only these
     # PostgreSQL's percentile_disc and the Python fallback agree
     python = sorted(
         (str(t), a, p, n) for t, a, p, n in _learned_in_python(NOW - timedelta(days=7), NOW, 10)

@@ -272,3 +272,27 @@ def test_one_keys_failing_load_holds_back_only_that_key(
         assert loader.calls == 3  # k twice, new once; "bad" never reached the counter
 
     asyncio.run(scenario())
+
+
+def test_after_the_lookup_thread_is_shut_down_entries_are_served_and_misses_unavailable(
+    clock: Clock,
+) -> None:
+    # At shutdown the lookup executor stops before every call has ended: a refresh it can
+    # no longer take must not fail the call that found the entry old (it raised
+    # RuntimeError before), and a miss is "unavailable", not an error of the server.
+    pool = ThreadPoolExecutor(max_workers=1)
+    loader = Loader()
+    cache = cache_of(loader, pool)
+
+    async def scenario() -> None:
+        assert await cache.get("k") == "ctx:k"
+        pool.shutdown(wait=True)
+        clock.now += 1.6  # in the last quarter of its 2 s: a refresh would start
+        assert await cache.get("k") == "ctx:k"
+        with pytest.raises(LookupUnavailable):
+            await cache.get("other")
+        clock.now += 0.5  # expired, the load cannot run: served within the stale bound
+        assert await cache.get("k") == "ctx:k"
+
+    asyncio.run(scenario())
+    assert loader.calls == 1
