@@ -495,6 +495,9 @@ class RoutingState:
         window = target.window
         if now - window.start_ms >= self.config.window_ms or now < window.start_ms:
             target.window = window = _Window(now)
+            # Successes older than the window are not in it: a target that answered for
+            # hours would otherwise need as many failures within one window to open.
+            target.unreported_successes = 0
         # An upstream's Retry-After is a hint, never longer than the longest cooldown.
         retry_ms = min(max(retry_after_s or 0, 0) * 1000, self.config.max_cooldown_ms)
         if ok:

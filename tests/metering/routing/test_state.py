@@ -149,6 +149,26 @@ def test_breaker_shared_between_processes_local_trip_and_probe() -> None:
     asyncio.run(go())
 
 
+def test_successes_before_the_window_do_not_hold_the_breaker_closed() -> None:
+    async def go() -> None:
+        clock = Clock()
+        a = state(clock)
+        plan = plan_of()
+        ra = plan.targets[0].route_id
+        try:
+            for _ in range(100):  # a healthy target, never a failure to report them with
+                a.report(plan, ra, ok=True)
+            clock.now += 11  # past the 10 s window: then it dies
+            for _ in range(5):
+                a.report(plan, ra, ok=False)
+                await settled(a)
+            assert a.view.is_open(ra)  # 5 failures, 0 successes in the window
+        finally:
+            await a.close()
+
+    asyncio.run(go())
+
+
 def test_failed_probe_reopens_with_doubled_cooldown() -> None:
     async def go() -> None:
         clock = Clock()
