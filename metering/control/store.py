@@ -104,8 +104,9 @@ class ControlStore:
         lease_calls: int = 0,
         on_crossed: Callable[[BudgetScope], None] | None = None,
         hold_ttl_s: float = HOLD_TTL_S,  # float-ok: seconds
+        redis_timeout_s: float = 1.0,  # float-ok: seconds; no reply this long: unavailable
     ) -> None:
-        self._redis = control_client(url, timeout=1.0)
+        self._redis = control_client(url, timeout=redis_timeout_s)
         self.window_s = window_s
         # An exact hold not settled this long after admission is reaped (counted as
         # spent, the budget rebuilt from the ledger): the longest a call may run.

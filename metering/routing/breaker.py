@@ -5,7 +5,8 @@ text), so each script names keys of one Redis Cluster slot:
 - `rk:{route:<alias pk>}:breaker`, a hash with per target (`<route id>:<field>`): `ws`
   window start, `f` failures and `s` successes in the window, `open` the time it is open
   until (ms since the epoch; 0 or absent: closed), `cd` its last cooldown (ms).
-- `rk:{route:<alias pk>}:probe:<route id>`: the one half-open probe in flight (SET NX PX).
+- `rk:{route:<alias pk>}:probe:<route id>`: the one half-open probe, holding the id of the
+  process that won it (SET NX PX).
 
 States: closed (`open` 0); open (`open` in the future); half-open (`open` past, not yet
 closed): one process wins the probe; its success closes the target (and resets the
@@ -128,12 +129,20 @@ return keep(0)
 
 PROBE_LUA = """
 -- May this process send the half-open probe of a target?
--- KEYS: the alias's breaker hash, the target's probe key; ARGV: route id, now_ms, ttl_ms
+-- KEYS: the alias's breaker hash, the target's probe key
+-- ARGV: route id, now_ms, ttl_ms, this process's id
 -- Returns 2: yes, this process probes; 1: closed meanwhile (no probe needed); 0: no.
 local open = tonumber(redis.call('HGET', KEYS[1], ARGV[1] .. ':open') or '0')
 if open == 0 then return 1 end
 if open > tonumber(ARGV[2]) then return 0 end
-if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return 2 end
+if redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[3]) then return 2 end
+return 0
+"""
+
+RELEASE_LUA = """
+-- Let go of a probe this process won and no call used.
+-- KEYS: the target's probe key; ARGV: this process's id. Returns 1 if it was still ours.
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
@@ -158,6 +167,7 @@ return redis.call('ZCARD', key)
 
 REPORT = Script(REPORT_LUA)
 PROBE = Script(PROBE_LUA)
+RELEASE = Script(RELEASE_LUA)
 READ = Script(READ_LUA)
 HEARTBEAT = Script(HEARTBEAT_LUA)
 
@@ -213,10 +223,20 @@ async def breaker_report(
     return int(await client.run(REPORT, keys, args))
 
 
-async def breaker_probe(client: Client, alias_pk: int, route_id: int, *, now_ms: int) -> int:
-    """2: this process sends the half-open probe; 1: the target is closed; 0: not now."""
+async def breaker_probe(
+    client: Client, alias_pk: int, route_id: int, *, now_ms: int, owner: str
+) -> int:
+    """2: process `owner` sends the half-open probe; 1: the target is closed; 0: not now."""
     keys = [breaker_key(alias_pk), probe_key(alias_pk, route_id)]
-    return int(await client.run(PROBE, keys, [route_id, now_ms, PROBE_TTL_MS]))
+    args: list[int | str] = [route_id, now_ms, PROBE_TTL_MS, owner]
+    return int(await client.run(PROBE, keys, args))
+
+
+async def breaker_probe_release(client: Client, alias_pk: int, route_id: int, *, owner: str) -> int:
+    """Let go of the probe `owner` won and did not use (1: it held it), so that any
+    process may win it at once rather than when its key lapses."""
+    args: list[int | str] = [owner]
+    return int(await client.run(RELEASE, [probe_key(alias_pk, route_id)], args))
 
 
 async def breaker_read(client: Client, alias_pk: int) -> dict[int, TargetBreaker]:

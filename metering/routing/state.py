@@ -33,6 +33,7 @@ from metering.routing.breaker import (
     Client,
     TargetBreaker,
     breaker_probe,
+    breaker_probe_release,
     breaker_read,
     breaker_report,
     heartbeat,
@@ -43,8 +44,8 @@ logger = logging.getLogger(__name__)
 
 BREAKER_REFRESH_S = 1.0  # float-ok: seconds
 COSTS_REFRESH_S = 10.0  # float-ok: seconds
-# A probe won but not used by a call within this long is let go (before Redis's probe key
-# lapses, so two processes never both think they hold it).
+# A probe won but not used by a call within this long is let go, here and in Redis (before
+# Redis's probe key lapses, so two processes never both think they hold it).
 PROBE_TOKEN_MS = PROBE_TTL_MS // 2
 MIN_SAMPLES = 50
 
@@ -464,7 +465,9 @@ class RoutingState:
         won = 2
         if self._redis is not None:
             try:
-                won = await breaker_probe(self._redis, plan.alias_pk, route_id, now_ms=now)
+                won = await breaker_probe(
+                    self._redis, plan.alias_pk, route_id, now_ms=now, owner=self.process_id
+                )
             except RedisUnavailable:
                 pass
         if won == 1:  # closed meanwhile
@@ -492,6 +495,9 @@ class RoutingState:
         window = target.window
         if now - window.start_ms >= self.config.window_ms or now < window.start_ms:
             target.window = window = _Window(now)
+            # Successes older than the window are not in it: a target that answered for
+            # hours would otherwise need as many failures within one window to open.
+            target.unreported_successes = 0
         # An upstream's Retry-After is a hint, never longer than the longest cooldown.
         retry_ms = min(max(retry_after_s or 0, 0) * 1000, self.config.max_cooldown_ms)
         if ok:
@@ -613,15 +619,32 @@ class RoutingState:
                 target = self._targets.get(t.route_id) if t.route_id is not None else None
                 if target is not None:
                     target.remote = read.get(t.route_id or 0, TargetBreaker(0, 0))
+        # A probe this process won and no call used is let go in Redis too (else the
+        # target would wait for the key to lapse); another process may win it first.
+        now = self._now_ms()
+        releases, released = [], set()
+        for plan in plans:
+            for t in plan.targets:
+                target = self._targets.get(t.route_id) if t.route_id is not None else None
+                if target is not None and 0 < target.probe_token_until_ms <= now:
+                    target.probe_token_until_ms = 0
+                    released.add(t.route_id)
+                    releases.append(
+                        breaker_probe_release(
+                            self._redis, plan.alias_pk, t.route_id or 0, owner=self.process_id
+                        )
+                    )
         # Half-open targets: try to win their probe now, so a call never waits for it.
         asks = [
             self.probe_allowed(plan, t.route_id)
             for plan in plans
             for t in plan.targets
-            if t.route_id is not None and self.needs_probe(t.route_id)
+            if t.route_id is not None
+            and t.route_id not in released
+            and self.needs_probe(t.route_id)
         ]
-        if asks:
-            await asyncio.gather(*asks, return_exceptions=True)
+        if releases or asks:
+            await asyncio.gather(*releases, *asks, return_exceptions=True)
 
     async def refresh_costs(self) -> None:
         """Reload rates and expectations of every watched target, off the event loop."""

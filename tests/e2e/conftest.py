@@ -50,7 +50,12 @@ def http(
         return status, hdrs, raw.decode()
 
 
-def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 30) -> None:
+# Seconds a server process may take to answer: each imports Django, seconds of CPU, and
+# several may start side by side on a loaded 2-core machine.
+BOOT_TIMEOUT = 120
+
+
+def wait_until_up(url: str, process: subprocess.Popen, timeout: float = BOOT_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -78,7 +83,11 @@ def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen:
 def start(args: list[str], env: dict[str, str], ready_url: str) -> subprocess.Popen:
     """Start a manage.py command and wait until `ready_url` answers."""
     process = spawn(args, env)
-    wait_until_up(ready_url, process)
+    try:
+        wait_until_up(ready_url, process)
+    except BaseException:
+        stop(process)  # not left running after the test
+        raise
     return process
 
 
@@ -93,11 +102,6 @@ def stop(process: subprocess.Popen) -> None:
 def database_url() -> str:
     s = connection.settings_dict
     return f"postgres://{s['USER']}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
-
-
-# Seconds a session process may take to answer: each imports Django, seconds of CPU, and
-# the three start side by side on a loaded 2-core machine.
-BOOT_TIMEOUT = 120
 
 
 @pytest.fixture(scope="session")

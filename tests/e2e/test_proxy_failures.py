@@ -118,16 +118,21 @@ def test_revoked_key_stops_working_within_seconds(e2e: E2ETenant) -> None:
     api_key = e2e.tenant.api_keys.get()
     api_key_revoke(api_key=api_key)
     revoked_at = time.monotonic()
+    answered_after = []  # seconds after the revocation that answered calls started
 
     def refused() -> bool:
+        started = time.monotonic() - revoked_at
         try:
             client.chat.completions.create(model="reasoner", messages=PROMPT)
         except openai.AuthenticationError:
             return True
+        answered_after.append(started)
         return False
 
-    wait_for(refused, timeout=5)
-    assert time.monotonic() - revoked_at < 3  # cache TTL here is 0.5 s
+    wait_for(refused, timeout=10)
+    # The server's caller cache serves nothing older than its ttl (0.5 s here): a call
+    # that starts later is refused, however long each call takes on a loaded machine.
+    assert all(started < 0.5 for started in answered_after), answered_after
 
 
 def test_expired_key_is_refused(e2e: E2ETenant) -> None:

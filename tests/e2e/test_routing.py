@@ -9,11 +9,14 @@ Counts are smaller than the design's (300 calls for failover) to keep the file f
 """
 
 import concurrent.futures
+import contextlib
 import json
 import math
 import os
+import select
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections import Counter
@@ -43,21 +46,91 @@ PROMPT = [{"role": "user", "content": "Think about prime gaps, briefly."}]
 Status = UsageRecord.Status
 
 
+class Gate:
+    """A loopback port relaying to another, that can refuse connections (and cut the open
+    ones) and accept them again at once: a target that goes away and comes back without a
+    process restart, whose seconds of start-up under load would race the breaker's times."""
+
+    def __init__(self, target_port: int) -> None:
+        self.port = free_port()
+        self.target = ("127.0.0.1", target_port)
+        self.listener: socket.socket | None = None
+        self.open_sockets: set[socket.socket] = set()
+        self.lock = threading.Lock()
+
+    def accept(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(128)
+        self.listener = listener
+        threading.Thread(target=self._accept_loop, args=(listener,), daemon=True).start()
+
+    def refuse(self) -> None:
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the accept loop
+            listener.close()
+        with self.lock:
+            for sock in self.open_sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(self.target)
+        except OSError:
+            client.close()
+            return
+        pair = {client: upstream, upstream: client}
+        with self.lock:
+            self.open_sockets.update(pair)
+        try:
+            while True:
+                readable, _, _ = select.select(list(pair), [], [])
+                for sock in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    pair[sock].sendall(data)
+        except OSError:
+            pass
+        finally:
+            with self.lock:
+                self.open_sockets.difference_update(pair)
+            client.close()
+            upstream.close()
+
+
 class Simulator:
-    """A simulator process on a fixed port, so it can be stopped and started again."""
+    """A simulator process behind a `Gate` (its `url`), so it can go away and come back."""
 
     def __init__(self, *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.process_port = free_port()
+        self.gate = Gate(self.process_port)
+        self.url = f"http://127.0.0.1:{self.gate.port}"
         self.args = args
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
         self.process = start(
-            ["run_simulator", "--port", str(self.port), *self.args], {}, self.url + "/_sim/health"
+            ["run_simulator", "--port", str(self.process_port), *self.args],
+            {},
+            f"http://127.0.0.1:{self.process_port}/_sim/health",
         )
+        self.gate.accept()
 
     def stop(self) -> None:
+        self.gate.refuse()
         if self.process is not None:
             stop(self.process)
             self.process = None
@@ -246,13 +319,29 @@ def test_fallback_fails_over_from_a_stopped_target_and_its_breaker_opens_and_clo
         assert completion.choices[0].message.content
         return completion.id
 
+    alias_pk = Alias.objects.get(name="fb").pk
+
+    def opened() -> bool:
+        """A's breaker opened in Redis (open, or half-open since), and a call that found
+        A out went to B first."""
+        return breaker_states(alias_pk).state(ids["a"]) != "closed" and any(
+            r.route_id == ids["b"] and r.attempt == 1 and r.route_reason == "breaker"
+            for r in routed.records("fb")
+        )
+
     many(call, 40)
-    routed.sims[0].stop()  # A goes away mid-run
+    routed.sims[0].gate.refuse()  # A goes away mid-run
     try:
-        answered = many(call, 80)
-        assert len(answered) == 80  # every client call succeeded
+        answered = many(call, 80)  # every client call succeeds
+        # ... and on until A's breaker opens: how many of A's failures fall in one
+        # breaker window depends on how fast the calls run
+        deadline = time.monotonic() + 60
+        while not opened() and time.monotonic() < deadline:
+            answered += many(call, 8)
+        assert opened(), "A's breaker never opened, or no call went to B for it"
         records = routed.records("fb")
-        assert sum(1 for r in records if not r.failed_over) == 120  # one per client call
+        # one per client call
+        assert sum(1 for r in records if not r.failed_over) == 40 + len(answered)
         failed_over = [r for r in records if r.failed_over]
         assert failed_over and all(r.route_id == ids["a"] for r in failed_over)
         assert all(r.status == Status.FAILED and r.attempt == 1 for r in failed_over)
@@ -262,26 +351,21 @@ def test_fallback_fails_over_from_a_stopped_target_and_its_breaker_opens_and_clo
             follower = second[r.request_id.int >> 4]
             assert follower.route_id == ids["b"] and follower.route_reason == "failover"
         completed = Counter(r.route_id for r in records if r.status == Status.COMPLETED)
-        # the breaker opened: later calls went to B first, saying why
-        assert any(
-            r.route_id == ids["b"] and r.attempt == 1 and r.route_reason == "breaker"
-            for r in records
-        )
         assert completed[ids["c"]] == 0
         assert all(r.route_policy == "fallback" for r in records)
     finally:
-        routed.sims[0].start()
-    assert completed[ids["a"]] == 40
+        routed.sims[0].gate.accept()
+    assert completed[ids["a"]] == 40 == routed.sims[0].served()
     assert completed[ids["b"]] == routed.sims[1].served()
     # A is back: after the cooldown one probe succeeds and the breaker closes
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         call()
         last = routed.records("fb")[-1:]
-        if routed.sims[0].served() >= 3:
+        if routed.sims[0].served() >= 40 + 3:
             break
         time.sleep(0.2)
-    assert routed.sims[0].served() >= 3, "A never served again"
+    assert routed.sims[0].served() >= 40 + 3, "A never served again"
     newest = UsageRecord.objects.filter(tenant_id=routed.tenant_id, alias="fb").order_by(
         "-started_at"
     )[0]
@@ -289,7 +373,6 @@ def test_fallback_fails_over_from_a_stopped_target_and_its_breaker_opens_and_clo
     # Closed by a probe, not left half-open (where the probe holder also sends A a call
     # now and then): a probe's success resets open and cooldown to 0; a half-open breaker
     # keeps them, or expires with its hash.
-    alias_pk = Alias.objects.get(name="fb").pk
     assert breaker_states(alias_pk).state(ids["a"]) == "closed"
     client = redis_client(os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0")
     try:

@@ -34,6 +34,7 @@ from metering.ledger.orm import usage_records_write
 from metering.tasks import control_counters_rebuild as rebuild_task
 from tests.factories import ApiKeyFactory
 from tests.metering.control.test_budgets import setup_budgets
+from tests.metering.control.timeouts import REDIS_TIMEOUT_S
 from tests.redis_cluster import redis_cluster
 from tests.usage_helpers import usage_row
 
@@ -137,7 +138,7 @@ def test_admit_settle_load_and_rate_windows_across_the_nodes(cluster: str) -> No
     budgets = [tagged_budget(t, 10 * HOLD, used=HOLD) for t in tenants]
 
     async def scenario():  # type: ignore[no-untyped-def]
-        store = ControlStore(cluster)
+        store = ControlStore(cluster, redis_timeout_s=REDIS_TIMEOUT_S)
         try:
             results = []
             for b, t in zip(budgets, tenants, strict=True):
@@ -174,7 +175,7 @@ def test_a_lost_admission_is_cancelled(cluster: str) -> None:
     b = tagged_budget(tenant, 10 * HOLD)
 
     async def scenario() -> int:
-        store = ControlStore(cluster)
+        store = ControlStore(cluster, redis_timeout_s=REDIS_TIMEOUT_S)
         try:
             admitted = await admit(store, [b], [4 * HOLD])
             assert admitted.allowed
@@ -196,7 +197,7 @@ def test_leased_calls_of_many_tenants_report_per_slot_and_count_exactly(cluster:
     calls = 40
 
     async def scenario() -> None:
-        store = ControlStore(cluster, lease_calls=8)
+        store = ControlStore(cluster, redis_timeout_s=REDIS_TIMEOUT_S, lease_calls=8)
         try:
             leased, exact = 0, []
             for _ in range(calls):
@@ -249,7 +250,7 @@ def test_reasoning_and_spend_budgets_of_a_real_key_on_the_cluster(cluster: str) 
     ]
 
     async def scenario():  # type: ignore[no-untyped-def]
-        store = ControlStore(cluster)
+        store = ControlStore(cluster, redis_timeout_s=REDIS_TIMEOUT_S)
         try:
             budgets_ = list(budgets)
             first = await store.admit(

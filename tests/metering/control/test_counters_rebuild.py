@@ -28,6 +28,7 @@ from metering.ledger.spool import SPOOL_KEY_PREFIX, SPOOL_WRITERS_KEY
 from metering.tasks import control_counters_rebuild as rebuild_task
 from tests.factories import ApiKeyFactory
 from tests.metering.control.lost_replies import lose_replies
+from tests.metering.control.timeouts import REDIS_TIMEOUT_S
 from tests.usage_helpers import usage_row
 
 URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -141,7 +142,7 @@ def test_a_hold_whose_admission_reply_was_lost_is_given_back() -> None:
     b = budget(ledger, 10 * HOLD)
 
     async def scenario():  # type: ignore[no-untyped-def]
-        store = ControlStore(URL)
+        store = ControlStore(URL, redis_timeout_s=REDIS_TIMEOUT_S)
         real = lose_replies(store, scripts.ADMIT, "no reply within 1.0s")
         with pytest.raises(control_store.ControlUnavailable):
             await admit(store, b, 9 * HOLD)  # the caller is refused (fail closed)
@@ -171,7 +172,7 @@ def test_a_lost_admission_that_runs_after_its_first_cancel_is_still_given_back(
     monkeypatch.setattr(control_store, "CANCEL_AGAIN_S", 0.2)
 
     async def scenario():  # type: ignore[no-untyped-def]
-        store = ControlStore(URL)
+        store = ControlStore(URL, redis_timeout_s=REDIS_TIMEOUT_S)
         await admit(store, b, 0)  # the budget is loaded
         real = store._redis.run
         queued = []
@@ -205,7 +206,7 @@ def test_a_hold_never_settled_expires_and_the_budget_returns_to_the_ledger(ttl_s
     b = budget(ledger, 10 * HOLD, ttl_s)
 
     async def scenario():  # type: ignore[no-untyped-def]
-        store = ControlStore(URL, hold_ttl_s=0.3)
+        store = ControlStore(URL, redis_timeout_s=REDIS_TIMEOUT_S, hold_ttl_s=0.3)
         lost = await admit(store, b, 6 * HOLD)
         # its call ran and its record committed (37 used), but the settlement never
         # reached Redis (the process died right after the commit)
@@ -242,7 +243,7 @@ def test_a_dead_processs_slice_lapses_and_the_budget_returns_to_the_ledger(
     monkeypatch.setattr(control_store, "OWNER_TTL_S", 0)
 
     async def scenario():  # type: ignore[no-untyped-def]
-        dead = ControlStore(URL, lease_calls=2)
+        dead = ControlStore(URL, redis_timeout_s=REDIS_TIMEOUT_S, lease_calls=2)
         first = await admit(dead, b)
         assert first.lease is not None
         await dead.flush()
@@ -258,7 +259,7 @@ def test_a_dead_processs_slice_lapses_and_the_budget_returns_to_the_ledger(
         await asyncio.sleep(0.4)
         result = rebuild(ledger, b, grace_s=0.3)
         after = fields(b)
-        other = ControlStore(URL)
+        other = ControlStore(URL, redis_timeout_s=REDIS_TIMEOUT_S)
         big = await admit(other, b, limit - 70)  # all that is left, by the ledger
         await other.close()
         return before, within_grace, lapsed, result, after, big
@@ -317,7 +318,7 @@ def test_a_rebuild_racing_with_calls_never_lets_spend_pass_the_limit(
     rng = random.Random(11)
 
     async def scenario() -> int:
-        store = ControlStore(URL, lease_calls=lease_calls)
+        store = ControlStore(URL, redis_timeout_s=REDIS_TIMEOUT_S, lease_calls=lease_calls)
         admitted = 0
 
         async def caller() -> None:
@@ -457,7 +458,10 @@ def test_budget_keys_of_the_old_names_go_only_when_idle() -> None:
         )
 
     async def scenario():  # type: ignore[no-untyped-def]
-        old, old_leasing = ControlStore(URL), ControlStore(URL, lease_calls=2)
+        old, old_leasing = (
+            ControlStore(URL, redis_timeout_s=REDIS_TIMEOUT_S),
+            ControlStore(URL, redis_timeout_s=REDIS_TIMEOUT_S, lease_calls=2),
+        )
         live = await admit(old, in_flight)  # its call still runs
         done = await admit(old, settled)
         ledger.commit(settled.key, 70)

@@ -16,6 +16,7 @@ from metering.control import store as control_store
 from metering.control.scopes import BudgetCost, BudgetScope, Grant, RateScope
 from metering.control.store import ControlStore
 from tests.metering.control.lost_replies import lose_replies
+from tests.metering.control.timeouts import REDIS_TIMEOUT_S
 
 URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 HOLD = 100  # every call here holds 100 units of its budget
@@ -85,7 +86,7 @@ def test_far_from_the_limit_calls_are_admitted_on_a_slice() -> None:
     )
 
     async def scenario():  # type: ignore[no-untyped-def]
-        store = ControlStore(URL, lease_calls=8)
+        store = ControlStore(URL, redis_timeout_s=REDIS_TIMEOUT_S, lease_calls=8)
         first = await admit(store, b, [rate])
         during = fields(b)
         admissions = [first] + [await admit(store, b, [rate]) for _ in range(7)]
@@ -111,7 +112,7 @@ def test_near_the_limit_calls_go_through_the_exact_script() -> None:
     b = budget(10 * HOLD)  # room for 10 calls: far too little for a slice of 8
 
     async def scenario():  # type: ignore[no-untyped-def]
-        store = ControlStore(URL, lease_calls=8)
+        store = ControlStore(URL, redis_timeout_s=REDIS_TIMEOUT_S, lease_calls=8)
         out = [await admit(store, b) for _ in range(11)]
         await store.close()
         return out
@@ -126,7 +127,10 @@ def test_a_slice_is_asked_back_before_a_call_is_refused() -> None:
     b = budget(10_000 * HOLD)
 
     async def scenario():  # type: ignore[no-untyped-def]
-        a, other = ControlStore(URL, lease_calls=100), ControlStore(URL)
+        a, other = (
+            ControlStore(URL, redis_timeout_s=REDIS_TIMEOUT_S, lease_calls=100),
+            ControlStore(URL, redis_timeout_s=REDIS_TIMEOUT_S),
+        )
         leased = await admit(a, b)  # a holds a slice of 100 calls, uses one
         # meanwhile the budget is nearly spent elsewhere: what is left outside a's slice
         # covers no call, but a's slice still has room for 99
@@ -150,7 +154,9 @@ def test_many_processes_never_pass_the_limit_and_fill_it() -> None:
     rng = random.Random(7)
 
     async def scenario() -> tuple[int, int]:
-        stores = [ControlStore(URL, lease_calls=16) for _ in range(3)]
+        stores = [
+            ControlStore(URL, redis_timeout_s=REDIS_TIMEOUT_S, lease_calls=16) for _ in range(3)
+        ]
         admitted = 0
 
         async def caller(store: ControlStore) -> None:
@@ -178,7 +184,7 @@ def test_a_slice_of_a_budget_that_left_redis_takes_no_more_calls() -> None:
     b = budget(10**9)
 
     async def scenario():  # type: ignore[no-untyped-def]
-        store = ControlStore(URL, lease_calls=8)
+        store = ControlStore(URL, redis_timeout_s=REDIS_TIMEOUT_S, lease_calls=8)
         first = await admit(store, b)
         old = store.book.budgets[b.key]  # type: ignore[union-attr]
         redis.Redis.from_url(URL).delete(b.key)  # Redis restarted
@@ -205,7 +211,7 @@ def test_a_report_whose_reply_was_lost_is_not_counted_twice() -> None:
     )
 
     async def scenario():  # type: ignore[no-untyped-def]
-        store = ControlStore(URL, lease_calls=8)
+        store = ControlStore(URL, redis_timeout_s=REDIS_TIMEOUT_S, lease_calls=8)
         admissions = [await admit(store, b, [rate]) for _ in range(3)]
         for a in admissions[:2]:
             a.lease.windows[0].closing = True  # the window slice reports its counts too
@@ -245,7 +251,7 @@ def test_a_closing_slice_keeps_the_hold_of_a_call_in_flight() -> None:
     )
 
     async def scenario():  # type: ignore[no-untyped-def]
-        store = ControlStore(URL, lease_calls=8)
+        store = ControlStore(URL, redis_timeout_s=REDIS_TIMEOUT_S, lease_calls=8)
         a = await admit(store, b, [rate])
         store.book.close_all()  # type: ignore[union-attr]
         await store.flush()
@@ -270,7 +276,7 @@ def test_close_waits_for_a_lease_being_taken_and_gives_everything_back() -> None
     b = budget(10**9)
 
     async def scenario():  # type: ignore[no-untyped-def]
-        store = ControlStore(URL, lease_calls=4)
+        store = ControlStore(URL, redis_timeout_s=REDIS_TIMEOUT_S, lease_calls=4)
         admissions = [await admit(store, b) for _ in range(4)]  # the last one runs low
         assert store._tasks  # a slice is being taken ahead
         await asyncio.sleep(0)  # its request is on its way to Redis
@@ -286,7 +292,7 @@ def test_after_a_failed_report_no_call_is_admitted_on_slices() -> None:
     b = budget(10**9)
 
     async def scenario():  # type: ignore[no-untyped-def]
-        store = ControlStore(URL, lease_calls=8)
+        store = ControlStore(URL, redis_timeout_s=REDIS_TIMEOUT_S, lease_calls=8)
         first = await admit(store, b)
         real = store._redis.run
 
@@ -319,7 +325,10 @@ def test_what_a_dead_process_did_after_its_last_report_is_covered(
     monkeypatch.setattr(control_store, "OWNER_TTL_S", 0)
 
     async def scenario():  # type: ignore[no-untyped-def]
-        dead, other = ControlStore(URL, lease_calls=100), ControlStore(URL)
+        dead, other = (
+            ControlStore(URL, redis_timeout_s=REDIS_TIMEOUT_S, lease_calls=100),
+            ControlStore(URL, redis_timeout_s=REDIS_TIMEOUT_S),
+        )
         first = await admit(dead, b)
         await dead.flush()  # its last report: one call in flight, nothing used
         settle_call(dead, b, first, 70)  # settled, never reported
@@ -343,7 +352,9 @@ def test_a_budget_crossing_an_alert_percentage_is_told_once(lease_calls: int) ->
     crossed: list[BudgetScope] = []
 
     async def scenario():  # type: ignore[no-untyped-def]
-        store = ControlStore(URL, lease_calls=lease_calls, on_crossed=crossed.append)
+        store = ControlStore(
+            URL, redis_timeout_s=REDIS_TIMEOUT_S, lease_calls=lease_calls, on_crossed=crossed.append
+        )
         admissions = []
         for _ in range(600):  # 60% of the budget, in calls that use their whole hold
             admissions.append(await admit(store, b))
@@ -376,7 +387,7 @@ def test_the_last_report_of_a_slice_counts_once_when_its_reply_is_lost(
     monkeypatch.setattr(leases, "FORGET_S", 0.2)
 
     async def scenario():  # type: ignore[no-untyped-def]
-        store = ControlStore(URL, lease_calls=8)
+        store = ControlStore(URL, redis_timeout_s=REDIS_TIMEOUT_S, lease_calls=8)
         a = await admit(store, b)
         settle_call(store, b, a, 40)
         store.book.budgets[b.key].closing = True  # type: ignore[union-attr]
@@ -398,7 +409,7 @@ def test_an_orphans_charge_counts_once_when_its_reply_is_lost() -> None:
     b = budget(10**9)
 
     async def scenario():  # type: ignore[no-untyped-def]
-        store = ControlStore(URL, lease_calls=8)
+        store = ControlStore(URL, redis_timeout_s=REDIS_TIMEOUT_S, lease_calls=8)
         a = await admit(store, b)
         r = redis.Redis.from_url(URL)
         r.delete(b.key)  # Redis restarted; the ledger had not seen the call yet
@@ -420,7 +431,7 @@ def test_a_lease_whose_reply_was_lost_is_given_back() -> None:
     )
 
     async def scenario():  # type: ignore[no-untyped-def]
-        store = ControlStore(URL, lease_calls=8)
+        store = ControlStore(URL, redis_timeout_s=REDIS_TIMEOUT_S, lease_calls=8)
         real = lose_replies(store, scripts.LEASE, "no reply in time")
         with pytest.raises(control_store.ControlUnavailable):
             await admit(store, b, [rate])
@@ -442,7 +453,7 @@ def test_a_slice_of_a_limit_that_changed_takes_no_more_calls() -> None:
     lowered = BudgetScope(b.key, b.kind, b.label, 10**8, b.ttl_s, b.load_used)
 
     async def scenario():  # type: ignore[no-untyped-def]
-        store = ControlStore(URL, lease_calls=8)
+        store = ControlStore(URL, redis_timeout_s=REDIS_TIMEOUT_S, lease_calls=8)
         first = await admit(store, b)
         second = await admit(store, lowered)
         await settle(store, b, first)
@@ -464,7 +475,7 @@ def test_an_alert_hook_that_fails_stops_no_report() -> None:
         raise RuntimeError("executor shut down")
 
     async def scenario():  # type: ignore[no-untyped-def]
-        store = ControlStore(URL, lease_calls=8, on_crossed=broken)
+        store = ControlStore(URL, redis_timeout_s=REDIS_TIMEOUT_S, lease_calls=8, on_crossed=broken)
         for _ in range(3):
             await settle(store, b, await admit(store, b))
         await store.close()
@@ -517,7 +528,7 @@ def test_a_busy_process_takes_a_few_window_slices_not_one_per_lease_calls() -> N
     b = budget(10**12)
 
     async def scenario():  # type: ignore[no-untyped-def]
-        store = ControlStore(URL, lease_calls=8)
+        store = ControlStore(URL, redis_timeout_s=REDIS_TIMEOUT_S, lease_calls=8)
         sent = []
         run = store._redis.run
 

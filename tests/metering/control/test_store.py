@@ -11,13 +11,14 @@ import redis
 
 from metering.control.scopes import BudgetCost, BudgetScope, Grant, RateScope, to_nano
 from metering.control.store import ControlStore
+from tests.metering.control.timeouts import REDIS_TIMEOUT_S
 
 URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture
 def store():  # type: ignore[no-untyped-def]
-    yield ControlStore(URL, window_s=60)
+    yield ControlStore(URL, redis_timeout_s=REDIS_TIMEOUT_S, window_s=60)
 
 
 def budget(limit: int, used: int = 0, kind: str = "spend") -> BudgetScope:
@@ -213,7 +214,7 @@ def test_to_nano_rounds_up() -> None:
 
 
 def test_token_corrections_go_to_the_window_the_call_was_counted_in() -> None:
-    store = ControlStore(URL, window_s=1)
+    store = ControlStore(URL, redis_timeout_s=REDIS_TIMEOUT_S, window_s=1)
     rate = RateScope(
         "key", str(uuid.uuid4()), requests_per_minute=None, tokens_per_minute=10**6, tenant_id="t"
     )

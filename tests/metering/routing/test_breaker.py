@@ -19,6 +19,7 @@ from metering.routing.breaker import (
     BreakerConfig,
     breaker_key,
     breaker_probe,
+    breaker_probe_release,
     breaker_read,
     breaker_report,
     breaker_states,
@@ -102,11 +103,11 @@ def check_probe_cooldown_doubling_and_closing(url: str) -> None:
         opened = await report(client, alias, 5, T0, f=5)
         assert opened == T0 + 30_000
         # Still cooling down: nobody probes.
-        assert await breaker_probe(client, alias, 5, now_ms=T0 + 29_999) == 0
+        assert await breaker_probe(client, alias, 5, now_ms=T0 + 29_999, owner="p") == 0
         # Half-open: exactly one of many concurrent askers wins.
         now = T0 + 30_000
         wins = await asyncio.gather(
-            *(breaker_probe(client, alias, 5, now_ms=now) for _ in range(20))
+            *(breaker_probe(client, alias, 5, now_ms=now, owner=f"p{i}") for i in range(20))
         )
         assert sorted(wins) == [0] * 19 + [2]
         # The probe fails: re-opens for twice the cooldown, and the probe key is gone.
@@ -115,16 +116,18 @@ def check_probe_cooldown_doubling_and_closing(url: str) -> None:
         cooldowns = [60_000]
         at = reopened
         for _ in range(4):  # 120 s, 240 s, then the 300 s maximum
-            assert await breaker_probe(client, alias, 5, now_ms=at) == 2
+            assert await breaker_probe(client, alias, 5, now_ms=at, owner="p") == 2
             nxt = await report(client, alias, 5, at, f=1, probe=True)
             cooldowns.append(nxt - at)
             at = nxt
         assert cooldowns == [60_000, 120_000, 240_000, 300_000, 300_000]
         # A successful probe closes and resets the cooldown.
-        assert await breaker_probe(client, alias, 5, now_ms=at) == 2
+        assert await breaker_probe(client, alias, 5, now_ms=at, owner="p") == 2
         assert await report(client, alias, 5, at + 5, s=1, probe=True) == 0
         assert (await breaker_read(client, alias))[5].state(at + 6) == "closed"
-        assert await breaker_probe(client, alias, 5, now_ms=at + 6) == 1  # closed: no probe
+        assert (
+            await breaker_probe(client, alias, 5, now_ms=at + 6, owner="p") == 1
+        )  # closed: no probe
         # The next opening starts again at 30 s.
         assert await report(client, alias, 5, at + 10, f=5) == at + 10 + 30_000
 
@@ -151,7 +154,7 @@ def test_retry_after_is_capped_at_the_longest_cooldown() -> None:
         # While open, a retry-after pushes it later only up to now + the maximum.
         assert await report(client, alias, 1, T0 + 1_000, f=1, ra=huge) == T0 + 301_000
         # A failed probe with a retry-after: the doubled cooldown (60 s) up to the maximum.
-        assert await breaker_probe(client, alias, 1, now_ms=T0 + 301_000) == 2
+        assert await breaker_probe(client, alias, 1, now_ms=T0 + 301_000, owner="p") == 2
         reopened = await report(client, alias, 1, T0 + 301_000, f=1, ra=huge, probe=True)
         assert reopened == T0 + 301_000 + 300_000
         assert (await breaker_read(client, alias))[1].open_until_ms == reopened
@@ -162,12 +165,26 @@ def test_retry_after_is_capped_at_the_longest_cooldown() -> None:
 def test_probe_key_lapses_for_a_dead_prober() -> None:
     async def steps(client, alias):  # type: ignore[no-untyped-def]
         await report(client, alias, 9, T0, f=5)
-        assert await breaker_probe(client, alias, 9, now_ms=T0 + 30_000) == 2
+        assert await breaker_probe(client, alias, 9, now_ms=T0 + 30_000, owner="p") == 2
         plain = redis.Redis.from_url(URL)
         ttl = plain.pttl(probe_key(alias, 9))
         assert 0 < ttl <= PROBE_TTL_MS
         plain.delete(probe_key(alias, 9))  # as if the TTL had passed
-        assert await breaker_probe(client, alias, 9, now_ms=T0 + 31_000) == 2
+        assert await breaker_probe(client, alias, 9, now_ms=T0 + 31_000, owner="p") == 2
+
+    run(scenario(URL, steps))
+
+
+def test_an_unused_probe_is_let_go_by_its_owner_only() -> None:
+    async def steps(client, alias):  # type: ignore[no-untyped-def]
+        await report(client, alias, 9, T0, f=5)
+        assert await breaker_probe(client, alias, 9, now_ms=T0 + 30_000, owner="p") == 2
+        assert await breaker_probe(client, alias, 9, now_ms=T0 + 30_000, owner="q") == 0
+        assert await breaker_probe_release(client, alias, 9, owner="q") == 0  # not q's
+        assert await breaker_probe(client, alias, 9, now_ms=T0 + 30_001, owner="q") == 0
+        assert await breaker_probe_release(client, alias, 9, owner="p") == 1
+        assert await breaker_probe(client, alias, 9, now_ms=T0 + 30_002, owner="q") == 2
+        assert await breaker_probe_release(client, alias, 9, owner="p") == 0  # q's now
 
     run(scenario(URL, steps))
 

@@ -149,10 +149,30 @@ def test_breaker_shared_between_processes_local_trip_and_probe() -> None:
     asyncio.run(go())
 
 
-def test_failed_probe_reopens_with_doubled_cooldown() -> None:
+def test_successes_before_the_window_do_not_hold_the_breaker_closed() -> None:
     async def go() -> None:
         clock = Clock()
         a = state(clock)
+        plan = plan_of()
+        ra = plan.targets[0].route_id
+        try:
+            for _ in range(100):  # a healthy target, never a failure to report them with
+                a.report(plan, ra, ok=True)
+            clock.now += 11  # past the 10 s window: then it dies
+            for _ in range(5):
+                a.report(plan, ra, ok=False)
+                await settled(a)
+            assert a.view.is_open(ra)  # 5 failures, 0 successes in the window
+        finally:
+            await a.close()
+
+    asyncio.run(go())
+
+
+def test_failed_probe_reopens_with_doubled_cooldown() -> None:
+    async def go() -> None:
+        clock = Clock()
+        a, b = state(clock), state(clock)
         plan = plan_of()
         ra = plan.targets[0].route_id
         try:
@@ -172,16 +192,25 @@ def test_failed_probe_reopens_with_doubled_cooldown() -> None:
             assert a.view.is_open(ra) and a.needs_probe(ra)  # half-open, no probe yet
             await a.refresh_breakers()
             assert not a.view.is_open(ra) and not a.needs_probe(ra)
-            # A probe nobody used is let go, and won again once Redis's key lapses.
+            # A probe nobody used is let go, here and in Redis: another process may win
+            # it at once (not only when Redis's key lapses), then this one again.
             clock.now += 30
             assert a.view.is_open(ra) and a.needs_probe(ra)
+            await a.refresh_breakers()  # lets go, and leaves this round to the others
+            assert a.view.is_open(ra)
+            assert redis.Redis.from_url(URL).exists(probe_key(plan.alias_pk, ra)) == 0
+            b.watch(plan)
+            await b.refresh_breakers()
+            assert not b.view.is_open(ra)  # b won it
             await a.refresh_breakers()
             assert a.view.is_open(ra)
-            redis.Redis.from_url(URL).delete(probe_key(plan.alias_pk, ra))  # as if lapsed
+            clock.now += 30
+            await b.refresh_breakers()  # b let go too
             await a.refresh_breakers()
             assert not a.view.is_open(ra)
         finally:
             await a.close()
+            await b.close()
 
     asyncio.run(go())
 
