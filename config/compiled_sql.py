@@ -50,6 +50,15 @@ def str_slots(count: int) -> list[str]:
     return [f"{STR_SLOT}{i}" for i in range(count)]
 
 
+def model_fields(model: type[Model], *attnames: str) -> tuple[str, ...]:
+    """These field attnames in `model`'s field order, the order `model.from_db` takes a
+    row of some of its fields in (it ignores the order of the names it is given)."""
+    fields = tuple(f.attname for f in model._meta.concrete_fields if f.attname in attnames)
+    if len(fields) != len(set(attnames)):
+        raise ValueError(f"not fields of {model.__name__}: {set(attnames) - set(fields)}")
+    return fields
+
+
 def _spellings(slot: object) -> tuple[str, ...]:
     """How a slot would read if the ORM wrote it into the SQL text."""
     if isinstance(slot, uuid.UUID):
@@ -97,10 +106,14 @@ class CompiledQuery:
         # position -> (converters, expression): no reference to the connection
         return sql, list(params), positions, list(converters.items())
 
-    def rows(self, *args: object) -> list[tuple[Any, ...]]:
+    def db(self) -> str:
+        """The database `rows` reads now: the one the router names for the model."""
         if self._model is None:
             self._model = self._build(*self._slots).model
-        using = router.db_for_read(self._model) or DEFAULT_DB_ALIAS  # as the queryset would
+        return router.db_for_read(self._model) or DEFAULT_DB_ALIAS  # as the queryset would
+
+    def rows(self, *args: object) -> list[tuple[Any, ...]]:
+        using = self.db()
         connection = connections[using]
         if connection.vendor != "postgresql":
             return list(self._build(*args))

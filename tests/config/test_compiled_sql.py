@@ -18,6 +18,7 @@ from config.compiled_sql import (
     CompiledQuery,
     datetime_slots,
     int_slots,
+    model_fields,
     str_slots,
     uuid_slots,
 )
@@ -104,8 +105,10 @@ def test_a_reporting_read_goes_where_the_router_sends_its_queryset(settings) -> 
         lambda name: Tenant.objects.filter(name=name).values_list("name"), STR_SLOT
     )
     assert query.rows("replica-only") == []  # the primary
+    assert query.db() == "default"
     with reporting_reads():
         assert query.rows("replica-only") == [("replica-only",)]
+        assert query.db() == "replica"
     assert query.rows("replica-only") == []
 
 
@@ -143,3 +146,15 @@ def test_an_int_slot_on_a_narrower_column_is_refused() -> None:
     )
     with pytest.raises(ValueError, match="no query"):
         query.rows(2)
+
+
+def test_model_fields_come_in_the_order_from_db_maps_them() -> None:
+    # `from_db` maps a row positionally in model field order, whatever order it is told
+    fields = model_fields(Alias, "max_attempts", "name", "id")
+    assert fields == ("id", "name", "max_attempts")
+    alias = Alias.objects.create(name="x", max_attempts=3)
+    row = Alias.objects.filter(pk=alias.pk).values_list(*fields).get()
+    loaded = Alias.from_db("default", fields, row)
+    assert (loaded.pk, loaded.name, loaded.max_attempts) == (alias.pk, "x", 3)
+    with pytest.raises(ValueError, match="not fields of Alias"):
+        model_fields(Alias, "name", "alias__name")
