@@ -641,19 +641,15 @@ class TtlCache(Generic[K, V]):
             ):
                 # Refresh ahead: the entry is still good, so this call does not wait; the
                 # next calls find the new value before the entry expires.
-                try:
-                    self._load(key, now)
-                except RuntimeError:  # the lookup executor is shut down: stopping
-                    pass
+                self._load(key, now)
             return entry[1]
         future = self._loading.get(key)
         if future is None:
             if self._held_back(key, now):
                 return self._stale(key, entry, now, None)
-            try:
-                future = self._load(key, now)
-            except RuntimeError as exc:  # the lookup executor is shut down: stopping
-                return self._stale(key, entry, now, exc)
+            future = self._load(key, now)
+            if future is None:  # the lookup executor is shut down: stopping
+                return self._stale(key, entry, now, RuntimeError("lookups are shut down"))
         try:
             return await asyncio.wait_for(asyncio.shield(future), self._load_timeout)
         except Exception as exc:  # noqa: BLE001 - any failed load: stale or unavailable
@@ -672,9 +668,14 @@ class TtlCache(Generic[K, V]):
                 self._key_failing.clear()
             self._key_failing[key] = until  # this key's data: only its loads wait
 
-    def _load(self, key: K, started: float) -> "asyncio.Future[V]":
-        """Raises RuntimeError once the executor is shut down (the server stopping)."""
-        future = asyncio.get_running_loop().run_in_executor(self._executor, self._loader, key)
+    def _load(self, key: K, started: float) -> "asyncio.Future[V] | None":
+        """None once the executor is shut down (the server stopping)."""
+        try:
+            future = asyncio.get_running_loop().run_in_executor(self._executor, self._loader, key)
+        except RuntimeError:
+            if self._executor._shutdown:
+                return None
+            raise
         self._loading[key] = future
         future.add_done_callback(lambda done: self._loaded(key, started, done))
         return future
