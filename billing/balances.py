@@ -300,13 +300,13 @@ def balance_terms(tenant_id: uuid.UUID) -> BalanceTerms | None:
 
     The epoch names the pair (watermark, credits) the proxy's counter for the balance is
     built on. It changes whenever a close or a void moves either, and never comes back to
-    an earlier value (ids and void counts only grow). The account, the epoch, the
-    watermark and the credits are read in one snapshot (`_one_snapshot`), so a counter is
-    never built on a pair from before a close or void and an epoch from after it."""
+    an earlier value (ids and void counts only grow). The epoch, the watermark and the
+    credits are read in one snapshot (`_one_snapshot`), so a counter is never built on a
+    pair from before a close or void and an epoch from after it."""
+    account = _hard_stop_account.first(tenant_id)  # most tenants: none, one read
+    if account is None:
+        return None
     with _one_snapshot(Invoice):
-        account = _hard_stop_account.first(tenant_id)
-        if account is None:
-            return None
         last_invoice, voided, watermark = _invoices_seen.first(tenant_id) or (None, 0, None)
         last_draw = _last_draw.first(account[0])
         credits = credits_of([account[0]])
@@ -325,9 +325,11 @@ def _one_snapshot(model: type[Model]) -> Iterator[None]:
     reads inside one see one state). Inside a caller's transaction, that transaction's."""
     using = router.db_for_read(model) or DEFAULT_DB_ALIAS
     connection = connections[using]
-    outermost = not connection.in_atomic_block
+    if connection.in_atomic_block:
+        yield
+        return
     with transaction.atomic(using=using):
-        if outermost and connection.vendor == "postgresql":
+        if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         yield
