@@ -10,13 +10,14 @@ proxy holds calls against what is available now minus the period's usage at list
 """
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
 
-from django.db import IntegrityError, transaction
-from django.db.models import Count, Max, Q, QuerySet, Sum
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, router, transaction
+from django.db.models import Count, Max, Model, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -295,25 +296,43 @@ _hard_stop_account = CompiledQuery(
 
 def balance_terms(tenant_id: uuid.UUID) -> BalanceTerms | None:
     """The balance as the proxy holds calls against it (None: no balance that stops calls).
-    Same read order as `balance_state` (the watermark, then the credits); the use since
-    the watermark loads lazily.
+    The use since the watermark loads lazily.
 
     The epoch names the pair (watermark, credits) the proxy's counter for the balance is
     built on. It changes whenever a close or a void moves either, and never comes back to
-    an earlier value (ids and void counts only grow), so a counter built on an old pair is
-    never reused. It is read with the watermark (one statement) and the last draw."""
-    account = _hard_stop_account.first(tenant_id)
+    an earlier value (ids and void counts only grow). The epoch, the watermark and the
+    credits are read in one snapshot (`_one_snapshot`), so a counter is never built on a
+    pair from before a close or void and an epoch from after it."""
+    account = _hard_stop_account.first(tenant_id)  # most tenants: none, one read
     if account is None:
         return None
-    last_invoice, voided, watermark = _invoices_seen.first(tenant_id) or (None, 0, None)
-    last_draw = _last_draw.first(account[0])
+    with _one_snapshot(Invoice):
+        last_invoice, voided, watermark = _invoices_seen.first(tenant_id) or (None, 0, None)
+        last_draw = _last_draw.first(account[0])
+        credits = credits_of([account[0]])
     epoch = f"{last_invoice or 0}.{voided}.{(last_draw and last_draw[0]) or 0}"
-    available = available_at(credits_of([account[0]]), timezone.now())
     return BalanceTerms(
-        available=available,
+        available=available_at(credits, timezone.now()),
         epoch=epoch,
         load_used=lambda: uninvoiced_spend(tenant_id, watermark),
     )
+
+
+@contextmanager
+def _one_snapshot(model: type[Model]) -> Iterator[None]:
+    """The reads inside see one state of the database the router reads `model` from: a
+    REPEATABLE READ READ ONLY transaction on PostgreSQL, a transaction on SQLite (whose
+    reads inside one see one state). Inside a caller's transaction, that transaction's."""
+    using = router.db_for_read(model) or DEFAULT_DB_ALIAS
+    connection = connections[using]
+    if connection.in_atomic_block:
+        yield
+        return
+    with transaction.atomic(using=using):
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        yield
 
 
 # The tenant's last invoice, how many are void, and the watermark (`invoiced_through`).

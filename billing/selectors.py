@@ -17,7 +17,16 @@ from config.compiled_sql import DATETIME_SLOT, UUID_SLOT, CompiledQuery
 # rolled back or deleted, so a bare pk could name a different version later; a reused pk
 # comes with another created_at. (Filled at once, not on commit: a period close prices
 # many tenants inside one transaction.)
-_PUBLISHED_CACHE: dict[tuple[int, datetime, datetime | None], PricePlan] = {}
+_PricingKey = tuple[int, datetime, datetime | None]
+_PUBLISHED_CACHE: dict[_PricingKey, PricePlan] = {}
+
+
+def _pricing_key(version: "PlanVersion | CurrentVersion") -> _PricingKey | None:
+    """Where a version's pricing is cached, None if it is not: only a published version,
+    which never changes, is cached."""
+    if version.status != PlanVersion.Status.PUBLISHED:
+        return None
+    return (version.pk, version.created_at, version.published_at)
 
 
 def plan_version_queryset() -> QuerySet[PlanVersion]:
@@ -34,8 +43,8 @@ def plan_version_queryset() -> QuerySet[PlanVersion]:
 def plan_version_pricing(version: PlanVersion) -> PricePlan:
     """The pure pricing view of a stored plan version (cached for published versions,
     which never change)."""
-    key = (version.pk, version.created_at, version.published_at)
-    if version.is_published and key in _PUBLISHED_CACHE:
+    key = _pricing_key(version)
+    if key is not None and key in _PUBLISHED_CACHE:
         return _PUBLISHED_CACHE[key]
     components = tuple(
         ComponentPrice(
@@ -67,7 +76,7 @@ def plan_version_pricing(version: PlanVersion) -> PricePlan:
         minimum_commitment=Decimal(version.minimum_commitment),
         name=f"{version.plan.name} v{version.version}",
     )
-    if version.is_published:
+    if key is not None:
         _PUBLISHED_CACHE[key] = plan
     return plan
 
@@ -123,7 +132,7 @@ def current_version(*, tenant_id: uuid.UUID, at: datetime) -> CurrentVersion | N
 def version_pricing(version: CurrentVersion) -> PricePlan:
     """`plan_version_pricing` of this version: from the cache when published and priced
     before, else read."""
-    key = (version.pk, version.created_at, version.published_at)
-    if version.status == PlanVersion.Status.PUBLISHED and key in _PUBLISHED_CACHE:
+    key = _pricing_key(version)
+    if key is not None and key in _PUBLISHED_CACHE:
         return _PUBLISHED_CACHE[key]
     return plan_version_pricing(plan_version_queryset().get(pk=version.pk))

@@ -17,18 +17,29 @@ of the thread that compiled the query is kept.
 
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django.core.exceptions import EmptyResultSet
 from django.db import DEFAULT_DB_ALIAS, connections, router
 from django.db.models import Model, QuerySet
 
 # Sentinel values for a query's slots, one per argument (values no real query uses as a
-# constant; two slots of one type need two values: `int_slots`, `str_slots`).
+# constant; two slots of one type need two values: `uuid_slots`, `int_slots`, ...).
+# INT_SLOT is outside the int4 range: int slots are for bigint columns (ids) only, as the
+# ORM drops or empties a filter of a narrower column by an out-of-range value.
 UUID_SLOT = uuid.UUID("5107e11e-0000-4000-8000-5107e11e0001")
 DATETIME_SLOT = datetime(1, 1, 1, 0, 0, 0, 314159, tzinfo=UTC)
 INT_SLOT = -7_301_999_001
 STR_SLOT = "\x00slot"
+
+
+def uuid_slots(count: int) -> list[uuid.UUID]:
+    return [uuid.UUID(int=UUID_SLOT.int + i) for i in range(count)]
+
+
+def datetime_slots(count: int) -> list[datetime]:
+    return [DATETIME_SLOT + timedelta(seconds=i) for i in range(count)]
 
 
 def int_slots(count: int) -> list[int]:
@@ -39,12 +50,34 @@ def str_slots(count: int) -> list[str]:
     return [f"{STR_SLOT}{i}" for i in range(count)]
 
 
+def model_fields(model: type[Model], *attnames: str) -> tuple[str, ...]:
+    """These field attnames in `model`'s field order, the order `model.from_db` takes a
+    row of some of its fields in (it ignores the order of the names it is given)."""
+    fields = tuple(f.attname for f in model._meta.concrete_fields if f.attname in attnames)
+    if len(fields) != len(set(attnames)):
+        raise ValueError(f"not fields of {model.__name__}: {set(attnames) - set(fields)}")
+    return fields
+
+
+def _spellings(slot: object) -> tuple[str, ...]:
+    """How a slot would read if the ORM wrote it into the SQL text."""
+    if isinstance(slot, uuid.UUID):
+        return (str(slot), slot.hex)
+    if isinstance(slot, datetime):
+        return (str(slot), slot.isoformat(), str(slot.replace(tzinfo=None)))
+    return (str(slot),)
+
+
 class CompiledQuery:
     """`build(*args)` (a values_list queryset) compiled once per process: `rows(*args)`
     is `list(build(*args))`. `slots` are distinct sentinel values of the arguments'
-    types (above); each must reach the SQL as a parameter (one or more times)."""
+    types (above); each must reach the SQL as a parameter (one or more times), never in
+    its text."""
 
     def __init__(self, build: Callable[..., "QuerySet[Any, tuple[Any, ...]]"], *slots: object):
+        if len(set(slots)) != len(slots):
+            # equal slots would take the same parameters: one argument overwriting another
+            raise ValueError(f"the slots of {build!r} are not distinct: {slots!r}")
         self._build = build
         self._slots = slots
         self._compiled: tuple[str, list[Any], list[list[int]], list[Any]] | None = None
@@ -52,20 +85,35 @@ class CompiledQuery:
 
     def _compile(self, using: str) -> tuple[str, list[Any], list[list[int]], list[Any]]:
         compiler = self._build(*self._slots).query.get_compiler(using=using)
-        sql, params = compiler.as_sql()
-        positions = [[i for i, p in enumerate(params) if p == slot] for slot in self._slots]
+        try:
+            sql, params = compiler.as_sql()
+        except EmptyResultSet as exc:  # e.g. an int slot on a column narrower than bigint
+            raise ValueError(f"{self._build!r} compiles to no query with its slots") from exc
+        at: dict[object, list[int]] = {}
+        for i, param in enumerate(params):
+            try:
+                at.setdefault(param, []).append(i)
+            except TypeError:  # unhashable (a list, a dict): not a slot
+                pass
+        positions = [at.get(slot, []) for slot in self._slots]
         if not all(positions):
             raise ValueError(f"a slot of {self._build!r} is not a parameter of its SQL")
+        if any(spelling in sql for slot in self._slots for spelling in _spellings(slot)):
+            raise ValueError(f"a slot of {self._build!r} is written into its SQL text")
         converters = compiler.get_converters(
             [column for column, _, _ in compiler.select[: compiler.col_count]]
         )
         # position -> (converters, expression): no reference to the connection
         return sql, list(params), positions, list(converters.items())
 
-    def rows(self, *args: object) -> list[tuple[Any, ...]]:
+    def db(self) -> str:
+        """The database `rows` reads now: the one the router names for the model."""
         if self._model is None:
             self._model = self._build(*self._slots).model
-        using = router.db_for_read(self._model) or DEFAULT_DB_ALIAS  # as the queryset would
+        return router.db_for_read(self._model) or DEFAULT_DB_ALIAS  # as the queryset would
+
+    def rows(self, *args: object) -> list[tuple[Any, ...]]:
+        using = self.db()
         connection = connections[using]
         if connection.vendor != "postgresql":
             return list(self._build(*args))

@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, connection, router
+from django.db import connection
 from django.db.models import Count, F, Max, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce, Trunc
 from django.utils import timezone
@@ -748,7 +748,7 @@ def _cost_rate_candidates(
             *str_slots(shape[1]),
             DATETIME_SLOT,
         )
-    using = router.db_for_read(ServingCostRate) or DEFAULT_DB_ALIAS
+    using = query.db()
     return [
         ServingCostRate.from_db(using, _RATE_FIELDS, row)
         for row in query.rows(*route_ids, *aliases, at)

@@ -37,11 +37,11 @@ from decimal import Decimal
 from operator import attrgetter
 from typing import Generic, NamedTuple, TypeVar
 
-from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections
 from django.db.models import F, FilteredRelation, Q, QuerySet
 from django.utils import timezone
 
-from config.compiled_sql import STR_SLOT, UUID_SLOT, CompiledQuery
+from config.compiled_sql import STR_SLOT, UUID_SLOT, CompiledQuery, model_fields
 from metering.control import terms
 from metering.control.budgets import BudgetKind, budget_scopes, budget_specs
 from metering.control.governance import ReasoningRules
@@ -370,8 +370,10 @@ def key_row_load(key_hash: str) -> KeyRow | None:
     return None if row is None else KeyRow._make(row)
 
 
-# A target's Route fields and its alias's Alias fields, as one compiled query reads them.
-_ROUTE_FIELDS = (
+# A target's Route fields and its alias's Alias fields, as one compiled query reads them
+# (in model order: `from_db` maps values positionally in that order).
+_ROUTE_FIELDS = model_fields(
+    Route,
     "id",
     "alias_id",
     "name",
@@ -386,7 +388,7 @@ _ROUTE_FIELDS = (
     "accelerator",
     "provider_account_id",
 )
-_ALIAS_FIELDS = ("id", "name", "policy", "rules", "max_attempts")
+_ALIAS_FIELDS = model_fields(Alias, "id", "name", "policy", "rules", "max_attempts")
 
 # Every active target of every granted active alias, by (alias, priority, name), with its
 # alias's routing fields.
@@ -421,10 +423,11 @@ def tenant_part_load(tenant_id: uuid.UUID, *, read_at: float) -> TenantPart:
     by_alias: dict[str, list[Route]] = {}
     alias_of: dict[str, Alias] = {}
     split = len(_ROUTE_FIELDS)
+    using = _tenant_targets.db()
     for row in _tenant_targets.rows(tenant_id):
-        route = Route.from_db(DEFAULT_DB_ALIAS, _ROUTE_FIELDS, row[:split])
+        route = Route.from_db(using, _ROUTE_FIELDS, row[:split])
         if route.alias_id not in alias_of:
-            alias_of[route.alias_id] = Alias.from_db(DEFAULT_DB_ALIAS, _ALIAS_FIELDS, row[split:])
+            alias_of[route.alias_id] = Alias.from_db(using, _ALIAS_FIELDS, row[split:])
         by_alias.setdefault(route.alias_id, []).append(route)
     targets = [route for routes in by_alias.values() for route in routes]
     aliases = list(by_alias)
@@ -638,19 +641,15 @@ class TtlCache(Generic[K, V]):
             ):
                 # Refresh ahead: the entry is still good, so this call does not wait; the
                 # next calls find the new value before the entry expires.
-                try:
-                    self._load(key, now)
-                except RuntimeError:  # the lookup executor is shut down: stopping
-                    pass
+                self._load(key, now)
             return entry[1]
         future = self._loading.get(key)
         if future is None:
             if self._held_back(key, now):
                 return self._stale(key, entry, now, None)
-            try:
-                future = self._load(key, now)
-            except RuntimeError as exc:  # the lookup executor is shut down: stopping
-                return self._stale(key, entry, now, exc)
+            future = self._load(key, now)
+            if future is None:  # the lookup executor is shut down: stopping
+                return self._stale(key, entry, now, RuntimeError("lookups are shut down"))
         try:
             return await asyncio.wait_for(asyncio.shield(future), self._load_timeout)
         except Exception as exc:  # noqa: BLE001 - any failed load: stale or unavailable
@@ -669,9 +668,14 @@ class TtlCache(Generic[K, V]):
                 self._key_failing.clear()
             self._key_failing[key] = until  # this key's data: only its loads wait
 
-    def _load(self, key: K, started: float) -> "asyncio.Future[V]":
-        """Raises RuntimeError once the executor is shut down (the server stopping)."""
-        future = asyncio.get_running_loop().run_in_executor(self._executor, self._loader, key)
+    def _load(self, key: K, started: float) -> "asyncio.Future[V] | None":
+        """None once the executor is shut down (the server stopping)."""
+        try:
+            future = asyncio.get_running_loop().run_in_executor(self._executor, self._loader, key)
+        except RuntimeError:
+            if self._executor._shutdown:
+                return None
+            raise
         self._loading[key] = future
         future.add_done_callback(lambda done: self._loaded(key, started, done))
         return future

@@ -2,12 +2,16 @@
 credits (expiring first), voids giving credits back, expiry, and what the proxy holds
 calls against."""
 
+import threading
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 import time_machine
+from django.db import connections
 
+from billing import balances
 from billing.balances import (
     BalanceInvalid,
     Credit,
@@ -27,6 +31,7 @@ from billing.pricing.periods import Period
 from config.errors import Conflict
 from tests.factories import ApiKeyFactory
 from tests.scenarios.test_invoicing_stories import OCT, SEP, at, use, version
+from tests.sqlite_helpers import run_on_sqlite
 
 pytestmark = pytest.mark.django_db
 
@@ -189,3 +194,101 @@ def test_a_grant_expires_unused_after_the_settling_delay(customer) -> None:  # t
     with time_machine.travel(at(2026, 3, 15), tick=False):
         state = balance_state(key.tenant_id)
     assert state is not None and state.available == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_terms_read_one_snapshot_when_a_void_commits_mid_read(customer, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    key, _ = customer
+    tenant = key.tenant_id
+    balance_credit(
+        tenant_id=tenant,
+        kind="top_up",
+        amount=Decimal("20.00"),
+        idempotency_key="top",
+        effective_at=at(2026, 9, 1),
+    )
+    use(key, at(2026, 9, 3), output_tokens=1_000_000)  # $4 + $10 base: draws 14.00
+    september = period_close(tenant_id=tenant, period_start=SEP, as_of=at(2026, 10, 3))
+    with time_machine.travel(at(2026, 10, 20), tick=False):
+        before = balance_terms(tenant)
+        assert before is not None and before.available == Decimal("6.00")
+
+        # The void commits on another connection between the epoch read and the draw read.
+        read_draw = balances._last_draw.first
+
+        def void_then_read(account_id: int):  # type: ignore[no-untyped-def]
+            def void() -> None:
+                try:
+                    invoice_transition(invoice=september, to="void")
+                finally:
+                    connections.close_all()
+
+            voider = threading.Thread(target=void)
+            voider.start()
+            voider.join()
+            return read_draw(account_id)
+
+        monkeypatch.setattr(balances._last_draw, "first", void_then_read)
+        seen = []
+
+        def lookup() -> None:  # on a thread of its own, as the proxy's lookups run
+            try:
+                seen.append(balance_terms(tenant))
+            finally:
+                connections.close_all()
+
+        reader = threading.Thread(target=lookup)
+        reader.start()
+        reader.join()
+        during = seen[0]
+        monkeypatch.undo()
+        after = balance_terms(tenant)
+
+    assert Invoice.objects.get(pk=september.pk).status == Invoice.Status.VOID
+    # all before the void: the old epoch with the old credits (not the restored 20.00)
+    assert during is not None and (during.epoch, during.available) == (
+        before.epoch,
+        before.available,
+    )
+    assert after is not None and after.epoch != before.epoch
+    assert after.available == Decimal("20.00")
+
+
+SQLITE_TERMS = """
+import threading
+from decimal import Decimal
+
+import django
+
+django.setup()
+from django.core.management import call_command
+
+call_command("migrate", verbosity=0)
+from django.db import connection, connections
+from billing.balances import balance_credit, balance_terms
+from metering.models import Tenant
+
+tenant = Tenant.objects.create(name="t")
+balance_credit(tenant_id=tenant.pk, kind="top_up", amount=Decimal("7"), idempotency_key="k")
+seen = []
+
+
+def lookup():
+    try:
+        seen.append(balance_terms(tenant.pk))
+    finally:
+        connections.close_all()
+
+
+thread = threading.Thread(target=lookup)  # as the proxy's lookup thread reads it
+thread.start()
+thread.join()
+terms = seen[0]
+assert terms is not None and terms.available == Decimal("7"), terms
+assert terms.load_used() == 0 and connection.get_autocommit()
+print("ok", terms.epoch)
+"""
+
+
+def test_terms_read_on_sqlite_from_a_lookup_thread(tmp_path: Path) -> None:
+    assert run_on_sqlite(SQLITE_TERMS, tmp_path) == "ok 0.0.0\n"

@@ -19,7 +19,7 @@ from billing.plans import (
 )
 from billing.pricing.periods import Period
 from billing.pricing.validate import PlanInvalid
-from billing.selectors import plan_version_pricing
+from billing.selectors import CurrentVersion, plan_version_pricing, version_pricing
 from config.errors import ApplicationError, Conflict, NotFound
 from tests.factories import ApiKeyFactory
 from tests.usage_helpers import write_usage  # noqa: F401 - used here and by other tests
@@ -77,6 +77,36 @@ def test_published_pricing_is_cached_once_its_transaction_commits(
     with django_capture_on_commit_callbacks(execute=True):
         first = plan_version_pricing(version)
     assert plan_version_pricing(version) is first
+
+
+def as_current(version: PlanVersion) -> CurrentVersion:
+    return CurrentVersion(
+        pk=version.pk,
+        created_at=version.created_at,
+        published_at=version.published_at,
+        status=version.status,
+        allowed_efforts=None,
+        default_max_output_tokens=None,
+        max_output_tokens=None,
+        monthly_reasoning_tokens=None,
+        reasoning_mode="",
+    )
+
+
+def test_both_pricing_reads_share_one_cache_of_published_versions_only(
+    django_assert_num_queries,
+) -> None:  # type: ignore[no-untyped-def]
+    version = published()
+    first = plan_version_pricing(version)
+    with django_assert_num_queries(0):
+        assert version_pricing(as_current(version)) is first
+    plan = plan_create(code="draft", name="Draft")
+    draft = plan_version_create(
+        plan=plan, currency="USD", effective_from=T0, components=PER_MILLION
+    )
+    assert plan_version_pricing(draft) is not plan_version_pricing(draft)
+    assert version_pricing(as_current(draft)) == plan_version_pricing(draft)
+    assert version_pricing(as_current(draft)) is not version_pricing(as_current(draft))
 
 
 def test_pricing_cache_never_serves_a_rolled_back_version() -> None:

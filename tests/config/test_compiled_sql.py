@@ -16,8 +16,11 @@ from config.compiled_sql import (
     STR_SLOT,
     UUID_SLOT,
     CompiledQuery,
+    datetime_slots,
     int_slots,
+    model_fields,
     str_slots,
+    uuid_slots,
 )
 from config.db_router import reporting_reads
 from metering.models import Alias, ReasoningPolicy, SpendLimit, Tenant
@@ -102,6 +105,56 @@ def test_a_reporting_read_goes_where_the_router_sends_its_queryset(settings) -> 
         lambda name: Tenant.objects.filter(name=name).values_list("name"), STR_SLOT
     )
     assert query.rows("replica-only") == []  # the primary
+    assert query.db() == "default"
     with reporting_reads():
         assert query.rows("replica-only") == [("replica-only",)]
+        assert query.db() == "replica"
     assert query.rows("replica-only") == []
+
+
+def test_equal_slots_are_refused() -> None:
+    # both arguments would take the same parameters: the second overwriting the first
+    def build(tenant_id, other_id):  # type: ignore[no-untyped-def]
+        return Tenant.objects.filter(pk=tenant_id).exclude(pk=other_id).values_list("pk")
+
+    with pytest.raises(ValueError, match="not distinct"):
+        CompiledQuery(build, UUID_SLOT, UUID_SLOT)
+    for slots in (uuid_slots(2), datetime_slots(2), int_slots(2), str_slots(2)):
+        assert len(set(slots)) == 2
+    tenants = [Tenant.objects.create(name=n) for n in "ab"]
+    query = CompiledQuery(build, *uuid_slots(2))
+    assert query.rows(tenants[0].pk, tenants[1].pk) == [(tenants[0].pk,)]
+    assert query.rows(tenants[0].pk, tenants[0].pk) == []
+
+
+def test_a_slot_written_into_the_sql_text_is_refused() -> None:
+    (slot,) = int_slots(1)
+
+    def build(pk):  # type: ignore[no-untyped-def]
+        inlined = Alias.objects.extra(where=[f"id <> {pk}"])  # noqa: S610 - the case tested
+        return inlined.filter(pk=pk).values_list("name")
+
+    query = CompiledQuery(build, slot)
+    with pytest.raises(ValueError, match="written into its SQL text"):
+        query.rows(1)
+
+
+def test_an_int_slot_on_a_narrower_column_is_refused() -> None:
+    # INT_SLOT is beyond int2/int4: the ORM empties this filter instead of passing it
+    query = CompiledQuery(
+        lambda n: Alias.objects.filter(max_attempts=n).values_list("name"), *int_slots(1)
+    )
+    with pytest.raises(ValueError, match="no query"):
+        query.rows(2)
+
+
+def test_model_fields_come_in_the_order_from_db_maps_them() -> None:
+    # `from_db` maps a row positionally in model field order, whatever order it is told
+    fields = model_fields(Alias, "max_attempts", "name", "id")
+    assert fields == ("id", "name", "max_attempts")
+    alias = Alias.objects.create(name="x", max_attempts=3)
+    row = Alias.objects.filter(pk=alias.pk).values_list(*fields).get()
+    loaded = Alias.from_db("default", fields, row)
+    assert (loaded.pk, loaded.name, loaded.max_attempts) == (alias.pk, "x", 3)
+    with pytest.raises(ValueError, match="not fields of Alias"):
+        model_fields(Alias, "name", "alias__name")

@@ -296,3 +296,24 @@ def test_after_the_lookup_thread_is_shut_down_entries_are_served_and_misses_unav
 
     asyncio.run(scenario())
     assert loader.calls == 1
+
+
+def test_only_a_shut_down_executor_counts_as_stopping(clock: Clock) -> None:
+    # Another RuntimeError (a RecursionError, ...) from scheduling a load is a fault, not
+    # the server stopping: it is raised, not served stale or "unavailable".
+    pool = ThreadPoolExecutor(max_workers=1)
+    cache = cache_of(Loader(), pool)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RecursionError("not a shutdown")
+
+    async def scenario() -> None:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(pool, "submit", refuse)
+            with pytest.raises(RecursionError):
+                await cache.get("k")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        pool.shutdown(wait=True)
