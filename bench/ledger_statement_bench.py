@@ -21,6 +21,7 @@ at zero records (fixed CPU per statement). The database server must be on this m
 """
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -95,9 +96,14 @@ class Worker:
             text=True,
             cwd=tree,
         )
-        assert self.process.stdout is not None
-        if self.process.stdout.readline().strip() != "ready":
-            raise RuntimeError(f"worker for {tree} did not start")
+        try:
+            assert self.process.stdout is not None
+            if self.process.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"worker for {tree} did not start")
+        except BaseException:
+            self.process.kill()  # its connection goes with it
+            self.process.wait()
+            raise
 
     def run(self, size: int, count: int) -> float:
         """Backend CPU per statement, in microseconds."""
@@ -107,9 +113,16 @@ class Worker:
         return json.loads(self.process.stdout.readline())["cpu_ns"] / count / 1000
 
     def close(self) -> None:
+        """End of input: the worker closes its connection and exits (killed if it has not
+        within 10 s)."""
         assert self.process.stdin is not None
-        self.process.stdin.close()
-        self.process.wait()
+        with contextlib.suppress(OSError):  # a worker that died has closed its end
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def main() -> None:
@@ -184,9 +197,13 @@ def _prepare(tenants: int) -> None:
 
 
 def _measure(trees: dict[str, Path], sizes: list[int], args: argparse.Namespace) -> None:
-    workers = {name: Worker(tree, shard) for shard, (name, tree) in enumerate(trees.items(), 1)}
-    cpu: dict[tuple[str, int], list[float]] = {(n, s): [] for n in workers for s in sizes}
+    workers: dict[str, Worker] = {}
+    cpu: dict[tuple[str, int], list[float]] = {(n, s): [] for n in trees for s in sizes}
     try:
+        # started one by one inside the try: one that fails to start does not leak the
+        # workers already started (their processes and connections)
+        for shard, (name, tree) in enumerate(trees.items(), 1):
+            workers[name] = Worker(tree, shard)
         for round_ in range(args.rounds):
             for size in sizes:
                 # alternate which tree goes first, so neither always runs on warmer caches

@@ -19,7 +19,16 @@ from stats import machine_banner, spread
 
 from metering.ledger.postgres import _PG_COLUMNS, PG_INSERT_SQL, pg_insert_statement
 
-FLAT = PG_INSERT_SQL
+
+def counted(sql):
+    """The statement with the count of rows inserted as its result (the lab checks it; the
+    service's statement ends with a constant since its sink never read the counts)."""
+    head, constant, rest = sql.rpartition(" SELECT 1")
+    assert constant and not rest, "the ledger statement no longer ends with SELECT 1"
+    return head + " SELECT (SELECT count(*) FROM inserted)"
+
+
+FLAT = counted(PG_INSERT_SQL)
 names = [n for n, _ in _PG_COLUMNS]
 defs = ", ".join(f"{n} {k}" for n, k in _PG_COLUMNS)
 head, tail = FLAT.split(" hourly AS (", 1)

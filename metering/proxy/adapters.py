@@ -138,14 +138,14 @@ class StreamTracker:
 
 # --- OpenAI chat completions --------------------------------------------------------
 
-# A delta's output, visible or reasoning (what _observe_choices counts as first output),
-# as compact JSON writes its keys.
-_OUTPUT_KEYS = (b'"content":"', b'"reasoning_content":"', b'"reasoning":"')
+# Where a delta's text value starts (content or reasoning), as compact JSON writes its keys:
+# the byte scan for first output, and where TextScan learns a shape.
+_CHAT_TEXT_KEYS = (b'"reasoning_content":"', b'"content":"', b'"reasoning":"')
 
 
 def _has_output(data: bytes) -> bool:
     """A byte scan: a chunk whose delta has a non-empty content or reasoning string."""
-    for key in _OUTPUT_KEYS:
+    for key in _CHAT_TEXT_KEYS:
         at = data.find(key)
         while at >= 0:
             if data[at + len(key) : at + len(key) + 1] != b'"':  # not the empty string
@@ -154,41 +154,45 @@ def _has_output(data: bytes) -> bool:
     return False
 
 
-def _choice_counts(choices: list[Any]) -> tuple[int, int, bool]:
-    """A chunk's (visible, reasoning) characters, and whether any delta has output."""
+# Everything `ChatStreamTracker.feed` learns from one chunk, read in one place:
+# (its id, or None; an error chunk ("error" without "choices"); its usage object, or None;
+# the deltas' visible and reasoning characters; whether a delta has output, the first)
+_ChatChunk = tuple[Any, bool, dict[str, Any] | None, int, int, bool]
+_NOT_A_CHUNK: _ChatChunk = (None, False, None, 0, 0, False)
+
+
+def _read_chat_chunk(chunk: Any) -> _ChatChunk:
+    if not isinstance(chunk, dict):
+        return _NOT_A_CHUNK
+    if "error" in chunk and "choices" not in chunk:
+        return chunk.get("id"), True, None, 0, 0, False
+    usage = chunk.get("usage")
+    choices = chunk.get("choices")
     visible = reasoning_chars = 0
     output = False
-    for choice in choices:
-        delta = choice.get("delta") if isinstance(choice, dict) else None
-        if not isinstance(delta, dict):
-            continue
-        content = delta.get("content")
-        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-        if content or reasoning:
-            output = True
-        visible += _text_len(content)
-        reasoning_chars += _text_len(reasoning)
-    return visible, reasoning_chars, output
+    if isinstance(choices, list):
+        for choice in choices:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if not isinstance(delta, dict):
+                continue
+            content = delta.get("content")
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if content or reasoning:
+                output = True
+            visible += _text_len(content)
+            reasoning_chars += _text_len(reasoning)
+    if not isinstance(usage, dict):
+        usage = None
+    return chunk.get("id"), False, usage, visible, reasoning_chars, output
 
 
-def _chunk_text(data: bytes) -> tuple[int, int] | None:
-    """What a text-counting `feed` learns from a chunk once it has the id and the first
-    output: its (visible, reasoning) characters; None if it learns more (usage, error)."""
-    chunk = _loads(data)
-    if not isinstance(chunk, dict):
-        return 0, 0
-    if "error" in chunk and "choices" not in chunk:
+def _chat_chunk_text(data: bytes) -> tuple[int, int] | None:
+    """TextScan's effect: a chunk's (visible, reasoning) characters if they are all it
+    tells a tracker that knows the stream's id and first output; None if it tells more."""
+    _, error, usage, visible, reasoning, _ = _read_chat_chunk(_loads(data))
+    if error or usage is not None:
         return None
-    if isinstance(chunk.get("usage"), dict):
-        return None
-    choices = chunk.get("choices")
-    if not isinstance(choices, list):
-        return 0, 0
-    visible, reasoning, _ = _choice_counts(choices)
     return visible, reasoning
-
-
-_CHAT_TEXT_KEYS = (b'"reasoning_content":"', b'"content":"', b'"reasoning":"')
 
 
 class ChatStreamTracker(StreamTracker):
@@ -209,27 +213,27 @@ class ChatStreamTracker(StreamTracker):
             if not self.first_output_seen:
                 self.first_output_seen = _has_output(data)
             return event.raw
-        chunk = _loads(data)
-        if not isinstance(chunk, dict):
-            return event.raw
+        parsed = _loads(data)
+        chunk_id, error, usage, visible, reasoning, output = _read_chat_chunk(parsed)
         if not self.response_id:
-            self.response_id = str(chunk.get("id") or "")
-        if "error" in chunk and "choices" not in chunk:
+            self.response_id = str(chunk_id or "")
+        if error:
             self.errored = True
             return event.raw
-        choices = chunk.get("choices")
-        if isinstance(choices, list):
-            self._observe_choices(choices)
-        usage = chunk.get("usage")
-        if not isinstance(usage, dict):
+        if output:
+            self.first_output_seen = True
+        if self.count_text:
+            self.text.visible_chars += visible
+            self.text.reasoning_chars += reasoning
+        if usage is None:
             return event.raw
         self.usage = high_water(self.usage, usage)
         if not self.hide_usage:
             return event.raw
-        if not choices:  # the extra usage chunk we asked for: hide it
+        if not parsed.get("choices"):  # the extra usage chunk we asked for: hide it
             return None
-        chunk["usage"] = None  # usage riding on a content chunk (some servers): strip it
-        return format_event(orjson.dumps(chunk), event.event)
+        parsed["usage"] = None  # usage riding on a content chunk (some servers): strip it
+        return format_event(orjson.dumps(parsed), event.event)
 
     def passes(self, events: bytes) -> bool:
         # feed's own test, on the run of events: no [DONE], no usage but null ones, and
@@ -244,16 +248,8 @@ class ChatStreamTracker(StreamTracker):
         if not self.count_text:
             return True
         if self.scan is None:
-            self.scan = TextScan(_chunk_text, _CHAT_TEXT_KEYS)
+            self.scan = TextScan(_chat_chunk_text, _CHAT_TEXT_KEYS)
         return self._count_run(events, self.scan, None)
-
-    def _observe_choices(self, choices: list[Any]) -> None:
-        visible, reasoning, output = _choice_counts(choices)
-        if output:
-            self.first_output_seen = True
-        if self.count_text:
-            self.text.visible_chars += visible
-            self.text.reasoning_chars += reasoning
 
     def outcome(self, *, completed: bool) -> Outcome:
         usage = usage_from_openai_chat(self.usage, self.text if self.count_text else None)

@@ -1,7 +1,7 @@
 """The fast path's text counts (a byte scan of runs of events, `passes`) are exactly what
 `feed` counts event by event, whatever the deltas hold: unicode, escapes, empty strings,
-bytes that are not JSON or not UTF-8, reasoning and visible keys, Anthropic thinking, text
-and signature deltas, and however the events fall into runs."""
+bytes that are not JSON or not UTF-8, reasoning and visible keys, error chunks, Anthropic
+thinking, text and signature deltas, and however the events fall into runs."""
 
 from typing import Any
 
@@ -53,8 +53,11 @@ def _no_framing(value: bytes) -> bool:
 def chat_events(draw: Any) -> list[bytes]:
     events = []
     for _ in range(draw(st.integers(1, 14))):
-        layout = draw(st.sampled_from(CHAT_LAYOUTS))
         value = draw(_VALUE.filter(_no_framing))
+        if draw(st.integers(0, 9)) == 0:  # an error chunk: feed learns more than text
+            events.append(b'data: {"error":{"message":' + value + b"}}\n\n")
+            continue
+        layout = draw(st.sampled_from(CHAT_LAYOUTS))
         data = CHAT_HEAD + layout % value + draw(st.sampled_from([b',"usage":null}', b"}"]))
         events.append(b"data: " + data + b"\n\n")
     return events

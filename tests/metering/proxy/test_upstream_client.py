@@ -2,7 +2,7 @@
 never shows to the caller."""
 
 import asyncio
-import socket
+from typing import NoReturn
 
 import pytest
 
@@ -47,31 +47,27 @@ def test_a_whole_body_larger_than_the_stream_buffer_is_read_whole() -> None:
     assert asyncio.run(scenario()) == body
 
 
-def test_a_connect_that_does_not_complete_in_time_is_an_upstream_timeout() -> None:
-    """A listener whose accept queue is full drops further SYNs: the connect hangs until
-    the client's connect timeout, which is an UpstreamTimeout (not a bare TimeoutError nor
-    a cancellation)."""
+def test_a_connect_that_does_not_complete_in_time_is_an_upstream_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connect that never completes fails at the client's connect timeout as an
+    UpstreamTimeout (not a bare TimeoutError nor a cancellation), and says so: not the
+    read timeout's "no data from upstream"."""
+    attempts = []
+
+    async def never_connects(*args: object, **kwargs: object) -> NoReturn:
+        attempts.append(args[1:3])
+        await asyncio.get_running_loop().create_future()  # never done
+        raise AssertionError("unreachable")
 
     async def scenario() -> None:
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        port = listener.getsockname()[1]
-        fillers = []
-        for _ in range(4):  # fill the accept queue (never accepted)
-            filler = socket.socket()
-            filler.setblocking(False)
-            filler.connect_ex(("127.0.0.1", port))
-            fillers.append(filler)
-        await asyncio.sleep(0.05)
-        client = UpstreamClient(connect_timeout=0.3, read_timeout=5)
+        monkeypatch.setattr(asyncio.get_running_loop(), "create_connection", never_connects)
+        client = UpstreamClient(connect_timeout=0.01, read_timeout=60)
         try:
-            with pytest.raises(UpstreamTimeout):
-                await client.post(f"http://127.0.0.1:{port}/v1/x", b"{}", {})
+            with pytest.raises(UpstreamTimeout, match="connecting to 127.0.0.1:9 timed out"):
+                await client.post("http://127.0.0.1:9/v1/x", b"{}", {})
         finally:
             await client.close()
-            for filler in fillers:
-                filler.close()
-            listener.close()
 
     asyncio.run(scenario())
+    assert attempts == [("127.0.0.1", 9)]
