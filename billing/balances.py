@@ -265,21 +265,24 @@ def uninvoiced_spend(tenant_id: uuid.UUID, since: datetime | None) -> Decimal:
 def balance_state(tenant_id: uuid.UUID, at: datetime | None = None) -> BalanceState | None:
     """The tenant's prepaid position now (None: no balance account).
 
-    Read in this order on purpose: the watermark first, then the credits. A period close
-    that commits in between moves both; read this way the pair can only be the old
-    watermark with the new (smaller) credits, which refuses a little early for a moment,
-    never the other way round, which would admit spend twice."""
+    The watermark, the credits and the use since the watermark are read in one snapshot
+    (`_one_snapshot`), so a close or a void committed meanwhile shows wholly or not at
+    all. Inside a caller's READ COMMITTED transaction the reads keep this order on
+    purpose: a close committed in between can then only pair the old watermark with the
+    new (smaller) credits, which shows a little less for a moment, never more."""
     account = BalanceAccount.objects.filter(tenant_id=tenant_id).first()
     if account is None:
         return None
     at = at or timezone.now()
-    watermark = invoiced_through(tenant_id)
-    credits = credits_of([account.pk])
+    with _one_snapshot(Invoice):
+        watermark = invoiced_through(tenant_id)
+        credits = credits_of([account.pk])
+        spend = uninvoiced_spend(tenant_id, watermark)
     return BalanceState(
         currency=account.currency,
         hard_stop=account.hard_stop,
         available=available_at(credits, at),
-        uninvoiced_spend=uninvoiced_spend(tenant_id, watermark),
+        uninvoiced_spend=spend,
         watermark=watermark,
     )
 

@@ -403,14 +403,30 @@ class ProxyApp:
 
     def _in_thread(self, fn: Callable[[], int]) -> "asyncio.Future[int]":
         """Run a ledger lookup on the lookup thread (loading a budget into Redis), for at
-        most the lookup timeout (TimeoutError past it)."""
-        loaded = asyncio.get_running_loop().run_in_executor(self._lookups, fn)
+        most the lookup timeout (TimeoutError past it, and once the lookup thread is shut
+        down: the server is stopping, so the lookup fails as one that timed out would)."""
+        loop = asyncio.get_running_loop()
+        try:
+            loaded = loop.run_in_executor(self._lookups, fn)
+        except RuntimeError:
+            if not self._lookups._shutdown:
+                raise
+            stopped: asyncio.Future[int] = loop.create_future()
+            stopped.set_exception(TimeoutError("lookups are shut down"))
+            return stopped
         return asyncio.ensure_future(asyncio.wait_for(loaded, self._lookup_timeout))
 
     def _alert(self, budget: BudgetScope) -> None:
-        """A settlement took a budget across an alert percentage: evaluate now."""
-        if budget.tenant_id is not None:
+        """A settlement took a budget across an alert percentage: evaluate now (best
+        effort: once the lookup thread is shut down, the beat's sweep catches up)."""
+        if budget.tenant_id is None:
+            return
+        try:
             self._lookups.submit(alert_thresholds_crossed, budget.tenant_id)
+        except RuntimeError:
+            if not self._lookups._shutdown:
+                raise
+            logger.info("alert for tenant %s left to the sweep: stopping", budget.tenant_id)
 
 
 async def _refuse(send: Send, refusal: Refusal, anthropic: bool) -> None:

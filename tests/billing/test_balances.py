@@ -254,6 +254,69 @@ def test_terms_read_one_snapshot_when_a_void_commits_mid_read(customer, monkeypa
     assert after.available == Decimal("20.00")
 
 
+@pytest.mark.django_db(transaction=True)
+def test_state_reads_one_snapshot_when_a_void_commits_mid_read(customer, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The position the API, console and alerts show: a void committed between the
+    watermark read and the credits read must not pair the old watermark (September
+    invoiced, so its usage not counted) with the credits the void gave back."""
+    key, _ = customer
+    tenant = key.tenant_id
+    balance_credit(
+        tenant_id=tenant,
+        kind="top_up",
+        amount=Decimal("20.00"),
+        idempotency_key="top",
+        effective_at=at(2026, 9, 1),
+    )
+    use(key, at(2026, 9, 3), output_tokens=1_000_000)  # $4 + $10 base: draws 14.00
+    september = period_close(tenant_id=tenant, period_start=SEP, as_of=at(2026, 10, 3))
+    with time_machine.travel(at(2026, 10, 20), tick=False):
+        before = balance_state(tenant)
+        assert before is not None
+        assert (before.available, before.uninvoiced_spend) == (Decimal("6.00"), 0)
+
+        read_credits = balances.credits_of
+
+        def void_then_read(account_ids, **kwargs):  # type: ignore[no-untyped-def]
+            def void() -> None:
+                try:
+                    invoice_transition(invoice=september, to="void")
+                finally:
+                    connections.close_all()
+
+            voider = threading.Thread(target=void)
+            voider.start()
+            voider.join()
+            return read_credits(account_ids, **kwargs)
+
+        monkeypatch.setattr(balances, "credits_of", void_then_read)
+        seen = []
+
+        def read() -> None:
+            try:
+                seen.append(balance_state(tenant))
+            finally:
+                connections.close_all()
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join()
+        during = seen[0]
+        monkeypatch.undo()
+        after = balance_state(tenant)
+
+    assert Invoice.objects.get(pk=september.pk).status == Invoice.Status.VOID
+    # all before the void (not the restored 20.00 beside September's uninvoiced use)
+    assert during is not None
+    assert (during.available, during.uninvoiced_spend, during.watermark) == (
+        before.available,
+        before.uninvoiced_spend,
+        before.watermark,
+    )
+    assert after is not None and after.available == Decimal("20.00")
+    assert before.watermark is not None and after.watermark is None
+
+
 SQLITE_TERMS = """
 import threading
 from decimal import Decimal

@@ -82,3 +82,29 @@ def test_a_budget_load_during_an_outage_answers_503(load_used: Any, anthropic: b
     body = orjson.loads(sent[1]["body"])
     assert (body["type"] == "error") if anthropic else (body["error"]["type"] == "api_error")
     assert b"10.0.0.5" not in sent[1]["body"]
+
+
+def test_after_the_lookup_thread_stops_a_budget_load_fails_as_a_timeout() -> None:
+    """A call still settling while the server stops: a budget load or an alert asked of the
+    shut-down lookup thread fails as a timed-out load would (the call gets its 503), never
+    with the executor's RuntimeError."""
+
+    async def scenario() -> None:
+        app = ProxyApp()
+        if app.control is not None:
+            await app.control.close()
+        app._lookups.shutdown(wait=True)
+        with pytest.raises(TimeoutError, match="shut down"):
+            await app._in_thread(lambda: 0)
+        budget = BudgetScope(
+            key=f"rk:test-stopped:{uuid.uuid4()}",
+            kind="spend",
+            label="tenant monthly spend limit",
+            limit=1_000,
+            ttl_s=60,
+            load_used=lambda: 0,
+            tenant_id=uuid.uuid4(),
+        )
+        app._alert(budget)  # left to the sweep, no exception
+
+    asyncio.run(scenario())
