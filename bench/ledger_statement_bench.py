@@ -11,7 +11,9 @@ Everything happens in a scratch database (RECKON_BENCH_DB, default
 the end). Each measured checkout runs in its own worker process with one connection
 (autocommit, prepared after a few runs as the proxy's are) and its own rollup shard;
 with `--baseline REV` a temporary worktree of REV is measured too, interleaved with this
-checkout in short runs (REV must work on this checkout's schema): on a shared, busy
+checkout in short runs (REV must work on this checkout's schema; with `--own-schema` each
+checkout writes to its own scratch database, migrated by that checkout, so a change of
+schema or storage is compared too): on a shared, busy
 machine the CPU a statement takes drifts by tens of percent over seconds, so the two are
 compared run by run (median of the paired ratios). Records are the ledger
 bench's (every record routed, v7 request ids that encode their start, in the current
@@ -88,13 +90,14 @@ def worker(tree: Path, shard: int) -> None:
 
 
 class Worker:
-    def __init__(self, tree: Path, shard: int) -> None:
+    def __init__(self, tree: Path, shard: int, database_url: str) -> None:
         self.process = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--worker", str(tree), str(shard)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             cwd=tree,
+            env={**os.environ, "DATABASE_URL": database_url},
         )
         try:
             assert self.process.stdout is not None
@@ -129,12 +132,21 @@ def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--worker":
         worker(Path(sys.argv[2]), int(sys.argv[3]))
         return
+    if len(sys.argv) == 4 and sys.argv[1] == "--prepare":
+        sys.path.insert(0, sys.argv[2])  # the checkout whose migrations make the schema
+        _prepare(int(sys.argv[3]))
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--statements", type=int, default=10, help="per round, size and tree")
     parser.add_argument("--sizes", default="1,9,32")
     parser.add_argument("--tenants", type=int, default=20)
     parser.add_argument("--baseline", help="a git revision to measure beside this checkout")
+    parser.add_argument(
+        "--own-schema",
+        action="store_true",
+        help="with --baseline: each checkout migrates and writes its own scratch database",
+    )
     parser.add_argument(
         "--database-url",
         default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
@@ -151,6 +163,8 @@ def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     os.environ["REDIS_URL"] = ""
     trees = {"this checkout": ROOT}
+    databases = {"this checkout": os.environ["DATABASE_URL"]}
+    own_db = f"{db}_baseline"
     with tempfile.TemporaryDirectory() as scratch:
         try:
             if args.baseline:
@@ -170,8 +184,26 @@ def main() -> None:
                     capture_output=True,
                 )
                 trees = {f"baseline {args.baseline}": tree, **trees}
+                databases[f"baseline {args.baseline}"] = os.environ["DATABASE_URL"]
+                if args.own_schema:
+                    url = scratch_database(args.database_url, own_db)
+                    os.environ["DATABASE_URL"] = databases["this checkout"]
+                    databases[f"baseline {args.baseline}"] = f"{url}/{own_db}"
+                    # migrated by the baseline's own code, in a process of its own
+                    subprocess.run(
+                        [
+                            sys.executable,
+                            str(Path(__file__).resolve()),
+                            "--prepare",
+                            str(tree),
+                            str(args.tenants),
+                        ],
+                        check=True,
+                        cwd=tree,
+                        env={**os.environ, "DATABASE_URL": f"{url}/{own_db}"},
+                    )
             _prepare(args.tenants)
-            _measure(trees, sizes, args)
+            _measure(trees, databases, sizes, args)
         finally:
             if args.baseline:
                 subprocess.run(
@@ -179,6 +211,8 @@ def main() -> None:
                     check=False,
                 )
             scratch_drop(server, db)
+            if args.baseline and args.own_schema:
+                scratch_drop(server, own_db)
 
 
 def _prepare(tenants: int) -> None:
@@ -196,14 +230,16 @@ def _prepare(tenants: int) -> None:
     connection.close()
 
 
-def _measure(trees: dict[str, Path], sizes: list[int], args: argparse.Namespace) -> None:
+def _measure(
+    trees: dict[str, Path], databases: dict[str, str], sizes: list[int], args: argparse.Namespace
+) -> None:
     workers: dict[str, Worker] = {}
     cpu: dict[tuple[str, int], list[float]] = {(n, s): [] for n in trees for s in sizes}
     try:
         # started one by one inside the try: one that fails to start does not leak the
         # workers already started (their processes and connections)
         for shard, (name, tree) in enumerate(trees.items(), 1):
-            workers[name] = Worker(tree, shard)
+            workers[name] = Worker(tree, shard, databases[name])
         for round_ in range(args.rounds):
             for size in sizes:
                 # alternate which tree goes first, so neither always runs on warmer caches
