@@ -37,6 +37,8 @@ from statistics import median
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+# the tables the statement folds into
+FOLD_TABLES = ("metering_usagerollup", "metering_routetargethour", "metering_routelatencybucket")
 
 
 def _backend_cpu_ns(pid: int) -> int:
@@ -204,6 +206,7 @@ def main() -> None:
                     )
             _prepare(args.tenants)
             _measure(trees, databases, sizes, args)
+            _print_hot_updates(databases)
         finally:
             if args.baseline:
                 subprocess.run(
@@ -228,6 +231,24 @@ def _prepare(tenants: int) -> None:
     for i in range(tenants):
         api_key_create(tenant=tenant_create(name=f"bench-{i}"))
     connection.close()
+
+
+def _print_hot_updates(databases: dict[str, str]) -> None:
+    """How many of the fold tables' updates were HOT (no new index entries) in each
+    database (one line when the checkouts shared one)."""
+    import psycopg
+
+    time.sleep(1)  # the workers' last statistics reach the server as they exit
+    for url in dict.fromkeys(databases.values()):
+        names = [name for name, db in databases.items() if db == url]
+        with psycopg.connect(url) as conn:
+            rows = conn.execute(
+                "SELECT relname, n_tup_hot_upd, n_tup_upd FROM pg_stat_user_tables"
+                " WHERE relname = ANY(%s) ORDER BY relname",
+                [list(FOLD_TABLES)],
+            ).fetchall()
+        hot = ", ".join(f"{name} {h}/{n}" for name, h, n in rows)
+        print(f"  HOT updates of {' and '.join(names)}: {hot}")
 
 
 def _measure(

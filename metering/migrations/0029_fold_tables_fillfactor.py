@@ -3,13 +3,14 @@ RouteLatencyBucket) keep free room in each page (fillfactor), so an upsert's new
 version fits on its own page: a HOT update, which writes no index entry.
 
 Why: every batch updates the rows of the current hour over and over. At the default
-fillfactor (100) a page fills with row versions, the update moves the row to another page
-and inserts a new entry into every index of the table (six on UsageRollup), and the
-indexes then spend more CPU deleting the stale entries (bottom-up deletion). Measured by
-`bench/ledger_statement_bench.py --own-schema`: most of these updates were not HOT, and
-the fold's share of a batch statement's CPU fell by about a quarter with the room (see
-decision 0122). RouteTargetHour and RouteLatencyBucket are tiny (no tenant or key):
-they keep 70% free. UsageRollup is larger and read by billing, so it keeps half free.
+fillfactor (100) the rows of a new hour are inserted into full pages, so their updates
+cannot stay on the page until pruning makes room: each such update moves the row and
+inserts a new entry into every index of the table (six on UsageRollup), which the
+indexes later spend CPU deleting again (bottom-up deletion). With the room nearly every
+update is HOT (`bench/ledger_statement_bench.py --baseline REV --own-schema` prints the
+HOT counts). RouteTargetHour and RouteLatencyBucket are tiny (no tenant or key): they
+keep 70% free. UsageRollup is larger and read by billing, so it keeps half free (its
+closed hours take up to twice the pages: the price of the room).
 
 The setting holds for pages written from now on (rows of new hours); existing pages are
 not rewritten (no lock beyond SHARE UPDATE EXCLUSIVE, which writers and readers do not
