@@ -4,7 +4,7 @@ batch insert (`metering.ledger.postgres.pg_insert_statement`: insert, fold into 
 rollups and per-target tables) at several batch sizes, per statement and per record.
 
     .venv/bin/python bench/ledger_statement_bench.py [--rounds 40] [--statements 10]
-        [--sizes 1,9,32] [--baseline REV]
+        [--sizes 1,9,32] [--baseline REV [--own-schema]] [--hold-snapshot]
 
 Everything happens in a scratch database (RECKON_BENCH_DB, default
 `reckon_statement_bench`: dropped first, created, migrated by this checkout, dropped at
@@ -13,7 +13,9 @@ the end). Each measured checkout runs in its own worker process with one connect
 with `--baseline REV` a temporary worktree of REV is measured too, interleaved with this
 checkout in short runs (REV must work on this checkout's schema; with `--own-schema` each
 checkout writes to its own scratch database, migrated by that checkout, so a change of
-schema or storage is compared too): on a shared, busy
+schema or storage is compared too; `--hold-snapshot` keeps a read transaction open in each
+database meanwhile, as a long report would, so old row versions cannot be pruned): on a
+shared, busy
 machine the CPU a statement takes drifts by tens of percent over seconds, so the two are
 compared run by run (median of the paired ratios). Records are the ledger
 bench's (every record routed, v7 request ids that encode their start, in the current
@@ -31,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from statistics import median
@@ -150,6 +153,12 @@ def main() -> None:
         help="with --baseline: each checkout migrates and writes its own scratch database",
     )
     parser.add_argument(
+        "--hold-snapshot",
+        action="store_true",
+        help="keep a read transaction open in each database while measuring (as a long"
+        " report or a replica's feedback would): old row versions cannot be pruned",
+    )
+    parser.add_argument(
         "--database-url",
         default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
     )
@@ -205,7 +214,8 @@ def main() -> None:
                         env={**os.environ, "DATABASE_URL": f"{url}/{own_db}"},
                     )
             _prepare(args.tenants)
-            _measure(trees, databases, sizes, args)
+            with _snapshots_held(databases if args.hold_snapshot else {}):
+                _measure(trees, databases, sizes, args)
             _print_hot_updates(databases)
         finally:
             if args.baseline:
@@ -231,6 +241,20 @@ def _prepare(tenants: int) -> None:
     for i in range(tenants):
         api_key_create(tenant=tenant_create(name=f"bench-{i}"))
     connection.close()
+
+
+@contextlib.contextmanager
+def _snapshots_held(databases: dict[str, str]) -> Iterator[None]:
+    """A REPEATABLE READ transaction with its snapshot taken, open in each database for
+    the duration: row versions dead after it began cannot be pruned or vacuumed."""
+    import psycopg
+
+    with contextlib.ExitStack() as stack:
+        for url in dict.fromkeys(databases.values()):
+            conn = stack.enter_context(psycopg.connect(url))
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            conn.execute("SELECT count(*) FROM metering_tenant")
+        yield
 
 
 def _print_hot_updates(databases: dict[str, str]) -> None:
