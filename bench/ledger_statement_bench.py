@@ -4,14 +4,18 @@ batch insert (`metering.ledger.postgres.pg_insert_statement`: insert, fold into 
 rollups and per-target tables) at several batch sizes, per statement and per record.
 
     .venv/bin/python bench/ledger_statement_bench.py [--rounds 40] [--statements 10]
-        [--sizes 1,9,32] [--baseline REV]
+        [--sizes 1,9,32] [--baseline REV [--own-schema]] [--hold-snapshot]
 
 Everything happens in a scratch database (RECKON_BENCH_DB, default
 `reckon_statement_bench`: dropped first, created, migrated by this checkout, dropped at
 the end). Each measured checkout runs in its own worker process with one connection
 (autocommit, prepared after a few runs as the proxy's are) and its own rollup shard;
 with `--baseline REV` a temporary worktree of REV is measured too, interleaved with this
-checkout in short runs (REV must work on this checkout's schema): on a shared, busy
+checkout in short runs (REV must work on this checkout's schema; with `--own-schema` each
+checkout writes to its own scratch database, migrated by that checkout, so a change of
+schema or storage is compared too; `--hold-snapshot` keeps a read transaction open in each
+database meanwhile, as a long report would, so old row versions cannot be pruned): on a
+shared, busy
 machine the CPU a statement takes drifts by tens of percent over seconds, so the two are
 compared run by run (median of the paired ratios). Records are the ledger
 bench's (every record routed, v7 request ids that encode their start, in the current
@@ -29,12 +33,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from statistics import median
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+# the tables the statement folds into
+FOLD_TABLES = ("metering_usagerollup", "metering_routetargethour", "metering_routelatencybucket")
 
 
 def _backend_cpu_ns(pid: int) -> int:
@@ -88,13 +95,14 @@ def worker(tree: Path, shard: int) -> None:
 
 
 class Worker:
-    def __init__(self, tree: Path, shard: int) -> None:
+    def __init__(self, tree: Path, shard: int, database_url: str) -> None:
         self.process = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--worker", str(tree), str(shard)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             cwd=tree,
+            env={**os.environ, "DATABASE_URL": database_url},
         )
         try:
             assert self.process.stdout is not None
@@ -129,12 +137,27 @@ def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--worker":
         worker(Path(sys.argv[2]), int(sys.argv[3]))
         return
+    if len(sys.argv) == 4 and sys.argv[1] == "--prepare":
+        sys.path.insert(0, sys.argv[2])  # the checkout whose migrations make the schema
+        _prepare(int(sys.argv[3]))
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--statements", type=int, default=10, help="per round, size and tree")
     parser.add_argument("--sizes", default="1,9,32")
     parser.add_argument("--tenants", type=int, default=20)
     parser.add_argument("--baseline", help="a git revision to measure beside this checkout")
+    parser.add_argument(
+        "--own-schema",
+        action="store_true",
+        help="with --baseline: each checkout migrates and writes its own scratch database",
+    )
+    parser.add_argument(
+        "--hold-snapshot",
+        action="store_true",
+        help="keep a read transaction open in each database while measuring (as a long"
+        " report or a replica's feedback would): old row versions cannot be pruned",
+    )
     parser.add_argument(
         "--database-url",
         default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
@@ -151,6 +174,8 @@ def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     os.environ["REDIS_URL"] = ""
     trees = {"this checkout": ROOT}
+    databases = {"this checkout": os.environ["DATABASE_URL"]}
+    own_db = f"{db}_baseline"
     with tempfile.TemporaryDirectory() as scratch:
         try:
             if args.baseline:
@@ -170,8 +195,28 @@ def main() -> None:
                     capture_output=True,
                 )
                 trees = {f"baseline {args.baseline}": tree, **trees}
+                databases[f"baseline {args.baseline}"] = os.environ["DATABASE_URL"]
+                if args.own_schema:
+                    url = scratch_database(args.database_url, own_db)
+                    os.environ["DATABASE_URL"] = databases["this checkout"]
+                    databases[f"baseline {args.baseline}"] = f"{url}/{own_db}"
+                    # migrated by the baseline's own code, in a process of its own
+                    subprocess.run(
+                        [
+                            sys.executable,
+                            str(Path(__file__).resolve()),
+                            "--prepare",
+                            str(tree),
+                            str(args.tenants),
+                        ],
+                        check=True,
+                        cwd=tree,
+                        env={**os.environ, "DATABASE_URL": f"{url}/{own_db}"},
+                    )
             _prepare(args.tenants)
-            _measure(trees, sizes, args)
+            with _snapshots_held(databases if args.hold_snapshot else {}):
+                _measure(trees, databases, sizes, args)
+            _print_hot_updates(databases)
         finally:
             if args.baseline:
                 subprocess.run(
@@ -179,6 +224,8 @@ def main() -> None:
                     check=False,
                 )
             scratch_drop(server, db)
+            if args.baseline and args.own_schema:
+                scratch_drop(server, own_db)
 
 
 def _prepare(tenants: int) -> None:
@@ -196,14 +243,48 @@ def _prepare(tenants: int) -> None:
     connection.close()
 
 
-def _measure(trees: dict[str, Path], sizes: list[int], args: argparse.Namespace) -> None:
+@contextlib.contextmanager
+def _snapshots_held(databases: dict[str, str]) -> Iterator[None]:
+    """A REPEATABLE READ transaction with its snapshot taken, open in each database for
+    the duration: row versions dead after it began cannot be pruned or vacuumed."""
+    import psycopg
+
+    with contextlib.ExitStack() as stack:
+        for url in dict.fromkeys(databases.values()):
+            conn = stack.enter_context(psycopg.connect(url))
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            conn.execute("SELECT count(*) FROM metering_tenant")
+        yield
+
+
+def _print_hot_updates(databases: dict[str, str]) -> None:
+    """How many of the fold tables' updates were HOT (no new index entries) in each
+    database (one line when the checkouts shared one)."""
+    import psycopg
+
+    time.sleep(1)  # the workers' last statistics reach the server as they exit
+    for url in dict.fromkeys(databases.values()):
+        names = [name for name, db in databases.items() if db == url]
+        with psycopg.connect(url) as conn:
+            rows = conn.execute(
+                "SELECT relname, n_tup_hot_upd, n_tup_upd FROM pg_stat_user_tables"
+                " WHERE relname = ANY(%s) ORDER BY relname",
+                [list(FOLD_TABLES)],
+            ).fetchall()
+        hot = ", ".join(f"{name} {h}/{n}" for name, h, n in rows)
+        print(f"  HOT updates of {' and '.join(names)}: {hot}")
+
+
+def _measure(
+    trees: dict[str, Path], databases: dict[str, str], sizes: list[int], args: argparse.Namespace
+) -> None:
     workers: dict[str, Worker] = {}
     cpu: dict[tuple[str, int], list[float]] = {(n, s): [] for n in trees for s in sizes}
     try:
         # started one by one inside the try: one that fails to start does not leak the
         # workers already started (their processes and connections)
         for shard, (name, tree) in enumerate(trees.items(), 1):
-            workers[name] = Worker(tree, shard)
+            workers[name] = Worker(tree, shard, databases[name])
         for round_ in range(args.rounds):
             for size in sizes:
                 # alternate which tree goes first, so neither always runs on warmer caches
