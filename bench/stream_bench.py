@@ -657,6 +657,12 @@ def main() -> None:
         "checkout's in every round: an A/B of two commits under the same load",
     )
     parser.add_argument(
+        "--loop-probe",
+        metavar="PATH_PREFIX",
+        help="run Reckon with its loop-stall probe (RECKON_LOOP_PROBE, api.proxy.stallprobe) "
+        "and print where its stalls went after each round (the probe costs a little CPU)",
+    )
+    parser.add_argument(
         "--database-url",
         default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
     )
@@ -777,8 +783,13 @@ def print_phase(phase: Phase, point: Point, round_number: int) -> None:
 def run_phase(rig: Rig, name: str, point: Point, source: str) -> Phase:
     """One round of one target: a fresh server process, warmed up, then the paced load."""
     port = free_port()
+    probe_path = None
     if name in ("reckon", "baseline"):
-        proc = start_reckon(port, rig.env, rig.baseline if name == "baseline" else None)
+        env = rig.env
+        if rig.args.loop_probe:  # both Reckon targets (a tree without the probe ignores it)
+            probe_path = f"{rig.args.loop_probe}-{name}-{port}"
+            env = {**env, "RECKON_LOOP_PROBE": probe_path}
+        proc = start_reckon(port, env, rig.baseline if name == "baseline" else None)
         model = RECKON_MODEL
     else:
         proc = start_bare(port, rig.env, f"http://{BARE_UPSTREAM_HOST}:{rig.upstream_port}")
@@ -841,7 +852,32 @@ def run_phase(rig: Rig, name: str, point: Point, source: str) -> Phase:
             point.mismatches.append(f"bare: {phase.complete}/{point.streams} streams complete")
     finally:
         stop(proc)
+        if probe_path is not None:
+            print_probe(Path(f"{probe_path}.{proc.pid}.json"))
     return phase
+
+
+def print_probe(path: Path) -> None:
+    """The server's loop-stall probe summary (api.proxy.stallprobe), if it wrote one."""
+    if not path.exists():
+        return
+    probe = json.loads(path.read_text())
+    split = probe["stall_seconds"]
+    print(
+        f"    loop probe: {probe['stalls']} stalls >= 3 ms in {probe['seconds']:.0f} s "
+        f"{probe['stalls_by_ms']}; stall time {split.get('wall', 0) * 1000:.0f} ms = own CPU "
+        f"{split.get('own_cpu', 0) * 1000:.0f} (GC {split.get('gc', 0) * 1000:.0f}) + waiting "
+        f"for a CPU {split.get('run_queue', 0) * 1000:.0f} + blocked/GIL "
+        f"{split.get('blocked', 0) * 1000:.0f}; GC {probe['gc']}; other threads' CPU in "
+        f"stalls {probe['other_threads_cpu_in_stalls_s']}",
+        flush=True,
+    )
+    for stack, count in list(probe["loop_stacks_in_stalls"].items())[:6]:
+        print(f"      loop stack x{count}: {stack}", flush=True)
+    for stack, count in list(probe["other_stacks_in_stalls"].items())[:3]:
+        print(f"      other thread x{count}: {stack}", flush=True)
+    for entry in probe["worst"][:5]:
+        print(f"      worst: {entry}", flush=True)
 
 
 def check_records(

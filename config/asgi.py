@@ -1,5 +1,6 @@
 """ASGI entry point: the proxy's lean hot path for /v1/*, Django for everything else."""
 
+import asyncio
 import gc
 import os
 import sys
@@ -9,6 +10,7 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_application = get_asgi_application()
 
+from api.proxy import stallprobe  # noqa: E402
 from api.proxy.app import ProxyApp  # noqa: E402 - needs Django set up first
 
 proxy_application = ProxyApp()
@@ -71,8 +73,11 @@ async def _lifespan(receive, send):  # type: ignore[no-untyped-def]
             # The ledger (loading what an earlier process spooled) and the routing state
             # start now, not when the first request comes.
             await proxy_application.startup()
+            # RECKON_LOOP_PROBE=<path>: the event loop's stalls, attributed (opt-in)
+            stallprobe.start_from_env(asyncio.get_running_loop())
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            stallprobe.stop()
             await proxy_application.shutdown()
             await send({"type": "lifespan.shutdown.complete"})
             return
