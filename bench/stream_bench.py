@@ -135,6 +135,26 @@ def tcp_counters() -> dict[str, int]:
     return {"listen_drops": 0, "syn_retrans": 0}
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of `pid` (threads started later inherit the main thread's set)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), cpus)
+        except (OSError, ValueError):
+            continue  # a thread that ended meanwhile
+
+
+def pinning(spec: str | None) -> tuple[set[int], set[int]] | None:
+    """`--pin`: (the server under test's CPUs, the load's CPUs), or None (no pinning)."""
+    if not spec:
+        return None
+    server = {int(c) for c in spec.split(",")}
+    rest = set(os.sched_getaffinity(0)) - server
+    if not rest or not server <= set(os.sched_getaffinity(0)):
+        raise SystemExit(f"--pin {spec}: needs CPUs of this machine and at least one left over")
+    return server, rest
+
+
 def own_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -620,6 +640,7 @@ class Rig:
     args: argparse.Namespace
     baseline: Path | None = None  # a worktree of --baseline REV, served as "baseline"
     baseline_sha: str = ""
+    pinned: tuple[set[int], set[int]] | None = None  # --pin: (server CPUs, load CPUs)
 
     @property
     def upstream(self) -> str:
@@ -657,6 +678,14 @@ def main() -> None:
         "checkout's in every round: an A/B of two commits under the same load",
     )
     parser.add_argument(
+        "--pin",
+        metavar="CPUS",
+        help="pin each server under test (Reckon, baseline, bare alike) to these CPUs "
+        "(comma-separated) and this client and the paced upstream to the others, as a server "
+        "with cores of its own; PostgreSQL, Redis and other processes stay unpinned. Not "
+        "the default: the README's figures are unpinned",
+    )
+    parser.add_argument(
         "--loop-probe",
         metavar="PATH_PREFIX",
         help="run Reckon with its loop-stall probe (RECKON_LOOP_PROBE, api.proxy.stallprobe) "
@@ -672,7 +701,18 @@ def main() -> None:
     hard = raise_fd_limit()
     cap = (hard - FD_RESERVE) // 2
     counts = [int(n) for n in args.streams.split(",")]
+    pinned = pinning(args.pin)
     print(machine_banner(), flush=True)
+    if pinned is not None:
+        pin(os.getpid(), pinned[1])
+        print(
+            f"pinned: each server under test on CPU {sorted(pinned[0])}, this client and the "
+            f"paced upstream on CPU {sorted(pinned[1])}; PostgreSQL, Redis and everything "
+            f"else unpinned",
+            flush=True,
+        )
+    else:
+        print("pinned: no (every process may run on any CPU)", flush=True)
     for n in counts:
         if n > cap:
             print(
@@ -698,7 +738,9 @@ def main() -> None:
     upstream_proc = subprocess.Popen(
         [sys.executable, "bench/paced_upstream.py", "--port", str(upstream_port)], cwd=ROOT
     )
-    rig = Rig(env, key, database_url, upstream_port, upstream_proc.pid, args)
+    rig = Rig(env, key, database_url, upstream_port, upstream_proc.pid, args, pinned=pinned)
+    if pinned is not None:
+        pin(upstream_proc.pid, pinned[1])
     targets = ["reckon"]
     scratch = tempfile.TemporaryDirectory(prefix="reckon-stream-bench-")
     if args.baseline:
@@ -794,6 +836,8 @@ def run_phase(rig: Rig, name: str, point: Point, source: str) -> Phase:
     else:
         proc = start_bare(port, rig.env, f"http://{BARE_UPSTREAM_HOST}:{rig.upstream_port}")
         model = BARE_MODEL
+    if rig.pinned is not None:  # every target alike: Reckon, the baseline, the bare pass-through
+        pin(proc.pid, rig.pinned[0])
     phase = Phase(name=name, pid=proc.pid, host="127.0.0.1", port=port, model=model, key=rig.key)
     upstream = rig.upstream
     try:
@@ -865,7 +909,7 @@ def print_probe(path: Path) -> None:
     split = probe["stall_seconds"]
     print(
         f"    loop probe: {probe['stalls']} stalls >= 3 ms in {probe['seconds']:.0f} s "
-        f"{probe['stalls_by_ms']}; stall time {split.get('wall', 0) * 1000:.0f} ms = own CPU "
+        f"{probe['stalls_by_ms']} (mostly own CPU: {probe['own_stalls_by_ms']}); stall time {split.get('wall', 0) * 1000:.0f} ms = own CPU "
         f"{split.get('own_cpu', 0) * 1000:.0f} (GC {split.get('gc', 0) * 1000:.0f}) + waiting "
         f"for a CPU {split.get('run_queue', 0) * 1000:.0f} + blocked/GIL "
         f"{split.get('blocked', 0) * 1000:.0f}; GC {probe['gc']}; other threads' CPU in "

@@ -84,6 +84,7 @@ class LoopStallProbe:
         self.beat = 0  # ticks so far, read by the sampler
         self.stalls = 0
         self.buckets = Counter[int]()
+        self.own_stalls = Counter[int]()  # stalls mostly of own CPU (< 20% queued or blocked)
         self.totals = Counter[str]()
         self.threads_cpu = Counter[str]()  # other threads' CPU (s) during stalls
         self.stacks = Counter[str]()  # the loop thread's, sampled while stalled
@@ -181,6 +182,9 @@ class LoopStallProbe:
             blocked = max(0.0, wall - own - queued)
             self.stalls += 1
             self.buckets[next((b for b in BUCKETS_MS[::-1] if wall * 1000 >= b), 0)] += 1
+            if queued < 0.2 * wall and blocked < 0.2 * wall:  # the loop thread's own doing
+                self.own_stalls[next((b for b in BUCKETS_MS[::-1] if wall * 1000 >= b), 0)] += 1
+                self.totals["own_stalls_wall"] += wall
             self.totals.update(
                 {
                     "wall": wall,
@@ -248,6 +252,7 @@ class LoopStallProbe:
             "ticks": self.ticks,
             "stalls": self.stalls,
             "stalls_by_ms": {f">={b}": n for b, n in sorted(self.buckets.items())},
+            "own_stalls_by_ms": {f">={b}": n for b, n in sorted(self.own_stalls.items())},
             "stall_seconds": {k: round(v, 4) for k, v in self.totals.items()},
             "other_threads_cpu_in_stalls_s": {
                 k: round(v, 4) for k, v in self.threads_cpu.most_common()
