@@ -678,6 +678,13 @@ def main() -> None:
         "checkout's in every round: an A/B of two commits under the same load",
     )
     parser.add_argument(
+        "--upstream-name",
+        metavar="HOST",
+        help="Reckon's route names the paced upstream by this host name (e.g. localhost, "
+        "which must resolve to a loopback address) instead of the IP literal "
+        f"{RECKON_UPSTREAM_HOST}, as a production route names its provider",
+    )
+    parser.add_argument(
         "--pin",
         metavar="CPUS",
         help="pin each server under test (Reckon, baseline, bare alike) to these CPUs "
@@ -731,7 +738,8 @@ def main() -> None:
     database_url = setup_database(args.database_url)
     upstream_port = free_port()
     env = django_env(database_url)
-    upstream_base = f"http://{RECKON_UPSTREAM_HOST}:{upstream_port}"
+    upstream_base = f"http://{args.upstream_name or RECKON_UPSTREAM_HOST}:{upstream_port}"
+    print(f"Reckon's route: {upstream_base}", flush=True)
     key = seed(database_url, upstream_base)
     if args.provider != "openai":
         set_provider(database_url, upstream_base, args.provider)
