@@ -916,7 +916,8 @@ def print_probe(path: Path) -> None:
     probe = json.loads(path.read_text())
     split = probe["stall_seconds"]
     print(
-        f"    loop probe: {probe['stalls']} stalls >= 3 ms in {probe['seconds']:.0f} s "
+        f"    loop probe ({probe['ticks']} ticks, {probe.get('errors', 0)} errors): "
+        f"{probe['stalls']} stalls >= 3 ms in {probe['seconds']:.0f} s "
         f"{probe['stalls_by_ms']} (mostly own CPU: {probe['own_stalls_by_ms']}); stall time {split.get('wall', 0) * 1000:.0f} ms = own CPU "
         f"{split.get('own_cpu', 0) * 1000:.0f} (GC {split.get('gc', 0) * 1000:.0f}) + waiting "
         f"for a CPU {split.get('run_queue', 0) * 1000:.0f} + blocked/GIL "

@@ -29,7 +29,7 @@ import os
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def _schedstat(fd: int) -> tuple[int, int]:
 
 
 def _stack(frame: Any, depth: int = 4) -> str:
-    parts = []
+    parts: list[str] = []
     while frame is not None and len(parts) < depth:
         code = frame.f_code
         parts.append(f"{os.path.basename(code.co_filename)}:{code.co_name}")
@@ -83,10 +83,11 @@ class LoopStallProbe:
         self.ticks = 0
         self.beat = 0  # ticks so far, read by the sampler
         self.stalls = 0
+        self.errors = 0  # ticks whose measuring failed (counted, never raised)
         self.buckets = Counter[int]()
         self.own_stalls = Counter[int]()  # stalls mostly of own CPU (< 20% queued or blocked)
-        self.totals = Counter[str]()
-        self.threads_cpu = Counter[str]()  # other threads' CPU (s) during stalls
+        self.totals: defaultdict[str, float] = defaultdict(float)
+        self.threads_cpu: defaultdict[str, float] = defaultdict(float)  # others' CPU in stalls
         self.stacks = Counter[str]()  # the loop thread's, sampled while stalled
         self.others = Counter[str]()  # other threads' busy stacks, sampled while stalled
         self.worst: list[dict[str, Any]] = []
@@ -145,16 +146,16 @@ class LoopStallProbe:
         return time.perf_counter(), time.thread_time(), run_queue, self.gc_total
 
     def _threads(self) -> dict[str, float]:
-        cpu = {}
+        cpu: dict[str, float] = {}
         for name, fd in self._thread_fds.values():
             try:
                 cpu[name] = cpu.get(name, 0.0) + _schedstat(fd)[0] / 1e9
-            except OSError:
-                continue
+            except (OSError, IndexError, ValueError):
+                continue  # a thread that ended (its file reads empty)
         return cpu
 
     def _refresh_threads(self) -> None:
-        for _tid, (_name, fd) in self._thread_fds.items():
+        for _name, fd in self._thread_fds.values():
             os.close(fd)
         self._thread_fds = {}
         own = threading.get_native_id()
@@ -162,14 +163,22 @@ class LoopStallProbe:
             tid = thread.native_id
             if tid is None or tid == own or thread is self._sampler:
                 continue
-            fd = _schedstat_fd(tid)
-            if fd is not None:
+            opened = _schedstat_fd(tid)
+            if opened is not None:
                 name = thread.name.split("_")[0].rstrip("-0123456789") or thread.name
-                self._thread_fds[tid] = (name, fd)
+                self._thread_fds[tid] = (name, opened)
         self._threads_seen_at = time.perf_counter()
         self._threads_cpu = self._threads()
 
     def _tick(self) -> None:
+        try:
+            self._measure()
+        except Exception:  # noqa: BLE001 - the probe must never stop measuring nor break the loop
+            self.errors += 1
+            self._last = self._snapshot()
+        self.loop.call_later(PERIOD_S, self._tick)
+
+    def _measure(self) -> None:
         now = self._snapshot()
         threads = self._threads() if self._thread_fds else {}
         wall = now[0] - self._last[0]
@@ -185,21 +194,21 @@ class LoopStallProbe:
             if queued < 0.2 * wall and blocked < 0.2 * wall:  # the loop thread's own doing
                 self.own_stalls[next((b for b in BUCKETS_MS[::-1] if wall * 1000 >= b), 0)] += 1
                 self.totals["own_stalls_wall"] += wall
-            self.totals.update(
-                {
-                    "wall": wall,
-                    "own_cpu": own,
-                    "gc": spent_gc,
-                    "run_queue": queued,
-                    "blocked": blocked,
-                }
-            )
+            for part, seconds in (
+                ("wall", wall),
+                ("own_cpu", own),
+                ("gc", spent_gc),
+                ("run_queue", queued),
+                ("blocked", blocked),
+            ):
+                self.totals[part] += seconds
             others = {
                 name: used - self._threads_cpu.get(name, 0.0)
                 for name, used in threads.items()
                 if used - self._threads_cpu.get(name, 0.0) > 0
             }
-            self.threads_cpu.update(others)
+            for name, used in others.items():
+                self.threads_cpu[name] += used
             entry = {
                 "at_s": round(now[0] - self.started, 3),
                 "wall_ms": round(wall * 1000, 2),
@@ -218,7 +227,6 @@ class LoopStallProbe:
             self._refresh_threads()
             now = self._snapshot()
         self._last = now
-        self.loop.call_later(PERIOD_S, self._tick)
 
     def _sample(self) -> None:
         """While a stall lasts (no tick for STALL_S), note the loop thread's stack and the
@@ -250,12 +258,13 @@ class LoopStallProbe:
         return {
             "seconds": round(seconds, 3),
             "ticks": self.ticks,
+            "errors": self.errors,
             "stalls": self.stalls,
             "stalls_by_ms": {f">={b}": n for b, n in sorted(self.buckets.items())},
             "own_stalls_by_ms": {f">={b}": n for b, n in sorted(self.own_stalls.items())},
             "stall_seconds": {k: round(v, 4) for k, v in self.totals.items()},
             "other_threads_cpu_in_stalls_s": {
-                k: round(v, 4) for k, v in self.threads_cpu.most_common()
+                k: round(v, 4) for k, v in sorted(self.threads_cpu.items(), key=lambda kv: -kv[1])
             },
             "gc": {
                 "seconds": round(self.gc_total, 4),
