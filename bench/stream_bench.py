@@ -623,7 +623,7 @@ class Point:
     interval: float
     rounds: int
     phases: dict[str, list[Phase]] = field(
-        default_factory=lambda: {"reckon": [], "baseline": [], "bare": []}
+        default_factory=lambda: {"reckon": [], "baseline": [], "pinned": [], "bare": []}
     )
     mismatches: list[str] = field(default_factory=list)
 
@@ -641,6 +641,7 @@ class Rig:
     baseline: Path | None = None  # a worktree of --baseline REV, served as "baseline"
     baseline_sha: str = ""
     pinned: tuple[set[int], set[int]] | None = None  # --pin: (server CPUs, load CPUs)
+    pin_ab: tuple[set[int], set[int]] | None = None  # --pin-ab: the "pinned" target's
 
     @property
     def upstream(self) -> str:
@@ -693,6 +694,13 @@ def main() -> None:
         "the default: the README's figures are unpinned",
     )
     parser.add_argument(
+        "--pin-ab",
+        metavar="CPUS",
+        help="add a target: this checkout's Reckon pinned as --pin pins (server on CPUS, "
+        "client and paced upstream on the others) in the same rounds as the unpinned ones, "
+        "to measure how much of the tail is sharing the load's CPUs (not with --pin)",
+    )
+    parser.add_argument(
         "--loop-probe",
         metavar="PATH_PREFIX",
         help="run Reckon with its loop-stall probe (RECKON_LOOP_PROBE, api.proxy.stallprobe) "
@@ -708,7 +716,10 @@ def main() -> None:
     hard = raise_fd_limit()
     cap = (hard - FD_RESERVE) // 2
     counts = [int(n) for n in args.streams.split(",")]
+    if args.pin and args.pin_ab:
+        parser.error("--pin and --pin-ab: one or the other")
     pinned = pinning(args.pin)
+    pin_ab = pinning(args.pin_ab)
     print(machine_banner(), flush=True)
     if pinned is not None:
         pin(os.getpid(), pinned[1])
@@ -716,6 +727,13 @@ def main() -> None:
             f"pinned: each server under test on CPU {sorted(pinned[0])}, this client and the "
             f"paced upstream on CPU {sorted(pinned[1])}; PostgreSQL, Redis and everything "
             f"else unpinned",
+            flush=True,
+        )
+    elif pin_ab is not None:
+        print(
+            f"pinned: only the target 'pinned' (Reckon on CPU {sorted(pin_ab[0])}, this client "
+            f"and the paced upstream on CPU {sorted(pin_ab[1])} during its phases); every "
+            f"other target unpinned",
             flush=True,
         )
     else:
@@ -746,7 +764,9 @@ def main() -> None:
     upstream_proc = subprocess.Popen(
         [sys.executable, "bench/paced_upstream.py", "--port", str(upstream_port)], cwd=ROOT
     )
-    rig = Rig(env, key, database_url, upstream_port, upstream_proc.pid, args, pinned=pinned)
+    rig = Rig(
+        env, key, database_url, upstream_port, upstream_proc.pid, args, pinned=pinned, pin_ab=pin_ab
+    )
     if pinned is not None:
         pin(upstream_proc.pid, pinned[1])
     targets = ["reckon"]
@@ -754,6 +774,8 @@ def main() -> None:
     if args.baseline:
         rig.baseline, rig.baseline_sha = baseline_tree(args.baseline, Path(scratch.name))
         targets.append("baseline")
+    if pin_ab is not None:
+        targets.append("pinned")
     if not args.no_bare:
         targets.append("bare")
     try:
@@ -834,7 +856,11 @@ def run_phase(rig: Rig, name: str, point: Point, source: str) -> Phase:
     """One round of one target: a fresh server process, warmed up, then the paced load."""
     port = free_port()
     probe_path = None
-    if name in ("reckon", "baseline"):
+    if rig.pin_ab is not None:  # the load's processes: on their CPUs for "pinned" only
+        load_cpus = rig.pin_ab[1] if name == "pinned" else rig.pin_ab[0] | rig.pin_ab[1]
+        pin(os.getpid(), load_cpus)
+        pin(rig.upstream_pid, load_cpus)
+    if name in ("reckon", "baseline", "pinned"):
         env = rig.env
         if rig.args.loop_probe:  # both Reckon targets (a tree without the probe ignores it)
             probe_path = f"{rig.args.loop_probe}-{name}-{port}"
@@ -846,6 +872,8 @@ def run_phase(rig: Rig, name: str, point: Point, source: str) -> Phase:
         model = BARE_MODEL
     if rig.pinned is not None:  # every target alike: Reckon, the baseline, the bare pass-through
         pin(proc.pid, rig.pinned[0])
+    if name == "pinned" and rig.pin_ab is not None:
+        pin(proc.pid, rig.pin_ab[0])
     phase = Phase(name=name, pid=proc.pid, host="127.0.0.1", port=port, model=model, key=rig.key)
     upstream = rig.upstream
     try:
@@ -972,6 +1000,7 @@ def report(point: Point, targets: list[str], baseline_sha: str, provider: str = 
     titles = {
         "reckon": "Reckon",
         "baseline": f"Reckon at {baseline_sha} (baseline)",
+        "pinned": "Reckon pinned (--pin-ab)",
         "bare": "bare pass-through",
     }
     medians: dict[str, dict[str, float]] = {}
@@ -1008,6 +1037,13 @@ def report(point: Point, targets: list[str], baseline_sha: str, provider: str = 
             if label in medians["baseline"] and medians["baseline"][label]
         ]
         print(f"Reckon vs baseline {baseline_sha} (change of medians): " + "; ".join(changes))
+    if "pinned" in medians and "reckon" in medians:
+        changes = [
+            f"{label} {(new - medians['reckon'][label]) / abs(medians['reckon'][label]):+.1%}"
+            for label, new in medians["pinned"].items()
+            if label in medians["reckon"] and medians["reckon"][label]
+        ]
+        print("Reckon pinned vs unpinned (change of medians): " + "; ".join(changes))
     reckon = point.phases["reckon"]
     print(
         target_line(
