@@ -36,6 +36,15 @@ Each round also prints how busy the server, the client and the upstream were, ho
 the server waited for a CPU while the streams opened, and the machine's listen-queue drops
 and SYN retransmits: on a shared machine those explain most of a bad time to first byte.
 
+Options for attributing the tail (none is the default; the README's figures use none):
+`--loop-probe PREFIX` runs Reckon with its loop-stall probe (api.proxy.stallprobe) and
+prints, after each round, its stalls split into the loop's own CPU, GC, waiting for a CPU
+and blocked; `--pin CPUS` pins every server under test alike (Reckon, baseline, bare) to
+CPUS and this client and the paced upstream to the others, as a server with cores of its
+own (PostgreSQL, Redis and other processes stay unpinned; printed in the banner);
+`--pin-ab CPUS` instead adds a pinned Reckon target in the same rounds as the unpinned
+one; `--upstream-name HOST` names the upstream in Reckon's route by a host name.
+
 The server needs two sockets per stream (client and upstream) and this machine's per-
 process limit on open files is a hard limit: a stream count above what fits is capped
 (printed). The soft limit is raised to the hard one for every child process.
