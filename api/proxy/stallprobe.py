@@ -94,6 +94,8 @@ class LoopStallProbe:
         self.gc_total = 0.0
         self.gc_count = Counter[int]()
         self.gc_longest = 0.0
+        self.gc_collected = 0
+        self.gc_longest_collected = 0
         self._gc_start = 0.0
         self._thread_fds: dict[int, tuple[str, int]] = {}
         self._threads_seen_at = 0.0
@@ -138,7 +140,10 @@ class LoopStallProbe:
             spent = now - self._gc_start
             self.gc_total += spent
             self.gc_count[info["generation"]] += 1
-            self.gc_longest = max(self.gc_longest, spent)
+            self.gc_collected += info.get("collected", 0)  # cyclic garbage found (objects)
+            if spent > self.gc_longest:
+                self.gc_longest = spent
+                self.gc_longest_collected = info.get("collected", 0)
             self._gc_start = 0.0
 
     def _snapshot(self) -> tuple[float, float, int, float]:
@@ -270,6 +275,8 @@ class LoopStallProbe:
                 "seconds": round(self.gc_total, 4),
                 "collections": dict(self.gc_count),
                 "longest_ms": round(self.gc_longest * 1000, 2),
+                "collected": self.gc_collected,
+                "longest_collected": self.gc_longest_collected,
             },
             "loop_stacks_in_stalls": dict(self.stacks.most_common(12)),
             "other_stacks_in_stalls": dict(self.others.most_common(8)),
