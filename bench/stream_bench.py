@@ -36,6 +36,15 @@ Each round also prints how busy the server, the client and the upstream were, ho
 the server waited for a CPU while the streams opened, and the machine's listen-queue drops
 and SYN retransmits: on a shared machine those explain most of a bad time to first byte.
 
+Options for attributing the tail (none is the default; the README's figures use none):
+`--loop-probe PREFIX` runs Reckon with its loop-stall probe (api.proxy.stallprobe) and
+prints, after each round, its stalls split into the loop's own CPU, GC, waiting for a CPU
+and blocked; `--pin CPUS` pins every server under test alike (Reckon, baseline, bare) to
+CPUS and this client and the paced upstream to the others, as a server with cores of its
+own (PostgreSQL, Redis and other processes stay unpinned; printed in the banner);
+`--pin-ab CPUS` instead adds a pinned Reckon target in the same rounds as the unpinned
+one; `--upstream-name HOST` names the upstream in Reckon's route by a host name.
+
 The server needs two sockets per stream (client and upstream) and this machine's per-
 process limit on open files is a hard limit: a stream count above what fits is capped
 (printed). The soft limit is raised to the hard one for every child process.
@@ -133,6 +142,26 @@ def tcp_counters() -> dict[str, int]:
                 "syn_retrans": table.get("TCPSynRetrans", 0),
             }
     return {"listen_drops": 0, "syn_retrans": 0}
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of `pid` (threads started later inherit the main thread's set)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), cpus)
+        except (OSError, ValueError):
+            continue  # a thread that ended meanwhile
+
+
+def pinning(spec: str | None) -> tuple[set[int], set[int]] | None:
+    """`--pin`: (the server under test's CPUs, the load's CPUs), or None (no pinning)."""
+    if not spec:
+        return None
+    server = {int(c) for c in spec.split(",")}
+    rest = set(os.sched_getaffinity(0)) - server
+    if not rest or not server <= set(os.sched_getaffinity(0)):
+        raise SystemExit(f"--pin {spec}: needs CPUs of this machine and at least one left over")
+    return server, rest
 
 
 def own_cpu_seconds() -> float:
@@ -603,7 +632,7 @@ class Point:
     interval: float
     rounds: int
     phases: dict[str, list[Phase]] = field(
-        default_factory=lambda: {"reckon": [], "baseline": [], "bare": []}
+        default_factory=lambda: {"reckon": [], "baseline": [], "pinned": [], "bare": []}
     )
     mismatches: list[str] = field(default_factory=list)
 
@@ -620,6 +649,8 @@ class Rig:
     args: argparse.Namespace
     baseline: Path | None = None  # a worktree of --baseline REV, served as "baseline"
     baseline_sha: str = ""
+    pinned: tuple[set[int], set[int]] | None = None  # --pin: (server CPUs, load CPUs)
+    pin_ab: tuple[set[int], set[int]] | None = None  # --pin-ab: the "pinned" target's
 
     @property
     def upstream(self) -> str:
@@ -657,6 +688,34 @@ def main() -> None:
         "checkout's in every round: an A/B of two commits under the same load",
     )
     parser.add_argument(
+        "--upstream-name",
+        metavar="HOST",
+        help="Reckon's route names the paced upstream by this host name (e.g. localhost, "
+        "which must resolve to a loopback address) instead of the IP literal "
+        f"{RECKON_UPSTREAM_HOST}, as a production route names its provider",
+    )
+    parser.add_argument(
+        "--pin",
+        metavar="CPUS",
+        help="pin each server under test (Reckon, baseline, bare alike) to these CPUs "
+        "(comma-separated) and this client and the paced upstream to the others, as a server "
+        "with cores of its own; PostgreSQL, Redis and other processes stay unpinned. Not "
+        "the default: the README's figures are unpinned",
+    )
+    parser.add_argument(
+        "--pin-ab",
+        metavar="CPUS",
+        help="add a target: this checkout's Reckon pinned as --pin pins (server on CPUS, "
+        "client and paced upstream on the others) in the same rounds as the unpinned ones, "
+        "to measure how much of the tail is sharing the load's CPUs (not with --pin)",
+    )
+    parser.add_argument(
+        "--loop-probe",
+        metavar="PATH_PREFIX",
+        help="run Reckon with its loop-stall probe (RECKON_LOOP_PROBE, api.proxy.stallprobe) "
+        "and print where its stalls went after each round (the probe costs a little CPU)",
+    )
+    parser.add_argument(
         "--database-url",
         default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
     )
@@ -666,7 +725,28 @@ def main() -> None:
     hard = raise_fd_limit()
     cap = (hard - FD_RESERVE) // 2
     counts = [int(n) for n in args.streams.split(",")]
+    if args.pin and args.pin_ab:
+        parser.error("--pin and --pin-ab: one or the other")
+    pinned = pinning(args.pin)
+    pin_ab = pinning(args.pin_ab)
     print(machine_banner(), flush=True)
+    if pinned is not None:
+        pin(os.getpid(), pinned[1])
+        print(
+            f"pinned: each server under test on CPU {sorted(pinned[0])}, this client and the "
+            f"paced upstream on CPU {sorted(pinned[1])}; PostgreSQL, Redis and everything "
+            f"else unpinned",
+            flush=True,
+        )
+    elif pin_ab is not None:
+        print(
+            f"pinned: only the target 'pinned' (Reckon on CPU {sorted(pin_ab[0])}, this client "
+            f"and the paced upstream on CPU {sorted(pin_ab[1])} during its phases); every "
+            f"other target unpinned",
+            flush=True,
+        )
+    else:
+        print("pinned: no (every process may run on any CPU)", flush=True)
     for n in counts:
         if n > cap:
             print(
@@ -685,19 +765,26 @@ def main() -> None:
     database_url = setup_database(args.database_url)
     upstream_port = free_port()
     env = django_env(database_url)
-    upstream_base = f"http://{RECKON_UPSTREAM_HOST}:{upstream_port}"
+    upstream_base = f"http://{args.upstream_name or RECKON_UPSTREAM_HOST}:{upstream_port}"
+    print(f"Reckon's route: {upstream_base}", flush=True)
     key = seed(database_url, upstream_base)
     if args.provider != "openai":
         set_provider(database_url, upstream_base, args.provider)
     upstream_proc = subprocess.Popen(
         [sys.executable, "bench/paced_upstream.py", "--port", str(upstream_port)], cwd=ROOT
     )
-    rig = Rig(env, key, database_url, upstream_port, upstream_proc.pid, args)
+    rig = Rig(
+        env, key, database_url, upstream_port, upstream_proc.pid, args, pinned=pinned, pin_ab=pin_ab
+    )
+    if pinned is not None:
+        pin(upstream_proc.pid, pinned[1])
     targets = ["reckon"]
     scratch = tempfile.TemporaryDirectory(prefix="reckon-stream-bench-")
     if args.baseline:
         rig.baseline, rig.baseline_sha = baseline_tree(args.baseline, Path(scratch.name))
         targets.append("baseline")
+    if pin_ab is not None:
+        targets.append("pinned")
     if not args.no_bare:
         targets.append("bare")
     try:
@@ -777,12 +864,25 @@ def print_phase(phase: Phase, point: Point, round_number: int) -> None:
 def run_phase(rig: Rig, name: str, point: Point, source: str) -> Phase:
     """One round of one target: a fresh server process, warmed up, then the paced load."""
     port = free_port()
-    if name in ("reckon", "baseline"):
-        proc = start_reckon(port, rig.env, rig.baseline if name == "baseline" else None)
+    probe_path = None
+    if rig.pin_ab is not None:  # the load's processes: on their CPUs for "pinned" only
+        load_cpus = rig.pin_ab[1] if name == "pinned" else rig.pin_ab[0] | rig.pin_ab[1]
+        pin(os.getpid(), load_cpus)
+        pin(rig.upstream_pid, load_cpus)
+    if name in ("reckon", "baseline", "pinned"):
+        env = rig.env
+        if rig.args.loop_probe:  # both Reckon targets (a tree without the probe ignores it)
+            probe_path = f"{rig.args.loop_probe}-{name}-{port}"
+            env = {**env, "RECKON_LOOP_PROBE": probe_path}
+        proc = start_reckon(port, env, rig.baseline if name == "baseline" else None)
         model = RECKON_MODEL
     else:
         proc = start_bare(port, rig.env, f"http://{BARE_UPSTREAM_HOST}:{rig.upstream_port}")
         model = BARE_MODEL
+    if rig.pinned is not None:  # every target alike: Reckon, the baseline, the bare pass-through
+        pin(proc.pid, rig.pinned[0])
+    if name == "pinned" and rig.pin_ab is not None:
+        pin(proc.pid, rig.pin_ab[0])
     phase = Phase(name=name, pid=proc.pid, host="127.0.0.1", port=port, model=model, key=rig.key)
     upstream = rig.upstream
     try:
@@ -841,7 +941,33 @@ def run_phase(rig: Rig, name: str, point: Point, source: str) -> Phase:
             point.mismatches.append(f"bare: {phase.complete}/{point.streams} streams complete")
     finally:
         stop(proc)
+        if probe_path is not None:
+            print_probe(Path(f"{probe_path}.{proc.pid}.json"))
     return phase
+
+
+def print_probe(path: Path) -> None:
+    """The server's loop-stall probe summary (api.proxy.stallprobe), if it wrote one."""
+    if not path.exists():
+        return
+    probe = json.loads(path.read_text())
+    split = probe["stall_seconds"]
+    print(
+        f"    loop probe ({probe['ticks']} ticks, {probe.get('errors', 0)} errors): "
+        f"{probe['stalls']} stalls >= 3 ms in {probe['seconds']:.0f} s "
+        f"{probe['stalls_by_ms']} (mostly own CPU: {probe['own_stalls_by_ms']}); stall time {split.get('wall', 0) * 1000:.0f} ms = own CPU "
+        f"{split.get('own_cpu', 0) * 1000:.0f} (GC {split.get('gc', 0) * 1000:.0f}) + waiting "
+        f"for a CPU {split.get('run_queue', 0) * 1000:.0f} + blocked/GIL "
+        f"{split.get('blocked', 0) * 1000:.0f}; GC {probe['gc']}; other threads' CPU in "
+        f"stalls {probe['other_threads_cpu_in_stalls_s']}",
+        flush=True,
+    )
+    for stack, count in list(probe["loop_stacks_in_stalls"].items())[:6]:
+        print(f"      loop stack x{count}: {stack}", flush=True)
+    for stack, count in list(probe["other_stacks_in_stalls"].items())[:3]:
+        print(f"      other thread x{count}: {stack}", flush=True)
+    for entry in probe["worst"][:5]:
+        print(f"      worst: {entry}", flush=True)
 
 
 def check_records(
@@ -883,6 +1009,7 @@ def report(point: Point, targets: list[str], baseline_sha: str, provider: str = 
     titles = {
         "reckon": "Reckon",
         "baseline": f"Reckon at {baseline_sha} (baseline)",
+        "pinned": "Reckon pinned (--pin-ab)",
         "bare": "bare pass-through",
     }
     medians: dict[str, dict[str, float]] = {}
@@ -919,6 +1046,13 @@ def report(point: Point, targets: list[str], baseline_sha: str, provider: str = 
             if label in medians["baseline"] and medians["baseline"][label]
         ]
         print(f"Reckon vs baseline {baseline_sha} (change of medians): " + "; ".join(changes))
+    if "pinned" in medians and "reckon" in medians:
+        changes = [
+            f"{label} {(new - medians['reckon'][label]) / abs(medians['reckon'][label]):+.1%}"
+            for label, new in medians["pinned"].items()
+            if label in medians["reckon"] and medians["reckon"][label]
+        ]
+        print("Reckon pinned vs unpinned (change of medians): " + "; ".join(changes))
     reckon = point.phases["reckon"]
     print(
         target_line(
