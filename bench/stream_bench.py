@@ -96,6 +96,9 @@ FLOOR_UPSTREAM_HOST = "127.0.0.5"
 FLOOR_MODEL = "paced-floor"
 CLIENT_HOSTS = [f"127.0.1.{n}" for n in range(1, 255)]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# a server process may take this long to come up on a busy shared machine (60 s was not
+# enough once, with four helpers on two cores)
+START_TIMEOUT_S = 180
 
 
 def raise_fd_limit() -> int:
@@ -543,7 +546,7 @@ def start_reckon(port: int, env: dict[str, str], tree: Path | None = None) -> su
             env={**env, "LOG_LEVEL": "WARNING"},
             stderr=subprocess.DEVNULL,
         )
-    wait_up(f"http://127.0.0.1:{port}/v1/models", timeout=60)
+    wait_up(f"http://127.0.0.1:{port}/v1/models", timeout=START_TIMEOUT_S)
     return proc
 
 
@@ -588,7 +591,7 @@ def start_bare(port: int, env: dict[str, str], upstream: str) -> subprocess.Pope
         cwd=ROOT,
         env={**env, "RECKON_BARE_UPSTREAM": upstream},
     )
-    wait_up(f"http://127.0.0.1:{port}/", timeout=60)
+    wait_up(f"http://127.0.0.1:{port}/", timeout=START_TIMEOUT_S)
     return proc
 
 
@@ -597,7 +600,7 @@ def start_floor(port: int, upstream: str) -> subprocess.Popen:
         [sys.executable, "bench/floor_relay.py", "--port", str(port), "--upstream", upstream],
         cwd=ROOT,
     )
-    wait_up(f"http://127.0.0.1:{port}/v1/models", timeout=60)
+    wait_up(f"http://127.0.0.1:{port}/v1/models", timeout=START_TIMEOUT_S)
     return proc
 
 
