@@ -28,6 +28,12 @@ it with 20 short streams, and prints, per target:
   visible output tokens sum to what the upstream reported for the round. Any mismatch
   exits non-zero.
 
+`--floor` adds the floor (bench/floor_relay.py): a uvloop byte relay with no parsing at
+all, one upstream connection per client connection, the upstream's bytes written to the
+client as they arrive. Its CPU per chunk is what the kernel (recv, send, epoll) and the
+event loop alone cost here, under the same load: the part of Reckon's figure that no
+Python relay can cut.
+
 `--baseline REV` adds a third target: Reckon served from a temporary worktree of REV, in
 the same rounds under the same load, and prints the change of medians against it (an A/B
 of two commits; machine drift between separate runs is larger than most changes).
@@ -95,8 +101,13 @@ IP_BIND_ADDRESS_NO_PORT = 24  # linux/in.h: pick the port at connect(), per dest
 RECKON_UPSTREAM_HOST = "127.0.0.2"
 PROBE_UPSTREAM_HOST = "127.0.0.3"
 BARE_UPSTREAM_HOST = "127.0.0.4"
+FLOOR_UPSTREAM_HOST = "127.0.0.5"
+FLOOR_MODEL = "paced-floor"
 CLIENT_HOSTS = [f"127.0.1.{n}" for n in range(1, 255)]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# a server process may take this long to come up on a busy shared machine (60 s was not
+# enough once, with four helpers on two cores)
+START_TIMEOUT_S = 180
 
 
 def raise_fd_limit() -> int:
@@ -564,7 +575,7 @@ def start_reckon(port: int, env: dict[str, str], tree: Path | None = None) -> su
             env={**env, "LOG_LEVEL": "WARNING"},
             stderr=subprocess.DEVNULL,
         )
-    wait_up(f"http://127.0.0.1:{port}/v1/models", timeout=60)
+    wait_up(f"http://127.0.0.1:{port}/v1/models", timeout=START_TIMEOUT_S)
     return proc
 
 
@@ -609,7 +620,16 @@ def start_bare(port: int, env: dict[str, str], upstream: str) -> subprocess.Pope
         cwd=ROOT,
         env={**env, "RECKON_BARE_UPSTREAM": upstream},
     )
-    wait_up(f"http://127.0.0.1:{port}/", timeout=60)
+    wait_up(f"http://127.0.0.1:{port}/", timeout=START_TIMEOUT_S)
+    return proc
+
+
+def start_floor(port: int, upstream: str) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "bench/floor_relay.py", "--port", str(port), "--upstream", upstream],
+        cwd=ROOT,
+    )
+    wait_up(f"http://127.0.0.1:{port}/v1/models", timeout=START_TIMEOUT_S)
     return proc
 
 
@@ -632,7 +652,13 @@ class Point:
     interval: float
     rounds: int
     phases: dict[str, list[Phase]] = field(
-        default_factory=lambda: {"reckon": [], "baseline": [], "pinned": [], "bare": []}
+        default_factory=lambda: {
+            "reckon": [],
+            "baseline": [],
+            "pinned": [],
+            "bare": [],
+            "floor": [],
+        }
     )
     mismatches: list[str] = field(default_factory=list)
 
@@ -674,6 +700,12 @@ def main() -> None:
         "--probe-every", type=int, default=10, help="one direct TTFB probe per this many streams"
     )
     parser.add_argument("--no-bare", action="store_true", help="skip the bare pass-through")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="add the floor: a uvloop byte relay (bench/floor_relay.py), no parsing, no "
+        "metering: what the kernel and the event loop alone cost per chunk here",
+    )
     parser.add_argument(
         "--provider",
         choices=["openai", "openai-compatible", "anthropic"],
@@ -771,7 +803,18 @@ def main() -> None:
     if args.provider != "openai":
         set_provider(database_url, upstream_base, args.provider)
     upstream_proc = subprocess.Popen(
-        [sys.executable, "bench/paced_upstream.py", "--port", str(upstream_port)], cwd=ROOT
+        [
+            sys.executable,
+            "bench/paced_upstream.py",
+            "--port",
+            str(upstream_port),
+            "--hosts",
+            ",".join(
+                ("127.0.0.1", RECKON_UPSTREAM_HOST, PROBE_UPSTREAM_HOST, BARE_UPSTREAM_HOST)
+                + ((FLOOR_UPSTREAM_HOST,) if args.floor else ())
+            ),
+        ],
+        cwd=ROOT,
     )
     rig = Rig(
         env, key, database_url, upstream_port, upstream_proc.pid, args, pinned=pinned, pin_ab=pin_ab
@@ -787,6 +830,8 @@ def main() -> None:
         targets.append("pinned")
     if not args.no_bare:
         targets.append("bare")
+    if args.floor:
+        targets.append("floor")
     try:
         wait_up(rig.upstream + "/v1/models")
         client_hosts = iter(CLIENT_HOSTS * 100)
@@ -876,10 +921,13 @@ def run_phase(rig: Rig, name: str, point: Point, source: str) -> Phase:
             env = {**env, "RECKON_LOOP_PROBE": probe_path}
         proc = start_reckon(port, env, rig.baseline if name == "baseline" else None)
         model = RECKON_MODEL
-    else:
+    elif name == "bare":
         proc = start_bare(port, rig.env, f"http://{BARE_UPSTREAM_HOST}:{rig.upstream_port}")
         model = BARE_MODEL
-    if rig.pinned is not None:  # every target alike: Reckon, the baseline, the bare pass-through
+    else:
+        proc = start_floor(port, f"{FLOOR_UPSTREAM_HOST}:{rig.upstream_port}")
+        model = FLOOR_MODEL
+    if rig.pinned is not None:  # every target alike: Reckon, the baseline, bare, the floor
         pin(proc.pid, rig.pinned[0])
     if name == "pinned" and rig.pin_ab is not None:
         pin(proc.pid, rig.pin_ab[0])
@@ -915,7 +963,7 @@ def run_phase(rig: Rig, name: str, point: Point, source: str) -> Phase:
         settled: dict[str, int] = {}
 
         def settle() -> None:
-            if name != "bare":  # until the ledger holds every stream the upstream finished
+            if name in ("reckon", "baseline"):  # until the ledger holds every stream it finished
                 served = upstream_totals(upstream, RECKON_UPSTREAM_MODEL)
                 settled.update(wait_ledger(rig.database_url, served["completed"]))
 
@@ -934,11 +982,11 @@ def run_phase(rig: Rig, name: str, point: Point, source: str) -> Phase:
                 anthropic=rig.args.provider == "anthropic",
             )
         )
-        if name != "bare":
+        if name in ("reckon", "baseline"):
             served_after = upstream_totals(upstream, RECKON_UPSTREAM_MODEL)
             check_records(phase, point, before, settled, served_before, served_after)
         elif phase.complete != point.streams:
-            point.mismatches.append(f"bare: {phase.complete}/{point.streams} streams complete")
+            point.mismatches.append(f"{name}: {phase.complete}/{point.streams} streams complete")
     finally:
         stop(proc)
         if probe_path is not None:
@@ -1011,6 +1059,7 @@ def report(point: Point, targets: list[str], baseline_sha: str, provider: str = 
         "baseline": f"Reckon at {baseline_sha} (baseline)",
         "pinned": "Reckon pinned (--pin-ab)",
         "bare": "bare pass-through",
+        "floor": "floor (uvloop byte relay)",
     }
     medians: dict[str, dict[str, float]] = {}
     for name in targets:

@@ -209,6 +209,27 @@ def test_the_relay_extension_writes_chunks_and_reports_a_client_that_left() -> N
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize("size", [1, 9, 255, 4095, 4096, 4097, 70_000])
+def test_a_relayed_chunk_is_framed_as_uvicorns_send_frames_it(size: int) -> None:
+    """write_chunk takes a chunk's size line from a table below 4 KiB and formats it above:
+    either way, the bytes uvicorn's own send writes for the same body."""
+    body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+
+    async def scenario() -> tuple[bytes, bytes]:
+        ours, theirs = Transport(), Transport()
+        c, _ = cycle(ours)
+        u, _ = cycle(theirs)
+        u.__class__ = RequestResponseCycle  # type: ignore[assignment]  # uvicorn's own
+        for target in (c, u):
+            await target.send(start([(b"content-type", b"text/event-stream")]))
+        c.write_chunk(body)
+        await u.send({"type": "http.response.body", "body": body, "more_body": True})
+        return ours.writes[-1], theirs.writes[-1]
+
+    ours, theirs = asyncio.run(scenario())
+    assert ours == theirs
+
+
 def test_a_relay_started_after_the_client_left_hears_of_it_at_once() -> None:
     transport = Transport()
     target, _ = cycle(transport)
