@@ -102,10 +102,18 @@ def _post_migrate_or_restore(verbosity, interactive, db, **kwargs):  # type: ign
     if restore and db in _snapshot_taken:
         with connection.cursor() as cursor:
             for table in POST_MIGRATE_TABLES:
-                # the same ids as the copy: the sequences (not reset) are past them
                 cursor.execute(
                     f"INSERT INTO {table} SELECT * FROM {SNAPSHOT_SCHEMA}.{table}"  # noqa: S608 - constant names
                 )
+                # The copy's ids: a sequence reset since (a TRUNCATE flush) is moved past them.
+                cursor.execute("SELECT pg_get_serial_sequence(%s, 'id')", [table])
+                (sequence,) = cursor.fetchone()
+                cursor.execute(f"SELECT last_value FROM {sequence}")  # noqa: S608 - from the catalog
+                (last,) = cursor.fetchone()
+                cursor.execute(f"SELECT MAX(id) FROM {table}")  # noqa: S608 - constant names
+                (highest,) = cursor.fetchone()
+                if highest is not None and highest > last:
+                    cursor.execute("SELECT setval(%s, %s)", [sequence, highest])
         ContentType.objects.clear_cache()  # as the post-migrate step does
         return
     _emit_post_migrate(verbosity, interactive, db, **kwargs)
