@@ -26,6 +26,7 @@ from metering.usage import LEDGER_COLUMNS, TokenUsage, ledger_counts
 _CONTEXT = decimal.Context(prec=80, traps=[decimal.Inexact, decimal.Overflow])
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 ATTEMPT_BITS = 4  # a call's attempt number lives in its request id's low 4 bits
@@ -46,13 +47,15 @@ def request_id_for(started_at: datetime, attempt: int = 0) -> uuid.UUID:
     `attempt` k (1..15) sets the low 4 bits to k (58 random bits left): the first
     attempt of a routed call; its later attempts take `request_id_attempt`. 0: all 62
     bits random (a call that is never retried)."""
-    micros = (started_at - _EPOCH) // timedelta(microseconds=1)
+    micros = (started_at - _EPOCH) // _MICROSECOND
     millis, within = divmod(micros, 1000)
     if not 0 <= millis < 1 << 48:
         raise ValueError(f"{started_at} is outside what a UUIDv7 can carry")
     value = (millis << 80) | (0x7 << 76) | (within << 64) | (0b10 << 62) | secrets.randbits(62)
-    if attempt:
-        return request_id_attempt(uuid.UUID(int=value), attempt)
+    if attempt:  # request_id_attempt's bits, on the integer: one UUID per call, not two
+        if not 1 <= attempt <= MAX_ATTEMPT:
+            raise ValueError(f"attempt {attempt} is outside 1..{MAX_ATTEMPT}")
+        value = (value & ~_ATTEMPT_MASK) | attempt
     return uuid.UUID(int=value)
 
 
