@@ -8,7 +8,15 @@ and prints the server's user+system CPU (from /proc) divided by the calls served
 - plain: a tenant without a plan (the record carries no price);
 - priced: a tenant on a plan (each record priced at list price);
 - controls: the priced tenant's plan plus a spend hold, two spend limits, two rate limits
-  and reasoning governance on every call (bench/proxy_bench.py's +controls tenant).
+  and reasoning governance on every call (bench/proxy_bench.py's +controls tenant);
+- bare: the thinnest Python pass-through (bench/bare_passthrough.py, uvicorn + aiohttp, no
+  auth, no metering) on the same simulator and the same load, measured the same way: the
+  floor any Python proxy pays here, so the gap to it is in microseconds per call.
+
+Beside each Reckon row: the CPU per call of the PostgreSQL backends connected to the
+bench database (the ledger writer's connections and the caller lookups'; read from
+/proc/<pid>/stat of the pids pg_stat_activity names), the other half of a metered call's
+machine cost on this box. Redis is left out: other processes share it.
 
     make bench-cpu        # or: .venv/bin/python bench/cpu_bench.py [--rounds 3 --lease-calls 32]
 """
@@ -22,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -49,30 +58,67 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def drive(binary: str, url: str, key: str, seconds: int, server: int) -> tuple[float, float]:
-    """CPU microseconds of the server per call, and calls per second, over one wrk run."""
+def backend_pids(database_url: str) -> list[int]:
+    """The PostgreSQL backends connected to the bench database (not this query's own)."""
+    rows = pb.psql_rows(
+        database_url,
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        " AND pid <> pg_backend_pid()",
+    )
+    return [int(row[0]) for row in rows if row and row[0].isdigit()]
+
+
+def backends_cpu(pids: list[int]) -> float:
+    """CPU seconds of these backends so far (a backend gone meanwhile counts nothing)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            total += cpu_seconds(pid)
+        except (OSError, IndexError):
+            pass
+    return total
+
+
+class Run(NamedTuple):
+    us: float  # server CPU microseconds per call
+    rps: float
+    pg_us: float  # PostgreSQL backends' CPU microseconds per call
+
+
+def drive(
+    binary: str,
+    url: str,
+    key: str,
+    seconds: int,
+    server: int,
+    database_url: str,
+    model: str = "bench-reasoner",
+) -> Run:
+    """CPU microseconds of the server (and of the bench database's backends) per call,
+    and calls per second, over one wrk run."""
     script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
     script.write(
         'wrk.method = "POST"\n'
-        f"wrk.body = '{pb.BODY % 'bench-reasoner'}'\n"
+        f"wrk.body = '{pb.BODY % model}'\n"
         'wrk.headers["Content-Type"] = "application/json"\n'
         f'wrk.headers["Authorization"] = "Bearer {key}"\n'
     )
     script.close()
-    before = cpu_seconds(server)
+    pids = backend_pids(database_url)
+    before, pg_before = cpu_seconds(server), backends_cpu(pids)
     out = subprocess.run(
         [binary, "-t1", "-c32", f"-d{seconds}s", "-s", script.name, url + "/v1/chat/completions"],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
-    after = cpu_seconds(server)
+    after, pg_after = cpu_seconds(server), backends_cpu(pids)
     os.unlink(script.name)
     if "Non-2xx" in out or "Socket errors" in out:
         sys.exit("wrk saw errors:\n" + out)
     calls = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    return (after - before) / calls * 1e6, rps
+    return Run((after - before) / calls * 1e6, rps, (pg_after - pg_before) / calls * 1e6)
 
 
 def main() -> None:
@@ -94,7 +140,7 @@ def main() -> None:
     subprocess.run(["psql", admin, "-qc", f"CREATE DATABASE {BENCH_DB}"], check=True)
     database_url = f"{base}/{BENCH_DB}"
     env = pb.django_env(database_url)
-    ports = {"sim": pb.free_port(), "reckon": pb.free_port()}
+    ports = {"sim": pb.free_port(), "reckon": pb.free_port(), "bare": pb.free_port()}
     sim_url = f"http://127.0.0.1:{ports['sim']}"
     url = f"http://127.0.0.1:{ports['reckon']}"
     keys = {"plain": pb.seed(database_url, sim_url), "controls": pb.seed_controlled(database_url)}
@@ -117,16 +163,42 @@ def main() -> None:
             env=env,
         ),
         pb.serve(ports["reckon"], 1, {**env, "RECKON_CONTROL_LEASE_CALLS": str(args.lease_calls)}),
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bench.bare_passthrough:app",
+                "--port",
+                str(ports["bare"]),
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env={**env, "RECKON_BARE_UPSTREAM": sim_url},
+        ),
     ]
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name in keys}
+    bare_url = f"http://127.0.0.1:{ports['bare']}"
+    # name -> (base url, key, model, server pid)
+    targets = {name: (url, key, "bench-reasoner", procs[1].pid) for name, key in keys.items()}
+    targets["bare"] = (bare_url, keys["plain"], "sim-reasoner", procs[2].pid)
+    results: dict[str, list[Run]] = {name: [] for name in targets}
     try:
         pb.wait_up(sim_url + "/_sim/health")
         pb.wait_up(url + "/v1/models")
-        for key in keys.values():  # warm caches, pools and slices
-            drive(binary, url, key, 2, procs[1].pid)
+        pb.wait_up(bare_url + "/")
+        for base, key, model, pid in targets.values():  # warm caches, pools and slices
+            drive(binary, base, key, 2, pid, database_url, model)
         for _ in range(args.rounds):
-            for name, key in keys.items():
-                results[name].append(drive(binary, url, key, args.duration, procs[1].pid))
+            for name, (base, key, model, pid) in targets.items():
+                results[name].append(
+                    drive(binary, base, key, args.duration, pid, database_url, model)
+                )
     finally:
         for p in procs:
             p.terminate()
@@ -137,18 +209,26 @@ def main() -> None:
         f"Reckon server CPU per call at c=32 (one process, leases {args.lease_calls}), "
         f"{args.rounds} interleaved rounds x {args.duration}s; median (min, max) over rounds:"
     )
-    medians = {}
-    for name in ("plain", "priced", "controls"):
+    for name in ("plain", "priced", "controls", "bare"):
         runs = results[name]
-        medians[name] = statistics.median(u for u, _ in runs)
-        print(
-            f"  {name:9} median {medians[name]:6.1f} us/call   "
-            f"({spread([u for u, _ in runs], 'us', 1)}; "
-            f"calls/s {spread([r for _, r in runs], '', 0)})"
+        pg = (
+            ""
+            if name == "bare"
+            else f"; PostgreSQL backends {spread([r.pg_us for r in runs], 'us/call', 1)}"
         )
+        print(
+            f"  {name:9} median {statistics.median(r.us for r in runs):6.1f} us/call   "
+            f"({spread([r.us for r in runs], 'us', 1)}; "
+            f"calls/s {spread([r.rps for r in runs], '', 0)}{pg})"
+        )
+
     # per round: the kinds of one round ran seconds apart, so drift between rounds cancels
-    extra = [c - p for (c, _), (p, _) in zip(results["controls"], results["priced"], strict=True)]
-    print(f"  controls add {spread(extra, 'us/call', 1)} over priced (per round)")
+    def per_round(name: str, base: str) -> list[float]:
+        return [a.us - b.us for a, b in zip(results[name], results[base], strict=True)]
+
+    print(f"  controls add {spread(per_round('controls', 'priced'), 'us/call', 1)} over priced")
+    for name in ("plain", "priced", "controls"):
+        print(f"  {name} over bare: {spread(per_round(name, 'bare'), 'us/call', 1)} (per round)")
 
 
 if __name__ == "__main__":

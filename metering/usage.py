@@ -135,14 +135,17 @@ def _count(usage: Mapping[str, Any], path: str, flags: list[str]) -> int | None:
     if parts is None:
         parts = _PATHS[path] = tuple(path.split("."))
     node: Any = usage
-    for depth, key in enumerate(parts):
-        if type(node) is not dict:  # dict: the fast path
-            if node is None:
-                return None
-            if not isinstance(node, Mapping):
-                _flag(flags, "invalid_object:" + ".".join(parts[:depth]))
-                return None
-        node = node.get(key)
+    if type(usage) is dict and len(parts) == 1:  # a top-level count of a dict: most reads
+        node = usage.get(path)
+    else:
+        for depth, key in enumerate(parts):
+            if type(node) is not dict:  # dict: the fast path
+                if node is None:
+                    return None
+                if not isinstance(node, Mapping):
+                    _flag(flags, "invalid_object:" + ".".join(parts[:depth]))
+                    return None
+            node = node.get(key)
     if node is None:
         return None
     # bool is an int subclass; True is not a token count. Beyond 2^53 no provider is

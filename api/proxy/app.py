@@ -215,7 +215,9 @@ class ProxyApp:
             await send_error(send, errors.AUTHENTICATION, message, anthropic)
             return None
         try:
-            caller = await self.callers.get(api_key_hash(raw_key))
+            key_hash = api_key_hash(raw_key)
+            ready = self.callers.ready(key_hash)  # the cached context: no coroutine
+            caller = ready[1] if ready is not None else await self.callers.get(key_hash)
         except LookupUnavailable as exc:
             logger.error("cannot look up a caller's key: %s", exc)
             await send_unavailable(send, anthropic)

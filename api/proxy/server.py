@@ -65,6 +65,14 @@ class _Capture:
         return self.closed
 
 
+# The bytes uvicorn refuses in a header name (HEADER_RE) and in a value (HEADER_VALUE_RE),
+# as translate() tables of the bytes allowed: `joined.translate(None, allowed)` keeps only
+# the refused ones. One C pass over a response's names (values), where the regex search
+# costs about 140 instructions a byte (callgrind, ~1% of a controlled call).
+_NAME_ALLOWED = bytes(b for b in range(256) if not HEADER_RE.match(bytes((b,))))
+_VALUE_ALLOWED = bytes(b for b in range(256) if not HEADER_VALUE_RE.match(bytes((b,))))
+
+
 # Bytes a stream's client transport buffers before uvicorn's flow control pauses writing
 # (and the relay stops reading its upstream, metering.proxy.upstream.HIGH_WATER).
 STREAM_WRITE_HIGH_WATER = 16 * 1024
@@ -176,9 +184,9 @@ class CoalescingCycle(RequestResponseCycle):
             names.append(name)
             values.append(value)
             content += (name, b": ", value, b"\r\n")
-        if length is None or HEADER_RE.search(b"".join(names)):
-            return None
-        if HEADER_VALUE_RE.search(b"".join(values)):
+        if length is None or b"".join(names).translate(None, _NAME_ALLOWED):
+            return None  # an invalid name: uvicorn's path refuses it
+        if b"".join(values).translate(None, _VALUE_ALLOWED):
             raise RuntimeError("Invalid HTTP header value.")
         self.response_started = True
         self.waiting_for_100_continue = False

@@ -477,24 +477,24 @@ class ControlStore:
     ) -> list[tuple[bytes, bytes]]:
         if not rates:
             return []
-        scope = rates[0]
+        scope = rates[0]  # (b"%d": one C call per value, where str().encode() made two)
         out: list[tuple[bytes, bytes]] = []
         if scope.requests_per_minute:
             remaining = max(0, scope.requests_per_minute - used_requests) if code == 1 else 0
             out += [
-                (b"x-ratelimit-limit-requests", str(scope.requests_per_minute).encode()),
-                (b"x-ratelimit-remaining-requests", str(remaining).encode()),
-                (b"x-ratelimit-reset-requests", f"{reset}s".encode()),
+                (b"x-ratelimit-limit-requests", b"%d" % scope.requests_per_minute),
+                (b"x-ratelimit-remaining-requests", b"%d" % remaining),
+                (b"x-ratelimit-reset-requests", b"%ds" % reset),
             ]
         if scope.tokens_per_minute:
             remaining_tokens = max(0, scope.tokens_per_minute - used_tokens) if code == 1 else 0
             out += [
-                (b"x-ratelimit-limit-tokens", str(scope.tokens_per_minute).encode()),
-                (b"x-ratelimit-remaining-tokens", str(remaining_tokens).encode()),
-                (b"x-ratelimit-reset-tokens", f"{reset}s".encode()),
+                (b"x-ratelimit-limit-tokens", b"%d" % scope.tokens_per_minute),
+                (b"x-ratelimit-remaining-tokens", b"%d" % remaining_tokens),
+                (b"x-ratelimit-reset-tokens", b"%ds" % reset),
             ]
         if code in (-2, -3):
-            out.append((b"retry-after", str(reset).encode()))
+            out.append((b"retry-after", b"%d" % reset))
         return out
 
     def settle(

@@ -24,8 +24,10 @@ from typing import Any, NamedTuple, Protocol
 from metering.usage import LEDGER_COLUMNS, TokenUsage, ledger_counts
 
 _CONTEXT = decimal.Context(prec=80, traps=[decimal.Inexact, decimal.Overflow])
+_mul, _add, _scaleb = _CONTEXT.multiply, _CONTEXT.add, _CONTEXT.scaleb
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 ATTEMPT_BITS = 4  # a call's attempt number lives in its request id's low 4 bits
@@ -46,13 +48,15 @@ def request_id_for(started_at: datetime, attempt: int = 0) -> uuid.UUID:
     `attempt` k (1..15) sets the low 4 bits to k (58 random bits left): the first
     attempt of a routed call; its later attempts take `request_id_attempt`. 0: all 62
     bits random (a call that is never retried)."""
-    micros = (started_at - _EPOCH) // timedelta(microseconds=1)
+    micros = (started_at - _EPOCH) // _MICROSECOND
     millis, within = divmod(micros, 1000)
     if not 0 <= millis < 1 << 48:
         raise ValueError(f"{started_at} is outside what a UUIDv7 can carry")
     value = (millis << 80) | (0x7 << 76) | (within << 64) | (0b10 << 62) | secrets.randbits(62)
-    if attempt:
-        return request_id_attempt(uuid.UUID(int=value), attempt)
+    if attempt:  # request_id_attempt's bits, on the integer: one UUID per call, not two
+        if not 1 <= attempt <= MAX_ATTEMPT:
+            raise ValueError(f"attempt {attempt} is outside 1..{MAX_ATTEMPT}")
+        value = (value & ~_ATTEMPT_MASK) | attempt
     return uuid.UUID(int=value)
 
 
@@ -108,20 +112,18 @@ def usage_cost(rates: Rates, usage: TokenUsage) -> tuple[Decimal, Decimal]:
 
 def _cost(rates: Rates, counts: tuple[int, ...]) -> tuple[Decimal, Decimal]:
     """`serving_cost` of counts in `TOKEN_CLASSES` order, the order of `Rates`' fields."""
-    c = _CONTEXT
     input, cache_read, cache_write, output, reasoning = counts
-    reasoning_cost = c.multiply(Decimal(reasoning), rates.reasoning).scaleb(-6, context=c)
-    rest = c.add(
-        c.add(
-            c.multiply(Decimal(input), rates.input),
-            c.multiply(Decimal(cache_read), rates.cache_read),
+    # The context's methods, bound once (below): each lookup on a Context object costs
+    # more than the arithmetic; an int operand is converted exactly, as Decimal(int) is.
+    reasoning_cost = _scaleb(_mul(reasoning, rates.reasoning), -6)
+    rest = _scaleb(
+        _add(
+            _add(_mul(input, rates.input), _mul(cache_read, rates.cache_read)),
+            _add(_mul(cache_write, rates.cache_write), _mul(output, rates.output)),
         ),
-        c.add(
-            c.multiply(Decimal(cache_write), rates.cache_write),
-            c.multiply(Decimal(output), rates.output),
-        ),
-    ).scaleb(-6, context=c)
-    return c.add(rest, reasoning_cost), reasoning_cost
+        -6,
+    )
+    return _add(rest, reasoning_cost), reasoning_cost
 
 
 class RecordedRoute(Protocol):

@@ -630,19 +630,32 @@ class TtlCache(Generic[K, V]):
         # ... and no new load of a key before this after its own load failed
         self._key_failing: dict[K, float] = {}
 
+    def ready(self, key: K) -> tuple[float, V] | None:
+        """The entry `get` answers at once (still good; a refresh ahead started if one is
+        due), or None: then `get` must be awaited. The hot path asks this first, so the
+        common call makes no coroutine."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        now = time.monotonic()
+        if now - entry[0] >= self._ttl:
+            return None
+        if (
+            now - entry[0] >= self._refresh_after
+            and key not in self._loading
+            and not self._held_back(key, now)
+        ):
+            # Refresh ahead: the entry is still good, so this call does not wait; the
+            # next calls find the new value before the entry expires.
+            self._load(key, now)
+        return entry
+
     async def get(self, key: K) -> V:
+        ready = self.ready(key)
+        if ready is not None:
+            return ready[1]
         entry = self._entries.get(key)
         now = time.monotonic()
-        if entry is not None and now - entry[0] < self._ttl:
-            if (
-                now - entry[0] >= self._refresh_after
-                and key not in self._loading
-                and not self._held_back(key, now)
-            ):
-                # Refresh ahead: the entry is still good, so this call does not wait; the
-                # next calls find the new value before the entry expires.
-                self._load(key, now)
-            return entry[1]
         future = self._loading.get(key)
         if future is None:
             if self._held_back(key, now):

@@ -345,3 +345,25 @@ async def _no_garbage() -> None:
         assert [ref() is None for ref in finished] == [True, True, False]
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("byte", range(256))
+def test_the_one_pass_head_refuses_what_uvicorn_refuses(byte: int) -> None:
+    """Every byte, in a name and in a value: refused (or sent) exactly as uvicorn's own
+    send refuses (or sends) it."""
+    char = bytes((byte,))
+    for headers in (
+        [(b"x-a" + char, b"1"), (b"content-length", b"0")],
+        [(b"x-a", b"1" + char), (b"content-length", b"0")],
+    ):
+        outcomes = []
+        for kind in (CoalescingCycle, RequestResponseCycle):
+            transport = Transport()
+            c, _ = cycle(transport)
+            c.__class__ = kind  # type: ignore[assignment]
+            try:
+                asyncio.run(_respond(c, b"", headers))
+                outcomes.append(b"".join(transport.writes))
+            except RuntimeError as exc:
+                outcomes.append(str(exc).encode())
+        assert outcomes[0] == outcomes[1]
