@@ -33,15 +33,6 @@ GC_MIDDLE_THRESHOLD = 0
 # net allocations (besides CPython's own rule: only when a quarter more objects reached
 # the old generation since the last full one).
 GC_FULL_EVERY_ALLOCATIONS = 40_000_000
-# Young collections by time too. CPython's young count is allocations minus deallocations
-# of any container, old ones included: while streams end (their objects long promoted and
-# now freed) as others open, the count stays under the threshold while the young
-# generation grows. Loop probe, 2,000 five-chunk streams pinned: a young collection at a
-# count of 5,001 scanned 38,510 young objects (10.8 ms); another pause was 32 ms, all own
-# CPU, nothing collected. A young collection every GC_YOUNG_EVERY_S (a middle one every
-# other time, as the thresholds do) bounds the young generation by time as well: an idle
-# server's collection costs microseconds.
-GC_YOUNG_EVERY_S = 0.02
 # The longest a thread holding the GIL keeps the event loop waiting (CPython: 5 ms). The
 # lookup thread runs Django queries (a caller's context: ~15 ms of Python) beside the loop:
 # at 5 ms every call the loop served meanwhile waited up to 5 ms, the c=1 p99 tail.
@@ -63,33 +54,6 @@ def collector_configure() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, GC_MIDDLE_THRESHOLD, full_every)
 
 
-class YoungCollections:
-    """The timed young (and every other time middle) collections, on the event loop."""
-
-    def __init__(self) -> None:
-        self.middle = False
-        self.handle: asyncio.TimerHandle | None = None
-
-    def collect(self) -> None:
-        gc.collect(1 if self.middle else 0)
-        self.middle = not self.middle
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.handle = loop.call_later(GC_YOUNG_EVERY_S, self._tick, loop)
-
-    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.collect()
-        self.start(loop)
-
-    def stop(self) -> None:
-        if self.handle is not None:
-            self.handle.cancel()
-            self.handle = None
-
-
-young_collections = YoungCollections()
-
-
 async def application(scope, receive, send):  # type: ignore[no-untyped-def]
     kind = scope["type"]
     if kind == "http" and scope["path"].startswith("/v1/"):
@@ -105,7 +69,6 @@ async def _lifespan(receive, send):  # type: ignore[no-untyped-def]
         message = await receive()
         if message["type"] == "lifespan.startup":
             collector_configure()
-            young_collections.start(asyncio.get_running_loop())
             sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
             # The ledger (loading what an earlier process spooled) and the routing state
             # start now, not when the first request comes.
@@ -115,7 +78,6 @@ async def _lifespan(receive, send):  # type: ignore[no-untyped-def]
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             stallprobe.stop()
-            young_collections.stop()
             await proxy_application.shutdown()
             await send({"type": "lifespan.shutdown.complete"})
             return
