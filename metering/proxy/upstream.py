@@ -24,18 +24,9 @@ parser uvicorn uses); everything here is connection pooling, flow control and ti
   first, and only what it declines wakes the consumer. This is what lets a plain chunk
   reach the client without a task step (api.proxy.call).
 - Bodies are requested uncompressed (Accept-Encoding: identity).
-- A host name is resolved once and its addresses serve every new connection for
-  HOST_ADDRESSES_SECONDS, then are refreshed in the background (the connection that finds
-  them old does not wait); a connect that fails on every address forgets them. Without
-  this, each new connection (a burst of streams opens one each) resolved the name on
-  libuv's thread pool before its SYN: a thread round trip on loopback, a resolver round
-  trip otherwise, in front of the stream's first byte. IP literals are used as they are.
 """
 
 import asyncio
-import ipaddress
-import logging
-import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
@@ -43,11 +34,6 @@ from urllib.parse import urlsplit
 import httptools
 
 HIGH_WATER = 16 * 1024  # bytes buffered for a slow client before the upstream read pauses
-# How long a host's resolved addresses serve new connections before they are refreshed
-# (getaddrinfo gives no record TTL; a failed connect forgets them at once).
-HOST_ADDRESSES_SECONDS = 30.0
-
-logger = logging.getLogger(__name__)
 
 
 class UpstreamError(Exception):
@@ -294,19 +280,6 @@ class UpstreamResponse:
         self._conn.abort()
 
 
-def _retrieved(task: "asyncio.Task[list[str]]") -> None:
-    if not task.cancelled():
-        task.exception()
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def _head_timed_out(response: UpstreamResponse, head_timeout: float | None) -> None:
     if response._headers_ready.done():  # the headers won the race
         return
@@ -327,10 +300,6 @@ class UpstreamClient:
         self._targets: dict[str, _Target] = {}
         self._ssl: ssl.SSLContext | None = None
         self.connects = 0  # new connections opened (a pool that works keeps this small)
-        # host -> (its addresses, loop time resolved); IP literals map to themselves
-        self._addresses: dict[str, tuple[list[str], float]] = {}
-        self._resolving: dict[str, asyncio.Task[list[str]]] = {}
-        self.resolutions = 0  # host names resolved (first use and refreshes)
 
     def _target(self, url: str) -> _Target:
         target = self._targets.get(url)
@@ -376,77 +345,18 @@ class UpstreamClient:
         try:
             # a deadline on this task, not wait_for's task per connection
             async with asyncio.timeout(self._connect_timeout):
-                addresses = await self._addresses_of(host, port)
-                for number, address in enumerate(addresses, start=1):
-                    try:
-                        _, opened = await loop.create_connection(
-                            lambda: _Connection(key),
-                            address,
-                            port,
-                            ssl=ssl_context,
-                            server_hostname=host if ssl_context else None,
-                        )
-                        break
-                    except OSError:
-                        if number == len(addresses):
-                            raise
+                _, opened = await loop.create_connection(
+                    lambda: _Connection(key),
+                    host,
+                    port,
+                    ssl=ssl_context,
+                    server_hostname=host if ssl_context else None,
+                )
         except TimeoutError as exc:
             raise UpstreamTimeout(f"connecting to {host}:{port} timed out") from exc
         except OSError as exc:
-            self._forget(host)  # resolve again at the next connect: the name may have moved
             raise UpstreamError(f"cannot connect to {host}:{port}: {exc}") from exc
         return opened
-
-    async def _addresses_of(self, host: str, port: int) -> list[str]:
-        """The addresses to connect to for `host`: known ones at once (refreshed in the
-        background once HOST_ADDRESSES_SECONDS old), else resolved now, once for all the
-        connections that wait for them."""
-        known = self._addresses.get(host)
-        loop = asyncio.get_running_loop()
-        if known is not None:
-            addresses, resolved_at = known
-            if (
-                resolved_at != float("inf")
-                and loop.time() - resolved_at >= HOST_ADDRESSES_SECONDS
-                and host not in self._resolving
-            ):
-                self._resolving_task(host, port, refresh=True)
-            return addresses
-        if _is_ip(host):
-            self._addresses[host] = ([host], float("inf"))
-            return [host]
-        task = self._resolving.get(host) or self._resolving_task(host, port, refresh=False)
-        return await asyncio.shield(task)
-
-    def _resolving_task(self, host: str, port: int, *, refresh: bool) -> "asyncio.Task[list[str]]":
-        task = asyncio.get_running_loop().create_task(self._resolve(host, port, refresh))
-        task.add_done_callback(_retrieved)  # its waiters may all have timed out
-        self._resolving[host] = task
-        return task
-
-    async def _resolve(self, host: str, port: int, refresh: bool) -> list[str]:
-        loop = asyncio.get_running_loop()
-        try:
-            self.resolutions += 1
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
-            if not addresses:
-                raise OSError(f"no address for {host}")
-            self._addresses[host] = (addresses, loop.time())
-            return addresses
-        except OSError as exc:
-            if not refresh:
-                raise
-            # the known addresses stay in use; the next connect tries again
-            logger.warning("could not refresh the addresses of %s: %s", host, exc)
-            return self._addresses.get(host, ([], 0.0))[0]
-        finally:
-            self._resolving.pop(host, None)
-
-    def _forget(self, host: str) -> None:
-        known = self._addresses.get(host)
-        if known is not None and known[1] != float("inf"):
-            del self._addresses[host]
 
     async def post(
         self,
@@ -525,9 +435,6 @@ class UpstreamClient:
             ) from exc
 
     async def close(self) -> None:
-        for task in list(self._resolving.values()):
-            task.cancel()
-        self._resolving.clear()
         for idle in self._idle.values():
             for conn in idle:
                 conn.abort()
