@@ -14,7 +14,10 @@ closed hours take up to twice the pages: the price of the room).
 
 The setting holds for pages written from now on (rows of new hours); existing pages are
 not rewritten (no lock beyond SHARE UPDATE EXCLUSIVE, which writers and readers do not
-wait for). Storage parameters exist on PostgreSQL only; SQLite is left alone.
+wait for; the migration gives up after 5 s rather than queue behind an autovacuum or an
+index build holding it). A rewrite of UsageRollup (VACUUM FULL, pg_repack, a dump and
+restore) packs its closed hours at 50% too: the whole table then takes up to twice the
+pages. Storage parameters exist on PostgreSQL only; SQLite is left alone.
 """
 
 from django.db import migrations
@@ -28,14 +31,19 @@ FILLFACTOR = {
 
 def _set(apps, schema_editor):  # type: ignore[no-untyped-def]
     if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute("SET LOCAL lock_timeout = '5s'")
         for table, fillfactor in FILLFACTOR.items():
-            schema_editor.execute(f"ALTER TABLE {table} SET (fillfactor = {fillfactor})")
+            name = schema_editor.quote_name(table)
+            schema_editor.execute(f"ALTER TABLE {name} SET (fillfactor = {int(fillfactor)})")
 
 
 def _reset(apps, schema_editor):  # type: ignore[no-untyped-def]
     if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute("SET LOCAL lock_timeout = '5s'")
         for table in FILLFACTOR:
-            schema_editor.execute(f"ALTER TABLE {table} RESET (fillfactor)")
+            schema_editor.execute(
+                f"ALTER TABLE {schema_editor.quote_name(table)} RESET (fillfactor)"
+            )
 
 
 class Migration(migrations.Migration):
