@@ -2,6 +2,7 @@
 
 import asyncio
 import gc
+import logging
 import os
 import sys
 
@@ -12,6 +13,8 @@ django_application = get_asgi_application()
 
 from api.proxy import stallprobe  # noqa: E402
 from api.proxy.app import ProxyApp  # noqa: E402 - needs Django set up first
+
+logger = logging.getLogger(__name__)
 
 proxy_application = ProxyApp()
 # The collector's policy (CPython 3.11's collector is not incremental: collecting a
@@ -77,7 +80,12 @@ async def _lifespan(receive, send):  # type: ignore[no-untyped-def]
             stallprobe.start_from_env(asyncio.get_running_loop())
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
-            stallprobe.stop()
+            # The ledger's flush first: the opt-in probe's summary (a diagnostic) must never
+            # keep the proxy from shutting down (usage records queued in memory).
             await proxy_application.shutdown()
+            try:
+                stallprobe.stop()
+            except Exception:
+                logger.exception("loop probe: the summary could not be written")
             await send({"type": "lifespan.shutdown.complete"})
             return

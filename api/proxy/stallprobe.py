@@ -101,6 +101,7 @@ class LoopStallProbe:
         self._threads_seen_at = 0.0
         self._last = self._snapshot()
         self._stop = threading.Event()
+        self._timer: Any = None  # the next tick's TimerHandle
         self._sampler = threading.Thread(target=self._sample, name="loop-probe", daemon=True)
 
     # --- lifecycle ----------------------------------------------------------------
@@ -110,13 +111,22 @@ class LoopStallProbe:
         gc.callbacks.append(self._on_gc)
         self._refresh_threads()
         self._last = self._snapshot()
-        loop.call_later(PERIOD_S, self._tick)
+        self._timer = loop.call_later(PERIOD_S, self._tick)
         self._sampler.start()
 
     def stop(self) -> dict[str, Any]:
+        """Stop measuring (no tick, no sampler, no open file is left) and write the summary.
+        Called on the loop; writing can raise (OSError: the path's directory is missing or
+        read-only), after everything is stopped."""
         self._stop.set()
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._sampler.is_alive():
+            self._sampler.join(0.1)
+        self._close_fds()
         summary = self.summary()
         target = f"{self.path}.{os.getpid()}.json"
         with open(target, "w") as out:
@@ -129,6 +139,14 @@ class LoopStallProbe:
             target,
         )
         return summary
+
+    def _close_fds(self) -> None:
+        for _name, fd in self._thread_fds.values():
+            os.close(fd)
+        self._thread_fds = {}
+        if self.own_fd is not None:
+            os.close(self.own_fd)
+            self.own_fd = None
 
     # --- measuring ----------------------------------------------------------------
 
@@ -181,7 +199,8 @@ class LoopStallProbe:
         except Exception:  # noqa: BLE001 - the probe must never stop measuring nor break the loop
             self.errors += 1
             self._last = self._snapshot()
-        self.loop.call_later(PERIOD_S, self._tick)
+        if not self._stop.is_set():
+            self._timer = self.loop.call_later(PERIOD_S, self._tick)
 
     def _measure(self) -> None:
         now = self._snapshot()

@@ -633,7 +633,11 @@ class TtlCache(Generic[K, V]):
     def ready(self, key: K) -> tuple[float, V] | None:
         """The entry `get` answers at once (still good; a refresh ahead started if one is
         due), or None: then `get` must be awaited. The hot path asks this first, so the
-        common call makes no coroutine."""
+        common call makes no coroutine.
+
+        Call it on the event loop only (the loop's thread, inside a running loop): a due
+        refresh starts its load on `asyncio.get_running_loop()`, so elsewhere it raises
+        RuntimeError, and only when a refresh happens to be due."""
         entry = self._entries.get(key)
         if entry is None:
             return None

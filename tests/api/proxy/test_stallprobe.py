@@ -4,6 +4,7 @@ collection show up in its summary, split by what kept the loop."""
 import asyncio
 import gc
 import json
+import os
 import time
 from pathlib import Path
 
@@ -52,3 +53,27 @@ def test_a_blocked_loop_is_a_stall_of_its_own_cpu(
     assert summary["gc"]["collections"].get("2", 0) >= 1  # the full collection was seen
     assert max(w["wall_ms"] for w in summary["worst"]) >= 50
     assert gc.callbacks == callbacks  # removed when it stopped
+
+
+def test_stop_leaves_no_tick_no_sampler_and_no_open_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(stallprobe.ENV, str(tmp_path / "probe"))
+
+    async def main() -> None:
+        probe = stallprobe.start_from_env(asyncio.get_running_loop())
+        assert probe is not None
+        await asyncio.sleep(0.01)
+        fds = [fd for _name, fd in probe._thread_fds.values()]
+        if probe.own_fd is not None:
+            fds.append(probe.own_fd)
+        stallprobe.stop()
+        ticks = probe.ticks
+        await asyncio.sleep(0.01)
+        assert probe.ticks == ticks  # the pending tick was cancelled
+        assert not probe._sampler.is_alive()
+        for fd in fds:
+            with pytest.raises(OSError):
+                os.fstat(fd)
+
+    uvloop.run(main())

@@ -1,6 +1,7 @@
 """What a call writes (metering.ledger.record): the row the ledger stores, with its serving cost
 and its spend at list prices stamped exactly."""
 
+import decimal
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -324,3 +325,40 @@ def test_attempt_rows_insert_on_the_partitioned_ledger_and_replay_adds_nothing()
         (2, 6, False, at),
     ]
     assert set(found.values_list("reasoning_effort", flat=True)) == {""}
+
+
+_PREVIOUS = decimal.Context(prec=80, traps=[decimal.Inexact, decimal.Overflow])
+
+
+def _previous_cost(rates: Rates, counts: tuple[int, ...]) -> tuple[Decimal, Decimal]:
+    """The cost arithmetic as it was before the context's methods were bound (a25cac1):
+    `Decimal(count)` operands, `.scaleb(-6, context=c)`."""
+    c = _PREVIOUS
+    input, cache_read, cache_write, output, reasoning = counts
+    reasoning_cost = c.multiply(Decimal(reasoning), rates.reasoning).scaleb(-6, context=c)
+    rest = c.add(
+        c.add(
+            c.multiply(Decimal(input), rates.input),
+            c.multiply(Decimal(cache_read), rates.cache_read),
+        ),
+        c.add(
+            c.multiply(Decimal(cache_write), rates.cache_write),
+            c.multiply(Decimal(output), rates.output),
+        ),
+    ).scaleb(-6, context=c)
+    return c.add(rest, reasoning_cost), reasoning_cost
+
+
+# rates with up to 24 decimal places (a cost's most), counts anywhere up to and around 2**53
+_rate = st.decimals(min_value=0, max_value=10**6, places=24, allow_nan=False, allow_infinity=False)
+_count = st.integers(0, 2**53 + 2**20) | st.integers(2**53 - 2**10, 2**53 + 2**10)
+
+
+@given(rates=st.builds(Rates, _rate, _rate, _rate, _rate, _rate), counts=st.tuples(*[_count] * 5))
+def test_the_cost_arithmetic_is_the_previous_formula_digit_for_digit(
+    rates: Rates, counts: tuple[int, int, int, int, int]
+) -> None:
+    cost = serving_cost(rates, **dict(zip(TOKEN_CLASSES, counts, strict=True)))
+    previous = _previous_cost(rates, counts)
+    assert cost == previous
+    assert tuple(map(str, cost)) == tuple(map(str, previous))  # the same exponent too
