@@ -82,7 +82,11 @@ def wait_up(url: str, timeout: float = 120) -> None:  # a loaded machine starts 
 def setup_database(base_url: str) -> str:
     admin = base_url.rsplit("/", 1)[0] + "/postgres"
     subprocess.run(["psql", admin, "-qc", f"DROP DATABASE IF EXISTS {BENCH_DB}"], check=True)
-    subprocess.run(["psql", admin, "-qc", f"CREATE DATABASE {BENCH_DB}"], check=True)
+    # RECKON_BENCH_TEMPLATE (tests only, unset by default): an already-migrated database on
+    # the same server to copy, so the `migrate` in seed() has nothing left to do
+    template = os.environ.get("RECKON_BENCH_TEMPLATE")
+    create = f"CREATE DATABASE {BENCH_DB}" + (f" TEMPLATE {template}" if template else "")
+    subprocess.run(["psql", admin, "-qc", create], check=True)
     return base_url.rsplit("/", 1)[0] + "/" + BENCH_DB
 
 
