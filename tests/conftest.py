@@ -149,6 +149,15 @@ def _roles_back_after_a_flush(sender, plan=None, **kwargs):  # type: ignore[no-u
 TEMPLATE_FIXTURE = "migrated_template"
 
 
+def pytest_collection_modifyitems(items):  # type: ignore[no-untyped-def]
+    """A test that asks for `migrated_template` needs the test database set up (pytest-django
+    sets up only the databases the collected tests ask for): it is marked django_db."""
+    for item in items:
+        if TEMPLATE_FIXTURE in getattr(item, "fixturenames", ()):
+            if item.get_closest_marker("django_db") is None:
+                item.add_marker(pytest.mark.django_db)
+
+
 @pytest.fixture(scope="session")
 def django_db_setup(request, django_db_setup, django_db_blocker):  # type: ignore[no-untyped-def]
     """The test database's ledger partitions cover the months the tests write in.
@@ -250,7 +259,13 @@ def _copy_test_database_to_template() -> None:
     if connection.vendor != "postgresql":
         return
     source, template = connection.settings_dict["NAME"], _template_name()
+    test_name = connection.settings_dict["TEST"].get("NAME")
+    if source != test_name and not (test_name is None and source.startswith("test_")):
+        raise RuntimeError(f"{source} is not the test database: it was not set up")
     connections.close_all()
+    for conn in connections.all(initialized_only=True):
+        if conn.vendor == "postgresql":
+            conn.close_pool()  # a pool keeps its connections open after close_all
     with psycopg.connect(_admin_url(), autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{template}" TEMPLATE "{source}"')
