@@ -111,6 +111,12 @@ print(run("apikey_create", run("tenant_create", "acme", "--allow", "sim")))
 """
 
 
+def seed(env: dict[str, str], sim_port: int) -> str:
+    """SEED in the database env names: the API key of tenant acme, allowed route `sim`."""
+    code = SEED.format(base_url=f"http://127.0.0.1:{sim_port}/v1")
+    return manage(["shell", "-v", "0", "-c", code], env)
+
+
 @pytest.fixture
 def private_postgres() -> Iterator[PrivatePostgres]:
     if not (PG_BIN / "initdb").exists():
@@ -167,9 +173,7 @@ def test_a_call_spooled_during_an_outage_reaches_the_ledger_without_traffic(
     )
     server = None
     try:
-        key = manage(
-            ["shell", "-v", "0", "-c", SEED.format(base_url=f"http://127.0.0.1:{sim_port}/v1")], env
-        )
+        key = seed(env, sim_port)
         server = start(["serve", "--port", str(port)], env, f"http://127.0.0.1:{port}/_ready")
         call = {"model": "sim", "messages": [{"role": "user", "content": "hi"}]}
         headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
