@@ -354,4 +354,4 @@ print("ok", terms.epoch)
 
 
 def test_terms_read_on_sqlite_from_a_lookup_thread(tmp_path: Path) -> None:
-    assert run_on_sqlite(SQLITE_TERMS, tmp_path) == "ok 0.0.0\n"
+    assert run_on_sqlite(SQLITE_TERMS, tmp_path, migrated=True) == "ok 0.0.0\n"

@@ -203,7 +203,9 @@ print(json.dumps({"first": counts, "second": the_counts(), "written": [first.rec
 
 def test_the_demo_seeds_on_sqlite_too(tmp_path: Path) -> None:
     now = datetime.now(UTC)
-    out = json.loads(run_on_sqlite(SQLITE_SCRIPT % now.isoformat(), tmp_path).splitlines()[-1])
+    out = json.loads(
+        run_on_sqlite(SQLITE_SCRIPT % now.isoformat(), tmp_path, migrated=True).splitlines()[-1]
+    )
     assert out["first"] == out["second"]
     assert out["written"][0] == out["first"]["records"] > 2000 and out["written"][1] == 0
     assert out["invoices"] and set(out["invoices"]) == {"finalized"}

@@ -41,7 +41,11 @@ from tests.e2e.conftest import (
     stop,
 )
 from tests.e2e.test_spend_control import INPUT_PER_M, OUTPUT_PER_M, priced
-from tests.metering.ledger.test_outage_server import PrivatePostgres, manage
+from tests.metering.ledger.test_outage_server import (
+    PrivatePostgres,
+    load_migrated_template,
+    seed,
+)
 from tests.metering.ledger.test_outage_server import (
     private_postgres as private_postgres_fixture,  # noqa: F401 - the fixture, by this name
 )
@@ -513,6 +517,7 @@ def _call(conn: HTTPConnection, key: str) -> tuple[int, str]:
 def test_a_killed_worker_is_replaced_and_its_spool_reaches_the_ledger(
     private_postgres_fixture: PrivatePostgres,  # noqa: F811 - the fixture imported above
     tmp_path: Path,
+    migrated_template: str,
 ) -> None:
     """PostgreSQL down: both workers answer calls and spool their records; one worker is
     killed with -9 (its spool file is left unlocked); uvicorn's supervisor starts another;
@@ -524,31 +529,14 @@ def test_a_killed_worker_is_replaced_and_its_spool_reaches_the_ledger(
         "RECKON_AUTH_CACHE_SECONDS": "3600",  # the key stays known while the database is down
         "RECKON_SIMULATOR_API_KEY": "sim-test-key",
     }
-    manage(["migrate", "--noinput"], env)
+    load_migrated_template(pg, migrated_template)
     sim_port = free_port()
     simulator = start(
         ["run_simulator", "--port", str(sim_port)], env, f"http://127.0.0.1:{sim_port}/_sim/health"
     )
     server = None
     try:
-        manage(
-            [
-                "route_set",
-                "sim",
-                "--provider",
-                "openai",
-                "--base-url",
-                f"http://127.0.0.1:{sim_port}/v1",
-                "--upstream-model",
-                "sim-reasoner",
-                "--api-key-env",
-                "RECKON_SIMULATOR_API_KEY",
-            ],
-            env,
-        )
-        key = manage(
-            ["apikey_create", manage(["tenant_create", "acme", "--allow", "sim"], env)], env
-        )
+        key = seed(env, sim_port)
         server = start_workers(env)
         pids = server.pids()
         conns = [HTTPConnection("127.0.0.1", server.port, timeout=30) for _ in range(12)]

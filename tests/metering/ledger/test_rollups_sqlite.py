@@ -85,5 +85,5 @@ print("ok", len(rollups))
 
 
 def test_rollups_fold_on_sqlite(tmp_path: Path) -> None:
-    stdout = run_on_sqlite(SCRIPT, tmp_path)
+    stdout = run_on_sqlite(SCRIPT, tmp_path, migrated=True)
     assert stdout.startswith("ok ")

@@ -260,5 +260,5 @@ print("ok", len(summed))
 
 
 def test_targets_fold_on_sqlite(tmp_path: Path) -> None:
-    stdout = run_on_sqlite(SQLITE_SCRIPT, tmp_path)
+    stdout = run_on_sqlite(SQLITE_SCRIPT, tmp_path, migrated=True)
     assert stdout.startswith("ok 8")
