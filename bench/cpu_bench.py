@@ -163,25 +163,7 @@ def main() -> None:
             env=env,
         ),
         pb.serve(ports["reckon"], 1, {**env, "RECKON_CONTROL_LEASE_CALLS": str(args.lease_calls)}),
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "bench.bare_passthrough:app",
-                "--port",
-                str(ports["bare"]),
-                "--loop",
-                "uvloop",
-                "--http",
-                "httptools",
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
-            cwd=ROOT,
-            env={**env, "RECKON_BARE_UPSTREAM": sim_url},
-        ),
+        pb.bare_passthrough(ports["bare"], env, sim_url),
     ]
     bare_url = f"http://127.0.0.1:{ports['bare']}"
     # name -> (base url, key, model, server pid)

@@ -195,6 +195,33 @@ def seed_controlled(database_url: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+def bare_passthrough(
+    port: int, env: dict[str, str], upstream: str, python: list[str] | None = None, *extra: str
+) -> subprocess.Popen:
+    """The thinnest Python pass-through (bench/bare_passthrough.py) on uvicorn with uvloop
+    and httptools, as Reckon's server runs, relaying to `upstream`."""
+    return subprocess.Popen(
+        [
+            *(python or [sys.executable]),
+            "-m",
+            "uvicorn",
+            "bench.bare_passthrough:app",
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            *extra,
+        ],
+        cwd=ROOT,
+        env={**env, "RECKON_BARE_UPSTREAM": upstream},
+    )
+
+
 def serve(port: int, workers: int, env: dict[str, str]) -> subprocess.Popen:
     """Reckon's production server (`manage.py serve`) on `port`."""
     return subprocess.Popen(
@@ -374,25 +401,7 @@ def main() -> None:
             )
             for name in routed_sims
         ),
-        subprocess.Popen(
-            [
-                *python,
-                "-m",
-                "uvicorn",
-                "bench.bare_passthrough:app",
-                "--port",
-                str(ports["bare"]),
-                "--loop",
-                "uvloop",
-                "--http",
-                "httptools",
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
-            cwd=ROOT,
-            env={**env, "RECKON_BARE_UPSTREAM": url["sim"]},
-        ),
+        bare_passthrough(ports["bare"], env, url["sim"], python),
         # Reckon as configured by default (leases: far from every limit, calls are
         # admitted on slices of the budgets and windows this process reserved in Redis),
         # and the same Reckon checking and settling every call in Redis.

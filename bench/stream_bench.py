@@ -80,6 +80,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from proxy_bench import (  # noqa: E402
     SIM_KEY_ENV,
+    bare_passthrough,
     django_env,
     free_port,
     psql_rows,
@@ -599,27 +600,7 @@ def remove_tree(tree: Path) -> None:
 
 
 def start_bare(port: int, env: dict[str, str], upstream: str) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "bench.bare_passthrough:app",
-            "--port",
-            str(port),
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-            "--backlog",
-            "4096",
-        ],
-        cwd=ROOT,
-        env={**env, "RECKON_BARE_UPSTREAM": upstream},
-    )
+    proc = bare_passthrough(port, env, upstream, None, "--backlog", "4096")
     wait_up(f"http://127.0.0.1:{port}/", timeout=START_TIMEOUT_S)
     return proc
 

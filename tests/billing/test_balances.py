@@ -196,8 +196,8 @@ def test_a_grant_expires_unused_after_the_settling_delay(customer) -> None:  # t
     assert state is not None and state.available == 0
 
 
-@pytest.mark.django_db(transaction=True)
-def test_terms_read_one_snapshot_when_a_void_commits_mid_read(customer, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def _september_invoiced_from_a_top_up(customer):  # type: ignore[no-untyped-def]
+    """A 20.00 top-up, September's use drawing 14.00 of it, September closed: (tenant, its invoice)."""
     key, _ = customer
     tenant = key.tenant_id
     balance_credit(
@@ -208,7 +208,26 @@ def test_terms_read_one_snapshot_when_a_void_commits_mid_read(customer, monkeypa
         effective_at=at(2026, 9, 1),
     )
     use(key, at(2026, 9, 3), output_tokens=1_000_000)  # $4 + $10 base: draws 14.00
-    september = period_close(tenant_id=tenant, period_start=SEP, as_of=at(2026, 10, 3))
+    return tenant, period_close(tenant_id=tenant, period_start=SEP, as_of=at(2026, 10, 3))
+
+
+def _void_on_another_connection(invoice: Invoice) -> None:
+    """Void the invoice and commit, on a connection of another thread, before returning."""
+
+    def void() -> None:
+        try:
+            invoice_transition(invoice=invoice, to="void")
+        finally:
+            connections.close_all()
+
+    voider = threading.Thread(target=void)
+    voider.start()
+    voider.join()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_terms_read_one_snapshot_when_a_void_commits_mid_read(customer, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    tenant, september = _september_invoiced_from_a_top_up(customer)
     with time_machine.travel(at(2026, 10, 20), tick=False):
         before = balance_terms(tenant)
         assert before is not None and before.available == Decimal("6.00")
@@ -217,15 +236,7 @@ def test_terms_read_one_snapshot_when_a_void_commits_mid_read(customer, monkeypa
         read_draw = balances._last_draw.first
 
         def void_then_read(account_id: int):  # type: ignore[no-untyped-def]
-            def void() -> None:
-                try:
-                    invoice_transition(invoice=september, to="void")
-                finally:
-                    connections.close_all()
-
-            voider = threading.Thread(target=void)
-            voider.start()
-            voider.join()
+            _void_on_another_connection(september)
             return read_draw(account_id)
 
         monkeypatch.setattr(balances._last_draw, "first", void_then_read)
@@ -259,17 +270,7 @@ def test_state_reads_one_snapshot_when_a_void_commits_mid_read(customer, monkeyp
     """The position the API, console and alerts show: a void committed between the
     watermark read and the credits read must not pair the old watermark (September
     invoiced, so its usage not counted) with the credits the void gave back."""
-    key, _ = customer
-    tenant = key.tenant_id
-    balance_credit(
-        tenant_id=tenant,
-        kind="top_up",
-        amount=Decimal("20.00"),
-        idempotency_key="top",
-        effective_at=at(2026, 9, 1),
-    )
-    use(key, at(2026, 9, 3), output_tokens=1_000_000)  # $4 + $10 base: draws 14.00
-    september = period_close(tenant_id=tenant, period_start=SEP, as_of=at(2026, 10, 3))
+    tenant, september = _september_invoiced_from_a_top_up(customer)
     with time_machine.travel(at(2026, 10, 20), tick=False):
         before = balance_state(tenant)
         assert before is not None
@@ -278,15 +279,7 @@ def test_state_reads_one_snapshot_when_a_void_commits_mid_read(customer, monkeyp
         read_credits = balances.credits_of
 
         def void_then_read(account_ids, **kwargs):  # type: ignore[no-untyped-def]
-            def void() -> None:
-                try:
-                    invoice_transition(invoice=september, to="void")
-                finally:
-                    connections.close_all()
-
-            voider = threading.Thread(target=void)
-            voider.start()
-            voider.join()
+            _void_on_another_connection(september)
             return read_credits(account_ids, **kwargs)
 
         monkeypatch.setattr(balances, "credits_of", void_then_read)
