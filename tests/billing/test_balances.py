@@ -211,18 +211,26 @@ def _september_invoiced_from_a_top_up(customer):  # type: ignore[no-untyped-def]
     return tenant, period_close(tenant_id=tenant, period_start=SEP, as_of=at(2026, 10, 3))
 
 
-def _void_on_another_connection(invoice: Invoice) -> None:
-    """Void the invoice and commit, on a connection of another thread, before returning."""
+def _on_a_thread_of_its_own(read):  # type: ignore[no-untyped-def]
+    """`read()` on another thread (its own database connection, closed after), as the
+    proxy's lookups run; its result."""
+    seen = []
 
-    def void() -> None:
+    def run() -> None:
         try:
-            invoice_transition(invoice=invoice, to="void")
+            seen.append(read())
         finally:
             connections.close_all()
 
-    voider = threading.Thread(target=void)
-    voider.start()
-    voider.join()
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
+def _void_on_another_connection(invoice: Invoice) -> None:
+    """Void the invoice and commit, on a connection of another thread, before returning."""
+    _on_a_thread_of_its_own(lambda: invoice_transition(invoice=invoice, to="void"))
 
 
 @pytest.mark.django_db(transaction=True)
@@ -240,18 +248,7 @@ def test_terms_read_one_snapshot_when_a_void_commits_mid_read(customer, monkeypa
             return read_draw(account_id)
 
         monkeypatch.setattr(balances._last_draw, "first", void_then_read)
-        seen = []
-
-        def lookup() -> None:  # on a thread of its own, as the proxy's lookups run
-            try:
-                seen.append(balance_terms(tenant))
-            finally:
-                connections.close_all()
-
-        reader = threading.Thread(target=lookup)
-        reader.start()
-        reader.join()
-        during = seen[0]
+        during = _on_a_thread_of_its_own(lambda: balance_terms(tenant))
         monkeypatch.undo()
         after = balance_terms(tenant)
 
@@ -283,18 +280,7 @@ def test_state_reads_one_snapshot_when_a_void_commits_mid_read(customer, monkeyp
             return read_credits(account_ids, **kwargs)
 
         monkeypatch.setattr(balances, "credits_of", void_then_read)
-        seen = []
-
-        def read() -> None:
-            try:
-                seen.append(balance_state(tenant))
-            finally:
-                connections.close_all()
-
-        reader = threading.Thread(target=read)
-        reader.start()
-        reader.join()
-        during = seen[0]
+        during = _on_a_thread_of_its_own(lambda: balance_state(tenant))
         monkeypatch.undo()
         after = balance_state(tenant)
 
