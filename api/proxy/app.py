@@ -14,7 +14,6 @@ import logging
 import random
 import time
 from collections.abc import Callable, Coroutine, MutableMapping
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,6 +50,7 @@ from metering.proxy.callers import (
     AliasPlan,
     CallerContext,
     CallerLoader,
+    LookupExecutor,
     LookupUnavailable,
     TtlCache,
 )
@@ -87,7 +87,7 @@ class _TrackedSend:
 
 class ProxyApp:
     def __init__(self) -> None:
-        self._lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookup")
+        self._lookups = LookupExecutor()
         self._lookup_timeout = settings.RECKON_AUTH_LOOKUP_TIMEOUT_SECONDS
         ttl = settings.RECKON_AUTH_CACHE_SECONDS
         # What every key of a tenant shares is read once per refresh period for all of
@@ -407,13 +407,9 @@ class ProxyApp:
         """Run a ledger lookup on the lookup thread (loading a budget into Redis), for at
         most the lookup timeout (TimeoutError past it, and once the lookup thread is shut
         down: the server is stopping, so the lookup fails as one that timed out would)."""
-        loop = asyncio.get_running_loop()
-        try:
-            loaded = loop.run_in_executor(self._lookups, fn)
-        except RuntimeError:
-            if not self._lookups._shutdown:
-                raise
-            stopped: asyncio.Future[int] = loop.create_future()
+        loaded = self._lookups.try_run(fn)
+        if loaded is None:
+            stopped: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             stopped.set_exception(TimeoutError("lookups are shut down"))
             return stopped
         return asyncio.ensure_future(asyncio.wait_for(loaded, self._lookup_timeout))
@@ -423,11 +419,7 @@ class ProxyApp:
         effort: once the lookup thread is shut down, the beat's sweep catches up)."""
         if budget.tenant_id is None:
             return
-        try:
-            self._lookups.submit(alert_thresholds_crossed, budget.tenant_id)
-        except RuntimeError:
-            if not self._lookups._shutdown:
-                raise
+        if self._lookups.try_submit(alert_thresholds_crossed, budget.tenant_id) is None:
             logger.info("alert for tenant %s left to the sweep: stopping", budget.tenant_id)
 
 

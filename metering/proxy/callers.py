@@ -30,7 +30,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -569,6 +569,7 @@ def _controls_of(key: KeyRow, part: TenantPart) -> Controls | None:
 
 K = TypeVar("K")
 V = TypeVar("V")
+T = TypeVar("T")
 
 
 class LookupUnavailable(Exception):
@@ -578,6 +579,40 @@ class LookupUnavailable(Exception):
 # A cache entry older than this share of its ttl is reloaded in the background by the
 # first call that reads it (the call itself is answered from the entry).
 REFRESH_AHEAD = 0.75
+
+
+class LookupExecutor(ThreadPoolExecutor):
+    """The proxy's lookup thread (ledger reads off the event loop).
+
+    Once it is shut down (the server stopping, while calls may still be ending),
+    `try_submit` and `try_run` answer None instead of raising RuntimeError, and each
+    caller decides what a stopping server means for its work; any other failure to
+    schedule is raised."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1, thread_name_prefix="lookup")
+        self.stopped = False
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self.stopped = True
+        super().shutdown(wait, cancel_futures=cancel_futures)
+
+    def try_submit(self, fn: Callable[..., T], /, *args: object) -> "Future[T] | None":
+        try:
+            return self.submit(fn, *args)
+        except RuntimeError:
+            if self.stopped:
+                return None
+            raise
+
+    def try_run(self, fn: Callable[..., T], /, *args: object) -> "asyncio.Future[T] | None":
+        """`fn(*args)` on this thread as an asyncio future of the running loop."""
+        try:
+            return asyncio.get_running_loop().run_in_executor(self, fn, *args)
+        except RuntimeError:
+            if self.stopped:
+                return None
+            raise
 
 
 class TtlCache(Generic[K, V]):
@@ -605,7 +640,7 @@ class TtlCache(Generic[K, V]):
         loader: Callable[[K], V],
         *,
         ttl: float,
-        executor: ThreadPoolExecutor,
+        executor: LookupExecutor,
         read_at: Callable[[V], float | None] | None = None,
         max_entries: int = 100_000,
         stale_for: float = 0.0,
@@ -687,12 +722,9 @@ class TtlCache(Generic[K, V]):
 
     def _load(self, key: K, started: float) -> "asyncio.Future[V] | None":
         """None once the executor is shut down (the server stopping)."""
-        try:
-            future = asyncio.get_running_loop().run_in_executor(self._executor, self._loader, key)
-        except RuntimeError:
-            if self._executor._shutdown:
-                return None
-            raise
+        future = self._executor.try_run(self._loader, key)
+        if future is None:
+            return None
         self._loading[key] = future
         future.add_done_callback(lambda done: self._loaded(key, started, done))
         return future

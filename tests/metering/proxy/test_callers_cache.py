@@ -4,13 +4,12 @@ cached, one shared load per key, and a lookup that hangs bounded by its timeout.
 import asyncio
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from django.db import OperationalError
 
 from metering.proxy import callers
-from metering.proxy.callers import LookupUnavailable, TtlCache
+from metering.proxy.callers import LookupExecutor, LookupUnavailable, TtlCache
 
 
 class Clock:
@@ -47,19 +46,19 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 @pytest.fixture
 def executor():  # type: ignore[no-untyped-def]
-    pool = ThreadPoolExecutor(max_workers=1)
+    pool = LookupExecutor()
     yield pool
     pool.shutdown(wait=False, cancel_futures=True)
 
 
-def cache_of(loader: Loader, executor: ThreadPoolExecutor, **kwargs: float) -> TtlCache:
+def cache_of(loader: Loader, executor: LookupExecutor, **kwargs: float) -> TtlCache:
     options = {"ttl": 2.0, "stale_for": 300.0, "load_timeout": 0.5, "retry_after": 0.0}
     options.update(kwargs)
     return TtlCache(loader, executor=executor, **options)  # type: ignore[arg-type]
 
 
 def test_a_stale_entry_is_served_within_the_bound_and_not_after(
-    clock: Clock, executor: ThreadPoolExecutor
+    clock: Clock, executor: LookupExecutor
 ) -> None:
     loader = Loader()
     cache = cache_of(loader, executor)
@@ -79,9 +78,7 @@ def test_a_stale_entry_is_served_within_the_bound_and_not_after(
     assert loader.calls == 4
 
 
-def test_a_failed_lookup_is_not_cached_as_a_miss(
-    clock: Clock, executor: ThreadPoolExecutor
-) -> None:
+def test_a_failed_lookup_is_not_cached_as_a_miss(clock: Clock, executor: LookupExecutor) -> None:
     loader = Loader()
     cache = cache_of(loader, executor)
 
@@ -99,7 +96,7 @@ def test_a_failed_lookup_is_not_cached_as_a_miss(
 
 
 def test_after_a_failure_calls_fail_fast_until_retry_after(
-    clock: Clock, executor: ThreadPoolExecutor
+    clock: Clock, executor: LookupExecutor
 ) -> None:
     loader = Loader()
     cache = cache_of(loader, executor, retry_after=1.0)
@@ -117,7 +114,7 @@ def test_after_a_failure_calls_fail_fast_until_retry_after(
     asyncio.run(scenario())
 
 
-def test_concurrent_misses_share_one_load(executor: ThreadPoolExecutor) -> None:
+def test_concurrent_misses_share_one_load(executor: LookupExecutor) -> None:
     loader = Loader()
     loader.gate = threading.Event()
     cache = cache_of(loader, executor, load_timeout=5.0)
@@ -134,7 +131,7 @@ def test_concurrent_misses_share_one_load(executor: ThreadPoolExecutor) -> None:
 
 
 def test_a_hanging_lookup_is_bounded_and_serves_the_stale_value(
-    executor: ThreadPoolExecutor,
+    executor: LookupExecutor,
 ) -> None:
     loader = Loader()
     cache = cache_of(loader, executor, ttl=0.01, load_timeout=0.2)
@@ -174,7 +171,7 @@ async def settled(cache: TtlCache) -> None:
 
 
 def test_an_entry_in_the_last_quarter_of_its_life_is_refreshed_without_a_wait(
-    clock: Clock, executor: ThreadPoolExecutor
+    clock: Clock, executor: LookupExecutor
 ) -> None:
     loader = Versioned()
     cache = cache_of(loader, executor)  # ttl 2 s: refreshed ahead from 1.5 s on
@@ -198,7 +195,7 @@ def test_an_entry_in_the_last_quarter_of_its_life_is_refreshed_without_a_wait(
 
 
 def test_a_revoked_key_is_refused_within_the_ttl_under_steady_traffic(
-    clock: Clock, executor: ThreadPoolExecutor
+    clock: Clock, executor: LookupExecutor
 ) -> None:
     loader = Versioned()
     cache = cache_of(loader, executor)
@@ -218,7 +215,7 @@ def test_a_revoked_key_is_refused_within_the_ttl_under_steady_traffic(
 
 
 def test_a_failed_refresh_keeps_the_entry_and_backs_off(
-    clock: Clock, executor: ThreadPoolExecutor
+    clock: Clock, executor: LookupExecutor
 ) -> None:
     loader = Versioned()
     cache = cache_of(loader, executor, retry_after=0.2)
@@ -243,7 +240,7 @@ def test_a_failed_refresh_keeps_the_entry_and_backs_off(
 
 
 def test_one_keys_failing_load_holds_back_only_that_key(
-    clock: Clock, executor: ThreadPoolExecutor
+    clock: Clock, executor: LookupExecutor
 ) -> None:
     """A load that fails on one key's data (not the database) must not put every other
     key into the outage's stale serving: another key's expired entry is still reloaded
@@ -280,7 +277,7 @@ def test_after_the_lookup_thread_is_shut_down_entries_are_served_and_misses_unav
     # At shutdown the lookup executor stops before every call has ended: a refresh it can
     # no longer take must not fail the call that found the entry old (it raised
     # RuntimeError before), and a miss is "unavailable", not an error of the server.
-    pool = ThreadPoolExecutor(max_workers=1)
+    pool = LookupExecutor()
     loader = Loader()
     cache = cache_of(loader, pool)
 
@@ -301,7 +298,7 @@ def test_after_the_lookup_thread_is_shut_down_entries_are_served_and_misses_unav
 def test_only_a_shut_down_executor_counts_as_stopping(clock: Clock) -> None:
     # Another RuntimeError (a RecursionError, ...) from scheduling a load is a fault, not
     # the server stopping: it is raised, not served stale or "unavailable".
-    pool = ThreadPoolExecutor(max_workers=1)
+    pool = LookupExecutor()
     cache = cache_of(Loader(), pool)
 
     def refuse(*args: object, **kwargs: object) -> None:
@@ -317,3 +314,16 @@ def test_only_a_shut_down_executor_counts_as_stopping(clock: Clock) -> None:
         asyncio.run(scenario())
     finally:
         pool.shutdown(wait=True)
+
+
+def test_the_lookup_executor_answers_none_only_once_it_is_shut_down() -> None:
+    pool = LookupExecutor()
+    assert pool.try_submit(lambda: 7).result(timeout=5) == 7  # type: ignore[union-attr]
+    pool.shutdown(wait=True)
+    assert pool.stopped
+    assert pool.try_submit(lambda: 7) is None
+
+    async def run_after_shutdown() -> object:
+        return pool.try_run(lambda: 7)
+
+    assert asyncio.run(run_after_shutdown()) is None

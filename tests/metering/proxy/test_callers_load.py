@@ -4,7 +4,6 @@ CallerLoader shares across a tenant's keys is read again once its share window i
 a change reaches every key of the tenant within the cache's bound."""
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -45,6 +44,7 @@ from metering.proxy.callers import (
     CallerContext,
     CallerLoader,
     KeyRow,
+    LookupExecutor,
     RouteInfo,
     TtlCache,
     _key_row_query,
@@ -383,7 +383,7 @@ def test_a_cached_context_is_never_older_than_the_ttl_counting_from_its_shared_p
 ) -> None:
     digests = seed()
     loader = CallerLoader(share_for=1.0)
-    executor = ThreadPoolExecutor(max_workers=1)
+    executor = LookupExecutor()
     cache: TtlCache[str, CallerContext | None] = TtlCache(
         loader,
         ttl=2.0,
