@@ -100,7 +100,7 @@ def main() -> None:
                     cpu_bench.drive(binary, url[name], key, args.duration, pid, database_url, model)
                 )
             if args.c1:
-                for name in order[1:] if order[0] == "bare" else [n for n in order if n != "bare"]:
+                for name in (n for n in order if n != "bare"):
                     c1[name].append(
                         pb.wrk(binary, url[name], key, "bench-reasoner", 1, args.duration)
                     )
