@@ -388,7 +388,10 @@ class Call:
         last = b""  # the terminal event, sent with the end of the body
         try:
             try:
-                async for chunk in response.iter_chunks():
+                while True:
+                    chunk = await response.next_chunk()
+                    if chunk is None:
+                        break
                     out: list[bytes] = []
                     for event in splitter.feed(chunk):
                         sent = tracker.feed(event)

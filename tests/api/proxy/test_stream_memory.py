@@ -60,7 +60,8 @@ async def _while_open() -> tuple[list[CodeType], list[Any], bytes]:
 
 def test_an_open_stream_holds_two_frames_of_the_call_and_no_closures() -> None:
     codes, callbacks, body = asyncio.run(_while_open())
-    assert [code.co_name for code in codes] == ["run", "relay_stream"]
+    # the call's two frames, then the upstream read it waits in (a coroutine, no generator)
+    assert [code.co_name for code in codes] == ["run", "relay_stream", "next_chunk", "_wait"]
     assert all(not code.co_cellvars and not code.co_freevars for code in codes)
     assert all(callback is not None for callback in callbacks)
     assert all(getattr(callback, "__closure__", None) is None for callback in callbacks)
