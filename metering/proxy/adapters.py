@@ -383,7 +383,7 @@ class MessagesStreamTracker(StreamTracker):
                 self.text.visible_chars += visible
                 self.text.reasoning_chars += reasoning
         elif name == b"content_block_start":
-            if b'"thinking"' in event.data or b'"redacted_thinking"' in event.data:
+            if event.data.find(b'"thinking"') >= 0 or event.data.find(b'"redacted_thinking"') >= 0:
                 self.thinking_seen = True
         elif name == b"message_delta":
             payload = _loads(event.data)
