@@ -4,6 +4,10 @@ One adapter per client-facing endpoint. Each knows its wire format: how to rewri
 request for the upstream, how to read usage from a whole response body, and how to follow
 a stream (which events carry usage, which one is terminal, what to hide from the client).
 Token arithmetic itself lives in metering.usage.
+
+The stream path searches bytes with `find`, never `sub in data`: CPython's bytes `in`
+first tries `sub` as an integer, and raises and clears a formatted TypeError (about 1,700
+instructions, callgrind) before it searches; `find` goes to the search at once.
 """
 
 from collections.abc import Callable, Mapping
@@ -208,7 +212,7 @@ class ChatStreamTracker(StreamTracker):
         if data == b"[DONE]":
             self.terminal = True
             return event.raw
-        carries_usage = b'"usage"' in data and b'"usage":null' not in data
+        carries_usage = data.find(b'"usage"') >= 0 and data.find(b'"usage":null') < 0
         if not (carries_usage or self.count_text or not self.response_id):
             if not self.first_output_seen:
                 self.first_output_seen = _has_output(data)
@@ -241,7 +245,7 @@ class ChatStreamTracker(StreamTracker):
         if not (
             self.first_output_seen
             and self.response_id
-            and b"[DONE]" not in events
+            and events.find(b"[DONE]") < 0
             and events.count(b'"usage"') == events.count(b'"usage":null')
         ):
             return False
@@ -304,7 +308,7 @@ class ResponsesStreamTracker(StreamTracker):
             if self.count_text:
                 payload = _loads(event.data)
                 delta = _text_len(payload.get("delta")) if isinstance(payload, dict) else 0
-                if b"reasoning" in name:
+                if name.find(b"reasoning") >= 0:
                     self.text.reasoning_chars += delta
                 elif name == b"response.output_text.delta":
                     self.text.visible_chars += delta
@@ -315,10 +319,10 @@ class ResponsesStreamTracker(StreamTracker):
         return (
             self.first_output_seen
             and not self.count_text
-            and b"response.completed" not in events
-            and b"response.incomplete" not in events
-            and b"response.failed" not in events
-            and b"error" not in events
+            and events.find(b"response.completed") < 0
+            and events.find(b"response.incomplete") < 0
+            and events.find(b"response.failed") < 0
+            and events.find(b"error") < 0
         )
 
     def outcome(self, *, completed: bool) -> Outcome:
@@ -379,7 +383,7 @@ class MessagesStreamTracker(StreamTracker):
                 self.text.visible_chars += visible
                 self.text.reasoning_chars += reasoning
         elif name == b"content_block_start":
-            if b'"thinking"' in event.data or b'"redacted_thinking"' in event.data:
+            if event.data.find(b'"thinking"') >= 0 or event.data.find(b'"redacted_thinking"') >= 0:
                 self.thinking_seen = True
         elif name == b"message_delta":
             payload = _loads(event.data)
@@ -404,9 +408,9 @@ class MessagesStreamTracker(StreamTracker):
         # the text counts of the deltas
         if not (
             self.first_output_seen
-            and b"message_" not in events
-            and b"content_block_start" not in events
-            and b"error" not in events
+            and events.find(b"message_") < 0
+            and events.find(b"content_block_start") < 0
+            and events.find(b"error") < 0
         ):
             return False
         if not self.thinking_seen:

@@ -116,7 +116,8 @@ class _Connection(asyncio.Protocol):
 
 
 class UpstreamResponse:
-    """Status and headers once awaited from `post`; the body via `read` or `iter_chunks`."""
+    """Status and headers once awaited from `post`; the body via `read`, or as it
+    streams via `next_chunk` (or `iter_chunks`)."""
 
     __slots__ = (
         "status",
@@ -160,11 +161,11 @@ class UpstreamResponse:
         self._activity = loop.time()
         self._received = False
         self._paused = False
-        self._streaming = False  # iter_chunks consumes the body (read() wants it whole)
+        self._streaming = False  # next_chunk consumes the body (read() wants it whole)
         self._read_timeout = read_timeout
         self._timer: asyncio.TimerHandle | None = loop.call_later(read_timeout, self._check_idle)
         # Offered each read while the consumer waits with nothing pending; True: it took
-        # the bytes (they are never seen by iter_chunks), False: they queue as usual.
+        # the bytes (they are never seen by next_chunk), False: they queue as usual.
         self.relay: Callable[[bytes], bool] | None = None
 
     @property
@@ -245,24 +246,34 @@ class UpstreamResponse:
         self._chunks.clear()
         return body
 
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
+    async def next_chunk(self) -> bytes | None:
+        """The body's bytes that arrived since the last call (waiting for some), None at
+        its end; raises UpstreamError if it broke off. A coroutine, not an async
+        generator: a generator left at its `yield` (a relay stops at the terminal event)
+        is closed by the event loop's finalizer hook, a task and a wake-up of the loop per
+        stream, and its first iteration registers it in the loop's weak set."""
         self._streaming = True
         while True:
-            if self._chunks:
-                data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
-                self._chunks.clear()
+            chunks = self._chunks
+            if chunks:
+                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
                 self._buffered = 0
                 if self._paused and self._conn.transport:
                     self._paused = False
                     self._conn.transport.resume_reading()
-                yield data
-                del data  # not held while the stream waits for its next read
-                continue
+                return data
             if self._done:
-                return
+                return None
             if self._error is not None:
                 raise self._error
             await self._wait()
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        """`next_chunk` as an async iterator (for callers that read to the end)."""
+        while (data := await self.next_chunk()) is not None:
+            yield data
+            del data  # not held while the stream waits for its next read
 
     def release(self) -> None:
         """Give the connection back to the pool if the exchange finished cleanly."""

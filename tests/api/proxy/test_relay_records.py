@@ -5,7 +5,6 @@ whatever ends the relay: a cut, a cancelled task, or an exception it did not exp
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,13 +32,13 @@ class FakeResponse:
 
     def __init__(self, chunks: list[bytes], then: str) -> None:
         self.headers = {"content-type": "text/event-stream"}
-        self.chunks = chunks
+        self.chunks = list(chunks)
         self.then = then
         self.reached_end = asyncio.Event()
 
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        for chunk in self.chunks:
-            yield chunk
+    async def next_chunk(self) -> bytes | None:
+        if self.chunks:
+            return self.chunks.pop(0)
         self.reached_end.set()
         if self.then == "raise":
             raise RuntimeError("a bug past the first event")

@@ -86,18 +86,80 @@ def test_a_whole_response_leaves_in_one_write() -> None:
     assert completed == [1] and c.response_complete and not transport.closed
 
 
-def test_a_stream_head_leaves_at_once_and_chunks_follow() -> None:
+def test_a_stream_head_leaves_with_its_first_chunk_and_chunks_follow() -> None:
     transport = Transport()
     c, _ = cycle(transport)
 
     async def scenario() -> None:
         await c.send(start([(b"content-type", b"text/event-stream")]))
-        assert len(transport.writes) == 1 and transport.writes[0].endswith(b"\r\n\r\n")
+        assert transport.writes == []  # held back until the first chunk (this loop turn)
         await c.send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
         await c.send({"type": "http.response.body", "body": b"", "more_body": False})
+        await asyncio.sleep(0)  # the head's flush finds nothing left to write
 
     asyncio.run(scenario())
-    assert transport.writes[1:] == [b"9\r\ndata: 1\n\n\r\n", b"0\r\n\r\n"]
+    assert len(transport.writes) == 2
+    assert transport.writes[0].endswith(b"\r\n\r\n9\r\ndata: 1\n\n\r\n")
+    assert transport.writes[1] == b"0\r\n\r\n"
+
+
+def test_a_stream_head_with_no_chunk_in_its_turn_leaves_on_the_next() -> None:
+    transport = Transport()
+    c, _ = cycle(transport)
+
+    async def scenario() -> None:
+        await c.send(start([(b"content-type", b"text/event-stream")]))
+        assert transport.writes == []
+        await asyncio.sleep(0)
+        assert len(transport.writes) == 1 and transport.writes[0].endswith(b"\r\n\r\n")
+        c.write_chunk(b"data: 1\n\n")
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    assert transport.writes[1:] == [b"9\r\ndata: 1\n\n\r\n"]
+
+
+def test_a_stream_head_is_not_written_to_a_client_that_left() -> None:
+    transport = Transport()
+    c, _ = cycle(transport)
+
+    async def scenario() -> None:
+        await c.send(start([(b"content-type", b"text/event-stream")]))
+        c.disconnected = True
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    assert transport.writes == []
+
+
+@pytest.mark.parametrize("keep_alive", [True, False])
+@pytest.mark.parametrize("relay", [True, False], ids=["write_chunk", "send"])
+def test_a_stream_is_byte_for_byte_uvicorns(keep_alive: bool, relay: bool) -> None:
+    """Head (one pass, chunked), first chunk, more chunks, the end: the bytes uvicorn's own
+    send writes, with or without the relay's write_chunk."""
+    headers = [(b"content-type", b"text/event-stream"), (b"x-reckon-request-id", b"5f0c")]
+    date = [(b"date", b"Tue, 01 Dec 2026 23:59:00 GMT")]
+
+    async def scenario(target: CoalescingCycle) -> None:
+        await target.send(start(headers))
+        for body in (b"data: 1\n\n", b"data: 2\n\n"):
+            if relay and type(target) is CoalescingCycle:
+                target.write_chunk(body)
+            else:
+                await target.send({"type": "http.response.body", "body": body, "more_body": True})
+        await target.send({"type": "http.response.body", "body": b"data: end\n\n"})
+        await asyncio.sleep(0)
+
+    ours, theirs = Transport(), Transport()
+    c, ours_done = cycle(ours, keep_alive=keep_alive, defaults=date)
+    u, theirs_done = cycle(theirs, keep_alive=keep_alive, defaults=date)
+    u.__class__ = RequestResponseCycle  # type: ignore[assignment]  # uvicorn's own
+    asyncio.run(scenario(c))
+    asyncio.run(scenario(u))
+    assert b"".join(ours.writes) == b"".join(theirs.writes)
+    assert len(ours.writes) == 3 and len(theirs.writes) == 4
+    assert ours_done == theirs_done == [1] and c.response_complete
+    assert ours.closed is theirs.closed is (not keep_alive)
 
 
 def test_a_connection_that_closes_is_closed_after_the_write() -> None:
@@ -196,6 +258,7 @@ def test_the_relay_extension_writes_chunks_and_reports_a_client_that_left() -> N
         assert not target.ready()  # no response started yet
         await target.send(start([(b"content-type", b"text/event-stream")]))
         assert target.ready()
+        target.write_chunk(b"data: x\n\n")  # the first: it takes the head along
         target.write_chunk(b"data: x\n\n")
         assert transport.writes[-1] == b"9\r\ndata: x\n\n\r\n"  # uvicorn's chunk framing
         target.flow.pause_writing()
@@ -224,7 +287,7 @@ def test_a_relayed_chunk_is_framed_as_uvicorns_send_frames_it(size: int) -> None
             await target.send(start([(b"content-type", b"text/event-stream")]))
         c.write_chunk(body)
         await u.send({"type": "http.response.body", "body": body, "more_body": True})
-        return ours.writes[-1], theirs.writes[-1]
+        return b"".join(ours.writes), b"".join(theirs.writes)  # the first takes the head
 
     ours, theirs = asyncio.run(scenario())
     assert ours == theirs

@@ -60,8 +60,30 @@ async def _while_open() -> tuple[list[CodeType], list[Any], bytes]:
 
 def test_an_open_stream_holds_two_frames_of_the_call_and_no_closures() -> None:
     codes, callbacks, body = asyncio.run(_while_open())
-    assert [code.co_name for code in codes] == ["run", "relay_stream"]
+    # the call's two frames, then the upstream read it waits in (a coroutine, no generator)
+    assert [code.co_name for code in codes] == ["run", "relay_stream", "next_chunk", "_wait"]
     assert all(not code.co_cellvars and not code.co_freevars for code in codes)
     assert all(callback is not None for callback in callbacks)
     assert all(getattr(callback, "__closure__", None) is None for callback in callbacks)
     assert body.endswith(b"data: [DONE]\n\n")
+
+
+async def _tasks_while_a_stream_relays() -> list[str]:
+    """The tasks made from a stream's start to a few loop turns after its end."""
+    made: list[str] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        made.append(getattr(coro, "__qualname__", type(coro).__name__))
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    asyncio.get_running_loop().set_task_factory(factory)
+    await _while_open()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    return list(made)  # asyncio.run makes tasks of its own at the end
+
+
+def test_a_stream_ended_by_its_terminal_event_leaves_no_task_behind() -> None:
+    # The relay stops reading at the terminal event; an async generator left there was
+    # closed by the loop's finalizer hook: a wake-up and an `aclose` task per stream.
+    assert asyncio.run(_tasks_while_a_stream_relays()) == ["Call.run"]
