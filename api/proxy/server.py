@@ -181,7 +181,9 @@ class CoalescingCycle(RequestResponseCycle):
         head = self._head
         if head is not None:
             self._head = None
-            if not self.disconnected:
+            # not after the connection closed (lost, or closed by the server because the
+            # app failed right after starting the response)
+            if not self.disconnected and not self.transport.is_closing():
                 self.transport.write(head)
 
     def _whole_head(self, message: Any) -> bytes | None:

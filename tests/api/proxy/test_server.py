@@ -132,6 +132,21 @@ def test_a_stream_head_is_not_written_to_a_client_that_left() -> None:
     assert transport.writes == []
 
 
+def test_a_stream_head_is_not_written_after_the_server_closed_the_connection() -> None:
+    # the app failed right after starting the stream: uvicorn closes the transport in the
+    # same turn, before the head's flush runs (a write then would raise in the callback)
+    transport = Transport()
+    c, _ = cycle(transport)
+
+    async def scenario() -> None:
+        await c.send(start([(b"content-type", b"text/event-stream")]))
+        transport.close()
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    assert transport.writes == []
+
+
 @pytest.mark.parametrize("keep_alive", [True, False])
 @pytest.mark.parametrize("relay", [True, False], ids=["write_chunk", "send"])
 def test_a_stream_is_byte_for_byte_uvicorns(keep_alive: bool, relay: bool) -> None:
