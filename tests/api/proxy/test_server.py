@@ -177,6 +177,43 @@ def test_a_stream_is_byte_for_byte_uvicorns(keep_alive: bool, relay: bool) -> No
     assert ours.closed is theirs.closed is (not keep_alive)
 
 
+@pytest.mark.parametrize("keep_alive", [True, False])
+@pytest.mark.parametrize(
+    ("method", "status", "bodies"),
+    [
+        ("POST", 200, [b""]),  # an empty stream: its end marker must still leave
+        ("POST", 200, [b"", b"data: 1\n\n"]),  # an empty first part, then the end
+        ("HEAD", 200, [b""]),  # no body for HEAD: uvicorn's path
+        ("POST", 204, [b""]),  # no body at all: uvicorn's path
+        ("POST", 304, [b""]),
+    ],
+    ids=["empty", "empty-first", "head", "204", "304"],
+)
+def test_unusual_streams_are_byte_for_byte_uvicorns(
+    keep_alive: bool, method: str, status: int, bodies: list[bytes]
+) -> None:
+    date = [(b"date", b"Tue, 01 Dec 2026 23:59:00 GMT")]
+
+    async def scenario(target: CoalescingCycle) -> None:
+        await target.send(
+            {"type": "http.response.start", "status": status, "headers": [(b"x-a", b"1")]}
+        )
+        for i, body in enumerate(bodies):
+            more = i < len(bodies) - 1
+            await target.send({"type": "http.response.body", "body": body, "more_body": more})
+        await asyncio.sleep(0)
+
+    ours, theirs = Transport(), Transport()
+    c, ours_done = cycle(ours, keep_alive=keep_alive, method=method, defaults=date)
+    u, theirs_done = cycle(theirs, keep_alive=keep_alive, method=method, defaults=date)
+    u.__class__ = RequestResponseCycle  # type: ignore[assignment]  # uvicorn's own
+    asyncio.run(scenario(c))
+    asyncio.run(scenario(u))
+    assert b"".join(ours.writes) == b"".join(theirs.writes)
+    assert ours_done == theirs_done == [1] and c.response_complete
+    assert ours.closed is theirs.closed
+
+
 def test_a_connection_that_closes_is_closed_after_the_write() -> None:
     transport = Transport()
     c, completed = cycle(transport, keep_alive=False)
