@@ -68,15 +68,23 @@ def backend_pids(database_url: str) -> list[int]:
     return [int(row[0]) for row in rows if row and row[0].isdigit()]
 
 
-def backends_cpu(pids: list[int]) -> float:
-    """CPU seconds of these backends so far (a backend gone meanwhile counts nothing)."""
-    total = 0.0
+def backends_cpu(pids: list[int]) -> dict[int, float]:
+    """CPU seconds of these backends so far, per pid (a backend already gone: absent)."""
+    seen = {}
     for pid in pids:
         try:
-            total += cpu_seconds(pid)
+            seen[pid] = cpu_seconds(pid)
         except (OSError, IndexError):
             pass
-    return total
+    return seen
+
+
+def backends_cpu_since(database_url: str, before: dict[int, float]) -> float:
+    """CPU seconds the bench database's backends spent since `before` was read: those
+    listed then and those connected since (all of whose CPU is in the interval); a
+    backend that left meanwhile counts nothing (its last figure is unknown)."""
+    now = backends_cpu(sorted(set(before) | set(backend_pids(database_url))))
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in now.items())
 
 
 class Run(NamedTuple):
@@ -104,21 +112,20 @@ def drive(
         f'wrk.headers["Authorization"] = "Bearer {key}"\n'
     )
     script.close()
-    pids = backend_pids(database_url)
-    before, pg_before = cpu_seconds(server), backends_cpu(pids)
+    before, pg_before = cpu_seconds(server), backends_cpu(backend_pids(database_url))
     out = subprocess.run(
         [binary, "-t1", "-c32", f"-d{seconds}s", "-s", script.name, url + "/v1/chat/completions"],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
-    after, pg_after = cpu_seconds(server), backends_cpu(pids)
+    after, pg = cpu_seconds(server), backends_cpu_since(database_url, pg_before)
     os.unlink(script.name)
     if "Non-2xx" in out or "Socket errors" in out:
         sys.exit("wrk saw errors:\n" + out)
     calls = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    return Run((after - before) / calls * 1e6, rps, (pg_after - pg_before) / calls * 1e6)
+    return Run((after - before) / calls * 1e6, rps, pg / calls * 1e6)
 
 
 def main() -> None:
