@@ -12,7 +12,7 @@ backend's own CPU (/proc/<pid>/schedstat, so other processes' load does not coun
 
     .venv/bin/python bench/ledger_statement_parts.py [--rounds 1000] [--size 1]
 
-A scratch database (RECKON_BENCH_DB, default `reckon_statement_bench`: dropped first,
+A scratch database (RECKON_BENCH_DB, default `reckon_statement_parts`: dropped first,
 migrated, dropped at the end), records as bench/ledger_statement_bench.py makes them. The
 database server must be on this machine.
 """
@@ -71,7 +71,7 @@ def main() -> None:
     from bench.stats import machine_banner
 
     print(machine_banner(), flush=True)
-    db = os.environ.get("RECKON_BENCH_DB") or "reckon_statement_bench"
+    db = os.environ.get("RECKON_BENCH_DB") or "reckon_statement_parts"
     server = scratch_database(args.database_url, db)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     os.environ["REDIS_URL"] = ""
