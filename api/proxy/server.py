@@ -131,8 +131,18 @@ class CoalescingCycle(RequestResponseCycle):
             callback()
 
     async def run_asgi(self, app: Any) -> None:
+        async def flushing(scope: Any, receive: Any, send: Any) -> None:
+            try:
+                await app(scope, receive, send)
+            finally:
+                # uvicorn closes the connection of a started response that the app left
+                # unfinished (it failed, or returned): a stream head still held goes
+                # first, so the client sees a broken 200 stream (which SDKs do not
+                # retry) rather than no response at all
+                self._flush_head()
+
         try:
-            await super().run_asgi(app)
+            await super().run_asgi(flushing)
         finally:
             # The scope offers this cycle to the app (cycle -> scope -> cycle): left in
             # place, every request's cycle, scope and headers were cyclic garbage that

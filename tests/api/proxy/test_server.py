@@ -147,6 +147,26 @@ def test_a_stream_head_is_not_written_after_the_server_closed_the_connection() -
     assert transport.writes == []
 
 
+def test_an_app_that_fails_right_after_starting_a_stream_still_sends_its_head() -> None:
+    # the client gets a 200 head and then the close (a broken stream, not retried by the
+    # SDKs), never a connection closed with no response (retried: a second upstream call)
+    async def failing(scope: Any, receive: Any, send: Any) -> None:
+        await send(start([(b"content-type", b"text/event-stream")]))
+        raise ValueError("a bug")
+
+    async def returning(scope: Any, receive: Any, send: Any) -> None:
+        await send(start([(b"content-type", b"text/event-stream")]))
+
+    for app in (failing, returning):
+        transport = Transport()
+        c, _ = cycle(transport)
+        c.scope["extensions"] = {}
+        asyncio.run(c.run_asgi(app))
+        assert len(transport.writes) == 1
+        assert transport.writes[0].startswith(b"HTTP/1.1 200 OK")
+        assert transport.closed
+
+
 @pytest.mark.parametrize("keep_alive", [True, False])
 @pytest.mark.parametrize("relay", [True, False], ids=["write_chunk", "send"])
 def test_a_stream_is_byte_for_byte_uvicorns(keep_alive: bool, relay: bool) -> None:

@@ -319,6 +319,11 @@ def test_only_a_shut_down_executor_counts_as_stopping(clock: Clock) -> None:
 def test_the_lookup_executor_answers_none_only_once_it_is_shut_down() -> None:
     pool = LookupExecutor()
     assert pool.try_submit(lambda: 7).result(timeout=5) == 7  # type: ignore[union-attr]
+
+    async def run_before_shutdown() -> object:
+        return await pool.try_run(lambda: 8)  # type: ignore[misc]
+
+    assert asyncio.run(run_before_shutdown()) == 8
     pool.shutdown(wait=True)
     assert pool.stopped
     assert pool.try_submit(lambda: 7) is None
