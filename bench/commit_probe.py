@@ -204,13 +204,23 @@ def main() -> None:
         result = wrk(binary, url, key, "bench-reasoner", 1, args.duration)
         commits = commit_latencies(database_url)
     finally:
-        procs[1].terminate()
-        procs[1].wait(timeout=30)
-        procs[0].terminate()
-        procs[0].wait(timeout=30)
-    calls = json.loads(Path(out).read_text())
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    log = Path(out + ".log")
+    try:
+        calls = json.loads(Path(out).read_text())
+    except (OSError, ValueError):
+        sys.exit(f"the probed server wrote no phases; its log ({log}):\n{log.read_text()[-2000:]}")
     os.unlink(out)
     calls = [c for c in calls if c["asgi_in"] > began]  # not the warm-up's
+    if not calls:
+        sys.exit(f"no calls probed (is the path filter right?); the server's log: {log}")
+    log.unlink()
     print(
         f"wrk c=1: {result['rps']:.0f} req/s, p50 {result['p50_ms']:.3f} ms,"
         f" p99 {result['p99_ms']:.3f} ms; {len(calls)} calls probed; server env {extra}"

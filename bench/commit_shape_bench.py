@@ -51,7 +51,10 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--variant", action="append", default=[], help="label:NAME=VALUE,...")
     parser.add_argument("--c1", action="store_true", help="also latency at c=1 per variant")
-    parser.add_argument("--database-url", default=pb.os.environ.get("DATABASE_URL"))
+    parser.add_argument(
+        "--database-url",
+        default=pb.os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
+    )
     args = parser.parse_args()
     variants = [parse_variant(v) for v in (args.variant or ["main:"])]
     print(machine_banner(), flush=True)
@@ -114,7 +117,11 @@ def main() -> None:
     finally:
         for p in procs:
             p.terminate()
-            p.wait(timeout=30)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except pb.subprocess.TimeoutExpired:
+                p.kill()
     print(f"\nc=32, {args.rounds} rounds of {args.duration} s: median (min-max)")
     print(f"{'':14}{'req/s':>22}{'share of bare':>22}{'server µs/call':>22}{'PG µs/call':>22}")
     bare = [r.rps for r in c32["bare"]]
