@@ -193,27 +193,13 @@ def _roles_back_after_a_flush(sender, plan=None, **kwargs):  # type: ignore[no-u
 TEMPLATE_FIXTURE = "migrated_template"
 
 
-# Tests that share package-scoped fixtures (servers, a browser, committed data) run in one
-# xdist worker; the package's directory is their group.
-_ONE_WORKER_PACKAGES = ("tests/browser/",)
-
-
 def pytest_collection_modifyitems(items):  # type: ignore[no-untyped-def]
     """A test that asks for `migrated_template` needs the test database set up (pytest-django
-    sets up only the databases the collected tests ask for): it is marked django_db.
-
-    Under pytest-xdist (`--dist loadgroup`) a module's tests run in one worker, so a
-    module-scoped fixture (a server, a fake Stripe, seven deploy-check processes) starts
-    once, not once per worker; a package of `_ONE_WORKER_PACKAGES` runs in one worker."""
-    in_worker = os.environ.get("PYTEST_XDIST_WORKER", "").startswith("gw")
+    sets up only the databases the collected tests ask for): it is marked django_db."""
     for item in items:
         if TEMPLATE_FIXTURE in getattr(item, "fixturenames", ()):
             if item.get_closest_marker("django_db") is None:
                 item.add_marker(pytest.mark.django_db)
-        if in_worker and item.get_closest_marker("xdist_group") is None:
-            module = item.nodeid.split("::", 1)[0]
-            group = next((p for p in _ONE_WORKER_PACKAGES if module.startswith(p)), module)
-            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
