@@ -39,11 +39,13 @@ lint: setup
 
 # DATABASE_REPLICA_URL: the replica tests get a separate test database of their own.
 # The browser tests (tests/browser, marked browser and e2e) run here too, in Chromium.
+# Two pytest-xdist workers, each with its own test database, Redis databases (REDIS_URL's
+# number and the next) and spool directory (tests/conftest.py), tests handed out one by one.
 test: setup services chromium
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(MAKE) --no-print-directory lint
 	DATABASE_URL=$(TEST_DATABASE_URL) DATABASE_REPLICA_URL=$(TEST_DATABASE_URL) \
 		REDIS_URL=$(TEST_REDIS_URL) CELERY_BROKER_URL=$(TEST_REDIS_URL) \
-		.venv/bin/pytest -q
+		.venv/bin/pytest -q -n 2 --dist load
 
 bench: setup services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) bench/proxy_bench.py

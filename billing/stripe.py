@@ -8,33 +8,59 @@ stored as soon as it is known, so a push interrupted anywhere can simply run aga
 The two tasks that invoicing enqueues (once its transaction commits) are defined here,
 beside the services they call: invoicing imports them, and this module imports nothing
 of invoicing but its fault points. Stripe's webhook events: billing/stripe_webhooks.py.
+
+The stripe library is imported where a call is made, not at the top: it loads its HTTP
+clients (aiohttp, requests), about a second of imports, and every process imports this
+module (invoicing, admin, the Celery tasks) while few talk to Stripe.
 """
 
-from typing import Any
+from __future__ import annotations
 
-import stripe
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
 from celery import shared_task
 from django.conf import settings
 from django.db import IntegrityError
 from django.utils import timezone
-from stripe._base_address import BaseAddresses
 
 from billing.faults import checkpoint
 from billing.models import Invoice, StripeCustomer
 from config.celery import RELIABLE_TASK, TRANSIENT_ERRORS
 from metering.models import Tenant
 
-# What a Stripe call is retried on, besides the database and network (config.celery).
-STRIPE_TRANSIENT = TRANSIENT_ERRORS + (
-    stripe.APIConnectionError,
-    stripe.APIError,
-    stripe.RateLimitError,
-)
+if TYPE_CHECKING:
+    import stripe
+
+
+class StripeUnavailable(Exception):
+    """A Stripe call that may succeed when tried again: no connection, an error on Stripe's
+    side, or its rate limit (the stripe library's own retries spent). The tasks retry it."""
+
+
+# What a Stripe task is retried on, besides the database and network (config.celery).
+STRIPE_TRANSIENT = TRANSIENT_ERRORS + (StripeUnavailable,)
+
+
+@contextmanager
+def _stripe_transient_as_unavailable() -> Iterator[None]:
+    """Stripe's transient errors (APIConnectionError, APIError, RateLimitError) raised as
+    StripeUnavailable, the original as its cause; any other error as it is."""
+    import stripe
+
+    try:
+        yield
+    except (stripe.APIConnectionError, stripe.APIError, stripe.RateLimitError) as exc:
+        raise StripeUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
 
 def stripe_client() -> stripe.StripeClient | None:
     if not settings.STRIPE_API_KEY:
         return None
+    import stripe
+    from stripe._base_address import BaseAddresses
+
     base: BaseAddresses | None = (
         {"api": settings.STRIPE_API_BASE} if settings.STRIPE_API_BASE else None
     )
@@ -145,11 +171,13 @@ def invoice_void_in_stripe(*, invoice_id: int) -> None:
     name="billing.tasks.sync_invoice_to_stripe", autoretry_for=STRIPE_TRANSIENT, **RELIABLE_TASK
 )
 def sync_invoice_to_stripe(invoice_id: int) -> None:
-    invoice_sync_stripe(invoice_id=invoice_id)
+    with _stripe_transient_as_unavailable():
+        invoice_sync_stripe(invoice_id=invoice_id)
 
 
 @shared_task(
     name="billing.tasks.void_invoice_in_stripe", autoretry_for=STRIPE_TRANSIENT, **RELIABLE_TASK
 )
 def void_invoice_in_stripe(invoice_id: int) -> None:
-    invoice_void_in_stripe(invoice_id=invoice_id)
+    with _stripe_transient_as_unavailable():
+        invoice_void_in_stripe(invoice_id=invoice_id)

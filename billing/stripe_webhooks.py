@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-import stripe
 from celery import shared_task
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -134,6 +133,8 @@ def stripe_event_receive(*, payload: bytes, signature: str) -> tuple[StripeEvent
     secret = settings.STRIPE_WEBHOOK_SECRET
     if not secret:
         raise WebhookRejected("Stripe webhooks are not configured on this server.")
+    import stripe  # here, not at the top: see billing.stripe's docstring
+
     try:
         stripe.WebhookSignature.verify_header(
             payload, signature, secret, tolerance=WEBHOOK_TOLERANCE_SECONDS

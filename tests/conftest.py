@@ -12,6 +12,50 @@ from hypothesis import settings as hypothesis_settings
 
 from tests.usage_helpers import ensure_test_partitions
 
+
+def _isolate_xdist_worker() -> None:
+    """Each pytest-xdist worker (`make test` runs the suite with `-n`) is a test session of
+    its own, sharing nothing with the other worker: pytest-django gives it its own test
+    database (`<name>_gw0`, ...; templates, flush snapshots and bench copies are named from
+    it), and here it gets its own Redis database, REDIS_URL's and CELERY_BROKER_URL's
+    number plus the worker's index (control counters, leases, spool reports, the Celery
+    queues its workers consume), and its own ledger spool directory. Set in the
+    environment the servers and workers it starts inherit, and in this process's settings
+    (pytest-django loaded them before this module)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from django.conf import settings
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return
+    index = int(worker[2:])
+
+    def shifted(url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss"):
+            return url  # memory:// needs nothing; a Redis Cluster has only database 0
+        base = int(parts.path.strip("/") or 0)
+        return urlunsplit(parts._replace(path=f"/{base + index}"))
+
+    for name in ("REDIS_URL", "CELERY_BROKER_URL"):
+        url = os.environ.get(name)
+        if url:
+            os.environ[name] = shifted(url)
+            setattr(settings, name, os.environ[name])
+    if settings.CELERY_BROKER_URL.startswith(("amqp", "pyamqp")):
+        raise RuntimeError("xdist workers would share the broker's queues: use a Redis broker")
+    from config.celery import app
+
+    app.conf.broker_url = settings.CELERY_BROKER_URL
+    if "RECKON_LEDGER_SPOOL_DIR" not in os.environ:
+        spool = settings.RECKON_LEDGER_SPOOL_DIR.with_name(f"spool-{worker}")
+        os.environ["RECKON_LEDGER_SPOOL_DIR"] = str(spool)
+        settings.RECKON_LEDGER_SPOOL_DIR = spool
+
+
+_isolate_xdist_worker()
+
 # Property tests check correctness, not speed: on a loaded 2-core CI machine an example may
 # take longer than hypothesis's default 200 ms deadline without anything being wrong.
 hypothesis_settings.register_profile(

@@ -1,27 +1,28 @@
 """Finance documents from stored invoices: the PDF's data, and CSV exports.
 
 Everything printed or exported is read from the invoice and its lines as stored: the
-document is reproducible, and nothing here computes money."""
+document is reproducible, and nothing here computes money.
+
+The PDF module (billing.invoicing.pdf) is imported where a document is built, not at the
+top: it loads fpdf2 (with fontTools and Pillow), about a second of imports, and every
+process imports this module (admin, API and console URLs) while few render a PDF."""
+
+from __future__ import annotations
 
 import io
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
 from billing.csv_cells import SafeWriter
 from billing.invoicing.lines import INVOICE_LINE_FIELDS
-from billing.invoicing.pdf import (
-    DocumentLine,
-    InvoiceDocument,
-    Party,
-    TaxRow,
-    TierRow,
-    render_invoice_pdf,
-)
 from billing.models import Invoice, InvoiceLine
 from billing.pricing.currency import currency_exponent
+
+if TYPE_CHECKING:
+    from billing.invoicing.pdf import DocumentLine, InvoiceDocument
 
 
 def _tokens(n: int) -> str:
@@ -29,6 +30,8 @@ def _tokens(n: int) -> str:
 
 
 def _line(line: InvoiceLine) -> DocumentLine:
+    from billing.invoicing.pdf import DocumentLine, TierRow
+
     if line.kind == InvoiceLine.Kind.USAGE:
         quantity = _tokens(line.billable_tokens)
     elif line.kind == InvoiceLine.Kind.ADJUSTMENT:
@@ -62,6 +65,8 @@ def _line(line: InvoiceLine) -> DocumentLine:
 
 
 def invoice_document(invoice: Invoice) -> InvoiceDocument:
+    from billing.invoicing.pdf import InvoiceDocument, Party, TaxRow
+
     seller: dict[str, Any] = settings.RECKON_SELLER
     status = invoice.status
     return InvoiceDocument(
@@ -99,6 +104,8 @@ def invoice_document(invoice: Invoice) -> InvoiceDocument:
 
 
 def invoice_pdf(invoice: Invoice) -> bytes:
+    from billing.invoicing.pdf import render_invoice_pdf
+
     return render_invoice_pdf(invoice_document(invoice))
 
 

@@ -3,12 +3,13 @@
 from datetime import UTC, datetime
 
 import pytest
+from celery.exceptions import Retry
 
 from billing.faults import InjectedFault
 from billing.invoicing.close import period_close
 from billing.models import Invoice, StripeCustomer
 from billing.plans import subscription_create
-from billing.stripe import invoice_sync_stripe
+from billing.stripe import StripeUnavailable, invoice_sync_stripe, sync_invoice_to_stripe
 from tests import stripe_helpers
 from tests.factories import ApiKeyFactory
 from tests.scenarios.test_invoicing_stories import SEP, use, version
@@ -140,3 +141,27 @@ def test_prepaid_credit_reaches_stripe_as_a_negative_item(stripe_on) -> None:  #
     remote = stripe_on.invoices[synced.stripe_invoice_id]
     assert remote["total"] == invoice.total_minor == 166
     assert sorted(i["amount"] for i in stripe_on.invoice_items.values()) == [-1234, 400, 1000]
+
+
+def test_the_push_task_retries_when_stripe_stays_unavailable(stripe_on) -> None:  # type: ignore[no-untyped-def]
+    import stripe
+
+    invoice = closed_invoice()
+    stripe_on.fail_next(3, status=500)  # the first call and the client's own two retries
+    with pytest.raises(Retry) as retry:
+        sync_invoice_to_stripe.apply(args=[invoice.pk])
+    assert isinstance(retry.value.exc, StripeUnavailable)
+    assert isinstance(retry.value.exc.__cause__, stripe.APIError)
+    sync_invoice_to_stripe.apply(args=[invoice.pk])  # the retry, Stripe back
+    invoice.refresh_from_db()
+    assert invoice.stripe_synced_at is not None
+    assert stripe_on.invoices[invoice.stripe_invoice_id]["status"] == "open"
+
+
+def test_the_push_task_does_not_retry_what_is_not_transient(stripe_on) -> None:  # type: ignore[no-untyped-def]
+    import stripe
+
+    invoice = closed_invoice()
+    stripe_on.fail_next(1, status=402)  # a card error: raised as it is, no retry
+    with pytest.raises(stripe.CardError):
+        sync_invoice_to_stripe.apply(args=[invoice.pk])
