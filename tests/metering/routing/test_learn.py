@@ -136,6 +136,9 @@ def test_a_run_waits_for_the_lock() -> None:
             for _ in range(500):
                 cursor.execute(
                     "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                    # this database's only: another test worker's locks are not this run's
+                    " AND database = (SELECT oid FROM pg_database"
+                    " WHERE datname = current_database())"
                 )
                 if cursor.fetchone()[0]:
                     break
