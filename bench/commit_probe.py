@@ -168,6 +168,7 @@ def main() -> None:
         percentile,
         seed,
         setup_database,
+        stop_all,
         wait_up,
         wrk,
     )
@@ -204,13 +205,7 @@ def main() -> None:
         result = wrk(binary, url, key, "bench-reasoner", 1, args.duration)
         commits = commit_latencies(database_url)
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
     log = Path(out + ".log")
     try:
         calls = json.loads(Path(out).read_text())

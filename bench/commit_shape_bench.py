@@ -115,13 +115,7 @@ def main() -> None:
         served = pb.get_json(url["sim_reckon"] + "/_sim/totals")
         after, _ = pb.ledger_totals(database_url)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except pb.subprocess.TimeoutExpired:
-                p.kill()
+        pb.stop_all(procs)
     print(f"\nc=32, {args.rounds} rounds of {args.duration} s: median (min-max)")
     print(f"{'':14}{'req/s':>22}{'share of bare':>22}{'server µs/call':>22}{'PG µs/call':>22}")
     bare = [r.rps for r in c32["bare"]]

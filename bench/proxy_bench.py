@@ -195,6 +195,19 @@ def seed_controlled(database_url: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+def stop_all(procs: "list[subprocess.Popen]", timeout: float = 30) -> None:
+    """Stop these processes: all asked to terminate first, then each waited for (killed
+    past `timeout`), so one that hangs does not leave the others running."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def bare_passthrough(
     port: int, env: dict[str, str], upstream: str, python: list[str] | None = None, *extra: str
 ) -> subprocess.Popen:
