@@ -1,5 +1,4 @@
 import os
-from collections.abc import Iterator
 
 import pytest
 from django.core.management.commands import flush as flush_command
@@ -213,6 +212,9 @@ def django_db_setup(request, django_db_setup, django_db_blocker):  # type: ignor
     if any(TEMPLATE_FIXTURE in getattr(item, "fixturenames", ()) for item in request.session.items):
         with django_db_blocker.unblock():
             _copy_test_database_to_template()
+        # dropped at the session's end, whether or not this session (an xdist worker) ran
+        # a test that used it
+        request.addfinalizer(_drop_template)
     with django_db_blocker.unblock():
         ensure_test_partitions()
     # The replica alias (make test sets DATABASE_URL's database as DATABASE_REPLICA_URL)
@@ -319,17 +321,25 @@ def _copy_test_database_to_template() -> None:
 
 
 @pytest.fixture(scope="session")
-def migrated_template(django_db_setup) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def migrated_template(django_db_setup) -> str:  # type: ignore[no-untyped-def]
     """The name of a database on the test server that is the test database as `migrate`
     left it (copied by django_db_setup, before the session's partitions and tests): a test
     that needs a freshly migrated database of its own makes one in a second with
     `CREATE DATABASE x TEMPLATE <this>`, or dumps it to another server, instead of
-    running every migration again (about 13 s of CPU each). Dropped at the end."""
-    import psycopg
+    running every migration again (about 13 s of CPU each). Dropped at the session's end
+    (`django_db_setup`)."""
     from django.db import connection
 
     if connection.vendor != "postgresql":
         pytest.skip("the template database is PostgreSQL's")
-    yield _template_name()
+    return _template_name()
+
+
+def _drop_template() -> None:
+    import psycopg
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
     with psycopg.connect(_admin_url(), autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{_template_name()}" WITH (FORCE)')

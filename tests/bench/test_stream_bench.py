@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.scratch import scratch_drop
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -23,8 +25,24 @@ def test_stream_bench_runs_and_its_records_check_passes(
     The bench's database is a copy of the session's migrated template (RECKON_BENCH_TEMPLATE)
     instead of a migrate from scratch; the bench still runs `migrate`, which finds nothing
     to do, so a template that lagged behind the migrations would be caught up, not hidden."""
-    bench_db = os.environ.get("TEST_DATABASE_NAME", "test") + "_stream_bench"
-    result = subprocess.run(
+    # named from this session's test database: each xdist worker has its own
+    bench_db = migrated_template.removesuffix("_template") + "_stream_bench"
+    try:
+        result = _run_bench(provider, bench_db, migrated_template)
+    finally:
+        scratch_drop(os.environ["DATABASE_URL"].rsplit("/", 1)[0], bench_db)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "records check: passed" in out
+    assert "round 1, reckon:" in out and "20/20 complete" in out
+    assert "round 1, bare:" in out
+    # the ledger line: 20 measured + 20 warm-up streams, each with one record
+    assert "ledger 40 records (40 completed)" in out
+    assert "target Reckon CPU per chunk (whole round) <= 15.0 µs:" in out
+
+
+def _run_bench(provider: str, bench_db: str, template: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [
             sys.executable,
             "bench/stream_bench.py",
@@ -42,16 +60,8 @@ def test_stream_bench_runs_and_its_records_check_passes(
             provider,
         ],
         cwd=ROOT,
-        env={**os.environ, "RECKON_BENCH_DB": bench_db, "RECKON_BENCH_TEMPLATE": migrated_template},
+        env={**os.environ, "RECKON_BENCH_DB": bench_db, "RECKON_BENCH_TEMPLATE": template},
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
-    assert "records check: passed" in out
-    assert "round 1, reckon:" in out and "20/20 complete" in out
-    assert "round 1, bare:" in out
-    # the ledger line: 20 measured + 20 warm-up streams, each with one record
-    assert "ledger 40 records (40 completed)" in out
-    assert "target Reckon CPU per chunk (whole round) <= 15.0 µs:" in out
