@@ -10,6 +10,7 @@ contracts in pyproject.toml (`[tool.importlinter]`) hold for the code as it is.
 - no import cycles between modules at any depth.
 """
 
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -26,23 +27,30 @@ def contract_ids() -> list[str]:
     return [contract["id"] for contract in config["tool"]["importlinter"]["contracts"]]
 
 
-def lint_imports(contract: str) -> subprocess.CompletedProcess[str]:
+def lint_imports(contract: str, tree: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(LINT_IMPORTS), "--no-logo", "--no-cache", "--contract", contract],
-        cwd=ROOT,
+        cwd=tree,
         capture_output=True,
         text=True,
         timeout=300,
     )
 
 
-def lint_with_probe(module: Path, source: str, contract: str) -> str:
-    """The contract's report with one extra module in the tree (removed afterwards)."""
-    module.write_text(source)
-    try:
-        result = lint_imports(contract)
-    finally:
-        module.unlink()
+def lint_with_probe(tmp_path: Path, module: str, source: str, contract: str) -> str:
+    """The contract's report with one extra module (`module`, a path inside the tree) in a
+    copy of the tree's packages: the tree itself is never written to, so a test running
+    alongside (another xdist worker) or a run killed mid-probe never sees the probe."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    for package in config["tool"]["importlinter"]["root_packages"]:
+        shutil.copytree(
+            ROOT / package,
+            tmp_path / package,
+            ignore=shutil.ignore_patterns("__pycache__", "static", "templates"),
+        )
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    (tmp_path / module).write_text(source)
+    result = lint_imports(contract, tree=tmp_path)
     assert result.returncode != 0, result.stdout
     return result.stdout
 
@@ -53,20 +61,21 @@ def test_import_contract_holds(contract: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_a_broken_rule_is_caught() -> None:
+def test_a_broken_rule_is_caught(tmp_path: Path) -> None:
     """The check can fail: a metering module importing api breaks the layers contract."""
     report = lint_with_probe(
-        ROOT / "metering" / "_architecture_probe.py", "import api.errors  # noqa: F401\n", "layers"
+        tmp_path, "metering/_architecture_probe.py", "import api.errors  # noqa: F401\n", "layers"
     )
     assert "metering._architecture_probe -> api.errors" in report
 
 
-def test_a_metering_module_off_the_allowlist_is_closed_to_billing() -> None:
+def test_a_metering_module_off_the_allowlist_is_closed_to_billing(tmp_path: Path) -> None:
     """billing-reads-metering is an allowlist: any metering module it does not publish
     (here the write services, open to one billing module only) breaks it, without having
     to be named."""
     report = lint_with_probe(
-        ROOT / "billing" / "_architecture_probe.py",
+        tmp_path,
+        "billing/_architecture_probe.py",
         "import metering.selectors  # noqa: F401\nimport metering.services  # noqa: F401\n",
         "billing-reads-metering",
     )
