@@ -9,7 +9,12 @@ from billing.faults import InjectedFault
 from billing.invoicing.close import period_close
 from billing.models import Invoice, StripeCustomer
 from billing.plans import subscription_create
-from billing.stripe import StripeUnavailable, invoice_sync_stripe, sync_invoice_to_stripe
+from billing.stripe import (
+    StripeUnavailable,
+    invoice_sync_stripe,
+    sync_invoice_to_stripe,
+    void_invoice_in_stripe,
+)
 from tests import stripe_helpers
 from tests.factories import ApiKeyFactory
 from tests.scenarios.test_invoicing_stories import SEP, use, version
@@ -143,15 +148,23 @@ def test_prepaid_credit_reaches_stripe_as_a_negative_item(stripe_on) -> None:  #
     assert sorted(i["amount"] for i in stripe_on.invoice_items.values()) == [-1234, 400, 1000]
 
 
-def test_the_push_task_retries_when_stripe_stays_unavailable(stripe_on) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("status", "calls", "error"),
+    # calls: the first and the stripe client's own retries (two; none for a plain 429)
+    [(500, 3, "APIError"), (429, 1, "RateLimitError"), (0, 3, "APIConnectionError")],
+    ids=["server-error", "rate-limited", "connection-dropped"],
+)
+def test_the_push_task_retries_when_stripe_stays_unavailable(  # type: ignore[no-untyped-def]
+    stripe_on, status, calls, error
+) -> None:
     import stripe
 
     invoice = closed_invoice()
-    stripe_on.fail_next(3, status=500)  # the first call and the client's own two retries
+    stripe_on.fail_next(calls, status=status)
     with pytest.raises(Retry) as retry:
         sync_invoice_to_stripe.apply(args=[invoice.pk])
     assert isinstance(retry.value.exc, StripeUnavailable)
-    assert isinstance(retry.value.exc.__cause__, stripe.APIError)
+    assert type(retry.value.exc.__cause__) is getattr(stripe, error)
     sync_invoice_to_stripe.apply(args=[invoice.pk])  # the retry, Stripe back
     invoice.refresh_from_db()
     assert invoice.stripe_synced_at is not None
@@ -165,3 +178,18 @@ def test_the_push_task_does_not_retry_what_is_not_transient(stripe_on) -> None: 
     stripe_on.fail_next(1, status=402)  # a card error: raised as it is, no retry
     with pytest.raises(stripe.CardError):
         sync_invoice_to_stripe.apply(args=[invoice.pk])
+
+
+def test_the_void_task_retries_when_stripe_stays_unavailable(stripe_on) -> None:  # type: ignore[no-untyped-def]
+    from billing.invoicing.lifecycle import invoice_transition
+
+    invoice = closed_invoice()
+    invoice_sync_stripe(invoice_id=invoice.pk)
+    invoice_transition(invoice=invoice, to="void")  # its own push is not run here
+    stripe_on.fail_next(3, status=500)
+    with pytest.raises(Retry) as retry:
+        void_invoice_in_stripe.apply(args=[invoice.pk])
+    assert isinstance(retry.value.exc, StripeUnavailable)
+    void_invoice_in_stripe.apply(args=[invoice.pk])  # the retry, Stripe back
+    remote = stripe_on.invoices[Invoice.objects.get(pk=invoice.pk).stripe_invoice_id]
+    assert remote["status"] == "void"

@@ -254,6 +254,21 @@ def alias_with_targets(
     return ids
 
 
+def breaker_failures_reach(alias_pk: int, route_id: int, failures: int) -> None:
+    """Until the breaker in Redis has counted `failures` failures of the target."""
+    client = redis_client(os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0")
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            seen = client.hget(breaker_key(alias_pk), f"{route_id}:f")
+            if seen is not None and int(seen) >= failures:
+                return
+            time.sleep(0.01)
+    finally:
+        client.close()
+    pytest.fail(f"the breaker never counted {failures} failures of target {route_id}")
+
+
 def wait_for_alias(routed: Routed, alias: str) -> None:
     """Until the server's caller cache (0.5 s in tests) has reloaded the key's context:
     the model list names the new alias (every test uses its own alias)."""
@@ -395,11 +410,14 @@ def test_error_answers_fail_over_and_keep_the_upstream_status(
     )
     client = routed.openai()
     answered_ids = []
-    for _ in range(3):
+    for n in range(1, 4):
         raw = client.chat.completions.with_raw_response.create(model="errs", messages=PROMPT)
         completion = raw.parse()
         assert completion.usage and completion.usage.completion_tokens > 0
         answered_ids.append(uuid.UUID(raw.headers["x-reckon-request-id"]))
+        # A failed target sits out until Redis has its breaker report (a loaded machine
+        # can take longer than the next call): wait for it, so each call tries A first.
+        breaker_failures_reach(Alias.objects.get(name="errs").pk, ids["a"], n)
     records = routed.records("errs")
     # the client is told the serving attempt's id
     assert sorted(answered_ids) == [r.request_id for r in records if not r.failed_over]
@@ -428,6 +446,7 @@ def test_an_anthropic_alias_fails_over_with_the_anthropic_sdk(routed: Routed) ->
     client = routed.anthropic()
     message = client.messages.create(model="thinkers", max_tokens=400, messages=PROMPT)
     assert message.content and message.usage.output_tokens > 0
+    breaker_failures_reach(Alias.objects.get(name="thinkers").pk, ids["a"], 1)
     with client.messages.stream(model="thinkers", max_tokens=400, messages=PROMPT) as stream:
         assert "".join(stream.text_stream)
     records = routed.records("thinkers")
