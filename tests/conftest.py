@@ -11,6 +11,8 @@ from hypothesis import settings as hypothesis_settings
 
 from tests.usage_helpers import ensure_test_partitions
 
+REDIS_DATABASES = 16  # Redis's default `databases`
+
 
 def _isolate_xdist_worker() -> None:
     """Each pytest-xdist worker (`make test` runs the suite with `-n`) is a test session of
@@ -32,10 +34,18 @@ def _isolate_xdist_worker() -> None:
 
     def shifted(url: str) -> str:
         parts = urlsplit(url)
+        if parts.scheme in ("redis-cluster", "unix"):
+            # one database only: the workers would share counters whose ids repeat
+            raise RuntimeError(f"xdist workers need a numbered Redis database, not {url!r}")
         if parts.scheme not in ("redis", "rediss"):
-            return url  # memory:// needs nothing; a Redis Cluster has only database 0
-        base = int(parts.path.strip("/") or 0)
-        return urlunsplit(parts._replace(path=f"/{base + index}"))
+            return url  # memory:// needs nothing
+        number = int(parts.path.strip("/") or 0) + index
+        if number >= REDIS_DATABASES:
+            raise RuntimeError(
+                f"{url!r} gives xdist worker {worker} Redis database {number}: Redis has "
+                f"{REDIS_DATABASES} (0-{REDIS_DATABASES - 1}); use a lower database number"
+            )
+        return urlunsplit(parts._replace(path=f"/{number}"))
 
     for name in ("REDIS_URL", "CELERY_BROKER_URL"):
         url = os.environ.get(name)
@@ -47,10 +57,12 @@ def _isolate_xdist_worker() -> None:
     from config.celery import app
 
     app.conf.broker_url = settings.CELERY_BROKER_URL
-    if "RECKON_LEDGER_SPOOL_DIR" not in os.environ:
-        spool = settings.RECKON_LEDGER_SPOOL_DIR.with_name(f"spool-{worker}")
-        os.environ["RECKON_LEDGER_SPOOL_DIR"] = str(spool)
-        settings.RECKON_LEDGER_SPOOL_DIR = spool
+    # a spool directory of the worker's own, also when the environment names one (a
+    # period close in one worker would otherwise wait on the other's spooled records)
+    spool = settings.RECKON_LEDGER_SPOOL_DIR
+    spool = spool.with_name(f"{spool.name}-{worker}")
+    os.environ["RECKON_LEDGER_SPOOL_DIR"] = str(spool)
+    settings.RECKON_LEDGER_SPOOL_DIR = spool
 
 
 _isolate_xdist_worker()
