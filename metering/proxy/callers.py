@@ -606,13 +606,10 @@ class LookupExecutor(ThreadPoolExecutor):
             raise
 
     def try_run(self, fn: Callable[..., T], /, *args: object) -> "asyncio.Future[T] | None":
-        """`fn(*args)` on this thread as an asyncio future of the running loop."""
-        try:
-            return asyncio.get_running_loop().run_in_executor(self, fn, *args)
-        except RuntimeError:
-            if self.stopped:
-                return None
-            raise
+        """`try_submit` as an asyncio future of the running loop (what run_in_executor
+        makes of a submission)."""
+        future = self.try_submit(fn, *args)
+        return None if future is None else asyncio.wrap_future(future)
 
 
 class TtlCache(Generic[K, V]):
