@@ -12,6 +12,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from config.errors import ApplicationError
+from config.forms import URL_FORMFIELD_OVERRIDES, url_formfield
 from metering import permissions as perm
 from metering.models import (
     Alias,
@@ -196,6 +197,7 @@ class RouteAdminForm(forms.ModelForm):
 
     class Meta:
         model = Route
+        formfield_callback = url_formfield
         fields = [
             "alias",
             "name",
@@ -435,6 +437,7 @@ class AliasAdmin(admin.ModelAdmin):
 @admin.register(Route)
 class RouteAdmin(admin.ModelAdmin):
     form = RouteAdminForm
+    formfield_overrides = URL_FORMFIELD_OVERRIDES
     list_display = [
         "alias",
         "name",
@@ -666,6 +669,7 @@ class ProviderAccountAdminForm(forms.ModelForm):
 
     class Meta:
         model = ProviderAccount
+        formfield_callback = url_formfield
         fields = ["name", "provider", "admin_key_env", "admin_base_url", "model_map", "is_active"]
 
     def _get_validation_exclusions(self) -> set[str]:
@@ -701,6 +705,7 @@ class ProviderAccountAdminForm(forms.ModelForm):
 @admin.register(ProviderAccount)
 class ProviderAccountAdmin(admin.ModelAdmin):
     form = ProviderAccountAdminForm
+    formfield_overrides = URL_FORMFIELD_OVERRIDES
     list_display = [
         "name",
         "provider",

@@ -24,6 +24,7 @@ from billing.models import (
     OperatorEndpoint,
     WebhookEndpoint,
 )
+from config.forms import URL_FORMFIELD_OVERRIDES, url_formfield
 
 
 def _masked(secret: str) -> str:
@@ -49,6 +50,7 @@ class WebhookEndpointForm(forms.ModelForm):
 
     class Meta:
         model = WebhookEndpoint
+        formfield_callback = url_formfield
         fields = ["tenant", "url", "secret", "thresholds", "is_active"]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -71,6 +73,7 @@ class WebhookEndpointForm(forms.ModelForm):
 @admin.register(WebhookEndpoint)
 class WebhookEndpointAdmin(admin.ModelAdmin):
     form = WebhookEndpointForm
+    formfield_overrides = URL_FORMFIELD_OVERRIDES
     list_display = ["tenant", "url", "masked_secret", "thresholds", "is_active", "created_at"]
     list_filter = ["is_active"]
     search_fields = ["tenant__name", "url"]

@@ -16,27 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port, port_free
+
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def port_free(port: int) -> bool:
-    """Bindable the way a server binds it (SO_REUSEADDR: TIME_WAIT left by closed
-    connections does not count, a listening socket does)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def alive(pid: int) -> bool:

@@ -362,3 +362,20 @@ def test_admin_never_renders_an_endpoint_secret(receiver: Receiver) -> None:  # 
     added = ops.post(pages[4], {**form, "tenant": other.pk, "secret": ""})
     assert added.status_code == 200 and b"needs a secret" in added.content
     assert not WebhookEndpoint.objects.filter(tenant=other).exists()
+
+
+def test_an_endpoint_typed_without_a_scheme_is_taken_as_https() -> None:
+    """config.forms: Django 6.0's rule, taken now (5.2 would assume http and warn)."""
+    tenant = TenantFactory()
+    ops = Client()
+    ops.force_login(staff_user("ops", "operator"))
+    form = {
+        "tenant": tenant.pk,
+        "url": "hooks.example.com/reckon",
+        "secret": "s" * 40,
+        "thresholds": "[80]",
+        "is_active": "on",
+    }
+    answer = ops.post("/admin/billing/webhookendpoint/add/", form)
+    assert answer.status_code == 302, answer.context["adminform"].form.errors
+    assert WebhookEndpoint.objects.get(tenant=tenant).url == "https://hooks.example.com/reckon"

@@ -28,16 +28,12 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.ports import free_port  # noqa: F401 - the chaos tests take theirs here
+
 ROOT = Path(__file__).resolve().parents[2]
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 SIM_KEY = "sim-chaos-key"
 TEMPLATE_DB = "reckon_template"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(what: str, predicate: Callable[[], bool], timeout: float, every: float = 0.1) -> float:

@@ -3,7 +3,6 @@ loopback, sharing the test PostgreSQL database; the official SDKs are the client
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,10 @@ from django.db import connection
 
 from metering.models import Route, Tenant
 from metering.services import api_key_create, route_set, tenant_allow_routes, tenant_create
+from tests.ports import free_port  # noqa: F401 - the e2e tests' servers take theirs here
 
 ROOT = Path(__file__).resolve().parents[2]
 SIM_KEY_ENV = "RECKON_SIMULATOR_API_KEY"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http(
