@@ -309,6 +309,9 @@ class UpstreamClient:
         self._max_idle = max_idle_per_host
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._targets: dict[str, _Target] = {}
+        # a request head's bytes around its Content-Length value, by URL and headers:
+        # the same few per route, formatted and checked once instead of on every call
+        self._heads: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[bytes, bytes]] = {}
         self._ssl: ssl.SSLContext | None = None
         self.connects = 0  # new connections opened (a pool that works keeps this small)
 
@@ -381,20 +384,14 @@ class UpstreamClient:
         included; past it the exchange fails with UpstreamHeadTimeout."""
         scheme, host, port, path = self._target(url)
         key = (scheme, host, port)
-        default_port = 443 if scheme == "https" else 80
-        head = [
-            f"POST {path} HTTP/1.1\r\nHost: {host if port == default_port else f'{host}:{port}'}\r\n"
-            f"Content-Length: {len(body)}\r\nAccept-Encoding: identity\r\n"
-        ]
-        for name, value in headers.items():
-            if "\r" in value or "\n" in value:
-                raise UpstreamError(f"invalid value for header {name}")
-            head.append(f"{name}: {value}\r\n")
-        head.append("\r\n")
-        try:
-            request = "".join(head).encode("latin-1") + body
-        except UnicodeEncodeError as exc:  # e.g. a credential pasted with a stray character
-            raise UpstreamError("a request header is not latin-1") from exc
+        head_key = (url, tuple(headers.items()))
+        head = self._heads.get(head_key)
+        if head is None:
+            head = self._head(scheme, host, port, path, headers)
+            if len(self._heads) >= 1_000:
+                self._heads.clear()
+            self._heads[head_key] = head
+        request = b"".join((head[0], b"%d" % len(body), head[1], body))
         loop = asyncio.get_running_loop()
         deadline = None if head_timeout is None else loop.time() + head_timeout
         for attempt in (1, 2):
@@ -429,6 +426,27 @@ class UpstreamClient:
                 if head_timer is not None:
                     head_timer.cancel()
         raise AssertionError("unreachable")
+
+    @staticmethod
+    def _head(
+        scheme: str, host: str, port: int, path: str, headers: dict[str, str]
+    ) -> tuple[bytes, bytes]:
+        """A request head, as the bytes before and after its Content-Length value."""
+        default_port = 443 if scheme == "https" else 80
+        before = (
+            f"POST {path} HTTP/1.1\r\nHost: {host if port == default_port else f'{host}:{port}'}\r\n"
+            "Content-Length: "
+        )
+        after = ["\r\nAccept-Encoding: identity\r\n"]
+        for name, value in headers.items():
+            if "\r" in value or "\n" in value:
+                raise UpstreamError(f"invalid value for header {name}")
+            after.append(f"{name}: {value}\r\n")
+        after.append("\r\n")
+        try:
+            return before.encode("latin-1"), "".join(after).encode("latin-1")
+        except UnicodeEncodeError as exc:  # e.g. a credential pasted with a stray character
+            raise UpstreamError("a request header is not latin-1") from exc
 
     async def _connect_by(
         self, key: tuple[str, str, int], deadline: float, head_timeout: float | None
