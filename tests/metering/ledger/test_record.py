@@ -405,3 +405,14 @@ def test_a_forked_process_never_draws_the_request_ids_its_parent_draws() -> None
     parent = {_random_part(request_id_for(at)) for _ in range(8)}
     assert len(child) == 8
     assert not child & parent
+
+
+@given(st.integers(min_value=0, max_value=(1 << 128) - 1))
+def test_request_ids_are_built_as_uuid_builds_them(value: int) -> None:
+    made, expected = record._uuid_of(value), uuid.UUID(int=value)
+    assert type(made) is uuid.UUID
+    assert made == expected and hash(made) == hash(expected)
+    assert str(made) == str(expected) and made.bytes == expected.bytes
+    assert made.is_safe is expected.is_safe
+    assert made.version == expected.version and made.variant == expected.variant
+    assert made.int == value and made.hex == expected.hex
