@@ -13,12 +13,18 @@ and prints the server's user+system CPU (from /proc) divided by the calls served
   auth, no metering) on the same simulator and the same load, measured the same way: the
   floor any Python proxy pays here, so the gap to it is in microseconds per call.
 
+`--baseline REV` adds a second Reckon server, served from a temporary worktree of REV on
+the same database, simulator and keys, and drives plain, priced and controls against it in
+the same interleaved rounds; the change of medians (and of each round's pair) is printed.
+That is the A/B to judge a change by on a shared machine.
+
 Beside each Reckon row: the CPU per call of the PostgreSQL backends connected to the
 bench database (the ledger writer's connections and the caller lookups'; read from
 /proc/<pid>/stat of the pids pg_stat_activity names), the other half of a metered call's
 machine cost on this box. Redis is left out: other processes share it.
 
     make bench-cpu        # or: .venv/bin/python bench/cpu_bench.py [--rounds 3 --lease-calls 32]
+    .venv/bin/python bench/cpu_bench.py --rounds 5 --baseline main
 """
 
 import argparse
@@ -87,6 +93,9 @@ def backends_cpu_since(database_url: str, before: dict[int, float]) -> float:
     return sum(cpu - before.get(pid, 0.0) for pid, cpu in now.items())
 
 
+KINDS = ("plain", "priced", "controls")  # the Reckon tenants, each driven in turn
+
+
 class Run(NamedTuple):
     us: float  # server CPU microseconds per call
     rps: float
@@ -134,6 +143,11 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--lease-calls", type=int, default=32)
     parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also measure Reckon at REV (a temporary worktree) in the same rounds",
+    )
+    parser.add_argument(
         "--database-url",
         default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
     )
@@ -147,7 +161,7 @@ def main() -> None:
     subprocess.run(["psql", admin, "-qc", f"CREATE DATABASE {BENCH_DB}"], check=True)
     database_url = f"{base}/{BENCH_DB}"
     env = pb.django_env(database_url)
-    ports = {"sim": pb.free_port(), "reckon": pb.free_port(), "bare": pb.free_port()}
+    ports = {name: pb.free_port() for name in ("sim", "reckon", "bare", "baseline")}
     sim_url = f"http://127.0.0.1:{ports['sim']}"
     url = f"http://127.0.0.1:{ports['reckon']}"
     keys = {"plain": pb.seed(database_url, sim_url), "controls": pb.seed_controlled(database_url)}
@@ -163,24 +177,39 @@ def main() -> None:
         .stdout.strip()
         .splitlines()[-1]
     )
+    reckon_env = {**env, "RECKON_CONTROL_LEASE_CALLS": str(args.lease_calls)}
     procs = [
         subprocess.Popen(
             [sys.executable, "manage.py", "run_simulator", "--port", str(ports["sim"])],
             cwd=ROOT,
             env=env,
         ),
-        pb.serve(ports["reckon"], 1, {**env, "RECKON_CONTROL_LEASE_CALLS": str(args.lease_calls)}),
+        pb.serve(ports["reckon"], 1, reckon_env),
         pb.bare_passthrough(ports["bare"], env, sim_url),
     ]
     bare_url = f"http://127.0.0.1:{ports['bare']}"
     # name -> (base url, key, model, server pid)
     targets = {name: (url, key, "bench-reasoner", procs[1].pid) for name, key in keys.items()}
     targets["bare"] = (bare_url, keys["plain"], "sim-reasoner", procs[2].pid)
+    scratch = tempfile.TemporaryDirectory(prefix="cpu-bench-")
+    tree, baseline_sha = None, ""
+    if args.baseline:  # the same kinds against REV's server, in the same rounds
+        tree, baseline_sha = pb.baseline_tree(args.baseline, Path(scratch.name))
+        procs.append(pb.serve(ports["baseline"], 1, reckon_env, tree))
+        base_url = f"http://127.0.0.1:{ports['baseline']}"
+        ours = targets
+        targets = {}
+        for name in KINDS:  # each kind beside its baseline, seconds apart
+            targets[name] = ours[name]
+            targets[f"{name}@base"] = (base_url, keys[name], "bench-reasoner", procs[3].pid)
+        targets["bare"] = ours["bare"]
     results: dict[str, list[Run]] = {name: [] for name in targets}
     try:
         pb.wait_up(sim_url + "/_sim/health")
         pb.wait_up(url + "/v1/models")
         pb.wait_up(bare_url + "/")
+        if tree is not None:
+            pb.wait_up(f"http://127.0.0.1:{ports['baseline']}/v1/models")
         for base, key, model, pid in targets.values():  # warm caches, pools and slices
             drive(binary, base, key, 2, pid, database_url, model)
         for _ in range(args.rounds):
@@ -192,13 +221,16 @@ def main() -> None:
         for p in procs:
             p.terminate()
             p.wait(timeout=30)
+        if tree is not None:
+            pb.remove_tree(tree)
+        scratch.cleanup()
     print()
     print(banner)
     print(
         f"Reckon server CPU per call at c=32 (one process, leases {args.lease_calls}), "
         f"{args.rounds} interleaved rounds x {args.duration}s; median (min, max) over rounds:"
     )
-    for name in ("plain", "priced", "controls", "bare"):
+    for name in [*KINDS, "bare"] + [f"{kind}@base" for kind in KINDS if tree is not None]:
         runs = results[name]
         pg = (
             ""
@@ -206,7 +238,7 @@ def main() -> None:
             else f"; PostgreSQL backends {spread([r.pg_us for r in runs], 'us/call', 1)}"
         )
         print(
-            f"  {name:9} median {statistics.median(r.us for r in runs):6.1f} us/call   "
+            f"  {name:14} median {statistics.median(r.us for r in runs):6.1f} us/call   "
             f"({spread([r.us for r in runs], 'us', 1)}; "
             f"calls/s {spread([r.rps for r in runs], '', 0)}{pg})"
         )
@@ -216,8 +248,20 @@ def main() -> None:
         return [a.us - b.us for a, b in zip(results[name], results[base], strict=True)]
 
     print(f"  controls add {spread(per_round('controls', 'priced'), 'us/call', 1)} over priced")
-    for name in ("plain", "priced", "controls"):
+    for name in KINDS:
         print(f"  {name} over bare: {spread(per_round(name, 'bare'), 'us/call', 1)} (per round)")
+    if tree is None:
+        return
+    print(f"Reckon vs baseline {baseline_sha}, server CPU per call (change of medians; per round):")
+    for name in KINDS:
+        new = statistics.median(r.us for r in results[name])
+        old = statistics.median(r.us for r in results[f"{name}@base"])
+        rounds = per_round(name, f"{name}@base")
+        lower = sum(1 for d in rounds if d < 0)
+        print(
+            f"  {name:9} {old:6.1f} -> {new:6.1f} us/call ({(new - old) / old:+.1%}); "
+            f"per round {spread(rounds, 'us/call', 1)}, lower in {lower} of {len(rounds)}"
+        )
 
 
 if __name__ == "__main__":

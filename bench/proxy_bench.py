@@ -235,11 +235,33 @@ def bare_passthrough(
     )
 
 
-def serve(port: int, workers: int, env: dict[str, str]) -> subprocess.Popen:
-    """Reckon's production server (`manage.py serve`) on `port`."""
+def baseline_tree(rev: str, scratch: Path) -> tuple[Path, str]:
+    """A temporary detached worktree of `rev` (removed by `remove_tree`), and its short sha."""
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short", rev], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    tree = scratch / f"baseline-{sha}"
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(tree), sha],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    return tree, sha
+
+
+def remove_tree(tree: Path) -> None:
+    subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
+
+
+def serve(
+    port: int, workers: int, env: dict[str, str], tree: Path | None = None
+) -> subprocess.Popen:
+    """Reckon's production server (`manage.py serve`) on `port`: this checkout's, or the
+    one in `tree` (a `baseline_tree`)."""
     return subprocess.Popen(
         [sys.executable, "manage.py", "serve", "--port", str(port), "--workers", str(workers)],
-        cwd=ROOT,
+        cwd=tree or ROOT,
         env={**env, "LOG_LEVEL": "WARNING"},
         stderr=subprocess.DEVNULL,
     )

@@ -81,9 +81,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 from proxy_bench import (  # noqa: E402
     SIM_KEY_ENV,
     bare_passthrough,
+    baseline_tree,
     django_env,
     free_port,
     psql_rows,
+    remove_tree,
     seed,
     serve,
     setup_database,
@@ -567,36 +569,9 @@ def set_provider(database_url: str, upstream_base: str, provider: str) -> None:
 
 def start_reckon(port: int, env: dict[str, str], tree: Path | None = None) -> subprocess.Popen:
     """`manage.py serve`, one process: this checkout's, or the one in `tree`."""
-    if tree is None:
-        proc = serve(port, 1, env)
-    else:
-        proc = subprocess.Popen(
-            [sys.executable, "manage.py", "serve", "--port", str(port), "--workers", "1"],
-            cwd=tree,
-            env={**env, "LOG_LEVEL": "WARNING"},
-            stderr=subprocess.DEVNULL,
-        )
+    proc = serve(port, 1, env, tree)
     wait_up(f"http://127.0.0.1:{port}/v1/models", timeout=START_TIMEOUT_S)
     return proc
-
-
-def baseline_tree(rev: str, scratch: Path) -> tuple[Path, str]:
-    """A temporary detached worktree of `rev` (removed by `remove_tree`), and its short sha."""
-    sha = subprocess.run(
-        ["git", "rev-parse", "--short", rev], cwd=ROOT, check=True, capture_output=True, text=True
-    ).stdout.strip()
-    tree = scratch / f"baseline-{sha}"
-    subprocess.run(
-        ["git", "worktree", "add", "--detach", str(tree), sha],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
-    return tree, sha
-
-
-def remove_tree(tree: Path) -> None:
-    subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
 
 
 def start_bare(port: int, env: dict[str, str], upstream: str) -> subprocess.Popen:

@@ -52,7 +52,26 @@ _Target = tuple[str, str, int, str]  # scheme, host, port, path
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("key", "parser", "transport", "response", "closed", "reused", "keep_alive")
+    """One upstream connection, reused from the pool for one exchange at a time.
+
+    Its read timer outlives the exchanges: armed by the first response that needs one, it
+    checks the response in progress when it fires (`check_idle`: failed if nothing came
+    for the read timeout, else armed again for the rest) and lapses once no response is
+    being timed. A call on a kept-alive connection therefore arms no timer of its own;
+    each was a libuv timer started and cancelled per call (`call_later` plus `cancel`,
+    about 3-6 us on this machine). The deadline is the same: the last byte received plus
+    the read timeout."""
+
+    __slots__ = (
+        "key",
+        "parser",
+        "transport",
+        "response",
+        "closed",
+        "reused",
+        "keep_alive",
+        "idle_timer",
+    )
 
     def __init__(self, key: tuple[str, str, int]) -> None:
         self.key = key
@@ -62,6 +81,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.reused = False
         self.keep_alive = False  # read at headers-complete: llhttp resets it afterwards
+        self.idle_timer: asyncio.TimerHandle | None = None
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -85,8 +105,37 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._stop_idle_timer()
         if self.response is not None:
             self.response._lost(exc)
+
+    # the read timer (see the class docstring)
+    def time_reads(self, response: "UpstreamResponse") -> None:
+        if self.idle_timer is None:
+            self.idle_timer = response._loop.call_later(response._read_timeout, self.check_idle)
+
+    def check_idle(self) -> None:
+        response = self.response
+        if response is None or not response._timed:
+            self.idle_timer = None  # nothing to time: the next response arms it again
+            return
+        idle = response._loop.time() - response._activity
+        if idle >= response._read_timeout:
+            self.idle_timer = None
+            response._timed = False
+            response._fail(
+                UpstreamTimeout(f"no data from upstream for {response._read_timeout:g}s")
+            )
+            self.abort()
+        else:
+            self.idle_timer = response._loop.call_later(
+                response._read_timeout - idle, self.check_idle
+            )
+
+    def _stop_idle_timer(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -111,6 +160,7 @@ class _Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         self.closed = True
+        self._stop_idle_timer()  # a closed connection is not held until its timer fires
         if self.transport is not None:
             self.transport.abort()
 
@@ -132,7 +182,7 @@ class UpstreamResponse:
         "_error",
         "_activity",
         "_received",
-        "_timer",
+        "_timed",
         "_read_timeout",
         "_paused",
         "_pool",
@@ -163,7 +213,8 @@ class UpstreamResponse:
         self._paused = False
         self._streaming = False  # next_chunk consumes the body (read() wants it whole)
         self._read_timeout = read_timeout
-        self._timer: asyncio.TimerHandle | None = loop.call_later(read_timeout, self._check_idle)
+        self._timed = True  # its connection's read timer checks it (_Connection.check_idle)
+        conn.time_reads(self)
         # Offered each read while the consumer waits with nothing pending; True: it took
         # the bytes (they are never seen by next_chunk), False: they queue as usual.
         self.relay: Callable[[bytes], bool] | None = None
@@ -215,19 +266,8 @@ class UpstreamResponse:
     def _lost(self, exc: Exception | None) -> None:
         self._fail(UpstreamError(f"upstream connection closed ({exc or 'EOF'})"))
 
-    def _check_idle(self) -> None:
-        idle = self._loop.time() - self._activity
-        if idle >= self._read_timeout:
-            self._timer = None
-            self._fail(UpstreamTimeout(f"no data from upstream for {self._read_timeout:g}s"))
-            self._conn.abort()
-        else:
-            self._timer = self._loop.call_later(self._read_timeout - idle, self._check_idle)
-
     def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timed = False  # the connection's timer lets it be (and lapses if idle)
 
     async def _wait(self) -> None:
         self._waiter = self._loop.create_future()
@@ -309,6 +349,9 @@ class UpstreamClient:
         self._max_idle = max_idle_per_host
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._targets: dict[str, _Target] = {}
+        # a request head's bytes around its Content-Length value, by URL and headers:
+        # the same few per route, formatted and checked once instead of on every call
+        self._heads: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[bytes, bytes]] = {}
         self._ssl: ssl.SSLContext | None = None
         self.connects = 0  # new connections opened (a pool that works keeps this small)
 
@@ -381,20 +424,14 @@ class UpstreamClient:
         included; past it the exchange fails with UpstreamHeadTimeout."""
         scheme, host, port, path = self._target(url)
         key = (scheme, host, port)
-        default_port = 443 if scheme == "https" else 80
-        head = [
-            f"POST {path} HTTP/1.1\r\nHost: {host if port == default_port else f'{host}:{port}'}\r\n"
-            f"Content-Length: {len(body)}\r\nAccept-Encoding: identity\r\n"
-        ]
-        for name, value in headers.items():
-            if "\r" in value or "\n" in value:
-                raise UpstreamError(f"invalid value for header {name}")
-            head.append(f"{name}: {value}\r\n")
-        head.append("\r\n")
-        try:
-            request = "".join(head).encode("latin-1") + body
-        except UnicodeEncodeError as exc:  # e.g. a credential pasted with a stray character
-            raise UpstreamError("a request header is not latin-1") from exc
+        head_key = (url, tuple(headers.items()))
+        head = self._heads.get(head_key)
+        if head is None:
+            head = self._head(scheme, host, port, path, headers)
+            if len(self._heads) >= 1_000:
+                self._heads.clear()
+            self._heads[head_key] = head
+        request = b"".join((head[0], b"%d" % len(body), head[1], body))
         loop = asyncio.get_running_loop()
         deadline = None if head_timeout is None else loop.time() + head_timeout
         for attempt in (1, 2):
@@ -429,6 +466,27 @@ class UpstreamClient:
                 if head_timer is not None:
                     head_timer.cancel()
         raise AssertionError("unreachable")
+
+    @staticmethod
+    def _head(
+        scheme: str, host: str, port: int, path: str, headers: dict[str, str]
+    ) -> tuple[bytes, bytes]:
+        """A request head, as the bytes before and after its Content-Length value."""
+        default_port = 443 if scheme == "https" else 80
+        before = (
+            f"POST {path} HTTP/1.1\r\nHost: {host if port == default_port else f'{host}:{port}'}\r\n"
+            "Content-Length: "
+        )
+        after = ["\r\nAccept-Encoding: identity\r\n"]
+        for name, value in headers.items():
+            if "\r" in value or "\n" in value:
+                raise UpstreamError(f"invalid value for header {name}")
+            after.append(f"{name}: {value}\r\n")
+        after.append("\r\n")
+        try:
+            return before.encode("latin-1"), "".join(after).encode("latin-1")
+        except UnicodeEncodeError as exc:  # e.g. a credential pasted with a stray character
+            raise UpstreamError("a request header is not latin-1") from exc
 
     async def _connect_by(
         self, key: tuple[str, str, int], deadline: float, head_timeout: float | None

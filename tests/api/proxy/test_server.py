@@ -502,3 +502,60 @@ def test_the_one_pass_head_refuses_what_uvicorn_refuses(byte: int) -> None:
             except RuntimeError as exc:
                 outcomes.append(str(exc).encode())
         assert outcomes[0] == outcomes[1]
+
+
+async def _answered(transport: SocketTransport, count: int) -> None:
+    for _ in range(1000):
+        if len(transport.writes) >= count:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{len(transport.writes)} responses, not {count}")
+
+
+def test_a_kept_alive_connection_keeps_one_keep_alive_timer_across_its_requests() -> None:
+    """uvicorn arms a new keep-alive timer after every response (and cancels it at the
+    next request): here the connection's one timer stands across requests."""
+
+    async def scenario() -> None:
+        protocol, transport = _echo_connection()
+        protocol.data_received(b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi")
+        await _answered(transport, 1)
+        timer = protocol.timeout_keep_alive_task
+        assert timer is not None
+        for n in range(2, 5):
+            protocol.data_received(b"POST /b HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nyo")
+            await _answered(transport, n)
+            assert protocol.timeout_keep_alive_task is timer
+        assert not transport.closed
+        protocol.connection_lost(None)
+        assert protocol.timeout_keep_alive_task is None  # cancelled, not left to fire
+
+    asyncio.run(scenario())
+
+
+def test_the_keep_alive_timeout_closes_an_idle_connection_and_never_a_busy_one() -> None:
+    """The deadline is uvicorn's: idle since the last response, plus the timeout. Requests
+    closer together than the timeout keep the connection open past it; a request whose
+    body is still coming is never cut; once idle for the timeout, it is closed."""
+
+    async def scenario() -> None:
+        protocol, transport = _echo_connection()
+        protocol.timeout_keep_alive = 0.2
+        request = b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi"
+        for n in range(1, 6):  # 0.5 s of requests 0.1 s apart
+            protocol.data_received(request)
+            await _answered(transport, n)
+            await asyncio.sleep(0.1)
+        assert not transport.closed
+        protocol.data_received(b"POST /c HTTP/1.1\r\nhost: x\r\ncontent-length: 6\r\n\r\nabc")
+        await asyncio.sleep(0.5)  # the rest of the body is slow: not idle
+        assert not transport.closed
+        protocol.data_received(b"def")
+        await _answered(transport, 6)
+        for _ in range(100):  # idle from now
+            if transport.closed:
+                break
+            await asyncio.sleep(0.05)
+        assert transport.closed
+
+    asyncio.run(scenario())

@@ -147,6 +147,9 @@ class Conn:
     def abort(self) -> None:
         self.closed = True
 
+    def time_reads(self, response: object) -> None:
+        """The real connection's read timer (metering.proxy.upstream): none here."""
+
 
 class Client:
     """The server's relay extension: what it writes goes where the ASGI body goes."""

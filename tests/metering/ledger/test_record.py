@@ -2,6 +2,7 @@
 and its spend at list prices stamped exactly."""
 
 import decimal
+import os
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -11,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from metering.ledger import record
 from metering.ledger.postgres import _PG_COLUMNS
 from metering.ledger.record import (
     MAX_ATTEMPT,
@@ -362,3 +364,55 @@ def test_the_cost_arithmetic_is_the_previous_formula_digit_for_digit(
     previous = _previous_cost(rates, counts)
     assert cost == previous
     assert tuple(map(str, cost)) == tuple(map(str, previous))  # the same exponent too
+
+
+def _random_part(request_id: uuid.UUID) -> int:
+    return request_id.int & ((1 << 62) - 1)
+
+
+def test_request_ids_keep_their_layout_and_differ_across_pool_refills() -> None:
+    at = datetime(2026, 12, 5, 20, 0, 0, 123456, tzinfo=UTC)
+    ids = [request_id_for(at) for _ in range(2 * record._POOL_IDS + 3)]
+    assert len(set(ids)) == len(ids)
+    for request_id in ids:
+        assert request_id.version == 7
+        assert request_id.variant == uuid.RFC_4122
+        assert started_at_of(request_id) == at
+    # the random bits cover the whole 62 (not, say, a shifted 62 of a narrower value)
+    parts = [_random_part(i) for i in ids]
+    assert max(parts).bit_length() > 58
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_process_never_draws_the_request_ids_its_parent_draws() -> None:
+    """The pool of random bits is the process's own: a child forked with a full pool
+    starts a new one (else parent and child would give the same ids to their calls)."""
+    at = datetime(2026, 12, 5, tzinfo=UTC)
+    request_id_for(at)  # the parent's pool now holds values the child would inherit
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids' random parts, then out at once
+        try:
+            os.write(
+                write, " ".join(str(_random_part(request_id_for(at))) for _ in range(8)).encode()
+            )
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = {int(part) for part in pipe.read().split()}
+    os.waitpid(pid, 0)
+    parent = {_random_part(request_id_for(at)) for _ in range(8)}
+    assert len(child) == 8
+    assert not child & parent
+
+
+@given(st.integers(min_value=0, max_value=(1 << 128) - 1))
+def test_request_ids_are_built_as_uuid_builds_them(value: int) -> None:
+    made, expected = record._uuid_of(value), uuid.UUID(int=value)
+    assert type(made) is uuid.UUID
+    assert made == expected and hash(made) == hash(expected)
+    assert str(made) == str(expected) and made.bytes == expected.bytes
+    assert made.is_safe is expected.is_safe
+    assert made.version == expected.version and made.variant == expected.variant
+    assert made.int == value and made.hex == expected.hex

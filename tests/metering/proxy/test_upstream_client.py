@@ -71,3 +71,156 @@ def test_a_connect_that_does_not_complete_in_time_is_an_upstream_timeout(
 
     asyncio.run(scenario())
     assert attempts == [("127.0.0.1", 9)]
+
+
+def test_request_heads_are_the_same_bytes_on_every_call_with_each_bodys_length() -> None:
+    """The head is formatted once per URL and headers (UpstreamClient._heads) and then
+    reused: each request still carries its own Content-Length and exactly its headers."""
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                break
+            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            seen.append(head + await reader.readexactly(length))
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+            await writer.drain()
+        writer.close()
+
+    async def scenario(port_holder: list[int]) -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        port_holder.append(port)
+        client = UpstreamClient(connect_timeout=5, read_timeout=30)
+        try:
+            for body, headers in (
+                (b'{"a":1}', {"Authorization": "Bearer sk-1", "OpenAI-Beta": "x"}),
+                (b'{"a":12345}', {"Authorization": "Bearer sk-1", "OpenAI-Beta": "x"}),
+                (b"{}", {"Authorization": "Bearer sk-2"}),
+            ):
+                response = await client.post(f"http://127.0.0.1:{port}/v1/x?q=1", body, headers)
+                await response.read()
+                response.release()
+        finally:
+            await client.close()
+            server.close()
+
+    ports: list[int] = []
+    asyncio.run(scenario(ports))
+    host = f"127.0.0.1:{ports[0]}".encode()
+    assert seen == [
+        b"POST /v1/x?q=1 HTTP/1.1\r\nHost: " + host + b"\r\nContent-Length: 7\r\n"
+        b"Accept-Encoding: identity\r\nAuthorization: Bearer sk-1\r\nOpenAI-Beta: x\r\n\r\n"
+        b'{"a":1}',
+        b"POST /v1/x?q=1 HTTP/1.1\r\nHost: " + host + b"\r\nContent-Length: 11\r\n"
+        b"Accept-Encoding: identity\r\nAuthorization: Bearer sk-1\r\nOpenAI-Beta: x\r\n\r\n"
+        b'{"a":12345}',
+        b"POST /v1/x?q=1 HTTP/1.1\r\nHost: " + host + b"\r\nContent-Length: 2\r\n"
+        b"Accept-Encoding: identity\r\nAuthorization: Bearer sk-2\r\n\r\n{}",
+    ]
+
+
+@pytest.mark.parametrize("value", ["Bearer sk-€", "Bearer sk\r\nX-Injected: 1", "a\nb"])
+def test_a_header_value_that_cannot_be_sent_fails_every_time(value: str) -> None:
+    """Refused before anything is sent, on every call (a refused head is never kept)."""
+
+    async def scenario() -> None:
+        client = UpstreamClient(connect_timeout=1, read_timeout=1)
+        for _ in range(2):
+            with pytest.raises(UpstreamError):
+                await client.post("http://127.0.0.1:9/v1", b"{}", {"Authorization": value})
+        assert client.connects == 0
+        await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_reused_connection_still_times_out_a_response_that_stalls() -> None:
+    """The read timer belongs to the connection and outlives its exchanges: a second
+    exchange on the kept-alive connection, whose upstream sends its head and then
+    nothing, still fails with the read timeout's UpstreamTimeout; once the connection is
+    closed no timer holds it."""
+    requests = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        while True:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(2)
+            except asyncio.IncompleteReadError:
+                break
+            requests += 1
+            if requests == 1:
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+            else:  # the head, then silence: the body never comes
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+            await writer.drain()
+        writer.close()
+
+    async def scenario() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = UpstreamClient(connect_timeout=5, read_timeout=0.2)
+        url = f"http://127.0.0.1:{port}/v1/x"
+        try:
+            first = await client.post(url, b"{}", {})
+            assert await first.read() == b"{}"
+            conn = first._conn
+            first.release()
+            second = await client.post(url, b"{}", {})
+            assert second._conn is conn and client.connects == 1  # the same connection
+            assert conn.idle_timer is not None
+            with pytest.raises(UpstreamTimeout, match="no data from upstream"):
+                await asyncio.wait_for(second.read(), 30)
+            assert conn.closed and conn.idle_timer is None
+            second.release()
+        finally:
+            await client.close()
+            server.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_pooled_connection_lets_its_read_timer_lapse_and_arms_it_again() -> None:
+    """An idle connection in the pool times nothing: its timer lapses when it fires, and
+    the next exchange on it arms one again (so a stall after a quiet spell is caught)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(2)
+            except asyncio.IncompleteReadError:
+                break
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+            await writer.drain()
+        writer.close()
+
+    async def scenario() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = UpstreamClient(connect_timeout=5, read_timeout=0.05)
+        url = f"http://127.0.0.1:{port}/v1/x"
+        try:
+            first = await client.post(url, b"{}", {})
+            await first.read()
+            conn = first._conn
+            first.release()
+            for _ in range(200):  # until the timer fired and found nothing to time
+                if conn.idle_timer is None:
+                    break
+                await asyncio.sleep(0.05)
+            assert conn.idle_timer is None and not conn.closed
+            second = await client.post(url, b"{}", {})
+            assert second._conn is conn and conn.idle_timer is not None
+            assert await second.read() == b"{}"
+            second.release()
+        finally:
+            await client.close()
+            server.close()
+
+    asyncio.run(scenario())
