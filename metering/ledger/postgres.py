@@ -96,6 +96,12 @@ def _pg_insert_sql(*, touch: bool) -> str:
 
 PG_INSERT_SQL = _pg_insert_sql(touch=False)
 PG_INSERT_TOUCH_SQL = _pg_insert_sql(touch=True)
+# What is executed: the statements as bytes, encoded once. psycopg looks a statement's
+# text up (its prepared name, how often it ran) by hashing it on every execute; a str is
+# encoded into new bytes each time, whose 10 KB hash is computed afresh (about 3,000
+# instructions each lookup, callgrind), while these bytes keep theirs.
+_PG_INSERT = PG_INSERT_SQL.encode()
+_PG_INSERT_TOUCH = PG_INSERT_TOUCH_SQL.encode()
 
 
 def _json_default(value: Any) -> str:
@@ -106,13 +112,13 @@ def _json_default(value: Any) -> str:
 
 def pg_insert_statement(
     records: list[dict[str, Any]], touch_keys: list[int], shard: int = 0
-) -> tuple[str, tuple[Any, ...]]:
+) -> tuple[bytes, tuple[Any, ...]]:
     """The statement and parameters that insert `records` (and touch `touch_keys`)."""
     batch = orjson.dumps(records, default=_json_default).decode()
     if not touch_keys:
-        return PG_INSERT_SQL, (batch, shard)
+        return _PG_INSERT, (batch, shard)
     newest = max(r["finished_at"] for r in records)
-    return PG_INSERT_TOUCH_SQL, (batch, shard, newest, touch_keys)
+    return _PG_INSERT_TOUCH, (batch, shard, newest, touch_keys)
 
 
 ROLLUP_SHARDS = int(os.environ.get("RECKON_ROLLUP_SHARDS", "16"))

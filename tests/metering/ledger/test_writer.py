@@ -9,7 +9,12 @@ from django.db.models import Sum
 
 from metering.ledger import spool
 from metering.ledger.orm import OrmLedgerSink, usage_records_write
-from metering.ledger.postgres import PostgresLedgerSink
+from metering.ledger.postgres import (
+    PG_INSERT_SQL,
+    PG_INSERT_TOUCH_SQL,
+    PostgresLedgerSink,
+    pg_insert_statement,
+)
 from metering.ledger.spool import spool_replay
 from metering.ledger.writer import LedgerWriter, default_sink
 from metering.models import UsageRecord
@@ -74,6 +79,18 @@ class Counting:
 
 def test_postgres_uses_the_single_statement_sink() -> None:
     assert isinstance(default_sink(), PostgresLedgerSink)
+
+
+def test_the_statement_executed_is_one_bytes_object_made_once() -> None:
+    """psycopg hashes a statement's text on every execute: the same bytes object each
+    time keeps its hash (a str would be encoded into new bytes, hashed anew)."""
+    record = {"finished_at": datetime(2026, 1, 1, tzinfo=UTC)}
+    plain, _ = pg_insert_statement([record], [])
+    again, _ = pg_insert_statement([record], [])
+    touch, _ = pg_insert_statement([record], [1])
+    assert plain is again and plain == PG_INSERT_SQL.encode()
+    assert touch is pg_insert_statement([record], [2])[0]
+    assert touch == PG_INSERT_TOUCH_SQL.encode()
 
 
 @pytest.mark.parametrize("sink_class", ["orm", "postgres"])
