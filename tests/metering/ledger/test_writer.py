@@ -289,6 +289,40 @@ def test_one_bad_record_does_not_sink_its_batch(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_sink_keeps_one_cursor_a_connection_through_refusals_and_breaks() -> None:
+    """Batches on one connection share its cursor; a batch the database refuses leaves
+    the connection and its cursor usable for the next; a broken connection is replaced
+    with a new one and a cursor of its own."""
+    key = ApiKeyFactory()
+    sink = default_sink()
+    assert isinstance(sink, PostgresLedgerSink)
+
+    async def scenario() -> None:
+        first, second = record_for(key), record_for(key)
+        await sink.write([first], [])
+        ((conn, cursor, shard),) = sink._idle
+        await sink.write([second], [])
+        assert sink._idle == [(conn, cursor, shard)]  # the same cursor
+        with pytest.raises(IntegrityError):  # refused: negative tokens
+            await sink.write([record_for(key, reasoning_tokens=-1)], [])
+        assert sink._idle == [(conn, cursor, shard)]
+        third = record_for(key)
+        await sink.write([third], [])
+        await conn.close()  # broken under the sink
+        fourth = record_for(key)
+        await sink.write([fourth], [])
+        ((new_conn, new_cursor, new_shard),) = sink._idle
+        assert new_conn is not conn and new_cursor is not cursor and new_shard == shard
+        assert new_cursor.connection is new_conn
+        await sink.close()
+        return [first, second, third, fourth]
+
+    written = asyncio.run(scenario())
+    stored = set(UsageRecord.objects.values_list("request_id", flat=True))
+    assert stored == {r["request_id"] for r in written}
+
+
 @pytest.mark.django_db
 def test_duplicate_request_id_inside_one_batch_is_stored_once() -> None:
     key = ApiKeyFactory()
