@@ -32,10 +32,10 @@ are lists: the same operations, 56 bytes empty.
 A connection's addresses (the scope's "server" and "client") come from the transport's
 "sockname" and "peername", which uvloop reads once when it accepts the connection.
 uvicorn asks the transport for a socket object instead, and uvloop makes a new one for
-each question: four getsockname and one getpeername system calls a connection, twice
-what the accept itself needs (strace, 1,000 streams: 5.0 getsockname and 2.0
-getpeername a stream). The values are the same; a transport that offers no "sockname"
-or "peername" takes uvicorn's way.
+each question: four getsockname and one getpeername system calls a connection beyond
+the accept's own one of each (strace, 1,000 streams: 5.0 getsockname and 2.0
+getpeername a stream, 1.0 and 1.0 here). The values are the same; a transport that
+offers no "sockname" or "peername" takes uvicorn's way.
 
 Everything else (parsing, keep-alive, pipelining, flow control, limits, shutdown) is
 uvicorn's own; the one change is which class handles a request's cycle.
