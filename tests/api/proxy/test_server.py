@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from uvicorn.config import Config
 from uvicorn.protocols.http.flow_control import FlowControl
-from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 from api.proxy.server import CoalescingCycle, ReckonHttpProtocol
@@ -557,5 +557,122 @@ def test_the_keep_alive_timeout_closes_an_idle_connection_and_never_a_busy_one()
                 break
             await asyncio.sleep(0.05)
         assert transport.closed
+
+
+class _Accepted(asyncio.Protocol):
+    """Hands the server side of an accepted connection to the test."""
+
+    def __init__(self, accepted: "asyncio.Future[asyncio.Transport]") -> None:
+        self.accepted = accepted
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.accepted.set_result(transport)  # type: ignore[arg-type]
+
+
+class _CountingSockets:
+    """A real transport that counts the socket objects asked of it."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self.sockets_asked = 0
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        if name == "socket":
+            self.sockets_asked += 1
+        return self._transport.get_extra_info(name, default)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def _addresses(protocol_class: type, transport: Any) -> tuple[Any, Any, Any]:
+    config = Config(app=_echo, lifespan="off", log_level="warning")
+    config.load()
+    protocol = protocol_class(
+        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
+    )
+    protocol.connection_made(transport)
+    return protocol.server, protocol.client, protocol.scheme
+
+
+async def _accepted(family: str, where: Any) -> tuple[asyncio.Transport, Any, Any]:
+    loop = asyncio.get_running_loop()
+    accepted: asyncio.Future[asyncio.Transport] = loop.create_future()
+    if family == "unix":
+        server = await loop.create_unix_server(lambda: _Accepted(accepted), where)
+        client, _ = await loop.create_unix_connection(asyncio.Protocol, where)
+    else:
+        server = await loop.create_server(lambda: _Accepted(accepted), where, 0)
+        port = server.sockets[0].getsockname()[1]
+        client, _ = await loop.create_connection(asyncio.Protocol, where, port)
+    return await accepted, client, server
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6", "unix"])
+@pytest.mark.parametrize("loop_kind", ["uvloop", "asyncio"])
+def test_a_connections_addresses_are_uvicorns_without_a_socket_object(
+    family: str, loop_kind: str, tmp_path: Any
+) -> None:
+    """The scope's server and client addresses equal uvicorn's own, for TCP over IPv4 and
+    IPv6 and for a unix socket, on uvloop and on asyncio's loop; ours come from the
+    addresses the transport holds, not from a socket object made for each question (one
+    getsockname and getpeername call each)."""
+    import socket
+
+    import uvloop
+
+    if family == "ipv6" and not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    where = {"ipv4": "127.0.0.1", "ipv6": "::1", "unix": str(tmp_path / "s.sock")}[family]
+
+    async def scenario() -> None:
+        try:
+            accepted, client, server = await _accepted(family, where)
+        except OSError as exc:  # e.g. ::1 not configured in a container
+            pytest.skip(f"cannot listen on {where}: {exc}")
+        try:
+            counting = _CountingSockets(accepted)
+            ours = _addresses(ReckonHttpProtocol, counting)
+            assert counting.sockets_asked == 0
+            theirs = _addresses(HttpToolsProtocol, accepted)
+            assert ours == theirs
+            if family == "unix":
+                assert ours[0] == (where, None) and ours[1] is None
+            else:
+                assert ours[0] == (where, server.sockets[0].getsockname()[1])
+                assert ours[1] == (where, client.get_extra_info("sockname")[1])
+        finally:
+            client.close()
+            accepted.close()
+            server.close()
+            await server.wait_closed()
+
+    if loop_kind == "uvloop":
+        uvloop.run(scenario())
+    else:
+        asyncio.run(scenario())
+
+
+def test_a_transport_without_addresses_takes_uvicorns_way() -> None:
+    """A transport that holds no "sockname" or "peername" gets uvicorn's answer (it asks
+    the socket)."""
+
+    class Socket:
+        def getsockname(self) -> tuple[str, int]:
+            return ("10.0.0.1", 443)
+
+        def getpeername(self) -> tuple[str, int]:
+            return ("10.0.0.2", 5555)
+
+    class SocketOnly(Transport):
+        def get_extra_info(self, name: str, default: object = None) -> object:
+            return Socket() if name == "socket" else default
+
+    async def scenario() -> None:
+        assert _addresses(ReckonHttpProtocol, SocketOnly()) == (
+            ("10.0.0.1", 443),
+            ("10.0.0.2", 5555),
+            "http",
+        )
 
     asyncio.run(scenario())

@@ -9,7 +9,12 @@ from django.db.models import Sum
 
 from metering.ledger import spool
 from metering.ledger.orm import OrmLedgerSink, usage_records_write
-from metering.ledger.postgres import PostgresLedgerSink
+from metering.ledger.postgres import (
+    PG_INSERT_SQL,
+    PG_INSERT_TOUCH_SQL,
+    PostgresLedgerSink,
+    pg_insert_statement,
+)
 from metering.ledger.spool import spool_replay
 from metering.ledger.writer import LedgerWriter, default_sink
 from metering.models import UsageRecord
@@ -74,6 +79,18 @@ class Counting:
 
 def test_postgres_uses_the_single_statement_sink() -> None:
     assert isinstance(default_sink(), PostgresLedgerSink)
+
+
+def test_the_statement_executed_is_one_bytes_object_made_once() -> None:
+    """psycopg hashes a statement's text on every execute: the same bytes object each
+    time keeps its hash (a str would be encoded into new bytes, hashed anew)."""
+    record = {"finished_at": datetime(2026, 1, 1, tzinfo=UTC)}
+    plain, _ = pg_insert_statement([record], [])
+    again, _ = pg_insert_statement([record], [])
+    touch, _ = pg_insert_statement([record], [1])
+    assert plain is again and plain == PG_INSERT_SQL.encode()
+    assert touch is pg_insert_statement([record], [2])[0]
+    assert touch == PG_INSERT_TOUCH_SQL.encode()
 
 
 @pytest.mark.parametrize("sink_class", ["orm", "postgres"])
@@ -270,6 +287,40 @@ def test_one_bad_record_does_not_sink_its_batch(tmp_path: Path) -> None:
         "r" * 64,
         "e" * 16,
     )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sink_keeps_one_cursor_a_connection_through_refusals_and_breaks() -> None:
+    """Batches on one connection share its cursor; a batch the database refuses leaves
+    the connection and its cursor usable for the next; a broken connection is replaced
+    with a new one and a cursor of its own."""
+    key = ApiKeyFactory()
+    sink = default_sink()
+    assert isinstance(sink, PostgresLedgerSink)
+
+    async def scenario() -> None:
+        first, second = record_for(key), record_for(key)
+        await sink.write([first], [])
+        ((conn, cursor, shard),) = sink._idle
+        await sink.write([second], [])
+        assert sink._idle == [(conn, cursor, shard)]  # the same cursor
+        with pytest.raises(IntegrityError):  # refused: negative tokens
+            await sink.write([record_for(key, reasoning_tokens=-1)], [])
+        assert sink._idle == [(conn, cursor, shard)]
+        third = record_for(key)
+        await sink.write([third], [])
+        await conn.close()  # broken under the sink
+        fourth = record_for(key)
+        await sink.write([fourth], [])
+        ((new_conn, new_cursor, new_shard),) = sink._idle
+        assert new_conn is not conn and new_cursor is not cursor and new_shard == shard
+        assert new_cursor.connection is new_conn
+        await sink.close()
+        return [first, second, third, fourth]
+
+    written = asyncio.run(scenario())
+    stored = set(UsageRecord.objects.values_list("request_id", flat=True))
+    assert stored == {r["request_id"] for r in written}
 
 
 @pytest.mark.django_db
