@@ -2,11 +2,37 @@
 never shows to the caller."""
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import NoReturn
 
 import pytest
 
 from metering.proxy.upstream import HIGH_WATER, UpstreamClient, UpstreamError, UpstreamTimeout
+
+OK_EMPTY_OBJECT = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"
+
+
+def _answering(
+    answer: Callable[[int], bytes],
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """A loopback upstream that reads requests with a 2-byte body (`{}`) and writes
+    `answer(n)` for the n-th request it has read (over all its connections)."""
+    requests = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        while True:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(2)
+            except asyncio.IncompleteReadError:
+                break
+            requests += 1
+            writer.write(answer(requests))
+            await writer.drain()
+        writer.close()
+
+    return handle
 
 
 def test_a_header_that_cannot_be_sent_is_an_upstream_error() -> None:
@@ -143,23 +169,8 @@ def test_a_reused_connection_still_times_out_a_response_that_stalls() -> None:
     exchange on the kept-alive connection, whose upstream sends its head and then
     nothing, still fails with the read timeout's UpstreamTimeout; once the connection is
     closed no timer holds it."""
-    requests = 0
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal requests
-        while True:
-            try:
-                await reader.readuntil(b"\r\n\r\n")
-                await reader.readexactly(2)
-            except asyncio.IncompleteReadError:
-                break
-            requests += 1
-            if requests == 1:
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
-            else:  # the head, then silence: the body never comes
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
-            await writer.drain()
-        writer.close()
+    # the first answer whole; then the head, then silence: the body never comes
+    handle = _answering(lambda n: OK_EMPTY_OBJECT if n == 1 else OK_EMPTY_OBJECT[:-2])
 
     async def scenario() -> None:
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
@@ -189,16 +200,7 @@ def test_a_pooled_connection_lets_its_read_timer_lapse_and_arms_it_again() -> No
     """An idle connection in the pool times nothing: its timer lapses when it fires, and
     the next exchange on it arms one again (so a stall after a quiet spell is caught)."""
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                await reader.readuntil(b"\r\n\r\n")
-                await reader.readexactly(2)
-            except asyncio.IncompleteReadError:
-                break
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
-            await writer.drain()
-        writer.close()
+    handle = _answering(lambda n: OK_EMPTY_OBJECT)
 
     async def scenario() -> None:
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
