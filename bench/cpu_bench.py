@@ -178,6 +178,12 @@ def main() -> None:
         .splitlines()[-1]
     )
     reckon_env = {**env, "RECKON_CONTROL_LEASE_CALLS": str(args.lease_calls)}
+    # REV's tree first: a revision that cannot be checked out stops the run before any
+    # server starts
+    scratch = tempfile.TemporaryDirectory(prefix="cpu-bench-")
+    tree, baseline_sha = None, ""
+    if args.baseline:
+        tree, baseline_sha = pb.baseline_tree(args.baseline, Path(scratch.name))
     procs = [
         subprocess.Popen(
             [sys.executable, "manage.py", "run_simulator", "--port", str(ports["sim"])],
@@ -191,10 +197,7 @@ def main() -> None:
     # name -> (base url, key, model, server pid)
     targets = {name: (url, key, "bench-reasoner", procs[1].pid) for name, key in keys.items()}
     targets["bare"] = (bare_url, keys["plain"], "sim-reasoner", procs[2].pid)
-    scratch = tempfile.TemporaryDirectory(prefix="cpu-bench-")
-    tree, baseline_sha = None, ""
-    if args.baseline:  # the same kinds against REV's server, in the same rounds
-        tree, baseline_sha = pb.baseline_tree(args.baseline, Path(scratch.name))
+    if tree is not None:  # the same kinds against REV's server, in the same rounds
         procs.append(pb.serve(ports["baseline"], 1, reckon_env, tree))
         base_url = f"http://127.0.0.1:{ports['baseline']}"
         ours = targets

@@ -67,6 +67,7 @@ from uvicorn.protocols.http.httptools_impl import (
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 
 from api.proxy.wire import RELAY_EXTENSION
+from metering.proxy.upstream import TIMER_RESOLUTION
 
 
 class _Capture:
@@ -409,8 +410,10 @@ class ReckonHttpProtocol(HttpToolsProtocol):
             return
         left = idle_since + self.timeout_keep_alive - self.loop.time()
         if left > 0:
+            # at least 1 ms: uvloop rounds a timer to whole milliseconds, and a shorter
+            # one would fire again at once, round after round, until the deadline
             self.timeout_keep_alive_task = self.loop.call_later(
-                left, self.timeout_keep_alive_handler
+                max(left, TIMER_RESOLUTION), self.timeout_keep_alive_handler
             )
             return
         self.timeout_keep_alive_task = None

@@ -34,6 +34,14 @@ from urllib.parse import urlsplit
 import httptools
 
 HIGH_WATER = 16 * 1024  # bytes buffered for a slow client before the upstream read pauses
+# Seconds: uvloop fires timers on whole milliseconds, so a shorter re-arm fires at once.
+TIMER_RESOLUTION = 0.001
+# Request heads kept formatted (`UpstreamClient._heads`): a route's heads are the same few,
+# but a caller may send headers we forward (anthropic-beta, OpenAI-Beta) with any value,
+# so the cache is bounded in entries and takes only heads of an ordinary size: at most
+# 256 x 2 KiB held, however callers vary them.
+HEAD_CACHE_ENTRIES = 256
+HEAD_CACHE_MAX_BYTES = 2048
 
 
 class UpstreamError(Exception):
@@ -128,8 +136,8 @@ class _Connection(asyncio.Protocol):
             )
             self.abort()
         else:
-            self.idle_timer = response._loop.call_later(
-                response._read_timeout - idle, self.check_idle
+            self.idle_timer = response._loop.call_later(  # >= 1 ms: uvloop's resolution
+                max(response._read_timeout - idle, TIMER_RESOLUTION), self.check_idle
             )
 
     def _stop_idle_timer(self) -> None:
@@ -428,9 +436,10 @@ class UpstreamClient:
         head = self._heads.get(head_key)
         if head is None:
             head = self._head(scheme, host, port, path, headers)
-            if len(self._heads) >= 1_000:
-                self._heads.clear()
-            self._heads[head_key] = head
+            if len(head[0]) + len(head[1]) <= HEAD_CACHE_MAX_BYTES:
+                if len(self._heads) >= HEAD_CACHE_ENTRIES:
+                    self._heads.clear()
+                self._heads[head_key] = head
         request = b"".join((head[0], b"%d" % len(body), head[1], body))
         loop = asyncio.get_running_loop()
         deadline = None if head_timeout is None else loop.time() + head_timeout

@@ -147,11 +147,13 @@ class Simulator:
 @pytest.fixture(scope="module")
 def sims() -> Iterator[list[Simulator]]:
     three = [Simulator() for _ in range(3)]
-    for sim in three:
-        sim.start()
-    yield three
-    for sim in three:
-        sim.stop()
+    try:  # one that fails to start stops those already started
+        for sim in three:
+            sim.start()
+        yield three
+    finally:
+        for sim in three:
+            sim.stop()
 
 
 @pytest.fixture(scope="module")

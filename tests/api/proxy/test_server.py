@@ -540,23 +540,51 @@ def test_the_keep_alive_timeout_closes_an_idle_connection_and_never_a_busy_one()
 
     async def scenario() -> None:
         protocol, transport = _echo_connection()
-        protocol.timeout_keep_alive = 0.2
+        protocol.timeout_keep_alive = 0.5
         request = b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi"
-        for n in range(1, 6):  # 0.5 s of requests 0.1 s apart
+        for n in range(1, 11):  # 1 s of requests 0.1 s apart
             protocol.data_received(request)
             await _answered(transport, n)
             await asyncio.sleep(0.1)
         assert not transport.closed
         protocol.data_received(b"POST /c HTTP/1.1\r\nhost: x\r\ncontent-length: 6\r\n\r\nabc")
-        await asyncio.sleep(0.5)  # the rest of the body is slow: not idle
+        await asyncio.sleep(1.2)  # the rest of the body is slow: not idle
         assert not transport.closed
         protocol.data_received(b"def")
-        await _answered(transport, 6)
+        await _answered(transport, 11)
         for _ in range(100):  # idle from now
             if transport.closed:
                 break
             await asyncio.sleep(0.05)
         assert transport.closed
+
+    asyncio.run(scenario())
+
+
+def test_the_keep_alive_timer_waits_out_a_shorter_idle_spell_and_then_closes() -> None:
+    """The timer armed by the first response fires while the connection has been idle for
+    less than the timeout since the second: it waits for the rest, then closes."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        protocol, transport = _echo_connection()
+        protocol.timeout_keep_alive = 1.0
+        request = b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi"
+        protocol.data_received(request)
+        await _answered(transport, 1)  # the timer: due 1 s from here
+        await asyncio.sleep(0.4)
+        protocol.data_received(request)
+        await _answered(transport, 2)
+        idle_from = loop.time()
+        await asyncio.sleep(0.8)  # past the first deadline: idle only 0.8 s
+        assert not transport.closed
+        for _ in range(100):
+            if transport.closed:
+                break
+            await asyncio.sleep(0.05)
+        assert transport.closed and loop.time() - idle_from >= 1.0
+
+    asyncio.run(scenario())
 
 
 class _Accepted(asyncio.Protocol):

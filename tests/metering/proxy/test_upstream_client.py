@@ -3,11 +3,18 @@ never shows to the caller."""
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
-from metering.proxy.upstream import HIGH_WATER, UpstreamClient, UpstreamError, UpstreamTimeout
+from metering.proxy.upstream import (
+    HEAD_CACHE_ENTRIES,
+    HEAD_CACHE_MAX_BYTES,
+    HIGH_WATER,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamTimeout,
+)
 
 OK_EMPTY_OBJECT = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"
 
@@ -221,6 +228,105 @@ def test_a_pooled_connection_lets_its_read_timer_lapse_and_arms_it_again() -> No
             assert second._conn is conn and conn.idle_timer is not None
             assert await second.read() == b"{}"
             second.release()
+        finally:
+            await client.close()
+            server.close()
+
+    asyncio.run(scenario())
+
+
+def _heads_then_bodies(delays: list[float | None]) -> Any:
+    """A loopback upstream that answers its n-th request with a head at once and the
+    2-byte body `delays[n]` seconds later (None: never)."""
+    count = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal count
+        while True:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(2)
+            except asyncio.IncompleteReadError:
+                break
+            delay = delays[count]
+            count += 1
+            writer.write(OK_EMPTY_OBJECT[:-2])
+            await writer.drain()
+            if delay is not None:
+                await asyncio.sleep(delay)
+                writer.write(b"{}")
+                await writer.drain()
+        writer.close()
+
+    return handle
+
+
+def _reused_exchange(delays: list[float | None], check: Callable[..., Awaitable[None]]) -> None:
+    """One exchange on a fresh connection, then, 0.6 s later, a second on the same one
+    (its timer armed by the first, due 1 s after it began), handed to `check`."""
+
+    async def scenario() -> None:
+        server = await asyncio.start_server(_heads_then_bodies(delays), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = UpstreamClient(connect_timeout=5, read_timeout=1.0)
+        url = f"http://127.0.0.1:{port}/v1/x"
+        try:
+            first = await client.post(url, b"{}", {})
+            await first.read()
+            first.release()
+            await asyncio.sleep(0.6)
+            second = await client.post(url, b"{}", {})
+            assert client.connects == 1
+            await check(second)
+            second.release()
+        finally:
+            await client.close()
+            server.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_pooled_connections_standing_timer_never_fails_a_later_healthy_exchange() -> None:
+    """The second exchange's body comes 0.7 s after its head: past the first exchange's
+    deadline, within its own (review of the standing timer)."""
+
+    async def check(second: Any) -> None:
+        assert await asyncio.wait_for(second.read(), 5) == b"{}"
+
+    _reused_exchange([0, 0.7], check)
+
+
+def test_a_stall_on_a_reused_connection_times_out_at_its_own_deadline() -> None:
+    async def check(second: Any) -> None:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        with pytest.raises(UpstreamTimeout):
+            await asyncio.wait_for(second.read(), 5)
+        assert loop.time() - began >= 0.95  # its own deadline, not the first exchange's
+
+    _reused_exchange([0, None], check)
+
+
+def test_the_head_cache_stays_small_however_callers_vary_forwarded_headers() -> None:
+    """A forwarded header (anthropic-beta) may carry any value on every call: the cache
+    holds at most HEAD_CACHE_ENTRIES heads of at most HEAD_CACHE_MAX_BYTES (review)."""
+    handle = _answering(lambda n: OK_EMPTY_OBJECT)
+
+    async def scenario() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = UpstreamClient(connect_timeout=5, read_timeout=30)
+        url = f"http://127.0.0.1:{port}/v1/x"
+        try:
+            for n in range(HEAD_CACHE_ENTRIES + 50):
+                value = f"beta-{n}" + ("x" * HEAD_CACHE_MAX_BYTES if n % 2 else "")
+                response = await client.post(url, b"{}", {"anthropic-beta": value})
+                assert await response.read() == b"{}"
+                response.release()
+                held = client._heads.values()
+                assert len(held) <= HEAD_CACHE_ENTRIES
+                assert all(len(a) + len(b) <= HEAD_CACHE_MAX_BYTES for a, b in held)
+            assert client._heads  # ordinary heads are still kept
         finally:
             await client.close()
             server.close()
