@@ -27,10 +27,12 @@ def _ephemeral_start() -> int:
 
 def _slice() -> range:
     top = max(_ephemeral_start(), LOWEST + 1_000)
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    width = (top - LOWEST) // max(workers, 1)
-    start = LOWEST + width * int(worker or 0)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    workers = max(int(count) if count.isdigit() else 1, index + 1)
+    width = (top - LOWEST) // workers
+    start = LOWEST + width * index
     return range(start, start + width)
 
 

@@ -1,6 +1,7 @@
 """The ledger's PostgreSQL write path: a batch of records in ONE statement (insert, fold
 into rollups, touch API keys) on async connections of the proxy's event loop."""
 
+import asyncio
 import os
 from decimal import Decimal
 from typing import Any
@@ -147,12 +148,24 @@ class PostgresLedgerSink:
         else:
             conn, cursor, shard = None, None, self._take_shard()
         try:
+            # built before the connection is used: a record that cannot be encoded
+            # (TypeError, which the writer splits the batch on) leaves it idle and usable
+            statement = pg_insert_statement(records, touch_keys, shard)
+        except BaseException:
+            if conn is not None:
+                self._idle.append((conn, cursor, shard))
+            raise
+        try:
             if conn is None or conn.closed:
                 conn = await psycopg.AsyncConnection.connect(
                     self._conninfo, autocommit=True, cursor_factory=psycopg.AsyncRawCursor
                 )
                 cursor = conn.cursor()
-            await cursor.execute(*pg_insert_statement(records, touch_keys, shard))
+            await cursor.execute(*statement)
+        except asyncio.CancelledError:
+            if conn is not None:  # cancelled mid-statement: not reused, not leaked
+                await conn.close()
+            raise
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
             if is_missing_partition(exc):
                 # the database lacks the month's partition: its failure, not the

@@ -16,6 +16,7 @@ from django.core.management import CommandError, call_command
 
 from metering.keys import api_key_hash
 from metering.models import Alias, ApiKey, Route, Tenant
+from tests.ports import free_port
 
 pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parents[2]
@@ -176,15 +177,9 @@ def test_route_set_warns_on_a_compatible_url_without_v1() -> None:
 # --- route_set --check: one real upstream call -----------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def simulator() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "manage.py", "run_simulator", "--port", str(port)], cwd=ROOT
     )
@@ -293,7 +288,7 @@ def test_check_diagnoses_a_rejected_key_without_printing_it(
 
 
 def test_check_diagnoses_refused_connections_and_tls(simulator: str) -> None:
-    port = _free_port()
+    port = free_port()
     out, why, passed = check("gone", "openai", f"http://127.0.0.1:{port}/v1")
     assert not passed and "connection refused" in why and "no answer" in out
     # https to a plain-HTTP server

@@ -56,6 +56,7 @@ from metering.selectors import (
     usage_totals,
 )
 from tests.factories import ApiKeyFactory
+from tests.ports import free_port
 from tests.usage_helpers import usage_row
 
 pytestmark = pytest.mark.django_db
@@ -531,16 +532,10 @@ def test_the_admin_shows_archives_read_only(
 # --- S3-compatible store on loopback ----------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     """A real S3-compatible HTTP server on loopback (moto_server), for this module."""
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,

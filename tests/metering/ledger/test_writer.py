@@ -307,6 +307,9 @@ def test_the_sink_keeps_one_cursor_a_connection_through_refusals_and_breaks() ->
         with pytest.raises(IntegrityError):  # refused: negative tokens
             await sink.write([record_for(key, reasoning_tokens=-1)], [])
         assert sink._idle == [(conn, cursor, shard)]
+        with pytest.raises(TypeError):  # a record that cannot be encoded: kept, not leaked
+            await sink.write([{**record_for(key), "raw_usage": object()}], [])
+        assert sink._idle == [(conn, cursor, shard)]
         third = record_for(key)
         await sink.write([third], [])
         await conn.close()  # broken under the sink

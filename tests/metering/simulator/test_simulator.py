@@ -28,6 +28,7 @@ import uvicorn
 from metering.simulator import app as app_module
 from metering.simulator import create_app, engine
 from metering.simulator.app import Simulator, create_app_from_env, credential_fingerprint
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 QUESTION = [{"role": "user", "content": "Why is the sky blue? Answer briefly."}]
@@ -967,10 +968,7 @@ def test_configuration_from_environment(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_runs_as_a_plain_uvicorn_app() -> None:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
+    port = free_port()
     env = {**os.environ, "RECKON_SIM_TOKENS_PER_SECOND": "5000", "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(  # noqa: S603
         [
