@@ -2,7 +2,8 @@
 never shows to the caller."""
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn
 
 import pytest
@@ -19,11 +20,11 @@ from metering.proxy.upstream import (
 OK_EMPTY_OBJECT = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"
 
 
-def _answering(
-    answer: Callable[[int], bytes],
+def _serving(
+    respond: Callable[[int, asyncio.StreamWriter], Awaitable[None]],
 ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
-    """A loopback upstream that reads requests with a 2-byte body (`{}`) and writes
-    `answer(n)` for the n-th request it has read (over all its connections)."""
+    """A loopback upstream that reads requests with a 2-byte body (`{}`) and lets
+    `respond(n, writer)` answer the n-th request it has read (over all its connections)."""
     requests = 0
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -35,11 +36,39 @@ def _answering(
             except asyncio.IncompleteReadError:
                 break
             requests += 1
-            writer.write(answer(requests))
-            await writer.drain()
+            await respond(requests, writer)
         writer.close()
 
     return handle
+
+
+@contextlib.asynccontextmanager
+async def _upstream(
+    handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    *,
+    read_timeout: float,
+) -> AsyncIterator[tuple[UpstreamClient, str]]:
+    """A loopback upstream served by `handle`, and a client with a URL on it."""
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = UpstreamClient(connect_timeout=5, read_timeout=read_timeout)
+    try:
+        yield client, f"http://127.0.0.1:{port}/v1/x"
+    finally:
+        await client.close()
+        server.close()
+
+
+def _answering(
+    answer: Callable[[int], bytes],
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """`_serving` that writes `answer(n)` for the n-th request."""
+
+    async def respond(n: int, writer: asyncio.StreamWriter) -> None:
+        writer.write(answer(n))
+        await writer.drain()
+
+    return _serving(respond)
 
 
 def test_a_header_that_cannot_be_sent_is_an_upstream_error() -> None:
@@ -180,11 +209,7 @@ def test_a_reused_connection_still_times_out_a_response_that_stalls() -> None:
     handle = _answering(lambda n: OK_EMPTY_OBJECT if n == 1 else OK_EMPTY_OBJECT[:-2])
 
     async def scenario() -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        client = UpstreamClient(connect_timeout=5, read_timeout=0.2)
-        url = f"http://127.0.0.1:{port}/v1/x"
-        try:
+        async with _upstream(handle, read_timeout=0.2) as (client, url):
             first = await client.post(url, b"{}", {})
             assert await first.read() == b"{}"
             conn = first._conn
@@ -196,9 +221,6 @@ def test_a_reused_connection_still_times_out_a_response_that_stalls() -> None:
                 await asyncio.wait_for(second.read(), 30)
             assert conn.closed and conn.idle_timer is None
             second.release()
-        finally:
-            await client.close()
-            server.close()
 
     asyncio.run(scenario())
 
@@ -210,11 +232,7 @@ def test_a_pooled_connection_lets_its_read_timer_lapse_and_arms_it_again() -> No
     handle = _answering(lambda n: OK_EMPTY_OBJECT)
 
     async def scenario() -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        client = UpstreamClient(connect_timeout=5, read_timeout=0.05)
-        url = f"http://127.0.0.1:{port}/v1/x"
-        try:
+        async with _upstream(handle, read_timeout=0.05) as (client, url):
             first = await client.post(url, b"{}", {})
             await first.read()
             conn = first._conn
@@ -228,37 +246,24 @@ def test_a_pooled_connection_lets_its_read_timer_lapse_and_arms_it_again() -> No
             assert second._conn is conn and conn.idle_timer is not None
             assert await second.read() == b"{}"
             second.release()
-        finally:
-            await client.close()
-            server.close()
 
     asyncio.run(scenario())
 
 
 def _heads_then_bodies(delays: list[float | None]) -> Any:
     """A loopback upstream that answers its n-th request with a head at once and the
-    2-byte body `delays[n]` seconds later (None: never)."""
-    count = 0
+    2-byte body `delays[n - 1]` seconds later (None: never)."""
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal count
-        while True:
-            try:
-                await reader.readuntil(b"\r\n\r\n")
-                await reader.readexactly(2)
-            except asyncio.IncompleteReadError:
-                break
-            delay = delays[count]
-            count += 1
-            writer.write(OK_EMPTY_OBJECT[:-2])
+    async def respond(n: int, writer: asyncio.StreamWriter) -> None:
+        writer.write(OK_EMPTY_OBJECT[:-2])
+        await writer.drain()
+        delay = delays[n - 1]
+        if delay is not None:
+            await asyncio.sleep(delay)
+            writer.write(b"{}")
             await writer.drain()
-            if delay is not None:
-                await asyncio.sleep(delay)
-                writer.write(b"{}")
-                await writer.drain()
-        writer.close()
 
-    return handle
+    return _serving(respond)
 
 
 def _reused_exchange(delays: list[float | None], check: Callable[..., Awaitable[None]]) -> None:
@@ -266,11 +271,7 @@ def _reused_exchange(delays: list[float | None], check: Callable[..., Awaitable[
     (its timer armed by the first, due 1 s after it began), handed to `check`."""
 
     async def scenario() -> None:
-        server = await asyncio.start_server(_heads_then_bodies(delays), "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        client = UpstreamClient(connect_timeout=5, read_timeout=1.0)
-        url = f"http://127.0.0.1:{port}/v1/x"
-        try:
+        async with _upstream(_heads_then_bodies(delays), read_timeout=1.0) as (client, url):
             first = await client.post(url, b"{}", {})
             await first.read()
             first.release()
@@ -279,9 +280,6 @@ def _reused_exchange(delays: list[float | None], check: Callable[..., Awaitable[
             assert client.connects == 1
             await check(second)
             second.release()
-        finally:
-            await client.close()
-            server.close()
 
     asyncio.run(scenario())
 
@@ -313,11 +311,7 @@ def test_the_head_cache_stays_small_however_callers_vary_forwarded_headers() -> 
     handle = _answering(lambda n: OK_EMPTY_OBJECT)
 
     async def scenario() -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        client = UpstreamClient(connect_timeout=5, read_timeout=30)
-        url = f"http://127.0.0.1:{port}/v1/x"
-        try:
+        async with _upstream(handle, read_timeout=30) as (client, url):
             for n in range(HEAD_CACHE_ENTRIES + 50):
                 value = f"beta-{n}" + ("x" * HEAD_CACHE_MAX_BYTES if n % 2 else "")
                 response = await client.post(url, b"{}", {"anthropic-beta": value})
@@ -327,8 +321,5 @@ def test_the_head_cache_stays_small_however_callers_vary_forwarded_headers() -> 
                 assert len(held) <= HEAD_CACHE_ENTRIES
                 assert all(len(a) + len(b) <= HEAD_CACHE_MAX_BYTES for a, b in held)
             assert client._heads  # ordinary heads are still kept
-        finally:
-            await client.close()
-            server.close()
 
     asyncio.run(scenario())
