@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.scratch import scratch_database, scratch_drop  # noqa: E402
-from bench.stats import machine_banner, spread  # noqa: E402
+from bench.stats import add_database_url, machine_banner, spread  # noqa: E402
 
 DB = "reckon_archive_bench"
 MONTH = datetime(2026, 9, 1, tzinfo=UTC)
@@ -47,10 +47,7 @@ def main() -> None:
     parser.add_argument(
         "--archive-url", default="", help="file:///dir or s3://bucket/prefix (default: a temp dir)"
     )
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
-    )
+    add_database_url(parser)
     args = parser.parse_args()
     print(machine_banner())
     server = scratch_database(args.database_url, DB)

@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.scratch import scratch_database  # noqa: E402
-from bench.stats import machine_banner, spread, target_line  # noqa: E402
+from bench.stats import add_database_url, machine_banner, spread, target_line  # noqa: E402
 
 DB = "reckon_billing_bench"
 
@@ -41,10 +41,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20, help="timed previews of each kind")
     parser.add_argument("--rate-rounds", type=int, default=3, help="timed ratings of all tenants")
     parser.add_argument("--skip-close", action="store_true", help="skip the month-close run")
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
-    )
+    add_database_url(parser)
     args = parser.parse_args()
     print(machine_banner())
     scratch_database(args.database_url, DB)

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import cpu_bench  # noqa: E402 - bench/ on the path
 import proxy_bench as pb  # noqa: E402
-from stats import machine_banner  # noqa: E402
+from stats import add_database_url, machine_banner  # noqa: E402
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:
@@ -51,10 +51,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--variant", action="append", default=[], help="label:NAME=VALUE,...")
     parser.add_argument("--c1", action="store_true", help="also latency at c=1 per variant")
-    parser.add_argument(
-        "--database-url",
-        default=pb.os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
-    )
+    add_database_url(parser)
     args = parser.parse_args()
     variants = [parse_variant(v) for v in (args.variant or ["main:"])]
     print(machine_banner(), flush=True)

@@ -40,7 +40,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench import usage_bench  # noqa: E402 - the data builder this benchmark reuses
 from bench.scratch import scratch_database  # noqa: E402
-from bench.stats import columns, columns_header, machine_banner, target_line, target_met  # noqa: E402
+from bench.stats import (  # noqa: E402
+    add_database_url,
+    columns,
+    columns_header,
+    machine_banner,
+    target_line,
+    target_met,
+)
 
 DB = "reckon_console_bench"
 CLOCK = datetime(2026, 10, 31, 12, tzinfo=UTC)
@@ -218,10 +225,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
-    )
+    add_database_url(parser)
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     parser.add_argument(
         "--reuse", action="store_true", help="time against the database a --keep run left"

@@ -54,7 +54,7 @@ import redis
 import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.stats import columns, columns_header, machine_banner  # noqa: E402
+from bench.stats import add_database_url, columns, columns_header, machine_banner  # noqa: E402
 
 SCHEMA = "reckon_control_bench"
 TABLE = f"{SCHEMA}.bench_budget"
@@ -405,10 +405,7 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=2, help="interleaved rounds; medians reported"
     )
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
-    )
+    add_database_url(parser)
     parser.add_argument(
         "--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     )

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import proxy_bench as pb  # noqa: E402 - the same seeding and servers as the proxy bench
-from stats import machine_banner, spread  # noqa: E402
+from stats import add_database_url, machine_banner, spread  # noqa: E402
 
 BENCH_DB = os.environ.get("RECKON_BENCH_DB", "reckon_cpu_bench")  # dropped first
 
@@ -147,10 +147,7 @@ def main() -> None:
         metavar="REV",
         help="also measure Reckon at REV (a temporary worktree) in the same rounds",
     )
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
-    )
+    add_database_url(parser)
     args = parser.parse_args()
     banner = machine_banner()  # how busy the machine was when the run began
     print(banner, flush=True)

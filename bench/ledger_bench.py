@@ -38,7 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.scratch import scratch_database, scratch_drop  # noqa: E402
-from bench.stats import columns, columns_header, machine_banner, spread  # noqa: E402
+from bench.stats import add_database_url, columns, columns_header, machine_banner, spread  # noqa: E402
 
 DB = "reckon_ledger_bench"
 ALIASES = ("reasoner", "chat", "coder", "embedder")
@@ -66,10 +66,7 @@ def main() -> None:
         action="store_true",
         help="records without routing stamps (as before decision 0117): no per-target fold",
     )
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
-    )
+    add_database_url(parser)
     args = parser.parse_args()
     print(machine_banner())
     server = scratch_database(args.database_url, DB)

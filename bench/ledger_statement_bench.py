@@ -141,6 +141,10 @@ def main() -> None:
         sys.path.insert(0, sys.argv[2])  # the checkout whose migrations make the schema
         _prepare(int(sys.argv[3]))
         return
+    sys.path.insert(0, str(ROOT))
+    from bench.scratch import scratch_database, scratch_drop
+    from bench.stats import add_database_url, machine_banner
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--statements", type=int, default=10, help="per round, size and tree")
@@ -158,16 +162,9 @@ def main() -> None:
         help="keep a read transaction open in each database while measuring (as a long"
         " report or a replica's feedback would): old row versions cannot be pruned",
     )
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
-    )
+    add_database_url(parser)
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
-    sys.path.insert(0, str(ROOT))
-    from bench.scratch import scratch_database, scratch_drop
-    from bench.stats import machine_banner
-
     print(machine_banner())
     db = os.environ.get("RECKON_BENCH_DB") or "reckon_statement_bench"
     server = scratch_database(args.database_url, db)

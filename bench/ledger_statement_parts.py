@@ -58,13 +58,12 @@ def statements() -> dict[str, str]:
 
 
 def main() -> None:
+    from bench.stats import add_database_url
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=1000)
     parser.add_argument("--size", type=int, default=1, help="records per statement")
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
-    )
+    add_database_url(parser)
     args = parser.parse_args()
     from bench.ledger_statement_bench import _prepare
     from bench.scratch import scratch_database, scratch_drop

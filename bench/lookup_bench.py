@@ -44,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.scratch import scratch_database, scratch_drop  # noqa: E402
-from bench.stats import columns, columns_header, machine_banner  # noqa: E402
+from bench.stats import add_database_url, columns, columns_header, machine_banner  # noqa: E402
 
 DB = os.environ.get("RECKON_BENCH_DB") or "reckon_lookup_bench"
 ALIASES = ("lb-reasoner", "lb-chat", "lb-coder", "lb-embedder")
@@ -60,10 +60,7 @@ def main() -> None:
     parser.add_argument("--loads", type=int, default=200, help="loads of one key per round")
     parser.add_argument("--sweep", type=int, default=100, help="keys of one tenant swept")
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
-    )
+    add_database_url(parser)
     args = parser.parse_args()
     print(machine_banner())
     server = scratch_database(args.database_url, DB)

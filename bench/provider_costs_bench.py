@@ -33,7 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.scratch import scratch_database  # noqa: E402
-from bench.stats import columns, columns_header, machine_banner  # noqa: E402
+from bench.stats import add_database_url, columns, columns_header, machine_banner  # noqa: E402
 
 DB = "reckon_provider_costs_bench"
 
@@ -52,10 +52,7 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=500)
     parser.add_argument("--models", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
-    )
+    add_database_url(parser)
     args = parser.parse_args()
     print(machine_banner())
     scratch_database(args.database_url, DB)

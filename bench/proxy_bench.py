@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from stats import machine_banner, spread, target_line  # noqa: E402 - bench/ on the path
+from stats import add_database_url, machine_banner, spread, target_line  # noqa: E402 - bench/ on the path
 
 BENCH_DB = os.environ.get("RECKON_BENCH_DB", "reckon_bench")  # its own database, dropped first
 SIM_KEY_ENV = "RECKON_SIMULATOR_API_KEY"
@@ -391,10 +391,7 @@ def main() -> None:
     parser.add_argument(
         "--lease-calls", type=int, default=32, help="RECKON_CONTROL_LEASE_CALLS of the leased run"
     )
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
-    )
+    add_database_url(parser)
     args = parser.parse_args()
     banner = machine_banner()  # how busy the machine was when the run began
     print(banner, flush=True)

@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.scratch import scratch_database  # noqa: E402
-from bench.stats import machine_banner, spread  # noqa: E402
+from bench.stats import add_database_url, machine_banner, spread  # noqa: E402
 
 DB = "reckon_reconcile_bench"
 MODELS = 20
@@ -55,10 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tenants", type=int, default=1_000)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
-    )
+    add_database_url(parser)
     args = parser.parse_args()
     print(machine_banner())
     scratch_database(args.database_url, DB)

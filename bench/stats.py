@@ -17,12 +17,23 @@ A figure from one lucky round is not a result: `spread` always shows the rounds 
 from, and `target_line` says MET only when the median meets the target.
 """
 
+import argparse
 import os
 import platform
 import statistics
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+
+DATABASE_URL_DEFAULT = "postgres://postgres@127.0.0.1:5432/test"
+
+
+def add_database_url(parser: "argparse.ArgumentParser") -> None:
+    """The `--database-url` every benchmark takes: the server its scratch database goes on
+    (default: DATABASE_URL, else the local test server)."""
+    parser.add_argument(
+        "--database-url", default=os.environ.get("DATABASE_URL", DATABASE_URL_DEFAULT)
+    )
 
 
 def cpu_model() -> str:

@@ -91,7 +91,7 @@ from proxy_bench import (  # noqa: E402
     setup_database,
     wait_up,
 )
-from stats import machine_banner, spread, target_line  # noqa: E402
+from stats import add_database_url, machine_banner, spread, target_line  # noqa: E402
 
 RECKON_MODEL = "bench-reasoner"  # the alias proxy_bench.seed creates
 RECKON_UPSTREAM_MODEL = "sim-reasoner"  # what Reckon asks the upstream for (its route)
@@ -703,10 +703,7 @@ def main() -> None:
         help="run Reckon with its loop-stall probe (RECKON_LOOP_PROBE, api.proxy.stallprobe) "
         "and print where its stalls went after each round (the probe costs a little CPU)",
     )
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
-    )
+    add_database_url(parser)
     args = parser.parse_args()
     if args.chunks < 3:
         parser.error("--chunks must be at least 3 (role, deltas, finish)")

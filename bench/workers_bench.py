@@ -45,7 +45,7 @@ from proxy_bench import (  # noqa: E402 - the path above
     setup_database,
     wrk,
 )
-from stats import machine_banner, spread  # noqa: E402
+from stats import add_database_url, machine_banner, spread  # noqa: E402
 
 SERVERS = (("1w", 1, "reuseport"), ("2w", 2, "reuseport"), ("2w-shared", 2, "shared"))
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -162,10 +162,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--connections", type=int, default=32, help="wrk's connections")
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
-    )
+    add_database_url(parser)
     args = parser.parse_args()
     print(machine_banner(), flush=True)
     binary = ensure_wrk()
